@@ -1,0 +1,47 @@
+//! One trait per plugin role; implement one and export it with [`export_plugin!`].
+//!
+//! The methods are associated functions, not methods on `self`: the host instantiates a plugin
+//! afresh for every call, so there is no state to keep between calls.
+//!
+//! [`export_plugin!`]: crate::export_plugin
+
+use crate::types::{
+    CheckInfo, CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, Review,
+    ReviewRequest,
+};
+
+/// Writes code and tests for a task (world `generator`; may call [`crate::llm`]).
+pub trait Generator {
+    /// Produce code and tests for `request.task_description`.
+    ///
+    /// On a retry `request.attempt` is above 1 and `request.feedback` / `request.previous` say
+    /// what was wrong with the last answer. Return an error (e.g. code `GEN_003`) rather than
+    /// an artifact with no usable code: the pipeline's error handler decides whether to retry.
+    fn generate(request: GenerationRequest) -> Result<CodeArtifact, PipelineError>;
+}
+
+/// Reviews code, tests, quality findings and test results (world `reviewer`; may call
+/// [`crate::llm`]).
+pub trait Reviewer {
+    /// Decide on `request.artifact`; the review's findings should include every finding the
+    /// decision rests on, so a person can see why.
+    fn review(request: ReviewRequest) -> Result<Review, PipelineError>;
+}
+
+/// Inspects code without a model (world `quality-check`). Third-party checks run here with
+/// nothing granted: no model, no files, no network.
+pub trait QualityCheck {
+    /// The check's name, the languages it understands and the rule ids it may report.
+    fn describe() -> CheckInfo;
+
+    /// Findings for `artifact`; an empty list means nothing to report. Return an error only when
+    /// the check itself could not run, not when the code is bad.
+    fn check(artifact: &CodeArtifact) -> Result<Vec<Finding>, PipelineError>;
+}
+
+/// Decides what the pipeline does after a failure (world `error-handler`).
+pub trait ErrorHandler {
+    /// Choose a [`Recovery`] for `error`; `retries_left` is how many more retries the pipeline
+    /// allows (a retry when it is 0 is treated as an abort).
+    fn handle(error: PipelineError, retries_left: u32) -> Recovery;
+}

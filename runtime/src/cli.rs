@@ -1,0 +1,420 @@
+//! Command-line interface: `serve` and the same jobs one-off (`generate`, `review`, `check`,
+//! `chat`), listings (`plugins list`, `models list`) and `bench`.
+//!
+//! Output is for people by default; `--json` prints the same JSON the HTTP API returns.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::engine::{Engine, LoadedModel};
+use crate::error_code::ErrorCode;
+use crate::pipeline::{FindingOut, Pipeline, PipelineRequest};
+use crate::plugin::bindings::CodeArtifact;
+use crate::plugin::compile_cache::CompileCache;
+use crate::plugin::registry::load_plugins;
+use crate::plugin::{HostLimits, PluginHost};
+use crate::stats::Stats;
+
+/// A failure of a command: an error code and a message for the terminal.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CliError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl CliError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.as_str(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentrt",
+    version,
+    about = "Local runtime for a team of code-generating agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command that loads models and plugins.
+#[derive(Debug, Args, Clone)]
+pub struct RuntimeOpts {
+    /// GGUF model file (repeat for several; the first is the default). Default: the SmolLM2
+    /// model fetched by scripts/setup.sh.
+    #[arg(long = "model", env = "AGENTRT_MODEL", global = true)]
+    pub models: Vec<PathBuf>,
+    /// Folder of plugins (NAME.wasm + NAME.toml) that replace or add to the defaults.
+    #[arg(long, env = "AGENTRT_PLUGINS", global = true)]
+    pub plugins: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve {
+        #[command(flatten)]
+        opts: RuntimeOpts,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "AGENTRT_LISTEN")]
+        listen: SocketAddr,
+    },
+    /// Generate code and tests for a task.
+    Generate {
+        task: String,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+    /// Run the quality checks and the reviewer on a file.
+    Review {
+        file: PathBuf,
+        #[arg(long)]
+        tests: Option<PathBuf>,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+    /// Run only the quality checks on a file (no model needed).
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        tests: Option<PathBuf>,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+    /// Ask the model a question.
+    Chat {
+        message: String,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+    /// Plugins.
+    Plugins {
+        #[command(subcommand)]
+        action: ListAction,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+    /// Models.
+    Models {
+        #[command(subcommand)]
+        action: ListAction,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+    /// Measure prefill and decode speed of the default model.
+    Bench {
+        /// Prompt length in tokens.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens to decode.
+        #[arg(long, default_value_t = 64)]
+        decode_tokens: usize,
+        /// Repetitions (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+}
+
+#[derive(Debug, Subcommand, Clone, Copy)]
+pub enum ListAction {
+    /// List them.
+    List,
+}
+
+/// Load every model named in `opts` (or the default), showing progress on stderr.
+pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
+    let paths = if opts.models.is_empty() {
+        vec![crate::paths::default_model()]
+    } else {
+        opts.models.clone()
+    };
+    let mut models = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        if !path.exists() {
+            return Err(CliError::new(
+                ErrorCode::ModelNotAvailable,
+                format!(
+                    "model file {} does not exist (run scripts/setup.sh to fetch the default model)",
+                    path.display()
+                ),
+            ));
+        }
+        let id = if i == 0 && opts.models.is_empty() {
+            crate::paths::DEFAULT_MODEL_ID.to_string()
+        } else {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().to_lowercase())
+                .unwrap_or_else(|| format!("model-{i}"))
+        };
+        let started = Instant::now();
+        let model = LoadedModel::load(&id, path, &mut |p| {
+            eprint!("\rloading {id}: layer {}/{}", p.layers_done, p.layers_total);
+        })
+        .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+        eprintln!(
+            "\rloaded {id} ({} parameters) in {} ms",
+            model.info.parameters,
+            started.elapsed().as_millis()
+        );
+        models.push(Arc::new(model));
+    }
+    Ok(Arc::new(Engine::new(models)))
+}
+
+/// Build the plugin host and load the plugins (models may be absent for `check`).
+pub fn load_pipeline(
+    opts: &RuntimeOpts,
+    engine: Option<Arc<Engine>>,
+) -> Result<Pipeline, CliError> {
+    let cache = CompileCache::new(Some(crate::paths::component_cache()));
+    let host = PluginHost::new(engine, cache, HostLimits::default()).map_err(|e| {
+        CliError::new(
+            ErrorCode::Internal,
+            format!("cannot start the plugin host: {e:#}"),
+        )
+    })?;
+    let started = Instant::now();
+    let plugins = load_plugins(&host, opts.plugins.as_deref())
+        .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "plugins loaded");
+    Ok(Pipeline {
+        host: Arc::new(host),
+        plugins: Arc::new(plugins),
+        stats: Arc::new(Stats::default()),
+    })
+}
+
+fn read_file(path: &PathBuf) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        CliError::new(
+            ErrorCode::InvalidInput,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })
+}
+
+fn print_findings(findings: &[FindingOut]) {
+    if findings.is_empty() {
+        println!("no findings");
+    }
+    for f in findings {
+        println!(
+            "{}:{}: {} [{}] {}",
+            f.line, f.column, f.severity, f.rule_id, f.message
+        );
+    }
+}
+
+fn emit(json_mode: bool, value: &Value, human: impl FnOnce()) {
+    if json_mode {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        human();
+    }
+}
+
+/// Run a parsed command.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve { opts, listen } => {
+            let engine = load_engine(&opts)?;
+            let pipeline = load_pipeline(&opts, Some(engine.clone()))?;
+            let state = crate::server::AppState { engine, pipeline };
+            let rt = tokio::runtime::Runtime::new()
+                .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;
+            rt.block_on(crate::server::serve(state, listen))
+                .map_err(|e| {
+                    CliError::new(
+                        ErrorCode::Internal,
+                        format!("server failed on {listen}: {e}"),
+                    )
+                })
+        }
+        Command::Generate { task, opts } => {
+            let engine = load_engine(&opts)?;
+            let pipeline = load_pipeline(&opts, Some(engine))?;
+            let req = PipelineRequest {
+                task_description: task,
+                language: "python".into(),
+                max_retries: 1,
+            };
+            let mut stages = Vec::new();
+            let artifact = pipeline.generate(&req, &mut stages).map_err(|e| CliError {
+                code: ErrorCode::parse(&e.code).map_or("GEN_001", ErrorCode::as_str),
+                message: e.message,
+            })?;
+            let value = json!({"code": artifact.code, "tests": artifact.tests, "language": artifact.language, "stages": stages});
+            emit(opts.json, &value, || {
+                println!("# code\n{}\n\n# tests\n{}", artifact.code, artifact.tests);
+            });
+            Ok(())
+        }
+        Command::Check { file, tests, opts } => {
+            let artifact = CodeArtifact {
+                language: "python".into(),
+                code: read_file(&file)?,
+                tests: tests
+                    .as_ref()
+                    .map(read_file)
+                    .transpose()?
+                    .unwrap_or_default(),
+            };
+            let pipeline = load_pipeline(&opts, None)?;
+            let mut stages = Vec::new();
+            let (findings, checks) = pipeline.check(&artifact, None, &mut stages);
+            let findings: Vec<FindingOut> = findings.iter().map(FindingOut::from).collect();
+            emit(
+                opts.json,
+                &json!({"findings": findings, "checks": checks}),
+                || {
+                    print_findings(&findings);
+                    for c in checks.iter().filter(|c| c.error.is_some()) {
+                        println!("check {} failed: {:?}", c.name, c.error);
+                    }
+                },
+            );
+            Ok(())
+        }
+        Command::Review { file, tests, opts } => {
+            let artifact = CodeArtifact {
+                language: "python".into(),
+                code: read_file(&file)?,
+                tests: tests
+                    .as_ref()
+                    .map(read_file)
+                    .transpose()?
+                    .unwrap_or_default(),
+            };
+            let engine = load_engine(&opts)?;
+            let pipeline = load_pipeline(&opts, Some(engine))?;
+            let mut stages = Vec::new();
+            let (findings, checks) = pipeline.check(&artifact, None, &mut stages);
+            let review = pipeline
+                .review(&artifact, &findings, &mut stages)
+                .map_err(|e| CliError {
+                    code: ErrorCode::parse(&e.code).map_or("REV_001", ErrorCode::as_str),
+                    message: e.message,
+                })?;
+            let mut value = serde_json::to_value(&review).unwrap_or_default();
+            value["checks"] = json!(checks);
+            emit(opts.json, &value, || {
+                println!(
+                    "verdict: {} (score {:.1}/10)\n{}\n",
+                    review.verdict, review.score, review.summary
+                );
+                print_findings(&review.findings);
+            });
+            Ok(())
+        }
+        Command::Chat {
+            message,
+            max_tokens,
+            opts,
+        } => {
+            let engine = load_engine(&opts)?;
+            let model = engine
+                .model(None)
+                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+            let params = crate::engine::SamplingParams {
+                max_tokens,
+                ..Default::default()
+            };
+            let prompt =
+                crate::engine::Prompt::Chat(vec![crate::engine::chat_template::TemplateMessage {
+                    role: "user".into(),
+                    content: message,
+                }]);
+            let streaming = !opts.json;
+            let done = model
+                .generate(&prompt, &params, &Default::default(), &mut |t| {
+                    if streaming {
+                        use std::io::Write;
+                        print!("{t}");
+                        let _ = std::io::stdout().flush();
+                    }
+                })
+                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+            emit(
+                opts.json,
+                &serde_json::to_value(&done).unwrap_or_default(),
+                || println!(),
+            );
+            Ok(())
+        }
+        Command::Plugins {
+            action: ListAction::List,
+            opts,
+        } => {
+            let pipeline = load_pipeline(&opts, None)?;
+            let list: Vec<Value> = pipeline
+                .plugins
+                .all()
+                .iter()
+                .map(|p| json!({"name": p.manifest.name, "version": p.manifest.version, "world": p.manifest.world, "description": p.manifest.description, "permissions": p.manifest.permissions, "source": p.source, "size_bytes": p.size_bytes, "compile_ms": p.compile_ms, "cached": p.cache_hit}))
+                .collect();
+            emit(opts.json, &json!({"plugins": list}), || {
+                for p in pipeline.plugins.all() {
+                    let source = match &p.source {
+                        crate::plugin::PluginSource::Embedded => "embedded".to_string(),
+                        crate::plugin::PluginSource::File(f) => f.display().to_string(),
+                    };
+                    println!(
+                        "{:<16} {:<8} {:<14} {}  ({source})",
+                        p.manifest.name,
+                        p.manifest.version,
+                        p.manifest.world.as_str(),
+                        p.manifest.description
+                    );
+                }
+            });
+            Ok(())
+        }
+        Command::Models {
+            action: ListAction::List,
+            opts,
+        } => {
+            let engine = load_engine(&opts)?;
+            let list: Vec<_> = engine.models().iter().map(|m| m.info.clone()).collect();
+            emit(opts.json, &json!({"models": list}), || {
+                for m in &list {
+                    println!(
+                        "{:<24} {:<8} ctx {:<6} {:>6.1} MB  {}",
+                        m.id,
+                        m.architecture,
+                        m.context_length,
+                        m.file_bytes as f64 / 1e6,
+                        m.path.display()
+                    );
+                }
+            });
+            Ok(())
+        }
+        Command::Bench {
+            prompt_tokens,
+            decode_tokens,
+            runs,
+            opts,
+        } => crate::bench::run(&opts, prompt_tokens, decode_tokens, runs),
+    }
+}

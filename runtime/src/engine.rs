@@ -1,0 +1,450 @@
+//! The model engine: loads models, turns prompts and conversations into completions.
+//!
+//! One [`LoadedModel`] per model file; [`Engine`] holds them with the first as the default.
+//! Generation on one model is serialised (one KV cache in flight per model); continuous batching
+//! is a later step. Every failure is an [`EngineError`] with an [`ErrorCode`].
+
+pub mod chat_template;
+pub mod cpu;
+pub mod gguf;
+pub mod kv_cache;
+pub mod models;
+pub mod quant;
+pub mod sampling;
+pub mod simd;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chat_template::{ChatTemplate, TemplateMessage};
+use gguf::{GgufError, GgufFile};
+use models::llama::Llama;
+use sampling::Sampler;
+pub use sampling::SamplingParams;
+use tokenizer::{Tokenizer, TokenizerError};
+
+use crate::error_code::ErrorCode;
+
+/// Why the engine could not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model {0:?} is not loaded")]
+    ModelNotFound(String),
+    #[error("cannot load model {path}: {source}")]
+    Load { path: PathBuf, source: GgufError },
+    #[error("cannot load the tokenizer of {path}: {source}")]
+    Tokenizer {
+        path: PathBuf,
+        source: TokenizerError,
+    },
+    #[error("model architecture {0:?} is not supported (supported: llama)")]
+    UnsupportedArchitecture(String),
+    #[error("model {0} has no chat template")]
+    NoChatTemplate(String),
+    #[error(
+        "prompt of {prompt} tokens plus {max_tokens} new tokens exceeds the context of {context}"
+    )]
+    ContextOverflow {
+        prompt: usize,
+        max_tokens: usize,
+        context: usize,
+    },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("generation was cancelled")]
+    Cancelled,
+    #[error("generation ran past its deadline")]
+    Timeout,
+    #[error("engine failure: {0}")]
+    Runtime(String),
+}
+
+impl EngineError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::ModelNotFound(_)
+            | Self::Load { .. }
+            | Self::Tokenizer { .. }
+            | Self::UnsupportedArchitecture(_)
+            | Self::NoChatTemplate(_) => ErrorCode::ModelNotAvailable,
+            Self::ContextOverflow { .. } => ErrorCode::ModelContextOverflow,
+            Self::InvalidInput(_) => ErrorCode::InvalidInput,
+            Self::Cancelled => ErrorCode::Cancelled,
+            Self::Timeout => ErrorCode::ModelTimeout,
+            Self::Runtime(_) => ErrorCode::GenerationFailed,
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    EndOfSequence,
+    StopSequence,
+    Length,
+}
+
+/// Tokens consumed by one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Completion {
+    pub model: String,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// What to continue: raw text, or a conversation rendered with the model's chat template.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<TemplateMessage>),
+}
+
+/// Limits on one generation besides the sampling settings.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// Give up with [`EngineError::Timeout`] after this instant.
+    pub deadline: Option<Instant>,
+    /// Give up with [`EngineError::Cancelled`] once this is set.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Control {
+    fn check(&self) -> Result<(), EngineError> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(EngineError::Cancelled);
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(EngineError::Timeout);
+        }
+        Ok(())
+    }
+}
+
+/// Description of a loaded model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub architecture: String,
+    pub path: PathBuf,
+    pub context_length: u32,
+    pub supports_chat: bool,
+    pub parameters: u64,
+    pub file_bytes: u64,
+}
+
+/// A model ready to generate.
+pub struct LoadedModel {
+    pub info: ModelInfo,
+    model: Llama,
+    pub tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    /// One generation at a time per model.
+    busy: Mutex<()>,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loading progress, for a progress bar or log line.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadProgress {
+    pub layers_done: usize,
+    pub layers_total: usize,
+}
+
+impl LoadedModel {
+    /// Load a GGUF model; `id` is the name clients use for it.
+    pub fn load(
+        id: &str,
+        path: &Path,
+        on_progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, EngineError> {
+        let load_err = |source| EngineError::Load {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = Arc::new(GgufFile::open(path).map_err(load_err)?);
+        let arch = file
+            .str("general.architecture")
+            .map_err(load_err)?
+            .to_string();
+        if arch != "llama" {
+            return Err(EngineError::UnsupportedArchitecture(arch));
+        }
+        let tokenizer = Tokenizer::from_gguf(&file).map_err(|source| EngineError::Tokenizer {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let model = Llama::load(file.clone(), &mut |done, total| {
+            on_progress(LoadProgress {
+                layers_done: done,
+                layers_total: total,
+            })
+        })
+        .map_err(load_err)?;
+        if tokenizer.vocab_size() != model.config.vocab {
+            return Err(load_err(GgufError::Corrupt(format!(
+                "tokenizer has {} tokens but the model {}",
+                tokenizer.vocab_size(),
+                model.config.vocab
+            ))));
+        }
+        let token_text = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.token_text(i))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let template = match file.str("tokenizer.chat_template") {
+            Ok(src) => Some(
+                ChatTemplate::new(
+                    src,
+                    &token_text(tokenizer.bos_id),
+                    &token_text(tokenizer.eos_id),
+                )
+                .map_err(|e| load_err(GgufError::Corrupt(e.to_string())))?,
+            ),
+            Err(_) => None,
+        };
+        let parameters = file.tensors.values().map(|t| t.element_count()).sum();
+        let info = ModelInfo {
+            id: id.to_string(),
+            architecture: arch,
+            path: path.to_path_buf(),
+            context_length: model.config.context_length as u32,
+            supports_chat: template.is_some(),
+            parameters,
+            file_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        };
+        Ok(Self {
+            info,
+            model,
+            tokenizer,
+            template,
+            busy: Mutex::new(()),
+        })
+    }
+
+    /// Render a conversation with the model's chat template.
+    pub fn render_chat(&self, messages: &[TemplateMessage]) -> Result<String, EngineError> {
+        let t = self
+            .template
+            .as_ref()
+            .ok_or_else(|| EngineError::NoChatTemplate(self.info.id.clone()))?;
+        t.render(messages)
+            .map_err(|e| EngineError::InvalidInput(e.to_string()))
+    }
+
+    /// Token ids of a prompt, with BOS when the model wants one.
+    pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        let text = match prompt {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Chat(m) => self.render_chat(m)?,
+        };
+        let mut ids = Vec::new();
+        if self.tokenizer.add_bos
+            && let Some(bos) = self.tokenizer.bos_id
+        {
+            ids.push(bos);
+        }
+        ids.extend(
+            self.tokenizer
+                .encode(&text)
+                .map_err(|e| EngineError::InvalidInput(e.to_string()))?,
+        );
+        Ok(ids)
+    }
+
+    /// Generate a completion; `on_text` receives text as soon as no stop sequence can claim it.
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        control: &Control,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion, EngineError> {
+        params.validate().map_err(EngineError::InvalidInput)?;
+        let prompt_ids = self.tokenize_prompt(prompt)?;
+        if prompt_ids.is_empty() {
+            return Err(EngineError::InvalidInput("the prompt is empty".into()));
+        }
+        let context = self.model.config.context_length;
+        let max_tokens = params.max_tokens as usize;
+        if prompt_ids.len() + max_tokens > context {
+            return Err(EngineError::ContextOverflow {
+                prompt: prompt_ids.len(),
+                max_tokens,
+                context,
+            });
+        }
+        control.check()?;
+        let _turn = self
+            .busy
+            .lock()
+            .map_err(|_| EngineError::Runtime("engine lock poisoned".into()))?;
+        control.check()?;
+        let mut cache = self.model.new_cache(prompt_ids.len() + max_tokens);
+        let mut sampler = Sampler::new(params.clone());
+        let mut history = prompt_ids.clone();
+        let mut logits = self.model.forward(&prompt_ids, &mut cache);
+        let mut generated: Vec<u32> = Vec::new();
+        let mut emitted = 0usize;
+        let mut finish = FinishReason::Length;
+        let mut text = String::new();
+        while generated.len() < max_tokens {
+            control.check()?;
+            let next = sampler.sample(&mut logits, &history);
+            if self.tokenizer.stop_ids.contains(&next) {
+                finish = FinishReason::EndOfSequence;
+                break;
+            }
+            generated.push(next);
+            history.push(next);
+            text = self
+                .tokenizer
+                .decode(&generated)
+                .map_err(|e| EngineError::Runtime(e.to_string()))?;
+            if let Some(cut) = earliest_stop(&text, &params.stop) {
+                text.truncate(cut);
+                finish = FinishReason::StopSequence;
+                break;
+            }
+            // Hold back a tail that could still grow into a stop sequence, and an incomplete
+            // UTF-8 sequence (the byte-level decoder shows it as U+FFFD until it completes).
+            let safe = safe_prefix_len(&text, &params.stop);
+            if safe > emitted {
+                on_text(&text[emitted..safe]);
+                emitted = safe;
+            }
+            if generated.len() == max_tokens {
+                break;
+            }
+            logits = self.model.forward(&[next], &mut cache);
+        }
+        if text.len() > emitted {
+            on_text(&text[emitted..]);
+        }
+        Ok(Completion {
+            model: self.info.id.clone(),
+            text,
+            finish_reason: finish,
+            usage: Usage {
+                prompt_tokens: prompt_ids.len() as u32,
+                completion_tokens: generated.len() as u32,
+            },
+        })
+    }
+
+    /// Logits after the prompt `ids` (for tests and diagnostics).
+    pub fn prompt_logits(&self, ids: &[u32]) -> Vec<f32> {
+        let mut cache = self.model.new_cache(ids.len());
+        self.model.forward(ids, &mut cache)
+    }
+
+    /// Greedy continuation of `ids` by `n` tokens, without stop handling (for tests).
+    pub fn greedy_tokens(&self, ids: &[u32], n: usize) -> Vec<u32> {
+        let mut cache = self.model.new_cache(ids.len() + n);
+        let mut logits = self.model.forward(ids, &mut cache);
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = sampling::argmax(&logits);
+            out.push(t);
+            logits = self.model.forward(&[t], &mut cache);
+        }
+        out
+    }
+}
+
+/// Byte offset of the first stop sequence in `text`.
+fn earliest_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// Length of the prefix of `text` that no stop sequence can still claim and that ends on a
+/// complete character.
+fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
+    let mut safe = text.len();
+    if text.ends_with('\u{FFFD}') {
+        safe -= '\u{FFFD}'.len_utf8();
+    }
+    for stop in stops {
+        for k in (1..stop.len()).rev() {
+            if stop.is_char_boundary(k) && text[..safe].ends_with(&stop[..k]) {
+                safe = safe.min(text.len() - k);
+                break;
+            }
+        }
+    }
+    while !text.is_char_boundary(safe) {
+        safe -= 1;
+    }
+    safe
+}
+
+/// All loaded models; the first is the default.
+#[derive(Debug, Default)]
+pub struct Engine {
+    models: Vec<Arc<LoadedModel>>,
+}
+
+impl Engine {
+    pub fn new(models: Vec<Arc<LoadedModel>>) -> Self {
+        Self { models }
+    }
+
+    /// The model named `id`, or the default for `None`.
+    pub fn model(&self, id: Option<&str>) -> Result<Arc<LoadedModel>, EngineError> {
+        match id {
+            None | Some("") | Some("default") => self
+                .models
+                .first()
+                .cloned()
+                .ok_or_else(|| EngineError::ModelNotFound("default".into())),
+            Some(id) => self
+                .models
+                .iter()
+                .find(|m| m.info.id == id)
+                .cloned()
+                .ok_or_else(|| EngineError::ModelNotFound(id.into())),
+        }
+    }
+
+    pub fn models(&self) -> &[Arc<LoadedModel>] {
+        &self.models
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_stop_sequences_are_held_back() {
+        let stops = vec!["```".to_string()];
+        assert_eq!(safe_prefix_len("abc`", &stops), 3);
+        assert_eq!(safe_prefix_len("abc``", &stops), 3);
+        assert_eq!(safe_prefix_len("abc", &stops), 3);
+        assert_eq!(earliest_stop("x```y", &stops), Some(1));
+        assert_eq!(safe_prefix_len("ab\u{FFFD}", &[]), 2);
+    }
+}

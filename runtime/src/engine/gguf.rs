@@ -1,0 +1,461 @@
+//! GGUF container reader: header, metadata and tensor directory of a memory-mapped file.
+//!
+//! Every offset and length read from the file is checked before use, so a truncated or
+//! malformed file is a [`GgufError`], never a panic or an out-of-bounds read. Tensor data stays
+//! in the mapping; [`GgufFile::tensor_bytes`] hands out borrowed slices.
+//!
+//! Format reference: ggml's `docs/gguf.md` (version 2 and 3, little-endian).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use super::quant::GgmlType;
+
+const MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// Caps that keep a hostile header from making us allocate absurd amounts up front.
+const MAX_TENSORS: u64 = 1 << 20;
+const MAX_KV: u64 = 1 << 20;
+const MAX_DIMS: u32 = 4;
+
+/// Why a GGUF file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("cannot open model file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a GGUF file (bad magic)")]
+    BadMagic,
+    #[error("unsupported GGUF version {0} (supported: 2, 3)")]
+    UnsupportedVersion(u32),
+    #[error("GGUF file is truncated or corrupt: {0}")]
+    Corrupt(String),
+    #[error("tensor {name} has unsupported type {ty}")]
+    UnsupportedType { name: String, ty: u32 },
+    #[error("metadata key {0} is missing")]
+    MissingKey(String),
+    #[error("metadata key {key} has the wrong type (expected {expected})")]
+    WrongType { key: String, expected: &'static str },
+}
+
+/// One metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    Str(String),
+    Array(Vec<MetaValue>),
+}
+
+impl MetaValue {
+    /// The value as an unsigned integer, when it is any non-negative integer type.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            MetaValue::U8(v) => Some(v.into()),
+            MetaValue::U16(v) => Some(v.into()),
+            MetaValue::U32(v) => Some(v.into()),
+            MetaValue::U64(v) => Some(v),
+            MetaValue::I8(v) => u64::try_from(v).ok(),
+            MetaValue::I16(v) => u64::try_from(v).ok(),
+            MetaValue::I32(v) => u64::try_from(v).ok(),
+            MetaValue::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, when it is any numeric type.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            MetaValue::F32(v) => Some(v.into()),
+            MetaValue::F64(v) => Some(v),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+}
+
+/// Where one tensor lives in the file.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Dimensions, innermost (contiguous) first, as ggml stores them.
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    /// Absolute byte offset in the file.
+    pub offset: usize,
+    pub size: usize,
+}
+
+impl TensorInfo {
+    pub fn element_count(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// A parsed, memory-mapped GGUF file.
+pub struct GgufFile {
+    mmap: Mmap,
+    pub version: u32,
+    pub metadata: HashMap<String, MetaValue>,
+    pub tensors: HashMap<String, TensorInfo>,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("version", &self.version)
+            .field("metadata_keys", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl GgufFile {
+    /// Map and parse `path`.
+    pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let file = File::open(path)?;
+        // SAFETY: the mapping is read-only; a model file changing under a running server is
+        // outside what we can defend against, as for every mmap-based loader.
+        let mmap = unsafe { Mmap::map(&file)? };
+        Self::parse(mmap)
+    }
+
+    fn parse(mmap: Mmap) -> Result<Self, GgufError> {
+        let mut r = Reader { buf: &mmap, pos: 0 };
+        if r.bytes(4)? != MAGIC {
+            return Err(GgufError::BadMagic);
+        }
+        let version = r.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(GgufError::UnsupportedVersion(version));
+        }
+        let tensor_count = r.u64()?;
+        let kv_count = r.u64()?;
+        if tensor_count > MAX_TENSORS || kv_count > MAX_KV {
+            return Err(GgufError::Corrupt(format!(
+                "implausible counts: {tensor_count} tensors, {kv_count} metadata keys"
+            )));
+        }
+        let mut metadata = HashMap::new();
+        for _ in 0..kv_count {
+            let key = r.string()?;
+            let ty = r.u32()?;
+            let value = r.value(ty, 0)?;
+            metadata.insert(key, value);
+        }
+        let mut infos = Vec::with_capacity(tensor_count as usize);
+        for _ in 0..tensor_count {
+            let name = r.string()?;
+            let n_dims = r.u32()?;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(GgufError::Corrupt(format!(
+                    "tensor {name} has {n_dims} dimensions"
+                )));
+            }
+            let dims = (0..n_dims)
+                .map(|_| r.u64())
+                .collect::<Result<Vec<_>, _>>()?;
+            let raw_ty = r.u32()?;
+            let ty = GgmlType::from_u32(raw_ty).ok_or_else(|| GgufError::UnsupportedType {
+                name: name.clone(),
+                ty: raw_ty,
+            })?;
+            let rel_offset = r.u64()?;
+            infos.push((name, dims, ty, rel_offset));
+        }
+        let alignment = match metadata.get("general.alignment") {
+            Some(v) => v
+                .as_u64()
+                .filter(|a| *a > 0 && a.is_power_of_two())
+                .ok_or_else(|| {
+                    GgufError::Corrupt("general.alignment is not a power of two".into())
+                })?,
+            None => DEFAULT_ALIGNMENT,
+        };
+        let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
+        let mut tensors = HashMap::with_capacity(infos.len());
+        for (name, dims, ty, rel_offset) in infos {
+            let elements = dims
+                .iter()
+                .try_fold(1u64, |acc, d| acc.checked_mul(*d))
+                .ok_or_else(|| GgufError::Corrupt(format!("tensor {name}: size overflows")))?;
+            let block = ty.block_elements() as u64;
+            if dims[0] % block != 0 {
+                return Err(GgufError::Corrupt(format!(
+                    "tensor {name}: row length {} is not a multiple of the {block}-element block",
+                    dims[0]
+                )));
+            }
+            let size = (elements / block)
+                .checked_mul(ty.block_bytes() as u64)
+                .ok_or_else(|| GgufError::Corrupt(format!("tensor {name}: size overflows")))?;
+            let offset = data_start
+                .checked_add(rel_offset)
+                .filter(|start| {
+                    start
+                        .checked_add(size)
+                        .is_some_and(|end| end <= mmap.len() as u64)
+                })
+                .ok_or_else(|| {
+                    GgufError::Corrupt(format!("tensor {name} lies outside the file (truncated?)"))
+                })?;
+            tensors.insert(
+                name.clone(),
+                TensorInfo {
+                    name,
+                    dims,
+                    ty,
+                    offset: offset as usize,
+                    size: size as usize,
+                },
+            );
+        }
+        Ok(Self {
+            mmap,
+            version,
+            metadata,
+            tensors,
+        })
+    }
+
+    /// Raw bytes of a tensor; bounds were checked at parse time.
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
+        &self.mmap[info.offset..info.offset + info.size]
+    }
+
+    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.metadata.get(key)
+    }
+
+    pub fn u64(&self, key: &str) -> Result<u64, GgufError> {
+        let v = self
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.into()))?;
+        v.as_u64().ok_or(GgufError::WrongType {
+            key: key.into(),
+            expected: "integer",
+        })
+    }
+
+    pub fn f64(&self, key: &str) -> Result<f64, GgufError> {
+        let v = self
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.into()))?;
+        v.as_f64().ok_or(GgufError::WrongType {
+            key: key.into(),
+            expected: "number",
+        })
+    }
+
+    pub fn str(&self, key: &str) -> Result<&str, GgufError> {
+        match self.get(key) {
+            Some(MetaValue::Str(s)) => Ok(s),
+            Some(_) => Err(GgufError::WrongType {
+                key: key.into(),
+                expected: "string",
+            }),
+            None => Err(GgufError::MissingKey(key.into())),
+        }
+    }
+
+    pub fn array(&self, key: &str) -> Result<&[MetaValue], GgufError> {
+        match self.get(key) {
+            Some(MetaValue::Array(a)) => Ok(a),
+            Some(_) => Err(GgufError::WrongType {
+                key: key.into(),
+                expected: "array",
+            }),
+            None => Err(GgufError::MissingKey(key.into())),
+        }
+    }
+}
+
+/// Bounds-checked little-endian cursor over the header.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], GgufError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|end| *end <= self.buf.len())
+            .ok_or_else(|| GgufError::Corrupt(format!("header ends early at byte {}", self.pos)))?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.bytes(N)?);
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn string(&mut self) -> Result<String, GgufError> {
+        let len = self.u64()?;
+        let len = usize::try_from(len)
+            .map_err(|_| GgufError::Corrupt(format!("string length {len} is too large")))?;
+        let bytes = self.bytes(len)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| GgufError::Corrupt("metadata string is not UTF-8".into()))
+    }
+
+    fn value(&mut self, ty: u32, depth: u32) -> Result<MetaValue, GgufError> {
+        Ok(match ty {
+            0 => MetaValue::U8(self.array::<1>()?[0]),
+            1 => MetaValue::I8(self.array::<1>()?[0] as i8),
+            2 => MetaValue::U16(u16::from_le_bytes(self.array()?)),
+            3 => MetaValue::I16(i16::from_le_bytes(self.array()?)),
+            4 => MetaValue::U32(self.u32()?),
+            5 => MetaValue::I32(i32::from_le_bytes(self.array()?)),
+            6 => MetaValue::F32(f32::from_le_bytes(self.array()?)),
+            7 => match self.array::<1>()?[0] {
+                0 => MetaValue::Bool(false),
+                1 => MetaValue::Bool(true),
+                b => return Err(GgufError::Corrupt(format!("invalid bool byte {b}"))),
+            },
+            8 => MetaValue::Str(self.string()?),
+            9 => {
+                if depth > 2 {
+                    return Err(GgufError::Corrupt("arrays nested too deeply".into()));
+                }
+                let elem_ty = self.u32()?;
+                let len = self.u64()?;
+                // Every element takes at least one byte, so a length beyond the remaining
+                // bytes is corrupt; checking first avoids a huge allocation.
+                if len > (self.buf.len() - self.pos) as u64 {
+                    return Err(GgufError::Corrupt(format!(
+                        "array of {len} elements overruns"
+                    )));
+                }
+                let mut items = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    items.push(self.value(elem_ty, depth + 1)?);
+                }
+                MetaValue::Array(items)
+            }
+            10 => MetaValue::U64(self.u64()?),
+            11 => MetaValue::I64(i64::from_le_bytes(self.array()?)),
+            12 => MetaValue::F64(f64::from_le_bytes(self.array()?)),
+            other => return Err(GgufError::Corrupt(format!("unknown metadata type {other}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a minimal GGUF image: one string key and one F32 tensor of 32 elements.
+    fn tiny_gguf() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&1u64.to_le_bytes()); // kv
+        let key = b"general.architecture";
+        b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        b.extend_from_slice(key);
+        b.extend_from_slice(&8u32.to_le_bytes());
+        b.extend_from_slice(&5u64.to_le_bytes());
+        b.extend_from_slice(b"llama");
+        let name = b"w";
+        b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        b.extend_from_slice(name);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&32u64.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes()); // F32
+        b.extend_from_slice(&0u64.to_le_bytes());
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        for i in 0..32 {
+            b.extend_from_slice(&(i as f32).to_le_bytes());
+        }
+        b
+    }
+
+    fn parse_bytes(bytes: &[u8]) -> Result<GgufFile, GgufError> {
+        let mut mm = memmap2::MmapMut::map_anon(bytes.len().max(1))?;
+        mm[..bytes.len()].copy_from_slice(bytes);
+        let mm = mm.make_read_only()?;
+        // An anonymous map rounds up to a page; parse exactly `bytes.len()` by checking
+        // truncation separately in the tests that need it.
+        GgufFile::parse(mm)
+    }
+
+    #[test]
+    fn parses_a_minimal_file() {
+        let f = parse_bytes(&tiny_gguf()).expect("parse");
+        assert_eq!(f.str("general.architecture").expect("arch"), "llama");
+        let t = &f.tensors["w"];
+        let data = f.tensor_bytes(t);
+        assert_eq!(data.len(), 128);
+        assert_eq!(
+            f32::from_le_bytes(data[4..8].try_into().expect("4 bytes")),
+            1.0
+        );
+    }
+
+    #[test]
+    fn every_truncation_of_the_header_is_an_error_not_a_panic() {
+        let full = tiny_gguf();
+        let header_len = full.len() - 128;
+        for cut in 0..header_len {
+            let mut v = full[..cut].to_vec();
+            // Pad with a byte pattern that cannot be mistaken for valid continuation data.
+            v.resize(cut, 0);
+            let path =
+                std::env::temp_dir().join(format!("agentrt-gguf-trunc-{}", std::process::id()));
+            std::fs::write(&path, &v).expect("write");
+            let res = GgufFile::open(&path);
+            let _ = std::fs::remove_file(&path);
+            assert!(res.is_err(), "truncation at {cut} was accepted");
+        }
+    }
+
+    #[test]
+    fn tensor_past_the_end_is_rejected() {
+        let mut bytes = tiny_gguf();
+        bytes.truncate(bytes.len() - 4);
+        let path = std::env::temp_dir().join(format!("agentrt-gguf-short-{}", std::process::id()));
+        std::fs::write(&path, &bytes).expect("write");
+        let res = GgufFile::open(&path);
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(res, Err(GgufError::Corrupt(_))), "{res:?}");
+    }
+
+    #[test]
+    fn bad_magic_and_version_are_named() {
+        let mut bytes = tiny_gguf();
+        bytes[0] = b'X';
+        assert!(matches!(parse_bytes(&bytes), Err(GgufError::BadMagic)));
+        let mut bytes = tiny_gguf();
+        bytes[4] = 9;
+        assert!(matches!(
+            parse_bytes(&bytes),
+            Err(GgufError::UnsupportedVersion(9))
+        ));
+    }
+}

@@ -1,0 +1,3 @@
+//! Model architectures, one file each.
+
+pub mod llama;

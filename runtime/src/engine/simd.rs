@@ -1,0 +1,131 @@
+//! AVX2 versions of the quantised row dot products, chosen at run time.
+//!
+//! Only the integer part of each block's dot product is vectorised; it is exact, and the float
+//! arithmetic around it is the same expression in the same order as the portable code, so both
+//! paths give bit-identical results (tested below).
+
+use super::quant::{GgmlType, QK, QuantizedActivation};
+
+/// Whether the AVX2 kernels can run on this CPU (checked once, cached by std).
+#[inline]
+pub fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The AVX2 dot product of one stored row, when there is one for `ty` on this CPU.
+#[inline]
+pub fn dot_row(ty: GgmlType, row: &[u8], xq: &QuantizedActivation) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        // SAFETY: AVX2 is present (checked above); the kernels read whole blocks of `row` and
+        // `xq`, whose lengths the callers derive from the same row length.
+        return unsafe {
+            match ty {
+                GgmlType::Q4_0 => Some(x86::q4_0(row, xq)),
+                GgmlType::Q4_1 => Some(x86::q4_1(row, xq)),
+                GgmlType::Q8_0 => Some(x86::q8_0(row, xq)),
+                GgmlType::F32 | GgmlType::F16 => None,
+            }
+        };
+    }
+    let _ = (ty, row, xq);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::{QK, QuantizedActivation};
+
+    #[inline]
+    fn read_f16(b: &[u8]) -> f32 {
+        f16::from_le_bytes([b[0], b[1]]).to_f32()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// Σ nibble·q for 16 packed bytes (low nibbles are elements 0..16, high 16..32).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn nibbles_dot(packed: *const u8, q: *const i8) -> (__m256i, __m256i) {
+        // SAFETY: the caller guarantees 16 readable bytes at `packed` and 32 at `q`.
+        let (bytes, qv) = unsafe {
+            (
+                _mm_loadu_si128(packed as *const __m128i),
+                _mm256_loadu_si256(q as *const __m256i),
+            )
+        };
+        let mask = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(bytes, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+        let w = _mm256_set_m128i(hi, lo);
+        let ones = _mm256_set1_epi16(1);
+        (_mm256_madd_epi16(_mm256_maddubs_epi16(w, qv), ones), qv)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn q4_1(row: &[u8], xq: &QuantizedActivation) -> f32 {
+        let mut sum = 0f32;
+        for (i, blk) in row.chunks_exact(20).enumerate() {
+            // SAFETY: a block holds 16 packed bytes after its 4-byte header; xq holds 32
+            // quants per block.
+            let (dot, _) = unsafe { nibbles_dot(blk.as_ptr().add(4), xq.qs.as_ptr().add(i * QK)) };
+            let acc = hsum(dot);
+            sum += acc as f32 * read_f16(blk) * xq.d[i] + read_f16(&blk[2..]) * xq.s[i];
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn q4_0(row: &[u8], xq: &QuantizedActivation) -> f32 {
+        let ones_u8 = _mm256_set1_epi8(1);
+        let ones = _mm256_set1_epi16(1);
+        let mut sum = 0f32;
+        for (i, blk) in row.chunks_exact(18).enumerate() {
+            // SAFETY: as for q4_1, with a 2-byte header.
+            let (dot, qv) = unsafe { nibbles_dot(blk.as_ptr().add(2), xq.qs.as_ptr().add(i * QK)) };
+            // Stored nibbles are offset by 8: Σ(n-8)·q = Σn·q - 8·Σq.
+            let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, qv), ones);
+            let acc = hsum(dot) - 8 * hsum(qsum);
+            sum += acc as f32 * read_f16(blk) * xq.d[i];
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn q8_0(row: &[u8], xq: &QuantizedActivation) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut sum = 0f32;
+        for (i, blk) in row.chunks_exact(34).enumerate() {
+            // SAFETY: a block holds 32 quants after its 2-byte scale; xq holds 32 per block.
+            let (w, q) = unsafe {
+                (
+                    _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i),
+                    _mm256_loadu_si256(xq.qs.as_ptr().add(i * QK) as *const __m256i),
+                )
+            };
+            // maddubs needs one unsigned operand: |w| · (q with w's sign).
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+            let acc = hsum(_mm256_madd_epi16(p, ones));
+            sum += acc as f32 * read_f16(blk) * xq.d[i];
+        }
+        sum
+    }
+}

@@ -1,0 +1,199 @@
+//! Tokenizer rebuilt from GGUF metadata on top of the `tokenizers` crate.
+//!
+//! GGUF files carry the vocabulary, the BPE merges, the token types and a `tokenizer.ggml.pre`
+//! name for the pre-tokenizer; the regexes behind those names live in llama.cpp's source, not in
+//! the file. We map the names we support to the same split rules HF's `tokenizer.json` uses for
+//! those models, so ids agree with the model's original tokenizer.
+
+use std::collections::HashSet;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use super::gguf::{GgufError, GgufFile, MetaValue};
+
+/// GGUF token type of control tokens such as `<|im_start|>`.
+const TOKEN_TYPE_CONTROL: u64 = 3;
+/// GGUF token type of tokens a user added to the vocabulary.
+const TOKEN_TYPE_USER_DEFINED: u64 = 4;
+
+/// Split rule of Llama 3 (`llama-bpe`) and similar tokenizers.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Split rule of Qwen2.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Why a tokenizer could not be built or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("tokenizer metadata: {0}")]
+    Metadata(#[from] GgufError),
+    #[error("tokenizer model {0:?} is not supported (supported: gpt2 byte-level BPE)")]
+    UnsupportedModel(String),
+    #[error("tokenizer: {0}")]
+    Library(String),
+}
+
+fn lib_err(e: impl std::fmt::Display) -> TokenizerError {
+    TokenizerError::Library(e.to_string())
+}
+
+/// A byte-level BPE tokenizer with the model's special tokens.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    /// Tokens that end a generation: EOS, end-of-turn and end-of-text markers.
+    pub stop_ids: HashSet<u32>,
+    pub add_bos: bool,
+    tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.tokens.len())
+            .finish()
+    }
+}
+
+/// The pre-tokenizer HF uses for the model family named by `tokenizer.ggml.pre`.
+fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
+    let byte_level = |use_regex| ByteLevel::new(false, true, use_regex);
+    let split = |re: &str| {
+        Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(lib_err)
+    };
+    Ok(match pre {
+        // StarCoder-style: every digit alone, then GPT-2's split.
+        "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
+        }
+        "llama-bpe" | "llama3" | "smaug-bpe" => {
+            Sequence::new(vec![split(LLAMA3_SPLIT)?.into(), byte_level(false).into()]).into()
+        }
+        "qwen2" => Sequence::new(vec![split(QWEN2_SPLIT)?.into(), byte_level(false).into()]).into(),
+        // GPT-2's own rule; also what llama.cpp falls back to for unknown names.
+        _ => byte_level(true).into(),
+    })
+}
+
+impl Tokenizer {
+    /// Build the tokenizer described by a GGUF file's `tokenizer.ggml.*` keys.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
+        let model = file.str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel(model.to_string()));
+        }
+        let tokens: Vec<String> = file
+            .array("tokenizer.ggml.tokens")?
+            .iter()
+            .map(|v| match v {
+                MetaValue::Str(s) => Ok(s.clone()),
+                _ => Err(GgufError::WrongType {
+                    key: "tokenizer.ggml.tokens".into(),
+                    expected: "array of strings",
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        let merges = file
+            .array("tokenizer.ggml.merges")?
+            .iter()
+            .map(|v| match v {
+                MetaValue::Str(s) => s
+                    .split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| lib_err(format!("malformed merge {s:?}"))),
+                _ => Err(lib_err("tokenizer.ggml.merges holds a non-string")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let types: Vec<u64> = match file.get("tokenizer.ggml.token_type") {
+            Some(MetaValue::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(lib_err)?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let pre = file.str("tokenizer.ggml.pre").unwrap_or("gpt2");
+        inner.with_pre_tokenizer(Some(pre_tokenizer_for(pre)?));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, ty)| **ty == TOKEN_TYPE_CONTROL || **ty == TOKEN_TYPE_USER_DEFINED)
+            .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TOKEN_TYPE_CONTROL))
+            .collect();
+        inner.add_special_tokens(&special);
+
+        let id_key = |k: &str| {
+            file.u64(k)
+                .ok()
+                .map(|v| v as u32)
+                .filter(|id| (*id as usize) < tokens.len())
+        };
+        let bos_id = id_key("tokenizer.ggml.bos_token_id");
+        let eos_id = id_key("tokenizer.ggml.eos_token_id");
+        let mut stop_ids: HashSet<u32> = [eos_id, id_key("tokenizer.ggml.eot_token_id")]
+            .into_iter()
+            .flatten()
+            .collect();
+        for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+            let is_end_marker = matches!(
+                t.as_str(),
+                "<|endoftext|>" | "<|im_end|>" | "<|eot_id|>" | "<|end|>"
+            );
+            if *ty == TOKEN_TYPE_CONTROL && is_end_marker {
+                stop_ids.insert(i as u32);
+            }
+        }
+        let add_bos = matches!(
+            file.get("tokenizer.ggml.add_bos_token"),
+            Some(MetaValue::Bool(true))
+        );
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_id,
+            stop_ids,
+            add_bos,
+            tokens,
+        })
+    }
+
+    /// Token ids of `text`; special-token text such as `<|im_start|>` becomes its single id.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.inner.encode(text, false).map_err(lib_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, leaving out special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner.decode(ids, true).map_err(lib_err)
+    }
+
+    /// The stored text of one token (for diagnostics).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+}

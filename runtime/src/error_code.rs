@@ -1,0 +1,185 @@
+//! The error codes clients see, with the HTTP status and type each maps to.
+//!
+//! Families follow the system agentrt replaces (`MODEL_*`, `GEN_*`, `REV_*`, `COMM_*`, `VAL_*`),
+//! extended with `PLUGIN_*` for sandboxed plugins and `CHECK_*` for quality checks. Every
+//! library error type converts into an [`ErrorCode`] plus a message; the server renders it as
+//! `{"error": {"code", "type", "message", "details"}}`.
+
+use serde::Serialize;
+
+/// A stable, documented error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ErrorCode {
+    /// The model is not loaded, missing, corrupt or unknown.
+    ModelNotAvailable,
+    /// The model did not finish within the deadline.
+    ModelTimeout,
+    /// The model could not allocate what the request needs.
+    ModelMemory,
+    /// The prompt does not fit in the model's context window.
+    ModelContextOverflow,
+    /// Generation failed inside the generator plugin or the engine.
+    GenerationFailed,
+    /// The task or prompt is unusable.
+    InvalidPrompt,
+    /// The model's answer contained no usable code.
+    CodeExtractionFailed,
+    /// The reviewer failed.
+    ReviewFailed,
+    /// The code given for review is unusable.
+    InvalidCode,
+    /// A quality check failed.
+    AnalysisFailed,
+    /// The request was cancelled.
+    Cancelled,
+    /// The request body failed validation.
+    ValidationFailed,
+    /// A field has an invalid value.
+    InvalidInput,
+    /// A required field is missing.
+    MissingField,
+    /// No plugin is configured for a role, or a named plugin does not exist.
+    PluginNotFound,
+    /// The plugin could not be loaded (not a component, wrong world, bad manifest).
+    PluginLoad,
+    /// The plugin trapped (panic, unreachable, out-of-bounds access).
+    PluginTrap,
+    /// The plugin ran past its wall-clock deadline.
+    PluginTimeout,
+    /// The plugin hit its memory cap.
+    PluginMemory,
+    /// The plugin asked for something it was not granted.
+    PluginAccessDenied,
+    /// The plugin used up its token budget.
+    PluginQuota,
+    /// Route does not exist.
+    NotFound,
+    /// Anything else.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code string clients match on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ModelNotAvailable => "MODEL_001",
+            Self::ModelTimeout => "MODEL_002",
+            Self::ModelMemory => "MODEL_003",
+            Self::ModelContextOverflow => "MODEL_004",
+            Self::GenerationFailed => "GEN_001",
+            Self::InvalidPrompt => "GEN_002",
+            Self::CodeExtractionFailed => "GEN_003",
+            Self::ReviewFailed => "REV_001",
+            Self::InvalidCode => "REV_002",
+            Self::AnalysisFailed => "REV_003",
+            Self::Cancelled => "COMM_004",
+            Self::ValidationFailed => "VAL_001",
+            Self::InvalidInput => "VAL_002",
+            Self::MissingField => "VAL_003",
+            Self::PluginNotFound => "PLUGIN_001",
+            Self::PluginLoad => "PLUGIN_002",
+            Self::PluginTrap => "PLUGIN_003",
+            Self::PluginTimeout => "PLUGIN_004",
+            Self::PluginMemory => "PLUGIN_005",
+            Self::PluginAccessDenied => "PLUGIN_006",
+            Self::PluginQuota => "PLUGIN_007",
+            Self::NotFound => "NOT_FOUND",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// Short machine-readable type, the `type` field of the error body.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::ModelNotAvailable
+            | Self::ModelTimeout
+            | Self::ModelMemory
+            | Self::ModelContextOverflow => "model_error",
+            Self::GenerationFailed | Self::InvalidPrompt | Self::CodeExtractionFailed => {
+                "generation_error"
+            }
+            Self::ReviewFailed | Self::InvalidCode | Self::AnalysisFailed => "review_error",
+            Self::Cancelled => "cancelled",
+            Self::ValidationFailed | Self::InvalidInput | Self::MissingField => "validation_error",
+            Self::PluginNotFound
+            | Self::PluginLoad
+            | Self::PluginTrap
+            | Self::PluginTimeout
+            | Self::PluginMemory
+            | Self::PluginAccessDenied
+            | Self::PluginQuota => "plugin_error",
+            Self::NotFound => "not_found",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    /// The HTTP status that fits.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::ValidationFailed
+            | Self::InvalidInput
+            | Self::MissingField
+            | Self::InvalidPrompt => 400,
+            Self::ModelContextOverflow | Self::InvalidCode => 422,
+            Self::PluginAccessDenied => 403,
+            Self::NotFound | Self::PluginNotFound => 404,
+            Self::PluginQuota => 429,
+            Self::ModelTimeout | Self::PluginTimeout => 504,
+            Self::Cancelled => 408,
+            Self::ModelNotAvailable => 503,
+            Self::PluginTrap | Self::PluginMemory | Self::PluginLoad => 502,
+            Self::ModelMemory
+            | Self::GenerationFailed
+            | Self::CodeExtractionFailed
+            | Self::ReviewFailed
+            | Self::AnalysisFailed
+            | Self::Internal => 500,
+        }
+    }
+
+    /// Look a code string up (for codes coming back from plugins).
+    pub fn parse(code: &str) -> Option<Self> {
+        ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+}
+
+/// Every code, for documentation and lookups.
+pub const ALL: &[ErrorCode] = &[
+    ErrorCode::ModelNotAvailable,
+    ErrorCode::ModelTimeout,
+    ErrorCode::ModelMemory,
+    ErrorCode::ModelContextOverflow,
+    ErrorCode::GenerationFailed,
+    ErrorCode::InvalidPrompt,
+    ErrorCode::CodeExtractionFailed,
+    ErrorCode::ReviewFailed,
+    ErrorCode::InvalidCode,
+    ErrorCode::AnalysisFailed,
+    ErrorCode::Cancelled,
+    ErrorCode::ValidationFailed,
+    ErrorCode::InvalidInput,
+    ErrorCode::MissingField,
+    ErrorCode::PluginNotFound,
+    ErrorCode::PluginLoad,
+    ErrorCode::PluginTrap,
+    ErrorCode::PluginTimeout,
+    ErrorCode::PluginMemory,
+    ErrorCode::PluginAccessDenied,
+    ErrorCode::PluginQuota,
+    ErrorCode::NotFound,
+    ErrorCode::Internal,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ALL {
+            assert!(seen.insert(c.as_str()), "duplicate {}", c.as_str());
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(*c));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! agentrt: a local runtime for a team of code-generating agents.
+//!
+//! The host owns the model [`engine`] and runs the agents — generator, reviewer, quality checks,
+//! error handlers — as sandboxed WebAssembly components ([`plugin`]) that reach the host only
+//! through the WIT interfaces in `wit/`. The [`pipeline`] drives one task through them;
+//! [`server`] exposes everything over HTTP and [`cli`] does the same jobs one-off.
+
+pub mod bench;
+pub mod cli;
+pub mod engine;
+pub mod error_code;
+pub mod paths;
+pub mod pipeline;
+pub mod plugin;
+pub mod server;
+pub mod stats;

@@ -1,0 +1,208 @@
+//! JSON shapes of pipeline results, converted from the WIT types the plugins return.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error_code::ErrorCode;
+use crate::plugin::PluginError;
+use crate::plugin::bindings::{CodeArtifact, Finding, Review, Severity, Verdict};
+
+/// An error as clients see it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorOut {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorOut {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.as_str().to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn from_plugin(e: &PluginError) -> Self {
+        let message = match e {
+            PluginError::Returned { error, .. } => error.message.clone(),
+            other => other.to_string(),
+        };
+        Self {
+            code: e.code_str(),
+            message,
+        }
+    }
+
+    /// The HTTP status for this error's code (500 for codes agentrt does not know).
+    pub fn http_status(&self) -> u16 {
+        ErrorCode::parse(&self.code).map_or(500, ErrorCode::http_status)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FindingOut {
+    pub rule_id: String,
+    pub severity: &'static str,
+    pub message: String,
+    pub line: u32,
+    pub column: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+}
+
+impl From<&Finding> for FindingOut {
+    fn from(f: &Finding) -> Self {
+        Self {
+            rule_id: f.rule_id.clone(),
+            severity: match f.severity {
+                Severity::Info => "info",
+                Severity::Warning => "warning",
+                Severity::Error => "error",
+            },
+            message: f.message.clone(),
+            line: f.line,
+            column: f.column,
+            suggestion: f.suggestion.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewOut {
+    pub verdict: &'static str,
+    pub score: f32,
+    pub summary: String,
+    pub findings: Vec<FindingOut>,
+}
+
+impl From<Review> for ReviewOut {
+    fn from(r: Review) -> Self {
+        Self {
+            verdict: match r.verdict {
+                Verdict::Approve => "approve",
+                Verdict::RequestChanges => "request_changes",
+                Verdict::Reject => "reject",
+            },
+            score: r.score,
+            summary: r.summary,
+            findings: r.findings.iter().map(FindingOut::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactOut {
+    pub language: String,
+    pub code: String,
+    pub tests: String,
+}
+
+impl From<&CodeArtifact> for ArtifactOut {
+    fn from(a: &CodeArtifact) -> Self {
+        Self {
+            language: a.language.clone(),
+            code: a.code.clone(),
+            tests: a.tests.clone(),
+        }
+    }
+}
+
+/// One plugin call within a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub stage: String,
+    pub plugin: String,
+    pub attempt: u32,
+    pub status: String,
+    pub duration_ms: u64,
+    pub tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorOut>,
+}
+
+/// Outcome of one quality check.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutcome {
+    pub name: String,
+    /// `ok`, `skipped` (failed; the pipeline went on without it) or `aborted`.
+    pub status: String,
+    pub findings: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorOut>,
+}
+
+/// The result of a whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineOutcome {
+    /// `completed` or `failed`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    pub findings: Vec<FindingOut>,
+    pub checks: Vec<CheckOutcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewOut>,
+    pub attempts: u32,
+    pub tokens: u64,
+    pub duration_ms: u64,
+    pub stages: Vec<StageReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorOut>,
+}
+
+fn attempts(stages: &[StageReport]) -> u32 {
+    stages
+        .iter()
+        .filter(|s| s.stage == "generate")
+        .map(|s| s.attempt)
+        .max()
+        .unwrap_or(0)
+}
+
+impl PipelineOutcome {
+    pub fn failed(error: ErrorOut, stages: Vec<StageReport>, started: Instant) -> Self {
+        Self {
+            status: "failed",
+            code: None,
+            tests: None,
+            language: None,
+            findings: Vec::new(),
+            checks: Vec::new(),
+            review: None,
+            attempts: attempts(&stages),
+            tokens: stages.iter().map(|s| s.tokens).sum(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            stages,
+            error: Some(error),
+        }
+    }
+
+    pub fn completed(
+        artifact: &CodeArtifact,
+        findings: Vec<Finding>,
+        checks: Vec<CheckOutcome>,
+        review: Option<ReviewOut>,
+        stages: Vec<StageReport>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            status: "completed",
+            code: Some(artifact.code.clone()),
+            tests: Some(artifact.tests.clone()),
+            language: Some(artifact.language.clone()),
+            findings: findings.iter().map(FindingOut::from).collect(),
+            checks,
+            review,
+            attempts: attempts(&stages),
+            tokens: stages.iter().map(|s| s.tokens).sum(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            stages,
+            error: None,
+        }
+    }
+}

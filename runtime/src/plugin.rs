@@ -1,0 +1,422 @@
+//! The plugin host: loads WebAssembly components, checks them against their world and
+//! manifest, and calls them in a fresh, capped store per call.
+//!
+//! Each call gets a new [`wasmtime::Store`] from a cached pre-instantiation, a memory cap, an
+//! epoch-based wall-clock deadline and a WASI context that grants nothing. A trap, a timeout or
+//! a limit hit becomes a [`PluginError`] for that call only; the host and other calls go on.
+
+pub mod bindings;
+pub mod compile_cache;
+mod host_llm;
+mod host_log;
+pub mod manifest;
+pub mod registry;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Store, Trap};
+
+use bindings::{
+    CheckInfo, CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, Review,
+    ReviewRequest,
+};
+use compile_cache::{CompileCache, sha256_hex};
+use manifest::{Manifest, World};
+use state::PluginState;
+
+use crate::engine::Engine;
+use crate::error_code::ErrorCode;
+
+/// How often the epoch advances; the granularity of plugin deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Defaults for plugins whose manifest does not say.
+pub const DEFAULT_MEMORY_MB: u64 = 256;
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+
+/// Why a plugin could not be loaded or a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin {plugin}: cannot load: {message}")]
+    Load { plugin: String, message: String },
+    #[error("plugin {plugin} trapped: {message}")]
+    Trap { plugin: String, message: String },
+    #[error("plugin {plugin} ran past its {timeout_ms} ms deadline")]
+    Timeout { plugin: String, timeout_ms: u64 },
+    #[error("plugin {plugin} hit its memory cap of {limit_mb} MiB")]
+    Memory { plugin: String, limit_mb: u64 },
+    #[error("plugin {plugin} returned an error: {} {}", .error.code, .error.message)]
+    Returned {
+        plugin: String,
+        error: PipelineError,
+    },
+}
+
+impl PluginError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Load { .. } => ErrorCode::PluginLoad,
+            Self::Trap { .. } => ErrorCode::PluginTrap,
+            Self::Timeout { .. } => ErrorCode::PluginTimeout,
+            Self::Memory { .. } => ErrorCode::PluginMemory,
+            Self::Returned { error, .. } => {
+                ErrorCode::parse(&error.code).unwrap_or(ErrorCode::GenerationFailed)
+            }
+        }
+    }
+
+    /// The code string, keeping a plugin's own code when it is not one of ours.
+    pub fn code_str(&self) -> String {
+        match self {
+            Self::Returned { error, .. } => error.code.clone(),
+            other => other.code().as_str().to_string(),
+        }
+    }
+}
+
+/// World-specific pre-instantiation: linking and type-checking done once per component.
+enum Pre {
+    Generator(bindings::generator::GeneratorPre<PluginState>),
+    Reviewer(bindings::reviewer::ReviewerPre<PluginState>),
+    QualityCheck(bindings::quality_check::QualityCheckPre<PluginState>),
+    ErrorHandler(bindings::error_handler::ErrorHandlerPre<PluginState>),
+}
+
+/// Where a plugin came from.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum PluginSource {
+    Embedded,
+    File(std::path::PathBuf),
+}
+
+/// A loaded, callable plugin.
+pub struct Plugin {
+    pub manifest: Arc<Manifest>,
+    pub source: PluginSource,
+    pub sha256: String,
+    pub size_bytes: usize,
+    pub compile_ms: u64,
+    pub cache_hit: bool,
+    pre: Pre,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("manifest", &self.manifest)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// What one call cost, for statistics and audit.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CallStats {
+    pub duration_ms: u64,
+    pub memory_peak_bytes: usize,
+    pub tokens: u64,
+    pub llm_calls: u32,
+}
+
+/// The wasmtime engine, linkers and the model engine plugins may reach.
+pub struct PluginHost {
+    engine: wasmtime::Engine,
+    linker_llm: Linker<PluginState>,
+    linker_plain: Linker<PluginState>,
+    models: Option<Arc<Engine>>,
+    cache: CompileCache,
+    max_memory_mb: u64,
+    max_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost").finish_non_exhaustive()
+    }
+}
+
+/// Operator limits that no manifest can exceed.
+#[derive(Debug, Clone)]
+pub struct HostLimits {
+    pub max_memory_mb: u64,
+    pub max_timeout_ms: u64,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        Self {
+            max_memory_mb: 1024,
+            max_timeout_ms: 300_000,
+        }
+    }
+}
+
+impl PluginHost {
+    /// Create the host; `models` is what `llm` imports reach (None: no model access at all).
+    pub fn new(
+        models: Option<Arc<Engine>>,
+        cache: CompileCache,
+        limits: HostLimits,
+    ) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .parallel_compilation(true);
+        // CPython-based plugins recurse deeply on nested expressions; the 512 KiB default turns
+        // a syntax error in deeply nested code into a stack-exhaustion trap.
+        config.max_wasm_stack(2 << 20);
+        let engine = wasmtime::Engine::new(&config)?;
+        // The epoch ticker holds only a weak handle, so it ends when the host is dropped.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("agentrt-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        let mut linker_plain = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker_plain)?;
+        bindings::log::add_to_linker::<_, HasSelf<_>>(&mut linker_plain, |s| s)?;
+        let mut linker_llm = linker_plain.clone();
+        bindings::llm::add_to_linker::<_, HasSelf<_>>(&mut linker_llm, |s| s)?;
+        Ok(Self {
+            engine,
+            linker_llm,
+            linker_plain,
+            models,
+            cache,
+            max_memory_mb: limits.max_memory_mb,
+            max_timeout_ms: limits.max_timeout_ms,
+        })
+    }
+
+    /// Compile (or fetch from the cache) and type-check a component against its manifest's world.
+    pub fn load(
+        &self,
+        manifest: Manifest,
+        bytes: &[u8],
+        source: PluginSource,
+    ) -> Result<Plugin, PluginError> {
+        let name = manifest.name.clone();
+        let fail = |message: String| PluginError::Load {
+            plugin: name.clone(),
+            message,
+        };
+        if !bytes.starts_with(b"\0asm") {
+            return Err(fail("not a WebAssembly file".into()));
+        }
+        let sha256 = sha256_hex(bytes);
+        let started = Instant::now();
+        let (component, cache_hit) = self
+            .cache
+            .load(&self.engine, bytes, &sha256)
+            .map_err(|e| fail(format!("not a valid component: {e:#}")))?;
+        let compile_ms = started.elapsed().as_millis() as u64;
+        let pre = self
+            .pre_instantiate(manifest.world, &component)
+            .map_err(|e| {
+                fail(format!(
+                    "does not implement world {} with the imports agentrt provides: {e:#}",
+                    manifest.world
+                ))
+            })?;
+        Ok(Plugin {
+            manifest: Arc::new(manifest),
+            source,
+            sha256,
+            size_bytes: bytes.len(),
+            compile_ms,
+            cache_hit,
+            pre,
+        })
+    }
+
+    fn pre_instantiate(&self, world: World, component: &Component) -> wasmtime::Result<Pre> {
+        let linker = if world.uses_llm() {
+            &self.linker_llm
+        } else {
+            &self.linker_plain
+        };
+        let pre = linker.instantiate_pre(component)?;
+        Ok(match world {
+            World::Generator => Pre::Generator(bindings::generator::GeneratorPre::new(pre)?),
+            World::Reviewer => Pre::Reviewer(bindings::reviewer::ReviewerPre::new(pre)?),
+            World::QualityCheck => {
+                Pre::QualityCheck(bindings::quality_check::QualityCheckPre::new(pre)?)
+            }
+            World::ErrorHandler => {
+                Pre::ErrorHandler(bindings::error_handler::ErrorHandlerPre::new(pre)?)
+            }
+        })
+    }
+
+    fn new_store(&self, plugin: &Plugin) -> (Store<PluginState>, Duration) {
+        let p = &plugin.manifest.permissions;
+        let memory_mb = p
+            .memory_mb
+            .unwrap_or(DEFAULT_MEMORY_MB)
+            .min(self.max_memory_mb);
+        let timeout = Duration::from_millis(
+            p.timeout_ms
+                .unwrap_or(DEFAULT_TIMEOUT_MS)
+                .min(self.max_timeout_ms),
+        );
+        let models = if plugin.manifest.world.uses_llm() {
+            self.models.clone()
+        } else {
+            None
+        };
+        let state = PluginState::new(
+            plugin.manifest.clone(),
+            models,
+            (memory_mb as usize) << 20,
+            Instant::now() + timeout,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        (store, timeout)
+    }
+
+    /// Run `f` in a fresh store and turn wasmtime failures into [`PluginError`]s.
+    fn call<R>(
+        &self,
+        plugin: &Plugin,
+        f: impl FnOnce(&Pre, &mut Store<PluginState>) -> wasmtime::Result<Result<R, PipelineError>>,
+    ) -> (Result<R, PluginError>, CallStats) {
+        let started = Instant::now();
+        let (mut store, timeout) = self.new_store(plugin);
+        let outcome = f(&plugin.pre, &mut store);
+        let state = store.data();
+        let stats = CallStats {
+            duration_ms: started.elapsed().as_millis() as u64,
+            memory_peak_bytes: state.limiter.peak_bytes,
+            tokens: state.tokens_used,
+            llm_calls: state.llm_calls,
+        };
+        let name = plugin.manifest.name.clone();
+        let result = match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(error)) => Err(PluginError::Returned {
+                plugin: name,
+                error,
+            }),
+            Err(e) => Err(classify_failure(e, state, name, timeout)),
+        };
+        let outcome_label = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.code_str(),
+        };
+        tracing::info!(
+            target: "agentrt::audit",
+            plugin = %plugin.manifest.name,
+            version = %plugin.manifest.version,
+            world = %plugin.manifest.world,
+            duration_ms = stats.duration_ms,
+            memory_peak_bytes = stats.memory_peak_bytes,
+            tokens = stats.tokens,
+            outcome = %outcome_label,
+            "plugin call"
+        );
+        (result, stats)
+    }
+
+    pub fn generate(
+        &self,
+        plugin: &Plugin,
+        req: &GenerationRequest,
+    ) -> (Result<CodeArtifact, PluginError>, CallStats) {
+        self.call(plugin, |pre, store| match pre {
+            Pre::Generator(p) => p.instantiate(&mut *store)?.call_generate(&mut *store, req),
+            _ => Err(wrong_world(World::Generator)),
+        })
+    }
+
+    pub fn review(
+        &self,
+        plugin: &Plugin,
+        req: &ReviewRequest,
+    ) -> (Result<Review, PluginError>, CallStats) {
+        self.call(plugin, |pre, store| match pre {
+            Pre::Reviewer(p) => p.instantiate(&mut *store)?.call_review(&mut *store, req),
+            _ => Err(wrong_world(World::Reviewer)),
+        })
+    }
+
+    pub fn check(
+        &self,
+        plugin: &Plugin,
+        artifact: &CodeArtifact,
+    ) -> (Result<Vec<Finding>, PluginError>, CallStats) {
+        self.call(plugin, |pre, store| match pre {
+            Pre::QualityCheck(p) => p
+                .instantiate(&mut *store)?
+                .call_check(&mut *store, artifact),
+            _ => Err(wrong_world(World::QualityCheck)),
+        })
+    }
+
+    pub fn describe_check(&self, plugin: &Plugin) -> (Result<CheckInfo, PluginError>, CallStats) {
+        self.call(plugin, |pre, store| match pre {
+            Pre::QualityCheck(p) => Ok(Ok(p
+                .instantiate(&mut *store)?
+                .call_describe(&mut *store)?)),
+            _ => Err(wrong_world(World::QualityCheck)),
+        })
+    }
+
+    pub fn handle_error(
+        &self,
+        plugin: &Plugin,
+        error: &PipelineError,
+        retries_left: u32,
+    ) -> (Result<Recovery, PluginError>, CallStats) {
+        self.call(plugin, |pre, store| match pre {
+            Pre::ErrorHandler(p) => Ok(Ok(p.instantiate(&mut *store)?.call_handle(
+                &mut *store,
+                error,
+                retries_left,
+            )?)),
+            _ => Err(wrong_world(World::ErrorHandler)),
+        })
+    }
+}
+
+fn wrong_world(expected: World) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("plugin does not implement the {expected} world"))
+}
+
+/// Name what went wrong: the deadline, the memory cap, or a trap with its message.
+fn classify_failure(
+    e: wasmtime::Error,
+    state: &PluginState,
+    plugin: String,
+    timeout: Duration,
+) -> PluginError {
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return PluginError::Timeout {
+            plugin,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+    }
+    if state.limiter.hit {
+        return PluginError::Memory {
+            plugin,
+            limit_mb: (state.limiter.max_bytes >> 20) as u64,
+        };
+    }
+    let message = match e.downcast_ref::<Trap>() {
+        Some(trap) => format!("{trap}"),
+        None => format!("{e:#}"),
+    };
+    PluginError::Trap { plugin, message }
+}

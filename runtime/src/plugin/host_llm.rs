@@ -1,0 +1,174 @@
+//! Host side of the `llm` interface: model access for plugins, under their permissions.
+//!
+//! A plugin sees only the models its manifest lists; `max-tokens` is capped by the manifest's
+//! `max-tokens-per-call`; every call carries the plugin call's deadline into the engine, so a
+//! generation in flight stops when the plugin's time is up.
+
+use std::sync::Arc;
+
+use super::bindings::llm::{
+    ChatMessage, Completion, Error, FinishReason, Host, ModelInfo, Role, Sampling, Usage,
+};
+use super::state::PluginState;
+use crate::engine::chat_template::TemplateMessage;
+use crate::engine::{self, Control, EngineError, LoadedModel, Prompt, SamplingParams};
+
+/// Tokens generated when a plugin does not say.
+const DEFAULT_MAX_TOKENS: u32 = 256;
+
+impl PluginState {
+    fn resolve_model(&self, model: Option<String>) -> Result<Arc<LoadedModel>, Error> {
+        let engine = self
+            .models
+            .as_ref()
+            .ok_or_else(|| Error::AccessDenied("this plugin has no model access".into()))?;
+        let loaded = engine
+            .model(model.as_deref())
+            .map_err(|e| Error::ModelNotSupported(e.to_string()))?;
+        if !self.manifest.permissions.allows_model(&loaded.info.id) {
+            return Err(Error::AccessDenied(format!(
+                "plugin {} is not granted model {}",
+                self.manifest.name, loaded.info.id
+            )));
+        }
+        Ok(loaded)
+    }
+
+    fn sampling_params(&self, s: Sampling) -> Result<SamplingParams, Error> {
+        let defaults = SamplingParams::default();
+        let cap = self
+            .manifest
+            .permissions
+            .max_tokens_per_call
+            .unwrap_or(u32::MAX);
+        let max_tokens = match s.max_tokens {
+            Some(n) if n > cap => {
+                return Err(Error::QuotaExceeded(format!(
+                    "max-tokens {n} is above this plugin's per-call budget of {cap}"
+                )));
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_TOKENS.min(cap),
+        };
+        let params = SamplingParams {
+            max_tokens,
+            temperature: s.temperature.unwrap_or(defaults.temperature),
+            top_k: s.top_k.unwrap_or(defaults.top_k),
+            top_p: s.top_p.unwrap_or(defaults.top_p),
+            repeat_penalty: s.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+            seed: s.seed.unwrap_or(defaults.seed),
+            stop: s.stop,
+            ..defaults
+        };
+        params.validate().map_err(Error::InvalidInput)?;
+        Ok(params)
+    }
+
+    fn run(
+        &mut self,
+        model: Option<String>,
+        prompt: Prompt,
+        s: Sampling,
+    ) -> Result<Completion, Error> {
+        let loaded = self.resolve_model(model)?;
+        let params = self.sampling_params(s)?;
+        let control = Control {
+            deadline: Some(self.deadline),
+            cancel: None,
+        };
+        self.llm_calls += 1;
+        let done = loaded
+            .generate(&prompt, &params, &control, &mut |_| {})
+            .map_err(to_wit_error)?;
+        self.tokens_used += u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
+        Ok(Completion {
+            model: done.model,
+            text: done.text,
+            finish_reason: match done.finish_reason {
+                engine::FinishReason::EndOfSequence => FinishReason::EndOfSequence,
+                engine::FinishReason::StopSequence => FinishReason::StopSequence,
+                engine::FinishReason::Length => FinishReason::Length,
+            },
+            usage: Usage {
+                prompt_tokens: done.usage.prompt_tokens,
+                completion_tokens: done.usage.completion_tokens,
+            },
+        })
+    }
+}
+
+fn to_wit_error(e: EngineError) -> Error {
+    match e {
+        EngineError::ContextOverflow { .. } => Error::ContextOverflow(e.to_string()),
+        EngineError::InvalidInput(m) => Error::InvalidInput(m),
+        EngineError::Cancelled => Error::Cancelled,
+        EngineError::Timeout => Error::Timeout,
+        EngineError::NoChatTemplate(_) | EngineError::ModelNotFound(_) => {
+            Error::ModelNotSupported(e.to_string())
+        }
+        other => Error::RuntimeError(other.to_string()),
+    }
+}
+
+impl Host for PluginState {
+    fn list_models(&mut self) -> Vec<ModelInfo> {
+        let Some(engine) = &self.models else {
+            return Vec::new();
+        };
+        engine
+            .models()
+            .iter()
+            .filter(|m| self.manifest.permissions.allows_model(&m.info.id))
+            .map(|m| ModelInfo {
+                id: m.info.id.clone(),
+                architecture: m.info.architecture.clone(),
+                context_length: m.info.context_length,
+                supports_chat: m.info.supports_chat,
+            })
+            .collect()
+    }
+
+    fn count_tokens(&mut self, model: Option<String>, text: String) -> Result<u32, Error> {
+        let loaded = self.resolve_model(model)?;
+        let ids = loaded
+            .tokenizer
+            .encode(&text)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        Ok(ids.len() as u32)
+    }
+
+    fn generate(
+        &mut self,
+        model: Option<String>,
+        prompt: String,
+        params: Sampling,
+    ) -> Result<Completion, Error> {
+        self.run(model, Prompt::Text(prompt), params)
+    }
+
+    fn chat(
+        &mut self,
+        model: Option<String>,
+        messages: Vec<ChatMessage>,
+        params: Sampling,
+    ) -> Result<Completion, Error> {
+        if messages.is_empty() {
+            return Err(Error::InvalidInput(
+                "chat needs at least one message".into(),
+            ));
+        }
+        let messages = messages
+            .into_iter()
+            .map(|m| TemplateMessage {
+                role: match m.role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                }
+                .to_string(),
+                content: m.content,
+            })
+            .collect();
+        self.run(model, Prompt::Chat(messages), params)
+    }
+}

@@ -1,0 +1,115 @@
+//! The data of one plugin call's store: WASI context (empty by default), resource limits, and
+//! what the host needs to serve the plugin's imports under its permissions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::manifest::Manifest;
+use crate::engine::Engine;
+
+/// Most instances/tables/memories one plugin may create; components need a handful.
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 16;
+
+/// Caps linear memory and remembers whether the cap was hit, so a failed allocation can be
+/// reported as a memory-limit error rather than as the trap it turns into inside the guest.
+#[derive(Debug)]
+pub struct MemoryLimiter {
+    pub max_bytes: usize,
+    pub peak_bytes: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        self.peak_bytes = self.peak_bytes.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+/// Store data for one call.
+pub struct PluginState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub manifest: Arc<Manifest>,
+    pub models: Option<Arc<Engine>>,
+    pub deadline: Instant,
+    /// Tokens (prompt + completion) the plugin consumed in this call.
+    pub tokens_used: u64,
+    pub llm_calls: u32,
+}
+
+impl PluginState {
+    /// A state granting nothing beyond what the manifest lists: no env, args, files or sockets.
+    pub fn new(
+        manifest: Arc<Manifest>,
+        models: Option<Arc<Engine>>,
+        max_memory: usize,
+        deadline: Instant,
+    ) -> Self {
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_bytes: max_memory,
+                peak_bytes: 0,
+                hit: false,
+            },
+            manifest,
+            models,
+            deadline,
+            tokens_used: 0,
+            llm_calls: 0,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

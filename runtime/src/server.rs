@@ -1,0 +1,91 @@
+//! `agentrt serve`: the HTTP API over the engine and the agents.
+//!
+//! `app(state)` builds the router, so tests can drive it without a socket. Routes keep the
+//! shapes users of the replaced services relied on: `/generate`, `/review`, `/pipeline`,
+//! `/chat`, `/health`, `/stats`, plus `/check`, `/models` and `/plugins`.
+
+pub mod error;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::engine::Engine;
+use crate::pipeline::Pipeline;
+pub use error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub pipeline: Pipeline,
+}
+
+/// The router with every route.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/generate", post(routes::generate))
+        .route("/review", post(routes::review))
+        .route("/check", post(routes::check))
+        .route("/pipeline", post(routes::pipeline))
+        .route("/chat", post(routes::chat))
+        .route("/health", get(routes::health))
+        .route("/stats", get(routes::stats))
+        .route("/models", get(routes::models))
+        .route("/plugins", get(routes::plugins))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serve `app` on `addr` until Ctrl-C or SIGTERM.
+pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "agentrt listening");
+    // Scripts and tests read this line to learn the port when they asked for port 0.
+    println!("agentrt listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+/// With `AGENTRT_EXIT_WITH_STDIN=1`, completes when stdin reaches end of file: a supervisor
+/// (or a test harness) holding the other end of a pipe takes the server down with it, even
+/// when it is killed without the chance to stop the server.
+async fn stdin_closed() {
+    if std::env::var_os("AGENTRT_EXIT_WITH_STDIN").is_none_or(|v| v != "1") {
+        return std::future::pending().await;
+    }
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+    tracing::info!("stdin closed; shutting down");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {}, _ = stdin_closed() => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,84 @@
+//! The one JSON error shape of every HTTP error:
+//! `{"error": {"code": "VAL_003", "type": "validation_error", "message": "...", "details": ...}}`.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::error_code::ErrorCode;
+use crate::pipeline::ErrorOut;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub kind: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: code.as_str().to_string(),
+            kind: code.kind(),
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// An error reported by a pipeline stage (its code may come from a plugin).
+    pub fn from_stage(e: &ErrorOut) -> Self {
+        let known = ErrorCode::parse(&e.code);
+        Self {
+            status: StatusCode::from_u16(e.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: e.code.clone(),
+            kind: known.map_or("plugin_error", ErrorCode::kind),
+            message: e.message.clone(),
+            details: None,
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonDataError(e) => {
+                let text = e.body_text();
+                if text.contains("missing field") {
+                    ApiError::new(ErrorCode::MissingField, text)
+                } else {
+                    ApiError::new(ErrorCode::InvalidInput, text)
+                }
+            }
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                let mut err =
+                    ApiError::new(ErrorCode::ValidationFailed, "request body is too large");
+                err.status = StatusCode::PAYLOAD_TOO_LARGE;
+                err
+            }
+            other => ApiError::new(ErrorCode::ValidationFailed, other.body_text()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"code": self.code, "type": self.kind, "message": self.message});
+        if let Some(d) = self.details {
+            body["details"] = d;
+        }
+        (self.status, Json(json!({ "error": body }))).into_response()
+    }
+}

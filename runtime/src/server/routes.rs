@@ -1,0 +1,404 @@
+//! Route handlers. Each validates its input, runs the blocking work on a blocking thread and
+//! records the endpoint's statistics.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::Uri;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::engine::chat_template::TemplateMessage;
+use crate::engine::{Control, Prompt, SamplingParams};
+use crate::error_code::ErrorCode;
+use crate::pipeline::{FindingOut, PipelineRequest};
+use crate::plugin::bindings::CodeArtifact;
+
+/// Longest task description or chat message accepted, in characters.
+const MAX_TEXT_CHARS: usize = 16_000;
+/// Most tokens `/chat` generates in one answer.
+const MAX_CHAT_TOKENS: u32 = 2048;
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+fn parse<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(v)| v).map_err(ApiError::from)
+}
+
+fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("{field} must not be empty"),
+        ));
+    }
+    if value.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("{field} is longer than {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn language(value: Option<String>) -> Result<String, ApiError> {
+    let lang = value.unwrap_or_else(|| "python".into()).to_lowercase();
+    if lang != "python" {
+        return Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("language {lang:?} is not supported (supported: python)"),
+        ));
+    }
+    Ok(lang)
+}
+
+/// Run blocking work and record the endpoint's statistics.
+async fn blocking<F>(state: &AppState, endpoint: &'static str, work: F) -> ApiResult
+where
+    F: FnOnce() -> Result<(Value, u64), ApiError> + Send + 'static,
+{
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("worker failed: {e}"),
+        ))
+    });
+    let ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok((value, tokens)) => {
+            state
+                .pipeline
+                .stats
+                .record_endpoint(endpoint, ms, tokens, None);
+            Ok(Json(value))
+        }
+        Err(e) => {
+            state
+                .pipeline
+                .stats
+                .record_endpoint(endpoint, ms, 0, Some(&e.code));
+            Err(e)
+        }
+    }
+}
+
+fn record_rejection(state: &AppState, endpoint: &str, e: ApiError) -> ApiError {
+    state
+        .pipeline
+        .stats
+        .record_endpoint(endpoint, 0, 0, Some(&e.code));
+    e
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    task_description: String,
+    language: Option<String>,
+    max_retries: Option<u32>,
+}
+
+impl GenerateBody {
+    fn into_request(self) -> Result<PipelineRequest, ApiError> {
+        non_empty("task_description", &self.task_description)?;
+        Ok(PipelineRequest {
+            task_description: self.task_description,
+            language: language(self.language)?,
+            max_retries: self.max_retries.unwrap_or(1),
+        })
+    }
+}
+
+pub async fn generate(
+    State(state): State<AppState>,
+    body: Result<Json<GenerateBody>, JsonRejection>,
+) -> ApiResult {
+    let req = parse(body)
+        .and_then(GenerateBody::into_request)
+        .map_err(|e| record_rejection(&state, "/generate", e))?;
+    let pipeline = state.pipeline.clone();
+    let model = state
+        .engine
+        .model(None)
+        .map(|m| m.info.id.clone())
+        .unwrap_or_default();
+    blocking(&state, "/generate", move || {
+        let mut stages = Vec::new();
+        let result = pipeline.generate(&req, &mut stages);
+        let tokens: u64 = stages.iter().map(|s| s.tokens).sum();
+        match result {
+            Ok(artifact) => Ok((
+                json!({
+                    "code": artifact.code,
+                    "tests": artifact.tests,
+                    "language": artifact.language,
+                    "model": model,
+                    "usage": {"total_tokens": tokens},
+                    "stages": stages,
+                }),
+                tokens,
+            )),
+            Err(e) => Err(ApiError::from_stage(&e).with_details(json!({ "stages": stages }))),
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeBody {
+    code: String,
+    #[serde(default)]
+    tests: String,
+    language: Option<String>,
+    /// Only these checks (by plugin name); all when absent.
+    checks: Option<Vec<String>>,
+}
+
+impl CodeBody {
+    /// The artifact to check or review; an empty module is valid Python, so only a review
+    /// (which needs something to read) insists on code.
+    fn artifact(&self, require_code: bool) -> Result<CodeArtifact, ApiError> {
+        if require_code {
+            non_empty("code", &self.code)?;
+        } else if self.code.chars().count() > MAX_TEXT_CHARS * 8 {
+            return Err(ApiError::new(ErrorCode::InvalidInput, "code is too long"));
+        }
+        Ok(CodeArtifact {
+            language: language(self.language.clone())?,
+            code: self.code.clone(),
+            tests: self.tests.clone(),
+        })
+    }
+
+    fn check_names(&self, state: &AppState) -> Result<Option<Vec<String>>, ApiError> {
+        if let Some(names) = &self.checks {
+            for n in names {
+                if !state
+                    .pipeline
+                    .plugins
+                    .checks
+                    .iter()
+                    .any(|p| &p.manifest.name == n)
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::PluginNotFound,
+                        format!("no quality check named {n:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(self.checks.clone())
+    }
+}
+
+pub async fn check(
+    State(state): State<AppState>,
+    body: Result<Json<CodeBody>, JsonRejection>,
+) -> ApiResult {
+    let (artifact, only) = parse(body)
+        .and_then(|b| Ok((b.artifact(false)?, b.check_names(&state)?)))
+        .map_err(|e| record_rejection(&state, "/check", e))?;
+    let pipeline = state.pipeline.clone();
+    blocking(&state, "/check", move || {
+        let mut stages = Vec::new();
+        let (findings, checks) = pipeline.check(&artifact, only.as_deref(), &mut stages);
+        let findings: Vec<FindingOut> = findings.iter().map(FindingOut::from).collect();
+        Ok((
+            json!({ "findings": findings, "checks": checks, "stages": stages }),
+            0,
+        ))
+    })
+    .await
+}
+
+pub async fn review(
+    State(state): State<AppState>,
+    body: Result<Json<CodeBody>, JsonRejection>,
+) -> ApiResult {
+    let (artifact, only) = parse(body)
+        .and_then(|b| Ok((b.artifact(true)?, b.check_names(&state)?)))
+        .map_err(|e| record_rejection(&state, "/review", e))?;
+    let pipeline = state.pipeline.clone();
+    blocking(&state, "/review", move || {
+        let mut stages = Vec::new();
+        let (findings, checks) = pipeline.check(&artifact, only.as_deref(), &mut stages);
+        let result = pipeline.review(&artifact, &findings, &mut stages);
+        let tokens: u64 = stages.iter().map(|s| s.tokens).sum();
+        match result {
+            Ok(review) => {
+                let mut v = serde_json::to_value(&review).unwrap_or_default();
+                v["checks"] = json!(checks);
+                v["stages"] = json!(stages);
+                Ok((v, tokens))
+            }
+            Err(e) => Err(ApiError::from_stage(&e)
+                .with_details(json!({ "checks": checks, "stages": stages }))),
+        }
+    })
+    .await
+}
+
+pub async fn pipeline(
+    State(state): State<AppState>,
+    body: Result<Json<GenerateBody>, JsonRejection>,
+) -> ApiResult {
+    let req = parse(body)
+        .and_then(GenerateBody::into_request)
+        .map_err(|e| record_rejection(&state, "/pipeline", e))?;
+    let pipeline = state.pipeline.clone();
+    blocking(&state, "/pipeline", move || {
+        let outcome = pipeline.run(&req);
+        let tokens = outcome.tokens;
+        let value = serde_json::to_value(&outcome).unwrap_or_default();
+        match &outcome.error {
+            None => Ok((value, tokens)),
+            Some(e) => Err(ApiError::from_stage(e).with_details(value)),
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatBody {
+    message: String,
+    system: Option<String>,
+    model: Option<String>,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    seed: Option<u64>,
+}
+
+pub async fn chat(
+    State(state): State<AppState>,
+    body: Result<Json<ChatBody>, JsonRejection>,
+) -> ApiResult {
+    let body = parse(body)
+        .and_then(|b| {
+            non_empty("message", &b.message)?;
+            if b.max_tokens.is_some_and(|n| n == 0 || n > MAX_CHAT_TOKENS) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!("max_tokens must be 1..={MAX_CHAT_TOKENS}"),
+                ));
+            }
+            Ok(b)
+        })
+        .map_err(|e| record_rejection(&state, "/chat", e))?;
+    let model = state
+        .engine
+        .model(body.model.as_deref())
+        .map_err(|e| record_rejection(&state, "/chat", ApiError::new(e.code(), e.to_string())))?;
+    blocking(&state, "/chat", move || {
+        let mut messages = Vec::new();
+        if let Some(system) = body.system {
+            messages.push(TemplateMessage {
+                role: "system".into(),
+                content: system,
+            });
+        }
+        messages.push(TemplateMessage {
+            role: "user".into(),
+            content: body.message,
+        });
+        let defaults = SamplingParams::default();
+        let params = SamplingParams {
+            max_tokens: body.max_tokens.unwrap_or(256),
+            temperature: body.temperature.unwrap_or(defaults.temperature),
+            seed: body.seed.unwrap_or(defaults.seed),
+            ..defaults
+        };
+        let done = model
+            .generate(
+                &Prompt::Chat(messages),
+                &params,
+                &Control::default(),
+                &mut |_| {},
+            )
+            .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        let tokens = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
+        Ok((
+            json!({
+                "response": done.text,
+                "model": done.model,
+                "finish_reason": done.finish_reason,
+                "usage": done.usage,
+            }),
+            tokens,
+        ))
+    })
+    .await
+}
+
+fn plugin_list(state: &AppState) -> Vec<Value> {
+    state
+        .pipeline
+        .plugins
+        .all()
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.manifest.name,
+                "version": p.manifest.version,
+                "world": p.manifest.world,
+                "description": p.manifest.description,
+                "permissions": p.manifest.permissions,
+                "source": p.source,
+                "sha256": p.sha256,
+                "size_bytes": p.size_bytes,
+            })
+        })
+        .collect()
+}
+
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .engine
+        .models()
+        .iter()
+        .map(|m| json!({"id": m.info.id, "loaded": true}))
+        .collect();
+    let plugins: Vec<Value> = state
+        .pipeline
+        .plugins
+        .all()
+        .iter()
+        .map(|p| json!({"name": p.manifest.name, "world": p.manifest.world, "loaded": true}))
+        .collect();
+    let ok = !models.is_empty();
+    Json(json!({
+        "status": if ok { "healthy" } else { "degraded" },
+        "model_loaded": ok,
+        "models": models,
+        "plugins": plugins,
+        "uptime_seconds": state.pipeline.stats.snapshot().uptime_seconds,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<Value> {
+    Json(serde_json::to_value(state.pipeline.stats.snapshot()).unwrap_or_default())
+}
+
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let models: Vec<_> = state
+        .engine
+        .models()
+        .iter()
+        .map(|m| m.info.clone())
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+pub async fn plugins(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "plugins": plugin_list(&state) }))
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("no route for {}", uri.path()))
+}

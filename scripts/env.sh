@@ -1,0 +1,5 @@
+# Shared environment of the project's scripts: where the cache and the build folder live.
+# Sourced, not executed.
+export AGENTRT_HOME="${AGENTRT_HOME:-$HOME/.cache/agentrt}"
+# One target folder outside the clone, reused by every build and every CI run on this machine.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$AGENTRT_HOME/target}"

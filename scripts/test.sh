@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a fresh machine (idempotent) and run every check and test of the project:
+# formatting, clippy, the guest plugins' unit tests, the Python check's unit tests, and the
+# runtime's unit, reference and end-to-end tests (release profile: the engine is unusable
+# unoptimised, and one profile means the heavy dependencies are built once).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scripts/setup.sh
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "formatting"
+cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check)
+
+step "guest plugins: unit tests of their logic (host target)"
+(cd plugins && cargo test --quiet --target-dir "$CARGO_TARGET_DIR/plugins-host" --workspace --exclude agentrt-plugin-sdk)
+
+step "python quality check: unit tests"
+"$AGENTRT_HOME/venv/bin/python" -m unittest discover -s plugins/python-quality -p 'test_*.py'
+
+step "clippy"
+cargo clippy --release --all-targets -- -D warnings
+
+step "runtime: unit, reference and end-to-end tests"
+cargo test --release --workspace -- --test-threads "${AGENTRT_TEST_THREADS:-4}"

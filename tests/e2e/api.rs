@@ -1,0 +1,243 @@
+//! Every endpoint and error code of the default set-up: real model, embedded plugins.
+
+use serde_json::json;
+
+use crate::harness::{default_server, error_code};
+
+#[test]
+fn health_reports_model_and_plugins_loaded() {
+    let (status, body) = default_server().get("/health");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["model_loaded"], true);
+    let worlds: Vec<&str> = body["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["world"].as_str())
+        .collect();
+    for world in ["generator", "reviewer", "error-handler", "quality-check"] {
+        assert!(worlds.contains(&world), "no {world} plugin in {body}");
+    }
+}
+
+#[test]
+fn pipeline_fibonacci_returns_code_tests_findings_and_a_verdict() {
+    let s = default_server();
+    let (status, body) = s.post(
+        "/pipeline",
+        &json!({"task_description": "Write a function that returns the n-th Fibonacci number"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "completed");
+    assert!(
+        body["code"].as_str().is_some_and(|c| c.contains("def ")),
+        "{body}"
+    );
+    assert!(
+        body["tests"].as_str().is_some_and(|t| !t.trim().is_empty()),
+        "{body}"
+    );
+    assert!(body["findings"].is_array(), "{body}");
+    let verdict = body["review"]["verdict"].as_str().unwrap_or_default();
+    assert!(
+        ["approve", "request_changes", "reject"].contains(&verdict),
+        "{body}"
+    );
+    let stages: Vec<&str> = body["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter_map(|s| s["stage"].as_str())
+        .collect();
+    assert!(
+        stages.contains(&"generate") && stages.contains(&"check") && stages.contains(&"review"),
+        "{stages:?}"
+    );
+    assert!(
+        body["tokens"].as_u64().unwrap_or(0) > 0,
+        "the model must have been used: {body}"
+    );
+
+    // /stats counts it, per endpoint and per plugin.
+    let (_, stats) = s.get("/stats");
+    assert!(
+        stats["endpoints"]["/pipeline"]["requests"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{stats}"
+    );
+    assert!(
+        stats["plugins"]["generator"]["tokens"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{stats}"
+    );
+}
+
+#[test]
+fn generate_returns_code_tests_model_and_usage() {
+    let (status, body) = default_server().post(
+        "/generate",
+        &json!({"task_description": "Write a function that adds two integers"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["code"].as_str().is_some_and(|c| c.contains("def ")),
+        "{body}"
+    );
+    assert!(body["tests"].is_string());
+    assert_eq!(body["model"], "smollm2-135m-instruct");
+    assert!(body["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn review_returns_a_verdict_with_the_check_findings() {
+    let code = "def add(a, b):\n    return eval('a + b')\n";
+    let (status, body) = default_server().post(
+        "/review",
+        &json!({"code": code, "tests": "assert add(1, 2) == 3\n"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        ["approve", "request_changes", "reject"]
+            .contains(&body["verdict"].as_str().unwrap_or_default())
+    );
+    let score = body["score"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=10.0).contains(&score), "{body}");
+    let rules: Vec<&str> = body["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter_map(|f| f["rule_id"].as_str())
+        .collect();
+    assert!(
+        rules.contains(&"dangerous-call"),
+        "eval must be reported: {rules:?}"
+    );
+    assert_ne!(
+        body["verdict"], "approve",
+        "code calling eval must not be approved: {body}"
+    );
+}
+
+#[test]
+fn check_reports_each_rule_with_line_and_column() {
+    let code = "import os\n\ndef run(cmd):\n    os.system(cmd)\n";
+    let (status, body) = default_server().post("/check", &json!({"code": code}));
+    assert_eq!(status, 200, "{body}");
+    let findings = body["findings"].as_array().expect("findings");
+    let get = |rule: &str| findings.iter().find(|f| f["rule_id"] == rule).cloned();
+    let danger = get("dangerous-call").unwrap_or_else(|| panic!("no dangerous-call in {body}"));
+    assert_eq!(
+        (danger["line"].as_u64(), danger["severity"].as_str()),
+        (Some(4), Some("error"))
+    );
+    assert!(get("missing-docstring").is_some(), "{body}");
+    assert!(get("missing-type-hints").is_some(), "{body}");
+
+    let (_, body) = default_server().post("/check", &json!({"code": "def f(:\n    pass\n"}));
+    let syntax = body["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["rule_id"] == "syntax-error")
+        .cloned();
+    let syntax = syntax.unwrap_or_else(|| panic!("no syntax-error in {body}"));
+    assert_eq!(syntax["line"], 1);
+}
+
+#[test]
+fn chat_answers_with_model_text() {
+    let (status, body) =
+        default_server().post("/chat", &json!({"message": "Say hello.", "max_tokens": 16}));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["response"]
+            .as_str()
+            .is_some_and(|r| !r.trim().is_empty()),
+        "{body}"
+    );
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[test]
+fn invalid_requests_get_validation_codes() {
+    let s = default_server();
+    let (status, body) = s.post_raw("/generate", "application/json", "{not json");
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "VAL_001"),
+        "{body}"
+    );
+    let (status, body) = s.post("/generate", &json!({"language": "python"}));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "VAL_003"),
+        "{body}"
+    );
+    let (status, body) = s.post("/generate", &json!({"task_description": "   "}));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "VAL_002"),
+        "{body}"
+    );
+    let (status, body) = s.post(
+        "/generate",
+        &json!({"task_description": "x", "language": "cobol"}),
+    );
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "VAL_002"),
+        "{body}"
+    );
+    let (status, body) = s.post("/review", &json!({"tests": "assert True"}));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "VAL_003"),
+        "{body}"
+    );
+    let (status, body) = s.post("/chat", &json!({"message": 5}));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "VAL_002"),
+        "{body}"
+    );
+    let (status, body) = s.post(
+        "/check",
+        &json!({"code": "x = 1", "checks": ["no-such-check"]}),
+    );
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (404, "PLUGIN_001"),
+        "{body}"
+    );
+    let big = "x".repeat(2 << 20);
+    let (status, body) = s.post("/chat", &json!({"message": big}));
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = s.get("/no/such/route");
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (404, "NOT_FOUND"),
+        "{body}"
+    );
+    let (status, body) = s.post("/chat", &json!({"message": "hi", "model": "gpt-9"}));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (503, "MODEL_001"),
+        "{body}"
+    );
+}
+
+#[test]
+fn stats_count_failures_by_code() {
+    let s = default_server();
+    s.post("/generate", &json!({}));
+    let (status, body) = s.get("/stats");
+    assert_eq!(status, 200);
+    let g = &body["endpoints"]["/generate"];
+    assert!(g["failures"].as_u64().unwrap_or(0) >= 1, "{body}");
+    assert!(g["errors"]["VAL_003"].as_u64().unwrap_or(0) >= 1, "{body}");
+}

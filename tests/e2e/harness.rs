@@ -1,0 +1,174 @@
+//! Test harness: start `agentrt serve` on a free port, make JSON requests, build the test-only
+//! plugins once per run.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The agentrt binary cargo built for this test run.
+pub fn agentrt_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agentrt")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .to_path_buf()
+}
+
+/// A running server, killed on drop. It also exits when this process does (its stdin is a
+/// pipe held here, see `AGENTRT_EXIT_WITH_STDIN`), because shared servers live in statics that
+/// are never dropped.
+pub struct Server {
+    child: Child,
+    _stdin: ChildStdin,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Start `agentrt serve` with extra arguments and wait until it listens.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(agentrt_bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("AGENTRT_EXIT_WITH_STDIN", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agentrt serve");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("agentrt listening on ") {
+                        break url.trim().to_string();
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    panic!("agentrt serve exited before listening: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            _stdin: stdin,
+            base,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POST a raw body; returns (status, JSON body).
+    pub fn post_raw(&self, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+        let agent = agent();
+        let resp = agent
+            .post(&self.url(path))
+            .header("content-type", content_type)
+            .send(body);
+        read(resp)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, "application/json", &body.to_string())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        read(agent().get(&self.url(path)).call())
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .into()
+}
+
+fn read(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+    let mut resp = resp.expect("HTTP request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().expect("read body");
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text}"));
+    (status, value)
+}
+
+/// Assert the error shape of DESIGN.md and return the code.
+pub fn error_code(body: &Value) -> String {
+    let err = &body["error"];
+    assert!(
+        err["code"].is_string() && err["type"].is_string() && err["message"].is_string(),
+        "bad error shape: {body}"
+    );
+    err["code"].as_str().unwrap_or_default().to_string()
+}
+
+/// The default-configuration server, shared by the tests that only read from it.
+pub fn default_server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| Server::start(&[]))
+}
+
+/// Folder holding the test-only plugins (built once per run) with their manifests.
+pub fn test_plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = repo_root();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("wasm-test-plugins");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(root.join("tests/plugins/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("run cargo for the test plugins");
+        assert!(status.success(), "building tests/plugins failed");
+        let dir = std::env::temp_dir().join(format!("agentrt-test-plugins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for name in ["trap-reviewer", "spin-check", "hog-check", "echo-check"] {
+            let artifact = name.replace('-', "_");
+            let wasm = target
+                .join("wasm32-wasip2/release")
+                .join(format!("{artifact}.wasm"));
+            std::fs::copy(&wasm, dir.join(format!("{name}.wasm")))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
+            std::fs::copy(
+                root.join("tests/plugins").join(name).join("plugin.toml"),
+                dir.join(format!("{name}.toml")),
+            )
+            .expect("copy manifest");
+        }
+        dir
+    })
+}
