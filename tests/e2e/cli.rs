@@ -36,10 +36,18 @@ fn check_prints_findings_as_json() {
 }
 
 #[test]
-fn plugins_list_shows_the_four_default_roles() {
+fn plugins_list_shows_the_four_default_roles_compiled_once() {
+    // The first run may compile (or find another test's compilation); the second must load
+    // every component from the on-disk cache.
+    run(&["plugins", "list", "--json"]);
     let (ok, stdout, stderr) = run(&["plugins", "list", "--json"]);
     assert!(ok, "{stderr}");
     let v: Value = serde_json::from_str(&stdout).expect("json");
+    let plugins = v["plugins"].as_array().expect("list");
+    assert!(
+        plugins.iter().all(|p| p["cached"] == true),
+        "not all from the cache: {v}"
+    );
     let names: Vec<&str> = v["plugins"]
         .as_array()
         .expect("list")

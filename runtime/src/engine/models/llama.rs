@@ -39,7 +39,11 @@ impl LlamaConfig {
         let n_kv_head = f
             .u64(&key("attention.head_count_kv"))
             .unwrap_or(n_head as u64) as usize;
-        if n_head == 0 || n_kv_head == 0 || dim % n_head != 0 || n_head % n_kv_head != 0 {
+        if n_head == 0
+            || n_kv_head == 0
+            || !dim.is_multiple_of(n_head)
+            || !n_head.is_multiple_of(n_kv_head)
+        {
             return Err(GgufError::Corrupt(format!(
                 "inconsistent attention shape: dim {dim}, {n_head} heads, {n_kv_head} kv heads"
             )));
