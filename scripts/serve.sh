@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup.sh
-cargo build --release --bin agentrt
+# Build exactly what `scripts/test.sh` builds (binary and tests resolve dependency features
+# together), so serving after testing, or testing after serving, compiles nothing twice.
+cargo build --release --bins --tests
 exec "$CARGO_TARGET_DIR/release/agentrt" serve "$@"
