@@ -15,8 +15,10 @@
 //! Warnings and infos are capped so that style findings on every function (missing docstrings,
 //! missing type hints) cannot by themselves reject code that works.
 //!
-//! A missing model score counts as [`NEUTRAL_MODEL_SCORE`], so code that passes its tests and
-//! checks is approved even when the small model answers nonsense.
+//! A missing model score counts as [`NEUTRAL_MODEL_SCORE`] when tests ran, so code that passes
+//! its tests and checks is approved even when the small model answers nonsense. With neither a
+//! model score nor test results there is no evidence the code works, and the base is
+//! [`UNVERIFIED_SCORE`], below approval.
 
 use agentrt_plugin_sdk::{Finding, Review, ReviewRequest, Severity, Verdict};
 
@@ -24,6 +26,8 @@ use crate::answer::{self, Opinion};
 
 /// Model score assumed when the model gave none (or could not be asked).
 pub const NEUTRAL_MODEL_SCORE: f32 = 7.0;
+/// Base score with no model score and no test results: nothing says the code works.
+pub const UNVERIFIED_SCORE: f32 = 5.0;
 /// Lowest score that approves.
 pub const APPROVE_FROM: f32 = 6.0;
 /// Lowest score that asks for changes rather than rejecting.
@@ -66,7 +70,13 @@ pub fn decide(request: &ReviewRequest, opinion: Option<&Opinion>) -> Review {
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
     let passed = outcomes.len() - failed.len();
 
-    let model_score = opinion.and_then(|o| o.score).unwrap_or(NEUTRAL_MODEL_SCORE);
+    let model_score = opinion
+        .and_then(|o| o.score)
+        .unwrap_or(if outcomes.is_empty() {
+            UNVERIFIED_SCORE
+        } else {
+            NEUTRAL_MODEL_SCORE
+        });
     let base = if outcomes.is_empty() {
         model_score
     } else {
@@ -265,10 +275,16 @@ mod tests {
     }
 
     #[test]
-    fn missing_model_score_is_neutral() {
-        let review = decide(&request(vec![], &[]), Some(&opinion(None, &[])));
-        assert_eq!(review.score, NEUTRAL_MODEL_SCORE);
+    fn missing_model_score_is_neutral_when_tests_passed() {
+        let review = decide(&request(vec![], &[("t", true)]), Some(&opinion(None, &[])));
         assert_eq!(review.verdict, Verdict::Approve);
+    }
+
+    #[test]
+    fn no_score_and_no_test_results_is_not_approved() {
+        let review = decide(&request(vec![], &[]), Some(&opinion(None, &[])));
+        assert_eq!(review.score, UNVERIFIED_SCORE);
+        assert_eq!(review.verdict, Verdict::RequestChanges);
         assert!(review.findings.iter().any(|f| f.rule_id == "tests-missing"));
         assert!(review.summary.contains("no score"));
     }
