@@ -52,13 +52,27 @@ impl LlamaConfig {
             Some(v) => v as usize,
             None => f.array("tokenizer.ggml.tokens")?.len(),
         };
+        let n_layer = f.u64(&key("block_count"))?;
+        let ffn_dim = f.u64(&key("feed_forward_length"))?;
+        // Bounds far above any real model; they keep a hostile header from sizing allocations.
+        if n_layer == 0
+            || n_layer > 1024
+            || dim > 1 << 16
+            || ffn_dim > 1 << 18
+            || vocab == 0
+            || vocab > 1 << 22
+        {
+            return Err(GgufError::Corrupt(format!(
+                "implausible model shape: {n_layer} layers, width {dim}, feed-forward {ffn_dim}, vocabulary {vocab}"
+            )));
+        }
         Ok(Self {
-            n_layer: f.u64(&key("block_count"))? as usize,
+            n_layer: n_layer as usize,
             dim,
             n_head,
             n_kv_head,
             head_dim: dim / n_head,
-            ffn_dim: f.u64(&key("feed_forward_length"))? as usize,
+            ffn_dim: ffn_dim as usize,
             vocab,
             context_length: f.u64(&key("context_length"))? as usize,
             rope_base: f.f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
@@ -198,6 +212,9 @@ impl Llama {
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
         let c = &self.config;
         let n = tokens.len();
+        if n == 0 {
+            return Vec::new();
+        }
         let pos0 = cache.len();
         let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
         let mut s = Scratch {
