@@ -35,7 +35,7 @@ pub fn run(
         code: ErrorCode::Internal.as_str(),
         message: e.to_string(),
     })?;
-    while ids.len() < prompt_tokens {
+    while ids.len() < prompt_tokens.max(1) {
         ids.extend_from_slice(&unit);
     }
     ids.truncate(prompt_tokens.max(1));

@@ -298,10 +298,11 @@ impl LoadedModel {
             });
         }
         control.check()?;
+        // The mutex guards no data, so a panic elsewhere cannot leave anything inconsistent.
         let _turn = self
             .busy
             .lock()
-            .map_err(|_| EngineError::Runtime("engine lock poisoned".into()))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         control.check()?;
         let mut cache = self.model.new_cache(prompt_ids.len() + max_tokens);
         let mut sampler = Sampler::new(params.clone());
@@ -390,7 +391,7 @@ fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
     for stop in stops {
         for k in (1..stop.len()).rev() {
             if stop.is_char_boundary(k) && text[..safe].ends_with(&stop[..k]) {
-                safe = safe.min(text.len() - k);
+                safe -= k;
                 break;
             }
         }
@@ -446,5 +447,9 @@ mod tests {
         assert_eq!(safe_prefix_len("abc", &stops), 3);
         assert_eq!(earliest_stop("x```y", &stops), Some(1));
         assert_eq!(safe_prefix_len("ab\u{FFFD}", &[]), 2);
+        // A held-back replacement character and a multi-byte stop prefix together.
+        let stops = vec!["é!".to_string(), "x".to_string()];
+        assert_eq!(safe_prefix_len("abé\u{FFFD}", &stops), 2);
+        assert_eq!(safe_prefix_len("abé", &stops), 2);
     }
 }

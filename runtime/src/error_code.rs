@@ -1,7 +1,8 @@
 //! The error codes clients see, with the HTTP status and type each maps to.
 //!
 //! Families follow the system agentrt replaces (`MODEL_*`, `GEN_*`, `REV_*`, `COMM_*`, `VAL_*`),
-//! extended with `PLUGIN_*` for sandboxed plugins and `CHECK_*` for quality checks. Every
+//! extended with `PLUGIN_*` for sandboxed plugins, `COMM_004` for cancellation and
+//! `NOT_FOUND`/`INTERNAL`. Every
 //! library error type converts into an [`ErrorCode`] plus a message; the server renders it as
 //! `{"error": {"code", "type", "message", "details"}}`.
 
@@ -52,6 +53,8 @@ pub enum ErrorCode {
     PluginAccessDenied,
     /// The plugin used up its token budget.
     PluginQuota,
+    /// The plugin returned a result too large or out of range.
+    PluginOutput,
     /// Route does not exist.
     NotFound,
     /// Anything else.
@@ -83,6 +86,7 @@ impl ErrorCode {
             Self::PluginMemory => "PLUGIN_005",
             Self::PluginAccessDenied => "PLUGIN_006",
             Self::PluginQuota => "PLUGIN_007",
+            Self::PluginOutput => "PLUGIN_008",
             Self::NotFound => "NOT_FOUND",
             Self::Internal => "INTERNAL",
         }
@@ -107,7 +111,8 @@ impl ErrorCode {
             | Self::PluginTimeout
             | Self::PluginMemory
             | Self::PluginAccessDenied
-            | Self::PluginQuota => "plugin_error",
+            | Self::PluginQuota
+            | Self::PluginOutput => "plugin_error",
             Self::NotFound => "not_found",
             Self::Internal => "internal_error",
         }
@@ -127,7 +132,7 @@ impl ErrorCode {
             Self::ModelTimeout | Self::PluginTimeout => 504,
             Self::Cancelled => 408,
             Self::ModelNotAvailable => 503,
-            Self::PluginTrap | Self::PluginMemory | Self::PluginLoad => 502,
+            Self::PluginTrap | Self::PluginMemory | Self::PluginLoad | Self::PluginOutput => 502,
             Self::ModelMemory
             | Self::GenerationFailed
             | Self::CodeExtractionFailed
@@ -166,6 +171,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::PluginMemory,
     ErrorCode::PluginAccessDenied,
     ErrorCode::PluginQuota,
+    ErrorCode::PluginOutput,
     ErrorCode::NotFound,
     ErrorCode::Internal,
 ];

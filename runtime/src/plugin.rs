@@ -10,6 +10,7 @@ pub mod compile_cache;
 mod host_llm;
 mod host_log;
 pub mod manifest;
+pub mod output;
 pub mod registry;
 pub mod state;
 
@@ -35,6 +36,14 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Defaults for plugins whose manifest does not say.
 pub const DEFAULT_MEMORY_MB: u64 = 256;
 pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+/// Guest stack allowed by wasmtime; CPython-based plugins recurse deeply on nested expressions,
+/// and the 512 KiB default turns a syntax error in deeply nested code into a stack trap.
+const MAX_WASM_STACK: usize = 2 << 20;
+/// Native stack of the thread a plugin call runs on: wasmtime's guest-stack check is relative to
+/// where the call starts, so the thread needs the guest's allowance plus room for the host.
+const PLUGIN_THREAD_STACK: usize = MAX_WASM_STACK + (8 << 20);
+/// Most bytes a plugin may pass to the host in one import call (strings and lists).
+const HOSTCALL_FUEL: usize = 4 << 20;
 
 /// Why a plugin could not be loaded or a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +61,8 @@ pub enum PluginError {
         plugin: String,
         error: PipelineError,
     },
+    #[error("plugin {plugin} returned an unusable result: {message}")]
+    Output { plugin: String, message: String },
 }
 
 impl PluginError {
@@ -61,6 +72,7 @@ impl PluginError {
             Self::Trap { .. } => ErrorCode::PluginTrap,
             Self::Timeout { .. } => ErrorCode::PluginTimeout,
             Self::Memory { .. } => ErrorCode::PluginMemory,
+            Self::Output { .. } => ErrorCode::PluginOutput,
             Self::Returned { error, .. } => {
                 ErrorCode::parse(&error.code).unwrap_or(ErrorCode::GenerationFailed)
             }
@@ -166,9 +178,7 @@ impl PluginHost {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .parallel_compilation(true);
-        // CPython-based plugins recurse deeply on nested expressions; the 512 KiB default turns
-        // a syntax error in deeply nested code into a stack-exhaustion trap.
-        config.max_wasm_stack(2 << 20);
+        config.max_wasm_stack(MAX_WASM_STACK);
         let engine = wasmtime::Engine::new(&config)?;
         // The epoch ticker holds only a weak handle, so it ends when the host is dropped.
         let weak = engine.weak();
@@ -281,6 +291,7 @@ impl PluginHost {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
         let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
@@ -288,14 +299,30 @@ impl PluginHost {
     }
 
     /// Run `f` in a fresh store and turn wasmtime failures into [`PluginError`]s.
-    fn call<R>(
+    fn call<R: Send>(
         &self,
         plugin: &Plugin,
-        f: impl FnOnce(&Pre, &mut Store<PluginState>) -> wasmtime::Result<Result<R, PipelineError>>,
+        f: impl FnOnce(&Pre, &mut Store<PluginState>) -> wasmtime::Result<Result<R, PipelineError>>
+        + Send,
+        validate: impl FnOnce(&R) -> Result<(), String>,
     ) -> (Result<R, PluginError>, CallStats) {
         let started = Instant::now();
         let (mut store, timeout) = self.new_store(plugin);
-        let outcome = f(&plugin.pre, &mut store);
+        let outcome = std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name(format!("plugin-{}", plugin.manifest.name))
+                .stack_size(PLUGIN_THREAD_STACK)
+                .spawn_scoped(scope, || f(&plugin.pre, &mut store));
+            match worker.map(|w| w.join()) {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Err(wasmtime::Error::msg(
+                    "the host panicked while serving the plugin",
+                )),
+                Err(e) => Err(wasmtime::Error::msg(format!(
+                    "cannot start a plugin thread: {e}"
+                ))),
+            }
+        });
         let state = store.data();
         let stats = CallStats {
             duration_ms: started.elapsed().as_millis() as u64,
@@ -308,10 +335,17 @@ impl PluginHost {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(error)) => Err(PluginError::Returned {
                 plugin: name,
-                error,
+                error: output::clip_error(error),
             }),
             Err(e) => Err(classify_failure(e, state, name, timeout)),
         };
+        let result = result.and_then(|v| match validate(&v) {
+            Ok(()) => Ok(v),
+            Err(message) => Err(PluginError::Output {
+                plugin: plugin.manifest.name.clone(),
+                message,
+            }),
+        });
         let outcome_label = match &result {
             Ok(_) => "ok".to_string(),
             Err(e) => e.code_str(),
@@ -335,10 +369,14 @@ impl PluginHost {
         plugin: &Plugin,
         req: &GenerationRequest,
     ) -> (Result<CodeArtifact, PluginError>, CallStats) {
-        self.call(plugin, |pre, store| match pre {
-            Pre::Generator(p) => p.instantiate(&mut *store)?.call_generate(&mut *store, req),
-            _ => Err(wrong_world(World::Generator)),
-        })
+        self.call(
+            plugin,
+            |pre, store| match pre {
+                Pre::Generator(p) => p.instantiate(&mut *store)?.call_generate(&mut *store, req),
+                _ => Err(wrong_world(World::Generator)),
+            },
+            output::check_artifact,
+        )
     }
 
     pub fn review(
@@ -346,10 +384,14 @@ impl PluginHost {
         plugin: &Plugin,
         req: &ReviewRequest,
     ) -> (Result<Review, PluginError>, CallStats) {
-        self.call(plugin, |pre, store| match pre {
-            Pre::Reviewer(p) => p.instantiate(&mut *store)?.call_review(&mut *store, req),
-            _ => Err(wrong_world(World::Reviewer)),
-        })
+        self.call(
+            plugin,
+            |pre, store| match pre {
+                Pre::Reviewer(p) => p.instantiate(&mut *store)?.call_review(&mut *store, req),
+                _ => Err(wrong_world(World::Reviewer)),
+            },
+            output::check_review,
+        )
     }
 
     pub fn check(
@@ -357,21 +399,29 @@ impl PluginHost {
         plugin: &Plugin,
         artifact: &CodeArtifact,
     ) -> (Result<Vec<Finding>, PluginError>, CallStats) {
-        self.call(plugin, |pre, store| match pre {
-            Pre::QualityCheck(p) => p
-                .instantiate(&mut *store)?
-                .call_check(&mut *store, artifact),
-            _ => Err(wrong_world(World::QualityCheck)),
-        })
+        self.call(
+            plugin,
+            |pre, store| match pre {
+                Pre::QualityCheck(p) => p
+                    .instantiate(&mut *store)?
+                    .call_check(&mut *store, artifact),
+                _ => Err(wrong_world(World::QualityCheck)),
+            },
+            |f: &Vec<Finding>| output::check_findings(f),
+        )
     }
 
     pub fn describe_check(&self, plugin: &Plugin) -> (Result<CheckInfo, PluginError>, CallStats) {
-        self.call(plugin, |pre, store| match pre {
-            Pre::QualityCheck(p) => Ok(Ok(p
-                .instantiate(&mut *store)?
-                .call_describe(&mut *store)?)),
-            _ => Err(wrong_world(World::QualityCheck)),
-        })
+        self.call(
+            plugin,
+            |pre, store| match pre {
+                Pre::QualityCheck(p) => Ok(Ok(p
+                    .instantiate(&mut *store)?
+                    .call_describe(&mut *store)?)),
+                _ => Err(wrong_world(World::QualityCheck)),
+            },
+            |_: &CheckInfo| Ok(()),
+        )
     }
 
     pub fn handle_error(
@@ -380,14 +430,18 @@ impl PluginHost {
         error: &PipelineError,
         retries_left: u32,
     ) -> (Result<Recovery, PluginError>, CallStats) {
-        self.call(plugin, |pre, store| match pre {
-            Pre::ErrorHandler(p) => Ok(Ok(p.instantiate(&mut *store)?.call_handle(
-                &mut *store,
-                error,
-                retries_left,
-            )?)),
-            _ => Err(wrong_world(World::ErrorHandler)),
-        })
+        self.call(
+            plugin,
+            |pre, store| match pre {
+                Pre::ErrorHandler(p) => Ok(Ok(p.instantiate(&mut *store)?.call_handle(
+                    &mut *store,
+                    error,
+                    retries_left,
+                )?)),
+                _ => Err(wrong_world(World::ErrorHandler)),
+            },
+            |_: &Recovery| Ok(()),
+        )
     }
 }
 

@@ -40,6 +40,7 @@ pub fn app(state: AppState) -> Router {
         .route("/models", get(routes::models))
         .route("/plugins", get(routes::plugins))
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

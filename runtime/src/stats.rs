@@ -7,6 +7,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+/// Most distinct error codes one counter tracks before lumping the rest under `OTHER`.
+const MAX_DISTINCT_CODES: usize = 64;
+
 /// Counters of one endpoint or plugin.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counter {
@@ -29,7 +32,13 @@ impl Counter {
         self.avg_latency_ms = self.total_latency_ms as f64 / self.requests as f64;
         if let Some(code) = error {
             self.failures += 1;
-            *self.errors.entry(code.to_string()).or_default() += 1;
+            // Codes can come from plugins; bound how many distinct keys one counter keeps.
+            let key = if self.errors.len() < MAX_DISTINCT_CODES || self.errors.contains_key(code) {
+                code
+            } else {
+                "OTHER"
+            };
+            *self.errors.entry(key.to_string()).or_default() += 1;
         }
     }
 }

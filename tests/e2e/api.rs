@@ -241,3 +241,38 @@ fn stats_count_failures_by_code() {
     assert!(g["failures"].as_u64().unwrap_or(0) >= 1, "{body}");
     assert!(g["errors"]["VAL_003"].as_u64().unwrap_or(0) >= 1, "{body}");
 }
+
+#[test]
+fn deeply_nested_code_is_a_clear_result_not_a_crash() {
+    // CPython's parser recurses on every unary minus: this drives the Python check deep into
+    // its stack, which must end in a finding or a plugin error, never in a dead server.
+    let code = format!("x = {}1\n", "-".repeat(20_000));
+    let s = default_server();
+    let (status, body) = s.post(
+        "/check",
+        &json!({"code": code, "checks": ["python-quality"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let outcome = &body["checks"][0];
+    let syntax = body["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .any(|f| f["rule_id"] == "syntax-error");
+    assert!(
+        syntax
+            || outcome["error"]["code"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("PLUGIN_")),
+        "{body}"
+    );
+    let (status, _) = s.get("/health");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn wrong_method_gets_405_in_the_error_shape() {
+    let (status, body) = default_server().get("/generate");
+    assert_eq!(status, 405, "{body}");
+    error_code(&body);
+}

@@ -93,7 +93,8 @@ impl Sampler {
                 }
             }
         }
-        if p.temperature <= 0.0 {
+        // Below this, dividing by the temperature overflows the logits; it is greedy anyway.
+        if p.temperature < 1e-4 {
             return argmax(logits);
         }
         let mut candidates: Vec<(u32, f32)> = logits

@@ -24,6 +24,11 @@ pub fn avx2_available() -> bool {
 pub fn dot_row(ty: GgmlType, row: &[u8], xq: &QuantizedActivation) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
     if avx2_available() {
+        let blocks = row.len() / ty.block_bytes();
+        // The kernels read `blocks` activation blocks unchecked; refuse a mismatched pair.
+        if xq.d.len() < blocks || xq.s.len() < blocks || xq.qs.len() < blocks * QK {
+            return None;
+        }
         // SAFETY: AVX2 is present (checked above); the kernels read whole blocks of `row` and
         // `xq`, whose lengths the callers derive from the same row length.
         return unsafe {

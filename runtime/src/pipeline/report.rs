@@ -34,9 +34,16 @@ impl ErrorOut {
         }
     }
 
-    /// The HTTP status for this error's code (500 for codes agentrt does not know).
+    /// The HTTP status for this error's code. Stage errors can carry a code a plugin chose; a
+    /// plugin must not make its own failure look like the client's fault (4xx), so client-error
+    /// families and unknown codes become 502.
     pub fn http_status(&self) -> u16 {
-        ErrorCode::parse(&self.code).map_or(500, ErrorCode::http_status)
+        match ErrorCode::parse(&self.code) {
+            Some(code) if !matches!(code.kind(), "validation_error" | "not_found") => {
+                code.http_status()
+            }
+            _ => 502,
+        }
     }
 }
 

@@ -15,6 +15,8 @@ use crate::engine::{self, Control, EngineError, LoadedModel, Prompt, SamplingPar
 
 /// Tokens generated when a plugin does not say.
 const DEFAULT_MAX_TOKENS: u32 = 256;
+/// Per-call cap for plugins whose manifest names none.
+const DEFAULT_MAX_TOKENS_PER_CALL: u32 = 2048;
 
 impl PluginState {
     fn resolve_model(&self, model: Option<String>) -> Result<Arc<LoadedModel>, Error> {
@@ -40,7 +42,7 @@ impl PluginState {
             .manifest
             .permissions
             .max_tokens_per_call
-            .unwrap_or(u32::MAX);
+            .unwrap_or(DEFAULT_MAX_TOKENS_PER_CALL);
         let max_tokens = match s.max_tokens {
             Some(n) if n > cap => {
                 return Err(Error::QuotaExceeded(format!(

@@ -73,6 +73,8 @@ pub struct PluginState {
     /// Tokens (prompt + completion) the plugin consumed in this call.
     pub tokens_used: u64,
     pub llm_calls: u32,
+    /// Log lines written in this call (bounded by the log host).
+    pub log_lines: u32,
 }
 
 impl PluginState {
@@ -101,6 +103,7 @@ impl PluginState {
             deadline,
             tokens_used: 0,
             llm_calls: 0,
+            log_lines: 0,
         }
     }
 }

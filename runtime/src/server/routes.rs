@@ -399,6 +399,16 @@ pub async fn plugins(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "plugins": plugin_list(&state) }))
 }
 
+pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    let mut e = ApiError::new(
+        ErrorCode::NotFound,
+        format!("{method} is not allowed on {}", uri.path()),
+    );
+    e.status = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    e.kind = "method_not_allowed";
+    e
+}
+
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("no route for {}", uri.path()))
 }

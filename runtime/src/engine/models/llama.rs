@@ -39,10 +39,12 @@ impl LlamaConfig {
         let n_kv_head = f
             .u64(&key("attention.head_count_kv"))
             .unwrap_or(n_head as u64) as usize;
-        if n_head == 0
+        if dim == 0
+            || n_head == 0
             || n_kv_head == 0
             || !dim.is_multiple_of(n_head)
             || !n_head.is_multiple_of(n_kv_head)
+            || !(dim / n_head).is_multiple_of(2)
         {
             return Err(GgufError::Corrupt(format!(
                 "inconsistent attention shape: dim {dim}, {n_head} heads, {n_kv_head} kv heads"
@@ -55,15 +57,19 @@ impl LlamaConfig {
         let n_layer = f.u64(&key("block_count"))?;
         let ffn_dim = f.u64(&key("feed_forward_length"))?;
         // Bounds far above any real model; they keep a hostile header from sizing allocations.
+        let context_length = f.u64(&key("context_length"))?;
         if n_layer == 0
             || n_layer > 1024
             || dim > 1 << 16
+            || ffn_dim == 0
             || ffn_dim > 1 << 18
             || vocab == 0
             || vocab > 1 << 22
+            || context_length == 0
+            || context_length > 1 << 22
         {
             return Err(GgufError::Corrupt(format!(
-                "implausible model shape: {n_layer} layers, width {dim}, feed-forward {ffn_dim}, vocabulary {vocab}"
+                "implausible model shape: {n_layer} layers, width {dim}, feed-forward {ffn_dim}, vocabulary {vocab}, context {context_length}"
             )));
         }
         Ok(Self {
@@ -74,7 +80,7 @@ impl LlamaConfig {
             head_dim: dim / n_head,
             ffn_dim: ffn_dim as usize,
             vocab,
-            context_length: f.u64(&key("context_length"))? as usize,
+            context_length: context_length as usize,
             rope_base: f.f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
             rms_eps: f
                 .f64(&key("attention.layer_norm_rms_epsilon"))

@@ -1,0 +1,131 @@
+//! Limits on what a plugin hands back to the host.
+//!
+//! Results are lifted out of the guest's memory, which the memory cap already bounds; these
+//! limits keep one plugin from inflating responses, logs and statistics far beyond that (every
+//! result is copied into reports and JSON), and reject values that break the WIT's promises.
+
+use super::bindings::{CodeArtifact, Finding, PipelineError, Review};
+
+/// Most findings one check or review may report.
+pub const MAX_FINDINGS: usize = 1000;
+/// Largest code, tests or review summary, in bytes.
+pub const MAX_TEXT_BYTES: usize = 256 * 1024;
+/// Largest finding message, suggestion or rule id, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+/// Longest error code kept from a plugin.
+pub const MAX_CODE_BYTES: usize = 64;
+
+fn too_long(what: &str, len: usize, max: usize) -> Result<(), String> {
+    if len > max {
+        return Err(format!(
+            "{what} is {len} bytes, more than the {max} allowed"
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_artifact(a: &CodeArtifact) -> Result<(), String> {
+    too_long("code", a.code.len(), MAX_TEXT_BYTES)?;
+    too_long("tests", a.tests.len(), MAX_TEXT_BYTES)?;
+    too_long("language", a.language.len(), MAX_CODE_BYTES)
+}
+
+pub fn check_findings(findings: &[Finding]) -> Result<(), String> {
+    if findings.len() > MAX_FINDINGS {
+        return Err(format!(
+            "{} findings, more than the {MAX_FINDINGS} allowed",
+            findings.len()
+        ));
+    }
+    for f in findings {
+        too_long("a rule id", f.rule_id.len(), MAX_CODE_BYTES)?;
+        too_long("a finding message", f.message.len(), MAX_MESSAGE_BYTES)?;
+        too_long(
+            "a suggestion",
+            f.suggestion.as_ref().map_or(0, String::len),
+            MAX_MESSAGE_BYTES,
+        )?;
+    }
+    Ok(())
+}
+
+pub fn check_review(r: &Review) -> Result<(), String> {
+    if !(0.0..=10.0).contains(&r.score) {
+        return Err(format!("score {} is outside 0..=10", r.score));
+    }
+    too_long("the summary", r.summary.len(), MAX_TEXT_BYTES)?;
+    check_findings(&r.findings)
+}
+
+fn clip(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// A plugin's own error, clipped to sane sizes (the code ends up as a statistics key).
+pub fn clip_error(mut e: PipelineError) -> PipelineError {
+    e.code.retain(|c| c.is_ascii_alphanumeric() || c == '_');
+    clip(&mut e.code, MAX_CODE_BYTES);
+    if e.code.is_empty() {
+        e.code = "PLUGIN_ERROR".into();
+    }
+    clip(&mut e.message, MAX_MESSAGE_BYTES);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::bindings::{Severity, Stage, Verdict};
+
+    #[test]
+    fn rejects_oversized_and_out_of_range_results() {
+        let f = Finding {
+            rule_id: "r".into(),
+            severity: Severity::Info,
+            message: "m".into(),
+            line: 1,
+            column: 1,
+            suggestion: None,
+        };
+        assert!(check_findings(&vec![f.clone(); MAX_FINDINGS]).is_ok());
+        assert!(check_findings(&vec![f.clone(); MAX_FINDINGS + 1]).is_err());
+        let review = |score| Review {
+            verdict: Verdict::Approve,
+            score,
+            summary: String::new(),
+            findings: vec![],
+        };
+        assert!(check_review(&review(10.0)).is_ok());
+        assert!(check_review(&review(f32::NAN)).is_err());
+        assert!(check_review(&review(11.0)).is_err());
+        let big = CodeArtifact {
+            language: "python".into(),
+            code: "x".repeat(MAX_TEXT_BYTES + 1),
+            tests: String::new(),
+        };
+        assert!(check_artifact(&big).is_err());
+    }
+
+    #[test]
+    fn plugin_error_codes_are_cleaned() {
+        let e = clip_error(PipelineError {
+            code: "GEN_003\n<script>".repeat(20),
+            message: "é".repeat(5000),
+            stage: Stage::Generate,
+            attempt: 1,
+        });
+        assert!(
+            e.code.len() <= MAX_CODE_BYTES
+                && e.code
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        );
+        assert!(e.message.len() <= MAX_MESSAGE_BYTES);
+    }
+}
