@@ -294,7 +294,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     }
                 },
             );
-            Ok(())
+            // Findings are the normal result; a check that could not run is a failure.
+            match checks.iter().find_map(|c| c.error.as_ref().map(|e| (c, e))) {
+                Some((c, e)) => Err(CliError {
+                    code: ErrorCode::parse(&e.code).map_or("PLUGIN_003", ErrorCode::as_str),
+                    message: format!("check {} failed: {}", c.name, e.message),
+                }),
+                None => Ok(()),
+            }
         }
         Command::Review { file, tests, opts } => {
             let artifact = CodeArtifact {
