@@ -257,22 +257,64 @@ impl LoadedModel {
 
     /// Token ids of a prompt, with BOS when the model wants one.
     pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
-        let text = match prompt {
-            Prompt::Text(t) => t.clone(),
-            Prompt::Chat(m) => self.render_chat(m)?,
-        };
         let mut ids = Vec::new();
         if self.tokenizer.add_bos
             && let Some(bos) = self.tokenizer.bos_id
         {
             ids.push(bos);
         }
-        ids.extend(
-            self.tokenizer
-                .encode(&text)
-                .map_err(|e| EngineError::InvalidInput(e.to_string()))?,
-        );
+        let encode_err = |e: TokenizerError| EngineError::InvalidInput(e.to_string());
+        match prompt {
+            Prompt::Text(t) => ids.extend(self.tokenizer.encode(t).map_err(encode_err)?),
+            Prompt::Chat(messages) => {
+                for (text, literal) in self.render_chat_segments(messages)? {
+                    let part = if literal {
+                        self.tokenizer.encode_literal(&text)
+                    } else {
+                        self.tokenizer.encode(&text)
+                    };
+                    ids.extend(part.map_err(encode_err)?);
+                }
+            }
+        }
         Ok(ids)
+    }
+
+    /// The rendered conversation split into template text (special tokens parsed) and message
+    /// contents (`true`: encoded literally). Contents are rendered as private-use markers and
+    /// put back after rendering; a template that does not pass the markers through unchanged
+    /// falls back to the plain rendering.
+    fn render_chat_segments(
+        &self,
+        messages: &[TemplateMessage],
+    ) -> Result<Vec<(String, bool)>, EngineError> {
+        const OPEN: char = '\u{F8F0}';
+        const CLOSE: char = '\u{F8F1}';
+        let marked: Vec<TemplateMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| TemplateMessage {
+                role: m.role.clone(),
+                content: format!("{OPEN}{i}{CLOSE}"),
+            })
+            .collect();
+        let rendered = self.render_chat(&marked)?;
+        let mut segments = Vec::new();
+        let mut rest = rendered.as_str();
+        while let Some(start) = rest.find(OPEN) {
+            let after = &rest[start + OPEN.len_utf8()..];
+            let index = after
+                .find(CLOSE)
+                .and_then(|end| after[..end].parse::<usize>().ok().map(|i| (i, end)));
+            let Some((i, end)) = index.filter(|(i, _)| *i < messages.len()) else {
+                return Ok(vec![(self.render_chat(messages)?, false)]);
+            };
+            segments.push((rest[..start].to_string(), false));
+            segments.push((messages[i].content.clone(), true));
+            rest = &after[end + CLOSE.len_utf8()..];
+        }
+        segments.push((rest.to_string(), false));
+        Ok(segments)
     }
 
     /// Generate a completion; `on_text` receives text as soon as no stop sequence can claim it.

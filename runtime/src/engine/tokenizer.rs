@@ -46,6 +46,8 @@ fn lib_err(e: impl std::fmt::Display) -> TokenizerError {
 /// A byte-level BPE tokenizer with the model's special tokens.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token parsing off, for text users wrote.
+    literal: tokenizers::Tokenizer,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     /// Tokens that end a generation: EOS, end-of-turn and end-of-text markers.
@@ -163,12 +165,15 @@ impl Tokenizer {
                 stop_ids.insert(i as u32);
             }
         }
+        let mut literal = inner.clone();
+        literal.set_encode_special_tokens(true);
         let add_bos = matches!(
             file.get("tokenizer.ggml.add_bos_token"),
             Some(MetaValue::Bool(true))
         );
         Ok(Self {
             inner,
+            literal,
             bos_id,
             eos_id,
             stop_ids,
@@ -180,6 +185,13 @@ impl Tokenizer {
     /// Token ids of `text`; special-token text such as `<|im_start|>` becomes its single id.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let enc = self.inner.encode(text, false).map_err(lib_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of text a user wrote: `<|im_start|>` typed in a message stays ordinary text, so
+    /// nobody can open a system turn from inside a chat message.
+    pub fn encode_literal(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.literal.encode(text, false).map_err(lib_err)?;
         Ok(enc.get_ids().to_vec())
     }
 
