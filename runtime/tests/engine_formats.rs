@@ -6,9 +6,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use agentrt::engine::LoadedModel;
+use agentrt::engine::quant::{GgmlType, quantize_row};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use half::f16;
 
 const DIM: usize = 64;
 const FFN: usize = 128;
@@ -20,77 +20,6 @@ const VOCAB: usize = 96;
 /// in summation order; the 8-bit activation rounding of quantised formats can flip on a
 /// boundary, as on the real model.
 const TOLERANCE: f32 = 0.03;
-
-#[derive(Clone, Copy, Debug)]
-enum Format {
-    F32,
-    F16,
-    Q8_0,
-    Q4_0,
-    Q4_1,
-}
-
-impl Format {
-    fn ggml_type(self) -> u32 {
-        match self {
-            Format::F32 => 0,
-            Format::F16 => 1,
-            Format::Q4_0 => 2,
-            Format::Q4_1 => 3,
-            Format::Q8_0 => 8,
-        }
-    }
-
-    fn encode(self, w: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        match self {
-            Format::F32 => w
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-            Format::F16 => w
-                .iter()
-                .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-            Format::Q8_0 => {
-                for b in w.chunks_exact(32) {
-                    let d = b.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-                    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-                    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                    out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
-                }
-            }
-            Format::Q4_0 => {
-                for b in w.chunks_exact(32) {
-                    let max = b
-                        .iter()
-                        .cloned()
-                        .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
-                    let d = max / -8.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                    for j in 0..16 {
-                        let q = |v: f32| ((v * id + 8.5) as u8).min(15);
-                        out.push(q(b[j]) | (q(b[j + 16]) << 4));
-                    }
-                }
-            }
-            Format::Q4_1 => {
-                for b in w.chunks_exact(32) {
-                    let min = b.iter().cloned().fold(f32::INFINITY, f32::min);
-                    let max = b.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let d = (max - min) / 15.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                    out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
-                    for j in 0..16 {
-                        let q = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
-                        out.push(q(b[j]) | (q(b[j + 16]) << 4));
-                    }
-                }
-            }
-        }
-        out
-    }
-}
 
 /// Deterministic pseudo-random weights in [-scale, scale].
 fn weights(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -148,21 +77,25 @@ impl GgufWriter {
         }
     }
 
-    fn tensor(&mut self, name: &str, dims: &[usize], format: Format, seed: u64, scale: f32) {
+    fn tensor(&mut self, name: &str, dims: &[usize], format: GgmlType, seed: u64, scale: f32) {
         let n: usize = dims.iter().product();
-        let data = format.encode(&weights(n, seed, scale));
+        let data = quantize_row(format, &weights(n, seed, scale));
         self.tensors.push((
             name.into(),
             dims.iter().map(|d| *d as u64).collect(),
-            format.ggml_type(),
+            format.id(),
             data,
         ));
     }
 
     fn norm(&mut self, name: &str, seed: u64) {
         let w: Vec<f32> = weights(DIM, seed, 0.2).iter().map(|v| 1.0 + v).collect();
-        self.tensors
-            .push((name.into(), vec![DIM as u64], 0, Format::F32.encode(&w)));
+        self.tensors.push((
+            name.into(),
+            vec![DIM as u64],
+            0,
+            quantize_row(GgmlType::F32, &w),
+        ));
     }
 
     fn finish(self) -> Vec<u8> {
@@ -196,7 +129,7 @@ impl GgufWriter {
     }
 }
 
-fn write_model(format: Format) -> PathBuf {
+fn write_model(format: GgmlType) -> PathBuf {
     let mut g = GgufWriter {
         kv: Vec::new(),
         kv_count: 0,
@@ -281,7 +214,7 @@ fn write_model(format: Format) -> PathBuf {
     path
 }
 
-fn compare(format: Format) {
+fn compare(format: GgmlType) {
     let path = write_model(format);
     let ours = LoadedModel::load("tiny", &path, &mut |_| {}).expect("our load");
     let mut file = std::fs::File::open(&path).expect("open");
@@ -325,27 +258,27 @@ fn compare(format: Format) {
 
 #[test]
 fn f32_weights_match_candle() {
-    compare(Format::F32);
+    compare(GgmlType::F32);
 }
 
 #[test]
 fn f16_weights_match_candle() {
-    compare(Format::F16);
+    compare(GgmlType::F16);
 }
 
 #[test]
 fn q8_0_weights_match_candle() {
-    compare(Format::Q8_0);
+    compare(GgmlType::Q8_0);
 }
 
 #[test]
 fn q4_0_weights_match_candle() {
-    compare(Format::Q4_0);
+    compare(GgmlType::Q4_0);
 }
 
 #[test]
 fn q4_1_weights_match_candle() {
-    compare(Format::Q4_1);
+    compare(GgmlType::Q4_1);
 }
 
 /// Mutation fuzzing of the loader (stable Rust has no cargo-fuzz; this is the equivalent that
@@ -353,7 +286,7 @@ fn q4_1_weights_match_candle() {
 /// file must give an error or a working model, never a panic or an out-of-bounds read.
 #[test]
 fn corrupted_files_are_errors_not_panics() {
-    let original = std::fs::read(write_model(Format::Q4_1)).expect("read model");
+    let original = std::fs::read(write_model(GgmlType::Q4_1)).expect("read model");
     let path = std::env::temp_dir().join(format!("agentrt-fuzz-{}.gguf", std::process::id()));
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {

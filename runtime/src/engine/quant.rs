@@ -32,6 +32,17 @@ impl GgmlType {
         })
     }
 
+    /// The file format's number for this type (inverse of [`GgmlType::from_u32`]).
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q8_0 => 8,
+        }
+    }
+
     /// Elements per storage block.
     pub fn block_elements(self) -> usize {
         match self {
@@ -210,41 +221,59 @@ pub fn dequantize_row(ty: GgmlType, row: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Store `w` (length a multiple of 32 for block formats) in format `ty`, rounding as ggml's
+/// reference quantisers do. Used to write test checkpoints and fixtures.
+pub fn quantize_row(ty: GgmlType, w: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ty.row_bytes(w.len()));
+    match ty {
+        GgmlType::F32 => w
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => w
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            for blk in w.chunks_exact(QK) {
+                let d = blk.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                out.extend(blk.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for blk in w.chunks_exact(QK) {
+                // The value of largest magnitude maps to -8, as in ggml.
+                let max = blk
+                    .iter()
+                    .fold(0f32, |m, v| if v.abs() > m.abs() { *v } else { m });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                let q = |v: f32| ((v * id + 8.5) as u8).min(15);
+                out.extend((0..QK / 2).map(|j| q(blk[j]) | (q(blk[j + QK / 2]) << 4)));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for blk in w.chunks_exact(QK) {
+                let min = blk.iter().cloned().fold(f32::INFINITY, f32::min);
+                let max = blk.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+                let q = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
+                out.extend((0..QK / 2).map(|j| q(blk[j]) | (q(blk[j + QK / 2]) << 4)));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Quantise `w` to Q8_0 the way ggml does, for building test rows.
-    fn quantize_q8_0(w: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for blk in w.chunks_exact(QK) {
-            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-            out.extend(blk.iter().map(|v| (v * id).round() as i8 as u8));
-        }
-        out
-    }
-
-    fn quantize_q4_1(w: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for blk in w.chunks_exact(QK) {
-            let min = blk.iter().cloned().fold(f32::INFINITY, f32::min);
-            let max = blk.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let d = (max - min) / 15.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-            out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
-            for j in 0..QK / 2 {
-                let lo = ((blk[j] - min) * id + 0.5).min(15.0) as u8;
-                let hi = ((blk[j + QK / 2] - min) * id + 0.5).min(15.0) as u8;
-                out.push(lo | (hi << 4));
-            }
-        }
-        out
-    }
-
     fn sample(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..n)
@@ -262,8 +291,8 @@ mod tests {
         let mut xq = QuantizedActivation::default();
         xq.quantize(&x);
         for (ty, row) in [
-            (GgmlType::Q8_0, quantize_q8_0(&sample(n, 3))),
-            (GgmlType::Q4_1, quantize_q4_1(&sample(n, 5))),
+            (GgmlType::Q8_0, quantize_row(GgmlType::Q8_0, &sample(n, 3))),
+            (GgmlType::Q4_1, quantize_row(GgmlType::Q4_1, &sample(n, 5))),
         ] {
             let mut w = vec![0f32; n];
             dequantize_row(ty, &row, &mut w);
@@ -276,25 +305,6 @@ mod tests {
                 "{ty:?}: {got} vs {exact}"
             );
         }
-    }
-
-    fn quantize_q4_0(w: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for blk in w.chunks_exact(QK) {
-            let max = blk
-                .iter()
-                .cloned()
-                .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
-            let d = max / -8.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-            for j in 0..QK / 2 {
-                let lo = ((blk[j] * id + 8.5) as u8).min(15);
-                let hi = ((blk[j + QK / 2] * id + 8.5) as u8).min(15);
-                out.push(lo | (hi << 4));
-            }
-        }
-        out
     }
 
     #[test]
@@ -310,9 +320,9 @@ mod tests {
             xq.quantize(&x);
             let w = sample(n, 200 + seed);
             for (ty, row) in [
-                (GgmlType::Q8_0, quantize_q8_0(&w)),
-                (GgmlType::Q4_1, quantize_q4_1(&w)),
-                (GgmlType::Q4_0, quantize_q4_0(&w)),
+                (GgmlType::Q8_0, quantize_row(GgmlType::Q8_0, &w)),
+                (GgmlType::Q4_1, quantize_row(GgmlType::Q4_1, &w)),
+                (GgmlType::Q4_0, quantize_row(GgmlType::Q4_0, &w)),
             ] {
                 let simd = crate::engine::simd::dot_row(ty, &row, &xq).expect("avx2 kernel");
                 assert_eq!(
@@ -321,6 +331,19 @@ mod tests {
                     "{ty:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn type_ids_round_trip() {
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+        ] {
+            assert_eq!(GgmlType::from_u32(ty.id()), Some(ty));
         }
     }
 
