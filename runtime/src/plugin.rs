@@ -21,8 +21,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Store, Trap};
 
 use bindings::{
-    CheckInfo, CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, Review,
-    ReviewRequest,
+    CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, Review, ReviewRequest,
 };
 use compile_cache::{CompileCache, sha256_hex};
 use manifest::{Manifest, World};
@@ -408,19 +407,6 @@ impl PluginHost {
                 _ => Err(wrong_world(World::QualityCheck)),
             },
             |f: &Vec<Finding>| output::check_findings(f),
-        )
-    }
-
-    pub fn describe_check(&self, plugin: &Plugin) -> (Result<CheckInfo, PluginError>, CallStats) {
-        self.call(
-            plugin,
-            |pre, store| match pre {
-                Pre::QualityCheck(p) => Ok(Ok(p
-                    .instantiate(&mut *store)?
-                    .call_describe(&mut *store)?)),
-                _ => Err(wrong_world(World::QualityCheck)),
-            },
-            |_: &CheckInfo| Ok(()),
         )
     }
 

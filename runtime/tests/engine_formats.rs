@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use agentrt::engine::LoadedModel;
 use agentrt::engine::quant::{GgmlType, quantize_row};
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
+
+mod common;
+use common::{candle_greedy, candle_logits, candle_model, spread_and_max_error};
 
 const DIM: usize = 64;
 const FFN: usize = 128;
@@ -217,42 +218,18 @@ fn write_model(format: GgmlType) -> PathBuf {
 fn compare(format: GgmlType) {
     let path = write_model(format);
     let ours = LoadedModel::load("tiny", &path, &mut |_| {}).expect("our load");
-    let mut file = std::fs::File::open(&path).expect("open");
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file).expect("candle read");
-    let mut theirs =
-        ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle load");
+    let mut theirs = candle_model(&path);
     let _ = std::fs::remove_file(&path);
-    let forward = |m: &mut ModelWeights, ids: &[u32], pos: usize| {
-        let input = Tensor::new(ids, &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .expect("input");
-        m.forward(&input, pos)
-            .and_then(|l| l.squeeze(0))
-            .and_then(|l| l.to_vec1::<f32>())
-            .expect("forward")
-    };
     let prompt = [3u32, 17, 42, 8, 77, 5];
-    let want = forward(&mut theirs, &prompt, 0);
-    let got = ours.prompt_logits(&prompt);
-    let spread = want.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
-        - want.iter().cloned().fold(f32::INFINITY, f32::min);
-    let err = want
-        .iter()
-        .zip(&got)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let want = candle_logits(&mut theirs, &prompt, 0);
+    let (spread, err) = spread_and_max_error(&want, &ours.prompt_logits(&prompt));
     assert!(
         err <= TOLERANCE * spread,
         "{format:?}: max logit error {err} above {TOLERANCE} x spread {spread}"
     );
 
     let greedy = ours.greedy_tokens(&prompt, 16);
-    let mut reference = Vec::new();
-    let mut next = agentrt::engine::sampling::argmax(&want);
-    for i in 0..16 {
-        reference.push(next);
-        next = agentrt::engine::sampling::argmax(&forward(&mut theirs, &[next], prompt.len() + i));
-    }
+    let reference = candle_greedy(&mut theirs, &want, prompt.len(), 16);
     assert_eq!(greedy, reference, "{format:?}: greedy tokens differ");
 }
 

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use agentrt::engine::LoadedModel;
 use agentrt::engine::Prompt;
 use agentrt::engine::chat_template::TemplateMessage;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
+
+mod common;
+use common::{candle_greedy, candle_logits, candle_model, spread_and_max_error};
 
 /// Largest tolerated |ours - candle| on any logit, relative to the logits' spread (max - min).
 ///
@@ -31,25 +32,6 @@ fn model_path() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn candle_model(path: &PathBuf) -> ModelWeights {
-    let mut file = std::fs::File::open(path).expect("open model");
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file).expect("read gguf");
-    ModelWeights::from_gguf(content, &mut file, &Device::Cpu).expect("candle load")
-}
-
-fn candle_logits(model: &mut ModelWeights, ids: &[u32], pos: usize) -> Vec<f32> {
-    let input = Tensor::new(ids, &Device::Cpu)
-        .expect("tensor")
-        .unsqueeze(0)
-        .expect("batch");
-    let logits = model.forward(&input, pos).expect("forward");
-    logits
-        .squeeze(0)
-        .expect("squeeze")
-        .to_vec1::<f32>()
-        .expect("to vec")
 }
 
 #[test]
@@ -79,14 +61,7 @@ fn logits_and_greedy_tokens_match_candle() {
     let mut reference = candle_model(&path);
     let want = candle_logits(&mut reference, &ids, 0);
     let got = ours.prompt_logits(&ids);
-    assert_eq!(want.len(), got.len());
-    let spread = want.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v))
-        - want.iter().fold(f32::INFINITY, |m, v| m.min(*v));
-    let max_err = want
-        .iter()
-        .zip(&got)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let (spread, max_err) = spread_and_max_error(&want, &got);
     println!(
         "prompt {} tokens, logit spread {spread:.3}, max abs error {max_err:.5}",
         ids.len()
@@ -97,13 +72,7 @@ fn logits_and_greedy_tokens_match_candle() {
     );
 
     let ours_greedy = ours.greedy_tokens(&ids, GREEDY_TOKENS);
-    let mut theirs_greedy = Vec::new();
-    let mut next = agentrt::engine::sampling::argmax(&want);
-    for i in 0..GREEDY_TOKENS {
-        theirs_greedy.push(next);
-        let logits = candle_logits(&mut reference, &[next], ids.len() + i);
-        next = agentrt::engine::sampling::argmax(&logits);
-    }
+    let theirs_greedy = candle_greedy(&mut reference, &want, ids.len(), GREEDY_TOKENS);
     println!(
         "greedy: {}",
         ours.tokenizer.decode(&ours_greedy).unwrap_or_default()

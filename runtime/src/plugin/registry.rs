@@ -36,10 +36,6 @@ impl PluginSet {
         v.extend(self.checks.iter().cloned());
         v
     }
-
-    pub fn find(&self, name: &str) -> Option<Arc<Plugin>> {
-        self.all().into_iter().find(|p| p.manifest.name == name)
-    }
 }
 
 fn load_error(plugin: &str, message: impl Into<String>) -> PluginError {
