@@ -13,6 +13,7 @@ pub mod quant;
 pub mod sampling;
 pub mod simd;
 pub mod tokenizer;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,11 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chat_template::{ChatTemplate, TemplateMessage};
-use gguf::{GgufError, GgufFile};
-use models::llama::Llama;
+use gguf::GgufFile;
+use models::{Architecture, CausalLm, ConfigSource, HfConfig};
 use sampling::Sampler;
 pub use sampling::SamplingParams;
 use tokenizer::{Tokenizer, TokenizerError};
+use weights::{ModelFileError, WeightStore};
 
 use crate::error_code::ErrorCode;
 
@@ -34,16 +36,21 @@ pub enum EngineError {
     #[error("model {0:?} is not loaded")]
     ModelNotFound(String),
     #[error("cannot load model {path}: {source}")]
-    Load { path: PathBuf, source: GgufError },
+    Load {
+        path: PathBuf,
+        source: ModelFileError,
+    },
     #[error("cannot load the tokenizer of {path}: {source}")]
     Tokenizer {
         path: PathBuf,
         source: TokenizerError,
     },
-    #[error("model architecture {0:?} is not supported (supported: llama)")]
+    #[error("model architecture {0:?} is not supported (supported: {sup})", sup = Architecture::SUPPORTED)]
     UnsupportedArchitecture(String),
     #[error("model {0} has no chat template")]
     NoChatTemplate(String),
+    #[error("model {0} does not support fill-in-the-middle (its tokenizer has no FIM tokens)")]
+    NoFillInTheMiddle(String),
     #[error(
         "prompt of {prompt} tokens plus {max_tokens} new tokens exceeds the context of {context}"
     )]
@@ -70,6 +77,7 @@ impl EngineError {
             | Self::Tokenizer { .. }
             | Self::UnsupportedArchitecture(_)
             | Self::NoChatTemplate(_) => ErrorCode::ModelNotAvailable,
+            Self::NoFillInTheMiddle(_) => ErrorCode::InvalidInput,
             Self::ContextOverflow { .. } => ErrorCode::ModelContextOverflow,
             Self::InvalidInput(_) => ErrorCode::InvalidInput,
             Self::Cancelled => ErrorCode::Cancelled,
@@ -104,12 +112,21 @@ pub struct Completion {
     pub usage: Usage,
 }
 
-/// What to continue: raw text, or a conversation rendered with the model's chat template.
+/// What to continue: raw text, a conversation rendered with the model's chat template, or the
+/// gap between a prefix and a suffix (fill-in-the-middle).
 #[derive(Debug, Clone)]
 pub enum Prompt {
     Text(String),
     Chat(Vec<TemplateMessage>),
+    Fim { prefix: String, suffix: String },
 }
+
+/// Spellings of the FIM special tokens: StarCoder's, then Qwen2.5-Coder's and CodeLlama-style
+/// ones with bars.
+const FIM_TOKEN_SETS: [[&str; 3]; 2] = [
+    ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"],
+    ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"],
+];
 
 /// Limits on one generation besides the sampling settings.
 #[derive(Debug, Clone, Default)]
@@ -144,16 +161,22 @@ pub struct ModelInfo {
     pub path: PathBuf,
     pub context_length: u32,
     pub supports_chat: bool,
+    pub supports_fim: bool,
+    /// `gguf` or `safetensors`.
+    pub format: String,
     pub parameters: u64,
+    /// Bytes of weights mapped from the model files.
     pub file_bytes: u64,
 }
 
 /// A model ready to generate.
 pub struct LoadedModel {
     pub info: ModelInfo,
-    model: Llama,
+    model: Box<dyn CausalLm>,
     pub tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
+    /// `<fim_prefix>`, `<fim_suffix>`, `<fim_middle>` ids when the tokenizer has them.
+    fim: Option<[u32; 3]>,
     /// One generation at a time per model.
     busy: Mutex<()>,
 }
@@ -174,40 +197,72 @@ pub struct LoadProgress {
 }
 
 impl LoadedModel {
-    /// Load a GGUF model; `id` is the name clients use for it.
+    /// Load a model: a GGUF file, or an HF folder (`config.json`, safetensors weights,
+    /// `tokenizer.json`). `id` is the name clients use for it.
     pub fn load(
         id: &str,
         path: &Path,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, EngineError> {
-        let load_err = |source| EngineError::Load {
+        let load_err = |source: ModelFileError| EngineError::Load {
             path: path.to_path_buf(),
             source,
         };
-        let file = Arc::new(GgufFile::open(path).map_err(load_err)?);
-        let arch = file
-            .str("general.architecture")
-            .map_err(load_err)?
-            .to_string();
-        if arch != "llama" {
-            return Err(EngineError::UnsupportedArchitecture(arch));
-        }
-        let tokenizer = Tokenizer::from_gguf(&file).map_err(|source| EngineError::Tokenizer {
+        let tokenizer_err = |source| EngineError::Tokenizer {
             path: path.to_path_buf(),
             source,
-        })?;
-        let model = Llama::load(file.clone(), &mut |done, total| {
+        };
+        let mut progress = |done, total| {
             on_progress(LoadProgress {
                 layers_done: done,
                 layers_total: total,
             })
-        })
-        .map_err(load_err)?;
-        if tokenizer.vocab_size() != model.config.vocab {
-            return Err(load_err(GgufError::Corrupt(format!(
-                "tokenizer has {} tokens but the model {}",
+        };
+        let (arch, model, tokenizer, store, format) = if path.is_dir() {
+            let config = HfConfig::read(path).map_err(load_err)?;
+            let name = config.model_type().map_err(load_err)?;
+            let arch = Architecture::from_name(name)
+                .ok_or_else(|| EngineError::UnsupportedArchitecture(name.to_string()))?;
+            let files = weights::safetensors_files(path).map_err(load_err)?;
+            let store = WeightStore::from_safetensors(&files, &|n| models::hf_tensor_name(arch, n))
+                .map_err(load_err)?;
+            let store = Arc::new(store);
+            let tokenizer = Tokenizer::from_hf_dir(path).map_err(tokenizer_err)?;
+            let model = models::load(
+                arch,
+                ConfigSource::Hf(&config),
+                store.clone(),
+                &mut progress,
+            )
+            .map_err(load_err)?;
+            (arch, model, tokenizer, store, "safetensors")
+        } else {
+            let file = GgufFile::open(path).map_err(|e| load_err(e.into()))?;
+            let name = file
+                .str("general.architecture")
+                .map_err(|e| load_err(e.into()))?
+                .to_string();
+            let arch = Architecture::from_name(&name)
+                .ok_or_else(|| EngineError::UnsupportedArchitecture(name.clone()))?;
+            let tokenizer = Tokenizer::from_gguf(&file).map_err(tokenizer_err)?;
+            let file = Arc::new(file);
+            let store = Arc::new(WeightStore::from_gguf(file.clone()));
+            let model = models::load(
+                arch,
+                ConfigSource::Gguf(&file, &name),
+                store.clone(),
+                &mut progress,
+            )
+            .map_err(load_err)?;
+            (arch, model, tokenizer, store, "gguf")
+        };
+        // HF checkpoints often pad the embedding past the tokenizer (Qwen2: 151936 rows for
+        // 151665 tokens); a tokenizer larger than the model's head cannot work.
+        if tokenizer.vocab_size() > model.vocab() {
+            return Err(load_err(ModelFileError::Shape(format!(
+                "tokenizer has {} tokens but the model only {}",
                 tokenizer.vocab_size(),
-                model.config.vocab
+                model.vocab()
             ))));
         }
         let token_text = |id: Option<u32>| {
@@ -215,32 +270,41 @@ impl LoadedModel {
                 .unwrap_or_default()
                 .to_string()
         };
-        let template = match file.str("tokenizer.chat_template") {
-            Ok(src) => Some(
+        let template = match &tokenizer.chat_template {
+            Some(src) => Some(
                 ChatTemplate::new(
                     src,
                     &token_text(tokenizer.bos_id),
                     &token_text(tokenizer.eos_id),
                 )
-                .map_err(|e| load_err(GgufError::Corrupt(e.to_string())))?,
+                .map_err(|e| load_err(ModelFileError::Shape(format!("chat template: {e}"))))?,
             ),
-            Err(_) => None,
+            None => None,
         };
-        let parameters = file.tensors.values().map(|t| t.element_count()).sum();
+        let fim = FIM_TOKEN_SETS.iter().find_map(|set| {
+            Some([
+                tokenizer.token_id(set[0])?,
+                tokenizer.token_id(set[1])?,
+                tokenizer.token_id(set[2])?,
+            ])
+        });
         let info = ModelInfo {
             id: id.to_string(),
-            architecture: arch,
+            architecture: arch.name().to_string(),
             path: path.to_path_buf(),
-            context_length: model.config.context_length as u32,
+            context_length: model.context_length() as u32,
             supports_chat: template.is_some(),
-            parameters,
-            file_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            supports_fim: fim.is_some(),
+            format: format.to_string(),
+            parameters: store.parameter_count(),
+            file_bytes: store.weight_bytes(),
         };
         Ok(Self {
             info,
             model,
             tokenizer,
             template,
+            fim,
             busy: Mutex::new(()),
         })
     }
@@ -275,6 +339,18 @@ impl LoadedModel {
                     };
                     ids.extend(part.map_err(encode_err)?);
                 }
+            }
+            Prompt::Fim { prefix, suffix } => {
+                let [pre, suf, mid] = self
+                    .fim
+                    .ok_or_else(|| EngineError::NoFillInTheMiddle(self.info.id.clone()))?;
+                // Prefix-suffix-middle order, as StarCoder was trained; the code itself is
+                // user text, so FIM markers inside it stay text.
+                ids.push(pre);
+                ids.extend(self.tokenizer.encode_literal(prefix).map_err(encode_err)?);
+                ids.push(suf);
+                ids.extend(self.tokenizer.encode_literal(suffix).map_err(encode_err)?);
+                ids.push(mid);
             }
         }
         Ok(ids)
@@ -330,7 +406,7 @@ impl LoadedModel {
         if prompt_ids.is_empty() {
             return Err(EngineError::InvalidInput("the prompt is empty".into()));
         }
-        let context = self.model.config.context_length;
+        let context = self.model.context_length();
         let max_tokens = params.max_tokens as usize;
         if prompt_ids.len() + max_tokens > context {
             return Err(EngineError::ContextOverflow {
@@ -349,7 +425,7 @@ impl LoadedModel {
         let mut cache = self.model.new_cache(prompt_ids.len() + max_tokens);
         let mut sampler = Sampler::new(params.clone());
         let mut history = prompt_ids.clone();
-        let mut logits = self.model.forward(&prompt_ids, &mut cache);
+        let mut logits = self.forward(&prompt_ids, &mut cache);
         let mut generated: Vec<u32> = Vec::new();
         let mut emitted = 0usize;
         let mut finish = FinishReason::Length;
@@ -382,7 +458,7 @@ impl LoadedModel {
             if generated.len() == max_tokens {
                 break;
             }
-            logits = self.model.forward(&[next], &mut cache);
+            logits = self.forward(&[next], &mut cache);
         }
         if text.len() > emitted {
             on_text(&text[emitted..]);
@@ -396,6 +472,17 @@ impl LoadedModel {
                 completion_tokens: generated.len() as u32,
             },
         })
+    }
+
+    /// One forward pass; rows of the head past the tokenizer's vocabulary (padding in HF
+    /// checkpoints) can never be sampled, since no text decodes from them.
+    fn forward(&self, ids: &[u32], cache: &mut kv_cache::KvCache) -> Vec<f32> {
+        let mut logits = self.model.forward(ids, cache);
+        let known = self.tokenizer.vocab_size();
+        if logits.len() > known {
+            logits[known..].fill(f32::NEG_INFINITY);
+        }
+        logits
     }
 
     /// Logits after the prompt `ids` (for tests and diagnostics).

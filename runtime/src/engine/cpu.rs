@@ -75,31 +75,137 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// How a checkpoint pairs the dimensions of a head for rotary embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs `(2i, 2i+1)`: GGUF Llama files (the converter permutes Q/K rows).
+    Interleaved,
+    /// Pairs `(i, i + d/2)`: HF checkpoints, and GGUF files of models llama.cpp runs in its
+    /// "NeoX" mode (Qwen2).
+    HalfSplit,
+}
+
 /// Precomputed rotary frequencies for one head size.
 #[derive(Debug, Clone)]
 pub struct Rope {
     inv_freq: Vec<f32>,
+    layout: RopeLayout,
 }
 
 impl Rope {
-    pub fn new(head_dim: usize, base: f32) -> Self {
+    pub fn new(head_dim: usize, base: f32, layout: RopeLayout) -> Self {
         let inv_freq = (0..head_dim / 2)
             .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32))
             .collect();
-        Self { inv_freq }
+        Self { inv_freq, layout }
     }
 
-    /// Rotate adjacent pairs `(2i, 2i+1)` of every head in `x` (GGUF's interleaved layout).
-    pub fn apply_interleaved(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+    /// Rotate every `head_dim`-wide head of `x` for position `pos`.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        let half = head_dim / 2;
         for head in x.chunks_exact_mut(head_dim) {
             for (i, f) in self.inv_freq.iter().enumerate() {
                 let (sin, cos) = (pos as f32 * f).sin_cos();
-                let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * cos - b * sin;
-                head[2 * i + 1] = a * sin + b * cos;
+                let (ia, ib) = match self.layout {
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                    RopeLayout::HalfSplit => (i, i + half),
+                };
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * cos - b * sin;
+                head[ib] = a * sin + b * cos;
             }
         }
     }
+}
+
+/// LayerNorm of each `weight.len()`-wide row of `x` (biased variance, as PyTorch), to `out`.
+pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let mean = xr.iter().sum::<f32>() / n as f32;
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+        let std = (var + eps).sqrt();
+        for (((o, v), w), b) in or.iter_mut().zip(xr).zip(weight).zip(bias) {
+            *o = (v - mean) / std * w + b;
+        }
+    }
+}
+
+/// Add `bias` to every `bias.len()`-wide row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// `x += y`, the residual connection.
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`, GPT-2 and StarCoder).
+pub fn gelu_tanh(x: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for v in x.iter_mut() {
+        let u = *v;
+        *v = 0.5 * u * (1.0 + (SQRT_2_OVER_PI * u * (1.0 + 0.044715 * u * u)).tanh());
+    }
+}
+
+/// Shape of one attention call: `n_head` query heads sharing `n_kv_head` K/V heads.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+}
+
+/// Causal attention of new queries (`q`: one `n_head * head_dim` row per token, the first at
+/// position `pos0`) over every cached position, one task per token. Each K/V head is read in
+/// place by all the query heads that share it (grouped- and multi-query attention).
+pub fn causal_attention(
+    shape: AttentionShape,
+    keys: &[f32],
+    values: &[f32],
+    pos0: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let AttentionShape {
+        n_head,
+        n_kv_head,
+        head_dim: hd,
+    } = shape;
+    let (q_dim, kv_dim) = (n_head * hd, n_kv_head * hd);
+    let group = n_head / n_kv_head;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.par_chunks_mut(q_dim)
+        .enumerate()
+        .for_each(|(t, out_t)| {
+            let visible = pos0 + t + 1;
+            let mut scores = vec![0f32; visible];
+            for h in 0..n_head {
+                let kv_off = (h / group) * hd;
+                let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                for (p, sc) in scores.iter_mut().enumerate() {
+                    let kh = &keys[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
+                    *sc = qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale;
+                }
+                softmax(&mut scores);
+                let oh = &mut out_t[h * hd..(h + 1) * hd];
+                oh.fill(0.0);
+                for (p, w) in scores.iter().enumerate() {
+                    let vh = &values[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
+                    for (o, v) in oh.iter_mut().zip(vh) {
+                        *o += w * v;
+                    }
+                }
+            }
+        });
 }
 
 /// In-place softmax.
@@ -153,13 +259,57 @@ mod tests {
 
     #[test]
     fn rope_at_position_zero_is_identity_and_preserves_norm() {
-        let rope = Rope::new(4, 10000.0);
-        let mut x = vec![1.0, 2.0, 3.0, 4.0];
-        rope.apply_interleaved(&mut x, 4, 0);
-        assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
-        rope.apply_interleaved(&mut x, 4, 7);
-        let norm: f32 = x.iter().map(|v| v * v).sum();
-        assert!((norm - 30.0).abs() < 1e-4);
+        for layout in [RopeLayout::Interleaved, RopeLayout::HalfSplit] {
+            let rope = Rope::new(4, 10000.0, layout);
+            let mut x = vec![1.0, 2.0, 3.0, 4.0];
+            rope.apply(&mut x, 4, 0);
+            assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
+            rope.apply(&mut x, 4, 7);
+            let norm: f32 = x.iter().map(|v| v * v).sum();
+            assert!((norm - 30.0).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn the_two_rope_layouts_pair_different_dimensions() {
+        // The half-split layout of a head is the interleaved layout with its dimensions
+        // permuted (even ones first): rotating either way then un-permuting must agree.
+        let hd = 8;
+        let x: Vec<f32> = (0..hd).map(|i| i as f32 + 1.0).collect();
+        let mut inter = x.clone();
+        Rope::new(hd, 10000.0, RopeLayout::Interleaved).apply(&mut inter, hd, 5);
+        let perm: Vec<usize> = (0..hd / 2)
+            .map(|i| 2 * i)
+            .chain((0..hd / 2).map(|i| 2 * i + 1))
+            .collect();
+        let mut split: Vec<f32> = perm.iter().map(|&i| x[i]).collect();
+        Rope::new(hd, 10000.0, RopeLayout::HalfSplit).apply(&mut split, hd, 5);
+        for (j, &i) in perm.iter().enumerate() {
+            assert!((split[j] - inter[i]).abs() < 1e-6);
+        }
+        assert_ne!(inter, x);
+    }
+
+    #[test]
+    fn layer_norm_centres_and_scales() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let mut out = [0f32; 4];
+        layer_norm(&x, &[1.0; 4], &[0.5; 4], 0.0, &mut out);
+        let mean: f32 = out.iter().sum::<f32>() / 4.0;
+        assert!((mean - 0.5).abs() < 1e-6);
+        let var: f32 = out.iter().map(|v| (v - 0.5) * (v - 0.5)).sum::<f32>() / 4.0;
+        assert!((var - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn gelu_tanh_matches_known_values() {
+        let mut x = [0.0f32, 1.0, -1.0, 3.0];
+        gelu_tanh(&mut x);
+        // Values of torch.nn.functional.gelu(x, approximate="tanh").
+        let want = [0.0, 0.841_192, -0.158_808, 2.996_363_5];
+        for (a, b) in x.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -228,6 +228,11 @@ impl GgufFile {
         })
     }
 
+    /// The whole mapped file (tensor offsets index into it).
+    pub fn data(&self) -> &[u8] {
+        &self.mmap
+    }
+
     /// Raw bytes of a tensor; bounds were checked at parse time.
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[info.offset..info.offset + info.size]

@@ -1,3 +1,216 @@
-//! Model architectures, one file each.
+//! Model architectures, one file each, behind one interface: [`CausalLm`].
+//!
+//! An architecture reads its shape from either a GGUF file's `{arch}.*` keys or an HF
+//! `config.json` ([`ConfigSource`]), binds its tensors by GGUF name from a [`WeightStore`], and
+//! translates HF tensor names to those GGUF names ([`hf_tensor_name`]).
 
+pub mod gpt_bigcode;
 pub mod llama;
+pub mod qwen2;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::gguf::{GgufError, GgufFile};
+use super::kv_cache::KvCache;
+use super::weights::{ModelFileError, WeightStore};
+
+/// A decoder-only language model.
+pub trait CausalLm: Send + Sync {
+    /// Most positions a sequence may hold.
+    fn context_length(&self) -> usize;
+    /// Rows of the output head.
+    fn vocab(&self) -> usize;
+    /// A KV cache able to hold `capacity` positions.
+    fn new_cache(&self, capacity: usize) -> KvCache;
+    /// Run `tokens` at positions `cache.len()..`, append them to the cache, and return the
+    /// logits of the last one.
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32>;
+}
+
+/// The architectures the engine runs, by their canonical (HF `model_type`) names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Qwen2,
+    GptBigCode,
+}
+
+impl Architecture {
+    /// From GGUF's `general.architecture` or HF's `model_type`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "llama" => Self::Llama,
+            "qwen2" => Self::Qwen2,
+            "starcoder" | "gpt_bigcode" => Self::GptBigCode,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::GptBigCode => "gpt_bigcode",
+        }
+    }
+
+    /// Names accepted, for error messages.
+    pub const SUPPORTED: &'static str = "llama, qwen2, gpt_bigcode (GGUF: starcoder)";
+}
+
+/// Where an architecture reads its shape from.
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigSource<'a> {
+    /// A GGUF file and its `general.architecture` (the prefix of its keys).
+    Gguf(&'a GgufFile, &'a str),
+    /// An HF `config.json`.
+    Hf(&'a HfConfig),
+}
+
+/// Load the model `arch` from `store`, configured by `source`.
+pub fn load(
+    arch: Architecture,
+    source: ConfigSource<'_>,
+    store: Arc<WeightStore>,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Box<dyn CausalLm>, ModelFileError> {
+    Ok(match arch {
+        Architecture::Llama => {
+            let config = llama::LlamaConfig::from_source(source)?;
+            Box::new(llama::Llama::load(store, config, on_progress)?)
+        }
+        Architecture::Qwen2 => {
+            let config = qwen2::config(source)?;
+            Box::new(llama::Llama::load(store, config, on_progress)?)
+        }
+        Architecture::GptBigCode => {
+            let config = gpt_bigcode::GptBigCodeConfig::from_source(source)?;
+            Box::new(gpt_bigcode::GptBigCode::load(store, config, on_progress)?)
+        }
+    })
+}
+
+/// The GGUF name of an HF tensor of `arch`, or `None` for tensors the engine does not use.
+pub fn hf_tensor_name(arch: Architecture, name: &str) -> Option<String> {
+    match arch {
+        Architecture::Llama | Architecture::Qwen2 => llama::hf_tensor_name(name),
+        Architecture::GptBigCode => gpt_bigcode::hf_tensor_name(name),
+    }
+}
+
+/// An HF `config.json`.
+#[derive(Debug, Clone)]
+pub struct HfConfig {
+    pub path: PathBuf,
+    pub json: serde_json::Value,
+}
+
+impl HfConfig {
+    /// Read `dir/config.json`.
+    pub fn read(dir: &Path) -> Result<Self, ModelFileError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelFileError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let json = serde_json::from_str(&text).map_err(|e| ModelFileError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { path, json })
+    }
+
+    fn err(&self, message: String) -> ModelFileError {
+        ModelFileError::Config {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// `model_type`, the architecture's name.
+    pub fn model_type(&self) -> Result<&str, ModelFileError> {
+        self.json
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| self.err("no model_type".into()))
+    }
+
+    /// A whole number under the first of `keys` present (HF configs alias some names).
+    pub fn usize(&self, keys: &[&str]) -> Result<usize, ModelFileError> {
+        self.opt_usize(keys).ok_or_else(|| {
+            self.err(format!(
+                "missing or not a whole number: {}",
+                keys.join(" / ")
+            ))
+        })
+    }
+
+    pub fn opt_usize(&self, keys: &[&str]) -> Option<usize> {
+        keys.iter()
+            .find_map(|k| self.json.get(*k).and_then(|v| v.as_u64()))
+            .map(|v| v as usize)
+    }
+
+    pub fn f32_or(&self, key: &str, default: f32) -> f32 {
+        self.json
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .map_or(default, |v| v as f32)
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> bool {
+        self.json
+            .get(key)
+            .and_then(|v| v.as_bool())
+            .unwrap_or(default)
+    }
+}
+
+/// Reject shapes no real model has before they size any allocation (a hostile or corrupt
+/// header must not make us reserve terabytes).
+pub fn check_plausible(
+    n_layer: usize,
+    dim: usize,
+    ffn_dim: usize,
+    vocab: usize,
+    context: usize,
+) -> Result<(), ModelFileError> {
+    if n_layer == 0
+        || n_layer > 1024
+        || dim == 0
+        || dim > 1 << 16
+        || ffn_dim == 0
+        || ffn_dim > 1 << 18
+        || vocab == 0
+        || vocab > 1 << 22
+        || context == 0
+        || context > 1 << 22
+    {
+        return Err(ModelFileError::Gguf(GgufError::Corrupt(format!(
+            "implausible model shape: {n_layer} layers, width {dim}, feed-forward {ffn_dim}, vocabulary {vocab}, context {context}"
+        ))));
+    }
+    Ok(())
+}
+
+/// Reject attention shapes that do not divide evenly.
+pub fn check_heads(
+    dim: usize,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+) -> Result<(), ModelFileError> {
+    if n_head == 0
+        || n_kv_head == 0
+        || head_dim == 0
+        || !n_head.is_multiple_of(n_kv_head)
+        || !head_dim.is_multiple_of(2)
+        || n_head * head_dim > 4 * dim.max(1)
+    {
+        return Err(ModelFileError::Shape(format!(
+            "inconsistent attention shape: width {dim}, {n_head} heads of {head_dim}, {n_kv_head} kv heads"
+        )));
+    }
+    Ok(())
+}

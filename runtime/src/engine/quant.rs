@@ -5,7 +5,7 @@
 //! each weight block meets its activation block in an integer dot product. That is both faster
 //! than widening weights to f32 and numerically what other GGUF engines compute.
 
-use half::f16;
+use half::{bf16, f16};
 
 /// Elements per quantisation block for every block format we read.
 pub const QK: usize = 32;
@@ -15,6 +15,8 @@ pub const QK: usize = 32;
 pub enum GgmlType {
     F32,
     F16,
+    /// bfloat16, as HF checkpoints store many models.
+    BF16,
     Q4_0,
     Q4_1,
     Q8_0,
@@ -28,6 +30,7 @@ impl GgmlType {
             2 => Self::Q4_0,
             3 => Self::Q4_1,
             8 => Self::Q8_0,
+            30 => Self::BF16,
             _ => return None,
         })
     }
@@ -40,13 +43,14 @@ impl GgmlType {
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
             Self::Q8_0 => 8,
+            Self::BF16 => 30,
         }
     }
 
     /// Elements per storage block.
     pub fn block_elements(self) -> usize {
         match self {
-            Self::F32 | Self::F16 => 1,
+            Self::F32 | Self::F16 | Self::BF16 => 1,
             Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => QK,
         }
     }
@@ -55,7 +59,7 @@ impl GgmlType {
     pub fn block_bytes(self) -> usize {
         match self {
             Self::F32 => 4,
-            Self::F16 => 2,
+            Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => 2 + QK / 2,
             Self::Q4_1 => 4 + QK / 2,
             Self::Q8_0 => 2 + QK,
@@ -112,6 +116,11 @@ fn read_f16(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
 }
 
+#[inline]
+fn read_bf16(b: &[u8]) -> f32 {
+    bf16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
 /// Dot product of one stored weight row with an activation (f32 `x` and its quantised form),
 /// through the SIMD kernels where this CPU has them.
 #[inline]
@@ -134,6 +143,11 @@ pub fn dot_row_portable(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActiv
             .chunks_exact(2)
             .zip(x)
             .map(|(w, v)| read_f16(w) * v)
+            .sum(),
+        GgmlType::BF16 => row
+            .chunks_exact(2)
+            .zip(x)
+            .map(|(w, v)| read_bf16(w) * v)
             .sum(),
         GgmlType::Q8_0 => {
             let mut sum = 0f32;
@@ -191,6 +205,11 @@ pub fn dequantize_row(ty: GgmlType, row: &[u8], out: &mut [f32]) {
                 *o = read_f16(w);
             }
         }
+        GgmlType::BF16 => {
+            for (o, w) in out.iter_mut().zip(row.chunks_exact(2)) {
+                *o = read_bf16(w);
+            }
+        }
         GgmlType::Q8_0 => {
             for (o, blk) in out.chunks_exact_mut(QK).zip(row.chunks_exact(34)) {
                 let d = read_f16(blk);
@@ -232,6 +251,9 @@ pub fn quantize_row(ty: GgmlType, w: &[f32]) -> Vec<u8> {
         GgmlType::F16 => w
             .iter()
             .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::BF16 => w
+            .iter()
+            .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
         GgmlType::Q8_0 => {
             for blk in w.chunks_exact(QK) {
                 let d = blk.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;

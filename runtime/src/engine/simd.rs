@@ -36,7 +36,7 @@ pub fn dot_row(ty: GgmlType, row: &[u8], xq: &QuantizedActivation) -> Option<f32
                 GgmlType::Q4_0 => Some(x86::q4_0(row, xq)),
                 GgmlType::Q4_1 => Some(x86::q4_1(row, xq)),
                 GgmlType::Q8_0 => Some(x86::q8_0(row, xq)),
-                GgmlType::F32 | GgmlType::F16 => None,
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => None,
             }
         };
     }

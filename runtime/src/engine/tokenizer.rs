@@ -1,4 +1,5 @@
-//! Tokenizer rebuilt from GGUF metadata on top of the `tokenizers` crate.
+//! Tokenizers on top of the `tokenizers` crate: an HF folder's `tokenizer.json` as it is, or
+//! one rebuilt from GGUF metadata.
 //!
 //! GGUF files carry the vocabulary, the BPE merges, the token types and a `tokenizer.ggml.pre`
 //! name for the pre-tokenizer; the regexes behind those names live in llama.cpp's source, not in
@@ -6,6 +7,7 @@
 //! those models, so ids agree with the model's original tokenizer.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
@@ -53,6 +55,9 @@ pub struct Tokenizer {
     /// Tokens that end a generation: EOS, end-of-turn and end-of-text markers.
     pub stop_ids: HashSet<u32>,
     pub add_bos: bool,
+    /// The chat template shipped with the tokenizer (GGUF `tokenizer.chat_template`, HF
+    /// `tokenizer_config.json`), if any.
+    pub chat_template: Option<String>,
     tokens: Vec<String>,
 }
 
@@ -87,6 +92,25 @@ fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
         // GPT-2's own rule; also what llama.cpp falls back to for unknown names.
         _ => byte_level(true).into(),
     })
+}
+
+/// Special tokens that end a generation whatever the model's EOS: end of text, of a turn.
+fn is_end_marker(token: &str) -> bool {
+    matches!(
+        token,
+        "<|endoftext|>" | "<|im_end|>" | "<|eot_id|>" | "<|end|>"
+    )
+}
+
+/// A JSON file that may be absent (then `null`).
+fn read_optional_json(path: &Path) -> Result<serde_json::Value, TokenizerError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            serde_json::from_str(&text).map_err(|e| lib_err(format!("{}: {e}", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::Value::Null),
+        Err(e) => Err(lib_err(format!("{}: {e}", path.display()))),
+    }
 }
 
 impl Tokenizer {
@@ -157,11 +181,7 @@ impl Tokenizer {
             .flatten()
             .collect();
         for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
-            let is_end_marker = matches!(
-                t.as_str(),
-                "<|endoftext|>" | "<|im_end|>" | "<|eot_id|>" | "<|end|>"
-            );
-            if *ty == TOKEN_TYPE_CONTROL && is_end_marker {
+            if *ty == TOKEN_TYPE_CONTROL && is_end_marker(t) {
                 stop_ids.insert(i as u32);
             }
         }
@@ -178,8 +198,84 @@ impl Tokenizer {
             eos_id,
             stop_ids,
             add_bos,
+            chat_template: file.str("tokenizer.chat_template").ok().map(str::to_string),
             tokens,
         })
+    }
+
+    /// Load an HF folder's tokenizer: `tokenizer.json` through the `tokenizers` crate, special
+    /// tokens and the chat template from `tokenizer_config.json`, end-of-sequence ids also from
+    /// `generation_config.json` (both optional).
+    pub fn from_hf_dir(dir: &Path) -> Result<Self, TokenizerError> {
+        let path = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| lib_err(format!("{}: {e}", path.display())))?;
+        let config = read_optional_json(&dir.join("tokenizer_config.json"))?;
+        let generation = read_optional_json(&dir.join("generation_config.json"))?;
+        let size = inner.get_vocab_size(true) as u32;
+        let tokens: Vec<String> = (0..size)
+            .map(|i| inner.id_to_token(i).unwrap_or_default())
+            .collect();
+        // `bos_token` is a string or an AddedToken object with its text in `content`.
+        let token_named = |key: &str| {
+            let v = config.get(key)?;
+            let text = v.as_str().or_else(|| v.get("content")?.as_str())?;
+            inner.token_to_id(text)
+        };
+        let ids_of = |v: Option<&serde_json::Value>| -> Vec<u32> {
+            match v {
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u32)
+                    .collect(),
+                Some(x) => x.as_u64().map(|x| x as u32).into_iter().collect(),
+                None => Vec::new(),
+            }
+        };
+        let bos_id = token_named("bos_token")
+            .or_else(|| ids_of(generation.get("bos_token_id")).first().copied());
+        let generation_eos = ids_of(generation.get("eos_token_id"));
+        let eos_id = token_named("eos_token").or_else(|| generation_eos.first().copied());
+        let mut stop_ids: HashSet<u32> = eos_id.into_iter().chain(generation_eos).collect();
+        for (id, added) in inner.get_added_tokens_decoder() {
+            if added.special && is_end_marker(&added.content) {
+                stop_ids.insert(id);
+            }
+        }
+        stop_ids.retain(|id| *id < size);
+        let mut literal = inner.clone();
+        literal.set_encode_special_tokens(true);
+        let add_bos = config
+            .get("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        // A single template, or a list of named ones of which "default" is the chat one.
+        let chat_template = match config.get("chat_template") {
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .or_else(|| list.first())
+                .and_then(|t| t.get("template")?.as_str())
+                .map(str::to_string),
+            _ => None,
+        };
+        Ok(Self {
+            inner,
+            literal,
+            bos_id,
+            eos_id,
+            stop_ids,
+            add_bos,
+            chat_template,
+            tokens,
+        })
+    }
+
+    /// The id of a token given its exact text (special tokens such as `<fim_prefix>`).
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.inner.token_to_id(text)
     }
 
     /// Token ids of `text`; special-token text such as `<|im_start|>` becomes its single id.

@@ -1,22 +1,22 @@
-//! Llama-family decoder (Llama 2/3, TinyLlama, SmolLM2) over GGUF weights.
+//! Llama-family decoder (Llama 2/3, TinyLlama, SmolLM2), also the body of Qwen2.
 //!
 //! Paper: Touvron et al., "LLaMA: Open and Efficient Foundation Language Models" (2023).
-//! Reference implementation: llama.cpp's `llm_build_llama` and candle's `quantized_llama.rs`.
-//! RMSNorm, rotary embeddings in GGUF's interleaved layout (the converter permutes Q/K rows so
-//! adjacent pairs rotate together), grouped-query attention reading each K/V head in place for
-//! all the query heads that share it, SwiGLU feed-forward, output head tied to the embedding when
-//! the file has no `output.weight`.
+//! Reference implementations: HF transformers' `modeling_llama.py`, llama.cpp's
+//! `llm_build_llama`, candle's `quantized_llama.rs`.
+//! RMSNorm, rotary embeddings in either layout ([`RopeLayout`]: GGUF Llama files are
+//! interleaved, HF checkpoints half-split), grouped-query attention reading each K/V head in
+//! place for all the query heads that share it, SwiGLU feed-forward, optional Q/K/V biases
+//! (Qwen2), output head tied to the embedding when there is no `output.weight`.
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
-use crate::engine::cpu::{self, Rope, WeightRef};
-use crate::engine::gguf::{GgufError, GgufFile, TensorInfo};
+use crate::engine::cpu::{self, AttentionShape, Rope, RopeLayout};
 use crate::engine::kv_cache::KvCache;
-use crate::engine::quant::{GgmlType, dequantize_row};
+use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
 
-/// Shape and constants of a Llama model.
+use super::{CausalLm, ConfigSource, check_heads, check_plausible};
+
+/// Shape and constants of a Llama-family model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
     pub n_layer: usize,
@@ -28,64 +28,93 @@ pub struct LlamaConfig {
     pub vocab: usize,
     pub context_length: usize,
     pub rope_base: f32,
+    pub rope_layout: RopeLayout,
     pub rms_eps: f32,
+    /// Q, K and V projections carry biases (Qwen2).
+    pub qkv_bias: bool,
 }
 
 impl LlamaConfig {
-    fn from_gguf(f: &GgufFile, arch: &str) -> Result<Self, GgufError> {
-        let key = |k: &str| format!("{arch}.{k}");
-        let dim = f.u64(&key("embedding_length"))? as usize;
-        let n_head = f.u64(&key("attention.head_count"))? as usize;
-        let n_kv_head = f
-            .u64(&key("attention.head_count_kv"))
-            .unwrap_or(n_head as u64) as usize;
-        if dim == 0
-            || n_head == 0
-            || n_kv_head == 0
-            || !dim.is_multiple_of(n_head)
-            || !n_head.is_multiple_of(n_kv_head)
-            || !(dim / n_head).is_multiple_of(2)
-        {
-            return Err(GgufError::Corrupt(format!(
-                "inconsistent attention shape: dim {dim}, {n_head} heads, {n_kv_head} kv heads"
-            )));
-        }
-        let vocab = match f.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
-            Some(v) => v as usize,
-            None => f.array("tokenizer.ggml.tokens")?.len(),
+    /// The configuration of a Llama model (no biases; GGUF interleaved, HF half-split RoPE).
+    pub fn from_source(source: ConfigSource<'_>) -> Result<Self, ModelFileError> {
+        let layout = match source {
+            ConfigSource::Gguf(..) => RopeLayout::Interleaved,
+            ConfigSource::Hf(_) => RopeLayout::HalfSplit,
         };
-        let n_layer = f.u64(&key("block_count"))?;
-        let ffn_dim = f.u64(&key("feed_forward_length"))?;
-        // Bounds far above any real model; they keep a hostile header from sizing allocations.
-        let context_length = f.u64(&key("context_length"))?;
-        if n_layer == 0
-            || n_layer > 1024
-            || dim > 1 << 16
-            || ffn_dim == 0
-            || ffn_dim > 1 << 18
-            || vocab == 0
-            || vocab > 1 << 22
-            || context_length == 0
-            || context_length > 1 << 22
-        {
-            return Err(GgufError::Corrupt(format!(
-                "implausible model shape: {n_layer} layers, width {dim}, feed-forward {ffn_dim}, vocabulary {vocab}, context {context_length}"
-            )));
-        }
-        Ok(Self {
-            n_layer: n_layer as usize,
-            dim,
-            n_head,
-            n_kv_head,
-            head_dim: dim / n_head,
-            ffn_dim: ffn_dim as usize,
-            vocab,
-            context_length: context_length as usize,
-            rope_base: f.f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
-            rms_eps: f
-                .f64(&key("attention.layer_norm_rms_epsilon"))
-                .unwrap_or(1e-5) as f32,
-        })
+        Self::read(source, layout, false)
+    }
+
+    /// Read the shape from GGUF keys or an HF config; `rope_layout` and `qkv_bias` are the
+    /// architecture's to decide.
+    pub fn read(
+        source: ConfigSource<'_>,
+        rope_layout: RopeLayout,
+        qkv_bias: bool,
+    ) -> Result<Self, ModelFileError> {
+        let config = match source {
+            ConfigSource::Gguf(f, arch) => {
+                let key = |k: &str| format!("{arch}.{k}");
+                let dim = f.u64(&key("embedding_length"))? as usize;
+                let n_head = f.u64(&key("attention.head_count"))? as usize;
+                let n_kv_head = f
+                    .u64(&key("attention.head_count_kv"))
+                    .unwrap_or(n_head as u64) as usize;
+                if n_head == 0 || !dim.is_multiple_of(n_head) {
+                    return Err(ModelFileError::Shape(format!(
+                        "width {dim} is not a multiple of {n_head} heads"
+                    )));
+                }
+                let vocab = match f.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
+                    Some(v) => v as usize,
+                    None => f.array("tokenizer.ggml.tokens")?.len(),
+                };
+                Self {
+                    n_layer: f.u64(&key("block_count"))? as usize,
+                    dim,
+                    n_head,
+                    n_kv_head,
+                    head_dim: dim / n_head,
+                    ffn_dim: f.u64(&key("feed_forward_length"))? as usize,
+                    vocab,
+                    context_length: f.u64(&key("context_length"))? as usize,
+                    rope_base: f.f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
+                    rope_layout,
+                    rms_eps: f
+                        .f64(&key("attention.layer_norm_rms_epsilon"))
+                        .unwrap_or(1e-5) as f32,
+                    qkv_bias,
+                }
+            }
+            ConfigSource::Hf(c) => {
+                let dim = c.usize(&["hidden_size"])?;
+                let n_head = c.usize(&["num_attention_heads"])?;
+                if n_head == 0 {
+                    return Err(ModelFileError::Shape("num_attention_heads is 0".into()));
+                }
+                Self {
+                    n_layer: c.usize(&["num_hidden_layers"])?,
+                    dim,
+                    n_head,
+                    n_kv_head: c.opt_usize(&["num_key_value_heads"]).unwrap_or(n_head),
+                    head_dim: c.opt_usize(&["head_dim"]).unwrap_or(dim / n_head),
+                    ffn_dim: c.usize(&["intermediate_size"])?,
+                    vocab: c.usize(&["vocab_size"])?,
+                    context_length: c.usize(&["max_position_embeddings"])?,
+                    rope_base: c.f32_or("rope_theta", 10_000.0),
+                    rope_layout,
+                    rms_eps: c.f32_or("rms_norm_eps", 1e-6),
+                    qkv_bias,
+                }
+            }
+        };
+        let c = &config;
+        check_plausible(c.n_layer, c.dim, c.ffn_dim, c.vocab, c.context_length)?;
+        check_heads(c.dim, c.n_head, c.n_kv_head, c.head_dim)?;
+        Ok(config)
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
     }
 
     pub fn kv_dim(&self) -> usize {
@@ -93,26 +122,58 @@ impl LlamaConfig {
     }
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    wq: TensorInfo,
-    wk: TensorInfo,
-    wv: TensorInfo,
-    wo: TensorInfo,
-    ffn_norm: Vec<f32>,
-    gate: TensorInfo,
-    up: TensorInfo,
-    down: TensorInfo,
+/// The GGUF name of an HF Llama/Qwen2 tensor.
+pub fn hf_tensor_name(name: &str) -> Option<String> {
+    let fixed = match name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let gguf = match module {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "post_attention_layernorm" => "ffn_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.{kind}"))
 }
 
-/// A loaded Llama model: configuration plus views into the mapped file.
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    /// Q, K, V biases when the architecture has them.
+    qkv_bias: Option<[Vec<f32>; 3]>,
+    wo: Matrix,
+    ffn_norm: Vec<f32>,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+/// A loaded Llama-family model: configuration plus views into the mapped files.
 pub struct Llama {
     pub config: LlamaConfig,
-    file: Arc<GgufFile>,
-    embedding: TensorInfo,
+    store: Arc<WeightStore>,
+    embedding: Matrix,
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
-    output: TensorInfo,
+    output: Matrix,
     rope: Rope,
 }
 
@@ -138,59 +199,50 @@ struct Scratch {
 }
 
 impl Llama {
-    /// Bind the tensors of `file`, checking every shape against the configuration.
+    /// Bind the tensors of `store`, checking every shape against the configuration.
     pub fn load(
-        file: Arc<GgufFile>,
+        store: Arc<WeightStore>,
+        config: LlamaConfig,
         on_progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self, GgufError> {
-        let arch = file.str("general.architecture")?.to_string();
-        let config = LlamaConfig::from_gguf(&file, &arch)?;
+    ) -> Result<Self, ModelFileError> {
         let c = &config;
-        let matrix = |name: &str, cols: usize, rows: usize| -> Result<TensorInfo, GgufError> {
-            let t = file
-                .tensors
-                .get(name)
-                .ok_or_else(|| GgufError::MissingKey(format!("tensor {name}")))?;
-            if t.dims.len() != 2 || t.dims[0] as usize != cols || t.dims[1] as usize != rows {
-                return Err(GgufError::Corrupt(format!(
-                    "tensor {name} has shape {:?}, expected [{cols}, {rows}]",
-                    t.dims
-                )));
-            }
-            Ok(t.clone())
-        };
-        let vector = |name: &str, n: usize| -> Result<Vec<f32>, GgufError> {
-            let t = matrix_or_vector(&file, name, n)?;
-            let mut out = vec![0f32; n];
-            dequantize_row(t.ty, file.tensor_bytes(&t), &mut out);
-            Ok(out)
-        };
-        let embedding = matrix("token_embd.weight", c.dim, c.vocab)?;
-        let output = match file.tensors.get("output.weight") {
-            Some(_) => matrix("output.weight", c.dim, c.vocab)?,
-            None => embedding.clone(),
-        };
+        let (dim, q_dim, kv_dim) = (c.dim, c.q_dim(), c.kv_dim());
+        let embedding = store.matrix("token_embd.weight", c.vocab, dim)?;
+        let output = store
+            .optional_matrix("output.weight", c.vocab, dim)?
+            .unwrap_or(embedding);
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
-            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let w = |s: &str| format!("blk.{i}.{s}.weight");
+            let b = |s: &str| format!("blk.{i}.{s}.bias");
+            let qkv_bias = if c.qkv_bias {
+                Some([
+                    store.vector(&b("attn_q"), q_dim)?,
+                    store.vector(&b("attn_k"), kv_dim)?,
+                    store.vector(&b("attn_v"), kv_dim)?,
+                ])
+            } else {
+                None
+            };
             layers.push(Layer {
-                attn_norm: vector(&p("attn_norm"), c.dim)?,
-                wq: matrix(&p("attn_q"), c.dim, c.dim)?,
-                wk: matrix(&p("attn_k"), c.dim, c.kv_dim())?,
-                wv: matrix(&p("attn_v"), c.dim, c.kv_dim())?,
-                wo: matrix(&p("attn_output"), c.dim, c.dim)?,
-                ffn_norm: vector(&p("ffn_norm"), c.dim)?,
-                gate: matrix(&p("ffn_gate"), c.dim, c.ffn_dim)?,
-                up: matrix(&p("ffn_up"), c.dim, c.ffn_dim)?,
-                down: matrix(&p("ffn_down"), c.ffn_dim, c.dim)?,
+                attn_norm: store.vector(&w("attn_norm"), dim)?,
+                wq: store.matrix(&w("attn_q"), q_dim, dim)?,
+                wk: store.matrix(&w("attn_k"), kv_dim, dim)?,
+                wv: store.matrix(&w("attn_v"), kv_dim, dim)?,
+                qkv_bias,
+                wo: store.matrix(&w("attn_output"), dim, q_dim)?,
+                ffn_norm: store.vector(&w("ffn_norm"), dim)?,
+                gate: store.matrix(&w("ffn_gate"), c.ffn_dim, dim)?,
+                up: store.matrix(&w("ffn_up"), c.ffn_dim, dim)?,
+                down: store.matrix(&w("ffn_down"), dim, c.ffn_dim)?,
             });
             on_progress(i + 1, c.n_layer);
         }
-        let output_norm = vector("output_norm.weight", c.dim)?;
-        let rope = Rope::new(c.head_dim, c.rope_base);
+        let output_norm = store.vector("output_norm.weight", dim)?;
+        let rope = Rope::new(c.head_dim, c.rope_base, c.rope_layout);
         Ok(Self {
             config,
-            file,
+            store,
             embedding,
             layers,
             output_norm,
@@ -199,129 +251,95 @@ impl Llama {
         })
     }
 
-    fn weight(&self, t: &TensorInfo) -> WeightRef<'_> {
-        WeightRef {
-            ty: t.ty,
-            rows: t.dims[1] as usize,
-            cols: t.dims[0] as usize,
-            data: self.file.tensor_bytes(t),
+    fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            n_head: self.config.n_head,
+            n_kv_head: self.config.n_kv_head,
+            head_dim: self.config.head_dim,
         }
     }
+}
 
-    /// A KV cache able to hold `capacity` positions.
-    pub fn new_cache(&self, capacity: usize) -> KvCache {
+impl CausalLm for Llama {
+    fn context_length(&self) -> usize {
+        self.config.context_length
+    }
+
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+
+    fn new_cache(&self, capacity: usize) -> KvCache {
         KvCache::new(self.config.n_layer, self.config.kv_dim(), capacity)
     }
 
-    /// Run `tokens` at positions `cache.len()..`, append them to the cache, and return the
-    /// logits of the last one.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
         let c = &self.config;
         let n = tokens.len();
         if n == 0 {
             return Vec::new();
         }
         let pos0 = cache.len();
-        let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
+        let (dim, q_dim, kv_dim, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim);
         let mut s = Scratch {
             x: vec![0f32; n * dim],
             normed: vec![0f32; n * dim],
-            q: vec![0f32; n * dim],
+            q: vec![0f32; n * q_dim],
             k: vec![0f32; n * kv_dim],
             v: vec![0f32; n * kv_dim],
-            attn: vec![0f32; n * dim],
+            attn: vec![0f32; n * q_dim],
             proj: vec![0f32; n * dim],
             gate: vec![0f32; n * c.ffn_dim],
             up: vec![0f32; n * c.ffn_dim],
         };
-        let emb = self.weight(&self.embedding);
-        let row_bytes = emb.ty.row_bytes(dim);
         for (t, &tok) in tokens.iter().enumerate() {
             // Ids were checked against the vocabulary by the caller; clamp defends the mapping.
             let tok = (tok as usize).min(c.vocab - 1);
-            dequantize_row(
-                emb.ty,
-                &emb.data[tok * row_bytes..(tok + 1) * row_bytes],
-                &mut s.x[t * dim..(t + 1) * dim],
-            );
+            self.store
+                .read_row(&self.embedding, tok, &mut s.x[t * dim..(t + 1) * dim]);
         }
+        let w = |m: &Matrix| self.store.weight(m);
         for (li, layer) in self.layers.iter().enumerate() {
             cpu::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
-            cpu::matmul(self.weight(&layer.wq), &s.normed, &mut s.q);
-            cpu::matmul(self.weight(&layer.wk), &s.normed, &mut s.k);
-            cpu::matmul(self.weight(&layer.wv), &s.normed, &mut s.v);
+            cpu::matmul(w(&layer.wq), &s.normed, &mut s.q);
+            cpu::matmul(w(&layer.wk), &s.normed, &mut s.k);
+            cpu::matmul(w(&layer.wv), &s.normed, &mut s.v);
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                cpu::add_bias(&mut s.q, bq);
+                cpu::add_bias(&mut s.k, bk);
+                cpu::add_bias(&mut s.v, bv);
+            }
             for t in 0..n {
                 self.rope
-                    .apply_interleaved(&mut s.q[t * dim..(t + 1) * dim], hd, pos0 + t);
+                    .apply(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, pos0 + t);
                 self.rope
-                    .apply_interleaved(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);
+                    .apply(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);
             }
             cache.append(li, &s.k, &s.v);
-            self.attention(li, cache, pos0, &s.q, &mut s.attn);
-            cpu::matmul(self.weight(&layer.wo), &s.attn, &mut s.proj);
-            for (x, p) in s.x.iter_mut().zip(&s.proj) {
-                *x += p;
-            }
+            let (keys, values) = cache.layer(li);
+            cpu::causal_attention(
+                self.attention_shape(),
+                keys,
+                values,
+                pos0,
+                &s.q,
+                &mut s.attn,
+            );
+            cpu::matmul(w(&layer.wo), &s.attn, &mut s.proj);
+            cpu::add_in_place(&mut s.x, &s.proj);
             cpu::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
-            cpu::matmul(self.weight(&layer.gate), &s.normed, &mut s.gate);
-            cpu::matmul(self.weight(&layer.up), &s.normed, &mut s.up);
+            cpu::matmul(w(&layer.gate), &s.normed, &mut s.gate);
+            cpu::matmul(w(&layer.up), &s.normed, &mut s.up);
             cpu::swiglu(&mut s.gate, &s.up);
-            cpu::matmul(self.weight(&layer.down), &s.gate, &mut s.proj);
-            for (x, p) in s.x.iter_mut().zip(&s.proj) {
-                *x += p;
-            }
+            cpu::matmul(w(&layer.down), &s.gate, &mut s.proj);
+            cpu::add_in_place(&mut s.x, &s.proj);
         }
         cache.commit(n);
         let last = &s.x[(n - 1) * dim..];
         let mut normed = vec![0f32; dim];
         cpu::rms_norm(last, &self.output_norm, c.rms_eps, &mut normed);
         let mut logits = vec![0f32; c.vocab];
-        cpu::matmul(self.weight(&self.output), &normed, &mut logits);
+        cpu::matmul(w(&self.output), &normed, &mut logits);
         logits
     }
-
-    /// Causal attention of the new queries over every cached position, one task per token.
-    fn attention(&self, layer: usize, cache: &KvCache, pos0: usize, q: &[f32], out: &mut [f32]) {
-        let c = &self.config;
-        let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
-        let group = c.n_head / c.n_kv_head;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let (keys, values) = cache.layer(layer);
-        out.par_chunks_mut(dim).enumerate().for_each(|(t, out_t)| {
-            let visible = pos0 + t + 1;
-            let mut scores = vec![0f32; visible];
-            for h in 0..c.n_head {
-                let kv_off = (h / group) * hd;
-                let qh = &q[t * dim + h * hd..t * dim + (h + 1) * hd];
-                for (p, sc) in scores.iter_mut().enumerate() {
-                    let kh = &keys[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    *sc = qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-                cpu::softmax(&mut scores);
-                let oh = &mut out_t[h * hd..(h + 1) * hd];
-                oh.fill(0.0);
-                for (p, w) in scores.iter().enumerate() {
-                    let vh = &values[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    for (o, v) in oh.iter_mut().zip(vh) {
-                        *o += w * v;
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// A 1-D tensor of `n` elements (GGUF writes norms as 1-D, some converters as 2-D `[n, 1]`).
-fn matrix_or_vector(file: &GgufFile, name: &str, n: usize) -> Result<TensorInfo, GgufError> {
-    let t = file
-        .tensors
-        .get(name)
-        .ok_or_else(|| GgufError::MissingKey(format!("tensor {name}")))?;
-    if t.element_count() != n as u64 || !matches!(t.ty, GgmlType::F32 | GgmlType::F16) {
-        return Err(GgufError::Corrupt(format!(
-            "tensor {name} should be {n} f32/f16 values, found {:?} of {:?}",
-            t.dims, t.ty
-        )));
-    }
-    Ok(t.clone())
 }

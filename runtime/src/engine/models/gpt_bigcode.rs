@@ -1,0 +1,307 @@
+//! GPT-BigCode: StarCoder, StarCoderBase (1B–15B), SantaCoder-style tiny_starcoder.
+//!
+//! Paper: Li et al., "StarCoder: may the source be with you!" (2023); the architecture is
+//! GPT-2 with multi-query attention (Allal et al., "SantaCoder: don't reach for the stars!").
+//! Reference implementations: HF transformers' `modeling_gpt_bigcode.py`, candle's
+//! `bigcode.rs`, llama.cpp's `llm_build_starcoder`.
+//! Learned absolute position embeddings (so the context is capped at `n_positions`), pre-norm
+//! LayerNorm with biases, one fused QKV projection whose K and V are a single head shared by
+//! every query head (multi-query attention), GELU (tanh approximation) MLP, and an output head
+//! tied to the token embedding unless the file has its own.
+
+use std::sync::Arc;
+
+use crate::engine::cpu::{self, AttentionShape};
+use crate::engine::kv_cache::KvCache;
+use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
+
+use super::{CausalLm, ConfigSource, check_heads, check_plausible};
+
+/// Shape and constants of a GPT-BigCode model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GptBigCodeConfig {
+    pub n_layer: usize,
+    pub dim: usize,
+    pub n_head: usize,
+    /// 1 for the multi-query attention every StarCoder model uses.
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub vocab: usize,
+    /// Rows of the position embedding: the longest sequence the model can see.
+    pub n_positions: usize,
+    pub norm_eps: f32,
+}
+
+impl GptBigCodeConfig {
+    pub fn from_source(source: ConfigSource<'_>) -> Result<Self, ModelFileError> {
+        let config = match source {
+            ConfigSource::Gguf(f, arch) => {
+                let key = |k: &str| format!("{arch}.{k}");
+                let dim = f.u64(&key("embedding_length"))? as usize;
+                let n_head = f.u64(&key("attention.head_count"))? as usize;
+                let vocab = match f.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
+                    Some(v) => v as usize,
+                    None => f.array("tokenizer.ggml.tokens")?.len(),
+                };
+                Self {
+                    n_layer: f.u64(&key("block_count"))? as usize,
+                    dim,
+                    n_head,
+                    n_kv_head: f.u64(&key("attention.head_count_kv")).unwrap_or(1) as usize,
+                    head_dim: if n_head == 0 { 0 } else { dim / n_head },
+                    ffn_dim: f.u64(&key("feed_forward_length"))? as usize,
+                    vocab,
+                    n_positions: f.u64(&key("context_length"))? as usize,
+                    norm_eps: f.f64(&key("attention.layer_norm_epsilon")).unwrap_or(1e-5) as f32,
+                }
+            }
+            ConfigSource::Hf(c) => {
+                let dim = c.usize(&["n_embd", "hidden_size"])?;
+                let n_head = c.usize(&["n_head", "num_attention_heads"])?;
+                if !c.bool_or("multi_query", true) {
+                    // HF interleaves Q, K and V per head when multi_query is off; no released
+                    // StarCoder checkpoint uses that layout.
+                    return Err(ModelFileError::Config {
+                        path: c.path.clone(),
+                        message: "gpt_bigcode with multi_query=false is not supported".into(),
+                    });
+                }
+                Self {
+                    n_layer: c.usize(&["n_layer", "num_hidden_layers"])?,
+                    dim,
+                    n_head,
+                    n_kv_head: 1,
+                    head_dim: if n_head == 0 { 0 } else { dim / n_head },
+                    ffn_dim: c.opt_usize(&["n_inner"]).unwrap_or(4 * dim),
+                    vocab: c.usize(&["vocab_size"])?,
+                    n_positions: c.usize(&["n_positions", "max_position_embeddings"])?,
+                    norm_eps: c.f32_or("layer_norm_epsilon", 1e-5),
+                }
+            }
+        };
+        let c = &config;
+        check_plausible(c.n_layer, c.dim, c.ffn_dim, c.vocab, c.n_positions)?;
+        check_heads(c.dim, c.n_head, c.n_kv_head, c.head_dim)?;
+        if c.n_head * c.head_dim != c.dim {
+            return Err(ModelFileError::Shape(format!(
+                "width {} is not a multiple of {} heads",
+                c.dim, c.n_head
+            )));
+        }
+        Ok(config)
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_head * self.head_dim
+    }
+}
+
+/// The GGUF name of an HF GPT-BigCode tensor.
+pub fn hf_tensor_name(name: &str) -> Option<String> {
+    let fixed = match name {
+        "transformer.wte.weight" => Some("token_embd.weight"),
+        "transformer.wpe.weight" => Some("position_embd.weight"),
+        "transformer.ln_f.weight" => Some("output_norm.weight"),
+        "transformer.ln_f.bias" => Some("output_norm.bias"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = name.strip_prefix("transformer.h.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let gguf = match module {
+        "ln_1" => "attn_norm",
+        "attn.c_attn" => "attn_qkv",
+        "attn.c_proj" => "attn_output",
+        "ln_2" => "ffn_norm",
+        "mlp.c_fc" => "ffn_up",
+        "mlp.c_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.{kind}"))
+}
+
+/// A matrix with its bias.
+struct Linear {
+    weight: Matrix,
+    bias: Vec<f32>,
+}
+
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+struct Block {
+    ln_1: Norm,
+    qkv: Linear,
+    attn_out: Linear,
+    ln_2: Norm,
+    fc: Linear,
+    fc_out: Linear,
+}
+
+/// A loaded GPT-BigCode model.
+pub struct GptBigCode {
+    pub config: GptBigCodeConfig,
+    store: Arc<WeightStore>,
+    token_embedding: Matrix,
+    position_embedding: Matrix,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+    head: Matrix,
+}
+
+impl std::fmt::Debug for GptBigCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GptBigCode")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GptBigCode {
+    /// Bind the tensors of `store`, checking every shape against the configuration.
+    pub fn load(
+        store: Arc<WeightStore>,
+        config: GptBigCodeConfig,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, ModelFileError> {
+        let c = &config;
+        let dim = c.dim;
+        let linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelFileError> {
+            Ok(Linear {
+                weight: store.matrix(&format!("{name}.weight"), rows, cols)?,
+                bias: store.vector(&format!("{name}.bias"), rows)?,
+            })
+        };
+        let norm = |name: &str| -> Result<Norm, ModelFileError> {
+            Ok(Norm {
+                weight: store.vector(&format!("{name}.weight"), dim)?,
+                bias: store.vector(&format!("{name}.bias"), dim)?,
+            })
+        };
+        let token_embedding = store.matrix("token_embd.weight", c.vocab, dim)?;
+        let position_embedding = store.matrix("position_embd.weight", c.n_positions, dim)?;
+        let head = store
+            .optional_matrix("output.weight", c.vocab, dim)?
+            .unwrap_or(token_embedding);
+        let mut blocks = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            blocks.push(Block {
+                ln_1: norm(&p("attn_norm"))?,
+                qkv: linear(&p("attn_qkv"), dim + 2 * c.kv_dim(), dim)?,
+                attn_out: linear(&p("attn_output"), dim, dim)?,
+                ln_2: norm(&p("ffn_norm"))?,
+                fc: linear(&p("ffn_up"), c.ffn_dim, dim)?,
+                fc_out: linear(&p("ffn_down"), dim, c.ffn_dim)?,
+            });
+            on_progress(i + 1, c.n_layer);
+        }
+        let ln_f = norm("output_norm")?;
+        Ok(Self {
+            config,
+            store,
+            token_embedding,
+            position_embedding,
+            blocks,
+            ln_f,
+            head,
+        })
+    }
+
+    fn apply(&self, l: &Linear, x: &[f32], out: &mut [f32]) {
+        cpu::matmul(self.store.weight(&l.weight), x, out);
+        cpu::add_bias(out, &l.bias);
+    }
+}
+
+impl CausalLm for GptBigCode {
+    fn context_length(&self) -> usize {
+        self.config.n_positions
+    }
+
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.config.n_layer, self.config.kv_dim(), capacity)
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let pos0 = cache.len();
+        let (dim, kv_dim) = (c.dim, c.kv_dim());
+        let qkv_dim = dim + 2 * kv_dim;
+        let mut x = vec![0f32; n * dim];
+        let mut pos_row = vec![0f32; dim];
+        for (t, &tok) in tokens.iter().enumerate() {
+            let row = &mut x[t * dim..(t + 1) * dim];
+            // Ids were checked against the vocabulary, positions against n_positions, by the
+            // caller; clamping defends the mappings.
+            self.store
+                .read_row(&self.token_embedding, (tok as usize).min(c.vocab - 1), row);
+            let pos = (pos0 + t).min(c.n_positions - 1);
+            self.store
+                .read_row(&self.position_embedding, pos, &mut pos_row);
+            cpu::add_in_place(row, &pos_row);
+        }
+        let mut normed = vec![0f32; n * dim];
+        let mut qkv = vec![0f32; n * qkv_dim];
+        let mut q = vec![0f32; n * dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        let mut attn = vec![0f32; n * dim];
+        let mut proj = vec![0f32; n * dim];
+        let mut hidden = vec![0f32; n * c.ffn_dim];
+        let shape = AttentionShape {
+            n_head: c.n_head,
+            n_kv_head: c.n_kv_head,
+            head_dim: c.head_dim,
+        };
+        for (li, b) in self.blocks.iter().enumerate() {
+            cpu::layer_norm(&x, &b.ln_1.weight, &b.ln_1.bias, c.norm_eps, &mut normed);
+            self.apply(&b.qkv, &normed, &mut qkv);
+            for t in 0..n {
+                let row = &qkv[t * qkv_dim..(t + 1) * qkv_dim];
+                q[t * dim..(t + 1) * dim].copy_from_slice(&row[..dim]);
+                k[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&row[dim..dim + kv_dim]);
+                v[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&row[dim + kv_dim..]);
+            }
+            cache.append(li, &k, &v);
+            let (keys, values) = cache.layer(li);
+            cpu::causal_attention(shape, keys, values, pos0, &q, &mut attn);
+            self.apply(&b.attn_out, &attn, &mut proj);
+            cpu::add_in_place(&mut x, &proj);
+            cpu::layer_norm(&x, &b.ln_2.weight, &b.ln_2.bias, c.norm_eps, &mut normed);
+            self.apply(&b.fc, &normed, &mut hidden);
+            cpu::gelu_tanh(&mut hidden);
+            self.apply(&b.fc_out, &hidden, &mut proj);
+            cpu::add_in_place(&mut x, &proj);
+        }
+        cache.commit(n);
+        let last = &x[(n - 1) * dim..];
+        let mut final_normed = vec![0f32; dim];
+        cpu::layer_norm(
+            last,
+            &self.ln_f.weight,
+            &self.ln_f.bias,
+            c.norm_eps,
+            &mut final_normed,
+        );
+        let mut logits = vec![0f32; c.vocab];
+        cpu::matmul(self.store.weight(&self.head), &final_normed, &mut logits);
+        logits
+    }
+}

@@ -1,0 +1,337 @@
+//! The tensors of a model, whatever file they came from: a name → tensor directory over
+//! memory-mapped GGUF or safetensors files, so an architecture binds its weights one way.
+//!
+//! Names are GGUF's (`blk.3.attn_q.weight`); an HF checkpoint's names are translated on load by
+//! the architecture's table. Shapes are outermost first (`[rows, cols]`, as safetensors and
+//! PyTorch write them; GGUF's innermost-first dims are reversed). Every tensor's byte range was
+//! checked against its file when the directory was built, and nothing is copied out of the
+//! mappings except small vectors (norms, biases) widened to f32.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use super::cpu::WeightRef;
+use super::gguf::{GgufError, GgufFile};
+use super::quant::{GgmlType, dequantize_row};
+
+/// Why a model's files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("tensor {0} is missing")]
+    MissingTensor(String),
+    #[error("tensor {name} is stored as {dtype}, which is not supported (F32, F16, BF16)")]
+    UnsupportedDtype { name: String, dtype: String },
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// One tensor in the directory.
+#[derive(Debug, Clone)]
+pub struct StoredTensor {
+    pub ty: GgmlType,
+    /// Outermost dimension first.
+    pub shape: Vec<usize>,
+    file: usize,
+    offset: usize,
+    size: usize,
+}
+
+impl StoredTensor {
+    pub fn element_count(&self) -> u64 {
+        self.shape.iter().map(|d| *d as u64).product()
+    }
+}
+
+/// A 2-D weight bound by a model: `rows` rows of `cols` elements, rows contiguous.
+#[derive(Debug, Clone, Copy)]
+pub struct Matrix {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    file: usize,
+    offset: usize,
+    size: usize,
+}
+
+enum Backing {
+    Gguf(Arc<GgufFile>),
+    Safetensors(Vec<Mmap>),
+}
+
+/// Every tensor of one model.
+pub struct WeightStore {
+    backing: Backing,
+    tensors: HashMap<String, StoredTensor>,
+}
+
+impl std::fmt::Debug for WeightStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightStore")
+            .field("tensors", &self.tensors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WeightStore {
+    /// The tensors of a parsed GGUF file (offsets were checked by the parser).
+    pub fn from_gguf(file: Arc<GgufFile>) -> Self {
+        let tensors = file
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let tensor = StoredTensor {
+                    ty: t.ty,
+                    shape: t.dims.iter().rev().map(|d| *d as usize).collect(),
+                    file: 0,
+                    offset: t.offset,
+                    size: t.size,
+                };
+                (name.clone(), tensor)
+            })
+            .collect();
+        Self {
+            backing: Backing::Gguf(file),
+            tensors,
+        }
+    }
+
+    /// Map safetensors files and index their tensors under the names `rename` gives them;
+    /// tensors it maps to `None` (rotary caches, attention masks) are left out.
+    pub fn from_safetensors(
+        paths: &[PathBuf],
+        rename: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ModelFileError> {
+        let mut maps = Vec::with_capacity(paths.len());
+        let mut tensors = HashMap::new();
+        for (file_index, path) in paths.iter().enumerate() {
+            let io_err = |source| ModelFileError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(path).map_err(io_err)?;
+            // SAFETY: read-only mapping; a checkpoint rewritten under a running server is
+            // outside what any mmap-based loader can defend against.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
+            // `deserialize` checks the header, every offset against the buffer, and that each
+            // tensor's byte length matches its dtype and shape.
+            let parsed =
+                SafeTensors::deserialize(&mmap).map_err(|e| ModelFileError::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            for (name, view) in parsed.iter() {
+                let Some(canonical) = rename(name) else {
+                    continue;
+                };
+                let ty = match view.dtype() {
+                    Dtype::F32 => GgmlType::F32,
+                    Dtype::F16 => GgmlType::F16,
+                    Dtype::BF16 => GgmlType::BF16,
+                    other => {
+                        return Err(ModelFileError::UnsupportedDtype {
+                            name: name.to_string(),
+                            dtype: format!("{other:?}"),
+                        });
+                    }
+                };
+                let data = view.data();
+                let offset = data.as_ptr() as usize - mmap.as_ptr() as usize;
+                tensors.insert(
+                    canonical,
+                    StoredTensor {
+                        ty,
+                        shape: view.shape().to_vec(),
+                        file: file_index,
+                        offset,
+                        size: data.len(),
+                    },
+                );
+            }
+            maps.push(mmap);
+        }
+        Ok(Self {
+            backing: Backing::Safetensors(maps),
+            tensors,
+        })
+    }
+
+    fn file_bytes(&self, file: usize) -> &[u8] {
+        match &self.backing {
+            Backing::Gguf(g) => g.data(),
+            Backing::Safetensors(maps) => &maps[file],
+        }
+    }
+
+    fn bytes(&self, file: usize, offset: usize, size: usize) -> &[u8] {
+        &self.file_bytes(file)[offset..offset + size]
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&StoredTensor> {
+        self.tensors.get(name)
+    }
+
+    /// Elements over all tensors.
+    pub fn parameter_count(&self) -> u64 {
+        self.tensors.values().map(StoredTensor::element_count).sum()
+    }
+
+    /// Bytes of tensor data over all tensors.
+    pub fn weight_bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.size as u64).sum()
+    }
+
+    /// The `rows × cols` matrix `name`, its shape checked.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix, ModelFileError> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelFileError::MissingTensor(name.to_string()))?;
+        if t.shape != [rows, cols] {
+            return Err(ModelFileError::Shape(format!(
+                "tensor {name} has shape {:?}, expected [{rows}, {cols}]",
+                t.shape
+            )));
+        }
+        if !cols.is_multiple_of(t.ty.block_elements()) {
+            return Err(ModelFileError::Shape(format!(
+                "tensor {name}: rows of {cols} do not fill whole {:?} blocks",
+                t.ty
+            )));
+        }
+        Ok(Matrix {
+            ty: t.ty,
+            rows,
+            cols,
+            file: t.file,
+            offset: t.offset,
+            size: t.size,
+        })
+    }
+
+    /// The matrix `name` when the file has it.
+    pub fn optional_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<Matrix>, ModelFileError> {
+        if self.contains(name) {
+            self.matrix(name, rows, cols).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The `n`-element float vector `name` (a norm or a bias), widened to f32. Converters write
+    /// these 1-D or as `[1, n]`/`[n, 1]`; any of those is accepted.
+    pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelFileError> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelFileError::MissingTensor(name.to_string()))?;
+        if t.element_count() != n as u64
+            || !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+        {
+            return Err(ModelFileError::Shape(format!(
+                "tensor {name} should be {n} float values, found {:?} of {:?}",
+                t.shape, t.ty
+            )));
+        }
+        let mut out = vec![0f32; n];
+        dequantize_row(t.ty, self.bytes(t.file, t.offset, t.size), &mut out);
+        Ok(out)
+    }
+
+    /// The vector `name` when the file has it.
+    pub fn optional_vector(
+        &self,
+        name: &str,
+        n: usize,
+    ) -> Result<Option<Vec<f32>>, ModelFileError> {
+        if self.contains(name) {
+            self.vector(name, n).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A bound matrix's bytes, for the kernels.
+    pub fn weight(&self, m: &Matrix) -> WeightRef<'_> {
+        WeightRef {
+            ty: m.ty,
+            rows: m.rows,
+            cols: m.cols,
+            data: self.bytes(m.file, m.offset, m.size),
+        }
+    }
+
+    /// Row `r` of a bound matrix widened to f32 (embedding lookups).
+    pub fn read_row(&self, m: &Matrix, r: usize, out: &mut [f32]) {
+        let row_bytes = m.ty.row_bytes(m.cols);
+        let data = self.bytes(m.file, m.offset, m.size);
+        dequantize_row(m.ty, &data[r * row_bytes..(r + 1) * row_bytes], out);
+    }
+}
+
+/// The safetensors files of an HF folder: `model.safetensors`, or every shard named by
+/// `model.safetensors.index.json`.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelFileError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index_path).map_err(|source| ModelFileError::Io {
+        path: index_path.clone(),
+        source,
+    })?;
+    let config_err = |message: String| ModelFileError::Config {
+        path: index_path.clone(),
+        message,
+    };
+    let index: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| config_err(e.to_string()))?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| config_err("no weight_map object".into()))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for shard in map.values() {
+        let name = shard
+            .as_str()
+            .ok_or_else(|| config_err("weight_map holds a non-string".into()))?;
+        // A shard name is a file in this folder, nothing else.
+        if name.contains('/') || name.contains('\\') || name == ".." {
+            return Err(config_err(format!("shard name {name:?} leaves the folder")));
+        }
+        let path = dir.join(name);
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(config_err("weight_map is empty".into()));
+    }
+    Ok(files)
+}
