@@ -12,6 +12,7 @@ pub mod models;
 pub mod quant;
 pub mod sampling;
 pub mod simd;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 

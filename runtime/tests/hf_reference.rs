@@ -1,0 +1,257 @@
+//! GPT-BigCode and Qwen2 from HF folders (safetensors in F32, F16 and BF16, `tokenizer.json`),
+//! on small random-weight checkpoints written by the engine's synthetic writer, against
+//! candle's `bigcode` and `qwen2` models on the same files: logits within a stated tolerance
+//! and the same greedy continuation for 32 tokens.
+//!
+//! candle computes in f32 with f16/bf16 weights widened at load; we multiply the stored
+//! half-precision values directly, so the products are the same up to summation order.
+
+use std::path::{Path, PathBuf};
+
+use agentrt::engine::models::Architecture;
+use agentrt::engine::quant::GgmlType;
+use agentrt::engine::synthetic::SyntheticSpec;
+use agentrt::engine::{LoadedModel, Prompt, sampling::argmax};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::{bigcode, qwen2};
+
+/// Largest tolerated |ours - candle| relative to the spread of candle's logits.
+const TOLERANCE: f32 = 1e-3;
+const GREEDY_TOKENS: usize = 32;
+const PROMPT: [u32; 7] = [5, 77, 300, 12, 390, 41, 7];
+
+fn spec(arch: Architecture, dtype: GgmlType) -> SyntheticSpec {
+    SyntheticSpec {
+        arch,
+        n_layer: 2,
+        dim: 64,
+        n_head: 4,
+        n_kv_head: if arch == Architecture::GptBigCode {
+            1
+        } else {
+            2
+        },
+        ffn_dim: 160,
+        vocab: 400,
+        context: 128,
+        dtype,
+        separate_head: false,
+        seed: 7,
+    }
+}
+
+fn write(spec: &SyntheticSpec, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentrt-hf-{name}-{}", std::process::id()));
+    spec.write(&dir).expect("write checkpoint");
+    dir
+}
+
+fn var_builder(dir: &Path) -> VarBuilder<'static> {
+    // SAFETY: the file was written by this test and is not modified while mapped.
+    unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+    }
+    .expect("candle var builder")
+}
+
+fn input(ids: &[u32]) -> Tensor {
+    Tensor::new(ids, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input")
+}
+
+fn to_vec(t: Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("logits")
+}
+
+/// Compare ours with a candle forward function `step(ids, position) -> logits`.
+fn compare(ours: &LoadedModel, mut step: impl FnMut(&[u32], usize) -> Vec<f32>, label: &str) {
+    let want = step(&PROMPT, 0);
+    let got = ours.prompt_logits(&PROMPT);
+    assert_eq!(want.len(), got.len(), "{label}: vocabulary");
+    let spread = want.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+        - want.iter().cloned().fold(f32::INFINITY, f32::min);
+    let err = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("{label}: logit spread {spread:.4}, max |ours - candle| {err:.2e}");
+    assert!(spread > 0.0, "{label}: degenerate logits");
+    assert!(err / spread < TOLERANCE, "{label}: {err} of {spread}");
+
+    let mut theirs = Vec::with_capacity(GREEDY_TOKENS);
+    let mut next = argmax(&want);
+    for i in 0..GREEDY_TOKENS {
+        theirs.push(next);
+        next = argmax(&step(&[next], PROMPT.len() + i));
+    }
+    assert_eq!(
+        ours.greedy_tokens(&PROMPT, GREEDY_TOKENS),
+        theirs,
+        "{label}: greedy"
+    );
+}
+
+fn check_bigcode(dtype: GgmlType, label: &str) {
+    let spec = spec(Architecture::GptBigCode, dtype);
+    let dir = write(&spec, label);
+    let ours = LoadedModel::load(label, &dir, &mut |_| {}).expect("our load");
+    assert_eq!(ours.info.architecture, "gpt_bigcode");
+    assert_eq!(ours.info.context_length, 128);
+    assert!(ours.info.supports_fim);
+    let config = bigcode::Config {
+        vocab_size: spec.vocab,
+        max_position_embeddings: spec.context,
+        num_hidden_layers: spec.n_layer,
+        hidden_size: spec.dim,
+        layer_norm_epsilon: 1e-5,
+        n_inner: Some(spec.ffn_dim),
+        num_attention_heads: spec.n_head,
+        multi_query: true,
+        use_cache: true,
+    };
+    let mut candle = bigcode::GPTBigCode::load(var_builder(&dir), config).expect("candle load");
+    compare(
+        &ours,
+        |ids, pos| to_vec(candle.forward(&input(ids), pos).expect("candle forward")),
+        label,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn check_qwen2(dtype: GgmlType, label: &str) {
+    let spec = spec(Architecture::Qwen2, dtype);
+    let dir = write(&spec, label);
+    let ours = LoadedModel::load(label, &dir, &mut |_| {}).expect("our load");
+    assert_eq!(ours.info.architecture, "qwen2");
+    assert!(ours.info.supports_chat);
+    let config: qwen2::Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config"))
+            .expect("candle config");
+    let mut candle = qwen2::ModelForCausalLM::new(&config, var_builder(&dir)).expect("candle load");
+    compare(
+        &ours,
+        |ids, pos| to_vec(candle.forward(&input(ids), pos).expect("candle forward")),
+        label,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn gpt_bigcode_f32_matches_candle() {
+    check_bigcode(GgmlType::F32, "bigcode-f32");
+}
+
+#[test]
+fn gpt_bigcode_f16_matches_candle() {
+    check_bigcode(GgmlType::F16, "bigcode-f16");
+}
+
+#[test]
+fn gpt_bigcode_bf16_matches_candle() {
+    check_bigcode(GgmlType::BF16, "bigcode-bf16");
+}
+
+#[test]
+fn qwen2_f32_matches_candle() {
+    check_qwen2(GgmlType::F32, "qwen2-f32");
+}
+
+#[test]
+fn qwen2_f16_matches_candle() {
+    check_qwen2(GgmlType::F16, "qwen2-f16");
+}
+
+#[test]
+fn qwen2_bf16_matches_candle() {
+    check_qwen2(GgmlType::BF16, "qwen2-bf16");
+}
+
+#[test]
+fn fill_in_the_middle_prompts_are_prefix_suffix_middle() {
+    let dir = write(&spec(Architecture::GptBigCode, GgmlType::F32), "fim");
+    let model = LoadedModel::load("fim", &dir, &mut |_| {}).expect("load");
+    let id = |t: &str| model.tokenizer.token_id(t).expect("token");
+    let ids = model
+        .tokenize_prompt(&Prompt::Fim {
+            prefix: "def f(x):\n    ".into(),
+            // FIM markers typed in the code are text, not control tokens.
+            suffix: "\n    return y <fim_middle>".into(),
+        })
+        .expect("tokenize");
+    let positions: Vec<usize> = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
+        .iter()
+        .map(|t| ids.iter().position(|i| *i == id(t)).expect("marker"))
+        .collect();
+    assert_eq!(positions[0], 0);
+    assert!(positions[0] < positions[1] && positions[1] < positions[2]);
+    assert_eq!(positions[2], ids.len() - 1);
+    assert_eq!(
+        ids.iter().filter(|i| **i == id("<fim_middle>")).count(),
+        1,
+        "a marker in user text must stay text"
+    );
+    // The end-of-text token ends a FIM generation.
+    assert!(model.tokenizer.stop_ids.contains(&id("<|endoftext|>")));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn models_without_fim_tokens_refuse_fim_prompts() {
+    let path = agentrt::paths::default_model();
+    if !path.is_file() {
+        eprintln!(
+            "skipped: {} is missing (run scripts/setup.sh)",
+            path.display()
+        );
+        return;
+    }
+    let model = LoadedModel::load("smollm2", &path, &mut |_| {}).expect("load");
+    let err = model
+        .tokenize_prompt(&Prompt::Fim {
+            prefix: "a".into(),
+            suffix: "b".into(),
+        })
+        .expect_err("no FIM tokens");
+    assert_eq!(err.code().as_str(), "VAL_002", "{err}");
+}
+
+#[test]
+fn broken_hf_folders_are_model_errors() {
+    let dir = write(&spec(Architecture::Qwen2, GgmlType::F16), "broken");
+    let load = |d: &Path| LoadedModel::load("broken", d, &mut |_| {}).map(|_| ());
+    let weights = dir.join("model.safetensors");
+    let bytes = std::fs::read(&weights).expect("read");
+    // Truncated weights, a corrupt header, a missing config, an unknown architecture.
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).expect("truncate");
+    let err = load(&dir).expect_err("truncated");
+    assert_eq!(err.code().as_str(), "MODEL_001", "{err}");
+    let mut corrupt = bytes.clone();
+    corrupt[0] = 0xFF;
+    corrupt[7] = 0x7F;
+    std::fs::write(&weights, &corrupt).expect("corrupt");
+    assert_eq!(
+        load(&dir).expect_err("corrupt").code().as_str(),
+        "MODEL_001"
+    );
+    std::fs::write(&weights, &bytes).expect("restore");
+    load(&dir).expect("restored folder loads");
+    let config = std::fs::read_to_string(dir.join("config.json")).expect("config");
+    std::fs::write(dir.join("config.json"), config.replace("qwen2", "mamba")).expect("arch");
+    let err = load(&dir).expect_err("unknown architecture");
+    assert!(err.to_string().contains("mamba"), "{err}");
+    std::fs::remove_file(dir.join("config.json")).expect("remove");
+    assert_eq!(
+        load(&dir).expect_err("no config").code().as_str(),
+        "MODEL_001"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
