@@ -51,8 +51,8 @@ pub struct Cli {
 /// Options shared by every command that loads models and plugins.
 #[derive(Debug, Args, Clone)]
 pub struct RuntimeOpts {
-    /// GGUF model file (repeat for several; the first is the default). Default: the SmolLM2
-    /// model fetched by scripts/setup.sh.
+    /// Model: a GGUF file or an HF folder with safetensors weights (repeat for several; the
+    /// first is the default). Default: the SmolLM2 model fetched by scripts/setup.sh.
     #[arg(long = "model", env = "AGENTRT_MODEL", global = true)]
     pub models: Vec<PathBuf>,
     /// Folder of plugins (NAME.wasm + NAME.toml) that replace or add to the defaults.
@@ -94,6 +94,35 @@ pub enum Command {
         tests: Option<PathBuf>,
         #[command(flatten)]
         opts: RuntimeOpts,
+    },
+    /// Continue a raw prompt with the default model, streaming the text; with `--suffix`, fill
+    /// in the middle between the prompt and the suffix (StarCoder-family models).
+    Complete {
+        prompt: String,
+        /// Code after the gap, for fill-in-the-middle.
+        #[arg(long)]
+        suffix: Option<String>,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: u32,
+        /// Sampling temperature (0: greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Stop sequences (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+    /// Write a random-weight checkpoint in the shape of a real model, as an HF folder
+    /// (config.json, model.safetensors, tokenizer.json), for benchmarks and tests.
+    Synth {
+        /// tiny-starcoder or starcoderbase-1b.
+        preset: String,
+        /// Folder to write.
+        out: PathBuf,
+        /// Weight type: f32, f16 or bf16.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
     },
     /// Ask the model a question.
     Chat {
@@ -137,6 +166,30 @@ pub enum Command {
 pub enum ListAction {
     /// List them.
     List,
+}
+
+/// Generate, printing text as it comes (or the whole completion as JSON at the end).
+fn stream_completion(
+    model: &LoadedModel,
+    prompt: &crate::engine::Prompt,
+    params: &crate::engine::SamplingParams,
+    json: bool,
+) -> Result<(), CliError> {
+    let done = model
+        .generate(prompt, params, &Default::default(), &mut |t| {
+            if !json {
+                use std::io::Write;
+                print!("{t}");
+                let _ = std::io::stdout().flush();
+            }
+        })
+        .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+    emit(
+        json,
+        &serde_json::to_value(&done).unwrap_or_default(),
+        || println!(),
+    );
+    Ok(())
 }
 
 /// Load every model named in `opts` (or the default), showing progress on stderr.
@@ -334,6 +387,65 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             });
             Ok(())
         }
+        Command::Complete {
+            prompt,
+            suffix,
+            max_tokens,
+            temperature,
+            stop,
+            opts,
+        } => {
+            let engine = load_engine(&opts)?;
+            let model = engine
+                .model(None)
+                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+            let params = crate::engine::SamplingParams {
+                max_tokens,
+                temperature,
+                stop,
+                ..Default::default()
+            };
+            let prompt = match suffix {
+                Some(suffix) => crate::engine::Prompt::Fim {
+                    prefix: prompt,
+                    suffix,
+                },
+                None => crate::engine::Prompt::Text(prompt),
+            };
+            stream_completion(&model, &prompt, &params, opts.json)
+        }
+        Command::Synth { preset, out, dtype } => {
+            use crate::engine::quant::GgmlType;
+            use crate::engine::synthetic::SyntheticSpec;
+            let ty = match dtype.as_str() {
+                "f32" => GgmlType::F32,
+                "f16" => GgmlType::F16,
+                "bf16" => GgmlType::BF16,
+                other => {
+                    return Err(CliError::new(
+                        ErrorCode::InvalidInput,
+                        format!("--dtype {other}: expected f32, f16 or bf16"),
+                    ));
+                }
+            };
+            let spec = SyntheticSpec::preset(&preset, ty).ok_or_else(|| {
+                CliError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "unknown preset {preset:?} (known: {})",
+                        SyntheticSpec::PRESETS
+                    ),
+                )
+            })?;
+            spec.write(&out).map_err(|e| {
+                CliError::new(
+                    ErrorCode::Internal,
+                    format!("cannot write {}: {e}", out.display()),
+                )
+            })?;
+            eprintln!("wrote {preset} ({dtype}) to {}", out.display());
+            Ok(())
+        }
         Command::Chat {
             message,
             max_tokens,
@@ -352,22 +464,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     role: "user".into(),
                     content: message,
                 }]);
-            let streaming = !opts.json;
-            let done = model
-                .generate(&prompt, &params, &Default::default(), &mut |t| {
-                    if streaming {
-                        use std::io::Write;
-                        print!("{t}");
-                        let _ = std::io::stdout().flush();
-                    }
-                })
-                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
-            emit(
-                opts.json,
-                &serde_json::to_value(&done).unwrap_or_default(),
-                || println!(),
-            );
-            Ok(())
+            stream_completion(&model, &prompt, &params, opts.json)
         }
         Command::Plugins {
             action: ListAction::List,

@@ -8,6 +8,9 @@
 //!   wrong expected value fails one test, not all. Without usable tests the code is returned
 //!   with empty tests rather than lost.
 //!
+//! Base models without a chat template (StarCoder) get the same steps as raw completions: the
+//! task as comments heading a file that ends in `def `, then the assert completion for tests.
+//!
 //! The model is a [`Model`] so the whole flow runs in host unit tests with canned answers.
 
 use agentrt_plugin_sdk::llm::{self, ChatMessage, Sampling};
@@ -21,6 +24,10 @@ pub trait Model {
     fn chat(&mut self, messages: &[ChatMessage], sampling: Sampling) -> Result<String, llm::Error>;
     /// Continue a raw prompt.
     fn complete(&mut self, prompt: &str, sampling: Sampling) -> Result<String, llm::Error>;
+    /// Whether the model has a chat template; base models are only given raw prompts.
+    fn supports_chat(&mut self) -> bool {
+        true
+    }
 }
 
 /// Code for "the answer contained no usable code".
@@ -83,12 +90,25 @@ pub fn generate(
             .on_attempt(attempt)
     };
 
-    let first = prompts::code_request(task, request.feedback.as_deref(), request.previous.as_ref());
-    let mut split = solution(&model.chat(&first, code_sampling()).map_err(llm_error)?);
+    let chat = model.supports_chat();
+    let mut split = if chat {
+        let first =
+            prompts::code_request(task, request.feedback.as_deref(), request.previous.as_ref());
+        solution(&model.chat(&first, code_sampling()).map_err(llm_error)?)
+    } else {
+        complete_code(task, request.feedback.as_deref(), code_sampling(), model)
+            .map_err(llm_error)?
+    };
     if split.is_none() {
         log::warn("answer had no usable code; retrying with a stricter prompt");
-        let strict = prompts::strict_code_request(task);
-        split = solution(&model.chat(&strict, code_sampling()).map_err(llm_error)?);
+        split = if chat {
+            let strict = prompts::strict_code_request(task);
+            solution(&model.chat(&strict, code_sampling()).map_err(llm_error)?)
+        } else {
+            // A base model has no stricter instruction to follow; sample again instead.
+            let resampled = code_sampling().seed(seed + 1000);
+            complete_code(task, request.feedback.as_deref(), resampled, model).map_err(llm_error)?
+        };
     }
     let Some(split) = split else {
         return fail(
@@ -97,13 +117,30 @@ pub fn generate(
         );
     };
 
-    let tests = write_tests(task, &split.code, seed, model);
+    let tests = write_tests(task, &split.code, seed, chat, model);
     // Tests the model put in its first answer are kept too, after the dedicated ones.
     let tests = merge_tests(&tests, &split.tests, &split.code);
     if tests.is_empty() {
         log::warn("no usable tests; returning the code without tests");
     }
     Ok(CodeArtifact::new("python", split.code, tests))
+}
+
+/// The function a base model writes after the task as comments.
+fn complete_code(
+    task: &str,
+    feedback: Option<&str>,
+    sampling: Sampling,
+    model: &mut dyn Model,
+) -> Result<Option<source::Split>, llm::Error> {
+    let prompt = prompts::code_completion(task, feedback);
+    // A file goes on after the function: stop at the next top-level statement.
+    let sampling = sampling.stop(["\n\n\n", "\nif __name__", "\nprint(", "\n# Test", "\n```"]);
+    let continuation = model.complete(&prompt, sampling)?;
+    Ok(solution(&format!(
+        "{}{continuation}",
+        prompts::COMPLETION_OPENING
+    )))
 }
 
 /// The solution in a model answer, if it defines a function.
@@ -115,7 +152,7 @@ fn solution(answer: &str) -> Option<source::Split> {
 
 /// Ask for tests, then complete them as code. A model failure here leaves the code without tests
 /// rather than losing it.
-fn write_tests(task: &str, code: &str, seed: u64, model: &mut dyn Model) -> String {
+fn write_tests(task: &str, code: &str, seed: u64, chat: bool, model: &mut dyn Model) -> String {
     let functions = source::function_names(code);
     let sampling = |max_tokens: u32| {
         Sampling::default()
@@ -123,11 +160,16 @@ fn write_tests(task: &str, code: &str, seed: u64, model: &mut dyn Model) -> Stri
             .temperature(TEMPERATURE)
             .seed(seed)
     };
-    let chat = prompts::tests_request(task, code, &functions);
-    match model.chat(
-        &chat,
-        sampling(TESTS_MAX_TOKENS).stop(["\nif __name__", CLOSING_FENCE]),
-    ) {
+    let request = prompts::tests_request(task, code, &functions);
+    let answer = if chat {
+        model.chat(
+            &request,
+            sampling(TESTS_MAX_TOKENS).stop(["\nif __name__", CLOSING_FENCE]),
+        )
+    } else {
+        Ok(String::new())
+    };
+    match answer {
         Ok(answer) => {
             let tests = extract::python_code(&answer)
                 .map(|tests| source::clean_tests(&tests, code))
@@ -135,7 +177,9 @@ fn write_tests(task: &str, code: &str, seed: u64, model: &mut dyn Model) -> Stri
             if !tests.is_empty() {
                 return tests;
             }
-            log::warn("test answer had no usable test functions; completing tests as code");
+            if chat {
+                log::warn("test answer had no usable test functions; completing tests as code");
+            }
         }
         Err(error) => {
             log::warn(format!(
@@ -324,6 +368,49 @@ mod tests {
         generate(&retry, &mut model).expect("artifact");
         assert!(model.prompts[0].contains("test_add failed"));
         assert!(model.prompts[0].contains("return a - b"));
+    }
+
+    /// A base model: no chat template, so only raw completions.
+    struct Base(Scripted);
+
+    impl Model for Base {
+        fn chat(&mut self, _: &[ChatMessage], _: Sampling) -> Result<String, llm::Error> {
+            panic!("a base model must not be sent a chat")
+        }
+
+        fn complete(&mut self, prompt: &str, sampling: Sampling) -> Result<String, llm::Error> {
+            self.0.complete(prompt, sampling)
+        }
+
+        fn supports_chat(&mut self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn base_models_complete_the_function_and_its_asserts() {
+        let mut model = Base(Scripted::new(vec![
+            "add(a: int, b: int) -> int:\n    \"\"\"Add.\"\"\"\n    return a + b",
+            "1, 2) == 3\n    assert add(2, 2) == 4",
+        ]));
+        let artifact = generate(&request("add two numbers"), &mut model).expect("artifact");
+        assert!(artifact.code.starts_with("def add(a: int, b: int) -> int:"));
+        assert!(
+            artifact.tests.contains("assert add(1, 2) == 3"),
+            "{}",
+            artifact.tests
+        );
+        assert!(model.0.prompts[0].starts_with("# Task:\n# add two numbers\n"));
+        assert!(model.0.prompts[0].ends_with("def "));
+        assert!(model.0.prompts[1].ends_with("assert add("));
+    }
+
+    #[test]
+    fn base_models_get_a_second_sample_then_gen_003() {
+        let mut model = Base(Scripted::new(vec!["!!!", "???"]));
+        let error = generate(&request("add"), &mut model).expect_err("no code");
+        assert_eq!(error.code, NO_USABLE_CODE);
+        assert_eq!(model.0.prompts.len(), 2);
     }
 
     #[test]

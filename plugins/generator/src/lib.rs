@@ -38,6 +38,11 @@ impl flow::Model for HostModel {
     fn complete(&mut self, prompt: &str, sampling: Sampling) -> Result<String, llm::Error> {
         llm::generate(prompt, sampling).map(logged)
     }
+
+    fn supports_chat(&mut self) -> bool {
+        // The host lists its default model first.
+        llm::list_models().first().is_none_or(|m| m.supports_chat)
+    }
 }
 
 /// The completion's text, after logging its token use.

@@ -80,6 +80,28 @@ pub fn tests_completion(code: &str, function: &str) -> (String, String) {
     (prompt, open_assert)
 }
 
+/// A raw prompt for base models without a chat template (StarCoder): the task, and the
+/// feedback on a retry, as comments heading a Python file, ending in `def ` for the model to
+/// continue. The continuation is a function when prefixed with [`COMPLETION_OPENING`].
+pub fn code_completion(task: &str, feedback: Option<&str>) -> String {
+    let mut prompt = String::from("# Task:\n");
+    for line in task.trim().lines() {
+        prompt.push_str(&format!("# {line}\n"));
+    }
+    if let Some(feedback) = feedback.filter(|f| !f.trim().is_empty()) {
+        prompt.push_str("# A previous attempt was rejected:\n");
+        for line in quote(feedback).lines() {
+            prompt.push_str(&format!("# {line}\n"));
+        }
+    }
+    prompt.push_str("# Solution, a function with type hints and a docstring:\n\n\n");
+    prompt.push_str(COMPLETION_OPENING);
+    prompt
+}
+
+/// How [`code_completion`] leaves the function open.
+pub const COMPLETION_OPENING: &str = "def ";
+
 /// `text` trimmed and cut to `MAX_QUOTED_CHARS` characters.
 fn quote(text: &str) -> &str {
     let text = text.trim();
@@ -93,6 +115,14 @@ fn quote(text: &str) -> &str {
 mod tests {
     use super::*;
     use agentrt_plugin_sdk::llm::Role;
+
+    #[test]
+    fn completion_prompt_comments_the_task_and_opens_a_function() {
+        let prompt = code_completion("add two numbers\nreturn the sum", Some("tests failed"));
+        assert!(prompt.starts_with("# Task:\n# add two numbers\n# return the sum\n"));
+        assert!(prompt.contains("# tests failed\n"));
+        assert!(prompt.ends_with("\n\n\ndef "));
+    }
 
     #[test]
     fn first_request_is_system_then_user_with_the_task() {

@@ -125,7 +125,7 @@ fn read_bf16(b: &[u8]) -> f32 {
 /// through the SIMD kernels where this CPU has them.
 #[inline]
 pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> f32 {
-    match super::simd::dot_row(ty, row, xq) {
+    match super::simd::dot_row(ty, row, x, xq) {
         Some(v) => v,
         None => dot_row_portable(ty, row, x, xq),
     }
@@ -330,6 +330,30 @@ mod tests {
     }
 
     #[test]
+    fn float_simd_kernels_match_the_portable_code_within_rounding() {
+        if !crate::engine::simd::float_simd_available() {
+            eprintln!("skipped: this CPU has no AVX2/FMA/F16C, only the portable kernels run");
+            return;
+        }
+        // Lengths that exercise the 32-wide loop, the 8-wide loop and the scalar tail.
+        for n in [8, 37, 64, 100, 771] {
+            let x = sample(n, 300 + n as u32);
+            let w = sample(n, 400 + n as u32);
+            let xq = QuantizedActivation::default();
+            for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+                let row = quantize_row(ty, &w);
+                let simd = crate::engine::simd::dot_row(ty, &row, &x, &xq).expect("float kernel");
+                let portable = dot_row_portable(ty, &row, &x, &xq);
+                let magnitude: f32 = x.iter().zip(&w).map(|(a, b)| (a * b).abs()).sum();
+                assert!(
+                    (simd - portable).abs() <= 1e-6 * magnitude.max(1.0),
+                    "{ty:?} n={n}: {simd} vs {portable}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn simd_kernels_match_the_portable_code_bit_for_bit() {
         if !crate::engine::simd::avx2_available() {
             eprintln!("skipped: this CPU has no AVX2, only the portable kernels run");
@@ -346,7 +370,7 @@ mod tests {
                 (GgmlType::Q4_1, quantize_row(GgmlType::Q4_1, &w)),
                 (GgmlType::Q4_0, quantize_row(GgmlType::Q4_0, &w)),
             ] {
-                let simd = crate::engine::simd::dot_row(ty, &row, &xq).expect("avx2 kernel");
+                let simd = crate::engine::simd::dot_row(ty, &row, &x, &xq).expect("avx2 kernel");
                 assert_eq!(
                     simd.to_bits(),
                     dot_row_portable(ty, &row, &x, &xq).to_bits(),

@@ -1,8 +1,13 @@
-//! AVX2 versions of the quantised row dot products, chosen at run time.
+//! AVX2 versions of the row dot products, chosen at run time.
 //!
-//! Only the integer part of each block's dot product is vectorised; it is exact, and the float
-//! arithmetic around it is the same expression in the same order as the portable code, so both
-//! paths give bit-identical results (tested below).
+//! Quantised rows: only the integer part of each block's dot product is vectorised; it is
+//! exact, and the float arithmetic around it is the same expression in the same order as the
+//! portable code, so both paths give bit-identical results (tested below).
+//!
+//! Float rows (F32, F16, BF16): eight-lane FMA over four independent accumulators, with F16
+//! widened on the fly by F16C and BF16 by a shift, so half-precision weights are never stored
+//! widened. The summation order differs from the portable loop, so these agree with it within
+//! float rounding (tested below), not bit for bit.
 
 use super::quant::{GgmlType, QK, QuantizedActivation};
 
@@ -19,9 +24,40 @@ pub fn avx2_available() -> bool {
     }
 }
 
-/// The AVX2 dot product of one stored row, when there is one for `ty` on this CPU.
+/// Whether the float kernels (AVX2, FMA and F16C) can run on this CPU.
 #[inline]
-pub fn dot_row(ty: GgmlType, row: &[u8], xq: &QuantizedActivation) -> Option<f32> {
+pub fn float_simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The AVX2 dot product of one stored row with `x` (and its quantised form `xq`), when there is
+/// one for `ty` on this CPU.
+#[inline]
+pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        // The kernels read `x.len()` elements of both; refuse a mismatched pair.
+        if !float_simd_available() || row.len() != x.len() * ty.block_bytes() {
+            return None;
+        }
+        // SAFETY: the features are present (checked above) and the lengths agree.
+        return Some(unsafe {
+            match ty {
+                GgmlType::F32 => x86::f32_dot(row, x),
+                GgmlType::F16 => x86::f16_dot(row, x),
+                _ => x86::bf16_dot(row, x),
+            }
+        });
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2_available() {
         let blocks = row.len() / ty.block_bytes();
@@ -40,7 +76,7 @@ pub fn dot_row(ty: GgmlType, row: &[u8], xq: &QuantizedActivation) -> Option<f32
             }
         };
     }
-    let _ = (ty, row, xq);
+    let _ = (ty, row, x, xq);
     None
 }
 
@@ -55,6 +91,89 @@ mod x86 {
     #[inline]
     fn read_f16(b: &[u8]) -> f32 {
         f16::from_le_bytes([b[0], b[1]]).to_f32()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum_ps(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Σ w·x over a float row whose element `i` is loaded by `load(i)` (eight at a time) or
+    /// `scalar(i)` (the tail), with four accumulators to hide the FMA latency.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn float_dot(
+        n: usize,
+        load: impl Fn(usize) -> __m256,
+        x: &[f32],
+        scalar: impl Fn(usize) -> f32,
+    ) -> f32 {
+        let xp = x.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (every load below): i + 8 <= n = x.len(), and `load` reads the same range.
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let j = i + 8 * k;
+                *a = unsafe { _mm256_fmadd_ps(load(j), _mm256_loadu_ps(xp.add(j)), *a) };
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = unsafe { _mm256_fmadd_ps(load(i), _mm256_loadu_ps(xp.add(i)), acc[0]) };
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut sum = hsum_ps(v);
+        while i < n {
+            sum += scalar(i) * x[i];
+            i += 1;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f32_dot(row: &[u8], x: &[f32]) -> f32 {
+        let p = row.as_ptr() as *const f32;
+        // SAFETY: row holds x.len() f32 values (checked by the dispatcher); unaligned loads.
+        float_dot(
+            x.len(),
+            |i| unsafe { _mm256_loadu_ps(p.add(i)) },
+            x,
+            |i| unsafe { p.add(i).read_unaligned() },
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_dot(row: &[u8], x: &[f32]) -> f32 {
+        let p = row.as_ptr() as *const u16;
+        // SAFETY: row holds x.len() f16 values (checked by the dispatcher); unaligned loads.
+        float_dot(
+            x.len(),
+            |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.add(i) as *const __m128i)) },
+            x,
+            |i| f16::from_bits(unsafe { p.add(i).read_unaligned() }).to_f32(),
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn bf16_dot(row: &[u8], x: &[f32]) -> f32 {
+        let p = row.as_ptr() as *const u16;
+        // SAFETY: row holds x.len() bf16 values (checked by the dispatcher); unaligned loads.
+        // A bf16 is the top half of an f32: widen to 32 bits and shift into place.
+        float_dot(
+            x.len(),
+            |i| unsafe {
+                let h = _mm_loadu_si128(p.add(i) as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+            },
+            x,
+            |i| f32::from_bits((unsafe { p.add(i).read_unaligned() } as u32) << 16),
+        )
     }
 
     #[inline]
