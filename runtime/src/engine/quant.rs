@@ -354,9 +354,9 @@ mod tests {
     }
 
     #[test]
-    fn simd_kernels_match_the_portable_code_bit_for_bit() {
-        if !crate::engine::simd::avx2_available() {
-            eprintln!("skipped: this CPU has no AVX2, only the portable kernels run");
+    fn quantised_simd_kernels_match_the_portable_code_within_rounding() {
+        if !crate::engine::simd::float_simd_available() {
+            eprintln!("skipped: this CPU has no AVX2/FMA/F16C, only the portable kernels run");
             return;
         }
         let n = 576;
@@ -365,16 +365,16 @@ mod tests {
             let mut xq = QuantizedActivation::default();
             xq.quantize(&x);
             let w = sample(n, 200 + seed);
-            for (ty, row) in [
-                (GgmlType::Q8_0, quantize_row(GgmlType::Q8_0, &w)),
-                (GgmlType::Q4_1, quantize_row(GgmlType::Q4_1, &w)),
-                (GgmlType::Q4_0, quantize_row(GgmlType::Q4_0, &w)),
-            ] {
+            for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0] {
+                let row = quantize_row(ty, &w);
                 let simd = crate::engine::simd::dot_row(ty, &row, &x, &xq).expect("avx2 kernel");
-                assert_eq!(
-                    simd.to_bits(),
-                    dot_row_portable(ty, &row, &x, &xq).to_bits(),
-                    "{ty:?}"
+                let portable = dot_row_portable(ty, &row, &x, &xq);
+                // Integer block products are exact in both; only the order of the float sum
+                // over blocks differs.
+                let magnitude: f32 = x.iter().zip(&w).map(|(a, b)| (a * b).abs()).sum();
+                assert!(
+                    (simd - portable).abs() <= 1e-6 * magnitude.max(1.0),
+                    "{ty:?}: {simd} vs {portable}"
                 );
             }
         }

@@ -1,30 +1,20 @@
 //! AVX2 versions of the row dot products, chosen at run time.
 //!
-//! Quantised rows: only the integer part of each block's dot product is vectorised; it is
-//! exact, and the float arithmetic around it is the same expression in the same order as the
-//! portable code, so both paths give bit-identical results (tested below).
+//! Quantised rows (Q4_0, Q4_1, Q8_0 against int8 activations): each block's integer products
+//! stay in eight i32 lanes, are converted once and scaled into an eight-lane float accumulator,
+//! so there is one horizontal sum per row rather than one per block (as llama.cpp does it).
 //!
 //! Float rows (F32, F16, BF16): eight-lane FMA over four independent accumulators, with F16
 //! widened on the fly by F16C and BF16 by a shift, so half-precision weights are never stored
-//! widened. The summation order differs from the portable loop, so these agree with it within
-//! float rounding (tested below), not bit for bit.
+//! widened.
+//!
+//! Both sum in another order than the portable loops, so they agree with them within float
+//! rounding (tested in `quant`), not bit for bit.
 
 use super::quant::{GgmlType, QK, QuantizedActivation};
 
-/// Whether the AVX2 kernels can run on this CPU (checked once, cached by std).
-#[inline]
-pub fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether the float kernels (AVX2, FMA and F16C) can run on this CPU.
+/// Whether the SIMD kernels (they need AVX2, FMA and F16C) can run on this CPU; std caches
+/// the answer.
 #[inline]
 pub fn float_simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -59,14 +49,14 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) ->
         });
     }
     #[cfg(target_arch = "x86_64")]
-    if avx2_available() {
+    if float_simd_available() {
         let blocks = row.len() / ty.block_bytes();
         // The kernels read `blocks` activation blocks unchecked; refuse a mismatched pair.
         if xq.d.len() < blocks || xq.s.len() < blocks || xq.qs.len() < blocks * QK {
             return None;
         }
-        // SAFETY: AVX2 is present (checked above); the kernels read whole blocks of `row` and
-        // `xq`, whose lengths the callers derive from the same row length.
+        // SAFETY: AVX2, FMA and F16C are present (checked above); the kernels read whole
+        // blocks of `row` and `xq`, whose lengths were checked just above.
         return unsafe {
             match ty {
                 GgmlType::Q4_0 => Some(x86::q4_0(row, xq)),
@@ -84,14 +74,8 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) ->
 mod x86 {
     use std::arch::x86_64::*;
 
-    use half::f16;
-
     use super::{QK, QuantizedActivation};
-
-    #[inline]
-    fn read_f16(b: &[u8]) -> f32 {
-        f16::from_le_bytes([b[0], b[1]]).to_f32()
-    }
+    use half::f16;
 
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -176,15 +160,6 @@ mod x86 {
         )
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn hsum(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
-    }
-
     /// Σ nibble·q for 16 packed bytes (low nibbles are elements 0..16, high 16..32).
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -204,39 +179,51 @@ mod x86 {
         (_mm256_madd_epi16(_mm256_maddubs_epi16(w, qv), ones), qv)
     }
 
-    #[target_feature(enable = "avx2")]
+    /// An f16 scale stored at `b` (little-endian), widened by F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn scale(b: &[u8]) -> f32 {
+        let bits = u16::from_le_bytes([b[0], b[1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q4_1(row: &[u8], xq: &QuantizedActivation) -> f32 {
-        let mut sum = 0f32;
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0f32;
         for (i, blk) in row.chunks_exact(20).enumerate() {
             // SAFETY: a block holds 16 packed bytes after its 4-byte header; xq holds 32
             // quants per block.
             let (dot, _) = unsafe { nibbles_dot(blk.as_ptr().add(4), xq.qs.as_ptr().add(i * QK)) };
-            let acc = hsum(dot);
-            sum += acc as f32 * read_f16(blk) * xq.d[i] + read_f16(&blk[2..]) * xq.s[i];
+            let d = _mm256_set1_ps(scale(blk) * xq.d[i]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc);
+            // The block minimum times Σx, from the activation's precomputed sum term.
+            offsets += scale(&blk[2..]) * xq.s[i];
         }
-        sum
+        hsum_ps(acc) + offsets
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q4_0(row: &[u8], xq: &QuantizedActivation) -> f32 {
         let ones_u8 = _mm256_set1_epi8(1);
         let ones = _mm256_set1_epi16(1);
-        let mut sum = 0f32;
+        let mut acc = _mm256_setzero_ps();
         for (i, blk) in row.chunks_exact(18).enumerate() {
             // SAFETY: as for q4_1, with a 2-byte header.
             let (dot, qv) = unsafe { nibbles_dot(blk.as_ptr().add(2), xq.qs.as_ptr().add(i * QK)) };
             // Stored nibbles are offset by 8: Σ(n-8)·q = Σn·q - 8·Σq.
             let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, qv), ones);
-            let acc = hsum(dot) - 8 * hsum(qsum);
-            sum += acc as f32 * read_f16(blk) * xq.d[i];
+            let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
+            let d = _mm256_set1_ps(scale(blk) * xq.d[i]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), d, acc);
         }
-        sum
+        hsum_ps(acc)
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q8_0(row: &[u8], xq: &QuantizedActivation) -> f32 {
         let ones = _mm256_set1_epi16(1);
-        let mut sum = 0f32;
+        let mut acc = _mm256_setzero_ps();
         for (i, blk) in row.chunks_exact(34).enumerate() {
             // SAFETY: a block holds 32 quants after its 2-byte scale; xq holds 32 per block.
             let (w, q) = unsafe {
@@ -247,9 +234,9 @@ mod x86 {
             };
             // maddubs needs one unsigned operand: |w| · (q with w's sign).
             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
-            let acc = hsum(_mm256_madd_epi16(p, ones));
-            sum += acc as f32 * read_f16(blk) * xq.d[i];
+            let d = _mm256_set1_ps(scale(blk) * xq.d[i]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), d, acc);
         }
-        sum
+        hsum_ps(acc)
     }
 }
