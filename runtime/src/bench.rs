@@ -51,7 +51,7 @@ pub fn run(
         best_prefill = best_prefill.max(prefill);
         best_decode = best_decode.max(decode);
     }
-    let threads = rayon::current_num_threads();
+    let threads = crate::engine::threads::count();
     let rss = peak_rss_bytes().unwrap_or(0);
     let value = json!({
         "model": model.info.id,

@@ -6,7 +6,8 @@
 
 use rayon::prelude::*;
 
-use super::quant::{GgmlType, QuantizedActivation, dot_row};
+use super::quant::{GgmlType, QuantizedActivation, dot_row_portable};
+use super::simd;
 
 /// Weight rows handed to one task; large enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 16;
@@ -20,40 +21,61 @@ pub struct WeightRef<'a> {
     pub data: &'a [u8],
 }
 
-impl WeightRef<'_> {
-    fn row(&self, r: usize) -> &[u8] {
-        let n = self.ty.row_bytes(self.cols);
-        &self.data[r * n..(r + 1) * n]
-    }
-}
-
 /// `out[t] = W · xs[t]` for each of the `xs.len() / cols` activation rows.
+///
+/// Weight rows are split across the engine's threads in tasks of [`ROWS_PER_TASK`]; within a
+/// task each weight row meets up to [`simd::MAX_TOKENS`] tokens per kernel pass, so a weight
+/// block is read and unpacked once for them (prefill is matrix–matrix work).
 pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
     let tokens = xs.len() / w.cols;
     debug_assert_eq!(out.len(), tokens * w.rows);
+    let quantise = matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
     let quantized: Vec<QuantizedActivation> = xs
         .chunks_exact(w.cols)
         .map(|x| {
             let mut q = QuantizedActivation::default();
-            if matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
+            if quantise {
                 q.quantize(x);
             }
             q
         })
         .collect();
-    // Row-major in the weight's row index so each task owns a contiguous slice.
+    let x_rows: Vec<&[f32]> = xs.chunks_exact(w.cols).collect();
+    let q_rows: Vec<&QuantizedActivation> = quantized.iter().collect();
+    let row_bytes = w.ty.row_bytes(w.cols);
+    // Row-major in the weight's row index so each task owns a contiguous slice; a task keeps
+    // its rows hot in cache while every block of tokens passes over them.
     let mut by_row = vec![0f32; w.rows * tokens];
     by_row
         .par_chunks_mut(ROWS_PER_TASK * tokens)
         .enumerate()
         .for_each(|(task, chunk)| {
-            for (i, row_out) in chunk.chunks_exact_mut(tokens).enumerate() {
-                let row = w.row(task * ROWS_PER_TASK + i);
-                for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = dot_row(w.ty, row, &xs[t * w.cols..(t + 1) * w.cols], &quantized[t]);
+            let first = task * ROWS_PER_TASK;
+            let count = chunk.len() / tokens;
+            let rows = &w.data[first * row_bytes..(first + count) * row_bytes];
+            let mut block = [0f32; ROWS_PER_TASK * simd::MAX_TOKENS];
+            for t0 in (0..tokens).step_by(simd::MAX_TOKENS) {
+                let t1 = (t0 + simd::MAX_TOKENS).min(tokens);
+                let n = t1 - t0;
+                let (xb, qb) = (&x_rows[t0..t1], &q_rows[t0..t1]);
+                let block = &mut block[..count * n];
+                if !simd::dot_rows_multi(w.ty, rows, row_bytes, xb, qb, block) {
+                    for (r, outs) in block.chunks_exact_mut(n).enumerate() {
+                        let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                        for (k, o) in outs.iter_mut().enumerate() {
+                            *o = dot_row_portable(w.ty, row, xb[k], qb[k]);
+                        }
+                    }
+                }
+                for (r, vals) in block.chunks_exact(n).enumerate() {
+                    chunk[r * tokens + t0..r * tokens + t1].copy_from_slice(vals);
                 }
             }
         });
+    if tokens == 1 {
+        out.copy_from_slice(&by_row);
+        return;
+    }
     for (r, vals) in by_row.chunks_exact(tokens).enumerate() {
         for (t, v) in vals.iter().enumerate() {
             out[t * w.rows + r] = *v;
@@ -165,8 +187,14 @@ pub struct AttentionShape {
 }
 
 /// Causal attention of new queries (`q`: one `n_head * head_dim` row per token, the first at
-/// position `pos0`) over every cached position, one task per token. Each K/V head is read in
-/// place by all the query heads that share it (grouped- and multi-query attention).
+/// position `pos0`) over every cached position. One task per (token, query head), so a single
+/// decoded token still spreads over the cores; each K/V head is read in place by all the query
+/// heads that share it (grouped- and multi-query attention).
+///
+/// Scores are summed in position order, one product at a time, as the reference
+/// implementations do: attention is a small part of a step at these context lengths, and on a
+/// quantised model a last-bit difference here can move an activation across an int8 rounding
+/// boundary in the next matmul.
 pub fn causal_attention(
     shape: AttentionShape,
     keys: &[f32],
@@ -180,32 +208,30 @@ pub fn causal_attention(
         n_kv_head,
         head_dim: hd,
     } = shape;
-    let (q_dim, kv_dim) = (n_head * hd, n_kv_head * hd);
+    let kv_dim = n_kv_head * hd;
     let group = n_head / n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(q_dim)
-        .enumerate()
-        .for_each(|(t, out_t)| {
-            let visible = pos0 + t + 1;
-            let mut scores = vec![0f32; visible];
-            for h in 0..n_head {
-                let kv_off = (h / group) * hd;
-                let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                for (p, sc) in scores.iter_mut().enumerate() {
-                    let kh = &keys[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    *sc = qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-                softmax(&mut scores);
-                let oh = &mut out_t[h * hd..(h + 1) * hd];
-                oh.fill(0.0);
-                for (p, w) in scores.iter().enumerate() {
-                    let vh = &values[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    for (o, v) in oh.iter_mut().zip(vh) {
-                        *o += w * v;
-                    }
-                }
-            }
-        });
+    out.par_chunks_mut(hd).enumerate().for_each(|(task, oh)| {
+        let (t, h) = (task / n_head, task % n_head);
+        let visible = pos0 + t + 1;
+        let kv_off = (h / group) * hd;
+        let qh = &q[task * hd..(task + 1) * hd];
+        let mut scores: Vec<f32> = (0..visible)
+            .map(|p| {
+                let kh = &keys[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
+                qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale
+            })
+            .collect();
+        softmax(&mut scores);
+        oh.fill(0.0);
+        for (p, w) in scores.iter().enumerate() {
+            simd::axpy_f32(
+                oh,
+                *w,
+                &values[p * kv_dim + kv_off..p * kv_dim + kv_off + hd],
+            );
+        }
+    });
 }
 
 /// In-place softmax.

@@ -8,10 +8,18 @@
 //! widened on the fly by F16C and BF16 by a shift, so half-precision weights are never stored
 //! widened.
 //!
+//! Every kernel takes up to [`MAX_TOKENS`] activation rows at once and reads each weight block
+//! once for all of them (prefill is then matrix–matrix work: unpacking and loading a weight
+//! block is shared by the tokens). Each token's arithmetic is the same whatever the number of
+//! tokens, so prefill and decode compute identical values.
+//!
 //! Both sum in another order than the portable loops, so they agree with them within float
 //! rounding (tested in `quant`), not bit for bit.
 
 use super::quant::{GgmlType, QK, QuantizedActivation};
+
+/// Most activation rows one kernel call multiplies by a weight row.
+pub const MAX_TOKENS: usize = 4;
 
 /// Whether the SIMD kernels (they need AVX2, FMA and F16C) can run on this CPU; std caches
 /// the answer.
@@ -29,53 +37,159 @@ pub fn float_simd_available() -> bool {
     }
 }
 
-/// The AVX2 dot product of one stored row with `x` (and its quantised form `xq`), when there is
-/// one for `ty` on this CPU.
-#[inline]
-pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> Option<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-        // The kernels read `x.len()` elements of both; refuse a mismatched pair.
-        if !float_simd_available() || row.len() != x.len() * ty.block_bytes() {
-            return None;
-        }
-        // SAFETY: the features are present (checked above) and the lengths agree.
-        return Some(unsafe {
-            match ty {
-                GgmlType::F32 => x86::f32_dot(row, x),
-                GgmlType::F16 => x86::f16_dot(row, x),
-                _ => x86::bf16_dot(row, x),
-            }
-        });
+/// `out[k] = row · xs[k]` for up to [`MAX_TOKENS`] activations (f32 `xs` and their quantised
+/// forms `xqs`), through the SIMD kernels. Returns `false`, leaving `out` alone, when this CPU
+/// or this type has none, or the lengths do not fit.
+pub fn dot_row_multi(
+    ty: GgmlType,
+    row: &[u8],
+    xs: &[&[f32]],
+    xqs: &[&QuantizedActivation],
+    out: &mut [f32],
+) -> bool {
+    dot_rows_multi(ty, row, row.len(), xs, xqs, out)
+}
+
+/// [`dot_row_multi`] for consecutive rows of `row_bytes` each in `rows`: `out` holds
+/// `xs.len()` results per row, row after row. One call per task keeps the per-call checks and
+/// dispatch out of the inner loop.
+pub fn dot_rows_multi(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    xs: &[&[f32]],
+    xqs: &[&QuantizedActivation],
+    out: &mut [f32],
+) -> bool {
+    let n = xs.len();
+    if n == 0
+        || n > MAX_TOKENS
+        || xqs.len() != n
+        || row_bytes == 0
+        || !rows.len().is_multiple_of(row_bytes)
+        || out.len() != rows.len() / row_bytes * n
+        || !float_simd_available()
+    {
+        return false;
     }
+    let row = &rows[..row_bytes];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let float = matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        if float {
+            // The kernels read `x.len()` elements of the row and of every x.
+            let len = xs[0].len();
+            if row.len() != len * ty.block_bytes() || xs.iter().any(|x| x.len() != len) {
+                return false;
+            }
+        } else {
+            let blocks = row.len() / ty.block_bytes();
+            // The kernels read `blocks` activation blocks unchecked.
+            if xqs
+                .iter()
+                .any(|q| q.d.len() < blocks || q.s.len() < blocks || q.qs.len() < blocks * QK)
+            {
+                return false;
+            }
+        }
+        // SAFETY: AVX2, FMA and F16C are present and the lengths were checked above (every
+        // row has the length of the first).
+        unsafe {
+            match n {
+                1 => x86::dispatch::<1>(ty, rows, row_bytes, xs, xqs, out),
+                2 => x86::dispatch::<2>(ty, rows, row_bytes, xs, xqs, out),
+                3 => x86::dispatch::<3>(ty, rows, row_bytes, xs, xqs, out),
+                _ => x86::dispatch::<4>(ty, rows, row_bytes, xs, xqs, out),
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, row, xs, xqs, out);
+        false
+    }
+}
+
+/// `out += w * v` (attention's weighted sum of values), with FMA where the CPU has it.
+#[inline]
+pub fn axpy_f32(out: &mut [f32], w: f32, v: &[f32]) {
+    let n = out.len().min(v.len());
     #[cfg(target_arch = "x86_64")]
     if float_simd_available() {
-        let blocks = row.len() / ty.block_bytes();
-        // The kernels read `blocks` activation blocks unchecked; refuse a mismatched pair.
-        if xq.d.len() < blocks || xq.s.len() < blocks || xq.qs.len() < blocks * QK {
-            return None;
-        }
-        // SAFETY: AVX2, FMA and F16C are present (checked above); the kernels read whole
-        // blocks of `row` and `xq`, whose lengths were checked just above.
-        return unsafe {
-            match ty {
-                GgmlType::Q4_0 => Some(x86::q4_0(row, xq)),
-                GgmlType::Q4_1 => Some(x86::q4_1(row, xq)),
-                GgmlType::Q8_0 => Some(x86::q8_0(row, xq)),
-                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => None,
-            }
-        };
+        // SAFETY: the features are present; both slices hold at least `n` values.
+        unsafe { x86::axpy_f32(&mut out[..n], w, &v[..n]) };
+        return;
     }
-    let _ = (ty, row, x, xq);
-    None
+    for (o, x) in out[..n].iter_mut().zip(&v[..n]) {
+        *o += w * x;
+    }
+}
+
+/// The SIMD dot product of one row with one activation, when there is one.
+#[inline]
+pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> Option<f32> {
+    let mut out = [0f32];
+    dot_row_multi(ty, row, &[x], &[xq], &mut out).then_some(out[0])
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{QK, QuantizedActivation};
-    use half::f16;
+    use super::{GgmlType, QK, QuantizedActivation};
+
+    /// Run the kernel of `ty` for `N` tokens over every row in `rows`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be present; `xs`/`xqs` hold `N` activations whose lengths match
+    /// one row of `row_bytes`; `out` holds `N` values per row (checked by the caller).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dispatch<const N: usize>(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        xs: &[&[f32]],
+        xqs: &[&QuantizedActivation],
+        out: &mut [f32],
+    ) {
+        let xs: [&[f32]; N] = std::array::from_fn(|k| xs[k]);
+        let xqs: [&QuantizedActivation; N] = std::array::from_fn(|k| xqs[k]);
+        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
+            // SAFETY: forwarded from the caller.
+            let result: [f32; N] = unsafe {
+                match ty {
+                    GgmlType::F32 => f32_dot(row, xs),
+                    GgmlType::F16 => f16_dot(row, xs),
+                    GgmlType::BF16 => bf16_dot(row, xs),
+                    GgmlType::Q4_0 => q4_0(row, xqs),
+                    GgmlType::Q4_1 => q4_1(row, xqs),
+                    GgmlType::Q8_0 => q8_0(row, xqs),
+                }
+            };
+            out.copy_from_slice(&result);
+        }
+    }
+
+    /// `out += w * v`; the slices have equal length.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy_f32(out: &mut [f32], w: f32, v: &[f32]) {
+        let n = out.len();
+        let (po, pv) = (out.as_mut_ptr(), v.as_ptr());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n for both slices.
+            unsafe {
+                let o = _mm256_fmadd_ps(wv, _mm256_loadu_ps(pv.add(i)), _mm256_loadu_ps(po.add(i)));
+                _mm256_storeu_ps(po.add(i), o);
+            }
+            i += 8;
+        }
+        for (o, x) in out[i..].iter_mut().zip(&v[i..]) {
+            *o = x.mul_add(w, *o);
+        }
+    }
 
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -86,97 +200,89 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Σ w·x over a float row whose element `i` is loaded by `load(i)` (eight at a time) or
-    /// `scalar(i)` (the tail), with four accumulators to hide the FMA latency.
+    /// Σ w·x for `N` activations over a float row whose elements `i..i+8` are loaded by
+    /// `load(i)`; two accumulators per token hide the FMA latency.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn float_dot(
-        n: usize,
+    unsafe fn float_dot<const N: usize>(
         load: impl Fn(usize) -> __m256,
-        x: &[f32],
         scalar: impl Fn(usize) -> f32,
-    ) -> f32 {
-        let xp = x.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 4];
+        xs: [&[f32]; N],
+    ) -> [f32; N] {
+        let n = xs[0].len();
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
         let mut i = 0;
-        // SAFETY (every load below): i + 8 <= n = x.len(), and `load` reads the same range.
-        while i + 32 <= n {
-            for (k, a) in acc.iter_mut().enumerate() {
-                let j = i + 8 * k;
-                *a = unsafe { _mm256_fmadd_ps(load(j), _mm256_loadu_ps(xp.add(j)), *a) };
+        // SAFETY (every load below): i + 8 <= n = the length of the row and of every x.
+        while i + 16 <= n {
+            let (w0, w1) = (load(i), load(i + 8));
+            for k in 0..N {
+                let xp = xs[k].as_ptr();
+                unsafe {
+                    acc[k][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), acc[k][0]);
+                    acc[k][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(i + 8)), acc[k][1]);
+                }
             }
-            i += 32;
+            i += 16;
         }
         while i + 8 <= n {
-            acc[0] = unsafe { _mm256_fmadd_ps(load(i), _mm256_loadu_ps(xp.add(i)), acc[0]) };
+            let w = load(i);
+            for k in 0..N {
+                acc[k][0] = unsafe {
+                    _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[k].as_ptr().add(i)), acc[k][0])
+                };
+            }
             i += 8;
         }
-        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut sum = hsum_ps(v);
-        while i < n {
-            sum += scalar(i) * x[i];
-            i += 1;
-        }
-        sum
+        std::array::from_fn(|k| {
+            let mut sum = hsum_ps(_mm256_add_ps(acc[k][0], acc[k][1]));
+            for (j, x) in xs[k].iter().enumerate().skip(i) {
+                sum += scalar(j) * x;
+            }
+            sum
+        })
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn f32_dot(row: &[u8], x: &[f32]) -> f32 {
+    unsafe fn f32_dot<const N: usize>(row: &[u8], xs: [&[f32]; N]) -> [f32; N] {
         let p = row.as_ptr() as *const f32;
-        // SAFETY: row holds x.len() f32 values (checked by the dispatcher); unaligned loads.
-        float_dot(
-            x.len(),
-            |i| unsafe { _mm256_loadu_ps(p.add(i)) },
-            x,
-            |i| unsafe { p.add(i).read_unaligned() },
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn f16_dot(row: &[u8], x: &[f32]) -> f32 {
-        let p = row.as_ptr() as *const u16;
-        // SAFETY: row holds x.len() f16 values (checked by the dispatcher); unaligned loads.
-        float_dot(
-            x.len(),
-            |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.add(i) as *const __m128i)) },
-            x,
-            |i| f16::from_bits(unsafe { p.add(i).read_unaligned() }).to_f32(),
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn bf16_dot(row: &[u8], x: &[f32]) -> f32 {
-        let p = row.as_ptr() as *const u16;
-        // SAFETY: row holds x.len() bf16 values (checked by the dispatcher); unaligned loads.
-        // A bf16 is the top half of an f32: widen to 32 bits and shift into place.
-        float_dot(
-            x.len(),
-            |i| unsafe {
-                let h = _mm_loadu_si128(p.add(i) as *const __m128i);
-                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-            },
-            x,
-            |i| f32::from_bits((unsafe { p.add(i).read_unaligned() } as u32) << 16),
-        )
-    }
-
-    /// Σ nibble·q for 16 packed bytes (low nibbles are elements 0..16, high 16..32).
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn nibbles_dot(packed: *const u8, q: *const i8) -> (__m256i, __m256i) {
-        // SAFETY: the caller guarantees 16 readable bytes at `packed` and 32 at `q`.
-        let (bytes, qv) = unsafe {
-            (
-                _mm_loadu_si128(packed as *const __m128i),
-                _mm256_loadu_si256(q as *const __m256i),
+        // SAFETY: row holds as many f32 values as every x (checked by the caller).
+        unsafe {
+            float_dot(
+                |i| _mm256_loadu_ps(p.add(i)),
+                |i| p.add(i).read_unaligned(),
+                xs,
             )
-        };
-        let mask = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(bytes, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-        let w = _mm256_set_m128i(hi, lo);
-        let ones = _mm256_set1_epi16(1);
-        (_mm256_madd_epi16(_mm256_maddubs_epi16(w, qv), ones), qv)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_dot<const N: usize>(row: &[u8], xs: [&[f32]; N]) -> [f32; N] {
+        let p = row.as_ptr() as *const u16;
+        // SAFETY: row holds as many f16 values as every x (checked by the caller).
+        unsafe {
+            float_dot(
+                |i| _mm256_cvtph_ps(_mm_loadu_si128(p.add(i) as *const __m128i)),
+                |i| half::f16::from_bits(p.add(i).read_unaligned()).to_f32(),
+                xs,
+            )
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn bf16_dot<const N: usize>(row: &[u8], xs: [&[f32]; N]) -> [f32; N] {
+        let p = row.as_ptr() as *const u16;
+        // SAFETY: row holds as many bf16 values as every x (checked by the caller). A bf16 is
+        // the top half of an f32: widen to 32 bits and shift into place.
+        unsafe {
+            float_dot(
+                |i| {
+                    let h = _mm_loadu_si128(p.add(i) as *const __m128i);
+                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                },
+                |i| f32::from_bits((p.add(i).read_unaligned() as u32) << 16),
+                xs,
+            )
+        }
     }
 
     /// An f16 scale stored at `b` (little-endian), widened by F16C.
@@ -187,56 +293,93 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_1(row: &[u8], xq: &QuantizedActivation) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut offsets = 0f32;
-        for (i, blk) in row.chunks_exact(20).enumerate() {
-            // SAFETY: a block holds 16 packed bytes after its 4-byte header; xq holds 32
-            // quants per block.
-            let (dot, _) = unsafe { nibbles_dot(blk.as_ptr().add(4), xq.qs.as_ptr().add(i * QK)) };
-            let d = _mm256_set1_ps(scale(blk) * xq.d[i]);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc);
-            // The block minimum times Σx, from the activation's precomputed sum term.
-            offsets += scale(&blk[2..]) * xq.s[i];
-        }
-        hsum_ps(acc) + offsets
+    /// 16 packed bytes as 32 unsigned nibbles (low nibbles are elements 0..16, high 16..32).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn nibbles(packed: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 16 readable bytes at `packed`.
+        let bytes = unsafe { _mm_loadu_si128(packed as *const __m128i) };
+        let mask = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(bytes, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// 32 activation quants of block `i`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quants(xq: &QuantizedActivation, i: usize) -> __m256i {
+        // SAFETY: the caller checked xq holds at least i + 1 blocks.
+        unsafe { _mm256_loadu_si256(xq.qs.as_ptr().add(i * QK) as *const __m256i) }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_0(row: &[u8], xq: &QuantizedActivation) -> f32 {
+    unsafe fn q4_1<const N: usize>(row: &[u8], xqs: [&QuantizedActivation; N]) -> [f32; N] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offsets = [0f32; N];
+        for (i, blk) in row.chunks_exact(20).enumerate() {
+            // SAFETY: a block holds 16 packed bytes after its 4-byte header.
+            let w = unsafe { nibbles(blk.as_ptr().add(4)) };
+            let (d, m) = (scale(blk), scale(&blk[2..]));
+            for k in 0..N {
+                // SAFETY: every xq holds the row's number of blocks (checked by the caller).
+                let q = unsafe { quants(xqs[k], i) };
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
+                let scale = _mm256_set1_ps(d * xqs[k].d[i]);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[k]);
+                // The block minimum times Σx, from the activation's precomputed sum term.
+                offsets[k] += m * xqs[k].s[i];
+            }
+        }
+        std::array::from_fn(|k| hsum_ps(acc[k]) + offsets[k])
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0<const N: usize>(row: &[u8], xqs: [&QuantizedActivation; N]) -> [f32; N] {
         let ones_u8 = _mm256_set1_epi8(1);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); N];
         for (i, blk) in row.chunks_exact(18).enumerate() {
-            // SAFETY: as for q4_1, with a 2-byte header.
-            let (dot, qv) = unsafe { nibbles_dot(blk.as_ptr().add(2), xq.qs.as_ptr().add(i * QK)) };
-            // Stored nibbles are offset by 8: Σ(n-8)·q = Σn·q - 8·Σq.
-            let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, qv), ones);
-            let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
-            let d = _mm256_set1_ps(scale(blk) * xq.d[i]);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), d, acc);
+            // SAFETY: a block holds 16 packed bytes after its 2-byte scale.
+            let w = unsafe { nibbles(blk.as_ptr().add(2)) };
+            let d = scale(blk);
+            for k in 0..N {
+                // SAFETY: as in q4_1.
+                let q = unsafe { quants(xqs[k], i) };
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
+                // Stored nibbles are offset by 8: Σ(n-8)·q = Σn·q - 8·Σq.
+                let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
+                let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
+                let scale = _mm256_set1_ps(d * xqs[k].d[i]);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, acc[k]);
+            }
         }
-        hsum_ps(acc)
+        std::array::from_fn(|k| hsum_ps(acc[k]))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_0(row: &[u8], xq: &QuantizedActivation) -> f32 {
+    unsafe fn q8_0<const N: usize>(row: &[u8], xqs: [&QuantizedActivation; N]) -> [f32; N] {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); N];
         for (i, blk) in row.chunks_exact(34).enumerate() {
-            // SAFETY: a block holds 32 quants after its 2-byte scale; xq holds 32 per block.
-            let (w, q) = unsafe {
-                (
-                    _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i),
-                    _mm256_loadu_si256(xq.qs.as_ptr().add(i * QK) as *const __m256i),
-                )
-            };
+            // SAFETY: a block holds 32 quants after its 2-byte scale.
+            let w = unsafe { _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i) };
             // maddubs needs one unsigned operand: |w| · (q with w's sign).
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
-            let d = _mm256_set1_ps(scale(blk) * xq.d[i]);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), d, acc);
+            let w_abs = _mm256_sign_epi8(w, w);
+            let d = scale(blk);
+            for k in 0..N {
+                // SAFETY: as in q4_1.
+                let q = unsafe { quants(xqs[k], i) };
+                let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(q, w));
+                let scale = _mm256_set1_ps(d * xqs[k].d[i]);
+                acc[k] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)),
+                    scale,
+                    acc[k],
+                );
+            }
         }
-        hsum_ps(acc)
+        std::array::from_fn(|k| hsum_ps(acc[k]))
     }
 }
