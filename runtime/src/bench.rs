@@ -1,7 +1,10 @@
 //! `agentrt bench`: prefill and decode speed of the default model on this machine.
 //!
 //! Prefill runs the whole prompt through one forward pass; decode generates greedily one token at
-//! a time. The best of several runs is reported, with the peak resident memory.
+//! a time. The best of several runs is reported, with the peak resident memory and how close
+//! decode comes to the machine's memory bandwidth: each decoded token reads every weight once
+//! plus the KV cache so far, so bytes per token × tokens/s against a measured streaming-read
+//! rate says how much faster decode could possibly get.
 
 use std::time::Instant;
 
@@ -16,6 +19,28 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Streaming read bandwidth in bytes/s: the best of three sums over a buffer far larger than
+/// the caches, on every engine thread (as decode reads weights).
+pub fn memory_read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    const BYTES: usize = 512 << 20;
+    // Filled with distinct values so the pages are really allocated and read.
+    let buffer: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let sum = crate::engine::threads::run(|| {
+            buffer
+                .par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+                .reduce(|| 0, u64::wrapping_add)
+        });
+        std::hint::black_box(sum);
+        best = best.max(BYTES as f64 / started.elapsed().as_secs_f64());
+    }
+    best
 }
 
 pub fn run(
@@ -53,6 +78,12 @@ pub fn run(
     }
     let threads = crate::engine::threads::count();
     let rss = peak_rss_bytes().unwrap_or(0);
+    let weight_bytes = model.info.file_bytes;
+    // Decode runs positions 1..=decode_tokens: on average half the final cache is read.
+    let kv_read = (model.kv_bytes_per_position() * (decode_tokens + 1) / 2) as u64;
+    let bytes_per_token = weight_bytes + kv_read;
+    let bandwidth = memory_read_bandwidth();
+    let utilisation = bytes_per_token as f64 * best_decode / bandwidth;
     let value = json!({
         "model": model.info.id,
         "prompt_tokens": ids.len(),
@@ -61,19 +92,32 @@ pub fn run(
         "prefill_tokens_per_second": (best_prefill * 10.0).round() / 10.0,
         "decode_tokens_per_second": (best_decode * 10.0).round() / 10.0,
         "peak_rss_mib": rss / (1 << 20),
+        "weight_bytes": weight_bytes,
+        "peak_rss_per_weight_byte": (rss as f64 / weight_bytes.max(1) as f64 * 100.0).round() / 100.0,
+        "decode_bytes_per_token": bytes_per_token,
+        "memory_read_gb_per_second": (bandwidth / 1e8).round() / 10.0,
+        "decode_bandwidth_utilisation": (utilisation * 1000.0).round() / 1000.0,
     });
     if opts.json {
         println!("{value}");
     } else {
         println!(
-            "{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), {} threads, peak RSS {} MiB",
+            "{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), {} threads, peak RSS {} MiB ({:.2}x the {} MiB of weights)",
             model.info.id,
             best_prefill,
             ids.len(),
             best_decode,
             decode_tokens,
             threads,
-            rss >> 20
+            rss >> 20,
+            rss as f64 / weight_bytes.max(1) as f64,
+            weight_bytes >> 20,
+        );
+        println!(
+            "decode reads {:.1} MB per token; memory read bandwidth {:.1} GB/s; decode uses {:.0} % of it",
+            bytes_per_token as f64 / 1e6,
+            bandwidth / 1e9,
+            utilisation * 100.0
         );
     }
     Ok(())

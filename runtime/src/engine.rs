@@ -487,6 +487,11 @@ impl LoadedModel {
         logits
     }
 
+    /// Bytes the KV cache holds per position (for memory and bandwidth figures).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        self.model.kv_bytes_per_position()
+    }
+
     /// Logits after the prompt `ids` (for tests and diagnostics).
     pub fn prompt_logits(&self, ids: &[u32]) -> Vec<f32> {
         let mut cache = self.model.new_cache(ids.len());

@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use super::kv_cache::LayerView;
 use super::quant::{GgmlType, QuantizedActivation, dot_row_portable};
 use super::simd;
 
@@ -191,14 +192,13 @@ pub struct AttentionShape {
 /// decoded token still spreads over the cores; each K/V head is read in place by all the query
 /// heads that share it (grouped- and multi-query attention).
 ///
-/// Scores are summed in position order, one product at a time, as the reference
-/// implementations do: attention is a small part of a step at these context lengths, and on a
+/// Each score is summed over the head's dimensions in order, one rounded product at a time,
+/// exactly as a scalar loop would (the vectors run across positions, not dimensions): on a
 /// quantised model a last-bit difference here can move an activation across an int8 rounding
-/// boundary in the next matmul.
+/// boundary in the next matmul, so the reference tests see the same tokens.
 pub fn causal_attention(
     shape: AttentionShape,
-    keys: &[f32],
-    values: &[f32],
+    cache: LayerView<'_>,
     pos0: usize,
     q: &[f32],
     out: &mut [f32],
@@ -208,28 +208,25 @@ pub fn causal_attention(
         n_kv_head,
         head_dim: hd,
     } = shape;
-    let kv_dim = n_kv_head * hd;
     let group = n_head / n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
     out.par_chunks_mut(hd).enumerate().for_each(|(task, oh)| {
         let (t, h) = (task / n_head, task % n_head);
         let visible = pos0 + t + 1;
-        let kv_off = (h / group) * hd;
+        let kv_head = h / group;
         let qh = &q[task * hd..(task + 1) * hd];
-        let mut scores: Vec<f32> = (0..visible)
-            .map(|p| {
-                let kh = &keys[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale
-            })
-            .collect();
+        // scores[p] = Σ_d q[d]·k[p][d], accumulated dimension by dimension over all positions.
+        let mut scores = vec![0f32; visible];
+        for (d, &qd) in qh.iter().enumerate() {
+            simd::add_scaled(&mut scores, qd, cache.key_dim(kv_head, d, visible));
+        }
+        for s in scores.iter_mut() {
+            *s *= scale;
+        }
         softmax(&mut scores);
         oh.fill(0.0);
         for (p, w) in scores.iter().enumerate() {
-            simd::axpy_f32(
-                oh,
-                *w,
-                &values[p * kv_dim + kv_off..p * kv_dim + kv_off + hd],
-            );
+            simd::axpy_f32(oh, *w, cache.value(kv_head, p));
         }
     });
 }

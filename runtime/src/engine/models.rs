@@ -23,6 +23,8 @@ pub trait CausalLm: Send + Sync {
     fn vocab(&self) -> usize;
     /// A KV cache able to hold `capacity` positions.
     fn new_cache(&self, capacity: usize) -> KvCache;
+    /// Bytes the KV cache holds per position, over all layers (keys and values).
+    fn kv_bytes_per_position(&self) -> usize;
     /// Run `tokens` at positions `cache.len()..`, append them to the cache, and return the
     /// logits of the last one.
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32>;

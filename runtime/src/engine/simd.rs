@@ -126,6 +126,22 @@ pub fn axpy_f32(out: &mut [f32], w: f32, v: &[f32]) {
     }
 }
 
+/// `acc[i] = acc[i] + (w * k[i])`, each product rounded before the sum (no FMA), so every
+/// element gets exactly what a scalar loop computes.
+#[inline]
+pub fn add_scaled(acc: &mut [f32], w: f32, k: &[f32]) {
+    let n = acc.len().min(k.len());
+    #[cfg(target_arch = "x86_64")]
+    if float_simd_available() {
+        // SAFETY: the features are present; both slices hold at least `n` values.
+        unsafe { x86::add_scaled(&mut acc[..n], w, &k[..n]) };
+        return;
+    }
+    for (a, x) in acc[..n].iter_mut().zip(&k[..n]) {
+        *a += w * x;
+    }
+}
+
 /// The SIMD dot product of one row with one activation, when there is one.
 #[inline]
 pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> Option<f32> {
@@ -168,6 +184,26 @@ mod x86 {
                 }
             };
             out.copy_from_slice(&result);
+        }
+    }
+
+    /// `acc += w * k` without fusing; the slices have equal length.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn add_scaled(acc: &mut [f32], w: f32, k: &[f32]) {
+        let n = acc.len();
+        let (pa, pk) = (acc.as_mut_ptr(), k.as_ptr());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n for both slices.
+            unsafe {
+                let prod = _mm256_mul_ps(wv, _mm256_loadu_ps(pk.add(i)));
+                _mm256_storeu_ps(pa.add(i), _mm256_add_ps(_mm256_loadu_ps(pa.add(i)), prod));
+            }
+            i += 8;
+        }
+        for (a, x) in acc[i..].iter_mut().zip(&k[i..]) {
+            *a += w * x;
         }
     }
 

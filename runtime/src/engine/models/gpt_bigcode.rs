@@ -231,8 +231,17 @@ impl CausalLm for GptBigCode {
         self.config.vocab
     }
 
+    fn kv_bytes_per_position(&self) -> usize {
+        self.config.n_layer * 2 * self.config.kv_dim() * std::mem::size_of::<f32>()
+    }
+
     fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(self.config.n_layer, self.config.kv_dim(), capacity)
+        KvCache::new(
+            self.config.n_layer,
+            self.config.kv_dim(),
+            self.config.head_dim,
+            capacity,
+        )
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
@@ -280,8 +289,7 @@ impl CausalLm for GptBigCode {
                 v[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&row[dim + kv_dim..]);
             }
             cache.append(li, &k, &v);
-            let (keys, values) = cache.layer(li);
-            cpu::causal_attention(shape, keys, values, pos0, &q, &mut attn);
+            cpu::causal_attention(shape, cache.layer(li), pos0, &q, &mut attn);
             self.apply(&b.attn_out, &attn, &mut proj);
             cpu::add_in_place(&mut x, &proj);
             cpu::layer_norm(&x, &b.ln_2.weight, &b.ln_2.bias, c.norm_eps, &mut normed);

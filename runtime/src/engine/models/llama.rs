@@ -269,8 +269,17 @@ impl CausalLm for Llama {
         self.config.vocab
     }
 
+    fn kv_bytes_per_position(&self) -> usize {
+        self.config.n_layer * 2 * self.config.kv_dim() * std::mem::size_of::<f32>()
+    }
+
     fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(self.config.n_layer, self.config.kv_dim(), capacity)
+        KvCache::new(
+            self.config.n_layer,
+            self.config.kv_dim(),
+            self.config.head_dim,
+            capacity,
+        )
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
@@ -316,15 +325,8 @@ impl CausalLm for Llama {
                     .apply(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);
             }
             cache.append(li, &s.k, &s.v);
-            let (keys, values) = cache.layer(li);
-            cpu::causal_attention(
-                self.attention_shape(),
-                keys,
-                values,
-                pos0,
-                &s.q,
-                &mut s.attn,
-            );
+            let shape = self.attention_shape();
+            cpu::causal_attention(shape, cache.layer(li), pos0, &s.q, &mut s.attn);
             cpu::matmul(w(&layer.wo), &s.attn, &mut s.proj);
             cpu::add_in_place(&mut s.x, &s.proj);
             cpu::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
