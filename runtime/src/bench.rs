@@ -24,20 +24,21 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Streaming read bandwidth in bytes/s: the best of three sums over a buffer far larger than
 /// the caches, on every engine thread (as decode reads weights).
 pub fn memory_read_bandwidth() -> f64 {
-    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
     const BYTES: usize = 512 << 20;
+    const CHUNK: usize = 1 << 16;
     // Filled with distinct values so the pages are really allocated and read.
     let buffer: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
     let mut best = 0f64;
     for _ in 0..3 {
         let started = Instant::now();
-        let sum = crate::engine::threads::run(|| {
-            buffer
-                .par_chunks(1 << 16)
-                .map(|c| c.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
-                .reduce(|| 0, u64::wrapping_add)
+        let sum = AtomicU64::new(0);
+        crate::engine::threads::parallel_for(buffer.len().div_ceil(CHUNK), |i| {
+            let chunk = &buffer[i * CHUNK..((i + 1) * CHUNK).min(buffer.len())];
+            let s = chunk.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+            sum.fetch_add(s, Ordering::Relaxed);
         });
-        std::hint::black_box(sum);
+        std::hint::black_box(sum.load(Ordering::Relaxed));
         best = best.max(BYTES as f64 / started.elapsed().as_secs_f64());
     }
     best

@@ -479,7 +479,7 @@ impl LoadedModel {
     /// One forward pass; rows of the head past the tokenizer's vocabulary (padding in HF
     /// checkpoints) can never be sampled, since no text decodes from them.
     fn forward(&self, ids: &[u32], cache: &mut kv_cache::KvCache) -> Vec<f32> {
-        let mut logits = threads::run(|| self.model.forward(ids, cache));
+        let mut logits = self.model.forward(ids, cache);
         let known = self.tokenizer.vocab_size();
         if logits.len() > known {
             logits[known..].fill(f32::NEG_INFINITY);
@@ -495,22 +495,20 @@ impl LoadedModel {
     /// Logits after the prompt `ids` (for tests and diagnostics).
     pub fn prompt_logits(&self, ids: &[u32]) -> Vec<f32> {
         let mut cache = self.model.new_cache(ids.len());
-        threads::run(|| self.model.forward(ids, &mut cache))
+        self.model.forward(ids, &mut cache)
     }
 
     /// Greedy continuation of `ids` by `n` tokens, without stop handling (for tests).
     pub fn greedy_tokens(&self, ids: &[u32], n: usize) -> Vec<u32> {
         let mut cache = self.model.new_cache(ids.len() + n);
-        threads::run(|| {
-            let mut logits = self.model.forward(ids, &mut cache);
-            let mut out = Vec::with_capacity(n);
-            for _ in 0..n {
-                let t = sampling::argmax(&logits);
-                out.push(t);
-                logits = self.model.forward(&[t], &mut cache);
-            }
-            out
-        })
+        let mut logits = self.model.forward(ids, &mut cache);
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = sampling::argmax(&logits);
+            out.push(t);
+            logits = self.model.forward(&[t], &mut cache);
+        }
+        out
     }
 }
 

@@ -2,16 +2,21 @@
 //! RMSNorm, rotary embeddings, softmax and SiLU.
 //!
 //! Matrix products take a batch of activation rows (one per token) so prefill reads each weight
-//! row once for the whole prompt; rows of the weight matrix are split across rayon's threads.
-
-use rayon::prelude::*;
+//! row once for the whole prompt; rows of the weight matrix are split across the engine's threads.
 
 use super::kv_cache::LayerView;
 use super::quant::{GgmlType, QuantizedActivation, dot_row_portable};
 use super::simd;
+use super::threads;
 
 /// Weight rows handed to one task; large enough to amortise scheduling, small enough to balance.
-const ROWS_PER_TASK: usize = 16;
+const MIN_ROWS_PER_TASK: usize = 16;
+/// Tasks per thread a matmul is cut into: a few, so a thread that was descheduled does not
+/// hold up the step, while each task streams a long contiguous run of weights (the hardware
+/// prefetcher's best case).
+const TASKS_PER_THREAD: usize = 4;
+/// Rows one kernel pass keeps results for before they are scattered.
+const ROWS_PER_PASS: usize = 16;
 
 /// A 2-D weight stored in the model file: `rows` rows of `cols` elements each.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +29,7 @@ pub struct WeightRef<'a> {
 
 /// `out[t] = W · xs[t]` for each of the `xs.len() / cols` activation rows.
 ///
-/// Weight rows are split across the engine's threads in tasks of [`ROWS_PER_TASK`]; within a
+/// Weight rows are split across the engine's threads in contiguous tasks; within a
 /// task each weight row meets up to [`simd::MAX_TOKENS`] tokens per kernel pass, so a weight
 /// block is read and unpacked once for them (prefill is matrix–matrix work).
 pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
@@ -47,32 +52,47 @@ pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
     // Row-major in the weight's row index so each task owns a contiguous slice; a task keeps
     // its rows hot in cache while every block of tokens passes over them.
     let mut by_row = vec![0f32; w.rows * tokens];
-    by_row
-        .par_chunks_mut(ROWS_PER_TASK * tokens)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            let first = task * ROWS_PER_TASK;
-            let count = chunk.len() / tokens;
-            let rows = &w.data[first * row_bytes..(first + count) * row_bytes];
-            let mut block = [0f32; ROWS_PER_TASK * simd::MAX_TOKENS];
+    let rows_per_task = w
+        .rows
+        .div_ceil(threads::count() * TASKS_PER_THREAD)
+        .max(MIN_ROWS_PER_TASK);
+    threads::for_each_chunk_mut(&mut by_row, rows_per_task * tokens, |task, chunk| {
+        let first = task * rows_per_task;
+        let count = chunk.len() / tokens;
+        let rows = &w.data[first * row_bytes..(first + count) * row_bytes];
+        let product = |rows: &[u8], t0: usize, t1: usize, out: &mut [f32]| {
+            let (xb, qb) = (&x_rows[t0..t1], &q_rows[t0..t1]);
+            if !simd::dot_rows_multi(w.ty, rows, row_bytes, xb, qb, out) {
+                for (r, outs) in out.chunks_exact_mut(t1 - t0).enumerate() {
+                    let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                    for (k, o) in outs.iter_mut().enumerate() {
+                        *o = dot_row_portable(w.ty, row, xb[k], qb[k]);
+                    }
+                }
+            }
+        };
+        if tokens == 1 {
+            // Decode: one pass streams the task's rows straight into its results.
+            product(rows, 0, 1, chunk);
+            return;
+        }
+        // Prefill: a pass of a few rows stays in L1 while every block of tokens meets it.
+        let mut block = [0f32; ROWS_PER_PASS * simd::MAX_TOKENS];
+        for r0 in (0..count).step_by(ROWS_PER_PASS) {
+            let r1 = (r0 + ROWS_PER_PASS).min(count);
+            let pass = &rows[r0 * row_bytes..r1 * row_bytes];
             for t0 in (0..tokens).step_by(simd::MAX_TOKENS) {
                 let t1 = (t0 + simd::MAX_TOKENS).min(tokens);
                 let n = t1 - t0;
-                let (xb, qb) = (&x_rows[t0..t1], &q_rows[t0..t1]);
-                let block = &mut block[..count * n];
-                if !simd::dot_rows_multi(w.ty, rows, row_bytes, xb, qb, block) {
-                    for (r, outs) in block.chunks_exact_mut(n).enumerate() {
-                        let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-                        for (k, o) in outs.iter_mut().enumerate() {
-                            *o = dot_row_portable(w.ty, row, xb[k], qb[k]);
-                        }
-                    }
-                }
+                let block = &mut block[..(r1 - r0) * n];
+                product(pass, t0, t1, block);
                 for (r, vals) in block.chunks_exact(n).enumerate() {
-                    chunk[r * tokens + t0..r * tokens + t1].copy_from_slice(vals);
+                    let at = (r0 + r) * tokens;
+                    chunk[at + t0..at + t1].copy_from_slice(vals);
                 }
             }
-        });
+        }
+    });
     if tokens == 1 {
         out.copy_from_slice(&by_row);
         return;
@@ -210,7 +230,7 @@ pub fn causal_attention(
     } = shape;
     let group = n_head / n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(task, oh)| {
+    threads::for_each_chunk_mut(out, hd, |task, oh| {
         let (t, h) = (task / n_head, task % n_head);
         let visible = pos0 + t + 1;
         let kv_head = h / group;
