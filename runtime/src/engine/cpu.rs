@@ -30,7 +30,7 @@ pub struct WeightRef<'a> {
 /// `out[t] = W · xs[t]` for each of the `xs.len() / cols` activation rows.
 ///
 /// Weight rows are split across the engine's threads in contiguous tasks; within a
-/// task each weight row meets up to [`simd::MAX_TOKENS`] tokens per kernel pass, so a weight
+/// task each weight row meets several tokens per kernel pass ([`simd::max_tokens`]), so a weight
 /// block is read and unpacked once for them (prefill is matrix–matrix work).
 pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
     let tokens = xs.len() / w.cols;
@@ -81,8 +81,9 @@ pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
         for r0 in (0..count).step_by(ROWS_PER_PASS) {
             let r1 = (r0 + ROWS_PER_PASS).min(count);
             let pass = &rows[r0 * row_bytes..r1 * row_bytes];
-            for t0 in (0..tokens).step_by(simd::MAX_TOKENS) {
-                let t1 = (t0 + simd::MAX_TOKENS).min(tokens);
+            let step = simd::max_tokens(w.ty);
+            for t0 in (0..tokens).step_by(step) {
+                let t1 = (t0 + step).min(tokens);
                 let n = t1 - t0;
                 let block = &mut block[..(r1 - r0) * n];
                 product(pass, t0, t1, block);

@@ -8,7 +8,7 @@
 //! widened on the fly by F16C and BF16 by a shift, so half-precision weights are never stored
 //! widened.
 //!
-//! Every kernel takes up to [`MAX_TOKENS`] activation rows at once and reads each weight block
+//! Every kernel takes several activation rows at once ([`max_tokens`]) and reads each weight block
 //! once for all of them (prefill is then matrix–matrix work: unpacking and loading a weight
 //! block is shared by the tokens). Each token's arithmetic is the same whatever the number of
 //! tokens, so prefill and decode compute identical values.
@@ -19,7 +19,17 @@
 use super::quant::{GgmlType, QK, QuantizedActivation};
 
 /// Most activation rows one kernel call multiplies by a weight row.
-pub const MAX_TOKENS: usize = 4;
+pub const MAX_TOKENS: usize = 8;
+
+/// Activation rows per kernel call for weights of `ty`: eight for the quantised kernels (one
+/// accumulator each), four for the float ones (two accumulators each, within the sixteen
+/// vector registers).
+pub fn max_tokens(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 4,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => MAX_TOKENS,
+    }
+}
 
 /// Whether the SIMD kernels (they need AVX2, FMA and F16C) can run on this CPU; std caches
 /// the answer.
@@ -63,7 +73,7 @@ pub fn dot_rows_multi(
 ) -> bool {
     let n = xs.len();
     if n == 0
-        || n > MAX_TOKENS
+        || n > max_tokens(ty)
         || xqs.len() != n
         || row_bytes == 0
         || !rows.len().is_multiple_of(row_bytes)
@@ -99,7 +109,11 @@ pub fn dot_rows_multi(
                 1 => x86::dispatch::<1>(ty, rows, row_bytes, xs, xqs, out),
                 2 => x86::dispatch::<2>(ty, rows, row_bytes, xs, xqs, out),
                 3 => x86::dispatch::<3>(ty, rows, row_bytes, xs, xqs, out),
-                _ => x86::dispatch::<4>(ty, rows, row_bytes, xs, xqs, out),
+                4 => x86::dispatch::<4>(ty, rows, row_bytes, xs, xqs, out),
+                5 => x86::dispatch::<5>(ty, rows, row_bytes, xs, xqs, out),
+                6 => x86::dispatch::<6>(ty, rows, row_bytes, xs, xqs, out),
+                7 => x86::dispatch::<7>(ty, rows, row_bytes, xs, xqs, out),
+                _ => x86::dispatch::<8>(ty, rows, row_bytes, xs, xqs, out),
             }
         }
         true
