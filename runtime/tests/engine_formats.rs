@@ -1,12 +1,19 @@
 //! Every weight format the engine reads (F32, F16, Q8_0, Q4_0, Q4_1), on small random-weight
 //! Llama checkpoints written by this test as GGUF files, against candle's `quantized_llama` on
 //! the same files: logits within a stated tolerance and the same greedy tokens.
+//!
+//! The other two families in GGUF: a Qwen2 file (`qwen2` keys, Q/K/V biases) against candle's
+//! `quantized_qwen2`, and a StarCoder file (`starcoder` keys, fused QKV) against our own
+//! safetensors load of the same weights (candle reads GPT-BigCode from safetensors only). The
+//! GGUF files are converted here from synthetic HF checkpoints, as llama.cpp's converter does.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use agentrt::engine::LoadedModel;
+use agentrt::engine::models::{Architecture, hf_tensor_name};
 use agentrt::engine::quant::{GgmlType, quantize_row};
+use agentrt::engine::synthetic::SyntheticSpec;
 
 mod common;
 use common::{candle_greedy, candle_logits, candle_model, spread_and_max_error};
@@ -317,4 +324,225 @@ fn corrupted_files_are_errors_not_panics() {
         refused > 100,
         "most corruptions should be caught, only {refused} were"
     );
+}
+
+impl GgufWriter {
+    fn new() -> Self {
+        Self {
+            kv: Vec::new(),
+            kv_count: 0,
+            tensors: Vec::new(),
+        }
+    }
+
+    fn u32_array(&mut self, k: &str, items: &[u32]) {
+        self.key(k, 9);
+        self.kv.extend_from_slice(&4u32.to_le_bytes());
+        self.kv
+            .extend_from_slice(&(items.len() as u64).to_le_bytes());
+        items
+            .iter()
+            .for_each(|v| self.kv.extend_from_slice(&v.to_le_bytes()));
+    }
+
+    /// A tensor of given values; `shape` outermost first, as safetensors has it.
+    fn values(&mut self, name: &str, shape: &[usize], format: GgmlType, values: &[f32]) {
+        self.tensors.push((
+            name.into(),
+            shape.iter().rev().map(|d| *d as u64).collect(),
+            format.id(),
+            quantize_row(format, values),
+        ));
+    }
+}
+
+/// Convert a synthetic F32 HF checkpoint into a GGUF file of `arch`, matrices stored as
+/// `format` (norms and biases stay F32), with the tokenizer as `tokenizer.ggml.*` metadata.
+fn gguf_from_hf(dir: &Path, arch: Architecture, spec: &SyntheticSpec, format: GgmlType) -> PathBuf {
+    let key = match arch {
+        Architecture::GptBigCode => "starcoder",
+        Architecture::Qwen2 => "qwen2",
+        Architecture::Llama => "llama",
+    };
+    let mut g = GgufWriter::new();
+    g.str("general.architecture", key);
+    let k = |s: &str| format!("{key}.{s}");
+    g.u32(&k("block_count"), spec.n_layer as u32);
+    g.u32(&k("embedding_length"), spec.dim as u32);
+    g.u32(&k("feed_forward_length"), spec.ffn_dim as u32);
+    g.u32(&k("attention.head_count"), spec.n_head as u32);
+    g.u32(&k("attention.head_count_kv"), spec.n_kv_head as u32);
+    g.u32(&k("context_length"), spec.context as u32);
+    if arch == Architecture::GptBigCode {
+        g.f32(&k("attention.layer_norm_epsilon"), 1e-5);
+    } else {
+        g.f32(&k("rope.freq_base"), 10_000.0);
+        g.f32(&k("attention.layer_norm_rms_epsilon"), 1e-6);
+    }
+    let tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).expect("read"))
+            .expect("tokenizer json");
+    let mut tokens = vec![String::new(); spec.vocab];
+    let mut types = vec![1u32; spec.vocab];
+    for (text, id) in tokenizer["model"]["vocab"].as_object().expect("vocab") {
+        tokens[id.as_u64().expect("id") as usize] = text.clone();
+    }
+    for added in tokenizer["added_tokens"].as_array().expect("added") {
+        let id = added["id"].as_u64().expect("id") as usize;
+        tokens[id] = added["content"].as_str().expect("content").to_string();
+        types[id] = 3;
+    }
+    let merges: Vec<String> = tokenizer["model"]["merges"]
+        .as_array()
+        .expect("merges")
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m[0].as_str().expect("a"),
+                m[1].as_str().expect("b")
+            )
+        })
+        .collect();
+    g.str("tokenizer.ggml.model", "gpt2");
+    g.str(
+        "tokenizer.ggml.pre",
+        if arch == Architecture::Qwen2 {
+            "qwen2"
+        } else {
+            "starcoder"
+        },
+    );
+    g.str_array("tokenizer.ggml.tokens", &tokens);
+    g.u32_array("tokenizer.ggml.token_type", &types);
+    g.str_array("tokenizer.ggml.merges", &merges);
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("weights");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    for name in names {
+        let view = st.tensor(name).expect("tensor");
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let gguf_name = hf_tensor_name(arch, name).expect("known tensor");
+        let ty = if view.shape().len() == 2 {
+            format
+        } else {
+            GgmlType::F32
+        };
+        g.values(&gguf_name, view.shape(), ty, &values);
+    }
+    let path = dir.join(format!("model-{format:?}.gguf"));
+    std::fs::write(&path, g.finish()).expect("write gguf");
+    path
+}
+
+fn small_spec(arch: Architecture) -> SyntheticSpec {
+    SyntheticSpec {
+        arch,
+        n_layer: 2,
+        dim: 64,
+        n_head: 4,
+        n_kv_head: if arch == Architecture::GptBigCode {
+            1
+        } else {
+            2
+        },
+        ffn_dim: 160,
+        vocab: 400,
+        context: 128,
+        dtype: GgmlType::F32,
+        separate_head: false,
+        seed: 11,
+    }
+}
+
+fn checkpoint(arch: Architecture, label: &str) -> (PathBuf, SyntheticSpec) {
+    let spec = small_spec(arch);
+    let dir = std::env::temp_dir().join(format!("agentrt-gguf-{label}-{}", std::process::id()));
+    spec.write(&dir).expect("write checkpoint");
+    (dir, spec)
+}
+
+const FAMILY_PROMPT: [u32; 6] = [5, 77, 300, 12, 390, 41];
+
+#[test]
+fn qwen2_gguf_files_match_candle_quantized_qwen2() {
+    use candle_transformers::models::quantized_qwen2::ModelWeights;
+    let (dir, spec) = checkpoint(Architecture::Qwen2, "qwen2");
+    for (format, tolerance, greedy) in [
+        (GgmlType::F32, 1e-3, 32),
+        (GgmlType::F16, 1e-3, 32),
+        (GgmlType::Q8_0, TOLERANCE, 16),
+        (GgmlType::Q4_1, TOLERANCE, 16),
+    ] {
+        let path = gguf_from_hf(&dir, Architecture::Qwen2, &spec, format);
+        let ours = LoadedModel::load("qwen2-gguf", &path, &mut |_| {}).expect("our load");
+        assert_eq!(ours.info.architecture, "qwen2");
+        let mut file = std::fs::File::open(&path).expect("open");
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file).expect("read");
+        let mut theirs = ModelWeights::from_gguf(content, &mut file, &candle_core::Device::Cpu)
+            .expect("candle load");
+        let mut step = |ids: &[u32], pos: usize| -> Vec<f32> {
+            let input = candle_core::Tensor::new(ids, &candle_core::Device::Cpu)
+                .and_then(|t| t.unsqueeze(0))
+                .expect("input");
+            theirs
+                .forward(&input, pos)
+                .and_then(|l| l.flatten_all())
+                .and_then(|l| l.to_vec1::<f32>())
+                .expect("forward")
+        };
+        let want = step(&FAMILY_PROMPT, 0);
+        let (spread, err) = spread_and_max_error(&want, &ours.prompt_logits(&FAMILY_PROMPT));
+        println!("qwen2 {format:?}: spread {spread:.4}, max error {err:.2e}");
+        assert!(err <= tolerance * spread, "{format:?}: {err} of {spread}");
+        let mut reference = Vec::new();
+        let mut next = agentrt::engine::sampling::argmax(&want);
+        for i in 0..greedy {
+            reference.push(next);
+            next = agentrt::engine::sampling::argmax(&step(&[next], FAMILY_PROMPT.len() + i));
+        }
+        assert_eq!(
+            ours.greedy_tokens(&FAMILY_PROMPT, greedy),
+            reference,
+            "{format:?}: greedy"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn starcoder_gguf_files_match_the_same_weights_from_safetensors() {
+    let (dir, spec) = checkpoint(Architecture::GptBigCode, "starcoder");
+    let reference = LoadedModel::load("hf", &dir, &mut |_| {}).expect("safetensors load");
+    let want = reference.prompt_logits(&FAMILY_PROMPT);
+    for (format, tolerance) in [
+        (GgmlType::F32, 1e-5),
+        (GgmlType::F16, 2e-3),
+        (GgmlType::Q8_0, TOLERANCE),
+        (GgmlType::Q4_0, 0.1),
+    ] {
+        let path = gguf_from_hf(&dir, Architecture::GptBigCode, &spec, format);
+        let ours = LoadedModel::load("starcoder-gguf", &path, &mut |_| {}).expect("gguf load");
+        assert_eq!(ours.info.architecture, "gpt_bigcode");
+        assert_eq!(ours.info.format, "gguf");
+        assert!(
+            ours.info.supports_fim,
+            "FIM tokens from the GGUF vocabulary"
+        );
+        let (spread, err) = spread_and_max_error(&want, &ours.prompt_logits(&FAMILY_PROMPT));
+        println!("starcoder {format:?}: spread {spread:.4}, max error {err:.2e}");
+        assert!(err <= tolerance * spread, "{format:?}: {err} of {spread}");
+        if format == GgmlType::F32 {
+            assert_eq!(
+                ours.greedy_tokens(&FAMILY_PROMPT, 32),
+                reference.greedy_tokens(&FAMILY_PROMPT, 32)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
