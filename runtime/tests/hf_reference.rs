@@ -1,7 +1,7 @@
-//! GPT-BigCode and Qwen2 from HF folders (safetensors in F32, F16 and BF16, `tokenizer.json`),
-//! on small random-weight checkpoints written by the engine's synthetic writer, against
-//! candle's `bigcode` and `qwen2` models on the same files: logits within a stated tolerance
-//! and the same greedy continuation for 32 tokens.
+//! GPT-BigCode, Qwen2 and Llama from HF folders (safetensors in F32, F16 and BF16,
+//! `tokenizer.json`), on small random-weight checkpoints written by the engine's synthetic
+//! writer, against candle's `bigcode`, `qwen2` and `llama` models on the same files: logits
+//! within a stated tolerance and the same greedy continuation for 32 tokens.
 //!
 //! candle computes in f32 with f16/bf16 weights widened at load; we multiply the stored
 //! half-precision values directly, so the products are the same up to summation order.
@@ -14,7 +14,7 @@ use agentrt::engine::synthetic::SyntheticSpec;
 use agentrt::engine::{LoadedModel, Prompt, sampling::argmax};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{bigcode, qwen2};
+use candle_transformers::models::{bigcode, llama, qwen2};
 
 /// Largest tolerated |ours - candle| relative to the spread of candle's logits.
 const TOLERANCE: f32 = 1e-3;
@@ -143,6 +143,41 @@ fn check_qwen2(dtype: GgmlType, label: &str) {
         label,
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn check_llama(dtype: GgmlType, label: &str) {
+    let spec = spec(Architecture::Llama, dtype);
+    let dir = write(&spec, label);
+    let ours = LoadedModel::load(label, &dir, &mut |_| {}).expect("our load");
+    assert_eq!(ours.info.architecture, "llama");
+    let config: llama::LlamaConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config"))
+            .expect("candle config");
+    let config = config.into_config(false);
+    let candle = llama::Llama::load(var_builder(&dir), &config).expect("candle load");
+    let mut cache = llama::Cache::new(true, DType::F32, &config, &Device::Cpu).expect("cache");
+    compare(
+        &ours,
+        |ids, pos| {
+            to_vec(
+                candle
+                    .forward(&input(ids), pos, &mut cache)
+                    .expect("forward"),
+            )
+        },
+        label,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn llama_f32_matches_candle() {
+    check_llama(GgmlType::F32, "llama-f32");
+}
+
+#[test]
+fn llama_bf16_matches_candle() {
+    check_llama(GgmlType::BF16, "llama-bf16");
 }
 
 #[test]
