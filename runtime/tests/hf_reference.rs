@@ -290,3 +290,115 @@ fn broken_hf_folders_are_model_errors() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Text arrives in pieces as tokens are produced; a stop sequence that spans tokens is matched
+/// across them, never shown in part, and ends the generation.
+#[test]
+fn streaming_delivers_pieces_and_holds_back_stop_sequences() {
+    use agentrt::engine::{Control, FinishReason, SamplingParams};
+    let dir = write(&spec(Architecture::GptBigCode, GgmlType::F32), "stream");
+    let model = LoadedModel::load("stream", &dir, &mut |_| {}).expect("load");
+    let prompt = Prompt::Text("def add(a, b):".into());
+    let params = SamplingParams {
+        max_tokens: 40,
+        temperature: 0.0,
+        repeat_penalty: 1.0,
+        ..Default::default()
+    };
+    let mut pieces: Vec<String> = Vec::new();
+    let full = model
+        .generate(&prompt, &params, &Control::default(), &mut |t| {
+            pieces.push(t.to_string())
+        })
+        .expect("generate");
+    assert!(
+        pieces.len() > 5,
+        "text should stream token by token: {pieces:?}"
+    );
+    assert_eq!(pieces.concat(), full.text);
+
+    // A stop sequence taken from the middle of that (deterministic) text, spanning tokens.
+    let chars: Vec<char> = full.text.chars().collect();
+    assert!(chars.len() >= 12, "need some text: {:?}", full.text);
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 4].iter().collect();
+    let cut = full.text.find(&stop).expect("stop occurs");
+    let mut streamed = String::new();
+    let stopped = model
+        .generate(
+            &prompt,
+            &SamplingParams {
+                stop: vec![stop.clone()],
+                ..params.clone()
+            },
+            &Control::default(),
+            &mut |t| streamed.push_str(t),
+        )
+        .expect("generate with stop");
+    assert_eq!(stopped.finish_reason, FinishReason::StopSequence);
+    assert_eq!(stopped.text, full.text[..cut]);
+    assert_eq!(
+        streamed, stopped.text,
+        "nothing of the stop sequence was streamed"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Mutation fuzzing of the safetensors path (as `engine_formats` does for GGUF): corrupted
+/// headers, lengths and truncations are errors or working models, never panics.
+#[test]
+fn corrupted_safetensors_are_errors_not_panics() {
+    let dir = write(&spec(Architecture::Qwen2, GgmlType::F16), "fuzz");
+    let weights = dir.join("model.safetensors");
+    let original = std::fs::read(&weights).expect("read");
+    let header_len = 8 + u64::from_le_bytes(original[..8].try_into().expect("8 bytes")) as usize;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut loaded, mut refused) = (0, 0);
+    for round in 0..200 {
+        let mut bytes = original.clone();
+        match round % 4 {
+            0 => {
+                let i = next() as usize % header_len;
+                bytes[i] ^= 1 << (next() % 8);
+            }
+            1 => {
+                // Digits in the header's offsets and shapes.
+                let i = next() as usize % header_len;
+                bytes[i] = b"0123456789"[next() as usize % 10];
+            }
+            2 => bytes.truncate(next() as usize % bytes.len()),
+            _ => {
+                let v = [u64::MAX, 1 << 40, 0, 7][next() as usize % 4];
+                bytes[..8].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        std::fs::write(&weights, &bytes).expect("write");
+        let outcome =
+            std::panic::catch_unwind(|| match LoadedModel::load("fuzz", &dir, &mut |_| {}) {
+                Ok(model) => {
+                    let _ = model.greedy_tokens(&[1, 2], 2);
+                    true
+                }
+                Err(e) => {
+                    assert_eq!(e.code().as_str(), "MODEL_001", "{e}");
+                    false
+                }
+            });
+        match outcome {
+            Ok(true) => loaded += 1,
+            Ok(false) => refused += 1,
+            Err(_) => panic!("round {round}: a corrupted safetensors file caused a panic"),
+        }
+    }
+    println!("{loaded} mutated files still loaded, {refused} refused");
+    assert!(
+        refused > 50,
+        "most corruptions should be caught, only {refused} were"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
