@@ -179,6 +179,8 @@ pub struct LoadedModel {
     template: Option<ChatTemplate>,
     /// `<fim_prefix>`, `<fim_suffix>`, `<fim_middle>` ids when the tokenizer has them.
     fim: Option<[u32; 3]>,
+    /// Element type of the KV caches of this model's requests.
+    kv_precision: kv_cache::KvPrecision,
     /// One generation at a time per model.
     busy: Mutex<()>,
 }
@@ -307,8 +309,15 @@ impl LoadedModel {
             tokenizer,
             template,
             fim,
+            kv_precision: kv_precision_from_env(),
             busy: Mutex::new(()),
         })
+    }
+
+    /// Keep KV caches in `precision` (default f16, or `AGENTRT_KV_CACHE=f32`).
+    pub fn with_kv_precision(mut self, precision: kv_cache::KvPrecision) -> Self {
+        self.kv_precision = precision;
+        self
     }
 
     /// Render a conversation with the model's chat template.
@@ -424,7 +433,9 @@ impl LoadedModel {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         control.check()?;
-        let mut cache = self.model.new_cache(prompt_ids.len() + max_tokens);
+        let mut cache = self
+            .model
+            .new_cache(prompt_ids.len() + max_tokens, self.kv_precision);
         let mut sampler = Sampler::new(params.clone());
         let mut history = prompt_ids.clone();
         let mut logits = self.forward(&prompt_ids, &mut cache);
@@ -489,18 +500,18 @@ impl LoadedModel {
 
     /// Bytes the KV cache holds per position (for memory and bandwidth figures).
     pub fn kv_bytes_per_position(&self) -> usize {
-        self.model.kv_bytes_per_position()
+        self.model.kv_values_per_position() * self.kv_precision.bytes()
     }
 
     /// Logits after the prompt `ids` (for tests and diagnostics).
     pub fn prompt_logits(&self, ids: &[u32]) -> Vec<f32> {
-        let mut cache = self.model.new_cache(ids.len());
+        let mut cache = self.model.new_cache(ids.len(), self.kv_precision);
         self.model.forward(ids, &mut cache)
     }
 
     /// Greedy continuation of `ids` by `n` tokens, without stop handling (for tests).
     pub fn greedy_tokens(&self, ids: &[u32], n: usize) -> Vec<u32> {
-        let mut cache = self.model.new_cache(ids.len() + n);
+        let mut cache = self.model.new_cache(ids.len() + n, self.kv_precision);
         let mut logits = self.model.forward(ids, &mut cache);
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -510,6 +521,14 @@ impl LoadedModel {
         }
         out
     }
+}
+
+/// The KV cache precision asked for in `AGENTRT_KV_CACHE` (`f16`, the default, or `f32`).
+fn kv_precision_from_env() -> kv_cache::KvPrecision {
+    std::env::var("AGENTRT_KV_CACHE")
+        .ok()
+        .and_then(|v| kv_cache::KvPrecision::parse(&v))
+        .unwrap_or_default()
 }
 
 /// Byte offset of the first stop sequence in `text`.

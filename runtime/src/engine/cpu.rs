@@ -4,7 +4,7 @@
 //! Matrix products take a batch of activation rows (one per token) so prefill reads each weight
 //! row once for the whole prompt; rows of the weight matrix are split across the engine's threads.
 
-use super::kv_cache::LayerView;
+use super::kv_cache::{KvElement, Layer, LayerView};
 use super::quant::{GgmlType, QuantizedActivation, dot_row_portable};
 use super::simd;
 use super::threads;
@@ -224,6 +224,19 @@ pub fn causal_attention(
     q: &[f32],
     out: &mut [f32],
 ) {
+    match cache {
+        LayerView::F16(layer) => attention_over(shape, layer, pos0, q, out),
+        LayerView::F32(layer) => attention_over(shape, layer, pos0, q, out),
+    }
+}
+
+fn attention_over<T: KvElement>(
+    shape: AttentionShape,
+    cache: Layer<'_, T>,
+    pos0: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
     let AttentionShape {
         n_head,
         n_kv_head,
@@ -239,7 +252,7 @@ pub fn causal_attention(
         // scores[p] = Σ_d q[d]·k[p][d], accumulated dimension by dimension over all positions.
         let mut scores = vec![0f32; visible];
         for (d, &qd) in qh.iter().enumerate() {
-            simd::add_scaled(&mut scores, qd, cache.key_dim(kv_head, d, visible));
+            T::add_scaled(&mut scores, qd, cache.key_dim(kv_head, d, visible));
         }
         for s in scores.iter_mut() {
             *s *= scale;
@@ -247,7 +260,7 @@ pub fn causal_attention(
         softmax(&mut scores);
         oh.fill(0.0);
         for (p, w) in scores.iter().enumerate() {
-            simd::axpy_f32(oh, *w, cache.value(kv_head, p));
+            T::axpy(oh, *w, cache.value(kv_head, p));
         }
     });
 }

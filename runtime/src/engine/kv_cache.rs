@@ -4,59 +4,189 @@
 //! reallocates; new positions are written by [`KvCache::append`] and become visible to the next
 //! forward pass after [`KvCache::commit`].
 //!
+//! Stored as f16 by default, as llama.cpp does: half the memory and half the bytes attention
+//! reads per step, widened on the fly (F16C) in the attention loops. F32 ([`KvPrecision`])
+//! gives exactly the arithmetic of engines that keep f32 caches (candle, HF transformers),
+//! which the reference tests compare against token for token.
+//!
 //! Keys are stored transposed per head (`[head][dim][position]`): a query's scores against
 //! every position are then eight positions per vector instruction, each position's sum still
 //! taken over the head's dimensions in order. Values stay `[position][kv_dim]`, the layout the
 //! weighted sum walks.
 
-/// Keys and values of one sequence, f32.
+use half::f16;
+
+use super::simd;
+
+/// Element type of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvPrecision {
+    #[default]
+    F16,
+    F32,
+}
+
+impl KvPrecision {
+    /// `f16` or `f32`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f16" => Some(Self::F16),
+            "f32" => Some(Self::F32),
+            _ => None,
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F16 => 2,
+            Self::F32 => 4,
+        }
+    }
+}
+
+/// What attention needs from a cached element type.
+pub trait KvElement: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    fn store(v: f32) -> Self;
+    /// `acc[i] += w * k[i]`, each product rounded before the sum.
+    fn add_scaled(acc: &mut [f32], w: f32, k: &[Self]);
+    /// `out[i] += w * v[i]`.
+    fn axpy(out: &mut [f32], w: f32, v: &[Self]);
+}
+
+impl KvElement for f16 {
+    const ZERO: Self = f16::ZERO;
+    fn store(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn add_scaled(acc: &mut [f32], w: f32, k: &[Self]) {
+        simd::add_scaled_f16(acc, w, k);
+    }
+    fn axpy(out: &mut [f32], w: f32, v: &[Self]) {
+        simd::axpy_f16(out, w, v);
+    }
+}
+
+impl KvElement for f32 {
+    const ZERO: Self = 0.0;
+    fn store(v: f32) -> Self {
+        v
+    }
+    fn add_scaled(acc: &mut [f32], w: f32, k: &[Self]) {
+        simd::add_scaled_f32(acc, w, k);
+    }
+    fn axpy(out: &mut [f32], w: f32, v: &[Self]) {
+        simd::axpy_f32(out, w, v);
+    }
+}
+
+/// Per layer: keys `[kv_head][head_dim][capacity]`, values `[capacity][kv_dim]`.
+#[derive(Debug)]
+struct Store<T> {
+    keys: Vec<Vec<T>>,
+    values: Vec<Vec<T>>,
+}
+
+impl<T: KvElement> Store<T> {
+    fn new(layers: usize, size: usize) -> Self {
+        Self {
+            keys: (0..layers).map(|_| vec![T::ZERO; size]).collect(),
+            values: (0..layers).map(|_| vec![T::ZERO; size]).collect(),
+        }
+    }
+
+    fn append(
+        &mut self,
+        layer: usize,
+        len: usize,
+        capacity: usize,
+        kv_dim: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
+        let start = len * kv_dim;
+        for (slot, value) in self.values[layer][start..start + v.len()].iter_mut().zip(v) {
+            *slot = T::store(*value);
+        }
+        let keys = &mut self.keys[layer];
+        for (t, row) in k.chunks_exact(kv_dim).enumerate() {
+            for (i, value) in row.iter().enumerate() {
+                // Element i of the row is dimension i % head_dim of head i / head_dim, and
+                // (head * head_dim + dim) is i itself.
+                keys[i * capacity + len + t] = T::store(*value);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Storage {
+    F16(Store<f16>),
+    F32(Store<f32>),
+}
+
+/// Keys and values of one sequence.
 #[derive(Debug)]
 pub struct KvCache {
     kv_dim: usize,
     head_dim: usize,
     capacity: usize,
     len: usize,
-    /// Per layer: `[kv_head][head_dim][capacity]`.
-    keys: Vec<Vec<f32>>,
-    /// Per layer: `[capacity][kv_dim]`.
-    values: Vec<Vec<f32>>,
+    storage: Storage,
 }
 
-/// One layer's cache as attention reads it.
+/// One layer's cache of element type `T`.
 #[derive(Debug, Clone, Copy)]
-pub struct LayerView<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
+pub struct Layer<'a, T> {
+    keys: &'a [T],
+    values: &'a [T],
     kv_dim: usize,
     head_dim: usize,
     capacity: usize,
 }
 
-impl<'a> LayerView<'a> {
+impl<'a, T> Layer<'a, T> {
     /// Dimension `d` of the keys of KV head `h` at positions `0..n`.
     #[inline]
-    pub fn key_dim(&self, h: usize, d: usize, n: usize) -> &'a [f32] {
+    pub fn key_dim(&self, h: usize, d: usize, n: usize) -> &'a [T] {
         let start = (h * self.head_dim + d) * self.capacity;
         &self.keys[start..start + n]
     }
 
     /// The value of KV head `h` at position `p`.
     #[inline]
-    pub fn value(&self, h: usize, p: usize) -> &'a [f32] {
+    pub fn value(&self, h: usize, p: usize) -> &'a [T] {
         let start = p * self.kv_dim + h * self.head_dim;
         &self.values[start..start + self.head_dim]
     }
 }
 
+/// One layer's cache as attention reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum LayerView<'a> {
+    F16(Layer<'a, f16>),
+    F32(Layer<'a, f32>),
+}
+
 impl KvCache {
-    pub fn new(layers: usize, kv_dim: usize, head_dim: usize, capacity: usize) -> Self {
+    pub fn new(
+        layers: usize,
+        kv_dim: usize,
+        head_dim: usize,
+        capacity: usize,
+        precision: KvPrecision,
+    ) -> Self {
+        let size = capacity * kv_dim;
+        let storage = match precision {
+            KvPrecision::F16 => Storage::F16(Store::new(layers, size)),
+            KvPrecision::F32 => Storage::F32(Store::new(layers, size)),
+        };
         Self {
             kv_dim,
             head_dim,
             capacity,
             len: 0,
-            keys: (0..layers).map(|_| vec![0f32; capacity * kv_dim]).collect(),
-            values: (0..layers).map(|_| vec![0f32; capacity * kv_dim]).collect(),
+            storage,
         }
     }
 
@@ -81,16 +211,10 @@ impl KvCache {
     pub fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) {
         let new = k.len() / self.kv_dim;
         assert!(self.len + new <= self.capacity, "KV cache overflow");
-        let start = self.len * self.kv_dim;
-        self.values[layer][start..start + v.len()].copy_from_slice(v);
-        let keys = &mut self.keys[layer];
-        for (t, row) in k.chunks_exact(self.kv_dim).enumerate() {
-            let pos = self.len + t;
-            for (i, value) in row.iter().enumerate() {
-                // Element i of the row is dimension i % head_dim of head i / head_dim, and
-                // (head * head_dim + dim) is i itself.
-                keys[i * self.capacity + pos] = *value;
-            }
+        let (len, cap, dim) = (self.len, self.capacity, self.kv_dim);
+        match &mut self.storage {
+            Storage::F16(s) => s.append(layer, len, cap, dim, k, v),
+            Storage::F32(s) => s.append(layer, len, cap, dim, k, v),
         }
     }
 
@@ -101,12 +225,22 @@ impl KvCache {
 
     /// The cache of `layer`, including positions appended but not yet committed.
     pub fn layer(&self, layer: usize) -> LayerView<'_> {
-        LayerView {
-            keys: &self.keys[layer],
-            values: &self.values[layer],
-            kv_dim: self.kv_dim,
-            head_dim: self.head_dim,
-            capacity: self.capacity,
+        let (kv_dim, head_dim, capacity) = (self.kv_dim, self.head_dim, self.capacity);
+        match &self.storage {
+            Storage::F16(s) => LayerView::F16(Layer {
+                keys: &s.keys[layer],
+                values: &s.values[layer],
+                kv_dim,
+                head_dim,
+                capacity,
+            }),
+            Storage::F32(s) => LayerView::F32(Layer {
+                keys: &s.keys[layer],
+                values: &s.values[layer],
+                kv_dim,
+                head_dim,
+                capacity,
+            }),
         }
     }
 }
@@ -117,18 +251,26 @@ mod tests {
 
     #[test]
     fn keys_read_back_per_head_dimension_and_values_per_position() {
-        // 2 KV heads of 3 dimensions; two positions appended, then one more.
-        let mut cache = KvCache::new(1, 6, 3, 4);
-        let k: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        let v: Vec<f32> = (0..12).map(|i| 100.0 + i as f32).collect();
-        cache.append(0, &k, &v);
-        cache.commit(2);
-        cache.append(0, &[20.0; 6], &[30.0; 6]);
-        let view = cache.layer(0);
-        // Head 1, dimension 2 is row element 5: 5 at position 0, 11 at position 1, 20 at 2.
-        assert_eq!(view.key_dim(1, 2, 3), &[5.0, 11.0, 20.0]);
-        assert_eq!(view.key_dim(0, 0, 2), &[0.0, 6.0]);
-        assert_eq!(view.value(1, 1), &[109.0, 110.0, 111.0]);
-        assert_eq!(view.value(0, 2), &[30.0, 30.0, 30.0]);
+        for precision in [KvPrecision::F16, KvPrecision::F32] {
+            // 2 KV heads of 3 dimensions; two positions appended, then one more.
+            let mut cache = KvCache::new(1, 6, 3, 4, precision);
+            let k: Vec<f32> = (0..12).map(|i| i as f32).collect();
+            let v: Vec<f32> = (0..12).map(|i| 100.0 + i as f32).collect();
+            cache.append(0, &k, &v);
+            cache.commit(2);
+            cache.append(0, &[20.0; 6], &[30.0; 6]);
+            fn check<T: Copy + Into<f32>>(view: Layer<'_, T>) {
+                let widen = |s: &[T]| s.iter().map(|v| (*v).into()).collect::<Vec<f32>>();
+                // Head 1, dimension 2 is row element 5: 5 at position 0, 11 at 1, 20 at 2.
+                assert_eq!(widen(view.key_dim(1, 2, 3)), [5.0, 11.0, 20.0]);
+                assert_eq!(widen(view.key_dim(0, 0, 2)), [0.0, 6.0]);
+                assert_eq!(widen(view.value(1, 1)), [109.0, 110.0, 111.0]);
+                assert_eq!(widen(view.value(0, 2)), [30.0, 30.0, 30.0]);
+            }
+            match cache.layer(0) {
+                LayerView::F16(l) => check(l),
+                LayerView::F32(l) => check(l),
+            }
+        }
     }
 }

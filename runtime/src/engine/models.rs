@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::gguf::{GgufError, GgufFile};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvPrecision};
 use super::weights::{ModelFileError, WeightStore};
 
 /// A decoder-only language model.
@@ -22,9 +22,9 @@ pub trait CausalLm: Send + Sync {
     /// Rows of the output head.
     fn vocab(&self) -> usize;
     /// A KV cache able to hold `capacity` positions.
-    fn new_cache(&self, capacity: usize) -> KvCache;
-    /// Bytes the KV cache holds per position, over all layers (keys and values).
-    fn kv_bytes_per_position(&self) -> usize;
+    fn new_cache(&self, capacity: usize, precision: KvPrecision) -> KvCache;
+    /// Values the KV cache holds per position, over all layers (keys and values).
+    fn kv_values_per_position(&self) -> usize;
     /// Run `tokens` at positions `cache.len()..`, append them to the cache, and return the
     /// logits of the last one.
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32>;

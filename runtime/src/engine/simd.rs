@@ -125,7 +125,38 @@ pub fn dot_rows_multi(
     }
 }
 
-/// `out += w * v` (attention's weighted sum of values), with FMA where the CPU has it.
+/// `out += w * v` for f16 `v` (attention's weighted sum of cached values), with FMA where the
+/// CPU has it.
+#[inline]
+pub fn axpy_f16(out: &mut [f32], w: f32, v: &[half::f16]) {
+    let n = out.len().min(v.len());
+    #[cfg(target_arch = "x86_64")]
+    if float_simd_available() {
+        // SAFETY: the features are present; both slices hold at least `n` values.
+        unsafe { x86::axpy_f16(&mut out[..n], w, &v[..n]) };
+        return;
+    }
+    for (o, x) in out[..n].iter_mut().zip(&v[..n]) {
+        *o = x.to_f32().mul_add(w, *o);
+    }
+}
+
+/// `acc[i] = acc[i] + (w * k[i])` for f32 `k`, each product rounded before the sum.
+#[inline]
+pub fn add_scaled_f32(acc: &mut [f32], w: f32, k: &[f32]) {
+    let n = acc.len().min(k.len());
+    #[cfg(target_arch = "x86_64")]
+    if float_simd_available() {
+        // SAFETY: the features are present; both slices hold at least `n` values.
+        unsafe { x86::add_scaled_f32(&mut acc[..n], w, &k[..n]) };
+        return;
+    }
+    for (a, x) in acc[..n].iter_mut().zip(&k[..n]) {
+        *a += w * x;
+    }
+}
+
+/// `out += w * v` for f32 `v`, with FMA where the CPU has it.
 #[inline]
 pub fn axpy_f32(out: &mut [f32], w: f32, v: &[f32]) {
     let n = out.len().min(v.len());
@@ -136,23 +167,23 @@ pub fn axpy_f32(out: &mut [f32], w: f32, v: &[f32]) {
         return;
     }
     for (o, x) in out[..n].iter_mut().zip(&v[..n]) {
-        *o += w * x;
+        *o = x.mul_add(w, *o);
     }
 }
 
-/// `acc[i] = acc[i] + (w * k[i])`, each product rounded before the sum (no FMA), so every
-/// element gets exactly what a scalar loop computes.
+/// `acc[i] = acc[i] + (w * k[i])` for f16 `k` (cached keys), each product rounded before the
+/// sum (no FMA), so every element gets exactly what a scalar loop computes.
 #[inline]
-pub fn add_scaled(acc: &mut [f32], w: f32, k: &[f32]) {
+pub fn add_scaled_f16(acc: &mut [f32], w: f32, k: &[half::f16]) {
     let n = acc.len().min(k.len());
     #[cfg(target_arch = "x86_64")]
     if float_simd_available() {
         // SAFETY: the features are present; both slices hold at least `n` values.
-        unsafe { x86::add_scaled(&mut acc[..n], w, &k[..n]) };
+        unsafe { x86::add_scaled_f16(&mut acc[..n], w, &k[..n]) };
         return;
     }
     for (a, x) in acc[..n].iter_mut().zip(&k[..n]) {
-        *a += w * x;
+        *a += w * x.to_f32();
     }
 }
 
@@ -201,9 +232,17 @@ mod x86 {
         }
     }
 
+    /// Eight f16 values at `p`, widened.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16x8(p: *const half::f16) -> __m256 {
+        // SAFETY: the caller guarantees eight readable values at `p`.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+
     /// `acc += w * k` without fusing; the slices have equal length.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn add_scaled(acc: &mut [f32], w: f32, k: &[f32]) {
+    pub unsafe fn add_scaled_f32(acc: &mut [f32], w: f32, k: &[f32]) {
         let n = acc.len();
         let (pa, pk) = (acc.as_mut_ptr(), k.as_ptr());
         let wv = _mm256_set1_ps(w);
@@ -238,6 +277,46 @@ mod x86 {
         }
         for (o, x) in out[i..].iter_mut().zip(&v[i..]) {
             *o = x.mul_add(w, *o);
+        }
+    }
+
+    /// `acc += w * k` without fusing; the slices have equal length.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn add_scaled_f16(acc: &mut [f32], w: f32, k: &[half::f16]) {
+        let n = acc.len();
+        let (pa, pk) = (acc.as_mut_ptr(), k.as_ptr());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n for both slices.
+            unsafe {
+                let prod = _mm256_mul_ps(wv, load_f16x8(pk.add(i)));
+                _mm256_storeu_ps(pa.add(i), _mm256_add_ps(_mm256_loadu_ps(pa.add(i)), prod));
+            }
+            i += 8;
+        }
+        for (a, x) in acc[i..].iter_mut().zip(&k[i..]) {
+            *a += w * x.to_f32();
+        }
+    }
+
+    /// `out += w * v`; the slices have equal length.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy_f16(out: &mut [f32], w: f32, v: &[half::f16]) {
+        let n = out.len();
+        let (po, pv) = (out.as_mut_ptr(), v.as_ptr());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n for both slices.
+            unsafe {
+                let o = _mm256_fmadd_ps(wv, load_f16x8(pv.add(i)), _mm256_loadu_ps(po.add(i)));
+                _mm256_storeu_ps(po.add(i), o);
+            }
+            i += 8;
+        }
+        for (o, x) in out[i..].iter_mut().zip(&v[i..]) {
+            *o = x.to_f32().mul_add(w, *o);
         }
     }
 

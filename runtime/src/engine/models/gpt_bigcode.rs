@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::engine::cpu::{self, AttentionShape};
-use crate::engine::kv_cache::KvCache;
+use crate::engine::kv_cache::{KvCache, KvPrecision};
 use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
 
 use super::{CausalLm, ConfigSource, check_heads, check_plausible};
@@ -231,16 +231,17 @@ impl CausalLm for GptBigCode {
         self.config.vocab
     }
 
-    fn kv_bytes_per_position(&self) -> usize {
-        self.config.n_layer * 2 * self.config.kv_dim() * std::mem::size_of::<f32>()
+    fn kv_values_per_position(&self) -> usize {
+        self.config.n_layer * 2 * self.config.kv_dim()
     }
 
-    fn new_cache(&self, capacity: usize) -> KvCache {
+    fn new_cache(&self, capacity: usize, precision: KvPrecision) -> KvCache {
         KvCache::new(
             self.config.n_layer,
             self.config.kv_dim(),
             self.config.head_dim,
             capacity,
+            precision,
         )
     }
 

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::engine::cpu::{self, AttentionShape, Rope, RopeLayout};
-use crate::engine::kv_cache::KvCache;
+use crate::engine::kv_cache::{KvCache, KvPrecision};
 use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
 
 use super::{CausalLm, ConfigSource, check_heads, check_plausible};
@@ -269,16 +269,17 @@ impl CausalLm for Llama {
         self.config.vocab
     }
 
-    fn kv_bytes_per_position(&self) -> usize {
-        self.config.n_layer * 2 * self.config.kv_dim() * std::mem::size_of::<f32>()
+    fn kv_values_per_position(&self) -> usize {
+        self.config.n_layer * 2 * self.config.kv_dim()
     }
 
-    fn new_cache(&self, capacity: usize) -> KvCache {
+    fn new_cache(&self, capacity: usize, precision: KvPrecision) -> KvCache {
         KvCache::new(
             self.config.n_layer,
             self.config.kv_dim(),
             self.config.head_dim,
             capacity,
+            precision,
         )
     }
 
