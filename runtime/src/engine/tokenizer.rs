@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Mutex;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
@@ -46,10 +47,12 @@ fn lib_err(e: impl std::fmt::Display) -> TokenizerError {
 }
 
 /// A byte-level BPE tokenizer with the model's special tokens.
+///
+/// One `tokenizers::Tokenizer` behind a mutex rather than two copies (one parsing special
+/// tokens, one not): the tables of a 50k vocabulary are some ten megabytes, which on a small
+/// model is a tenth of its weights, and tokenising is microseconds next to generating.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
-    /// The same tokenizer with special-token parsing off, for text users wrote.
-    literal: tokenizers::Tokenizer,
+    inner: Mutex<tokenizers::Tokenizer>,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     /// Tokens that end a generation: EOS, end-of-turn and end-of-text markers.
@@ -58,13 +61,14 @@ pub struct Tokenizer {
     /// The chat template shipped with the tokenizer (GGUF `tokenizer.chat_template`, HF
     /// `tokenizer_config.json`), if any.
     pub chat_template: Option<String>,
-    tokens: Vec<String>,
+    /// Tokens including added ones.
+    size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
-            .field("vocab", &self.tokens.len())
+            .field("vocab", &self.size)
             .finish()
     }
 }
@@ -185,21 +189,18 @@ impl Tokenizer {
                 stop_ids.insert(i as u32);
             }
         }
-        let mut literal = inner.clone();
-        literal.set_encode_special_tokens(true);
         let add_bos = matches!(
             file.get("tokenizer.ggml.add_bos_token"),
             Some(MetaValue::Bool(true))
         );
         Ok(Self {
-            inner,
-            literal,
+            inner: Mutex::new(inner),
             bos_id,
             eos_id,
             stop_ids,
             add_bos,
             chat_template: file.str("tokenizer.chat_template").ok().map(str::to_string),
-            tokens,
+            size: tokens.len(),
         })
     }
 
@@ -213,9 +214,6 @@ impl Tokenizer {
         let config = read_optional_json(&dir.join("tokenizer_config.json"))?;
         let generation = read_optional_json(&dir.join("generation_config.json"))?;
         let size = inner.get_vocab_size(true) as u32;
-        let tokens: Vec<String> = (0..size)
-            .map(|i| inner.id_to_token(i).unwrap_or_default())
-            .collect();
         // `bos_token` is a string or an AddedToken object with its text in `content`.
         let token_named = |key: &str| {
             let v = config.get(key)?;
@@ -244,8 +242,6 @@ impl Tokenizer {
             }
         }
         stop_ids.retain(|id| *id < size);
-        let mut literal = inner.clone();
-        literal.set_encode_special_tokens(true);
         let add_bos = config
             .get("add_bos_token")
             .and_then(|v| v.as_bool())
@@ -262,46 +258,58 @@ impl Tokenizer {
             _ => None,
         };
         Ok(Self {
-            inner,
-            literal,
+            inner: Mutex::new(inner),
             bos_id,
             eos_id,
             stop_ids,
             add_bos,
             chat_template,
-            tokens,
+            size: size as usize,
         })
+    }
+
+    /// The tokenizer; no state survives a panic elsewhere that could matter here.
+    fn lock(&self) -> std::sync::MutexGuard<'_, tokenizers::Tokenizer> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The id of a token given its exact text (special tokens such as `<fim_prefix>`).
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.inner.token_to_id(text)
+        self.lock().token_to_id(text)
     }
 
     /// Token ids of `text`; special-token text such as `<|im_start|>` becomes its single id.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode(text, false).map_err(lib_err)?;
-        Ok(enc.get_ids().to_vec())
+        self.encode_with(text, false)
     }
 
     /// Token ids of text a user wrote: `<|im_start|>` typed in a message stays ordinary text, so
     /// nobody can open a system turn from inside a chat message.
     pub fn encode_literal(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.literal.encode(text, false).map_err(lib_err)?;
-        Ok(enc.get_ids().to_vec())
+        self.encode_with(text, true)
+    }
+
+    fn encode_with(&self, text: &str, literal: bool) -> Result<Vec<u32>, TokenizerError> {
+        let mut tokenizer = self.lock();
+        tokenizer.set_encode_special_tokens(literal);
+        let result = tokenizer.encode(text, false);
+        tokenizer.set_encode_special_tokens(false);
+        Ok(result.map_err(lib_err)?.get_ids().to_vec())
     }
 
     /// Text of `ids`, leaving out special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, true).map_err(lib_err)
+        self.lock().decode(ids, true).map_err(lib_err)
     }
 
-    /// The stored text of one token (for diagnostics).
-    pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+    /// The stored text of one token (for diagnostics and templates).
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.lock().id_to_token(id)
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.size
     }
 }

@@ -40,9 +40,15 @@ impl GptBigCodeConfig {
                 let key = |k: &str| format!("{arch}.{k}");
                 let dim = f.u64(&key("embedding_length"))? as usize;
                 let n_head = f.u64(&key("attention.head_count"))? as usize;
+                // Without a vocab_size key, the embedding's rows are the vocabulary.
                 let vocab = match f.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
                     Some(v) => v as usize,
-                    None => f.array("tokenizer.ggml.tokens")?.len(),
+                    None => f
+                        .tensors
+                        .get("token_embd.weight")
+                        .and_then(|t| t.dims.get(1))
+                        .map(|rows| *rows as usize)
+                        .ok_or_else(|| ModelFileError::MissingTensor("token_embd.weight".into()))?,
                 };
                 Self {
                     n_layer: f.u64(&key("block_count"))? as usize,
