@@ -36,16 +36,13 @@ pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
     let tokens = xs.len() / w.cols;
     debug_assert_eq!(out.len(), tokens * w.rows);
     let quantise = matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
-    let quantized: Vec<QuantizedActivation> = xs
-        .chunks_exact(w.cols)
-        .map(|x| {
-            let mut q = QuantizedActivation::default();
-            if quantise {
-                q.quantize(x);
-            }
-            q
-        })
-        .collect();
+    let mut quantized: Vec<QuantizedActivation> = vec![QuantizedActivation::default(); tokens];
+    if quantise {
+        // One task per token: a prompt's rows quantise in parallel.
+        threads::for_each_chunk_mut(&mut quantized, 1, |t, q| {
+            q[0].quantize(&xs[t * w.cols..(t + 1) * w.cols]);
+        });
+    }
     let x_rows: Vec<&[f32]> = xs.chunks_exact(w.cols).collect();
     let q_rows: Vec<&QuantizedActivation> = quantized.iter().collect();
     let row_bytes = w.ty.row_bytes(w.cols);

@@ -469,10 +469,11 @@ mod x86 {
                 // SAFETY: every xq holds the row's number of blocks (checked by the caller).
                 let q = unsafe { quants(xqs[k], i) };
                 let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
-                let scale = _mm256_set1_ps(d * xqs[k].d[i]);
+                // SAFETY: every xq holds the row's number of blocks (checked by the caller).
+                let scale = _mm256_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
                 acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[k]);
                 // The block minimum times Σx, from the activation's precomputed sum term.
-                offsets[k] += m * xqs[k].s[i];
+                offsets[k] += m * unsafe { *xqs[k].s.get_unchecked(i) };
             }
         }
         std::array::from_fn(|k| hsum_ps(acc[k]) + offsets[k])
@@ -495,7 +496,8 @@ mod x86 {
                 // Stored nibbles are offset by 8: Σ(n-8)·q = Σn·q - 8·Σq.
                 let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
                 let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
-                let scale = _mm256_set1_ps(d * xqs[k].d[i]);
+                // SAFETY: every xq holds the row's number of blocks (checked by the caller).
+                let scale = _mm256_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
                 acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, acc[k]);
             }
         }
@@ -517,7 +519,8 @@ mod x86 {
                 // SAFETY: as in q4_1.
                 let q = unsafe { quants(xqs[k], i) };
                 let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(q, w));
-                let scale = _mm256_set1_ps(d * xqs[k].d[i]);
+                // SAFETY: every xq holds the row's number of blocks (checked by the caller).
+                let scale = _mm256_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
                 acc[k] = _mm256_fmadd_ps(
                     _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)),
                     scale,
