@@ -28,34 +28,69 @@ pub struct WeightRef<'a> {
 }
 
 /// `out[t] = W · xs[t]` for each of the `xs.len() / cols` activation rows.
-///
-/// Weight rows are split across the engine's threads in contiguous tasks; within a
-/// task each weight row meets several tokens per kernel pass ([`simd::max_tokens`]), so a weight
-/// block is read and unpacked once for them (prefill is matrix–matrix work).
 pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
-    let tokens = xs.len() / w.cols;
-    debug_assert_eq!(out.len(), tokens * w.rows);
-    let quantise = matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+    matmuls(&[w], xs, &mut [out]);
+}
+
+/// `outs[m][t] = ws[m] · xs[t]` for several matrices over the same input (Q, K and V; gate and
+/// up): the input is quantised once and all their rows form one parallel operation.
+///
+/// Weight rows are split across the engine's threads in contiguous tasks; within a task each
+/// weight row meets several tokens per kernel pass ([`simd::max_tokens`]), so a weight block is
+/// read and unpacked once for them (prefill is matrix–matrix work).
+pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
+    let Some(cols) = ws.first().map(|w| w.cols) else {
+        return;
+    };
+    assert!(
+        ws.iter().all(|w| w.cols == cols) && outs.len() == ws.len(),
+        "matmuls: matrices over one input must share its width"
+    );
+    let tokens = xs.len() / cols;
+    let quantise = ws
+        .iter()
+        .any(|w| matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0));
     let mut quantized: Vec<QuantizedActivation> = vec![QuantizedActivation::default(); tokens];
     if quantise {
         // One task per token: a prompt's rows quantise in parallel.
         threads::for_each_chunk_mut(&mut quantized, 1, |t, q| {
-            q[0].quantize(&xs[t * w.cols..(t + 1) * w.cols]);
+            q[0].quantize(&xs[t * cols..(t + 1) * cols]);
         });
     }
-    let x_rows: Vec<&[f32]> = xs.chunks_exact(w.cols).collect();
+    let x_rows: Vec<&[f32]> = xs.chunks_exact(cols).collect();
     let q_rows: Vec<&QuantizedActivation> = quantized.iter().collect();
-    let row_bytes = w.ty.row_bytes(w.cols);
-    // Row-major in the weight's row index so each task owns a contiguous slice; a task keeps
+
+    // Tasks: (matrix, first row, rows), each a contiguous run of one matrix's rows.
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+    let mut offsets = Vec::with_capacity(ws.len());
+    let mut total_rows = 0;
+    for (m, w) in ws.iter().enumerate() {
+        debug_assert_eq!(outs[m].len(), tokens * w.rows);
+        offsets.push(total_rows);
+        total_rows += w.rows;
+        let per_task = w
+            .rows
+            .div_ceil(threads::count() * TASKS_PER_THREAD)
+            .max(MIN_ROWS_PER_TASK);
+        tasks.extend(
+            (0..w.rows)
+                .step_by(per_task)
+                .map(|first| (m, first, per_task.min(w.rows - first))),
+        );
+    }
+    // Results row-major in (matrix, row) so each task owns a contiguous slice; a task keeps
     // its rows hot in cache while every block of tokens passes over them.
-    let mut by_row = vec![0f32; w.rows * tokens];
-    let rows_per_task = w
-        .rows
-        .div_ceil(threads::count() * TASKS_PER_THREAD)
-        .max(MIN_ROWS_PER_TASK);
-    threads::for_each_chunk_mut(&mut by_row, rows_per_task * tokens, |task, chunk| {
-        let first = task * rows_per_task;
-        let count = chunk.len() / tokens;
+    let mut by_row = vec![0f32; total_rows * tokens];
+    let ranges: Vec<std::ops::Range<usize>> = tasks
+        .iter()
+        .map(|&(m, first, count)| {
+            (offsets[m] + first) * tokens..(offsets[m] + first + count) * tokens
+        })
+        .collect();
+    threads::for_each_range_mut(&mut by_row, &ranges, |task, chunk| {
+        let (m, first, count) = tasks[task];
+        let w = &ws[m];
+        let row_bytes = w.ty.row_bytes(w.cols);
         let rows = &w.data[first * row_bytes..(first + count) * row_bytes];
         let product = |rows: &[u8], t0: usize, t1: usize, out: &mut [f32]| {
             let (xb, qb) = (&x_rows[t0..t1], &q_rows[t0..t1]);
@@ -75,10 +110,10 @@ pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
         }
         // Prefill: a pass of a few rows stays in L1 while every block of tokens meets it.
         let mut block = [0f32; ROWS_PER_PASS * simd::MAX_TOKENS];
+        let step = simd::max_tokens(w.ty);
         for r0 in (0..count).step_by(ROWS_PER_PASS) {
             let r1 = (r0 + ROWS_PER_PASS).min(count);
             let pass = &rows[r0 * row_bytes..r1 * row_bytes];
-            let step = simd::max_tokens(w.ty);
             for t0 in (0..tokens).step_by(step) {
                 let t1 = (t0 + step).min(tokens);
                 let n = t1 - t0;
@@ -91,13 +126,17 @@ pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
             }
         }
     });
-    if tokens == 1 {
-        out.copy_from_slice(&by_row);
-        return;
-    }
-    for (r, vals) in by_row.chunks_exact(tokens).enumerate() {
-        for (t, v) in vals.iter().enumerate() {
-            out[t * w.rows + r] = *v;
+    for (m, out) in outs.iter_mut().enumerate() {
+        let w = &ws[m];
+        let mine = &by_row[offsets[m] * tokens..(offsets[m] + w.rows) * tokens];
+        if tokens == 1 {
+            out.copy_from_slice(mine);
+            continue;
+        }
+        for (r, vals) in mine.chunks_exact(tokens).enumerate() {
+            for (t, v) in vals.iter().enumerate() {
+                out[t * w.rows + r] = *v;
+            }
         }
     }
 }

@@ -317,9 +317,11 @@ impl CausalLm for Llama {
         let w = |m: &Matrix| self.store.weight(m);
         for (li, layer) in self.layers.iter().enumerate() {
             cpu::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
-            cpu::matmul(w(&layer.wq), &s.normed, &mut s.q);
-            cpu::matmul(w(&layer.wk), &s.normed, &mut s.k);
-            cpu::matmul(w(&layer.wv), &s.normed, &mut s.v);
+            cpu::matmuls(
+                &[w(&layer.wq), w(&layer.wk), w(&layer.wv)],
+                &s.normed,
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+            );
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 cpu::add_bias(&mut s.q, bq);
                 cpu::add_bias(&mut s.k, bk);
@@ -337,8 +339,11 @@ impl CausalLm for Llama {
             cpu::matmul(w(&layer.wo), &s.attn, &mut s.proj);
             cpu::add_in_place(&mut s.x, &s.proj);
             cpu::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
-            cpu::matmul(w(&layer.gate), &s.normed, &mut s.gate);
-            cpu::matmul(w(&layer.up), &s.normed, &mut s.up);
+            cpu::matmuls(
+                &[w(&layer.gate), w(&layer.up)],
+                &s.normed,
+                &mut [&mut s.gate, &mut s.up],
+            );
             cpu::swiglu(&mut s.gate, &s.up);
             cpu::matmul(w(&layer.down), &s.gate, &mut s.proj);
             cpu::add_in_place(&mut s.x, &s.proj);
