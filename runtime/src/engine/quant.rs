@@ -354,6 +354,69 @@ mod tests {
     }
 
     #[test]
+    fn prefill_and_decode_kernels_compute_identical_values() {
+        // One row at a time, rows in pairs (decode), and eight tokens at once (prefill) must
+        // give every (row, token) the same bits, so a prompt's logits do not depend on how it
+        // was batched.
+        let (n, rows) = (96, 5);
+        let xs: Vec<Vec<f32>> = (0..8).map(|t| sample(n, 500 + t)).collect();
+        let xqs: Vec<QuantizedActivation> = xs
+            .iter()
+            .map(|x| {
+                let mut q = QuantizedActivation::default();
+                q.quantize(x);
+                q
+            })
+            .collect();
+        let x_refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+        let q_refs: Vec<&QuantizedActivation> = xqs.iter().collect();
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::F16,
+        ] {
+            let data: Vec<u8> = (0..rows)
+                .flat_map(|r| quantize_row(ty, &sample(n, 600 + r as u32)))
+                .collect();
+            let rb = ty.row_bytes(n);
+            let tokens = crate::engine::simd::max_tokens(ty);
+            let mut batched = vec![0f32; rows * tokens];
+            if !crate::engine::simd::dot_rows_multi(
+                ty,
+                &data,
+                rb,
+                &x_refs[..tokens],
+                &q_refs[..tokens],
+                &mut batched,
+            ) {
+                eprintln!("skipped: no SIMD kernels on this CPU");
+                return;
+            }
+            for t in 0..tokens {
+                let mut one_token = vec![0f32; rows];
+                assert!(crate::engine::simd::dot_rows_multi(
+                    ty,
+                    &data,
+                    rb,
+                    &x_refs[t..t + 1],
+                    &q_refs[t..t + 1],
+                    &mut one_token
+                ));
+                for r in 0..rows {
+                    let single = dot_row(ty, &data[r * rb..(r + 1) * rb], &xs[t], &xqs[t]);
+                    assert_eq!(one_token[r].to_bits(), single.to_bits(), "{ty:?} row {r}");
+                    assert_eq!(
+                        batched[r * tokens + t].to_bits(),
+                        single.to_bits(),
+                        "{ty:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn quantised_simd_kernels_match_the_portable_code_within_rounding() {
         if !crate::engine::simd::float_simd_available() {
             eprintln!("skipped: this CPU has no AVX2/FMA/F16C, only the portable kernels run");

@@ -216,6 +216,29 @@ mod x86 {
     ) {
         let xs: [&[f32]; N] = std::array::from_fn(|k| xs[k]);
         let xqs: [&QuantizedActivation; N] = std::array::from_fn(|k| xqs[k]);
+        let mut rows = rows;
+        let mut out = out;
+        if N == 1 && matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) {
+            // Decode: two rows at a time, so their dependency chains overlap; each row's
+            // arithmetic is unchanged.
+            let pairs = rows.len() / row_bytes / 2;
+            for p in 0..pairs {
+                let a = &rows[2 * p * row_bytes..(2 * p + 1) * row_bytes];
+                let b = &rows[(2 * p + 1) * row_bytes..(2 * p + 2) * row_bytes];
+                // SAFETY: forwarded from the caller.
+                let [ra, rb] = unsafe {
+                    if ty == GgmlType::Q4_1 {
+                        q4_1_rows([a, b], xqs[0])
+                    } else {
+                        q8_0_rows([a, b], xqs[0])
+                    }
+                };
+                out[2 * p] = ra;
+                out[2 * p + 1] = rb;
+            }
+            rows = &rows[2 * pairs * row_bytes..];
+            out = &mut out[2 * pairs..];
+        }
         for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
             // SAFETY: forwarded from the caller.
             let result: [f32; N] = unsafe {
@@ -477,6 +500,63 @@ mod x86 {
             }
         }
         std::array::from_fn(|k| hsum_ps(acc[k]) + offsets[k])
+    }
+
+    /// [`q4_1`] for one token and `R` rows at once (decode), row by row the same arithmetic.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActivation) -> [f32; R] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offsets = [0f32; R];
+        let blocks = rows[0].len() / 20;
+        for i in 0..blocks {
+            // SAFETY: every xq holds the row's number of blocks (checked by the caller).
+            let (q, xd, xs) = unsafe {
+                (
+                    quants(xq, i),
+                    *xq.d.get_unchecked(i),
+                    *xq.s.get_unchecked(i),
+                )
+            };
+            for r in 0..R {
+                let blk = &rows[r][i * 20..(i + 1) * 20];
+                prefetch(blk.as_ptr());
+                // SAFETY: a block holds 16 packed bytes after its 4-byte header.
+                let w = unsafe { nibbles(blk.as_ptr().add(4)) };
+                let (d, m) = (scale(blk), scale(&blk[2..]));
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
+                let scale = _mm256_set1_ps(d * xd);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                offsets[r] += m * xs;
+            }
+        }
+        std::array::from_fn(|r| hsum_ps(acc[r]) + offsets[r])
+    }
+
+    /// [`q8_0`] for one token and `R` rows at once (decode), row by row the same arithmetic.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActivation) -> [f32; R] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let blocks = rows[0].len() / 34;
+        for i in 0..blocks {
+            // SAFETY: every xq holds the row's number of blocks (checked by the caller).
+            let (q, xd) = unsafe { (quants(xq, i), *xq.d.get_unchecked(i)) };
+            for r in 0..R {
+                let blk = &rows[r][i * 34..(i + 1) * 34];
+                prefetch(blk.as_ptr());
+                // SAFETY: a block holds 32 quants after its 2-byte scale.
+                let w = unsafe { _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i) };
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+                let scale = _mm256_set1_ps(scale(blk) * xd);
+                acc[r] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)),
+                    scale,
+                    acc[r],
+                );
+            }
+        }
+        std::array::from_fn(|r| hsum_ps(acc[r]))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
