@@ -280,6 +280,14 @@ fn broken_hf_folders_are_model_errors() {
     std::fs::write(&weights, &bytes).expect("restore");
     load(&dir).expect("restored folder loads");
     let config = std::fs::read_to_string(dir.join("config.json")).expect("config");
+    let scaled = config.replacen(
+        '{',
+        r#"{"rope_scaling": {"rope_type": "llama3", "factor": 8.0},"#,
+        1,
+    );
+    std::fs::write(dir.join("config.json"), scaled).expect("scaled rope");
+    let err = load(&dir).expect_err("rope scaling");
+    assert!(err.to_string().contains("rope_scaling"), "{err}");
     std::fs::write(dir.join("config.json"), config.replace("qwen2", "mamba")).expect("arch");
     let err = load(&dir).expect_err("unknown architecture");
     assert!(err.to_string().contains("mamba"), "{err}");
@@ -400,5 +408,60 @@ fn corrupted_safetensors_are_errors_not_panics() {
         refused > 50,
         "most corruptions should be caught, only {refused} were"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A checkpoint split into shards with `model.safetensors.index.json`, as the hub stores
+/// larger models, loads and computes exactly what the single file does.
+#[test]
+fn sharded_checkpoints_load_like_single_files() {
+    use safetensors::tensor::TensorView;
+    let dir = write(&spec(Architecture::Qwen2, GgmlType::BF16), "single");
+    let single = LoadedModel::load("single", &dir, &mut |_| {}).expect("single file");
+    let want = single.prompt_logits(&PROMPT);
+
+    let sharded = std::env::temp_dir().join(format!("agentrt-hf-sharded-{}", std::process::id()));
+    std::fs::create_dir_all(&sharded).expect("mkdir");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(dir.join(f), sharded.join(f)).expect("copy");
+    }
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    let mut weight_map = serde_json::Map::new();
+    let half = names.len() / 2;
+    for (shard, part) in [&names[..half], &names[half..]].iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", shard + 1);
+        let views: Vec<(String, TensorView<'_>)> = part
+            .iter()
+            .map(|n| {
+                let t = st.tensor(n).expect("tensor");
+                let view = TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).expect("view");
+                (n.to_string(), view)
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &sharded.join(&file)).expect("shard");
+        for n in part.iter() {
+            weight_map.insert(n.to_string(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .expect("index");
+    let model = LoadedModel::load("sharded", &sharded, &mut |_| {}).expect("sharded load");
+    assert_eq!(model.prompt_logits(&PROMPT), want);
+
+    // A shard name that leaves the folder is refused.
+    let escaping = index
+        .to_string()
+        .replace("model-00001-of-00002", "../model-00001-of-00002");
+    std::fs::write(sharded.join("model.safetensors.index.json"), escaping).expect("index");
+    let err = LoadedModel::load("sharded", &sharded, &mut |_| {}).expect_err("escape");
+    assert_eq!(err.code().as_str(), "MODEL_001", "{err}");
+    let _ = std::fs::remove_dir_all(sharded);
     let _ = std::fs::remove_dir_all(dir);
 }

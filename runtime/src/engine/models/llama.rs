@@ -54,6 +54,12 @@ impl LlamaConfig {
         let config = match source {
             ConfigSource::Gguf(f, arch) => {
                 let key = |k: &str| format!("{arch}.{k}");
+                // Llama 3.1 files carry their scaled rotary frequencies as a tensor.
+                if f.tensors.contains_key("rope_freqs.weight") {
+                    return Err(ModelFileError::Shape(
+                        "rope frequency factors (rope_freqs.weight, Llama 3.1 scaling) are not supported".into(),
+                    ));
+                }
                 let dim = f.u64(&key("embedding_length"))? as usize;
                 let n_head = f.u64(&key("attention.head_count"))? as usize;
                 let n_kv_head = f
@@ -92,6 +98,14 @@ impl LlamaConfig {
                 }
             }
             ConfigSource::Hf(c) => {
+                // Scaled rotary embeddings (Llama 3.1's "llama3", YaRN, linear) change every
+                // frequency; running such a model with plain RoPE would be silently wrong.
+                if let Some(scaling) = c.json.get("rope_scaling").filter(|v| !v.is_null()) {
+                    return Err(ModelFileError::Config {
+                        path: c.path.clone(),
+                        message: format!("rope_scaling {scaling} is not supported"),
+                    });
+                }
                 let dim = c.usize(&["hidden_size"])?;
                 let n_head = c.usize(&["num_attention_heads"])?;
                 if n_head == 0 {
