@@ -2,7 +2,8 @@
 //!
 //! The host owns the model [`engine`] and runs the agents — generator, reviewer, quality checks,
 //! error handlers — as sandboxed WebAssembly components ([`plugin`]) that reach the host only
-//! through the WIT interfaces in `wit/`. The [`pipeline`] drives one task through them;
+//! through the WIT interfaces in `wit/`. Generated tests run in sandboxed CPython
+//! ([`sandbox`]). The [`pipeline`] drives one task through them;
 //! [`server`] exposes everything over HTTP and [`cli`] does the same jobs one-off.
 
 pub mod bench;
@@ -12,5 +13,6 @@ pub mod error_code;
 pub mod paths;
 pub mod pipeline;
 pub mod plugin;
+pub mod sandbox;
 pub mod server;
 pub mod stats;

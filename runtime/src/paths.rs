@@ -33,3 +33,12 @@ pub fn default_model() -> PathBuf {
 pub fn component_cache() -> PathBuf {
     home().join("components")
 }
+
+/// CPython for WASI, which runs generated tests (fetched by scripts/setup.sh;
+/// `AGENTRT_PYTHON_WASM` overrides it).
+pub fn python_wasm() -> PathBuf {
+    match std::env::var_os("AGENTRT_PYTHON_WASM") {
+        Some(p) => PathBuf::from(p),
+        None => home().join("python").join("python.wasm"),
+    }
+}

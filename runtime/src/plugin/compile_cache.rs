@@ -65,6 +65,37 @@ impl CompileCache {
     }
 }
 
+impl CompileCache {
+    /// [`CompileCache::load`] for a core module (the sandboxed interpreter).
+    pub fn load_module(
+        &self,
+        engine: &wasmtime::Engine,
+        bytes: &[u8],
+        content_hash: &str,
+    ) -> wasmtime::Result<(wasmtime::Module, bool)> {
+        let entry = self.entry(engine, content_hash);
+        if let Some(path) = &entry
+            && path.exists()
+        {
+            // SAFETY: as for components: written by `Module::serialize` below into agentrt's
+            // own cache folder, under a name bound to this content and engine configuration.
+            match unsafe { wasmtime::Module::deserialize_file(engine, path) } {
+                Ok(m) => return Ok((m, true)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
+                }
+            }
+        }
+        let module = wasmtime::Module::new(engine, bytes)?;
+        if let Some(path) = &entry
+            && let Err(e) = write_atomically(path, &module.serialize()?)
+        {
+            tracing::warn!(path = %path.display(), "cannot cache compiled module: {e}");
+        }
+        Ok((module, false))
+    }
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;

@@ -1,0 +1,418 @@
+//! Sandboxed CPython for running generated tests against generated code.
+//!
+//! The interpreter is CPython 3.12 for WASI (`python.wasm`, a WASI preview 1 module with its
+//! standard library embedded, fetched and checksum-verified by `scripts/setup.sh`), compiled
+//! once per machine into the on-disk cache. Every run is a throwaway instance that gets:
+//! - no filesystem at all: the code and tests arrive on stdin, results leave on stdout;
+//! - no environment variables, no arguments but the runner's, no network (preview 1 has no
+//!   sockets), a fixed clock and random source from WASI only;
+//! - a memory cap (linear memory, enforced by a resource limiter) and a wall-clock deadline
+//!   that also covers time blocked in WASI calls (the run is a future under a timeout; epoch
+//!   ticks make running guest code yield so the timeout can fire);
+//! - capped output: what the code prints stays in an in-memory buffer inside the sandbox.
+//!
+//! A test that hangs, crashes the interpreter or exhausts memory costs its own result
+//! (`timeout` / `error`); the remaining tests are run again in a fresh instance.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::{Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+
+use crate::plugin::compile_cache::{CompileCache, sha256_hex};
+
+/// The runner script the interpreter executes (see its header).
+const RUNNER: &str = include_str!("sandbox/runner.py");
+/// How often running guest code yields to the executor (the deadline's granularity).
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The interpreter's own stack needs more than wasmtime's default for Python's recursion limit.
+const MAX_WASM_STACK: usize = 4 << 20;
+
+/// Why the sandbox is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot read the Python interpreter {path}: {source} (run scripts/setup.sh)")]
+    Missing {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the Python interpreter: {0:#}")]
+    Wasm(wasmtime::Error),
+}
+
+/// Limits of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxLimits {
+    /// Linear memory cap of the interpreter.
+    pub memory_bytes: usize,
+    /// Wall-clock time for one interpreter run (start-up plus the tests it runs).
+    pub run_timeout: Duration,
+    /// Bytes of runner output kept; beyond it the run ends.
+    pub output_bytes: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            run_timeout: Duration::from_secs(10),
+            output_bytes: 256 << 10,
+        }
+    }
+}
+
+/// Outcome of one test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    /// An assertion failed.
+    Failed,
+    /// Any other exception, or the interpreter died in the test.
+    Error,
+    /// The test ran past the deadline.
+    Timeout,
+}
+
+/// One test's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestResult {
+    pub name: String,
+    pub status: TestStatus,
+    /// Assertion or error message (with the failing line); empty when passed.
+    pub message: String,
+}
+
+/// Everything a test run found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TestReport {
+    pub results: Vec<TestResult>,
+    /// The code or the tests could not even be loaded (syntax error, import failure).
+    pub setup_error: Option<String>,
+    /// Interpreter instances used (1 unless a test hung or crashed it).
+    pub runs: u32,
+    pub duration_ms: u64,
+}
+
+impl TestReport {
+    pub fn passed(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| r.status == TestStatus::Passed)
+            .count()
+    }
+
+    /// Whether there were tests and all passed.
+    pub fn all_passed(&self) -> bool {
+        self.setup_error.is_none()
+            && !self.results.is_empty()
+            && self.passed() == self.results.len()
+    }
+}
+
+struct RunState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+/// How one interpreter run ended.
+enum RunEnd {
+    Exited,
+    Timeout,
+    Crashed(String),
+}
+
+/// The compiled interpreter, ready to instantiate.
+pub struct PythonSandbox {
+    engine: Engine,
+    module: Module,
+    linker: Linker<RunState>,
+    limits: SandboxLimits,
+}
+
+impl std::fmt::Debug for PythonSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PythonSandbox")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PythonSandbox {
+    /// Compile `python.wasm` (or load its compilation from `cache`).
+    pub fn load(
+        python_wasm: &Path,
+        cache: &CompileCache,
+        limits: SandboxLimits,
+    ) -> Result<Self, SandboxError> {
+        let bytes = std::fs::read(python_wasm).map_err(|source| SandboxError::Missing {
+            path: python_wasm.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .async_stack_size(MAX_WASM_STACK + (1 << 20))
+            .max_wasm_stack(MAX_WASM_STACK);
+        let engine = Engine::new(&config).map_err(SandboxError::Wasm)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("agentrt-sandbox-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| SandboxError::Wasm(e.into()))?;
+        let (module, _) = cache
+            .load_module(&engine, &bytes, &sha256_hex(&bytes))
+            .map_err(SandboxError::Wasm)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut RunState| &mut s.wasi)
+            .map_err(SandboxError::Wasm)?;
+        Ok(Self {
+            engine,
+            module,
+            linker,
+            limits,
+        })
+    }
+
+    /// Run `tests` against `code`, each test at most once.
+    pub fn run_tests(&self, code: &str, tests: &str) -> TestReport {
+        let started = Instant::now();
+        let mut report = TestReport::default();
+        let mut collected: Option<Vec<String>> = None;
+        let mut only: Option<Vec<String>> = None;
+        loop {
+            report.runs += 1;
+            let (events, end) = self.run_once(code, tests, only.as_deref());
+            let mut running: Option<String> = None;
+            for event in events {
+                match event {
+                    Event::Setup(message) => report.setup_error = Some(message),
+                    Event::Collected(names) => {
+                        collected.get_or_insert(names);
+                    }
+                    Event::Start(name) => running = Some(name),
+                    Event::Result(result) => {
+                        running = None;
+                        report.results.push(result);
+                    }
+                }
+            }
+            let culprit = |status, message: String| TestResult {
+                name: running.clone().unwrap_or_default(),
+                status,
+                message,
+            };
+            match end {
+                RunEnd::Exited if running.is_some() => {
+                    report.results.push(culprit(
+                        TestStatus::Error,
+                        "the test ended the interpreter (exit)".into(),
+                    ));
+                }
+                RunEnd::Exited => break,
+                RunEnd::Timeout if running.is_some() => report.results.push(culprit(
+                    TestStatus::Timeout,
+                    format!(
+                        "ran past the {} ms limit",
+                        self.limits.run_timeout.as_millis()
+                    ),
+                )),
+                RunEnd::Crashed(why) if running.is_some() => {
+                    report.results.push(culprit(TestStatus::Error, why))
+                }
+                // The interpreter died before or between tests: nothing is left to blame.
+                RunEnd::Timeout => {
+                    report.setup_error.get_or_insert_with(|| {
+                        format!(
+                            "loading the code ran past the {} ms limit",
+                            self.limits.run_timeout.as_millis()
+                        )
+                    });
+                    break;
+                }
+                RunEnd::Crashed(why) => {
+                    report.setup_error.get_or_insert(why);
+                    break;
+                }
+            }
+            // Run the tests without a result yet in a fresh interpreter.
+            let Some(all) = &collected else { break };
+            let remaining: Vec<String> = all
+                .iter()
+                .filter(|n| !report.results.iter().any(|r| &r.name == *n))
+                .cloned()
+                .collect();
+            if remaining.is_empty() || report.runs as usize > all.len() {
+                break;
+            }
+            only = Some(remaining);
+        }
+        if let Some(all) = &collected {
+            // Keep the tests' own order.
+            report
+                .results
+                .sort_by_key(|r| all.iter().position(|n| *n == r.name).unwrap_or(usize::MAX));
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        report
+    }
+
+    /// One interpreter instance over `code` and `tests` (only the tests named in `only`).
+    fn run_once(&self, code: &str, tests: &str, only: Option<&[String]>) -> (Vec<Event>, RunEnd) {
+        let nonce = nonce();
+        let payload = serde_json::json!({"code": code, "tests": tests, "only": only}).to_string();
+        let stdout = MemoryOutputPipe::new(self.limits.output_bytes);
+        let wasi = WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(payload))
+            .stdout(stdout.clone())
+            .stderr(MemoryOutputPipe::new(16 << 10))
+            .args(&["python", "-I", "-S", "-X", "utf8", "-c", RUNNER, &nonce])
+            .build_p1();
+        let state = RunState {
+            wasi,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .instances(1)
+                .build(),
+        };
+        let end = std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.execute(state))
+                .join()
+                .unwrap_or_else(|_| RunEnd::Crashed("the sandbox thread panicked".into()))
+        });
+        (parse_events(&stdout.contents(), &nonce), end)
+    }
+
+    fn execute(&self, state: RunState) -> RunEnd {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => return RunEnd::Crashed(format!("no runtime for the sandbox: {e}")),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let run = async {
+            let instance = self
+                .linker
+                .instantiate_async(&mut store, &self.module)
+                .await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await
+        };
+        match runtime.block_on(async { tokio::time::timeout(self.limits.run_timeout, run).await }) {
+            Err(_) => RunEnd::Timeout,
+            Ok(Ok(())) => RunEnd::Exited,
+            Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(_) => RunEnd::Exited,
+                None => RunEnd::Crashed(crash_message(&e)),
+            },
+        }
+    }
+}
+
+/// A short, host-free description of why the interpreter stopped.
+fn crash_message(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::StackOverflow => "the interpreter ran out of stack".into(),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "the interpreter aborted (out of memory or a fatal error)".into()
+            }
+            other => format!("the interpreter crashed ({other})"),
+        };
+    }
+    let text = format!("{e:#}");
+    if text.contains("beyond capacity") {
+        "the test printed more than the output limit".into()
+    } else {
+        "the interpreter stopped unexpectedly".into()
+    }
+}
+
+enum Event {
+    Setup(String),
+    Collected(Vec<String>),
+    Start(String),
+    Result(TestResult),
+}
+
+/// The runner's events in `stdout`; lines without the nonce are ignored.
+fn parse_events(stdout: &[u8], nonce: &str) -> Vec<Event> {
+    let text = String::from_utf8_lossy(stdout);
+    let prefix = format!("\u{1e}{nonce} ");
+    let mut events = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((kind, json)) = rest.split_once(' ') else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+            continue;
+        };
+        let text = |key: &str| v[key].as_str().unwrap_or_default().to_string();
+        events.push(match kind {
+            "setup" => Event::Setup(format!("{}: {}", text("stage"), text("message"))),
+            "collected" => Event::Collected(
+                v["tests"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|n| n.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            "start" => Event::Start(text("test")),
+            "result" => Event::Result(TestResult {
+                name: text("test"),
+                status: match v["outcome"].as_str() {
+                    Some("passed") => TestStatus::Passed,
+                    Some("failed") => TestStatus::Failed,
+                    _ => TestStatus::Error,
+                },
+                message: text("message"),
+            }),
+            _ => continue,
+        });
+    }
+    events
+}
+
+/// A fresh token per run, so text the code under test prints cannot pose as the runner's
+/// events: a hash of the time, the process, a counter and a stack address, none of which the
+/// sandboxed code can observe.
+fn nonce() -> String {
+    use sha2::{Digest, Sha256};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let marker = 0u8;
+    let mut h = Sha256::new();
+    h.update(format!(
+        "{:?}{}{}{:p}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        &marker
+    ));
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

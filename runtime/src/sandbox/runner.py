@@ -1,0 +1,79 @@
+# The test runner agentrt starts inside sandboxed CPython (python.wasm, WASI preview 1).
+#
+# Reads {"code": ..., "tests": ..., "only": [names] | null} from stdin, runs the solution, then
+# every top-level test_* function of the tests (or only those named), and reports on stdout,
+# one line per event, each prefixed by the record separator and the nonce the host passed as
+# argv[1], so output the code under test prints cannot pass for a result:
+#   collected {"tests": [...]}, setup {"stage": "code"|"tests", "message": ...},
+#   start {"test": name}, result {"test": name, "outcome": "passed"|"failed"|"error", "message": ...}
+# What the code and tests print goes to an in-memory buffer, not to the host.
+import io
+import json
+import linecache
+import sys
+import traceback
+import types
+
+
+def _agentrt_main():
+    nonce = sys.argv[1] if len(sys.argv) > 1 else ""
+    del sys.argv[1:]
+    payload = json.loads(sys.stdin.read())
+    real_out = sys.stdout
+
+    def emit(kind, **fields):
+        real_out.write("\x1e" + nonce + " " + kind + " " + json.dumps(fields) + "\n")
+        real_out.flush()
+
+    for name, source in (("solution.py", payload["code"]), ("test_solution.py", payload["tests"])):
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+
+    def describe(error):
+        # The failing line of the tests (or of the solution), as pytest shows it.
+        frames = [f for f in traceback.extract_tb(error.__traceback__)
+                  if f.filename in ("test_solution.py", "solution.py")]
+        where = ""
+        if frames:
+            f = frames[-1]
+            where = " at %s:%d: %s" % (f.filename, f.lineno, (f.line or "").strip())
+        text = str(error)
+        head = type(error).__name__ + (": " + text if text else "")
+        return (head + where)[:2000]
+
+    sys.stdout = sys.stderr = io.StringIO()
+    namespace = {"__name__": "solution", "__builtins__": __builtins__}
+    try:
+        exec(compile(payload["code"], "solution.py", "exec"), namespace)
+    except BaseException as error:  # noqa: BLE001 - any failure is the code's
+        emit("setup", stage="code", message=describe(error))
+        return
+    module = types.ModuleType("solution")
+    module.__dict__.update(namespace)
+    sys.modules["solution"] = module
+    test_namespace = dict(namespace)
+    test_namespace["__name__"] = "test_solution"
+    try:
+        exec(compile(payload["tests"], "test_solution.py", "exec"), test_namespace)
+    except BaseException as error:  # noqa: BLE001
+        emit("setup", stage="tests", message=describe(error))
+        return
+    tests = [name for name, value in list(test_namespace.items())
+             if name.startswith("test") and callable(value)
+             and getattr(getattr(value, "__code__", None), "co_filename", "") == "test_solution.py"]
+    emit("collected", tests=tests)
+    only = payload.get("only")
+    for name in tests:
+        if only is not None and name not in only:
+            continue
+        emit("start", test=name)
+        sys.stdout = sys.stderr = io.StringIO()
+        try:
+            test_namespace[name]()
+            emit("result", test=name, outcome="passed", message="")
+        except AssertionError as error:
+            emit("result", test=name, outcome="failed", message=describe(error))
+        except BaseException as error:  # noqa: BLE001 - MemoryError, RecursionError, SystemExit...
+            emit("result", test=name, outcome="error", message=describe(error))
+
+
+_agentrt_main()

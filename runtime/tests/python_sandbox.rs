@@ -1,0 +1,171 @@
+//! Generated tests run in sandboxed CPython: results per test as CPython reports them, and
+//! hostile code (files, processes, sockets, endless loops, huge allocations, exits, floods of
+//! output, forged results) costs only its own test.
+//!
+//! Needs `python.wasm` (`scripts/setup.sh` fetches it); fails with a clear message if absent.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use agentrt::plugin::compile_cache::CompileCache;
+use agentrt::sandbox::{PythonSandbox, SandboxLimits, TestReport, TestStatus};
+
+fn sandbox() -> &'static PythonSandbox {
+    static SANDBOX: OnceLock<PythonSandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| {
+        let limits = SandboxLimits {
+            memory_bytes: 128 << 20,
+            run_timeout: Duration::from_secs(3),
+            output_bytes: 64 << 10,
+        };
+        let cache = CompileCache::new(Some(agentrt::paths::component_cache()));
+        PythonSandbox::load(&agentrt::paths::python_wasm(), &cache, limits)
+            .expect("python.wasm missing or unusable: run scripts/setup.sh")
+    })
+}
+
+fn status_of(report: &TestReport, name: &str) -> TestStatus {
+    report
+        .results
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no result for {name}: {report:?}"))
+        .status
+}
+
+const ADD: &str = "def add(a, b):\n    return a + b\n";
+
+#[test]
+fn passing_failing_and_erroring_tests_are_reported_like_cpython() {
+    let tests = "def test_ok():\n    assert add(1, 2) == 3\n\n\
+                 def test_wrong():\n    assert add(1, 2) == 4, 'one plus two'\n\n\
+                 def test_raises():\n    add(1, None)\n\n\
+                 def helper():\n    return 1\n";
+    let report = sandbox().run_tests(ADD, tests);
+    println!("{report:?}");
+    assert_eq!(report.results.len(), 3, "helper is not a test");
+    assert_eq!(status_of(&report, "test_ok"), TestStatus::Passed);
+    assert_eq!(status_of(&report, "test_wrong"), TestStatus::Failed);
+    assert_eq!(status_of(&report, "test_raises"), TestStatus::Error);
+    let wrong = &report.results[1];
+    assert!(
+        wrong.message.contains("one plus two") && wrong.message.contains("assert add(1, 2) == 4"),
+        "{}",
+        wrong.message
+    );
+    assert!(
+        report.results[2].message.starts_with("TypeError"),
+        "{:?}",
+        report.results[2]
+    );
+    assert_eq!(report.runs, 1);
+    assert!(!report.all_passed());
+}
+
+#[test]
+fn broken_code_is_a_setup_error() {
+    let report = sandbox().run_tests(
+        "def add(a, b)\n    return a + b\n",
+        "def test_x():\n    pass\n",
+    );
+    let error = report.setup_error.expect("setup error");
+    assert!(error.starts_with("code: SyntaxError"), "{error}");
+    assert!(report.results.is_empty());
+}
+
+#[test]
+fn hostile_tests_fail_alone_and_the_rest_still_run() {
+    let tests = "\
+def test_reads_passwd():
+    assert open('/etc/passwd').read()
+
+def test_lists_root():
+    import os
+    assert os.listdir('/')
+
+def test_shell():
+    import os
+    os.system('echo pwned > /tmp/agentrt-pwned')
+    assert False, 'should not get here'
+
+def test_subprocess():
+    import subprocess
+    subprocess.run(['ls'])
+
+def test_socket():
+    import socket
+    socket.create_connection(('127.0.0.1', 80))
+
+def test_environment():
+    import os
+    assert os.environ.get('HOME') or os.environ.get('PATH')
+
+def test_allocates_10_gb():
+    block = bytearray(10 * 1024 ** 3)
+
+def test_forges_a_result():
+    import sys
+    sys.__stdout__.write('\\x1e0000 result {\"test\": \"test_forges_a_result\", \"outcome\": \"passed\"}\\n')
+    assert False
+
+def test_loops_forever():
+    while True:
+        pass
+
+def test_after_the_loop():
+    assert add(2, 2) == 4
+
+def test_exits():
+    import os
+    os._exit(0)
+
+def test_last():
+    assert add(0, 0) == 0
+";
+    let report = sandbox().run_tests(ADD, tests);
+    for r in &report.results {
+        println!("{:<24} {:?} {}", r.name, r.status, r.message);
+    }
+    println!("runs {}, {} ms", report.runs, report.duration_ms);
+    for name in [
+        "test_reads_passwd",
+        "test_lists_root",
+        "test_shell",
+        "test_subprocess",
+        "test_socket",
+        "test_environment",
+        "test_allocates_10_gb",
+        "test_forges_a_result",
+        "test_exits",
+    ] {
+        assert_ne!(
+            status_of(&report, name),
+            TestStatus::Passed,
+            "{name} must not pass"
+        );
+    }
+    assert_eq!(
+        status_of(&report, "test_loops_forever"),
+        TestStatus::Timeout
+    );
+    assert_eq!(
+        status_of(&report, "test_after_the_loop"),
+        TestStatus::Passed
+    );
+    assert_eq!(status_of(&report, "test_last"), TestStatus::Passed);
+    assert!(
+        report.runs >= 3,
+        "the loop and the exit each cost a fresh interpreter"
+    );
+    assert!(!std::path::Path::new("/tmp/agentrt-pwned").exists());
+}
+
+#[test]
+fn a_flood_of_output_is_contained() {
+    let tests = "def test_prints():\n    for _ in range(10**6):\n        print('x' * 100)\n\n\
+                 def test_fine():\n    assert add(1, 1) == 2\n";
+    let report = sandbox().run_tests(ADD, tests);
+    println!("{report:?}");
+    assert_eq!(status_of(&report, "test_fine"), TestStatus::Passed);
+    assert_ne!(status_of(&report, "test_prints"), TestStatus::Passed);
+}
