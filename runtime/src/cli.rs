@@ -79,6 +79,16 @@ pub enum Command {
         #[command(flatten)]
         opts: RuntimeOpts,
     },
+    /// The whole pipeline for a task: generate, check, run the tests in the sandbox (retrying
+    /// with the failures as feedback), review.
+    Run {
+        task: String,
+        /// Retries after failures (generation errors or failing tests), at most 2.
+        #[arg(long, default_value_t = 2)]
+        max_retries: u32,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
     /// Run the quality checks and the reviewer on a file.
     Review {
         file: PathBuf,
@@ -248,10 +258,16 @@ pub fn load_pipeline(
     let plugins = load_plugins(&host, opts.plugins.as_deref())
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "plugins loaded");
+    let sandbox = crate::sandbox::LazySandbox::new(
+        crate::paths::python_wasm(),
+        CompileCache::new(Some(crate::paths::component_cache())),
+        crate::sandbox::SandboxLimits::default(),
+    );
     Ok(Pipeline {
         host: Arc::new(host),
         plugins: Arc::new(plugins),
         stats: Arc::new(Stats::default()),
+        sandbox: Some(Arc::new(sandbox)),
     })
 }
 
@@ -323,6 +339,51 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             });
             Ok(())
         }
+        Command::Run {
+            task,
+            max_retries,
+            opts,
+        } => {
+            let engine = load_engine(&opts)?;
+            let pipeline = load_pipeline(&opts, Some(engine))?;
+            let outcome = pipeline.run(&PipelineRequest {
+                task_description: task,
+                language: "python".into(),
+                max_retries,
+            });
+            let value = serde_json::to_value(&outcome).unwrap_or_default();
+            if let Some(error) = &outcome.error {
+                if opts.json {
+                    println!("{value}");
+                }
+                return Err(CliError {
+                    code: ErrorCode::parse(&error.code).map_or("GEN_001", ErrorCode::as_str),
+                    message: error.message.clone(),
+                });
+            }
+            emit(opts.json, &value, || {
+                println!(
+                    "# code\n{}\n\n# tests\n{}\n",
+                    outcome.code.as_deref().unwrap_or_default(),
+                    outcome.tests.as_deref().unwrap_or_default()
+                );
+                if let Some(tests) = &outcome.test_results {
+                    println!(
+                        "tests: {} of {} passed",
+                        tests.passed(),
+                        tests.results.len()
+                    );
+                    for r in tests.failures() {
+                        println!("  {} ({:?}): {}", r.name, r.status, r.message);
+                    }
+                }
+                if let Some(review) = &outcome.review {
+                    println!("verdict: {} (score {:.1}/10)", review.verdict, review.score);
+                }
+                println!("attempts: {}", outcome.attempts);
+            });
+            Ok(())
+        }
         Command::Check { file, tests, opts } => {
             let artifact = CodeArtifact {
                 language: "python".into(),
@@ -370,19 +431,33 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let pipeline = load_pipeline(&opts, Some(engine))?;
             let mut stages = Vec::new();
             let (findings, checks) = pipeline.check(&artifact, None, &mut stages);
+            let tests = pipeline.test(&artifact, 1, &mut stages);
             let review = pipeline
-                .review(&artifact, &findings, &mut stages)
+                .review(&artifact, &findings, tests.as_ref(), &mut stages)
                 .map_err(|e| CliError {
                     code: ErrorCode::parse(&e.code).map_or("REV_001", ErrorCode::as_str),
                     message: e.message,
                 })?;
             let mut value = serde_json::to_value(&review).unwrap_or_default();
             value["checks"] = json!(checks);
+            if let Some(tests) = &tests {
+                value["test_results"] = json!(tests);
+            }
             emit(opts.json, &value, || {
                 println!(
                     "verdict: {} (score {:.1}/10)\n{}\n",
                     review.verdict, review.score, review.summary
                 );
+                if let Some(tests) = &tests {
+                    println!(
+                        "tests: {} of {} passed",
+                        tests.passed(),
+                        tests.results.len()
+                    );
+                    for r in tests.failures() {
+                        println!("  {} ({:?}): {}", r.name, r.status, r.message);
+                    }
+                }
                 print_findings(&review.findings);
             });
             Ok(())

@@ -1,5 +1,8 @@
-//! One task through the agents: generate → quality checks → review, with the error handler
-//! deciding what happens after any failure (retry with feedback, fall back, or abort).
+//! One task through the agents: generate → quality checks → run the generated tests in the
+//! Python sandbox → review, with the error handler deciding what happens after any failure
+//! (retry with feedback, fall back, or abort). Failing tests are a failure too: the handler
+//! may send the generator back to work with the failures as feedback (as AgentCoder and
+//! Self-Debugging do), within the request's retry budget; the best attempt is kept.
 //!
 //! Plugin calls are blocking (each runs in its own wasmtime store); callers on an async runtime
 //! run pipeline methods on a blocking thread. Every stage is reported with its plugin, attempt,
@@ -13,9 +16,11 @@ use std::time::{Duration, Instant};
 use crate::error_code::ErrorCode;
 use crate::plugin::bindings::{
     CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, ReviewRequest, Stage,
+    TestOutcome,
 };
 use crate::plugin::registry::PluginSet;
 use crate::plugin::{CallStats, Plugin, PluginError, PluginHost};
+use crate::sandbox::{LazySandbox, TestReport, TestStatus};
 use crate::stats::Stats;
 pub use report::{
     ArtifactOut, CheckOutcome, ErrorOut, FindingOut, PipelineOutcome, ReviewOut, StageReport,
@@ -25,6 +30,10 @@ pub use report::{
 pub const MAX_RETRIES: u32 = 2;
 /// Longest delay honoured from an error handler's retry plan.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Code of the pipeline error that failing tests raise.
+pub const TESTS_FAILED: &str = "TEST_001";
+/// Name the sandbox's stage reports carry in place of a plugin.
+const SANDBOX_NAME: &str = "python-sandbox";
 
 /// What a pipeline run needs.
 #[derive(Debug, Clone)]
@@ -40,6 +49,8 @@ pub struct Pipeline {
     pub host: Arc<PluginHost>,
     pub plugins: Arc<PluginSet>,
     pub stats: Arc<Stats>,
+    /// Runs generated tests; `None` leaves them unexecuted.
+    pub sandbox: Option<Arc<LazySandbox>>,
 }
 
 /// A failed stage, with the reports gathered so far.
@@ -132,17 +143,28 @@ impl Pipeline {
         req: &PipelineRequest,
         stages: &mut Vec<StageReport>,
     ) -> Result<CodeArtifact, ErrorOut> {
+        self.generate_attempt(req, 1, None, None, stages)
+    }
+
+    /// Generation from `first_attempt` on, with feedback on (and the code of) an earlier one.
+    fn generate_attempt(
+        &self,
+        req: &PipelineRequest,
+        first_attempt: u32,
+        mut feedback: Option<String>,
+        previous: Option<CodeArtifact>,
+        stages: &mut Vec<StageReport>,
+    ) -> Result<CodeArtifact, ErrorOut> {
         let generator = &self.plugins.generator;
         let max_retries = req.max_retries.min(MAX_RETRIES);
-        let mut attempt = 1;
-        let mut feedback = None;
+        let mut attempt = first_attempt;
         loop {
             let request = GenerationRequest {
                 task_description: req.task_description.clone(),
                 language: req.language.clone(),
                 attempt,
                 feedback: feedback.take(),
-                previous: None,
+                previous: previous.clone(),
             };
             let (res, stats) = self.host.generate(generator, &request);
             stages.push(self.record(
@@ -157,7 +179,7 @@ impl Pipeline {
                 Err(e) => e,
             };
             let perr = Self::to_pipeline_error(&err, Stage::Generate, attempt);
-            match self.recover(&perr, max_retries + 1 - attempt, stages) {
+            match self.recover(&perr, (max_retries + 1).saturating_sub(attempt), stages) {
                 Recovery::Retry(plan) => {
                     std::thread::sleep(
                         Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY),
@@ -243,13 +265,14 @@ impl Pipeline {
         &self,
         artifact: &CodeArtifact,
         findings: &[Finding],
+        tests: Option<&TestReport>,
         stages: &mut Vec<StageReport>,
     ) -> Result<ReviewOut, ErrorOut> {
         let reviewer = &self.plugins.reviewer;
         let request = ReviewRequest {
             artifact: artifact.clone(),
             findings: findings.to_vec(),
-            test_outcomes: Vec::new(),
+            test_outcomes: tests.map(test_outcomes).unwrap_or_default(),
         };
         let (res, stats) = self.host.review(reviewer, &request);
         stages.push(self.record(reviewer, Stage::Review, 1, stats, res.as_ref().err()));
@@ -257,23 +280,118 @@ impl Pipeline {
             .map_err(|e| ErrorOut::from_plugin(&e))
     }
 
+    /// Run the artifact's tests in the sandbox (when there are tests, Python, and a sandbox).
+    pub fn test(
+        &self,
+        artifact: &CodeArtifact,
+        attempt: u32,
+        stages: &mut Vec<StageReport>,
+    ) -> Option<TestReport> {
+        let sandbox = self.sandbox.as_ref()?;
+        if artifact.tests.trim().is_empty() || !artifact.language.eq_ignore_ascii_case("python") {
+            return None;
+        }
+        let started = Instant::now();
+        let report = match sandbox.get() {
+            Ok(sandbox) => sandbox.run_tests(&artifact.code, &artifact.tests),
+            Err(why) => {
+                tracing::warn!("generated tests not run: {why}");
+                return None;
+            }
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let failed = !report.all_passed();
+        self.stats
+            .record_plugin(SANDBOX_NAME, duration_ms, 0, failed.then_some(TESTS_FAILED));
+        stages.push(StageReport {
+            stage: stage_name(Stage::Test).to_string(),
+            plugin: SANDBOX_NAME.to_string(),
+            attempt,
+            status: if failed { "failed" } else { "ok" }.to_string(),
+            duration_ms,
+            tokens: 0,
+            error: None,
+        });
+        Some(report)
+    }
+
     /// The whole pipeline for one task.
     pub fn run(&self, req: &PipelineRequest) -> PipelineOutcome {
         let started = Instant::now();
         let mut stages = Vec::new();
-        let artifact = match self.generate(req, &mut stages) {
+        let mut artifact = match self.generate(req, &mut stages) {
             Ok(a) => a,
             Err(error) => return PipelineOutcome::failed(error, stages, started),
         };
-        let (findings, checks) = self.check(&artifact, None, &mut stages);
-        if let Some(aborted) = checks.iter().find(|c| c.status == "aborted") {
-            let error = aborted
-                .error
-                .clone()
-                .unwrap_or_else(|| ErrorOut::new(ErrorCode::AnalysisFailed, "check aborted"));
-            return PipelineOutcome::failed(error, stages, started);
+        let max_retries = req.max_retries.min(MAX_RETRIES);
+        let mut best: Option<Attempt> = None;
+        loop {
+            let attempt = attempts(&stages);
+            let (findings, checks) = self.check(&artifact, None, &mut stages);
+            if let Some(aborted) = checks.iter().find(|c| c.status == "aborted") {
+                let error = aborted
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| ErrorOut::new(ErrorCode::AnalysisFailed, "check aborted"));
+                return PipelineOutcome::failed(error, stages, started);
+            }
+            let tests = self.test(&artifact, attempt, &mut stages);
+            let score = |t: &Option<TestReport>| t.as_ref().map_or(0, TestReport::passed);
+            if best
+                .as_ref()
+                .is_none_or(|b| score(&tests) >= score(&b.tests))
+            {
+                best = Some(Attempt {
+                    artifact: artifact.clone(),
+                    findings,
+                    checks,
+                    tests: tests.clone(),
+                });
+            }
+            let Some(report) = tests.filter(|r| !r.all_passed()) else {
+                break;
+            };
+            let failure = PipelineError {
+                code: TESTS_FAILED.to_string(),
+                message: failure_summary(&report),
+                stage: Stage::Test,
+                attempt,
+            };
+            let Recovery::Retry(plan) = self.recover(
+                &failure,
+                (max_retries + 1).saturating_sub(attempt),
+                &mut stages,
+            ) else {
+                break;
+            };
+            std::thread::sleep(Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY));
+            let feedback = plan.feedback.unwrap_or(failure.message);
+            match self.generate_attempt(
+                req,
+                attempt + 1,
+                Some(feedback),
+                Some(artifact),
+                &mut stages,
+            ) {
+                Ok(next) => artifact = next,
+                // A failed regeneration leaves the best attempt standing.
+                Err(_) => break,
+            }
         }
-        let review = match self.review(&artifact, &findings, &mut stages) {
+        let Some(Attempt {
+            artifact,
+            findings,
+            checks,
+            tests,
+        }) = best
+        else {
+            return PipelineOutcome::failed(
+                ErrorOut::new(ErrorCode::Internal, "no attempt to report"),
+                stages,
+                started,
+            );
+        };
+        let review = match self.review(&artifact, &findings, tests.as_ref(), &mut stages) {
             Ok(r) => Some(r),
             Err(error) => {
                 let perr = PipelineError {
@@ -288,6 +406,68 @@ impl Pipeline {
                 }
             }
         };
-        PipelineOutcome::completed(&artifact, findings, checks, review, stages, started)
+        PipelineOutcome::completed(&artifact, findings, checks, tests, review, stages, started)
     }
+}
+
+/// One generation attempt with what the later stages found; the pipeline keeps the best.
+struct Attempt {
+    artifact: CodeArtifact,
+    findings: Vec<Finding>,
+    checks: Vec<CheckOutcome>,
+    tests: Option<TestReport>,
+}
+
+/// Generation attempts so far (the highest attempt number among generate stages).
+fn attempts(stages: &[StageReport]) -> u32 {
+    stages
+        .iter()
+        .filter(|s| s.stage == "generate")
+        .map(|s| s.attempt)
+        .max()
+        .unwrap_or(1)
+}
+
+/// The reviewer's view of a test report.
+fn test_outcomes(report: &TestReport) -> Vec<TestOutcome> {
+    let mut outcomes: Vec<TestOutcome> = report
+        .results
+        .iter()
+        .map(|r| TestOutcome {
+            name: r.name.clone(),
+            passed: r.status == TestStatus::Passed,
+            message: match r.status {
+                TestStatus::Timeout => format!("timeout: {}", r.message),
+                _ => r.message.clone(),
+            },
+        })
+        .collect();
+    if let Some(setup) = &report.setup_error {
+        outcomes.push(TestOutcome {
+            name: "(loading the code and tests)".into(),
+            passed: false,
+            message: setup.clone(),
+        });
+    }
+    outcomes
+}
+
+/// The failures of a test report, as feedback for the generator.
+fn failure_summary(report: &TestReport) -> String {
+    let mut lines: Vec<String> = report
+        .setup_error
+        .iter()
+        .map(|e| format!("the code or tests did not load: {e}"))
+        .collect();
+    lines.extend(
+        report
+            .failures()
+            .map(|r| format!("{} ({:?}): {}", r.name, r.status, r.message)),
+    );
+    format!(
+        "{} of {} tests failed: {}",
+        report.results.len() - report.passed(),
+        report.results.len(),
+        lines.join("; ")
+    )
 }

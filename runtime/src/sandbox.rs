@@ -88,7 +88,7 @@ pub struct TestResult {
 }
 
 /// Everything a test run found.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TestReport {
     pub results: Vec<TestResult>,
     /// The code or the tests could not even be loaded (syntax error, import failure).
@@ -104,6 +104,13 @@ impl TestReport {
             .iter()
             .filter(|r| r.status == TestStatus::Passed)
             .count()
+    }
+
+    /// Tests that did not pass.
+    pub fn failures(&self) -> impl Iterator<Item = &TestResult> {
+        self.results
+            .iter()
+            .filter(|r| r.status != TestStatus::Passed)
     }
 
     /// Whether there were tests and all passed.
@@ -124,6 +131,45 @@ enum RunEnd {
     Exited,
     Timeout,
     Crashed(String),
+}
+
+/// The sandbox, prepared on first use (compiling CPython takes seconds the first time on a
+/// machine; a server that never runs tests never pays it).
+pub struct LazySandbox {
+    path: std::path::PathBuf,
+    cache: CompileCache,
+    limits: SandboxLimits,
+    cell: std::sync::OnceLock<Result<PythonSandbox, String>>,
+}
+
+impl std::fmt::Debug for LazySandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazySandbox")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LazySandbox {
+    pub fn new(path: std::path::PathBuf, cache: CompileCache, limits: SandboxLimits) -> Self {
+        Self {
+            path,
+            cache,
+            limits,
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The sandbox, or why it cannot run (remembered: a missing interpreter is reported once
+    /// per request, not retried per test).
+    pub fn get(&self) -> Result<&PythonSandbox, &str> {
+        self.cell
+            .get_or_init(|| {
+                PythonSandbox::load(&self.path, &self.cache, self.limits).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
 }
 
 /// The compiled interpreter, ready to instantiate.

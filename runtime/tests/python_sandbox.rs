@@ -103,6 +103,9 @@ def test_environment():
 def test_allocates_10_gb():
     block = bytearray(10 * 1024 ** 3)
 
+def test_allocates_past_the_cap():
+    block = bytearray(1024 ** 3)
+
 def test_forges_a_result():
     import sys
     sys.__stdout__.write('\\x1e0000 result {\"test\": \"test_forges_a_result\", \"outcome\": \"passed\"}\\n')
@@ -135,6 +138,7 @@ def test_last():
         "test_socket",
         "test_environment",
         "test_allocates_10_gb",
+        "test_allocates_past_the_cap",
         "test_forges_a_result",
         "test_exits",
     ] {
@@ -168,4 +172,14 @@ fn a_flood_of_output_is_contained() {
     println!("{report:?}");
     assert_eq!(status_of(&report, "test_fine"), TestStatus::Passed);
     assert_ne!(status_of(&report, "test_prints"), TestStatus::Passed);
+}
+
+#[test]
+fn top_level_asserts_are_one_test() {
+    let passing = sandbox().run_tests(ADD, "assert add(1, 2) == 3\n");
+    assert_eq!(status_of(&passing, "<module>"), TestStatus::Passed);
+    assert!(passing.all_passed());
+    let failing = sandbox().run_tests(ADD, "assert add(1, 2) == 3\nassert add(2, 2) == 5\n");
+    assert_eq!(status_of(&failing, "<module>"), TestStatus::Failed);
+    assert!(failing.results[0].message.contains("assert add(2, 2) == 5"));
 }

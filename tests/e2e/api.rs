@@ -54,6 +54,15 @@ fn pipeline_fibonacci_returns_code_tests_findings_and_a_verdict() {
         stages.contains(&"generate") && stages.contains(&"check") && stages.contains(&"review"),
         "{stages:?}"
     );
+    // The generated tests ran in the sandbox (a tiny model's tests may fail; they must run).
+    assert!(stages.contains(&"test"), "{stages:?}");
+    assert!(
+        body["test_results"]["results"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+            || body["test_results"]["setup_error"].is_string(),
+        "{body}"
+    );
     assert!(
         body["tokens"].as_u64().unwrap_or(0) > 0,
         "the model must have been used: {body}"
@@ -91,6 +100,37 @@ fn generate_returns_code_tests_model_and_usage() {
     assert!(body["tests"].is_string());
     assert_eq!(body["model"], "smollm2-135m-instruct");
     assert!(body["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn review_runs_the_tests_in_the_sandbox_and_reports_each() {
+    let code = "def add(a: int, b: int) -> int:\n    \"\"\"Add.\"\"\"\n    return a + b\n";
+    let tests = "def test_small():\n    assert add(1, 2) == 3\n\n\
+                 def test_wrong():\n    assert add(2, 2) == 5\n\n\
+                 def test_escape():\n    assert open('/etc/passwd').read()\n";
+    let (status, body) = default_server().post("/review", &json!({"code": code, "tests": tests}));
+    assert_eq!(status, 200, "{body}");
+    let results = body["test_results"]["results"]
+        .as_array()
+        .expect("test results");
+    let status_of = |name: &str| {
+        results
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(status_of("test_small"), "passed", "{body}");
+    assert_eq!(status_of("test_wrong"), "failed", "{body}");
+    assert_eq!(status_of("test_escape"), "error", "{body}");
+    assert!(
+        !body.to_string().contains("root:"),
+        "host files must not leak: {body}"
+    );
+    assert_ne!(
+        body["verdict"], "approve",
+        "failing tests must not be approved: {body}"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::error_code::ErrorCode;
 use crate::plugin::PluginError;
 use crate::plugin::bindings::{CodeArtifact, Finding, Review, Severity, Verdict};
+use crate::sandbox::TestReport;
 
 /// An error as clients see it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -152,6 +153,10 @@ pub struct PipelineOutcome {
     pub language: Option<String>,
     pub findings: Vec<FindingOut>,
     pub checks: Vec<CheckOutcome>,
+    /// The generated tests run against the generated code in the Python sandbox (absent when
+    /// there were no tests or the sandbox is unavailable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_results: Option<TestReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewOut>,
     pub attempts: u32,
@@ -180,6 +185,7 @@ impl PipelineOutcome {
             language: None,
             findings: Vec::new(),
             checks: Vec::new(),
+            test_results: None,
             review: None,
             attempts: attempts(&stages),
             tokens: stages.iter().map(|s| s.tokens).sum(),
@@ -193,6 +199,7 @@ impl PipelineOutcome {
         artifact: &CodeArtifact,
         findings: Vec<Finding>,
         checks: Vec<CheckOutcome>,
+        test_results: Option<TestReport>,
         review: Option<ReviewOut>,
         stages: Vec<StageReport>,
         started: Instant,
@@ -204,6 +211,7 @@ impl PipelineOutcome {
             language: Some(artifact.language.clone()),
             findings: findings.iter().map(FindingOut::from).collect(),
             checks,
+            test_results,
             review,
             attempts: attempts(&stages),
             tokens: stages.iter().map(|s| s.tokens).sum(),

@@ -52,14 +52,24 @@ def _agentrt_main():
     sys.modules["solution"] = module
     test_namespace = dict(namespace)
     test_namespace["__name__"] = "test_solution"
+    # Tests may also be plain top-level asserts: the module itself is then one test.
+    module_test = "<module>"
     try:
         exec(compile(payload["tests"], "test_solution.py", "exec"), test_namespace)
+    except AssertionError as error:
+        emit("collected", tests=[module_test])
+        emit("result", test=module_test, outcome="failed", message=describe(error))
+        return
     except BaseException as error:  # noqa: BLE001
         emit("setup", stage="tests", message=describe(error))
         return
     tests = [name for name, value in list(test_namespace.items())
              if name.startswith("test") and callable(value)
              and getattr(getattr(value, "__code__", None), "co_filename", "") == "test_solution.py"]
+    if not tests:
+        emit("collected", tests=[module_test])
+        emit("result", test=module_test, outcome="passed", message="")
+        return
     emit("collected", tests=tests)
     only = payload.get("only")
     for name in tests:

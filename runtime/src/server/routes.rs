@@ -227,12 +227,16 @@ pub async fn review(
     blocking(&state, "/review", move || {
         let mut stages = Vec::new();
         let (findings, checks) = pipeline.check(&artifact, only.as_deref(), &mut stages);
-        let result = pipeline.review(&artifact, &findings, &mut stages);
+        let tests = pipeline.test(&artifact, 1, &mut stages);
+        let result = pipeline.review(&artifact, &findings, tests.as_ref(), &mut stages);
         let tokens: u64 = stages.iter().map(|s| s.tokens).sum();
         match result {
             Ok(review) => {
                 let mut v = serde_json::to_value(&review).unwrap_or_default();
                 v["checks"] = json!(checks);
+                if let Some(tests) = &tests {
+                    v["test_results"] = json!(tests);
+                }
                 v["stages"] = json!(stages);
                 Ok((v, tokens))
             }
