@@ -435,7 +435,8 @@ fn wrong_world(expected: World) -> wasmtime::Error {
     wasmtime::Error::msg(format!("plugin does not implement the {expected} world"))
 }
 
-/// Name what went wrong: the deadline, the memory cap, or a trap with its message.
+/// Name what went wrong: the deadline, the memory cap, an oversized result, or a trap with its
+/// message.
 fn classify_failure(
     e: wasmtime::Error,
     state: &PluginState,
@@ -458,5 +459,13 @@ fn classify_failure(
         Some(trap) => format!("{trap}"),
         None => format!("{e:#}"),
     };
+    // wasmtime stops a result too large to copy out of the guest (its host-call fuel) before
+    // our own output limits see it; to the caller both are an oversized output.
+    if message.contains("too much data is being copied") {
+        return PluginError::Output {
+            plugin,
+            message: "the result is larger than the host accepts".into(),
+        };
+    }
     PluginError::Trap { plugin, message }
 }

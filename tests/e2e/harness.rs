@@ -156,7 +156,15 @@ pub fn test_plugin_dir() -> &'static Path {
         assert!(status.success(), "building tests/plugins failed");
         let dir = std::env::temp_dir().join(format!("agentrt-test-plugins-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        for name in ["trap-reviewer", "spin-check", "hog-check", "echo-check"] {
+        for name in [
+            "trap-reviewer",
+            "spin-check",
+            "hog-check",
+            "echo-check",
+            "snoop-check",
+            "recurse-check",
+            "flood-check",
+        ] {
             let artifact = name.replace('-', "_");
             let wasm = target
                 .join("wasm32-wasip2/release")

@@ -1,5 +1,7 @@
-//! Plugins that trap, loop forever, or allocate without bound: each call is a clear `PLUGIN_*`
-//! error, and the server keeps answering other requests meanwhile and afterwards.
+//! Plugins that trap, loop forever, allocate or recurse without bound, snoop on the host, or
+//! flood the host with output: each call is a clear `PLUGIN_*` error (or, for the snoop, a
+//! result that shows it got nothing), and the server keeps answering other requests meanwhile
+//! and afterwards. A corrupted component is refused at load with `PLUGIN_002`.
 
 use std::sync::OnceLock;
 
@@ -94,4 +96,125 @@ fn folder_plugins_replace_and_extend_the_defaults() {
     );
     let outcome = check_with("echo-check");
     assert_eq!(outcome["findings"], 1, "{outcome}");
+}
+
+#[test]
+fn snooping_on_files_environment_and_network_gets_nothing() {
+    let (status, body) = hostile_server().post(
+        "/check",
+        &json!({"code": "x = 1\n", "checks": ["snoop-check"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let findings = body["findings"].as_array().expect("findings");
+    let attempts: Vec<(&str, &str)> = findings
+        .iter()
+        .filter_map(|f| Some((f["rule_id"].as_str()?, f["message"].as_str()?)))
+        .collect();
+    for (what, outcome) in &attempts {
+        println!("{what}: {outcome}");
+    }
+    for what in ["passwd", "escape", "root", "env", "tcp", "udp"] {
+        let outcome = attempts
+            .iter()
+            .find(|(rule, _)| *rule == format!("snoop-{what}"))
+            .map(|(_, o)| *o)
+            .unwrap_or_else(|| panic!("no attempt {what}: {body}"));
+        assert!(
+            outcome.starts_with("denied"),
+            "{what} got through: {outcome}"
+        );
+    }
+    let text = body.to_string();
+    assert!(!text.contains("root:x:0:0"), "host files leaked: {text}");
+    if let Some(home) = std::env::var_os("HOME") {
+        let home = home.to_string_lossy().to_string();
+        assert!(
+            home.len() < 2 || !text.contains(&home),
+            "host environment leaked: {text}"
+        );
+    }
+    still_serving();
+}
+
+#[test]
+fn unbounded_recursion_is_that_calls_trap() {
+    let started = std::time::Instant::now();
+    let outcome = check_with("recurse-check");
+    println!(
+        "stack exhaustion stopped after {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(outcome["error"]["code"], "PLUGIN_003", "{outcome}");
+    still_serving();
+}
+
+#[test]
+fn a_flood_of_output_is_refused() {
+    let started = std::time::Instant::now();
+    let outcome = check_with("flood-check");
+    println!(
+        "oversized output refused after {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(outcome["error"]["code"], "PLUGIN_008", "{outcome}");
+    still_serving();
+}
+
+#[test]
+fn ordinary_requests_succeed_while_every_hostile_plugin_runs() {
+    let hostile = [
+        "spin-check",
+        "hog-check",
+        "recurse-check",
+        "flood-check",
+        "snoop-check",
+    ];
+    let handles: Vec<_> = hostile
+        .iter()
+        .map(|&name| std::thread::spawn(move || check_with(name)))
+        .collect();
+    for _ in 0..5 {
+        still_serving();
+    }
+    for (name, handle) in hostile.iter().zip(handles) {
+        let outcome = handle.join().expect("join");
+        let expected = match *name {
+            "spin-check" => "PLUGIN_004",
+            "hog-check" => "PLUGIN_005",
+            "recurse-check" => "PLUGIN_003",
+            "flood-check" => "PLUGIN_008",
+            _ => {
+                assert_eq!(outcome["status"], "ok", "{name}: {outcome}");
+                continue;
+            }
+        };
+        assert_eq!(outcome["error"]["code"], expected, "{name}: {outcome}");
+    }
+    still_serving();
+}
+
+#[test]
+fn a_corrupted_component_is_refused_at_load() {
+    let dir = std::env::temp_dir().join(format!("agentrt-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let manifest = "name = \"broken-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n";
+    for (bytes, what) in [
+        (
+            b"\0asm\x01\0\0\0garbage".to_vec(),
+            "a core module header with garbage",
+        ),
+        (b"not wasm at all".to_vec(), "not wasm"),
+    ] {
+        std::fs::write(dir.join("broken-check.wasm"), &bytes).expect("write wasm");
+        std::fs::write(dir.join("broken-check.toml"), manifest).expect("write manifest");
+        let out = std::process::Command::new(crate::harness::agentrt_bin())
+            .args(["plugins", "list", "--plugins"])
+            .arg(&dir)
+            .output()
+            .expect("run agentrt");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: loaded");
+        assert!(stderr.contains("PLUGIN_002"), "{what}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,58 @@
+//! Test plugin: a quality check that tries every way out of the sandbox it can reach through
+//! WASI — host files by absolute path and by `..`, the root directory, environment variables,
+//! outbound TCP and UDP — and reports each attempt as a finding, `snoop-<what>`, whose message
+//! says what it got. The host grants nothing, so every attempt must come back empty or denied.
+
+use agentrt_plugin_sdk::{CheckInfo, CodeArtifact, Finding, PipelineError, QualityCheck, Severity};
+
+/// The plugin type exported to the host.
+pub struct SnoopCheck;
+
+fn finding(what: &str, outcome: String) -> Finding {
+    Finding::new(format!("snoop-{what}"), Severity::Info, outcome)
+}
+
+/// `got: <first bytes>` when a read worked, `denied: <error>` when it did not.
+fn read(path: &str) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => format!("got: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(64)])),
+        Err(e) => format!("denied: {e}"),
+    }
+}
+
+impl QualityCheck for SnoopCheck {
+    fn describe() -> CheckInfo {
+        CheckInfo::new("snoop-check", Vec::<String>::new(), Vec::<String>::new())
+    }
+
+    fn check(_artifact: &CodeArtifact) -> Result<Vec<Finding>, PipelineError> {
+        let listing = match std::fs::read_dir("/") {
+            Ok(entries) => format!("got: {} entries", entries.count()),
+            Err(e) => format!("denied: {e}"),
+        };
+        let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+        let env = if vars.is_empty() {
+            "denied: no variables".to_owned()
+        } else {
+            format!("got: {}", vars.join(","))
+        };
+        let tcp = match std::net::TcpStream::connect("127.0.0.1:22") {
+            Ok(_) => "got: connected".to_owned(),
+            Err(e) => format!("denied: {e}"),
+        };
+        let udp = match std::net::UdpSocket::bind("0.0.0.0:0") {
+            Ok(_) => "got: bound".to_owned(),
+            Err(e) => format!("denied: {e}"),
+        };
+        Ok(vec![
+            finding("passwd", read("/etc/passwd")),
+            finding("escape", read("../../../../etc/passwd")),
+            finding("root", listing),
+            finding("env", env),
+            finding("tcp", tcp),
+            finding("udp", udp),
+        ])
+    }
+}
+
+agentrt_plugin_sdk::export_plugin!(SnoopCheck: quality-check);
