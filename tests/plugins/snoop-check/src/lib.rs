@@ -15,7 +15,10 @@ fn finding(what: &str, outcome: String) -> Finding {
 /// `got: <first bytes>` when a read worked, `denied: <error>` when it did not.
 fn read(path: &str) -> String {
     match std::fs::read(path) {
-        Ok(bytes) => format!("got: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(64)])),
+        Ok(bytes) => format!(
+            "got: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(64)])
+        ),
         Err(e) => format!("denied: {e}"),
     }
 }
