@@ -13,6 +13,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "formatting"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
+(cd tests/plugins && cargo fmt --all -- --check)
 
 step "guest plugins: unit tests of their logic (host target)"
 (cd plugins && cargo test --quiet --target-dir "$CARGO_TARGET_DIR/plugins-host" --workspace)

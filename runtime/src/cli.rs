@@ -178,6 +178,21 @@ pub enum ListAction {
     List,
 }
 
+/// How many tests passed, and each failure with its message.
+fn print_test_report(tests: &crate::sandbox::TestReport) {
+    println!(
+        "tests: {} of {} passed",
+        tests.passed(),
+        tests.results.len()
+    );
+    if let Some(setup) = &tests.setup_error {
+        println!("  did not load: {setup}");
+    }
+    for r in tests.failures() {
+        println!("  {} ({:?}): {}", r.name, r.status, r.message);
+    }
+}
+
 /// Generate, printing text as it comes (or the whole completion as JSON at the end).
 fn stream_completion(
     model: &LoadedModel,
@@ -368,14 +383,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     outcome.tests.as_deref().unwrap_or_default()
                 );
                 if let Some(tests) = &outcome.test_results {
-                    println!(
-                        "tests: {} of {} passed",
-                        tests.passed(),
-                        tests.results.len()
-                    );
-                    for r in tests.failures() {
-                        println!("  {} ({:?}): {}", r.name, r.status, r.message);
-                    }
+                    print_test_report(tests);
                 }
                 if let Some(review) = &outcome.review {
                     println!("verdict: {} (score {:.1}/10)", review.verdict, review.score);
@@ -449,14 +457,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     review.verdict, review.score, review.summary
                 );
                 if let Some(tests) = &tests {
-                    println!(
-                        "tests: {} of {} passed",
-                        tests.passed(),
-                        tests.results.len()
-                    );
-                    for r in tests.failures() {
-                        println!("  {} ({:?}): {}", r.name, r.status, r.message);
-                    }
+                    print_test_report(tests);
                 }
                 print_findings(&review.findings);
             });

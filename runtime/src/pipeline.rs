@@ -326,7 +326,7 @@ impl Pipeline {
         let max_retries = req.max_retries.min(MAX_RETRIES);
         let mut best: Option<Attempt> = None;
         loop {
-            let attempt = attempts(&stages);
+            let attempt = report::attempts(&stages).max(1);
             let (findings, checks) = self.check(&artifact, None, &mut stages);
             if let Some(aborted) = checks.iter().find(|c| c.status == "aborted") {
                 let error = aborted
@@ -416,16 +416,6 @@ struct Attempt {
     findings: Vec<Finding>,
     checks: Vec<CheckOutcome>,
     tests: Option<TestReport>,
-}
-
-/// Generation attempts so far (the highest attempt number among generate stages).
-fn attempts(stages: &[StageReport]) -> u32 {
-    stages
-        .iter()
-        .filter(|s| s.stage == "generate")
-        .map(|s| s.attempt)
-        .max()
-        .unwrap_or(1)
 }
 
 /// The reviewer's view of a test report.

@@ -179,17 +179,7 @@ impl PluginHost {
             .parallel_compilation(true);
         config.max_wasm_stack(MAX_WASM_STACK);
         let engine = wasmtime::Engine::new(&config)?;
-        // The epoch ticker holds only a weak handle, so it ends when the host is dropped.
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("agentrt-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })?;
+        spawn_epoch_ticker(&engine, "agentrt-epoch", EPOCH_TICK)?;
         let mut linker_plain = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_plain)?;
         bindings::log::add_to_linker::<_, HasSelf<_>>(&mut linker_plain, |s| s)?;
@@ -433,6 +423,26 @@ impl PluginHost {
 
 fn wrong_world(expected: World) -> wasmtime::Error {
     wasmtime::Error::msg(format!("plugin does not implement the {expected} world"))
+}
+
+/// Advance `engine`'s epoch every `tick` on a thread of its own, the clock epoch deadlines
+/// count in. The thread holds only a weak handle, so it ends when the engine is dropped.
+pub(crate) fn spawn_epoch_ticker(
+    engine: &wasmtime::Engine,
+    name: &str,
+    tick: Duration,
+) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        })
+        .map(|_| ())
 }
 
 /// Name what went wrong: the deadline, the memory cap, an oversized result, or a trap with its

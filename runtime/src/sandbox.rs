@@ -205,16 +205,7 @@ impl PythonSandbox {
             .async_stack_size(MAX_WASM_STACK + (1 << 20))
             .max_wasm_stack(MAX_WASM_STACK);
         let engine = Engine::new(&config).map_err(SandboxError::Wasm)?;
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("agentrt-sandbox-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
+        crate::plugin::spawn_epoch_ticker(&engine, "agentrt-sandbox-epoch", EPOCH_TICK)
             .map_err(|e| SandboxError::Wasm(e.into()))?;
         let (module, _) = cache
             .load_module(&engine, &bytes, &sha256_hex(&bytes))

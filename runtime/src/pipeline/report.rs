@@ -167,7 +167,8 @@ pub struct PipelineOutcome {
     pub error: Option<ErrorOut>,
 }
 
-fn attempts(stages: &[StageReport]) -> u32 {
+/// Generation attempts in `stages` (the highest attempt number of a generate stage; 0 if none).
+pub(crate) fn attempts(stages: &[StageReport]) -> u32 {
     stages
         .iter()
         .filter(|s| s.stage == "generate")
