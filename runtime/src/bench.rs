@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::cli::{CliError, RuntimeOpts, load_engine};
+use crate::cli::{CliError, RuntimeOpts, load_default_model};
 use crate::error_code::ErrorCode;
 
 /// Peak resident set size of this process in bytes (Linux), if known.
@@ -50,11 +50,7 @@ pub fn run(
     decode_tokens: usize,
     runs: usize,
 ) -> Result<(), CliError> {
-    let engine = load_engine(opts)?;
-    let model = engine.model(None).map_err(|e| CliError {
-        code: e.code().as_str(),
-        message: e.to_string(),
-    })?;
+    let model = load_default_model(opts)?;
     let text = "def fibonacci(n: int) -> int:\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n";
     let mut ids = Vec::new();
     let unit = model.tokenizer.encode(text).map_err(|e| CliError {

@@ -178,6 +178,13 @@ pub enum ListAction {
     List,
 }
 
+/// The default model of the models named in `opts`.
+pub fn load_default_model(opts: &RuntimeOpts) -> Result<Arc<LoadedModel>, CliError> {
+    load_engine(opts)?
+        .model(None)
+        .map_err(|e| CliError::new(e.code(), e.to_string()))
+}
+
 /// How many tests passed, and each failure with its message.
 fn print_test_report(tests: &crate::sandbox::TestReport) {
     println!(
@@ -471,10 +478,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             stop,
             opts,
         } => {
-            let engine = load_engine(&opts)?;
-            let model = engine
-                .model(None)
-                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+            let model = load_default_model(&opts)?;
             let params = crate::engine::SamplingParams {
                 max_tokens,
                 temperature,
@@ -527,10 +531,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             max_tokens,
             opts,
         } => {
-            let engine = load_engine(&opts)?;
-            let model = engine
-                .model(None)
-                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+            let model = load_default_model(&opts)?;
             let params = crate::engine::SamplingParams {
                 max_tokens,
                 ..Default::default()

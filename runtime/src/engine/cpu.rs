@@ -288,7 +288,7 @@ fn attention_over<T: KvElement>(
         // scores[p] = Σ_d q[d]·k[p][d], accumulated dimension by dimension over all positions.
         let mut scores = vec![0f32; visible];
         for (d, &qd) in qh.iter().enumerate() {
-            T::add_scaled(&mut scores, qd, cache.key_dim(kv_head, d, visible));
+            simd::add_scaled(&mut scores, qd, cache.key_dim(kv_head, d, visible));
         }
         for s in scores.iter_mut() {
             *s *= scale;
@@ -296,7 +296,7 @@ fn attention_over<T: KvElement>(
         softmax(&mut scores);
         oh.fill(0.0);
         for (p, w) in scores.iter().enumerate() {
-            T::axpy(oh, *w, cache.value(kv_head, p));
+            simd::axpy(oh, *w, cache.value(kv_head, p));
         }
     });
 }

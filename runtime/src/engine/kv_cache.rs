@@ -44,14 +44,10 @@ impl KvPrecision {
     }
 }
 
-/// What attention needs from a cached element type.
-pub trait KvElement: Copy + Send + Sync + 'static {
+/// An element type the cache can hold; attention reads it through [`simd::Widen`].
+pub trait KvElement: simd::Widen + Send + Sync + 'static {
     const ZERO: Self;
     fn store(v: f32) -> Self;
-    /// `acc[i] += w * k[i]`, each product rounded before the sum.
-    fn add_scaled(acc: &mut [f32], w: f32, k: &[Self]);
-    /// `out[i] += w * v[i]`.
-    fn axpy(out: &mut [f32], w: f32, v: &[Self]);
 }
 
 impl KvElement for f16 {
@@ -59,24 +55,12 @@ impl KvElement for f16 {
     fn store(v: f32) -> Self {
         f16::from_f32(v)
     }
-    fn add_scaled(acc: &mut [f32], w: f32, k: &[Self]) {
-        simd::add_scaled_f16(acc, w, k);
-    }
-    fn axpy(out: &mut [f32], w: f32, v: &[Self]) {
-        simd::axpy_f16(out, w, v);
-    }
 }
 
 impl KvElement for f32 {
     const ZERO: Self = 0.0;
     fn store(v: f32) -> Self {
         v
-    }
-    fn add_scaled(acc: &mut [f32], w: f32, k: &[Self]) {
-        simd::add_scaled_f32(acc, w, k);
-    }
-    fn axpy(out: &mut [f32], w: f32, v: &[Self]) {
-        simd::axpy_f32(out, w, v);
     }
 }
 
@@ -225,22 +209,19 @@ impl KvCache {
 
     /// The cache of `layer`, including positions appended but not yet committed.
     pub fn layer(&self, layer: usize) -> LayerView<'_> {
-        let (kv_dim, head_dim, capacity) = (self.kv_dim, self.head_dim, self.capacity);
         match &self.storage {
-            Storage::F16(s) => LayerView::F16(Layer {
-                keys: &s.keys[layer],
-                values: &s.values[layer],
-                kv_dim,
-                head_dim,
-                capacity,
-            }),
-            Storage::F32(s) => LayerView::F32(Layer {
-                keys: &s.keys[layer],
-                values: &s.values[layer],
-                kv_dim,
-                head_dim,
-                capacity,
-            }),
+            Storage::F16(s) => LayerView::F16(self.view(s, layer)),
+            Storage::F32(s) => LayerView::F32(self.view(s, layer)),
+        }
+    }
+
+    fn view<'a, T>(&self, store: &'a Store<T>, layer: usize) -> Layer<'a, T> {
+        Layer {
+            keys: &store.keys[layer],
+            values: &store.values[layer],
+            kv_dim: self.kv_dim,
+            head_dim: self.head_dim,
+            capacity: self.capacity,
         }
     }
 }

@@ -21,13 +21,29 @@ pub trait CausalLm: Send + Sync {
     fn context_length(&self) -> usize;
     /// Rows of the output head.
     fn vocab(&self) -> usize;
+    /// What the model keeps per position in its KV cache.
+    fn cache_shape(&self) -> CacheShape;
     /// A KV cache able to hold `capacity` positions.
-    fn new_cache(&self, capacity: usize, precision: KvPrecision) -> KvCache;
+    fn new_cache(&self, capacity: usize, precision: KvPrecision) -> KvCache {
+        let c = self.cache_shape();
+        KvCache::new(c.n_layer, c.kv_dim, c.head_dim, capacity, precision)
+    }
     /// Values the KV cache holds per position, over all layers (keys and values).
-    fn kv_values_per_position(&self) -> usize;
+    fn kv_values_per_position(&self) -> usize {
+        let c = self.cache_shape();
+        c.n_layer * 2 * c.kv_dim
+    }
     /// Run `tokens` at positions `cache.len()..`, append them to the cache, and return the
     /// logits of the last one.
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32>;
+}
+
+/// Layers, K/V width and head size: the shape of a model's KV cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheShape {
+    pub n_layer: usize,
+    pub kv_dim: usize,
+    pub head_dim: usize,
 }
 
 /// The architectures the engine runs, by their canonical (HF `model_type`) names.

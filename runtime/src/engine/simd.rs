@@ -47,22 +47,11 @@ pub fn float_simd_available() -> bool {
     }
 }
 
-/// `out[k] = row · xs[k]` for up to [`MAX_TOKENS`] activations (f32 `xs` and their quantised
-/// forms `xqs`), through the SIMD kernels. Returns `false`, leaving `out` alone, when this CPU
-/// or this type has none, or the lengths do not fit.
-pub fn dot_row_multi(
-    ty: GgmlType,
-    row: &[u8],
-    xs: &[&[f32]],
-    xqs: &[&QuantizedActivation],
-    out: &mut [f32],
-) -> bool {
-    dot_rows_multi(ty, row, row.len(), xs, xqs, out)
-}
-
-/// [`dot_row_multi`] for consecutive rows of `row_bytes` each in `rows`: `out` holds
-/// `xs.len()` results per row, row after row. One call per task keeps the per-call checks and
-/// dispatch out of the inner loop.
+/// `out[r * n + k] = rows[r] · xs[k]` for consecutive weight rows of `row_bytes` each and up
+/// to [`max_tokens`] activations `n` (f32 `xs` and their quantised forms `xqs`), through the
+/// SIMD kernels. Returns `false`, leaving `out` alone, when this CPU or this type has none, or
+/// the lengths do not fit. One call per task keeps the checks and dispatch out of the inner
+/// loop.
 pub fn dot_rows_multi(
     ty: GgmlType,
     rows: &[u8],
@@ -125,65 +114,76 @@ pub fn dot_rows_multi(
     }
 }
 
-/// `out += w * v` for f16 `v` (attention's weighted sum of cached values), with FMA where the
-/// CPU has it.
-#[inline]
-pub fn axpy_f16(out: &mut [f32], w: f32, v: &[half::f16]) {
-    let n = out.len().min(v.len());
+/// Element types the attention loops read (cached keys and values), widened to f32 one at a
+/// time or, in the SIMD kernels, eight at a time.
+pub trait Widen: Copy {
+    fn widen(self) -> f32;
+
+    /// Eight values at `p`, widened.
+    ///
+    /// # Safety
+    /// Eight values are readable at `p`, and the CPU has AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
-    if float_simd_available() {
-        // SAFETY: the features are present; both slices hold at least `n` values.
-        unsafe { x86::axpy_f16(&mut out[..n], w, &v[..n]) };
-        return;
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Widen for f32 {
+    fn widen(self) -> f32 {
+        self
     }
-    for (o, x) in out[..n].iter_mut().zip(&v[..n]) {
-        *o = x.to_f32().mul_add(w, *o);
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
     }
 }
 
-/// `acc[i] = acc[i] + (w * k[i])` for f32 `k`, each product rounded before the sum.
+impl Widen for half::f16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm256_cvtph_ps};
+        // SAFETY: guaranteed by the caller.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+}
+
+/// `acc[i] = acc[i] + (w * k[i])` (attention scores over cached keys), each product rounded
+/// before the sum (no FMA), so every element gets exactly what a scalar loop computes.
 #[inline]
-pub fn add_scaled_f32(acc: &mut [f32], w: f32, k: &[f32]) {
+pub fn add_scaled<T: Widen>(acc: &mut [f32], w: f32, k: &[T]) {
     let n = acc.len().min(k.len());
     #[cfg(target_arch = "x86_64")]
     if float_simd_available() {
         // SAFETY: the features are present; both slices hold at least `n` values.
-        unsafe { x86::add_scaled_f32(&mut acc[..n], w, &k[..n]) };
+        unsafe { x86::add_scaled(&mut acc[..n], w, &k[..n]) };
         return;
     }
     for (a, x) in acc[..n].iter_mut().zip(&k[..n]) {
-        *a += w * x;
+        *a += w * x.widen();
     }
 }
 
-/// `out += w * v` for f32 `v`, with FMA where the CPU has it.
+/// `out += w * v` (attention's weighted sum of cached values), with FMA where the CPU has it.
 #[inline]
-pub fn axpy_f32(out: &mut [f32], w: f32, v: &[f32]) {
+pub fn axpy<T: Widen>(out: &mut [f32], w: f32, v: &[T]) {
     let n = out.len().min(v.len());
     #[cfg(target_arch = "x86_64")]
     if float_simd_available() {
         // SAFETY: the features are present; both slices hold at least `n` values.
-        unsafe { x86::axpy_f32(&mut out[..n], w, &v[..n]) };
+        unsafe { x86::axpy(&mut out[..n], w, &v[..n]) };
         return;
     }
     for (o, x) in out[..n].iter_mut().zip(&v[..n]) {
-        *o = x.mul_add(w, *o);
-    }
-}
-
-/// `acc[i] = acc[i] + (w * k[i])` for f16 `k` (cached keys), each product rounded before the
-/// sum (no FMA), so every element gets exactly what a scalar loop computes.
-#[inline]
-pub fn add_scaled_f16(acc: &mut [f32], w: f32, k: &[half::f16]) {
-    let n = acc.len().min(k.len());
-    #[cfg(target_arch = "x86_64")]
-    if float_simd_available() {
-        // SAFETY: the features are present; both slices hold at least `n` values.
-        unsafe { x86::add_scaled_f16(&mut acc[..n], w, &k[..n]) };
-        return;
-    }
-    for (a, x) in acc[..n].iter_mut().zip(&k[..n]) {
-        *a += w * x.to_f32();
+        *o = x.widen().mul_add(w, *o);
     }
 }
 
@@ -191,14 +191,14 @@ pub fn add_scaled_f16(acc: &mut [f32], w: f32, k: &[half::f16]) {
 #[inline]
 pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> Option<f32> {
     let mut out = [0f32];
-    dot_row_multi(ty, row, &[x], &[xq], &mut out).then_some(out[0])
+    dot_rows_multi(ty, row, row.len(), &[x], &[xq], &mut out).then_some(out[0])
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GgmlType, QK, QuantizedActivation};
+    use super::{GgmlType, QK, QuantizedActivation, Widen};
 
     /// Run the kernel of `ty` for `N` tokens over every row in `rows`.
     ///
@@ -255,91 +255,43 @@ mod x86 {
         }
     }
 
-    /// Eight f16 values at `p`, widened.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load_f16x8(p: *const half::f16) -> __m256 {
-        // SAFETY: the caller guarantees eight readable values at `p`.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
-    }
-
     /// `acc += w * k` without fusing; the slices have equal length.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn add_scaled_f32(acc: &mut [f32], w: f32, k: &[f32]) {
+    pub unsafe fn add_scaled<T: Widen>(acc: &mut [f32], w: f32, k: &[T]) {
         let n = acc.len();
         let (pa, pk) = (acc.as_mut_ptr(), k.as_ptr());
         let wv = _mm256_set1_ps(w);
         let mut i = 0;
         while i + 8 <= n {
-            // SAFETY: i + 8 <= n for both slices.
+            // SAFETY: i + 8 <= n for both slices; the caller guarantees the features.
             unsafe {
-                let prod = _mm256_mul_ps(wv, _mm256_loadu_ps(pk.add(i)));
+                let prod = _mm256_mul_ps(wv, T::load8(pk.add(i)));
                 _mm256_storeu_ps(pa.add(i), _mm256_add_ps(_mm256_loadu_ps(pa.add(i)), prod));
             }
             i += 8;
         }
         for (a, x) in acc[i..].iter_mut().zip(&k[i..]) {
-            *a += w * x;
+            *a += w * x.widen();
         }
     }
 
     /// `out += w * v`; the slices have equal length.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy_f32(out: &mut [f32], w: f32, v: &[f32]) {
+    pub unsafe fn axpy<T: Widen>(out: &mut [f32], w: f32, v: &[T]) {
         let n = out.len();
         let (po, pv) = (out.as_mut_ptr(), v.as_ptr());
         let wv = _mm256_set1_ps(w);
         let mut i = 0;
         while i + 8 <= n {
-            // SAFETY: i + 8 <= n for both slices.
+            // SAFETY: i + 8 <= n for both slices; the caller guarantees the features.
             unsafe {
-                let o = _mm256_fmadd_ps(wv, _mm256_loadu_ps(pv.add(i)), _mm256_loadu_ps(po.add(i)));
+                let o = _mm256_fmadd_ps(wv, T::load8(pv.add(i)), _mm256_loadu_ps(po.add(i)));
                 _mm256_storeu_ps(po.add(i), o);
             }
             i += 8;
         }
         for (o, x) in out[i..].iter_mut().zip(&v[i..]) {
-            *o = x.mul_add(w, *o);
-        }
-    }
-
-    /// `acc += w * k` without fusing; the slices have equal length.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn add_scaled_f16(acc: &mut [f32], w: f32, k: &[half::f16]) {
-        let n = acc.len();
-        let (pa, pk) = (acc.as_mut_ptr(), k.as_ptr());
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n for both slices.
-            unsafe {
-                let prod = _mm256_mul_ps(wv, load_f16x8(pk.add(i)));
-                _mm256_storeu_ps(pa.add(i), _mm256_add_ps(_mm256_loadu_ps(pa.add(i)), prod));
-            }
-            i += 8;
-        }
-        for (a, x) in acc[i..].iter_mut().zip(&k[i..]) {
-            *a += w * x.to_f32();
-        }
-    }
-
-    /// `out += w * v`; the slices have equal length.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy_f16(out: &mut [f32], w: f32, v: &[half::f16]) {
-        let n = out.len();
-        let (po, pv) = (out.as_mut_ptr(), v.as_ptr());
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n for both slices.
-            unsafe {
-                let o = _mm256_fmadd_ps(wv, load_f16x8(pv.add(i)), _mm256_loadu_ps(po.add(i)));
-                _mm256_storeu_ps(po.add(i), o);
-            }
-            i += 8;
-        }
-        for (o, x) in out[i..].iter_mut().zip(&v[i..]) {
-            *o = x.to_f32().mul_add(w, *o);
+            *o = x.widen().mul_add(w, *o);
         }
     }
 

@@ -186,10 +186,6 @@ impl WeightStore {
         self.tensors.contains_key(name)
     }
 
-    pub fn get(&self, name: &str) -> Option<&StoredTensor> {
-        self.tensors.get(name)
-    }
-
     /// Elements over all tensors.
     pub fn parameter_count(&self) -> u64 {
         self.tensors.values().map(StoredTensor::element_count).sum()

@@ -12,10 +12,10 @@
 use std::sync::Arc;
 
 use crate::engine::cpu::{self, AttentionShape};
-use crate::engine::kv_cache::{KvCache, KvPrecision};
+use crate::engine::kv_cache::KvCache;
 use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
 
-use super::{CausalLm, ConfigSource, check_heads, check_plausible};
+use super::{CacheShape, CausalLm, ConfigSource, check_heads, check_plausible};
 
 /// Shape and constants of a GPT-BigCode model.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,18 +237,12 @@ impl CausalLm for GptBigCode {
         self.config.vocab
     }
 
-    fn kv_values_per_position(&self) -> usize {
-        self.config.n_layer * 2 * self.config.kv_dim()
-    }
-
-    fn new_cache(&self, capacity: usize, precision: KvPrecision) -> KvCache {
-        KvCache::new(
-            self.config.n_layer,
-            self.config.kv_dim(),
-            self.config.head_dim,
-            capacity,
-            precision,
-        )
+    fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            n_layer: self.config.n_layer,
+            kv_dim: self.config.kv_dim(),
+            head_dim: self.config.head_dim,
+        }
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
