@@ -42,7 +42,29 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .with_state(state)
+}
+
+/// Answers 413 before reading a body whose declared `Content-Length` is over the limit.
+///
+/// Without this the server reads up to the limit, answers, and closes while the client is
+/// still sending: the client then sees a connection reset instead of the 413. Bodies without
+/// a declared length (chunked) are still cut off by `DefaultBodyLimit` as they arrive.
+async fn refuse_declared_oversize(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        use axum::response::IntoResponse;
+        return ApiError::body_too_large().into_response();
+    }
+    next.run(request).await
 }
 
 /// Serve `app` on `addr` until Ctrl-C or SIGTERM.

@@ -254,9 +254,12 @@ fn invalid_requests_get_validation_codes() {
         (404, "PLUGIN_001"),
         "{body}"
     );
-    let big = "x".repeat(2 << 20);
-    let (status, body) = s.post("/chat", &json!({"message": big}));
-    assert_eq!(status, 413, "{body}");
+    let (status, body) = s.post_declaring_length("/chat", 2 << 20);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (413, "VAL_001"),
+        "{body}"
+    );
     let (status, body) = s.get("/no/such/route");
     assert_eq!(
         (status, error_code(&body).as_str()),

@@ -92,6 +92,35 @@ impl Server {
         self.post_raw(path, "application/json", &body.to_string())
     }
 
+    /// POST headers declaring a `declared`-byte JSON body, send none of it, and read the
+    /// answer: how a server must treat an upload it will refuse by its declared size.
+    pub fn post_declaring_length(&self, path: &str, declared: usize) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let host = self.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("read timeout");
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: {declared}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send headers");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read answer");
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP answer");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line: {head}"));
+        let value =
+            serde_json::from_str(body).unwrap_or_else(|_| panic!("body is not JSON: {body}"));
+        (status, value)
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         read(agent().get(&self.url(path)).call())
     }

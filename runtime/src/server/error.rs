@@ -37,6 +37,19 @@ impl ApiError {
         self
     }
 
+    /// 413: the request body is over `MAX_BODY_BYTES`.
+    pub fn body_too_large() -> Self {
+        let mut err = ApiError::new(
+            ErrorCode::ValidationFailed,
+            format!(
+                "request body is too large (limit {} bytes)",
+                super::MAX_BODY_BYTES
+            ),
+        );
+        err.status = StatusCode::PAYLOAD_TOO_LARGE;
+        err
+    }
+
     /// An error reported by a pipeline stage (its code may come from a plugin).
     pub fn from_stage(e: &ErrorOut) -> Self {
         let known = ErrorCode::parse(&e.code);
@@ -63,10 +76,7 @@ impl From<JsonRejection> for ApiError {
                 }
             }
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                let mut err =
-                    ApiError::new(ErrorCode::ValidationFailed, "request body is too large");
-                err.status = StatusCode::PAYLOAD_TOO_LARGE;
-                err
+                ApiError::body_too_large()
             }
             other => ApiError::new(ErrorCode::ValidationFailed, other.body_text()),
         }
