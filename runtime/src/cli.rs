@@ -11,13 +11,14 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
+use crate::config::Config;
 use crate::engine::{Engine, LoadedModel};
 use crate::error_code::ErrorCode;
 use crate::pipeline::{FindingOut, Pipeline, PipelineRequest};
+use crate::plugin::PluginHost;
 use crate::plugin::bindings::CodeArtifact;
 use crate::plugin::compile_cache::CompileCache;
 use crate::plugin::registry::load_plugins;
-use crate::plugin::{HostLimits, PluginHost};
 use crate::stats::Stats;
 
 /// A failure of a command: an error code and a message for the terminal.
@@ -58,6 +59,9 @@ pub struct RuntimeOpts {
     /// Folder of plugins (NAME.wasm + NAME.toml) that replace or add to the defaults.
     #[arg(long, env = "AGENTRT_PLUGINS", global = true)]
     pub plugins: Option<PathBuf>,
+    /// Operator config (TOML): plugin limits and what each plugin is granted.
+    #[arg(long, env = "AGENTRT_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -145,7 +149,7 @@ pub enum Command {
     /// Plugins.
     Plugins {
         #[command(subcommand)]
-        action: ListAction,
+        action: PluginsAction,
         #[command(flatten)]
         opts: RuntimeOpts,
     },
@@ -176,6 +180,18 @@ pub enum Command {
 pub enum ListAction {
     /// List them.
     List,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum PluginsAction {
+    /// List them with what each is granted.
+    List,
+    /// Everything about one plugin: world, version, what it asks, what it is granted, size,
+    /// compile time.
+    Inspect {
+        /// Plugin name (as in its manifest).
+        name: String,
+    },
 }
 
 /// The default model of the models named in `opts`.
@@ -269,8 +285,14 @@ pub fn load_pipeline(
     opts: &RuntimeOpts,
     engine: Option<Arc<Engine>>,
 ) -> Result<Pipeline, CliError> {
+    let config = match &opts.config {
+        Some(path) => {
+            Config::load(path).map_err(|e| CliError::new(ErrorCode::InvalidInput, e.to_string()))?
+        }
+        None => Config::default(),
+    };
     let cache = CompileCache::new(Some(crate::paths::component_cache()));
-    let host = PluginHost::new(engine, cache, HostLimits::default()).map_err(|e| {
+    let host = PluginHost::new(engine, cache, Arc::new(config)).map_err(|e| {
         CliError::new(
             ErrorCode::Internal,
             format!("cannot start the plugin host: {e:#}"),
@@ -323,6 +345,52 @@ fn emit(json_mode: bool, value: &Value, human: impl FnOnce()) {
     } else {
         human();
     }
+}
+
+fn source_label(source: &crate::plugin::PluginSource) -> String {
+    match source {
+        crate::plugin::PluginSource::Embedded => "embedded".to_string(),
+        crate::plugin::PluginSource::File(f) => f.display().to_string(),
+    }
+}
+
+/// One line naming every limit and capability a plugin runs under.
+fn granted_summary(g: &crate::plugin::grants::Granted) -> String {
+    let mut parts = vec![
+        format!("memory {} MiB", g.memory_mb),
+        format!("timeout {} ms", g.timeout_ms),
+    ];
+    if let Some(fuel) = g.fuel {
+        parts.push(format!("fuel {fuel}"));
+    }
+    if !g.models.is_empty() {
+        parts.push(format!(
+            "models {} (max {} tokens per call{})",
+            g.models.join(","),
+            g.max_tokens_per_call,
+            g.tokens_per_minute
+                .map(|n| format!(", {n} per minute"))
+                .unwrap_or_default()
+        ));
+    }
+    if !g.env.is_empty() {
+        parts.push(format!("env {}", g.env.join(",")));
+    }
+    for f in &g.folders {
+        parts.push(format!(
+            "folder {} = {} ({})",
+            f.path,
+            f.host.display(),
+            f.access.as_str()
+        ));
+    }
+    if !g.hosts.is_empty() {
+        parts.push(format!("hosts {}", g.hosts.join(",")));
+    }
+    if g.run_python {
+        parts.push("run-python".into());
+    }
+    parts.join("; ")
 }
 
 /// Run a parsed command.
@@ -544,30 +612,63 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             stream_completion(&model, &prompt, &params, opts.json)
         }
         Command::Plugins {
-            action: ListAction::List,
+            action: PluginsAction::List,
             opts,
         } => {
             let pipeline = load_pipeline(&opts, None)?;
-            let list: Vec<Value> = pipeline
-                .plugins
-                .all()
-                .iter()
-                .map(|p| json!({"name": p.manifest.name, "version": p.manifest.version, "world": p.manifest.world, "description": p.manifest.description, "permissions": p.manifest.permissions, "source": p.source, "size_bytes": p.size_bytes, "compile_ms": p.compile_ms, "cached": p.cache_hit}))
-                .collect();
+            let all = pipeline.plugins.all();
+            let list: Vec<Value> = all.iter().map(|p| p.describe()).collect();
             emit(opts.json, &json!({"plugins": list}), || {
-                for p in pipeline.plugins.all() {
-                    let source = match &p.source {
-                        crate::plugin::PluginSource::Embedded => "embedded".to_string(),
-                        crate::plugin::PluginSource::File(f) => f.display().to_string(),
-                    };
+                for p in &all {
                     println!(
-                        "{:<16} {:<8} {:<14} {}  ({source})",
+                        "{:<16} {:<8} {:<14} {}  ({})",
                         p.manifest.name,
                         p.manifest.version,
                         p.manifest.world.as_str(),
-                        p.manifest.description
+                        p.manifest.description,
+                        source_label(&p.source)
                     );
+                    println!("{:<16} granted: {}", "", granted_summary(&p.granted));
                 }
+            });
+            Ok(())
+        }
+        Command::Plugins {
+            action: PluginsAction::Inspect { name },
+            opts,
+        } => {
+            let pipeline = load_pipeline(&opts, None)?;
+            let plugin = pipeline
+                .plugins
+                .all()
+                .into_iter()
+                .find(|p| p.manifest.name == name)
+                .ok_or_else(|| {
+                    CliError::new(ErrorCode::PluginNotFound, format!("no plugin named {name}"))
+                })?;
+            emit(opts.json, &plugin.describe(), || {
+                let m = &plugin.manifest;
+                println!("{} {} ({})", m.name, m.version, m.world);
+                println!("  {}", m.description);
+                println!("  source:   {}", source_label(&plugin.source));
+                println!(
+                    "  size:     {} bytes, sha256 {}",
+                    plugin.size_bytes, plugin.sha256
+                );
+                println!(
+                    "  compile:  {} ms{}",
+                    plugin.compile_ms,
+                    if plugin.cache_hit {
+                        " (from cache)"
+                    } else {
+                        ""
+                    }
+                );
+                println!(
+                    "  asks:     {}",
+                    serde_json::to_string(&m.permissions).unwrap_or_default()
+                );
+                println!("  granted:  {}", granted_summary(&plugin.granted));
             });
             Ok(())
         }

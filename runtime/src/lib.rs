@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod error_code;
 pub mod paths;

@@ -1,12 +1,15 @@
 //! The plugin host: loads WebAssembly components, checks them against their world and
 //! manifest, and calls them in a fresh, capped store per call.
 //!
-//! Each call gets a new [`wasmtime::Store`] from a cached pre-instantiation, a memory cap, an
-//! epoch-based wall-clock deadline and a WASI context that grants nothing. A trap, a timeout or
-//! a limit hit becomes a [`PluginError`] for that call only; the host and other calls go on.
+//! A plugin is loaded only if the operator's config grants what its manifest asks
+//! ([`grants`]). Each call gets a new [`wasmtime::Store`] from a cached pre-instantiation, a
+//! memory cap, an epoch-based wall-clock deadline, optional fuel and a WASI context holding only
+//! what was granted (environment variables by name, folders, outbound hosts). A trap, a timeout
+//! or a limit hit becomes a [`PluginError`] for that call only; the host and other calls go on.
 
 pub mod bindings;
 pub mod compile_cache;
+pub mod grants;
 mod host_llm;
 mod host_log;
 pub mod manifest;
@@ -18,23 +21,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Store, Trap};
+use wasmtime::{Store, Trap};
 
 use bindings::{
     CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, Review, ReviewRequest,
 };
 use compile_cache::{CompileCache, sha256_hex};
+pub use grants::HostLimits;
+use grants::{Granted, TokenMeter};
 use manifest::{Manifest, World};
 use state::PluginState;
 
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::error_code::ErrorCode;
 
 /// How often the epoch advances; the granularity of plugin deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Defaults for plugins whose manifest does not say.
-pub const DEFAULT_MEMORY_MB: u64 = 256;
-pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 /// Guest stack allowed by wasmtime; CPython-based plugins recurse deeply on nested expressions,
 /// and the 512 KiB default turns a syntax error in deeply nested code into a stack trap.
 const MAX_WASM_STACK: usize = 2 << 20;
@@ -49,6 +52,12 @@ const HOSTCALL_FUEL: usize = 4 << 20;
 pub enum PluginError {
     #[error("plugin {plugin}: cannot load: {message}")]
     Load { plugin: String, message: String },
+    #[error(
+        "plugin {plugin} asks for more than it is granted: {message} (grant it under [grants.{plugin}] in the config)"
+    )]
+    NotGranted { plugin: String, message: String },
+    #[error("plugin {plugin} used up its fuel budget of {fuel}")]
+    Fuel { plugin: String, fuel: u64 },
     #[error("plugin {plugin} trapped: {message}")]
     Trap { plugin: String, message: String },
     #[error("plugin {plugin} ran past its {timeout_ms} ms deadline")]
@@ -68,6 +77,8 @@ impl PluginError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Load { .. } => ErrorCode::PluginLoad,
+            Self::NotGranted { .. } => ErrorCode::PluginAccessDenied,
+            Self::Fuel { .. } => ErrorCode::PluginQuota,
             Self::Trap { .. } => ErrorCode::PluginTrap,
             Self::Timeout { .. } => ErrorCode::PluginTimeout,
             Self::Memory { .. } => ErrorCode::PluginMemory,
@@ -106,6 +117,10 @@ pub enum PluginSource {
 /// A loaded, callable plugin.
 pub struct Plugin {
     pub manifest: Arc<Manifest>,
+    /// What the operator granted it.
+    pub granted: Arc<Granted>,
+    /// Its token use over the last minute, across calls.
+    pub tokens: Arc<TokenMeter>,
     pub source: PluginSource,
     pub sha256: String,
     pub size_bytes: usize,
@@ -120,6 +135,26 @@ impl std::fmt::Debug for Plugin {
             .field("manifest", &self.manifest)
             .field("source", &self.source)
             .finish()
+    }
+}
+
+impl Plugin {
+    /// What `plugins list` / `inspect` and `GET /plugins` show: identity, what the manifest
+    /// asks, what the operator granted, and where it came from.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.manifest.name,
+            "version": self.manifest.version,
+            "world": self.manifest.world,
+            "description": self.manifest.description,
+            "permissions": self.manifest.permissions,
+            "granted": *self.granted,
+            "source": self.source,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "compile_ms": self.compile_ms,
+            "cached": self.cache_hit,
+        })
     }
 }
 
@@ -139,8 +174,7 @@ pub struct PluginHost {
     linker_plain: Linker<PluginState>,
     models: Option<Arc<Engine>>,
     cache: CompileCache,
-    max_memory_mb: u64,
-    max_timeout_ms: u64,
+    config: Arc<Config>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -149,36 +183,24 @@ impl std::fmt::Debug for PluginHost {
     }
 }
 
-/// Operator limits that no manifest can exceed.
-#[derive(Debug, Clone)]
-pub struct HostLimits {
-    pub max_memory_mb: u64,
-    pub max_timeout_ms: u64,
-}
-
-impl Default for HostLimits {
-    fn default() -> Self {
-        Self {
-            max_memory_mb: 1024,
-            max_timeout_ms: 300_000,
-        }
-    }
-}
-
 impl PluginHost {
-    /// Create the host; `models` is what `llm` imports reach (None: no model access at all).
+    /// Create the host; `models` is what `llm` imports reach (None: no model access at all);
+    /// `config` holds the operator's limits and grants.
     pub fn new(
         models: Option<Arc<Engine>>,
         cache: CompileCache,
-        limits: HostLimits,
+        config: Arc<Config>,
     ) -> wasmtime::Result<Self> {
-        let mut config = Config::new();
-        config
+        let mut wasm_config = wasmtime::Config::new();
+        wasm_config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            // Fuel costs a counter update per block; it is what makes deterministic budgets
+            // possible, and plugins without one get an unlimited tank.
+            .consume_fuel(true)
             .parallel_compilation(true);
-        config.max_wasm_stack(MAX_WASM_STACK);
-        let engine = wasmtime::Engine::new(&config)?;
+        wasm_config.max_wasm_stack(MAX_WASM_STACK);
+        let engine = wasmtime::Engine::new(&wasm_config)?;
         spawn_epoch_ticker(&engine, "agentrt-epoch", EPOCH_TICK)?;
         let mut linker_plain = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_plain)?;
@@ -191,8 +213,7 @@ impl PluginHost {
             linker_plain,
             models,
             cache,
-            max_memory_mb: limits.max_memory_mb,
-            max_timeout_ms: limits.max_timeout_ms,
+            config,
         })
     }
 
@@ -208,6 +229,15 @@ impl PluginHost {
             plugin: name.clone(),
             message,
         };
+        let grant = self
+            .config
+            .grant_for(&manifest, matches!(source, PluginSource::Embedded));
+        let granted = grants::resolve(&manifest.permissions, &grant, &self.config.limits).map_err(
+            |message| PluginError::NotGranted {
+                plugin: name.clone(),
+                message,
+            },
+        )?;
         if !bytes.starts_with(b"\0asm") {
             return Err(fail("not a WebAssembly file".into()));
         }
@@ -228,6 +258,8 @@ impl PluginHost {
             })?;
         Ok(Plugin {
             manifest: Arc::new(manifest),
+            granted: Arc::new(granted),
+            tokens: Arc::new(TokenMeter::default()),
             source,
             sha256,
             size_bytes: bytes.len(),
@@ -256,17 +288,9 @@ impl PluginHost {
         })
     }
 
-    fn new_store(&self, plugin: &Plugin) -> (Store<PluginState>, Duration) {
-        let p = &plugin.manifest.permissions;
-        let memory_mb = p
-            .memory_mb
-            .unwrap_or(DEFAULT_MEMORY_MB)
-            .min(self.max_memory_mb);
-        let timeout = Duration::from_millis(
-            p.timeout_ms
-                .unwrap_or(DEFAULT_TIMEOUT_MS)
-                .min(self.max_timeout_ms),
-        );
+    fn new_store(&self, plugin: &Plugin) -> wasmtime::Result<(Store<PluginState>, Duration)> {
+        let granted = &plugin.granted;
+        let timeout = Duration::from_millis(granted.timeout_ms);
         let models = if plugin.manifest.world.uses_llm() {
             self.models.clone()
         } else {
@@ -274,17 +298,20 @@ impl PluginHost {
         };
         let state = PluginState::new(
             plugin.manifest.clone(),
+            plugin.granted.clone(),
+            plugin.tokens.clone(),
             models,
-            (memory_mb as usize) << 20,
+            wasi_context(granted)?,
             Instant::now() + timeout,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(HOSTCALL_FUEL);
+        store.set_fuel(granted.fuel.unwrap_or(u64::MAX))?;
         let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        (store, timeout)
+        Ok((store, timeout))
     }
 
     /// Run `f` in a fresh store and turn wasmtime failures into [`PluginError`]s.
@@ -296,7 +323,16 @@ impl PluginHost {
         validate: impl FnOnce(&R) -> Result<(), String>,
     ) -> (Result<R, PluginError>, CallStats) {
         let started = Instant::now();
-        let (mut store, timeout) = self.new_store(plugin);
+        let (mut store, timeout) = match self.new_store(plugin) {
+            Ok(made) => made,
+            Err(e) => {
+                let error = PluginError::Load {
+                    plugin: plugin.manifest.name.clone(),
+                    message: format!("cannot set up the call: {e:#}"),
+                };
+                return (Err(error), CallStats::default());
+            }
+        };
         let outcome = std::thread::scope(|scope| {
             let worker = std::thread::Builder::new()
                 .name(format!("plugin-{}", plugin.manifest.name))
@@ -421,6 +457,37 @@ impl PluginHost {
     }
 }
 
+/// The WASI context of one call: only the granted environment variables, folders and hosts.
+fn wasi_context(granted: &Granted) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
+    let mut builder = wasmtime_wasi::WasiCtx::builder();
+    for name in &granted.env {
+        if let Ok(value) = std::env::var(name) {
+            builder.env(name, value);
+        }
+    }
+    for folder in &granted.folders {
+        let perms = match folder.access {
+            manifest::Access::ReadOnly => wasmtime_wasi::FsPerms::ReadOnly,
+            manifest::Access::ReadWrite => wasmtime_wasi::FsPerms::ReadWrite,
+        };
+        builder.preopened_dir(&folder.host, &folder.path, perms)?;
+    }
+    builder.allow_udp(false);
+    if granted.hosts.is_empty() {
+        builder.allow_tcp(false).allow_ip_name_lookup(false);
+    } else {
+        let allowed = Arc::new(grants::resolve_hosts(&granted.hosts));
+        builder
+            .allow_tcp(true)
+            .allow_ip_name_lookup(true)
+            .socket_addr_check(move |addr, use_| {
+                let ok = grants::connection_allowed(&allowed, addr, use_);
+                Box::pin(async move { ok })
+            });
+    }
+    Ok(builder.build())
+}
+
 fn wrong_world(expected: World) -> wasmtime::Error {
     wasmtime::Error::msg(format!("plugin does not implement the {expected} world"))
 }
@@ -457,6 +524,12 @@ fn classify_failure(
         return PluginError::Timeout {
             plugin,
             timeout_ms: timeout.as_millis() as u64,
+        };
+    }
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {
+        return PluginError::Fuel {
+            plugin,
+            fuel: state.granted.fuel.unwrap_or(u64::MAX),
         };
     }
     if state.limiter.hit {

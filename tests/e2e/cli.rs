@@ -1,22 +1,8 @@
 //! The CLI's one-off jobs and its errors.
 
-use std::process::Command;
-
 use serde_json::Value;
 
-use crate::harness::agentrt_bin;
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(agentrt_bin())
-        .args(args)
-        .output()
-        .expect("run agentrt");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::harness::run_cli as run;
 
 #[test]
 fn check_prints_findings_as_json() {

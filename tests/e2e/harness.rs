@@ -40,9 +40,15 @@ impl Drop for Server {
 impl Server {
     /// Start `agentrt serve` with extra arguments and wait until it listens.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Start with extra arguments and environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(agentrt_bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("AGENTRT_EXIT_WITH_STDIN", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -156,6 +162,33 @@ pub fn error_code(body: &Value) -> String {
 pub fn default_server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| Server::start(&[]))
+}
+
+/// A fresh folder holding the test plugin `wasm_of` under `name`, with `manifest` beside it.
+pub fn plugin_folder(label: &str, wasm_of: &str, name: &str, manifest: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentrt-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::copy(
+        test_plugin_dir().join(format!("{wasm_of}.wasm")),
+        dir.join(format!("{name}.wasm")),
+    )
+    .expect("copy wasm");
+    std::fs::write(dir.join(format!("{name}.toml")), manifest).expect("write manifest");
+    dir
+}
+
+/// Run the agentrt CLI; returns (success, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(agentrt_bin())
+        .args(args)
+        .output()
+        .expect("run agentrt");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Folder holding the test-only plugins (built once per run) with their manifests.

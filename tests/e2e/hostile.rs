@@ -113,7 +113,18 @@ fn snooping_on_files_environment_and_network_gets_nothing() {
     for (what, outcome) in &attempts {
         println!("{what}: {outcome}");
     }
-    for what in ["passwd", "escape", "root", "env", "tcp", "udp"] {
+    for what in [
+        "passwd",
+        "escape",
+        "root",
+        "env",
+        "tcp",
+        "udp",
+        "granted-read",
+        "granted-write",
+        "granted-escape",
+        "granted-tcp",
+    ] {
         let outcome = attempts
             .iter()
             .find(|(rule, _)| *rule == format!("snoop-{what}"))

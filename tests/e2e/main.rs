@@ -1,13 +1,15 @@
 //! End-to-end tests: the real `agentrt` binary, the real default model and plugins, driven
 //! over HTTP on a free port (and through the CLI).
 //!
-//! Modules by area: `api` (every endpoint and error code on the default set-up), `hostile`
+//! Modules by area: `api` (every endpoint and error code on the default set-up), `grants`
+//! (operator grants: what a plugin asked for and was or was not given), `hostile`
 //! (plugins that trap, loop forever, or allocate without bound), `syntax` (the Python quality
 //! check's syntax verdict against CPython on a corpus), `cli`, `starcoder` (a StarCoder-shaped
 //! safetensors checkpoint through the CLI, server and plugins).
 
 mod api;
 mod cli;
+mod grants;
 mod harness;
 mod hostile;
 mod starcoder;

@@ -1,8 +1,9 @@
 //! Host side of the `llm` interface: model access for plugins, under their permissions.
 //!
-//! A plugin sees only the models its manifest lists; `max-tokens` is capped by the manifest's
-//! `max-tokens-per-call`; every call carries the plugin call's deadline into the engine, so a
-//! generation in flight stops when the plugin's time is up.
+//! A plugin sees only the models it was granted; `max-tokens` is capped by its granted
+//! `max-tokens-per-call` and by what is left of its `tokens-per-minute`; every call carries the
+//! plugin call's deadline into the engine, so a generation in flight stops when the plugin's
+//! time is up.
 
 use std::sync::Arc;
 
@@ -15,8 +16,6 @@ use crate::engine::{self, Control, EngineError, LoadedModel, Prompt, SamplingPar
 
 /// Tokens generated when a plugin does not say.
 const DEFAULT_MAX_TOKENS: u32 = 256;
-/// Per-call cap for plugins whose manifest names none.
-const DEFAULT_MAX_TOKENS_PER_CALL: u32 = 2048;
 
 impl PluginState {
     fn resolve_model(&self, model: Option<String>) -> Result<Arc<LoadedModel>, Error> {
@@ -27,7 +26,7 @@ impl PluginState {
         let loaded = engine
             .model(model.as_deref())
             .map_err(|e| Error::ModelNotSupported(e.to_string()))?;
-        if !self.manifest.permissions.allows_model(&loaded.info.id) {
+        if !self.granted.allows_model(&loaded.info.id) {
             return Err(Error::AccessDenied(format!(
                 "plugin {} is not granted model {}",
                 self.manifest.name, loaded.info.id
@@ -38,12 +37,8 @@ impl PluginState {
 
     fn sampling_params(&self, s: Sampling) -> Result<SamplingParams, Error> {
         let defaults = SamplingParams::default();
-        let cap = self
-            .manifest
-            .permissions
-            .max_tokens_per_call
-            .unwrap_or(DEFAULT_MAX_TOKENS_PER_CALL);
-        let max_tokens = match s.max_tokens {
+        let cap = self.granted.max_tokens_per_call;
+        let mut max_tokens = match s.max_tokens {
             Some(n) if n > cap => {
                 return Err(Error::QuotaExceeded(format!(
                     "max-tokens {n} is above this plugin's per-call budget of {cap}"
@@ -52,6 +47,17 @@ impl PluginState {
             Some(n) => n,
             None => DEFAULT_MAX_TOKENS.min(cap),
         };
+        if let Some(budget) = self.granted.tokens_per_minute {
+            let used = self.tokens.used();
+            let left = u64::from(budget).saturating_sub(used);
+            if left == 0 {
+                return Err(Error::QuotaExceeded(format!(
+                    "this plugin's budget of {budget} tokens per minute is spent"
+                )));
+            }
+            // A generation may not run past the budget; only the prompt can overshoot it.
+            max_tokens = max_tokens.min(left.min(u64::from(u32::MAX)) as u32);
+        }
         let params = SamplingParams {
             max_tokens,
             temperature: s.temperature.unwrap_or(defaults.temperature),
@@ -82,7 +88,9 @@ impl PluginState {
         let done = loaded
             .generate(&prompt, &params, &control, &mut |_| {})
             .map_err(to_wit_error)?;
-        self.tokens_used += u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
+        let spent = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
+        self.tokens_used += spent;
+        self.tokens.record(spent);
         Ok(Completion {
             model: done.model,
             text: done.text,
@@ -120,7 +128,7 @@ impl Host for PluginState {
         engine
             .models()
             .iter()
-            .filter(|m| self.manifest.permissions.allows_model(&m.info.id))
+            .filter(|m| self.granted.allows_model(&m.info.id))
             .map(|m| ModelInfo {
                 id: m.info.id.clone(),
                 architecture: m.info.architecture.clone(),

@@ -11,7 +11,15 @@
 //! max-tokens-per-call = 1024 # cap on max-tokens of one llm call
 //! memory-mb = 256            # linear-memory cap
 //! timeout-ms = 30000         # wall-clock deadline per call
+//! tokens-per-minute = 20000  # llm tokens per minute across calls
+//! fuel = 1000000000          # deterministic instruction budget per call
+//! env = ["HOUSE_STYLE"]      # environment variables, by name
+//! folders = [{ path = "/rules", access = "read-only" }]
+//! hosts = ["lint.example.com:443"]  # outbound connections over wasi:sockets
+//! run-python = true          # may run Python in the test sandbox
 //! ```
+//!
+//! Asking is not getting: the operator's grants decide (see [`super::grants`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +55,8 @@ impl std::fmt::Display for World {
     }
 }
 
-/// What a plugin asks for. Everything absent is denied.
+/// What a plugin asks for. Everything absent is denied; the operator's grants (see
+/// [`super::grants`]) decide whether the plugin gets it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Permissions {
@@ -56,10 +65,53 @@ pub struct Permissions {
     pub models: Vec<String>,
     /// Upper bound on `max-tokens` of one `llm` call.
     pub max_tokens_per_call: Option<u32>,
+    /// Tokens (prompt and completion) the plugin may use per minute, across all its calls.
+    pub tokens_per_minute: Option<u32>,
     /// Linear-memory cap in MiB.
     pub memory_mb: Option<u64>,
     /// Wall-clock deadline of one call in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// Fuel (roughly, WebAssembly instructions) one call may burn: a deterministic budget.
+    pub fuel: Option<u64>,
+    /// Environment variables, by name, the plugin may read (their values come from the host).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Folders the plugin may open, by the path it sees them at.
+    #[serde(default)]
+    pub folders: Vec<FolderAccess>,
+    /// Outbound `host:port` pairs the plugin may connect to over `wasi:sockets`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Whether the plugin may run Python in the test sandbox (`sandbox.run-python`).
+    #[serde(default)]
+    pub run_python: bool,
+}
+
+/// A folder a plugin asks for: the absolute path it opens it at, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FolderAccess {
+    pub path: String,
+    #[serde(default)]
+    pub access: Access,
+}
+
+/// Read-only or read-write access to a folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    #[default]
+    ReadOnly,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadOnly => "read-only",
+            Self::ReadWrite => "read-write",
+        }
+    }
 }
 
 impl Permissions {
@@ -67,6 +119,55 @@ impl Permissions {
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.iter().any(|m| m == "*" || m == model)
     }
+
+    /// Check the shapes of the fields: plain variable names, absolute folder paths without
+    /// `..`, `host:port` pairs.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.memory_mb == Some(0) || self.timeout_ms == Some(0) || self.fuel == Some(0) {
+            return Err("memory-mb, timeout-ms and fuel must be above 0".into());
+        }
+        for name in &self.env {
+            let plain =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain {
+                return Err(format!(
+                    "env {name:?} must be a variable name (letters, digits, '_')"
+                ));
+            }
+        }
+        for folder in &self.folders {
+            let path = std::path::Path::new(&folder.path);
+            let clean = path.is_absolute()
+                && path
+                    .components()
+                    .all(|c| !matches!(c, std::path::Component::ParentDir));
+            if !clean {
+                return Err(format!(
+                    "folder {:?} must be an absolute path without '..'",
+                    folder.path
+                ));
+            }
+        }
+        for host in &self.hosts {
+            parse_host(host)?;
+        }
+        Ok(())
+    }
+}
+
+/// Split `host:port` (port may be `*` in grants); the host part is a name or an IP address.
+pub fn parse_host(entry: &str) -> Result<(&str, Option<u16>), String> {
+    let bad = || format!("host {entry:?} must be host:port");
+    let (host, port) = entry.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let port = match port {
+        "*" => None,
+        p => Some(p.parse::<u16>().map_err(|_| bad())?),
+    };
+    Ok((host, port))
 }
 
 /// A parsed manifest.
@@ -114,11 +215,13 @@ impl Manifest {
                 m.world
             )));
         }
-        if m.permissions.memory_mb == Some(0) || m.permissions.timeout_ms == Some(0) {
-            return Err(ManifestError::Invalid(
-                "memory-mb and timeout-ms must be above 0".into(),
-            ));
+        if !m.world.uses_llm() && m.permissions.tokens_per_minute.is_some() {
+            return Err(ManifestError::Invalid(format!(
+                "world {} has no llm access, so `tokens-per-minute` must be absent",
+                m.world
+            )));
         }
+        m.permissions.validate().map_err(ManifestError::Invalid)?;
         Ok(m)
     }
 }

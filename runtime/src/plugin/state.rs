@@ -8,6 +8,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::grants::{Granted, TokenMeter};
 use super::manifest::Manifest;
 use crate::engine::Engine;
 
@@ -68,6 +69,10 @@ pub struct PluginState {
     pub table: ResourceTable,
     pub limiter: MemoryLimiter,
     pub manifest: Arc<Manifest>,
+    /// What the operator granted this plugin.
+    pub granted: Arc<Granted>,
+    /// The plugin's token use over the last minute, shared across its calls.
+    pub tokens: Arc<TokenMeter>,
     pub models: Option<Arc<Engine>>,
     pub deadline: Instant,
     /// Tokens (prompt + completion) the plugin consumed in this call.
@@ -78,18 +83,16 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    /// A state granting nothing beyond what the manifest lists: no env, args, files or sockets.
+    /// A state with a WASI context built from `wasi` (what was granted, nothing more).
     pub fn new(
         manifest: Arc<Manifest>,
+        granted: Arc<Granted>,
+        tokens: Arc<TokenMeter>,
         models: Option<Arc<Engine>>,
-        max_memory: usize,
+        wasi: WasiCtx,
         deadline: Instant,
     ) -> Self {
-        let wasi = WasiCtx::builder()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        let max_memory = (granted.memory_mb as usize) << 20;
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -99,6 +102,8 @@ impl PluginState {
                 hit: false,
             },
             manifest,
+            granted,
+            tokens,
             models,
             deadline,
             tokens_used: 0,

@@ -345,18 +345,7 @@ fn plugin_list(state: &AppState) -> Vec<Value> {
         .plugins
         .all()
         .iter()
-        .map(|p| {
-            json!({
-                "name": p.manifest.name,
-                "version": p.manifest.version,
-                "world": p.manifest.world,
-                "description": p.manifest.description,
-                "permissions": p.manifest.permissions,
-                "source": p.source,
-                "sha256": p.sha256,
-                "size_bytes": p.size_bytes,
-            })
-        })
+        .map(|p| p.describe())
         .collect()
 }
 

@@ -1,7 +1,11 @@
 //! Test plugin: a quality check that tries every way out of the sandbox it can reach through
 //! WASI — host files by absolute path and by `..`, the root directory, environment variables,
 //! outbound TCP and UDP — and reports each attempt as a finding, `snoop-<what>`, whose message
-//! says what it got. The host grants nothing, so every attempt must come back empty or denied.
+//! says what it got. With nothing granted, every attempt must come back empty or denied.
+//!
+//! It also tries what an operator may grant: reading and writing the folder `/granted`, a `..`
+//! escape out of it, and a TCP connection to the address in `SNOOP_TCP` — so a test can grant
+//! some of it and see that exactly the granted part works.
 
 use agentrt_plugin_sdk::{CheckInfo, CodeArtifact, Finding, PipelineError, QualityCheck, Severity};
 
@@ -47,7 +51,22 @@ impl QualityCheck for SnoopCheck {
             Ok(_) => "got: bound".to_owned(),
             Err(e) => format!("denied: {e}"),
         };
+        let granted_tcp = match std::env::var("SNOOP_TCP") {
+            Ok(addr) => match std::net::TcpStream::connect(addr.as_str()) {
+                Ok(_) => "got: connected".to_owned(),
+                Err(e) => format!("denied: {e}"),
+            },
+            Err(_) => "denied: SNOOP_TCP not visible".to_owned(),
+        };
+        let granted_write = match std::fs::write("/granted/written.txt", b"from the plugin") {
+            Ok(()) => "got: written".to_owned(),
+            Err(e) => format!("denied: {e}"),
+        };
         Ok(vec![
+            finding("granted-read", read("/granted/visible.txt")),
+            finding("granted-write", granted_write),
+            finding("granted-escape", read("/granted/../../../etc/passwd")),
+            finding("granted-tcp", granted_tcp),
             finding("passwd", read("/etc/passwd")),
             finding("escape", read("../../../../etc/passwd")),
             finding("root", listing),

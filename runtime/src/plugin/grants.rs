@@ -1,0 +1,433 @@
+//! Operator grants: what each plugin may actually have, decided by the operator's config rather
+//! than by the plugin's own manifest.
+//!
+//! A manifest asks ([`Permissions`]); a [`Grant`] from the config's `[grants.NAME]` table allows;
+//! [`resolve`] turns the two into the [`Granted`] set a plugin runs under, or refuses the plugin
+//! with a message naming the first permission it asked for and was not granted. Capabilities
+//! (models, environment variables, folders, hosts, the Python sandbox) are denied unless
+//! granted; limits (memory, deadline, tokens, fuel) default to the host's defaults and a
+//! manifest may ask for less, never more.
+//!
+//! The embedded default plugins ship with the binary the operator chose to run, so without a
+//! `[grants.NAME]` entry of their own they are granted what their manifests ask.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::manifest::{Access, FolderAccess, Manifest, Permissions, parse_host};
+
+/// Defaults for plugins whose manifest and grant do not say.
+pub const DEFAULT_MEMORY_MB: u64 = 256;
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_MAX_TOKENS_PER_CALL: u32 = 2048;
+
+/// What the operator allows one plugin, from `[grants.NAME]` in the config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Grant {
+    /// Models it may call (`"*"`: any).
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub max_tokens_per_call: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub fuel: Option<u64>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub folders: Vec<FolderGrant>,
+    /// `host:port` or `host:*`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub run_python: bool,
+}
+
+/// A host folder the operator maps to the path a plugin asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FolderGrant {
+    /// Path the plugin sees (as in its manifest).
+    pub path: String,
+    /// Folder on the host.
+    pub host: PathBuf,
+    #[serde(default)]
+    pub access: Access,
+}
+
+impl Grant {
+    /// Everything `manifest` asks for (folders excepted: a manifest cannot name host paths).
+    pub fn as_asked(manifest: &Manifest) -> Self {
+        let p = &manifest.permissions;
+        Self {
+            models: p.models.clone(),
+            max_tokens_per_call: p.max_tokens_per_call,
+            tokens_per_minute: p.tokens_per_minute,
+            memory_mb: p.memory_mb,
+            timeout_ms: p.timeout_ms,
+            fuel: p.fuel,
+            env: p.env.clone(),
+            folders: Vec::new(),
+            hosts: p.hosts.clone(),
+            run_python: p.run_python,
+        }
+    }
+}
+
+/// What a plugin runs under: the manifest's asks, checked against and bounded by the grant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Granted {
+    pub models: Vec<String>,
+    pub max_tokens_per_call: u32,
+    pub tokens_per_minute: Option<u32>,
+    pub memory_mb: u64,
+    pub timeout_ms: u64,
+    pub fuel: Option<u64>,
+    pub env: Vec<String>,
+    pub folders: Vec<FolderGrant>,
+    pub hosts: Vec<String>,
+    pub run_python: bool,
+}
+
+impl Granted {
+    /// Whether the plugin may call `model`.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == "*" || m == model)
+    }
+}
+
+/// Ceilings no grant can exceed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HostLimits {
+    pub max_memory_mb: u64,
+    pub max_timeout_ms: u64,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        Self {
+            max_memory_mb: 1024,
+            max_timeout_ms: 300_000,
+        }
+    }
+}
+
+/// Check `asked` against `grant`: the first permission asked for and not granted is the error.
+pub fn resolve(asked: &Permissions, grant: &Grant, limits: &HostLimits) -> Result<Granted, String> {
+    for model in &asked.models {
+        let covered = grant.models.iter().any(|g| g == "*" || g == model);
+        if !covered {
+            return Err(format!("model {model:?} is not granted"));
+        }
+    }
+    let max_tokens_per_call = bounded_u32(
+        "max-tokens-per-call",
+        asked.max_tokens_per_call,
+        grant.max_tokens_per_call,
+        DEFAULT_MAX_TOKENS_PER_CALL,
+    )?;
+    let tokens_per_minute = optional_budget(
+        "tokens-per-minute",
+        asked.tokens_per_minute.map(u64::from),
+        grant.tokens_per_minute.map(u64::from),
+    )?
+    .map(|n| n as u32);
+    let memory_mb = bounded_u64(
+        "memory-mb",
+        asked.memory_mb,
+        grant.memory_mb,
+        DEFAULT_MEMORY_MB,
+    )?
+    .min(limits.max_memory_mb);
+    let timeout_ms = bounded_u64(
+        "timeout-ms",
+        asked.timeout_ms,
+        grant.timeout_ms,
+        DEFAULT_TIMEOUT_MS,
+    )?
+    .min(limits.max_timeout_ms);
+    let fuel = optional_budget("fuel", asked.fuel, grant.fuel)?;
+    for name in &asked.env {
+        if !grant.env.contains(name) {
+            return Err(format!("env {name:?} is not granted"));
+        }
+    }
+    let folders = asked
+        .folders
+        .iter()
+        .map(|want| grant_folder(want, &grant.folders))
+        .collect::<Result<Vec<_>, _>>()?;
+    for host in &asked.hosts {
+        if !host_covered(host, &grant.hosts) {
+            return Err(format!("host {host:?} is not granted"));
+        }
+    }
+    if asked.run_python && !grant.run_python {
+        return Err("run-python is not granted".into());
+    }
+    Ok(Granted {
+        models: asked.models.clone(),
+        max_tokens_per_call,
+        tokens_per_minute,
+        memory_mb,
+        timeout_ms,
+        fuel,
+        env: asked.env.clone(),
+        folders,
+        hosts: asked.hosts.clone(),
+        run_python: asked.run_python,
+    })
+}
+
+/// A limit with a default: the manifest may ask up to the grant (or the default when the grant
+/// says nothing); unasked, the plugin gets the smaller of the default and the grant.
+fn bounded_u64(
+    what: &str,
+    asked: Option<u64>,
+    granted: Option<u64>,
+    default: u64,
+) -> Result<u64, String> {
+    let ceiling = granted.unwrap_or(default);
+    match asked {
+        Some(a) if a > ceiling => Err(format!("{what} {a} is above the {ceiling} granted")),
+        Some(a) => Ok(a),
+        None => Ok(default.min(ceiling)),
+    }
+}
+
+fn bounded_u32(
+    what: &str,
+    asked: Option<u32>,
+    granted: Option<u32>,
+    default: u32,
+) -> Result<u32, String> {
+    bounded_u64(
+        what,
+        asked.map(u64::from),
+        granted.map(u64::from),
+        u64::from(default),
+    )
+    .map(|n| n as u32)
+}
+
+/// A budget without a default (absent = unlimited): the stricter of asked and granted.
+fn optional_budget(
+    what: &str,
+    asked: Option<u64>,
+    granted: Option<u64>,
+) -> Result<Option<u64>, String> {
+    match (asked, granted) {
+        (Some(a), Some(g)) if a > g => Err(format!("{what} {a} is above the {g} granted")),
+        (Some(a), _) => Ok(Some(a)),
+        (None, g) => Ok(g),
+    }
+}
+
+fn grant_folder(want: &FolderAccess, grants: &[FolderGrant]) -> Result<FolderGrant, String> {
+    let grant = grants
+        .iter()
+        .find(|g| g.path == want.path)
+        .ok_or_else(|| format!("folder {:?} is not granted", want.path))?;
+    if want.access > grant.access {
+        return Err(format!(
+            "folder {:?} {} is not granted (only {})",
+            want.path,
+            want.access.as_str(),
+            grant.access.as_str()
+        ));
+    }
+    Ok(FolderGrant {
+        path: want.path.clone(),
+        host: grant.host.clone(),
+        access: want.access,
+    })
+}
+
+fn host_covered(asked: &str, grants: &[String]) -> bool {
+    let Ok((host, port)) = parse_host(asked) else {
+        return false;
+    };
+    grants.iter().any(|g| match parse_host(g) {
+        Ok((gh, gp)) => gh.eq_ignore_ascii_case(host) && (gp.is_none() || gp == port),
+        Err(_) => false,
+    })
+}
+
+/// A granted host resolved to addresses, with its port (`None`: any).
+#[derive(Debug, Clone)]
+pub struct AllowedHost {
+    pub addresses: Vec<std::net::IpAddr>,
+    pub port: Option<u16>,
+}
+
+/// Resolve granted `host:port` entries now; a name that does not resolve allows nothing.
+pub fn resolve_hosts(hosts: &[String]) -> Vec<AllowedHost> {
+    use std::net::ToSocketAddrs;
+    hosts
+        .iter()
+        .filter_map(|entry| {
+            let (host, port) = parse_host(entry).ok()?;
+            let addresses = (host, 0)
+                .to_socket_addrs()
+                .map(|addrs| addrs.map(|a| a.ip()).collect())
+                .unwrap_or_default();
+            Some(AllowedHost { addresses, port })
+        })
+        .collect()
+}
+
+/// Whether a plugin granted `allowed` may use `addr` this way: connect to a granted address,
+/// and the implicit bind to an unspecified local address that a connect performs; nothing else
+/// (no listening, no explicit binds).
+pub fn connection_allowed(
+    allowed: &[AllowedHost],
+    addr: std::net::SocketAddr,
+    use_: wasmtime_wasi::sockets::SocketAddrUse,
+) -> bool {
+    use wasmtime_wasi::sockets::SocketAddrUse;
+    match use_ {
+        SocketAddrUse::TcpConnect => allowed
+            .iter()
+            .any(|h| h.addresses.contains(&addr.ip()) && h.port.is_none_or(|p| p == addr.port())),
+        SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+        _ => false,
+    }
+}
+
+/// Tokens a plugin used over the last minute, shared by all its calls.
+#[derive(Debug, Default)]
+pub struct TokenMeter {
+    spent: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl TokenMeter {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// Tokens used in the last minute.
+    pub fn used(&self) -> u64 {
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while spent
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > Self::WINDOW)
+        {
+            spent.pop_front();
+        }
+        spent.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn record(&self, tokens: u64) {
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        spent.push_back((Instant::now(), tokens));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asks(toml_permissions: &str) -> Permissions {
+        let text = format!(
+            "name=\"p\"\nversion=\"1\"\nworld=\"reviewer\"\n[permissions]\n{toml_permissions}"
+        );
+        Manifest::parse(&text).expect("manifest").permissions
+    }
+
+    fn grant(toml: &str) -> Grant {
+        toml::from_str(toml).expect("grant")
+    }
+
+    fn denied(asked: &str, granted: &str) -> String {
+        resolve(&asks(asked), &grant(granted), &HostLimits::default()).expect_err("must be refused")
+    }
+
+    #[test]
+    fn nothing_asked_gets_the_defaults_and_no_capabilities() {
+        let g = resolve(&asks(""), &Grant::default(), &HostLimits::default()).expect("ok");
+        assert_eq!(g.memory_mb, DEFAULT_MEMORY_MB);
+        assert_eq!(g.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert!(g.models.is_empty() && g.env.is_empty() && g.folders.is_empty());
+        assert!(!g.run_python && g.fuel.is_none() && g.tokens_per_minute.is_none());
+    }
+
+    #[test]
+    fn each_ungranted_capability_is_named() {
+        assert!(denied("models=[\"m\"]", "").contains("model \"m\""));
+        assert!(denied("models=[\"*\"]", "models=[\"m\"]").contains("model \"*\""));
+        assert!(denied("env=[\"HOME\"]", "env=[\"USER\"]").contains("env \"HOME\""));
+        assert!(denied("folders=[{path=\"/d\"}]", "").contains("folder \"/d\""));
+        assert!(
+            denied(
+                "folders=[{path=\"/d\", access=\"read-write\"}]",
+                "folders=[{path=\"/d\", host=\"/tmp\"}]"
+            )
+            .contains("read-write is not granted")
+        );
+        assert!(denied("hosts=[\"a.example:443\"]", "hosts=[\"a.example:80\"]").contains("host"));
+        assert!(denied("run-python=true", "").contains("run-python"));
+        assert!(denied("memory-mb=512", "").contains("memory-mb 512"));
+        assert!(denied("timeout-ms=9000", "timeout-ms=1000").contains("timeout-ms"));
+        assert!(denied("fuel=100", "fuel=10").contains("fuel 100"));
+        assert!(
+            denied("tokens-per-minute=1000", "tokens-per-minute=10").contains("tokens-per-minute")
+        );
+        assert!(
+            denied("max-tokens-per-call=4096", "max-tokens-per-call=64").contains("max-tokens")
+        );
+    }
+
+    #[test]
+    fn granted_asks_run_with_what_was_asked_and_the_grant_caps_the_rest() {
+        let g = resolve(
+            &asks(
+                "models=[\"m\"]\nenv=[\"A\"]\nfolders=[{path=\"/d\"}]\nhosts=[\"x.example:443\"]\nrun-python=true\nmemory-mb=64",
+            ),
+            &grant(
+                "models=[\"*\"]\nenv=[\"A\",\"B\"]\nfolders=[{path=\"/d\", host=\"/srv/d\", access=\"read-write\"}]\nhosts=[\"X.example:*\"]\nrun-python=true\ntokens-per-minute=500\nfuel=99",
+            ),
+            &HostLimits::default(),
+        )
+        .expect("granted");
+        assert_eq!(g.models, ["m"]);
+        assert_eq!(
+            g.env,
+            ["A"],
+            "only what was asked, not all that was granted"
+        );
+        assert_eq!(g.folders[0].access, Access::ReadOnly);
+        assert_eq!(g.folders[0].host, PathBuf::from("/srv/d"));
+        assert_eq!(g.memory_mb, 64);
+        assert_eq!(
+            g.tokens_per_minute,
+            Some(500),
+            "the operator's budget applies"
+        );
+        assert_eq!(g.fuel, Some(99));
+        assert!(g.allows_model("m") && !g.allows_model("n"));
+    }
+
+    #[test]
+    fn host_limits_cap_every_grant() {
+        let limits = HostLimits {
+            max_memory_mb: 32,
+            max_timeout_ms: 100,
+        };
+        let g = resolve(&asks("memory-mb=64"), &grant("memory-mb=64"), &limits).expect("ok");
+        assert_eq!((g.memory_mb, g.timeout_ms), (32, 100));
+    }
+
+    #[test]
+    fn the_meter_sums_recent_tokens() {
+        let m = TokenMeter::default();
+        m.record(5);
+        m.record(7);
+        assert_eq!(m.used(), 12);
+    }
+}

@@ -1,0 +1,247 @@
+//! Operator grants: a plugin gets exactly what its manifest asked for and the operator's config
+//! granted. The snoop plugin (tests/plugins/snoop-check) tries files, a `..` escape, environment
+//! variables and sockets; granted some of them, exactly those work. A plugin asking for more
+//! than it is granted fails to load with a message naming the permission; a fuel budget stops a
+//! plugin deterministically.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Server, plugin_folder, run_cli};
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The snoop plugin's attempts as (what, outcome) pairs.
+fn attempts(body: &Value) -> Vec<(String, String)> {
+    body["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter_map(|f| {
+            let rule = f["rule_id"].as_str()?.strip_prefix("snoop-")?;
+            Some((rule.to_string(), f["message"].as_str()?.to_string()))
+        })
+        .collect()
+}
+
+fn outcome<'a>(attempts: &'a [(String, String)], what: &str) -> &'a str {
+    attempts
+        .iter()
+        .find(|(w, _)| w == what)
+        .map(|(_, o)| o.as_str())
+        .unwrap_or_else(|| panic!("no attempt {what}: {attempts:?}"))
+}
+
+/// A folder the operator grants, holding one file.
+fn granted_folder(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentrt-{label}-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("visible.txt"), "hello from the granted folder").expect("write");
+    dir
+}
+
+/// The snoop plugin's manifest asking for two variables, a folder and `host`.
+fn snoop_asks(host: &str) -> String {
+    format!(
+        "name = \"snoop-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
+         [permissions]\nmemory-mb = 16\ntimeout-ms = 5000\n\
+         env = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\n\
+         folders = [{{ path = \"/granted\", access = \"read-only\" }}]\nhosts = [\"{host}\"]\n"
+    )
+}
+
+#[test]
+fn granted_env_folders_and_hosts_reach_exactly_what_was_granted() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    // It asks for one port; the snoop's other connection (to port 22) must be refused by the
+    // sandbox even though the operator would grant any port.
+    let asks = snoop_asks(&format!("127.0.0.1:{port}"));
+    let plugins = plugin_folder("granted", "snoop-check", "snoop-check", &asks);
+    let data = granted_folder("granted");
+    let config = plugins.join("agentrt.toml");
+    // The operator grants more than the plugin asks (read-write, any port): it still gets only
+    // what it asked for (read-only, one port).
+    std::fs::write(
+        &config,
+        format!(
+            "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\n\
+             folders = [{{ path = \"/granted\", host = {:?}, access = \"read-write\" }}]\n\
+             hosts = [\"127.0.0.1:*\"]\n",
+            path_str(&data)
+        ),
+    )
+    .expect("write config");
+    let tcp_target = format!("127.0.0.1:{port}");
+    let server = Server::start_with_env(
+        &[
+            "--plugins",
+            path_str(&plugins),
+            "--config",
+            path_str(&config),
+        ],
+        &[
+            ("SNOOP_VISIBLE", "yes"),
+            ("SNOOP_HIDDEN", "host-secret-value"),
+            ("SNOOP_TCP", &tcp_target),
+        ],
+    );
+    let (status, body) = server.post(
+        "/check",
+        &json!({"code": "x = 1\n", "checks": ["snoop-check"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let got = attempts(&body);
+    for (what, outcome) in &got {
+        println!("{what}: {outcome}");
+    }
+    assert_eq!(outcome(&got, "env"), "got: SNOOP_VISIBLE,SNOOP_TCP");
+    assert_eq!(
+        outcome(&got, "granted-read"),
+        "got: hello from the granted folder"
+    );
+    assert_eq!(outcome(&got, "granted-tcp"), "got: connected");
+    for denied in [
+        "granted-write",
+        "granted-escape",
+        "passwd",
+        "escape",
+        "root",
+        "tcp",
+        "udp",
+    ] {
+        assert!(
+            outcome(&got, denied).starts_with("denied"),
+            "{denied} got through: {}",
+            outcome(&got, denied)
+        );
+    }
+    assert!(
+        !data.join("written.txt").exists(),
+        "a read-only grant was written to"
+    );
+    let text = body.to_string();
+    assert!(!text.contains("host-secret-value"), "{text}");
+    assert!(!text.contains("root:x:0:0"), "{text}");
+
+    let (ok, stdout, stderr) = run_cli(&[
+        "plugins",
+        "inspect",
+        "snoop-check",
+        "--json",
+        "--plugins",
+        path_str(&plugins),
+        "--config",
+        path_str(&config),
+    ]);
+    assert!(ok, "{stderr}");
+    let inspected: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(
+        inspected["granted"]["env"],
+        json!(["SNOOP_VISIBLE", "SNOOP_TCP"])
+    );
+    assert_eq!(inspected["granted"]["folders"][0]["access"], "read-only");
+    assert_eq!(inspected["granted"]["folders"][0]["host"], path_str(&data));
+    assert_eq!(inspected["granted"]["memory-mb"], 16);
+    drop(listener);
+    let _ = std::fs::remove_dir_all(plugins);
+    let _ = std::fs::remove_dir_all(data);
+}
+
+#[test]
+fn a_plugin_asking_for_more_than_it_is_granted_fails_to_load_naming_the_permission() {
+    let asks = snoop_asks("127.0.0.1:*");
+    let plugins = plugin_folder("ungranted", "snoop-check", "snoop-check", &asks);
+    let data = granted_folder("ungranted");
+    let config = plugins.join("agentrt.toml");
+    let cases = [
+        ("", "env \"SNOOP_VISIBLE\" is not granted"),
+        (
+            "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\n",
+            "folder \"/granted\" is not granted",
+        ),
+        (
+            &*format!(
+                "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\n\
+                 folders = [{{ path = \"/granted\", host = {:?} }}]\nhosts = [\"127.0.0.1:80\"]\n",
+                path_str(&data)
+            ),
+            "host \"127.0.0.1:*\" is not granted",
+        ),
+        (
+            &*format!(
+                "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\nmemory-mb = 8\n\
+                 folders = [{{ path = \"/granted\", host = {:?} }}]\nhosts = [\"127.0.0.1:*\"]\n",
+                path_str(&data)
+            ),
+            "memory-mb 16 is above the 8 granted",
+        ),
+    ];
+    for (grants, expected) in cases {
+        std::fs::write(&config, grants).expect("write config");
+        let (ok, _, stderr) = run_cli(&[
+            "plugins",
+            "list",
+            "--plugins",
+            path_str(&plugins),
+            "--config",
+            path_str(&config),
+        ]);
+        assert!(!ok, "loaded with grants {grants:?}");
+        assert!(
+            stderr.contains("PLUGIN_006") && stderr.contains(expected),
+            "grants {grants:?}: {stderr}"
+        );
+        println!("refused: {}", stderr.trim());
+    }
+    // The server refuses to start on it too, rather than run without the plugin silently.
+    std::fs::write(&config, "").expect("write config");
+    let (ok, _, stderr) = run_cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--plugins",
+        path_str(&plugins),
+        "--config",
+        path_str(&config),
+    ]);
+    assert!(!ok && stderr.contains("PLUGIN_006"), "{stderr}");
+    let _ = std::fs::remove_dir_all(plugins);
+    let _ = std::fs::remove_dir_all(data);
+}
+
+#[test]
+fn a_fuel_budget_stops_an_endless_loop_before_its_deadline() {
+    let plugins = plugin_folder(
+        "fuel",
+        "spin-check",
+        "spin-check",
+        "name = \"spin-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
+         [permissions]\nmemory-mb = 16\ntimeout-ms = 20000\nfuel = 5000000\n",
+    );
+    let server = Server::start(&["--plugins", path_str(&plugins)]);
+    let started = std::time::Instant::now();
+    let (status, body) = server.post(
+        "/check",
+        &json!({"code": "x = 1\n", "checks": ["spin-check"]}),
+    );
+    let elapsed = started.elapsed();
+    println!(
+        "fuel budget stopped the loop after {} ms",
+        elapsed.as_millis()
+    );
+    assert_eq!(status, 200, "{body}");
+    let outcome = &body["checks"][0];
+    assert_eq!(outcome["error"]["code"], "PLUGIN_007", "{body}");
+    assert!(
+        outcome["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("fuel")),
+        "{body}"
+    );
+    let _ = std::fs::remove_dir_all(plugins);
+}
