@@ -61,7 +61,7 @@ fn granted_env_folders_and_hosts_reach_exactly_what_was_granted() {
     // It asks for one port; the snoop's other connection (to port 22) must be refused by the
     // sandbox even though the operator would grant any port.
     let asks = snoop_asks(&format!("127.0.0.1:{port}"));
-    let plugins = plugin_folder("granted", "snoop-check", "snoop-check", &asks);
+    let plugins = plugin_folder("granted", "snoop-check", "snoop-check", Some(&asks));
     let data = granted_folder("granted");
     let config = plugins.join("agentrt.toml");
     // The operator grants more than the plugin asks (read-write, any port): it still gets only
@@ -155,7 +155,7 @@ fn granted_env_folders_and_hosts_reach_exactly_what_was_granted() {
 #[test]
 fn a_plugin_asking_for_more_than_it_is_granted_fails_to_load_naming_the_permission() {
     let asks = snoop_asks("127.0.0.1:*");
-    let plugins = plugin_folder("ungranted", "snoop-check", "snoop-check", &asks);
+    let plugins = plugin_folder("ungranted", "snoop-check", "snoop-check", Some(&asks));
     let data = granted_folder("ungranted");
     let config = plugins.join("agentrt.toml");
     let cases = [
@@ -220,8 +220,10 @@ fn a_fuel_budget_stops_an_endless_loop_before_its_deadline() {
         "fuel",
         "spin-check",
         "spin-check",
-        "name = \"spin-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
+        Some(
+            "name = \"spin-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
          [permissions]\nmemory-mb = 16\ntimeout-ms = 20000\nfuel = 5000000\n",
+        ),
     );
     let server = Server::start(&["--plugins", path_str(&plugins)]);
     let started = std::time::Instant::now();

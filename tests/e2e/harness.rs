@@ -164,16 +164,23 @@ pub fn default_server() -> &'static Server {
     SERVER.get_or_init(|| Server::start(&[]))
 }
 
-/// A fresh folder holding the test plugin `wasm_of` under `name`, with `manifest` beside it.
-pub fn plugin_folder(label: &str, wasm_of: &str, name: &str, manifest: &str) -> PathBuf {
+/// A fresh folder holding the test plugin `wasm_of` under `name`, with `manifest` beside it
+/// (`None`: the plugin's own `plugin.toml`).
+pub fn plugin_folder(label: &str, wasm_of: &str, name: &str, manifest: Option<&str>) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("agentrt-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::copy(
-        test_plugin_dir().join(format!("{wasm_of}.wasm")),
-        dir.join(format!("{name}.wasm")),
-    )
-    .expect("copy wasm");
+    std::fs::copy(test_plugin_wasm(wasm_of), dir.join(format!("{name}.wasm"))).expect("copy wasm");
+    let manifest = match manifest {
+        Some(text) => text.to_string(),
+        None => std::fs::read_to_string(
+            repo_root()
+                .join("tests/plugins")
+                .join(wasm_of)
+                .join("plugin.toml"),
+        )
+        .expect("read manifest"),
+    };
     std::fs::write(dir.join(format!("{name}.toml")), manifest).expect("write manifest");
     dir
 }
@@ -191,8 +198,8 @@ pub fn run_cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Folder holding the test-only plugins (built once per run) with their manifests.
-pub fn test_plugin_dir() -> &'static Path {
+/// Folder of the test-only plugins' `.wasm` files, built once per run.
+pub fn built_test_plugins() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = repo_root();
@@ -216,6 +223,20 @@ pub fn test_plugin_dir() -> &'static Path {
             .status()
             .expect("run cargo for the test plugins");
         assert!(status.success(), "building tests/plugins failed");
+        target.join("wasm32-wasip2/release")
+    })
+}
+
+/// The built component of test plugin `name`.
+pub fn test_plugin_wasm(name: &str) -> PathBuf {
+    built_test_plugins().join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// Folder holding the test-only plugins that need no grants, with their own manifests.
+pub fn test_plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = repo_root();
         let dir = std::env::temp_dir().join(format!("agentrt-test-plugins-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         for name in [
@@ -226,11 +247,9 @@ pub fn test_plugin_dir() -> &'static Path {
             "snoop-check",
             "recurse-check",
             "flood-check",
+            "hostcall-trap-check",
         ] {
-            let artifact = name.replace('-', "_");
-            let wasm = target
-                .join("wasm32-wasip2/release")
-                .join(format!("{artifact}.wasm"));
+            let wasm = test_plugin_wasm(name);
             std::fs::copy(&wasm, dir.join(format!("{name}.wasm")))
                 .unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
             std::fs::copy(

@@ -1,13 +1,15 @@
-//! Plugins that trap, loop forever, allocate or recurse without bound, snoop on the host, or
-//! flood the host with output: each call is a clear `PLUGIN_*` error (or, for the snoop, a
-//! result that shows it got nothing), and the server keeps answering other requests meanwhile
-//! and afterwards. A corrupted component is refused at load with `PLUGIN_002`.
+//! Plugins that trap (in their own code or in the middle of a host call), loop forever, allocate
+//! or recurse without bound, snoop on the host, flood the host with output, or call the model
+//! in a loop past their token budget: each call is a clear `PLUGIN_*` error (or, for the snoop,
+//! a result that shows it got nothing), and the server keeps answering other requests meanwhile
+//! and afterwards. A corrupted component is refused at load with `PLUGIN_002`; a plugin asking
+//! for what it is not granted is refused with `PLUGIN_006` (see `grants`).
 
 use std::sync::OnceLock;
 
 use serde_json::json;
 
-use crate::harness::{Server, error_code, test_plugin_dir};
+use crate::harness::{Server, error_code, plugin_folder, test_plugin_dir};
 
 fn hostile_server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
@@ -160,6 +162,79 @@ fn unbounded_recursion_is_that_calls_trap() {
 }
 
 #[test]
+fn a_trap_inside_a_host_call_is_that_calls_error() {
+    let started = std::time::Instant::now();
+    let outcome = check_with("hostcall-trap-check");
+    println!(
+        "trap inside a host call reported after {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(outcome["error"]["code"], "PLUGIN_003", "{outcome}");
+    still_serving();
+}
+
+#[test]
+fn an_llm_loop_stops_at_its_token_budget_while_others_are_served() {
+    let plugins = plugin_folder(
+        "token-loop",
+        "token-loop-reviewer",
+        "token-loop-reviewer",
+        None,
+    );
+    let config = plugins.join("agentrt.toml");
+    std::fs::write(
+        &config,
+        "[grants.token-loop-reviewer]\nmodels = [\"*\"]\nmax-tokens-per-call = 16\ntokens-per-minute = 200\n",
+    )
+    .expect("write config");
+    let server = Server::start(&[
+        "--plugins",
+        plugins.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let base = server.base.clone();
+    let looping = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build();
+        let agent: ureq::Agent = agent.into();
+        let mut resp = agent
+            .post(&format!("{base}/review"))
+            .send_json(json!({"code": "def add(a, b):\n    return a + b\n"}))
+            .expect("review request");
+        let body: serde_json::Value = resp.body_mut().read_json().expect("json");
+        (resp.status().as_u16(), body, started.elapsed())
+    });
+    // Ordinary requests go on while the loop runs.
+    for _ in 0..3 {
+        let (status, body) = server.post("/check", &json!({"code": "x = 1\n"}));
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = server.get("/health");
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body, elapsed) = looping.join().expect("join");
+    println!(
+        "token loop stopped after {} ms: {status} {body}",
+        elapsed.as_millis()
+    );
+    assert_eq!(error_code(&body), "PLUGIN_007", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    let tokens: u64 = message
+        .split_once(" calls and ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no token count in {message}"));
+    // The budget may be overshot by at most one call's prompt (generation is capped to what
+    // is left), and the loop must have been allowed to spend most of it.
+    assert!((150..=216).contains(&tokens), "{tokens} tokens: {message}");
+    let (status, _) = server.get("/health");
+    assert_eq!(status, 200);
+    let _ = std::fs::remove_dir_all(plugins);
+}
+
+#[test]
 fn a_flood_of_output_is_refused() {
     let started = std::time::Instant::now();
     let outcome = check_with("flood-check");
@@ -179,6 +254,7 @@ fn ordinary_requests_succeed_while_every_hostile_plugin_runs() {
         "recurse-check",
         "flood-check",
         "snoop-check",
+        "hostcall-trap-check",
     ];
     let handles: Vec<_> = hostile
         .iter()
@@ -194,6 +270,7 @@ fn ordinary_requests_succeed_while_every_hostile_plugin_runs() {
             "hog-check" => "PLUGIN_005",
             "recurse-check" => "PLUGIN_003",
             "flood-check" => "PLUGIN_008",
+            "hostcall-trap-check" => "PLUGIN_003",
             _ => {
                 assert_eq!(outcome["status"], "ok", "{name}: {outcome}");
                 continue;
