@@ -291,27 +291,29 @@ pub fn load_pipeline(
         }
         None => Config::default(),
     };
+    // One sandbox for the pipeline's test stage and for plugins granted run-python.
+    let sandbox = Arc::new(crate::sandbox::LazySandbox::new(
+        crate::paths::python_wasm(),
+        CompileCache::new(Some(crate::paths::component_cache())),
+        crate::sandbox::SandboxLimits::default(),
+    ));
     let cache = CompileCache::new(Some(crate::paths::component_cache()));
-    let host = PluginHost::new(engine, cache, Arc::new(config)).map_err(|e| {
-        CliError::new(
-            ErrorCode::Internal,
-            format!("cannot start the plugin host: {e:#}"),
-        )
-    })?;
+    let host =
+        PluginHost::new(engine, Some(sandbox.clone()), cache, Arc::new(config)).map_err(|e| {
+            CliError::new(
+                ErrorCode::Internal,
+                format!("cannot start the plugin host: {e:#}"),
+            )
+        })?;
     let started = Instant::now();
     let plugins = load_plugins(&host, opts.plugins.as_deref())
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "plugins loaded");
-    let sandbox = crate::sandbox::LazySandbox::new(
-        crate::paths::python_wasm(),
-        CompileCache::new(Some(crate::paths::component_cache())),
-        crate::sandbox::SandboxLimits::default(),
-    );
     Ok(Pipeline {
         host: Arc::new(host),
         plugins: Arc::new(plugins),
         stats: Arc::new(Stats::default()),
-        sandbox: Some(Arc::new(sandbox)),
+        sandbox: Some(sandbox),
     })
 }
 
@@ -352,45 +354,6 @@ fn source_label(source: &crate::plugin::PluginSource) -> String {
         crate::plugin::PluginSource::Embedded => "embedded".to_string(),
         crate::plugin::PluginSource::File(f) => f.display().to_string(),
     }
-}
-
-/// One line naming every limit and capability a plugin runs under.
-fn granted_summary(g: &crate::plugin::grants::Granted) -> String {
-    let mut parts = vec![
-        format!("memory {} MiB", g.memory_mb),
-        format!("timeout {} ms", g.timeout_ms),
-    ];
-    if let Some(fuel) = g.fuel {
-        parts.push(format!("fuel {fuel}"));
-    }
-    if !g.models.is_empty() {
-        parts.push(format!(
-            "models {} (max {} tokens per call{})",
-            g.models.join(","),
-            g.max_tokens_per_call,
-            g.tokens_per_minute
-                .map(|n| format!(", {n} per minute"))
-                .unwrap_or_default()
-        ));
-    }
-    if !g.env.is_empty() {
-        parts.push(format!("env {}", g.env.join(",")));
-    }
-    for f in &g.folders {
-        parts.push(format!(
-            "folder {} = {} ({})",
-            f.path,
-            f.host.display(),
-            f.access.as_str()
-        ));
-    }
-    if !g.hosts.is_empty() {
-        parts.push(format!("hosts {}", g.hosts.join(",")));
-    }
-    if g.run_python {
-        parts.push("run-python".into());
-    }
-    parts.join("; ")
 }
 
 /// Run a parsed command.
@@ -628,7 +591,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                         p.manifest.description,
                         source_label(&p.source)
                     );
-                    println!("{:<16} granted: {}", "", granted_summary(&p.granted));
+                    println!("{:<16} granted: {}", "", p.granted.summary());
                 }
             });
             Ok(())
@@ -668,7 +631,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     "  asks:     {}",
                     serde_json::to_string(&m.permissions).unwrap_or_default()
                 );
-                println!("  granted:  {}", granted_summary(&plugin.granted));
+                println!("  granted:  {}", plugin.granted.summary());
             });
             Ok(())
         }

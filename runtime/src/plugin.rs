@@ -12,6 +12,7 @@ pub mod compile_cache;
 pub mod grants;
 mod host_llm;
 mod host_log;
+mod host_sandbox;
 pub mod manifest;
 pub mod output;
 pub mod registry;
@@ -35,6 +36,7 @@ use state::PluginState;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error_code::ErrorCode;
+use crate::sandbox::LazySandbox;
 
 /// How often the epoch advances; the granularity of plugin deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -173,6 +175,7 @@ pub struct PluginHost {
     linker_llm: Linker<PluginState>,
     linker_plain: Linker<PluginState>,
     models: Option<Arc<Engine>>,
+    sandbox: Option<Arc<LazySandbox>>,
     cache: CompileCache,
     config: Arc<Config>,
 }
@@ -184,10 +187,12 @@ impl std::fmt::Debug for PluginHost {
 }
 
 impl PluginHost {
-    /// Create the host; `models` is what `llm` imports reach (None: no model access at all);
-    /// `config` holds the operator's limits and grants.
+    /// Create the host; `models` is what `llm` imports reach (None: no model access at all),
+    /// `sandbox` what `sandbox.run-python` runs in; `config` holds the operator's limits and
+    /// grants.
     pub fn new(
         models: Option<Arc<Engine>>,
+        sandbox: Option<Arc<LazySandbox>>,
         cache: CompileCache,
         config: Arc<Config>,
     ) -> wasmtime::Result<Self> {
@@ -205,6 +210,7 @@ impl PluginHost {
         let mut linker_plain = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_plain)?;
         bindings::log::add_to_linker::<_, HasSelf<_>>(&mut linker_plain, |s| s)?;
+        bindings::sandbox::add_to_linker::<_, HasSelf<_>>(&mut linker_plain, |s| s)?;
         let mut linker_llm = linker_plain.clone();
         bindings::llm::add_to_linker::<_, HasSelf<_>>(&mut linker_llm, |s| s)?;
         Ok(Self {
@@ -212,6 +218,7 @@ impl PluginHost {
             linker_llm,
             linker_plain,
             models,
+            sandbox,
             cache,
             config,
         })
@@ -301,6 +308,11 @@ impl PluginHost {
             plugin.granted.clone(),
             plugin.tokens.clone(),
             models,
+            if granted.run_python {
+                self.sandbox.clone()
+            } else {
+                None
+            },
             wasi_context(granted)?,
             Instant::now() + timeout,
         );
@@ -383,6 +395,8 @@ impl PluginHost {
             duration_ms = stats.duration_ms,
             memory_peak_bytes = stats.memory_peak_bytes,
             tokens = stats.tokens,
+            used = %state.used.join(","),
+            granted = %plugin.granted.summary(),
             outcome = %outcome_label,
             "plugin call"
         );

@@ -223,13 +223,33 @@ impl PythonSandbox {
 
     /// Run `tests` against `code`, each test at most once.
     pub fn run_tests(&self, code: &str, tests: &str) -> TestReport {
+        self.run_tests_until(code, tests, None)
+    }
+
+    /// As [`Self::run_tests`], ending by `deadline` too: a plugin's call into the sandbox
+    /// must not outlive the plugin's own deadline.
+    pub fn run_tests_until(
+        &self,
+        code: &str,
+        tests: &str,
+        deadline: Option<Instant>,
+    ) -> TestReport {
         let started = Instant::now();
         let mut report = TestReport::default();
         let mut collected: Option<Vec<String>> = None;
         let mut only: Option<Vec<String>> = None;
         loop {
+            let time_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if time_left.is_some_and(|t| t.is_zero()) {
+                report
+                    .setup_error
+                    .get_or_insert_with(|| "the caller's deadline passed".into());
+                break;
+            }
             report.runs += 1;
-            let (events, end) = self.run_once(code, tests, only.as_deref());
+            let timeout =
+                time_left.map_or(self.limits.run_timeout, |t| t.min(self.limits.run_timeout));
+            let (events, end) = self.run_once(code, tests, only.as_deref(), timeout);
             let mut running: Option<String> = None;
             for event in events {
                 match event {
@@ -259,10 +279,7 @@ impl PythonSandbox {
                 RunEnd::Exited => break,
                 RunEnd::Timeout if running.is_some() => report.results.push(culprit(
                     TestStatus::Timeout,
-                    format!(
-                        "ran past the {} ms limit",
-                        self.limits.run_timeout.as_millis()
-                    ),
+                    format!("ran past the {} ms limit", timeout.as_millis()),
                 )),
                 RunEnd::Crashed(why) if running.is_some() => {
                     report.results.push(culprit(TestStatus::Error, why))
@@ -272,7 +289,7 @@ impl PythonSandbox {
                     report.setup_error.get_or_insert_with(|| {
                         format!(
                             "loading the code ran past the {} ms limit",
-                            self.limits.run_timeout.as_millis()
+                            timeout.as_millis()
                         )
                     });
                     break;
@@ -305,7 +322,13 @@ impl PythonSandbox {
     }
 
     /// One interpreter instance over `code` and `tests` (only the tests named in `only`).
-    fn run_once(&self, code: &str, tests: &str, only: Option<&[String]>) -> (Vec<Event>, RunEnd) {
+    fn run_once(
+        &self,
+        code: &str,
+        tests: &str,
+        only: Option<&[String]>,
+        timeout: Duration,
+    ) -> (Vec<Event>, RunEnd) {
         let nonce = nonce();
         let payload = serde_json::json!({"code": code, "tests": tests, "only": only}).to_string();
         let stdout = MemoryOutputPipe::new(self.limits.output_bytes);
@@ -324,14 +347,14 @@ impl PythonSandbox {
         };
         let end = std::thread::scope(|scope| {
             scope
-                .spawn(|| self.execute(state))
+                .spawn(|| self.execute(state, timeout))
                 .join()
                 .unwrap_or_else(|_| RunEnd::Crashed("the sandbox thread panicked".into()))
         });
         (parse_events(&stdout.contents(), &nonce), end)
     }
 
-    fn execute(&self, state: RunState) -> RunEnd {
+    fn execute(&self, state: RunState, timeout: Duration) -> RunEnd {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -351,7 +374,7 @@ impl PythonSandbox {
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         };
-        match runtime.block_on(async { tokio::time::timeout(self.limits.run_timeout, run).await }) {
+        match runtime.block_on(async { tokio::time::timeout(timeout, run).await }) {
             Err(_) => RunEnd::Timeout,
             Ok(Ok(())) => RunEnd::Exited,
             Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {

@@ -183,3 +183,31 @@ fn top_level_asserts_are_one_test() {
     assert_eq!(status_of(&failing, "<module>"), TestStatus::Failed);
     assert!(failing.results[0].message.contains("assert add(2, 2) == 5"));
 }
+
+#[test]
+fn a_callers_deadline_ends_the_run_before_the_sandbox_limit() {
+    // A plugin calling the sandbox with 500 ms left must get its answer by then, not after the
+    // sandbox's own 3 s limit; the rest of the tests are not started past the deadline.
+    let tests = "def test_spin():\n    while True:\n        pass\n\n\
+                 def test_later():\n    assert True\n";
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    let report = sandbox().run_tests_until(ADD, tests, Some(deadline));
+    println!("{report:?}");
+    let spin = &report.results[0];
+    assert_eq!(spin.status, TestStatus::Timeout, "{report:?}");
+    let limit_ms: u64 = spin
+        .message
+        .trim_start_matches("ran past the ")
+        .trim_end_matches(" ms limit")
+        .parse()
+        .unwrap_or_else(|_| panic!("unexpected message {}", spin.message));
+    assert!(limit_ms <= 500, "the run was given {limit_ms} ms");
+    assert!(
+        !report.results.iter().any(|r| r.name == "test_later"),
+        "a test was started after the deadline: {report:?}"
+    );
+    assert_eq!(
+        report.setup_error.as_deref(),
+        Some("the caller's deadline passed")
+    );
+}

@@ -247,3 +247,88 @@ fn a_fuel_budget_stops_an_endless_loop_before_its_deadline() {
     );
     let _ = std::fs::remove_dir_all(plugins);
 }
+
+/// Findings of `sandbox-check` on `code` and `tests`, as (rule, message) pairs.
+fn sandbox_findings(server: &Server, code: &str, tests: &str) -> Vec<(String, String)> {
+    let (status, body) = server.post(
+        "/check",
+        &json!({"code": code, "tests": tests, "checks": ["sandbox-check"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"][0]["status"], "ok", "{body}");
+    body["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter_map(|f| {
+            Some((
+                f["rule_id"].as_str()?.to_string(),
+                f["message"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn run_python_answers_only_plugins_granted_it() {
+    let code = "def add(a, b):\n    return a + b\n";
+    let tests = "def test_add():\n    assert add(2, 3) == 5\n\n\
+                 def test_wrong():\n    assert add(2, 2) == 5, 'two and two'\n\n\
+                 def test_snoop():\n    open('/etc/passwd').read()\n\n\
+                 def test_spin():\n    while True:\n        pass\n";
+
+    // Not asked for, so not granted: the call is refused, the plugin carries on.
+    let plain = plugin_folder("sandbox-plain", "sandbox-check", "sandbox-check", None);
+    let server = Server::start(&["--plugins", path_str(&plain)]);
+    let got = sandbox_findings(&server, code, tests);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "sandbox-refused");
+    assert!(got[0].1.contains("not granted run-python"), "{got:?}");
+    drop(server);
+
+    // Asked for and granted: the tests run, each failure reported on its own.
+    let granted = plugin_folder(
+        "sandbox-granted",
+        "sandbox-check",
+        "sandbox-check",
+        Some(
+            "name = \"sandbox-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
+             [permissions]\nmemory-mb = 16\ntimeout-ms = 30000\nrun-python = true\n",
+        ),
+    );
+    let config = granted.join("agentrt.toml");
+    std::fs::write(&config, "[grants.sandbox-check]\nrun-python = true\n").expect("config");
+    let server = Server::start(&[
+        "--plugins",
+        path_str(&granted),
+        "--config",
+        path_str(&config),
+    ]);
+    let started = std::time::Instant::now();
+    let got = sandbox_findings(&server, code, tests);
+    println!(
+        "run-python through a plugin took {} ms: {got:?}",
+        started.elapsed().as_millis()
+    );
+    let rules: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        rules,
+        ["test-failed", "test-error", "test-timeout"],
+        "{got:?}"
+    );
+    assert!(got[0].1.starts_with("test_wrong:") && got[0].1.contains("two and two"));
+    assert!(got[1].1.starts_with("test_snoop:"), "{got:?}");
+    assert!(got[2].1.starts_with("test_spin:"), "{got:?}");
+    assert!(!format!("{got:?}").contains("root:x:0:0"));
+    let got = sandbox_findings(
+        &server,
+        code,
+        "def test_add():\n    assert add(1, 1) == 2\n",
+    );
+    assert_eq!(
+        got,
+        [("tests-passed".to_string(), "1 tests passed".to_string())]
+    );
+    let _ = std::fs::remove_dir_all(plain);
+    let _ = std::fs::remove_dir_all(granted);
+}

@@ -1,7 +1,7 @@
 //! Generated bindings for the four worlds of `wit/plugin.wit`; private to the SDK.
 //!
 //! Each world is generated once. The first (`generator`) generates the shared interfaces
-//! (`types`, `llm`, `log`, `generation`); the others reuse them through `with:`, so there is a
+//! (`types`, `llm`, `log`, `sandbox`, `generation`); the others reuse them through `with:`, so there is a
 //! single Rust type for every WIT type whatever the world.
 //!
 //! Paths are spelled `agentrt_plugin_sdk::…` (the crate names itself through
@@ -17,8 +17,8 @@
 //! `#[link_section]` custom section of the objects it links), and wit-component keeps imported
 //! interfaces that have no functions. So every component also imports the types-only interfaces
 //! `generation`, `reviewing`, `checking` and `recovering`: types, no functions, nothing to grant,
-//! and wasmtime's linker needs no definitions for them. Interfaces with functions (`llm`, `log`)
-//! are imported only when the plugin calls them.
+//! and wasmtime's linker needs no definitions for them. Interfaces with functions (`llm`, `log`,
+//! `sandbox`) are imported only when the plugin calls them.
 
 // Generated code: not ours to lint.
 #![allow(clippy::all)]
@@ -46,6 +46,7 @@ pub mod reviewer {
             "agentrt:plugin/types@0.1.0": agentrt_plugin_sdk::__bindings::types,
             "agentrt:plugin/llm@0.1.0": agentrt_plugin_sdk::__bindings::llm,
             "agentrt:plugin/log@0.1.0": agentrt_plugin_sdk::__bindings::log,
+            "agentrt:plugin/sandbox@0.1.0": agentrt_plugin_sdk::__bindings::sandbox,
             "agentrt:plugin/reviewing@0.1.0": generate,
         },
         additional_derives: [PartialEq],
@@ -64,6 +65,7 @@ pub mod quality_check {
         with: {
             "agentrt:plugin/types@0.1.0": agentrt_plugin_sdk::__bindings::types,
             "agentrt:plugin/log@0.1.0": agentrt_plugin_sdk::__bindings::log,
+            "agentrt:plugin/sandbox@0.1.0": agentrt_plugin_sdk::__bindings::sandbox,
             "agentrt:plugin/checking@0.1.0": generate,
         },
         additional_derives: [PartialEq],
@@ -93,6 +95,6 @@ pub mod error_handler {
 }
 
 pub use error_handler::agentrt::plugin::recovering;
-pub use generator::agentrt::plugin::{generation, llm, log, types};
+pub use generator::agentrt::plugin::{generation, llm, log, sandbox, types};
 pub use quality_check::agentrt::plugin::checking;
 pub use reviewer::agentrt::plugin::reviewing;

@@ -60,6 +60,7 @@ mod export;
 pub mod llm;
 pub mod log;
 mod roles;
+pub mod sandbox;
 mod types;
 
 pub use roles::{ErrorHandler, Generator, QualityCheck, Reviewer};

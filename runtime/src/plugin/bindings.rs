@@ -20,6 +20,7 @@ pub mod reviewer {
             "agentrt:plugin/types": super::generator::agentrt::plugin::types,
             "agentrt:plugin/llm": super::generator::agentrt::plugin::llm,
             "agentrt:plugin/log": super::generator::agentrt::plugin::log,
+            "agentrt:plugin/sandbox": super::generator::agentrt::plugin::sandbox,
         },
     });
 }
@@ -32,6 +33,7 @@ pub mod quality_check {
         with: {
             "agentrt:plugin/types": super::generator::agentrt::plugin::types,
             "agentrt:plugin/log": super::generator::agentrt::plugin::log,
+            "agentrt:plugin/sandbox": super::generator::agentrt::plugin::sandbox,
         },
     });
 }
@@ -52,6 +54,7 @@ pub use error_handler::agentrt::plugin::recovering::{Recovery, RetryPlan};
 pub use generator::agentrt::plugin::generation::GenerationRequest;
 pub use generator::agentrt::plugin::llm;
 pub use generator::agentrt::plugin::log;
+pub use generator::agentrt::plugin::sandbox;
 pub use generator::agentrt::plugin::types::{
     CodeArtifact, Finding, PipelineError, Review, Severity, Stage, Verdict,
 };

@@ -100,6 +100,46 @@ impl Granted {
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.iter().any(|m| m == "*" || m == model)
     }
+
+    /// One line naming every limit and capability a plugin runs under.
+    pub fn summary(&self) -> String {
+        let g = self;
+        let mut parts = vec![
+            format!("memory {} MiB", g.memory_mb),
+            format!("timeout {} ms", g.timeout_ms),
+        ];
+        if let Some(fuel) = g.fuel {
+            parts.push(format!("fuel {fuel}"));
+        }
+        if !g.models.is_empty() {
+            parts.push(format!(
+                "models {} (max {} tokens per call{})",
+                g.models.join(","),
+                g.max_tokens_per_call,
+                g.tokens_per_minute
+                    .map(|n| format!(", {n} per minute"))
+                    .unwrap_or_default()
+            ));
+        }
+        if !g.env.is_empty() {
+            parts.push(format!("env {}", g.env.join(",")));
+        }
+        for f in &g.folders {
+            parts.push(format!(
+                "folder {} = {} ({})",
+                f.path,
+                f.host.display(),
+                f.access.as_str()
+            ));
+        }
+        if !g.hosts.is_empty() {
+            parts.push(format!("hosts {}", g.hosts.join(",")));
+        }
+        if g.run_python {
+            parts.push("run-python".into());
+        }
+        parts.join("; ")
+    }
 }
 
 /// Ceilings no grant can exceed.

@@ -85,6 +85,7 @@ impl PluginState {
             cancel: None,
         };
         self.llm_calls += 1;
+        self.note_used(&format!("llm:{}", loaded.info.id));
         let done = loaded
             .generate(&prompt, &params, &control, &mut |_| {})
             .map_err(to_wit_error)?;

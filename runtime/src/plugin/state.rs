@@ -11,6 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::grants::{Granted, TokenMeter};
 use super::manifest::Manifest;
 use crate::engine::Engine;
+use crate::sandbox::LazySandbox;
 
 /// Most instances/tables/memories one plugin may create; components need a handful.
 const MAX_INSTANCES: usize = 64;
@@ -74,7 +75,11 @@ pub struct PluginState {
     /// The plugin's token use over the last minute, shared across its calls.
     pub tokens: Arc<TokenMeter>,
     pub models: Option<Arc<Engine>>,
+    /// The Python sandbox, for plugins granted `run-python`.
+    pub sandbox: Option<Arc<LazySandbox>>,
     pub deadline: Instant,
+    /// Host capabilities the call used (`llm:MODEL`, `run-python`), for the audit line.
+    pub used: Vec<String>,
     /// Tokens (prompt + completion) the plugin consumed in this call.
     pub tokens_used: u64,
     pub llm_calls: u32,
@@ -89,6 +94,7 @@ impl PluginState {
         granted: Arc<Granted>,
         tokens: Arc<TokenMeter>,
         models: Option<Arc<Engine>>,
+        sandbox: Option<Arc<LazySandbox>>,
         wasi: WasiCtx,
         deadline: Instant,
     ) -> Self {
@@ -105,10 +111,21 @@ impl PluginState {
             granted,
             tokens,
             models,
+            sandbox,
             deadline,
+            used: Vec::new(),
             tokens_used: 0,
             llm_calls: 0,
             log_lines: 0,
+        }
+    }
+}
+
+impl PluginState {
+    /// Remember that the call used `capability` (once).
+    pub fn note_used(&mut self, capability: &str) {
+        if !self.used.iter().any(|u| u == capability) {
+            self.used.push(capability.to_string());
         }
     }
 }
