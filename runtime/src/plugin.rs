@@ -178,6 +178,48 @@ pub struct PluginHost {
     sandbox: Option<Arc<LazySandbox>>,
     cache: CompileCache,
     config: Arc<Config>,
+    pooling: bool,
+    /// Calls in flight, bounded by the instance pool so that a burst waits for a slot instead
+    /// of failing to instantiate.
+    slots: CallSlots,
+}
+
+/// A counting semaphore over the pool's call slots (`None`: unbounded).
+struct CallSlots {
+    free: Option<std::sync::Mutex<u32>>,
+    freed: std::sync::Condvar,
+}
+
+impl CallSlots {
+    fn new(limit: Option<u32>) -> Self {
+        Self {
+            free: limit.map(std::sync::Mutex::new),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Wait for a slot; it is given back when the guard drops.
+    fn acquire(&self) -> SlotGuard<'_> {
+        if let Some(free) = &self.free {
+            let mut n = free.lock().unwrap_or_else(|p| p.into_inner());
+            while *n == 0 {
+                n = self.freed.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+            *n -= 1;
+        }
+        SlotGuard(self)
+    }
+}
+
+struct SlotGuard<'a>(&'a CallSlots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(free) = &self.0.free {
+            *free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            self.0.freed.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -205,6 +247,12 @@ impl PluginHost {
             .consume_fuel(true)
             .parallel_compilation(true);
         wasm_config.max_wasm_stack(MAX_WASM_STACK);
+        let pooling = config.limits.instance_pool > 0;
+        if pooling {
+            wasm_config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
+                instance_pool(&config.limits),
+            ));
+        }
         let engine = wasmtime::Engine::new(&wasm_config)?;
         spawn_epoch_ticker(&engine, "agentrt-epoch", EPOCH_TICK)?;
         let mut linker_plain = Linker::new(&engine);
@@ -220,8 +268,15 @@ impl PluginHost {
             models,
             sandbox,
             cache,
+            slots: CallSlots::new(pooling.then_some(config.limits.instance_pool)),
             config,
+            pooling,
         })
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.pooling
     }
 
     /// Compile (or fetch from the cache) and type-check a component against its manifest's world.
@@ -263,7 +318,7 @@ impl PluginHost {
                     manifest.world
                 ))
             })?;
-        Ok(Plugin {
+        let plugin = Plugin {
             manifest: Arc::new(manifest),
             granted: Arc::new(granted),
             tokens: Arc::new(TokenMeter::default()),
@@ -273,7 +328,17 @@ impl PluginHost {
             compile_ms,
             cache_hit,
             pre,
-        })
+        };
+        // One trial instantiation: a component that cannot be instantiated here (its start
+        // code traps, or it needs more instances, memories or table slots than the instance
+        // pool provides) is refused now rather than failing every call.
+        self.instantiate(&plugin).map_err(|e| {
+            fail(match e {
+                PluginError::Trap { message, .. } => message,
+                other => other.to_string(),
+            })
+        })?;
+        Ok(plugin)
     }
 
     fn pre_instantiate(&self, world: World, component: &Component) -> wasmtime::Result<Pre> {
@@ -334,6 +399,7 @@ impl PluginHost {
         + Send,
         validate: impl FnOnce(&R) -> Result<(), String>,
     ) -> (Result<R, PluginError>, CallStats) {
+        let _slot = self.slots.acquire();
         let started = Instant::now();
         let (mut store, timeout) = match self.new_store(plugin) {
             Ok(made) => made,
@@ -403,6 +469,24 @@ impl PluginHost {
         (result, stats)
     }
 
+    /// Instantiate `plugin` in a fresh store, as every call does before the guest runs, and
+    /// drop it: the per-call set-up cost, for benchmarks and `plugin check`.
+    pub fn instantiate(&self, plugin: &Plugin) -> Result<(), PluginError> {
+        let fail = |e: wasmtime::Error| PluginError::Trap {
+            plugin: plugin.manifest.name.clone(),
+            message: format!("cannot instantiate: {e:#}"),
+        };
+        let _slot = self.slots.acquire();
+        let (mut store, _) = self.new_store(plugin).map_err(fail)?;
+        let done = match &plugin.pre {
+            Pre::Generator(p) => p.instantiate(&mut store).map(drop),
+            Pre::Reviewer(p) => p.instantiate(&mut store).map(drop),
+            Pre::QualityCheck(p) => p.instantiate(&mut store).map(drop),
+            Pre::ErrorHandler(p) => p.instantiate(&mut store).map(drop),
+        };
+        done.map_err(fail)
+    }
+
     pub fn generate(
         &self,
         plugin: &Plugin,
@@ -469,6 +553,31 @@ impl PluginHost {
             |_: &Recovery| Ok(()),
         )
     }
+}
+
+/// Slots for `limits.instance_pool` concurrent plugin calls, each sized for the largest default
+/// plugin (the CPython-based check: a dozen core instances, a few memories, large tables).
+/// Memory slots are reserved address space, committed only as a plugin touches its pages, and
+/// reset between calls from the module's copy-on-write image.
+fn instance_pool(limits: &HostLimits) -> wasmtime::PoolingAllocationConfig {
+    const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+    const MEMORIES_PER_COMPONENT: u32 = 4;
+    const TABLES_PER_COMPONENT: u32 = 8;
+    let calls = limits.instance_pool;
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_component_instances(calls)
+        .total_core_instances(calls * CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(calls * MEMORIES_PER_COMPONENT)
+        .total_tables(calls * TABLES_PER_COMPONENT)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .max_memories_per_module(1)
+        .max_tables_per_module(4)
+        .table_elements(1 << 17)
+        .max_core_instance_size(1 << 20)
+        .max_memory_size((limits.max_memory_mb as usize) << 20);
+    pool
 }
 
 /// The WASI context of one call: only the granted environment variables, folders and hosts.
@@ -565,4 +674,31 @@ fn classify_failure(
         };
     }
     PluginError::Trap { plugin, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_slots_make_a_burst_wait_instead_of_fail() {
+        let slots = Arc::new(CallSlots::new(Some(1)));
+        let first = slots.acquire();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = slots.clone();
+        let waiter = std::thread::spawn(move || {
+            let _slot = waiting.acquire();
+            tx.send(()).expect("send");
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a second call got a slot while the only one was taken"
+        );
+        drop(first);
+        rx.recv().expect("the waiting call gets the freed slot");
+        waiter.join().expect("join");
+        let unbounded = CallSlots::new(None);
+        let _a = unbounded.acquire();
+        let _b = unbounded.acquire();
+    }
 }

@@ -332,3 +332,45 @@ fn run_python_answers_only_plugins_granted_it() {
     let _ = std::fs::remove_dir_all(plain);
     let _ = std::fs::remove_dir_all(granted);
 }
+
+#[test]
+fn more_concurrent_calls_than_instance_slots_wait_their_turn() {
+    let plugins = plugin_folder("slots", "echo-check", "echo-check", None);
+    let config = plugins.join("agentrt.toml");
+    std::fs::write(&config, "[limits]\ninstance-pool = 2\n").expect("config");
+    let server = Server::start(&[
+        "--plugins",
+        path_str(&plugins),
+        "--config",
+        path_str(&config),
+    ]);
+    let base = server.base.clone();
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let url = format!("{base}/check");
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut resp = agent
+                    .post(&url)
+                    .send_json(json!({"code": format!("x = {i}  # TODO\n")}))
+                    .expect("request");
+                let body: Value = resp.body_mut().read_json().expect("json");
+                (resp.status().as_u16(), body)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (status, body) = call.join().expect("join");
+        assert_eq!(status, 200, "{body}");
+        let checks = body["checks"].as_array().expect("checks");
+        assert!(
+            checks.iter().all(|c| c["status"] == "ok"),
+            "every check ran: {body}"
+        );
+        assert_eq!(checks.len(), 2, "python-quality and echo-check: {body}");
+    }
+    let _ = std::fs::remove_dir_all(plugins);
+}

@@ -148,6 +148,9 @@ impl Granted {
 pub struct HostLimits {
     pub max_memory_mb: u64,
     pub max_timeout_ms: u64,
+    /// Plugin calls that can run at once from preallocated instance slots (the pooling
+    /// allocator); 0 allocates every instance on demand instead.
+    pub instance_pool: u32,
 }
 
 impl Default for HostLimits {
@@ -155,6 +158,7 @@ impl Default for HostLimits {
         Self {
             max_memory_mb: 1024,
             max_timeout_ms: 300_000,
+            instance_pool: 64,
         }
     }
 }
@@ -458,6 +462,7 @@ mod tests {
         let limits = HostLimits {
             max_memory_mb: 32,
             max_timeout_ms: 100,
+            ..HostLimits::default()
         };
         let g = resolve(&asks("memory-mb=64"), &grant("memory-mb=64"), &limits).expect("ok");
         assert_eq!((g.memory_mb, g.timeout_ms), (32, 100));
