@@ -3,7 +3,9 @@
 //! The interpreter is CPython 3.12 for WASI (`python.wasm`, a WASI preview 1 module with its
 //! standard library embedded, fetched and checksum-verified by `scripts/setup.sh`), compiled
 //! once per machine into the on-disk cache. Every run is a throwaway instance that gets:
-//! - no filesystem at all: the code and tests arrive on stdin, results leave on stdout;
+//! - no host files: the code and tests arrive on stdin, results leave on stdout, and the only
+//!   folder is a fresh scratch folder of its own at `/tmp` (also the working directory),
+//!   deleted after the run and capped in size (a test that writes past the cap is stopped);
 //! - no environment variables, no arguments but the runner's, no network (preview 1 has no
 //!   sockets), a fixed clock and random source from WASI only;
 //! - a memory cap (linear memory, enforced by a resource limiter) and a wall-clock deadline
@@ -53,6 +55,8 @@ pub struct SandboxLimits {
     pub run_timeout: Duration,
     /// Bytes of runner output kept; beyond it the run ends.
     pub output_bytes: usize,
+    /// Bytes the tests may write to their scratch folder.
+    pub scratch_bytes: u64,
 }
 
 impl Default for SandboxLimits {
@@ -61,6 +65,7 @@ impl Default for SandboxLimits {
             memory_bytes: 256 << 20,
             run_timeout: Duration::from_secs(10),
             output_bytes: 256 << 10,
+            scratch_bytes: 64 << 20,
         }
     }
 }
@@ -124,6 +129,47 @@ impl TestReport {
 struct RunState {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
+    /// Set when the scratch folder grew past its cap.
+    scratch_overflow: bool,
+}
+
+/// A run's scratch folder on the host, deleted when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn create(nonce: &str) -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(format!("agentrt-scratch-{nonce}"));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Bytes under `dir` (entries counted as 4 KiB each too, so a flood of empty files counts),
+/// not following links.
+fn folder_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            total += meta.len() + 4096;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
 }
 
 /// How one interpreter run ended.
@@ -332,29 +378,47 @@ impl PythonSandbox {
         let nonce = nonce();
         let payload = serde_json::json!({"code": code, "tests": tests, "only": only}).to_string();
         let stdout = MemoryOutputPipe::new(self.limits.output_bytes);
-        let wasi = WasiCtxBuilder::new()
+        let scratch = match Scratch::create(&nonce) {
+            Ok(s) => s,
+            Err(e) => {
+                return (
+                    Vec::new(),
+                    RunEnd::Crashed(format!("no scratch folder: {e}")),
+                );
+            }
+        };
+        let mut builder = WasiCtxBuilder::new();
+        builder
             .stdin(MemoryInputPipe::new(payload))
             .stdout(stdout.clone())
             .stderr(MemoryOutputPipe::new(16 << 10))
             .args(&["python", "-I", "-S", "-X", "utf8", "-c", RUNNER, &nonce])
-            .build_p1();
+            .env("TMPDIR", "/tmp");
+        if let Err(e) = builder.preopened_dir(&scratch.0, "/tmp", wasmtime_wasi::FsPerms::ReadWrite)
+        {
+            return (
+                Vec::new(),
+                RunEnd::Crashed(format!("no scratch folder: {e:#}")),
+            );
+        }
         let state = RunState {
-            wasi,
+            wasi: builder.build_p1(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
                 .instances(1)
                 .build(),
+            scratch_overflow: false,
         };
         let end = std::thread::scope(|scope| {
             scope
-                .spawn(|| self.execute(state, timeout))
+                .spawn(|| self.execute(state, timeout, &scratch.0))
                 .join()
                 .unwrap_or_else(|_| RunEnd::Crashed("the sandbox thread panicked".into()))
         });
         (parse_events(&stdout.contents(), &nonce), end)
     }
 
-    fn execute(&self, state: RunState, timeout: Duration) -> RunEnd {
+    fn execute(&self, state: RunState, timeout: Duration, scratch: &Path) -> RunEnd {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -365,7 +429,18 @@ impl PythonSandbox {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        // Every tick lets the executor run the timeout; every tenth also measures the scratch
+        // folder and stops a run that wrote past its cap.
+        let (scratch, cap) = (scratch.to_path_buf(), self.limits.scratch_bytes);
+        let mut ticks = 0u32;
+        store.epoch_deadline_callback(move |mut ctx| {
+            ticks = ticks.wrapping_add(1);
+            if ticks % 10 == 0 && folder_bytes(&scratch) > cap {
+                ctx.data_mut().scratch_overflow = true;
+                return Err(wasmtime::Error::msg("scratch folder over its cap"));
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        });
         let run = async {
             let instance = self
                 .linker
@@ -374,7 +449,14 @@ impl PythonSandbox {
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         };
-        match runtime.block_on(async { tokio::time::timeout(timeout, run).await }) {
+        let outcome = runtime.block_on(async { tokio::time::timeout(timeout, run).await });
+        if store.data().scratch_overflow {
+            return RunEnd::Crashed(format!(
+                "the test wrote more than the {} MiB its scratch folder allows",
+                self.limits.scratch_bytes >> 20
+            ));
+        }
+        match outcome {
             Err(_) => RunEnd::Timeout,
             Ok(Ok(())) => RunEnd::Exited,
             Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {

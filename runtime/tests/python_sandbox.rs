@@ -17,6 +17,7 @@ fn sandbox() -> &'static PythonSandbox {
             memory_bytes: 128 << 20,
             run_timeout: Duration::from_secs(3),
             output_bytes: 64 << 10,
+            scratch_bytes: 8 << 20,
         };
         let cache = CompileCache::new(Some(agentrt::paths::component_cache()));
         PythonSandbox::load(&agentrt::paths::python_wasm(), &cache, limits)
@@ -182,6 +183,45 @@ fn top_level_asserts_are_one_test() {
     let failing = sandbox().run_tests(ADD, "assert add(1, 2) == 3\nassert add(2, 2) == 5\n");
     assert_eq!(status_of(&failing, "<module>"), TestStatus::Failed);
     assert!(failing.results[0].message.contains("assert add(2, 2) == 5"));
+}
+
+#[test]
+fn tests_get_a_scratch_folder_of_their_own_capped_in_size() {
+    let tests = "import os, tempfile\n\n\
+                 def test_write_and_read_back():\n    with open('notes.txt', 'w') as f:\n        f.write('kept')\n    assert open('/tmp/notes.txt').read() == 'kept'\n    assert os.getcwd() == '/tmp'\n\n\
+                 def test_tempfile():\n    with tempfile.NamedTemporaryFile(mode='w+') as f:\n        f.write('x')\n        f.seek(0)\n        assert f.read() == 'x'\n\n\
+                 def test_only_the_scratch_is_there():\n    for path in ('/etc/passwd', '/tmp/../etc/passwd', '../../etc/passwd'):\n        try:\n            open(path).read()\n        except OSError:\n            continue\n        raise AssertionError('read ' + path)\n\n\
+                 def test_fill_the_disk():\n    with open('big.bin', 'wb') as f:\n        while True:\n            f.write(b'x' * (1 << 20))\n\n\
+                 def test_after():\n    assert not os.path.exists('notes.txt'), 'a fresh interpreter gets a fresh folder'\n";
+    let report = sandbox().run_tests(ADD, tests);
+    println!("{report:?}");
+    assert_eq!(
+        status_of(&report, "test_write_and_read_back"),
+        TestStatus::Passed
+    );
+    assert_eq!(status_of(&report, "test_tempfile"), TestStatus::Passed);
+    assert_eq!(
+        status_of(&report, "test_only_the_scratch_is_there"),
+        TestStatus::Passed
+    );
+    let fill = report
+        .results
+        .iter()
+        .find(|r| r.name == "test_fill_the_disk")
+        .expect("result");
+    assert_eq!(fill.status, TestStatus::Error, "{fill:?}");
+    assert!(fill.message.contains("scratch folder"), "{fill:?}");
+    assert_eq!(status_of(&report, "test_after"), TestStatus::Passed);
+    let leftovers = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("agentrt-scratch-")
+        })
+        .count();
+    println!("scratch folders left in the temp dir: {leftovers}");
 }
 
 #[test]

@@ -16,6 +16,11 @@ import types
 
 
 def _agentrt_main():
+    import os
+    try:
+        os.chdir("/tmp")  # the run's own scratch folder; nothing else is there
+    except OSError:
+        pass
     nonce = sys.argv[1] if len(sys.argv) > 1 else ""
     del sys.argv[1:]
     payload = json.loads(sys.stdin.read())
