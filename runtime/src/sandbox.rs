@@ -435,7 +435,7 @@ impl PythonSandbox {
         let mut ticks = 0u32;
         store.epoch_deadline_callback(move |mut ctx| {
             ticks = ticks.wrapping_add(1);
-            if ticks % 10 == 0 && folder_bytes(&scratch) > cap {
+            if ticks.is_multiple_of(10) && folder_bytes(&scratch) > cap {
                 ctx.data_mut().scratch_overflow = true;
                 return Err(wasmtime::Error::msg("scratch folder over its cap"));
             }
