@@ -2,7 +2,8 @@
 //!
 //! The Rust plugins under `plugins/` are a separate cargo workspace built for `wasm32-wasip2`
 //! into `<target>/wasm-plugins`; the Python quality check is built by componentize-py through
-//! `plugins/python-quality/build.sh`. Both need what `scripts/setup.sh` installs; when something
+//! `plugins/python-quality/build.sh`, and the pre-initialised test runner of the Python sandbox by
+//! `runtime/src/sandbox/build-runner.sh`. All need what `scripts/setup.sh` installs; when something
 //! is missing the build stops with a message that says what to run.
 
 use std::env;
@@ -46,8 +47,20 @@ fn main() {
             .join(format!("{artifact}.wasm"));
         entries.push((plugins.join(folder).join("plugin.toml"), wasm));
     }
+    let sandbox_dir = manifest_dir.join("src/sandbox");
+    println!("cargo:rerun-if-changed={}", sandbox_dir.display());
+    run_build_script(
+        &sandbox_dir.join("build-runner.sh"),
+        &out_dir.join("python-runner.wasm"),
+        "the pre-initialised Python test runner",
+    );
+
     let python_wasm = out_dir.join("python-quality.wasm");
-    build_python_plugin(&plugins.join("python-quality"), &python_wasm);
+    run_build_script(
+        &plugins.join("python-quality/build.sh"),
+        &python_wasm,
+        "the Python quality-check plugin",
+    );
     entries.push((plugins.join("python-quality/plugin.toml"), python_wasm));
 
     let mut code = String::from(
@@ -102,16 +115,16 @@ fn build_rust_plugins(plugins: &Path, target: &Path) {
     }
 }
 
-fn build_python_plugin(dir: &Path, out: &Path) {
-    let script = dir.join("build.sh");
+/// Run a componentize-py build script that writes `out`.
+fn run_build_script(script: &Path, out: &Path, what: &str) {
     let status = Command::new("bash")
-        .arg(&script)
+        .arg(script)
         .arg(out)
         .status()
         .expect("run bash");
     if !status.success() {
         panic!(
-            "building the Python quality-check plugin failed ({}); run scripts/setup.sh to install componentize-py",
+            "building {what} failed ({}); run scripts/setup.sh to install componentize-py",
             script.display()
         );
     }

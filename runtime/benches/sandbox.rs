@@ -1,13 +1,14 @@
-//! Cost of running generated tests in the Python sandbox: compiling CPython (cold, once per
-//! machine), loading it from the compile cache, and one run of a small test file (a fresh
-//! interpreter instance, CPython's start-up, three tests).
+//! Cost of running generated tests in the Python sandbox: compiling CPython and the
+//! pre-initialised runner (cold, once per machine), loading both from the compile cache, and one
+//! run of a small test file (a fresh instance, three tests) in each interpreter: the snapshot
+//! (what runs by default) and python.wasm with CPython's own start-up (the fallback).
 //!
 //! Run: `cargo bench --bench sandbox` (release build).
 
 use std::time::{Duration, Instant};
 
 use agentrt::plugin::compile_cache::CompileCache;
-use agentrt::sandbox::{PythonSandbox, SandboxLimits};
+use agentrt::sandbox::{Interpreter, PythonSandbox, SandboxLimits};
 
 const CODE: &str = "def add(a, b):\n    return a + b\n";
 const TESTS: &str = "def test_a():\n    assert add(1, 2) == 3\n\n\
@@ -41,23 +42,26 @@ fn main() {
     let cached_ms = ms(started.elapsed());
     let _ = std::fs::remove_dir_all(&scratch);
 
-    let mut runs: Vec<f64> = (0..15)
-        .map(|_| {
-            let started = Instant::now();
-            let report = sandbox.run_tests(CODE, TESTS);
-            assert_eq!(report.results.len(), 3);
-            ms(started.elapsed())
-        })
-        .collect();
-    runs.sort_by(f64::total_cmp);
     println!(
-        "compile python.wasm (cold): {cold_ms:.0} ms; load from the compile cache: {cached_ms:.0} ms"
+        "compile python.wasm and the runner snapshot (cold): {cold_ms:.0} ms; load both from the compile cache: {cached_ms:.0} ms"
     );
-    println!(
-        "one sandboxed run (fresh instance, CPython start-up, 3 tests): min {:.1} ms, median {:.1} ms, max {:.1} ms over {}",
-        runs[0],
-        runs[runs.len() / 2],
-        runs[runs.len() - 1],
-        runs.len()
-    );
+    for interpreter in [Interpreter::Snapshot, Interpreter::Script] {
+        let mut runs: Vec<f64> = (0..15)
+            .map(|_| {
+                let started = Instant::now();
+                let report = sandbox.run_tests_in(interpreter, CODE, TESTS, None);
+                assert_eq!(report.results.len(), 3);
+                assert_eq!(report.interpreter, interpreter);
+                ms(started.elapsed())
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        println!(
+            "one sandboxed run in the {interpreter:?} interpreter (fresh instance, 3 tests): min {:.1} ms, median {:.1} ms, max {:.1} ms over {}",
+            runs[0],
+            runs[runs.len() / 2],
+            runs[runs.len() - 1],
+            runs.len()
+        );
+    }
 }

@@ -1,8 +1,15 @@
 //! Sandboxed CPython for running generated tests against generated code.
 //!
-//! The interpreter is CPython 3.12 for WASI (`python.wasm`, a WASI preview 1 module with its
-//! standard library embedded, fetched and checksum-verified by `scripts/setup.sh`), compiled
-//! once per machine into the on-disk cache. Every run is a throwaway instance that gets:
+//! Two interpreters, both CPython for WASI, compiled once per machine into the on-disk cache:
+//! - the **snapshot** ([`snapshot`]): CPython with the runner imported and the standard library
+//!   preloaded, pre-initialised at build time by componentize-py and embedded in the binary; a
+//!   run starts from the snapshot in a few milliseconds. Every run tries it first;
+//! - **`python.wasm`** (CPython 3.12, a WASI preview 1 module with its whole standard library,
+//!   fetched and checksum-verified by `scripts/setup.sh`) running the runner script, which pays
+//!   CPython's start-up (~150 ms); it reruns any request that failed on a module the snapshot
+//!   lacks, so results never depend on which interpreter gave them.
+//!
+//! Every run is a throwaway instance that gets:
 //! - no host files: the code and tests arrive on stdin, results leave on stdout, and the only
 //!   folder is a fresh scratch folder of its own at `/tmp` (also the working directory),
 //!   deleted after the run and capped in size (a test that writes past the cap is stopped);
@@ -26,6 +33,8 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 use crate::plugin::compile_cache::{CompileCache, sha256_hex};
+
+mod snapshot;
 
 /// The runner script the interpreter executes (see its header).
 const RUNNER: &str = include_str!("sandbox/runner.py");
@@ -100,6 +109,8 @@ pub struct TestReport {
     pub setup_error: Option<String>,
     /// Interpreter instances used (1 unless a test hung or crashed it).
     pub runs: u32,
+    /// Which interpreter gave these results.
+    pub interpreter: Interpreter,
     pub duration_ms: u64,
 }
 
@@ -131,6 +142,68 @@ struct RunState {
     limits: StoreLimits,
     /// Set when the scratch folder grew past its cap.
     scratch_overflow: bool,
+}
+
+/// What [`drive`] needs from a run's store data, whichever runner it is.
+trait RunData: Send + 'static {
+    fn limits(&mut self) -> &mut StoreLimits;
+    fn scratch_overflow(&mut self) -> &mut bool;
+}
+
+impl RunData for RunState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+
+    fn scratch_overflow(&mut self) -> &mut bool {
+        &mut self.scratch_overflow
+    }
+}
+
+/// Run `run` on `store` under the limits: memory cap, `timeout` (also covering time blocked in
+/// WASI calls: the run is a future under a timeout, and epoch ticks make running guest code
+/// yield so the timeout can fire), and the scratch folder's cap (measured every tenth tick).
+fn drive<T: RunData>(
+    mut store: Store<T>,
+    scratch: &Path,
+    limits: &SandboxLimits,
+    timeout: Duration,
+    run: impl AsyncFnOnce(&mut Store<T>) -> wasmtime::Result<()>,
+) -> RunEnd {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return RunEnd::Crashed(format!("no runtime for the sandbox: {e}")),
+    };
+    store.limiter(|s| s.limits());
+    store.set_epoch_deadline(1);
+    let (scratch, cap) = (scratch.to_path_buf(), limits.scratch_bytes);
+    let mut ticks = 0u32;
+    store.epoch_deadline_callback(move |mut ctx| {
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(10) && folder_bytes(&scratch) > cap {
+            *ctx.data_mut().scratch_overflow() = true;
+            return Err(wasmtime::Error::msg("scratch folder over its cap"));
+        }
+        Ok(wasmtime::UpdateDeadline::Yield(1))
+    });
+    let outcome = runtime.block_on(async { tokio::time::timeout(timeout, run(&mut store)).await });
+    if *store.data_mut().scratch_overflow() {
+        return RunEnd::Crashed(format!(
+            "the test wrote more than the {} MiB its scratch folder allows",
+            limits.scratch_bytes >> 20
+        ));
+    }
+    match outcome {
+        Err(_) => RunEnd::Timeout,
+        Ok(Ok(())) => RunEnd::Exited,
+        Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(_) => RunEnd::Exited,
+            None => RunEnd::Crashed(crash_message(&e)),
+        },
+    }
 }
 
 /// A run's scratch folder on the host, deleted when dropped.
@@ -223,6 +296,8 @@ pub struct PythonSandbox {
     engine: Engine,
     module: Module,
     linker: Linker<RunState>,
+    /// The pre-initialised runner, tried first; `None` if it failed to load (logged).
+    snapshot: Option<snapshot::SnapshotRunner>,
     limits: SandboxLimits,
 }
 
@@ -247,6 +322,7 @@ impl PythonSandbox {
         })?;
         let mut config = Config::new();
         config
+            .wasm_component_model(true)
             .epoch_interruption(true)
             .async_stack_size(MAX_WASM_STACK + (1 << 20))
             .max_wasm_stack(MAX_WASM_STACK);
@@ -259,10 +335,20 @@ impl PythonSandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut RunState| &mut s.wasi)
             .map_err(SandboxError::Wasm)?;
+        let snapshot = match snapshot::SnapshotRunner::load(&engine, cache) {
+            Ok(runner) => Some(runner),
+            Err(e) => {
+                tracing::warn!(
+                    "the pre-initialised test runner is unusable, every run starts CPython: {e:#}"
+                );
+                None
+            }
+        };
         Ok(Self {
             engine,
             module,
             linker,
+            snapshot,
             limits,
         })
     }
@@ -280,8 +366,30 @@ impl PythonSandbox {
         tests: &str,
         deadline: Option<Instant>,
     ) -> TestReport {
+        if self.snapshot.is_some() {
+            let report = self.run_tests_in(Interpreter::Snapshot, code, tests, deadline);
+            if !missing_module(&report) {
+                return report;
+            }
+            tracing::debug!("a module is not in the runner snapshot; running in python.wasm");
+        }
+        self.run_tests_in(Interpreter::Script, code, tests, deadline)
+    }
+
+    /// Run `tests` against `code` in the given interpreter only (the snapshot falls back to the
+    /// script runner when it is unavailable).
+    pub fn run_tests_in(
+        &self,
+        runner: Interpreter,
+        code: &str,
+        tests: &str,
+        deadline: Option<Instant>,
+    ) -> TestReport {
         let started = Instant::now();
-        let mut report = TestReport::default();
+        let mut report = TestReport {
+            interpreter: runner,
+            ..TestReport::default()
+        };
         let mut collected: Option<Vec<String>> = None;
         let mut only: Option<Vec<String>> = None;
         loop {
@@ -295,7 +403,7 @@ impl PythonSandbox {
             report.runs += 1;
             let timeout =
                 time_left.map_or(self.limits.run_timeout, |t| t.min(self.limits.run_timeout));
-            let (events, end) = self.run_once(code, tests, only.as_deref(), timeout);
+            let (events, end) = self.run_once(runner, code, tests, only.as_deref(), timeout);
             let mut running: Option<String> = None;
             for event in events {
                 match event {
@@ -370,6 +478,7 @@ impl PythonSandbox {
     /// One interpreter instance over `code` and `tests` (only the tests named in `only`).
     fn run_once(
         &self,
+        runner: Interpreter,
         code: &str,
         tests: &str,
         only: Option<&[String]>,
@@ -387,19 +496,43 @@ impl PythonSandbox {
                 );
             }
         };
+        let end = std::thread::scope(|scope| {
+            scope
+                .spawn(|| match (runner, &self.snapshot) {
+                    (Interpreter::Snapshot, Some(snapshot)) => snapshot.execute(
+                        &payload,
+                        &nonce,
+                        stdout.clone(),
+                        &scratch.0,
+                        timeout,
+                        &self.limits,
+                    ),
+                    _ => self.execute_script(&payload, &nonce, stdout.clone(), &scratch.0, timeout),
+                })
+                .join()
+                .unwrap_or_else(|_| RunEnd::Crashed("the sandbox thread panicked".into()))
+        });
+        (parse_events(&stdout.contents(), &nonce), end)
+    }
+
+    /// One run of `python.wasm` with the runner script.
+    fn execute_script(
+        &self,
+        payload: &str,
+        nonce: &str,
+        stdout: MemoryOutputPipe,
+        scratch: &Path,
+        timeout: Duration,
+    ) -> RunEnd {
         let mut builder = WasiCtxBuilder::new();
         builder
-            .stdin(MemoryInputPipe::new(payload))
-            .stdout(stdout.clone())
+            .stdin(MemoryInputPipe::new(payload.to_string()))
+            .stdout(stdout)
             .stderr(MemoryOutputPipe::new(16 << 10))
-            .args(&["python", "-I", "-S", "-X", "utf8", "-c", RUNNER, &nonce])
+            .args(&["python", "-I", "-S", "-X", "utf8", "-c", RUNNER, nonce])
             .env("TMPDIR", "/tmp");
-        if let Err(e) = builder.preopened_dir(&scratch.0, "/tmp", wasmtime_wasi::FsPerms::ReadWrite)
-        {
-            return (
-                Vec::new(),
-                RunEnd::Crashed(format!("no scratch folder: {e:#}")),
-            );
+        if let Err(e) = builder.preopened_dir(scratch, "/tmp", wasmtime_wasi::FsPerms::ReadWrite) {
+            return RunEnd::Crashed(format!("no scratch folder: {e:#}"));
         }
         let state = RunState {
             wasi: builder.build_p1(),
@@ -409,62 +542,38 @@ impl PythonSandbox {
                 .build(),
             scratch_overflow: false,
         };
-        let end = std::thread::scope(|scope| {
-            scope
-                .spawn(|| self.execute(state, timeout, &scratch.0))
-                .join()
-                .unwrap_or_else(|_| RunEnd::Crashed("the sandbox thread panicked".into()))
-        });
-        (parse_events(&stdout.contents(), &nonce), end)
+        self.execute(state, timeout, scratch)
     }
 
     fn execute(&self, state: RunState, timeout: Duration, scratch: &Path) -> RunEnd {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(r) => r,
-            Err(e) => return RunEnd::Crashed(format!("no runtime for the sandbox: {e}")),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(1);
-        // Every tick lets the executor run the timeout; every tenth also measures the scratch
-        // folder and stops a run that wrote past its cap.
-        let (scratch, cap) = (scratch.to_path_buf(), self.limits.scratch_bytes);
-        let mut ticks = 0u32;
-        store.epoch_deadline_callback(move |mut ctx| {
-            ticks = ticks.wrapping_add(1);
-            if ticks.is_multiple_of(10) && folder_bytes(&scratch) > cap {
-                ctx.data_mut().scratch_overflow = true;
-                return Err(wasmtime::Error::msg("scratch folder over its cap"));
-            }
-            Ok(wasmtime::UpdateDeadline::Yield(1))
-        });
-        let run = async {
+        let store = Store::new(&self.engine, state);
+        drive(store, scratch, &self.limits, timeout, async |store| {
             let instance = self
                 .linker
-                .instantiate_async(&mut store, &self.module)
+                .instantiate_async(&mut *store, &self.module)
                 .await?;
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call_async(&mut store, ()).await
-        };
-        let outcome = runtime.block_on(async { tokio::time::timeout(timeout, run).await });
-        if store.data().scratch_overflow {
-            return RunEnd::Crashed(format!(
-                "the test wrote more than the {} MiB its scratch folder allows",
-                self.limits.scratch_bytes >> 20
-            ));
-        }
-        match outcome {
-            Err(_) => RunEnd::Timeout,
-            Ok(Ok(())) => RunEnd::Exited,
-            Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                Some(_) => RunEnd::Exited,
-                None => RunEnd::Crashed(crash_message(&e)),
-            },
-        }
+            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+            start.call_async(&mut *store, ()).await
+        })
     }
+}
+
+/// Which interpreter runs the tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpreter {
+    /// The pre-initialised snapshot (fast start, preloaded standard library only).
+    Snapshot,
+    /// `python.wasm` running the runner script (CPython's full start-up, whole library).
+    #[default]
+    Script,
+}
+
+/// Whether a run failed on an import the snapshot could not satisfy.
+fn missing_module(report: &TestReport) -> bool {
+    let missing = |m: &str| m.contains("ModuleNotFoundError");
+    report.setup_error.as_deref().is_some_and(missing)
+        || report.results.iter().any(|r| missing(&r.message))
 }
 
 /// A short, host-free description of why the interpreter stopped.

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use agentrt::plugin::compile_cache::CompileCache;
-use agentrt::sandbox::{PythonSandbox, SandboxLimits, TestReport, TestStatus};
+use agentrt::sandbox::{Interpreter, PythonSandbox, SandboxLimits, TestReport, TestStatus};
 
 fn sandbox() -> &'static PythonSandbox {
     static SANDBOX: OnceLock<PythonSandbox> = OnceLock::new();
@@ -225,13 +225,43 @@ fn tests_get_a_scratch_folder_of_their_own_capped_in_size() {
 }
 
 #[test]
+fn the_snapshot_runs_common_code_and_the_full_interpreter_covers_the_rest() {
+    // Modules generated code commonly imports are in the pre-initialised snapshot.
+    let tests = "import math, re, json, collections, itertools, functools, heapq, fractions\n\
+                 from collections import Counter\nfrom dataclasses import dataclass\n\n\
+                 def test_stdlib():\n    assert math.gcd(12, 18) == 6\n    assert Counter('aab')['a'] == 2\n    assert json.loads('[1]') == [1]\n    assert re.match(r'a+', 'aa')\n";
+    let report = sandbox().run_tests(ADD, tests);
+    println!("{report:?}");
+    assert_eq!(report.interpreter, Interpreter::Snapshot, "{report:?}");
+    assert_eq!(status_of(&report, "test_stdlib"), TestStatus::Passed);
+    // A module left out of the snapshot: the request is run again in python.wasm, which has
+    // the whole library, and answers exactly as if it had run there first.
+    let tests = "import xml.sax.saxutils\n\n\
+                 def test_escape():\n    assert xml.sax.saxutils.escape('<') == '&lt;'\n";
+    let report = sandbox().run_tests(ADD, tests);
+    println!("{report:?}");
+    assert_eq!(report.interpreter, Interpreter::Script, "{report:?}");
+    assert_eq!(status_of(&report, "test_escape"), TestStatus::Passed);
+    // A module that exists nowhere fails the same way in both.
+    let report = sandbox().run_tests(ADD, "import no_such_module\n\ndef test_x():\n    pass\n");
+    assert!(
+        report
+            .setup_error
+            .as_deref()
+            .is_some_and(|e| e.contains("ModuleNotFoundError: No module named")),
+        "{report:?}"
+    );
+}
+
+#[test]
 fn a_callers_deadline_ends_the_run_before_the_sandbox_limit() {
     // A plugin calling the sandbox with 500 ms left must get its answer by then, not after the
     // sandbox's own 3 s limit; the rest of the tests are not started past the deadline.
     let tests = "def test_spin():\n    while True:\n        pass\n\n\
                  def test_later():\n    assert True\n";
+    let sandbox = sandbox();
     let deadline = std::time::Instant::now() + Duration::from_millis(500);
-    let report = sandbox().run_tests_until(ADD, tests, Some(deadline));
+    let report = sandbox.run_tests_until(ADD, tests, Some(deadline));
     println!("{report:?}");
     let spin = &report.results[0];
     assert_eq!(spin.status, TestStatus::Timeout, "{report:?}");

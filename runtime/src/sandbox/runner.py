@@ -1,6 +1,8 @@
-# The test runner agentrt starts inside sandboxed CPython (python.wasm, WASI preview 1).
+# The test runner agentrt runs inside sandboxed CPython: either imported into the pre-initialised
+# runner component (runner_app.py, `run(request, nonce)`), or started as a script by python.wasm
+# (WASI preview 1), where it reads the request from stdin and the nonce from argv[1].
 #
-# Reads {"code": ..., "tests": ..., "only": [names] | null} from stdin, runs the solution, then
+# The request is {"code": ..., "tests": ..., "only": [names] | null}; it runs the solution, then
 # every top-level test_* function of the tests (or only those named), and reports on stdout,
 # one line per event, each prefixed by the record separator and the nonce the host passed as
 # argv[1], so output the code under test prints cannot pass for a result:
@@ -15,15 +17,12 @@ import traceback
 import types
 
 
-def _agentrt_main():
+def agentrt_run(payload, nonce):
     import os
     try:
         os.chdir("/tmp")  # the run's own scratch folder; nothing else is there
     except OSError:
         pass
-    nonce = sys.argv[1] if len(sys.argv) > 1 else ""
-    del sys.argv[1:]
-    payload = json.loads(sys.stdin.read())
     real_out = sys.stdout
 
     def emit(kind, **fields):
@@ -91,4 +90,7 @@ def _agentrt_main():
             emit("result", test=name, outcome="error", message=describe(error))
 
 
-_agentrt_main()
+if __name__ == "__main__":
+    _nonce = sys.argv[1] if len(sys.argv) > 1 else ""
+    del sys.argv[1:]
+    agentrt_run(json.loads(sys.stdin.read()), _nonce)
