@@ -4,12 +4,14 @@
 //! A plugin is loaded only if the operator's config grants what its manifest asks
 //! ([`grants`]). Each call gets a new [`wasmtime::Store`] from a cached pre-instantiation, a
 //! memory cap, an epoch-based wall-clock deadline, optional fuel and a WASI context holding only
-//! what was granted (environment variables by name, folders, outbound hosts). A trap, a timeout
+//! what was granted (environment variables by name, folders, outbound hosts for `wasi:sockets`
+//! and `wasi:http`). A trap, a timeout
 //! or a limit hit becomes a [`PluginError`] for that call only; the host and other calls go on.
 
 pub mod bindings;
 pub mod compile_cache;
 pub mod grants;
+mod host_http;
 mod host_llm;
 mod host_log;
 mod host_sandbox;
@@ -257,6 +259,9 @@ impl PluginHost {
         spawn_epoch_ticker(&engine, "agentrt-epoch", EPOCH_TICK)?;
         let mut linker_plain = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_plain)?;
+        // Outgoing HTTP for plugins that import it; every request is checked against the
+        // plugin's granted hosts (host_http.rs).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker_plain)?;
         bindings::log::add_to_linker::<_, HasSelf<_>>(&mut linker_plain, |s| s)?;
         bindings::sandbox::add_to_linker::<_, HasSelf<_>>(&mut linker_plain, |s| s)?;
         let mut linker_llm = linker_plain.clone();

@@ -49,7 +49,7 @@ fn snoop_asks(host: &str) -> String {
     format!(
         "name = \"snoop-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
          [permissions]\nmemory-mb = 16\ntimeout-ms = 5000\n\
-         env = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\n\
+         env = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\", \"SNOOP_HTTP\"]\n\
          folders = [{{ path = \"/granted\", access = \"read-only\" }}]\nhosts = [\"{host}\"]\n"
     )
 }
@@ -58,6 +58,19 @@ fn snoop_asks(host: &str) -> String {
 fn granted_env_folders_and_hosts_reach_exactly_what_was_granted() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port();
+    // Answers every HTTP request on the granted port; bare connections just close.
+    let responder = listener.try_clone().expect("clone listener");
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in responder.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            if conn.read(&mut buf).is_ok_and(|n| n > 0) {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        }
+    });
     // It asks for one port; the snoop's other connection (to port 22) must be refused by the
     // sandbox even though the operator would grant any port.
     let asks = snoop_asks(&format!("127.0.0.1:{port}"));
@@ -69,7 +82,7 @@ fn granted_env_folders_and_hosts_reach_exactly_what_was_granted() {
     std::fs::write(
         &config,
         format!(
-            "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\n\
+            "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\", \"SNOOP_HTTP\"]\n\
              folders = [{{ path = \"/granted\", host = {:?}, access = \"read-write\" }}]\n\
              hosts = [\"127.0.0.1:*\"]\n",
             path_str(&data)
@@ -88,6 +101,7 @@ fn granted_env_folders_and_hosts_reach_exactly_what_was_granted() {
             ("SNOOP_VISIBLE", "yes"),
             ("SNOOP_HIDDEN", "host-secret-value"),
             ("SNOOP_TCP", &tcp_target),
+            ("SNOOP_HTTP", &format!("http://{tcp_target}/hello")),
         ],
     );
     let (status, body) = server.post(
@@ -99,13 +113,18 @@ fn granted_env_folders_and_hosts_reach_exactly_what_was_granted() {
     for (what, outcome) in &got {
         println!("{what}: {outcome}");
     }
-    assert_eq!(outcome(&got, "env"), "got: SNOOP_VISIBLE,SNOOP_TCP");
+    assert_eq!(
+        outcome(&got, "env"),
+        "got: SNOOP_VISIBLE,SNOOP_TCP,SNOOP_HTTP"
+    );
+    assert_eq!(outcome(&got, "granted-http"), "got: status 200");
     assert_eq!(
         outcome(&got, "granted-read"),
         "got: hello from the granted folder"
     );
     assert_eq!(outcome(&got, "granted-tcp"), "got: connected");
     for denied in [
+        "http",
         "granted-write",
         "granted-escape",
         "passwd",
@@ -142,7 +161,7 @@ fn granted_env_folders_and_hosts_reach_exactly_what_was_granted() {
     let inspected: Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(
         inspected["granted"]["env"],
-        json!(["SNOOP_VISIBLE", "SNOOP_TCP"])
+        json!(["SNOOP_VISIBLE", "SNOOP_TCP", "SNOOP_HTTP"])
     );
     assert_eq!(inspected["granted"]["folders"][0]["access"], "read-only");
     assert_eq!(inspected["granted"]["folders"][0]["host"], path_str(&data));
@@ -161,12 +180,12 @@ fn a_plugin_asking_for_more_than_it_is_granted_fails_to_load_naming_the_permissi
     let cases = [
         ("", "env \"SNOOP_VISIBLE\" is not granted"),
         (
-            "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\n",
+            "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\", \"SNOOP_HTTP\"]\n",
             "folder \"/granted\" is not granted",
         ),
         (
             &*format!(
-                "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\n\
+                "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\", \"SNOOP_HTTP\"]\n\
                  folders = [{{ path = \"/granted\", host = {:?} }}]\nhosts = [\"127.0.0.1:80\"]\n",
                 path_str(&data)
             ),
@@ -174,7 +193,7 @@ fn a_plugin_asking_for_more_than_it_is_granted_fails_to_load_naming_the_permissi
         ),
         (
             &*format!(
-                "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\"]\nmemory-mb = 8\n\
+                "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\", \"SNOOP_TCP\", \"SNOOP_HTTP\"]\nmemory-mb = 8\n\
                  folders = [{{ path = \"/granted\", host = {:?} }}]\nhosts = [\"127.0.0.1:*\"]\n",
                 path_str(&data)
             ),

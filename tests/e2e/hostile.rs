@@ -126,6 +126,8 @@ fn snooping_on_files_environment_and_network_gets_nothing() {
         "granted-write",
         "granted-escape",
         "granted-tcp",
+        "http",
+        "granted-http",
     ] {
         let outcome = attempts
             .iter()

@@ -15,7 +15,7 @@
 //! fuel = 1000000000          # deterministic instruction budget per call
 //! env = ["HOUSE_STYLE"]      # environment variables, by name
 //! folders = [{ path = "/rules", access = "read-only" }]
-//! hosts = ["lint.example.com:443"]  # outbound connections over wasi:sockets
+//! hosts = ["lint.example.com:443"]  # outbound wasi:http requests and wasi:sockets connections
 //! run-python = true          # may run Python in the test sandbox
 //! ```
 //!
@@ -79,7 +79,7 @@ pub struct Permissions {
     /// Folders the plugin may open, by the path it sees them at.
     #[serde(default)]
     pub folders: Vec<FolderAccess>,
-    /// Outbound `host:port` pairs the plugin may connect to over `wasi:sockets`.
+    /// Outbound `host:port` pairs the plugin may reach over `wasi:http` or `wasi:sockets`.
     #[serde(default)]
     pub hosts: Vec<String>,
     /// Whether the plugin may run Python in the test sandbox (`sandbox.run-python`).

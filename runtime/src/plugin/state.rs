@@ -9,6 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::grants::{Granted, TokenMeter};
+use super::host_http::HttpGate;
 use super::manifest::Manifest;
 use crate::engine::Engine;
 use crate::sandbox::LazySandbox;
@@ -68,6 +69,9 @@ impl ResourceLimiter for MemoryLimiter {
 pub struct PluginState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
+    pub http: wasmtime_wasi_http::WasiHttpCtx,
+    /// Checks each outgoing HTTP request against the granted hosts.
+    pub http_gate: HttpGate,
     pub limiter: MemoryLimiter,
     pub manifest: Arc<Manifest>,
     /// What the operator granted this plugin.
@@ -99,9 +103,12 @@ impl PluginState {
         deadline: Instant,
     ) -> Self {
         let max_memory = (granted.memory_mb as usize) << 20;
+        let http_gate = HttpGate::new(granted.hosts.clone(), deadline);
         Self {
             wasi,
             table: ResourceTable::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_gate,
             limiter: MemoryLimiter {
                 max_bytes: max_memory,
                 peak_bytes: 0,
@@ -126,6 +133,16 @@ impl PluginState {
     pub fn note_used(&mut self, capability: &str) {
         if !self.used.iter().any(|u| u == capability) {
             self.used.push(capability.to_string());
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PluginState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            hooks: &mut self.http_gate,
+            table: &mut self.table,
+            ctx: &mut self.http,
         }
     }
 }

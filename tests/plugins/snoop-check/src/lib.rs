@@ -4,8 +4,9 @@
 //! says what it got. With nothing granted, every attempt must come back empty or denied.
 //!
 //! It also tries what an operator may grant: reading and writing the folder `/granted`, a `..`
-//! escape out of it, and a TCP connection to the address in `SNOOP_TCP` — so a test can grant
-//! some of it and see that exactly the granted part works.
+//! escape out of it, a TCP connection to the address in `SNOOP_TCP`, and an HTTP request
+//! through `wasi:http` to the URL in `SNOOP_HTTP` (and one to a host never granted) — so a test
+//! can grant some of it and see that exactly the granted part works.
 
 use agentrt_plugin_sdk::{CheckInfo, CodeArtifact, Finding, PipelineError, QualityCheck, Severity};
 
@@ -24,6 +25,37 @@ fn read(path: &str) -> String {
             String::from_utf8_lossy(&bytes[..bytes.len().min(64)])
         ),
         Err(e) => format!("denied: {e}"),
+    }
+}
+
+/// `got: status N` when an HTTP GET of `url` (http:// only) was answered, `denied: ...` when not.
+fn http_get(url: &str) -> String {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return format!("denied: not an http:// URL: {url}");
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let built = request.set_scheme(Some(&Scheme::Http)).is_ok()
+        && request.set_authority(Some(authority)).is_ok()
+        && request.set_path_with_query(Some(path)).is_ok();
+    if !built {
+        return "denied: the request could not be built".to_owned();
+    }
+    match outgoing_handler::handle(request, None) {
+        Err(e) => format!("denied: {e:?}"),
+        Ok(response) => {
+            response.subscribe().block();
+            match response.get() {
+                Some(Ok(Ok(answer))) => format!("got: status {}", answer.status()),
+                Some(Ok(Err(e))) => format!("denied: {e:?}"),
+                other => format!("denied: {other:?}"),
+            }
+        }
     }
 }
 
@@ -62,7 +94,11 @@ impl QualityCheck for SnoopCheck {
             Ok(()) => "got: written".to_owned(),
             Err(e) => format!("denied: {e}"),
         };
+        let granted_http =
+            http_get(&std::env::var("SNOOP_HTTP").unwrap_or_else(|_| "http://example.com/".into()));
         Ok(vec![
+            finding("granted-http", granted_http),
+            finding("http", http_get("http://example.com/")),
             finding("granted-read", read("/granted/visible.txt")),
             finding("granted-write", granted_write),
             finding("granted-escape", read("/granted/../../../etc/passwd")),

@@ -1,0 +1,103 @@
+//! Host side of `wasi:http/outgoing-handler` for plugins: every request is checked against the
+//! hosts the plugin was granted, by the name and port in its URL, before anything leaves the
+//! machine; a request to any other host is `HTTP-request-denied`. Granted requests are sent by
+//! wasmtime-wasi-http's client with their timeouts cut to what is left of the plugin's deadline.
+
+use std::future::Future;
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::manifest::parse_host;
+
+/// The per-call gate: the granted `host:port` entries and the call's deadline.
+pub struct HttpGate {
+    hosts: Vec<String>,
+    deadline: Instant,
+}
+
+impl HttpGate {
+    pub fn new(hosts: Vec<String>, deadline: Instant) -> Self {
+        Self { hosts, deadline }
+    }
+}
+
+/// Whether `uri` names a granted host (`host:port`, or `host:*` for any port); the port
+/// defaults to the scheme's.
+pub fn uri_allowed(hosts: &[String], uri: &axum::http::Uri) -> bool {
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("http") => 80,
+        _ => 443,
+    });
+    hosts.iter().any(|entry| match parse_host(entry) {
+        Ok((granted, granted_port)) => {
+            granted.eq_ignore_ascii_case(host) && granted_port.is_none_or(|p| p == port)
+        }
+        Err(_) => false,
+    })
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                axum::http::Response<WasiBody>,
+                Box<dyn Future<Output = Result<(), Error>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpGate {
+    fn send_request(
+        &mut self,
+        request: axum::http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> SendFuture {
+        _ = fut;
+        if !uri_allowed(&self.hosts, request.uri()) {
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let options = options.unwrap_or_default();
+        let cut = |t: Option<std::time::Duration>| Some(t.map_or(left, |t| t.min(left)));
+        let options = RequestOptions {
+            connect_timeout: cut(options.connect_timeout),
+            first_byte_timeout: cut(options.first_byte_timeout),
+            between_bytes_timeout: cut(options.between_bytes_timeout),
+        };
+        Box::new(async move {
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_granted_names_and_ports_pass() {
+        let hosts = vec!["api.example.com:443".to_string(), "127.0.0.1:*".to_string()];
+        let ok = |u: &str| uri_allowed(&hosts, &u.parse().expect("uri"));
+        assert!(ok("https://api.example.com/v1"));
+        assert!(ok("https://API.example.com:443/"));
+        assert!(!ok("http://api.example.com/"), "port 80 is not granted");
+        assert!(!ok("https://api.example.com.evil.test/"));
+        assert!(!ok("https://evil.test/?api.example.com"));
+        assert!(ok("http://127.0.0.1:8080/x"));
+        assert!(
+            !ok("http://localhost:8080/"),
+            "names are compared, not resolved"
+        );
+    }
+}
