@@ -48,6 +48,9 @@ const MAX_WASM_STACK: usize = 2 << 20;
 /// Native stack of the thread a plugin call runs on: wasmtime's guest-stack check is relative to
 /// where the call starts, so the thread needs the guest's allowance plus room for the host.
 const PLUGIN_THREAD_STACK: usize = MAX_WASM_STACK + (8 << 20);
+/// How long past its deadline a call may stay inside a host call before its caller stops
+/// waiting for it (an llm or sandbox call notices the deadline within a step).
+const ABANDON_GRACE: Duration = Duration::from_millis(1500);
 /// Most bytes a plugin may pass to the host in one import call (strings and lists).
 const HOSTCALL_FUEL: usize = 4 << 20;
 
@@ -183,7 +186,7 @@ pub struct PluginHost {
     pooling: bool,
     /// Calls in flight, bounded by the instance pool so that a burst waits for a slot instead
     /// of failing to instantiate.
-    slots: CallSlots,
+    slots: Arc<CallSlots>,
 }
 
 /// A counting semaphore over the pool's call slots (`None`: unbounded).
@@ -201,7 +204,7 @@ impl CallSlots {
     }
 
     /// Wait for a slot; it is given back when the guard drops.
-    fn acquire(&self) -> SlotGuard<'_> {
+    fn acquire(self: &Arc<Self>) -> SlotGuard {
         if let Some(free) = &self.free {
             let mut n = free.lock().unwrap_or_else(|p| p.into_inner());
             while *n == 0 {
@@ -209,13 +212,15 @@ impl CallSlots {
             }
             *n -= 1;
         }
-        SlotGuard(self)
+        SlotGuard(self.clone())
     }
 }
 
-struct SlotGuard<'a>(&'a CallSlots);
+/// A taken call slot; it travels with the call's thread, so a call still stuck in a host call
+/// after its caller gave up keeps its slot until it really ends.
+struct SlotGuard(Arc<CallSlots>);
 
-impl Drop for SlotGuard<'_> {
+impl Drop for SlotGuard {
     fn drop(&mut self) {
         if let Some(free) = &self.0.free {
             *free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
@@ -273,7 +278,9 @@ impl PluginHost {
             models,
             sandbox,
             cache,
-            slots: CallSlots::new(pooling.then_some(config.limits.instance_pool)),
+            slots: Arc::new(CallSlots::new(
+                pooling.then_some(config.limits.instance_pool),
+            )),
             config,
             pooling,
         })
@@ -397,14 +404,20 @@ impl PluginHost {
     }
 
     /// Run `f` in a fresh store and turn wasmtime failures into [`PluginError`]s.
-    fn call<R: Send>(
+    ///
+    /// The call runs on a thread of its own. Guest code stops at the deadline (epoch
+    /// interruption); a plugin blocked inside a host call the epoch cannot interrupt (a WASI
+    /// sleep or poll) is abandoned once the deadline and a grace period have passed: the caller
+    /// gets `PLUGIN_004` and the thread finishes, and frees its slot, when the call returns.
+    fn call<R: Send + 'static>(
         &self,
-        plugin: &Plugin,
+        plugin: &Arc<Plugin>,
         f: impl FnOnce(&Pre, &mut Store<PluginState>) -> wasmtime::Result<Result<R, PipelineError>>
-        + Send,
+        + Send
+        + 'static,
         validate: impl FnOnce(&R) -> Result<(), String>,
     ) -> (Result<R, PluginError>, CallStats) {
-        let _slot = self.slots.acquire();
+        let slot = self.slots.acquire();
         let started = Instant::now();
         let (mut store, timeout) = match self.new_store(plugin) {
             Ok(made) => made,
@@ -416,21 +429,53 @@ impl PluginHost {
                 return (Err(error), CallStats::default());
             }
         };
-        let outcome = std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name(format!("plugin-{}", plugin.manifest.name))
-                .stack_size(PLUGIN_THREAD_STACK)
-                .spawn_scoped(scope, || f(&plugin.pre, &mut store));
-            match worker.map(|w| w.join()) {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(_)) => Err(wasmtime::Error::msg(
-                    "the host panicked while serving the plugin",
-                )),
-                Err(e) => Err(wasmtime::Error::msg(format!(
-                    "cannot start a plugin thread: {e}"
-                ))),
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let worker_plugin = plugin.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("plugin-{}", plugin.manifest.name))
+            .stack_size(PLUGIN_THREAD_STACK)
+            .spawn(move || {
+                let _slot = slot;
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    f(&worker_plugin.pre, &mut store)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(wasmtime::Error::msg(
+                        "the host panicked while serving the plugin",
+                    ))
+                });
+                let _ = done_tx.send((outcome, store));
+            });
+        if let Err(e) = spawned {
+            let error = PluginError::Load {
+                plugin: plugin.manifest.name.clone(),
+                message: format!("cannot start a plugin thread: {e}"),
+            };
+            return (Err(error), CallStats::default());
+        }
+        let (outcome, store) = match done_rx.recv_timeout(timeout + ABANDON_GRACE) {
+            Ok(done) => done,
+            Err(_) => {
+                let error = PluginError::Timeout {
+                    plugin: plugin.manifest.name.clone(),
+                    timeout_ms: timeout.as_millis() as u64,
+                };
+                tracing::warn!(
+                    target: "agentrt::audit",
+                    plugin = %plugin.manifest.name,
+                    version = %plugin.manifest.version,
+                    world = %plugin.manifest.world,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    outcome = "PLUGIN_004",
+                    "plugin call abandoned: blocked in a host call past its deadline"
+                );
+                let stats = CallStats {
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    ..CallStats::default()
+                };
+                return (Err(error), stats);
             }
-        });
+        };
         let state = store.data();
         let stats = CallStats {
             duration_ms: started.elapsed().as_millis() as u64,
@@ -494,13 +539,14 @@ impl PluginHost {
 
     pub fn generate(
         &self,
-        plugin: &Plugin,
+        plugin: &Arc<Plugin>,
         req: &GenerationRequest,
     ) -> (Result<CodeArtifact, PluginError>, CallStats) {
+        let req = req.clone();
         self.call(
             plugin,
-            |pre, store| match pre {
-                Pre::Generator(p) => p.instantiate(&mut *store)?.call_generate(&mut *store, req),
+            move |pre, store| match pre {
+                Pre::Generator(p) => p.instantiate(&mut *store)?.call_generate(&mut *store, &req),
                 _ => Err(wrong_world(World::Generator)),
             },
             output::check_artifact,
@@ -509,13 +555,14 @@ impl PluginHost {
 
     pub fn review(
         &self,
-        plugin: &Plugin,
+        plugin: &Arc<Plugin>,
         req: &ReviewRequest,
     ) -> (Result<Review, PluginError>, CallStats) {
+        let req = req.clone();
         self.call(
             plugin,
-            |pre, store| match pre {
-                Pre::Reviewer(p) => p.instantiate(&mut *store)?.call_review(&mut *store, req),
+            move |pre, store| match pre {
+                Pre::Reviewer(p) => p.instantiate(&mut *store)?.call_review(&mut *store, &req),
                 _ => Err(wrong_world(World::Reviewer)),
             },
             output::check_review,
@@ -524,15 +571,16 @@ impl PluginHost {
 
     pub fn check(
         &self,
-        plugin: &Plugin,
+        plugin: &Arc<Plugin>,
         artifact: &CodeArtifact,
     ) -> (Result<Vec<Finding>, PluginError>, CallStats) {
+        let artifact = artifact.clone();
         self.call(
             plugin,
-            |pre, store| match pre {
+            move |pre, store| match pre {
                 Pre::QualityCheck(p) => p
                     .instantiate(&mut *store)?
-                    .call_check(&mut *store, artifact),
+                    .call_check(&mut *store, &artifact),
                 _ => Err(wrong_world(World::QualityCheck)),
             },
             |f: &Vec<Finding>| output::check_findings(f),
@@ -541,16 +589,17 @@ impl PluginHost {
 
     pub fn handle_error(
         &self,
-        plugin: &Plugin,
+        plugin: &Arc<Plugin>,
         error: &PipelineError,
         retries_left: u32,
     ) -> (Result<Recovery, PluginError>, CallStats) {
+        let error = error.clone();
         self.call(
             plugin,
-            |pre, store| match pre {
+            move |pre, store| match pre {
                 Pre::ErrorHandler(p) => Ok(Ok(p.instantiate(&mut *store)?.call_handle(
                     &mut *store,
-                    error,
+                    &error,
                     retries_left,
                 )?)),
                 _ => Err(wrong_world(World::ErrorHandler)),
@@ -702,7 +751,7 @@ mod tests {
         drop(first);
         rx.recv().expect("the waiting call gets the freed slot");
         waiter.join().expect("join");
-        let unbounded = CallSlots::new(None);
+        let unbounded = Arc::new(CallSlots::new(None));
         let _a = unbounded.acquire();
         let _b = unbounded.acquire();
     }

@@ -248,6 +248,7 @@ pub fn test_plugin_dir() -> &'static Path {
             "recurse-check",
             "flood-check",
             "hostcall-trap-check",
+            "sleep-check",
         ] {
             let wasm = test_plugin_wasm(name);
             std::fs::copy(&wasm, dir.join(format!("{name}.wasm")))

@@ -164,6 +164,20 @@ fn unbounded_recursion_is_that_calls_trap() {
 }
 
 #[test]
+fn a_sleep_inside_a_host_call_still_answers_at_the_deadline() {
+    // The plugin sleeps 120 s in one WASI call, which the epoch cannot interrupt; its caller
+    // must get PLUGIN_004 around the 1 s deadline (plus the host's grace), not after the sleep.
+    let started = std::time::Instant::now();
+    let outcome = check_with("sleep-check");
+    println!(
+        "a plugin asleep in a host call was answered for after {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(outcome["error"]["code"], "PLUGIN_004", "{outcome}");
+    still_serving();
+}
+
+#[test]
 fn a_trap_inside_a_host_call_is_that_calls_error() {
     let started = std::time::Instant::now();
     let outcome = check_with("hostcall-trap-check");
@@ -257,6 +271,7 @@ fn ordinary_requests_succeed_while_every_hostile_plugin_runs() {
         "flood-check",
         "snoop-check",
         "hostcall-trap-check",
+        "sleep-check",
     ];
     let handles: Vec<_> = hostile
         .iter()
@@ -273,6 +288,7 @@ fn ordinary_requests_succeed_while_every_hostile_plugin_runs() {
             "recurse-check" => "PLUGIN_003",
             "flood-check" => "PLUGIN_008",
             "hostcall-trap-check" => "PLUGIN_003",
+            "sleep-check" => "PLUGIN_004",
             _ => {
                 assert_eq!(outcome["status"], "ok", "{name}: {outcome}");
                 continue;
