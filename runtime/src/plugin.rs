@@ -435,7 +435,6 @@ impl PluginHost {
             .name(format!("plugin-{}", plugin.manifest.name))
             .stack_size(PLUGIN_THREAD_STACK)
             .spawn(move || {
-                let _slot = slot;
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     f(&worker_plugin.pre, &mut store)
                 }))
@@ -444,7 +443,21 @@ impl PluginHost {
                         "the host panicked while serving the plugin",
                     ))
                 });
-                let _ = done_tx.send((outcome, store));
+                let state = store.data();
+                let stats = CallStats {
+                    duration_ms: 0,
+                    memory_peak_bytes: state.limiter.peak_bytes,
+                    tokens: state.tokens_used,
+                    llm_calls: state.llm_calls,
+                };
+                let used = state.used.join(",");
+                let name = worker_plugin.manifest.name.clone();
+                let outcome = outcome.map_err(|e| classify_failure(e, state, name, timeout));
+                // The instance goes back to the pool before the slot does, so the next call
+                // that takes the slot finds room for its instance.
+                drop(store);
+                drop(slot);
+                let _ = done_tx.send((outcome, stats, used));
             });
         if let Err(e) = spawned {
             let error = PluginError::Load {
@@ -453,7 +466,7 @@ impl PluginHost {
             };
             return (Err(error), CallStats::default());
         }
-        let (outcome, store) = match done_rx.recv_timeout(timeout + ABANDON_GRACE) {
+        let (outcome, mut stats, used) = match done_rx.recv_timeout(timeout + ABANDON_GRACE) {
             Ok(done) => done,
             Err(_) => {
                 let error = PluginError::Timeout {
@@ -476,21 +489,14 @@ impl PluginHost {
                 return (Err(error), stats);
             }
         };
-        let state = store.data();
-        let stats = CallStats {
-            duration_ms: started.elapsed().as_millis() as u64,
-            memory_peak_bytes: state.limiter.peak_bytes,
-            tokens: state.tokens_used,
-            llm_calls: state.llm_calls,
-        };
-        let name = plugin.manifest.name.clone();
+        stats.duration_ms = started.elapsed().as_millis() as u64;
         let result = match outcome {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(error)) => Err(PluginError::Returned {
-                plugin: name,
+                plugin: plugin.manifest.name.clone(),
                 error: output::clip_error(error),
             }),
-            Err(e) => Err(classify_failure(e, state, name, timeout)),
+            Err(e) => Err(e),
         };
         let result = result.and_then(|v| match validate(&v) {
             Ok(()) => Ok(v),
@@ -511,7 +517,7 @@ impl PluginHost {
             duration_ms = stats.duration_ms,
             memory_peak_bytes = stats.memory_peak_bytes,
             tokens = stats.tokens,
-            used = %state.used.join(","),
+            used = %used,
             granted = %plugin.granted.summary(),
             outcome = %outcome_label,
             "plugin call"
