@@ -115,11 +115,6 @@ impl Access {
 }
 
 impl Permissions {
-    /// Whether the plugin may call `model`.
-    pub fn allows_model(&self, model: &str) -> bool {
-        self.models.iter().any(|m| m == "*" || m == model)
-    }
-
     /// Check the shapes of the fields: plain variable names, absolute folder paths without
     /// `..`, `host:port` pairs.
     pub fn validate(&self) -> Result<(), String> {
@@ -238,7 +233,7 @@ mod tests {
         .expect("parse");
         assert_eq!(m.world, World::QualityCheck);
         assert_eq!(m.permissions.memory_mb, Some(64));
-        assert!(!m.permissions.allows_model("x"));
+        assert!(m.permissions.models.is_empty());
     }
 
     #[test]
@@ -257,16 +252,29 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_and_named_models() {
-        let p = Permissions {
-            models: vec!["a".into()],
-            ..Default::default()
+    fn refuses_malformed_permissions() {
+        let asks = |p: &str| {
+            Manifest::parse(&format!(
+                "name=\"a\"\nversion=\"1\"\nworld=\"reviewer\"\n[permissions]\n{p}"
+            ))
         };
-        assert!(p.allows_model("a") && !p.allows_model("b"));
-        let p = Permissions {
-            models: vec!["*".into()],
-            ..Default::default()
-        };
-        assert!(p.allows_model("anything"));
+        for bad in [
+            "env = [\"HOME=1\"]",
+            "env = [\"\"]",
+            "folders = [{ path = \"data\" }]",
+            "folders = [{ path = \"/data/../etc\" }]",
+            "folders = [{ path = \"/d\", access = \"everything\" }]",
+            "hosts = [\"example.com\"]",
+            "hosts = [\"example.com:http\"]",
+            "fuel = 0",
+        ] {
+            assert!(asks(bad).is_err(), "accepted {bad}");
+        }
+        let ok = asks(
+            "env = [\"A_1\"]\nfolders = [{ path = \"/d\", access = \"read-write\" }]\nhosts = [\"example.com:443\", \"10.0.0.1:*\"]\nrun-python = true",
+        )
+        .expect("well-formed");
+        assert_eq!(ok.permissions.folders[0].access, Access::ReadWrite);
+        assert!(ok.permissions.run_python);
     }
 }

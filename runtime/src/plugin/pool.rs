@@ -1,0 +1,100 @@
+//! Instance slots for plugin calls: the pooling allocator's configuration, sized for the
+//! largest default plugin, and the counting semaphore that makes a burst of calls wait for a
+//! free slot instead of failing to instantiate.
+
+use std::sync::Arc;
+
+use super::grants::HostLimits;
+
+/// A counting semaphore over the pool's call slots (`None`: unbounded).
+pub(super) struct CallSlots {
+    free: Option<std::sync::Mutex<u32>>,
+    freed: std::sync::Condvar,
+}
+
+impl CallSlots {
+    pub(super) fn new(limit: Option<u32>) -> Self {
+        Self {
+            free: limit.map(std::sync::Mutex::new),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Wait for a slot; it is given back when the guard drops.
+    pub(super) fn acquire(self: &Arc<Self>) -> SlotGuard {
+        if let Some(free) = &self.free {
+            let mut n = free.lock().unwrap_or_else(|p| p.into_inner());
+            while *n == 0 {
+                n = self.freed.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+            *n -= 1;
+        }
+        SlotGuard(self.clone())
+    }
+}
+
+/// A taken call slot; it travels with the call's thread, so a call still stuck in a host call
+/// after its caller gave up keeps its slot until it really ends.
+pub(super) struct SlotGuard(Arc<CallSlots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(free) = &self.0.free {
+            *free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            self.0.freed.notify_one();
+        }
+    }
+}
+
+/// Slots for `limits.instance_pool` concurrent plugin calls, each sized for the largest default
+/// plugin (the CPython-based check: a dozen core instances, a few memories, large tables).
+/// Memory slots are reserved address space, committed only as a plugin touches its pages, and
+/// reset between calls from the module's copy-on-write image.
+pub(super) fn instance_pool(limits: &HostLimits) -> wasmtime::PoolingAllocationConfig {
+    const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+    const MEMORIES_PER_COMPONENT: u32 = 4;
+    const TABLES_PER_COMPONENT: u32 = 8;
+    let calls = limits.instance_pool;
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_component_instances(calls)
+        .total_core_instances(calls * CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(calls * MEMORIES_PER_COMPONENT)
+        .total_tables(calls * TABLES_PER_COMPONENT)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .max_memories_per_module(1)
+        .max_tables_per_module(4)
+        .table_elements(1 << 17)
+        .max_core_instance_size(1 << 20)
+        .max_memory_size((limits.max_memory_mb as usize) << 20);
+    pool
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn call_slots_make_a_burst_wait_instead_of_fail() {
+        let slots = Arc::new(CallSlots::new(Some(1)));
+        let first = slots.acquire();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = slots.clone();
+        let waiter = std::thread::spawn(move || {
+            let _slot = waiting.acquire();
+            tx.send(()).expect("send");
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a second call got a slot while the only one was taken"
+        );
+        drop(first);
+        rx.recv().expect("the waiting call gets the freed slot");
+        waiter.join().expect("join");
+        let unbounded = Arc::new(CallSlots::new(None));
+        let _a = unbounded.acquire();
+        let _b = unbounded.acquire();
+    }
+}
