@@ -363,26 +363,18 @@ fn more_concurrent_calls_than_instance_slots_wait_their_turn() {
         "--config",
         path_str(&config),
     ]);
-    let base = server.base.clone();
-    let calls: Vec<_> = (0..8)
-        .map(|i| {
-            let url = format!("{base}/check");
-            std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                let mut resp = agent
-                    .post(&url)
-                    .send_json(json!({"code": format!("x = {i}  # TODO\n")}))
-                    .expect("request");
-                let body: Value = resp.body_mut().read_json().expect("json");
-                (resp.status().as_u16(), body)
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let server = &server;
+                scope.spawn(move || {
+                    server.post("/check", &json!({"code": format!("x = {i}  # TODO\n")}))
+                })
             })
-        })
-        .collect();
-    for call in calls {
-        let (status, body) = call.join().expect("join");
+            .collect();
+        calls.into_iter().map(|c| c.join().expect("join")).collect()
+    });
+    for (status, body) in answers {
         assert_eq!(status, 200, "{body}");
         let checks = body["checks"].as_array().expect("checks");
         assert!(

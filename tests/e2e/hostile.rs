@@ -209,28 +209,24 @@ fn an_llm_loop_stops_at_its_token_budget_while_others_are_served() {
         "--config",
         config.to_str().expect("utf-8"),
     ]);
-    let base = server.base.clone();
-    let looping = std::thread::spawn(move || {
-        let started = std::time::Instant::now();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build();
-        let agent: ureq::Agent = agent.into();
-        let mut resp = agent
-            .post(&format!("{base}/review"))
-            .send_json(json!({"code": "def add(a, b):\n    return a + b\n"}))
-            .expect("review request");
-        let body: serde_json::Value = resp.body_mut().read_json().expect("json");
-        (resp.status().as_u16(), body, started.elapsed())
+    let (status, body, elapsed) = std::thread::scope(|scope| {
+        let looping = scope.spawn(|| {
+            let started = std::time::Instant::now();
+            let (status, body) = server.post(
+                "/review",
+                &json!({"code": "def add(a, b):\n    return a + b\n"}),
+            );
+            (status, body, started.elapsed())
+        });
+        // Ordinary requests go on while the loop runs.
+        for _ in 0..3 {
+            let (status, body) = server.post("/check", &json!({"code": "x = 1\n"}));
+            assert_eq!(status, 200, "{body}");
+            let (status, body) = server.get("/health");
+            assert_eq!(status, 200, "{body}");
+        }
+        looping.join().expect("join")
     });
-    // Ordinary requests go on while the loop runs.
-    for _ in 0..3 {
-        let (status, body) = server.post("/check", &json!({"code": "x = 1\n"}));
-        assert_eq!(status, 200, "{body}");
-        let (status, body) = server.get("/health");
-        assert_eq!(status, 200, "{body}");
-    }
-    let (status, body, elapsed) = looping.join().expect("join");
     println!(
         "token loop stopped after {} ms: {status} {body}",
         elapsed.as_millis()

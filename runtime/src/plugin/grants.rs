@@ -103,28 +103,27 @@ impl Granted {
 
     /// One line naming every limit and capability a plugin runs under.
     pub fn summary(&self) -> String {
-        let g = self;
         let mut parts = vec![
-            format!("memory {} MiB", g.memory_mb),
-            format!("timeout {} ms", g.timeout_ms),
+            format!("memory {} MiB", self.memory_mb),
+            format!("timeout {} ms", self.timeout_ms),
         ];
-        if let Some(fuel) = g.fuel {
+        if let Some(fuel) = self.fuel {
             parts.push(format!("fuel {fuel}"));
         }
-        if !g.models.is_empty() {
+        if !self.models.is_empty() {
             parts.push(format!(
                 "models {} (max {} tokens per call{})",
-                g.models.join(","),
-                g.max_tokens_per_call,
-                g.tokens_per_minute
+                self.models.join(","),
+                self.max_tokens_per_call,
+                self.tokens_per_minute
                     .map(|n| format!(", {n} per minute"))
                     .unwrap_or_default()
             ));
         }
-        if !g.env.is_empty() {
-            parts.push(format!("env {}", g.env.join(",")));
+        if !self.env.is_empty() {
+            parts.push(format!("env {}", self.env.join(",")));
         }
-        for f in &g.folders {
+        for f in &self.folders {
             parts.push(format!(
                 "folder {} = {} ({})",
                 f.path,
@@ -132,10 +131,10 @@ impl Granted {
                 f.access.as_str()
             ));
         }
-        if !g.hosts.is_empty() {
-            parts.push(format!("hosts {}", g.hosts.join(",")));
+        if !self.hosts.is_empty() {
+            parts.push(format!("hosts {}", self.hosts.join(",")));
         }
-        if g.run_python {
+        if self.run_python {
             parts.push("run-python".into());
         }
         parts.join("; ")
@@ -298,10 +297,18 @@ fn host_covered(asked: &str, grants: &[String]) -> bool {
     let Ok((host, port)) = parse_host(asked) else {
         return false;
     };
-    grants.iter().any(|g| match parse_host(g) {
-        Ok((gh, gp)) => gh.eq_ignore_ascii_case(host) && (gp.is_none() || gp == port),
+    grants.iter().any(|g| entry_covers(g, host, port))
+}
+
+/// Whether the `host:port` entry `entry` covers `host` at `port` (`None`: any port, which only
+/// an entry with `*` covers). Names compare case-insensitively and are not resolved.
+pub fn entry_covers(entry: &str, host: &str, port: Option<u16>) -> bool {
+    match parse_host(entry) {
+        Ok((name, entry_port)) => {
+            name.eq_ignore_ascii_case(host) && (entry_port.is_none() || entry_port == port)
+        }
         Err(_) => false,
-    })
+    }
 }
 
 /// A granted host resolved to addresses, with its port (`None`: any).

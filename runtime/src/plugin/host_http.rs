@@ -9,7 +9,7 @@ use std::time::Instant;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::manifest::parse_host;
+use super::grants::entry_covers;
 
 /// The per-call gate: the granted `host:port` entries and the call's deadline.
 pub struct HttpGate {
@@ -34,12 +34,9 @@ pub fn uri_allowed(hosts: &[String], uri: &axum::http::Uri) -> bool {
         Some("http") => 80,
         _ => 443,
     });
-    hosts.iter().any(|entry| match parse_host(entry) {
-        Ok((granted, granted_port)) => {
-            granted.eq_ignore_ascii_case(host) && granted_port.is_none_or(|p| p == port)
-        }
-        Err(_) => false,
-    })
+    hosts
+        .iter()
+        .any(|entry| entry_covers(entry, host, Some(port)))
 }
 
 type SendFuture = Box<
