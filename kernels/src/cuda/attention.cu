@@ -1,0 +1,148 @@
+// Causal attention over the fp16 KV cache for multi-, grouped- and multi-head attention
+// (`group` query heads share one K/V head).
+//
+// Decode (one new token) uses a split-K ("Flash-Decoding") scheme: the visible positions are
+// cut into chunks of ATTN_CHUNK, one block per (query head, chunk) computes a partial softmax
+// (its max, its sum and its weighted values), and a second kernel combines the chunks. A
+// model with a single K/V head and a long context still spreads over every SM.
+//
+// Prefill (several new tokens) walks the keys in tiles with an online softmax: the score
+// matrix is never materialised, only one tile of scores per (token, head) at a time.
+#include "common.cuh"
+
+#define ATTN_CHUNK 128
+#define ATTN_THREADS 128
+#define MAX_HEAD_DIM 256
+
+// part_o: [n_head][max_splits][head_dim]; part_ml: [n_head][max_splits][2] (max, sum).
+// Grid (n_head, max_splits); chunks past the visible length do nothing (the reducer skips them),
+// so one launch shape serves every position and can be captured in a graph.
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+attn_decode_partial(const float* __restrict__ q, const f16_t* __restrict__ kcache,
+                    const f16_t* __restrict__ vcache, float* __restrict__ part_o,
+                    float* __restrict__ part_ml, const int* __restrict__ pos0, int group,
+                    int head_dim, int capacity, int max_splits, float scale) {
+    __shared__ float qs[MAX_HEAD_DIM];
+    __shared__ float sc[ATTN_CHUNK];
+    __shared__ float scratch[32];
+    const int h = blockIdx.x, split = blockIdx.y;
+    const int len = *pos0 + 1;
+    const int start = split * ATTN_CHUNK;
+    if (start >= len) return;
+    const int n = min(ATTN_CHUNK, len - start);
+    const int kvh = h / group;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[h * head_dim + d];
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const f16_t* kbase = kcache + ((size_t)kvh * capacity + start) * head_dim;
+    // One warp per position: lanes split the head's dimensions two at a time (32-bit loads).
+    for (int p = warp; p < n; p += warps) {
+        const unsigned int* kr = (const unsigned int*)(kbase + (size_t)p * head_dim);
+        float acc = 0.0f;
+        for (int d2 = lane; d2 < head_dim / 2; d2 += 32) {
+            const float2 k = h2x2f(kr[d2]);
+            acc += qs[2 * d2] * k.x + qs[2 * d2 + 1] * k.y;
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) sc[p] = acc * scale;
+    }
+    __syncthreads();
+    float m = NEG_INF;
+    for (int p = threadIdx.x; p < n; p += blockDim.x) m = fmaxf(m, sc[p]);
+    m = block_max(m, scratch);
+    float l = 0.0f;
+    for (int p = threadIdx.x; p < n; p += blockDim.x) {
+        const float e = expf(sc[p] - m);
+        sc[p] = e;
+        l += e;
+    }
+    l = block_sum(l, scratch);
+    const f16_t* vbase = vcache + ((size_t)kvh * capacity + start) * head_dim;
+    const size_t slot = (size_t)h * max_splits + split;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+        for (int p = 0; p < n; ++p) o += sc[p] * h2f(vbase[(size_t)p * head_dim + d]);
+        part_o[slot * head_dim + d] = o;
+    }
+    if (threadIdx.x == 0) {
+        part_ml[slot * 2] = m;
+        part_ml[slot * 2 + 1] = l;
+    }
+}
+
+// out[h][d] = Σ_s exp(m_s - M) o_s[d] / Σ_s exp(m_s - M) l_s over the chunks that ran.
+extern "C" __global__ void attn_decode_reduce(const float* __restrict__ part_o,
+                                              const float* __restrict__ part_ml,
+                                              float* __restrict__ out, const int* __restrict__ pos0,
+                                              int head_dim, int max_splits) {
+    const int h = blockIdx.x;
+    const int splits = (*pos0 + ATTN_CHUNK) / ATTN_CHUNK;  // ceil((pos0 + 1) / CHUNK)
+    const float* ml = part_ml + (size_t)h * max_splits * 2;
+    float big = NEG_INF;
+    for (int s = 0; s < splits; ++s) big = fmaxf(big, ml[2 * s]);
+    float total = 0.0f;
+    for (int s = 0; s < splits; ++s) total += ml[2 * s + 1] * expf(ml[2 * s] - big);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+        for (int s = 0; s < splits; ++s)
+            o += part_o[((size_t)h * max_splits + s) * head_dim + d] * expf(ml[2 * s] - big);
+        out[h * head_dim + d] = o / total;
+    }
+}
+
+// One block per (token, query head): token t sits at position *pos0 + t and sees positions
+// 0..=that. Scores are made a tile of ATTN_THREADS keys at a time (one key per thread) and
+// folded into a running max, sum and output (online softmax). Each thread owns output
+// dimensions threadIdx.x and threadIdx.x + ATTN_THREADS.
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+attn_prefill(const float* __restrict__ qkv, int qkv_stride, const f16_t* __restrict__ kcache,
+             const f16_t* __restrict__ vcache, float* __restrict__ out, int out_stride,
+             const int* __restrict__ pos0, int group, int head_dim, int capacity, float scale) {
+    __shared__ float qs[MAX_HEAD_DIM];
+    __shared__ float sc[ATTN_THREADS];
+    __shared__ float scratch[32];
+    const int t = blockIdx.x, h = blockIdx.y;
+    const int visible = *pos0 + t + 1;
+    const int kvh = h / group;
+    const float* q = qkv + (size_t)t * qkv_stride + h * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[d];
+    __syncthreads();
+    const f16_t* kbase = kcache + (size_t)kvh * capacity * head_dim;
+    const f16_t* vbase = vcache + (size_t)kvh * capacity * head_dim;
+    const int d0 = threadIdx.x, d1 = threadIdx.x + ATTN_THREADS;
+    float m = NEG_INF, l = 0.0f, acc0 = 0.0f, acc1 = 0.0f;
+    for (int tile = 0; tile < visible; tile += ATTN_THREADS) {
+        const int p = tile + threadIdx.x;
+        float s = NEG_INF;
+        if (p < visible) {
+            const unsigned int* kr = (const unsigned int*)(kbase + (size_t)p * head_dim);
+            float a = 0.0f;
+            for (int d2 = 0; d2 < head_dim / 2; ++d2) {
+                const float2 k = h2x2f(kr[d2]);
+                a += qs[2 * d2] * k.x + qs[2 * d2 + 1] * k.y;
+            }
+            s = a * scale;
+        }
+        const float tile_max = block_max(s, scratch);
+        const float new_m = fmaxf(m, tile_max);
+        const float e = p < visible ? expf(s - new_m) : 0.0f;
+        sc[threadIdx.x] = e;
+        const float tile_sum = block_sum(e, scratch);  // its barriers publish sc
+        const float corr = expf(m - new_m);
+        l = l * corr + tile_sum;
+        acc0 *= corr;
+        acc1 *= corr;
+        const int n = min(ATTN_THREADS, visible - tile);
+        for (int j = 0; j < n; ++j) {
+            const f16_t* vr = vbase + (size_t)(tile + j) * head_dim;
+            const float w = sc[j];
+            if (d0 < head_dim) acc0 += w * h2f(vr[d0]);
+            if (d1 < head_dim) acc1 += w * h2f(vr[d1]);
+        }
+        m = new_m;
+        __syncthreads();  // sc is rewritten by the next tile
+    }
+    float* o = out + (size_t)t * out_stride + h * head_dim;
+    if (d0 < head_dim) o[d0] = acc0 / l;
+    if (d1 < head_dim) o[d1] = acc1 / l;
+}

@@ -1,0 +1,135 @@
+//! The kernel sources, embedded in the binary, and the entry points each one defines.
+//!
+//! One CUDA C file per family of operations under `src/cuda/`, all sharing `common.cuh`. NVRTC
+//! sees no include path: [`KernelSource::full_text`] splices the common header in front of the
+//! file, so a source compiles the same on any machine that has NVRTC and nothing else of CUDA.
+
+/// One CUDA source file and the `extern "C"` kernels it defines.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    /// Module name, the file's stem.
+    pub name: &'static str,
+    pub text: &'static str,
+    pub functions: &'static [&'static str],
+}
+
+/// Shared helpers (fp16 conversion, reductions), spliced into every module.
+pub const COMMON: &str = include_str!("cuda/common.cuh");
+
+pub const EMBED: KernelSource = KernelSource {
+    name: "embed",
+    text: include_str!("cuda/embed.cu"),
+    functions: &["embed"],
+};
+
+pub const NORM: KernelSource = KernelSource {
+    name: "norm",
+    text: include_str!("cuda/norm.cu"),
+    functions: &["rms_norm", "layer_norm"],
+};
+
+pub const ROPE: KernelSource = KernelSource {
+    name: "rope",
+    text: include_str!("cuda/rope.cu"),
+    functions: &["rope_store_kv"],
+};
+
+pub const ATTENTION: KernelSource = KernelSource {
+    name: "attention",
+    text: include_str!("cuda/attention.cu"),
+    functions: &["attn_decode_partial", "attn_decode_reduce", "attn_prefill"],
+};
+
+pub const GEMV: KernelSource = KernelSource {
+    name: "gemv",
+    text: include_str!("cuda/gemv.cu"),
+    functions: &["gemv_f16", "gemv_swiglu_f16"],
+};
+
+pub const DEQUANT: KernelSource = KernelSource {
+    name: "dequant",
+    text: include_str!("cuda/dequant.cu"),
+    functions: &["dequant_blocks", "bf16_to_f16", "f32_to_f16"],
+};
+
+pub const SAMPLING: KernelSource = KernelSource {
+    name: "sampling",
+    text: include_str!("cuda/sampling.cu"),
+    functions: &["repeat_penalty", "argmax", "sample_top"],
+};
+
+/// Every module, in the order they are compiled.
+pub const ALL: [KernelSource; 7] = [EMBED, NORM, ROPE, ATTENTION, GEMV, DEQUANT, SAMPLING];
+
+/// Positions per decode-attention chunk (`ATTN_CHUNK` in attention.cu).
+pub const ATTN_CHUNK: usize = 128;
+/// Threads per attention block (`ATTN_THREADS`).
+pub const ATTN_THREADS: u32 = 128;
+/// Largest head size the attention kernels hold in shared memory (`MAX_HEAD_DIM`).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Tokens per pass of the GEMV kernels (`GEMV_TOKENS`).
+pub const GEMV_TOKENS: usize = 4;
+/// Threads of the one-block sampling kernels (`SAMPLE_THREADS`).
+pub const SAMPLE_THREADS: u32 = 1024;
+/// Most candidates the device sampler considers (`SAMPLE_MAX_K`).
+pub const SAMPLE_MAX_K: usize = 64;
+
+impl KernelSource {
+    /// The text NVRTC compiles: the common header in place of its `#include`.
+    pub fn full_text(&self) -> String {
+        self.text.replacen("#include \"common.cuh\"", COMMON, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Rust copies of the sources' constants must agree with the `#define`s.
+    #[test]
+    fn constants_match_the_sources() {
+        let define = |src: &str, name: &str| -> usize {
+            let line = src
+                .lines()
+                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("no #define {name}"));
+            line.split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse().ok())
+                .expect("a number")
+        };
+        assert_eq!(define(ATTENTION.text, "ATTN_CHUNK"), ATTN_CHUNK);
+        assert_eq!(
+            define(ATTENTION.text, "ATTN_THREADS"),
+            ATTN_THREADS as usize
+        );
+        assert_eq!(define(ATTENTION.text, "MAX_HEAD_DIM"), MAX_HEAD_DIM);
+        assert_eq!(define(GEMV.text, "GEMV_TOKENS"), GEMV_TOKENS);
+        assert_eq!(
+            define(SAMPLING.text, "SAMPLE_THREADS"),
+            SAMPLE_THREADS as usize
+        );
+        assert_eq!(define(SAMPLING.text, "SAMPLE_MAX_K"), SAMPLE_MAX_K);
+    }
+
+    /// Every listed function is defined as an `extern "C"` kernel of its file, and the other
+    /// way round, so the loader never asks for a name NVRTC did not emit.
+    #[test]
+    fn function_lists_match_the_sources() {
+        for source in ALL {
+            let mut defined: Vec<&str> = Vec::new();
+            let text = source.text;
+            for (at, _) in text.match_indices("extern \"C\" __global__ void") {
+                let mut rest = text[at + "extern \"C\" __global__ void".len()..].trim_start();
+                if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
+                    rest = after[after.find(')').expect("closing )") + 1..].trim_start();
+                }
+                defined.push(&rest[..rest.find('(').expect("parameter list")]);
+            }
+            defined.sort_unstable();
+            let mut listed = source.functions.to_vec();
+            listed.sort_unstable();
+            assert_eq!(defined, listed, "{}", source.name);
+        }
+    }
+}
