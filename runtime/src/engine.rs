@@ -6,6 +6,9 @@
 
 pub mod chat_template;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
 pub mod gguf;
 pub mod kv_cache;
 pub mod models;
@@ -24,6 +27,7 @@ use std::time::Instant;
 
 use chat_template::{ChatTemplate, TemplateMessage};
 use gguf::GgufFile;
+pub use device::Device;
 use models::{Architecture, CausalLm, ConfigSource, HfConfig};
 use sampling::Sampler;
 pub use sampling::SamplingParams;
@@ -69,6 +73,14 @@ pub enum EngineError {
     Timeout,
     #[error("engine failure: {0}")]
     Runtime(String),
+    #[error("cannot run model {path} on {device}: {message}")]
+    Device {
+        path: PathBuf,
+        device: &'static str,
+        message: String,
+        /// Out of device memory (MODEL_003) rather than unavailable (MODEL_001).
+        memory: bool,
+    },
 }
 
 impl EngineError {
@@ -85,6 +97,8 @@ impl EngineError {
             Self::Cancelled => ErrorCode::Cancelled,
             Self::Timeout => ErrorCode::ModelTimeout,
             Self::Runtime(_) => ErrorCode::GenerationFailed,
+            Self::Device { memory: true, .. } => ErrorCode::ModelMemory,
+            Self::Device { .. } => ErrorCode::ModelNotAvailable,
         }
     }
 }
@@ -169,6 +183,8 @@ pub struct ModelInfo {
     pub parameters: u64,
     /// Bytes of weights mapped from the model files.
     pub file_bytes: u64,
+    /// Where it runs: `cpu`, or `cuda:N (card name)`.
+    pub device: String,
 }
 
 /// A model ready to generate.
@@ -208,6 +224,16 @@ impl LoadedModel {
         path: &Path,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, EngineError> {
+        Self::load_on(id, path, Device::from_env(), on_progress)
+    }
+
+    /// [`LoadedModel::load`] on a chosen device (`auto`: the GPU when one is usable).
+    pub fn load_on(
+        id: &str,
+        path: &Path,
+        device: Device,
+        on_progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, EngineError> {
         let load_err = |source: ModelFileError| EngineError::Load {
             path: path.to_path_buf(),
             source,
@@ -222,7 +248,7 @@ impl LoadedModel {
                 layers_total: total,
             })
         };
-        let (arch, model, tokenizer, store, format) = if path.is_dir() {
+        let (arch, model, tokenizer, store, format, placed) = if path.is_dir() {
             let config = HfConfig::read(path).map_err(load_err)?;
             let name = config.model_type().map_err(load_err)?;
             let arch = Architecture::from_name(name)
@@ -232,14 +258,15 @@ impl LoadedModel {
                 .map_err(load_err)?;
             let store = Arc::new(store);
             let tokenizer = Tokenizer::from_hf_dir(path).map_err(tokenizer_err)?;
-            let model = models::load(
+            let (model, placed) = place_model(
                 arch,
                 ConfigSource::Hf(&config),
                 store.clone(),
+                device,
+                path,
                 &mut progress,
-            )
-            .map_err(load_err)?;
-            (arch, model, tokenizer, store, "safetensors")
+            )?;
+            (arch, model, tokenizer, store, "safetensors", placed)
         } else {
             let mut file = GgufFile::open(path).map_err(|e| load_err(e.into()))?;
             let name = file
@@ -255,14 +282,15 @@ impl LoadedModel {
                 .retain(|key, _| !key.starts_with("tokenizer.ggml."));
             let file = Arc::new(file);
             let store = Arc::new(WeightStore::from_gguf(file.clone()));
-            let model = models::load(
+            let (model, placed) = place_model(
                 arch,
                 ConfigSource::Gguf(&file, &name),
                 store.clone(),
+                device,
+                path,
                 &mut progress,
-            )
-            .map_err(load_err)?;
-            (arch, model, tokenizer, store, "gguf")
+            )?;
+            (arch, model, tokenizer, store, "gguf", placed)
         };
         // HF checkpoints often pad the embedding past the tokenizer (Qwen2: 151936 rows for
         // 151665 tokens); a tokenizer larger than the model's head cannot work.
@@ -303,6 +331,7 @@ impl LoadedModel {
             format: format.to_string(),
             parameters: store.parameter_count(),
             file_bytes: store.weight_bytes(),
+            device: placed,
         };
         release_freed_heap();
         Ok(Self {
@@ -505,6 +534,17 @@ impl LoadedModel {
         self.model.kv_values_per_position() * self.kv_precision.bytes()
     }
 
+    /// A KV cache for a sequence of up to `capacity` positions (tests that step a model).
+    pub fn new_test_cache(&self, capacity: usize) -> kv_cache::KvCache {
+        self.model.new_cache(capacity, self.kv_precision)
+    }
+
+    /// Run `ids` after what `cache` holds and return the last one's logits, as generation
+    /// sees them (tests that step a model).
+    pub fn forward_for_test(&self, ids: &[u32], cache: &mut kv_cache::KvCache) -> Vec<f32> {
+        self.forward(ids, cache)
+    }
+
     /// Logits after the prompt `ids` (for tests and diagnostics).
     pub fn prompt_logits(&self, ids: &[u32]) -> Vec<f32> {
         let mut cache = self.model.new_cache(ids.len(), self.kv_precision);
@@ -543,6 +583,64 @@ fn release_freed_heap() {
 }
 
 /// The KV cache precision asked for in `AGENTRT_KV_CACHE` (`f16`, the default, or `f32`).
+/// Build the model on `device`: the CPU engine, or the GPU engine when asked for (an error if
+/// it cannot run there) or when `auto` finds a usable GPU (falling back to the CPU with a
+/// warning if the model does not fit or is not supported there).
+fn place_model(
+    arch: Architecture,
+    source: ConfigSource<'_>,
+    store: Arc<WeightStore>,
+    device: Device,
+    path: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Box<dyn CausalLm>, String), EngineError> {
+    let load_err = |source: ModelFileError| EngineError::Load {
+        path: path.to_path_buf(),
+        source,
+    };
+    let cpu = |progress: &mut dyn FnMut(usize, usize)| {
+        models::load(arch, source, store.clone(), progress)
+            .map(|m| (m, "cpu".to_string()))
+            .map_err(load_err)
+    };
+    let unavailable = device::cuda_unavailable_reason();
+    match (device, unavailable) {
+        (Device::Cpu, _) | (Device::Auto, Some(_)) => cpu(progress),
+        (Device::Cuda, Some(why)) => Err(EngineError::Device {
+            path: path.to_path_buf(),
+            device: "cuda",
+            message: why,
+            memory: false,
+        }),
+        (Device::Cuda | Device::Auto, None) => {
+            #[cfg(feature = "cuda")]
+            {
+                let spec = cuda::Spec::read(arch, source).map_err(load_err)?;
+                match cuda::CudaModel::load(spec, &store, progress) {
+                    Ok(m) => {
+                        let placed = format!("cuda ({})", m.device_name);
+                        Ok((Box::new(m) as Box<dyn CausalLm>, placed))
+                    }
+                    Err(e) if device == Device::Auto => {
+                        tracing::warn!(model = %path.display(), error = %e, "GPU load failed; running on the CPU");
+                        cpu(progress)
+                    }
+                    Err(e) => Err(EngineError::Device {
+                        path: path.to_path_buf(),
+                        device: "cuda",
+                        memory: e.is_memory(),
+                        message: e.to_string(),
+                    }),
+                }
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                unreachable!("cuda_unavailable_reason is always Some without the cuda feature")
+            }
+        }
+    }
+}
+
 fn kv_precision_from_env() -> kv_cache::KvPrecision {
     std::env::var("AGENTRT_KV_CACHE")
         .ok()

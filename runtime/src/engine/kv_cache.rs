@@ -107,6 +107,8 @@ impl<T: KvElement> Store<T> {
 enum Storage {
     F16(Store<f16>),
     F32(Store<f32>),
+    /// Kept by the model on its device (the CUDA backend): only the length lives here.
+    Device,
 }
 
 /// Keys and values of one sequence.
@@ -174,6 +176,17 @@ impl KvCache {
         }
     }
 
+    /// The bookkeeping of a cache whose keys and values a device model keeps itself.
+    pub fn on_device(capacity: usize) -> Self {
+        Self {
+            kv_dim: 0,
+            head_dim: 0,
+            capacity,
+            len: 0,
+            storage: Storage::Device,
+        }
+    }
+
     /// Committed positions.
     pub fn len(&self) -> usize {
         self.len
@@ -199,6 +212,7 @@ impl KvCache {
         match &mut self.storage {
             Storage::F16(s) => s.append(layer, len, cap, dim, k, v),
             Storage::F32(s) => s.append(layer, len, cap, dim, k, v),
+            Storage::Device => panic!("append on a cache the device model keeps"),
         }
     }
 
@@ -212,6 +226,7 @@ impl KvCache {
         match &self.storage {
             Storage::F16(s) => LayerView::F16(self.view(s, layer)),
             Storage::F32(s) => LayerView::F32(self.view(s, layer)),
+            Storage::Device => panic!("host view of a cache the device model keeps"),
         }
     }
 

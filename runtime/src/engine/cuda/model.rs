@@ -1,0 +1,665 @@
+//! A model on the GPU: fp16 weights, an fp16 KV cache for the whole context, fp32 activations,
+//! one forward pass for every architecture ([`Spec`]), decode steps replayed as CUDA graphs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use agentrt_kernels::table::{ATTN_CHUNK, ATTN_THREADS, SAMPLE_THREADS};
+use agentrt_kernels::{DeviceKernels, PtxCache};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream};
+
+use super::GpuError;
+use super::launch::{addr, launch};
+use super::spec::{FfnKind, NormKind, Spec};
+use super::upload;
+use crate::engine::cpu::RopeLayout;
+use crate::engine::kv_cache::{KvCache, KvPrecision};
+use crate::engine::models::{CacheShape, CausalLm};
+use crate::engine::weights::WeightStore;
+
+/// Tokens per prefill pass (longer prompts run in chunks of this many).
+const MAX_BATCH: usize = 256;
+/// Context used when `AGENTRT_CUDA_CONTEXT` is not set and the model allows more.
+const DEFAULT_CONTEXT: usize = 8192;
+const NORM_THREADS: u32 = 256;
+const GEMV_THREADS: u32 = 256;
+const ACT_GELU_TANH: i32 = 1;
+
+/// Device addresses of one layer's tensors (0 where the architecture has none).
+#[derive(Debug, Clone, Copy)]
+struct LayerAddrs {
+    norm1_w: u64,
+    norm1_b: u64,
+    qkv: u64,
+    qkv_b: u64,
+    wo: u64,
+    wo_b: u64,
+    norm2_w: u64,
+    norm2_b: u64,
+    ffn_in: u64,
+    ffn_in_b: u64,
+    ffn_out: u64,
+    ffn_out_b: u64,
+    k_cache: u64,
+    v_cache: u64,
+}
+
+/// Owners of device memory, kept for the model's life (the addresses above point into them);
+/// never read, only dropped with the model.
+#[allow(dead_code)]
+enum Owned {
+    Half(CudaSlice<u16>),
+    Float(CudaSlice<f32>),
+}
+
+/// Activation and scratch buffers (addresses into `State`'s and the model's allocations).
+#[derive(Debug, Clone, Copy)]
+struct Scratch {
+    x: u64,
+    normed: u64,
+    qkv: u64,
+    attn: u64,
+    hidden: u64,
+    logits: u64,
+    part_o: u64,
+    part_ml: u64,
+    tokens: u64,
+    pos0: u64,
+    sampled: u64,
+}
+
+/// A captured decode step for one number of attention chunks.
+struct Graph(CudaGraph);
+// SAFETY: a CudaGraph is only launched while `State`'s mutex is held, one thread at a time.
+unsafe impl Send for Graph {}
+
+/// What a forward pass mutates: the per-step inputs and the captured graphs.
+struct State {
+    tokens: CudaSlice<i32>,
+    pos0: CudaSlice<i32>,
+    sampled: CudaSlice<i32>,
+    logits: CudaSlice<f32>,
+    graphs: HashMap<usize, Graph>,
+}
+
+/// A model loaded on a CUDA device.
+pub struct CudaModel {
+    pub spec: Spec,
+    /// Positions the device KV cache holds (the context this model offers).
+    pub capacity: usize,
+    pub device_name: String,
+    /// Bytes of fp16 weights on the device (each stored tensor once).
+    pub weight_bytes: u64,
+    /// Bytes of the device KV cache.
+    pub kv_bytes: u64,
+    max_splits: usize,
+    stream: Arc<CudaStream>,
+    kernels: Arc<DeviceKernels>,
+    embed: u64,
+    positions: u64,
+    layers: Vec<LayerAddrs>,
+    out_norm_w: u64,
+    out_norm_b: u64,
+    head: u64,
+    inv_freq: u64,
+    scratch: Scratch,
+    state: Mutex<State>,
+    _owned: Vec<Owned>,
+}
+
+impl std::fmt::Debug for CudaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaModel")
+            .field("spec", &self.spec)
+            .field("device", &self.device_name)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the device addresses are plain numbers into allocations owned by `_owned`/`state`;
+// every launch goes through the one stream, and mutation is serialised by `state`'s mutex.
+unsafe impl Sync for CudaModel {}
+unsafe impl Send for CudaModel {}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// Where compiled kernels are cached: `$AGENTRT_HOME/ptx`.
+fn ptx_cache() -> PtxCache {
+    PtxCache::at(crate::paths::home().join("ptx"))
+}
+
+impl CudaModel {
+    /// Upload the model described by `spec` from `store` to CUDA device
+    /// `AGENTRT_CUDA_DEVICE` (default 0).
+    /// At most `AGENTRT_CUDA_MEMORY_MIB` of device memory is taken when that is set (a
+    /// shared GPU), else what the device has free.
+    pub fn load(
+        spec: Spec,
+        store: &WeightStore,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, GpuError> {
+        let limit = env_usize("AGENTRT_CUDA_MEMORY_MIB").map(|m| (m as u64) << 20);
+        Self::load_limited(spec, store, on_progress, limit)
+    }
+
+    /// [`CudaModel::load`] within `memory_limit` bytes of device memory.
+    pub fn load_limited(
+        spec: Spec,
+        store: &WeightStore,
+        on_progress: &mut dyn FnMut(usize, usize),
+        memory_limit: Option<u64>,
+    ) -> Result<Self, GpuError> {
+        spec.check_supported().map_err(GpuError::Unsupported)?;
+        agentrt_kernels::cuda_available().map_err(GpuError::Unavailable)?;
+        let ordinal = env_usize("AGENTRT_CUDA_DEVICE").unwrap_or(0);
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.new_stream()?;
+        // Launches name raw addresses, and graphs must not capture cross-stream waits.
+        // SAFETY: this backend uses one stream per model and synchronises it explicitly.
+        unsafe { ctx.disable_event_tracking() };
+        let kernels = DeviceKernels::get(&ctx, &ptx_cache())?;
+        let capacity = spec
+            .context_length
+            .min(env_usize("AGENTRT_CUDA_CONTEXT").unwrap_or(DEFAULT_CONTEXT))
+            .max(1);
+
+        let tied = !store.contains("output.weight");
+        let (dim, vocab) = (spec.dim, spec.vocab);
+        let per_layer = spec.qkv_dim() * dim
+            + dim * spec.q_dim()
+            + spec.ffn_in_rows() * dim
+            + dim * spec.ffn_dim;
+        let weight_elements = vocab * dim
+            + spec.learned_positions.unwrap_or(0) * dim
+            + spec.n_layer * per_layer
+            + if tied { 0 } else { vocab * dim };
+        let weight_bytes = weight_elements as u64 * 2;
+        let kv_bytes = (spec.n_layer * 2 * spec.kv_dim() * capacity * 2) as u64;
+        let scratch_bytes = (MAX_BATCH * (2 * dim + spec.qkv_dim() + spec.q_dim() + spec.ffn_dim)
+            + vocab) as u64
+            * 4;
+        let (free, _total) = ctx.mem_get_info()?;
+        let free = memory_limit.map_or(free as u64, |l| l.min(free as u64));
+        // cuBLAS-free, but the context, modules and graphs take some memory of their own.
+        let margin = 64u64 << 20;
+        let need = weight_bytes + kv_bytes + scratch_bytes + margin;
+        if need > free {
+            let mib = |b: u64| b >> 20;
+            return Err(GpuError::OutOfMemory {
+                need_mib: mib(need),
+                free_mib: mib(free),
+                weights_mib: mib(weight_bytes),
+                kv_mib: mib(kv_bytes),
+                context: capacity,
+            });
+        }
+
+        let mut owned = Vec::new();
+        let s = &stream;
+        let k = &kernels;
+        let half = |slice: CudaSlice<u16>, owned: &mut Vec<Owned>| {
+            let a = addr(&slice, s);
+            owned.push(Owned::Half(slice));
+            a
+        };
+        let float = |v: &[f32], owned: &mut Vec<Owned>| -> Result<u64, GpuError> {
+            let slice = upload::vector(s, v)?;
+            let a = addr(&slice, s);
+            owned.push(Owned::Float(slice));
+            Ok(a)
+        };
+        let matrix = |name: &str, rows: usize, cols: usize| {
+            store
+                .matrix(name, rows, cols)
+                .map(|m| store.weight(&m))
+                .map_err(|e| GpuError::Unsupported(e.to_string()))
+        };
+        let vector = |name: &str, n: usize| {
+            store
+                .vector(name, n)
+                .map_err(|e| GpuError::Unsupported(e.to_string()))
+        };
+        let stacked = |parts: &[(String, usize)], cols: usize| -> Result<CudaSlice<u16>, GpuError> {
+            let refs = parts
+                .iter()
+                .map(|(name, rows)| matrix(&format!("{name}.weight"), *rows, cols))
+                .collect::<Result<Vec<_>, _>>()?;
+            upload::stacked_matrix(s, k, &refs)
+        };
+        let stacked_bias = |parts: &[(String, usize)]| -> Result<Vec<f32>, GpuError> {
+            let mut all = Vec::new();
+            for (name, rows) in parts {
+                all.extend(vector(&format!("{name}.bias"), *rows)?);
+            }
+            Ok(all)
+        };
+
+        let embed_m = upload::stacked_matrix(s, k, &[matrix("token_embd.weight", vocab, dim)?])?;
+        let embed = half(embed_m, &mut owned);
+        let positions = match spec.learned_positions {
+            Some(n) => {
+                let m = upload::stacked_matrix(s, k, &[matrix("position_embd.weight", n, dim)?])?;
+                half(m, &mut owned)
+            }
+            None => 0,
+        };
+        let head = if tied {
+            embed
+        } else {
+            let m = upload::stacked_matrix(s, k, &[matrix("output.weight", vocab, dim)?])?;
+            half(m, &mut owned)
+        };
+        let with_bias = spec.norm == NormKind::Layer;
+        let kv_layer = spec.kv_dim() * capacity;
+        let kv_all: CudaSlice<u16> = s.alloc_zeros(spec.n_layer * 2 * kv_layer)?;
+        let kv_base = addr(&kv_all, s);
+        owned.push(Owned::Half(kv_all));
+
+        let mut layers = Vec::with_capacity(spec.n_layer);
+        for i in 0..spec.n_layer {
+            let p = |n: &str| format!("blk.{i}.{n}");
+            let norm = |name: &str, owned: &mut Vec<Owned>| -> Result<(u64, u64), GpuError> {
+                let w = float(&vector(&format!("{name}.weight"), dim)?, owned)?;
+                let b = if with_bias {
+                    float(&vector(&format!("{name}.bias"), dim)?, owned)?
+                } else {
+                    0
+                };
+                Ok((w, b))
+            };
+            let (norm1_w, norm1_b) = norm(&p("attn_norm"), &mut owned)?;
+            let (norm2_w, norm2_b) = norm(&p("ffn_norm"), &mut owned)?;
+            let qkv_parts = spec.qkv_parts(i);
+            let qkv = half(stacked(&qkv_parts, dim)?, &mut owned);
+            let qkv_b = if spec.qkv_bias {
+                float(&stacked_bias(&qkv_parts)?, &mut owned)?
+            } else {
+                0
+            };
+            let wo_part = [(p("attn_output"), dim)];
+            let wo = half(stacked(&wo_part, spec.q_dim())?, &mut owned);
+            let wo_b = if spec.proj_bias {
+                float(&stacked_bias(&wo_part)?, &mut owned)?
+            } else {
+                0
+            };
+            let in_parts = spec.ffn_in_parts(i);
+            let ffn_in = half(stacked(&in_parts, dim)?, &mut owned);
+            let ffn_in_b = if spec.proj_bias {
+                float(&stacked_bias(&in_parts)?, &mut owned)?
+            } else {
+                0
+            };
+            let out_part = [(p("ffn_down"), dim)];
+            let ffn_out = half(stacked(&out_part, spec.ffn_dim)?, &mut owned);
+            let ffn_out_b = if spec.proj_bias {
+                float(&stacked_bias(&out_part)?, &mut owned)?
+            } else {
+                0
+            };
+            let layer_kv = kv_base + (i * 2 * kv_layer * 2) as u64;
+            layers.push(LayerAddrs {
+                norm1_w,
+                norm1_b,
+                qkv,
+                qkv_b,
+                wo,
+                wo_b,
+                norm2_w,
+                norm2_b,
+                ffn_in,
+                ffn_in_b,
+                ffn_out,
+                ffn_out_b,
+                k_cache: layer_kv,
+                v_cache: layer_kv + (kv_layer * 2) as u64,
+            });
+            on_progress(i + 1, spec.n_layer);
+        }
+        let out_norm_w = float(&vector("output_norm.weight", dim)?, &mut owned)?;
+        let out_norm_b = if with_bias {
+            float(&vector("output_norm.bias", dim)?, &mut owned)?
+        } else {
+            0
+        };
+        // The CPU engine's frequencies, bit for bit (crate::engine::cpu::Rope::new).
+        let inv_freq_host: Vec<f32> = match spec.rope {
+            Some((_, base)) => (0..spec.head_dim / 2)
+                .map(|i| 1.0 / base.powf(2.0 * i as f32 / spec.head_dim as f32))
+                .collect(),
+            None => vec![0.0],
+        };
+        let inv_freq = float(&inv_freq_host, &mut owned)?;
+
+        let max_splits = capacity.div_ceil(ATTN_CHUNK);
+        let buf = |n: usize, owned: &mut Vec<Owned>| -> Result<u64, GpuError> {
+            let slice: CudaSlice<f32> = s.alloc_zeros(n)?;
+            let a = addr(&slice, s);
+            owned.push(Owned::Float(slice));
+            Ok(a)
+        };
+        let x = buf(MAX_BATCH * dim, &mut owned)?;
+        let normed = buf(MAX_BATCH * dim.max(spec.q_dim()), &mut owned)?;
+        let qkv = buf(MAX_BATCH * spec.qkv_dim(), &mut owned)?;
+        let attn = buf(MAX_BATCH * spec.q_dim(), &mut owned)?;
+        let hidden = buf(MAX_BATCH * spec.ffn_dim, &mut owned)?;
+        let part_o = buf(spec.n_head * max_splits * spec.head_dim, &mut owned)?;
+        let part_ml = buf(spec.n_head * max_splits * 2, &mut owned)?;
+        let tokens: CudaSlice<i32> = s.alloc_zeros(MAX_BATCH)?;
+        let pos0: CudaSlice<i32> = s.alloc_zeros(1)?;
+        let sampled: CudaSlice<i32> = s.alloc_zeros(1)?;
+        let logits: CudaSlice<f32> = s.alloc_zeros(vocab)?;
+        let scratch = Scratch {
+            x,
+            normed,
+            qkv,
+            attn,
+            hidden,
+            logits: addr(&logits, s),
+            part_o,
+            part_ml,
+            tokens: addr(&tokens, s),
+            pos0: addr(&pos0, s),
+            sampled: addr(&sampled, s),
+        };
+        stream.synchronize()?;
+        let device_name = ctx.name()?;
+        Ok(Self {
+            spec,
+            capacity,
+            device_name,
+            weight_bytes,
+            kv_bytes,
+            max_splits,
+            stream,
+            kernels,
+            embed,
+            positions,
+            layers,
+            out_norm_w,
+            out_norm_b,
+            head,
+            inv_freq,
+            scratch,
+            state: Mutex::new(State {
+                tokens,
+                pos0,
+                sampled,
+                logits,
+                graphs: HashMap::new(),
+            }),
+            _owned: owned,
+        })
+    }
+
+    fn f(&self, name: &str) -> Result<&cudarc::driver::CudaFunction, GpuError> {
+        Ok(self.kernels.function(name)?)
+    }
+
+    fn norm(&self, w: u64, b: u64, x: u64, out: u64, rows: usize) -> Result<(), GpuError> {
+        let (s, dim, eps) = (&self.stream, self.spec.dim as i32, self.spec.eps);
+        let grid = (rows as u32, 1, 1);
+        match self.spec.norm {
+            NormKind::Rms => {
+                launch!(s, self.f("rms_norm")?, grid, NORM_THREADS, 0; x, w, out, dim, eps)?
+            }
+            NormKind::Layer => {
+                launch!(s, self.f("layer_norm")?, grid, NORM_THREADS, 0; x, w, b, out, dim, eps)?
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(
+        &self,
+        w: u64,
+        x: u64,
+        y: u64,
+        bias: u64,
+        residual: u64,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        act: i32,
+    ) -> Result<(), GpuError> {
+        let grid = ((rows as u32 * 32).div_ceil(GEMV_THREADS), 1, 1);
+        launch!(&self.stream, self.f("gemv_f16")?, grid, GEMV_THREADS, 0;
+            w, x, y, bias, residual, rows as i32, cols as i32, n as i32, act)?;
+        Ok(())
+    }
+
+    /// Every kernel of one forward pass over `n` tokens whose ids and first position are
+    /// already in the device's `tokens` / `pos0`; `decode_splits` selects split-K attention
+    /// (one token) over that many chunks. Leaves the last token's logits in `logits`.
+    fn encode(&self, n: usize, decode_splits: Option<usize>) -> Result<(), GpuError> {
+        let sp = &self.spec;
+        let b = self.scratch;
+        let s = &self.stream;
+        let (dim, q_dim, qkv_dim, hd) = (sp.dim, sp.q_dim(), sp.qkv_dim(), sp.head_dim);
+        let n_i = n as i32;
+        launch!(s, self.f("embed")?, (n as u32, 1, 1), NORM_THREADS, 0;
+            self.embed, self.positions, b.tokens, b.pos0, b.x, dim as i32, sp.vocab as i32,
+            sp.learned_positions.unwrap_or(self.capacity) as i32)?;
+        let rope_mode: i32 = match sp.rope {
+            None => 0,
+            Some((RopeLayout::Interleaved, _)) => 1,
+            Some((RopeLayout::HalfSplit, _)) => 2,
+        };
+        let group = (sp.n_head / sp.n_kv_head) as i32;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for l in &self.layers {
+            self.norm(l.norm1_w, l.norm1_b, b.x, b.normed, n)?;
+            self.gemv(l.qkv, b.normed, b.qkv, l.qkv_b, 0, qkv_dim, dim, n, 0)?;
+            launch!(s, self.f("rope_store_kv")?, (n as u32, 1, 1), ATTN_THREADS, 0;
+                b.qkv, qkv_dim as i32, l.k_cache, l.v_cache, b.pos0, self.inv_freq,
+                sp.n_head as i32, sp.n_kv_head as i32, hd as i32, self.capacity as i32, rope_mode)?;
+            match decode_splits {
+                Some(splits) => {
+                    launch!(s, self.f("attn_decode_partial")?, (sp.n_head as u32, splits as u32, 1),
+                        ATTN_THREADS, 0;
+                        b.qkv, l.k_cache, l.v_cache, b.part_o, b.part_ml, b.pos0, group, hd as i32,
+                        self.capacity as i32, self.max_splits as i32, scale)?;
+                    launch!(s, self.f("attn_decode_reduce")?, (sp.n_head as u32, 1, 1), ATTN_THREADS, 0;
+                        b.part_o, b.part_ml, b.attn, b.pos0, hd as i32, self.max_splits as i32)?;
+                }
+                None => {
+                    launch!(s, self.f("attn_prefill")?, (n as u32, sp.n_head as u32, 1), ATTN_THREADS, 0;
+                        b.qkv, qkv_dim as i32, l.k_cache, l.v_cache, b.attn, q_dim as i32, b.pos0,
+                        group, hd as i32, self.capacity as i32, scale)?;
+                }
+            }
+            self.gemv(l.wo, b.attn, b.x, l.wo_b, b.x, dim, q_dim, n, 0)?;
+            self.norm(l.norm2_w, l.norm2_b, b.x, b.normed, n)?;
+            match sp.ffn {
+                FfnKind::SwiGlu => {
+                    let grid = ((sp.ffn_dim as u32 * 32).div_ceil(GEMV_THREADS), 1, 1);
+                    launch!(s, self.f("gemv_swiglu_f16")?, grid, GEMV_THREADS, 0;
+                        l.ffn_in, b.normed, b.hidden, sp.ffn_dim as i32, dim as i32, n_i)?;
+                }
+                FfnKind::GeluTanh => self.gemv(
+                    l.ffn_in,
+                    b.normed,
+                    b.hidden,
+                    l.ffn_in_b,
+                    0,
+                    sp.ffn_dim,
+                    dim,
+                    n,
+                    ACT_GELU_TANH,
+                )?,
+            }
+            self.gemv(l.ffn_out, b.hidden, b.x, l.ffn_out_b, b.x, dim, sp.ffn_dim, n, 0)?;
+        }
+        let last = b.x + ((n - 1) * dim * 4) as u64;
+        self.norm(self.out_norm_w, self.out_norm_b, last, b.normed, 1)?;
+        self.gemv(self.head, b.normed, b.logits, 0, 0, sp.vocab, dim, 1, 0)?;
+        Ok(())
+    }
+
+    /// Run `tokens` at positions `pos0..`, leaving the last one's logits on the device.
+    fn run(&self, st: &mut State, tokens: &[u32], pos0: usize) -> Result<(), GpuError> {
+        if tokens.is_empty() {
+            return Err(GpuError::Unsupported("forward pass of no tokens".into()));
+        }
+        if pos0 + tokens.len() > self.capacity {
+            return Err(GpuError::Unsupported(format!(
+                "positions {pos0}..{} exceed the device context of {}",
+                pos0 + tokens.len(),
+                self.capacity
+            )));
+        }
+        let vocab = self.spec.vocab as u32;
+        let ids: Vec<i32> = tokens.iter().map(|t| (*t).min(vocab - 1) as i32).collect();
+        if ids.len() == 1 {
+            self.stream
+                .memcpy_htod(&ids[..1], &mut st.tokens.slice_mut(0..1))?;
+            self.stream.memcpy_htod(&[pos0 as i32], &mut st.pos0)?;
+            let needed = pos0 / ATTN_CHUNK + 1;
+            let bucket = needed.next_power_of_two().min(self.max_splits);
+            if !st.graphs.contains_key(&bucket) {
+                let graph = self.capture(bucket)?;
+                st.graphs.insert(bucket, Graph(graph));
+            }
+            st.graphs[&bucket].0.launch()?;
+            return Ok(());
+        }
+        for (c, chunk) in ids.chunks(MAX_BATCH).enumerate() {
+            self.stream
+                .memcpy_htod(chunk, &mut st.tokens.slice_mut(0..chunk.len()))?;
+            self.stream
+                .memcpy_htod(&[(pos0 + c * MAX_BATCH) as i32], &mut st.pos0)?;
+            self.encode(chunk.len(), None)?;
+        }
+        Ok(())
+    }
+
+    /// Record one decode step with `splits` attention chunks as a graph.
+    fn capture(&self, splits: usize) -> Result<CudaGraph, GpuError> {
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let encoded = self.encode(1, Some(splits));
+        // End the capture whatever happened, or the stream stays in capture mode.
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        encoded?;
+        graph?.ok_or_else(|| GpuError::Driver("stream capture produced no graph".into()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Logits of the last of `tokens`, run at positions `pos0..`.
+    pub fn logits(&self, tokens: &[u32], pos0: usize) -> Result<Vec<f32>, GpuError> {
+        let mut st = self.lock();
+        self.run(&mut st, tokens, pos0)?;
+        let mut out = vec![0f32; self.spec.vocab];
+        self.stream.memcpy_dtoh(&st.logits, &mut out)?;
+        self.stream.synchronize()?;
+        Ok(out)
+    }
+
+    /// Run `tokens` at `pos0..` and pick the next token on the device: greedy when
+    /// `temperature` is 0, else top-k / top-p with `uniform` in [0, 1) as the draw. Only the
+    /// token id crosses to the host. `None` when the device sampler defers to the host (top_k
+    /// off and the best candidates do not reach top_p).
+    pub fn next_token(
+        &self,
+        tokens: &[u32],
+        pos0: usize,
+        sampling: DeviceSampling,
+    ) -> Result<Option<u32>, GpuError> {
+        let mut st = self.lock();
+        self.run(&mut st, tokens, pos0)?;
+        let b = self.scratch;
+        let s = &self.stream;
+        let vocab = self.spec.vocab as i32;
+        if sampling.temperature < 1e-4 {
+            launch!(s, self.f("argmax")?, (1, 1, 1), SAMPLE_THREADS, 0; b.logits, vocab, b.sampled)?;
+        } else {
+            launch!(s, self.f("sample_top")?, (1, 1, 1), SAMPLE_THREADS, 0;
+                b.logits, vocab, sampling.temperature, sampling.top_k as i32, sampling.top_p,
+                sampling.uniform, b.sampled)?;
+        }
+        let mut out = [0i32];
+        s.memcpy_dtoh(&st.sampled, &mut out)?;
+        s.synchronize()?;
+        Ok((out[0] >= 0).then_some(out[0] as u32))
+    }
+
+    /// Bytes a decode step at position `pos` reads from device memory: every layer's
+    /// matrices, the output head, one embedding (and position) row, and the KV cache so far.
+    pub fn decode_bytes(&self, pos: usize) -> u64 {
+        let sp = &self.spec;
+        let dim = sp.dim;
+        let per_layer = sp.qkv_dim() * dim
+            + dim * sp.q_dim()
+            + sp.ffn_in_rows() * dim
+            + dim * sp.ffn_dim;
+        let matrices = (sp.n_layer * per_layer + sp.vocab * dim + 2 * dim) as u64 * 2;
+        let kv = (sp.n_layer * 2 * sp.kv_dim() * (pos + 1)) as u64 * 2;
+        matrices + kv
+    }
+
+    /// Wait for the device (for timing).
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        Ok(self.stream.synchronize()?)
+    }
+}
+
+/// Sampling settings for [`CudaModel::next_token`].
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceSampling {
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: u32,
+    pub top_p: f32,
+    /// The random draw in [0, 1).
+    pub uniform: f32,
+}
+
+impl DeviceSampling {
+    pub const GREEDY: Self = Self {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        uniform: 0.0,
+    };
+}
+
+impl CausalLm for CudaModel {
+    fn context_length(&self) -> usize {
+        self.capacity
+    }
+
+    fn vocab(&self) -> usize {
+        self.spec.vocab
+    }
+
+    fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            n_layer: self.spec.n_layer,
+            kv_dim: self.spec.kv_dim(),
+            head_dim: self.spec.head_dim,
+        }
+    }
+
+    /// The keys and values live on the device; the host cache only counts positions.
+    fn new_cache(&self, capacity: usize, _precision: KvPrecision) -> KvCache {
+        KvCache::on_device(capacity.min(self.capacity))
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+        let pos0 = cache.len();
+        // The CausalLm interface has no error path; a device failure mid-generation is a
+        // broken GPU, reported as a panic the engine's worker turns into GEN_* for the request.
+        let logits = self
+            .logits(tokens, pos0)
+            .unwrap_or_else(|e| panic!("GPU forward pass failed: {e}"));
+        cache.commit(tokens.len());
+        logits
+    }
+}

@@ -1,0 +1,560 @@
+//! The GPU engine against the CPU engine: every kernel on random inputs, then whole models
+//! (SmolLM2 from GGUF Q4_1, and random StarCoder-, Llama- and Qwen2-shaped checkpoints).
+//!
+//! Built with `--features cuda`. Without a GPU every test prints why it skipped and passes;
+//! `AGENTRT_REQUIRE_GPU=1` (scripts/gpu-check.sh sets it) turns a missing GPU into a failure.
+//! Errors are normalised: ‖gpu − cpu‖₂ / ‖cpu‖₂ per output, bounds stated at each check.
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use agentrt::engine::cpu::{self, AttentionShape, Rope, RopeLayout};
+use agentrt::engine::cuda::model::DeviceSampling;
+use agentrt::engine::cuda::{CudaModel, GpuError};
+use agentrt::engine::kv_cache::{KvCache, KvPrecision};
+use agentrt::engine::quant::{GgmlType, dequantize_row, quantize_row};
+use agentrt::engine::synthetic::SyntheticSpec;
+use agentrt::engine::{Device, LoadedModel};
+use agentrt_kernels::table::{ATTN_CHUNK, ATTN_THREADS, SAMPLE_MAX_K, SAMPLE_THREADS};
+use agentrt_kernels::{DeviceKernels, PtxCache};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use half::f16;
+
+struct Gpu {
+    stream: Arc<CudaStream>,
+    kernels: Arc<DeviceKernels>,
+}
+
+fn gpu() -> Option<Gpu> {
+    if let Err(why) = agentrt_kernels::cuda_available() {
+        assert!(
+            std::env::var_os("AGENTRT_REQUIRE_GPU").is_none(),
+            "AGENTRT_REQUIRE_GPU is set but CUDA is not usable: {why}"
+        );
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let ctx = CudaContext::new(0).expect("context");
+    let stream = ctx.new_stream().expect("stream");
+    // SAFETY: the tests synchronise the stream before reading results.
+    unsafe { ctx.disable_event_tracking() };
+    let kernels = DeviceKernels::get(&ctx, &PtxCache::default()).expect("kernels");
+    Some(Gpu { stream, kernels })
+}
+
+impl Gpu {
+    fn up<T: cudarc::driver::DeviceRepr>(&self, v: &[T]) -> CudaSlice<T> {
+        self.stream.clone_htod(v).expect("upload")
+    }
+    fn addr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+    fn down<T: cudarc::driver::DeviceRepr + Default + Clone>(&self, s: &CudaSlice<T>) -> Vec<T> {
+        let v = self.stream.clone_dtoh(s).expect("download");
+        self.stream.synchronize().expect("sync");
+        v
+    }
+    /// A buffer poisoned with NaN, so an element the kernel forgets to write fails the check.
+    fn poisoned(&self, n: usize) -> CudaSlice<f32> {
+        self.up(&vec![f32::NAN; n])
+    }
+}
+
+macro_rules! run {
+    ($gpu:expr, $name:expr, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {{
+        let f = $gpu.kernels.function($name).expect("kernel");
+        let mut b = $gpu.stream.launch_builder(f);
+        $( let value = $arg; b.arg(&value); )*
+        let cfg = LaunchConfig { grid_dim: $grid, block_dim: ($block, 1, 1), shared_mem_bytes: 0 };
+        unsafe { b.launch(cfg) }.expect($name);
+        $gpu.stream.synchronize().expect($name);
+    }};
+}
+
+/// xorshift, so inputs are fresh per test but reproducible.
+struct Rng(u64);
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite output (unwritten or NaN)");
+    let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn check(what: &str, got: &[f32], want: &[f32], bound: f64) {
+    let e = rel_err(got, want);
+    eprintln!("{what}: normalised error {e:.2e} (bound {bound:.0e})");
+    assert!(e <= bound, "{what}: normalised error {e:.3e} over {bound:.0e}");
+}
+
+fn halves(v: &[f32]) -> Vec<u16> {
+    v.iter().map(|x| f16::from_f32(*x).to_bits()).collect()
+}
+
+fn rounded(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| f16::from_f32(*x).to_f32()).collect()
+}
+
+#[test]
+fn norms_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(11);
+    for dim in [576, 2048, 3000] {
+        let rows = 5;
+        let x = r.vec(rows * dim, 3.0);
+        let w = r.vec(dim, 1.0);
+        let bias = r.vec(dim, 0.5);
+        let (dx, dw, db) = (g.up(&x), g.up(&w), g.up(&bias));
+        let out = g.poisoned(rows * dim);
+        run!(g, "rms_norm", (rows as u32, 1, 1), 256; g.addr(&dx), g.addr(&dw), g.addr(&out), dim as i32, 1e-5f32);
+        let mut want = vec![0f32; rows * dim];
+        cpu::rms_norm(&x, &w, 1e-5, &mut want);
+        check(&format!("rms_norm {dim}"), &g.down(&out), &want, 1e-6);
+        let out = g.poisoned(rows * dim);
+        run!(g, "layer_norm", (rows as u32, 1, 1), 256; g.addr(&dx), g.addr(&dw), g.addr(&db), g.addr(&out), dim as i32, 1e-5f32);
+        cpu::layer_norm(&x, &w, &bias, 1e-5, &mut want);
+        check(&format!("layer_norm {dim}"), &g.down(&out), &want, 1e-6);
+    }
+}
+
+#[test]
+fn embedding_with_and_without_positions() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(12);
+    let (vocab, dim, n_pos) = (300, 64, 50);
+    let table = rounded(&r.vec(vocab * dim, 1.0));
+    let pos = rounded(&r.vec(n_pos * dim, 1.0));
+    let tokens: Vec<i32> = vec![5, 299, 0, 77];
+    let (dt, dp, dtok, dpos0) = (g.up(&halves(&table)), g.up(&halves(&pos)), g.up(&tokens), g.up(&[7i32]));
+    for with_pos in [false, true] {
+        let out = g.poisoned(tokens.len() * dim);
+        let p = if with_pos { g.addr(&dp) } else { 0 };
+        run!(g, "embed", (tokens.len() as u32, 1, 1), 128; g.addr(&dt), p, g.addr(&dtok), g.addr(&dpos0), g.addr(&out), dim as i32, vocab as i32, n_pos as i32);
+        let mut want = Vec::new();
+        for (t, tok) in tokens.iter().enumerate() {
+            for i in 0..dim {
+                let mut v = table[*tok as usize * dim + i];
+                if with_pos {
+                    v += pos[(7 + t) * dim + i];
+                }
+                want.push(v);
+            }
+        }
+        check("embed", &g.down(&out), &want, 0.0);
+    }
+}
+
+#[test]
+fn rope_and_kv_write_match_the_cpu_in_both_layouts() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(13);
+    let (n_head, n_kv, hd, cap, n, pos0) = (6, 2, 64, 40, 3, 17);
+    let (q_dim, kv_dim) = (n_head * hd, n_kv * hd);
+    let stride = q_dim + 2 * kv_dim;
+    for (mode, layout) in [(1, RopeLayout::Interleaved), (2, RopeLayout::HalfSplit)] {
+        let qkv = r.vec(n * stride, 2.0);
+        let rope = Rope::new(hd, 10_000.0, layout);
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / 10_000f32.powf(2.0 * i as f32 / hd as f32))
+            .collect();
+        let dq = g.up(&qkv);
+        let kc = g.up(&vec![0u16; n_kv * cap * hd]);
+        let vc = g.up(&vec![0u16; n_kv * cap * hd]);
+        let (dpos, dfreq) = (g.up(&[pos0 as i32]), g.up(&inv_freq));
+        run!(g, "rope_store_kv", (n as u32, 1, 1), 128; g.addr(&dq), stride as i32, g.addr(&kc), g.addr(&vc), g.addr(&dpos), g.addr(&dfreq), n_head as i32, n_kv as i32, hd as i32, cap as i32, mode);
+        let got_q = g.down(&dq);
+        let (got_k, got_v) = (g.down(&kc), g.down(&vc));
+        let (mut want_q, mut got_qs, mut want_k, mut got_ks, mut want_v, mut got_vs) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for t in 0..n {
+            let row = &qkv[t * stride..(t + 1) * stride];
+            let mut q = row[..q_dim].to_vec();
+            let mut k = row[q_dim..q_dim + kv_dim].to_vec();
+            rope.apply(&mut q, hd, pos0 + t);
+            rope.apply(&mut k, hd, pos0 + t);
+            want_q.extend(&q);
+            got_qs.extend(&got_q[t * stride..t * stride + q_dim]);
+            want_k.extend(rounded(&k));
+            want_v.extend(rounded(&row[q_dim + kv_dim..]));
+            for h in 0..n_kv {
+                let at = (h * cap + pos0 + t) * hd;
+                got_ks.extend(got_k[at..at + hd].iter().map(|b| f16::from_bits(*b).to_f32()));
+                got_vs.extend(got_v[at..at + hd].iter().map(|b| f16::from_bits(*b).to_f32()));
+            }
+        }
+        check(&format!("rope q {layout:?}"), &got_qs, &want_q, 1e-6);
+        check(&format!("rope k (fp16 cache) {layout:?}"), &got_ks, &want_k, 1e-3);
+        check("v (fp16 cache)", &got_vs, &want_v, 0.0);
+    }
+}
+
+/// f64 reference of `W x` for fp16 weights.
+fn gemv_ref(w: &[f32], x: &[f32], rows: usize, cols: usize, t: usize) -> Vec<f64> {
+    (0..rows)
+        .map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64).sum())
+        .collect()
+}
+
+#[test]
+fn gemv_with_fused_epilogues_matches_the_reference() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(14);
+    for (rows, cols, n) in [(96, 576, 1), (300, 2048, 1), (64, 1536, 7), (40, 8, 3)] {
+        let w = rounded(&r.vec(rows * cols, 0.5));
+        let x = r.vec(n * cols, 1.0);
+        let bias = r.vec(rows, 1.0);
+        let res = r.vec(n * rows, 1.0);
+        let (dw, dx, db) = (g.up(&halves(&w)), g.up(&x), g.up(&bias));
+        for (act, with_bias, with_res) in [(0, false, false), (0, true, true), (1, true, false)] {
+            let y = if with_res { g.up(&res) } else { g.poisoned(n * rows) };
+            let b = if with_bias { g.addr(&db) } else { 0 };
+            let rs = if with_res { g.addr(&y) } else { 0 };
+            let grid = ((rows as u32 * 32).div_ceil(256), 1, 1);
+            run!(g, "gemv_f16", grid, 256; g.addr(&dw), g.addr(&dx), g.addr(&y), b, rs, rows as i32, cols as i32, n as i32, act);
+            let mut want = Vec::new();
+            for t in 0..n {
+                for (i, d) in gemv_ref(&w, &x, rows, cols, t).into_iter().enumerate() {
+                    let mut v = d as f32 + if with_bias { bias[i] } else { 0.0 };
+                    if act == 1 {
+                        let mut one = [v];
+                        cpu::gelu_tanh(&mut one);
+                        v = one[0];
+                    }
+                    want.push(v + if with_res { res[t * rows + i] } else { 0.0 });
+                }
+            }
+            check(&format!("gemv {rows}x{cols} tokens {n} act {act} bias {with_bias} residual {with_res}"), &g.down(&y), &want, 1e-5);
+        }
+        // SwiGLU: gate rows then up rows.
+        let w2 = rounded(&r.vec(2 * rows * cols, 0.5));
+        let dw2 = g.up(&halves(&w2));
+        let y = g.poisoned(n * rows);
+        let grid = ((rows as u32 * 32).div_ceil(256), 1, 1);
+        run!(g, "gemv_swiglu_f16", grid, 256; g.addr(&dw2), g.addr(&dx), g.addr(&y), rows as i32, cols as i32, n as i32);
+        let mut want = Vec::new();
+        for t in 0..n {
+            let all = gemv_ref(&w2, &x, 2 * rows, cols, t);
+            let mut gate: Vec<f32> = all[..rows].iter().map(|v| *v as f32).collect();
+            let up: Vec<f32> = all[rows..].iter().map(|v| *v as f32).collect();
+            cpu::swiglu(&mut gate, &up);
+            want.extend(gate);
+        }
+        check(&format!("gemv_swiglu {rows}x{cols} tokens {n}"), &g.down(&y), &want, 1e-5);
+    }
+}
+
+/// Decode (split-K) and prefill attention against the CPU's, over an f32 cache holding the
+/// same fp16-rounded keys and values.
+#[test]
+fn attention_matches_the_cpu_for_mqa_gqa_and_mha() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(15);
+    for (n_head, n_kv, hd) in [(16, 1, 128), (9, 3, 64), (4, 4, 80)] {
+        let (q_dim, kv_dim) = (n_head * hd, n_kv * hd);
+        let stride = q_dim + 2 * kv_dim;
+        let cap = 1100usize;
+        let max_splits = cap.div_ceil(ATTN_CHUNK);
+        let shape = AttentionShape { n_head, n_kv_head: n_kv, head_dim: hd };
+        let scale = 1.0 / (hd as f32).sqrt();
+        for len in [1usize, 127, 128, 129, 1000] {
+            // Cache contents for positions 0..len, identical on both sides.
+            let k = rounded(&r.vec(len * kv_dim, 2.0));
+            let v = rounded(&r.vec(len * kv_dim, 1.0));
+            let mut kc = vec![0u16; n_kv * cap * hd];
+            let mut vc = vec![0u16; n_kv * cap * hd];
+            for p in 0..len {
+                for h in 0..n_kv {
+                    for d in 0..hd {
+                        kc[(h * cap + p) * hd + d] = f16::from_f32(k[p * kv_dim + h * hd + d]).to_bits();
+                        vc[(h * cap + p) * hd + d] = f16::from_f32(v[p * kv_dim + h * hd + d]).to_bits();
+                    }
+                }
+            }
+            let mut cache = KvCache::new(1, kv_dim, hd, cap, KvPrecision::F32);
+            cache.append(0, &k, &v);
+            let (dk, dv) = (g.up(&kc), g.up(&vc));
+            // Decode: the last position's query.
+            let q = r.vec(stride, 1.0);
+            let mut want = vec![0f32; q_dim];
+            cpu::causal_attention(shape, cache.layer(0), len - 1, &q[..q_dim], &mut want);
+            let dq = g.up(&q);
+            let dpos = g.up(&[(len - 1) as i32]);
+            let part_o = g.poisoned(n_head * max_splits * hd);
+            let part_ml = g.poisoned(n_head * max_splits * 2);
+            let out = g.poisoned(q_dim);
+            let splits = ((len - 1) / ATTN_CHUNK + 1).next_power_of_two().min(max_splits);
+            run!(g, "attn_decode_partial", (n_head as u32, splits as u32, 1), ATTN_THREADS; g.addr(&dq), g.addr(&dk), g.addr(&dv), g.addr(&part_o), g.addr(&part_ml), g.addr(&dpos), (n_head / n_kv) as i32, hd as i32, cap as i32, max_splits as i32, scale);
+            run!(g, "attn_decode_reduce", (n_head as u32, 1, 1), ATTN_THREADS; g.addr(&part_o), g.addr(&part_ml), g.addr(&out), g.addr(&dpos), hd as i32, max_splits as i32);
+            check(&format!("decode attention heads {n_head}/{n_kv} hd {hd} len {len}"), &g.down(&out), &want, 1e-5);
+            // Prefill: the last min(len, 5) positions as new tokens.
+            let n = len.min(5);
+            let p0 = len - n;
+            let qs = r.vec(n * stride, 1.0);
+            let q_only: Vec<f32> = (0..n).flat_map(|t| qs[t * stride..t * stride + q_dim].to_vec()).collect();
+            let mut want = vec![0f32; n * q_dim];
+            cpu::causal_attention(shape, cache.layer(0), p0, &q_only, &mut want);
+            let (dqs, dp0) = (g.up(&qs), g.up(&[p0 as i32]));
+            let out = g.poisoned(n * q_dim);
+            run!(g, "attn_prefill", (n as u32, n_head as u32, 1), ATTN_THREADS; g.addr(&dqs), stride as i32, g.addr(&dk), g.addr(&dv), g.addr(&out), q_dim as i32, g.addr(&dp0), (n_head / n_kv) as i32, hd as i32, cap as i32, scale);
+            check(&format!("prefill attention heads {n_head}/{n_kv} hd {hd} len {len}"), &g.down(&out), &want, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn dequantisation_is_the_cpus_rounded_once_to_fp16() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(16);
+    let n = 32 * 40;
+    let w = r.vec(n, 2.0);
+    for (ty, kind) in [(GgmlType::Q4_0, 0i32), (GgmlType::Q4_1, 1), (GgmlType::Q8_0, 2)] {
+        let bytes = quantize_row(ty, &w);
+        let mut want = vec![0f32; n];
+        dequantize_row(ty, &bytes, &mut want);
+        let want = rounded(&want);
+        let (src, dst) = (g.up(&bytes), g.up(&vec![0xffffu16; n]));
+        run!(g, "dequant_blocks", (1, 1, 1), 64; g.addr(&src), g.addr(&dst), (n / 32) as i64, kind);
+        let got: Vec<f32> = g.down(&dst).iter().map(|b| f16::from_bits(*b).to_f32()).collect();
+        check(&format!("dequant {ty:?}"), &got, &want, 0.0);
+    }
+    let bf: Vec<u16> = w.iter().map(|x| half::bf16::from_f32(*x).to_bits()).collect();
+    let (src, dst) = (g.up(&bf), g.up(&vec![0xffffu16; n]));
+    run!(g, "bf16_to_f16", ((n as u32).div_ceil(256), 1, 1), 256; g.addr(&src), g.addr(&dst), n as i64);
+    let got: Vec<f32> = g.down(&dst).iter().map(|b| f16::from_bits(*b).to_f32()).collect();
+    let want: Vec<f32> = bf.iter().map(|b| f16::from_f32(half::bf16::from_bits(*b).to_f32()).to_f32()).collect();
+    check("bf16 -> f16", &got, &want, 0.0);
+    let (src, dst) = (g.up(&w), g.up(&vec![0xffffu16; n]));
+    run!(g, "f32_to_f16", ((n as u32).div_ceil(256), 1, 1), 256; g.addr(&src), g.addr(&dst), n as i64);
+    let got: Vec<f32> = g.down(&dst).iter().map(|b| f16::from_bits(*b).to_f32()).collect();
+    check("f32 -> f16", &got, &rounded(&w), 0.0);
+}
+
+/// The CPU sampler's rules with a given draw (agentrt::engine::sampling::Sampler, minus its rng).
+fn cpu_sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, uniform: f32) -> u32 {
+    let mut c: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, l)| (i as u32, l / temperature)).collect();
+    c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if top_k > 0 {
+        c.truncate(top_k);
+    }
+    let max = c[0].1;
+    let mut total = 0f32;
+    for x in c.iter_mut() {
+        x.1 = (x.1 - max).exp();
+        total += x.1;
+    }
+    let mut cum = 0f32;
+    let mut keep = c.len();
+    for (i, x) in c.iter_mut().enumerate() {
+        x.1 /= total;
+        cum += x.1;
+        if cum >= top_p {
+            keep = i + 1;
+            break;
+        }
+    }
+    c.truncate(keep);
+    let mass: f32 = c.iter().map(|x| x.1).sum();
+    let mut r = uniform * mass;
+    for x in &c {
+        r -= x.1;
+        if r <= 0.0 {
+            return x.0;
+        }
+    }
+    c[c.len() - 1].0
+}
+
+#[test]
+fn device_sampling_follows_the_cpu_rules() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(17);
+    let vocab = 49152;
+    let out = g.up(&[-7i32]);
+    for round in 0..20 {
+        let logits = r.vec(vocab, 8.0);
+        let dl = g.up(&logits);
+        run!(g, "argmax", (1, 1, 1), SAMPLE_THREADS; g.addr(&dl), vocab as i32, g.addr(&out));
+        assert_eq!(g.down(&out)[0] as u32, agentrt::engine::sampling::argmax(&logits), "argmax round {round}");
+        let uniform = (r.f() + 1.0) / 2.0;
+        for (t, k, p) in [(0.7f32, 40usize, 0.95f32), (1.0, 5, 1.0), (1.3, 0, 0.3), (0.8, SAMPLE_MAX_K, 0.9)] {
+            run!(g, "sample_top", (1, 1, 1), SAMPLE_THREADS; g.addr(&dl), vocab as i32, t, k as i32, p, uniform, g.addr(&out));
+            let got = g.down(&out)[0];
+            let want = cpu_sample(&logits, t, k, p, uniform);
+            if got < 0 {
+                // The device defers when its candidates cannot reach top_p with top_k off.
+                assert_eq!(k, 0, "only top_k = 0 may defer");
+                continue;
+            }
+            assert_eq!(got as u32, want, "sample round {round} t {t} k {k} p {p} u {uniform}");
+        }
+    }
+    // A peaked distribution with top_k off: the device decides without deferring.
+    let mut peaked = vec![0f32; vocab];
+    peaked[123] = 30.0;
+    peaked[7] = 29.0;
+    let dl = g.up(&peaked);
+    run!(g, "sample_top", (1, 1, 1), SAMPLE_THREADS; g.addr(&dl), vocab as i32, 1.0f32, 0i32, 0.9f32, 0.5f32, g.addr(&out));
+    assert_eq!(g.down(&out)[0], 123);
+}
+
+/// Teacher-forced comparison: both engines see the CPU's greedy tokens; logits are compared
+/// at every step (max |Δ| over the logit spread) and the greedy choices must agree.
+fn compare_models(label: &str, cpu: &LoadedModel, gpu: &CudaModel, prompt: &[u32], steps: usize, bound: f32) {
+    let mut cache = cpu.new_test_cache(prompt.len() + steps);
+    let mut want = cpu.forward_for_test(prompt, &mut cache);
+    let mut got = gpu.logits(prompt, 0).expect("gpu prefill");
+    let mut pos = prompt.len();
+    let mut worst = 0f32;
+    let mut cpu_tokens = Vec::new();
+    let mut gpu_tokens = Vec::new();
+    for step in 0..=steps {
+        assert!(got.iter().all(|v| v.is_finite()), "{label}: non-finite logits at step {step}");
+        // Rows past the tokenizer (padding) are masked to -inf by the engine: mask them alike.
+        for (g, w) in got.iter_mut().zip(&want) {
+            if !w.is_finite() {
+                *g = *w;
+            }
+        }
+        let finite = || want.iter().cloned().filter(|v| v.is_finite());
+        let spread = finite().fold(f32::MIN, f32::max) - finite().fold(f32::MAX, f32::min);
+        let err = got
+            .iter()
+            .zip(&want)
+            .filter(|(_, w)| w.is_finite())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+            / spread;
+        worst = worst.max(err);
+        let (c, g) = (agentrt::engine::sampling::argmax(&want), agentrt::engine::sampling::argmax(&got));
+        cpu_tokens.push(c);
+        gpu_tokens.push(g);
+        if step == steps {
+            break;
+        }
+        want = cpu.forward_for_test(&[c], &mut cache);
+        got = gpu.logits(&[c], pos).expect("gpu decode");
+        pos += 1;
+    }
+    eprintln!("{label}: worst logit error {:.3}% of the spread over {} steps; greedy cpu {cpu_tokens:?}", worst * 100.0, steps + 1);
+    assert!(worst <= bound, "{label}: logit error {worst} over {bound} of the spread");
+    assert_eq!(gpu_tokens, cpu_tokens, "{label}: greedy choices differ");
+}
+
+fn synthetic(spec: SyntheticSpec, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentrt-cuda-{name}-{}", std::process::id()));
+    spec.write(&dir).expect("write checkpoint");
+    dir
+}
+
+#[test]
+fn random_checkpoints_match_the_cpu_engine() {
+    let Some(_g) = gpu() else { return };
+    let small_llama = |arch, dtype, seed| SyntheticSpec {
+        arch,
+        n_layer: 4,
+        dim: 256,
+        n_head: 8,
+        n_kv_head: 2,
+        ffn_dim: 688,
+        vocab: 1000,
+        context: 2048,
+        dtype,
+        separate_head: true,
+        seed,
+    };
+    use agentrt::engine::models::Architecture;
+    // Prompts of 150 tokens (one prefill pass) and 300 (two: the pass holds 256), then 140
+    // decoded: decode attention spans three and four chunks of 128 positions.
+    let cases = [
+        ("tiny-starcoder F16", SyntheticSpec::tiny_starcoder(GgmlType::F16), 150),
+        ("llama F32 (half-split RoPE, GQA)", small_llama(Architecture::Llama, GgmlType::F32, 3), 300),
+        ("qwen2 BF16 (QKV biases)", small_llama(Architecture::Qwen2, GgmlType::BF16, 4), 150),
+    ];
+    for (label, spec, prompt_len) in cases {
+        let dir = synthetic(spec, &label.split_whitespace().next().unwrap_or("m").to_string());
+        let cpu = LoadedModel::load_on("cpu", &dir, Device::Cpu, &mut |_| {}).expect("cpu load");
+        let gpu = CudaModel::open(&dir).expect("gpu load");
+        let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 37 + 11) % 900).collect();
+        compare_models(label, &cpu, &gpu, &prompt, 140, 0.01);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[test]
+fn smollm2_matches_the_cpu_engine() {
+    let Some(_g) = gpu() else { return };
+    let path = agentrt::paths::default_model();
+    if !path.exists() {
+        eprintln!("skipped: {} not installed (scripts/setup.sh)", path.display());
+        return;
+    }
+    let cpu = LoadedModel::load_on("cpu", &path, Device::Cpu, &mut |_| {}).expect("cpu load");
+    let gpu = CudaModel::open(&path).expect("gpu load");
+    let prompt = cpu
+        .tokenize_prompt(&agentrt::engine::Prompt::Text(
+            "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n".into(),
+        ))
+        .expect("tokenize");
+    // The CPU engine multiplies Q4_1 blocks with int8-quantised activations; the GPU
+    // dequantises them to fp16 and keeps fp32 activations: a few percent of the spread.
+    compare_models("SmolLM2 Q4_1", &cpu, &gpu, &prompt, 32, 0.05);
+    // Device greedy sampling gives the same continuation as host argmax.
+    let mut tokens = Vec::new();
+    let mut next = gpu.next_token(&prompt, 0, DeviceSampling::GREEDY).expect("next").expect("greedy");
+    for i in 0..8 {
+        tokens.push(next);
+        next = gpu.next_token(&[next], prompt.len() + i, DeviceSampling::GREEDY).expect("next").expect("greedy");
+    }
+    assert_eq!(tokens, cpu.greedy_tokens(&prompt, 8));
+}
+
+#[test]
+fn the_engine_runs_on_the_gpu_and_reports_memory_errors_as_model_003() {
+    let Some(_g) = gpu() else { return };
+    let dir = synthetic(SyntheticSpec::tiny_starcoder(GgmlType::F16), "engine");
+    let model = LoadedModel::load_on("gpu", &dir, Device::Cuda, &mut |_| {}).expect("load on cuda");
+    assert!(model.info.device.starts_with("cuda"), "{}", model.info.device);
+    let cpu = LoadedModel::load_on("cpu", &dir, Device::Cpu, &mut |_| {}).expect("cpu");
+    let prompt: Vec<u32> = (0..20).collect();
+    assert_eq!(model.greedy_tokens(&prompt, 12), cpu.greedy_tokens(&prompt, 12));
+    // Too little memory: a clear error before anything is allocated.
+    let store_dir = dir.clone();
+    let config = agentrt::engine::models::HfConfig::read(&store_dir).expect("config");
+    let files = agentrt::engine::weights::safetensors_files(&store_dir).expect("files");
+    let arch = agentrt::engine::models::Architecture::GptBigCode;
+    let store = agentrt::engine::weights::WeightStore::from_safetensors(&files, &|n| {
+        agentrt::engine::models::hf_tensor_name(arch, n)
+    })
+    .expect("store");
+    let spec = agentrt::engine::cuda::Spec::read(arch, agentrt::engine::models::ConfigSource::Hf(&config)).expect("spec");
+    let err = CudaModel::load_limited(spec, &store, &mut |_, _| {}, Some(64 << 20)).expect_err("64 MiB is too little");
+    assert!(matches!(err, GpuError::OutOfMemory { .. }), "{err}");
+    eprintln!("{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn without_a_gpu_cuda_is_refused_with_model_001_and_auto_uses_the_cpu() {
+    if agentrt_kernels::cuda_available().is_ok() {
+        eprintln!("skipped: this machine has a GPU");
+        return;
+    }
+    let dir = synthetic(SyntheticSpec { n_layer: 2, ..SyntheticSpec::tiny_starcoder(GgmlType::F16) }, "nogpu");
+    let err = LoadedModel::load_on("m", &dir, Device::Cuda, &mut |_| {}).expect_err("no GPU");
+    assert_eq!(err.code().as_str(), "MODEL_001", "{err}");
+    let auto = LoadedModel::load_on("m", &dir, Device::Auto, &mut |_| {}).expect("auto");
+    assert_eq!(auto.info.device, "cpu");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU engine's checks and benchmark in one command, on a machine with an NVIDIA GPU
+# (docs/GPU.md):
+#
+#   scripts/gpu-check.sh                    build with `--features cuda`, then everything below
+#   AGENTRT_GPU_BIN=DIR scripts/gpu-check.sh   use prebuilt, stripped `cuda_engine` (the test
+#                                           binary) and `gpu` (the benchmark) from DIR, for GPU
+#                                           machines without a Rust toolchain
+#
+# 1. the device, driver and NVRTC found;
+# 2. every kernel and whole models against the CPU engine (tests/cuda_engine.rs), a missing GPU
+#    being a failure here (AGENTRT_REQUIRE_GPU=1);
+# 3. the decode benchmark (benches/gpu.rs) and HF transformers on the same 1B checkpoint;
+# 4. compute-sanitizer memcheck over the kernel tests and one whole model (when installed).
+#
+# AGENTRT_GPU_STEPS (default "tests,bench,peer,memcheck") picks steps; AGENTRT_GPU_LOG=DIR also
+# writes each step's output there. Exits non-zero when a test or memcheck fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+STEPS="${AGENTRT_GPU_STEPS:-tests,bench,peer,memcheck}"
+LOG="${AGENTRT_GPU_LOG:-}"
+[[ -n "$LOG" ]] && mkdir -p "$LOG"
+status=0
+
+step() { printf '\n==> %s\n' "$*"; }
+logged() { # NAME COMMAND...: run, show, keep a copy
+    local name="$1"
+    shift
+    if [[ -n "$LOG" ]]; then "$@" 2>&1 | tee "$LOG/$name.log"; else "$@" 2>&1; fi
+}
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
+
+step "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv || true
+# NVRTC: the toolkit's or a PyPI wheel's, whichever is installed (12 or 13).
+nvrtc="$(find /usr/local/cuda*/ /opt /usr/lib/x86_64-linux-gnu "$AGENTRT_HOME/nvrtc" -name 'libnvrtc.so.1[23]' 2>/dev/null | head -n 1)"
+if [[ -n "$nvrtc" ]]; then
+    export LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "NVRTC: $nvrtc"
+else
+    echo "NVRTC not found; the kernels cannot be compiled" >&2
+    exit 1
+fi
+
+BIN="${AGENTRT_GPU_BIN:-}"
+if [[ -z "$BIN" ]]; then
+    step "build (--features cuda)"
+    cargo build --release --features cuda -p agentrt --tests --benches || exit 1
+    BIN="$(mktemp -d)"
+    for name in cuda_engine gpu; do
+        cp "$(ls -t "$CARGO_TARGET_DIR"/release/deps/"$name"-* | grep -v '\.d$' | head -n 1)" "$BIN/$name"
+    done
+fi
+
+export AGENTRT_REQUIRE_GPU=1
+if want tests; then
+    step "kernels and models against the CPU engine"
+    logged tests "$BIN/cuda_engine" --test-threads 1 --nocapture || status=1
+fi
+
+if want bench; then
+    step "decode benchmark"
+    logged bench "$BIN/gpu" || status=1
+fi
+
+if want peer; then
+    step "HF transformers on the same starcoderbase-1b-shaped checkpoint"
+    dir="${AGENTRT_BENCH_1B_DIR:-$AGENTRT_HOME/bench/starcoderbase-1b-f16}"
+    if [[ -f "$dir/config.json" ]]; then
+        logged peer python3 scripts/gpu/hf_peer.py "$dir" "${AGENTRT_BENCH_PROMPT:-128}" \
+            "${AGENTRT_BENCH_DECODE:-256}" || status=1
+    else
+        echo "no checkpoint at $dir (the bench step writes it): skipped"
+    fi
+fi
+if want memcheck; then
+    step "compute-sanitizer memcheck"
+    if command -v compute-sanitizer >/dev/null; then
+        logged memcheck timeout "${AGENTRT_MEMCHECK_TIMEOUT:-600}" compute-sanitizer --tool memcheck --error-exitcode 9 \
+            "$BIN/cuda_engine" --test-threads 1 norms embedding rope gemv attention dequantisation \
+            device_sampling the_engine_runs_on_the_gpu || status=1
+    else
+        echo "compute-sanitizer is not installed: skipped"
+    fi
+fi
+
+exit "$status"
