@@ -13,7 +13,8 @@
 # 3. the decode benchmark (benches/gpu.rs) and HF transformers on the same 1B checkpoint;
 # 4. compute-sanitizer memcheck over the kernel tests and one whole model (when installed).
 #
-# AGENTRT_GPU_STEPS (default "tests,bench,peer,memcheck") picks steps; AGENTRT_GPU_LOG=DIR also
+# AGENTRT_GPU_STEPS (default "tests,bench,peer,memcheck"; "profile" adds per-kernel times from
+# Nsight Compute) picks steps; AGENTRT_GPU_LOG=DIR also
 # writes each step's output there. Exits non-zero when a test or memcheck fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -78,11 +79,21 @@ if want memcheck; then
     step "compute-sanitizer memcheck"
     if command -v compute-sanitizer >/dev/null; then
         logged memcheck timeout "${AGENTRT_MEMCHECK_TIMEOUT:-600}" compute-sanitizer --tool memcheck --error-exitcode 9 \
-            "$BIN/cuda_engine" --test-threads 1 norms embedding rope gemv attention dequantisation \
+            "$BIN/cuda_engine" --test-threads 1 embedding gemv qkv_projection attention dequantisation \
             device_sampling the_engine_runs_on_the_gpu || status=1
     else
         echo "compute-sanitizer is not installed: skipped"
     fi
 fi
 
+if want profile; then
+    step "per-kernel times of steady-state decode (Nsight Compute), starcoderbase-1b shape"
+    if command -v ncu >/dev/null; then
+        logged profile env AGENTRT_BENCH_MODELS=1b AGENTRT_BENCH_PROMPT=8 AGENTRT_BENCH_DECODE=4 \
+            ncu --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
+            --launch-skip 400 --launch-count 16 "$BIN/gpu" || true
+    else
+        echo "ncu is not installed: skipped"
+    fi
+fi
 exit "$status"

@@ -6,6 +6,7 @@
 //! CUDA itself is loaded dynamically (cudarc's `dynamic-loading`): without a driver or NVRTC
 //! every entry point returns an error saying so, and nothing panics.
 
+pub mod args;
 pub mod compile;
 pub mod device;
 pub mod table;

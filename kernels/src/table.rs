@@ -22,28 +22,16 @@ pub const EMBED: KernelSource = KernelSource {
     functions: &["embed"],
 };
 
-pub const NORM: KernelSource = KernelSource {
-    name: "norm",
-    text: include_str!("cuda/norm.cu"),
-    functions: &["rms_norm", "layer_norm"],
-};
-
-pub const ROPE: KernelSource = KernelSource {
-    name: "rope",
-    text: include_str!("cuda/rope.cu"),
-    functions: &["rope_store_kv"],
-};
-
 pub const ATTENTION: KernelSource = KernelSource {
     name: "attention",
     text: include_str!("cuda/attention.cu"),
-    functions: &["attn_decode_partial", "attn_decode_reduce", "attn_prefill"],
+    functions: &["attn_decode", "attn_prefill"],
 };
 
 pub const GEMV: KernelSource = KernelSource {
     name: "gemv",
     text: include_str!("cuda/gemv.cu"),
-    functions: &["gemv_f16", "gemv_swiglu_f16"],
+    functions: &["gemv"],
 };
 
 pub const DEQUANT: KernelSource = KernelSource {
@@ -59,7 +47,7 @@ pub const SAMPLING: KernelSource = KernelSource {
 };
 
 /// Every module, in the order they are compiled.
-pub const ALL: [KernelSource; 7] = [EMBED, NORM, ROPE, ATTENTION, GEMV, DEQUANT, SAMPLING];
+pub const ALL: [KernelSource; 5] = [EMBED, ATTENTION, GEMV, DEQUANT, SAMPLING];
 
 /// Positions per decode-attention chunk (`ATTN_CHUNK` in attention.cu).
 pub const ATTN_CHUNK: usize = 128;
@@ -67,8 +55,10 @@ pub const ATTN_CHUNK: usize = 128;
 pub const ATTN_THREADS: u32 = 128;
 /// Largest head size the attention kernels hold in shared memory (`MAX_HEAD_DIM`).
 pub const MAX_HEAD_DIM: usize = 256;
-/// Tokens per pass of the GEMV kernels (`GEMV_TOKENS`).
+/// Tokens per pass of the GEMV kernel (`GEMV_TOKENS`).
 pub const GEMV_TOKENS: usize = 4;
+/// Threads per GEMV block (`GEMV_THREADS`); each block computes two weight rows.
+pub const GEMV_THREADS: u32 = 256;
 /// Threads of the one-block sampling kernels (`SAMPLE_THREADS`).
 pub const SAMPLE_THREADS: u32 = 1024;
 /// Most candidates the device sampler considers (`SAMPLE_MAX_K`).
@@ -105,6 +95,7 @@ mod tests {
         );
         assert_eq!(define(ATTENTION.text, "MAX_HEAD_DIM"), MAX_HEAD_DIM);
         assert_eq!(define(GEMV.text, "GEMV_TOKENS"), GEMV_TOKENS);
+        assert_eq!(define(GEMV.text, "GEMV_THREADS"), GEMV_THREADS as usize);
         assert_eq!(
             define(SAMPLING.text, "SAMPLE_THREADS"),
             SAMPLE_THREADS as usize

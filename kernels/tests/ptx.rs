@@ -54,8 +54,27 @@ fn gemv_reads_weights_16_bytes_at_a_time() {
     )
     .expect("gemv compiles");
     assert!(
-        ptx.contains("ld.global.nc.v4.u32"),
-        "no 128-bit weight loads in gemv PTX"
+        ptx.contains("ld.global.nc.L1::no_allocate.v4.u32"),
+        "no 128-bit streaming weight loads in gemv PTX"
+    );
+}
+
+/// The Rust mirror of `struct GemvArgs` has the size of the parameter NVRTC lays out.
+#[test]
+fn gemv_args_match_the_c_struct() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let ptx = compile_ptx(
+        &agentrt_kernels::table::GEMV,
+        Arch { major: 9, minor: 0 },
+        &PtxCache::default(),
+    )
+    .expect("gemv compiles");
+    let size = std::mem::size_of::<agentrt_kernels::args::GemvArgs>();
+    assert!(
+        ptx.contains(&format!(".param .align 8 .b8 gemv_param_0[{size}]")),
+        "gemv's parameter is not {size} bytes"
     );
 }
 
@@ -66,7 +85,7 @@ fn the_disk_cache_is_used_and_keyed_by_architecture() {
     }
     let dir = std::env::temp_dir().join(format!("agentrt-ptx-test-{}", std::process::id()));
     let cache = PtxCache::at(&dir);
-    let source = agentrt_kernels::table::NORM;
+    let source = agentrt_kernels::table::EMBED;
     let a80 = compile_ptx(&source, Arch { major: 8, minor: 0 }, &cache).expect("compile");
     let a90 = compile_ptx(&source, Arch { major: 9, minor: 0 }, &cache).expect("compile");
     let entries: Vec<_> = std::fs::read_dir(&dir).expect("cache dir").collect();
@@ -74,7 +93,7 @@ fn the_disk_cache_is_used_and_keyed_by_architecture() {
     // A planted entry is what the cache returns: proof it is read, not recompiled.
     let version = nvrtc_version().expect("version");
     let key = agentrt_kernels::compile::cache_key(&source, Arch { major: 8, minor: 0 }, version);
-    let path = dir.join(format!("norm-{key}.ptx"));
+    let path = dir.join(format!("embed-{key}.ptx"));
     let marked = format!("{a80}\n// planted\n");
     std::fs::write(&path, &marked).expect("write");
     let again = compile_ptx(&source, Arch { major: 8, minor: 0 }, &cache).expect("cached");

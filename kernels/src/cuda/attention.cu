@@ -3,8 +3,9 @@
 //
 // Decode (one new token) uses a split-K ("Flash-Decoding") scheme: the visible positions are
 // cut into chunks of ATTN_CHUNK, one block per (query head, chunk) computes a partial softmax
-// (its max, its sum and its weighted values), and a second kernel combines the chunks. A
-// model with a single K/V head and a long context still spreads over every SM.
+// (its max, its sum and its weighted values), and the last block of each head to finish
+// combines them. A model with a single K/V head and a long context still spreads over every
+// SM, in one launch.
 //
 // Prefill (several new tokens) walks the keys in tiles with an online softmax: the score
 // matrix is never materialised, only one tile of scores per (token, head) at a time.
@@ -14,38 +15,56 @@
 #define ATTN_THREADS 128
 #define MAX_HEAD_DIM 256
 
-// part_o: [n_head][max_splits][head_dim]; part_ml: [n_head][max_splits][2] (max, sum).
-// Grid (n_head, max_splits); chunks past the visible length do nothing (the reducer skips them),
-// so one launch shape serves every position and can be captured in a graph.
+// q · k for one cached key row (head_dim a multiple of 8, the row 16-byte aligned), q in
+// shared memory; the products are summed in dimension order.
+__device__ __forceinline__ float key_dot(const float* qs, const f16_t* key, int head_dim) {
+    const uint4* kr = (const uint4*)key;
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int d8 = 0; d8 < head_dim / 8; ++d8) {
+        const uint4 k = __ldg(kr + d8);
+        const float2 k0 = h2x2f(k.x), k1 = h2x2f(k.y), k2 = h2x2f(k.z), k3 = h2x2f(k.w);
+        const float* qd = qs + 8 * d8;
+        acc = fmaf(qd[0], k0.x, acc);
+        acc = fmaf(qd[1], k0.y, acc);
+        acc = fmaf(qd[2], k1.x, acc);
+        acc = fmaf(qd[3], k1.y, acc);
+        acc = fmaf(qd[4], k2.x, acc);
+        acc = fmaf(qd[5], k2.y, acc);
+        acc = fmaf(qd[6], k3.x, acc);
+        acc = fmaf(qd[7], k3.y, acc);
+    }
+    return acc;
+}
+
+// part_o: [n_head][max_splits][head_dim]; part_ml: [n_head][max_splits][2] (max, sum);
+// done: [n_head] counters, zero between launches. Grid (n_head, splits); chunks past the
+// visible length do nothing, so one launch shape serves a range of positions and can be
+// captured in a graph. The last chunk of a head to finish (counted with an atomic after a
+// fence) combines every chunk's partial result into `out` and rearms the counter:
+//   out[d] = Σ_s exp(m_s - M) o_s[d] / Σ_s exp(m_s - M) l_s.
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
-attn_decode_partial(const float* __restrict__ q, const f16_t* __restrict__ kcache,
-                    const f16_t* __restrict__ vcache, float* __restrict__ part_o,
-                    float* __restrict__ part_ml, const int* __restrict__ pos0, int group,
-                    int head_dim, int capacity, int max_splits, float scale) {
+attn_decode(const float* __restrict__ q, const f16_t* __restrict__ kcache,
+            const f16_t* __restrict__ vcache, float* __restrict__ part_o, float* __restrict__ part_ml,
+            int* __restrict__ done, float* __restrict__ out, const int* __restrict__ pos0, int group,
+            int head_dim, int capacity, int max_splits, float scale) {
     __shared__ float qs[MAX_HEAD_DIM];
     __shared__ float sc[ATTN_CHUNK];
     __shared__ float scratch[32];
+    __shared__ bool last;
     const int h = blockIdx.x, split = blockIdx.y;
     const int len = *pos0 + 1;
+    const int splits = (len + ATTN_CHUNK - 1) / ATTN_CHUNK;
     const int start = split * ATTN_CHUNK;
     if (start >= len) return;
     const int n = min(ATTN_CHUNK, len - start);
     const int kvh = h / group;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[h * head_dim + d];
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const f16_t* kbase = kcache + ((size_t)kvh * capacity + start) * head_dim;
-    // One warp per position: lanes split the head's dimensions two at a time (32-bit loads).
-    for (int p = warp; p < n; p += warps) {
-        const unsigned int* kr = (const unsigned int*)(kbase + (size_t)p * head_dim);
-        float acc = 0.0f;
-        for (int d2 = lane; d2 < head_dim / 2; d2 += 32) {
-            const float2 k = h2x2f(kr[d2]);
-            acc += qs[2 * d2] * k.x + qs[2 * d2 + 1] * k.y;
-        }
-        acc = warp_sum(acc);
-        if (lane == 0) sc[p] = acc * scale;
-    }
+    // One thread per position (the whole chunk at once), its key row in 16-byte loads that
+    // do not wait on each other.
+    for (int p = threadIdx.x; p < n; p += blockDim.x) sc[p] = key_dot(qs, kbase + (size_t)p * head_dim, head_dim) * scale;
     __syncthreads();
     float m = NEG_INF;
     for (int p = threadIdx.x; p < n; p += blockDim.x) m = fmaxf(m, sc[p]);
@@ -58,9 +77,20 @@ attn_decode_partial(const float* __restrict__ q, const f16_t* __restrict__ kcach
     }
     l = block_sum(l, scratch);
     const f16_t* vbase = vcache + ((size_t)kvh * capacity + start) * head_dim;
+    if (splits == 1) {
+        // A single chunk is the whole softmax: write the result directly.
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            float o = 0.0f;
+#pragma unroll 8
+            for (int p = 0; p < n; ++p) o += sc[p] * h2f(vbase[(size_t)p * head_dim + d]);
+            out[h * head_dim + d] = o / l;
+        }
+        return;
+    }
     const size_t slot = (size_t)h * max_splits + split;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float o = 0.0f;
+#pragma unroll 8
         for (int p = 0; p < n; ++p) o += sc[p] * h2f(vbase[(size_t)p * head_dim + d]);
         part_o[slot * head_dim + d] = o;
     }
@@ -68,26 +98,24 @@ attn_decode_partial(const float* __restrict__ q, const f16_t* __restrict__ kcach
         part_ml[slot * 2] = m;
         part_ml[slot * 2 + 1] = l;
     }
-}
-
-// out[h][d] = Σ_s exp(m_s - M) o_s[d] / Σ_s exp(m_s - M) l_s over the chunks that ran.
-extern "C" __global__ void attn_decode_reduce(const float* __restrict__ part_o,
-                                              const float* __restrict__ part_ml,
-                                              float* __restrict__ out, const int* __restrict__ pos0,
-                                              int head_dim, int max_splits) {
-    const int h = blockIdx.x;
-    const int splits = (*pos0 + ATTN_CHUNK) / ATTN_CHUNK;  // ceil((pos0 + 1) / CHUNK)
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&done[h], 1) == splits - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
     const float* ml = part_ml + (size_t)h * max_splits * 2;
     float big = NEG_INF;
-    for (int s = 0; s < splits; ++s) big = fmaxf(big, ml[2 * s]);
+    for (int s = 0; s < splits; ++s) big = fmaxf(big, __ldcg(ml + 2 * s));
     float total = 0.0f;
-    for (int s = 0; s < splits; ++s) total += ml[2 * s + 1] * expf(ml[2 * s] - big);
+    for (int s = 0; s < splits; ++s) total += __ldcg(ml + 2 * s + 1) * expf(__ldcg(ml + 2 * s) - big);
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float o = 0.0f;
         for (int s = 0; s < splits; ++s)
-            o += part_o[((size_t)h * max_splits + s) * head_dim + d] * expf(ml[2 * s] - big);
+            o += __ldcg(part_o + ((size_t)h * max_splits + s) * head_dim + d) * expf(__ldcg(ml + 2 * s) - big);
         out[h * head_dim + d] = o / total;
     }
+    if (threadIdx.x == 0) done[h] = 0;
 }
 
 // One block per (token, query head): token t sits at position *pos0 + t and sees positions
@@ -114,15 +142,7 @@ attn_prefill(const float* __restrict__ qkv, int qkv_stride, const f16_t* __restr
     for (int tile = 0; tile < visible; tile += ATTN_THREADS) {
         const int p = tile + threadIdx.x;
         float s = NEG_INF;
-        if (p < visible) {
-            const unsigned int* kr = (const unsigned int*)(kbase + (size_t)p * head_dim);
-            float a = 0.0f;
-            for (int d2 = 0; d2 < head_dim / 2; ++d2) {
-                const float2 k = h2x2f(kr[d2]);
-                a += qs[2 * d2] * k.x + qs[2 * d2 + 1] * k.y;
-            }
-            s = a * scale;
-        }
+        if (p < visible) s = key_dot(qs, kbase + (size_t)p * head_dim, head_dim) * scale;
         const float tile_max = block_max(s, scratch);
         const float new_m = fmaxf(m, tile_max);
         const float e = p < visible ? expf(s - new_m) : 0.0f;
@@ -133,6 +153,7 @@ attn_prefill(const float* __restrict__ qkv, int qkv_stride, const f16_t* __restr
         acc0 *= corr;
         acc1 *= corr;
         const int n = min(ATTN_THREADS, visible - tile);
+#pragma unroll 4
         for (int j = 0; j < n; ++j) {
             const f16_t* vr = vbase + (size_t)(tile + j) * head_dim;
             const float w = sc[j];

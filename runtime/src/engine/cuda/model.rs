@@ -4,7 +4,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use agentrt_kernels::table::{ATTN_CHUNK, ATTN_THREADS, SAMPLE_THREADS};
+use agentrt_kernels::args::{
+    ACT_GELU_TANH, ACT_NONE, GemvArgs, MODE_PLAIN, MODE_QKV, MODE_SWIGLU, NORM_LAYER, NORM_NONE,
+    NORM_RMS, ROPE_HALF_SPLIT, ROPE_INTERLEAVED, ROPE_NONE,
+};
+use agentrt_kernels::table::{ATTN_CHUNK, ATTN_THREADS, GEMV_THREADS, GEMV_TOKENS, SAMPLE_THREADS};
 use agentrt_kernels::{DeviceKernels, PtxCache};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream};
@@ -22,9 +26,7 @@ use crate::engine::weights::WeightStore;
 const MAX_BATCH: usize = 256;
 /// Context used when `AGENTRT_CUDA_CONTEXT` is not set and the model allows more.
 const DEFAULT_CONTEXT: usize = 8192;
-const NORM_THREADS: u32 = 256;
-const GEMV_THREADS: u32 = 256;
-const ACT_GELU_TANH: i32 = 1;
+const EMBED_THREADS: u32 = 256;
 
 /// Device addresses of one layer's tensors (0 where the architecture has none).
 #[derive(Debug, Clone, Copy)]
@@ -51,19 +53,22 @@ struct LayerAddrs {
 enum Owned {
     Half(CudaSlice<u16>),
     Float(CudaSlice<f32>),
+    Int(CudaSlice<i32>),
 }
 
 /// Activation and scratch buffers (addresses into `State`'s and the model's allocations).
 #[derive(Debug, Clone, Copy)]
 struct Scratch {
     x: u64,
-    normed: u64,
-    qkv: u64,
+    /// Queries (RoPE applied), `[n][q_dim]`; keys and values go straight to the cache.
+    q: u64,
     attn: u64,
     hidden: u64,
     logits: u64,
     part_o: u64,
     part_ml: u64,
+    /// Per-head counters of finished attention chunks (zero between launches).
+    done: u64,
     tokens: u64,
     pos0: u64,
     sampled: u64,
@@ -178,9 +183,7 @@ impl CudaModel {
             + if tied { 0 } else { vocab * dim };
         let weight_bytes = weight_elements as u64 * 2;
         let kv_bytes = (spec.n_layer * 2 * spec.kv_dim() * capacity * 2) as u64;
-        let scratch_bytes = (MAX_BATCH * (2 * dim + spec.qkv_dim() + spec.q_dim() + spec.ffn_dim)
-            + vocab) as u64
-            * 4;
+        let scratch_bytes = (MAX_BATCH * (dim + 2 * spec.q_dim() + spec.ffn_dim) + vocab) as u64 * 4;
         let (free, _total) = ctx.mem_get_info()?;
         let free = memory_limit.map_or(free as u64, |l| l.min(free as u64));
         // cuBLAS-free, but the context, modules and graphs take some memory of their own.
@@ -342,25 +345,34 @@ impl CudaModel {
             Ok(a)
         };
         let x = buf(MAX_BATCH * dim, &mut owned)?;
-        let normed = buf(MAX_BATCH * dim.max(spec.q_dim()), &mut owned)?;
-        let qkv = buf(MAX_BATCH * spec.qkv_dim(), &mut owned)?;
+        let q = buf(MAX_BATCH * spec.q_dim(), &mut owned)?;
         let attn = buf(MAX_BATCH * spec.q_dim(), &mut owned)?;
         let hidden = buf(MAX_BATCH * spec.ffn_dim, &mut owned)?;
         let part_o = buf(spec.n_head * max_splits * spec.head_dim, &mut owned)?;
         let part_ml = buf(spec.n_head * max_splits * 2, &mut owned)?;
+        let done: CudaSlice<i32> = s.alloc_zeros(spec.n_head)?;
+        let done_addr = addr(&done, s);
+        owned.push(Owned::Int(done));
+        // The input norm is normalised into shared memory per group of tokens; wide models
+        // need more than the default 48 KiB.
+        let gemv_shared = (GEMV_TOKENS * dim.max(spec.ffn_dim) * 4) as i32;
+        kernels.function("gemv")?.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            gemv_shared,
+        )?;
         let tokens: CudaSlice<i32> = s.alloc_zeros(MAX_BATCH)?;
         let pos0: CudaSlice<i32> = s.alloc_zeros(1)?;
         let sampled: CudaSlice<i32> = s.alloc_zeros(1)?;
         let logits: CudaSlice<f32> = s.alloc_zeros(vocab)?;
         let scratch = Scratch {
             x,
-            normed,
-            qkv,
+            q,
             attn,
             hidden,
             logits: addr(&logits, s),
             part_o,
             part_ml,
+            done: done_addr,
             tokens: addr(&tokens, s),
             pos0: addr(&pos0, s),
             sampled: addr(&sampled, s),
@@ -399,22 +411,15 @@ impl CudaModel {
         Ok(self.kernels.function(name)?)
     }
 
-    fn norm(&self, w: u64, b: u64, x: u64, out: u64, rows: usize) -> Result<(), GpuError> {
-        let (s, dim, eps) = (&self.stream, self.spec.dim as i32, self.spec.eps);
-        let grid = (rows as u32, 1, 1);
-        match self.spec.norm {
-            NormKind::Rms => {
-                launch!(s, self.f("rms_norm")?, grid, NORM_THREADS, 0; x, w, out, dim, eps)?
-            }
-            NormKind::Layer => {
-                launch!(s, self.f("layer_norm")?, grid, NORM_THREADS, 0; x, w, b, out, dim, eps)?
-            }
-        }
+    fn gemv(&self, a: GemvArgs) -> Result<(), GpuError> {
+        let grid = (a.blocks(), 1, 1);
+        launch!(&self.stream, self.f("gemv")?, grid, GEMV_THREADS, a.shared_bytes(); a)?;
         Ok(())
     }
 
+    /// A PLAIN product `y = act(W x + bias) + residual`, optionally of the normed input.
     #[allow(clippy::too_many_arguments)]
-    fn gemv(
+    fn plain(
         &self,
         w: u64,
         x: u64,
@@ -425,11 +430,36 @@ impl CudaModel {
         cols: usize,
         n: usize,
         act: i32,
-    ) -> Result<(), GpuError> {
-        let grid = ((rows as u32 * 32).div_ceil(GEMV_THREADS), 1, 1);
-        launch!(&self.stream, self.f("gemv_f16")?, grid, GEMV_THREADS, 0;
-            w, x, y, bias, residual, rows as i32, cols as i32, n as i32, act)?;
-        Ok(())
+    ) -> GemvArgs {
+        GemvArgs {
+            w,
+            x,
+            y,
+            bias,
+            residual,
+            rows: rows as i32,
+            cols: cols as i32,
+            n_tokens: n as i32,
+            y_stride: rows as i32,
+            mode: MODE_PLAIN,
+            act,
+            norm: NORM_NONE,
+            ..Default::default()
+        }
+    }
+
+    /// `a` with the model's input norm (weights `w`, bias `b`) applied to its `x` first.
+    fn normed(&self, a: GemvArgs, w: u64, b: u64) -> GemvArgs {
+        GemvArgs {
+            norm: match self.spec.norm {
+                NormKind::Rms => NORM_RMS,
+                NormKind::Layer => NORM_LAYER,
+            },
+            norm_w: w,
+            norm_b: b,
+            eps: self.spec.eps,
+            ..a
+        }
     }
 
     /// Every kernel of one forward pass over `n` tokens whose ids and first position are
@@ -439,50 +469,57 @@ impl CudaModel {
         let sp = &self.spec;
         let b = self.scratch;
         let s = &self.stream;
-        let (dim, q_dim, qkv_dim, hd) = (sp.dim, sp.q_dim(), sp.qkv_dim(), sp.head_dim);
-        let n_i = n as i32;
-        launch!(s, self.f("embed")?, (n as u32, 1, 1), NORM_THREADS, 0;
+        let (dim, q_dim, hd) = (sp.dim, sp.q_dim(), sp.head_dim);
+        launch!(s, self.f("embed")?, (n as u32, 1, 1), EMBED_THREADS, 0;
             self.embed, self.positions, b.tokens, b.pos0, b.x, dim as i32, sp.vocab as i32,
             sp.learned_positions.unwrap_or(self.capacity) as i32)?;
-        let rope_mode: i32 = match sp.rope {
-            None => 0,
-            Some((RopeLayout::Interleaved, _)) => 1,
-            Some((RopeLayout::HalfSplit, _)) => 2,
+        let rope = match sp.rope {
+            None => ROPE_NONE,
+            Some((RopeLayout::Interleaved, _)) => ROPE_INTERLEAVED,
+            Some((RopeLayout::HalfSplit, _)) => ROPE_HALF_SPLIT,
         };
         let group = (sp.n_head / sp.n_kv_head) as i32;
         let scale = 1.0 / (hd as f32).sqrt();
         for l in &self.layers {
-            self.norm(l.norm1_w, l.norm1_b, b.x, b.normed, n)?;
-            self.gemv(l.qkv, b.normed, b.qkv, l.qkv_b, 0, qkv_dim, dim, n, 0)?;
-            launch!(s, self.f("rope_store_kv")?, (n as u32, 1, 1), ATTN_THREADS, 0;
-                b.qkv, qkv_dim as i32, l.k_cache, l.v_cache, b.pos0, self.inv_freq,
-                sp.n_head as i32, sp.n_kv_head as i32, hd as i32, self.capacity as i32, rope_mode)?;
+            // norm → Q/K/V with RoPE; keys and values straight into the cache.
+            let qkv = GemvArgs {
+                mode: MODE_QKV,
+                y_stride: q_dim as i32,
+                pos0: b.pos0,
+                inv_freq: self.inv_freq,
+                kcache: l.k_cache,
+                vcache: l.v_cache,
+                n_head: sp.n_head as i32,
+                n_kv_head: sp.n_kv_head as i32,
+                head_dim: hd as i32,
+                capacity: self.capacity as i32,
+                rope,
+                ..self.plain(l.qkv, b.x, b.q, l.qkv_b, 0, sp.qkv_dim(), dim, n, ACT_NONE)
+            };
+            self.gemv(self.normed(qkv, l.norm1_w, l.norm1_b))?;
             match decode_splits {
                 Some(splits) => {
-                    launch!(s, self.f("attn_decode_partial")?, (sp.n_head as u32, splits as u32, 1),
+                    launch!(s, self.f("attn_decode")?, (sp.n_head as u32, splits as u32, 1),
                         ATTN_THREADS, 0;
-                        b.qkv, l.k_cache, l.v_cache, b.part_o, b.part_ml, b.pos0, group, hd as i32,
-                        self.capacity as i32, self.max_splits as i32, scale)?;
-                    launch!(s, self.f("attn_decode_reduce")?, (sp.n_head as u32, 1, 1), ATTN_THREADS, 0;
-                        b.part_o, b.part_ml, b.attn, b.pos0, hd as i32, self.max_splits as i32)?;
+                        b.q, l.k_cache, l.v_cache, b.part_o, b.part_ml, b.done, b.attn, b.pos0,
+                        group, hd as i32, self.capacity as i32, self.max_splits as i32, scale)?;
                 }
                 None => {
                     launch!(s, self.f("attn_prefill")?, (n as u32, sp.n_head as u32, 1), ATTN_THREADS, 0;
-                        b.qkv, qkv_dim as i32, l.k_cache, l.v_cache, b.attn, q_dim as i32, b.pos0,
+                        b.q, q_dim as i32, l.k_cache, l.v_cache, b.attn, q_dim as i32, b.pos0,
                         group, hd as i32, self.capacity as i32, scale)?;
                 }
             }
-            self.gemv(l.wo, b.attn, b.x, l.wo_b, b.x, dim, q_dim, n, 0)?;
-            self.norm(l.norm2_w, l.norm2_b, b.x, b.normed, n)?;
-            match sp.ffn {
-                FfnKind::SwiGlu => {
-                    let grid = ((sp.ffn_dim as u32 * 32).div_ceil(GEMV_THREADS), 1, 1);
-                    launch!(s, self.f("gemv_swiglu_f16")?, grid, GEMV_THREADS, 0;
-                        l.ffn_in, b.normed, b.hidden, sp.ffn_dim as i32, dim as i32, n_i)?;
-                }
-                FfnKind::GeluTanh => self.gemv(
+            self.gemv(self.plain(l.wo, b.attn, b.x, l.wo_b, b.x, dim, q_dim, n, ACT_NONE))?;
+            let ffn_in = match sp.ffn {
+                FfnKind::SwiGlu => GemvArgs {
+                    mode: MODE_SWIGLU,
+                    y_stride: sp.ffn_dim as i32,
+                    ..self.plain(l.ffn_in, b.x, b.hidden, 0, 0, 2 * sp.ffn_dim, dim, n, ACT_NONE)
+                },
+                FfnKind::GeluTanh => self.plain(
                     l.ffn_in,
-                    b.normed,
+                    b.x,
                     b.hidden,
                     l.ffn_in_b,
                     0,
@@ -490,13 +527,14 @@ impl CudaModel {
                     dim,
                     n,
                     ACT_GELU_TANH,
-                )?,
-            }
-            self.gemv(l.ffn_out, b.hidden, b.x, l.ffn_out_b, b.x, dim, sp.ffn_dim, n, 0)?;
+                ),
+            };
+            self.gemv(self.normed(ffn_in, l.norm2_w, l.norm2_b))?;
+            self.gemv(self.plain(l.ffn_out, b.hidden, b.x, l.ffn_out_b, b.x, dim, sp.ffn_dim, n, ACT_NONE))?;
         }
         let last = b.x + ((n - 1) * dim * 4) as u64;
-        self.norm(self.out_norm_w, self.out_norm_b, last, b.normed, 1)?;
-        self.gemv(self.head, b.normed, b.logits, 0, 0, sp.vocab, dim, 1, 0)?;
+        let head = self.plain(self.head, last, b.logits, 0, 0, sp.vocab, dim, 1, ACT_NONE);
+        self.gemv(self.normed(head, self.out_norm_w, self.out_norm_b))?;
         Ok(())
     }
 

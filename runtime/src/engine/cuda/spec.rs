@@ -147,9 +147,10 @@ impl Spec {
     /// Reject what the kernels cannot run, before any device memory is taken.
     pub fn check_supported(&self) -> Result<(), String> {
         let max_hd = agentrt_kernels::table::MAX_HEAD_DIM;
-        if self.head_dim > max_hd || !self.head_dim.is_multiple_of(2) {
+        // Cached key rows are read 8 values (16 bytes) at a time.
+        if self.head_dim > max_hd || !self.head_dim.is_multiple_of(8) {
             return Err(format!(
-                "head size {} is not supported on the GPU (even, at most {max_hd})",
+                "head size {} is not supported on the GPU (a multiple of 8, at most {max_hd})",
                 self.head_dim
             ));
         }

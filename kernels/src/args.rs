@@ -1,0 +1,73 @@
+//! Argument blocks passed by value to kernels with many parameters, laid out as their C
+//! structs (`#[repr(C)]`, pointers first). The PTX test checks each size against the
+//! parameter NVRTC emits.
+
+use cudarc::driver::DeviceRepr;
+
+/// What the GEMV kernel does around the products (`MODE_*` in gemv.cu).
+pub const MODE_PLAIN: i32 = 0;
+pub const MODE_SWIGLU: i32 = 1;
+pub const MODE_QKV: i32 = 2;
+/// Input normalisation (`NORM_*`).
+pub const NORM_NONE: i32 = 0;
+pub const NORM_RMS: i32 = 1;
+pub const NORM_LAYER: i32 = 2;
+/// Rotary layout (`ROPE_*`).
+pub const ROPE_NONE: i32 = 0;
+pub const ROPE_INTERLEAVED: i32 = 1;
+pub const ROPE_HALF_SPLIT: i32 = 2;
+/// Activation of MODE_PLAIN.
+pub const ACT_NONE: i32 = 0;
+pub const ACT_GELU_TANH: i32 = 1;
+
+/// `struct GemvArgs` of gemv.cu: device addresses (0 for absent) and sizes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GemvArgs {
+    pub w: u64,
+    pub x: u64,
+    pub y: u64,
+    pub bias: u64,
+    pub residual: u64,
+    pub norm_w: u64,
+    pub norm_b: u64,
+    pub pos0: u64,
+    pub inv_freq: u64,
+    pub kcache: u64,
+    pub vcache: u64,
+    pub rows: i32,
+    pub cols: i32,
+    pub n_tokens: i32,
+    pub y_stride: i32,
+    pub mode: i32,
+    pub act: i32,
+    pub norm: i32,
+    pub eps: f32,
+    pub n_head: i32,
+    pub n_kv_head: i32,
+    pub head_dim: i32,
+    pub capacity: i32,
+    pub rope: i32,
+}
+
+// SAFETY: plain old data with the C layout of the kernel's parameter.
+unsafe impl DeviceRepr for GemvArgs {}
+
+impl GemvArgs {
+    /// Blocks to launch: one per pair of weight rows.
+    pub fn blocks(&self) -> u32 {
+        match self.mode {
+            MODE_SWIGLU => (self.rows / 2) as u32,
+            _ => (self.rows as u32).div_ceil(2),
+        }
+    }
+
+    /// Dynamic shared memory: the normalised activations of one group of tokens.
+    pub fn shared_bytes(&self) -> u32 {
+        if self.norm == NORM_NONE {
+            0
+        } else {
+            (self.n_tokens.min(crate::table::GEMV_TOKENS as i32) * self.cols) as u32 * 4
+        }
+    }
+}
