@@ -79,7 +79,7 @@ if want memcheck; then
     step "compute-sanitizer memcheck"
     if command -v compute-sanitizer >/dev/null; then
         logged memcheck timeout "${AGENTRT_MEMCHECK_TIMEOUT:-600}" compute-sanitizer --tool memcheck --error-exitcode 9 \
-            "$BIN/cuda_engine" --test-threads 1 embedding gemv qkv_projection attention dequantisation \
+            "$BIN/cuda_engine" --test-threads 1 norms embedding gemv qkv_projection attention dequantisation \
             device_sampling the_engine_runs_on_the_gpu || status=1
     else
         echo "compute-sanitizer is not installed: skipped"

@@ -8,10 +8,6 @@ use cudarc::driver::DeviceRepr;
 pub const MODE_PLAIN: i32 = 0;
 pub const MODE_SWIGLU: i32 = 1;
 pub const MODE_QKV: i32 = 2;
-/// Input normalisation (`NORM_*`).
-pub const NORM_NONE: i32 = 0;
-pub const NORM_RMS: i32 = 1;
-pub const NORM_LAYER: i32 = 2;
 /// Rotary layout (`ROPE_*`).
 pub const ROPE_NONE: i32 = 0;
 pub const ROPE_INTERLEAVED: i32 = 1;
@@ -29,8 +25,6 @@ pub struct GemvArgs {
     pub y: u64,
     pub bias: u64,
     pub residual: u64,
-    pub norm_w: u64,
-    pub norm_b: u64,
     pub pos0: u64,
     pub inv_freq: u64,
     pub kcache: u64,
@@ -41,8 +35,6 @@ pub struct GemvArgs {
     pub y_stride: i32,
     pub mode: i32,
     pub act: i32,
-    pub norm: i32,
-    pub eps: f32,
     pub n_head: i32,
     pub n_kv_head: i32,
     pub head_dim: i32,
@@ -54,20 +46,12 @@ pub struct GemvArgs {
 unsafe impl DeviceRepr for GemvArgs {}
 
 impl GemvArgs {
-    /// Blocks to launch: one per pair of weight rows.
+    /// Blocks to launch: one warp per pair of weight rows, GEMV_WARPS pairs per block.
     pub fn blocks(&self) -> u32 {
-        match self.mode {
+        let pairs = match self.mode {
             MODE_SWIGLU => (self.rows / 2) as u32,
             _ => (self.rows as u32).div_ceil(2),
-        }
-    }
-
-    /// Dynamic shared memory: the normalised activations of one group of tokens.
-    pub fn shared_bytes(&self) -> u32 {
-        if self.norm == NORM_NONE {
-            0
-        } else {
-            (self.n_tokens.min(crate::table::GEMV_TOKENS as i32) * self.cols) as u32 * 4
-        }
+        };
+        pairs.div_ceil(crate::table::GEMV_THREADS / 32)
     }
 }

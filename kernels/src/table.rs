@@ -22,6 +22,12 @@ pub const EMBED: KernelSource = KernelSource {
     functions: &["embed"],
 };
 
+pub const NORM: KernelSource = KernelSource {
+    name: "norm",
+    text: include_str!("cuda/norm.cu"),
+    functions: &["row_norm"],
+};
+
 pub const ATTENTION: KernelSource = KernelSource {
     name: "attention",
     text: include_str!("cuda/attention.cu"),
@@ -47,7 +53,7 @@ pub const SAMPLING: KernelSource = KernelSource {
 };
 
 /// Every module, in the order they are compiled.
-pub const ALL: [KernelSource; 5] = [EMBED, ATTENTION, GEMV, DEQUANT, SAMPLING];
+pub const ALL: [KernelSource; 6] = [EMBED, NORM, ATTENTION, GEMV, DEQUANT, SAMPLING];
 
 /// Positions per decode-attention chunk (`ATTN_CHUNK` in attention.cu).
 pub const ATTN_CHUNK: usize = 128;
@@ -57,8 +63,11 @@ pub const ATTN_THREADS: u32 = 128;
 pub const MAX_HEAD_DIM: usize = 256;
 /// Tokens per pass of the GEMV kernel (`GEMV_TOKENS`).
 pub const GEMV_TOKENS: usize = 4;
-/// Threads per GEMV block (`GEMV_THREADS`); each block computes two weight rows.
-pub const GEMV_THREADS: u32 = 256;
+/// Threads per GEMV block (`GEMV_THREADS`); each warp computes two weight rows.
+pub const GEMV_THREADS: u32 = 128;
+/// Threads of the norm kernel (`NORM_THREADS`) and most values each holds (`NORM_PER_THREAD`).
+pub const NORM_THREADS: u32 = 1024;
+pub const NORM_PER_THREAD: usize = 16;
 /// Threads of the one-block sampling kernels (`SAMPLE_THREADS`).
 pub const SAMPLE_THREADS: u32 = 1024;
 /// Most candidates the device sampler considers (`SAMPLE_MAX_K`).
@@ -96,6 +105,8 @@ mod tests {
         assert_eq!(define(ATTENTION.text, "MAX_HEAD_DIM"), MAX_HEAD_DIM);
         assert_eq!(define(GEMV.text, "GEMV_TOKENS"), GEMV_TOKENS);
         assert_eq!(define(GEMV.text, "GEMV_THREADS"), GEMV_THREADS as usize);
+        assert_eq!(define(NORM.text, "NORM_THREADS"), NORM_THREADS as usize);
+        assert_eq!(define(NORM.text, "NORM_PER_THREAD"), NORM_PER_THREAD);
         assert_eq!(
             define(SAMPLING.text, "SAMPLE_THREADS"),
             SAMPLE_THREADS as usize

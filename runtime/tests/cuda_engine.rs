@@ -16,10 +16,12 @@ use agentrt::engine::quant::{GgmlType, dequantize_row, quantize_row};
 use agentrt::engine::synthetic::SyntheticSpec;
 use agentrt::engine::{Device, LoadedModel};
 use agentrt_kernels::args::{
-    ACT_GELU_TANH, ACT_NONE, GemvArgs, MODE_PLAIN, MODE_QKV, MODE_SWIGLU, NORM_LAYER, NORM_NONE,
-    NORM_RMS, ROPE_HALF_SPLIT, ROPE_INTERLEAVED, ROPE_NONE,
+    ACT_GELU_TANH, ACT_NONE, GemvArgs, MODE_PLAIN, MODE_QKV, MODE_SWIGLU, ROPE_HALF_SPLIT,
+    ROPE_INTERLEAVED, ROPE_NONE,
 };
-use agentrt_kernels::table::{ATTN_CHUNK, ATTN_THREADS, GEMV_THREADS, SAMPLE_MAX_K, SAMPLE_THREADS};
+use agentrt_kernels::table::{
+    ATTN_CHUNK, ATTN_THREADS, GEMV_THREADS, NORM_THREADS, SAMPLE_MAX_K, SAMPLE_THREADS,
+};
 use agentrt_kernels::{DeviceKernels, PtxCache};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use half::f16;
@@ -147,35 +149,43 @@ fn gemv_ref(w: &[f32], x: &[f32], rows: usize, cols: usize, t: usize) -> Vec<f64
 
 fn launch_gemv(g: &Gpu, a: GemvArgs) {
     let f = g.kernels.function("gemv").expect("gemv");
-    f.set_attribute(
-        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        64 * 1024,
-    )
-    .expect("shared memory attribute");
     let mut b = g.stream.launch_builder(f);
     b.arg(&a);
     let cfg = LaunchConfig {
         grid_dim: (a.blocks(), 1, 1),
         block_dim: (GEMV_THREADS, 1, 1),
-        shared_mem_bytes: a.shared_bytes(),
+        shared_mem_bytes: 0,
     };
     unsafe { b.launch(cfg) }.expect("gemv launch");
     g.stream.synchronize().expect("gemv");
 }
 
-/// The CPU's input norm of `n` rows (None: the rows unchanged).
-fn cpu_norm(x: &[f32], norm: i32, w: &[f32], b: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    match norm {
-        NORM_RMS => cpu::rms_norm(x, w, 1e-5, &mut out),
-        NORM_LAYER => cpu::layer_norm(x, w, b, 1e-5, &mut out),
-        _ => out.copy_from_slice(x),
+#[test]
+fn norms_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(11);
+    for dim in [576, 2048, 3000, 8192] {
+        let rows = 5;
+        let x = r.vec(rows * dim, 3.0);
+        let w = r.vec(dim, 1.0);
+        let bias = r.vec(dim, 0.5);
+        let (dx, dw, db) = (g.up(&x), g.up(&w), g.up(&bias));
+        for layer in [0i32, 1] {
+            let out = g.poisoned(rows * dim);
+            run!(g, "row_norm", (rows as u32, 1, 1), NORM_THREADS; g.addr(&dx), g.addr(&dw), g.addr(&db), g.addr(&out), dim as i32, 1e-5f32, layer);
+            let mut want = vec![0f32; rows * dim];
+            if layer == 1 {
+                cpu::layer_norm(&x, &w, &bias, 1e-5, &mut want);
+            } else {
+                cpu::rms_norm(&x, &w, 1e-5, &mut want);
+            }
+            check(&format!("norm {dim} layer {layer}"), &g.down(&out), &want, 1e-6);
+        }
     }
-    out
 }
 
 #[test]
-fn gemv_with_fused_norms_and_epilogues_matches_the_cpu() {
+fn gemv_with_fused_epilogues_matches_the_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(14);
     for (rows, cols, n) in [(96, 576, 1), (301, 2048, 1), (64, 1536, 7), (40, 8, 3), (2048, 2048, 1)] {
@@ -183,13 +193,11 @@ fn gemv_with_fused_norms_and_epilogues_matches_the_cpu() {
         let x = r.vec(n * cols, 1.0);
         let bias = r.vec(rows, 1.0);
         let res = r.vec(n * rows, 1.0);
-        let (nw, nb) = (r.vec(cols, 1.0), r.vec(cols, 0.5));
-        let (dw, dx, db, dnw, dnb) = (g.up(&halves(&w)), g.up(&x), g.up(&bias), g.up(&nw), g.up(&nb));
-        for (act, with_bias, with_res, norm) in [
-            (ACT_NONE, false, false, NORM_NONE),
-            (ACT_NONE, true, true, NORM_NONE),
-            (ACT_GELU_TANH, true, false, NORM_LAYER),
-            (ACT_NONE, false, false, NORM_RMS),
+        let (dw, dx, db) = (g.up(&halves(&w)), g.up(&x), g.up(&bias));
+        for (act, with_bias, with_res) in [
+            (ACT_NONE, false, false),
+            (ACT_NONE, true, true),
+            (ACT_GELU_TANH, true, false),
         ] {
             let y = if with_res { g.up(&res) } else { g.poisoned(n * rows) };
             let a = GemvArgs {
@@ -198,23 +206,18 @@ fn gemv_with_fused_norms_and_epilogues_matches_the_cpu() {
                 y: g.addr(&y),
                 bias: if with_bias { g.addr(&db) } else { 0 },
                 residual: if with_res { g.addr(&y) } else { 0 },
-                norm_w: g.addr(&dnw),
-                norm_b: g.addr(&dnb),
                 rows: rows as i32,
                 cols: cols as i32,
                 n_tokens: n as i32,
                 y_stride: rows as i32,
                 mode: MODE_PLAIN,
                 act,
-                norm,
-                eps: 1e-5,
                 ..Default::default()
             };
             launch_gemv(&g, a);
-            let xn = cpu_norm(&x, norm, &nw, &nb);
             let mut want = Vec::new();
             for t in 0..n {
-                for (i, d) in gemv_ref(&w, &xn, rows, cols, t).into_iter().enumerate() {
+                for (i, d) in gemv_ref(&w, &x, rows, cols, t).into_iter().enumerate() {
                     let mut v = d as f32 + if with_bias { bias[i] } else { 0.0 };
                     if act == ACT_GELU_TANH {
                         let mut one = [v];
@@ -224,9 +227,9 @@ fn gemv_with_fused_norms_and_epilogues_matches_the_cpu() {
                     want.push(v + if with_res { res[t * rows + i] } else { 0.0 });
                 }
             }
-            check(&format!("gemv {rows}x{cols} tokens {n} act {act} bias {with_bias} residual {with_res} norm {norm}"), &g.down(&y), &want, 1e-5);
+            check(&format!("gemv {rows}x{cols} tokens {n} act {act} bias {with_bias} residual {with_res}"), &g.down(&y), &want, 1e-5);
         }
-        // SwiGLU of the RMS-normed input: gate rows then up rows.
+        // SwiGLU: gate rows then up rows.
         let w2 = rounded(&r.vec(2 * rows * cols, 0.5));
         let dw2 = g.up(&halves(&w2));
         let y = g.poisoned(n * rows);
@@ -234,21 +237,17 @@ fn gemv_with_fused_norms_and_epilogues_matches_the_cpu() {
             w: g.addr(&dw2),
             x: g.addr(&dx),
             y: g.addr(&y),
-            norm_w: g.addr(&dnw),
             rows: 2 * rows as i32,
             cols: cols as i32,
             n_tokens: n as i32,
             y_stride: rows as i32,
             mode: MODE_SWIGLU,
-            norm: NORM_RMS,
-            eps: 1e-5,
             ..Default::default()
         };
         launch_gemv(&g, a);
-        let xn = cpu_norm(&x, NORM_RMS, &nw, &nb);
         let mut want = Vec::new();
         for t in 0..n {
-            let all = gemv_ref(&w2, &xn, 2 * rows, cols, t);
+            let all = gemv_ref(&w2, &x, 2 * rows, cols, t);
             let mut gate: Vec<f32> = all[..rows].iter().map(|v| *v as f32).collect();
             let up: Vec<f32> = all[rows..].iter().map(|v| *v as f32).collect();
             cpu::swiglu(&mut gate, &up);
@@ -258,8 +257,8 @@ fn gemv_with_fused_norms_and_epilogues_matches_the_cpu() {
     }
 }
 
-/// The Q/K/V projection with its norm, biases, RoPE (both layouts, or none) and the fp16
-/// cache write, against the CPU's matmul + add_bias + Rope::apply + f16 rounding.
+/// The Q/K/V projection with its biases, RoPE (both layouts, or none) and the fp16 cache
+/// write, against the CPU's matmul + add_bias + Rope::apply + f16 rounding.
 #[test]
 fn qkv_projection_with_rope_and_cache_write_matches_the_cpu() {
     let Some(g) = gpu() else { return };
@@ -276,12 +275,11 @@ fn qkv_projection_with_rope_and_cache_write_matches_the_cpu() {
             let w = rounded(&r.vec(rows * dim, 0.3));
             let x = r.vec(n * dim, 1.0);
             let bias = r.vec(rows, 0.5);
-            let nw = r.vec(dim, 1.0);
             let inv_freq: Vec<f32> = (0..hd / 2)
                 .map(|i| 1.0 / 10_000f32.powf(2.0 * i as f32 / hd as f32))
                 .collect();
-            let (dw, dx, db, dnw, dfreq, dpos) =
-                (g.up(&halves(&w)), g.up(&x), g.up(&bias), g.up(&nw), g.up(&inv_freq), g.up(&[pos0 as i32]));
+            let (dw, dx, db, dfreq, dpos) =
+                (g.up(&halves(&w)), g.up(&x), g.up(&bias), g.up(&inv_freq), g.up(&[pos0 as i32]));
             let q = g.poisoned(n * q_dim);
             let kc = g.up(&vec![0u16; n_kv * cap * hd]);
             let vc = g.up(&vec![0u16; n_kv * cap * hd]);
@@ -290,7 +288,6 @@ fn qkv_projection_with_rope_and_cache_write_matches_the_cpu() {
                 x: g.addr(&dx),
                 y: g.addr(&q),
                 bias: g.addr(&db),
-                norm_w: g.addr(&dnw),
                 pos0: g.addr(&dpos),
                 inv_freq: g.addr(&dfreq),
                 kcache: g.addr(&kc),
@@ -300,8 +297,6 @@ fn qkv_projection_with_rope_and_cache_write_matches_the_cpu() {
                 n_tokens: n as i32,
                 y_stride: q_dim as i32,
                 mode: MODE_QKV,
-                norm: NORM_RMS,
-                eps: 1e-5,
                 n_head: n_head as i32,
                 n_kv_head: n_kv as i32,
                 head_dim: hd as i32,
@@ -310,11 +305,10 @@ fn qkv_projection_with_rope_and_cache_write_matches_the_cpu() {
                 ..Default::default()
             };
             launch_gemv(&g, a);
-            let xn = cpu_norm(&x, NORM_RMS, &nw, &[]);
             let (got_q, got_k, got_v) = (g.down(&q), g.down(&kc), g.down(&vc));
             let (mut want_k, mut got_ks, mut want_v, mut got_vs, mut want_q) = (vec![], vec![], vec![], vec![], vec![]);
             for t in 0..n {
-                let mut row: Vec<f32> = gemv_ref(&w, &xn, rows, dim, t).into_iter().map(|v| v as f32).collect();
+                let mut row: Vec<f32> = gemv_ref(&w, &x, rows, dim, t).into_iter().map(|v| v as f32).collect();
                 cpu::add_bias(&mut row, &bias);
                 let (qr, rest) = row.split_at_mut(q_dim);
                 let (kr, vr) = rest.split_at_mut(kv_dim);

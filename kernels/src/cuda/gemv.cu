@@ -1,30 +1,24 @@
 // Matrix-vector products with fp16 weights and fp32 activations, for decode (one token) and
-// small groups of tokens (prefill, GEMV_TOKENS at a time), with what surrounds a projection
-// fused in so a decoder layer is a handful of launches:
-//   - the input norm (RMSNorm or LayerNorm): each block normalises the activations into shared
-//     memory itself, so no separate norm pass is launched and waited for;
-//   - the epilogue: bias, GELU (tanh) and the residual add (PLAIN); silu(gate) * up (SWIGLU);
-//     for the Q/K/V projection, RoPE on query and key pairs and the fp16 KV-cache write (QKV).
+// small groups of tokens (prefill, GEMV_TOKENS at a time), with what follows a projection
+// fused into the epilogue: bias, GELU (tanh) and the residual add (PLAIN); silu(gate) * up
+// (SWIGLU); for the Q/K/V projection, RoPE on query and key pairs and the fp16 KV-cache
+// write (QKV), so a decoder layer is a handful of launches.
 //
-// Every block computes two weight rows (a "pair": adjacent rows, a gate row and its up row, or
-// the two rows RoPE rotates together), each split over GEMV_KSPLIT warps along the columns so
-// even a 2048-row matrix keeps thousands of warps and enough 16-byte loads in flight to stream
-// the weights at memory speed. Weights are read once per group of tokens, with loads that do
-// not allocate in L1 (the activations live there).
+// One warp per pair of weight rows (adjacent rows, a gate row and its up row, or the two rows
+// RoPE rotates together). For decode each lane issues all its 16-byte loads of a round before
+// any arithmetic (GEMV_UNROLL per row, so a 2048-wide pair is in flight at once) with loads
+// that do not allocate in L1, where the activations live; the warp's lane 0 runs the
+// epilogue. Weights are read once per group of tokens.
 #include "common.cuh"
 
 #define GEMV_TOKENS 4
-#define GEMV_THREADS 256
-#define GEMV_KSPLIT 4
+#define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
+#define GEMV_UNROLL 8
 
 #define MODE_PLAIN 0
 #define MODE_SWIGLU 1
 #define MODE_QKV 2
-
-#define NORM_NONE 0
-#define NORM_RMS 1
-#define NORM_LAYER 2
 
 #define ROPE_NONE 0
 #define ROPE_INTERLEAVED 1
@@ -37,8 +31,6 @@ struct GemvArgs {
     float* y;                // [n_tokens][y_stride]
     const float* bias;       // [rows] or null
     const float* residual;   // [n_tokens][y_stride] or null (PLAIN; may equal y)
-    const float* norm_w;     // [cols] when norm != NORM_NONE
-    const float* norm_b;     // [cols] for NORM_LAYER
     const int* pos0;         // QKV: position of token 0
     const float* inv_freq;   // QKV with RoPE: [head_dim / 2]
     f16_t* kcache;           // QKV: [n_kv_head][capacity][head_dim]
@@ -49,8 +41,6 @@ struct GemvArgs {
     int y_stride;
     int mode;
     int act;                 // PLAIN: 0 none, 1 GELU (tanh)
-    int norm;
-    float eps;
     int n_head;              // QKV
     int n_kv_head;
     int head_dim;
@@ -93,57 +83,41 @@ __device__ __forceinline__ void fma8(const uint4 w, const float* const* xs, int 
     }
 }
 
-// This warp's share (`part` of GEMV_KSPLIT) of one row's dot products with NT activation rows.
-// The KSPLIT warps of a row read interleaved 512-byte runs, so together they read 2 KiB
-// contiguous per step; four steps are issued before any arithmetic.
-template <int NT>
-__device__ __forceinline__ void row_dots(const uint4* __restrict__ row, int n8, int part,
-                                         const float* const* xs, float* acc) {
+// Dot products of two rows (a, b: cols/8 16-byte words each) with NT activation rows, summed
+// over the warp. U words per lane and row are loaded before they are used.
+template <int NT, int U>
+__device__ __forceinline__ void pair_dots(const uint4* __restrict__ ra, const uint4* __restrict__ rb,
+                                          int n8, const float* const* xs, float* acc_a, float* acc_b) {
     const int lane = threadIdx.x & 31;
-    const int stride = 32 * GEMV_KSPLIT;
 #pragma unroll
-    for (int tt = 0; tt < NT; ++tt) acc[tt] = 0.0f;
-    int j = part * 32 + lane;
-    for (; j + 3 * stride < n8; j += 4 * stride) {
-        const uint4 w0 = ld_weights(row + j), w1 = ld_weights(row + j + stride),
-                    w2 = ld_weights(row + j + 2 * stride), w3 = ld_weights(row + j + 3 * stride);
-        fma8<NT>(w0, xs, j, acc);
-        fma8<NT>(w1, xs, j + stride, acc);
-        fma8<NT>(w2, xs, j + 2 * stride, acc);
-        fma8<NT>(w3, xs, j + 3 * stride, acc);
+    for (int tt = 0; tt < NT; ++tt) {
+        acc_a[tt] = 0.0f;
+        acc_b[tt] = 0.0f;
     }
-    for (; j < n8; j += stride) fma8<NT>(ld_weights(row + j), xs, j, acc);
+    for (int base = lane; base < n8; base += 32 * U) {
+        uint4 wa[U], wb[U];
 #pragma unroll
-    for (int tt = 0; tt < NT; ++tt) acc[tt] = warp_sum(acc[tt]);
-}
-
-// Normalise activation rows t0 .. t0+nt into `out` ([nt][cols]) as the CPU engine does:
-// x / rms * w, or (x - mean) / sd * w + b with the biased variance.
-__device__ void normalise(const GemvArgs& a, int t0, int nt, float* out, float* scratch) {
-    const int cols = a.cols;
-    for (int tt = 0; tt < nt; ++tt) {
-        const float* xr = a.x + (size_t)(t0 + tt) * cols;
-        float mean = 0.0f;
-        if (a.norm == NORM_LAYER) {
-            float s = 0.0f;
-            for (int c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
-            mean = block_sum(s, scratch) / (float)cols;
+        for (int u = 0; u < U; ++u) {
+            const int j = base + 32 * u;
+            if (j < n8) {
+                wa[u] = ld_weights(ra + j);
+                wb[u] = ld_weights(rb + j);
+            }
         }
-        float v = 0.0f;
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-            const float d = xr[c] - mean;
-            v += d * d;
-        }
-        const float sd = sqrtf(block_sum(v, scratch) / (float)cols + a.eps);
-        float* o = out + (size_t)tt * cols;
-        if (a.norm == NORM_LAYER) {
-            for (int c = threadIdx.x; c < cols; c += blockDim.x)
-                o[c] = (xr[c] - mean) / sd * a.norm_w[c] + a.norm_b[c];
-        } else {
-            for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = xr[c] / sd * a.norm_w[c];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = base + 32 * u;
+            if (j < n8) {
+                fma8<NT>(wa[u], xs, j, acc_a);
+                fma8<NT>(wb[u], xs, j, acc_b);
+            }
         }
     }
-    __syncthreads();
+#pragma unroll
+    for (int tt = 0; tt < NT; ++tt) {
+        acc_a[tt] = warp_sum(acc_a[tt]);
+        acc_b[tt] = warp_sum(acc_b[tt]);
+    }
 }
 
 // Where a QKV pair sits: its two weight rows, its region (0 q, 1 k, 2 v) and its RoPE
@@ -182,15 +156,14 @@ __device__ __forceinline__ QkvPair qkv_pair(const GemvArgs& a, int pair) {
     return p;
 }
 
-// The weight row a block's `slot` (0 or 1) computes, or -1 past the end.
-__device__ __forceinline__ int slot_row(const GemvArgs& a, int pair, int slot) {
-    if (a.mode == MODE_SWIGLU) return slot == 0 ? pair : a.rows / 2 + pair;
+// The two weight rows of `pair` (the second is -1 past the end of an odd PLAIN matrix).
+__device__ __forceinline__ int2 pair_rows(const GemvArgs& a, int pair) {
+    if (a.mode == MODE_SWIGLU) return make_int2(pair, a.rows / 2 + pair);
     if (a.mode == MODE_QKV) {
         const QkvPair p = qkv_pair(a, pair);
-        return slot == 0 ? p.ra : p.rb;
+        return make_int2(p.ra, p.rb);
     }
-    const int r = 2 * pair + slot;
-    return r < a.rows ? r : -1;
+    return make_int2(2 * pair, 2 * pair + 1 < a.rows ? 2 * pair + 1 : -1);
 }
 
 __device__ void epilogue(const GemvArgs& a, int pair, int t, float v0, float v1) {
@@ -242,51 +215,33 @@ __device__ void epilogue(const GemvArgs& a, int pair, int t, float v0, float v1)
     dst[kb % a.head_dim] = f2h(x1);
 }
 
-// One block per pair; dynamic shared memory holds the normalised activations when a.norm is
-// set (min(n_tokens, GEMV_TOKENS) * cols floats).
+// One warp per pair of rows, GEMV_WARPS pairs per block.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const GemvArgs a) {
-    extern __shared__ float normed[];
-    __shared__ float sums[GEMV_WARPS][GEMV_TOKENS];
-    __shared__ float scratch[32];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int slot = warp / GEMV_KSPLIT, part = warp % GEMV_KSPLIT;
-    const int pair = blockIdx.x;
-    const int row = slot_row(a, pair, slot);
-    const uint4* wrow = (const uint4*)(a.w + (size_t)(row < 0 ? 0 : row) * a.cols);
+    const int pair = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    const int pairs = a.mode == MODE_SWIGLU ? a.rows / 2 : (a.rows + 1) / 2;
+    if (pair >= pairs) return;
+    const int2 rows = pair_rows(a, pair);
+    const uint4* ra = (const uint4*)(a.w + (size_t)rows.x * a.cols);
+    // A missing second row (odd PLAIN matrix) reads the first again; its result is dropped.
+    const uint4* rb = (const uint4*)(a.w + (size_t)(rows.y < 0 ? rows.x : rows.y) * a.cols);
     const int n8 = a.cols >> 3;
+    const bool lead = (threadIdx.x & 31) == 0;
+    if (a.n_tokens == 1) {
+        const float* xs[1] = {a.x};
+        float va[1], vb[1];
+        pair_dots<1, GEMV_UNROLL>(ra, rb, n8, xs, va, vb);
+        if (lead) epilogue(a, pair, 0, va[0], vb[0]);
+        return;
+    }
     for (int t0 = 0; t0 < a.n_tokens; t0 += GEMV_TOKENS) {
         const int nt = min(GEMV_TOKENS, a.n_tokens - t0);
         const float* xs[GEMV_TOKENS];
-        if (a.norm != NORM_NONE) {
-            normalise(a, t0, nt, normed, scratch);
 #pragma unroll
-            for (int tt = 0; tt < GEMV_TOKENS; ++tt) xs[tt] = normed + (size_t)min(tt, nt - 1) * a.cols;
-        } else {
-#pragma unroll
-            for (int tt = 0; tt < GEMV_TOKENS; ++tt) xs[tt] = a.x + (size_t)(t0 + min(tt, nt - 1)) * a.cols;
+        for (int tt = 0; tt < GEMV_TOKENS; ++tt) xs[tt] = a.x + (size_t)(t0 + min(tt, nt - 1)) * a.cols;
+        float va[GEMV_TOKENS], vb[GEMV_TOKENS];
+        pair_dots<GEMV_TOKENS, 2>(ra, rb, n8, xs, va, vb);
+        if (lead) {
+            for (int tt = 0; tt < nt; ++tt) epilogue(a, pair, t0 + tt, va[tt], vb[tt]);
         }
-        float acc[GEMV_TOKENS] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (row >= 0) {
-            if (nt == 1)
-                row_dots<1>(wrow, n8, part, xs, acc);
-            else
-                row_dots<GEMV_TOKENS>(wrow, n8, part, xs, acc);
-        }
-        if (lane == 0) {
-#pragma unroll
-            for (int tt = 0; tt < GEMV_TOKENS; ++tt) sums[warp][tt] = acc[tt];
-        }
-        __syncthreads();
-        if (threadIdx.x < nt) {
-            const int tt = threadIdx.x;
-            float v0 = 0.0f, v1 = 0.0f;
-#pragma unroll
-            for (int p = 0; p < GEMV_KSPLIT; ++p) {
-                v0 += sums[p][tt];
-                v1 += sums[GEMV_KSPLIT + p][tt];
-            }
-            epilogue(a, pair, t0 + tt, v0, v1);
-        }
-        __syncthreads();  // `sums` and `normed` are rewritten by the next group
     }
 }

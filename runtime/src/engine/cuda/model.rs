@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use agentrt_kernels::args::{
-    ACT_GELU_TANH, ACT_NONE, GemvArgs, MODE_PLAIN, MODE_QKV, MODE_SWIGLU, NORM_LAYER, NORM_NONE,
-    NORM_RMS, ROPE_HALF_SPLIT, ROPE_INTERLEAVED, ROPE_NONE,
+    ACT_GELU_TANH, ACT_NONE, GemvArgs, MODE_PLAIN, MODE_QKV, MODE_SWIGLU, ROPE_HALF_SPLIT,
+    ROPE_INTERLEAVED, ROPE_NONE,
 };
-use agentrt_kernels::table::{ATTN_CHUNK, ATTN_THREADS, GEMV_THREADS, GEMV_TOKENS, SAMPLE_THREADS};
+use agentrt_kernels::table::{ATTN_CHUNK, ATTN_THREADS, GEMV_THREADS, NORM_THREADS, SAMPLE_THREADS};
 use agentrt_kernels::{DeviceKernels, PtxCache};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream};
@@ -60,6 +60,8 @@ enum Owned {
 #[derive(Debug, Clone, Copy)]
 struct Scratch {
     x: u64,
+    /// The input norm's output, `[n][dim]`.
+    normed: u64,
     /// Queries (RoPE applied), `[n][q_dim]`; keys and values go straight to the cache.
     q: u64,
     attn: u64,
@@ -183,7 +185,8 @@ impl CudaModel {
             + if tied { 0 } else { vocab * dim };
         let weight_bytes = weight_elements as u64 * 2;
         let kv_bytes = (spec.n_layer * 2 * spec.kv_dim() * capacity * 2) as u64;
-        let scratch_bytes = (MAX_BATCH * (dim + 2 * spec.q_dim() + spec.ffn_dim) + vocab) as u64 * 4;
+        let scratch_bytes =
+            (MAX_BATCH * (2 * dim + 2 * spec.q_dim() + spec.ffn_dim) + vocab) as u64 * 4;
         let (free, _total) = ctx.mem_get_info()?;
         let free = memory_limit.map_or(free as u64, |l| l.min(free as u64));
         // cuBLAS-free, but the context, modules and graphs take some memory of their own.
@@ -345,6 +348,7 @@ impl CudaModel {
             Ok(a)
         };
         let x = buf(MAX_BATCH * dim, &mut owned)?;
+        let normed = buf(MAX_BATCH * dim, &mut owned)?;
         let q = buf(MAX_BATCH * spec.q_dim(), &mut owned)?;
         let attn = buf(MAX_BATCH * spec.q_dim(), &mut owned)?;
         let hidden = buf(MAX_BATCH * spec.ffn_dim, &mut owned)?;
@@ -353,19 +357,13 @@ impl CudaModel {
         let done: CudaSlice<i32> = s.alloc_zeros(spec.n_head)?;
         let done_addr = addr(&done, s);
         owned.push(Owned::Int(done));
-        // The input norm is normalised into shared memory per group of tokens; wide models
-        // need more than the default 48 KiB.
-        let gemv_shared = (GEMV_TOKENS * dim.max(spec.ffn_dim) * 4) as i32;
-        kernels.function("gemv")?.set_attribute(
-            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            gemv_shared,
-        )?;
         let tokens: CudaSlice<i32> = s.alloc_zeros(MAX_BATCH)?;
         let pos0: CudaSlice<i32> = s.alloc_zeros(1)?;
         let sampled: CudaSlice<i32> = s.alloc_zeros(1)?;
         let logits: CudaSlice<f32> = s.alloc_zeros(vocab)?;
         let scratch = Scratch {
             x,
+            normed,
             q,
             attn,
             hidden,
@@ -413,11 +411,11 @@ impl CudaModel {
 
     fn gemv(&self, a: GemvArgs) -> Result<(), GpuError> {
         let grid = (a.blocks(), 1, 1);
-        launch!(&self.stream, self.f("gemv")?, grid, GEMV_THREADS, a.shared_bytes(); a)?;
+        launch!(&self.stream, self.f("gemv")?, grid, GEMV_THREADS, 0; a)?;
         Ok(())
     }
 
-    /// A PLAIN product `y = act(W x + bias) + residual`, optionally of the normed input.
+    /// A PLAIN product `y = act(W x + bias) + residual`.
     #[allow(clippy::too_many_arguments)]
     fn plain(
         &self,
@@ -443,23 +441,16 @@ impl CudaModel {
             y_stride: rows as i32,
             mode: MODE_PLAIN,
             act,
-            norm: NORM_NONE,
             ..Default::default()
         }
     }
 
-    /// `a` with the model's input norm (weights `w`, bias `b`) applied to its `x` first.
-    fn normed(&self, a: GemvArgs, w: u64, b: u64) -> GemvArgs {
-        GemvArgs {
-            norm: match self.spec.norm {
-                NormKind::Rms => NORM_RMS,
-                NormKind::Layer => NORM_LAYER,
-            },
-            norm_w: w,
-            norm_b: b,
-            eps: self.spec.eps,
-            ..a
-        }
+    /// The model's input norm (weights `w`, bias `b`) of `rows` rows of `x` into `out`.
+    fn norm(&self, w: u64, b: u64, x: u64, out: u64, rows: usize) -> Result<(), GpuError> {
+        let layer = i32::from(self.spec.norm == NormKind::Layer);
+        launch!(&self.stream, self.f("row_norm")?, (rows as u32, 1, 1), NORM_THREADS, 0;
+            x, w, b, out, self.spec.dim as i32, self.spec.eps, layer)?;
+        Ok(())
     }
 
     /// Every kernel of one forward pass over `n` tokens whose ids and first position are
@@ -494,9 +485,10 @@ impl CudaModel {
                 head_dim: hd as i32,
                 capacity: self.capacity as i32,
                 rope,
-                ..self.plain(l.qkv, b.x, b.q, l.qkv_b, 0, sp.qkv_dim(), dim, n, ACT_NONE)
+                ..self.plain(l.qkv, b.normed, b.q, l.qkv_b, 0, sp.qkv_dim(), dim, n, ACT_NONE)
             };
-            self.gemv(self.normed(qkv, l.norm1_w, l.norm1_b))?;
+            self.norm(l.norm1_w, l.norm1_b, b.x, b.normed, n)?;
+            self.gemv(qkv)?;
             match decode_splits {
                 Some(splits) => {
                     launch!(s, self.f("attn_decode")?, (sp.n_head as u32, splits as u32, 1),
@@ -515,11 +507,11 @@ impl CudaModel {
                 FfnKind::SwiGlu => GemvArgs {
                     mode: MODE_SWIGLU,
                     y_stride: sp.ffn_dim as i32,
-                    ..self.plain(l.ffn_in, b.x, b.hidden, 0, 0, 2 * sp.ffn_dim, dim, n, ACT_NONE)
+                    ..self.plain(l.ffn_in, b.normed, b.hidden, 0, 0, 2 * sp.ffn_dim, dim, n, ACT_NONE)
                 },
                 FfnKind::GeluTanh => self.plain(
                     l.ffn_in,
-                    b.x,
+                    b.normed,
                     b.hidden,
                     l.ffn_in_b,
                     0,
@@ -529,12 +521,13 @@ impl CudaModel {
                     ACT_GELU_TANH,
                 ),
             };
-            self.gemv(self.normed(ffn_in, l.norm2_w, l.norm2_b))?;
+            self.norm(l.norm2_w, l.norm2_b, b.x, b.normed, n)?;
+            self.gemv(ffn_in)?;
             self.gemv(self.plain(l.ffn_out, b.hidden, b.x, l.ffn_out_b, b.x, dim, sp.ffn_dim, n, ACT_NONE))?;
         }
         let last = b.x + ((n - 1) * dim * 4) as u64;
-        let head = self.plain(self.head, last, b.logits, 0, 0, sp.vocab, dim, 1, ACT_NONE);
-        self.gemv(self.normed(head, self.out_norm_w, self.out_norm_b))?;
+        self.norm(self.out_norm_w, self.out_norm_b, last, b.normed, 1)?;
+        self.gemv(self.plain(self.head, b.normed, b.logits, 0, 0, sp.vocab, dim, 1, ACT_NONE))?;
         Ok(())
     }
 
