@@ -40,18 +40,35 @@ pub struct GemvArgs {
     pub head_dim: i32,
     pub capacity: i32,
     pub rope: i32,
+    /// Warps sharing one pair of rows along the columns: 1, 2 or 4 (see [`GemvArgs::split_for`]).
+    pub ksplit: i32,
 }
 
 // SAFETY: plain old data with the C layout of the kernel's parameter.
 unsafe impl DeviceRepr for GemvArgs {}
 
 impl GemvArgs {
-    /// Blocks to launch: one warp per pair of weight rows, GEMV_WARPS pairs per block.
+    /// Warps per pair for rows `cols` wide: one streams a 2048-wide pair in a single round of
+    /// loads; wider rows are split so more warps share the work and fewer rounds wait in turn.
+    pub fn split_for(cols: i32) -> i32 {
+        if cols >= 4096 { 4 } else { 1 }
+    }
+
+    /// `self` with `ksplit` chosen for its width.
+    pub fn with_split(self) -> Self {
+        Self {
+            ksplit: Self::split_for(self.cols),
+            ..self
+        }
+    }
+
+    /// Blocks to launch: `ksplit` warps per pair of weight rows, four warps per block.
     pub fn blocks(&self) -> u32 {
         let pairs = match self.mode {
             MODE_SWIGLU => (self.rows / 2) as u32,
             _ => (self.rows as u32).div_ceil(2),
         };
-        pairs.div_ceil(crate::table::GEMV_THREADS / 32)
+        let per_block = crate::table::GEMV_THREADS / 32 / self.ksplit.max(1) as u32;
+        pairs.div_ceil(per_block)
     }
 }

@@ -16,7 +16,10 @@ use agentrt::engine::synthetic::SyntheticSpec;
 use cudarc::driver::CudaContext;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Device-to-device copy bandwidth in bytes/s (read + write), median of 20 copies of 2 GiB.
@@ -47,21 +50,37 @@ struct Run {
 
 fn bench(model: &CudaModel, prompt_len: usize, decode: usize) -> Run {
     let vocab = model.spec.vocab as u32;
-    let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let prompt: Vec<u32> = (0..prompt_len as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
     // Warm-up: graph capture for every attention bucket this run will touch, PTX loading.
-    let mut next = model.next_token(&prompt, 0, DeviceSampling::GREEDY).expect("prefill").expect("token");
+    let mut next = model
+        .next_token(&prompt, 0, DeviceSampling::GREEDY)
+        .expect("prefill")
+        .expect("token");
     for i in 0..decode {
-        next = model.next_token(&[next], prompt_len + i, DeviceSampling::GREEDY).expect("decode").expect("token");
+        next = model
+            .next_token(&[next], prompt_len + i, DeviceSampling::GREEDY)
+            .expect("decode")
+            .expect("token");
     }
     let t = Instant::now();
-    let mut next = model.next_token(&prompt, 0, DeviceSampling::GREEDY).expect("prefill").expect("token");
+    let mut next = model
+        .next_token(&prompt, 0, DeviceSampling::GREEDY)
+        .expect("prefill")
+        .expect("token");
     let prefill = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for i in 0..decode {
-        next = model.next_token(&[next], prompt_len + i, DeviceSampling::GREEDY).expect("decode").expect("token");
+        next = model
+            .next_token(&[next], prompt_len + i, DeviceSampling::GREEDY)
+            .expect("decode")
+            .expect("token");
     }
     let elapsed = t.elapsed().as_secs_f64();
-    let bytes: u64 = (0..decode).map(|i| model.decode_bytes(prompt_len + i)).sum();
+    let bytes: u64 = (0..decode)
+        .map(|i| model.decode_bytes(prompt_len + i))
+        .sum();
     Run {
         prefill_tok_s: prompt_len as f64 / prefill,
         decode_tok_s: decode as f64 / elapsed,
@@ -74,8 +93,13 @@ fn starcoder_1b_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| agentrt::paths::home().join("bench/starcoderbase-1b-f16"));
     if !dir.join("config.json").exists() {
-        eprintln!("writing a random starcoderbase-1b-shaped fp16 checkpoint to {}", dir.display());
-        SyntheticSpec::starcoderbase_1b(GgmlType::F16).write(&dir).expect("write checkpoint");
+        eprintln!(
+            "writing a random starcoderbase-1b-shaped fp16 checkpoint to {}",
+            dir.display()
+        );
+        SyntheticSpec::starcoderbase_1b(GgmlType::F16)
+            .write(&dir)
+            .expect("write checkpoint");
     }
     dir
 }
@@ -118,8 +142,13 @@ fn main() {
         );
         rows.push((label.to_string(), model.device_name.clone(), run, util));
     }
-    println!("\ncopy bandwidth (read + write): {:.0} GB/s", bandwidth / 1e9);
-    println!("| model | device | prefill tok/s | decode tok/s | MB read / token | bandwidth used |");
+    println!(
+        "\ncopy bandwidth (read + write): {:.0} GB/s",
+        bandwidth / 1e9
+    );
+    println!(
+        "| model | device | prefill tok/s | decode tok/s | MB read / token | bandwidth used |"
+    );
     println!("|---|---|---:|---:|---:|---:|");
     for (label, device, run, util) in rows {
         println!(

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chat_template::{ChatTemplate, TemplateMessage};
-use gguf::GgufFile;
 pub use device::Device;
+use gguf::GgufFile;
 use models::{Architecture, CausalLm, ConfigSource, HfConfig};
 use sampling::Sampler;
 pub use sampling::SamplingParams;

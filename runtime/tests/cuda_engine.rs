@@ -93,8 +93,15 @@ impl Rng {
 
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()), "non-finite output (unwritten or NaN)");
-    let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "non-finite output (unwritten or NaN)"
+    );
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
     let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }
@@ -102,7 +109,10 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
 fn check(what: &str, got: &[f32], want: &[f32], bound: f64) {
     let e = rel_err(got, want);
     eprintln!("{what}: normalised error {e:.2e} (bound {bound:.0e})");
-    assert!(e <= bound, "{what}: normalised error {e:.3e} over {bound:.0e}");
+    assert!(
+        e <= bound,
+        "{what}: normalised error {e:.3e} over {bound:.0e}"
+    );
 }
 
 fn halves(v: &[f32]) -> Vec<u16> {
@@ -121,7 +131,12 @@ fn embedding_with_and_without_positions() {
     let table = rounded(&r.vec(vocab * dim, 1.0));
     let pos = rounded(&r.vec(n_pos * dim, 1.0));
     let tokens: Vec<i32> = vec![5, 299, 0, 77];
-    let (dt, dp, dtok, dpos0) = (g.up(&halves(&table)), g.up(&halves(&pos)), g.up(&tokens), g.up(&[7i32]));
+    let (dt, dp, dtok, dpos0) = (
+        g.up(&halves(&table)),
+        g.up(&halves(&pos)),
+        g.up(&tokens),
+        g.up(&[7i32]),
+    );
     for with_pos in [false, true] {
         let out = g.poisoned(tokens.len() * dim);
         let p = if with_pos { g.addr(&dp) } else { 0 };
@@ -143,11 +158,17 @@ fn embedding_with_and_without_positions() {
 /// f64 reference of `W x` for fp16 weights.
 fn gemv_ref(w: &[f32], x: &[f32], rows: usize, cols: usize, t: usize) -> Vec<f64> {
     (0..rows)
-        .map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64).sum())
+        .map(|r| {
+            (0..cols)
+                .map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64)
+                .sum()
+        })
         .collect()
 }
 
+/// Launch with the column split the engine would choose unless `a.ksplit` names one.
 fn launch_gemv(g: &Gpu, a: GemvArgs) {
+    let a = if a.ksplit == 0 { a.with_split() } else { a };
     let f = g.kernels.function("gemv").expect("gemv");
     let mut b = g.stream.launch_builder(f);
     b.arg(&a);
@@ -179,7 +200,12 @@ fn norms_match_the_cpu() {
             } else {
                 cpu::rms_norm(&x, &w, 1e-5, &mut want);
             }
-            check(&format!("norm {dim} layer {layer}"), &g.down(&out), &want, 1e-6);
+            check(
+                &format!("norm {dim} layer {layer}"),
+                &g.down(&out),
+                &want,
+                1e-6,
+            );
         }
     }
 }
@@ -188,7 +214,15 @@ fn norms_match_the_cpu() {
 fn gemv_with_fused_epilogues_matches_the_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(14);
-    for (rows, cols, n) in [(96, 576, 1), (301, 2048, 1), (64, 1536, 7), (40, 8, 3), (2048, 2048, 1)] {
+    for (rows, cols, n) in [
+        (96, 576, 1),
+        (301, 2048, 1),
+        (64, 1536, 7),
+        (40, 8, 3),
+        (2048, 2048, 1),
+        (90, 8192, 1),
+        (33, 4096, 6),
+    ] {
         let w = rounded(&r.vec(rows * cols, 0.5));
         let x = r.vec(n * cols, 1.0);
         let bias = r.vec(rows, 1.0);
@@ -199,35 +233,49 @@ fn gemv_with_fused_epilogues_matches_the_cpu() {
             (ACT_NONE, true, true),
             (ACT_GELU_TANH, true, false),
         ] {
-            let y = if with_res { g.up(&res) } else { g.poisoned(n * rows) };
-            let a = GemvArgs {
-                w: g.addr(&dw),
-                x: g.addr(&dx),
-                y: g.addr(&y),
-                bias: if with_bias { g.addr(&db) } else { 0 },
-                residual: if with_res { g.addr(&y) } else { 0 },
-                rows: rows as i32,
-                cols: cols as i32,
-                n_tokens: n as i32,
-                y_stride: rows as i32,
-                mode: MODE_PLAIN,
-                act,
-                ..Default::default()
-            };
-            launch_gemv(&g, a);
-            let mut want = Vec::new();
-            for t in 0..n {
-                for (i, d) in gemv_ref(&w, &x, rows, cols, t).into_iter().enumerate() {
-                    let mut v = d as f32 + if with_bias { bias[i] } else { 0.0 };
-                    if act == ACT_GELU_TANH {
-                        let mut one = [v];
-                        cpu::gelu_tanh(&mut one);
-                        v = one[0];
+            for ksplit in [0, 1, 2, 4] {
+                let y = if with_res {
+                    g.up(&res)
+                } else {
+                    g.poisoned(n * rows)
+                };
+                let a = GemvArgs {
+                    ksplit,
+                    w: g.addr(&dw),
+                    x: g.addr(&dx),
+                    y: g.addr(&y),
+                    bias: if with_bias { g.addr(&db) } else { 0 },
+                    residual: if with_res { g.addr(&y) } else { 0 },
+                    rows: rows as i32,
+                    cols: cols as i32,
+                    n_tokens: n as i32,
+                    y_stride: rows as i32,
+                    mode: MODE_PLAIN,
+                    act,
+                    ..Default::default()
+                };
+                launch_gemv(&g, a);
+                let mut want = Vec::new();
+                for t in 0..n {
+                    for (i, d) in gemv_ref(&w, &x, rows, cols, t).into_iter().enumerate() {
+                        let mut v = d as f32 + if with_bias { bias[i] } else { 0.0 };
+                        if act == ACT_GELU_TANH {
+                            let mut one = [v];
+                            cpu::gelu_tanh(&mut one);
+                            v = one[0];
+                        }
+                        want.push(v + if with_res { res[t * rows + i] } else { 0.0 });
                     }
-                    want.push(v + if with_res { res[t * rows + i] } else { 0.0 });
                 }
+                check(
+                    &format!(
+                        "gemv {rows}x{cols} tokens {n} act {act} bias {with_bias} residual {with_res} ksplit {ksplit}"
+                    ),
+                    &g.down(&y),
+                    &want,
+                    1e-5,
+                );
             }
-            check(&format!("gemv {rows}x{cols} tokens {n} act {act} bias {with_bias} residual {with_res}"), &g.down(&y), &want, 1e-5);
         }
         // SwiGLU: gate rows then up rows.
         let w2 = rounded(&r.vec(2 * rows * cols, 0.5));
@@ -253,7 +301,12 @@ fn gemv_with_fused_epilogues_matches_the_cpu() {
             cpu::swiglu(&mut gate, &up);
             want.extend(gate);
         }
-        check(&format!("gemv swiglu {rows}x{cols} tokens {n}"), &g.down(&y), &want, 1e-5);
+        check(
+            &format!("gemv swiglu {rows}x{cols} tokens {n}"),
+            &g.down(&y),
+            &want,
+            1e-5,
+        );
     }
 }
 
@@ -278,8 +331,13 @@ fn qkv_projection_with_rope_and_cache_write_matches_the_cpu() {
             let inv_freq: Vec<f32> = (0..hd / 2)
                 .map(|i| 1.0 / 10_000f32.powf(2.0 * i as f32 / hd as f32))
                 .collect();
-            let (dw, dx, db, dfreq, dpos) =
-                (g.up(&halves(&w)), g.up(&x), g.up(&bias), g.up(&inv_freq), g.up(&[pos0 as i32]));
+            let (dw, dx, db, dfreq, dpos) = (
+                g.up(&halves(&w)),
+                g.up(&x),
+                g.up(&bias),
+                g.up(&inv_freq),
+                g.up(&[pos0 as i32]),
+            );
             let q = g.poisoned(n * q_dim);
             let kc = g.up(&vec![0u16; n_kv * cap * hd]);
             let vc = g.up(&vec![0u16; n_kv * cap * hd]);
@@ -306,9 +364,13 @@ fn qkv_projection_with_rope_and_cache_write_matches_the_cpu() {
             };
             launch_gemv(&g, a);
             let (got_q, got_k, got_v) = (g.down(&q), g.down(&kc), g.down(&vc));
-            let (mut want_k, mut got_ks, mut want_v, mut got_vs, mut want_q) = (vec![], vec![], vec![], vec![], vec![]);
+            let (mut want_k, mut got_ks, mut want_v, mut got_vs, mut want_q) =
+                (vec![], vec![], vec![], vec![], vec![]);
             for t in 0..n {
-                let mut row: Vec<f32> = gemv_ref(&w, &x, rows, dim, t).into_iter().map(|v| v as f32).collect();
+                let mut row: Vec<f32> = gemv_ref(&w, &x, rows, dim, t)
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect();
                 cpu::add_bias(&mut row, &bias);
                 let (qr, rest) = row.split_at_mut(q_dim);
                 let (kr, vr) = rest.split_at_mut(kv_dim);
@@ -322,13 +384,36 @@ fn qkv_projection_with_rope_and_cache_write_matches_the_cpu() {
                 want_v.extend(rounded(vr));
                 for h in 0..n_kv {
                     let at = (h * cap + pos0 + t) * hd;
-                    got_ks.extend(got_k[at..at + hd].iter().map(|b| f16::from_bits(*b).to_f32()));
-                    got_vs.extend(got_v[at..at + hd].iter().map(|b| f16::from_bits(*b).to_f32()));
+                    got_ks.extend(
+                        got_k[at..at + hd]
+                            .iter()
+                            .map(|b| f16::from_bits(*b).to_f32()),
+                    );
+                    got_vs.extend(
+                        got_v[at..at + hd]
+                            .iter()
+                            .map(|b| f16::from_bits(*b).to_f32()),
+                    );
                 }
             }
-            check(&format!("qkv: q, rope {mode}, tokens {n}"), &got_q, &want_q, 1e-5);
-            check(&format!("qkv: k in the fp16 cache, rope {mode}, tokens {n}"), &got_ks, &want_k, 1e-3);
-            check(&format!("qkv: v in the fp16 cache, tokens {n}"), &got_vs, &want_v, 1e-3);
+            check(
+                &format!("qkv: q, rope {mode}, tokens {n}"),
+                &got_q,
+                &want_q,
+                1e-5,
+            );
+            check(
+                &format!("qkv: k in the fp16 cache, rope {mode}, tokens {n}"),
+                &got_ks,
+                &want_k,
+                1e-3,
+            );
+            check(
+                &format!("qkv: v in the fp16 cache, tokens {n}"),
+                &got_vs,
+                &want_v,
+                1e-3,
+            );
         }
     }
 }
@@ -344,7 +429,11 @@ fn attention_matches_the_cpu_for_mqa_gqa_and_mha() {
         let stride = q_dim + 2 * kv_dim;
         let cap = 1100usize;
         let max_splits = cap.div_ceil(ATTN_CHUNK);
-        let shape = AttentionShape { n_head, n_kv_head: n_kv, head_dim: hd };
+        let shape = AttentionShape {
+            n_head,
+            n_kv_head: n_kv,
+            head_dim: hd,
+        };
         let scale = 1.0 / (hd as f32).sqrt();
         for len in [1usize, 127, 128, 129, 1000] {
             // Cache contents for positions 0..len, identical on both sides.
@@ -355,8 +444,10 @@ fn attention_matches_the_cpu_for_mqa_gqa_and_mha() {
             for p in 0..len {
                 for h in 0..n_kv {
                     for d in 0..hd {
-                        kc[(h * cap + p) * hd + d] = f16::from_f32(k[p * kv_dim + h * hd + d]).to_bits();
-                        vc[(h * cap + p) * hd + d] = f16::from_f32(v[p * kv_dim + h * hd + d]).to_bits();
+                        kc[(h * cap + p) * hd + d] =
+                            f16::from_f32(k[p * kv_dim + h * hd + d]).to_bits();
+                        vc[(h * cap + p) * hd + d] =
+                            f16::from_f32(v[p * kv_dim + h * hd + d]).to_bits();
                     }
                 }
             }
@@ -373,24 +464,38 @@ fn attention_matches_the_cpu_for_mqa_gqa_and_mha() {
             let part_ml = g.poisoned(n_head * max_splits * 2);
             let done = g.up(&vec![0i32; n_head]);
             let out = g.poisoned(q_dim);
-            let splits = ((len - 1) / ATTN_CHUNK + 1).next_power_of_two().min(max_splits);
+            let splits = ((len - 1) / ATTN_CHUNK + 1)
+                .next_power_of_two()
+                .min(max_splits);
             for _ in 0..2 {
                 // Twice: the counters must be rearmed by the first launch for the second.
                 run!(g, "attn_decode", (n_head as u32, splits as u32, 1), ATTN_THREADS; g.addr(&dq), g.addr(&dk), g.addr(&dv), g.addr(&part_o), g.addr(&part_ml), g.addr(&done), g.addr(&out), g.addr(&dpos), (n_head / n_kv) as i32, hd as i32, cap as i32, max_splits as i32, scale);
             }
             assert!(g.down(&done).iter().all(|c| *c == 0), "counters rearmed");
-            check(&format!("decode attention heads {n_head}/{n_kv} hd {hd} len {len}"), &g.down(&out), &want, 1e-5);
+            check(
+                &format!("decode attention heads {n_head}/{n_kv} hd {hd} len {len}"),
+                &g.down(&out),
+                &want,
+                1e-5,
+            );
             // Prefill: the last min(len, 5) positions as new tokens.
             let n = len.min(5);
             let p0 = len - n;
             let qs = r.vec(n * stride, 1.0);
-            let q_only: Vec<f32> = (0..n).flat_map(|t| qs[t * stride..t * stride + q_dim].to_vec()).collect();
+            let q_only: Vec<f32> = (0..n)
+                .flat_map(|t| qs[t * stride..t * stride + q_dim].to_vec())
+                .collect();
             let mut want = vec![0f32; n * q_dim];
             cpu::causal_attention(shape, cache.layer(0), p0, &q_only, &mut want);
             let (dqs, dp0) = (g.up(&qs), g.up(&[p0 as i32]));
             let out = g.poisoned(n * q_dim);
             run!(g, "attn_prefill", (n as u32, n_head as u32, 1), ATTN_THREADS; g.addr(&dqs), stride as i32, g.addr(&dk), g.addr(&dv), g.addr(&out), q_dim as i32, g.addr(&dp0), (n_head / n_kv) as i32, hd as i32, cap as i32, scale);
-            check(&format!("prefill attention heads {n_head}/{n_kv} hd {hd} len {len}"), &g.down(&out), &want, 1e-5);
+            check(
+                &format!("prefill attention heads {n_head}/{n_kv} hd {hd} len {len}"),
+                &g.down(&out),
+                &want,
+                1e-5,
+            );
         }
     }
 }
@@ -401,31 +506,57 @@ fn dequantisation_is_the_cpus_rounded_once_to_fp16() {
     let mut r = Rng(16);
     let n = 32 * 40;
     let w = r.vec(n, 2.0);
-    for (ty, kind) in [(GgmlType::Q4_0, 0i32), (GgmlType::Q4_1, 1), (GgmlType::Q8_0, 2)] {
+    for (ty, kind) in [
+        (GgmlType::Q4_0, 0i32),
+        (GgmlType::Q4_1, 1),
+        (GgmlType::Q8_0, 2),
+    ] {
         let bytes = quantize_row(ty, &w);
         let mut want = vec![0f32; n];
         dequantize_row(ty, &bytes, &mut want);
         let want = rounded(&want);
         let (src, dst) = (g.up(&bytes), g.up(&vec![0xffffu16; n]));
         run!(g, "dequant_blocks", (1, 1, 1), 64; g.addr(&src), g.addr(&dst), (n / 32) as i64, kind);
-        let got: Vec<f32> = g.down(&dst).iter().map(|b| f16::from_bits(*b).to_f32()).collect();
+        let got: Vec<f32> = g
+            .down(&dst)
+            .iter()
+            .map(|b| f16::from_bits(*b).to_f32())
+            .collect();
         check(&format!("dequant {ty:?}"), &got, &want, 0.0);
     }
-    let bf: Vec<u16> = w.iter().map(|x| half::bf16::from_f32(*x).to_bits()).collect();
+    let bf: Vec<u16> = w
+        .iter()
+        .map(|x| half::bf16::from_f32(*x).to_bits())
+        .collect();
     let (src, dst) = (g.up(&bf), g.up(&vec![0xffffu16; n]));
     run!(g, "bf16_to_f16", ((n as u32).div_ceil(256), 1, 1), 256; g.addr(&src), g.addr(&dst), n as i64);
-    let got: Vec<f32> = g.down(&dst).iter().map(|b| f16::from_bits(*b).to_f32()).collect();
-    let want: Vec<f32> = bf.iter().map(|b| f16::from_f32(half::bf16::from_bits(*b).to_f32()).to_f32()).collect();
+    let got: Vec<f32> = g
+        .down(&dst)
+        .iter()
+        .map(|b| f16::from_bits(*b).to_f32())
+        .collect();
+    let want: Vec<f32> = bf
+        .iter()
+        .map(|b| f16::from_f32(half::bf16::from_bits(*b).to_f32()).to_f32())
+        .collect();
     check("bf16 -> f16", &got, &want, 0.0);
     let (src, dst) = (g.up(&w), g.up(&vec![0xffffu16; n]));
     run!(g, "f32_to_f16", ((n as u32).div_ceil(256), 1, 1), 256; g.addr(&src), g.addr(&dst), n as i64);
-    let got: Vec<f32> = g.down(&dst).iter().map(|b| f16::from_bits(*b).to_f32()).collect();
+    let got: Vec<f32> = g
+        .down(&dst)
+        .iter()
+        .map(|b| f16::from_bits(*b).to_f32())
+        .collect();
     check("f32 -> f16", &got, &rounded(&w), 0.0);
 }
 
 /// The CPU sampler's rules with a given draw (agentrt::engine::sampling::Sampler, minus its rng).
 fn cpu_sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, uniform: f32) -> u32 {
-    let mut c: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, l)| (i as u32, l / temperature)).collect();
+    let mut c: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u32, l / temperature))
+        .collect();
     c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if top_k > 0 {
         c.truncate(top_k);
@@ -468,9 +599,18 @@ fn device_sampling_follows_the_cpu_rules() {
         let logits = r.vec(vocab, 8.0);
         let dl = g.up(&logits);
         run!(g, "argmax", (1, 1, 1), SAMPLE_THREADS; g.addr(&dl), vocab as i32, g.addr(&out));
-        assert_eq!(g.down(&out)[0] as u32, agentrt::engine::sampling::argmax(&logits), "argmax round {round}");
+        assert_eq!(
+            g.down(&out)[0] as u32,
+            agentrt::engine::sampling::argmax(&logits),
+            "argmax round {round}"
+        );
         let uniform = (r.f() + 1.0) / 2.0;
-        for (t, k, p) in [(0.7f32, 40usize, 0.95f32), (1.0, 5, 1.0), (1.3, 0, 0.3), (0.8, SAMPLE_MAX_K, 0.9)] {
+        for (t, k, p) in [
+            (0.7f32, 40usize, 0.95f32),
+            (1.0, 5, 1.0),
+            (1.3, 0, 0.3),
+            (0.8, SAMPLE_MAX_K, 0.9),
+        ] {
             run!(g, "sample_top", (1, 1, 1), SAMPLE_THREADS; g.addr(&dl), vocab as i32, t, k as i32, p, uniform, g.addr(&out));
             let got = g.down(&out)[0];
             let want = cpu_sample(&logits, t, k, p, uniform);
@@ -479,7 +619,10 @@ fn device_sampling_follows_the_cpu_rules() {
                 assert_eq!(k, 0, "only top_k = 0 may defer");
                 continue;
             }
-            assert_eq!(got as u32, want, "sample round {round} t {t} k {k} p {p} u {uniform}");
+            assert_eq!(
+                got as u32, want,
+                "sample round {round} t {t} k {k} p {p} u {uniform}"
+            );
         }
     }
     // A peaked distribution with top_k off: the device decides without deferring.
@@ -512,7 +655,10 @@ fn compare_models(
     let mut cpu_tokens = Vec::new();
     let mut gpu_tokens = Vec::new();
     for step in 0..=steps {
-        assert!(got.iter().all(|v| v.is_finite()), "{label}: non-finite logits at step {step}");
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "{label}: non-finite logits at step {step}"
+        );
         // Rows past the tokenizer (padding) are masked to -inf by the engine: mask them alike.
         for (g, w) in got.iter_mut().zip(&want) {
             if !w.is_finite() {
@@ -529,14 +675,23 @@ fn compare_models(
             .fold(0f32, f32::max)
             / spread;
         worst = worst.max(err);
-        let (c, g) = (agentrt::engine::sampling::argmax(&want), agentrt::engine::sampling::argmax(&got));
+        let (c, g) = (
+            agentrt::engine::sampling::argmax(&want),
+            agentrt::engine::sampling::argmax(&got),
+        );
         cpu_tokens.push(c);
         gpu_tokens.push(g);
         if c != g {
             let gap = (want[c as usize] - want[g as usize]) / spread;
-            eprintln!("{label}: step {step}: cpu picks {c}, gpu {g}; cpu logit gap {:.3}% of the spread", gap * 100.0);
+            eprintln!(
+                "{label}: step {step}: cpu picks {c}, gpu {g}; cpu logit gap {:.3}% of the spread",
+                gap * 100.0
+            );
             match ties_within {
-                Some(t) => assert!(gap <= t, "{label}: step {step}: gpu picks {g} over {c} but the cpu gap is {gap}"),
+                Some(t) => assert!(
+                    gap <= t,
+                    "{label}: step {step}: gpu picks {g} over {c} but the cpu gap is {gap}"
+                ),
                 None => panic!("{label}: greedy choices differ at step {step}: cpu {c}, gpu {g}"),
             }
         }
@@ -547,10 +702,24 @@ fn compare_models(
         got = gpu.logits(&[c], pos).expect("gpu decode");
         pos += 1;
     }
-    eprintln!("{label}: worst logit error {:.3}% of the spread over {} steps; greedy cpu {cpu_tokens:?}", worst * 100.0, steps + 1);
-    assert!(worst <= bound, "{label}: logit error {worst} over {bound} of the spread");
-    let same = gpu_tokens.iter().zip(&cpu_tokens).filter(|(a, b)| a == b).count();
-    eprintln!("{label}: greedy choices agree at {same} of {} steps", cpu_tokens.len());
+    eprintln!(
+        "{label}: worst logit error {:.3}% of the spread over {} steps; greedy cpu {cpu_tokens:?}",
+        worst * 100.0,
+        steps + 1
+    );
+    assert!(
+        worst <= bound,
+        "{label}: logit error {worst} over {bound} of the spread"
+    );
+    let same = gpu_tokens
+        .iter()
+        .zip(&cpu_tokens)
+        .filter(|(a, b)| a == b)
+        .count();
+    eprintln!(
+        "{label}: greedy choices agree at {same} of {} steps",
+        cpu_tokens.len()
+    );
 }
 
 fn synthetic(spec: SyntheticSpec, name: &str) -> std::path::PathBuf {
@@ -579,12 +748,27 @@ fn random_checkpoints_match_the_cpu_engine() {
     // Prompts of 150 tokens (one prefill pass) and 300 (two: the pass holds 256), then 140
     // decoded: decode attention spans three and four chunks of 128 positions.
     let cases = [
-        ("tiny-starcoder F16", SyntheticSpec::tiny_starcoder(GgmlType::F16), 150),
-        ("llama F32 (half-split RoPE, GQA)", small_llama(Architecture::Llama, GgmlType::F32, 3), 300),
-        ("qwen2 BF16 (QKV biases)", small_llama(Architecture::Qwen2, GgmlType::BF16, 4), 150),
+        (
+            "tiny-starcoder F16",
+            SyntheticSpec::tiny_starcoder(GgmlType::F16),
+            150,
+        ),
+        (
+            "llama F32 (half-split RoPE, GQA)",
+            small_llama(Architecture::Llama, GgmlType::F32, 3),
+            300,
+        ),
+        (
+            "qwen2 BF16 (QKV biases)",
+            small_llama(Architecture::Qwen2, GgmlType::BF16, 4),
+            150,
+        ),
     ];
     for (label, spec, prompt_len) in cases {
-        let dir = synthetic(spec, &label.split_whitespace().next().unwrap_or("m").to_string());
+        let dir = synthetic(
+            spec,
+            &label.split_whitespace().next().unwrap_or("m").to_string(),
+        );
         let cpu = LoadedModel::load_on("cpu", &dir, Device::Cpu, &mut |_| {}).expect("cpu load");
         let gpu = CudaModel::open(&dir).expect("gpu load");
         let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 37 + 11) % 900).collect();
@@ -598,7 +782,10 @@ fn smollm2_matches_the_cpu_engine() {
     let Some(_g) = gpu() else { return };
     let path = agentrt::paths::default_model();
     if !path.exists() {
-        eprintln!("skipped: {} not installed (scripts/setup.sh)", path.display());
+        eprintln!(
+            "skipped: {} not installed (scripts/setup.sh)",
+            path.display()
+        );
         return;
     }
     let cpu = LoadedModel::load_on("cpu", &path, Device::Cpu, &mut |_| {}).expect("cpu load");
@@ -616,10 +803,16 @@ fn smollm2_matches_the_cpu_engine() {
     // Device greedy sampling gives exactly the continuation of host argmax over the GPU's
     // own logits.
     let mut device = Vec::new();
-    let mut next = gpu.next_token(&prompt, 0, DeviceSampling::GREEDY).expect("next").expect("greedy");
+    let mut next = gpu
+        .next_token(&prompt, 0, DeviceSampling::GREEDY)
+        .expect("next")
+        .expect("greedy");
     for i in 0..12 {
         device.push(next);
-        next = gpu.next_token(&[next], prompt.len() + i, DeviceSampling::GREEDY).expect("next").expect("greedy");
+        next = gpu
+            .next_token(&[next], prompt.len() + i, DeviceSampling::GREEDY)
+            .expect("next")
+            .expect("greedy");
     }
     let mut host = Vec::new();
     let mut logits = gpu.logits(&prompt, 0).expect("logits");
@@ -636,10 +829,17 @@ fn the_engine_runs_on_the_gpu_and_reports_memory_errors_as_model_003() {
     let Some(_g) = gpu() else { return };
     let dir = synthetic(SyntheticSpec::tiny_starcoder(GgmlType::F16), "engine");
     let model = LoadedModel::load_on("gpu", &dir, Device::Cuda, &mut |_| {}).expect("load on cuda");
-    assert!(model.info.device.starts_with("cuda"), "{}", model.info.device);
+    assert!(
+        model.info.device.starts_with("cuda"),
+        "{}",
+        model.info.device
+    );
     let cpu = LoadedModel::load_on("cpu", &dir, Device::Cpu, &mut |_| {}).expect("cpu");
     let prompt: Vec<u32> = (0..20).collect();
-    assert_eq!(model.greedy_tokens(&prompt, 12), cpu.greedy_tokens(&prompt, 12));
+    assert_eq!(
+        model.greedy_tokens(&prompt, 12),
+        cpu.greedy_tokens(&prompt, 12)
+    );
     // Too little memory: a clear error before anything is allocated.
     let store_dir = dir.clone();
     let config = agentrt::engine::models::HfConfig::read(&store_dir).expect("config");
@@ -649,8 +849,11 @@ fn the_engine_runs_on_the_gpu_and_reports_memory_errors_as_model_003() {
         agentrt::engine::models::hf_tensor_name(arch, n)
     })
     .expect("store");
-    let spec = agentrt::engine::cuda::Spec::read(arch, agentrt::engine::models::ConfigSource::Hf(&config)).expect("spec");
-    let err = CudaModel::load_limited(spec, &store, &mut |_, _| {}, Some(64 << 20)).expect_err("64 MiB is too little");
+    let spec =
+        agentrt::engine::cuda::Spec::read(arch, agentrt::engine::models::ConfigSource::Hf(&config))
+            .expect("spec");
+    let err = CudaModel::load_limited(spec, &store, &mut |_, _| {}, Some(64 << 20))
+        .expect_err("64 MiB is too little");
     assert!(matches!(err, GpuError::OutOfMemory { .. }), "{err}");
     eprintln!("{err}");
     std::fs::remove_dir_all(&dir).ok();
@@ -662,7 +865,13 @@ fn without_a_gpu_cuda_is_refused_with_model_001_and_auto_uses_the_cpu() {
         eprintln!("skipped: this machine has a GPU");
         return;
     }
-    let dir = synthetic(SyntheticSpec { n_layer: 2, ..SyntheticSpec::tiny_starcoder(GgmlType::F16) }, "nogpu");
+    let dir = synthetic(
+        SyntheticSpec {
+            n_layer: 2,
+            ..SyntheticSpec::tiny_starcoder(GgmlType::F16)
+        },
+        "nogpu",
+    );
     let err = LoadedModel::load_on("m", &dir, Device::Cuda, &mut |_| {}).expect_err("no GPU");
     assert_eq!(err.code().as_str(), "MODEL_001", "{err}");
     let auto = LoadedModel::load_on("m", &dir, Device::Auto, &mut |_| {}).expect("auto");

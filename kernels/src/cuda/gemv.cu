@@ -46,6 +46,7 @@ struct GemvArgs {
     int head_dim;
     int capacity;
     int rope;
+    int ksplit;              // warps sharing one pair's columns: 1, 2 or 4
 };
 
 __device__ __forceinline__ float gelu_tanh(float u) {
@@ -83,22 +84,25 @@ __device__ __forceinline__ void fma8(const uint4 w, const float* const* xs, int 
     }
 }
 
-// Dot products of two rows (a, b: cols/8 16-byte words each) with NT activation rows, summed
-// over the warp. U words per lane and row are loaded before they are used.
+// This warp's share (`part` of `ks`) of two rows' dot products (a, b: cols/8 16-byte words
+// each) with NT activation rows, summed over the warp. The ks warps of a pair read
+// interleaved 512-byte runs; U words per lane and row are loaded before they are used.
 template <int NT, int U>
 __device__ __forceinline__ void pair_dots(const uint4* __restrict__ ra, const uint4* __restrict__ rb,
-                                          int n8, const float* const* xs, float* acc_a, float* acc_b) {
+                                          int n8, int part, int ks, const float* const* xs, float* acc_a,
+                                          float* acc_b) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int tt = 0; tt < NT; ++tt) {
         acc_a[tt] = 0.0f;
         acc_b[tt] = 0.0f;
     }
-    for (int base = lane; base < n8; base += 32 * U) {
+    const int step = 32 * ks;
+    for (int base = part * 32 + lane; base < n8; base += step * U) {
         uint4 wa[U], wb[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int j = base + 32 * u;
+            const int j = base + step * u;
             if (j < n8) {
                 wa[u] = ld_weights(ra + j);
                 wb[u] = ld_weights(rb + j);
@@ -106,7 +110,7 @@ __device__ __forceinline__ void pair_dots(const uint4* __restrict__ ra, const ui
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int j = base + 32 * u;
+            const int j = base + step * u;
             if (j < n8) {
                 fma8<NT>(wa[u], xs, j, acc_a);
                 fma8<NT>(wb[u], xs, j, acc_b);
@@ -215,22 +219,55 @@ __device__ void epilogue(const GemvArgs& a, int pair, int t, float v0, float v1)
     dst[kb % a.head_dim] = f2h(x1);
 }
 
-// One warp per pair of rows, GEMV_WARPS pairs per block.
+// Sum the ks warps' shares of each pair (through shared memory) and run the epilogue.
+__device__ __forceinline__ void finish(const GemvArgs& a, float (*sums)[2][GEMV_TOKENS], int pair, bool active,
+                                       int part, int t0, int nt, const float* va, const float* vb) {
+    const int warp = threadIdx.x >> 5;
+    const bool lead = (threadIdx.x & 31) == 0;
+    if (a.ksplit == 1) {
+        if (active && lead)
+            for (int tt = 0; tt < nt; ++tt) epilogue(a, pair, t0 + tt, va[tt], vb[tt]);
+        return;
+    }
+    if (lead)
+        for (int tt = 0; tt < nt; ++tt) {
+            sums[warp][0][tt] = va[tt];
+            sums[warp][1][tt] = vb[tt];
+        }
+    __syncthreads();
+    if (active && lead && part == 0)
+        for (int tt = 0; tt < nt; ++tt) {
+            float x0 = 0.0f, x1 = 0.0f;
+            for (int k = 0; k < a.ksplit; ++k) {
+                x0 += sums[warp + k][0][tt];
+                x1 += sums[warp + k][1][tt];
+            }
+            epilogue(a, pair, t0 + tt, x0, x1);
+        }
+    __syncthreads();  // `sums` is rewritten by the next group of tokens
+}
+
+// One pair of rows per `ksplit` warps (rows wider than a warp streams well alone are split
+// along their columns), GEMV_WARPS / ksplit pairs per block.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const GemvArgs a) {
-    const int pair = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    __shared__ float sums[GEMV_WARPS][2][GEMV_TOKENS];
+    const int warp = threadIdx.x >> 5;
+    const int ks = a.ksplit;
+    const int pair = blockIdx.x * (GEMV_WARPS / ks) + warp / ks;
+    const int part = warp % ks;
     const int pairs = a.mode == MODE_SWIGLU ? a.rows / 2 : (a.rows + 1) / 2;
-    if (pair >= pairs) return;
-    const int2 rows = pair_rows(a, pair);
+    // Warps past the last pair still meet the block's barriers (ksplit > 1).
+    const bool active = pair < pairs;
+    const int2 rows = active ? pair_rows(a, pair) : make_int2(0, 0);
     const uint4* ra = (const uint4*)(a.w + (size_t)rows.x * a.cols);
     // A missing second row (odd PLAIN matrix) reads the first again; its result is dropped.
     const uint4* rb = (const uint4*)(a.w + (size_t)(rows.y < 0 ? rows.x : rows.y) * a.cols);
     const int n8 = a.cols >> 3;
-    const bool lead = (threadIdx.x & 31) == 0;
     if (a.n_tokens == 1) {
         const float* xs[1] = {a.x};
-        float va[1], vb[1];
-        pair_dots<1, GEMV_UNROLL>(ra, rb, n8, xs, va, vb);
-        if (lead) epilogue(a, pair, 0, va[0], vb[0]);
+        float va[1] = {0.0f}, vb[1] = {0.0f};
+        if (active) pair_dots<1, GEMV_UNROLL>(ra, rb, n8, part, ks, xs, va, vb);
+        finish(a, sums, pair, active, part, 0, 1, va, vb);
         return;
     }
     for (int t0 = 0; t0 < a.n_tokens; t0 += GEMV_TOKENS) {
@@ -238,10 +275,8 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const GemvArgs a
         const float* xs[GEMV_TOKENS];
 #pragma unroll
         for (int tt = 0; tt < GEMV_TOKENS; ++tt) xs[tt] = a.x + (size_t)(t0 + min(tt, nt - 1)) * a.cols;
-        float va[GEMV_TOKENS], vb[GEMV_TOKENS];
-        pair_dots<GEMV_TOKENS, 2>(ra, rb, n8, xs, va, vb);
-        if (lead) {
-            for (int tt = 0; tt < nt; ++tt) epilogue(a, pair, t0 + tt, va[tt], vb[tt]);
-        }
+        float va[GEMV_TOKENS] = {0.0f, 0.0f, 0.0f, 0.0f}, vb[GEMV_TOKENS] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (active) pair_dots<GEMV_TOKENS, 2>(ra, rb, n8, part, ks, xs, va, vb);
+        finish(a, sums, pair, active, part, t0, nt, va, vb);
     }
 }

@@ -78,8 +78,8 @@ impl CudaModel {
             let files = weights::safetensors_files(path).map_err(|e| file_err(e.to_string()))?;
             let store = WeightStore::from_safetensors(&files, &|n| models::hf_tensor_name(arch, n))
                 .map_err(|e| file_err(e.to_string()))?;
-            let spec = Spec::read(arch, ConfigSource::Hf(&config))
-                .map_err(|e| file_err(e.to_string()))?;
+            let spec =
+                Spec::read(arch, ConfigSource::Hf(&config)).map_err(|e| file_err(e.to_string()))?;
             CudaModel::load(spec, &store, &mut |_, _| {})
         } else {
             let file = GgufFile::open(path).map_err(|e| file_err(e.to_string()))?;

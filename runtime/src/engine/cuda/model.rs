@@ -8,7 +8,9 @@ use agentrt_kernels::args::{
     ACT_GELU_TANH, ACT_NONE, GemvArgs, MODE_PLAIN, MODE_QKV, MODE_SWIGLU, ROPE_HALF_SPLIT,
     ROPE_INTERLEAVED, ROPE_NONE,
 };
-use agentrt_kernels::table::{ATTN_CHUNK, ATTN_THREADS, GEMV_THREADS, NORM_THREADS, SAMPLE_THREADS};
+use agentrt_kernels::table::{
+    ATTN_CHUNK, ATTN_THREADS, GEMV_THREADS, NORM_THREADS, SAMPLE_THREADS,
+};
 use agentrt_kernels::{DeviceKernels, PtxCache};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream};
@@ -228,13 +230,14 @@ impl CudaModel {
                 .vector(name, n)
                 .map_err(|e| GpuError::Unsupported(e.to_string()))
         };
-        let stacked = |parts: &[(String, usize)], cols: usize| -> Result<CudaSlice<u16>, GpuError> {
-            let refs = parts
-                .iter()
-                .map(|(name, rows)| matrix(&format!("{name}.weight"), *rows, cols))
-                .collect::<Result<Vec<_>, _>>()?;
-            upload::stacked_matrix(s, k, &refs)
-        };
+        let stacked =
+            |parts: &[(String, usize)], cols: usize| -> Result<CudaSlice<u16>, GpuError> {
+                let refs = parts
+                    .iter()
+                    .map(|(name, rows)| matrix(&format!("{name}.weight"), *rows, cols))
+                    .collect::<Result<Vec<_>, _>>()?;
+                upload::stacked_matrix(s, k, &refs)
+            };
         let stacked_bias = |parts: &[(String, usize)]| -> Result<Vec<f32>, GpuError> {
             let mut all = Vec::new();
             for (name, rows) in parts {
@@ -410,6 +413,7 @@ impl CudaModel {
     }
 
     fn gemv(&self, a: GemvArgs) -> Result<(), GpuError> {
+        let a = a.with_split();
         let grid = (a.blocks(), 1, 1);
         launch!(&self.stream, self.f("gemv")?, grid, GEMV_THREADS, 0; a)?;
         Ok(())
@@ -485,7 +489,17 @@ impl CudaModel {
                 head_dim: hd as i32,
                 capacity: self.capacity as i32,
                 rope,
-                ..self.plain(l.qkv, b.normed, b.q, l.qkv_b, 0, sp.qkv_dim(), dim, n, ACT_NONE)
+                ..self.plain(
+                    l.qkv,
+                    b.normed,
+                    b.q,
+                    l.qkv_b,
+                    0,
+                    sp.qkv_dim(),
+                    dim,
+                    n,
+                    ACT_NONE,
+                )
             };
             self.norm(l.norm1_w, l.norm1_b, b.x, b.normed, n)?;
             self.gemv(qkv)?;
@@ -507,7 +521,17 @@ impl CudaModel {
                 FfnKind::SwiGlu => GemvArgs {
                     mode: MODE_SWIGLU,
                     y_stride: sp.ffn_dim as i32,
-                    ..self.plain(l.ffn_in, b.normed, b.hidden, 0, 0, 2 * sp.ffn_dim, dim, n, ACT_NONE)
+                    ..self.plain(
+                        l.ffn_in,
+                        b.normed,
+                        b.hidden,
+                        0,
+                        0,
+                        2 * sp.ffn_dim,
+                        dim,
+                        n,
+                        ACT_NONE,
+                    )
                 },
                 FfnKind::GeluTanh => self.plain(
                     l.ffn_in,
@@ -523,11 +547,23 @@ impl CudaModel {
             };
             self.norm(l.norm2_w, l.norm2_b, b.x, b.normed, n)?;
             self.gemv(ffn_in)?;
-            self.gemv(self.plain(l.ffn_out, b.hidden, b.x, l.ffn_out_b, b.x, dim, sp.ffn_dim, n, ACT_NONE))?;
+            self.gemv(self.plain(
+                l.ffn_out,
+                b.hidden,
+                b.x,
+                l.ffn_out_b,
+                b.x,
+                dim,
+                sp.ffn_dim,
+                n,
+                ACT_NONE,
+            ))?;
         }
         let last = b.x + ((n - 1) * dim * 4) as u64;
         self.norm(self.out_norm_w, self.out_norm_b, last, b.normed, 1)?;
-        self.gemv(self.plain(self.head, b.normed, b.logits, 0, 0, sp.vocab, dim, 1, ACT_NONE))?;
+        self.gemv(self.plain(
+            self.head, b.normed, b.logits, 0, 0, sp.vocab, dim, 1, ACT_NONE,
+        ))?;
         Ok(())
     }
 
@@ -626,10 +662,8 @@ impl CudaModel {
     pub fn decode_bytes(&self, pos: usize) -> u64 {
         let sp = &self.spec;
         let dim = sp.dim;
-        let per_layer = sp.qkv_dim() * dim
-            + dim * sp.q_dim()
-            + sp.ffn_in_rows() * dim
-            + dim * sp.ffn_dim;
+        let per_layer =
+            sp.qkv_dim() * dim + dim * sp.q_dim() + sp.ffn_in_rows() * dim + dim * sp.ffn_dim;
         let matrices = (sp.n_layer * per_layer + sp.vocab * dim + 2 * dim) as u64 * 2;
         let kv = (sp.n_layer * 2 * sp.kv_dim() * (pos + 1)) as u64 * 2;
         matrices + kv

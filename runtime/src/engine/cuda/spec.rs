@@ -154,10 +154,13 @@ impl Spec {
                 self.head_dim
             ));
         }
-        let norm_max = agentrt_kernels::table::NORM_THREADS as usize
-            * agentrt_kernels::table::NORM_PER_THREAD;
+        let norm_max =
+            agentrt_kernels::table::NORM_THREADS as usize * agentrt_kernels::table::NORM_PER_THREAD;
         if self.dim > norm_max {
-            return Err(format!("width {} is over the GPU norm's {norm_max}", self.dim));
+            return Err(format!(
+                "width {} is over the GPU norm's {norm_max}",
+                self.dim
+            ));
         }
         for (what, cols) in [
             ("width", self.dim),
