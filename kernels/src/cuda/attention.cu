@@ -48,6 +48,7 @@ attn_decode(const float* __restrict__ q, const f16_t* __restrict__ kcache,
             const f16_t* __restrict__ vcache, float* __restrict__ part_o, float* __restrict__ part_ml,
             int* __restrict__ done, float* __restrict__ out, const int* __restrict__ pos0, int group,
             int head_dim, int capacity, int max_splits, float scale) {
+    PDL_ENTRY();
     __shared__ float qs[MAX_HEAD_DIM];
     __shared__ float sc[ATTN_CHUNK];
     __shared__ float scratch[32];
@@ -126,6 +127,7 @@ extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
 attn_prefill(const float* __restrict__ qkv, int qkv_stride, const f16_t* __restrict__ kcache,
              const f16_t* __restrict__ vcache, float* __restrict__ out, int out_stride,
              const int* __restrict__ pos0, int group, int head_dim, int capacity, float scale) {
+    PDL_ENTRY();
     __shared__ float qs[MAX_HEAD_DIM];
     __shared__ float sc[ATTN_THREADS];
     __shared__ float scratch[32];

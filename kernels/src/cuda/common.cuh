@@ -64,3 +64,27 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     __syncthreads();
     return t;
 }
+
+// Programmatic dependent launch (Hopper and later; no-ops before). A kernel launched with the
+// programmatic-serialisation attribute may start while the previous kernel of its stream is
+// still running: pdl_wait() blocks until that kernel has finished and its writes are visible,
+// so every kernel calls it before touching memory; pdl_launch_dependents() lets the next
+// kernel begin launching (its blocks then wait in pdl_wait) instead of after this one drains.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Both, at the top of every kernel of the forward pass.
+#define PDL_ENTRY() \
+    do {            \
+        pdl_wait(); \
+        pdl_launch_dependents(); \
+    } while (0)

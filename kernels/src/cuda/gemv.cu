@@ -250,6 +250,7 @@ __device__ __forceinline__ void finish(const GemvArgs& a, float (*sums)[2][GEMV_
 // One pair of rows per `ksplit` warps (rows wider than a warp streams well alone are split
 // along their columns), GEMV_WARPS / ksplit pairs per block.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const GemvArgs a) {
+    PDL_ENTRY();
     __shared__ float sums[GEMV_WARPS][2][GEMV_TOKENS];
     const int warp = threadIdx.x >> 5;
     const int ks = a.ksplit;

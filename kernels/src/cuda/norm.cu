@@ -9,6 +9,7 @@
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 row_norm(const float* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
      float* __restrict__ out, int dim, float eps, int layer_norm) {
+    PDL_ENTRY();
     __shared__ float scratch[32];
     const float* xr = x + (size_t)blockIdx.x * dim;
     float* o = out + (size_t)blockIdx.x * dim;

@@ -103,6 +103,9 @@ pub struct CudaModel {
     /// Bytes of the device KV cache.
     pub kv_bytes: u64,
     max_splits: usize,
+    /// Launch with programmatic dependent launch (compute capability 9.0 and later, unless
+    /// `AGENTRT_CUDA_PDL=0`).
+    pub pdl: bool,
     stream: Arc<CudaStream>,
     kernels: Arc<DeviceKernels>,
     embed: u64,
@@ -380,7 +383,10 @@ impl CudaModel {
         };
         stream.synchronize()?;
         let device_name = ctx.name()?;
+        let pdl =
+            kernels.arch.major >= 9 && std::env::var("AGENTRT_CUDA_PDL").as_deref() != Ok("0");
         Ok(Self {
+            pdl,
             spec,
             capacity,
             device_name,
@@ -415,7 +421,7 @@ impl CudaModel {
     fn gemv(&self, a: GemvArgs) -> Result<(), GpuError> {
         let a = a.with_split();
         let grid = (a.blocks(), 1, 1);
-        launch!(&self.stream, self.f("gemv")?, grid, GEMV_THREADS, 0; a)?;
+        launch!(self.pdl, &self.stream, self.f("gemv")?, grid, GEMV_THREADS, 0; a)?;
         Ok(())
     }
 
@@ -452,7 +458,7 @@ impl CudaModel {
     /// The model's input norm (weights `w`, bias `b`) of `rows` rows of `x` into `out`.
     fn norm(&self, w: u64, b: u64, x: u64, out: u64, rows: usize) -> Result<(), GpuError> {
         let layer = i32::from(self.spec.norm == NormKind::Layer);
-        launch!(&self.stream, self.f("row_norm")?, (rows as u32, 1, 1), NORM_THREADS, 0;
+        launch!(self.pdl, &self.stream, self.f("row_norm")?, (rows as u32, 1, 1), NORM_THREADS, 0;
             x, w, b, out, self.spec.dim as i32, self.spec.eps, layer)?;
         Ok(())
     }
@@ -465,7 +471,7 @@ impl CudaModel {
         let b = self.scratch;
         let s = &self.stream;
         let (dim, q_dim, hd) = (sp.dim, sp.q_dim(), sp.head_dim);
-        launch!(s, self.f("embed")?, (n as u32, 1, 1), EMBED_THREADS, 0;
+        launch!(self.pdl, s, self.f("embed")?, (n as u32, 1, 1), EMBED_THREADS, 0;
             self.embed, self.positions, b.tokens, b.pos0, b.x, dim as i32, sp.vocab as i32,
             sp.learned_positions.unwrap_or(self.capacity) as i32)?;
         let rope = match sp.rope {
@@ -505,13 +511,13 @@ impl CudaModel {
             self.gemv(qkv)?;
             match decode_splits {
                 Some(splits) => {
-                    launch!(s, self.f("attn_decode")?, (sp.n_head as u32, splits as u32, 1),
+                    launch!(self.pdl, s, self.f("attn_decode")?, (sp.n_head as u32, splits as u32, 1),
                         ATTN_THREADS, 0;
                         b.q, l.k_cache, l.v_cache, b.part_o, b.part_ml, b.done, b.attn, b.pos0,
                         group, hd as i32, self.capacity as i32, self.max_splits as i32, scale)?;
                 }
                 None => {
-                    launch!(s, self.f("attn_prefill")?, (n as u32, sp.n_head as u32, 1), ATTN_THREADS, 0;
+                    launch!(self.pdl, s, self.f("attn_prefill")?, (n as u32, sp.n_head as u32, 1), ATTN_THREADS, 0;
                         b.q, q_dim as i32, l.k_cache, l.v_cache, b.attn, q_dim as i32, b.pos0,
                         group, hd as i32, self.capacity as i32, scale)?;
                 }
@@ -645,9 +651,9 @@ impl CudaModel {
         let s = &self.stream;
         let vocab = self.spec.vocab as i32;
         if sampling.temperature < 1e-4 {
-            launch!(s, self.f("argmax")?, (1, 1, 1), SAMPLE_THREADS, 0; b.logits, vocab, b.sampled)?;
+            launch!(self.pdl, s, self.f("argmax")?, (1, 1, 1), SAMPLE_THREADS, 0; b.logits, vocab, b.sampled)?;
         } else {
-            launch!(s, self.f("sample_top")?, (1, 1, 1), SAMPLE_THREADS, 0;
+            launch!(self.pdl, s, self.f("sample_top")?, (1, 1, 1), SAMPLE_THREADS, 0;
                 b.logits, vocab, sampling.temperature, sampling.top_k as i32, sampling.top_p,
                 sampling.uniform, b.sampled)?;
         }

@@ -52,11 +52,11 @@ pub fn stacked_matrix(
             }
             GgmlType::BF16 => {
                 let f = kernels.function("bf16_to_f16")?;
-                launch!(stream, f, grid(elements), THREADS, 0; src, at, elements as i64)?;
+                launch!(false, stream, f, grid(elements), THREADS, 0; src, at, elements as i64)?;
             }
             GgmlType::F32 => {
                 let f = kernels.function("f32_to_f16")?;
-                launch!(stream, f, grid(elements), THREADS, 0; src, at, elements as i64)?;
+                launch!(false, stream, f, grid(elements), THREADS, 0; src, at, elements as i64)?;
             }
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
                 let kind: i32 = match part.ty {
@@ -66,7 +66,7 @@ pub fn stacked_matrix(
                 };
                 let blocks = elements / 32;
                 let f = kernels.function("dequant_blocks")?;
-                launch!(stream, f, grid(blocks), THREADS, 0; src, at, blocks as i64, kind)?;
+                launch!(false, stream, f, grid(blocks), THREADS, 0; src, at, blocks as i64, kind)?;
             }
         }
         // The staging buffer is freed when this iteration ends; the copy must be done by then.
