@@ -29,8 +29,11 @@ step "python quality check: unit tests"
 step "python syntax corpus: expected verdicts re-checked against CPython 3.12 for WASI"
 "$AGENTRT_HOME/venv/bin/python" tests/fixtures/python-syntax/make_expected.py --check
 
-step "clippy"
+step "clippy (without and with the GPU engine)"
 cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release --all-targets --features agentrt/cuda -- -D warnings
 
-step "runtime: unit, reference and end-to-end tests"
-cargo test --release --workspace -- --test-threads "${AGENTRT_TEST_THREADS:-4}"
+# Built with the GPU engine: its kernels compile to PTX here (NVRTC from PyPI) and its GPU
+# tests say why they skip on a machine without one (scripts/gpu-check.sh runs them on a GPU).
+step "runtime: unit, reference and end-to-end tests (with --features cuda)"
+cargo test --release --workspace --features agentrt/cuda -- --test-threads "${AGENTRT_TEST_THREADS:-4}"

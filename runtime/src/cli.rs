@@ -62,6 +62,10 @@ pub struct RuntimeOpts {
     /// Operator config (TOML): plugin limits and what each plugin is granted.
     #[arg(long, env = "AGENTRT_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// Where models run: `cpu`, `cuda` (an error without a usable GPU), or `auto` (the GPU
+    /// when this binary was built with the `cuda` feature and one answers).
+    #[arg(long, env = "AGENTRT_DEVICE", global = true, default_value = "auto")]
+    pub device: crate::engine::Device,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -266,13 +270,14 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
                 .unwrap_or_else(|| format!("model-{i}"))
         };
         let started = Instant::now();
-        let model = LoadedModel::load(&id, path, &mut |p| {
+        let model = LoadedModel::load_on(&id, path, opts.device, &mut |p| {
             eprint!("\rloading {id}: layer {}/{}", p.layers_done, p.layers_total);
         })
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
         eprintln!(
-            "\rloaded {id} ({} parameters) in {} ms",
+            "\rloaded {id} ({} parameters) on {} in {} ms",
             model.info.parameters,
+            model.info.device,
             started.elapsed().as_millis()
         );
         models.push(Arc::new(model));

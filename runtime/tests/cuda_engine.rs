@@ -650,7 +650,6 @@ fn compare_models(
     let mut cache = cpu.new_test_cache(prompt.len() + steps);
     let mut want = cpu.forward_for_test(prompt, &mut cache);
     let mut got = gpu.logits(prompt, 0).expect("gpu prefill");
-    let mut pos = prompt.len();
     let mut worst = 0f32;
     let mut cpu_tokens = Vec::new();
     let mut gpu_tokens = Vec::new();
@@ -699,8 +698,7 @@ fn compare_models(
             break;
         }
         want = cpu.forward_for_test(&[c], &mut cache);
-        got = gpu.logits(&[c], pos).expect("gpu decode");
-        pos += 1;
+        got = gpu.logits(&[c], prompt.len() + step).expect("gpu decode");
     }
     eprintln!(
         "{label}: worst logit error {:.3}% of the spread over {} steps; greedy cpu {cpu_tokens:?}",
@@ -765,10 +763,7 @@ fn random_checkpoints_match_the_cpu_engine() {
         ),
     ];
     for (label, spec, prompt_len) in cases {
-        let dir = synthetic(
-            spec,
-            &label.split_whitespace().next().unwrap_or("m").to_string(),
-        );
+        let dir = synthetic(spec, label.split_whitespace().next().unwrap_or("m"));
         let cpu = LoadedModel::load_on("cpu", &dir, Device::Cpu, &mut |_| {}).expect("cpu load");
         let gpu = CudaModel::open(&dir).expect("gpu load");
         let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 37 + 11) % 900).collect();
