@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use agentrt::engine::cuda::CudaModel;
-use agentrt::engine::cuda::model::DeviceSampling;
+use agentrt::engine::models::Next;
 use agentrt::engine::quant::GgmlType;
+use agentrt::engine::sampling::Choice;
 use agentrt::engine::synthetic::SyntheticSpec;
 use cudarc::driver::CudaContext;
 
@@ -48,34 +49,30 @@ struct Run {
     bytes_per_token: f64,
 }
 
+/// Run `tokens` at `pos` and take the greedy token on the device.
+fn greedy(model: &CudaModel, tokens: &[u32], pos: usize) -> u32 {
+    match model.choose(tokens, pos, &Choice::greedy(), model.spec.vocab) {
+        Ok(Next::Token(t)) => t,
+        other => panic!("greedy decode on the GPU: {other:?}"),
+    }
+}
+
 fn bench(model: &CudaModel, prompt_len: usize, decode: usize) -> Run {
     let vocab = model.spec.vocab as u32;
     let prompt: Vec<u32> = (0..prompt_len as u32)
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
     // Warm-up: graph capture for every attention bucket this run will touch, PTX loading.
-    let mut next = model
-        .next_token(&prompt, 0, DeviceSampling::GREEDY)
-        .expect("prefill")
-        .expect("token");
+    let mut next = greedy(model, &prompt, 0);
     for i in 0..decode {
-        next = model
-            .next_token(&[next], prompt_len + i, DeviceSampling::GREEDY)
-            .expect("decode")
-            .expect("token");
+        next = greedy(model, &[next], prompt_len + i);
     }
     let t = Instant::now();
-    let mut next = model
-        .next_token(&prompt, 0, DeviceSampling::GREEDY)
-        .expect("prefill")
-        .expect("token");
+    let mut next = greedy(model, &prompt, 0);
     let prefill = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for i in 0..decode {
-        next = model
-            .next_token(&[next], prompt_len + i, DeviceSampling::GREEDY)
-            .expect("decode")
-            .expect("token");
+        next = greedy(model, &[next], prompt_len + i);
     }
     let elapsed = t.elapsed().as_secs_f64();
     let bytes: u64 = (0..decode)

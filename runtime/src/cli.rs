@@ -322,6 +322,26 @@ pub fn load_pipeline(
     })
 }
 
+/// Load the Python sandbox before the server says it listens: the first load of a new build
+/// compiles the interpreter snapshot (tens of seconds on a small machine), which would
+/// otherwise land inside the first request's deadline. A sandbox that cannot load is only
+/// logged: requests report it themselves, and everything else still works.
+fn warm_sandbox(pipeline: &Pipeline) {
+    let Some(sandbox) = &pipeline.sandbox else {
+        return;
+    };
+    let started = Instant::now();
+    match sandbox.get() {
+        Ok(_) => tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "python sandbox ready"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "python sandbox unavailable; generated tests will not run")
+        }
+    }
+}
+
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|e| {
         CliError::new(
@@ -367,6 +387,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve { opts, listen } => {
             let engine = load_engine(&opts)?;
             let pipeline = load_pipeline(&opts, Some(engine.clone()))?;
+            warm_sandbox(&pipeline);
             let state = crate::server::AppState { engine, pipeline };
             let rt = tokio::runtime::Runtime::new()
                 .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;

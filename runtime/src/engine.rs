@@ -469,14 +469,14 @@ impl LoadedModel {
             .new_cache(prompt_ids.len() + max_tokens, self.kv_precision);
         let mut sampler = Sampler::new(params.clone());
         let mut history = prompt_ids.clone();
-        let mut logits = self.forward(&prompt_ids, &mut cache);
+        let mut input = prompt_ids.clone();
         let mut generated: Vec<u32> = Vec::new();
         let mut emitted = 0usize;
         let mut finish = FinishReason::Length;
         let mut text = String::new();
         while generated.len() < max_tokens {
             control.check()?;
-            let next = sampler.sample(&mut logits, &history);
+            let next = self.next_token(&input, &mut cache, &mut sampler, &history);
             if self.tokenizer.stop_ids.contains(&next) {
                 finish = FinishReason::EndOfSequence;
                 break;
@@ -502,7 +502,7 @@ impl LoadedModel {
             if generated.len() == max_tokens {
                 break;
             }
-            logits = self.forward(&[next], &mut cache);
+            input = vec![next];
         }
         if text.len() > emitted {
             on_text(&text[emitted..]);
@@ -522,11 +522,46 @@ impl LoadedModel {
     /// checkpoints) can never be sampled, since no text decodes from them.
     fn forward(&self, ids: &[u32], cache: &mut kv_cache::KvCache) -> Vec<f32> {
         let mut logits = self.model.forward(ids, cache);
+        self.mask_padding(&mut logits);
+        logits
+    }
+
+    /// Rows of the head past the tokenizer (padding) can never be chosen.
+    fn mask_padding(&self, logits: &mut [f32]) {
         let known = self.tokenizer.vocab_size();
         if logits.len() > known {
             logits[known..].fill(f32::NEG_INFINITY);
         }
-        logits
+    }
+
+    /// Run `ids` and choose the next token: on the model's device when it samples there (only
+    /// the id comes back), else from the logits with the host sampler; the same rules and the
+    /// same seeded draws either way.
+    fn next_token(
+        &self,
+        ids: &[u32],
+        cache: &mut kv_cache::KvCache,
+        sampler: &mut Sampler,
+        history: &[u32],
+    ) -> u32 {
+        let choice = sampler.prepare(history);
+        let known = self.tokenizer.vocab_size();
+        match self.model.forward_choose(ids, cache, &choice, known) {
+            models::Next::Token(t) => t,
+            models::Next::Logits(mut logits) => {
+                self.mask_padding(&mut logits);
+                sampling::apply_repeat_penalty(
+                    &mut logits,
+                    &choice.penalized,
+                    choice.repeat_penalty,
+                );
+                sampler.finish(&logits, &choice)
+            }
+            models::Next::Penalized(mut logits) => {
+                self.mask_padding(&mut logits);
+                sampler.finish(&logits, &choice)
+            }
+        }
     }
 
     /// Bytes the KV cache holds per position (for memory and bandwidth figures).

@@ -9,10 +9,11 @@
 use std::sync::Arc;
 
 use agentrt::engine::cpu::{self, AttentionShape, Rope, RopeLayout};
-use agentrt::engine::cuda::model::DeviceSampling;
 use agentrt::engine::cuda::{CudaModel, GpuError};
 use agentrt::engine::kv_cache::{KvCache, KvPrecision};
+use agentrt::engine::models::Next;
 use agentrt::engine::quant::{GgmlType, dequantize_row, quantize_row};
+use agentrt::engine::sampling::{Choice, SamplingParams};
 use agentrt::engine::synthetic::SyntheticSpec;
 use agentrt::engine::{Device, LoadedModel};
 use agentrt_kernels::args::{
@@ -797,17 +798,16 @@ fn smollm2_matches_the_cpu_engine() {
     compare_models("SmolLM2 Q4_1", &cpu, &gpu, &prompt, 32, 0.05, Some(0.05));
     // Device greedy sampling gives exactly the continuation of host argmax over the GPU's
     // own logits.
+    let greedy =
+        |tokens: &[u32], pos: usize| match gpu.choose(tokens, pos, &Choice::greedy(), 49152) {
+            Ok(Next::Token(t)) => t,
+            other => panic!("{other:?}"),
+        };
     let mut device = Vec::new();
-    let mut next = gpu
-        .next_token(&prompt, 0, DeviceSampling::GREEDY)
-        .expect("next")
-        .expect("greedy");
+    let mut next = greedy(&prompt, 0);
     for i in 0..12 {
         device.push(next);
-        next = gpu
-            .next_token(&[next], prompt.len() + i, DeviceSampling::GREEDY)
-            .expect("next")
-            .expect("greedy");
+        next = greedy(&[next], prompt.len() + i);
     }
     let mut host = Vec::new();
     let mut logits = gpu.logits(&prompt, 0).expect("logits");
@@ -851,6 +851,46 @@ fn the_engine_runs_on_the_gpu_and_reports_memory_errors_as_model_003() {
         .expect_err("64 MiB is too little");
     assert!(matches!(err, GpuError::OutOfMemory { .. }), "{err}");
     eprintln!("{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Generation through the engine samples on the device (penalty, temperature, top-k, top-p,
+/// the seeded draws) and writes what the CPU engine writes from the same checkpoint and seed.
+#[test]
+fn seeded_sampling_on_the_gpu_generates_the_cpu_engines_text() {
+    let Some(_g) = gpu() else { return };
+    let dir = synthetic(SyntheticSpec::tiny_starcoder(GgmlType::F16), "sampling");
+    let gpu = LoadedModel::load_on("gpu", &dir, Device::Cuda, &mut |_| {}).expect("gpu");
+    let cpu = LoadedModel::load_on("cpu", &dir, Device::Cpu, &mut |_| {}).expect("cpu");
+    let control = agentrt::engine::Control::default();
+    let prompt = agentrt::engine::Prompt::Text("def quicksort(items):".into());
+    for (temperature, top_k, top_p, repeat_penalty) in [
+        (0.0, 40, 0.95, 1.1),
+        (0.9, 40, 0.95, 1.1),
+        (1.2, 0, 0.9, 1.0),
+        (0.7, 5, 1.0, 1.3),
+    ] {
+        let params = SamplingParams {
+            max_tokens: 24,
+            temperature,
+            top_k,
+            top_p,
+            repeat_penalty,
+            seed: 7,
+            ..Default::default()
+        };
+        let run = |m: &LoadedModel| {
+            m.generate(&prompt, &params, &control, &mut |_| {})
+                .expect("generate")
+                .text
+        };
+        let (g, c) = (run(&gpu), run(&cpu));
+        eprintln!("t {temperature} k {top_k} p {top_p} penalty {repeat_penalty}: {g:?}");
+        assert_eq!(
+            g, c,
+            "t {temperature} k {top_k} p {top_p} penalty {repeat_penalty}"
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -48,7 +48,7 @@ attn_decode(const float* __restrict__ q, const f16_t* __restrict__ kcache,
             const f16_t* __restrict__ vcache, float* __restrict__ part_o, float* __restrict__ part_ml,
             int* __restrict__ done, float* __restrict__ out, const int* __restrict__ pos0, int group,
             int head_dim, int capacity, int max_splits, float scale) {
-    PDL_ENTRY();
+    pdl_wait();
     __shared__ float qs[MAX_HEAD_DIM];
     __shared__ float sc[ATTN_CHUNK];
     __shared__ float scratch[32];
@@ -77,6 +77,7 @@ attn_decode(const float* __restrict__ q, const f16_t* __restrict__ kcache,
         l += e;
     }
     l = block_sum(l, scratch);
+    pdl_launch_dependents();
     const f16_t* vbase = vcache + ((size_t)kvh * capacity + start) * head_dim;
     if (splits == 1) {
         // A single chunk is the whole softmax: write the result directly.
@@ -127,7 +128,7 @@ extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
 attn_prefill(const float* __restrict__ qkv, int qkv_stride, const f16_t* __restrict__ kcache,
              const f16_t* __restrict__ vcache, float* __restrict__ out, int out_stride,
              const int* __restrict__ pos0, int group, int head_dim, int capacity, float scale) {
-    PDL_ENTRY();
+    pdl_wait();
     __shared__ float qs[MAX_HEAD_DIM];
     __shared__ float sc[ATTN_THREADS];
     __shared__ float scratch[32];
@@ -165,6 +166,7 @@ attn_prefill(const float* __restrict__ qkv, int qkv_stride, const f16_t* __restr
         m = new_m;
         __syncthreads();  // sc is rewritten by the next tile
     }
+    pdl_launch_dependents();
     float* o = out + (size_t)t * out_stride + h * head_dim;
     if (d0 < head_dim) o[d0] = acc0 / l;
     if (d1 < head_dim) o[d1] = acc1 / l;

@@ -68,8 +68,9 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 // Programmatic dependent launch (Hopper and later; no-ops before). A kernel launched with the
 // programmatic-serialisation attribute may start while the previous kernel of its stream is
 // still running: pdl_wait() blocks until that kernel has finished and its writes are visible,
-// so every kernel calls it before touching memory; pdl_launch_dependents() lets the next
-// kernel begin launching (its blocks then wait in pdl_wait) instead of after this one drains.
+// so every kernel calls it first; pdl_launch_dependents() lets the next kernel begin launching
+// once every block has called it (or exited). Kernels call it after their main work, so the
+// next kernel's launch overlaps only their tail, not their whole run.
 __device__ __forceinline__ void pdl_wait() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -81,10 +82,3 @@ __device__ __forceinline__ void pdl_launch_dependents() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-
-// Both, at the top of every kernel of the forward pass.
-#define PDL_ENTRY() \
-    do {            \
-        pdl_wait(); \
-        pdl_launch_dependents(); \
-    } while (0)

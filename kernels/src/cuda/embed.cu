@@ -7,7 +7,7 @@
 extern "C" __global__ void embed(const f16_t* __restrict__ table, const f16_t* __restrict__ positions,
                                  const int* __restrict__ tokens, const int* __restrict__ pos0,
                                  float* __restrict__ x, int dim, int vocab, int n_positions) {
-    PDL_ENTRY();
+    pdl_wait();
     const int t = blockIdx.x;
     // Ids were checked by the engine; clamping keeps a bad one inside the table.
     const int tok = min(max(tokens[t], 0), vocab - 1);

@@ -250,7 +250,7 @@ __device__ __forceinline__ void finish(const GemvArgs& a, float (*sums)[2][GEMV_
 // One pair of rows per `ksplit` warps (rows wider than a warp streams well alone are split
 // along their columns), GEMV_WARPS / ksplit pairs per block.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const GemvArgs a) {
-    PDL_ENTRY();
+    pdl_wait();
     __shared__ float sums[GEMV_WARPS][2][GEMV_TOKENS];
     const int warp = threadIdx.x >> 5;
     const int ks = a.ksplit;
@@ -268,6 +268,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const GemvArgs a
         const float* xs[1] = {a.x};
         float va[1] = {0.0f}, vb[1] = {0.0f};
         if (active) pair_dots<1, GEMV_UNROLL>(ra, rb, n8, part, ks, xs, va, vb);
+        pdl_launch_dependents();
         finish(a, sums, pair, active, part, 0, 1, va, vb);
         return;
     }
@@ -280,4 +281,5 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const GemvArgs a
         if (active) pair_dots<GEMV_TOKENS, 2>(ra, rb, n8, part, ks, xs, va, vb);
         finish(a, sums, pair, active, part, t0, nt, va, vb);
     }
+    pdl_launch_dependents();
 }

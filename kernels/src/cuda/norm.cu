@@ -9,7 +9,7 @@
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 row_norm(const float* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
      float* __restrict__ out, int dim, float eps, int layer_norm) {
-    PDL_ENTRY();
+    pdl_wait();
     __shared__ float scratch[32];
     const float* xr = x + (size_t)blockIdx.x * dim;
     float* o = out + (size_t)blockIdx.x * dim;
@@ -30,6 +30,7 @@ row_norm(const float* __restrict__ x, const float* __restrict__ weight, const fl
         ss += d * d;
     }
     const float sd = sqrtf(block_sum(ss, scratch) / (float)dim + eps);
+    pdl_launch_dependents();
 #pragma unroll
     for (int k = 0; k < NORM_PER_THREAD; ++k) {
         const int c = threadIdx.x + k * NORM_THREADS;

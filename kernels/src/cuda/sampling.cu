@@ -10,7 +10,7 @@
 // `tokens` holds distinct ids (the host removes repeats).
 extern "C" __global__ void repeat_penalty(float* logits, const int* __restrict__ tokens, int n, int vocab,
                                           float penalty) {
-    PDL_ENTRY();
+    pdl_wait();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const int t = tokens[i];
@@ -54,7 +54,7 @@ __device__ void block_best(const float* v, int n, float after_v, int after_i, fl
 // Index of the largest logit, the first on ties (as the CPU's argmax). One block.
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) argmax(const float* __restrict__ logits, int n,
                                                                     int* __restrict__ out) {
-    PDL_ENTRY();
+    pdl_wait();
     __shared__ float sv[SAMPLE_THREADS];
     __shared__ int si[SAMPLE_THREADS];
     float v;
@@ -71,7 +71,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) argmax(const float*
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 sample_top(const float* __restrict__ logits, int n, float temperature, int top_k, float top_p,
            float uniform, int* __restrict__ out) {
-    PDL_ENTRY();
+    pdl_wait();
     __shared__ float sv[SAMPLE_THREADS];
     __shared__ int si[SAMPLE_THREADS];
     __shared__ float cand_v[SAMPLE_MAX_K];

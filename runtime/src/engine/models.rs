@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::gguf::{GgufError, GgufFile};
 use super::kv_cache::{KvCache, KvPrecision};
+use super::sampling::Choice;
 use super::weights::{ModelFileError, WeightStore};
 
 /// A decoder-only language model.
@@ -36,6 +37,30 @@ pub trait CausalLm: Send + Sync {
     /// Run `tokens` at positions `cache.len()..`, append them to the cache, and return the
     /// logits of the last one.
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32>;
+
+    /// Run `tokens` like [`CausalLm::forward`], and on models that sample on their device,
+    /// take `choice` there among ids `0..candidates` (the tokenizer's, without padding) so
+    /// only the token leaves the device. Others return the logits for the host sampler.
+    fn forward_choose(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        _choice: &Choice,
+        _candidates: usize,
+    ) -> Next {
+        Next::Logits(self.forward(tokens, cache))
+    }
+}
+
+/// What [`CausalLm::forward_choose`] hands back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Chosen on the device.
+    Token(u32),
+    /// Logits for the host to choose from.
+    Logits(Vec<f32>),
+    /// Logits with the repeat penalty already applied (a device that deferred the choice).
+    Penalized(Vec<f32>),
 }
 
 /// Layers, K/V width and head size: the shape of a model's KV cache.

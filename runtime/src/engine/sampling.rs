@@ -76,27 +76,46 @@ impl Sampler {
 
     /// Choose the next token given the logits and the tokens so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let choice = self.prepare(history);
+        apply_repeat_penalty(logits, &choice.penalized, choice.repeat_penalty);
+        self.finish(logits, &choice)
+    }
+
+    /// What a device needs to choose the next token the way [`Sampler::sample`] would: the
+    /// settings, the distinct recent tokens the repeat penalty applies to, and this step's
+    /// random draw (taken from the seeded stream only when sampling, as `sample` does).
+    pub fn prepare(&mut self, history: &[u32]) -> Choice {
         let p = &self.params;
+        let mut penalized = Vec::new();
         if p.repeat_penalty != 1.0 {
-            // llama.cpp's rule: make repeated tokens less likely whatever the logit's sign.
             let start = history.len().saturating_sub(p.repeat_window);
             let mut seen = std::collections::HashSet::new();
-            for &t in &history[start..] {
-                if let Some(l) = logits.get_mut(t as usize)
-                    && seen.insert(t)
-                {
-                    *l = if *l > 0.0 {
-                        *l / p.repeat_penalty
-                    } else {
-                        *l * p.repeat_penalty
-                    };
-                }
-            }
+            penalized.extend(history[start..].iter().filter(|t| seen.insert(**t)));
         }
         // Below this, dividing by the temperature overflows the logits; it is greedy anyway.
-        if p.temperature < 1e-4 {
+        let greedy = p.temperature < 1e-4;
+        let uniform = if greedy {
+            0.0
+        } else {
+            self.rng.random::<f32>()
+        };
+        Choice {
+            greedy,
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            repeat_penalty: p.repeat_penalty,
+            penalized,
+            uniform,
+        }
+    }
+
+    /// The token `choice` picks from `logits` whose repeat penalty is already applied.
+    pub fn finish(&self, logits: &[f32], choice: &Choice) -> u32 {
+        if choice.greedy {
             return argmax(logits);
         }
+        let p = &self.params;
         let mut candidates: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
@@ -124,7 +143,7 @@ impl Sampler {
         }
         candidates.truncate(keep);
         let mass: f32 = candidates.iter().map(|c| c.1).sum();
-        let mut r = self.rng.random::<f32>() * mass;
+        let mut r = choice.uniform * mass;
         for c in &candidates {
             r -= c.1;
             if r <= 0.0 {
@@ -132,6 +151,44 @@ impl Sampler {
             }
         }
         candidates[candidates.len() - 1].0
+    }
+}
+
+/// One step's sampling decision, ready to be taken on the host or a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub greedy: bool,
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub repeat_penalty: f32,
+    /// Distinct tokens of the recent window (empty when the penalty is off).
+    pub penalized: Vec<u32>,
+    /// The draw in [0, 1) (0 when greedy).
+    pub uniform: f32,
+}
+
+impl Choice {
+    /// The largest logit, no penalty.
+    pub fn greedy() -> Self {
+        Self {
+            greedy: true,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            penalized: Vec::new(),
+            uniform: 0.0,
+        }
+    }
+}
+
+/// llama.cpp's rule: make repeated tokens less likely whatever the logit's sign.
+pub fn apply_repeat_penalty(logits: &mut [f32], penalized: &[u32], penalty: f32) {
+    for &t in penalized {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+        }
     }
 }
 
@@ -195,6 +252,34 @@ mod tests {
         );
         let k1 = run(SamplingParams { top_k: 1, ..params });
         assert!(k1.iter().all(|t| *t == argmax(&logits)));
+    }
+
+    /// prepare → penalty → finish (the path a device takes) is `sample`, draw for draw.
+    #[test]
+    fn the_split_steps_choose_what_sample_chooses() {
+        let params = SamplingParams {
+            temperature: 0.8,
+            top_k: 7,
+            top_p: 0.9,
+            repeat_penalty: 1.3,
+            repeat_window: 4,
+            ..Default::default()
+        };
+        let logits: Vec<f32> = (0..64).map(|i| (i as f32 * 0.71).cos() * 3.0).collect();
+        let history = [3u32, 9, 3, 40, 41, 9];
+        let (mut a, mut b) = (Sampler::new(params.clone()), Sampler::new(params));
+        for _ in 0..30 {
+            let want = a.sample(&mut logits.clone(), &history);
+            let choice = b.prepare(&history);
+            assert_eq!(
+                choice.penalized,
+                vec![3, 40, 41, 9],
+                "distinct tokens of the window"
+            );
+            let mut l = logits.clone();
+            apply_repeat_penalty(&mut l, &choice.penalized, choice.repeat_penalty);
+            assert_eq!(b.finish(&l, &choice), want);
+        }
     }
 
     #[test]

@@ -21,9 +21,12 @@ use super::spec::{FfnKind, NormKind, Spec};
 use super::upload;
 use crate::engine::cpu::RopeLayout;
 use crate::engine::kv_cache::{KvCache, KvPrecision};
-use crate::engine::models::{CacheShape, CausalLm};
+use crate::engine::models::{CacheShape, CausalLm, Next};
+use crate::engine::sampling::Choice;
 use crate::engine::weights::WeightStore;
 
+/// Distinct recent tokens the device repeat penalty takes (more: the host applies it).
+const PENALTY_SLOTS: usize = 1024;
 /// Tokens per prefill pass (longer prompts run in chunks of this many).
 const MAX_BATCH: usize = 256;
 /// Context used when `AGENTRT_CUDA_CONTEXT` is not set and the model allows more.
@@ -76,6 +79,7 @@ struct Scratch {
     tokens: u64,
     pos0: u64,
     sampled: u64,
+    penalty: u64,
 }
 
 /// A captured decode step for one number of attention chunks.
@@ -88,6 +92,8 @@ struct State {
     tokens: CudaSlice<i32>,
     pos0: CudaSlice<i32>,
     sampled: CudaSlice<i32>,
+    /// Distinct recent tokens for the repeat penalty.
+    penalty: CudaSlice<i32>,
     logits: CudaSlice<f32>,
     graphs: HashMap<usize, Graph>,
 }
@@ -368,6 +374,7 @@ impl CudaModel {
         let tokens: CudaSlice<i32> = s.alloc_zeros(MAX_BATCH)?;
         let pos0: CudaSlice<i32> = s.alloc_zeros(1)?;
         let sampled: CudaSlice<i32> = s.alloc_zeros(1)?;
+        let penalty: CudaSlice<i32> = s.alloc_zeros(PENALTY_SLOTS)?;
         let logits: CudaSlice<f32> = s.alloc_zeros(vocab)?;
         let scratch = Scratch {
             x,
@@ -382,6 +389,7 @@ impl CudaModel {
             tokens: addr(&tokens, s),
             pos0: addr(&pos0, s),
             sampled: addr(&sampled, s),
+            penalty: addr(&penalty, s),
         };
         stream.synchronize()?;
         let device_name = ctx.name()?;
@@ -409,6 +417,7 @@ impl CudaModel {
                 tokens,
                 pos0,
                 sampled,
+                penalty,
                 logits,
                 graphs: HashMap::new(),
             }),
@@ -639,32 +648,61 @@ impl CudaModel {
         Ok(out)
     }
 
-    /// Run `tokens` at `pos0..` and pick the next token on the device: greedy when
-    /// `temperature` is 0, else top-k / top-p with `uniform` in [0, 1) as the draw. Only the
-    /// token id crosses to the host. `None` when the device sampler defers to the host (top_k
-    /// off and the best candidates do not reach top_p).
-    pub fn next_token(
+    /// Run `tokens` at `pos0..` and take `choice` on the device among ids `0..candidates`:
+    /// the repeat penalty, then greedy argmax or top-k / top-p with the choice's draw. Only
+    /// the token id crosses to the host, unless the device sampler defers (top_k off and its
+    /// best candidates short of top_p) or the penalty list is longer than its buffer: then
+    /// the logits come back for the host sampler.
+    pub fn choose(
         &self,
         tokens: &[u32],
         pos0: usize,
-        sampling: DeviceSampling,
-    ) -> Result<Option<u32>, GpuError> {
+        choice: &Choice,
+        candidates: usize,
+    ) -> Result<Next, GpuError> {
         let mut st = self.lock();
         self.run(&mut st, tokens, pos0)?;
         let b = self.scratch;
         let s = &self.stream;
         let vocab = self.spec.vocab as i32;
-        if sampling.temperature < 1e-4 {
-            launch!(self.pdl, s, self.f("argmax")?, (1, 1, 1), SAMPLE_THREADS, 0; b.logits, vocab, b.sampled)?;
+        let n = candidates.clamp(1, self.spec.vocab) as i32;
+        let penalize = choice.repeat_penalty != 1.0 && !choice.penalized.is_empty();
+        if penalize && choice.penalized.len() > PENALTY_SLOTS {
+            return Ok(Next::Logits(self.copy_logits(&st)?));
+        }
+        if penalize {
+            let ids: Vec<i32> = choice.penalized.iter().map(|t| *t as i32).collect();
+            s.memcpy_htod(&ids, &mut st.penalty.slice_mut(0..ids.len()))?;
+            let count = ids.len() as i32;
+            launch!(self.pdl, s, self.f("repeat_penalty")?, ((ids.len() as u32).div_ceil(256), 1, 1), 256, 0;
+                b.logits, b.penalty, count, vocab, choice.repeat_penalty)?;
+        }
+        if choice.greedy {
+            launch!(self.pdl, s, self.f("argmax")?, (1, 1, 1), SAMPLE_THREADS, 0; b.logits, n, b.sampled)?;
         } else {
             launch!(self.pdl, s, self.f("sample_top")?, (1, 1, 1), SAMPLE_THREADS, 0;
-                b.logits, vocab, sampling.temperature, sampling.top_k as i32, sampling.top_p,
-                sampling.uniform, b.sampled)?;
+                b.logits, n, choice.temperature, choice.top_k as i32, choice.top_p,
+                choice.uniform, b.sampled)?;
         }
         let mut out = [0i32];
         s.memcpy_dtoh(&st.sampled, &mut out)?;
         s.synchronize()?;
-        Ok((out[0] >= 0).then_some(out[0] as u32))
+        if out[0] >= 0 {
+            return Ok(Next::Token(out[0] as u32));
+        }
+        let logits = self.copy_logits(&st)?;
+        Ok(if penalize {
+            Next::Penalized(logits)
+        } else {
+            Next::Logits(logits)
+        })
+    }
+
+    fn copy_logits(&self, st: &State) -> Result<Vec<f32>, GpuError> {
+        let mut out = vec![0f32; self.spec.vocab];
+        self.stream.memcpy_dtoh(&st.logits, &mut out)?;
+        self.stream.synchronize()?;
+        Ok(out)
     }
 
     /// Bytes a decode step at position `pos` reads from device memory: every layer's
@@ -683,26 +721,6 @@ impl CudaModel {
     pub fn synchronize(&self) -> Result<(), GpuError> {
         Ok(self.stream.synchronize()?)
     }
-}
-
-/// Sampling settings for [`CudaModel::next_token`].
-#[derive(Debug, Clone, Copy)]
-pub struct DeviceSampling {
-    pub temperature: f32,
-    /// 0 = off.
-    pub top_k: u32,
-    pub top_p: f32,
-    /// The random draw in [0, 1).
-    pub uniform: f32,
-}
-
-impl DeviceSampling {
-    pub const GREEDY: Self = Self {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        uniform: 0.0,
-    };
 }
 
 impl CausalLm for CudaModel {
@@ -725,6 +743,20 @@ impl CausalLm for CudaModel {
     /// The keys and values live on the device; the host cache only counts positions.
     fn new_cache(&self, capacity: usize, _precision: KvPrecision) -> KvCache {
         KvCache::on_device(capacity.min(self.capacity))
+    }
+
+    fn forward_choose(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        choice: &Choice,
+        candidates: usize,
+    ) -> Next {
+        let next = self
+            .choose(tokens, cache.len(), choice, candidates)
+            .unwrap_or_else(|e| panic!("GPU forward pass failed: {e}"));
+        cache.commit(tokens.len());
+        next
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
