@@ -109,10 +109,9 @@ pub struct CudaModel {
     /// Bytes of the device KV cache.
     pub kv_bytes: u64,
     max_splits: usize,
-    /// Launch with programmatic dependent launch: only with `AGENTRT_CUDA_PDL=1` on compute
-    /// capability 9.0 and later. Measured on an H200 it made batch-1 decode slower (577 against
-    /// 671 tokens/s for the 1B shape: every kernel lets its successor launch at entry, and the
-    /// waiting blocks take SM slots), so it is off until the trigger moves later.
+    /// Launch with programmatic dependent launch (compute capability 9.0 and later, unless
+    /// `AGENTRT_CUDA_PDL=0`): each kernel lets the next one launch once its main work is done.
+    /// Measured on an H200: +3 % decode for the 1B shape, +13 % for SmolLM2.
     pub pdl: bool,
     stream: Arc<CudaStream>,
     kernels: Arc<DeviceKernels>,
@@ -394,7 +393,7 @@ impl CudaModel {
         stream.synchronize()?;
         let device_name = ctx.name()?;
         let pdl =
-            kernels.arch.major >= 9 && std::env::var("AGENTRT_CUDA_PDL").as_deref() == Ok("1");
+            kernels.arch.major >= 9 && std::env::var("AGENTRT_CUDA_PDL").as_deref() != Ok("0");
         Ok(Self {
             pdl,
             spec,
