@@ -16,9 +16,9 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream};
 
 use super::GpuError;
+use super::device_weights::{self, DeviceWeights, Owned};
 use super::launch::{addr, launch};
 use super::spec::{FfnKind, NormKind, Spec};
-use super::upload;
 use crate::engine::cpu::RopeLayout;
 use crate::engine::kv_cache::{KvCache, KvPrecision};
 use crate::engine::models::{CacheShape, CausalLm, Next};
@@ -32,34 +32,6 @@ const MAX_BATCH: usize = 256;
 /// Context used when `AGENTRT_CUDA_CONTEXT` is not set and the model allows more.
 const DEFAULT_CONTEXT: usize = 8192;
 const EMBED_THREADS: u32 = 256;
-
-/// Device addresses of one layer's tensors (0 where the architecture has none).
-#[derive(Debug, Clone, Copy)]
-struct LayerAddrs {
-    norm1_w: u64,
-    norm1_b: u64,
-    qkv: u64,
-    qkv_b: u64,
-    wo: u64,
-    wo_b: u64,
-    norm2_w: u64,
-    norm2_b: u64,
-    ffn_in: u64,
-    ffn_in_b: u64,
-    ffn_out: u64,
-    ffn_out_b: u64,
-    k_cache: u64,
-    v_cache: u64,
-}
-
-/// Owners of device memory, kept for the model's life (the addresses above point into them);
-/// never read, only dropped with the model.
-#[allow(dead_code)]
-enum Owned {
-    Half(CudaSlice<u16>),
-    Float(CudaSlice<f32>),
-    Int(CudaSlice<i32>),
-}
 
 /// Activation and scratch buffers (addresses into `State`'s and the model's allocations).
 #[derive(Debug, Clone, Copy)]
@@ -115,16 +87,11 @@ pub struct CudaModel {
     pub pdl: bool,
     stream: Arc<CudaStream>,
     kernels: Arc<DeviceKernels>,
-    embed: u64,
-    positions: u64,
-    layers: Vec<LayerAddrs>,
-    out_norm_w: u64,
-    out_norm_b: u64,
-    head: u64,
-    inv_freq: u64,
+    w: DeviceWeights,
     scratch: Scratch,
     state: Mutex<State>,
-    _owned: Vec<Owned>,
+    /// The allocations behind `w`, `scratch` and the KV cache.
+    _owned: Owned,
 }
 
 impl std::fmt::Debug for CudaModel {
@@ -185,23 +152,15 @@ impl CudaModel {
             .min(env_usize("AGENTRT_CUDA_CONTEXT").unwrap_or(DEFAULT_CONTEXT))
             .max(1);
 
-        let tied = !store.contains("output.weight");
-        let (dim, vocab) = (spec.dim, spec.vocab);
-        let per_layer = spec.qkv_dim() * dim
-            + dim * spec.q_dim()
-            + spec.ffn_in_rows() * dim
-            + dim * spec.ffn_dim;
-        let weight_elements = vocab * dim
-            + spec.learned_positions.unwrap_or(0) * dim
-            + spec.n_layer * per_layer
-            + if tied { 0 } else { vocab * dim };
-        let weight_bytes = weight_elements as u64 * 2;
+        let tied = device_weights::head_is_tied(store);
+        let weight_bytes = device_weights::weight_bytes(&spec, tied);
         let kv_bytes = (spec.n_layer * 2 * spec.kv_dim() * capacity * 2) as u64;
+        let (dim, vocab) = (spec.dim, spec.vocab);
         let scratch_bytes =
             (MAX_BATCH * (2 * dim + 2 * spec.q_dim() + spec.ffn_dim) + vocab) as u64 * 4;
         let (free, _total) = ctx.mem_get_info()?;
         let free = memory_limit.map_or(free as u64, |l| l.min(free as u64));
-        // cuBLAS-free, but the context, modules and graphs take some memory of their own.
+        // The context, modules and graphs take some memory of their own.
         let margin = 64u64 << 20;
         let need = weight_bytes + kv_bytes + scratch_bytes + margin;
         if need > free {
@@ -215,176 +174,35 @@ impl CudaModel {
             });
         }
 
-        let mut owned = Vec::new();
         let s = &stream;
-        let k = &kernels;
-        let half = |slice: CudaSlice<u16>, owned: &mut Vec<Owned>| {
-            let a = addr(&slice, s);
-            owned.push(Owned::Half(slice));
-            a
-        };
-        let float = |v: &[f32], owned: &mut Vec<Owned>| -> Result<u64, GpuError> {
-            let slice = upload::vector(s, v)?;
-            let a = addr(&slice, s);
-            owned.push(Owned::Float(slice));
-            Ok(a)
-        };
-        let matrix = |name: &str, rows: usize, cols: usize| {
-            store
-                .matrix(name, rows, cols)
-                .map(|m| store.weight(&m))
-                .map_err(|e| GpuError::Unsupported(e.to_string()))
-        };
-        let vector = |name: &str, n: usize| {
-            store
-                .vector(name, n)
-                .map_err(|e| GpuError::Unsupported(e.to_string()))
-        };
-        let stacked =
-            |parts: &[(String, usize)], cols: usize| -> Result<CudaSlice<u16>, GpuError> {
-                let refs = parts
-                    .iter()
-                    .map(|(name, rows)| matrix(&format!("{name}.weight"), *rows, cols))
-                    .collect::<Result<Vec<_>, _>>()?;
-                upload::stacked_matrix(s, k, &refs)
-            };
-        let stacked_bias = |parts: &[(String, usize)]| -> Result<Vec<f32>, GpuError> {
-            let mut all = Vec::new();
-            for (name, rows) in parts {
-                all.extend(vector(&format!("{name}.bias"), *rows)?);
-            }
-            Ok(all)
-        };
-
-        let embed_m = upload::stacked_matrix(s, k, &[matrix("token_embd.weight", vocab, dim)?])?;
-        let embed = half(embed_m, &mut owned);
-        let positions = match spec.learned_positions {
-            Some(n) => {
-                let m = upload::stacked_matrix(s, k, &[matrix("position_embd.weight", n, dim)?])?;
-                half(m, &mut owned)
-            }
-            None => 0,
-        };
-        let head = if tied {
-            embed
-        } else {
-            let m = upload::stacked_matrix(s, k, &[matrix("output.weight", vocab, dim)?])?;
-            half(m, &mut owned)
-        };
-        let with_bias = spec.norm == NormKind::Layer;
-        let kv_layer = spec.kv_dim() * capacity;
-        let kv_all: CudaSlice<u16> = s.alloc_zeros(spec.n_layer * 2 * kv_layer)?;
-        let kv_base = addr(&kv_all, s);
-        owned.push(Owned::Half(kv_all));
-
-        let mut layers = Vec::with_capacity(spec.n_layer);
-        for i in 0..spec.n_layer {
-            let p = |n: &str| format!("blk.{i}.{n}");
-            let norm = |name: &str, owned: &mut Vec<Owned>| -> Result<(u64, u64), GpuError> {
-                let w = float(&vector(&format!("{name}.weight"), dim)?, owned)?;
-                let b = if with_bias {
-                    float(&vector(&format!("{name}.bias"), dim)?, owned)?
-                } else {
-                    0
-                };
-                Ok((w, b))
-            };
-            let (norm1_w, norm1_b) = norm(&p("attn_norm"), &mut owned)?;
-            let (norm2_w, norm2_b) = norm(&p("ffn_norm"), &mut owned)?;
-            let qkv_parts = spec.qkv_parts(i);
-            let qkv = half(stacked(&qkv_parts, dim)?, &mut owned);
-            let qkv_b = if spec.qkv_bias {
-                float(&stacked_bias(&qkv_parts)?, &mut owned)?
-            } else {
-                0
-            };
-            let wo_part = [(p("attn_output"), dim)];
-            let wo = half(stacked(&wo_part, spec.q_dim())?, &mut owned);
-            let wo_b = if spec.proj_bias {
-                float(&stacked_bias(&wo_part)?, &mut owned)?
-            } else {
-                0
-            };
-            let in_parts = spec.ffn_in_parts(i);
-            let ffn_in = half(stacked(&in_parts, dim)?, &mut owned);
-            let ffn_in_b = if spec.proj_bias {
-                float(&stacked_bias(&in_parts)?, &mut owned)?
-            } else {
-                0
-            };
-            let out_part = [(p("ffn_down"), dim)];
-            let ffn_out = half(stacked(&out_part, spec.ffn_dim)?, &mut owned);
-            let ffn_out_b = if spec.proj_bias {
-                float(&stacked_bias(&out_part)?, &mut owned)?
-            } else {
-                0
-            };
-            let layer_kv = kv_base + (i * 2 * kv_layer * 2) as u64;
-            layers.push(LayerAddrs {
-                norm1_w,
-                norm1_b,
-                qkv,
-                qkv_b,
-                wo,
-                wo_b,
-                norm2_w,
-                norm2_b,
-                ffn_in,
-                ffn_in_b,
-                ffn_out,
-                ffn_out_b,
-                k_cache: layer_kv,
-                v_cache: layer_kv + (kv_layer * 2) as u64,
-            });
-            on_progress(i + 1, spec.n_layer);
-        }
-        let out_norm_w = float(&vector("output_norm.weight", dim)?, &mut owned)?;
-        let out_norm_b = if with_bias {
-            float(&vector("output_norm.bias", dim)?, &mut owned)?
-        } else {
-            0
-        };
-        // The CPU engine's frequencies, bit for bit (crate::engine::cpu::Rope::new).
-        let inv_freq_host: Vec<f32> = match spec.rope {
-            Some((_, base)) => (0..spec.head_dim / 2)
-                .map(|i| 1.0 / base.powf(2.0 * i as f32 / spec.head_dim as f32))
-                .collect(),
-            None => vec![0.0],
-        };
-        let inv_freq = float(&inv_freq_host, &mut owned)?;
-
+        let mut owned = Owned::default();
+        let kv_base = owned.zeros::<u16>(s, spec.n_layer * 2 * spec.kv_dim() * capacity)?;
+        let w = DeviceWeights::upload(
+            &spec,
+            store,
+            s,
+            &kernels,
+            &mut owned,
+            kv_base,
+            capacity,
+            on_progress,
+        )?;
         let max_splits = capacity.div_ceil(ATTN_CHUNK);
-        let buf = |n: usize, owned: &mut Vec<Owned>| -> Result<u64, GpuError> {
-            let slice: CudaSlice<f32> = s.alloc_zeros(n)?;
-            let a = addr(&slice, s);
-            owned.push(Owned::Float(slice));
-            Ok(a)
-        };
-        let x = buf(MAX_BATCH * dim, &mut owned)?;
-        let normed = buf(MAX_BATCH * dim, &mut owned)?;
-        let q = buf(MAX_BATCH * spec.q_dim(), &mut owned)?;
-        let attn = buf(MAX_BATCH * spec.q_dim(), &mut owned)?;
-        let hidden = buf(MAX_BATCH * spec.ffn_dim, &mut owned)?;
-        let part_o = buf(spec.n_head * max_splits * spec.head_dim, &mut owned)?;
-        let part_ml = buf(spec.n_head * max_splits * 2, &mut owned)?;
-        let done: CudaSlice<i32> = s.alloc_zeros(spec.n_head)?;
-        let done_addr = addr(&done, s);
-        owned.push(Owned::Int(done));
         let tokens: CudaSlice<i32> = s.alloc_zeros(MAX_BATCH)?;
         let pos0: CudaSlice<i32> = s.alloc_zeros(1)?;
         let sampled: CudaSlice<i32> = s.alloc_zeros(1)?;
         let penalty: CudaSlice<i32> = s.alloc_zeros(PENALTY_SLOTS)?;
         let logits: CudaSlice<f32> = s.alloc_zeros(vocab)?;
         let scratch = Scratch {
-            x,
-            normed,
-            q,
-            attn,
-            hidden,
+            x: owned.zeros::<f32>(s, MAX_BATCH * dim)?,
+            normed: owned.zeros::<f32>(s, MAX_BATCH * dim)?,
+            q: owned.zeros::<f32>(s, MAX_BATCH * spec.q_dim())?,
+            attn: owned.zeros::<f32>(s, MAX_BATCH * spec.q_dim())?,
+            hidden: owned.zeros::<f32>(s, MAX_BATCH * spec.ffn_dim)?,
             logits: addr(&logits, s),
-            part_o,
-            part_ml,
-            done: done_addr,
+            part_o: owned.zeros::<f32>(s, spec.n_head * max_splits * spec.head_dim)?,
+            part_ml: owned.zeros::<f32>(s, spec.n_head * max_splits * 2)?,
+            done: owned.zeros::<i32>(s, spec.n_head)?,
             tokens: addr(&tokens, s),
             pos0: addr(&pos0, s),
             sampled: addr(&sampled, s),
@@ -404,13 +222,7 @@ impl CudaModel {
             max_splits,
             stream,
             kernels,
-            embed,
-            positions,
-            layers,
-            out_norm_w,
-            out_norm_b,
-            head,
-            inv_freq,
+            w,
             scratch,
             state: Mutex::new(State {
                 tokens,
@@ -482,7 +294,7 @@ impl CudaModel {
         let s = &self.stream;
         let (dim, q_dim, hd) = (sp.dim, sp.q_dim(), sp.head_dim);
         launch!(self.pdl, s, self.f("embed")?, (n as u32, 1, 1), EMBED_THREADS, 0;
-            self.embed, self.positions, b.tokens, b.pos0, b.x, dim as i32, sp.vocab as i32,
+            self.w.embed, self.w.positions, b.tokens, b.pos0, b.x, dim as i32, sp.vocab as i32,
             sp.learned_positions.unwrap_or(self.capacity) as i32)?;
         let rope = match sp.rope {
             None => ROPE_NONE,
@@ -491,13 +303,13 @@ impl CudaModel {
         };
         let group = (sp.n_head / sp.n_kv_head) as i32;
         let scale = 1.0 / (hd as f32).sqrt();
-        for l in &self.layers {
+        for l in &self.w.layers {
             // norm → Q/K/V with RoPE; keys and values straight into the cache.
             let qkv = GemvArgs {
                 mode: MODE_QKV,
                 y_stride: q_dim as i32,
                 pos0: b.pos0,
-                inv_freq: self.inv_freq,
+                inv_freq: self.w.inv_freq,
                 kcache: l.k_cache,
                 vcache: l.v_cache,
                 n_head: sp.n_head as i32,
@@ -576,9 +388,17 @@ impl CudaModel {
             ))?;
         }
         let last = b.x + ((n - 1) * dim * 4) as u64;
-        self.norm(self.out_norm_w, self.out_norm_b, last, b.normed, 1)?;
+        self.norm(self.w.out_norm_w, self.w.out_norm_b, last, b.normed, 1)?;
         self.gemv(self.plain(
-            self.head, b.normed, b.logits, 0, 0, sp.vocab, dim, 1, ACT_NONE,
+            self.w.head,
+            b.normed,
+            b.logits,
+            0,
+            0,
+            sp.vocab,
+            dim,
+            1,
+            ACT_NONE,
         ))?;
         Ok(())
     }
@@ -641,10 +461,7 @@ impl CudaModel {
     pub fn logits(&self, tokens: &[u32], pos0: usize) -> Result<Vec<f32>, GpuError> {
         let mut st = self.lock();
         self.run(&mut st, tokens, pos0)?;
-        let mut out = vec![0f32; self.spec.vocab];
-        self.stream.memcpy_dtoh(&st.logits, &mut out)?;
-        self.stream.synchronize()?;
-        Ok(out)
+        self.copy_logits(&st)
     }
 
     /// Run `tokens` at `pos0..` and take `choice` on the device among ids `0..candidates`:
@@ -714,11 +531,6 @@ impl CudaModel {
         let matrices = (sp.n_layer * per_layer + sp.vocab * dim + 2 * dim) as u64 * 2;
         let kv = (sp.n_layer * 2 * sp.kv_dim() * (pos + 1)) as u64 * 2;
         matrices + kv
-    }
-
-    /// Wait for the device (for timing).
-    pub fn synchronize(&self) -> Result<(), GpuError> {
-        Ok(self.stream.synchronize()?)
     }
 }
 
