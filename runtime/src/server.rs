@@ -2,9 +2,11 @@
 //!
 //! `app(state)` builds the router, so tests can drive it without a socket. Routes keep the
 //! shapes users of the replaced services relied on: `/generate`, `/review`, `/pipeline`,
-//! `/chat`, `/health`, `/stats`, plus `/check`, `/models` and `/plugins`.
+//! `/chat`, `/health`, `/stats`, plus `/check`, `/models` and `/plugins`, and the
+//! OpenAI-compatible `/v1/...` routes.
 
 pub mod error;
+mod openai;
 mod routes;
 
 use std::sync::Arc;
@@ -39,6 +41,9 @@ pub fn app(state: AppState) -> Router {
         .route("/stats", get(routes::stats))
         .route("/models", get(routes::models))
         .route("/plugins", get(routes::plugins))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

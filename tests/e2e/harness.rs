@@ -98,6 +98,18 @@ impl Server {
         self.post_raw(path, "application/json", &body.to_string())
     }
 
+    /// POST JSON and return the body as text (event streams).
+    pub fn post_text(&self, path: &str, body: &Value) -> (u16, String) {
+        let mut resp = agent()
+            .post(&self.url(path))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().expect("read body");
+        (status, text)
+    }
+
     /// POST headers declaring a `declared`-byte JSON body, send none of it, and read the
     /// answer: how a server must treat an upload it will refuse by its declared size.
     pub fn post_declaring_length(&self, path: &str, declared: usize) -> (u16, Value) {

@@ -12,5 +12,6 @@ mod cli;
 mod grants;
 mod harness;
 mod hostile;
+mod openai;
 mod starcoder;
 mod syntax;

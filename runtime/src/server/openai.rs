@@ -1,0 +1,528 @@
+//! The OpenAI-compatible API: `POST /v1/chat/completions`, `POST /v1/completions` (with
+//! `suffix` for fill-in-the-middle), `GET /v1/models`, so editors, scripts and the official
+//! clients can point at agentrt.
+//!
+//! `stream: true` answers with server-sent events, one chunk per piece of text as the engine
+//! releases it (stop sequences held back until they can no longer match), a last chunk with
+//! the finish reason, the usage in its own chunk when `stream_options.include_usage` is set,
+//! and `data: [DONE]`. A client that goes away stops the generation. Errors keep agentrt's
+//! codes inside OpenAI's error object: `{"error": {"message", "type", "param", "code"}}`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::engine::chat_template::TemplateMessage;
+use crate::engine::{Completion, Control, FinishReason, LoadedModel, Prompt, SamplingParams};
+use crate::error_code::ErrorCode;
+use crate::stats::Stats;
+
+/// Most tokens one request may ask for.
+const MAX_TOKENS: u32 = 4096;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A message's `content`: text, or a list of parts of which the text ones are used.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// What both endpoints share.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: Option<String>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    messages: Vec<Message>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// `prompt`: a string, or a list holding one.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PromptField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    prompt: PromptField,
+    suffix: Option<String>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// An [`ApiError`] in OpenAI's error object.
+pub struct OpenAiError(ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let kind = if e.status.is_client_error() {
+            "invalid_request_error"
+        } else {
+            "server_error"
+        };
+        let body = json!({"error": {
+            "message": e.message,
+            "type": kind,
+            "param": Value::Null,
+            "code": e.code,
+        }});
+        (e.status, Json(body)).into_response()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> OpenAiError {
+    OpenAiError(ApiError::new(ErrorCode::InvalidInput, message))
+}
+
+fn parse<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, OpenAiError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| OpenAiError(ApiError::from(e)))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fresh response id with OpenAI's prefix (`chatcmpl-`, `cmpl-`).
+fn response_id(prefix: &str) -> String {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{:x}{:06x}", unix_now(), n)
+}
+
+fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::EndOfSequence | FinishReason::StopSequence => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+fn tokens(c: &Completion) -> u64 {
+    u64::from(c.usage.prompt_tokens + c.usage.completion_tokens)
+}
+
+fn usage(c: &Completion) -> Value {
+    json!({
+        "prompt_tokens": c.usage.prompt_tokens,
+        "completion_tokens": c.usage.completion_tokens,
+        "total_tokens": c.usage.prompt_tokens + c.usage.completion_tokens,
+    })
+}
+
+impl Common {
+    /// The engine's sampling settings: OpenAI's defaults (temperature 1, top_p 1, no top-k, no
+    /// repeat penalty) where the request is silent.
+    fn sampling(&self, default_max_tokens: u32) -> Result<SamplingParams, OpenAiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(invalid("only n = 1 is supported"));
+        }
+        let max_tokens = self
+            .max_completion_tokens
+            .or(self.max_tokens)
+            .unwrap_or(default_max_tokens);
+        if max_tokens == 0 || max_tokens > MAX_TOKENS {
+            return Err(invalid(format!("max_tokens must be 1..={MAX_TOKENS}")));
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > 4 {
+            return Err(invalid("at most 4 stop sequences"));
+        }
+        let defaults = SamplingParams::default();
+        let params = SamplingParams {
+            max_tokens,
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k: 0,
+            top_p: self.top_p.unwrap_or(1.0),
+            repeat_penalty: 1.0,
+            seed: self.seed.unwrap_or(defaults.seed),
+            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            ..defaults
+        };
+        params.validate().map_err(invalid)?;
+        Ok(params)
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    fn model(&self, state: &AppState) -> Result<Arc<LoadedModel>, OpenAiError> {
+        let model = state.engine.model(self.model.as_deref()).map_err(|e| {
+            let mut err = ApiError::new(e.code(), e.to_string());
+            if matches!(e, crate::engine::EngineError::ModelNotFound(_)) {
+                err.status = axum::http::StatusCode::NOT_FOUND;
+            }
+            OpenAiError(err)
+        })?;
+        Ok(model)
+    }
+}
+
+/// How a response names itself and carries text.
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+impl Kind {
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Text, _) => "text_completion",
+        }
+    }
+
+    /// A choice carrying `text` (a streamed piece when `chunk`).
+    fn choice(self, chunk: bool, text: Option<&str>, finish: Option<&str>) -> Value {
+        match (self, chunk) {
+            (Kind::Chat, false) => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text.unwrap_or_default()},
+                "finish_reason": finish,
+            }),
+            (Kind::Chat, true) => {
+                let delta = match text {
+                    Some(t) => json!({"content": t}),
+                    None => json!({}),
+                };
+                json!({"index": 0, "delta": delta, "finish_reason": finish})
+            }
+            (Kind::Text, _) => json!({
+                "index": 0,
+                "text": text.unwrap_or_default(),
+                "logprobs": Value::Null,
+                "finish_reason": finish,
+            }),
+        }
+    }
+}
+
+/// One request, ready to run.
+struct Job {
+    endpoint: &'static str,
+    stats: Arc<Stats>,
+    kind: Kind,
+    model: Arc<LoadedModel>,
+    prompt: Prompt,
+    params: SamplingParams,
+    stream: bool,
+    include_usage: bool,
+}
+
+async fn run(job: Job) -> Result<Response, OpenAiError> {
+    let id = response_id(match job.kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Text => "cmpl",
+    });
+    let created = unix_now();
+    if job.stream {
+        return Ok(stream(job, id, created).into_response());
+    }
+    let Job {
+        endpoint,
+        stats,
+        kind,
+        model,
+        prompt,
+        params,
+        ..
+    } = job;
+    let started = Instant::now();
+    let outcome = tokio::task::spawn_blocking(move || {
+        model.generate(&prompt, &params, &Control::default(), &mut |_| {})
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))
+    .and_then(|r| r.map_err(|e| ApiError::new(e.code(), e.to_string())));
+    let ms = started.elapsed().as_millis() as u64;
+    let done = match outcome {
+        Ok(done) => {
+            stats.record_endpoint(endpoint, ms, tokens(&done), None);
+            done
+        }
+        Err(e) => {
+            stats.record_endpoint(endpoint, ms, 0, Some(&e.code));
+            return Err(OpenAiError(e));
+        }
+    };
+    let body = json!({
+        "id": id,
+        "object": kind.object(false),
+        "created": created,
+        "model": done.model,
+        "choices": [kind.choice(false, Some(&done.text), Some(finish_reason(done.finish_reason)))],
+        "usage": usage(&done),
+    });
+    Ok(Json(body).into_response())
+}
+
+/// Server-sent events from a generation on a blocking thread; when the client goes away the
+/// next send fails and the generation is cancelled.
+fn stream(job: Job, id: String, created: u64) -> impl IntoResponse {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let Job {
+        endpoint,
+        stats,
+        kind,
+        model,
+        prompt,
+        params,
+        include_usage,
+        ..
+    } = job;
+    let started = Instant::now();
+    let model_id = model.info.id.clone();
+    tokio::task::spawn_blocking(move || {
+        let chunk = |choices: Value, usage: Option<Value>| {
+            let mut v = json!({
+                "id": id,
+                "object": kind.object(true),
+                "created": created,
+                "model": model_id,
+                "choices": choices,
+            });
+            if let Some(u) = usage {
+                v["usage"] = u;
+            }
+            Event::default().data(v.to_string())
+        };
+        let send = |event: Event| {
+            if tx.blocking_send(event).is_err() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        };
+        if let Kind::Chat = kind {
+            send(chunk(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": Value::Null}]),
+                None,
+            ));
+        }
+        let control = Control {
+            deadline: None,
+            cancel: Some(cancel.clone()),
+        };
+        let result = model.generate(&prompt, &params, &control, &mut |piece| {
+            send(chunk(json!([kind.choice(true, Some(piece), None)]), None));
+        });
+        let ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(done) => stats.record_endpoint(endpoint, ms, tokens(done), None),
+            Err(e) => stats.record_endpoint(endpoint, ms, 0, Some(e.code().as_str())),
+        }
+        match result {
+            Ok(done) => {
+                let reason = finish_reason(done.finish_reason);
+                send(chunk(json!([kind.choice(true, None, Some(reason))]), None));
+                if include_usage {
+                    send(chunk(json!([]), Some(usage(&done))));
+                }
+            }
+            Err(crate::engine::EngineError::Cancelled) => return,
+            Err(e) => {
+                let err = json!({"error": {
+                    "message": e.to_string(),
+                    "type": "server_error",
+                    "param": Value::Null,
+                    "code": e.code().as_str(),
+                }});
+                send(Event::default().data(err.to_string()));
+            }
+        }
+        send(Event::default().data("[DONE]"));
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// The text of a chat message's content.
+fn content_text(content: Option<Content>) -> String {
+    match content {
+        None => String::new(),
+        Some(Content::Text(t)) => t,
+        Some(Content::Parts(parts)) => parts
+            .into_iter()
+            .filter(|p| p.kind == "text")
+            .filter_map(|p| p.text)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+/// Count a request refused before it ran.
+fn rejected(state: &AppState, endpoint: &str, e: OpenAiError) -> OpenAiError {
+    state
+        .pipeline
+        .stats
+        .record_endpoint(endpoint, 0, 0, Some(&e.0.code));
+    e
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, OpenAiError> {
+    match chat_job(&state, body) {
+        Ok(job) => run(job).await,
+        Err(e) => Err(rejected(&state, "/v1/chat/completions", e)),
+    }
+}
+
+fn chat_job(
+    state: &AppState,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Job, OpenAiError> {
+    let req = parse(body)?;
+    if req.messages.is_empty() {
+        return Err(invalid("messages must not be empty"));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        let role = match m.role.as_str() {
+            "developer" => "system".to_string(),
+            "system" | "user" | "assistant" | "tool" => m.role,
+            other => return Err(invalid(format!("unknown message role {other:?}"))),
+        };
+        messages.push(TemplateMessage {
+            role,
+            content: content_text(m.content),
+        });
+    }
+    let model = req.common.model(state)?;
+    let params = req.common.sampling(512)?;
+    Ok(Job {
+        endpoint: "/v1/chat/completions",
+        stats: state.pipeline.stats.clone(),
+        kind: Kind::Chat,
+        model,
+        prompt: Prompt::Chat(messages),
+        params,
+        stream: req.common.stream.unwrap_or(false),
+        include_usage: req.common.include_usage(),
+    })
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Result<Response, OpenAiError> {
+    match completion_job(&state, body) {
+        Ok(job) => run(job).await,
+        Err(e) => Err(rejected(&state, "/v1/completions", e)),
+    }
+}
+
+fn completion_job(
+    state: &AppState,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Result<Job, OpenAiError> {
+    let req = parse(body)?;
+    let text = match req.prompt {
+        PromptField::One(s) => s,
+        PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
+        PromptField::Many(_) => return Err(invalid("prompt must be one string")),
+    };
+    let prompt = match req.suffix {
+        Some(suffix) => Prompt::Fim {
+            prefix: text,
+            suffix,
+        },
+        None => Prompt::Text(text),
+    };
+    let model = req.common.model(state)?;
+    // OpenAI's default for this endpoint.
+    let params = req.common.sampling(16)?;
+    Ok(Job {
+        endpoint: "/v1/completions",
+        stats: state.pipeline.stats.clone(),
+        kind: Kind::Text,
+        model,
+        prompt,
+        params,
+        stream: req.common.stream.unwrap_or(false),
+        include_usage: req.common.include_usage(),
+    })
+}
+
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .engine
+        .models()
+        .iter()
+        .map(|m| json!({"id": m.info.id, "object": "model", "created": 0, "owned_by": "agentrt"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
