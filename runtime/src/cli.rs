@@ -80,6 +80,10 @@ pub enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080", env = "AGENTRT_LISTEN")]
         listen: SocketAddr,
+        /// File of API keys, one `SCOPE KEY` per line (scope `user` or `admin`); adds to
+        /// `AGENTRT_API_KEYS` (`user:KEY,admin:KEY`). Without any key every route is open.
+        #[arg(long, env = "AGENTRT_API_KEYS_FILE")]
+        api_keys: Option<PathBuf>,
     },
     /// Generate code and tests for a task.
     Generate {
@@ -384,11 +388,26 @@ fn source_label(source: &crate::plugin::PluginSource) -> String {
 /// Run a parsed command.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve { opts, listen } => {
+        Command::Serve {
+            opts,
+            listen,
+            api_keys,
+        } => {
+            let api_keys = crate::server::auth::ApiKeys::load(api_keys.as_deref())
+                .map_err(|e| CliError::new(ErrorCode::InvalidInput, e))?;
+            if api_keys.is_empty() {
+                tracing::warn!(
+                    "no API keys configured: every route is open (AGENTRT_API_KEYS, --api-keys FILE)"
+                );
+            }
             let engine = load_engine(&opts)?;
             let pipeline = load_pipeline(&opts, Some(engine.clone()))?;
             warm_sandbox(&pipeline);
-            let state = crate::server::AppState { engine, pipeline };
+            let state = crate::server::AppState {
+                engine,
+                pipeline,
+                api_keys: Arc::new(api_keys),
+            };
             let rt = tokio::runtime::Runtime::new()
                 .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;
             rt.block_on(crate::server::serve(state, listen))

@@ -56,6 +56,10 @@ pub enum ErrorCode {
     /// The plugin returned a result too large or out of range.
     PluginOutput,
     /// Route does not exist.
+    /// No API key, or one the server does not know.
+    Unauthenticated,
+    /// The API key's scope does not cover the route.
+    Forbidden,
     NotFound,
     /// Anything else.
     Internal,
@@ -87,6 +91,8 @@ impl ErrorCode {
             Self::PluginAccessDenied => "PLUGIN_006",
             Self::PluginQuota => "PLUGIN_007",
             Self::PluginOutput => "PLUGIN_008",
+            Self::Unauthenticated => "AUTH_001",
+            Self::Forbidden => "AUTH_002",
             Self::NotFound => "NOT_FOUND",
             Self::Internal => "INTERNAL",
         }
@@ -113,6 +119,8 @@ impl ErrorCode {
             | Self::PluginAccessDenied
             | Self::PluginQuota
             | Self::PluginOutput => "plugin_error",
+            Self::Unauthenticated => "authentication_error",
+            Self::Forbidden => "permission_error",
             Self::NotFound => "not_found",
             Self::Internal => "internal_error",
         }
@@ -126,7 +134,8 @@ impl ErrorCode {
             | Self::MissingField
             | Self::InvalidPrompt => 400,
             Self::ModelContextOverflow | Self::InvalidCode => 422,
-            Self::PluginAccessDenied => 403,
+            Self::PluginAccessDenied | Self::Forbidden => 403,
+            Self::Unauthenticated => 401,
             Self::NotFound | Self::PluginNotFound => 404,
             Self::PluginQuota => 429,
             Self::ModelTimeout | Self::PluginTimeout => 504,
@@ -172,6 +181,8 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::PluginAccessDenied,
     ErrorCode::PluginQuota,
     ErrorCode::PluginOutput,
+    ErrorCode::Unauthenticated,
+    ErrorCode::Forbidden,
     ErrorCode::NotFound,
     ErrorCode::Internal,
 ];

@@ -5,6 +5,7 @@
 //! `/chat`, `/health`, `/stats`, plus `/check`, `/models` and `/plugins`, and the
 //! OpenAI-compatible `/v1/...` routes.
 
+pub mod auth;
 pub mod error;
 mod openai;
 mod routes;
@@ -27,6 +28,8 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub pipeline: Pipeline,
+    /// Keys clients must present (none: the server is open).
+    pub api_keys: Arc<auth::ApiKeys>,
 }
 
 /// The router with every route.
@@ -38,6 +41,8 @@ pub fn app(state: AppState) -> Router {
         .route("/pipeline", post(routes::pipeline))
         .route("/chat", post(routes::chat))
         .route("/health", get(routes::health))
+        .route("/health/live", get(routes::live))
+        .route("/health/ready", get(routes::ready))
         .route("/stats", get(routes::stats))
         .route("/models", get(routes::models))
         .route("/plugins", get(routes::plugins))
@@ -48,6 +53,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.api_keys.clone(),
+            auth::require_key,
+        ))
         .with_state(state)
 }
 

@@ -98,6 +98,35 @@ impl Server {
         self.post_raw(path, "application/json", &body.to_string())
     }
 
+    /// A request with extra headers and an optional JSON body; (status, JSON body).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let agent = agent();
+        let url = self.url(path);
+        let resp = match method {
+            "GET" => {
+                let mut req = agent.get(&url);
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                req.call()
+            }
+            _ => {
+                let mut req = agent.post(&url).header("content-type", "application/json");
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                req.send(body.map(Value::to_string).unwrap_or_default())
+            }
+        };
+        read(resp)
+    }
+
     /// POST JSON and return the body as text (event streams).
     pub fn post_text(&self, path: &str, body: &Value) -> (u16, String) {
         let mut resp = agent()

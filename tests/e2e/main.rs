@@ -8,6 +8,7 @@
 //! safetensors checkpoint through the CLI, server and plugins).
 
 mod api;
+mod auth;
 mod cli;
 mod grants;
 mod harness;

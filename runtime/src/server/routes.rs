@@ -349,6 +349,26 @@ fn plugin_list(state: &AppState) -> Vec<Value> {
         .collect()
 }
 
+/// Liveness: the process answers.
+pub async fn live() -> Json<Value> {
+    Json(json!({"status": "alive"}))
+}
+
+/// Readiness: models and plugins are loaded (the server only listens once they are) and at
+/// least one model serves.
+pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let models = state.engine.models().len();
+    let plugins = state.pipeline.plugins.all().len();
+    let body = json!({"status": if models > 0 { "ready" } else { "not_ready" }, "models": models, "plugins": plugins});
+    let status = if models > 0 {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let models: Vec<Value> = state
         .engine

@@ -1,0 +1,102 @@
+//! API keys and scopes on a live server: 401 without a known key, 403 with a user key on an
+//! admin route, health probes open, both header forms accepted.
+
+use serde_json::json;
+
+use crate::harness::{Server, error_code};
+
+const USER: &str = "user-key-0123456789abcdef";
+const ADMIN: &str = "admin-key-0123456789abcdef";
+
+#[test]
+fn keys_and_scopes_guard_the_routes() {
+    let keys = format!("user:{USER},admin:{ADMIN}");
+    let server = Server::start_with_env(&[], &[("AGENTRT_API_KEYS", &keys)]);
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let bearer = |k: &str| format!("Bearer {k}");
+
+    for path in ["/health", "/health/live", "/health/ready"] {
+        let (status, body) = server.request("GET", path, &[], None);
+        assert_eq!(status, 200, "{path} is open: {body}");
+    }
+    let (_, ready) = server.request("GET", "/health/ready", &[], None);
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    let (status, body) = server.request("POST", "/v1/chat/completions", &[], Some(&chat));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (401, "AUTH_001"),
+        "{body}"
+    );
+    let wrong = bearer("user-key-0123456789abcdeX");
+    let (status, body) = server.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &wrong)],
+        Some(&chat),
+    );
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (401, "AUTH_001"),
+        "{body}"
+    );
+
+    let user = bearer(USER);
+    let (status, body) = server.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &user)],
+        Some(&chat),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("x-api-key", USER)],
+        Some(&chat),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.request("GET", "/models", &[("authorization", &user)], None);
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = server.request("GET", "/stats", &[("authorization", &user)], None);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (403, "AUTH_002"),
+        "{body}"
+    );
+    let (status, body) = server.request("GET", "/plugins", &[("x-api-key", USER)], None);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (403, "AUTH_002"),
+        "{body}"
+    );
+    let admin = bearer(ADMIN);
+    let (status, body) = server.request("GET", "/stats", &[("authorization", &admin)], None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &admin)],
+        Some(&chat),
+    );
+    assert_eq!(status, 200, "an admin key also reaches user routes: {body}");
+}
+
+#[test]
+fn a_malformed_key_file_stops_the_server_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("agentrt-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("keys");
+    std::fs::write(&file, "root some-key-0123456789abcdef\n").expect("write");
+    let (ok, _out, err) = crate::harness::run_cli(&[
+        "serve",
+        "--api-keys",
+        file.to_str().expect("utf-8"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok, "serve must refuse the key file");
+    assert!(err.contains("scope must be user or admin"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
