@@ -84,6 +84,10 @@ pub enum Command {
         /// `AGENTRT_API_KEYS` (`user:KEY,admin:KEY`). Without any key every route is open.
         #[arg(long, env = "AGENTRT_API_KEYS_FILE")]
         api_keys: Option<PathBuf>,
+        /// Requests per minute each API key may make (bursts up to that many); 429 AUTH_003
+        /// with Retry-After beyond it.
+        #[arg(long, env = "AGENTRT_RATE_LIMIT")]
+        rate_limit: Option<u32>,
     },
     /// Generate code and tests for a task.
     Generate {
@@ -392,9 +396,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             opts,
             listen,
             api_keys,
+            rate_limit,
         } => {
             let api_keys = crate::server::auth::ApiKeys::load(api_keys.as_deref())
-                .map_err(|e| CliError::new(ErrorCode::InvalidInput, e))?;
+                .map_err(|e| CliError::new(ErrorCode::InvalidInput, e))?
+                .with_rate_limit(rate_limit);
             if api_keys.is_empty() {
                 tracing::warn!(
                     "no API keys configured: every route is open (AGENTRT_API_KEYS, --api-keys FILE)"

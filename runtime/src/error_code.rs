@@ -60,6 +60,8 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The API key's scope does not cover the route.
     Forbidden,
+    /// The API key used up its requests per minute.
+    RateLimited,
     NotFound,
     /// Anything else.
     Internal,
@@ -93,6 +95,7 @@ impl ErrorCode {
             Self::PluginOutput => "PLUGIN_008",
             Self::Unauthenticated => "AUTH_001",
             Self::Forbidden => "AUTH_002",
+            Self::RateLimited => "AUTH_003",
             Self::NotFound => "NOT_FOUND",
             Self::Internal => "INTERNAL",
         }
@@ -121,6 +124,7 @@ impl ErrorCode {
             | Self::PluginOutput => "plugin_error",
             Self::Unauthenticated => "authentication_error",
             Self::Forbidden => "permission_error",
+            Self::RateLimited => "rate_limit_error",
             Self::NotFound => "not_found",
             Self::Internal => "internal_error",
         }
@@ -137,7 +141,7 @@ impl ErrorCode {
             Self::PluginAccessDenied | Self::Forbidden => 403,
             Self::Unauthenticated => 401,
             Self::NotFound | Self::PluginNotFound => 404,
-            Self::PluginQuota => 429,
+            Self::PluginQuota | Self::RateLimited => 429,
             Self::ModelTimeout | Self::PluginTimeout => 504,
             Self::Cancelled => 408,
             Self::ModelNotAvailable => 503,
@@ -183,6 +187,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::PluginOutput,
     ErrorCode::Unauthenticated,
     ErrorCode::Forbidden,
+    ErrorCode::RateLimited,
     ErrorCode::NotFound,
     ErrorCode::Internal,
 ];

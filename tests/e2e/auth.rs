@@ -83,6 +83,39 @@ fn keys_and_scopes_guard_the_routes() {
     assert_eq!(status, 200, "an admin key also reaches user routes: {body}");
 }
 
+/// Each key has its own budget of requests per minute; over it, 429 AUTH_003 with
+/// Retry-After; the health probes are not counted.
+#[test]
+fn each_key_is_rate_limited_on_its_own() {
+    let keys = format!("user:{USER},admin:{ADMIN}");
+    let server = Server::start_with_env(
+        &[],
+        &[("AGENTRT_API_KEYS", &keys), ("AGENTRT_RATE_LIMIT", "3")],
+    );
+    for _ in 0..5 {
+        let (status, _) = server.request("GET", "/health/ready", &[], None);
+        assert_eq!(status, 200);
+    }
+    for i in 0..3 {
+        let (status, body) = server.request("GET", "/models", &[("x-api-key", USER)], None);
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    let (status, body) = server.request("GET", "/models", &[("x-api-key", USER)], None);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (429, "AUTH_003"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retry in ")),
+        "{body}"
+    );
+    let (status, body) = server.request("GET", "/models", &[("x-api-key", ADMIN)], None);
+    assert_eq!(status, 200, "another key has its own budget: {body}");
+}
+
 #[test]
 fn a_malformed_key_file_stops_the_server_with_a_clear_error() {
     let dir = std::env::temp_dir().join(format!("agentrt-keys-{}", std::process::id()));

@@ -6,8 +6,15 @@
 //! keys are compared by their SHA-256 digests with a constant-time comparison over every
 //! configured key, so neither a key's prefix nor its position leaks through timing.
 //! `/health`, `/health/live` and `/health/ready` stay open for load balancers.
+//!
+//! With a rate limit (`AGENTRT_RATE_LIMIT` requests per minute), each key has a token bucket
+//! of that size refilled continuously; a request that finds it empty is answered 429
+//! (`AUTH_003`) with `Retry-After`.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -34,10 +41,20 @@ impl Scope {
     }
 }
 
-/// The configured keys, as digests.
-#[derive(Debug, Clone, Default)]
+/// The configured keys, as digests, and the per-key request budget.
+#[derive(Debug, Default)]
 pub struct ApiKeys {
     keys: Vec<([u8; 32], Scope)>,
+    /// Requests per minute per key (`None`: unlimited).
+    per_minute: Option<u32>,
+    buckets: Mutex<HashMap<usize, Bucket>>,
+}
+
+/// A token bucket: `tokens` left, as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -69,7 +86,40 @@ impl ApiKeys {
             }
             keys.push((digest(key), scope));
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            ..Self::default()
+        })
+    }
+
+    /// At most `per_minute` requests per key per minute (bursts up to that many).
+    pub fn with_rate_limit(mut self, per_minute: Option<u32>) -> Self {
+        self.per_minute = per_minute.filter(|n| *n > 0);
+        self
+    }
+
+    /// Take one request from key `index`'s bucket, or the seconds until one is back.
+    fn take(&self, index: usize) -> Result<(), u64> {
+        let Some(limit) = self.per_minute else {
+            return Ok(());
+        };
+        let capacity = f64::from(limit);
+        let per_second = capacity / 60.0;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.entry(index).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
+        let refilled = now.duration_since(bucket.at).as_secs_f64() * per_second;
+        bucket.tokens = (bucket.tokens + refilled).min(capacity);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - bucket.tokens) / per_second).ceil().max(1.0) as u64)
+        }
     }
 
     /// `AGENTRT_API_KEYS` and the file `AGENTRT_API_KEYS_FILE` (or `file`), together.
@@ -89,13 +139,19 @@ impl ApiKeys {
     }
 
     /// The scope of `key`, comparing against every configured key in constant time.
+    #[cfg(test)]
     fn scope_of(&self, key: &str) -> Option<Scope> {
+        self.find(key).map(|(_, scope)| scope)
+    }
+
+    /// The index and scope of `key` (every key compared, no early exit).
+    fn find(&self, key: &str) -> Option<(usize, Scope)> {
         let wanted = digest(key);
         let mut found = None;
-        for (d, scope) in &self.keys {
+        for (i, (d, scope)) in self.keys.iter().enumerate() {
             let diff = d.iter().zip(&wanted).fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if diff == 0 {
-                found = Some(*scope);
+                found = Some((i, *scope));
             }
         }
         found
@@ -134,7 +190,7 @@ pub async fn require_key(
     let Some(needed) = required(request.uri().path()) else {
         return next.run(request).await;
     };
-    let Some(scope) = presented(&request).and_then(|k| keys.scope_of(k)) else {
+    let Some((index, scope)) = presented(&request).and_then(|k| keys.find(k)) else {
         return ApiError::new(
             ErrorCode::Unauthenticated,
             "an API key is required (Authorization: Bearer KEY or X-API-Key)",
@@ -144,6 +200,18 @@ pub async fn require_key(
     if scope < needed {
         return ApiError::new(ErrorCode::Forbidden, "this route needs an admin key")
             .into_response();
+    }
+    if let Err(wait) = keys.take(index) {
+        let mut response = ApiError::new(
+            ErrorCode::RateLimited,
+            format!("this key is over its limit of requests per minute; retry in {wait} s"),
+        )
+        .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(wait),
+        );
+        return response;
     }
     next.run(request).await
 }
@@ -165,6 +233,23 @@ mod tests {
         assert!(ApiKeys::parse("root aaaaaaaaaaaaaaaa").is_err());
         assert!(ApiKeys::parse("user short").is_err());
         assert!(ApiKeys::parse("").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn each_key_has_its_own_bucket() {
+        let keys = ApiKeys::parse("user:aaaaaaaaaaaaaaaa,user:bbbbbbbbbbbbbbbb")
+            .expect("parse")
+            .with_rate_limit(Some(2));
+        assert_eq!(keys.take(0), Ok(()));
+        assert_eq!(keys.take(0), Ok(()));
+        // 2 per minute: the next one is back in 30 s.
+        assert_eq!(keys.take(0), Err(30));
+        assert_eq!(keys.take(1), Ok(()));
+        let open = ApiKeys::parse("user:aaaaaaaaaaaaaaaa").expect("parse");
+        assert!(
+            (0..100).all(|_| open.take(0).is_ok()),
+            "no limit configured"
+        );
     }
 
     #[test]
