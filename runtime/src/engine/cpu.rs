@@ -180,6 +180,12 @@ impl Rope {
         Self { inv_freq, layout }
     }
 
+    /// `base^(-2i/d)` for each rotary pair (also uploaded by the GPU engine, so both rotate
+    /// with the same frequencies bit for bit).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// Rotate every `head_dim`-wide head of `x` for position `pos`.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
         let half = head_dim / 2;

@@ -27,6 +27,9 @@ use crate::engine::{Completion, Control, FinishReason, LoadedModel, Prompt, Samp
 use crate::error_code::ErrorCode;
 use crate::stats::Stats;
 
+const CHAT: &str = "/v1/chat/completions";
+const COMPLETIONS: &str = "/v1/completions";
+
 /// Most tokens one request may ask for.
 const MAX_TOKENS: u32 = 4096;
 
@@ -206,6 +209,27 @@ impl Common {
         };
         params.validate().map_err(invalid)?;
         Ok(params)
+    }
+
+    /// The request as a job for `endpoint`, `default_max_tokens` where it names none.
+    fn job(
+        &self,
+        state: &AppState,
+        endpoint: &'static str,
+        kind: Kind,
+        prompt: Prompt,
+        default_max_tokens: u32,
+    ) -> Result<Job, OpenAiError> {
+        Ok(Job {
+            endpoint,
+            stats: state.pipeline.stats.clone(),
+            kind,
+            model: self.model(state)?,
+            prompt,
+            params: self.sampling(default_max_tokens)?,
+            stream: self.stream.unwrap_or(false),
+            include_usage: self.include_usage(),
+        })
     }
 
     fn include_usage(&self) -> bool {
@@ -437,7 +461,7 @@ pub async fn chat_completions(
 ) -> Result<Response, OpenAiError> {
     match chat_job(&state, body) {
         Ok(job) => run(job).await,
-        Err(e) => Err(rejected(&state, "/v1/chat/completions", e)),
+        Err(e) => Err(rejected(&state, CHAT, e)),
     }
 }
 
@@ -461,18 +485,8 @@ fn chat_job(
             content: content_text(m.content),
         });
     }
-    let model = req.common.model(state)?;
-    let params = req.common.sampling(512)?;
-    Ok(Job {
-        endpoint: "/v1/chat/completions",
-        stats: state.pipeline.stats.clone(),
-        kind: Kind::Chat,
-        model,
-        prompt: Prompt::Chat(messages),
-        params,
-        stream: req.common.stream.unwrap_or(false),
-        include_usage: req.common.include_usage(),
-    })
+    req.common
+        .job(state, CHAT, Kind::Chat, Prompt::Chat(messages), 512)
 }
 
 pub async fn completions(
@@ -481,7 +495,7 @@ pub async fn completions(
 ) -> Result<Response, OpenAiError> {
     match completion_job(&state, body) {
         Ok(job) => run(job).await,
-        Err(e) => Err(rejected(&state, "/v1/completions", e)),
+        Err(e) => Err(rejected(&state, COMPLETIONS, e)),
     }
 }
 
@@ -502,19 +516,8 @@ fn completion_job(
         },
         None => Prompt::Text(text),
     };
-    let model = req.common.model(state)?;
-    // OpenAI's default for this endpoint.
-    let params = req.common.sampling(16)?;
-    Ok(Job {
-        endpoint: "/v1/completions",
-        stats: state.pipeline.stats.clone(),
-        kind: Kind::Text,
-        model,
-        prompt,
-        params,
-        stream: req.common.stream.unwrap_or(false),
-        include_usage: req.common.include_usage(),
-    })
+    // 16: OpenAI's default for this endpoint.
+    req.common.job(state, COMPLETIONS, Kind::Text, prompt, 16)
 }
 
 pub async fn models(State(state): State<AppState>) -> Json<Value> {

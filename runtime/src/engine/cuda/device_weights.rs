@@ -103,11 +103,9 @@ pub struct DeviceWeights {
 /// Bytes of fp16 weights `spec` needs on the device (a tied head is stored once).
 pub fn weight_bytes(spec: &Spec, tied: bool) -> u64 {
     let dim = spec.dim;
-    let per_layer =
-        spec.qkv_dim() * dim + dim * spec.q_dim() + spec.ffn_in_rows() * dim + dim * spec.ffn_dim;
     let elements = spec.vocab * dim
         + spec.learned_positions.unwrap_or(0) * dim
-        + spec.n_layer * per_layer
+        + spec.n_layer * spec.layer_weight_elements()
         + if tied { 0 } else { spec.vocab * dim };
     elements as u64 * 2
 }
@@ -237,14 +235,13 @@ impl DeviceWeights {
             on_progress(i + 1, spec.n_layer);
         }
         let (out_norm_w, out_norm_b) = l.norm("output_norm", dim, with_bias)?;
-        // The CPU engine's frequencies, bit for bit (crate::engine::cpu::Rope::new).
-        let inv_freq: Vec<f32> = match spec.rope {
-            Some((_, base)) => (0..spec.head_dim / 2)
-                .map(|i| 1.0 / base.powf(2.0 * i as f32 / spec.head_dim as f32))
-                .collect(),
-            None => vec![0.0],
+        let inv_freq = match spec.rope {
+            Some((layout, base)) => {
+                let rope = crate::engine::cpu::Rope::new(spec.head_dim, base, layout);
+                l.owned.floats(stream, rope.inv_freq())?
+            }
+            None => l.owned.floats(stream, &[0.0])?,
         };
-        let inv_freq = l.owned.floats(stream, &inv_freq)?;
         Ok(Self {
             embed,
             positions,

@@ -526,9 +526,8 @@ impl CudaModel {
     pub fn decode_bytes(&self, pos: usize) -> u64 {
         let sp = &self.spec;
         let dim = sp.dim;
-        let per_layer =
-            sp.qkv_dim() * dim + dim * sp.q_dim() + sp.ffn_in_rows() * dim + dim * sp.ffn_dim;
-        let matrices = (sp.n_layer * per_layer + sp.vocab * dim + 2 * dim) as u64 * 2;
+        let matrices =
+            (sp.n_layer * sp.layer_weight_elements() + sp.vocab * dim + 2 * dim) as u64 * 2;
         let kv = (sp.n_layer * 2 * sp.kv_dim() * (pos + 1)) as u64 * 2;
         matrices + kv
     }

@@ -121,6 +121,12 @@ impl Spec {
         }
     }
 
+    /// Weights of one layer's matrices (Q/K/V, output, feed-forward in and out).
+    pub fn layer_weight_elements(&self) -> usize {
+        let dim = self.dim;
+        self.qkv_dim() * dim + dim * self.q_dim() + self.ffn_in_rows() * dim + dim * self.ffn_dim
+    }
+
     /// The GGUF names whose rows, stacked in order, make layer `i`'s fused Q/K/V matrix.
     pub fn qkv_parts(&self, i: usize) -> Vec<(String, usize)> {
         match self.arch {
