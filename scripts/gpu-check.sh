@@ -14,7 +14,9 @@
 # 4. compute-sanitizer memcheck over the kernel tests and one whole model (when installed).
 #
 # AGENTRT_GPU_STEPS (default "tests,bench,peer,memcheck"; "profile" adds per-kernel times from
-# Nsight Compute) picks steps; AGENTRT_GPU_LOG=DIR also
+# Nsight Compute) picks steps; AGENTRT_GPU_TESTS="NAME ..." runs only the tests whose names
+# contain one of them; AGENTRT_NCU_ARGS replaces the profile's metrics (e.g. "--section
+# Occupancy --section WarpStateStats"); AGENTRT_GPU_LOG=DIR also
 # writes each step's output there. Exits non-zero when a test or memcheck fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +46,18 @@ else
     exit 1
 fi
 
+# cuBLAS for prefill: the toolkit's or the one PyPI's nvidia-cublas wheels put beside torch.
+# Without it the engine prefills with its GEMV kernel (and says so).
+sites="$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)"
+cublas="$(find /usr/local/cuda*/ /opt /usr/lib/x86_64-linux-gnu $sites -name 'libcublas.so.1[23]' 2>/dev/null | head -n 1)"
+if [[ -n "$cublas" ]]; then
+    export LD_LIBRARY_PATH="$(dirname "$cublas"):$LD_LIBRARY_PATH"
+    echo "cuBLAS: $cublas"
+    export AGENTRT_REQUIRE_CUBLAS=1  # found, so its test must not skip
+else
+    echo "cuBLAS not found: prefill will use the GEMV kernel"
+fi
+
 BIN="${AGENTRT_GPU_BIN:-}"
 if [[ -z "$BIN" ]]; then
     step "build (--features cuda)"
@@ -57,7 +71,8 @@ fi
 export AGENTRT_REQUIRE_GPU=1
 if want tests; then
     step "kernels and models against the CPU engine"
-    logged tests "$BIN/cuda_engine" --test-threads 1 --nocapture || status=1
+    # shellcheck disable=SC2086 # AGENTRT_GPU_TESTS: test-name filters, word-split on purpose
+    logged tests "$BIN/cuda_engine" --test-threads 1 --nocapture ${AGENTRT_GPU_TESTS:-} || status=1
 fi
 
 if want bench; then
@@ -79,7 +94,7 @@ if want memcheck; then
     step "compute-sanitizer memcheck"
     if command -v compute-sanitizer >/dev/null; then
         logged memcheck timeout "${AGENTRT_MEMCHECK_TIMEOUT:-600}" compute-sanitizer --tool memcheck --error-exitcode 9 \
-            "$BIN/cuda_engine" --test-threads 1 norms embedding gemv qkv_projection attention dequantisation \
+            "$BIN/cuda_engine" --test-threads 1 norms embedding gemv cublas qkv_projection attention dequantisation \
             device_sampling the_engine_runs_on_the_gpu || status=1
     else
         echo "compute-sanitizer is not installed: skipped"
@@ -90,8 +105,9 @@ if want profile; then
     step "per-kernel times of steady-state decode (Nsight Compute), starcoderbase-1b shape"
     if command -v ncu >/dev/null; then
         logged profile env AGENTRT_BENCH_MODELS=1b AGENTRT_BENCH_PROMPT=8 AGENTRT_BENCH_DECODE=4 \
-            ncu --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
-            --launch-skip 400 --launch-count 16 "$BIN/gpu" || true
+            ncu ${AGENTRT_NCU_ARGS:---metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed} \
+            -k 'regex:^(embed|row_norm|gemv|gemv_decode|attn_decode|argmax)$' \
+            --launch-skip "${AGENTRT_NCU_SKIP:-200}" --launch-count 16 "$BIN/gpu" || true
     else
         echo "ncu is not installed: skipped"
     fi

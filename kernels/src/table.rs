@@ -37,7 +37,7 @@ pub const ATTENTION: KernelSource = KernelSource {
 pub const GEMV: KernelSource = KernelSource {
     name: "gemv",
     text: include_str!("cuda/gemv.cu"),
-    functions: &["gemv"],
+    functions: &["gemv", "split_halves", "gemm_epilogue"],
 };
 
 pub const DEQUANT: KernelSource = KernelSource {

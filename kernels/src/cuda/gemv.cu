@@ -283,3 +283,33 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const GemvArgs a
     }
     pdl_launch_dependents();
 }
+
+// Prefill through cuBLAS (the engine's cuda/blas.rs): tensor cores multiply fp16 by fp16, so
+// each fp32 activation is split into two fp16 values, hi = fp16(x) and lo = fp16(x - hi),
+// whose products are summed in fp32 (W hi + W lo): activations keep ~22 bits, not fp16's 11.
+extern "C" __global__ void split_halves(const float* __restrict__ x, f16_t* __restrict__ hi,
+                                        f16_t* __restrict__ lo, int n) {
+    pdl_wait();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const float v = x[i];
+        const f16_t h = f2h(v);
+        hi[i] = h;
+        lo[i] = f2h(v - h2f(h));
+    }
+    pdl_launch_dependents();
+}
+
+// The GEMV's epilogue over products cuBLAS computed: prod is [n_tokens][a.rows] (W x per
+// token), grid (blocks, n_tokens); every pair of rows gets exactly what the GEMV would do
+// with the same sums (bias, activation, residual, SwiGLU, RoPE and the cache write).
+extern "C" __global__ void gemm_epilogue(const GemvArgs a, const float* __restrict__ prod) {
+    pdl_wait();
+    const int pairs = a.mode == MODE_SWIGLU ? a.rows / 2 : (a.rows + 1) / 2;
+    const int t = blockIdx.y;
+    const float* p = prod + (size_t)t * a.rows;
+    for (int pair = blockIdx.x * blockDim.x + threadIdx.x; pair < pairs; pair += gridDim.x * blockDim.x) {
+        const int2 r = pair_rows(a, pair);
+        epilogue(a, pair, t, p[r.x], r.y >= 0 ? p[r.y] : 0.0f);
+    }
+    pdl_launch_dependents();
+}

@@ -6,6 +6,7 @@
 //! KV cache lives on the device for the model's whole context, and each decode step is one
 //! CUDA graph replay (a graph per power-of-two number of attention chunks).
 
+pub mod blas;
 pub mod device_weights;
 mod launch;
 pub mod model;
