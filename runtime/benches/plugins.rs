@@ -64,7 +64,12 @@ fn main() {
         attempt: 1,
     };
     let (min, median) = time(500, || {
-        let (result, _) = host.handle_error(&plugins.error_handler, &error, 1);
+        let (result, _) = host.handle_error(
+            &plugins.error_handler,
+            &error,
+            1,
+            &agentrt::plugin::CallContext::default(),
+        );
         result.expect("handle");
     });
     println!("whole warm call error-handler.handle: min {min:.1} µs, median {median:.1} µs");

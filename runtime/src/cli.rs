@@ -327,7 +327,34 @@ pub fn load_pipeline(
         plugins: Arc::new(plugins),
         stats: Arc::new(Stats::default()),
         sandbox: Some(sandbox),
+        run: Default::default(),
     })
+}
+
+/// A positive count from the environment.
+fn env_count(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| *n > 0)
+}
+
+/// Open the run store and close the runs a previous process left unfinished.
+fn open_store() -> Result<Arc<crate::store::Store>, CliError> {
+    let path = crate::paths::store();
+    let store = crate::store::Store::open_exclusive(&path)
+        .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+    let interrupted = store
+        .interrupt_unfinished()
+        .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+    if interrupted > 0 {
+        tracing::warn!(
+            runs = interrupted,
+            store = %path.display(),
+            "runs left unfinished by the previous server were marked failed (RUN_002)"
+        );
+    }
+    Ok(Arc::new(store))
 }
 
 /// Load the Python sandbox before the server says it listens: the first load of a new build
@@ -409,10 +436,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let engine = load_engine(&opts)?;
             let pipeline = load_pipeline(&opts, Some(engine.clone()))?;
             warm_sandbox(&pipeline);
+            let store = open_store()?;
+            let runs = Arc::new(crate::runs::Runs::new(
+                store,
+                pipeline.clone(),
+                env_count("AGENTRT_RUN_WORKERS").unwrap_or(crate::runs::DEFAULT_WORKERS),
+                env_count("AGENTRT_RUN_QUEUE").unwrap_or(crate::runs::DEFAULT_CAPACITY),
+            ));
             let state = crate::server::AppState {
                 engine,
                 pipeline,
                 api_keys: Arc::new(api_keys),
+                runs,
             };
             let rt = tokio::runtime::Runtime::new()
                 .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;

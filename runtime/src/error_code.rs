@@ -62,6 +62,14 @@ pub enum ErrorCode {
     Forbidden,
     /// The API key used up its requests per minute.
     RateLimited,
+    /// The queue of pipeline runs (or generations) is full; try again after `Retry-After`.
+    QueueFull,
+    /// The run has already ended; it cannot be cancelled.
+    RunFinished,
+    /// The server stopped (or crashed) while the run was in progress.
+    RunInterrupted,
+    /// The run store could not be read or written.
+    StoreFailed,
     NotFound,
     /// Anything else.
     Internal,
@@ -96,6 +104,10 @@ impl ErrorCode {
             Self::Unauthenticated => "AUTH_001",
             Self::Forbidden => "AUTH_002",
             Self::RateLimited => "AUTH_003",
+            Self::QueueFull => "QUEUE_001",
+            Self::RunFinished => "RUN_001",
+            Self::RunInterrupted => "RUN_002",
+            Self::StoreFailed => "STORE_001",
             Self::NotFound => "NOT_FOUND",
             Self::Internal => "INTERNAL",
         }
@@ -124,7 +136,10 @@ impl ErrorCode {
             | Self::PluginOutput => "plugin_error",
             Self::Unauthenticated => "authentication_error",
             Self::Forbidden => "permission_error",
-            Self::RateLimited => "rate_limit_error",
+            Self::RateLimited | Self::QueueFull => "rate_limit_error",
+            Self::RunFinished => "conflict",
+            Self::RunInterrupted => "run_error",
+            Self::StoreFailed => "store_error",
             Self::NotFound => "not_found",
             Self::Internal => "internal_error",
         }
@@ -141,7 +156,8 @@ impl ErrorCode {
             Self::PluginAccessDenied | Self::Forbidden => 403,
             Self::Unauthenticated => 401,
             Self::NotFound | Self::PluginNotFound => 404,
-            Self::PluginQuota | Self::RateLimited => 429,
+            Self::PluginQuota | Self::RateLimited | Self::QueueFull => 429,
+            Self::RunFinished => 409,
             Self::ModelTimeout | Self::PluginTimeout => 504,
             Self::Cancelled => 408,
             Self::ModelNotAvailable => 503,
@@ -151,6 +167,8 @@ impl ErrorCode {
             | Self::CodeExtractionFailed
             | Self::ReviewFailed
             | Self::AnalysisFailed
+            | Self::RunInterrupted
+            | Self::StoreFailed
             | Self::Internal => 500,
         }
     }
@@ -188,6 +206,10 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::Unauthenticated,
     ErrorCode::Forbidden,
     ErrorCode::RateLimited,
+    ErrorCode::QueueFull,
+    ErrorCode::RunFinished,
+    ErrorCode::RunInterrupted,
+    ErrorCode::StoreFailed,
     ErrorCode::NotFound,
     ErrorCode::Internal,
 ];

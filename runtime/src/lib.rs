@@ -14,6 +14,8 @@ pub mod error_code;
 pub mod paths;
 pub mod pipeline;
 pub mod plugin;
+pub mod runs;
 pub mod sandbox;
 pub mod server;
 pub mod stats;
+pub mod store;

@@ -29,6 +29,14 @@ pub fn default_model() -> PathBuf {
     }
 }
 
+/// The run store: `AGENTRT_STORE`, else `$AGENTRT_HOME/agentrt.db`.
+pub fn store() -> PathBuf {
+    match std::env::var_os("AGENTRT_STORE") {
+        Some(p) => PathBuf::from(p),
+        None => home().join("agentrt.db"),
+    }
+}
+
 /// Folder of precompiled plugin components.
 pub fn component_cache() -> PathBuf {
     home().join("components")

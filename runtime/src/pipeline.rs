@@ -8,6 +8,7 @@
 //! run pipeline methods on a blocking thread. Every stage is reported with its plugin, attempt,
 //! duration, tokens and outcome, and recorded in [`Stats`].
 
+pub mod events;
 pub mod report;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::plugin::registry::PluginSet;
 use crate::plugin::{CallStats, Plugin, PluginError, PluginHost};
 use crate::sandbox::{LazySandbox, TestReport, TestStatus};
 use crate::stats::Stats;
+pub use events::{EventSink, PipelineEvent, RunContext};
 pub use report::{
     ArtifactOut, CheckOutcome, ErrorOut, FindingOut, PipelineOutcome, ReviewOut, StageReport,
 };
@@ -51,6 +53,8 @@ pub struct Pipeline {
     pub stats: Arc<Stats>,
     /// Runs generated tests; `None` leaves them unexecuted.
     pub sandbox: Option<Arc<LazySandbox>>,
+    /// Events and cancellation of a tracked run (empty otherwise); see [`Pipeline::tracked`].
+    pub run: RunContext,
 }
 
 /// A failed stage, with the reports gathered so far.
@@ -70,6 +74,30 @@ fn stage_name(stage: Stage) -> &'static str {
 }
 
 impl Pipeline {
+    /// This pipeline for one tracked run: its events go to `run.events`, and setting
+    /// `run.cancel` stops it between stages and inside model calls.
+    pub fn tracked(&self, run: RunContext) -> Self {
+        Self {
+            run,
+            ..self.clone()
+        }
+    }
+
+    fn started(&self, stage: Stage, plugin: &str, attempt: u32) {
+        self.run.emit(PipelineEvent::StageStarted {
+            stage: stage_name(stage).to_string(),
+            plugin: plugin.to_string(),
+            attempt,
+        });
+    }
+
+    /// The error a cancelled run ends with, once it is cancelled.
+    fn cancelled(&self) -> Option<ErrorOut> {
+        self.run
+            .cancelled()
+            .then(|| ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled"))
+    }
+
     fn record(
         &self,
         plugin: &Plugin,
@@ -85,7 +113,7 @@ impl Pipeline {
             stats.tokens,
             code.as_deref(),
         );
-        StageReport {
+        let report = StageReport {
             stage: stage_name(stage).to_string(),
             plugin: plugin.manifest.name.clone(),
             attempt,
@@ -93,7 +121,11 @@ impl Pipeline {
             duration_ms: stats.duration_ms,
             tokens: stats.tokens,
             error: error.map(ErrorOut::from_plugin),
-        }
+        };
+        self.run.emit(PipelineEvent::StageFinished {
+            report: report.clone(),
+        });
+        report
     }
 
     fn to_pipeline_error(e: &PluginError, stage: Stage, attempt: u32) -> PipelineError {
@@ -120,7 +152,10 @@ impl Pipeline {
         stages: &mut Vec<StageReport>,
     ) -> Recovery {
         let handler = &self.plugins.error_handler;
-        let (res, stats) = self.host.handle_error(handler, error, retries_left);
+        self.started(error.stage, &handler.manifest.name, error.attempt);
+        let (res, stats) = self
+            .host
+            .handle_error(handler, error, retries_left, &self.run.call);
         stages.push(self.record(
             handler,
             error.stage,
@@ -128,13 +163,21 @@ impl Pipeline {
             stats,
             res.as_ref().err(),
         ));
-        match res {
+        let decision = match res {
             Ok(Recovery::Retry(_)) if retries_left == 0 => {
                 Recovery::Abort("no retries left".into())
             }
             Ok(r) => r,
             Err(e) => Recovery::Abort(format!("error handler failed: {e}")),
+        };
+        if matches!(decision, Recovery::Retry(_)) {
+            self.run.emit(PipelineEvent::Retry {
+                stage: stage_name(error.stage).to_string(),
+                attempt: error.attempt,
+                reason: format!("{}: {}", error.code, error.message),
+            });
         }
+        decision
     }
 
     /// Generate code and tests, retrying as the error handler decides.
@@ -159,6 +202,9 @@ impl Pipeline {
         let max_retries = req.max_retries.min(MAX_RETRIES);
         let mut attempt = first_attempt;
         loop {
+            if let Some(cancelled) = self.cancelled() {
+                return Err(cancelled);
+            }
             let request = GenerationRequest {
                 task_description: req.task_description.clone(),
                 language: req.language.clone(),
@@ -166,7 +212,8 @@ impl Pipeline {
                 feedback: feedback.take(),
                 previous: previous.clone(),
             };
-            let (res, stats) = self.host.generate(generator, &request);
+            self.started(Stage::Generate, &generator.manifest.name, attempt);
+            let (res, stats) = self.host.generate(generator, &request, &self.run.call);
             stages.push(self.record(
                 generator,
                 Stage::Generate,
@@ -211,7 +258,10 @@ impl Pipeline {
         let results: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = selected
                 .iter()
-                .map(|p| scope.spawn(|| self.host.check(p, artifact)))
+                .map(|p| {
+                    self.started(Stage::Check, &p.manifest.name, 1);
+                    scope.spawn(|| self.host.check(p, artifact, &self.run.call))
+                })
                 .collect();
             handles.into_iter().map(|h| h.join()).collect()
         });
@@ -257,6 +307,13 @@ impl Pipeline {
             }
         }
         findings.sort_by_key(|f| (f.line, f.column));
+        if self.run.events.is_some() {
+            self.run.emit(PipelineEvent::Checks {
+                attempt: report::attempts(stages).max(1),
+                checks: outcomes.clone(),
+                findings: findings.iter().map(FindingOut::from).collect(),
+            });
+        }
         (findings, outcomes)
     }
 
@@ -274,10 +331,16 @@ impl Pipeline {
             findings: findings.to_vec(),
             test_outcomes: tests.map(test_outcomes).unwrap_or_default(),
         };
-        let (res, stats) = self.host.review(reviewer, &request);
+        self.started(Stage::Review, &reviewer.manifest.name, 1);
+        let (res, stats) = self.host.review(reviewer, &request, &self.run.call);
         stages.push(self.record(reviewer, Stage::Review, 1, stats, res.as_ref().err()));
-        res.map(ReviewOut::from)
-            .map_err(|e| ErrorOut::from_plugin(&e))
+        let review = res
+            .map(ReviewOut::from)
+            .map_err(|e| ErrorOut::from_plugin(&e))?;
+        self.run.emit(PipelineEvent::Review {
+            review: review.clone(),
+        });
+        Ok(review)
     }
 
     /// Run the artifact's tests in the sandbox (when there are tests, Python, and a sandbox).
@@ -291,6 +354,7 @@ impl Pipeline {
         if artifact.tests.trim().is_empty() || !artifact.language.eq_ignore_ascii_case("python") {
             return None;
         }
+        self.started(Stage::Test, SANDBOX_NAME, attempt);
         let started = Instant::now();
         let report = match sandbox.get() {
             Ok(sandbox) => sandbox.run_tests(&artifact.code, &artifact.tests),
@@ -303,7 +367,7 @@ impl Pipeline {
         let failed = !report.all_passed();
         self.stats
             .record_plugin(SANDBOX_NAME, duration_ms, 0, failed.then_some(TESTS_FAILED));
-        stages.push(StageReport {
+        let stage = StageReport {
             stage: stage_name(Stage::Test).to_string(),
             plugin: SANDBOX_NAME.to_string(),
             attempt,
@@ -311,7 +375,15 @@ impl Pipeline {
             duration_ms,
             tokens: 0,
             error: None,
+        };
+        self.run.emit(PipelineEvent::StageFinished {
+            report: stage.clone(),
         });
+        self.run.emit(PipelineEvent::Tests {
+            attempt,
+            report: report.clone(),
+        });
+        stages.push(stage);
         Some(report)
     }
 
@@ -326,6 +398,9 @@ impl Pipeline {
         let max_retries = req.max_retries.min(MAX_RETRIES);
         let mut best: Option<Attempt> = None;
         loop {
+            if let Some(cancelled) = self.cancelled() {
+                return PipelineOutcome::failed(cancelled, stages, started);
+            }
             let attempt = report::attempts(&stages).max(1);
             let (findings, checks) = self.check(&artifact, None, &mut stages);
             if let Some(aborted) = checks.iter().find(|c| c.status == "aborted") {
@@ -391,6 +466,9 @@ impl Pipeline {
                 started,
             );
         };
+        if let Some(cancelled) = self.cancelled() {
+            return PipelineOutcome::failed(cancelled, stages, started);
+        }
         let review = match self.review(&artifact, &findings, tests.as_ref(), &mut stages) {
             Ok(r) => Some(r),
             Err(error) => {

@@ -177,6 +177,27 @@ pub struct CallStats {
 }
 
 /// The wasmtime engine, linkers and the model engine plugins may reach.
+/// Receives text a model generates, piece by piece.
+pub type TextSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What one call carries besides its arguments: a flag that cancels the model calls it makes
+/// (they stop at the next token with `cancelled`), and a sink for the text those calls
+/// generate, as it comes (the pipeline's token events).
+#[derive(Clone, Default)]
+pub struct CallContext {
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    pub on_text: Option<TextSink>,
+}
+
+impl std::fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallContext")
+            .field("cancel", &self.cancel)
+            .field("on_text", &self.on_text.is_some())
+            .finish()
+    }
+}
+
 pub struct PluginHost {
     engine: wasmtime::Engine,
     linker_llm: Linker<PluginState>,
@@ -374,6 +395,7 @@ impl PluginHost {
     fn call<R: Send + 'static>(
         &self,
         plugin: &Arc<Plugin>,
+        ctx: &CallContext,
         f: impl FnOnce(&Pre, &mut Store<PluginState>) -> wasmtime::Result<Result<R, PipelineError>>
         + Send
         + 'static,
@@ -391,6 +413,8 @@ impl PluginHost {
                 return (Err(error), CallStats::default());
             }
         };
+        store.data_mut().cancel = ctx.cancel.clone();
+        store.data_mut().on_text = ctx.on_text.clone();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let worker_plugin = plugin.clone();
         let spawned = std::thread::Builder::new()
@@ -509,10 +533,12 @@ impl PluginHost {
         &self,
         plugin: &Arc<Plugin>,
         req: &GenerationRequest,
+        ctx: &CallContext,
     ) -> (Result<CodeArtifact, PluginError>, CallStats) {
         let req = req.clone();
         self.call(
             plugin,
+            ctx,
             move |pre, store| match pre {
                 Pre::Generator(p) => p.instantiate(&mut *store)?.call_generate(&mut *store, &req),
                 _ => Err(wrong_world(World::Generator)),
@@ -525,10 +551,12 @@ impl PluginHost {
         &self,
         plugin: &Arc<Plugin>,
         req: &ReviewRequest,
+        ctx: &CallContext,
     ) -> (Result<Review, PluginError>, CallStats) {
         let req = req.clone();
         self.call(
             plugin,
+            ctx,
             move |pre, store| match pre {
                 Pre::Reviewer(p) => p.instantiate(&mut *store)?.call_review(&mut *store, &req),
                 _ => Err(wrong_world(World::Reviewer)),
@@ -541,10 +569,12 @@ impl PluginHost {
         &self,
         plugin: &Arc<Plugin>,
         artifact: &CodeArtifact,
+        ctx: &CallContext,
     ) -> (Result<Vec<Finding>, PluginError>, CallStats) {
         let artifact = artifact.clone();
         self.call(
             plugin,
+            ctx,
             move |pre, store| match pre {
                 Pre::QualityCheck(p) => p
                     .instantiate(&mut *store)?
@@ -560,10 +590,12 @@ impl PluginHost {
         plugin: &Arc<Plugin>,
         error: &PipelineError,
         retries_left: u32,
+        ctx: &CallContext,
     ) -> (Result<Recovery, PluginError>, CallStats) {
         let error = error.clone();
         self.call(
             plugin,
+            ctx,
             move |pre, store| match pre {
                 Pre::ErrorHandler(p) => Ok(Ok(p.instantiate(&mut *store)?.call_handle(
                     &mut *store,

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 mod openai;
 mod routes;
+mod runs;
 
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// Keys clients must present (none: the server is open).
     pub api_keys: Arc<auth::ApiKeys>,
+    /// Pipeline runs: queued, running and stored.
+    pub runs: Arc<crate::runs::Runs>,
 }
 
 /// The router with every route.
@@ -49,6 +52,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/pipeline/runs", post(runs::create).get(runs::list))
+        .route(
+            "/v1/pipeline/runs/{id}",
+            get(runs::get).delete(runs::cancel),
+        )
+        .route("/v1/pipeline/runs/{id}/events", get(runs::events))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -87,10 +96,18 @@ pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Resu
     tracing::info!(address = %listener.local_addr()?, "agentrt listening");
     // Scripts and tests read this line to learn the port when they asked for port 0.
     println!("agentrt listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app(state))
+    let runs = state.runs.clone();
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
-        .await
+        .await;
+    // Runs still in flight are cancelled and stored as such, not left to be found
+    // interrupted at the next start.
+    let _ = tokio::task::spawn_blocking(move || runs.shutdown(RUN_SHUTDOWN_GRACE)).await;
+    served
 }
+
+/// How long shutting down waits for cancelled runs to store their end.
+const RUN_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// With `AGENTRT_EXIT_WITH_STDIN=1`, completes when stdin reaches end of file: a supervisor
 /// (or a test harness) holding the other end of a pipe takes the server down with it, even

@@ -45,9 +45,12 @@ impl Server {
 
     /// Start with extra arguments and environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        // Every server its own run store, unless the test names one (to restart on it).
+        let store = fresh_store_path();
         let mut child = Command::new(agentrt_bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
+            .env("AGENTRT_STORE", &store)
             .envs(env.iter().copied())
             .env("AGENTRT_EXIT_WITH_STDIN", "1")
             .stdin(Stdio::piped())
@@ -78,6 +81,53 @@ impl Server {
             _stdin: stdin,
             base,
         }
+    }
+
+    /// Kill the server without warning (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A request returning (status, headers, body text).
+    pub fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let agent = agent();
+        let url = self.url(path);
+        let resp = match method {
+            "GET" | "DELETE" => {
+                let mut req = if method == "GET" {
+                    agent.get(&url)
+                } else {
+                    agent.delete(&url)
+                };
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                req.call()
+            }
+            _ => {
+                let mut req = agent.post(&url).header("content-type", "application/json");
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                req.send(body.map(Value::to_string).unwrap_or_default())
+            }
+        };
+        let mut resp = resp.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        let text = resp.body_mut().read_to_string().expect("read body");
+        (status, headers, text)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -187,6 +237,15 @@ fn read(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Va
     let text = resp.body_mut().read_to_string().expect("read body");
     let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text}"));
     (status, value)
+}
+
+/// A run-store path no other server uses.
+pub fn fresh_store_path() -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("agentrt-e2e-stores-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("store folder");
+    dir.join(format!("store-{n}.db"))
 }
 
 /// Assert the error shape of DESIGN.md and return the code.

@@ -82,12 +82,17 @@ impl PluginState {
         let params = self.sampling_params(s)?;
         let control = Control {
             deadline: Some(self.deadline),
-            cancel: None,
+            cancel: self.cancel.clone(),
         };
         self.llm_calls += 1;
         self.note_used(&format!("llm:{}", loaded.info.id));
+        let on_text = self.on_text.clone();
         let done = loaded
-            .generate(&prompt, &params, &control, &mut |_| {})
+            .generate(&prompt, &params, &control, &mut |piece| {
+                if let Some(sink) = &on_text {
+                    sink(piece);
+                }
+            })
             .map_err(to_wit_error)?;
         let spent = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
         self.tokens_used += spent;

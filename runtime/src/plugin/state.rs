@@ -89,6 +89,10 @@ pub struct PluginState {
     pub llm_calls: u32,
     /// Log lines written in this call (bounded by the log host).
     pub log_lines: u32,
+    /// Cancels the call's model generations (a cancelled pipeline run).
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Receives generated text as the model produces it.
+    pub on_text: Option<super::TextSink>,
 }
 
 impl PluginState {
@@ -124,6 +128,8 @@ impl PluginState {
             tokens_used: 0,
             llm_calls: 0,
             log_lines: 0,
+            cancel: None,
+            on_text: None,
         }
     }
 }

@@ -103,7 +103,16 @@ pub struct GenerateBody {
 }
 
 impl GenerateBody {
-    fn into_request(self) -> Result<PipelineRequest, ApiError> {
+    /// The request as stored with a pipeline run.
+    pub(super) fn to_json(&self) -> Value {
+        json!({
+            "task_description": self.task_description,
+            "language": self.language.as_deref().unwrap_or("python"),
+            "max_retries": self.max_retries.unwrap_or(1),
+        })
+    }
+
+    pub(super) fn into_request(self) -> Result<PipelineRequest, ApiError> {
         non_empty("task_description", &self.task_description)?;
         Ok(PipelineRequest {
             task_description: self.task_description,

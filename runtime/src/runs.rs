@@ -1,0 +1,375 @@
+//! Pipeline runs as resources: submitted, queued, run in the background, stored with every
+//! event in the [`Store`], streamed live to whoever watches, cancellable.
+//!
+//! At most `workers` runs execute at once; up to `capacity` may be queued or running, and a
+//! submission beyond that is refused (`QUEUE_001`, 429 with `Retry-After`) rather than
+//! accepted and lost. Each run gets a thread; its events are numbered, committed to the store
+//! as they happen and broadcast to live watchers. Generated text arrives token by token and is
+//! gathered into `tokens` events (a few per second), so storing a run stays cheap and a watcher
+//! who joins late replays exactly what a live one saw.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::error_code::ErrorCode;
+use crate::pipeline::report::ErrorOut;
+use crate::pipeline::{Pipeline, PipelineEvent, PipelineRequest, RunContext};
+use crate::plugin::CallContext;
+use crate::store::{RunRecord, RunState, Store, StoreError, StoredEvent, now_ms};
+
+/// Runs executing at once when not configured (each may hold a plugin slot and the model).
+pub const DEFAULT_WORKERS: usize = 2;
+/// Runs queued or running at once when not configured.
+pub const DEFAULT_CAPACITY: usize = 32;
+/// Generated text is flushed as a `tokens` event at this size or age, whichever comes first.
+const TOKENS_FLUSH_BYTES: usize = 256;
+const TOKENS_FLUSH_AGE: Duration = Duration::from_millis(100);
+/// Live events buffered per watcher before it lags (and catches up from the store).
+const BROADCAST_DEPTH: usize = 1024;
+
+/// A numbered event, as stored and as sent to live watchers.
+pub type NumberedEvent = Arc<StoredEvent>;
+
+/// Why a submission or cancellation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    #[error(
+        "{queued} pipeline runs are queued or running, the most this server takes; try again shortly"
+    )]
+    QueueFull { queued: usize },
+    #[error("no pipeline run {0}")]
+    NotFound(String),
+    #[error("pipeline run {id} has already ended ({state})")]
+    Finished { id: String, state: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RunsError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::QueueFull { .. } => ErrorCode::QueueFull,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Finished { .. } => ErrorCode::RunFinished,
+            Self::Store(_) => ErrorCode::StoreFailed,
+        }
+    }
+}
+
+/// A run in this process (queued or running).
+struct LiveRun {
+    cancel: Arc<AtomicBool>,
+    events: broadcast::Sender<NumberedEvent>,
+}
+
+/// Counting semaphore for the worker slots (runs block on a plain thread, not the runtime).
+#[derive(Default)]
+struct Slots {
+    busy: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    /// Wait for a slot, unless `cancel` is set meanwhile (then `false`).
+    fn acquire(&self, limit: usize, cancel: &AtomicBool) -> bool {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            if *busy < limit {
+                *busy += 1;
+                return true;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn release(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        *busy = busy.saturating_sub(1);
+        self.freed.notify_all();
+    }
+}
+
+/// The runs of one server.
+pub struct Runs {
+    store: Arc<Store>,
+    pipeline: Pipeline,
+    workers: usize,
+    capacity: usize,
+    live: Mutex<HashMap<String, Arc<LiveRun>>>,
+    slots: Slots,
+}
+
+impl std::fmt::Debug for Runs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runs")
+            .field("store", &self.store.path())
+            .field("workers", &self.workers)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Numbers a run's events, commits each to the store, then broadcasts it; gathers generated
+/// text into `tokens` events.
+struct Emitter {
+    id: String,
+    store: Arc<Store>,
+    live: Arc<LiveRun>,
+    inner: Mutex<EmitterState>,
+}
+
+struct EmitterState {
+    next_seq: i64,
+    text: String,
+    text_since: Instant,
+}
+
+impl Emitter {
+    fn number(&self, st: &mut EmitterState, event: &PipelineEvent) -> StoredEvent {
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        StoredEvent {
+            seq,
+            at_ms: now_ms(),
+            kind: event.kind().to_string(),
+            data: serde_json::to_string(event).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+
+    fn publish(&self, st: &mut EmitterState, event: &PipelineEvent) {
+        let stored = self.number(st, event);
+        if let Err(e) = self.store.append_event(&self.id, &stored) {
+            // The run goes on; the event still reaches live watchers.
+            tracing::error!(run = %self.id, "event not stored: {e}");
+        }
+        let _ = self.live.events.send(Arc::new(stored));
+    }
+
+    fn flush_text(&self, st: &mut EmitterState) {
+        if st.text.is_empty() {
+            return;
+        }
+        let text = std::mem::take(&mut st.text);
+        self.publish(st, &PipelineEvent::Tokens { text });
+    }
+
+    fn event(&self, event: PipelineEvent) {
+        let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_text(&mut st);
+        self.publish(&mut st, &event);
+    }
+
+    fn text(&self, piece: &str) {
+        let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if st.text.is_empty() {
+            st.text_since = Instant::now();
+        }
+        st.text.push_str(piece);
+        if st.text.len() >= TOKENS_FLUSH_BYTES || st.text_since.elapsed() >= TOKENS_FLUSH_AGE {
+            self.flush_text(&mut st);
+        }
+    }
+
+    /// The closing `done` event, committed with the run's final state and result.
+    fn finish(&self, state: RunState, outcome: Option<&Value>, error: Option<&ErrorOut>) {
+        let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_text(&mut st);
+        let done = self.number(
+            &mut st,
+            &PipelineEvent::Done {
+                state: state.as_str().to_string(),
+                error: error.cloned(),
+            },
+        );
+        if let Err(e) = self
+            .store
+            .finish_run(&self.id, state, outcome, error, &done)
+        {
+            tracing::error!(run = %self.id, "final state not stored: {e}");
+        }
+        let _ = self.live.events.send(Arc::new(done));
+    }
+}
+
+impl Runs {
+    pub fn new(store: Arc<Store>, pipeline: Pipeline, workers: usize, capacity: usize) -> Self {
+        Self {
+            store,
+            pipeline,
+            workers: workers.max(1),
+            capacity: capacity.max(1),
+            live: Mutex::new(HashMap::new()),
+            slots: Slots::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveRun>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs queued or running in this process.
+    pub fn in_flight(&self) -> usize {
+        self.live().len()
+    }
+
+    /// Queue `req` (its JSON form `request` is what is stored and shown); returns the run as
+    /// recorded, `queued`. The run starts when a worker is free.
+    pub fn submit(
+        self: &Arc<Self>,
+        req: PipelineRequest,
+        request: Value,
+    ) -> Result<RunRecord, RunsError> {
+        let id = new_run_id();
+        let live = Arc::new(LiveRun {
+            cancel: Arc::new(AtomicBool::new(false)),
+            events: broadcast::channel(BROADCAST_DEPTH).0,
+        });
+        {
+            let mut runs = self.live();
+            if runs.len() >= self.capacity {
+                return Err(RunsError::QueueFull { queued: runs.len() });
+            }
+            runs.insert(id.clone(), live.clone());
+        }
+        let record = match self.store.insert_run(&id, &request) {
+            Ok(r) => r,
+            Err(e) => {
+                self.live().remove(&id);
+                return Err(e.into());
+            }
+        };
+        let this = self.clone();
+        let run_id = id.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("run-{}", &id[..8]))
+            .spawn(move || this.execute(&run_id, req, live));
+        if let Err(e) = spawned {
+            self.live().remove(&id);
+            let error = ErrorOut::new(ErrorCode::Internal, format!("cannot start the run: {e}"));
+            let done = StoredEvent {
+                seq: 1,
+                at_ms: now_ms(),
+                kind: "done".into(),
+                data: serde_json::json!({"type": "done", "state": "failed", "error": error})
+                    .to_string(),
+            };
+            self.store
+                .finish_run(&id, RunState::Failed, None, Some(&error), &done)?;
+        }
+        Ok(record)
+    }
+
+    fn execute(&self, id: &str, req: PipelineRequest, live: Arc<LiveRun>) {
+        let emitter = Arc::new(Emitter {
+            id: id.to_string(),
+            store: self.store.clone(),
+            live: live.clone(),
+            inner: Mutex::new(EmitterState {
+                next_seq: 1,
+                text: String::new(),
+                text_since: Instant::now(),
+            }),
+        });
+        let cancelled = || ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled");
+        if !self.slots.acquire(self.workers, &live.cancel) {
+            emitter.finish(RunState::Cancelled, None, Some(&cancelled()));
+            self.live().remove(id);
+            return;
+        }
+        if let Err(e) = self.store.set_running(id) {
+            tracing::error!(run = %id, "state not stored: {e}");
+        }
+        let sink = emitter.clone();
+        let text = emitter.clone();
+        let pipeline = self.pipeline.tracked(RunContext {
+            events: Some(Arc::new(move |event| sink.event(event))),
+            cancel: Some(live.cancel.clone()),
+            call: CallContext {
+                cancel: Some(live.cancel.clone()),
+                on_text: Some(Arc::new(move |piece| text.text(piece))),
+            },
+        });
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.run(&req)));
+        self.slots.release();
+        match outcome {
+            Ok(outcome) => {
+                let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+                let state = match &outcome.error {
+                    None => RunState::Completed,
+                    Some(e) if e.code == ErrorCode::Cancelled.as_str() => RunState::Cancelled,
+                    Some(_) => RunState::Failed,
+                };
+                emitter.finish(state, Some(&value), outcome.error.as_ref());
+            }
+            Err(_) => {
+                let error = ErrorOut::new(ErrorCode::Internal, "the run's thread panicked");
+                emitter.finish(RunState::Failed, None, Some(&error));
+            }
+        }
+        tracing::info!(run = %id, ms = started.elapsed().as_millis() as u64, "pipeline run ended");
+        self.live().remove(id);
+    }
+
+    /// The stored run.
+    pub fn get(&self, id: &str) -> Result<RunRecord, RunsError> {
+        self.store
+            .run(id)?
+            .ok_or_else(|| RunsError::NotFound(id.to_string()))
+    }
+
+    /// Ask a queued or running run to stop: a queued one ends before it starts, a running one
+    /// at its next stage or generated token. Returns the run as stored now.
+    pub fn cancel(&self, id: &str) -> Result<RunRecord, RunsError> {
+        let run = self.get(id)?;
+        match self.live().get(id) {
+            Some(live) => {
+                live.cancel.store(true, Ordering::Relaxed);
+                Ok(run)
+            }
+            None => Err(RunsError::Finished {
+                id: id.to_string(),
+                state: run.state.as_str(),
+            }),
+        }
+    }
+
+    /// Live events of a run still in this process, from now on (`None` once it has ended).
+    /// Subscribe before reading the stored events, so that none falls between the two.
+    pub fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<NumberedEvent>> {
+        self.live().get(id).map(|l| l.events.subscribe())
+    }
+
+    /// Cancel every run in this process and wait (up to `grace`) for them to end, so each is
+    /// stored as cancelled rather than found interrupted at the next start.
+    pub fn shutdown(&self, grace: Duration) {
+        for live in self.live().values() {
+            live.cancel.store(true, Ordering::Relaxed);
+        }
+        let until = Instant::now() + grace;
+        while self.in_flight() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// 128 random bits as 32 hex digits: unguessable, so a run's id is its own capability.
+fn new_run_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

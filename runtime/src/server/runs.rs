@@ -1,0 +1,297 @@
+//! `/v1/pipeline/runs`: pipeline runs as resources.
+//!
+//! - `POST /v1/pipeline/runs` queues a run and answers `202` at once with its id (and a
+//!   `Location`); `429 QUEUE_001` with `Retry-After` when the queue is full.
+//! - `GET /v1/pipeline/runs` lists runs, newest first (`limit`, `before` for paging).
+//! - `GET /v1/pipeline/runs/{id}` the run's state, every stage finished so far and, once it
+//!   has ended, its result.
+//! - `GET /v1/pipeline/runs/{id}/events` its events as server-sent events (`id:` the event
+//!   number, `event:` its type, `data:` its JSON), the stored ones first, then live ones until
+//!   `done`; `Last-Event-ID` (or `?after=N`) resumes after an event.
+//! - `DELETE /v1/pipeline/runs/{id}` cancels a queued or running run (`409 RUN_001` once it
+//!   has ended).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::routes::GenerateBody;
+use super::{ApiError, AppState};
+use crate::error_code::ErrorCode;
+use crate::runs::RunsError;
+use crate::store::{RunRecord, StoredEvent};
+
+/// Seconds a client is asked to wait when the queue is full.
+const QUEUE_RETRY_AFTER_S: u32 = 5;
+/// Runs a list answers at most.
+const MAX_LIST: usize = 100;
+
+fn api_error(e: RunsError) -> Response {
+    let full = matches!(e, RunsError::QueueFull { .. });
+    let response = ApiError::new(e.code(), e.to_string()).into_response();
+    if full {
+        let mut response = response;
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(QUEUE_RETRY_AFTER_S),
+        );
+        return response;
+    }
+    response
+}
+
+/// A run as the API shows it: the stored record with the stages reported so far.
+fn run_json(run: &RunRecord, events: &[StoredEvent]) -> Value {
+    let stages: Vec<Value> = events
+        .iter()
+        .filter(|e| e.kind == "stage_finished")
+        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+        .filter_map(|mut v| v.get_mut("report").map(Value::take))
+        .collect();
+    let mut v = json!({
+        "id": run.id,
+        "object": "pipeline.run",
+        "state": run.state,
+        "created_at_ms": run.created_at_ms,
+        "updated_at_ms": run.updated_at_ms,
+        "request": run.request,
+        "stages": stages,
+        "events": events.len(),
+        "links": {
+            "self": format!("/v1/pipeline/runs/{}", run.id),
+            "events": format!("/v1/pipeline/runs/{}/events", run.id),
+        },
+    });
+    if let Some(outcome) = &run.outcome {
+        v["result"] = outcome.clone();
+    }
+    if let Some(error) = &run.error {
+        v["error"] = json!(error);
+    }
+    v
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Json<GenerateBody>, JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let request = body.to_json();
+    let req = match body.into_request() {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let runs = state.runs.clone();
+    let submitted = tokio::task::spawn_blocking(move || runs.submit(req, request)).await;
+    match submitted {
+        Ok(Ok(run)) => {
+            let location = format!("/v1/pipeline/runs/{}", run.id);
+            let mut response = (StatusCode::ACCEPTED, Json(run_json(&run, &[]))).into_response();
+            if let Ok(value) = header::HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+        Ok(Err(e)) => api_error(e),
+        Err(e) => ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    /// Only runs created before this time (ms since the epoch): the next page.
+    before: Option<i64>,
+}
+
+pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    let limit = q.limit.unwrap_or(20).clamp(1, MAX_LIST);
+    let store = state.runs.store().clone();
+    let listed = tokio::task::spawn_blocking(move || store.list_runs(limit, q.before)).await;
+    match listed {
+        Ok(Ok(runs)) => {
+            let next = (runs.len() == limit)
+                .then(|| runs.last().map(|r| r.created_at_ms))
+                .flatten();
+            let data: Vec<Value> = runs
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id,
+                        "state": r.state,
+                        "created_at_ms": r.created_at_ms,
+                        "updated_at_ms": r.updated_at_ms,
+                        "task_description": r.request.get("task_description"),
+                        "error": r.error,
+                    })
+                })
+                .collect();
+            Json(json!({"object": "list", "data": data, "next_before": next})).into_response()
+        }
+        Ok(Err(e)) => api_error(e.into()),
+        Err(e) => ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")).into_response(),
+    }
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let runs = state.runs.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let run = runs.get(&id)?;
+        let events = runs.store().events_after(&id, 0)?;
+        Ok::<_, RunsError>(run_json(&run, &events))
+    })
+    .await;
+    match found {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => api_error(e),
+        Err(e) => ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")).into_response(),
+    }
+}
+
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let runs = state.runs.clone();
+    match tokio::task::spawn_blocking(move || runs.cancel(&id)).await {
+        Ok(Ok(run)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "id": run.id,
+                "object": "pipeline.run",
+                "state": run.state,
+                "cancel_requested": true,
+            })),
+        )
+            .into_response(),
+        Ok(Err(e)) => api_error(e),
+        Err(e) => ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Resume after this event number (as `Last-Event-ID` does).
+    after: Option<i64>,
+}
+
+fn sse(e: &StoredEvent) -> Event {
+    Event::default()
+        .id(e.seq.to_string())
+        .event(e.kind.clone())
+        .data(e.data.clone())
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let after = q.after.or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    });
+    let after = after.unwrap_or(0);
+    // Subscribe before reading the store: an event is then either stored already or on its
+    // way to the receiver (or both; numbers tell duplicates apart).
+    let live = state.runs.subscribe(&id);
+    let runs = state.runs.clone();
+    let run_id = id.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        runs.get(&run_id)?;
+        Ok::<_, RunsError>(runs.store().events_after(&run_id, after)?)
+    })
+    .await;
+    let stored = match stored {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return api_error(e),
+        Err(e) => {
+            return ApiError::new(ErrorCode::Internal, format!("worker failed: {e}"))
+                .into_response();
+        }
+    };
+    let store = state.runs.store().clone();
+    Sse::new(event_stream(id, store, stored, live, after))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn event_stream(
+    id: String,
+    store: Arc<crate::store::Store>,
+    stored: Vec<StoredEvent>,
+    live: Option<tokio::sync::broadcast::Receiver<crate::runs::NumberedEvent>>,
+    after: i64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream(move |tx| async move {
+        let mut last = after;
+        for e in &stored {
+            last = e.seq;
+            if tx.send(sse(e)).await.is_err() || e.kind == "done" {
+                return;
+            }
+        }
+        let Some(mut live) = live else { return };
+        loop {
+            match live.recv().await {
+                Ok(e) => {
+                    if e.seq <= last {
+                        continue;
+                    }
+                    last = e.seq;
+                    if tx.send(sse(&e)).await.is_err() || e.kind == "done" {
+                        return;
+                    }
+                }
+                // Fell behind the live channel, or the run ended: the store has it all.
+                Err(err) => {
+                    let store = store.clone();
+                    let run_id = id.clone();
+                    let missed =
+                        tokio::task::spawn_blocking(move || store.events_after(&run_id, last))
+                            .await;
+                    let Ok(Ok(missed)) = missed else { return };
+                    for e in &missed {
+                        last = e.seq;
+                        if tx.send(sse(e)).await.is_err() || e.kind == "done" {
+                            return;
+                        }
+                    }
+                    if matches!(err, RecvError::Closed) {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A stream fed by an async task through a channel (what `async-stream` does, without the
+/// macro): the task ends, or the client goes away and the next send fails.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(f(tx));
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    )
+}

@@ -1,0 +1,649 @@
+//! Durable storage of pipeline runs and their events: an embedded SQLite database in WAL mode
+//! (`$AGENTRT_HOME/agentrt.db`, or `AGENTRT_STORE`).
+//!
+//! A run is a row (`queued` → `running` → `completed` | `failed` | `cancelled`) and an ordered
+//! list of events. Each event is committed as it happens, and a run's final state, result and
+//! `done` event are committed in one transaction, so a crash leaves every finished run whole
+//! and an unfinished one visibly unfinished; [`Store::interrupt_unfinished`] marks those failed
+//! on the next start. WAL with `synchronous = NORMAL` survives a killed process (not a power
+//! cut without the last transactions).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error_code::ErrorCode;
+use crate::pipeline::report::ErrorOut;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    request TEXT NOT NULL,
+    outcome TEXT,
+    error_code TEXT,
+    error_message TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_creation ON runs (created_at_ms);
+CREATE TABLE IF NOT EXISTS run_events (
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+";
+
+/// Why the store failed (`STORE_001`).
+#[derive(Debug, thiserror::Error)]
+#[error("run store {path}: {message}")]
+pub struct StoreError {
+    pub path: String,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::StoreFailed
+    }
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Failed,
+        }
+    }
+
+    /// Whether the run has ended (nothing will change it any more).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// One stored run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub state: RunState,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub request: Value,
+    /// The pipeline's result (`PipelineOutcome`) once the run has ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorOut>,
+}
+
+/// One stored event of a run; `data` is its JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub data: String,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+/// The SQLite run store; one connection, used under a mutex (every statement is short).
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    /// Held by a server for as long as it runs (see [`Store::open_exclusive`]).
+    _lock: Option<std::fs::File>,
+}
+
+impl Store {
+    /// Open (creating when missing) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let fail = |e: &dyn std::fmt::Display| StoreError {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| fail(&e))?;
+        // Another process (a backup, a second reader) may hold the lock for a moment.
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| fail(&e))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(|e| fail(&e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(fail(&format!(
+                "cannot use write-ahead logging (journal mode {mode})"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| fail(&e))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| fail(&e))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| fail(&e))?;
+        if version > SCHEMA_VERSION {
+            return Err(fail(&format!(
+                "written by a newer agentrt (schema {version}, this build reads up to {SCHEMA_VERSION})"
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| fail(&e))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            _lock: None,
+        })
+    }
+
+    /// Open the store for a server: also take `PATH.lock`, so that a second server on the same
+    /// file is refused instead of marking the first one's runs interrupted.
+    pub fn open_exclusive(path: &Path) -> Result<Self, StoreError> {
+        let fail = |message: String| StoreError {
+            path: path.display().to_string(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| fail(format!("cannot open its lock file: {e}")))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(fail(
+                    "another agentrt server is using this store (set AGENTRT_STORE to give this one its own)"
+                        .into(),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(fail(format!("cannot lock it: {e}")));
+            }
+        }
+        let mut store = Self::open(path)?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn).map_err(|e| StoreError {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Record a new run, `queued`.
+    pub fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError> {
+        let now = now_ms();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO runs (id, state, created_at_ms, updated_at_ms, request)
+                 VALUES (?1, 'queued', ?2, ?2, ?3)",
+                params![id, now, request.to_string()],
+            )
+        })?;
+        Ok(RunRecord {
+            id: id.to_string(),
+            state: RunState::Queued,
+            created_at_ms: now,
+            updated_at_ms: now,
+            request: request.clone(),
+            outcome: None,
+            error: None,
+        })
+    }
+
+    pub fn set_running(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET state = 'running', updated_at_ms = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )
+        })
+        .map(drop)
+    }
+
+    pub fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, event.seq, event.at_ms, event.kind, event.data],
+            )
+        })
+        .map(drop)
+    }
+
+    /// End a run: its state, result, error and its last event, in one transaction.
+    pub fn finish_run(
+        &self,
+        id: &str,
+        state: RunState,
+        outcome: Option<&Value>,
+        error: Option<&ErrorOut>,
+        done: &StoredEvent,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE runs SET state = ?2, updated_at_ms = ?3, outcome = ?4, error_code = ?5,
+                 error_message = ?6 WHERE id = ?1",
+                params![
+                    id,
+                    state.as_str(),
+                    now_ms(),
+                    outcome.map(Value::to_string),
+                    error.map(|e| e.code.as_str()),
+                    error.map(|e| e.message.as_str()),
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, done.seq, done.at_ms, done.kind, done.data],
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+        let request: String = row.get(4)?;
+        let outcome: Option<String> = row.get(5)?;
+        let code: Option<String> = row.get(6)?;
+        let message: Option<String> = row.get(7)?;
+        Ok(RunRecord {
+            id: row.get(0)?,
+            state: RunState::parse(&row.get::<_, String>(1)?),
+            created_at_ms: row.get(2)?,
+            updated_at_ms: row.get(3)?,
+            request: serde_json::from_str(&request).unwrap_or(Value::Null),
+            outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+            error: code.map(|code| ErrorOut {
+                code,
+                message: message.unwrap_or_default(),
+            }),
+        })
+    }
+
+    const COLUMNS: &'static str =
+        "id, state, created_at_ms, updated_at_ms, request, outcome, error_code, error_message";
+
+    pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {} FROM runs WHERE id = ?1", Self::COLUMNS),
+                params![id],
+                Self::record,
+            )
+            .optional()
+        })
+    }
+
+    /// The newest runs first, at most `limit`, created before `before_ms` when given.
+    pub fn list_runs(
+        &self,
+        limit: usize,
+        before_ms: Option<i64>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {} FROM runs WHERE created_at_ms < ?1 ORDER BY created_at_ms DESC, id LIMIT ?2",
+                Self::COLUMNS
+            ))?;
+            let rows = stmt.query_map(
+                params![before_ms.unwrap_or(i64::MAX), limit as i64],
+                Self::record,
+            )?;
+            rows.collect()
+        })
+    }
+
+    /// A run's events with `seq` above `after`, in order.
+    pub fn events_after(&self, id: &str, after: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, at_ms, kind, data FROM run_events WHERE run_id = ?1 AND seq > ?2
+                 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![id, after], |r| {
+                Ok(StoredEvent {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    data: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Mark the runs a previous process left `queued` or `running` (it stopped or crashed
+    /// under them) as failed with `RUN_002`, each with a closing `done` event. Returns how
+    /// many. Call before accepting new runs.
+    pub fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
+        let error = ErrorOut::new(
+            ErrorCode::RunInterrupted,
+            "the server stopped while this run was in progress",
+        );
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let ids: Vec<String> = {
+                let mut stmt =
+                    tx.prepare("SELECT id FROM runs WHERE state IN ('queued', 'running')")?;
+                stmt.query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let now = now_ms();
+            for id in &ids {
+                let next: i64 = tx.query_row(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )?;
+                let done = serde_json::json!({"type": "done", "state": "failed", "error": error});
+                tx.execute(
+                    "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, 'done', ?4)",
+                    params![id, next, now, done.to_string()],
+                )?;
+                tx.execute(
+                    "UPDATE runs SET state = 'failed', updated_at_ms = ?2, error_code = ?3,
+                     error_message = ?4 WHERE id = ?1",
+                    params![id, now, error.code, error.message],
+                )?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
+    }
+
+    /// SQLite's own consistency check plus the store's invariants: every finished run ends
+    /// with one `done` event, event numbers have no gaps. `Ok(())` or the problems found.
+    pub fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {
+        self.with(|c| {
+            let mut problems: Vec<String> = {
+                let mut stmt = c.prepare("PRAGMA integrity_check")?;
+                stmt.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+                    .into_iter()
+                    .filter(|line| line != "ok")
+                    .collect()
+            };
+            let mut stmt = c.prepare(
+                "SELECT r.id, r.state,
+                        (SELECT COUNT(*) FROM run_events e WHERE e.run_id = r.id),
+                        (SELECT COALESCE(MAX(seq), 0) FROM run_events e WHERE e.run_id = r.id),
+                        (SELECT COUNT(*) FROM run_events e WHERE e.run_id = r.id AND e.kind = 'done'),
+                        (SELECT kind FROM run_events e WHERE e.run_id = r.id ORDER BY seq DESC LIMIT 1)
+                 FROM runs r",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    RunState::parse(&r.get::<_, String>(1)?),
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, state, count, max_seq, dones, last) = row?;
+                if count != max_seq {
+                    problems.push(format!("run {id}: {count} events numbered up to {max_seq}"));
+                }
+                let ends_done = last.as_deref() == Some("done") && dones == 1;
+                if state.is_final() != ends_done {
+                    problems.push(format!(
+                        "run {id}: state {} but {dones} done events, last event {last:?}",
+                        state.as_str()
+                    ));
+                }
+            }
+            Ok(if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64, kind: &str) -> StoredEvent {
+        StoredEvent {
+            seq,
+            at_ms: now_ms(),
+            kind: kind.into(),
+            data: format!("{{\"type\":\"{kind}\"}}"),
+        }
+    }
+
+    fn temp_store() -> (tempdir::Dir, Store) {
+        let dir = tempdir::Dir::new();
+        let store = Store::open(&dir.0.join("runs.db")).expect("open");
+        (dir, store)
+    }
+
+    /// A folder removed when dropped (no dev-dependency for one helper).
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "agentrt-store-{}-{}",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                std::fs::create_dir_all(&p).expect("temp dir");
+                Self(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_goes_from_queued_to_completed_with_its_events() {
+        let (_dir, store) = temp_store();
+        let request = serde_json::json!({"task_description": "add two numbers"});
+        store.insert_run("r1", &request).expect("insert");
+        assert_eq!(
+            store.run("r1").expect("read").expect("run").state,
+            RunState::Queued
+        );
+        store.set_running("r1").expect("running");
+        store
+            .append_event("r1", &event(1, "stage_started"))
+            .expect("event");
+        store
+            .append_event("r1", &event(2, "tokens"))
+            .expect("event");
+        let outcome = serde_json::json!({"status": "completed"});
+        store
+            .finish_run(
+                "r1",
+                RunState::Completed,
+                Some(&outcome),
+                None,
+                &event(3, "done"),
+            )
+            .expect("finish");
+        let run = store.run("r1").expect("read").expect("run");
+        assert_eq!(run.state, RunState::Completed);
+        assert_eq!(run.request, request);
+        assert_eq!(run.outcome, Some(outcome));
+        let kinds: Vec<String> = store
+            .events_after("r1", 0)
+            .expect("events")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["stage_started", "tokens", "done"]);
+        assert_eq!(store.events_after("r1", 2).expect("events").len(), 1);
+        assert_eq!(store.check_integrity().expect("check"), Ok(()));
+        // The same event number twice is refused, not silently kept twice.
+        assert!(store.append_event("r1", &event(3, "done")).is_err());
+        // The check sees a finished run without its last event, and a gap in the numbers.
+        store.insert_run("r2", &Value::Null).expect("insert");
+        store
+            .append_event("r2", &event(2, "tokens"))
+            .expect("event");
+        store
+            .with(|c| c.execute("UPDATE runs SET state = 'completed' WHERE id = 'r2'", []))
+            .expect("corrupt");
+        let problems = store
+            .check_integrity()
+            .expect("check")
+            .expect_err("problems");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn unfinished_runs_are_marked_interrupted_on_the_next_open() {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("runs.db");
+        {
+            let store = Store::open(&path).expect("open");
+            store.insert_run("done", &Value::Null).expect("insert");
+            store
+                .finish_run("done", RunState::Completed, None, None, &event(1, "done"))
+                .expect("finish");
+            store.insert_run("midway", &Value::Null).expect("insert");
+            store.set_running("midway").expect("running");
+            store
+                .append_event("midway", &event(1, "stage_started"))
+                .expect("event");
+            store.insert_run("waiting", &Value::Null).expect("insert");
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.interrupt_unfinished().expect("interrupt"), 2);
+        for id in ["midway", "waiting"] {
+            let run = store.run(id).expect("read").expect("run");
+            assert_eq!(run.state, RunState::Failed, "{id}");
+            assert_eq!(run.error.expect("error").code, "RUN_002");
+            let last = store
+                .events_after(id, 0)
+                .expect("events")
+                .pop()
+                .expect("event");
+            assert_eq!(last.kind, "done");
+        }
+        assert_eq!(
+            store.run("done").expect("read").expect("run").state,
+            RunState::Completed
+        );
+        assert_eq!(store.check_integrity().expect("check"), Ok(()));
+        assert_eq!(store.interrupt_unfinished().expect("again"), 0);
+    }
+
+    #[test]
+    fn runs_list_newest_first() {
+        let (_dir, store) = temp_store();
+        for id in ["a", "b", "c"] {
+            store.insert_run(id, &Value::Null).expect("insert");
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        let ids: Vec<String> = store
+            .list_runs(2, None)
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["c", "b"]);
+        let created_b = store.run("b").expect("read").expect("run").created_at_ms;
+        let older: Vec<String> = store
+            .list_runs(10, Some(created_b))
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(older, ["a"]);
+    }
+
+    #[test]
+    fn a_second_server_on_the_same_store_is_refused() {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("runs.db");
+        let first = Store::open_exclusive(&path).expect("first");
+        let err = Store::open_exclusive(&path).expect_err("second");
+        assert!(err.message.contains("another agentrt server"), "{err}");
+        drop(first);
+        Store::open_exclusive(&path).expect("free again");
+    }
+
+    #[test]
+    fn a_store_from_a_newer_schema_is_refused() {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("runs.db");
+        Store::open(&path).expect("open");
+        let conn = Connection::open(&path).expect("raw");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump");
+        drop(conn);
+        let err = Store::open(&path).expect_err("newer schema");
+        assert!(err.message.contains("newer agentrt"), "{err}");
+    }
+}

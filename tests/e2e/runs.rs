@@ -1,0 +1,258 @@
+//! Pipeline runs as resources: `/v1/pipeline/runs` — submit, watch the events, read the result,
+//! cancel, the bounded queue, and a crash in the middle of a run.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::harness::{Server, error_code, fresh_store_path};
+
+const TASK: &str = "Write a function add(a, b) that returns the sum of two numbers";
+
+fn submit(s: &Server, task: &str) -> (u16, Vec<(String, String)>, Value) {
+    let (status, headers, text) = s.exchange(
+        "POST",
+        "/v1/pipeline/runs",
+        &[],
+        Some(&json!({"task_description": task, "max_retries": 0})),
+    );
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Parse a server-sent event stream into (id, event, data JSON) triples.
+fn parse_sse(text: &str) -> Vec<(i64, String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut id, mut event, mut data) = (None, None, String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        if let (Some(id), Some(event)) = (id, event) {
+            let data = serde_json::from_str(&data).unwrap_or_else(|_| panic!("bad data: {data}"));
+            out.push((id, event, data));
+        }
+    }
+    out
+}
+
+/// The whole event stream of a run (it ends with `done`).
+fn events(s: &Server, id: &str, headers: &[(&str, &str)]) -> Vec<(i64, String, Value)> {
+    let (status, _, text) = s.exchange(
+        "GET",
+        &format!("/v1/pipeline/runs/{id}/events"),
+        headers,
+        None,
+    );
+    assert_eq!(status, 200, "{text}");
+    parse_sse(&text)
+}
+
+fn get_run(s: &Server, id: &str) -> Value {
+    let (status, body) = s.get(&format!("/v1/pipeline/runs/{id}"));
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_run_is_accepted_at_once_streams_its_stages_and_keeps_its_result() {
+    let s = Server::start(&[]);
+    let (status, headers, run) = submit(&s, TASK);
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_string();
+    assert_eq!(id.len(), 32, "{run}");
+    assert!(
+        ["queued", "running"].contains(&run["state"].as_str().unwrap_or("")),
+        "{run}"
+    );
+    assert_eq!(
+        header(&headers, "location"),
+        Some(format!("/v1/pipeline/runs/{id}").as_str())
+    );
+
+    let all = events(&s, &id, &[]);
+    let kinds: Vec<&str> = all.iter().map(|(_, k, _)| k.as_str()).collect();
+    // Numbered 1, 2, ... without gaps, each data carrying its own type.
+    for (n, (seq, kind, data)) in all.iter().enumerate() {
+        assert_eq!(*seq, n as i64 + 1, "{kinds:?}");
+        assert_eq!(data["type"], kind.as_str());
+    }
+    assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
+    for expected in [
+        "stage_started",
+        "tokens",
+        "stage_finished",
+        "checks",
+        "review",
+    ] {
+        assert!(kinds.contains(&expected), "no {expected} in {kinds:?}");
+    }
+    // Generated text arrives before the generate stage ends.
+    let first_tokens = kinds.iter().position(|k| *k == "tokens").expect("tokens");
+    let generate_done = all
+        .iter()
+        .position(|(_, k, d)| k == "stage_finished" && d["report"]["stage"] == "generate")
+        .expect("generate finished");
+    assert!(first_tokens < generate_done, "{kinds:?}");
+    let text: String = all
+        .iter()
+        .filter(|(_, k, _)| k == "tokens")
+        .filter_map(|(_, _, d)| d["text"].as_str())
+        .collect();
+    assert!(!text.trim().is_empty());
+    let (_, _, done) = all.last().expect("done");
+    assert_eq!(done["state"], "completed", "{done}");
+
+    let run = get_run(&s, &id);
+    assert_eq!(run["state"], "completed", "{run}");
+    assert!(
+        run["result"]["code"]
+            .as_str()
+            .is_some_and(|c| c.contains("def ")),
+        "{run}"
+    );
+    assert_eq!(run["request"]["task_description"], TASK);
+    let stages = run["stages"].as_array().expect("stages");
+    assert_eq!(
+        stages.len(),
+        run["result"]["stages"].as_array().map_or(0, Vec::len)
+    );
+
+    // Resuming after an event gives exactly the rest, by header or by query.
+    let rest = events(&s, &id, &[("Last-Event-ID", "3")]);
+    assert_eq!(rest.first().map(|e| e.0), Some(4));
+    assert_eq!(rest.len(), all.len() - 3);
+    let (_, _, text) = s.exchange(
+        "GET",
+        &format!("/v1/pipeline/runs/{id}/events?after={}", all.len() - 1),
+        &[],
+        None,
+    );
+    assert_eq!(parse_sse(&text).len(), 1);
+
+    let (status, list) = s.get("/v1/pipeline/runs?limit=5");
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["data"][0]["id"], id.as_str(), "{list}");
+    assert_eq!(list["data"][0]["state"], "completed");
+
+    // A finished run cannot be cancelled; an unknown one is not found.
+    let (status, _, text) = s.exchange("DELETE", &format!("/v1/pipeline/runs/{id}"), &[], None);
+    assert_eq!(status, 409, "{text}");
+    assert_eq!(
+        error_code(&serde_json::from_str(&text).expect("json")),
+        "RUN_001"
+    );
+    let (status, body) = s.get("/v1/pipeline/runs/0123456789abcdef0123456789abcdef");
+    assert_eq!(status, 404);
+    assert_eq!(error_code(&body), "NOT_FOUND");
+    let (status, body) = s.post("/v1/pipeline/runs", &json!({"task_description": " "}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "VAL_002");
+}
+
+#[test]
+fn cancelling_stops_a_running_run_and_a_full_queue_answers_429() {
+    // One worker, room for two runs: the first runs, the second waits, the third is refused.
+    let s = Server::start_with_env(
+        &[],
+        &[("AGENTRT_RUN_WORKERS", "1"), ("AGENTRT_RUN_QUEUE", "2")],
+    );
+    let (status, _, first) = submit(&s, TASK);
+    assert_eq!(status, 202, "{first}");
+    let (status, _, second) = submit(&s, TASK);
+    assert_eq!(status, 202, "{second}");
+    let (status, headers, refused) = submit(&s, TASK);
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(error_code(&refused), "QUEUE_001");
+    assert!(
+        header(&headers, "retry-after").is_some_and(|v| v.parse::<u32>().is_ok()),
+        "{headers:?}"
+    );
+
+    let first = first["id"].as_str().expect("id").to_string();
+    let second = second["id"].as_str().expect("id").to_string();
+    // Cancel the queued one, then the running one once it generates.
+    let (status, _, text) = s.exchange("DELETE", &format!("/v1/pipeline/runs/{second}"), &[], None);
+    assert_eq!(status, 202, "{text}");
+    wait_until(
+        "the first run to generate",
+        Duration::from_secs(120),
+        || {
+            let (_, _, text) = s.exchange("GET", &format!("/v1/pipeline/runs/{first}"), &[], None);
+            text.contains("\"running\"")
+        },
+    );
+    let started = Instant::now();
+    let (status, _, text) = s.exchange("DELETE", &format!("/v1/pipeline/runs/{first}"), &[], None);
+    assert_eq!(status, 202, "{text}");
+    for id in [&first, &second] {
+        let all = events(&s, id, &[]);
+        let (_, kind, done) = all.last().expect("events");
+        assert_eq!(kind, "done");
+        assert_eq!(done["state"], "cancelled", "{done}");
+        assert_eq!(done["error"]["code"], "COMM_004", "{done}");
+        assert_eq!(get_run(&s, id)["state"], "cancelled");
+    }
+    eprintln!(
+        "the running run ended {:?} after its cancellation",
+        started.elapsed()
+    );
+    // Both slots are free again.
+    let (status, _, again) = submit(&s, TASK);
+    assert_eq!(status, 202, "{again}");
+    let id = again["id"].as_str().expect("id");
+    s.exchange("DELETE", &format!("/v1/pipeline/runs/{id}"), &[], None);
+}
+
+#[test]
+fn a_killed_server_keeps_finished_runs_and_marks_interrupted_ones_failed() {
+    let store = fresh_store_path();
+    let store_env = store.to_str().expect("utf-8 path").to_string();
+    let env = [("AGENTRT_STORE", store_env.as_str())];
+    let s = Server::start_with_env(&[], &env);
+    let (_, _, done) = submit(&s, TASK);
+    let done_id = done["id"].as_str().expect("id").to_string();
+    events(&s, &done_id, &[]);
+    let before = get_run(&s, &done_id);
+    assert_eq!(before["state"], "completed", "{before}");
+    let (_, _, midway) = submit(&s, TASK);
+    let midway_id = midway["id"].as_str().expect("id").to_string();
+    wait_until("the second run to start", Duration::from_secs(60), || {
+        get_run(&s, &midway_id)["events"].as_u64().unwrap_or(0) >= 2
+    });
+    s.kill();
+
+    let s = Server::start_with_env(&[], &env);
+    let after = get_run(&s, &done_id);
+    assert_eq!(after, before, "a finished run is unchanged by the crash");
+    let interrupted = get_run(&s, &midway_id);
+    assert_eq!(interrupted["state"], "failed", "{interrupted}");
+    assert_eq!(interrupted["error"]["code"], "RUN_002", "{interrupted}");
+    let all = events(&s, &midway_id, &[]);
+    assert_eq!(all.last().map(|e| e.1.as_str()), Some("done"));
+    drop(s);
+
+    let opened = agentrt::store::Store::open(&store).expect("open the store");
+    assert_eq!(opened.check_integrity().expect("integrity check"), Ok(()));
+}
