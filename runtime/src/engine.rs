@@ -458,11 +458,13 @@ impl LoadedModel {
             });
         }
         control.check()?;
+        let mut timer = crate::metrics::GenerationTimer::arrive(&self.info.id, prompt_ids.len());
         // The mutex guards no data, so a panic elsewhere cannot leave anything inconsistent.
         let _turn = self
             .busy
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        timer.admitted();
         control.check()?;
         let mut cache = self
             .model
@@ -477,6 +479,7 @@ impl LoadedModel {
         while generated.len() < max_tokens {
             control.check()?;
             let next = self.next_token(&input, &mut cache, &mut sampler, &history);
+            timer.token();
             if self.tokenizer.stop_ids.contains(&next) {
                 finish = FinishReason::EndOfSequence;
                 break;

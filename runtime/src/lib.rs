@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error_code;
+pub mod metrics;
 pub mod paths;
 pub mod pipeline;
 pub mod plugin;

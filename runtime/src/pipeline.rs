@@ -171,6 +171,13 @@ impl Pipeline {
             Err(e) => Recovery::Abort(format!("error handler failed: {e}")),
         };
         if matches!(decision, Recovery::Retry(_)) {
+            crate::metrics::global()
+                .pipeline_retries
+                .get_or_create(&crate::metrics::RetryLabels {
+                    stage: stage_name(error.stage).to_string(),
+                    reason: error.code.clone(),
+                })
+                .inc();
             self.run.emit(PipelineEvent::Retry {
                 stage: stage_name(error.stage).to_string(),
                 attempt: error.attempt,
@@ -281,6 +288,16 @@ impl Pipeline {
             stages.push(self.record(plugin, Stage::Check, 1, stats, res.as_ref().err()));
             match res {
                 Ok(mut f) => {
+                    let metrics = crate::metrics::global();
+                    for finding in &f {
+                        metrics
+                            .findings
+                            .get_or_create(&crate::metrics::FindingLabels {
+                                check: plugin.manifest.name.clone(),
+                                severity: FindingOut::from(finding).severity.to_string(),
+                            })
+                            .inc();
+                    }
                     outcomes.push(CheckOutcome {
                         name: plugin.manifest.name.clone(),
                         status: "ok".into(),
@@ -365,6 +382,19 @@ impl Pipeline {
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         let failed = !report.all_passed();
+        let timeouts = report
+            .results
+            .iter()
+            .filter(|r| r.status == TestStatus::Timeout)
+            .count();
+        if timeouts > 0 {
+            crate::metrics::global()
+                .sandbox_timeouts
+                .get_or_create(&crate::metrics::TimeoutLabels {
+                    sandbox: "test".into(),
+                })
+                .inc_by(timeouts as u64);
+        }
         self.stats
             .record_plugin(SANDBOX_NAME, duration_ms, 0, failed.then_some(TESTS_FAILED));
         let stage = StageReport {
@@ -389,6 +419,22 @@ impl Pipeline {
 
     /// The whole pipeline for one task.
     pub fn run(&self, req: &PipelineRequest) -> PipelineOutcome {
+        let outcome = self.run_stages(req);
+        let label = match &outcome.error {
+            None => "completed",
+            Some(e) if e.code == ErrorCode::Cancelled.as_str() => "cancelled",
+            Some(_) => "failed",
+        };
+        crate::metrics::global()
+            .pipeline_runs
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: label.into(),
+            })
+            .inc();
+        outcome
+    }
+
+    fn run_stages(&self, req: &PipelineRequest) -> PipelineOutcome {
         let started = Instant::now();
         let mut stages = Vec::new();
         let mut artifact = match self.generate(req, &mut stages) {

@@ -472,6 +472,12 @@ impl PluginHost {
                     duration_ms: started.elapsed().as_millis() as u64,
                     ..CallStats::default()
                 };
+                crate::metrics::global()
+                    .sandbox_timeouts
+                    .get_or_create(&crate::metrics::TimeoutLabels {
+                        sandbox: "plugin".into(),
+                    })
+                    .inc();
                 return (Err(error), stats);
             }
         };
@@ -495,6 +501,14 @@ impl PluginHost {
             Ok(_) => "ok".to_string(),
             Err(e) => e.code_str(),
         };
+        if matches!(result, Err(PluginError::Timeout { .. })) {
+            crate::metrics::global()
+                .sandbox_timeouts
+                .get_or_create(&crate::metrics::TimeoutLabels {
+                    sandbox: "plugin".into(),
+                })
+                .inc();
+        }
         tracing::info!(
             target: "agentrt::audit",
             plugin = %plugin.manifest.name,

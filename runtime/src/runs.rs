@@ -247,6 +247,7 @@ impl Runs {
             }
             runs.insert(id.clone(), live.clone());
         }
+        in_flight("queued").inc();
         let record = match self.store.insert_run(&id, &request) {
             Ok(r) => r,
             Err(e) => {
@@ -288,10 +289,13 @@ impl Runs {
         });
         let cancelled = || ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled");
         if !self.slots.acquire(self.workers, &live.cancel) {
+            in_flight("queued").dec();
             emitter.finish(RunState::Cancelled, None, Some(&cancelled()));
             self.live().remove(id);
             return;
         }
+        in_flight("queued").dec();
+        in_flight("running").inc();
         if let Err(e) = self.store.set_running(id) {
             tracing::error!(run = %id, "state not stored: {e}");
         }
@@ -308,6 +312,7 @@ impl Runs {
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.run(&req)));
         self.slots.release();
+        in_flight("running").dec();
         match outcome {
             Ok(outcome) => {
                 let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
@@ -367,6 +372,15 @@ impl Runs {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+fn in_flight(state: &str) -> prometheus_client::metrics::gauge::Gauge {
+    crate::metrics::global()
+        .runs_in_flight
+        .get_or_create(&crate::metrics::StateLabels {
+            state: state.to_string(),
+        })
+        .clone()
 }
 
 /// 128 random bits as 32 hex digits: unguessable, so a run's id is its own capability.

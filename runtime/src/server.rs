@@ -49,6 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/stats", get(routes::stats))
         .route("/models", get(routes::models))
         .route("/plugins", get(routes::plugins))
+        .route("/metrics", get(metrics))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
@@ -66,7 +67,37 @@ pub fn app(state: AppState) -> Router {
             state.api_keys.clone(),
             auth::require_key,
         ))
+        .layer(axum::middleware::from_fn(measure))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+async fn metrics() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::global().render(),
+    )
+        .into_response()
+}
+
+/// Count every request and time it to its response head, by route pattern (so ids in paths
+/// do not multiply the series) and status; unknown paths count as one route.
+async fn measure(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    crate::metrics::record_request(&route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// Answers 413 before reading a body whose declared `Content-Length` is over the limit.

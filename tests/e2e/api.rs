@@ -319,3 +319,87 @@ fn wrong_method_gets_405_in_the_error_shape() {
     assert_eq!(status, 405, "{body}");
     error_code(&body);
 }
+
+/// The value of the first sample line starting with `series` in a Prometheus exposition.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_expose_generation_latency_tokens_requests_and_findings() {
+    // A server of its own, so the counts are this test's.
+    let s = super::harness::Server::start(&[]);
+    let (status, body) = s.post("/chat", &json!({"message": "Say hello.", "max_tokens": 8}));
+    assert_eq!(status, 200, "{body}");
+    let generated = body["usage"]["completion_tokens"].as_u64().expect("usage") as f64;
+    let code = "import os\n\ndef run(cmd):\n    os.system(cmd)\n";
+    let (status, _) = s.post("/check", &json!({"code": code}));
+    assert_eq!(status, 200);
+    s.post("/chat", &json!({"message": ""}));
+
+    let (status, headers, text) = s.exchange("GET", "/metrics", &[], None);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("application/openmetrics-text")),
+        "{headers:?}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    let model = "model=\"smollm2-135m-instruct\"";
+    assert_eq!(
+        metric(&text, &format!("agentrt_generated_tokens_total{{{model}}}")),
+        Some(generated),
+        "{text}"
+    );
+    assert!(metric(&text, &format!("agentrt_prompt_tokens_total{{{model}}}")).unwrap_or(0.0) > 0.0);
+    for series in [
+        "agentrt_time_to_first_token_seconds_count",
+        "agentrt_queue_time_seconds_count",
+    ] {
+        assert_eq!(
+            metric(&text, &format!("{series}{{{model}}}")),
+            Some(1.0),
+            "{series}"
+        );
+    }
+    assert_eq!(
+        metric(&text, &format!("agentrt_generations_running{{{model}}}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "agentrt_http_requests_total{route=\"/chat\",status=\"200\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "agentrt_http_requests_total{route=\"/chat\",status=\"400\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "agentrt_http_request_duration_seconds_count{route=\"/check\"}"
+        ) == Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "agentrt_findings_total{check=\"python-quality\",severity=\"error\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{text}"
+    );
+}

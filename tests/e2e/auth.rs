@@ -133,3 +133,29 @@ fn a_malformed_key_file_stops_the_server_with_a_clear_error() {
     assert!(err.contains("scope must be user or admin"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn metrics_need_an_admin_key() {
+    let s = Server::start_with_env(
+        &[],
+        &[(
+            "AGENTRT_API_KEYS",
+            "user:metricsuserkey01,admin:metricsadminkey1",
+        )],
+    );
+    let (status, _, _) = s.exchange(
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer metricsuserkey01")],
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, _, text) = s.exchange(
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer metricsadminkey1")],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(text.contains("agentrt_http_requests_total"), "{text}");
+}

@@ -162,7 +162,7 @@ impl ApiKeys {
 fn required(path: &str) -> Option<Scope> {
     match path {
         "/health" | "/health/live" | "/health/ready" => None,
-        "/stats" | "/plugins" => Some(Scope::Admin),
+        "/stats" | "/plugins" | "/metrics" => Some(Scope::Admin),
         _ => Some(Scope::User),
     }
 }
