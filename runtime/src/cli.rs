@@ -448,16 +448,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 pipeline,
                 api_keys: Arc::new(api_keys),
                 runs,
+                limits: crate::server::Limits::from_env(),
+                draining: Default::default(),
             };
             let rt = tokio::runtime::Runtime::new()
                 .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;
-            rt.block_on(crate::server::serve(state, listen))
-                .map_err(|e| {
-                    CliError::new(
-                        ErrorCode::Internal,
-                        format!("server failed on {listen}: {e}"),
-                    )
-                })
+            let served = rt.block_on(crate::server::serve(state, listen));
+            // A blocked stdin read (AGENTRT_EXIT_WITH_STDIN) or a plugin call past its
+            // deadline must not hold the exit: requests and runs are already settled.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            served.map_err(|e| {
+                CliError::new(
+                    ErrorCode::Internal,
+                    format!("server failed on {listen}: {e}"),
+                )
+            })
         }
         Command::Generate { task, opts } => {
             let engine = load_engine(&opts)?;

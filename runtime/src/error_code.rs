@@ -70,6 +70,8 @@ pub enum ErrorCode {
     RunInterrupted,
     /// The run store could not be read or written.
     StoreFailed,
+    /// The request passed its deadline (504), or its body did not arrive in time (408).
+    RequestTimeout,
     NotFound,
     /// Anything else.
     Internal,
@@ -108,6 +110,7 @@ impl ErrorCode {
             Self::RunFinished => "RUN_001",
             Self::RunInterrupted => "RUN_002",
             Self::StoreFailed => "STORE_001",
+            Self::RequestTimeout => "COMM_003",
             Self::NotFound => "NOT_FOUND",
             Self::Internal => "INTERNAL",
         }
@@ -140,6 +143,7 @@ impl ErrorCode {
             Self::RunFinished => "conflict",
             Self::RunInterrupted => "run_error",
             Self::StoreFailed => "store_error",
+            Self::RequestTimeout => "timeout_error",
             Self::NotFound => "not_found",
             Self::Internal => "internal_error",
         }
@@ -158,7 +162,7 @@ impl ErrorCode {
             Self::NotFound | Self::PluginNotFound => 404,
             Self::PluginQuota | Self::RateLimited | Self::QueueFull => 429,
             Self::RunFinished => 409,
-            Self::ModelTimeout | Self::PluginTimeout => 504,
+            Self::ModelTimeout | Self::PluginTimeout | Self::RequestTimeout => 504,
             Self::Cancelled => 408,
             Self::ModelNotAvailable => 503,
             Self::PluginTrap | Self::PluginMemory | Self::PluginLoad | Self::PluginOutput => 502,
@@ -210,6 +214,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::RunFinished,
     ErrorCode::RunInterrupted,
     ErrorCode::StoreFailed,
+    ErrorCode::RequestTimeout,
     ErrorCode::NotFound,
     ErrorCode::Internal,
 ];

@@ -12,6 +12,8 @@ mod routes;
 mod runs;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -23,6 +25,77 @@ pub use error::ApiError;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// A request's deadline when neither the operator nor the client sets one.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a client may take to send its request body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Work stopped at the deadline gets this long to wind down, so the deadline's own 504 is the
+/// answer rather than the work's timeout error.
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
+/// Deadlines of every request (`AGENTRT_REQUEST_TIMEOUT`, `AGENTRT_BODY_TIMEOUT`, seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, with what the environment sets.
+    pub fn from_env() -> Self {
+        let secs = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+        };
+        let d = Self::default();
+        Self {
+            request_timeout: secs("AGENTRT_REQUEST_TIMEOUT").unwrap_or(d.request_timeout),
+            body_timeout: secs("AGENTRT_BODY_TIMEOUT").unwrap_or(d.body_timeout),
+        }
+    }
+}
+
+/// One request's deadline, for the handlers that can stop their work at it: the flag is set
+/// when the deadline passes (and the client has been answered 504).
+#[derive(Debug, Clone)]
+pub struct RequestDeadline {
+    pub at: Instant,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl RequestDeadline {
+    /// Engine limits that stop a generation just after the deadline.
+    pub fn control(&self) -> crate::engine::Control {
+        crate::engine::Control {
+            deadline: Some(self.at + DEADLINE_GRACE),
+            cancel: Some(self.cancel.clone()),
+        }
+    }
+
+    /// The pipeline, stopping at its next stage or token once the deadline passes.
+    pub fn pipeline(&self, pipeline: &Pipeline) -> Pipeline {
+        pipeline.tracked(crate::pipeline::RunContext {
+            events: None,
+            cancel: Some(self.cancel.clone()),
+            call: crate::plugin::CallContext {
+                cancel: Some(self.cancel.clone()),
+                on_text: None,
+            },
+        })
+    }
+}
 
 /// What handlers share.
 #[derive(Debug, Clone)]
@@ -33,6 +106,9 @@ pub struct AppState {
     pub api_keys: Arc<auth::ApiKeys>,
     /// Pipeline runs: queued, running and stored.
     pub runs: Arc<crate::runs::Runs>,
+    pub limits: Limits,
+    /// Set when the server starts shutting down: `/health/ready` answers 503 from then on.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// The router with every route.
@@ -61,6 +137,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/pipeline/runs/{id}/events", get(runs::events))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits,
+            enforce_deadlines,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn_with_state(
@@ -100,6 +180,76 @@ async fn measure(
     response
 }
 
+/// The request's deadlines: its body must arrive within the body timeout (else `408
+/// COMM_003`), and its answer must start within the request timeout, or the client's shorter
+/// `X-Request-Timeout: SECONDS` (else `504 COMM_003`, and the work is told to stop). Streams
+/// (server-sent events) are bounded by their own limits once they have started.
+async fn enforce_deadlines(
+    axum::extract::State(limits): axum::extract::State<Limits>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let asked = request
+        .headers()
+        .get("x-request-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64);
+    let timeout = asked.map_or(limits.request_timeout, |a| a.min(limits.request_timeout));
+    let at = Instant::now() + timeout;
+    let (mut parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(limits.body_timeout.min(timeout), read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiError::body_too_large().into_response()
+            } else {
+                ApiError::new(
+                    crate::error_code::ErrorCode::InvalidInput,
+                    format!("the request body could not be read: {e}"),
+                )
+                .into_response()
+            };
+        }
+        Err(_) => {
+            let mut err = ApiError::new(
+                crate::error_code::ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {:.1} s",
+                    limits.body_timeout.min(timeout).as_secs_f64()
+                ),
+            );
+            err.status = axum::http::StatusCode::REQUEST_TIMEOUT;
+            return err.into_response();
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    parts.extensions.insert(RequestDeadline {
+        at,
+        cancel: cancel.clone(),
+    });
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    match tokio::time::timeout_at(at.into(), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            cancel.store(true, Ordering::Relaxed);
+            ApiError::new(
+                crate::error_code::ErrorCode::RequestTimeout,
+                format!(
+                    "the request did not finish within its deadline of {:.1} s",
+                    timeout.as_secs_f64()
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
 /// Answers 413 before reading a body whose declared `Content-Length` is over the limit.
 ///
 /// Without this the server reads up to the limit, answers, and closes while the client is
@@ -128,13 +278,32 @@ pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Resu
     // Scripts and tests read this line to learn the port when they asked for port 0.
     println!("agentrt listening on http://{}", listener.local_addr()?);
     let runs = state.runs.clone();
+    let draining = state.draining.clone();
+    let drain = drain_period();
     let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Tell the load balancer first (ready answers 503), keep serving while it notices,
+            // then stop accepting and let the requests in flight finish.
+            draining.store(true, Ordering::Relaxed);
+            tracing::info!(seconds = drain.as_secs_f64(), "draining before shutdown");
+            tokio::time::sleep(drain).await;
+        })
         .await;
     // Runs still in flight are cancelled and stored as such, not left to be found
     // interrupted at the next start.
     let _ = tokio::task::spawn_blocking(move || runs.shutdown(RUN_SHUTDOWN_GRACE)).await;
     served
+}
+
+/// How long the server keeps answering (ready: 503) after a shutdown signal before it stops
+/// accepting: `AGENTRT_DRAIN_SECONDS`, default 5.
+fn drain_period() -> Duration {
+    std::env::var("AGENTRT_DRAIN_SECONDS")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(Duration::from_secs(5), Duration::from_secs_f64)
 }
 
 /// How long shutting down waits for cancelled runs to store their end.

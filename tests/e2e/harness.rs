@@ -83,6 +83,52 @@ impl Server {
         }
     }
 
+    /// Ask the server to shut down (SIGTERM), as a supervisor would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Wait up to `timeout` for the server to exit on its own; its exit status.
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Send raw bytes (a request cut short) and read the answer: (status, JSON body).
+    pub fn raw_exchange(&self, bytes: &[u8], read_timeout: Duration) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let host = self.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).expect("connect");
+        stream
+            .set_read_timeout(Some(read_timeout))
+            .expect("read timeout");
+        stream.write_all(bytes).expect("send");
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line: {head}"));
+        let value =
+            serde_json::from_str(body).unwrap_or_else(|_| panic!("body is not JSON: {body}"));
+        (status, value)
+    }
+
     /// Kill the server without warning (SIGKILL), as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();

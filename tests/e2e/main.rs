@@ -4,7 +4,7 @@
 //! Modules by area: `api` (every endpoint and error code on the default set-up), `grants`
 //! (operator grants: what a plugin asked for and was or was not given), `hostile`
 //! (plugins that trap, loop forever, or allocate without bound), `syntax` (the Python quality
-//! check's syntax verdict against CPython on a corpus), `runs` (pipeline runs as resources: events, cancel, queue, crash recovery), `cli`, `starcoder` (a StarCoder-shaped
+//! check's syntax verdict against CPython on a corpus), `limits` (request deadlines, draining), `runs` (pipeline runs as resources: events, cancel, queue, crash recovery), `cli`, `starcoder` (a StarCoder-shaped
 //! safetensors checkpoint through the CLI, server and plugins).
 
 mod api;
@@ -13,6 +13,7 @@ mod cli;
 mod grants;
 mod harness;
 mod hostile;
+mod limits;
 mod openai;
 mod runs;
 mod starcoder;

@@ -229,6 +229,7 @@ impl Common {
             params: self.sampling(default_max_tokens)?,
             stream: self.stream.unwrap_or(false),
             include_usage: self.include_usage(),
+            control: Control::default(),
         })
     }
 
@@ -302,6 +303,17 @@ struct Job {
     params: SamplingParams,
     stream: bool,
     include_usage: bool,
+    /// The request's deadline (non-streaming answers).
+    control: Control,
+}
+
+impl Job {
+    fn until(self, deadline: Option<axum::Extension<super::RequestDeadline>>) -> Self {
+        Self {
+            control: deadline.map(|d| d.control()).unwrap_or_default(),
+            ..self
+        }
+    }
 }
 
 async fn run(job: Job) -> Result<Response, OpenAiError> {
@@ -320,11 +332,12 @@ async fn run(job: Job) -> Result<Response, OpenAiError> {
         model,
         prompt,
         params,
+        control,
         ..
     } = job;
     let started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || {
-        model.generate(&prompt, &params, &Control::default(), &mut |_| {})
+        model.generate(&prompt, &params, &control, &mut |_| {})
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))
@@ -457,10 +470,11 @@ fn rejected(state: &AppState, endpoint: &str, e: OpenAiError) -> OpenAiError {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    deadline: Option<axum::Extension<super::RequestDeadline>>,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, OpenAiError> {
     match chat_job(&state, body) {
-        Ok(job) => run(job).await,
+        Ok(job) => run(job.until(deadline)).await,
         Err(e) => Err(rejected(&state, CHAT, e)),
     }
 }
@@ -491,10 +505,11 @@ fn chat_job(
 
 pub async fn completions(
     State(state): State<AppState>,
+    deadline: Option<axum::Extension<super::RequestDeadline>>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Result<Response, OpenAiError> {
     match completion_job(&state, body) {
-        Ok(job) => run(job).await,
+        Ok(job) => run(job.until(deadline)).await,
         Err(e) => Err(rejected(&state, COMPLETIONS, e)),
     }
 }

@@ -10,12 +10,13 @@ use axum::http::Uri;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, RequestDeadline};
 use crate::engine::chat_template::TemplateMessage;
-use crate::engine::{Control, Prompt, SamplingParams};
+use crate::engine::{Prompt, SamplingParams};
 use crate::error_code::ErrorCode;
 use crate::pipeline::{FindingOut, PipelineRequest};
 use crate::plugin::bindings::CodeArtifact;
+use axum::Extension;
 
 /// Longest task description or chat message accepted, in characters.
 const MAX_TEXT_CHARS: usize = 16_000;
@@ -124,12 +125,13 @@ impl GenerateBody {
 
 pub async fn generate(
     State(state): State<AppState>,
+    deadline: Option<Extension<RequestDeadline>>,
     body: Result<Json<GenerateBody>, JsonRejection>,
 ) -> ApiResult {
     let req = parse(body)
         .and_then(GenerateBody::into_request)
         .map_err(|e| record_rejection(&state, "/generate", e))?;
-    let pipeline = state.pipeline.clone();
+    let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
     let model = state
         .engine
         .model(None)
@@ -227,12 +229,13 @@ pub async fn check(
 
 pub async fn review(
     State(state): State<AppState>,
+    deadline: Option<Extension<RequestDeadline>>,
     body: Result<Json<CodeBody>, JsonRejection>,
 ) -> ApiResult {
     let (artifact, only) = parse(body)
         .and_then(|b| Ok((b.artifact(true)?, b.check_names(&state)?)))
         .map_err(|e| record_rejection(&state, "/review", e))?;
-    let pipeline = state.pipeline.clone();
+    let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
     blocking(&state, "/review", move || {
         let mut stages = Vec::new();
         let (findings, checks) = pipeline.check(&artifact, only.as_deref(), &mut stages);
@@ -258,12 +261,13 @@ pub async fn review(
 
 pub async fn pipeline(
     State(state): State<AppState>,
+    deadline: Option<Extension<RequestDeadline>>,
     body: Result<Json<GenerateBody>, JsonRejection>,
 ) -> ApiResult {
     let req = parse(body)
         .and_then(GenerateBody::into_request)
         .map_err(|e| record_rejection(&state, "/pipeline", e))?;
-    let pipeline = state.pipeline.clone();
+    let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
     blocking(&state, "/pipeline", move || {
         let outcome = pipeline.run(&req);
         let tokens = outcome.tokens;
@@ -289,8 +293,10 @@ pub struct ChatBody {
 
 pub async fn chat(
     State(state): State<AppState>,
+    deadline: Option<Extension<RequestDeadline>>,
     body: Result<Json<ChatBody>, JsonRejection>,
 ) -> ApiResult {
+    let control = deadline.map(|d| d.control()).unwrap_or_default();
     let body = parse(body)
         .and_then(|b| {
             non_empty("message", &b.message)?;
@@ -327,12 +333,7 @@ pub async fn chat(
             ..defaults
         };
         let done = model
-            .generate(
-                &Prompt::Chat(messages),
-                &params,
-                &Control::default(),
-                &mut |_| {},
-            )
+            .generate(&Prompt::Chat(messages), &params, &control, &mut |_| {})
             .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
         let tokens = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
         Ok((
@@ -367,6 +368,10 @@ pub async fn live() -> Json<Value> {
 /// least one model serves.
 pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        let body = json!({"status": "draining"});
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let models = state.engine.models().len();
     let plugins = state.pipeline.plugins.all().len();
     let body = json!({"status": if models > 0 { "ready" } else { "not_ready" }, "models": models, "plugins": plugins});

@@ -1,0 +1,69 @@
+//! Request deadlines (504 past the deadline, 408 for a body that does not arrive) and the
+//! graceful shutdown (ready answers 503 while the server drains, then it exits cleanly).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::harness::{Server, error_code};
+
+#[test]
+fn a_request_past_its_deadline_is_504_and_a_body_that_never_arrives_is_408() {
+    let s = Server::start_with_env(&[], &[("AGENTRT_BODY_TIMEOUT", "1")]);
+    // A long generation with a client deadline of 0.3 s.
+    let (status, _, text) = s.exchange(
+        "POST",
+        "/v1/completions",
+        &[("X-Request-Timeout", "0.3")],
+        Some(
+            &json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+                     "max_tokens": 2000, "temperature": 1.0, "seed": 7}),
+        ),
+    );
+    assert_eq!(status, 504, "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(error_code(&body), "COMM_003", "{body}");
+    // The generation was stopped, so the model serves the next request at once.
+    let (status, body) = s.post("/chat", &json!({"message": "Say hi.", "max_tokens": 4}));
+    assert_eq!(status, 200, "{body}");
+    let (_, _, metrics) = s.exchange("GET", "/metrics", &[], None);
+    assert!(
+        metrics.contains("agentrt_generations_running{model=\"smollm2-135m-instruct\"} 0"),
+        "{metrics}"
+    );
+
+    // Headers promising 64 bytes of body, 10 sent, then silence.
+    let cut_short = b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+Content-Length: 64\r\nConnection: close\r\n\r\n{\"message\"";
+    let (status, body) = s.raw_exchange(cut_short, Duration::from_secs(30));
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(error_code(&body), "COMM_003", "{body}");
+}
+
+#[test]
+fn a_terminated_server_reports_draining_then_exits_cleanly() {
+    let s = Server::start_with_env(&[], &[("AGENTRT_DRAIN_SECONDS", "3")]);
+    let (status, body) = s.get("/health/ready");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ready")),
+        "{body}"
+    );
+    s.terminate();
+    let mut answer = (0, serde_json::Value::Null);
+    for _ in 0..40 {
+        answer = s.get("/health/ready");
+        if answer.0 == 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(answer.0, 503, "{}", answer.1);
+    assert_eq!(answer.1["status"], "draining");
+    let (status, _) = s.get("/health/live");
+    assert_eq!(status, 200, "still answering while draining");
+    let exit = s
+        .wait_exit(Duration::from_secs(60))
+        .expect("the server exits");
+    assert!(exit.success(), "{exit:?}");
+}
