@@ -150,6 +150,27 @@ pub enum Command {
         #[arg(long, default_value = "f16")]
         dtype: String,
     },
+    /// Back up the run store (copied online: consistent while a server writes to it), the
+    /// config file (`--config`) and the plugin folder (`--plugins`) into a new folder, with a
+    /// manifest of SHA-256 sums.
+    Backup {
+        /// Folder to create (it must not exist, or be empty).
+        out: PathBuf,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+    /// Restore a backup: check every file against its manifest, then replace the run store
+    /// (and write the config to `--config`, the plugins to `--plugins` when given). Refused
+    /// while a server uses the store.
+    Restore {
+        /// Folder `agentrt backup` wrote.
+        from: PathBuf,
+        /// Replace an existing run store.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
     /// Ask the model a question.
     Chat {
         message: String,
@@ -615,6 +636,43 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 None => crate::engine::Prompt::Text(prompt),
             };
             stream_completion(&model, &prompt, &params, opts.json)
+        }
+        Command::Backup { out, opts } => {
+            let store = crate::paths::store();
+            let manifest = crate::backup::backup(
+                &store,
+                opts.config.as_deref(),
+                opts.plugins.as_deref(),
+                &out,
+            )
+            .map_err(|e| CliError::new(e.code, e.message))?;
+            let value = serde_json::to_value(&manifest).unwrap_or_default();
+            emit(opts.json, &value, || {
+                println!(
+                    "backed up {} runs and {} files from {} into {}",
+                    manifest.runs,
+                    manifest.files.len(),
+                    store.display(),
+                    out.display()
+                );
+            });
+            Ok(())
+        }
+        Command::Restore { from, force, opts } => {
+            let store = crate::paths::store();
+            let restored = crate::backup::restore(
+                &from,
+                &store,
+                opts.config.as_deref(),
+                opts.plugins.as_deref(),
+                force,
+            )
+            .map_err(|e| CliError::new(e.code, e.message))?;
+            let value = serde_json::to_value(&restored).unwrap_or_default();
+            emit(opts.json, &value, || {
+                println!("restored {} runs into {}", restored.runs, restored.store);
+            });
+            Ok(())
         }
         Command::Synth { preset, out, dtype } => {
             use crate::engine::quant::GgmlType;

@@ -72,6 +72,8 @@ pub enum ErrorCode {
     StoreFailed,
     /// The request passed its deadline (504), or its body did not arrive in time (408).
     RequestTimeout,
+    /// A backup could not be made, or is damaged, or cannot be restored over what exists.
+    BackupFailed,
     NotFound,
     /// Anything else.
     Internal,
@@ -111,6 +113,7 @@ impl ErrorCode {
             Self::RunInterrupted => "RUN_002",
             Self::StoreFailed => "STORE_001",
             Self::RequestTimeout => "COMM_003",
+            Self::BackupFailed => "BACKUP_001",
             Self::NotFound => "NOT_FOUND",
             Self::Internal => "INTERNAL",
         }
@@ -144,6 +147,7 @@ impl ErrorCode {
             Self::RunInterrupted => "run_error",
             Self::StoreFailed => "store_error",
             Self::RequestTimeout => "timeout_error",
+            Self::BackupFailed => "backup_error",
             Self::NotFound => "not_found",
             Self::Internal => "internal_error",
         }
@@ -173,6 +177,7 @@ impl ErrorCode {
             | Self::AnalysisFailed
             | Self::RunInterrupted
             | Self::StoreFailed
+            | Self::BackupFailed
             | Self::Internal => 500,
         }
     }
@@ -215,6 +220,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::RunInterrupted,
     ErrorCode::StoreFailed,
     ErrorCode::RequestTimeout,
+    ErrorCode::BackupFailed,
     ErrorCode::NotFound,
     ErrorCode::Internal,
 ];

@@ -120,6 +120,42 @@ pub struct StoredEvent {
     pub data: String,
 }
 
+/// The lock a server holds on its store (`PATH.lock`, an advisory file lock), also taken by
+/// `agentrt restore` while it replaces the file.
+#[derive(Debug)]
+pub struct StoreLock {
+    /// Locked while open; closing it (drop) releases the lock.
+    _file: std::fs::File,
+}
+
+impl StoreLock {
+    pub fn take(path: &Path) -> Result<Self, StoreError> {
+        let fail = |message: String| StoreError {
+            path: path.display().to_string(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| fail(format!("cannot open its lock file: {e}")))?;
+        match lock.try_lock() {
+            Ok(()) => Ok(Self { _file: lock }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(fail(
+                "another agentrt server is using this store (set AGENTRT_STORE to give this one its own)"
+                    .into(),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(fail(format!("cannot lock it: {e}"))),
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -134,7 +170,7 @@ pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
     /// Held by a server for as long as it runs (see [`Store::open_exclusive`]).
-    _lock: Option<std::fs::File>,
+    _lock: Option<StoreLock>,
 }
 
 impl Store {
@@ -184,36 +220,38 @@ impl Store {
     /// Open the store for a server: also take `PATH.lock`, so that a second server on the same
     /// file is refused instead of marking the first one's runs interrupted.
     pub fn open_exclusive(path: &Path) -> Result<Self, StoreError> {
-        let fail = |message: String| StoreError {
-            path: path.display().to_string(),
-            message,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        }
-        let mut lock_path = path.as_os_str().to_owned();
-        lock_path.push(".lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| fail(format!("cannot open its lock file: {e}")))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(fail(
-                    "another agentrt server is using this store (set AGENTRT_STORE to give this one its own)"
-                        .into(),
-                ));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(fail(format!("cannot lock it: {e}")));
-            }
-        }
+        let lock = StoreLock::take(path)?;
         let mut store = Self::open(path)?;
         store._lock = Some(lock);
         Ok(store)
+    }
+
+    /// Copy the store at `src` into the new file `dest` with SQLite's online backup: a
+    /// consistent snapshot even while a server writes to it, as one self-contained file (no
+    /// write-ahead log beside it). Returns how many runs the copy holds.
+    pub fn backup_online(src: &Path, dest: &Path) -> Result<usize, StoreError> {
+        let fail = |e: &dyn std::fmt::Display| StoreError {
+            path: src.display().to_string(),
+            message: format!("backup to {}: {e}", dest.display()),
+        };
+        let source = Connection::open(src).map_err(|e| fail(&e))?;
+        source
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| fail(&e))?;
+        let mut target = Connection::open(dest).map_err(|e| fail(&e))?;
+        {
+            let copy = rusqlite::backup::Backup::new(&source, &mut target).map_err(|e| fail(&e))?;
+            // Small steps with pauses between them let the server's writers in.
+            copy.run_to_completion(256, Duration::from_millis(2), None)
+                .map_err(|e| fail(&e))?;
+        }
+        let _: String = target
+            .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))
+            .map_err(|e| fail(&e))?;
+        let runs: i64 = target
+            .query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
+            .map_err(|e| fail(&e))?;
+        Ok(runs as usize)
     }
 
     pub fn path(&self) -> &Path {

@@ -333,8 +333,14 @@ pub fn plugin_folder(label: &str, wasm_of: &str, name: &str, manifest: Option<&s
 
 /// Run the agentrt CLI; returns (success, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    run_cli_env(args, &[])
+}
+
+/// `run_cli` with environment variables.
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(agentrt_bin())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run agentrt");
     (

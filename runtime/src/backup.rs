@@ -1,0 +1,408 @@
+//! `agentrt backup` / `agentrt restore`: the run store (copied online, consistent while a
+//! server writes to it), the config file and the plugin folder, with a manifest of SHA-256
+//! sums that `restore` checks before it puts anything in place.
+//!
+//! A backup is a folder: `manifest.json`, `store.db`, and `config.toml` / `plugins/...` when
+//! they were given. Restoring replaces the store atomically (a temporary file renamed over
+//! it), and is refused while a server holds the store, or when a store exists and `force` is
+//! not given.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error_code::ErrorCode;
+use crate::store::{Store, StoreLock};
+
+/// Format of `manifest.json`.
+const MANIFEST_VERSION: u32 = 1;
+/// Largest plugin folder copied (a backup is not a place for stray model files).
+const MAX_PLUGIN_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BackupError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn fail(code: ErrorCode, message: impl Into<String>) -> BackupError {
+    BackupError {
+        code,
+        message: message.into(),
+    }
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> BackupError {
+    fail(
+        ErrorCode::BackupFailed,
+        format!("{what} {}: {e}", path.display()),
+    )
+}
+
+/// One file of a backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    /// Path inside the backup folder, `/`-separated.
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub agentrt: String,
+    pub created_at_ms: i64,
+    /// Where the store was backed up from.
+    pub source_store: String,
+    pub runs: usize,
+    pub files: Vec<FileEntry>,
+}
+
+fn sha256_file(path: &Path) -> Result<(u64, String), BackupError> {
+    let mut file = fs::File::open(path).map_err(|e| io("cannot read", path, e))?;
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(&mut file, &mut hasher).map_err(|e| io("cannot read", path, e))?;
+    Ok((bytes, format!("{:x}", hasher.finalize())))
+}
+
+fn entry(root: &Path, path: &Path) -> Result<FileEntry, BackupError> {
+    let (bytes, sha256) = sha256_file(path)?;
+    let rel = path
+        .strip_prefix(root)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/");
+    Ok(FileEntry {
+        path: rel,
+        bytes,
+        sha256,
+    })
+}
+
+/// Copy the regular files under `from` into `to` (symbolic links are not followed: a plugin
+/// folder must not smuggle other files into a backup).
+fn copy_tree(from: &Path, to: &Path, budget: &mut u64) -> Result<Vec<PathBuf>, BackupError> {
+    fs::create_dir_all(to).map_err(|e| io("cannot create", to, e))?;
+    let mut copied = Vec::new();
+    let mut entries: Vec<_> = fs::read_dir(from)
+        .map_err(|e| io("cannot list", from, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| io("cannot list", from, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let kind = e
+            .file_type()
+            .map_err(|err| io("cannot stat", &e.path(), err))?;
+        let target = to.join(e.file_name());
+        if kind.is_dir() {
+            copied.extend(copy_tree(&e.path(), &target, budget)?);
+        } else if kind.is_file() {
+            let n = fs::copy(e.path(), &target).map_err(|err| io("cannot copy", &e.path(), err))?;
+            *budget = budget.checked_sub(n).ok_or_else(|| {
+                fail(
+                    ErrorCode::BackupFailed,
+                    format!(
+                        "{} holds more than {MAX_PLUGIN_BYTES} bytes",
+                        from.display()
+                    ),
+                )
+            })?;
+            copied.push(target);
+        }
+    }
+    Ok(copied)
+}
+
+/// Back up the store at `store`, and `config` / `plugins` when given, into the new folder
+/// `out` (it must not exist or be empty).
+pub fn backup(
+    store: &Path,
+    config: Option<&Path>,
+    plugins: Option<&Path>,
+    out: &Path,
+) -> Result<Manifest, BackupError> {
+    if out.exists()
+        && fs::read_dir(out)
+            .map_err(|e| io("cannot list", out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(fail(
+            ErrorCode::BackupFailed,
+            format!("{} is not empty; back up into a new folder", out.display()),
+        ));
+    }
+    if !store.exists() {
+        return Err(fail(
+            ErrorCode::StoreFailed,
+            format!("no run store at {}", store.display()),
+        ));
+    }
+    fs::create_dir_all(out).map_err(|e| io("cannot create", out, e))?;
+    let db = out.join("store.db");
+    let runs = Store::backup_online(store, &db).map_err(|e| fail(e.code(), e.to_string()))?;
+    let mut files = vec![entry(out, &db)?];
+    if let Some(config) = config {
+        let target = out.join("config.toml");
+        fs::copy(config, &target).map_err(|e| io("cannot copy", config, e))?;
+        files.push(entry(out, &target)?);
+    }
+    if let Some(plugins) = plugins {
+        let mut budget = MAX_PLUGIN_BYTES;
+        for path in copy_tree(plugins, &out.join("plugins"), &mut budget)? {
+            files.push(entry(out, &path)?);
+        }
+    }
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        agentrt: env!("CARGO_PKG_VERSION").to_string(),
+        created_at_ms: crate::store::now_ms(),
+        source_store: store.display().to_string(),
+        runs,
+        files,
+    };
+    let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    let path = out.join("manifest.json");
+    let mut f = fs::File::create(&path).map_err(|e| io("cannot write", &path, e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("cannot write", &path, e))?;
+    Ok(manifest)
+}
+
+/// Read `from`'s manifest and check every file it lists against its size and SHA-256.
+pub fn verify(from: &Path) -> Result<Manifest, BackupError> {
+    let path = from.join("manifest.json");
+    let text = fs::read_to_string(&path).map_err(|e| io("cannot read", &path, e))?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+        fail(
+            ErrorCode::BackupFailed,
+            format!("{} is not a backup manifest: {e}", path.display()),
+        )
+    })?;
+    if manifest.version != MANIFEST_VERSION {
+        return Err(fail(
+            ErrorCode::BackupFailed,
+            format!("backup format {} is not supported", manifest.version),
+        ));
+    }
+    for f in &manifest.files {
+        if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(fail(
+                ErrorCode::BackupFailed,
+                format!("the manifest names {:?}, outside the backup", f.path),
+            ));
+        }
+        let (bytes, sha256) = sha256_file(&from.join(&f.path))?;
+        if bytes != f.bytes || sha256 != f.sha256 {
+            return Err(fail(
+                ErrorCode::BackupFailed,
+                format!(
+                    "{} does not match the manifest (damaged or changed since the backup)",
+                    f.path
+                ),
+            ));
+        }
+    }
+    if !manifest.files.iter().any(|f| f.path == "store.db") {
+        return Err(fail(
+            ErrorCode::BackupFailed,
+            "the backup holds no store.db",
+        ));
+    }
+    Ok(manifest)
+}
+
+/// What a restore put in place.
+#[derive(Debug, Serialize)]
+pub struct Restored {
+    pub store: String,
+    pub runs: usize,
+    pub config: Option<String>,
+    pub plugins: Option<String>,
+}
+
+/// Verify the backup at `from`, then put its store at `store` (and its config and plugins at
+/// `config` / `plugins` when given and present in the backup).
+pub fn restore(
+    from: &Path,
+    store: &Path,
+    config: Option<&Path>,
+    plugins: Option<&Path>,
+    force: bool,
+) -> Result<Restored, BackupError> {
+    // Held until the new store is in place: no server may open it half-restored.
+    let _lock = StoreLock::take(store).map_err(|e| fail(e.code(), e.to_string()))?;
+    let manifest = verify(from)?;
+    if store.exists() && !force {
+        return Err(fail(
+            ErrorCode::BackupFailed,
+            format!(
+                "a run store exists at {}; pass --force to replace it",
+                store.display()
+            ),
+        ));
+    }
+    let mut tmp = store.as_os_str().to_owned();
+    tmp.push(".restoring");
+    let tmp = PathBuf::from(tmp);
+    fs::copy(from.join("store.db"), &tmp).map_err(|e| io("cannot write", &tmp, e))?;
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("cannot sync", &tmp, e))?;
+    // The old store's write-ahead log belongs to the old file.
+    for suffix in ["-wal", "-shm"] {
+        let mut side = store.as_os_str().to_owned();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        if side.exists() {
+            fs::remove_file(&side).map_err(|e| io("cannot remove", &side, e))?;
+        }
+    }
+    fs::rename(&tmp, store).map_err(|e| io("cannot move into place", store, e))?;
+    let opened = Store::open(store).map_err(|e| fail(e.code(), e.to_string()))?;
+    if let Err(problems) = opened
+        .check_integrity()
+        .map_err(|e| fail(e.code(), e.to_string()))?
+    {
+        return Err(fail(
+            ErrorCode::StoreFailed,
+            format!(
+                "the restored store fails its check: {}",
+                problems.join("; ")
+            ),
+        ));
+    }
+    let mut restored = Restored {
+        store: store.display().to_string(),
+        runs: manifest.runs,
+        config: None,
+        plugins: None,
+    };
+    if let Some(config) = config
+        && manifest.files.iter().any(|f| f.path == "config.toml")
+    {
+        fs::copy(from.join("config.toml"), config).map_err(|e| io("cannot write", config, e))?;
+        restored.config = Some(config.display().to_string());
+    }
+    if let Some(plugins) = plugins
+        && from.join("plugins").is_dir()
+    {
+        let mut budget = MAX_PLUGIN_BYTES;
+        copy_tree(&from.join("plugins"), plugins, &mut budget)?;
+        restored.plugins = Some(plugins.display().to_string());
+    }
+    Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RunState, StoredEvent};
+
+    fn temp(label: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "agentrt-backup-{label}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        fs::create_dir_all(&p).expect("temp dir");
+        p
+    }
+
+    fn filled_store(path: &Path) {
+        let store = Store::open(path).expect("open");
+        for (i, id) in ["a", "b"].iter().enumerate() {
+            store
+                .insert_run(id, &serde_json::json!({"task_description": id}))
+                .expect("insert");
+            let done = StoredEvent {
+                seq: 1,
+                at_ms: i as i64,
+                kind: "done".into(),
+                data: "{\"type\":\"done\"}".into(),
+            };
+            store
+                .finish_run(id, RunState::Completed, None, None, &done)
+                .expect("finish");
+        }
+    }
+
+    #[test]
+    fn a_backup_restores_to_the_same_runs_and_refuses_damage() {
+        let dir = temp("roundtrip");
+        let store = dir.join("live.db");
+        filled_store(&store);
+        let plugins = dir.join("plugins");
+        fs::create_dir_all(plugins.join("reviewer")).expect("plugins");
+        fs::write(plugins.join("reviewer/plugin.toml"), "name = \"r\"\n").expect("manifest");
+        let config = dir.join("agentrt.toml");
+        fs::write(&config, "[limits]\n").expect("config");
+
+        let out = dir.join("backup");
+        let manifest = backup(&store, Some(&config), Some(&plugins), &out).expect("backup");
+        assert_eq!(manifest.runs, 2);
+        let paths: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["store.db", "config.toml", "plugins/reviewer/plugin.toml"]
+        );
+        // Backing up into the same folder again is refused rather than mixed.
+        assert!(backup(&store, None, None, &out).is_err());
+
+        let restored_store = dir.join("restored.db");
+        let restored_plugins = dir.join("restored-plugins");
+        let r =
+            restore(&out, &restored_store, None, Some(&restored_plugins), false).expect("restore");
+        assert_eq!(r.runs, 2);
+        let a = Store::open(&store)
+            .expect("open")
+            .list_runs(10, None)
+            .expect("runs");
+        let b = Store::open(&restored_store)
+            .expect("open")
+            .list_runs(10, None)
+            .expect("runs");
+        assert_eq!(
+            serde_json::to_value(&a).expect("json"),
+            serde_json::to_value(&b).expect("json")
+        );
+        assert!(restored_plugins.join("reviewer/plugin.toml").is_file());
+        // An existing store is only replaced with force.
+        let err = restore(&out, &restored_store, None, None, false).expect_err("exists");
+        assert!(err.message.contains("--force"), "{err}");
+        restore(&out, &restored_store, None, None, true).expect("forced");
+
+        // One flipped byte and the backup is refused before anything is touched.
+        let mut bytes = fs::read(out.join("store.db")).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(out.join("store.db"), bytes).expect("damage");
+        let err = restore(&out, &dir.join("other.db"), None, None, false).expect_err("damaged");
+        assert!(err.message.contains("does not match"), "{err}");
+        assert!(!dir.join("other.db").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_restore_is_refused_while_a_server_holds_the_store() {
+        let dir = temp("locked");
+        let store = dir.join("live.db");
+        filled_store(&store);
+        let out = dir.join("backup");
+        backup(&store, None, None, &out).expect("backup");
+        let server = Store::open_exclusive(&store).expect("server");
+        let err = restore(&out, &store, None, None, true).expect_err("locked");
+        assert!(err.message.contains("another agentrt server"), "{err}");
+        drop(server);
+        restore(&out, &store, None, None, true).expect("free");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
