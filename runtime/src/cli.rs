@@ -150,6 +150,16 @@ pub enum Command {
         #[arg(long, default_value = "f16")]
         dtype: String,
     },
+    /// Check this machine and set-up: resources, the listen port, model files and their
+    /// checksums, the GPU, the run store, and every plugin (instantiates, passes a self-test).
+    /// Exits non-zero when a check fails.
+    Doctor {
+        /// The address `serve` would listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "AGENTRT_LISTEN")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
     /// Back up the run store (copied online: consistent while a server writes to it), the
     /// config file (`--config`) and the plugin folder (`--plugins`) into a new folder, with a
     /// manifest of SHA-256 sums.
@@ -636,6 +646,45 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 None => crate::engine::Prompt::Text(prompt),
             };
             stream_completion(&model, &prompt, &params, opts.json)
+        }
+        Command::Doctor { listen, opts } => {
+            let mut report = crate::doctor::Report::default();
+            report.resources(&crate::paths::home());
+            report.port(listen);
+            let models = if opts.models.is_empty() {
+                vec![crate::paths::default_model()]
+            } else {
+                opts.models.clone()
+            };
+            report.models(&models);
+            report.gpu();
+            report.store(&crate::paths::store());
+            match load_pipeline(&opts, None) {
+                Ok(pipeline) => report.plugins(&pipeline),
+                Err(e) => report.checks.push(crate::doctor::Check {
+                    name: "plugins".into(),
+                    status: crate::doctor::Status::Fail,
+                    detail: e.to_string(),
+                }),
+            }
+            let value = serde_json::to_value(&report).unwrap_or_default();
+            emit(opts.json, &value, || {
+                for c in &report.checks {
+                    let mark = match c.status {
+                        crate::doctor::Status::Ok => "ok  ",
+                        crate::doctor::Status::Warn => "WARN",
+                        crate::doctor::Status::Fail => "FAIL",
+                    };
+                    println!("{mark} {}: {}", c.name, c.detail);
+                }
+            });
+            match report.failures() {
+                0 => Ok(()),
+                n => Err(CliError::new(
+                    ErrorCode::Internal,
+                    format!("{n} of {} checks failed", report.checks.len()),
+                )),
+            }
         }
         Command::Backup { out, opts } => {
             let store = crate::paths::store();

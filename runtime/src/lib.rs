@@ -10,6 +10,7 @@ pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod error_code;
 pub mod metrics;

@@ -393,6 +393,21 @@ impl Store {
         })
     }
 
+    /// How many runs are in each state.
+    pub fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT state, COUNT(*) FROM runs GROUP BY state ORDER BY state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    RunState::parse(&r.get::<_, String>(0)?),
+                    r.get::<_, i64>(1)? as usize,
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
     /// A run's events with `seq` above `after`, in order.
     pub fn events_after(&self, id: &str, after: i64) -> Result<Vec<StoredEvent>, StoreError> {
         self.with(|c| {

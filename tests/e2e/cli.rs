@@ -70,3 +70,96 @@ fn missing_and_corrupt_models_are_model_errors() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The checks of a `doctor --json` report by name.
+fn doctor_checks(stdout: &str) -> Vec<(String, String, String)> {
+    let v: Value = serde_json::from_str(stdout).unwrap_or_else(|_| panic!("not JSON: {stdout}"));
+    v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("name"), s("status"), s("detail"))
+        })
+        .collect()
+}
+
+#[test]
+fn doctor_passes_a_healthy_set_up_and_fails_a_damaged_model() {
+    let store = crate::harness::fresh_store_path();
+    let store = store.to_str().expect("utf-8");
+    // A port nobody listens on, so the port check says it is free.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .to_string();
+    let (ok, stdout, stderr) = crate::harness::run_cli_env(
+        &["doctor", "--json", "--listen", &port],
+        &[("AGENTRT_STORE", store)],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    let checks = doctor_checks(&stdout);
+    let status = |prefix: &str| -> Vec<String> {
+        checks
+            .iter()
+            .filter(|(n, _, _)| n.starts_with(prefix))
+            .map(|(_, s, _)| s.clone())
+            .collect()
+    };
+    for name in ["resources.cpus", "port", "model ", "gpu", "store"] {
+        assert_eq!(
+            status(name).first().map(String::as_str),
+            Some("ok"),
+            "{name}: {checks:?}"
+        );
+    }
+    let model = checks
+        .iter()
+        .find(|(n, _, _)| n.starts_with("model "))
+        .expect("model");
+    assert!(model.2.contains("as recorded"), "{model:?}");
+    // The four default plugins instantiate; the check and the handler answer their self-test.
+    let plugins: Vec<_> = checks
+        .iter()
+        .filter(|(n, _, _)| n.starts_with("plugin "))
+        .collect();
+    assert!(plugins.len() >= 4, "{plugins:?}");
+    assert!(plugins.iter().all(|(_, s, _)| s == "ok"), "{plugins:?}");
+    assert!(
+        plugins
+            .iter()
+            .any(|(_, _, d)| d.contains("self-test: decided to")),
+        "{plugins:?}"
+    );
+
+    // A model file whose recorded checksum no longer matches fails, and so does the command.
+    let dir = std::env::temp_dir().join(format!("agentrt-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let fake = dir.join("damaged.gguf");
+    std::fs::write(&fake, b"GGUF not really").expect("write");
+    std::fs::write(
+        dir.join("damaged.gguf.sha256"),
+        format!("{} 15\n", "0".repeat(64)),
+    )
+    .expect("sidecar");
+    let (ok, stdout, _) = crate::harness::run_cli_env(
+        &[
+            "doctor",
+            "--json",
+            "--listen",
+            &port,
+            "--model",
+            fake.to_str().expect("utf-8"),
+        ],
+        &[("AGENTRT_STORE", store)],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ok, "a damaged model must fail the doctor: {stdout}");
+    let model = doctor_checks(&stdout)
+        .into_iter()
+        .find(|(n, _, _)| n.starts_with("model "))
+        .expect("model check");
+    assert_eq!(model.1, "fail", "{model:?}");
+    assert!(model.2.contains("checksum mismatch"), "{model:?}");
+}

@@ -1,0 +1,357 @@
+//! `agentrt doctor`: the diagnostics the replaced system's operators ran by hand, in one
+//! command. Each check says `ok`, `warn` (works, but look) or `fail` (will not work); the
+//! command exits non-zero when any check fails.
+//!
+//! Resources (CPUs, memory, disk under `$AGENTRT_HOME`), the listen port, the model files and
+//! their recorded SHA-256, the GPU, the run store (integrity, runs a stopped server left
+//! unfinished, whether a server holds it), and every plugin: it must instantiate, and the
+//! quality checks and the error handler must answer a self-test.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::pipeline::Pipeline;
+use crate::plugin::CallContext;
+use crate::plugin::bindings::{CodeArtifact, PipelineError, Stage};
+use crate::store::{Store, StoreLock};
+
+/// Below this much available memory the default model still loads, but little else fits.
+const LOW_MEMORY_BYTES: u64 = 1 << 30;
+/// Below this much free disk, the compile cache and the run store may not fit.
+const LOW_DISK_BYTES: u64 = 2 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+/// The checks run so far.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, name: impl Into<String>, status: Status, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            status,
+            detail: detail.into(),
+        });
+    }
+
+    pub fn failures(&self) -> usize {
+        self.checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .count()
+    }
+
+    /// CPUs, memory and free disk where agentrt keeps its files.
+    pub fn resources(&mut self, home: &Path) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.add("resources.cpus", Status::Ok, format!("{cpus} available"));
+        match meminfo() {
+            Some((total, available)) => {
+                let status = if available < LOW_MEMORY_BYTES {
+                    Status::Warn
+                } else {
+                    Status::Ok
+                };
+                self.add(
+                    "resources.memory",
+                    status,
+                    format!("{} MiB available of {} MiB", available >> 20, total >> 20),
+                );
+            }
+            None => self.add("resources.memory", Status::Warn, "/proc/meminfo unreadable"),
+        }
+        match disk_free(home) {
+            Some(free) => {
+                let status = if free < LOW_DISK_BYTES {
+                    Status::Warn
+                } else {
+                    Status::Ok
+                };
+                self.add(
+                    "resources.disk",
+                    status,
+                    format!("{} MiB free under {}", free >> 20, home.display()),
+                );
+            }
+            None => self.add(
+                "resources.disk",
+                Status::Warn,
+                format!("free space under {} unknown (no df)", home.display()),
+            ),
+        }
+    }
+
+    /// Whether `agentrt serve` could listen on `addr`.
+    pub fn port(&mut self, addr: SocketAddr) {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => self.add("port", Status::Ok, format!("{addr} is free")),
+            Err(e) => {
+                let answered = std::net::TcpStream::connect_timeout(
+                    &addr,
+                    std::time::Duration::from_millis(500),
+                )
+                .is_ok();
+                self.add(
+                    "port",
+                    Status::Warn,
+                    if answered {
+                        format!("{addr} is taken ({e}): a server is already listening there")
+                    } else {
+                        format!("{addr} cannot be used: {e}")
+                    },
+                );
+            }
+        }
+    }
+
+    /// Each model file exists and, where a `FILE.sha256` was recorded (by scripts/setup.sh),
+    /// still has that SHA-256.
+    pub fn models(&mut self, paths: &[std::path::PathBuf]) {
+        for path in paths {
+            let name = format!("model {}", path.display());
+            let meta = match std::fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.add(
+                        name,
+                        Status::Fail,
+                        format!("missing ({e}); scripts/setup.sh fetches the default model"),
+                    );
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                let status = if path.join("config.json").is_file() {
+                    Status::Ok
+                } else {
+                    Status::Fail
+                };
+                self.add(name, status, "Hugging Face folder (config.json)");
+                continue;
+            }
+            let mut sidecar = path.as_os_str().to_owned();
+            sidecar.push(".sha256");
+            let Ok(recorded) = std::fs::read_to_string(&sidecar) else {
+                self.add(
+                    name,
+                    Status::Ok,
+                    format!("{} MiB (no recorded checksum to compare)", meta.len() >> 20),
+                );
+                continue;
+            };
+            let want = recorded
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_lowercase();
+            match sha256_file(path) {
+                Ok(got) if got == want => self.add(
+                    name,
+                    Status::Ok,
+                    format!("{} MiB, SHA-256 {got} as recorded", meta.len() >> 20),
+                ),
+                Ok(got) => self.add(
+                    name,
+                    Status::Fail,
+                    format!(
+                        "checksum mismatch: SHA-256 {got}, recorded {want} (damaged or replaced; run scripts/setup.sh)"
+                    ),
+                ),
+                Err(e) => self.add(name, Status::Fail, format!("unreadable: {e}")),
+            }
+        }
+    }
+
+    /// Whether a CUDA GPU is usable (the CPU engine is used otherwise).
+    pub fn gpu(&mut self) {
+        #[cfg(feature = "cuda")]
+        match agentrt_kernels::cuda_available() {
+            Ok(()) => self.add("gpu", Status::Ok, "a CUDA driver and device are available"),
+            Err(why) => self.add("gpu", Status::Warn, format!("{why}; models run on the CPU")),
+        }
+        #[cfg(not(feature = "cuda"))]
+        self.add(
+            "gpu",
+            Status::Ok,
+            "built without the cuda feature; models run on the CPU",
+        );
+    }
+
+    /// The run store: integrity, and runs a stopped server left unfinished.
+    pub fn store(&mut self, path: &Path) {
+        if !path.exists() {
+            self.add(
+                "store",
+                Status::Ok,
+                format!("none yet at {} (created by agentrt serve)", path.display()),
+            );
+            return;
+        }
+        let in_use = StoreLock::take(path).is_err();
+        let store = match Store::open(path) {
+            Ok(s) => s,
+            Err(e) => {
+                self.add("store", Status::Fail, e.to_string());
+                return;
+            }
+        };
+        match store.check_integrity() {
+            Ok(Ok(())) => {}
+            Ok(Err(problems)) => {
+                self.add("store", Status::Fail, problems.join("; "));
+                return;
+            }
+            Err(e) => {
+                self.add("store", Status::Fail, e.to_string());
+                return;
+            }
+        }
+        let counts = store.count_by_state().unwrap_or_default();
+        let total: usize = counts.iter().map(|(_, n)| n).sum();
+        let unfinished: usize = counts
+            .iter()
+            .filter(|(s, _)| !s.is_final())
+            .map(|(_, n)| n)
+            .sum();
+        let summary = counts
+            .iter()
+            .map(|(s, n)| format!("{n} {}", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (status, detail) = if unfinished > 0 && !in_use {
+            (
+                Status::Warn,
+                format!(
+                    "{total} runs ({summary}); {unfinished} left unfinished by a server that stopped, to be marked failed (RUN_002) at the next start"
+                ),
+            )
+        } else {
+            let who = if in_use {
+                "in use by a running server"
+            } else {
+                "no server running"
+            };
+            (
+                Status::Ok,
+                format!(
+                    "{} : {total} runs ({summary}); integrity ok; {who}",
+                    path.display()
+                ),
+            )
+        };
+        self.add("store", status, detail);
+    }
+
+    /// Every plugin instantiates; quality checks and the error handler answer a self-test.
+    pub fn plugins(&mut self, pipeline: &Pipeline) {
+        let ctx = CallContext::default();
+        for plugin in pipeline.plugins.all() {
+            let name = format!("plugin {}", plugin.manifest.name);
+            let started = Instant::now();
+            if let Err(e) = pipeline.host.instantiate(&plugin) {
+                self.add(name, Status::Fail, format!("does not instantiate: {e}"));
+                continue;
+            }
+            let world = plugin.manifest.world.to_string();
+            let outcome = match world.as_str() {
+                "quality-check" => {
+                    let artifact = CodeArtifact {
+                        language: "python".into(),
+                        code: "def add(a: int, b: int) -> int:\n    \"\"\"Sum.\"\"\"\n    return a + b\n"
+                            .into(),
+                        tests: String::new(),
+                    };
+                    let (res, _) = pipeline.host.check(&plugin, &artifact, &ctx);
+                    res.map(|f| format!("self-test: {} findings on a clean function", f.len()))
+                }
+                "error-handler" => {
+                    let error = PipelineError {
+                        code: "GEN_001".into(),
+                        message: "doctor's self-test".into(),
+                        stage: Stage::Generate,
+                        attempt: 1,
+                    };
+                    let (res, _) = pipeline.host.handle_error(&plugin, &error, 1, &ctx);
+                    res.map(|r| {
+                        let decision = match r {
+                            crate::plugin::bindings::Recovery::Retry(_) => "retry",
+                            crate::plugin::bindings::Recovery::Fallback(_) => "fall back",
+                            crate::plugin::bindings::Recovery::Abort(_) => "abort",
+                        };
+                        format!("self-test: decided to {decision} on a generation error")
+                    })
+                }
+                _ => Ok("instantiates (needs the model to run)".to_string()),
+            };
+            let ms = started.elapsed().as_millis();
+            match outcome {
+                Ok(detail) => self.add(name, Status::Ok, format!("{world}; {detail}; {ms} ms")),
+                Err(e) => self.add(
+                    name,
+                    Status::Fail,
+                    format!("{world}; self-test failed: {e}"),
+                ),
+            }
+        }
+    }
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// (total, available) bytes from /proc/meminfo.
+fn meminfo() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("MemTotal:")?, field("MemAvailable:")?))
+}
+
+/// Free bytes on the file system holding `path` (or its closest existing parent), from `df`.
+fn disk_free(path: &Path) -> Option<u64> {
+    let mut at = path;
+    while !at.exists() {
+        at = at.parent()?;
+    }
+    let out = std::process::Command::new("df")
+        .args(["-Pk"])
+        .arg(at)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
