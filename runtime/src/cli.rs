@@ -160,6 +160,13 @@ pub enum Command {
         #[command(flatten)]
         opts: RuntimeOpts,
     },
+    /// Logs.
+    Logs {
+        #[command(subcommand)]
+        action: LogsAction,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
     /// Back up the run store (copied online: consistent while a server writes to it), the
     /// config file (`--config`) and the plugin folder (`--plugins`) into a new folder, with a
     /// manifest of SHA-256 sums.
@@ -216,6 +223,18 @@ pub enum Command {
         runs: usize,
         #[command(flatten)]
         opts: RuntimeOpts,
+    },
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum LogsAction {
+    /// Summarise a JSON log (AGENTRT_LOG_FORMAT=json): warnings and errors by frequency, slow
+    /// requests with their ids, plugin calls and failures by code.
+    Analyze {
+        file: PathBuf,
+        /// Requests taking this long or longer are listed.
+        #[arg(long, default_value_t = 1000)]
+        slow_ms: u64,
     },
 }
 
@@ -685,6 +704,27 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     format!("{n} of {} checks failed", report.checks.len()),
                 )),
             }
+        }
+        Command::Logs {
+            action: LogsAction::Analyze { file, slow_ms },
+            opts,
+        } => {
+            let f = std::fs::File::open(&file).map_err(|e| {
+                CliError::new(
+                    ErrorCode::InvalidInput,
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            let analysis =
+                crate::logs::analyze(std::io::BufReader::new(f), slow_ms).map_err(|e| {
+                    CliError::new(
+                        ErrorCode::InvalidInput,
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+            let value = serde_json::to_value(&analysis).unwrap_or_default();
+            emit(opts.json, &value, || analysis.print(slow_ms));
+            Ok(())
         }
         Command::Backup { out, opts } => {
             let store = crate::paths::store();

@@ -186,7 +186,11 @@ impl Report {
     pub fn gpu(&mut self) {
         #[cfg(feature = "cuda")]
         match agentrt_kernels::cuda_available() {
-            Ok(()) => self.add("gpu", Status::Ok, "a CUDA driver and device are available"),
+            Ok(devices) => self.add(
+                "gpu",
+                Status::Ok,
+                format!("CUDA driver found, {devices} device(s); models run there with --device cuda|auto"),
+            ),
             Err(why) => self.add("gpu", Status::Warn, format!("{why}; models run on the CPU")),
         }
         #[cfg(not(feature = "cuda"))]

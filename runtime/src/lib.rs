@@ -13,6 +13,7 @@ pub mod config;
 pub mod doctor;
 pub mod engine;
 pub mod error_code;
+pub mod logs;
 pub mod metrics;
 pub mod paths;
 pub mod pipeline;

@@ -267,7 +267,10 @@ impl Pipeline {
                 .iter()
                 .map(|p| {
                     self.started(Stage::Check, &p.manifest.name, 1);
-                    scope.spawn(|| self.host.check(p, artifact, &self.run.call))
+                    let span = tracing::Span::current();
+                    scope.spawn(move || {
+                        span.in_scope(|| self.host.check(p, artifact, &self.run.call))
+                    })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join()).collect()

@@ -417,10 +417,14 @@ impl PluginHost {
         store.data_mut().on_text = ctx.on_text.clone();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let worker_plugin = plugin.clone();
+        // The caller's span (a request's or a run's id) goes with the call to its thread, so
+        // the plugin's own log lines name the request they serve.
+        let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name(format!("plugin-{}", plugin.manifest.name))
             .stack_size(PLUGIN_THREAD_STACK)
             .spawn(move || {
+                let _entered = span.enter();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     f(&worker_plugin.pre, &mut store)
                 }))

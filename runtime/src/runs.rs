@@ -257,9 +257,11 @@ impl Runs {
         };
         let this = self.clone();
         let run_id = id.clone();
+        // Log lines of the run name it, and the request that submitted it.
+        let span = tracing::info_span!("run", run_id = %id);
         let spawned = std::thread::Builder::new()
             .name(format!("run-{}", &id[..8]))
-            .spawn(move || this.execute(&run_id, req, live));
+            .spawn(move || span.in_scope(|| this.execute(&run_id, req, live)));
         if let Err(e) = spawned {
             self.live().remove(&id);
             let error = ErrorOut::new(ErrorCode::Internal, format!("cannot start the run: {e}"));

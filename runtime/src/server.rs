@@ -164,19 +164,53 @@ async fn metrics() -> axum::response::Response {
         .into_response()
 }
 
-/// Count every request and time it to its response head, by route pattern (so ids in paths
-/// do not multiply the series) and status; unknown paths count as one route.
+/// The client's `X-Request-Id` when it is a sane token, else a fresh one.
+fn request_id(request: &axum::extract::Request) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_string)
+}
+
+/// Every request gets an id (`X-Request-Id`, the client's or a new one, echoed in the answer)
+/// and a `request` span carrying it, so every log line written for it (handlers, plugin calls
+/// and the plugins' own logs, on whatever thread) names it; it is counted and timed to its
+/// response head by route pattern (ids in paths do not multiply the series) and status, and
+/// logged when answered.
 async fn measure(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use tracing::Instrument;
     let started = std::time::Instant::now();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let response = next.run(request).await;
-    crate::metrics::record_request(&route, response.status().as_u16(), started.elapsed());
+    let id = request_id(&request);
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), route = %route);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    crate::metrics::record_request(&route, status, took);
+    span.in_scope(|| {
+        tracing::info!(
+            target: "agentrt::http",
+            status,
+            duration_ms = took.as_millis() as u64,
+            "request finished"
+        );
+    });
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
     response
 }
 

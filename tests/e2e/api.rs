@@ -403,3 +403,64 @@ fn metrics_expose_generation_latency_tokens_requests_and_findings() {
         "{text}"
     );
 }
+
+#[test]
+fn every_request_has_an_id_that_its_plugin_log_lines_carry() {
+    let log = std::env::temp_dir().join(format!("agentrt-log-{}.jsonl", std::process::id()));
+    let s =
+        super::harness::Server::start_logging(&[], &[("AGENTRT_LOG_FORMAT", "json")], Some(&log));
+    let code = "import os\n\ndef run(cmd):\n    os.system(cmd)\n";
+    let (status, headers, _) = s.exchange(
+        "POST",
+        "/check",
+        &[("X-Request-Id", "req-e2e-42")],
+        Some(&json!({"code": code})),
+    );
+    assert_eq!(status, 200);
+    let echoed = |headers: &[(String, String)]| {
+        headers
+            .iter()
+            .find(|(k, _)| k == "x-request-id")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(echoed(&headers).as_deref(), Some("req-e2e-42"));
+    // Without one (or with an unusable one) the server makes one up.
+    let (_, headers, _) = s.exchange(
+        "GET",
+        "/health",
+        &[("X-Request-Id", "not a usable id")],
+        None,
+    );
+    let made = echoed(&headers).expect("an id");
+    assert!(
+        made.len() == 16 && made.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{made}"
+    );
+
+    // The plugin call's audit line, written on the plugin's own thread, names the request.
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.to_string().contains("req-e2e-42"))
+            .collect();
+        if lines.iter().any(|v| v["target"] == "agentrt::http") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(s);
+    let _ = std::fs::remove_file(&log);
+    let audit = lines
+        .iter()
+        .find(|v| v["target"] == "agentrt::audit" && v["fields"]["plugin"] == "python-quality")
+        .unwrap_or_else(|| panic!("no audit line with the request id in {lines:?}"));
+    assert_eq!(audit["span"]["request_id"], "req-e2e-42", "{audit}");
+    let done = lines
+        .iter()
+        .find(|v| v["target"] == "agentrt::http")
+        .expect("request finished line");
+    assert_eq!(done["fields"]["status"], 200, "{done}");
+}

@@ -163,3 +163,50 @@ fn doctor_passes_a_healthy_set_up_and_fails_a_damaged_model() {
     assert_eq!(model.1, "fail", "{model:?}");
     assert!(model.2.contains("checksum mismatch"), "{model:?}");
 }
+
+#[test]
+fn logs_analyze_summarises_a_servers_json_log() {
+    let log = std::env::temp_dir().join(format!("agentrt-analyze-{}.jsonl", std::process::id()));
+    {
+        let s = crate::harness::Server::start_logging(
+            &[],
+            &[("AGENTRT_LOG_FORMAT", "json")],
+            Some(&log),
+        );
+        s.post("/check", &serde_json::json!({"code": "x = 1\n"}));
+        s.post("/chat", &serde_json::json!({"message": ""}));
+        s.get("/no/such/route");
+    }
+    let (ok, stdout, stderr) = run(&[
+        "logs",
+        "analyze",
+        log.to_str().expect("utf-8"),
+        "--slow-ms",
+        "0",
+        "--json",
+    ]);
+    let _ = std::fs::remove_file(&log);
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("json");
+    assert!(v["requests"].as_u64().unwrap_or(0) >= 3, "{v}");
+    assert_eq!(v["requests_by_status"]["400"], 1, "{v}");
+    assert_eq!(v["requests_by_status"]["404"], 1, "{v}");
+    assert!(
+        v["plugins"]["python-quality"]["calls"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{v}"
+    );
+    let routes: Vec<&str> = v["slow_requests"]
+        .as_array()
+        .expect("slow requests")
+        .iter()
+        .filter_map(|r| r["route"].as_str())
+        .collect();
+    assert!(routes.contains(&"/check"), "{routes:?}");
+    assert!(
+        v["problems"].as_array().is_some_and(|p| !p.is_empty()),
+        "the no-keys warning: {v}"
+    );
+}

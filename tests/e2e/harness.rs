@@ -45,6 +45,15 @@ impl Server {
 
     /// Start with extra arguments and environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_logging(extra, env, None)
+    }
+
+    /// Start with its log (stderr) written to `log` when given.
+    pub fn start_logging(extra: &[&str], env: &[(&str, &str)], log: Option<&Path>) -> Server {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::inherit(),
+        };
         // Every server its own run store, unless the test names one (to restart on it).
         let store = fresh_store_path();
         let mut child = Command::new(agentrt_bin())
@@ -55,7 +64,7 @@ impl Server {
             .env("AGENTRT_EXIT_WITH_STDIN", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn agentrt serve");
         let stdin = child.stdin.take().expect("piped stdin");

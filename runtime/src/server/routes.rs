@@ -62,12 +62,16 @@ where
     F: FnOnce() -> Result<(Value, u64), ApiError> + Send + 'static,
 {
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
-        Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("worker failed: {e}"),
-        ))
-    });
+    // The request's span (its id) goes with the work to the blocking thread.
+    let span = tracing::Span::current();
+    let result = tokio::task::spawn_blocking(move || span.in_scope(work))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("worker failed: {e}"),
+            ))
+        });
     let ms = started.elapsed().as_millis() as u64;
     match result {
         Ok((value, tokens)) => {

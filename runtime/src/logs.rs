@@ -1,0 +1,253 @@
+//! `agentrt logs analyze FILE`: what the replaced system's operators grepped its logs for —
+//! errors and warnings by frequency, slow requests, failures per plugin — from the JSON log
+//! (`AGENTRT_LOG_FORMAT=json`, one object per line). Lines in another format are counted
+//! and skipped.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Most distinct problems and slow requests listed.
+const TOP: usize = 20;
+
+/// A warning or error message and how often it was logged.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Problem {
+    pub level: String,
+    pub target: String,
+    pub message: String,
+    pub count: usize,
+    pub last_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SlowRequest {
+    pub request_id: String,
+    pub method: String,
+    pub route: String,
+    pub status: u64,
+    pub duration_ms: u64,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PluginCalls {
+    pub calls: usize,
+    pub failures: usize,
+    /// Failures by outcome code (`PLUGIN_004`, ...).
+    pub by_outcome: BTreeMap<String, usize>,
+    pub max_duration_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Analysis {
+    pub lines: usize,
+    /// Lines that were not JSON log objects.
+    pub unparsed: usize,
+    pub by_level: BTreeMap<String, usize>,
+    pub requests: usize,
+    pub requests_by_status: BTreeMap<u64, usize>,
+    /// Warnings and errors, most frequent first.
+    pub problems: Vec<Problem>,
+    /// Requests at or over the threshold, slowest first.
+    pub slow_requests: Vec<SlowRequest>,
+    pub plugins: BTreeMap<String, PluginCalls>,
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Read a JSON log and summarise it; requests taking `slow_ms` or more are listed.
+pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> {
+    let mut a = Analysis::default();
+    let mut problems: BTreeMap<(String, String, String), Problem> = BTreeMap::new();
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        a.lines += 1;
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            a.unparsed += 1;
+            continue;
+        };
+        let (Some(level), Some(fields)) = (v["level"].as_str(), v.get("fields")) else {
+            a.unparsed += 1;
+            continue;
+        };
+        let level = level.to_uppercase();
+        *a.by_level.entry(level.clone()).or_default() += 1;
+        let target = text(&v["target"]);
+        let at = text(&v["timestamp"]);
+        if level == "WARN" || level == "ERROR" {
+            let message = text(&fields["message"]);
+            let key = (level.clone(), target.clone(), message.clone());
+            let p = problems.entry(key).or_insert_with(|| Problem {
+                level: level.clone(),
+                target: target.clone(),
+                message,
+                count: 0,
+                last_at: String::new(),
+            });
+            p.count += 1;
+            p.last_at = at.clone();
+        }
+        match target.as_str() {
+            "agentrt::http" => {
+                a.requests += 1;
+                let status = fields["status"].as_u64().unwrap_or(0);
+                *a.requests_by_status.entry(status).or_default() += 1;
+                let duration_ms = fields["duration_ms"].as_u64().unwrap_or(0);
+                if duration_ms >= slow_ms {
+                    let span = &v["span"];
+                    a.slow_requests.push(SlowRequest {
+                        request_id: text(&span["request_id"]),
+                        method: text(&span["method"]),
+                        route: text(&span["route"]),
+                        status,
+                        duration_ms,
+                        at,
+                    });
+                }
+            }
+            "agentrt::audit" => {
+                let plugin = text(&fields["plugin"]);
+                let outcome = text(&fields["outcome"]);
+                let calls = a.plugins.entry(plugin).or_default();
+                calls.calls += 1;
+                calls.max_duration_ms = calls
+                    .max_duration_ms
+                    .max(fields["duration_ms"].as_u64().unwrap_or(0));
+                if outcome != "ok" {
+                    calls.failures += 1;
+                    *calls.by_outcome.entry(outcome).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    a.problems = problems.into_values().collect();
+    a.problems
+        .sort_by(|x, y| y.count.cmp(&x.count).then(x.message.cmp(&y.message)));
+    a.problems.truncate(TOP);
+    a.slow_requests
+        .sort_by_key(|r| std::cmp::Reverse(r.duration_ms));
+    a.slow_requests.truncate(TOP);
+    Ok(a)
+}
+
+impl Analysis {
+    /// The report for a terminal.
+    pub fn print(&self, slow_ms: u64) {
+        let levels: Vec<String> = self
+            .by_level
+            .iter()
+            .map(|(l, n)| format!("{n} {l}"))
+            .collect();
+        println!("{} lines: {}", self.lines, levels.join(", "));
+        if self.unparsed > 0 {
+            println!(
+                "  {} lines were not JSON log objects (start the server with AGENTRT_LOG_FORMAT=json)",
+                self.unparsed
+            );
+        }
+        let statuses: Vec<String> = self
+            .requests_by_status
+            .iter()
+            .map(|(s, n)| format!("{n}× {s}"))
+            .collect();
+        println!("\n{} requests: {}", self.requests, statuses.join(", "));
+        println!("\nwarnings and errors, most frequent first:");
+        if self.problems.is_empty() {
+            println!("  none");
+        }
+        for p in &self.problems {
+            println!(
+                "  {:>5}× {} {}: {} (last {})",
+                p.count, p.level, p.target, p.message, p.last_at
+            );
+        }
+        println!("\nrequests of {slow_ms} ms or more, slowest first:");
+        if self.slow_requests.is_empty() {
+            println!("  none");
+        }
+        for r in &self.slow_requests {
+            println!(
+                "  {:>7} ms {} {} → {} (request {}, {})",
+                r.duration_ms, r.method, r.route, r.status, r.request_id, r.at
+            );
+        }
+        println!("\nplugin calls:");
+        for (name, c) in &self.plugins {
+            let outcomes: Vec<String> = c
+                .by_outcome
+                .iter()
+                .map(|(o, n)| format!("{n}× {o}"))
+                .collect();
+            println!(
+                "  {name}: {} calls, {} failed{}; slowest {} ms",
+                c.calls,
+                c.failures,
+                if outcomes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", outcomes.join(", "))
+                },
+                c.max_duration_ms
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = r#"{"timestamp":"t1","level":"INFO","fields":{"message":"plugin call","plugin":"generator","duration_ms":900,"outcome":"ok"},"target":"agentrt::audit","span":{"request_id":"r1","name":"request"}}
+{"timestamp":"t2","level":"WARN","fields":{"message":"plugin call","plugin":"python-quality","duration_ms":30001,"outcome":"PLUGIN_004"},"target":"agentrt::audit"}
+{"timestamp":"t3","level":"INFO","fields":{"message":"request finished","status":200,"duration_ms":1500},"target":"agentrt::http","span":{"request_id":"r1","method":"POST","route":"/pipeline","name":"request"}}
+{"timestamp":"t4","level":"INFO","fields":{"message":"request finished","status":400,"duration_ms":3},"target":"agentrt::http","span":{"request_id":"r2","method":"POST","route":"/chat","name":"request"}}
+{"timestamp":"t5","level":"WARN","fields":{"message":"generated tests not run"},"target":"agentrt::pipeline"}
+{"timestamp":"t6","level":"WARN","fields":{"message":"generated tests not run"},"target":"agentrt::pipeline"}
+2026-11-26T00:00:00Z  INFO agentrt: a text-format line
+{"timestamp":"t7","level":"ERROR","fields":{"message":"event not stored: disk full"},"target":"agentrt::runs"}
+"#;
+
+    #[test]
+    fn counts_levels_problems_slow_requests_and_plugin_failures() {
+        let a = analyze(LOG.as_bytes(), 1000).expect("analyze");
+        assert_eq!(a.lines, 8);
+        assert_eq!(a.unparsed, 1);
+        assert_eq!(a.by_level.get("WARN"), Some(&3));
+        assert_eq!(a.by_level.get("ERROR"), Some(&1));
+        assert_eq!(a.requests, 2);
+        assert_eq!(a.requests_by_status.get(&400), Some(&1));
+        assert_eq!(a.problems[0].message, "generated tests not run");
+        assert_eq!(
+            (a.problems[0].count, a.problems[0].last_at.as_str()),
+            (2, "t6")
+        );
+        assert_eq!(a.problems.len(), 3);
+        assert_eq!(a.slow_requests.len(), 1);
+        let slow = &a.slow_requests[0];
+        assert_eq!(
+            (
+                slow.request_id.as_str(),
+                slow.route.as_str(),
+                slow.duration_ms
+            ),
+            ("r1", "/pipeline", 1500)
+        );
+        let quality = &a.plugins["python-quality"];
+        assert_eq!((quality.calls, quality.failures), (1, 1));
+        assert_eq!(quality.by_outcome.get("PLUGIN_004"), Some(&1));
+        assert_eq!(a.plugins["generator"].failures, 0);
+    }
+}
