@@ -12,7 +12,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error_code::ErrorCode;
 use crate::store::{Store, StoreLock};
@@ -64,10 +63,7 @@ pub struct Manifest {
 }
 
 fn sha256_file(path: &Path) -> Result<(u64, String), BackupError> {
-    let mut file = fs::File::open(path).map_err(|e| io("cannot read", path, e))?;
-    let mut hasher = Sha256::new();
-    let bytes = std::io::copy(&mut file, &mut hasher).map_err(|e| io("cannot read", path, e))?;
-    Ok((bytes, format!("{:x}", hasher.finalize())))
+    crate::plugin::compile_cache::sha256_file(path).map_err(|e| io("cannot read", path, e))
 }
 
 fn entry(root: &Path, path: &Path) -> Result<FileEntry, BackupError> {

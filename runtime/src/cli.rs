@@ -709,14 +709,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             action: LogsAction::Analyze { file, slow_ms },
             opts,
         } => {
-            let f = std::fs::File::open(&file).map_err(|e| {
-                CliError::new(
-                    ErrorCode::InvalidInput,
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
-            let analysis =
-                crate::logs::analyze(std::io::BufReader::new(f), slow_ms).map_err(|e| {
+            let analysis = std::fs::File::open(&file)
+                .and_then(|f| crate::logs::analyze(std::io::BufReader::new(f), slow_ms))
+                .map_err(|e| {
                     CliError::new(
                         ErrorCode::InvalidInput,
                         format!("cannot read {}: {e}", file.display()),

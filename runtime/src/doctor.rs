@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::pipeline::Pipeline;
 use crate::plugin::CallContext;
@@ -164,7 +163,7 @@ impl Report {
                 .next()
                 .unwrap_or("")
                 .to_lowercase();
-            match sha256_file(path) {
+            match crate::plugin::compile_cache::sha256_file(path).map(|(_, hex)| hex) {
                 Ok(got) if got == want => self.add(
                     name,
                     Status::Ok,
@@ -318,13 +317,6 @@ impl Report {
             }
         }
     }
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// (total, available) bytes from /proc/meminfo.

@@ -75,7 +75,7 @@ fn stage_name(stage: Stage) -> &'static str {
 
 impl Pipeline {
     /// This pipeline for one tracked run: its events go to `run.events`, and setting
-    /// `run.cancel` stops it between stages and inside model calls.
+    /// `run.call.cancel` stops it between stages and inside model calls.
     pub fn tracked(&self, run: RunContext) -> Self {
         Self {
             run,

@@ -137,6 +137,19 @@ struct EmitterState {
 }
 
 impl Emitter {
+    fn new(id: &str, store: Arc<Store>, live: Arc<LiveRun>) -> Self {
+        Self {
+            id: id.to_string(),
+            store,
+            live,
+            inner: Mutex::new(EmitterState {
+                next_seq: 1,
+                text: String::new(),
+                text_since: Instant::now(),
+            }),
+        }
+    }
+
     fn number(&self, st: &mut EmitterState, event: &PipelineEvent) -> StoredEvent {
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -247,7 +260,6 @@ impl Runs {
             }
             runs.insert(id.clone(), live.clone());
         }
-        in_flight("queued").inc();
         let record = match self.store.insert_run(&id, &request) {
             Ok(r) => r,
             Err(e) => {
@@ -255,40 +267,26 @@ impl Runs {
                 return Err(e.into());
             }
         };
+        in_flight("queued").inc();
         let this = self.clone();
         let run_id = id.clone();
+        let emitter = Emitter::new(&id, self.store.clone(), live.clone());
         // Log lines of the run name it, and the request that submitted it.
         let span = tracing::info_span!("run", run_id = %id);
         let spawned = std::thread::Builder::new()
             .name(format!("run-{}", &id[..8]))
             .spawn(move || span.in_scope(|| this.execute(&run_id, req, live)));
         if let Err(e) = spawned {
-            self.live().remove(&id);
+            in_flight("queued").dec();
             let error = ErrorOut::new(ErrorCode::Internal, format!("cannot start the run: {e}"));
-            let done = StoredEvent {
-                seq: 1,
-                at_ms: now_ms(),
-                kind: "done".into(),
-                data: serde_json::json!({"type": "done", "state": "failed", "error": error})
-                    .to_string(),
-            };
-            self.store
-                .finish_run(&id, RunState::Failed, None, Some(&error), &done)?;
+            emitter.finish(RunState::Failed, None, Some(&error));
+            self.live().remove(&id);
         }
         Ok(record)
     }
 
     fn execute(&self, id: &str, req: PipelineRequest, live: Arc<LiveRun>) {
-        let emitter = Arc::new(Emitter {
-            id: id.to_string(),
-            store: self.store.clone(),
-            live: live.clone(),
-            inner: Mutex::new(EmitterState {
-                next_seq: 1,
-                text: String::new(),
-                text_since: Instant::now(),
-            }),
-        });
+        let emitter = Arc::new(Emitter::new(id, self.store.clone(), live.clone()));
         let cancelled = || ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled");
         if !self.slots.acquire(self.workers, &live.cancel) {
             in_flight("queued").dec();
@@ -305,7 +303,6 @@ impl Runs {
         let text = emitter.clone();
         let pipeline = self.pipeline.tracked(RunContext {
             events: Some(Arc::new(move |event| sink.event(event))),
-            cancel: Some(live.cancel.clone()),
             call: CallContext {
                 cancel: Some(live.cancel.clone()),
                 on_text: Some(Arc::new(move |piece| text.text(piece))),

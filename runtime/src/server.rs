@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::engine::Engine;
@@ -33,11 +32,15 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// answer rather than the work's timeout error.
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 
-/// Deadlines of every request (`AGENTRT_REQUEST_TIMEOUT`, `AGENTRT_BODY_TIMEOUT`, seconds).
+/// Deadlines of every request and of shutting down (`AGENTRT_REQUEST_TIMEOUT`,
+/// `AGENTRT_BODY_TIMEOUT`, `AGENTRT_DRAIN_SECONDS`, in seconds).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub request_timeout: Duration,
     pub body_timeout: Duration,
+    /// How long the server keeps answering (ready: 503) after a shutdown signal before it
+    /// stops accepting.
+    pub drain: Duration,
 }
 
 impl Default for Limits {
@@ -45,6 +48,7 @@ impl Default for Limits {
         Self {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            drain: Duration::from_secs(5),
         }
     }
 }
@@ -52,17 +56,19 @@ impl Default for Limits {
 impl Limits {
     /// The defaults, with what the environment sets.
     pub fn from_env() -> Self {
-        let secs = |name: &str| {
+        // Seconds from `name`: positive for a timeout, zero allowed for the drain.
+        let secs = |name: &str, positive: bool| {
             std::env::var(name)
                 .ok()
                 .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s > 0.0)
+                .filter(|s| s.is_finite() && (*s > 0.0 || !positive && *s == 0.0))
                 .map(Duration::from_secs_f64)
         };
         let d = Self::default();
         Self {
-            request_timeout: secs("AGENTRT_REQUEST_TIMEOUT").unwrap_or(d.request_timeout),
-            body_timeout: secs("AGENTRT_BODY_TIMEOUT").unwrap_or(d.body_timeout),
+            request_timeout: secs("AGENTRT_REQUEST_TIMEOUT", true).unwrap_or(d.request_timeout),
+            body_timeout: secs("AGENTRT_BODY_TIMEOUT", true).unwrap_or(d.body_timeout),
+            drain: secs("AGENTRT_DRAIN_SECONDS", false).unwrap_or(d.drain),
         }
     }
 }
@@ -88,7 +94,6 @@ impl RequestDeadline {
     pub fn pipeline(&self, pipeline: &Pipeline) -> Pipeline {
         pipeline.tracked(crate::pipeline::RunContext {
             events: None,
-            cancel: Some(self.cancel.clone()),
             call: crate::plugin::CallContext {
                 cancel: Some(self.cancel.clone()),
                 on_text: None,
@@ -141,7 +146,6 @@ pub fn app(state: AppState) -> Router {
             state.limits,
             enforce_deadlines,
         ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn_with_state(
             state.api_keys.clone(),
@@ -288,7 +292,7 @@ async fn enforce_deadlines(
 ///
 /// Without this the server reads up to the limit, answers, and closes while the client is
 /// still sending: the client then sees a connection reset instead of the 413. Bodies without
-/// a declared length (chunked) are still cut off by `DefaultBodyLimit` as they arrive.
+/// a declared length (chunked) are cut off at the limit by `enforce_deadlines` as they arrive.
 async fn refuse_declared_oversize(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -313,7 +317,7 @@ pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Resu
     println!("agentrt listening on http://{}", listener.local_addr()?);
     let runs = state.runs.clone();
     let draining = state.draining.clone();
-    let drain = drain_period();
+    let drain = state.limits.drain;
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -328,16 +332,6 @@ pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Resu
     // interrupted at the next start.
     let _ = tokio::task::spawn_blocking(move || runs.shutdown(RUN_SHUTDOWN_GRACE)).await;
     served
-}
-
-/// How long the server keeps answering (ready: 503) after a shutdown signal before it stops
-/// accepting: `AGENTRT_DRAIN_SECONDS`, default 5.
-fn drain_period() -> Duration {
-    std::env::var("AGENTRT_DRAIN_SECONDS")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map_or(Duration::from_secs(5), Duration::from_secs_f64)
 }
 
 /// How long shutting down waits for cancelled runs to store their end.

@@ -774,7 +774,7 @@ fn compare_models(
         "{label}: worst logit error {:.3}% of the spread over {} steps (prefill by {}); greedy cpu {cpu_tokens:?}",
         worst * 100.0,
         steps + 1,
-        match &gpu.blas_missing {
+        match gpu.blas_missing() {
             None => "cuBLAS".to_string(),
             Some(why) => format!("the GEMV kernel: {why}"),
         }

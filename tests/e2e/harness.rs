@@ -211,25 +211,10 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let agent = agent();
-        let url = self.url(path);
-        let resp = match method {
-            "GET" => {
-                let mut req = agent.get(&url);
-                for (k, v) in headers {
-                    req = req.header(*k, *v);
-                }
-                req.call()
-            }
-            _ => {
-                let mut req = agent.post(&url).header("content-type", "application/json");
-                for (k, v) in headers {
-                    req = req.header(*k, *v);
-                }
-                req.send(body.map(Value::to_string).unwrap_or_default())
-            }
-        };
-        read(resp)
+        let (status, _, text) = self.exchange(method, path, headers, body);
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text}"));
+        (status, value)
     }
 
     /// POST JSON and return the body as text (event streams).
@@ -247,30 +232,12 @@ impl Server {
     /// POST headers declaring a `declared`-byte JSON body, send none of it, and read the
     /// answer: how a server must treat an upload it will refuse by its declared size.
     pub fn post_declaring_length(&self, path: &str, declared: usize) -> (u16, Value) {
-        use std::io::{Read, Write};
         let host = self.base.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(host).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .expect("read timeout");
-        write!(
-            stream,
+        let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
              Content-Length: {declared}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send headers");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("read answer");
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP answer");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line: {head}"));
-        let value =
-            serde_json::from_str(body).unwrap_or_else(|_| panic!("body is not JSON: {body}"));
-        (status, value)
+        );
+        self.raw_exchange(head.as_bytes(), Duration::from_secs(60))
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {

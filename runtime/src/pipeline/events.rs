@@ -3,7 +3,7 @@
 //! untracked one (the CLI, the seed's `/pipeline`) has no sink and pays nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
@@ -72,8 +72,8 @@ pub type EventSink = Arc<dyn Fn(PipelineEvent) + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct RunContext {
     pub events: Option<EventSink>,
-    pub cancel: Option<Arc<AtomicBool>>,
-    /// Passed to every plugin call: the cancel flag and the generated-text sink.
+    /// Passed to every plugin call: the cancel flag (which also stops the pipeline between
+    /// stages) and the generated-text sink.
     pub call: CallContext,
 }
 
@@ -81,7 +81,7 @@ impl std::fmt::Debug for RunContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunContext")
             .field("events", &self.events.is_some())
-            .field("cancel", &self.cancel)
+            .field("call", &self.call)
             .finish()
     }
 }
@@ -94,7 +94,8 @@ impl RunContext {
     }
 
     pub fn cancelled(&self) -> bool {
-        self.cancel
+        self.call
+            .cancel
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
     }

@@ -14,6 +14,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Size and hex SHA-256 of the file at `path`, read in a stream (model files are large).
+pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(&mut file, &mut hasher)?;
+    Ok((bytes, format!("{:x}", hasher.finalize())))
+}
+
 /// Compiles components, reusing earlier compilations found in `dir`.
 #[derive(Debug, Clone)]
 pub struct CompileCache {

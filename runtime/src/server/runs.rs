@@ -37,15 +37,12 @@ const QUEUE_RETRY_AFTER_S: u32 = 5;
 const MAX_LIST: usize = 100;
 
 fn api_error(e: RunsError) -> Response {
-    let full = matches!(e, RunsError::QueueFull { .. });
-    let response = ApiError::new(e.code(), e.to_string()).into_response();
-    if full {
-        let mut response = response;
+    let mut response = ApiError::new(e.code(), e.to_string()).into_response();
+    if matches!(e, RunsError::QueueFull { .. }) {
         response.headers_mut().insert(
             header::RETRY_AFTER,
             header::HeaderValue::from(QUEUE_RETRY_AFTER_S),
         );
-        return response;
     }
     response
 }

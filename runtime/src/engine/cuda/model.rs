@@ -95,10 +95,9 @@ pub struct CudaModel {
     /// `AGENTRT_CUDA_PDL=0`): each kernel lets the next one launch once its main work is done.
     /// Measured on an H200: +3 % decode for the 1B shape, +13 % for SmolLM2.
     pub pdl: bool,
-    /// cuBLAS for prefill's products, unless libcublas is missing or `AGENTRT_CUDA_CUBLAS=0`.
-    blas: Option<Blas>,
-    /// Why prefill runs on the GEMV kernel instead, when it does.
-    pub blas_missing: Option<String>,
+    /// cuBLAS for prefill's products, or why prefill runs on the GEMV kernel instead
+    /// (libcublas missing, or `AGENTRT_CUDA_CUBLAS=0`).
+    blas: Result<Blas, String>,
     stream: Arc<CudaStream>,
     kernels: Arc<DeviceKernels>,
     w: DeviceWeights,
@@ -241,14 +240,9 @@ impl CudaModel {
         if let Err(why) = &blas {
             tracing::warn!("prefill uses the GEMV kernel, not cuBLAS: {why}");
         }
-        let (blas, blas_missing) = match blas {
-            Ok(b) => (Some(b), None),
-            Err(why) => (None, Some(why)),
-        };
         Ok(Self {
             pdl,
             blas,
-            blas_missing,
             spec,
             capacity,
             device_name,
@@ -286,7 +280,7 @@ impl CudaModel {
     /// prompt of GEMM_MIN_TOKENS or more (when cuBLAS loaded), else the GEMV kernel.
     fn project(&self, a: GemvArgs) -> Result<(), GpuError> {
         let n = a.n_tokens as usize;
-        let Some(blas) = self.blas.as_ref().filter(|_| n >= GEMM_MIN_TOKENS) else {
+        let Some(blas) = self.blas.as_ref().ok().filter(|_| n >= GEMM_MIN_TOKENS) else {
             return self.gemv(a);
         };
         let b = self.scratch;
@@ -304,7 +298,12 @@ impl CudaModel {
 
     /// Whether prompts of several tokens are multiplied by cuBLAS (else by the GEMV kernel).
     pub fn prefill_uses_cublas(&self) -> bool {
-        self.blas.is_some()
+        self.blas.is_ok()
+    }
+
+    /// Why prefill does not use cuBLAS, when it does not.
+    pub fn blas_missing(&self) -> Option<&str> {
+        self.blas.as_ref().err().map(String::as_str)
     }
 
     /// A PLAIN product `y = act(W x + bias) + residual`.
