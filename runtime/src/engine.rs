@@ -1,8 +1,9 @@
 //! The model engine: loads models, turns prompts and conversations into completions.
 //!
 //! One [`LoadedModel`] per model file; [`Engine`] holds them with the first as the default.
-//! Generation on one model is serialised (one KV cache in flight per model); continuous batching
-//! is a later step. Every failure is an [`EngineError`] with an [`ErrorCode`].
+//! Generations on one model run through its scheduler ([`scheduler`]): concurrent requests share
+//! forward passes (continuous batching). Every failure is an [`EngineError`] with an
+//! [`ErrorCode`].
 
 pub mod chat_template;
 pub mod cpu;
@@ -14,6 +15,7 @@ pub mod kv_cache;
 pub mod models;
 pub mod quant;
 pub mod sampling;
+pub mod scheduler;
 pub mod simd;
 pub mod synthetic;
 pub mod threads;
@@ -22,15 +24,16 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Instant;
 
 use chat_template::{ChatTemplate, TemplateMessage};
 pub use device::Device;
 use gguf::GgufFile;
 use models::{Architecture, CausalLm, ConfigSource, HfConfig};
-use sampling::Sampler;
 pub use sampling::SamplingParams;
+pub use scheduler::{BatchLimits, BatchStats};
+use scheduler::{Progress, Scheduler};
 use tokenizer::{Tokenizer, TokenizerError};
 use weights::{ModelFileError, WeightStore};
 
@@ -69,6 +72,8 @@ pub enum EngineError {
     InvalidInput(String),
     #[error("generation was cancelled")]
     Cancelled,
+    #[error("the model is busy: {waiting} generations are already waiting; try again shortly")]
+    QueueFull { waiting: usize },
     #[error("generation ran past its deadline")]
     Timeout,
     #[error("engine failure: {0}")]
@@ -95,6 +100,7 @@ impl EngineError {
             Self::ContextOverflow { .. } => ErrorCode::ModelContextOverflow,
             Self::InvalidInput(_) => ErrorCode::InvalidInput,
             Self::Cancelled => ErrorCode::Cancelled,
+            Self::QueueFull { .. } => ErrorCode::QueueFull,
             Self::Timeout => ErrorCode::ModelTimeout,
             Self::Runtime(_) => ErrorCode::GenerationFailed,
             Self::Device { memory: true, .. } => ErrorCode::ModelMemory,
@@ -190,15 +196,17 @@ pub struct ModelInfo {
 /// A model ready to generate.
 pub struct LoadedModel {
     pub info: ModelInfo,
-    model: Box<dyn CausalLm>,
-    pub tokenizer: Tokenizer,
+    model: Arc<dyn CausalLm>,
+    pub tokenizer: Arc<Tokenizer>,
     template: Option<ChatTemplate>,
     /// `<fim_prefix>`, `<fim_suffix>`, `<fim_middle>` ids when the tokenizer has them.
     fim: Option<[u32; 3]>,
     /// Element type of the KV caches of this model's requests.
     kv_precision: kv_cache::KvPrecision,
-    /// One generation at a time per model.
-    busy: Mutex<()>,
+    /// How many generations share a pass and how many may wait.
+    batch_limits: BatchLimits,
+    /// The thread that runs this model's generations, started by the first one.
+    scheduler: OnceLock<Result<Scheduler, String>>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -336,13 +344,52 @@ impl LoadedModel {
         release_freed_heap();
         Ok(Self {
             info,
-            model,
-            tokenizer,
+            model: Arc::from(model),
+            tokenizer: Arc::new(tokenizer),
             template,
             fim,
             kv_precision: kv_precision_from_env(),
-            busy: Mutex::new(()),
+            batch_limits: BatchLimits::from_env(),
+            scheduler: OnceLock::new(),
         })
+    }
+
+    /// Run generations in batches of at most `limits.max_batch` with `limits.queue` waiting
+    /// (default [`BatchLimits::from_env`]); before the first generation.
+    pub fn with_batch_limits(mut self, limits: BatchLimits) -> Self {
+        self.batch_limits = limits;
+        self
+    }
+
+    /// The limits this model's scheduler runs with.
+    pub fn batch_limits(&self) -> BatchLimits {
+        self.batch_limits
+    }
+
+    /// What this model's scheduler has done (all zero before the first generation).
+    pub fn batch_stats(&self) -> BatchStats {
+        match self.scheduler.get() {
+            Some(Ok(s)) => s.stats(),
+            _ => BatchStats::default(),
+        }
+    }
+
+    fn scheduler(&self) -> Result<&Scheduler, EngineError> {
+        self.scheduler
+            .get_or_init(|| {
+                Scheduler::start(
+                    scheduler::StepModel {
+                        id: self.info.id.clone(),
+                        model: self.model.clone(),
+                        tokenizer: self.tokenizer.clone(),
+                        kv_precision: self.kv_precision,
+                    },
+                    self.batch_limits,
+                )
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| EngineError::Runtime(e.clone()))
     }
 
     /// Keep KV caches in `precision` (default f16, or `AGENTRT_KV_CACHE=f32`).
@@ -443,6 +490,18 @@ impl LoadedModel {
         control: &Control,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Completion, EngineError> {
+        self.start(prompt, params, control)?.finish(on_text)
+    }
+
+    /// Check and tokenise a request and queue it on the model's scheduler; the returned
+    /// [`Generation`] delivers its text. A full queue is [`EngineError::QueueFull`] here, before
+    /// anything was promised to a client.
+    pub fn start(
+        &self,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        control: &Control,
+    ) -> Result<Generation, EngineError> {
         params.validate().map_err(EngineError::InvalidInput)?;
         let prompt_ids = self.tokenize_prompt(prompt)?;
         if prompt_ids.is_empty() {
@@ -458,67 +517,17 @@ impl LoadedModel {
             });
         }
         control.check()?;
-        let mut timer = crate::metrics::GenerationTimer::arrive(&self.info.id, prompt_ids.len());
-        // The mutex guards no data, so a panic elsewhere cannot leave anything inconsistent.
-        let _turn = self
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        timer.admitted();
-        control.check()?;
-        let mut cache = self
-            .model
-            .new_cache(prompt_ids.len() + max_tokens, self.kv_precision);
-        let mut sampler = Sampler::new(params.clone());
-        let mut history = prompt_ids.clone();
-        let mut input = prompt_ids.clone();
-        let mut generated: Vec<u32> = Vec::new();
-        let mut emitted = 0usize;
-        let mut finish = FinishReason::Length;
-        let mut text = String::new();
-        while generated.len() < max_tokens {
-            control.check()?;
-            let next = self.next_token(&input, &mut cache, &mut sampler, &history);
-            timer.token();
-            if self.tokenizer.stop_ids.contains(&next) {
-                finish = FinishReason::EndOfSequence;
-                break;
-            }
-            generated.push(next);
-            history.push(next);
-            text = self
-                .tokenizer
-                .decode(&generated)
-                .map_err(|e| EngineError::Runtime(e.to_string()))?;
-            if let Some(cut) = earliest_stop(&text, &params.stop) {
-                text.truncate(cut);
-                finish = FinishReason::StopSequence;
-                break;
-            }
-            // Hold back a tail that could still grow into a stop sequence, and an incomplete
-            // UTF-8 sequence (the byte-level decoder shows it as U+FFFD until it completes).
-            let safe = safe_prefix_len(&text, &params.stop);
-            if safe > emitted {
-                on_text(&text[emitted..safe]);
-                emitted = safe;
-            }
-            if generated.len() == max_tokens {
-                break;
-            }
-            input = vec![next];
-        }
-        if text.len() > emitted {
-            on_text(&text[emitted..]);
-        }
-        Ok(Completion {
-            model: self.info.id.clone(),
-            text,
-            finish_reason: finish,
-            usage: Usage {
-                prompt_tokens: prompt_ids.len() as u32,
-                completion_tokens: generated.len() as u32,
-            },
-        })
+        let scheduler = self.scheduler()?;
+        let (progress, events) = mpsc::channel();
+        let timer = crate::metrics::GenerationTimer::arrive(&self.info.id, prompt_ids.len());
+        scheduler.submit(scheduler::Request {
+            prompt_ids,
+            params: params.clone(),
+            control: control.clone(),
+            timer,
+            progress,
+        })?;
+        Ok(Generation { events })
     }
 
     /// One forward pass; rows of the head past the tokenizer's vocabulary (padding in HF
@@ -534,36 +543,6 @@ impl LoadedModel {
         let known = self.tokenizer.vocab_size();
         if logits.len() > known {
             logits[known..].fill(f32::NEG_INFINITY);
-        }
-    }
-
-    /// Run `ids` and choose the next token: on the model's device when it samples there (only
-    /// the id comes back), else from the logits with the host sampler; the same rules and the
-    /// same seeded draws either way.
-    fn next_token(
-        &self,
-        ids: &[u32],
-        cache: &mut kv_cache::KvCache,
-        sampler: &mut Sampler,
-        history: &[u32],
-    ) -> u32 {
-        let choice = sampler.prepare(history);
-        let known = self.tokenizer.vocab_size();
-        match self.model.forward_choose(ids, cache, &choice, known) {
-            models::Next::Token(t) => t,
-            models::Next::Logits(mut logits) => {
-                self.mask_padding(&mut logits);
-                sampling::apply_repeat_penalty(
-                    &mut logits,
-                    &choice.penalized,
-                    choice.repeat_penalty,
-                );
-                sampler.finish(&logits, &choice)
-            }
-            models::Next::Penalized(mut logits) => {
-                self.mask_padding(&mut logits);
-                sampler.finish(&logits, &choice)
-            }
         }
     }
 
@@ -583,6 +562,16 @@ impl LoadedModel {
         self.forward(ids, cache)
     }
 
+    /// Run several sequences in one pass, as the scheduler does, and return each one's last
+    /// logits as generation sees them (tests that compare batched and single passes).
+    pub fn forward_batch_for_test(&self, segments: &mut [models::Segment<'_>]) -> Vec<Vec<f32>> {
+        let mut all = self.model.forward_batch(segments);
+        for logits in &mut all {
+            self.mask_padding(logits);
+        }
+        all
+    }
+
     /// Logits after the prompt `ids` (for tests and diagnostics).
     pub fn prompt_logits(&self, ids: &[u32]) -> Vec<f32> {
         let mut cache = self.model.new_cache(ids.len(), self.kv_precision);
@@ -600,6 +589,28 @@ impl LoadedModel {
             logits = self.model.forward(&[t], &mut cache);
         }
         out
+    }
+}
+
+/// A generation queued or running on its model's scheduler. Dropping it abandons the
+/// generation: the scheduler notices at the next piece of text and frees its place.
+#[derive(Debug)]
+pub struct Generation {
+    events: mpsc::Receiver<Progress>,
+}
+
+impl Generation {
+    /// Wait for the generation, handing its text to `on_text` as it comes.
+    pub fn finish(self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, EngineError> {
+        for event in self.events.iter() {
+            match event {
+                Progress::Text(piece) => on_text(&piece),
+                Progress::Done(result) => return result,
+            }
+        }
+        Err(EngineError::Runtime(
+            "the model's scheduler stopped before the generation ended".into(),
+        ))
     }
 }
 
@@ -687,13 +698,13 @@ fn kv_precision_from_env() -> kv_cache::KvPrecision {
 }
 
 /// Byte offset of the first stop sequence in `text`.
-fn earliest_stop(text: &str, stops: &[String]) -> Option<usize> {
+pub(crate) fn earliest_stop(text: &str, stops: &[String]) -> Option<usize> {
     stops.iter().filter_map(|s| text.find(s.as_str())).min()
 }
 
 /// Length of the prefix of `text` that no stop sequence can still claim and that ends on a
 /// complete character.
-fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
+pub(crate) fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
     let mut safe = text.len();
     if text.ends_with('\u{FFFD}') {
         safe -= '\u{FFFD}'.len_utf8();

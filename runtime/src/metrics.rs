@@ -4,7 +4,8 @@
 //! run queue and the HTTP layer record into it where the thing happens:
 //!
 //! - generation: time to first token, time per output token, time waiting for the model
-//!   (queue), requests waiting and running, prompt and generated tokens — per model;
+//!   (queue), requests waiting and running, prompt and generated tokens, sequences per forward
+//!   pass (batch size) — per model;
 //! - HTTP: requests by route and status, end-to-end latency by route (to the response head:
 //!   a stream's length is its client's business);
 //! - pipeline: runs by outcome, retries by stage and reason, findings by check and severity,
@@ -93,6 +94,10 @@ fn latency_histogram() -> Histogram {
     )
 }
 
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0].iter().copied())
+}
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
@@ -110,6 +115,7 @@ pub struct Metrics {
     pub findings: Family<FindingLabels, Counter>,
     pub sandbox_timeouts: Family<TimeoutLabels, Counter>,
     pub runs_in_flight: Family<StateLabels, Gauge>,
+    pub batch_size: Histograms<ModelLabels>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -136,6 +142,7 @@ impl Metrics {
             findings: Family::default(),
             sandbox_timeouts: Family::default(),
             runs_in_flight: Family::default(),
+            batch_size: Family::new_with_constructor(batch_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -207,6 +214,11 @@ impl Metrics {
             "pipeline_runs_in_flight",
             "Tracked pipeline runs queued or running",
             m.runs_in_flight.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Sequences sharing each forward pass of a model (continuous batching)",
+            m.batch_size.clone(),
         );
         Self { registry, ..m }
     }
@@ -307,6 +319,14 @@ impl Drop for GenerationTimer {
                 .observe(per_token.as_secs_f64());
         }
     }
+}
+
+/// One forward pass of `model` ran `sequences` sequences together.
+pub fn batch_step(model: &str, sequences: usize) {
+    global()
+        .batch_size
+        .get_or_create(&Metrics::model(model))
+        .observe(sequences as f64);
 }
 
 /// Record one HTTP request.

@@ -1,5 +1,6 @@
-//! Request deadlines (504 past the deadline, 408 for a body that does not arrive) and the
-//! graceful shutdown (ready answers 503 while the server drains, then it exits cleanly).
+//! Request deadlines (504 past the deadline, 408 for a body that does not arrive), the graceful
+//! shutdown (ready answers 503 while the server drains, then it exits cleanly), and the bounded
+//! generation queue (429 QUEUE_001 with Retry-After, streamed or not).
 
 use std::time::Duration;
 
@@ -66,4 +67,79 @@ fn a_terminated_server_reports_draining_then_exits_cleanly() {
         .wait_exit(Duration::from_secs(60))
         .expect("the server exits");
     assert!(exit.success(), "{exit:?}");
+}
+
+/// Poll `/metrics` until `line` appears (a gauge reaching a value).
+fn wait_for_metric(s: &Server, line: &str) {
+    for _ in 0..200 {
+        let (_, _, metrics) = s.exchange("GET", "/metrics", &[], None);
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{line} never appeared in /metrics");
+}
+
+#[test]
+fn a_full_generation_queue_is_429_with_retry_after_for_plain_and_streamed_requests() {
+    let s = std::sync::Arc::new(Server::start_with_env(
+        &[],
+        &[
+            ("AGENTRT_MAX_BATCH", "1"),
+            ("AGENTRT_GENERATION_QUEUE", "1"),
+        ],
+    ));
+    let long = |timeout: &'static str| {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            s.exchange(
+                "POST",
+                "/v1/completions",
+                &[("X-Request-Timeout", timeout)],
+                Some(
+                    &json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+                             "max_tokens": 3000, "temperature": 1.0, "seed": 7}),
+                ),
+            )
+            .0
+        })
+    };
+    // One generation holds the only place, a second waits in the queue of one.
+    let running = long("4");
+    wait_for_metric(
+        &s,
+        "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 1",
+    );
+    let waiting = long("8");
+    wait_for_metric(
+        &s,
+        "agentrt_generations_waiting{model=\"smollm2-135m-instruct\"} 1",
+    );
+    for stream in [false, true] {
+        let (status, headers, text) = s.exchange(
+            "POST",
+            "/v1/completions",
+            &[],
+            Some(&json!({"model": "smollm2-135m-instruct", "prompt": "Hi",
+                         "max_tokens": 4, "stream": stream})),
+        );
+        assert_eq!(status, 429, "stream {stream}: {text}");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(body["error"]["code"], "QUEUE_001", "{body}");
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("retry-after") && v.parse::<u64>().is_ok()),
+            "{headers:?}"
+        );
+    }
+    // The seed's adapters share the model's queue and its answer.
+    let (status, body) = s.post("/chat", &json!({"message": "Say hi.", "max_tokens": 4}));
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(error_code(&body), "QUEUE_001", "{body}");
+    assert_eq!(running.join().expect("thread"), 504);
+    assert_eq!(waiting.join().expect("thread"), 504);
+    let (status, body) = s.post("/chat", &json!({"message": "Say hi.", "max_tokens": 4}));
+    assert_eq!(status, 200, "served again once the queue drained: {body}");
 }

@@ -5,7 +5,7 @@
 //! row once for the whole prompt; rows of the weight matrix are split across the engine's threads.
 
 use super::kv_cache::{KvElement, Layer, LayerView};
-use super::quant::{GgmlType, QuantizedActivation, dot_row_portable};
+use super::quant::{GgmlType, QuantizedActivation, QuantizedGroup, dot_row_portable};
 use super::simd;
 use super::threads;
 
@@ -59,6 +59,16 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
     }
     let x_rows: Vec<&[f32]> = xs.chunks_exact(cols).collect();
     let q_rows: Vec<&QuantizedActivation> = quantized.iter().collect();
+    // Several tokens meet each quantised weight block through one interleaved copy of theirs
+    // (groups of the quantised kernels' width, which the passes below walk in step with).
+    let groups: Vec<QuantizedGroup> = if quantise && tokens > 1 {
+        q_rows
+            .chunks(simd::MAX_TOKENS)
+            .map(QuantizedGroup::gather)
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     // Tasks: (matrix, first row, rows), each a contiguous run of one matrix's rows.
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
@@ -94,6 +104,14 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
         let rows = &w.data[first * row_bytes..(first + count) * row_bytes];
         let product = |rows: &[u8], t0: usize, t1: usize, out: &mut [f32]| {
             let (xb, qb) = (&x_rows[t0..t1], &q_rows[t0..t1]);
+            let group = groups
+                .get(t0 / simd::MAX_TOKENS)
+                .filter(|g| t0.is_multiple_of(simd::MAX_TOKENS) && g.tokens == t1 - t0);
+            if let Some(g) = group
+                && simd::dot_rows_group(w.ty, rows, row_bytes, g, out)
+            {
+                return;
+            }
             if !simd::dot_rows_multi(w.ty, rows, row_bytes, xb, qb, out) {
                 for (r, outs) in out.chunks_exact_mut(t1 - t0).enumerate() {
                     let row = &rows[r * row_bytes..(r + 1) * row_bytes];

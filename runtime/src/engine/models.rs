@@ -38,6 +38,18 @@ pub trait CausalLm: Send + Sync {
     /// logits of the last one.
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32>;
 
+    /// Run several sequences in one pass: each segment's tokens after what its cache holds,
+    /// returning the logits of each segment's last token (empty for a segment without tokens).
+    /// Architectures that batch share every weight read among the segments' tokens (decode
+    /// steps of many requests become one matrix–matrix product); the values are the same as
+    /// running each segment alone. The default runs them one after another.
+    fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
+        segments
+            .iter_mut()
+            .map(|s| self.forward(s.tokens, s.cache))
+            .collect()
+    }
+
     /// Run `tokens` like [`CausalLm::forward`], and on models that sample on their device,
     /// take `choice` there among ids `0..candidates` (the tokenizer's, without padding) so
     /// only the token leaves the device. Others return the logits for the host sampler.
@@ -50,6 +62,58 @@ pub trait CausalLm: Send + Sync {
     ) -> Next {
         Next::Logits(self.forward(tokens, cache))
     }
+}
+
+/// One sequence's share of a batched forward pass ([`CausalLm::forward_batch`]).
+#[derive(Debug)]
+pub struct Segment<'a> {
+    /// Tokens to run, at positions `cache.len()..`.
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// Where each activation row of a batched pass belongs: its segment and its position in that
+/// segment's sequence. Rows are the segments' tokens one after another.
+pub(crate) fn batch_rows(segments: &[Segment<'_>]) -> Vec<(usize, usize)> {
+    segments
+        .iter()
+        .enumerate()
+        .flat_map(|(s, seg)| {
+            let pos0 = seg.cache.len();
+            (0..seg.tokens.len()).map(move |t| (s, pos0 + t))
+        })
+        .collect()
+}
+
+/// Indices of the last row of every non-empty segment (the rows whose logits are wanted).
+pub(crate) fn last_rows(segments: &[Segment<'_>]) -> Vec<Option<usize>> {
+    let mut at = 0;
+    segments
+        .iter()
+        .map(|seg| {
+            at += seg.tokens.len();
+            (!seg.tokens.is_empty()).then(|| at - 1)
+        })
+        .collect()
+}
+
+/// Logits of the picked rows (`vocab` each, in order) handed back per segment: a segment
+/// without tokens gets none.
+pub(crate) fn split_logits(
+    last: &[Option<usize>],
+    logits: Vec<f32>,
+    vocab: usize,
+) -> Vec<Vec<f32>> {
+    if let [Some(_)] = last {
+        return vec![logits];
+    }
+    let mut rows = logits.chunks_exact(vocab);
+    last.iter()
+        .map(|r| match r {
+            Some(_) => rows.next().map(<[f32]>::to_vec).unwrap_or_default(),
+            None => Vec::new(),
+        })
+        .collect()
 }
 
 /// What [`CausalLm::forward_choose`] hands back.

@@ -111,6 +111,41 @@ impl QuantizedActivation {
     }
 }
 
+/// Up to [`super::simd::MAX_TOKENS`] quantised activation rows interleaved block by block
+/// (`qs[block][token][32]`, `d[block][token]`, `s[block][token]`), so a kernel multiplying a
+/// weight block by all of them reads one contiguous run through one pointer.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizedGroup {
+    pub tokens: usize,
+    pub blocks: usize,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+    pub qs: Vec<i8>,
+}
+
+impl QuantizedGroup {
+    /// Interleave `rows` (each the same number of blocks).
+    pub fn gather(rows: &[&QuantizedActivation]) -> Self {
+        let tokens = rows.len();
+        let blocks = rows.first().map_or(0, |r| r.d.len());
+        let mut g = Self {
+            tokens,
+            blocks,
+            d: Vec::with_capacity(blocks * tokens),
+            s: Vec::with_capacity(blocks * tokens),
+            qs: Vec::with_capacity(blocks * tokens * QK),
+        };
+        for i in 0..blocks {
+            for r in rows {
+                g.d.push(r.d[i]);
+                g.s.push(r.s[i]);
+                g.qs.extend_from_slice(&r.qs[i * QK..(i + 1) * QK]);
+            }
+        }
+        g
+    }
+}
+
 #[inline]
 fn read_f16(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -413,6 +448,58 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn grouped_kernels_compute_what_one_token_at_a_time_computes() {
+        // Every group width (a batch's last group is narrower) and every quantised type: the
+        // interleaved group must give each (row, token) the bits of that token alone.
+        let (n, rows) = (160, 3);
+        let xs: Vec<Vec<f32>> = (0..8).map(|t| sample(n, 700 + t)).collect();
+        let xqs: Vec<QuantizedActivation> = xs
+            .iter()
+            .map(|x| {
+                let mut q = QuantizedActivation::default();
+                q.quantize(x);
+                q
+            })
+            .collect();
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let data: Vec<u8> = (0..rows)
+                .flat_map(|r| quantize_row(ty, &sample(n, 800 + r as u32)))
+                .collect();
+            let rb = ty.row_bytes(n);
+            for width in 1..=8 {
+                let members: Vec<&QuantizedActivation> = xqs[..width].iter().collect();
+                let group = QuantizedGroup::gather(&members);
+                let mut out = vec![0f32; rows * width];
+                if !crate::engine::simd::dot_rows_group(ty, &data, rb, &group, &mut out) {
+                    eprintln!("skipped: no SIMD kernels on this CPU");
+                    return;
+                }
+                for t in 0..width {
+                    for r in 0..rows {
+                        let single = dot_row(ty, &data[r * rb..(r + 1) * rb], &xs[t], &xqs[t]);
+                        assert_eq!(
+                            out[r * width + t].to_bits(),
+                            single.to_bits(),
+                            "{ty:?} width {width} token {t} row {r}"
+                        );
+                    }
+                }
+            }
+            // Float weights have no grouped kernel: the caller falls back.
+            let group = QuantizedGroup::gather(&[&xqs[0]]);
+            let f16_row = quantize_row(GgmlType::F16, &xs[0]);
+            let mut out = [0f32; 1];
+            assert!(!crate::engine::simd::dot_rows_group(
+                GgmlType::F16,
+                &f16_row,
+                f16_row.len(),
+                &group,
+                &mut out
+            ));
         }
     }
 

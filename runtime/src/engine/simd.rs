@@ -16,7 +16,7 @@
 //! Both sum in another order than the portable loops, so they agree with them within float
 //! rounding (tested in `quant`), not bit for bit.
 
-use super::quant::{GgmlType, QK, QuantizedActivation};
+use super::quant::{GgmlType, QK, QuantizedActivation, QuantizedGroup};
 
 /// Most activation rows one kernel call multiplies by a weight row.
 pub const MAX_TOKENS: usize = 8;
@@ -114,6 +114,64 @@ pub fn dot_rows_multi(
     }
 }
 
+/// `out[r * n + k] = rows[r] · token k of group` for a quantised weight type (Q4_0, Q4_1,
+/// Q8_0) and a [`QuantizedGroup`] of `n` tokens: the same values as [`dot_rows_multi`], each
+/// token's arithmetic unchanged, with the activations read through one pointer (eight tokens'
+/// separate rows do not fit the registers). Returns `false`, leaving `out` alone, where there is
+/// no such kernel or the lengths do not fit.
+pub fn dot_rows_group(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    group: &QuantizedGroup,
+    out: &mut [f32],
+) -> bool {
+    let n = group.tokens;
+    let quantised = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+    if !quantised
+        || n == 0
+        || n > MAX_TOKENS
+        || row_bytes == 0
+        || !rows.len().is_multiple_of(row_bytes)
+        || out.len() != rows.len() / row_bytes * n
+        || !float_simd_available()
+    {
+        return false;
+    }
+    let blocks = row_bytes / ty.block_bytes();
+    // The kernels read `blocks` blocks of every token unchecked.
+    if !row_bytes.is_multiple_of(ty.block_bytes())
+        || group.blocks < blocks
+        || group.d.len() < blocks * n
+        || group.s.len() < blocks * n
+        || group.qs.len() < blocks * n * QK
+    {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX2, FMA and F16C are present and the lengths were checked above.
+        unsafe {
+            match n {
+                1 => x86::dispatch_group::<1>(ty, rows, row_bytes, group, out),
+                2 => x86::dispatch_group::<2>(ty, rows, row_bytes, group, out),
+                3 => x86::dispatch_group::<3>(ty, rows, row_bytes, group, out),
+                4 => x86::dispatch_group::<4>(ty, rows, row_bytes, group, out),
+                5 => x86::dispatch_group::<5>(ty, rows, row_bytes, group, out),
+                6 => x86::dispatch_group::<6>(ty, rows, row_bytes, group, out),
+                7 => x86::dispatch_group::<7>(ty, rows, row_bytes, group, out),
+                _ => x86::dispatch_group::<8>(ty, rows, row_bytes, group, out),
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, out);
+        false
+    }
+}
+
 /// Element types the attention loops read (cached keys and values), widened to f32 one at a
 /// time or, in the SIMD kernels, eight at a time.
 pub trait Widen: Copy {
@@ -198,7 +256,7 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) ->
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GgmlType, QK, QuantizedActivation, Widen};
+    use super::{GgmlType, QK, QuantizedActivation, QuantizedGroup, Widen};
 
     /// Run the kernel of `ty` for `N` tokens over every row in `rows`.
     ///
@@ -558,6 +616,159 @@ mod x86 {
                     scale,
                     acc[k],
                 );
+            }
+        }
+        std::array::from_fn(|k| hsum_ps(acc[k]))
+    }
+
+    /// [`dispatch`] for a [`QuantizedGroup`] of `N` tokens.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be present; `group` holds `N` tokens of at least a row's blocks;
+    /// `out` holds `N` values per row (checked by the caller).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dispatch_group<const N: usize>(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        group: &QuantizedGroup,
+        out: &mut [f32],
+    ) {
+        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
+            // SAFETY: forwarded from the caller.
+            let result: [f32; N] = unsafe {
+                match ty {
+                    GgmlType::Q4_1 => q4_1_group(row, group),
+                    GgmlType::Q8_0 => q8_0_group(row, group),
+                    GgmlType::Q4_0 => q4_0_group(row, group),
+                    _ => unreachable!("dot_rows_group takes quantised types only"),
+                }
+            };
+            out.copy_from_slice(&result);
+        }
+    }
+
+    /// [`q4_1`] over a group: token `k` of block `i` is at `i * N + k`. With eight tokens their
+    /// scales and sum terms are one vector each: one multiply gives every token's `d · xd`
+    /// (a lane permute hands each its own) and one multiply-add their offsets, each lane
+    /// rounded exactly as the scalar code rounds it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offsets = [0f32; N];
+        let mut offsets8 = _mm256_setzero_ps();
+        let (qs, ds, ss) = (g.qs.as_ptr(), g.d.as_ptr(), g.s.as_ptr());
+        for (i, blk) in row.chunks_exact(20).enumerate() {
+            prefetch(blk.as_ptr());
+            // SAFETY: a block holds 16 packed bytes after its 4-byte header.
+            let w = unsafe { nibbles(blk.as_ptr().add(4)) };
+            let (d, m) = (scale(blk), scale(&blk[2..]));
+            if N == 8 {
+                // SAFETY: the group holds the row's blocks for 8 tokens (checked by the caller).
+                let (xd8, xs8) = unsafe {
+                    (
+                        _mm256_loadu_ps(ds.add(i * 8)),
+                        _mm256_loadu_ps(ss.add(i * 8)),
+                    )
+                };
+                let scales = _mm256_mul_ps(_mm256_set1_ps(d), xd8);
+                offsets8 = _mm256_add_ps(offsets8, _mm256_mul_ps(_mm256_set1_ps(m), xs8));
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    let q =
+                        unsafe { _mm256_loadu_si256(qs.add((i * 8 + k) * QK) as *const __m256i) };
+                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
+                    let scale = _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(k as i32));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+                }
+                continue;
+            }
+            for k in 0..N {
+                let at = i * N + k;
+                // SAFETY: the group holds the row's blocks for N tokens (checked by the caller).
+                let (q, xd, xs) = unsafe {
+                    (
+                        _mm256_loadu_si256(qs.add(at * QK) as *const __m256i),
+                        *ds.add(at),
+                        *ss.add(at),
+                    )
+                };
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * xd), acc[k]);
+                offsets[k] += m * xs;
+            }
+        }
+        if N == 8 {
+            let mut lanes = [0f32; 8];
+            // SAFETY: eight floats fit `lanes`.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), offsets8) };
+            offsets.copy_from_slice(&lanes[..N]);
+        }
+        std::array::from_fn(|k| hsum_ps(acc[k]) + offsets[k])
+    }
+
+    /// [`q8_0`] over a group (with eight tokens, their scales as one vector, as in
+    /// [`q4_1_group`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let (qs, ds) = (g.qs.as_ptr(), g.d.as_ptr());
+        for (i, blk) in row.chunks_exact(34).enumerate() {
+            prefetch(blk.as_ptr());
+            // SAFETY: a block holds 32 quants after its 2-byte scale.
+            let w = unsafe { _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i) };
+            let w_abs = _mm256_sign_epi8(w, w);
+            let d = scale(blk);
+            let scales = if N == 8 {
+                // SAFETY: the group holds the row's blocks for 8 tokens (checked by the caller).
+                _mm256_mul_ps(_mm256_set1_ps(d), unsafe { _mm256_loadu_ps(ds.add(i * 8)) })
+            } else {
+                _mm256_setzero_ps()
+            };
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let at = i * N + k;
+                // SAFETY: as in q4_1_group.
+                let q = unsafe { _mm256_loadu_si256(qs.add(at * QK) as *const __m256i) };
+                let scale = if N == 8 {
+                    _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(k as i32))
+                } else {
+                    // SAFETY: as in q4_1_group.
+                    _mm256_set1_ps(d * unsafe { *ds.add(at) })
+                };
+                let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(q, w));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), scale, *acc);
+            }
+        }
+        std::array::from_fn(|k| hsum_ps(acc[k]))
+    }
+
+    /// [`q4_0`] over a group.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
+        let ones_u8 = _mm256_set1_epi8(1);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let (qs, ds) = (g.qs.as_ptr(), g.d.as_ptr());
+        for (i, blk) in row.chunks_exact(18).enumerate() {
+            prefetch(blk.as_ptr());
+            // SAFETY: a block holds 16 packed bytes after its 2-byte scale.
+            let w = unsafe { nibbles(blk.as_ptr().add(2)) };
+            let d = scale(blk);
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let at = i * N + k;
+                // SAFETY: as in q4_1_group.
+                let (q, xd) = unsafe {
+                    (
+                        _mm256_loadu_si256(qs.add(at * QK) as *const __m256i),
+                        *ds.add(at),
+                    )
+                };
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
+                let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
+                let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(d * xd), *acc);
             }
         }
         std::array::from_fn(|k| hsum_ps(acc[k]))

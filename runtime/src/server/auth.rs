@@ -202,16 +202,12 @@ pub async fn require_key(
             .into_response();
     }
     if let Err(wait) = keys.take(index) {
-        let mut response = ApiError::new(
+        return ApiError::new(
             ErrorCode::RateLimited,
             format!("this key is over its limit of requests per minute; retry in {wait} s"),
         )
+        .retry_after(wait)
         .into_response();
-        response.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from(wait),
-        );
-        return response;
     }
     next.run(request).await
 }

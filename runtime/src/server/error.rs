@@ -18,7 +18,12 @@ pub struct ApiError {
     pub kind: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// Seconds for a `Retry-After` header (a full queue, a rate limit).
+    pub retry_after: Option<u64>,
 }
+
+/// Seconds a client is asked to wait when a queue (generations, pipeline runs) is full.
+pub const QUEUE_RETRY_AFTER_S: u64 = 5;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -29,7 +34,25 @@ impl ApiError {
             kind: code.kind(),
             message: message.into(),
             details: None,
+            retry_after: (code == ErrorCode::QueueFull).then_some(QUEUE_RETRY_AFTER_S),
         }
+    }
+
+    /// Ask the client to come back after `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Add the `Retry-After` header when there is one.
+    pub fn with_retry_header(&self, mut response: Response) -> Response {
+        if let Some(s) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(s),
+            );
+        }
+        response
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -60,6 +83,7 @@ impl ApiError {
             kind: known.map_or("plugin_error", ErrorCode::kind),
             message: e.message.clone(),
             details: None,
+            retry_after: None,
         }
     }
 }
@@ -86,9 +110,10 @@ impl From<JsonRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({"code": self.code, "type": self.kind, "message": self.message});
-        if let Some(d) = self.details {
-            body["details"] = d;
+        if let Some(d) = &self.details {
+            body["details"] = d.clone();
         }
-        (self.status, Json(json!({ "error": body }))).into_response()
+        let response = (self.status, Json(json!({ "error": body }))).into_response();
+        self.with_retry_header(response)
     }
 }

@@ -128,7 +128,7 @@ impl IntoResponse for OpenAiError {
             "param": Value::Null,
             "code": e.code,
         }});
-        (e.status, Json(body)).into_response()
+        e.with_retry_header((e.status, Json(body)).into_response())
     }
 }
 
@@ -323,7 +323,7 @@ async fn run(job: Job) -> Result<Response, OpenAiError> {
     });
     let created = unix_now();
     if job.stream {
-        return Ok(stream(job, id, created).into_response());
+        return stream(job, id, created).await;
     }
     let Job {
         endpoint,
@@ -365,8 +365,9 @@ async fn run(job: Job) -> Result<Response, OpenAiError> {
 }
 
 /// Server-sent events from a generation on a blocking thread; when the client goes away the
-/// next send fails and the generation is cancelled.
-fn stream(job: Job, id: String, created: u64) -> impl IntoResponse {
+/// next send fails and the generation is cancelled. The generation is queued before the
+/// answer starts, so a full queue is still a plain 429 with `Retry-After`.
+async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     let cancel = Arc::new(AtomicBool::new(false));
     let Job {
@@ -381,6 +382,24 @@ fn stream(job: Job, id: String, created: u64) -> impl IntoResponse {
     } = job;
     let started = Instant::now();
     let model_id = model.info.id.clone();
+    let control = Control {
+        deadline: None,
+        cancel: Some(cancel.clone()),
+    };
+    let queued = {
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || model.start(&prompt, &params, &control))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))
+            .and_then(|r| r.map_err(|e| ApiError::new(e.code(), e.to_string())))
+    };
+    let generation = match queued {
+        Ok(g) => g,
+        Err(e) => {
+            stats.record_endpoint(endpoint, 0, 0, Some(&e.code));
+            return Err(OpenAiError(e));
+        }
+    };
     tokio::task::spawn_blocking(move || {
         let chunk = |choices: Value, usage: Option<Value>| {
             let mut v = json!({
@@ -406,11 +425,7 @@ fn stream(job: Job, id: String, created: u64) -> impl IntoResponse {
                 None,
             ));
         }
-        let control = Control {
-            deadline: None,
-            cancel: Some(cancel.clone()),
-        };
-        let result = model.generate(&prompt, &params, &control, &mut |piece| {
+        let result = generation.finish(&mut |piece| {
             send(chunk(json!([kind.choice(true, Some(piece), None)]), None));
         });
         let ms = started.elapsed().as_millis() as u64;
@@ -442,7 +457,9 @@ fn stream(job: Job, id: String, created: u64) -> impl IntoResponse {
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// The text of a chat message's content.

@@ -31,20 +31,11 @@ use crate::error_code::ErrorCode;
 use crate::runs::RunsError;
 use crate::store::{RunRecord, StoredEvent};
 
-/// Seconds a client is asked to wait when the queue is full.
-const QUEUE_RETRY_AFTER_S: u32 = 5;
 /// Runs a list answers at most.
 const MAX_LIST: usize = 100;
 
 fn api_error(e: RunsError) -> Response {
-    let mut response = ApiError::new(e.code(), e.to_string()).into_response();
-    if matches!(e, RunsError::QueueFull { .. }) {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            header::HeaderValue::from(QUEUE_RETRY_AFTER_S),
-        );
-    }
-    response
+    ApiError::new(e.code(), e.to_string()).into_response()
 }
 
 /// A run as the API shows it: the stored record with the stages reported so far.

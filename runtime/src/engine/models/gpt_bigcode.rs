@@ -15,7 +15,10 @@ use crate::engine::cpu::{self, AttentionShape};
 use crate::engine::kv_cache::KvCache;
 use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
 
-use super::{CacheShape, CausalLm, ConfigSource, check_heads, check_plausible};
+use super::{
+    CacheShape, CausalLm, ConfigSource, Segment, batch_rows, check_heads, check_plausible,
+    last_rows, split_logits,
+};
 
 /// Shape and constants of a GPT-BigCode model.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,25 +249,33 @@ impl CausalLm for GptBigCode {
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+        let mut segments = [Segment { tokens, cache }];
+        self.forward_batch(&mut segments).pop().unwrap_or_default()
+    }
+
+    fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
         let c = &self.config;
-        let n = tokens.len();
+        let rows = batch_rows(segments);
+        let n = rows.len();
         if n == 0 {
-            return Vec::new();
+            return vec![Vec::new(); segments.len()];
         }
-        let pos0 = cache.len();
         let (dim, kv_dim) = (c.dim, c.kv_dim());
         let qkv_dim = dim + 2 * kv_dim;
         let mut x = vec![0f32; n * dim];
         let mut pos_row = vec![0f32; dim];
-        for (t, &tok) in tokens.iter().enumerate() {
+        let tokens = segments.iter().flat_map(|seg| seg.tokens.iter());
+        for (t, (&tok, &(_, pos))) in tokens.zip(&rows).enumerate() {
             let row = &mut x[t * dim..(t + 1) * dim];
             // Ids were checked against the vocabulary, positions against n_positions, by the
             // caller; clamping defends the mappings.
             self.store
                 .read_row(&self.token_embedding, (tok as usize).min(c.vocab - 1), row);
-            let pos = (pos0 + t).min(c.n_positions - 1);
-            self.store
-                .read_row(&self.position_embedding, pos, &mut pos_row);
+            self.store.read_row(
+                &self.position_embedding,
+                pos.min(c.n_positions - 1),
+                &mut pos_row,
+            );
             cpu::add_in_place(row, &pos_row);
         }
         let mut normed = vec![0f32; n * dim];
@@ -289,8 +300,22 @@ impl CausalLm for GptBigCode {
                 k[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&row[dim..dim + kv_dim]);
                 v[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&row[dim + kv_dim..]);
             }
-            cache.append(li, &k, &v);
-            cpu::causal_attention(shape, cache.layer(li), pos0, &q, &mut attn);
+            // Each sequence attends over its own cache.
+            let mut at = 0;
+            for seg in segments.iter_mut() {
+                let len = seg.tokens.len();
+                let (kvs, qs) = (at * kv_dim..(at + len) * kv_dim, at * dim..(at + len) * dim);
+                let pos0 = seg.cache.len();
+                seg.cache.append(li, &k[kvs.clone()], &v[kvs]);
+                cpu::causal_attention(
+                    shape,
+                    seg.cache.layer(li),
+                    pos0,
+                    &q[qs.clone()],
+                    &mut attn[qs],
+                );
+                at += len;
+            }
             self.apply(&b.attn_out, &attn, &mut proj);
             cpu::add_in_place(&mut x, &proj);
             cpu::layer_norm(&x, &b.ln_2.weight, &b.ln_2.bias, c.norm_eps, &mut normed);
@@ -299,18 +324,24 @@ impl CausalLm for GptBigCode {
             self.apply(&b.fc_out, &hidden, &mut proj);
             cpu::add_in_place(&mut x, &proj);
         }
-        cache.commit(n);
-        let last = &x[(n - 1) * dim..];
-        let mut final_normed = vec![0f32; dim];
-        cpu::layer_norm(
-            last,
-            &self.ln_f.weight,
-            &self.ln_f.bias,
-            c.norm_eps,
-            &mut final_normed,
-        );
-        let mut logits = vec![0f32; c.vocab];
+        for seg in segments.iter_mut() {
+            seg.cache.commit(seg.tokens.len());
+        }
+        // The head runs on each sequence's last row only, all of them in one product.
+        let last = last_rows(segments);
+        let picked: Vec<usize> = last.iter().flatten().copied().collect();
+        let mut final_normed = vec![0f32; picked.len() * dim];
+        for (i, &r) in picked.iter().enumerate() {
+            cpu::layer_norm(
+                &x[r * dim..(r + 1) * dim],
+                &self.ln_f.weight,
+                &self.ln_f.bias,
+                c.norm_eps,
+                &mut final_normed[i * dim..(i + 1) * dim],
+            );
+        }
+        let mut logits = vec![0f32; picked.len() * c.vocab];
         cpu::matmul(self.store.weight(&self.head), &final_normed, &mut logits);
-        logits
+        split_logits(&last, logits, c.vocab)
     }
 }

@@ -14,7 +14,10 @@ use crate::engine::cpu::{self, AttentionShape, Rope, RopeLayout};
 use crate::engine::kv_cache::KvCache;
 use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
 
-use super::{CacheShape, CausalLm, ConfigSource, check_heads, check_plausible};
+use super::{
+    CacheShape, CausalLm, ConfigSource, Segment, batch_rows, check_heads, check_plausible,
+    last_rows, split_logits,
+};
 
 /// Shape and constants of a Llama-family model.
 #[derive(Debug, Clone, PartialEq)]
@@ -298,12 +301,17 @@ impl CausalLm for Llama {
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+        let mut segments = [Segment { tokens, cache }];
+        self.forward_batch(&mut segments).pop().unwrap_or_default()
+    }
+
+    fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
         let c = &self.config;
-        let n = tokens.len();
+        let rows = batch_rows(segments);
+        let n = rows.len();
         if n == 0 {
-            return Vec::new();
+            return vec![Vec::new(); segments.len()];
         }
-        let pos0 = cache.len();
         let (dim, q_dim, kv_dim, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim);
         let mut s = Scratch {
             x: vec![0f32; n * dim],
@@ -316,13 +324,15 @@ impl CausalLm for Llama {
             gate: vec![0f32; n * c.ffn_dim],
             up: vec![0f32; n * c.ffn_dim],
         };
-        for (t, &tok) in tokens.iter().enumerate() {
+        let tokens = segments.iter().flat_map(|seg| seg.tokens.iter());
+        for (t, &tok) in tokens.enumerate() {
             // Ids were checked against the vocabulary by the caller; clamp defends the mapping.
             let tok = (tok as usize).min(c.vocab - 1);
             self.store
                 .read_row(&self.embedding, tok, &mut s.x[t * dim..(t + 1) * dim]);
         }
         let w = |m: &Matrix| self.store.weight(m);
+        let shape = self.attention_shape();
         for (li, layer) in self.layers.iter().enumerate() {
             cpu::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
             cpu::matmuls(
@@ -335,15 +345,31 @@ impl CausalLm for Llama {
                 cpu::add_bias(&mut s.k, bk);
                 cpu::add_bias(&mut s.v, bv);
             }
-            for t in 0..n {
+            for (t, &(_, pos)) in rows.iter().enumerate() {
                 self.rope
-                    .apply(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, pos0 + t);
+                    .apply(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, pos);
                 self.rope
-                    .apply(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, pos0 + t);
+                    .apply(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, pos);
             }
-            cache.append(li, &s.k, &s.v);
-            let shape = self.attention_shape();
-            cpu::causal_attention(shape, cache.layer(li), pos0, &s.q, &mut s.attn);
+            // Each sequence attends over its own cache.
+            let mut at = 0;
+            for seg in segments.iter_mut() {
+                let len = seg.tokens.len();
+                let (kv, qs) = (
+                    at * kv_dim..(at + len) * kv_dim,
+                    at * q_dim..(at + len) * q_dim,
+                );
+                let pos0 = seg.cache.len();
+                seg.cache.append(li, &s.k[kv.clone()], &s.v[kv]);
+                cpu::causal_attention(
+                    shape,
+                    seg.cache.layer(li),
+                    pos0,
+                    &s.q[qs.clone()],
+                    &mut s.attn[qs],
+                );
+                at += len;
+            }
             cpu::matmul(w(&layer.wo), &s.attn, &mut s.proj);
             cpu::add_in_place(&mut s.x, &s.proj);
             cpu::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
@@ -356,12 +382,23 @@ impl CausalLm for Llama {
             cpu::matmul(w(&layer.down), &s.gate, &mut s.proj);
             cpu::add_in_place(&mut s.x, &s.proj);
         }
-        cache.commit(n);
-        let last = &s.x[(n - 1) * dim..];
-        let mut normed = vec![0f32; dim];
-        cpu::rms_norm(last, &self.output_norm, c.rms_eps, &mut normed);
-        let mut logits = vec![0f32; c.vocab];
+        for seg in segments.iter_mut() {
+            seg.cache.commit(seg.tokens.len());
+        }
+        // The head runs on each sequence's last row only, all of them in one product.
+        let last = last_rows(segments);
+        let picked: Vec<usize> = last.iter().flatten().copied().collect();
+        let mut normed = vec![0f32; picked.len() * dim];
+        for (i, &r) in picked.iter().enumerate() {
+            cpu::rms_norm(
+                &s.x[r * dim..(r + 1) * dim],
+                &self.output_norm,
+                c.rms_eps,
+                &mut normed[i * dim..(i + 1) * dim],
+            );
+        }
+        let mut logits = vec![0f32; picked.len() * c.vocab];
         cpu::matmul(w(&self.output), &normed, &mut logits);
-        logits
+        split_logits(&last, logits, c.vocab)
     }
 }

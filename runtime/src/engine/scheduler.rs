@@ -1,0 +1,437 @@
+//! Continuous batching: one scheduler thread per loaded model runs every generation on it.
+//!
+//! Requests wait in a bounded queue ([`BatchLimits::queue`]; beyond it [`EngineError::QueueFull`],
+//! which the server answers 429 with `Retry-After`). Between two forward passes the scheduler
+//! admits waiting requests up to [`BatchLimits::max_batch`] running at once; each pass then
+//! runs every running sequence's next tokens together ([`CausalLm::forward_batch`]): a
+//! newcomer's whole prompt beside the others' single decode tokens, so the weights are read once
+//! per step for all of them. A sequence that finishes, is cancelled, runs past its deadline or
+//! whose caller went away leaves the batch before the next pass, and its KV cache is freed then.
+//!
+//! A pass of one sequence goes through [`CausalLm::forward_choose`] (a GPU model samples on the
+//! device), so a lone request runs exactly as without the scheduler. Batching never changes a
+//! sequence's values: every architecture computes a token's row the same whatever else shares
+//! the pass (tested).
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use super::kv_cache::{KvCache, KvPrecision};
+use super::models::{CausalLm, Next, Segment};
+use super::sampling::{self, Sampler, SamplingParams};
+use super::tokenizer::Tokenizer;
+use super::{
+    Completion, Control, EngineError, FinishReason, Usage, earliest_stop, safe_prefix_len,
+};
+use crate::metrics::GenerationTimer;
+
+/// How many sequences share a pass and how many may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Sequences running at once (1 turns batching off: one request at a time).
+    pub max_batch: usize,
+    /// Requests waiting for a place beyond those running.
+    pub queue: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            queue: 64,
+        }
+    }
+}
+
+impl BatchLimits {
+    /// `AGENTRT_MAX_BATCH` (default 8) and `AGENTRT_GENERATION_QUEUE` (default 64); values
+    /// that are not whole numbers of at least 1 keep the default.
+    pub fn from_env() -> Self {
+        let read = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|v| *v >= 1)
+                .unwrap_or(default)
+        };
+        let d = Self::default();
+        Self {
+            max_batch: read("AGENTRT_MAX_BATCH", d.max_batch),
+            queue: read("AGENTRT_GENERATION_QUEUE", d.queue),
+        }
+    }
+}
+
+/// What the scheduler has done so far (for tests, `/stats` and the load benchmark).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BatchStats {
+    /// Forward passes run.
+    pub steps: u64,
+    /// Sequence-steps run: the sum over passes of the sequences in each.
+    pub sequence_steps: u64,
+    /// Most sequences one pass has held.
+    pub largest_batch: usize,
+    pub running: usize,
+    pub waiting: usize,
+}
+
+/// A generation's progress, from the scheduler to the caller.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    /// Text that no stop sequence can claim any more.
+    Text(String),
+    Done(Result<Completion, EngineError>),
+}
+
+/// A tokenised request on its way to the scheduler.
+pub(crate) struct Request {
+    pub prompt_ids: Vec<u32>,
+    pub params: SamplingParams,
+    pub control: Control,
+    pub timer: GenerationTimer,
+    pub progress: mpsc::Sender<Progress>,
+}
+
+/// What the scheduler thread needs of its model.
+pub(crate) struct StepModel {
+    pub id: String,
+    pub model: Arc<dyn CausalLm>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub kv_precision: KvPrecision,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Request>,
+    shutdown: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    steps: AtomicU64,
+    sequence_steps: AtomicU64,
+    largest_batch: AtomicUsize,
+    running: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The queue is only pushed to and popped from; a panic cannot leave it half-changed.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The handle of a model's scheduler thread; dropping it stops the thread (requests still
+/// queued or running end with [`EngineError::Cancelled`]).
+pub(crate) struct Scheduler {
+    shared: Arc<Shared>,
+    limits: BatchLimits,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    pub fn start(model: StepModel, limits: BatchLimits) -> Result<Self, EngineError> {
+        let shared = Arc::new(Shared::default());
+        let worker = Worker {
+            model,
+            shared: shared.clone(),
+            max_batch: limits.max_batch.max(1),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("agentrt-batch-{}", worker.model.id))
+            .spawn(move || worker.run())
+            .map_err(|e| EngineError::Runtime(format!("cannot start the scheduler: {e}")))?;
+        Ok(Self {
+            shared,
+            limits,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queue a request, or refuse it when the queue is full.
+    pub fn submit(&self, request: Request) -> Result<(), EngineError> {
+        let mut queue = self.shared.lock();
+        if queue.waiting.len() >= self.limits.queue {
+            return Err(EngineError::QueueFull {
+                waiting: queue.waiting.len(),
+            });
+        }
+        queue.waiting.push_back(request);
+        drop(queue);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        let s = &self.shared;
+        BatchStats {
+            steps: s.steps.load(Ordering::Relaxed),
+            sequence_steps: s.sequence_steps.load(Ordering::Relaxed),
+            largest_batch: s.largest_batch.load(Ordering::Relaxed),
+            running: s.running.load(Ordering::Relaxed),
+            waiting: s.lock().waiting.len(),
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A running generation: its cache, sampler and the text so far.
+struct Sequence {
+    request: Request,
+    cache: KvCache,
+    sampler: Sampler,
+    /// Prompt and generated tokens (the repeat penalty's window).
+    history: Vec<u32>,
+    /// What the next pass runs: the prompt, then the last token.
+    input: Vec<u32>,
+    generated: Vec<u32>,
+    text: String,
+    /// Bytes of `text` already handed to the caller.
+    emitted: usize,
+    /// Set when the sequence is over; it leaves the batch after the pass.
+    outcome: Option<Result<FinishReason, EngineError>>,
+}
+
+struct Worker {
+    model: StepModel,
+    shared: Arc<Shared>,
+    max_batch: usize,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut running: Vec<Sequence> = Vec::new();
+        loop {
+            {
+                let mut queue = self.shared.lock();
+                while running.is_empty() && queue.waiting.is_empty() && !queue.shutdown {
+                    queue = self
+                        .shared
+                        .wake
+                        .wait(queue)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if queue.shutdown {
+                    for request in queue.waiting.drain(..) {
+                        let _ = request
+                            .progress
+                            .send(Progress::Done(Err(EngineError::Cancelled)));
+                    }
+                    for s in running.iter_mut() {
+                        s.outcome = Some(Err(EngineError::Cancelled));
+                    }
+                    self.retire(&mut running);
+                    return;
+                }
+                while running.len() < self.max_batch {
+                    let Some(request) = queue.waiting.pop_front() else {
+                        break;
+                    };
+                    if let Some(s) = self.admit(request) {
+                        running.push(s);
+                    }
+                }
+            }
+            // Leave before the pass: cancelled, past the deadline.
+            for s in running.iter_mut() {
+                if let Err(e) = s.request.control.check() {
+                    s.outcome = Some(Err(e));
+                }
+            }
+            self.retire(&mut running);
+            if running.is_empty() {
+                continue;
+            }
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.step(&mut running)));
+            if let Err(panic) = outcome {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(model = %self.model.id, error = %why, "forward pass failed; failing its sequences");
+                for s in running.iter_mut() {
+                    s.outcome = Some(Err(EngineError::Runtime(format!(
+                        "forward pass failed: {why}"
+                    ))));
+                }
+            }
+            self.retire(&mut running);
+        }
+    }
+
+    /// Hand finished sequences their result; their KV caches are freed here.
+    fn retire(&self, running: &mut Vec<Sequence>) {
+        let finished: Vec<Sequence> = running.extract_if(.., |s| s.outcome.is_some()).collect();
+        // Counted before anyone hears of the end, so a caller never sees its own as running.
+        self.shared.running.store(running.len(), Ordering::Relaxed);
+        for s in finished {
+            s.finish(&self.model.id);
+        }
+    }
+
+    /// Start a request's sequence: its KV cache is allocated now, for prompt and answer.
+    fn admit(&self, mut request: Request) -> Option<Sequence> {
+        if let Err(e) = request.control.check() {
+            let _ = request.progress.send(Progress::Done(Err(e)));
+            return None;
+        }
+        request.timer.admitted();
+        let capacity = request.prompt_ids.len() + request.params.max_tokens as usize;
+        let cache = self
+            .model
+            .model
+            .new_cache(capacity, self.model.kv_precision);
+        Some(Sequence {
+            sampler: Sampler::new(request.params.clone()),
+            history: request.prompt_ids.clone(),
+            input: request.prompt_ids.clone(),
+            cache,
+            request,
+            generated: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            outcome: None,
+        })
+    }
+
+    /// One forward pass for every running sequence, then each takes its next token.
+    fn step(&self, running: &mut [Sequence]) {
+        let known = self.model.tokenizer.vocab_size();
+        let model = &*self.model.model;
+        self.shared.steps.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .sequence_steps
+            .fetch_add(running.len() as u64, Ordering::Relaxed);
+        self.shared
+            .largest_batch
+            .fetch_max(running.len(), Ordering::Relaxed);
+        crate::metrics::batch_step(&self.model.id, running.len());
+        if let [s] = running {
+            let choice = s.sampler.prepare(&s.history);
+            let next = match model.forward_choose(&s.input, &mut s.cache, &choice, known) {
+                Next::Token(t) => t,
+                Next::Logits(logits) => choose(logits, known, &s.sampler, &choice, true),
+                Next::Penalized(logits) => choose(logits, known, &s.sampler, &choice, false),
+            };
+            self.accept(s, next);
+            return;
+        }
+        let mut segments: Vec<Segment<'_>> = running
+            .iter_mut()
+            .map(|s| Segment {
+                tokens: &s.input,
+                cache: &mut s.cache,
+            })
+            .collect();
+        let logits = model.forward_batch(&mut segments);
+        drop(segments);
+        for (s, logits) in running.iter_mut().zip(logits) {
+            let choice = s.sampler.prepare(&s.history);
+            let next = choose(logits, known, &s.sampler, &choice, true);
+            self.accept(s, next);
+        }
+    }
+
+    /// Take `next` into `s`: stop on end of sequence, a stop sequence or the length limit;
+    /// otherwise hand on the text no stop sequence can claim.
+    fn accept(&self, s: &mut Sequence, next: u32) {
+        s.request.timer.token();
+        let tokenizer = &self.model.tokenizer;
+        if tokenizer.stop_ids.contains(&next) {
+            s.outcome = Some(Ok(FinishReason::EndOfSequence));
+            return;
+        }
+        s.generated.push(next);
+        s.history.push(next);
+        s.input = vec![next];
+        match tokenizer.decode(&s.generated) {
+            Ok(text) => s.text = text,
+            Err(e) => {
+                s.outcome = Some(Err(EngineError::Runtime(e.to_string())));
+                return;
+            }
+        }
+        let stops = &s.request.params.stop;
+        if let Some(cut) = earliest_stop(&s.text, stops) {
+            s.text.truncate(cut);
+            s.outcome = Some(Ok(FinishReason::StopSequence));
+            return;
+        }
+        // Hold back a tail that could still grow into a stop sequence, and an incomplete UTF-8
+        // sequence (shown as U+FFFD until it completes).
+        let safe = safe_prefix_len(&s.text, stops);
+        if safe > s.emitted {
+            let piece = s.text[s.emitted..safe].to_string();
+            s.emitted = safe;
+            if s.request.progress.send(Progress::Text(piece)).is_err() {
+                // The caller is gone: nobody will read the rest.
+                s.outcome = Some(Err(EngineError::Cancelled));
+                return;
+            }
+        }
+        if s.generated.len() >= s.request.params.max_tokens as usize {
+            s.outcome = Some(Ok(FinishReason::Length));
+        }
+    }
+}
+
+impl Sequence {
+    /// Hand on the held-back tail and the completion (with the whole text), or the error.
+    fn finish(self, model_id: &str) {
+        let result = match self.outcome {
+            Some(Ok(finish_reason)) => {
+                if self.text.len() > self.emitted {
+                    let tail = self.text[self.emitted..].to_string();
+                    let _ = self.request.progress.send(Progress::Text(tail));
+                }
+                Ok(Completion {
+                    model: model_id.to_string(),
+                    text: self.text,
+                    finish_reason,
+                    usage: Usage {
+                        prompt_tokens: self.request.prompt_ids.len() as u32,
+                        completion_tokens: self.generated.len() as u32,
+                    },
+                })
+            }
+            Some(Err(e)) => Err(e),
+            None => Err(EngineError::Runtime("sequence retired unfinished".into())),
+        };
+        let _ = self.request.progress.send(Progress::Done(result));
+    }
+}
+
+/// Choose from host logits: padding rows masked, the repeat penalty applied unless the device
+/// did it already.
+fn choose(
+    mut logits: Vec<f32>,
+    known: usize,
+    sampler: &Sampler,
+    choice: &sampling::Choice,
+    penalize: bool,
+) -> u32 {
+    if logits.len() > known {
+        logits[known..].fill(f32::NEG_INFINITY);
+    }
+    if penalize {
+        sampling::apply_repeat_penalty(&mut logits, &choice.penalized, choice.repeat_penalty);
+    }
+    sampler.finish(&logits, choice)
+}

@@ -1,0 +1,365 @@
+//! Continuous batching: a batched forward pass gives every sequence exactly the logits it gets
+//! alone (the default model in Q4_1, a Llama-shaped F16 checkpoint with grouped-query attention
+//! and a StarCoder-shaped F32 one), and the scheduler serves concurrent requests with the same
+//! answers as one at a time, joins newcomers between passes, frees the place of a cancelled or
+//! abandoned request, and refuses work beyond its queue with QUEUE_001.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use agentrt::engine::models::{Architecture, Segment};
+use agentrt::engine::quant::GgmlType;
+use agentrt::engine::synthetic::SyntheticSpec;
+use agentrt::engine::{
+    BatchLimits, Control, EngineError, Generation, LoadedModel, Prompt, SamplingParams,
+};
+use agentrt::error_code::ErrorCode;
+
+fn synthetic(dir: &Path, arch: Architecture, dtype: GgmlType, n_kv_head: usize) -> LoadedModel {
+    let spec = SyntheticSpec {
+        arch,
+        n_layer: 2,
+        dim: 64,
+        n_head: 4,
+        n_kv_head,
+        ffn_dim: 128,
+        vocab: 320,
+        context: 1024,
+        dtype,
+        separate_head: false,
+        seed: 7,
+    };
+    spec.write(dir).expect("write checkpoint");
+    LoadedModel::load("synthetic", dir, &mut |_| {}).expect("load checkpoint")
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentrt-batching-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Three sequences: two start together, the third joins (its whole prompt) while the others
+/// decode; every logit must equal the same sequence run alone, bit for bit.
+fn assert_batched_equals_alone(model: &LoadedModel) {
+    let prompts: [Vec<u32>; 3] = [
+        vec![1, 40, 41, 42, 43],
+        vec![7, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69],
+        vec![9, 80, 81],
+    ];
+    let decode = |seq: usize, step: usize| (10 + seq * 37 + step * 11) as u32 % 250 + 3;
+    const STEPS: usize = 4;
+    // Alone: the prompt, then STEPS single tokens.
+    let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let mut cache = model.new_test_cache(p.len() + STEPS);
+        let mut seq = vec![model.forward_for_test(p, &mut cache)];
+        for k in 0..STEPS {
+            seq.push(model.forward_for_test(&[decode(i, k)], &mut cache));
+        }
+        alone.push(seq);
+    }
+    // Batched: sequences 0 and 1 from the first pass, 2 joining at the second.
+    let mut caches: Vec<_> = prompts
+        .iter()
+        .map(|p| model.new_test_cache(p.len() + STEPS))
+        .collect();
+    let mut seen: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
+    let mut step_of = [0usize; 3];
+    for pass in 0..=STEPS + 1 {
+        let mut inputs: Vec<(usize, Vec<u32>)> = Vec::new();
+        for seq in 0..3 {
+            let starts = if seq == 2 { 1 } else { 0 };
+            if pass < starts || seen[seq].len() > STEPS {
+                continue;
+            }
+            let tokens = if seen[seq].is_empty() {
+                prompts[seq].clone()
+            } else {
+                vec![decode(seq, step_of[seq])]
+            };
+            if !seen[seq].is_empty() {
+                step_of[seq] += 1;
+            }
+            inputs.push((seq, tokens));
+        }
+        let mut pending: Vec<(usize, &Vec<u32>, &mut _)> = Vec::new();
+        let mut rest: Vec<Option<&mut _>> = caches.iter_mut().map(Some).collect();
+        for (seq, tokens) in &inputs {
+            pending.push((*seq, tokens, rest[*seq].take().expect("one use per pass")));
+        }
+        let mut segments: Vec<Segment<'_>> = pending
+            .iter_mut()
+            .map(|(_, tokens, cache)| Segment {
+                tokens: tokens.as_slice(),
+                cache,
+            })
+            .collect();
+        let logits = model.forward_batch_for_test(&mut segments);
+        assert_eq!(logits.len(), inputs.len());
+        for ((seq, _), l) in inputs.iter().zip(logits) {
+            seen[*seq].push(l);
+        }
+    }
+    for seq in 0..3 {
+        assert_eq!(seen[seq].len(), STEPS + 1, "sequence {seq} ran every step");
+        for (step, (a, b)) in alone[seq].iter().zip(&seen[seq]).enumerate() {
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                a == b,
+                "{}: sequence {seq} step {step}: batched logits differ from alone (max |Δ| {worst})",
+                model.info.id
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_passes_equal_single_passes_on_the_default_model() {
+    let path = agentrt::paths::default_model();
+    assert!(
+        path.exists(),
+        "default model missing at {} — run scripts/setup.sh first",
+        path.display()
+    );
+    let model = LoadedModel::load("smollm2", &path, &mut |_| {}).expect("load");
+    assert_batched_equals_alone(&model);
+}
+
+#[test]
+fn batched_passes_equal_single_passes_on_llama_and_starcoder_shapes() {
+    let dir = temp_dir("shapes");
+    let llama = synthetic(&dir.join("llama"), Architecture::Llama, GgmlType::F16, 2);
+    assert_batched_equals_alone(&llama);
+    let starcoder = synthetic(
+        &dir.join("starcoder"),
+        Architecture::GptBigCode,
+        GgmlType::F32,
+        1,
+    );
+    assert_batched_equals_alone(&starcoder);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn params(max_tokens: u32, temperature: f32, seed: u64) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        temperature,
+        seed,
+        ..SamplingParams::default()
+    }
+}
+
+fn start(model: &LoadedModel, text: &str, p: &SamplingParams, control: &Control) -> Generation {
+    model
+        .start(&Prompt::Text(text.into()), p, control)
+        .expect("queued")
+}
+
+#[test]
+fn concurrent_requests_get_the_answers_they_get_alone() {
+    let dir = temp_dir("concurrent");
+    synthetic(&dir, Architecture::Llama, GgmlType::F32, 2);
+    let one_at_a_time = LoadedModel::load("synthetic", &dir, &mut |_| {})
+        .expect("load")
+        .with_batch_limits(BatchLimits {
+            max_batch: 1,
+            queue: 16,
+        });
+    let batched = Arc::new(
+        LoadedModel::load("synthetic", &dir, &mut |_| {})
+            .expect("load")
+            .with_batch_limits(BatchLimits {
+                max_batch: 8,
+                queue: 16,
+            }),
+    );
+    let requests: Vec<(String, SamplingParams)> = (0..6)
+        .map(|i| {
+            let p = if i % 2 == 0 {
+                params(24 + i as u32, 0.0, 0)
+            } else {
+                params(20, 0.8, 100 + i as u64)
+            };
+            (format!("request {i}: {}", "abc ".repeat(i + 1)), p)
+        })
+        .collect();
+    let alone: Vec<_> = requests
+        .iter()
+        .map(|(text, p)| {
+            one_at_a_time
+                .generate(
+                    &Prompt::Text(text.clone()),
+                    p,
+                    &Control::default(),
+                    &mut |_| {},
+                )
+                .expect("alone")
+        })
+        .collect();
+    assert_eq!(one_at_a_time.batch_stats().largest_batch, 1);
+    // Queue all of them first, then collect each on its own thread with its streamed text.
+    let generations: Vec<Generation> = requests
+        .iter()
+        .map(|(text, p)| start(&batched, text, p, &Control::default()))
+        .collect();
+    let together: Vec<_> = generations
+        .into_iter()
+        .map(|g| {
+            std::thread::spawn(move || {
+                let mut streamed = String::new();
+                let done = g.finish(&mut |piece| streamed.push_str(piece));
+                (done, streamed)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    let mut tokens = 0u64;
+    for (i, (a, (b, streamed))) in alone.iter().zip(together).enumerate() {
+        let b = b.expect("batched");
+        assert_eq!(a.text, b.text, "request {i}: same text");
+        assert_eq!(a.finish_reason, b.finish_reason, "request {i}");
+        assert_eq!(a.usage, b.usage, "request {i}");
+        assert_eq!(
+            streamed, b.text,
+            "request {i}: the stream adds up to the answer"
+        );
+        tokens += u64::from(b.usage.completion_tokens);
+    }
+    let stats = batched.batch_stats();
+    assert!(stats.largest_batch > 1, "requests shared passes: {stats:?}");
+    assert!(
+        stats.steps < tokens,
+        "fewer passes ({}) than tokens generated ({tokens}): {stats:?}",
+        stats.steps
+    );
+    assert_eq!((stats.running, stats.waiting), (0, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A generation's thread: its result and how many pieces of text it streamed.
+type Collector = std::thread::JoinHandle<(Result<agentrt::engine::Completion, EngineError>, usize)>;
+
+/// Start a long generation on its own thread; returns when its first text has arrived (so it
+/// holds a place in the batch), with its handle and cancel flag.
+fn running_generation(model: &Arc<LoadedModel>) -> (Collector, Arc<AtomicBool>) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let control = Control {
+        deadline: None,
+        cancel: Some(cancel.clone()),
+    };
+    let generation = start(model, "a long story", &params(900, 0.0, 0), &control);
+    let (first_tx, first_rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let mut pieces = 0usize;
+        let done = generation.finish(&mut |_| {
+            pieces += 1;
+            let _ = first_tx.send(());
+        });
+        (done, pieces)
+    });
+    first_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the long generation produced text");
+    (handle, cancel)
+}
+
+fn one_slot_model(name: &str, queue: usize) -> (Arc<LoadedModel>, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    synthetic(&dir, Architecture::Llama, GgmlType::F32, 2);
+    let model = LoadedModel::load("synthetic", &dir, &mut |_| {})
+        .expect("load")
+        .with_batch_limits(BatchLimits {
+            max_batch: 1,
+            queue,
+        });
+    (Arc::new(model), dir)
+}
+
+#[test]
+fn a_cancelled_request_frees_its_place_and_a_full_queue_is_refused() {
+    let (model, dir) = one_slot_model("cancel", 1);
+    let (long, cancel) = running_generation(&model);
+    // The one place is taken: the next request waits, the one after finds the queue full.
+    let waiting = start(&model, "short", &params(5, 0.0, 0), &Control::default());
+    let refused = model
+        .start(
+            &Prompt::Text("refused".into()),
+            &params(5, 0.0, 0),
+            &Control::default(),
+        )
+        .expect_err("queue of one is full");
+    assert!(
+        matches!(refused, EngineError::QueueFull { waiting: 1 }),
+        "{refused:?}"
+    );
+    assert_eq!(refused.code(), ErrorCode::QueueFull);
+    assert_eq!(refused.code().http_status(), 429);
+    assert_eq!(model.batch_stats().waiting, 1);
+
+    cancel.store(true, Ordering::Relaxed);
+    let (result, pieces) = long.join().expect("thread");
+    assert!(
+        matches!(result, Err(EngineError::Cancelled)),
+        "the long one was cancelled: {result:?}"
+    );
+    assert!(pieces < 900, "it stopped early ({pieces} pieces)");
+    let short = waiting
+        .finish(&mut |_| {})
+        .expect("the waiting request ran");
+    assert!(short.usage.completion_tokens >= 1);
+    let stats = model.batch_stats();
+    assert_eq!((stats.running, stats.waiting), (0, 0), "{stats:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_abandoned_request_frees_its_place() {
+    let (model, dir) = one_slot_model("abandon", 4);
+    // Started and dropped unread: the scheduler finds nobody listening at its first text.
+    let abandoned = start(
+        &model,
+        "nobody reads this",
+        &params(900, 0.0, 0),
+        &Control::default(),
+    );
+    drop(abandoned);
+    let next = start(&model, "short", &params(5, 0.0, 0), &Control::default());
+    let done = next.finish(&mut |_| {}).expect("the next request ran");
+    let steps = model.batch_stats().steps;
+    assert!(
+        steps < 100,
+        "the abandoned generation stopped at once ({steps} passes for it and a 5-token answer)"
+    );
+    assert!(done.usage.completion_tokens >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_deadline_ends_a_running_generation_between_passes() {
+    let model = LoadedModel::load("smollm2", &agentrt::paths::default_model(), &mut |_| {})
+        .expect("load the default model");
+    let control = Control {
+        deadline: Some(Instant::now() + Duration::from_millis(300)),
+        cancel: None,
+    };
+    let mut pieces = 0;
+    let result = model.generate(
+        &Prompt::Text("Once upon a time".into()),
+        &params(1500, 0.0, 0),
+        &control,
+        &mut |_| pieces += 1,
+    );
+    assert!(matches!(result, Err(EngineError::Timeout)), "{result:?}");
+    assert!(pieces > 0, "it ran until the deadline");
+    assert_eq!(model.batch_stats().running, 0);
+}
