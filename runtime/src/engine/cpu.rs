@@ -284,45 +284,60 @@ pub fn causal_attention(
     q: &[f32],
     out: &mut [f32],
 ) {
-    match cache {
-        LayerView::F16(layer) => attention_over(shape, layer, pos0, q, out),
-        LayerView::F32(layer) => attention_over(shape, layer, pos0, q, out),
-    }
+    let rows: Vec<(usize, usize)> = (0..q.len() / (shape.n_head * shape.head_dim))
+        .map(|t| (0, pos0 + t))
+        .collect();
+    batched_causal_attention(shape, &[cache], &rows, q, out);
 }
 
-fn attention_over<T: KvElement>(
+/// [`causal_attention`] for rows of several sequences in one parallel operation (a batched
+/// pass): row `t` is a query of sequence `rows[t].0` at position `rows[t].1`, attending over
+/// that sequence's cache `caches[rows[t].0]` up to its own position. Each (row, head) is
+/// computed exactly as alone.
+pub fn batched_causal_attention(
     shape: AttentionShape,
-    cache: Layer<'_, T>,
-    pos0: usize,
+    caches: &[LayerView<'_>],
+    rows: &[(usize, usize)],
     q: &[f32],
     out: &mut [f32],
 ) {
-    let AttentionShape {
-        n_head,
-        n_kv_head,
-        head_dim: hd,
-    } = shape;
-    let group = n_head / n_kv_head;
-    let scale = 1.0 / (hd as f32).sqrt();
-    threads::for_each_chunk_mut(out, hd, |task, oh| {
+    let n_head = shape.n_head;
+    threads::for_each_chunk_mut(out, shape.head_dim, |task, oh| {
         let (t, h) = (task / n_head, task % n_head);
-        let visible = pos0 + t + 1;
-        let kv_head = h / group;
-        let qh = &q[task * hd..(task + 1) * hd];
-        // scores[p] = Σ_d q[d]·k[p][d], accumulated dimension by dimension over all positions.
-        let mut scores = vec![0f32; visible];
-        for (d, &qd) in qh.iter().enumerate() {
-            simd::add_scaled(&mut scores, qd, cache.key_dim(kv_head, d, visible));
-        }
-        for s in scores.iter_mut() {
-            *s *= scale;
-        }
-        softmax(&mut scores);
-        oh.fill(0.0);
-        for (p, w) in scores.iter().enumerate() {
-            simd::axpy(oh, *w, cache.value(kv_head, p));
+        let (seq, pos) = rows[t];
+        let qh = &q[task * shape.head_dim..(task + 1) * shape.head_dim];
+        match caches[seq] {
+            LayerView::F16(layer) => attend(shape, layer, h, pos + 1, qh, oh),
+            LayerView::F32(layer) => attend(shape, layer, h, pos + 1, qh, oh),
         }
     });
+}
+
+/// One query head `h` over the first `visible` positions of `cache`, into `oh`.
+fn attend<T: KvElement>(
+    shape: AttentionShape,
+    cache: Layer<'_, T>,
+    h: usize,
+    visible: usize,
+    qh: &[f32],
+    oh: &mut [f32],
+) {
+    let group = shape.n_head / shape.n_kv_head;
+    let scale = 1.0 / (shape.head_dim as f32).sqrt();
+    let kv_head = h / group;
+    // scores[p] = Σ_d q[d]·k[p][d], accumulated dimension by dimension over all positions.
+    let mut scores = vec![0f32; visible];
+    for (d, &qd) in qh.iter().enumerate() {
+        simd::add_scaled(&mut scores, qd, cache.key_dim(kv_head, d, visible));
+    }
+    for s in scores.iter_mut() {
+        *s *= scale;
+    }
+    softmax(&mut scores);
+    oh.fill(0.0);
+    for (p, w) in scores.iter().enumerate() {
+        simd::axpy(oh, *w, cache.value(kv_head, p));
+    }
 }
 
 /// In-place softmax.

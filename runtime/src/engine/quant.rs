@@ -92,16 +92,22 @@ impl QuantizedActivation {
         self.s.clear();
         self.qs.clear();
         self.qs.reserve(x.len());
+        let simd = super::simd::float_simd_available();
         for block in x.chunks_exact(QK) {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let amax = if simd {
+                super::simd::abs_max(block)
+            } else {
+                block.iter().fold(0f32, |m, v| m.max(v.abs()))
+            };
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for &v in block {
-                let q = (v * id).round() as i8;
-                sum += q as i32;
-                self.qs.push(q);
-            }
+            let start = self.qs.len();
+            self.qs.resize(start + QK, 0);
+            let sum = if simd {
+                super::simd::quantize_block(block, id, &mut self.qs[start..])
+            } else {
+                quantize_block_portable(block, id, &mut self.qs[start..])
+            };
             let d16 = f16::from_f32(d);
             self.d.push(d16.to_f32());
             // `s` is formed from the stored (f16) scale, as candle and llama.cpp's Q8_1 do.
@@ -109,6 +115,16 @@ impl QuantizedActivation {
         }
         debug_assert_eq!(self.d.len(), blocks);
     }
+}
+
+/// `out[i] = round(block[i] · id)` (halves away from zero, as `f32::round`), returning Σ out.
+pub fn quantize_block_portable(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
+    let mut sum = 0i32;
+    for (o, &v) in out.iter_mut().zip(block) {
+        *o = (v * id).round() as i8;
+        sum += *o as i32;
+    }
+    sum
 }
 
 /// Up to [`super::simd::MAX_TOKENS`] quantised activation rows interleaved block by block
@@ -447,6 +463,34 @@ mod tests {
                         "{ty:?}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_quantisation_rounds_exactly_like_the_portable_code() {
+        if !crate::engine::simd::float_simd_available() {
+            eprintln!("skipped: no SIMD kernels on this CPU");
+            return;
+        }
+        // Random blocks, and blocks of exact halves (ties round away from zero), tiny and
+        // negative values, and zeros.
+        let mut blocks: Vec<Vec<f32>> = (0..50).map(|b| sample(QK, 900 + b)).collect();
+        blocks.push((0..QK).map(|i| i as f32 - 15.5).collect());
+        blocks.push((0..QK).map(|i| -(i as f32) * 0.5).collect());
+        blocks.push(vec![0.0; QK]);
+        blocks.push((0..QK).map(|i| (i as f32 - 16.0) * 1e-30).collect());
+        for (n, block) in blocks.iter().enumerate() {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(
+                crate::engine::simd::abs_max(block).to_bits(),
+                amax.to_bits()
+            );
+            for id in [1.0, 127.0 / amax.max(1e-30), 0.0, 3.0] {
+                let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
+                let sa = quantize_block_portable(block, id, &mut a);
+                let sb = crate::engine::simd::quantize_block(block, id, &mut b);
+                assert_eq!((a, sa), (b, sb), "block {n}, id {id}");
             }
         }
     }

@@ -172,6 +172,27 @@ pub fn dot_rows_group(
     }
 }
 
+/// The largest magnitude among 32 values (0 for none), as a fold of `f32::max` over `abs`.
+pub fn abs_max(block: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if block.len() == QK && float_simd_available() {
+        // SAFETY: AVX2 is present and the block holds 32 values.
+        return unsafe { x86::abs_max32(block) };
+    }
+    block.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// `out[i] = round(block[i] · id)` for 32 values, rounding halves away from zero exactly as
+/// `f32::round` (and [`super::quant::quantize_block_portable`]) does; returns Σ out.
+pub fn quantize_block(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if block.len() == QK && out.len() == QK && float_simd_available() {
+        // SAFETY: AVX2 is present and both hold 32 elements.
+        return unsafe { x86::quantize32(block, id, out) };
+    }
+    super::quant::quantize_block_portable(block, id, out)
+}
+
 /// Element types the attention loops read (cached keys and values), widened to f32 one at a
 /// time or, in the SIMD kernels, eight at a time.
 pub trait Widen: Copy {
@@ -772,5 +793,65 @@ mod x86 {
             }
         }
         std::array::from_fn(|k| hsum_ps(acc[k]))
+    }
+
+    /// [`super::abs_max`] of exactly 32 values.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `block` holds 32 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn abs_max32(block: &[f32]) -> f32 {
+        let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let p = block.as_ptr();
+        // SAFETY: 32 readable values (the caller).
+        let v: [__m256; 4] = std::array::from_fn(|i| {
+            _mm256_and_ps(unsafe { _mm256_loadu_ps(p.add(8 * i)) }, magnitude)
+        });
+        let m = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 0b01));
+        _mm_cvtss_f32(m).max(0.0)
+    }
+
+    /// [`super::quantize_block`] of exactly 32 values. Rounding: truncate, then step one away
+    /// from zero where the dropped fraction is at least a half (the fraction `x - trunc(x)` is
+    /// exact in floating point), which is `roundf`'s rule bit for bit.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `block` and `out` hold 32 elements.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize32(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
+        let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+        let (half, one, scale) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0), _mm256_set1_ps(id));
+        let p = block.as_ptr();
+        let ints: [__m256i; 4] = std::array::from_fn(|i| {
+            // SAFETY: 32 readable values (the caller).
+            let x = _mm256_mul_ps(unsafe { _mm256_loadu_ps(p.add(8 * i)) }, scale);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+            let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(x, t));
+            let away = _mm256_or_ps(_mm256_and_ps(x, sign), one);
+            let step = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), away);
+            // Saturating like `as i8` below: in range for any id = 127 / amax.
+            _mm256_cvtps_epi32(_mm256_add_ps(t, step))
+        });
+        let total = _mm256_add_epi32(
+            _mm256_add_epi32(ints[0], ints[1]),
+            _mm256_add_epi32(ints[2], ints[3]),
+        );
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(total),
+            _mm256_extracti128_si256(total, 1),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        // Packing works within 128-bit lanes; the permute puts the 4-byte groups back in order.
+        let words_ab = _mm256_packs_epi32(ints[0], ints[1]);
+        let words_cd = _mm256_packs_epi32(ints[2], ints[3]);
+        let bytes = _mm256_packs_epi16(words_ab, words_cd);
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: 32 writable bytes (the caller).
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, ordered) };
+        _mm_cvtsi128_si32(s)
     }
 }

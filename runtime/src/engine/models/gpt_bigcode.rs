@@ -300,22 +300,16 @@ impl CausalLm for GptBigCode {
                 k[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&row[dim..dim + kv_dim]);
                 v[t * kv_dim..(t + 1) * kv_dim].copy_from_slice(&row[dim + kv_dim..]);
             }
-            // Each sequence attends over its own cache.
+            // Each sequence's new keys and values join its own cache; then every row attends
+            // over its sequence's cache, all rows in one parallel operation.
             let mut at = 0;
             for seg in segments.iter_mut() {
-                let len = seg.tokens.len();
-                let (kvs, qs) = (at * kv_dim..(at + len) * kv_dim, at * dim..(at + len) * dim);
-                let pos0 = seg.cache.len();
+                let kvs = at * kv_dim..(at + seg.tokens.len()) * kv_dim;
                 seg.cache.append(li, &k[kvs.clone()], &v[kvs]);
-                cpu::causal_attention(
-                    shape,
-                    seg.cache.layer(li),
-                    pos0,
-                    &q[qs.clone()],
-                    &mut attn[qs],
-                );
-                at += len;
+                at += seg.tokens.len();
             }
+            let views: Vec<_> = segments.iter().map(|seg| seg.cache.layer(li)).collect();
+            cpu::batched_causal_attention(shape, &views, &rows, &q, &mut attn);
             self.apply(&b.attn_out, &attn, &mut proj);
             cpu::add_in_place(&mut x, &proj);
             cpu::layer_norm(&x, &b.ln_2.weight, &b.ln_2.bias, c.norm_eps, &mut normed);

@@ -351,25 +351,16 @@ impl CausalLm for Llama {
                 self.rope
                     .apply(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, pos);
             }
-            // Each sequence attends over its own cache.
+            // Each sequence's new keys and values join its own cache; then every row attends
+            // over its sequence's cache, all rows in one parallel operation.
             let mut at = 0;
             for seg in segments.iter_mut() {
-                let len = seg.tokens.len();
-                let (kv, qs) = (
-                    at * kv_dim..(at + len) * kv_dim,
-                    at * q_dim..(at + len) * q_dim,
-                );
-                let pos0 = seg.cache.len();
+                let kv = at * kv_dim..(at + seg.tokens.len()) * kv_dim;
                 seg.cache.append(li, &s.k[kv.clone()], &s.v[kv]);
-                cpu::causal_attention(
-                    shape,
-                    seg.cache.layer(li),
-                    pos0,
-                    &s.q[qs.clone()],
-                    &mut s.attn[qs],
-                );
-                at += len;
+                at += seg.tokens.len();
             }
+            let views: Vec<_> = segments.iter().map(|seg| seg.cache.layer(li)).collect();
+            cpu::batched_causal_attention(shape, &views, &rows, &s.q, &mut s.attn);
             cpu::matmul(w(&layer.wo), &s.attn, &mut s.proj);
             cpu::add_in_place(&mut s.x, &s.proj);
             cpu::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
