@@ -50,5 +50,11 @@ cargo clippy --release --all-targets --features agentrt/cuda -- -D warnings
 
 # Built with the GPU engine: its kernels compile to PTX here (NVRTC from PyPI) and its GPU
 # tests say why they skip on a machine without one (scripts/gpu-check.sh runs them on a GPU).
+# The PostgreSQL run store is tested against a real server, started here and stopped on exit.
+source scripts/test-postgres.sh
+step "PostgreSQL for the store tests"
+start_test_postgres
+trap stop_test_postgres EXIT
+
 step "runtime: unit, reference and end-to-end tests (with --features cuda)"
 cargo test --release --workspace --features agentrt/cuda -- --test-threads "${AGENTRT_TEST_THREADS:-4}"

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::ErrorCode;
-use crate::store::{Store, StoreLock};
+use crate::store::{RunStore, Store, StoreLock};
 
 /// Format of `manifest.json`.
 const MANIFEST_VERSION: u32 = 1;

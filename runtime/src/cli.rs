@@ -389,10 +389,39 @@ fn env_count(name: &str) -> Option<usize> {
         .filter(|n| *n > 0)
 }
 
+/// Where the run store is, from `AGENTRT_STORE` or the config's `store`.
+fn store_location(opts: &RuntimeOpts) -> Result<String, CliError> {
+    let configured = match &opts.config {
+        Some(path) => {
+            Config::load(path)
+                .map_err(|e| CliError::new(ErrorCode::InvalidInput, e.to_string()))?
+                .store
+        }
+        None => None,
+    };
+    Ok(crate::paths::store_location(configured.as_deref()))
+}
+
+/// The SQLite file `agentrt backup` and `restore` work on; a PostgreSQL store is the
+/// database's to back up (BACKUP_001 says so).
+fn sqlite_store_for_backup(opts: &RuntimeOpts) -> Result<std::path::PathBuf, CliError> {
+    let location = store_location(opts)?;
+    if crate::store::postgres::is_postgres_url(&location) {
+        return Err(CliError::new(
+            ErrorCode::BackupFailed,
+            format!(
+                "the run store is PostgreSQL ({}): back it up with pg_dump and restore with pg_restore; agentrt backup copies the SQLite store, config and plugins",
+                crate::store::postgres::redact(&location)
+            ),
+        ));
+    }
+    Ok(std::path::PathBuf::from(location))
+}
+
 /// Open the run store and close the runs a previous process left unfinished.
-fn open_store() -> Result<Arc<crate::store::Store>, CliError> {
-    let path = crate::paths::store();
-    let store = crate::store::Store::open_exclusive(&path)
+fn open_store(opts: &RuntimeOpts) -> Result<Arc<dyn crate::store::RunStore>, CliError> {
+    let location = store_location(opts)?;
+    let store = crate::store::open_for_server(&location)
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
     let interrupted = store
         .interrupt_unfinished()
@@ -400,11 +429,11 @@ fn open_store() -> Result<Arc<crate::store::Store>, CliError> {
     if interrupted > 0 {
         tracing::warn!(
             runs = interrupted,
-            store = %path.display(),
+            store = %store.location(),
             "runs left unfinished by the previous server were marked failed (RUN_002)"
         );
     }
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
 /// Load the Python sandbox before the server says it listens: the first load of a new build
@@ -486,7 +515,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let engine = load_engine(&opts)?;
             let pipeline = load_pipeline(&opts, Some(engine.clone()))?;
             warm_sandbox(&pipeline);
-            let store = open_store()?;
+            let store = open_store(&opts)?;
             let runs = Arc::new(crate::runs::Runs::new(
                 store,
                 pipeline.clone(),
@@ -677,7 +706,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             report.models(&models);
             report.gpu();
-            report.store(&crate::paths::store());
+            report.store(&store_location(&opts)?);
             match load_pipeline(&opts, None) {
                 Ok(pipeline) => report.plugins(&pipeline),
                 Err(e) => report.checks.push(crate::doctor::Check {
@@ -722,7 +751,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Backup { out, opts } => {
-            let store = crate::paths::store();
+            let store = sqlite_store_for_backup(&opts)?;
             let manifest = crate::backup::backup(
                 &store,
                 opts.config.as_deref(),
@@ -743,7 +772,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Restore { from, force, opts } => {
-            let store = crate::paths::store();
+            let store = sqlite_store_for_backup(&opts)?;
             let restored = crate::backup::restore(
                 &from,
                 &store,

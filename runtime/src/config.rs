@@ -14,6 +14,9 @@
 //! run-python = true
 //! ```
 //!
+//! `store = "postgres://user:password@db/agentrt"` (top level) keeps pipeline runs in PostgreSQL
+//! instead of the SQLite file (`AGENTRT_STORE` overrides it).
+//!
 //! A plugin without a `[grants]` entry is granted no capabilities (embedded defaults excepted,
 //! see [`crate::plugin::grants`]).
 
@@ -29,6 +32,9 @@ use crate::plugin::manifest::Manifest;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Config {
+    /// Where pipeline runs are stored: a `postgres://` URL or an SQLite file path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     #[serde(default)]
     pub limits: HostLimits,
     /// Grants by plugin name.

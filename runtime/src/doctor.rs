@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::pipeline::Pipeline;
 use crate::plugin::CallContext;
 use crate::plugin::bindings::{CodeArtifact, PipelineError, Stage};
-use crate::store::{Store, StoreLock};
+use crate::store::{RunStore, Store, StoreLock};
 
 /// Below this much available memory the default model still loads, but little else fits.
 const LOW_MEMORY_BYTES: u64 = 1 << 30;
@@ -200,8 +200,18 @@ impl Report {
         );
     }
 
-    /// The run store: integrity, and runs a stopped server left unfinished.
-    pub fn store(&mut self, path: &Path) {
+    /// The run store (an SQLite file or a `postgres://` URL): reachable, integrity, and runs a
+    /// stopped server left unfinished.
+    pub fn store(&mut self, location: &str) {
+        if crate::store::postgres::is_postgres_url(location) {
+            match crate::store::open_shared(location) {
+                // Unfinished runs are other hosts' work in progress, not a problem here.
+                Ok(store) => self.store_health(&*store, None),
+                Err(e) => self.add("store", Status::Fail, e.to_string()),
+            }
+            return;
+        }
+        let path = Path::new(location);
         if !path.exists() {
             self.add(
                 "store",
@@ -211,13 +221,17 @@ impl Report {
             return;
         }
         let in_use = StoreLock::take(path).is_err();
-        let store = match Store::open(path) {
-            Ok(s) => s,
-            Err(e) => {
-                self.add("store", Status::Fail, e.to_string());
-                return;
-            }
-        };
+        match Store::open(path) {
+            Ok(store) => self.store_health(&store, Some(in_use)),
+            Err(e) => self.add("store", Status::Fail, e.to_string()),
+        }
+    }
+
+    /// Integrity and run counts of an open store. `in_use`: whether a server holds this file
+    /// (`None` for a database several hosts share, where unfinished runs are work in
+    /// progress); runs left unfinished with no server on the file are a warning (the next start
+    /// fails them).
+    fn store_health(&mut self, store: &dyn RunStore, in_use: Option<bool>) {
         match store.check_integrity() {
             Ok(Ok(())) => {}
             Ok(Err(problems)) => {
@@ -241,7 +255,7 @@ impl Report {
             .map(|(s, n)| format!("{n} {}", s.as_str()))
             .collect::<Vec<_>>()
             .join(", ");
-        let (status, detail) = if unfinished > 0 && !in_use {
+        let (status, detail) = if unfinished > 0 && in_use == Some(false) {
             (
                 Status::Warn,
                 format!(
@@ -249,16 +263,16 @@ impl Report {
                 ),
             )
         } else {
-            let who = if in_use {
-                "in use by a running server"
-            } else {
-                "no server running"
+            let who = match in_use {
+                Some(true) => "in use by a running server",
+                Some(false) => "no server running",
+                None => "shared by the hosts that use it",
             };
             (
                 Status::Ok,
                 format!(
                     "{} : {total} runs ({summary}); integrity ok; {who}",
-                    path.display()
+                    store.location()
                 ),
             )
         };

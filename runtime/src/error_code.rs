@@ -68,6 +68,8 @@ pub enum ErrorCode {
     RunFinished,
     /// The server stopped (or crashed) while the run was in progress.
     RunInterrupted,
+    /// The run executes on another host sharing the store; cancel it through that host.
+    RunElsewhere,
     /// The run store could not be read or written.
     StoreFailed,
     /// The request passed its deadline (504), or its body did not arrive in time (408).
@@ -111,6 +113,7 @@ impl ErrorCode {
             Self::QueueFull => "QUEUE_001",
             Self::RunFinished => "RUN_001",
             Self::RunInterrupted => "RUN_002",
+            Self::RunElsewhere => "RUN_003",
             Self::StoreFailed => "STORE_001",
             Self::RequestTimeout => "COMM_003",
             Self::BackupFailed => "BACKUP_001",
@@ -143,7 +146,7 @@ impl ErrorCode {
             Self::Unauthenticated => "authentication_error",
             Self::Forbidden => "permission_error",
             Self::RateLimited | Self::QueueFull => "rate_limit_error",
-            Self::RunFinished => "conflict",
+            Self::RunFinished | Self::RunElsewhere => "conflict",
             Self::RunInterrupted => "run_error",
             Self::StoreFailed => "store_error",
             Self::RequestTimeout => "timeout_error",
@@ -165,7 +168,7 @@ impl ErrorCode {
             Self::Unauthenticated => 401,
             Self::NotFound | Self::PluginNotFound => 404,
             Self::PluginQuota | Self::RateLimited | Self::QueueFull => 429,
-            Self::RunFinished => 409,
+            Self::RunFinished | Self::RunElsewhere => 409,
             Self::ModelTimeout | Self::PluginTimeout | Self::RequestTimeout => 504,
             Self::Cancelled => 408,
             Self::ModelNotAvailable => 503,
@@ -218,6 +221,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::QueueFull,
     ErrorCode::RunFinished,
     ErrorCode::RunInterrupted,
+    ErrorCode::RunElsewhere,
     ErrorCode::StoreFailed,
     ErrorCode::RequestTimeout,
     ErrorCode::BackupFailed,

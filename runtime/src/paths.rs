@@ -29,7 +29,17 @@ pub fn default_model() -> PathBuf {
     }
 }
 
-/// The run store: `AGENTRT_STORE`, else `$AGENTRT_HOME/agentrt.db`.
+/// Where the run store is: `AGENTRT_STORE`, else the config's `store` (`configured`), else the
+/// SQLite file [`store`]. A `postgres://` URL or a file path.
+pub fn store_location(configured: Option<&str>) -> String {
+    std::env::var("AGENTRT_STORE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| configured.map(str::to_string))
+        .unwrap_or_else(|| store().display().to_string())
+}
+
+/// The SQLite run store file: `AGENTRT_STORE`, else `$AGENTRT_HOME/agentrt.db`.
 pub fn store() -> PathBuf {
     match std::env::var_os("AGENTRT_STORE") {
         Some(p) => PathBuf::from(p),

@@ -20,7 +20,7 @@ use crate::error_code::ErrorCode;
 use crate::pipeline::report::ErrorOut;
 use crate::pipeline::{Pipeline, PipelineEvent, PipelineRequest, RunContext};
 use crate::plugin::CallContext;
-use crate::store::{RunRecord, RunState, Store, StoreError, StoredEvent, now_ms};
+use crate::store::{RunRecord, RunState, RunStore, StoreError, StoredEvent, now_ms};
 
 /// Runs executing at once when not configured (each may hold a plugin slot and the model).
 pub const DEFAULT_WORKERS: usize = 2;
@@ -46,6 +46,10 @@ pub enum RunsError {
     NotFound(String),
     #[error("pipeline run {id} has already ended ({state})")]
     Finished { id: String, state: &'static str },
+    #[error(
+        "pipeline run {0} is {1} on another host sharing the store; cancel it through that host"
+    )]
+    Elsewhere(String, &'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -56,6 +60,7 @@ impl RunsError {
             Self::QueueFull { .. } => ErrorCode::QueueFull,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Finished { .. } => ErrorCode::RunFinished,
+            Self::Elsewhere(..) => ErrorCode::RunElsewhere,
             Self::Store(_) => ErrorCode::StoreFailed,
         }
     }
@@ -103,7 +108,7 @@ impl Slots {
 
 /// The runs of one server.
 pub struct Runs {
-    store: Arc<Store>,
+    store: Arc<dyn RunStore>,
     pipeline: Pipeline,
     workers: usize,
     capacity: usize,
@@ -114,7 +119,7 @@ pub struct Runs {
 impl std::fmt::Debug for Runs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runs")
-            .field("store", &self.store.path())
+            .field("store", &self.store.location())
             .field("workers", &self.workers)
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
@@ -125,7 +130,7 @@ impl std::fmt::Debug for Runs {
 /// text into `tokens` events.
 struct Emitter {
     id: String,
-    store: Arc<Store>,
+    store: Arc<dyn RunStore>,
     live: Arc<LiveRun>,
     inner: Mutex<EmitterState>,
 }
@@ -137,7 +142,7 @@ struct EmitterState {
 }
 
 impl Emitter {
-    fn new(id: &str, store: Arc<Store>, live: Arc<LiveRun>) -> Self {
+    fn new(id: &str, store: Arc<dyn RunStore>, live: Arc<LiveRun>) -> Self {
         Self {
             id: id.to_string(),
             store,
@@ -217,7 +222,12 @@ impl Emitter {
 }
 
 impl Runs {
-    pub fn new(store: Arc<Store>, pipeline: Pipeline, workers: usize, capacity: usize) -> Self {
+    pub fn new(
+        store: Arc<dyn RunStore>,
+        pipeline: Pipeline,
+        workers: usize,
+        capacity: usize,
+    ) -> Self {
         Self {
             store,
             pipeline,
@@ -228,7 +238,7 @@ impl Runs {
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn RunStore> {
         &self.store
     }
 
@@ -346,6 +356,10 @@ impl Runs {
             Some(live) => {
                 live.cancel.store(true, Ordering::Relaxed);
                 Ok(run)
+            }
+            // Unfinished but not here: another host (a shared PostgreSQL store) runs it.
+            None if !run.state.is_final() => {
+                Err(RunsError::Elsewhere(id.to_string(), run.state.as_str()))
             }
             None => Err(RunsError::Finished {
                 id: id.to_string(),

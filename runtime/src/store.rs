@@ -1,5 +1,7 @@
-//! Durable storage of pipeline runs and their events: an embedded SQLite database in WAL mode
-//! (`$AGENTRT_HOME/agentrt.db`, or `AGENTRT_STORE`).
+//! Durable storage of pipeline runs and their events ([`RunStore`]): an embedded SQLite database
+//! in WAL mode by default (`$AGENTRT_HOME/agentrt.db`, or `AGENTRT_STORE=PATH`), or PostgreSQL
+//! for several hosts behind one load balancer (`AGENTRT_STORE=postgres://…`, [`postgres`]).
+//! Both pass the same tests (`conformance` below).
 //!
 //! A run is a row (`queued` → `running` → `completed` | `failed` | `cancelled`) and an ordered
 //! list of events. Each event is committed as it happens, and a run's final state, result and
@@ -8,7 +10,10 @@
 //! on the next start. WAL with `synchronous = NORMAL` survives a killed process (not a power
 //! cut without the last transactions).
 
+pub mod postgres;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,8 +24,9 @@ use serde_json::Value;
 use crate::error_code::ErrorCode;
 use crate::pipeline::report::ErrorOut;
 
-/// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (SQLite: `PRAGMA user_version`; PostgreSQL: the
+/// `agentrt_schema` table).
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -80,7 +86,7 @@ impl RunState {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "queued" => Self::Queued,
             "running" => Self::Running,
@@ -154,6 +160,110 @@ impl StoreLock {
             Err(std::fs::TryLockError::Error(e)) => Err(fail(format!("cannot lock it: {e}"))),
         }
     }
+}
+
+/// Where pipeline runs and their events are kept. Every method is one short transaction;
+/// callers on async threads go through `spawn_blocking`.
+pub trait RunStore: Send + Sync + std::fmt::Debug {
+    /// The file or database (without a password), for messages.
+    fn location(&self) -> String;
+    /// Record a new run, `queued`.
+    fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError>;
+    fn set_running(&self, id: &str) -> Result<(), StoreError>;
+    /// Store one event (its number must be new for the run).
+    fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError>;
+    /// End a run: its state, result, error and its last event, in one transaction.
+    fn finish_run(
+        &self,
+        id: &str,
+        state: RunState,
+        outcome: Option<&Value>,
+        error: Option<&ErrorOut>,
+        done: &StoredEvent,
+    ) -> Result<(), StoreError>;
+    fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// The newest runs first, at most `limit`, created before `before_ms` when given.
+    fn list_runs(&self, limit: usize, before_ms: Option<i64>)
+    -> Result<Vec<RunRecord>, StoreError>;
+    /// How many runs are in each state.
+    fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError>;
+    /// A run's events with `seq` above `after`, in order.
+    fn events_after(&self, id: &str, after: i64) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Mark the runs a previous process of this server left `queued` or `running` (it stopped
+    /// or crashed under them) as failed with `RUN_002`, each with a closing `done` event.
+    /// Returns how many. Call before accepting new runs.
+    fn interrupt_unfinished(&self) -> Result<usize, StoreError>;
+    /// The database's own checks where it has them, plus the store's invariants: every
+    /// finished run ends with one `done` event, event numbers have no gaps. `Ok(())` or the
+    /// problems found.
+    fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError>;
+    /// Run raw SQL (tests that damage a store on purpose).
+    #[cfg(test)]
+    fn execute_for_test(&self, sql: &str) -> Result<(), StoreError>;
+}
+
+/// Open the store a server uses, from `AGENTRT_STORE`'s value (or the config's): a
+/// `postgres://` URL, else an SQLite file; exclusive (a second server on the same file, or with
+/// the same instance name on the same database, is refused).
+pub fn open_for_server(location: &str) -> Result<Arc<dyn RunStore>, StoreError> {
+    if postgres::is_postgres_url(location) {
+        let instance = postgres::instance_name();
+        return Ok(Arc::new(postgres::PgStore::connect(
+            location, &instance, true,
+        )?));
+    }
+    Ok(Arc::new(Store::open_exclusive(Path::new(location))?))
+}
+
+/// Open a store for a tool (doctor): not exclusive.
+pub fn open_shared(location: &str) -> Result<Arc<dyn RunStore>, StoreError> {
+    if postgres::is_postgres_url(location) {
+        let instance = postgres::instance_name();
+        return Ok(Arc::new(postgres::PgStore::connect(
+            location, &instance, false,
+        )?));
+    }
+    Ok(Arc::new(Store::open(Path::new(location))?))
+}
+
+/// The error of a run closed by [`RunStore::interrupt_unfinished`].
+pub(crate) fn interrupted_error() -> ErrorOut {
+    ErrorOut::new(
+        ErrorCode::RunInterrupted,
+        "the server stopped while this run was in progress",
+    )
+}
+
+/// Per run: id, state, events, highest event number, `done` events, kind of the last event —
+/// what [`invariant_problem`] judges. Plain SQL both databases run.
+pub(crate) const INVARIANTS_QUERY: &str = "SELECT r.id, r.state,
+        (SELECT COUNT(*) FROM run_events e WHERE e.run_id = r.id),
+        (SELECT COALESCE(MAX(seq), 0) FROM run_events e WHERE e.run_id = r.id),
+        (SELECT COUNT(*) FROM run_events e WHERE e.run_id = r.id AND e.kind = 'done'),
+        (SELECT kind FROM run_events e WHERE e.run_id = r.id ORDER BY seq DESC LIMIT 1)
+ FROM runs r";
+
+/// What is wrong with one run's row of [`INVARIANTS_QUERY`], if anything.
+pub(crate) fn invariant_problem(
+    id: String,
+    state: RunState,
+    count: i64,
+    max_seq: i64,
+    dones: i64,
+    last: Option<String>,
+) -> Option<Vec<String>> {
+    let mut problems = Vec::new();
+    if count != max_seq {
+        problems.push(format!("run {id}: {count} events numbered up to {max_seq}"));
+    }
+    let ends_done = last.as_deref() == Some("done") && dones == 1;
+    if state.is_final() != ends_done {
+        problems.push(format!(
+            "run {id}: state {} but {dones} done events, last event {last:?}",
+            state.as_str()
+        ));
+    }
+    (!problems.is_empty()).then_some(problems)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -269,8 +379,36 @@ impl Store {
         })
     }
 
+    fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+        let request: String = row.get(4)?;
+        let outcome: Option<String> = row.get(5)?;
+        let code: Option<String> = row.get(6)?;
+        let message: Option<String> = row.get(7)?;
+        Ok(RunRecord {
+            id: row.get(0)?,
+            state: RunState::parse(&row.get::<_, String>(1)?),
+            created_at_ms: row.get(2)?,
+            updated_at_ms: row.get(3)?,
+            request: serde_json::from_str(&request).unwrap_or(Value::Null),
+            outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+            error: code.map(|code| ErrorOut {
+                code,
+                message: message.unwrap_or_default(),
+            }),
+        })
+    }
+
+    const COLUMNS: &'static str =
+        "id, state, created_at_ms, updated_at_ms, request, outcome, error_code, error_message";
+}
+
+impl RunStore for Store {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
     /// Record a new run, `queued`.
-    pub fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError> {
+    fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError> {
         let now = now_ms();
         self.with(|c| {
             c.execute(
@@ -290,7 +428,7 @@ impl Store {
         })
     }
 
-    pub fn set_running(&self, id: &str) -> Result<(), StoreError> {
+    fn set_running(&self, id: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE runs SET state = 'running', updated_at_ms = ?2 WHERE id = ?1",
@@ -300,7 +438,7 @@ impl Store {
         .map(drop)
     }
 
-    pub fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
+    fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -311,7 +449,7 @@ impl Store {
     }
 
     /// End a run: its state, result, error and its last event, in one transaction.
-    pub fn finish_run(
+    fn finish_run(
         &self,
         id: &str,
         state: RunState,
@@ -341,41 +479,19 @@ impl Store {
         })
     }
 
-    fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
-        let request: String = row.get(4)?;
-        let outcome: Option<String> = row.get(5)?;
-        let code: Option<String> = row.get(6)?;
-        let message: Option<String> = row.get(7)?;
-        Ok(RunRecord {
-            id: row.get(0)?,
-            state: RunState::parse(&row.get::<_, String>(1)?),
-            created_at_ms: row.get(2)?,
-            updated_at_ms: row.get(3)?,
-            request: serde_json::from_str(&request).unwrap_or(Value::Null),
-            outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
-            error: code.map(|code| ErrorOut {
-                code,
-                message: message.unwrap_or_default(),
-            }),
-        })
-    }
-
-    const COLUMNS: &'static str =
-        "id, state, created_at_ms, updated_at_ms, request, outcome, error_code, error_message";
-
-    pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+    fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         self.with(|c| {
             c.query_row(
-                &format!("SELECT {} FROM runs WHERE id = ?1", Self::COLUMNS),
+                &format!("SELECT {} FROM runs WHERE id = ?1", Store::COLUMNS),
                 params![id],
-                Self::record,
+                Store::record,
             )
             .optional()
         })
     }
 
     /// The newest runs first, at most `limit`, created before `before_ms` when given.
-    pub fn list_runs(
+    fn list_runs(
         &self,
         limit: usize,
         before_ms: Option<i64>,
@@ -383,18 +499,18 @@ impl Store {
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {} FROM runs WHERE created_at_ms < ?1 ORDER BY created_at_ms DESC, id LIMIT ?2",
-                Self::COLUMNS
+                Store::COLUMNS
             ))?;
             let rows = stmt.query_map(
                 params![before_ms.unwrap_or(i64::MAX), limit as i64],
-                Self::record,
+                Store::record,
             )?;
             rows.collect()
         })
     }
 
     /// How many runs are in each state.
-    pub fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError> {
+    fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError> {
         self.with(|c| {
             let mut stmt =
                 c.prepare("SELECT state, COUNT(*) FROM runs GROUP BY state ORDER BY state")?;
@@ -409,7 +525,7 @@ impl Store {
     }
 
     /// A run's events with `seq` above `after`, in order.
-    pub fn events_after(&self, id: &str, after: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    fn events_after(&self, id: &str, after: i64) -> Result<Vec<StoredEvent>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT seq, at_ms, kind, data FROM run_events WHERE run_id = ?1 AND seq > ?2
@@ -430,11 +546,8 @@ impl Store {
     /// Mark the runs a previous process left `queued` or `running` (it stopped or crashed
     /// under them) as failed with `RUN_002`, each with a closing `done` event. Returns how
     /// many. Call before accepting new runs.
-    pub fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
-        let error = ErrorOut::new(
-            ErrorCode::RunInterrupted,
-            "the server stopped while this run was in progress",
-        );
+    fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
+        let error = interrupted_error();
         self.with(|c| {
             let tx = c.transaction()?;
             let ids: Vec<String> = {
@@ -468,7 +581,7 @@ impl Store {
 
     /// SQLite's own consistency check plus the store's invariants: every finished run ends
     /// with one `done` event, event numbers have no gaps. `Ok(())` or the problems found.
-    pub fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {
+    fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {
         self.with(|c| {
             let mut problems: Vec<String> = {
                 let mut stmt = c.prepare("PRAGMA integrity_check")?;
@@ -478,16 +591,9 @@ impl Store {
                     .filter(|line| line != "ok")
                     .collect()
             };
-            let mut stmt = c.prepare(
-                "SELECT r.id, r.state,
-                        (SELECT COUNT(*) FROM run_events e WHERE e.run_id = r.id),
-                        (SELECT COALESCE(MAX(seq), 0) FROM run_events e WHERE e.run_id = r.id),
-                        (SELECT COUNT(*) FROM run_events e WHERE e.run_id = r.id AND e.kind = 'done'),
-                        (SELECT kind FROM run_events e WHERE e.run_id = r.id ORDER BY seq DESC LIMIT 1)
-                 FROM runs r",
-            )?;
+            let mut stmt = c.prepare(INVARIANTS_QUERY)?;
             let rows = stmt.query_map([], |r| {
-                Ok((
+                Ok(invariant_problem(
                     r.get::<_, String>(0)?,
                     RunState::parse(&r.get::<_, String>(1)?),
                     r.get::<_, i64>(2)?,
@@ -497,17 +603,7 @@ impl Store {
                 ))
             })?;
             for row in rows {
-                let (id, state, count, max_seq, dones, last) = row?;
-                if count != max_seq {
-                    problems.push(format!("run {id}: {count} events numbered up to {max_seq}"));
-                }
-                let ends_done = last.as_deref() == Some("done") && dones == 1;
-                if state.is_final() != ends_done {
-                    problems.push(format!(
-                        "run {id}: state {} but {dones} done events, last event {last:?}",
-                        state.as_str()
-                    ));
-                }
+                problems.extend(row?.into_iter().flatten());
             }
             Ok(if problems.is_empty() {
                 Ok(())
@@ -516,11 +612,102 @@ impl Store {
             })
         })
     }
+
+    #[cfg(test)]
+    fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
+        self.with(|c| c.execute_batch(sql))
+    }
 }
 
+/// The store tests, run against SQLite always and against PostgreSQL when
+/// `AGENTRT_TEST_POSTGRES_URL` names a server (`scripts/test.sh` starts one; with
+/// `AGENTRT_REQUIRE_POSTGRES=1` a missing server fails instead of skipping).
 #[cfg(test)]
-mod tests {
+mod conformance {
     use super::*;
+
+    /// Opens the harness's store (exclusively: as a server).
+    type Opener = Box<dyn Fn(bool) -> Result<Box<dyn RunStore>, StoreError>>;
+
+    /// Stores of one kind: each `open` is another connection to the same store.
+    pub struct Harness {
+        open: Opener,
+        /// SQL that makes the store look written by a newer agentrt.
+        newer_schema: &'static str,
+        cleanup: Option<Box<dyn FnOnce()>>,
+    }
+
+    impl Harness {
+        fn open(&self) -> Box<dyn RunStore> {
+            (self.open)(false).expect("open the store")
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            if let Some(f) = self.cleanup.take() {
+                f();
+            }
+        }
+    }
+
+    pub fn sqlite() -> Harness {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-store-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("runs.db");
+        Harness {
+            open: Box::new(move |exclusive| {
+                Ok(if exclusive {
+                    Box::new(Store::open_exclusive(&path)?)
+                } else {
+                    Box::new(Store::open(&path)?)
+                })
+            }),
+            newer_schema: "PRAGMA user_version = 99",
+            cleanup: Some(Box::new(move || {
+                let _ = std::fs::remove_dir_all(&dir);
+            })),
+        }
+    }
+
+    /// A fresh schema on the test server, dropped afterwards; `None` (skipped) without one.
+    pub fn postgres() -> Option<Harness> {
+        let Ok(url) = std::env::var("AGENTRT_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var("AGENTRT_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "AGENTRT_REQUIRE_POSTGRES=1 but AGENTRT_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!(
+                "skipped: AGENTRT_TEST_POSTGRES_URL is not set (scripts/test.sh starts a server)"
+            );
+            return None;
+        };
+        let schema = format!("agentrt_test_{}", rand::random::<u32>());
+        let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls)
+            .expect("connect to the test PostgreSQL server");
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .expect("create a schema");
+        let join = if url.contains('?') { '&' } else { '?' };
+        let scoped = format!("{url}{join}options=-c%20search_path%3D{schema}");
+        Some(Harness {
+            open: Box::new(move |exclusive| {
+                Ok(Box::new(postgres::PgStore::connect(
+                    &scoped,
+                    "test-instance",
+                    exclusive,
+                )?))
+            }),
+            newer_schema: "UPDATE agentrt_schema SET version = 99",
+            cleanup: Some(Box::new(move || {
+                let _ = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+            })),
+        })
+    }
 
     fn event(seq: i64, kind: &str) -> StoredEvent {
         StoredEvent {
@@ -531,36 +718,8 @@ mod tests {
         }
     }
 
-    fn temp_store() -> (tempdir::Dir, Store) {
-        let dir = tempdir::Dir::new();
-        let store = Store::open(&dir.0.join("runs.db")).expect("open");
-        (dir, store)
-    }
-
-    /// A folder removed when dropped (no dev-dependency for one helper).
-    mod tempdir {
-        pub struct Dir(pub std::path::PathBuf);
-        impl Dir {
-            pub fn new() -> Self {
-                let p = std::env::temp_dir().join(format!(
-                    "agentrt-store-{}-{}",
-                    std::process::id(),
-                    rand::random::<u64>()
-                ));
-                std::fs::create_dir_all(&p).expect("temp dir");
-                Self(p)
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-    }
-
-    #[test]
-    fn a_run_goes_from_queued_to_completed_with_its_events() {
-        let (_dir, store) = temp_store();
+    pub fn a_run_goes_from_queued_to_completed_with_its_events(h: &Harness) {
+        let store = h.open();
         let request = serde_json::json!({"task_description": "add two numbers"});
         store.insert_run("r1", &request).expect("insert");
         assert_eq!(
@@ -597,29 +756,44 @@ mod tests {
         assert_eq!(kinds, ["stage_started", "tokens", "done"]);
         assert_eq!(store.events_after("r1", 2).expect("events").len(), 1);
         assert_eq!(store.check_integrity().expect("check"), Ok(()));
+        assert!(store.run("nobody").expect("read").is_none());
         // The same event number twice is refused, not silently kept twice.
         assert!(store.append_event("r1", &event(3, "done")).is_err());
+        // A failed run keeps its error.
+        store.insert_run("r3", &Value::Null).expect("insert");
+        let error = ErrorOut::new(ErrorCode::GenerationFailed, "the model failed");
+        store
+            .finish_run(
+                "r3",
+                RunState::Failed,
+                None,
+                Some(&error),
+                &event(1, "done"),
+            )
+            .expect("finish");
+        let failed = store.run("r3").expect("read").expect("run");
+        assert_eq!(failed.error.expect("error").code, error.code);
         // The check sees a finished run without its last event, and a gap in the numbers.
         store.insert_run("r2", &Value::Null).expect("insert");
         store
             .append_event("r2", &event(2, "tokens"))
             .expect("event");
         store
-            .with(|c| c.execute("UPDATE runs SET state = 'completed' WHERE id = 'r2'", []))
+            .execute_for_test("UPDATE runs SET state = 'completed' WHERE id = 'r2'")
             .expect("corrupt");
         let problems = store
             .check_integrity()
             .expect("check")
             .expect_err("problems");
         assert_eq!(problems.len(), 2, "{problems:?}");
+        let counts = store.count_by_state().expect("counts");
+        assert!(counts.contains(&(RunState::Completed, 2)), "{counts:?}");
+        assert!(counts.contains(&(RunState::Failed, 1)), "{counts:?}");
     }
 
-    #[test]
-    fn unfinished_runs_are_marked_interrupted_on_the_next_open() {
-        let dir = tempdir::Dir::new();
-        let path = dir.0.join("runs.db");
+    pub fn unfinished_runs_are_marked_interrupted_on_the_next_open(h: &Harness) {
         {
-            let store = Store::open(&path).expect("open");
+            let store = h.open();
             store.insert_run("done", &Value::Null).expect("insert");
             store
                 .finish_run("done", RunState::Completed, None, None, &event(1, "done"))
@@ -631,7 +805,7 @@ mod tests {
                 .expect("event");
             store.insert_run("waiting", &Value::Null).expect("insert");
         }
-        let store = Store::open(&path).expect("reopen");
+        let store = h.open();
         assert_eq!(store.interrupt_unfinished().expect("interrupt"), 2);
         for id in ["midway", "waiting"] {
             let run = store.run(id).expect("read").expect("run");
@@ -652,9 +826,8 @@ mod tests {
         assert_eq!(store.interrupt_unfinished().expect("again"), 0);
     }
 
-    #[test]
-    fn runs_list_newest_first() {
-        let (_dir, store) = temp_store();
+    pub fn runs_list_newest_first(h: &Harness) {
+        let store = h.open();
         for id in ["a", "b", "c"] {
             store.insert_run(id, &Value::Null).expect("insert");
             std::thread::sleep(Duration::from_millis(3));
@@ -676,27 +849,71 @@ mod tests {
         assert_eq!(older, ["a"]);
     }
 
-    #[test]
-    fn a_second_server_on_the_same_store_is_refused() {
-        let dir = tempdir::Dir::new();
-        let path = dir.0.join("runs.db");
-        let first = Store::open_exclusive(&path).expect("first");
-        let err = Store::open_exclusive(&path).expect_err("second");
+    pub fn a_second_server_on_the_same_store_is_refused(h: &Harness) {
+        let first = (h.open)(true).expect("first");
+        let err = (h.open)(true).expect_err("second");
         assert!(err.message.contains("another agentrt server"), "{err}");
+        assert_eq!(err.code(), ErrorCode::StoreFailed);
         drop(first);
-        Store::open_exclusive(&path).expect("free again");
+        (h.open)(true).expect("free again");
     }
 
-    #[test]
-    fn a_store_from_a_newer_schema_is_refused() {
-        let dir = tempdir::Dir::new();
-        let path = dir.0.join("runs.db");
-        Store::open(&path).expect("open");
-        let conn = Connection::open(&path).expect("raw");
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .expect("bump");
-        drop(conn);
-        let err = Store::open(&path).expect_err("newer schema");
+    pub fn a_store_from_a_newer_schema_is_refused(h: &Harness) {
+        h.open()
+            .execute_for_test(h.newer_schema)
+            .expect("bump the schema");
+        let err = (h.open)(false).expect_err("newer schema");
         assert!(err.message.contains("newer agentrt"), "{err}");
+    }
+
+    /// Both backends, one `#[test]` each per case.
+    macro_rules! both {
+        ($($case:ident),* $(,)?) => {
+            mod sqlite_store {
+                $(#[test] fn $case() { super::$case(&super::sqlite()); })*
+            }
+            mod postgres_store {
+                $(#[test] fn $case() {
+                    if let Some(h) = super::postgres() { super::$case(&h); }
+                })*
+            }
+        };
+    }
+
+    both!(
+        a_run_goes_from_queued_to_completed_with_its_events,
+        unfinished_runs_are_marked_interrupted_on_the_next_open,
+        runs_list_newest_first,
+        a_second_server_on_the_same_store_is_refused,
+        a_store_from_a_newer_schema_is_refused,
+    );
+
+    /// Several hosts share one PostgreSQL database: a host's restart closes its own unfinished
+    /// runs and leaves the others' running.
+    #[test]
+    fn postgres_hosts_interrupt_only_their_own_runs() {
+        let Some(h) = postgres() else { return };
+        // The harness's connections are instance "test-instance"; another host's run is
+        // written beside its own.
+        let store = h.open();
+        store.insert_run("mine", &Value::Null).expect("insert");
+        store.set_running("mine").expect("running");
+        store
+            .execute_for_test(
+                "INSERT INTO runs (id, state, created_at_ms, updated_at_ms, request, owner)
+                 VALUES ('theirs', 'running', 1, 1, 'null', 'other-host')",
+            )
+            .expect("the other host's run");
+        drop(store);
+        let store = h.open();
+        assert_eq!(store.interrupt_unfinished().expect("interrupt"), 1);
+        assert_eq!(
+            store.run("mine").expect("read").expect("run").state,
+            RunState::Failed
+        );
+        assert_eq!(
+            store.run("theirs").expect("read").expect("run").state,
+            RunState::Running
+        );
     }
 }

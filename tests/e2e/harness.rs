@@ -270,6 +270,35 @@ pub fn fresh_store_path() -> PathBuf {
     dir.join(format!("store-{n}.db"))
 }
 
+/// A PostgreSQL URL scoped to a fresh schema on the test server (`AGENTRT_TEST_POSTGRES_URL`,
+/// started by scripts/test.sh); `None` (the test skips) without one, unless
+/// `AGENTRT_REQUIRE_POSTGRES=1`.
+pub fn postgres_schema_url() -> Option<String> {
+    let Ok(url) = std::env::var("AGENTRT_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("AGENTRT_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "AGENTRT_REQUIRE_POSTGRES=1 but AGENTRT_TEST_POSTGRES_URL is not set"
+        );
+        eprintln!(
+            "skipped: AGENTRT_TEST_POSTGRES_URL is not set (scripts/test.sh starts a server)"
+        );
+        return None;
+    };
+    let schema = format!("agentrt_e2e_{}_{}", std::process::id(), rand_suffix());
+    let mut admin =
+        postgres::Client::connect(&url, postgres::NoTls).expect("connect to the test server");
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .expect("create a schema");
+    let join = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{join}options=-c%20search_path%3D{schema}"))
+}
+
+fn rand_suffix() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Assert the error shape of DESIGN.md and return the code.
 pub fn error_code(body: &Value) -> String {
     let err = &body["error"];

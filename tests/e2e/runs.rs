@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::harness::{Server, error_code, fresh_store_path, run_cli_env};
+use agentrt::store::RunStore;
+
+use super::harness::{Server, error_code, fresh_store_path, postgres_schema_url, run_cli_env};
 
 const TASK: &str = "Write a function add(a, b) that returns the sum of two numbers";
 
@@ -229,8 +231,110 @@ fn cancelling_stops_a_running_run_and_a_full_queue_answers_429() {
 fn a_killed_server_keeps_finished_runs_and_marks_interrupted_ones_failed() {
     let store = fresh_store_path();
     let store_env = store.to_str().expect("utf-8 path").to_string();
-    let env = [("AGENTRT_STORE", store_env.as_str())];
-    let s = Server::start_with_env(&[], &env);
+    let (done_id, midway_id) = kill_and_restart(&[("AGENTRT_STORE", store_env.as_str())]);
+    let _ = (done_id, midway_id);
+    let opened = agentrt::store::Store::open(&store).expect("open the store");
+    assert_eq!(opened.check_integrity().expect("integrity check"), Ok(()));
+}
+
+/// The same crash on a PostgreSQL store, then a second host on the same database: it serves
+/// the runs the first one stored, and its start leaves the first host's runs alone.
+#[test]
+fn on_postgres_a_killed_server_keeps_its_runs_and_another_host_serves_them() {
+    let Some(url) = postgres_schema_url() else {
+        return;
+    };
+    let host_a = [
+        ("AGENTRT_STORE", url.as_str()),
+        ("AGENTRT_INSTANCE", "host-a"),
+    ];
+    let (done_id, midway_id) = kill_and_restart(&host_a);
+    let a = Server::start_with_env(&[], &host_a);
+    let (_, _, running) = submit(&a, TASK);
+    let running_id = running["id"].as_str().expect("id").to_string();
+    let b = Server::start_with_env(
+        &[],
+        &[
+            ("AGENTRT_STORE", url.as_str()),
+            ("AGENTRT_INSTANCE", "host-b"),
+        ],
+    );
+    for id in [&done_id, &midway_id] {
+        assert_eq!(
+            get_run(&b, id),
+            get_run(&a, id),
+            "host b reads what host a stored"
+        );
+    }
+    let state = get_run(&b, &running_id)["state"].clone();
+    assert!(
+        state == "queued" || state == "running" || state == "completed",
+        "host b's start did not interrupt host a's run: {state}"
+    );
+    let (status, listed) = b.get("/v1/pipeline/runs?limit=10");
+    assert_eq!(status, 200, "{listed}");
+    assert!(
+        listed["data"].as_array().expect("runs").len() >= 3,
+        "{listed}"
+    );
+    // The same instance name twice on one database is refused.
+    let (ok, _, err) = run_cli_env(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("AGENTRT_STORE", url.as_str()),
+            ("AGENTRT_INSTANCE", "host-b"),
+        ],
+    );
+    assert!(!ok && err.contains("STORE_001"), "{err}");
+    // Cancelling goes through the host running it; host b says so while it runs.
+    let (status, _, text) = b.exchange(
+        "DELETE",
+        &format!("/v1/pipeline/runs/{running_id}"),
+        &[],
+        None,
+    );
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(status, 409, "{body}");
+    let code = error_code(&body);
+    assert!(code == "RUN_003" || code == "RUN_001", "{body}");
+    // Host b streams host a's run to its end by following the store.
+    let followed = events(&b, &running_id, &[]);
+    assert_eq!(
+        followed.last().map(|e| e.1.as_str()),
+        Some("done"),
+        "{followed:?}"
+    );
+    let numbers: Vec<i64> = followed.iter().map(|e| e.0).collect();
+    assert_eq!(numbers, (1..=numbers.len() as i64).collect::<Vec<_>>());
+    drop((a, b));
+    // The doctor checks the database like the file.
+    let (_, stdout, stderr) =
+        run_cli_env(&["doctor", "--json"], &[("AGENTRT_STORE", url.as_str())]);
+    let report: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stdout}{stderr}"));
+    let store_check = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "store")
+        .expect("a store check")
+        .clone();
+    assert_eq!(store_check["status"], "ok", "{store_check}");
+    assert!(
+        store_check["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("integrity ok"),
+        "{store_check}"
+    );
+    let opened = agentrt::store::open_shared(&url).expect("open the store");
+    assert_eq!(opened.check_integrity().expect("integrity check"), Ok(()));
+}
+
+/// Finish one run, kill -9 the server in the middle of a second, restart on the same store:
+/// the first is unchanged, the second failed with RUN_002. Returns both ids.
+fn kill_and_restart(env: &[(&str, &str)]) -> (String, String) {
+    let s = Server::start_with_env(&[], env);
     let (_, _, done) = submit(&s, TASK);
     let done_id = done["id"].as_str().expect("id").to_string();
     events(&s, &done_id, &[]);
@@ -243,7 +347,7 @@ fn a_killed_server_keeps_finished_runs_and_marks_interrupted_ones_failed() {
     });
     s.kill();
 
-    let s = Server::start_with_env(&[], &env);
+    let s = Server::start_with_env(&[], env);
     let after = get_run(&s, &done_id);
     assert_eq!(after, before, "a finished run is unchanged by the crash");
     let interrupted = get_run(&s, &midway_id);
@@ -251,10 +355,7 @@ fn a_killed_server_keeps_finished_runs_and_marks_interrupted_ones_failed() {
     assert_eq!(interrupted["error"]["code"], "RUN_002", "{interrupted}");
     let all = events(&s, &midway_id, &[]);
     assert_eq!(all.last().map(|e| e.1.as_str()), Some("done"));
-    drop(s);
-
-    let opened = agentrt::store::Store::open(&store).expect("open the store");
-    assert_eq!(opened.check_integrity().expect("integrity check"), Ok(()));
+    (done_id, midway_id)
 }
 
 /// A run as stored (JSON) with its events (number, type, data).

@@ -395,26 +395,45 @@ impl Worker {
 impl Sequence {
     /// Hand on the held-back tail and the completion (with the whole text), or the error.
     fn finish(self, model_id: &str) {
-        let result = match self.outcome {
+        let Sequence {
+            request,
+            text,
+            emitted,
+            generated,
+            outcome,
+            cache,
+            ..
+        } = self;
+        // The KV cache goes now, not when the caller has read the answer.
+        drop(cache);
+        let Request {
+            prompt_ids,
+            timer,
+            progress,
+            ..
+        } = request;
+        let result = match outcome {
             Some(Ok(finish_reason)) => {
-                if self.text.len() > self.emitted {
-                    let tail = self.text[self.emitted..].to_string();
-                    let _ = self.request.progress.send(Progress::Text(tail));
+                if text.len() > emitted {
+                    let _ = progress.send(Progress::Text(text[emitted..].to_string()));
                 }
                 Ok(Completion {
                     model: model_id.to_string(),
-                    text: self.text,
+                    text,
                     finish_reason,
                     usage: Usage {
-                        prompt_tokens: self.request.prompt_ids.len() as u32,
-                        completion_tokens: self.generated.len() as u32,
+                        prompt_tokens: prompt_ids.len() as u32,
+                        completion_tokens: generated.len() as u32,
                     },
                 })
             }
             Some(Err(e)) => Err(e),
             None => Err(EngineError::Runtime("sequence retired unfinished".into())),
         };
-        let _ = self.request.progress.send(Progress::Done(result));
+        // Settle the metrics before the caller hears of the end (a client reading /metrics
+        // right after its answer sees the generation gone).
+        drop(timer);
+        let _ = progress.send(Progress::Done(result));
     }
 }
 

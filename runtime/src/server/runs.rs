@@ -8,7 +8,8 @@
 //! - `GET /v1/pipeline/runs/{id}/events` its events as server-sent events (`id:` the event
 //!   number, `event:` its type, `data:` its JSON), the stored ones first, then live ones until
 //!   `done`; `Last-Event-ID` (or `?after=N`) resumes after an event.
-//! - `DELETE /v1/pipeline/runs/{id}` cancels a queued or running run (`409 RUN_001` once it
+//! - `DELETE /v1/pipeline/runs/{id}` cancels a queued or running run (`409 RUN_003` when
+//!   another host sharing the store runs it; `409 RUN_001` once it
 //!   has ended).
 
 use std::convert::Infallible;
@@ -31,6 +32,8 @@ use crate::error_code::ErrorCode;
 use crate::runs::RunsError;
 use crate::store::{RunRecord, StoredEvent};
 
+/// How often a stream of a run executing on another host reads the store for new events.
+const STORE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 /// Runs a list answers at most.
 const MAX_LIST: usize = 100;
 
@@ -221,7 +224,7 @@ pub async fn events(
 
 fn event_stream(
     id: String,
-    store: Arc<crate::store::Store>,
+    store: Arc<dyn crate::store::RunStore>,
     stored: Vec<StoredEvent>,
     live: Option<tokio::sync::broadcast::Receiver<crate::runs::NumberedEvent>>,
     after: i64,
@@ -234,7 +237,27 @@ fn event_stream(
                 return;
             }
         }
-        let Some(mut live) = live else { return };
+        let Some(mut live) = live else {
+            // Not running here yet unfinished: another host sharing the store runs it, so
+            // follow the store.
+            loop {
+                tokio::time::sleep(STORE_POLL).await;
+                let store = store.clone();
+                let run_id = id.clone();
+                let more =
+                    tokio::task::spawn_blocking(move || store.events_after(&run_id, last)).await;
+                let Ok(Ok(more)) = more else { return };
+                for e in &more {
+                    last = e.seq;
+                    if tx.send(sse(e)).await.is_err() || e.kind == "done" {
+                        return;
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        };
         loop {
             match live.recv().await {
                 Ok(e) => {

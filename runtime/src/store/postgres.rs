@@ -1,0 +1,455 @@
+//! The run store in PostgreSQL, for several agentrt hosts behind one load balancer: selected by
+//! a `postgres://` (or `postgresql://`) URL in `AGENTRT_STORE` or the config's `store`.
+//!
+//! Same tables and invariants as the SQLite store (see the parent module). What differs:
+//! - each run records its `owner`, the instance that executes it (`AGENTRT_INSTANCE`, default
+//!   the host name), and [`RunStore::interrupt_unfinished`] closes only this instance's
+//!   unfinished runs — the other hosts' runs are still going;
+//! - a server holds a session advisory lock on its instance name, so a second server with the
+//!   same name on the same database is refused (`STORE_001`) rather than interrupting the
+//!   first one's runs;
+//! - the schema is created under a transaction-scoped advisory lock, so hosts starting together
+//!   do not race; its version lives in `agentrt_schema`;
+//! - a dropped connection is reopened (and the instance lock retaken) on the next statement.
+//!
+//! Statements run through the synchronous `postgres` client under a mutex, from the blocking
+//! threads that already call the store.
+
+use std::sync::Mutex;
+
+use postgres::{Client, NoTls, Transaction};
+use serde_json::Value;
+
+use super::{
+    RunRecord, RunState, RunStore, SCHEMA_VERSION, StoreError, StoredEvent, interrupted_error,
+    now_ms,
+};
+use crate::pipeline::report::ErrorOut;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS agentrt_schema (version BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    request TEXT NOT NULL,
+    outcome TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    owner TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_creation ON runs (created_at_ms);
+CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (owner) WHERE state IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS run_events (
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+";
+
+/// Advisory-lock key of schema creation (any constant; "agentrt" in ASCII).
+const SCHEMA_LOCK: i64 = 0x0061_6765_6e74_7274;
+
+/// Tries (100 ms apart) at the instance lock before a second server is refused.
+const LOCK_ATTEMPTS: usize = 30;
+
+const COLUMNS: &str =
+    "id, state, created_at_ms, updated_at_ms, request, outcome, error_code, error_message";
+
+/// A PostgreSQL run store.
+pub struct PgStore {
+    url: String,
+    /// The URL without its password, for messages and logs.
+    shown: String,
+    instance: String,
+    /// Whether this store holds the instance lock (a server) or only reads and writes (tools).
+    exclusive: bool,
+    client: Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &self.shown)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `location` names a PostgreSQL database rather than an SQLite file.
+pub fn is_postgres_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// This server's name among the hosts sharing a database: `AGENTRT_INSTANCE`, else the host
+/// name (stable across restarts, so a restarted host closes the runs it left).
+pub fn instance_name() -> String {
+    std::env::var("AGENTRT_INSTANCE")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "agentrt".to_string())
+}
+
+impl PgStore {
+    /// Connect, create the schema when missing, and (for a server, `exclusive`) take the
+    /// instance lock.
+    pub fn connect(url: &str, instance: &str, exclusive: bool) -> Result<Self, StoreError> {
+        let store = Self {
+            url: url.to_string(),
+            shown: redact(url),
+            instance: instance.to_string(),
+            exclusive,
+            client: Mutex::new(None),
+        };
+        let client = store.open_client()?;
+        *store.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
+        Ok(store)
+    }
+
+    fn fail(&self, message: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            path: self.shown.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    /// A new session: connected, schema checked, instance lock taken.
+    fn open_client(&self) -> Result<Client, StoreError> {
+        let mut client = Client::connect(&self.url, NoTls).map_err(|e| self.fail(e))?;
+        let mut tx = client.transaction().map_err(|e| self.fail(e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .map_err(|e| self.fail(e))?;
+        tx.batch_execute(SCHEMA).map_err(|e| self.fail(e))?;
+        let version: Option<i64> = tx
+            .query_opt("SELECT MAX(version) FROM agentrt_schema", &[])
+            .map_err(|e| self.fail(e))?
+            .and_then(|r| r.get(0));
+        match version {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(self.fail(format!(
+                    "written by a newer agentrt (schema {v}, this build reads up to {SCHEMA_VERSION})"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                tx.execute(
+                    "INSERT INTO agentrt_schema (version) VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )
+                .map_err(|e| self.fail(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        if self.exclusive {
+            // A killed predecessor's session holds the lock until its backend notices the
+            // closed socket (moments): wait a little before calling the instance taken.
+            let mut got = false;
+            for attempt in 0..LOCK_ATTEMPTS {
+                if attempt > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                got = client
+                    .query_one(
+                        "SELECT pg_try_advisory_lock(hashtext('agentrt instance ' || $1))",
+                        &[&self.instance],
+                    )
+                    .map_err(|e| self.fail(e))?
+                    .get(0);
+                if got {
+                    break;
+                }
+            }
+            if !got {
+                return Err(self.fail(format!(
+                    "another agentrt server with instance name {:?} uses this database (set AGENTRT_INSTANCE to tell hosts apart)",
+                    self.instance
+                )));
+            }
+        }
+        Ok(client)
+    }
+
+    /// Run `f` on the session, reopening it first when it was lost.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = None;
+            *slot = Some(self.open_client()?);
+        }
+        let client = slot.as_mut().expect("a session was just opened");
+        f(client).map_err(|e| self.fail(e))
+    }
+
+    fn record(row: &postgres::Row) -> RunRecord {
+        let request: String = row.get(4);
+        let outcome: Option<String> = row.get(5);
+        let code: Option<String> = row.get(6);
+        let message: Option<String> = row.get(7);
+        RunRecord {
+            id: row.get(0),
+            state: RunState::parse(row.get::<_, &str>(1)),
+            created_at_ms: row.get(2),
+            updated_at_ms: row.get(3),
+            request: serde_json::from_str(&request).unwrap_or(Value::Null),
+            outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+            error: code.map(|code| ErrorOut {
+                code,
+                message: message.unwrap_or_default(),
+            }),
+        }
+    }
+
+    fn insert_event(
+        tx: &mut Transaction<'_>,
+        id: &str,
+        event: &StoredEvent,
+    ) -> Result<u64, postgres::Error> {
+        tx.execute(
+            "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES ($1, $2, $3, $4, $5)",
+            &[&id, &event.seq, &event.at_ms, &event.kind, &event.data],
+        )
+    }
+}
+
+impl RunStore for PgStore {
+    fn location(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError> {
+        let now = now_ms();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO runs (id, state, created_at_ms, updated_at_ms, request, owner)
+                 VALUES ($1, 'queued', $2, $2, $3, $4)",
+                &[&id, &now, &request.to_string(), &self.instance],
+            )
+        })?;
+        Ok(RunRecord {
+            id: id.to_string(),
+            state: RunState::Queued,
+            created_at_ms: now,
+            updated_at_ms: now,
+            request: request.clone(),
+            outcome: None,
+            error: None,
+        })
+    }
+
+    fn set_running(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET state = 'running', updated_at_ms = $2 WHERE id = $1",
+                &[&id, &now_ms()],
+            )
+        })
+        .map(drop)
+    }
+
+    fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            Self::insert_event(&mut tx, id, event)?;
+            tx.commit()
+        })
+    }
+
+    fn finish_run(
+        &self,
+        id: &str,
+        state: RunState,
+        outcome: Option<&Value>,
+        error: Option<&ErrorOut>,
+        done: &StoredEvent,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "UPDATE runs SET state = $2, updated_at_ms = $3, outcome = $4, error_code = $5,
+                 error_message = $6 WHERE id = $1",
+                &[
+                    &id,
+                    &state.as_str(),
+                    &now_ms(),
+                    &outcome.map(Value::to_string),
+                    &error.map(|e| e.code.as_str()),
+                    &error.map(|e| e.message.as_str()),
+                ],
+            )?;
+            Self::insert_event(&mut tx, id, done)?;
+            tx.commit()
+        })
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.with(|c| {
+            c.query_opt(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"), &[&id])
+                .map(|row| row.as_ref().map(Self::record))
+        })
+    }
+
+    fn list_runs(
+        &self,
+        limit: usize,
+        before_ms: Option<i64>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.with(|c| {
+            c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM runs WHERE created_at_ms < $1
+                     ORDER BY created_at_ms DESC, id LIMIT $2"
+                ),
+                &[&before_ms.unwrap_or(i64::MAX), &(limit as i64)],
+            )
+            .map(|rows| rows.iter().map(Self::record).collect())
+        })
+    }
+
+    fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError> {
+        self.with(|c| {
+            c.query(
+                "SELECT state, COUNT(*) FROM runs GROUP BY state ORDER BY state",
+                &[],
+            )
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        (
+                            RunState::parse(r.get::<_, &str>(0)),
+                            r.get::<_, i64>(1) as usize,
+                        )
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    fn events_after(&self, id: &str, after: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        self.with(|c| {
+            c.query(
+                "SELECT seq, at_ms, kind, data FROM run_events WHERE run_id = $1 AND seq > $2
+                 ORDER BY seq",
+                &[&id, &after],
+            )
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| StoredEvent {
+                        seq: r.get(0),
+                        at_ms: r.get(1),
+                        kind: r.get(2),
+                        data: r.get(3),
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
+        let error = interrupted_error();
+        let done =
+            serde_json::json!({"type": "done", "state": "failed", "error": error}).to_string();
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            // Only this instance's runs: the other hosts' are still in progress.
+            let ids: Vec<String> = tx
+                .query(
+                    "SELECT id FROM runs WHERE state IN ('queued', 'running') AND owner = $1
+                     FOR UPDATE",
+                    &[&self.instance],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let now = now_ms();
+            for id in &ids {
+                tx.execute(
+                    "INSERT INTO run_events (run_id, seq, at_ms, kind, data)
+                     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, 'done', $3 FROM run_events
+                     WHERE run_id = $1",
+                    &[id, &now, &done],
+                )?;
+                tx.execute(
+                    "UPDATE runs SET state = 'failed', updated_at_ms = $2, error_code = $3,
+                     error_message = $4 WHERE id = $1",
+                    &[id, &now, &error.code, &error.message],
+                )?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
+    }
+
+    fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(super::INVARIANTS_QUERY, &[])?;
+            let problems: Vec<String> = rows
+                .iter()
+                .filter_map(|r| {
+                    super::invariant_problem(
+                        r.get(0),
+                        RunState::parse(r.get::<_, &str>(1)),
+                        r.get(2),
+                        r.get(3),
+                        r.get(4),
+                        r.get(5),
+                    )
+                })
+                .flatten()
+                .collect();
+            Ok(if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems)
+            })
+        })
+    }
+
+    #[cfg(test)]
+    fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
+        self.with(|c| c.batch_execute(sql))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("postgres://agentrt:secret@db:5432/runs?sslmode=disable"),
+            "postgres://agentrt:***@db:5432/runs?sslmode=disable"
+        );
+        assert_eq!(redact("postgres://db/runs"), "postgres://db/runs");
+        assert_eq!(redact("postgresql://u@db/x"), "postgresql://u@db/x");
+        assert!(is_postgres_url("postgresql://db/x") && !is_postgres_url("/var/agentrt.db"));
+    }
+}
