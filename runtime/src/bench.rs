@@ -50,7 +50,16 @@ pub fn run(
     decode_tokens: usize,
     runs: usize,
 ) -> Result<(), CliError> {
-    let model = load_default_model(opts)?;
+    let served = load_default_model(opts)?;
+    let Some(model) = served.as_local() else {
+        return Err(CliError {
+            code: ErrorCode::InvalidInput.as_str(),
+            message: format!(
+                "{} is served remotely ({}); agentrt bench measures the local engine",
+                served.info.id, served.info.device
+            ),
+        });
+    };
     let text = "def fibonacci(n: int) -> int:\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n";
     let mut ids = Vec::new();
     let unit = model.tokenizer.encode(text).map_err(|e| CliError {

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::engine::{Engine, LoadedModel};
+use crate::engine::{Engine, LoadedModel, ServedModel};
 use crate::error_code::ErrorCode;
 use crate::pipeline::{FindingOut, Pipeline, PipelineRequest};
 use crate::plugin::PluginHost;
@@ -257,7 +257,7 @@ pub enum PluginsAction {
 }
 
 /// The default model of the models named in `opts`.
-pub fn load_default_model(opts: &RuntimeOpts) -> Result<Arc<LoadedModel>, CliError> {
+pub fn load_default_model(opts: &RuntimeOpts) -> Result<Arc<ServedModel>, CliError> {
     load_engine(opts)?
         .model(None)
         .map_err(|e| CliError::new(e.code(), e.to_string()))
@@ -280,7 +280,7 @@ fn print_test_report(tests: &crate::sandbox::TestReport) {
 
 /// Generate, printing text as it comes (or the whole completion as JSON at the end).
 fn stream_completion(
-    model: &LoadedModel,
+    model: &ServedModel,
     prompt: &crate::engine::Prompt,
     params: &crate::engine::SamplingParams,
     json: bool,
@@ -311,6 +311,20 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
     };
     let mut models = Vec::new();
     for (i, path) in paths.iter().enumerate() {
+        let entry = path.to_string_lossy();
+        if crate::engine::remote::is_remote(&entry) {
+            let started = Instant::now();
+            let model = ServedModel::remote(&entry, None)
+                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+            eprintln!(
+                "model {} is served by {} (answered in {} ms)",
+                model.info.id,
+                model.info.device,
+                started.elapsed().as_millis()
+            );
+            models.push(Arc::new(model));
+            continue;
+        }
         if !path.exists() {
             return Err(CliError::new(
                 ErrorCode::ModelNotAvailable,
@@ -338,7 +352,7 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
             model.info.device,
             started.elapsed().as_millis()
         );
-        models.push(Arc::new(model));
+        models.push(Arc::new(ServedModel::local(model)));
     }
     Ok(Arc::new(Engine::new(models)))
 }

@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod models;
 pub mod quant;
+pub mod remote;
 pub mod sampling;
 pub mod scheduler;
 pub mod simd;
@@ -78,6 +79,14 @@ pub enum EngineError {
     Timeout,
     #[error("engine failure: {0}")]
     Runtime(String),
+    #[error("model server {url}: {message}")]
+    Remote {
+        url: String,
+        /// The HTTP status it answered, when it answered.
+        status: Option<u16>,
+        code: ErrorCode,
+        message: String,
+    },
     #[error("cannot run model {path} on {device}: {message}")]
     Device {
         path: PathBuf,
@@ -105,6 +114,7 @@ impl EngineError {
             Self::Runtime(_) => ErrorCode::GenerationFailed,
             Self::Device { memory: true, .. } => ErrorCode::ModelMemory,
             Self::Device { .. } => ErrorCode::ModelNotAvailable,
+            Self::Remote { code, .. } => *code,
         }
     }
 }
@@ -527,7 +537,10 @@ impl LoadedModel {
             timer,
             progress,
         })?;
-        Ok(Generation { events })
+        Ok(Generation {
+            events,
+            model: None,
+        })
     }
 
     /// One forward pass; rows of the head past the tokenizer's vocabulary (padding in HF
@@ -597,6 +610,8 @@ impl LoadedModel {
 #[derive(Debug)]
 pub struct Generation {
     events: mpsc::Receiver<Progress>,
+    /// The name the completion reports (the served name of a remote model).
+    model: Option<String>,
 }
 
 impl Generation {
@@ -605,7 +620,14 @@ impl Generation {
         for event in self.events.iter() {
             match event {
                 Progress::Text(piece) => on_text(&piece),
-                Progress::Done(result) => return result,
+                Progress::Done(result) => {
+                    return result.map(|mut done| {
+                        if let Some(name) = self.model {
+                            done.model = name;
+                        }
+                        done
+                    });
+                }
             }
         }
         Err(EngineError::Runtime(
@@ -723,19 +745,116 @@ pub(crate) fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
     safe
 }
 
-/// All loaded models; the first is the default.
+/// A model the server offers: run here by the engine, or by an OpenAI-compatible server
+/// ([`remote`]). Callers — the API, the pipeline, plugins — see the same thing either way.
+#[derive(Debug)]
+pub struct ServedModel {
+    pub info: ModelInfo,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Local(Arc<LoadedModel>),
+    Remote(remote::RemoteModel),
+}
+
+impl ServedModel {
+    /// A model run by this process's engine.
+    pub fn local(model: LoadedModel) -> Self {
+        Self {
+            info: model.info.clone(),
+            backend: Backend::Local(Arc::new(model)),
+        }
+    }
+
+    /// A model served by the OpenAI-compatible server of `entry` (see [`remote`]), known here
+    /// as `id` (its name at the remote for `None`).
+    pub fn remote(entry: &str, id: Option<&str>) -> Result<Self, EngineError> {
+        let r = remote::RemoteModel::connect(entry)?;
+        let info = ModelInfo {
+            id: id.map_or_else(|| r.model.clone(), str::to_string),
+            architecture: "remote".into(),
+            path: PathBuf::from(r.base()),
+            context_length: r.context_length,
+            supports_chat: true,
+            supports_fim: true,
+            format: "openai-api".into(),
+            parameters: 0,
+            file_bytes: 0,
+            device: format!("remote ({}, model {})", r.base(), r.model),
+        };
+        Ok(Self {
+            info,
+            backend: Backend::Remote(r),
+        })
+    }
+
+    /// The local engine's model, `None` for a remote one.
+    pub fn as_local(&self) -> Option<&Arc<LoadedModel>> {
+        match &self.backend {
+            Backend::Local(m) => Some(m),
+            Backend::Remote(_) => None,
+        }
+    }
+
+    /// Queue a generation; see [`LoadedModel::start`].
+    pub fn start(
+        &self,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        control: &Control,
+    ) -> Result<Generation, EngineError> {
+        let mut generation = match &self.backend {
+            Backend::Local(m) => m.start(prompt, params, control)?,
+            Backend::Remote(r) => r.start(prompt, params, control)?,
+        };
+        generation.model = Some(self.info.id.clone());
+        Ok(generation)
+    }
+
+    /// Generate a completion; `on_text` receives text as it comes.
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        control: &Control,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion, EngineError> {
+        self.start(prompt, params, control)?.finish(on_text)
+    }
+
+    /// Tokens of `text` (no special tokens added).
+    pub fn count_tokens(&self, text: &str) -> Result<u32, EngineError> {
+        match &self.backend {
+            Backend::Local(m) => m
+                .tokenizer
+                .encode(text)
+                .map(|ids| ids.len() as u32)
+                .map_err(|e| EngineError::InvalidInput(e.to_string())),
+            Backend::Remote(r) => r.count_tokens(text),
+        }
+    }
+
+    /// What the local scheduler has done (zero for a remote model).
+    pub fn batch_stats(&self) -> BatchStats {
+        self.as_local().map(|m| m.batch_stats()).unwrap_or_default()
+    }
+}
+
+/// All served models; the first is the default.
 #[derive(Debug, Default)]
 pub struct Engine {
-    models: Vec<Arc<LoadedModel>>,
+    models: Vec<Arc<ServedModel>>,
 }
 
 impl Engine {
-    pub fn new(models: Vec<Arc<LoadedModel>>) -> Self {
+    pub fn new(models: Vec<Arc<ServedModel>>) -> Self {
         Self { models }
     }
 
     /// The model named `id`, or the default for `None`.
-    pub fn model(&self, id: Option<&str>) -> Result<Arc<LoadedModel>, EngineError> {
+    pub fn model(&self, id: Option<&str>) -> Result<Arc<ServedModel>, EngineError> {
         match id {
             None | Some("") | Some("default") => self
                 .models
@@ -751,7 +870,7 @@ impl Engine {
         }
     }
 
-    pub fn models(&self) -> &[Arc<LoadedModel>] {
+    pub fn models(&self) -> &[Arc<ServedModel>] {
         &self.models
     }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentrt::engine::{Engine, LoadedModel};
+use agentrt::engine::{Engine, LoadedModel, ServedModel};
 use agentrt::plugin::bindings::llm::{Error, Host, Sampling};
 use agentrt::plugin::grants::{self, Grant, HostLimits, TokenMeter};
 use agentrt::plugin::manifest::Manifest;
@@ -18,7 +18,7 @@ fn engine() -> Arc<Engine> {
     let path = agentrt::paths::default_model();
     let model = LoadedModel::load("smollm2", &path, &mut |_| {})
         .expect("default model missing: run scripts/setup.sh");
-    Arc::new(Engine::new(vec![Arc::new(model)]))
+    Arc::new(Engine::new(vec![Arc::new(ServedModel::local(model))]))
 }
 
 /// A reviewer's call state with `permissions` asked and granted, ending at `deadline`.

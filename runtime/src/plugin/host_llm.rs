@@ -12,13 +12,13 @@ use super::bindings::llm::{
 };
 use super::state::PluginState;
 use crate::engine::chat_template::TemplateMessage;
-use crate::engine::{self, Control, EngineError, LoadedModel, Prompt, SamplingParams};
+use crate::engine::{self, Control, EngineError, Prompt, SamplingParams, ServedModel};
 
 /// Tokens generated when a plugin does not say.
 const DEFAULT_MAX_TOKENS: u32 = 256;
 
 impl PluginState {
-    fn resolve_model(&self, model: Option<String>) -> Result<Arc<LoadedModel>, Error> {
+    fn resolve_model(&self, model: Option<String>) -> Result<Arc<ServedModel>, Error> {
         let engine = self
             .models
             .as_ref()
@@ -146,11 +146,7 @@ impl Host for PluginState {
 
     fn count_tokens(&mut self, model: Option<String>, text: String) -> Result<u32, Error> {
         let loaded = self.resolve_model(model)?;
-        let ids = loaded
-            .tokenizer
-            .encode(&text)
-            .map_err(|e| Error::InvalidInput(e.to_string()))?;
-        Ok(ids.len() as u32)
+        loaded.count_tokens(&text).map_err(to_wit_error)
     }
 
     fn generate(

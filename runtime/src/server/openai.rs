@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::engine::chat_template::TemplateMessage;
-use crate::engine::{Completion, Control, FinishReason, LoadedModel, Prompt, SamplingParams};
+use crate::engine::{Completion, Control, FinishReason, Prompt, SamplingParams, ServedModel};
 use crate::error_code::ErrorCode;
 use crate::stats::Stats;
 
@@ -240,7 +240,7 @@ impl Common {
             .unwrap_or(false)
     }
 
-    fn model(&self, state: &AppState) -> Result<Arc<LoadedModel>, OpenAiError> {
+    fn model(&self, state: &AppState) -> Result<Arc<ServedModel>, OpenAiError> {
         let model = state.engine.model(self.model.as_deref()).map_err(|e| {
             let mut err = ApiError::new(e.code(), e.to_string());
             if matches!(e, crate::engine::EngineError::ModelNotFound(_)) {
@@ -298,7 +298,7 @@ struct Job {
     endpoint: &'static str,
     stats: Arc<Stats>,
     kind: Kind,
-    model: Arc<LoadedModel>,
+    model: Arc<ServedModel>,
     prompt: Prompt,
     params: SamplingParams,
     stream: bool,
@@ -520,6 +520,45 @@ fn chat_job(
         .job(state, CHAT, Kind::Chat, Prompt::Chat(messages), 512)
 }
 
+/// `POST /tokenize` (vLLM's shape): `{"model"?, "prompt"}` → `{"count", "max_model_len"}`, and
+/// the `tokens` for a model this process runs. What a remote agentrt entry counts tokens with.
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    model: Option<String>,
+    prompt: String,
+}
+
+pub async fn tokenize(
+    State(state): State<AppState>,
+    body: Result<Json<TokenizeRequest>, JsonRejection>,
+) -> Result<Response, OpenAiError> {
+    let req = parse(body)?;
+    let model = state
+        .engine
+        .model(req.model.as_deref())
+        .map_err(|e| OpenAiError(ApiError::new(e.code(), e.to_string())))?;
+    let counted = tokio::task::spawn_blocking(move || {
+        let tokens = model
+            .as_local()
+            .and_then(|m| m.tokenizer.encode(&req.prompt).ok());
+        let count = match &tokens {
+            Some(t) => Ok(t.len() as u32),
+            None => model.count_tokens(&req.prompt),
+        };
+        count.map(|count| {
+            let mut v = json!({"count": count, "max_model_len": model.info.context_length});
+            if let Some(t) = tokens {
+                v["tokens"] = json!(t);
+            }
+            v
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))?
+    .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    Ok(Json(counted).into_response())
+}
+
 pub async fn completions(
     State(state): State<AppState>,
     deadline: Option<axum::Extension<super::RequestDeadline>>,
@@ -557,7 +596,10 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
         .engine
         .models()
         .iter()
-        .map(|m| json!({"id": m.info.id, "object": "model", "created": 0, "owned_by": "agentrt"}))
+        .map(|m| {
+            json!({"id": m.info.id, "object": "model", "created": 0, "owned_by": "agentrt",
+                   "max_model_len": m.info.context_length})
+        })
         .collect();
     Json(json!({"object": "list", "data": data}))
 }

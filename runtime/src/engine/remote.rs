@@ -1,0 +1,461 @@
+//! Remote engines: a model entry that is an OpenAI-compatible server (vLLM, llama.cpp's server,
+//! another agentrt) instead of a local file, so a team that outgrows one machine keeps the same
+//! plugins and API.
+//!
+//! The entry is a URL: `http(s)://[:TOKEN@]HOST[:PORT]/v1[#MODEL]` — the API root, an optional
+//! bearer token (else `AGENTRT_REMOTE_API_KEY`), and the remote's model name (else its first
+//! model). At load the server's `/models` must answer and list the model. A generation is one
+//! streamed request (`/chat/completions` for conversations, `/completions` for text and, with
+//! `suffix`, fill-in-the-middle) read on its own thread and handed on as it comes, exactly like a
+//! local generation: the caller sees the same [`Generation`]. Cancelling or a deadline closes
+//! the connection, which stops the remote generation. Sampling: `max_tokens`, `temperature`,
+//! `top_p`, `seed` and `stop` are sent; `top_k` and the repeat penalty are not part of the
+//! OpenAI API and stay with the remote's defaults. Token counts come from the remote's
+//! `/tokenize` (vLLM's and agentrt's).
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::chat_template::TemplateMessage;
+use super::scheduler::Progress;
+use super::{
+    Completion, Control, EngineError, FinishReason, Generation, Prompt, SamplingParams, Usage,
+};
+use crate::error_code::ErrorCode;
+
+/// How long a connection to the remote may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a model entry names a remote server rather than a file.
+pub fn is_remote(entry: &str) -> bool {
+    entry.starts_with("http://") || entry.starts_with("https://")
+}
+
+/// An OpenAI-compatible server serving one model.
+#[derive(Clone)]
+pub struct RemoteModel {
+    /// The API root, e.g. `http://gpu-box:8000/v1` (no trailing slash, no credentials).
+    base: String,
+    /// The model's name at the remote.
+    pub model: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+    /// The remote's context length when it says (vLLM: `max_model_len`), else 0.
+    pub context_length: u32,
+}
+
+impl std::fmt::Debug for RemoteModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteModel")
+            .field("base", &self.base)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of an entry URL.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    base: String,
+    token: Option<String>,
+    model: Option<String>,
+}
+
+fn parse_entry(entry: &str) -> Result<Entry, String> {
+    let (url, model) = match entry.split_once('#') {
+        Some((u, m)) if !m.is_empty() => (u, Some(m.to_string())),
+        Some((u, _)) => (u, None),
+        None => (entry, None),
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{entry:?} is not a URL"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (token, host) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let secret = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+            ((!secret.is_empty()).then(|| secret.to_string()), host)
+        }
+        None => (None, authority),
+    };
+    if host.is_empty() {
+        return Err(format!("{entry:?} names no host"));
+    }
+    let path = path.trim_end_matches('/');
+    let path = if path.is_empty() { "/v1" } else { path };
+    Ok(Entry {
+        base: format!("{scheme}://{host}{path}"),
+        token,
+        model,
+    })
+}
+
+impl RemoteModel {
+    /// Reach the server named by `entry` and find its model.
+    pub fn connect(entry: &str) -> Result<Self, EngineError> {
+        let parsed = parse_entry(entry)
+            .map_err(|m| remote_error(entry, None, ErrorCode::InvalidInput, m))?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .build()
+            .into();
+        let mut remote = Self {
+            base: parsed.base,
+            model: String::new(),
+            token: parsed.token.or_else(|| {
+                std::env::var("AGENTRT_REMOTE_API_KEY")
+                    .ok()
+                    .filter(|k| !k.is_empty())
+            }),
+            agent,
+            context_length: 0,
+        };
+        let listed = remote.get_json("/models", Duration::from_secs(30))?;
+        let models = listed["data"].as_array().cloned().unwrap_or_default();
+        let found = match &parsed.model {
+            Some(name) => models.iter().find(|m| m["id"].as_str() == Some(name)),
+            None => models.first(),
+        };
+        let Some(found) = found else {
+            let names: Vec<&str> = models.iter().filter_map(|m| m["id"].as_str()).collect();
+            return Err(remote.error(
+                None,
+                ErrorCode::ModelNotAvailable,
+                match &parsed.model {
+                    Some(name) => format!("serves no model {name:?} (it serves {names:?})"),
+                    None => "serves no models".into(),
+                },
+            ));
+        };
+        remote.model = found["id"].as_str().unwrap_or_default().to_string();
+        remote.context_length = ["max_model_len", "context_length"]
+            .iter()
+            .find_map(|k| found[*k].as_u64())
+            .unwrap_or(0) as u32;
+        Ok(remote)
+    }
+
+    /// The API root this model is served from.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn error(
+        &self,
+        status: Option<u16>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> EngineError {
+        remote_error(&self.base, status, code, message.into())
+    }
+
+    fn post(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let mut req = self.agent.post(&format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        req.header("content-type", "application/json")
+    }
+
+    fn get_json(&self, path: &str, timeout: Duration) -> Result<Value, EngineError> {
+        let mut req = self.agent.get(&format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let resp = req
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .call()
+            .map_err(|e| self.transport_error(e))?;
+        self.json_body(resp)
+    }
+
+    fn json_body(&self, mut resp: ureq::http::Response<ureq::Body>) -> Result<Value, EngineError> {
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.transport_error(e))?;
+        if status != 200 {
+            return Err(self.status_error(status, &text));
+        }
+        serde_json::from_str(&text).map_err(|e| {
+            self.error(
+                Some(status),
+                ErrorCode::GenerationFailed,
+                format!("answer is not JSON: {e}"),
+            )
+        })
+    }
+
+    fn transport_error(&self, e: ureq::Error) -> EngineError {
+        match e {
+            ureq::Error::Timeout(_) => EngineError::Timeout,
+            other => self.error(
+                None,
+                ErrorCode::ModelNotAvailable,
+                format!("cannot reach it: {other}"),
+            ),
+        }
+    }
+
+    /// An error answer: its own code when it is one of ours (another agentrt), else by status.
+    fn status_error(&self, status: u16, body: &str) -> EngineError {
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        let message = v["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| body.chars().take(300).collect());
+        let code = v["error"]["code"]
+            .as_str()
+            .and_then(ErrorCode::parse)
+            .unwrap_or(match status {
+                429 => ErrorCode::QueueFull,
+                401 | 403 | 404 => ErrorCode::ModelNotAvailable,
+                400..=499 => ErrorCode::InvalidInput,
+                _ => ErrorCode::GenerationFailed,
+            });
+        self.error(Some(status), code, message)
+    }
+
+    /// Start a streamed generation on its own thread.
+    pub fn start(
+        &self,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        control: &Control,
+    ) -> Result<Generation, EngineError> {
+        params.validate().map_err(EngineError::InvalidInput)?;
+        control.check()?;
+        let (path, body) = self.body(prompt, params);
+        let (progress, events) = mpsc::channel();
+        let remote = self.clone();
+        let control = control.clone();
+        std::thread::Builder::new()
+            .name("agentrt-remote".into())
+            .spawn(move || {
+                let result = remote.stream(path, &body, &control, &progress);
+                let _ = progress.send(Progress::Done(result));
+            })
+            .map_err(|e| EngineError::Runtime(format!("cannot start a remote generation: {e}")))?;
+        Ok(Generation {
+            events,
+            model: None,
+        })
+    }
+
+    /// The request for `prompt`: its path and JSON body.
+    fn body(&self, prompt: &Prompt, params: &SamplingParams) -> (&'static str, Value) {
+        let mut body = json!({
+            "model": self.model,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if !params.stop.is_empty() {
+            body["stop"] = json!(params.stop);
+        }
+        let path = match prompt {
+            Prompt::Chat(messages) => {
+                body["messages"] = json!(
+                    messages
+                        .iter()
+                        .map(|m: &TemplateMessage| json!({"role": m.role, "content": m.content}))
+                        .collect::<Vec<_>>()
+                );
+                "/chat/completions"
+            }
+            Prompt::Text(text) => {
+                body["prompt"] = json!(text);
+                "/completions"
+            }
+            Prompt::Fim { prefix, suffix } => {
+                body["prompt"] = json!(prefix);
+                body["suffix"] = json!(suffix);
+                "/completions"
+            }
+        };
+        (path, body)
+    }
+
+    /// Read the stream, handing text on; stops (closing the connection) when the caller goes
+    /// away, cancels or runs past its deadline.
+    fn stream(
+        &self,
+        path: &str,
+        body: &Value,
+        control: &Control,
+        progress: &mpsc::Sender<Progress>,
+    ) -> Result<Completion, EngineError> {
+        let mut req = self.post(path);
+        if let Some(deadline) = control.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            req = req.config().timeout_global(Some(left)).build();
+        }
+        let mut resp = req
+            .send(body.to_string())
+            .map_err(|e| self.transport_error(e))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(self.status_error(status, &text));
+        }
+        let mut reader = std::io::BufReader::new(resp.body_mut().as_reader());
+        let mut text = String::new();
+        let mut usage = Usage::default();
+        let mut finish = FinishReason::EndOfSequence;
+        let mut line = String::new();
+        loop {
+            control.check()?;
+            line.clear();
+            let read = std::io::BufRead::read_line(&mut reader, &mut line).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    EngineError::Timeout
+                } else {
+                    self.error(
+                        None,
+                        ErrorCode::GenerationFailed,
+                        format!("stream broke off: {e}"),
+                    )
+                }
+            })?;
+            if read == 0 {
+                return Err(self.error(
+                    None,
+                    ErrorCode::GenerationFailed,
+                    "stream ended without [DONE]",
+                ));
+            }
+            let Some(data) = line.trim_end().strip_prefix("data:").map(str::trim) else {
+                continue;
+            };
+            if data == "[DONE]" {
+                break;
+            }
+            let chunk: Value = serde_json::from_str(data).map_err(|e| {
+                self.error(
+                    None,
+                    ErrorCode::GenerationFailed,
+                    format!("bad stream chunk: {e}"),
+                )
+            })?;
+            if chunk["error"].is_object() {
+                return Err(self.status_error(500, data));
+            }
+            if let Some(u) = chunk["usage"].as_object() {
+                usage = Usage {
+                    prompt_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0)
+                        as u32,
+                    completion_tokens: u
+                        .get("completion_tokens")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0) as u32,
+                };
+            }
+            let Some(choice) = chunk["choices"].get(0) else {
+                continue;
+            };
+            let piece = choice["delta"]["content"]
+                .as_str()
+                .or(choice["text"].as_str())
+                .unwrap_or("");
+            if !piece.is_empty() {
+                text.push_str(piece);
+                if progress.send(Progress::Text(piece.to_string())).is_err() {
+                    // The caller is gone; dropping the response closes the connection.
+                    return Err(EngineError::Cancelled);
+                }
+            }
+            if choice["finish_reason"].as_str() == Some("length") {
+                finish = FinishReason::Length;
+            }
+        }
+        Ok(Completion {
+            model: self.model.clone(),
+            text,
+            finish_reason: finish,
+            usage,
+        })
+    }
+
+    /// Tokens of `text` by the remote's tokenizer (its `/tokenize`).
+    pub fn count_tokens(&self, text: &str) -> Result<u32, EngineError> {
+        let root = self.base.strip_suffix("/v1").unwrap_or(&self.base);
+        let mut req = self.agent.post(&format!("{root}/tokenize"));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let resp = req
+            .header("content-type", "application/json")
+            .config()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .send(
+                json!({"model": self.model, "prompt": text, "add_special_tokens": false})
+                    .to_string(),
+            )
+            .map_err(|e| self.transport_error(e))?;
+        if resp.status().as_u16() == 404 {
+            return Err(self.error(
+                Some(404),
+                ErrorCode::InvalidInput,
+                "the remote server does not count tokens (it has no /tokenize)",
+            ));
+        }
+        let v = self.json_body(resp)?;
+        v["count"]
+            .as_u64()
+            .or_else(|| v["tokens"].as_array().map(|t| t.len() as u64))
+            .map(|n| n as u32)
+            .ok_or_else(|| {
+                self.error(
+                    Some(200),
+                    ErrorCode::GenerationFailed,
+                    "/tokenize answered no count",
+                )
+            })
+    }
+}
+
+fn remote_error(url: &str, status: Option<u16>, code: ErrorCode, message: String) -> EngineError {
+    EngineError::Remote {
+        url: url.to_string(),
+        status,
+        code,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_name_the_root_the_token_and_the_model() {
+        assert_eq!(
+            parse_entry("http://gpu:8000/v1#Qwen/Qwen2.5-Coder-7B").expect("entry"),
+            Entry {
+                base: "http://gpu:8000/v1".into(),
+                token: None,
+                model: Some("Qwen/Qwen2.5-Coder-7B".into()),
+            }
+        );
+        assert_eq!(
+            parse_entry("https://:s3cret@llm.example/").expect("entry"),
+            Entry {
+                base: "https://llm.example/v1".into(),
+                token: Some("s3cret".into()),
+                model: None,
+            }
+        );
+        assert!(parse_entry("http:///v1").is_err());
+        assert!(is_remote("https://x/v1") && !is_remote("/models/x.gguf"));
+    }
+}

@@ -1,0 +1,133 @@
+//! Remote engines: a server whose model entry is another OpenAI-compatible server (here a second
+//! agentrt) answers the same as the server that runs the model, streamed or not; its pipeline
+//! and plugins work through the remote unchanged; an unreachable remote is MODEL_001 at start.
+
+use serde_json::{Value, json};
+
+use super::harness::{Server, default_server, run_cli_env};
+
+fn chat(s: &Server, stream: bool) -> (u16, String) {
+    let (status, _, text) = s.exchange(
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(&json!({
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "Write a Python function that adds two numbers."}],
+            "max_tokens": 24,
+            "temperature": 0,
+            "stream": stream,
+        })),
+    );
+    (status, text)
+}
+
+/// The text of a streamed answer.
+fn streamed_text(body: &str) -> String {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn a_remote_model_answers_like_the_server_that_runs_it() {
+    let local = default_server();
+    let entry = format!("{}/v1", local.base);
+    let remote = Server::start(&["--model", &entry]);
+
+    let (status, direct) = chat(local, false);
+    assert_eq!(status, 200, "{direct}");
+    let (status, relayed) = chat(&remote, false);
+    assert_eq!(status, 200, "{relayed}");
+    let direct: Value = serde_json::from_str(&direct).expect("json");
+    let relayed: Value = serde_json::from_str(&relayed).expect("json");
+    assert_eq!(relayed["model"], "smollm2-135m-instruct");
+    assert_eq!(
+        relayed["choices"][0]["message"]["content"], direct["choices"][0]["message"]["content"],
+        "greedy answers are the same through the remote"
+    );
+    assert_eq!(relayed["usage"], direct["usage"]);
+    let (status, stream) = chat(&remote, true);
+    assert_eq!(status, 200, "{stream}");
+    assert_eq!(
+        Value::String(streamed_text(&stream)),
+        direct["choices"][0]["message"]["content"]
+    );
+    assert!(stream.trim_end().ends_with("data: [DONE]"), "{stream}");
+
+    // The remote's models list and token counts are the served model's.
+    let (status, models) = remote.get("/v1/models");
+    assert_eq!(status, 200, "{models}");
+    assert_eq!(models["data"][0]["id"], "smollm2-135m-instruct");
+    let count = |s: &Server| {
+        let (status, body) = s.post("/tokenize", &json!({"prompt": "def add(a, b):"}));
+        assert_eq!(status, 200, "{body}");
+        body["count"].as_u64().expect("count")
+    };
+    assert_eq!(count(&remote), count(local));
+
+    // The pipeline's plugins generate through the remote without knowing it.
+    let (status, body) = remote.post(
+        "/generate",
+        &json!({"task_description": "Write a function add(a, b) that returns the sum", "max_retries": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body["code"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_deadline_at_the_front_stops_the_generation_at_the_back() {
+    // Its own back server: the running-generations gauge must be this test's alone.
+    let back = Server::start(&[]);
+    let front = Server::start(&["--model", &format!("{}/v1", back.base)]);
+    let (status, _, text) = front.exchange(
+        "POST",
+        "/v1/completions",
+        &[("X-Request-Timeout", "1")],
+        Some(
+            &json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+                     "max_tokens": 3000, "temperature": 1.0, "seed": 3}),
+        ),
+    );
+    assert_eq!(status, 504, "{text}");
+    // The front closed its stream; the back notices at its next token and frees the slot.
+    let idle = "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 0";
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = back.exchange("GET", "/metrics", &[], None).2;
+        if metrics.lines().any(|l| l == idle) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the back server still generates: {metrics}");
+}
+
+#[test]
+fn an_unreachable_remote_is_model_001_at_start() {
+    let (ok, _, err) = run_cli_env(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            "http://127.0.0.1:9/v1",
+        ],
+        &[],
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("MODEL_001") && err.contains("cannot reach"),
+        "{err}"
+    );
+}
