@@ -530,6 +530,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let pipeline = load_pipeline(&opts, Some(engine.clone()))?;
             warm_sandbox(&pipeline);
             let store = open_store(&opts)?;
+            pipeline
+                .stats
+                .persist_to(store.clone())
+                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
             let runs = Arc::new(crate::runs::Runs::new(
                 store,
                 pipeline.clone(),

@@ -1,17 +1,21 @@
 //! Request statistics: counts, failures, tokens and latency per endpoint and per plugin, as
-//! served by `GET /stats`.
+//! served by `GET /stats`. A server's per-plugin counters persist in its run store
+//! ([`Stats::persist_to`]): written with every plugin call, read back at the next start, so they
+//! add up across restarts (endpoint counters and the uptime are this process's).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::store::RunStore;
 
 /// Most distinct error codes one counter tracks before lumping the rest under `OTHER`.
 const MAX_DISTINCT_CODES: usize = 64;
 
 /// Counters of one endpoint or plugin.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counter {
     pub requests: u64,
     pub failures: u64,
@@ -24,6 +28,23 @@ pub struct Counter {
 }
 
 impl Counter {
+    /// Add `other`'s counts to these.
+    fn merge(&mut self, other: &Counter) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        self.tokens += other.tokens;
+        self.total_latency_ms += other.total_latency_ms;
+        self.max_latency_ms = self.max_latency_ms.max(other.max_latency_ms);
+        self.avg_latency_ms = if self.requests == 0 {
+            0.0
+        } else {
+            self.total_latency_ms as f64 / self.requests as f64
+        };
+        for (code, n) in &other.errors {
+            *self.errors.entry(code.clone()).or_default() += n;
+        }
+    }
+
     fn record(&mut self, latency_ms: u64, tokens: u64, error: Option<&str>) {
         self.requests += 1;
         self.tokens += tokens;
@@ -64,6 +85,8 @@ struct Inner {
 pub struct Stats {
     started: Instant,
     inner: Mutex<Inner>,
+    /// Where plugin counters are kept across restarts, once the server has opened its store.
+    store: OnceLock<Arc<dyn RunStore>>,
 }
 
 impl Default for Stats {
@@ -71,6 +94,7 @@ impl Default for Stats {
         Self {
             started: Instant::now(),
             inner: Mutex::new(Inner::default()),
+            store: OnceLock::new(),
         }
     }
 }
@@ -94,11 +118,29 @@ impl Stats {
 
     pub fn record_plugin(&self, plugin: &str, latency_ms: u64, tokens: u64, error: Option<&str>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner
-            .plugins
-            .entry(plugin.to_string())
-            .or_default()
-            .record(latency_ms, tokens, error);
+        let counter = inner.plugins.entry(plugin.to_string()).or_default();
+        counter.record(latency_ms, tokens, error);
+        // Written under the lock, so a later count never lands before an earlier one.
+        if let Some(store) = self.store.get()
+            && let Err(e) = store.save_plugin_stats(plugin, counter)
+        {
+            tracing::warn!(plugin, "plugin statistics not stored: {e}");
+        }
+    }
+
+    /// Keep plugin counters in `store` from now on, adding what it holds from earlier runs of
+    /// this server. Once per process; a second call changes nothing.
+    pub fn persist_to(&self, store: Arc<dyn RunStore>) -> Result<(), crate::store::StoreError> {
+        let earlier = store.load_plugin_stats()?;
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if self.store.set(store).is_err() {
+            return Ok(());
+        }
+        for (plugin, before) in earlier {
+            let now = inner.plugins.entry(plugin).or_default();
+            now.merge(&before);
+        }
+        Ok(())
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -130,5 +172,34 @@ mod tests {
         assert_eq!(g.avg_latency_ms, 20.0);
         assert_eq!(g.errors["GEN_003"], 1);
         assert_eq!(snap.totals.requests, 2);
+    }
+
+    #[test]
+    fn plugin_counters_add_up_across_restarts_through_the_store() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-stats-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let path = dir.join("runs.db");
+        let open = || -> Arc<dyn RunStore> {
+            Arc::new(crate::store::Store::open(&path).expect("open the store"))
+        };
+        let first = Stats::default();
+        first.record_plugin("reviewer", 5, 0, None); // before the store: counted, not kept
+        first.persist_to(open()).expect("attach");
+        first.record_plugin("reviewer", 10, 3, None);
+        first.record_plugin("reviewer", 30, 0, Some("PLUGIN_002"));
+        first.record_plugin("generator", 7, 9, None);
+        let second = Stats::default();
+        second.persist_to(open()).expect("attach");
+        second.record_plugin("reviewer", 20, 1, None);
+        let snap = second.snapshot();
+        let r = &snap.plugins["reviewer"];
+        assert_eq!((r.requests, r.failures, r.tokens), (4, 1, 4), "{r:?}");
+        assert_eq!((r.total_latency_ms, r.max_latency_ms), (65, 30));
+        assert_eq!(r.errors["PLUGIN_002"], 1);
+        assert_eq!(snap.plugins["generator"].requests, 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::error_code::ErrorCode;
 use crate::pipeline::report::ErrorOut;
+use crate::stats::Counter;
 
 /// The schema version this build writes (SQLite: `PRAGMA user_version`; PostgreSQL: the
 /// `agentrt_schema` table).
@@ -48,6 +49,11 @@ CREATE TABLE IF NOT EXISTS run_events (
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS plugin_stats (
+    plugin TEXT PRIMARY KEY,
+    counter TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
 ";
 
 /// Why the store failed (`STORE_001`).
@@ -197,6 +203,10 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// finished run ends with one `done` event, event numbers have no gaps. `Ok(())` or the
     /// problems found.
     fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError>;
+    /// Keep a plugin's statistics (this server's, replacing what was kept).
+    fn save_plugin_stats(&self, plugin: &str, counter: &Counter) -> Result<(), StoreError>;
+    /// This server's kept plugin statistics.
+    fn load_plugin_stats(&self) -> Result<Vec<(String, Counter)>, StoreError>;
     /// Run raw SQL (tests that damage a store on purpose).
     #[cfg(test)]
     fn execute_for_test(&self, sql: &str) -> Result<(), StoreError>;
@@ -224,6 +234,13 @@ pub fn open_shared(location: &str) -> Result<Arc<dyn RunStore>, StoreError> {
         )?));
     }
     Ok(Arc::new(Store::open(Path::new(location))?))
+}
+
+/// Stored counters (JSON) as counters; one that does not parse (a damaged row) starts over.
+pub(crate) fn parse_counters(rows: Vec<(String, String)>) -> Vec<(String, Counter)> {
+    rows.into_iter()
+        .map(|(plugin, json)| (plugin, serde_json::from_str(&json).unwrap_or_default()))
+        .collect()
 }
 
 /// The error of a run closed by [`RunStore::interrupt_unfinished`].
@@ -613,6 +630,28 @@ impl RunStore for Store {
         })
     }
 
+    fn save_plugin_stats(&self, plugin: &str, counter: &Counter) -> Result<(), StoreError> {
+        let json = serde_json::to_string(counter).unwrap_or_default();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO plugin_stats (plugin, counter, updated_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (plugin) DO UPDATE SET counter = ?2, updated_at_ms = ?3",
+                params![plugin, json, now_ms()],
+            )
+        })
+        .map(drop)
+    }
+
+    fn load_plugin_stats(&self) -> Result<Vec<(String, Counter)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT plugin, counter FROM plugin_stats ORDER BY plugin")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map(parse_counters)
+    }
+
     #[cfg(test)]
     fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
         self.with(|c| c.execute_batch(sql))
@@ -858,6 +897,37 @@ mod conformance {
         (h.open)(true).expect("free again");
     }
 
+    pub fn plugin_statistics_are_kept(h: &Harness) {
+        let store = h.open();
+        assert!(store.load_plugin_stats().expect("load").is_empty());
+        let mut counter = Counter {
+            requests: 3,
+            failures: 1,
+            tokens: 40,
+            total_latency_ms: 90,
+            max_latency_ms: 50,
+            avg_latency_ms: 30.0,
+            ..Counter::default()
+        };
+        counter.errors.insert("PLUGIN_002".into(), 1);
+        store.save_plugin_stats("reviewer", &counter).expect("save");
+        counter.requests = 4;
+        store
+            .save_plugin_stats("reviewer", &counter)
+            .expect("save again");
+        store
+            .save_plugin_stats("generator", &Counter::default())
+            .expect("save");
+        let kept = h.open().load_plugin_stats().expect("load");
+        assert_eq!(
+            kept,
+            vec![
+                ("generator".to_string(), Counter::default()),
+                ("reviewer".to_string(), counter)
+            ]
+        );
+    }
+
     pub fn a_store_from_a_newer_schema_is_refused(h: &Harness) {
         h.open()
             .execute_for_test(h.newer_schema)
@@ -885,6 +955,7 @@ mod conformance {
         unfinished_runs_are_marked_interrupted_on_the_next_open,
         runs_list_newest_first,
         a_second_server_on_the_same_store_is_refused,
+        plugin_statistics_are_kept,
         a_store_from_a_newer_schema_is_refused,
     );
 

@@ -345,9 +345,19 @@ fn kill_and_restart(env: &[(&str, &str)]) -> (String, String) {
     wait_until("the second run to start", Duration::from_secs(60), || {
         get_run(&s, &midway_id)["events"].as_u64().unwrap_or(0) >= 2
     });
+    let (_, stats) = s.get("/stats");
+    let generator_calls = stats["plugins"]["generator"]["requests"]
+        .as_u64()
+        .expect("generator counted");
     s.kill();
 
     let s = Server::start_with_env(&[], env);
+    // Per-plugin statistics were kept in the store and carry on after the crash.
+    let (_, stats) = s.get("/stats");
+    assert!(
+        stats["plugins"]["generator"]["requests"].as_u64() >= Some(generator_calls),
+        "{stats}"
+    );
     let after = get_run(&s, &done_id);
     assert_eq!(after, before, "a finished run is unchanged by the crash");
     let interrupted = get_run(&s, &midway_id);

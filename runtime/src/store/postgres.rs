@@ -25,6 +25,7 @@ use super::{
     now_ms,
 };
 use crate::pipeline::report::ErrorOut;
+use crate::stats::Counter;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS agentrt_schema (version BIGINT NOT NULL);
@@ -48,6 +49,13 @@ CREATE TABLE IF NOT EXISTS run_events (
     kind TEXT NOT NULL,
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS plugin_stats (
+    owner TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    counter TEXT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (owner, plugin)
 );
 ";
 
@@ -430,6 +438,30 @@ impl RunStore for PgStore {
                 Err(problems)
             })
         })
+    }
+
+    fn save_plugin_stats(&self, plugin: &str, counter: &Counter) -> Result<(), StoreError> {
+        let json = serde_json::to_string(counter).unwrap_or_default();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO plugin_stats (owner, plugin, counter, updated_at_ms)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (owner, plugin) DO UPDATE SET counter = $3, updated_at_ms = $4",
+                &[&self.instance, &plugin, &json, &now_ms()],
+            )
+        })
+        .map(drop)
+    }
+
+    fn load_plugin_stats(&self) -> Result<Vec<(String, Counter)>, StoreError> {
+        self.with(|c| {
+            c.query(
+                "SELECT plugin, counter FROM plugin_stats WHERE owner = $1 ORDER BY plugin",
+                &[&self.instance],
+            )
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .map(super::parse_counters)
     }
 
     #[cfg(test)]
