@@ -273,7 +273,11 @@ async fn enforce_deadlines(
         cancel: cancel.clone(),
     });
     let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
-    match tokio::time::timeout_at(at.into(), next.run(request)).await {
+    // A client that goes away before its answer drops this future: stop the work too.
+    let mut abandoned = CancelOnDrop(Some(cancel.clone()));
+    let answered = tokio::time::timeout_at(at.into(), next.run(request)).await;
+    abandoned.0 = None;
+    match answered {
         Ok(response) => response,
         Err(_) => {
             cancel.store(true, Ordering::Relaxed);
@@ -285,6 +289,18 @@ async fn enforce_deadlines(
                 ),
             )
             .into_response()
+        }
+    }
+}
+
+/// Sets its flag when dropped while still armed: a request future dropped before it finished
+/// (the connection closed) tells the work it started to stop.
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.0 {
+            flag.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Request deadlines (504 past the deadline, 408 for a body that does not arrive), the graceful
-//! shutdown (ready answers 503 while the server drains, then it exits cleanly), and the bounded
+//! Request deadlines (504 past the deadline, 408 for a body that does not arrive), a client that
+//! disconnects before its answer (its generation stops), the graceful shutdown (ready answers 503 while the server drains, then it exits cleanly), and the bounded
 //! generation queue (429 QUEUE_001 with Retry-After, streamed or not).
 
 use std::time::Duration;
@@ -142,4 +142,31 @@ fn a_full_generation_queue_is_429_with_retry_after_for_plain_and_streamed_reques
     assert_eq!(waiting.join().expect("thread"), 504);
     let (status, body) = s.post("/chat", &json!({"message": "Say hi.", "max_tokens": 4}));
     assert_eq!(status, 200, "served again once the queue drained: {body}");
+}
+
+#[test]
+fn a_client_that_disconnects_before_a_plain_answer_stops_its_generation() {
+    use std::io::Write;
+    let s = Server::start(&[]);
+    let body = json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+                      "max_tokens": 3000, "temperature": 1.0, "seed": 5})
+    .to_string();
+    let address = s.base.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&address).expect("connect");
+    write!(
+        conn,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    wait_for_metric(
+        &s,
+        "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 1",
+    );
+    // Gone before the (30 s) answer: the generation stops at its next token.
+    drop(conn);
+    wait_for_metric(
+        &s,
+        "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 0",
+    );
 }
