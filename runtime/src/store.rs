@@ -216,24 +216,27 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 /// `postgres://` URL, else an SQLite file; exclusive (a second server on the same file, or with
 /// the same instance name on the same database, is refused).
 pub fn open_for_server(location: &str) -> Result<Arc<dyn RunStore>, StoreError> {
-    if postgres::is_postgres_url(location) {
-        let instance = postgres::instance_name();
-        return Ok(Arc::new(postgres::PgStore::connect(
-            location, &instance, true,
-        )?));
-    }
-    Ok(Arc::new(Store::open_exclusive(Path::new(location))?))
+    open_location(location, true)
 }
 
 /// Open a store for a tool (doctor): not exclusive.
 pub fn open_shared(location: &str) -> Result<Arc<dyn RunStore>, StoreError> {
+    open_location(location, false)
+}
+
+fn open_location(location: &str, exclusive: bool) -> Result<Arc<dyn RunStore>, StoreError> {
     if postgres::is_postgres_url(location) {
         let instance = postgres::instance_name();
         return Ok(Arc::new(postgres::PgStore::connect(
-            location, &instance, false,
+            location, &instance, exclusive,
         )?));
     }
-    Ok(Arc::new(Store::open(Path::new(location))?))
+    let path = Path::new(location);
+    Ok(Arc::new(if exclusive {
+        Store::open_exclusive(path)?
+    } else {
+        Store::open(path)?
+    }))
 }
 
 /// Stored counters (JSON) as counters; one that does not parse (a damaged row) starts over.
@@ -731,8 +734,7 @@ mod conformance {
         admin
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .expect("create a schema");
-        let join = if url.contains('?') { '&' } else { '?' };
-        let scoped = format!("{url}{join}options=-c%20search_path%3D{schema}");
+        let scoped = postgres::with_search_path(&url, &schema);
         Some(Harness {
             open: Box::new(move |exclusive| {
                 Ok(Box::new(postgres::PgStore::connect(

@@ -290,8 +290,7 @@ pub fn postgres_schema_url() -> Option<String> {
     admin
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .expect("create a schema");
-    let join = if url.contains('?') { '&' } else { '?' };
-    Some(format!("{url}{join}options=-c%20search_path%3D{schema}"))
+    Some(agentrt::store::postgres::with_search_path(&url, &schema))
 }
 
 fn rand_suffix() -> u64 {

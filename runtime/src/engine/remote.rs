@@ -152,20 +152,27 @@ impl RemoteModel {
         remote_error(&self.base, status, code, message.into())
     }
 
-    fn post(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        let mut req = self.agent.post(&format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.header("authorization", &format!("Bearer {t}"));
+    /// `req` with the bearer token, when there is one.
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("authorization", &format!("Bearer {t}")),
+            None => req,
         }
-        req.header("content-type", "application/json")
+    }
+
+    /// A JSON POST to `url`.
+    fn post_to(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        self.authorized(self.agent.post(url))
+            .header("content-type", "application/json")
+    }
+
+    fn post(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        self.post_to(&format!("{}{path}", self.base))
     }
 
     fn get_json(&self, path: &str, timeout: Duration) -> Result<Value, EngineError> {
-        let mut req = self.agent.get(&format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.header("authorization", &format!("Bearer {t}"));
-        }
-        let resp = req
+        let resp = self
+            .authorized(self.agent.get(&format!("{}{path}", self.base)))
             .config()
             .timeout_global(Some(timeout))
             .build()
@@ -388,12 +395,8 @@ impl RemoteModel {
     /// Tokens of `text` by the remote's tokenizer (its `/tokenize`).
     pub fn count_tokens(&self, text: &str) -> Result<u32, EngineError> {
         let root = self.base.strip_suffix("/v1").unwrap_or(&self.base);
-        let mut req = self.agent.post(&format!("{root}/tokenize"));
-        if let Some(t) = &self.token {
-            req = req.header("authorization", &format!("Bearer {t}"));
-        }
-        let resp = req
-            .header("content-type", "application/json")
+        let resp = self
+            .post_to(&format!("{root}/tokenize"))
             .config()
             .timeout_global(Some(Duration::from_secs(30)))
             .build()

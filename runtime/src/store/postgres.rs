@@ -93,6 +93,13 @@ pub fn is_postgres_url(location: &str) -> bool {
     location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
+/// `url` with its sessions' `search_path` set to `schema` (libpq's `options` parameter): a
+/// store kept in its own schema (tests give each case a fresh one).
+pub fn with_search_path(url: &str, schema: &str) -> String {
+    let join = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{join}options=-c%20search_path%3D{schema}")
+}
+
 /// `url` with any password replaced by `***`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
