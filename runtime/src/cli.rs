@@ -4,9 +4,9 @@
 //! Output is for people by default; `--json` prints the same JSON the HTTP API returns.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
@@ -18,7 +18,8 @@ use crate::pipeline::{FindingOut, Pipeline, PipelineRequest};
 use crate::plugin::PluginHost;
 use crate::plugin::bindings::CodeArtifact;
 use crate::plugin::compile_cache::CompileCache;
-use crate::plugin::registry::load_plugins;
+use crate::plugin::registry::{LivePlugins, load_plugins_for_reload};
+use crate::plugin::reload::Reloader;
 use crate::stats::Stats;
 
 /// A failure of a command: an error code and a message for the terminal.
@@ -196,10 +197,11 @@ pub enum Command {
         #[command(flatten)]
         opts: RuntimeOpts,
     },
-    /// Plugins.
-    Plugins {
+    /// Plugins: list, inspect, check, and author them (new, build, wit).
+    #[command(alias = "plugins")]
+    Plugin {
         #[command(subcommand)]
-        action: PluginsAction,
+        action: PluginAction,
         #[command(flatten)]
         opts: RuntimeOpts,
     },
@@ -245,14 +247,49 @@ pub enum ListAction {
 }
 
 #[derive(Debug, Subcommand, Clone)]
-pub enum PluginsAction {
-    /// List them with what each is granted.
+pub enum PluginAction {
+    /// List the plugins that would be loaded, with what each is granted.
     List,
-    /// Everything about one plugin: world, version, what it asks, what it is granted, size,
-    /// compile time.
-    Inspect {
-        /// Plugin name (as in its manifest).
+    /// Everything about one plugin: world, WIT version, what it asks, what it is granted, size,
+    /// compile time. TARGET is a loaded plugin's name or a component file (NAME.wasm, with
+    /// NAME.toml beside it).
+    Inspect { target: String },
+    /// Validate a component as a server would load it: its manifest, the permissions it asks
+    /// for against the config's grants, the WIT version and world it was built for; then run
+    /// its self-test in the sandbox (with the model for generators and reviewers). Exits
+    /// non-zero when a check fails.
+    Check {
+        /// The component (NAME.wasm, with NAME.toml beside it).
+        file: PathBuf,
+    },
+    /// Create a plugin project that builds and loads unchanged: manifest, source, a test and a
+    /// README.
+    New {
+        /// Plugin name: lower-case letters, digits, '-' or '_'.
         name: String,
+        #[arg(long)]
+        world: crate::plugin::manifest::World,
+        #[arg(long, default_value = "rust")]
+        lang: crate::authoring::scaffold::Lang,
+        /// Folder to create the project in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build a plugin project into NAME.wasm + NAME.toml (cargo for Rust, componentize-py for
+    /// Python).
+    Build {
+        /// The project folder.
+        #[arg(default_value = ".")]
+        project: PathBuf,
+        /// Where to write the component and manifest (a server's plugin folder installs it);
+        /// default: the project's dist/.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the WIT this agentrt implements (agentrt:plugin), or write it to a file.
+    Wit {
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -357,11 +394,11 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
     Ok(Arc::new(Engine::new(models)))
 }
 
-/// Build the plugin host and load the plugins (models may be absent for `check`).
-pub fn load_pipeline(
+/// Build the plugin host with the config's grants and a sandbox for `run-python`.
+fn plugin_host(
     opts: &RuntimeOpts,
     engine: Option<Arc<Engine>>,
-) -> Result<Pipeline, CliError> {
+) -> Result<(PluginHost, Arc<crate::sandbox::LazySandbox>), CliError> {
     let config = match &opts.config {
         Some(path) => {
             Config::load(path).map_err(|e| CliError::new(ErrorCode::InvalidInput, e.to_string()))?
@@ -382,17 +419,47 @@ pub fn load_pipeline(
                 format!("cannot start the plugin host: {e:#}"),
             )
         })?;
+    Ok((host, sandbox))
+}
+
+/// Build the plugin host and load the plugins (models may be absent for `check`).
+pub fn load_pipeline(
+    opts: &RuntimeOpts,
+    engine: Option<Arc<Engine>>,
+) -> Result<Pipeline, CliError> {
+    load_pipeline_with_reload(opts, engine).map(|(pipeline, _)| pipeline)
+}
+
+/// [`load_pipeline`], with the watcher that hot-reloads the plugin folder when there is one
+/// (started by the caller: `serve` does).
+pub fn load_pipeline_with_reload(
+    opts: &RuntimeOpts,
+    engine: Option<Arc<Engine>>,
+) -> Result<(Pipeline, Option<Reloader>), CliError> {
+    let (host, sandbox) = plugin_host(opts, engine)?;
+    let host = Arc::new(host);
     let started = Instant::now();
-    let plugins = load_plugins(&host, opts.plugins.as_deref())
+    let loaded = load_plugins_for_reload(&host, opts.plugins.as_deref())
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "plugins loaded");
-    Ok(Pipeline {
-        host: Arc::new(host),
-        plugins: Arc::new(plugins),
+    let plugins = LivePlugins::new(loaded.set);
+    let reloader = opts.plugins.as_ref().map(|dir| {
+        Reloader::new(
+            host.clone(),
+            dir.clone(),
+            loaded.embedded,
+            loaded.folder,
+            plugins.clone(),
+        )
+    });
+    let pipeline = Pipeline {
+        host,
+        plugins,
         stats: Arc::new(Stats::default()),
         sandbox: Some(sandbox),
         run: Default::default(),
-    })
+    };
+    Ok((pipeline, reloader))
 }
 
 /// A positive count from the environment.
@@ -527,7 +594,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 );
             }
             let engine = load_engine(&opts)?;
-            let pipeline = load_pipeline(&opts, Some(engine.clone()))?;
+            let (pipeline, reloader) = load_pipeline_with_reload(&opts, Some(engine.clone()))?;
+            if let Some(reloader) = reloader {
+                let interval = std::env::var("AGENTRT_PLUGIN_POLL_MS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .map_or(crate::plugin::reload::DEFAULT_POLL, Duration::from_millis);
+                reloader.spawn(interval).map_err(|e| {
+                    CliError::new(
+                        ErrorCode::Internal,
+                        format!("cannot watch the plugin folder: {e}"),
+                    )
+                })?;
+            }
             warm_sandbox(&pipeline);
             let store = open_store(&opts)?;
             pipeline
@@ -734,16 +813,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }),
             }
             let value = serde_json::to_value(&report).unwrap_or_default();
-            emit(opts.json, &value, || {
-                for c in &report.checks {
-                    let mark = match c.status {
-                        crate::doctor::Status::Ok => "ok  ",
-                        crate::doctor::Status::Warn => "WARN",
-                        crate::doctor::Status::Fail => "FAIL",
-                    };
-                    println!("{mark} {}: {}", c.name, c.detail);
-                }
-            });
+            emit(opts.json, &value, || report.print());
             match report.failures() {
                 0 => Ok(()),
                 n => Err(CliError::new(
@@ -854,12 +924,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }]);
             stream_completion(&model, &prompt, &params, opts.json)
         }
-        Command::Plugins {
-            action: PluginsAction::List,
+        Command::Plugin {
+            action: PluginAction::List,
             opts,
         } => {
             let pipeline = load_pipeline(&opts, None)?;
-            let all = pipeline.plugins.all();
+            let all = pipeline.plugins.current().all();
             let list: Vec<Value> = all.iter().map(|p| p.describe()).collect();
             emit(opts.json, &json!({"plugins": list}), || {
                 for p in &all {
@@ -876,22 +946,41 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             });
             Ok(())
         }
-        Command::Plugins {
-            action: PluginsAction::Inspect { name },
+        Command::Plugin {
+            action: PluginAction::Inspect { target },
             opts,
         } => {
-            let pipeline = load_pipeline(&opts, None)?;
-            let plugin = pipeline
-                .plugins
-                .all()
-                .into_iter()
-                .find(|p| p.manifest.name == name)
-                .ok_or_else(|| {
-                    CliError::new(ErrorCode::PluginNotFound, format!("no plugin named {name}"))
-                })?;
+            let plugin = if target.ends_with(".wasm") || Path::new(&target).is_file() {
+                let (host, _) = plugin_host(&opts, None)?;
+                Arc::new(
+                    crate::authoring::load_file(&host, Path::new(&target))
+                        .map_err(|e| CliError::new(e.code(), e.to_string()))?,
+                )
+            } else {
+                let pipeline = load_pipeline(&opts, None)?;
+                pipeline
+                    .plugins
+                    .current()
+                    .all()
+                    .into_iter()
+                    .find(|p| p.manifest.name == target)
+                    .ok_or_else(|| {
+                        CliError::new(
+                            ErrorCode::PluginNotFound,
+                            format!(
+                                "no plugin named {target} (give a .wasm path to inspect a file)"
+                            ),
+                        )
+                    })?
+            };
             emit(opts.json, &plugin.describe(), || {
                 let m = &plugin.manifest;
                 println!("{} {} ({})", m.name, m.version, m.world);
+                println!(
+                    "  wit:      {}@{}",
+                    crate::plugin::wit_version::PACKAGE,
+                    plugin.wit_version
+                );
                 println!("  {}", m.description);
                 println!("  source:   {}", source_label(&plugin.source));
                 println!(
@@ -914,6 +1003,108 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 println!("  granted:  {}", plugin.granted.summary());
             });
             Ok(())
+        }
+        Command::Plugin {
+            action: PluginAction::Check { file },
+            opts,
+        } => {
+            // Generators and reviewers need the model for their self-test; without one they are
+            // only instantiated, and the report says so.
+            let uses_llm = crate::authoring::read_manifest(&file).is_ok_and(|m| m.world.uses_llm());
+            let engine = if uses_llm {
+                load_engine(&opts).ok()
+            } else {
+                None
+            };
+            let (host, _) = plugin_host(&opts, engine)?;
+            let report = crate::authoring::check_file(&host, &file);
+            emit(
+                opts.json,
+                &serde_json::to_value(&report).unwrap_or_default(),
+                || report.print(),
+            );
+            match report.failures() {
+                0 => Ok(()),
+                n => Err(CliError::new(
+                    ErrorCode::PluginLoad,
+                    format!(
+                        "{}: {n} of {} checks failed",
+                        file.display(),
+                        report.checks.len()
+                    ),
+                )),
+            }
+        }
+        Command::Plugin {
+            action:
+                PluginAction::New {
+                    name,
+                    world,
+                    lang,
+                    dir,
+                },
+            opts,
+        } => {
+            let (project, files) = crate::authoring::scaffold::create(&dir, &name, world, lang)
+                .map_err(|e| CliError::new(ErrorCode::InvalidInput, e.to_string()))?;
+            let value = json!({"project": project, "files": files});
+            emit(opts.json, &value, || {
+                println!("created {} ({world}, {lang:?}):", project.display());
+                for f in &files {
+                    println!("  {}", f.display());
+                }
+                println!(
+                    "next: cd {} && agentrt plugin build && agentrt plugin check dist/{name}.wasm",
+                    project.display()
+                );
+            });
+            Ok(())
+        }
+        Command::Plugin {
+            action: PluginAction::Build { project, out },
+            opts,
+        } => {
+            let out = out.unwrap_or_else(|| project.join("dist"));
+            let built = crate::authoring::build::build(&project, &out)
+                .map_err(|e| CliError::new(ErrorCode::PluginLoad, e.to_string()))?;
+            emit(
+                opts.json,
+                &serde_json::to_value(&built).unwrap_or_default(),
+                || {
+                    println!(
+                        "built {} ({}, {}): {} bytes in {:.1} s, with {}",
+                        built.wasm.display(),
+                        built.world,
+                        built.language,
+                        built.size_bytes,
+                        built.seconds,
+                        built.manifest.display()
+                    );
+                },
+            );
+            Ok(())
+        }
+        Command::Plugin {
+            action: PluginAction::Wit { out },
+            ..
+        } => {
+            let text = crate::plugin::wit_version::WIT_SOURCE;
+            match out {
+                Some(path) => {
+                    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            CliError::new(ErrorCode::Internal, format!("{}: {e}", parent.display()))
+                        })?;
+                    }
+                    std::fs::write(&path, text).map_err(|e| {
+                        CliError::new(ErrorCode::Internal, format!("{}: {e}", path.display()))
+                    })
+                }
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
+            }
         }
         Command::Models {
             action: ListAction::List,

@@ -14,8 +14,6 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::pipeline::Pipeline;
-use crate::plugin::CallContext;
-use crate::plugin::bindings::{CodeArtifact, PipelineError, Stage};
 use crate::store::{RunStore, Store, StoreLock};
 
 /// Below this much available memory the default model still loads, but little else fits.
@@ -45,12 +43,24 @@ pub struct Report {
 }
 
 impl Report {
-    fn add(&mut self, name: impl Into<String>, status: Status, detail: impl Into<String>) {
+    pub fn add(&mut self, name: impl Into<String>, status: Status, detail: impl Into<String>) {
         self.checks.push(Check {
             name: name.into(),
             status,
             detail: detail.into(),
         });
+    }
+
+    /// One line per check: `ok  `, `WARN` or `FAIL`, its name and what it found.
+    pub fn print(&self) {
+        for c in &self.checks {
+            let mark = match c.status {
+                Status::Ok => "ok  ",
+                Status::Warn => "WARN",
+                Status::Fail => "FAIL",
+            };
+            println!("{mark} {}: {}", c.name, c.detail);
+        }
     }
 
     pub fn failures(&self) -> usize {
@@ -279,50 +289,20 @@ impl Report {
         self.add("store", status, detail);
     }
 
-    /// Every plugin instantiates; quality checks and the error handler answer a self-test.
+    /// Every plugin instantiates and passes its self-test ([`crate::plugin::self_test`]).
     pub fn plugins(&mut self, pipeline: &Pipeline) {
-        let ctx = CallContext::default();
-        for plugin in pipeline.plugins.all() {
+        for plugin in pipeline.plugins.current().all() {
             let name = format!("plugin {}", plugin.manifest.name);
+            let world = plugin.manifest.world;
             let started = Instant::now();
-            if let Err(e) = pipeline.host.instantiate(&plugin) {
-                self.add(name, Status::Fail, format!("does not instantiate: {e}"));
-                continue;
-            }
-            let world = plugin.manifest.world.to_string();
-            let outcome = match world.as_str() {
-                "quality-check" => {
-                    let artifact = CodeArtifact {
-                        language: "python".into(),
-                        code: "def add(a: int, b: int) -> int:\n    \"\"\"Sum.\"\"\"\n    return a + b\n"
-                            .into(),
-                        tests: String::new(),
-                    };
-                    let (res, _) = pipeline.host.check(&plugin, &artifact, &ctx);
-                    res.map(|f| format!("self-test: {} findings on a clean function", f.len()))
-                }
-                "error-handler" => {
-                    let error = PipelineError {
-                        code: "GEN_001".into(),
-                        message: "doctor's self-test".into(),
-                        stage: Stage::Generate,
-                        attempt: 1,
-                    };
-                    let (res, _) = pipeline.host.handle_error(&plugin, &error, 1, &ctx);
-                    res.map(|r| {
-                        let decision = match r {
-                            crate::plugin::bindings::Recovery::Retry(_) => "retry",
-                            crate::plugin::bindings::Recovery::Fallback(_) => "fall back",
-                            crate::plugin::bindings::Recovery::Abort(_) => "abort",
-                        };
-                        format!("self-test: decided to {decision} on a generation error")
-                    })
-                }
-                _ => Ok("instantiates (needs the model to run)".to_string()),
-            };
+            let outcome = crate::plugin::self_test::run(&pipeline.host, &plugin);
             let ms = started.elapsed().as_millis();
             match outcome {
-                Ok(detail) => self.add(name, Status::Ok, format!("{world}; {detail}; {ms} ms")),
+                Ok(detail) => self.add(
+                    name,
+                    Status::Ok,
+                    format!("{world}; self-test: {detail}; {ms} ms"),
+                ),
                 Err(e) => self.add(
                     name,
                     Status::Fail,

@@ -6,6 +6,7 @@
 //! ([`sandbox`]). The [`pipeline`] drives one task through them;
 //! [`server`] exposes everything over HTTP and [`cli`] does the same jobs one-off.
 
+pub mod authoring;
 pub mod backup;
 pub mod bench;
 pub mod cli;

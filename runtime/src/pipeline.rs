@@ -19,7 +19,7 @@ use crate::plugin::bindings::{
     CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, ReviewRequest, Stage,
     TestOutcome,
 };
-use crate::plugin::registry::PluginSet;
+use crate::plugin::registry::LivePlugins;
 use crate::plugin::{CallStats, Plugin, PluginError, PluginHost};
 use crate::sandbox::{LazySandbox, TestReport, TestStatus};
 use crate::stats::Stats;
@@ -49,7 +49,8 @@ pub struct PipelineRequest {
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub host: Arc<PluginHost>,
-    pub plugins: Arc<PluginSet>,
+    /// The plugins in use; hot reload may swap them between calls.
+    pub plugins: LivePlugins,
     pub stats: Arc<Stats>,
     /// Runs generated tests; `None` leaves them unexecuted.
     pub sandbox: Option<Arc<LazySandbox>>,
@@ -79,6 +80,8 @@ impl Pipeline {
     pub fn tracked(&self, run: RunContext) -> Self {
         Self {
             run,
+            // A tracked run keeps the plugins it started with, whatever hot reload does.
+            plugins: self.plugins.pinned(),
             ..self.clone()
         }
     }
@@ -151,7 +154,8 @@ impl Pipeline {
         retries_left: u32,
         stages: &mut Vec<StageReport>,
     ) -> Recovery {
-        let handler = &self.plugins.error_handler;
+        let plugins = self.plugins.current();
+        let handler = &plugins.error_handler;
         self.started(error.stage, &handler.manifest.name, error.attempt);
         let (res, stats) = self
             .host
@@ -205,7 +209,8 @@ impl Pipeline {
         previous: Option<CodeArtifact>,
         stages: &mut Vec<StageReport>,
     ) -> Result<CodeArtifact, ErrorOut> {
-        let generator = &self.plugins.generator;
+        let plugins = self.plugins.current();
+        let generator = &plugins.generator;
         let max_retries = req.max_retries.min(MAX_RETRIES);
         let mut attempt = first_attempt;
         loop {
@@ -256,8 +261,8 @@ impl Pipeline {
         only: Option<&[String]>,
         stages: &mut Vec<StageReport>,
     ) -> (Vec<Finding>, Vec<CheckOutcome>) {
-        let selected: Vec<&Arc<Plugin>> = self
-            .plugins
+        let plugins = self.plugins.current();
+        let selected: Vec<&Arc<Plugin>> = plugins
             .checks
             .iter()
             .filter(|p| only.is_none_or(|names| names.iter().any(|n| *n == p.manifest.name)))
@@ -345,7 +350,8 @@ impl Pipeline {
         tests: Option<&TestReport>,
         stages: &mut Vec<StageReport>,
     ) -> Result<ReviewOut, ErrorOut> {
-        let reviewer = &self.plugins.reviewer;
+        let plugins = self.plugins.current();
+        let reviewer = &plugins.reviewer;
         let request = ReviewRequest {
             artifact: artifact.clone(),
             findings: findings.to_vec(),

@@ -19,7 +19,10 @@ pub mod manifest;
 pub mod output;
 mod pool;
 pub mod registry;
+pub mod reload;
+pub mod self_test;
 pub mod state;
+pub mod wit_version;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,6 +138,8 @@ pub struct Plugin {
     pub size_bytes: usize,
     pub compile_ms: u64,
     pub cache_hit: bool,
+    /// The `agentrt:plugin` WIT version the component was built against.
+    pub wit_version: semver::Version,
     pre: Pre,
 }
 
@@ -163,6 +168,7 @@ impl Plugin {
             "size_bytes": self.size_bytes,
             "compile_ms": self.compile_ms,
             "cached": self.cache_hit,
+            "wit": format!("{}@{}", wit_version::PACKAGE, self.wit_version),
         })
     }
 }
@@ -269,6 +275,16 @@ impl PluginHost {
         })
     }
 
+    /// The operator's config: limits and grants.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether `llm` imports reach a model engine.
+    pub fn has_models(&self) -> bool {
+        self.models.is_some()
+    }
+
     /// Whether instances come from the pooling allocator.
     pub fn pooling(&self) -> bool {
         self.pooling
@@ -305,12 +321,18 @@ impl PluginHost {
             .load(&self.engine, bytes, &sha256)
             .map_err(|e| fail(format!("not a valid component: {e:#}")))?;
         let compile_ms = started.elapsed().as_millis() as u64;
+        let imports = wit_version::component_imports(&component, &self.engine);
+        let wit_version =
+            wit_version::check_imports(imports.iter().map(String::as_str)).map_err(fail)?;
         let pre = self
             .pre_instantiate(manifest.world, &component)
             .map_err(|e| {
-                fail(format!(
-                    "does not implement world {} with the imports agentrt provides: {e:#}",
-                    manifest.world
+                fail(wit_version::explain_link_failure(
+                    &wit_version,
+                    format!(
+                        "does not implement world {} with the imports agentrt provides: {e:#}",
+                        manifest.world
+                    ),
                 ))
             })?;
         let plugin = Plugin {
@@ -322,6 +344,7 @@ impl PluginHost {
             size_bytes: bytes.len(),
             compile_ms,
             cache_hit,
+            wit_version,
             pre,
         };
         // One trial instantiation: a component that cannot be instantiated here (its start

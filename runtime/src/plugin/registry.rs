@@ -4,9 +4,14 @@
 //! A folder holds `NAME.wasm` files, each with its manifest `NAME.toml` beside it. A folder
 //! plugin whose world is generator, reviewer or error-handler replaces the default of that role;
 //! a quality check is added to the checks, replacing a default check of the same name.
+//!
+//! [`LivePlugins`] holds the set in use; hot reload ([`super::reload`]) swaps it whole, so a call
+//! keeps the plugin it started with and a pipeline run keeps the set it started with.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use super::manifest::{Manifest, World};
 use super::{Plugin, PluginError, PluginHost, PluginSource};
@@ -38,6 +43,65 @@ impl PluginSet {
     }
 }
 
+/// A component of the plugin folder that was not loaded, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refused {
+    /// The `.wasm` file.
+    pub file: PathBuf,
+    pub code: String,
+    pub message: String,
+    /// The version still in use instead, when an earlier one had loaded.
+    pub keeping: Option<String>,
+}
+
+/// The set in use and the folder's refused components; cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct LivePlugins {
+    inner: Arc<RwLock<(Arc<PluginSet>, Vec<Refused>)>>,
+}
+
+impl LivePlugins {
+    pub fn new(set: PluginSet) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new((Arc::new(set), Vec::new()))),
+        }
+    }
+
+    /// The set in use now.
+    pub fn current(&self) -> Arc<PluginSet> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Components of the folder refused at the last reload.
+    pub fn refused(&self) -> Vec<Refused> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// A handle fixed to the set in use now: later swaps do not reach it.
+    pub fn pinned(&self) -> Self {
+        Self::new_from(self.current(), self.refused())
+    }
+
+    fn new_from(set: Arc<PluginSet>, refused: Vec<Refused>) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new((set, refused))),
+        }
+    }
+
+    /// Put `set` in use for every call that starts from now on.
+    pub fn replace(&self, set: PluginSet, refused: Vec<Refused>) {
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(set), refused);
+    }
+}
+
 fn load_error(plugin: &str, message: impl Into<String>) -> PluginError {
     PluginError::Load {
         plugin: plugin.to_string(),
@@ -45,30 +109,39 @@ fn load_error(plugin: &str, message: impl Into<String>) -> PluginError {
     }
 }
 
-/// Load the embedded defaults and then the folder's plugins over them.
-pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<PluginSet, PluginError> {
-    let mut loaded: Vec<Plugin> = Vec::new();
-    for (manifest_text, bytes) in embedded::PLUGINS {
-        let manifest =
-            Manifest::parse(manifest_text).map_err(|e| load_error("embedded", e.to_string()))?;
-        loaded.push(host.load(manifest, bytes, PluginSource::Embedded)?);
-    }
-    if let Some(dir) = dir {
-        for plugin in load_folder(host, dir)? {
-            let replaces = |p: &Plugin| match plugin.manifest.world {
-                World::QualityCheck => p.manifest.name == plugin.manifest.name,
-                world => p.manifest.world == world,
-            };
-            loaded.retain(|p| !replaces(p));
-            loaded.push(plugin);
-        }
+/// The defaults compiled into the binary.
+pub fn load_embedded(host: &PluginHost) -> Result<Vec<Arc<Plugin>>, PluginError> {
+    embedded::PLUGINS
+        .iter()
+        .map(|(manifest_text, bytes)| {
+            let manifest = Manifest::parse(manifest_text)
+                .map_err(|e| load_error("embedded", e.to_string()))?;
+            host.load(manifest, bytes, PluginSource::Embedded)
+                .map(Arc::new)
+        })
+        .collect()
+}
+
+/// The roles and checks from the defaults with the folder's plugins laid over them.
+pub fn compose(
+    embedded: &[Arc<Plugin>],
+    folder: impl IntoIterator<Item = Arc<Plugin>>,
+) -> Result<PluginSet, PluginError> {
+    let mut loaded: Vec<Arc<Plugin>> = embedded.to_vec();
+    for plugin in folder {
+        let replaces = |p: &Arc<Plugin>| match plugin.manifest.world {
+            World::QualityCheck => p.manifest.name == plugin.manifest.name,
+            world => p.manifest.world == world,
+        };
+        loaded.retain(|p| !replaces(p));
+        loaded.push(plugin);
     }
     let mut take_role = |world: World| -> Result<Arc<Plugin>, PluginError> {
         let idx = loaded
             .iter()
             .position(|p| p.manifest.world == world)
             .ok_or_else(|| load_error(world.as_str(), format!("no {world} plugin is available")))?;
-        Ok(Arc::new(loaded.remove(idx)))
+        Ok(loaded.remove(idx))
     };
     let generator = take_role(World::Generator)?;
     let reviewer = take_role(World::Reviewer)?;
@@ -76,7 +149,6 @@ pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<PluginSet, 
     let checks = loaded
         .into_iter()
         .filter(|p| p.manifest.world == World::QualityCheck)
-        .map(Arc::new)
         .collect();
     Ok(PluginSet {
         generator,
@@ -86,33 +158,175 @@ pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<PluginSet, 
     })
 }
 
-/// Load every `*.wasm` of `dir` with its manifest, in name order.
-pub fn load_folder(host: &PluginHost, dir: &Path) -> Result<Vec<Plugin>, PluginError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
+/// Load the embedded defaults and then the folder's plugins over them; any folder component
+/// that does not load is an error.
+pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<PluginSet, PluginError> {
+    load_plugins_for_reload(host, dir).map(|loaded| loaded.set)
+}
+
+/// What [`load_plugins`] loaded, with the parts hot reload starts from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub set: PluginSet,
+    pub embedded: Vec<Arc<Plugin>>,
+    pub folder: FolderPlugins,
+}
+
+/// [`load_plugins`], keeping the defaults and the folder's state for [`super::reload`].
+pub fn load_plugins_for_reload(
+    host: &PluginHost,
+    dir: Option<&Path>,
+) -> Result<Loaded, PluginError> {
+    let embedded = load_embedded(host)?;
+    let folder = match dir {
+        Some(dir) => {
+            let scan = scan_folder(host, dir, &FolderPlugins::default())?;
+            if let Some(first) = scan.refused.into_iter().next() {
+                return Err(load_error(&first.file.display().to_string(), first.message));
+            }
+            scan.plugins
+        }
+        None => FolderPlugins::default(),
+    };
+    let set = compose(&embedded, folder.plugins())?;
+    Ok(Loaded {
+        set,
+        embedded,
+        folder,
+    })
+}
+
+/// What identifies one version of a component on disk: the sizes and modification times of
+/// the `.wasm` and its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    wasm: (u64, Option<SystemTime>),
+    manifest: Option<(u64, Option<SystemTime>)>,
+}
+
+fn stamp_of(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()))
+}
+
+/// The `.wasm` files of `dir` with their stamps, in name order (a stable order: later files
+/// win a role).
+pub fn folder_stamps(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, FileStamp>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        // Hidden files are work in progress (`agentrt plugin build` writes `.NAME.wasm.tmp`).
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden || path.extension().is_none_or(|x| x != "wasm") {
+            continue;
+        }
+        if let Some(wasm) = stamp_of(&path) {
+            let manifest = stamp_of(&path.with_extension("toml"));
+            out.insert(path, FileStamp { wasm, manifest });
+        }
+    }
+    Ok(out)
+}
+
+/// The folder's loaded components, by file, with the stamp of the version loaded.
+#[derive(Debug, Clone, Default)]
+pub struct FolderPlugins {
+    by_file: BTreeMap<PathBuf, (FileStamp, Arc<Plugin>)>,
+}
+
+impl FolderPlugins {
+    /// The loaded plugins in file-name order.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        self.by_file.values().map(|(_, p)| p.clone()).collect()
+    }
+}
+
+/// The result of reading a plugin folder.
+#[derive(Debug)]
+pub struct FolderScan {
+    pub plugins: FolderPlugins,
+    pub refused: Vec<Refused>,
+    /// Files loaded anew (added or changed) in this scan.
+    pub changed: Vec<Arc<Plugin>>,
+    /// Files that disappeared since `previous`.
+    pub removed: Vec<PathBuf>,
+}
+
+/// Read `dir`, reusing from `previous` every component whose files did not change. A component
+/// that fails to load keeps its previous version, if it had one.
+pub fn scan_folder(
+    host: &PluginHost,
+    dir: &Path,
+    previous: &FolderPlugins,
+) -> Result<FolderScan, PluginError> {
+    let stamps = folder_stamps(dir).map_err(|e| {
         load_error(
             &dir.display().to_string(),
             format!("cannot read plugin folder: {e}"),
         )
     })?;
-    let mut wasm_files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-        .collect();
-    wasm_files.sort();
-    let mut out = Vec::new();
-    for path in wasm_files {
-        let label = path.display().to_string();
-        let manifest_path = path.with_extension("toml");
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
-            load_error(
-                &label,
-                format!("missing manifest {}: {e}", manifest_path.display()),
-            )
-        })?;
-        let manifest = Manifest::parse(&text).map_err(|e| load_error(&label, e.to_string()))?;
-        let bytes = std::fs::read(&path).map_err(|e| load_error(&label, e.to_string()))?;
-        out.push(host.load(manifest, &bytes, PluginSource::File(path.clone()))?);
+    let mut plugins = FolderPlugins::default();
+    let mut refused = Vec::new();
+    let mut changed = Vec::new();
+    for (path, stamp) in stamps {
+        let before = previous.by_file.get(&path);
+        if let Some((old_stamp, plugin)) = before
+            && *old_stamp == stamp
+        {
+            plugins.by_file.insert(path, (stamp, plugin.clone()));
+            continue;
+        }
+        match load_file(host, &path) {
+            Ok(plugin) => {
+                let plugin = Arc::new(plugin);
+                changed.push(plugin.clone());
+                plugins.by_file.insert(path, (stamp, plugin));
+            }
+            Err(e) => {
+                let keeping = before.map(|(_, p)| p.manifest.version.clone());
+                refused.push(Refused {
+                    file: path.clone(),
+                    code: e.code().as_str().to_string(),
+                    message: e.to_string(),
+                    keeping,
+                });
+                if let Some((old_stamp, plugin)) = before {
+                    // The old version stays, under its old stamp, so that the next change of
+                    // the files is tried again.
+                    plugins
+                        .by_file
+                        .insert(path, (old_stamp.clone(), plugin.clone()));
+                }
+            }
+        }
     }
-    Ok(out)
+    let removed = previous
+        .by_file
+        .keys()
+        .filter(|p| !plugins.by_file.contains_key(*p) && !p.exists())
+        .cloned()
+        .collect();
+    Ok(FolderScan {
+        plugins,
+        refused,
+        changed,
+        removed,
+    })
+}
+
+/// Load one `NAME.wasm` with its `NAME.toml`.
+pub fn load_file(host: &PluginHost, path: &Path) -> Result<Plugin, PluginError> {
+    let label = path.display().to_string();
+    let manifest_path = path.with_extension("toml");
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
+        load_error(
+            &label,
+            format!("missing manifest {}: {e}", manifest_path.display()),
+        )
+    })?;
+    let manifest = Manifest::parse(&text).map_err(|e| load_error(&label, e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| load_error(&label, e.to_string()))?;
+    host.load(manifest, &bytes, PluginSource::File(path.to_path_buf()))
 }

@@ -196,6 +196,7 @@ impl CodeBody {
                 if !state
                     .pipeline
                     .plugins
+                    .current()
                     .checks
                     .iter()
                     .any(|p| &p.manifest.name == n)
@@ -357,6 +358,7 @@ fn plugin_list(state: &AppState) -> Vec<Value> {
     state
         .pipeline
         .plugins
+        .current()
         .all()
         .iter()
         .map(|p| p.describe())
@@ -377,7 +379,7 @@ pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     let models = state.engine.models().len();
-    let plugins = state.pipeline.plugins.all().len();
+    let plugins = state.pipeline.plugins.current().all().len();
     let body = json!({"status": if models > 0 { "ready" } else { "not_ready" }, "models": models, "plugins": plugins});
     let status = if models > 0 {
         axum::http::StatusCode::OK
@@ -397,6 +399,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let plugins: Vec<Value> = state
         .pipeline
         .plugins
+        .current()
         .all()
         .iter()
         .map(|p| json!({"name": p.manifest.name, "world": p.manifest.world, "loaded": true}))
@@ -426,8 +429,13 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "models": models }))
 }
 
+/// The plugins in use, and the folder's components that hot reload refused (with the reason
+/// and the version kept instead).
 pub async fn plugins(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "plugins": plugin_list(&state) }))
+    Json(json!({
+        "plugins": plugin_list(&state),
+        "refused": state.pipeline.plugins.refused(),
+    }))
 }
 
 pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {

@@ -1,0 +1,185 @@
+//! Hot reload of the plugin folder under load: a check replaced, refused when broken (the old
+//! version stays, the reason in `/plugins` and the log), restored, added and removed — while
+//! clients keep calling it, none of them failing because of a swap.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::harness::{Server, plugin_folder, test_plugin_wasm};
+
+/// Write `bytes` to `path` the way an installer should: a temporary name, then a rename.
+fn install(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().expect("file name").to_string_lossy()
+    ));
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Wait (bounded) until `/plugins` satisfies `done`.
+fn wait_for_plugins(server: &Server, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = server.get("/plugins");
+        assert_eq!(status, 200, "{body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn version_of(body: &Value, name: &str) -> Option<String> {
+    body["plugins"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["version"].as_str())
+        .map(str::to_string)
+}
+
+#[test]
+fn plugins_are_swapped_under_load_without_failing_a_request() {
+    let manifest = |version: &str| {
+        std::fs::read_to_string(
+            super::harness::repo_root().join("tests/plugins/echo-check/plugin.toml"),
+        )
+        .expect("manifest")
+        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+    };
+    let dir = plugin_folder(
+        "reload",
+        "echo-check",
+        "echo-check",
+        Some(&manifest("0.1.0")),
+    );
+    let log = dir.with_extension("log");
+    let server = Arc::new(Server::start_logging(
+        &["--plugins", dir.to_str().expect("utf-8")],
+        &[
+            ("AGENTRT_PLUGIN_POLL_MS", "100"),
+            ("AGENTRT_LOG_FORMAT", "json"),
+        ],
+        Some(&log),
+    ));
+    let wasm = std::fs::read(test_plugin_wasm("echo-check")).expect("component");
+
+    // Clients call the check without pause for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let server = server.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, body) = server.post(
+                        "/check",
+                        &json!({"code": "x = 1  # TODO: tidy\n", "checks": ["echo-check"]}),
+                    );
+                    answers.push((status, body));
+                }
+                answers
+            })
+        })
+        .collect();
+
+    // A new version (new manifest and component) replaces the old for new calls.
+    install(&dir.join("echo-check.toml"), manifest("0.1.1").as_bytes());
+    install(&dir.join("echo-check.wasm"), &wasm);
+    wait_for_plugins(&server, "version 0.1.1", |b| {
+        version_of(b, "echo-check").as_deref() == Some("0.1.1")
+    });
+
+    // A broken version is refused; 0.1.1 stays in use and the reason is reported.
+    install(
+        &dir.join("echo-check.wasm"),
+        b"\0asm\x0d\0\x01\0not a component",
+    );
+    let body = wait_for_plugins(&server, "the broken version refused", |b| {
+        b["refused"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    let refused = &body["refused"][0];
+    assert!(
+        refused["file"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("echo-check.wasm"),
+        "{body}"
+    );
+    assert_eq!(refused["code"], "PLUGIN_002", "{body}");
+    assert_eq!(refused["keeping"], "0.1.1", "{body}");
+    assert_eq!(
+        version_of(&body, "echo-check").as_deref(),
+        Some("0.1.1"),
+        "{body}"
+    );
+
+    // Fixed: the next version loads and the refusal is gone.
+    install(&dir.join("echo-check.toml"), manifest("0.1.2").as_bytes());
+    install(&dir.join("echo-check.wasm"), &wasm);
+    wait_for_plugins(&server, "version 0.1.2", |b| {
+        version_of(b, "echo-check").as_deref() == Some("0.1.2") && b["refused"] == json!([])
+    });
+
+    // A check added to the folder joins; removed, it leaves.
+    let second = manifest("0.1.0").replace("name = \"echo-check\"", "name = \"echo-two\"");
+    install(&dir.join("echo-two.toml"), second.as_bytes());
+    install(&dir.join("echo-two.wasm"), &wasm);
+    wait_for_plugins(&server, "echo-two added", |b| {
+        version_of(b, "echo-two").is_some()
+    });
+    std::fs::remove_file(dir.join("echo-two.wasm")).expect("rm");
+    wait_for_plugins(&server, "echo-two removed", |b| {
+        version_of(b, "echo-two").is_none()
+    });
+
+    stop.store(true, Ordering::Relaxed);
+    let answers: Vec<(u16, Value)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    assert!(answers.len() >= 10, "only {} requests made", answers.len());
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "a request failed during the swaps: {body}");
+        let rules: Vec<&str> = body["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["rule_id"].as_str())
+            .collect();
+        assert_eq!(rules, ["todo-comment"], "{body}");
+    }
+
+    // The log says what happened, with the reason for the refusal.
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let refusal = lines
+        .iter()
+        .find(|l| l["target"] == "agentrt::plugins" && l["level"] == "WARN")
+        .unwrap_or_else(|| panic!("no refusal in the log:\n{text}"));
+    assert_eq!(refusal["fields"]["keeping"], "0.1.1", "{refusal}");
+    assert!(
+        refusal["fields"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a valid component"),
+        "{refusal}"
+    );
+    assert!(
+        lines.iter().any(|l| l["target"] == "agentrt::plugins"
+            && l["fields"]["plugin"] == "echo-check"
+            && l["fields"]["version"] == "0.1.2"),
+        "no load line for 0.1.2:\n{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
