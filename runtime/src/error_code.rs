@@ -55,7 +55,6 @@ pub enum ErrorCode {
     PluginQuota,
     /// The plugin returned a result too large or out of range.
     PluginOutput,
-    /// Route does not exist.
     /// No API key, or one the server does not know.
     Unauthenticated,
     /// The API key's scope does not cover the route.
@@ -76,6 +75,7 @@ pub enum ErrorCode {
     RequestTimeout,
     /// A backup could not be made, or is damaged, or cannot be restored over what exists.
     BackupFailed,
+    /// No such route, run or resource.
     NotFound,
     /// Anything else.
     Internal,
@@ -232,6 +232,38 @@ pub const ALL: &[ErrorCode] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/ERRORS.md lists every code with its status and type, and nothing else.
+    #[test]
+    fn every_code_is_documented() {
+        let doc = include_str!("../../docs/ERRORS.md");
+        let rows: Vec<Vec<&str>> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| l.split('|').map(str::trim).collect())
+            .collect();
+        for code in ALL {
+            let row = rows
+                .iter()
+                .find(|r| r[1] == format!("`{}`", code.as_str()))
+                .unwrap_or_else(|| panic!("{} is not in docs/ERRORS.md", code.as_str()));
+            assert!(
+                row[2].contains(&code.http_status().to_string()),
+                "{}: status {} documented as {}",
+                code.as_str(),
+                code.http_status(),
+                row[2]
+            );
+            assert_eq!(row[3], code.kind(), "{}", code.as_str());
+        }
+        for row in &rows {
+            let code = row[1].trim_matches('`');
+            assert!(
+                ErrorCode::parse(code).is_some(),
+                "docs/ERRORS.md lists unknown {code}"
+            );
+        }
+    }
 
     #[test]
     fn codes_are_unique_and_round_trip() {

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 mod openai;
+pub mod openapi;
 mod routes;
 mod runs;
 
@@ -131,6 +132,7 @@ pub fn app(state: AppState) -> Router {
         .route("/models", get(routes::models))
         .route("/plugins", get(routes::plugins))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
@@ -154,6 +156,11 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(measure))
         .with_state(state)
+}
+
+/// `GET /openapi.json`: the API description ([`openapi`]).
+async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.

@@ -464,3 +464,27 @@ fn every_request_has_an_id_that_its_plugin_log_lines_carry() {
         .expect("request finished line");
     assert_eq!(done["fields"]["status"], 200, "{done}");
 }
+
+/// `/openapi.json` is open, and every operation it documents exists on a live server (no 405,
+/// and no 404 except for a resource id that does not exist).
+#[test]
+fn every_documented_operation_exists() {
+    let s = default_server();
+    let (status, doc) = s.get("/openapi.json");
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 20, "{}", paths.len());
+    for (path, item) in paths {
+        let concrete = path.replace("{id}", "no-such-run");
+        for method in item.as_object().expect("path item").keys() {
+            let body = (method == "post").then(|| json!({}));
+            let (status, _, body) =
+                s.exchange(&method.to_uppercase(), &concrete, &[], body.as_ref());
+            assert_ne!(status, 405, "{method} {path}: {body}");
+            if !path.contains("{id}") {
+                assert_ne!(status, 404, "{method} {path}: {body}");
+            }
+        }
+    }
+}

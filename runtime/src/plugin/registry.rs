@@ -179,13 +179,7 @@ pub fn load_plugins_for_reload(
 ) -> Result<Loaded, PluginError> {
     let embedded = load_embedded(host)?;
     let folder = match dir {
-        Some(dir) => {
-            let scan = scan_folder(host, dir, &FolderPlugins::default())?;
-            if let Some(first) = scan.refused.into_iter().next() {
-                return Err(load_error(&first.file.display().to_string(), first.message));
-            }
-            scan.plugins
-        }
+        Some(dir) => FolderPlugins::load_all(host, dir)?,
         None => FolderPlugins::default(),
     };
     let set = compose(&embedded, folder.plugins())?;
@@ -237,6 +231,23 @@ pub struct FolderPlugins {
 }
 
 impl FolderPlugins {
+    /// Every component of `dir`; the first that does not load is the error, with its own code
+    /// (at start a server refuses to run without a plugin it was given).
+    pub fn load_all(host: &PluginHost, dir: &Path) -> Result<Self, PluginError> {
+        let stamps = folder_stamps(dir).map_err(|e| {
+            load_error(
+                &dir.display().to_string(),
+                format!("cannot read plugin folder: {e}"),
+            )
+        })?;
+        let mut plugins = Self::default();
+        for (path, stamp) in stamps {
+            let plugin = Arc::new(load_file(host, &path)?);
+            plugins.by_file.insert(path, (stamp, plugin));
+        }
+        Ok(plugins)
+    }
+
     /// The loaded plugins in file-name order.
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
         self.by_file.values().map(|(_, p)| p.clone()).collect()

@@ -159,9 +159,9 @@ impl ApiKeys {
 }
 
 /// The scope a path needs, or `None` for open paths.
-fn required(path: &str) -> Option<Scope> {
+pub(crate) fn required(path: &str) -> Option<Scope> {
     match path {
-        "/health" | "/health/live" | "/health/ready" => None,
+        "/health" | "/health/live" | "/health/ready" | "/openapi.json" => None,
         "/stats" | "/plugins" | "/metrics" => Some(Scope::Admin),
         _ => Some(Scope::User),
     }

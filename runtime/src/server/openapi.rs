@@ -1,0 +1,247 @@
+//! `GET /openapi.json`: the HTTP API as an OpenAPI 3.1 document.
+//!
+//! Written here beside the routes rather than derived from them (the handlers take loosely
+//! typed JSON and the seed's adapters keep their old shapes). Two tests keep it honest: every
+//! route of [`super::app`] is documented and nothing else is, and the e2e suite requests every
+//! documented operation against a live server. The error codes and each route's auth scope come
+//! from the code itself ([`crate::error_code::ALL`], [`super::auth::required`]).
+
+use serde_json::{Value, json};
+
+use super::auth::{Scope, required};
+use crate::error_code::ALL;
+
+/// A JSON schema reference into `components.schemas`.
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn json_body(schema_value: Value) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": schema_value}}})
+}
+
+fn ok(description: &str, schema_value: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema_value}}})
+}
+
+/// One operation: its summary, optional request body and 200 answer, plus the error answers
+/// every route can give and the security its path needs.
+fn operation(path: &str, summary: &str, body: Option<Value>, answer: Value) -> Value {
+    let mut op = json!({
+        "summary": summary,
+        "responses": {
+            "200": answer,
+            "default": {
+                "description": "An error; `code` is one of ErrorCode (see docs/ERRORS.md)",
+                "content": {"application/json": {"schema": schema("Error")}},
+            },
+        },
+    });
+    if let Some(body) = body {
+        op["requestBody"] = body;
+    }
+    op["security"] = match required(path) {
+        None => json!([]),
+        Some(Scope::User) => json!([{"bearer": []}, {"apiKey": []}]),
+        Some(Scope::Admin) => json!([{"bearer": ["admin"]}, {"apiKey": ["admin"]}]),
+    };
+    op["x-scope"] = match required(path) {
+        None => json!("open"),
+        Some(Scope::User) => json!("user"),
+        Some(Scope::Admin) => json!("admin"),
+    };
+    op
+}
+
+fn object(properties: Value, required_fields: &[&str]) -> Value {
+    json!({"type": "object", "properties": properties, "required": required_fields})
+}
+
+/// The document.
+pub fn document() -> Value {
+    let codes: Vec<&str> = ALL.iter().map(|c| c.as_str()).collect();
+    let any = json!({"type": "object"});
+    let run_id =
+        json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let sse = |description: &str| json!({"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}});
+    let paths = json!({
+        "/generate": {"post": operation("/generate", "Generate code and tests for a task (the generator plugin)", Some(json_body(schema("Task"))), ok("The code, the tests and how they were made", schema("Generation")))},
+        "/review": {"post": operation("/review", "Review code: quality checks, the tests run in the sandbox, the reviewer's verdict", Some(json_body(schema("Code"))), ok("Verdict, score, summary, findings and test results", schema("ReviewResult")))},
+        "/check": {"post": operation("/check", "Run the quality checks only (no model)", Some(json_body(schema("Code"))), ok("Findings of every check", schema("Findings")))},
+        "/pipeline": {"post": operation("/pipeline", "The whole pipeline, synchronously: generate, check, test (with retries), review", Some(json_body(schema("Task"))), ok("Every stage's result", any.clone()))},
+        "/chat": {"post": operation("/chat", "One message to the model", Some(json_body(schema("ChatRequest"))), ok("The answer", any.clone()))},
+        "/health": {"get": operation("/health", "Models and plugins loaded, uptime, version", None, ok("Health", any.clone()))},
+        "/health/live": {"get": operation("/health/live", "Liveness: the process answers", None, ok("Alive", any.clone()))},
+        "/health/ready": {"get": operation("/health/ready", "Readiness: 503 until models and plugins are loaded, and while draining", None, ok("Ready", any.clone()))},
+        "/stats": {"get": operation("/stats", "Requests, failures by code, tokens, latency per endpoint and per plugin", None, ok("Statistics", any.clone()))},
+        "/models": {"get": operation("/models", "The models served", None, ok("Models", any.clone()))},
+        "/plugins": {"get": operation("/plugins", "The plugins in use, and the folder's components hot reload refused", None, ok("Plugins", schema("Plugins")))},
+        "/metrics": {"get": operation("/metrics", "Prometheus (OpenMetrics) metrics", None, json!({"description": "OpenMetrics text", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}))},
+        "/openapi.json": {"get": operation("/openapi.json", "This document", None, ok("OpenAPI 3.1", any.clone()))},
+        "/v1/chat/completions": {"post": operation("/v1/chat/completions", "OpenAI-compatible chat completion; `stream: true` answers server-sent events ending in `data: [DONE]`", Some(json_body(schema("ChatCompletionRequest"))), ok("OpenAI chat.completion (or a stream of chat.completion.chunk)", any.clone()))},
+        "/v1/completions": {"post": operation("/v1/completions", "OpenAI-compatible completion; `suffix` fills in the middle on models that support it", Some(json_body(schema("CompletionRequest"))), ok("OpenAI text_completion (or a stream)", any.clone()))},
+        "/v1/models": {"get": operation("/v1/models", "OpenAI-compatible model list (with max_model_len)", None, ok("OpenAI list of models", any.clone()))},
+        "/tokenize": {"post": operation("/tokenize", "Token ids of a prompt or of chat messages (vLLM's shape)", Some(json_body(json!({"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"}}}))), ok("count, max_model_len, tokens", any.clone()))},
+        "/v1/pipeline/runs": {
+            "post": operation("/v1/pipeline/runs", "Start a pipeline run; answers at once with its id (429 QUEUE_001 when the queue is full)", Some(json_body(schema("Task"))), ok("The run, queued", schema("Run"))),
+            "get": with_parameters(
+                operation("/v1/pipeline/runs", "Runs, newest first", None, ok("Runs", any.clone())),
+                json!([
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "before", "in": "query", "schema": {"type": "integer"}, "description": "Only runs created before this time (ms since the epoch): the next page"},
+                ]),
+            ),
+        },
+        "/v1/pipeline/runs/{id}": {
+            "get": with_parameters(operation("/v1/pipeline/runs/{id}", "A run's state and every stage's result", None, ok("The run", schema("Run"))), json!([run_id.clone()])),
+            "delete": with_parameters(operation("/v1/pipeline/runs/{id}", "Cancel a run (409 RUN_001 once it has ended)", None, ok("The run, cancelled", schema("Run"))), json!([run_id.clone()])),
+        },
+        "/v1/pipeline/runs/{id}/events": {
+            "get": with_parameters(
+                operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events: tokens, check results, test results, review, retry, error, done", None, sse("Numbered events; the stream ends after `done`")),
+                json!([run_id, {"name": "after", "in": "query", "schema": {"type": "integer"}, "description": "Resume after this event number (or send Last-Event-ID)"}]),
+            ),
+        },
+    });
+    let finding = object(
+        json!({
+            "rule_id": {"type": "string"}, "severity": {"enum": ["info", "warning", "error"]},
+            "message": {"type": "string"}, "line": {"type": "integer"}, "column": {"type": "integer"},
+            "suggestion": {"type": ["string", "null"]}, "check": {"type": "string"},
+        }),
+        &["rule_id", "severity", "message", "line"],
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "agentrt",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "A local runtime for a team of code-generating agents. Errors have one shape, {\"error\": {\"code\", \"type\", \"message\", \"details\"}} (the /v1 OpenAI routes use OpenAI's); every 429 carries Retry-After. Routes need an API key of the scope in x-scope when the server has keys.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
+            "schemas": {
+                "ErrorCode": {"enum": codes},
+                "Error": object(json!({"error": object(json!({
+                    "code": schema("ErrorCode"), "type": {"type": "string"},
+                    "message": {"type": "string"}, "details": {},
+                }), &["code", "type", "message"])}), &["error"]),
+                "Task": object(json!({
+                    "task_description": {"type": "string"},
+                    "language": {"type": "string", "default": "python"},
+                    "max_retries": {"type": "integer", "minimum": 0, "maximum": 2},
+                }), &["task_description"]),
+                "Code": object(json!({
+                    "code": {"type": "string"}, "tests": {"type": "string"},
+                    "language": {"type": "string", "default": "python"},
+                    "checks": {"type": "array", "items": {"type": "string"}, "description": "Only these quality checks (by name)"},
+                }), &["code"]),
+                "Finding": finding,
+                "Findings": object(json!({"findings": {"type": "array", "items": schema("Finding")}}), &["findings"]),
+                "Generation": object(json!({"code": {"type": "string"}, "tests": {"type": "string"}, "language": {"type": "string"}}), &["code", "tests"]),
+                "ReviewResult": object(json!({
+                    "verdict": {"enum": ["approve", "request_changes", "reject"]},
+                    "score": {"type": "number", "minimum": 0, "maximum": 10},
+                    "summary": {"type": "string"},
+                    "findings": {"type": "array", "items": schema("Finding")},
+                    "test_results": {"type": "object"},
+                }), &["verdict", "score", "findings"]),
+                "ChatRequest": object(json!({
+                    "message": {"type": "string"}, "system": {"type": "string"}, "model": {"type": "string"},
+                    "max_tokens": {"type": "integer"}, "temperature": {"type": "number"}, "seed": {"type": "integer"},
+                }), &["message"]),
+                "ChatCompletionRequest": object(json!({
+                    "model": {"type": "string"},
+                    "messages": {"type": "array", "items": object(json!({"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}), &["role", "content"])},
+                    "max_tokens": {"type": "integer"}, "temperature": {"type": "number"}, "top_p": {"type": "number"},
+                    "seed": {"type": "integer"}, "stop": {"type": ["string", "array"]}, "n": {"const": 1},
+                    "stream": {"type": "boolean"}, "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+                }), &["messages"]),
+                "CompletionRequest": object(json!({
+                    "model": {"type": "string"}, "prompt": {"type": "string"}, "suffix": {"type": "string"},
+                    "max_tokens": {"type": "integer"}, "temperature": {"type": "number"}, "top_p": {"type": "number"},
+                    "seed": {"type": "integer"}, "stop": {"type": ["string", "array"]}, "n": {"const": 1},
+                    "stream": {"type": "boolean"}, "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+                }), &["prompt"]),
+                "Run": object(json!({
+                    "id": {"type": "string"},
+                    "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                    "stages": {"type": "array"}, "result": {}, "error": {},
+                }), &["id", "state"]),
+                "Plugins": object(json!({
+                    "plugins": {"type": "array", "items": {"type": "object"}},
+                    "refused": {"type": "array", "items": object(json!({
+                        "file": {"type": "string"}, "code": schema("ErrorCode"), "message": {"type": "string"},
+                        "keeping": {"type": ["string", "null"], "description": "The version still in use"},
+                    }), &["file", "code", "message"])},
+                }), &["plugins", "refused"]),
+            },
+        },
+    })
+}
+
+/// `op` with its `parameters`.
+fn with_parameters(mut op: Value, parameters: Value) -> Value {
+    op["parameters"] = parameters;
+    op
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The paths `super::app` routes, read from its source.
+    fn routed_paths() -> Vec<String> {
+        let source = include_str!("../server.rs");
+        let start = source.find("pub fn app(").expect("app()");
+        let body = &source[start..];
+        let end = body.find(".fallback(").expect("fallback");
+        body[..end]
+            .split(".route(")
+            .skip(1)
+            .filter_map(|r| r.trim_start().strip_prefix('"')?.split('"').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let doc = document();
+        let mut documented: Vec<String> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .cloned()
+            .collect();
+        let mut routed = routed_paths();
+        documented.sort();
+        routed.sort();
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn the_document_is_complete_where_clients_look() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                assert!(op["summary"].is_string(), "{method} {path}");
+                assert!(op["responses"]["200"].is_object(), "{method} {path}");
+                assert!(op["x-scope"].is_string(), "{method} {path}");
+            }
+        }
+        assert_eq!(doc["paths"]["/plugins"]["get"]["x-scope"], "admin");
+        assert_eq!(doc["paths"]["/health/ready"]["get"]["x-scope"], "open");
+        assert_eq!(
+            doc["paths"]["/v1/chat/completions"]["post"]["x-scope"],
+            "user"
+        );
+        let codes = doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .expect("codes");
+        assert_eq!(codes.len(), ALL.len());
+    }
+}

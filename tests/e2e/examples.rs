@@ -1,0 +1,184 @@
+//! The example plugins in `examples/`, each built with `agentrt plugin build`, its own tests
+//! run, and exercised in a live server the way a team would deploy it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use super::harness::{Server, repo_root, run_cli_env};
+
+/// Where cargo builds the Rust examples: shared with the authoring tests, outside the test's own
+/// (locked) target folder.
+fn example_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("wasm-authoring")
+}
+
+fn fresh_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentrt-example-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+/// `agentrt plugin build examples/NAME --out OUT`.
+fn build_example(name: &str, out: &Path) {
+    let project = repo_root().join("examples").join(name);
+    let target = example_target();
+    let (ok, stdout, stderr) = run_cli_env(
+        &[
+            "plugin",
+            "build",
+            project.to_str().expect("utf-8"),
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+        &[("CARGO_TARGET_DIR", target.to_str().expect("utf-8"))],
+    );
+    assert!(ok, "building {name} failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.join(format!("{name}.wasm")).is_file() && out.join(format!("{name}.toml")).is_file()
+    );
+}
+
+/// The example's own tests: `python3 -m unittest` or `cargo test`.
+fn run_own_tests(name: &str) {
+    let project = repo_root().join("examples").join(name);
+    let mut command = if project.join("Cargo.toml").is_file() {
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.args(["test", "--quiet"])
+            .env("CARGO_TARGET_DIR", example_target().join("host"));
+        c
+    } else {
+        let mut c = Command::new("python3");
+        c.args(["-m", "unittest", "-q"]);
+        c
+    };
+    let out = command
+        .current_dir(&project)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("run the example's tests");
+    assert!(
+        out.status.success(),
+        "{name}'s tests failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn findings_of<'a>(body: &'a Value, prefix: &str) -> Vec<&'a Value> {
+    body["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["rule_id"].as_str().is_some_and(|r| r.starts_with(prefix)))
+        .collect()
+}
+
+#[test]
+fn secret_scanner_flags_leaked_keys() {
+    run_own_tests("secret-scanner");
+    let plugins = fresh_dir("secrets");
+    build_example("secret-scanner", &plugins);
+    let server = Server::start(&["--plugins", plugins.to_str().expect("utf-8")]);
+    let code = "import boto3\n\n\ndef client():\n    \"\"\"S3.\"\"\"\n    return boto3.client(\"s3\", aws_access_key_id=\"AKIAIOSFODNN7EXAMPLE\", aws_secret_access_key=\"wJalrXUtnFEMI/K7MDENG\")\n";
+    let (status, body) = server.post(
+        "/check",
+        &json!({"code": code, "checks": ["secret-scanner"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let found: Vec<(String, u64, String)> = findings_of(&body, "secret-scanner/")
+        .iter()
+        .map(|f| {
+            (
+                f["rule_id"].as_str().unwrap_or_default().to_string(),
+                f["line"].as_u64().unwrap_or_default(),
+                f["severity"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        found.contains(&("secret-scanner/aws-access-key".into(), 6, "error".into())),
+        "{body}"
+    );
+    assert!(
+        found.contains(&(
+            "secret-scanner/hardcoded-credential".into(),
+            6,
+            "error".into()
+        )),
+        "{body}"
+    );
+    // Clean code gives nothing.
+    let (_, body) = server.post(
+        "/check",
+        &json!({"code": "def add(a, b):\n    return a + b\n", "checks": ["secret-scanner"]}),
+    );
+    assert!(findings_of(&body, "secret-scanner/").is_empty(), "{body}");
+    let _ = std::fs::remove_dir_all(&plugins);
+}
+
+#[test]
+fn house_style_reviews_against_the_granted_guide() {
+    run_own_tests("house-style");
+    let plugins = fresh_dir("house-style");
+    build_example("house-style", &plugins);
+    let style = fresh_dir("house-style-guide");
+    std::fs::write(
+        style.join("house-style.txt"),
+        "max-line-length = 40\nnaming = pep8\nforbid-import = pickle\n",
+    )
+    .expect("guide");
+    let config = style.join("agentrt.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[grants.house-style]\nmodels = [\"*\"]\nfolders = [{{ path = \"/style\", host = {:?}, access = \"read-only\" }}]\n",
+            style.display().to_string()
+        ),
+    )
+    .expect("config");
+    let server = Server::start(&[
+        "--plugins",
+        plugins.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let code =
+        "def addNumbers(first_number, second_number):\n    return first_number + second_number\n";
+    let (status, body) = server.post("/review", &json!({"code": code}));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("house-style:"),
+        "{body}"
+    );
+    let rules: Vec<&str> = findings_of(&body, "house-style/")
+        .iter()
+        .filter_map(|f| f["rule_id"].as_str())
+        .collect();
+    assert!(
+        rules.contains(&"house-style/naming") && rules.contains(&"house-style/line-length"),
+        "{body}"
+    );
+    assert_eq!(body["verdict"], "request_changes", "{body}");
+
+    // The team relaxes its guide: the next review follows it, with no rebuild or restart.
+    std::fs::write(
+        style.join("house-style.txt"),
+        "max-line-length = 120\nnaming = any\n",
+    )
+    .expect("guide");
+    let (status, body) = server.post("/review", &json!({"code": code}));
+    assert_eq!(status, 200, "{body}");
+    assert!(findings_of(&body, "house-style/").is_empty(), "{body}");
+    let _ = std::fs::remove_dir_all(&plugins);
+    let _ = std::fs::remove_dir_all(&style);
+}
