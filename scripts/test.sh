@@ -30,6 +30,30 @@ if [[ "$(uname -m)" == "x86_64" ]] && python3 -c 'import sys; sys.exit(sys.versi
     export AGENTRT_REQUIRE_OPENAI=1
 fi
 
+# Headless Chromium (Debian's) and playwright-core (npm, pinned with its integrity hash by
+# tests/console/package-lock.json) for the web console's browser test.
+CONSOLE_TEST="$AGENTRT_HOME/console-test"
+if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    missing=()
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if ((${#missing[@]})); then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
+want="$(cat tests/console/package.json tests/console/package-lock.json | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$CONSOLE_TEST/.lock.sha256" 2>/dev/null)" != "$want" ]]; then
+    rm -rf "$CONSOLE_TEST"
+    mkdir -p "$CONSOLE_TEST"
+    cp tests/console/package.json tests/console/package-lock.json "$CONSOLE_TEST/"
+    (cd "$CONSOLE_TEST" && npm ci --no-audit --no-fund --silent)
+    printf '%s\n' "$want" >"$CONSOLE_TEST/.lock.sha256"
+fi
+export AGENTRT_PLAYWRIGHT="$CONSOLE_TEST/node_modules/playwright-core"
+export AGENTRT_REQUIRE_BROWSER=1
+
 step "formatting"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)

@@ -335,6 +335,7 @@ impl Pipeline {
         if self.run.events.is_some() {
             self.run.emit(PipelineEvent::Checks {
                 attempt: report::attempts(stages).max(1),
+                code: artifact.code.clone(),
                 checks: outcomes.clone(),
                 findings: findings.iter().map(FindingOut::from).collect(),
             });

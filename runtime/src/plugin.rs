@@ -163,6 +163,7 @@ impl Plugin {
             "description": self.manifest.description,
             "permissions": self.manifest.permissions,
             "granted": *self.granted,
+            "granted_summary": self.granted.summary(),
             "source": self.source,
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,

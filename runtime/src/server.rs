@@ -6,6 +6,7 @@
 //! OpenAI-compatible `/v1/...` routes.
 
 pub mod auth;
+mod console;
 pub mod error;
 mod openai;
 pub mod openapi;
@@ -120,6 +121,8 @@ pub struct AppState {
 /// The router with every route.
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route("/generate", post(routes::generate))
         .route("/review", post(routes::review))
         .route("/check", post(routes::check))

@@ -476,7 +476,9 @@ fn every_documented_operation_exists() {
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 20, "{}", paths.len());
     for (path, item) in paths {
-        let concrete = path.replace("{id}", "no-such-run");
+        let concrete = path
+            .replace("{id}", "no-such-run")
+            .replace("{file}", "console.js");
         for method in item.as_object().expect("path item").keys() {
             let body = (method == "post").then(|| json!({}));
             let (status, _, body) =

@@ -21,6 +21,23 @@ fn keys_and_scopes_guard_the_routes() {
     }
     let (_, ready) = server.request("GET", "/health/ready", &[], None);
     assert_eq!(ready["status"], "ready", "{ready}");
+    // The console's page and files and the API description are open; what the console shows
+    // comes from routes that are not.
+    for path in [
+        "/",
+        "/console/console.js",
+        "/console/console.css",
+        "/openapi.json",
+    ] {
+        let (status, _, text) = server.exchange("GET", path, &[], None);
+        assert_eq!(status, 200, "{path} is open: {text}");
+    }
+    let (status, body) = server.request("GET", "/v1/pipeline/runs", &[], None);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (401, "AUTH_001"),
+        "{body}"
+    );
 
     let (status, body) = server.request("POST", "/v1/chat/completions", &[], Some(&chat));
     assert_eq!(

@@ -25,9 +25,11 @@ pub enum PipelineEvent {
     Tokens { text: String },
     /// A plugin call (or the test run) ended, with its report.
     StageFinished { report: StageReport },
-    /// Every quality check of an attempt has answered.
+    /// Every quality check of an attempt has answered; `code` is what they looked at, so a
+    /// client can place the findings on its lines.
     Checks {
         attempt: u32,
+        code: String,
         checks: Vec<CheckOutcome>,
         findings: Vec<FindingOut>,
     },

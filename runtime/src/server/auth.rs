@@ -161,7 +161,10 @@ impl ApiKeys {
 /// The scope a path needs, or `None` for open paths.
 pub(crate) fn required(path: &str) -> Option<Scope> {
     match path {
-        "/health" | "/health/live" | "/health/ready" | "/openapi.json" => None,
+        // The console's page and files are public: what they show comes from the API, with the
+        // key the user gives them.
+        "/health" | "/health/live" | "/health/ready" | "/openapi.json" | "/" => None,
+        p if p.starts_with("/console/") => None,
         "/stats" | "/plugins" | "/metrics" => Some(Scope::Admin),
         _ => Some(Scope::User),
     }

@@ -64,7 +64,13 @@ pub fn document() -> Value {
     let run_id =
         json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
     let sse = |description: &str| json!({"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}});
+    let html = |description: &str, kind: &str| json!({"description": description, "content": {kind: {"schema": {"type": "string"}}}});
     let paths = json!({
+        "/": {"get": operation("/", "The web console: submit tasks and watch runs live, past runs, plugins, statistics", None, html("The console page", "text/html"))},
+        "/console/{file}": {"get": with_parameters(
+            operation("/console/{file}", "The console's script and style sheet", None, html("console.js or console.css", "text/javascript")),
+            json!([{"name": "file", "in": "path", "required": true, "schema": {"enum": ["console.js", "console.css"]}}]),
+        )},
         "/generate": {"post": operation("/generate", "Generate code and tests for a task (the generator plugin)", Some(json_body(schema("Task"))), ok("The code, the tests and how they were made", schema("Generation")))},
         "/review": {"post": operation("/review", "Review code: quality checks, the tests run in the sandbox, the reviewer's verdict", Some(json_body(schema("Code"))), ok("Verdict, score, summary, findings and test results", schema("ReviewResult")))},
         "/check": {"post": operation("/check", "Run the quality checks only (no model)", Some(json_body(schema("Code"))), ok("Findings of every check", schema("Findings")))},

@@ -1,0 +1,336 @@
+// agentrt console: submit a task and watch its pipeline run live, browse past runs, see the
+// plugins and the statistics. Plain browser JavaScript against the public HTTP API — nothing
+// here that a client of /v1/pipeline/runs, /plugins and /stats could not do itself.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const c of children) node.append(c);
+  return node;
+};
+
+// --- API -----------------------------------------------------------------------------------
+
+const keyInput = $("api-key");
+keyInput.value = localStorage.getItem("agentrt-key") || "";
+keyInput.addEventListener("change", () => localStorage.setItem("agentrt-key", keyInput.value));
+
+function headers(extra = {}) {
+  const h = { ...extra };
+  if (keyInput.value) h.Authorization = `Bearer ${keyInput.value}`;
+  return h;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: headers(options.headers) });
+  if (!res.ok) {
+    let message = `${res.status} ${res.statusText}`;
+    try {
+      const body = await res.json();
+      if (body.error) message = `${body.error.code}: ${body.error.message}`;
+    } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return res;
+}
+
+// Server-sent events over fetch (EventSource cannot send an API key).
+async function streamEvents(path, onEvent, signal) {
+  const res = await api(path, { signal, headers: { Accept: "text/event-stream" } });
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let type = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) type = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent(type, JSON.parse(data.join("\n")));
+    }
+  }
+}
+
+// --- Tabs ----------------------------------------------------------------------------------
+
+const loaders = { history: loadHistory, plugins: loadPlugins, stats: loadStats };
+for (const button of document.querySelectorAll("nav button")) {
+  button.addEventListener("click", () => showTab(button.dataset.tab));
+}
+function showTab(name) {
+  for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.tab === name);
+  for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== `tab-${name}`;
+  showError("");
+  if (loaders[name]) loaders[name]().catch((e) => showError(e.message));
+}
+
+// --- A run ---------------------------------------------------------------------------------
+
+let following = null; // AbortController of the stream being shown
+
+function badge(node, text) {
+  node.textContent = text.replace("_", " ");
+  node.className = `badge ${text}`;
+}
+
+function resetRunView(id, task) {
+  $("run-view").hidden = false;
+  $("run-id").textContent = id;
+  $("run-task").textContent = task || "";
+  badge($("run-state"), "queued");
+  for (const id of ["timeline", "tokens", "checks", "code", "summary", "score"]) $(id).textContent = "";
+  $("tests").tBodies[0].textContent = "";
+  $("verdict").textContent = "";
+  $("verdict").className = "badge";
+}
+
+const stageItems = new Map();
+
+function renderCode(code, findings) {
+  const byLine = new Map();
+  for (const f of findings) {
+    if (!byLine.has(f.line)) byLine.set(f.line, []);
+    byLine.get(f.line).push(f);
+  }
+  const view = $("code");
+  view.textContent = "";
+  const whole = byLine.get(0) || [];
+  for (const f of whole) view.append(findingNode(f));
+  code.split("\n").forEach((text, i) => {
+    const here = byLine.get(i + 1) || [];
+    const worst = ["error", "warning", "info"].find((s) => here.some((f) => f.severity === s));
+    view.append(el("div", { class: `line ${worst || ""}` }, el("span", { class: "no" }, String(i + 1)), el("span", {}, text)));
+    for (const f of here) view.append(findingNode(f));
+  });
+}
+
+function findingNode(f) {
+  const where = f.line ? `line ${f.line}${f.column ? ":" + f.column : ""}` : "whole file";
+  const text = `${f.severity} ${f.rule_id} (${where}): ${f.message}${f.suggestion ? " — " + f.suggestion : ""}`;
+  return el("div", { class: `finding ${f.severity}`, "data-testid": "finding", "data-rule": f.rule_id, "data-line": String(f.line) }, text);
+}
+
+const handlers = {
+  stage_started(e) {
+    badge($("run-state"), "running");
+    const item = el("li", {}, `${e.stage} · ${e.plugin} · attempt ${e.attempt} …`);
+    stageItems.set(`${e.stage}/${e.plugin}/${e.attempt}`, item);
+    $("timeline").append(item);
+    // Model text comes from generation and review: a header per call keeps them apart.
+    if (e.stage === "generate" || e.stage === "review") {
+      $("tokens").append(`\n— ${e.stage} · ${e.plugin} · attempt ${e.attempt} —\n`);
+    }
+  },
+  tokens(e) {
+    const out = $("tokens");
+    out.append(e.text);
+    out.scrollTop = out.scrollHeight;
+  },
+  stage_finished(e) {
+    const r = e.report;
+    const key = `${r.stage}/${r.plugin}/${r.attempt}`;
+    const item = stageItems.get(key) || $("timeline").appendChild(el("li"));
+    item.textContent = `${r.stage} · ${r.plugin} · attempt ${r.attempt} · ${r.status} · ${r.duration_ms} ms${r.tokens ? ` · ${r.tokens} tokens` : ""}${r.error ? ` · ${r.error.code} ${r.error.message}` : ""}`;
+  },
+  checks(e) {
+    const list = $("checks");
+    list.textContent = "";
+    for (const c of e.checks) {
+      const b = el("span", { class: `badge ${c.status}` }, `${c.name}: ${c.status}, ${c.findings} findings`);
+      list.append(b, " ");
+    }
+    renderCode(e.code || "", e.findings);
+  },
+  tests(e) {
+    const body = $("tests").tBodies[0];
+    body.textContent = "";
+    if (e.report.setup_error) body.append(el("tr", {}, el("td", { colSpan: 3 }, `did not load: ${e.report.setup_error}`)));
+    for (const t of e.report.results) {
+      const status = el("span", { class: `badge ${t.status}` }, t.status);
+      body.append(el("tr", { "data-testid": "test-row" }, el("td", {}, t.name), el("td", {}, status), el("td", {}, t.message)));
+    }
+  },
+  retry(e) {
+    $("timeline").append(el("li", { class: "retry" }, `retry ${e.stage} (attempt ${e.attempt}): ${e.reason}`));
+  },
+  review(e) {
+    badge($("verdict"), e.review.verdict);
+    $("score").textContent = `score ${e.review.score.toFixed(1)} / 10`;
+    $("summary").textContent = e.review.summary;
+  },
+  done(e) {
+    badge($("run-state"), e.state);
+    if (e.error) $("timeline").append(el("li", { class: "retry" }, `${e.error.code}: ${e.error.message}`));
+    $("cancel").hidden = true;
+  },
+};
+
+async function follow(id, task) {
+  if (following) following.abort();
+  following = new AbortController();
+  resetRunView(id, task);
+  stageItems.clear();
+  $("cancel").hidden = false;
+  try {
+    await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events`, (type, data) => {
+      if (handlers[type]) handlers[type](data);
+    }, following.signal);
+  } catch (e) {
+    if (e.name !== "AbortError") showError(e.message);
+  }
+}
+
+$("task-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError("");
+  const body = {
+    task_description: $("task").value,
+    language: $("language").value,
+    max_retries: Number($("retries").value),
+  };
+  try {
+    const res = await api("/v1/pipeline/runs", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const run = await res.json();
+    follow(run.id, body.task_description);
+  } catch (e) {
+    showError(e.message);
+  }
+});
+
+$("cancel").addEventListener("click", async () => {
+  const id = $("run-id").textContent;
+  try {
+    await api(`/v1/pipeline/runs/${encodeURIComponent(id)}`, { method: "DELETE" });
+  } catch (e) {
+    showError(e.message);
+  }
+});
+
+// --- History -------------------------------------------------------------------------------
+
+async function loadHistory() {
+  const list = await (await api("/v1/pipeline/runs?limit=50")).json();
+  const rows = $("history-rows");
+  rows.textContent = "";
+  for (const run of list.data) {
+    const state = el("span", { class: `badge ${run.state}` }, run.state);
+    const row = el("tr", { "data-testid": "history-row", "data-run": run.id },
+      el("td", {}, el("code", {}, run.id)), el("td", {}, run.task_description || ""),
+      el("td", {}, state), el("td", {}, new Date(run.created_at_ms).toLocaleString()));
+    // Opening a past run replays its stored events through the same view.
+    row.addEventListener("click", () => {
+      showTab("run");
+      follow(run.id, run.task_description);
+    });
+    rows.append(row);
+  }
+}
+
+// --- Plugins -------------------------------------------------------------------------------
+
+async function loadPlugins() {
+  const [body, stats] = await Promise.all([
+    api("/plugins").then((r) => r.json()),
+    api("/stats").then((r) => r.json()),
+  ]);
+  const cards = $("plugin-cards");
+  cards.textContent = "";
+  for (const p of body.plugins) {
+    const source = p.source && p.source.kind === "file" ? p.source.path : "built in";
+    // Health: loaded, and how its calls went since the counters started.
+    const calls = (stats.plugins || {})[p.name];
+    const health = !calls || calls.requests === 0
+      ? el("span", { class: "badge ok" }, "loaded")
+      : calls.failures === 0
+        ? el("span", { class: "badge ok" }, `healthy · ${calls.requests} call${calls.requests === 1 ? "" : "s"}`)
+        : el("span", { class: "badge failed" }, `${calls.failures} of ${calls.requests} calls failed`);
+    const latency = calls && calls.requests ? ` · ${calls.avg_latency_ms.toFixed(0)} ms per call` : "";
+    cards.append(el("div", { class: "card", "data-testid": "plugin-card", "data-plugin": p.name },
+      el("h4", {}, `${p.name} `, health),
+      el("div", { class: "muted" }, `${p.world} · v${p.version} · ${p.wit || ""} · ${source}`),
+      el("p", {}, p.description || ""),
+      el("div", {}, el("strong", {}, "granted: "), p.granted_summary || ""),
+      el("div", { class: "muted" }, `${(p.size_bytes / 1e6).toFixed(2)} MB · compiled in ${p.compile_ms} ms${p.cached ? " (cache)" : ""}${latency}`)));
+  }
+  const refused = $("refused");
+  refused.textContent = "";
+  for (const r of body.refused || []) {
+    refused.append(el("p", { class: "finding error", "data-testid": "refused" },
+      `refused ${r.file}: ${r.code} ${r.message}${r.keeping ? ` (keeping ${r.keeping})` : ""}`));
+  }
+}
+
+// --- Statistics ----------------------------------------------------------------------------
+
+function barChart(target, rows) {
+  if (!rows.length) {
+    target.textContent = "no data yet";
+    return;
+  }
+  const width = 640, bar = 18, gap = 6, label = 200;
+  const max = Math.max(1, ...rows.map((r) => r.value));
+  const height = rows.length * (bar + gap) + gap;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", Math.max(height, 24));
+  rows.forEach((r, i) => {
+    const y = gap + i * (bar + gap);
+    const text = document.createElementNS(ns, "text");
+    text.setAttribute("x", 4); text.setAttribute("y", y + bar - 5); text.setAttribute("font-size", 12);
+    text.textContent = r.label;
+    const w = Math.max(1, ((width - label - 60) * r.value) / max);
+    const rect = document.createElementNS(ns, "rect");
+    rect.setAttribute("x", label); rect.setAttribute("y", y); rect.setAttribute("width", w); rect.setAttribute("height", bar);
+    rect.setAttribute("fill", r.color || "#2c5cc5");
+    const value = document.createElementNS(ns, "text");
+    value.setAttribute("x", label + w + 4); value.setAttribute("y", y + bar - 5); value.setAttribute("font-size", 12);
+    value.textContent = r.text ?? String(r.value);
+    svg.append(text, rect, value);
+  });
+  target.textContent = "";
+  target.append(svg);
+}
+
+async function loadStats() {
+  const s = await (await api("/stats")).json();
+  $("stats-totals").textContent = `${s.totals.requests} requests, ${s.totals.failures} failed, ${s.totals.tokens} tokens, up ${s.uptime_seconds} s`;
+  const endpoints = Object.entries(s.endpoints);
+  barChart($("chart-requests"), endpoints.map(([k, v]) => ({ label: k, value: v.requests, text: `${v.requests} (${v.failures} failed)` })));
+  barChart($("chart-latency"), endpoints.map(([k, v]) => ({ label: k, value: v.avg_latency_ms, text: `${v.avg_latency_ms.toFixed(0)} ms` })));
+  const plugins = Object.entries(s.plugins);
+  barChart($("chart-plugins"), plugins.flatMap(([k, v]) => [
+    { label: k, value: v.requests, text: `${v.requests} calls` },
+    { label: "", value: v.failures, color: "#b3261e", text: `${v.failures} failed` },
+  ]));
+}
+
+// --- Health --------------------------------------------------------------------------------
+
+api("/health").then((r) => r.json()).then((h) => {
+  $("health").textContent = `${h.status} · ${h.models.map((m) => m.id).join(", ")} · v${h.version}`;
+}).catch((e) => showError(e.message));
