@@ -259,3 +259,34 @@ fn a_component_built_for_another_wit_line_is_refused() {
     assert_eq!(described["wit"], format!("agentrt:plugin@{newer_patch}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `agentrt plugin new` promises a project that builds and loads unchanged: every world in both
+/// languages is created, built, and passes `agentrt plugin check` (its self-test in the
+/// sandbox, with the model for generators and reviewers).
+#[test]
+fn every_template_builds_loads_and_passes_its_self_test() {
+    let workdir = std::env::temp_dir().join(format!("agentrt-templates-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&workdir);
+    std::fs::create_dir_all(&workdir).expect("workdir");
+    let worlds = ["generator", "reviewer", "quality-check", "error-handler"];
+    let mut grants = String::new();
+    for lang in ["rust", "python"] {
+        for world in worlds {
+            grants.push_str(&format!("[grants.{world}-{lang}]\nmodels = [\"*\"]\n"));
+        }
+    }
+    std::fs::write(workdir.join("agentrt.toml"), grants).expect("config");
+    let mut script = String::new();
+    for lang in ["rust", "python"] {
+        for world in worlds {
+            let name = format!("{world}-{lang}");
+            script.push_str(&format!(
+                "agentrt plugin new {name} --world {world} --lang {lang}\n\
+                 agentrt plugin build {name}\n\
+                 agentrt plugin check {name}/dist/{name}.wasm --config agentrt.toml\n"
+            ));
+        }
+    }
+    run_sh(&workdir, &script);
+    let _ = std::fs::remove_dir_all(&workdir);
+}
