@@ -24,6 +24,8 @@ use crate::store::{RunRecord, RunState, RunStore, StoreError, StoredEvent, now_m
 
 /// Runs executing at once when not configured (each may hold a plugin slot and the model).
 pub const DEFAULT_WORKERS: usize = 2;
+/// The name runs are counted under in `/stats`.
+pub const STATS_ENDPOINT: &str = "/v1/pipeline/runs";
 /// Runs queued or running at once when not configured.
 pub const DEFAULT_CAPACITY: usize = 32;
 /// Generated text is flushed as a `tokens` event at this size or age, whichever comes first.
@@ -322,6 +324,9 @@ impl Runs {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.run(&req)));
         self.slots.release();
         in_flight("running").dec();
+        let ms = started.elapsed().as_millis() as u64;
+        // Runs count in /stats like the seed's endpoints: duration, tokens, failures by code.
+        let stats = &self.pipeline.stats;
         match outcome {
             Ok(outcome) => {
                 let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
@@ -330,10 +335,13 @@ impl Runs {
                     Some(e) if e.code == ErrorCode::Cancelled.as_str() => RunState::Cancelled,
                     Some(_) => RunState::Failed,
                 };
+                let code = outcome.error.as_ref().map(|e| e.code.as_str());
+                stats.record_endpoint(STATS_ENDPOINT, ms, outcome.tokens, code);
                 emitter.finish(state, Some(&value), outcome.error.as_ref());
             }
             Err(_) => {
                 let error = ErrorOut::new(ErrorCode::Internal, "the run's thread panicked");
+                stats.record_endpoint(STATS_ENDPOINT, ms, 0, Some(ErrorCode::Internal.as_str()));
                 emitter.finish(RunState::Failed, None, Some(&error));
             }
         }

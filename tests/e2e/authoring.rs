@@ -3,13 +3,13 @@
 //! folder, which then reviews differently — and the WIT version check on components built for
 //! other versions of `agentrt:plugin`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::harness::{Server, agentrt_bin, repo_root, run_cli, test_plugin_wasm};
+use super::harness::{Server, agentrt_bin, authoring_target, repo_root, run_cli, test_plugin_wasm};
 
 /// A fenced block of the guide: `sh` blocks are run, `console` blocks are what the test does
 /// itself (start the server, make the requests).
@@ -37,15 +37,6 @@ fn guide_blocks(text: &str) -> Vec<Block> {
         }
     }
     blocks
-}
-
-/// Where the guide's cargo builds go: one folder for the whole run, outside the test's own
-/// target folder (which cargo holds locked while tests run).
-fn authoring_target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("wasm-authoring")
 }
 
 fn run_sh(workdir: &Path, script: &str) {

@@ -6,16 +6,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use super::harness::{Server, repo_root, run_cli_env};
-
-/// Where cargo builds the Rust examples: shared with the authoring tests, outside the test's own
-/// (locked) target folder.
-fn example_target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("wasm-authoring")
-}
+use super::harness::{Server, authoring_target, repo_root, run_cli_env};
 
 fn fresh_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("agentrt-example-{label}-{}", std::process::id()));
@@ -27,7 +18,7 @@ fn fresh_dir(label: &str) -> PathBuf {
 /// `agentrt plugin build examples/NAME --out OUT`.
 fn build_example(name: &str, out: &Path) {
     let project = repo_root().join("examples").join(name);
-    let target = example_target();
+    let target = authoring_target();
     let (ok, stdout, stderr) = run_cli_env(
         &[
             "plugin",
@@ -50,7 +41,7 @@ fn run_own_tests(name: &str) {
     let mut command = if project.join("Cargo.toml").is_file() {
         let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         c.args(["test", "--quiet"])
-            .env("CARGO_TARGET_DIR", example_target().join("host"));
+            .env("CARGO_TARGET_DIR", authoring_target().join("host"));
         c
     } else {
         let mut c = Command::new("python3");

@@ -354,6 +354,15 @@ pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String
     )
 }
 
+/// Where the authoring and example tests' cargo builds go: one folder for the whole run, outside
+/// the test's own target folder (which cargo holds locked while tests run).
+pub fn authoring_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("wasm-authoring")
+}
+
 /// Folder of the test-only plugins' `.wasm` files, built once per run.
 pub fn built_test_plugins() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
