@@ -248,8 +248,14 @@ pub enum ListAction {
 
 #[derive(Debug, Subcommand, Clone)]
 pub enum PluginAction {
-    /// List the plugins that would be loaded, with what each is granted.
-    List,
+    /// List the plugins that would be loaded, with what each is granted; with `--server`, the
+    /// plugins a running server uses now and the components its hot reload refused.
+    List {
+        /// Base URL of a running agentrt (its `GET /plugins`; an admin key in
+        /// `AGENTRT_API_KEY` when it has keys).
+        #[arg(long)]
+        server: Option<String>,
+    },
     /// Everything about one plugin: world, WIT version, what it asks, what it is granted, size,
     /// compile time. TARGET is a loaded plugin's name or a component file (NAME.wasm, with
     /// NAME.toml beside it).
@@ -566,6 +572,53 @@ fn emit(json_mode: bool, value: &Value, human: impl FnOnce()) {
         );
     } else {
         human();
+    }
+}
+
+/// A running server's `GET /plugins`.
+fn server_plugins(base: &str) -> Result<Value, CliError> {
+    let url = format!("{}/plugins", base.trim_end_matches('/'));
+    let mut request = ureq::get(&url);
+    if let Ok(key) = std::env::var("AGENTRT_API_KEY") {
+        request = request.header("authorization", &format!("Bearer {key}"));
+    }
+    let fail = |e: String| CliError::new(ErrorCode::ModelNotAvailable, format!("{url}: {e}"));
+    let mut response = request.call().map_err(|e| fail(e.to_string()))?;
+    response
+        .body_mut()
+        .read_json::<Value>()
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// The plugins of a listing (`{"plugins": [...], "refused": [...]}`), one block each, then the
+/// refused components with their reasons.
+fn print_plugin_list(listing: &Value) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    for p in listing["plugins"].as_array().into_iter().flatten() {
+        let source = match p["source"]["kind"].as_str() {
+            Some("file") => text(&p["source"]["path"]),
+            _ => "embedded".to_string(),
+        };
+        println!(
+            "{:<16} {:<8} {:<14} {}  ({source})",
+            text(&p["name"]),
+            text(&p["version"]),
+            text(&p["world"]),
+            text(&p["description"]),
+        );
+        println!("{:<16} granted: {}", "", text(&p["granted_summary"]));
+    }
+    for r in listing["refused"].as_array().into_iter().flatten() {
+        let keeping = r["keeping"]
+            .as_str()
+            .map(|v| format!(" (keeping version {v})"))
+            .unwrap_or_default();
+        println!(
+            "refused {}: {} {}{keeping}",
+            text(&r["file"]),
+            text(&r["code"]),
+            text(&r["message"])
+        );
     }
 }
 
@@ -925,25 +978,24 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             stream_completion(&model, &prompt, &params, opts.json)
         }
         Command::Plugin {
-            action: PluginAction::List,
+            action: PluginAction::List { server },
             opts,
         } => {
-            let pipeline = load_pipeline(&opts, None)?;
-            let all = pipeline.plugins.current().all();
-            let list: Vec<Value> = all.iter().map(|p| p.describe()).collect();
-            emit(opts.json, &json!({"plugins": list}), || {
-                for p in &all {
-                    println!(
-                        "{:<16} {:<8} {:<14} {}  ({})",
-                        p.manifest.name,
-                        p.manifest.version,
-                        p.manifest.world.as_str(),
-                        p.manifest.description,
-                        source_label(&p.source)
-                    );
-                    println!("{:<16} granted: {}", "", p.granted.summary());
+            let listing = match server {
+                Some(base) => server_plugins(&base)?,
+                None => {
+                    let pipeline = load_pipeline(&opts, None)?;
+                    let list: Vec<Value> = pipeline
+                        .plugins
+                        .current()
+                        .all()
+                        .iter()
+                        .map(|p| p.describe())
+                        .collect();
+                    json!({"plugins": list, "refused": []})
                 }
-            });
+            };
+            emit(opts.json, &listing, || print_plugin_list(&listing));
             Ok(())
         }
         Command::Plugin {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::harness::{Server, plugin_folder, test_plugin_wasm};
+use super::harness::{Server, plugin_folder, run_cli, test_plugin_wasm};
 
 /// Write `bytes` to `path` the way an installer should: a temporary name, then a rename.
 fn install(path: &Path, bytes: &[u8]) {
@@ -119,6 +119,17 @@ fn plugins_are_swapped_under_load_without_failing_a_request() {
         version_of(&body, "echo-check").as_deref(),
         Some("0.1.1"),
         "{body}"
+    );
+    // `agentrt plugin list --server` shows the same, for an operator at a terminal.
+    let (ok, out, err) = run_cli(&["plugin", "list", "--server", &server.base]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("echo-check")
+            && out.contains("0.1.1")
+            && out.contains("refused ")
+            && out.contains("PLUGIN_002")
+            && out.contains("(keeping version 0.1.1)"),
+        "{out}"
     );
 
     // Fixed: the next version loads and the refusal is gone.
