@@ -37,7 +37,8 @@ function expect(condition, message) {
     await page.getByTestId("submit").click();
     await page.getByTestId("run-id").filter({ hasText: /\S/ }).waitFor();
     const runId = (await page.getByTestId("run-id").textContent()).trim();
-    await page.getByTestId("tokens").filter({ hasText: /\S/ }).waitFor({ timeout: RUN_TIMEOUT_MS });
+    // The model's own text (not the stage headers), while the run is still running.
+    await page.getByTestId("token-text").filter({ hasText: /\S/ }).first().waitFor({ timeout: RUN_TIMEOUT_MS });
     const stateWhileTokens = await page.getByTestId("run-state").textContent();
     expect(stateWhileTokens.trim() === "running", `tokens arrived while the run was ${stateWhileTokens}`);
     await shot("1-live");

@@ -105,6 +105,8 @@ function resetRunView(id, task) {
 }
 
 const stageItems = new Map();
+// Where the model's text of the call in progress goes.
+let tokenTarget = null;
 
 function renderCode(code, findings) {
   const byLine = new Map();
@@ -136,14 +138,20 @@ const handlers = {
     const item = el("li", {}, `${e.stage} · ${e.plugin} · attempt ${e.attempt} …`);
     stageItems.set(`${e.stage}/${e.plugin}/${e.attempt}`, item);
     $("timeline").append(item);
-    // Model text comes from generation and review: a header per call keeps them apart.
+    // Model text comes from generation and review: a header per call keeps them apart, and
+    // the text itself goes into a span of its own.
     if (e.stage === "generate" || e.stage === "review") {
-      $("tokens").append(`\n— ${e.stage} · ${e.plugin} · attempt ${e.attempt} —\n`);
+      $("tokens").append(el("span", { class: "muted" }, `\n— ${e.stage} · ${e.plugin} · attempt ${e.attempt} —\n`));
+      tokenTarget = null;
     }
   },
   tokens(e) {
+    if (!tokenTarget) {
+      tokenTarget = el("span", { "data-testid": "token-text" });
+      $("tokens").append(tokenTarget);
+    }
+    tokenTarget.append(e.text);
     const out = $("tokens");
-    out.append(e.text);
     out.scrollTop = out.scrollHeight;
   },
   stage_finished(e) {
@@ -190,6 +198,7 @@ async function follow(id, task) {
   following = new AbortController();
   resetRunView(id, task);
   stageItems.clear();
+  tokenTarget = null;
   $("cancel").hidden = false;
   try {
     await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events`, (type, data) => {
