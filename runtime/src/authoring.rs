@@ -9,31 +9,13 @@
 pub mod build;
 pub mod scaffold;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::doctor::{Report, Status};
-use crate::plugin::manifest::Manifest;
-pub use crate::plugin::registry::load_file;
+pub use crate::plugin::registry::{load_file, read_manifest};
 use crate::plugin::{PluginHost, grants, self_test};
-
-/// The manifest of a component file: `NAME.toml` beside `NAME.wasm`.
-pub fn manifest_path(wasm: &Path) -> PathBuf {
-    wasm.with_extension("toml")
-}
-
-/// The manifest of a component file, parsed.
-pub fn read_manifest(wasm: &Path) -> Result<Manifest, String> {
-    let path = manifest_path(wasm);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "no manifest at {} ({e}); a component's manifest is NAME.toml beside NAME.wasm",
-            path.display()
-        )
-    })?;
-    Manifest::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
 
 /// Check a component file step by step; the report fails at the first step that does, and
 /// carries on only while later steps still mean something.

@@ -4,8 +4,9 @@
 //!
 //! Resources (CPUs, memory, disk under `$AGENTRT_HOME`), the listen port, the model files and
 //! their recorded SHA-256, the GPU, the run store (integrity, runs a stopped server left
-//! unfinished, whether a server holds it), and every plugin: it must instantiate, and the
-//! quality checks and the error handler must answer a self-test.
+//! unfinished, whether a server holds it), and every plugin: it must instantiate and pass its
+//! self-test ([`crate::plugin::self_test`]; generators and reviewers only instantiate, as
+//! doctor loads no model).
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -63,12 +63,8 @@ pub fn build(project: &Path, out: &Path) -> Result<Built, BuildError> {
     })?;
     let manifest = Manifest::parse(&manifest_text)
         .map_err(|e| BuildError::Project(format!("{}: {e}", manifest_path.display())))?;
-    let staging = std::env::temp_dir().join(format!(
-        "agentrt-plugin-build-{}-{}",
-        std::process::id(),
-        started.elapsed().as_nanos()
-    ));
-    std::fs::create_dir_all(&staging).map_err(io(format!("create {}", staging.display())))?;
+    // componentize-py writes into a folder of its own, removed after the copy.
+    let staging = std::env::temp_dir().join(format!("agentrt-plugin-build-{}", std::process::id()));
     let built = if project.join("Cargo.toml").is_file() {
         build_rust(project).map(|wasm| ("rust", wasm))
     } else if project.join("app.py").is_file() {
@@ -79,19 +75,20 @@ pub fn build(project: &Path, out: &Path) -> Result<Built, BuildError> {
             project.display()
         )))
     };
-    let result = built.and_then(|(language, wasm)| {
-        install(&manifest, &manifest_text, &wasm, out).map(|(wasm, manifest_out, size)| Built {
-            name: manifest.name.clone(),
-            world: manifest.world,
-            language,
-            wasm,
-            manifest: manifest_out,
-            size_bytes: size,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+    let installed = built.and_then(|(language, wasm)| {
+        install(&manifest, &manifest_text, &wasm, out).map(|done| (language, done))
     });
     let _ = std::fs::remove_dir_all(&staging);
-    result
+    let (language, (wasm, manifest_out, size)) = installed?;
+    Ok(Built {
+        name: manifest.name.clone(),
+        world: manifest.world,
+        language,
+        wasm,
+        manifest: manifest_out,
+        size_bytes: size,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Copy the component and its manifest into `out` as NAME.wasm and NAME.toml, each written

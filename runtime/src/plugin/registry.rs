@@ -265,35 +265,40 @@ pub struct FolderScan {
     pub removed: Vec<PathBuf>,
 }
 
-/// Read `dir`, reusing from `previous` every component whose files did not change. A component
-/// that fails to load keeps its previous version, if it had one.
+/// Load the folder whose `.wasm` files are `stamps` (as [`folder_stamps`] read them), reusing
+/// from `previous` every component whose files did not change. A component that fails to load
+/// keeps its previous version, if it had one.
 pub fn scan_folder(
     host: &PluginHost,
-    dir: &Path,
+    stamps: &BTreeMap<PathBuf, FileStamp>,
     previous: &FolderPlugins,
-) -> Result<FolderScan, PluginError> {
-    let stamps = folder_stamps(dir).map_err(|e| {
-        load_error(
-            &dir.display().to_string(),
-            format!("cannot read plugin folder: {e}"),
-        )
-    })?;
+) -> FolderScan {
+    let removed = previous
+        .by_file
+        .keys()
+        .filter(|p| !stamps.contains_key(*p))
+        .cloned()
+        .collect();
     let mut plugins = FolderPlugins::default();
     let mut refused = Vec::new();
     let mut changed = Vec::new();
     for (path, stamp) in stamps {
-        let before = previous.by_file.get(&path);
+        let before = previous.by_file.get(path);
         if let Some((old_stamp, plugin)) = before
-            && *old_stamp == stamp
+            && old_stamp == stamp
         {
-            plugins.by_file.insert(path, (stamp, plugin.clone()));
+            plugins
+                .by_file
+                .insert(path.clone(), (stamp.clone(), plugin.clone()));
             continue;
         }
-        match load_file(host, &path) {
+        match load_file(host, path) {
             Ok(plugin) => {
                 let plugin = Arc::new(plugin);
                 changed.push(plugin.clone());
-                plugins.by_file.insert(path, (stamp, plugin));
+                plugins
+                    .by_file
+                    .insert(path.clone(), (stamp.clone(), plugin));
             }
             Err(e) => {
                 let keeping = before.map(|(_, p)| p.manifest.version.clone());
@@ -308,36 +313,35 @@ pub fn scan_folder(
                     // the files is tried again.
                     plugins
                         .by_file
-                        .insert(path, (old_stamp.clone(), plugin.clone()));
+                        .insert(path.clone(), (old_stamp.clone(), plugin.clone()));
                 }
             }
         }
     }
-    let removed = previous
-        .by_file
-        .keys()
-        .filter(|p| !plugins.by_file.contains_key(*p) && !p.exists())
-        .cloned()
-        .collect();
-    Ok(FolderScan {
+    FolderScan {
         plugins,
         refused,
         changed,
         removed,
-    })
+    }
+}
+
+/// The manifest of a component file: `NAME.toml` beside `NAME.wasm`, parsed.
+pub fn read_manifest(wasm: &Path) -> Result<Manifest, String> {
+    let path = wasm.with_extension("toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "no manifest at {} ({e}); a component's manifest is NAME.toml beside NAME.wasm",
+            path.display()
+        )
+    })?;
+    Manifest::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Load one `NAME.wasm` with its `NAME.toml`.
 pub fn load_file(host: &PluginHost, path: &Path) -> Result<Plugin, PluginError> {
     let label = path.display().to_string();
-    let manifest_path = path.with_extension("toml");
-    let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
-        load_error(
-            &label,
-            format!("missing manifest {}: {e}", manifest_path.display()),
-        )
-    })?;
-    let manifest = Manifest::parse(&text).map_err(|e| load_error(&label, e.to_string()))?;
+    let manifest = read_manifest(path).map_err(|e| load_error(&label, e))?;
     let bytes = std::fs::read(path).map_err(|e| load_error(&label, e.to_string()))?;
     host.load(manifest, &bytes, PluginSource::File(path.to_path_buf()))
 }

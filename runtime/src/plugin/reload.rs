@@ -72,13 +72,7 @@ impl Reloader {
     }
 
     fn reload(&mut self, seen: BTreeMap<PathBuf, FileStamp>) -> bool {
-        let scan = match scan_folder(&self.host, &self.dir, &self.folder) {
-            Ok(scan) => scan,
-            Err(e) => {
-                tracing::warn!(target: "agentrt::plugins", error = %e, "plugin folder not reloaded");
-                return false;
-            }
-        };
+        let scan = scan_folder(&self.host, &seen, &self.folder);
         let set = match compose(&self.embedded, scan.plugins.plugins()) {
             Ok(set) => set,
             Err(e) => {

@@ -40,16 +40,16 @@ fn operation(path: &str, summary: &str, body: Option<Value>, answer: Value) -> V
     if let Some(body) = body {
         op["requestBody"] = body;
     }
-    op["security"] = match required(path) {
-        None => json!([]),
-        Some(Scope::User) => json!([{"bearer": []}, {"apiKey": []}]),
-        Some(Scope::Admin) => json!([{"bearer": ["admin"]}, {"apiKey": ["admin"]}]),
+    let (security, scope) = match required(path) {
+        None => (json!([]), "open"),
+        Some(Scope::User) => (json!([{"bearer": []}, {"apiKey": []}]), "user"),
+        Some(Scope::Admin) => (
+            json!([{"bearer": ["admin"]}, {"apiKey": ["admin"]}]),
+            "admin",
+        ),
     };
-    op["x-scope"] = match required(path) {
-        None => json!("open"),
-        Some(Scope::User) => json!("user"),
-        Some(Scope::Admin) => json!("admin"),
-    };
+    op["security"] = security;
+    op["x-scope"] = json!(scope);
     op
 }
 
