@@ -1,4 +1,4 @@
-"""WIT glue of secret-scanner (world `quality-check` of agentrt:plugin@0.1.0).
+"""WIT glue of secret-scanner (world `quality-check` of agentrt:plugin@0.1.1).
 
 componentize-py imports this module at build time and snapshots the interpreter; at run time
 the component has no file system, so every module used later is imported here, at the top.

@@ -1,4 +1,4 @@
-"""WIT glue of the `python-quality` plugin (world `quality-check` of `agentrt:plugin@0.1.0`).
+"""WIT glue of the `python-quality` plugin (world `quality-check` of `agentrt:plugin@0.1.1`).
 
 componentize-py generates the `wit_world` bindings at build time (see build.sh) and
 pre-initialises the interpreter with this module imported, so every module used at call time

@@ -68,6 +68,7 @@ fn main() {
             &plugins.error_handler,
             &error,
             1,
+            &[],
             &agentrt::plugin::CallContext::default(),
         );
         result.expect("handle");

@@ -1,6 +1,7 @@
 //! One task through the agents: generate → quality checks → run the generated tests in the
 //! Python sandbox → review, with the error handler deciding what happens after any failure
-//! (retry with feedback, fall back, or abort). Failing tests are a failure too: the handler
+//! (retry with feedback, fall back, or abort; a `model-error-handler` may also move the run to
+//! another model, which every later stage's `llm` calls without a model name then use). Failing tests are a failure too: the handler
 //! may send the generator back to work with the failures as feedback (as AgentCoder and
 //! Self-Debugging do), within the request's retry budget; the best attempt is kept.
 //!
@@ -20,7 +21,7 @@ use crate::plugin::bindings::{
     TestOutcome,
 };
 use crate::plugin::registry::LivePlugins;
-use crate::plugin::{CallStats, Plugin, PluginError, PluginHost};
+use crate::plugin::{CallContext, CallStats, Plugin, PluginError, PluginHost};
 use crate::sandbox::{LazySandbox, TestReport, TestStatus};
 use crate::stats::Stats;
 pub use events::{EventSink, PipelineEvent, RunContext};
@@ -101,6 +102,14 @@ impl Pipeline {
             .then(|| ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled"))
     }
 
+    /// The call context of a stage: the run's, with the model the run was moved to, if any.
+    fn call_on(&self, model: &Option<String>) -> CallContext {
+        CallContext {
+            model: model.clone(),
+            ..self.run.call.clone()
+        }
+    }
+
     fn record(
         &self,
         plugin: &Plugin,
@@ -123,6 +132,7 @@ impl Pipeline {
             status: if error.is_some() { "error" } else { "ok" }.to_string(),
             duration_ms: stats.duration_ms,
             tokens: stats.tokens,
+            models: stats.models,
             error: error.map(ErrorOut::from_plugin),
         };
         self.run.emit(PipelineEvent::StageFinished {
@@ -147,19 +157,24 @@ impl Pipeline {
         }
     }
 
-    /// Ask the error handler what to do; a failing handler means abort.
+    /// Ask the error handler what to do about a failure of a stage run by `failed` (the plugin
+    /// a retry would call again); a failing handler means abort. When the handler moves the
+    /// retry to another model, `model` becomes that model for the rest of the run.
     fn recover(
         &self,
         error: &PipelineError,
         retries_left: u32,
+        failed: &Plugin,
+        model: &mut Option<String>,
         stages: &mut Vec<StageReport>,
     ) -> Recovery {
         let plugins = self.plugins.current();
         let handler = &plugins.error_handler;
+        let offered = self.host.model_options(failed, model.as_deref());
         self.started(error.stage, &handler.manifest.name, error.attempt);
-        let (res, stats) = self
-            .host
-            .handle_error(handler, error, retries_left, &self.run.call);
+        let (res, stats) =
+            self.host
+                .handle_error(handler, error, retries_left, &offered, &self.run.call);
         stages.push(self.record(
             handler,
             error.stage,
@@ -167,13 +182,23 @@ impl Pipeline {
             stats,
             res.as_ref().err(),
         ));
-        let decision = match res {
-            Ok(Recovery::Retry(_)) if retries_left == 0 => {
-                Recovery::Abort("no retries left".into())
+        let (decision, switch_to) = match res {
+            Ok(d) if matches!(d.recovery, Recovery::Retry(_)) && retries_left == 0 => {
+                (Recovery::Abort("no retries left".into()), None)
             }
-            Ok(r) => r,
-            Err(e) => Recovery::Abort(format!("error handler failed: {e}")),
+            Ok(d) => (d.recovery, d.model),
+            Err(e) => (Recovery::Abort(format!("error handler failed: {e}")), None),
         };
+        let switched = switch_to.filter(|to| offered.iter().any(|m| m.id == *to && !m.current));
+        if let Some(to) = &switched {
+            tracing::info!(
+                stage = stage_name(error.stage),
+                code = %error.code,
+                model = %to,
+                "the error handler moved the run to another model"
+            );
+            *model = switched.clone();
+        }
         if matches!(decision, Recovery::Retry(_)) {
             crate::metrics::global()
                 .pipeline_retries
@@ -186,6 +211,7 @@ impl Pipeline {
                 stage: stage_name(error.stage).to_string(),
                 attempt: error.attempt,
                 reason: format!("{}: {}", error.code, error.message),
+                model: switched,
             });
         }
         decision
@@ -197,16 +223,18 @@ impl Pipeline {
         req: &PipelineRequest,
         stages: &mut Vec<StageReport>,
     ) -> Result<CodeArtifact, ErrorOut> {
-        self.generate_attempt(req, 1, None, None, stages)
+        self.generate_attempt(req, 1, None, None, &mut None, stages)
     }
 
-    /// Generation from `first_attempt` on, with feedback on (and the code of) an earlier one.
+    /// Generation from `first_attempt` on, with feedback on (and the code of) an earlier one,
+    /// on `model` (`None`: the host's default) unless the error handler moves it.
     fn generate_attempt(
         &self,
         req: &PipelineRequest,
         first_attempt: u32,
         mut feedback: Option<String>,
         previous: Option<CodeArtifact>,
+        model: &mut Option<String>,
         stages: &mut Vec<StageReport>,
     ) -> Result<CodeArtifact, ErrorOut> {
         let plugins = self.plugins.current();
@@ -225,7 +253,9 @@ impl Pipeline {
                 previous: previous.clone(),
             };
             self.started(Stage::Generate, &generator.manifest.name, attempt);
-            let (res, stats) = self.host.generate(generator, &request, &self.run.call);
+            let (res, stats) = self
+                .host
+                .generate(generator, &request, &self.call_on(model));
             stages.push(self.record(
                 generator,
                 Stage::Generate,
@@ -238,7 +268,8 @@ impl Pipeline {
                 Err(e) => e,
             };
             let perr = Self::to_pipeline_error(&err, Stage::Generate, attempt);
-            match self.recover(&perr, (max_retries + 1).saturating_sub(attempt), stages) {
+            let retries_left = (max_retries + 1).saturating_sub(attempt);
+            match self.recover(&perr, retries_left, generator, model, stages) {
                 Recovery::Retry(plan) => {
                     std::thread::sleep(
                         Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY),
@@ -317,7 +348,7 @@ impl Pipeline {
                 Err(e) => {
                     let perr = Self::to_pipeline_error(&e, Stage::Check, 1);
                     // Checks are not retried: the handler decides only whether to go on without it.
-                    let decision = self.recover(&perr, 0, stages);
+                    let decision = self.recover(&perr, 0, plugin, &mut None, stages);
                     let status = match decision {
                         Recovery::Abort(_) => "aborted",
                         _ => "skipped",
@@ -351,6 +382,19 @@ impl Pipeline {
         tests: Option<&TestReport>,
         stages: &mut Vec<StageReport>,
     ) -> Result<ReviewOut, ErrorOut> {
+        self.review_attempt(artifact, findings, tests, 1, &None, stages)
+    }
+
+    /// One review, numbered `attempt`, on `model` (`None`: the host's default).
+    fn review_attempt(
+        &self,
+        artifact: &CodeArtifact,
+        findings: &[Finding],
+        tests: Option<&TestReport>,
+        attempt: u32,
+        model: &Option<String>,
+        stages: &mut Vec<StageReport>,
+    ) -> Result<ReviewOut, ErrorOut> {
         let plugins = self.plugins.current();
         let reviewer = &plugins.reviewer;
         let request = ReviewRequest {
@@ -358,9 +402,9 @@ impl Pipeline {
             findings: findings.to_vec(),
             test_outcomes: tests.map(test_outcomes).unwrap_or_default(),
         };
-        self.started(Stage::Review, &reviewer.manifest.name, 1);
-        let (res, stats) = self.host.review(reviewer, &request, &self.run.call);
-        stages.push(self.record(reviewer, Stage::Review, 1, stats, res.as_ref().err()));
+        self.started(Stage::Review, &reviewer.manifest.name, attempt);
+        let (res, stats) = self.host.review(reviewer, &request, &self.call_on(model));
+        stages.push(self.record(reviewer, Stage::Review, attempt, stats, res.as_ref().err()));
         let review = res
             .map(ReviewOut::from)
             .map_err(|e| ErrorOut::from_plugin(&e))?;
@@ -414,6 +458,7 @@ impl Pipeline {
             status: if failed { "failed" } else { "ok" }.to_string(),
             duration_ms,
             tokens: 0,
+            models: Vec::new(),
             error: None,
         };
         self.run.emit(PipelineEvent::StageFinished {
@@ -447,7 +492,10 @@ impl Pipeline {
     fn run_stages(&self, req: &PipelineRequest) -> PipelineOutcome {
         let started = Instant::now();
         let mut stages = Vec::new();
-        let mut artifact = match self.generate(req, &mut stages) {
+        // The model the error handler moved the run to, kept for every later stage.
+        let mut model: Option<String> = None;
+        let mut artifact = match self.generate_attempt(req, 1, None, None, &mut model, &mut stages)
+        {
             Ok(a) => a,
             Err(error) => return PipelineOutcome::failed(error, stages, started),
         };
@@ -488,9 +536,12 @@ impl Pipeline {
                 stage: Stage::Test,
                 attempt,
             };
+            let generator = self.plugins.current().generator.clone();
             let Recovery::Retry(plan) = self.recover(
                 &failure,
                 (max_retries + 1).saturating_sub(attempt),
+                &generator,
+                &mut model,
                 &mut stages,
             ) else {
                 break;
@@ -502,6 +553,7 @@ impl Pipeline {
                 attempt + 1,
                 Some(feedback),
                 Some(artifact),
+                &mut model,
                 &mut stages,
             ) {
                 Ok(next) => artifact = next,
@@ -525,19 +577,39 @@ impl Pipeline {
         if let Some(cancelled) = self.cancelled() {
             return PipelineOutcome::failed(cancelled, stages, started);
         }
-        let review = match self.review(&artifact, &findings, tests.as_ref(), &mut stages) {
-            Ok(r) => Some(r),
-            Err(error) => {
-                let perr = PipelineError {
-                    code: error.code.clone(),
-                    message: error.message.clone(),
-                    stage: Stage::Review,
-                    attempt: 1,
-                };
-                match self.recover(&perr, 0, &mut stages) {
-                    Recovery::Fallback(_) => None,
-                    _ => return PipelineOutcome::failed(error, stages, started),
+        let mut review_attempt = 1;
+        let review = loop {
+            if let Some(cancelled) = self.cancelled() {
+                return PipelineOutcome::failed(cancelled, stages, started);
+            }
+            let error = match self.review_attempt(
+                &artifact,
+                &findings,
+                tests.as_ref(),
+                review_attempt,
+                &model,
+                &mut stages,
+            ) {
+                Ok(r) => break Some(r),
+                Err(error) => error,
+            };
+            let perr = PipelineError {
+                code: error.code.clone(),
+                message: error.message.clone(),
+                stage: Stage::Review,
+                attempt: review_attempt,
+            };
+            let reviewer = self.plugins.current().reviewer.clone();
+            let retries_left = (max_retries + 1).saturating_sub(review_attempt);
+            match self.recover(&perr, retries_left, &reviewer, &mut model, &mut stages) {
+                Recovery::Retry(plan) => {
+                    std::thread::sleep(
+                        Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY),
+                    );
+                    review_attempt += 1;
                 }
+                Recovery::Fallback(_) => break None,
+                Recovery::Abort(_) => return PipelineOutcome::failed(error, stages, started),
             }
         };
         PipelineOutcome::completed(&artifact, findings, checks, tests, review, stages, started)

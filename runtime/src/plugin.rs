@@ -31,7 +31,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Store, Trap};
 
 use bindings::{
-    CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, Review, ReviewRequest,
+    CodeArtifact, Finding, GenerationRequest, ModelOption, ModelRecovery, PipelineError, Recovery,
+    Review, ReviewRequest,
 };
 use compile_cache::{CompileCache, sha256_hex};
 pub use grants::HostLimits;
@@ -116,6 +117,7 @@ enum Pre {
     Reviewer(bindings::reviewer::ReviewerPre<PluginState>),
     QualityCheck(bindings::quality_check::QualityCheckPre<PluginState>),
     ErrorHandler(bindings::error_handler::ErrorHandlerPre<PluginState>),
+    ModelErrorHandler(bindings::model_error_handler::ModelErrorHandlerPre<PluginState>),
 }
 
 /// Where a plugin came from.
@@ -175,12 +177,22 @@ impl Plugin {
 }
 
 /// What one call cost, for statistics and audit.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CallStats {
     pub duration_ms: u64,
     pub memory_peak_bytes: usize,
     pub tokens: u64,
     pub llm_calls: u32,
+    /// The models the call's `llm` requests ran on, in first-use order.
+    pub models: Vec<String>,
+}
+
+/// An error handler's decision: what the pipeline does, and the model the retried stage runs on
+/// when a `model-error-handler` moved it to another one.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub recovery: Recovery,
+    pub model: Option<String>,
 }
 
 /// The wasmtime engine, linkers and the model engine plugins may reach.
@@ -194,6 +206,9 @@ pub type TextSink = Arc<dyn Fn(&str) + Send + Sync>;
 pub struct CallContext {
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub on_text: Option<TextSink>,
+    /// The model `llm` calls that name none run on, in place of the host's default: set when an
+    /// error handler moved a run to another model. Still subject to the plugin's grant.
+    pub model: Option<String>,
 }
 
 impl std::fmt::Debug for CallContext {
@@ -201,6 +216,7 @@ impl std::fmt::Debug for CallContext {
         f.debug_struct("CallContext")
             .field("cancel", &self.cancel)
             .field("on_text", &self.on_text.is_some())
+            .field("model", &self.model)
             .finish()
     }
 }
@@ -376,6 +392,9 @@ impl PluginHost {
             World::ErrorHandler => {
                 Pre::ErrorHandler(bindings::error_handler::ErrorHandlerPre::new(pre)?)
             }
+            World::ModelErrorHandler => Pre::ModelErrorHandler(
+                bindings::model_error_handler::ModelErrorHandlerPre::new(pre)?,
+            ),
         })
     }
 
@@ -439,6 +458,7 @@ impl PluginHost {
         };
         store.data_mut().cancel = ctx.cancel.clone();
         store.data_mut().on_text = ctx.on_text.clone();
+        store.data_mut().default_model = ctx.model.clone();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let worker_plugin = plugin.clone();
         // The caller's span (a request's or a run's id) goes with the call to its thread, so
@@ -463,6 +483,12 @@ impl PluginHost {
                     memory_peak_bytes: state.limiter.peak_bytes,
                     tokens: state.tokens_used,
                     llm_calls: state.llm_calls,
+                    models: state
+                        .used
+                        .iter()
+                        .filter_map(|u| u.strip_prefix("llm:"))
+                        .map(str::to_string)
+                        .collect(),
                 };
                 let used = state.used.join(",");
                 let name = worker_plugin.manifest.name.clone();
@@ -567,6 +593,7 @@ impl PluginHost {
             Pre::Reviewer(p) => p.instantiate(&mut store).map(drop),
             Pre::QualityCheck(p) => p.instantiate(&mut store).map(drop),
             Pre::ErrorHandler(p) => p.instantiate(&mut store).map(drop),
+            Pre::ModelErrorHandler(p) => p.instantiate(&mut store).map(drop),
         };
         done.map_err(fail)
     }
@@ -627,27 +654,93 @@ impl PluginHost {
         )
     }
 
+    /// Ask an error handler of either world what to do about `error`. `models` are the models
+    /// the failed stage could run on (only a `model-error-handler` sees them); a handler that
+    /// picks a model not among them returned an unusable result.
     pub fn handle_error(
         &self,
         plugin: &Arc<Plugin>,
         error: &PipelineError,
         retries_left: u32,
+        models: &[ModelOption],
         ctx: &CallContext,
-    ) -> (Result<Recovery, PluginError>, CallStats) {
+    ) -> (Result<Decision, PluginError>, CallStats) {
         let error = error.clone();
+        let offered = models.to_vec();
+        let offered_ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
         self.call(
             plugin,
             ctx,
             move |pre, store| match pre {
-                Pre::ErrorHandler(p) => Ok(Ok(p.instantiate(&mut *store)?.call_handle(
-                    &mut *store,
-                    &error,
-                    retries_left,
-                )?)),
+                Pre::ErrorHandler(p) => {
+                    let recovery =
+                        p.instantiate(&mut *store)?
+                            .call_handle(&mut *store, &error, retries_left)?;
+                    Ok(Ok(Decision {
+                        recovery,
+                        model: None,
+                    }))
+                }
+                Pre::ModelErrorHandler(p) => {
+                    let answer = p.instantiate(&mut *store)?.call_handle(
+                        &mut *store,
+                        &error,
+                        retries_left,
+                        &offered,
+                    )?;
+                    Ok(Ok(match answer {
+                        ModelRecovery::Retry(plan) => Decision {
+                            recovery: Recovery::Retry(plan),
+                            model: None,
+                        },
+                        ModelRecovery::RetryOn(to) => Decision {
+                            recovery: Recovery::Retry(to.plan),
+                            model: Some(to.model),
+                        },
+                        ModelRecovery::Fallback(why) => Decision {
+                            recovery: Recovery::Fallback(why),
+                            model: None,
+                        },
+                        ModelRecovery::Abort(why) => Decision {
+                            recovery: Recovery::Abort(why),
+                            model: None,
+                        },
+                    }))
+                }
                 _ => Err(wrong_world(World::ErrorHandler)),
             },
-            |_: &Recovery| Ok(()),
+            move |d: &Decision| match &d.model {
+                Some(m) if !offered_ids.contains(m) => Err(format!(
+                    "asked to retry on model {m:?}, which was not offered (offered: {offered_ids:?})"
+                )),
+                _ => Ok(()),
+            },
         )
+    }
+
+    /// The models a stage run by `plugin` could use, in the host's order, marking the one its
+    /// `llm` calls that name no model run on (`chosen`, else the host's default). Empty for
+    /// plugins without model access.
+    pub fn model_options(&self, plugin: &Plugin, chosen: Option<&str>) -> Vec<ModelOption> {
+        let Some(engine) = self
+            .models
+            .as_ref()
+            .filter(|_| plugin.manifest.world.uses_llm())
+        else {
+            return Vec::new();
+        };
+        let current = engine.model(chosen).ok().map(|m| m.info.id.clone());
+        engine
+            .models()
+            .iter()
+            .filter(|m| plugin.granted.allows_model(&m.info.id))
+            .map(|m| ModelOption {
+                id: m.info.id.clone(),
+                architecture: m.info.architecture.clone(),
+                context_length: m.info.context_length,
+                current: current.as_deref() == Some(m.info.id.as_str()),
+            })
+            .collect()
     }
 }
 

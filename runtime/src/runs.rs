@@ -318,6 +318,7 @@ impl Runs {
             call: CallContext {
                 cancel: Some(live.cancel.clone()),
                 on_text: Some(Arc::new(move |piece| text.text(piece))),
+                model: None,
             },
         });
         let started = Instant::now();

@@ -99,6 +99,7 @@ impl RequestDeadline {
             call: crate::plugin::CallContext {
                 cancel: Some(self.cancel.clone()),
                 on_text: None,
+                model: None,
             },
         })
     }

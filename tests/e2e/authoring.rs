@@ -181,16 +181,12 @@ fn with_wit_version(wasm: &Path, version: &str, out: &Path) {
     assert_eq!(host.len(), version.len(), "same-length versions only");
     let mut bytes = std::fs::read(wasm).expect("read component");
     let mut replaced = 0;
-    for interface in [
-        "types",
-        "log",
-        "sandbox",
-        "generation",
-        "reviewing",
-        "checking",
-        "recovering",
-        "llm",
-    ] {
+    // Every interface of the package, as the WIT declares them.
+    let interfaces = agentrt::plugin::wit_version::WIT_SOURCE
+        .lines()
+        .filter_map(|l| l.strip_prefix("interface "))
+        .filter_map(|l| l.split_whitespace().next());
+    for interface in interfaces {
         let from = format!("agentrt:plugin/{interface}@{host}");
         let to = format!("agentrt:plugin/{interface}@{version}");
         let mut at = 0;
@@ -259,7 +255,13 @@ fn every_template_builds_loads_and_passes_its_self_test() {
     let workdir = std::env::temp_dir().join(format!("agentrt-templates-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&workdir);
     std::fs::create_dir_all(&workdir).expect("workdir");
-    let worlds = ["generator", "reviewer", "quality-check", "error-handler"];
+    let worlds = [
+        "generator",
+        "reviewer",
+        "quality-check",
+        "error-handler",
+        "model-error-handler",
+    ];
     let mut grants = String::new();
     for lang in ["rust", "python"] {
         for world in worlds {

@@ -173,3 +173,101 @@ fn house_style_reviews_against_the_granted_guide() {
     let _ = std::fs::remove_dir_all(&plugins);
     let _ = std::fs::remove_dir_all(&style);
 }
+
+#[test]
+fn model_fallback_moves_a_run_off_a_dead_remote_model() {
+    run_own_tests("model-fallback");
+    // The team's big model is another server (here a second agentrt); the small one is local.
+    let back = Server::start(&[]);
+    let remote_entry = format!("{}/v1", back.base);
+    let local_model = agentrt::paths::default_model();
+    let plugins = fresh_dir("model-fallback");
+    let front = Server::start_with_env(
+        &[
+            "--model",
+            &remote_entry,
+            "--model",
+            local_model.to_str().expect("utf-8"),
+            "--plugins",
+            plugins.to_str().expect("utf-8"),
+        ],
+        &[("AGENTRT_PLUGIN_POLL_MS", "200")],
+    );
+    let (_, listed) = front.get("/v1/models");
+    let ids: Vec<String> = listed["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str().map(str::to_string))
+        .collect();
+    let [remote, local] = ids.as_slice() else {
+        panic!("two models expected: {listed}");
+    };
+    back.kill();
+    let task = json!({"task_description": "Write a function add(a, b) that returns the sum of two numbers", "max_retries": 1});
+
+    // The default error handler retries the dead remote and the run fails.
+    let (status, body) = front.post("/pipeline", &task);
+    assert_eq!(body["error"]["code"], "GEN_001", "{status} {body}");
+    let outcome = &body["error"]["details"];
+    assert_eq!(outcome["status"], "failed", "{body}");
+    let generations: Vec<&Value> = stages_of(outcome, "generate", "generator");
+    assert_eq!(generations.len(), 2, "{body}");
+    for g in &generations {
+        assert_eq!(g["error"]["code"], "GEN_001", "{body}");
+        assert_eq!(g["models"], json!([remote]), "{body}");
+    }
+
+    // With the example installed (hot reload), the run moves to the local model and completes.
+    build_example("model-fallback", &plugins);
+    let mut installed = false;
+    for _ in 0..100 {
+        let (_, listed) = front.get("/plugins");
+        if listed
+            .to_string()
+            .contains("\"world\":\"model-error-handler\"")
+        {
+            installed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(installed, "model-fallback was not loaded");
+    let (status, submitted) = front.post("/v1/pipeline/runs", &task);
+    assert_eq!(status, 202, "{submitted}");
+    let id = submitted["id"].as_str().expect("run id");
+    let events = super::runs::events(&front, id, &[]);
+    let run = super::runs::get_run(&front, id);
+    assert_eq!(run["state"], "completed", "{run}");
+    let result = &run["result"];
+    let generations = stages_of(result, "generate", "generator");
+    assert_eq!(generations[0]["error"]["code"], "GEN_001", "{run}");
+    assert_eq!(generations[0]["models"], json!([remote]), "{run}");
+    let last = generations.last().expect("a generation");
+    assert_eq!(last["status"], "ok", "{run}");
+    assert_eq!(last["models"], json!([local]), "{run}");
+    assert!(
+        !stages_of(result, "generate", "model-fallback").is_empty(),
+        "the example decided: {run}"
+    );
+    let reviews = stages_of(result, "review", "reviewer");
+    assert_eq!(reviews.len(), 1, "{run}");
+    assert_eq!(reviews[0]["models"], json!([local]), "{run}");
+    assert!(
+        events.iter().any(|(_, kind, data)| kind == "retry"
+            && data["stage"] == "generate"
+            && data["model"] == json!(local)),
+        "no retry event names the local model: {events:?}"
+    );
+    let _ = std::fs::remove_dir_all(&plugins);
+}
+
+/// The stage reports of `body` (a run result) for `stage` made by `plugin`.
+fn stages_of<'a>(body: &'a Value, stage: &str, plugin: &str) -> Vec<&'a Value> {
+    body["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["stage"] == stage && s["plugin"] == plugin)
+        .collect()
+}

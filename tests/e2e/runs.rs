@@ -30,7 +30,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Parse a server-sent event stream into (id, event, data JSON) triples.
-fn parse_sse(text: &str) -> Vec<(i64, String, Value)> {
+pub(super) fn parse_sse(text: &str) -> Vec<(i64, String, Value)> {
     let mut out = Vec::new();
     for block in text.split("\n\n") {
         let (mut id, mut event, mut data) = (None, None, String::new());
@@ -52,7 +52,7 @@ fn parse_sse(text: &str) -> Vec<(i64, String, Value)> {
 }
 
 /// The whole event stream of a run (it ends with `done`).
-fn events(s: &Server, id: &str, headers: &[(&str, &str)]) -> Vec<(i64, String, Value)> {
+pub(super) fn events(s: &Server, id: &str, headers: &[(&str, &str)]) -> Vec<(i64, String, Value)> {
     let (status, _, text) = s.exchange(
         "GET",
         &format!("/v1/pipeline/runs/{id}/events"),
@@ -63,7 +63,7 @@ fn events(s: &Server, id: &str, headers: &[(&str, &str)]) -> Vec<(i64, String, V
     parse_sse(&text)
 }
 
-fn get_run(s: &Server, id: &str) -> Value {
+pub(super) fn get_run(s: &Server, id: &str) -> Value {
     let (status, body) = s.get(&format!("/v1/pipeline/runs/{id}"));
     assert_eq!(status, 200, "{body}");
     body

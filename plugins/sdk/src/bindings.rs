@@ -1,4 +1,4 @@
-//! Generated bindings for the four worlds of `wit/plugin.wit`; private to the SDK.
+//! Generated bindings for the five worlds of `wit/plugin.wit`; private to the SDK.
 //!
 //! Each world is generated once. The first (`generator`) generates the shared interfaces
 //! (`types`, `llm`, `log`, `sandbox`, `generation`); the others reuse them through `with:`, so there is a
@@ -11,12 +11,12 @@
 //! `pub_export_macro: true` also changes *where* wit-bindgen puts the component-type custom
 //! section that carries each world's exports: not here, but in the expansion of that world's
 //! export macro. A plugin therefore links only the exports of the world it asks for, although
-//! the SDK holds all four.
+//! the SDK holds all five.
 //!
-//! The imports-only halves of the four worlds do all land in every plugin (rustc keeps every
+//! The imports-only halves of the five worlds do all land in every plugin (rustc keeps every
 //! `#[link_section]` custom section of the objects it links), and wit-component keeps imported
 //! interfaces that have no functions. So every component also imports the types-only interfaces
-//! `generation`, `reviewing`, `checking` and `recovering`: types, no functions, nothing to grant,
+//! `generation`, `reviewing`, `checking`, `recovering` and `model-recovering`: types, no functions, nothing to grant,
 //! and wasmtime's linker needs no definitions for them. Interfaces with functions (`llm`, `log`,
 //! `sandbox`) are imported only when the plugin calls them.
 
@@ -27,7 +27,7 @@
 pub mod generator {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "agentrt:plugin/generator@0.1.0",
+        world: "agentrt:plugin/generator@0.1.1",
         generate_all,
         additional_derives: [PartialEq],
         pub_export_macro: true,
@@ -41,13 +41,13 @@ pub mod generator {
 pub mod reviewer {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "agentrt:plugin/reviewer@0.1.0",
+        world: "agentrt:plugin/reviewer@0.1.1",
         with: {
-            "agentrt:plugin/types@0.1.0": agentrt_plugin_sdk::__bindings::types,
-            "agentrt:plugin/llm@0.1.0": agentrt_plugin_sdk::__bindings::llm,
-            "agentrt:plugin/log@0.1.0": agentrt_plugin_sdk::__bindings::log,
-            "agentrt:plugin/sandbox@0.1.0": agentrt_plugin_sdk::__bindings::sandbox,
-            "agentrt:plugin/reviewing@0.1.0": generate,
+            "agentrt:plugin/types@0.1.1": agentrt_plugin_sdk::__bindings::types,
+            "agentrt:plugin/llm@0.1.1": agentrt_plugin_sdk::__bindings::llm,
+            "agentrt:plugin/log@0.1.1": agentrt_plugin_sdk::__bindings::log,
+            "agentrt:plugin/sandbox@0.1.1": agentrt_plugin_sdk::__bindings::sandbox,
+            "agentrt:plugin/reviewing@0.1.1": generate,
         },
         additional_derives: [PartialEq],
         pub_export_macro: true,
@@ -61,12 +61,12 @@ pub mod reviewer {
 pub mod quality_check {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "agentrt:plugin/quality-check@0.1.0",
+        world: "agentrt:plugin/quality-check@0.1.1",
         with: {
-            "agentrt:plugin/types@0.1.0": agentrt_plugin_sdk::__bindings::types,
-            "agentrt:plugin/log@0.1.0": agentrt_plugin_sdk::__bindings::log,
-            "agentrt:plugin/sandbox@0.1.0": agentrt_plugin_sdk::__bindings::sandbox,
-            "agentrt:plugin/checking@0.1.0": generate,
+            "agentrt:plugin/types@0.1.1": agentrt_plugin_sdk::__bindings::types,
+            "agentrt:plugin/log@0.1.1": agentrt_plugin_sdk::__bindings::log,
+            "agentrt:plugin/sandbox@0.1.1": agentrt_plugin_sdk::__bindings::sandbox,
+            "agentrt:plugin/checking@0.1.1": generate,
         },
         additional_derives: [PartialEq],
         pub_export_macro: true,
@@ -80,11 +80,11 @@ pub mod quality_check {
 pub mod error_handler {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "agentrt:plugin/error-handler@0.1.0",
+        world: "agentrt:plugin/error-handler@0.1.1",
         with: {
-            "agentrt:plugin/types@0.1.0": agentrt_plugin_sdk::__bindings::types,
-            "agentrt:plugin/log@0.1.0": agentrt_plugin_sdk::__bindings::log,
-            "agentrt:plugin/recovering@0.1.0": generate,
+            "agentrt:plugin/types@0.1.1": agentrt_plugin_sdk::__bindings::types,
+            "agentrt:plugin/log@0.1.1": agentrt_plugin_sdk::__bindings::log,
+            "agentrt:plugin/recovering@0.1.1": generate,
         },
         additional_derives: [PartialEq],
         pub_export_macro: true,
@@ -94,7 +94,27 @@ pub mod error_handler {
     });
 }
 
+/// The `model-error-handler` world (since agentrt:plugin 0.1.1).
+pub mod model_error_handler {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "agentrt:plugin/model-error-handler@0.1.1",
+        with: {
+            "agentrt:plugin/types@0.1.1": agentrt_plugin_sdk::__bindings::types,
+            "agentrt:plugin/log@0.1.1": agentrt_plugin_sdk::__bindings::log,
+            "agentrt:plugin/recovering@0.1.1": agentrt_plugin_sdk::__bindings::recovering,
+            "agentrt:plugin/model-recovering@0.1.1": generate,
+        },
+        additional_derives: [PartialEq],
+        pub_export_macro: true,
+        export_macro_name: "export_model_error_handler",
+        default_bindings_module: "agentrt_plugin_sdk::__bindings::model_error_handler",
+        runtime_path: "agentrt_plugin_sdk::__wit_bindgen::rt",
+    });
+}
+
 pub use error_handler::agentrt::plugin::recovering;
 pub use generator::agentrt::plugin::{generation, llm, log, sandbox, types};
+pub use model_error_handler::agentrt::plugin::model_recovering;
 pub use quality_check::agentrt::plugin::checking;
 pub use reviewer::agentrt::plugin::reviewing;

@@ -7,13 +7,15 @@
 /// agentrt_plugin_sdk::export_plugin!(MyReviewer: reviewer);
 /// agentrt_plugin_sdk::export_plugin!(MyCheck: quality-check);
 /// agentrt_plugin_sdk::export_plugin!(MyHandler: error-handler);
+/// agentrt_plugin_sdk::export_plugin!(MyModelHandler: model-error-handler);
 /// ```
 ///
 /// The type must implement the role's trait ([`Generator`](crate::Generator),
 /// [`Reviewer`](crate::Reviewer), [`QualityCheck`](crate::QualityCheck),
-/// [`ErrorHandler`](crate::ErrorHandler)) and be named by a plain identifier in scope. Invoke the
-/// macro once per crate: a component implements exactly one world. (`quality_check` and
-/// `error_handler` are accepted as spellings too.)
+/// [`ErrorHandler`](crate::ErrorHandler), [`ModelErrorHandler`](crate::ModelErrorHandler)) and be
+/// named by a plain identifier in scope. Invoke the macro once per crate: a component implements
+/// exactly one world. (`quality_check`, `error_handler` and `model_error_handler` are accepted as
+/// spellings too.)
 ///
 /// The SDK crate must be a dependency under its own name, `agentrt-plugin-sdk`.
 #[macro_export]
@@ -79,10 +81,29 @@ macro_rules! export_plugin {
             $plugin with_types_in $crate::__bindings::error_handler
         );
     };
+    ($plugin:ident : model-error-handler) => {
+        const _: () = {
+            impl $crate::__bindings::model_error_handler::Guest for $plugin {
+                fn handle(
+                    error: $crate::PipelineError,
+                    retries_left: u32,
+                    models: ::std::vec::Vec<$crate::ModelOption>,
+                ) -> $crate::ModelRecovery {
+                    <$plugin as $crate::ModelErrorHandler>::handle(error, retries_left, models)
+                }
+            }
+        };
+        $crate::__bindings::model_error_handler::export_model_error_handler!(
+            $plugin with_types_in $crate::__bindings::model_error_handler
+        );
+    };
     ($plugin:ident : quality_check) => {
         $crate::export_plugin!($plugin: quality-check);
     };
     ($plugin:ident : error_handler) => {
         $crate::export_plugin!($plugin: error-handler);
+    };
+    ($plugin:ident : model_error_handler) => {
+        $crate::export_plugin!($plugin: model-error-handler);
     };
 }

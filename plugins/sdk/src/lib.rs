@@ -9,6 +9,7 @@
 //! | reviewer        | [`Reviewer`]       | `reviewer`               | yes ([`llm`])      |
 //! | quality check   | [`QualityCheck`]   | `quality-check`          | no                 |
 //! | error handler   | [`ErrorHandler`]   | `error-handler`          | no                 |
+//! | error handler that may switch models | [`ModelErrorHandler`] | `model-error-handler` | no (it picks the model the stage retries on) |
 //!
 //! ```no_run
 //! use agentrt_plugin_sdk::{
@@ -63,8 +64,9 @@ mod roles;
 pub mod sandbox;
 mod types;
 
-pub use roles::{ErrorHandler, Generator, QualityCheck, Reviewer};
+pub use roles::{ErrorHandler, Generator, ModelErrorHandler, QualityCheck, Reviewer};
 pub use types::{
-    CheckInfo, CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, RetryPlan,
-    Review, ReviewRequest, Severity, Stage, TestOutcome, Verdict,
+    CheckInfo, CodeArtifact, Finding, GenerationRequest, ModelOption, ModelRecovery, ModelRetry,
+    PipelineError, Recovery, RetryPlan, Review, ReviewRequest, Severity, Stage, TestOutcome,
+    Verdict,
 };

@@ -6,8 +6,8 @@
 //! [`export_plugin!`]: crate::export_plugin
 
 use crate::types::{
-    CheckInfo, CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, Review,
-    ReviewRequest,
+    CheckInfo, CodeArtifact, Finding, GenerationRequest, ModelOption, ModelRecovery, PipelineError,
+    Recovery, Review, ReviewRequest,
 };
 
 /// Writes code and tests for a task (world `generator`; may call [`crate::llm`]).
@@ -44,4 +44,14 @@ pub trait ErrorHandler {
     /// Choose a [`Recovery`] for `error`; `retries_left` is how many more retries the pipeline
     /// allows (a retry when it is 0 is treated as an abort).
     fn handle(error: PipelineError, retries_left: u32) -> Recovery;
+}
+
+/// An error handler that may also move the failed stage to another model (world
+/// `model-error-handler`, since agentrt:plugin 0.1.1); it takes the error-handler role.
+pub trait ModelErrorHandler {
+    /// Choose a [`ModelRecovery`] for `error`. `models` are the models the failed stage could
+    /// run on (empty for quality checks), in the operator's order, the one it used marked
+    /// `current`; [`ModelRecovery::RetryOn`] must name one of them. `retries_left` as for
+    /// [`ErrorHandler::handle`].
+    fn handle(error: PipelineError, retries_left: u32, models: Vec<ModelOption>) -> ModelRecovery;
 }

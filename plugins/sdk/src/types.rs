@@ -3,6 +3,7 @@
 
 pub use crate::__bindings::checking::CheckInfo;
 pub use crate::__bindings::generation::GenerationRequest;
+pub use crate::__bindings::model_recovering::{ModelOption, ModelRecovery, ModelRetry};
 pub use crate::__bindings::recovering::{Recovery, RetryPlan};
 pub use crate::__bindings::reviewing::{ReviewRequest, TestOutcome};
 pub use crate::__bindings::types::{
@@ -139,6 +140,28 @@ impl Recovery {
     /// Stop the pipeline with this explanation.
     pub fn abort(reason: impl Into<String>) -> Self {
         Recovery::Abort(reason.into())
+    }
+}
+
+impl From<Recovery> for ModelRecovery {
+    /// The same decision, staying on the current model.
+    fn from(recovery: Recovery) -> Self {
+        match recovery {
+            Recovery::Retry(plan) => ModelRecovery::Retry(plan),
+            Recovery::Fallback(reason) => ModelRecovery::Fallback(reason),
+            Recovery::Abort(reason) => ModelRecovery::Abort(reason),
+        }
+    }
+}
+
+impl ModelRecovery {
+    /// Run the failed stage again on `model` (the `id` of one of the offered models) after
+    /// `delay_ms`, passing `feedback` to it.
+    pub fn retry_on(model: impl Into<String>, delay_ms: u32, feedback: Option<String>) -> Self {
+        ModelRecovery::RetryOn(ModelRetry {
+            model: model.into(),
+            plan: RetryPlan { delay_ms, feedback },
+        })
     }
 }
 

@@ -59,6 +59,7 @@ fn rust_source(world: World) -> &'static str {
         World::Reviewer => include_str!("templates/rust/reviewer.rs.tmpl"),
         World::QualityCheck => include_str!("templates/rust/quality-check.rs.tmpl"),
         World::ErrorHandler => include_str!("templates/rust/error-handler.rs.tmpl"),
+        World::ModelErrorHandler => include_str!("templates/rust/model-error-handler.rs.tmpl"),
     }
 }
 
@@ -85,6 +86,11 @@ fn python_sources(world: World) -> [&'static str; 3] {
             include_str!("templates/python/error-handler.policy.py.tmpl"),
             include_str!("templates/python/error-handler.test.py.tmpl"),
         ],
+        World::ModelErrorHandler => [
+            include_str!("templates/python/model-error-handler.app.py.tmpl"),
+            include_str!("templates/python/model-error-handler.policy.py.tmpl"),
+            include_str!("templates/python/model-error-handler.test.py.tmpl"),
+        ],
     }
 }
 
@@ -99,6 +105,9 @@ fn description(world: World) -> &'static str {
         World::ErrorHandler => {
             "Retries generation and review failures, skips broken checks, stops on the rest"
         }
+        World::ModelErrorHandler => {
+            "Retries failed generations and reviews on the next model, skips broken checks, stops on the rest"
+        }
     }
 }
 
@@ -110,7 +119,9 @@ fn manifest(name: &str, world: World, lang: Lang) -> String {
     let (timeout, model_lines) = match world {
         World::Generator => (60_000, "models = [\"*\"]\nmax-tokens-per-call = 384\n"),
         World::Reviewer => (60_000, "models = [\"*\"]\nmax-tokens-per-call = 96\n"),
-        World::QualityCheck | World::ErrorHandler => (if python { 30_000 } else { 10_000 }, ""),
+        World::QualityCheck | World::ErrorHandler | World::ModelErrorHandler => {
+            (if python { 30_000 } else { 10_000 }, "")
+        }
     };
     format!(
         "# What this plugin is and what it asks to be granted; see docs/PERMISSIONS.md.\n\
@@ -273,6 +284,7 @@ mod tests {
                 World::Reviewer,
                 World::QualityCheck,
                 World::ErrorHandler,
+                World::ModelErrorHandler,
             ] {
                 let name = format!("my-{}-{:?}", world, lang).to_lowercase();
                 let (dir, files) = create(&parent, &name, world, lang).expect("created");
@@ -325,6 +337,10 @@ mod tests {
     #[test]
     fn the_sdk_copy_finds_its_wit() {
         let (_, bindings) = SDK_FILES[0];
-        assert_eq!(bindings.matches(SDK_WIT_PATH_IN_REPO).count(), 4);
+        let worlds = crate::plugin::wit_version::WIT_SOURCE
+            .lines()
+            .filter(|l| l.starts_with("world "))
+            .count();
+        assert_eq!(bindings.matches(SDK_WIT_PATH_IN_REPO).count(), worlds);
     }
 }

@@ -35,11 +35,14 @@ pub enum PipelineEvent {
     },
     /// The generated tests ran in the sandbox.
     Tests { attempt: u32, report: TestReport },
-    /// The error handler chose to try a stage again.
+    /// The error handler chose to try a stage again; `model` when it moved the run to another
+    /// model for this and every later stage.
     Retry {
         stage: String,
         attempt: u32,
         reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
     },
     /// The reviewer's verdict.
     Review { review: ReviewOut },

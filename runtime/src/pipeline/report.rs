@@ -125,6 +125,9 @@ pub struct StageReport {
     pub status: String,
     pub duration_ms: u64,
     pub tokens: u64,
+    /// The models the call's `llm` requests ran on (none for stages without a model).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorOut>,
 }

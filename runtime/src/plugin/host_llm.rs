@@ -23,8 +23,13 @@ impl PluginState {
             .models
             .as_ref()
             .ok_or_else(|| Error::AccessDenied("this plugin has no model access".into()))?;
+        // A model the run was moved to (by an error handler) stands in for the host's default.
+        let wanted = match model.as_deref() {
+            None | Some("") | Some("default") => self.default_model.as_deref(),
+            named => named,
+        };
         let loaded = engine
-            .model(model.as_deref())
+            .model(wanted)
             .map_err(|e| Error::ModelNotSupported(e.to_string()))?;
         if !self.granted.allows_model(&loaded.info.id) {
             return Err(Error::AccessDenied(format!(
@@ -131,9 +136,14 @@ impl Host for PluginState {
         let Some(engine) = &self.models else {
             return Vec::new();
         };
-        engine
-            .models()
-            .iter()
+        // The model `llm` calls without a name run on comes first: the host's default, or the
+        // model an error handler moved this run to.
+        let mut models: Vec<_> = engine.models().iter().collect();
+        if let Some(chosen) = &self.default_model {
+            models.sort_by_key(|m| m.info.id != *chosen);
+        }
+        models
+            .into_iter()
             .filter(|m| self.granted.allows_model(&m.info.id))
             .map(|m| ModelInfo {
                 id: m.info.id.clone(),

@@ -31,6 +31,8 @@ pub enum World {
     Reviewer,
     QualityCheck,
     ErrorHandler,
+    /// An error handler that may also move a failed stage to another model (WIT 0.1.1).
+    ModelErrorHandler,
 }
 
 impl World {
@@ -40,6 +42,16 @@ impl World {
             Self::Reviewer => "reviewer",
             Self::QualityCheck => "quality-check",
             Self::ErrorHandler => "error-handler",
+            Self::ModelErrorHandler => "model-error-handler",
+        }
+    }
+
+    /// The pipeline role a plugin of this world plays: both error-handler worlds are the one
+    /// error handler, and a plugin folder's one replaces the default whichever world it uses.
+    pub fn role(self) -> World {
+        match self {
+            Self::ModelErrorHandler => Self::ErrorHandler,
+            other => other,
         }
     }
 

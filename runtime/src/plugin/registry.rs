@@ -2,7 +2,8 @@
 //! components found in the operator's plugin folder.
 //!
 //! A folder holds `NAME.wasm` files, each with its manifest `NAME.toml` beside it. A folder
-//! plugin whose world is generator, reviewer or error-handler replaces the default of that role;
+//! plugin whose world is generator, reviewer, error-handler or model-error-handler replaces the
+//! default of that role (both error-handler worlds play the one error-handler role);
 //! a quality check is added to the checks, replacing a default check of the same name.
 //!
 //! [`LivePlugins`] holds the set in use; hot reload ([`super::reload`]) swaps it whole, so a call
@@ -131,7 +132,7 @@ pub fn compose(
     for plugin in folder {
         let replaces = |p: &Arc<Plugin>| match plugin.manifest.world {
             World::QualityCheck => p.manifest.name == plugin.manifest.name,
-            world => p.manifest.world == world,
+            world => p.manifest.world.role() == world.role(),
         };
         loaded.retain(|p| !replaces(p));
         loaded.push(plugin);
@@ -139,7 +140,7 @@ pub fn compose(
     let mut take_role = |world: World| -> Result<Arc<Plugin>, PluginError> {
         let idx = loaded
             .iter()
-            .position(|p| p.manifest.world == world)
+            .position(|p| p.manifest.world.role() == world)
             .ok_or_else(|| load_error(world.as_str(), format!("no {world} plugin is available")))?;
         Ok(loaded.remove(idx))
     };

@@ -3,13 +3,14 @@
 //! `agentrt plugin check` for the component it checks.
 //!
 //! Quality checks look at a small clean function and error handlers decide about a generation
-//! error. Generators and reviewers need a model: with one they generate for, or review, a tiny
+//! error (a `model-error-handler` with two models on offer, the first one failed). Generators and reviewers need a model: with one they generate for, or review, a tiny
 //! task; without one the test stops after instantiating.
 
 use std::sync::Arc;
 
 use super::bindings::{
-    CodeArtifact, GenerationRequest, PipelineError, Recovery, ReviewRequest, Stage, TestOutcome,
+    CodeArtifact, GenerationRequest, ModelOption, PipelineError, Recovery, ReviewRequest, Stage,
+    TestOutcome,
 };
 use super::manifest::World;
 use super::{CallContext, Plugin, PluginError, PluginHost};
@@ -33,19 +34,30 @@ pub fn run(host: &PluginHost, plugin: &Arc<Plugin>) -> Result<String, PluginErro
             let (res, _) = host.check(plugin, &artifact, &ctx);
             res.map(|f| format!("{} findings on a clean function", f.len()))
         }
-        World::ErrorHandler => {
+        World::ErrorHandler | World::ModelErrorHandler => {
             let error = PipelineError {
                 code: "GEN_001".into(),
                 message: "self-test: the generator failed".into(),
                 stage: Stage::Generate,
                 attempt: 1,
             };
-            let (res, _) = host.handle_error(plugin, &error, 1, &ctx);
-            res.map(|r| {
-                let decision = match r {
-                    Recovery::Retry(_) => "retry",
-                    Recovery::Fallback(_) => "fall back",
-                    Recovery::Abort(_) => "abort",
+            // Test inputs, not served models: what a handler sees when the first of two
+            // models failed.
+            let offered = [("self-test-primary", true), ("self-test-fallback", false)].map(
+                |(id, current)| ModelOption {
+                    id: id.into(),
+                    architecture: "llama".into(),
+                    context_length: 2048,
+                    current,
+                },
+            );
+            let (res, _) = host.handle_error(plugin, &error, 1, &offered, &ctx);
+            res.map(|d| {
+                let decision = match (&d.recovery, &d.model) {
+                    (Recovery::Retry(_), Some(model)) => format!("retry on {model}"),
+                    (Recovery::Retry(_), None) => "retry".into(),
+                    (Recovery::Fallback(_), _) => "fall back".into(),
+                    (Recovery::Abort(_), _) => "abort".into(),
                 };
                 format!("decided to {decision} on a generation error")
             })

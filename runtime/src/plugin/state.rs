@@ -93,6 +93,8 @@ pub struct PluginState {
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Receives generated text as the model produces it.
     pub on_text: Option<super::TextSink>,
+    /// The model for `llm` calls that name none (the host's default when `None`).
+    pub default_model: Option<String>,
 }
 
 impl PluginState {
@@ -130,6 +132,7 @@ impl PluginState {
             log_lines: 0,
             cancel: None,
             on_text: None,
+            default_model: None,
         }
     }
 }

@@ -179,7 +179,8 @@ const handlers = {
     }
   },
   retry(e) {
-    $("timeline").append(el("li", { class: "retry" }, `retry ${e.stage} (attempt ${e.attempt}): ${e.reason}`));
+    const on = e.model ? ` on model ${e.model}` : "";
+    $("timeline").append(el("li", { class: "retry" }, `retry ${e.stage}${on} (attempt ${e.attempt}): ${e.reason}`));
   },
   review(e) {
     badge($("verdict"), e.review.verdict);
