@@ -3,7 +3,9 @@
 //! request at a time), and the passes the scheduler ran.
 //!
 //! Run: `cargo bench --bench batching` (release build; `AGENTRT_BENCH_TOKENS` tokens per
-//! request, default 64).
+//! request, default 64; `AGENTRT_BENCH_PASSES=1` first times single passes of 1–16 sequences;
+//! `AGENTRT_BENCH_PROFILE=N` times only passes of N sequences, to run under a profiler;
+//! `AGENTRT_BENCH_CONTEXT` the positions already cached in those passes, default 64).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,10 +63,17 @@ fn run(model: &Arc<LoadedModel>, streams: usize, tokens: u32) -> (f64, u64, f64)
     (total as f64 / wall, total, slowest)
 }
 
-/// Milliseconds of one decode pass of `batch` sequences (each 64 positions in), best of 20.
+/// Milliseconds of one decode pass of `batch` sequences (each `AGENTRT_BENCH_CONTEXT`
+/// positions in, default 64), best of 20.
 fn pass_ms(model: &LoadedModel, batch: usize) -> f64 {
-    let mut caches: Vec<_> = (0..batch).map(|_| model.new_test_cache(200)).collect();
-    let prompt: Vec<u32> = (0..64).map(|i| 100 + i).collect();
+    let context: u32 = std::env::var("AGENTRT_BENCH_CONTEXT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let mut caches: Vec<_> = (0..batch)
+        .map(|_| model.new_test_cache(context as usize + 40))
+        .collect();
+    let prompt: Vec<u32> = (0..context).map(|i| 100 + i % 1000).collect();
     for c in &mut caches {
         model.forward_for_test(&prompt, c);
     }
@@ -105,6 +114,19 @@ fn main() {
         queue: 64,
     });
     run(&on, 2, 8); // warm-up: pages the weights in
+    // `AGENTRT_BENCH_PROFILE=N`: only decode passes of N sequences, for a profiler.
+    if let Some(batch) = std::env::var("AGENTRT_BENCH_PROFILE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for _ in 0..10 {
+            println!(
+                "one pass of {batch} sequences: {:.2} ms",
+                pass_ms(&on, batch)
+            );
+        }
+        return;
+    }
     if std::env::var_os("AGENTRT_BENCH_PASSES").is_some() {
         for batch in [1, 2, 4, 8, 16] {
             let ms = pass_ms(&on, batch);

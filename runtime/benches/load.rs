@@ -289,6 +289,16 @@ fn pipeline_burst(
                 if run["result"].is_null() && run["error"].is_null() {
                     lost += 1;
                 }
+                // A failed run is an answer, not a loss; say why it failed.
+                let error = &run["error"];
+                let error = if error.is_null() {
+                    &run["result"]["error"]
+                } else {
+                    error
+                };
+                if let Some(code) = error["code"].as_str() {
+                    eprintln!("run {id} {state}: {code} {}", error["message"]);
+                }
                 *states.entry(state).or_default() += 1;
                 break;
             }

@@ -327,17 +327,15 @@ fn attend<T: KvElement>(
     let kv_head = h / group;
     // scores[p] = Σ_d q[d]·k[p][d], accumulated dimension by dimension over all positions.
     let mut scores = vec![0f32; visible];
-    for (d, &qd) in qh.iter().enumerate() {
-        simd::add_scaled(&mut scores, qd, cache.key_dim(kv_head, d, visible));
-    }
+    let (keys, key_stride) = cache.head_keys(kv_head);
+    simd::attention_scores(&mut scores, qh, keys, key_stride);
     for s in scores.iter_mut() {
         *s *= scale;
     }
     softmax(&mut scores);
     oh.fill(0.0);
-    for (p, w) in scores.iter().enumerate() {
-        simd::axpy(oh, *w, cache.value(kv_head, p));
-    }
+    let (values, value_stride) = cache.head_values(kv_head);
+    simd::weighted_values(oh, &scores, values, value_stride);
 }
 
 /// In-place softmax.

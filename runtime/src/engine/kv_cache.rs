@@ -139,6 +139,23 @@ impl<'a, T> Layer<'a, T> {
         &self.keys[start..start + n]
     }
 
+    /// The keys of KV head `h`, dimension-major: dimension `d` of position `p` is at
+    /// `d * stride + p`. Returns (keys, stride).
+    #[inline]
+    pub fn head_keys(&self, h: usize) -> (&'a [T], usize) {
+        (
+            &self.keys[h * self.head_dim * self.capacity..],
+            self.capacity,
+        )
+    }
+
+    /// The values of KV head `h`, position-major: dimension `j` of position `p` is at
+    /// `p * stride + j`. Returns (values, stride).
+    #[inline]
+    pub fn head_values(&self, h: usize) -> (&'a [T], usize) {
+        (&self.values[h * self.head_dim..], self.kv_dim)
+    }
+
     /// The value of KV head `h` at position `p`.
     #[inline]
     pub fn value(&self, h: usize, p: usize) -> &'a [T] {
@@ -262,6 +279,11 @@ mod tests {
                 assert_eq!(widen(view.key_dim(0, 0, 2)), [0.0, 6.0]);
                 assert_eq!(widen(view.value(1, 1)), [109.0, 110.0, 111.0]);
                 assert_eq!(widen(view.value(0, 2)), [30.0, 30.0, 30.0]);
+                // The whole-head views the attention kernels walk agree with both.
+                let (keys, stride) = view.head_keys(1);
+                assert_eq!(widen(&keys[2 * stride..2 * stride + 3]), [5.0, 11.0, 20.0]);
+                let (values, stride) = view.head_values(1);
+                assert_eq!(widen(&values[stride..stride + 3]), [109.0, 110.0, 111.0]);
             }
             match cache.layer(0) {
                 LayerView::F16(l) => check(l),

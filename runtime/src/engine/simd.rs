@@ -266,6 +266,60 @@ pub fn axpy<T: Widen>(out: &mut [f32], w: f32, v: &[T]) {
     }
 }
 
+/// One query's attention scores over `n = scores.len()` cached positions: for every position
+/// `p`, `scores[p] += q[d] · keys[d * stride + p]` for `d` in order, each product rounded before
+/// the sum. Exactly [`add_scaled`] once per dimension, bit for bit, but a block of positions
+/// stays in registers across all dimensions instead of being read and written back per
+/// dimension (one call per head rather than one per dimension).
+///
+/// # Panics
+/// When `keys` is too short for `q.len()` dimensions of `n` positions at `stride`.
+pub fn attention_scores<T: Widen>(scores: &mut [f32], q: &[f32], keys: &[T], stride: usize) {
+    let n = scores.len();
+    if q.is_empty() || n == 0 {
+        return;
+    }
+    assert!(
+        n <= stride && (q.len() - 1) * stride + n <= keys.len(),
+        "attention_scores: keys too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if float_simd_available() {
+        // SAFETY: the features are present; the bounds were checked above.
+        unsafe { x86::attention_scores(scores, q, keys, stride) };
+        return;
+    }
+    for (d, &qd) in q.iter().enumerate() {
+        add_scaled(scores, qd, &keys[d * stride..d * stride + n]);
+    }
+}
+
+/// Attention's weighted sum of cached values: `out[j] = w[p] · values[p * stride + j] +
+/// out[j]` (fused) for every position `p` in order. Exactly [`axpy`] once per position, bit for
+/// bit, with `out` held in registers across the positions.
+///
+/// # Panics
+/// When `values` is too short for `weights.len()` positions of `out.len()` values at `stride`.
+pub fn weighted_values<T: Widen>(out: &mut [f32], weights: &[f32], values: &[T], stride: usize) {
+    let n = out.len();
+    if weights.is_empty() || n == 0 {
+        return;
+    }
+    assert!(
+        n <= stride && (weights.len() - 1) * stride + n <= values.len(),
+        "weighted_values: values too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if float_simd_available() {
+        // SAFETY: the features are present; the bounds were checked above.
+        unsafe { x86::weighted_values(out, weights, values, stride) };
+        return;
+    }
+    for (p, &w) in weights.iter().enumerate() {
+        axpy(out, w, &values[p * stride..p * stride + n]);
+    }
+}
+
 /// The SIMD dot product of one row with one activation, when there is one.
 #[inline]
 pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> Option<f32> {
@@ -371,6 +425,111 @@ mod x86 {
         }
         for (o, x) in out[i..].iter_mut().zip(&v[i..]) {
             *o = x.widen().mul_add(w, *o);
+        }
+    }
+
+    /// [`super::attention_scores`]: 32 positions (four registers) at a time over every
+    /// dimension, then 8, then the rest one by one.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are present; `keys` holds `q.len()` rows of `scores.len()` values at
+    /// `stride` (checked by the caller).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attention_scores<T: Widen>(
+        scores: &mut [f32],
+        q: &[f32],
+        keys: &[T],
+        stride: usize,
+    ) {
+        let n = scores.len();
+        let (ps, pk) = (scores.as_mut_ptr(), keys.as_ptr());
+        let mut p = 0;
+        while p + 32 <= n {
+            // SAFETY: positions p..p+32 of every dimension are in bounds (caller).
+            unsafe {
+                let mut acc: [__m256; 4] =
+                    std::array::from_fn(|j| _mm256_loadu_ps(ps.add(p + 8 * j)));
+                for (d, &qd) in q.iter().enumerate() {
+                    let qv = _mm256_set1_ps(qd);
+                    let row = pk.add(d * stride + p);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, T::load8(row.add(8 * j))));
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(ps.add(p + 8 * j), *a);
+                }
+            }
+            p += 32;
+        }
+        while p + 8 <= n {
+            // SAFETY: as above, for positions p..p+8.
+            unsafe {
+                let mut a = _mm256_loadu_ps(ps.add(p));
+                for (d, &qd) in q.iter().enumerate() {
+                    let k = T::load8(pk.add(d * stride + p));
+                    a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_set1_ps(qd), k));
+                }
+                _mm256_storeu_ps(ps.add(p), a);
+            }
+            p += 8;
+        }
+        for (i, s) in scores.iter_mut().enumerate().skip(p) {
+            for (d, &qd) in q.iter().enumerate() {
+                *s += qd * keys[d * stride + i].widen();
+            }
+        }
+    }
+
+    /// [`super::weighted_values`]: 64 outputs (eight registers) at a time over every position,
+    /// then 8, then the rest one by one.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are present; `values` holds `weights.len()` rows of `out.len()` values
+    /// at `stride` (checked by the caller).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_values<T: Widen>(
+        out: &mut [f32],
+        weights: &[f32],
+        values: &[T],
+        stride: usize,
+    ) {
+        let n = out.len();
+        let (po, pv) = (out.as_mut_ptr(), values.as_ptr());
+        let mut j = 0;
+        while j + 64 <= n {
+            // SAFETY: values j..j+64 of every position are in bounds (caller).
+            unsafe {
+                let mut acc: [__m256; 8] =
+                    std::array::from_fn(|i| _mm256_loadu_ps(po.add(j + 8 * i)));
+                for (p, &w) in weights.iter().enumerate() {
+                    let wv = _mm256_set1_ps(w);
+                    let row = pv.add(p * stride + j);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(wv, T::load8(row.add(8 * i)), *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(po.add(j + 8 * i), *a);
+                }
+            }
+            j += 64;
+        }
+        while j + 8 <= n {
+            // SAFETY: as above, for values j..j+8.
+            unsafe {
+                let mut a = _mm256_loadu_ps(po.add(j));
+                for (p, &w) in weights.iter().enumerate() {
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(w), T::load8(pv.add(p * stride + j)), a);
+                }
+                _mm256_storeu_ps(po.add(j), a);
+            }
+            j += 8;
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(j) {
+            for (p, &w) in weights.iter().enumerate() {
+                *o = values[p * stride + i].widen().mul_add(w, *o);
+            }
         }
     }
 
@@ -853,5 +1012,68 @@ mod x86 {
         // SAFETY: 32 writable bytes (the caller).
         unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, ordered) };
         _mm_cvtsi128_si32(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys and values of `dims` × `positions` at `stride`, in `T`.
+    fn cache<T: Widen>(len: usize, of: impl Fn(f32) -> T) -> Vec<T> {
+        (0..len)
+            .map(|i| of(((i * 37 % 101) as f32 - 50.0) * 0.013))
+            .collect()
+    }
+
+    fn check_fused_attention_is_bit_identical<T: Widen + std::fmt::Debug>(of: impl Fn(f32) -> T) {
+        for (dims, positions) in [(64, 65), (64, 1), (16, 200), (13, 7), (72, 33), (64, 8)] {
+            let stride = positions + 5;
+            let keys = cache(dims * stride, &of);
+            let q: Vec<f32> = (0..dims).map(|d| (d as f32 * 0.37).sin()).collect();
+            let mut fused = vec![0f32; positions];
+            attention_scores(&mut fused, &q, &keys, stride);
+            let mut reference = vec![0f32; positions];
+            for (d, &qd) in q.iter().enumerate() {
+                add_scaled(
+                    &mut reference,
+                    qd,
+                    &keys[d * stride..d * stride + positions],
+                );
+            }
+            assert_eq!(
+                fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                reference.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "scores, {dims} dims × {positions} positions"
+            );
+
+            let vstride = dims + 3;
+            let values = cache(positions * vstride, &of);
+            let weights: Vec<f32> = (0..positions).map(|p| 1.0 / (p as f32 + 2.0)).collect();
+            let mut fused = vec![0f32; dims];
+            weighted_values(&mut fused, &weights, &values, vstride);
+            let mut reference = vec![0f32; dims];
+            for (p, &w) in weights.iter().enumerate() {
+                axpy(&mut reference, w, &values[p * vstride..p * vstride + dims]);
+            }
+            assert_eq!(
+                fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                reference.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "values, {positions} positions × {dims} dims"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_attention_equals_the_per_dimension_loops_bit_for_bit() {
+        check_fused_attention_is_bit_identical(|v| v);
+        check_fused_attention_is_bit_identical(half::f16::from_f32);
+    }
+
+    #[test]
+    #[should_panic(expected = "keys too short")]
+    fn attention_scores_refuses_short_keys() {
+        let mut scores = vec![0f32; 8];
+        attention_scores(&mut scores, &[1.0, 2.0], &[0f32; 10], 8);
     }
 }
