@@ -1,7 +1,8 @@
 //! The `llm` host capability called directly, as a plugin's call would reach it, on the real
 //! default model: a request in flight stops when the plugin's deadline passes (the deadline
-//! covers time inside host calls, not only guest code), and the per-minute token budget caps
-//! and then refuses requests.
+//! covers time inside host calls, not only guest code), the per-minute token budget caps
+//! and then refuses requests, and a run moved to another model uses it by default (within the
+//! plugin's grant).
 //!
 //! Needs the default model (`scripts/setup.sh` fetches it).
 
@@ -98,6 +99,78 @@ fn the_per_minute_budget_caps_then_refuses() {
     let refused = plugin.generate(None, COUNT.into(), counting(5));
     assert!(
         matches!(&refused, Err(Error::QuotaExceeded(m)) if m.contains("40 tokens per minute")),
+        "{refused:?}"
+    );
+}
+
+/// The model an error handler moved a run to (`PluginState::default_model`, from
+/// `CallContext.model`) is what calls that name no model run on, listed first, and still only
+/// when the plugin is granted it.
+#[test]
+fn a_run_moved_to_another_model_calls_it_by_default_within_the_grant() {
+    let path = agentrt::paths::default_model();
+    let load = |id: &str| {
+        let model = LoadedModel::load(id, &path, &mut |_| {}).expect("default model");
+        Arc::new(ServedModel::local(model))
+    };
+    let engine = Arc::new(Engine::new(vec![load("primary"), load("fallback")]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+
+    let mut plugin = state(engine.clone(), "", deadline);
+    let answer = plugin
+        .generate(None, COUNT.into(), counting(2))
+        .expect("generate");
+    assert_eq!(
+        answer.model, "primary",
+        "the host's default is its first model"
+    );
+
+    plugin.default_model = Some("fallback".into());
+    let answer = plugin
+        .generate(None, COUNT.into(), counting(2))
+        .expect("generate");
+    assert_eq!(answer.model, "fallback");
+    let answer = plugin
+        .generate(Some("default".into()), COUNT.into(), counting(2))
+        .expect("generate");
+    assert_eq!(
+        answer.model, "fallback",
+        "`default` means the run's model too"
+    );
+    let answer = plugin
+        .generate(Some("primary".into()), COUNT.into(), counting(2))
+        .expect("generate");
+    assert_eq!(
+        answer.model, "primary",
+        "a named model is still the plugin's choice"
+    );
+    let listed: Vec<String> = plugin.list_models().into_iter().map(|m| m.id).collect();
+    assert_eq!(listed, ["fallback", "primary"]);
+
+    // A plugin granted only the primary model cannot be moved onto the fallback.
+    let manifest = Manifest::parse(
+        "name = \"r\"\nversion = \"1\"\nworld = \"reviewer\"\n[permissions]\nmodels = [\"primary\"]\n",
+    )
+    .expect("manifest");
+    let granted = grants::resolve(
+        &manifest.permissions,
+        &Grant::as_asked(&manifest),
+        &HostLimits::default(),
+    )
+    .expect("granted");
+    let mut narrow = PluginState::new(
+        Arc::new(manifest),
+        Arc::new(granted),
+        Arc::new(TokenMeter::default()),
+        Some(engine),
+        None,
+        wasmtime_wasi::WasiCtx::builder().build(),
+        deadline,
+    );
+    narrow.default_model = Some("fallback".into());
+    let refused = narrow.generate(None, COUNT.into(), counting(2));
+    assert!(
+        matches!(refused, Err(Error::AccessDenied(_))),
         "{refused:?}"
     );
 }
