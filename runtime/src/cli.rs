@@ -397,6 +397,22 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
         );
         models.push(Arc::new(ServedModel::local(model)));
     }
+    // A second model under an id already taken could never be reached (requests, grants and
+    // plugins name models by id), so two entries that end up with one id are refused.
+    for (i, model) in models.iter().enumerate() {
+        if let Some(j) = models[..i].iter().position(|m| m.info.id == model.info.id) {
+            return Err(CliError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "two models are both called {:?} ({} and {}): give one file another name, or \
+                     name a remote model with #MODEL",
+                    model.info.id,
+                    paths[j].display(),
+                    paths[i].display()
+                ),
+            ));
+        }
+    }
     Ok(Arc::new(Engine::new(models)))
 }
 

@@ -56,6 +56,17 @@ fn models_list_names_the_default_model() {
 }
 
 #[test]
+fn two_models_with_one_id_are_refused() {
+    let model = agentrt::paths::default_model();
+    let model = model.to_str().expect("utf-8");
+    let (ok, _, stderr) = run(&["models", "list", "--model", model, "--model", model]);
+    assert!(
+        !ok && stderr.contains("VAL_") && stderr.contains("two models are both called"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_and_corrupt_models_are_model_errors() {
     let (ok, _, stderr) = run(&["models", "list", "--model", "/nonexistent/model.gguf"]);
     assert!(!ok && stderr.contains("MODEL_001"), "{stderr}");
