@@ -22,10 +22,20 @@ fn engine() -> Arc<Engine> {
     Arc::new(Engine::new(vec![Arc::new(ServedModel::local(model))]))
 }
 
-/// A reviewer's call state with `permissions` asked and granted, ending at `deadline`.
+/// A reviewer's call state with every model and `permissions` asked and granted, ending at
+/// `deadline`.
 fn state(engine: Arc<Engine>, permissions: &str, deadline: Instant) -> PluginState {
+    state_asking(
+        engine,
+        &format!("models = [\"*\"]\n{permissions}"),
+        deadline,
+    )
+}
+
+/// A reviewer's call state with exactly `permissions` asked and granted.
+fn state_asking(engine: Arc<Engine>, permissions: &str, deadline: Instant) -> PluginState {
     let manifest = Manifest::parse(&format!(
-        "name = \"r\"\nversion = \"1\"\nworld = \"reviewer\"\n[permissions]\nmodels = [\"*\"]\n{permissions}"
+        "name = \"r\"\nversion = \"1\"\nworld = \"reviewer\"\n[permissions]\n{permissions}"
     ))
     .expect("manifest");
     let granted = grants::resolve(
@@ -148,25 +158,7 @@ fn a_run_moved_to_another_model_calls_it_by_default_within_the_grant() {
     assert_eq!(listed, ["fallback", "primary"]);
 
     // A plugin granted only the primary model cannot be moved onto the fallback.
-    let manifest = Manifest::parse(
-        "name = \"r\"\nversion = \"1\"\nworld = \"reviewer\"\n[permissions]\nmodels = [\"primary\"]\n",
-    )
-    .expect("manifest");
-    let granted = grants::resolve(
-        &manifest.permissions,
-        &Grant::as_asked(&manifest),
-        &HostLimits::default(),
-    )
-    .expect("granted");
-    let mut narrow = PluginState::new(
-        Arc::new(manifest),
-        Arc::new(granted),
-        Arc::new(TokenMeter::default()),
-        Some(engine),
-        None,
-        wasmtime_wasi::WasiCtx::builder().build(),
-        deadline,
-    );
+    let mut narrow = state_asking(engine, "models = [\"primary\"]\n", deadline);
     narrow.default_model = Some("fallback".into());
     let refused = narrow.generate(None, COUNT.into(), counting(2));
     assert!(
