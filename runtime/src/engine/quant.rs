@@ -498,8 +498,9 @@ mod tests {
     #[test]
     fn grouped_kernels_compute_what_one_token_at_a_time_computes() {
         // Every group width (a batch's last group is narrower) and every quantised type: the
-        // interleaved group must give each (row, token) the bits of that token alone.
-        let (n, rows) = (160, 3);
+        // interleaved group must give each (row, token) the bits of that token alone. Rows of
+        // 70 blocks: longer than the 64-block chunks whose scales the kernels work out first.
+        let (n, rows) = (70 * QK, 3);
         let xs: Vec<Vec<f32>> = (0..8).map(|t| sample(n, 700 + t)).collect();
         let xqs: Vec<QuantizedActivation> = xs
             .iter()

@@ -330,6 +330,7 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) ->
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::{GgmlType, QK, QuantizedActivation, QuantizedGroup, Widen};
 
@@ -828,127 +829,224 @@ mod x86 {
         }
     }
 
-    /// [`q4_1`] over a group: token `k` of block `i` is at `i * N + k`. With eight tokens their
-    /// scales and sum terms are one vector each: one multiply gives every token's `d · xd`
-    /// (a lane permute hands each its own) and one multiply-add their offsets, each lane
-    /// rounded exactly as the scalar code rounds it.
+    /// Blocks whose per-token scales a group kernel works out ahead of their integer products
+    /// (stack space: this many blocks × [`super::MAX_TOKENS`] floats).
+    const SCALE_CHUNK: usize = 64;
+
+    /// The f16 scale (and, for Q4_1, minimum) heading the block at `blk`, widened by F16C:
+    /// lane 0 the scale, lane 1 the next two bytes. One 32-bit load with no merge into an
+    /// older register: loading the 16-bit halves separately had the compiler insert them into
+    /// whichever register was free, which made each block wait for the previous block's
+    /// accumulators.
+    ///
+    /// # Safety
+    /// Four bytes are readable at `blk` (every quantised block is longer).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_1_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut offsets = [0f32; N];
-        let mut offsets8 = _mm256_setzero_ps();
-        let (qs, ds, ss) = (g.qs.as_ptr(), g.d.as_ptr(), g.s.as_ptr());
-        for (i, blk) in row.chunks_exact(20).enumerate() {
-            prefetch(blk.as_ptr());
-            // SAFETY: a block holds 16 packed bytes after its 4-byte header.
-            let w = unsafe { nibbles(blk.as_ptr().add(4)) };
-            let (d, m) = (scale(blk), scale(&blk[2..]));
+    unsafe fn block_header(blk: *const u8) -> __m128 {
+        // SAFETY: the caller guarantees four readable bytes.
+        let bits = unsafe { (blk as *const i32).read_unaligned() };
+        _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
+    }
+
+    /// First pass of a group kernel over blocks `blocks` of a row of `block_bytes`-byte blocks:
+    /// `scales[(i - start) * N + k] = d_i · xd[i][k]`, each rounded as the scalar code rounds it,
+    /// and (with `with_min`, Q4_1) `offsets[k] += m_i · s[i][k]` in block order. The second pass
+    /// then only loads each token's scale as a broadcast, instead of a lane shuffle per token
+    /// and block in the loop that is already short of vector ports.
+    ///
+    /// # Safety
+    /// The row holds the blocks; the group holds them for `N` tokens; `scales` holds
+    /// `blocks.len() * N` values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group_scales<const N: usize>(
+        row: *const u8,
+        block_bytes: usize,
+        blocks: std::ops::Range<usize>,
+        g: &QuantizedGroup,
+        scales: &mut [MaybeUninit<f32>],
+        with_min: bool,
+        offsets: &mut [f32; N],
+    ) {
+        let (ds, ss) = (g.d.as_ptr(), g.s.as_ptr());
+        let start = blocks.start;
+        for i in blocks {
+            // SAFETY: the row holds block i (the caller).
+            let dm = unsafe { block_header(row.add(i * block_bytes)) };
+            let out = &mut scales[(i - start) * N..(i - start + 1) * N];
             if N == 8 {
-                // SAFETY: the group holds the row's blocks for 8 tokens (checked by the caller).
-                let (xd8, xs8) = unsafe {
+                // SAFETY: the group holds block i for 8 tokens (the caller).
+                let (xd, xs) = unsafe {
                     (
                         _mm256_loadu_ps(ds.add(i * 8)),
                         _mm256_loadu_ps(ss.add(i * 8)),
                     )
                 };
-                let scales = _mm256_mul_ps(_mm256_set1_ps(d), xd8);
-                offsets8 = _mm256_add_ps(offsets8, _mm256_mul_ps(_mm256_set1_ps(m), xs8));
-                for (k, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: as above.
-                    let q =
-                        unsafe { _mm256_loadu_si256(qs.add((i * 8 + k) * QK) as *const __m256i) };
-                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
-                    let scale = _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(k as i32));
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+                // SAFETY: `out` holds 8 floats.
+                unsafe {
+                    _mm256_storeu_ps(
+                        out.as_mut_ptr() as *mut f32,
+                        _mm256_mul_ps(_mm256_broadcastss_ps(dm), xd),
+                    )
+                };
+                if with_min {
+                    let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                    // SAFETY: `offsets` holds 8 floats.
+                    unsafe {
+                        let sum =
+                            _mm256_add_ps(_mm256_loadu_ps(offsets.as_ptr()), _mm256_mul_ps(m, xs));
+                        _mm256_storeu_ps(offsets.as_mut_ptr(), sum);
+                    }
                 }
                 continue;
             }
-            for k in 0..N {
-                let at = i * N + k;
-                // SAFETY: the group holds the row's blocks for N tokens (checked by the caller).
-                let (q, xd, xs) = unsafe {
-                    (
-                        _mm256_loadu_si256(qs.add(at * QK) as *const __m256i),
-                        *ds.add(at),
-                        *ss.add(at),
-                    )
-                };
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * xd), acc[k]);
-                offsets[k] += m * xs;
+            let d = _mm_cvtss_f32(dm);
+            let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+            for (k, s) in out.iter_mut().enumerate() {
+                // SAFETY: the group holds block i for N tokens (the caller).
+                let (xd, xs) = unsafe { (*ds.add(i * N + k), *ss.add(i * N + k)) };
+                s.write(d * xd);
+                if with_min {
+                    offsets[k] += m * xs;
+                }
             }
         }
-        if N == 8 {
-            let mut lanes = [0f32; 8];
-            // SAFETY: eight floats fit `lanes`.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), offsets8) };
-            offsets.copy_from_slice(&lanes[..N]);
+    }
+
+    /// [`q4_1`] over a group: token `k` of block `i` is at `i * N + k`. Each chunk of blocks
+    /// first gets every token's `d · xd` and offset term ([`group_scales`]), then its integer
+    /// products, each lane rounded exactly as the scalar code rounds it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offsets = [0f32; N];
+        // Not zeroed (a 2 KiB memset per row cost a tenth of a batched pass): each chunk's
+        // first pass writes every value its second pass reads.
+        let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
+        let qs = g.qs.as_ptr();
+        let blocks = row.len() / 20;
+        for start in (0..blocks).step_by(SCALE_CHUNK) {
+            let chunk = start..(start + SCALE_CHUNK).min(blocks);
+            // SAFETY: forwarded from the caller; `scales` holds SCALE_CHUNK blocks of N.
+            unsafe {
+                group_scales(
+                    row.as_ptr(),
+                    20,
+                    chunk.clone(),
+                    g,
+                    &mut scales,
+                    true,
+                    &mut offsets,
+                )
+            };
+            for i in chunk {
+                let blk = &row[i * 20..(i + 1) * 20];
+                prefetch(blk.as_ptr());
+                // SAFETY: a block holds 16 packed bytes after its 4-byte header.
+                let w = unsafe { nibbles(blk.as_ptr().add(4)) };
+                let sc = &scales[(i - start) * N..(i - start + 1) * N];
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: the group holds the row's blocks for N tokens (the caller).
+                    let q =
+                        unsafe { _mm256_loadu_si256(qs.add((i * N + k) * QK) as *const __m256i) };
+                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
+                    // SAFETY: written by this chunk's group_scales.
+                    let scale = _mm256_broadcast_ss(unsafe { sc[k].assume_init_ref() });
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+                }
+            }
         }
         std::array::from_fn(|k| hsum_ps(acc[k]) + offsets[k])
     }
 
-    /// [`q8_0`] over a group (with eight tokens, their scales as one vector, as in
-    /// [`q4_1_group`]).
+    /// [`q8_0`] over a group (scales worked out per chunk as in [`q4_1_group`]).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
-        let (qs, ds) = (g.qs.as_ptr(), g.d.as_ptr());
-        for (i, blk) in row.chunks_exact(34).enumerate() {
-            prefetch(blk.as_ptr());
-            // SAFETY: a block holds 32 quants after its 2-byte scale.
-            let w = unsafe { _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i) };
-            let w_abs = _mm256_sign_epi8(w, w);
-            let d = scale(blk);
-            let scales = if N == 8 {
-                // SAFETY: the group holds the row's blocks for 8 tokens (checked by the caller).
-                _mm256_mul_ps(_mm256_set1_ps(d), unsafe { _mm256_loadu_ps(ds.add(i * 8)) })
-            } else {
-                _mm256_setzero_ps()
+        let mut unused = [0f32; N];
+        let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
+        let qs = g.qs.as_ptr();
+        let blocks = row.len() / 34;
+        for start in (0..blocks).step_by(SCALE_CHUNK) {
+            let chunk = start..(start + SCALE_CHUNK).min(blocks);
+            // SAFETY: as in q4_1_group.
+            unsafe {
+                group_scales(
+                    row.as_ptr(),
+                    34,
+                    chunk.clone(),
+                    g,
+                    &mut scales,
+                    false,
+                    &mut unused,
+                )
             };
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let at = i * N + k;
-                // SAFETY: as in q4_1_group.
-                let q = unsafe { _mm256_loadu_si256(qs.add(at * QK) as *const __m256i) };
-                let scale = if N == 8 {
-                    _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(k as i32))
-                } else {
+            for i in chunk {
+                let blk = &row[i * 34..(i + 1) * 34];
+                prefetch(blk.as_ptr());
+                // SAFETY: a block holds 32 quants after its 2-byte scale.
+                let w = unsafe { _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i) };
+                let w_abs = _mm256_sign_epi8(w, w);
+                let sc = &scales[(i - start) * N..(i - start + 1) * N];
+                for (k, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: as in q4_1_group.
-                    _mm256_set1_ps(d * unsafe { *ds.add(at) })
-                };
-                let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(q, w));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), scale, *acc);
+                    let q =
+                        unsafe { _mm256_loadu_si256(qs.add((i * N + k) * QK) as *const __m256i) };
+                    let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(q, w));
+                    let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                    // SAFETY: written by this chunk's group_scales.
+                    let scale = _mm256_broadcast_ss(unsafe { sc[k].assume_init_ref() });
+                    *acc = _mm256_fmadd_ps(dot, scale, *acc);
+                }
             }
         }
         std::array::from_fn(|k| hsum_ps(acc[k]))
     }
 
-    /// [`q4_0`] over a group.
+    /// [`q4_0`] over a group (scales worked out per chunk as in [`q4_1_group`]).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
         let ones_u8 = _mm256_set1_epi8(1);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
-        let (qs, ds) = (g.qs.as_ptr(), g.d.as_ptr());
-        for (i, blk) in row.chunks_exact(18).enumerate() {
-            prefetch(blk.as_ptr());
-            // SAFETY: a block holds 16 packed bytes after its 2-byte scale.
-            let w = unsafe { nibbles(blk.as_ptr().add(2)) };
-            let d = scale(blk);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let at = i * N + k;
-                // SAFETY: as in q4_1_group.
-                let (q, xd) = unsafe {
-                    (
-                        _mm256_loadu_si256(qs.add(at * QK) as *const __m256i),
-                        *ds.add(at),
-                    )
-                };
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
-                let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
-                let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(d * xd), *acc);
+        let mut unused = [0f32; N];
+        let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
+        let qs = g.qs.as_ptr();
+        let blocks = row.len() / 18;
+        for start in (0..blocks).step_by(SCALE_CHUNK) {
+            let chunk = start..(start + SCALE_CHUNK).min(blocks);
+            // SAFETY: as in q4_1_group.
+            unsafe {
+                group_scales(
+                    row.as_ptr(),
+                    18,
+                    chunk.clone(),
+                    g,
+                    &mut scales,
+                    false,
+                    &mut unused,
+                )
+            };
+            for i in chunk {
+                let blk = &row[i * 18..(i + 1) * 18];
+                prefetch(blk.as_ptr());
+                // SAFETY: a block holds 16 packed bytes after its 2-byte scale.
+                let w = unsafe { nibbles(blk.as_ptr().add(2)) };
+                let sc = &scales[(i - start) * N..(i - start + 1) * N];
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: as in q4_1_group.
+                    let q =
+                        unsafe { _mm256_loadu_si256(qs.add((i * N + k) * QK) as *const __m256i) };
+                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
+                    let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
+                    let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
+                    // SAFETY: written by this chunk's group_scales.
+                    let scale = _mm256_broadcast_ss(unsafe { sc[k].assume_init_ref() });
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, *acc);
+                }
             }
         }
         std::array::from_fn(|k| hsum_ps(acc[k]))
