@@ -5,7 +5,9 @@
 //! Run: `cargo bench --bench batching` (release build; `AGENTRT_BENCH_TOKENS` tokens per
 //! request, default 64; `AGENTRT_BENCH_PASSES=1` first times single passes of 1–16 sequences;
 //! `AGENTRT_BENCH_PROFILE=N` times only passes of N sequences, to run under a profiler;
-//! `AGENTRT_BENCH_CONTEXT` the positions already cached in those passes, default 64).
+//! `AGENTRT_BENCH_CONTEXT` the positions already cached in those passes, default 64;
+//! `AGENTRT_BENCH_STREAMS=N` runs only N concurrent generations, five times, for a profiler or
+//! an A/B of two builds).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -123,6 +125,21 @@ fn main() {
             println!(
                 "one pass of {batch} sequences: {:.2} ms",
                 pass_ms(&on, batch)
+            );
+        }
+        return;
+    }
+    // `AGENTRT_BENCH_STREAMS=N`: only generations of N streams, batching on.
+    if let Some(streams) = std::env::var("AGENTRT_BENCH_STREAMS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for _ in 0..5 {
+            let before = on.batch_stats().steps;
+            let (rate, total, slowest) = run(&on, streams, tokens);
+            let passes = on.batch_stats().steps - before;
+            println!(
+                "{streams} streams: {rate:.1} tok/s ({total} tokens, slowest {slowest:.2} s, {passes} passes)"
             );
         }
         return;
