@@ -169,8 +169,38 @@ struct Task<'o> {
     outs: Vec<&'o mut [f32]>,
 }
 
-/// RMSNorm of each `weight.len()`-wide row of `x`, written to `out`.
+/// Rows per task when `rows` rows of row-wise work are split across the team: one run per
+/// thread (a decode step's elementwise work is microseconds; more tasks only add hand-offs).
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(threads::count()).max(1)
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x`, written to `out`; rows in parallel.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    let per = rows_per_task(out.len() / n.max(1)) * n;
+    threads::for_each_chunk_mut(out, per, |i, out| {
+        rms_norm_rows(&x[i * per..i * per + out.len()], weight, eps, out);
+    });
+}
+
+/// The residual connection and the next norm in one pass over each row, rows in parallel:
+/// `x += y`, then `out` = RMSNorm of the new `x`.
+pub fn add_rms_norm(x: &mut [f32], y: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    let mut rows: Vec<(&mut [f32], &mut [f32])> =
+        x.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)).collect();
+    let per = rows_per_task(rows.len());
+    threads::for_each_chunk_mut(&mut rows, per, |i, rows| {
+        for (j, (x, out)) in rows.iter_mut().enumerate() {
+            let r = i * per + j;
+            add_in_place(x, &y[r * n..(r + 1) * n]);
+            rms_norm_rows(x, weight, eps, out);
+        }
+    });
+}
+
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
     for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         let rms = (xr.iter().map(|v| v * v).sum::<f32>() / n as f32 + eps).sqrt();
@@ -216,17 +246,35 @@ impl Rope {
 
     /// Rotate every `head_dim`-wide head of `x` for position `pos`.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        self.apply_all(&mut [x], head_dim, pos);
+    }
+
+    /// Rotate every head of each of `xs` (a token's queries and keys) for position `pos`,
+    /// working out each frequency's sine and cosine once for all of them.
+    pub fn apply_all(&self, xs: &mut [&mut [f32]], head_dim: usize, pos: usize) {
         let half = head_dim / 2;
-        for head in x.chunks_exact_mut(head_dim) {
-            for (i, f) in self.inv_freq.iter().enumerate() {
-                let (sin, cos) = (pos as f32 * f).sin_cos();
-                let (ia, ib) = match self.layout {
-                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                    RopeLayout::HalfSplit => (i, i + half),
-                };
-                let (a, b) = (head[ia], head[ib]);
-                head[ia] = a * cos - b * sin;
-                head[ib] = a * sin + b * cos;
+        let mut angles = [(0f32, 0f32); 128];
+        let mut longer = Vec::new();
+        let angles: &mut [(f32, f32)] = if self.inv_freq.len() <= angles.len() {
+            &mut angles[..self.inv_freq.len()]
+        } else {
+            longer.resize(self.inv_freq.len(), (0f32, 0f32));
+            &mut longer
+        };
+        for (a, f) in angles.iter_mut().zip(&self.inv_freq) {
+            *a = (pos as f32 * f).sin_cos();
+        }
+        for x in xs.iter_mut() {
+            for head in x.chunks_exact_mut(head_dim) {
+                for (i, &(sin, cos)) in angles.iter().enumerate() {
+                    let (ia, ib) = match self.layout {
+                        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                        RopeLayout::HalfSplit => (i, i + half),
+                    };
+                    let (a, b) = (head[ia], head[ib]);
+                    head[ia] = a * cos - b * sin;
+                    head[ib] = a * sin + b * cos;
+                }
             }
         }
     }
@@ -363,9 +411,14 @@ pub fn softmax(x: &mut [f32]) {
 
 /// `gate = silu(gate) * up`, the SwiGLU activation.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    // Split across the team in runs of at least this many values (the exp dominates).
+    const MIN_PER_TASK: usize = 1024;
+    let per = gate.len().div_ceil(threads::count()).max(MIN_PER_TASK);
+    threads::for_each_chunk_mut(gate, per, |i, gate| {
+        for (g, u) in gate.iter_mut().zip(&up[i * per..]) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
 }
 
 #[cfg(test)]

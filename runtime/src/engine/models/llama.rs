@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::engine::cpu::{self, AttentionShape, Rope, RopeLayout};
 use crate::engine::kv_cache::KvCache;
+use crate::engine::threads;
 use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
 
 use super::{
@@ -333,8 +334,10 @@ impl CausalLm for Llama {
         }
         let w = |m: &Matrix| self.store.weight(m);
         let shape = self.attention_shape();
+        if let Some(first) = self.layers.first() {
+            cpu::rms_norm(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed);
+        }
         for (li, layer) in self.layers.iter().enumerate() {
-            cpu::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
             cpu::matmuls(
                 &[w(&layer.wq), w(&layer.wk), w(&layer.wv)],
                 &s.normed,
@@ -345,25 +348,34 @@ impl CausalLm for Llama {
                 cpu::add_bias(&mut s.k, bk);
                 cpu::add_bias(&mut s.v, bv);
             }
-            for (t, &(_, pos)) in rows.iter().enumerate() {
-                self.rope
-                    .apply(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, pos);
-                self.rope
-                    .apply(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, pos);
-            }
-            // Each sequence's new keys and values join its own cache; then every row attends
-            // over its sequence's cache, all rows in one parallel operation.
-            let mut at = 0;
+            // Each sequence rotates its queries and keys and appends its keys and values to its
+            // own cache, one task per sequence; then every row attends over its sequence's
+            // cache, all rows in one parallel operation.
+            let mut per_sequence = Vec::with_capacity(segments.len());
+            let (mut q_rest, mut k_rest, mut v_rest) = (&mut s.q[..], &mut s.k[..], &s.v[..]);
+            let mut positions = &rows[..];
             for seg in segments.iter_mut() {
-                let kv = at * kv_dim..(at + seg.tokens.len()) * kv_dim;
-                seg.cache.append(li, &s.k[kv.clone()], &s.v[kv]);
-                at += seg.tokens.len();
+                let len = seg.tokens.len();
+                let (q, qr) = std::mem::take(&mut q_rest).split_at_mut(len * q_dim);
+                let (k, kr) = std::mem::take(&mut k_rest).split_at_mut(len * kv_dim);
+                let (v, vr) = v_rest.split_at(len * kv_dim);
+                let (pos, pr) = positions.split_at(len);
+                (q_rest, k_rest, v_rest, positions) = (qr, kr, vr, pr);
+                per_sequence.push((&mut *seg.cache, q, k, v, pos));
             }
+            threads::for_each_chunk_mut(&mut per_sequence, 1, |_, job| {
+                let (cache, q, k, v, positions) = &mut job[0];
+                for (t, &(_, pos)) in positions.iter().enumerate() {
+                    let q = &mut q[t * q_dim..(t + 1) * q_dim];
+                    let k = &mut k[t * kv_dim..(t + 1) * kv_dim];
+                    self.rope.apply_all(&mut [q, k], hd, pos);
+                }
+                cache.append(li, k, v);
+            });
             let views: Vec<_> = segments.iter().map(|seg| seg.cache.layer(li)).collect();
             cpu::batched_causal_attention(shape, &views, &rows, &s.q, &mut s.attn);
             cpu::matmul(w(&layer.wo), &s.attn, &mut s.proj);
-            cpu::add_in_place(&mut s.x, &s.proj);
-            cpu::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
+            cpu::add_rms_norm(&mut s.x, &s.proj, &layer.ffn_norm, c.rms_eps, &mut s.normed);
             cpu::matmuls(
                 &[w(&layer.gate), w(&layer.up)],
                 &s.normed,
@@ -371,7 +383,13 @@ impl CausalLm for Llama {
             );
             cpu::swiglu(&mut s.gate, &s.up);
             cpu::matmul(w(&layer.down), &s.gate, &mut s.proj);
-            cpu::add_in_place(&mut s.x, &s.proj);
+            // The residual, and the next layer's input norm in the same pass.
+            match self.layers.get(li + 1) {
+                Some(next) => {
+                    cpu::add_rms_norm(&mut s.x, &s.proj, &next.attn_norm, c.rms_eps, &mut s.normed)
+                }
+                None => cpu::add_in_place(&mut s.x, &s.proj),
+            }
         }
         for seg in segments.iter_mut() {
             seg.cache.commit(seg.tokens.len());
