@@ -1,5 +1,6 @@
 //! The engine's worker threads: a fixed team that splits each operation of a forward pass
-//! (a matmul's rows, attention's heads) across the cores.
+//! (a matmul's rows, attention's heads, the norms' and activations' rows, each sequence's
+//! rotary embedding and cache append) across the cores.
 //!
 //! A decode step is a few hundred operations of some tens of microseconds each. A general pool
 //! puts idle threads to sleep between them and pays a futex wake-up per operation, which on a
@@ -234,34 +235,6 @@ pub fn for_each_chunk_mut<T: Send>(
     });
 }
 
-/// Run `f(index, part)` for each of the disjoint, ascending `ranges` of `data` across the team.
-///
-/// # Panics
-/// When the ranges overlap, are out of order, or leave the slice.
-pub fn for_each_range_mut<T: Send>(
-    data: &mut [T],
-    ranges: &[std::ops::Range<usize>],
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
-    let mut end = 0;
-    for r in ranges {
-        assert!(
-            r.start >= end && r.start <= r.end,
-            "ranges must be disjoint and ascending"
-        );
-        end = r.end;
-    }
-    assert!(end <= data.len(), "ranges leave the slice");
-    let base = SharedSlice(data.as_mut_ptr(), data.len());
-    let base = &base;
-    parallel_for(ranges.len(), |i| {
-        // SAFETY: the ranges were checked above to be disjoint and inside the slice, which
-        // stays mutably borrowed for the whole call.
-        let part = unsafe { base.range(ranges[i].start, ranges[i].end) };
-        f(i, part);
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,18 +256,6 @@ mod tests {
             }
         });
         assert!(data.iter().enumerate().all(|(j, v)| *v == j / 10 + 1));
-        let mut data = vec![0usize; 20];
-        for_each_range_mut(&mut data, &[0..3, 5..9, 9..20], |i, part| {
-            part.iter_mut().for_each(|v| *v = i + 1)
-        });
-        assert_eq!(&data[..10], &[1, 1, 1, 0, 0, 2, 2, 2, 2, 3]);
-    }
-
-    #[test]
-    #[should_panic(expected = "disjoint")]
-    fn overlapping_ranges_are_refused() {
-        let mut data = vec![0u8; 10];
-        for_each_range_mut(&mut data, &[0..5, 4..6], |_, _| {});
     }
 
     #[test]
