@@ -982,142 +982,126 @@ mod x86 {
         })
     }
 
-    /// [`q4_1`] over a group: token `k` of block `i` is at `i * N + k`. Each chunk of blocks
-    /// first gets every token's `d · xd` and offset term ([`group_scales`]), then its integer
-    /// products, each lane rounded exactly as the scalar code rounds it.
+    /// The shape every grouped kernel shares: token `k` of block `i` is at `i * N + k`. Each
+    /// chunk of `block_bytes`-byte blocks first gets every token's `d · xd` (and, `with_min`,
+    /// offset term; [`group_scales`]), then per block `weights` prepares the row's block once
+    /// and `dot` gives its eight i32 lane products with each token's quants, scaled into the
+    /// token's accumulator, each lane rounded exactly as the single-token kernels round it.
+    ///
+    /// # Safety
+    /// As [`dispatch_group`]; `weights` may read the whole block at the pointer it is given.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_1_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        let ones = _mm256_set1_epi16(1);
+    unsafe fn group_kernel<const N: usize, W: Copy>(
+        row: &[u8],
+        g: &QuantizedGroup,
+        block_bytes: usize,
+        with_min: bool,
+        weights: impl Fn(*const u8) -> W,
+        dot: impl Fn(W, __m256i) -> __m256i,
+    ) -> [f32; N] {
         let mut acc = [_mm256_setzero_ps(); N];
         let mut offsets = Offsets::<N>::default();
         // Not zeroed (a 2 KiB memset per row cost a tenth of a batched pass): each chunk's
         // first pass writes every value its second pass reads.
         let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
         let qs = g.qs.as_ptr();
-        let blocks = row.len() / 20;
+        let blocks = row.len() / block_bytes;
         for start in (0..blocks).step_by(SCALE_CHUNK) {
             let chunk = start..(start + SCALE_CHUNK).min(blocks);
             // SAFETY: forwarded from the caller; `scales` holds SCALE_CHUNK blocks of N.
             unsafe {
                 group_scales(
                     row.as_ptr(),
-                    20,
+                    block_bytes,
                     chunk.clone(),
                     g,
                     &mut scales,
-                    true,
+                    with_min,
                     &mut offsets,
                 )
             };
             for i in chunk {
-                let blk = &row[i * 20..(i + 1) * 20];
+                let blk = &row[i * block_bytes..(i + 1) * block_bytes];
                 prefetch(blk.as_ptr());
-                // SAFETY: a block holds 16 packed bytes after its 4-byte header.
-                let w = unsafe { nibbles(blk.as_ptr().add(4)) };
+                let w = weights(blk.as_ptr());
                 let sc = &scales[(i - start) * N..(i - start + 1) * N];
                 for (k, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: the group holds the row's blocks for N tokens (the caller).
                     let q =
                         unsafe { _mm256_loadu_si256(qs.add((i * N + k) * QK) as *const __m256i) };
-                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
                     // SAFETY: written by this chunk's group_scales.
                     let scale = _mm256_broadcast_ss(unsafe { sc[k].assume_init_ref() });
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot(w, q)), scale, *acc);
                 }
             }
         }
-        group_sums(acc, true, offsets)
+        group_sums(acc, with_min, offsets)
     }
 
-    /// [`q8_0`] over a group (scales worked out per chunk as in [`q4_1_group`]).
+    /// [`q4_1`] over a group ([`group_kernel`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
+        let ones = _mm256_set1_epi16(1);
+        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 4-byte
+        // header.
+        unsafe {
+            group_kernel(
+                row,
+                g,
+                20,
+                true,
+                |blk| nibbles(blk.add(4)),
+                |w, q| _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones),
+            )
+        }
+    }
+
+    /// [`q8_0`] over a group ([`group_kernel`]).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut offsets = Offsets::<N>::default();
-        let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
-        let qs = g.qs.as_ptr();
-        let blocks = row.len() / 34;
-        for start in (0..blocks).step_by(SCALE_CHUNK) {
-            let chunk = start..(start + SCALE_CHUNK).min(blocks);
-            // SAFETY: as in q4_1_group.
-            unsafe {
-                group_scales(
-                    row.as_ptr(),
-                    34,
-                    chunk.clone(),
-                    g,
-                    &mut scales,
-                    false,
-                    &mut offsets,
-                )
-            };
-            for i in chunk {
-                let blk = &row[i * 34..(i + 1) * 34];
-                prefetch(blk.as_ptr());
-                // SAFETY: a block holds 32 quants after its 2-byte scale.
-                let w = unsafe { _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i) };
-                let w_abs = _mm256_sign_epi8(w, w);
-                let sc = &scales[(i - start) * N..(i - start + 1) * N];
-                for (k, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: as in q4_1_group.
-                    let q =
-                        unsafe { _mm256_loadu_si256(qs.add((i * N + k) * QK) as *const __m256i) };
+        // SAFETY: forwarded from the caller; a block holds 32 quants after its 2-byte scale.
+        unsafe {
+            group_kernel(
+                row,
+                g,
+                34,
+                false,
+                |blk| {
+                    let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                    // maddubs needs one unsigned operand: |w| · (q with w's sign).
+                    (_mm256_sign_epi8(w, w), w)
+                },
+                |(w_abs, w), q| {
                     let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(q, w));
-                    let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                    // SAFETY: written by this chunk's group_scales.
-                    let scale = _mm256_broadcast_ss(unsafe { sc[k].assume_init_ref() });
-                    *acc = _mm256_fmadd_ps(dot, scale, *acc);
-                }
-            }
+                    _mm256_madd_epi16(p, ones)
+                },
+            )
         }
-        group_sums(acc, false, offsets)
     }
 
-    /// [`q4_0`] over a group (scales worked out per chunk as in [`q4_1_group`]).
+    /// [`q4_0`] over a group ([`group_kernel`]).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
         let ones_u8 = _mm256_set1_epi8(1);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut offsets = Offsets::<N>::default();
-        let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
-        let qs = g.qs.as_ptr();
-        let blocks = row.len() / 18;
-        for start in (0..blocks).step_by(SCALE_CHUNK) {
-            let chunk = start..(start + SCALE_CHUNK).min(blocks);
-            // SAFETY: as in q4_1_group.
-            unsafe {
-                group_scales(
-                    row.as_ptr(),
-                    18,
-                    chunk.clone(),
-                    g,
-                    &mut scales,
-                    false,
-                    &mut offsets,
-                )
-            };
-            for i in chunk {
-                let blk = &row[i * 18..(i + 1) * 18];
-                prefetch(blk.as_ptr());
-                // SAFETY: a block holds 16 packed bytes after its 2-byte scale.
-                let w = unsafe { nibbles(blk.as_ptr().add(2)) };
-                let sc = &scales[(i - start) * N..(i - start + 1) * N];
-                for (k, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: as in q4_1_group.
-                    let q =
-                        unsafe { _mm256_loadu_si256(qs.add((i * N + k) * QK) as *const __m256i) };
+        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 2-byte
+        // scale.
+        unsafe {
+            group_kernel(
+                row,
+                g,
+                18,
+                false,
+                |blk| nibbles(blk.add(2)),
+                |w, q| {
                     let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
                     let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
-                    let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
-                    // SAFETY: written by this chunk's group_scales.
-                    let scale = _mm256_broadcast_ss(unsafe { sc[k].assume_init_ref() });
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, *acc);
-                }
-            }
+                    _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3))
+                },
+            )
         }
-        group_sums(acc, false, offsets)
     }
 
     /// [`super::abs_max`] of exactly 32 values.
