@@ -107,13 +107,17 @@ fn main() {
                 .with_batch_limits(limits),
         )
     };
+    // Without prefix reuse: every generation here prefills its whole prompt, so the figures
+    // measure the passes themselves.
     let on = load(BatchLimits {
         max_batch: 8,
         queue: 64,
+        prefix_cache: 0,
     });
     let off = load(BatchLimits {
         max_batch: 1,
         queue: 64,
+        prefix_cache: 0,
     });
     run(&on, 2, 8); // warm-up: pages the weights in
     // `AGENTRT_BENCH_PROFILE=N`: only decode passes of N sequences, for a profiler.

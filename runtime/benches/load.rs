@@ -1,8 +1,11 @@
 //! Load test of `agentrt serve` on loopback, bounded (it stops by itself):
 //!
-//! 1. Chat: N concurrent clients, each sending `AGENTRT_LOAD_REQUESTS` (3) streamed chat
-//!    completions of up to `AGENTRT_LOAD_TOKENS` (64) greedy tokens one after another, against a
-//!    server with continuous batching on (`AGENTRT_MAX_BATCH=8`) and off (`=1`): aggregate
+//! 1. Chat: the same `8 × AGENTRT_LOAD_REQUESTS` (24) streamed chat completions of up to
+//!    `AGENTRT_LOAD_TOKENS` (64) greedy tokens, each a different task (a code assistant's
+//!    requests: they share the chat template's system turn and often their first words, never
+//!    the whole prompt), sent by one client one after another and by eight clients at once,
+//!    against a server with continuous batching on (`AGENTRT_MAX_BATCH=8`) and off (`=1`), and
+//!    with prefix reuse on (the default) and off (`AGENTRT_PREFIX_CACHE_MB=0`): aggregate
 //!    generated tokens/s, time to first token and request latency (p50/p99).
 //! 2. Pipeline runs: twice the run queue's capacity submitted at once to a server whose queue
 //!    holds `AGENTRT_LOAD_RUN_QUEUE` (4): every submission must get a run (202) or a 429, and every
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 /// Tasks a code assistant gets: long enough answers that few stop before the token limit.
+/// Request `k` asks for task `k % 8` under a name of its own, so no two prompts are equal.
 const TASKS: [&str; 8] = [
     "Write a Python function that parses a CSV file into a list of dictionaries.",
     "Write a Python class for a stack with push, pop and peek.",
@@ -195,10 +199,22 @@ struct ChatFigures {
     latency_p99: f64,
 }
 
+/// The load's requests: every task under several names.
+fn requests(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|k| {
+            let task = TASKS[k % TASKS.len()];
+            format!("{task} Call it `solution_{k}`.")
+        })
+        .collect()
+}
+
+/// `requests` sent by `streams` clients at once, client `c` sending requests `c`, `c +
+/// streams`, … one after another.
 fn chat_load(
     base: &str,
     streams: usize,
-    per_stream: usize,
+    requests: &[String],
     max_tokens: usize,
     chat: bool,
 ) -> ChatFigures {
@@ -206,11 +222,10 @@ fn chat_load(
     let clients: Vec<_> = (0..streams)
         .map(|c| {
             let base = base.to_string();
+            let mine: Vec<String> = requests.iter().skip(c).step_by(streams).cloned().collect();
             std::thread::spawn(move || {
-                (0..per_stream)
-                    .map(|r| {
-                        streamed_chat(&base, TASKS[(c + r * 3) % TASKS.len()], max_tokens, chat)
-                    })
+                mine.iter()
+                    .map(|task| streamed_chat(&base, task, max_tokens, chat))
                     .collect::<Vec<_>>()
             })
         })
@@ -325,24 +340,35 @@ fn main() {
     let run_queue = env_usize("AGENTRT_LOAD_RUN_QUEUE", 4);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = std::env::var("AGENTRT_LOAD_MODEL").unwrap_or_else(|_| "the default model".into());
+    let load = requests(8 * per_stream);
     println!(
-        "agentrt serve on loopback, {model}, {cores} CPU threads; streamed chat (text completions for a model without a chat template), greedy, up to {max_tokens} tokens, {per_stream} requests per client"
+        "agentrt serve on loopback, {model}, {cores} CPU threads; the same {} streamed chats (text completions for a model without a chat template), greedy, up to {max_tokens} tokens, from one client in turn and from eight at once",
+        load.len()
     );
     println!();
     println!(
-        "| clients | batching | requests | tokens | aggregate tok/s | × one client | TTFT p50 s | latency p50 s | latency p99 s |"
+        "| clients | batching | prefix reuse | requests | tokens | aggregate tok/s | × one client | TTFT p50 s | latency p50 s | latency p99 s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let mut single = None;
-    for (label, max_batch, clients) in [("on", "8", vec![1, 8]), ("off", "1", vec![8])] {
-        let server = Server::start(&[("AGENTRT_MAX_BATCH", max_batch)]);
-        let chat = supports_chat(&server.base);
-        streamed_chat(&server.base, TASKS[0], 8, chat); // warm-up: weights paged in
-        for streams in clients {
-            let f = chat_load(&server.base, streams, per_stream, max_tokens, chat);
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    // Each row is compared with one client on the same settings of prefix reuse.
+    for (prefix_mb, runs) in [
+        ("256", vec![("on", "8", 1), ("on", "8", 8), ("off", "1", 8)]),
+        ("0", vec![("on", "8", 1), ("on", "8", 8)]),
+    ] {
+        let mut single = None;
+        let reuse = if prefix_mb == "0" { "off" } else { "on" };
+        for (label, max_batch, streams) in runs {
+            let server = Server::start(&[
+                ("AGENTRT_MAX_BATCH", max_batch),
+                ("AGENTRT_PREFIX_CACHE_MB", prefix_mb),
+            ]);
+            let chat = supports_chat(&server.base);
+            // Warm-up (weights paged in) with a prompt unlike the load's.
+            streamed_chat(&server.base, "Say hello.", 8, chat);
+            let f = chat_load(&server.base, streams, &load, max_tokens, chat);
             let base = *single.get_or_insert(f.tokens_per_s);
             println!(
-                "| {streams} | {label} | {} | {} | {:.1} | {:.2}× | {:.2} | {:.2} | {:.2} |",
+                "| {streams} | {label} | {reuse} | {} | {} | {:.1} | {:.2}× | {:.2} | {:.2} | {:.2} |",
                 f.requests,
                 f.tokens,
                 f.tokens_per_s,

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub sandbox_timeouts: Family<TimeoutLabels, Counter>,
     pub runs_in_flight: Family<StateLabels, Gauge>,
     pub batch_size: Histograms<ModelLabels>,
+    pub prompt_tokens_reused: Family<ModelLabels, Counter>,
+    pub prefix_cache_bytes: Family<ModelLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,6 +145,8 @@ impl Metrics {
             sandbox_timeouts: Family::default(),
             runs_in_flight: Family::default(),
             batch_size: Family::new_with_constructor(batch_histogram),
+            prompt_tokens_reused: Family::default(),
+            prefix_cache_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -219,6 +223,16 @@ impl Metrics {
             "batch_size",
             "Sequences sharing each forward pass of a model (continuous batching)",
             m.batch_size.clone(),
+        );
+        registry.register(
+            "prompt_tokens_reused",
+            "Prompt tokens whose keys and values were copied from the prefix cache instead of computed",
+            m.prompt_tokens_reused.clone(),
+        );
+        registry.register(
+            "prefix_cache_bytes",
+            "Bytes of finished sequences' keys and values kept for reuse by later prompts",
+            m.prefix_cache_bytes.clone(),
         );
         Self { registry, ..m }
     }
@@ -327,6 +341,22 @@ pub fn batch_step(model: &str, sequences: usize) {
         .batch_size
         .get_or_create(&Metrics::model(model))
         .observe(sequences as f64);
+}
+
+/// A new sequence of `model` started with `tokens` prompt tokens from the prefix cache.
+pub fn prefix_reused(model: &str, tokens: usize) {
+    global()
+        .prompt_tokens_reused
+        .get_or_create(&Metrics::model(model))
+        .inc_by(tokens as u64);
+}
+
+/// The prefix cache of `model` now holds `bytes`.
+pub fn prefix_cache_bytes(model: &str, bytes: usize) {
+    global()
+        .prefix_cache_bytes
+        .get_or_create(&Metrics::model(model))
+        .set(bytes as i64);
 }
 
 /// Record one HTTP request.

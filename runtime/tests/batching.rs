@@ -2,7 +2,8 @@
 //! alone (the default model in Q4_1, a Llama-shaped F16 checkpoint with grouped-query attention
 //! and a StarCoder-shaped F32 one), and the scheduler serves concurrent requests with the same
 //! answers as one at a time, joins newcomers between passes, frees the place of a cancelled or
-//! abandoned request, and refuses work beyond its queue with QUEUE_001.
+//! abandoned request, and refuses work beyond its queue with QUEUE_001. A prompt that starts
+//! like an earlier one reuses that one's keys and values with the same logits and answers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -148,6 +149,124 @@ fn batched_passes_equal_single_passes_on_llama_and_starcoder_shapes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A prompt whose first `shared` tokens come from another sequence's cache: every logit, of
+/// the rest of the prompt and of the decode steps after it, equals a full prefill's bit for bit.
+fn assert_reused_prefix_equals_prefill(model: &LoadedModel) {
+    let earlier: Vec<u32> = (0..13).map(|i| 40 + i).collect();
+    let shared = 9;
+    let mut prompt = earlier[..shared].to_vec();
+    prompt.extend([90, 91, 92, 93]);
+    let steps = [5u32, 77, 31];
+
+    let mut full = model.new_test_cache(prompt.len() + steps.len());
+    let mut expected = vec![model.forward_for_test(&prompt, &mut full)];
+    for t in steps {
+        expected.push(model.forward_for_test(&[t], &mut full));
+    }
+
+    let mut earlier_cache = model.new_test_cache(earlier.len());
+    model.forward_for_test(&earlier, &mut earlier_cache);
+    let kept = earlier_cache.snapshot(earlier.len()).expect("a host cache");
+    let mut cache = model.new_test_cache(prompt.len() + steps.len());
+    assert!(cache.copy_prefix(&kept, shared));
+    let mut seen = vec![model.forward_for_test(&prompt[shared..], &mut cache)];
+    for t in steps {
+        seen.push(model.forward_for_test(&[t], &mut cache));
+    }
+    for (step, (a, b)) in expected.iter().zip(&seen).enumerate() {
+        assert!(
+            a == b,
+            "{}: step {step}: logits after a reused prefix differ from a full prefill",
+            model.info.id
+        );
+    }
+}
+
+#[test]
+fn a_reused_prefix_gives_the_logits_of_a_full_prefill() {
+    let path = agentrt::paths::default_model();
+    if path.exists() {
+        let model = LoadedModel::load("smollm2", &path, &mut |_| {}).expect("default model");
+        assert_reused_prefix_equals_prefill(&model);
+    } else {
+        eprintln!("default model not set up (scripts/setup.sh): checking synthetic shapes only");
+    }
+    for (name, arch, dtype, kv) in [
+        ("llama", Architecture::Llama, GgmlType::F16, 2),
+        ("starcoder", Architecture::GptBigCode, GgmlType::F32, 1),
+    ] {
+        let dir = temp_dir(&format!("prefix-{name}"));
+        assert_reused_prefix_equals_prefill(&synthetic(&dir, arch, dtype, kv));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_prompt_that_starts_like_an_earlier_one_reuses_its_keys_and_values() {
+    let dir = temp_dir("prefix-scheduler");
+    synthetic(&dir, Architecture::Llama, GgmlType::F32, 2);
+    let limits = |prefix_cache| BatchLimits {
+        max_batch: 4,
+        queue: 16,
+        prefix_cache,
+    };
+    let fresh = LoadedModel::load("synthetic", &dir, &mut |_| {})
+        .expect("load")
+        .with_batch_limits(limits(0));
+    let reusing = LoadedModel::load("synthetic", &dir, &mut |_| {})
+        .expect("load")
+        .with_batch_limits(limits(1 << 20));
+    let instructions = "You review code. Answer in one line, politely. ";
+    let first = format!("{instructions}Task: add two numbers");
+    let prompts = [
+        first.clone(),
+        format!("{instructions}Task: sort a list"),
+        first.clone(),
+    ];
+    let run = |model: &LoadedModel, text: &str, i: usize| {
+        let p = if i == 1 {
+            params(12, 0.8, 42)
+        } else {
+            params(12, 0.0, 0)
+        };
+        model
+            .generate(
+                &Prompt::Text(text.into()),
+                &p,
+                &Control::default(),
+                &mut |_| {},
+            )
+            .expect("generation")
+    };
+    let first_ids = reusing
+        .tokenize_prompt(&Prompt::Text(first.clone()))
+        .expect("tokens");
+    let mut reused_before = 0;
+    for (i, text) in prompts.iter().enumerate() {
+        let a = run(&fresh, text, i);
+        let b = run(&reusing, text, i);
+        assert_eq!(a.text, b.text, "prompt {i}: same answer with reuse");
+        assert_eq!(a.usage, b.usage, "prompt {i}");
+        let stats = reusing.batch_stats();
+        let reused = stats.prefix_tokens_reused - reused_before;
+        reused_before = stats.prefix_tokens_reused;
+        match i {
+            0 => assert_eq!(reused, 0, "nothing kept before the first request"),
+            // The instructions' tokens, at least.
+            1 => assert!(
+                reused >= 8,
+                "the shared instructions were reused: {stats:?}"
+            ),
+            // The same prompt again: all of it but the last token, which must run.
+            _ => assert_eq!(reused, first_ids.len() as u64 - 1, "{stats:?}"),
+        }
+        assert!(stats.prefix_cache_bytes > 0, "{stats:?}");
+    }
+    assert_eq!(fresh.batch_stats().prefix_tokens_reused, 0);
+    assert_eq!(fresh.batch_stats().prefix_cache_bytes, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn params(max_tokens: u32, temperature: f32, seed: u64) -> SamplingParams {
     SamplingParams {
         max_tokens,
@@ -172,6 +291,7 @@ fn concurrent_requests_get_the_answers_they_get_alone() {
         .with_batch_limits(BatchLimits {
             max_batch: 1,
             queue: 16,
+            prefix_cache: 0,
         });
     let batched = Arc::new(
         LoadedModel::load("synthetic", &dir, &mut |_| {})
@@ -179,6 +299,7 @@ fn concurrent_requests_get_the_answers_they_get_alone() {
             .with_batch_limits(BatchLimits {
                 max_batch: 8,
                 queue: 16,
+                ..BatchLimits::default()
             }),
     );
     let requests: Vec<(String, SamplingParams)> = (0..6)
@@ -281,6 +402,7 @@ fn one_slot_model(name: &str, queue: usize) -> (Arc<LoadedModel>, std::path::Pat
         .with_batch_limits(BatchLimits {
             max_batch: 1,
             queue,
+            ..BatchLimits::default()
         });
     (Arc::new(model), dir)
 }

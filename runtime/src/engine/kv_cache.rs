@@ -101,6 +101,28 @@ impl<T: KvElement> Store<T> {
             }
         }
     }
+
+    /// Positions `0..n` of every layer of `src` (of capacity `src_capacity`) written as this
+    /// store's first positions (of capacity `capacity`).
+    fn copy_prefix(
+        &mut self,
+        src: &Self,
+        n: usize,
+        kv_dim: usize,
+        capacity: usize,
+        src_capacity: usize,
+    ) {
+        for (dst, src) in self.values.iter_mut().zip(&src.values) {
+            dst[..n * kv_dim].copy_from_slice(&src[..n * kv_dim]);
+        }
+        for (dst, src) in self.keys.iter_mut().zip(&src.keys) {
+            // Keys are one row of `capacity` positions per (head, dimension).
+            for row in 0..kv_dim {
+                dst[row * capacity..row * capacity + n]
+                    .copy_from_slice(&src[row * src_capacity..row * src_capacity + n]);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -233,6 +255,59 @@ impl KvCache {
         }
     }
 
+    /// Bytes the keys and values take (zero for a cache the device keeps).
+    pub fn bytes(&self) -> usize {
+        let layers = match &self.storage {
+            Storage::F16(s) => s.keys.len() * 2,
+            Storage::F32(s) => s.keys.len() * 4,
+            Storage::Device => 0,
+        };
+        // Keys and values, `capacity * kv_dim` elements each per layer.
+        2 * layers * self.capacity * self.kv_dim
+    }
+
+    /// Write positions `0..n` of `src` as this empty cache's first positions and commit them.
+    /// Returns false, copying nothing, where the two differ in layers, width or element type,
+    /// either is kept on a device, this one is not empty, or `n` exceeds what `src` holds or
+    /// this one can hold.
+    pub fn copy_prefix(&mut self, src: &KvCache, n: usize) -> bool {
+        if self.len != 0
+            || n > src.len
+            || n > self.capacity
+            || self.kv_dim != src.kv_dim
+            || self.head_dim != src.head_dim
+        {
+            return false;
+        }
+        let (dim, cap, src_cap) = (self.kv_dim, self.capacity, src.capacity);
+        match (&mut self.storage, &src.storage) {
+            (Storage::F16(d), Storage::F16(s)) if d.keys.len() == s.keys.len() => {
+                d.copy_prefix(s, n, dim, cap, src_cap)
+            }
+            (Storage::F32(d), Storage::F32(s)) if d.keys.len() == s.keys.len() => {
+                d.copy_prefix(s, n, dim, cap, src_cap)
+            }
+            _ => return false,
+        }
+        self.len = n;
+        true
+    }
+
+    /// A copy of the first `n` committed positions in a cache just large enough for them;
+    /// `None` for `n` zero or beyond what is committed, or a cache the device keeps.
+    pub fn snapshot(&self, n: usize) -> Option<KvCache> {
+        let (layers, precision) = match &self.storage {
+            Storage::F16(s) => (s.keys.len(), KvPrecision::F16),
+            Storage::F32(s) => (s.keys.len(), KvPrecision::F32),
+            Storage::Device => return None,
+        };
+        if n == 0 || n > self.len {
+            return None;
+        }
+        let mut copy = KvCache::new(layers, self.kv_dim, self.head_dim, n, precision);
+        copy.copy_prefix(self, n).then_some(copy)
+    }
+
     /// Make `n` appended positions part of the sequence.
     pub fn commit(&mut self, n: usize) {
         self.len += n;
@@ -290,5 +365,60 @@ mod tests {
                 LayerView::F32(l) => check(l),
             }
         }
+    }
+
+    /// Every element of `cache`'s first `n` positions, keys then values, per layer.
+    fn positions(cache: &KvCache, layers: usize, n: usize) -> Vec<f32> {
+        let mut all = Vec::new();
+        for layer in 0..layers {
+            let mut take = |view: Layer<'_, f32>| {
+                for h in 0..view.kv_dim / view.head_dim {
+                    for d in 0..view.head_dim {
+                        all.extend_from_slice(view.key_dim(h, d, n));
+                    }
+                }
+                for p in 0..n {
+                    for h in 0..view.kv_dim / view.head_dim {
+                        all.extend_from_slice(view.value(h, p));
+                    }
+                }
+            };
+            match cache.layer(layer) {
+                LayerView::F32(l) => take(l),
+                LayerView::F16(_) => panic!("the test caches are f32"),
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn a_copied_prefix_and_a_snapshot_hold_the_same_positions() {
+        // 2 layers, 2 KV heads of 2 dimensions, 5 positions written, capacity 8.
+        let mut src = KvCache::new(2, 4, 2, 8, KvPrecision::F32);
+        for layer in 0..2 {
+            let k: Vec<f32> = (0..20).map(|i| (layer * 100 + i) as f32).collect();
+            let v: Vec<f32> = (0..20).map(|i| (layer * 100 + 50 + i) as f32).collect();
+            src.append(layer, &k, &v);
+        }
+        src.commit(5);
+
+        let mut dst = KvCache::new(2, 4, 2, 6, KvPrecision::F32);
+        assert!(dst.copy_prefix(&src, 3));
+        assert_eq!(dst.len(), 3);
+        assert_eq!(positions(&dst, 2, 3), positions(&src, 2, 3));
+
+        let snap = src.snapshot(5).expect("a host cache with positions");
+        assert_eq!((snap.len(), snap.capacity()), (5, 5));
+        assert_eq!(positions(&snap, 2, 5), positions(&src, 2, 5));
+        assert_eq!(snap.bytes(), 2 * 2 * 4 * 5 * 4);
+
+        // Refused: a non-empty target, more than the source holds, another width or type.
+        assert!(!dst.copy_prefix(&src, 1));
+        assert!(!KvCache::new(2, 4, 2, 8, KvPrecision::F32).copy_prefix(&src, 6));
+        assert!(!KvCache::new(2, 6, 2, 8, KvPrecision::F32).copy_prefix(&src, 2));
+        assert!(!KvCache::new(2, 4, 2, 8, KvPrecision::F16).copy_prefix(&src, 2));
+        assert!(!KvCache::new(1, 4, 2, 8, KvPrecision::F32).copy_prefix(&src, 2));
+        assert!(src.snapshot(6).is_none() && src.snapshot(0).is_none());
+        assert!(KvCache::on_device(8).snapshot(1).is_none());
     }
 }

@@ -8,6 +8,10 @@
 //! per step for all of them. A sequence that finishes, is cancelled, runs past its deadline or
 //! whose caller went away leaves the batch before the next pass, and its KV cache is freed then.
 //!
+//! A newcomer's prompt starts from the longest prefix that a finished sequence left in the
+//! [`PrefixCache`] (a shared system prompt, the earlier turns of a conversation): those
+//! positions' keys and values are copied, not computed again ([`BatchLimits::prefix_cache`]).
+//!
 //! A pass of one sequence goes through [`CausalLm::forward_choose`] (a GPU model samples on the
 //! device), so a lone request runs exactly as without the scheduler. Batching never changes a
 //! sequence's values: every architecture computes a token's row the same whatever else shares
@@ -21,6 +25,7 @@ use std::thread::JoinHandle;
 
 use super::kv_cache::{KvCache, KvPrecision};
 use super::models::{CausalLm, Next, Segment};
+use super::prefix_cache::PrefixCache;
 use super::sampling::{self, Sampler, SamplingParams};
 use super::tokenizer::Tokenizer;
 use super::{
@@ -35,6 +40,9 @@ pub struct BatchLimits {
     pub max_batch: usize,
     /// Requests waiting for a place beyond those running.
     pub queue: usize,
+    /// Bytes of finished sequences' keys and values kept for prompts that start the same way
+    /// (0 keeps none).
+    pub prefix_cache: usize,
 }
 
 impl Default for BatchLimits {
@@ -42,25 +50,29 @@ impl Default for BatchLimits {
         Self {
             max_batch: 8,
             queue: 64,
+            prefix_cache: 256 << 20,
         }
     }
 }
 
 impl BatchLimits {
-    /// `AGENTRT_MAX_BATCH` (default 8) and `AGENTRT_GENERATION_QUEUE` (default 64); values
-    /// that are not whole numbers of at least 1 keep the default.
+    /// `AGENTRT_MAX_BATCH` (default 8) and `AGENTRT_GENERATION_QUEUE` (default 64), where
+    /// values that are not whole numbers of at least 1 keep the default; and
+    /// `AGENTRT_PREFIX_CACHE_MB` (default 256, 0 turns prefix reuse off).
     pub fn from_env() -> Self {
-        let read = |name: &str, default: usize| {
+        let read = |name: &str, least: usize, default: usize| {
             std::env::var(name)
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|v| *v >= 1)
+                .filter(|v| *v >= least)
                 .unwrap_or(default)
         };
         let d = Self::default();
         Self {
-            max_batch: read("AGENTRT_MAX_BATCH", d.max_batch),
-            queue: read("AGENTRT_GENERATION_QUEUE", d.queue),
+            max_batch: read("AGENTRT_MAX_BATCH", 1, d.max_batch),
+            queue: read("AGENTRT_GENERATION_QUEUE", 1, d.queue),
+            prefix_cache: read("AGENTRT_PREFIX_CACHE_MB", 0, d.prefix_cache >> 20)
+                .saturating_mul(1 << 20),
         }
     }
 }
@@ -76,6 +88,10 @@ pub struct BatchStats {
     pub largest_batch: usize,
     pub running: usize,
     pub waiting: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub prefix_tokens_reused: u64,
+    /// Bytes the prefix cache holds.
+    pub prefix_cache_bytes: usize,
 }
 
 /// A generation's progress, from the scheduler to the caller.
@@ -117,6 +133,8 @@ struct Shared {
     sequence_steps: AtomicU64,
     largest_batch: AtomicUsize,
     running: AtomicUsize,
+    prefix_tokens_reused: AtomicU64,
+    prefix_cache_bytes: AtomicUsize,
 }
 
 impl Shared {
@@ -143,6 +161,7 @@ impl Scheduler {
             model,
             shared: shared.clone(),
             max_batch: limits.max_batch.max(1),
+            prefixes: PrefixCache::new(limits.prefix_cache),
         };
         let thread = std::thread::Builder::new()
             .name(format!("agentrt-batch-{}", worker.model.id))
@@ -177,6 +196,8 @@ impl Scheduler {
             largest_batch: s.largest_batch.load(Ordering::Relaxed),
             running: s.running.load(Ordering::Relaxed),
             waiting: s.lock().waiting.len(),
+            prefix_tokens_reused: s.prefix_tokens_reused.load(Ordering::Relaxed),
+            prefix_cache_bytes: s.prefix_cache_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -212,17 +233,18 @@ struct Worker {
     model: StepModel,
     shared: Arc<Shared>,
     max_batch: usize,
+    prefixes: PrefixCache,
 }
 
 impl Worker {
-    fn run(self) {
+    fn run(mut self) {
+        let shared = self.shared.clone();
         let mut running: Vec<Sequence> = Vec::new();
         loop {
             {
-                let mut queue = self.shared.lock();
+                let mut queue = shared.lock();
                 while running.is_empty() && queue.waiting.is_empty() && !queue.shutdown {
-                    queue = self
-                        .shared
+                    queue = shared
                         .wake
                         .wait(queue)
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -276,32 +298,53 @@ impl Worker {
         }
     }
 
-    /// Hand finished sequences their result; their KV caches are freed here.
-    fn retire(&self, running: &mut Vec<Sequence>) {
+    /// Hand finished sequences their result; their KV caches are freed here, once the prefix
+    /// cache has a copy of what they hold (a sequence that failed keeps nothing: a pass that
+    /// panicked may have left its cache half-written).
+    fn retire(&mut self, running: &mut Vec<Sequence>) {
         let finished: Vec<Sequence> = running.extract_if(.., |s| s.outcome.is_some()).collect();
         // Counted before anyone hears of the end, so a caller never sees its own as running.
         self.shared.running.store(running.len(), Ordering::Relaxed);
+        if finished.is_empty() {
+            return;
+        }
         for s in finished {
+            if matches!(s.outcome, Some(Ok(_))) {
+                self.prefixes.keep(&s.history, &s.cache);
+            }
             s.finish(&self.model.id);
         }
+        let bytes = self.prefixes.bytes();
+        self.shared
+            .prefix_cache_bytes
+            .store(bytes, Ordering::Relaxed);
+        crate::metrics::prefix_cache_bytes(&self.model.id, bytes);
     }
 
-    /// Start a request's sequence: its KV cache is allocated now, for prompt and answer.
-    fn admit(&self, mut request: Request) -> Option<Sequence> {
+    /// Start a request's sequence: its KV cache is allocated now, for prompt and answer, and
+    /// starts with the longest prefix of the prompt the prefix cache holds.
+    fn admit(&mut self, mut request: Request) -> Option<Sequence> {
         if let Err(e) = request.control.check() {
             let _ = request.progress.send(Progress::Done(Err(e)));
             return None;
         }
         request.timer.admitted();
         let capacity = request.prompt_ids.len() + request.params.max_tokens as usize;
-        let cache = self
+        let mut cache = self
             .model
             .model
             .new_cache(capacity, self.model.kv_precision);
+        let reused = self.prefixes.reuse(&request.prompt_ids, &mut cache);
+        if reused > 0 {
+            self.shared
+                .prefix_tokens_reused
+                .fetch_add(reused as u64, Ordering::Relaxed);
+            crate::metrics::prefix_reused(&self.model.id, reused);
+        }
         Some(Sequence {
             sampler: Sampler::new(request.params.clone()),
             history: request.prompt_ids.clone(),
-            input: request.prompt_ids.clone(),
+            input: request.prompt_ids[reused..].to_vec(),
             cache,
             request,
             generated: Vec::new(),
