@@ -497,9 +497,11 @@ mod tests {
 
     #[test]
     fn grouped_kernels_compute_what_one_token_at_a_time_computes() {
-        // Every group width (a batch's last group is narrower) and every quantised type: the
-        // interleaved group must give each (row, token) the bits of that token alone. Rows of
-        // 70 blocks: longer than the 64-block chunks whose scales the kernels work out first.
+        use crate::engine::simd::{GroupKernels, dot_rows_group_on};
+        // Every group width (a batch's last group is narrower), every quantised type and
+        // every instruction set this CPU has: the interleaved group must give each (row,
+        // token) the bits of that token alone. Rows of 70 blocks: longer than the 64-block
+        // chunks whose scales the kernels work out first.
         let (n, rows) = (70 * QK, 3);
         let xs: Vec<Vec<f32>> = (0..8).map(|t| sample(n, 700 + t)).collect();
         let xqs: Vec<QuantizedActivation> = xs
@@ -515,22 +517,26 @@ mod tests {
                 .flat_map(|r| quantize_row(ty, &sample(n, 800 + r as u32)))
                 .collect();
             let rb = ty.row_bytes(n);
-            for width in 1..=8 {
-                let members: Vec<&QuantizedActivation> = xqs[..width].iter().collect();
-                let group = QuantizedGroup::gather(&members);
-                let mut out = vec![0f32; rows * width];
-                if !crate::engine::simd::dot_rows_group(ty, &data, rb, &group, &mut out) {
-                    eprintln!("skipped: no SIMD kernels on this CPU");
-                    return;
+            for kernels in [GroupKernels::Avx2, GroupKernels::Avx512Vnni] {
+                if !kernels.available() {
+                    eprintln!("{kernels:?} kernels skipped: this CPU lacks them");
+                    continue;
                 }
-                for t in 0..width {
-                    for r in 0..rows {
-                        let single = dot_row(ty, &data[r * rb..(r + 1) * rb], &xs[t], &xqs[t]);
-                        assert_eq!(
-                            out[r * width + t].to_bits(),
-                            single.to_bits(),
-                            "{ty:?} width {width} token {t} row {r}"
-                        );
+                for width in 1..=8 {
+                    let members: Vec<&QuantizedActivation> = xqs[..width].iter().collect();
+                    let group = QuantizedGroup::gather(&members);
+                    let mut out = vec![0f32; rows * width];
+                    assert!(dot_rows_group_on(kernels, ty, &data, rb, &group, &mut out));
+                    for t in 0..width {
+                        for r in 0..rows {
+                            let row = &data[r * rb..(r + 1) * rb];
+                            let single = dot_row(ty, row, &xs[t], &xqs[t]);
+                            assert_eq!(
+                                out[r * width + t].to_bits(),
+                                single.to_bits(),
+                                "{kernels:?} {ty:?} width {width} token {t} row {r}"
+                            );
+                        }
                     }
                 }
             }

@@ -4,6 +4,13 @@
 //! stay in eight i32 lanes, are converted once and scaled into an eight-lane float accumulator,
 //! so there is one horizontal sum per row rather than one per block (as llama.cpp does it).
 //!
+//! Where the CPU has AVX-512 with VNNI (Zen 4 and 5, Intel since Ice Lake), the grouped
+//! kernels that batched decode and prefill run take two tokens per 512-bit register and form
+//! each block's products with `vpdpbusd` (four u8×i8 products summed into each i32 lane in
+//! one instruction, instead of AVX2's `maddubs` + `madd`): every lane holds the same integer
+//! and meets the same float operations in the same order, so the results are the AVX2
+//! kernels' bits (tested). `AGENTRT_SIMD=avx2` keeps the AVX2 kernels.
+//!
 //! Float rows (F32, F16, BF16): eight-lane FMA over four independent accumulators, with F16
 //! widened on the fly by F16C and BF16 by a shift, so half-precision weights are never stored
 //! widened.
@@ -114,12 +121,69 @@ pub fn dot_rows_multi(
     }
 }
 
+/// The instruction sets the grouped kernels come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKernels {
+    /// AVX2, FMA and F16C: eight lanes, one token per register.
+    Avx2,
+    /// AVX-512 (F, BW) with VNNI: sixteen lanes, two tokens per register.
+    Avx512Vnni,
+}
+
+impl GroupKernels {
+    /// Whether this CPU runs these kernels.
+    pub fn available(self) -> bool {
+        match self {
+            Self::Avx2 => float_simd_available(),
+            Self::Avx512Vnni => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    float_simd_available()
+                        && std::is_x86_feature_detected!("avx512f")
+                        && std::is_x86_feature_detected!("avx512bw")
+                        && std::is_x86_feature_detected!("avx512vnni")
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    false
+                }
+            }
+        }
+    }
+
+    /// The widest kernels this CPU runs, unless `AGENTRT_SIMD=avx2` asks for the AVX2 ones
+    /// (read once).
+    pub fn best() -> Self {
+        static BEST: std::sync::OnceLock<GroupKernels> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let avx2_only = std::env::var("AGENTRT_SIMD").is_ok_and(|v| v.trim() == "avx2");
+            if !avx2_only && Self::Avx512Vnni.available() {
+                Self::Avx512Vnni
+            } else {
+                Self::Avx2
+            }
+        })
+    }
+}
+
 /// `out[r * n + k] = rows[r] · token k of group` for a quantised weight type (Q4_0, Q4_1,
 /// Q8_0) and a [`QuantizedGroup`] of `n` tokens: the same values as [`dot_rows_multi`], each
 /// token's arithmetic unchanged, with the activations read through one pointer (eight tokens'
-/// separate rows do not fit the registers). Returns `false`, leaving `out` alone, where there is
-/// no such kernel or the lengths do not fit.
+/// separate rows do not fit the registers), on the [`GroupKernels::best`] kernels. Returns
+/// `false`, leaving `out` alone, where there is no such kernel or the lengths do not fit.
 pub fn dot_rows_group(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    group: &QuantizedGroup,
+    out: &mut [f32],
+) -> bool {
+    dot_rows_group_on(GroupKernels::best(), ty, rows, row_bytes, group, out)
+}
+
+/// [`dot_rows_group`] on the given kernels (`false` where this CPU lacks them).
+pub fn dot_rows_group_on(
+    kernels: GroupKernels,
     ty: GgmlType,
     rows: &[u8],
     row_bytes: usize,
@@ -134,7 +198,7 @@ pub fn dot_rows_group(
         || row_bytes == 0
         || !rows.len().is_multiple_of(row_bytes)
         || out.len() != rows.len() / row_bytes * n
-        || !float_simd_available()
+        || !kernels.available()
     {
         return false;
     }
@@ -147,6 +211,24 @@ pub fn dot_rows_group(
         || group.qs.len() < blocks * n * QK
     {
         return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernels == GroupKernels::Avx512Vnni {
+        // SAFETY: AVX-512 F/BW/VNNI, AVX2, FMA and F16C are present and the lengths were
+        // checked above.
+        unsafe {
+            match n {
+                1 => x86::dispatch_group_512::<1>(ty, rows, row_bytes, group, out),
+                2 => x86::dispatch_group_512::<2>(ty, rows, row_bytes, group, out),
+                3 => x86::dispatch_group_512::<3>(ty, rows, row_bytes, group, out),
+                4 => x86::dispatch_group_512::<4>(ty, rows, row_bytes, group, out),
+                5 => x86::dispatch_group_512::<5>(ty, rows, row_bytes, group, out),
+                6 => x86::dispatch_group_512::<6>(ty, rows, row_bytes, group, out),
+                7 => x86::dispatch_group_512::<7>(ty, rows, row_bytes, group, out),
+                _ => x86::dispatch_group_512::<8>(ty, rows, row_bytes, group, out),
+            }
+        }
+        return true;
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -1100,6 +1182,199 @@ mod x86 {
                     let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
                     _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3))
                 },
+            )
+        }
+    }
+
+    /// [`dispatch_group`] on AVX-512 with VNNI ([`group_kernel_512`]); Q4_0 stays on the AVX2
+    /// kernel (no model the engine ships uses it).
+    ///
+    /// # Safety
+    /// As [`dispatch_group`], and AVX-512 F, BW and VNNI must be present.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dispatch_group_512<const N: usize>(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        group: &QuantizedGroup,
+        out: &mut [f32],
+    ) {
+        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
+            // SAFETY: forwarded from the caller.
+            let result: [f32; N] = unsafe {
+                match ty {
+                    GgmlType::Q4_1 => q4_1_group_512(row, group),
+                    GgmlType::Q8_0 => q8_0_group_512(row, group),
+                    GgmlType::Q4_0 => q4_0_group(row, group),
+                    _ => unreachable!("dot_rows_group takes quantised types only"),
+                }
+            };
+            out.copy_from_slice(&result);
+        }
+    }
+
+    /// [`group_kernel`] with two tokens per 512-bit register: tokens `2p` and `2p + 1` of a
+    /// block are adjacent in the group, so one load takes both tokens' quants, the row's
+    /// block is repeated in both halves, and `dot` gives each half's eight i32 lanes exactly
+    /// as the AVX2 kernels' lanes (every lane the sum of the same four products). Each half
+    /// is converted, scaled by its own token's scale and added into its own eight
+    /// accumulator lanes in block order, so every token's sum is the AVX2 kernel's to the
+    /// bit. An odd last token runs in the lower half alone.
+    ///
+    /// # Safety
+    /// As [`dispatch_group_512`]; `weights` may read the whole block at the pointer it is
+    /// given.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn group_kernel_512<const N: usize, W: Copy>(
+        row: &[u8],
+        g: &QuantizedGroup,
+        block_bytes: usize,
+        with_min: bool,
+        weights: impl Fn(*const u8) -> W,
+        dot: impl Fn(W, __m512i) -> __m512i,
+    ) -> [f32; N] {
+        let pairs = N.div_ceil(2);
+        let mut acc = [_mm512_setzero_ps(); super::MAX_TOKENS / 2];
+        let mut offsets = Offsets::<N>::default();
+        // Not zeroed: each chunk's first pass writes every value its second pass reads.
+        let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
+        let qs = g.qs.as_ptr();
+        let blocks = row.len() / block_bytes;
+        // Pair p's lanes: token 2p's scale eight times, then token 2p + 1's.
+        let pair_index: [__m512i; super::MAX_TOKENS / 2] = std::array::from_fn(|p| {
+            let (low, high) = (2 * p as i32, 2 * p as i32 + 1);
+            _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_set1_epi32(low)),
+                _mm256_set1_epi32(high),
+            )
+        });
+        for start in (0..blocks).step_by(SCALE_CHUNK) {
+            let chunk = start..(start + SCALE_CHUNK).min(blocks);
+            // SAFETY: forwarded from the caller; `scales` holds SCALE_CHUNK blocks of N.
+            unsafe {
+                group_scales(
+                    row.as_ptr(),
+                    block_bytes,
+                    chunk.clone(),
+                    g,
+                    &mut scales,
+                    with_min,
+                    &mut offsets,
+                )
+            };
+            for i in chunk {
+                let blk = &row[i * block_bytes..(i + 1) * block_bytes];
+                prefetch(blk.as_ptr());
+                let w = weights(blk.as_ptr());
+                let sc = &scales[(i - start) * N..(i - start + 1) * N];
+                // With eight tokens, the block's scales in one register, from which each
+                // pair's register takes token 2p's scale into its lower half and token
+                // 2p + 1's into its upper half in one permute. (Narrower groups' scales were
+                // stored one by one, and a wide load of several recent narrow stores waits
+                // for them to reach the cache: those build each pair's from two broadcasts.)
+                let block_scales = if N == 8 {
+                    // SAFETY: written by this chunk's group_scales.
+                    _mm512_castps256_ps512(unsafe { _mm256_loadu_ps(sc.as_ptr() as *const f32) })
+                } else {
+                    _mm512_setzero_ps()
+                };
+                for (p, acc) in acc.iter_mut().enumerate().take(pairs) {
+                    let k = 2 * p;
+                    let q = qs.wrapping_add((i * N + k) * QK);
+                    // SAFETY: the group holds the row's blocks for N tokens (the caller), so
+                    // token k's 32 quants, and with k + 1 < N the next token's, follow `q`.
+                    let q = unsafe {
+                        if k + 1 < N {
+                            _mm512_loadu_si512(q as *const __m512i)
+                        } else {
+                            _mm512_zextsi256_si512(_mm256_loadu_si256(q as *const __m256i))
+                        }
+                    };
+                    let scale = if N == 8 {
+                        _mm512_permutexvar_ps(pair_index[p], block_scales)
+                    } else {
+                        // SAFETY: written by this chunk's group_scales (token k + 1 only
+                        // when there is one).
+                        let low = _mm256_broadcast_ss(unsafe { sc[k].assume_init_ref() });
+                        let high = if k + 1 < N {
+                            _mm256_broadcast_ss(unsafe { sc[k + 1].assume_init_ref() })
+                        } else {
+                            _mm256_setzero_ps()
+                        };
+                        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                            _mm512_castpd256_pd512(_mm256_castps_pd(low)),
+                            _mm256_castps_pd(high),
+                        ))
+                    };
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot(w, q)), scale, *acc);
+                }
+            }
+        }
+        let halves: [__m256; N] = std::array::from_fn(|k| {
+            let pair = acc[k / 2];
+            if k % 2 == 0 {
+                _mm512_castps512_ps256(pair)
+            } else {
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(pair)))
+            }
+        });
+        group_sums(halves, with_min, offsets)
+    }
+
+    /// 16 packed bytes as 32 unsigned nibbles, in both 256-bit halves ([`nibbles`] twice).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn nibbles_512(packed: *const u8) -> __m512i {
+        // SAFETY: the caller guarantees 16 readable bytes at `packed`.
+        let bytes = unsafe { _mm_loadu_si128(packed as *const __m128i) };
+        let all = _mm512_broadcast_i32x4(bytes);
+        let shifted = _mm512_srlv_epi64(all, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
+        _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F))
+    }
+
+    /// [`q4_1_group`] on AVX-512 VNNI: nibbles (u8) times quants (i8), four per lane.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q4_1_group_512<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
+        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 4-byte
+        // header.
+        unsafe {
+            group_kernel_512(
+                row,
+                g,
+                20,
+                true,
+                |blk| nibbles_512(blk.add(4)),
+                |w, q| _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, q),
+            )
+        }
+    }
+
+    /// [`q8_0_group`] on AVX-512 VNNI. `vpdpbusd` takes one unsigned operand and AVX-512 has
+    /// no byte sign instruction, so the quants are offset to unsigned (`q ^ 0x80` = q + 128)
+    /// and the lanes start from `-128 · Σw`, worked out once per block: each lane ends at
+    /// Σ q·w, the integer the AVX2 kernel forms.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q8_0_group_512<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
+        let offset = _mm512_set1_epi8(-128);
+        // SAFETY: forwarded from the caller; a block holds 32 quants after its 2-byte scale.
+        unsafe {
+            group_kernel_512(
+                row,
+                g,
+                34,
+                false,
+                |blk| {
+                    let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                    let w = _mm512_broadcast_i64x4(w);
+                    // 128 · Σw per lane (0x80 read as unsigned), negated.
+                    let start = _mm512_sub_epi32(
+                        _mm512_setzero_si512(),
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, w),
+                    );
+                    (w, start)
+                },
+                |(w, start), q| _mm512_dpbusd_epi32(start, _mm512_xor_si512(q, offset), w),
             )
         }
     }
