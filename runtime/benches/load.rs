@@ -182,6 +182,26 @@ fn streamed_chat(
     (first.unwrap_or(total), total, tokens)
 }
 
+/// Forward passes the server has run and the sequences they held, from `/metrics`
+/// (`agentrt_batch_size`, summed over models).
+fn batch_totals(base: &str) -> (f64, f64) {
+    let mut resp = agent()
+        .get(&format!("{base}/metrics"))
+        .call()
+        .expect("metrics");
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let total = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        total("agentrt_batch_size_count"),
+        total("agentrt_batch_size_sum"),
+    )
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -347,9 +367,9 @@ fn main() {
     );
     println!();
     println!(
-        "| clients | batching | prefix reuse | requests | tokens | aggregate tok/s | × one client | TTFT p50 s | latency p50 s | latency p99 s |"
+        "| clients | batching | prefix reuse | requests | tokens | aggregate tok/s | × one client | sequences per pass | TTFT p50 s | latency p50 s | latency p99 s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     // Each row is compared with one client on the same settings of prefix reuse.
     for (prefix_mb, runs) in [
         ("256", vec![("on", "8", 1), ("on", "8", 8), ("off", "1", 8)]),
@@ -365,10 +385,13 @@ fn main() {
             let chat = supports_chat(&server.base);
             // Warm-up (weights paged in) with a prompt unlike the load's.
             streamed_chat(&server.base, "Say hello.", 8, chat);
+            let (passes0, sequences0) = batch_totals(&server.base);
             let f = chat_load(&server.base, streams, &load, max_tokens, chat);
+            let (passes, sequences) = batch_totals(&server.base);
+            let per_pass = (sequences - sequences0) / (passes - passes0).max(1.0);
             let base = *single.get_or_insert(f.tokens_per_s);
             println!(
-                "| {streams} | {label} | {reuse} | {} | {} | {:.1} | {:.2}× | {:.2} | {:.2} | {:.2} |",
+                "| {streams} | {label} | {reuse} | {} | {} | {:.1} | {:.2}× | {per_pass:.2} | {:.2} | {:.2} | {:.2} |",
                 f.requests,
                 f.tokens,
                 f.tokens_per_s,

@@ -128,8 +128,10 @@ pub fn quantize_block_portable(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
 }
 
 /// Up to [`super::simd::MAX_TOKENS`] quantised activation rows interleaved block by block
-/// (`qs[block][token][32]`, `d[block][token]`, `s[block][token]`), so a kernel multiplying a
-/// weight block by all of them reads one contiguous run through one pointer.
+/// (`qs[block][token][32]`, `d[block][slot]`, `s[block][slot]`), so a kernel multiplying a
+/// weight block by all of them reads one contiguous run through one pointer. `d` and `s` have
+/// [`super::simd::MAX_TOKENS`] slots per block whatever the number of tokens (unused slots
+/// zero), so every group width works its scales out in whole registers.
 #[derive(Debug, Clone, Default)]
 pub struct QuantizedGroup {
     pub tokens: usize,
@@ -142,13 +144,15 @@ pub struct QuantizedGroup {
 impl QuantizedGroup {
     /// Interleave `rows` (each the same number of blocks).
     pub fn gather(rows: &[&QuantizedActivation]) -> Self {
+        const SLOTS: usize = super::simd::MAX_TOKENS;
+        assert!(rows.len() <= SLOTS, "a group holds at most {SLOTS} tokens");
         let tokens = rows.len();
         let blocks = rows.first().map_or(0, |r| r.d.len());
         let mut g = Self {
             tokens,
             blocks,
-            d: Vec::with_capacity(blocks * tokens),
-            s: Vec::with_capacity(blocks * tokens),
+            d: Vec::with_capacity(blocks * SLOTS),
+            s: Vec::with_capacity(blocks * SLOTS),
             qs: Vec::with_capacity(blocks * tokens * QK),
         };
         for i in 0..blocks {
@@ -156,6 +160,10 @@ impl QuantizedGroup {
                 g.d.push(r.d[i]);
                 g.s.push(r.s[i]);
                 g.qs.extend_from_slice(&r.qs[i * QK..(i + 1) * QK]);
+            }
+            for _ in tokens..SLOTS {
+                g.d.push(0.0);
+                g.s.push(0.0);
             }
         }
         g

@@ -206,8 +206,8 @@ pub fn dot_rows_group_on(
     // The kernels read `blocks` blocks of every token unchecked.
     if !row_bytes.is_multiple_of(ty.block_bytes())
         || group.blocks < blocks
-        || group.d.len() < blocks * n
-        || group.s.len() < blocks * n
+        || group.d.len() < blocks * MAX_TOKENS
+        || group.s.len() < blocks * MAX_TOKENS
         || group.qs.len() < blocks * n * QK
     {
         return false;
@@ -964,104 +964,67 @@ mod x86 {
         _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
     }
 
-    /// A group's Q4_1 offset terms, one per token: in a register with eight tokens, else in
-    /// an array.
-    struct Offsets<const N: usize> {
-        each: [f32; N],
-        eight: __m256,
-    }
-
-    impl<const N: usize> Default for Offsets<N> {
-        fn default() -> Self {
-            Self {
-                each: [0.0; N],
-                // SAFETY: AVX is present wherever these kernels run (checked by the callers).
-                eight: unsafe { _mm256_setzero_ps() },
-            }
-        }
-    }
-
     /// First pass of a group kernel over blocks `blocks` of a row of `block_bytes`-byte blocks:
-    /// `scales[(i - start) * N + k] = d_i · xd[i][k]`, each rounded as the scalar code rounds it,
-    /// and (with `with_min`, Q4_1) token `k`'s `m_i · s[i][k]` added to its offset in block
-    /// order ([`Offsets`]). The second pass then only loads each token's scale as a broadcast,
-    /// instead of a lane shuffle per token and block in the loop that is already short of
-    /// vector ports.
+    /// `scales[(i - start) * 8 + k] = d_i · xd[i][k]` for every token slot (a group's scales
+    /// and sum terms are padded to eight per block, so every width takes the same eight-lane
+    /// path and writes whole registers), each rounded as the scalar code rounds it, and (with
+    /// `with_min`, Q4_1) token `k`'s `m_i · s[i][k]` added to lane `k` of `offsets` in block
+    /// order. The second pass then only loads each token's scale as a broadcast, instead of a
+    /// lane shuffle per token and block in the loop that is already short of vector ports.
     ///
     /// # Safety
-    /// The row holds the blocks; the group holds them for `N` tokens; `scales` holds
-    /// `blocks.len() * N` values.
+    /// The row holds the blocks; the group holds them; `scales` holds `blocks.len() * 8`
+    /// values.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_scales<const N: usize>(
+    unsafe fn group_scales(
         row: *const u8,
         block_bytes: usize,
         blocks: std::ops::Range<usize>,
         g: &QuantizedGroup,
         scales: &mut [MaybeUninit<f32>],
         with_min: bool,
-        offsets: &mut Offsets<N>,
+        offsets: &mut __m256,
     ) {
         let (ds, ss) = (g.d.as_ptr(), g.s.as_ptr());
         let start = blocks.start;
+        let out = scales.as_mut_ptr() as *mut f32;
         for i in blocks {
-            // SAFETY: the row holds block i (the caller).
-            let dm = unsafe { block_header(row.add(i * block_bytes)) };
-            let out = &mut scales[(i - start) * N..(i - start + 1) * N];
-            if N == 8 {
-                // SAFETY: the group holds block i for 8 tokens and `out` holds 8 floats.
-                unsafe {
-                    let xd = _mm256_loadu_ps(ds.add(i * 8));
-                    let scaled = _mm256_mul_ps(_mm256_broadcastss_ps(dm), xd);
-                    _mm256_storeu_ps(out.as_mut_ptr() as *mut f32, scaled);
-                }
+            // SAFETY: the row holds block i, the group its eight padded slots, `scales` eight
+            // floats for it (the caller).
+            unsafe {
+                let dm = block_header(row.add(i * block_bytes));
+                let xd = _mm256_loadu_ps(ds.add(i * 8));
+                let scaled = _mm256_mul_ps(_mm256_broadcastss_ps(dm), xd);
+                _mm256_storeu_ps(out.add((i - start) * 8), scaled);
                 if with_min {
                     let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-                    // SAFETY: the group holds block i for 8 tokens.
-                    let xs = unsafe { _mm256_loadu_ps(ss.add(i * 8)) };
-                    offsets.eight = _mm256_add_ps(offsets.eight, _mm256_mul_ps(m, xs));
-                }
-                continue;
-            }
-            let d = _mm_cvtss_f32(dm);
-            let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-            for (k, s) in out.iter_mut().enumerate() {
-                // SAFETY: the group holds block i for N tokens (the caller).
-                let (xd, xs) = unsafe { (*ds.add(i * N + k), *ss.add(i * N + k)) };
-                s.write(d * xd);
-                if with_min {
-                    offsets.each[k] += m * xs;
+                    let xs = _mm256_loadu_ps(ss.add(i * 8));
+                    *offsets = _mm256_add_ps(*offsets, _mm256_mul_ps(m, xs));
                 }
             }
         }
     }
 
-    /// Each token's row sum of its accumulator, plus (`with_min`) its offset term: with eight
-    /// tokens one transposed reduction ([`hsum8_ps`]), else one [`hsum_ps`] each; the same
-    /// bits. (Without offsets nothing is added: `-0.0 + 0.0` would not keep the sign.)
+    /// Each token's row sum of its accumulator, plus (`with_min`) its offset term: one
+    /// transposed reduction ([`hsum8_ps`], unused slots zero), lane `k` the bits of
+    /// [`hsum_ps`] of token `k`'s accumulator. (Without offsets nothing is added: `-0.0 + 0.0`
+    /// would not keep the sign.)
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn group_sums<const N: usize>(
-        acc: [__m256; N],
-        with_min: bool,
-        offsets: Offsets<N>,
-    ) -> [f32; N] {
-        if N == 8 {
-            let sums = hsum8_ps(std::array::from_fn(|k| acc[k]));
-            let sums = if with_min {
-                _mm256_add_ps(sums, offsets.eight)
-            } else {
-                sums
-            };
-            let mut lanes = [0f32; 8];
-            // SAFETY: eight floats fit `lanes`.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
-            return std::array::from_fn(|k| lanes[k]);
-        }
-        std::array::from_fn(|k| {
-            let sum = hsum_ps(acc[k]);
-            if with_min { sum + offsets.each[k] } else { sum }
-        })
+    fn group_sums<const N: usize>(acc: [__m256; N], with_min: bool, offsets: __m256) -> [f32; N] {
+        let sums = hsum8_ps(std::array::from_fn(|k| {
+            if k < N { acc[k] } else { _mm256_setzero_ps() }
+        }));
+        let sums = if with_min {
+            _mm256_add_ps(sums, offsets)
+        } else {
+            sums
+        };
+        let mut lanes = [0f32; 8];
+        // SAFETY: eight floats fit `lanes`.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
+        std::array::from_fn(|k| lanes[k])
     }
 
     /// The shape every grouped kernel shares: token `k` of block `i` is at `i * N + k`. Each
@@ -1083,7 +1046,7 @@ mod x86 {
         dot: impl Fn(W, __m256i) -> __m256i,
     ) -> [f32; N] {
         let mut acc = [_mm256_setzero_ps(); N];
-        let mut offsets = Offsets::<N>::default();
+        let mut offsets = _mm256_setzero_ps();
         // Not zeroed (a 2 KiB memset per row cost a tenth of a batched pass): each chunk's
         // first pass writes every value its second pass reads.
         let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
@@ -1091,7 +1054,7 @@ mod x86 {
         let blocks = row.len() / block_bytes;
         for start in (0..blocks).step_by(SCALE_CHUNK) {
             let chunk = start..(start + SCALE_CHUNK).min(blocks);
-            // SAFETY: forwarded from the caller; `scales` holds SCALE_CHUNK blocks of N.
+            // SAFETY: forwarded from the caller; `scales` holds SCALE_CHUNK blocks of 8.
             unsafe {
                 group_scales(
                     row.as_ptr(),
@@ -1107,7 +1070,7 @@ mod x86 {
                 let blk = &row[i * block_bytes..(i + 1) * block_bytes];
                 prefetch(blk.as_ptr());
                 let w = weights(blk.as_ptr());
-                let sc = &scales[(i - start) * N..(i - start + 1) * N];
+                let sc = &scales[(i - start) * 8..(i - start) * 8 + N];
                 for (k, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: the group holds the row's blocks for N tokens (the caller).
                     let q =
@@ -1236,7 +1199,7 @@ mod x86 {
     ) -> [f32; N] {
         let pairs = N.div_ceil(2);
         let mut acc = [_mm512_setzero_ps(); super::MAX_TOKENS / 2];
-        let mut offsets = Offsets::<N>::default();
+        let mut offsets = _mm256_setzero_ps();
         // Not zeroed: each chunk's first pass writes every value its second pass reads.
         let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
         let qs = g.qs.as_ptr();
@@ -1251,7 +1214,7 @@ mod x86 {
         });
         for start in (0..blocks).step_by(SCALE_CHUNK) {
             let chunk = start..(start + SCALE_CHUNK).min(blocks);
-            // SAFETY: forwarded from the caller; `scales` holds SCALE_CHUNK blocks of N.
+            // SAFETY: forwarded from the caller; `scales` holds SCALE_CHUNK blocks of 8.
             unsafe {
                 group_scales(
                     row.as_ptr(),
@@ -1267,18 +1230,13 @@ mod x86 {
                 let blk = &row[i * block_bytes..(i + 1) * block_bytes];
                 prefetch(blk.as_ptr());
                 let w = weights(blk.as_ptr());
-                let sc = &scales[(i - start) * N..(i - start + 1) * N];
-                // With eight tokens, the block's scales in one register, from which each
-                // pair's register takes token 2p's scale into its lower half and token
-                // 2p + 1's into its upper half in one permute. (Narrower groups' scales were
-                // stored one by one, and a wide load of several recent narrow stores waits
-                // for them to reach the cache: those build each pair's from two broadcasts.)
-                let block_scales = if N == 8 {
-                    // SAFETY: written by this chunk's group_scales.
-                    _mm512_castps256_ps512(unsafe { _mm256_loadu_ps(sc.as_ptr() as *const f32) })
-                } else {
-                    _mm512_setzero_ps()
-                };
+                // The block's eight scale slots in one register, from which each pair's
+                // register takes token 2p's scale into its lower half and token 2p + 1's into
+                // its upper half in one permute.
+                // SAFETY: this chunk's group_scales wrote all eight slots of block i.
+                let block_scales = _mm512_castps256_ps512(unsafe {
+                    _mm256_loadu_ps(scales.as_ptr().add((i - start) * 8) as *const f32)
+                });
                 for (p, acc) in acc.iter_mut().enumerate().take(pairs) {
                     let k = 2 * p;
                     let q = qs.wrapping_add((i * N + k) * QK);
@@ -1291,22 +1249,7 @@ mod x86 {
                             _mm512_zextsi256_si512(_mm256_loadu_si256(q as *const __m256i))
                         }
                     };
-                    let scale = if N == 8 {
-                        _mm512_permutexvar_ps(pair_index[p], block_scales)
-                    } else {
-                        // SAFETY: written by this chunk's group_scales (token k + 1 only
-                        // when there is one).
-                        let low = _mm256_broadcast_ss(unsafe { sc[k].assume_init_ref() });
-                        let high = if k + 1 < N {
-                            _mm256_broadcast_ss(unsafe { sc[k + 1].assume_init_ref() })
-                        } else {
-                            _mm256_setzero_ps()
-                        };
-                        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                            _mm512_castpd256_pd512(_mm256_castps_pd(low)),
-                            _mm256_castps_pd(high),
-                        ))
-                    };
+                    let scale = _mm512_permutexvar_ps(pair_index[p], block_scales);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot(w, q)), scale, *acc);
                 }
             }
