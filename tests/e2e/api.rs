@@ -402,6 +402,29 @@ fn metrics_expose_generation_latency_tokens_requests_and_findings() {
             >= 1.0,
         "{text}"
     );
+
+    // The first chat's keys and values were kept: the same message again starts from them.
+    let reused = |text: &str| {
+        metric(
+            text,
+            &format!("agentrt_prompt_tokens_reused_total{{{model}}}"),
+        )
+    };
+    assert_eq!(reused(&text).unwrap_or(0.0), 0.0, "{text}");
+    assert!(
+        metric(&text, &format!("agentrt_prefix_cache_bytes{{{model}}}")).unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    let (status, again) = s.post("/chat", &json!({"message": "Say hello.", "max_tokens": 8}));
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["response"], body["response"],
+        "reuse changes no answer"
+    );
+    let (_, _, text) = s.exchange("GET", "/metrics", &[], None);
+    let prompt = metric(&text, &format!("agentrt_prompt_tokens_total{{{model}}}")).unwrap_or(0.0);
+    // All of the repeated prompt but its last token (prompt tokens count both chats).
+    assert_eq!(reused(&text), Some(prompt / 2.0 - 1.0), "{text}");
 }
 
 #[test]

@@ -311,14 +311,15 @@ impl Worker {
         for s in finished {
             if matches!(s.outcome, Some(Ok(_))) {
                 self.prefixes.keep(&s.history, &s.cache);
+                // Before the caller hears of the end, so it sees what its sequence left.
+                let bytes = self.prefixes.bytes();
+                self.shared
+                    .prefix_cache_bytes
+                    .store(bytes, Ordering::Relaxed);
+                crate::metrics::prefix_cache_bytes(&self.model.id, bytes);
             }
             s.finish(&self.model.id);
         }
-        let bytes = self.prefixes.bytes();
-        self.shared
-            .prefix_cache_bytes
-            .store(bytes, Ordering::Relaxed);
-        crate::metrics::prefix_cache_bytes(&self.model.id, bytes);
     }
 
     /// Start a request's sequence: its KV cache is allocated now, for prompt and answer, and
