@@ -9,7 +9,9 @@
 //! each block's products with `vpdpbusd` (four u8×i8 products summed into each i32 lane in
 //! one instruction, instead of AVX2's `maddubs` + `madd`): every lane holds the same integer
 //! and meets the same float operations in the same order, so the results are the AVX2
-//! kernels' bits (tested). `AGENTRT_SIMD=avx2` keeps the AVX2 kernels.
+//! kernels' bits (tested). Attention's score and value loops take sixteen positions or
+//! outputs per register there, each lane's arithmetic unchanged. `AGENTRT_SIMD=avx2` keeps the
+//! AVX2 kernels.
 //!
 //! Float rows (F32, F16, BF16): eight-lane FMA over four independent accumulators, with F16
 //! widened on the fly by F16C and BF16 by a shift, so half-precision weights are never stored
@@ -121,7 +123,7 @@ pub fn dot_rows_multi(
     }
 }
 
-/// The instruction sets the grouped kernels come in.
+/// The instruction sets the grouped kernels and attention's loops come in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKernels {
     /// AVX2, FMA and F16C: eight lanes, one token per register.
@@ -286,6 +288,13 @@ pub trait Widen: Copy {
     /// Eight values are readable at `p`, and the CPU has AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// Sixteen values at `p`, widened.
+    ///
+    /// # Safety
+    /// Sixteen values are readable at `p`, and the CPU has AVX-512 F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl Widen for f32 {
@@ -299,6 +308,14 @@ impl Widen for f32 {
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         // SAFETY: guaranteed by the caller.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
     }
 }
 
@@ -314,6 +331,15 @@ impl Widen for half::f16 {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm256_cvtph_ps};
         // SAFETY: guaranteed by the caller.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm512_cvtph_ps};
+        // SAFETY: guaranteed by the caller.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
     }
 }
 
@@ -357,6 +383,19 @@ pub fn axpy<T: Widen>(out: &mut [f32], w: f32, v: &[T]) {
 /// # Panics
 /// When `keys` is too short for `q.len()` dimensions of `n` positions at `stride`.
 pub fn attention_scores<T: Widen>(scores: &mut [f32], q: &[f32], keys: &[T], stride: usize) {
+    attention_scores_on(GroupKernels::best(), scores, q, keys, stride);
+}
+
+/// [`attention_scores`] on the given instruction set (AVX-512 takes sixteen positions per
+/// register, each lane's arithmetic unchanged); the AVX2 or portable loops where this CPU
+/// lacks it.
+pub fn attention_scores_on<T: Widen>(
+    kernels: GroupKernels,
+    scores: &mut [f32],
+    q: &[f32],
+    keys: &[T],
+    stride: usize,
+) {
     let n = scores.len();
     if q.is_empty() || n == 0 {
         return;
@@ -365,6 +404,12 @@ pub fn attention_scores<T: Widen>(scores: &mut [f32], q: &[f32], keys: &[T], str
         n <= stride && (q.len() - 1) * stride + n <= keys.len(),
         "attention_scores: keys too short"
     );
+    #[cfg(target_arch = "x86_64")]
+    if kernels == GroupKernels::Avx512Vnni && kernels.available() {
+        // SAFETY: the features are present; the bounds were checked above.
+        unsafe { x86::attention_scores_512(scores, q, keys, stride) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if float_simd_available() {
         // SAFETY: the features are present; the bounds were checked above.
@@ -383,6 +428,19 @@ pub fn attention_scores<T: Widen>(scores: &mut [f32], q: &[f32], keys: &[T], str
 /// # Panics
 /// When `values` is too short for `weights.len()` positions of `out.len()` values at `stride`.
 pub fn weighted_values<T: Widen>(out: &mut [f32], weights: &[f32], values: &[T], stride: usize) {
+    weighted_values_on(GroupKernels::best(), out, weights, values, stride);
+}
+
+/// [`weighted_values`] on the given instruction set (AVX-512 takes sixteen outputs per
+/// register, each lane's arithmetic unchanged); the AVX2 or portable loops where this CPU
+/// lacks it.
+pub fn weighted_values_on<T: Widen>(
+    kernels: GroupKernels,
+    out: &mut [f32],
+    weights: &[f32],
+    values: &[T],
+    stride: usize,
+) {
     let n = out.len();
     if weights.is_empty() || n == 0 {
         return;
@@ -391,6 +449,12 @@ pub fn weighted_values<T: Widen>(out: &mut [f32], weights: &[f32], values: &[T],
         n <= stride && (weights.len() - 1) * stride + n <= values.len(),
         "weighted_values: values too short"
     );
+    #[cfg(target_arch = "x86_64")]
+    if kernels == GroupKernels::Avx512Vnni && kernels.available() {
+        // SAFETY: the features are present; the bounds were checked above.
+        unsafe { x86::weighted_values_512(out, weights, values, stride) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if float_simd_available() {
         // SAFETY: the features are present; the bounds were checked above.
@@ -613,6 +677,97 @@ mod x86 {
             for (p, &w) in weights.iter().enumerate() {
                 *o = values[p * stride + i].widen().mul_add(w, *o);
             }
+        }
+    }
+
+    /// [`attention_scores`] with sixteen positions per register, 64 at a time; the rest by
+    /// the AVX2 kernel. Every lane meets the same rounded products and sums in the same
+    /// order.
+    ///
+    /// # Safety
+    /// As [`attention_scores`], and AVX-512 F is present.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    pub unsafe fn attention_scores_512<T: Widen>(
+        scores: &mut [f32],
+        q: &[f32],
+        keys: &[T],
+        stride: usize,
+    ) {
+        let n = scores.len();
+        let (ps, pk) = (scores.as_mut_ptr(), keys.as_ptr());
+        let mut p = 0;
+        while p + 64 <= n {
+            // SAFETY: positions p..p+64 of every dimension are in bounds (caller).
+            unsafe {
+                let mut acc: [__m512; 4] =
+                    std::array::from_fn(|j| _mm512_loadu_ps(ps.add(p + 16 * j)));
+                for (d, &qd) in q.iter().enumerate() {
+                    let qv = _mm512_set1_ps(qd);
+                    let row = pk.add(d * stride + p);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, T::load16(row.add(16 * j))));
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(ps.add(p + 16 * j), *a);
+                }
+            }
+            p += 64;
+        }
+        while p + 16 <= n {
+            // SAFETY: as above, for positions p..p+16.
+            unsafe {
+                let mut a = _mm512_loadu_ps(ps.add(p));
+                for (d, &qd) in q.iter().enumerate() {
+                    let k = T::load16(pk.add(d * stride + p));
+                    a = _mm512_add_ps(a, _mm512_mul_ps(_mm512_set1_ps(qd), k));
+                }
+                _mm512_storeu_ps(ps.add(p), a);
+            }
+            p += 16;
+        }
+        if p < n {
+            // SAFETY: the rest, at the same stride, is in bounds (caller).
+            unsafe { attention_scores(&mut scores[p..], q, &keys[p..], stride) };
+        }
+    }
+
+    /// [`weighted_values`] with sixteen outputs per register, 64 at a time; the rest by the
+    /// AVX2 kernel. Every lane meets the same fused products in the same order.
+    ///
+    /// # Safety
+    /// As [`weighted_values`], and AVX-512 F is present.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    pub unsafe fn weighted_values_512<T: Widen>(
+        out: &mut [f32],
+        weights: &[f32],
+        values: &[T],
+        stride: usize,
+    ) {
+        let n = out.len();
+        let (po, pv) = (out.as_mut_ptr(), values.as_ptr());
+        let mut j = 0;
+        while j + 64 <= n {
+            // SAFETY: values j..j+64 of every position are in bounds (caller).
+            unsafe {
+                let mut acc: [__m512; 4] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(po.add(j + 16 * i)));
+                for (p, &w) in weights.iter().enumerate() {
+                    let wv = _mm512_set1_ps(w);
+                    let row = pv.add(p * stride + j);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(wv, T::load16(row.add(16 * i)), *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(po.add(j + 16 * i), *a);
+                }
+            }
+            j += 64;
+        }
+        if j < n {
+            // SAFETY: the rest, at the same stride, is in bounds (caller).
+            unsafe { weighted_values(&mut out[j..], weights, &values[j..], stride) };
         }
     }
 
@@ -1394,13 +1549,25 @@ mod tests {
             .collect()
     }
 
-    fn check_fused_attention_is_bit_identical<T: Widen + std::fmt::Debug>(of: impl Fn(f32) -> T) {
-        for (dims, positions) in [(64, 65), (64, 1), (16, 200), (13, 7), (72, 33), (64, 8)] {
+    fn check_fused_attention_is_bit_identical<T: Widen + std::fmt::Debug>(
+        kernels: GroupKernels,
+        of: impl Fn(f32) -> T,
+    ) {
+        let cases = [
+            (64, 65),
+            (64, 1),
+            (16, 200),
+            (13, 7),
+            (72, 33),
+            (64, 8),
+            (136, 150),
+        ];
+        for (dims, positions) in cases {
             let stride = positions + 5;
             let keys = cache(dims * stride, &of);
             let q: Vec<f32> = (0..dims).map(|d| (d as f32 * 0.37).sin()).collect();
             let mut fused = vec![0f32; positions];
-            attention_scores(&mut fused, &q, &keys, stride);
+            attention_scores_on(kernels, &mut fused, &q, &keys, stride);
             let mut reference = vec![0f32; positions];
             for (d, &qd) in q.iter().enumerate() {
                 add_scaled(
@@ -1412,14 +1579,14 @@ mod tests {
             assert_eq!(
                 fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 reference.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "scores, {dims} dims × {positions} positions"
+                "{kernels:?} scores, {dims} dims × {positions} positions"
             );
 
             let vstride = dims + 3;
             let values = cache(positions * vstride, &of);
             let weights: Vec<f32> = (0..positions).map(|p| 1.0 / (p as f32 + 2.0)).collect();
             let mut fused = vec![0f32; dims];
-            weighted_values(&mut fused, &weights, &values, vstride);
+            weighted_values_on(kernels, &mut fused, &weights, &values, vstride);
             let mut reference = vec![0f32; dims];
             for (p, &w) in weights.iter().enumerate() {
                 axpy(&mut reference, w, &values[p * vstride..p * vstride + dims]);
@@ -1427,15 +1594,21 @@ mod tests {
             assert_eq!(
                 fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 reference.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "values, {positions} positions × {dims} dims"
+                "{kernels:?} values, {positions} positions × {dims} dims"
             );
         }
     }
 
     #[test]
     fn fused_attention_equals_the_per_dimension_loops_bit_for_bit() {
-        check_fused_attention_is_bit_identical(|v| v);
-        check_fused_attention_is_bit_identical(half::f16::from_f32);
+        for kernels in [GroupKernels::Avx2, GroupKernels::Avx512Vnni] {
+            if !kernels.available() {
+                eprintln!("{kernels:?} attention skipped: this CPU lacks it");
+                continue;
+            }
+            check_fused_attention_is_bit_identical(kernels, |v| v);
+            check_fused_attention_is_bit_identical(kernels, half::f16::from_f32);
+        }
     }
 
     #[test]
