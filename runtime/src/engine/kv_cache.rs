@@ -257,13 +257,19 @@ impl KvCache {
 
     /// Bytes the keys and values take (zero for a cache the device keeps).
     pub fn bytes(&self) -> usize {
-        let layers = match &self.storage {
+        self.capacity * self.position_bytes()
+    }
+
+    /// Bytes one position's keys and values take over all layers (zero for a cache the device
+    /// keeps).
+    pub fn position_bytes(&self) -> usize {
+        let layer_elements = match &self.storage {
             Storage::F16(s) => s.keys.len() * 2,
             Storage::F32(s) => s.keys.len() * 4,
             Storage::Device => 0,
         };
-        // Keys and values, `capacity * kv_dim` elements each per layer.
-        2 * layers * self.capacity * self.kv_dim
+        // A key and a value row of `kv_dim` elements per layer.
+        2 * layer_elements * self.kv_dim
     }
 
     /// Write positions `0..n` of `src` as this empty cache's first positions and commit them.

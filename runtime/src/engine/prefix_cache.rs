@@ -78,7 +78,9 @@ impl PrefixCache {
     /// exceed the budget.
     pub fn keep(&mut self, tokens: &[u32], cache: &KvCache) {
         let tokens = &tokens[..cache.len().min(tokens.len())];
-        if tokens.is_empty() {
+        // Sized before anything is copied: with no room (or a device cache) nothing is.
+        let size = tokens.len() * cache.position_bytes();
+        if size == 0 || size > self.budget {
             return;
         }
         self.clock += 1;
@@ -95,10 +97,6 @@ impl PrefixCache {
         let Some(snapshot) = cache.snapshot(tokens.len()) else {
             return;
         };
-        let size = snapshot.bytes();
-        if size > self.budget {
-            return;
-        }
         let mut freed = 0;
         self.entries.retain(|e| {
             let covered = tokens.starts_with(&e.tokens);

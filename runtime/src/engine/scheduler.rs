@@ -240,6 +240,7 @@ impl Worker {
     fn run(mut self) {
         let shared = self.shared.clone();
         let mut running: Vec<Sequence> = Vec::new();
+        let mut admitted: Vec<Request> = Vec::new();
         loop {
             {
                 let mut queue = shared.lock();
@@ -261,13 +262,15 @@ impl Worker {
                     self.retire(&mut running);
                     return;
                 }
-                while running.len() < self.max_batch {
-                    let Some(request) = queue.waiting.pop_front() else {
-                        break;
-                    };
-                    if let Some(s) = self.admit(request) {
-                        running.push(s);
-                    }
+                let free = self.max_batch.saturating_sub(running.len());
+                let take = free.min(queue.waiting.len());
+                admitted.extend(queue.waiting.drain(..take));
+            }
+            // Admitted outside the lock: a newcomer's KV cache and its prefix copy would
+            // otherwise hold up every submitter.
+            for request in admitted.drain(..) {
+                if let Some(s) = self.admit(request) {
+                    running.push(s);
                 }
             }
             // Leave before the pass: cancelled, past the deadline.

@@ -1182,7 +1182,8 @@ mod x86 {
         std::array::from_fn(|k| lanes[k])
     }
 
-    /// The shape every grouped kernel shares: token `k` of block `i` is at `i * N + k`. Each
+    /// The shape every grouped kernel shares: token `k`'s quants of block `i` are at
+    /// `(i * N + k) * 32`, its scale and sum term in slot `i * 8 + k` (padded). Each
     /// chunk of `block_bytes`-byte blocks first gets every token's `d · xd` (and, `with_min`,
     /// offset term; [`group_scales`]), then per block `weights` prepares the row's block once
     /// and `dot` gives its eight i32 lane products with each token's quants, scaled into the
