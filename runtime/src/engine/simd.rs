@@ -153,6 +153,27 @@ impl GroupKernels {
         }
     }
 
+    /// For tests of these kernels: whether this CPU runs them. Where it does not, the test
+    /// skips them with a message, or fails when `AGENTRT_REQUIRE_SIMD` names them (`avx2`,
+    /// `avx512`), so a runner known to have them cannot pass without testing them.
+    #[cfg(test)]
+    pub(crate) fn testable(self) -> bool {
+        if self.available() {
+            return true;
+        }
+        let name = match self {
+            Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512",
+        };
+        let required = std::env::var("AGENTRT_REQUIRE_SIMD").unwrap_or_default();
+        assert!(
+            !required.split(',').any(|r| r.trim() == name),
+            "AGENTRT_REQUIRE_SIMD={required} but this CPU lacks the {self:?} kernels"
+        );
+        eprintln!("{self:?} kernels skipped: this CPU lacks them");
+        false
+    }
+
     /// The widest kernels this CPU runs, unless `AGENTRT_SIMD=avx2` asks for the AVX2 ones
     /// (read once).
     pub fn best() -> Self {
@@ -295,6 +316,14 @@ pub trait Widen: Copy {
     /// Sixteen values are readable at `p`, and the CPU has AVX-512 F.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+
+    /// The first `n` (fewer than sixteen) values at `p`, widened, the other lanes zero; nothing
+    /// past them is read (a masked load).
+    ///
+    /// # Safety
+    /// `n` values are readable at `p`, `n < 16`, and the CPU has AVX-512 F and BW.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16_first(p: *const Self, n: usize) -> std::arch::x86_64::__m512;
 }
 
 impl Widen for f32 {
@@ -316,6 +345,15 @@ impl Widen for f32 {
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
         // SAFETY: guaranteed by the caller.
         unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16_first(p: *const Self, n: usize) -> std::arch::x86_64::__m512 {
+        let mask = ((1u32 << n) - 1) as u16;
+        // SAFETY: guaranteed by the caller; masked-off lanes are not accessed.
+        unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(mask, p) }
     }
 }
 
@@ -340,6 +378,21 @@ impl Widen for half::f16 {
         use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm512_cvtph_ps};
         // SAFETY: guaranteed by the caller.
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16_first(p: *const Self, n: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::{
+            _mm512_castsi512_si256, _mm512_cvtph_ps, _mm512_maskz_loadu_epi16,
+        };
+        let mask = (1u32 << n) - 1;
+        // SAFETY: guaranteed by the caller; masked-off lanes are not accessed.
+        unsafe {
+            let halves = _mm512_maskz_loadu_epi16(mask, p as *const i16);
+            _mm512_cvtph_ps(_mm512_castsi512_si256(halves))
+        }
     }
 }
 
@@ -576,7 +629,7 @@ mod x86 {
     }
 
     /// [`super::attention_scores`]: 32 positions (four registers) at a time over every
-    /// dimension, then 8, then the rest one by one.
+    /// dimension, then 8, then the rest in one register.
     ///
     /// # Safety
     /// AVX2, FMA and F16C are present; `keys` holds `q.len()` rows of `scores.len()` values at
@@ -621,10 +674,25 @@ mod x86 {
             }
             p += 8;
         }
-        for (i, s) in scores.iter_mut().enumerate().skip(p) {
-            for (d, &qd) in q.iter().enumerate() {
-                *s += qd * keys[d * stride + i].widen();
+        if p < n {
+            // The last (fewer than eight) positions in one register, each dimension's keys
+            // copied to a full row first (a scalar loop here, one read-modify-write of the
+            // score per dimension, took most of a short context's attention time).
+            let rest = n - p;
+            let mut sums = [0f32; 8];
+            sums[..rest].copy_from_slice(&scores[p..]);
+            let mut row = [keys[p]; 8];
+            // SAFETY: `sums` and `row` hold eight values each.
+            unsafe {
+                let mut a = _mm256_loadu_ps(sums.as_ptr());
+                for (d, &qd) in q.iter().enumerate() {
+                    row[..rest].copy_from_slice(&keys[d * stride + p..d * stride + n]);
+                    let k = T::load8(row.as_ptr());
+                    a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_set1_ps(qd), k));
+                }
+                _mm256_storeu_ps(sums.as_mut_ptr(), a);
             }
+            scores[p..].copy_from_slice(&sums[..rest]);
         }
     }
 
@@ -680,13 +748,13 @@ mod x86 {
         }
     }
 
-    /// [`attention_scores`] with sixteen positions per register, 64 at a time; the rest by
-    /// the AVX2 kernel. Every lane meets the same rounded products and sums in the same
-    /// order.
+    /// [`attention_scores`] with sixteen positions per register, 64 at a time, then 16, then
+    /// the rest in one masked register. Every lane meets the same rounded products and sums in
+    /// the same order.
     ///
     /// # Safety
-    /// As [`attention_scores`], and AVX-512 F is present.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    /// As [`attention_scores`], and AVX-512 F and BW are present.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
     pub unsafe fn attention_scores_512<T: Widen>(
         scores: &mut [f32],
         q: &[f32],
@@ -727,8 +795,19 @@ mod x86 {
             p += 16;
         }
         if p < n {
-            // SAFETY: the rest, at the same stride, is in bounds (caller).
-            unsafe { attention_scores(&mut scores[p..], q, &keys[p..], stride) };
+            // The last (fewer than sixteen) positions in one masked register: the lanes past
+            // them are neither read nor written.
+            let rest = n - p;
+            let mask = ((1u32 << rest) - 1) as u16;
+            // SAFETY: positions p..n of every dimension are in bounds (caller).
+            unsafe {
+                let mut a = _mm512_maskz_loadu_ps(mask, ps.add(p));
+                for (d, &qd) in q.iter().enumerate() {
+                    let k = T::load16_first(pk.add(d * stride + p), rest);
+                    a = _mm512_add_ps(a, _mm512_mul_ps(_mm512_set1_ps(qd), k));
+                }
+                _mm512_mask_storeu_ps(ps.add(p), mask, a);
+            }
         }
     }
 
@@ -1562,6 +1641,8 @@ mod tests {
             (72, 33),
             (64, 8),
             (136, 150),
+            (64, 31),
+            (64, 15),
         ];
         for (dims, positions) in cases {
             let stride = positions + 5;
@@ -1603,8 +1684,7 @@ mod tests {
     #[test]
     fn fused_attention_equals_the_per_dimension_loops_bit_for_bit() {
         for kernels in [GroupKernels::Avx2, GroupKernels::Avx512Vnni] {
-            if !kernels.available() {
-                eprintln!("{kernels:?} attention skipped: this CPU lacks it");
+            if !kernels.testable() {
                 continue;
             }
             check_fused_attention_is_bit_identical(kernels, |v| v);
