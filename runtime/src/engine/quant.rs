@@ -91,29 +91,33 @@ impl QuantizedActivation {
         self.d.clear();
         self.s.clear();
         self.qs.clear();
-        self.qs.reserve(x.len());
-        let simd = super::simd::float_simd_available();
-        for block in x.chunks_exact(QK) {
-            let amax = if simd {
-                super::simd::abs_max(block)
-            } else {
-                block.iter().fold(0f32, |m, v| m.max(v.abs()))
-            };
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let start = self.qs.len();
-            self.qs.resize(start + QK, 0);
-            let sum = if simd {
-                super::simd::quantize_block(block, id, &mut self.qs[start..])
-            } else {
-                quantize_block_portable(block, id, &mut self.qs[start..])
-            };
-            let d16 = f16::from_f32(d);
-            self.d.push(d16.to_f32());
-            // `s` is formed from the stored (f16) scale, as candle and llama.cpp's Q8_1 do.
-            self.s.push((f16::from_f32(sum as f32) * d16).to_f32());
+        self.d.resize(blocks, 0.0);
+        self.s.resize(blocks, 0.0);
+        self.qs.resize(blocks * QK, 0);
+        if super::simd::quantize_row(x, &mut self.d, &mut self.s, &mut self.qs) {
+            return;
         }
-        debug_assert_eq!(self.d.len(), blocks);
+        self.quantize_portable(x);
+    }
+
+    /// [`Self::quantize`] one block at a time without SIMD (and the reference its SIMD form
+    /// is tested against).
+    fn quantize_portable(&mut self, x: &[f32]) {
+        let blocks = x.chunks_exact(QK);
+        for (((block, d), s), qs) in blocks
+            .zip(&mut self.d)
+            .zip(&mut self.s)
+            .zip(self.qs.chunks_exact_mut(QK))
+        {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            let sum = quantize_block_portable(block, id, qs);
+            let d16 = f16::from_f32(scale);
+            *d = d16.to_f32();
+            // `s` is formed from the stored (f16) scale, as candle and llama.cpp's Q8_1 do.
+            *s = (f16::from_f32(sum as f32) * d16).to_f32();
+        }
     }
 }
 
@@ -499,6 +503,38 @@ mod tests {
                 let sa = quantize_block_portable(block, id, &mut a);
                 let sb = crate::engine::simd::quantize_block(block, id, &mut b);
                 assert_eq!((a, sa), (b, sb), "block {n}, id {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_row_quantisation_equals_the_portable_code_bit_for_bit() {
+        if !crate::engine::simd::float_simd_available() {
+            eprintln!("skipped: no SIMD kernels on this CPU");
+            return;
+        }
+        // Every count of blocks up to past two rounds of eight (the f16 roundings' tail), and
+        // magnitudes whose scales are f16 subnormals, zero, ordinary and overflowing.
+        for blocks in 1..=19 {
+            for magnitude in [1.0f32, 1e-5, 1e-30, 0.0, 3e4, 1e7] {
+                let x: Vec<f32> = sample(blocks * QK, 1000 + blocks as u32)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * magnitude * (1.0 + (i / QK) as f32))
+                    .collect();
+                let mut simd = QuantizedActivation::default();
+                simd.quantize(&x);
+                let mut portable = QuantizedActivation {
+                    d: vec![0.0; blocks],
+                    s: vec![0.0; blocks],
+                    qs: vec![0; blocks * QK],
+                };
+                portable.quantize_portable(&x);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let case = format!("{blocks} blocks of magnitude {magnitude}");
+                assert_eq!(bits(&simd.d), bits(&portable.d), "d, {case}");
+                assert_eq!(bits(&simd.s), bits(&portable.s), "s, {case}");
+                assert_eq!(simd.qs, portable.qs, "quants, {case}");
             }
         }
     }

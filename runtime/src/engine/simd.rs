@@ -298,6 +298,25 @@ pub fn quantize_block(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
     super::quant::quantize_block_portable(block, id, out)
 }
 
+/// A whole activation row quantised to 8-bit blocks ([`QuantizedActivation::quantize`]'s
+/// values to the bit: `d` the f16-rounded scale, `s` the f16-rounded `d · Σq`, `qs` the
+/// quants), with the f16 roundings done eight blocks at a time. Returns `false`, leaving the
+/// outputs alone, where this CPU has no AVX2/FMA/F16C or the lengths do not fit.
+pub fn quantize_row(x: &[f32], d: &mut [f32], s: &mut [f32], qs: &mut [i8]) -> bool {
+    let blocks = x.len() / QK;
+    if !x.len().is_multiple_of(QK) || d.len() != blocks || s.len() != blocks || qs.len() != x.len()
+    {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if float_simd_available() {
+        // SAFETY: the features are present; the lengths were checked above.
+        unsafe { x86::quantize_row(x, d, s, qs) };
+        return true;
+    }
+    false
+}
+
 /// Element types the attention loops read (cached keys and values), widened to f32 one at a
 /// time or, in the SIMD kernels, eight at a time.
 pub trait Widen: Copy {
@@ -1557,10 +1576,71 @@ mod x86 {
         }
     }
 
+    /// [`super::quantize_row`]: each block's scale and quants as [`abs_max32`] and
+    /// [`quantize32`] give them, then the f16 roundings of eight blocks' `d` and `s` at once
+    /// (`vcvtps2ph` rounds to nearest even, as `half`'s conversion does; the product of two
+    /// f16 values is exact in f32, so `s` is rounded once, as `half`'s `f16 * f16` rounds it).
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are present; `x` holds `d.len()` blocks, `s` as many values and `qs`
+    /// as many as `x`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_row(x: &[f32], d: &mut [f32], s: &mut [f32], qs: &mut [i8]) {
+        let blocks = d.len();
+        for b in 0..blocks {
+            let block = &x[b * QK..(b + 1) * QK];
+            // SAFETY: the features are present (the caller); the block holds 32 values.
+            let amax = unsafe { abs_max32(block) };
+            let scale = amax / 127.0;
+            let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            // SAFETY: as above; 32 quants per block.
+            let sum = unsafe { quantize32(block, id, &mut qs[b * QK..(b + 1) * QK]) };
+            // Unrounded for now: the pass below rounds them eight at a time.
+            d[b] = scale;
+            s[b] = sum as f32;
+        }
+        let round = |d8: __m256, sums8: __m256| -> (__m256, __m256) {
+            let d16 = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d8));
+            let sum16 = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(sums8));
+            let s16 = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(
+                sum16, d16,
+            )));
+            (d16, s16)
+        };
+        let mut b = 0;
+        while b + 8 <= blocks {
+            // SAFETY: blocks b..b + 8 are in both slices.
+            unsafe {
+                let (dr, sr) = round(
+                    _mm256_loadu_ps(d.as_ptr().add(b)),
+                    _mm256_loadu_ps(s.as_ptr().add(b)),
+                );
+                _mm256_storeu_ps(d.as_mut_ptr().add(b), dr);
+                _mm256_storeu_ps(s.as_mut_ptr().add(b), sr);
+            }
+            b += 8;
+        }
+        if b < blocks {
+            let rest = blocks - b;
+            let (mut d8, mut s8) = ([0f32; 8], [0f32; 8]);
+            d8[..rest].copy_from_slice(&d[b..]);
+            s8[..rest].copy_from_slice(&s[b..]);
+            // SAFETY: both arrays hold eight values.
+            unsafe {
+                let (dr, sr) = round(_mm256_loadu_ps(d8.as_ptr()), _mm256_loadu_ps(s8.as_ptr()));
+                _mm256_storeu_ps(d8.as_mut_ptr(), dr);
+                _mm256_storeu_ps(s8.as_mut_ptr(), sr);
+            }
+            d[b..].copy_from_slice(&d8[..rest]);
+            s[b..].copy_from_slice(&s8[..rest]);
+        }
+    }
+
     /// [`super::abs_max`] of exactly 32 values.
     ///
     /// # Safety
     /// AVX2 must be present; `block` holds 32 values.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn abs_max32(block: &[f32]) -> f32 {
         let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
@@ -1582,6 +1662,7 @@ mod x86 {
     ///
     /// # Safety
     /// AVX2 must be present; `block` and `out` hold 32 elements.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn quantize32(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
         let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
