@@ -11,10 +11,13 @@ use super::threads;
 
 /// Weight rows handed to one task; large enough to amortise scheduling, small enough to balance.
 const MIN_ROWS_PER_TASK: usize = 16;
-/// Tasks per thread a matmul is cut into: a few, so a thread that was descheduled does not
-/// hold up the step, while each task streams a long contiguous run of weights (the hardware
-/// prefetcher's best case).
-const TASKS_PER_THREAD: usize = 4;
+/// Tasks per thread a matmul is cut into: one, so each thread streams one long contiguous
+/// run of weights (the hardware prefetcher's best case). Cutting finer, so that a thread that
+/// was descheduled holds up less of the step, measured slower on the 2-vCPU VM, alone and under
+/// the server's load with its HTTP threads beside the engine: with 4 per thread a one-sequence
+/// pass took 3.6–3.8 ms against 3.4–3.5 and an 8-sequence pass 8.7–8.9 against 8.2–8.4 (and
+/// 12 cut ever finer, "guided", was no better than 4).
+const TASKS_PER_THREAD: usize = 1;
 /// Rows one kernel pass keeps results for before they are scattered.
 const ROWS_PER_PASS: usize = 16;
 
@@ -80,26 +83,22 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
         if w.rows == 0 {
             continue;
         }
-        let per_task = w
-            .rows
-            .div_ceil(threads::count() * TASKS_PER_THREAD)
-            .max(MIN_ROWS_PER_TASK);
         let first_task = tasks.len();
-        for first in (0..w.rows).step_by(per_task) {
-            let count = per_task.min(w.rows - first);
+        let mut first = 0;
+        for count in task_sizes(w.rows) {
             tasks.push(Task {
                 m,
                 first,
                 count,
                 outs: Vec::with_capacity(tokens),
             });
+            first += count;
         }
-        for token_row in out.chunks_exact_mut(w.rows) {
-            for (task, piece) in tasks[first_task..]
-                .iter_mut()
-                .zip(token_row.chunks_mut(per_task))
-            {
+        for mut token_row in out.chunks_exact_mut(w.rows) {
+            for task in &mut tasks[first_task..] {
+                let (piece, rest) = std::mem::take(&mut token_row).split_at_mut(task.count);
                 task.outs.push(piece);
+                token_row = rest;
             }
         }
     }
@@ -158,6 +157,17 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
             }
         }
     });
+}
+
+/// The sizes of the tasks a matrix's `rows` are cut into: [`TASKS_PER_THREAD`] equal runs
+/// per thread, each at least [`MIN_ROWS_PER_TASK`] rows.
+fn task_sizes(rows: usize) -> impl Iterator<Item = usize> {
+    let per_task = rows
+        .div_ceil(threads::count() * TASKS_PER_THREAD)
+        .max(MIN_ROWS_PER_TASK);
+    (0..rows)
+        .step_by(per_task)
+        .map(move |first| per_task.min(rows - first))
 }
 
 /// One parallel task of [`matmuls`]: rows `first..first + count` of matrix `m`, and for each
