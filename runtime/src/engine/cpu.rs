@@ -409,11 +409,12 @@ fn attend<T: KvElement>(
 /// In-place softmax.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    let mut sum = 0f32;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+        *v -= max;
     }
+    simd::exp_in_place(x);
+    // Summed in order, one rounding at a time.
+    let sum = x.iter().fold(0f32, |s, v| s + v);
     for v in x.iter_mut() {
         *v /= sum;
     }
@@ -425,9 +426,7 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     const MIN_PER_TASK: usize = 1024;
     let per = gate.len().div_ceil(threads::count()).max(MIN_PER_TASK);
     threads::for_each_chunk_mut(gate, per, |i, gate| {
-        for (g, u) in gate.iter_mut().zip(&up[i * per..]) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        simd::silu_mul(gate, &up[i * per..]);
     });
 }
 

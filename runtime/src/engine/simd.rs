@@ -317,6 +317,121 @@ pub fn quantize_row(x: &[f32], d: &mut [f32], s: &mut [f32], qs: &mut [i8]) -> b
     false
 }
 
+/// `2^(i/32)` rounded to the nearest f64, less `i << 47` (so adding `k << 47` for a `k` with
+/// `k % 32 == i` gives `2^(k/32)`'s bits): the table of glibc's `expf` (checked against
+/// glibc's own on every input, see the tests).
+const EXP2_TABLE: [u64; 32] = [
+    0x3ff0000000000000,
+    0x3fefd9b0d3158574,
+    0x3fefb5586cf9890f,
+    0x3fef9301d0125b51,
+    0x3fef72b83c7d517b,
+    0x3fef54873168b9aa,
+    0x3fef387a6e756238,
+    0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715,
+    0x3feef1a7373aa9cb,
+    0x3feedea64c123422,
+    0x3feece086061892d,
+    0x3feebfdad5362a27,
+    0x3feeb42b569d4f82,
+    0x3feeab07dd485429,
+    0x3feea47eb03a5585,
+    0x3feea09e667f3bcd,
+    0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187,
+    0x3feea589994cce13,
+    0x3feeace5422aa0db,
+    0x3feeb737b0cdc5e5,
+    0x3feec49182a3f090,
+    0x3feed503b23e255d,
+    0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47,
+    0x3fef199bdd85529c,
+    0x3fef3720dcef9069,
+    0x3fef5818dcfba487,
+    0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da,
+    0x3fefd0765b6e4540,
+];
+/// 32 / ln 2.
+const EXP_INV_LN2_N: f64 = f64::from_bits(0x40471547652b82fe);
+/// 1.5 · 2^52: adding it rounds to an integer held in the low bits.
+const EXP_SHIFT: f64 = f64::from_bits(0x4338000000000000);
+/// The polynomial for `2^(r/32)`: `C0·r³ + C1·r² + C2·r + 1`.
+const EXP_C0: f64 = f64::from_bits(0x3ebc6af84b912394);
+const EXP_C1: f64 = f64::from_bits(0x3f2ebfce50fac4f3);
+const EXP_C2: f64 = f64::from_bits(0x3f962e42ff0c52d6);
+/// `|x|`'s top 12 bits from which [`expf`] leaves the common path (`|x| >= 88`, inf, NaN).
+const EXP_SPECIAL_TOP: u32 = 0x42b;
+
+/// `e^x` as glibc's `expf` computes it on a CPU with FMA (the engine's softmax and SiLU):
+/// `x · 32/ln 2 = k + r`, `2^(k/32)` from a table and `2^(r/32)` from a cubic, in f64 with
+/// the same fused operations in the same order, so every result has glibc's bits (tested on
+/// all 2^32 inputs). Written out so that [`exp_in_place`] and [`silu_mul`] can compute eight at
+/// once with the same values, and so the engine's arithmetic does not depend on the platform's
+/// libm.
+pub fn expf(x: f32) -> f32 {
+    let bits = x.to_bits();
+    if (bits >> 20) & 0x7ff >= EXP_SPECIAL_TOP {
+        if bits == f32::NEG_INFINITY.to_bits() {
+            return 0.0;
+        }
+        if (bits >> 20) & 0x7ff >= 0x7f8 {
+            return x + x; // inf or NaN
+        }
+        if x > f32::from_bits(0x42b1_7217) {
+            return f32::INFINITY; // above ln(2^128)
+        }
+        if x < f32::from_bits(0xc2cf_f1b4) {
+            return 0.0; // below ln(2^-150)
+        }
+        if x < f32::from_bits(0xc2ce_8ecf) {
+            return f32::from_bits(1); // below ln(2^-149): the least subnormal
+        }
+    }
+    let xd = x as f64;
+    let kd = EXP_INV_LN2_N.mul_add(xd, EXP_SHIFT);
+    let ki = kd.to_bits();
+    let kd = kd - EXP_SHIFT;
+    let r = EXP_INV_LN2_N.mul_add(xd, -kd);
+    let s = f64::from_bits(EXP2_TABLE[(ki % 32) as usize].wrapping_add(ki << 47));
+    let z = EXP_C0.mul_add(r, EXP_C1);
+    let r2 = r * r;
+    let y = EXP_C2.mul_add(r, 1.0);
+    let y = z.mul_add(r2, y);
+    (y * s) as f32
+}
+
+/// `x[i] = expf(x[i])` ([`expf`]'s bits), eight at a time where this CPU has AVX2 and FMA.
+pub fn exp_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if float_simd_available() {
+        // SAFETY: the features are present.
+        unsafe { x86::exp_in_place(x) };
+        return;
+    }
+    for v in x {
+        *v = expf(*v);
+    }
+}
+
+/// `gate[i] = gate[i] / (1 + expf(-gate[i])) · up[i]` (SiLU of the gate times the up
+/// projection, SwiGLU's activation), eight at a time where this CPU has AVX2 and FMA; every
+/// operation rounded as the scalar expression rounds it.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert!(up.len() >= gate.len(), "silu_mul: up shorter than gate");
+    #[cfg(target_arch = "x86_64")]
+    if float_simd_available() {
+        // SAFETY: the features are present; `up` is long enough.
+        unsafe { x86::silu_mul(gate, up) };
+        return;
+    }
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + expf(-*g)) * u;
+    }
+}
+
 /// Element types the attention loops read (cached keys and values), widened to f32 one at a
 /// time or, in the SIMD kernels, eight at a time.
 pub trait Widen: Copy {
@@ -1636,6 +1751,105 @@ mod x86 {
         }
     }
 
+    /// [`super::expf`] of eight values, or `None` where one of them leaves the common path
+    /// (|x| >= 88, inf, NaN: the caller takes the scalar function for those eight).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn expf8(x: __m256) -> Option<__m256> {
+        let top = _mm256_and_si256(
+            _mm256_srli_epi32::<20>(_mm256_castps_si256(x)),
+            _mm256_set1_epi32(0x7ff),
+        );
+        let special = _mm256_cmpgt_epi32(top, _mm256_set1_epi32(super::EXP_SPECIAL_TOP as i32 - 1));
+        if _mm256_movemask_epi8(special) != 0 {
+            return None;
+        }
+        let low = expf4(_mm256_castps256_ps128(x));
+        let high = expf4(_mm256_extractf128_ps::<1>(x));
+        Some(_mm256_set_m128(high, low))
+    }
+
+    /// [`super::expf`]'s common path for four values, in f64 lanes, operation for operation.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn expf4(x: __m128) -> __m128 {
+        let inv_ln2_n = _mm256_set1_pd(super::EXP_INV_LN2_N);
+        let shift = _mm256_set1_pd(super::EXP_SHIFT);
+        let xd = _mm256_cvtps_pd(x);
+        let kd = _mm256_fmadd_pd(inv_ln2_n, xd, shift);
+        let ki = _mm256_castpd_si256(kd);
+        let kd = _mm256_sub_pd(kd, shift);
+        let r = _mm256_fmsub_pd(inv_ln2_n, xd, kd);
+        let index = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+        // SAFETY: every index is below 32, the table's length.
+        let t =
+            unsafe { _mm256_i64gather_epi64::<8>(super::EXP2_TABLE.as_ptr() as *const i64, index) };
+        let s = _mm256_castsi256_pd(_mm256_add_epi64(t, _mm256_slli_epi64::<47>(ki)));
+        let z = _mm256_fmadd_pd(
+            _mm256_set1_pd(super::EXP_C0),
+            r,
+            _mm256_set1_pd(super::EXP_C1),
+        );
+        let r2 = _mm256_mul_pd(r, r);
+        let y = _mm256_fmadd_pd(_mm256_set1_pd(super::EXP_C2), r, _mm256_set1_pd(1.0));
+        let y = _mm256_fmadd_pd(z, r2, y);
+        _mm256_cvtpd_ps(_mm256_mul_pd(y, s))
+    }
+
+    /// [`super::exp_in_place`].
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are present.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn exp_in_place(x: &mut [f32]) {
+        let mut chunks = x.chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            // SAFETY: the chunk holds eight values.
+            let v = unsafe { _mm256_loadu_ps(chunk.as_ptr()) };
+            match expf8(v) {
+                // SAFETY: as above.
+                Some(e) => unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), e) },
+                None => chunk.iter_mut().for_each(|v| *v = super::expf(*v)),
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v = super::expf(*v);
+        }
+    }
+
+    /// [`super::silu_mul`].
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are present; `up` is at least as long as `gate`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        let scalar = |g: &mut f32, u: f32| *g = *g / (1.0 + super::expf(-*g)) * u;
+        let n = gate.len() / 8 * 8;
+        let (pg, pu) = (gate.as_mut_ptr(), up.as_ptr());
+        let sign = _mm256_set1_ps(-0.0);
+        for i in (0..n).step_by(8) {
+            // SAFETY: i + 8 <= n <= both lengths.
+            unsafe {
+                let g = _mm256_loadu_ps(pg.add(i));
+                let u = _mm256_loadu_ps(pu.add(i));
+                match expf8(_mm256_xor_ps(g, sign)) {
+                    Some(e) => {
+                        let d = _mm256_add_ps(_mm256_set1_ps(1.0), e);
+                        _mm256_storeu_ps(pg.add(i), _mm256_mul_ps(_mm256_div_ps(g, d), u));
+                    }
+                    None => {
+                        for j in i..i + 8 {
+                            scalar(&mut *pg.add(j), *pu.add(j));
+                        }
+                    }
+                }
+            }
+        }
+        for (g, u) in gate[n..].iter_mut().zip(&up[n..]) {
+            scalar(g, *u);
+        }
+    }
+
     /// [`super::abs_max`] of exactly 32 values.
     ///
     /// # Safety
@@ -1770,6 +1984,104 @@ mod tests {
             }
             check_fused_attention_is_bit_identical(kernels, |v| v);
             check_fused_attention_is_bit_identical(kernels, half::f16::from_f32);
+        }
+    }
+
+    /// Whether `f32::exp` here is glibc's FMA `expf`, which [`expf`] reproduces.
+    fn libm_is_glibc_fma() -> bool {
+        cfg!(all(
+            target_arch = "x86_64",
+            target_os = "linux",
+            target_env = "gnu"
+        )) && float_simd_available()
+    }
+
+    /// [`expf`], [`exp_in_place`] and (on glibc with FMA) `f32::exp` agree on up to `count`
+    /// inputs `bits = start, start + step, …` (not past the last f32 bit pattern).
+    fn check_expf(start: u64, step: u64, count: u64) {
+        let end = start
+            .saturating_add(step.saturating_mul(count))
+            .min(1 << 32);
+        let glibc = libm_is_glibc_fma();
+        let mut inputs = Vec::with_capacity(4096);
+        let mut next = start;
+        while next < end {
+            inputs.clear();
+            while inputs.len() < 4096 && next < end {
+                inputs.push(f32::from_bits(next as u32));
+                next += step;
+            }
+            let mut vector = inputs.clone();
+            exp_in_place(&mut vector);
+            for (x, v) in inputs.iter().zip(&vector) {
+                let scalar = expf(*x);
+                let same =
+                    |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+                assert!(
+                    same(scalar, *v),
+                    "expf({x:e}): scalar {scalar:e}, vector {v:e}"
+                );
+                if glibc {
+                    let libm = x.exp();
+                    assert!(
+                        same(scalar, libm),
+                        "expf({x:e}) = {scalar:e}, glibc {libm:e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn expf_has_glibcs_bits_on_a_spread_of_inputs() {
+        if !libm_is_glibc_fma() {
+            eprintln!("glibc comparison skipped: f32::exp here is not glibc's FMA expf");
+        }
+        // About a million inputs across every exponent and sign, and the edges of the
+        // special cases (overflow, underflow to zero and to the least subnormal).
+        check_expf(0, 4099, u64::MAX);
+        let edges = [
+            88.0f32, 88.72283, 88.72284, -87.0, -103.27892, -103.27893, -103.97207, -103.97208,
+            -104.0, 0.0, -0.0, 1e-30, -1e-30,
+        ];
+        for edge in edges {
+            let b = edge.to_bits() as u64;
+            check_expf(b.saturating_sub(64), 1, 128);
+        }
+        for special in [
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN,
+        ] {
+            check_expf(special.to_bits() as u64, 1, 1);
+        }
+    }
+
+    #[test]
+    #[ignore = "every f32 input (about a minute): cargo test --release -- --ignored expf_on_every"]
+    fn expf_on_every_input() {
+        check_expf(0, 1, u64::MAX);
+    }
+
+    #[test]
+    fn silu_mul_rounds_as_the_scalar_expression() {
+        // Lengths with and without a tail; gates in and past the exp's common range.
+        for n in [1, 7, 8, 9, 64, 77] {
+            let gate: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * if i % 5 == 0 { 9.0 } else { 0.7 })
+                .collect();
+            let up: Vec<f32> = (0..n).map(|i| (i as f32 * 0.3).sin()).collect();
+            let mut fused = gate.clone();
+            silu_mul(&mut fused, &up);
+            let expected: Vec<u32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(g, u)| (g / (1.0 + expf(-g)) * u).to_bits())
+                .collect();
+            let got: Vec<u32> = fused.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, expected, "{n} values");
         }
     }
 
