@@ -6,7 +6,9 @@
 //!    the whole prompt), sent by one client one after another and by eight clients at once,
 //!    against a server with continuous batching on (`AGENTRT_MAX_BATCH=8`) and off (`=1`), and
 //!    with prefix reuse on (the default) and off (`AGENTRT_PREFIX_CACHE_MB=0`): aggregate
-//!    generated tokens/s, time to first token and request latency (p50/p99).
+//!    generated tokens/s, time to first token and request latency (p50/p99). One client and
+//!    eight take `AGENTRT_LOAD_REPEATS` (3) turns each, alternating, on fresh servers; the table
+//!    shows the median run of each and every turn's ratio follows it.
 //! 2. Pipeline runs: twice the run queue's capacity submitted at once to a server whose queue
 //!    holds `AGENTRT_LOAD_RUN_QUEUE` (4): every submission must get a run (202) or a 429, and every
 //!    accepted run must end with a stored result — none lost.
@@ -358,6 +360,7 @@ fn main() {
     let per_stream = env_usize("AGENTRT_LOAD_REQUESTS", 3);
     let max_tokens = env_usize("AGENTRT_LOAD_TOKENS", 64);
     let run_queue = env_usize("AGENTRT_LOAD_RUN_QUEUE", 4);
+    let repeats = env_usize("AGENTRT_LOAD_REPEATS", 3).max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = std::env::var("AGENTRT_LOAD_MODEL").unwrap_or_else(|_| "the default model".into());
     let load = requests(8 * per_stream);
@@ -370,14 +373,13 @@ fn main() {
         "| clients | batching | prefix reuse | requests | tokens | aggregate tok/s | × one client | sequences per pass | TTFT p50 s | latency p50 s | latency p99 s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    // Each row is compared with one client on the same settings of prefix reuse.
-    for (prefix_mb, runs) in [
-        ("256", vec![("on", "8", 1), ("on", "8", 8), ("off", "1", 8)]),
-        ("0", vec![("on", "8", 1), ("on", "8", 8)]),
-    ] {
-        let mut single = None;
+    // The VM this runs on drifts in speed over minutes, so one client and eight take turns
+    // `repeats` times on fresh servers and each row is the run of median throughput; the
+    // ratio is of the medians (each turn's own ratio is printed after the table).
+    let mut turns = Vec::new();
+    for prefix_mb in ["256", "0"] {
         let reuse = if prefix_mb == "0" { "off" } else { "on" };
-        for (label, max_batch, streams) in runs {
+        let run = |max_batch: &str, streams: usize| {
             let server = Server::start(&[
                 ("AGENTRT_MAX_BATCH", max_batch),
                 ("AGENTRT_PREFIX_CACHE_MB", prefix_mb),
@@ -389,7 +391,32 @@ fn main() {
             let f = chat_load(&server.base, streams, &load, max_tokens, chat);
             let (passes, sequences) = batch_totals(&server.base);
             let per_pass = (sequences - sequences0) / (passes - passes0).max(1.0);
-            let base = *single.get_or_insert(f.tokens_per_s);
+            (f, per_pass)
+        };
+        let mut single = Vec::new();
+        let mut batched = Vec::new();
+        for _ in 0..repeats {
+            single.push(run("8", 1));
+            batched.push(run("8", 8));
+        }
+        let ratios: Vec<String> = single
+            .iter()
+            .zip(&batched)
+            .map(|(a, b)| format!("{:.2}×", b.0.tokens_per_s / a.0.tokens_per_s))
+            .collect();
+        turns.push(format!("prefix reuse {reuse}: {}", ratios.join(", ")));
+        let median = |runs: &mut Vec<(ChatFigures, f64)>| {
+            runs.sort_by(|a, b| a.0.tokens_per_s.total_cmp(&b.0.tokens_per_s));
+            runs.swap_remove(runs.len() / 2)
+        };
+        let one = median(&mut single);
+        let eight = median(&mut batched);
+        let mut rows = vec![("on", 1, one), ("on", 8, eight)];
+        if reuse == "on" {
+            rows.push(("off", 8, run("1", 8)));
+        }
+        let base = rows[0].2.0.tokens_per_s;
+        for (label, streams, (f, per_pass)) in rows {
             println!(
                 "| {streams} | {label} | {reuse} | {} | {} | {:.1} | {:.2}× | {per_pass:.2} | {:.2} | {:.2} | {:.2} |",
                 f.requests,
@@ -402,6 +429,11 @@ fn main() {
             );
         }
     }
+    println!();
+    println!(
+        "Eight clients over one, turn by turn ({repeats} turns): {}",
+        turns.join("; ")
+    );
     println!();
     if run_queue == 0 || std::env::var("AGENTRT_LOAD_RUNS").is_ok_and(|v| v == "0") {
         return;
