@@ -114,7 +114,7 @@ fn assert_batched_equals_alone(model: &LoadedModel) {
                 .map(|(x, y)| (x - y).abs())
                 .fold(0f32, f32::max);
             assert!(
-                a == b,
+                same_bits(a, b),
                 "{}: sequence {seq} step {step}: batched logits differ from alone (max |Δ| {worst})",
                 model.info.id
             );
@@ -150,7 +150,8 @@ fn batched_passes_equal_single_passes_on_llama_and_starcoder_shapes() {
 }
 
 /// A prompt whose first `shared` tokens come from another sequence's cache: every logit, of
-/// the rest of the prompt and of the decode steps after it, equals a full prefill's bit for bit.
+/// the rest of the prompt and of the decode steps after it, equals a full prefill's bit for bit,
+/// alone and in batched passes beside a fresh prompt.
 fn assert_reused_prefix_equals_prefill(model: &LoadedModel) {
     let earlier: Vec<u32> = (0..13).map(|i| 40 + i).collect();
     let shared = 9;
@@ -175,11 +176,56 @@ fn assert_reused_prefix_equals_prefill(model: &LoadedModel) {
     }
     for (step, (a, b)) in expected.iter().zip(&seen).enumerate() {
         assert!(
-            a == b,
+            same_bits(a, b),
             "{}: step {step}: logits after a reused prefix differ from a full prefill",
             model.info.id
         );
     }
+
+    // The same in a batched pass beside a newcomer's whole prompt (as the scheduler runs a
+    // reused prompt next to a fresh one), then their decode steps together: each sequence's
+    // logits are those it has alone.
+    let other: Vec<u32> = vec![7, 200, 201, 202, 203, 204];
+    let mut other_alone = model.new_test_cache(other.len() + steps.len());
+    let mut other_expected = vec![model.forward_for_test(&other, &mut other_alone)];
+    for t in steps {
+        other_expected.push(model.forward_for_test(&[t], &mut other_alone));
+    }
+    let mut cache = model.new_test_cache(prompt.len() + steps.len());
+    assert!(cache.copy_prefix(&kept, shared));
+    let mut other_cache = model.new_test_cache(other.len() + steps.len());
+    let mut inputs = (prompt[shared..].to_vec(), other.clone());
+    for step in 0..=steps.len() {
+        let mut segments = [
+            Segment {
+                tokens: &inputs.0,
+                cache: &mut cache,
+            },
+            Segment {
+                tokens: &inputs.1,
+                cache: &mut other_cache,
+            },
+        ];
+        let logits = model.forward_batch_for_test(&mut segments);
+        assert!(
+            same_bits(&logits[0], &expected[step]),
+            "{}: step {step}: a reused prefix in a batched pass differs from a full prefill",
+            model.info.id
+        );
+        assert!(
+            same_bits(&logits[1], &other_expected[step]),
+            "{}: step {step}: a fresh prompt beside a reused one differs from alone",
+            model.info.id
+        );
+        if let Some(&t) = steps.get(step) {
+            inputs = (vec![t], vec![t]);
+        }
+    }
+}
+
+/// Equal to the bit (so -0.0 and 0.0 differ, and a NaN equals the same NaN).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 #[test]
