@@ -5,8 +5,11 @@
 //! A decode step is a few hundred operations of some tens of microseconds each. A general pool
 //! puts idle threads to sleep between them and pays a futex wake-up per operation, which on a
 //! small model is a quarter of the step. The team's workers instead spin between operations
-//! for a short while (then park), tasks are claimed from one atomic counter, and the calling
-//! thread works too. Sized to the machine's cores, or `AGENTRT_THREADS`.
+//! for a short while (then park), and the calling thread works too. Each participant owns a
+//! contiguous share of an operation's tasks and runs it in order (a thread streams one run of
+//! weight rows, the hardware prefetcher's best case), then takes what is left of the others'
+//! shares from their ends (so a thread that was descheduled or is slower holds up only its
+//! last tasks). Sized to the machine's cores, or `AGENTRT_THREADS`.
 //!
 //! Safety protocol: a job is a borrowed closure published under a generation number. A worker
 //! announces itself in `active` before it checks that the job is still open; the caller closes
@@ -15,7 +18,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -32,9 +35,10 @@ struct Shared {
     closed: AtomicUsize,
     /// Workers inside the current job.
     active: AtomicUsize,
-    /// Next task index to claim, and how many there are.
-    next: AtomicUsize,
-    tasks: AtomicUsize,
+    /// Per participant (the caller first, then each worker): the tasks of its share not yet
+    /// claimed, `front | back << 32`. Each runs its own share front to back, then takes what
+    /// is left of the others' from their backs.
+    shares: Vec<AtomicU64>,
     /// The job's closure; written only while no worker can read it (see the module docs).
     job: UnsafeCell<Option<Job>>,
     /// A task panicked on a worker.
@@ -74,8 +78,7 @@ fn team() -> &'static Team {
             generation: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
-            tasks: AtomicUsize::new(0),
+            shares: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             job: UnsafeCell::new(None),
             panicked: AtomicBool::new(false),
             sleeping: (0..helpers).map(|_| AtomicBool::new(false)).collect(),
@@ -129,24 +132,50 @@ fn worker(shared: &'static Shared, index: usize) {
             // for us before returning: the closure is alive.
             let job = unsafe { (*shared.job.get()).expect("a published job") };
             let f = unsafe { &*job };
-            run_tasks(shared, f);
+            run_tasks(shared, f, index + 1);
         }
         seen = current.max(generation);
         shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// Claim and run tasks until none are left; a panic is recorded, not propagated, so the
+/// Claim and run tasks until none are left: participant `me`'s own share in order (so a
+/// thread's tasks are one contiguous run, e.g. of weight rows, as long as nobody is behind),
+/// then the others' leftovers from their ends. A panic is recorded, not propagated, so the
 /// protocol completes.
-fn run_tasks(shared: &Shared, f: &(dyn Fn(usize) + Sync)) {
-    let tasks = shared.tasks.load(Ordering::Acquire);
-    loop {
-        let t = shared.next.fetch_add(1, Ordering::AcqRel);
-        if t >= tasks {
-            break;
-        }
+fn run_tasks(shared: &Shared, f: &(dyn Fn(usize) + Sync), me: usize) {
+    let run = |t: usize| {
         if catch_unwind(AssertUnwindSafe(|| f(t))).is_err() {
             shared.panicked.store(true, Ordering::SeqCst);
+        }
+    };
+    while let Some(t) = claim(&shared.shares[me], true) {
+        run(t);
+    }
+    let n = shared.shares.len();
+    for other in (1..n).map(|k| (me + k) % n) {
+        while let Some(t) = claim(&shared.shares[other], false) {
+            run(t);
+        }
+    }
+}
+
+/// Take the first (`front`) or last task of a share, if any is left.
+fn claim(share: &AtomicU64, front: bool) -> Option<usize> {
+    let mut current = share.load(Ordering::Acquire);
+    loop {
+        let (first, end) = (current & 0xffff_ffff, current >> 32);
+        if first >= end {
+            return None;
+        }
+        let (next, task) = if front {
+            (current + 1, first)
+        } else {
+            (current - (1 << 32), end - 1)
+        };
+        match share.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(task as usize),
+            Err(seen) => current = seen,
         }
     }
 }
@@ -173,8 +202,12 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Sync) {
     // SAFETY: no worker reads `job` now: the previous job was closed with `active` at zero,
     // and the new generation is not yet published.
     unsafe { *shared.job.get() = Some(job) };
-    shared.next.store(0, Ordering::Relaxed);
-    shared.tasks.store(tasks, Ordering::Relaxed);
+    // Contiguous shares, the caller's first.
+    let participants = shared.shares.len();
+    for (p, share) in shared.shares.iter().enumerate() {
+        let (first, end) = (tasks * p / participants, tasks * (p + 1) / participants);
+        share.store(first as u64 | (end as u64) << 32, Ordering::Relaxed);
+    }
     shared.panicked.store(false, Ordering::Relaxed);
     let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
     for (worker, sleeping) in team.workers.iter().zip(&shared.sleeping) {
@@ -183,7 +216,7 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Sync) {
         }
     }
     IN_JOB.with(|j| j.set(true));
-    run_tasks(shared, f);
+    run_tasks(shared, f, 0);
     IN_JOB.with(|j| j.set(false));
     shared.closed.store(generation, Ordering::SeqCst);
     while shared.active.load(Ordering::SeqCst) != 0 {
@@ -256,6 +289,17 @@ mod tests {
             }
         });
         assert!(data.iter().enumerate().all(|(j, v)| *v == j / 10 + 1));
+    }
+
+    #[test]
+    fn a_share_is_taken_from_its_front_by_its_owner_and_from_its_back_by_others() {
+        let share = AtomicU64::new(3 | 7 << 32);
+        assert_eq!(claim(&share, true), Some(3));
+        assert_eq!(claim(&share, false), Some(6));
+        assert_eq!(claim(&share, true), Some(4));
+        assert_eq!(claim(&share, false), Some(5));
+        assert_eq!(claim(&share, true), None);
+        assert_eq!(claim(&share, false), None);
     }
 
     #[test]
