@@ -159,8 +159,9 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
     });
 }
 
-/// The sizes of the tasks a matrix's `rows` are cut into: [`TASKS_PER_THREAD`] equal runs
-/// per thread, each at least [`MIN_ROWS_PER_TASK`] rows.
+/// The sizes of the tasks a matrix's `rows` are cut into: up to [`TASKS_PER_THREAD`] runs per
+/// thread of equal length, at least [`MIN_ROWS_PER_TASK`] rows each, but the last, which is
+/// the rest.
 fn task_sizes(rows: usize) -> impl Iterator<Item = usize> {
     let per_task = rows
         .div_ceil(threads::count() * TASKS_PER_THREAD)

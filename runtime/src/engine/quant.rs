@@ -394,8 +394,7 @@ mod tests {
 
     #[test]
     fn float_simd_kernels_match_the_portable_code_within_rounding() {
-        if !crate::engine::simd::float_simd_available() {
-            eprintln!("skipped: this CPU has no AVX2/FMA/F16C, only the portable kernels run");
+        if !crate::engine::simd::GroupKernels::Avx2.testable() {
             return;
         }
         // Lengths that exercise the 32-wide loop, the 8-wide loop and the scalar tail.
@@ -481,8 +480,7 @@ mod tests {
 
     #[test]
     fn simd_quantisation_rounds_exactly_like_the_portable_code() {
-        if !crate::engine::simd::float_simd_available() {
-            eprintln!("skipped: no SIMD kernels on this CPU");
+        if !crate::engine::simd::GroupKernels::Avx2.testable() {
             return;
         }
         // Random blocks, and blocks of exact halves (ties round away from zero), tiny and
@@ -509,8 +507,7 @@ mod tests {
 
     #[test]
     fn simd_row_quantisation_equals_the_portable_code_bit_for_bit() {
-        if !crate::engine::simd::float_simd_available() {
-            eprintln!("skipped: no SIMD kernels on this CPU");
+        if !crate::engine::simd::GroupKernels::Avx2.testable() {
             return;
         }
         // Every count of blocks up to past two rounds of eight (the f16 roundings' tail), and
@@ -599,8 +596,7 @@ mod tests {
 
     #[test]
     fn quantised_simd_kernels_match_the_portable_code_within_rounding() {
-        if !crate::engine::simd::float_simd_available() {
-            eprintln!("skipped: this CPU has no AVX2/FMA/F16C, only the portable kernels run");
+        if !crate::engine::simd::GroupKernels::Avx2.testable() {
             return;
         }
         let n = 576;

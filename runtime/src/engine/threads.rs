@@ -8,8 +8,9 @@
 //! for a short while (then park), and the calling thread works too. Each participant owns a
 //! contiguous share of an operation's tasks and runs it in order (a thread streams one run of
 //! weight rows, the hardware prefetcher's best case), then takes what is left of the others'
-//! shares from their ends (so a thread that was descheduled or is slower holds up only its
-//! last tasks). Sized to the machine's cores, or `AGENTRT_THREADS`.
+//! shares from their ends (so a thread that was descheduled or is slower holds up only the
+//! tasks it has started; a matmul's share is one task, so that helps only a thread that has
+//! not started yet). Sized to the machine's cores, or `AGENTRT_THREADS`.
 //!
 //! Safety protocol: a job is a borrowed closure published under a generation number. A worker
 //! announces itself in `active` before it checks that the job is still open; the caller closes
@@ -193,6 +194,11 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Sync) {
         (0..tasks).for_each(f);
         return;
     }
+    // Shares pack task indices into 32 bits each.
+    assert!(
+        tasks <= u32::MAX as usize,
+        "parallel_for: {tasks} tasks is more than a share can index"
+    );
     let _turn = team.lock.lock().unwrap_or_else(|e| e.into_inner());
     let shared = team.shared;
     let f: &(dyn Fn(usize) + Sync) = &f;
