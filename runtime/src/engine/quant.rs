@@ -143,10 +143,13 @@ pub struct QuantizedGroup {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     pub qs: Vec<i8>,
+    /// `d` as the AVX-512 kernels take it: per block, per pair of slots `2p, 2p + 1`, sixteen
+    /// values — slot `2p`'s scale eight times, then slot `2p + 1`'s (so a kernel loads a pair's
+    /// scales instead of shuffling them out of the block's eight).
+    pub pair_d: Vec<f32>,
 }
 
 impl QuantizedGroup {
-    /// Interleave `rows` (each the same number of blocks).
     pub fn gather(rows: &[&QuantizedActivation]) -> Self {
         const SLOTS: usize = super::simd::MAX_TOKENS;
         assert!(rows.len() <= SLOTS, "a group holds at most {SLOTS} tokens");
@@ -158,6 +161,7 @@ impl QuantizedGroup {
             d: Vec::with_capacity(blocks * SLOTS),
             s: Vec::with_capacity(blocks * SLOTS),
             qs: Vec::with_capacity(blocks * tokens * QK),
+            pair_d: Vec::with_capacity(blocks * SLOTS * SLOTS),
         };
         for i in 0..blocks {
             for r in rows {
@@ -170,6 +174,7 @@ impl QuantizedGroup {
                 g.s.push(0.0);
             }
         }
+        g.pair_d = g.d.iter().flat_map(|&d| [d; SLOTS]).collect();
         g
     }
 }

@@ -230,6 +230,7 @@ pub fn dot_rows_group_on(
     if !row_bytes.is_multiple_of(ty.block_bytes())
         || group.blocks < blocks
         || group.d.len() < blocks * MAX_TOKENS
+        || group.pair_d.len() < blocks * MAX_TOKENS * MAX_TOKENS
         || group.s.len() < blocks * MAX_TOKENS
         || group.qs.len() < blocks * n * QK
     {
@@ -1550,11 +1551,14 @@ mod x86 {
     /// as the AVX2 kernels' lanes (every lane the sum of the same four products). Each half
     /// is converted, scaled by its own token's scale and added into its own eight
     /// accumulator lanes in block order, so every token's sum is the AVX2 kernel's to the
-    /// bit. An odd last token runs in the lower half alone.
+    /// bit. An odd last token runs in the lower half alone. A pair's scales are the block's
+    /// `d` times the group's [`QuantizedGroup::pair_d`] (one multiply, as the AVX2 kernel's
+    /// scale pass rounds it): working them out in a first pass and shuffling each pair's out of
+    /// the block's eight took a lane permute per pair and block, 6–8 % of an 8-sequence pass.
     ///
     /// # Safety
-    /// As [`dispatch_group_512`]; `weights` may read the whole block at the pointer it is
-    /// given.
+    /// As [`dispatch_group_512`] (the group's `pair_d` holds 64 scales per block); `weights`
+    /// may read the whole block at the pointer it is given.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     unsafe fn group_kernel_512<const N: usize, W: Copy>(
@@ -1568,58 +1572,40 @@ mod x86 {
         let pairs = N.div_ceil(2);
         let mut acc = [_mm512_setzero_ps(); super::MAX_TOKENS / 2];
         let mut offsets = _mm256_setzero_ps();
-        // Not zeroed: each chunk's first pass writes every value its second pass reads.
-        let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
         let qs = g.qs.as_ptr();
+        let (pair_ds, ss) = (g.pair_d.as_ptr(), g.s.as_ptr());
         let blocks = row.len() / block_bytes;
-        // Pair p's lanes: token 2p's scale eight times, then token 2p + 1's.
-        let pair_index: [__m512i; super::MAX_TOKENS / 2] = std::array::from_fn(|p| {
-            let (low, high) = (2 * p as i32, 2 * p as i32 + 1);
-            _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_set1_epi32(low)),
-                _mm256_set1_epi32(high),
-            )
-        });
-        for start in (0..blocks).step_by(SCALE_CHUNK) {
-            let chunk = start..(start + SCALE_CHUNK).min(blocks);
-            // SAFETY: forwarded from the caller; `scales` holds SCALE_CHUNK blocks of 8.
-            unsafe {
-                group_scales(
-                    row.as_ptr(),
-                    block_bytes,
-                    chunk.clone(),
-                    g,
-                    &mut scales,
-                    with_min,
-                    &mut offsets,
-                )
-            };
-            for i in chunk {
-                let blk = &row[i * block_bytes..(i + 1) * block_bytes];
-                prefetch(blk.as_ptr());
-                let w = weights(blk.as_ptr());
-                // The block's eight scale slots in one register, from which each pair's
-                // register takes token 2p's scale into its lower half and token 2p + 1's into
-                // its upper half in one permute.
-                // SAFETY: this chunk's group_scales wrote all eight slots of block i.
-                let block_scales = _mm512_castps256_ps512(unsafe {
-                    _mm256_loadu_ps(scales.as_ptr().add((i - start) * 8) as *const f32)
-                });
-                for (p, acc) in acc.iter_mut().enumerate().take(pairs) {
-                    let k = 2 * p;
-                    let q = qs.wrapping_add((i * N + k) * QK);
-                    // SAFETY: the group holds the row's blocks for N tokens (the caller), so
-                    // token k's 32 quants, and with k + 1 < N the next token's, follow `q`.
-                    let q = unsafe {
-                        if k + 1 < N {
-                            _mm512_loadu_si512(q as *const __m512i)
-                        } else {
-                            _mm512_zextsi256_si512(_mm256_loadu_si256(q as *const __m256i))
-                        }
+        for i in 0..blocks {
+            let blk = &row[i * block_bytes..(i + 1) * block_bytes];
+            prefetch(blk.as_ptr());
+            let w = weights(blk.as_ptr());
+            // SAFETY: every quantised block starts with its 4-byte-readable header.
+            let dm = unsafe { block_header(blk.as_ptr()) };
+            let dw = _mm512_broadcastss_ps(dm);
+            if with_min {
+                // Token k's m_i · s[i][k] into lane k, in block order (as `group_scales`).
+                let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                // SAFETY: the group holds eight padded sum slots per block (the caller).
+                let xs = unsafe { _mm256_loadu_ps(ss.add(i * 8)) };
+                offsets = _mm256_add_ps(offsets, _mm256_mul_ps(m, xs));
+            }
+            for (p, acc) in acc.iter_mut().enumerate().take(pairs) {
+                let k = 2 * p;
+                let q = qs.wrapping_add((i * N + k) * QK);
+                // SAFETY: the group holds the row's blocks for N tokens (the caller), so
+                // token k's 32 quants, and with k + 1 < N the next token's, follow `q`; and
+                // its pair layout of the scales, sixteen per pair and block.
+                let (q, xd) = unsafe {
+                    let q = if k + 1 < N {
+                        _mm512_loadu_si512(q as *const __m512i)
+                    } else {
+                        _mm512_zextsi256_si512(_mm256_loadu_si256(q as *const __m256i))
                     };
-                    let scale = _mm512_permutexvar_ps(pair_index[p], block_scales);
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot(w, q)), scale, *acc);
-                }
+                    (q, _mm512_loadu_ps(pair_ds.add((i * 4 + p) * 16)))
+                };
+                // d_i · xd[i][k] in each lane, rounded as the AVX2 kernel's scale pass rounds it.
+                let scale = _mm512_mul_ps(dw, xd);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot(w, q)), scale, *acc);
             }
         }
         let halves: [__m256; N] = std::array::from_fn(|k| {
