@@ -145,7 +145,8 @@ pub struct QuantizedGroup {
     pub qs: Vec<i8>,
     /// `d` as the AVX-512 kernels take it: per block, per pair of slots `2p, 2p + 1`, sixteen
     /// values — slot `2p`'s scale eight times, then slot `2p + 1`'s (so a kernel loads a pair's
-    /// scales instead of shuffling them out of the block's eight).
+    /// scales instead of shuffling them out of the block's eight). Empty on a CPU without
+    /// those kernels.
     pub pair_d: Vec<f32>,
 }
 
@@ -161,7 +162,7 @@ impl QuantizedGroup {
             d: Vec::with_capacity(blocks * SLOTS),
             s: Vec::with_capacity(blocks * SLOTS),
             qs: Vec::with_capacity(blocks * tokens * QK),
-            pair_d: Vec::with_capacity(blocks * SLOTS * SLOTS),
+            pair_d: Vec::new(),
         };
         for i in 0..blocks {
             for r in rows {
@@ -174,7 +175,11 @@ impl QuantizedGroup {
                 g.s.push(0.0);
             }
         }
-        g.pair_d = g.d.iter().flat_map(|&d| [d; SLOTS]).collect();
+        // Only the AVX-512 kernels read the pair layout (this runs on the serial path of
+        // every batched matmul).
+        if super::simd::GroupKernels::Avx512Vnni.available() {
+            g.pair_d = g.d.iter().flat_map(|&d| [d; SLOTS]).collect();
+        }
         g
     }
 }

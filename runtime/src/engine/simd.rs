@@ -279,6 +279,8 @@ pub fn dot_rows_group_on(
 }
 
 /// The largest magnitude among 32 values (0 for none), as a fold of `f32::max` over `abs`.
+/// (The per-block reference for [`quantize_row`]'s tests.)
+#[cfg(test)]
 pub fn abs_max(block: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if block.len() == QK && float_simd_available() {
@@ -290,6 +292,8 @@ pub fn abs_max(block: &[f32]) -> f32 {
 
 /// `out[i] = round(block[i] · id)` for 32 values, rounding halves away from zero exactly as
 /// `f32::round` (and [`super::quant::quantize_block_portable`]) does; returns Σ out.
+/// (The per-block reference for [`quantize_row`]'s tests.)
+#[cfg(test)]
 pub fn quantize_block(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
     if block.len() == QK && out.len() == QK && float_simd_available() {
@@ -365,6 +369,12 @@ const EXP_C1: f64 = f64::from_bits(0x3f2ebfce50fac4f3);
 const EXP_C2: f64 = f64::from_bits(0x3f962e42ff0c52d6);
 /// `|x|`'s top 12 bits from which [`expf`] leaves the common path (`|x| >= 88`, inf, NaN).
 const EXP_SPECIAL_TOP: u32 = 0x42b;
+/// Above ln(2^128) `expf` is infinite.
+const EXP_OVERFLOW: u32 = 0x42b1_7217;
+/// Below ln(2^-150) it is zero.
+const EXP_UNDERFLOW: u32 = 0xc2cf_f1b4;
+/// Below ln(2^-149) (and not below [`EXP_UNDERFLOW`]) it is the least subnormal.
+const EXP_LEAST: u32 = 0xc2ce_8ecf;
 
 /// `e^x` as glibc's `expf` computes it on a CPU with FMA (the engine's softmax and SiLU):
 /// `x · 32/ln 2 = k + r`, `2^(k/32)` from a table and `2^(r/32)` from a cubic, in f64 with
@@ -380,14 +390,14 @@ pub fn expf(x: f32) -> f32 {
         if (bits >> 20) & 0x7ff >= 0x7f8 {
             return x + x; // inf or NaN
         }
-        if x > f32::from_bits(0x42b1_7217) {
-            return f32::INFINITY; // above ln(2^128)
+        if x > f32::from_bits(EXP_OVERFLOW) {
+            return f32::INFINITY;
         }
-        if x < f32::from_bits(0xc2cf_f1b4) {
-            return 0.0; // below ln(2^-150)
+        if x < f32::from_bits(EXP_UNDERFLOW) {
+            return 0.0;
         }
-        if x < f32::from_bits(0xc2ce_8ecf) {
-            return f32::from_bits(1); // below ln(2^-149): the least subnormal
+        if x < f32::from_bits(EXP_LEAST) {
+            return f32::from_bits(1);
         }
     }
     let xd = x as f64;
@@ -1754,9 +1764,9 @@ mod x86 {
         }
         let threshold = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
         // Ordered comparisons: false for NaN, which ends as x + x below.
-        let least = _mm256_cmp_ps::<_CMP_LT_OQ>(x, threshold(0xc2ce_8ecf));
-        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, threshold(0xc2cf_f1b4));
-        let over = _mm256_cmp_ps::<_CMP_GT_OQ>(x, threshold(0x42b1_7217));
+        let least = _mm256_cmp_ps::<_CMP_LT_OQ>(x, threshold(super::EXP_LEAST));
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, threshold(super::EXP_UNDERFLOW));
+        let over = _mm256_cmp_ps::<_CMP_GT_OQ>(x, threshold(super::EXP_OVERFLOW));
         let inf_or_nan = _mm256_castsi256_ps(_mm256_cmpgt_epi32(top, _mm256_set1_epi32(0x7f7)));
         let minus_inf = _mm256_castsi256_ps(_mm256_cmpeq_epi32(
             _mm256_castps_si256(x),
