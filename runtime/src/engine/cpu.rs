@@ -65,9 +65,13 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
     // Several tokens meet each quantised weight block through one interleaved copy of theirs
     // (groups of the quantised kernels' width, which the passes below walk in step with).
     let groups: Vec<QuantizedGroup> = if quantise && tokens > 1 {
+        // Only some kernels read the quants' lane sums, and gathering is serial work.
+        let lane_sums = ws
+            .iter()
+            .any(|w| matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q8_0));
         q_rows
             .chunks(simd::MAX_TOKENS)
-            .map(QuantizedGroup::gather)
+            .map(|rows| QuantizedGroup::gather(rows, lane_sums))
             .collect()
     } else {
         Vec::new()

@@ -131,54 +131,83 @@ pub fn quantize_block_portable(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
     sum
 }
 
-/// Up to [`super::simd::MAX_TOKENS`] quantised activation rows interleaved block by block
-/// (`qs[block][token][32]`, `d[block][slot]`, `s[block][slot]`), so a kernel multiplying a
-/// weight block by all of them reads one contiguous run through one pointer. `d` and `s` have
-/// [`super::simd::MAX_TOKENS`] slots per block whatever the number of tokens (unused slots
-/// zero), so every group width works its scales out in whole registers.
+/// Up to [`super::simd::MAX_TOKENS`] quantised activation rows laid out for the grouped
+/// kernels, which hold tokens' token lanes (see `simd`) side by side in one register: per
+/// block, eight token slots (unused ones zero) in two quads of four; per quad, the block's
+/// chunk 0 (elements 0..16) of its four slots, 16 bytes each, then chunk 1 (16..32). A pair
+/// of slots' chunk is then one 32-byte load and a quad's one 64-byte load.
 #[derive(Debug, Clone, Default)]
 pub struct QuantizedGroup {
     pub tokens: usize,
     pub blocks: usize,
-    pub d: Vec<f32>,
-    pub s: Vec<f32>,
+    /// [`Self::BLOCK_QUANTS`] per block, laid out as above.
     pub qs: Vec<i8>,
-    /// `d` as the AVX-512 kernels take it: per block, per pair of slots `2p, 2p + 1`, sixteen
-    /// values — slot `2p`'s scale eight times, then slot `2p + 1`'s (so a kernel loads a pair's
-    /// scales instead of shuffling them out of the block's eight). Empty on a CPU without
-    /// those kernels.
-    pub pair_d: Vec<f32>,
+    /// Each slot's activation scale four times over (one per token lane), slot by slot:
+    /// [`Self::BLOCK_LANES`] per block.
+    pub d: Vec<f32>,
+    /// Each slot's sum term (Q4_1's minimum meets it), eight per block.
+    pub s: Vec<f32>,
+    /// With `gather`'s `lane_sums`: each slot's quants summed per token lane (the elements
+    /// that lane meets), [`Self::BLOCK_LANES`] per block; the kernels whose integer products
+    /// need an offset taken off (Q4_0's nibbles, Q8_0's weights made unsigned) read them.
+    pub sums: Vec<i32>,
 }
 
 impl QuantizedGroup {
-    pub fn gather(rows: &[&QuantizedActivation]) -> Self {
-        const SLOTS: usize = super::simd::MAX_TOKENS;
-        assert!(rows.len() <= SLOTS, "a group holds at most {SLOTS} tokens");
+    const SLOTS: usize = super::simd::MAX_TOKENS;
+    /// Bytes of quants per block: every slot's 32.
+    pub const BLOCK_QUANTS: usize = Self::SLOTS * QK;
+    /// Token lanes per block: four per slot.
+    pub const BLOCK_LANES: usize = Self::SLOTS * 4;
+
+    /// Where in `qs` block `block`'s chunk 0 for the pair of slots `2 * pair, 2 * pair + 1`
+    /// starts (chunk 1 follows 64 bytes on; a quad starts at its even pair).
+    #[inline]
+    pub fn pair_offset(block: usize, pair: usize) -> usize {
+        block * Self::BLOCK_QUANTS + (pair / 2) * 128 + (pair % 2) * 32
+    }
+
+    /// The group of `rows` (at most [`super::simd::MAX_TOKENS`], all of one width), with
+    /// their per-lane quant sums when `lane_sums`.
+    pub fn gather(rows: &[&QuantizedActivation], lane_sums: bool) -> Self {
+        assert!(
+            rows.len() <= Self::SLOTS,
+            "a group holds at most {} tokens",
+            Self::SLOTS
+        );
         let tokens = rows.len();
         let blocks = rows.first().map_or(0, |r| r.d.len());
         let mut g = Self {
             tokens,
             blocks,
-            d: Vec::with_capacity(blocks * SLOTS),
-            s: Vec::with_capacity(blocks * SLOTS),
-            qs: Vec::with_capacity(blocks * tokens * QK),
-            pair_d: Vec::new(),
+            qs: vec![0; blocks * Self::BLOCK_QUANTS],
+            d: vec![0.0; blocks * Self::BLOCK_LANES],
+            s: vec![0.0; blocks * Self::SLOTS],
+            sums: if lane_sums {
+                vec![0; blocks * Self::BLOCK_LANES]
+            } else {
+                Vec::new()
+            },
         };
-        for i in 0..blocks {
-            for r in rows {
-                g.d.push(r.d[i]);
-                g.s.push(r.s[i]);
-                g.qs.extend_from_slice(&r.qs[i * QK..(i + 1) * QK]);
+        for (t, r) in rows.iter().enumerate() {
+            for i in 0..blocks {
+                let quants = &r.qs[i * QK..(i + 1) * QK];
+                let at = Self::pair_offset(i, t / 2) + (t % 2) * 16;
+                g.qs[at..at + 16].copy_from_slice(&quants[..16]);
+                g.qs[at + 64..at + 80].copy_from_slice(&quants[16..]);
+                let lanes = i * Self::BLOCK_LANES + t * 4;
+                g.d[lanes..lanes + 4].fill(r.d[i]);
+                g.s[i * Self::SLOTS + t] = r.s[i];
+                if lane_sums {
+                    for (j, sum) in g.sums[lanes..lanes + 4].iter_mut().enumerate() {
+                        *sum = quants[4 * j..4 * j + 4]
+                            .iter()
+                            .chain(&quants[16 + 4 * j..16 + 4 * j + 4])
+                            .map(|&q| i32::from(q))
+                            .sum();
+                    }
+                }
             }
-            for _ in tokens..SLOTS {
-                g.d.push(0.0);
-                g.s.push(0.0);
-            }
-        }
-        // Only the AVX-512 kernels read the pair layout (this runs on the serial path of
-        // every batched matmul).
-        if super::simd::GroupKernels::Avx512Vnni.available() {
-            g.pair_d = g.d.iter().flat_map(|&d| [d; SLOTS]).collect();
         }
         g
     }
@@ -551,8 +580,8 @@ mod tests {
         use crate::engine::simd::{GroupKernels, dot_rows_group_on};
         // Every group width (a batch's last group is narrower), every quantised type and
         // every instruction set this CPU has: the interleaved group must give each (row,
-        // token) the bits of that token alone. Rows of 70 blocks: longer than the 64-block
-        // chunks whose scales the kernels work out first.
+        // token) the bits of that token alone. Three rows: decode's kernels take rows in
+        // pairs (one register for both), so a pair and a lone row, each as alone too.
         let (n, rows) = (70 * QK, 3);
         let xs: Vec<Vec<f32>> = (0..8).map(|t| sample(n, 700 + t)).collect();
         let xqs: Vec<QuantizedActivation> = xs
@@ -574,7 +603,7 @@ mod tests {
                 }
                 for width in 1..=8 {
                     let members: Vec<&QuantizedActivation> = xqs[..width].iter().collect();
-                    let group = QuantizedGroup::gather(&members);
+                    let group = QuantizedGroup::gather(&members, true);
                     let mut out = vec![0f32; rows * width];
                     assert!(dot_rows_group_on(kernels, ty, &data, rb, &group, &mut out));
                     for t in 0..width {
@@ -590,8 +619,25 @@ mod tests {
                     }
                 }
             }
+            if GroupKernels::Avx2.testable() {
+                for (x, xq) in xs.iter().zip(&xqs) {
+                    let mut out = vec![0f32; rows];
+                    assert!(crate::engine::simd::dot_rows_multi(
+                        ty,
+                        &data,
+                        rb,
+                        &[x],
+                        &[xq],
+                        &mut out
+                    ));
+                    for (r, got) in out.iter().enumerate() {
+                        let alone = dot_row(ty, &data[r * rb..(r + 1) * rb], x, xq);
+                        assert_eq!(got.to_bits(), alone.to_bits(), "{ty:?} decode row {r}");
+                    }
+                }
+            }
             // Float weights have no grouped kernel: the caller falls back.
-            let group = QuantizedGroup::gather(&[&xqs[0]]);
+            let group = QuantizedGroup::gather(&[&xqs[0]], false);
             let f16_row = quantize_row(GgmlType::F16, &xs[0]);
             let mut out = [0f32; 1];
             assert!(!crate::engine::simd::dot_rows_group(

@@ -1,17 +1,23 @@
 //! AVX2 versions of the row dot products, chosen at run time.
 //!
-//! Quantised rows (Q4_0, Q4_1, Q8_0 against int8 activations): each block's integer products
-//! stay in eight i32 lanes, are converted once and scaled into an eight-lane float accumulator,
-//! so there is one horizontal sum per row rather than one per block (as llama.cpp does it).
+//! Quantised rows (Q4_0, Q4_1, Q8_0 against int8 activations): a block's 32 integer products
+//! for a token end in four i32 **token lanes**, lane `j` the sum of elements `4j..4j + 4` and
+//! `16 + 4j..16 + 4j + 4` (the block as two 16-element chunks, added lane by lane). Each lane
+//! is converted once, scaled by `d_w · d_x` and added into its own float accumulator, so there
+//! is one horizontal sum per row, `(a0 + a2) + (a1 + a3)`, rather than one per block. Every
+//! quantised kernel, for one token or a group, forms exactly these lanes and float
+//! operations, so a token's result does not depend on what it was batched with (tested).
+//! Four lanes rather than AVX2's natural eight let a group kernel hold two tokens per 256-bit
+//! register and four per 512-bit one: a block's convert, scale and multiply–add then serve
+//! two or four tokens, where they were a third of a batched pass's kernel work with one token
+//! per register.
 //!
 //! Where the CPU has AVX-512 with VNNI (Zen 4 and 5, Intel since Ice Lake), the grouped
-//! kernels that batched decode and prefill run take two tokens per 512-bit register and form
-//! each block's products with `vpdpbusd` (four u8×i8 products summed into each i32 lane in
-//! one instruction, instead of AVX2's `maddubs` + `madd`): every lane holds the same integer
-//! and meets the same float operations in the same order, so the results are the AVX2
-//! kernels' bits (tested). Attention's score and value loops take sixteen positions or
-//! outputs per register there, each lane's arithmetic unchanged. `AGENTRT_SIMD=avx2` keeps the
-//! AVX2 kernels.
+//! kernels that batched decode and prefill run take four tokens per register and form each
+//! lane's products with `vpdpbusd` (four u8×i8 products summed into an i32 lane in one
+//! instruction, instead of AVX2's `maddubs` + `madd`). Attention's score and value loops take
+//! sixteen positions or outputs per register there, each lane's arithmetic unchanged.
+//! `AGENTRT_SIMD=avx2` keeps the AVX2 kernels.
 //!
 //! Float rows (F32, F16, BF16): eight-lane FMA over four independent accumulators, with F16
 //! widened on the fly by F16C and BF16 by a shift, so half-precision weights are never stored
@@ -227,12 +233,15 @@ pub fn dot_rows_group_on(
     }
     let blocks = row_bytes / ty.block_bytes();
     // The kernels read `blocks` blocks of every token unchecked.
+    // Q4_0, and Q8_0 on the AVX-512 kernels, start from the quants' lane sums.
+    let needs_sums =
+        ty == GgmlType::Q4_0 || (ty == GgmlType::Q8_0 && kernels == GroupKernels::Avx512Vnni);
     if !row_bytes.is_multiple_of(ty.block_bytes())
         || group.blocks < blocks
-        || group.d.len() < blocks * MAX_TOKENS
-        || group.pair_d.len() < blocks * MAX_TOKENS * MAX_TOKENS
+        || group.qs.len() < blocks * QuantizedGroup::BLOCK_QUANTS
+        || group.d.len() < blocks * QuantizedGroup::BLOCK_LANES
         || group.s.len() < blocks * MAX_TOKENS
-        || group.qs.len() < blocks * n * QK
+        || (needs_sums && group.sums.len() < blocks * QuantizedGroup::BLOCK_LANES)
     {
         return false;
     }
@@ -673,7 +682,6 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) ->
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-    use std::mem::MaybeUninit;
 
     use super::{GgmlType, QK, QuantizedActivation, QuantizedGroup, Widen};
 
@@ -705,9 +713,9 @@ mod x86 {
                 // SAFETY: forwarded from the caller.
                 let [ra, rb] = unsafe {
                     if ty == GgmlType::Q4_1 {
-                        q4_1_rows([a, b], xqs[0])
+                        q4_1_pair(a, b, xqs[0])
                     } else {
-                        q8_0_rows([a, b], xqs[0])
+                        q8_0_pair(a, b, xqs[0])
                     }
                 };
                 out[2 * p] = ra;
@@ -1005,36 +1013,6 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// [`hsum_ps`] of eight vectors at once, lane `k` of the result the sum of `v[k]` in the
-    /// same order: a transpose by lane permutes, blends and unpacks, 21 instructions instead
-    /// of eight reductions.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum8_ps(v: [__m256; 8]) -> __m256 {
-        // Lanes i + i+4 of a (low half) and of b (high half): [a04 a15 a26 a37 | b04 b15 b26 b37].
-        let halves = |a: __m256, b: __m256| {
-            _mm256_add_ps(
-                _mm256_blend_ps::<0xF0>(a, b),
-                _mm256_permute2f128_ps::<0x21>(a, b),
-            )
-        };
-        // Then lanes 04 + 26 and 15 + 37: [a0426 a1537 c0426 c1537 | b.. b.. d.. d..].
-        let quarters = |ab: __m256, cd: __m256| {
-            let (ab, cd) = (_mm256_castps_pd(ab), _mm256_castps_pd(cd));
-            _mm256_add_ps(
-                _mm256_castpd_ps(_mm256_unpacklo_pd(ab, cd)),
-                _mm256_castpd_ps(_mm256_unpackhi_pd(ab, cd)),
-            )
-        };
-        // Pairing vector k with k + 4 leaves the sums in token order after the last step.
-        let first = quarters(halves(v[0], v[4]), halves(v[1], v[5]));
-        let second = quarters(halves(v[2], v[6]), halves(v[3], v[7]));
-        _mm256_add_ps(
-            _mm256_shuffle_ps::<0b10_00_10_00>(first, second),
-            _mm256_shuffle_ps::<0b11_01_11_01>(first, second),
-        )
-    }
-
     /// Σ w·x for `N` activations over a float row whose elements `i..i+8` are loaded by
     /// `load(i)`; two accumulators per token hide the FMA latency.
     #[inline]
@@ -1162,10 +1140,41 @@ mod x86 {
         unsafe { _mm256_loadu_si256(xq.qs.as_ptr().add(i * QK) as *const __m256i) }
     }
 
+    /// A block's eight i32 lane products (lane `j` the four elements `4j..4j + 4`) folded to
+    /// the four token lanes every quantised kernel accumulates: lane `j` holds elements
+    /// `4j..4j + 4` and `16 + 4j..16 + 4j + 4` (the lanes the module's header describes).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn fold_lanes(dot: __m256i) -> __m128i {
+        _mm_add_epi32(
+            _mm256_castsi256_si128(dot),
+            _mm256_extracti128_si256::<1>(dot),
+        )
+    }
+
+    /// Two rows' folded lanes side by side: `[a's four | b's four]`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn fold_lanes_pair(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(a, b),
+            _mm256_permute2x128_si256::<0x31>(a, b),
+        )
+    }
+
+    /// A token's four float lane accumulators summed as every quantised kernel sums them:
+    /// `(a0 + a2) + (a1 + a3)`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum4(v: __m128) -> f32 {
+        let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_1<const N: usize>(row: &[u8], xqs: [&QuantizedActivation; N]) -> [f32; N] {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc = [_mm_setzero_ps(); N];
         let mut offsets = [0f32; N];
         for (i, blk) in row.chunks_exact(20).enumerate() {
             prefetch(blk.as_ptr());
@@ -1177,77 +1186,112 @@ mod x86 {
                 let q = unsafe { quants(xqs[k], i) };
                 let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
                 // SAFETY: every xq holds the row's number of blocks (checked by the caller).
-                let scale = _mm256_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[k]);
+                let scale = _mm_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
+                acc[k] = _mm_fmadd_ps(_mm_cvtepi32_ps(fold_lanes(dot)), scale, acc[k]);
                 // The block minimum times Σx, from the activation's precomputed sum term.
                 offsets[k] += m * unsafe { *xqs[k].s.get_unchecked(i) };
             }
         }
-        std::array::from_fn(|k| hsum_ps(acc[k]) + offsets[k])
+        std::array::from_fn(|k| hsum4(acc[k]) + offsets[k])
     }
 
-    /// [`q4_1`] for one token and `R` rows at once (decode), row by row the same arithmetic.
+    /// [`q4_1`] for one token and two rows at once (decode), each row's arithmetic unchanged:
+    /// both rows' lanes share one register (`[a | b]`), so a block takes one convert and one
+    /// multiply–add for the pair, and both rows' scale and minimum products one multiply.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_1_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActivation) -> [f32; R] {
+    unsafe fn q4_1_pair(a: &[u8], b: &[u8], xq: &QuantizedActivation) -> [f32; 2] {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut offsets = [0f32; R];
-        let blocks = rows[0].len() / 20;
+        let mut acc = _mm256_setzero_ps();
+        // Lanes 2 and 3: each row's Σ m · s in block order (lanes 0 and 1 unused).
+        let mut offsets = _mm_setzero_ps();
+        let blocks = a.len() / 20;
         for i in 0..blocks {
-            // SAFETY: every xq holds the row's number of blocks (checked by the caller).
-            let (q, xd, xs) = unsafe {
+            let (ba, bb) = (&a[i * 20..(i + 1) * 20], &b[i * 20..(i + 1) * 20]);
+            prefetch(ba.as_ptr());
+            prefetch(bb.as_ptr());
+            // SAFETY: every xq holds the row's number of blocks (checked by the caller); a
+            // block holds 16 packed bytes after its 4-byte header.
+            let (q, x, wa, wb, dm_a, dm_b) = unsafe {
                 (
                     quants(xq, i),
-                    *xq.d.get_unchecked(i),
-                    *xq.s.get_unchecked(i),
+                    _mm_shuffle_ps::<0>(
+                        _mm_broadcast_ss(xq.d.get_unchecked(i)),
+                        _mm_broadcast_ss(xq.s.get_unchecked(i)),
+                    ),
+                    nibbles(ba.as_ptr().add(4)),
+                    nibbles(bb.as_ptr().add(4)),
+                    block_header(ba.as_ptr()),
+                    block_header(bb.as_ptr()),
                 )
             };
-            for r in 0..R {
-                let blk = &rows[r][i * 20..(i + 1) * 20];
-                prefetch(blk.as_ptr());
-                // SAFETY: a block holds 16 packed bytes after its 4-byte header.
-                let w = unsafe { nibbles(blk.as_ptr().add(4)) };
-                let (d, m) = (scale(blk), scale(&blk[2..]));
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
-                let scale = _mm256_set1_ps(d * xd);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
-                offsets[r] += m * xs;
-            }
+            // [d_a · xd, d_b · xd, m_a · xs, m_b · xs], each the scalar code's product.
+            let products = _mm_mul_ps(_mm_unpacklo_ps(dm_a, dm_b), x);
+            let scales = _mm256_permutevar8x32_ps(
+                _mm256_castps128_ps256(products),
+                _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+            );
+            let dot_a = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, q), ones);
+            let dot_b = _mm256_madd_epi16(_mm256_maddubs_epi16(wb, q), ones);
+            let lanes = _mm256_cvtepi32_ps(fold_lanes_pair(dot_a, dot_b));
+            acc = _mm256_fmadd_ps(lanes, scales, acc);
+            offsets = _mm_add_ps(offsets, products);
         }
-        std::array::from_fn(|r| hsum_ps(acc[r]) + offsets[r])
+        let mut offset = [0f32; 4];
+        // SAFETY: four floats fit `offset`.
+        unsafe { _mm_storeu_ps(offset.as_mut_ptr(), offsets) };
+        [
+            hsum4(_mm256_castps256_ps128(acc)) + offset[2],
+            hsum4(_mm256_extractf128_ps::<1>(acc)) + offset[3],
+        ]
     }
 
-    /// [`q8_0`] for one token and `R` rows at once (decode), row by row the same arithmetic.
+    /// [`q8_0`] for one token and two rows at once (decode), as [`q4_1_pair`].
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActivation) -> [f32; R] {
+    unsafe fn q8_0_pair(a: &[u8], b: &[u8], xq: &QuantizedActivation) -> [f32; 2] {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let blocks = rows[0].len() / 34;
+        let mut acc = _mm256_setzero_ps();
+        let blocks = a.len() / 34;
+        let dot = |w: __m256i, q: __m256i| {
+            // maddubs needs one unsigned operand: |w| · (q with w's sign).
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+            _mm256_madd_epi16(p, ones)
+        };
         for i in 0..blocks {
-            // SAFETY: every xq holds the row's number of blocks (checked by the caller).
-            let (q, xd) = unsafe { (quants(xq, i), *xq.d.get_unchecked(i)) };
-            for r in 0..R {
-                let blk = &rows[r][i * 34..(i + 1) * 34];
-                prefetch(blk.as_ptr());
-                // SAFETY: a block holds 32 quants after its 2-byte scale.
-                let w = unsafe { _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i) };
-                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
-                let scale = _mm256_set1_ps(scale(blk) * xd);
-                acc[r] = _mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)),
-                    scale,
-                    acc[r],
-                );
-            }
+            let (ba, bb) = (&a[i * 34..(i + 1) * 34], &b[i * 34..(i + 1) * 34]);
+            prefetch(ba.as_ptr());
+            prefetch(bb.as_ptr());
+            // SAFETY: every xq holds the row's number of blocks (checked by the caller); a
+            // block holds 32 quants after its 2-byte scale.
+            let (q, xd, wa, wb, da, db) = unsafe {
+                (
+                    quants(xq, i),
+                    _mm_broadcast_ss(xq.d.get_unchecked(i)),
+                    _mm256_loadu_si256(ba.as_ptr().add(2) as *const __m256i),
+                    _mm256_loadu_si256(bb.as_ptr().add(2) as *const __m256i),
+                    block_header(ba.as_ptr()),
+                    block_header(bb.as_ptr()),
+                )
+            };
+            // [d_a · xd, d_b · xd, ..], each the scalar code's product.
+            let products = _mm_mul_ps(_mm_unpacklo_ps(da, db), xd);
+            let scales = _mm256_permutevar8x32_ps(
+                _mm256_castps128_ps256(products),
+                _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+            );
+            let lanes = _mm256_cvtepi32_ps(fold_lanes_pair(dot(wa, q), dot(wb, q)));
+            acc = _mm256_fmadd_ps(lanes, scales, acc);
         }
-        std::array::from_fn(|r| hsum_ps(acc[r]))
+        [
+            hsum4(_mm256_castps256_ps128(acc)),
+            hsum4(_mm256_extractf128_ps::<1>(acc)),
+        ]
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_0<const N: usize>(row: &[u8], xqs: [&QuantizedActivation; N]) -> [f32; N] {
         let ones_u8 = _mm256_set1_epi8(1);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc = [_mm_setzero_ps(); N];
         for (i, blk) in row.chunks_exact(18).enumerate() {
             prefetch(blk.as_ptr());
             // SAFETY: a block holds 16 packed bytes after its 2-byte scale.
@@ -1261,17 +1305,17 @@ mod x86 {
                 let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
                 let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
                 // SAFETY: every xq holds the row's number of blocks (checked by the caller).
-                let scale = _mm256_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, acc[k]);
+                let scale = _mm_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
+                acc[k] = _mm_fmadd_ps(_mm_cvtepi32_ps(fold_lanes(lanes)), scale, acc[k]);
             }
         }
-        std::array::from_fn(|k| hsum_ps(acc[k]))
+        std::array::from_fn(|k| hsum4(acc[k]))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0<const N: usize>(row: &[u8], xqs: [&QuantizedActivation; N]) -> [f32; N] {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc = [_mm_setzero_ps(); N];
         for (i, blk) in row.chunks_exact(34).enumerate() {
             prefetch(blk.as_ptr());
             // SAFETY: a block holds 32 quants after its 2-byte scale.
@@ -1283,23 +1327,20 @@ mod x86 {
                 // SAFETY: as in q4_1.
                 let q = unsafe { quants(xqs[k], i) };
                 let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(q, w));
+                let dot = _mm256_madd_epi16(p, ones);
                 // SAFETY: every xq holds the row's number of blocks (checked by the caller).
-                let scale = _mm256_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
-                acc[k] = _mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)),
-                    scale,
-                    acc[k],
-                );
+                let scale = _mm_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
+                acc[k] = _mm_fmadd_ps(_mm_cvtepi32_ps(fold_lanes(dot)), scale, acc[k]);
             }
         }
-        std::array::from_fn(|k| hsum_ps(acc[k]))
+        std::array::from_fn(|k| hsum4(acc[k]))
     }
 
     /// [`dispatch`] for a [`QuantizedGroup`] of `N` tokens.
     ///
     /// # Safety
-    /// AVX2, FMA and F16C must be present; `group` holds `N` tokens of at least a row's blocks;
-    /// `out` holds `N` values per row (checked by the caller).
+    /// AVX2, FMA and F16C must be present; `group` holds at least a row's blocks (and, for
+    /// Q4_0, its lane sums); `out` holds `N` values per row (checked by the caller).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dispatch_group<const N: usize>(
         ty: GgmlType,
@@ -1322,10 +1363,6 @@ mod x86 {
         }
     }
 
-    /// Blocks whose per-token scales a group kernel works out ahead of their integer products
-    /// (stack space: this many blocks × [`super::MAX_TOKENS`] floats).
-    const SCALE_CHUNK: usize = 64;
-
     /// The f16 scale (and, for Q4_1, minimum) heading the block at `blk`, widened by F16C:
     /// lane 0 the scale, lane 1 the next two bytes. One 32-bit load with no merge into an
     /// older register: loading the 16-bit halves separately had the compiler insert them into
@@ -1342,75 +1379,57 @@ mod x86 {
         _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
     }
 
-    /// First pass of a group kernel over blocks `blocks` of a row of `block_bytes`-byte blocks:
-    /// `scales[(i - start) * 8 + k] = d_i · xd[i][k]` for every token slot (a group's scales
-    /// and sum terms are padded to eight per block, so every width takes the same eight-lane
-    /// path and writes whole registers), each rounded as the scalar code rounds it, and (with
-    /// `with_min`, Q4_1) token `k`'s `m_i · s[i][k]` added to lane `k` of `offsets` in block
-    /// order. The second pass then only loads each token's scale as a broadcast, instead of a
-    /// lane shuffle per token and block in the loop that is already short of vector ports.
+    /// Token `k`'s `m_i · s[i][k]` added into lane `k` of `offsets` for block `i` whose
+    /// header is `dm` (Q4_1's minimum term, in block order as the single-token kernels add it).
     ///
     /// # Safety
-    /// The row holds the blocks; the group holds them; `scales` holds `blocks.len() * 8`
-    /// values.
+    /// The group holds block `i`'s eight padded sum slots.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_scales(
-        row: *const u8,
-        block_bytes: usize,
-        blocks: std::ops::Range<usize>,
-        g: &QuantizedGroup,
-        scales: &mut [MaybeUninit<f32>],
-        with_min: bool,
-        offsets: &mut __m256,
-    ) {
-        let (ds, ss) = (g.d.as_ptr(), g.s.as_ptr());
-        let start = blocks.start;
-        let out = scales.as_mut_ptr() as *mut f32;
-        for i in blocks {
-            // SAFETY: the row holds block i, the group its eight padded slots, `scales` eight
-            // floats for it (the caller).
-            unsafe {
-                let dm = block_header(row.add(i * block_bytes));
-                let xd = _mm256_loadu_ps(ds.add(i * 8));
-                let scaled = _mm256_mul_ps(_mm256_broadcastss_ps(dm), xd);
-                _mm256_storeu_ps(out.add((i - start) * 8), scaled);
-                if with_min {
-                    let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-                    let xs = _mm256_loadu_ps(ss.add(i * 8));
-                    *offsets = _mm256_add_ps(*offsets, _mm256_mul_ps(m, xs));
-                }
-            }
-        }
+    unsafe fn add_offsets(offsets: &mut __m256, dm: __m128, g: &QuantizedGroup, i: usize) {
+        let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+        // SAFETY: forwarded from the caller.
+        let xs = unsafe { _mm256_loadu_ps(g.s.as_ptr().add(i * super::MAX_TOKENS)) };
+        *offsets = _mm256_add_ps(*offsets, _mm256_mul_ps(m, xs));
     }
 
-    /// Each token's row sum of its accumulator, plus (`with_min`) its offset term: one
-    /// transposed reduction ([`hsum8_ps`], unused slots zero), lane `k` the bits of
-    /// [`hsum_ps`] of token `k`'s accumulator. (Without offsets nothing is added: `-0.0 + 0.0`
-    /// would not keep the sign.)
+    /// The token sums of a group's accumulators, each register two tokens' four lanes
+    /// (`[2p | 2p + 1]`): [`hsum4`]'s order within each half, then the eight sums gathered in
+    /// token order and (with `offsets`) their minimum terms added. (Without offsets nothing
+    /// is added: `-0.0 + 0.0` would not keep the sign.)
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn group_sums<const N: usize>(acc: [__m256; N], with_min: bool, offsets: __m256) -> [f32; N] {
-        let sums = hsum8_ps(std::array::from_fn(|k| {
-            if k < N { acc[k] } else { _mm256_setzero_ps() }
-        }));
-        let sums = if with_min {
-            _mm256_add_ps(sums, offsets)
-        } else {
-            sums
+    fn pair_sums<const N: usize>(acc: [__m256; 4], offsets: Option<__m256>) -> [f32; N] {
+        let sums = acc.map(|v| {
+            // [a0 + a2, a1 + a3, ..] then ((a0 + a2) + (a1 + a3)) in every lane of a half.
+            let s = _mm256_add_ps(v, _mm256_permute_ps::<0b01_00_11_10>(v));
+            _mm256_add_ps(s, _mm256_permute_ps::<0b10_11_00_01>(s))
+        });
+        // [t0 t2 t0 t2 | t1 t3 t1 t3] and [t4 t6 ..| t5 t7 ..], then [t0 t2 t4 t6 | t1 t3 t5 t7].
+        let low = _mm256_unpacklo_ps(sums[0], sums[1]);
+        let high = _mm256_unpacklo_ps(sums[2], sums[3]);
+        let mixed = _mm256_castpd_ps(_mm256_unpacklo_pd(
+            _mm256_castps_pd(low),
+            _mm256_castps_pd(high),
+        ));
+        let tokens = _mm256_permutevar8x32_ps(mixed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let tokens = match offsets {
+            Some(offsets) => _mm256_add_ps(tokens, offsets),
+            None => tokens,
         };
         let mut lanes = [0f32; 8];
         // SAFETY: eight floats fit `lanes`.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), tokens) };
         std::array::from_fn(|k| lanes[k])
     }
 
-    /// The shape every grouped kernel shares: token `k`'s quants of block `i` are at
-    /// `(i * N + k) * 32`, its scale and sum term in slot `i * 8 + k` (padded). Each
-    /// chunk of `block_bytes`-byte blocks first gets every token's `d · xd` (and, `with_min`,
-    /// offset term; [`group_scales`]), then per block `weights` prepares the row's block once
-    /// and `dot` gives its eight i32 lane products with each token's quants, scaled into the
-    /// token's accumulator, each lane rounded exactly as the single-token kernels round it.
+    /// The shape every AVX2 grouped kernel shares ([`QuantizedGroup`]'s layout): tokens in
+    /// pairs, one register of `[2p's four lanes | 2p + 1's four lanes]` per pair. Per block
+    /// `weights` prepares the row's block once (its two 16-element chunks, each in both
+    /// halves) and `dot` gives a pair's eight folded lane products from the pair's chunk-0
+    /// quants at the pointer it is given (chunk 1's follow 64 bytes on) and the pair's lane
+    /// sums; each is scaled by `d_i · xd[i][k]` and added into its lane, rounded exactly as
+    /// the single-token kernels round it.
     ///
     /// # Safety
     /// As [`dispatch_group`]; `weights` may read the whole block at the pointer it is given.
@@ -1422,51 +1441,77 @@ mod x86 {
         block_bytes: usize,
         with_min: bool,
         weights: impl Fn(*const u8) -> W,
-        dot: impl Fn(W, __m256i) -> __m256i,
+        dot: impl Fn(W, *const i8, *const i32) -> __m256i,
     ) -> [f32; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
+        let pairs = N.div_ceil(2);
+        let mut acc = [_mm256_setzero_ps(); 4];
         let mut offsets = _mm256_setzero_ps();
-        // Not zeroed (a 2 KiB memset per row cost a tenth of a batched pass): each chunk's
-        // first pass writes every value its second pass reads.
-        let mut scales = [const { MaybeUninit::<f32>::uninit() }; SCALE_CHUNK * super::MAX_TOKENS];
-        let qs = g.qs.as_ptr();
+        let (qs, ds, sums) = (g.qs.as_ptr(), g.d.as_ptr(), g.sums.as_ptr());
         let blocks = row.len() / block_bytes;
-        for start in (0..blocks).step_by(SCALE_CHUNK) {
-            let chunk = start..(start + SCALE_CHUNK).min(blocks);
-            // SAFETY: forwarded from the caller; `scales` holds SCALE_CHUNK blocks of 8.
-            unsafe {
-                group_scales(
-                    row.as_ptr(),
-                    block_bytes,
-                    chunk.clone(),
-                    g,
-                    &mut scales,
-                    with_min,
-                    &mut offsets,
-                )
-            };
-            for i in chunk {
-                let blk = &row[i * block_bytes..(i + 1) * block_bytes];
-                prefetch(blk.as_ptr());
-                let w = weights(blk.as_ptr());
-                let sc = &scales[(i - start) * 8..(i - start) * 8 + N];
-                for (k, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: the group holds the row's blocks for N tokens (the caller).
-                    let q =
-                        unsafe { _mm256_loadu_si256(qs.add((i * N + k) * QK) as *const __m256i) };
-                    // SAFETY: written by this chunk's group_scales.
-                    let scale = _mm256_broadcast_ss(unsafe { sc[k].assume_init_ref() });
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot(w, q)), scale, *acc);
-                }
+        for i in 0..blocks {
+            let blk = &row[i * block_bytes..(i + 1) * block_bytes];
+            prefetch(blk.as_ptr());
+            let w = weights(blk.as_ptr());
+            // SAFETY: every quantised block starts with its 4-byte-readable header; the group
+            // holds block i's slots (the caller).
+            let dm = unsafe { block_header(blk.as_ptr()) };
+            if with_min {
+                // SAFETY: as above.
+                unsafe { add_offsets(&mut offsets, dm, g, i) };
+            }
+            let dw = _mm256_broadcastss_ps(dm);
+            for (p, acc) in acc.iter_mut().enumerate().take(pairs) {
+                let at = QuantizedGroup::pair_offset(i, p);
+                // SAFETY: the group holds block i's quants, scales and (where the kernel
+                // reads them) lane sums in its layout (the caller).
+                let xd = unsafe { _mm256_loadu_ps(ds.add(i * 32 + p * 8)) };
+                let lanes = dot(w, qs.wrapping_add(at), sums.wrapping_add(i * 32 + p * 8));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(dw, xd), *acc);
             }
         }
-        group_sums(acc, with_min, offsets)
+        pair_sums(acc, with_min.then_some(offsets))
+    }
+
+    /// A block's 16 packed bytes as its two chunks of unsigned nibbles, each in both halves:
+    /// elements 0..16 (the low nibbles) and 16..32 (the high).
+    ///
+    /// # Safety
+    /// 16 bytes are readable at `packed`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn nibble_chunks(packed: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: the caller guarantees 16 readable bytes.
+        let bytes = unsafe { _mm_loadu_si128(packed as *const __m128i) };
+        let both = _mm256_broadcastsi128_si256(bytes);
+        let low = _mm256_set1_epi8(0x0F);
+        (
+            _mm256_and_si256(both, low),
+            _mm256_and_si256(_mm256_srli_epi16(both, 4), low),
+        )
+    }
+
+    /// Σ nibble · quant over a pair's two chunks: the byte pairs' i16 sums of both chunks
+    /// added before widening (at most 4 · 15 · 127 each, no overflow), then to i32 lanes.
+    ///
+    /// # Safety
+    /// 128 bytes are readable at `q`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn nibble_dot(c0: __m256i, c1: __m256i, q: *const i8) -> __m256i {
+        // SAFETY: the caller guarantees both chunks' 32 bytes.
+        let (q0, q1) = unsafe {
+            (
+                _mm256_loadu_si256(q as *const __m256i),
+                _mm256_loadu_si256(q.add(64) as *const __m256i),
+            )
+        };
+        let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(c0, q0), _mm256_maddubs_epi16(c1, q1));
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
     }
 
     /// [`q4_1`] over a group ([`group_kernel`]).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_1_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        let ones = _mm256_set1_epi16(1);
         // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 4-byte
         // header.
         unsafe {
@@ -1475,13 +1520,14 @@ mod x86 {
                 g,
                 20,
                 true,
-                |blk| nibbles(blk.add(4)),
-                |w, q| _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones),
+                |blk| nibble_chunks(blk.add(4)),
+                |(c0, c1), q, _| nibble_dot(c0, c1, q),
             )
         }
     }
 
-    /// [`q8_0`] over a group ([`group_kernel`]).
+    /// [`q8_0`] over a group ([`group_kernel`]): the sign trick per chunk, each widened to
+    /// i32 before the chunks are added (a chunk's i16 pair sums reach 2 · 127 · 128).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
         let ones = _mm256_set1_epi16(1);
@@ -1493,46 +1539,54 @@ mod x86 {
                 34,
                 false,
                 |blk| {
-                    let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    // maddubs needs one unsigned operand: |w| · (q with w's sign).
-                    (_mm256_sign_epi8(w, w), w)
+                    let chunk = |at: usize| {
+                        let w = _mm_loadu_si128(blk.add(at) as *const __m128i);
+                        _mm256_broadcastsi128_si256(w)
+                    };
+                    (chunk(2), chunk(18))
                 },
-                |(w_abs, w), q| {
-                    let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(q, w));
-                    _mm256_madd_epi16(p, ones)
+                |(w0, w1), q, _| {
+                    let (q0, q1) = (
+                        _mm256_loadu_si256(q as *const __m256i),
+                        _mm256_loadu_si256(q.add(64) as *const __m256i),
+                    );
+                    let half = |w: __m256i, q: __m256i| {
+                        let p =
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+                        _mm256_madd_epi16(p, ones)
+                    };
+                    _mm256_add_epi32(half(w0, q0), half(w1, q1))
                 },
             )
         }
     }
 
-    /// [`q4_0`] over a group ([`group_kernel`]).
+    /// [`q4_0`] over a group ([`group_kernel`]): stored nibbles are offset by 8, so the
+    /// group's lane sums of the quants, times 8, come off.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        let ones_u8 = _mm256_set1_epi8(1);
-        let ones = _mm256_set1_epi16(1);
         // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 2-byte
-        // scale.
+        // scale; the group holds lane sums (checked by the caller for Q4_0).
         unsafe {
             group_kernel(
                 row,
                 g,
                 18,
                 false,
-                |blk| nibbles(blk.add(2)),
-                |w, q| {
-                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
-                    let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
-                    _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3))
+                |blk| nibble_chunks(blk.add(2)),
+                |(c0, c1), q, sums| {
+                    let sums = _mm256_loadu_si256(sums as *const __m256i);
+                    _mm256_sub_epi32(nibble_dot(c0, c1, q), _mm256_slli_epi32(sums, 3))
                 },
             )
         }
     }
 
-    /// [`dispatch_group`] on AVX-512 with VNNI ([`group_kernel_512`]); Q4_0 stays on the AVX2
-    /// kernel (no model the engine ships uses it).
+    /// [`dispatch_group`] on AVX-512 with VNNI ([`group_kernel_512`]).
     ///
     /// # Safety
-    /// As [`dispatch_group`], and AVX-512 F, BW and VNNI must be present.
+    /// As [`dispatch_group`] (and for Q8_0 the group holds lane sums too), and AVX-512 F, BW
+    /// and VNNI must be present.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     pub unsafe fn dispatch_group_512<const N: usize>(
         ty: GgmlType,
@@ -1547,7 +1601,7 @@ mod x86 {
                 match ty {
                     GgmlType::Q4_1 => q4_1_group_512(row, group),
                     GgmlType::Q8_0 => q8_0_group_512(row, group),
-                    GgmlType::Q4_0 => q4_0_group(row, group),
+                    GgmlType::Q4_0 => q4_0_group_512(row, group),
                     _ => unreachable!("dot_rows_group takes quantised types only"),
                 }
             };
@@ -1555,20 +1609,34 @@ mod x86 {
         }
     }
 
-    /// [`group_kernel`] with two tokens per 512-bit register: tokens `2p` and `2p + 1` of a
-    /// block are adjacent in the group, so one load takes both tokens' quants, the row's
-    /// block is repeated in both halves, and `dot` gives each half's eight i32 lanes exactly
-    /// as the AVX2 kernels' lanes (every lane the sum of the same four products). Each half
-    /// is converted, scaled by its own token's scale and added into its own eight
-    /// accumulator lanes in block order, so every token's sum is the AVX2 kernel's to the
-    /// bit. An odd last token runs in the lower half alone. A pair's scales are the block's
-    /// `d` times the group's [`QuantizedGroup::pair_d`] (one multiply, as the AVX2 kernel's
-    /// scale pass rounds it): working them out in a first pass and shuffling each pair's out of
-    /// the block's eight took a lane permute per pair and block, 6–8 % of an 8-sequence pass.
+    /// [`pair_sums`] for registers of four tokens' four lanes each.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    fn quad_sums<const N: usize>(acc: [__m512; 2], offsets: Option<__m256>) -> [f32; N] {
+        let sums = acc.map(|v| {
+            let s = _mm512_add_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v));
+            _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s))
+        });
+        let pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+        let tokens = _mm512_castps512_ps256(_mm512_permutex2var_ps(sums[0], pick, sums[1]));
+        let tokens = match offsets {
+            Some(offsets) => _mm256_add_ps(tokens, offsets),
+            None => tokens,
+        };
+        let mut lanes = [0f32; 8];
+        // SAFETY: eight floats fit `lanes`.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), tokens) };
+        std::array::from_fn(|k| lanes[k])
+    }
+
+    /// [`group_kernel`] with four tokens per 512-bit register (a quad's chunk of quants is one
+    /// 64-byte load, the row's chunk repeated in all four 128-bit lanes), `vpdpbusd` forming
+    /// each lane's four products and adding them in one instruction. Each lane's integer and
+    /// its scale are the AVX2 kernels', so every token's sum is theirs to the bit.
     ///
     /// # Safety
-    /// As [`dispatch_group_512`] (the group's `pair_d` holds 64 scales per block); `weights`
-    /// may read the whole block at the pointer it is given.
+    /// As [`dispatch_group_512`]; `weights` may read the whole block at the pointer it is
+    /// given.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     unsafe fn group_kernel_512<const N: usize, W: Copy>(
@@ -1577,67 +1645,82 @@ mod x86 {
         block_bytes: usize,
         with_min: bool,
         weights: impl Fn(*const u8) -> W,
-        dot: impl Fn(W, __m512i) -> __m512i,
+        dot: impl Fn(W, *const i8, *const i32) -> __m512i,
     ) -> [f32; N] {
-        let pairs = N.div_ceil(2);
-        let mut acc = [_mm512_setzero_ps(); super::MAX_TOKENS / 2];
+        let quads = N.div_ceil(4);
+        let mut acc = [_mm512_setzero_ps(); 2];
         let mut offsets = _mm256_setzero_ps();
-        let qs = g.qs.as_ptr();
-        let (pair_ds, ss) = (g.pair_d.as_ptr(), g.s.as_ptr());
+        let (qs, ds, sums) = (g.qs.as_ptr(), g.d.as_ptr(), g.sums.as_ptr());
         let blocks = row.len() / block_bytes;
         for i in 0..blocks {
             let blk = &row[i * block_bytes..(i + 1) * block_bytes];
             prefetch(blk.as_ptr());
             let w = weights(blk.as_ptr());
-            // SAFETY: every quantised block starts with its 4-byte-readable header.
+            // SAFETY: every quantised block starts with its 4-byte-readable header; the group
+            // holds block i's slots (the caller).
             let dm = unsafe { block_header(blk.as_ptr()) };
-            let dw = _mm512_broadcastss_ps(dm);
             if with_min {
-                // Token k's m_i · s[i][k] into lane k, in block order (as `group_scales`).
-                let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-                // SAFETY: the group holds eight padded sum slots per block (the caller).
-                let xs = unsafe { _mm256_loadu_ps(ss.add(i * 8)) };
-                offsets = _mm256_add_ps(offsets, _mm256_mul_ps(m, xs));
+                // SAFETY: as above.
+                unsafe { add_offsets(&mut offsets, dm, g, i) };
             }
-            for (p, acc) in acc.iter_mut().enumerate().take(pairs) {
-                let k = 2 * p;
-                let q = qs.wrapping_add((i * N + k) * QK);
-                // SAFETY: the group holds the row's blocks for N tokens (the caller), so
-                // token k's 32 quants, and with k + 1 < N the next token's, follow `q`; and
-                // its pair layout of the scales, sixteen per pair and block.
-                let (q, xd) = unsafe {
-                    let q = if k + 1 < N {
-                        _mm512_loadu_si512(q as *const __m512i)
-                    } else {
-                        _mm512_zextsi256_si512(_mm256_loadu_si256(q as *const __m256i))
-                    };
-                    (q, _mm512_loadu_ps(pair_ds.add((i * 4 + p) * 16)))
-                };
-                // d_i · xd[i][k] in each lane, rounded as the AVX2 kernel's scale pass rounds it.
-                let scale = _mm512_mul_ps(dw, xd);
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot(w, q)), scale, *acc);
+            let dw = _mm512_broadcastss_ps(dm);
+            for (u, acc) in acc.iter_mut().enumerate().take(quads) {
+                let at = QuantizedGroup::pair_offset(i, 2 * u);
+                // SAFETY: the group holds block i's quants, scales and (where the kernel
+                // reads them) lane sums in its layout (the caller).
+                let xd = unsafe { _mm512_loadu_ps(ds.add(i * 32 + u * 16)) };
+                let lanes = dot(w, qs.wrapping_add(at), sums.wrapping_add(i * 32 + u * 16));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), _mm512_mul_ps(dw, xd), *acc);
             }
         }
-        let halves: [__m256; N] = std::array::from_fn(|k| {
-            let pair = acc[k / 2];
-            if k % 2 == 0 {
-                _mm512_castps512_ps256(pair)
-            } else {
-                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(pair)))
-            }
-        });
-        group_sums(halves, with_min, offsets)
+        quad_sums(acc, with_min.then_some(offsets))
     }
 
-    /// 16 packed bytes as 32 unsigned nibbles, in both 256-bit halves ([`nibbles`] twice).
+    /// [`nibble_chunks`] in all four 128-bit lanes.
+    ///
+    /// # Safety
+    /// 16 bytes are readable at `packed`.
     #[inline]
-    #[target_feature(enable = "avx2,avx512f")]
-    unsafe fn nibbles_512(packed: *const u8) -> __m512i {
-        // SAFETY: the caller guarantees 16 readable bytes at `packed`.
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    unsafe fn nibble_chunks_512(packed: *const u8) -> (__m512i, __m512i) {
+        // SAFETY: the caller guarantees 16 readable bytes.
         let bytes = unsafe { _mm_loadu_si128(packed as *const __m128i) };
         let all = _mm512_broadcast_i32x4(bytes);
-        let shifted = _mm512_srlv_epi64(all, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
-        _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F))
+        let low = _mm512_set1_epi8(0x0F);
+        (
+            _mm512_and_si512(all, low),
+            _mm512_and_si512(_mm512_srli_epi16(all, 4), low),
+        )
+    }
+
+    /// A quad's two chunks of quants at `q` (chunk 1 64 bytes on) times the row's chunks,
+    /// added onto `start`.
+    ///
+    /// # Safety
+    /// 128 bytes are readable at `q`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+    unsafe fn quad_dot(start: __m512i, c0: __m512i, c1: __m512i, q: *const i8) -> __m512i {
+        // SAFETY: the caller guarantees both chunks' 64 bytes.
+        let (q0, q1) = unsafe {
+            (
+                _mm512_loadu_si512(q as *const __m512i),
+                _mm512_loadu_si512(q.add(64) as *const __m512i),
+            )
+        };
+        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1)
+    }
+
+    /// `-(sums << shift)` for a quad's 16 lane sums at `sums`.
+    ///
+    /// # Safety
+    /// 16 i32 are readable at `sums`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn minus_shifted_sums<const SHIFT: u32>(sums: *const i32) -> __m512i {
+        // SAFETY: the caller guarantees the quad's lane sums.
+        let sums = unsafe { _mm512_loadu_si512(sums as *const __m512i) };
+        _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<SHIFT>(sums))
     }
 
     /// [`q4_1_group`] on AVX-512 VNNI: nibbles (u8) times quants (i8), four per lane.
@@ -1651,20 +1734,38 @@ mod x86 {
                 g,
                 20,
                 true,
-                |blk| nibbles_512(blk.add(4)),
-                |w, q| _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, q),
+                |blk| nibble_chunks_512(blk.add(4)),
+                |(c0, c1), q, _| quad_dot(_mm512_setzero_si512(), c0, c1, q),
+            )
+        }
+    }
+
+    /// [`q4_0_group`] on AVX-512 VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q4_0_group_512<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
+        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 2-byte
+        // scale; the group holds lane sums (checked by the caller for Q4_0).
+        unsafe {
+            group_kernel_512(
+                row,
+                g,
+                18,
+                false,
+                |blk| nibble_chunks_512(blk.add(2)),
+                |(c0, c1), q, sums| quad_dot(minus_shifted_sums::<3>(sums), c0, c1, q),
             )
         }
     }
 
     /// [`q8_0_group`] on AVX-512 VNNI. `vpdpbusd` takes one unsigned operand and AVX-512 has
-    /// no byte sign instruction, so the quants are offset to unsigned (`q ^ 0x80` = q + 128)
-    /// and the lanes start from `-128 · Σw`, worked out once per block: each lane ends at
-    /// Σ q·w, the integer the AVX2 kernel forms.
+    /// no byte sign instruction, so the weights are offset to unsigned (`w ^ 0x80` = w + 128)
+    /// and the lanes start from `-128 ·` the group's lane sums of the quants: each lane ends
+    /// at Σ w·q, the integer the AVX2 kernels form.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     unsafe fn q8_0_group_512<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        let offset = _mm512_set1_epi8(-128);
-        // SAFETY: forwarded from the caller; a block holds 32 quants after its 2-byte scale.
+        let flip = _mm512_set1_epi8(-128);
+        // SAFETY: forwarded from the caller; a block holds 32 quants after its 2-byte scale;
+        // the group holds lane sums (checked by the caller for Q8_0 on these kernels).
         unsafe {
             group_kernel_512(
                 row,
@@ -1672,16 +1773,13 @@ mod x86 {
                 34,
                 false,
                 |blk| {
-                    let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    let w = _mm512_broadcast_i64x4(w);
-                    // 128 · Σw per lane (0x80 read as unsigned), negated.
-                    let start = _mm512_sub_epi32(
-                        _mm512_setzero_si512(),
-                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, w),
-                    );
-                    (w, start)
+                    let chunk = |at: usize| {
+                        let w = _mm_loadu_si128(blk.add(at) as *const __m128i);
+                        _mm512_xor_si512(_mm512_broadcast_i32x4(w), flip)
+                    };
+                    (chunk(2), chunk(18))
                 },
-                |(w, start), q| _mm512_dpbusd_epi32(start, _mm512_xor_si512(q, offset), w),
+                |(c0, c1), q, sums| quad_dot(minus_shifted_sums::<7>(sums), c0, c1, q),
             )
         }
     }
