@@ -17,16 +17,16 @@ use common::{candle_greedy, candle_logits, candle_model, spread_and_max_error};
 /// Largest tolerated |ours - candle| on any logit, relative to the logits' spread (max - min).
 ///
 /// Both engines quantise activations to 8 bits before every matmul, with the same rounding, and
-/// multiply the same integers; but they sum blocks in different orders (our AVX2 kernels keep
-/// eight float lanes, candle's portable code one), so a matmul's result differs in its last
+/// multiply the same integers; but they sum blocks in different orders (our kernels keep four
+/// float lanes per token, candle's portable code one), so a matmul's result differs in its last
 /// bits. An activation that sits on an int8 rounding boundary then rounds the other way in the
-/// next matmul, and 30 layers amplify that to a few hundredths of the spread (measured: 0.75 of
-/// 42.6 on the 44-token chat prompt, 1.8 %; 0.34 of 31.2 on a 3-token prompt).
+/// next matmul, and 30 layers amplify that to a few hundredths of the spread (measured: 0.82 of
+/// 42.6 on the 44-token chat prompt, 1.9 %; with eight float lanes it was 0.75, 1.8 %).
 const MAX_RELATIVE_LOGIT_ERROR: f32 = 0.03;
 const GREEDY_TOKENS: usize = 32;
 /// The bound with our default f16 KV cache against candle's f32 one: rounding the cached keys
 /// and values adds its own last-bit differences on top, which cross more int8 boundaries
-/// (measured: at most 1.5 of 44.7, 3.4 %, over the chat prompt and eight decoded steps).
+/// (measured: at most 1.16 of 44.7, 2.6 %, over the chat prompt and eight decoded steps).
 const F16_KV_RELATIVE_LOGIT_ERROR: f32 = 0.05;
 
 fn model_path() -> PathBuf {

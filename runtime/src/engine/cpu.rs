@@ -62,8 +62,8 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
     }
     let x_rows: Vec<&[f32]> = xs.chunks_exact(cols).collect();
     let q_rows: Vec<&QuantizedActivation> = quantized.iter().collect();
-    // Several tokens meet each quantised weight block through one interleaved copy of theirs
-    // (groups of the quantised kernels' width, which the passes below walk in step with).
+    // Several tokens meet each quantised weight block through one copy of theirs laid out for
+    // the grouped kernels (groups of their width, which the passes below walk in step with).
     let groups: Vec<QuantizedGroup> = if quantise && tokens > 1 {
         // Only some kernels read the quants' lane sums, and gathering is serial work.
         let lane_sums = ws

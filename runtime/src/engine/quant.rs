@@ -580,9 +580,10 @@ mod tests {
         use crate::engine::simd::{GroupKernels, dot_rows_group_on};
         // Every group width (a batch's last group is narrower), every quantised type and
         // every instruction set this CPU has: the interleaved group must give each (row,
-        // token) the bits of that token alone. Three rows: decode's kernels take rows in
-        // pairs (one register for both), so a pair and a lone row, each as alone too.
-        let (n, rows) = (70 * QK, 3);
+        // token) the bits of that token alone. Seven rows: decode's kernels take rows in
+        // fours (AVX-512) and pairs (one register for all), so a four, a pair and a lone row,
+        // each as alone too.
+        let (n, rows) = (70 * QK, 7);
         let xs: Vec<Vec<f32>> = (0..8).map(|t| sample(n, 700 + t)).collect();
         let xqs: Vec<QuantizedActivation> = xs
             .iter()
@@ -619,10 +620,14 @@ mod tests {
                     }
                 }
             }
-            if GroupKernels::Avx2.testable() {
+            for kernels in [GroupKernels::Avx2, GroupKernels::Avx512Vnni] {
+                if !kernels.testable() {
+                    continue;
+                }
                 for (x, xq) in xs.iter().zip(&xqs) {
                     let mut out = vec![0f32; rows];
-                    assert!(crate::engine::simd::dot_rows_multi(
+                    assert!(crate::engine::simd::dot_rows_multi_on(
+                        kernels,
                         ty,
                         &data,
                         rb,
@@ -632,7 +637,11 @@ mod tests {
                     ));
                     for (r, got) in out.iter().enumerate() {
                         let alone = dot_row(ty, &data[r * rb..(r + 1) * rb], x, xq);
-                        assert_eq!(got.to_bits(), alone.to_bits(), "{ty:?} decode row {r}");
+                        assert_eq!(
+                            got.to_bits(),
+                            alone.to_bits(),
+                            "{kernels:?} {ty:?} decode row {r}"
+                        );
                     }
                 }
             }

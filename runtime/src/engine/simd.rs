@@ -75,8 +75,23 @@ pub fn dot_rows_multi(
     xqs: &[&QuantizedActivation],
     out: &mut [f32],
 ) -> bool {
+    dot_rows_multi_on(GroupKernels::best(), ty, rows, row_bytes, xs, xqs, out)
+}
+
+/// [`dot_rows_multi`] on the given kernels (`false` where this CPU lacks them). Only decode
+/// (one token) of Q4_1 and Q8_0 rows has AVX-512 kernels; the rest runs on AVX2 either way.
+pub fn dot_rows_multi_on(
+    kernels: GroupKernels,
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    xs: &[&[f32]],
+    xqs: &[&QuantizedActivation],
+    out: &mut [f32],
+) -> bool {
     let n = xs.len();
     if n == 0
+        || !kernels.available()
         || n > max_tokens(ty)
         || xqs.len() != n
         || row_bytes == 0
@@ -106,6 +121,15 @@ pub fn dot_rows_multi(
                 return false;
             }
         }
+        if kernels == GroupKernels::Avx512Vnni
+            && n == 1
+            && matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0)
+        {
+            // SAFETY: AVX-512 F/BW/VNNI (checked by `available`), AVX2, FMA and F16C are
+            // present and the lengths were checked above.
+            unsafe { x86::decode_512(ty, rows, row_bytes, xs[0], xqs[0], out) };
+            return true;
+        }
         // SAFETY: AVX2, FMA and F16C are present and the lengths were checked above (every
         // row has the length of the first).
         unsafe {
@@ -132,9 +156,9 @@ pub fn dot_rows_multi(
 /// The instruction sets the grouped kernels and attention's loops come in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKernels {
-    /// AVX2, FMA and F16C: eight lanes, one token per register.
+    /// AVX2, FMA and F16C: eight lanes, two tokens' token lanes per register.
     Avx2,
-    /// AVX-512 (F, BW) with VNNI: sixteen lanes, two tokens per register.
+    /// AVX-512 (F, BW) with VNNI: sixteen lanes, four tokens per register.
     Avx512Vnni,
 }
 
@@ -1782,6 +1806,202 @@ mod x86 {
                 |(c0, c1), q, sums| quad_dot(minus_shifted_sums::<7>(sums), c0, c1, q),
             )
         }
+    }
+
+    /// Decode (one token) on AVX-512 VNNI: rows four at a time ([`q4_1_quad_512`],
+    /// [`q8_0_quad_512`]), the rest through [`dispatch`]'s pairs and single rows.
+    ///
+    /// # Safety
+    /// As [`dispatch`] with `N` = 1 and `ty` Q4_1 or Q8_0; AVX-512 F, BW and VNNI must be
+    /// present.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn decode_512(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        x: &[f32],
+        xq: &QuantizedActivation,
+        out: &mut [f32],
+    ) {
+        let quads = rows.len() / row_bytes / 4;
+        for (g, out) in out[..quads * 4].chunks_exact_mut(4).enumerate() {
+            let row = |r: usize| &rows[(4 * g + r) * row_bytes..(4 * g + r + 1) * row_bytes];
+            let four = [row(0), row(1), row(2), row(3)];
+            // SAFETY: forwarded from the caller.
+            let result = unsafe {
+                if ty == GgmlType::Q4_1 {
+                    q4_1_quad_512(four, xq)
+                } else {
+                    q8_0_quad_512(four, xq)
+                }
+            };
+            out.copy_from_slice(&result);
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            dispatch::<1>(
+                ty,
+                &rows[quads * 4 * row_bytes..],
+                row_bytes,
+                &[x],
+                &[xq],
+                &mut out[quads * 4..],
+            )
+        };
+    }
+
+    /// Four rows' block headers (f16 scale, then the next two bytes) widened: `[d0 d1 d2 d3]`
+    /// and `[m0 m1 m2 m3]` (Q4_1's minimums; for Q8_0 the first quants, unused).
+    ///
+    /// # Safety
+    /// Four bytes are readable at each pointer.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quad_headers(blocks: [*const u8; 4]) -> (__m128, __m128) {
+        // SAFETY: forwarded from the caller.
+        let h = unsafe { blocks.map(|b| block_header(b)) };
+        let (ab, cd) = (_mm_unpacklo_ps(h[0], h[1]), _mm_unpacklo_ps(h[2], h[3]));
+        (_mm_movelh_ps(ab, cd), _mm_movehl_ps(cd, ab))
+    }
+
+    /// The 16 bytes at `offset` in each of four blocks, one row per 128-bit lane.
+    ///
+    /// # Safety
+    /// 16 bytes are readable at each pointer plus `offset`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn quad_chunk(blocks: [*const u8; 4], offset: usize) -> __m512i {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let load = |r: usize| _mm_loadu_si128(blocks[r].add(offset) as *const __m128i);
+            let v = _mm512_castsi128_si512(load(0));
+            let v = _mm512_inserti32x4::<1>(v, load(1));
+            let v = _mm512_inserti32x4::<2>(v, load(2));
+            _mm512_inserti32x4::<3>(v, load(3))
+        }
+    }
+
+    /// A token's block chunks, each in all four 128-bit lanes (one per row).
+    ///
+    /// # Safety
+    /// The activation holds block `i`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn token_chunks(xq: &QuantizedActivation, i: usize) -> (__m512i, __m512i) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let q = xq.qs.as_ptr().add(i * QK);
+            (
+                _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i)),
+                _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16) as *const __m128i)),
+            )
+        }
+    }
+
+    /// Four rows' sums from their lanes (row `r` in lanes `4r..4r + 4`), each as [`hsum4`]
+    /// sums one row, plus `offsets` where given.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    fn row_sums(acc: __m512, offsets: Option<__m128>) -> [f32; 4] {
+        let s = _mm512_add_ps(acc, _mm512_permute_ps::<0b01_00_11_10>(acc));
+        let s = _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s));
+        let pick = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        let sums = _mm512_castps512_ps128(_mm512_permutexvar_ps(pick, s));
+        let sums = match offsets {
+            Some(offsets) => _mm_add_ps(sums, offsets),
+            None => sums,
+        };
+        let mut out = [0f32; 4];
+        // SAFETY: four floats fit `out`.
+        unsafe { _mm_storeu_ps(out.as_mut_ptr(), sums) };
+        out
+    }
+
+    /// Each row's `d · xd` in its four lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    fn row_scales(d: __m128, xd: __m128) -> __m512 {
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(d, xd)))
+    }
+
+    /// [`q4_1`] for one token and four rows, one row per 128-bit lane: the rows' low nibbles
+    /// (chunk 0) and high nibbles (chunk 1) meet the token's chunks, each repeated in all
+    /// lanes, in two `vpdpbusd`, which leave the token lanes directly (no fold); each row's
+    /// lanes, scales, minimum terms and final sum as the other kernels form them.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C are present; the rows have one length and
+    /// `xq` holds their blocks.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q4_1_quad_512(rows: [&[u8]; 4], xq: &QuantizedActivation) -> [f32; 4] {
+        let low = _mm512_set1_epi8(0x0F);
+        let mut acc = _mm512_setzero_ps();
+        let mut offsets = _mm_setzero_ps();
+        for i in 0..rows[0].len() / 20 {
+            let blocks = rows.map(|r| r[i * 20..].as_ptr());
+            for b in blocks {
+                prefetch(b);
+            }
+            // SAFETY: each block holds its 4-byte header and 16 packed bytes; xq holds block
+            // i (the caller).
+            let ((d, m), packed, (q0, q1), xd, xs) = unsafe {
+                (
+                    quad_headers(blocks),
+                    quad_chunk(blocks, 4),
+                    token_chunks(xq, i),
+                    _mm_broadcast_ss(xq.d.get_unchecked(i)),
+                    _mm_broadcast_ss(xq.s.get_unchecked(i)),
+                )
+            };
+            let c0 = _mm512_and_si512(packed, low);
+            let c1 = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
+            let dot =
+                _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, q0), c1, q1);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
+            offsets = _mm_add_ps(offsets, _mm_mul_ps(m, xs));
+        }
+        row_sums(acc, Some(offsets))
+    }
+
+    /// [`q8_0`] for one token and four rows, as [`q4_1_quad_512`]: the weights made unsigned
+    /// (`w ^ 0x80` = w + 128), the lanes starting from `-128 ·` the token's lane sums (formed
+    /// once per block for the four rows), so each ends at Σ w·q.
+    ///
+    /// # Safety
+    /// As [`q4_1_quad_512`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q8_0_quad_512(rows: [&[u8]; 4], xq: &QuantizedActivation) -> [f32; 4] {
+        let flip = _mm512_set1_epi8(-128);
+        let ones = _mm512_set1_epi8(1);
+        let mut acc = _mm512_setzero_ps();
+        for i in 0..rows[0].len() / 34 {
+            let blocks = rows.map(|r| r[i * 34..].as_ptr());
+            for b in blocks {
+                prefetch(b);
+            }
+            // SAFETY: each block holds its 2-byte scale and 32 quants (the header load reads
+            // four bytes); xq holds block i (the caller).
+            let ((d, _), w0, w1, (q0, q1), xd) = unsafe {
+                (
+                    quad_headers(blocks),
+                    quad_chunk(blocks, 2),
+                    quad_chunk(blocks, 18),
+                    token_chunks(xq, i),
+                    _mm_broadcast_ss(xq.d.get_unchecked(i)),
+                )
+            };
+            let sums = _mm512_dpbusd_epi32(
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, q0),
+                ones,
+                q1,
+            );
+            let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sums));
+            let (c0, c1) = (_mm512_xor_si512(w0, flip), _mm512_xor_si512(w1, flip));
+            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
+        }
+        row_sums(acc, None)
     }
 
     /// [`super::quantize_row`]: each block's scale and quants as [`abs_max32`] and
