@@ -1123,8 +1123,13 @@ mod x86 {
     }
 
     /// How far ahead of the block being multiplied the weight stream is prefetched: the
-    /// hardware prefetcher alone leaves decode waiting on memory.
-    const PREFETCH_BYTES: usize = 2048;
+    /// hardware prefetcher alone leaves decode waiting on memory. 8 KiB is about 200 ns of a
+    /// thread's share of the stream at this VM's 45 GB/s, a DRAM round trip with margin: at
+    /// 2 KiB (the distance tuned on the first, AVX2-only VM) a one-sequence pass here took
+    /// 3.5 ms and waited on the first load of every block; 4 KiB 2.6–2.9, 8 KiB 2.2–2.3,
+    /// 16 KiB 2.2–2.5, 32 KiB 2.5–2.6 (`AGENTRT_BENCH_PROFILE=1`, best of ten, two rounds).
+    /// Batched passes, bound by arithmetic, did not change.
+    const PREFETCH_BYTES: usize = 8192;
 
     /// Ask for the weights `PREFETCH_BYTES` past `p` (a prefetch never faults, so running
     /// past the end of the tensor is harmless).
