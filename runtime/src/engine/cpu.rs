@@ -5,7 +5,7 @@
 //! row once for the whole prompt; rows of the weight matrix are split across the engine's threads.
 
 use super::kv_cache::{KvElement, Layer, LayerView};
-use super::quant::{GgmlType, QuantizedActivation, QuantizedGroup, dot_row_portable};
+use super::quant::{GgmlType, QuantizedActivation, QuantizedGroup, RowQuadGroup, dot_row_portable};
 use super::simd;
 use super::threads;
 
@@ -18,8 +18,12 @@ const MIN_ROWS_PER_TASK: usize = 16;
 /// pass took 3.6–3.8 ms against 3.4–3.5 and an 8-sequence pass 8.7–8.9 against 8.2–8.4 (and
 /// 12 cut ever finer, "guided", was no better than 4).
 const TASKS_PER_THREAD: usize = 1;
-/// Rows one kernel pass keeps results for before they are scattered.
+/// Rows one kernel pass keeps results for before they are scattered, when several groups of
+/// tokens meet each pass (prefill: the pass stays in L1 for all of them).
 const ROWS_PER_PASS: usize = 16;
+/// The same with one group (batched decode): the rows are read once whatever the pass, so
+/// longer passes only save per-call work.
+const ROWS_PER_PASS_ONE_GROUP: usize = 64;
 
 /// A 2-D weight stored in the model file: `rows` rows of `cols` elements each.
 #[derive(Debug, Clone, Copy)]
@@ -62,9 +66,26 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
     }
     let x_rows: Vec<&[f32]> = xs.chunks_exact(cols).collect();
     let q_rows: Vec<&QuantizedActivation> = quantized.iter().collect();
-    // Several tokens meet each quantised weight block through one copy of theirs laid out for
-    // the grouped kernels (groups of their width, which the passes below walk in step with).
-    let groups: Vec<QuantizedGroup> = if quantise && tokens > 1 {
+    // Several tokens meet each quantised weight block together, in groups of the kernels'
+    // width (which the passes below walk in step with): on AVX-512 the row-quad kernels read
+    // the activations in place; otherwise one copy of theirs laid out for the grouped kernels.
+    let row_quads = quantise
+        && tokens > 1
+        && simd::GroupKernels::best() == simd::GroupKernels::Avx512Vnni
+        && ws
+            .iter()
+            .all(|w| matches!(w.ty, GgmlType::Q4_1 | GgmlType::Q8_0));
+    let quad_groups: Vec<RowQuadGroup<'_>> = if row_quads {
+        let with_min = ws.iter().any(|w| w.ty == GgmlType::Q4_1);
+        let with_sums = ws.iter().any(|w| w.ty == GgmlType::Q8_0);
+        q_rows
+            .chunks(simd::MAX_TOKENS)
+            .map(|rows| RowQuadGroup::gather(rows, with_min, with_sums))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let groups: Vec<QuantizedGroup> = if quantise && tokens > 1 && !row_quads {
         // Only some kernels read the quants' lane sums, and gathering is serial work.
         let lane_sums = ws
             .iter()
@@ -119,6 +140,14 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
         let rows = &w.data[first * row_bytes..(first + count) * row_bytes];
         let product = |rows: &[u8], t0: usize, t1: usize, out: &mut [f32]| {
             let (xb, qb) = (&x_rows[t0..t1], &q_rows[t0..t1]);
+            let quads = quad_groups
+                .get(t0 / simd::MAX_TOKENS)
+                .filter(|g| t0.is_multiple_of(simd::MAX_TOKENS) && g.members.len() == t1 - t0);
+            if let Some(g) = quads
+                && simd::dot_rows_quads(w.ty, rows, row_bytes, g, out)
+            {
+                return;
+            }
             let group = groups
                 .get(t0 / simd::MAX_TOKENS)
                 .filter(|g| t0.is_multiple_of(simd::MAX_TOKENS) && g.tokens == t1 - t0);
@@ -143,10 +172,15 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
         }
         // Prefill and batched decode: a pass of a few rows stays in L1 while every block of
         // tokens meets it.
-        let mut block = [0f32; ROWS_PER_PASS * simd::MAX_TOKENS];
+        let mut block = [0f32; ROWS_PER_PASS_ONE_GROUP * simd::MAX_TOKENS];
         let step = simd::max_tokens(w.ty);
-        for r0 in (0..count).step_by(ROWS_PER_PASS) {
-            let r1 = (r0 + ROWS_PER_PASS).min(count);
+        let pass_rows = if tokens <= step {
+            ROWS_PER_PASS_ONE_GROUP
+        } else {
+            ROWS_PER_PASS
+        };
+        for r0 in (0..count).step_by(pass_rows) {
+            let r1 = (r0 + pass_rows).min(count);
             let pass = &rows[r0 * row_bytes..r1 * row_bytes];
             for t0 in (0..tokens).step_by(step) {
                 let t1 = (t0 + step).min(tokens);

@@ -213,6 +213,65 @@ impl QuantizedGroup {
     }
 }
 
+/// Up to [`super::simd::MAX_TOKENS`] quantised activations as the AVX-512 row-quad kernels
+/// take them (`simd::dot_rows_quads`): those kernels hold four weight rows per register and
+/// read each token's quants and scales where they are, so only what is shared across a
+/// block's tokens is laid out here.
+#[derive(Debug, Clone, Default)]
+pub struct RowQuadGroup<'a> {
+    pub members: Vec<&'a QuantizedActivation>,
+    /// Q4_1's sum terms: per block, per quad of token slots, 16 values (slot `4u + k`'s sum
+    /// in lanes `4k..4k + 4`, one per weight row of the register; unused slots zero).
+    pub s: Vec<f32>,
+    /// Q8_0's start values: per token, per block, `-128 ·` the token's four lane sums (see
+    /// `simd`), which take off what offsetting the weights to unsigned added.
+    pub neg_sums: Vec<i32>,
+}
+
+impl<'a> RowQuadGroup<'a> {
+    /// The group of `members` (at most [`super::simd::MAX_TOKENS`], all of one width), with
+    /// the sum terms when `with_min` (Q4_1) and the start values when `with_sums` (Q8_0).
+    pub fn gather(members: &[&'a QuantizedActivation], with_min: bool, with_sums: bool) -> Self {
+        const SLOTS: usize = super::simd::MAX_TOKENS;
+        assert!(
+            members.len() <= SLOTS,
+            "a group holds at most {SLOTS} tokens"
+        );
+        let blocks = members.first().map_or(0, |m| m.d.len());
+        let mut s = Vec::new();
+        if with_min {
+            s = vec![0.0; blocks * SLOTS * 4];
+            for (t, m) in members.iter().enumerate() {
+                for i in 0..blocks {
+                    let at = i * SLOTS * 4 + t * 4;
+                    s[at..at + 4].fill(m.s[i]);
+                }
+            }
+        }
+        let mut neg_sums = Vec::new();
+        if with_sums {
+            neg_sums.reserve(members.len() * blocks * 4);
+            for m in members {
+                for quants in m.qs.chunks_exact(QK).take(blocks) {
+                    neg_sums.extend((0..4).map(|j| {
+                        let sum: i32 = quants[4 * j..4 * j + 4]
+                            .iter()
+                            .chain(&quants[16 + 4 * j..16 + 4 * j + 4])
+                            .map(|&q| i32::from(q))
+                            .sum();
+                        -128 * sum
+                    }));
+                }
+            }
+        }
+        Self {
+            members: members.to_vec(),
+            s,
+            neg_sums,
+        }
+    }
+}
+
 #[inline]
 fn read_f16(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -615,6 +674,34 @@ mod tests {
                                 out[r * width + t].to_bits(),
                                 single.to_bits(),
                                 "{kernels:?} {ty:?} width {width} token {t} row {r}"
+                            );
+                        }
+                    }
+                }
+            }
+            // The row-quad kernels (AVX-512, Q4_1 and Q8_0): a four and three rows after it.
+            if matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) && GroupKernels::Avx512Vnni.testable()
+            {
+                for width in 1..=8 {
+                    let members: Vec<&QuantizedActivation> = xqs[..width].iter().collect();
+                    let group = RowQuadGroup::gather(&members, true, true);
+                    let mut out = vec![0f32; rows * width];
+                    assert!(crate::engine::simd::dot_rows_quads_on(
+                        GroupKernels::Avx512Vnni,
+                        ty,
+                        &data,
+                        rb,
+                        &group,
+                        &mut out
+                    ));
+                    for t in 0..width {
+                        for r in 0..rows {
+                            let row = &data[r * rb..(r + 1) * rb];
+                            let single = dot_row(ty, row, &xs[t], &xqs[t]);
+                            assert_eq!(
+                                out[r * width + t].to_bits(),
+                                single.to_bits(),
+                                "row quads {ty:?} width {width} token {t} row {r}"
                             );
                         }
                     }

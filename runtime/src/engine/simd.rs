@@ -31,7 +31,7 @@
 //! Both sum in another order than the portable loops, so they agree with them within float
 //! rounding (tested in `quant`), not bit for bit.
 
-use super::quant::{GgmlType, QK, QuantizedActivation, QuantizedGroup};
+use super::quant::{GgmlType, QK, QuantizedActivation, QuantizedGroup, RowQuadGroup};
 
 /// Most activation rows one kernel call multiplies by a weight row.
 pub const MAX_TOKENS: usize = 8;
@@ -300,6 +300,86 @@ pub fn dot_rows_group_on(
                 6 => x86::dispatch_group::<6>(ty, rows, row_bytes, group, out),
                 7 => x86::dispatch_group::<7>(ty, rows, row_bytes, group, out),
                 _ => x86::dispatch_group::<8>(ty, rows, row_bytes, group, out),
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, out);
+        false
+    }
+}
+
+/// `out[r * n + k] = rows[r] · member k of group` for Q4_1 or Q8_0 weights on the AVX-512
+/// VNNI row-quad kernels (four weight rows per register, each token's activation read in
+/// place): the same values as [`dot_rows_multi`] gives each token alone. Returns `false`,
+/// leaving `out` alone, on other types, without those kernels (or under `AGENTRT_SIMD=avx2`),
+/// or when the lengths do not fit; the caller then uses [`dot_rows_group`].
+pub fn dot_rows_quads(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    group: &RowQuadGroup<'_>,
+    out: &mut [f32],
+) -> bool {
+    dot_rows_quads_on(GroupKernels::best(), ty, rows, row_bytes, group, out)
+}
+
+/// [`dot_rows_quads`] on the given kernels (`false` unless they are the AVX-512 ones and
+/// this CPU runs them).
+pub fn dot_rows_quads_on(
+    kernels: GroupKernels,
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    group: &RowQuadGroup<'_>,
+    out: &mut [f32],
+) -> bool {
+    let n = group.members.len();
+    if kernels != GroupKernels::Avx512Vnni
+        || !kernels.available()
+        || !matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0)
+        || n == 0
+        || n > MAX_TOKENS
+        || row_bytes == 0
+        || !row_bytes.is_multiple_of(ty.block_bytes())
+        || !rows.len().is_multiple_of(row_bytes)
+        || out.len() != rows.len() / row_bytes * n
+    {
+        return false;
+    }
+    let blocks = row_bytes / ty.block_bytes();
+    // The kernels read `blocks` blocks of every member, and the group's shared values for
+    // them, unchecked.
+    let short = group
+        .members
+        .iter()
+        .any(|q| q.d.len() < blocks || q.s.len() < blocks || q.qs.len() < blocks * QK);
+    let shared_missing = match ty {
+        GgmlType::Q4_1 => group.s.len() < blocks * MAX_TOKENS * 4,
+        _ => {
+            group.neg_sums.len() < n * blocks * 4
+                || group.members.iter().any(|q| q.d.len() != blocks)
+        }
+    };
+    if short || shared_missing {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX-512 F/BW/VNNI, AVX2, FMA and F16C are present (`available`) and the
+        // lengths were checked above.
+        unsafe {
+            match n {
+                1 => x86::dispatch_quads::<1>(ty, rows, row_bytes, group, out),
+                2 => x86::dispatch_quads::<2>(ty, rows, row_bytes, group, out),
+                3 => x86::dispatch_quads::<3>(ty, rows, row_bytes, group, out),
+                4 => x86::dispatch_quads::<4>(ty, rows, row_bytes, group, out),
+                5 => x86::dispatch_quads::<5>(ty, rows, row_bytes, group, out),
+                6 => x86::dispatch_quads::<6>(ty, rows, row_bytes, group, out),
+                7 => x86::dispatch_quads::<7>(ty, rows, row_bytes, group, out),
+                _ => x86::dispatch_quads::<8>(ty, rows, row_bytes, group, out),
             }
         }
         true
@@ -707,7 +787,7 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) ->
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GgmlType, QK, QuantizedActivation, QuantizedGroup, Widen};
+    use super::{GgmlType, QK, QuantizedActivation, QuantizedGroup, RowQuadGroup, Widen};
 
     /// Run the kernel of `ty` for `N` tokens over every row in `rows`.
     ///
@@ -2007,6 +2087,189 @@ mod x86 {
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
         }
         row_sums(acc, None)
+    }
+
+    /// [`super::dot_rows_quads`] for `T` tokens: whole quads of rows through the row-quad
+    /// kernels, the rows after the last whole quad one token at a time through [`dispatch`].
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C are present; `ty` is Q4_1 or Q8_0; the
+    /// group holds `T` members of at least a row's blocks, and its sum terms (Q4_1) or start
+    /// values (Q8_0) for them; `out` holds `T` values per row (checked by the caller).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dispatch_quads<const T: usize>(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        g: &RowQuadGroup<'_>,
+        out: &mut [f32],
+    ) {
+        let count = rows.len() / row_bytes;
+        let quads = count / 4;
+        for (quad, out) in out[..quads * 4 * T].chunks_exact_mut(4 * T).enumerate() {
+            let row = |r: usize| {
+                let at = (4 * quad + r) * row_bytes;
+                &rows[at..at + row_bytes]
+            };
+            let four = [row(0), row(1), row(2), row(3)];
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                if ty == GgmlType::Q4_1 {
+                    q4_1_quad_group_512::<T>(four, g, out)
+                } else {
+                    q8_0_quad_group_512::<T>(four, g, out)
+                }
+            };
+        }
+        let rest = &rows[quads * 4 * row_bytes..];
+        let rest_count = count - quads * 4;
+        if rest_count == 0 {
+            return;
+        }
+        let mut alone = [0f32; 4];
+        for (t, xq) in g.members.iter().enumerate() {
+            // SAFETY: forwarded from the caller (quantised kernels read no float input).
+            unsafe { dispatch::<1>(ty, rest, row_bytes, &[&[]], &[xq], &mut alone[..rest_count]) };
+            for (r, value) in alone[..rest_count].iter().enumerate() {
+                out[(quads * 4 + r) * T + t] = *value;
+            }
+        }
+    }
+
+    /// Writes four rows' results for `T` tokens (`out[r * T + t]`) from the tokens'
+    /// accumulators and, where given, their offsets (token `t`'s four rows in lanes
+    /// `4(t % 4)..` of `offsets[t / 4]`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    fn write_quad<const T: usize>(
+        acc: &[__m512; T],
+        offsets: Option<&[__m512; 2]>,
+        out: &mut [f32],
+    ) {
+        let mut lanes = [0f32; 32];
+        if let Some(offsets) = offsets {
+            // SAFETY: 32 floats fit `lanes`.
+            unsafe {
+                _mm512_storeu_ps(lanes.as_mut_ptr(), offsets[0]);
+                _mm512_storeu_ps(lanes.as_mut_ptr().add(16), offsets[1]);
+            }
+        }
+        for (t, acc) in acc.iter().enumerate() {
+            // SAFETY: token t's four offsets are within `lanes`.
+            let offset = offsets.map(|_| unsafe { _mm_loadu_ps(lanes.as_ptr().add(4 * t)) });
+            let sums = row_sums(*acc, offset);
+            for (r, sum) in sums.into_iter().enumerate() {
+                out[r * T + t] = sum;
+            }
+        }
+    }
+
+    /// [`q4_1_quad_512`] for `T` tokens of a [`RowQuadGroup`]: the four rows' chunks are
+    /// prepared once per block and meet each token's chunks (broadcast from where the token
+    /// keeps them) in two `vpdpbusd`; the minimum terms of four tokens share a register. Each
+    /// (row, token) keeps the lanes, scales, sums and order of the single-token kernels.
+    ///
+    /// # Safety
+    /// As [`dispatch_quads`]; the rows have one length.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q4_1_quad_group_512<const T: usize>(
+        rows: [&[u8]; 4],
+        g: &RowQuadGroup<'_>,
+        out: &mut [f32],
+    ) {
+        let low = _mm512_set1_epi8(0x0F);
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut offsets = [_mm512_setzero_ps(); 2];
+        let qs: [*const i8; T] = std::array::from_fn(|t| g.members[t].qs.as_ptr());
+        let ds: [*const f32; T] = std::array::from_fn(|t| g.members[t].d.as_ptr());
+        for i in 0..rows[0].len() / 20 {
+            let blocks = rows.map(|r| r[i * 20..].as_ptr());
+            for b in blocks {
+                prefetch(b);
+            }
+            // SAFETY: each block holds its 4-byte header and 16 packed bytes (the caller).
+            let ((d, m), packed) = unsafe { (quad_headers(blocks), quad_chunk(blocks, 4)) };
+            let d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d));
+            let c0 = _mm512_and_si512(packed, low);
+            let c1 = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
+            for t in 0..T {
+                // SAFETY: every member holds block i (the caller).
+                let (q0, q1, xd) = unsafe {
+                    let q = qs[t].add(i * QK);
+                    (
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i)),
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16) as *const __m128i)),
+                        _mm512_set1_ps(*ds[t].add(i)),
+                    )
+                };
+                let dot = _mm512_dpbusd_epi32(
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, q0),
+                    c1,
+                    q1,
+                );
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, xd), acc[t]);
+            }
+            let m = _mm512_broadcast_f32x4(m);
+            for (u, offsets) in offsets.iter_mut().enumerate().take(T.div_ceil(4)) {
+                // SAFETY: the group holds block i's sum terms (the caller).
+                let s = unsafe { _mm512_loadu_ps(g.s.as_ptr().add((i * 2 + u) * 16)) };
+                *offsets = _mm512_add_ps(*offsets, _mm512_mul_ps(m, s));
+            }
+        }
+        write_quad(&acc, Some(&offsets), out);
+    }
+
+    /// [`q8_0_quad_512`] for `T` tokens of a [`RowQuadGroup`], as [`q4_1_quad_group_512`];
+    /// each token's lanes start from the group's start values for it.
+    ///
+    /// # Safety
+    /// As [`dispatch_quads`]; the rows have one length.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q8_0_quad_group_512<const T: usize>(
+        rows: [&[u8]; 4],
+        g: &RowQuadGroup<'_>,
+        out: &mut [f32],
+    ) {
+        let flip = _mm512_set1_epi8(-128);
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let qs: [*const i8; T] = std::array::from_fn(|t| g.members[t].qs.as_ptr());
+        let ds: [*const f32; T] = std::array::from_fn(|t| g.members[t].d.as_ptr());
+        let blocks_per_row = rows[0].len() / 34;
+        for i in 0..blocks_per_row {
+            let blocks = rows.map(|r| r[i * 34..].as_ptr());
+            for b in blocks {
+                prefetch(b);
+            }
+            // SAFETY: each block holds its 2-byte scale and 32 quants (the caller).
+            let ((d, _), w0, w1) = unsafe {
+                (
+                    quad_headers(blocks),
+                    quad_chunk(blocks, 2),
+                    quad_chunk(blocks, 18),
+                )
+            };
+            let d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d));
+            let (c0, c1) = (_mm512_xor_si512(w0, flip), _mm512_xor_si512(w1, flip));
+            for t in 0..T {
+                // SAFETY: every member holds block i, and the group its start values (the
+                // caller).
+                let (q0, q1, xd, start) = unsafe {
+                    let q = qs[t].add(i * QK);
+                    let start = g.neg_sums.as_ptr().add((t * blocks_per_row + i) * 4);
+                    (
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i)),
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16) as *const __m128i)),
+                        _mm512_set1_ps(*ds[t].add(i)),
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(start as *const __m128i)),
+                    )
+                };
+                let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, xd), acc[t]);
+            }
+        }
+        write_quad(&acc, None, out);
     }
 
     /// [`super::quantize_row`]: each block's scale and quants as [`abs_max32`] and
