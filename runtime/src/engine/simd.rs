@@ -1,4 +1,5 @@
-//! AVX2 versions of the row dot products, chosen at run time.
+//! SIMD versions (AVX2, and AVX-512 VNNI where present) of the row dot products, chosen at run
+//! time.
 //!
 //! Quantised rows (Q4_0, Q4_1, Q8_0 against int8 activations): a block's 32 integer products
 //! for a token end in four i32 **token lanes**, lane `j` the sum of elements `4j..4j + 4` and
@@ -12,12 +13,15 @@
 //! two or four tokens, where they were a third of a batched pass's kernel work with one token
 //! per register.
 //!
-//! Where the CPU has AVX-512 with VNNI (Zen 4 and 5, Intel since Ice Lake), the grouped
-//! kernels that batched decode and prefill run take four tokens per register and form each
-//! lane's products with `vpdpbusd` (four u8×i8 products summed into an i32 lane in one
-//! instruction, instead of AVX2's `maddubs` + `madd`). Attention's score and value loops take
-//! sixteen positions or outputs per register there, each lane's arithmetic unchanged.
-//! `AGENTRT_SIMD=avx2` keeps the AVX2 kernels.
+//! Where the CPU has AVX-512 with VNNI (Zen 4 and 5, Intel since Ice Lake), Q4_1 and Q8_0
+//! rows (the shipped models' types) run **row-quad** kernels, for decode and for batches:
+//! four weight rows per 512-bit register, one per 128-bit lane, their chunks prepared once
+//! per block and met by each token's chunks (broadcast to all four lanes) in two `vpdpbusd`
+//! (four u8×i8 products summed into an i32 lane in one instruction, instead of AVX2's
+//! `maddubs` + `madd`), which leave the token lanes directly. Q4_0 keeps a four-tokens-per-
+//! register group kernel there. Attention's score and value loops take sixteen positions or
+//! outputs per register, each lane's arithmetic unchanged. `AGENTRT_SIMD=avx2` keeps the
+//! AVX2 kernels.
 //!
 //! Float rows (F32, F16, BF16): eight-lane FMA over four independent accumulators, with F16
 //! widened on the fly by F16C and BF16 by a shift, so half-precision weights are never stored
