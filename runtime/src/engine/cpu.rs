@@ -74,13 +74,12 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
         && simd::GroupKernels::best() == simd::GroupKernels::Avx512Vnni
         && ws
             .iter()
-            .all(|w| matches!(w.ty, GgmlType::Q4_1 | GgmlType::Q8_0));
+            .all(|w| matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0));
     let quad_groups: Vec<RowQuadGroup<'_>> = if row_quads {
-        let with_min = ws.iter().any(|w| w.ty == GgmlType::Q4_1);
-        let with_sums = ws.iter().any(|w| w.ty == GgmlType::Q8_0);
+        let types: Vec<GgmlType> = ws.iter().map(|w| w.ty).collect();
         q_rows
             .chunks(simd::MAX_TOKENS)
-            .map(|rows| RowQuadGroup::gather(rows, with_min, with_sums))
+            .map(|rows| RowQuadGroup::gather(rows, &types))
             .collect()
     } else {
         Vec::new()

@@ -225,13 +225,15 @@ pub struct RowQuadGroup<'a> {
     pub s: Vec<f32>,
     /// Q8_0's start values: per token, per block, `-128 ·` the token's four lane sums (see
     /// `simd`), which take off what offsetting the weights to unsigned added.
-    pub neg_sums: Vec<i32>,
+    pub starts_q8_0: Vec<i32>,
+    /// Q4_0's: `-8 ·` the lane sums (its nibbles are stored offset by 8).
+    pub starts_q4_0: Vec<i32>,
 }
 
 impl<'a> RowQuadGroup<'a> {
     /// The group of `members` (at most [`super::simd::MAX_TOKENS`], all of one width), with
-    /// the sum terms when `with_min` (Q4_1) and the start values when `with_sums` (Q8_0).
-    pub fn gather(members: &[&'a QuantizedActivation], with_min: bool, with_sums: bool) -> Self {
+    /// what kernels of the weight types `types` read.
+    pub fn gather(members: &[&'a QuantizedActivation], types: &[GgmlType]) -> Self {
         const SLOTS: usize = super::simd::MAX_TOKENS;
         assert!(
             members.len() <= SLOTS,
@@ -239,7 +241,7 @@ impl<'a> RowQuadGroup<'a> {
         );
         let blocks = members.first().map_or(0, |m| m.d.len());
         let mut s = Vec::new();
-        if with_min {
+        if types.contains(&GgmlType::Q4_1) {
             s = vec![0.0; blocks * SLOTS * 4];
             for (t, m) in members.iter().enumerate() {
                 for i in 0..blocks {
@@ -248,26 +250,30 @@ impl<'a> RowQuadGroup<'a> {
                 }
             }
         }
-        let mut neg_sums = Vec::new();
-        if with_sums {
-            neg_sums.reserve(members.len() * blocks * 4);
+        let starts = |ty: GgmlType, scale: i32| -> Vec<i32> {
+            if !types.contains(&ty) {
+                return Vec::new();
+            }
+            let mut starts = Vec::with_capacity(members.len() * blocks * 4);
             for m in members {
                 for quants in m.qs.chunks_exact(QK).take(blocks) {
-                    neg_sums.extend((0..4).map(|j| {
+                    starts.extend((0..4).map(|j| {
                         let sum: i32 = quants[4 * j..4 * j + 4]
                             .iter()
                             .chain(&quants[16 + 4 * j..16 + 4 * j + 4])
                             .map(|&q| i32::from(q))
                             .sum();
-                        -128 * sum
+                        -scale * sum
                     }));
                 }
             }
-        }
+            starts
+        };
         Self {
             members: members.to_vec(),
             s,
-            neg_sums,
+            starts_q8_0: starts(GgmlType::Q8_0, 128),
+            starts_q4_0: starts(GgmlType::Q4_0, 8),
         }
     }
 }
@@ -636,7 +642,7 @@ mod tests {
 
     #[test]
     fn grouped_kernels_compute_what_one_token_at_a_time_computes() {
-        use crate::engine::simd::{GroupKernels, dot_rows_group_on};
+        use crate::engine::simd::{GroupKernels, dot_rows_group};
         // Every group width (a batch's last group is narrower), every quantised type and
         // every instruction set this CPU has: the interleaved group must give each (row,
         // token) the bits of that token alone. Seven rows: decode's kernels take rows in
@@ -657,15 +663,13 @@ mod tests {
                 .flat_map(|r| quantize_row(ty, &sample(n, 800 + r as u32)))
                 .collect();
             let rb = ty.row_bytes(n);
-            for kernels in [GroupKernels::Avx2, GroupKernels::Avx512Vnni] {
-                if !kernels.testable() {
-                    continue;
-                }
+            // The interleaved group kernels (AVX2).
+            if GroupKernels::Avx2.testable() {
                 for width in 1..=8 {
                     let members: Vec<&QuantizedActivation> = xqs[..width].iter().collect();
                     let group = QuantizedGroup::gather(&members, true);
                     let mut out = vec![0f32; rows * width];
-                    assert!(dot_rows_group_on(kernels, ty, &data, rb, &group, &mut out));
+                    assert!(dot_rows_group(ty, &data, rb, &group, &mut out));
                     for t in 0..width {
                         for r in 0..rows {
                             let row = &data[r * rb..(r + 1) * rb];
@@ -673,18 +677,17 @@ mod tests {
                             assert_eq!(
                                 out[r * width + t].to_bits(),
                                 single.to_bits(),
-                                "{kernels:?} {ty:?} width {width} token {t} row {r}"
+                                "{ty:?} width {width} token {t} row {r}"
                             );
                         }
                     }
                 }
             }
-            // The row-quad kernels (AVX-512, Q4_1 and Q8_0): a four and three rows after it.
-            if matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) && GroupKernels::Avx512Vnni.testable()
-            {
+            // The row-quad kernels (AVX-512): a four and three rows after it.
+            if GroupKernels::Avx512Vnni.testable() {
                 for width in 1..=8 {
                     let members: Vec<&QuantizedActivation> = xqs[..width].iter().collect();
-                    let group = RowQuadGroup::gather(&members, true, true);
+                    let group = RowQuadGroup::gather(&members, &[ty]);
                     let mut out = vec![0f32; rows * width];
                     assert!(crate::engine::simd::dot_rows_quads_on(
                         GroupKernels::Avx512Vnni,
@@ -736,7 +739,7 @@ mod tests {
             let group = QuantizedGroup::gather(&[&xqs[0]], false);
             let f16_row = quantize_row(GgmlType::F16, &xs[0]);
             let mut out = [0f32; 1];
-            assert!(!crate::engine::simd::dot_rows_group(
+            assert!(!dot_rows_group(
                 GgmlType::F16,
                 &f16_row,
                 f16_row.len(),

@@ -13,13 +13,12 @@
 //! two or four tokens, where they were a third of a batched pass's kernel work with one token
 //! per register.
 //!
-//! Where the CPU has AVX-512 with VNNI (Zen 4 and 5, Intel since Ice Lake), Q4_1 and Q8_0
-//! rows (the shipped models' types) run **row-quad** kernels, for decode and for batches:
+//! Where the CPU has AVX-512 with VNNI (Zen 4 and 5, Intel since Ice Lake), quantised rows
+//! run **row-quad** kernels, for decode and for batches:
 //! four weight rows per 512-bit register, one per 128-bit lane, their chunks prepared once
 //! per block and met by each token's chunks (broadcast to all four lanes) in two `vpdpbusd`
 //! (four u8×i8 products summed into an i32 lane in one instruction, instead of AVX2's
-//! `maddubs` + `madd`), which leave the token lanes directly. Q4_0 keeps a four-tokens-per-
-//! register group kernel there. Attention's score and value loops take sixteen positions or
+//! `maddubs` + `madd`), which leave the token lanes directly. Attention's score and value loops take sixteen positions or
 //! outputs per register, each lane's arithmetic unchanged. `AGENTRT_SIMD=avx2` keeps the
 //! AVX2 kernels.
 //!
@@ -83,7 +82,7 @@ pub fn dot_rows_multi(
 }
 
 /// [`dot_rows_multi`] on the given kernels (`false` where this CPU lacks them). Only decode
-/// (one token) of Q4_1 and Q8_0 rows has AVX-512 kernels; the rest runs on AVX2 either way.
+/// (one token) of quantised rows has AVX-512 kernels; the rest runs on AVX2 either way.
 pub fn dot_rows_multi_on(
     kernels: GroupKernels,
     ty: GgmlType,
@@ -127,7 +126,7 @@ pub fn dot_rows_multi_on(
         }
         if kernels == GroupKernels::Avx512Vnni
             && n == 1
-            && matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0)
+            && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
         {
             // SAFETY: AVX-512 F/BW/VNNI (checked by `available`), AVX2, FMA and F16C are
             // present and the lengths were checked above.
@@ -162,7 +161,8 @@ pub fn dot_rows_multi_on(
 pub enum GroupKernels {
     /// AVX2, FMA and F16C: eight lanes, two tokens' token lanes per register.
     Avx2,
-    /// AVX-512 (F, BW) with VNNI: sixteen lanes, four tokens per register.
+    /// AVX-512 (F, BW) with VNNI: the row-quad kernels (four weight rows per register) and
+    /// sixteen-lane attention loops.
     Avx512Vnni,
 }
 
@@ -226,21 +226,10 @@ impl GroupKernels {
 /// `out[r * n + k] = rows[r] · token k of group` for a quantised weight type (Q4_0, Q4_1,
 /// Q8_0) and a [`QuantizedGroup`] of `n` tokens: the same values as [`dot_rows_multi`], each
 /// token's arithmetic unchanged, with the activations read through one pointer (eight tokens'
-/// separate rows do not fit the registers), on the [`GroupKernels::best`] kernels. Returns
-/// `false`, leaving `out` alone, where there is no such kernel or the lengths do not fit.
+/// separate rows do not fit the registers), on the AVX2 kernels (AVX-512 machines run
+/// [`dot_rows_quads`] and come here only where it does not apply). Returns `false`, leaving
+/// `out` alone, where there is no such kernel or the lengths do not fit.
 pub fn dot_rows_group(
-    ty: GgmlType,
-    rows: &[u8],
-    row_bytes: usize,
-    group: &QuantizedGroup,
-    out: &mut [f32],
-) -> bool {
-    dot_rows_group_on(GroupKernels::best(), ty, rows, row_bytes, group, out)
-}
-
-/// [`dot_rows_group`] on the given kernels (`false` where this CPU lacks them).
-pub fn dot_rows_group_on(
-    kernels: GroupKernels,
     ty: GgmlType,
     rows: &[u8],
     row_bytes: usize,
@@ -255,15 +244,14 @@ pub fn dot_rows_group_on(
         || row_bytes == 0
         || !rows.len().is_multiple_of(row_bytes)
         || out.len() != rows.len() / row_bytes * n
-        || !kernels.available()
+        || !GroupKernels::Avx2.available()
     {
         return false;
     }
     let blocks = row_bytes / ty.block_bytes();
-    // The kernels read `blocks` blocks of every token unchecked.
-    // Q4_0, and Q8_0 on the AVX-512 kernels, start from the quants' lane sums.
-    let needs_sums =
-        ty == GgmlType::Q4_0 || (ty == GgmlType::Q8_0 && kernels == GroupKernels::Avx512Vnni);
+    // The kernels read `blocks` blocks of every token unchecked; Q4_0's start from the
+    // quants' lane sums.
+    let needs_sums = ty == GgmlType::Q4_0;
     if !row_bytes.is_multiple_of(ty.block_bytes())
         || group.blocks < blocks
         || group.qs.len() < blocks * QuantizedGroup::BLOCK_QUANTS
@@ -272,24 +260,6 @@ pub fn dot_rows_group_on(
         || (needs_sums && group.sums.len() < blocks * QuantizedGroup::BLOCK_LANES)
     {
         return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernels == GroupKernels::Avx512Vnni {
-        // SAFETY: AVX-512 F/BW/VNNI, AVX2, FMA and F16C are present and the lengths were
-        // checked above.
-        unsafe {
-            match n {
-                1 => x86::dispatch_group_512::<1>(ty, rows, row_bytes, group, out),
-                2 => x86::dispatch_group_512::<2>(ty, rows, row_bytes, group, out),
-                3 => x86::dispatch_group_512::<3>(ty, rows, row_bytes, group, out),
-                4 => x86::dispatch_group_512::<4>(ty, rows, row_bytes, group, out),
-                5 => x86::dispatch_group_512::<5>(ty, rows, row_bytes, group, out),
-                6 => x86::dispatch_group_512::<6>(ty, rows, row_bytes, group, out),
-                7 => x86::dispatch_group_512::<7>(ty, rows, row_bytes, group, out),
-                _ => x86::dispatch_group_512::<8>(ty, rows, row_bytes, group, out),
-            }
-        }
-        return true;
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -315,7 +285,7 @@ pub fn dot_rows_group_on(
     }
 }
 
-/// `out[r * n + k] = rows[r] · member k of group` for Q4_1 or Q8_0 weights on the AVX-512
+/// `out[r * n + k] = rows[r] · member k of group` for quantised weights on the AVX-512
 /// VNNI row-quad kernels (four weight rows per register, each token's activation read in
 /// place): the same values as [`dot_rows_multi`] gives each token alone. Returns `false`,
 /// leaving `out` alone, on other types, without those kernels (or under `AGENTRT_SIMD=avx2`),
@@ -343,7 +313,7 @@ pub fn dot_rows_quads_on(
     let n = group.members.len();
     if kernels != GroupKernels::Avx512Vnni
         || !kernels.available()
-        || !matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0)
+        || !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
         || n == 0
         || n > MAX_TOKENS
         || row_bytes == 0
@@ -360,12 +330,14 @@ pub fn dot_rows_quads_on(
         .members
         .iter()
         .any(|q| q.d.len() < blocks || q.s.len() < blocks || q.qs.len() < blocks * QK);
+    let starts = match ty {
+        GgmlType::Q4_0 => &group.starts_q4_0,
+        _ => &group.starts_q8_0,
+    };
+    // Start values are laid out by the row's number of blocks.
     let shared_missing = match ty {
         GgmlType::Q4_1 => group.s.len() < blocks * MAX_TOKENS * 4,
-        _ => {
-            group.neg_sums.len() < n * blocks * 4
-                || group.members.iter().any(|q| q.d.len() != blocks)
-        }
+        _ => starts.len() < n * blocks * 4 || group.members.iter().any(|q| q.d.len() != blocks),
     };
     if short || shared_missing {
         return false;
@@ -1695,213 +1667,12 @@ mod x86 {
         }
     }
 
-    /// [`dispatch_group`] on AVX-512 with VNNI ([`group_kernel_512`]).
-    ///
-    /// # Safety
-    /// As [`dispatch_group`] (and for Q8_0 the group holds lane sums too), and AVX-512 F, BW
-    /// and VNNI must be present.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dispatch_group_512<const N: usize>(
-        ty: GgmlType,
-        rows: &[u8],
-        row_bytes: usize,
-        group: &QuantizedGroup,
-        out: &mut [f32],
-    ) {
-        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
-            // SAFETY: forwarded from the caller.
-            let result: [f32; N] = unsafe {
-                match ty {
-                    GgmlType::Q4_1 => q4_1_group_512(row, group),
-                    GgmlType::Q8_0 => q8_0_group_512(row, group),
-                    GgmlType::Q4_0 => q4_0_group_512(row, group),
-                    _ => unreachable!("dot_rows_group takes quantised types only"),
-                }
-            };
-            out.copy_from_slice(&result);
-        }
-    }
-
-    /// [`pair_sums`] for registers of four tokens' four lanes each.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-    fn quad_sums<const N: usize>(acc: [__m512; 2], offsets: Option<__m256>) -> [f32; N] {
-        let sums = acc.map(|v| {
-            let s = _mm512_add_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v));
-            _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s))
-        });
-        let pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
-        let tokens = _mm512_castps512_ps256(_mm512_permutex2var_ps(sums[0], pick, sums[1]));
-        let tokens = match offsets {
-            Some(offsets) => _mm256_add_ps(tokens, offsets),
-            None => tokens,
-        };
-        let mut lanes = [0f32; 8];
-        // SAFETY: eight floats fit `lanes`.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), tokens) };
-        std::array::from_fn(|k| lanes[k])
-    }
-
-    /// [`group_kernel`] with four tokens per 512-bit register (a quad's chunk of quants is one
-    /// 64-byte load, the row's chunk repeated in all four 128-bit lanes), `vpdpbusd` forming
-    /// each lane's four products and adding them in one instruction. Each lane's integer and
-    /// its scale are the AVX2 kernels', so every token's sum is theirs to the bit.
-    ///
-    /// # Safety
-    /// As [`dispatch_group_512`]; `weights` may read the whole block at the pointer it is
-    /// given.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn group_kernel_512<const N: usize, W: Copy>(
-        row: &[u8],
-        g: &QuantizedGroup,
-        block_bytes: usize,
-        with_min: bool,
-        weights: impl Fn(*const u8) -> W,
-        dot: impl Fn(W, *const i8, *const i32) -> __m512i,
-    ) -> [f32; N] {
-        let quads = N.div_ceil(4);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut offsets = _mm256_setzero_ps();
-        let (qs, ds, sums) = (g.qs.as_ptr(), g.d.as_ptr(), g.sums.as_ptr());
-        let blocks = row.len() / block_bytes;
-        for i in 0..blocks {
-            let blk = &row[i * block_bytes..(i + 1) * block_bytes];
-            prefetch(blk.as_ptr());
-            let w = weights(blk.as_ptr());
-            // SAFETY: every quantised block starts with its 4-byte-readable header; the group
-            // holds block i's slots (the caller).
-            let dm = unsafe { block_header(blk.as_ptr()) };
-            if with_min {
-                // SAFETY: as above.
-                unsafe { add_offsets(&mut offsets, dm, g, i) };
-            }
-            let dw = _mm512_broadcastss_ps(dm);
-            for (u, acc) in acc.iter_mut().enumerate().take(quads) {
-                let at = QuantizedGroup::pair_offset(i, 2 * u);
-                // SAFETY: the group holds block i's quants, scales and (where the kernel
-                // reads them) lane sums in its layout (the caller).
-                let xd = unsafe { _mm512_loadu_ps(ds.add(i * 32 + u * 16)) };
-                let lanes = dot(w, qs.wrapping_add(at), sums.wrapping_add(i * 32 + u * 16));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), _mm512_mul_ps(dw, xd), *acc);
-            }
-        }
-        quad_sums(acc, with_min.then_some(offsets))
-    }
-
-    /// [`nibble_chunks`] in all four 128-bit lanes.
-    ///
-    /// # Safety
-    /// 16 bytes are readable at `packed`.
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512bw")]
-    unsafe fn nibble_chunks_512(packed: *const u8) -> (__m512i, __m512i) {
-        // SAFETY: the caller guarantees 16 readable bytes.
-        let bytes = unsafe { _mm_loadu_si128(packed as *const __m128i) };
-        let all = _mm512_broadcast_i32x4(bytes);
-        let low = _mm512_set1_epi8(0x0F);
-        (
-            _mm512_and_si512(all, low),
-            _mm512_and_si512(_mm512_srli_epi16(all, 4), low),
-        )
-    }
-
-    /// A quad's two chunks of quants at `q` (chunk 1 64 bytes on) times the row's chunks,
-    /// added onto `start`.
-    ///
-    /// # Safety
-    /// 128 bytes are readable at `q`.
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
-    unsafe fn quad_dot(start: __m512i, c0: __m512i, c1: __m512i, q: *const i8) -> __m512i {
-        // SAFETY: the caller guarantees both chunks' 64 bytes.
-        let (q0, q1) = unsafe {
-            (
-                _mm512_loadu_si512(q as *const __m512i),
-                _mm512_loadu_si512(q.add(64) as *const __m512i),
-            )
-        };
-        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1)
-    }
-
-    /// `-(sums << shift)` for a quad's 16 lane sums at `sums`.
-    ///
-    /// # Safety
-    /// 16 i32 are readable at `sums`.
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f")]
-    unsafe fn minus_shifted_sums<const SHIFT: u32>(sums: *const i32) -> __m512i {
-        // SAFETY: the caller guarantees the quad's lane sums.
-        let sums = unsafe { _mm512_loadu_si512(sums as *const __m512i) };
-        _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<SHIFT>(sums))
-    }
-
-    /// [`q4_1_group`] on AVX-512 VNNI: nibbles (u8) times quants (i8), four per lane.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q4_1_group_512<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 4-byte
-        // header.
-        unsafe {
-            group_kernel_512(
-                row,
-                g,
-                20,
-                true,
-                |blk| nibble_chunks_512(blk.add(4)),
-                |(c0, c1), q, _| quad_dot(_mm512_setzero_si512(), c0, c1, q),
-            )
-        }
-    }
-
-    /// [`q4_0_group`] on AVX-512 VNNI.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q4_0_group_512<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 2-byte
-        // scale; the group holds lane sums (checked by the caller for Q4_0).
-        unsafe {
-            group_kernel_512(
-                row,
-                g,
-                18,
-                false,
-                |blk| nibble_chunks_512(blk.add(2)),
-                |(c0, c1), q, sums| quad_dot(minus_shifted_sums::<3>(sums), c0, c1, q),
-            )
-        }
-    }
-
-    /// [`q8_0_group`] on AVX-512 VNNI. `vpdpbusd` takes one unsigned operand and AVX-512 has
-    /// no byte sign instruction, so the weights are offset to unsigned (`w ^ 0x80` = w + 128)
-    /// and the lanes start from `-128 ·` the group's lane sums of the quants: each lane ends
-    /// at Σ w·q, the integer the AVX2 kernels form.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q8_0_group_512<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        let flip = _mm512_set1_epi8(-128);
-        // SAFETY: forwarded from the caller; a block holds 32 quants after its 2-byte scale;
-        // the group holds lane sums (checked by the caller for Q8_0 on these kernels).
-        unsafe {
-            group_kernel_512(
-                row,
-                g,
-                34,
-                false,
-                |blk| {
-                    let chunk = |at: usize| {
-                        let w = _mm_loadu_si128(blk.add(at) as *const __m128i);
-                        _mm512_xor_si512(_mm512_broadcast_i32x4(w), flip)
-                    };
-                    (chunk(2), chunk(18))
-                },
-                |(c0, c1), q, sums| quad_dot(minus_shifted_sums::<7>(sums), c0, c1, q),
-            )
-        }
-    }
-
     /// Decode (one token) on AVX-512 VNNI: rows four at a time ([`q4_1_quad_512`],
-    /// [`q8_0_quad_512`]), the rest through [`dispatch`]'s pairs and single rows.
+    /// [`q4_0_quad_512`], [`q8_0_quad_512`]), the rest through [`dispatch`]'s pairs and
+    /// single rows.
     ///
     /// # Safety
-    /// As [`dispatch`] with `N` = 1 and `ty` Q4_1 or Q8_0; AVX-512 F, BW and VNNI must be
+    /// As [`dispatch`] with `N` = 1 and a quantised `ty`; AVX-512 F, BW and VNNI must be
     /// present.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     pub unsafe fn decode_512(
@@ -1918,10 +1689,10 @@ mod x86 {
             let four = [row(0), row(1), row(2), row(3)];
             // SAFETY: forwarded from the caller.
             let result = unsafe {
-                if ty == GgmlType::Q4_1 {
-                    q4_1_quad_512(four, xq)
-                } else {
-                    q8_0_quad_512(four, xq)
+                match ty {
+                    GgmlType::Q4_1 => q4_1_quad_512(four, xq),
+                    GgmlType::Q4_0 => q4_0_quad_512(four, xq),
+                    _ => q8_0_quad_512(four, xq),
                 }
             };
             out.copy_from_slice(&result);
@@ -2053,6 +1824,53 @@ mod x86 {
         row_sums(acc, Some(offsets))
     }
 
+    /// A token's lane sums of block `i`'s quants times `-scale`, in all four 128-bit lanes:
+    /// what offsetting the weights added (Q4_0's nibbles by 8, Q8_0's bytes by 128).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+    fn token_starts<const SHIFT: u32>(q0: __m512i, q1: __m512i) -> __m512i {
+        let ones = _mm512_set1_epi8(1);
+        let sums = _mm512_dpbusd_epi32(
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, q0),
+            ones,
+            q1,
+        );
+        _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<SHIFT>(sums))
+    }
+
+    /// [`q4_0`] for one token and four rows, as [`q4_1_quad_512`]: stored nibbles are offset
+    /// by 8, so the lanes start from `-8 ·` the token's lane sums.
+    ///
+    /// # Safety
+    /// As [`q4_1_quad_512`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q4_0_quad_512(rows: [&[u8]; 4], xq: &QuantizedActivation) -> [f32; 4] {
+        let low = _mm512_set1_epi8(0x0F);
+        let mut acc = _mm512_setzero_ps();
+        for i in 0..rows[0].len() / 18 {
+            let blocks = rows.map(|r| r[i * 18..].as_ptr());
+            for b in blocks {
+                prefetch(b);
+            }
+            // SAFETY: each block holds its 2-byte scale and 16 packed bytes (the header load
+            // reads four); xq holds block i (the caller).
+            let ((d, _), packed, (q0, q1), xd) = unsafe {
+                (
+                    quad_headers(blocks),
+                    quad_chunk(blocks, 2),
+                    token_chunks(xq, i),
+                    _mm_broadcast_ss(xq.d.get_unchecked(i)),
+                )
+            };
+            let c0 = _mm512_and_si512(packed, low);
+            let c1 = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
+            let start = token_starts::<3>(q0, q1);
+            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
+        }
+        row_sums(acc, None)
+    }
+
     /// [`q8_0`] for one token and four rows, as [`q4_1_quad_512`]: the weights made unsigned
     /// (`w ^ 0x80` = w + 128), the lanes starting from `-128 ·` the token's lane sums (formed
     /// once per block for the four rows), so each ends at Σ w·q.
@@ -2062,7 +1880,6 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     unsafe fn q8_0_quad_512(rows: [&[u8]; 4], xq: &QuantizedActivation) -> [f32; 4] {
         let flip = _mm512_set1_epi8(-128);
-        let ones = _mm512_set1_epi8(1);
         let mut acc = _mm512_setzero_ps();
         for i in 0..rows[0].len() / 34 {
             let blocks = rows.map(|r| r[i * 34..].as_ptr());
@@ -2080,12 +1897,7 @@ mod x86 {
                     _mm_broadcast_ss(xq.d.get_unchecked(i)),
                 )
             };
-            let sums = _mm512_dpbusd_epi32(
-                _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, q0),
-                ones,
-                q1,
-            );
-            let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sums));
+            let start = token_starts::<7>(q0, q1);
             let (c0, c1) = (_mm512_xor_si512(w0, flip), _mm512_xor_si512(w1, flip));
             let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
@@ -2097,9 +1909,9 @@ mod x86 {
     /// kernels, the rows after the last whole quad one token at a time through [`dispatch`].
     ///
     /// # Safety
-    /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C are present; `ty` is Q4_1 or Q8_0; the
-    /// group holds `T` members of at least a row's blocks, and its sum terms (Q4_1) or start
-    /// values (Q8_0) for them; `out` holds `T` values per row (checked by the caller).
+    /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C are present; `ty` is quantised; the group
+    /// holds `T` members of at least a row's blocks, and its sum terms (Q4_1) or start values
+    /// (Q4_0, Q8_0) for them; `out` holds `T` values per row (checked by the caller).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     pub unsafe fn dispatch_quads<const T: usize>(
         ty: GgmlType,
@@ -2118,10 +1930,10 @@ mod x86 {
             let four = [row(0), row(1), row(2), row(3)];
             // SAFETY: forwarded from the caller.
             unsafe {
-                if ty == GgmlType::Q4_1 {
-                    q4_1_quad_group_512::<T>(four, g, out)
-                } else {
-                    q8_0_quad_group_512::<T>(four, g, out)
+                match ty {
+                    GgmlType::Q4_1 => q4_1_quad_group_512::<T>(four, g, out),
+                    GgmlType::Q4_0 => q4_0_quad_group_512::<T>(four, g, out),
+                    _ => q8_0_quad_group_512::<T>(four, g, out),
                 }
             };
         }
@@ -2224,44 +2036,42 @@ mod x86 {
         write_quad(&acc, Some(&offsets), out);
     }
 
-    /// [`q8_0_quad_512`] for `T` tokens of a [`RowQuadGroup`], as [`q4_1_quad_group_512`];
-    /// each token's lanes start from the group's start values for it.
+    /// [`q8_0_quad_512`] and [`q4_0_quad_512`] for `T` tokens of a [`RowQuadGroup`], as
+    /// [`q4_1_quad_group_512`]: `weights` gives the four rows' two unsigned chunks of a block
+    /// (`block_bytes` long), and each token's lanes start from its `starts` for the block.
     ///
     /// # Safety
-    /// As [`dispatch_quads`]; the rows have one length.
+    /// As [`dispatch_quads`]; the rows have one length; `starts` holds four values per member
+    /// and block; `weights` may read the whole blocks at the pointers it is given.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q8_0_quad_group_512<const T: usize>(
+    unsafe fn offset_quad_group_512<const T: usize>(
         rows: [&[u8]; 4],
         g: &RowQuadGroup<'_>,
+        starts: &[i32],
+        block_bytes: usize,
+        weights: impl Fn([*const u8; 4]) -> (__m512i, __m512i),
         out: &mut [f32],
     ) {
-        let flip = _mm512_set1_epi8(-128);
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         let mut acc = [_mm512_setzero_ps(); T];
         let qs: [*const i8; T] = std::array::from_fn(|t| g.members[t].qs.as_ptr());
         let ds: [*const f32; T] = std::array::from_fn(|t| g.members[t].d.as_ptr());
-        let blocks_per_row = rows[0].len() / 34;
+        let blocks_per_row = rows[0].len() / block_bytes;
         for i in 0..blocks_per_row {
-            let blocks = rows.map(|r| r[i * 34..].as_ptr());
+            let blocks = rows.map(|r| r[i * block_bytes..].as_ptr());
             for b in blocks {
                 prefetch(b);
             }
-            // SAFETY: each block holds its 2-byte scale and 32 quants (the caller).
-            let ((d, _), w0, w1) = unsafe {
-                (
-                    quad_headers(blocks),
-                    quad_chunk(blocks, 2),
-                    quad_chunk(blocks, 18),
-                )
-            };
+            // SAFETY: each block holds its header (the caller).
+            let (d, _) = unsafe { quad_headers(blocks) };
             let d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d));
-            let (c0, c1) = (_mm512_xor_si512(w0, flip), _mm512_xor_si512(w1, flip));
+            let (c0, c1) = weights(blocks);
             for t in 0..T {
-                // SAFETY: every member holds block i, and the group its start values (the
-                // caller).
+                // SAFETY: every member holds block i, and `starts` its values (the caller).
                 let (q0, q1, xd, start) = unsafe {
                     let q = qs[t].add(i * QK);
-                    let start = g.neg_sums.as_ptr().add((t * blocks_per_row + i) * 4);
+                    let start = starts.as_ptr().add((t * blocks_per_row + i) * 4);
                     (
                         _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i)),
                         _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16) as *const __m128i)),
@@ -2274,6 +2084,64 @@ mod x86 {
             }
         }
         write_quad(&acc, None, out);
+    }
+
+    /// [`q8_0_quad_512`] for `T` tokens of a [`RowQuadGroup`] ([`offset_quad_group_512`]).
+    ///
+    /// # Safety
+    /// As [`dispatch_quads`]; the rows have one length.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q8_0_quad_group_512<const T: usize>(
+        rows: [&[u8]; 4],
+        g: &RowQuadGroup<'_>,
+        out: &mut [f32],
+    ) {
+        let flip = _mm512_set1_epi8(-128);
+        // SAFETY: forwarded from the caller; a block holds 32 quants after its 2-byte scale.
+        unsafe {
+            offset_quad_group_512::<T>(
+                rows,
+                g,
+                &g.starts_q8_0,
+                34,
+                |blocks| {
+                    let (w0, w1) = (quad_chunk(blocks, 2), quad_chunk(blocks, 18));
+                    (_mm512_xor_si512(w0, flip), _mm512_xor_si512(w1, flip))
+                },
+                out,
+            )
+        }
+    }
+
+    /// [`q4_0_quad_512`] for `T` tokens of a [`RowQuadGroup`] ([`offset_quad_group_512`]).
+    ///
+    /// # Safety
+    /// As [`dispatch_quads`]; the rows have one length.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn q4_0_quad_group_512<const T: usize>(
+        rows: [&[u8]; 4],
+        g: &RowQuadGroup<'_>,
+        out: &mut [f32],
+    ) {
+        let low = _mm512_set1_epi8(0x0F);
+        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 2-byte
+        // scale.
+        unsafe {
+            offset_quad_group_512::<T>(
+                rows,
+                g,
+                &g.starts_q4_0,
+                18,
+                |blocks| {
+                    let packed = quad_chunk(blocks, 2);
+                    (
+                        _mm512_and_si512(packed, low),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low),
+                    )
+                },
+                out,
+            )
+        }
     }
 
     /// [`super::quantize_row`]: each block's scale and quants as [`abs_max32`] and
