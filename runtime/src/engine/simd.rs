@@ -9,9 +9,9 @@
 //! quantised kernel, for one token or a group, forms exactly these lanes and float
 //! operations, so a token's result does not depend on what it was batched with (tested).
 //! Four lanes rather than AVX2's natural eight let a group kernel hold two tokens per 256-bit
-//! register and four per 512-bit one: a block's convert, scale and multiply–add then serve
-//! two or four tokens, where they were a third of a batched pass's kernel work with one token
-//! per register.
+//! register (and the AVX-512 kernels four rows per 512-bit one): a block's convert, scale and
+//! multiply–add then serve two or four (row, token) pairs, where they were a third of a
+//! batched pass's kernel work with one per register.
 //!
 //! Where the CPU has AVX-512 with VNNI (Zen 4 and 5, Intel since Ice Lake), quantised rows
 //! run **row-quad** kernels, for decode and for batches:
