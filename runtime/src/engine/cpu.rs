@@ -85,10 +85,8 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
         Vec::new()
     };
     let groups: Vec<QuantizedGroup> = if quantise && tokens > 1 && !row_quads {
-        // Only some kernels read the quants' lane sums, and gathering is serial work.
-        let lane_sums = ws
-            .iter()
-            .any(|w| matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q8_0));
+        // Only Q4_0's kernel reads the quants' lane sums, and gathering is serial work.
+        let lane_sums = ws.iter().any(|w| w.ty == GgmlType::Q4_0);
         q_rows
             .chunks(simd::MAX_TOKENS)
             .map(|rows| QuantizedGroup::gather(rows, lane_sums))

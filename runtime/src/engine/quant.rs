@@ -131,11 +131,11 @@ pub fn quantize_block_portable(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
     sum
 }
 
-/// Up to [`super::simd::MAX_TOKENS`] quantised activation rows laid out for the grouped
-/// kernels, which hold tokens' token lanes (see `simd`) side by side in one register: per
-/// block, eight token slots (unused ones zero) in two quads of four; per quad, the block's
-/// chunk 0 (elements 0..16) of its four slots, 16 bytes each, then chunk 1 (16..32). A pair
-/// of slots' chunk is then one 32-byte load and a quad's one 64-byte load.
+/// Up to [`super::simd::MAX_TOKENS`] quantised activation rows laid out for the AVX2 grouped
+/// kernels, which hold two tokens' token lanes (see `simd`) side by side in one register: per
+/// block, eight token slots (unused ones zero); per two pairs of slots, the block's chunk 0
+/// (elements 0..16) of the four slots, 16 bytes each, then their chunk 1 (16..32). A pair of
+/// slots' chunk is then one 32-byte load ([`Self::pair_offset`]).
 #[derive(Debug, Clone, Default)]
 pub struct QuantizedGroup {
     pub tokens: usize,
@@ -148,8 +148,8 @@ pub struct QuantizedGroup {
     /// Each slot's sum term (Q4_1's minimum meets it), eight per block.
     pub s: Vec<f32>,
     /// With `gather`'s `lane_sums`: each slot's quants summed per token lane (the elements
-    /// that lane meets), [`Self::BLOCK_LANES`] per block; the kernels whose integer products
-    /// need an offset taken off (Q4_0's nibbles, Q8_0's weights made unsigned) read them.
+    /// that lane meets), [`Self::BLOCK_LANES`] per block; Q4_0's kernel reads them to take
+    /// off what its nibbles' offset of 8 added.
     pub sums: Vec<i32>,
 }
 
@@ -161,7 +161,7 @@ impl QuantizedGroup {
     pub const BLOCK_LANES: usize = Self::SLOTS * 4;
 
     /// Where in `qs` block `block`'s chunk 0 for the pair of slots `2 * pair, 2 * pair + 1`
-    /// starts (chunk 1 follows 64 bytes on; a quad starts at its even pair).
+    /// starts (chunk 1 follows 64 bytes on).
     #[inline]
     pub fn pair_offset(block: usize, pair: usize) -> usize {
         block * Self::BLOCK_QUANTS + (pair / 2) * 128 + (pair % 2) * 32
@@ -298,7 +298,9 @@ pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) ->
     }
 }
 
-/// The portable dot product; the reference the SIMD kernels must match bit for bit.
+/// The portable dot product (one integer per block, one float sum): where there is no SIMD
+/// kernel. The kernels sum in four lanes per token, so they agree with it within float
+/// rounding, not bit for bit (tested).
 pub fn dot_row_portable(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> f32 {
     match ty {
         GgmlType::F32 => row

@@ -14,11 +14,11 @@
 //! batched pass's kernel work with one per register.
 //!
 //! Where the CPU has AVX-512 with VNNI (Zen 4 and 5, Intel since Ice Lake), quantised rows
-//! run **row-quad** kernels, for decode and for batches:
-//! four weight rows per 512-bit register, one per 128-bit lane, their chunks prepared once
-//! per block and met by each token's chunks (broadcast to all four lanes) in two `vpdpbusd`
-//! (four u8×i8 products summed into an i32 lane in one instruction, instead of AVX2's
-//! `maddubs` + `madd`), which leave the token lanes directly. Attention's score and value loops take sixteen positions or
+//! run **row-quad** kernels, for decode and for batches: four weight rows per 512-bit
+//! register, one per 128-bit lane, their chunks prepared once per block and met by each
+//! token's chunks (broadcast to all four lanes) in two `vpdpbusd` (four u8×i8 products summed
+//! into an i32 lane in one instruction, instead of AVX2's `maddubs` + `madd`), which leave
+//! the token lanes directly. Attention's score and value loops take sixteen positions or
 //! outputs per register, each lane's arithmetic unchanged. `AGENTRT_SIMD=avx2` keeps the
 //! AVX2 kernels.
 //!
@@ -768,8 +768,10 @@ mod x86 {
     /// Run the kernel of `ty` for `N` tokens over every row in `rows`.
     ///
     /// # Safety
-    /// AVX2, FMA and F16C must be present; `xs`/`xqs` hold `N` activations whose lengths match
-    /// one row of `row_bytes`; `out` holds `N` values per row (checked by the caller).
+    /// AVX2, FMA and F16C must be present; `xqs` hold `N` activations whose lengths match one
+    /// row of `row_bytes`, and so do `xs` for float types (the quantised kernels read only
+    /// `xqs`; `xs` must still hold `N` entries); `out` holds `N` values per row (checked by
+    /// the caller).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dispatch<const N: usize>(
         ty: GgmlType,
