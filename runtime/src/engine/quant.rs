@@ -665,6 +665,20 @@ mod tests {
                 .flat_map(|r| quantize_row(ty, &sample(n, 800 + r as u32)))
                 .collect();
             let rb = ty.row_bytes(n);
+            // `out[r * width + t]` must be the bits of row r times token t alone.
+            let each_as_alone = |out: &[f32], width: usize, kernels: &str| {
+                for t in 0..width {
+                    for r in 0..rows {
+                        let row = &data[r * rb..(r + 1) * rb];
+                        let single = dot_row(ty, row, &xs[t], &xqs[t]);
+                        assert_eq!(
+                            out[r * width + t].to_bits(),
+                            single.to_bits(),
+                            "{kernels} {ty:?} width {width} token {t} row {r}"
+                        );
+                    }
+                }
+            };
             // The interleaved group kernels (AVX2).
             if GroupKernels::Avx2.testable() {
                 for width in 1..=8 {
@@ -672,17 +686,7 @@ mod tests {
                     let group = QuantizedGroup::gather(&members, true);
                     let mut out = vec![0f32; rows * width];
                     assert!(dot_rows_group(ty, &data, rb, &group, &mut out));
-                    for t in 0..width {
-                        for r in 0..rows {
-                            let row = &data[r * rb..(r + 1) * rb];
-                            let single = dot_row(ty, row, &xs[t], &xqs[t]);
-                            assert_eq!(
-                                out[r * width + t].to_bits(),
-                                single.to_bits(),
-                                "{ty:?} width {width} token {t} row {r}"
-                            );
-                        }
-                    }
+                    each_as_alone(&out, width, "interleaved group");
                 }
             }
             // The row-quad kernels (AVX-512): a four and three rows after it.
@@ -699,17 +703,7 @@ mod tests {
                         &group,
                         &mut out
                     ));
-                    for t in 0..width {
-                        for r in 0..rows {
-                            let row = &data[r * rb..(r + 1) * rb];
-                            let single = dot_row(ty, row, &xs[t], &xqs[t]);
-                            assert_eq!(
-                                out[r * width + t].to_bits(),
-                                single.to_bits(),
-                                "row quads {ty:?} width {width} token {t} row {r}"
-                            );
-                        }
-                    }
+                    each_as_alone(&out, width, "row quads");
                 }
             }
             for kernels in [GroupKernels::Avx2, GroupKernels::Avx512Vnni] {

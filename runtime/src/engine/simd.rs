@@ -36,6 +36,25 @@
 
 use super::quant::{GgmlType, QK, QuantizedActivation, QuantizedGroup, RowQuadGroup};
 
+/// Calls `$kernel::<N>($args)` with `N` the token count `$n` (1 to [`MAX_TOKENS`]; larger
+/// counts were refused by the caller): the kernels are instantiated per count so their
+/// per-token arrays stay in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_token_count {
+    ($n:expr, $($kernel:ident)::+, ($($args:expr),* $(,)?)) => {
+        match $n {
+            1 => $($kernel)::+::<1>($($args),*),
+            2 => $($kernel)::+::<2>($($args),*),
+            3 => $($kernel)::+::<3>($($args),*),
+            4 => $($kernel)::+::<4>($($args),*),
+            5 => $($kernel)::+::<5>($($args),*),
+            6 => $($kernel)::+::<6>($($args),*),
+            7 => $($kernel)::+::<7>($($args),*),
+            _ => $($kernel)::+::<8>($($args),*),
+        }
+    };
+}
+
 /// Most activation rows one kernel call multiplies by a weight row.
 pub const MAX_TOKENS: usize = 8;
 
@@ -135,18 +154,7 @@ pub fn dot_rows_multi_on(
         }
         // SAFETY: AVX2, FMA and F16C are present and the lengths were checked above (every
         // row has the length of the first).
-        unsafe {
-            match n {
-                1 => x86::dispatch::<1>(ty, rows, row_bytes, xs, xqs, out),
-                2 => x86::dispatch::<2>(ty, rows, row_bytes, xs, xqs, out),
-                3 => x86::dispatch::<3>(ty, rows, row_bytes, xs, xqs, out),
-                4 => x86::dispatch::<4>(ty, rows, row_bytes, xs, xqs, out),
-                5 => x86::dispatch::<5>(ty, rows, row_bytes, xs, xqs, out),
-                6 => x86::dispatch::<6>(ty, rows, row_bytes, xs, xqs, out),
-                7 => x86::dispatch::<7>(ty, rows, row_bytes, xs, xqs, out),
-                _ => x86::dispatch::<8>(ty, rows, row_bytes, xs, xqs, out),
-            }
-        }
+        unsafe { by_token_count!(n, x86::dispatch, (ty, rows, row_bytes, xs, xqs, out)) }
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -264,18 +272,7 @@ pub fn dot_rows_group(
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: AVX2, FMA and F16C are present and the lengths were checked above.
-        unsafe {
-            match n {
-                1 => x86::dispatch_group::<1>(ty, rows, row_bytes, group, out),
-                2 => x86::dispatch_group::<2>(ty, rows, row_bytes, group, out),
-                3 => x86::dispatch_group::<3>(ty, rows, row_bytes, group, out),
-                4 => x86::dispatch_group::<4>(ty, rows, row_bytes, group, out),
-                5 => x86::dispatch_group::<5>(ty, rows, row_bytes, group, out),
-                6 => x86::dispatch_group::<6>(ty, rows, row_bytes, group, out),
-                7 => x86::dispatch_group::<7>(ty, rows, row_bytes, group, out),
-                _ => x86::dispatch_group::<8>(ty, rows, row_bytes, group, out),
-            }
-        }
+        unsafe { by_token_count!(n, x86::dispatch_group, (ty, rows, row_bytes, group, out)) }
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -346,18 +343,7 @@ pub fn dot_rows_quads_on(
     {
         // SAFETY: AVX-512 F/BW/VNNI, AVX2, FMA and F16C are present (`available`) and the
         // lengths were checked above.
-        unsafe {
-            match n {
-                1 => x86::dispatch_quads::<1>(ty, rows, row_bytes, group, out),
-                2 => x86::dispatch_quads::<2>(ty, rows, row_bytes, group, out),
-                3 => x86::dispatch_quads::<3>(ty, rows, row_bytes, group, out),
-                4 => x86::dispatch_quads::<4>(ty, rows, row_bytes, group, out),
-                5 => x86::dispatch_quads::<5>(ty, rows, row_bytes, group, out),
-                6 => x86::dispatch_quads::<6>(ty, rows, row_bytes, group, out),
-                7 => x86::dispatch_quads::<7>(ty, rows, row_bytes, group, out),
-                _ => x86::dispatch_quads::<8>(ty, rows, row_bytes, group, out),
-            }
-        }
+        unsafe { by_token_count!(n, x86::dispatch_quads, (ty, rows, row_bytes, group, out)) }
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -1282,6 +1268,18 @@ mod x86 {
         std::array::from_fn(|k| hsum4(acc[k]) + offsets[k])
     }
 
+    /// Two rows' block headers (`dm_a`, `dm_b`: scale, then minimum) times the token's
+    /// `x = [xd, xd, xs, xs]`: `[d_a · xd, d_b · xd, m_a · xs, m_b · xs]`, each the scalar
+    /// code's product, and the two scales spread over a pair register's halves.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn pair_scales(dm_a: __m128, dm_b: __m128, x: __m128) -> (__m128, __m256) {
+        let products = _mm_mul_ps(_mm_unpacklo_ps(dm_a, dm_b), x);
+        let halves = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        let scales = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(products), halves);
+        (products, scales)
+    }
+
     /// [`q4_1`] for one token and two rows at once (decode), each row's arithmetic unchanged:
     /// both rows' lanes share one register (`[a | b]`), so a block takes one convert and one
     /// multiply–add for the pair, and both rows' scale and minimum products one multiply.
@@ -1311,12 +1309,7 @@ mod x86 {
                     block_header(bb.as_ptr()),
                 )
             };
-            // [d_a · xd, d_b · xd, m_a · xs, m_b · xs], each the scalar code's product.
-            let products = _mm_mul_ps(_mm_unpacklo_ps(dm_a, dm_b), x);
-            let scales = _mm256_permutevar8x32_ps(
-                _mm256_castps128_ps256(products),
-                _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
-            );
+            let (products, scales) = pair_scales(dm_a, dm_b, x);
             let dot_a = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, q), ones);
             let dot_b = _mm256_madd_epi16(_mm256_maddubs_epi16(wb, q), ones);
             let lanes = _mm256_cvtepi32_ps(fold_lanes_pair(dot_a, dot_b));
@@ -1359,12 +1352,7 @@ mod x86 {
                     block_header(bb.as_ptr()),
                 )
             };
-            // [d_a · xd, d_b · xd, ..], each the scalar code's product.
-            let products = _mm_mul_ps(_mm_unpacklo_ps(da, db), xd);
-            let scales = _mm256_permutevar8x32_ps(
-                _mm256_castps128_ps256(products),
-                _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
-            );
+            let (_, scales) = pair_scales(da, db, xd);
             let lanes = _mm256_cvtepi32_ps(fold_lanes_pair(dot(wa, q), dot(wb, q)));
             acc = _mm256_fmadd_ps(lanes, scales, acc);
         }
