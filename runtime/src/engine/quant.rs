@@ -640,6 +640,23 @@ mod tests {
                 assert_eq!(simd.qs, portable.qs, "quants, {case}");
             }
         }
+        // Non-finite activations (a diverged model): whatever the quants are, both paths
+        // must give the same ones, so every kernel sees the same integers.
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = sample(2 * QK, 77);
+            x[5] = bad;
+            let mut simd = QuantizedActivation::default();
+            simd.quantize(&x);
+            let mut portable = QuantizedActivation {
+                d: vec![0.0; 2],
+                s: vec![0.0; 2],
+                qs: vec![0; 2 * QK],
+            };
+            portable.quantize_portable(&x);
+            assert_eq!(simd.qs, portable.qs, "quants with {bad} in the first block");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&simd.d), bits(&portable.d), "d with {bad}");
+        }
     }
 
     #[test]

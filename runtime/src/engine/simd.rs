@@ -2334,8 +2334,12 @@ mod x86 {
             let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(x, t));
             let away = _mm256_or_ps(_mm256_and_ps(x, sign), one);
             let step = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), away);
-            // Saturating like `as i8` below: in range for any id = 127 / amax.
-            _mm256_cvtps_epi32(_mm256_add_ps(t, step))
+            let rounded = _mm256_add_ps(t, step);
+            // NaN to 0, as `as i8` casts it (the conversion would give i32::MIN, packed to
+            // -128, which the AVX2 and VNNI products treat differently); every other value is
+            // in range for any id = 127 / amax.
+            let rounded = _mm256_and_ps(rounded, _mm256_cmp_ps::<_CMP_ORD_Q>(rounded, rounded));
+            _mm256_cvtps_epi32(rounded)
         });
         let total = _mm256_add_epi32(
             _mm256_add_epi32(ints[0], ints[1]),
