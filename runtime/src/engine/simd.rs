@@ -1785,7 +1785,6 @@ mod x86 {
     /// `xq` holds their blocks.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     unsafe fn q4_1_quad_512(rows: [&[u8]; 4], xq: &QuantizedActivation) -> [f32; 4] {
-        let low = _mm512_set1_epi8(0x0F);
         let mut acc = _mm512_setzero_ps();
         let mut offsets = _mm_setzero_ps();
         for i in 0..rows[0].len() / 20 {
@@ -1804,8 +1803,7 @@ mod x86 {
                     _mm_broadcast_ss(xq.s.get_unchecked(i)),
                 )
             };
-            let c0 = _mm512_and_si512(packed, low);
-            let c1 = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
+            let (c0, c1) = nibble_quads(packed);
             let dot =
                 _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, q0), c1, q1);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
@@ -1835,7 +1833,6 @@ mod x86 {
     /// As [`q4_1_quad_512`].
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     unsafe fn q4_0_quad_512(rows: [&[u8]; 4], xq: &QuantizedActivation) -> [f32; 4] {
-        let low = _mm512_set1_epi8(0x0F);
         let mut acc = _mm512_setzero_ps();
         for i in 0..rows[0].len() / 18 {
             let blocks = rows.map(|r| r[i * 18..].as_ptr());
@@ -1852,8 +1849,7 @@ mod x86 {
                     _mm_broadcast_ss(xq.d.get_unchecked(i)),
                 )
             };
-            let c0 = _mm512_and_si512(packed, low);
-            let c1 = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
+            let (c0, c1) = nibble_quads(packed);
             let start = token_starts::<3>(q0, q1);
             let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
@@ -1912,18 +1908,49 @@ mod x86 {
     ) {
         let count = rows.len() / row_bytes;
         let quads = count / 4;
+        let blocks = row_bytes / ty.block_bytes();
+        let flip = _mm512_set1_epi8(-128);
         for (quad, out) in out[..quads * 4 * T].chunks_exact_mut(4 * T).enumerate() {
             let row = |r: usize| {
                 let at = (4 * quad + r) * row_bytes;
                 &rows[at..at + row_bytes]
             };
             let four = [row(0), row(1), row(2), row(3)];
-            // SAFETY: forwarded from the caller.
+            // SAFETY: forwarded from the caller: a Q4_1 block holds 16 packed bytes after its
+            // 4-byte header, a Q4_0 block after its 2-byte scale, a Q8_0 block 32 quants after
+            // it; the group holds the sum terms or start values of `ty` for the row's blocks.
             unsafe {
                 match ty {
-                    GgmlType::Q4_1 => q4_1_quad_group_512::<T>(four, g, out),
-                    GgmlType::Q4_0 => q4_0_quad_group_512::<T>(four, g, out),
-                    _ => q8_0_quad_group_512::<T>(four, g, out),
+                    GgmlType::Q4_1 => quad_group_512::<T>(
+                        four,
+                        g,
+                        20,
+                        true,
+                        |blocks| nibble_quads(quad_chunk(blocks, 4)),
+                        |_, _| _mm512_setzero_si512(),
+                        out,
+                    ),
+                    GgmlType::Q4_0 => quad_group_512::<T>(
+                        four,
+                        g,
+                        18,
+                        false,
+                        |blocks| nibble_quads(quad_chunk(blocks, 2)),
+                        |t, i| group_start(&g.starts_q4_0, blocks, t, i),
+                        out,
+                    ),
+                    _ => quad_group_512::<T>(
+                        four,
+                        g,
+                        34,
+                        false,
+                        |blocks| {
+                            let (w0, w1) = (quad_chunk(blocks, 2), quad_chunk(blocks, 18));
+                            (_mm512_xor_si512(w0, flip), _mm512_xor_si512(w1, flip))
+                        },
+                        |t, i| group_start(&g.starts_q8_0, blocks, t, i),
+                        out,
+                    ),
                 }
             };
         }
@@ -1970,35 +1997,54 @@ mod x86 {
         }
     }
 
-    /// [`q4_1_quad_512`] for `T` tokens of a [`RowQuadGroup`]: the four rows' chunks are
-    /// prepared once per block and meet each token's chunks (broadcast from where the token
-    /// keeps them) in two `vpdpbusd`; the minimum terms of four tokens share a register. Each
-    /// (row, token) keeps the lanes, scales, sums and order of the single-token kernels.
+    /// Four rows' packed nibbles (one row per 128-bit lane) as their two chunks of unsigned
+    /// nibbles: elements 0..16 (the low nibbles) and 16..32 (the high).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    fn nibble_quads(packed: __m512i) -> (__m512i, __m512i) {
+        let low = _mm512_set1_epi8(0x0F);
+        (
+            _mm512_and_si512(packed, low),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low),
+        )
+    }
+
+    /// The row-quad kernel for `T` tokens of a [`RowQuadGroup`]: `weights` gives the four
+    /// rows' two unsigned chunks of a block (`block_bytes` long), prepared once per block and
+    /// met by each token's chunks (broadcast from where the token keeps them) in two
+    /// `vpdpbusd` starting from `start(t, i)`; with `with_min` (Q4_1) the minimum terms of four
+    /// tokens share a register. Each (row, token) keeps the lanes, scales, sums and order of
+    /// the single-token kernels.
     ///
     /// # Safety
-    /// As [`dispatch_quads`]; the rows have one length.
+    /// As [`dispatch_quads`]; the rows have one length; `start` may read the group's start
+    /// values of member `t`, block `i`; `weights` may read the whole blocks at the pointers it
+    /// is given.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q4_1_quad_group_512<const T: usize>(
+    unsafe fn quad_group_512<const T: usize>(
         rows: [&[u8]; 4],
         g: &RowQuadGroup<'_>,
+        block_bytes: usize,
+        with_min: bool,
+        weights: impl Fn([*const u8; 4]) -> (__m512i, __m512i),
+        start: impl Fn(usize, usize) -> __m512i,
         out: &mut [f32],
     ) {
-        let low = _mm512_set1_epi8(0x0F);
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         let mut acc = [_mm512_setzero_ps(); T];
         let mut offsets = [_mm512_setzero_ps(); 2];
         let qs: [*const i8; T] = std::array::from_fn(|t| g.members[t].qs.as_ptr());
         let ds: [*const f32; T] = std::array::from_fn(|t| g.members[t].d.as_ptr());
-        for i in 0..rows[0].len() / 20 {
-            let blocks = rows.map(|r| r[i * 20..].as_ptr());
+        for i in 0..rows[0].len() / block_bytes {
+            let blocks = rows.map(|r| r[i * block_bytes..].as_ptr());
             for b in blocks {
                 prefetch(b);
             }
-            // SAFETY: each block holds its 4-byte header and 16 packed bytes (the caller).
-            let ((d, m), packed) = unsafe { (quad_headers(blocks), quad_chunk(blocks, 4)) };
+            // SAFETY: each block holds its header (the caller).
+            let (d, m) = unsafe { quad_headers(blocks) };
             let d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d));
-            let c0 = _mm512_and_si512(packed, low);
-            let c1 = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
+            let (c0, c1) = weights(blocks);
             for t in 0..T {
                 // SAFETY: every member holds block i (the caller).
                 let (q0, q1, xd) = unsafe {
@@ -2009,129 +2055,33 @@ mod x86 {
                         _mm512_set1_ps(*ds[t].add(i)),
                     )
                 };
-                let dot = _mm512_dpbusd_epi32(
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, q0),
-                    c1,
-                    q1,
-                );
+                let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start(t, i), c0, q0), c1, q1);
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, xd), acc[t]);
             }
-            let m = _mm512_broadcast_f32x4(m);
-            for (u, offsets) in offsets.iter_mut().enumerate().take(T.div_ceil(4)) {
-                // SAFETY: the group holds block i's sum terms (the caller).
-                let s = unsafe { _mm512_loadu_ps(g.s.as_ptr().add((i * 2 + u) * 16)) };
-                *offsets = _mm512_add_ps(*offsets, _mm512_mul_ps(m, s));
+            if with_min {
+                let m = _mm512_broadcast_f32x4(m);
+                for (u, offsets) in offsets.iter_mut().enumerate().take(T.div_ceil(4)) {
+                    // SAFETY: the group holds block i's sum terms (the caller, for Q4_1).
+                    let s = unsafe { _mm512_loadu_ps(g.s.as_ptr().add((i * 2 + u) * 16)) };
+                    *offsets = _mm512_add_ps(*offsets, _mm512_mul_ps(m, s));
+                }
             }
         }
-        write_quad(&acc, Some(&offsets), out);
+        write_quad(&acc, with_min.then_some(&offsets), out);
     }
 
-    /// [`q8_0_quad_512`] and [`q4_0_quad_512`] for `T` tokens of a [`RowQuadGroup`], as
-    /// [`q4_1_quad_group_512`]: `weights` gives the four rows' two unsigned chunks of a block
-    /// (`block_bytes` long), and each token's lanes start from its `starts` for the block.
+    /// A member's start values for a block in the group's `starts` (four per member and
+    /// block), in all four 128-bit lanes.
     ///
     /// # Safety
-    /// As [`dispatch_quads`]; the rows have one length; `starts` holds four values per member
-    /// and block; `weights` may read the whole blocks at the pointers it is given.
+    /// `starts` holds member `t`'s values for block `i` of `blocks`.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn offset_quad_group_512<const T: usize>(
-        rows: [&[u8]; 4],
-        g: &RowQuadGroup<'_>,
-        starts: &[i32],
-        block_bytes: usize,
-        weights: impl Fn([*const u8; 4]) -> (__m512i, __m512i),
-        out: &mut [f32],
-    ) {
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        let mut acc = [_mm512_setzero_ps(); T];
-        let qs: [*const i8; T] = std::array::from_fn(|t| g.members[t].qs.as_ptr());
-        let ds: [*const f32; T] = std::array::from_fn(|t| g.members[t].d.as_ptr());
-        let blocks_per_row = rows[0].len() / block_bytes;
-        for i in 0..blocks_per_row {
-            let blocks = rows.map(|r| r[i * block_bytes..].as_ptr());
-            for b in blocks {
-                prefetch(b);
-            }
-            // SAFETY: each block holds its header (the caller).
-            let (d, _) = unsafe { quad_headers(blocks) };
-            let d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d));
-            let (c0, c1) = weights(blocks);
-            for t in 0..T {
-                // SAFETY: every member holds block i, and `starts` its values (the caller).
-                let (q0, q1, xd, start) = unsafe {
-                    let q = qs[t].add(i * QK);
-                    let start = starts.as_ptr().add((t * blocks_per_row + i) * 4);
-                    (
-                        _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i)),
-                        _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16) as *const __m128i)),
-                        _mm512_set1_ps(*ds[t].add(i)),
-                        _mm512_broadcast_i32x4(_mm_loadu_si128(start as *const __m128i)),
-                    )
-                };
-                let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, xd), acc[t]);
-            }
-        }
-        write_quad(&acc, None, out);
-    }
-
-    /// [`q8_0_quad_512`] for `T` tokens of a [`RowQuadGroup`] ([`offset_quad_group_512`]).
-    ///
-    /// # Safety
-    /// As [`dispatch_quads`]; the rows have one length.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q8_0_quad_group_512<const T: usize>(
-        rows: [&[u8]; 4],
-        g: &RowQuadGroup<'_>,
-        out: &mut [f32],
-    ) {
-        let flip = _mm512_set1_epi8(-128);
-        // SAFETY: forwarded from the caller; a block holds 32 quants after its 2-byte scale.
-        unsafe {
-            offset_quad_group_512::<T>(
-                rows,
-                g,
-                &g.starts_q8_0,
-                34,
-                |blocks| {
-                    let (w0, w1) = (quad_chunk(blocks, 2), quad_chunk(blocks, 18));
-                    (_mm512_xor_si512(w0, flip), _mm512_xor_si512(w1, flip))
-                },
-                out,
-            )
-        }
-    }
-
-    /// [`q4_0_quad_512`] for `T` tokens of a [`RowQuadGroup`] ([`offset_quad_group_512`]).
-    ///
-    /// # Safety
-    /// As [`dispatch_quads`]; the rows have one length.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q4_0_quad_group_512<const T: usize>(
-        rows: [&[u8]; 4],
-        g: &RowQuadGroup<'_>,
-        out: &mut [f32],
-    ) {
-        let low = _mm512_set1_epi8(0x0F);
-        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 2-byte
-        // scale.
-        unsafe {
-            offset_quad_group_512::<T>(
-                rows,
-                g,
-                &g.starts_q4_0,
-                18,
-                |blocks| {
-                    let packed = quad_chunk(blocks, 2);
-                    (
-                        _mm512_and_si512(packed, low),
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low),
-                    )
-                },
-                out,
-            )
-        }
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn group_start(starts: &[i32], blocks: usize, t: usize, i: usize) -> __m512i {
+        // SAFETY: forwarded from the caller.
+        let at = unsafe { starts.as_ptr().add((t * blocks + i) * 4) };
+        // SAFETY: as above, four values.
+        _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(at as *const __m128i) })
     }
 
     /// [`super::quantize_row`]: each block's scale and quants as [`abs_max32`] and
