@@ -13,6 +13,7 @@ pub mod device;
 pub mod gguf;
 pub mod kv_cache;
 pub mod models;
+pub mod packed;
 pub mod prefix_cache;
 pub mod quant;
 pub mod remote;

@@ -12,21 +12,30 @@ use agentrt::engine::chat_template::TemplateMessage;
 use agentrt::engine::kv_cache::KvPrecision;
 
 mod common;
-use common::{candle_greedy, candle_logits, candle_model, spread_and_max_error};
+use common::{candle_logits, candle_model, candle_shortfalls, spread_and_max_error};
 
 /// Largest tolerated |ours - candle| on any logit, relative to the logits' spread (max - min).
 ///
 /// Both engines quantise activations to 8 bits before every matmul, with the same rounding, and
-/// multiply the same integers; but they sum blocks in different orders (our kernels keep four
-/// float lanes per token, candle's portable code one), so a matmul's result differs in its last
-/// bits. An activation that sits on an int8 rounding boundary then rounds the other way in the
-/// next matmul, and 30 layers amplify that to a few hundredths of the spread (measured: 0.82 of
-/// 42.6 on the 44-token chat prompt, 1.9 %; with eight float lanes it was 0.75, 1.8 %).
+/// multiply the same integers; but they add the blocks' scaled sums in different orders (ours
+/// one fused multiply–add chain per row and token, see `packed`; candle its own), so a
+/// matmul's result differs in its last bits. An activation that sits on an int8 rounding
+/// boundary then rounds the other way in the next matmul, and 30 layers amplify that to a few
+/// hundredths of the spread (measured: 0.87 of 42.6 on the 44-token chat prompt, 2.0 %; with
+/// four float lanes per token it was 0.82, with eight 0.75).
 const MAX_RELATIVE_LOGIT_ERROR: f32 = 0.03;
 const GREEDY_TOKENS: usize = 32;
+/// How far below candle's top logit (relative to the spread) a greedy token of ours may be
+/// where it is not candle's choice: a third of the logit bound. Measured: one such step in 32,
+/// 0.37 % below (at 23; every other step candle's own choice).
+const NEAR_TIE: f32 = 0.01;
+/// Steps of the continuation that may be such near-ties.
+const MAX_NEAR_TIES: usize = 2;
 /// The bound with our default f16 KV cache against candle's f32 one: rounding the cached keys
 /// and values adds its own last-bit differences on top, which cross more int8 boundaries
-/// (measured: at most 1.16 of 44.7, 2.6 %, over the chat prompt and eight decoded steps).
+/// (measured: at most 1.73 of 40.1, 4.3 %, over the chat prompt and eight decoded steps, at
+/// step 4; the other steps 1.8–2.2 %. With four float lanes per token it was 1.16 of 44.7.
+/// Every kernel family gives the same bits, so this does not vary by machine).
 const F16_KV_RELATIVE_LOGIT_ERROR: f32 = 0.05;
 
 fn model_path() -> PathBuf {
@@ -42,6 +51,12 @@ fn model_path() -> PathBuf {
 /// Greedy decoding is compared with our KV cache in f32, the arithmetic candle uses: with the
 /// default f16 cache a near-tie later in the continuation may resolve the other way, which says
 /// nothing about correctness. The f16 cache is held to the logit bound below.
+///
+/// Along our greedy continuation (candle fed the same tokens), every token must be candle's
+/// own choice or a near-tie for it: the two engines sum each matmul's blocks in different
+/// orders (above), so where candle's top two logits are closer than that difference, either
+/// choice is right, and the continuations part there. A wrong engine shows as a token far
+/// below candle's top, or as many near-ties.
 #[test]
 fn logits_and_greedy_tokens_match_candle() {
     let path = model_path();
@@ -69,12 +84,24 @@ fn logits_and_greedy_tokens_match_candle() {
     );
 
     let ours_greedy = ours.greedy_tokens(&ids, GREEDY_TOKENS);
-    let theirs_greedy = candle_greedy(&mut reference, &want, ids.len(), GREEDY_TOKENS);
     println!(
         "greedy: {}",
         ours.tokenizer.decode(&ours_greedy).unwrap_or_default()
     );
-    assert_eq!(ours_greedy, theirs_greedy, "greedy continuations differ");
+    let shortfalls = candle_shortfalls(&mut reference, &want, ids.len(), &ours_greedy);
+    println!("candle's logit for each of our tokens below its top (of the spread): {shortfalls:?}");
+    for (step, shortfall) in shortfalls.iter().enumerate() {
+        assert!(
+            *shortfall <= NEAR_TIE,
+            "step {step}: our token {} is {shortfall} of the spread below candle's choice",
+            ours_greedy[step]
+        );
+    }
+    let near_ties = shortfalls.iter().filter(|s| **s > 0.0).count();
+    assert!(
+        near_ties <= MAX_NEAR_TIES,
+        "{near_ties} of {GREEDY_TOKENS} tokens are not candle's choice: {shortfalls:?}"
+    );
 }
 
 /// Our default f16 KV cache against candle's f32 one: the chat prompt's logits, then eight

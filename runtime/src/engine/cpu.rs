@@ -5,7 +5,8 @@
 //! row once for the whole prompt; rows of the weight matrix are split across the engine's threads.
 
 use super::kv_cache::{KvElement, Layer, LayerView};
-use super::quant::{GgmlType, QuantizedActivation, QuantizedGroup, RowQuadGroup, dot_row_portable};
+use super::packed;
+use super::quant::{GgmlType, QuantizedActivation, dot_row_portable};
 use super::simd;
 use super::threads;
 
@@ -18,20 +19,26 @@ const MIN_ROWS_PER_TASK: usize = 16;
 /// pass took 3.6–3.8 ms against 3.4–3.5 and an 8-sequence pass 8.7–8.9 against 8.2–8.4 (and
 /// 12 cut ever finer, "guided", was no better than 4).
 const TASKS_PER_THREAD: usize = 1;
-/// Rows one kernel pass keeps results for before they are scattered, when several groups of
-/// tokens meet each pass (prefill: the pass stays in L1 for all of them).
+/// Float weight rows one kernel pass keeps results for before they are scattered, when several
+/// groups of tokens meet each pass (prefill: the pass stays in L1 for all of them).
 const ROWS_PER_PASS: usize = 16;
-/// The same with one group (batched decode): the rows are read once whatever the pass, so
-/// longer passes only save per-call work.
-const ROWS_PER_PASS_ONE_GROUP: usize = 64;
+/// The same when one kernel call takes every token (small batches): the rows are read once
+/// whatever the pass, so longer passes only save per-call work.
+const ROWS_PER_PASS_ONE_CALL: usize = 64;
+/// Packed groups of rows one pass covers when more tokens than one kernel call takes meet
+/// them (prefill): 64 rows, which stay in L1 while every group of tokens meets them.
+const GROUPS_PER_PASS: usize = 4;
 
-/// A 2-D weight stored in the model file: `rows` rows of `cols` elements each.
+/// A 2-D weight: `rows` rows of `cols` elements each.
 #[derive(Debug, Clone, Copy)]
 pub struct WeightRef<'a> {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
+    /// The rows one after another as files store them, or, with `packed` (block-quantised
+    /// types only), in groups of sixteen as `packed` lays them out.
     pub data: &'a [u8],
+    pub packed: bool,
 }
 
 /// `out[t] = W · xs[t]` for each of the `xs.len() / cols` activation rows.
@@ -42,9 +49,11 @@ pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
 /// `outs[m][t] = ws[m] · xs[t]` for several matrices over the same input (Q, K and V; gate and
 /// up): the input is quantised once and all their rows form one parallel operation.
 ///
-/// Weight rows are split across the engine's threads in contiguous tasks; within a task each
-/// weight row meets several tokens per kernel pass ([`simd::max_tokens`]), so a weight block is
-/// read and unpacked once for them (prefill is matrix–matrix work).
+/// Weight rows are split across the engine's threads in contiguous tasks (of whole groups for
+/// packed weights); within a task each weight row meets several tokens per kernel call
+/// ([`simd::max_tokens`]), so a weight block is read and unpacked once for them (prefill is
+/// matrix–matrix work). Packed weights take the `packed` kernels; quantised rows as files
+/// store them (tests, tools) the portable loops, which give the same bits.
 pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
     let Some(cols) = ws.first().map(|w| w.cols) else {
         return;
@@ -53,10 +62,12 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
         ws.iter().all(|w| w.cols == cols) && outs.len() == ws.len(),
         "matmuls: matrices over one input must share its width"
     );
+    assert!(
+        ws.iter().all(|w| !w.packed || packed::packs(w.ty)),
+        "matmuls: only block-quantised matrices are packed"
+    );
     let tokens = xs.len() / cols;
-    let quantise = ws
-        .iter()
-        .any(|w| matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0));
+    let quantise = ws.iter().any(|w| packed::packs(w.ty));
     let mut quantized: Vec<QuantizedActivation> = vec![QuantizedActivation::default(); tokens];
     if quantise {
         // One task per token: a prompt's rows quantise in parallel.
@@ -66,152 +77,182 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
     }
     let x_rows: Vec<&[f32]> = xs.chunks_exact(cols).collect();
     let q_rows: Vec<&QuantizedActivation> = quantized.iter().collect();
-    // Several tokens meet each quantised weight block together, in groups of the kernels'
-    // width (which the passes below walk in step with): on AVX-512 the row-quad kernels read
-    // the activations in place; otherwise one copy of theirs laid out for the grouped kernels.
-    let row_quads = quantise
-        && tokens > 1
-        && simd::GroupKernels::best() == simd::GroupKernels::Avx512Vnni
-        && ws
-            .iter()
-            .all(|w| matches!(w.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0));
-    let quad_groups: Vec<RowQuadGroup<'_>> = if row_quads {
-        let types: Vec<GgmlType> = ws.iter().map(|w| w.ty).collect();
-        q_rows
-            .chunks(simd::MAX_TOKENS)
-            .map(|rows| RowQuadGroup::gather(rows, &types))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let groups: Vec<QuantizedGroup> = if quantise && tokens > 1 && !row_quads {
-        // Only Q4_0's kernel reads the quants' lane sums, and gathering is serial work.
-        let lane_sums = ws.iter().any(|w| w.ty == GgmlType::Q4_0);
-        q_rows
-            .chunks(simd::MAX_TOKENS)
-            .map(|rows| QuantizedGroup::gather(rows, lane_sums))
-            .collect()
-    } else {
-        Vec::new()
-    };
 
-    // Tasks: each a contiguous run of one matrix's rows, holding for every token the piece of
-    // that token's output row it fills. The kernels' results go straight to their places
-    // from the thread that computed them: gathering them in row order and scattering them
-    // into the outputs afterwards was a serial loop worth 5 % of a batched decode pass.
+    // Tasks: each a contiguous run of one matrix's rows (whole groups where packed), holding
+    // for every token the piece of that token's output row it fills. The kernels' results go
+    // straight to their places from the thread that computed them: gathering them in row
+    // order and scattering them into the outputs afterwards was a serial loop worth 5 % of a
+    // batched decode pass.
     let mut tasks: Vec<Task<'_>> = Vec::new();
     for (m, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
         assert_eq!(out.len(), tokens * w.rows, "matmuls: output size");
+        assert_eq!(
+            w.data.len(),
+            if w.packed {
+                packed::groups(w.rows) * packed::group_bytes(w.ty, w.cols)
+            } else {
+                w.rows * w.ty.row_bytes(w.cols)
+            },
+            "matmuls: matrix size"
+        );
         if w.rows == 0 {
             continue;
         }
         let first_task = tasks.len();
+        let unit = if w.packed { packed::GROUP_ROWS } else { 1 };
         let mut first = 0;
-        for count in task_sizes(w.rows) {
+        for count in task_sizes(w.rows.div_ceil(unit), MIN_ROWS_PER_TASK.div_ceil(unit)) {
+            let first_row = first * unit;
             tasks.push(Task {
                 m,
                 first,
                 count,
+                rows: ((first + count) * unit).min(w.rows) - first_row,
                 outs: Vec::with_capacity(tokens),
             });
             first += count;
         }
         for mut token_row in out.chunks_exact_mut(w.rows) {
             for task in &mut tasks[first_task..] {
-                let (piece, rest) = std::mem::take(&mut token_row).split_at_mut(task.count);
+                let (piece, rest) = std::mem::take(&mut token_row).split_at_mut(task.rows);
                 task.outs.push(piece);
                 token_row = rest;
             }
         }
     }
     threads::for_each_chunk_mut(&mut tasks, 1, |_, task| {
-        let Task {
-            m,
-            first,
-            count,
-            outs,
-        } = &mut task[0];
-        let (m, first, count) = (*m, *first, *count);
-        let w = &ws[m];
-        let row_bytes = w.ty.row_bytes(w.cols);
-        let rows = &w.data[first * row_bytes..(first + count) * row_bytes];
-        let product = |rows: &[u8], t0: usize, t1: usize, out: &mut [f32]| {
-            let (xb, qb) = (&x_rows[t0..t1], &q_rows[t0..t1]);
-            let quads = quad_groups
-                .get(t0 / simd::MAX_TOKENS)
-                .filter(|g| t0.is_multiple_of(simd::MAX_TOKENS) && g.members.len() == t1 - t0);
-            if let Some(g) = quads
-                && simd::dot_rows_quads(w.ty, rows, row_bytes, g, out)
-            {
-                return;
-            }
-            let group = groups
-                .get(t0 / simd::MAX_TOKENS)
-                .filter(|g| t0.is_multiple_of(simd::MAX_TOKENS) && g.tokens == t1 - t0);
-            if let Some(g) = group
-                && simd::dot_rows_group(w.ty, rows, row_bytes, g, out)
-            {
-                return;
-            }
-            if !simd::dot_rows_multi(w.ty, rows, row_bytes, xb, qb, out) {
-                for (r, outs) in out.chunks_exact_mut(t1 - t0).enumerate() {
-                    let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-                    for (k, o) in outs.iter_mut().enumerate() {
-                        *o = dot_row_portable(w.ty, row, xb[k], qb[k]);
-                    }
+        let task = &mut task[0];
+        let w = &ws[task.m];
+        if w.packed {
+            packed_task(w, task, &q_rows);
+        } else if packed::packs(w.ty) {
+            let row_bytes = w.ty.row_bytes(w.cols);
+            for r in 0..task.rows {
+                let row = &w.data[(task.first + r) * row_bytes..][..row_bytes];
+                for (t, out) in task.outs.iter_mut().enumerate() {
+                    out[r] = dot_row_portable(w.ty, row, x_rows[t], q_rows[t]);
                 }
             }
-        };
-        if tokens == 1 {
-            // Decode: one pass streams the task's rows straight into its results.
-            product(rows, 0, 1, outs[0]);
-            return;
-        }
-        // Prefill and batched decode: a pass of a few rows stays in L1 while every block of
-        // tokens meets it.
-        let mut block = [0f32; ROWS_PER_PASS_ONE_GROUP * simd::MAX_TOKENS];
-        let step = simd::max_tokens(w.ty);
-        let pass_rows = if tokens <= step {
-            ROWS_PER_PASS_ONE_GROUP
         } else {
-            ROWS_PER_PASS
-        };
-        for r0 in (0..count).step_by(pass_rows) {
-            let r1 = (r0 + pass_rows).min(count);
-            let pass = &rows[r0 * row_bytes..r1 * row_bytes];
-            for t0 in (0..tokens).step_by(step) {
-                let t1 = (t0 + step).min(tokens);
-                let n = t1 - t0;
-                let block = &mut block[..(r1 - r0) * n];
-                product(pass, t0, t1, block);
-                for (k, out) in outs[t0..t1].iter_mut().enumerate() {
-                    for (r, o) in out[r0..r1].iter_mut().enumerate() {
-                        *o = block[r * n + k];
-                    }
-                }
-            }
+            float_task(w, task, &x_rows, &q_rows);
         }
     });
 }
 
-/// The sizes of the tasks a matrix's `rows` are cut into: up to [`TASKS_PER_THREAD`] runs per
-/// thread of equal length, at least [`MIN_ROWS_PER_TASK`] rows each, but the last, which is
-/// the rest.
-fn task_sizes(rows: usize) -> impl Iterator<Item = usize> {
-    let per_task = rows
-        .div_ceil(threads::count() * TASKS_PER_THREAD)
-        .max(MIN_ROWS_PER_TASK);
-    (0..rows)
-        .step_by(per_task)
-        .map(move |first| per_task.min(rows - first))
+/// A task's groups of packed rows against every token: one kernel call per group of up to
+/// `packed::MAX_TOKENS` tokens, over the whole run when one call takes them all (decode and
+/// batches), else in passes of [`GROUPS_PER_PASS`] groups that stay in L1 while every group
+/// of tokens meets them. Whole groups write straight into the outputs; a matrix's last,
+/// partial group goes through a scratch copy.
+fn packed_task(w: &WeightRef<'_>, task: &mut Task<'_>, q_rows: &[&QuantizedActivation]) {
+    let group_bytes = packed::group_bytes(w.ty, w.cols);
+    let tokens = q_rows.len();
+    let data = &w.data[task.first * group_bytes..(task.first + task.count) * group_bytes];
+    let pass_groups = if tokens <= packed::MAX_TOKENS {
+        task.count
+    } else {
+        GROUPS_PER_PASS
+    };
+    for g0 in (0..task.count).step_by(pass_groups) {
+        let g1 = (g0 + pass_groups).min(task.count);
+        let groups = &data[g0 * group_bytes..g1 * group_bytes];
+        let (r0, r1) = (
+            g0 * packed::GROUP_ROWS,
+            (g1 * packed::GROUP_ROWS).min(task.rows),
+        );
+        let whole = r1 - r0 == (g1 - g0) * packed::GROUP_ROWS;
+        for t0 in (0..tokens).step_by(packed::MAX_TOKENS) {
+            let t1 = (t0 + packed::MAX_TOKENS).min(tokens);
+            let xs = &q_rows[t0..t1];
+            if whole {
+                let mut outs: Vec<&mut [f32]> = task.outs[t0..t1]
+                    .iter_mut()
+                    .map(|out| &mut out[r0..r1])
+                    .collect();
+                packed::dot_groups(w.ty, w.cols, groups, xs, &mut outs);
+            } else {
+                let mut scratch = vec![vec![0f32; (g1 - g0) * packed::GROUP_ROWS]; t1 - t0];
+                let mut outs: Vec<&mut [f32]> =
+                    scratch.iter_mut().map(|s| s.as_mut_slice()).collect();
+                packed::dot_groups(w.ty, w.cols, groups, xs, &mut outs);
+                for (out, s) in task.outs[t0..t1].iter_mut().zip(&scratch) {
+                    out[r0..r1].copy_from_slice(&s[..r1 - r0]);
+                }
+            }
+        }
+    }
 }
 
-/// One parallel task of [`matmuls`]: rows `first..first + count` of matrix `m`, and for each
-/// token the part of its output row those rows fill.
+/// A task's float rows against every token. Decode streams the rows straight into the
+/// results; otherwise passes of [`ROWS_PER_PASS`] rows (or [`ROWS_PER_PASS_ONE_CALL`] where
+/// one kernel call takes every token) are met by the tokens [`simd::FLOAT_TOKENS`] at a
+/// time, the results scattered into the outputs.
+fn float_task(
+    w: &WeightRef<'_>,
+    task: &mut Task<'_>,
+    x_rows: &[&[f32]],
+    q_rows: &[&QuantizedActivation],
+) {
+    let row_bytes = w.ty.row_bytes(w.cols);
+    let rows = &w.data[task.first * row_bytes..(task.first + task.rows) * row_bytes];
+    let tokens = x_rows.len();
+    let product = |pass: &[u8], t0: usize, t1: usize, out: &mut [f32]| {
+        if !simd::dot_rows_multi(w.ty, pass, row_bytes, &x_rows[t0..t1], out) {
+            for (r, outs) in out.chunks_exact_mut(t1 - t0).enumerate() {
+                let row = &pass[r * row_bytes..(r + 1) * row_bytes];
+                for (k, o) in outs.iter_mut().enumerate() {
+                    *o = dot_row_portable(w.ty, row, x_rows[t0 + k], q_rows[t0 + k]);
+                }
+            }
+        }
+    };
+    if tokens == 1 {
+        product(rows, 0, 1, task.outs[0]);
+        return;
+    }
+    let mut block = [0f32; ROWS_PER_PASS_ONE_CALL * simd::FLOAT_TOKENS];
+    let pass_rows = if tokens <= simd::FLOAT_TOKENS {
+        ROWS_PER_PASS_ONE_CALL
+    } else {
+        ROWS_PER_PASS
+    };
+    for r0 in (0..task.rows).step_by(pass_rows) {
+        let r1 = (r0 + pass_rows).min(task.rows);
+        let pass = &rows[r0 * row_bytes..r1 * row_bytes];
+        for t0 in (0..tokens).step_by(simd::FLOAT_TOKENS) {
+            let t1 = (t0 + simd::FLOAT_TOKENS).min(tokens);
+            let n = t1 - t0;
+            let block = &mut block[..(r1 - r0) * n];
+            product(pass, t0, t1, block);
+            for (k, out) in task.outs[t0..t1].iter_mut().enumerate() {
+                for (r, o) in out[r0..r1].iter_mut().enumerate() {
+                    *o = block[r * n + k];
+                }
+            }
+        }
+    }
+}
+
+/// The sizes of the tasks `units` units of work (rows, or groups of rows) are cut into: up to
+/// [`TASKS_PER_THREAD`] runs per thread of equal length, at least `min_units` each, but the
+/// last, which is the rest.
+fn task_sizes(units: usize, min_units: usize) -> impl Iterator<Item = usize> {
+    let per_task = units
+        .div_ceil(threads::count() * TASKS_PER_THREAD)
+        .max(min_units);
+    (0..units)
+        .step_by(per_task)
+        .map(move |first| per_task.min(units - first))
+}
+
+/// One parallel task of [`matmuls`]: units `first..first + count` (rows, or groups of rows
+/// where packed) of matrix `m`, `rows` rows in all, and for each token the part of its output
+/// row those rows fill.
 struct Task<'o> {
     m: usize,
     first: usize,
     count: usize,
+    rows: usize,
     outs: Vec<&'o mut [f32]>,
 }
 
@@ -470,6 +511,43 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 mod tests {
     use super::*;
 
+    /// A quantised matmul over packed weights gives every (row, token) the bits of the
+    /// portable loops over the file's rows, for decode, a batch, and a prompt long enough for
+    /// several token groups and passes, with a last group of rows cut short.
+    #[test]
+    fn packed_matmuls_equal_the_portable_rows_bit_for_bit() {
+        use crate::engine::quant::quantize_row;
+        let (rows, cols) = (150, 96);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let data: Vec<u8> = (0..rows)
+                .flat_map(|r| {
+                    let w: Vec<f32> = (0..cols)
+                        .map(|i| ((r * cols + i) as f32 * 0.37).sin())
+                        .collect();
+                    quantize_row(ty, &w)
+                })
+                .collect();
+            let packed_data = packed::pack(ty, rows, cols, &data);
+            for tokens in [1, 3, 8, 13, 40] {
+                let xs: Vec<f32> = (0..tokens * cols)
+                    .map(|i| (i as f32 * 0.11).cos())
+                    .collect();
+                let (mut a, mut b) = (vec![0f32; tokens * rows], vec![f32::NAN; tokens * rows]);
+                let weight = |data, packed| WeightRef {
+                    ty,
+                    rows,
+                    cols,
+                    data,
+                    packed,
+                };
+                matmul(weight(&data, false), &xs, &mut a);
+                matmul(weight(&packed_data, true), &xs, &mut b);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "{ty:?}, {tokens} tokens");
+            }
+        }
+    }
+
     #[test]
     fn f32_matmul_matches_the_definition_for_a_batch() {
         let (rows, cols) = (37, 8);
@@ -483,6 +561,7 @@ mod tests {
                 rows,
                 cols,
                 data: &bytes,
+                packed: false,
             },
             &xs,
             &mut out,

@@ -233,6 +233,23 @@ impl GgufFile {
         &self.mmap
     }
 
+    /// Drop the resident pages of `len` bytes at `offset` (a tensor the engine has copied, e.g.
+    /// packed): they leave the process's resident set and would be read from the file again if
+    /// touched. Pages shared with neighbouring data go too and simply fault back in. Advice
+    /// only: failure changes nothing.
+    pub fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        // SAFETY: the mapping is read-only and shared, so dropping its pages loses nothing:
+        // every byte reads the same afterwards (from the file), and no reference is left
+        // dangling.
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        };
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
+
     /// Raw bytes of a tensor; bounds were checked at parse time.
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[info.offset..info.offset + info.size]

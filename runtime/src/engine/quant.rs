@@ -73,11 +73,13 @@ impl GgmlType {
 }
 
 /// An activation row quantised to 8-bit blocks: per block a scale `d`, the sum term
-/// `s = d * Σq` (used by `Q4_1`), and 32 signed quants.
+/// `s = d * Σq` (used by `Q4_1`), the integer `Σq` itself (the packed kernels take Q4_0's and
+/// Q8_0's offsets off with it), and 32 signed quants.
 #[derive(Debug, Clone, Default)]
 pub struct QuantizedActivation {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
+    pub sums: Vec<i32>,
     pub qs: Vec<i8>,
 }
 
@@ -90,11 +92,13 @@ impl QuantizedActivation {
         let blocks = x.len() / QK;
         self.d.clear();
         self.s.clear();
+        self.sums.clear();
         self.qs.clear();
         self.d.resize(blocks, 0.0);
         self.s.resize(blocks, 0.0);
+        self.sums.resize(blocks, 0);
         self.qs.resize(blocks * QK, 0);
-        if super::simd::quantize_row(x, &mut self.d, &mut self.s, &mut self.qs) {
+        if super::simd::quantize_row(x, &mut self.d, &mut self.s, &mut self.sums, &mut self.qs) {
             return;
         }
         self.quantize_portable(x);
@@ -104,15 +108,17 @@ impl QuantizedActivation {
     /// is tested against).
     fn quantize_portable(&mut self, x: &[f32]) {
         let blocks = x.chunks_exact(QK);
-        for (((block, d), s), qs) in blocks
+        for ((((block, d), s), total), qs) in blocks
             .zip(&mut self.d)
             .zip(&mut self.s)
+            .zip(&mut self.sums)
             .zip(self.qs.chunks_exact_mut(QK))
         {
             let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
             let scale = amax / 127.0;
             let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
             let sum = quantize_block_portable(block, id, qs);
+            *total = sum;
             let d16 = f16::from_f32(scale);
             *d = d16.to_f32();
             // `s` is formed from the stored (f16) scale, as candle and llama.cpp's Q8_1 do.
@@ -131,153 +137,6 @@ pub fn quantize_block_portable(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
     sum
 }
 
-/// Up to [`super::simd::MAX_TOKENS`] quantised activation rows laid out for the AVX2 grouped
-/// kernels, which hold two tokens' token lanes (see `simd`) side by side in one register: per
-/// block, eight token slots (unused ones zero); per two pairs of slots, the block's chunk 0
-/// (elements 0..16) of the four slots, 16 bytes each, then their chunk 1 (16..32). A pair of
-/// slots' chunk is then one 32-byte load ([`Self::pair_offset`]).
-#[derive(Debug, Clone, Default)]
-pub struct QuantizedGroup {
-    pub tokens: usize,
-    pub blocks: usize,
-    /// [`Self::BLOCK_QUANTS`] per block, laid out as above.
-    pub qs: Vec<i8>,
-    /// Each slot's activation scale four times over (one per token lane), slot by slot:
-    /// [`Self::BLOCK_LANES`] per block.
-    pub d: Vec<f32>,
-    /// Each slot's sum term (Q4_1's minimum meets it), eight per block.
-    pub s: Vec<f32>,
-    /// With `gather`'s `lane_sums`: each slot's quants summed per token lane (the elements
-    /// that lane meets), [`Self::BLOCK_LANES`] per block; Q4_0's kernel reads them to take
-    /// off what its nibbles' offset of 8 added.
-    pub sums: Vec<i32>,
-}
-
-impl QuantizedGroup {
-    const SLOTS: usize = super::simd::MAX_TOKENS;
-    /// Bytes of quants per block: every slot's 32.
-    pub const BLOCK_QUANTS: usize = Self::SLOTS * QK;
-    /// Token lanes per block: four per slot.
-    pub const BLOCK_LANES: usize = Self::SLOTS * 4;
-
-    /// Where in `qs` block `block`'s chunk 0 for the pair of slots `2 * pair, 2 * pair + 1`
-    /// starts (chunk 1 follows 64 bytes on).
-    #[inline]
-    pub fn pair_offset(block: usize, pair: usize) -> usize {
-        block * Self::BLOCK_QUANTS + (pair / 2) * 128 + (pair % 2) * 32
-    }
-
-    /// The group of `rows` (at most [`super::simd::MAX_TOKENS`], all of one width), with
-    /// their per-lane quant sums when `lane_sums`.
-    pub fn gather(rows: &[&QuantizedActivation], lane_sums: bool) -> Self {
-        assert!(
-            rows.len() <= Self::SLOTS,
-            "a group holds at most {} tokens",
-            Self::SLOTS
-        );
-        let tokens = rows.len();
-        let blocks = rows.first().map_or(0, |r| r.d.len());
-        let mut g = Self {
-            tokens,
-            blocks,
-            qs: vec![0; blocks * Self::BLOCK_QUANTS],
-            d: vec![0.0; blocks * Self::BLOCK_LANES],
-            s: vec![0.0; blocks * Self::SLOTS],
-            sums: if lane_sums {
-                vec![0; blocks * Self::BLOCK_LANES]
-            } else {
-                Vec::new()
-            },
-        };
-        for (t, r) in rows.iter().enumerate() {
-            for i in 0..blocks {
-                let quants = &r.qs[i * QK..(i + 1) * QK];
-                let at = Self::pair_offset(i, t / 2) + (t % 2) * 16;
-                g.qs[at..at + 16].copy_from_slice(&quants[..16]);
-                g.qs[at + 64..at + 80].copy_from_slice(&quants[16..]);
-                let lanes = i * Self::BLOCK_LANES + t * 4;
-                g.d[lanes..lanes + 4].fill(r.d[i]);
-                g.s[i * Self::SLOTS + t] = r.s[i];
-                if lane_sums {
-                    for (j, sum) in g.sums[lanes..lanes + 4].iter_mut().enumerate() {
-                        *sum = quants[4 * j..4 * j + 4]
-                            .iter()
-                            .chain(&quants[16 + 4 * j..16 + 4 * j + 4])
-                            .map(|&q| i32::from(q))
-                            .sum();
-                    }
-                }
-            }
-        }
-        g
-    }
-}
-
-/// Up to [`super::simd::MAX_TOKENS`] quantised activations as the AVX-512 row-quad kernels
-/// take them (`simd::dot_rows_quads`): those kernels hold four weight rows per register and
-/// read each token's quants and scales where they are, so only what is shared across a
-/// block's tokens is laid out here.
-#[derive(Debug, Clone, Default)]
-pub struct RowQuadGroup<'a> {
-    pub members: Vec<&'a QuantizedActivation>,
-    /// Q4_1's sum terms: per block, per quad of token slots, 16 values (slot `4u + k`'s sum
-    /// in lanes `4k..4k + 4`, one per weight row of the register; unused slots zero).
-    pub s: Vec<f32>,
-    /// Q8_0's start values: per token, per block, `-128 ·` the token's four lane sums (see
-    /// `simd`), which take off what offsetting the weights to unsigned added.
-    pub starts_q8_0: Vec<i32>,
-    /// Q4_0's: `-8 ·` the lane sums (its nibbles are stored offset by 8).
-    pub starts_q4_0: Vec<i32>,
-}
-
-impl<'a> RowQuadGroup<'a> {
-    /// The group of `members` (at most [`super::simd::MAX_TOKENS`], all of one width), with
-    /// what kernels of the weight types `types` read.
-    pub fn gather(members: &[&'a QuantizedActivation], types: &[GgmlType]) -> Self {
-        const SLOTS: usize = super::simd::MAX_TOKENS;
-        assert!(
-            members.len() <= SLOTS,
-            "a group holds at most {SLOTS} tokens"
-        );
-        let blocks = members.first().map_or(0, |m| m.d.len());
-        let mut s = Vec::new();
-        if types.contains(&GgmlType::Q4_1) {
-            s = vec![0.0; blocks * SLOTS * 4];
-            for (t, m) in members.iter().enumerate() {
-                for i in 0..blocks {
-                    let at = i * SLOTS * 4 + t * 4;
-                    s[at..at + 4].fill(m.s[i]);
-                }
-            }
-        }
-        let starts = |ty: GgmlType, scale: i32| -> Vec<i32> {
-            if !types.contains(&ty) {
-                return Vec::new();
-            }
-            let mut starts = Vec::with_capacity(members.len() * blocks * 4);
-            for m in members {
-                for quants in m.qs.chunks_exact(QK).take(blocks) {
-                    starts.extend((0..4).map(|j| {
-                        let sum: i32 = quants[4 * j..4 * j + 4]
-                            .iter()
-                            .chain(&quants[16 + 4 * j..16 + 4 * j + 4])
-                            .map(|&q| i32::from(q))
-                            .sum();
-                        -scale * sum
-                    }));
-                }
-            }
-            starts
-        };
-        Self {
-            members: members.to_vec(),
-            s,
-            starts_q8_0: starts(GgmlType::Q8_0, 128),
-            starts_q4_0: starts(GgmlType::Q4_0, 8),
-        }
-    }
-}
-
 #[inline]
 fn read_f16(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -292,16 +151,19 @@ fn read_bf16(b: &[u8]) -> f32 {
 /// through the SIMD kernels where this CPU has them.
 #[inline]
 pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> f32 {
-    match super::simd::dot_row(ty, row, x, xq) {
+    match super::simd::dot_row(ty, row, x) {
         Some(v) => v,
         None => dot_row_portable(ty, row, x, xq),
     }
 }
 
-/// The portable dot product (one integer per block, one float sum): where there is no SIMD
-/// kernel. The kernels sum in four lanes per token, so they agree with it within float
-/// rounding, not bit for bit (tested).
+/// The portable dot product of one row as files store it: for the float types a plain sum;
+/// for the quantised ones exactly the packed kernels' arithmetic (one exact integer per
+/// block, `acc = fma(float(Σ), d_w · d_x, acc)` in block order, Q4_1's `+ m · s` after each;
+/// see `packed`), so the two agree to the bit (tested there).
 pub fn dot_row_portable(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> f32 {
+    let blocks = |bytes: usize| row.chunks_exact(bytes).enumerate();
+    let step = |acc: f32, dot: i32, d: f32, i: usize| (dot as f32).mul_add(d * xq.d[i], acc);
     match ty {
         GgmlType::F32 => row
             .chunks_exact(4)
@@ -318,46 +180,34 @@ pub fn dot_row_portable(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActiv
             .zip(x)
             .map(|(w, v)| read_bf16(w) * v)
             .sum(),
-        GgmlType::Q8_0 => {
-            let mut sum = 0f32;
-            for (i, blk) in row.chunks_exact(34).enumerate() {
-                let q = &xq.qs[i * QK..(i + 1) * QK];
-                let mut acc = 0i32;
-                for j in 0..QK {
-                    acc += (blk[2 + j] as i8) as i32 * q[j] as i32;
-                }
-                sum += acc as f32 * read_f16(blk) * xq.d[i];
-            }
-            sum
-        }
-        GgmlType::Q4_0 => {
-            let mut sum = 0f32;
-            for (i, blk) in row.chunks_exact(18).enumerate() {
-                let q = &xq.qs[i * QK..(i + 1) * QK];
-                let mut acc = 0i32;
-                for j in 0..QK / 2 {
+        GgmlType::Q8_0 => blocks(34).fold(0f32, |acc, (i, blk)| {
+            let q = &xq.qs[i * QK..(i + 1) * QK];
+            let dot: i32 = (0..QK)
+                .map(|j| (blk[2 + j] as i8) as i32 * q[j] as i32)
+                .sum();
+            step(acc, dot, read_f16(blk), i)
+        }),
+        GgmlType::Q4_0 => blocks(18).fold(0f32, |acc, (i, blk)| {
+            let q = &xq.qs[i * QK..(i + 1) * QK];
+            let dot: i32 = (0..QK / 2)
+                .map(|j| {
                     let b = blk[2 + j];
-                    acc += ((b & 0x0F) as i32 - 8) * q[j] as i32;
-                    acc += ((b >> 4) as i32 - 8) * q[j + QK / 2] as i32;
-                }
-                sum += acc as f32 * read_f16(blk) * xq.d[i];
-            }
-            sum
-        }
-        GgmlType::Q4_1 => {
-            let mut sum = 0f32;
-            for (i, blk) in row.chunks_exact(20).enumerate() {
-                let q = &xq.qs[i * QK..(i + 1) * QK];
-                let mut acc = 0i32;
-                for j in 0..QK / 2 {
+                    ((b & 0x0F) as i32 - 8) * q[j] as i32
+                        + ((b >> 4) as i32 - 8) * q[j + QK / 2] as i32
+                })
+                .sum();
+            step(acc, dot, read_f16(blk), i)
+        }),
+        GgmlType::Q4_1 => blocks(20).fold(0f32, |acc, (i, blk)| {
+            let q = &xq.qs[i * QK..(i + 1) * QK];
+            let dot: i32 = (0..QK / 2)
+                .map(|j| {
                     let b = blk[4 + j];
-                    acc += (b & 0x0F) as i32 * q[j] as i32;
-                    acc += (b >> 4) as i32 * q[j + QK / 2] as i32;
-                }
-                sum += acc as f32 * read_f16(blk) * xq.d[i] + read_f16(&blk[2..]) * xq.s[i];
-            }
-            sum
-        }
+                    (b & 0x0F) as i32 * q[j] as i32 + (b >> 4) as i32 * q[j + QK / 2] as i32
+                })
+                .sum();
+            step(acc, dot, read_f16(blk), i) + read_f16(&blk[2..]) * xq.s[i]
+        }),
     }
 }
 
@@ -510,7 +360,7 @@ mod tests {
             let xq = QuantizedActivation::default();
             for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
                 let row = quantize_row(ty, &w);
-                let simd = crate::engine::simd::dot_row(ty, &row, &x, &xq).expect("float kernel");
+                let simd = crate::engine::simd::dot_row(ty, &row, &x).expect("float kernel");
                 let portable = dot_row_portable(ty, &row, &x, &xq);
                 let magnitude: f32 = x.iter().zip(&w).map(|(a, b)| (a * b).abs()).sum();
                 assert!(
@@ -522,42 +372,23 @@ mod tests {
     }
 
     #[test]
-    fn prefill_and_decode_kernels_compute_identical_values() {
-        // One row at a time, rows in pairs (decode), and eight tokens at once (prefill) must
-        // give every (row, token) the same bits, so a prompt's logits do not depend on how it
-        // was batched.
+    fn prefill_and_decode_float_kernels_compute_identical_values() {
+        // One token at a time and several at once (prefill) must give every (row, token) the
+        // same bits, so a prompt's logits do not depend on how it was batched. (The quantised
+        // kernels' equivalent is in `packed`.)
         let (n, rows) = (96, 5);
         let xs: Vec<Vec<f32>> = (0..8).map(|t| sample(n, 500 + t)).collect();
-        let xqs: Vec<QuantizedActivation> = xs
-            .iter()
-            .map(|x| {
-                let mut q = QuantizedActivation::default();
-                q.quantize(x);
-                q
-            })
-            .collect();
         let x_refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
-        let q_refs: Vec<&QuantizedActivation> = xqs.iter().collect();
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q8_0,
-            GgmlType::F16,
-        ] {
+        let xq = QuantizedActivation::default();
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
             let data: Vec<u8> = (0..rows)
                 .flat_map(|r| quantize_row(ty, &sample(n, 600 + r as u32)))
                 .collect();
             let rb = ty.row_bytes(n);
             let tokens = crate::engine::simd::max_tokens(ty);
             let mut batched = vec![0f32; rows * tokens];
-            if !crate::engine::simd::dot_rows_multi(
-                ty,
-                &data,
-                rb,
-                &x_refs[..tokens],
-                &q_refs[..tokens],
-                &mut batched,
-            ) {
+            if !crate::engine::simd::dot_rows_multi(ty, &data, rb, &x_refs[..tokens], &mut batched)
+            {
                 eprintln!("skipped: no SIMD kernels on this CPU");
                 return;
             }
@@ -568,11 +399,10 @@ mod tests {
                     &data,
                     rb,
                     &x_refs[t..t + 1],
-                    &q_refs[t..t + 1],
                     &mut one_token
                 ));
                 for r in 0..rows {
-                    let single = dot_row(ty, &data[r * rb..(r + 1) * rb], &xs[t], &xqs[t]);
+                    let single = dot_row(ty, &data[r * rb..(r + 1) * rb], &xs[t], &xq);
                     assert_eq!(one_token[r].to_bits(), single.to_bits(), "{ty:?} row {r}");
                     assert_eq!(
                         batched[r * tokens + t].to_bits(),
@@ -630,6 +460,7 @@ mod tests {
                 let mut portable = QuantizedActivation {
                     d: vec![0.0; blocks],
                     s: vec![0.0; blocks],
+                    sums: vec![0; blocks],
                     qs: vec![0; blocks * QK],
                 };
                 portable.quantize_portable(&x);
@@ -637,6 +468,13 @@ mod tests {
                 let case = format!("{blocks} blocks of magnitude {magnitude}");
                 assert_eq!(bits(&simd.d), bits(&portable.d), "d, {case}");
                 assert_eq!(bits(&simd.s), bits(&portable.s), "s, {case}");
+                assert_eq!(simd.sums, portable.sums, "sums, {case}");
+                let recount: Vec<i32> = simd
+                    .qs
+                    .chunks_exact(QK)
+                    .map(|q| q.iter().map(|&v| i32::from(v)).sum())
+                    .collect();
+                assert_eq!(simd.sums, recount, "sums are the quants' sums, {case}");
                 assert_eq!(simd.qs, portable.qs, "quants, {case}");
             }
         }
@@ -650,141 +488,14 @@ mod tests {
             let mut portable = QuantizedActivation {
                 d: vec![0.0; 2],
                 s: vec![0.0; 2],
+                sums: vec![0; 2],
                 qs: vec![0; 2 * QK],
             };
             portable.quantize_portable(&x);
             assert_eq!(simd.qs, portable.qs, "quants with {bad} in the first block");
+            assert_eq!(simd.sums, portable.sums, "sums with {bad}");
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&simd.d), bits(&portable.d), "d with {bad}");
-        }
-    }
-
-    #[test]
-    fn grouped_kernels_compute_what_one_token_at_a_time_computes() {
-        use crate::engine::simd::{GroupKernels, dot_rows_group};
-        // Every group width (a batch's last group is narrower), every quantised type and
-        // every instruction set this CPU has: the interleaved group must give each (row,
-        // token) the bits of that token alone. Seven rows: decode's kernels take rows in
-        // fours (AVX-512) and pairs (one register for all), so a four, a pair and a lone row,
-        // each as alone too.
-        let (n, rows) = (70 * QK, 7);
-        let xs: Vec<Vec<f32>> = (0..8).map(|t| sample(n, 700 + t)).collect();
-        let xqs: Vec<QuantizedActivation> = xs
-            .iter()
-            .map(|x| {
-                let mut q = QuantizedActivation::default();
-                q.quantize(x);
-                q
-            })
-            .collect();
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let data: Vec<u8> = (0..rows)
-                .flat_map(|r| quantize_row(ty, &sample(n, 800 + r as u32)))
-                .collect();
-            let rb = ty.row_bytes(n);
-            // `out[r * width + t]` must be the bits of row r times token t alone.
-            let each_as_alone = |out: &[f32], width: usize, kernels: &str| {
-                for t in 0..width {
-                    for r in 0..rows {
-                        let row = &data[r * rb..(r + 1) * rb];
-                        let single = dot_row(ty, row, &xs[t], &xqs[t]);
-                        assert_eq!(
-                            out[r * width + t].to_bits(),
-                            single.to_bits(),
-                            "{kernels} {ty:?} width {width} token {t} row {r}"
-                        );
-                    }
-                }
-            };
-            // The interleaved group kernels (AVX2).
-            if GroupKernels::Avx2.testable() {
-                for width in 1..=8 {
-                    let members: Vec<&QuantizedActivation> = xqs[..width].iter().collect();
-                    let group = QuantizedGroup::gather(&members, true);
-                    let mut out = vec![0f32; rows * width];
-                    assert!(dot_rows_group(ty, &data, rb, &group, &mut out));
-                    each_as_alone(&out, width, "interleaved group");
-                }
-            }
-            // The row-quad kernels (AVX-512): a four and three rows after it.
-            if GroupKernels::Avx512Vnni.testable() {
-                for width in 1..=8 {
-                    let members: Vec<&QuantizedActivation> = xqs[..width].iter().collect();
-                    let group = RowQuadGroup::gather(&members, &[ty]);
-                    let mut out = vec![0f32; rows * width];
-                    assert!(crate::engine::simd::dot_rows_quads_on(
-                        GroupKernels::Avx512Vnni,
-                        ty,
-                        &data,
-                        rb,
-                        &group,
-                        &mut out
-                    ));
-                    each_as_alone(&out, width, "row quads");
-                }
-            }
-            for kernels in [GroupKernels::Avx2, GroupKernels::Avx512Vnni] {
-                if !kernels.testable() {
-                    continue;
-                }
-                for (x, xq) in xs.iter().zip(&xqs) {
-                    let mut out = vec![0f32; rows];
-                    assert!(crate::engine::simd::dot_rows_multi_on(
-                        kernels,
-                        ty,
-                        &data,
-                        rb,
-                        &[x],
-                        &[xq],
-                        &mut out
-                    ));
-                    for (r, got) in out.iter().enumerate() {
-                        let alone = dot_row(ty, &data[r * rb..(r + 1) * rb], x, xq);
-                        assert_eq!(
-                            got.to_bits(),
-                            alone.to_bits(),
-                            "{kernels:?} {ty:?} decode row {r}"
-                        );
-                    }
-                }
-            }
-            // Float weights have no grouped kernel: the caller falls back.
-            let group = QuantizedGroup::gather(&[&xqs[0]], false);
-            let f16_row = quantize_row(GgmlType::F16, &xs[0]);
-            let mut out = [0f32; 1];
-            assert!(!dot_rows_group(
-                GgmlType::F16,
-                &f16_row,
-                f16_row.len(),
-                &group,
-                &mut out
-            ));
-        }
-    }
-
-    #[test]
-    fn quantised_simd_kernels_match_the_portable_code_within_rounding() {
-        if !crate::engine::simd::GroupKernels::Avx2.testable() {
-            return;
-        }
-        let n = 576;
-        for seed in 0..20 {
-            let x = sample(n, 100 + seed);
-            let mut xq = QuantizedActivation::default();
-            xq.quantize(&x);
-            let w = sample(n, 200 + seed);
-            for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0] {
-                let row = quantize_row(ty, &w);
-                let simd = crate::engine::simd::dot_row(ty, &row, &x, &xq).expect("avx2 kernel");
-                let portable = dot_row_portable(ty, &row, &x, &xq);
-                // Integer block products are exact in both; only the order of the float sum
-                // over blocks differs.
-                let magnitude: f32 = x.iter().zip(&w).map(|(a, b)| (a * b).abs()).sum();
-                assert!(
-                    (simd - portable).abs() <= 1e-6 * magnitude.max(1.0),
-                    "{ty:?}: {simd} vs {portable}"
-                );
-            }
         }
     }
 

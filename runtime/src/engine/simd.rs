@@ -1,70 +1,31 @@
-//! SIMD versions (AVX2, and AVX-512 VNNI where present) of the row dot products, chosen at run
-//! time.
+//! SIMD versions (AVX2, and AVX-512 where present) of the float row dot products, attention's
+//! loops, activation quantisation and the elementwise functions, chosen at run time. (The
+//! quantised weights' kernels are in `packed`, over their own layout.)
 //!
-//! Quantised rows (Q4_0, Q4_1, Q8_0 against int8 activations): a block's 32 integer products
-//! for a token end in four i32 **token lanes**, lane `j` the sum of elements `4j..4j + 4` and
-//! `16 + 4j..16 + 4j + 4` (the block as two 16-element chunks, added lane by lane). Each lane
-//! is converted once, scaled by `d_w · d_x` and added into its own float accumulator, so there
-//! is one horizontal sum per row, `(a0 + a2) + (a1 + a3)`, rather than one per block. Every
-//! quantised kernel, for one token or a group, forms exactly these lanes and float
-//! operations, so a token's result does not depend on what it was batched with (tested).
-//! Four lanes rather than AVX2's natural eight let a group kernel hold two tokens per 256-bit
-//! register (and the AVX-512 kernels four rows per 512-bit one): a block's convert, scale and
-//! multiply–add then serve two or four (row, token) pairs, where they were a third of a
-//! batched pass's kernel work with one per register.
+//! Float rows (F32, F16, BF16): eight-lane FMA over two independent accumulators per token,
+//! with F16 widened on the fly by F16C and BF16 by a shift, so half-precision weights are
+//! never stored widened. Every kernel takes several activation rows at once
+//! ([`max_tokens`]) and reads each weight row once for all of them (prefill is then
+//! matrix–matrix work); each token's arithmetic is the same whatever the number of tokens, so
+//! prefill and decode compute identical values. They sum in another order than the portable
+//! loops, so they agree with them within float rounding (tested in `quant`), not bit for bit.
 //!
-//! Where the CPU has AVX-512 with VNNI (Zen 4 and 5, Intel since Ice Lake), quantised rows
-//! run **row-quad** kernels, for decode and for batches: four weight rows per 512-bit
-//! register, one per 128-bit lane, their chunks prepared once per block and met by each
-//! token's chunks (broadcast to all four lanes) in two `vpdpbusd` (four u8×i8 products summed
-//! into an i32 lane in one instruction, instead of AVX2's `maddubs` + `madd`), which leave
-//! the token lanes directly. Attention's score and value loops take sixteen positions or
-//! outputs per register, each lane's arithmetic unchanged. `AGENTRT_SIMD=avx2` keeps the
-//! AVX2 kernels.
-//!
-//! Float rows (F32, F16, BF16): eight-lane FMA over four independent accumulators, with F16
-//! widened on the fly by F16C and BF16 by a shift, so half-precision weights are never stored
-//! widened.
-//!
-//! Every kernel takes several activation rows at once ([`max_tokens`]) and reads each weight block
-//! once for all of them (prefill is then matrix–matrix work: unpacking and loading a weight
-//! block is shared by the tokens). Each token's arithmetic is the same whatever the number of
-//! tokens, so prefill and decode compute identical values.
-//!
-//! Both sum in another order than the portable loops, so they agree with them within float
-//! rounding (tested in `quant`), not bit for bit.
+//! Attention's score and value loops take eight (AVX2) or sixteen (AVX-512) positions or
+//! outputs per register, each lane's arithmetic unchanged (tested bit for bit).
+//! `AGENTRT_SIMD=avx2` keeps the AVX2 kernels on an AVX-512 machine.
 
-use super::quant::{GgmlType, QK, QuantizedActivation, QuantizedGroup, RowQuadGroup};
+use super::quant::{GgmlType, QK};
 
-/// Calls `$kernel::<N>($args)` with `N` the token count `$n` (1 to [`MAX_TOKENS`]; larger
-/// counts were refused by the caller): the kernels are instantiated per count so their
-/// per-token arrays stay in registers.
-#[cfg(target_arch = "x86_64")]
-macro_rules! by_token_count {
-    ($n:expr, $($kernel:ident)::+, ($($args:expr),* $(,)?)) => {
-        match $n {
-            1 => $($kernel)::+::<1>($($args),*),
-            2 => $($kernel)::+::<2>($($args),*),
-            3 => $($kernel)::+::<3>($($args),*),
-            4 => $($kernel)::+::<4>($($args),*),
-            5 => $($kernel)::+::<5>($($args),*),
-            6 => $($kernel)::+::<6>($($args),*),
-            7 => $($kernel)::+::<7>($($args),*),
-            _ => $($kernel)::+::<8>($($args),*),
-        }
-    };
-}
+/// Activation rows per float kernel call (two accumulators each, within the sixteen vector
+/// registers).
+pub const FLOAT_TOKENS: usize = 4;
 
-/// Most activation rows one kernel call multiplies by a weight row.
-pub const MAX_TOKENS: usize = 8;
-
-/// Activation rows per kernel call for weights of `ty`: eight for the quantised kernels (one
-/// accumulator each), four for the float ones (two accumulators each, within the sixteen
-/// vector registers).
+/// Activation rows per kernel call for weights of `ty`: [`FLOAT_TOKENS`] for the float types,
+/// `packed::MAX_TOKENS` for the quantised ones.
 pub fn max_tokens(ty: GgmlType) -> usize {
     match ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 4,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => MAX_TOKENS,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => FLOAT_TOKENS,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => super::packed::MAX_TOKENS,
     }
 }
 
@@ -84,38 +45,22 @@ pub fn float_simd_available() -> bool {
     }
 }
 
-/// `out[r * n + k] = rows[r] · xs[k]` for consecutive weight rows of `row_bytes` each and up
-/// to [`max_tokens`] activations `n` (f32 `xs` and their quantised forms `xqs`), through the
-/// SIMD kernels. Returns `false`, leaving `out` alone, when this CPU or this type has none, or
-/// the lengths do not fit. One call per task keeps the checks and dispatch out of the inner
-/// loop.
+/// `out[r * n + k] = rows[r] · xs[k]` for consecutive float weight rows (F32, F16, BF16) of
+/// `row_bytes` each and up to [`FLOAT_TOKENS`] activations `n`, through the SIMD kernels.
+/// Returns `false`, leaving `out` alone, when this CPU has none, the type is not a float
+/// type, or the lengths do not fit. One call per task keeps the checks and dispatch out of
+/// the inner loop.
 pub fn dot_rows_multi(
     ty: GgmlType,
     rows: &[u8],
     row_bytes: usize,
     xs: &[&[f32]],
-    xqs: &[&QuantizedActivation],
-    out: &mut [f32],
-) -> bool {
-    dot_rows_multi_on(GroupKernels::best(), ty, rows, row_bytes, xs, xqs, out)
-}
-
-/// [`dot_rows_multi`] on the given kernels (`false` where this CPU lacks them). Only decode
-/// (one token) of quantised rows has AVX-512 kernels; the rest runs on AVX2 either way.
-pub fn dot_rows_multi_on(
-    kernels: GroupKernels,
-    ty: GgmlType,
-    rows: &[u8],
-    row_bytes: usize,
-    xs: &[&[f32]],
-    xqs: &[&QuantizedActivation],
     out: &mut [f32],
 ) -> bool {
     let n = xs.len();
     if n == 0
-        || !kernels.available()
-        || n > max_tokens(ty)
-        || xqs.len() != n
+        || !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+        || n > FLOAT_TOKENS
         || row_bytes == 0
         || !rows.len().is_multiple_of(row_bytes)
         || out.len() != rows.len() / row_bytes * n
@@ -123,54 +68,38 @@ pub fn dot_rows_multi_on(
     {
         return false;
     }
-    let row = &rows[..row_bytes];
+    // The kernels read `x.len()` elements of every row and of every x.
+    let len = xs[0].len();
+    if row_bytes != len * ty.block_bytes() || xs.iter().any(|x| x.len() != len) {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        let float = matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
-        if float {
-            // The kernels read `x.len()` elements of the row and of every x.
-            let len = xs[0].len();
-            if row.len() != len * ty.block_bytes() || xs.iter().any(|x| x.len() != len) {
-                return false;
-            }
-        } else {
-            let blocks = row.len() / ty.block_bytes();
-            // The kernels read `blocks` activation blocks unchecked.
-            if xqs
-                .iter()
-                .any(|q| q.d.len() < blocks || q.s.len() < blocks || q.qs.len() < blocks * QK)
-            {
-                return false;
+        // SAFETY: AVX2, FMA and F16C are present and the lengths were checked above.
+        unsafe {
+            match n {
+                1 => x86::dispatch::<1>(ty, rows, row_bytes, xs, out),
+                2 => x86::dispatch::<2>(ty, rows, row_bytes, xs, out),
+                3 => x86::dispatch::<3>(ty, rows, row_bytes, xs, out),
+                _ => x86::dispatch::<4>(ty, rows, row_bytes, xs, out),
             }
         }
-        if kernels == GroupKernels::Avx512Vnni
-            && n == 1
-            && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
-        {
-            // SAFETY: AVX-512 F/BW/VNNI (checked by `available`), AVX2, FMA and F16C are
-            // present and the lengths were checked above.
-            unsafe { x86::decode_512(ty, rows, row_bytes, xs[0], xqs[0], out) };
-            return true;
-        }
-        // SAFETY: AVX2, FMA and F16C are present and the lengths were checked above (every
-        // row has the length of the first).
-        unsafe { by_token_count!(n, x86::dispatch, (ty, rows, row_bytes, xs, xqs, out)) }
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (ty, row, xs, xqs, out);
+        let _ = out;
         false
     }
 }
 
-/// The instruction sets the grouped kernels and attention's loops come in.
+/// The instruction sets the quantised kernels (`packed`) and attention's loops come in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKernels {
-    /// AVX2, FMA and F16C: eight lanes, two tokens' token lanes per register.
+    /// AVX2, FMA and F16C: eight rows or lanes per register.
     Avx2,
-    /// AVX-512 (F, BW) with VNNI: the row-quad kernels (four weight rows per register) and
-    /// sixteen-lane attention loops.
+    /// AVX-512 (F, BW) with VNNI: sixteen rows per register, `vpdpbusd`, sixteen-lane
+    /// attention loops.
     Avx512Vnni,
 }
 
@@ -231,128 +160,6 @@ impl GroupKernels {
     }
 }
 
-/// `out[r * n + k] = rows[r] · token k of group` for a quantised weight type (Q4_0, Q4_1,
-/// Q8_0) and a [`QuantizedGroup`] of `n` tokens: the same values as [`dot_rows_multi`], each
-/// token's arithmetic unchanged, with the activations read through one pointer (eight tokens'
-/// separate rows do not fit the registers), on the AVX2 kernels (AVX-512 machines run
-/// [`dot_rows_quads`] and come here only where it does not apply). Returns `false`, leaving
-/// `out` alone, where there is no such kernel or the lengths do not fit.
-pub fn dot_rows_group(
-    ty: GgmlType,
-    rows: &[u8],
-    row_bytes: usize,
-    group: &QuantizedGroup,
-    out: &mut [f32],
-) -> bool {
-    let n = group.tokens;
-    let quantised = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
-    if !quantised
-        || n == 0
-        || n > MAX_TOKENS
-        || row_bytes == 0
-        || !rows.len().is_multiple_of(row_bytes)
-        || out.len() != rows.len() / row_bytes * n
-        || !GroupKernels::Avx2.available()
-    {
-        return false;
-    }
-    let blocks = row_bytes / ty.block_bytes();
-    // The kernels read `blocks` blocks of every token unchecked; Q4_0's start from the
-    // quants' lane sums.
-    let needs_sums = ty == GgmlType::Q4_0;
-    if !row_bytes.is_multiple_of(ty.block_bytes())
-        || group.blocks < blocks
-        || group.qs.len() < blocks * QuantizedGroup::BLOCK_QUANTS
-        || group.d.len() < blocks * QuantizedGroup::BLOCK_LANES
-        || group.s.len() < blocks * MAX_TOKENS
-        || (needs_sums && group.sums.len() < blocks * QuantizedGroup::BLOCK_LANES)
-    {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: AVX2, FMA and F16C are present and the lengths were checked above.
-        unsafe { by_token_count!(n, x86::dispatch_group, (ty, rows, row_bytes, group, out)) }
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (rows, out);
-        false
-    }
-}
-
-/// `out[r * n + k] = rows[r] · member k of group` for quantised weights on the AVX-512
-/// VNNI row-quad kernels (four weight rows per register, each token's activation read in
-/// place): the same values as [`dot_rows_multi`] gives each token alone. Returns `false`,
-/// leaving `out` alone, on other types, without those kernels (or under `AGENTRT_SIMD=avx2`),
-/// or when the lengths do not fit; the caller then uses [`dot_rows_group`].
-pub fn dot_rows_quads(
-    ty: GgmlType,
-    rows: &[u8],
-    row_bytes: usize,
-    group: &RowQuadGroup<'_>,
-    out: &mut [f32],
-) -> bool {
-    dot_rows_quads_on(GroupKernels::best(), ty, rows, row_bytes, group, out)
-}
-
-/// [`dot_rows_quads`] on the given kernels (`false` unless they are the AVX-512 ones and
-/// this CPU runs them).
-pub fn dot_rows_quads_on(
-    kernels: GroupKernels,
-    ty: GgmlType,
-    rows: &[u8],
-    row_bytes: usize,
-    group: &RowQuadGroup<'_>,
-    out: &mut [f32],
-) -> bool {
-    let n = group.members.len();
-    if kernels != GroupKernels::Avx512Vnni
-        || !kernels.available()
-        || !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
-        || n == 0
-        || n > MAX_TOKENS
-        || row_bytes == 0
-        || !row_bytes.is_multiple_of(ty.block_bytes())
-        || !rows.len().is_multiple_of(row_bytes)
-        || out.len() != rows.len() / row_bytes * n
-    {
-        return false;
-    }
-    let blocks = row_bytes / ty.block_bytes();
-    // The kernels read `blocks` blocks of every member, and the group's shared values for
-    // them, unchecked.
-    let short = group
-        .members
-        .iter()
-        .any(|q| q.d.len() < blocks || q.s.len() < blocks || q.qs.len() < blocks * QK);
-    let starts = match ty {
-        GgmlType::Q4_0 => &group.starts_q4_0,
-        _ => &group.starts_q8_0,
-    };
-    // Start values are laid out by the row's number of blocks.
-    let shared_missing = match ty {
-        GgmlType::Q4_1 => group.s.len() < blocks * MAX_TOKENS * 4,
-        _ => starts.len() < n * blocks * 4 || group.members.iter().any(|q| q.d.len() != blocks),
-    };
-    if short || shared_missing {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: AVX-512 F/BW/VNNI, AVX2, FMA and F16C are present (`available`) and the
-        // lengths were checked above.
-        unsafe { by_token_count!(n, x86::dispatch_quads, (ty, rows, row_bytes, group, out)) }
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (rows, out);
-        false
-    }
-}
-
 /// The largest magnitude among 32 values (0 for none), as a fold of `f32::max` over `abs`.
 /// (The per-block reference for [`quantize_row`]'s tests.)
 #[cfg(test)]
@@ -378,20 +185,31 @@ pub fn quantize_block(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
     super::quant::quantize_block_portable(block, id, out)
 }
 
-/// A whole activation row quantised to 8-bit blocks ([`QuantizedActivation::quantize`]'s
-/// values to the bit: `d` the f16-rounded scale, `s` the f16-rounded `d · Σq`, `qs` the
-/// quants), with the f16 roundings done eight blocks at a time. Returns `false`, leaving the
+/// A whole activation row quantised to 8-bit blocks
+/// ([`super::quant::QuantizedActivation::quantize`]'s values to the bit: `d` the f16-rounded
+/// scale, `s` the f16-rounded `d · Σq`, `sums` the `Σq`, `qs` the quants), with the f16
+/// roundings done eight blocks at a time. Returns `false`, leaving the
 /// outputs alone, where this CPU has no AVX2/FMA/F16C or the lengths do not fit.
-pub fn quantize_row(x: &[f32], d: &mut [f32], s: &mut [f32], qs: &mut [i8]) -> bool {
+pub fn quantize_row(
+    x: &[f32],
+    d: &mut [f32],
+    s: &mut [f32],
+    sums: &mut [i32],
+    qs: &mut [i8],
+) -> bool {
     let blocks = x.len() / QK;
-    if !x.len().is_multiple_of(QK) || d.len() != blocks || s.len() != blocks || qs.len() != x.len()
+    if !x.len().is_multiple_of(QK)
+        || d.len() != blocks
+        || s.len() != blocks
+        || sums.len() != blocks
+        || qs.len() != x.len()
     {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     if float_simd_available() {
         // SAFETY: the features are present; the lengths were checked above.
-        unsafe { x86::quantize_row(x, d, s, qs) };
+        unsafe { x86::quantize_row(x, d, s, sums, qs) };
         return true;
     }
     false
@@ -738,25 +556,24 @@ pub fn weighted_values_on<T: Widen>(
     }
 }
 
-/// The SIMD dot product of one row with one activation, when there is one.
+/// The SIMD dot product of one float row with one activation, when there is one.
 #[inline]
-pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32], xq: &QuantizedActivation) -> Option<f32> {
+pub fn dot_row(ty: GgmlType, row: &[u8], x: &[f32]) -> Option<f32> {
     let mut out = [0f32];
-    dot_rows_multi(ty, row, row.len(), &[x], &[xq], &mut out).then_some(out[0])
+    dot_rows_multi(ty, row, row.len(), &[x], &mut out).then_some(out[0])
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GgmlType, QK, QuantizedActivation, QuantizedGroup, RowQuadGroup, Widen};
+    use super::{GgmlType, QK, Widen};
 
-    /// Run the kernel of `ty` for `N` tokens over every row in `rows`.
+    /// Run the float kernel of `ty` for `N` tokens over every row in `rows`.
     ///
     /// # Safety
-    /// AVX2, FMA and F16C must be present; `xqs` hold `N` activations whose lengths match one
-    /// row of `row_bytes`, and so do `xs` for float types (the quantised kernels read only
-    /// `xqs`; `xs` must still hold `N` entries); `out` holds `N` values per row (checked by
+    /// AVX2, FMA and F16C must be present; `ty` is a float type; `xs` hold `N` activations
+    /// whose lengths match one row of `row_bytes`; `out` holds `N` values per row (checked by
     /// the caller).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dispatch<const N: usize>(
@@ -764,44 +581,16 @@ mod x86 {
         rows: &[u8],
         row_bytes: usize,
         xs: &[&[f32]],
-        xqs: &[&QuantizedActivation],
         out: &mut [f32],
     ) {
         let xs: [&[f32]; N] = std::array::from_fn(|k| xs[k]);
-        let xqs: [&QuantizedActivation; N] = std::array::from_fn(|k| xqs[k]);
-        let mut rows = rows;
-        let mut out = out;
-        if N == 1 && matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) {
-            // Decode: two rows at a time, so their dependency chains overlap; each row's
-            // arithmetic is unchanged.
-            let pairs = rows.len() / row_bytes / 2;
-            for p in 0..pairs {
-                let a = &rows[2 * p * row_bytes..(2 * p + 1) * row_bytes];
-                let b = &rows[(2 * p + 1) * row_bytes..(2 * p + 2) * row_bytes];
-                // SAFETY: forwarded from the caller.
-                let [ra, rb] = unsafe {
-                    if ty == GgmlType::Q4_1 {
-                        q4_1_pair(a, b, xqs[0])
-                    } else {
-                        q8_0_pair(a, b, xqs[0])
-                    }
-                };
-                out[2 * p] = ra;
-                out[2 * p + 1] = rb;
-            }
-            rows = &rows[2 * pairs * row_bytes..];
-            out = &mut out[2 * pairs..];
-        }
         for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
             // SAFETY: forwarded from the caller.
             let result: [f32; N] = unsafe {
                 match ty {
                     GgmlType::F32 => f32_dot(row, xs),
                     GgmlType::F16 => f16_dot(row, xs),
-                    GgmlType::BF16 => bf16_dot(row, xs),
-                    GgmlType::Q4_0 => q4_0(row, xqs),
-                    GgmlType::Q4_1 => q4_1(row, xqs),
-                    GgmlType::Q8_0 => q8_0(row, xqs),
+                    _ => bf16_dot(row, xs),
                 }
             };
             out.copy_from_slice(&result);
@@ -1166,924 +955,6 @@ mod x86 {
         }
     }
 
-    /// How far ahead of the block being multiplied the weight stream is prefetched: the
-    /// hardware prefetcher alone leaves decode waiting on memory. 8 KiB is about 200 ns of a
-    /// thread's share of the stream at this VM's 45 GB/s, a DRAM round trip with margin: at
-    /// 2 KiB (the distance tuned on the first, AVX2-only VM) a one-sequence pass here took
-    /// 3.5 ms and waited on the first load of every block; 4 KiB 2.6–2.9, 8 KiB 2.2–2.3,
-    /// 16 KiB 2.2–2.5, 32 KiB 2.5–2.6 (`AGENTRT_BENCH_PROFILE=1`, best of ten, two rounds).
-    /// Batched passes, bound by arithmetic, did not change.
-    const PREFETCH_BYTES: usize = 8192;
-
-    /// Ask for the weights `PREFETCH_BYTES` past `p` (a prefetch never faults, so running
-    /// past the end of the tensor is harmless).
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn prefetch(p: *const u8) {
-        // SAFETY: prefetching is a hint; it reads nothing architecturally.
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
-    }
-
-    /// An f16 scale stored at `b` (little-endian), widened by F16C.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn scale(b: &[u8]) -> f32 {
-        let bits = u16::from_le_bytes([b[0], b[1]]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    }
-
-    /// 16 packed bytes as 32 unsigned nibbles (low nibbles are elements 0..16, high 16..32).
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn nibbles(packed: *const u8) -> __m256i {
-        // SAFETY: the caller guarantees 16 readable bytes at `packed`.
-        let bytes = unsafe { _mm_loadu_si128(packed as *const __m128i) };
-        // Both halves hold the bytes; the upper half shifted down by a nibble (a per-lane
-        // shift, no lane-crossing insert), then both masked.
-        let both = _mm256_broadcastsi128_si256(bytes);
-        let shifted = _mm256_srlv_epi64(both, _mm256_set_epi64x(4, 4, 0, 0));
-        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
-    }
-
-    /// 32 activation quants of block `i`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn quants(xq: &QuantizedActivation, i: usize) -> __m256i {
-        // SAFETY: the caller checked xq holds at least i + 1 blocks.
-        unsafe { _mm256_loadu_si256(xq.qs.as_ptr().add(i * QK) as *const __m256i) }
-    }
-
-    /// A block's eight i32 lane products (lane `j` the four elements `4j..4j + 4`) folded to
-    /// the four token lanes every quantised kernel accumulates: lane `j` holds elements
-    /// `4j..4j + 4` and `16 + 4j..16 + 4j + 4` (the lanes the module's header describes).
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn fold_lanes(dot: __m256i) -> __m128i {
-        _mm_add_epi32(
-            _mm256_castsi256_si128(dot),
-            _mm256_extracti128_si256::<1>(dot),
-        )
-    }
-
-    /// Two rows' folded lanes side by side: `[a's four | b's four]`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn fold_lanes_pair(a: __m256i, b: __m256i) -> __m256i {
-        _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(a, b),
-            _mm256_permute2x128_si256::<0x31>(a, b),
-        )
-    }
-
-    /// A token's four float lane accumulators summed as every quantised kernel sums them:
-    /// `(a0 + a2) + (a1 + a3)`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn hsum4(v: __m128) -> f32 {
-        let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_1<const N: usize>(row: &[u8], xqs: [&QuantizedActivation; N]) -> [f32; N] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm_setzero_ps(); N];
-        let mut offsets = [0f32; N];
-        for (i, blk) in row.chunks_exact(20).enumerate() {
-            prefetch(blk.as_ptr());
-            // SAFETY: a block holds 16 packed bytes after its 4-byte header.
-            let w = unsafe { nibbles(blk.as_ptr().add(4)) };
-            let (d, m) = (scale(blk), scale(&blk[2..]));
-            for k in 0..N {
-                // SAFETY: every xq holds the row's number of blocks (checked by the caller).
-                let q = unsafe { quants(xqs[k], i) };
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
-                // SAFETY: every xq holds the row's number of blocks (checked by the caller).
-                let scale = _mm_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
-                acc[k] = _mm_fmadd_ps(_mm_cvtepi32_ps(fold_lanes(dot)), scale, acc[k]);
-                // The block minimum times Σx, from the activation's precomputed sum term.
-                offsets[k] += m * unsafe { *xqs[k].s.get_unchecked(i) };
-            }
-        }
-        std::array::from_fn(|k| hsum4(acc[k]) + offsets[k])
-    }
-
-    /// Two rows' block headers (`dm_a`, `dm_b`: scale, then minimum) times the token's
-    /// `x = [xd, xd, xs, xs]`: `[d_a · xd, d_b · xd, m_a · xs, m_b · xs]`, each the scalar
-    /// code's product, and the two scales spread over a pair register's halves.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn pair_scales(dm_a: __m128, dm_b: __m128, x: __m128) -> (__m128, __m256) {
-        let products = _mm_mul_ps(_mm_unpacklo_ps(dm_a, dm_b), x);
-        let halves = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-        let scales = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(products), halves);
-        (products, scales)
-    }
-
-    /// [`q4_1`] for one token and two rows at once (decode), each row's arithmetic unchanged:
-    /// both rows' lanes share one register (`[a | b]`), so a block takes one convert and one
-    /// multiply–add for the pair, and both rows' scale and minimum products one multiply.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_1_pair(a: &[u8], b: &[u8], xq: &QuantizedActivation) -> [f32; 2] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        // Lanes 2 and 3: each row's Σ m · s in block order (lanes 0 and 1 unused).
-        let mut offsets = _mm_setzero_ps();
-        let blocks = a.len() / 20;
-        for i in 0..blocks {
-            let (ba, bb) = (&a[i * 20..(i + 1) * 20], &b[i * 20..(i + 1) * 20]);
-            prefetch(ba.as_ptr());
-            prefetch(bb.as_ptr());
-            // SAFETY: every xq holds the row's number of blocks (checked by the caller); a
-            // block holds 16 packed bytes after its 4-byte header.
-            let (q, x, wa, wb, dm_a, dm_b) = unsafe {
-                (
-                    quants(xq, i),
-                    _mm_shuffle_ps::<0>(
-                        _mm_broadcast_ss(xq.d.get_unchecked(i)),
-                        _mm_broadcast_ss(xq.s.get_unchecked(i)),
-                    ),
-                    nibbles(ba.as_ptr().add(4)),
-                    nibbles(bb.as_ptr().add(4)),
-                    block_header(ba.as_ptr()),
-                    block_header(bb.as_ptr()),
-                )
-            };
-            let (products, scales) = pair_scales(dm_a, dm_b, x);
-            let dot_a = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, q), ones);
-            let dot_b = _mm256_madd_epi16(_mm256_maddubs_epi16(wb, q), ones);
-            let lanes = _mm256_cvtepi32_ps(fold_lanes_pair(dot_a, dot_b));
-            acc = _mm256_fmadd_ps(lanes, scales, acc);
-            offsets = _mm_add_ps(offsets, products);
-        }
-        let mut offset = [0f32; 4];
-        // SAFETY: four floats fit `offset`.
-        unsafe { _mm_storeu_ps(offset.as_mut_ptr(), offsets) };
-        [
-            hsum4(_mm256_castps256_ps128(acc)) + offset[2],
-            hsum4(_mm256_extractf128_ps::<1>(acc)) + offset[3],
-        ]
-    }
-
-    /// [`q8_0`] for one token and two rows at once (decode), as [`q4_1_pair`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_pair(a: &[u8], b: &[u8], xq: &QuantizedActivation) -> [f32; 2] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let blocks = a.len() / 34;
-        let dot = |w: __m256i, q: __m256i| {
-            // maddubs needs one unsigned operand: |w| · (q with w's sign).
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
-            _mm256_madd_epi16(p, ones)
-        };
-        for i in 0..blocks {
-            let (ba, bb) = (&a[i * 34..(i + 1) * 34], &b[i * 34..(i + 1) * 34]);
-            prefetch(ba.as_ptr());
-            prefetch(bb.as_ptr());
-            // SAFETY: every xq holds the row's number of blocks (checked by the caller); a
-            // block holds 32 quants after its 2-byte scale.
-            let (q, xd, wa, wb, da, db) = unsafe {
-                (
-                    quants(xq, i),
-                    _mm_broadcast_ss(xq.d.get_unchecked(i)),
-                    _mm256_loadu_si256(ba.as_ptr().add(2) as *const __m256i),
-                    _mm256_loadu_si256(bb.as_ptr().add(2) as *const __m256i),
-                    block_header(ba.as_ptr()),
-                    block_header(bb.as_ptr()),
-                )
-            };
-            let (_, scales) = pair_scales(da, db, xd);
-            let lanes = _mm256_cvtepi32_ps(fold_lanes_pair(dot(wa, q), dot(wb, q)));
-            acc = _mm256_fmadd_ps(lanes, scales, acc);
-        }
-        [
-            hsum4(_mm256_castps256_ps128(acc)),
-            hsum4(_mm256_extractf128_ps::<1>(acc)),
-        ]
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_0<const N: usize>(row: &[u8], xqs: [&QuantizedActivation; N]) -> [f32; N] {
-        let ones_u8 = _mm256_set1_epi8(1);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm_setzero_ps(); N];
-        for (i, blk) in row.chunks_exact(18).enumerate() {
-            prefetch(blk.as_ptr());
-            // SAFETY: a block holds 16 packed bytes after its 2-byte scale.
-            let w = unsafe { nibbles(blk.as_ptr().add(2)) };
-            let d = scale(blk);
-            for k in 0..N {
-                // SAFETY: as in q4_1.
-                let q = unsafe { quants(xqs[k], i) };
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones);
-                // Stored nibbles are offset by 8: Σ(n-8)·q = Σn·q - 8·Σq.
-                let qsum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones);
-                let lanes = _mm256_sub_epi32(dot, _mm256_slli_epi32(qsum, 3));
-                // SAFETY: every xq holds the row's number of blocks (checked by the caller).
-                let scale = _mm_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
-                acc[k] = _mm_fmadd_ps(_mm_cvtepi32_ps(fold_lanes(lanes)), scale, acc[k]);
-            }
-        }
-        std::array::from_fn(|k| hsum4(acc[k]))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0<const N: usize>(row: &[u8], xqs: [&QuantizedActivation; N]) -> [f32; N] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm_setzero_ps(); N];
-        for (i, blk) in row.chunks_exact(34).enumerate() {
-            prefetch(blk.as_ptr());
-            // SAFETY: a block holds 32 quants after its 2-byte scale.
-            let w = unsafe { _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i) };
-            // maddubs needs one unsigned operand: |w| · (q with w's sign).
-            let w_abs = _mm256_sign_epi8(w, w);
-            let d = scale(blk);
-            for k in 0..N {
-                // SAFETY: as in q4_1.
-                let q = unsafe { quants(xqs[k], i) };
-                let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(q, w));
-                let dot = _mm256_madd_epi16(p, ones);
-                // SAFETY: every xq holds the row's number of blocks (checked by the caller).
-                let scale = _mm_set1_ps(d * unsafe { *xqs[k].d.get_unchecked(i) });
-                acc[k] = _mm_fmadd_ps(_mm_cvtepi32_ps(fold_lanes(dot)), scale, acc[k]);
-            }
-        }
-        std::array::from_fn(|k| hsum4(acc[k]))
-    }
-
-    /// [`dispatch`] for a [`QuantizedGroup`] of `N` tokens.
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C must be present; `group` holds at least a row's blocks (and, for
-    /// Q4_0, its lane sums); `out` holds `N` values per row (checked by the caller).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dispatch_group<const N: usize>(
-        ty: GgmlType,
-        rows: &[u8],
-        row_bytes: usize,
-        group: &QuantizedGroup,
-        out: &mut [f32],
-    ) {
-        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
-            // SAFETY: forwarded from the caller.
-            let result: [f32; N] = unsafe {
-                match ty {
-                    GgmlType::Q4_1 => q4_1_group(row, group),
-                    GgmlType::Q8_0 => q8_0_group(row, group),
-                    GgmlType::Q4_0 => q4_0_group(row, group),
-                    _ => unreachable!("dot_rows_group takes quantised types only"),
-                }
-            };
-            out.copy_from_slice(&result);
-        }
-    }
-
-    /// The f16 scale (and, for Q4_1, minimum) heading the block at `blk`, widened by F16C:
-    /// lane 0 the scale, lane 1 the next two bytes. One 32-bit load with no merge into an
-    /// older register: loading the 16-bit halves separately had the compiler insert them into
-    /// whichever register was free, which made each block wait for the previous block's
-    /// accumulators.
-    ///
-    /// # Safety
-    /// Four bytes are readable at `blk` (every quantised block is longer).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_header(blk: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees four readable bytes.
-        let bits = unsafe { (blk as *const i32).read_unaligned() };
-        _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
-    }
-
-    /// Token `k`'s `m_i · s[i][k]` added into lane `k` of `offsets` for block `i` whose
-    /// header is `dm` (Q4_1's minimum term, in block order as the single-token kernels add it).
-    ///
-    /// # Safety
-    /// The group holds block `i`'s eight padded sum slots.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn add_offsets(offsets: &mut __m256, dm: __m128, g: &QuantizedGroup, i: usize) {
-        let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-        // SAFETY: forwarded from the caller.
-        let xs = unsafe { _mm256_loadu_ps(g.s.as_ptr().add(i * super::MAX_TOKENS)) };
-        *offsets = _mm256_add_ps(*offsets, _mm256_mul_ps(m, xs));
-    }
-
-    /// The token sums of a group's accumulators, each register two tokens' four lanes
-    /// (`[2p | 2p + 1]`): [`hsum4`]'s order within each half, then the eight sums gathered in
-    /// token order and (with `offsets`) their minimum terms added. (Without offsets nothing
-    /// is added: `-0.0 + 0.0` would not keep the sign.)
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn pair_sums<const N: usize>(acc: [__m256; 4], offsets: Option<__m256>) -> [f32; N] {
-        let sums = acc.map(|v| {
-            // [a0 + a2, a1 + a3, ..] then ((a0 + a2) + (a1 + a3)) in every lane of a half.
-            let s = _mm256_add_ps(v, _mm256_permute_ps::<0b01_00_11_10>(v));
-            _mm256_add_ps(s, _mm256_permute_ps::<0b10_11_00_01>(s))
-        });
-        // [t0 t2 t0 t2 | t1 t3 t1 t3] and [t4 t6 ..| t5 t7 ..], then [t0 t2 t4 t6 | t1 t3 t5 t7].
-        let low = _mm256_unpacklo_ps(sums[0], sums[1]);
-        let high = _mm256_unpacklo_ps(sums[2], sums[3]);
-        let mixed = _mm256_castpd_ps(_mm256_unpacklo_pd(
-            _mm256_castps_pd(low),
-            _mm256_castps_pd(high),
-        ));
-        let tokens = _mm256_permutevar8x32_ps(mixed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        let tokens = match offsets {
-            Some(offsets) => _mm256_add_ps(tokens, offsets),
-            None => tokens,
-        };
-        let mut lanes = [0f32; 8];
-        // SAFETY: eight floats fit `lanes`.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), tokens) };
-        std::array::from_fn(|k| lanes[k])
-    }
-
-    /// The shape every AVX2 grouped kernel shares ([`QuantizedGroup`]'s layout): tokens in
-    /// pairs, one register of `[2p's four lanes | 2p + 1's four lanes]` per pair. Per block
-    /// `weights` prepares the row's block once (its two 16-element chunks, each in both
-    /// halves) and `dot` gives a pair's eight folded lane products from the pair's chunk-0
-    /// quants at the pointer it is given (chunk 1's follow 64 bytes on) and the pair's lane
-    /// sums; each is scaled by `d_i · xd[i][k]` and added into its lane, rounded exactly as
-    /// the single-token kernels round it.
-    ///
-    /// # Safety
-    /// As [`dispatch_group`]; `weights` may read the whole block at the pointer it is given.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group_kernel<const N: usize, W: Copy>(
-        row: &[u8],
-        g: &QuantizedGroup,
-        block_bytes: usize,
-        with_min: bool,
-        weights: impl Fn(*const u8) -> W,
-        dot: impl Fn(W, *const i8, *const i32) -> __m256i,
-    ) -> [f32; N] {
-        let pairs = N.div_ceil(2);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut offsets = _mm256_setzero_ps();
-        let (qs, ds, sums) = (g.qs.as_ptr(), g.d.as_ptr(), g.sums.as_ptr());
-        let blocks = row.len() / block_bytes;
-        for i in 0..blocks {
-            let blk = &row[i * block_bytes..(i + 1) * block_bytes];
-            prefetch(blk.as_ptr());
-            let w = weights(blk.as_ptr());
-            // SAFETY: every quantised block starts with its 4-byte-readable header; the group
-            // holds block i's slots (the caller).
-            let dm = unsafe { block_header(blk.as_ptr()) };
-            if with_min {
-                // SAFETY: as above.
-                unsafe { add_offsets(&mut offsets, dm, g, i) };
-            }
-            let dw = _mm256_broadcastss_ps(dm);
-            for (p, acc) in acc.iter_mut().enumerate().take(pairs) {
-                let at = QuantizedGroup::pair_offset(i, p);
-                // SAFETY: the group holds block i's quants, scales and (where the kernel
-                // reads them) lane sums in its layout (the caller).
-                let xd = unsafe { _mm256_loadu_ps(ds.add(i * 32 + p * 8)) };
-                let lanes = dot(w, qs.wrapping_add(at), sums.wrapping_add(i * 32 + p * 8));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_mul_ps(dw, xd), *acc);
-            }
-        }
-        pair_sums(acc, with_min.then_some(offsets))
-    }
-
-    /// A block's 16 packed bytes as its two chunks of unsigned nibbles, each in both halves:
-    /// elements 0..16 (the low nibbles) and 16..32 (the high).
-    ///
-    /// # Safety
-    /// 16 bytes are readable at `packed`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn nibble_chunks(packed: *const u8) -> (__m256i, __m256i) {
-        // SAFETY: the caller guarantees 16 readable bytes.
-        let bytes = unsafe { _mm_loadu_si128(packed as *const __m128i) };
-        let both = _mm256_broadcastsi128_si256(bytes);
-        let low = _mm256_set1_epi8(0x0F);
-        (
-            _mm256_and_si256(both, low),
-            _mm256_and_si256(_mm256_srli_epi16(both, 4), low),
-        )
-    }
-
-    /// Σ nibble · quant over a pair's two chunks: the byte pairs' i16 sums of both chunks
-    /// added before widening (at most 4 · 15 · 127 each, no overflow), then to i32 lanes.
-    ///
-    /// # Safety
-    /// 128 bytes are readable at `q`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn nibble_dot(c0: __m256i, c1: __m256i, q: *const i8) -> __m256i {
-        // SAFETY: the caller guarantees both chunks' 32 bytes.
-        let (q0, q1) = unsafe {
-            (
-                _mm256_loadu_si256(q as *const __m256i),
-                _mm256_loadu_si256(q.add(64) as *const __m256i),
-            )
-        };
-        let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(c0, q0), _mm256_maddubs_epi16(c1, q1));
-        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
-    }
-
-    /// [`q4_1`] over a group ([`group_kernel`]).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_1_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 4-byte
-        // header.
-        unsafe {
-            group_kernel(
-                row,
-                g,
-                20,
-                true,
-                |blk| nibble_chunks(blk.add(4)),
-                |(c0, c1), q, _| nibble_dot(c0, c1, q),
-            )
-        }
-    }
-
-    /// [`q8_0`] over a group ([`group_kernel`]): the sign trick per chunk, each widened to
-    /// i32 before the chunks are added (a chunk's i16 pair sums reach 2 · 127 · 128).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        let ones = _mm256_set1_epi16(1);
-        // SAFETY: forwarded from the caller; a block holds 32 quants after its 2-byte scale.
-        unsafe {
-            group_kernel(
-                row,
-                g,
-                34,
-                false,
-                |blk| {
-                    let chunk = |at: usize| {
-                        let w = _mm_loadu_si128(blk.add(at) as *const __m128i);
-                        _mm256_broadcastsi128_si256(w)
-                    };
-                    (chunk(2), chunk(18))
-                },
-                |(w0, w1), q, _| {
-                    let (q0, q1) = (
-                        _mm256_loadu_si256(q as *const __m256i),
-                        _mm256_loadu_si256(q.add(64) as *const __m256i),
-                    );
-                    let half = |w: __m256i, q: __m256i| {
-                        let p =
-                            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
-                        _mm256_madd_epi16(p, ones)
-                    };
-                    _mm256_add_epi32(half(w0, q0), half(w1, q1))
-                },
-            )
-        }
-    }
-
-    /// [`q4_0`] over a group ([`group_kernel`]): stored nibbles are offset by 8, so the
-    /// group's lane sums of the quants, times 8, come off.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_0_group<const N: usize>(row: &[u8], g: &QuantizedGroup) -> [f32; N] {
-        // SAFETY: forwarded from the caller; a block holds 16 packed bytes after its 2-byte
-        // scale; the group holds lane sums (checked by the caller for Q4_0).
-        unsafe {
-            group_kernel(
-                row,
-                g,
-                18,
-                false,
-                |blk| nibble_chunks(blk.add(2)),
-                |(c0, c1), q, sums| {
-                    let sums = _mm256_loadu_si256(sums as *const __m256i);
-                    _mm256_sub_epi32(nibble_dot(c0, c1, q), _mm256_slli_epi32(sums, 3))
-                },
-            )
-        }
-    }
-
-    /// Decode (one token) on AVX-512 VNNI: rows four at a time ([`q4_1_quad_512`],
-    /// [`q4_0_quad_512`], [`q8_0_quad_512`]), the rest through [`dispatch`]'s pairs and
-    /// single rows.
-    ///
-    /// # Safety
-    /// As [`dispatch`] with `N` = 1 and a quantised `ty`; AVX-512 F, BW and VNNI must be
-    /// present.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn decode_512(
-        ty: GgmlType,
-        rows: &[u8],
-        row_bytes: usize,
-        x: &[f32],
-        xq: &QuantizedActivation,
-        out: &mut [f32],
-    ) {
-        let quads = rows.len() / row_bytes / 4;
-        for (g, out) in out[..quads * 4].chunks_exact_mut(4).enumerate() {
-            let row = |r: usize| &rows[(4 * g + r) * row_bytes..(4 * g + r + 1) * row_bytes];
-            let four = [row(0), row(1), row(2), row(3)];
-            // SAFETY: forwarded from the caller.
-            let result = unsafe {
-                match ty {
-                    GgmlType::Q4_1 => q4_1_quad_512(four, xq),
-                    GgmlType::Q4_0 => q4_0_quad_512(four, xq),
-                    _ => q8_0_quad_512(four, xq),
-                }
-            };
-            out.copy_from_slice(&result);
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            dispatch::<1>(
-                ty,
-                &rows[quads * 4 * row_bytes..],
-                row_bytes,
-                &[x],
-                &[xq],
-                &mut out[quads * 4..],
-            )
-        };
-    }
-
-    /// Four rows' block headers (f16 scale, then the next two bytes) widened: `[d0 d1 d2 d3]`
-    /// and `[m0 m1 m2 m3]` (Q4_1's minimums; for Q8_0 the first quants, unused).
-    ///
-    /// # Safety
-    /// Four bytes are readable at each pointer.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn quad_headers(blocks: [*const u8; 4]) -> (__m128, __m128) {
-        // SAFETY: forwarded from the caller.
-        let h = unsafe { blocks.map(|b| block_header(b)) };
-        let (ab, cd) = (_mm_unpacklo_ps(h[0], h[1]), _mm_unpacklo_ps(h[2], h[3]));
-        (_mm_movelh_ps(ab, cd), _mm_movehl_ps(cd, ab))
-    }
-
-    /// The 16 bytes at `offset` in each of four blocks, one row per 128-bit lane.
-    ///
-    /// # Safety
-    /// 16 bytes are readable at each pointer plus `offset`.
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f")]
-    unsafe fn quad_chunk(blocks: [*const u8; 4], offset: usize) -> __m512i {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            let load = |r: usize| _mm_loadu_si128(blocks[r].add(offset) as *const __m128i);
-            let v = _mm512_castsi128_si512(load(0));
-            let v = _mm512_inserti32x4::<1>(v, load(1));
-            let v = _mm512_inserti32x4::<2>(v, load(2));
-            _mm512_inserti32x4::<3>(v, load(3))
-        }
-    }
-
-    /// A token's block chunks, each in all four 128-bit lanes (one per row).
-    ///
-    /// # Safety
-    /// The activation holds block `i`.
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f")]
-    unsafe fn token_chunks(xq: &QuantizedActivation, i: usize) -> (__m512i, __m512i) {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            let q = xq.qs.as_ptr().add(i * QK);
-            (
-                _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i)),
-                _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16) as *const __m128i)),
-            )
-        }
-    }
-
-    /// Four rows' sums from their lanes (row `r` in lanes `4r..4r + 4`), each as [`hsum4`]
-    /// sums one row, plus `offsets` where given.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-    fn row_sums(acc: __m512, offsets: Option<__m128>) -> [f32; 4] {
-        let s = _mm512_add_ps(acc, _mm512_permute_ps::<0b01_00_11_10>(acc));
-        let s = _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s));
-        let pick = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-        let sums = _mm512_castps512_ps128(_mm512_permutexvar_ps(pick, s));
-        let sums = match offsets {
-            Some(offsets) => _mm_add_ps(sums, offsets),
-            None => sums,
-        };
-        let mut out = [0f32; 4];
-        // SAFETY: four floats fit `out`.
-        unsafe { _mm_storeu_ps(out.as_mut_ptr(), sums) };
-        out
-    }
-
-    /// Each row's `d · xd` in its four lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-    fn row_scales(d: __m128, xd: __m128) -> __m512 {
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(d, xd)))
-    }
-
-    /// [`q4_1`] for one token and four rows, one row per 128-bit lane: the rows' low nibbles
-    /// (chunk 0) and high nibbles (chunk 1) meet the token's chunks, each repeated in all
-    /// lanes, in two `vpdpbusd`, which leave the token lanes directly (no fold); each row's
-    /// lanes, scales, minimum terms and final sum as the other kernels form them.
-    ///
-    /// # Safety
-    /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C are present; the rows have one length and
-    /// `xq` holds their blocks.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q4_1_quad_512(rows: [&[u8]; 4], xq: &QuantizedActivation) -> [f32; 4] {
-        let mut acc = _mm512_setzero_ps();
-        let mut offsets = _mm_setzero_ps();
-        for i in 0..rows[0].len() / 20 {
-            let blocks = rows.map(|r| r[i * 20..].as_ptr());
-            for b in blocks {
-                prefetch(b);
-            }
-            // SAFETY: each block holds its 4-byte header and 16 packed bytes; xq holds block
-            // i (the caller).
-            let ((d, m), packed, (q0, q1), xd, xs) = unsafe {
-                (
-                    quad_headers(blocks),
-                    quad_chunk(blocks, 4),
-                    token_chunks(xq, i),
-                    _mm_broadcast_ss(xq.d.get_unchecked(i)),
-                    _mm_broadcast_ss(xq.s.get_unchecked(i)),
-                )
-            };
-            let (c0, c1) = nibble_quads(packed);
-            let dot =
-                _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, q0), c1, q1);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
-            offsets = _mm_add_ps(offsets, _mm_mul_ps(m, xs));
-        }
-        row_sums(acc, Some(offsets))
-    }
-
-    /// A token's lane sums of block `i`'s quants times `-scale`, in all four 128-bit lanes:
-    /// what offsetting the weights added (Q4_0's nibbles by 8, Q8_0's bytes by 128).
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
-    fn token_starts<const SHIFT: u32>(q0: __m512i, q1: __m512i) -> __m512i {
-        let ones = _mm512_set1_epi8(1);
-        let sums = _mm512_dpbusd_epi32(
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, q0),
-            ones,
-            q1,
-        );
-        _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<SHIFT>(sums))
-    }
-
-    /// [`q4_0`] for one token and four rows, as [`q4_1_quad_512`]: stored nibbles are offset
-    /// by 8, so the lanes start from `-8 ·` the token's lane sums.
-    ///
-    /// # Safety
-    /// As [`q4_1_quad_512`].
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q4_0_quad_512(rows: [&[u8]; 4], xq: &QuantizedActivation) -> [f32; 4] {
-        let mut acc = _mm512_setzero_ps();
-        for i in 0..rows[0].len() / 18 {
-            let blocks = rows.map(|r| r[i * 18..].as_ptr());
-            for b in blocks {
-                prefetch(b);
-            }
-            // SAFETY: each block holds its 2-byte scale and 16 packed bytes (the header load
-            // reads four); xq holds block i (the caller).
-            let ((d, _), packed, (q0, q1), xd) = unsafe {
-                (
-                    quad_headers(blocks),
-                    quad_chunk(blocks, 2),
-                    token_chunks(xq, i),
-                    _mm_broadcast_ss(xq.d.get_unchecked(i)),
-                )
-            };
-            let (c0, c1) = nibble_quads(packed);
-            let start = token_starts::<3>(q0, q1);
-            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
-        }
-        row_sums(acc, None)
-    }
-
-    /// [`q8_0`] for one token and four rows, as [`q4_1_quad_512`]: the weights made unsigned
-    /// (`w ^ 0x80` = w + 128), the lanes starting from `-128 ·` the token's lane sums (formed
-    /// once per block for the four rows), so each ends at Σ w·q.
-    ///
-    /// # Safety
-    /// As [`q4_1_quad_512`].
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn q8_0_quad_512(rows: [&[u8]; 4], xq: &QuantizedActivation) -> [f32; 4] {
-        let flip = _mm512_set1_epi8(-128);
-        let mut acc = _mm512_setzero_ps();
-        for i in 0..rows[0].len() / 34 {
-            let blocks = rows.map(|r| r[i * 34..].as_ptr());
-            for b in blocks {
-                prefetch(b);
-            }
-            // SAFETY: each block holds its 2-byte scale and 32 quants (the header load reads
-            // four bytes); xq holds block i (the caller).
-            let ((d, _), w0, w1, (q0, q1), xd) = unsafe {
-                (
-                    quad_headers(blocks),
-                    quad_chunk(blocks, 2),
-                    quad_chunk(blocks, 18),
-                    token_chunks(xq, i),
-                    _mm_broadcast_ss(xq.d.get_unchecked(i)),
-                )
-            };
-            let start = token_starts::<7>(q0, q1);
-            let (c0, c1) = (_mm512_xor_si512(w0, flip), _mm512_xor_si512(w1, flip));
-            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, c0, q0), c1, q1);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scales(d, xd), acc);
-        }
-        row_sums(acc, None)
-    }
-
-    /// [`super::dot_rows_quads`] for `T` tokens: whole quads of rows through the row-quad
-    /// kernels, the rows after the last whole quad one token at a time through [`dispatch`].
-    ///
-    /// # Safety
-    /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C are present; `ty` is quantised; the group
-    /// holds `T` members of at least a row's blocks, and its sum terms (Q4_1) or start values
-    /// (Q4_0, Q8_0) for them; `out` holds `T` values per row (checked by the caller).
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dispatch_quads<const T: usize>(
-        ty: GgmlType,
-        rows: &[u8],
-        row_bytes: usize,
-        g: &RowQuadGroup<'_>,
-        out: &mut [f32],
-    ) {
-        let count = rows.len() / row_bytes;
-        let quads = count / 4;
-        let blocks = row_bytes / ty.block_bytes();
-        let flip = _mm512_set1_epi8(-128);
-        for (quad, out) in out[..quads * 4 * T].chunks_exact_mut(4 * T).enumerate() {
-            let row = |r: usize| {
-                let at = (4 * quad + r) * row_bytes;
-                &rows[at..at + row_bytes]
-            };
-            let four = [row(0), row(1), row(2), row(3)];
-            // SAFETY: forwarded from the caller: a Q4_1 block holds 16 packed bytes after its
-            // 4-byte header, a Q4_0 block after its 2-byte scale, a Q8_0 block 32 quants after
-            // it; the group holds the sum terms or start values of `ty` for the row's blocks.
-            unsafe {
-                match ty {
-                    GgmlType::Q4_1 => quad_group_512::<T>(
-                        four,
-                        g,
-                        20,
-                        true,
-                        |blocks| nibble_quads(quad_chunk(blocks, 4)),
-                        |_, _| _mm512_setzero_si512(),
-                        out,
-                    ),
-                    GgmlType::Q4_0 => quad_group_512::<T>(
-                        four,
-                        g,
-                        18,
-                        false,
-                        |blocks| nibble_quads(quad_chunk(blocks, 2)),
-                        |t, i| group_start(&g.starts_q4_0, blocks, t, i),
-                        out,
-                    ),
-                    _ => quad_group_512::<T>(
-                        four,
-                        g,
-                        34,
-                        false,
-                        |blocks| {
-                            let (w0, w1) = (quad_chunk(blocks, 2), quad_chunk(blocks, 18));
-                            (_mm512_xor_si512(w0, flip), _mm512_xor_si512(w1, flip))
-                        },
-                        |t, i| group_start(&g.starts_q8_0, blocks, t, i),
-                        out,
-                    ),
-                }
-            };
-        }
-        let rest = &rows[quads * 4 * row_bytes..];
-        let rest_count = count - quads * 4;
-        if rest_count == 0 {
-            return;
-        }
-        let mut alone = [0f32; 4];
-        for (t, xq) in g.members.iter().enumerate() {
-            // SAFETY: forwarded from the caller (quantised kernels read no float input).
-            unsafe { dispatch::<1>(ty, rest, row_bytes, &[&[]], &[xq], &mut alone[..rest_count]) };
-            for (r, value) in alone[..rest_count].iter().enumerate() {
-                out[(quads * 4 + r) * T + t] = *value;
-            }
-        }
-    }
-
-    /// Writes four rows' results for `T` tokens (`out[r * T + t]`) from the tokens'
-    /// accumulators and, where given, their offsets (token `t`'s four rows in lanes
-    /// `4(t % 4)..` of `offsets[t / 4]`).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-    fn write_quad<const T: usize>(
-        acc: &[__m512; T],
-        offsets: Option<&[__m512; 2]>,
-        out: &mut [f32],
-    ) {
-        let mut lanes = [0f32; 32];
-        if let Some(offsets) = offsets {
-            // SAFETY: 32 floats fit `lanes`.
-            unsafe {
-                _mm512_storeu_ps(lanes.as_mut_ptr(), offsets[0]);
-                _mm512_storeu_ps(lanes.as_mut_ptr().add(16), offsets[1]);
-            }
-        }
-        for (t, acc) in acc.iter().enumerate() {
-            // SAFETY: token t's four offsets are within `lanes`.
-            let offset = offsets.map(|_| unsafe { _mm_loadu_ps(lanes.as_ptr().add(4 * t)) });
-            let sums = row_sums(*acc, offset);
-            for (r, sum) in sums.into_iter().enumerate() {
-                out[r * T + t] = sum;
-            }
-        }
-    }
-
-    /// Four rows' packed nibbles (one row per 128-bit lane) as their two chunks of unsigned
-    /// nibbles: elements 0..16 (the low nibbles) and 16..32 (the high).
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512bw")]
-    fn nibble_quads(packed: __m512i) -> (__m512i, __m512i) {
-        let low = _mm512_set1_epi8(0x0F);
-        (
-            _mm512_and_si512(packed, low),
-            _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low),
-        )
-    }
-
-    /// The row-quad kernel for `T` tokens of a [`RowQuadGroup`]: `weights` gives the four
-    /// rows' two unsigned chunks of a block (`block_bytes` long), prepared once per block and
-    /// met by each token's chunks (broadcast from where the token keeps them) in two
-    /// `vpdpbusd` starting from `start(t, i)`; with `with_min` (Q4_1) the minimum terms of four
-    /// tokens share a register. Each (row, token) keeps the lanes, scales, sums and order of
-    /// the single-token kernels.
-    ///
-    /// # Safety
-    /// As [`dispatch_quads`]; the rows have one length; `start` may read the group's start
-    /// values of member `t`, block `i`; `weights` may read the whole blocks at the pointers it
-    /// is given.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-    unsafe fn quad_group_512<const T: usize>(
-        rows: [&[u8]; 4],
-        g: &RowQuadGroup<'_>,
-        block_bytes: usize,
-        with_min: bool,
-        weights: impl Fn([*const u8; 4]) -> (__m512i, __m512i),
-        start: impl Fn(usize, usize) -> __m512i,
-        out: &mut [f32],
-    ) {
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        let mut acc = [_mm512_setzero_ps(); T];
-        let mut offsets = [_mm512_setzero_ps(); 2];
-        let qs: [*const i8; T] = std::array::from_fn(|t| g.members[t].qs.as_ptr());
-        let ds: [*const f32; T] = std::array::from_fn(|t| g.members[t].d.as_ptr());
-        for i in 0..rows[0].len() / block_bytes {
-            let blocks = rows.map(|r| r[i * block_bytes..].as_ptr());
-            for b in blocks {
-                prefetch(b);
-            }
-            // SAFETY: each block holds its header (the caller).
-            let (d, m) = unsafe { quad_headers(blocks) };
-            let d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d));
-            let (c0, c1) = weights(blocks);
-            for t in 0..T {
-                // SAFETY: every member holds block i (the caller).
-                let (q0, q1, xd) = unsafe {
-                    let q = qs[t].add(i * QK);
-                    (
-                        _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i)),
-                        _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16) as *const __m128i)),
-                        _mm512_set1_ps(*ds[t].add(i)),
-                    )
-                };
-                let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start(t, i), c0, q0), c1, q1);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, xd), acc[t]);
-            }
-            if with_min {
-                let m = _mm512_broadcast_f32x4(m);
-                for (u, offsets) in offsets.iter_mut().enumerate().take(T.div_ceil(4)) {
-                    // SAFETY: the group holds block i's sum terms (the caller, for Q4_1).
-                    let s = unsafe { _mm512_loadu_ps(g.s.as_ptr().add((i * 2 + u) * 16)) };
-                    *offsets = _mm512_add_ps(*offsets, _mm512_mul_ps(m, s));
-                }
-            }
-        }
-        write_quad(&acc, with_min.then_some(&offsets), out);
-    }
-
-    /// A member's start values for a block in the group's `starts` (four per member and
-    /// block), in all four 128-bit lanes.
-    ///
-    /// # Safety
-    /// `starts` holds member `t`'s values for block `i` of `blocks`.
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f")]
-    unsafe fn group_start(starts: &[i32], blocks: usize, t: usize, i: usize) -> __m512i {
-        // SAFETY: forwarded from the caller.
-        let at = unsafe { starts.as_ptr().add((t * blocks + i) * 4) };
-        // SAFETY: as above, four values.
-        _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(at as *const __m128i) })
-    }
-
     /// [`super::quantize_row`]: each block's scale and quants as [`abs_max32`] and
     /// [`quantize32`] give them, then the f16 roundings of eight blocks' `d` and `s` at once
     /// (`vcvtps2ph` rounds to nearest even, as `half`'s conversion does; the product of two
@@ -2093,7 +964,13 @@ mod x86 {
     /// AVX2, FMA and F16C are present; `x` holds `d.len()` blocks, `s` as many values and `qs`
     /// as many as `x`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn quantize_row(x: &[f32], d: &mut [f32], s: &mut [f32], qs: &mut [i8]) {
+    pub unsafe fn quantize_row(
+        x: &[f32],
+        d: &mut [f32],
+        s: &mut [f32],
+        sums: &mut [i32],
+        qs: &mut [i8],
+    ) {
         let blocks = d.len();
         for b in 0..blocks {
             let block = &x[b * QK..(b + 1) * QK];
@@ -2103,6 +980,7 @@ mod x86 {
             let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
             // SAFETY: as above; 32 quants per block.
             let sum = unsafe { quantize32(block, id, &mut qs[b * QK..(b + 1) * QK]) };
+            sums[b] = sum;
             // Unrounded for now: the pass below rounds them eight at a time.
             d[b] = scale;
             s[b] = sum as f32;

@@ -17,6 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::cpu::WeightRef;
 use super::gguf::{GgufError, GgufFile};
+use super::packed;
 use super::quant::{GgmlType, dequantize_row};
 
 /// Why a model's files could not be used.
@@ -58,8 +59,9 @@ impl StoredTensor {
     }
 }
 
-/// A 2-D weight bound by a model: `rows` rows of `cols` elements, rows contiguous.
-#[derive(Debug, Clone, Copy)]
+/// A 2-D weight bound by a model: `rows` rows of `cols` elements, rows contiguous in the
+/// file; for the CPU kernels, block-quantised ones also packed (see `packed`).
+#[derive(Debug, Clone)]
 pub struct Matrix {
     pub ty: GgmlType,
     pub rows: usize,
@@ -67,6 +69,8 @@ pub struct Matrix {
     file: usize,
     offset: usize,
     size: usize,
+    /// The packed copy the CPU kernels read instead of the file's bytes.
+    packed: Option<Arc<[u8]>>,
 }
 
 enum Backing {
@@ -221,7 +225,42 @@ impl WeightStore {
             file: t.file,
             offset: t.offset,
             size: t.size,
+            packed: None,
         })
+    }
+
+    /// The matrix `name` as the CPU kernels read it: a block-quantised one packed into an
+    /// owned copy (rows in groups of sixteen, see `packed`), a float one in place.
+    pub fn packed_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix, ModelFileError> {
+        let mut m = self.matrix(name, rows, cols)?;
+        if packed::packs(m.ty) {
+            let data = self.bytes(m.file, m.offset, m.size);
+            m.packed = Some(packed::pack(m.ty, rows, cols, data).into());
+            // The file's copy is not read again by the CPU kernels: keep it out of memory.
+            if let Backing::Gguf(file) = &self.backing {
+                file.release(m.offset, m.size);
+            }
+        }
+        Ok(m)
+    }
+
+    /// [`Self::packed_matrix`] when the file has it.
+    pub fn optional_packed_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<Matrix>, ModelFileError> {
+        if self.contains(name) {
+            self.packed_matrix(name, rows, cols).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The matrix `name` when the file has it.
@@ -271,18 +310,38 @@ impl WeightStore {
         }
     }
 
-    /// A bound matrix's bytes, for the kernels.
-    pub fn weight(&self, m: &Matrix) -> WeightRef<'_> {
+    /// A bound matrix's bytes, for the kernels: its packed copy where it has one.
+    pub fn weight<'a>(&'a self, m: &'a Matrix) -> WeightRef<'a> {
+        WeightRef {
+            ty: m.ty,
+            rows: m.rows,
+            cols: m.cols,
+            data: match &m.packed {
+                Some(packed) => packed,
+                None => self.bytes(m.file, m.offset, m.size),
+            },
+            packed: m.packed.is_some(),
+        }
+    }
+
+    /// A bound matrix's bytes as the file stores them (rows one after another), whether or
+    /// not it has a packed copy: for loaders that convert the weights themselves (the GPU's).
+    pub fn file_weight(&self, m: &Matrix) -> WeightRef<'_> {
         WeightRef {
             ty: m.ty,
             rows: m.rows,
             cols: m.cols,
             data: self.bytes(m.file, m.offset, m.size),
+            packed: false,
         }
     }
 
     /// Row `r` of a bound matrix widened to f32 (embedding lookups).
     pub fn read_row(&self, m: &Matrix, r: usize, out: &mut [f32]) {
+        if let Some(data) = &m.packed {
+            dequantize_row(m.ty, &packed::unpack_row(m.ty, m.cols, data, r), out);
+            return;
+        }
         let row_bytes = m.ty.row_bytes(m.cols);
         let data = self.bytes(m.file, m.offset, m.size);
         dequantize_row(m.ty, &data[r * row_bytes..(r + 1) * row_bytes], out);

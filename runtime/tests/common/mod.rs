@@ -26,6 +26,7 @@ pub fn candle_logits(model: &mut ModelWeights, ids: &[u32], pos: usize) -> Vec<f
 }
 
 /// candle's greedy continuation of a `prompt_len`-token prompt whose logits were `first`.
+#[allow(dead_code)] // each test crate compiles this module; not all use every helper
 pub fn candle_greedy(
     model: &mut ModelWeights,
     first: &[f32],
@@ -37,6 +38,27 @@ pub fn candle_greedy(
     for i in 0..n {
         out.push(next);
         next = agentrt::engine::sampling::argmax(&candle_logits(model, &[next], prompt_len + i));
+    }
+    out
+}
+
+/// candle's logits along a given continuation `tokens` of a `prompt_len`-token prompt whose
+/// logits were `first` (teacher forcing): for each token, how far candle's logit for it is
+/// below candle's largest (0 where it is candle's argmax), relative to the logits' spread.
+#[allow(dead_code)] // each test crate compiles this module; not all use every helper
+pub fn candle_shortfalls(
+    model: &mut ModelWeights,
+    first: &[f32],
+    prompt_len: usize,
+    tokens: &[u32],
+) -> Vec<f32> {
+    let mut logits = first.to_vec();
+    let mut out = Vec::with_capacity(tokens.len());
+    for (i, &token) in tokens.iter().enumerate() {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        let min = logits.iter().fold(f32::INFINITY, |m, v| m.min(*v));
+        out.push((max - logits[token as usize]) / (max - min));
+        logits = candle_logits(model, &[token], prompt_len + i);
     }
     out
 }

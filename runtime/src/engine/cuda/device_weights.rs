@@ -127,7 +127,7 @@ impl Loader<'_> {
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<WeightRef<'_>, GpuError> {
         self.store
             .matrix(name, rows, cols)
-            .map(|m| self.store.weight(&m))
+            .map(|m| self.store.file_weight(&m))
             .map_err(|e| GpuError::Unsupported(e.to_string()))
     }
 

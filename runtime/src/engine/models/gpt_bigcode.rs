@@ -185,7 +185,7 @@ impl GptBigCode {
         let dim = c.dim;
         let linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelFileError> {
             Ok(Linear {
-                weight: store.matrix(&format!("{name}.weight"), rows, cols)?,
+                weight: store.packed_matrix(&format!("{name}.weight"), rows, cols)?,
                 bias: store.vector(&format!("{name}.bias"), rows)?,
             })
         };
@@ -195,11 +195,11 @@ impl GptBigCode {
                 bias: store.vector(&format!("{name}.bias"), dim)?,
             })
         };
-        let token_embedding = store.matrix("token_embd.weight", c.vocab, dim)?;
-        let position_embedding = store.matrix("position_embd.weight", c.n_positions, dim)?;
+        let token_embedding = store.packed_matrix("token_embd.weight", c.vocab, dim)?;
+        let position_embedding = store.packed_matrix("position_embd.weight", c.n_positions, dim)?;
         let head = store
-            .optional_matrix("output.weight", c.vocab, dim)?
-            .unwrap_or(token_embedding);
+            .optional_packed_matrix("output.weight", c.vocab, dim)?
+            .unwrap_or_else(|| token_embedding.clone());
         let mut blocks = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");

@@ -231,10 +231,10 @@ impl Llama {
     ) -> Result<Self, ModelFileError> {
         let c = &config;
         let (dim, q_dim, kv_dim) = (c.dim, c.q_dim(), c.kv_dim());
-        let embedding = store.matrix("token_embd.weight", c.vocab, dim)?;
+        let embedding = store.packed_matrix("token_embd.weight", c.vocab, dim)?;
         let output = store
-            .optional_matrix("output.weight", c.vocab, dim)?
-            .unwrap_or(embedding);
+            .optional_packed_matrix("output.weight", c.vocab, dim)?
+            .unwrap_or_else(|| embedding.clone());
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let w = |s: &str| format!("blk.{i}.{s}.weight");
@@ -250,15 +250,15 @@ impl Llama {
             };
             layers.push(Layer {
                 attn_norm: store.vector(&w("attn_norm"), dim)?,
-                wq: store.matrix(&w("attn_q"), q_dim, dim)?,
-                wk: store.matrix(&w("attn_k"), kv_dim, dim)?,
-                wv: store.matrix(&w("attn_v"), kv_dim, dim)?,
+                wq: store.packed_matrix(&w("attn_q"), q_dim, dim)?,
+                wk: store.packed_matrix(&w("attn_k"), kv_dim, dim)?,
+                wv: store.packed_matrix(&w("attn_v"), kv_dim, dim)?,
                 qkv_bias,
-                wo: store.matrix(&w("attn_output"), dim, q_dim)?,
+                wo: store.packed_matrix(&w("attn_output"), dim, q_dim)?,
                 ffn_norm: store.vector(&w("ffn_norm"), dim)?,
-                gate: store.matrix(&w("ffn_gate"), c.ffn_dim, dim)?,
-                up: store.matrix(&w("ffn_up"), c.ffn_dim, dim)?,
-                down: store.matrix(&w("ffn_down"), dim, c.ffn_dim)?,
+                gate: store.packed_matrix(&w("ffn_gate"), c.ffn_dim, dim)?,
+                up: store.packed_matrix(&w("ffn_up"), c.ffn_dim, dim)?,
+                down: store.packed_matrix(&w("ffn_down"), dim, c.ffn_dim)?,
             });
             on_progress(i + 1, c.n_layer);
         }
@@ -332,14 +332,17 @@ impl CausalLm for Llama {
             self.store
                 .read_row(&self.embedding, tok, &mut s.x[t * dim..(t + 1) * dim]);
         }
-        let w = |m: &Matrix| self.store.weight(m);
         let shape = self.attention_shape();
         if let Some(first) = self.layers.first() {
             cpu::rms_norm(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed);
         }
         for (li, layer) in self.layers.iter().enumerate() {
             cpu::matmuls(
-                &[w(&layer.wq), w(&layer.wk), w(&layer.wv)],
+                &[
+                    self.store.weight(&layer.wq),
+                    self.store.weight(&layer.wk),
+                    self.store.weight(&layer.wv),
+                ],
                 &s.normed,
                 &mut [&mut s.q, &mut s.k, &mut s.v],
             );
@@ -374,15 +377,15 @@ impl CausalLm for Llama {
             });
             let views: Vec<_> = segments.iter().map(|seg| seg.cache.layer(li)).collect();
             cpu::batched_causal_attention(shape, &views, &rows, &s.q, &mut s.attn);
-            cpu::matmul(w(&layer.wo), &s.attn, &mut s.proj);
+            cpu::matmul(self.store.weight(&layer.wo), &s.attn, &mut s.proj);
             cpu::add_rms_norm(&mut s.x, &s.proj, &layer.ffn_norm, c.rms_eps, &mut s.normed);
             cpu::matmuls(
-                &[w(&layer.gate), w(&layer.up)],
+                &[self.store.weight(&layer.gate), self.store.weight(&layer.up)],
                 &s.normed,
                 &mut [&mut s.gate, &mut s.up],
             );
             cpu::swiglu(&mut s.gate, &s.up);
-            cpu::matmul(w(&layer.down), &s.gate, &mut s.proj);
+            cpu::matmul(self.store.weight(&layer.down), &s.gate, &mut s.proj);
             // The residual, and the next layer's input norm in the same pass.
             match self.layers.get(li + 1) {
                 Some(next) => {
@@ -407,7 +410,7 @@ impl CausalLm for Llama {
             );
         }
         let mut logits = vec![0f32; picked.len() * c.vocab];
-        cpu::matmul(w(&self.output), &normed, &mut logits);
+        cpu::matmul(self.store.weight(&self.output), &normed, &mut logits);
         split_logits(&last, logits, c.vocab)
     }
 }
