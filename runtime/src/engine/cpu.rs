@@ -439,6 +439,10 @@ pub fn causal_attention(
 /// pass): row `t` is a query of sequence `rows[t].0` at position `rows[t].1`, attending over
 /// that sequence's cache `caches[rows[t].0]` up to its own position. Each (row, head) is
 /// computed exactly as alone.
+///
+/// A task is one row's query heads that share a KV head (grouped-query attention) when there
+/// are rows enough to keep every thread busy with those; else one head, so a single row's
+/// heads still spread across the threads.
 pub fn batched_causal_attention(
     shape: AttentionShape,
     caches: &[LayerView<'_>],
@@ -447,40 +451,53 @@ pub fn batched_causal_attention(
     out: &mut [f32],
 ) {
     let n_head = shape.n_head;
-    threads::for_each_chunk_mut(out, shape.head_dim, |task, oh| {
-        let (t, h) = (task / n_head, task % n_head);
-        let (seq, pos) = rows[t];
-        let qh = &q[task * shape.head_dim..(task + 1) * shape.head_dim];
-        match caches[seq] {
-            LayerView::F16(layer) => attend(shape, layer, h, pos + 1, qh, oh),
-            LayerView::F32(layer) => attend(shape, layer, h, pos + 1, qh, oh),
+    let group = n_head / shape.n_kv_head.max(1);
+    let heads_per_task = if rows.len() * shape.n_kv_head >= 2 * threads::count() {
+        group.max(1)
+    } else {
+        1
+    };
+    threads::for_each_chunk_mut(out, shape.head_dim * heads_per_task, |task, out| {
+        let mut scores = Vec::new();
+        for (i, oh) in out.chunks_exact_mut(shape.head_dim).enumerate() {
+            let row_head = task * heads_per_task + i;
+            let (t, h) = (row_head / n_head, row_head % n_head);
+            let (seq, pos) = rows[t];
+            let qh = &q[row_head * shape.head_dim..(row_head + 1) * shape.head_dim];
+            match caches[seq] {
+                LayerView::F16(layer) => attend(shape, layer, h, pos + 1, qh, &mut scores, oh),
+                LayerView::F32(layer) => attend(shape, layer, h, pos + 1, qh, &mut scores, oh),
+            }
         }
     });
 }
 
-/// One query head `h` over the first `visible` positions of `cache`, into `oh`.
+/// One query head `h` over the first `visible` positions of `cache`, into `oh` (`scores` is
+/// scratch).
 fn attend<T: KvElement>(
     shape: AttentionShape,
     cache: Layer<'_, T>,
     h: usize,
     visible: usize,
     qh: &[f32],
+    scores: &mut Vec<f32>,
     oh: &mut [f32],
 ) {
     let group = shape.n_head / shape.n_kv_head;
     let scale = 1.0 / (shape.head_dim as f32).sqrt();
     let kv_head = h / group;
     // scores[p] = Σ_d q[d]·k[p][d], accumulated dimension by dimension over all positions.
-    let mut scores = vec![0f32; visible];
+    scores.clear();
+    scores.resize(visible, 0.0);
     let (keys, key_stride) = cache.head_keys(kv_head);
-    simd::attention_scores(&mut scores, qh, keys, key_stride);
+    simd::attention_scores(scores, qh, keys, key_stride);
     for s in scores.iter_mut() {
         *s *= scale;
     }
-    softmax(&mut scores);
+    softmax(scores);
     oh.fill(0.0);
     let (values, value_stride) = cache.head_values(kv_head);
-    simd::weighted_values(oh, &scores, values, value_stride);
+    simd::weighted_values(oh, scores, values, value_stride);
 }
 
 /// In-place softmax.

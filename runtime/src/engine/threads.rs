@@ -29,6 +29,17 @@ const SPIN: Duration = Duration::from_micros(300);
 
 type Job = *const (dyn Fn(usize) + Sync);
 
+/// A value alone on its cache line (two, for the adjacent-line prefetcher).
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 struct Shared {
     /// Bumped to publish a job.
     generation: AtomicUsize,
@@ -38,8 +49,9 @@ struct Shared {
     active: AtomicUsize,
     /// Per participant (the caller first, then each worker): the tasks of its share not yet
     /// claimed, `front | back << 32`. Each runs its own share front to back, then takes what
-    /// is left of the others' from their backs.
-    shares: Vec<AtomicU64>,
+    /// is left of the others' from their backs. Each on a cache line of its own: side by
+    /// side, every claim of one thread took the line from the other.
+    shares: Vec<CachePadded<AtomicU64>>,
     /// The job's closure; written only while no worker can read it (see the module docs).
     job: UnsafeCell<Option<Job>>,
     /// A task panicked on a worker.
@@ -79,7 +91,9 @@ fn team() -> &'static Team {
             generation: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
-            shares: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            shares: (0..threads)
+                .map(|_| CachePadded(AtomicU64::new(0)))
+                .collect(),
             job: UnsafeCell::new(None),
             panicked: AtomicBool::new(false),
             sleeping: (0..helpers).map(|_| AtomicBool::new(false)).collect(),
