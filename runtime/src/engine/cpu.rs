@@ -339,18 +339,21 @@ impl Rope {
     /// Rotate every head of each of `xs` (a token's queries and keys) for position `pos`,
     /// working out each frequency's sine and cosine once for all of them.
     pub fn apply_all(&self, xs: &mut [&mut [f32]], head_dim: usize, pos: usize) {
+        self.apply_angles(xs, head_dim, &self.angles(pos));
+    }
+
+    /// Each frequency's `(sin, cos)` at position `pos`: the same for every layer, so a forward
+    /// pass works them out once per row (libm's `sin_cos` was most of the rotation's cost).
+    pub fn angles(&self, pos: usize) -> Vec<(f32, f32)> {
+        self.inv_freq
+            .iter()
+            .map(|f| (pos as f32 * f).sin_cos())
+            .collect()
+    }
+
+    /// [`Self::apply_all`] with the position's [`Self::angles`] given.
+    pub fn apply_angles(&self, xs: &mut [&mut [f32]], head_dim: usize, angles: &[(f32, f32)]) {
         let half = head_dim / 2;
-        let mut angles = [(0f32, 0f32); 128];
-        let mut longer = Vec::new();
-        let angles: &mut [(f32, f32)] = if self.inv_freq.len() <= angles.len() {
-            &mut angles[..self.inv_freq.len()]
-        } else {
-            longer.resize(self.inv_freq.len(), (0f32, 0f32));
-            &mut longer
-        };
-        for (a, f) in angles.iter_mut().zip(&self.inv_freq) {
-            *a = (pos as f32 * f).sin_cos();
-        }
         for x in xs.iter_mut() {
             for head in x.chunks_exact_mut(head_dim) {
                 for (i, &(sin, cos)) in angles.iter().enumerate() {

@@ -336,6 +336,12 @@ impl CausalLm for Llama {
         if let Some(first) = self.layers.first() {
             cpu::rms_norm(&s.x, &first.attn_norm, c.rms_eps, &mut s.normed);
         }
+        // Each row's rotary sines and cosines, the same in every layer.
+        let half = self.rope.inv_freq().len();
+        let mut angles = vec![(0f32, 0f32); n * half];
+        threads::for_each_chunk_mut(&mut angles, half.max(1), |t, out| {
+            out.copy_from_slice(&self.rope.angles(rows[t].1));
+        });
         for (li, layer) in self.layers.iter().enumerate() {
             cpu::matmuls(
                 &[
@@ -356,22 +362,23 @@ impl CausalLm for Llama {
             // cache, all rows in one parallel operation.
             let mut per_sequence = Vec::with_capacity(segments.len());
             let (mut q_rest, mut k_rest, mut v_rest) = (&mut s.q[..], &mut s.k[..], &s.v[..]);
-            let mut positions = &rows[..];
+            let mut row_angles = &angles[..];
             for seg in segments.iter_mut() {
                 let len = seg.tokens.len();
                 let (q, qr) = std::mem::take(&mut q_rest).split_at_mut(len * q_dim);
                 let (k, kr) = std::mem::take(&mut k_rest).split_at_mut(len * kv_dim);
                 let (v, vr) = v_rest.split_at(len * kv_dim);
-                let (pos, pr) = positions.split_at(len);
-                (q_rest, k_rest, v_rest, positions) = (qr, kr, vr, pr);
-                per_sequence.push((&mut *seg.cache, q, k, v, pos));
+                let (a, ar) = row_angles.split_at(len * half);
+                (q_rest, k_rest, v_rest, row_angles) = (qr, kr, vr, ar);
+                per_sequence.push((&mut *seg.cache, q, k, v, a));
             }
             threads::for_each_chunk_mut(&mut per_sequence, 1, |_, job| {
-                let (cache, q, k, v, positions) = &mut job[0];
-                for (t, &(_, pos)) in positions.iter().enumerate() {
+                let (cache, q, k, v, angles) = &mut job[0];
+                for t in 0..q.len() / q_dim {
                     let q = &mut q[t * q_dim..(t + 1) * q_dim];
                     let k = &mut k[t * kv_dim..(t + 1) * kv_dim];
-                    self.rope.apply_all(&mut [q, k], hd, pos);
+                    let angles = &angles[t * half..(t + 1) * half];
+                    self.rope.apply_angles(&mut [q, k], hd, angles);
                 }
                 cache.append(li, k, v);
             });
