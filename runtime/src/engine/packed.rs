@@ -216,7 +216,7 @@ fn block_ints(ty: GgmlType, group_block: &[u8], lane: usize) -> [i32; QK] {
             match ty {
                 GgmlType::Q8_0 => w[4 * k + i] = i32::from(byte as i8),
                 _ => {
-                    let offset = if ty == GgmlType::Q4_0 { 8 } else { 0 };
+                    let offset: i32 = if ty == GgmlType::Q4_0 { 8 } else { 0 };
                     w[4 * k + i] = i32::from(byte & 0x0F) - offset;
                     w[16 + 4 * k + i] = i32::from(byte >> 4) - offset;
                 }
@@ -288,7 +288,28 @@ mod x86 {
         }
     }
 
-    /// Calls `$kernel::<N>($args)` with `N` the token count `$n` (1 to `$max`).
+    /// The kernels' tokens as raw pointers they index by block: quants four at a time (read
+    /// unaligned: they are bytes), scales, sum terms, and the quants' sums.
+    struct Tokens<const T: usize> {
+        qs: [*const i32; T],
+        ds: [*const f32; T],
+        ss: [*const f32; T],
+        sums: [*const i32; T],
+    }
+
+    impl<const T: usize> Tokens<T> {
+        /// The first `T` of `xs` (the caller passes exactly `T`).
+        fn of(xs: &[&QuantizedActivation]) -> Self {
+            Self {
+                qs: std::array::from_fn(|t| xs[t].qs.as_ptr() as *const i32),
+                ds: std::array::from_fn(|t| xs[t].d.as_ptr()),
+                ss: std::array::from_fn(|t| xs[t].s.as_ptr()),
+                sums: std::array::from_fn(|t| xs[t].sums.as_ptr()),
+            }
+        }
+    }
+
+    /// Calls `$kernel::<N>($args)` with `N` the token count `$n` (1 to 8).
     macro_rules! by_token_count {
         ($n:expr, $kernel:ident, ($($args:expr),* $(,)?)) => {
             match $n {
@@ -413,10 +434,7 @@ mod x86 {
     ) {
         let block_bytes = group_block_bytes(ty);
         let with_min = ty == GgmlType::Q4_1;
-        let qs: [*const i32; T] = std::array::from_fn(|t| xs[t].qs.as_ptr() as *const i32);
-        let ds: [*const f32; T] = std::array::from_fn(|t| xs[t].d.as_ptr());
-        let ss: [*const f32; T] = std::array::from_fn(|t| xs[t].s.as_ptr());
-        let sums: [*const i32; T] = std::array::from_fn(|t| xs[t].sums.as_ptr());
+        let Tokens { qs, ds, ss, sums } = Tokens::<T>::of(xs);
         for (g, group) in groups.chunks_exact(blocks * block_bytes).enumerate() {
             let mut acc = [_mm512_setzero_ps(); T];
             for b in 0..blocks {
@@ -431,10 +449,11 @@ mod x86 {
                     let w = weights(blk);
                     for t in 0..T {
                         let q = qs[t].add(b * QK / 4);
-                        let quad = |j: usize| _mm512_set1_epi32(*q.add(j));
+                        let quad = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
                         // Two chains of four, so a token's eight products are not one
                         // dependency chain.
-                        let mut even = _mm512_set1_epi32(-offset * *sums[t].add(b));
+                        let mut even =
+                            _mm512_set1_epi32(offset.wrapping_neg().wrapping_mul(*sums[t].add(b)));
                         let mut odd = _mm512_setzero_si512();
                         for j in (0..8).step_by(2) {
                             even = _mm512_dpbusd_epi32(even, w[j], quad(j));
@@ -478,11 +497,8 @@ mod x86 {
         let chunks_at = chunks_offset(ty);
         let nibble = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let qs: [*const i32; T] = std::array::from_fn(|t| xs[t].qs.as_ptr() as *const i32);
-        let ds: [*const f32; T] = std::array::from_fn(|t| xs[t].d.as_ptr());
-        let ss: [*const f32; T] = std::array::from_fn(|t| xs[t].s.as_ptr());
-        let sums: [*const i32; T] = std::array::from_fn(|t| xs[t].sums.as_ptr());
-        let offset = if ty == GgmlType::Q4_0 { 8 } else { 0 };
+        let Tokens { qs, ds, ss, sums } = Tokens::<T>::of(xs);
+        let offset: i32 = if ty == GgmlType::Q4_0 { 8 } else { 0 };
         for (g, group) in groups.chunks_exact(blocks * block_bytes).enumerate() {
             for half in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); T];
@@ -510,7 +526,9 @@ mod x86 {
                                 let w = chunk(k);
                                 let magnitude = _mm256_sign_epi8(w, w);
                                 for t in 0..T {
-                                    let q = _mm256_set1_epi32(*qs[t].add(b * QK / 4 + k));
+                                    let q = _mm256_set1_epi32(
+                                        qs[t].add(b * QK / 4 + k).read_unaligned(),
+                                    );
                                     let pairs =
                                         _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, w));
                                     dots[t] =
@@ -531,10 +549,12 @@ mod x86 {
                                 let q = qs[t].add(b * QK / 4);
                                 let mut pairs = _mm256_setzero_si256();
                                 for (j, w) in w.iter().enumerate() {
-                                    let quad = _mm256_set1_epi32(*q.add(j));
+                                    let quad = _mm256_set1_epi32(q.add(j).read_unaligned());
                                     pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*w, quad));
                                 }
-                                let start = _mm256_set1_epi32(-offset * *sums[t].add(b));
+                                let start = _mm256_set1_epi32(
+                                    offset.wrapping_neg().wrapping_mul(*sums[t].add(b)),
+                                );
                                 dots[t] = _mm256_add_epi32(start, _mm256_madd_epi16(pairs, ones));
                             }
                         }
@@ -563,17 +583,8 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::quant::tests::sample;
     use crate::engine::quant::{dequantize_row, dot_row_portable, quantize_row};
-
-    fn sample(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
         (0..rows)

@@ -311,11 +311,11 @@ pub fn quantize_row(ty: GgmlType, w: &[f32]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Quantise `w` to Q8_0 the way ggml does, for building test rows.
-    fn sample(n: usize, seed: u32) -> Vec<f32> {
+    /// `n` pseudo-random values in [-1, 1) from `seed`, for building test rows.
+    pub(crate) fn sample(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {
@@ -449,7 +449,8 @@ mod tests {
         // Every count of blocks up to past two rounds of eight (the f16 roundings' tail), and
         // magnitudes whose scales are f16 subnormals, zero, ordinary and overflowing.
         for blocks in 1..=19 {
-            for magnitude in [1.0f32, 1e-5, 1e-30, 0.0, 3e4, 1e7] {
+            // 1e-38 and 3e-37: blocks so small that 127 / amax is infinite.
+            for magnitude in [1.0f32, 1e-5, 1e-30, 0.0, 3e4, 1e7, 1e-38, 3e-37] {
                 let x: Vec<f32> = sample(blocks * QK, 1000 + blocks as u32)
                     .iter()
                     .enumerate()

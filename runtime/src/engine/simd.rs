@@ -1154,6 +1154,7 @@ mod x86 {
     pub unsafe fn quantize32(block: &[f32], id: f32, out: &mut [i8]) -> i32 {
         let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
         let (half, one, scale) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0), _mm256_set1_ps(id));
+        let (low, high) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
         let p = block.as_ptr();
         let ints: [__m256i; 4] = std::array::from_fn(|i| {
             // SAFETY: 32 readable values (the caller).
@@ -1163,10 +1164,11 @@ mod x86 {
             let away = _mm256_or_ps(_mm256_and_ps(x, sign), one);
             let step = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), away);
             let rounded = _mm256_add_ps(t, step);
-            // NaN to 0, as `as i8` casts it (the conversion would give i32::MIN, packed to
-            // -128, which the AVX2 and VNNI products treat differently); every other value is
-            // in range for any id = 127 / amax.
+            // NaN to 0 and the rest saturated to -128..=127, as `as i8` casts them (the
+            // conversion would give i32::MIN for NaN and infinities). Finite ids keep every
+            // value in range; a block so small that 127 / amax overflows to infinity does not.
             let rounded = _mm256_and_ps(rounded, _mm256_cmp_ps::<_CMP_ORD_Q>(rounded, rounded));
+            let rounded = _mm256_min_ps(_mm256_max_ps(rounded, low), high);
             _mm256_cvtps_epi32(rounded)
         });
         let total = _mm256_add_epi32(

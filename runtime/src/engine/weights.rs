@@ -256,11 +256,9 @@ impl WeightStore {
         rows: usize,
         cols: usize,
     ) -> Result<Option<Matrix>, ModelFileError> {
-        if self.contains(name) {
-            self.packed_matrix(name, rows, cols).map(Some)
-        } else {
-            Ok(None)
-        }
+        self.contains(name)
+            .then(|| self.packed_matrix(name, rows, cols))
+            .transpose()
     }
 
     /// The matrix `name` when the file has it.
@@ -270,11 +268,9 @@ impl WeightStore {
         rows: usize,
         cols: usize,
     ) -> Result<Option<Matrix>, ModelFileError> {
-        if self.contains(name) {
-            self.matrix(name, rows, cols).map(Some)
-        } else {
-            Ok(None)
-        }
+        self.contains(name)
+            .then(|| self.matrix(name, rows, cols))
+            .transpose()
     }
 
     /// The `n`-element float vector `name` (a norm or a bias), widened to f32. Converters write
