@@ -148,36 +148,36 @@ fn packed_task(w: &WeightRef<'_>, task: &mut Task<'_>, q_rows: &[&QuantizedActiv
     let group_bytes = packed::group_bytes(w.ty, w.cols);
     let tokens = q_rows.len();
     let data = &w.data[task.first * group_bytes..(task.first + task.count) * group_bytes];
+    let whole = task.rows / packed::GROUP_ROWS;
     let pass_groups = if tokens <= packed::MAX_TOKENS {
-        task.count
+        whole.max(1)
     } else {
         GROUPS_PER_PASS
     };
-    for g0 in (0..task.count).step_by(pass_groups) {
-        let g1 = (g0 + pass_groups).min(task.count);
+    for g0 in (0..whole).step_by(pass_groups) {
+        let g1 = (g0 + pass_groups).min(whole);
         let groups = &data[g0 * group_bytes..g1 * group_bytes];
-        let (r0, r1) = (
-            g0 * packed::GROUP_ROWS,
-            (g1 * packed::GROUP_ROWS).min(task.rows),
-        );
-        let whole = r1 - r0 == (g1 - g0) * packed::GROUP_ROWS;
+        let (r0, r1) = (g0 * packed::GROUP_ROWS, g1 * packed::GROUP_ROWS);
         for t0 in (0..tokens).step_by(packed::MAX_TOKENS) {
             let t1 = (t0 + packed::MAX_TOKENS).min(tokens);
-            let xs = &q_rows[t0..t1];
-            if whole {
-                let mut outs: Vec<&mut [f32]> = task.outs[t0..t1]
-                    .iter_mut()
-                    .map(|out| &mut out[r0..r1])
-                    .collect();
-                packed::dot_groups(w.ty, w.cols, groups, xs, &mut outs);
-            } else {
-                let mut scratch = vec![vec![0f32; (g1 - g0) * packed::GROUP_ROWS]; t1 - t0];
-                let mut outs: Vec<&mut [f32]> =
-                    scratch.iter_mut().map(|s| s.as_mut_slice()).collect();
-                packed::dot_groups(w.ty, w.cols, groups, xs, &mut outs);
-                for (out, s) in task.outs[t0..t1].iter_mut().zip(&scratch) {
-                    out[r0..r1].copy_from_slice(&s[..r1 - r0]);
-                }
+            let mut outs: Vec<&mut [f32]> = task.outs[t0..t1]
+                .iter_mut()
+                .map(|out| &mut out[r0..r1])
+                .collect();
+            packed::dot_groups(w.ty, w.cols, groups, &q_rows[t0..t1], &mut outs);
+        }
+    }
+    if whole < task.count {
+        // The matrix's last group, cut short: its padding rows' results have nowhere to go.
+        let group = &data[whole * group_bytes..];
+        let r0 = whole * packed::GROUP_ROWS;
+        for t0 in (0..tokens).step_by(packed::MAX_TOKENS) {
+            let t1 = (t0 + packed::MAX_TOKENS).min(tokens);
+            let mut scratch = vec![[0f32; packed::GROUP_ROWS]; t1 - t0];
+            let mut outs: Vec<&mut [f32]> = scratch.iter_mut().map(|s| &mut s[..]).collect();
+            packed::dot_groups(w.ty, w.cols, group, &q_rows[t0..t1], &mut outs);
+            for (out, s) in task.outs[t0..t1].iter_mut().zip(&scratch) {
+                out[r0..task.rows].copy_from_slice(&s[..task.rows - r0]);
             }
         }
     }
