@@ -51,7 +51,8 @@ pub fn matmul(w: WeightRef<'_>, xs: &[f32], out: &mut [f32]) {
 ///
 /// Weight rows are split across the engine's threads in contiguous tasks (of whole groups for
 /// packed weights); within a task each weight row meets several tokens per kernel call
-/// ([`simd::max_tokens`]), so a weight block is read and unpacked once for them (prefill is
+/// (`packed::MAX_TOKENS`, [`simd::FLOAT_TOKENS`]), so a weight block is read and unpacked
+/// once for them (prefill is
 /// matrix–matrix work). Packed weights take the `packed` kernels; quantised rows as files
 /// store them (tests, tools) the portable loops, which give the same bits.
 pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
@@ -125,16 +126,8 @@ pub fn matmuls(ws: &[WeightRef<'_>], xs: &[f32], outs: &mut [&mut [f32]]) {
         let w = &ws[task.m];
         if w.packed {
             packed_task(w, task, &q_rows);
-        } else if packed::packs(w.ty) {
-            let row_bytes = w.ty.row_bytes(w.cols);
-            for r in 0..task.rows {
-                let row = &w.data[(task.first + r) * row_bytes..][..row_bytes];
-                for (t, out) in task.outs.iter_mut().enumerate() {
-                    out[r] = dot_row_portable(w.ty, row, x_rows[t], q_rows[t]);
-                }
-            }
         } else {
-            float_task(w, task, &x_rows, &q_rows);
+            rows_task(w, task, &x_rows, &q_rows);
         }
     });
 }
@@ -183,11 +176,12 @@ fn packed_task(w: &WeightRef<'_>, task: &mut Task<'_>, q_rows: &[&QuantizedActiv
     }
 }
 
-/// A task's float rows against every token. Decode streams the rows straight into the
-/// results; otherwise passes of [`ROWS_PER_PASS`] rows (or [`ROWS_PER_PASS_ONE_CALL`] where
+/// A task's rows as files store them against every token, through the float SIMD kernels
+/// (quantised rows, and CPUs without those kernels, take the portable loops). Decode streams
+/// the rows straight into the results; otherwise passes of [`ROWS_PER_PASS`] rows (or [`ROWS_PER_PASS_ONE_CALL`] where
 /// one kernel call takes every token) are met by the tokens [`simd::FLOAT_TOKENS`] at a
 /// time, the results scattered into the outputs.
-fn float_task(
+fn rows_task(
     w: &WeightRef<'_>,
     task: &mut Task<'_>,
     x_rows: &[&[f32]],

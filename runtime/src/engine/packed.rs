@@ -31,9 +31,7 @@
 //! taken off by starting each block's sum at `-8 · Σq` or `-128 · Σq`
 //! ([`QuantizedActivation::sums`]).
 
-use half::f16;
-
-use super::quant::{GgmlType, QK, QuantizedActivation};
+use super::quant::{GgmlType, QK, QuantizedActivation, dot_row_portable};
 use super::simd::GroupKernels;
 
 /// Rows per group.
@@ -70,20 +68,24 @@ fn chunks_offset(ty: GgmlType) -> usize {
     }
 }
 
-/// Chunks per group block.
-fn chunk_count(ty: GgmlType) -> usize {
-    match ty {
-        GgmlType::Q8_0 => 8,
-        _ => 4,
-    }
-}
-
 /// Where a row block's quants start (after its scale, and Q4_1's minimum).
 fn block_quants_offset(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q4_1 => 4,
         _ => 2,
     }
+}
+
+/// Where the pieces of row `lane`'s block sit in its group block: `(offset in the row's block,
+/// offset in the group block, length)` for the scale, Q4_1's minimum and each four quant
+/// bytes. Packing and unpacking copy along these.
+fn block_pieces(ty: GgmlType, lane: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (quants_at, chunks_at) = (block_quants_offset(ty), chunks_offset(ty));
+    let minimum = (ty == GgmlType::Q4_1).then_some((2, 2 * GROUP_ROWS + 2 * lane, 2));
+    let chunks = (ty.block_bytes() - quants_at) / 4;
+    std::iter::once((0, 2 * lane, 2))
+        .chain(minimum)
+        .chain((0..chunks).map(move |k| (quants_at + 4 * k, chunks_at + 64 * k + 4 * lane, 4)))
 }
 
 /// The packed form of the `rows × cols` matrix `data` (rows contiguous, as files store them)
@@ -96,18 +98,13 @@ pub fn pack(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
     let row_bytes = ty.row_bytes(cols);
     assert_eq!(data.len(), rows * row_bytes, "pack: matrix size");
     let (block, blocks) = (ty.block_bytes(), cols / QK);
-    let (quants_at, chunks_at) = (block_quants_offset(ty), chunks_offset(ty));
     let mut out = vec![0u8; groups(rows) * group_bytes(ty, cols)];
     for (r, row) in data.chunks_exact(row_bytes).enumerate() {
         let (group, lane) = (r / GROUP_ROWS, r % GROUP_ROWS);
         for (b, src) in row.chunks_exact(block).enumerate() {
             let dst = &mut out[(group * blocks + b) * group_block_bytes(ty)..];
-            dst[2 * lane..2 * lane + 2].copy_from_slice(&src[..2]);
-            if ty == GgmlType::Q4_1 {
-                dst[2 * GROUP_ROWS + 2 * lane..][..2].copy_from_slice(&src[2..4]);
-            }
-            for (k, bytes) in src[quants_at..].chunks_exact(4).enumerate() {
-                dst[chunks_at + 64 * k + 4 * lane..][..4].copy_from_slice(bytes);
+            for (at_row, at_group, len) in block_pieces(ty, lane) {
+                dst[at_group..at_group + len].copy_from_slice(&src[at_row..at_row + len]);
             }
         }
     }
@@ -117,17 +114,12 @@ pub fn pack(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
 /// Row `r` of a packed matrix `cols` wide in the file's layout (one row's blocks).
 pub fn unpack_row(ty: GgmlType, cols: usize, packed: &[u8], r: usize) -> Vec<u8> {
     let (block, blocks) = (ty.block_bytes(), cols / QK);
-    let (quants_at, chunks_at) = (block_quants_offset(ty), chunks_offset(ty));
     let (group, lane) = (r / GROUP_ROWS, r % GROUP_ROWS);
     let mut row = vec![0u8; blocks * block];
     for (b, dst) in row.chunks_exact_mut(block).enumerate() {
         let src = &packed[(group * blocks + b) * group_block_bytes(ty)..];
-        dst[..2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
-        if ty == GgmlType::Q4_1 {
-            dst[2..4].copy_from_slice(&src[2 * GROUP_ROWS + 2 * lane..][..2]);
-        }
-        for (k, bytes) in dst[quants_at..].chunks_exact_mut(4).enumerate() {
-            bytes.copy_from_slice(&src[chunks_at + 64 * k + 4 * lane..][..4]);
+        for (at_row, at_group, len) in block_pieces(ty, lane) {
+            dst[at_row..at_row + len].copy_from_slice(&src[at_group..at_group + len]);
         }
     }
     row
@@ -191,7 +183,7 @@ pub fn dot_groups_on(
         return;
     }
     match kernels {
-        None => portable(ty, blocks, groups, xs, outs),
+        None => portable(ty, cols, groups, xs, outs),
         #[cfg(target_arch = "x86_64")]
         Some(kernels) => {
             assert!(
@@ -207,54 +199,21 @@ pub fn dot_groups_on(
     }
 }
 
-/// One row block's 32 weights as the integers the products take (Q4_0's less 8).
-fn block_ints(ty: GgmlType, group_block: &[u8], lane: usize) -> [i32; QK] {
-    let chunks = &group_block[chunks_offset(ty)..];
-    let mut w = [0i32; QK];
-    for k in 0..chunk_count(ty) {
-        for (i, &byte) in chunks[64 * k + 4 * lane..][..4].iter().enumerate() {
-            match ty {
-                GgmlType::Q8_0 => w[4 * k + i] = i32::from(byte as i8),
-                _ => {
-                    let offset: i32 = if ty == GgmlType::Q4_0 { 8 } else { 0 };
-                    w[4 * k + i] = i32::from(byte & 0x0F) - offset;
-                    w[16 + 4 * k + i] = i32::from(byte >> 4) - offset;
-                }
-            }
-        }
-    }
-    w
-}
-
-fn read_f16(b: &[u8]) -> f32 {
-    f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-
 /// The portable loops (where there are no SIMD kernels, and the reference the SIMD families
-/// are tested against).
+/// are tested against): each row unpacked and multiplied by `quant::dot_row_portable`, which
+/// defines the arithmetic.
 fn portable(
     ty: GgmlType,
-    blocks: usize,
+    cols: usize,
     groups: &[u8],
     xs: &[&QuantizedActivation],
     outs: &mut [&mut [f32]],
 ) {
-    let block_bytes = group_block_bytes(ty);
-    for (g, group) in groups.chunks_exact(blocks * block_bytes).enumerate() {
-        for (x, out) in xs.iter().zip(outs.iter_mut()) {
-            for lane in 0..GROUP_ROWS {
-                let mut acc = 0f32;
-                for (b, blk) in group.chunks_exact(block_bytes).enumerate() {
-                    let w = block_ints(ty, blk, lane);
-                    let q = &x.qs[b * QK..(b + 1) * QK];
-                    let dot: i32 = w.iter().zip(q).map(|(&w, &q)| w * i32::from(q)).sum();
-                    let d = read_f16(&blk[2 * lane..]);
-                    acc = (dot as f32).mul_add(d * x.d[b], acc);
-                    if ty == GgmlType::Q4_1 {
-                        acc += read_f16(&blk[2 * GROUP_ROWS + 2 * lane..]) * x.s[b];
-                    }
-                }
-                out[g * GROUP_ROWS + lane] = acc;
+    for (g, group) in groups.chunks_exact(group_bytes(ty, cols)).enumerate() {
+        for lane in 0..GROUP_ROWS {
+            let row = unpack_row(ty, cols, group, lane);
+            for (x, out) in xs.iter().zip(outs.iter_mut()) {
+                out[g * GROUP_ROWS + lane] = dot_row_portable(ty, &row, &[], x);
             }
         }
     }

@@ -385,7 +385,7 @@ pub(crate) mod tests {
                 .flat_map(|r| quantize_row(ty, &sample(n, 600 + r as u32)))
                 .collect();
             let rb = ty.row_bytes(n);
-            let tokens = crate::engine::simd::max_tokens(ty);
+            let tokens = crate::engine::simd::FLOAT_TOKENS;
             let mut batched = vec![0f32; rows * tokens];
             if !crate::engine::simd::dot_rows_multi(ty, &data, rb, &x_refs[..tokens], &mut batched)
             {

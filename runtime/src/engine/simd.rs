@@ -5,7 +5,7 @@
 //! Float rows (F32, F16, BF16): eight-lane FMA over two independent accumulators per token,
 //! with F16 widened on the fly by F16C and BF16 by a shift, so half-precision weights are
 //! never stored widened. Every kernel takes several activation rows at once
-//! ([`max_tokens`]) and reads each weight row once for all of them (prefill is then
+//! ([`FLOAT_TOKENS`]) and reads each weight row once for all of them (prefill is then
 //! matrix–matrix work); each token's arithmetic is the same whatever the number of tokens, so
 //! prefill and decode compute identical values. They sum in another order than the portable
 //! loops, so they agree with them within float rounding (tested in `quant`), not bit for bit.
@@ -19,15 +19,6 @@ use super::quant::{GgmlType, QK};
 /// Activation rows per float kernel call (two accumulators each, within the sixteen vector
 /// registers).
 pub const FLOAT_TOKENS: usize = 4;
-
-/// Activation rows per kernel call for weights of `ty`: [`FLOAT_TOKENS`] for the float types,
-/// `packed::MAX_TOKENS` for the quantised ones.
-pub fn max_tokens(ty: GgmlType) -> usize {
-    match ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => FLOAT_TOKENS,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => super::packed::MAX_TOKENS,
-    }
-}
 
 /// Whether the SIMD kernels (they need AVX2, FMA and F16C) can run on this CPU; std caches
 /// the answer.

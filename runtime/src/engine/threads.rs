@@ -24,21 +24,12 @@ use std::sync::{Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
+
 /// How long an idle worker spins before it parks.
 const SPIN: Duration = Duration::from_micros(300);
 
 type Job = *const (dyn Fn(usize) + Sync);
-
-/// A value alone on its cache line (two, for the adjacent-line prefetcher).
-#[repr(align(128))]
-struct CachePadded<T>(T);
-
-impl<T> std::ops::Deref for CachePadded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
 
 struct Shared {
     /// Bumped to publish a job.
@@ -92,7 +83,7 @@ fn team() -> &'static Team {
             closed: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             shares: (0..threads)
-                .map(|_| CachePadded(AtomicU64::new(0)))
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
             job: UnsafeCell::new(None),
             panicked: AtomicBool::new(false),

@@ -308,20 +308,19 @@ impl WeightStore {
 
     /// A bound matrix's bytes, for the kernels: its packed copy where it has one.
     pub fn weight<'a>(&'a self, m: &'a Matrix) -> WeightRef<'a> {
-        WeightRef {
-            ty: m.ty,
-            rows: m.rows,
-            cols: m.cols,
-            data: match &m.packed {
-                Some(packed) => packed,
-                None => self.bytes(m.file, m.offset, m.size),
+        match &m.packed {
+            Some(packed) => WeightRef {
+                data: packed,
+                packed: true,
+                ..self.file_weight(m)
             },
-            packed: m.packed.is_some(),
+            None => self.file_weight(m),
         }
     }
 
     /// A bound matrix's bytes as the file stores them (rows one after another), whether or
-    /// not it has a packed copy: for loaders that convert the weights themselves (the GPU's).
+    /// not it has a packed copy: for loaders that convert the weights themselves (the GPU's),
+    /// and what [`Self::weight`] gives where nothing is packed.
     pub fn file_weight(&self, m: &Matrix) -> WeightRef<'_> {
         WeightRef {
             ty: m.ty,
