@@ -373,9 +373,16 @@ impl LoadedModel {
         self
     }
 
-    /// The limits this model's scheduler runs with.
+    /// The limits this model's scheduler runs with: `max_batch` is at most the sequences the
+    /// model can hold at once (a GPU model's KV-cache slots).
     pub fn batch_limits(&self) -> BatchLimits {
-        self.batch_limits
+        BatchLimits {
+            max_batch: self
+                .batch_limits
+                .max_batch
+                .clamp(1, self.model.max_sequences().max(1)),
+            ..self.batch_limits
+        }
     }
 
     /// What this model's scheduler has done (all zero before the first generation).

@@ -12,7 +12,7 @@ use agentrt::engine::cpu::{self, AttentionShape, Rope, RopeLayout};
 use agentrt::engine::cuda::blas::Blas;
 use agentrt::engine::cuda::{CudaModel, GpuError};
 use agentrt::engine::kv_cache::{KvCache, KvPrecision};
-use agentrt::engine::models::Next;
+use agentrt::engine::models::{CausalLm, Next};
 use agentrt::engine::quant::{GgmlType, dequantize_row, quantize_row};
 use agentrt::engine::sampling::{Choice, SamplingParams};
 use agentrt::engine::synthetic::SyntheticSpec;
@@ -890,6 +890,57 @@ fn smollm2_matches_the_cpu_engine() {
         logits = gpu.logits(&[t], prompt.len() + i).expect("logits");
     }
     assert_eq!(device, host);
+}
+
+/// Sequences running at once keep their keys and values in KV slots of their own: two
+/// sequences decoded turn about give exactly the logits each gets alone (before slots, the
+/// second one's prompt overwrote the first one's cache).
+#[test]
+fn interleaved_sequences_keep_their_own_kv_caches() {
+    let Some(_g) = gpu() else { return };
+    let dir = synthetic(SyntheticSpec::tiny_starcoder(GgmlType::F16), "slots");
+    let gpu = CudaModel::open(&dir).expect("gpu load");
+    assert!(gpu.kv_slots() >= 2, "{} KV slots", gpu.kv_slots());
+    const STEPS: usize = 24;
+    let prompts: [Vec<u32>; 2] = [
+        (0..40).map(|i| (i * 7 + 3) % 900).collect(),
+        (0..25).map(|i| (i * 13 + 5) % 900).collect(),
+    ];
+    let next = |logits: &[f32]| agentrt::engine::sampling::argmax(logits);
+    let alone: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|prompt| {
+            let mut cache = gpu.new_cache(prompt.len() + STEPS, KvPrecision::F16);
+            let mut out = vec![gpu.forward(prompt, &mut cache)];
+            for _ in 0..STEPS {
+                let t = next(out.last().expect("logits"));
+                out.push(gpu.forward(&[t], &mut cache));
+            }
+            out
+        })
+        .collect();
+    let mut caches: Vec<KvCache> = prompts
+        .iter()
+        .map(|p| gpu.new_cache(p.len() + STEPS, KvPrecision::F16))
+        .collect();
+    assert_ne!(caches[0].device_slot(), caches[1].device_slot());
+    let mut together: Vec<Vec<Vec<f32>>> = vec![Vec::new(), Vec::new()];
+    for (s, prompt) in prompts.iter().enumerate() {
+        together[s].push(gpu.forward(prompt, &mut caches[s]));
+    }
+    for _ in 0..STEPS {
+        for s in 0..2 {
+            let t = next(together[s].last().expect("logits"));
+            together[s].push(gpu.forward(&[t], &mut caches[s]));
+        }
+    }
+    for s in 0..2 {
+        assert!(
+            alone[s] == together[s],
+            "sequence {s}: interleaved logits differ from the sequence alone"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -14,6 +14,8 @@
 //! taken over the head's dimensions in order. Values stay `[position][kv_dim]`, the layout the
 //! weighted sum walks.
 
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
 use half::f16;
 
 use super::simd;
@@ -129,8 +131,89 @@ impl<T: KvElement> Store<T> {
 enum Storage {
     F16(Store<f16>),
     F32(Store<f32>),
-    /// Kept by the model on its device (the CUDA backend): only the length lives here.
-    Device,
+    /// Kept by the model on its device (the CUDA backend) in the slot this cache holds: only
+    /// the length lives here.
+    Device(DeviceSlot),
+}
+
+/// The KV-cache slots of a model that keeps caches on its device: one region of device memory
+/// per sequence running at once. A sequence's [`KvCache`] holds its slot and hands it back
+/// when dropped, so two sequences never write the same region.
+#[derive(Debug)]
+pub struct SlotPool {
+    total: usize,
+    free: Mutex<Vec<usize>>,
+    returned: Condvar,
+}
+
+impl SlotPool {
+    /// A pool of `total` slots (at least one), numbered `0..total`.
+    pub fn new(total: usize) -> Arc<Self> {
+        let total = total.max(1);
+        Arc::new(Self {
+            total,
+            // Lowest index first, so a lone sequence always runs in slot 0.
+            free: Mutex::new((0..total).rev().collect()),
+            returned: Condvar::new(),
+        })
+    }
+
+    /// How many slots there are.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Slots no sequence holds now.
+    pub fn available(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Take a free slot, waiting for a sequence to end when every slot is held. The engine's
+    /// scheduler runs at most [`SlotPool::total`] sequences, so it never waits.
+    pub fn take(self: &Arc<Self>) -> DeviceSlot {
+        let mut free = self.lock();
+        loop {
+            if let Some(index) = free.pop() {
+                return DeviceSlot {
+                    index,
+                    pool: self.clone(),
+                };
+            }
+            free = self
+                .returned
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        // Only whole indices are pushed and popped; a panic cannot leave the list half-changed.
+        self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One slot of a [`SlotPool`], held by one sequence's cache until it is dropped.
+#[derive(Debug)]
+pub struct DeviceSlot {
+    index: usize,
+    pool: Arc<SlotPool>,
+}
+
+impl DeviceSlot {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl Drop for DeviceSlot {
+    fn drop(&mut self) {
+        let mut free = self.pool.lock();
+        free.push(self.index);
+        // Keep handing out the lowest free index first.
+        free.sort_unstable_by(|a, b| b.cmp(a));
+        drop(free);
+        self.pool.returned.notify_one();
+    }
 }
 
 /// Keys and values of one sequence.
@@ -215,14 +298,23 @@ impl KvCache {
         }
     }
 
-    /// The bookkeeping of a cache whose keys and values a device model keeps itself.
-    pub fn on_device(capacity: usize) -> Self {
+    /// The bookkeeping of a cache whose keys and values a device model keeps itself, in
+    /// `slot`.
+    pub fn on_device(capacity: usize, slot: DeviceSlot) -> Self {
         Self {
             kv_dim: 0,
             head_dim: 0,
             capacity,
             len: 0,
-            storage: Storage::Device,
+            storage: Storage::Device(slot),
+        }
+    }
+
+    /// The device slot holding this cache's keys and values (`None` for a host cache).
+    pub fn device_slot(&self) -> Option<usize> {
+        match &self.storage {
+            Storage::Device(slot) => Some(slot.index()),
+            _ => None,
         }
     }
 
@@ -251,7 +343,7 @@ impl KvCache {
         match &mut self.storage {
             Storage::F16(s) => s.append(layer, len, cap, dim, k, v),
             Storage::F32(s) => s.append(layer, len, cap, dim, k, v),
-            Storage::Device => panic!("append on a cache the device model keeps"),
+            Storage::Device(_) => panic!("append on a cache the device model keeps"),
         }
     }
 
@@ -266,7 +358,7 @@ impl KvCache {
         let layer_elements = match &self.storage {
             Storage::F16(s) => s.keys.len() * 2,
             Storage::F32(s) => s.keys.len() * 4,
-            Storage::Device => 0,
+            Storage::Device(_) => 0,
         };
         // A key and a value row of `kv_dim` elements per layer.
         2 * layer_elements * self.kv_dim
@@ -305,7 +397,7 @@ impl KvCache {
         let (layers, precision) = match &self.storage {
             Storage::F16(s) => (s.keys.len(), KvPrecision::F16),
             Storage::F32(s) => (s.keys.len(), KvPrecision::F32),
-            Storage::Device => return None,
+            Storage::Device(_) => return None,
         };
         if n == 0 || n > self.len {
             return None;
@@ -324,7 +416,7 @@ impl KvCache {
         match &self.storage {
             Storage::F16(s) => LayerView::F16(self.view(s, layer)),
             Storage::F32(s) => LayerView::F32(self.view(s, layer)),
-            Storage::Device => panic!("host view of a cache the device model keeps"),
+            Storage::Device(_) => panic!("host view of a cache the device model keeps"),
         }
     }
 
@@ -425,6 +517,47 @@ mod tests {
         assert!(!KvCache::new(2, 4, 2, 8, KvPrecision::F16).copy_prefix(&src, 2));
         assert!(!KvCache::new(1, 4, 2, 8, KvPrecision::F32).copy_prefix(&src, 2));
         assert!(src.snapshot(6).is_none() && src.snapshot(0).is_none());
-        assert!(KvCache::on_device(8).snapshot(1).is_none());
+        assert!(
+            KvCache::on_device(8, SlotPool::new(1).take())
+                .snapshot(1)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn device_slots_are_held_by_one_cache_at_a_time_and_come_back_when_it_drops() {
+        let pool = SlotPool::new(3);
+        let a = KvCache::on_device(8, pool.take());
+        let b = KvCache::on_device(8, pool.take());
+        let c = KvCache::on_device(8, pool.take());
+        let held: Vec<_> = [&a, &b, &c].iter().map(|c| c.device_slot()).collect();
+        assert_eq!(held, [Some(0), Some(1), Some(2)]);
+        assert_eq!(pool.available(), 0);
+        assert_eq!(
+            KvCache::new(1, 4, 2, 8, KvPrecision::F16).device_slot(),
+            None
+        );
+
+        drop(b);
+        assert_eq!(pool.available(), 1);
+        let d = KvCache::on_device(8, pool.take());
+        assert_eq!(d.device_slot(), Some(1));
+
+        // With every slot held, a taker waits until one is handed back.
+        let waiter = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.take().index())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "took a slot that another cache holds"
+        );
+        drop(a);
+        assert_eq!(waiter.join().expect("waiter"), 0);
+        drop((c, d));
+        assert_eq!(pool.available(), 3);
+        assert_eq!(pool.total(), 3);
+        assert_eq!(SlotPool::new(0).total(), 1);
     }
 }

@@ -29,6 +29,12 @@ pub trait CausalLm: Send + Sync {
         let c = self.cache_shape();
         KvCache::new(c.n_layer, c.kv_dim, c.head_dim, capacity, precision)
     }
+    /// Most sequences that may hold a KV cache at once: a model that keeps its caches on a
+    /// device has a fixed number of slots for them ([`super::kv_cache::SlotPool`]); host
+    /// caches are limited only by memory.
+    fn max_sequences(&self) -> usize {
+        usize::MAX
+    }
     /// Values the KV cache holds per position, over all layers (keys and values).
     fn kv_values_per_position(&self) -> usize {
         let c = self.cache_shape();

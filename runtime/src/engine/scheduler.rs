@@ -157,10 +157,14 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub fn start(model: StepModel, limits: BatchLimits) -> Result<Self, EngineError> {
         let shared = Arc::new(Shared::default());
+        // A device model cannot hold more sequences than it has KV-cache slots.
+        let max_batch = limits
+            .max_batch
+            .clamp(1, model.model.max_sequences().max(1));
         let worker = Worker {
             model,
             shared: shared.clone(),
-            max_batch: limits.max_batch.max(1),
+            max_batch,
             prefixes: PrefixCache::new(limits.prefix_cache),
         };
         let thread = std::thread::Builder::new()
@@ -500,4 +504,136 @@ fn choose(
         sampling::apply_repeat_penalty(&mut logits, &choice.penalized, choice.repeat_penalty);
     }
     sampler.finish(&logits, choice)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::engine::models::{Architecture, CacheShape};
+    use crate::engine::quant::GgmlType;
+    use crate::engine::synthetic::SyntheticSpec;
+    use crate::engine::{LoadedModel, Prompt};
+
+    /// A real CPU model that holds only `slots` sequences at once, as a GPU model with that
+    /// many KV-cache slots does, and records the widest pass it is asked to run.
+    struct FewSlots {
+        inner: Arc<dyn CausalLm>,
+        slots: usize,
+        widest: AtomicUsize,
+    }
+
+    impl CausalLm for FewSlots {
+        fn context_length(&self) -> usize {
+            self.inner.context_length()
+        }
+        fn vocab(&self) -> usize {
+            self.inner.vocab()
+        }
+        fn cache_shape(&self) -> CacheShape {
+            self.inner.cache_shape()
+        }
+        fn max_sequences(&self) -> usize {
+            self.slots
+        }
+        fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+            self.widest.fetch_max(1, Ordering::Relaxed);
+            self.inner.forward(tokens, cache)
+        }
+        fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
+            self.widest.fetch_max(segments.len(), Ordering::Relaxed);
+            self.inner.forward_batch(segments)
+        }
+    }
+
+    #[test]
+    fn a_model_with_few_kv_slots_never_runs_more_sequences_than_it_holds() {
+        let dir = std::env::temp_dir().join(format!("agentrt-slots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        SyntheticSpec {
+            arch: Architecture::Llama,
+            n_layer: 2,
+            dim: 64,
+            n_head: 4,
+            n_kv_head: 2,
+            ffn_dim: 128,
+            vocab: 320,
+            context: 512,
+            dtype: GgmlType::F32,
+            separate_head: false,
+            seed: 11,
+        }
+        .write(&dir)
+        .expect("write checkpoint");
+        let load = |max_batch| {
+            LoadedModel::load("synthetic", &dir, &mut |_| {})
+                .expect("load")
+                .with_batch_limits(BatchLimits {
+                    max_batch,
+                    queue: 16,
+                    prefix_cache: 0,
+                })
+        };
+        let alone = load(1);
+        let LoadedModel {
+            info,
+            model,
+            tokenizer,
+            template,
+            fim,
+            kv_precision,
+            batch_limits,
+            ..
+        } = load(8);
+        let few = Arc::new(FewSlots {
+            inner: model,
+            slots: 2,
+            widest: AtomicUsize::new(0),
+        });
+        let limited = LoadedModel {
+            info,
+            model: few.clone(),
+            tokenizer,
+            template,
+            fim,
+            kv_precision,
+            batch_limits,
+            scheduler: OnceLock::new(),
+        };
+        assert_eq!(limited.batch_limits().max_batch, 2);
+
+        let params = SamplingParams {
+            max_tokens: 12,
+            ..SamplingParams::default()
+        };
+        let prompts: Vec<Prompt> = (0..5)
+            .map(|i| Prompt::Text(format!("request {i}: {}", "xy ".repeat(i + 1))))
+            .collect();
+        let generations: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                limited
+                    .start(p, &params, &Control::default())
+                    .expect("queued")
+            })
+            .collect();
+        let together: Vec<_> = generations
+            .into_iter()
+            .map(|g| std::thread::spawn(move || g.finish(&mut |_| {})))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().expect("thread").expect("generation"))
+            .collect();
+        for (i, (p, got)) in prompts.iter().zip(&together).enumerate() {
+            let want = alone
+                .generate(p, &params, &Control::default(), &mut |_| {})
+                .expect("alone");
+            assert_eq!(want.text, got.text, "request {i}");
+        }
+        let stats = limited.batch_stats();
+        assert_eq!(stats.largest_batch, 2, "{stats:?}");
+        assert_eq!(few.widest.load(Ordering::Relaxed), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

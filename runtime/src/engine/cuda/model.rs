@@ -1,5 +1,9 @@
-//! A model on the GPU: fp16 weights, an fp16 KV cache for the whole context, fp32 activations,
+//! A model on the GPU: fp16 weights, fp16 KV caches for the whole context, fp32 activations,
 //! one forward pass for every architecture ([`Spec`]), decode steps replayed as CUDA graphs.
+//!
+//! The device holds one KV cache per sequence that may run at once (a [`SlotPool`] of them, as
+//! many as the scheduler's batch allows and memory holds): each sequence's [`KvCache`] owns a
+//! slot, and its passes read and write that slot's region only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +25,7 @@ use super::device_weights::{self, DeviceWeights, Owned};
 use super::launch::{addr, launch};
 use super::spec::{FfnKind, NormKind, Spec};
 use crate::engine::cpu::RopeLayout;
-use crate::engine::kv_cache::{KvCache, KvPrecision};
+use crate::engine::kv_cache::{KvCache, KvPrecision, SlotPool};
 use crate::engine::models::{CacheShape, CausalLm, Next};
 use crate::engine::sampling::Choice;
 use crate::engine::weights::WeightStore;
@@ -77,7 +81,8 @@ struct State {
     /// Distinct recent tokens for the repeat penalty.
     penalty: CudaSlice<i32>,
     logits: CudaSlice<f32>,
-    graphs: HashMap<usize, Graph>,
+    /// Captured decode steps by KV slot and number of attention chunks.
+    graphs: HashMap<(usize, usize), Graph>,
 }
 
 /// A model loaded on a CUDA device.
@@ -88,8 +93,12 @@ pub struct CudaModel {
     pub device_name: String,
     /// Bytes of fp16 weights on the device (each stored tensor once).
     pub weight_bytes: u64,
-    /// Bytes of the device KV cache.
+    /// Bytes of the device KV caches, all slots together.
     pub kv_bytes: u64,
+    /// The KV caches: one per sequence running at once.
+    slots: Arc<SlotPool>,
+    /// Bytes between one slot's cache and the next.
+    slot_bytes: u64,
     max_splits: usize,
     /// Launch with programmatic dependent launch (compute capability 9.0 and later, unless
     /// `AGENTRT_CUDA_PDL=0`): each kernel lets the next one launch once its main work is done.
@@ -167,7 +176,7 @@ impl CudaModel {
 
         let tied = device_weights::head_is_tied(store);
         let weight_bytes = device_weights::weight_bytes(&spec, tied);
-        let kv_bytes = (spec.n_layer * 2 * spec.kv_dim() * capacity * 2) as u64;
+        let slot_bytes = (spec.n_layer * 2 * spec.kv_dim() * capacity * 2) as u64;
         let (dim, vocab) = (spec.dim, spec.vocab);
         let widest_out = spec.qkv_dim().max(2 * spec.ffn_dim).max(dim);
         let widest_in = dim.max(spec.q_dim()).max(spec.ffn_dim);
@@ -179,21 +188,32 @@ impl CudaModel {
         let free = memory_limit.map_or(free as u64, |l| l.min(free as u64));
         // The context, modules and graphs take some memory of their own.
         let margin = 64u64 << 20;
-        let need = weight_bytes + kv_bytes + scratch_bytes + margin;
+        let need = weight_bytes + slot_bytes + scratch_bytes + margin;
         if need > free {
             let mib = |b: u64| b >> 20;
             return Err(GpuError::OutOfMemory {
                 need_mib: mib(need),
                 free_mib: mib(free),
                 weights_mib: mib(weight_bytes),
-                kv_mib: mib(kv_bytes),
+                kv_mib: mib(slot_bytes),
                 context: capacity,
             });
         }
+        // One KV cache per sequence the scheduler may run at once, as far as memory allows
+        // (at least the one just checked).
+        let wanted = crate::engine::BatchLimits::from_env().max_batch.max(1);
+        let slots = wanted.min(1 + ((free - need) / slot_bytes.max(1)) as usize);
+        if slots < wanted {
+            tracing::warn!(
+                "the GPU holds KV caches for {slots} sequences at once, not {wanted} \
+                 (AGENTRT_MAX_BATCH): lower AGENTRT_CUDA_CONTEXT to run more"
+            );
+        }
+        let kv_bytes = slot_bytes * slots as u64;
 
         let s = &stream;
         let mut owned = Owned::default();
-        let kv_base = owned.zeros::<u16>(s, spec.n_layer * 2 * spec.kv_dim() * capacity)?;
+        let kv_base = owned.zeros::<u16>(s, slots * spec.n_layer * 2 * spec.kv_dim() * capacity)?;
         let w = DeviceWeights::upload(
             &spec,
             store,
@@ -248,6 +268,8 @@ impl CudaModel {
             device_name,
             weight_bytes,
             kv_bytes,
+            slots: SlotPool::new(slots),
+            slot_bytes,
             max_splits,
             stream,
             kernels,
@@ -345,10 +367,12 @@ impl CudaModel {
     }
 
     /// Every kernel of one forward pass over `n` tokens whose ids and first position are
-    /// already in the device's `tokens` / `pos0`; `decode_splits` selects split-K attention
-    /// (one token) over that many chunks. Leaves the last token's logits in `logits`.
-    fn encode(&self, n: usize, decode_splits: Option<usize>) -> Result<(), GpuError> {
+    /// already in the device's `tokens` / `pos0`, with the KV cache of `slot`; `decode_splits`
+    /// selects split-K attention (one token) over that many chunks. Leaves the last token's
+    /// logits in `logits`.
+    fn encode(&self, n: usize, decode_splits: Option<usize>, slot: usize) -> Result<(), GpuError> {
         let sp = &self.spec;
+        let kv = slot as u64 * self.slot_bytes;
         let b = self.scratch;
         let s = &self.stream;
         let (dim, q_dim, hd) = (sp.dim, sp.q_dim(), sp.head_dim);
@@ -369,8 +393,8 @@ impl CudaModel {
                 y_stride: q_dim as i32,
                 pos0: b.pos0,
                 inv_freq: self.w.inv_freq,
-                kcache: l.k_cache,
-                vcache: l.v_cache,
+                kcache: l.k_cache + kv,
+                vcache: l.v_cache + kv,
                 n_head: sp.n_head as i32,
                 n_kv_head: sp.n_kv_head as i32,
                 head_dim: hd as i32,
@@ -394,12 +418,12 @@ impl CudaModel {
                 Some(splits) => {
                     launch!(self.pdl, s, self.f("attn_decode")?, (sp.n_head as u32, splits as u32, 1),
                         ATTN_THREADS, 0;
-                        b.q, l.k_cache, l.v_cache, b.part_o, b.part_ml, b.done, b.attn, b.pos0,
+                        b.q, l.k_cache + kv, l.v_cache + kv, b.part_o, b.part_ml, b.done, b.attn, b.pos0,
                         group, hd as i32, self.capacity as i32, self.max_splits as i32, scale)?;
                 }
                 None => {
                     launch!(self.pdl, s, self.f("attn_prefill")?, (n as u32, sp.n_head as u32, 1), ATTN_THREADS, 0;
-                        b.q, q_dim as i32, l.k_cache, l.v_cache, b.attn, q_dim as i32, b.pos0,
+                        b.q, q_dim as i32, l.k_cache + kv, l.v_cache + kv, b.attn, q_dim as i32, b.pos0,
                         group, hd as i32, self.capacity as i32, scale)?;
                 }
             }
@@ -462,8 +486,21 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Run `tokens` at positions `pos0..`, leaving the last one's logits on the device.
-    fn run(&self, st: &mut State, tokens: &[u32], pos0: usize) -> Result<(), GpuError> {
+    /// Run `tokens` at positions `pos0..` of the sequence in KV slot `slot`, leaving the last
+    /// one's logits on the device.
+    fn run(
+        &self,
+        st: &mut State,
+        tokens: &[u32],
+        pos0: usize,
+        slot: usize,
+    ) -> Result<(), GpuError> {
+        if slot >= self.slots.total() {
+            return Err(GpuError::Unsupported(format!(
+                "KV slot {slot} of {}",
+                self.slots.total()
+            )));
+        }
         if tokens.is_empty() {
             return Err(GpuError::Unsupported("forward pass of no tokens".into()));
         }
@@ -482,10 +519,10 @@ impl CudaModel {
             self.stream.memcpy_htod(&[pos0 as i32], &mut st.pos0)?;
             let needed = pos0 / ATTN_CHUNK + 1;
             let bucket = needed.next_power_of_two().min(self.max_splits);
-            let graph = match st.graphs.entry(bucket) {
+            let graph = match st.graphs.entry((slot, bucket)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(Graph(self.capture(bucket)?))
+                    e.insert(Graph(self.capture(bucket, slot)?))
                 }
             };
             graph.0.launch()?;
@@ -496,16 +533,16 @@ impl CudaModel {
                 .memcpy_htod(chunk, &mut st.tokens.slice_mut(0..chunk.len()))?;
             self.stream
                 .memcpy_htod(&[(pos0 + c * MAX_BATCH) as i32], &mut st.pos0)?;
-            self.encode(chunk.len(), None)?;
+            self.encode(chunk.len(), None, slot)?;
         }
         Ok(())
     }
 
-    /// Record one decode step with `splits` attention chunks as a graph.
-    fn capture(&self, splits: usize) -> Result<CudaGraph, GpuError> {
+    /// Record one decode step with `splits` attention chunks in KV slot `slot` as a graph.
+    fn capture(&self, splits: usize, slot: usize) -> Result<CudaGraph, GpuError> {
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let encoded = self.encode(1, Some(splits));
+        let encoded = self.encode(1, Some(splits), slot);
         // End the capture whatever happened, or the stream stays in capture mode.
         let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
         encoded?;
@@ -516,18 +553,30 @@ impl CudaModel {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Logits of the last of `tokens`, run at positions `pos0..`.
+    /// Logits of the last of `tokens`, run at positions `pos0..` of the sequence in KV slot 0
+    /// (benchmarks and tests that drive one sequence without a [`KvCache`]).
     pub fn logits(&self, tokens: &[u32], pos0: usize) -> Result<Vec<f32>, GpuError> {
+        self.logits_in(0, tokens, pos0)
+    }
+
+    /// Logits of the last of `tokens`, run at positions `pos0..` of the sequence in `slot`.
+    pub fn logits_in(
+        &self,
+        slot: usize,
+        tokens: &[u32],
+        pos0: usize,
+    ) -> Result<Vec<f32>, GpuError> {
         let mut st = self.lock();
-        self.run(&mut st, tokens, pos0)?;
+        self.run(&mut st, tokens, pos0, slot)?;
         self.copy_logits(&st)
     }
 
-    /// Run `tokens` at `pos0..` and take `choice` on the device among ids `0..candidates`:
-    /// the repeat penalty, then greedy argmax or top-k / top-p with the choice's draw. Only
-    /// the token id crosses to the host, unless the device sampler defers (top_k off and its
-    /// best candidates short of top_p) or the penalty list is longer than its buffer: then
-    /// the logits come back for the host sampler.
+    /// Sequences the device holds KV caches for at once.
+    pub fn kv_slots(&self) -> usize {
+        self.slots.total()
+    }
+
+    /// [`CudaModel::choose_in`] KV slot 0 (benchmarks and tests).
     pub fn choose(
         &self,
         tokens: &[u32],
@@ -535,8 +584,25 @@ impl CudaModel {
         choice: &Choice,
         candidates: usize,
     ) -> Result<Next, GpuError> {
+        self.choose_in(0, tokens, pos0, choice, candidates)
+    }
+
+    /// Run `tokens` at `pos0..` of the sequence in `slot` and take `choice` on the device
+    /// among ids `0..candidates`:
+    /// the repeat penalty, then greedy argmax or top-k / top-p with the choice's draw. Only
+    /// the token id crosses to the host, unless the device sampler defers (top_k off and its
+    /// best candidates short of top_p) or the penalty list is longer than its buffer: then
+    /// the logits come back for the host sampler.
+    pub fn choose_in(
+        &self,
+        slot: usize,
+        tokens: &[u32],
+        pos0: usize,
+        choice: &Choice,
+        candidates: usize,
+    ) -> Result<Next, GpuError> {
         let mut st = self.lock();
-        self.run(&mut st, tokens, pos0)?;
+        self.run(&mut st, tokens, pos0, slot)?;
         let b = self.scratch;
         let s = &self.stream;
         let vocab = self.spec.vocab as i32;
@@ -609,9 +675,14 @@ impl CausalLm for CudaModel {
         }
     }
 
-    /// The keys and values live on the device; the host cache only counts positions.
+    fn max_sequences(&self) -> usize {
+        self.slots.total()
+    }
+
+    /// The keys and values live on the device in a slot this cache holds until dropped (when
+    /// every slot is held, this waits for one); the host cache only counts positions.
     fn new_cache(&self, capacity: usize, _precision: KvPrecision) -> KvCache {
-        KvCache::on_device(capacity.min(self.capacity))
+        KvCache::on_device(capacity.min(self.capacity), self.slots.take())
     }
 
     fn forward_choose(
@@ -622,7 +693,7 @@ impl CausalLm for CudaModel {
         candidates: usize,
     ) -> Next {
         let next = self
-            .choose(tokens, cache.len(), choice, candidates)
+            .choose_in(device_slot(cache), tokens, cache.len(), choice, candidates)
             .unwrap_or_else(|e| panic!("GPU forward pass failed: {e}"));
         cache.commit(tokens.len());
         next
@@ -633,9 +704,16 @@ impl CausalLm for CudaModel {
         // The CausalLm interface has no error path; a device failure mid-generation is a
         // broken GPU, reported as a panic the engine's worker turns into GEN_* for the request.
         let logits = self
-            .logits(tokens, pos0)
+            .logits_in(device_slot(cache), tokens, pos0)
             .unwrap_or_else(|e| panic!("GPU forward pass failed: {e}"));
         cache.commit(tokens.len());
         logits
     }
+}
+
+/// The device slot of a cache this model made ([`CausalLm::new_cache`]).
+fn device_slot(cache: &KvCache) -> usize {
+    cache
+        .device_slot()
+        .expect("a GPU model runs only caches it made (KvCache::on_device)")
 }
