@@ -527,6 +527,11 @@ impl LoadedModel {
             return Err(EngineError::InvalidInput("the prompt is empty".into()));
         }
         let context = self.model.context_length();
+        let mut params = params.clone();
+        if params.fit_to_context && prompt_ids.len() < context {
+            let room = u32::try_from(context - prompt_ids.len()).unwrap_or(u32::MAX);
+            params.max_tokens = params.max_tokens.min(room);
+        }
         let max_tokens = params.max_tokens as usize;
         if prompt_ids.len() + max_tokens > context {
             return Err(EngineError::ContextOverflow {
@@ -541,7 +546,7 @@ impl LoadedModel {
         let timer = crate::metrics::GenerationTimer::arrive(&self.info.id, prompt_ids.len());
         scheduler.submit(scheduler::Request {
             prompt_ids,
-            params: params.clone(),
+            params,
             control: control.clone(),
             timer,
             progress,

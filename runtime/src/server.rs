@@ -55,6 +55,19 @@ impl Default for Limits {
     }
 }
 
+/// Longest time a setting or header may ask for; more is taken as this much (a deadline beyond
+/// it could not be added to the clock without overflowing).
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A number of seconds (`"2.5"`): positive, or zero where `zero_ok`; at most [`LONGEST_WAIT`].
+fn parse_seconds(text: &str, zero_ok: bool) -> Option<Duration> {
+    let s = text.trim().parse::<f64>().ok()?;
+    if s.is_nan() || s < 0.0 || (s == 0.0 && !zero_ok) {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(s).map_or(LONGEST_WAIT, |d| d.min(LONGEST_WAIT)))
+}
+
 impl Limits {
     /// The defaults, with what the environment sets.
     pub fn from_env() -> Self {
@@ -62,9 +75,7 @@ impl Limits {
         let secs = |name: &str, positive: bool| {
             std::env::var(name)
                 .ok()
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && (*s > 0.0 || !positive && *s == 0.0))
-                .map(Duration::from_secs_f64)
+                .and_then(|v| parse_seconds(&v, !positive))
         };
         let d = Self::default();
         Self {
@@ -244,9 +255,7 @@ async fn enforce_deadlines(
         .headers()
         .get("x-request-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64);
+        .and_then(|v| parse_seconds(v, false));
     let timeout = asked.map_or(limits.request_timeout, |a| a.min(limits.request_timeout));
     let at = Instant::now() + timeout;
     let (mut parts, body) = request.into_parts();
@@ -398,4 +407,27 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {}, _ = stdin_closed() => {} }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_parse_to_durations_the_clock_can_hold() {
+        assert_eq!(
+            parse_seconds("2.5", false),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(parse_seconds(" 0 ", true), Some(Duration::ZERO));
+        assert_eq!(parse_seconds("0", false), None);
+        for refused in ["-1", "NaN", "soon", ""] {
+            assert_eq!(parse_seconds(refused, true), None, "{refused}");
+        }
+        for huge in ["1e20", "1e300", "inf"] {
+            assert_eq!(parse_seconds(huge, false), Some(LONGEST_WAIT), "{huge}");
+        }
+        // What a deadline is computed from never overflows the clock.
+        let _ = Instant::now() + LONGEST_WAIT;
+    }
 }

@@ -531,3 +531,54 @@ fn a_deadline_ends_a_running_generation_between_passes() {
     assert!(pieces > 0, "it ran until the deadline");
     assert_eq!(model.batch_stats().running, 0);
 }
+
+/// A request that named no `max_tokens` (`fit_to_context`) gets the room its prompt leaves in
+/// the context; one that named too many is refused with MODEL_004 before anything runs.
+#[test]
+fn a_long_prompt_without_max_tokens_gets_what_room_the_context_has() {
+    let dir = temp_dir("fit");
+    let model = synthetic(&dir, Architecture::Llama, GgmlType::F32, 2);
+    let context = 1024;
+    let tokens = |words: usize| {
+        model
+            .tokenize_prompt(&Prompt::Text("abc ".repeat(words)))
+            .expect("tokenize")
+            .len()
+    };
+    // The most words whose prompt leaves at least 4 positions free.
+    let (mut fits, mut too_many) = (1, 4000);
+    assert!(tokens(too_many) > context);
+    while too_many - fits > 1 {
+        let mid = (fits + too_many) / 2;
+        if tokens(mid) + 4 <= context {
+            fits = mid;
+        } else {
+            too_many = mid;
+        }
+    }
+    let prompt = "abc ".repeat(fits);
+    let len = tokens(fits);
+    assert!(context - len <= 40, "{len} tokens");
+    let mut p = SamplingParams {
+        max_tokens: 256,
+        temperature: 0.0,
+        repeat_penalty: 1.0,
+        ..SamplingParams::default()
+    };
+    let prompt = Prompt::Text(prompt);
+    let refused = model
+        .generate(&prompt, &p, &Control::default(), &mut |_| {})
+        .expect_err("256 more tokens do not fit");
+    assert_eq!(refused.code(), ErrorCode::ModelContextOverflow, "{refused}");
+    p.fit_to_context = true;
+    let done = model
+        .generate(&prompt, &p, &Control::default(), &mut |_| {})
+        .expect("fits");
+    assert_eq!(done.usage.prompt_tokens as usize, len);
+    assert!(
+        done.usage.completion_tokens as usize <= context - len,
+        "{:?}",
+        done.usage
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -266,10 +266,28 @@ fn invalid_requests_get_validation_codes() {
         (404, "NOT_FOUND"),
         "{body}"
     );
+    // A model this server does not have is the client's mistake, not an outage.
     let (status, body) = s.post("/chat", &json!({"message": "hi", "model": "gpt-9"}));
     assert_eq!(
         (status, error_code(&body).as_str()),
-        (503, "MODEL_001"),
+        (404, "MODEL_001"),
+        "{body}"
+    );
+    let (status, body) = s.post("/tokenize", &json!({"prompt": "hi", "model": "gpt-9"}));
+    assert_eq!(status, 404, "{body}");
+    // A query string that does not parse is VAL_002 in the usual shape.
+    for query in ["limit=abc", "foo=1"] {
+        let (status, body) = s.get(&format!("/v1/pipeline/runs?{query}"));
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (400, "VAL_002"),
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = s.get("/v1/pipeline/runs/no-such-run/events?after=zz");
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "VAL_002"),
         "{body}"
     );
 }

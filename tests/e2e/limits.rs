@@ -24,6 +24,11 @@ fn a_request_past_its_deadline_is_504_and_a_body_that_never_arrives_is_408() {
     assert_eq!(status, 504, "{text}");
     let body: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert_eq!(error_code(&body), "COMM_003", "{body}");
+    // A deadline longer than the clock can hold is the server's own limit, not a crash.
+    for asked in ["1e300", "inf", "-1", "soon"] {
+        let (status, _, text) = s.exchange("GET", "/health", &[("X-Request-Timeout", asked)], None);
+        assert_eq!(status, 200, "X-Request-Timeout: {asked}: {text}");
+    }
     // The generation was stopped, so the model serves the next request at once.
     let (status, body) = s.post("/chat", &json!({"message": "Say hi.", "max_tokens": 4}));
     assert_eq!(status, 200, "{body}");

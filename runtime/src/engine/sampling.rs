@@ -19,6 +19,16 @@ pub struct SamplingParams {
     pub repeat_window: usize,
     pub seed: u64,
     pub stop: Vec<String>,
+    /// Where the prompt and `max_tokens` together exceed the model's context, generate only
+    /// what fits instead of refusing (a request that named no `max_tokens` of its own).
+    pub fit_to_context: bool,
+}
+
+/// A seed for a request that names none: a different one every call, so repeated requests
+/// sample different answers, as OpenAI-style APIs do (a request that sends a seed repeats its
+/// answer).
+pub fn fresh_seed() -> u64 {
+    StdRng::from_os_rng().random()
 }
 
 impl Default for SamplingParams {
@@ -32,6 +42,7 @@ impl Default for SamplingParams {
             repeat_window: 64,
             seed: 0x5eed,
             stop: Vec::new(),
+            fit_to_context: false,
         }
     }
 }

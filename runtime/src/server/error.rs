@@ -2,7 +2,7 @@
 //! `{"error": {"code": "VAL_003", "type": "validation_error", "message": "...", "details": ...}}`.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -85,6 +85,25 @@ impl ApiError {
             details: None,
             retry_after: None,
         }
+    }
+}
+
+impl From<&crate::engine::EngineError> for ApiError {
+    /// The engine's code and message; a model the request names but this server does not have
+    /// is the client's mistake (404), not an outage (MODEL_001's usual 503).
+    fn from(e: &crate::engine::EngineError) -> Self {
+        let mut err = ApiError::new(e.code(), e.to_string());
+        if matches!(e, crate::engine::EngineError::ModelNotFound(_)) {
+            err.status = StatusCode::NOT_FOUND;
+        }
+        err
+    }
+}
+
+/// A query string that does not parse: `VAL_002` in the usual JSON shape.
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(ErrorCode::InvalidInput, r.body_text())
     }
 }
 

@@ -181,10 +181,8 @@ impl Common {
         if self.n.is_some_and(|n| n != 1) {
             return Err(invalid("only n = 1 is supported"));
         }
-        let max_tokens = self
-            .max_completion_tokens
-            .or(self.max_tokens)
-            .unwrap_or(default_max_tokens);
+        let asked = self.max_completion_tokens.or(self.max_tokens);
+        let max_tokens = asked.unwrap_or(default_max_tokens);
         if max_tokens == 0 || max_tokens > MAX_TOKENS {
             return Err(invalid(format!("max_tokens must be 1..={MAX_TOKENS}")));
         }
@@ -203,8 +201,13 @@ impl Common {
             top_k: 0,
             top_p: self.top_p.unwrap_or(1.0),
             repeat_penalty: 1.0,
-            seed: self.seed.unwrap_or(defaults.seed),
+            seed: self
+                .seed
+                .unwrap_or_else(crate::engine::sampling::fresh_seed),
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            // Without a max_tokens of its own, a long prompt gets what room the context has
+            // left rather than a refusal (as vLLM does).
+            fit_to_context: asked.is_none(),
             ..defaults
         };
         params.validate().map_err(invalid)?;
@@ -241,13 +244,10 @@ impl Common {
     }
 
     fn model(&self, state: &AppState) -> Result<Arc<ServedModel>, OpenAiError> {
-        let model = state.engine.model(self.model.as_deref()).map_err(|e| {
-            let mut err = ApiError::new(e.code(), e.to_string());
-            if matches!(e, crate::engine::EngineError::ModelNotFound(_)) {
-                err.status = axum::http::StatusCode::NOT_FOUND;
-            }
-            OpenAiError(err)
-        })?;
+        let model = state
+            .engine
+            .model(self.model.as_deref())
+            .map_err(|e| OpenAiError(ApiError::from(&e)))?;
         Ok(model)
     }
 }
@@ -536,7 +536,7 @@ pub async fn tokenize(
     let model = state
         .engine
         .model(req.model.as_deref())
-        .map_err(|e| OpenAiError(ApiError::new(e.code(), e.to_string())))?;
+        .map_err(|e| OpenAiError(ApiError::from(&e)))?;
     let counted = tokio::task::spawn_blocking(move || {
         let tokens = model
             .as_local()
@@ -602,4 +602,32 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
         })
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(body: Value) -> SamplingParams {
+        let Ok(params) = serde_json::from_value::<Common>(body)
+            .expect("request")
+            .sampling(512)
+        else {
+            panic!("settings refused");
+        };
+        params
+    }
+
+    #[test]
+    fn a_request_without_max_tokens_or_seed_fits_the_context_and_draws_its_own_seed() {
+        let silent = sampling(json!({}));
+        assert_eq!(silent.max_tokens, 512);
+        assert!(silent.fit_to_context);
+        assert_ne!(silent.seed, sampling(json!({})).seed);
+
+        let named = sampling(json!({"max_tokens": 10, "seed": 7}));
+        assert_eq!((named.max_tokens, named.seed), (10, 7));
+        assert!(!named.fit_to_context);
+        assert!(!sampling(json!({"max_completion_tokens": 10})).fit_to_context);
+    }
 }

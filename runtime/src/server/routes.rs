@@ -317,7 +317,7 @@ pub async fn chat(
     let model = state
         .engine
         .model(body.model.as_deref())
-        .map_err(|e| record_rejection(&state, "/chat", ApiError::new(e.code(), e.to_string())))?;
+        .map_err(|e| record_rejection(&state, "/chat", ApiError::from(&e)))?;
     blocking(&state, "/chat", move || {
         let mut messages = Vec::new();
         if let Some(system) = body.system {
@@ -333,8 +333,11 @@ pub async fn chat(
         let defaults = SamplingParams::default();
         let params = SamplingParams {
             max_tokens: body.max_tokens.unwrap_or(256),
+            fit_to_context: body.max_tokens.is_none(),
             temperature: body.temperature.unwrap_or(defaults.temperature),
-            seed: body.seed.unwrap_or(defaults.seed),
+            seed: body
+                .seed
+                .unwrap_or_else(crate::engine::sampling::fresh_seed),
             ..defaults
         };
         let done = model

@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -109,7 +109,14 @@ pub struct ListQuery {
     before: Option<i64>,
 }
 
-pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(r) => return ApiError::from(r).into_response(),
+    };
     let limit = q.limit.unwrap_or(20).clamp(1, MAX_LIST);
     let store = state.runs.store().clone();
     let listed = tokio::task::spawn_blocking(move || store.list_runs(limit, q.before)).await;
@@ -188,9 +195,13 @@ fn sse(e: &StoredEvent) -> Event {
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(r) => return ApiError::from(r).into_response(),
+    };
     let after = q.after.or_else(|| {
         headers
             .get("last-event-id")
