@@ -3,6 +3,7 @@
 //!
 //! Output is for people by default; `--json` prints the same JSON the HTTP API returns.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -345,6 +346,23 @@ fn stream_completion(
     Ok(())
 }
 
+/// The id clients name a model by: the default model's own, else the file name without
+/// `.gguf` (an HF folder's whole name: `Qwen2.5-Coder-0.5B` keeps its dots), lowercased.
+fn model_id(path: &Path, index: usize) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name {
+        Some(n) if n == crate::paths::DEFAULT_MODEL_FILE => crate::paths::DEFAULT_MODEL_ID.into(),
+        Some(n) => {
+            let lower = n.to_lowercase();
+            match lower.strip_suffix(".gguf") {
+                Some(stem) if !path.is_dir() && !stem.is_empty() => stem.to_string(),
+                _ => lower,
+            }
+        }
+        None => format!("model-{index}"),
+    }
+}
+
 /// Load every model named in `opts` (or the default), showing progress on stderr.
 pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
     let paths = if opts.models.is_empty() {
@@ -377,24 +395,30 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
                 ),
             ));
         }
-        let id = if i == 0 && opts.models.is_empty() {
-            crate::paths::DEFAULT_MODEL_ID.to_string()
-        } else {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().to_lowercase())
-                .unwrap_or_else(|| format!("model-{i}"))
-        };
+        let id = model_id(path, i);
         let started = Instant::now();
-        let model = LoadedModel::load_on(&id, path, opts.device, &mut |p| {
-            eprint!("\rloading {id}: layer {}/{}", p.layers_done, p.layers_total);
-        })
-        .map_err(|e| CliError::new(e.code(), e.to_string()))?;
-        eprintln!(
-            "\rloaded {id} ({} parameters) on {} in {} ms",
-            model.info.parameters,
-            model.info.device,
-            started.elapsed().as_millis()
-        );
+        // A progress line only for a person watching: redirected or JSON logs get one line.
+        let watched = std::io::stderr().is_terminal();
+        let mut shown = false;
+        let loaded = LoadedModel::load_on(&id, path, opts.device, &mut |p| {
+            if watched {
+                eprint!("\rloading {id}: layer {}/{}", p.layers_done, p.layers_total);
+                shown = true;
+            }
+        });
+        if shown {
+            eprint!("\r\x1b[K");
+        }
+        let model = loaded.map_err(|e| CliError::new(e.code(), e.to_string()))?;
+        let ms = started.elapsed().as_millis();
+        if watched {
+            eprintln!(
+                "loaded {id} ({} parameters) on {} in {ms} ms",
+                model.info.parameters, model.info.device
+            );
+        } else {
+            tracing::info!(model = %id, parameters = model.info.parameters, device = %model.info.device, ms, "model loaded");
+        }
         models.push(Arc::new(ServedModel::local(model)));
     }
     // A second model under an id already taken could never be reached (requests, grants and

@@ -447,6 +447,7 @@ impl LoadedModel {
                     };
                     ids.extend(part.map_err(encode_err)?);
                 }
+                drop_doubled_bos(&mut ids, self.tokenizer.bos_id);
             }
             Prompt::Fim { prefix, suffix } => {
                 let [pre, suf, mid] = self
@@ -889,9 +890,38 @@ impl Engine {
     }
 }
 
+/// A chat template that writes `{{ bos_token }}` itself (Llama 3, Llama 2 style HF folders)
+/// after the BOS the tokenizer adds would start the prompt with two; keep one, as HF's
+/// `apply_chat_template` (no special tokens added) and llama.cpp do.
+fn drop_doubled_bos(ids: &mut Vec<u32>, bos: Option<u32>) {
+    if let Some(bos) = bos
+        && ids.len() >= 2
+        && ids[0] == bos
+        && ids[1] == bos
+    {
+        ids.remove(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chat_template_that_writes_its_own_bos_does_not_get_a_second() {
+        let mut ids = vec![1, 1, 7, 8];
+        drop_doubled_bos(&mut ids, Some(1));
+        assert_eq!(ids, [1, 7, 8]);
+        for (mut kept, bos) in [
+            (vec![1, 7, 1], Some(1)),
+            (vec![1, 1], None),
+            (vec![1], Some(1)),
+        ] {
+            let before = kept.clone();
+            drop_doubled_bos(&mut kept, bos);
+            assert_eq!(kept, before);
+        }
+    }
 
     #[test]
     fn partial_stop_sequences_are_held_back() {

@@ -67,6 +67,59 @@ fn two_models_with_one_id_are_refused() {
 }
 
 #[test]
+fn a_model_folder_with_dots_in_its_name_keeps_them_in_its_id() {
+    let dir = std::env::temp_dir().join(format!(
+        "agentrt-ids-{}/Tiny-Coder-0.5B-v1.2",
+        std::process::id()
+    ));
+    let (ok, _, stderr) = run(&["synth", "tiny-starcoder", dir.to_str().expect("utf-8")]);
+    assert!(ok, "{stderr}");
+    let default = agentrt::paths::default_model();
+    let (ok, stdout, stderr) = run(&[
+        "models",
+        "list",
+        "--model",
+        default.to_str().expect("utf-8"),
+        "--model",
+        dir.to_str().expect("utf-8"),
+    ]);
+    let _ = std::fs::remove_dir_all(dir.parent().expect("parent"));
+    assert!(ok, "{stderr}");
+    // The default file keeps the default id when named explicitly; the folder its whole name.
+    assert!(stdout.contains("smollm2-135m-instruct"), "{stdout}");
+    assert!(stdout.contains("tiny-coder-0.5b-v1.2"), "{stdout}");
+    // Loading is one log line when stderr is not a terminal: no progress carriage returns.
+    assert!(!stderr.contains('\r'), "{stderr:?}");
+}
+
+/// A streamed completion piped into a reader that stops early (`| head -c 5`) ends quietly.
+#[test]
+fn a_completion_piped_into_a_reader_that_leaves_ends_quietly() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(crate::harness::agentrt_bin())
+        .args(["complete", "def fibonacci(n):", "--max-tokens", "200"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start agentrt");
+    let mut first = [0u8; 5];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("first bytes");
+    // The reader is gone (dropped above); the next write must not panic.
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("failed printing"),
+        "{stderr}"
+    );
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
+
+#[test]
 fn missing_and_corrupt_models_are_model_errors() {
     let (ok, _, stderr) = run(&["models", "list", "--model", "/nonexistent/model.gguf"]);
     assert!(!ok && stderr.contains("MODEL_001"), "{stderr}");

@@ -364,14 +364,24 @@ impl<'a> Reader<'a> {
                 }
                 let elem_ty = self.u32()?;
                 let len = self.u64()?;
-                // Every element takes at least one byte, so a length beyond the remaining
-                // bytes is corrupt; checking first avoids a huge allocation.
-                if len > (self.buf.len() - self.pos) as u64 {
+                // Each element takes at least its type's smallest encoding, so a length the
+                // remaining bytes cannot hold is corrupt; checked before anything is allocated.
+                let smallest: u64 = match elem_ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => 12,
+                    _ => 1,
+                };
+                if len.saturating_mul(smallest) > (self.buf.len() - self.pos) as u64 {
                     return Err(GgufError::Corrupt(format!(
                         "array of {len} elements overruns"
                     )));
                 }
-                let mut items = Vec::with_capacity(len as usize);
+                // A parsed value is larger than its encoding (up to 32 bytes for a 1-byte
+                // bool): reserve a bounded amount and let a real array grow as it parses.
+                let mut items = Vec::with_capacity((len as usize).min(1 << 16));
                 for _ in 0..len {
                     items.push(self.value(elem_ty, depth + 1)?);
                 }
@@ -466,6 +476,39 @@ mod tests {
         let res = GgufFile::open(&path);
         let _ = std::fs::remove_file(&path);
         assert!(matches!(res, Err(GgufError::Corrupt(_))), "{res:?}");
+    }
+
+    /// An array whose declared length its element type cannot fit in the bytes left is
+    /// corrupt, refused before anything is allocated for it (a length that only counted one
+    /// byte per element let a large file ask for 32 bytes of parsed values per file byte).
+    #[test]
+    fn an_array_longer_than_the_file_can_hold_is_refused() {
+        let array = |elem_ty: u32, len: u64, payload: usize| {
+            let mut b = Vec::new();
+            b.extend_from_slice(MAGIC);
+            b.extend_from_slice(&3u32.to_le_bytes());
+            b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+            b.extend_from_slice(&1u64.to_le_bytes()); // kv
+            b.extend_from_slice(&1u64.to_le_bytes());
+            b.push(b'a');
+            b.extend_from_slice(&9u32.to_le_bytes()); // array
+            b.extend_from_slice(&elem_ty.to_le_bytes());
+            b.extend_from_slice(&len.to_le_bytes());
+            b.resize(b.len() + payload, 0);
+            b
+        };
+        // 10000 u32 values in about 30000 bytes (the test map rounds up to a page): enough
+        // bytes for 10000 one-byte elements, not for these.
+        let res = parse_bytes(&array(4, 10_000, 30_000));
+        assert!(
+            matches!(&res, Err(GgufError::Corrupt(m)) if m.contains("overruns")),
+            "{res:?}"
+        );
+        let res = parse_bytes(&array(4, u64::MAX / 2, 64));
+        assert!(matches!(res, Err(GgufError::Corrupt(_))), "{res:?}");
+        // The same array with its bytes present parses.
+        let f = parse_bytes(&array(4, 10_000, 40_000)).expect("parse");
+        assert!(matches!(&f.metadata["a"], MetaValue::Array(v) if v.len() == 10_000));
     }
 
     #[test]

@@ -50,6 +50,9 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Reject settings no engine could honour.
     pub fn validate(&self) -> Result<(), String> {
+        if self.max_tokens == 0 {
+            return Err("max_tokens must be at least 1".into());
+        }
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return Err(format!(
                 "temperature must be >= 0, got {}",
