@@ -226,7 +226,10 @@ pub struct Restored {
 }
 
 /// Verify the backup at `from`, then put its store at `store` (and its config and plugins at
-/// `config` / `plugins` when given and present in the backup).
+/// `config` / `plugins` when given and present in the backup). Everything is checked before
+/// anything is replaced: the manifest's sums, the restored store's integrity (on a copy beside
+/// the live one), and that nothing existing would be overwritten without `force`. Only the
+/// files the manifest lists (and so were checked) are installed.
 pub fn restore(
     from: &Path,
     store: &Path,
@@ -237,33 +240,95 @@ pub fn restore(
     // Held until the new store is in place: no server may open it half-restored.
     let _lock = StoreLock::take(store).map_err(|e| fail(e.code(), e.to_string()))?;
     let manifest = verify(from)?;
-    if store.exists() && !force {
-        return Err(fail(
+    let refuse = |what: &str, path: &Path| {
+        fail(
             ErrorCode::BackupFailed,
             format!(
-                "a run store exists at {}; pass --force to replace it",
-                store.display()
+                "{what} exists at {}; pass --force to replace it",
+                path.display()
             ),
-        ));
+        )
+    };
+    if store.exists() && !force {
+        return Err(refuse("a run store", store));
     }
-    let mut tmp = store.as_os_str().to_owned();
-    tmp.push(".restoring");
-    let tmp = PathBuf::from(tmp);
+    let config = config.filter(|_| manifest.files.iter().any(|f| f.path == "config.toml"));
+    if let Some(config) = config
+        && config.exists()
+        && !force
+    {
+        return Err(refuse("a config file", config));
+    }
+    // (backup file, where it goes) for every plugin file the manifest lists.
+    let plugin_files: Vec<(PathBuf, PathBuf)> = match plugins {
+        Some(dir) => manifest
+            .files
+            .iter()
+            .filter_map(|f| f.path.strip_prefix("plugins/"))
+            .map(|rel| (from.join("plugins").join(rel), dir.join(rel)))
+            .collect(),
+        None => Vec::new(),
+    };
+    if !force && let Some((_, target)) = plugin_files.iter().find(|(_, t)| t.exists()) {
+        return Err(refuse("a plugin file", target));
+    }
+
+    let side = |path: &Path, suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let tmp = side(store, ".restoring");
+    let discard = |tmp: &Path| {
+        for p in [tmp.to_path_buf(), side(tmp, "-wal"), side(tmp, "-shm")] {
+            let _ = fs::remove_file(p);
+        }
+    };
     fs::copy(from.join("store.db"), &tmp).map_err(|e| io("cannot write", &tmp, e))?;
-    fs::File::open(&tmp)
+    let checked = fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
-        .map_err(|e| io("cannot sync", &tmp, e))?;
+        .map_err(|e| io("cannot sync", &tmp, e))
+        .and_then(|()| check_restored(&tmp));
+    if let Err(e) = checked {
+        discard(&tmp);
+        return Err(e);
+    }
     // The old store's write-ahead log belongs to the old file.
     for suffix in ["-wal", "-shm"] {
-        let mut side = store.as_os_str().to_owned();
-        side.push(suffix);
-        let side = PathBuf::from(side);
-        if side.exists() {
-            fs::remove_file(&side).map_err(|e| io("cannot remove", &side, e))?;
+        let old = side(store, suffix);
+        if old.exists() {
+            fs::remove_file(&old).map_err(|e| io("cannot remove", &old, e))?;
         }
     }
     fs::rename(&tmp, store).map_err(|e| io("cannot move into place", store, e))?;
-    let opened = Store::open(store).map_err(|e| fail(e.code(), e.to_string()))?;
+    let mut restored = Restored {
+        store: store.display().to_string(),
+        runs: manifest.runs,
+        config: None,
+        plugins: None,
+    };
+    if let Some(config) = config {
+        fs::copy(from.join("config.toml"), config).map_err(|e| io("cannot write", config, e))?;
+        restored.config = Some(config.display().to_string());
+    }
+    if let Some(dir) = plugins
+        && !plugin_files.is_empty()
+    {
+        for (source, target) in &plugin_files {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
+            }
+            fs::copy(source, target).map_err(|e| io("cannot write", target, e))?;
+        }
+        restored.plugins = Some(dir.display().to_string());
+    }
+    Ok(restored)
+}
+
+/// Open the copy about to become the run store and run its integrity check; closed again
+/// (its write-ahead log folded back) before it is moved into place.
+fn check_restored(path: &Path) -> Result<(), BackupError> {
+    let opened = Store::open(path).map_err(|e| fail(e.code(), e.to_string()))?;
     if let Err(problems) = opened
         .check_integrity()
         .map_err(|e| fail(e.code(), e.to_string()))?
@@ -271,31 +336,12 @@ pub fn restore(
         return Err(fail(
             ErrorCode::StoreFailed,
             format!(
-                "the restored store fails its check: {}",
+                "the backup's store fails its check (nothing was replaced): {}",
                 problems.join("; ")
             ),
         ));
     }
-    let mut restored = Restored {
-        store: store.display().to_string(),
-        runs: manifest.runs,
-        config: None,
-        plugins: None,
-    };
-    if let Some(config) = config
-        && manifest.files.iter().any(|f| f.path == "config.toml")
-    {
-        fs::copy(from.join("config.toml"), config).map_err(|e| io("cannot write", config, e))?;
-        restored.config = Some(config.display().to_string());
-    }
-    if let Some(plugins) = plugins
-        && from.join("plugins").is_dir()
-    {
-        let mut budget = MAX_PLUGIN_BYTES;
-        copy_tree(&from.join("plugins"), plugins, &mut budget)?;
-        restored.plugins = Some(plugins.display().to_string());
-    }
-    Ok(restored)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -384,6 +430,68 @@ mod tests {
         let err = restore(&out, &dir.join("other.db"), None, None, false).expect_err("damaged");
         assert!(err.message.contains("does not match"), "{err}");
         assert!(!dir.join("other.db").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_restore_replaces_nothing_until_everything_checks_out() {
+        let dir = temp("checked");
+        let live = dir.join("live.db");
+        filled_store(&live);
+        let live_plugins = dir.join("plugins");
+        fs::create_dir_all(&live_plugins).expect("plugins");
+        fs::write(live_plugins.join("mine.toml"), "name = \"mine\"\n").expect("plugin");
+        let live_config = dir.join("agentrt.toml");
+        fs::write(&live_config, "# hand-edited\n").expect("config");
+
+        // A backup of a store whose run has a gap in its event numbers.
+        let damaged = dir.join("damaged.db");
+        filled_store(&damaged);
+        Store::open(&damaged)
+            .expect("open")
+            .execute_for_test("UPDATE run_events SET seq = 5 WHERE run_id = 'a'")
+            .expect("damage");
+        let out = dir.join("backup");
+        backup(&damaged, None, None, &out).expect("backup");
+        let err = restore(&out, &live, None, None, true).expect_err("fails its check");
+        assert_eq!(err.code, ErrorCode::StoreFailed, "{err}");
+        let runs = Store::open(&live).expect("open").list_runs(10, None);
+        assert_eq!(runs.expect("runs").len(), 2, "the live store is untouched");
+        assert!(!dir.join("live.db.restoring").exists());
+
+        // A sound backup with a config and plugins; a file added to it afterwards.
+        let source_plugins = dir.join("source-plugins");
+        fs::create_dir_all(&source_plugins).expect("plugins");
+        fs::write(source_plugins.join("mine.toml"), "name = \"theirs\"\n").expect("plugin");
+        let source_config = dir.join("source.toml");
+        fs::write(&source_config, "[limits]\n").expect("config");
+        let out = dir.join("backup2");
+        backup(&live, Some(&source_config), Some(&source_plugins), &out).expect("backup");
+        fs::write(out.join("plugins/evil.toml"), "name = \"evil\"\n").expect("planted");
+
+        let fresh = dir.join("fresh.db");
+        let err = restore(&out, &fresh, Some(&live_config), None, false).expect_err("config");
+        assert!(err.message.contains("config file"), "{err}");
+        let err = restore(&out, &fresh, None, Some(&live_plugins), false).expect_err("plugin");
+        assert!(err.message.contains("mine.toml"), "{err}");
+        assert!(!fresh.exists(), "refused before the store was written");
+        assert_eq!(
+            fs::read_to_string(&live_config).expect("config"),
+            "# hand-edited\n"
+        );
+
+        let r = restore(&out, &fresh, Some(&live_config), Some(&live_plugins), true)
+            .expect("forced");
+        assert_eq!(r.runs, 2);
+        assert_eq!(fs::read_to_string(&live_config).expect("config"), "[limits]\n");
+        assert_eq!(
+            fs::read_to_string(live_plugins.join("mine.toml")).expect("plugin"),
+            "name = \"theirs\"\n"
+        );
+        assert!(
+            !live_plugins.join("evil.toml").exists(),
+            "a file the manifest does not list is not installed"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
