@@ -480,10 +480,13 @@ mod tests {
             "# hand-edited\n"
         );
 
-        let r = restore(&out, &fresh, Some(&live_config), Some(&live_plugins), true)
-            .expect("forced");
+        let r =
+            restore(&out, &fresh, Some(&live_config), Some(&live_plugins), true).expect("forced");
         assert_eq!(r.runs, 2);
-        assert_eq!(fs::read_to_string(&live_config).expect("config"), "[limits]\n");
+        assert_eq!(
+            fs::read_to_string(&live_config).expect("config"),
+            "[limits]\n"
+        );
         assert_eq!(
             fs::read_to_string(live_plugins.join("mine.toml")).expect("plugin"),
             "name = \"theirs\"\n"

@@ -75,6 +75,10 @@ pub enum PluginError {
     Trap { plugin: String, message: String },
     #[error("plugin {plugin} ran past its {timeout_ms} ms deadline")]
     Timeout { plugin: String, timeout_ms: u64 },
+    #[error(
+        "plugin {plugin}: every plugin instance slot stayed busy for {waited_ms} ms (calls still running, or stuck in host calls past their deadlines); retry, or raise [limits] instance-pool"
+    )]
+    Busy { plugin: String, waited_ms: u64 },
     #[error("plugin {plugin} hit its memory cap of {limit_mb} MiB")]
     Memory { plugin: String, limit_mb: u64 },
     #[error("plugin {plugin} returned an error: {} {}", .error.code, .error.message)]
@@ -94,6 +98,7 @@ impl PluginError {
             Self::Fuel { .. } => ErrorCode::PluginQuota,
             Self::Trap { .. } => ErrorCode::PluginTrap,
             Self::Timeout { .. } => ErrorCode::PluginTimeout,
+            Self::Busy { .. } => ErrorCode::QueueFull,
             Self::Memory { .. } => ErrorCode::PluginMemory,
             Self::Output { .. } => ErrorCode::PluginOutput,
             Self::Returned { error, .. } => {
@@ -444,7 +449,16 @@ impl PluginHost {
         + 'static,
         validate: impl FnOnce(&R) -> Result<(), String>,
     ) -> (Result<R, PluginError>, CallStats) {
-        let slot = self.slots.acquire();
+        // A call waits for an instance slot no longer than it may run: slots held by calls
+        // abandoned in a blocking host call must not hold up every later call for good.
+        let patience = Duration::from_millis(plugin.granted.timeout_ms);
+        let Some(slot) = self.slots.acquire_within(patience) else {
+            let error = PluginError::Busy {
+                plugin: plugin.manifest.name.clone(),
+                waited_ms: patience.as_millis() as u64,
+            };
+            return (Err(error), CallStats::default());
+        };
         let started = Instant::now();
         let (mut store, timeout) = match self.new_store(plugin) {
             Ok(made) => made,
@@ -586,7 +600,14 @@ impl PluginHost {
             plugin: plugin.manifest.name.clone(),
             message: format!("cannot instantiate: {e:#}"),
         };
-        let _slot = self.slots.acquire();
+        let patience = Duration::from_millis(plugin.granted.timeout_ms);
+        let _slot = self
+            .slots
+            .acquire_within(patience)
+            .ok_or_else(|| PluginError::Busy {
+                plugin: plugin.manifest.name.clone(),
+                waited_ms: patience.as_millis() as u64,
+            })?;
         let (mut store, _) = self.new_store(plugin).map_err(fail)?;
         let done = match &plugin.pre {
             Pre::Generator(p) => p.instantiate(&mut store).map(drop),

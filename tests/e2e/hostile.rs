@@ -320,3 +320,34 @@ fn a_corrupted_component_is_refused_at_load() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_call_gives_up_on_slots_held_by_a_plugin_asleep_in_a_host_call() {
+    // One instance slot. The sleeping check's caller is answered at its deadline, but its
+    // thread keeps the slot for the whole two-minute sleep; the next call must be told the
+    // slots are busy (QUEUE_001) after its own deadline, not wait for the sleep to end.
+    let config = std::env::temp_dir().join(format!("agentrt-one-slot-{}.toml", std::process::id()));
+    std::fs::write(&config, "[limits]\ninstance-pool = 1\n").expect("write config");
+    let dir = test_plugin_dir().to_str().expect("utf-8 path").to_string();
+    let server = Server::start(&[
+        "--plugins",
+        &dir,
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let check = |plugin: &str| {
+        let (status, body) = server.post("/check", &json!({"code": "x = 1\n", "checks": [plugin]}));
+        assert_eq!(status, 200, "{body}");
+        body["checks"][0].clone()
+    };
+    let asleep = check("sleep-check");
+    assert_eq!(asleep["error"]["code"], "PLUGIN_004", "{asleep}");
+    let started = std::time::Instant::now();
+    let next = check("echo-check");
+    println!(
+        "a call behind a sleeping plugin's slot was answered after {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(next["error"]["code"], "QUEUE_001", "{next}");
+    let _ = std::fs::remove_file(&config);
+}

@@ -3,6 +3,7 @@
 //! free slot instead of failing to instantiate.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::grants::HostLimits;
 
@@ -20,16 +21,23 @@ impl CallSlots {
         }
     }
 
-    /// Wait for a slot; it is given back when the guard drops.
-    pub(super) fn acquire(self: &Arc<Self>) -> SlotGuard {
+    /// Wait at most `patience` for a slot (`None` when every slot stayed taken: calls still
+    /// running, or abandoned ones stuck in a host call); it is given back when the guard drops.
+    pub(super) fn acquire_within(self: &Arc<Self>, patience: Duration) -> Option<SlotGuard> {
         if let Some(free) = &self.free {
+            let until = Instant::now() + patience;
             let mut n = free.lock().unwrap_or_else(|p| p.into_inner());
             while *n == 0 {
-                n = self.freed.wait(n).unwrap_or_else(|p| p.into_inner());
+                let left = until.checked_duration_since(Instant::now())?;
+                n = self
+                    .freed
+                    .wait_timeout(n, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
             *n -= 1;
         }
-        SlotGuard(self.clone())
+        Some(SlotGuard(self.clone()))
     }
 }
 
@@ -74,16 +82,17 @@ pub(super) fn instance_pool(limits: &HostLimits) -> wasmtime::PoolingAllocationC
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    const LONG: Duration = Duration::from_secs(60);
 
     #[test]
     fn call_slots_make_a_burst_wait_instead_of_fail() {
         let slots = Arc::new(CallSlots::new(Some(1)));
-        let first = slots.acquire();
+        let first = slots.acquire_within(LONG).expect("a free slot");
         let (tx, rx) = std::sync::mpsc::channel();
         let waiting = slots.clone();
         let waiter = std::thread::spawn(move || {
-            let _slot = waiting.acquire();
+            let _slot = waiting.acquire_within(LONG).expect("the freed slot");
             tx.send(()).expect("send");
         });
         assert!(
@@ -94,7 +103,18 @@ mod tests {
         rx.recv().expect("the waiting call gets the freed slot");
         waiter.join().expect("join");
         let unbounded = Arc::new(CallSlots::new(None));
-        let _a = unbounded.acquire();
-        let _b = unbounded.acquire();
+        let _a = unbounded.acquire_within(Duration::ZERO).expect("unbounded");
+        let _b = unbounded.acquire_within(Duration::ZERO).expect("unbounded");
+    }
+
+    #[test]
+    fn a_call_gives_up_waiting_for_a_slot_after_its_patience() {
+        let slots = Arc::new(CallSlots::new(Some(1)));
+        let held = slots.acquire_within(LONG).expect("a free slot");
+        let started = Instant::now();
+        assert!(slots.acquire_within(Duration::from_millis(100)).is_none());
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        drop(held);
+        assert!(slots.acquire_within(Duration::ZERO).is_some());
     }
 }

@@ -83,7 +83,8 @@ impl ApiError {
             kind: known.map_or("plugin_error", ErrorCode::kind),
             message: e.message.clone(),
             details: None,
-            retry_after: None,
+            // Every 429 says when to come back (a plugin's quota, busy plugin slots).
+            retry_after: (e.http_status() == 429).then_some(QUEUE_RETRY_AFTER_S),
         }
     }
 }
