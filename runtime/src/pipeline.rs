@@ -428,7 +428,14 @@ impl Pipeline {
         self.started(Stage::Test, SANDBOX_NAME, attempt);
         let started = Instant::now();
         let report = match sandbox.get() {
-            Ok(sandbox) => sandbox.run_tests(&artifact.code, &artifact.tests),
+            Ok(sandbox) => sandbox.run_tests_until(
+                &artifact.code,
+                &artifact.tests,
+                crate::sandbox::Until {
+                    deadline: None,
+                    cancel: self.run.call.cancel.as_deref(),
+                },
+            ),
             Err(why) => {
                 tracing::warn!("generated tests not run: {why}");
                 return None;

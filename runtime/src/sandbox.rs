@@ -55,6 +55,15 @@ pub enum SandboxError {
     Wasm(wasmtime::Error),
 }
 
+/// When a report's runs must stop early, checked before each interpreter run (one run is
+/// bounded by [`SandboxLimits::run_timeout`] itself).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Until<'a> {
+    pub deadline: Option<Instant>,
+    /// Set by the caller to stop (a cancelled run, a request past its deadline).
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
+}
+
 /// Limits of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct SandboxLimits {
@@ -62,6 +71,9 @@ pub struct SandboxLimits {
     pub memory_bytes: usize,
     /// Wall-clock time for one interpreter run (start-up plus the tests it runs).
     pub run_timeout: Duration,
+    /// Wall-clock time for all of a report's runs together: a hanging test costs a run of its
+    /// own, so without it N hanging tests would take N run timeouts.
+    pub total_timeout: Duration,
     /// Bytes of runner output kept; beyond it the run ends.
     pub output_bytes: usize,
     /// Bytes the tests may write to their scratch folder.
@@ -73,6 +85,7 @@ impl Default for SandboxLimits {
         Self {
             memory_bytes: 256 << 20,
             run_timeout: Duration::from_secs(10),
+            total_timeout: Duration::from_secs(30),
             output_bytes: 256 << 10,
             scratch_bytes: 64 << 20,
         }
@@ -355,25 +368,20 @@ impl PythonSandbox {
 
     /// Run `tests` against `code`, each test at most once.
     pub fn run_tests(&self, code: &str, tests: &str) -> TestReport {
-        self.run_tests_until(code, tests, None)
+        self.run_tests_until(code, tests, Until::default())
     }
 
-    /// As [`Self::run_tests`], ending by `deadline` too: a plugin's call into the sandbox
-    /// must not outlive the plugin's own deadline.
-    pub fn run_tests_until(
-        &self,
-        code: &str,
-        tests: &str,
-        deadline: Option<Instant>,
-    ) -> TestReport {
+    /// As [`Self::run_tests`], ending early at `until` too: a plugin's call into the sandbox
+    /// must not outlive the plugin's own deadline, nor a request's tests its deadline.
+    pub fn run_tests_until(&self, code: &str, tests: &str, until: Until<'_>) -> TestReport {
         if self.snapshot.is_some() {
-            let report = self.run_tests_in(Interpreter::Snapshot, code, tests, deadline);
+            let report = self.run_tests_in(Interpreter::Snapshot, code, tests, until);
             if !missing_module(&report) {
                 return report;
             }
             tracing::debug!("a module is not in the runner snapshot; running in python.wasm");
         }
-        self.run_tests_in(Interpreter::Script, code, tests, deadline)
+        self.run_tests_in(Interpreter::Script, code, tests, until)
     }
 
     /// Run `tests` against `code` in the given interpreter only (the snapshot falls back to the
@@ -383,9 +391,27 @@ impl PythonSandbox {
         runner: Interpreter,
         code: &str,
         tests: &str,
-        deadline: Option<Instant>,
+        until: Until<'_>,
     ) -> TestReport {
         let started = Instant::now();
+        let budget_end = started + self.limits.total_timeout;
+        let (deadline, why) = match until.deadline {
+            Some(d) if d <= budget_end => (d, "the caller's deadline passed".to_string()),
+            _ => (
+                budget_end,
+                format!(
+                    "the tests' {} ms time budget ran out",
+                    self.limits.total_timeout.as_millis()
+                ),
+            ),
+        };
+        let cancelled = || {
+            until
+                .cancel
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        // Why the runs stopped before every test had a result, if they did.
+        let mut cut_short: Option<String> = None;
         let mut report = TestReport {
             interpreter: runner,
             ..TestReport::default()
@@ -393,16 +419,22 @@ impl PythonSandbox {
         let mut collected: Option<Vec<String>> = None;
         let mut only: Option<Vec<String>> = None;
         loop {
-            let time_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if time_left.is_some_and(|t| t.is_zero()) {
-                report
-                    .setup_error
-                    .get_or_insert_with(|| "the caller's deadline passed".into());
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            if time_left.is_zero() || cancelled() {
+                let why = if cancelled() {
+                    "the request or run was cancelled".to_string()
+                } else {
+                    why.clone()
+                };
+                if collected.is_none() {
+                    report.setup_error.get_or_insert(why);
+                } else {
+                    cut_short = Some(why);
+                }
                 break;
             }
             report.runs += 1;
-            let timeout =
-                time_left.map_or(self.limits.run_timeout, |t| t.min(self.limits.run_timeout));
+            let timeout = time_left.min(self.limits.run_timeout);
             let (events, end) = self.run_once(runner, code, tests, only.as_deref(), timeout);
             let mut running: Option<String> = None;
             for event in events {
@@ -464,6 +496,18 @@ impl PythonSandbox {
                 break;
             }
             only = Some(remaining);
+        }
+        if let (Some(why), Some(all)) = (&cut_short, &collected) {
+            // Tests never reached are reported, not silently dropped.
+            for name in all {
+                if !report.results.iter().any(|r| &r.name == name) {
+                    report.results.push(TestResult {
+                        name: name.clone(),
+                        status: TestStatus::Timeout,
+                        message: format!("not run: {why}"),
+                    });
+                }
+            }
         }
         if let Some(all) = &collected {
             // Keep the tests' own order.
@@ -646,9 +690,11 @@ fn parse_events(stdout: &[u8], nonce: &str) -> Vec<Event> {
     events
 }
 
-/// A fresh token per run, so text the code under test prints cannot pose as the runner's
-/// events: a hash of the time, the process, a counter and a stack address, none of which the
-/// sandboxed code can observe.
+/// A fresh token per run, so text the code and tests print cannot pose as the runner's events
+/// by accident or by guessing: a hash of the time, the process, a counter and a stack address.
+/// It is not a secret from the code under test, which shares the runner's interpreter and can
+/// reach its frames; no in-interpreter channel can be (see the README on what test results
+/// prove).
 fn nonce() -> String {
     use sha2::{Digest, Sha256};
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use agentrt::plugin::compile_cache::CompileCache;
-use agentrt::sandbox::{Interpreter, PythonSandbox, SandboxLimits, TestReport, TestStatus};
+use agentrt::sandbox::{Interpreter, PythonSandbox, SandboxLimits, TestReport, TestStatus, Until};
 
 fn sandbox() -> &'static PythonSandbox {
     static SANDBOX: OnceLock<PythonSandbox> = OnceLock::new();
@@ -16,6 +16,7 @@ fn sandbox() -> &'static PythonSandbox {
         let limits = SandboxLimits {
             memory_bytes: 128 << 20,
             run_timeout: Duration::from_secs(3),
+            total_timeout: Duration::from_secs(7),
             output_bytes: 64 << 10,
             scratch_bytes: 8 << 20,
         };
@@ -261,7 +262,14 @@ fn a_callers_deadline_ends_the_run_before_the_sandbox_limit() {
                  def test_later():\n    assert True\n";
     let sandbox = sandbox();
     let deadline = std::time::Instant::now() + Duration::from_millis(500);
-    let report = sandbox.run_tests_until(ADD, tests, Some(deadline));
+    let report = sandbox.run_tests_until(
+        ADD,
+        tests,
+        Until {
+            deadline: Some(deadline),
+            cancel: None,
+        },
+    );
     println!("{report:?}");
     let spin = &report.results[0];
     assert_eq!(spin.status, TestStatus::Timeout, "{report:?}");
@@ -272,12 +280,74 @@ fn a_callers_deadline_ends_the_run_before_the_sandbox_limit() {
         .parse()
         .unwrap_or_else(|_| panic!("unexpected message {}", spin.message));
     assert!(limit_ms <= 500, "the run was given {limit_ms} ms");
-    assert!(
-        !report.results.iter().any(|r| r.name == "test_later"),
+    let later = &report.results[1];
+    assert_eq!(
+        (later.name.as_str(), later.status, later.message.as_str()),
+        (
+            "test_later",
+            TestStatus::Timeout,
+            "not run: the caller's deadline passed"
+        ),
         "a test was started after the deadline: {report:?}"
     );
+    assert_eq!(report.setup_error, None);
+}
+
+const HANGING: &str = "def test_a():\n    while True:\n        pass\n\n\
+                       def test_b():\n    while True:\n        pass\n\n\
+                       def test_c():\n    while True:\n        pass\n\n\
+                       def test_d():\n    while True:\n        pass\n";
+
+#[test]
+fn hanging_tests_share_one_time_budget() {
+    // A hanging test costs an interpreter run of its own (3 s here); the report's runs share a
+    // 7 s budget, so four hanging tests do not take four run timeouts.
+    let report = sandbox().run_tests(ADD, HANGING);
+    println!("{report:?}");
+    assert_eq!(report.runs, 3, "{report:?}");
+    let statuses: Vec<_> = report.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [TestStatus::Timeout; 4], "{report:?}");
+    assert_eq!(
+        report.results[3].message,
+        "not run: the tests' 7000 ms time budget ran out"
+    );
+}
+
+#[test]
+fn a_cancelled_caller_stops_the_runs_between_tests() {
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let report = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        sandbox().run_tests_until(
+            ADD,
+            HANGING,
+            Until {
+                deadline: None,
+                cancel: Some(&cancel),
+            },
+        )
+    });
+    println!("{report:?}");
+    assert_eq!(report.runs, 1, "{report:?}");
+    assert_eq!(report.results.len(), 4, "{report:?}");
+    for r in &report.results[1..] {
+        assert_eq!(r.message, "not run: the request or run was cancelled");
+    }
+    // Cancelled before anything ran: no tests were even collected.
+    let report = sandbox().run_tests_until(
+        ADD,
+        HANGING,
+        Until {
+            deadline: None,
+            cancel: Some(&cancel),
+        },
+    );
+    assert_eq!(report.runs, 0);
     assert_eq!(
         report.setup_error.as_deref(),
-        Some("the caller's deadline passed")
+        Some("the request or run was cancelled")
     );
 }

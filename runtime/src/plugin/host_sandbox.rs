@@ -24,7 +24,14 @@ impl Host for PluginState {
             return Err(SandboxError::Timeout);
         }
         self.note_used("run-python");
-        let report = python.run_tests_until(&code, &tests, Some(self.deadline));
+        let report = python.run_tests_until(
+            &code,
+            &tests,
+            crate::sandbox::Until {
+                deadline: Some(self.deadline),
+                cancel: self.cancel.as_deref(),
+            },
+        );
         Ok(TestReport {
             results: report.results.into_iter().map(to_wit).collect(),
             setup_error: report.setup_error,
