@@ -346,12 +346,11 @@ fn stream_completion(
     Ok(())
 }
 
-/// The id clients name a model by: the default model's own, else the file name without
-/// `.gguf` (an HF folder's whole name: `Qwen2.5-Coder-0.5B` keeps its dots), lowercased.
+/// The id clients name a model given by path: its file name without `.gguf` (an HF folder's
+/// whole name: `Qwen2.5-Coder-0.5B` keeps its dots), lowercased.
 fn model_id(path: &Path, index: usize) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     match name {
-        Some(n) if n == crate::paths::DEFAULT_MODEL_FILE => crate::paths::DEFAULT_MODEL_ID.into(),
         Some(n) => {
             let lower = n.to_lowercase();
             match lower.strip_suffix(".gguf") {
@@ -395,7 +394,11 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
                 ),
             ));
         }
-        let id = model_id(path, i);
+        let id = if i == 0 && opts.models.is_empty() {
+            crate::paths::DEFAULT_MODEL_ID.to_string()
+        } else {
+            model_id(path, i)
+        };
         let started = Instant::now();
         // A progress line only for a person watching: redirected or JSON logs get one line.
         let watched = std::io::stderr().is_terminal();

@@ -780,14 +780,16 @@ fn wasi_context(granted: &Granted) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
         };
         builder.preopened_dir(&folder.host, &folder.path, perms)?;
     }
-    builder.allow_udp(false);
+    // No name lookups, granted hosts or not: WASI's lookup cannot be limited to the granted
+    // names, and a lookup of any name reaches the DNS resolver (a channel out of the sandbox).
+    // wasi:http requests are resolved by the host after their name is checked.
+    builder.allow_udp(false).allow_ip_name_lookup(false);
     if granted.hosts.is_empty() {
-        builder.allow_tcp(false).allow_ip_name_lookup(false);
+        builder.allow_tcp(false);
     } else {
         let allowed = Arc::new(grants::resolve_hosts(&granted.hosts));
         builder
             .allow_tcp(true)
-            .allow_ip_name_lookup(true)
             .socket_addr_check(move |addr, use_| {
                 let ok = grants::connection_allowed(&allowed, addr, use_);
                 Box::pin(async move { ok })

@@ -85,8 +85,8 @@ fn a_model_folder_with_dots_in_its_name_keeps_them_in_its_id() {
     ]);
     let _ = std::fs::remove_dir_all(dir.parent().expect("parent"));
     assert!(ok, "{stderr}");
-    // The default file keeps the default id when named explicitly; the folder its whole name.
-    assert!(stdout.contains("smollm2-135m-instruct"), "{stdout}");
+    // A file is named without `.gguf`, a folder by its whole name.
+    assert!(stdout.contains("smollm2-135m-instruct.q4_1"), "{stdout}");
     assert!(stdout.contains("tiny-coder-0.5b-v1.2"), "{stdout}");
     // Loading is one log line when stderr is not a terminal: no progress carriage returns.
     assert!(!stderr.contains('\r'), "{stderr:?}");

@@ -19,27 +19,34 @@ const MAX_INSTANCES: usize = 64;
 const MAX_TABLES: usize = 64;
 const MAX_MEMORIES: usize = 16;
 
-/// Caps linear memory and remembers whether the cap was hit, so a failed allocation can be
-/// reported as a memory-limit error rather than as the trap it turns into inside the guest.
+/// Caps the linear memory of a whole plugin call (every memory of every core instance of the
+/// component together, as a component may have several) and remembers whether the cap was hit,
+/// so a failed allocation can be reported as a memory-limit error rather than as the trap it
+/// turns into inside the guest.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     pub max_bytes: usize,
+    /// Bytes of all the call's memories together at their largest (memories never shrink).
     pub peak_bytes: usize,
     pub hit: bool,
 }
 
 impl ResourceLimiter for MemoryLimiter {
+    /// Called for a memory's initial size (`current` 0) and for every growth of it.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let total = self
+            .peak_bytes
+            .saturating_add(desired.saturating_sub(current));
+        if total > self.max_bytes {
             self.hit = true;
             return Ok(false);
         }
-        self.peak_bytes = self.peak_bytes.max(desired);
+        self.peak_bytes = total;
         Ok(true)
     }
 
@@ -162,5 +169,31 @@ impl WasiView for PluginState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_the_call_together() {
+        const MIB: usize = 1 << 20;
+        let mut limiter = MemoryLimiter {
+            max_bytes: 100 * MIB,
+            peak_bytes: 0,
+            hit: false,
+        };
+        // Two memories created at 40 MiB each, then one grows to 60: 100 MiB in all.
+        assert!(limiter.memory_growing(0, 40 * MIB, None).expect("first"));
+        assert!(limiter.memory_growing(0, 40 * MIB, None).expect("second"));
+        assert!(limiter.memory_growing(40 * MIB, 60 * MIB, None).expect("growth"));
+        assert_eq!(limiter.peak_bytes, 100 * MIB);
+        assert!(!limiter.hit);
+        // A third memory, or any more growth, would pass the cap.
+        assert!(!limiter.memory_growing(0, MIB, None).expect("third"));
+        assert!(!limiter.memory_growing(40 * MIB, 41 * MIB, None).expect("more"));
+        assert!(limiter.hit);
+        assert_eq!(limiter.peak_bytes, 100 * MIB);
     }
 }
