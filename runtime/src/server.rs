@@ -35,11 +35,15 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 
 /// Deadlines of every request and of shutting down (`AGENTRT_REQUEST_TIMEOUT`,
-/// `AGENTRT_BODY_TIMEOUT`, `AGENTRT_DRAIN_SECONDS`, in seconds).
+/// `AGENTRT_BODY_TIMEOUT`, `AGENTRT_HEADER_TIMEOUT`, `AGENTRT_DRAIN_SECONDS`, in seconds).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub request_timeout: Duration,
     pub body_timeout: Duration,
+    /// How long a client has to send a request's headers, on a new connection or a kept-alive
+    /// one; then the connection is closed. A client that opens connections and sends nothing,
+    /// or a header a byte at a time, must not hold sockets open for good.
+    pub header_timeout: Duration,
     /// How long the server keeps answering (ready: 503) after a shutdown signal before it
     /// stops accepting.
     pub drain: Duration,
@@ -50,6 +54,7 @@ impl Default for Limits {
         Self {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            header_timeout: Duration::from_secs(30),
             drain: Duration::from_secs(5),
         }
     }
@@ -81,6 +86,7 @@ impl Limits {
         Self {
             request_timeout: secs("AGENTRT_REQUEST_TIMEOUT", true).unwrap_or(d.request_timeout),
             body_timeout: secs("AGENTRT_BODY_TIMEOUT", true).unwrap_or(d.body_timeout),
+            header_timeout: secs("AGENTRT_HEADER_TIMEOUT", true).unwrap_or(d.header_timeout),
             drain: secs("AGENTRT_DRAIN_SECONDS", false).unwrap_or(d.drain),
         }
     }
@@ -355,20 +361,63 @@ pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Resu
     let runs = state.runs.clone();
     let draining = state.draining.clone();
     let drain = state.limits.drain;
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Tell the load balancer first (ready answers 503), keep serving while it notices,
-            // then stop accepting and let the requests in flight finish.
-            draining.store(true, Ordering::Relaxed);
-            tracing::info!(seconds = drain.as_secs_f64(), "draining before shutdown");
-            tokio::time::sleep(drain).await;
-        })
-        .await;
+    let header_timeout = state.limits.header_timeout;
+    let served = serve_connections(listener, app(state), header_timeout, async move {
+        shutdown_signal().await;
+        // Tell the load balancer first (ready answers 503), keep serving while it notices,
+        // then stop accepting and let the requests in flight finish.
+        draining.store(true, Ordering::Relaxed);
+        tracing::info!(seconds = drain.as_secs_f64(), "draining before shutdown");
+        tokio::time::sleep(drain).await;
+    })
+    .await;
     // Runs still in flight are cancelled and stored as such, not left to be found
     // interrupted at the next start.
     let _ = tokio::task::spawn_blocking(move || runs.shutdown(RUN_SHUTDOWN_GRACE)).await;
     served
+}
+
+/// Accept HTTP/1 connections and serve `app` on each until `shutdown` completes, then stop
+/// accepting and wait for the connections' requests in flight. Like `axum::serve`, plus
+/// `header_timeout` for reading request headers (hyper needs a timer for one; axum sets none).
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// How long shutting down waits for cancelled runs to store their end.

@@ -10,7 +10,13 @@ use super::harness::{Server, error_code};
 
 #[test]
 fn a_request_past_its_deadline_is_504_and_a_body_that_never_arrives_is_408() {
-    let s = Server::start_with_env(&[], &[("AGENTRT_BODY_TIMEOUT", "1")]);
+    let s = Server::start_with_env(
+        &[],
+        &[
+            ("AGENTRT_BODY_TIMEOUT", "1"),
+            ("AGENTRT_HEADER_TIMEOUT", "1"),
+        ],
+    );
     // A long generation with a client deadline of 0.3 s.
     let (status, _, text) = s.exchange(
         "POST",
@@ -44,6 +50,21 @@ Content-Length: 64\r\nConnection: close\r\n\r\n{\"message\"";
     let (status, body) = s.raw_exchange(cut_short, Duration::from_secs(30));
     assert_eq!(status, 408, "{body}");
     assert_eq!(error_code(&body), "COMM_003", "{body}");
+
+    // Headers that never finish: the server closes the connection after its header timeout
+    // (a read that times out here means the socket was still held open).
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(s.base.trim_start_matches("http://")).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    stream
+        .write_all(b"POST /chat HTTP/1.1\r\nHost: x\r\n")
+        .expect("send");
+    let mut rest = Vec::new();
+    let closed = stream.read_to_end(&mut rest);
+    assert!(closed.is_ok(), "the connection was still open: {closed:?}");
 }
 
 #[test]

@@ -187,12 +187,20 @@ mod tests {
         // Two memories created at 40 MiB each, then one grows to 60: 100 MiB in all.
         assert!(limiter.memory_growing(0, 40 * MIB, None).expect("first"));
         assert!(limiter.memory_growing(0, 40 * MIB, None).expect("second"));
-        assert!(limiter.memory_growing(40 * MIB, 60 * MIB, None).expect("growth"));
+        assert!(
+            limiter
+                .memory_growing(40 * MIB, 60 * MIB, None)
+                .expect("growth")
+        );
         assert_eq!(limiter.peak_bytes, 100 * MIB);
         assert!(!limiter.hit);
         // A third memory, or any more growth, would pass the cap.
         assert!(!limiter.memory_growing(0, MIB, None).expect("third"));
-        assert!(!limiter.memory_growing(40 * MIB, 41 * MIB, None).expect("more"));
+        assert!(
+            !limiter
+                .memory_growing(40 * MIB, 41 * MIB, None)
+                .expect("more")
+        );
         assert!(limiter.hit);
         assert_eq!(limiter.peak_bytes, 100 * MIB);
     }
