@@ -352,31 +352,92 @@ pub fn connection_allowed(
     }
 }
 
-/// Tokens a plugin used over the last minute, shared by all its calls.
+/// Tokens a plugin used over the last minute, shared by all its calls. A generation reserves
+/// its tokens before it starts and settles what it really used after, so calls running at
+/// once cannot each spend the same remainder of the budget.
 #[derive(Debug, Default)]
 pub struct TokenMeter {
-    spent: Mutex<VecDeque<(Instant, u64)>>,
+    spent: Mutex<Spent>,
+}
+
+#[derive(Debug, Default)]
+struct Spent {
+    /// (reservation id, when, tokens) in the order they were taken.
+    entries: VecDeque<(u64, Instant, u64)>,
+    next_id: u64,
+}
+
+impl Spent {
+    fn used(&mut self) -> u64 {
+        let now = Instant::now();
+        while self
+            .entries
+            .front()
+            .is_some_and(|(_, at, _)| now.duration_since(*at) > TokenMeter::WINDOW)
+        {
+            self.entries.pop_front();
+        }
+        self.entries.iter().map(|(_, _, n)| n).sum()
+    }
+}
+
+/// Tokens set aside for one generation ([`TokenMeter::reserve`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation {
+    id: u64,
+    /// How many tokens the generation may produce.
+    pub tokens: u32,
 }
 
 impl TokenMeter {
     const WINDOW: Duration = Duration::from_secs(60);
 
-    /// Tokens used in the last minute.
-    pub fn used(&self) -> u64 {
-        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        while spent
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > Self::WINDOW)
-        {
-            spent.pop_front();
-        }
-        spent.iter().map(|(_, n)| n).sum()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Spent> {
+        self.spent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn record(&self, tokens: u64) {
-        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
-        spent.push_back((Instant::now(), tokens));
+    /// Tokens used (or reserved) in the last minute.
+    pub fn used(&self) -> u64 {
+        self.lock().used()
+    }
+
+    /// Set aside up to `want` tokens of a `budget` per minute (`None`: no budget), or `None`
+    /// when the budget is spent.
+    pub fn reserve(&self, budget: Option<u32>, want: u32) -> Option<Reservation> {
+        let mut spent = self.lock();
+        let tokens = match budget {
+            None => want,
+            Some(budget) => {
+                let left = u64::from(budget).saturating_sub(spent.used());
+                if left == 0 {
+                    return None;
+                }
+                want.min(u32::try_from(left).unwrap_or(u32::MAX))
+            }
+        };
+        let id = spent.next_id;
+        spent.next_id += 1;
+        spent
+            .entries
+            .push_back((id, Instant::now(), u64::from(tokens)));
+        Some(Reservation { id, tokens })
+    }
+
+    /// Replace `reservation` with the tokens the generation really used (its prompt included,
+    /// so it may exceed the reservation).
+    pub fn settle(&self, reservation: Reservation, used: u64) {
+        let mut spent = self.lock();
+        match spent
+            .entries
+            .iter_mut()
+            .find(|(id, _, _)| *id == reservation.id)
+        {
+            Some(entry) => entry.2 = used,
+            // Reserved over a minute ago: what it used counts from now.
+            None => spent
+                .entries
+                .push_back((reservation.id, Instant::now(), used)),
+        }
     }
 }
 
@@ -397,6 +458,27 @@ mod tests {
 
     fn denied(asked: &str, granted: &str) -> String {
         resolve(&asks(asked), &grant(granted), &HostLimits::default()).expect_err("must be refused")
+    }
+
+    #[test]
+    fn generations_at_once_cannot_spend_the_same_remainder_of_a_budget() {
+        let meter = TokenMeter::default();
+        let first = meter.reserve(Some(100), 70).expect("budget left");
+        assert_eq!(first.tokens, 70);
+        // A second call while the first runs gets only what the first did not reserve.
+        let second = meter.reserve(Some(100), 70).expect("budget left");
+        assert_eq!(second.tokens, 30);
+        assert!(
+            meter.reserve(Some(100), 1).is_none(),
+            "the budget is all reserved"
+        );
+        // The first used less than it reserved (prompt included): the rest comes back.
+        meter.settle(first, 40);
+        assert_eq!(meter.used(), 70);
+        assert_eq!(meter.reserve(Some(100), 50).expect("left").tokens, 30);
+        // No budget: anything, still counted.
+        assert_eq!(meter.reserve(None, 500).expect("unlimited").tokens, 500);
+        assert_eq!(meter.used(), 600);
     }
 
     #[test]
@@ -478,8 +560,10 @@ mod tests {
     #[test]
     fn the_meter_sums_recent_tokens() {
         let m = TokenMeter::default();
-        m.record(5);
-        m.record(7);
+        let a = m.reserve(None, 50).expect("unlimited");
+        let b = m.reserve(None, 50).expect("unlimited");
+        m.settle(a, 5);
+        m.settle(b, 7);
         assert_eq!(m.used(), 12);
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::bindings::llm::{
     ChatMessage, Completion, Error, FinishReason, Host, ModelInfo, Role, Sampling, Usage,
 };
+use super::grants::Reservation;
 use super::state::PluginState;
 use crate::engine::chat_template::TemplateMessage;
 use crate::engine::{self, Control, EngineError, Prompt, SamplingParams, ServedModel};
@@ -40,10 +41,12 @@ impl PluginState {
         Ok(loaded)
     }
 
-    fn sampling_params(&self, s: Sampling) -> Result<SamplingParams, Error> {
+    /// The call's sampling settings, with its tokens reserved against the plugin's budget
+    /// (settle the reservation when the generation ends).
+    fn sampling_params(&self, s: Sampling) -> Result<(SamplingParams, Reservation), Error> {
         let defaults = SamplingParams::default();
         let cap = self.granted.max_tokens_per_call;
-        let mut max_tokens = match s.max_tokens {
+        let max_tokens = match s.max_tokens {
             Some(n) if n > cap => {
                 return Err(Error::QuotaExceeded(format!(
                     "max-tokens {n} is above this plugin's per-call budget of {cap}"
@@ -52,19 +55,17 @@ impl PluginState {
             Some(n) => n,
             None => DEFAULT_MAX_TOKENS.min(cap),
         };
-        if let Some(budget) = self.granted.tokens_per_minute {
-            let used = self.tokens.used();
-            let left = u64::from(budget).saturating_sub(used);
-            if left == 0 {
-                return Err(Error::QuotaExceeded(format!(
-                    "this plugin's budget of {budget} tokens per minute is spent"
-                )));
-            }
-            // A generation may not run past the budget; only the prompt can overshoot it.
-            max_tokens = max_tokens.min(left.min(u64::from(u32::MAX)) as u32);
-        }
+        // Reserved before validation, so it can be handed back below; a generation may not run
+        // past the budget, only its prompt can overshoot it.
+        let budget = self.granted.tokens_per_minute;
+        let reservation = self.tokens.reserve(budget, max_tokens).ok_or_else(|| {
+            Error::QuotaExceeded(format!(
+                "this plugin's budget of {} tokens per minute is spent",
+                budget.unwrap_or_default()
+            ))
+        })?;
         let params = SamplingParams {
-            max_tokens,
+            max_tokens: reservation.tokens,
             temperature: s.temperature.unwrap_or(defaults.temperature),
             top_k: s.top_k.unwrap_or(defaults.top_k),
             top_p: s.top_p.unwrap_or(defaults.top_p),
@@ -73,8 +74,11 @@ impl PluginState {
             stop: s.stop,
             ..defaults
         };
-        params.validate().map_err(Error::InvalidInput)?;
-        Ok(params)
+        if let Err(why) = params.validate() {
+            self.tokens.settle(reservation, 0);
+            return Err(Error::InvalidInput(why));
+        }
+        Ok((params, reservation))
     }
 
     fn run(
@@ -84,7 +88,7 @@ impl PluginState {
         s: Sampling,
     ) -> Result<Completion, Error> {
         let loaded = self.resolve_model(model)?;
-        let params = self.sampling_params(s)?;
+        let (params, reservation) = self.sampling_params(s)?;
         let control = Control {
             deadline: Some(self.deadline),
             cancel: self.cancel.clone(),
@@ -92,16 +96,33 @@ impl PluginState {
         self.llm_calls += 1;
         self.note_used(&format!("llm:{}", loaded.info.id));
         let on_text = self.on_text.clone();
-        let done = loaded
-            .generate(&prompt, &params, &control, &mut |piece| {
-                if let Some(sink) = &on_text {
-                    sink(piece);
+        let generated = loaded.generate(&prompt, &params, &control, &mut |piece| {
+            if let Some(sink) = &on_text {
+                sink(piece);
+            }
+        });
+        let done = match generated {
+            Ok(done) => done,
+            Err(e) => {
+                // Refused before generating: nothing spent. Stopped part-way (deadline,
+                // cancel, a failure): what it used is unknown, so the reservation stands.
+                let refused = matches!(
+                    e,
+                    EngineError::ContextOverflow { .. }
+                        | EngineError::InvalidInput(_)
+                        | EngineError::NoChatTemplate(_)
+                        | EngineError::ModelNotFound(_)
+                        | EngineError::QueueFull { .. }
+                );
+                if refused {
+                    self.tokens.settle(reservation, 0);
                 }
-            })
-            .map_err(to_wit_error)?;
+                return Err(to_wit_error(e));
+            }
+        };
         let spent = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
         self.tokens_used += spent;
-        self.tokens.record(spent);
+        self.tokens.settle(reservation, spent);
         Ok(Completion {
             model: done.model,
             text: done.text,
