@@ -60,6 +60,16 @@ pub fn run(
             ),
         });
     };
+    let context = model.info.context_length as usize;
+    if prompt_tokens > context || decode_tokens + 1 > context {
+        return Err(CliError {
+            code: ErrorCode::ModelContextOverflow.as_str(),
+            message: format!(
+                "--prompt-tokens {prompt_tokens} and --decode-tokens {decode_tokens} must each \
+                 fit the model's context of {context} positions"
+            ),
+        });
+    }
     let text = "def fibonacci(n: int) -> int:\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n";
     let mut ids = Vec::new();
     let unit = model.tokenizer.encode(text).map_err(|e| CliError {

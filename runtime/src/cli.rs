@@ -625,8 +625,18 @@ fn server_plugins(base: &str) -> Result<Value, CliError> {
     if let Ok(key) = std::env::var("AGENTRT_API_KEY") {
         request = request.header("authorization", &format!("Bearer {key}"));
     }
-    let fail = |e: String| CliError::new(ErrorCode::ModelNotAvailable, format!("{url}: {e}"));
-    let mut response = request.call().map_err(|e| fail(e.to_string()))?;
+    let fail = |e: String| CliError::new(ErrorCode::NetworkError, format!("{url}: {e}"));
+    let mut response = request.call().map_err(|e| match e {
+        ureq::Error::StatusCode(401) => CliError::new(
+            ErrorCode::Unauthenticated,
+            format!("{url}: the server wants an API key (set AGENTRT_API_KEY)"),
+        ),
+        ureq::Error::StatusCode(403) => CliError::new(
+            ErrorCode::Forbidden,
+            format!("{url}: AGENTRT_API_KEY's scope does not cover plugins"),
+        ),
+        other => fail(other.to_string()),
+    })?;
     response
         .body_mut()
         .read_json::<Value>()
@@ -688,6 +698,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 tracing::warn!(
                     "no API keys configured: every route is open (AGENTRT_API_KEYS, --api-keys FILE)"
                 );
+                if rate_limit.is_some() {
+                    // The limit is per key: with no keys there is nothing to count against.
+                    return Err(CliError::new(
+                        ErrorCode::InvalidInput,
+                        "--rate-limit (AGENTRT_RATE_LIMIT) limits each API key, and no keys are \
+                         configured: give keys with --api-keys, or drop the rate limit",
+                    ));
+                }
             }
             let engine = load_engine(&opts)?;
             let (pipeline, reloader) = load_pipeline_with_reload(&opts, Some(engine.clone()))?;

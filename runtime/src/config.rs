@@ -69,6 +69,22 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let l = &config.limits;
+        // What the plugin host can be built with: a wasm32 memory is at most 4 GiB (and the
+        // pooling allocator reserves that much address space per memory slot), the largest
+        // default plugin needs 16 MiB, and every slot is address space set aside at start.
+        let checks = [
+            ("max-memory-mb", l.max_memory_mb, 16, 4096),
+            ("max-timeout-ms", l.max_timeout_ms, 1, 3_600_000),
+            ("instance-pool", u64::from(l.instance_pool), 0, 1024),
+        ];
+        for (name, value, least, most) in checks {
+            if !(least..=most).contains(&value) {
+                return Err(format!(
+                    "limits.{name} = {value} is outside {least}..={most}"
+                ));
+            }
+        }
         for (name, grant) in &config.grants {
             for folder in &grant.folders {
                 if !folder.host.is_dir() {
@@ -100,6 +116,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_the_plugin_host_cannot_be_built_with_are_refused_by_name() {
+        for (text, named) in [
+            (
+                "[limits]\nmax-memory-mb = 4097\n",
+                "limits.max-memory-mb = 4097",
+            ),
+            ("[limits]\nmax-memory-mb = 0\n", "limits.max-memory-mb = 0"),
+            (
+                "[limits]\nmax-timeout-ms = 0\n",
+                "limits.max-timeout-ms = 0",
+            ),
+            (
+                "[limits]\ninstance-pool = 5000\n",
+                "limits.instance-pool = 5000",
+            ),
+        ] {
+            let err = Config::parse(text).expect_err(text);
+            assert!(err.starts_with(named), "{text}: {err}");
+        }
+        Config::parse("[limits]\nmax-memory-mb = 4096\ninstance-pool = 0\n").expect("bounds");
+    }
 
     #[test]
     fn parses_limits_and_grants() {

@@ -323,17 +323,17 @@ impl LoadedModel {
         }
         let token_text =
             |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
-        let template = match &tokenizer.chat_template {
-            Some(src) => Some(
-                ChatTemplate::new(
-                    src,
-                    &token_text(tokenizer.bos_id),
-                    &token_text(tokenizer.eos_id),
-                )
-                .map_err(|e| load_err(ModelFileError::Shape(format!("chat template: {e}"))))?,
-            ),
-            None => None,
-        };
+        // A template that does not parse costs the model its chat, not its use: completions
+        // need none, and chat requests then say the model has no template.
+        let template = tokenizer.chat_template.as_ref().and_then(|src| {
+            let bos = token_text(tokenizer.bos_id);
+            let eos = token_text(tokenizer.eos_id);
+            ChatTemplate::new(src, &bos, &eos)
+                .map_err(|e| {
+                    tracing::warn!(model = %id, "the model's chat template is unusable, chat is off: {e}");
+                })
+                .ok()
+        });
         let fim = FIM_TOKEN_SETS.iter().find_map(|set| {
             Some([
                 tokenizer.token_id(set[0])?,
@@ -906,6 +906,53 @@ fn drop_doubled_bos(ids: &mut Vec<u32>, bos: Option<u32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chat_template_that_does_not_parse_turns_chat_off_not_the_model() {
+        let dir = std::env::temp_dir().join(format!("agentrt-bad-template-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        synthetic::SyntheticSpec {
+            arch: models::Architecture::Llama,
+            n_layer: 1,
+            dim: 64,
+            n_head: 4,
+            n_kv_head: 2,
+            ffn_dim: 128,
+            vocab: 320,
+            context: 128,
+            dtype: quant::GgmlType::F32,
+            separate_head: false,
+            seed: 3,
+        }
+        .write(&dir)
+        .expect("write checkpoint");
+        let config_path = dir.join("tokenizer_config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read"))
+                .expect("json");
+        config["chat_template"] = "{% if %}".into();
+        std::fs::write(&config_path, config.to_string()).expect("write");
+
+        let model = LoadedModel::load("bad-template", &dir, &mut |_| {}).expect("loads");
+        assert!(!model.info.supports_chat);
+        let params = SamplingParams {
+            max_tokens: 4,
+            ..SamplingParams::default()
+        };
+        let control = Control::default();
+        model
+            .generate(&Prompt::Text("abc".into()), &params, &control, &mut |_| {})
+            .expect("completions still work");
+        let chat = Prompt::Chat(vec![chat_template::TemplateMessage {
+            role: "user".into(),
+            content: "hi".into(),
+        }]);
+        let err = model
+            .generate(&chat, &params, &control, &mut |_| {})
+            .expect_err("no chat");
+        assert!(matches!(err, EngineError::NoChatTemplate(_)), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_chat_template_that_writes_its_own_bos_does_not_get_a_second() {

@@ -73,6 +73,9 @@ pub enum ErrorCode {
     StoreFailed,
     /// The request passed its deadline (504), or its body did not arrive in time (408).
     RequestTimeout,
+    /// Another agentrt server (or a service it relies on) could not be reached or gave an
+    /// answer that is not HTTP.
+    NetworkError,
     /// A backup could not be made, or is damaged, or cannot be restored over what exists.
     BackupFailed,
     /// No such route, run or resource.
@@ -116,6 +119,7 @@ impl ErrorCode {
             Self::RunElsewhere => "RUN_003",
             Self::StoreFailed => "STORE_001",
             Self::RequestTimeout => "COMM_003",
+            Self::NetworkError => "COMM_002",
             Self::BackupFailed => "BACKUP_001",
             Self::NotFound => "NOT_FOUND",
             Self::Internal => "INTERNAL",
@@ -150,6 +154,7 @@ impl ErrorCode {
             Self::RunInterrupted => "run_error",
             Self::StoreFailed => "store_error",
             Self::RequestTimeout => "timeout_error",
+            Self::NetworkError => "network_error",
             Self::BackupFailed => "backup_error",
             Self::NotFound => "not_found",
             Self::Internal => "internal_error",
@@ -172,7 +177,11 @@ impl ErrorCode {
             Self::ModelTimeout | Self::PluginTimeout | Self::RequestTimeout => 504,
             Self::Cancelled => 408,
             Self::ModelNotAvailable => 503,
-            Self::PluginTrap | Self::PluginMemory | Self::PluginLoad | Self::PluginOutput => 502,
+            Self::PluginTrap
+            | Self::PluginMemory
+            | Self::PluginLoad
+            | Self::PluginOutput
+            | Self::NetworkError => 502,
             Self::ModelMemory
             | Self::GenerationFailed
             | Self::CodeExtractionFailed
@@ -224,6 +233,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::RunElsewhere,
     ErrorCode::StoreFailed,
     ErrorCode::RequestTimeout,
+    ErrorCode::NetworkError,
     ErrorCode::BackupFailed,
     ErrorCode::NotFound,
     ErrorCode::Internal,

@@ -280,3 +280,26 @@ fn logs_analyze_summarises_a_servers_json_log() {
         "the no-keys warning: {v}"
     );
 }
+
+#[test]
+fn a_rate_limit_without_api_keys_is_refused_at_start() {
+    // The limit counts per key; with no keys it would silently limit nothing.
+    let (ok, _, stderr) = run(&["serve", "--rate-limit", "5", "--listen", "127.0.0.1:0"]);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("VAL_002") && stderr.contains("--rate-limit"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_server_is_a_network_error() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (ok, _, stderr) = run(&["plugins", "list", "--server", &url]);
+    assert!(!ok && stderr.contains("COMM_002"), "{stderr}");
+}

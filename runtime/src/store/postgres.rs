@@ -100,19 +100,34 @@ pub fn with_search_path(url: &str, schema: &str) -> String {
     format!("{url}{join}options=-c%20search_path%3D{schema}")
 }
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password replaced by `***`: the one in its user info, and a `password`
+/// query parameter.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
         },
-        None => url.to_string(),
-    }
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// This server's name among the hosts sharing a database: `AGENTRT_INSTANCE`, else the host
@@ -488,6 +503,10 @@ mod tests {
             "postgres://agentrt:***@db:5432/runs?sslmode=disable"
         );
         assert_eq!(redact("postgres://db/runs"), "postgres://db/runs");
+        assert_eq!(
+            redact("postgres://u@db/x?sslmode=require&password=secret&x=1"),
+            "postgres://u@db/x?sslmode=require&password=***&x=1"
+        );
         assert_eq!(redact("postgresql://u@db/x"), "postgresql://u@db/x");
         assert!(is_postgres_url("postgresql://db/x") && !is_postgres_url("/var/agentrt.db"));
     }
