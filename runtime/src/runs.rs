@@ -170,9 +170,11 @@ impl Emitter {
 
     fn publish(&self, st: &mut EmitterState, event: &PipelineEvent) {
         let stored = self.number(st, event);
-        if let Err(e) = self.store.append_event(&self.id, &stored) {
-            // The run goes on; the event still reaches live watchers.
+        if let Err(e) = with_retries(|| self.store.append_event(&self.id, &stored)) {
+            // The run goes on and the event still reaches live watchers, but its number goes
+            // to the next event: the stored events stay numbered without gaps.
             tracing::error!(run = %self.id, "event not stored: {e}");
+            st.next_seq -= 1;
         }
         let _ = self.live.events.send(Arc::new(stored));
     }
@@ -213,13 +215,33 @@ impl Emitter {
                 error: error.cloned(),
             },
         );
-        if let Err(e) = self
-            .store
-            .finish_run(&self.id, state, outcome, error, &done)
-        {
+        if let Err(e) = with_retries(|| {
+            self.store
+                .finish_run(&self.id, state, outcome, error, &done)
+        }) {
+            // The store keeps the run as running: the next start marks it interrupted
+            // (RUN_002), the honest end for a result that could not be kept.
             tracing::error!(run = %self.id, "final state not stored: {e}");
         }
         let _ = self.live.events.send(Arc::new(done));
+    }
+}
+
+/// `write`, tried again twice after short pauses: a store busy for a moment (a lock held by a
+/// backup, a brief I/O error) must not cost a run its events or its result.
+fn with_retries<E: std::fmt::Display>(mut write: impl FnMut() -> Result<(), E>) -> Result<(), E> {
+    let mut pauses = [Duration::from_millis(20), Duration::from_millis(200)].into_iter();
+    loop {
+        match write() {
+            Ok(()) => return Ok(()),
+            Err(e) => match pauses.next() {
+                Some(pause) => {
+                    tracing::warn!("store write failed, trying again: {e}");
+                    std::thread::sleep(pause);
+                }
+                None => return Err(e),
+            },
+        }
     }
 }
 
@@ -408,4 +430,62 @@ fn in_flight(state: &str) -> prometheus_client::metrics::gauge::Gauge {
 /// 128 random bits as 32 hex digits: unguessable, so a run's id is its own capability.
 fn new_run_id() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RunStore, Store};
+
+    #[test]
+    fn an_event_the_store_refuses_leaves_no_gap_in_the_numbers() {
+        let path = std::env::temp_dir().join(format!(
+            "agentrt-emitter-{}-{}.db",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let store = Arc::new(Store::open(&path).expect("store"));
+        store
+            .insert_run("r", &serde_json::json!({"task_description": "t"}))
+            .expect("insert");
+        let live = Arc::new(LiveRun {
+            cancel: Arc::new(AtomicBool::new(false)),
+            events: broadcast::channel(BROADCAST_DEPTH).0,
+        });
+        let emitter = Emitter::new("r", store.clone(), live);
+        let started = |attempt| PipelineEvent::StageStarted {
+            stage: "generate".into(),
+            plugin: "generator".into(),
+            attempt,
+        };
+        emitter.event(started(1));
+        // The events table is away for one event (every retry fails), then back.
+        store
+            .execute_for_test("ALTER TABLE run_events RENAME TO away")
+            .expect("hide");
+        emitter.event(started(2));
+        store
+            .execute_for_test("ALTER TABLE away RENAME TO run_events")
+            .expect("restore");
+        emitter.event(started(3));
+        emitter.finish(RunState::Completed, None, None);
+        assert_eq!(store.check_integrity().expect("check"), Ok(()));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_store_write_is_tried_three_times() {
+        let mut calls = 0;
+        let flaky = with_retries(|| {
+            calls += 1;
+            if calls < 3 { Err("busy") } else { Ok(()) }
+        });
+        assert_eq!((flaky, calls), (Ok(()), 3));
+        let mut calls = 0;
+        let broken: Result<(), &str> = with_retries(|| {
+            calls += 1;
+            Err("broken")
+        });
+        assert_eq!((broken, calls), (Err("broken"), 3));
+    }
 }
