@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use crate::engine::Engine;
 use crate::pipeline::Pipeline;
 pub use error::ApiError;
+use error::{SentError, Uncounted};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -157,6 +158,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
         .route("/tokenize", post(openai::tokenize))
         .route("/v1/pipeline/runs", post(runs::create).get(runs::list))
         .route(
@@ -175,7 +177,10 @@ pub fn app(state: AppState) -> Router {
             state.api_keys.clone(),
             auth::require_key,
         ))
-        .layer(axum::middleware::from_fn(measure))
+        .layer(axum::middleware::from_fn_with_state(
+            state.pipeline.stats.clone(),
+            measure,
+        ))
         .with_state(state)
 }
 
@@ -218,19 +223,34 @@ fn request_id(request: &axum::extract::Request) -> String {
 /// response head by route pattern (ids in paths do not multiply the series) and status, and
 /// logged when answered.
 async fn measure(
+    axum::extract::State(stats): axum::extract::State<Arc<crate::stats::Stats>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::response::IntoResponse;
     use tracing::Instrument;
     let started = std::time::Instant::now();
-    let route = request
+    let matched = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+        .map(|p| p.as_str().to_string());
+    let route = matched.clone().unwrap_or_else(|| "unmatched".to_string());
+    let openai_route = openai::is_openai_path(request.uri().path());
     let id = request_id(&request);
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), route = %route);
     let mut response = next.run(request).instrument(span.clone()).await;
     let took = started.elapsed();
+    if let Some(SentError(error)) = response.extensions().get::<SentError>().cloned() {
+        // Answered by a layer (deadline, body limit, key) before a handler could count it.
+        if response.extensions().get::<Uncounted>().is_some()
+            && let Some(route) = &matched
+        {
+            stats.record_endpoint(route, took.as_millis() as u64, 0, Some(&error.code));
+        }
+        if openai_route {
+            response = openai::OpenAiError(error).into_response();
+        }
+    }
     let status = response.status().as_u16();
     crate::metrics::record_request(&route, status, took);
     span.in_scope(|| {
@@ -256,7 +276,6 @@ async fn enforce_deadlines(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let asked = request
         .headers()
         .get("x-request-timeout")
@@ -272,13 +291,13 @@ async fn enforce_deadlines(
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             return if too_large {
-                ApiError::body_too_large().into_response()
+                ApiError::body_too_large().into_uncounted_response()
             } else {
                 ApiError::new(
                     crate::error_code::ErrorCode::InvalidInput,
                     format!("the request body could not be read: {e}"),
                 )
-                .into_response()
+                .into_uncounted_response()
             };
         }
         Err(_) => {
@@ -290,7 +309,7 @@ async fn enforce_deadlines(
                 ),
             );
             err.status = axum::http::StatusCode::REQUEST_TIMEOUT;
-            return err.into_response();
+            return err.into_uncounted_response();
         }
     };
     let cancel = Arc::new(AtomicBool::new(false));
@@ -314,7 +333,7 @@ async fn enforce_deadlines(
                     timeout.as_secs_f64()
                 ),
             )
-            .into_response()
+            .into_uncounted_response()
         }
     }
 }
@@ -346,8 +365,7 @@ async fn refuse_declared_oversize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        use axum::response::IntoResponse;
-        return ApiError::body_too_large().into_response();
+        return ApiError::body_too_large().into_uncounted_response();
     }
     next.run(request).await
 }

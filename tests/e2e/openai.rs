@@ -284,3 +284,72 @@ fn a_client_that_disconnects_stops_its_generation() {
         "the stream was not cancelled: {counter}"
     );
 }
+
+/// Errors a layer answers before any handler (a deadline, a wrong method) keep OpenAI's shape
+/// on the OpenAI routes, and a request cut off at its deadline is counted in /stats.
+#[test]
+fn errors_from_the_server_layers_take_openai_shape_and_are_counted() {
+    let server = crate::harness::Server::start(&[]);
+    let (status, _, text) = server.exchange(
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Request-Timeout", "0.05")],
+        Some(
+            &json!({"messages": [{"role": "user", "content": "Write a long essay"}],
+                     "max_tokens": 400}),
+        ),
+    );
+    assert_eq!(status, 504, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(openai_error(&body), "COMM_003", "{body}");
+    let (_, stats) = server.get("/stats");
+    let chat = &stats["endpoints"]["/v1/chat/completions"];
+    assert!(
+        chat["errors"]["COMM_003"].as_u64().unwrap_or(0) >= 1,
+        "{stats}"
+    );
+
+    let (status, _, text) = server.exchange("GET", "/v1/chat/completions", &[], None);
+    assert_eq!(status, 405, "{text}");
+    openai_error(&serde_json::from_str(&text).expect("json"));
+
+    let (status, model) = server.get("/v1/models/smollm2-135m-instruct");
+    assert_eq!(
+        (status, model["object"].as_str()),
+        (200, Some("model")),
+        "{model}"
+    );
+    let (status, body) = server.get("/v1/models/gpt-9");
+    assert_eq!(
+        (status, openai_error(&body).as_str()),
+        (404, "MODEL_001"),
+        "{body}"
+    );
+}
+
+/// /tokenize counts a chat the way the model will see it: the template's tokens included.
+#[test]
+fn tokenize_counts_a_prompt_or_a_whole_chat() {
+    let server = default_server();
+    let (status, plain) = server.post("/tokenize", &json!({"prompt": "hello there"}));
+    assert_eq!(status, 200, "{plain}");
+    let (status, chat) = server.post(
+        "/tokenize",
+        &json!({"messages": [{"role": "user", "content": "hello there"}]}),
+    );
+    assert_eq!(status, 200, "{chat}");
+    let (plain, chat) = (
+        plain["count"].as_u64().expect("count"),
+        chat["count"].as_u64().expect("count"),
+    );
+    assert!(
+        chat > plain,
+        "the chat's {chat} tokens include the template's: {plain}"
+    );
+    let (status, body) = server.post("/tokenize", &json!({}));
+    assert_eq!(
+        (status, openai_error(&body).as_str()),
+        (400, "VAL_002"),
+        "{body}"
+    );
+}

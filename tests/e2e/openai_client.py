@@ -41,6 +41,14 @@ def main(base: str) -> None:
     completion = client.completions.create(model=model, prompt="def add(a, b):\n", max_tokens=8, temperature=0)
     assert completion.choices[0].text, completion
 
+    assert client.models.retrieve(model).id == model
+    try:
+        client.models.retrieve("no-such-model")
+    except openai.NotFoundError as e:
+        assert e.code == "MODEL_001", e.body
+    else:
+        raise AssertionError("an unknown model was retrieved")
+
     try:
         client.chat.completions.create(model="no-such-model", messages=messages)
     except openai.NotFoundError as e:

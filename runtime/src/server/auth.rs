@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sha2::{Digest, Sha256};
 
 use super::ApiError;
@@ -198,11 +198,11 @@ pub async fn require_key(
             ErrorCode::Unauthenticated,
             "an API key is required (Authorization: Bearer KEY or X-API-Key)",
         )
-        .into_response();
+        .into_uncounted_response();
     };
     if scope < needed {
         return ApiError::new(ErrorCode::Forbidden, "this route needs an admin key")
-            .into_response();
+            .into_uncounted_response();
     }
     if let Err(wait) = keys.take(index) {
         return ApiError::new(
@@ -210,7 +210,7 @@ pub async fn require_key(
             format!("this key is over its limit of requests per minute; retry in {wait} s"),
         )
         .retry_after(wait)
-        .into_response();
+        .into_uncounted_response();
     }
     next.run(request).await
 }

@@ -11,7 +11,7 @@ use crate::error_code::ErrorCode;
 use crate::pipeline::ErrorOut;
 
 /// An error on its way to the client.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
@@ -133,7 +133,29 @@ impl IntoResponse for ApiError {
         if let Some(d) = &self.details {
             body["details"] = d.clone();
         }
-        let response = (self.status, Json(json!({ "error": body }))).into_response();
-        self.with_retry_header(response)
+        let mut response = (self.status, Json(json!({ "error": body }))).into_response();
+        response = self.with_retry_header(response);
+        // The outermost layer (`measure`) reads it back: to count errors no handler counted,
+        // and to give the OpenAI routes their error shape.
+        response.extensions_mut().insert(SentError(self));
+        response
+    }
+}
+
+/// The [`ApiError`] a response was built from.
+#[derive(Debug, Clone)]
+pub struct SentError(pub ApiError);
+
+/// Marks an error answered by a layer before any handler ran (a deadline, a body limit, an
+/// API key), which no handler counted in `/stats`.
+#[derive(Debug, Clone, Copy)]
+pub struct Uncounted;
+
+impl ApiError {
+    /// The response of an error a layer answers with (see [`Uncounted`]).
+    pub fn into_uncounted_response(self) -> Response {
+        let mut response = self.into_response();
+        response.extensions_mut().insert(Uncounted);
+        response
     }
 }

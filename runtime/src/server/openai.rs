@@ -106,7 +106,7 @@ pub struct CompletionRequest {
 }
 
 /// An [`ApiError`] in OpenAI's error object.
-pub struct OpenAiError(ApiError);
+pub struct OpenAiError(pub ApiError);
 
 impl From<ApiError> for OpenAiError {
     fn from(e: ApiError) -> Self {
@@ -501,31 +501,40 @@ fn chat_job(
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Job, OpenAiError> {
     let req = parse(body)?;
-    if req.messages.is_empty() {
-        return Err(invalid("messages must not be empty"));
-    }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in req.messages {
-        let role = match m.role.as_str() {
-            "developer" => "system".to_string(),
-            "system" | "user" | "assistant" | "tool" => m.role,
-            other => return Err(invalid(format!("unknown message role {other:?}"))),
-        };
-        messages.push(TemplateMessage {
-            role,
-            content: content_text(m.content),
-        });
-    }
+    let messages = template_messages(req.messages)?;
     req.common
         .job(state, CHAT, Kind::Chat, Prompt::Chat(messages), 512)
 }
 
-/// `POST /tokenize` (vLLM's shape): `{"model"?, "prompt"}` → `{"count", "max_model_len"}`, and
-/// the `tokens` for a model this process runs. What a remote agentrt entry counts tokens with.
+/// OpenAI's chat messages as the chat template's (`developer` is a system message).
+fn template_messages(messages: Vec<Message>) -> Result<Vec<TemplateMessage>, OpenAiError> {
+    if messages.is_empty() {
+        return Err(invalid("messages must not be empty"));
+    }
+    messages
+        .into_iter()
+        .map(|m| {
+            let role = match m.role.as_str() {
+                "developer" => "system".to_string(),
+                "system" | "user" | "assistant" | "tool" => m.role,
+                other => return Err(invalid(format!("unknown message role {other:?}"))),
+            };
+            Ok(TemplateMessage {
+                role,
+                content: content_text(m.content),
+            })
+        })
+        .collect()
+}
+
+/// `POST /tokenize` (vLLM's shape): `{"model"?, "prompt"}` or `{"model"?, "messages"}` →
+/// `{"count", "max_model_len"}`, and the `tokens` for a model this process runs (for messages:
+/// the whole chat prompt the model would see). What a remote agentrt entry counts tokens with.
 #[derive(Debug, Deserialize)]
 pub struct TokenizeRequest {
     model: Option<String>,
-    prompt: String,
+    prompt: Option<String>,
+    messages: Option<Vec<Message>>,
 }
 
 pub async fn tokenize(
@@ -537,13 +546,39 @@ pub async fn tokenize(
         .engine
         .model(req.model.as_deref())
         .map_err(|e| OpenAiError(ApiError::from(&e)))?;
+    let input = match (req.prompt, req.messages) {
+        (Some(prompt), None) => Ok(prompt),
+        (None, Some(messages)) => Err(template_messages(messages)?),
+        _ => return Err(invalid("give either prompt or messages")),
+    };
     let counted = tokio::task::spawn_blocking(move || {
-        let tokens = model
-            .as_local()
-            .and_then(|m| m.tokenizer.encode(&req.prompt).ok());
-        let count = match &tokens {
-            Some(t) => Ok(t.len() as u32),
-            None => model.count_tokens(&req.prompt),
+        let (tokens, count) = match input {
+            Ok(prompt) => {
+                let tokens = model
+                    .as_local()
+                    .and_then(|m| m.tokenizer.encode(&prompt).ok());
+                let count = match &tokens {
+                    Some(t) => Ok(t.len() as u32),
+                    None => model.count_tokens(&prompt),
+                };
+                (tokens, count)
+            }
+            Err(messages) => match model.as_local() {
+                Some(m) => match m.tokenize_prompt(&Prompt::Chat(messages)) {
+                    Ok(t) => {
+                        let count = t.len() as u32;
+                        (Some(t), Ok(count))
+                    }
+                    Err(e) => (None, Err(e)),
+                },
+                None => (
+                    None,
+                    Err(crate::engine::EngineError::InvalidInput(format!(
+                        "{} is a remote model: tokenize a prompt, not messages",
+                        model.info.id
+                    ))),
+                ),
+            },
         };
         count.map(|count| {
             let mut v = json!({"count": count, "max_model_len": model.info.context_length});
@@ -591,17 +626,42 @@ fn completion_job(
     req.common.job(state, COMPLETIONS, Kind::Text, prompt, 16)
 }
 
+/// Whether `path` is one of the OpenAI-compatible routes, whose errors take OpenAI's shape.
+pub fn is_openai_path(path: &str) -> bool {
+    matches!(path, CHAT | "/v1/completions" | "/v1/models") || path.starts_with("/v1/models/")
+}
+
+fn model_object(m: &ServedModel) -> Value {
+    json!({"id": m.info.id, "object": "model", "created": 0, "owned_by": "agentrt",
+           "max_model_len": m.info.context_length})
+}
+
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
     let data: Vec<Value> = state
         .engine
         .models()
         .iter()
-        .map(|m| {
-            json!({"id": m.info.id, "object": "model", "created": 0, "owned_by": "agentrt",
-                   "max_model_len": m.info.context_length})
-        })
+        .map(|m| model_object(m))
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}`: one model, as `client.models.retrieve(id)` asks.
+pub async fn model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, OpenAiError> {
+    state
+        .engine
+        .models()
+        .iter()
+        .find(|m| m.info.id == id)
+        .map(|m| Json(model_object(m)))
+        .ok_or_else(|| {
+            OpenAiError(ApiError::from(&crate::engine::EngineError::ModelNotFound(
+                id,
+            )))
+        })
 }
 
 #[cfg(test)]

@@ -87,6 +87,7 @@ pub fn document() -> Value {
         "/v1/chat/completions": {"post": operation("/v1/chat/completions", "OpenAI-compatible chat completion; `stream: true` answers server-sent events ending in `data: [DONE]`", Some(json_body(schema("ChatCompletionRequest"))), ok("OpenAI chat.completion (or a stream of chat.completion.chunk)", any.clone()))},
         "/v1/completions": {"post": operation("/v1/completions", "OpenAI-compatible completion; `suffix` fills in the middle on models that support it", Some(json_body(schema("CompletionRequest"))), ok("OpenAI text_completion (or a stream)", any.clone()))},
         "/v1/models": {"get": operation("/v1/models", "OpenAI-compatible model list (with max_model_len)", None, ok("OpenAI list of models", any.clone()))},
+        "/v1/models/{id}": {"get": operation("/v1/models/{id}", "One model (404 MODEL_001 for an id this server does not serve)", None, ok("OpenAI model object", any.clone()))},
         "/tokenize": {"post": operation("/tokenize", "Token ids of a prompt or of chat messages (vLLM's shape)", Some(json_body(json!({"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"}}}))), ok("count, max_model_len, tokens", any.clone()))},
         "/v1/pipeline/runs": {
             "post": operation("/v1/pipeline/runs", "Start a pipeline run; answers at once with its id (429 QUEUE_001 when the queue is full)", Some(json_body(schema("Task"))), ok("The run, queued", schema("Run"))),
