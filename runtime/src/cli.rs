@@ -917,7 +917,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             report.models(&models);
             report.gpu();
-            report.store(&store_location(&opts)?);
+            match store_location(&opts) {
+                Ok(location) => report.store(&location),
+                // The config's own problem is a failed check like any other, not the end of
+                // the report: the plugin check below names it too.
+                Err(e) => report.checks.push(crate::doctor::Check {
+                    name: "config".into(),
+                    status: crate::doctor::Status::Fail,
+                    detail: e.message.clone(),
+                }),
+            }
             match load_pipeline(&opts, None) {
                 Ok(pipeline) => report.plugins(&pipeline),
                 Err(e) => report.checks.push(crate::doctor::Check {

@@ -139,6 +139,22 @@ impl Report {
     pub fn models(&mut self, paths: &[std::path::PathBuf]) {
         for path in paths {
             let name = format!("model {}", path.display());
+            let entry = path.to_string_lossy();
+            if crate::engine::remote::is_remote(&entry) {
+                // A model another server serves: it must answer with the model it names.
+                match crate::engine::ServedModel::remote(&entry, None) {
+                    Ok(m) => self.add(
+                        name,
+                        Status::Ok,
+                        format!(
+                            "served by {} ({} positions)",
+                            m.info.device, m.info.context_length
+                        ),
+                    ),
+                    Err(e) => self.add(name, Status::Fail, format!("{} {e}", e.code().as_str())),
+                }
+                continue;
+            }
             let meta = match std::fs::metadata(path) {
                 Ok(m) => m,
                 Err(e) => {

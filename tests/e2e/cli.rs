@@ -303,3 +303,47 @@ fn an_unreachable_server_is_a_network_error() {
     let (ok, _, stderr) = run(&["plugins", "list", "--server", &url]);
     assert!(!ok && stderr.contains("COMM_002"), "{stderr}");
 }
+
+/// A remote model is checked by asking its server, and a broken config is one failed check in
+/// a whole report, not the end of it.
+#[test]
+fn doctor_checks_a_remote_model_and_reports_a_broken_config() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let remote = format!("http://127.0.0.1:{port}/v1");
+    let config = std::env::temp_dir().join(format!("agentrt-doctor-{}.toml", std::process::id()));
+    std::fs::write(&config, "[limits]\nmax-memory-mb = 0\n").expect("write config");
+    let store = crate::harness::fresh_store_path();
+    let (ok, stdout, stderr) = crate::harness::run_cli_env(
+        &[
+            "doctor",
+            "--json",
+            "--model",
+            &remote,
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+        &[("AGENTRT_STORE", store.to_str().expect("utf-8"))],
+    );
+    let _ = std::fs::remove_file(&config);
+    assert!(!ok, "{stdout}{stderr}");
+    let checks = doctor_checks(&stdout);
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|(n, _, _)| n.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} check: {checks:?}"))
+            .clone()
+    };
+    let (_, status, detail) = find("model http://");
+    assert_eq!(status, "fail", "{detail}");
+    assert!(!detail.contains("scripts/setup.sh"), "{detail}");
+    let (_, status, detail) = find("config");
+    assert_eq!(status, "fail");
+    assert!(detail.contains("max-memory-mb"), "{detail}");
+    // The rest of the report is still there.
+    find("resources");
+    find("gpu");
+}
