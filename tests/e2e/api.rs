@@ -218,10 +218,18 @@ fn invalid_requests_get_validation_codes() {
         (400, "VAL_003"),
         "{body}"
     );
+    assert_eq!(
+        body["error"]["details"]["field"], "task_description",
+        "{body}"
+    );
     let (status, body) = s.post("/generate", &json!({"task_description": "   "}));
     assert_eq!(
         (status, error_code(&body).as_str()),
         (400, "VAL_002"),
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["details"]["field"], "task_description",
         "{body}"
     );
     let (status, body) = s.post(
@@ -245,6 +253,7 @@ fn invalid_requests_get_validation_codes() {
         (400, "VAL_002"),
         "{body}"
     );
+    assert_eq!(body["error"]["details"]["field"], "message", "{body}");
     let (status, body) = s.post(
         "/check",
         &json!({"code": "x = 1", "checks": ["no-such-check"]}),

@@ -60,6 +60,12 @@ impl ApiError {
         self
     }
 
+    /// Name the request field at fault (`details.field`, as docs/ERRORS.md promises for
+    /// VAL_002 and VAL_003).
+    pub fn for_field(self, field: &str) -> Self {
+        self.with_details(json!({ "field": field }))
+    }
+
     /// 413: the request body is over `MAX_BODY_BYTES`.
     pub fn body_too_large() -> Self {
         let mut err = ApiError::new(
@@ -113,10 +119,16 @@ impl From<JsonRejection> for ApiError {
         match r {
             JsonRejection::JsonDataError(e) => {
                 let text = e.body_text();
-                if text.contains("missing field") {
-                    ApiError::new(ErrorCode::MissingField, text)
+                let code = if text.contains("missing field") {
+                    ErrorCode::MissingField
                 } else {
-                    ApiError::new(ErrorCode::InvalidInput, text)
+                    ErrorCode::InvalidInput
+                };
+                let field = field_of(&text);
+                let err = ApiError::new(code, text);
+                match field {
+                    Some(f) => err.for_field(&f),
+                    None => err,
                 }
             }
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -142,6 +154,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The field a JSON body error is about: serde names a missing one in backquotes (``missing
+/// field `task_description` ``); for a bad value axum's message gives its path first
+/// (`...target type: max_tokens: invalid type: ...`).
+fn field_of(text: &str) -> Option<String> {
+    if let Some(rest) = text.split("missing field `").nth(1) {
+        return rest.split('`').next().map(str::to_string);
+    }
+    let detail = text.split_once("target type: ")?.1;
+    let (path, _) = detail.split_once(": ")?;
+    let plain = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+    (plain && !path.is_empty()).then(|| path.to_string())
+}
+
 /// The [`ApiError`] a response was built from.
 #[derive(Debug, Clone)]
 pub struct SentError(pub ApiError);
@@ -157,5 +184,30 @@ impl ApiError {
         let mut response = self.into_response();
         response.extensions_mut().insert(Uncounted);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_body_errors_name_their_field() {
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: missing field `task_description` at line 1 column 2").as_deref(),
+            Some("task_description")
+        );
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: message: invalid type: integer `5`, expected a string at line 1 column 13").as_deref(),
+            Some("message")
+        );
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: messages[0].role: unknown").as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            field_of("Failed to parse the request body as JSON: expected value"),
+            None
+        );
     }
 }

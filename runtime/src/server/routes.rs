@@ -34,13 +34,15 @@ fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
         return Err(ApiError::new(
             ErrorCode::InvalidInput,
             format!("{field} must not be empty"),
-        ));
+        )
+        .for_field(field));
     }
     if value.chars().count() > MAX_TEXT_CHARS {
         return Err(ApiError::new(
             ErrorCode::InvalidInput,
             format!("{field} is longer than {MAX_TEXT_CHARS} characters"),
-        ));
+        )
+        .for_field(field));
     }
     Ok(())
 }
@@ -51,7 +53,8 @@ fn language(value: Option<String>) -> Result<String, ApiError> {
         return Err(ApiError::new(
             ErrorCode::InvalidInput,
             format!("language {lang:?} is not supported (supported: python)"),
-        ));
+        )
+        .for_field("language"));
     }
     Ok(lang)
 }
@@ -181,7 +184,9 @@ impl CodeBody {
         if require_code {
             non_empty("code", &self.code)?;
         } else if self.code.chars().count() > MAX_TEXT_CHARS * 8 {
-            return Err(ApiError::new(ErrorCode::InvalidInput, "code is too long"));
+            return Err(
+                ApiError::new(ErrorCode::InvalidInput, "code is too long").for_field("code")
+            );
         }
         Ok(CodeArtifact {
             language: language(self.language.clone())?,
@@ -309,7 +314,8 @@ pub async fn chat(
                 return Err(ApiError::new(
                     ErrorCode::InvalidInput,
                     format!("max_tokens must be 1..={MAX_CHAT_TOKENS}"),
-                ));
+                )
+                .for_field("max_tokens"));
             }
             Ok(b)
         })
