@@ -262,7 +262,8 @@ impl RemoteModel {
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "seed": params.seed,
+            // OpenAI's seed is a signed integer: the same 64 bits, as the server reads them back.
+            "seed": params.seed as i64,
             "stream": true,
             "stream_options": {"include_usage": true},
         });

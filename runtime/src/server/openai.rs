@@ -75,7 +75,8 @@ struct Common {
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     top_p: Option<f32>,
-    seed: Option<u64>,
+    /// Any integer, as OpenAI's API takes (a negative one is used as its two's-complement bits).
+    seed: Option<i64>,
     stop: Option<Stop>,
     n: Option<u32>,
     stream: Option<bool>,
@@ -203,7 +204,7 @@ impl Common {
             repeat_penalty: 1.0,
             seed: self
                 .seed
-                .unwrap_or_else(crate::engine::sampling::fresh_seed),
+                .map_or_else(crate::engine::sampling::fresh_seed, |s| s as u64),
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
             // Without a max_tokens of its own, a long prompt gets what room the context has
             // left rather than a refusal (as vLLM does).
@@ -687,6 +688,7 @@ mod tests {
 
         let named = sampling(json!({"max_tokens": 10, "seed": 7}));
         assert_eq!((named.max_tokens, named.seed), (10, 7));
+        assert_eq!(sampling(json!({"seed": -1})).seed, u64::MAX);
         assert!(!named.fit_to_context);
         assert!(!sampling(json!({"max_completion_tokens": 10})).fit_to_context);
     }
