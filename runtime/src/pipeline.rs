@@ -292,6 +292,17 @@ impl Pipeline {
         only: Option<&[String]>,
         stages: &mut Vec<StageReport>,
     ) -> (Vec<Finding>, Vec<CheckOutcome>) {
+        self.check_attempt(artifact, only, 1, stages)
+    }
+
+    /// [`Pipeline::check`] of generation attempt `attempt` (how its stages are reported).
+    fn check_attempt(
+        &self,
+        artifact: &CodeArtifact,
+        only: Option<&[String]>,
+        attempt: u32,
+        stages: &mut Vec<StageReport>,
+    ) -> (Vec<Finding>, Vec<CheckOutcome>) {
         let plugins = self.plugins.current();
         let selected: Vec<&Arc<Plugin>> = plugins
             .checks
@@ -302,7 +313,7 @@ impl Pipeline {
             let handles: Vec<_> = selected
                 .iter()
                 .map(|p| {
-                    self.started(Stage::Check, &p.manifest.name, 1);
+                    self.started(Stage::Check, &p.manifest.name, attempt);
                     let span = tracing::Span::current();
                     scope.spawn(move || {
                         span.in_scope(|| self.host.check(p, artifact, &self.run.call))
@@ -324,7 +335,7 @@ impl Pipeline {
                     CallStats::default(),
                 ),
             };
-            stages.push(self.record(plugin, Stage::Check, 1, stats, res.as_ref().err()));
+            stages.push(self.record(plugin, Stage::Check, attempt, stats, res.as_ref().err()));
             match res {
                 Ok(mut f) => {
                     let metrics = crate::metrics::global();
@@ -346,7 +357,7 @@ impl Pipeline {
                     findings.append(&mut f);
                 }
                 Err(e) => {
-                    let perr = Self::to_pipeline_error(&e, Stage::Check, 1);
+                    let perr = Self::to_pipeline_error(&e, Stage::Check, attempt);
                     // Checks are not retried: the handler decides only whether to go on without it.
                     let decision = self.recover(&perr, 0, plugin, &mut None, stages);
                     let status = match decision {
@@ -513,7 +524,7 @@ impl Pipeline {
                 return PipelineOutcome::failed(cancelled, stages, started);
             }
             let attempt = report::attempts(&stages).max(1);
-            let (findings, checks) = self.check(&artifact, None, &mut stages);
+            let (findings, checks) = self.check_attempt(&artifact, None, attempt, &mut stages);
             if let Some(aborted) = checks.iter().find(|c| c.status == "aborted") {
                 let error = aborted
                     .error
@@ -522,10 +533,9 @@ impl Pipeline {
                 return PipelineOutcome::failed(error, stages, started);
             }
             let tests = self.test(&artifact, attempt, &mut stages);
-            let score = |t: &Option<TestReport>| t.as_ref().map_or(0, TestReport::passed);
             if best
                 .as_ref()
-                .is_none_or(|b| score(&tests) >= score(&b.tests))
+                .is_none_or(|b| test_rank(&tests) >= test_rank(&b.tests))
             {
                 best = Some(Attempt {
                     artifact: artifact.clone(),
@@ -623,6 +633,20 @@ impl Pipeline {
     }
 }
 
+/// How good an attempt's tests make it, for keeping the best: every test passing first, then
+/// the share that passed, then how many (each attempt brings its own tests, so raw counts of
+/// different test sets do not compare). Ties go to the later attempt.
+fn test_rank(tests: &Option<TestReport>) -> (bool, u64, usize) {
+    match tests {
+        Some(t) if !t.results.is_empty() => (
+            t.all_passed(),
+            t.passed() as u64 * 1_000_000 / t.results.len() as u64,
+            t.passed(),
+        ),
+        _ => (false, 0, 0),
+    }
+}
+
 /// One generation attempt with what the later stages found; the pipeline keeps the best.
 struct Attempt {
     artifact: CodeArtifact,
@@ -673,4 +697,35 @@ fn failure_summary(report: &TestReport) -> String {
         report.results.len(),
         lines.join("; ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::{TestResult, TestStatus};
+
+    fn report(passed: usize, failed: usize) -> Option<TestReport> {
+        let result = |i, status| TestResult {
+            name: format!("test_{i}"),
+            status,
+            message: String::new(),
+        };
+        let mut results: Vec<_> = (0..passed).map(|i| result(i, TestStatus::Passed)).collect();
+        results.extend((0..failed).map(|i| result(passed + i, TestStatus::Failed)));
+        Some(TestReport {
+            results,
+            ..TestReport::default()
+        })
+    }
+
+    #[test]
+    fn an_attempt_whose_tests_all_pass_beats_one_that_passed_more_of_its_own() {
+        // Each attempt has its own tests: 2 of 2 beats 3 of 5, and 3 of 4 beats 3 of 5.
+        assert!(test_rank(&report(2, 0)) > test_rank(&report(3, 2)));
+        assert!(test_rank(&report(3, 1)) > test_rank(&report(3, 2)));
+        assert!(test_rank(&report(4, 1)) > test_rank(&report(1, 1)));
+        // No tests, or none that ran, rank last.
+        assert!(test_rank(&report(0, 1)) >= test_rank(&None));
+        assert_eq!(test_rank(&report(0, 0)), test_rank(&None));
+    }
 }
