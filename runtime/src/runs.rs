@@ -139,6 +139,8 @@ struct Emitter {
 
 struct EmitterState {
     next_seq: i64,
+    /// Numbered events the store refused so far, oldest first (stored before any later one).
+    unstored: Vec<StoredEvent>,
     text: String,
     text_since: Instant,
 }
@@ -151,6 +153,7 @@ impl Emitter {
             live,
             inner: Mutex::new(EmitterState {
                 next_seq: 1,
+                unstored: Vec::new(),
                 text: String::new(),
                 text_since: Instant::now(),
             }),
@@ -170,13 +173,23 @@ impl Emitter {
 
     fn publish(&self, st: &mut EmitterState, event: &PipelineEvent) {
         let stored = self.number(st, event);
-        if let Err(e) = with_retries(|| self.store.append_event(&self.id, &stored)) {
-            // The run goes on and the event still reaches live watchers, but its number goes
-            // to the next event: the stored events stay numbered without gaps.
-            tracing::error!(run = %self.id, "event not stored: {e}");
-            st.next_seq -= 1;
-        }
+        st.unstored.push(stored.clone());
+        self.store_unstored(st);
         let _ = self.live.events.send(Arc::new(stored));
+    }
+
+    /// Store the events not stored yet, in order, stopping at the first the store still
+    /// refuses: the run goes on and live watchers get every event with its number, and the
+    /// refused ones are stored before any later one, so the stored events keep the numbers
+    /// watchers saw, without gaps (inserts are idempotent, so a retried write is harmless).
+    fn store_unstored(&self, st: &mut EmitterState) {
+        while let Some(first) = st.unstored.first() {
+            if let Err(e) = with_retries(|| self.store.append_event(&self.id, first)) {
+                tracing::error!(run = %self.id, seq = first.seq, "event not stored yet: {e}");
+                return;
+            }
+            st.unstored.remove(0);
+        }
     }
 
     fn flush_text(&self, st: &mut EmitterState) {
@@ -208,6 +221,8 @@ impl Emitter {
     fn finish(&self, state: RunState, outcome: Option<&Value>, error: Option<&ErrorOut>) {
         let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         self.flush_text(&mut st);
+        self.store_unstored(&mut st);
+        let unstored = !st.unstored.is_empty();
         let done = self.number(
             &mut st,
             &PipelineEvent::Done {
@@ -215,12 +230,19 @@ impl Emitter {
                 error: error.cloned(),
             },
         );
-        if let Err(e) = with_retries(|| {
-            self.store
-                .finish_run(&self.id, state, outcome, error, &done)
-        }) {
-            // The store keeps the run as running: the next start marks it interrupted
-            // (RUN_002), the honest end for a result that could not be kept.
+        // Events the store never took leave the run as running in it (stored after them, the
+        // end would leave a gap): the next start marks it interrupted (RUN_002), the honest end
+        // for a run whose record could not be kept whole.
+        let stored = if unstored {
+            Err("earlier events could not be stored".to_string())
+        } else {
+            with_retries(|| {
+                self.store
+                    .finish_run(&self.id, state, outcome, error, &done)
+            })
+            .map_err(|e| e.to_string())
+        };
+        if let Err(e) = stored {
             tracing::error!(run = %self.id, "final state not stored: {e}");
         }
         let _ = self.live.events.send(Arc::new(done));
@@ -438,7 +460,7 @@ mod tests {
     use crate::store::{RunStore, Store};
 
     #[test]
-    fn an_event_the_store_refuses_leaves_no_gap_in_the_numbers() {
+    fn an_event_the_store_refuses_for_a_while_is_stored_later_under_its_number() {
         let path = std::env::temp_dir().join(format!(
             "agentrt-emitter-{}-{}.db",
             std::process::id(),
@@ -470,6 +492,11 @@ mod tests {
         emitter.event(started(3));
         emitter.finish(RunState::Completed, None, None);
         assert_eq!(store.check_integrity().expect("check"), Ok(()));
+        // Stored under the numbers live watchers saw: 1, 2 (stored late), 3, then done.
+        let events = store.events_after("r", 0).expect("events");
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert!(events[1].data.contains("\"attempt\":2"), "{:?}", events[1]);
         let _ = std::fs::remove_file(&path);
     }
 

@@ -460,12 +460,28 @@ impl RunStore for Store {
 
     fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
-                "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            let added = c.execute(
+                "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (run_id, seq) DO NOTHING",
                 params![id, event.seq, event.at_ms, event.kind, event.data],
-            )
+            )?;
+            // The number taken: the same event again (a retried write whose first commit went
+            // through) is fine; another event under it is refused.
+            let same = added == 1
+                || c.query_row(
+                    "SELECT kind = ?3 AND data = ?4 FROM run_events WHERE run_id = ?1 AND seq = ?2",
+                    params![id, event.seq, event.kind, event.data],
+                    |r| r.get::<_, bool>(0),
+                )?;
+            if same {
+                Ok(())
+            } else {
+                Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                    Some(format!("run {id} already has another event {}", event.seq)),
+                ))
+            }
         })
-        .map(drop)
     }
 
     /// End a run: its state, result, error and its last event, in one transaction.
@@ -492,7 +508,8 @@ impl RunStore for Store {
                 ],
             )?;
             tx.execute(
-                "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (run_id, seq) DO NOTHING",
                 params![id, done.seq, done.at_ms, done.kind, done.data],
             )?;
             tx.commit()
@@ -798,8 +815,16 @@ mod conformance {
         assert_eq!(store.events_after("r1", 2).expect("events").len(), 1);
         assert_eq!(store.check_integrity().expect("check"), Ok(()));
         assert!(store.run("nobody").expect("read").is_none());
-        // The same event number twice is refused, not silently kept twice.
-        assert!(store.append_event("r1", &event(3, "done")).is_err());
+        // Another event under a number taken is refused; the same event again (a retried
+        // write) is kept once.
+        let mut other = event(3, "done");
+        other.data = "{\"type\":\"other\"}".into();
+        assert!(store.append_event("r1", &other).is_err());
+        let stored = store.events_after("r1", 2).expect("events");
+        store
+            .append_event("r1", &stored[0])
+            .expect("the same event again");
+        assert_eq!(store.events_after("r1", 0).expect("events").len(), 3);
         // A failed run keeps its error.
         store.insert_run("r3", &Value::Null).expect("insert");
         let error = ErrorOut::new(ErrorCode::GenerationFailed, "the model failed");

@@ -263,7 +263,10 @@ impl PgStore {
         event: &StoredEvent,
     ) -> Result<u64, postgres::Error> {
         tx.execute(
-            "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES ($1, $2, $3, $4, $5)",
+            // A retry of a write whose commit went through but whose answer was lost finds
+            // its row there: the same event, so nothing to do.
+            "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (run_id, seq) DO NOTHING",
             &[&id, &event.seq, &event.at_ms, &event.kind, &event.data],
         )
     }
@@ -305,11 +308,29 @@ impl RunStore for PgStore {
     }
 
     fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
-        self.with(|c| {
+        let same = self.with(|c| {
             let mut tx = c.transaction()?;
-            Self::insert_event(&mut tx, id, event)?;
-            tx.commit()
-        })
+            let added = Self::insert_event(&mut tx, id, event)?;
+            // The number taken: the same event again (a retried write whose first commit
+            // went through) is fine; another event under it is refused.
+            let same = added == 1
+                || tx
+                    .query_one(
+                        "SELECT kind = $3 AND data = $4 FROM run_events WHERE run_id = $1 AND seq = $2",
+                        &[&id, &event.seq, &event.kind, &event.data],
+                    )?
+                    .get::<_, bool>(0);
+            tx.commit()?;
+            Ok(same)
+        })?;
+        if same {
+            Ok(())
+        } else {
+            Err(StoreError {
+                path: self.shown.clone(),
+                message: format!("run {id} already has another event {}", event.seq),
+            })
+        }
     }
 
     fn finish_run(
