@@ -742,10 +742,10 @@ pub(crate) fn earliest_stop(text: &str, stops: &[String]) -> Option<usize> {
 /// Length of the prefix of `text` that no stop sequence can still claim and that ends on a
 /// complete character.
 pub(crate) fn safe_prefix_len(text: &str, stops: &[String]) -> usize {
-    let mut safe = text.len();
-    if text.ends_with('\u{FFFD}') {
-        safe -= '\u{FFFD}'.len_utf8();
-    }
+    // An unfinished character decodes as U+FFFD until its last byte comes: one for a byte-level
+    // BPE, one per byte so far for a byte-fallback (SentencePiece) decoder. Hold them all back,
+    // so what was sent stays a prefix of the text once the character completes.
+    let mut safe = text.trim_end_matches('\u{FFFD}').len();
     for stop in stops {
         for k in (1..stop.len()).rev() {
             if stop.is_char_boundary(k) && text[..safe].ends_with(&stop[..k]) {
@@ -978,6 +978,7 @@ mod tests {
         assert_eq!(safe_prefix_len("abc", &stops), 3);
         assert_eq!(earliest_stop("x```y", &stops), Some(1));
         assert_eq!(safe_prefix_len("ab\u{FFFD}", &[]), 2);
+        assert_eq!(safe_prefix_len("ab\u{FFFD}\u{FFFD}\u{FFFD}", &[]), 2);
         // A held-back replacement character and a multi-byte stop prefix together.
         let stops = vec!["é!".to_string(), "x".to_string()];
         assert_eq!(safe_prefix_len("abé\u{FFFD}", &stops), 2);

@@ -582,3 +582,29 @@ fn a_long_prompt_without_max_tokens_gets_what_room_the_context_has() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_request_cancelled_while_it_waits_gives_its_queue_place_back() {
+    let (model, dir) = one_slot_model("queued-cancel", 1);
+    let (long, cancel_long) = running_generation(&model);
+    // The one queue place is taken by a request whose caller then cancels it.
+    let cancel_waiting = Arc::new(AtomicBool::new(false));
+    let waiting = start(
+        &model,
+        "short",
+        &params(5, 0.0, 0),
+        &Control {
+            deadline: None,
+            cancel: Some(cancel_waiting.clone()),
+        },
+    );
+    cancel_waiting.store(true, Ordering::Relaxed);
+    // Its place is free for the next request at once, while the long one still runs.
+    let next = start(&model, "next", &params(5, 0.0, 0), &Control::default());
+    let gone = waiting.finish(&mut |_| {});
+    assert!(matches!(gone, Err(EngineError::Cancelled)), "{gone:?}");
+    cancel_long.store(true, Ordering::Relaxed);
+    let _ = long.join().expect("thread");
+    next.finish(&mut |_| {}).expect("the next request ran");
+    let _ = std::fs::remove_dir_all(&dir);
+}

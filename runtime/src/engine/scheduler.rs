@@ -137,6 +137,26 @@ struct Shared {
     prefix_cache_bytes: AtomicUsize,
 }
 
+impl Queue {
+    /// End the waiting requests that were cancelled or ran past their deadline while queued,
+    /// freeing their places.
+    fn drop_abandoned(&mut self) {
+        let (gone, kept): (VecDeque<Request>, VecDeque<Request>) =
+            std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|r| r.control.check().is_err());
+        self.waiting = kept;
+        for request in gone {
+            let why = request
+                .control
+                .check()
+                .err()
+                .unwrap_or(EngineError::Cancelled);
+            let _ = request.progress.send(Progress::Done(Err(why)));
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // The queue is only pushed to and popped from; a panic cannot leave it half-changed.
@@ -180,7 +200,16 @@ impl Scheduler {
 
     /// Queue a request, or refuse it when the queue is full.
     pub fn submit(&self, request: Request) -> Result<(), EngineError> {
+        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+            return Err(EngineError::Runtime(
+                "the model's scheduler has stopped; restart the server".into(),
+            ));
+        }
         let mut queue = self.shared.lock();
+        if queue.waiting.len() >= self.limits.queue {
+            // Waiters already cancelled or past their deadline give their places back first.
+            queue.drop_abandoned();
+        }
         if queue.waiting.len() >= self.limits.queue {
             return Err(EngineError::QueueFull {
                 waiting: queue.waiting.len(),
@@ -266,6 +295,7 @@ impl Worker {
                     self.retire(&mut running);
                     return;
                 }
+                queue.drop_abandoned();
                 let free = self.max_batch.saturating_sub(running.len());
                 let take = free.min(queue.waiting.len());
                 admitted.extend(queue.waiting.drain(..take));
@@ -273,8 +303,13 @@ impl Worker {
             // Admitted outside the lock: a newcomer's KV cache and its prefix copy would
             // otherwise hold up every submitter.
             for request in admitted.drain(..) {
-                if let Some(s) = self.admit(request) {
-                    running.push(s);
+                let admitted = std::panic::catch_unwind(AssertUnwindSafe(|| self.admit(request)));
+                match admitted {
+                    Ok(Some(s)) => running.push(s),
+                    Ok(None) => {}
+                    Err(_) => {
+                        tracing::error!(model = %self.model.id, "admitting a request failed; it ends without an answer")
+                    }
                 }
             }
             // Leave before the pass: cancelled, past the deadline.
@@ -316,16 +351,23 @@ impl Worker {
             return;
         }
         for s in finished {
-            if matches!(s.outcome, Some(Ok(_))) {
-                self.prefixes.keep(&s.history, &s.cache);
-                // Before the caller hears of the end, so it sees what its sequence left.
-                let bytes = self.prefixes.bytes();
-                self.shared
-                    .prefix_cache_bytes
-                    .store(bytes, Ordering::Relaxed);
-                crate::metrics::prefix_cache_bytes(&self.model.id, bytes);
+            // A panic here would end the thread every later request waits on: it costs only
+            // this sequence (its caller's channel closes).
+            let retired = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                if matches!(s.outcome, Some(Ok(_))) {
+                    self.prefixes.keep(&s.history, &s.cache);
+                    // Before the caller hears of the end, so it sees what its sequence left.
+                    let bytes = self.prefixes.bytes();
+                    self.shared
+                        .prefix_cache_bytes
+                        .store(bytes, Ordering::Relaxed);
+                    crate::metrics::prefix_cache_bytes(&self.model.id, bytes);
+                }
+                s.finish(&self.model.id);
+            }));
+            if retired.is_err() {
+                tracing::error!(model = %self.model.id, "finishing a sequence failed; its request ends without an answer");
             }
-            s.finish(&self.model.id);
         }
     }
 
@@ -428,8 +470,8 @@ impl Worker {
         // Hold back a tail that could still grow into a stop sequence, and an incomplete UTF-8
         // sequence (shown as U+FFFD until it completes).
         let safe = safe_prefix_len(&s.text, stops);
-        if safe > s.emitted {
-            let piece = s.text[s.emitted..safe].to_string();
+        if let Some(piece) = s.text.get(s.emitted..safe).filter(|p| !p.is_empty()) {
+            let piece = piece.to_string();
             s.emitted = safe;
             if s.request.progress.send(Progress::Text(piece)).is_err() {
                 // The caller is gone: nobody will read the rest.
@@ -465,8 +507,10 @@ impl Sequence {
         } = request;
         let result = match outcome {
             Some(Ok(finish_reason)) => {
-                if text.len() > emitted {
-                    let _ = progress.send(Progress::Text(text[emitted..].to_string()));
+                // What was streamed is a prefix of the text (see `accept`); `get` keeps a
+                // decoder that broke that from taking the thread down.
+                if let Some(rest) = text.get(emitted..).filter(|r| !r.is_empty()) {
+                    let _ = progress.send(Progress::Text(rest.to_string()));
                 }
                 Ok(Completion {
                     model: model_id.to_string(),
