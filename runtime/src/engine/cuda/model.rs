@@ -200,9 +200,14 @@ impl CudaModel {
             });
         }
         // One KV cache per sequence the scheduler may run at once, as far as memory allows
-        // (at least the one just checked).
+        // (at least the one just checked). The extra ones leave room for what is allocated
+        // later (cuBLAS's workspace, one captured graph per slot and attention bucket, modules
+        // loaded at first use) and for other models: the larger of 512 MiB and 5 % of what was
+        // free.
         let wanted = crate::engine::BatchLimits::from_env().max_batch.max(1);
-        let slots = wanted.min(1 + ((free - need) / slot_bytes.max(1)) as usize);
+        let reserve = (512u64 << 20).max(free / 20);
+        let spare = (free - need).saturating_sub(reserve);
+        let slots = wanted.min(1 + (spare / slot_bytes.max(1)) as usize);
         if slots < wanted {
             tracing::warn!(
                 "the GPU holds KV caches for {slots} sequences at once, not {wanted} \
