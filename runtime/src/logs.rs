@@ -68,8 +68,10 @@ fn text(v: &Value) -> String {
 pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> {
     let mut a = Analysis::default();
     let mut problems: BTreeMap<(String, String, String), Problem> = BTreeMap::new();
-    for line in reader.lines() {
-        let line = line?;
+    // Lines as bytes: one that is not UTF-8 (a crash's output, a plugin's bytes) is a line that
+    // does not parse, not the end of the analysis.
+    for line in reader.split(b'\n') {
+        let line = String::from_utf8_lossy(&line?).into_owned();
         if line.trim().is_empty() {
             continue;
         }
@@ -219,6 +221,17 @@ mod tests {
 2026-11-26T00:00:00Z  INFO agentrt: a text-format line
 {"timestamp":"t7","level":"ERROR","fields":{"message":"event not stored: disk full"},"target":"agentrt::runs"}
 "#;
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_one_unparsed_line() {
+        let mut log = LOG.as_bytes().to_vec();
+        log.extend_from_slice(b"\xff\xfe crash output\n");
+        log.extend_from_slice(LOG.lines().next().expect("line").as_bytes());
+        log.push(b'\n');
+        let a = analyze(log.as_slice(), 1000).expect("analyze");
+        assert_eq!((a.lines, a.unparsed), (10, 2));
+        assert_eq!(a.plugins["generator"].calls, 2);
+    }
 
     #[test]
     fn counts_levels_problems_slow_requests_and_plugin_failures() {

@@ -240,7 +240,8 @@ async fn measure(
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), route = %route);
     let mut response = next.run(request).instrument(span.clone()).await;
     let took = started.elapsed();
-    if let Some(SentError(error)) = response.extensions().get::<SentError>().cloned() {
+    let sent = response.extensions().get::<SentError>().cloned();
+    if let Some(SentError(error)) = &sent {
         // Answered by a layer (deadline, body limit, key) before a handler could count it.
         if response.extensions().get::<Uncounted>().is_some()
             && let Some(route) = &matched
@@ -248,18 +249,32 @@ async fn measure(
             stats.record_endpoint(route, took.as_millis() as u64, 0, Some(&error.code));
         }
         if openai_route {
-            response = openai::OpenAiError(error).into_response();
+            response = openai::OpenAiError(error.clone()).into_response();
         }
     }
     let status = response.status().as_u16();
     crate::metrics::record_request(&route, status, took);
-    span.in_scope(|| {
-        tracing::info!(
+    let duration_ms = took.as_millis() as u64;
+    // A failed request is a problem in the log, with its code and why (log analysis groups
+    // them by code); 404s are mostly clients probing, not the server's problem.
+    span.in_scope(|| match &sent {
+        Some(SentError(e)) if status >= 500 => tracing::error!(
             target: "agentrt::http",
             status,
-            duration_ms = took.as_millis() as u64,
-            "request finished"
-        );
+            duration_ms,
+            error = %e.message,
+            "request failed: {}",
+            e.code
+        ),
+        Some(SentError(e)) if status >= 400 && status != 404 => tracing::warn!(
+            target: "agentrt::http",
+            status,
+            duration_ms,
+            error = %e.message,
+            "request failed: {}",
+            e.code
+        ),
+        _ => tracing::info!(target: "agentrt::http", status, duration_ms, "request finished"),
     });
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);

@@ -41,9 +41,6 @@ pub const MISSING_FIELD: &str = "VAL_003";
 const TEMPERATURE: f32 = 0.2;
 /// Fixed seed so a request is reproducible; retries of the pipeline add the attempt number.
 const SEED: u64 = 42;
-/// The end of the first fenced block: everything after it is prose the extractor drops, so
-/// stopping there saves the tokens (the extractor accepts the unclosed block).
-const CLOSING_FENCE: &str = "\n```\n";
 const CODE_MAX_TOKENS: u32 = 320;
 const TESTS_MAX_TOKENS: u32 = 256;
 const ASSERTS_MAX_TOKENS: u32 = 96;
@@ -81,7 +78,8 @@ pub fn generate(
                 "\nif __name__",
                 "\n# Example usage",
                 "\n# Test",
-                CLOSING_FENCE,
+                // No stop at a fence: "\n```\n" also matches an opening fence without a
+                // language after a line of prose, and would cut the answer before its code.
             ])
     };
     let llm_error = |error: llm::Error| {
@@ -162,10 +160,7 @@ fn write_tests(task: &str, code: &str, seed: u64, chat: bool, model: &mut dyn Mo
     };
     let request = prompts::tests_request(task, code, &functions);
     let answer = if chat {
-        model.chat(
-            &request,
-            sampling(TESTS_MAX_TOKENS).stop(["\nif __name__", CLOSING_FENCE]),
-        )
+        model.chat(&request, sampling(TESTS_MAX_TOKENS).stop(["\nif __name__"]))
     } else {
         Ok(String::new())
     };

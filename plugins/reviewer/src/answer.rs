@@ -30,16 +30,24 @@ pub fn parse(answer: &str) -> Opinion {
 
 /// The score in `answer` on a 0-10 scale.
 ///
-/// Looks first for a number after `score`, `rating` or `rate` (`SCORE: 7`, `Rating - 6.5/10`,
-/// `rate it 8 out of 10`), then for any `N/10` or `N out of 10`. `N/5` and `N/100` are scaled.
+/// Looks first for a number after the word `score`, `scored`, `rating`, `rate` or `rated`
+/// (`SCORE: 7`, `Rating - 6.5/10`, `rate it 8 out of 10`; a range such as `SCORE (1-10): 9` is
+/// skipped; the words inside others, as in "iterates", do not count), then for any `N/10` or
+/// `N out of 10`. `N/5` and `N/100` are scaled.
 pub fn parse_score(answer: &str) -> Option<f32> {
     let lower = answer.to_lowercase();
-    for keyword in ["score", "rating", "rate"] {
+    let letter = |c: Option<char>| c.is_some_and(char::is_alphabetic);
+    for keyword in ["score", "scored", "rating", "rate", "rated"] {
         for (at, _) in lower.match_indices(keyword) {
+            let before = lower[..at].chars().next_back();
             let after = &lower[at + keyword.len()..];
+            if letter(before) || letter(after.chars().next()) {
+                continue;
+            }
             // The number must come soon after the keyword: "score: 7", not a later digit.
             let window: String = after.chars().take(24).collect();
-            if let Some(score) = first_number(&window).and_then(|(n, rest)| scaled(n, rest)) {
+            if let Some(score) = number_after_ranges(&window).and_then(|(n, rest)| scaled(n, rest))
+            {
                 return Some(score);
             }
         }
@@ -53,6 +61,25 @@ pub fn parse_score(answer: &str) -> Option<f32> {
         rest = after;
     }
     None
+}
+
+/// The first number in `text` that is not part of a range like `1-10` (the scale a prompt
+/// echoed), and the text after it.
+fn number_after_ranges(text: &str) -> Option<(f32, &str)> {
+    let mut rest = text;
+    loop {
+        let (number, after) = first_number(rest)?;
+        let upper = after
+            .trim_start()
+            .strip_prefix(['-', '–'])
+            .map(str::trim_start)
+            .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()));
+        match upper {
+            // Past the range's upper end.
+            Some(upper) => rest = first_number(upper)?.1,
+            None => return Some((number, after)),
+        }
+    }
 }
 
 /// The first decimal number in `text` and the text after it.
@@ -193,6 +220,14 @@ mod tests {
         assert_eq!(parse_score("score: 4/5"), Some(8.0));
         assert_eq!(parse_score("Score: 85/100"), Some(8.5));
         assert_eq!(parse_score("score 70"), Some(7.0));
+        // The prompt's own scale echoed back, and "rate" inside another word.
+        assert_eq!(parse_score("SCORE (1-10): 9"), Some(9.0));
+        assert_eq!(parse_score("Score 1–10: 6"), Some(6.0));
+        assert_eq!(
+            parse_score("It iterates over 2 numbers correctly. 9/10"),
+            Some(9.0)
+        );
+        assert_eq!(parse_score("I rated it 7/10."), Some(7.0));
     }
 
     #[test]

@@ -129,7 +129,10 @@ impl IntoResponse for OpenAiError {
             "param": Value::Null,
             "code": e.code,
         }});
-        e.with_retry_header((e.status, Json(body)).into_response())
+        let mut response = e.with_retry_header((e.status, Json(body)).into_response());
+        // For the request log and its analysis (see `server::measure`).
+        response.extensions_mut().insert(super::error::SentError(e));
+        response
     }
 }
 
