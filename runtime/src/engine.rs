@@ -954,6 +954,44 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Config settings that change a model's output but that the loader would not apply are
+    /// refused, not silently run without.
+    #[test]
+    fn configs_the_engine_cannot_honour_are_refused() {
+        let dir = std::env::temp_dir().join(format!("agentrt-refused-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        synthetic::SyntheticSpec {
+            arch: models::Architecture::Llama,
+            n_layer: 1,
+            dim: 64,
+            n_head: 4,
+            n_kv_head: 2,
+            ffn_dim: 128,
+            vocab: 320,
+            context: 128,
+            dtype: quant::GgmlType::F32,
+            separate_head: false,
+            seed: 5,
+        }
+        .write(&dir)
+        .expect("write checkpoint");
+        let path = dir.join("config.json");
+        let original = std::fs::read_to_string(&path).expect("config");
+        LoadedModel::load("m", &dir, &mut |_| {}).expect("the checkpoint as written loads");
+        for (key, value, named) in [
+            ("attention_bias", serde_json::json!(true), "attention_bias"),
+            ("mlp_bias", serde_json::json!(true), "mlp_bias"),
+            ("tie_word_embeddings", serde_json::json!(false), "not tied"),
+        ] {
+            let mut config: serde_json::Value = serde_json::from_str(&original).expect("json");
+            config[key] = value;
+            std::fs::write(&path, config.to_string()).expect("write");
+            let err = LoadedModel::load("m", &dir, &mut |_| {}).expect_err(key);
+            assert!(err.to_string().contains(named), "{key}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_chat_template_that_writes_its_own_bos_does_not_get_a_second() {
         let mut ids = vec![1, 1, 7, 8];

@@ -36,6 +36,9 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
     /// Q, K and V projections carry biases (Qwen2).
     pub qkv_bias: bool,
+    /// What an HF config says of the output head (`tie_word_embeddings`): `Some(false)` makes
+    /// a missing `lm_head` an error rather than the embedding.
+    pub tied_head: Option<bool>,
 }
 
 impl LlamaConfig {
@@ -63,6 +66,15 @@ impl LlamaConfig {
                     return Err(ModelFileError::Shape(
                         "rope frequency factors (rope_freqs.weight, Llama 3.1 scaling) are not supported".into(),
                     ));
+                }
+                // Linear or YaRN scaling (DeepSeek-Coder, long-context Qwen2.5 files) changes
+                // every rotary frequency: refused rather than run with plain RoPE.
+                let scaling = f.str(&key("rope.scaling.type")).unwrap_or("none");
+                let factor = f.f64(&key("rope.scaling.factor")).unwrap_or(1.0);
+                if scaling != "none" || (factor != 0.0 && factor != 1.0) {
+                    return Err(ModelFileError::Shape(format!(
+                        "rope scaling {scaling} (factor {factor}) is not supported"
+                    )));
                 }
                 let dim = f.u64(&key("embedding_length"))? as usize;
                 let n_head = f.u64(&key("attention.head_count"))? as usize;
@@ -99,9 +111,20 @@ impl LlamaConfig {
                         .f64(&key("attention.layer_norm_rms_epsilon"))
                         .unwrap_or(1e-5) as f32,
                     qkv_bias,
+                    tied_head: None,
                 }
             }
             ConfigSource::Hf(c) => {
+                // Biases on every attention projection, or on the MLP's, are weights this
+                // architecture does not read: refused rather than silently left out.
+                for flag in ["attention_bias", "mlp_bias"] {
+                    if c.json.get(flag).and_then(|v| v.as_bool()) == Some(true) {
+                        return Err(ModelFileError::Config {
+                            path: c.path.clone(),
+                            message: format!("{flag}: true is not supported"),
+                        });
+                    }
+                }
                 // Scaled rotary embeddings (Llama 3.1's "llama3", YaRN, linear) change every
                 // frequency; running such a model with plain RoPE would be silently wrong.
                 if let Some(scaling) = c.json.get("rope_scaling").filter(|v| !v.is_null()) {
@@ -128,6 +151,7 @@ impl LlamaConfig {
                     rope_layout,
                     rms_eps: c.f32_or("rms_norm_eps", 1e-6),
                     qkv_bias,
+                    tied_head: c.json.get("tie_word_embeddings").and_then(|v| v.as_bool()),
                 }
             }
         };
@@ -232,9 +256,16 @@ impl Llama {
         let c = &config;
         let (dim, q_dim, kv_dim) = (c.dim, c.q_dim(), c.kv_dim());
         let embedding = store.packed_matrix("token_embd.weight", c.vocab, dim)?;
-        let output = store
-            .optional_packed_matrix("output.weight", c.vocab, dim)?
-            .unwrap_or_else(|| embedding.clone());
+        let output = match store.optional_packed_matrix("output.weight", c.vocab, dim)? {
+            Some(head) => head,
+            None if c.tied_head == Some(false) => {
+                return Err(ModelFileError::MissingTensor(
+                    "output.weight (lm_head.weight: the config says the embeddings are not tied)"
+                        .into(),
+                ));
+            }
+            None => embedding.clone(),
+        };
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let w = |s: &str| format!("blk.{i}.{s}.weight");
