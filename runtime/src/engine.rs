@@ -805,6 +805,15 @@ impl ServedModel {
         })
     }
 
+    /// Whether the model can serve now: a local one always; a remote one when its server
+    /// answers (within two seconds) and still lists the model.
+    pub fn reachable(&self) -> Result<(), EngineError> {
+        match &self.backend {
+            Backend::Local(_) => Ok(()),
+            Backend::Remote(r) => r.probe(),
+        }
+    }
+
     /// The local engine's model, `None` for a remote one.
     pub fn as_local(&self) -> Option<&Arc<LoadedModel>> {
         match &self.backend {

@@ -131,3 +131,26 @@ fn an_unreachable_remote_is_model_001_at_start() {
         "{err}"
     );
 }
+
+/// Health asks remote models' servers: one that went away makes the front degraded, and not
+/// ready when it was the only model.
+#[test]
+fn health_reports_a_remote_model_whose_server_went_away() {
+    let back = Server::start(&[]);
+    let front = Server::start(&["--model", &format!("{}/v1", back.base)]);
+    let (status, health) = front.get("/health");
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (200, Some("healthy")),
+        "{health}"
+    );
+    assert_eq!(health["models"][0]["reachable"], true, "{health}");
+    back.kill();
+    let (_, health) = front.get("/health");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["model_loaded"], false, "{health}");
+    assert_eq!(health["models"][0]["reachable"], false, "{health}");
+    assert!(health["models"][0]["error"].is_string(), "{health}");
+    let (status, ready) = front.get("/health/ready");
+    assert_eq!(status, 503, "{ready}");
+}

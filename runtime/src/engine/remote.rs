@@ -138,6 +138,23 @@ impl RemoteModel {
         Ok(remote)
     }
 
+    /// Ask the server whether it still serves this model (health checks).
+    pub fn probe(&self) -> Result<(), EngineError> {
+        let listed = self.get_json("/models", Duration::from_secs(2))?;
+        let serves = listed["data"]
+            .as_array()
+            .is_some_and(|models| models.iter().any(|m| m["id"].as_str() == Some(&self.model)));
+        if serves {
+            Ok(())
+        } else {
+            Err(self.error(
+                None,
+                ErrorCode::ModelNotAvailable,
+                format!("no longer serves model {:?}", self.model),
+            ))
+        }
+    }
+
     /// The API root this model is served from.
     pub fn base(&self) -> &str {
         &self.base

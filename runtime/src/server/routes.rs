@@ -387,8 +387,10 @@ pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
         let body = json!({"status": "draining"});
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    let models = state.engine.models().len();
+    let serving = reachable_models(&state).await;
+    let models = serving.iter().filter(|(_, e)| e.is_none()).count();
     let plugins = state.pipeline.plugins.current().all().len();
+    // Ready while any model serves: an error handler can move work off one that does not.
     let body = json!({"status": if models > 0 { "ready" } else { "not_ready" }, "models": models, "plugins": plugins});
     let status = if models > 0 {
         axum::http::StatusCode::OK
@@ -398,12 +400,35 @@ pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
     (status, Json(body)).into_response()
 }
 
+/// Each model with why it cannot serve now, if it cannot (remote models are asked, on a
+/// blocking thread).
+async fn reachable_models(state: &AppState) -> Vec<(String, Option<String>)> {
+    let engine = state.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        engine
+            .models()
+            .iter()
+            .map(|m| {
+                (
+                    m.info.id.clone(),
+                    m.reachable().err().map(|e| e.to_string()),
+                )
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = state
-        .engine
-        .models()
+    let serving = reachable_models(&state).await;
+    let reachable = serving.iter().filter(|(_, e)| e.is_none()).count();
+    let models: Vec<Value> = serving
         .iter()
-        .map(|m| json!({"id": m.info.id, "loaded": true}))
+        .map(|(id, error)| match error {
+            None => json!({"id": id, "loaded": true, "reachable": true}),
+            Some(e) => json!({"id": id, "loaded": true, "reachable": false, "error": e}),
+        })
         .collect();
     let plugins: Vec<Value> = state
         .pipeline
@@ -413,10 +438,11 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         .iter()
         .map(|p| json!({"name": p.manifest.name, "world": p.manifest.world, "loaded": true}))
         .collect();
-    let ok = !models.is_empty();
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let healthy = reachable > 0 && reachable == models.len() && !draining;
     Json(json!({
-        "status": if ok { "healthy" } else { "degraded" },
-        "model_loaded": ok,
+        "status": if draining { "draining" } else if healthy { "healthy" } else { "degraded" },
+        "model_loaded": reachable > 0,
         "models": models,
         "plugins": plugins,
         "uptime_seconds": state.pipeline.stats.snapshot().uptime_seconds,
