@@ -78,6 +78,9 @@ struct Inner {
     totals: Counter,
     endpoints: BTreeMap<String, Counter>,
     plugins: BTreeMap<String, Counter>,
+    /// How many times each plugin's counter changed, so the store gets the latest of
+    /// concurrent changes and never an older one after it.
+    plugin_versions: BTreeMap<String, u64>,
 }
 
 /// Thread-safe statistics of one server.
@@ -87,6 +90,9 @@ pub struct Stats {
     inner: Mutex<Inner>,
     /// Where plugin counters are kept across restarts, once the server has opened its store.
     store: OnceLock<Arc<dyn RunStore>>,
+    /// The version of each plugin's counter last written to the store; held while writing,
+    /// which happens outside `inner`'s lock (a slow store must not hold up requests).
+    written: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for Stats {
@@ -95,6 +101,7 @@ impl Default for Stats {
             started: Instant::now(),
             inner: Mutex::new(Inner::default()),
             store: OnceLock::new(),
+            written: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -117,14 +124,28 @@ impl Stats {
     }
 
     pub fn record_plugin(&self, plugin: &str, latency_ms: u64, tokens: u64, error: Option<&str>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let counter = inner.plugins.entry(plugin.to_string()).or_default();
-        counter.record(latency_ms, tokens, error);
-        // Written under the lock, so a later count never lands before an earlier one.
-        if let Some(store) = self.store.get()
-            && let Err(e) = store.save_plugin_stats(plugin, counter)
-        {
-            tracing::warn!(plugin, "plugin statistics not stored: {e}");
+        let (counter, version) = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let counter = inner.plugins.entry(plugin.to_string()).or_default();
+            counter.record(latency_ms, tokens, error);
+            let counter = counter.clone();
+            let version = inner.plugin_versions.entry(plugin.to_string()).or_default();
+            *version += 1;
+            (counter, *version)
+        };
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        // A later change already stored: this older counter must not replace it.
+        if written.get(plugin).is_some_and(|w| *w >= version) {
+            return;
+        }
+        match store.save_plugin_stats(plugin, &counter) {
+            Ok(()) => {
+                written.insert(plugin.to_string(), version);
+            }
+            Err(e) => tracing::warn!(plugin, "plugin statistics not stored: {e}"),
         }
     }
 
