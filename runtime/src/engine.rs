@@ -916,10 +916,8 @@ fn drop_doubled_bos(ids: &mut Vec<u32>, bos: Option<u32>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_chat_template_that_does_not_parse_turns_chat_off_not_the_model() {
-        let dir = std::env::temp_dir().join(format!("agentrt-bad-template-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    /// A one-layer Llama-shaped HF folder (chat template included) at `dir`.
+    fn tiny_llama(dir: &std::path::Path) {
         synthetic::SyntheticSpec {
             arch: models::Architecture::Llama,
             n_layer: 1,
@@ -933,8 +931,15 @@ mod tests {
             separate_head: false,
             seed: 3,
         }
-        .write(&dir)
+        .write(dir)
         .expect("write checkpoint");
+    }
+
+    #[test]
+    fn a_chat_template_that_does_not_parse_turns_chat_off_not_the_model() {
+        let dir = std::env::temp_dir().join(format!("agentrt-bad-template-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        tiny_llama(&dir);
         let config_path = dir.join("tokenizer_config.json");
         let mut config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read"))
@@ -969,21 +974,7 @@ mod tests {
     fn configs_the_engine_cannot_honour_are_refused() {
         let dir = std::env::temp_dir().join(format!("agentrt-refused-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        synthetic::SyntheticSpec {
-            arch: models::Architecture::Llama,
-            n_layer: 1,
-            dim: 64,
-            n_head: 4,
-            n_kv_head: 2,
-            ffn_dim: 128,
-            vocab: 320,
-            context: 128,
-            dtype: quant::GgmlType::F32,
-            separate_head: false,
-            seed: 5,
-        }
-        .write(&dir)
-        .expect("write checkpoint");
+        tiny_llama(&dir);
         let path = dir.join("config.json");
         let original = std::fs::read_to_string(&path).expect("config");
         LoadedModel::load("m", &dir, &mut |_| {}).expect("the checkpoint as written loads");
