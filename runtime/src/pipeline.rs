@@ -691,6 +691,10 @@ fn failure_summary(report: &TestReport) -> String {
             .failures()
             .map(|r| format!("{} ({:?}): {}", r.name, r.status, r.message)),
     );
+    // Code or tests that never loaded ran no tests: say that, not "0 of 0 tests failed".
+    if report.results.is_empty() {
+        return lines.join("; ");
+    }
     format!(
         "{} of {} tests failed: {}",
         report.results.len() - report.passed(),
@@ -716,6 +720,26 @@ mod tests {
             results,
             ..TestReport::default()
         })
+    }
+
+    #[test]
+    fn feedback_for_code_that_did_not_load_says_so() {
+        let broken = TestReport {
+            setup_error: Some("SyntaxError at solution.py:1".into()),
+            ..TestReport::default()
+        };
+        assert_eq!(
+            failure_summary(&broken),
+            "the code or tests did not load: SyntaxError at solution.py:1"
+        );
+        let Some(mut partly) = report(1, 1) else {
+            unreachable!()
+        };
+        partly.results[1].message = "assert 1 == 2".into();
+        assert_eq!(
+            failure_summary(&partly),
+            "1 of 2 tests failed: test_1 (Failed): assert 1 == 2"
+        );
     }
 
     #[test]
