@@ -403,7 +403,7 @@ impl LoadedModel {
                         tokenizer: self.tokenizer.clone(),
                         kv_precision: self.kv_precision,
                     },
-                    self.batch_limits,
+                    self.batch_limits(),
                 )
                 .map_err(|e| e.to_string())
             })

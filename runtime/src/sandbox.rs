@@ -420,12 +420,12 @@ impl PythonSandbox {
         let mut only: Option<Vec<String>> = None;
         loop {
             let time_left = deadline.saturating_duration_since(Instant::now());
-            if time_left.is_zero() || cancelled() {
-                let why = if cancelled() {
-                    "the request or run was cancelled".to_string()
-                } else {
-                    why.clone()
-                };
+            let stop = if cancelled() {
+                Some("the request or run was cancelled".to_string())
+            } else {
+                time_left.is_zero().then(|| why.clone())
+            };
+            if let Some(why) = stop {
                 if collected.is_none() {
                     report.setup_error.get_or_insert(why);
                 } else {

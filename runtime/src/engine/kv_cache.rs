@@ -14,6 +14,7 @@
 //! taken over the head's dimensions in order. Values stay `[position][kv_dim]`, the layout the
 //! weighted sum walks.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use half::f16;
@@ -142,7 +143,8 @@ enum Storage {
 #[derive(Debug)]
 pub struct SlotPool {
     total: usize,
-    free: Mutex<Vec<usize>>,
+    /// Ordered, so the lowest free index goes first and a lone sequence always runs in slot 0.
+    free: Mutex<BTreeSet<usize>>,
     returned: Condvar,
 }
 
@@ -152,8 +154,7 @@ impl SlotPool {
         let total = total.max(1);
         Arc::new(Self {
             total,
-            // Lowest index first, so a lone sequence always runs in slot 0.
-            free: Mutex::new((0..total).rev().collect()),
+            free: Mutex::new((0..total).collect()),
             returned: Condvar::new(),
         })
     }
@@ -173,7 +174,7 @@ impl SlotPool {
     pub fn take(self: &Arc<Self>) -> DeviceSlot {
         let mut free = self.lock();
         loop {
-            if let Some(index) = free.pop() {
+            if let Some(index) = free.pop_first() {
                 return DeviceSlot {
                     index,
                     pool: self.clone(),
@@ -186,7 +187,7 @@ impl SlotPool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<usize>> {
         // Only whole indices are pushed and popped; a panic cannot leave the list half-changed.
         self.free.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -207,11 +208,7 @@ impl DeviceSlot {
 
 impl Drop for DeviceSlot {
     fn drop(&mut self) {
-        let mut free = self.pool.lock();
-        free.push(self.index);
-        // Keep handing out the lowest free index first.
-        free.sort_unstable_by(|a, b| b.cmp(a));
-        drop(free);
+        self.pool.lock().insert(self.index);
         self.pool.returned.notify_one();
     }
 }

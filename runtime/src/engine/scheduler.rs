@@ -141,19 +141,13 @@ impl Queue {
     /// End the waiting requests that were cancelled or ran past their deadline while queued,
     /// freeing their places.
     fn drop_abandoned(&mut self) {
-        let (gone, kept): (VecDeque<Request>, VecDeque<Request>) =
-            std::mem::take(&mut self.waiting)
-                .into_iter()
-                .partition(|r| r.control.check().is_err());
-        self.waiting = kept;
-        for request in gone {
-            let why = request
-                .control
-                .check()
-                .err()
-                .unwrap_or(EngineError::Cancelled);
-            let _ = request.progress.send(Progress::Done(Err(why)));
-        }
+        self.waiting.retain(|r| match r.control.check() {
+            Ok(()) => true,
+            Err(why) => {
+                let _ = r.progress.send(Progress::Done(Err(why)));
+                false
+            }
+        });
     }
 }
 
@@ -177,14 +171,10 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub fn start(model: StepModel, limits: BatchLimits) -> Result<Self, EngineError> {
         let shared = Arc::new(Shared::default());
-        // A device model cannot hold more sequences than it has KV-cache slots.
-        let max_batch = limits
-            .max_batch
-            .clamp(1, model.model.max_sequences().max(1));
         let worker = Worker {
             model,
             shared: shared.clone(),
-            max_batch,
+            max_batch: limits.max_batch.max(1),
             prefixes: PrefixCache::new(limits.prefix_cache),
         };
         let thread = std::thread::Builder::new()

@@ -427,9 +427,11 @@ impl TokenMeter {
     /// so it may exceed the reservation).
     pub fn settle(&self, reservation: Reservation, used: u64) {
         let mut spent = self.lock();
+        // The newest entries are the likeliest: search from the back.
         match spent
             .entries
             .iter_mut()
+            .rev()
             .find(|(id, _, _)| *id == reservation.id)
         {
             Some(entry) => entry.2 = used,

@@ -345,7 +345,7 @@ async fn run(job: Job) -> Result<Response, OpenAiError> {
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))
-    .and_then(|r| r.map_err(|e| ApiError::new(e.code(), e.to_string())));
+    .and_then(|r| r.map_err(|e| ApiError::from(&e)));
     let ms = started.elapsed().as_millis() as u64;
     let done = match outcome {
         Ok(done) => {
@@ -395,7 +395,7 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
         tokio::task::spawn_blocking(move || model.start(&prompt, &params, &control))
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))
-            .and_then(|r| r.map_err(|e| ApiError::new(e.code(), e.to_string())))
+            .and_then(|r| r.map_err(|e| ApiError::from(&e)))
     };
     let generation = match queued {
         Ok(g) => g,
@@ -594,7 +594,7 @@ pub async fn tokenize(
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))?
-    .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    .map_err(|e| ApiError::from(&e))?;
     Ok(Json(counted).into_response())
 }
 

@@ -348,7 +348,7 @@ pub async fn chat(
         };
         let done = model
             .generate(&Prompt::Chat(messages), &params, &control, &mut |_| {})
-            .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+            .map_err(|e| ApiError::from(&e))?;
         let tokens = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
         Ok((
             json!({
