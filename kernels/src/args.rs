@@ -72,3 +72,53 @@ impl GemvArgs {
         pairs.div_ceil(per_block)
     }
 }
+
+/// `struct LayerArgs` of decode.cu: one decoder layer's four products and two norms, for
+/// the fused decode step (an array of them on the device, one per layer).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LayerArgs {
+    /// Q/K/V (`x` unused: each block reads its own normed copy).
+    pub qkv: GemvArgs,
+    pub out: GemvArgs,
+    /// The feed-forward input product (`x` unused, as `qkv`).
+    pub up: GemvArgs,
+    pub down: GemvArgs,
+    pub norm1_w: u64,
+    pub norm1_b: u64,
+    pub norm2_w: u64,
+    pub norm2_b: u64,
+}
+
+// SAFETY: plain old data with the C layout of the struct the kernel reads.
+unsafe impl DeviceRepr for LayerArgs {}
+
+/// `struct StepArgs` of decode.cu: what every layer of the fused decode step shares.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepArgs {
+    /// Device address of `n_layers` [`LayerArgs`].
+    pub layers: u64,
+    pub x: u64,
+    pub q: u64,
+    pub part_o: u64,
+    pub part_ml: u64,
+    pub done: u64,
+    pub attn: u64,
+    pub pos0: u64,
+    /// A `u32` the engine zeroes before each launch.
+    pub barrier: u64,
+    pub n_layers: i32,
+    pub dim: i32,
+    pub layer_norm: i32,
+    pub n_head: i32,
+    pub group: i32,
+    pub head_dim: i32,
+    pub capacity: i32,
+    pub max_splits: i32,
+    pub eps: f32,
+    pub scale: f32,
+}
+
+// SAFETY: plain old data with the C layout of the kernel's parameter.
+unsafe impl DeviceRepr for StepArgs {}

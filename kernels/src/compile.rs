@@ -65,23 +65,60 @@ impl PtxCache {
     }
 }
 
-/// The cache key of `source` for `arch` under NVRTC `version`.
-pub fn cache_key(source: &KernelSource, arch: Arch, version: (i32, i32)) -> String {
+/// `#define` lines for the tuning constants a source leaves open (`#ifndef NAME`), from
+/// `AGENTRT_CUDA_DEFINES` ("NAME=VALUE ..." with integer values): kernel variants can be
+/// measured on a GPU without rebuilding the binary. Empty when unset.
+pub fn tuning_defines() -> Result<String, KernelError> {
+    parse_defines(&std::env::var("AGENTRT_CUDA_DEFINES").unwrap_or_default())
+}
+
+fn parse_defines(spec: &str) -> Result<String, KernelError> {
+    let mut out = String::new();
+    for item in spec.split_whitespace() {
+        let bad = || KernelError::Defines(item.to_string());
+        let (name, value) = item.split_once('=').ok_or_else(bad)?;
+        let name_ok = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok || value.parse::<i64>().is_err() {
+            return Err(bad());
+        }
+        out.push_str(&format!("#define {name} {value}\n"));
+    }
+    Ok(out)
+}
+
+/// The cache key of `text` (a source as NVRTC compiles it) for `arch` under NVRTC `version`.
+pub fn cache_key(text: &str, arch: Arch, version: (i32, i32)) -> String {
     let mut h = Sha256::new();
-    h.update(source.full_text().as_bytes());
+    h.update(text.as_bytes());
     h.update(format!("|nvrtc {}.{}|{}", version.0, version.1, arch.name()).as_bytes());
     let digest = h.finalize();
     digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// PTX of `source` for `arch`: from `cache` when present, else compiled by NVRTC (and stored).
+/// PTX of `source` for `arch`, with the tuning constants of `AGENTRT_CUDA_DEFINES`: from
+/// `cache` when present, else compiled by NVRTC (and stored).
 pub fn compile_ptx(
     source: &KernelSource,
     arch: Arch,
     cache: &PtxCache,
 ) -> Result<String, KernelError> {
+    compile_ptx_with(source, arch, cache, &tuning_defines()?)
+}
+
+/// [`compile_ptx`] with `defines` (`#define` lines, see [`tuning_defines`]) in front.
+pub fn compile_ptx_with(
+    source: &KernelSource,
+    arch: Arch,
+    cache: &PtxCache,
+    defines: &str,
+) -> Result<String, KernelError> {
     let version = nvrtc_version()?;
-    let key = cache_key(source, arch, version);
+    let text = format!("{defines}{}", source.full_text());
+    let key = cache_key(&text, arch, version);
     let cached = cache.path(&key, source.name);
     if let Some(path) = &cached
         && let Ok(ptx) = std::fs::read_to_string(path)
@@ -101,15 +138,14 @@ pub fn compile_ptx(
         name: Some(format!("{}.cu", source.name)),
         ..Default::default()
     };
-    let ptx =
-        cudarc::nvrtc::compile_ptx_with_opts(source.full_text(), options).map_err(|e| match e {
-            CompileError::CompileError { log, .. } => KernelError::Compile {
-                module: source.name,
-                arch: arch.name(),
-                log: log.to_string_lossy().into_owned(),
-            },
-            other => KernelError::Nvrtc(format!("{other:?}")),
-        })?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(text, options).map_err(|e| match e {
+        CompileError::CompileError { log, .. } => KernelError::Compile {
+            module: source.name,
+            arch: arch.name(),
+            log: log.to_string_lossy().into_owned(),
+        },
+        other => KernelError::Nvrtc(format!("{other:?}")),
+    })?;
     let text = ptx.to_src();
     if let Some(path) = &cached {
         store(path, &text);
@@ -126,5 +162,42 @@ fn store(path: &Path, text: &str) {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_defines_become_define_lines() {
+        assert_eq!(parse_defines("").expect("empty"), "");
+        assert_eq!(
+            parse_defines(" GEMV_UNROLL=4  GEMV_MIN_BLOCKS=8 ").expect("two"),
+            "#define GEMV_UNROLL 4\n#define GEMV_MIN_BLOCKS 8\n"
+        );
+        assert_eq!(
+            parse_defines("X_1=-2").expect("negative"),
+            "#define X_1 -2\n"
+        );
+    }
+
+    #[test]
+    fn anything_but_name_equals_integer_is_refused() {
+        // Anything else could splice arbitrary text into every kernel source.
+        for bad in [
+            "GEMV_UNROLL",
+            "gemv=1",
+            "A=1;",
+            "A=x",
+            "=3",
+            "1A=2",
+            "A=1\n#include",
+        ] {
+            assert!(
+                matches!(parse_defines(bad), Err(KernelError::Defines(_))),
+                "{bad:?} accepted"
+            );
+        }
     }
 }

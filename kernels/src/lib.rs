@@ -29,6 +29,8 @@ pub enum KernelError {
         arch: String,
         log: String,
     },
+    #[error("AGENTRT_CUDA_DEFINES: {0:?} is not NAME=INTEGER")]
+    Defines(String),
     #[error("NVRTC error: {0}")]
     Nvrtc(String),
     #[error("CUDA driver error: {0}")]

@@ -11,6 +11,8 @@ pub struct KernelSource {
     pub name: &'static str,
     pub text: &'static str,
     pub functions: &'static [&'static str],
+    /// Other files whose device code this one calls, spliced in before it (in this order).
+    pub uses: &'static [&'static str],
 }
 
 /// Shared helpers (fp16 conversion, reductions), spliced into every module.
@@ -20,40 +22,53 @@ pub const EMBED: KernelSource = KernelSource {
     name: "embed",
     text: include_str!("cuda/embed.cu"),
     functions: &["embed"],
+    uses: &[],
 };
 
 pub const NORM: KernelSource = KernelSource {
     name: "norm",
     text: include_str!("cuda/norm.cu"),
     functions: &["row_norm"],
+    uses: &[],
 };
 
 pub const ATTENTION: KernelSource = KernelSource {
     name: "attention",
     text: include_str!("cuda/attention.cu"),
     functions: &["attn_decode", "attn_prefill"],
+    uses: &[],
 };
 
 pub const GEMV: KernelSource = KernelSource {
     name: "gemv",
     text: include_str!("cuda/gemv.cu"),
     functions: &["gemv", "split_halves", "gemm_epilogue"],
+    uses: &[],
 };
 
 pub const DEQUANT: KernelSource = KernelSource {
     name: "dequant",
     text: include_str!("cuda/dequant.cu"),
     functions: &["dequant_blocks", "bf16_to_f16", "f32_to_f16"],
+    uses: &[],
 };
 
 pub const SAMPLING: KernelSource = KernelSource {
     name: "sampling",
     text: include_str!("cuda/sampling.cu"),
     functions: &["repeat_penalty", "argmax", "sample_top"],
+    uses: &[],
+};
+
+pub const DECODE: KernelSource = KernelSource {
+    name: "decode",
+    text: include_str!("cuda/decode.cu"),
+    functions: &["decode_layers"],
+    uses: &[GEMV.text, ATTENTION.text],
 };
 
 /// Every module, in the order they are compiled.
-pub const ALL: [KernelSource; 6] = [EMBED, NORM, ATTENTION, GEMV, DEQUANT, SAMPLING];
+pub const ALL: [KernelSource; 7] = [EMBED, NORM, ATTENTION, GEMV, DEQUANT, SAMPLING, DECODE];
 
 /// Positions per decode-attention chunk (`ATTN_CHUNK` in attention.cu).
 pub const ATTN_CHUNK: usize = 128;
@@ -73,10 +88,18 @@ pub const SAMPLE_THREADS: u32 = 1024;
 /// Most candidates the device sampler considers (`SAMPLE_MAX_K`).
 pub const SAMPLE_MAX_K: usize = 64;
 
+const INCLUDE_COMMON: &str = "#include \"common.cuh\"";
+
 impl KernelSource {
-    /// The text NVRTC compiles: the common header in place of its `#include`.
+    /// The text NVRTC compiles: the common header in place of its `#include`, then the files
+    /// it uses and the file itself, each without its own include of the header.
     pub fn full_text(&self) -> String {
-        self.text.replacen("#include \"common.cuh\"", COMMON, 1)
+        let mut text = String::from(COMMON);
+        for part in self.uses.iter().chain([&self.text]) {
+            text.push('\n');
+            text.push_str(&part.replacen(INCLUDE_COMMON, "", 1));
+        }
+        text
     }
 }
 
@@ -112,6 +135,21 @@ mod tests {
             SAMPLE_THREADS as usize
         );
         assert_eq!(define(SAMPLING.text, "SAMPLE_MAX_K"), SAMPLE_MAX_K);
+    }
+
+    /// The header appears once, before everything a module splices in.
+    #[test]
+    fn modules_splice_the_header_and_their_uses_once() {
+        let text = DECODE.full_text();
+        assert!(text.starts_with(COMMON));
+        assert!(!text.contains(INCLUDE_COMMON));
+        assert_eq!(text.matches("struct GemvArgs {").count(), 1);
+        assert!(
+            text.find("attn_decode_item(").expect("attention")
+                < text.find("decode_layers(").expect("step"),
+            "attention is spliced before the file that calls it"
+        );
+        assert!(!EMBED.full_text().contains(INCLUDE_COMMON));
     }
 
     /// Every listed function is defined as an `extern "C"` kernel of its file, and the other

@@ -59,6 +59,32 @@ fn gemv_reads_weights_16_bytes_at_a_time() {
     );
 }
 
+/// The GEMV's tuning constants are open to AGENTRT_CUDA_DEFINES, and reach the PTX.
+#[test]
+fn gemv_tuning_constants_can_be_set() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let ptx = agentrt_kernels::compile::compile_ptx_with(
+        &agentrt_kernels::table::GEMV,
+        Arch { major: 9, minor: 0 },
+        &PtxCache::default(),
+        "#define GEMV_UNROLL 4\n#define GEMV_MIN_BLOCKS 8\n",
+    )
+    .expect("gemv variant compiles");
+    assert!(
+        ptx.contains(".minnctapersm 8"),
+        "GEMV_MIN_BLOCKS did not reach the PTX"
+    );
+    let default = compile_ptx(
+        &agentrt_kernels::table::GEMV,
+        Arch { major: 9, minor: 0 },
+        &PtxCache::default(),
+    )
+    .expect("gemv compiles");
+    assert!(!default.contains(".minnctapersm 8"));
+}
+
 /// The Rust mirror of `struct GemvArgs` has the size of the parameter NVRTC lays out.
 #[test]
 fn gemv_args_match_the_c_struct() {
@@ -78,6 +104,38 @@ fn gemv_args_match_the_c_struct() {
     );
 }
 
+/// The fused decode step's argument structs match their Rust mirrors: the parameter's size
+/// in the PTX, the layer array's element by a static_assert in the source.
+#[test]
+fn decode_step_args_match_the_c_structs() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let layer = std::mem::size_of::<agentrt_kernels::args::LayerArgs>();
+    let ptx = agentrt_kernels::compile::compile_ptx_with(
+        &agentrt_kernels::table::DECODE,
+        Arch { major: 9, minor: 0 },
+        &PtxCache::default(),
+        &format!("#define LAYER_ARGS_BYTES {layer}\n"),
+    )
+    .expect("decode compiles with the Rust LayerArgs size");
+    let size = std::mem::size_of::<agentrt_kernels::args::StepArgs>();
+    assert!(
+        ptx.contains(&format!(
+            ".param .align 8 .b8 decode_layers_param_0[{size}]"
+        )),
+        "decode_layers' parameter is not {size} bytes"
+    );
+    // A wrong size must fail the compile, or the check above proves nothing.
+    let wrong = agentrt_kernels::compile::compile_ptx_with(
+        &agentrt_kernels::table::DECODE,
+        Arch { major: 9, minor: 0 },
+        &PtxCache::default(),
+        &format!("#define LAYER_ARGS_BYTES {}\n", layer + 8),
+    );
+    assert!(wrong.is_err(), "a wrong LayerArgs size compiled");
+}
+
 #[test]
 fn the_disk_cache_is_used_and_keyed_by_architecture() {
     if !nvrtc_or_skip() {
@@ -92,7 +150,11 @@ fn the_disk_cache_is_used_and_keyed_by_architecture() {
     assert_eq!(entries.len(), 2, "one file per architecture");
     // A planted entry is what the cache returns: proof it is read, not recompiled.
     let version = nvrtc_version().expect("version");
-    let key = agentrt_kernels::compile::cache_key(&source, Arch { major: 8, minor: 0 }, version);
+    let key = agentrt_kernels::compile::cache_key(
+        &source.full_text(),
+        Arch { major: 8, minor: 0 },
+        version,
+    );
     let path = dir.join(format!("embed-{key}.ptx"));
     let marked = format!("{a80}\n// planted\n");
     std::fs::write(&path, &marked).expect("write");

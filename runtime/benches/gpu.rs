@@ -130,8 +130,9 @@ fn main() {
         let run = bench(&model, prompt_len, decode);
         let util = run.bytes_per_token * run.decode_tok_s / bandwidth;
         println!(
-            "{{\"model\":\"{label}\",\"device\":\"{}\",\"load_s\":{load_s:.2},\"prompt\":{prompt_len},\"decode\":{decode},\"prefill\":\"{}\",\"prefill_tok_s\":{:.1},\"decode_tok_s\":{:.1},\"bytes_per_token\":{:.0},\"copy_bandwidth_gb_s\":{:.1},\"bandwidth_utilisation\":{util:.3}}}",
+            "{{\"model\":\"{label}\",\"device\":\"{}\",\"load_s\":{load_s:.2},\"prompt\":{prompt_len},\"decode\":{decode},\"fused_blocks\":{},\"prefill\":\"{}\",\"prefill_tok_s\":{:.1},\"decode_tok_s\":{:.1},\"bytes_per_token\":{:.0},\"copy_bandwidth_gb_s\":{:.1},\"bandwidth_utilisation\":{util:.3}}}",
             model.device_name,
+            model.fused_decode_blocks().unwrap_or(0),
             if model.prefill_uses_cublas() {
                 "cublas"
             } else {

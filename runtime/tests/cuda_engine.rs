@@ -846,6 +846,71 @@ fn random_checkpoints_match_the_cpu_engine() {
     }
 }
 
+/// The fused decode step (every layer in one persistent launch) gives the logits of the
+/// kernel-per-operation path within the norms' reassociation, and the same greedy tokens,
+/// across several attention chunks, for a StarCoder and a Llama (GQA, RMSNorm) shape.
+#[test]
+fn the_fused_decode_step_matches_a_kernel_per_operation() {
+    let Some(_g) = gpu() else { return };
+    use agentrt::engine::models::Architecture;
+    let llama = SyntheticSpec {
+        arch: Architecture::Llama,
+        n_layer: 4,
+        dim: 256,
+        n_head: 8,
+        n_kv_head: 2,
+        ffn_dim: 688,
+        vocab: 1000,
+        context: 2048,
+        dtype: GgmlType::F16,
+        separate_head: true,
+        seed: 9,
+    };
+    for (label, spec) in [
+        (
+            "fused-starcoder",
+            SyntheticSpec::tiny_starcoder(GgmlType::F16),
+        ),
+        ("fused-llama", llama),
+    ] {
+        let dir = synthetic(spec, label);
+        let mut fused = CudaModel::open(&dir).expect("gpu load");
+        fused.enable_fused_decode().expect("fused decode step");
+        assert!(fused.fused_decode_enabled());
+        let mut apart = CudaModel::open(&dir).expect("gpu load");
+        apart.disable_fused_decode();
+        let prompt: Vec<u32> = (0..20).map(|i| (i * 31 + 7) % 900).collect();
+        let (mut a, mut b) = (
+            fused.logits(&prompt, 0).expect("logits"),
+            apart.logits(&prompt, 0).expect("logits"),
+        );
+        let mut worst = 0f32;
+        for step in 0..300 {
+            let spread = b.iter().cloned().fold(f32::MIN, f32::max)
+                - b.iter().cloned().fold(f32::MAX, f32::min);
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            worst = worst.max(diff / spread);
+            let (ta, tb) = (
+                agentrt::engine::sampling::argmax(&a),
+                agentrt::engine::sampling::argmax(&b),
+            );
+            assert_eq!(ta, tb, "{label}: greedy tokens differ at step {step}");
+            let pos = prompt.len() + step;
+            a = fused.logits(&[ta], pos).expect("fused step");
+            b = apart.logits(&[tb], pos).expect("step");
+        }
+        eprintln!(
+            "{label}: fused decode, worst logit difference {worst:.2e} of the spread over 300 steps"
+        );
+        assert!(worst < 1e-4, "{label}: {worst:.2e} of the spread");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
 #[test]
 fn smollm2_matches_the_cpu_engine() {
     let Some(_g) = gpu() else { return };
@@ -899,7 +964,22 @@ fn smollm2_matches_the_cpu_engine() {
 fn interleaved_sequences_keep_their_own_kv_caches() {
     let Some(_g) = gpu() else { return };
     let dir = synthetic(SyntheticSpec::tiny_starcoder(GgmlType::F16), "slots");
-    let gpu = CudaModel::open(&dir).expect("gpu load");
+    // Both decode paths: a kernel per operation, and the fused step (its own per-slot layer
+    // arguments).
+    for fused in [false, true] {
+        let mut gpu = CudaModel::open(&dir).expect("gpu load");
+        if fused {
+            gpu.enable_fused_decode().expect("fused decode step");
+        } else {
+            gpu.disable_fused_decode();
+        }
+        interleave(&gpu, fused);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Two sequences decoded alone, then turn about in slots of their own: the same logits.
+fn interleave(gpu: &CudaModel, fused: bool) {
     assert!(gpu.kv_slots() >= 2, "{} KV slots", gpu.kv_slots());
     const STEPS: usize = 24;
     let prompts: [Vec<u32>; 2] = [
@@ -937,10 +1017,9 @@ fn interleaved_sequences_keep_their_own_kv_caches() {
     for s in 0..2 {
         assert!(
             alone[s] == together[s],
-            "sequence {s}: interleaved logits differ from the sequence alone"
+            "sequence {s}: interleaved logits differ from the sequence alone (fused: {fused})"
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -17,12 +17,15 @@
 
 // q · k for one cached key row (head_dim a multiple of 8, the row 16-byte aligned), q in
 // shared memory; the products are summed in dimension order.
+// kNc: through the read-only cache, for kernels that never write the cache they read (the
+// fused decode step writes keys in the same launch, so it reads them coherently).
+template <bool kNc = true>
 __device__ __forceinline__ float key_dot(const float* qs, const f16_t* key, int head_dim) {
     const uint4* kr = (const uint4*)key;
     float acc = 0.0f;
 #pragma unroll 4
     for (int d8 = 0; d8 < head_dim / 8; ++d8) {
-        const uint4 k = __ldg(kr + d8);
+        const uint4 k = kNc ? __ldg(kr + d8) : kr[d8];
         const float2 k0 = h2x2f(k.x), k1 = h2x2f(k.y), k2 = h2x2f(k.z), k3 = h2x2f(k.w);
         const float* qd = qs + 8 * d8;
         acc = fmaf(qd[0], k0.x, acc);
@@ -43,18 +46,20 @@ __device__ __forceinline__ float key_dot(const float* qs, const f16_t* key, int 
 // captured in a graph. The last chunk of a head to finish (counted with an atomic after a
 // fence) combines every chunk's partial result into `out` and rearms the counter:
 //   out[d] = Σ_s exp(m_s - M) o_s[d] / Σ_s exp(m_s - M) l_s.
-extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
-attn_decode(const float* __restrict__ q, const f16_t* __restrict__ kcache,
-            const f16_t* __restrict__ vcache, float* __restrict__ part_o, float* __restrict__ part_ml,
-            int* __restrict__ done, float* __restrict__ out, const int* __restrict__ pos0, int group,
-            int head_dim, int capacity, int max_splits, float scale) {
-    pdl_wait();
+//
+// attn_decode_item is one block's work, chunk `split` of query head `h` for a sequence of `len`
+// positions: the kernel runs it for (blockIdx.x, blockIdx.y), the fused decode step
+// (decode.cu) for the items its persistent blocks take in turn. kStandalone: a kernel of its
+// own (read-only-cache key loads, PDL trigger).
+template <bool kStandalone>
+__device__ __forceinline__ void attn_decode_item(const float* q, const f16_t* kcache, const f16_t* vcache,
+                                                 float* part_o, float* part_ml, int* done, float* out, int len,
+                                                 int h, int split, int group, int head_dim, int capacity,
+                                                 int max_splits, float scale) {
     __shared__ float qs[MAX_HEAD_DIM];
     __shared__ float sc[ATTN_CHUNK];
     __shared__ float scratch[32];
     __shared__ bool last;
-    const int h = blockIdx.x, split = blockIdx.y;
-    const int len = *pos0 + 1;
     const int splits = (len + ATTN_CHUNK - 1) / ATTN_CHUNK;
     const int start = split * ATTN_CHUNK;
     if (start >= len) return;
@@ -65,7 +70,8 @@ attn_decode(const float* __restrict__ q, const f16_t* __restrict__ kcache,
     const f16_t* kbase = kcache + ((size_t)kvh * capacity + start) * head_dim;
     // One thread per position (the whole chunk at once), its key row in 16-byte loads that
     // do not wait on each other.
-    for (int p = threadIdx.x; p < n; p += blockDim.x) sc[p] = key_dot(qs, kbase + (size_t)p * head_dim, head_dim) * scale;
+    for (int p = threadIdx.x; p < n; p += blockDim.x)
+        sc[p] = key_dot<kStandalone>(qs, kbase + (size_t)p * head_dim, head_dim) * scale;
     __syncthreads();
     float m = NEG_INF;
     for (int p = threadIdx.x; p < n; p += blockDim.x) m = fmaxf(m, sc[p]);
@@ -77,7 +83,7 @@ attn_decode(const float* __restrict__ q, const f16_t* __restrict__ kcache,
         l += e;
     }
     l = block_sum(l, scratch);
-    pdl_launch_dependents();
+    if (kStandalone) pdl_launch_dependents();
     const f16_t* vbase = vcache + ((size_t)kvh * capacity + start) * head_dim;
     if (splits == 1) {
         // A single chunk is the whole softmax: write the result directly.
@@ -118,6 +124,16 @@ attn_decode(const float* __restrict__ q, const f16_t* __restrict__ kcache,
         out[h * head_dim + d] = o / total;
     }
     if (threadIdx.x == 0) done[h] = 0;
+}
+
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+attn_decode(const float* __restrict__ q, const f16_t* __restrict__ kcache,
+            const f16_t* __restrict__ vcache, float* __restrict__ part_o, float* __restrict__ part_ml,
+            int* __restrict__ done, float* __restrict__ out, const int* __restrict__ pos0, int group,
+            int head_dim, int capacity, int max_splits, float scale) {
+    pdl_wait();
+    attn_decode_item<true>(q, kcache, vcache, part_o, part_ml, done, out, *pos0 + 1, blockIdx.x, blockIdx.y,
+                           group, head_dim, capacity, max_splits, scale);
 }
 
 // One block per (token, query head): token t sits at position *pos0 + t and sees positions

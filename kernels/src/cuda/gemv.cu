@@ -14,7 +14,15 @@
 #define GEMV_TOKENS 4
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
+// Tuning constants, open to AGENTRT_CUDA_DEFINES for measuring variants without a rebuild:
+// 16-byte loads per lane and row issued before their arithmetic (decode), and the blocks per
+// SM the register allocation must leave room for.
+#ifndef GEMV_UNROLL
 #define GEMV_UNROLL 8
+#endif
+#ifndef GEMV_MIN_BLOCKS
+#define GEMV_MIN_BLOCKS 1
+#endif
 
 #define MODE_PLAIN 0
 #define MODE_SWIGLU 1
@@ -249,7 +257,7 @@ __device__ __forceinline__ void finish(const GemvArgs& a, float (*sums)[2][GEMV_
 
 // One pair of rows per `ksplit` warps (rows wider than a warp streams well alone are split
 // along their columns), GEMV_WARPS / ksplit pairs per block.
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv(const GemvArgs a) {
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS) gemv(const GemvArgs a) {
     pdl_wait();
     __shared__ float sums[GEMV_WARPS][2][GEMV_TOKENS];
     const int warp = threadIdx.x >> 5;

@@ -31,10 +31,49 @@ pub unsafe fn launch_raw(
     pdl: bool,
     params: &mut [*mut c_void],
 ) -> Result<(), DriverError> {
+    let kind = if pdl { Launch::Pdl } else { Launch::Plain };
+    // SAFETY: passed on from the caller.
+    unsafe { launch_as(stream, f, grid, block, shared_bytes, kind, params) }
+}
+
+/// How a kernel is launched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    Plain,
+    /// Programmatic dependent launch.
+    Pdl,
+    /// Cooperative: every block resident at once (or the launch fails), as a grid-wide
+    /// barrier needs.
+    Cooperative,
+}
+
+/// [`launch_raw`] launched as `kind`.
+///
+/// # Safety
+/// As [`launch_raw`].
+pub unsafe fn launch_as(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    shared_bytes: u32,
+    kind: Launch,
+    params: &mut [*mut c_void],
+) -> Result<(), DriverError> {
     // SAFETY: an all-zero attribute is a valid "ignored" value; id and value are set below.
     let mut attr: CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
+    match kind {
+        Launch::Plain => {}
+        Launch::Pdl => {
+            attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+        }
+        Launch::Cooperative => {
+            attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            attr.value.cooperative = 1;
+        }
+    }
+    let with_attr = kind != Launch::Plain;
     let config = CUlaunchConfig {
         gridDimX: grid.0,
         gridDimY: grid.1,
@@ -44,8 +83,12 @@ pub unsafe fn launch_raw(
         blockDimZ: 1,
         sharedMemBytes: shared_bytes,
         hStream: stream.cu_stream(),
-        attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
-        numAttrs: u32::from(pdl),
+        attrs: if with_attr {
+            &mut attr
+        } else {
+            std::ptr::null_mut()
+        },
+        numAttrs: u32::from(with_attr),
     };
     stream.context().bind_to_thread()?;
     // SAFETY: the caller vouches for `params`; config and attribute outlive the call.

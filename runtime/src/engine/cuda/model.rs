@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use agentrt_kernels::args::{
-    ACT_GELU_TANH, ACT_NONE, GemvArgs, MODE_PLAIN, MODE_QKV, MODE_SWIGLU, ROPE_HALF_SPLIT,
-    ROPE_INTERLEAVED, ROPE_NONE,
+    ACT_GELU_TANH, ACT_NONE, GemvArgs, LayerArgs, MODE_PLAIN, MODE_QKV, MODE_SWIGLU,
+    ROPE_HALF_SPLIT, ROPE_INTERLEAVED, ROPE_NONE, StepArgs,
 };
 use agentrt_kernels::table::{
     ATTN_CHUNK, ATTN_THREADS, GEMV_THREADS, NORM_THREADS, SAMPLE_THREADS,
@@ -21,8 +21,8 @@ use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream};
 
 use super::GpuError;
 use super::blas::Blas;
-use super::device_weights::{self, DeviceWeights, Owned};
-use super::launch::{addr, launch};
+use super::device_weights::{self, DeviceWeights, LayerAddrs, Owned};
+use super::launch::{Launch, addr, launch, launch_as};
 use super::spec::{FfnKind, NormKind, Spec};
 use crate::engine::cpu::RopeLayout;
 use crate::engine::kv_cache::{KvCache, KvPrecision, SlotPool};
@@ -68,6 +68,18 @@ struct Scratch {
     penalty: u64,
 }
 
+/// How the fused decode step (decode.cu) is launched: as many blocks as are resident at
+/// once (its grid barrier needs every one running), the dynamic shared memory for the
+/// block's normed activations, each KV slot's layer arguments and the barrier counter.
+#[derive(Debug, Clone, Copy)]
+struct Fused {
+    blocks: u32,
+    shared_bytes: u32,
+    /// `[slot][layer]` LayerArgs on the device.
+    layers: u64,
+    barrier: u64,
+}
+
 /// A captured decode step for one number of attention chunks.
 struct Graph(CudaGraph);
 // SAFETY: a CudaGraph is only launched while `State`'s mutex is held, one thread at a time.
@@ -104,6 +116,8 @@ pub struct CudaModel {
     /// `AGENTRT_CUDA_PDL=0`): each kernel lets the next one launch once its main work is done.
     /// Measured on an H200: +3 % decode for the 1B shape, +13 % for SmolLM2.
     pub pdl: bool,
+    /// The fused decode step, or `None` for one kernel per operation (the default).
+    fused: Option<Fused>,
     /// cuBLAS for prefill's products, or why prefill runs on the GEMV kernel instead
     /// (libcublas missing, or `AGENTRT_CUDA_CUBLAS=0`).
     blas: Result<Blas, String>,
@@ -265,8 +279,9 @@ impl CudaModel {
         if let Err(why) = &blas {
             tracing::warn!("prefill uses the GEMV kernel, not cuBLAS: {why}");
         }
-        Ok(Self {
+        let mut model = Self {
             pdl,
+            fused: None,
             blas,
             spec,
             capacity,
@@ -289,7 +304,107 @@ impl CudaModel {
                 graphs: HashMap::new(),
             }),
             _owned: owned,
+        };
+        if std::env::var("AGENTRT_CUDA_FUSED").as_deref() == Ok("1") {
+            match model.enable_fused_decode() {
+                Err(GpuError::Unsupported(why)) => {
+                    tracing::warn!("AGENTRT_CUDA_FUSED=1 ignored: {why}")
+                }
+                other => other?,
+            }
+        }
+        Ok(model)
+    }
+
+    /// Run decode steps as one persistent launch (decode.cu) instead of a kernel per
+    /// operation (`AGENTRT_CUDA_FUSED=1` at load). Correct, but slower than the
+    /// kernel-per-operation step on an H200 so far (docs/BENCHMARKS.md), hence off by default.
+    /// `AGENTRT_CUDA_FUSED_BLOCKS` caps its blocks per SM (default: as many as are resident
+    /// at once). Refused (`Unsupported`, nothing changed) for a model too wide for a block's
+    /// normed copy of the residual stream.
+    pub fn enable_fused_decode(&mut self) -> Result<(), GpuError> {
+        if self.fused.is_none() {
+            self.fused = Some(self.fused_setup()?);
+            self.lock().graphs.clear();
+        }
+        Ok(())
+    }
+
+    fn fused_setup(&mut self) -> Result<Fused, GpuError> {
+        // Beside attention's few KB of static shared memory, within the 48 KB every GPU gives
+        // a block without opting in.
+        let shared_bytes = (self.spec.dim * 4) as u32;
+        if shared_bytes > 32 << 10 {
+            return Err(GpuError::Unsupported(format!(
+                "the fused decode step holds rows of at most 8192, not {}",
+                self.spec.dim
+            )));
+        }
+        let per_sm = self
+            .f("decode_layers")?
+            .occupancy_max_active_blocks_per_multiprocessor(
+                GEMV_THREADS,
+                shared_bytes as usize,
+                None,
+            )?
+            .min(env_usize("AGENTRT_CUDA_FUSED_BLOCKS").map_or(u32::MAX, |b| b.max(1) as u32));
+        let sms = self.stream.context().attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )?;
+        let blocks = per_sm * sms.max(0) as u32;
+        if blocks == 0 {
+            return Err(GpuError::Unsupported(
+                "no block of the fused decode step fits on an SM".into(),
+            ));
+        }
+        let mut all: Vec<LayerArgs> = Vec::with_capacity(self.slots.total() * self.spec.n_layer);
+        for slot in 0..self.slots.total() {
+            let kv = slot as u64 * self.slot_bytes;
+            all.extend(self.w.layers.iter().map(|l| {
+                // Wide rows split over warps, as the GEMV kernel's launches choose.
+                let la = self.layer_args(l, kv, 1);
+                LayerArgs {
+                    qkv: la.qkv.with_split(),
+                    out: la.out.with_split(),
+                    up: la.up.with_split(),
+                    down: la.down.with_split(),
+                    ..la
+                }
+            }));
+        }
+        // Uploaded as 32-bit words: LayerArgs is plain data, a multiple of 8 bytes long.
+        let words = std::mem::size_of_val(all.as_slice()) / 4;
+        // SAFETY: `all` is `words` 4-byte words of initialised plain data, aligned to 8.
+        let words: &[i32] = unsafe { std::slice::from_raw_parts(all.as_ptr().cast(), words) };
+        let layers = self
+            ._owned
+            .hold(self.stream.clone_htod(words)?, &self.stream);
+        let barrier = self._owned.zeros::<i32>(&self.stream, 1)?;
+        self.stream.synchronize()?;
+        tracing::debug!("fused decode step: {blocks} blocks ({per_sm} per SM)");
+        Ok(Fused {
+            blocks,
+            shared_bytes,
+            layers,
+            barrier,
         })
+    }
+
+    /// Whether decode steps run as one persistent launch (decode.cu), not a kernel per
+    /// operation.
+    pub fn fused_decode_enabled(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// Blocks of the fused decode step's launch (all resident at once), when it is on.
+    pub fn fused_decode_blocks(&self) -> Option<u32> {
+        self.fused.map(|f| f.blocks)
+    }
+
+    /// Back to a kernel per operation for decode steps.
+    pub fn disable_fused_decode(&mut self) {
+        self.fused = None;
+        self.lock().graphs.clear();
     }
 
     fn f(&self, name: &str) -> Result<&cudarc::driver::CudaFunction, GpuError> {
@@ -371,99 +486,75 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Every kernel of one forward pass over `n` tokens whose ids and first position are
-    /// already in the device's `tokens` / `pos0`, with the KV cache of `slot`; `decode_splits`
-    /// selects split-K attention (one token) over that many chunks. Leaves the last token's
-    /// logits in `logits`.
-    fn encode(&self, n: usize, decode_splits: Option<usize>, slot: usize) -> Result<(), GpuError> {
+    /// The four products of layer `l` over `n` tokens with the KV cache at offset `kv`
+    /// (what follows each product fused into its epilogue), and its norms.
+    fn layer_args(&self, l: &LayerAddrs, kv: u64, n: usize) -> LayerArgs {
         let sp = &self.spec;
-        let kv = slot as u64 * self.slot_bytes;
         let b = self.scratch;
-        let s = &self.stream;
-        let (dim, q_dim, hd) = (sp.dim, sp.q_dim(), sp.head_dim);
-        launch!(self.pdl, s, self.f("embed")?, (n as u32, 1, 1), EMBED_THREADS, 0;
-            self.w.embed, self.w.positions, b.tokens, b.pos0, b.x, dim as i32, sp.vocab as i32,
-            sp.learned_positions.unwrap_or(self.capacity) as i32)?;
+        let (dim, q_dim) = (sp.dim, sp.q_dim());
         let rope = match sp.rope {
             None => ROPE_NONE,
             Some((RopeLayout::Interleaved, _)) => ROPE_INTERLEAVED,
             Some((RopeLayout::HalfSplit, _)) => ROPE_HALF_SPLIT,
         };
-        let group = (sp.n_head / sp.n_kv_head) as i32;
-        let scale = 1.0 / (hd as f32).sqrt();
-        for l in &self.w.layers {
-            // norm → Q/K/V with RoPE; keys and values straight into the cache.
-            let qkv = GemvArgs {
-                mode: MODE_QKV,
-                y_stride: q_dim as i32,
-                pos0: b.pos0,
-                inv_freq: self.w.inv_freq,
-                kcache: l.k_cache + kv,
-                vcache: l.v_cache + kv,
-                n_head: sp.n_head as i32,
-                n_kv_head: sp.n_kv_head as i32,
-                head_dim: hd as i32,
-                capacity: self.capacity as i32,
-                rope,
+        // Q/K/V with RoPE; keys and values straight into the cache.
+        let qkv = GemvArgs {
+            mode: MODE_QKV,
+            y_stride: q_dim as i32,
+            pos0: b.pos0,
+            inv_freq: self.w.inv_freq,
+            kcache: l.k_cache + kv,
+            vcache: l.v_cache + kv,
+            n_head: sp.n_head as i32,
+            n_kv_head: sp.n_kv_head as i32,
+            head_dim: sp.head_dim as i32,
+            capacity: self.capacity as i32,
+            rope,
+            ..self.plain(
+                l.qkv,
+                b.normed,
+                b.q,
+                l.qkv_b,
+                0,
+                sp.qkv_dim(),
+                dim,
+                n,
+                ACT_NONE,
+            )
+        };
+        let up = match sp.ffn {
+            FfnKind::SwiGlu => GemvArgs {
+                mode: MODE_SWIGLU,
+                y_stride: sp.ffn_dim as i32,
                 ..self.plain(
-                    l.qkv,
+                    l.ffn_in,
                     b.normed,
-                    b.q,
-                    l.qkv_b,
+                    b.hidden,
                     0,
-                    sp.qkv_dim(),
+                    0,
+                    2 * sp.ffn_dim,
                     dim,
                     n,
                     ACT_NONE,
                 )
-            };
-            self.norm(l.norm1_w, l.norm1_b, b.x, b.normed, n)?;
-            self.project(qkv)?;
-            match decode_splits {
-                Some(splits) => {
-                    launch!(self.pdl, s, self.f("attn_decode")?, (sp.n_head as u32, splits as u32, 1),
-                        ATTN_THREADS, 0;
-                        b.q, l.k_cache + kv, l.v_cache + kv, b.part_o, b.part_ml, b.done, b.attn, b.pos0,
-                        group, hd as i32, self.capacity as i32, self.max_splits as i32, scale)?;
-                }
-                None => {
-                    launch!(self.pdl, s, self.f("attn_prefill")?, (n as u32, sp.n_head as u32, 1), ATTN_THREADS, 0;
-                        b.q, q_dim as i32, l.k_cache + kv, l.v_cache + kv, b.attn, q_dim as i32, b.pos0,
-                        group, hd as i32, self.capacity as i32, scale)?;
-                }
-            }
-            self.project(self.plain(l.wo, b.attn, b.x, l.wo_b, b.x, dim, q_dim, n, ACT_NONE))?;
-            let ffn_in = match sp.ffn {
-                FfnKind::SwiGlu => GemvArgs {
-                    mode: MODE_SWIGLU,
-                    y_stride: sp.ffn_dim as i32,
-                    ..self.plain(
-                        l.ffn_in,
-                        b.normed,
-                        b.hidden,
-                        0,
-                        0,
-                        2 * sp.ffn_dim,
-                        dim,
-                        n,
-                        ACT_NONE,
-                    )
-                },
-                FfnKind::GeluTanh => self.plain(
-                    l.ffn_in,
-                    b.normed,
-                    b.hidden,
-                    l.ffn_in_b,
-                    0,
-                    sp.ffn_dim,
-                    dim,
-                    n,
-                    ACT_GELU_TANH,
-                ),
-            };
-            self.norm(l.norm2_w, l.norm2_b, b.x, b.normed, n)?;
-            self.project(ffn_in)?;
-            self.project(self.plain(
+            },
+            FfnKind::GeluTanh => self.plain(
+                l.ffn_in,
+                b.normed,
+                b.hidden,
+                l.ffn_in_b,
+                0,
+                sp.ffn_dim,
+                dim,
+                n,
+                ACT_GELU_TANH,
+            ),
+        };
+        LayerArgs {
+            qkv,
+            out: self.plain(l.wo, b.attn, b.x, l.wo_b, b.x, dim, q_dim, n, ACT_NONE),
+            up,
+            down: self.plain(
                 l.ffn_out,
                 b.hidden,
                 b.x,
@@ -473,7 +564,122 @@ impl CudaModel {
                 sp.ffn_dim,
                 n,
                 ACT_NONE,
-            ))?;
+            ),
+            norm1_w: l.norm1_w,
+            norm1_b: l.norm1_b,
+            norm2_w: l.norm2_w,
+            norm2_b: l.norm2_b,
+        }
+    }
+
+    /// One decoder layer as separate kernels: norm, Q/K/V, attention (split-K over
+    /// `decode_splits` chunks for one token, else prefill's), output, norm, feed-forward.
+    fn layer(
+        &self,
+        la: &LayerArgs,
+        l: &LayerAddrs,
+        kv: u64,
+        n: usize,
+        decode_splits: Option<usize>,
+    ) -> Result<(), GpuError> {
+        let sp = &self.spec;
+        let b = self.scratch;
+        let s = &self.stream;
+        let (q_dim, hd) = (sp.q_dim(), sp.head_dim);
+        let group = (sp.n_head / sp.n_kv_head) as i32;
+        let scale = 1.0 / (hd as f32).sqrt();
+        self.norm(la.norm1_w, la.norm1_b, b.x, b.normed, n)?;
+        self.project(la.qkv)?;
+        match decode_splits {
+            Some(splits) => {
+                launch!(self.pdl, s, self.f("attn_decode")?, (sp.n_head as u32, splits as u32, 1),
+                    ATTN_THREADS, 0;
+                    b.q, l.k_cache + kv, l.v_cache + kv, b.part_o, b.part_ml, b.done, b.attn, b.pos0,
+                    group, hd as i32, self.capacity as i32, self.max_splits as i32, scale)?;
+            }
+            None => {
+                launch!(self.pdl, s, self.f("attn_prefill")?, (n as u32, sp.n_head as u32, 1), ATTN_THREADS, 0;
+                    b.q, q_dim as i32, l.k_cache + kv, l.v_cache + kv, b.attn, q_dim as i32, b.pos0,
+                    group, hd as i32, self.capacity as i32, scale)?;
+            }
+        }
+        self.project(la.out)?;
+        self.norm(la.norm2_w, la.norm2_b, b.x, b.normed, n)?;
+        self.project(la.up)?;
+        self.project(la.down)
+    }
+
+    /// Every decoder layer of one decode step in one persistent launch (decode.cu), with
+    /// the layer arguments of KV slot `slot`.
+    fn decode_layers(&self, fused: &Fused, slot: usize) -> Result<(), GpuError> {
+        let sp = &self.spec;
+        let b = self.scratch;
+        // The barrier counts arrivals from zero in every launch.
+        // SAFETY: `fused.barrier` is a live 4-byte allocation of this model, on this stream.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(fused.barrier, 0, 4, self.stream.cu_stream())
+        }?;
+        let step = StepArgs {
+            layers: fused.layers + (slot * sp.n_layer * std::mem::size_of::<LayerArgs>()) as u64,
+            x: b.x,
+            q: b.q,
+            part_o: b.part_o,
+            part_ml: b.part_ml,
+            done: b.done,
+            attn: b.attn,
+            pos0: b.pos0,
+            barrier: fused.barrier,
+            n_layers: sp.n_layer as i32,
+            dim: sp.dim as i32,
+            layer_norm: i32::from(sp.norm == NormKind::Layer),
+            n_head: sp.n_head as i32,
+            group: (sp.n_head / sp.n_kv_head) as i32,
+            head_dim: sp.head_dim as i32,
+            capacity: self.capacity as i32,
+            max_splits: self.max_splits as i32,
+            eps: sp.eps,
+            scale: 1.0 / (sp.head_dim as f32).sqrt(),
+        };
+        let mut step = step;
+        let mut params = [(&mut step as *mut StepArgs).cast::<std::ffi::c_void>()];
+        // Cooperative: the grid barrier needs every block resident at once, even with other
+        // models' kernels on the GPU (the launch waits for room, or fails, never deadlocks).
+        // SAFETY: the one parameter is a StepArgs (checked against the C struct by the PTX
+        // test) whose addresses are this model's live allocations.
+        unsafe {
+            launch_as(
+                &self.stream,
+                self.f("decode_layers")?,
+                (fused.blocks, 1, 1),
+                GEMV_THREADS,
+                fused.shared_bytes,
+                Launch::Cooperative,
+                &mut params,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Every kernel of one forward pass over `n` tokens whose ids and first position are
+    /// already in the device's `tokens` / `pos0`, with the KV cache of `slot`; `decode_splits`
+    /// selects split-K attention (one token) over that many chunks. Leaves the last token's
+    /// logits in `logits`.
+    fn encode(&self, n: usize, decode_splits: Option<usize>, slot: usize) -> Result<(), GpuError> {
+        let sp = &self.spec;
+        let kv = slot as u64 * self.slot_bytes;
+        let b = self.scratch;
+        let s = &self.stream;
+        let dim = sp.dim;
+        launch!(self.pdl, s, self.f("embed")?, (n as u32, 1, 1), EMBED_THREADS, 0;
+            self.w.embed, self.w.positions, b.tokens, b.pos0, b.x, dim as i32, sp.vocab as i32,
+            sp.learned_positions.unwrap_or(self.capacity) as i32)?;
+        if let (Some(_), Some(fused)) = (decode_splits, self.fused.as_ref()) {
+            // The fused step works out its attention chunks from the position itself.
+            self.decode_layers(fused, slot)?;
+        } else {
+            for l in &self.w.layers {
+                self.layer(&self.layer_args(l, kv, n), l, kv, n, decode_splits)?;
+            }
         }
         let last = b.x + ((n - 1) * dim * 4) as u64;
         self.norm(self.w.out_norm_w, self.w.out_norm_b, last, b.normed, 1)?;
