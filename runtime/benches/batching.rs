@@ -113,11 +113,13 @@ fn main() {
         max_batch: 8,
         queue: 64,
         prefix_cache: 0,
+        ..BatchLimits::default()
     });
     let off = load(BatchLimits {
         max_batch: 1,
         queue: 64,
         prefix_cache: 0,
+        ..BatchLimits::default()
     });
     run(&on, 2, 8); // warm-up: pages the weights in
     // `AGENTRT_BENCH_PROFILE=N`: only decode passes of N sequences, for a profiler.

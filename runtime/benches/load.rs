@@ -12,10 +12,14 @@
 //! 2. Pipeline runs: twice the run queue's capacity submitted at once to a server whose queue
 //!    holds `AGENTRT_LOAD_RUN_QUEUE` (4): every submission must get a run (202) or a 429, and every
 //!    accepted run must end with a stored result — none lost.
+//! 3. A long prompt beside a stream: while one answer streams, a prompt of about
+//!    `AGENTRT_LOAD_LONG` (3000) tokens arrives; the longest wait between the stream's pieces,
+//!    with the prompt read `AGENTRT_PREFILL_CHUNK` tokens a pass (256) and in one pass.
 //!
 //! Run: `cargo bench --bench load` (release build; the default model from scripts/setup.sh, or
-//! `AGENTRT_LOAD_MODEL=PATH` for another, e.g. a folder from `agentrt synth tiny-starcoder`;
-//! `AGENTRT_LOAD_RUNS=0` skips the pipeline part).
+//! `AGENTRT_LOAD_MODEL=PATH` for another, e.g. a folder from `agentrt synth tiny-starcoder`).
+//! `AGENTRT_LOAD_PARTS` picks parts (default `chat,runs,long`; `AGENTRT_LOAD_RUNS=0` also
+//! skips the pipeline part).
 //! Prints Markdown tables for docs/BENCHMARKS.md.
 
 use std::io::{BufRead, BufReader};
@@ -135,6 +139,17 @@ fn streamed_chat(
     max_tokens: usize,
     chat: bool,
 ) -> (Duration, Duration, u64) {
+    streamed_chat_watched(base, task, max_tokens, chat, &mut || {})
+}
+
+/// [`streamed_chat`], calling `on_text` as each piece of text arrives.
+fn streamed_chat_watched(
+    base: &str,
+    task: &str,
+    max_tokens: usize,
+    chat: bool,
+    on_text: &mut dyn FnMut(),
+) -> (Duration, Duration, u64) {
     let started = Instant::now();
     let mut body = json!({
         "model": "default",
@@ -173,8 +188,11 @@ fn streamed_chat(
             .as_str()
             .or(choice["text"].as_str())
             .unwrap_or("");
-        if first.is_none() && !text.is_empty() {
-            first = Some(started.elapsed());
+        if !text.is_empty() {
+            on_text();
+            if first.is_none() {
+                first = Some(started.elapsed());
+            }
         }
         if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
             tokens = n;
@@ -272,6 +290,54 @@ fn chat_load(
     }
 }
 
+/// Part 3 on a server reading prompts `chunk` tokens a pass: an answer of up to 256 tokens
+/// streams; once its first piece is in, a prompt of about `long_tokens` tokens asks for one.
+/// Returns (the stream's pieces, its longest wait between two, its whole latency, the long
+/// request's latency), in seconds.
+fn long_prompt_beside_a_stream(long_tokens: usize, chunk: &str) -> (usize, f64, f64, f64) {
+    let server = Server::start(&[("AGENTRT_PREFILL_CHUNK", chunk)]);
+    let chat = supports_chat(&server.base);
+    streamed_chat(&server.base, "Say hello.", 8, chat);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let base = server.base.clone();
+    let streamer = std::thread::spawn(move || {
+        let mut arrivals = Vec::new();
+        let (_, whole, _) = streamed_chat_watched(
+            &base,
+            "Write a Python module with ten small utility functions, each with a docstring.",
+            256,
+            chat,
+            &mut || {
+                if arrivals.is_empty() {
+                    let _ = started_tx.send(());
+                }
+                arrivals.push(Instant::now());
+            },
+        );
+        (arrivals, whole)
+    });
+    started_rx.recv().expect("the stream started");
+    // About 12 tokens a definition with the default model's tokenizer.
+    let long: String = (0..long_tokens / 12)
+        .map(|i| format!("def f_{i}(x):\n    return x * {i}\n\n"))
+        .collect();
+    let body = json!({"model": "default", "prompt": long, "max_tokens": 1, "temperature": 0});
+    let t = Instant::now();
+    let resp = agent()
+        .post(&format!("{}/v1/completions", server.base))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .expect("long request");
+    assert_eq!(resp.status().as_u16(), 200, "the long prompt was answered");
+    let long_latency = t.elapsed().as_secs_f64();
+    let (arrivals, whole) = streamer.join().expect("streamer");
+    let longest = arrivals
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .fold(0.0, f64::max);
+    (arrivals.len(), longest, whole.as_secs_f64(), long_latency)
+}
+
 /// Submit `count` runs at once; wait for every accepted one to end. Returns
 /// (accepted, refused with 429, other answers, ended by state, lost, seconds).
 fn pipeline_burst(
@@ -361,6 +427,35 @@ fn main() {
     let max_tokens = env_usize("AGENTRT_LOAD_TOKENS", 64);
     let run_queue = env_usize("AGENTRT_LOAD_RUN_QUEUE", 4);
     let repeats = env_usize("AGENTRT_LOAD_REPEATS", 3).max(1);
+    let parts = std::env::var("AGENTRT_LOAD_PARTS").unwrap_or_else(|_| "chat,runs,long".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    if part("chat") {
+        chat_part(per_stream, max_tokens, repeats);
+    }
+    let runs_off = std::env::var("AGENTRT_LOAD_RUNS").is_ok_and(|v| v == "0");
+    if part("runs") && run_queue > 0 && !runs_off {
+        runs_part(run_queue);
+    }
+    if part("long") {
+        let long_tokens = env_usize("AGENTRT_LOAD_LONG", 3000);
+        println!(
+            "A prompt of about {long_tokens} tokens (max_tokens 1) sent while one answer streams (up to 256 tokens):"
+        );
+        println!();
+        println!(
+            "| prompt read | stream pieces | longest wait between pieces s | stream latency s | long request latency s |"
+        );
+        println!("|---|---|---|---|---|");
+        for (label, chunk) in [("256 tokens a pass", "256"), ("in one pass", "1000000")] {
+            let (pieces, longest, stream, latency) =
+                long_prompt_beside_a_stream(long_tokens, chunk);
+            println!("| {label} | {pieces} | {longest:.2} | {stream:.2} | {latency:.2} |");
+        }
+    }
+}
+
+/// Part 1: chat load, one client and eight, batching and prefix reuse on and off.
+fn chat_part(per_stream: usize, max_tokens: usize, repeats: usize) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = std::env::var("AGENTRT_LOAD_MODEL").unwrap_or_else(|_| "the default model".into());
     let load = requests(8 * per_stream);
@@ -435,9 +530,10 @@ fn main() {
         turns.join("; ")
     );
     println!();
-    if run_queue == 0 || std::env::var("AGENTRT_LOAD_RUNS").is_ok_and(|v| v == "0") {
-        return;
-    }
+}
+
+/// Part 2: a burst of pipeline runs against a small run queue; none may be lost.
+fn runs_part(run_queue: usize) {
     let queue = run_queue.to_string();
     let server = Server::start(&[("AGENTRT_RUN_QUEUE", queue.as_str())]);
     let submitted = 2 * run_queue;
@@ -453,4 +549,5 @@ fn main() {
     );
     assert_eq!(other, 0, "every submission got a run or a 429");
     assert_eq!(lost, 0, "every accepted run ended with its result");
+    println!();
 }

@@ -255,6 +255,7 @@ fn a_prompt_that_starts_like_an_earlier_one_reuses_its_keys_and_values() {
         max_batch: 4,
         queue: 16,
         prefix_cache,
+        ..BatchLimits::default()
     };
     let fresh = LoadedModel::load("synthetic", &dir, &mut |_| {})
         .expect("load")
@@ -338,6 +339,7 @@ fn concurrent_requests_get_the_answers_they_get_alone() {
             max_batch: 1,
             queue: 16,
             prefix_cache: 0,
+            ..BatchLimits::default()
         });
     let batched = Arc::new(
         LoadedModel::load("synthetic", &dir, &mut |_| {})

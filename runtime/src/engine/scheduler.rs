@@ -8,6 +8,10 @@
 //! per step for all of them. A sequence that finishes, is cancelled, runs past its deadline or
 //! whose caller went away leaves the batch before the next pass, and its KV cache is freed then.
 //!
+//! A long prompt is read over several passes ([`BatchLimits::prefill_chunk`] prompt tokens a
+//! pass, shared by the sequences still reading theirs, first admitted first), so the sequences
+//! already decoding keep getting a token every pass instead of waiting out the whole prompt.
+//!
 //! A newcomer's prompt starts from the longest prefix that a finished sequence left in the
 //! [`PrefixCache`] (a shared system prompt, the earlier turns of a conversation): those
 //! positions' keys and values are copied, not computed again ([`BatchLimits::prefix_cache`]).
@@ -43,6 +47,9 @@ pub struct BatchLimits {
     /// Bytes of finished sequences' keys and values kept for prompts that start the same way
     /// (0 keeps none).
     pub prefix_cache: usize,
+    /// Prompt tokens one pass reads, over all the sequences still reading their prompts
+    /// (at least 1); decoding sequences' single tokens come on top.
+    pub prefill_chunk: usize,
 }
 
 impl Default for BatchLimits {
@@ -51,6 +58,7 @@ impl Default for BatchLimits {
             max_batch: 8,
             queue: 64,
             prefix_cache: 256 << 20,
+            prefill_chunk: 256,
         }
     }
 }
@@ -58,7 +66,8 @@ impl Default for BatchLimits {
 impl BatchLimits {
     /// `AGENTRT_MAX_BATCH` (default 8) and `AGENTRT_GENERATION_QUEUE` (default 64), where
     /// values that are not whole numbers of at least 1 keep the default; and
-    /// `AGENTRT_PREFIX_CACHE_MB` (default 256, 0 turns prefix reuse off).
+    /// `AGENTRT_PREFIX_CACHE_MB` (default 256, 0 turns prefix reuse off); and
+    /// `AGENTRT_PREFILL_CHUNK` (default 256).
     pub fn from_env() -> Self {
         let read = |name: &str, least: usize, default: usize| {
             std::env::var(name)
@@ -73,6 +82,7 @@ impl BatchLimits {
             queue: read("AGENTRT_GENERATION_QUEUE", 1, d.queue),
             prefix_cache: read("AGENTRT_PREFIX_CACHE_MB", 0, d.prefix_cache >> 20)
                 .saturating_mul(1 << 20),
+            prefill_chunk: read("AGENTRT_PREFILL_CHUNK", 1, d.prefill_chunk),
         }
     }
 }
@@ -175,6 +185,7 @@ impl Scheduler {
             model,
             shared: shared.clone(),
             max_batch: limits.max_batch.max(1),
+            prefill_chunk: limits.prefill_chunk.max(1),
             prefixes: PrefixCache::new(limits.prefix_cache),
         };
         let thread = std::thread::Builder::new()
@@ -242,7 +253,8 @@ struct Sequence {
     sampler: Sampler,
     /// Prompt and generated tokens (the repeat penalty's window).
     history: Vec<u32>,
-    /// What the next pass runs: the prompt, then the last token.
+    /// What is still to run: the prompt (or what of it earlier passes have not read), then
+    /// the last token.
     input: Vec<u32>,
     generated: Vec<u32>,
     text: String,
@@ -256,6 +268,7 @@ struct Worker {
     model: StepModel,
     shared: Arc<Shared>,
     max_batch: usize,
+    prefill_chunk: usize,
     prefixes: PrefixCache,
 }
 
@@ -394,19 +407,50 @@ impl Worker {
         })
     }
 
-    /// One forward pass for every running sequence, then each takes its next token.
+    /// How many of each sequence's `input` tokens the next pass reads: a decoding sequence its
+    /// one token; sequences reading their prompts share `prefill_chunk` tokens, first admitted
+    /// first (0: it sits this pass out).
+    fn plan(&self, running: &[Sequence]) -> Vec<usize> {
+        let mut budget = self.prefill_chunk;
+        running
+            .iter()
+            .map(|s| {
+                if s.input.len() <= 1 {
+                    return s.input.len();
+                }
+                let n = s.input.len().min(budget);
+                budget -= n;
+                n
+            })
+            .collect()
+    }
+
+    /// One forward pass: every running sequence's planned tokens. A sequence whose input the
+    /// pass finishes takes its next token; one still reading its prompt keeps the rest.
     fn step(&self, running: &mut [Sequence]) {
         let known = self.model.tokenizer.vocab_size();
         let model = &*self.model.model;
+        let plan = self.plan(running);
+        let mut taking: Vec<(&mut Sequence, usize)> = running
+            .iter_mut()
+            .zip(plan)
+            .filter(|(_, n)| *n > 0)
+            .collect();
         self.shared.steps.fetch_add(1, Ordering::Relaxed);
         self.shared
             .sequence_steps
-            .fetch_add(running.len() as u64, Ordering::Relaxed);
+            .fetch_add(taking.len() as u64, Ordering::Relaxed);
         self.shared
             .largest_batch
-            .fetch_max(running.len(), Ordering::Relaxed);
-        crate::metrics::batch_step(&self.model.id, running.len());
-        if let [s] = running {
+            .fetch_max(taking.len(), Ordering::Relaxed);
+        crate::metrics::batch_step(&self.model.id, taking.len());
+        if let [(s, n)] = taking.as_mut_slice() {
+            if *n < s.input.len() {
+                // Part of a prompt: its keys and values are what this pass is for.
+                model.forward(&s.input[..*n], &mut s.cache);
+                s.input.drain(..*n);
+                return;
+            }
             let choice = s.sampler.prepare(&s.history);
             let next = match model.forward_choose(&s.input, &mut s.cache, &choice, known) {
                 Next::Token(t) => t,
@@ -416,16 +460,20 @@ impl Worker {
             self.accept(s, next);
             return;
         }
-        let mut segments: Vec<Segment<'_>> = running
+        let mut segments: Vec<Segment<'_>> = taking
             .iter_mut()
-            .map(|s| Segment {
-                tokens: &s.input,
+            .map(|(s, n)| Segment {
+                tokens: &s.input[..*n],
                 cache: &mut s.cache,
             })
             .collect();
         let logits = model.forward_batch(&mut segments);
         drop(segments);
-        for (s, logits) in running.iter_mut().zip(logits) {
+        for ((s, n), logits) in taking.into_iter().zip(logits) {
+            if n < s.input.len() {
+                s.input.drain(..n);
+                continue;
+            }
             let choice = s.sampler.prepare(&s.history);
             let next = choose(logits, known, &s.sampler, &choice, true);
             self.accept(s, next);
@@ -581,9 +629,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_model_with_few_kv_slots_never_runs_more_sequences_than_it_holds() {
-        let dir = std::env::temp_dir().join(format!("agentrt-slots-{}", std::process::id()));
+    /// A small random Llama-shaped checkpoint in a fresh folder `name`.
+    fn synthetic_checkpoint(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("agentrt-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         SyntheticSpec {
             arch: Architecture::Llama,
@@ -600,17 +648,21 @@ mod tests {
         }
         .write(&dir)
         .expect("write checkpoint");
-        let load = |max_batch| {
-            LoadedModel::load("synthetic", &dir, &mut |_| {})
-                .expect("load")
-                .with_batch_limits(BatchLimits {
-                    max_batch,
-                    queue: 16,
-                    prefix_cache: 0,
-                })
-        };
-        let alone = load(1);
+        dir
+    }
+
+    /// `model` with the scheduler's other parts taken from `base`.
+    fn with_model(base: LoadedModel, model: Arc<dyn CausalLm>) -> LoadedModel {
         let LoadedModel {
+            info,
+            tokenizer,
+            template,
+            fim,
+            kv_precision,
+            batch_limits,
+            ..
+        } = base;
+        LoadedModel {
             info,
             model,
             tokenizer,
@@ -618,23 +670,31 @@ mod tests {
             fim,
             kv_precision,
             batch_limits,
-            ..
-        } = load(8);
+            scheduler: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn a_model_with_few_kv_slots_never_runs_more_sequences_than_it_holds() {
+        let dir = synthetic_checkpoint("slots");
+        let load = |max_batch| {
+            LoadedModel::load("synthetic", &dir, &mut |_| {})
+                .expect("load")
+                .with_batch_limits(BatchLimits {
+                    max_batch,
+                    queue: 16,
+                    prefix_cache: 0,
+                    ..BatchLimits::default()
+                })
+        };
+        let alone = load(1);
+        let base = load(8);
         let few = Arc::new(FewSlots {
-            inner: model,
+            inner: base.model.clone(),
             slots: 2,
             widest: AtomicUsize::new(0),
         });
-        let limited = LoadedModel {
-            info,
-            model: few.clone(),
-            tokenizer,
-            template,
-            fim,
-            kv_precision,
-            batch_limits,
-            scheduler: OnceLock::new(),
-        };
+        let limited = with_model(base, few.clone());
         assert_eq!(limited.batch_limits().max_batch, 2);
 
         let params = SamplingParams {
@@ -668,6 +728,109 @@ mod tests {
         let stats = limited.batch_stats();
         assert_eq!(stats.largest_batch, 2, "{stats:?}");
         assert_eq!(few.widest.load(Ordering::Relaxed), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A real CPU model that records the tokens of every segment of every pass.
+    struct Recorder {
+        inner: Arc<dyn CausalLm>,
+        passes: Mutex<Vec<Vec<usize>>>,
+    }
+
+    impl CausalLm for Recorder {
+        fn context_length(&self) -> usize {
+            self.inner.context_length()
+        }
+        fn vocab(&self) -> usize {
+            self.inner.vocab()
+        }
+        fn cache_shape(&self) -> CacheShape {
+            self.inner.cache_shape()
+        }
+        fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+            self.passes.lock().expect("passes").push(vec![tokens.len()]);
+            self.inner.forward(tokens, cache)
+        }
+        fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
+            let sizes = segments.iter().map(|s| s.tokens.len()).collect();
+            self.passes.lock().expect("passes").push(sizes);
+            self.inner.forward_batch(segments)
+        }
+    }
+
+    #[test]
+    fn a_long_prompt_is_read_in_chunks_while_others_keep_decoding() {
+        let dir = synthetic_checkpoint("chunks");
+        let load = |max_batch, prefill_chunk| {
+            LoadedModel::load("synthetic", &dir, &mut |_| {})
+                .expect("load")
+                .with_batch_limits(BatchLimits {
+                    max_batch,
+                    queue: 16,
+                    prefix_cache: 0,
+                    prefill_chunk,
+                })
+        };
+        let whole = load(1, 1 << 20);
+        let base = load(8, 16);
+        let recorder = Arc::new(Recorder {
+            inner: base.model.clone(),
+            passes: Mutex::new(Vec::new()),
+        });
+        let chunked = with_model(base, recorder.clone());
+        let params = |max_tokens| SamplingParams {
+            max_tokens,
+            ..SamplingParams::default()
+        };
+        let short = Prompt::Text("decode this".into());
+        let long = Prompt::Text("a long prompt ".repeat(10));
+        let long_tokens = chunked.tokenize_prompt(&long).expect("tokens").len();
+        assert!(long_tokens > 100, "{long_tokens} tokens");
+
+        // Queued back to back: the short one decodes (for many more passes than the long
+        // prompt takes to read) while the long one is read.
+        let decoding = chunked
+            .start(&short, &params(200), &Control::default())
+            .expect("queued");
+        let reading = chunked
+            .start(&long, &params(6), &Control::default())
+            .expect("queued");
+        let decoder = std::thread::spawn(move || decoding.finish(&mut |_| {}));
+        let long_answer = reading.finish(&mut |_| {}).expect("long");
+        let short_answer = decoder.join().expect("thread").expect("short");
+
+        // Chunked or not, batched or alone: the same answers.
+        let alone = |p: &Prompt, n| {
+            whole
+                .generate(p, &params(n), &Control::default(), &mut |_| {})
+                .expect("alone")
+        };
+        assert_eq!(long_answer.text, alone(&long, 6).text);
+        assert_eq!(short_answer.text, alone(&short, 200).text);
+        let alone_chunked = load(1, 16);
+        let read_alone = alone_chunked
+            .generate(&long, &params(6), &Control::default(), &mut |_| {})
+            .expect("alone, chunked");
+        assert_eq!(read_alone.text, long_answer.text);
+
+        // No pass read more than 16 prompt tokens, and while the long prompt was read (a
+        // pass of 16 of its tokens) the short one decoded beside it every time.
+        let passes = recorder.passes.lock().expect("passes").clone();
+        let reading: Vec<&Vec<usize>> = passes.iter().filter(|p| p.contains(&16)).collect();
+        assert!(
+            reading.len() >= long_tokens / 16,
+            "{} passes read 16 prompt tokens: {passes:?}",
+            reading.len()
+        );
+        for pass in &reading {
+            assert_eq!(pass.as_slice(), [1, 16], "{passes:?}");
+        }
+        assert!(
+            passes
+                .iter()
+                .all(|p| p.iter().filter(|n| **n > 1).sum::<usize>() <= 16),
+            "{passes:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
