@@ -4,22 +4,24 @@
 //! which the server answers 429 with `Retry-After`). Between two forward passes the scheduler
 //! admits waiting requests up to [`BatchLimits::max_batch`] running at once; each pass then
 //! runs every running sequence's next tokens together ([`CausalLm::forward_batch`]): a
-//! newcomer's whole prompt beside the others' single decode tokens, so the weights are read once
-//! per step for all of them. A sequence that finishes, is cancelled, runs past its deadline or
+//! newcomer's prompt (or the next chunk of it) beside the others' single decode tokens, so the
+//! weights are read once per step for all of them. A sequence that finishes, is cancelled, runs past its deadline or
 //! whose caller went away leaves the batch before the next pass, and its KV cache is freed then.
 //!
 //! A long prompt is read over several passes ([`BatchLimits::prefill_chunk`] prompt tokens a
-//! pass, shared by the sequences still reading theirs, first admitted first), so the sequences
-//! already decoding keep getting a token every pass instead of waiting out the whole prompt.
+//! pass, shared by the sequences still reading theirs, first admitted first, cut at multiples
+//! of the chunk in the prompt's own positions), so the sequences already decoding keep getting
+//! a token every pass instead of waiting out the whole prompt.
 //!
 //! A newcomer's prompt starts from the longest prefix that a finished sequence left in the
 //! [`PrefixCache`] (a shared system prompt, the earlier turns of a conversation): those
 //! positions' keys and values are copied, not computed again ([`BatchLimits::prefix_cache`]).
 //!
-//! A pass of one sequence goes through [`CausalLm::forward_choose`] (a GPU model samples on the
-//! device), so a lone request runs exactly as without the scheduler. Batching never changes a
-//! sequence's values: every architecture computes a token's row the same whatever else shares
-//! the pass (tested).
+//! A pass of one sequence that takes a token goes through [`CausalLm::forward_choose`] (a GPU
+//! model samples on the device); earlier chunks of its prompt through [`CausalLm::forward`].
+//! Batching never changes a sequence's values: every architecture computes a token's row the
+//! same whatever else shares the pass (tested), and a prompt is cut at the same places
+//! whatever else is read beside it.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -409,16 +411,23 @@ impl Worker {
 
     /// How many of each sequence's `input` tokens the next pass reads: a decoding sequence its
     /// one token; sequences reading their prompts share `prefill_chunk` tokens, first admitted
-    /// first (0: it sits this pass out).
+    /// first, each up to the next multiple of `prefill_chunk` in its own positions (0: it waits
+    /// for the next pass). Chunk edges thus fall where they would for the prompt alone, so
+    /// what shares a pass never changes how a prompt is cut (a GPU model's products differ in
+    /// their last bits between chunk shapes); the first prompt being read always fits.
     fn plan(&self, running: &[Sequence]) -> Vec<usize> {
-        let mut budget = self.prefill_chunk;
+        let chunk = self.prefill_chunk;
+        let mut budget = chunk;
         running
             .iter()
             .map(|s| {
                 if s.input.len() <= 1 {
                     return s.input.len();
                 }
-                let n = s.input.len().min(budget);
+                let n = s.input.len().min(chunk - s.cache.len() % chunk);
+                if n > budget {
+                    return 0;
+                }
                 budget -= n;
                 n
             })
@@ -731,10 +740,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A real CPU model that records the tokens of every segment of every pass.
+    /// A real CPU model that records the tokens of every segment of every pass; its first pass
+    /// waits until the test opens `gate`.
     struct Recorder {
         inner: Arc<dyn CausalLm>,
         passes: Mutex<Vec<Vec<usize>>>,
+        gate: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    impl Recorder {
+        fn record(&self, sizes: Vec<usize>) {
+            if let Some(gate) = self.gate.lock().expect("gate").take() {
+                let _ = gate.recv();
+            }
+            self.passes.lock().expect("passes").push(sizes);
+        }
     }
 
     impl CausalLm for Recorder {
@@ -748,12 +768,11 @@ mod tests {
             self.inner.cache_shape()
         }
         fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
-            self.passes.lock().expect("passes").push(vec![tokens.len()]);
+            self.record(vec![tokens.len()]);
             self.inner.forward(tokens, cache)
         }
         fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
-            let sizes = segments.iter().map(|s| s.tokens.len()).collect();
-            self.passes.lock().expect("passes").push(sizes);
+            self.record(segments.iter().map(|s| s.tokens.len()).collect());
             self.inner.forward_batch(segments)
         }
     }
@@ -772,10 +791,17 @@ mod tests {
                 })
         };
         let whole = load(1, 1 << 20);
-        let base = load(8, 16);
+        let base = load(8, 16).with_batch_limits(BatchLimits {
+            max_batch: 8,
+            queue: 16,
+            prefix_cache: 16 << 20,
+            prefill_chunk: 16,
+        });
+        let (open, gate) = mpsc::channel();
         let recorder = Arc::new(Recorder {
             inner: base.model.clone(),
             passes: Mutex::new(Vec::new()),
+            gate: Mutex::new(Some(gate)),
         });
         let chunked = with_model(base, recorder.clone());
         let params = |max_tokens| SamplingParams {
@@ -787,14 +813,16 @@ mod tests {
         let long_tokens = chunked.tokenize_prompt(&long).expect("tokens").len();
         assert!(long_tokens > 100, "{long_tokens} tokens");
 
-        // Queued back to back: the short one decodes (for many more passes than the long
-        // prompt takes to read) while the long one is read.
+        // The short one's first pass waits until the long one is queued; then the short one
+        // decodes (for many more passes than the long prompt takes to read) while the long
+        // one is read.
         let decoding = chunked
             .start(&short, &params(200), &Control::default())
             .expect("queued");
         let reading = chunked
             .start(&long, &params(6), &Control::default())
             .expect("queued");
+        open.send(()).expect("open the gate");
         let decoder = std::thread::spawn(move || decoding.finish(&mut |_| {}));
         let long_answer = reading.finish(&mut |_| {}).expect("long");
         let short_answer = decoder.join().expect("thread").expect("short");
@@ -830,6 +858,39 @@ mod tests {
                 .iter()
                 .all(|p| p.iter().filter(|n| **n > 1).sum::<usize>() <= 16),
             "{passes:?}"
+        );
+
+        // A prompt that starts like the long one reuses its keys and values, and is cut at
+        // multiples of 16 in its own positions: first up to the next one, then whole chunks.
+        let longer = Prompt::Text(format!(
+            "{}{}",
+            "a long prompt ".repeat(10),
+            "and then some more words to read".repeat(2)
+        ));
+        let longer_tokens = chunked.tokenize_prompt(&longer).expect("tokens").len();
+        let before = recorder.passes.lock().expect("passes").len();
+        let answer = chunked
+            .generate(&longer, &params(2), &Control::default(), &mut |_| {})
+            .expect("longer");
+        assert_eq!(answer.text, alone(&longer, 2).text);
+        let reused = chunked.batch_stats().prefix_tokens_reused as usize;
+        assert!(
+            reused >= long_tokens / 2 && !reused.is_multiple_of(16),
+            "{reused} tokens reused"
+        );
+        let mut want = Vec::new();
+        let mut at = reused;
+        while at < longer_tokens {
+            let n = (longer_tokens - at).min(16 - at % 16);
+            want.push(vec![n]);
+            at += n;
+        }
+        want.push(vec![1]); // the second token
+        let passes = recorder.passes.lock().expect("passes").clone();
+        assert_eq!(
+            passes[before..],
+            want[..],
+            "cut at multiples of 16 after {reused} reused"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
