@@ -72,19 +72,32 @@ pub fn tuning_defines() -> Result<String, KernelError> {
     parse_defines(&std::env::var("AGENTRT_CUDA_DEFINES").unwrap_or_default())
 }
 
+/// The names the kernel sources leave open to a `#define` (`#ifndef NAME` at a line's start).
+pub fn tunable_names() -> Vec<&'static str> {
+    let mut names: Vec<&str> = crate::table::ALL
+        .iter()
+        .flat_map(|s| s.text.lines())
+        .filter_map(|l| l.strip_prefix("#ifndef "))
+        .map(str::trim)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 fn parse_defines(spec: &str) -> Result<String, KernelError> {
+    let open = tunable_names();
     let mut out = String::new();
     for item in spec.split_whitespace() {
-        let bad = || KernelError::Defines(item.to_string());
+        let bad = || KernelError::Defines(item.to_string(), open.join(", "));
         let (name, value) = item.split_once('=').ok_or_else(bad)?;
-        let name_ok = !name.is_empty()
-            && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-        if !name_ok || value.parse::<i64>().is_err() {
+        // Only the sources' tuning constants: anything else (a fixed constant, `__CUDA_ARCH__`)
+        // would be redefined or would silently change what the kernels assume.
+        if !open.contains(&name) {
             return Err(bad());
         }
+        let value: i64 = value.parse().map_err(|_| bad())?;
+        // The parsed number, so `010` does not reach C as octal.
         out.push_str(&format!("#define {name} {value}\n"));
     }
     Ok(out)
@@ -177,9 +190,14 @@ mod tests {
             "#define GEMV_UNROLL 4\n#define GEMV_MIN_BLOCKS 8\n"
         );
         assert_eq!(
-            parse_defines("X_1=-2").expect("negative"),
-            "#define X_1 -2\n"
+            parse_defines("GEMV_MIN_BLOCKS=010").expect("decimal"),
+            "#define GEMV_MIN_BLOCKS 10\n"
         );
+    }
+
+    #[test]
+    fn the_open_constants_are_the_gemv_tunables() {
+        assert_eq!(tunable_names(), ["GEMV_MIN_BLOCKS", "GEMV_UNROLL"]);
     }
 
     #[test]
@@ -195,7 +213,7 @@ mod tests {
             "A=1\n#include",
         ] {
             assert!(
-                matches!(parse_defines(bad), Err(KernelError::Defines(_))),
+                matches!(parse_defines(bad), Err(KernelError::Defines(..))),
                 "{bad:?} accepted"
             );
         }

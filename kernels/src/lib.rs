@@ -29,8 +29,10 @@ pub enum KernelError {
         arch: String,
         log: String,
     },
-    #[error("AGENTRT_CUDA_DEFINES: {0:?} is not NAME=INTEGER")]
-    Defines(String),
+    #[error(
+        "AGENTRT_CUDA_DEFINES: {0:?} is not NAME=INTEGER for one of the tuning constants ({1})"
+    )]
+    Defines(String, String),
     #[error("NVRTC error: {0}")]
     Nvrtc(String),
     #[error("CUDA driver error: {0}")]

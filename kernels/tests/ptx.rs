@@ -126,6 +126,31 @@ fn decode_step_args_match_the_c_structs() {
         )),
         "decode_layers' parameter is not {size} bytes"
     );
+    // Only weights (and the maths library's constant tables) may come through the read-only
+    // cache: everything else the step reads (residual stream, queries, keys and values,
+    // attention output) it writes itself.
+    let body = ptx
+        .split(".entry decode_layers")
+        .nth(1)
+        .expect("decode_layers in the PTX");
+    let body: Vec<&str> = body
+        .split(".entry ")
+        .next()
+        .unwrap_or(body)
+        .lines()
+        .collect();
+    for (i, line) in body.iter().enumerate() {
+        if !line.contains("ld.global.nc") || line.contains("ld.global.nc.L1::no_allocate.v4") {
+            continue;
+        }
+        let table = body[i.saturating_sub(3)..i]
+            .iter()
+            .any(|l| l.contains("__cudart_"));
+        assert!(
+            table,
+            "a non-weight load through the read-only cache: {line}"
+        );
+    }
     // A wrong size must fail the compile, or the check above proves nothing.
     let wrong = agentrt_kernels::compile::compile_ptx_with(
         &agentrt_kernels::table::DECODE,

@@ -866,12 +866,20 @@ fn the_fused_decode_step_matches_a_kernel_per_operation() {
         separate_head: true,
         seed: 9,
     };
+    // Rows of 4096 and more are split over warps (the down projection here).
+    let wide = SyntheticSpec {
+        n_layer: 2,
+        ffn_dim: 4096,
+        seed: 10,
+        ..llama
+    };
     for (label, spec) in [
         (
             "fused-starcoder",
             SyntheticSpec::tiny_starcoder(GgmlType::F16),
         ),
         ("fused-llama", llama),
+        ("fused-llama-wide-ffn", wide),
     ] {
         let dir = synthetic(spec, label);
         let mut fused = CudaModel::open(&dir).expect("gpu load");
@@ -888,6 +896,10 @@ fn the_fused_decode_step_matches_a_kernel_per_operation() {
         for step in 0..300 {
             let spread = b.iter().cloned().fold(f32::MIN, f32::max)
                 - b.iter().cloned().fold(f32::MAX, f32::min);
+            assert!(
+                a.iter().chain(&b).all(|v| v.is_finite()),
+                "{label}: logits that are not finite at step {step}"
+            );
             let diff = a
                 .iter()
                 .zip(&b)

@@ -348,7 +348,16 @@ impl CudaModel {
                 None,
             )?
             .min(env_usize("AGENTRT_CUDA_FUSED_BLOCKS").map_or(u32::MAX, |b| b.max(1) as u32));
-        let sms = self.stream.context().attribute(
+        let ctx = self.stream.context();
+        let cooperative = ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH,
+        )?;
+        if cooperative == 0 {
+            return Err(GpuError::Unsupported(
+                "the device does not launch cooperative kernels".into(),
+            ));
+        }
+        let sms = ctx.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
         let blocks = per_sm * sms.max(0) as u32;
