@@ -31,8 +31,21 @@ pub use report::{
 
 /// Most retries the pipeline allows per stage, whatever the error handler asks.
 pub const MAX_RETRIES: u32 = 2;
+/// Most times a failed quality check runs again when the error handler asks (checks are not
+/// subject to the run's `max_retries`, which counts generations).
+const CHECK_RETRIES: u32 = 2;
 /// Longest delay honoured from an error handler's retry plan.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How a failed check ended, after the error handler had its say.
+enum CheckFailure {
+    /// The pipeline goes on without it.
+    Skipped(PluginError),
+    /// The run stops with its error.
+    Aborted(PluginError),
+    /// The run was cancelled while the check waited to run again.
+    Cancelled(ErrorOut),
+}
+
 /// Code of the pipeline error that failing tests raise.
 pub const TESTS_FAILED: &str = "TEST_001";
 /// Name the sandbox's stage reports carry in place of a plugin.
@@ -336,6 +349,10 @@ impl Pipeline {
                 ),
             };
             stages.push(self.record(plugin, Stage::Check, attempt, stats, res.as_ref().err()));
+            let res = match res {
+                Ok(findings) => Ok(findings),
+                Err(e) => self.recover_check(plugin, artifact, attempt, e, stages),
+            };
             match res {
                 Ok(mut f) => {
                     let metrics = crate::metrics::global();
@@ -356,19 +373,17 @@ impl Pipeline {
                     });
                     findings.append(&mut f);
                 }
-                Err(e) => {
-                    let perr = Self::to_pipeline_error(&e, Stage::Check, attempt);
-                    // Checks are not retried: the handler decides only whether to go on without it.
-                    let decision = self.recover(&perr, 0, plugin, &mut None, stages);
-                    let status = match decision {
-                        Recovery::Abort(_) => "aborted",
-                        _ => "skipped",
+                Err(failure) => {
+                    let (status, error) = match failure {
+                        CheckFailure::Skipped(e) => ("skipped", ErrorOut::from_plugin(&e)),
+                        CheckFailure::Aborted(e) => ("aborted", ErrorOut::from_plugin(&e)),
+                        CheckFailure::Cancelled(e) => ("aborted", e),
                     };
                     outcomes.push(CheckOutcome {
                         name: plugin.manifest.name.clone(),
                         status: status.into(),
                         findings: 0,
-                        error: Some(ErrorOut::from_plugin(&e)),
+                        error: Some(error),
                     });
                 }
             }
@@ -383,6 +398,49 @@ impl Pipeline {
             });
         }
         (findings, outcomes)
+    }
+
+    /// What becomes of a failed check: the error handler may run it again (up to
+    /// `CHECK_RETRIES` times, after the plan's delay), let the pipeline go on without it, or
+    /// stop the run. Its findings when a retry succeeds.
+    fn recover_check(
+        &self,
+        plugin: &Arc<Plugin>,
+        artifact: &CodeArtifact,
+        attempt: u32,
+        mut error: PluginError,
+        stages: &mut Vec<StageReport>,
+    ) -> Result<Vec<Finding>, CheckFailure> {
+        let mut retries_left = CHECK_RETRIES;
+        loop {
+            let perr = Self::to_pipeline_error(&error, Stage::Check, attempt);
+            match self.recover(&perr, retries_left, plugin, &mut None, stages) {
+                Recovery::Fallback(_) => return Err(CheckFailure::Skipped(error)),
+                Recovery::Abort(_) => return Err(CheckFailure::Aborted(error)),
+                Recovery::Retry(plan) => {
+                    std::thread::sleep(
+                        Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY),
+                    );
+                    if let Some(cancelled) = self.cancelled() {
+                        return Err(CheckFailure::Cancelled(cancelled));
+                    }
+                    retries_left -= 1;
+                    self.started(Stage::Check, &plugin.manifest.name, attempt);
+                    let (res, stats) = self.host.check(plugin, artifact, &self.run.call);
+                    stages.push(self.record(
+                        plugin,
+                        Stage::Check,
+                        attempt,
+                        stats,
+                        res.as_ref().err(),
+                    ));
+                    match res {
+                        Ok(findings) => return Ok(findings),
+                        Err(e) => error = e,
+                    }
+                }
+            }
+        }
     }
 
     /// Review an artifact with its findings.

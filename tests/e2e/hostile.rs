@@ -351,3 +351,41 @@ fn a_call_gives_up_on_slots_held_by_a_plugin_asleep_in_a_host_call() {
     assert_eq!(next["error"]["code"], "QUEUE_001", "{next}");
     let _ = std::fs::remove_file(&config);
 }
+
+/// An error handler that answers `retry` to a failed check gets the check run again (up to two
+/// more times), then decides what becomes of it; before, a check was never run again and a
+/// `retry` for it ended the whole run.
+#[test]
+fn a_check_the_error_handler_retries_runs_again() {
+    let dir = plugin_folder("check-retry", "retry-handler", "retry-handler", None);
+    std::fs::copy(
+        crate::harness::test_plugin_wasm("hostcall-trap-check"),
+        dir.join("hostcall-trap-check.wasm"),
+    )
+    .expect("copy check");
+    std::fs::copy(
+        crate::harness::repo_root().join("tests/plugins/hostcall-trap-check/plugin.toml"),
+        dir.join("hostcall-trap-check.toml"),
+    )
+    .expect("copy manifest");
+    let server = Server::start(&["--plugins", dir.to_str().expect("utf-8 path")]);
+    let (status, body) = server.post(
+        "/check",
+        &json!({"code": "x = 1\n", "checks": ["hostcall-trap-check"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let runs: Vec<&serde_json::Value> = body["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter(|s| s["plugin"] == "hostcall-trap-check")
+        .collect();
+    assert_eq!(runs.len(), 3, "the check and two retries: {body}");
+    assert!(
+        runs.iter().all(|s| s["error"]["code"] == "PLUGIN_003"),
+        "{body}"
+    );
+    // Out of retries, the handler lets the pipeline go on without it.
+    assert_eq!(body["checks"][0]["status"], "skipped", "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
