@@ -291,6 +291,35 @@ impl Tokenizer {
         self.encode_with(text, true)
     }
 
+    /// Token ids of `text` encoded as one string with special tokens parsed, unless a special
+    /// token would come from inside one of `literal` (byte ranges of text a user wrote):
+    /// then `None`, and the caller encodes those parts literally on their own. One string is
+    /// how the model's own tokenizer sees a rendered chat: encoding it piece by piece can differ
+    /// at the seams (a SentencePiece tokenizer starts every piece with its "▁").
+    pub fn encode_guarded(
+        &self,
+        text: &str,
+        literal: &[std::ops::Range<usize>],
+    ) -> Result<Option<Vec<u32>>, TokenizerError> {
+        let tokenizer = self.lock();
+        let encoding = tokenizer.encode(text, false).map_err(lib_err)?;
+        let special: HashSet<u32> = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect();
+        let smuggled =
+            encoding
+                .get_ids()
+                .iter()
+                .zip(encoding.get_offsets())
+                .any(|(id, &(start, end))| {
+                    special.contains(id) && literal.iter().any(|r| start < r.end && r.start < end)
+                });
+        Ok((!smuggled).then(|| encoding.get_ids().to_vec()))
+    }
+
     fn encode_with(&self, text: &str, literal: bool) -> Result<Vec<u32>, TokenizerError> {
         let mut tokenizer = self.lock();
         tokenizer.set_encode_special_tokens(literal);
