@@ -1093,6 +1093,58 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Llama 3's HF tokenizer adds its BOS in the post-processor, and its config has no
+    /// `add_bos_token`: a raw completion must still start with it, as HF's tokenizer gives.
+    #[test]
+    fn a_bos_the_tokenizers_post_processor_adds_is_kept() {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::whitespace::Whitespace;
+        use tokenizers::processors::template::TemplateProcessing;
+        let dir = std::env::temp_dir().join(format!("agentrt-bos-post-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        tiny_llama(&dir);
+        let vocab = [("<unk>".to_string(), 0), ("hello".to_string(), 1)]
+            .into_iter()
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("<unk>".into())
+            .build()
+            .expect("word level");
+        let mut tokenizer = tokenizers::Tokenizer::new(model);
+        tokenizer.with_pre_tokenizer(Some(Whitespace {}));
+        tokenizer.add_special_tokens(&[
+            tokenizers::AddedToken::from("<|begin_of_text|>", true),
+            tokenizers::AddedToken::from("<|eot_id|>", true),
+        ]);
+        let bos = tokenizer.token_to_id("<|begin_of_text|>").expect("bos");
+        let template = TemplateProcessing::builder()
+            .try_single("<|begin_of_text|> $A")
+            .expect("template")
+            .special_tokens(vec![("<|begin_of_text|>", bos)])
+            .build()
+            .expect("post-processor");
+        tokenizer.with_post_processor(Some(template));
+        tokenizer
+            .save(dir.join("tokenizer.json"), false)
+            .expect("save tokenizer");
+        let ids = |config: serde_json::Value| {
+            std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).expect("config");
+            LoadedModel::load("bos", &dir, &mut |_| {})
+                .expect("load")
+                .tokenize_prompt(&Prompt::Text("hello".into()))
+                .expect("tokenize")
+        };
+        let config =
+            serde_json::json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"});
+        assert_eq!(ids(config.clone()), [bos, 1]);
+        // The config's own say wins.
+        let mut off = config;
+        off["add_bos_token"] = false.into();
+        assert_eq!(ids(off), [1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_chat_template_that_writes_its_own_bos_does_not_get_a_second() {
         let mut ids = vec![1, 1, 7, 8];

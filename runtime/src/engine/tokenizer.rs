@@ -73,6 +73,18 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Whether `tokenizer`'s post-processor puts `bos` in front of a text, as HF's `tokenizer(text)`
+/// does (a probe: one short text with and without the special tokens).
+fn post_processor_adds(tokenizer: &tokenizers::Tokenizer, bos: u32) -> bool {
+    let first = |special: bool| {
+        tokenizer
+            .encode("a", special)
+            .ok()
+            .and_then(|e| e.get_ids().first().copied())
+    };
+    first(true) == Some(bos) && first(false) != Some(bos)
+}
+
 /// The pre-tokenizer HF uses for the model family named by `tokenizer.ggml.pre`.
 fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
     let byte_level = |use_regex| ByteLevel::new(false, true, use_regex);
@@ -242,10 +254,12 @@ impl Tokenizer {
             }
         }
         stop_ids.retain(|id| *id < size);
-        let add_bos = config
-            .get("add_bos_token")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+        // `add_bos_token` when the config says; otherwise whatever the tokenizer's own
+        // post-processor does (Llama 3 keeps its BOS there, in a template, and no flag).
+        let add_bos = match config.get("add_bos_token").and_then(|v| v.as_bool()) {
+            Some(flag) => flag,
+            None => bos_id.is_some_and(|bos| post_processor_adds(&inner, bos)),
+        };
         // A single template, or a list of named ones of which "default" is the chat one.
         let chat_template = match config.get("chat_template") {
             Some(serde_json::Value::String(t)) => Some(t.clone()),
