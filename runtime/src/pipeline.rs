@@ -596,6 +596,7 @@ impl Pipeline {
                 .is_none_or(|b| test_rank(&tests) >= test_rank(&b.tests))
             {
                 best = Some(Attempt {
+                    number: attempt,
                     artifact: artifact.clone(),
                     findings,
                     checks,
@@ -637,6 +638,7 @@ impl Pipeline {
             }
         }
         let Some(Attempt {
+            number,
             artifact,
             findings,
             checks,
@@ -652,6 +654,7 @@ impl Pipeline {
         if let Some(cancelled) = self.cancelled() {
             return PipelineOutcome::failed(cancelled, stages, started);
         }
+        self.run.emit(PipelineEvent::Chosen { attempt: number });
         let mut review_attempt = 1;
         let review = loop {
             if let Some(cancelled) = self.cancelled() {
@@ -707,6 +710,8 @@ fn test_rank(tests: &Option<TestReport>) -> (bool, u64, usize) {
 
 /// One generation attempt with what the later stages found; the pipeline keeps the best.
 struct Attempt {
+    /// Its generation attempt's number.
+    number: u32,
     artifact: CodeArtifact,
     findings: Vec<Finding>,
     checks: Vec<CheckOutcome>,

@@ -106,10 +106,23 @@ fn a_run_is_accepted_at_once_streams_its_stages_and_keeps_its_result() {
         "tokens",
         "stage_finished",
         "checks",
+        "chosen",
         "review",
     ] {
         assert!(kinds.contains(&expected), "no {expected} in {kinds:?}");
     }
+    // The attempt chosen for review is named before the review, and is one that was checked.
+    let chosen = kinds.iter().position(|k| *k == "chosen").expect("chosen");
+    assert!(
+        chosen < kinds.iter().position(|k| *k == "review").expect("review"),
+        "{kinds:?}"
+    );
+    let chosen_attempt = &all[chosen].2["attempt"];
+    assert!(
+        all.iter()
+            .any(|(_, k, d)| k == "checks" && d["attempt"] == *chosen_attempt),
+        "{chosen_attempt} was never checked"
+    );
     // Generated text arrives before the generate stage ends.
     let first_tokens = kinds.iter().position(|k| *k == "tokens").expect("tokens");
     let generate_done = all

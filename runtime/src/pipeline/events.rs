@@ -44,6 +44,9 @@ pub enum PipelineEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         model: Option<String>,
     },
+    /// The attempt whose code, checks and tests go on to review and into the result: the best
+    /// one, which is not always the last (sent before the review).
+    Chosen { attempt: u32 },
     /// The reviewer's verdict.
     Review { review: ReviewOut },
     /// The run ended: `completed`, `failed` or `cancelled`, with the error when not completed.
@@ -64,6 +67,7 @@ impl PipelineEvent {
             Self::Checks { .. } => "checks",
             Self::Tests { .. } => "tests",
             Self::Retry { .. } => "retry",
+            Self::Chosen { .. } => "chosen",
             Self::Review { .. } => "review",
             Self::Done { .. } => "done",
         }

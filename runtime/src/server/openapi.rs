@@ -105,7 +105,7 @@ pub fn document() -> Value {
         },
         "/v1/pipeline/runs/{id}/events": {
             "get": with_parameters(
-                operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events: tokens, check results, test results, review, retry, error, done", None, sse("Numbered events; the stream ends after `done`")),
+                operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events: tokens, check results, test results, retry, the attempt chosen for review, review, error, done", None, sse("Numbered events; the stream ends after `done`")),
                 json!([run_id, {"name": "after", "in": "query", "schema": {"type": "integer"}, "description": "Resume after this event number (or send Last-Event-ID)"}]),
             ),
         },

@@ -107,6 +107,15 @@ function resetRunView(id, task) {
 const stageItems = new Map();
 // Where the model's text of the call in progress goes.
 let tokenTarget = null;
+// Each attempt's checks and tests events, to show the one chosen for review again.
+const attempts = new Map();
+let latestAttempt = 0;
+
+function seenAttempt(n) {
+  latestAttempt = Math.max(latestAttempt, n);
+  if (!attempts.has(n)) attempts.set(n, {});
+  return attempts.get(n);
+}
 
 function renderCode(code, findings) {
   const byLine = new Map();
@@ -161,6 +170,7 @@ const handlers = {
     item.textContent = `${r.stage} · ${r.plugin} · attempt ${r.attempt} · ${r.status} · ${r.duration_ms} ms${r.tokens ? ` · ${r.tokens} tokens` : ""}${r.error ? ` · ${r.error.code} ${r.error.message}` : ""}`;
   },
   checks(e) {
+    seenAttempt(e.attempt).checks = e;
     const list = $("checks");
     list.textContent = "";
     for (const c of e.checks) {
@@ -170,6 +180,7 @@ const handlers = {
     renderCode(e.code || "", e.findings);
   },
   tests(e) {
+    seenAttempt(e.attempt).tests = e;
     const body = $("tests").tBodies[0];
     body.textContent = "";
     if (e.report.setup_error) body.append(el("tr", {}, el("td", { colSpan: 3 }, `did not load: ${e.report.setup_error}`)));
@@ -181,6 +192,14 @@ const handlers = {
   retry(e) {
     const on = e.model ? ` on model ${e.model}` : "";
     $("timeline").append(el("li", { class: "retry" }, `retry ${e.stage}${on} (attempt ${e.attempt}): ${e.reason}`));
+  },
+  // The review is of the best attempt, not always the last: show its code, checks and tests.
+  chosen(e) {
+    const chosen = attempts.get(e.attempt);
+    if (!chosen || e.attempt === latestAttempt) return;
+    $("timeline").append(el("li", {}, `attempt ${e.attempt} chosen for review (its tests did best)`));
+    if (chosen.checks) handlers.checks(chosen.checks);
+    if (chosen.tests) handlers.tests(chosen.tests);
   },
   review(e) {
     badge($("verdict"), e.review.verdict);
@@ -199,6 +218,8 @@ async function follow(id, task) {
   following = new AbortController();
   resetRunView(id, task);
   stageItems.clear();
+  attempts.clear();
+  latestAttempt = 0;
   tokenTarget = null;
   $("cancel").hidden = false;
   try {
