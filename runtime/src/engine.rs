@@ -437,7 +437,11 @@ impl LoadedModel {
         }
         let encode_err = |e: TokenizerError| EngineError::InvalidInput(e.to_string());
         match prompt {
-            Prompt::Text(t) => ids.extend(self.tokenizer.encode(t).map_err(encode_err)?),
+            Prompt::Text(t) => {
+                ids.extend(self.tokenizer.encode(t).map_err(encode_err)?);
+                // A prompt that brings its own BOS gets no second one.
+                drop_doubled_bos(&mut ids, self.tokenizer.bos_id);
+            }
             Prompt::Chat(messages) => {
                 let segments = self.render_chat_segments(messages)?;
                 // The rendering as one string, as the model's tokenizer would see it, unless a
@@ -936,8 +940,11 @@ fn drop_doubled_bos(ids: &mut Vec<u32>, bos: Option<u32>) {
 mod tests {
     use super::*;
 
-    /// A one-layer Llama-shaped HF folder (chat template included) at `dir`.
-    fn tiny_llama(dir: &std::path::Path) {
+    /// A one-layer Llama-shaped HF folder (chat template included) in a fresh temporary
+    /// folder named after `name`.
+    fn tiny_llama(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("agentrt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         synthetic::SyntheticSpec {
             arch: models::Architecture::Llama,
             n_layer: 1,
@@ -951,15 +958,36 @@ mod tests {
             separate_head: false,
             seed: 3,
         }
-        .write(dir)
+        .write(&dir)
         .expect("write checkpoint");
+        dir
+    }
+
+    /// A word-level tokenizer of `words` (the first is the unknown token) with `specials`
+    /// added as special tokens, for tokenizer.json files shaped like a model family's.
+    fn word_level(words: &[&str], specials: &[&str]) -> tokenizers::Tokenizer {
+        let vocab = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), i as u32))
+            .collect();
+        let model = tokenizers::models::wordlevel::WordLevel::builder()
+            .vocab(vocab)
+            .unk_token(words[0].into())
+            .build()
+            .expect("word level");
+        let mut tokenizer = tokenizers::Tokenizer::new(model);
+        let specials: Vec<tokenizers::AddedToken> = specials
+            .iter()
+            .map(|t| tokenizers::AddedToken::from(*t, true))
+            .collect();
+        tokenizer.add_special_tokens(&specials);
+        tokenizer
     }
 
     #[test]
     fn a_chat_template_that_does_not_parse_turns_chat_off_not_the_model() {
-        let dir = std::env::temp_dir().join(format!("agentrt-bad-template-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        tiny_llama(&dir);
+        let dir = tiny_llama("bad-template");
         let config_path = dir.join("tokenizer_config.json");
         let mut config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read"))
@@ -992,9 +1020,7 @@ mod tests {
     /// refused, not silently run without.
     #[test]
     fn configs_the_engine_cannot_honour_are_refused() {
-        let dir = std::env::temp_dir().join(format!("agentrt-refused-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        tiny_llama(&dir);
+        let dir = tiny_llama("refused");
         let path = dir.join("config.json");
         let original = std::fs::read_to_string(&path).expect("config");
         LoadedModel::load("m", &dir, &mut |_| {}).expect("the checkpoint as written loads");
@@ -1017,36 +1043,20 @@ mod tests {
     /// a "▁" of its own. A message holding special-token text is still encoded literally.
     #[test]
     fn a_sentencepiece_chat_gets_no_extra_word_markers() {
-        use tokenizers::models::wordlevel::WordLevel;
         use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
-        let dir = std::env::temp_dir().join(format!("agentrt-spm-chat-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        tiny_llama(&dir);
-        let words = [
-            "<unk>",
-            "\u{2581}",
-            "\u{2581}hello",
-            "\u{2581}world",
-            "hello",
-            "world",
-        ];
-        let vocab = words
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.to_string(), i as u32))
-            .collect();
-        let model = WordLevel::builder()
-            .vocab(vocab)
-            .unk_token("<unk>".into())
-            .build()
-            .expect("word level");
-        let mut tokenizer = tokenizers::Tokenizer::new(model);
+        let dir = tiny_llama("spm-chat");
+        let mut tokenizer = word_level(
+            &[
+                "<unk>",
+                "\u{2581}",
+                "\u{2581}hello",
+                "\u{2581}world",
+                "hello",
+                "world",
+            ],
+            &["<s>", "</s>", "[INST]", "[/INST]"],
+        );
         tokenizer.with_pre_tokenizer(Some(Metaspace::new('\u{2581}', PrependScheme::First, true)));
-        let specials: Vec<tokenizers::AddedToken> = ["<s>", "</s>", "[INST]", "[/INST]"]
-            .iter()
-            .map(|t| tokenizers::AddedToken::from(*t, true))
-            .collect();
-        tokenizer.add_special_tokens(&specials);
         tokenizer
             .save(dir.join("tokenizer.json"), false)
             .expect("save tokenizer");
@@ -1097,26 +1107,11 @@ mod tests {
     /// `add_bos_token`: a raw completion must still start with it, as HF's tokenizer gives.
     #[test]
     fn a_bos_the_tokenizers_post_processor_adds_is_kept() {
-        use tokenizers::models::wordlevel::WordLevel;
         use tokenizers::pre_tokenizers::whitespace::Whitespace;
         use tokenizers::processors::template::TemplateProcessing;
-        let dir = std::env::temp_dir().join(format!("agentrt-bos-post-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        tiny_llama(&dir);
-        let vocab = [("<unk>".to_string(), 0), ("hello".to_string(), 1)]
-            .into_iter()
-            .collect();
-        let model = WordLevel::builder()
-            .vocab(vocab)
-            .unk_token("<unk>".into())
-            .build()
-            .expect("word level");
-        let mut tokenizer = tokenizers::Tokenizer::new(model);
+        let dir = tiny_llama("bos-post");
+        let mut tokenizer = word_level(&["<unk>", "hello"], &["<|begin_of_text|>", "<|eot_id|>"]);
         tokenizer.with_pre_tokenizer(Some(Whitespace {}));
-        tokenizer.add_special_tokens(&[
-            tokenizers::AddedToken::from("<|begin_of_text|>", true),
-            tokenizers::AddedToken::from("<|eot_id|>", true),
-        ]);
         let bos = tokenizer.token_to_id("<|begin_of_text|>").expect("bos");
         let template = TemplateProcessing::builder()
             .try_single("<|begin_of_text|> $A")
@@ -1128,20 +1123,22 @@ mod tests {
         tokenizer
             .save(dir.join("tokenizer.json"), false)
             .expect("save tokenizer");
-        let ids = |config: serde_json::Value| {
+        let ids = |config: &serde_json::Value, text: &str| {
             std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).expect("config");
             LoadedModel::load("bos", &dir, &mut |_| {})
                 .expect("load")
-                .tokenize_prompt(&Prompt::Text("hello".into()))
+                .tokenize_prompt(&Prompt::Text(text.into()))
                 .expect("tokenize")
         };
         let config =
             serde_json::json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"});
-        assert_eq!(ids(config.clone()), [bos, 1]);
+        assert_eq!(ids(&config, "hello"), [bos, 1]);
+        // A prompt that brings its own BOS gets no second one.
+        assert_eq!(ids(&config, "<|begin_of_text|>hello"), [bos, 1]);
         // The config's own say wins.
         let mut off = config;
         off["add_bos_token"] = false.into();
-        assert_eq!(ids(off), [1]);
+        assert_eq!(ids(&off, "hello"), [1]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

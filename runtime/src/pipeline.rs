@@ -337,6 +337,7 @@ impl Pipeline {
         });
         let mut findings = Vec::new();
         let mut outcomes = Vec::new();
+        let mut stopped = false;
         for (plugin, joined) in selected.iter().zip(results) {
             let (res, stats) = match joined {
                 Ok(r) => r,
@@ -351,8 +352,14 @@ impl Pipeline {
             stages.push(self.record(plugin, Stage::Check, attempt, stats, res.as_ref().err()));
             let res = match res {
                 Ok(findings) => Ok(findings),
+                // Once one check has stopped the run, the others' failures need no recovery.
+                Err(e) if stopped => Err(CheckFailure::Aborted(e)),
                 Err(e) => self.recover_check(plugin, artifact, attempt, e, stages),
             };
+            stopped |= matches!(
+                res,
+                Err(CheckFailure::Aborted(_) | CheckFailure::Cancelled(_))
+            );
             match res {
                 Ok(mut f) => {
                     let metrics = crate::metrics::global();
@@ -402,7 +409,8 @@ impl Pipeline {
 
     /// What becomes of a failed check: the error handler may run it again (up to
     /// `CHECK_RETRIES` times, after the plan's delay), let the pipeline go on without it, or
-    /// stop the run. Its findings when a retry succeeds.
+    /// stop the run. Its findings when a retry succeeds. Failed checks are recovered one
+    /// after another, after all of them have answered (their first runs are parallel).
     fn recover_check(
         &self,
         plugin: &Arc<Plugin>,
@@ -413,6 +421,9 @@ impl Pipeline {
     ) -> Result<Vec<Finding>, CheckFailure> {
         let mut retries_left = CHECK_RETRIES;
         loop {
+            if let Some(cancelled) = self.cancelled() {
+                return Err(CheckFailure::Cancelled(cancelled));
+            }
             let perr = Self::to_pipeline_error(&error, Stage::Check, attempt);
             match self.recover(&perr, retries_left, plugin, &mut None, stages) {
                 Recovery::Fallback(_) => return Err(CheckFailure::Skipped(error)),

@@ -800,10 +800,13 @@ fn synthetic(spec: SyntheticSpec, name: &str) -> std::path::PathBuf {
     dir
 }
 
-#[test]
-fn random_checkpoints_match_the_cpu_engine() {
-    let Some(_g) = gpu() else { return };
-    let small_llama = |arch, dtype, seed| SyntheticSpec {
+/// A four-layer Llama-family checkpoint with grouped-query attention and its own head.
+fn small_llama(
+    arch: agentrt::engine::models::Architecture,
+    dtype: GgmlType,
+    seed: u64,
+) -> SyntheticSpec {
+    SyntheticSpec {
         arch,
         n_layer: 4,
         dim: 256,
@@ -815,7 +818,12 @@ fn random_checkpoints_match_the_cpu_engine() {
         dtype,
         separate_head: true,
         seed,
-    };
+    }
+}
+
+#[test]
+fn random_checkpoints_match_the_cpu_engine() {
+    let Some(_g) = gpu() else { return };
     use agentrt::engine::models::Architecture;
     // Prompts of 150 tokens (one prefill pass) and 300 (two: the pass holds 256), then 140
     // decoded: decode attention spans three and four chunks of 128 positions.
@@ -853,19 +861,7 @@ fn random_checkpoints_match_the_cpu_engine() {
 fn the_fused_decode_step_matches_a_kernel_per_operation() {
     let Some(_g) = gpu() else { return };
     use agentrt::engine::models::Architecture;
-    let llama = SyntheticSpec {
-        arch: Architecture::Llama,
-        n_layer: 4,
-        dim: 256,
-        n_head: 8,
-        n_kv_head: 2,
-        ffn_dim: 688,
-        vocab: 1000,
-        context: 2048,
-        dtype: GgmlType::F16,
-        separate_head: true,
-        seed: 9,
-    };
+    let llama = small_llama(Architecture::Llama, GgmlType::F16, 9);
     // Rows of 4096 and more are split over warps (the down projection here).
     let wide = SyntheticSpec {
         n_layer: 2,

@@ -607,15 +607,39 @@ mod tests {
     use crate::engine::synthetic::SyntheticSpec;
     use crate::engine::{LoadedModel, Prompt};
 
-    /// A real CPU model that holds only `slots` sequences at once, as a GPU model with that
-    /// many KV-cache slots does, and records the widest pass it is asked to run.
-    struct FewSlots {
+    /// A real CPU model that holds only `slots` sequences at once (as a GPU model with that
+    /// many KV-cache slots does) and records the tokens of every segment of every pass; its
+    /// first pass waits until the test opens `gate`, when there is one.
+    struct Probe {
         inner: Arc<dyn CausalLm>,
         slots: usize,
-        widest: AtomicUsize,
+        passes: Mutex<Vec<Vec<usize>>>,
+        gate: Mutex<Option<mpsc::Receiver<()>>>,
     }
 
-    impl CausalLm for FewSlots {
+    impl Probe {
+        fn new(inner: Arc<dyn CausalLm>, slots: usize) -> Self {
+            Self {
+                inner,
+                slots,
+                passes: Mutex::new(Vec::new()),
+                gate: Mutex::new(None),
+            }
+        }
+
+        fn record(&self, sizes: Vec<usize>) {
+            if let Some(gate) = self.gate.lock().expect("gate").take() {
+                let _ = gate.recv();
+            }
+            self.passes.lock().expect("passes").push(sizes);
+        }
+
+        fn passes(&self) -> Vec<Vec<usize>> {
+            self.passes.lock().expect("passes").clone()
+        }
+    }
+
+    impl CausalLm for Probe {
         fn context_length(&self) -> usize {
             self.inner.context_length()
         }
@@ -629,11 +653,11 @@ mod tests {
             self.slots
         }
         fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
-            self.widest.fetch_max(1, Ordering::Relaxed);
+            self.record(vec![tokens.len()]);
             self.inner.forward(tokens, cache)
         }
         fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
-            self.widest.fetch_max(segments.len(), Ordering::Relaxed);
+            self.record(segments.iter().map(|s| s.tokens.len()).collect());
             self.inner.forward_batch(segments)
         }
     }
@@ -698,11 +722,7 @@ mod tests {
         };
         let alone = load(1);
         let base = load(8);
-        let few = Arc::new(FewSlots {
-            inner: base.model.clone(),
-            slots: 2,
-            widest: AtomicUsize::new(0),
-        });
+        let few = Arc::new(Probe::new(base.model.clone(), 2));
         let limited = with_model(base, few.clone());
         assert_eq!(limited.batch_limits().max_batch, 2);
 
@@ -736,45 +756,8 @@ mod tests {
         }
         let stats = limited.batch_stats();
         assert_eq!(stats.largest_batch, 2, "{stats:?}");
-        assert_eq!(few.widest.load(Ordering::Relaxed), 2);
+        assert_eq!(few.passes().iter().map(Vec::len).max(), Some(2));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// A real CPU model that records the tokens of every segment of every pass; its first pass
-    /// waits until the test opens `gate`.
-    struct Recorder {
-        inner: Arc<dyn CausalLm>,
-        passes: Mutex<Vec<Vec<usize>>>,
-        gate: Mutex<Option<mpsc::Receiver<()>>>,
-    }
-
-    impl Recorder {
-        fn record(&self, sizes: Vec<usize>) {
-            if let Some(gate) = self.gate.lock().expect("gate").take() {
-                let _ = gate.recv();
-            }
-            self.passes.lock().expect("passes").push(sizes);
-        }
-    }
-
-    impl CausalLm for Recorder {
-        fn context_length(&self) -> usize {
-            self.inner.context_length()
-        }
-        fn vocab(&self) -> usize {
-            self.inner.vocab()
-        }
-        fn cache_shape(&self) -> CacheShape {
-            self.inner.cache_shape()
-        }
-        fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
-            self.record(vec![tokens.len()]);
-            self.inner.forward(tokens, cache)
-        }
-        fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
-            self.record(segments.iter().map(|s| s.tokens.len()).collect());
-            self.inner.forward_batch(segments)
-        }
     }
 
     #[test]
@@ -798,11 +781,8 @@ mod tests {
             prefill_chunk: 16,
         });
         let (open, gate) = mpsc::channel();
-        let recorder = Arc::new(Recorder {
-            inner: base.model.clone(),
-            passes: Mutex::new(Vec::new()),
-            gate: Mutex::new(Some(gate)),
-        });
+        let recorder = Arc::new(Probe::new(base.model.clone(), 8));
+        *recorder.gate.lock().expect("gate") = Some(gate);
         let chunked = with_model(base, recorder.clone());
         let params = |max_tokens| SamplingParams {
             max_tokens,
@@ -843,7 +823,7 @@ mod tests {
 
         // No pass read more than 16 prompt tokens, and while the long prompt was read (a
         // pass of 16 of its tokens) the short one decoded beside it every time.
-        let passes = recorder.passes.lock().expect("passes").clone();
+        let passes = recorder.passes();
         let reading: Vec<&Vec<usize>> = passes.iter().filter(|p| p.contains(&16)).collect();
         assert!(
             reading.len() >= long_tokens / 16,
@@ -868,7 +848,7 @@ mod tests {
             "and then some more words to read".repeat(2)
         ));
         let longer_tokens = chunked.tokenize_prompt(&longer).expect("tokens").len();
-        let before = recorder.passes.lock().expect("passes").len();
+        let before = recorder.passes().len();
         let answer = chunked
             .generate(&longer, &params(2), &Control::default(), &mut |_| {})
             .expect("longer");
@@ -886,7 +866,7 @@ mod tests {
             at += n;
         }
         want.push(vec![1]); // the second token
-        let passes = recorder.passes.lock().expect("passes").clone();
+        let passes = recorder.passes();
         assert_eq!(
             passes[before..],
             want[..],

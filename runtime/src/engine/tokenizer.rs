@@ -63,6 +63,8 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
     /// Tokens including added ones.
     size: usize,
+    /// Ids of the added tokens marked special (`<|im_start|>` and the like).
+    special_ids: HashSet<u32>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -74,15 +76,30 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 /// Whether `tokenizer`'s post-processor puts `bos` in front of a text, as HF's `tokenizer(text)`
-/// does (a probe: one short text with and without the special tokens).
+/// does (a probe: a short text encoded with the special tokens is `bos` and the text alone).
 fn post_processor_adds(tokenizer: &tokenizers::Tokenizer, bos: u32) -> bool {
-    let first = |special: bool| {
+    let ids = |special: bool| {
         tokenizer
             .encode("a", special)
+            .map(|e| e.get_ids().to_vec())
             .ok()
-            .and_then(|e| e.get_ids().first().copied())
     };
-    first(true) == Some(bos) && first(false) != Some(bos)
+    match (ids(true), ids(false)) {
+        (Some(with), Some(without)) => {
+            with.first() == Some(&bos) && with[1..] == without[..] && without.first() != Some(&bos)
+        }
+        _ => false,
+    }
+}
+
+/// Ids of `tokenizer`'s added tokens that are marked special.
+fn special_ids(tokenizer: &tokenizers::Tokenizer) -> HashSet<u32> {
+    tokenizer
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, token)| token.special)
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// The pre-tokenizer HF uses for the model family named by `tokenizer.ggml.pre`.
@@ -206,6 +223,7 @@ impl Tokenizer {
             Some(MetaValue::Bool(true))
         );
         Ok(Self {
+            special_ids: special_ids(&inner),
             inner: Mutex::new(inner),
             bos_id,
             eos_id,
@@ -272,6 +290,7 @@ impl Tokenizer {
             _ => None,
         };
         Ok(Self {
+            special_ids: special_ids(&inner),
             inner: Mutex::new(inner),
             bos_id,
             eos_id,
@@ -315,21 +334,17 @@ impl Tokenizer {
         text: &str,
         literal: &[std::ops::Range<usize>],
     ) -> Result<Option<Vec<u32>>, TokenizerError> {
-        let tokenizer = self.lock();
+        let mut tokenizer = self.lock();
+        tokenizer.set_encode_special_tokens(false);
         let encoding = tokenizer.encode(text, false).map_err(lib_err)?;
-        let special: HashSet<u32> = tokenizer
-            .get_added_tokens_decoder()
-            .into_iter()
-            .filter(|(_, token)| token.special)
-            .map(|(id, _)| id)
-            .collect();
         let smuggled =
             encoding
                 .get_ids()
                 .iter()
                 .zip(encoding.get_offsets())
                 .any(|(id, &(start, end))| {
-                    special.contains(id) && literal.iter().any(|r| start < r.end && r.start < end)
+                    self.special_ids.contains(id)
+                        && literal.iter().any(|r| start < r.end && r.start < end)
                 });
         Ok((!smuggled).then(|| encoding.get_ids().to_vec()))
     }

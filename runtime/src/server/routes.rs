@@ -85,13 +85,26 @@ where
             Ok(Json(value))
         }
         Err(e) => {
-            state
-                .pipeline
-                .stats
-                .record_endpoint(endpoint, ms, 0, Some(&e.code));
+            state.pipeline.stats.record_endpoint(
+                endpoint,
+                ms,
+                spent_tokens(e.details.as_ref()),
+                Some(&e.code),
+            );
             Err(e)
         }
     }
+}
+
+/// Tokens a failed pipeline request still spent: the sum over the stage reports its error
+/// carries (`details.stages`), 0 when it has none.
+fn spent_tokens(details: Option<&Value>) -> u64 {
+    details
+        .and_then(|d| d.get("stages"))
+        .and_then(Value::as_array)
+        .map_or(0, |stages| {
+            stages.iter().filter_map(|s| s["tokens"].as_u64()).sum()
+        })
 }
 
 fn record_rejection(state: &AppState, endpoint: &str, e: ApiError) -> ApiError {
@@ -219,12 +232,14 @@ impl CodeBody {
 
 pub async fn check(
     State(state): State<AppState>,
+    deadline: Option<Extension<RequestDeadline>>,
     body: Result<Json<CodeBody>, JsonRejection>,
 ) -> ApiResult {
     let (artifact, only) = parse(body)
         .and_then(|b| Ok((b.artifact(false)?, b.check_names(&state)?)))
         .map_err(|e| record_rejection(&state, "/check", e))?;
-    let pipeline = state.pipeline.clone();
+    // With the request's deadline: a check the error handler retries stops when it passes.
+    let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
     blocking(&state, "/check", move || {
         let mut stages = Vec::new();
         let (findings, checks) = pipeline.check(&artifact, only.as_deref(), &mut stages);
@@ -485,4 +500,21 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiErro
 
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("no route for {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_request_counts_the_tokens_its_stages_spent() {
+        let details = json!({"stages": [
+            {"stage": "generate", "tokens": 120},
+            {"stage": "generate", "tokens": 80},
+            {"stage": "error-handler"},
+        ]});
+        assert_eq!(spent_tokens(Some(&details)), 200);
+        assert_eq!(spent_tokens(Some(&json!({"field": "code"}))), 0);
+        assert_eq!(spent_tokens(None), 0);
+    }
 }
