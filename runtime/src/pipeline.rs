@@ -701,7 +701,9 @@ impl Pipeline {
                 Recovery::Abort(_) => return PipelineOutcome::failed(error, stages, started),
             }
         };
-        PipelineOutcome::completed(&artifact, findings, checks, tests, review, stages, started)
+        PipelineOutcome::completed(
+            number, &artifact, findings, checks, tests, review, stages, started,
+        )
     }
 }
 

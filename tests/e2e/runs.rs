@@ -117,10 +117,10 @@ fn a_run_is_accepted_at_once_streams_its_stages_and_keeps_its_result() {
         chosen < kinds.iter().position(|k| *k == "review").expect("review"),
         "{kinds:?}"
     );
-    let chosen_attempt = &all[chosen].2["attempt"];
+    let chosen_attempt = all[chosen].2["attempt"].clone();
     assert!(
         all.iter()
-            .any(|(_, k, d)| k == "checks" && d["attempt"] == *chosen_attempt),
+            .any(|(_, k, d)| k == "checks" && d["attempt"] == chosen_attempt),
         "{chosen_attempt} was never checked"
     );
     // Generated text arrives before the generate stage ends.
@@ -141,6 +141,7 @@ fn a_run_is_accepted_at_once_streams_its_stages_and_keeps_its_result() {
 
     let run = get_run(&s, &id);
     assert_eq!(run["state"], "completed", "{run}");
+    assert_eq!(run["result"]["chosen_attempt"], chosen_attempt, "{run}");
     assert!(
         run["result"]["code"]
             .as_str()

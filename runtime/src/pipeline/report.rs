@@ -163,6 +163,9 @@ pub struct PipelineOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewOut>,
     pub attempts: u32,
+    /// The attempt whose code, checks and tests these are (the best, not always the last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen_attempt: Option<u32>,
     pub tokens: u64,
     pub duration_ms: u64,
     pub stages: Vec<StageReport>,
@@ -192,6 +195,7 @@ impl PipelineOutcome {
             test_results: None,
             review: None,
             attempts: attempts(&stages),
+            chosen_attempt: None,
             tokens: stages.iter().map(|s| s.tokens).sum(),
             duration_ms: started.elapsed().as_millis() as u64,
             stages,
@@ -199,7 +203,9 @@ impl PipelineOutcome {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn completed(
+        chosen_attempt: u32,
         artifact: &CodeArtifact,
         findings: Vec<Finding>,
         checks: Vec<CheckOutcome>,
@@ -218,6 +224,7 @@ impl PipelineOutcome {
             test_results,
             review,
             attempts: attempts(&stages),
+            chosen_attempt: Some(chosen_attempt),
             tokens: stages.iter().map(|s| s.tokens).sum(),
             duration_ms: started.elapsed().as_millis() as u64,
             stages,
