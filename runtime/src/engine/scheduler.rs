@@ -684,6 +684,18 @@ mod tests {
         dir
     }
 
+    /// The checkpoint at `dir` with these batch limits (room for 16 waiting, no prefix reuse).
+    fn limited(dir: &std::path::Path, max_batch: usize, prefill_chunk: usize) -> LoadedModel {
+        LoadedModel::load("synthetic", dir, &mut |_| {})
+            .expect("load")
+            .with_batch_limits(BatchLimits {
+                max_batch,
+                queue: 16,
+                prefix_cache: 0,
+                prefill_chunk,
+            })
+    }
+
     /// `model` with the scheduler's other parts taken from `base`.
     fn with_model(base: LoadedModel, model: Arc<dyn CausalLm>) -> LoadedModel {
         let LoadedModel {
@@ -710,16 +722,7 @@ mod tests {
     #[test]
     fn a_model_with_few_kv_slots_never_runs_more_sequences_than_it_holds() {
         let dir = synthetic_checkpoint("slots");
-        let load = |max_batch| {
-            LoadedModel::load("synthetic", &dir, &mut |_| {})
-                .expect("load")
-                .with_batch_limits(BatchLimits {
-                    max_batch,
-                    queue: 16,
-                    prefix_cache: 0,
-                    ..BatchLimits::default()
-                })
-        };
+        let load = |max_batch| limited(&dir, max_batch, BatchLimits::default().prefill_chunk);
         let alone = load(1);
         let base = load(8);
         let few = Arc::new(Probe::new(base.model.clone(), 2));
@@ -763,16 +766,7 @@ mod tests {
     #[test]
     fn a_long_prompt_is_read_in_chunks_while_others_keep_decoding() {
         let dir = synthetic_checkpoint("chunks");
-        let load = |max_batch, prefill_chunk| {
-            LoadedModel::load("synthetic", &dir, &mut |_| {})
-                .expect("load")
-                .with_batch_limits(BatchLimits {
-                    max_batch,
-                    queue: 16,
-                    prefix_cache: 0,
-                    prefill_chunk,
-                })
-        };
+        let load = |max_batch, prefill_chunk| limited(&dir, max_batch, prefill_chunk);
         let whole = load(1, 1 << 20);
         let base = load(8, 16).with_batch_limits(BatchLimits {
             max_batch: 8,
