@@ -13,6 +13,7 @@ pub mod events;
 pub mod report;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error_code::ErrorCode;
@@ -322,44 +323,40 @@ impl Pipeline {
             .iter()
             .filter(|p| only.is_none_or(|names| names.iter().any(|n| *n == p.manifest.name)))
             .collect();
+        // Each check runs, and is recovered when it fails, on a thread of its own; once one
+        // has stopped the run, the others' failures are not recovered.
+        let stop = AtomicBool::new(false);
         let results: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = selected
                 .iter()
                 .map(|p| {
                     self.started(Stage::Check, &p.manifest.name, attempt);
                     let span = tracing::Span::current();
-                    scope.spawn(move || {
-                        span.in_scope(|| self.host.check(p, artifact, &self.run.call))
-                    })
+                    let stop = &stop;
+                    scope
+                        .spawn(move || span.in_scope(|| self.run_check(p, artifact, attempt, stop)))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join()).collect()
         });
         let mut findings = Vec::new();
         let mut outcomes = Vec::new();
-        let mut stopped = false;
         for (plugin, joined) in selected.iter().zip(results) {
-            let (res, stats) = match joined {
-                Ok(r) => r,
-                Err(_) => (
-                    Err(PluginError::Trap {
+            let res = match joined {
+                Ok((res, reports)) => {
+                    stages.extend(reports);
+                    res
+                }
+                Err(_) => {
+                    let e = PluginError::Trap {
                         plugin: plugin.manifest.name.clone(),
                         message: "host thread panicked".into(),
-                    }),
-                    CallStats::default(),
-                ),
+                    };
+                    let stats = CallStats::default();
+                    stages.push(self.record(plugin, Stage::Check, attempt, stats, Some(&e)));
+                    self.recover_check(plugin, artifact, attempt, e, &stop, stages)
+                }
             };
-            stages.push(self.record(plugin, Stage::Check, attempt, stats, res.as_ref().err()));
-            let res = match res {
-                Ok(findings) => Ok(findings),
-                // Once one check has stopped the run, the others' failures need no recovery.
-                Err(e) if stopped => Err(CheckFailure::Aborted(e)),
-                Err(e) => self.recover_check(plugin, artifact, attempt, e, stages),
-            };
-            stopped |= matches!(
-                res,
-                Err(CheckFailure::Aborted(_) | CheckFailure::Cancelled(_))
-            );
             match res {
                 Ok(mut f) => {
                     let metrics = crate::metrics::global();
@@ -407,33 +404,62 @@ impl Pipeline {
         (findings, outcomes)
     }
 
+    /// One check of `artifact`, recovered as the error handler decides when it fails: its
+    /// findings or how it ended, with the stage reports of every call it took.
+    fn run_check(
+        &self,
+        plugin: &Arc<Plugin>,
+        artifact: &CodeArtifact,
+        attempt: u32,
+        stop: &AtomicBool,
+    ) -> (Result<Vec<Finding>, CheckFailure>, Vec<StageReport>) {
+        let mut reports = Vec::new();
+        let (res, stats) = self.host.check(plugin, artifact, &self.run.call);
+        reports.push(self.record(plugin, Stage::Check, attempt, stats, res.as_ref().err()));
+        let res = match res {
+            Ok(findings) => Ok(findings),
+            Err(e) => self.recover_check(plugin, artifact, attempt, e, stop, &mut reports),
+        };
+        (res, reports)
+    }
+
     /// What becomes of a failed check: the error handler may run it again (up to
     /// `CHECK_RETRIES` times, after the plan's delay), let the pipeline go on without it, or
-    /// stop the run. Its findings when a retry succeeds. Failed checks are recovered one
-    /// after another, after all of them have answered (their first runs are parallel).
+    /// stop the run. Its findings when a retry succeeds. Runs on the check's own thread, so
+    /// failed checks are recovered side by side; `stop` is set when this one ends the run.
     fn recover_check(
         &self,
         plugin: &Arc<Plugin>,
         artifact: &CodeArtifact,
         attempt: u32,
         mut error: PluginError,
+        stop: &AtomicBool,
         stages: &mut Vec<StageReport>,
     ) -> Result<Vec<Finding>, CheckFailure> {
+        // The run ends: the other checks' failures need no recovery.
+        let stopping = |failure: CheckFailure| {
+            stop.store(true, Ordering::Relaxed);
+            Err(failure)
+        };
         let mut retries_left = CHECK_RETRIES;
         loop {
             if let Some(cancelled) = self.cancelled() {
-                return Err(CheckFailure::Cancelled(cancelled));
+                return stopping(CheckFailure::Cancelled(cancelled));
+            }
+            // Another check has stopped the run: no need to ask about this one.
+            if stop.load(Ordering::Relaxed) {
+                return Err(CheckFailure::Aborted(error));
             }
             let perr = Self::to_pipeline_error(&error, Stage::Check, attempt);
             match self.recover(&perr, retries_left, plugin, &mut None, stages) {
                 Recovery::Fallback(_) => return Err(CheckFailure::Skipped(error)),
-                Recovery::Abort(_) => return Err(CheckFailure::Aborted(error)),
+                Recovery::Abort(_) => return stopping(CheckFailure::Aborted(error)),
                 Recovery::Retry(plan) => {
                     std::thread::sleep(
                         Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY),
                     );
                     if let Some(cancelled) = self.cancelled() {
-                        return Err(CheckFailure::Cancelled(cancelled));
+                        return stopping(CheckFailure::Cancelled(cancelled));
                     }
                     retries_left -= 1;
                     self.started(Stage::Check, &plugin.manifest.name, attempt);
