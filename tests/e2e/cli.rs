@@ -154,10 +154,7 @@ fn doctor_passes_a_healthy_set_up_and_fails_a_damaged_model() {
     let store = crate::harness::fresh_store_path();
     let store = store.to_str().expect("utf-8");
     // A port nobody listens on, so the port check says it is free.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .to_string();
+    let port = format!("127.0.0.1:{}", closed_port());
     let (ok, stdout, stderr) = crate::harness::run_cli_env(
         &["doctor", "--json", "--listen", &port],
         &[("AGENTRT_STORE", store)],
@@ -294,11 +291,7 @@ fn a_rate_limit_without_api_keys_is_refused_at_start() {
 
 #[test]
 fn an_unreachable_server_is_a_network_error() {
-    // A port nothing listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = closed_port();
     let url = format!("http://127.0.0.1:{port}");
     let (ok, _, stderr) = run(&["plugins", "list", "--server", &url]);
     assert!(!ok && stderr.contains("COMM_002"), "{stderr}");
@@ -308,10 +301,7 @@ fn an_unreachable_server_is_a_network_error() {
 /// a whole report, not the end of it.
 #[test]
 fn doctor_checks_a_remote_model_and_reports_a_broken_config() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = closed_port();
     let remote = format!("http://127.0.0.1:{port}/v1");
     let config = std::env::temp_dir().join(format!("agentrt-doctor-{}.toml", std::process::id()));
     std::fs::write(&config, "[limits]\nmax-memory-mb = 0\n").expect("write config");
@@ -346,4 +336,12 @@ fn doctor_checks_a_remote_model_and_reports_a_broken_config() {
     // The rest of the report is still there.
     find("resources");
     find("gpu");
+}
+
+/// A loopback port nothing listens on: bound, then released.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
 }

@@ -241,6 +241,15 @@ fn an_llm_loop_stops_at_its_token_budget_while_others_are_served() {
     // The budget may be overshot by at most one call's prompt (generation is capped to what
     // is left), and the loop must have been allowed to spend most of it.
     assert!((150..=216).contains(&tokens), "{tokens} tokens: {message}");
+    // The failed request still counts the tokens its stages spent.
+    let (_, stats) = server.get("/stats");
+    assert!(
+        stats["endpoints"]["/review"]["tokens"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{stats}"
+    );
     let (status, _) = server.get("/health");
     assert_eq!(status, 200);
     let _ = std::fs::remove_dir_all(plugins);

@@ -59,25 +59,24 @@ fn language(value: Option<String>) -> Result<String, ApiError> {
     Ok(lang)
 }
 
-/// Run blocking work and record the endpoint's statistics.
+/// Run blocking work and record the endpoint's statistics: the work answers with its result
+/// and the tokens it spent, whether it succeeded or not.
 async fn blocking<F>(state: &AppState, endpoint: &'static str, work: F) -> ApiResult
 where
-    F: FnOnce() -> Result<(Value, u64), ApiError> + Send + 'static,
+    F: FnOnce() -> (Result<Value, ApiError>, u64) + Send + 'static,
 {
     let started = Instant::now();
     // The request's span (its id) goes with the work to the blocking thread.
     let span = tracing::Span::current();
-    let result = tokio::task::spawn_blocking(move || span.in_scope(work))
+    let (result, tokens) = tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .unwrap_or_else(|e| {
-            Err(ApiError::new(
-                ErrorCode::Internal,
-                format!("worker failed: {e}"),
-            ))
+            let failed = ApiError::new(ErrorCode::Internal, format!("worker failed: {e}"));
+            (Err(failed), 0)
         });
     let ms = started.elapsed().as_millis() as u64;
     match result {
-        Ok((value, tokens)) => {
+        Ok(value) => {
             state
                 .pipeline
                 .stats
@@ -85,26 +84,13 @@ where
             Ok(Json(value))
         }
         Err(e) => {
-            state.pipeline.stats.record_endpoint(
-                endpoint,
-                ms,
-                spent_tokens(e.details.as_ref()),
-                Some(&e.code),
-            );
+            state
+                .pipeline
+                .stats
+                .record_endpoint(endpoint, ms, tokens, Some(&e.code));
             Err(e)
         }
     }
-}
-
-/// Tokens a failed pipeline request still spent: the sum over the stage reports its error
-/// carries (`details.stages`), 0 when it has none.
-fn spent_tokens(details: Option<&Value>) -> u64 {
-    details
-        .and_then(|d| d.get("stages"))
-        .and_then(Value::as_array)
-        .map_or(0, |stages| {
-            stages.iter().filter_map(|s| s["tokens"].as_u64()).sum()
-        })
 }
 
 fn record_rejection(state: &AppState, endpoint: &str, e: ApiError) -> ApiError {
@@ -161,20 +147,18 @@ pub async fn generate(
         let mut stages = Vec::new();
         let result = pipeline.generate(&req, &mut stages);
         let tokens: u64 = stages.iter().map(|s| s.tokens).sum();
-        match result {
-            Ok(artifact) => Ok((
-                json!({
-                    "code": artifact.code,
-                    "tests": artifact.tests,
-                    "language": artifact.language,
-                    "model": model,
-                    "usage": {"total_tokens": tokens},
-                    "stages": stages,
-                }),
-                tokens,
-            )),
+        let answer = match result {
+            Ok(artifact) => Ok(json!({
+                "code": artifact.code,
+                "tests": artifact.tests,
+                "language": artifact.language,
+                "model": model,
+                "usage": {"total_tokens": tokens},
+                "stages": stages,
+            })),
             Err(e) => Err(ApiError::from_stage(&e).with_details(json!({ "stages": stages }))),
-        }
+        };
+        (answer, tokens)
     })
     .await
 }
@@ -244,10 +228,10 @@ pub async fn check(
         let mut stages = Vec::new();
         let (findings, checks) = pipeline.check(&artifact, only.as_deref(), &mut stages);
         let findings: Vec<FindingOut> = findings.iter().map(FindingOut::from).collect();
-        Ok((
-            json!({ "findings": findings, "checks": checks, "stages": stages }),
+        (
+            Ok(json!({ "findings": findings, "checks": checks, "stages": stages })),
             0,
-        ))
+        )
     })
     .await
 }
@@ -267,7 +251,7 @@ pub async fn review(
         let tests = pipeline.test(&artifact, 1, &mut stages);
         let result = pipeline.review(&artifact, &findings, tests.as_ref(), &mut stages);
         let tokens: u64 = stages.iter().map(|s| s.tokens).sum();
-        match result {
+        let answer = match result {
             Ok(review) => {
                 let mut v = serde_json::to_value(&review).unwrap_or_default();
                 v["checks"] = json!(checks);
@@ -275,11 +259,12 @@ pub async fn review(
                     v["test_results"] = json!(tests);
                 }
                 v["stages"] = json!(stages);
-                Ok((v, tokens))
+                Ok(v)
             }
             Err(e) => Err(ApiError::from_stage(&e)
                 .with_details(json!({ "checks": checks, "stages": stages }))),
-        }
+        };
+        (answer, tokens)
     })
     .await
 }
@@ -297,10 +282,11 @@ pub async fn pipeline(
         let outcome = pipeline.run(&req);
         let tokens = outcome.tokens;
         let value = serde_json::to_value(&outcome).unwrap_or_default();
-        match &outcome.error {
-            None => Ok((value, tokens)),
+        let answer = match &outcome.error {
+            None => Ok(value),
             Some(e) => Err(ApiError::from_stage(e).with_details(value)),
-        }
+        };
+        (answer, tokens)
     })
     .await
 }
@@ -361,19 +347,19 @@ pub async fn chat(
                 .unwrap_or_else(crate::engine::sampling::fresh_seed),
             ..defaults
         };
-        let done = model
-            .generate(&Prompt::Chat(messages), &params, &control, &mut |_| {})
-            .map_err(|e| ApiError::from(&e))?;
-        let tokens = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
-        Ok((
-            json!({
-                "response": done.text,
-                "model": done.model,
-                "finish_reason": done.finish_reason,
-                "usage": done.usage,
-            }),
-            tokens,
-        ))
+        match model.generate(&Prompt::Chat(messages), &params, &control, &mut |_| {}) {
+            Ok(done) => {
+                let tokens = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
+                let answer = json!({
+                    "response": done.text,
+                    "model": done.model,
+                    "finish_reason": done.finish_reason,
+                    "usage": done.usage,
+                });
+                (Ok(answer), tokens)
+            }
+            Err(e) => (Err(ApiError::from(&e)), 0),
+        }
     })
     .await
 }
@@ -500,21 +486,4 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiErro
 
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("no route for {}", uri.path()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_request_counts_the_tokens_its_stages_spent() {
-        let details = json!({"stages": [
-            {"stage": "generate", "tokens": 120},
-            {"stage": "generate", "tokens": 80},
-            {"stage": "error-handler"},
-        ]});
-        assert_eq!(spent_tokens(Some(&details)), 200);
-        assert_eq!(spent_tokens(Some(&json!({"field": "code"}))), 0);
-        assert_eq!(spent_tokens(None), 0);
-    }
 }

@@ -586,8 +586,6 @@ impl CudaModel {
     fn layer(
         &self,
         la: &LayerArgs,
-        l: &LayerAddrs,
-        kv: u64,
         n: usize,
         decode_splits: Option<usize>,
     ) -> Result<(), GpuError> {
@@ -603,12 +601,12 @@ impl CudaModel {
             Some(splits) => {
                 launch!(self.pdl, s, self.f("attn_decode")?, (sp.n_head as u32, splits as u32, 1),
                     ATTN_THREADS, 0;
-                    b.q, l.k_cache + kv, l.v_cache + kv, b.part_o, b.part_ml, b.done, b.attn, b.pos0,
+                    b.q, la.qkv.kcache, la.qkv.vcache, b.part_o, b.part_ml, b.done, b.attn, b.pos0,
                     group, hd as i32, self.capacity as i32, self.max_splits as i32, scale)?;
             }
             None => {
                 launch!(self.pdl, s, self.f("attn_prefill")?, (n as u32, sp.n_head as u32, 1), ATTN_THREADS, 0;
-                    b.q, q_dim as i32, l.k_cache + kv, l.v_cache + kv, b.attn, q_dim as i32, b.pos0,
+                    b.q, q_dim as i32, la.qkv.kcache, la.qkv.vcache, b.attn, q_dim as i32, b.pos0,
                     group, hd as i32, self.capacity as i32, scale)?;
             }
         }
@@ -687,7 +685,7 @@ impl CudaModel {
             self.decode_layers(fused, slot)?;
         } else {
             for l in &self.w.layers {
-                self.layer(&self.layer_args(l, kv, n), l, kv, n, decode_splits)?;
+                self.layer(&self.layer_args(l, kv, n), n, decode_splits)?;
             }
         }
         let last = b.x + ((n - 1) * dim * 4) as u64;
