@@ -395,29 +395,45 @@ pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Resu
     let draining = state.draining.clone();
     let drain = state.limits.drain;
     let header_timeout = state.limits.header_timeout;
-    let served = serve_connections(listener, app(state), header_timeout, async move {
+    // Requests in flight get as long to finish as their deadline would give them anyway.
+    let finish_within = state.limits.request_timeout;
+    let signalled = async move {
         shutdown_signal().await;
         // Tell the load balancer first (ready answers 503), keep serving while it notices,
         // then stop accepting and let the requests in flight finish.
         draining.store(true, Ordering::Relaxed);
         tracing::info!(seconds = drain.as_secs_f64(), "draining before shutdown");
         tokio::time::sleep(drain).await;
-    })
-    .await;
+    };
     // Runs still in flight are cancelled and stored as such, not left to be found
-    // interrupted at the next start.
-    let _ = tokio::task::spawn_blocking(move || runs.shutdown(RUN_SHUTDOWN_GRACE)).await;
-    served
+    // interrupted at the next start. This comes before waiting on the connections: a run's
+    // event stream only ends with the run.
+    let stop_runs = async move {
+        let _ = tokio::task::spawn_blocking(move || runs.shutdown(RUN_SHUTDOWN_GRACE)).await;
+    };
+    serve_connections(
+        listener,
+        app(state),
+        header_timeout,
+        signalled,
+        stop_runs,
+        finish_within,
+    )
+    .await
 }
 
 /// Accept HTTP/1 connections and serve `app` on each until `shutdown` completes, then stop
-/// accepting and wait for the connections' requests in flight. Like `axum::serve`, plus
-/// `header_timeout` for reading request headers (hyper needs a timer for one; axum sets none).
+/// accepting, run `stopping`, and wait (at most `finish_within`) for the connections'
+/// requests in flight; responses still streaming after that are cut. Like `axum::serve`,
+/// plus `header_timeout` for reading request headers (hyper needs a timer for one; axum
+/// sets none).
 async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     header_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()>,
+    stopping: impl std::future::Future<Output = ()>,
+    finish_within: Duration,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -449,7 +465,16 @@ async fn serve_connections(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    stopping.await;
+    if tokio::time::timeout(finish_within, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            seconds = finish_within.as_secs_f64(),
+            "responses still open after the request deadline are cut short"
+        );
+    }
     Ok(())
 }
 

@@ -196,3 +196,57 @@ fn a_client_that_disconnects_before_a_plain_answer_stops_its_generation() {
         "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 0",
     );
 }
+
+/// A streamed request whose client hangs up while it waits in the queue leaves the queue
+/// then, not once it is admitted and sends its first piece: a gone client must not hold a
+/// place others are refused for.
+#[test]
+fn a_streamed_request_whose_client_leaves_while_queued_gives_up_its_place() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Server::start_with_env(&[], &[("AGENTRT_MAX_BATCH", "1")]);
+    let address = s.base.trim_start_matches("http://").to_string();
+    let send = |body: serde_json::Value| {
+        let body = body.to_string();
+        let mut conn = std::net::TcpStream::connect(&address).expect("connect");
+        write!(
+            conn,
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        conn
+    };
+    // A long generation holds the only place (until its connection is dropped).
+    let long = send(
+        json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+                           "max_tokens": 3000, "temperature": 1.0, "seed": 3}),
+    );
+    wait_for_metric(
+        &s,
+        "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 1",
+    );
+    let queued = send(json!({"model": "smollm2-135m-instruct", "prompt": "Hi",
+                             "max_tokens": 8, "stream": true}));
+    // The answer starts (200, event stream) once the request is queued.
+    let mut status_line = String::new();
+    BufReader::new(queued.try_clone().expect("clone"))
+        .read_line(&mut status_line)
+        .expect("status line");
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+    wait_for_metric(
+        &s,
+        "agentrt_generations_waiting{model=\"smollm2-135m-instruct\"} 1",
+    );
+    queued.shutdown(std::net::Shutdown::Both).expect("hang up");
+    drop(queued);
+    wait_for_metric(
+        &s,
+        "agentrt_generations_waiting{model=\"smollm2-135m-instruct\"} 0",
+    );
+    // The long generation is still the one running.
+    wait_for_metric(
+        &s,
+        "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 1",
+    );
+    drop(long);
+}

@@ -309,9 +309,11 @@ fn errors_from_the_server_layers_take_openai_shape_and_are_counted() {
         "{stats}"
     );
 
-    let (status, _, text) = server.exchange("GET", "/v1/chat/completions", &[], None);
-    assert_eq!(status, 405, "{text}");
-    openai_error(&serde_json::from_str(&text).expect("json"));
+    for path in ["/v1/chat/completions", "/tokenize"] {
+        let (status, _, text) = server.exchange("GET", path, &[], None);
+        assert_eq!(status, 405, "{path}: {text}");
+        openai_error(&serde_json::from_str(&text).expect("json"));
+    }
 
     let (status, model) = server.get("/v1/models/smollm2-135m-instruct");
     assert_eq!(

@@ -69,6 +69,23 @@ pub(super) fn get_run(s: &Server, id: &str) -> Value {
     body
 }
 
+/// GET a run's events after `after` on a connection of its own: whether the stream ended
+/// within `timeout`, and the raw answer so far.
+fn read_events_raw(base: &str, id: &str, after: usize, timeout: Duration) -> (bool, String) {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    stream.set_read_timeout(Some(timeout)).expect("timeout");
+    write!(
+        stream,
+        "GET /v1/pipeline/runs/{id}/events?after={after} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    let ended = stream.read_to_end(&mut raw).is_ok();
+    (ended, String::from_utf8_lossy(&raw).into_owned())
+}
+
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + timeout;
     while !done() {
@@ -166,6 +183,13 @@ fn a_run_is_accepted_at_once_streams_its_stages_and_keeps_its_result() {
         None,
     );
     assert_eq!(parse_sse(&text).len(), 1);
+    // Resuming after the last event (an EventSource reconnecting after `done`) ends at once.
+    for after in [all.len(), all.len() + 100] {
+        let (ended, text) = read_events_raw(&s.base, &id, after, Duration::from_secs(10));
+        assert!(ended, "the stream after event {after} never ended: {text}");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(!text.contains("event:"), "{text}");
+    }
 
     let (status, list) = s.get("/v1/pipeline/runs?limit=5");
     assert_eq!(status, 200, "{list}");
@@ -239,6 +263,56 @@ fn cancelling_stops_a_running_run_and_a_full_queue_answers_429() {
     assert_eq!(status, 202, "{again}");
     let id = again["id"].as_str().expect("id");
     s.exchange("DELETE", &format!("/v1/pipeline/runs/{id}"), &[], None);
+}
+
+/// A terminated server cancels its runs before it waits on its connections: a client
+/// watching a run's events does not keep the server (and the run) going.
+#[test]
+fn a_terminated_server_cancels_runs_whose_events_are_being_watched() {
+    let store = fresh_store_path();
+    let store_env = store.to_str().expect("utf-8 path").to_string();
+    let s = Server::start_with_env(
+        &[],
+        &[
+            ("AGENTRT_STORE", store_env.as_str()),
+            ("AGENTRT_DRAIN_SECONDS", "1"),
+        ],
+    );
+    let (status, headers, run) = s.exchange(
+        "POST",
+        "/v1/pipeline/runs",
+        &[],
+        Some(&json!({"task_description": TASK, "max_retries": 2})),
+    );
+    assert_eq!(status, 202, "{run} {headers:?}");
+    let run: Value = serde_json::from_str(&run).expect("json");
+    let id = run["id"].as_str().expect("id").to_string();
+    wait_until("the run to start", Duration::from_secs(60), || {
+        get_run(&s, &id)["state"] == "running"
+    });
+    let watcher = {
+        let base = s.base.clone();
+        let id = id.clone();
+        std::thread::spawn(move || read_events_raw(&base, &id, 0, Duration::from_secs(120)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    s.terminate();
+    let exit = s
+        .wait_exit(Duration::from_secs(40))
+        .expect("the server exits while its run's events are watched");
+    assert!(exit.success(), "{exit:?}");
+    let (ended, text) = watcher.join().expect("watcher");
+    assert!(ended, "{text}");
+    let all = parse_sse(text.split_once("\r\n\r\n").map_or("", |(_, b)| b));
+    let (_, kind, done) = all.last().expect("events");
+    assert_eq!(kind, "done", "{text}");
+    assert_eq!(done["state"], "cancelled", "{done}");
+    let stored = agentrt::store::Store::open(&store)
+        .expect("open the store")
+        .run(&id)
+        .expect("read")
+        .expect("the run is stored");
+    assert_eq!(stored.state.as_str(), "cancelled");
 }
 
 #[test]

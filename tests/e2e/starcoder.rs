@@ -100,8 +100,16 @@ fn served_from_safetensors_through_the_plugins() {
         "{stats}"
     );
 
-    // The chat route reports the missing template clearly.
+    // The chat route (the server's own model) reports the missing template clearly; a client
+    // that picks this model for a chat completion made the mistake itself (400, not retried).
     let (status, body) = s.post("/chat", &json!({"message": "hello"}));
     assert_eq!(status, 503, "{body}");
     assert_eq!(error_code(&body), "MODEL_001", "{body}");
+    let (status, body) = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "VAL_002", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
 }

@@ -227,11 +227,20 @@ impl Common {
         prompt: Prompt,
         default_max_tokens: u32,
     ) -> Result<Job, OpenAiError> {
+        let model = self.model(state)?;
+        // The client chose a model that cannot chat: its mistake (400, as the official client
+        // does not retry), not the server being unavailable.
+        if matches!(kind, Kind::Chat) && !model.info.supports_chat {
+            return Err(invalid(format!(
+                "model {} has no chat template: send its prompts to /v1/completions",
+                model.info.id
+            )));
+        }
         Ok(Job {
             endpoint,
             stats: state.pipeline.stats.clone(),
             kind,
-            model: self.model(state)?,
+            model,
             prompt,
             params: self.sampling(default_max_tokens)?,
             stream: self.stream.unwrap_or(false),
@@ -404,7 +413,24 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
             return Err(OpenAiError(e));
         }
     };
+    // A client that hangs up while its request waits in the queue, is prefilled, or has text
+    // held back by a stop sequence sends nothing that could fail: watch the channel close
+    // instead, until the generation is over (then the watcher's sender must go, or the
+    // stream would never end).
+    let (finished, generation_over) = tokio::sync::oneshot::channel::<()>();
+    {
+        let tx = tx.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tx.closed() => cancel.store(true, Ordering::Relaxed),
+                _ = generation_over => {}
+            }
+        });
+    }
     tokio::task::spawn_blocking(move || {
+        // Dropped however this closure ends.
+        let _finished = finished;
         let chunk = |choices: Value, usage: Option<Value>| {
             let mut v = json!({
                 "id": id,
@@ -632,7 +658,8 @@ fn completion_job(
 
 /// Whether `path` is one of the OpenAI-compatible routes, whose errors take OpenAI's shape.
 pub fn is_openai_path(path: &str) -> bool {
-    matches!(path, CHAT | "/v1/completions" | "/v1/models") || path.starts_with("/v1/models/")
+    matches!(path, CHAT | "/v1/completions" | "/v1/models" | "/tokenize")
+        || path.starts_with("/v1/models/")
 }
 
 fn model_object(m: &ServedModel) -> Value {

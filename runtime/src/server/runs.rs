@@ -215,11 +215,12 @@ pub async fn events(
     let runs = state.runs.clone();
     let run_id = id.clone();
     let stored = tokio::task::spawn_blocking(move || {
-        runs.get(&run_id)?;
-        Ok::<_, RunsError>(runs.store().events_after(&run_id, after)?)
+        let run = runs.get(&run_id)?;
+        let events = runs.store().events_after(&run_id, after)?;
+        Ok::<_, RunsError>((events, run.state.is_final()))
     })
     .await;
-    let stored = match stored {
+    let (stored, ended) = match stored {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return api_error(e),
         Err(e) => {
@@ -228,16 +229,32 @@ pub async fn events(
         }
     };
     let store = state.runs.store().clone();
+    // A run that had ended when it was read has every event it will ever have in `stored`.
+    let live = if ended {
+        Following::Nothing
+    } else {
+        live.map_or(Following::Store, Following::Live)
+    };
     Sse::new(event_stream(id, store, stored, live, after))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// Where a run's events come from once the stored ones are sent.
+enum Following {
+    /// The run has ended: nothing more will come.
+    Nothing,
+    /// It runs in this process.
+    Live(tokio::sync::broadcast::Receiver<crate::runs::NumberedEvent>),
+    /// Unfinished but not running here: another host sharing the store runs it.
+    Store,
 }
 
 fn event_stream(
     id: String,
     store: Arc<dyn crate::store::RunStore>,
     stored: Vec<StoredEvent>,
-    live: Option<tokio::sync::broadcast::Receiver<crate::runs::NumberedEvent>>,
+    following: Following,
     after: i64,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream(move |tx| async move {
@@ -248,26 +265,31 @@ fn event_stream(
                 return;
             }
         }
-        let Some(mut live) = live else {
-            // Not running here yet unfinished: another host sharing the store runs it, so
-            // follow the store.
-            loop {
+        let mut live = match following {
+            Following::Nothing => return,
+            Following::Live(live) => live,
+            Following::Store => loop {
                 tokio::time::sleep(STORE_POLL).await;
                 let store = store.clone();
                 let run_id = id.clone();
-                let more =
-                    tokio::task::spawn_blocking(move || store.events_after(&run_id, last)).await;
-                let Ok(Ok(more)) = more else { return };
+                // The run's state is read before its events: once it reads as ended, the
+                // events read after it are all there will be.
+                let more = tokio::task::spawn_blocking(move || {
+                    let ended = store.run(&run_id)?.is_none_or(|r| r.state.is_final());
+                    Ok::<_, crate::store::StoreError>((store.events_after(&run_id, last)?, ended))
+                })
+                .await;
+                let Ok(Ok((more, ended))) = more else { return };
                 for e in &more {
                     last = e.seq;
                     if tx.send(sse(e)).await.is_err() || e.kind == "done" {
                         return;
                     }
                 }
-                if tx.is_closed() {
+                if ended || tx.is_closed() {
                     return;
                 }
-            }
+            },
         };
         loop {
             match live.recv().await {
