@@ -1016,6 +1016,36 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn a_chat_template_saved_beside_the_tokenizer_is_used() {
+        // transformers now saves the template as chat_template.jinja, not in the config.
+        let dir = tiny_llama("jinja-template");
+        let config_path = dir.join("tokenizer_config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read"))
+                .expect("json");
+        config
+            .as_object_mut()
+            .expect("object")
+            .remove("chat_template");
+        std::fs::write(&config_path, config.to_string()).expect("write");
+        std::fs::write(
+            dir.join("chat_template.jinja"),
+            "{% for m in messages %}<<{{ m.role }}>>{{ m.content }}{% endfor %}",
+        )
+        .expect("write template");
+        let model = LoadedModel::load("jinja-template", &dir, &mut |_| {}).expect("loads");
+        assert!(model.info.supports_chat);
+        let rendered = model
+            .render_chat(&[chat_template::TemplateMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }])
+            .expect("render");
+        assert_eq!(rendered, "<<user>>hi");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Config settings that change a model's output but that the loader would not apply are
     /// refused, not silently run without.
     #[test]

@@ -117,6 +117,7 @@ impl PluginError {
 }
 
 /// World-specific pre-instantiation: linking and type-checking done once per component.
+#[derive(Clone)]
 enum Pre {
     Generator(bindings::generator::GeneratorPre<PluginState>),
     Reviewer(bindings::reviewer::ReviewerPre<PluginState>),
@@ -372,13 +373,14 @@ impl PluginHost {
         // One trial instantiation: a component that cannot be instantiated here (its start
         // code traps, or it needs more instances, memories or table slots than the instance
         // pool provides) is refused now rather than failing every call.
-        self.instantiate(&plugin).map_err(|e| {
-            fail(match e {
-                PluginError::Trap { message, .. } => message,
-                other => other.to_string(),
-            })
-        })?;
-        Ok(plugin)
+        match self.instantiate(&plugin) {
+            Ok(()) => Ok(plugin),
+            // Every slot was busy: nothing is known against the component, and hot reload
+            // tries a refusal with this code again at its next poll.
+            Err(busy @ PluginError::Busy { .. }) => Err(busy),
+            Err(PluginError::Trap { message, .. }) => Err(fail(message)),
+            Err(other) => Err(fail(other.to_string())),
+        }
     }
 
     fn pre_instantiate(&self, world: World, component: &Component) -> wasmtime::Result<Pre> {
@@ -594,29 +596,57 @@ impl PluginHost {
     }
 
     /// Instantiate `plugin` in a fresh store, as every call does before the guest runs, and
-    /// drop it: the per-call set-up cost, for benchmarks and `plugin check`.
+    /// drop it: the per-call set-up cost, for benchmarks and `plugin check`, and the trial
+    /// run of every component loaded. The component's start code runs here, so it runs as a
+    /// call does: on a plugin thread (whose stack has room for the guest's, whichever thread
+    /// asked: hot reload's has not), under the plugin's deadline, abandoned when it blocks
+    /// in a host call past it.
     pub fn instantiate(&self, plugin: &Plugin) -> Result<(), PluginError> {
-        let fail = |e: wasmtime::Error| PluginError::Trap {
-            plugin: plugin.manifest.name.clone(),
-            message: format!("cannot instantiate: {e:#}"),
+        let name = plugin.manifest.name.clone();
+        let trap = |message: String| PluginError::Trap {
+            plugin: name.clone(),
+            message,
         };
         let patience = Duration::from_millis(plugin.granted.timeout_ms);
-        let _slot = self
+        let slot = self
             .slots
             .acquire_within(patience)
             .ok_or_else(|| PluginError::Busy {
-                plugin: plugin.manifest.name.clone(),
+                plugin: name.clone(),
                 waited_ms: patience.as_millis() as u64,
             })?;
-        let (mut store, _) = self.new_store(plugin).map_err(fail)?;
-        let done = match &plugin.pre {
-            Pre::Generator(p) => p.instantiate(&mut store).map(drop),
-            Pre::Reviewer(p) => p.instantiate(&mut store).map(drop),
-            Pre::QualityCheck(p) => p.instantiate(&mut store).map(drop),
-            Pre::ErrorHandler(p) => p.instantiate(&mut store).map(drop),
-            Pre::ModelErrorHandler(p) => p.instantiate(&mut store).map(drop),
-        };
-        done.map_err(fail)
+        let (mut store, timeout) = self
+            .new_store(plugin)
+            .map_err(|e| trap(format!("cannot instantiate: {e:#}")))?;
+        let pre = plugin.pre.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("plugin-{name}"))
+            .stack_size(PLUGIN_THREAD_STACK)
+            .spawn(move || {
+                let done = match &pre {
+                    Pre::Generator(p) => p.instantiate(&mut store).map(drop),
+                    Pre::Reviewer(p) => p.instantiate(&mut store).map(drop),
+                    Pre::QualityCheck(p) => p.instantiate(&mut store).map(drop),
+                    Pre::ErrorHandler(p) => p.instantiate(&mut store).map(drop),
+                    Pre::ModelErrorHandler(p) => p.instantiate(&mut store).map(drop),
+                };
+                // As after a call: the instance goes back to the pool before the slot does.
+                drop(store);
+                drop(slot);
+                let _ = done_tx.send(done.map_err(|e| format!("cannot instantiate: {e:#}")));
+            })
+            .map_err(|e| trap(format!("cannot start a plugin thread: {e}")))?;
+        match done_rx.recv_timeout(timeout + ABANDON_GRACE) {
+            Ok(done) => done.map_err(trap),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(PluginError::Timeout {
+                plugin: name.clone(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(trap(
+                "the host panicked while instantiating the plugin".into(),
+            )),
+        }
     }
 
     pub fn generate(

@@ -314,6 +314,26 @@ fn hanging_tests_share_one_time_budget() {
 }
 
 #[test]
+fn a_rerun_in_the_full_interpreter_shares_the_reports_time_budget() {
+    // A test importing a module outside the snapshot sends the report to python.wasm; when the
+    // snapshot's run has spent the whole budget on hanging tests, there is no second budget.
+    let tests = format!("def test_0():\n    import no_such_module\n\n{HANGING}");
+    let report = sandbox().run_tests(ADD, &tests);
+    println!("{report:?}");
+    assert_eq!(report.interpreter, Interpreter::Snapshot, "{report:?}");
+    assert_eq!(status_of(&report, "test_0"), TestStatus::Error);
+    assert!(
+        report.results[0].message.contains("ModuleNotFoundError"),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.results.last().map(|r| r.message.as_str()),
+        Some("not run: the tests' 7000 ms time budget ran out"),
+        "{report:?}"
+    );
+}
+
+#[test]
 fn a_cancelled_caller_stops_the_runs_between_tests() {
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let report = std::thread::scope(|scope| {

@@ -194,3 +194,49 @@ fn plugins_are_swapped_under_load_without_failing_a_request() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A new version whose trial instantiation finds every instance slot busy (a plugin asleep in
+/// a host call holds the only one) is refused as busy (`QUEUE_001`), which hot reload tries
+/// again at its next poll, not as a broken component (`PLUGIN_002`) kept refused until its
+/// files change again.
+#[test]
+fn a_version_refused_only_because_the_slots_were_busy_is_reported_as_busy() {
+    let dir = plugin_folder("reload-busy", "sleep-check", "sleep-check", None);
+    std::fs::copy(test_plugin_wasm("echo-check"), dir.join("echo-check.wasm")).expect("copy");
+    let manifest = std::fs::read_to_string(
+        super::harness::repo_root().join("tests/plugins/echo-check/plugin.toml"),
+    )
+    .expect("manifest");
+    std::fs::write(dir.join("echo-check.toml"), &manifest).expect("write manifest");
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, "[limits]\ninstance-pool = 1\n").expect("write config");
+    let server = Server::start_with_env(
+        &[
+            "--plugins",
+            dir.to_str().expect("utf-8"),
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+        &[("AGENTRT_PLUGIN_POLL_MS", "100")],
+    );
+    // The sleeping check's thread keeps the only slot for two minutes after its caller gives up.
+    let (status, body) = server.post(
+        "/check",
+        &json!({"code": "x = 1\n", "checks": ["sleep-check"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"][0]["error"]["code"], "PLUGIN_004", "{body}");
+    install(
+        &dir.join("echo-check.toml"),
+        manifest
+            .replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+            .as_bytes(),
+    );
+    let body = wait_for_plugins(&server, "the new version refused", |b| {
+        b["refused"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    assert_eq!(body["refused"][0]["code"], "QUEUE_001", "{body}");
+    assert_eq!(version_of(&body, "echo-check").as_deref(), Some("0.1.0"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&config);
+}

@@ -121,9 +121,24 @@ fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
         "llama-bpe" | "llama3" | "smaug-bpe" => {
             Sequence::new(vec![split(LLAMA3_SPLIT)?.into(), byte_level(false).into()]).into()
         }
-        "qwen2" => Sequence::new(vec![split(QWEN2_SPLIT)?.into(), byte_level(false).into()]).into(),
-        // GPT-2's own rule; also what llama.cpp falls back to for unknown names.
-        _ => byte_level(true).into(),
+        // Llama 3's rule under other families' names, as llama.cpp maps them.
+        "falcon3" | "pixtral" | "exaone" => {
+            Sequence::new(vec![split(LLAMA3_SPLIT)?.into(), byte_level(false).into()]).into()
+        }
+        // Qwen2's rule, also DeepSeek-R1's distillations of Qwen.
+        "qwen2" | "deepseek-r1-qwen" => {
+            Sequence::new(vec![split(QWEN2_SPLIT)?.into(), byte_level(false).into()]).into()
+        }
+        "gpt-2" | "gpt2" | "default" => byte_level(true).into(),
+        // Another family's own rule, not known here: GPT-2's is the nearest, but the model may
+        // see token ids it was not trained on, so say so rather than guess in silence.
+        other => {
+            tracing::warn!(
+                pre_tokenizer = other,
+                "unknown tokenizer.ggml.pre: text is split GPT-2's way, which may not be how this model was trained (its output can suffer)"
+            );
+            byte_level(true).into()
+        }
     })
 }
 
@@ -278,8 +293,16 @@ impl Tokenizer {
             Some(flag) => flag,
             None => bos_id.is_some_and(|bos| post_processor_adds(&inner, bos)),
         };
-        // A single template, or a list of named ones of which "default" is the chat one.
-        let chat_template = match config.get("chat_template") {
+        // `chat_template.jinja` beside the tokenizer (where transformers saves the template
+        // now, leaving it out of the config) wins, as in transformers; else the config's: a
+        // single template, or a list of named ones of which "default" is the chat one.
+        let jinja = dir.join("chat_template.jinja");
+        let from_file = match std::fs::read_to_string(&jinja) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(lib_err(format!("{}: {e}", jinja.display()))),
+        };
+        let chat_template = from_file.or_else(|| match config.get("chat_template") {
             Some(serde_json::Value::String(t)) => Some(t.clone()),
             Some(serde_json::Value::Array(list)) => list
                 .iter()
@@ -288,7 +311,7 @@ impl Tokenizer {
                 .and_then(|t| t.get("template")?.as_str())
                 .map(str::to_string),
             _ => None,
-        };
+        });
         Ok(Self {
             special_ids: special_ids(&inner),
             inner: Mutex::new(inner),
@@ -369,5 +392,35 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        let mut split = PreTokenizedString::from(text);
+        pre_tokenizer_for(pre)
+            .expect("pre-tokenizer")
+            .pre_tokenize(&mut split)
+            .expect("pre-tokenize");
+        split
+            .get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(piece, _, _)| piece.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn families_named_otherwise_split_text_as_their_base_does() {
+        // Qwen splits every digit and keeps "$b" one piece; GPT-2's rule does neither.
+        let text = "a $b 2024\n\tx";
+        assert_eq!(pieces("deepseek-r1-qwen", text), pieces("qwen2", text));
+        assert_ne!(pieces("qwen2", text), pieces("gpt2", text));
+        assert_eq!(pieces("falcon3", text), pieces("llama-bpe", text));
+        // Unknown names still load, split GPT-2's way (with a warning).
+        assert_eq!(pieces("no-such-family", text), pieces("gpt2", text));
     }
 }
