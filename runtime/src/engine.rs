@@ -831,7 +831,7 @@ impl ServedModel {
 
     /// Whether the model can serve now: a local one always; a remote one when its server
     /// answers (within two seconds) and still lists the model.
-    pub fn reachable(&self) -> Result<(), EngineError> {
+    pub fn reachable(&self) -> Result<(), String> {
         match &self.backend {
             Backend::Local(_) => Ok(()),
             Backend::Remote(r) => r.probe(),

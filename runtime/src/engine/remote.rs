@@ -27,6 +27,9 @@ use crate::error_code::ErrorCode;
 
 /// How long a connection to the remote may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a health probe's answer serves the health checks after it: a flood of (anonymous)
+/// `/health` calls asks the remote server no more often than this.
+const PROBE_FRESH: Duration = Duration::from_secs(2);
 
 /// Whether a model entry names a remote server rather than a file.
 pub fn is_remote(entry: &str) -> bool {
@@ -44,6 +47,11 @@ pub struct RemoteModel {
     agent: ureq::Agent,
     /// The remote's context length when it says (vLLM: `max_model_len`), else 0.
     pub context_length: u32,
+    /// The last health probe's answer and when it came.
+    /// (Shared by clones: they ask the same server.)
+    last_probe: std::sync::Arc<std::sync::Mutex<Option<(Instant, Result<(), String>)>>>,
+    /// Held while a probe is out, so that concurrent health checks do not each ask.
+    probing: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for RemoteModel {
@@ -112,6 +120,8 @@ impl RemoteModel {
             }),
             agent,
             context_length: 0,
+            last_probe: Default::default(),
+            probing: Default::default(),
         };
         let listed = remote.get_json("/models", Duration::from_secs(30))?;
         let models = listed["data"].as_array().cloned().unwrap_or_default();
@@ -138,8 +148,45 @@ impl RemoteModel {
         Ok(remote)
     }
 
-    /// Ask the server whether it still serves this model (health checks).
-    pub fn probe(&self) -> Result<(), EngineError> {
+    /// Whether the server still serves this model (health checks): asked at most once per
+    /// [`PROBE_FRESH`]; while one probe is out, the others take the previous answer (or,
+    /// before there is any, wait for this one's).
+    pub fn probe(&self) -> Result<(), String> {
+        let last = || {
+            self.last_probe
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        if let Some((at, answer)) = last()
+            && at.elapsed() < PROBE_FRESH
+        {
+            return answer;
+        }
+        let _probing = match self.probing.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if let Some((_, answer)) = last() {
+                    return answer;
+                }
+                self.probing.lock().unwrap_or_else(|e| e.into_inner())
+            }
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        // Asked while this thread waited for the lock?
+        if let Some((at, answer)) = last()
+            && at.elapsed() < PROBE_FRESH
+        {
+            return answer;
+        }
+        let answer = self.ask_serves().map_err(|e| e.to_string());
+        *self.last_probe.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    /// Ask the server now whether it still serves this model.
+    fn ask_serves(&self) -> Result<(), EngineError> {
         let listed = self.get_json("/models", Duration::from_secs(2))?;
         let serves = listed["data"]
             .as_array()
@@ -478,5 +525,35 @@ mod tests {
         );
         assert!(parse_entry("http:///v1").is_err());
         assert!(is_remote("https://x/v1") && !is_remote("/models/x.gguf"));
+    }
+
+    #[test]
+    fn concurrent_health_probes_ask_a_silent_server_once() {
+        // A server that takes connections and never answers: each probe waits out its 2 s.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let remote = RemoteModel {
+            base: format!("http://{}/v1", listener.local_addr().expect("address")),
+            model: "m".into(),
+            token: None,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            context_length: 0,
+            last_probe: Default::default(),
+            probing: Default::default(),
+        };
+        let answers: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let probes: Vec<_> = (0..8).map(|_| scope.spawn(|| remote.probe())).collect();
+            probes
+                .into_iter()
+                .map(|p| p.join().expect("probe"))
+                .collect()
+        });
+        assert!(answers.iter().all(Result::is_err), "{answers:?}");
+        // The connections made sit in the listener's backlog: count them.
+        listener.set_nonblocking(true).expect("nonblocking");
+        let asked = std::iter::from_fn(|| listener.accept().ok()).count();
+        assert_eq!(asked, 1, "{answers:?}");
     }
 }
