@@ -3,9 +3,9 @@
 //! sums that `restore` checks before it puts anything in place.
 //!
 //! A backup is a folder: `manifest.json`, `store.db`, and `config.toml` / `plugins/...` when
-//! they were given. Restoring replaces the store atomically (a temporary file renamed over
-//! it), and is refused while a server holds the store, or when a store exists and `force` is
-//! not given.
+//! they were given. Restoring stages every file beside its target (synced, the store's copy
+//! checked) before it renames any into place, the store last, each rename atomic; it is
+//! refused while a server holds the store, or when a target exists and `force` is not given.
 
 use std::fs;
 use std::io::Write;
@@ -175,6 +175,21 @@ pub fn backup(
 
 /// Read `from`'s manifest and check every file it lists against its size and SHA-256.
 pub fn verify(from: &Path) -> Result<Manifest, BackupError> {
+    let manifest = read_manifest(from)?;
+    for f in &manifest.files {
+        check_file(from, f)?;
+    }
+    if !manifest.files.iter().any(|f| f.path == "store.db") {
+        return Err(fail(
+            ErrorCode::BackupFailed,
+            "the backup holds no store.db",
+        ));
+    }
+    Ok(manifest)
+}
+
+/// `from`'s manifest, of a format this build reads.
+fn read_manifest(from: &Path) -> Result<Manifest, BackupError> {
     let path = from.join("manifest.json");
     let text = fs::read_to_string(&path).map_err(|e| io("cannot read", &path, e))?;
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
@@ -189,31 +204,54 @@ pub fn verify(from: &Path) -> Result<Manifest, BackupError> {
             format!("backup format {} is not supported", manifest.version),
         ));
     }
-    for f in &manifest.files {
-        if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
-            return Err(fail(
-                ErrorCode::BackupFailed,
-                format!("the manifest names {:?}, outside the backup", f.path),
-            ));
-        }
-        let (bytes, sha256) = sha256_file(&from.join(&f.path))?;
-        if bytes != f.bytes || sha256 != f.sha256 {
-            return Err(fail(
-                ErrorCode::BackupFailed,
-                format!(
-                    "{} does not match the manifest (damaged or changed since the backup)",
-                    f.path
-                ),
-            ));
-        }
-    }
-    if !manifest.files.iter().any(|f| f.path == "store.db") {
+    Ok(manifest)
+}
+
+/// One file of the backup at `from` against its manifest entry.
+fn check_file(from: &Path, f: &FileEntry) -> Result<(), BackupError> {
+    if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
         return Err(fail(
             ErrorCode::BackupFailed,
-            "the backup holds no store.db",
+            format!("the manifest names {:?}, outside the backup", f.path),
         ));
     }
-    Ok(manifest)
+    let (bytes, sha256) = sha256_file(&from.join(&f.path))?;
+    if bytes != f.bytes || sha256 != f.sha256 {
+        return Err(fail(
+            ErrorCode::BackupFailed,
+            format!(
+                "{} does not match the manifest (damaged or changed since the backup)",
+                f.path
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The part of a backed-up config that says where the run store is. Every other key is
+/// ignored here: a config granting folders this host does not have yet must still restore.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConfigStore {
+    pub store: Option<String>,
+}
+
+/// What the backup's `config.toml` says about the store; `None` when the backup holds no
+/// config. The file is checked against the manifest first: nothing unverified decides where a
+/// restore writes.
+pub fn config_store(from: &Path) -> Result<Option<ConfigStore>, BackupError> {
+    let manifest = read_manifest(from)?;
+    let Some(entry) = manifest.files.iter().find(|f| f.path == "config.toml") else {
+        return Ok(None);
+    };
+    check_file(from, entry)?;
+    let path = from.join("config.toml");
+    let text = fs::read_to_string(&path).map_err(|e| io("cannot read", &path, e))?;
+    toml::from_str(&text).map(Some).map_err(|e| {
+        fail(
+            ErrorCode::BackupFailed,
+            format!("{} is not a config file: {e}", path.display()),
+        )
+    })
 }
 
 /// What a restore put in place.
@@ -227,9 +265,11 @@ pub struct Restored {
 
 /// Verify the backup at `from`, then put its store at `store` (and its config and plugins at
 /// `config` / `plugins` when given and present in the backup). Everything is checked before
-/// anything is replaced: the manifest's sums, the restored store's integrity (on a copy beside
-/// the live one), and that nothing existing would be overwritten without `force`. Only the
-/// files the manifest lists (and so were checked) are installed.
+/// anything is replaced: the manifest's sums, that nothing existing would be overwritten
+/// without `force`, and every file staged beside its target (which checks that each target can
+/// be written) and synced, the store's copy passing its integrity check. Only then are the
+/// staged files renamed into place, the store last. Only the files the manifest lists (and so
+/// were checked) are installed.
 pub fn restore(
     from: &Path,
     store: &Path,
@@ -273,56 +313,162 @@ pub fn restore(
         return Err(refuse("a plugin file", target));
     }
 
-    let side = |path: &Path, suffix: &str| {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        PathBuf::from(p)
-    };
-    let tmp = side(store, ".restoring");
-    let discard = |tmp: &Path| {
-        for p in [tmp.to_path_buf(), side(tmp, "-wal"), side(tmp, "-shm")] {
-            let _ = fs::remove_file(p);
-        }
-    };
-    fs::copy(from.join("store.db"), &tmp).map_err(|e| io("cannot write", &tmp, e))?;
-    let checked = fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("cannot sync", &tmp, e))
-        .and_then(|()| check_restored(&tmp));
-    if let Err(e) = checked {
-        discard(&tmp);
-        return Err(e);
+    // Every file but the store, then the store: staged, and later put in place, in this order.
+    let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
+    if let Some(config) = config {
+        files.push((from.join("config.toml"), config.to_path_buf()));
     }
-    // The old store's write-ahead log belongs to the old file.
+    files.extend(plugin_files.iter().cloned());
+    files.push((from.join("store.db"), store.to_path_buf()));
+    let staged = stage_all(&files)?;
+    install(&staged)?;
+    sync_folders(&files, plugins.filter(|_| !plugin_files.is_empty()));
+
+    Ok(Restored {
+        store: store.display().to_string(),
+        runs: manifest.runs,
+        config: config.map(|c| c.display().to_string()),
+        plugins: plugins
+            .filter(|_| !plugin_files.is_empty())
+            .map(|d| d.display().to_string()),
+    })
+}
+
+/// `path` with `suffix` appended to its file name.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Where a file is staged before it is renamed over `target`: in the same folder, so the
+/// rename is atomic and staging it proves the folder writable.
+fn staging(target: &Path) -> PathBuf {
+    beside(target, ".restoring")
+}
+
+/// Remove a staged file and the write-ahead log and index SQLite may have left beside it: a
+/// log left by an interrupted restore would otherwise be replayed into the next one's copy.
+fn discard(staged: &Path) {
+    for p in [
+        staged.to_path_buf(),
+        beside(staged, "-wal"),
+        beside(staged, "-shm"),
+    ] {
+        let _ = fs::remove_file(p);
+    }
+}
+
+/// Stage every `(backup file, target)` beside its target, synced; the last is the store, whose
+/// copy must also pass its integrity check. On any failure nothing staged is left behind and
+/// no target has been touched. Returns `(staged, target)` pairs, in order.
+fn stage_all(files: &[(PathBuf, PathBuf)]) -> Result<Vec<(PathBuf, PathBuf)>, BackupError> {
+    let mut staged = Vec::with_capacity(files.len());
+    for (i, (source, target)) in files.iter().enumerate() {
+        let tmp = staging(target);
+        let is_store = i + 1 == files.len();
+        let done = stage(source, target, &tmp).and_then(|()| {
+            if is_store {
+                check_restored(&tmp)
+            } else {
+                Ok(())
+            }
+        });
+        staged.push((tmp, target.clone()));
+        if let Err(e) = done {
+            staged.iter().for_each(|(tmp, _)| discard(tmp));
+            return Err(e);
+        }
+    }
+    Ok(staged)
+}
+
+/// Copy `source` to `tmp` beside `target`, synced to disk.
+fn stage(source: &Path, target: &Path, tmp: &Path) -> Result<(), BackupError> {
+    if target.is_dir() {
+        return Err(fail(
+            ErrorCode::BackupFailed,
+            format!("{} is a folder; a file would replace it", target.display()),
+        ));
+    }
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
+    }
+    discard(tmp);
+    fs::copy(source, tmp).map_err(|e| io("cannot write", tmp, e))?;
+    fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("cannot sync", tmp, e))
+}
+
+/// Rename every staged file over its target, in order (the store last). Staging proved each
+/// folder writable, so a failure here is the file system's; what was not yet renamed is
+/// removed and the error names how far the restore got.
+fn install(staged: &[(PathBuf, PathBuf)]) -> Result<(), BackupError> {
+    for (n, (tmp, target)) in staged.iter().enumerate() {
+        let is_store = n + 1 == staged.len();
+        let moved = remove_old_log(target, is_store).and_then(|()| {
+            fs::rename(tmp, target).map_err(|e| io("cannot move into place", target, e))
+        });
+        if let Err(e) = moved {
+            staged[n..].iter().for_each(|(tmp, _)| discard(tmp));
+            return Err(fail(
+                e.code,
+                format!(
+                    "{e}; {n} of {} files were replaced, the run store was not; fix the cause and restore again with --force",
+                    staged.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The old store's write-ahead log and index belong to the old file: removed before the new
+/// one takes its name (the store lock keeps servers away in between).
+fn remove_old_log(target: &Path, is_store: bool) -> Result<(), BackupError> {
+    if !is_store {
+        return Ok(());
+    }
     for suffix in ["-wal", "-shm"] {
-        let old = side(store, suffix);
+        let old = beside(target, suffix);
         if old.exists() {
             fs::remove_file(&old).map_err(|e| io("cannot remove", &old, e))?;
         }
     }
-    fs::rename(&tmp, store).map_err(|e| io("cannot move into place", store, e))?;
-    let mut restored = Restored {
-        store: store.display().to_string(),
-        runs: manifest.runs,
-        config: None,
-        plugins: None,
-    };
-    if let Some(config) = config {
-        fs::copy(from.join("config.toml"), config).map_err(|e| io("cannot write", config, e))?;
-        restored.config = Some(config.display().to_string());
+    Ok(())
+}
+
+/// Sync the folders the renames changed (and the plugin folder's own entry, which may be
+/// new), so the new names survive a power cut. Everything is in place by now: a folder that
+/// cannot be synced is a warning, not a failed restore.
+fn sync_folders(files: &[(PathBuf, PathBuf)], plugins: Option<&Path>) {
+    let mut folders: Vec<&Path> = files.iter().filter_map(|(_, t)| t.parent()).collect();
+    if let Some(dir) = plugins {
+        folders.push(dir);
+        folders.extend(dir.parent());
     }
-    if let Some(dir) = plugins
-        && !plugin_files.is_empty()
-    {
-        for (source, target) in &plugin_files {
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
+    let mut folders: Vec<&Path> = folders
+        .into_iter()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
             }
-            fs::copy(source, target).map_err(|e| io("cannot write", target, e))?;
+        })
+        .collect();
+    folders.sort();
+    folders.dedup();
+    for folder in folders {
+        if let Err(e) = fs::File::open(folder).and_then(|f| f.sync_all()) {
+            tracing::warn!(
+                folder = %folder.display(),
+                error = %e,
+                "restored, but the folder could not be synced"
+            );
         }
-        restored.plugins = Some(dir.display().to_string());
     }
-    Ok(restored)
 }
 
 /// Open the copy about to become the run store and run its integrity check; closed again
@@ -495,6 +641,81 @@ mod tests {
             !live_plugins.join("evil.toml").exists(),
             "a file the manifest does not list is not installed"
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn run_ids(store: &Path) -> Vec<String> {
+        let mut ids: Vec<String> = Store::open(store)
+            .expect("open")
+            .list_runs(10, None)
+            .expect("runs")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// A target that cannot be written is found while staging, before anything is replaced:
+    /// the live store keeps its runs and nothing staged is left behind.
+    #[test]
+    fn a_restore_that_cannot_write_its_config_replaces_nothing() {
+        let dir = temp("unwritable");
+        let source = dir.join("source.db");
+        filled_store(&source);
+        let source_config = dir.join("source.toml");
+        fs::write(&source_config, "[limits]\n").expect("config");
+        let out = dir.join("backup");
+        backup(&source, Some(&source_config), None, &out).expect("backup");
+        let live = dir.join("live.db");
+        Store::open(&live)
+            .expect("open")
+            .insert_run("mine", &serde_json::json!({}))
+            .expect("insert");
+
+        // The config's folder would be a regular file: it cannot be created.
+        let blocker = dir.join("not-a-folder");
+        fs::write(&blocker, "").expect("file");
+        let config = blocker.join("agentrt.toml");
+        let err = restore(&out, &live, Some(&config), None, true).expect_err("unwritable");
+        assert_eq!(err.code, ErrorCode::BackupFailed, "{err}");
+        assert_eq!(run_ids(&live), ["mine"], "the live store is untouched");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".restoring"))
+            .collect();
+        assert!(left.is_empty(), "staged files left behind: {left:?}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A write-ahead log left beside `STORE.restoring` by an interrupted restore belongs to
+    /// another file; SQLite would replay it into the next restore's copy.
+    #[test]
+    fn a_stale_log_beside_the_staged_store_is_not_replayed() {
+        let dir = temp("stale-log");
+        let source = dir.join("source.db");
+        filled_store(&source);
+        let out = dir.join("backup");
+        backup(&source, None, None, &out).expect("backup");
+
+        // Another store's log, taken before a checkpoint folded it back: all of its pages.
+        let live = dir.join("live.db");
+        let other = dir.join("other.db");
+        let other_store = Store::open(&other).expect("open");
+        for id in ["x", "y", "z"] {
+            other_store
+                .insert_run(id, &serde_json::json!({}))
+                .expect("insert");
+        }
+        fs::copy(beside(&other, "-wal"), beside(&live, ".restoring-wal")).expect("plant");
+        drop(other_store);
+        fs::write(staging(&live), b"half a copy").expect("plant");
+
+        restore(&out, &live, None, None, false).expect("restore");
+        assert_eq!(run_ids(&live), ["a", "b"]);
+        assert!(!beside(&live, ".restoring-wal").exists());
         let _ = fs::remove_dir_all(&dir);
     }
 

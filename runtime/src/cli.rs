@@ -535,7 +535,33 @@ fn store_location(opts: &RuntimeOpts) -> Result<String, CliError> {
 /// The SQLite file `agentrt backup` and `restore` work on; a PostgreSQL store is the
 /// database's to back up (BACKUP_001 says so).
 fn sqlite_store_for_backup(opts: &RuntimeOpts) -> Result<std::path::PathBuf, CliError> {
-    let location = store_location(opts)?;
+    sqlite_only(store_location(opts)?)
+}
+
+/// Where `agentrt restore` puts the store. When it writes the config too (`--config`, and
+/// the backup holds one), the `store` of the config it installs decides, not that of the file
+/// it is about to replace, which need not exist yet (a fresh host). Otherwise the config at
+/// `--config` decides when there is one. `AGENTRT_STORE` wins over both, as everywhere.
+fn restore_store(opts: &RuntimeOpts, from: &Path) -> Result<std::path::PathBuf, CliError> {
+    let configured = match &opts.config {
+        None => None,
+        Some(target) => {
+            match crate::backup::config_store(from).map_err(|e| CliError::new(e.code, e.message))? {
+                Some(restored) => restored.store,
+                None if target.exists() => {
+                    Config::load(target)
+                        .map_err(|e| CliError::new(ErrorCode::InvalidInput, e.to_string()))?
+                        .store
+                }
+                None => None,
+            }
+        }
+    };
+    sqlite_only(crate::paths::store_location(configured.as_deref()))
+}
+
+/// `location` as an SQLite file; a PostgreSQL URL is refused (BACKUP_001, naming pg_dump).
+fn sqlite_only(location: String) -> Result<std::path::PathBuf, CliError> {
     if crate::store::postgres::is_postgres_url(&location) {
         return Err(CliError::new(
             ErrorCode::BackupFailed,
@@ -983,7 +1009,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Restore { from, force, opts } => {
-            let store = sqlite_store_for_backup(&opts)?;
+            let store = restore_store(&opts, &from)?;
             let restored = crate::backup::restore(
                 &from,
                 &store,

@@ -111,27 +111,23 @@ impl Report {
         }
     }
 
-    /// Whether `agentrt serve` could listen on `addr`.
+    /// Whether `agentrt serve` could listen on `addr`. Taken by a server that answers there
+    /// (most likely this agentrt, already serving) is a warning; any other reason `serve`
+    /// could not bind — an address this host does not have, a port it may not use, a port
+    /// held by a socket that does not answer — is a failure.
     pub fn port(&mut self, addr: SocketAddr) {
-        match std::net::TcpListener::bind(addr) {
-            Ok(_) => self.add("port", Status::Ok, format!("{addr} is free")),
-            Err(e) => {
-                let answered = std::net::TcpStream::connect_timeout(
-                    &addr,
-                    std::time::Duration::from_millis(500),
-                )
-                .is_ok();
-                self.add(
-                    "port",
-                    Status::Warn,
-                    if answered {
-                        format!("{addr} is taken ({e}): a server is already listening there")
-                    } else {
-                        format!("{addr} cannot be used: {e}")
-                    },
-                );
-            }
-        }
+        let (status, detail) = match std::net::TcpListener::bind(addr) {
+            Ok(_) => (Status::Ok, format!("{addr} is free")),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && answers(addr) => (
+                Status::Warn,
+                format!("{addr} is taken ({e}): a server is already listening there"),
+            ),
+            Err(e) => (
+                Status::Fail,
+                format!("{addr} cannot be used: {e}; agentrt serve could not listen there"),
+            ),
+        };
+        self.add("port", status, detail);
     }
 
     /// Each model file exists and, where a `FILE.sha256` was recorded (by scripts/setup.sh),
@@ -330,6 +326,11 @@ impl Report {
     }
 }
 
+/// Whether something accepts connections at `addr`.
+fn answers(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
+}
+
 /// (total, available) bytes from /proc/meminfo.
 fn meminfo() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -361,4 +362,29 @@ fn disk_free(path: &Path) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port_check(addr: SocketAddr) -> Check {
+        let mut report = Report::default();
+        report.port(addr);
+        report.checks.pop().expect("a port check")
+    }
+
+    #[test]
+    fn a_port_a_server_answers_on_is_a_warning() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let check = port_check(listener.local_addr().expect("address"));
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+    }
+
+    /// 192.0.2.1 is TEST-NET-1, never an address of this host: `serve` could not bind it.
+    #[test]
+    fn an_address_this_host_does_not_have_is_a_failure() {
+        let check = port_check("192.0.2.1:8080".parse().expect("address"));
+        assert_eq!(check.status, Status::Fail, "{check:?}");
+    }
 }

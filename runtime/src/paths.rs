@@ -3,6 +3,7 @@
 //! Everything lives under `AGENTRT_HOME` (default `~/.cache/agentrt`), which `scripts/setup.sh`
 //! fills; nothing there is committed to the repository.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// File name of the default model inside the models folder.
@@ -32,18 +33,37 @@ pub fn default_model() -> PathBuf {
 /// Where the run store is: `AGENTRT_STORE`, else the config's `store` (`configured`), else the
 /// SQLite file [`store`]. A `postgres://` URL or a file path.
 pub fn store_location(configured: Option<&str>) -> String {
-    std::env::var("AGENTRT_STORE")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .or_else(|| configured.map(str::to_string))
-        .unwrap_or_else(|| store().display().to_string())
+    location_from(env_store(), configured, home())
 }
 
 /// The SQLite run store file: `AGENTRT_STORE`, else `$AGENTRT_HOME/agentrt.db`.
 pub fn store() -> PathBuf {
-    match std::env::var_os("AGENTRT_STORE") {
-        Some(p) => PathBuf::from(p),
-        None => home().join("agentrt.db"),
+    store_file(env_store(), home())
+}
+
+/// `AGENTRT_STORE`, where it says something: an empty value (`AGENTRT_STORE=` in a unit or
+/// compose file) means unset, not a store at the path "".
+fn env_store() -> Option<OsString> {
+    non_empty(std::env::var_os("AGENTRT_STORE"))
+}
+
+fn non_empty(value: Option<OsString>) -> Option<OsString> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// [`store`] from `AGENTRT_STORE`'s value (already [`non_empty`]) and the home folder.
+fn store_file(env: Option<OsString>, home: PathBuf) -> PathBuf {
+    env.map(PathBuf::from)
+        .unwrap_or_else(|| home.join("agentrt.db"))
+}
+
+/// [`store_location`] from `AGENTRT_STORE`'s value (already [`non_empty`]), the config's
+/// `store` and the home folder.
+fn location_from(env: Option<OsString>, configured: Option<&str>, home: PathBuf) -> String {
+    match (env, configured) {
+        (Some(env), _) => env.to_string_lossy().into_owned(),
+        (None, Some(configured)) => configured.to_string(),
+        (None, None) => store_file(None, home).display().to_string(),
     }
 }
 
@@ -58,5 +78,30 @@ pub fn python_wasm() -> PathBuf {
     match std::env::var_os("AGENTRT_PYTHON_WASM") {
         Some(p) => PathBuf::from(p),
         None => home().join("python").join("python.wasm"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_agentrt_store_is_unset() {
+        let home = PathBuf::from("/home/agentrt");
+        let empty = || non_empty(Some(OsString::new()));
+        assert_eq!(empty(), None);
+        assert_eq!(store_file(empty(), home.clone()), home.join("agentrt.db"));
+        assert_eq!(
+            location_from(empty(), None, home.clone()),
+            "/home/agentrt/agentrt.db"
+        );
+        assert_eq!(location_from(empty(), Some("/c.db"), home.clone()), "/c.db");
+        // A value that says something still wins over the config.
+        let set = non_empty(Some("/e.db".into()));
+        assert_eq!(
+            store_file(set.clone(), home.clone()),
+            PathBuf::from("/e.db")
+        );
+        assert_eq!(location_from(set, Some("/c.db"), home), "/e.db");
     }
 }

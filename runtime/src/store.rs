@@ -294,6 +294,30 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Tries of a backup step that finds the source or the copy locked (a checkpoint, a commit:
+/// milliseconds) before the backup gives up, and the pause between two.
+const BACKUP_TRIES: u32 = 100;
+const BACKUP_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Copy every page of `source` into `target` in one backup step, that is in one read
+/// transaction: a consistent snapshot, and in WAL mode the server's writers go on meanwhile.
+/// Not in several steps: SQLite restarts a backup from page 1 when another connection commits
+/// between two steps, so under steady writes a stepwise copy never ends.
+fn copy_in_one_step(source: &Connection, target: &mut Connection) -> Result<(), String> {
+    use rusqlite::backup::{Backup, StepResult};
+    let copy = Backup::new(source, target).map_err(|e| e.to_string())?;
+    for _ in 0..BACKUP_TRIES {
+        match copy.step(-1).map_err(|e| e.to_string())? {
+            StepResult::Done => return Ok(()),
+            // Busy or locked for a moment: the next try starts over, still in one step.
+            _ => std::thread::sleep(BACKUP_RETRY_PAUSE),
+        }
+    }
+    Err(format!(
+        "the store stayed locked through {BACKUP_TRIES} tries; try again"
+    ))
+}
+
 /// The SQLite run store; one connection, used under a mutex (every statement is short).
 #[derive(Debug)]
 pub struct Store {
@@ -369,12 +393,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(5))
             .map_err(|e| fail(&e))?;
         let mut target = Connection::open(dest).map_err(|e| fail(&e))?;
-        {
-            let copy = rusqlite::backup::Backup::new(&source, &mut target).map_err(|e| fail(&e))?;
-            // Small steps with pauses between them let the server's writers in.
-            copy.run_to_completion(256, Duration::from_millis(2), None)
-                .map_err(|e| fail(&e))?;
-        }
+        copy_in_one_step(&source, &mut target).map_err(|e| fail(&e))?;
         let _: String = target
             .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))
             .map_err(|e| fail(&e))?;
@@ -1013,5 +1032,68 @@ mod conformance {
             store.run("theirs").expect("read").expect("run").state,
             RunState::Running
         );
+    }
+}
+
+/// `agentrt backup` against a store that a server keeps writing to.
+#[cfg(test)]
+mod online_backup {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+
+    /// SQLite restarts a stepwise backup whenever another connection commits between steps;
+    /// a server committing every few milliseconds must not keep the backup from finishing.
+    #[test]
+    fn a_backup_finishes_while_another_connection_keeps_committing() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-online-backup-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let src = dir.join("live.db");
+        let live = Arc::new(Store::open(&src).expect("open"));
+        // About 8 MiB: some two thousand pages.
+        let filler = "x".repeat(64 * 1024);
+        for i in 0..128 {
+            live.insert_run(&format!("big-{i}"), &serde_json::json!({ "t": filler }))
+                .expect("insert");
+        }
+        // Steady commits: no checkpoint (and its fsync) pausing the writer now and then,
+        // which would give a stepwise copy the quiet moment it needs to finish by luck.
+        live.execute_for_test("PRAGMA wal_autocheckpoint = 0")
+            .expect("no checkpoints");
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (live, stop) = (live.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut commits = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    live.insert_run(&format!("w-{commits}"), &Value::Null)
+                        .expect("commit");
+                    commits += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                commits
+            })
+        };
+        let dest = dir.join("copy.db");
+        let (done, finished) = mpsc::channel();
+        {
+            let (src, dest) = (src.clone(), dest.clone());
+            std::thread::spawn(move || done.send(Store::backup_online(&src, &dest)));
+        }
+        // Generous: the copy takes well under a second; a restarting one never ends.
+        let outcome = finished.recv_timeout(Duration::from_secs(120));
+        stop.store(true, Ordering::Relaxed);
+        let commits = writer.join().expect("writer");
+        let runs = outcome
+            .expect("the backup finished while the writer committed")
+            .expect("backup");
+        assert!(runs >= 128, "{runs} runs copied");
+        assert!(commits > 0, "the writer committed during the backup");
+        let copy = Store::open(&dest).expect("open the copy");
+        assert_eq!(copy.check_integrity().expect("check"), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -338,6 +338,126 @@ fn doctor_checks_a_remote_model_and_reports_a_broken_config() {
     find("gpu");
 }
 
+/// A fresh folder for one test's files.
+fn scratch(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "agentrt-cli-{label}-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// Ids of the runs in the SQLite store at `path`, sorted.
+fn run_ids(path: &std::path::Path) -> Vec<String> {
+    use agentrt::store::RunStore;
+    let mut ids: Vec<String> = agentrt::store::Store::open(path)
+        .expect("open store")
+        .list_runs(100, None)
+        .expect("runs")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A store at `path` holding queued runs with these ids.
+fn store_with_runs(path: &std::path::Path, ids: &[&str]) {
+    use agentrt::store::RunStore;
+    let store = agentrt::store::Store::open(path).expect("open store");
+    for id in ids {
+        store
+            .insert_run(id, &serde_json::json!({}))
+            .expect("insert");
+    }
+}
+
+/// On a fresh host the config `restore --config` writes does not exist yet, and the store goes
+/// where the restored config's `store =` says, not to the default.
+#[test]
+fn restore_with_a_config_uses_the_restored_configs_store_on_a_fresh_host() {
+    let dir = scratch("restore-config");
+    let source = dir.join("source.db");
+    store_with_runs(&source, &["one", "two"]);
+    let wanted = dir.join("runs/wanted.db");
+    let config_text = format!("store = {:?}\n", wanted.to_str().expect("utf-8"));
+    let source_config = dir.join("source.toml");
+    std::fs::write(&source_config, &config_text).expect("config");
+    let out = dir.join("backup");
+    let (ok, stdout, stderr) = crate::harness::run_cli_env(
+        &[
+            "backup",
+            out.to_str().expect("utf-8"),
+            "--config",
+            source_config.to_str().expect("utf-8"),
+        ],
+        &[("AGENTRT_STORE", source.to_str().expect("utf-8"))],
+    );
+    assert!(ok, "{stdout}{stderr}");
+
+    // The fresh host: no config file, not even its folder, and no store anywhere.
+    let home = dir.join("home");
+    let config = dir.join("etc/agentrt.toml");
+    let (ok, stdout, stderr) = crate::harness::run_cli_env(
+        &[
+            "restore",
+            out.to_str().expect("utf-8"),
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+        // Empty means unset: the store comes from the restored config.
+        &[
+            ("AGENTRT_STORE", ""),
+            ("AGENTRT_HOME", home.to_str().expect("utf-8")),
+        ],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&config).expect("config written"),
+        config_text
+    );
+    assert_eq!(run_ids(&wanted), ["one", "two"]);
+    assert!(!home.join("agentrt.db").exists(), "not at the default");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `AGENTRT_STORE=` (empty) is the default store, not a store at the path "".
+#[test]
+fn an_empty_agentrt_store_means_the_default_store() {
+    let dir = scratch("empty-store");
+    store_with_runs(&dir.join("agentrt.db"), &["kept"]);
+    let out = dir.join("backup");
+    let (ok, stdout, stderr) = crate::harness::run_cli_env(
+        &["backup", out.to_str().expect("utf-8"), "--json"],
+        &[
+            ("AGENTRT_STORE", ""),
+            ("AGENTRT_HOME", dir.to_str().expect("utf-8")),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "{stdout}{stderr}");
+    let manifest: Value = serde_json::from_str(&stdout).expect("manifest JSON");
+    assert_eq!(manifest["runs"], 1, "{manifest}");
+}
+
+/// An address `serve` could not bind (TEST-NET-1 is never local) fails the doctor.
+#[test]
+fn doctor_fails_when_serve_could_not_listen() {
+    let store = crate::harness::fresh_store_path();
+    let (ok, stdout, stderr) = crate::harness::run_cli_env(
+        &["doctor", "--json", "--listen", "192.0.2.1:8080"],
+        &[("AGENTRT_STORE", store.to_str().expect("utf-8"))],
+    );
+    assert!(!ok, "{stdout}{stderr}");
+    let port = doctor_checks(&stdout)
+        .into_iter()
+        .find(|(n, _, _)| n == "port")
+        .expect("port check");
+    assert_eq!(port.1, "fail", "{port:?}");
+}
+
 /// A loopback port nothing listens on: bound, then released.
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -31,6 +31,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `/health` calls asks the remote server no more often than this.
 const PROBE_FRESH: Duration = Duration::from_secs(2);
 
+/// A health probe's answer (why the model cannot serve, if it cannot) and when it came.
+type ProbeAnswer = (Instant, Result<(), String>);
+
 /// Whether a model entry names a remote server rather than a file.
 pub fn is_remote(entry: &str) -> bool {
     entry.starts_with("http://") || entry.starts_with("https://")
@@ -49,7 +52,7 @@ pub struct RemoteModel {
     pub context_length: u32,
     /// The last health probe's answer and when it came.
     /// (Shared by clones: they ask the same server.)
-    last_probe: std::sync::Arc<std::sync::Mutex<Option<(Instant, Result<(), String>)>>>,
+    last_probe: std::sync::Arc<std::sync::Mutex<Option<ProbeAnswer>>>,
     /// Held while a probe is out, so that concurrent health checks do not each ask.
     probing: std::sync::Arc<std::sync::Mutex<()>>,
 }
