@@ -49,21 +49,38 @@ impl KvPrecision {
 
 /// An element type the cache can hold; attention reads it through [`simd::Widen`].
 pub trait KvElement: simd::Widen + Send + Sync + 'static {
-    const ZERO: Self;
     fn store(v: f32) -> Self;
+    /// `n` zeros from zeroed memory: the allocator hands out fresh pages the kernel zeroes
+    /// as they are first touched, so a cache sized for a long generation costs memory (and
+    /// time, on the scheduler's thread) only for the positions it comes to hold.
+    fn zeroed(n: usize) -> Vec<Self>
+    where
+        Self: Sized;
 }
 
 impl KvElement for f16 {
-    const ZERO: Self = f16::ZERO;
     fn store(v: f32) -> Self {
         f16::from_f32(v)
+    }
+
+    fn zeroed(n: usize) -> Vec<Self> {
+        // `vec![f16::ZERO; n]` would write every element: only std's own number types get
+        // the zeroed allocation. So allocate u16 zeros and take them as f16.
+        let mut bits = std::mem::ManuallyDrop::new(vec![0u16; n]);
+        // SAFETY: f16 is `repr(transparent)` over u16 (same size and alignment), the all-zero
+        // pattern is +0.0, and the allocation passes whole (pointer, length, capacity) to the
+        // new Vec, which frees it with the same layout.
+        unsafe { Vec::from_raw_parts(bits.as_mut_ptr().cast::<f16>(), bits.len(), bits.capacity()) }
     }
 }
 
 impl KvElement for f32 {
-    const ZERO: Self = 0.0;
     fn store(v: f32) -> Self {
         v
+    }
+
+    fn zeroed(n: usize) -> Vec<Self> {
+        vec![0.0; n]
     }
 }
 
@@ -77,8 +94,8 @@ struct Store<T> {
 impl<T: KvElement> Store<T> {
     fn new(layers: usize, size: usize) -> Self {
         Self {
-            keys: (0..layers).map(|_| vec![T::ZERO; size]).collect(),
-            values: (0..layers).map(|_| vec![T::ZERO; size]).collect(),
+            keys: (0..layers).map(|_| T::zeroed(size)).collect(),
+            values: (0..layers).map(|_| T::zeroed(size)).collect(),
         }
     }
 
@@ -431,6 +448,36 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Resident memory of this process, in bytes (Linux).
+    fn resident_bytes() -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+
+    #[test]
+    fn a_cache_costs_memory_only_for_the_positions_it_holds() {
+        let Some(before) = resident_bytes() else {
+            eprintln!("skipped: no /proc/self/statm on this system");
+            return;
+        };
+        for precision in [KvPrecision::F16, KvPrecision::F32] {
+            // 512 MiB of f16 (1 GiB of f32): 131072 positions of 4 layers, two written. Each
+            // written position touches a page of every transposed key row: 4 MiB in all.
+            let mut cache = KvCache::new(4, 256, 64, 131072, precision);
+            for layer in 0..4 {
+                cache.append(layer, &[1.0; 2 * 256], &[2.0; 2 * 256]);
+            }
+            cache.commit(2);
+            let grown = resident_bytes().expect("statm").saturating_sub(before);
+            assert!(
+                grown < 128 << 20,
+                "{precision:?}: a cache holding two positions made the process {} MiB larger",
+                grown >> 20
+            );
+        }
+    }
 
     #[test]
     fn keys_read_back_per_head_dimension_and_values_per_position() {
