@@ -92,6 +92,18 @@ impl Server {
         }
     }
 
+    /// The server's resident memory in bytes (Linux: `VmRSS` of /proc/PID/status).
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
     /// Ask the server to shut down (SIGTERM), as a supervisor would.
     pub fn terminate(&self) {
         let status = Command::new("kill")

@@ -398,3 +398,34 @@ fn a_check_the_error_handler_retries_runs_again() {
     assert_eq!(body["checks"][0]["status"], "skipped", "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Host resources a plugin creates (here `wasi:http` header maps, 8 KiB each) live in the
+/// host's memory, outside the plugin's memory cap: a plugin that keeps making them is stopped
+/// at a bounded number, long before its deadline, instead of growing the server for as long
+/// as it runs.
+#[test]
+fn a_plugin_cannot_make_the_host_hold_unbounded_resources() {
+    let dir = plugin_folder("header-hog", "header-hog-check", "header-hog-check", None);
+    let server = Server::start(&["--plugins", dir.to_str().expect("utf-8 path")]);
+    let before = server.resident_bytes();
+    let (status, body) = server.post(
+        "/check",
+        &json!({"code": "x = 1\n", "checks": ["header-hog-check"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let grown = server.resident_bytes().saturating_sub(before);
+    println!(
+        "the server grew by {} MiB: {}",
+        grown >> 20,
+        body["checks"][0]
+    );
+    let code = body["checks"][0]["error"]["code"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        ["PLUGIN_003", "HOG_001"].contains(&code),
+        "stopped by the host, not by its deadline: {body}"
+    );
+    assert!(grown < 128 << 20, "the server grew by {} MiB", grown >> 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -104,6 +104,11 @@ pub struct PluginState {
     pub default_model: Option<String>,
 }
 
+/// Most host resources one plugin call holds at once (a well-behaved plugin holds a few).
+const MAX_HOST_RESOURCES: usize = 1024;
+/// Most bytes of one HTTP header map a plugin builds (16 KiB: what common servers accept).
+const HTTP_FIELDS_BYTES: usize = 16 << 10;
+
 impl PluginState {
     /// A state with a WASI context built from `wasi` (what was granted, nothing more).
     pub fn new(
@@ -117,10 +122,17 @@ impl PluginState {
     ) -> Self {
         let max_memory = (granted.memory_mb as usize) << 20;
         let http_gate = HttpGate::new(granted.hosts.clone(), deadline);
+        // Host resources (streams, pollables, HTTP header maps...) live in host memory, not
+        // under the plugin's memory cap: a plugin holds at most this many at once, each header
+        // map at most HTTP_FIELDS_BYTES, so what it can make the host hold stays bounded.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
+        let mut http = wasmtime_wasi_http::WasiHttpCtx::new();
+        http.set_field_size_limit(HTTP_FIELDS_BYTES);
         Self {
             wasi,
-            table: ResourceTable::new(),
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            table,
+            http,
             http_gate,
             limiter: MemoryLimiter {
                 max_bytes: max_memory,
