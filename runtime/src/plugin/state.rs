@@ -31,6 +31,11 @@ pub struct MemoryLimiter {
     pub hit: bool,
 }
 
+/// Most elements of one table.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// Host bytes per table element (a function or external reference).
+const TABLE_ELEMENT_BYTES: usize = 8;
+
 impl ResourceLimiter for MemoryLimiter {
     /// Called for a memory's initial size (`current` 0) and for every growth of it.
     fn memory_growing(
@@ -50,13 +55,27 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
+    /// Table elements are host memory the plugin asks for as surely as linear memory (with
+    /// instances allocated on demand nothing else bounds them): counted against the same cap.
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        let added = desired
+            .saturating_sub(current)
+            .saturating_mul(TABLE_ELEMENT_BYTES);
+        let total = self.peak_bytes.saturating_add(added);
+        if total > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        self.peak_bytes = total;
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
@@ -215,5 +234,23 @@ mod tests {
         );
         assert!(limiter.hit);
         assert_eq!(limiter.peak_bytes, 100 * MIB);
+    }
+
+    #[test]
+    fn tables_count_against_the_memory_cap() {
+        let mut limiter = MemoryLimiter {
+            max_bytes: 16 << 20,
+            peak_bytes: 0,
+            hit: false,
+        };
+        // 8 MB of references each: two fit under 16 MiB, a third does not.
+        assert!(limiter.table_growing(0, 1_000_000, None).expect("grow"));
+        assert!(limiter.table_growing(0, 1_000_000, None).expect("grow"));
+        assert!(!limiter.table_growing(0, 1_000_000, None).expect("grow"));
+        assert!(limiter.hit);
+        // Linear memory shares what is left.
+        assert!(!limiter.memory_growing(0, 1 << 20, None).expect("grow"));
+        assert!(limiter.memory_growing(0, 64 << 10, None).expect("grow"));
+        assert!(!limiter.table_growing(0, 2_000_000, None).expect("grow"));
     }
 }
