@@ -170,6 +170,12 @@ fn invalid_requests_get_openai_errors_with_agentrt_codes() {
             400,
             "VAL_002",
         ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "temperature": 2.5}),
+            400,
+            "VAL_002",
+        ),
         // SmolLM2 has no fill-in-the-middle tokens.
         (
             "/v1/completions",

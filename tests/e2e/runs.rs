@@ -99,6 +99,13 @@ fn a_run_is_accepted_at_once_streams_its_stages_and_keeps_its_result() {
     let s = Server::start(&[]);
     let (status, headers, run) = submit(&s, TASK);
     assert_eq!(status, 202, "{run}");
+    let (_, doc) = s.get("/openapi.json");
+    assert!(
+        doc["paths"]["/v1/pipeline/runs"]["post"]["responses"]
+            .get("202")
+            .is_some(),
+        "the OpenAPI document names the status a submission gets"
+    );
     let id = run["id"].as_str().expect("id").to_string();
     assert_eq!(id.len(), 32, "{run}");
     assert!(

@@ -198,6 +198,10 @@ impl Common {
         if stop.len() > 4 {
             return Err(invalid("at most 4 stop sequences"));
         }
+        // OpenAI's range: a client relying on the 400 for a typo'd 20 gets it here too.
+        if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err(invalid("temperature must be between 0 and 2"));
+        }
         let defaults = SamplingParams::default();
         let params = SamplingParams {
             max_tokens,

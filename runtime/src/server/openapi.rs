@@ -24,6 +24,16 @@ fn ok(description: &str, schema_value: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema_value}}})
 }
 
+/// `op` answering 202 Accepted (work goes on after the answer) instead of 200.
+fn accepted(mut op: Value) -> Value {
+    if let Some(responses) = op["responses"].as_object_mut()
+        && let Some(answer) = responses.remove("200")
+    {
+        responses.insert("202".into(), answer);
+    }
+    op
+}
+
 /// One operation: its summary, optional request body and 200 answer, plus the error answers
 /// every route can give and the security its path needs.
 fn operation(path: &str, summary: &str, body: Option<Value>, answer: Value) -> Value {
@@ -90,7 +100,7 @@ pub fn document() -> Value {
         "/v1/models/{id}": {"get": operation("/v1/models/{id}", "One model (404 MODEL_001 for an id this server does not serve)", None, ok("OpenAI model object", any.clone()))},
         "/tokenize": {"post": operation("/tokenize", "Token ids of a prompt or of chat messages (vLLM's shape)", Some(json_body(json!({"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"}}}))), ok("count, max_model_len, tokens", any.clone()))},
         "/v1/pipeline/runs": {
-            "post": operation("/v1/pipeline/runs", "Start a pipeline run; answers at once with its id (429 QUEUE_001 when the queue is full)", Some(json_body(schema("Task"))), ok("The run, queued", schema("Run"))),
+            "post": accepted(operation("/v1/pipeline/runs", "Start a pipeline run; answers at once (202) with its id and a Location (429 QUEUE_001 when the queue is full)", Some(json_body(schema("Task"))), ok("The run, queued", schema("Run")))),
             "get": with_parameters(
                 operation("/v1/pipeline/runs", "Runs, newest first", None, ok("Runs", any.clone())),
                 json!([
@@ -101,7 +111,7 @@ pub fn document() -> Value {
         },
         "/v1/pipeline/runs/{id}": {
             "get": with_parameters(operation("/v1/pipeline/runs/{id}", "A run's state and every stage's result", None, ok("The run", schema("Run"))), json!([run_id.clone()])),
-            "delete": with_parameters(operation("/v1/pipeline/runs/{id}", "Cancel a run (409 RUN_001 once it has ended)", None, ok("The run, cancelled", schema("Run"))), json!([run_id.clone()])),
+            "delete": with_parameters(accepted(operation("/v1/pipeline/runs/{id}", "Ask a run to stop (202; it ends at its next stage or token; 409 RUN_001 once it has ended)", None, ok("The run as it stands", schema("Run")))), json!([run_id.clone()])),
         },
         "/v1/pipeline/runs/{id}/events": {
             "get": with_parameters(
