@@ -70,6 +70,14 @@ pub const DECODE: KernelSource = KernelSource {
 /// Every module, in the order they are compiled.
 pub const ALL: [KernelSource; 7] = [EMBED, NORM, ATTENTION, GEMV, DEQUANT, SAMPLING, DECODE];
 
+/// Probes of the card's weight streaming for the decode benchmark; not loaded by the engine.
+pub const PROBE: KernelSource = KernelSource {
+    name: "probe",
+    text: include_str!("cuda/probe.cu"),
+    functions: &["probe_rows", "probe_stream", "probe_tiny"],
+    uses: &[],
+};
+
 /// Positions per decode-attention chunk (`ATTN_CHUNK` in attention.cu).
 pub const ATTN_CHUNK: usize = 128;
 /// Threads per attention block (`ATTN_THREADS`).

@@ -1,6 +1,6 @@
 //! Every kernel compiles to PTX through NVRTC, without a GPU (CI installs NVRTC from PyPI).
 
-use agentrt_kernels::table::ALL;
+use agentrt_kernels::table::{ALL, PROBE};
 use agentrt_kernels::{Arch, PtxCache, compile_ptx, nvrtc_available, nvrtc_version};
 
 /// NVRTC must be present where CI runs (AGENTRT_REQUIRE_NVRTC=1, set by scripts/test.sh);
@@ -25,7 +25,8 @@ fn every_kernel_compiles_for_ampere_and_hopper() {
     }
     eprintln!("NVRTC {:?}", nvrtc_version().expect("version"));
     for arch in [Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 }] {
-        for source in ALL {
+        // The benchmark's probes too: a GPU session must not find them broken.
+        for source in ALL.into_iter().chain([PROBE]) {
             let ptx = compile_ptx(&source, arch, &PtxCache::default())
                 .unwrap_or_else(|e| panic!("{}: {e}", source.name));
             assert!(ptx.contains(&format!(".target sm_{}{}", arch.major, arch.minor)));

@@ -4,7 +4,9 @@
 //! `cargo bench --features cuda --bench gpu` (scripts/gpu-check.sh runs it with HF
 //! transformers beside it). Bandwidth is measured here too: a device-to-device copy, counting
 //! bytes read plus bytes written. Utilisation = bytes a decode step reads (weights + KV cache)
-//! × tokens/s ÷ that bandwidth. Prints a table and one JSON line per model.
+//! × tokens/s ÷ that bandwidth. Prints a table and one JSON line per model, after the
+//! weight-streaming probes (gpu/probe.rs): what kernels that only read the 1B shape's weights
+//! reach, launched as the engine launches its GEMVs.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,6 +17,9 @@ use agentrt::engine::quant::GgmlType;
 use agentrt::engine::sampling::Choice;
 use agentrt::engine::synthetic::SyntheticSpec;
 use cudarc::driver::CudaContext;
+
+#[path = "gpu/probe.rs"]
+mod probe;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -109,6 +114,10 @@ fn main() {
     let prompt_len = env_usize("AGENTRT_BENCH_PROMPT", 128);
     let decode = env_usize("AGENTRT_BENCH_DECODE", 256);
     let bandwidth = copy_bandwidth();
+    // The weight-streaming probes first (a second or two; AGENTRT_BENCH_PROBE=0 skips them).
+    if std::env::var("AGENTRT_BENCH_PROBE").as_deref() != Ok("0") {
+        probe::report(bandwidth);
+    }
     // AGENTRT_BENCH_MODELS: "1b", "smollm2" or both (the default).
     let which = std::env::var("AGENTRT_BENCH_MODELS").unwrap_or_else(|_| "1b,smollm2".into());
     let mut models: Vec<(&str, PathBuf)> = Vec::new();

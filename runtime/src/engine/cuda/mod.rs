@@ -8,7 +8,7 @@
 
 pub mod blas;
 pub mod device_weights;
-mod launch;
+pub mod launch;
 pub mod model;
 pub mod spec;
 mod upload;
