@@ -96,7 +96,9 @@ fn parse_defines(spec: &str) -> Result<String, KernelError> {
         if !open.contains(&name) {
             return Err(bad());
         }
-        let value: i64 = value.parse().map_err(|_| bad())?;
+        // Counts and bounds all: zero or less would give zero-length arrays or loops that
+        // never advance (a GPU hang), not a variant worth measuring.
+        let value: i64 = value.parse().ok().filter(|v| *v >= 1).ok_or_else(bad)?;
         // The parsed number, so `010` does not reach C as octal.
         out.push_str(&format!("#define {name} {value}\n"));
     }
@@ -211,6 +213,8 @@ mod tests {
             "=3",
             "1A=2",
             "A=1\n#include",
+            "GEMV_UNROLL=0",
+            "GEMV_MIN_BLOCKS=-2",
         ] {
             assert!(
                 matches!(parse_defines(bad), Err(KernelError::Defines(..))),

@@ -680,10 +680,16 @@ fn device_sampling_follows_the_cpu_rules() {
             (1.0, 5, 1.0),
             (1.3, 0, 0.3),
             (0.8, SAMPLE_MAX_K, 0.9),
+            (1.0, 100, 1.0),
         ] {
             run!(g, "sample_top", (1, 1, 1), SAMPLE_THREADS; g.addr(&dl), vocab as i32, t, k as i32, p, uniform, g.addr(&out));
             let got = g.down(&out)[0];
             let want = cpu_sample(&logits, t, k, p, uniform);
+            if k > SAMPLE_MAX_K {
+                // More candidates than the device holds: always the host's to sample.
+                assert_eq!(got, -1, "top_k {k} was cut to the device's {SAMPLE_MAX_K}");
+                continue;
+            }
             if got < 0 {
                 // The device defers when its candidates cannot reach top_p with top_k off.
                 assert_eq!(k, 0, "only top_k = 0 may defer");

@@ -66,18 +66,25 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) argmax(const float*
 // Temperature, top-k, top-p, then a draw with `uniform` in [0, 1). One block.
 // Candidates are the best min(top_k, SAMPLE_MAX_K) logits (top_k = 0: SAMPLE_MAX_K) in order;
 // probabilities are normalised over the whole vocabulary when top_k is 0 (as on the CPU).
-// Writes -1 when top_k is 0 and the SAMPLE_MAX_K best do not reach top_p: the caller then
-// samples on the host from the full distribution.
+// Writes -1 when top_k is 0 and the SAMPLE_MAX_K best do not reach top_p, or when top_k asks
+// for more candidates than SAMPLE_MAX_K (and fewer than n): the caller then samples on the host
+// from the full distribution.
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 sample_top(const float* __restrict__ logits, int n, float temperature, int top_k, float top_p,
            float uniform, int* __restrict__ out) {
     pdl_wait();
+    // A cut at n or beyond is no cut; one this block cannot hold is the host's to make.
+    if (top_k >= n) top_k = 0;
+    if (top_k > SAMPLE_MAX_K) {
+        if (threadIdx.x == 0) *out = -1;
+        return;
+    }
     __shared__ float sv[SAMPLE_THREADS];
     __shared__ int si[SAMPLE_THREADS];
     __shared__ float cand_v[SAMPLE_MAX_K];
     __shared__ int cand_i[SAMPLE_MAX_K];
     __shared__ float scratch[32];
-    const int k = (top_k <= 0 || top_k > SAMPLE_MAX_K) ? min(SAMPLE_MAX_K, n) : min(top_k, n);
+    const int k = top_k <= 0 ? min(SAMPLE_MAX_K, n) : min(top_k, n);
     float after_v = __int_as_float(0x7f800000);
     int after_i = -1;
     for (int c = 0; c < k; ++c) {

@@ -63,7 +63,14 @@ impl From<DriverError> for GpuError {
 impl GpuError {
     /// Out of device memory (`MODEL_003`) rather than any other load failure.
     pub fn is_memory(&self) -> bool {
-        matches!(self, Self::OutOfMemory { .. } | Self::DeviceOutOfMemory(_))
+        match self {
+            Self::OutOfMemory { .. } | Self::DeviceOutOfMemory(_) => true,
+            // Loading the kernel modules needs device memory too.
+            Self::Kernels(agentrt_kernels::KernelError::Driver(e)) => {
+                e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY
+            }
+            _ => false,
+        }
     }
 }
 
@@ -96,5 +103,18 @@ impl CudaModel {
                 .map_err(|e| file_err(e.to_string()))?;
             CudaModel::load(spec, &store, &mut |_, _| {})
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_memory_loading_the_kernels_is_out_of_memory() {
+        let oom = DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
+        assert!(GpuError::Kernels(agentrt_kernels::KernelError::Driver(oom)).is_memory());
+        let other = DriverError(CUresult::CUDA_ERROR_INVALID_PTX);
+        assert!(!GpuError::Kernels(agentrt_kernels::KernelError::Driver(other)).is_memory());
     }
 }

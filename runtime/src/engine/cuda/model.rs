@@ -71,12 +71,14 @@ struct Scratch {
 /// How the fused decode step (decode.cu) is launched: as many blocks as are resident at
 /// once (its grid barrier needs every one running), the dynamic shared memory for the
 /// block's normed activations, each KV slot's layer arguments and the barrier counter.
-#[derive(Debug, Clone, Copy)]
+/// Owns those two allocations: turning the step off frees them.
 struct Fused {
     blocks: u32,
     shared_bytes: u32,
-    /// `[slot][layer]` LayerArgs on the device.
+    /// `[slot][layer]` LayerArgs on the device (as 32-bit words), and its address.
+    _layers_memory: CudaSlice<i32>,
     layers: u64,
+    _barrier_memory: CudaSlice<i32>,
     barrier: u64,
 }
 
@@ -178,10 +180,12 @@ impl CudaModel {
         agentrt_kernels::cuda_available().map_err(GpuError::Unavailable)?;
         let ordinal = env_usize("AGENTRT_CUDA_DEVICE").unwrap_or(0);
         let ctx = CudaContext::new(ordinal)?;
-        let stream = ctx.new_stream()?;
-        // Launches name raw addresses, and graphs must not capture cross-stream waits.
+        // Launches name raw addresses, and graphs must not capture cross-stream waits. Before
+        // the stream is made: with tracking on, making one synchronises the whole context,
+        // which a graph capture of another model on it would not survive.
         // SAFETY: this backend uses one stream per model and synchronises it explicitly.
         unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
         let kernels = DeviceKernels::get(&ctx, &ptx_cache())?;
         let capacity = spec
             .context_length
@@ -385,17 +389,17 @@ impl CudaModel {
         let words = std::mem::size_of_val(all.as_slice()) / 4;
         // SAFETY: `all` is `words` 4-byte words of initialised plain data, aligned to 8.
         let words: &[i32] = unsafe { std::slice::from_raw_parts(all.as_ptr().cast(), words) };
-        let layers = self
-            ._owned
-            .hold(self.stream.clone_htod(words)?, &self.stream);
-        let barrier = self._owned.zeros::<i32>(&self.stream, 1)?;
+        let layers_memory = self.stream.clone_htod(words)?;
+        let barrier_memory = self.stream.alloc_zeros::<i32>(1)?;
         self.stream.synchronize()?;
         tracing::debug!("fused decode step: {blocks} blocks ({per_sm} per SM)");
         Ok(Fused {
             blocks,
             shared_bytes,
-            layers,
-            barrier,
+            layers: addr(&layers_memory, &self.stream),
+            _layers_memory: layers_memory,
+            barrier: addr(&barrier_memory, &self.stream),
+            _barrier_memory: barrier_memory,
         })
     }
 
@@ -407,13 +411,14 @@ impl CudaModel {
 
     /// Blocks of the fused decode step's launch (all resident at once), when it is on.
     pub fn fused_decode_blocks(&self) -> Option<u32> {
-        self.fused.map(|f| f.blocks)
+        self.fused.as_ref().map(|f| f.blocks)
     }
 
     /// Back to a kernel per operation for decode steps.
     pub fn disable_fused_decode(&mut self) {
-        self.fused = None;
+        // The graphs name the step's memory: gone before it is freed.
         self.lock().graphs.clear();
+        self.fused = None;
     }
 
     fn f(&self, name: &str) -> Result<&cudarc::driver::CudaFunction, GpuError> {
@@ -809,7 +814,8 @@ impl CudaModel {
     /// among ids `0..candidates`:
     /// the repeat penalty, then greedy argmax or top-k / top-p with the choice's draw. Only
     /// the token id crosses to the host, unless the device sampler defers (top_k off and its
-    /// best candidates short of top_p) or the penalty list is longer than its buffer: then
+    /// best candidates short of top_p, or top_k above the 64 it holds) or the penalty list is
+    /// longer than its buffer: then
     /// the logits come back for the host sampler.
     pub fn choose_in(
         &self,
