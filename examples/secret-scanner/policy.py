@@ -34,6 +34,14 @@ _SECRET_NAME = re.compile(r"(?:^|_)(?:password|passwd|pwd|secret|api_?key|access
 # Values that are obviously not real secrets.
 _PLACEHOLDER = re.compile(r"^(?:|x+|\*+|changeme|change-me|example|dummy|test|secret|password|"
                           r"your[-_ ].*|<.*>|\$\{.*\}|\{.*\})$", re.IGNORECASE)
+# A name that says its value is a pattern (`TOKEN_REGEX`, `password_re`), not a credential.
+# (Not `pat`: that is a personal access token.)
+_PATTERN_NAME = re.compile(r"(?:^|_)(?:re|rx|regex|regexp|pattern)(?:_|$)", re.IGNORECASE)
+# Regex syntax that real credentials (random letters, digits, `+/=-_.`) do not contain: a
+# character class with a range or a quantifier, escapes such as `\d`, groups, anchors around
+# the whole value.
+_REGEX_SYNTAX = re.compile(r"\[[^\]]*\w-\w[^\]]*\]|\[[^\]]+\][+*?{]|\\[dDwWsSbB]|\(\?[:=!P<]"
+                           r"|^\^.*\$$")
 
 
 @dataclass
@@ -88,11 +96,27 @@ def _credentials(text: str, where: str) -> Iterator[Problem]:
                 continue
             if not (isinstance(value, ast.Constant) and isinstance(value.value, str)):
                 continue
-            if len(value.value) < 8 or _PLACEHOLDER.match(value.value.strip()):
+            if not _looks_like_secret(name, value.value):
                 continue
             yield Problem(CREDENTIAL, "error", f"{name} is set to a literal string in the {where}",
                           value.lineno, value.col_offset + 1,
                           f"read {name} from the environment (os.environ) instead")
+
+
+def _looks_like_secret(name: str, value: str) -> bool:
+    """Whether a string assigned to a secret-sounding `name` may be a real credential.
+
+    Short values and placeholders are not; nor are patterns (`TOKEN_REGEX = r"[A-Za-z_]+"`):
+    code that parses tokens names its regexes after them, and flagging those as leaked
+    credentials would teach people to ignore the rule.
+    """
+    if len(value) < 8 or _PLACEHOLDER.match(value.strip()):
+        return False
+    if any(pattern.search(value) for _, pattern, _ in _SHAPES):
+        # A shape rule reports this secret already, one column further on (inside the quotes);
+        # a second finding for the same leak would only be noise.
+        return False
+    return not (_PATTERN_NAME.search(name) or _REGEX_SYNTAX.search(value))
 
 
 def find_problems(code: str, tests: str = "") -> List[Problem]:
@@ -100,7 +124,7 @@ def find_problems(code: str, tests: str = "") -> List[Problem]:
     for text, where in ((code, "code"), (tests, "tests")):
         problems.extend(_shapes(text, where))
         problems.extend(_credentials(text, where))
-    # One finding per place: a credential-looking key assigned to `token` is reported once.
+    # One finding per place: `token = password = "…"` is reported once.
     seen, unique = set(), []
     for p in sorted(problems, key=lambda p: (p.message.endswith("tests"), p.line, p.column, p.rule_id)):
         if (p.line, p.column, p.message.endswith("tests")) not in seen:

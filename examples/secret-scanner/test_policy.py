@@ -29,6 +29,21 @@ class SecretScannerTest(unittest.TestCase):
         self.assertEqual(rules(policy.find_problems(code)),
                          [(policy.CREDENTIAL, 1), (policy.CREDENTIAL, 2), (policy.CREDENTIAL, 3)])
 
+    def test_a_key_assigned_to_a_secret_name_is_reported_once(self):
+        found = policy.find_problems('token = "AKIAIOSFODNN7EXAMPLE"\n')
+        self.assertEqual(rules(found), [(policy.AWS_KEY, 1)])
+        # Another secret on the same line is still its own finding.
+        found = policy.find_problems('c(key_id="AKIAIOSFODNN7EXAMPLE", secret="wJalrXUtnFEMI/K7MDENG")\n')
+        self.assertEqual(rules(found), [(policy.AWS_KEY, 1), (policy.CREDENTIAL, 1)])
+
+    def test_patterns_are_not_credentials(self):
+        code = ('TOKEN_REGEX = r"[A-Za-z_]+"\n'
+                'password_re = "^.{8,}$"\n'
+                'token_shape = r"\\bgh[pousr]_\\w{36}"\n'
+                'api_key_format = "(?P<id>[0-9a-f]+)"\n'
+                'secret = "aB3+dE6/gH9=kL2"\n')
+        self.assertEqual(rules(policy.find_problems(code)), [(policy.CREDENTIAL, 5)])
+
     def test_copyleft_headers(self):
         code = "# SPDX-License-Identifier: GPL-3.0-or-later\nx = 1\n"
         self.assertEqual(rules(policy.find_problems(code)), [(policy.COPYLEFT, 1)])

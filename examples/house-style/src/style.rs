@@ -87,8 +87,9 @@ impl Guide {
             }
             let text = line.trim_start();
             let indent = (line.len() - text.len()) as u32 + 1;
-            if let Some(module) = imported_module(text)
-                && self.forbidden_imports.iter().any(|f| f == module)
+            for module in imported_modules(text)
+                .into_iter()
+                .filter(|module| self.forbidden_imports.iter().any(|f| f == module))
             {
                 findings.push(
                     Finding::new(
@@ -143,13 +144,27 @@ impl Guide {
     }
 }
 
-/// The top-level module of an `import x.y` / `from x.y import z` line.
-fn imported_module(text: &str) -> Option<&str> {
-    let rest = text
-        .strip_prefix("import ")
-        .or_else(|| text.strip_prefix("from "))?;
-    rest.split(|c: char| c == '.' || c == ',' || c.is_whitespace())
+/// The top-level modules an import line brings in: every one of `import a.b, c as d` (a module
+/// listed second is imported just the same), the one of `from x.y import z`.
+fn imported_modules(text: &str) -> Vec<&str> {
+    let code = text.split('#').next().unwrap_or_default();
+    if let Some(rest) = code.strip_prefix("from ") {
+        return top_level(rest).into_iter().collect();
+    }
+    let Some(rest) = code.strip_prefix("import ") else {
+        return Vec::new();
+    };
+    rest.split(',')
+        .filter_map(|module| top_level(module.trim_start()))
+        .collect()
+}
+
+/// The top-level package of a dotted module path (`os` of `os.path as p`).
+fn top_level(module: &str) -> Option<&str> {
+    module
+        .split(|c: char| c == '.' || c.is_whitespace())
         .next()
+        .filter(|name| !name.is_empty())
 }
 
 /// The name a `def `/`class ` line defines (also `async def`).
@@ -254,6 +269,21 @@ mod tests {
             guide.check(code)[1].suggestion.as_deref(),
             Some("load_data")
         );
+    }
+
+    #[test]
+    fn every_module_of_a_multi_module_import_is_checked() {
+        let guide =
+            Guide::parse("forbid-import = pickle\nforbid-import = telnetlib\n").expect("guide");
+        let code = "import json, pickle\nimport os.path as p, telnetlib  # remote\n\
+                    from json import pickle\nimport json, os\n";
+        let findings = guide.check(code);
+        assert_eq!(
+            rules(&findings),
+            [(FORBIDDEN_IMPORT, 1), (FORBIDDEN_IMPORT, 2)]
+        );
+        assert!(findings[0].message.ends_with("pickle"));
+        assert!(findings[1].message.ends_with("telnetlib"));
     }
 
     #[test]

@@ -14,11 +14,16 @@ pub struct FencedBlock {
     pub body: String,
 }
 
+/// An open fence: its marker, the block's language, the fence's indentation and the lines so far.
+type OpenFence<'a> = (&'static str, String, usize, Vec<&'a str>);
+
 /// Every ```` ``` ```` or `~~~` fenced block in `text`, in order. A block left open at the end
-/// of the text (a truncated answer) runs to the end.
+/// of the text (a truncated answer) runs to the end. A fence indented (inside a Markdown list
+/// item) has its indentation removed from the block's lines, as Markdown does: Python at top
+/// level must start at column 0.
 pub fn fenced_blocks(text: &str) -> Vec<FencedBlock> {
     let mut blocks = Vec::new();
-    let mut open: Option<(&str, String, Vec<&str>)> = None;
+    let mut open: Option<OpenFence> = None;
     for line in text.lines() {
         let trimmed = line.trim_start();
         match open.take() {
@@ -27,30 +32,42 @@ pub fn fenced_blocks(text: &str) -> Vec<FencedBlock> {
                     if let Some(info) = trimmed.strip_prefix(fence) {
                         let info = info.trim_start_matches(fence.as_bytes()[0] as char);
                         let language = info.split_whitespace().next().unwrap_or("").to_lowercase();
-                        open = Some((fence, language, Vec::new()));
+                        let indent = line[..line.len() - trimmed.len()].chars().count();
+                        open = Some((fence, language, indent, Vec::new()));
                         break;
                     }
                 }
             }
-            Some((fence, language, body)) if trimmed.starts_with(fence) => {
+            Some((fence, language, _, body)) if trimmed.starts_with(fence) => {
                 blocks.push(FencedBlock {
                     language,
                     body: body.join("\n"),
                 });
             }
-            Some((fence, language, mut body)) => {
-                body.push(line);
-                open = Some((fence, language, body));
+            Some((fence, language, indent, mut body)) => {
+                body.push(dedent(line, indent));
+                open = Some((fence, language, indent, body));
             }
         }
     }
-    if let Some((_, language, body)) = open {
+    if let Some((_, language, _, body)) = open {
         blocks.push(FencedBlock {
             language,
             body: body.join("\n"),
         });
     }
     blocks
+}
+
+/// `line` without up to `indent` leading whitespace characters (fewer when it has fewer).
+fn dedent(line: &str, indent: usize) -> &str {
+    let strip: usize = line
+        .chars()
+        .take(indent)
+        .take_while(|c| c.is_whitespace())
+        .map(char::len_utf8)
+        .sum();
+    &line[strip..]
 }
 
 /// Whether a block's info string means Python (an untagged block counts).
@@ -131,6 +148,18 @@ mod tests {
         assert_eq!(blocks.len(), 2);
         assert_eq!(blocks[0].language, "python");
         assert_eq!(blocks[1].body, "import re");
+    }
+
+    #[test]
+    fn an_indented_fence_loses_its_indentation() {
+        let answer =
+            "1. The function:\n   ```python\n   def add(a, b):\n       return a + b\n   ```\n";
+        assert_eq!(
+            python_code(answer).as_deref(),
+            Some("def add(a, b):\n    return a + b")
+        );
+        // A line indented less than its fence keeps what it has.
+        assert_eq!(fenced_blocks("  ```\n x = 1\n```")[0].body, "x = 1");
     }
 
     #[test]

@@ -350,6 +350,17 @@ mod tests {
     }
 
     #[test]
+    fn code_in_a_list_item_is_used() {
+        let mut model = Scripted::new(vec![
+            "Steps:\n1. The function:\n   ```python\n   def add(a, b):\n       return a + b\n   ```\n\
+             2. Call it.",
+            "```python\ndef test_add():\n    assert add(1, 2) == 3\n```",
+        ]);
+        let artifact = generate(&request("add"), &mut model).expect("artifact");
+        assert_eq!(artifact.code, "def add(a, b):\n    return a + b\n");
+    }
+
+    #[test]
     fn retry_prompt_carries_feedback_and_previous_code() {
         let mut model = Scripted::new(vec!["def add(a, b):\n    return a + b"]);
         let mut retry = request("add");

@@ -235,7 +235,9 @@ pub struct Split {
 /// Split an answer to "write the function" into solution code and any tests it contained.
 ///
 /// Example calls, `print`s and `__main__` blocks are dropped: when the tests import the
-/// solution they must not run, and they may fail.
+/// solution they must not run, and they may fail. An assignment that calls the solution
+/// (`result = add(2, 3)`), or uses a name such an assignment set, is test setup: it goes with the
+/// tests that use it (see [`assemble_tests`]) instead of the code.
 pub fn split_solution(source: &str) -> Split {
     let statements = statements(source);
     let functions: Vec<String> = statements
@@ -247,78 +249,171 @@ pub fn split_solution(source: &str) -> Split {
         .collect();
     let mut code = Vec::new();
     let mut tests = Vec::new();
-    let mut asserts = Vec::new();
+    let mut setup_names: Vec<String> = Vec::new();
     for statement in statements {
+        let text = statement.text();
         match &statement.kind {
-            StatementKind::Import | StatementKind::Function(_) => code.push(statement.text()),
-            StatementKind::Class(name) if !name.starts_with("Test") => code.push(statement.text()),
-            StatementKind::Assignment(_) if !calls_any(&statement.text(), &functions) => {
-                code.push(statement.text());
+            StatementKind::Import | StatementKind::Function(_) => code.push(text),
+            StatementKind::Class(name) if !name.starts_with("Test") => code.push(text),
+            StatementKind::Assignment(name)
+                if calls_any(&text, &functions)
+                    || setup_names.iter().any(|setup| mentions(&text, setup)) =>
+            {
+                setup_names.push(name.clone());
+                tests.push(Part::Assignment(name.clone(), text));
             }
-            StatementKind::TestFunction(_) => tests.push(statement.text()),
-            StatementKind::Assert => asserts.push(statement.text()),
+            StatementKind::Assignment(_) => code.push(text),
+            StatementKind::TestFunction(_) => tests.push(Part::Kept(text)),
+            StatementKind::Assert => tests.push(Part::Assert(text)),
             _ => {}
         }
     }
-    if !asserts.is_empty() {
-        tests.push(wrap_asserts(&asserts));
-    }
+    let (mut tests, loose) = assemble_tests(&tests);
+    tests.extend(loose);
     Split {
         code: join_statements(&code),
         tests: join_statements(&tests),
     }
 }
 
+/// A top-level statement headed for a tests file, in source order.
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    /// Kept as it is: imports, helpers, test functions.
+    Kept(String),
+    /// `NAME = …`: kept only when something kept needs `NAME`.
+    Assignment(String, String),
+    /// A loose `assert`, wrapped into `test_examples`.
+    Assert(String),
+}
+
+/// The statements of a tests file made of `parts`, and `test_examples` wrapping the loose
+/// asserts, if any.
+///
+/// Assignments the kept statements need stay at top level, where every test sees them (test
+/// data such as `cases = [(1, 2, 3)]`). Those only the loose asserts need go into
+/// `test_examples` with them, in source order: a call of the solution there that raises fails
+/// that one test instead of the whole file. Assignments nothing needs are dropped.
+fn assemble_tests(parts: &[Part]) -> (Vec<String>, Option<String>) {
+    let assignments: Vec<(&str, &str)> = parts
+        .iter()
+        .filter_map(|part| match part {
+            Part::Assignment(name, text) => Some((name.as_str(), text.as_str())),
+            _ => None,
+        })
+        .collect();
+    let texts = |wanted: fn(&Part) -> Option<&str>| parts.iter().filter_map(wanted).collect();
+    let kept: Vec<&str> = texts(|part| match part {
+        Part::Kept(text) => Some(text),
+        _ => None,
+    });
+    let asserts: Vec<&str> = texts(|part| match part {
+        Part::Assert(text) => Some(text),
+        _ => None,
+    });
+    let top_level = needed_assignments(&assignments, &kept);
+    let for_asserts = needed_assignments(&assignments, &asserts);
+    let mut statements = Vec::new();
+    let mut loose = Vec::new();
+    let mut index = 0;
+    for part in parts {
+        match part {
+            Part::Kept(text) => statements.push(text.clone()),
+            Part::Assignment(_, text) => {
+                if top_level[index] {
+                    statements.push(text.clone());
+                } else if for_asserts[index] {
+                    loose.push(text.clone());
+                }
+                index += 1;
+            }
+            Part::Assert(text) => loose.push(text.clone()),
+        }
+    }
+    let wrapped = (!asserts.is_empty()).then(|| wrap_asserts(&loose));
+    (statements, wrapped)
+}
+
+/// Which of `assignments` (name, text) the statements `users` need: those setting a name a user
+/// mentions, then, in turn, those setting a name a needed assignment mentions.
+fn needed_assignments(assignments: &[(&str, &str)], users: &[&str]) -> Vec<bool> {
+    let mut needed: Vec<bool> = assignments
+        .iter()
+        .map(|(name, _)| users.iter().any(|user| mentions(user, name)))
+        .collect();
+    loop {
+        let more: Vec<usize> = (0..assignments.len())
+            .filter(|&i| !needed[i])
+            .filter(|&i| {
+                (0..assignments.len())
+                    .any(|j| needed[j] && mentions(assignments[j].1, assignments[i].0))
+            })
+            .collect();
+        if more.is_empty() {
+            return needed;
+        }
+        for i in more {
+            needed[i] = true;
+        }
+    }
+}
+
 /// Clean an answer to "write tests for this code" so it runs next to `code` without pytest.
 ///
 /// Keeps `test_*` functions, helper functions, imports (except pytest / unittest and imports of
-/// names that `code` defines) and loose asserts (wrapped into one test function). Drops copies of
-/// the solution's functions, which would shadow the real ones, and tests that need pytest.
+/// names that `code` defines), the assignments they use and loose asserts (wrapped into one test
+/// function, see [`assemble_tests`]). Drops copies of the solution's functions, which would
+/// shadow the real ones, and tests that need pytest.
 pub fn clean_tests(answer: &str, code: &str) -> String {
     let solution_names = defined_names(code);
-    let mut kept: Vec<String> = Vec::new();
-    let mut asserts = Vec::new();
+    let mut parts = Vec::new();
     let mut test_names: Vec<String> = Vec::new();
-    let mut keep_test = |text: String, kept: &mut Vec<String>| {
-        let Some(name) = runnable_test_name(&text) else {
-            return;
-        };
-        let unique = unique_name(&name, &test_names);
-        test_names.push(unique.clone());
-        kept.push(if unique == name {
-            text
-        } else {
-            text.replacen(&format!("def {name}"), &format!("def {unique}"), 1)
-        });
-    };
     for statement in statements(answer) {
         let text = statement.text();
         match &statement.kind {
             StatementKind::Import if !imports_forbidden_or_solution(&text, &solution_names) => {
-                kept.push(text);
+                parts.push(Part::Kept(text));
             }
             StatementKind::Class(name) if name.starts_with("Test") || text.contains("TestCase") => {
                 for function in crate::unittest::convert_class(&text) {
-                    keep_test(function, &mut kept);
+                    parts.extend(keep_test(function, &mut test_names).map(Part::Kept));
                 }
             }
             StatementKind::Function(name) | StatementKind::Class(name)
                 if !solution_names.contains(name) =>
             {
-                kept.push(text);
+                parts.push(Part::Kept(text));
             }
-            StatementKind::TestFunction(_) => keep_test(text, &mut kept),
-            StatementKind::Assert => asserts.push(text),
+            StatementKind::TestFunction(_) => {
+                parts.extend(keep_test(text, &mut test_names).map(Part::Kept));
+            }
+            // `add = lambda a, b: a - b` would shadow the solution like a copied `def`.
+            StatementKind::Assignment(name) if !solution_names.contains(name) => {
+                parts.push(Part::Assignment(name.clone(), text));
+            }
+            StatementKind::Assert => parts.push(Part::Assert(text)),
             _ => {}
         }
     }
-    if !asserts.is_empty() {
-        keep_test(wrap_asserts(&asserts), &mut kept);
-    }
+    let (mut kept, loose) = assemble_tests(&parts);
+    kept.extend(loose.and_then(|loose| keep_test(loose, &mut test_names)));
     if test_names.is_empty() {
         return String::new();
     }
     join_statements(&kept)
+}
+
+/// `function` renamed when a kept test already has its name (`test_add_2`), or `None` when it
+/// cannot run without a framework.
+fn keep_test(function: String, taken: &mut Vec<String>) -> Option<String> {
+    let name = runnable_test_name(&function)?;
+    let unique = unique_name(&name, taken);
+    taken.push(unique.clone());
+    Some(if unique == name {
+        function
+    } else {
+        function.replacen(&format!("def {name}"), &format!("def {unique}"), 1)
+    })
 }
 
 /// The name of a test function that runs without a framework: no parameters (pytest fixtures),
@@ -358,22 +453,48 @@ pub fn function_names(source: &str) -> Vec<String> {
 }
 
 /// One test function per distinct, complete `assert` line of `asserts`, at most `max`, named
-/// `test_<function>_<n>`. Lines cut off mid-expression (at the token limit) are dropped.
+/// `test_<function>_<n>`. Lines cut off mid-expression (at the token limit) are dropped. An
+/// assignment line (`result = f(2, 3)`) goes into each test whose assert uses its name, so
+/// `assert result == 5` does not fail on a name it never saw.
 pub fn asserts_to_tests(function: &str, asserts: &str, max: usize) -> String {
-    let mut lines: Vec<&str> = Vec::new();
+    let mut assignments: Vec<(String, &str)> = Vec::new();
+    let mut bodies: Vec<Vec<&str>> = Vec::new();
     for line in asserts.lines().map(str::trim) {
         let mut scanner = Scanner::default();
         scanner.feed(line);
-        let complete = !scanner.inside_statement() && !line.ends_with(',');
-        if line.starts_with("assert ") && complete && !lines.contains(&line) {
-            lines.push(line);
+        if scanner.inside_statement() || line.ends_with(',') {
+            continue;
+        }
+        if let Some(name) = assignment_target(line) {
+            assignments.push((name, line));
+        } else if line.starts_with("assert ") {
+            let setup: Vec<(&str, &str)> = assignments
+                .iter()
+                .map(|(name, text)| (name.as_str(), *text))
+                .collect();
+            let needed = needed_assignments(&setup, &[line]);
+            let mut body: Vec<&str> = setup
+                .iter()
+                .zip(needed)
+                .filter_map(|((_, text), needed)| needed.then_some(*text))
+                .collect();
+            body.push(line);
+            if !bodies.contains(&body) {
+                bodies.push(body);
+            }
         }
     }
-    let tests: Vec<String> = lines
+    let tests: Vec<String> = bodies
         .iter()
         .take(max)
         .enumerate()
-        .map(|(index, line)| format!("def test_{function}_{}():\n    {line}", index + 1))
+        .map(|(index, body)| {
+            format!(
+                "def test_{function}_{}():\n    {}",
+                index + 1,
+                body.join("\n    ")
+            )
+        })
         .collect();
     join_statements(&tests)
 }
@@ -387,25 +508,52 @@ pub fn count_tests(tests: &str) -> usize {
 }
 
 /// Whether `source` defines at least one top-level function with a body: a stub (`...` or
-/// `pass` only) or the placeholder `function_name` from a prompt template does not count.
+/// `pass` only) or the placeholder `function_name` from a prompt template does not count. The
+/// body may share the `def` line (`def add(a, b): return a + b`).
 pub fn has_function(source: &str) -> bool {
     statements(source)
         .iter()
         .any(|statement| match &statement.kind {
             StatementKind::Function(name) => {
-                let mut body = statement
-                    .lines
-                    .iter()
-                    .skip_while(|line| {
-                        !line.trim_start().starts_with("def ") && !line.contains(" def ")
-                    })
-                    .skip(1)
-                    .map(|line| line.trim())
+                let body = function_body(statement).unwrap_or_default();
+                let mut body = body
+                    .lines()
+                    .map(str::trim)
                     .filter(|line| !line.is_empty() && !line.starts_with('#'));
                 name != "function_name" && body.any(|line| line != "..." && line != "pass")
             }
             _ => false,
         })
+}
+
+/// What follows the colon that ends the `def` header of `function`: the rest of that line and
+/// the lines after it. The header may span lines and hold colons of its own (annotations,
+/// `lambda` defaults, strings), so the colon is the first one outside brackets and strings.
+fn function_body(function: &Statement) -> Option<String> {
+    let start = function.lines.iter().position(|line| {
+        let line = line.trim_start();
+        line.starts_with("def ") || line.starts_with("async def ")
+    })?;
+    let text = function.lines[start..].join("\n");
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 => return Some(text[i + 1..].to_owned()),
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 fn has_assert(text: &str) -> bool {
@@ -455,6 +603,16 @@ fn calls_any(text: &str, functions: &[String]) -> bool {
             !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
                 && after == Some('(')
         })
+    })
+}
+
+/// Whether `text` uses the name `name`: as a whole word, not as an attribute (`x.name`).
+fn mentions(text: &str, name: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].chars().next();
+        !word(before) && before != Some('.') && !word(after)
     })
 }
 
@@ -648,6 +806,62 @@ if __name__ == "__main__":
     }
 
     #[test]
+    fn loose_asserts_keep_the_assignments_they_use() {
+        let split = split_solution(
+            "def add(a, b):\n    return a + b\n\nresult = add(2, 3)\nexpected = result\n\
+             unused = add(0, 0)\nassert expected == 5\n",
+        );
+        assert_eq!(split.code, "def add(a, b):\n    return a + b\n");
+        assert_eq!(
+            split.tests,
+            "def test_examples():\n    result = add(2, 3)\n    expected = result\n    \
+             assert expected == 5\n"
+        );
+    }
+
+    #[test]
+    fn solution_test_functions_keep_their_setup_in_the_tests_file() {
+        let split = split_solution(
+            "def add(a, b):\n    return a + b\n\nresult = add(2, 3)\n\n\
+             def test_add():\n    assert result == 5\n",
+        );
+        assert!(!split.code.contains("result"), "{}", split.code);
+        assert_eq!(
+            split.tests,
+            "result = add(2, 3)\n\n\ndef test_add():\n    assert result == 5\n"
+        );
+        // It survives the clean-up the generator runs when merging tests.
+        let code = "def add(a, b):\n    return a + b\n";
+        assert_eq!(clean_tests(&split.tests, code), split.tests);
+    }
+
+    #[test]
+    fn tests_keep_the_data_they_use() {
+        let code = "def add(a, b):\n    return a + b\n";
+        let answer = "CASES = [(1, 2, 3)]\nnoise = 1\nadd = lambda a, b: a - b\n\n\
+            def test_cases():\n    for a, b, c in CASES:\n        assert add(a, b) == c\n\n\
+            total = add(1, 1)\nassert total == 2\n";
+        assert_eq!(
+            clean_tests(answer, code),
+            "CASES = [(1, 2, 3)]\n\n\n\
+             def test_cases():\n    for a, b, c in CASES:\n        assert add(a, b) == c\n\n\n\
+             def test_examples():\n    total = add(1, 1)\n    assert total == 2\n"
+        );
+    }
+
+    #[test]
+    fn completed_asserts_keep_their_assignments() {
+        let asserts = "assert f(1) == 2\n    result = f(2, 3)\n    assert result == 5\n    \
+                       other = f(\n    assert result > 0";
+        assert_eq!(
+            asserts_to_tests("f", asserts, 3),
+            "def test_f_1():\n    assert f(1) == 2\n\n\n\
+             def test_f_2():\n    result = f(2, 3)\n    assert result == 5\n\n\n\
+             def test_f_3():\n    result = f(2, 3)\n    assert result > 0\n"
+        );
+    }
+
+    #[test]
     fn public_functions_come_first() {
         let code = "def _helper():\n    pass\n\ndef main_task():\n    pass\n\nclass K:\n    pass\n";
         assert_eq!(function_names(code), vec!["main_task", "_helper"]);
@@ -682,5 +896,16 @@ if __name__ == "__main__":
             "def function_name(arguments):\n    return 1\n"
         ));
         assert!(has_function("@cache\ndef f(x):\n    return x\n"));
+    }
+
+    #[test]
+    fn one_line_functions_are_functions() {
+        assert!(has_function("def add(a, b): return a + b\n"));
+        assert!(has_function(
+            "def f(x: dict[str, int], k=lambda y: y) -> \"a:b\": return k(x)\n"
+        ));
+        assert!(has_function("def f(\n    a,\n    b,\n): return a\n"));
+        assert!(!has_function("def stub(x): ...\n"));
+        assert!(!has_function("def stub(x): pass\n"));
     }
 }

@@ -33,15 +33,32 @@ pub fn parse(answer: &str) -> Opinion {
 /// Looks first for a number after the word `score`, `scored`, `rating`, `rate` or `rated`
 /// (`SCORE: 7`, `Rating - 6.5/10`, `rate it 8 out of 10`; a range such as `SCORE (1-10): 9` is
 /// skipped; the words inside others, as in "iterates", do not count), then for any `N/10` or
-/// `N out of 10`. `N/5` and `N/100` are scaled.
+/// `N out of 10`. `N/5` and `N/100` are scaled. A line that starts with the word (after
+/// Markdown marks) wins over an earlier mention in prose, such as "returns the highest score in
+/// 1 pass", which is not the requested `SCORE:` line.
 pub fn parse_score(answer: &str) -> Option<f32> {
     let lower = answer.to_lowercase();
+    lower
+        .lines()
+        .find_map(|line| {
+            let line = line.trim_start_matches(|c: char| {
+                c.is_whitespace() || matches!(c, '*' | '#' | '-' | '>' | '_')
+            });
+            keyword_score(line, true)
+        })
+        .or_else(|| keyword_score(&lower, false))
+        .or_else(|| out_of_ten(&lower))
+}
+
+/// The number soon after a score keyword in lower-case `text`; with `at_start`, only a keyword
+/// that opens `text` counts.
+fn keyword_score(text: &str, at_start: bool) -> Option<f32> {
     let letter = |c: Option<char>| c.is_some_and(char::is_alphabetic);
     for keyword in ["score", "scored", "rating", "rate", "rated"] {
-        for (at, _) in lower.match_indices(keyword) {
-            let before = lower[..at].chars().next_back();
-            let after = &lower[at + keyword.len()..];
-            if letter(before) || letter(after.chars().next()) {
+        for (at, _) in text.match_indices(keyword) {
+            let before = text[..at].chars().next_back();
+            let after = &text[at + keyword.len()..];
+            if (at_start && at > 0) || letter(before) || letter(after.chars().next()) {
                 continue;
             }
             // The number must come soon after the keyword: "score: 7", not a later digit.
@@ -52,7 +69,12 @@ pub fn parse_score(answer: &str) -> Option<f32> {
             }
         }
     }
-    let mut rest = lower.as_str();
+    None
+}
+
+/// The first `N/10` or `N out of 10` in lower-case `text`.
+fn out_of_ten(text: &str) -> Option<f32> {
+    let mut rest = text;
     while let Some((number, after)) = first_number(rest) {
         let denominator = after.trim_start();
         if denominator.starts_with("/10") || denominator.starts_with("out of 10") {
@@ -228,6 +250,18 @@ mod tests {
             Some(9.0)
         );
         assert_eq!(parse_score("I rated it 7/10."), Some(7.0));
+    }
+
+    #[test]
+    fn a_line_starting_with_the_keyword_wins_over_prose() {
+        let answer = "The function returns the highest score in 1 pass.\nSCORE: 8";
+        assert_eq!(parse_score(answer), Some(8.0));
+        assert_eq!(
+            parse_score("It rates 2 inputs.\n**Score -** 6/10\n"),
+            Some(6.0)
+        );
+        // Without such a line, the first mention still counts.
+        assert_eq!(parse_score("Overall I rate it 7."), Some(7.0));
     }
 
     #[test]

@@ -3,17 +3,18 @@
 //! The facts outrank the model: a `syntax-error` finding in the code rejects; an `error` finding
 //! (a syntax error in the tests included) or a failed test asks for changes at least, whatever the
 //! model scored. The score blends the model's score with the test pass rate, then subtracts a
-//! penalty per quality finding by severity:
+//! penalty per error and warning finding:
 //!
 //! ```text
 //! base  = model                               (no test results)
 //!       = (model + 10 × passed / run) / 2     (with test results)
-//! score = clamp(base − 2.5 × errors − min(1 × warnings, 3) − min(0.25 × infos, 1), 0, 10)
+//! score = clamp(base − 2.5 × errors − min(1 × warnings, 3), 0, 10)
 //! verdict: score ≥ 6 approve, ≥ 3 request-changes, else reject, then raised by the rules above
 //! ```
 //!
-//! Warnings and infos are capped so that style findings on every function (missing docstrings,
-//! missing type hints) cannot by themselves reject code that works.
+//! Warnings are capped so that style findings on every function (missing docstrings, missing
+//! type hints) cannot by themselves reject code that works. Info findings cost nothing: the WIT
+//! contract says info "never blocks approval", so they are reported but never move the verdict.
 //!
 //! A missing model score counts as [`NEUTRAL_MODEL_SCORE`] when tests ran, so code that passes
 //! its tests and checks is approved even when the small model answers nonsense. With neither a
@@ -42,7 +43,8 @@ fn penalty(severity: Severity) -> (f32, f32) {
     match severity {
         Severity::Error => (2.5, f32::INFINITY),
         Severity::Warning => (1.0, 3.0),
-        Severity::Info => (0.25, 1.0),
+        // Worth knowing, never a reason to withhold approval (wit/plugin.wit).
+        Severity::Info => (0.0, 0.0),
     }
 }
 
@@ -272,6 +274,24 @@ mod tests {
         );
         assert_eq!(review.score, 5.5);
         assert_eq!(review.verdict, Verdict::RequestChanges);
+    }
+
+    #[test]
+    fn info_findings_never_move_the_verdict() {
+        let infos: Vec<Finding> = (0..4)
+            .map(|i| Finding::new("hint", Severity::Info, format!("i{i}")))
+            .collect();
+        let review = decide(&request(infos, &[]), Some(&opinion(Some(6.0), &[])));
+        assert_eq!(review.score, 6.0);
+        assert_eq!(review.verdict, Verdict::Approve);
+        assert_eq!(
+            review
+                .findings
+                .iter()
+                .filter(|f| f.rule_id == "hint")
+                .count(),
+            4
+        );
     }
 
     #[test]
