@@ -87,7 +87,9 @@ fn tpot_histogram() -> Histogram {
 fn latency_histogram() -> Histogram {
     Histogram::new(
         [
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            // Up to the default request deadline: a pipeline on the CPU takes minutes.
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+            600.0,
         ]
         .iter()
         .copied(),
@@ -359,6 +361,28 @@ pub fn prefix_cache_bytes(model: &str, bytes: usize) {
         .set(bytes as i64);
 }
 
+/// Count one pipeline run that ended `outcome` (completed, failed or cancelled).
+pub fn count_pipeline_run(outcome: &str) {
+    global()
+        .pipeline_runs
+        .get_or_create(&OutcomeLabels {
+            outcome: outcome.into(),
+        })
+        .inc();
+}
+
+/// The `reason` label of a retry: the error's code when it is one of agentrt's, else `other`
+/// (plugins choose their codes freely: one series per code they invent would grow without
+/// end).
+pub fn retry_reason(code: &str) -> String {
+    if crate::error_code::ErrorCode::parse(code).is_some() || code == crate::pipeline::TESTS_FAILED
+    {
+        code.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
 /// Record one HTTP request.
 pub fn record_request(route: &str, status: u16, took: Duration) {
     let m = global();
@@ -378,6 +402,14 @@ pub fn record_request(route: &str, status: u16, took: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_reasons_are_agentrts_codes_or_other() {
+        assert_eq!(retry_reason("PLUGIN_004"), "PLUGIN_004");
+        assert_eq!(retry_reason("TEST_001"), "TEST_001");
+        assert_eq!(retry_reason("GEN_1764248157"), "other");
+        assert_eq!(retry_reason("MY_PLUGIN_CODE"), "other");
+    }
 
     fn sample(text: &str, prefix: &str) -> Option<f64> {
         text.lines()

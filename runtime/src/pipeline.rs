@@ -218,7 +218,7 @@ impl Pipeline {
                 .pipeline_retries
                 .get_or_create(&crate::metrics::RetryLabels {
                     stage: stage_name(error.stage).to_string(),
-                    reason: error.code.clone(),
+                    reason: crate::metrics::retry_reason(&error.code),
                 })
                 .inc();
             self.run.emit(PipelineEvent::Retry {
@@ -593,12 +593,7 @@ impl Pipeline {
             Some(e) if e.code == ErrorCode::Cancelled.as_str() => "cancelled",
             Some(_) => "failed",
         };
-        crate::metrics::global()
-            .pipeline_runs
-            .get_or_create(&crate::metrics::OutcomeLabels {
-                outcome: label.into(),
-            })
-            .inc();
+        crate::metrics::count_pipeline_run(label);
         outcome
     }
 

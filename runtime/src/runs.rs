@@ -346,6 +346,15 @@ impl Runs {
         let cancelled = || ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled");
         if !self.slots.acquire(self.workers, &live.cancel) {
             in_flight("queued").dec();
+            // Cancelled before it started: counted as a run that ended so, as one cancelled
+            // while running is.
+            crate::metrics::count_pipeline_run("cancelled");
+            self.pipeline.stats.record_endpoint(
+                STATS_ENDPOINT,
+                0,
+                0,
+                Some(ErrorCode::Cancelled.as_str()),
+            );
             emitter.finish(RunState::Cancelled, None, Some(&cancelled()));
             self.live().remove(id);
             return;
@@ -386,6 +395,7 @@ impl Runs {
             }
             Err(_) => {
                 let error = ErrorOut::new(ErrorCode::Internal, "the run's thread panicked");
+                crate::metrics::count_pipeline_run("failed");
                 stats.record_endpoint(STATS_ENDPOINT, ms, 0, Some(ErrorCode::Internal.as_str()));
                 emitter.finish(RunState::Failed, None, Some(&error));
             }

@@ -236,14 +236,20 @@ async fn measure(
         .map(|p| p.as_str().to_string());
     let route = matched.clone().unwrap_or_else(|| "unmatched".to_string());
     let openai_route = openai::is_openai_path(request.uri().path());
+    let counted = request.method() == axum::http::Method::POST
+        && matched
+            .as_deref()
+            .is_some_and(|r| crate::stats::COUNTED_ROUTES.contains(&r));
     let id = request_id(&request);
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), route = %route);
     let mut response = next.run(request).instrument(span.clone()).await;
     let took = started.elapsed();
     let sent = response.extensions().get::<SentError>().cloned();
     if let Some(SentError(error)) = &sent {
-        // Answered by a layer (deadline, body limit, key) before a handler could count it.
-        if response.extensions().get::<Uncounted>().is_some()
+        // Answered by a layer (deadline, body limit, key) before a handler could count it:
+        // counted where the handler counts the others.
+        if counted
+            && response.extensions().get::<Uncounted>().is_some()
             && let Some(route) = &matched
         {
             stats.record_endpoint(route, took.as_millis() as u64, 0, Some(&error.code));

@@ -64,6 +64,20 @@ impl Counter {
     }
 }
 
+/// Routes (all `POST`) whose handlers count every request they answer. Errors a layer answers
+/// before the handler (a refused key, a body over the limit, a deadline) are counted for these
+/// only: a route whose successes are never counted must not show only failures.
+pub const COUNTED_ROUTES: &[&str] = &[
+    "/generate",
+    "/review",
+    "/check",
+    "/pipeline",
+    "/chat",
+    "/v1/chat/completions",
+    "/v1/completions",
+    crate::runs::STATS_ENDPOINT,
+];
+
 /// A snapshot for `GET /stats`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatsSnapshot {

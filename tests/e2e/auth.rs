@@ -91,6 +91,21 @@ fn keys_and_scopes_guard_the_routes() {
     let admin = bearer(ADMIN);
     let (status, body) = server.request("GET", "/stats", &[("authorization", &admin)], None);
     assert_eq!(status, 200, "{body}");
+    // /stats counts the routes that count their own requests: a refused key on /stats or
+    // /plugins is not a failure of an endpoint whose successes are never counted.
+    assert!(body["endpoints"].get("/stats").is_none(), "{body}");
+    assert!(body["endpoints"].get("/plugins").is_none(), "{body}");
+    // Listing runs is not a counted route either; the completions count both kinds.
+    assert!(
+        body["endpoints"].get("/v1/pipeline/runs").is_none(),
+        "{body}"
+    );
+    let chat_counts = &body["endpoints"]["/v1/chat/completions"];
+    assert_eq!(
+        (&chat_counts["requests"], &chat_counts["errors"]["AUTH_001"]),
+        (&serde_json::json!(4), &serde_json::json!(2)),
+        "{body}"
+    );
     let (status, body) = server.request(
         "POST",
         "/v1/chat/completions",

@@ -265,6 +265,24 @@ fn cancelling_stops_a_running_run_and_a_full_queue_answers_429() {
         "the running run ended {:?} after its cancellation",
         started.elapsed()
     );
+    // Both count as cancelled runs, the one that never started included.
+    let (_, _, metrics) = s.exchange("GET", "/metrics", &[], None);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "agentrt_pipeline_runs_total{outcome=\"cancelled\"} 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("pipeline_runs"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let (_, stats) = s.get("/stats");
+    assert_eq!(
+        stats["endpoints"]["/v1/pipeline/runs"]["errors"]["COMM_004"], 2,
+        "{stats}"
+    );
     // Both slots are free again.
     let (status, _, again) = submit(&s, TASK);
     assert_eq!(status, 202, "{again}");

@@ -6,7 +6,8 @@
 //!    result), whatever the code: a broken third-party check must never sink a request, and
 //!    skipping a stage spends no retry.
 //! 2. Errors that a retry cannot fix abort: `PLUGIN_003` (a bug in the plugin), `VAL_*`
-//!    (invalid input), refused model access or spent quota, cancellation, unknown model.
+//!    (invalid input), refused model access or spent quota, cancellation, unknown model, a
+//!    prompt longer than the model's context (a retry's prompt is longer still).
 //! 3. With no retries left, abort.
 //! 4. Everything else in **generate** and **test** (transient codes such as `PLUGIN_004`,
 //!    `MODEL_BUSY`, `GEN_*`, `COMM_*`, and failed tests) is retried after an exponential delay,
@@ -21,13 +22,15 @@ pub const MAX_DELAY_MS: u32 = 5_000;
 /// Longest feedback passed to the retried step; small models lose the task in long prompts.
 const MAX_FEEDBACK_CHARS: usize = 600;
 
-/// Codes that no retry can fix.
+/// Codes that no retry can fix. A prompt too long for the model's context (`MODEL_004`) is
+/// one: a retry's prompt only grows, with the feedback and the previous attempt's code.
 const PERMANENT_CODES: &[&str] = &[
     "PLUGIN_003",
     "PLUGIN_006",
     "PLUGIN_007",
     "COMM_004",
     "MODEL_001",
+    "MODEL_004",
 ];
 
 /// Code prefixes that no retry can fix.
@@ -122,6 +125,12 @@ mod tests {
             Recovery::Retry(plan) => plan,
             other => panic!("expected a retry, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_prompt_too_long_for_the_context_is_not_retried() {
+        let recovery = decide(&error("MODEL_004", Stage::Generate, 1), 2);
+        assert_eq!(kind(&recovery), "abort");
     }
 
     #[test]

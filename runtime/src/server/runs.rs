@@ -76,14 +76,25 @@ pub async fn create(
     State(state): State<AppState>,
     body: Result<Json<GenerateBody>, JsonRejection>,
 ) -> Response {
+    // A submission refused here is a failed request of the endpoint, as on /pipeline (an
+    // accepted one is counted when its run ends).
+    let refuse = |e: ApiError| {
+        state.pipeline.stats.record_endpoint(
+            crate::runs::STATS_ENDPOINT,
+            0,
+            0,
+            Some(e.code.as_str()),
+        );
+        e.into_response()
+    };
     let body = match body {
         Ok(Json(b)) => b,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return refuse(ApiError::from(e)),
     };
     let request = body.to_json();
     let req = match body.into_request() {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(e),
     };
     let runs = state.runs.clone();
     let submitted = tokio::task::spawn_blocking(move || runs.submit(req, request)).await;
@@ -96,8 +107,11 @@ pub async fn create(
             }
             response
         }
-        Ok(Err(e)) => api_error(e),
-        Err(e) => ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")).into_response(),
+        Ok(Err(e)) => refuse(ApiError::new(e.code(), e.to_string())),
+        Err(e) => refuse(ApiError::new(
+            ErrorCode::Internal,
+            format!("worker failed: {e}"),
+        )),
     }
 }
 
