@@ -77,6 +77,25 @@ function expect(condition, message) {
     expect((await page.getByTestId("finding").count()) === findings.length, "the replay shows other findings");
     await shot("3-from-history");
 
+    // An event stream cut short (a proxy's timeout, a dropped connection) is resumed after the
+    // last event seen, not left showing a run that never ends.
+    const eventRequests = [];
+    await page.route(/\/events/, async (route) => {
+      eventRequests.push(route.request().url());
+      if (eventRequests.length > 1) return route.continue();
+      const whole = await (await route.fetch()).text();
+      const firstTwo = whole.split("\n\n").slice(0, 2).join("\n\n") + "\n\n";
+      return route.fulfill({ status: 200, headers: { "content-type": "text/event-stream" }, body: firstTwo });
+    });
+    await page.getByTestId("history-tab").click();
+    await row.click();
+    await page.getByTestId("run-state").filter({ hasText: "completed" }).waitFor();
+    await page.getByTestId("verdict").filter({ hasText: verdict }).waitFor();
+    expect(eventRequests.length === 2 && /after=2\b/.test(eventRequests[1]),
+      `the cut stream was not resumed after event 2: ${eventRequests.join(", ")}`);
+    expect((await page.getByTestId("finding").count()) === findings.length, "the resumed run shows other findings");
+    await page.unroute(/\/events/);
+
     // Plugins with their permissions, and the statistics as charts.
     await page.getByTestId("plugins-tab").click();
     await page.locator("[data-testid=plugin-card][data-plugin=python-quality]").waitFor();

@@ -41,7 +41,9 @@ async function api(path, options = {}) {
       const body = await res.json();
       if (body.error) message = `${body.error.code}: ${body.error.message}`;
     } catch (_) { /* not JSON */ }
-    throw new Error(message);
+    const error = new Error(message);
+    error.status = res.status;
+    throw error;
   }
   return res;
 }
@@ -61,12 +63,14 @@ async function streamEvents(path, onEvent, signal) {
       const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
       let type = "message";
+      let seq = null;
       const data = [];
       for (const line of block.split("\n")) {
         if (line.startsWith("event:")) type = line.slice(6).trim();
+        else if (line.startsWith("id:")) seq = Number(line.slice(3).trim());
         else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
       }
-      if (data.length) onEvent(type, JSON.parse(data.join("\n")));
+      if (data.length) onEvent(type, JSON.parse(data.join("\n")), seq);
     }
   }
 }
@@ -222,12 +226,36 @@ async function follow(id, task) {
   latestAttempt = 0;
   tokenTarget = null;
   $("cancel").hidden = false;
-  try {
-    await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events`, (type, data) => {
-      if (handlers[type]) handlers[type](data);
-    }, following.signal);
-  } catch (e) {
-    if (e.name !== "AbortError") showError(e.message);
+  // A stream that ends before the run's `done` (a proxy's timeout, a dropped connection, a
+  // server restart) is resumed after the last event seen; the server answers refusals
+  // (unknown run, a key) with an HTTP error, shown at once.
+  const signal = following.signal;
+  let last = 0;
+  let ended = false;
+  let fruitless = 0;
+  const onEvent = (type, data, seq) => {
+    if (seq) last = seq;
+    if (type === "done") ended = true;
+    if (handlers[type]) handlers[type](data);
+  };
+  while (!ended && !signal.aborted) {
+    const before = last;
+    try {
+      await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events?after=${last}`, onEvent, signal);
+    } catch (e) {
+      if (e.name === "AbortError") return;
+      if (e.status) {
+        showError(e.message);
+        return;
+      }
+    }
+    if (ended || signal.aborted) return;
+    fruitless = last > before ? 0 : fruitless + 1;
+    if (fruitless > 5) {
+      showError("lost the run's event stream; open the run again from the history");
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500 * fruitless));
   }
 }
 
