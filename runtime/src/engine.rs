@@ -881,7 +881,7 @@ impl ServedModel {
     ) -> Result<Generation, EngineError> {
         let mut generation = match &self.backend {
             Backend::Local(m) => m.start(prompt, params, control)?,
-            Backend::Remote(r) => r.start(prompt, params, control)?,
+            Backend::Remote(r) => r.start(&self.info.id, prompt, params, control)?,
         };
         generation.model = Some(self.info.id.clone());
         Ok(generation)

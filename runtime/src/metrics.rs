@@ -300,6 +300,25 @@ impl GenerationTimer {
         self.admitted = Some(now);
     }
 
+    /// The first text came (a remote model streams text, not tokens: [`Self::counted`] gives
+    /// the counts at the end).
+    pub fn first_text(&mut self) {
+        if self.first_token.is_none() {
+            let now = Instant::now();
+            self.first_token = Some(now);
+            global()
+                .time_to_first_token
+                .get_or_create(&self.labels)
+                .observe((now - self.arrived).as_secs_f64());
+        }
+    }
+
+    /// The tokens of prompt and answer, as a remote server reported them.
+    pub fn counted(&mut self, prompt_tokens: u64, generated: u64) {
+        self.prompt_tokens = prompt_tokens;
+        self.generated = generated;
+    }
+
     /// A token was generated.
     pub fn token(&mut self) {
         self.generated += 1;

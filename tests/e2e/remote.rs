@@ -61,6 +61,24 @@ fn a_remote_model_answers_like_the_server_that_runs_it() {
         direct["choices"][0]["message"]["content"]
     );
     assert!(stream.trim_end().ends_with("data: [DONE]"), "{stream}");
+    // The front's metrics cover its remote model as they would a local one: the server's
+    // token counts, a time to first text, nothing left waiting or running.
+    let (_, _, metrics) = remote.exchange("GET", "/metrics", &[], None);
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{model=\"smollm2-135m-instruct\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} for the remote model"))
+    };
+    let completion = direct["usage"]["completion_tokens"]
+        .as_f64()
+        .expect("usage");
+    assert_eq!(value("agentrt_generated_tokens_total"), 2.0 * completion);
+    assert_eq!(value("agentrt_time_to_first_token_seconds_count"), 2.0);
+    assert_eq!(value("agentrt_generations_running"), 0.0);
+    assert_eq!(value("agentrt_generations_waiting"), 0.0);
 
     // The remote's models list and token counts are the served model's.
     let (status, models) = remote.get("/v1/models");

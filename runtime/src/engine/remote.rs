@@ -296,9 +296,11 @@ impl RemoteModel {
         self.error(Some(status), code, message)
     }
 
-    /// Start a streamed generation on its own thread.
+    /// Start a streamed generation on its own thread; its metrics go under `served_as`, the
+    /// name this server gives the model.
     pub fn start(
         &self,
+        served_as: &str,
         prompt: &Prompt,
         params: &SamplingParams,
         control: &Control,
@@ -309,10 +311,13 @@ impl RemoteModel {
         let (progress, events) = mpsc::channel();
         let remote = self.clone();
         let control = control.clone();
+        // Waiting until the remote answers, running while it streams: the same series as a
+        // local model's, token counts from the server's usage.
+        let mut timer = crate::metrics::GenerationTimer::arrive(served_as, 0);
         std::thread::Builder::new()
             .name("agentrt-remote".into())
             .spawn(move || {
-                let result = remote.stream(path, &body, &control, &progress);
+                let result = remote.stream(path, &body, &control, &progress, &mut timer);
                 let _ = progress.send(Progress::Done(result));
             })
             .map_err(|e| EngineError::Runtime(format!("cannot start a remote generation: {e}")))?;
@@ -368,6 +373,7 @@ impl RemoteModel {
         body: &Value,
         control: &Control,
         progress: &mpsc::Sender<Progress>,
+        timer: &mut crate::metrics::GenerationTimer,
     ) -> Result<Completion, EngineError> {
         let mut req = self.post(path);
         if let Some(deadline) = control.deadline {
@@ -382,6 +388,7 @@ impl RemoteModel {
             let text = resp.body_mut().read_to_string().unwrap_or_default();
             return Err(self.status_error(status, &text));
         }
+        timer.admitted();
         let mut reader = std::io::BufReader::new(resp.body_mut().as_reader());
         let mut text = String::new();
         let mut usage = Usage::default();
@@ -433,6 +440,7 @@ impl RemoteModel {
                         .and_then(Value::as_u64)
                         .unwrap_or(0) as u32,
                 };
+                timer.counted(usage.prompt_tokens.into(), usage.completion_tokens.into());
             }
             let Some(choice) = chunk["choices"].get(0) else {
                 continue;
@@ -442,6 +450,7 @@ impl RemoteModel {
                 .or(choice["text"].as_str())
                 .unwrap_or("");
             if !piece.is_empty() {
+                timer.first_text();
                 text.push_str(piece);
                 if progress.send(Progress::Text(piece.to_string())).is_err() {
                     // The caller is gone; dropping the response closes the connection.
