@@ -365,6 +365,7 @@ fn discard(staged: &Path) {
 fn stage_all(files: &[(PathBuf, PathBuf)]) -> Result<Vec<(PathBuf, PathBuf)>, BackupError> {
     let mut staged = Vec::with_capacity(files.len());
     for (i, (source, target)) in files.iter().enumerate() {
+        let target = &resolve_link(target);
         let tmp = staging(target);
         let is_store = i + 1 == files.len();
         let done = stage(source, target, &tmp).and_then(|()| {
@@ -381,6 +382,16 @@ fn stage_all(files: &[(PathBuf, PathBuf)]) -> Result<Vec<(PathBuf, PathBuf)>, Ba
         }
     }
     Ok(staged)
+}
+
+/// The file a symbolic link at `target` points to (its own target when it is none): a restore
+/// replaces the file an operator linked in (a config kept elsewhere), not the link.
+fn resolve_link(target: &Path) -> PathBuf {
+    let is_link = fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link && let Ok(real) = fs::canonicalize(target) {
+        return real;
+    }
+    target.to_path_buf()
 }
 
 /// Copy `source` to `tmp` beside `target`, synced to disk.
@@ -687,6 +698,33 @@ mod tests {
             .filter(|n| n.contains(".restoring"))
             .collect();
         assert!(left.is_empty(), "staged files left behind: {left:?}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A config kept elsewhere and linked in stays linked: the restore writes the file the link
+    /// points to.
+    #[cfg(unix)]
+    #[test]
+    fn a_linked_config_is_restored_through_its_link() {
+        let dir = temp("linked-config");
+        let source = dir.join("source.db");
+        filled_store(&source);
+        let source_config = dir.join("source.toml");
+        fs::write(&source_config, "[limits]\n").expect("config");
+        let out = dir.join("backup");
+        backup(&source, Some(&source_config), None, &out).expect("backup");
+        let managed = dir.join("managed.toml");
+        fs::write(&managed, "# old\n").expect("managed");
+        let link = dir.join("agentrt.toml");
+        std::os::unix::fs::symlink(&managed, &link).expect("link");
+        restore(&out, &dir.join("live.db"), Some(&link), None, true).expect("restore");
+        assert!(
+            fs::symlink_metadata(&link)
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read_to_string(&managed).expect("read"), "[limits]\n");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -112,13 +112,16 @@ impl Report {
     }
 
     /// Whether `agentrt serve` could listen on `addr`. Taken by a server that answers there
-    /// (most likely this agentrt, already serving) is a warning; any other reason `serve`
-    /// could not bind — an address this host does not have, a port it may not use, a port
-    /// held by a socket that does not answer — is a failure.
+    /// (most likely this agentrt, already serving) is a warning — also when binding was
+    /// refused for want of privilege (a port below 1024 answers `EACCES` before it says it is
+    /// in use; the server may hold the capability this user lacks); any other reason `serve`
+    /// could not bind — an address this host does not have, a privileged port nothing serves,
+    /// a port held by a socket that does not answer — is a failure.
     pub fn port(&mut self, addr: SocketAddr) {
+        use std::io::ErrorKind::{AddrInUse, PermissionDenied};
         let (status, detail) = match std::net::TcpListener::bind(addr) {
             Ok(_) => (Status::Ok, format!("{addr} is free")),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && answers(addr) => (
+            Err(e) if matches!(e.kind(), AddrInUse | PermissionDenied) && answers(addr) => (
                 Status::Warn,
                 format!("{addr} is taken ({e}): a server is already listening there"),
             ),

@@ -52,6 +52,8 @@ pub enum RunsError {
         "pipeline run {0} is {1} on another host sharing the store; cancel it through that host"
     )]
     Elsewhere(String, &'static str),
+    #[error("the server is shutting down and takes no new pipeline runs; try another")]
+    ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -59,7 +61,8 @@ pub enum RunsError {
 impl RunsError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::QueueFull { .. } => ErrorCode::QueueFull,
+            // Like a full queue: no place here now, another server (or this one restarted) takes it.
+            Self::QueueFull { .. } | Self::ShuttingDown => ErrorCode::QueueFull,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Finished { .. } => ErrorCode::RunFinished,
             Self::Elsewhere(..) => ErrorCode::RunElsewhere,
@@ -116,6 +119,8 @@ pub struct Runs {
     capacity: usize,
     live: Mutex<HashMap<String, Arc<LiveRun>>>,
     slots: Slots,
+    /// Set by [`Runs::shutdown`]: no run is taken after its cancellation sweep.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for Runs {
@@ -281,6 +286,7 @@ impl Runs {
             capacity: capacity.max(1),
             live: Mutex::new(HashMap::new()),
             slots: Slots::default(),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -311,6 +317,11 @@ impl Runs {
         });
         {
             let mut runs = self.live();
+            // Checked under the same lock the shutdown's sweep takes: a run is either refused
+            // here or in the map the sweep cancels.
+            if self.closing.load(Ordering::SeqCst) {
+                return Err(RunsError::ShuttingDown);
+            }
             if runs.len() >= self.capacity {
                 return Err(RunsError::QueueFull { queued: runs.len() });
             }
@@ -440,6 +451,7 @@ impl Runs {
     /// Cancel every run in this process and wait (up to `grace`) for them to end, so each is
     /// stored as cancelled rather than found interrupted at the next start.
     pub fn shutdown(&self, grace: Duration) {
+        self.closing.store(true, Ordering::SeqCst);
         for live in self.live().values() {
             live.cancel.store(true, Ordering::Relaxed);
         }

@@ -471,11 +471,14 @@ async fn serve_connections(
         });
     }
     drop(listener);
-    stopping.await;
-    if tokio::time::timeout(finish_within, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Both at once: kept-alive connections are told to close after the request they serve
+    // (no new work arrives on them) while the runs are cancelled, whose event streams end
+    // with them.
+    let ((), waited) = tokio::join!(
+        stopping,
+        tokio::time::timeout(finish_within, graceful.shutdown())
+    );
+    if waited.is_err() {
         tracing::warn!(
             seconds = finish_within.as_secs_f64(),
             "responses still open after the request deadline are cut short"

@@ -38,25 +38,43 @@ pub fn fenced_blocks(text: &str) -> Vec<FencedBlock> {
                     }
                 }
             }
-            Some((fence, language, _, body)) if trimmed.starts_with(fence) => {
+            Some((fence, language, indent, body)) if trimmed.starts_with(fence) => {
                 blocks.push(FencedBlock {
                     language,
-                    body: body.join("\n"),
+                    body: dedent_block(&body, indent),
                 });
             }
             Some((fence, language, indent, mut body)) => {
-                body.push(dedent(line, indent));
+                body.push(line);
                 open = Some((fence, language, indent, body));
             }
         }
     }
-    if let Some((_, language, _, body)) = open {
+    if let Some((_, language, indent, body)) = open {
         blocks.push(FencedBlock {
             language,
-            body: body.join("\n"),
+            body: dedent_block(&body, indent),
         });
     }
     blocks
+}
+
+/// A block's lines joined, each without the fence's `indent` — or less, as much as every
+/// non-blank line has: a model that indents its fence but writes the code at column 0 keeps
+/// the code's own indentation.
+fn dedent_block(lines: &[&str], indent: usize) -> String {
+    let common = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.chars().take_while(|c| c.is_whitespace()).count())
+        .min()
+        .unwrap_or(0);
+    let strip = indent.min(common);
+    lines
+        .iter()
+        .map(|l| dedent(l, strip))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `line` without up to `indent` leading whitespace characters (fewer when it has fewer).
@@ -160,6 +178,12 @@ mod tests {
         );
         // A line indented less than its fence keeps what it has.
         assert_eq!(fenced_blocks("  ```\n x = 1\n```")[0].body, "x = 1");
+        // Code written at column 0 under an indented fence keeps its own indentation.
+        let flush = "    ```python\ndef add(a, b):\n    return a + b\n    ```\n";
+        assert_eq!(
+            python_code(flush).as_deref(),
+            Some("def add(a, b):\n    return a + b")
+        );
     }
 
     #[test]

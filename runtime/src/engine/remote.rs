@@ -30,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a health probe's answer serves the health checks after it: a flood of (anonymous)
 /// `/health` calls asks the remote server no more often than this.
 const PROBE_FRESH: Duration = Duration::from_secs(2);
+/// How long a health probe waits for the server.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A health probe's answer (why the model cannot serve, if it cannot) and when it came.
 type ProbeAnswer = (Instant, Result<(), String>);
@@ -169,7 +171,11 @@ impl RemoteModel {
         let _probing = match self.probing.try_lock() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::WouldBlock) => {
-                if let Some((_, answer)) = last() {
+                // The previous answer while this one is out, if it is recent: no older than a
+                // fresh one plus the longest a probe takes.
+                if let Some((at, answer)) = last()
+                    && at.elapsed() < PROBE_FRESH + PROBE_TIMEOUT
+                {
                     return answer;
                 }
                 self.probing.lock().unwrap_or_else(|e| e.into_inner())
@@ -190,7 +196,7 @@ impl RemoteModel {
 
     /// Ask the server now whether it still serves this model.
     fn ask_serves(&self) -> Result<(), EngineError> {
-        let listed = self.get_json("/models", Duration::from_secs(2))?;
+        let listed = self.get_json("/models", PROBE_TIMEOUT)?;
         let serves = listed["data"]
             .as_array()
             .is_some_and(|models| models.iter().any(|m| m["id"].as_str() == Some(&self.model)));
