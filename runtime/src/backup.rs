@@ -655,6 +655,25 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// A fresh folder holding the backup of a filled store (and of a `[limits]` config when
+    /// `config`): the folder and the backup's.
+    fn a_backup(label: &str, config: bool) -> (PathBuf, PathBuf) {
+        let dir = temp(label);
+        let source = dir.join("source.db");
+        filled_store(&source);
+        let source_config = dir.join("source.toml");
+        fs::write(&source_config, "[limits]\n").expect("config");
+        let out = dir.join("backup");
+        backup(
+            &source,
+            config.then_some(source_config.as_path()),
+            None,
+            &out,
+        )
+        .expect("backup");
+        (dir, out)
+    }
+
     fn run_ids(store: &Path) -> Vec<String> {
         let mut ids: Vec<String> = Store::open(store)
             .expect("open")
@@ -671,13 +690,7 @@ mod tests {
     /// the live store keeps its runs and nothing staged is left behind.
     #[test]
     fn a_restore_that_cannot_write_its_config_replaces_nothing() {
-        let dir = temp("unwritable");
-        let source = dir.join("source.db");
-        filled_store(&source);
-        let source_config = dir.join("source.toml");
-        fs::write(&source_config, "[limits]\n").expect("config");
-        let out = dir.join("backup");
-        backup(&source, Some(&source_config), None, &out).expect("backup");
+        let (dir, out) = a_backup("unwritable", true);
         let live = dir.join("live.db");
         Store::open(&live)
             .expect("open")
@@ -706,13 +719,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn a_linked_config_is_restored_through_its_link() {
-        let dir = temp("linked-config");
-        let source = dir.join("source.db");
-        filled_store(&source);
-        let source_config = dir.join("source.toml");
-        fs::write(&source_config, "[limits]\n").expect("config");
-        let out = dir.join("backup");
-        backup(&source, Some(&source_config), None, &out).expect("backup");
+        let (dir, out) = a_backup("linked-config", true);
         let managed = dir.join("managed.toml");
         fs::write(&managed, "# old\n").expect("managed");
         let link = dir.join("agentrt.toml");
@@ -732,11 +739,7 @@ mod tests {
     /// another file; SQLite would replay it into the next restore's copy.
     #[test]
     fn a_stale_log_beside_the_staged_store_is_not_replayed() {
-        let dir = temp("stale-log");
-        let source = dir.join("source.db");
-        filled_store(&source);
-        let out = dir.join("backup");
-        backup(&source, None, None, &out).expect("backup");
+        let (dir, out) = a_backup("stale-log", false);
 
         // Another store's log, taken before a checkpoint folded it back: all of its pages.
         let live = dir.join("live.db");

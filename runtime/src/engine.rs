@@ -1094,6 +1094,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// One user message: the prompt's token ids and the template's rendering.
+    fn user_turn(model: &LoadedModel, content: &str) -> (Vec<u32>, String) {
+        let messages = vec![chat_template::TemplateMessage {
+            role: "user".into(),
+            content: content.into(),
+        }];
+        let ids = model
+            .tokenize_prompt(&Prompt::Chat(messages.clone()))
+            .expect("tokenize");
+        (ids, model.render_chat(&messages).expect("render"))
+    }
+
     /// A chat is tokenized as one string, as the model's own tokenizer sees it: a SentencePiece
     /// tokenizer (Llama 2 and its kin) would otherwise start every piece of the rendering with
     /// a "▁" of its own. A message holding special-token text is still encoded literally.
@@ -1125,17 +1137,7 @@ mod tests {
         std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).expect("config");
 
         let model = LoadedModel::load("spm", &dir, &mut |_| {}).expect("load");
-        let chat = |content: &str| {
-            let messages = vec![chat_template::TemplateMessage {
-                role: "user".into(),
-                content: content.into(),
-            }];
-            let ids = model
-                .tokenize_prompt(&Prompt::Chat(messages.clone()))
-                .expect("tokenize");
-            let rendered = model.render_chat(&messages).expect("render");
-            (ids, rendered)
-        };
+        let chat = |content: &str| user_turn(&model, content);
         let id = |t: &str| model.tokenizer.token_id(t).expect("known token");
         let (ids, rendered) = chat("hello world");
         assert_eq!(ids, model.tokenizer.encode(&rendered).expect("encode"));
@@ -1165,16 +1167,7 @@ mod tests {
             "{% for m in messages %}[INST] {{ m.content | trim }} [/INST]{% endfor %}".into();
         std::fs::write(dir.join("tokenizer_config.json"), trimming.to_string()).expect("config");
         let model = LoadedModel::load("spm-trim", &dir, &mut |_| {}).expect("load");
-        let chat = |content: &str| {
-            let messages = vec![chat_template::TemplateMessage {
-                role: "user".into(),
-                content: content.into(),
-            }];
-            let ids = model
-                .tokenize_prompt(&Prompt::Chat(messages.clone()))
-                .expect("tokenize");
-            (ids, model.render_chat(&messages).expect("render"))
-        };
+        let chat = |content: &str| user_turn(&model, content);
         let (ids, rendered) = chat("  hello world \n\n");
         assert_eq!(rendered, "[INST] hello world [/INST]");
         assert_eq!(ids, model.tokenizer.encode(&rendered).expect("encode"));

@@ -322,14 +322,7 @@ impl GenerationTimer {
     /// A token was generated.
     pub fn token(&mut self) {
         self.generated += 1;
-        if self.first_token.is_none() {
-            let now = Instant::now();
-            self.first_token = Some(now);
-            global()
-                .time_to_first_token
-                .get_or_create(&self.labels)
-                .observe((now - self.arrived).as_secs_f64());
-        }
+        self.first_text();
     }
 }
 

@@ -170,21 +170,30 @@ fn a_full_generation_queue_is_429_with_retry_after_for_plain_and_streamed_reques
     assert_eq!(status, 200, "served again once the queue drained: {body}");
 }
 
-#[test]
-fn a_client_that_disconnects_before_a_plain_answer_stops_its_generation() {
+/// `body` POSTed to /v1/completions on a connection of its own, left open: dropping the
+/// stream is the client hanging up.
+fn complete_on_own_connection(s: &Server, body: serde_json::Value) -> std::net::TcpStream {
     use std::io::Write;
-    let s = Server::start(&[]);
-    let body = json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
-                      "max_tokens": 3000, "temperature": 1.0, "seed": 5})
-    .to_string();
-    let address = s.base.trim_start_matches("http://").to_string();
-    let mut conn = std::net::TcpStream::connect(&address).expect("connect");
+    let body = body.to_string();
+    let address = s.base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(address).expect("connect");
     write!(
         conn,
         "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("send");
+    conn
+}
+
+#[test]
+fn a_client_that_disconnects_before_a_plain_answer_stops_its_generation() {
+    let s = Server::start(&[]);
+    let conn = complete_on_own_connection(
+        &s,
+        json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+               "max_tokens": 3000, "temperature": 1.0, "seed": 5}),
+    );
     wait_for_metric(
         &s,
         "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 1",
@@ -202,20 +211,9 @@ fn a_client_that_disconnects_before_a_plain_answer_stops_its_generation() {
 /// place others are refused for.
 #[test]
 fn a_streamed_request_whose_client_leaves_while_queued_gives_up_its_place() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader};
     let s = Server::start_with_env(&[], &[("AGENTRT_MAX_BATCH", "1")]);
-    let address = s.base.trim_start_matches("http://").to_string();
-    let send = |body: serde_json::Value| {
-        let body = body.to_string();
-        let mut conn = std::net::TcpStream::connect(&address).expect("connect");
-        write!(
-            conn,
-            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("send");
-        conn
-    };
+    let send = |body: serde_json::Value| complete_on_own_connection(&s, body);
     // A long generation holds the only place (until its connection is dropped).
     let long = send(
         json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
