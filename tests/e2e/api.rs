@@ -355,6 +355,33 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A generation that ends on the model's end marker counts, in the metrics, the tokens its
+/// `usage` counts: the marker is not one of them.
+#[test]
+fn generated_tokens_in_the_metrics_are_the_usage_s() {
+    let s = super::harness::Server::start(&[]);
+    let (status, body) = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 200,
+                "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["finish_reason"], "stop",
+        "ends on its end marker: {body}"
+    );
+    let generated = body["usage"]["completion_tokens"].as_f64().expect("usage");
+    let (_, _, text) = s.exchange("GET", "/metrics", &[], None);
+    assert_eq!(
+        metric(
+            &text,
+            "agentrt_generated_tokens_total{model=\"smollm2-135m-instruct\"}"
+        ),
+        Some(generated),
+        "{text}"
+    );
+}
+
 #[test]
 fn metrics_expose_generation_latency_tokens_requests_and_findings() {
     // A server of its own, so the counts are this test's.

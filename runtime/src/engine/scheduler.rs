@@ -492,12 +492,15 @@ impl Worker {
     /// Take `next` into `s`: stop on end of sequence, a stop sequence or the length limit;
     /// otherwise hand on the text no stop sequence can claim.
     fn accept(&self, s: &mut Sequence, next: u32) {
-        s.request.timer.token();
         let tokenizer = &self.model.tokenizer;
         if tokenizer.stop_ids.contains(&next) {
+            // The end marker answers the prompt (a time to first token when it comes first)
+            // but is no token of the answer: the metrics count what `usage` counts.
+            s.request.timer.first_text();
             s.outcome = Some(Ok(FinishReason::EndOfSequence));
             return;
         }
+        s.request.timer.token();
         s.generated.push(next);
         s.history.push(next);
         s.input = vec![next];
