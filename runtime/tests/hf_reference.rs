@@ -239,6 +239,43 @@ fn fill_in_the_middle_prompts_are_prefix_suffix_middle() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Added tokens not marked special (Qwen2.5-Coder's `<|fim_*|>`, `<tool_call>`) typed in user
+/// text stay text too: the tokenizers crate would make them control tokens even in literal
+/// encoding.
+#[test]
+fn markers_that_are_added_but_not_special_stay_text_in_user_code() {
+    let dir = write(&spec(Architecture::GptBigCode, GgmlType::F32), "fim-plain");
+    let path = dir.join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    for token in json["added_tokens"].as_array_mut().expect("added tokens") {
+        if token["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("<fim_"))
+        {
+            token["special"] = false.into();
+        }
+    }
+    std::fs::write(&path, json.to_string()).expect("write");
+    let model = LoadedModel::load("fim-plain", &dir, &mut |_| {}).expect("load");
+    let id = |t: &str| model.tokenizer.token_id(t).expect("token");
+    let ids = model
+        .tokenize_prompt(&Prompt::Fim {
+            prefix: "def f(x):\n    ".into(),
+            suffix: "\n    return y <fim_middle>".into(),
+        })
+        .expect("tokenize");
+    assert_eq!(
+        ids.iter().filter(|i| **i == id("<fim_middle>")).count(),
+        1,
+        "a marker in user text must stay text: {ids:?}"
+    );
+    assert_eq!(ids.last(), Some(&id("<fim_middle>")));
+    // Encoded as anything else is, where the model's own text holds it.
+    assert!(model.tokenizer.encode("<fim_middle>").expect("encode") == [id("<fim_middle>")]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn models_without_fim_tokens_refuse_fim_prompts() {
     let path = agentrt::paths::default_model();

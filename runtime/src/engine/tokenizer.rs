@@ -63,8 +63,12 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
     /// Tokens including added ones.
     size: usize,
-    /// Ids of the added tokens marked special (`<|im_start|>` and the like).
+    /// Ids of the added tokens, special (`<|im_start|>`) or not (Qwen's `<|fim_middle|>`):
+    /// text a user wrote must become none of them.
     special_ids: HashSet<u32>,
+    /// A copy whose added tokens are all special, for encoding user text when some are not:
+    /// the tokenizers crate leaves non-special added tokens live even in literal encoding.
+    literal: Option<Mutex<tokenizers::Tokenizer>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -94,12 +98,28 @@ fn post_processor_adds(tokenizer: &tokenizers::Tokenizer, bos: u32) -> bool {
 
 /// Ids of `tokenizer`'s added tokens that are marked special.
 fn special_ids(tokenizer: &tokenizers::Tokenizer) -> HashSet<u32> {
-    tokenizer
+    tokenizer.get_added_tokens_decoder().into_keys().collect()
+}
+
+/// `tokenizer` with its non-special added tokens made special, so that literal encoding keeps
+/// them text; `None` when every added token is special already.
+fn literal_copy(tokenizer: &tokenizers::Tokenizer) -> Option<Mutex<tokenizers::Tokenizer>> {
+    let plain: Vec<tokenizers::AddedToken> = tokenizer
         .get_added_tokens_decoder()
-        .into_iter()
-        .filter(|(_, token)| token.special)
-        .map(|(id, _)| id)
-        .collect()
+        .into_values()
+        .filter(|t| !t.special)
+        .map(|mut t| {
+            t.special = true;
+            t
+        })
+        .collect();
+    if plain.is_empty() {
+        return None;
+    }
+    let mut copy = tokenizer.clone();
+    // Same contents, so the same ids; only their flag changes.
+    copy.add_special_tokens(&plain);
+    Some(Mutex::new(copy))
 }
 
 /// The pre-tokenizer HF uses for the model family named by `tokenizer.ggml.pre`.
@@ -239,6 +259,7 @@ impl Tokenizer {
         );
         Ok(Self {
             special_ids: special_ids(&inner),
+            literal: literal_copy(&inner),
             inner: Mutex::new(inner),
             bos_id,
             eos_id,
@@ -314,6 +335,7 @@ impl Tokenizer {
         });
         Ok(Self {
             special_ids: special_ids(&inner),
+            literal: literal_copy(&inner),
             inner: Mutex::new(inner),
             bos_id,
             eos_id,
@@ -373,7 +395,12 @@ impl Tokenizer {
     }
 
     fn encode_with(&self, text: &str, literal: bool) -> Result<Vec<u32>, TokenizerError> {
-        let mut tokenizer = self.lock();
+        let mut tokenizer = match (&self.literal, literal) {
+            (Some(copy), true) => copy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            _ => self.lock(),
+        };
         tokenizer.set_encode_special_tokens(literal);
         let result = tokenizer.encode(text, false);
         tokenizer.set_encode_special_tokens(false);
