@@ -318,19 +318,19 @@ pub fn restore(
     if let Some(config) = config {
         files.push((from.join("config.toml"), config.to_path_buf()));
     }
-    files.extend(plugin_files.iter().cloned());
+    let plugins = plugins.filter(|_| !plugin_files.is_empty());
+    files.extend(plugin_files);
     files.push((from.join("store.db"), store.to_path_buf()));
     let staged = stage_all(&files)?;
     install(&staged)?;
-    sync_folders(&files, plugins.filter(|_| !plugin_files.is_empty()));
+    // The folders the renames changed: a linked target's, not the link's.
+    sync_folders(&staged, plugins);
 
     Ok(Restored {
         store: store.display().to_string(),
         runs: manifest.runs,
         config: config.map(|c| c.display().to_string()),
-        plugins: plugins
-            .filter(|_| !plugin_files.is_empty())
-            .map(|d| d.display().to_string()),
+        plugins: plugins.map(|d| d.display().to_string()),
     })
 }
 

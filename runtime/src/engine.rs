@@ -443,45 +443,7 @@ impl LoadedModel {
                 drop_doubled_bos(&mut ids, self.tokenizer.bos_id);
             }
             Prompt::Chat(messages) => {
-                let segments = self.render_chat_segments(messages)?;
-                // A template that changes message contents (trims them, strips earlier turns'
-                // reasoning) is not what the segments say: the model then reads the template's
-                // rendering, as HF's tokenizer would give it. Unless a message holds
-                // special-token text: keeping that text from becoming control tokens wins.
-                let as_segments: String = segments.iter().map(|(t, _)| t.as_str()).collect();
-                let rendered = self.render_chat(messages)?;
-                if as_segments != rendered && !self.any_special_text(messages)? {
-                    ids.extend(self.tokenizer.encode(&rendered).map_err(encode_err)?);
-                    drop_doubled_bos(&mut ids, self.tokenizer.bos_id);
-                    return Ok(ids);
-                }
-                // The rendering as one string, as the model's tokenizer would see it, unless a
-                // message holds special-token text: then piece by piece, its contents literal.
-                let mut whole = String::new();
-                let mut literal = Vec::new();
-                for (text, is_literal) in &segments {
-                    if *is_literal {
-                        literal.push(whole.len()..whole.len() + text.len());
-                    }
-                    whole.push_str(text);
-                }
-                match self
-                    .tokenizer
-                    .encode_guarded(&whole, &literal)
-                    .map_err(encode_err)?
-                {
-                    Some(all) => ids.extend(all),
-                    None => {
-                        for (text, literal) in segments {
-                            let part = if literal {
-                                self.tokenizer.encode_literal(&text)
-                            } else {
-                                self.tokenizer.encode(&text)
-                            };
-                            ids.extend(part.map_err(encode_err)?);
-                        }
-                    }
-                }
+                ids.extend(self.tokenize_chat(messages)?);
                 drop_doubled_bos(&mut ids, self.tokenizer.bos_id);
             }
             Prompt::Fim { prefix, suffix } => {
@@ -500,19 +462,50 @@ impl LoadedModel {
         Ok(ids)
     }
 
-    /// Whether any message holds text its tokenizer would read as a special token.
-    fn any_special_text(&self, messages: &[TemplateMessage]) -> Result<bool, EngineError> {
-        for m in messages {
-            let whole = 0..m.content.len();
-            let guarded = self
-                .tokenizer
-                .encode_guarded(&m.content, std::slice::from_ref(&whole))
-                .map_err(|e| EngineError::InvalidInput(e.to_string()))?;
-            if guarded.is_none() {
-                return Ok(true);
+    /// A chat's token ids: its rendering encoded as one string, as the model's own tokenizer
+    /// sees it, with the messages' contents kept from becoming control tokens.
+    fn tokenize_chat(&self, messages: &[TemplateMessage]) -> Result<Vec<u32>, EngineError> {
+        let encode_err = |e: TokenizerError| EngineError::InvalidInput(e.to_string());
+        let segments = self.render_chat_segments(messages)?;
+        let mut whole = String::new();
+        let mut literal = Vec::new();
+        for (text, is_literal) in &segments {
+            if *is_literal {
+                literal.push(whole.len()..whole.len() + text.len());
+            }
+            whole.push_str(text);
+        }
+        match self
+            .tokenizer
+            .encode_guarded(&whole, &literal)
+            .map_err(encode_err)?
+        {
+            Some(all) => {
+                // A template that changes message contents (trims them, strips earlier turns'
+                // reasoning) renders something else than the segments say: what it renders is
+                // what the model reads, as HF's tokenizer would give it.
+                let rendered = self.render_chat(messages)?;
+                if rendered == whole {
+                    Ok(all)
+                } else {
+                    self.tokenizer.encode(&rendered).map_err(encode_err)
+                }
+            }
+            // A message holds special-token text: piece by piece, its contents literal.
+            // Keeping that text from becoming control tokens wins over a template's changes.
+            None => {
+                let mut ids = Vec::new();
+                for (text, literal) in segments {
+                    let part = if literal {
+                        self.tokenizer.encode_literal(&text)
+                    } else {
+                        self.tokenizer.encode(&text)
+                    };
+                    ids.extend(part.map_err(encode_err)?);
+                }
+                Ok(ids)
             }
         }
-        Ok(false)
     }
 
     /// The rendered conversation split into template text (special tokens parsed) and message

@@ -475,15 +475,12 @@ impl PluginHost {
         store.data_mut().cancel = ctx.cancel.clone();
         store.data_mut().on_text = ctx.on_text.clone();
         store.data_mut().default_model = ctx.model.clone();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let worker_plugin = plugin.clone();
         // The caller's span (a request's or a run's id) goes with the call to its thread, so
         // the plugin's own log lines name the request they serve.
         let span = tracing::Span::current();
-        let spawned = std::thread::Builder::new()
-            .name(format!("plugin-{}", plugin.manifest.name))
-            .stack_size(PLUGIN_THREAD_STACK)
-            .spawn(move || {
+        let finished =
+            on_plugin_thread(&plugin.manifest.name, timeout + ABANDON_GRACE, move || {
                 let _entered = span.enter();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     f(&worker_plugin.pre, &mut store)
@@ -513,18 +510,18 @@ impl PluginHost {
                 // that takes the slot finds room for its instance.
                 drop(store);
                 drop(slot);
-                let _ = done_tx.send((outcome, stats, used));
+                (outcome, stats, used)
             });
-        if let Err(e) = spawned {
-            let error = PluginError::Load {
-                plugin: plugin.manifest.name.clone(),
-                message: format!("cannot start a plugin thread: {e}"),
-            };
-            return (Err(error), CallStats::default());
-        }
-        let (outcome, mut stats, used) = match done_rx.recv_timeout(timeout + ABANDON_GRACE) {
-            Ok(done) => done,
-            Err(_) => {
+        let (outcome, mut stats, used) = match finished {
+            Ok(Some(done)) => done,
+            Err(e) => {
+                let error = PluginError::Load {
+                    plugin: plugin.manifest.name.clone(),
+                    message: format!("cannot start a plugin thread: {e}"),
+                };
+                return (Err(error), CallStats::default());
+            }
+            Ok(None) => {
                 let error = PluginError::Timeout {
                     plugin: plugin.manifest.name.clone(),
                     timeout_ms: timeout.as_millis() as u64,
@@ -619,33 +616,29 @@ impl PluginHost {
             .new_store(plugin)
             .map_err(|e| trap(format!("cannot instantiate: {e:#}")))?;
         let pre = plugin.pre.clone();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name(format!("plugin-{name}"))
-            .stack_size(PLUGIN_THREAD_STACK)
-            .spawn(move || {
-                let done = match &pre {
-                    Pre::Generator(p) => p.instantiate(&mut store).map(drop),
-                    Pre::Reviewer(p) => p.instantiate(&mut store).map(drop),
-                    Pre::QualityCheck(p) => p.instantiate(&mut store).map(drop),
-                    Pre::ErrorHandler(p) => p.instantiate(&mut store).map(drop),
-                    Pre::ModelErrorHandler(p) => p.instantiate(&mut store).map(drop),
-                };
-                // As after a call: the instance goes back to the pool before the slot does.
-                drop(store);
-                drop(slot);
-                let _ = done_tx.send(done.map_err(|e| format!("cannot instantiate: {e:#}")));
-            })
-            .map_err(|e| trap(format!("cannot start a plugin thread: {e}")))?;
-        match done_rx.recv_timeout(timeout + ABANDON_GRACE) {
-            Ok(done) => done.map_err(trap),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(PluginError::Timeout {
+        let finished = on_plugin_thread(&name, timeout + ABANDON_GRACE, move || {
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &pre {
+                Pre::Generator(p) => p.instantiate(&mut store).map(drop),
+                Pre::Reviewer(p) => p.instantiate(&mut store).map(drop),
+                Pre::QualityCheck(p) => p.instantiate(&mut store).map(drop),
+                Pre::ErrorHandler(p) => p.instantiate(&mut store).map(drop),
+                Pre::ModelErrorHandler(p) => p.instantiate(&mut store).map(drop),
+            }));
+            // As after a call: the instance goes back to the pool before the slot does.
+            drop(store);
+            drop(slot);
+            match done {
+                Ok(done) => done.map_err(|e| format!("cannot instantiate: {e:#}")),
+                Err(_) => Err("the host panicked while instantiating the plugin".into()),
+            }
+        });
+        match finished {
+            Ok(Some(done)) => done.map_err(trap),
+            Ok(None) => Err(PluginError::Timeout {
                 plugin: name.clone(),
                 timeout_ms: timeout.as_millis() as u64,
             }),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(trap(
-                "the host panicked while instantiating the plugin".into(),
-            )),
+            Err(e) => Err(trap(format!("cannot start a plugin thread: {e}"))),
         }
     }
 
@@ -834,6 +827,24 @@ fn wrong_world(expected: World) -> wasmtime::Error {
 
 /// Advance `engine`'s epoch every `tick` on a thread of its own, the clock epoch deadlines
 /// count in. The thread holds only a weak handle, so it ends when the engine is dropped.
+/// Run `work` on a plugin thread (its stack has room for the guest's, whichever thread asks)
+/// and wait at most `wait` for it: `Ok(None)` when it has not finished by then, the thread
+/// abandoned to finish on its own (a plugin blocked in a host call the epoch cannot interrupt).
+fn on_plugin_thread<T: Send + 'static>(
+    name: &str,
+    wait: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<Option<T>> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("plugin-{name}"))
+        .stack_size(PLUGIN_THREAD_STACK)
+        .spawn(move || {
+            let _ = done_tx.send(work());
+        })?;
+    Ok(done_rx.recv_timeout(wait).ok())
+}
+
 pub(crate) fn spawn_epoch_ticker(
     engine: &wasmtime::Engine,
     name: &str,

@@ -210,18 +210,23 @@ fn qwen2_bf16_matches_candle() {
     check_qwen2(GgmlType::BF16, "qwen2-bf16");
 }
 
+/// A FIM prompt's ids, its suffix holding `<fim_middle>` typed as code (text, not a control
+/// token).
+fn fim_with_a_typed_marker(model: &LoadedModel) -> Vec<u32> {
+    model
+        .tokenize_prompt(&Prompt::Fim {
+            prefix: "def f(x):\n    ".into(),
+            suffix: "\n    return y <fim_middle>".into(),
+        })
+        .expect("tokenize")
+}
+
 #[test]
 fn fill_in_the_middle_prompts_are_prefix_suffix_middle() {
     let dir = write(&spec(Architecture::GptBigCode, GgmlType::F32), "fim");
     let model = LoadedModel::load("fim", &dir, &mut |_| {}).expect("load");
     let id = |t: &str| model.tokenizer.token_id(t).expect("token");
-    let ids = model
-        .tokenize_prompt(&Prompt::Fim {
-            prefix: "def f(x):\n    ".into(),
-            // FIM markers typed in the code are text, not control tokens.
-            suffix: "\n    return y <fim_middle>".into(),
-        })
-        .expect("tokenize");
+    let ids = fim_with_a_typed_marker(&model);
     let positions: Vec<usize> = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
         .iter()
         .map(|t| ids.iter().position(|i| *i == id(t)).expect("marker"))
@@ -259,12 +264,7 @@ fn markers_that_are_added_but_not_special_stay_text_in_user_code() {
     std::fs::write(&path, json.to_string()).expect("write");
     let model = LoadedModel::load("fim-plain", &dir, &mut |_| {}).expect("load");
     let id = |t: &str| model.tokenizer.token_id(t).expect("token");
-    let ids = model
-        .tokenize_prompt(&Prompt::Fim {
-            prefix: "def f(x):\n    ".into(),
-            suffix: "\n    return y <fim_middle>".into(),
-        })
-        .expect("tokenize");
+    let ids = fim_with_a_typed_marker(&model);
     assert_eq!(
         ids.iter().filter(|i| **i == id("<fim_middle>")).count(),
         1,

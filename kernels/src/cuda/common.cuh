@@ -65,6 +65,17 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return t;
 }
 
+// A 16-byte streaming load of read-only data (weights) that does not allocate in L1, issued
+// where it is written: the compiler may not move it (plain asm may sink to its first use, which
+// would undo a load meant to overlap a barrier or to be timed).
+__device__ __forceinline__ uint4 ld_weights_now(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
 // Programmatic dependent launch (Hopper and later; no-ops before). A kernel launched with the
 // programmatic-serialisation attribute may start while the previous kernel of its stream is
 // still running: pdl_wait() blocks until that kernel has finished and its writes are visible,

@@ -125,16 +125,6 @@ __device__ __forceinline__ void row_pointers(const GemvArgs& a, int pair, const 
     rb = (const uint4*)(a.w + (size_t)(rows.y < 0 ? rows.x : rows.y) * a.cols);
 }
 
-// A weight load the compiler may not move past the barrier that follows (plain asm may sink
-// to its first use, which would undo the overlap).
-__device__ __forceinline__ uint4 ld_weights_now(const uint4* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 __device__ __forceinline__ void preload(const GemvArgs& a, Preload& p) {
     const PhaseWork w = phase_work(a);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

@@ -8,14 +8,6 @@
 
 #define PROBE_UNROLL 8
 
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 // The eight halves of a word added up, so that no load is dead code.
 __device__ __forceinline__ float fold(uint4 v) {
     const float2 a = h2x2f(v.x), b = h2x2f(v.y), c = h2x2f(v.z), d = h2x2f(v.w);
@@ -40,8 +32,8 @@ extern "C" __global__ void probe_rows(const uint4* __restrict__ w, int rows, int
 #pragma unroll
             for (int u = 0; u < PROBE_UNROLL; ++u) {
                 const int j = base + 32 * u;
-                va[u] = j < row_words ? ld_stream(a + j) : make_uint4(0, 0, 0, 0);
-                vb[u] = j < row_words ? ld_stream(b + j) : make_uint4(0, 0, 0, 0);
+                va[u] = j < row_words ? ld_weights_now(a + j) : make_uint4(0, 0, 0, 0);
+                vb[u] = j < row_words ? ld_weights_now(b + j) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int u = 0; u < PROBE_UNROLL; ++u) s += fold(va[u]) + fold(vb[u]);
@@ -62,11 +54,11 @@ extern "C" __global__ void probe_stream(const uint4* __restrict__ w, long long w
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     float s = 0.0f;
     for (; i + 3 * stride < words; i += 4 * stride) {
-        const uint4 v0 = ld_stream(w + i), v1 = ld_stream(w + i + stride);
-        const uint4 v2 = ld_stream(w + i + 2 * stride), v3 = ld_stream(w + i + 3 * stride);
+        const uint4 v0 = ld_weights_now(w + i), v1 = ld_weights_now(w + i + stride);
+        const uint4 v2 = ld_weights_now(w + i + 2 * stride), v3 = ld_weights_now(w + i + 3 * stride);
         s += (fold(v0) + fold(v1)) + (fold(v2) + fold(v3));
     }
-    for (; i < words; i += stride) s += fold(ld_stream(w + i));
+    for (; i < words; i += stride) s += fold(ld_weights_now(w + i));
     pdl_launch_dependents();
     s = block_sum(s, scratch);
     if (threadIdx.x == 0) out[blockIdx.x] = s;

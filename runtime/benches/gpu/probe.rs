@@ -58,6 +58,9 @@ fn matrices() -> Vec<Matrix> {
 }
 
 struct Probe {
+    /// The matrices in decode order, and their 16-byte words in all.
+    matrices: Vec<Matrix>,
+    words: usize,
     stream: Arc<CudaStream>,
     rows: CudaFunction,
     stream_fn: CudaFunction,
@@ -96,7 +99,8 @@ impl Probe {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .expect("SM count") as u32;
-        let words: usize = matrices().iter().map(|m| m.words()).sum();
+        let matrices = matrices();
+        let words: usize = matrices.iter().map(|m| m.words()).sum();
         let weights = stream.alloc_zeros::<u8>(words * 16).expect("weights");
         // Not zeros: nothing between the memory and the SMs gets to skip them.
         let base = agentrt::engine::cuda::launch::addr(&weights, &stream);
@@ -110,6 +114,8 @@ impl Probe {
         let normed = stream.alloc_zeros::<f32>(2048).expect("normed");
         stream.synchronize().expect("sync");
         Self {
+            matrices,
+            words,
             rows: module.load_function("probe_rows").expect("probe_rows"),
             stream_fn: module.load_function("probe_stream").expect("probe_stream"),
             tiny: module.load_function("probe_tiny").expect("probe_tiny"),
@@ -172,7 +178,7 @@ impl Probe {
 
     fn stream_all(&self) {
         let mut w = self.addr(&self.weights);
-        let mut words = matrices().iter().map(|m| m.words()).sum::<usize>() as i64;
+        let mut words = self.words as i64;
         let mut out = self.addr(&self.sums);
         let mut params = [
             &mut w as *mut u64 as *mut c_void,
@@ -183,7 +189,7 @@ impl Probe {
     }
 
     fn encode(&self, step: Step) {
-        let all = matrices();
+        let all = &self.matrices;
         match step {
             Step::Rows { pdl, tiny } => {
                 for (i, m) in all.iter().enumerate() {
@@ -239,9 +245,8 @@ impl Probe {
 pub fn report(copy_bandwidth: f64) {
     let ctx = CudaContext::new(0).expect("context");
     let probe = Probe::new(&ctx);
-    let all = matrices();
-    let step_bytes = all.iter().map(|m| m.words() * 16).sum::<usize>() as f64;
-    let up_bytes = (all[2].words() * 16) as f64;
+    let step_bytes = (probe.words * 16) as f64;
+    let up_bytes = (probe.matrices[2].words() * 16) as f64;
     let mut rows: Vec<(String, f64, f64)> = vec![(
         "one 33.5 MB up matrix per launch (24 launches, each its own matrix)".into(),
         probe.time(Step::Ups(LAYERS)) / LAYERS as f64,

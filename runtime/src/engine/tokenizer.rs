@@ -65,7 +65,7 @@ pub struct Tokenizer {
     size: usize,
     /// Ids of the added tokens, special (`<|im_start|>`) or not (Qwen's `<|fim_middle|>`):
     /// text a user wrote must become none of them.
-    special_ids: HashSet<u32>,
+    added_ids: HashSet<u32>,
     /// A copy whose added tokens are all special, for encoding user text when some are not:
     /// the tokenizers crate leaves non-special added tokens live even in literal encoding.
     literal: Option<Mutex<tokenizers::Tokenizer>>,
@@ -96,8 +96,8 @@ fn post_processor_adds(tokenizer: &tokenizers::Tokenizer, bos: u32) -> bool {
     }
 }
 
-/// Ids of `tokenizer`'s added tokens that are marked special.
-fn special_ids(tokenizer: &tokenizers::Tokenizer) -> HashSet<u32> {
+/// Ids of `tokenizer`'s added tokens, special or not.
+fn added_ids(tokenizer: &tokenizers::Tokenizer) -> HashSet<u32> {
     tokenizer.get_added_tokens_decoder().into_keys().collect()
 }
 
@@ -138,11 +138,8 @@ fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
         "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" => {
             Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
         }
-        "llama-bpe" | "llama3" | "smaug-bpe" => {
-            Sequence::new(vec![split(LLAMA3_SPLIT)?.into(), byte_level(false).into()]).into()
-        }
-        // Llama 3's rule under other families' names, as llama.cpp maps them.
-        "falcon3" | "pixtral" | "exaone" => {
+        // Llama 3's rule, also under other families' names, as llama.cpp maps them.
+        "llama-bpe" | "llama3" | "smaug-bpe" | "falcon3" | "pixtral" | "exaone" => {
             Sequence::new(vec![split(LLAMA3_SPLIT)?.into(), byte_level(false).into()]).into()
         }
         // Qwen2's rule, also DeepSeek-R1's distillations of Qwen.
@@ -258,7 +255,7 @@ impl Tokenizer {
             Some(MetaValue::Bool(true))
         );
         Ok(Self {
-            special_ids: special_ids(&inner),
+            added_ids: added_ids(&inner),
             literal: literal_copy(&inner),
             inner: Mutex::new(inner),
             bos_id,
@@ -334,7 +331,7 @@ impl Tokenizer {
             _ => None,
         });
         Ok(Self {
-            special_ids: special_ids(&inner),
+            added_ids: added_ids(&inner),
             literal: literal_copy(&inner),
             inner: Mutex::new(inner),
             bos_id,
@@ -388,7 +385,7 @@ impl Tokenizer {
                 .iter()
                 .zip(encoding.get_offsets())
                 .any(|(id, &(start, end))| {
-                    self.special_ids.contains(id)
+                    self.added_ids.contains(id)
                         && literal.iter().any(|r| start < r.end && r.start < end)
                 });
         Ok((!smuggled).then(|| encoding.get_ids().to_vec()))

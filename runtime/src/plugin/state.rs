@@ -36,6 +36,20 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 /// Host bytes per table element (a function or external reference).
 const TABLE_ELEMENT_BYTES: usize = 8;
 
+impl MemoryLimiter {
+    /// Count `bytes` more against the cap: whether they fit (when not, nothing is counted and
+    /// `hit` is set).
+    fn charge(&mut self, bytes: usize) -> bool {
+        let total = self.peak_bytes.saturating_add(bytes);
+        if total > self.max_bytes {
+            self.hit = true;
+            return false;
+        }
+        self.peak_bytes = total;
+        true
+    }
+}
+
 impl ResourceLimiter for MemoryLimiter {
     /// Called for a memory's initial size (`current` 0) and for every growth of it.
     fn memory_growing(
@@ -44,15 +58,7 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self
-            .peak_bytes
-            .saturating_add(desired.saturating_sub(current));
-        if total > self.max_bytes {
-            self.hit = true;
-            return Ok(false);
-        }
-        self.peak_bytes = total;
-        Ok(true)
+        Ok(self.charge(desired.saturating_sub(current)))
     }
 
     /// Table elements are host memory the plugin asks for as surely as linear memory (with
@@ -63,19 +69,12 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > MAX_TABLE_ELEMENTS {
-            return Ok(false);
-        }
-        let added = desired
-            .saturating_sub(current)
-            .saturating_mul(TABLE_ELEMENT_BYTES);
-        let total = self.peak_bytes.saturating_add(added);
-        if total > self.max_bytes {
-            self.hit = true;
-            return Ok(false);
-        }
-        self.peak_bytes = total;
-        Ok(true)
+        Ok(desired <= MAX_TABLE_ELEMENTS
+            && self.charge(
+                desired
+                    .saturating_sub(current)
+                    .saturating_mul(TABLE_ELEMENT_BYTES),
+            ))
     }
 
     fn instances(&self) -> usize {

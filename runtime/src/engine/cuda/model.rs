@@ -75,11 +75,9 @@ struct Scratch {
 struct Fused {
     blocks: u32,
     shared_bytes: u32,
-    /// `[slot][layer]` LayerArgs on the device (as 32-bit words), and its address.
-    _layers_memory: CudaSlice<i32>,
-    layers: u64,
-    _barrier_memory: CudaSlice<i32>,
-    barrier: u64,
+    /// `[slot][layer]` LayerArgs on the device (as 32-bit words).
+    layers: CudaSlice<i32>,
+    barrier: CudaSlice<i32>,
 }
 
 /// A captured decode step for one number of attention chunks.
@@ -389,17 +387,15 @@ impl CudaModel {
         let words = std::mem::size_of_val(all.as_slice()) / 4;
         // SAFETY: `all` is `words` 4-byte words of initialised plain data, aligned to 8.
         let words: &[i32] = unsafe { std::slice::from_raw_parts(all.as_ptr().cast(), words) };
-        let layers_memory = self.stream.clone_htod(words)?;
-        let barrier_memory = self.stream.alloc_zeros::<i32>(1)?;
+        let layers = self.stream.clone_htod(words)?;
+        let barrier = self.stream.alloc_zeros::<i32>(1)?;
         self.stream.synchronize()?;
         tracing::debug!("fused decode step: {blocks} blocks ({per_sm} per SM)");
         Ok(Fused {
             blocks,
             shared_bytes,
-            layers: addr(&layers_memory, &self.stream),
-            _layers_memory: layers_memory,
-            barrier: addr(&barrier_memory, &self.stream),
-            _barrier_memory: barrier_memory,
+            layers,
+            barrier,
         })
     }
 
@@ -626,13 +622,13 @@ impl CudaModel {
     fn decode_layers(&self, fused: &Fused, slot: usize) -> Result<(), GpuError> {
         let sp = &self.spec;
         let b = self.scratch;
+        let barrier = addr(&fused.barrier, &self.stream);
         // The barrier counts arrivals from zero in every launch.
-        // SAFETY: `fused.barrier` is a live 4-byte allocation of this model, on this stream.
-        unsafe {
-            cudarc::driver::result::memset_d8_async(fused.barrier, 0, 4, self.stream.cu_stream())
-        }?;
+        // SAFETY: `barrier` is a live 4-byte allocation of this model, on this stream.
+        unsafe { cudarc::driver::result::memset_d8_async(barrier, 0, 4, self.stream.cu_stream()) }?;
         let step = StepArgs {
-            layers: fused.layers + (slot * sp.n_layer * std::mem::size_of::<LayerArgs>()) as u64,
+            layers: addr(&fused.layers, &self.stream)
+                + (slot * sp.n_layer * std::mem::size_of::<LayerArgs>()) as u64,
             x: b.x,
             q: b.q,
             part_o: b.part_o,
@@ -640,7 +636,7 @@ impl CudaModel {
             done: b.done,
             attn: b.attn,
             pos0: b.pos0,
-            barrier: fused.barrier,
+            barrier,
             n_layers: sp.n_layer as i32,
             dim: sp.dim as i32,
             layer_norm: i32::from(sp.norm == NormKind::Layer),
