@@ -157,15 +157,14 @@ impl RemoteModel {
     /// [`PROBE_FRESH`]; while one probe is out, the others take the previous answer (or,
     /// before there is any, wait for this one's).
     pub fn probe(&self) -> Result<(), String> {
-        let last = || {
-            self.last_probe
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
+        // The last answer, if it came within `age`.
+        let recent = |age: Duration| {
+            let last = self.last_probe.lock().unwrap_or_else(|e| e.into_inner());
+            last.as_ref()
+                .filter(|(at, _)| at.elapsed() < age)
+                .map(|(_, answer)| answer.clone())
         };
-        if let Some((at, answer)) = last()
-            && at.elapsed() < PROBE_FRESH
-        {
+        if let Some(answer) = recent(PROBE_FRESH) {
             return answer;
         }
         let _probing = match self.probing.try_lock() {
@@ -173,9 +172,7 @@ impl RemoteModel {
             Err(std::sync::TryLockError::WouldBlock) => {
                 // The previous answer while this one is out, if it is recent: no older than a
                 // fresh one plus the longest a probe takes.
-                if let Some((at, answer)) = last()
-                    && at.elapsed() < PROBE_FRESH + PROBE_TIMEOUT
-                {
+                if let Some(answer) = recent(PROBE_FRESH + PROBE_TIMEOUT) {
                     return answer;
                 }
                 self.probing.lock().unwrap_or_else(|e| e.into_inner())
@@ -183,9 +180,7 @@ impl RemoteModel {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
         };
         // Asked while this thread waited for the lock?
-        if let Some((at, answer)) = last()
-            && at.elapsed() < PROBE_FRESH
-        {
+        if let Some(answer) = recent(PROBE_FRESH) {
             return answer;
         }
         let answer = self.ask_serves().map_err(|e| e.to_string());
