@@ -426,19 +426,21 @@ impl Runs {
     /// at its next stage or generated token. Returns the run as stored now.
     pub fn cancel(&self, id: &str) -> Result<RunRecord, RunsError> {
         let run = self.get(id)?;
+        // The stored state decides first: a run stores its end (and its `done` event) a moment
+        // before it leaves the live table, and a client that saw `done` must get `RUN_001`.
+        if run.state.is_final() {
+            return Err(RunsError::Finished {
+                id: id.to_string(),
+                state: run.state.as_str(),
+            });
+        }
         match self.live().get(id) {
             Some(live) => {
                 live.cancel.store(true, Ordering::Relaxed);
                 Ok(run)
             }
             // Unfinished but not here: another host (a shared PostgreSQL store) runs it.
-            None if !run.state.is_final() => {
-                Err(RunsError::Elsewhere(id.to_string(), run.state.as_str()))
-            }
-            None => Err(RunsError::Finished {
-                id: id.to_string(),
-                state: run.state.as_str(),
-            }),
+            None => Err(RunsError::Elsewhere(id.to_string(), run.state.as_str())),
         }
     }
 
