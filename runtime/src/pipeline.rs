@@ -116,6 +116,19 @@ impl Pipeline {
             .then(|| ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled"))
     }
 
+    /// Wait out a retry plan's delay (at most [`MAX_RETRY_DELAY`]), cut short when the run is
+    /// cancelled: a cancellation must not wait for a back-off to end.
+    fn pause(&self, delay_ms: u32) {
+        let until = Instant::now() + Duration::from_millis(delay_ms.into()).min(MAX_RETRY_DELAY);
+        while !self.run.cancelled() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+
     /// The call context of a stage: the run's, with the model the run was moved to, if any.
     fn call_on(&self, model: &Option<String>) -> CallContext {
         CallContext {
@@ -197,8 +210,16 @@ impl Pipeline {
             res.as_ref().err(),
         ));
         let (decision, switch_to) = match res {
+            // A check the handler wants run again once too often is skipped: a broken check
+            // must not sink the run by running out of retries.
             Ok(d) if matches!(d.recovery, Recovery::Retry(_)) && retries_left == 0 => {
-                (Recovery::Abort("no retries left".into()), None)
+                let why = "no retries left".to_string();
+                let recovery = if error.stage == Stage::Check {
+                    Recovery::Fallback(why)
+                } else {
+                    Recovery::Abort(why)
+                };
+                (recovery, None)
             }
             Ok(d) => (d.recovery, d.model),
             Err(e) => (Recovery::Abort(format!("error handler failed: {e}")), None),
@@ -281,13 +302,16 @@ impl Pipeline {
                 Ok(artifact) => return Ok(artifact),
                 Err(e) => e,
             };
+            // A call that failed because the run was cancelled is the cancellation, whatever
+            // the plugin made of it: no handler is asked, no retry is counted.
+            if let Some(cancelled) = self.cancelled() {
+                return Err(cancelled);
+            }
             let perr = Self::to_pipeline_error(&err, Stage::Generate, attempt);
             let retries_left = (max_retries + 1).saturating_sub(attempt);
             match self.recover(&perr, retries_left, generator, model, stages) {
                 Recovery::Retry(plan) => {
-                    std::thread::sleep(
-                        Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY),
-                    );
+                    self.pause(plan.delay_ms);
                     feedback = plan.feedback;
                     attempt += 1;
                 }
@@ -455,9 +479,7 @@ impl Pipeline {
                 Recovery::Fallback(_) => return Err(CheckFailure::Skipped(error)),
                 Recovery::Abort(_) => return stopping(CheckFailure::Aborted(error)),
                 Recovery::Retry(plan) => {
-                    std::thread::sleep(
-                        Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY),
-                    );
+                    self.pause(plan.delay_ms);
                     if let Some(cancelled) = self.cancelled() {
                         return stopping(CheckFailure::Cancelled(cancelled));
                     }
@@ -531,23 +553,44 @@ impl Pipeline {
         if artifact.tests.trim().is_empty() || !artifact.language.eq_ignore_ascii_case("python") {
             return None;
         }
-        self.started(Stage::Test, SANDBOX_NAME, attempt);
-        let started = Instant::now();
-        let report = match sandbox.get() {
-            Ok(sandbox) => sandbox.run_tests_until(
-                &artifact.code,
-                &artifact.tests,
-                crate::sandbox::Until {
-                    deadline: None,
-                    cancel: self.run.call.cancel.as_deref(),
-                },
-            ),
+        // The stage starts once there is an interpreter to run it: a stage that starts must
+        // finish in the event stream.
+        let sandbox = match sandbox.get() {
+            Ok(sandbox) => sandbox,
             Err(why) => {
                 tracing::warn!("generated tests not run: {why}");
                 return None;
             }
         };
+        self.started(Stage::Test, SANDBOX_NAME, attempt);
+        let started = Instant::now();
+        let report = sandbox.run_tests_until(
+            &artifact.code,
+            &artifact.tests,
+            crate::sandbox::Until {
+                deadline: None,
+                cancel: self.run.call.cancel.as_deref(),
+            },
+        );
         let duration_ms = started.elapsed().as_millis() as u64;
+        if self.run.cancelled() {
+            // Stopped by the cancellation, not failed: not counted against the code.
+            let stage = StageReport {
+                stage: stage_name(Stage::Test).to_string(),
+                plugin: SANDBOX_NAME.to_string(),
+                attempt,
+                status: "cancelled".to_string(),
+                duration_ms,
+                tokens: 0,
+                models: Vec::new(),
+                error: self.cancelled(),
+            };
+            self.run.emit(PipelineEvent::StageFinished {
+                report: stage.clone(),
+            });
+            stages.push(stage);
+            return None;
+        }
         let failed = !report.all_passed();
         let timeouts = report
             .results
@@ -620,9 +663,22 @@ impl Pipeline {
                     .error
                     .clone()
                     .unwrap_or_else(|| ErrorOut::new(ErrorCode::AnalysisFailed, "check aborted"));
-                return PipelineOutcome::failed(error, stages, started);
+                // On a retry, an abort ends the retries, not the run: the best attempt so far
+                // was checked and tested, and is reviewed (a cancellation is caught below).
+                if best.is_none() || error.code == ErrorCode::Cancelled.as_str() {
+                    return PipelineOutcome::failed(error, stages, started);
+                }
+                tracing::info!(
+                    attempt,
+                    code = %error.code,
+                    "a check stopped this attempt; the best earlier attempt stands"
+                );
+                break;
             }
             let tests = self.test(&artifact, attempt, &mut stages);
+            if let Some(cancelled) = self.cancelled() {
+                return PipelineOutcome::failed(cancelled, stages, started);
+            }
             if best
                 .as_ref()
                 .is_none_or(|b| test_rank(&tests) >= test_rank(&b.tests))
@@ -654,7 +710,7 @@ impl Pipeline {
             ) else {
                 break;
             };
-            std::thread::sleep(Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY));
+            self.pause(plan.delay_ms);
             let feedback = plan.feedback.unwrap_or(failure.message);
             match self.generate_attempt(
                 req,
@@ -703,6 +759,9 @@ impl Pipeline {
                 Ok(r) => break Some(r),
                 Err(error) => error,
             };
+            if let Some(cancelled) = self.cancelled() {
+                return PipelineOutcome::failed(cancelled, stages, started);
+            }
             let perr = PipelineError {
                 code: error.code.clone(),
                 message: error.message.clone(),
@@ -713,15 +772,18 @@ impl Pipeline {
             let retries_left = (max_retries + 1).saturating_sub(review_attempt);
             match self.recover(&perr, retries_left, &reviewer, &mut model, &mut stages) {
                 Recovery::Retry(plan) => {
-                    std::thread::sleep(
-                        Duration::from_millis(plan.delay_ms.into()).min(MAX_RETRY_DELAY),
-                    );
+                    self.pause(plan.delay_ms);
                     review_attempt += 1;
                 }
                 Recovery::Fallback(_) => break None,
                 Recovery::Abort(_) => return PipelineOutcome::failed(error, stages, started),
             }
         };
+        // A reviewer may answer a cancelled model call with a review of its own (the default
+        // one does): the run was still cancelled, and is not stored as completed.
+        if let Some(cancelled) = self.cancelled() {
+            return PipelineOutcome::failed(cancelled, stages, started);
+        }
         PipelineOutcome::completed(
             number, &artifact, findings, checks, tests, review, stages, started,
         )
@@ -729,16 +791,18 @@ impl Pipeline {
 }
 
 /// How good an attempt's tests make it, for keeping the best: every test passing first, then
-/// the share that passed, then how many (each attempt brings its own tests, so raw counts of
-/// different test sets do not compare). Ties go to the later attempt.
-fn test_rank(tests: &Option<TestReport>) -> (bool, u64, usize) {
+/// code whose tests ran at all (code that did not even load ranks below code that failed every
+/// test), then the share that passed, then how many (each attempt brings its own tests, so raw
+/// counts of different test sets do not compare). Ties go to the later attempt.
+fn test_rank(tests: &Option<TestReport>) -> (bool, bool, u64, usize) {
     match tests {
-        Some(t) if !t.results.is_empty() => (
+        Some(t) if !t.results.is_empty() && t.setup_error.is_none() => (
             t.all_passed(),
+            true,
             t.passed() as u64 * 1_000_000 / t.results.len() as u64,
             t.passed(),
         ),
-        _ => (false, 0, 0),
+        _ => (false, false, 0, 0),
     }
 }
 
@@ -848,5 +912,11 @@ mod tests {
         // No tests, or none that ran, rank last.
         assert!(test_rank(&report(0, 1)) >= test_rank(&None));
         assert_eq!(test_rank(&report(0, 0)), test_rank(&None));
+        // Code that loaded and failed every test beats code that never loaded.
+        let did_not_load = Some(TestReport {
+            setup_error: Some("SyntaxError".into()),
+            ..TestReport::default()
+        });
+        assert!(test_rank(&report(0, 3)) > test_rank(&did_not_load));
     }
 }

@@ -222,8 +222,16 @@ impl Emitter {
         }
     }
 
-    /// The closing `done` event, committed with the run's final state and result.
-    fn finish(&self, state: RunState, outcome: Option<&Value>, error: Option<&ErrorOut>) {
+    /// The closing `done` event, committed with the run's final state and result; watchers
+    /// hear it from [`Emitter::announce`], once the run has left the live table, so that a
+    /// client acting on `done` finds the run ended everywhere (its queue place free too).
+    #[must_use = "the done event is announced once the run has left the live table"]
+    fn finish(
+        &self,
+        state: RunState,
+        outcome: Option<&Value>,
+        error: Option<&ErrorOut>,
+    ) -> StoredEvent {
         let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         self.flush_text(&mut st);
         self.store_unstored(&mut st);
@@ -250,6 +258,11 @@ impl Emitter {
         if let Err(e) = stored {
             tracing::error!(run = %self.id, "final state not stored: {e}");
         }
+        done
+    }
+
+    /// Tell the run's live watchers about its end (see [`Emitter::finish`]).
+    fn announce(&self, done: StoredEvent) {
         let _ = self.live.events.send(Arc::new(done));
     }
 }
@@ -346,8 +359,15 @@ impl Runs {
         if let Err(e) = spawned {
             in_flight("queued").dec();
             let error = ErrorOut::new(ErrorCode::Internal, format!("cannot start the run: {e}"));
-            emitter.finish(RunState::Failed, None, Some(&error));
+            // Counted as every other end of a run is.
+            crate::metrics::count_pipeline_run("failed");
+            let internal = Some(ErrorCode::Internal.as_str());
+            self.pipeline
+                .stats
+                .record_endpoint(STATS_ENDPOINT, 0, 0, internal);
+            let done = emitter.finish(RunState::Failed, None, Some(&error));
             self.live().remove(&id);
+            emitter.announce(done);
         }
         Ok(record)
     }
@@ -366,8 +386,9 @@ impl Runs {
                 0,
                 Some(ErrorCode::Cancelled.as_str()),
             );
-            emitter.finish(RunState::Cancelled, None, Some(&cancelled()));
+            let done = emitter.finish(RunState::Cancelled, None, Some(&cancelled()));
             self.live().remove(id);
+            emitter.announce(done);
             return;
         }
         in_flight("queued").dec();
@@ -392,7 +413,7 @@ impl Runs {
         let ms = started.elapsed().as_millis() as u64;
         // Runs count in /stats like the seed's endpoints: duration, tokens, failures by code.
         let stats = &self.pipeline.stats;
-        match outcome {
+        let done = match outcome {
             Ok(outcome) => {
                 let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
                 let state = match &outcome.error {
@@ -402,17 +423,18 @@ impl Runs {
                 };
                 let code = outcome.error.as_ref().map(|e| e.code.as_str());
                 stats.record_endpoint(STATS_ENDPOINT, ms, outcome.tokens, code);
-                emitter.finish(state, Some(&value), outcome.error.as_ref());
+                emitter.finish(state, Some(&value), outcome.error.as_ref())
             }
             Err(_) => {
                 let error = ErrorOut::new(ErrorCode::Internal, "the run's thread panicked");
                 crate::metrics::count_pipeline_run("failed");
                 stats.record_endpoint(STATS_ENDPOINT, ms, 0, Some(ErrorCode::Internal.as_str()));
-                emitter.finish(RunState::Failed, None, Some(&error));
+                emitter.finish(RunState::Failed, None, Some(&error))
             }
-        }
+        };
         tracing::info!(run = %id, ms = started.elapsed().as_millis() as u64, "pipeline run ended");
         self.live().remove(id);
+        emitter.announce(done);
     }
 
     /// The stored run.
@@ -439,8 +461,19 @@ impl Runs {
                 live.cancel.store(true, Ordering::Relaxed);
                 Ok(run)
             }
-            // Unfinished but not here: another host (a shared PostgreSQL store) runs it.
-            None => Err(RunsError::Elsewhere(id.to_string(), run.state.as_str())),
+            // Not here: either it ended here since the store was read, or another host (a
+            // shared PostgreSQL store) runs it; the store, read again, tells which.
+            None => {
+                let now = self.get(id)?;
+                if now.state.is_final() {
+                    Err(RunsError::Finished {
+                        id: id.to_string(),
+                        state: now.state.as_str(),
+                    })
+                } else {
+                    Err(RunsError::Elsewhere(id.to_string(), now.state.as_str()))
+                }
+            }
         }
     }
 
@@ -514,7 +547,7 @@ mod tests {
             .execute_for_test("ALTER TABLE away RENAME TO run_events")
             .expect("restore");
         emitter.event(started(3));
-        emitter.finish(RunState::Completed, None, None);
+        let _ = emitter.finish(RunState::Completed, None, None);
         assert_eq!(store.check_integrity().expect("check"), Ok(()));
         // Stored under the numbers live watchers saw: 1, 2 (stored late), 3, then done.
         let events = store.events_after("r", 0).expect("events");

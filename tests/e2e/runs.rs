@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 
 use agentrt::store::RunStore;
 
-use super::harness::{Server, error_code, fresh_store_path, postgres_schema_url, run_cli_env};
+use super::harness::{
+    Server, error_code, fresh_store_path, plugin_folder, postgres_schema_url, repo_root,
+    run_cli_env, test_plugin_wasm,
+};
 
 const TASK: &str = "Write a function add(a, b) that returns the sum of two numbers";
 
@@ -84,6 +87,42 @@ fn read_events_raw(base: &str, id: &str, after: usize, timeout: Duration) -> (bo
     let mut raw = Vec::new();
     let ended = stream.read_to_end(&mut raw).is_ok();
     (ended, String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// Follow a run's events on one connection until what has arrived satisfies `seen`.
+fn watch_events_until(base: &str, id: &str, timeout: Duration, seen: impl Fn(&str) -> bool) {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /v1/pipeline/runs/{id}/events HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let until = Instant::now() + timeout;
+    let (mut raw, mut buf) = (Vec::new(), [0u8; 16 * 1024]);
+    while !seen(&String::from_utf8_lossy(&raw)) {
+        assert!(
+            Instant::now() < until,
+            "timed out watching the events of {id}"
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => panic!(
+                "the event stream ended first: {}",
+                String::from_utf8_lossy(&raw)
+            ),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading the events: {e}"),
+        }
+    }
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -453,15 +492,17 @@ fn kill_and_restart(env: &[(&str, &str)]) -> (String, String) {
     events(&s, &done_id, &[]);
     let before = get_run(&s, &done_id);
     assert_eq!(before["state"], "completed", "{before}");
+    // Read while no call is being counted (the first run's are stored): a count caught between
+    // memory and the store could be one ahead of what the crash leaves.
+    let (_, stats) = s.get("/stats");
+    let generator_calls = stats["plugins"]["generator"]["requests"]
+        .as_u64()
+        .expect("generator counted");
     let (_, _, midway) = submit(&s, TASK);
     let midway_id = midway["id"].as_str().expect("id").to_string();
     wait_until("the second run to start", Duration::from_secs(60), || {
         get_run(&s, &midway_id)["events"].as_u64().unwrap_or(0) >= 2
     });
-    let (_, stats) = s.get("/stats");
-    let generator_calls = stats["plugins"]["generator"]["requests"]
-        .as_u64()
-        .expect("generator counted");
     s.kill();
 
     let s = Server::start_with_env(&[], env);
@@ -558,4 +599,116 @@ fn a_backup_taken_under_load_restores_to_an_identical_store() {
     for id in &ids {
         s.exchange("DELETE", &format!("/v1/pipeline/runs/{id}"), &[], None);
     }
+}
+
+#[test]
+fn a_run_cancelled_during_its_review_ends_cancelled_not_completed() {
+    // A reviewer that keeps calling the model until the host stops it, with a token budget it
+    // cannot spend before its deadline: the review is under way for as long as the test needs.
+    let manifest =
+        std::fs::read_to_string(repo_root().join("tests/plugins/token-loop-reviewer/plugin.toml"))
+            .expect("manifest")
+            .replace("tokens-per-minute = 200", "tokens-per-minute = 100000000");
+    assert!(manifest.contains("100000000"), "{manifest}");
+    let plugins = plugin_folder(
+        "review-cancel",
+        "token-loop-reviewer",
+        "token-loop-reviewer",
+        Some(&manifest),
+    );
+    let config = plugins.join("agentrt.toml");
+    std::fs::write(
+        &config,
+        "[grants.token-loop-reviewer]\nmodels = [\"*\"]\nmax-tokens-per-call = 16\ntokens-per-minute = 100000000\n",
+    )
+    .expect("write config");
+    let s = Server::start(&[
+        "--plugins",
+        plugins.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let (status, _, run) = submit(&s, TASK);
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_string();
+    // Watched on one connection: the reviewer's model calls stream text without a pause, so
+    // a read that waits for the stream to fall quiet would wait for the review to end.
+    watch_events_until(&s.base, &id, Duration::from_secs(180), |text| {
+        text.contains("\"plugin\":\"token-loop-reviewer\"")
+    });
+    let (status, _, text) = s.exchange("DELETE", &format!("/v1/pipeline/runs/{id}"), &[], None);
+    assert_eq!(status, 202, "{text}");
+    let all = events(&s, &id, &[]);
+    let kinds: Vec<&str> = all.iter().map(|(_, k, _)| k.as_str()).collect();
+    let (_, kind, done) = all.last().expect("events");
+    assert_eq!(kind, "done", "{kinds:?}");
+    // The reviewer's cancelled model call is the cancellation, not a failed review to go on
+    // without: the run is not stored as completed with a review it never had.
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert_eq!(done["error"]["code"], "COMM_004", "{done}");
+    assert!(!kinds.contains(&"review"), "{kinds:?}");
+    assert_eq!(get_run(&s, &id)["state"], "cancelled");
+}
+
+#[test]
+fn a_check_that_aborts_a_retry_leaves_the_best_earlier_attempt_to_be_reviewed() {
+    // Attempt 1 fails one of its two tests, so the handler retries; attempt 2 carries a marker
+    // that marker-check fails on, and the handler aborts on any failed check.
+    let plugins = plugin_folder(
+        "abort-on-retry",
+        "scripted-generator",
+        "scripted-generator",
+        None,
+    );
+    for name in ["marker-check", "abort-check-handler"] {
+        std::fs::copy(test_plugin_wasm(name), plugins.join(format!("{name}.wasm")))
+            .expect("copy wasm");
+        std::fs::copy(
+            repo_root()
+                .join("tests/plugins")
+                .join(name)
+                .join("plugin.toml"),
+            plugins.join(format!("{name}.toml")),
+        )
+        .expect("copy manifest");
+    }
+    let s = Server::start(&["--plugins", plugins.to_str().expect("utf-8")]);
+    let (status, _, text) = s.exchange(
+        "POST",
+        "/v1/pipeline/runs",
+        &[],
+        Some(&json!({"task_description": TASK, "max_retries": 1})),
+    );
+    assert_eq!(status, 202, "{text}");
+    let run: Value = serde_json::from_str(&text).expect("json");
+    let id = run["id"].as_str().expect("id").to_string();
+    let all = events(&s, &id, &[]);
+    let kinds: Vec<&str> = all.iter().map(|(_, k, _)| k.as_str()).collect();
+    // The second attempt was checked, and marker-check stopped it.
+    let second = all
+        .iter()
+        .find(|(_, k, d)| k == "checks" && d["attempt"] == 2)
+        .unwrap_or_else(|| panic!("attempt 2 was never checked: {kinds:?}"));
+    assert!(
+        second.2["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .any(|c| c["name"] == "marker-check" && c["status"] == "aborted"),
+        "{}",
+        second.2
+    );
+    // The run goes on with attempt 1, checked and tested, rather than failing with MARK_001.
+    let (_, kind, done) = all.last().expect("events");
+    assert_eq!(kind, "done", "{kinds:?}");
+    assert_eq!(done["state"], "completed", "{done}");
+    let chosen = all
+        .iter()
+        .find(|(_, k, _)| k == "chosen")
+        .unwrap_or_else(|| panic!("no chosen event: {kinds:?}"));
+    assert_eq!(chosen.2["attempt"], 1, "{kinds:?}");
+    let run = get_run(&s, &id);
+    assert_eq!(run["result"]["chosen_attempt"], 1, "{run}");
+    let code = run["result"]["code"].as_str().expect("code");
+    assert!(!code.contains("ABORT-ME"), "{code}");
 }
