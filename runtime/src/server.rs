@@ -394,6 +394,9 @@ async fn refuse_declared_oversize(
 /// Serve `app` on `addr` until Ctrl-C or SIGTERM.
 pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // Signals are caught from before the server says it listens: one sent right after that
+    // line must shut it down gracefully, not end it by the signal's default action.
+    let signal = shutdown_signal();
     tracing::info!(address = %listener.local_addr()?, "agentrt listening");
     // Scripts and tests read this line to learn the port when they asked for port 0.
     println!("agentrt listening on http://{}", listener.local_addr()?);
@@ -404,7 +407,7 @@ pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Resu
     // Requests in flight get as long to finish as their deadline would give them anyway.
     let finish_within = state.limits.request_timeout;
     let signalled = async move {
-        shutdown_signal().await;
+        signal.await;
         // Tell the load balancer first (ready answers 503), keep serving while it notices,
         // then stop accepting and let the requests in flight finish.
         draining.store(true, Ordering::Relaxed);
@@ -508,21 +511,40 @@ async fn stdin_closed() {
     tracing::info!("stdin closed; shutting down");
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM, Ctrl-C or (when asked for) stdin closing. The signal handlers are registered
+/// when this is called, not when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
+    let (term, interrupt) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {}, _ = stdin_closed() => {} }
-    tracing::info!("shutting down");
+    async move {
+        #[cfg(unix)]
+        {
+            // A handler that could not be registered waits for ever; the other ways still end it.
+            let wait = |registered: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match registered {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! { _ = wait(term) => {}, _ = wait(interrupt) => {}, _ = stdin_closed() => {} }
+        }
+        #[cfg(not(unix))]
+        {
+            let ctrl_c = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! { _ = ctrl_c => {}, _ = stdin_closed() => {} }
+        }
+        tracing::info!("shutting down");
+    }
 }
 
 #[cfg(test)]

@@ -1064,6 +1064,7 @@ mod online_backup {
         live.execute_for_test("PRAGMA wal_autocheckpoint = 0")
             .expect("no checkpoints");
         let stop = Arc::new(AtomicBool::new(false));
+        let (committing, first_commit) = mpsc::channel();
         let writer = {
             let (live, stop) = (live.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -1072,11 +1073,17 @@ mod online_backup {
                     live.insert_run(&format!("w-{commits}"), &Value::Null)
                         .expect("commit");
                     commits += 1;
+                    let _ = committing.send(());
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 commits
             })
         };
+        // The backup starts once the writer is committing, however late a loaded machine
+        // schedules it.
+        first_commit
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the writer committed");
         let dest = dir.join("copy.db");
         let (done, finished) = mpsc::channel();
         {

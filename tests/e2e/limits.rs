@@ -132,12 +132,14 @@ fn a_full_generation_queue_is_429_with_retry_after_for_plain_and_streamed_reques
         })
     };
     // One generation holds the only place, a second waits in the queue of one.
-    let running = long("4");
+    // Deadlines long enough for the checks below on a loaded machine, short enough that the
+    // 3000 tokens never finish.
+    let running = long("10");
     wait_for_metric(
         &s,
         "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 1",
     );
-    let waiting = long("8");
+    let waiting = long("14");
     wait_for_metric(
         &s,
         "agentrt_generations_waiting{model=\"smollm2-135m-instruct\"} 1",

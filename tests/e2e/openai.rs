@@ -299,7 +299,7 @@ fn errors_from_the_server_layers_take_openai_shape_and_are_counted() {
     let (status, _, text) = server.exchange(
         "POST",
         "/v1/chat/completions",
-        &[("X-Request-Timeout", "0.05")],
+        &[("X-Request-Timeout", "0.3")],
         Some(
             &json!({"messages": [{"role": "user", "content": "Write a long essay"}],
                      "max_tokens": 400}),

@@ -319,6 +319,9 @@ impl RemoteModel {
             .name("agentrt-remote".into())
             .spawn(move || {
                 let result = remote.stream(path, &body, &control, &progress, &mut timer);
+                // Settle the metrics before the caller hears of the end, as the local
+                // scheduler does: a client that saw the end reads them whole.
+                drop(timer);
                 let _ = progress.send(Progress::Done(result));
             })
             .map_err(|e| EngineError::Runtime(format!("cannot start a remote generation: {e}")))?;

@@ -198,6 +198,8 @@ impl PgStore {
         if self.exclusive {
             // A killed predecessor's session holds the lock until its backend notices the
             // closed socket (moments): wait a little before calling the instance taken.
+            // Advisory locks are database-wide; the key names the schema too, so stores kept
+            // in different schemas of one database do not refuse each other.
             let mut got = false;
             for attempt in 0..LOCK_ATTEMPTS {
                 if attempt > 0 {
@@ -205,7 +207,7 @@ impl PgStore {
                 }
                 got = client
                     .query_one(
-                        "SELECT pg_try_advisory_lock(hashtext('agentrt instance ' || $1))",
+                        "SELECT pg_try_advisory_lock(hashtext('agentrt instance ' || current_schema() || ' ' || $1))",
                         &[&self.instance],
                     )
                     .map_err(|e| self.fail(e))?
