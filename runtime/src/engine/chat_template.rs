@@ -3,9 +3,39 @@
 //! Templates written for HF `transformers` call Python string methods (`.strip()`,
 //! `.startswith()`…) and `raise_exception`; minijinja-contrib's pycompat layer and a small
 //! `raise_exception` function make those templates render unchanged.
+//!
+//! The template comes with the model file, so it is untrusted code run on every chat request:
+//! rendering is metered (minijinja fuel), the rendered text is capped, and the builtins whose
+//! argument sets an allocation size (`indent`, `tojson`'s indent, `batch`, `slice`, format
+//! widths) are replaced by versions that refuse absurd sizes instead of aborting the process
+//! on a failed allocation.
 
-use minijinja::{Environment, ErrorKind, Value, context};
+use minijinja::value::{Kwargs, Rest, StringInput, ValueKind};
+use minijinja::{Environment, ErrorKind, State, Value, context};
 use serde::Serialize;
+use std::io;
+
+/// Instructions one render may execute. A real template spends a few hundred per message, so
+/// this covers conversations of thousands of turns, while nested `range()` loops stop after a
+/// fraction of a second instead of holding a request (and its thread) for hours.
+const RENDER_FUEL: u64 = 10_000_000;
+
+/// The most text one render may produce. A prompt is tokenized afterwards and must fit the
+/// context window; a megabyte is far beyond any model's context and bounds the memory a
+/// template can make the server hold through its output.
+const MAX_RENDER_BYTES: usize = 1 << 20;
+
+/// The widest indent `indent` and `tojson` accept. Real templates indent by 2 or 4; the
+/// builtins allocate the indent string before anything else, so `indent(10**14)` would abort.
+const MAX_INDENT: usize = 64;
+
+/// The largest count `batch`/`slice` accept, the same bound minijinja puts on `range()`; the
+/// builtins reserve `count` slots up front.
+const MAX_BATCH: usize = 100_000;
+
+/// The largest number a `format` string may carry (a field width or precision); the
+/// formatter pads to the width it is given, so `'%999999999999d'` would abort.
+const MAX_FORMAT_NUMBER: u64 = 65_536;
 
 /// One message, in the shape HF chat templates expect.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -36,12 +66,180 @@ fn raise_exception(message: String) -> Result<Value, minijinja::Error> {
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
 }
 
+fn too_large(what: &str) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, format!("{what} is too large"))
+}
+
+/// No keyword arguments, for calling a builtin whose own were already consumed here.
+fn no_kwargs() -> Kwargs {
+    std::iter::empty::<(&str, Value)>().collect()
+}
+
+/// `indent`, refusing widths past [`MAX_INDENT`] and results past the output cap (the
+/// builtin writes `width` spaces per line of the input).
+fn bounded_indent(
+    value: StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<Value, minijinja::Error> {
+    let width = match width {
+        Some(width) => width,
+        None => kwargs.get::<Option<usize>>("width")?.unwrap_or(4),
+    };
+    let first = match first {
+        Some(first) => Some(first),
+        None => kwargs.get::<Option<bool>>("first")?,
+    };
+    let blank = match blank {
+        Some(blank) => Some(blank),
+        None => kwargs.get::<Option<bool>>("blank")?,
+    };
+    kwargs.assert_all_used()?;
+    if width > MAX_INDENT {
+        return Err(too_large("indent width"));
+    }
+    let lines = value.as_str().split('\n').count();
+    let projected = width
+        .checked_mul(lines)
+        .and_then(|pad| pad.checked_add(value.as_str().len()));
+    if !matches!(projected, Some(n) if n <= MAX_RENDER_BYTES) {
+        return Err(too_large("indented text"));
+    }
+    minijinja::filters::indent(value, Some(width), first, blank, no_kwargs())
+}
+
+/// `tojson`, refusing an indent past [`MAX_INDENT`] (the builtin allocates it up front and
+/// repeats it per nesting level on every line).
+fn bounded_tojson(
+    value: &Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, minijinja::Error> {
+    let indent = match indent {
+        Some(indent) => Some(indent),
+        None => kwargs.get::<Option<Value>>("indent")?,
+    };
+    kwargs.assert_all_used()?;
+    if let Some(indent) = &indent {
+        // A boolean means "the default indent"; anything else is a width, as in the builtin.
+        if indent.kind() != ValueKind::Bool && indent.kind() != ValueKind::None {
+            let width = usize::try_from(indent.clone())?;
+            if width > MAX_INDENT {
+                return Err(too_large("tojson indent"));
+            }
+        }
+    }
+    minijinja::filters::tojson(value, indent, no_kwargs())
+}
+
+fn bounded_batch(
+    state: &State,
+    value: Value,
+    count: usize,
+    fill_with: Option<Value>,
+) -> Result<Value, minijinja::Error> {
+    if count > MAX_BATCH {
+        return Err(too_large("batch count"));
+    }
+    minijinja::filters::batch(state, value, count, fill_with)
+}
+
+fn bounded_slice(
+    state: &State,
+    value: Value,
+    count: usize,
+    fill_with: Option<Value>,
+) -> Result<Value, minijinja::Error> {
+    if count > MAX_BATCH {
+        return Err(too_large("slice count"));
+    }
+    minijinja::filters::slice(state, value, count, fill_with)
+}
+
+/// Refuses a format string carrying a number past [`MAX_FORMAT_NUMBER`]. Any digit run
+/// counts, literal text included: telling a width from literal text needs the formatter's own
+/// parser, and a literal number that large in a chat template's format string is not seen.
+fn check_format_string(format: &str) -> Result<(), minijinja::Error> {
+    let mut number: u64 = 0;
+    for byte in format.bytes().chain(std::iter::once(b' ')) {
+        if byte.is_ascii_digit() {
+            number = number
+                .saturating_mul(10)
+                .saturating_add(u64::from(byte - b'0'));
+        } else {
+            if number > MAX_FORMAT_NUMBER {
+                return Err(too_large("format width"));
+            }
+            number = 0;
+        }
+    }
+    Ok(())
+}
+
+/// The `format` filter (printf style), with the width check.
+fn bounded_format(
+    state: &State,
+    format: &Value,
+    args: Rest<Value>,
+) -> Result<Value, minijinja::Error> {
+    if let Some(text) = format.as_str() {
+        check_format_string(text)?;
+    }
+    minijinja::filters::format(state, format, args)
+}
+
+/// pycompat's method callback, with the width check on `str.format()`.
+fn bounded_methods(
+    state: &State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, minijinja::Error> {
+    if method == "format"
+        && let Some(text) = value.as_str()
+    {
+        check_format_string(text)?;
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// The render's output buffer: it fails the write that would take it past
+/// [`MAX_RENDER_BYTES`], which aborts the render.
+struct CappedOutput {
+    buf: Vec<u8>,
+    overflowed: bool,
+}
+
+impl io::Write for CappedOutput {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > MAX_RENDER_BYTES {
+            self.overflowed = true;
+            return Err(io::Error::other("chat template output too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl ChatTemplate {
     /// Compile `source`; `bos`/`eos` are the texts of the model's BOS and EOS tokens.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(bounded_methods);
         env.add_function("raise_exception", raise_exception);
+        env.set_fuel(Some(RENDER_FUEL));
+        // These replace the builtins of the same name (see the module header).
+        env.add_filter("indent", bounded_indent);
+        env.add_filter("tojson", bounded_tojson);
+        env.add_filter("batch", bounded_batch);
+        env.add_filter("slice", bounded_slice);
+        env.add_filter("format", bounded_format);
         // HF templates rely on Jinja's default of keeping a trailing newline out and blocks as
         // written; `trim_blocks`/`lstrip_blocks` stay off exactly as in transformers.
         env.add_template_owned("chat", source.to_string())
@@ -59,14 +257,29 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| TemplateError(e.to_string()))?;
-        template
-            .render(context! {
+        let mut out = CappedOutput {
+            buf: Vec::new(),
+            overflowed: false,
+        };
+        let rendered = template.render_captured_to(
+            context! {
                 messages => messages,
                 add_generation_prompt => true,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
-            })
-            .map_err(|e| TemplateError(e.to_string()))
+            },
+            &mut out,
+        );
+        if let Err(e) = rendered {
+            if out.overflowed {
+                return Err(TemplateError(format!(
+                    "the rendered prompt exceeds {MAX_RENDER_BYTES} bytes"
+                )));
+            }
+            return Err(TemplateError(e.to_string()));
+        }
+        // minijinja writes whole `str`s and a refused write is not kept, so this holds.
+        String::from_utf8(out.buf).map_err(|e| TemplateError(e.to_string()))
     }
 }
 
@@ -109,5 +322,109 @@ mod tests {
                 .to_string()
                 .contains("first must be user")
         );
+    }
+
+    fn user(content: &str) -> Vec<TemplateMessage> {
+        vec![TemplateMessage {
+            role: "user".into(),
+            content: content.into(),
+        }]
+    }
+
+    fn render(src: &str) -> Result<String, TemplateError> {
+        ChatTemplate::new(src, "", "")
+            .expect("compile")
+            .render(&user("hi"))
+    }
+
+    #[test]
+    fn a_huge_indent_width_is_refused_not_allocated() {
+        // The builtin would allocate 10^14 spaces before looking at its input.
+        let err = render("{{ '' | indent(100000000000000) }}").expect_err("must fail");
+        assert!(err.to_string().contains("too large"), "{err}");
+        let err = render("{{ 'a' | indent(width=100000000000000) }}").expect_err("must fail");
+        assert!(err.to_string().contains("too large"), "{err}");
+    }
+
+    #[test]
+    fn ordinary_indents_render_as_the_builtin_does() {
+        assert_eq!(
+            render("{{ 'a\nb' | indent(2) }}").expect("render"),
+            "a\n  b"
+        );
+        assert_eq!(
+            render("{{ 'a\nb' | indent(width=2, first=true) }}").expect("render"),
+            "  a\n  b"
+        );
+        assert_eq!(render("{{ 'a\nb' | indent }}").expect("render"), "a\n    b");
+    }
+
+    #[test]
+    fn a_huge_tojson_indent_is_refused() {
+        let err = render("{{ messages | tojson(indent=100000000000000) }}").expect_err("must fail");
+        assert!(err.to_string().contains("too large"), "{err}");
+        let err = render("{{ messages | tojson(100000000000000) }}").expect_err("must fail");
+        assert!(err.to_string().contains("too large"), "{err}");
+        // Small widths and `true` still work.
+        assert_eq!(
+            render("{{ [1] | tojson(indent=2) }}").expect("render"),
+            "[\n  1\n]"
+        );
+        assert_eq!(
+            render("{{ [1] | tojson(true) }}").expect("render"),
+            "[\n  1\n]"
+        );
+        assert_eq!(render("{{ [1] | tojson }}").expect("render"), "[1]");
+    }
+
+    #[test]
+    fn huge_batch_slice_and_format_widths_are_refused() {
+        for src in [
+            "{{ messages | batch(100000000000000) | list }}",
+            "{{ messages | slice(100000000000000) | list }}",
+            "{{ '%999999999999d' | format(1) }}",
+            "{{ '%.999999999999f' | format(1.5) }}",
+            "{{ '{:999999999999}'.format(1) }}",
+        ] {
+            let err = render(src).expect_err(src);
+            assert!(err.to_string().contains("too large"), "{src}: {err}");
+        }
+        assert_eq!(render("{{ '%03d' | format(7) }}").expect("render"), "007");
+        assert_eq!(render("{{ '{:>3}'.format(7) }}").expect("render"), "  7");
+        assert_eq!(
+            render("{{ [1, 2, 3] | batch(2) | list }}").expect("render"),
+            "[[1, 2], [3]]"
+        );
+    }
+
+    #[test]
+    fn nested_loops_run_out_of_fuel_instead_of_hanging() {
+        // 10^10 iterations without a fuel limit: hours of one request's thread.
+        let src =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let err = render(src).expect_err("must fail");
+        assert!(err.to_string().contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn output_past_the_cap_is_refused() {
+        // 2 MiB of output from a short loop.
+        let src = "{% for i in range(20000) %}{{ 'x' * 105 }}{% endfor %}";
+        let err = render(src).expect_err("must fail");
+        assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+
+    #[test]
+    fn a_long_conversation_still_renders() {
+        let t = ChatTemplate::new(CHATML, "", "").expect("compile");
+        let messages: Vec<TemplateMessage> = (0..5000)
+            .map(|i| TemplateMessage {
+                role: if i % 2 == 0 { "user" } else { "assistant" }.into(),
+                content: format!("message {i}"),
+            })
+            .collect();
+        let out = t.render(&messages).expect("render");
+        assert!(out.ends_with("<|im_start|>assistant\n"));
+        assert!(out.contains("message 4999"));
     }
 }

@@ -20,6 +20,13 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_TENSORS: u64 = 1 << 20;
 const MAX_KV: u64 = 1 << 20;
 const MAX_DIMS: u32 = 4;
+/// Elements in all metadata arrays of one header together. A parsed element takes up to 32
+/// bytes against 1 in the file (a `u8`), so without a total a large file could ask for 32 times
+/// its size in memory; real files hold about 1.5M (vocabulary, merges, token types, scores).
+const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
+/// The fewest bytes one tensor's directory entry takes: name length, dimension count, one
+/// dimension, type, offset.
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
 
 /// Why a GGUF file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +138,11 @@ impl GgufFile {
     }
 
     fn parse(mmap: Mmap) -> Result<Self, GgufError> {
-        let mut r = Reader { buf: &mmap, pos: 0 };
+        let mut r = Reader {
+            buf: &mmap,
+            pos: 0,
+            array_elements_left: MAX_ARRAY_ELEMENTS,
+        };
         if r.bytes(4)? != MAGIC {
             return Err(GgufError::BadMagic);
         }
@@ -151,7 +162,20 @@ impl GgufFile {
             let key = r.string()?;
             let ty = r.u32()?;
             let value = r.value(ty, 0)?;
+            // llama.cpp refuses a repeated key too; keeping either would be a guess.
+            if metadata.contains_key(&key) {
+                return Err(GgufError::Corrupt(format!(
+                    "metadata key {key} appears twice"
+                )));
+            }
             metadata.insert(key, value);
+        }
+        // The directory must fit in what is left of the file; checked before reserving for it.
+        let left = (r.buf.len() - r.pos) as u64;
+        if tensor_count.saturating_mul(MIN_TENSOR_INFO_BYTES) > left {
+            return Err(GgufError::Corrupt(format!(
+                "{tensor_count} tensors cannot fit in the {left} bytes left"
+            )));
         }
         let mut infos = Vec::with_capacity(tensor_count as usize);
         for _ in 0..tensor_count {
@@ -185,6 +209,9 @@ impl GgufFile {
         let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
         let mut tensors = HashMap::with_capacity(infos.len());
         for (name, dims, ty, rel_offset) in infos {
+            if tensors.contains_key(&name) {
+                return Err(GgufError::Corrupt(format!("tensor {name} appears twice")));
+            }
             let elements = dims
                 .iter()
                 .try_fold(1u64, |acc, d| acc.checked_mul(*d))
@@ -306,6 +333,8 @@ impl GgufFile {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// What is left of [`MAX_ARRAY_ELEMENTS`] for the arrays still to be read.
+    array_elements_left: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -379,6 +408,12 @@ impl<'a> Reader<'a> {
                         "array of {len} elements overruns"
                     )));
                 }
+                self.array_elements_left =
+                    self.array_elements_left.checked_sub(len).ok_or_else(|| {
+                        GgufError::Corrupt(format!(
+                            "metadata arrays hold more than {MAX_ARRAY_ELEMENTS} elements"
+                        ))
+                    })?;
                 // A parsed value is larger than its encoding (up to 32 bytes for a 1-byte
                 // bool): reserve a bounded amount and let a real array grow as it parses.
                 let mut items = Vec::with_capacity((len as usize).min(1 << 16));
@@ -509,6 +544,92 @@ mod tests {
         // The same array with its bytes present parses.
         let f = parse_bytes(&array(4, 10_000, 40_000)).expect("parse");
         assert!(matches!(&f.metadata["a"], MetaValue::Array(v) if v.len() == 10_000));
+    }
+
+    /// A header whose metadata is `arrays`: (key, length of a `u8` array) pairs, payloads
+    /// included.
+    fn u8_arrays(arrays: &[(&str, u64)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&(arrays.len() as u64).to_le_bytes());
+        for (key, len) in arrays {
+            b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            b.extend_from_slice(key.as_bytes());
+            b.extend_from_slice(&9u32.to_le_bytes()); // array
+            b.extend_from_slice(&0u32.to_le_bytes()); // of u8
+            b.extend_from_slice(&len.to_le_bytes());
+            b.resize(b.len() + *len as usize, 0);
+        }
+        b
+    }
+
+    /// Arrays whose bytes are all present but whose elements together pass the header's
+    /// budget are refused: parsed, each one-byte element would take 32.
+    #[test]
+    fn metadata_arrays_past_the_element_budget_are_refused() {
+        let half = MAX_ARRAY_ELEMENTS / 2 + 1;
+        let res = parse_bytes(&u8_arrays(&[("a", half), ("b", half)]));
+        assert!(
+            matches!(&res, Err(GgufError::Corrupt(m)) if m.contains("more than")),
+            "{res:?}"
+        );
+        let f = parse_bytes(&u8_arrays(&[("a", 1000), ("b", 1000)])).expect("parse");
+        assert!(matches!(&f.metadata["b"], MetaValue::Array(v) if v.len() == 1000));
+    }
+
+    #[test]
+    fn a_repeated_metadata_key_is_refused() {
+        let res = parse_bytes(&u8_arrays(&[("a", 1), ("a", 2)]));
+        assert!(
+            matches!(&res, Err(GgufError::Corrupt(m)) if m.contains("twice")),
+            "{res:?}"
+        );
+    }
+
+    #[test]
+    fn a_repeated_tensor_name_is_refused() {
+        // tiny_gguf with a second directory entry for "w", at the same data.
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&0u64.to_le_bytes()); // kv
+        for _ in 0..2 {
+            b.extend_from_slice(&1u64.to_le_bytes());
+            b.push(b'w');
+            b.extend_from_slice(&1u32.to_le_bytes());
+            b.extend_from_slice(&32u64.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes()); // F32
+            b.extend_from_slice(&0u64.to_le_bytes());
+        }
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        b.resize(b.len() + 128, 0);
+        let res = parse_bytes(&b);
+        assert!(
+            matches!(&res, Err(GgufError::Corrupt(m)) if m.contains("twice")),
+            "{res:?}"
+        );
+    }
+
+    /// A tensor count the rest of the file cannot hold is refused before anything is reserved
+    /// for it (the directory used to be reserved from the count alone).
+    #[test]
+    fn a_tensor_count_the_file_cannot_hold_is_refused_up_front() {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&MAX_TENSORS.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // kv
+        b.resize(b.len() + 64, 0);
+        let res = parse_bytes(&b);
+        assert!(
+            matches!(&res, Err(GgufError::Corrupt(m)) if m.contains("cannot fit")),
+            "{res:?}"
+        );
     }
 
     #[test]

@@ -307,23 +307,109 @@ pub fn check_plausible(
     Ok(())
 }
 
-/// Reject attention shapes that do not divide evenly.
+/// The widest attention head accepted. Released models use 64 to 256; the rotary tables and
+/// attention scratch are sized by it, so a header's 2^60 must be refused, not allocated.
+const MAX_HEAD_DIM: usize = 1024;
+
+/// Reject attention shapes that do not divide evenly or that no real model has.
 pub fn check_heads(
     dim: usize,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
 ) -> Result<(), ModelFileError> {
+    // Checked: the product of two header values wraps in a release build and could pass.
+    let q_dim = n_head.checked_mul(head_dim);
     if n_head == 0
         || n_kv_head == 0
         || head_dim == 0
+        || n_head > dim
+        || head_dim > MAX_HEAD_DIM
         || !n_head.is_multiple_of(n_kv_head)
         || !head_dim.is_multiple_of(2)
-        || n_head * head_dim > 4 * dim.max(1)
+        || q_dim.is_none_or(|q| q > dim.saturating_mul(4))
     {
         return Err(ModelFileError::Shape(format!(
             "inconsistent attention shape: width {dim}, {n_head} heads of {head_dim}, {n_kv_head} kv heads"
         )));
     }
     Ok(())
+}
+
+/// Reject a rotary base that is not a positive finite number: 0, a negative base or NaN make
+/// every rotation NaN, and a base past `f32` (infinite) stops all but the first pair rotating.
+pub fn check_rope_base(base: f32) -> Result<(), ModelFileError> {
+    if !(base.is_finite() && base > 0.0) {
+        return Err(ModelFileError::Shape(format!(
+            "rotary base {base} is not a positive finite number"
+        )));
+    }
+    Ok(())
+}
+
+/// Reject a normalization epsilon outside (0, 1): released models use 1e-5, 1e-6 or 1e-12;
+/// 0 divides by zero on an all-zero row, and NaN, a negative or a huge epsilon corrupt every
+/// normalized value.
+pub fn check_norm_eps(eps: f32) -> Result<(), ModelFileError> {
+    if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+        return Err(ModelFileError::Shape(format!(
+            "normalization epsilon {eps} is not in (0, 1)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_attention_shapes_pass() {
+        // Llama 3 8B, Qwen2.5 0.5B, TinyLlama, a Gemma-style 256-wide head, StarCoder (MQA).
+        for (dim, n_head, n_kv, head_dim) in [
+            (4096, 32, 8, 128),
+            (896, 14, 2, 64),
+            (2048, 32, 4, 64),
+            (2048, 8, 1, 256),
+            (6144, 48, 1, 128),
+        ] {
+            check_heads(dim, n_head, n_kv, head_dim).expect("real shape");
+        }
+    }
+
+    /// A head count times head size that wraps `usize` used to compare as 0 in a release
+    /// build and pass, leaving a huge head size to size the rotary tables.
+    #[test]
+    fn head_shapes_that_wrap_or_are_absurd_are_refused() {
+        for (dim, n_head, n_kv, head_dim) in [
+            (4096, 4, 1, 1usize << 62),  // 4 * 2^62 wraps to 0
+            (4096, 1 << 40, 1, 1 << 24), // 2^64 wraps to 0
+            (4096, 32, 8, 2048),         // a head wider than any model's
+            (64, 128, 1, 2),             // more heads than width
+            (4096, 32, 0, 128),
+            (4096, 32, 5, 128), // kv heads that do not divide the heads
+            (4096, 32, 8, 127),
+        ] {
+            assert!(
+                check_heads(dim, n_head, n_kv, head_dim).is_err(),
+                "{dim} {n_head} {n_kv} {head_dim}"
+            );
+        }
+    }
+
+    #[test]
+    fn rope_base_and_norm_eps_must_be_sane() {
+        for base in [10_000.0, 500_000.0, 1e6, 1e7] {
+            check_rope_base(base).expect("real base");
+        }
+        for base in [0.0, -10_000.0, f32::NAN, f32::INFINITY] {
+            assert!(check_rope_base(base).is_err(), "{base}");
+        }
+        for eps in [1e-5, 1e-6, 1e-12] {
+            check_norm_eps(eps).expect("real epsilon");
+        }
+        for eps in [0.0, -1e-5, 1.0, 2.0, f32::NAN, f32::INFINITY] {
+            assert!(check_norm_eps(eps).is_err(), "{eps}");
+        }
+    }
 }

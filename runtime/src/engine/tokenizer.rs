@@ -25,6 +25,9 @@ use super::gguf::{GgufError, GgufFile, MetaValue};
 const TOKEN_TYPE_CONTROL: u64 = 3;
 /// GGUF token type of tokens a user added to the vocabulary.
 const TOKEN_TYPE_USER_DEFINED: u64 = 4;
+/// The largest GGUF vocabulary accepted: sixteen times the largest in use (Gemma's 262144),
+/// and far inside `u32` ids.
+const MAX_GGUF_TOKENS: usize = 1 << 22;
 
 /// Split rule of Llama 3 (`llama-bpe`) and similar tokenizers.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -196,6 +199,13 @@ impl Tokenizer {
                 }),
             })
             .collect::<Result<_, _>>()?;
+        // An empty vocabulary builds a tokenizer that turns every text into nothing.
+        if tokens.is_empty() || tokens.len() > MAX_GGUF_TOKENS {
+            return Err(lib_err(format!(
+                "tokenizer.ggml.tokens holds {} tokens (expected 1 to {MAX_GGUF_TOKENS})",
+                tokens.len()
+            )));
+        }
         let merges = file
             .array("tokenizer.ggml.merges")?
             .iter()
@@ -233,10 +243,11 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(&special);
 
+        // An id past `u32` is out of the vocabulary, not to be wrapped into it.
         let id_key = |k: &str| {
             file.u64(k)
                 .ok()
-                .map(|v| v as u32)
+                .and_then(|v| u32::try_from(v).ok())
                 .filter(|id| (*id as usize) < tokens.len())
         };
         let bos_id = id_key("tokenizer.ggml.bos_token_id");
@@ -272,11 +283,24 @@ impl Tokenizer {
     /// `generation_config.json` (both optional).
     pub fn from_hf_dir(dir: &Path) -> Result<Self, TokenizerError> {
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        let mut inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| lib_err(format!("{}: {e}", path.display())))?;
+        // `truncation` and `padding` in tokenizer.json are training-time settings: applied to
+        // a prompt they would cut it or pad it with junk ids in silence (and a stride not
+        // below the max length panics inside the crate). Prompt length is the engine's to check.
+        inner.with_truncation(None).map_err(lib_err)?;
+        inner.with_padding(None);
         let config = read_optional_json(&dir.join("tokenizer_config.json"))?;
         let generation = read_optional_json(&dir.join("generation_config.json"))?;
-        let size = inner.get_vocab_size(true) as u32;
+        // Ids need not be dense (a vocabulary with holes, added tokens numbered past it): the
+        // rows the model's head must have are the largest id plus one, not the count of
+        // distinct strings that `get_vocab_size(true)` gives.
+        let size = inner
+            .get_vocab(true)
+            .into_values()
+            .chain(inner.get_added_tokens_decoder().into_keys())
+            .max()
+            .map_or(0, |max| max as usize + 1);
         // `bos_token` is a string or an AddedToken object with its text in `content`.
         let token_named = |key: &str| {
             let v = config.get(key)?;
@@ -285,12 +309,16 @@ impl Tokenizer {
         };
         let ids_of = |v: Option<&serde_json::Value>| -> Vec<u32> {
             match v {
+                // An id past `u32` is no token's, not one to wrap onto another.
                 Some(serde_json::Value::Array(a)) => a
                     .iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u32)
+                    .filter_map(|x| u32::try_from(x.as_u64()?).ok())
                     .collect(),
-                Some(x) => x.as_u64().map(|x| x as u32).into_iter().collect(),
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .into_iter()
+                    .collect(),
                 None => Vec::new(),
             }
         };
@@ -304,7 +332,7 @@ impl Tokenizer {
                 stop_ids.insert(id);
             }
         }
-        stop_ids.retain(|id| *id < size);
+        stop_ids.retain(|id| (*id as usize) < size);
         // `add_bos_token` when the config says; otherwise whatever the tokenizer's own
         // post-processor does (Llama 3 keeps its BOS there, in a template, and no flag).
         let add_bos = match config.get("add_bos_token").and_then(|v| v.as_bool()) {
@@ -339,7 +367,7 @@ impl Tokenizer {
             stop_ids,
             add_bos,
             chat_template,
-            size: size as usize,
+            size,
         })
     }
 
@@ -446,5 +474,140 @@ mod tests {
         assert_eq!(pieces("falcon3", text), pieces("llama-bpe", text));
         // Unknown names still load, split GPT-2's way (with a warning).
         assert_eq!(pieces("no-such-family", text), pieces("gpt2", text));
+    }
+
+    /// Loads an HF folder holding only `tokenizer.json` with these contents.
+    fn hf_tokenizer(name: &str, json: serde_json::Value) -> Result<Tokenizer, TokenizerError> {
+        let dir = std::env::temp_dir().join(format!("agentrt-tok-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("tokenizer.json"), json.to_string()).expect("write");
+        let res = Tokenizer::from_hf_dir(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        res
+    }
+
+    /// A word-level tokenizer.json: words split on whitespace, looked up in `vocab`.
+    fn word_level(vocab: serde_json::Value, added: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "version": "1.0",
+            "added_tokens": added,
+            "pre_tokenizer": { "type": "WhitespaceSplit" },
+            "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "a" }
+        })
+    }
+
+    #[test]
+    fn truncation_and_padding_in_tokenizer_json_are_not_applied_to_prompts() {
+        // Stride 0 would cut the prompt to 2 ids and pad it to 16; stride 5 (not below the
+        // max length) panics inside the tokenizers crate.
+        for stride in [0, 5] {
+            let mut json = word_level(
+                serde_json::json!({ "a": 0, "b": 1, "c": 2 }),
+                serde_json::json!([]),
+            );
+            json["truncation"] = serde_json::json!({
+                "direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": stride
+            });
+            json["padding"] = serde_json::json!({
+                "strategy": { "Fixed": 16 }, "direction": "Right", "pad_to_multiple_of": null,
+                "pad_id": 0, "pad_type_id": 0, "pad_token": "a"
+            });
+            let t = hf_tokenizer(&format!("trunc{stride}"), json).expect("load");
+            assert_eq!(t.encode("a b c a b c").expect("encode"), [0, 1, 2, 0, 1, 2]);
+            assert_eq!(t.encode_literal("c b").expect("encode"), [2, 1]);
+        }
+    }
+
+    #[test]
+    fn an_hf_vocabulary_with_holes_is_sized_by_its_largest_id() {
+        // Three strings, ids up to 5: six rows, and the end marker at 5 stays a stop id.
+        let end = serde_json::json!([{
+            "id": 5, "content": "<|im_end|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }]);
+        let json = word_level(serde_json::json!({ "a": 0, "b": 1, "<|im_end|>": 5 }), end);
+        let t = hf_tokenizer("holes", json).expect("load");
+        assert_eq!(t.vocab_size(), 6);
+        assert!(t.stop_ids.contains(&5), "{:?}", t.stop_ids);
+    }
+
+    /// One GGUF metadata value for [`gguf_file`].
+    enum Meta<'a> {
+        Str(&'a str),
+        Strs(&'a [&'a str]),
+        U64(u64),
+    }
+
+    /// Writes a tensor-less GGUF file with `meta` and opens it.
+    fn gguf_file(name: &str, meta: &[(&str, Meta<'_>)]) -> GgufFile {
+        fn string(b: &mut Vec<u8>, s: &str) {
+            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+        for (key, value) in meta {
+            string(&mut b, key);
+            match value {
+                Meta::Str(s) => {
+                    b.extend_from_slice(&8u32.to_le_bytes());
+                    string(&mut b, s);
+                }
+                Meta::Strs(list) => {
+                    b.extend_from_slice(&9u32.to_le_bytes());
+                    b.extend_from_slice(&8u32.to_le_bytes());
+                    b.extend_from_slice(&(list.len() as u64).to_le_bytes());
+                    for s in *list {
+                        string(&mut b, s);
+                    }
+                }
+                Meta::U64(v) => {
+                    b.extend_from_slice(&10u32.to_le_bytes());
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        let path =
+            std::env::temp_dir().join(format!("agentrt-tok-{name}-{}.gguf", std::process::id()));
+        std::fs::write(&path, &b).expect("write");
+        let file = GgufFile::open(&path);
+        let _ = std::fs::remove_file(&path);
+        file.expect("parse")
+    }
+
+    #[test]
+    fn a_gguf_vocabulary_must_not_be_empty() {
+        let file = gguf_file(
+            "empty",
+            &[
+                ("tokenizer.ggml.model", Meta::Str("gpt2")),
+                ("tokenizer.ggml.tokens", Meta::Strs(&[])),
+                ("tokenizer.ggml.merges", Meta::Strs(&[])),
+            ],
+        );
+        let err = Tokenizer::from_gguf(&file).expect_err("must fail");
+        assert!(err.to_string().contains("0 tokens"), "{err}");
+    }
+
+    #[test]
+    fn a_gguf_token_id_past_u32_is_not_wrapped_into_the_vocabulary() {
+        // 2^32 + 1 would wrap to 1, a real token.
+        let file = gguf_file(
+            "wrap",
+            &[
+                ("tokenizer.ggml.model", Meta::Str("gpt2")),
+                ("tokenizer.ggml.tokens", Meta::Strs(&["a", "b"])),
+                ("tokenizer.ggml.merges", Meta::Strs(&[])),
+                ("tokenizer.ggml.bos_token_id", Meta::U64((1 << 32) + 1)),
+                ("tokenizer.ggml.eos_token_id", Meta::U64(1)),
+            ],
+        );
+        let t = Tokenizer::from_gguf(&file).expect("load");
+        assert_eq!(t.bos_id, None);
+        assert_eq!(t.eos_id, Some(1));
+        assert_eq!(t.vocab_size(), 2);
     }
 }

@@ -54,8 +54,11 @@ pub struct StoredTensor {
 }
 
 impl StoredTensor {
+    /// Saturating, like the totals built from it: the count is for display, never a size.
     pub fn element_count(&self) -> u64 {
-        self.shape.iter().map(|d| *d as u64).product()
+        self.shape
+            .iter()
+            .fold(1u64, |n, d| n.saturating_mul(*d as u64))
     }
 }
 
@@ -190,14 +193,19 @@ impl WeightStore {
         self.tensors.contains_key(name)
     }
 
-    /// Elements over all tensors.
+    /// Elements over all tensors; saturating, so shapes no file could hold (the count is
+    /// reported, not allocated) cannot overflow it.
     pub fn parameter_count(&self) -> u64 {
-        self.tensors.values().map(StoredTensor::element_count).sum()
+        self.tensors
+            .values()
+            .fold(0u64, |n, t| n.saturating_add(t.element_count()))
     }
 
-    /// Bytes of tensor data over all tensors.
+    /// Bytes of tensor data over all tensors (saturating, as [`Self::parameter_count`]).
     pub fn weight_bytes(&self) -> u64 {
-        self.tensors.values().map(|t| t.size as u64).sum()
+        self.tensors
+            .values()
+            .fold(0u64, |n, t| n.saturating_add(t.size as u64))
     }
 
     /// The `rows × cols` matrix `name`, its shape checked.
@@ -384,4 +392,36 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelFileError> {
         return Err(config_err("weight_map is empty".into()));
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(shape: Vec<usize>) -> StoredTensor {
+        StoredTensor {
+            ty: GgmlType::F32,
+            shape,
+            file: 0,
+            offset: 0,
+            size: 0,
+        }
+    }
+
+    /// Four tensors of 2^62 elements: the plain sum wrapped to 0 in a release build (and
+    /// panicked with overflow checks).
+    #[test]
+    fn the_parameter_count_saturates_instead_of_wrapping() {
+        let tensors = (0..4)
+            .map(|i| (format!("t{i}"), tensor(vec![1 << 62])))
+            .chain([("zero".to_string(), tensor(vec![1 << 62, 4, 0]))])
+            .collect();
+        let store = WeightStore {
+            backing: Backing::Safetensors(Vec::new()),
+            tensors,
+        };
+        assert_eq!(store.parameter_count(), u64::MAX);
+        assert_eq!(tensor(vec![1 << 62, 4, 0]).element_count(), 0);
+        assert_eq!(tensor(vec![3, 5]).element_count(), 15);
+    }
 }

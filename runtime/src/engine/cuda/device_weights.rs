@@ -110,9 +110,11 @@ pub fn weight_bytes(spec: &Spec, tied: bool) -> u64 {
     elements as u64 * 2
 }
 
-/// Whether `store` has no separate output head (it is the embedding).
-pub fn head_is_tied(store: &WeightStore) -> bool {
-    !store.contains("output.weight")
+/// Whether `store` has no separate output head (it is the embedding); an error when the head
+/// is missing but `spec`'s config says it is not tied ([`Spec::head_tied`]).
+pub fn head_is_tied(spec: &Spec, store: &WeightStore) -> Result<bool, GpuError> {
+    spec.head_tied(store.contains("output.weight"))
+        .map_err(GpuError::Unsupported)
 }
 
 /// Reads named tensors of a store and uploads them.
@@ -199,7 +201,7 @@ impl DeviceWeights {
             Some(n) => l.stacked(&[("position_embd".into(), n)], dim)?,
             None => 0,
         };
-        let head = if head_is_tied(store) {
+        let head = if head_is_tied(spec, store)? {
             embed
         } else {
             l.stacked(&[("output".into(), vocab)], dim)?

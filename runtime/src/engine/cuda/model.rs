@@ -175,6 +175,8 @@ impl CudaModel {
         memory_limit: Option<u64>,
     ) -> Result<Self, GpuError> {
         spec.check_supported().map_err(GpuError::Unsupported)?;
+        // Before any device work: a head the config says is untied must be in the file.
+        let tied = device_weights::head_is_tied(&spec, store)?;
         agentrt_kernels::cuda_available().map_err(GpuError::Unavailable)?;
         let ordinal = env_usize("AGENTRT_CUDA_DEVICE").unwrap_or(0);
         let ctx = CudaContext::new(ordinal)?;
@@ -190,7 +192,6 @@ impl CudaModel {
             .min(env_usize("AGENTRT_CUDA_CONTEXT").unwrap_or(DEFAULT_CONTEXT))
             .max(1);
 
-        let tied = device_weights::head_is_tied(store);
         let weight_bytes = device_weights::weight_bytes(&spec, tied);
         let slot_bytes = (spec.n_layer * 2 * spec.kv_dim() * capacity * 2) as u64;
         let (dim, vocab) = (spec.dim, spec.vocab);

@@ -46,6 +46,9 @@ pub struct Spec {
     pub qkv_bias: bool,
     /// Biases on the attention output and feed-forward projections (GPT-BigCode).
     pub proj_bias: bool,
+    /// What an HF config says of the output head (`tie_word_embeddings`), as in
+    /// [`LlamaConfig::tied_head`]: `Some(false)` makes a missing head an error.
+    pub tied_head: Option<bool>,
 }
 
 impl Spec {
@@ -77,6 +80,7 @@ impl Spec {
             ffn: FfnKind::SwiGlu,
             qkv_bias: c.qkv_bias,
             proj_bias: false,
+            tied_head: c.tied_head,
         }
     }
 
@@ -98,6 +102,7 @@ impl Spec {
             ffn: FfnKind::GeluTanh,
             qkv_bias: true,
             proj_bias: true,
+            tied_head: None,
         }
     }
 
@@ -150,6 +155,21 @@ impl Spec {
         }
     }
 
+    /// Whether the output head is the embedding, given whether the weights hold their own
+    /// `output.weight`. A missing head is the embedding only when the config does not say the
+    /// two are untied: then the CPU engine refuses the model (llama.rs) and so does this one,
+    /// rather than produce logits from the wrong matrix.
+    pub fn head_tied(&self, has_output: bool) -> Result<bool, String> {
+        match (has_output, self.tied_head) {
+            (true, _) => Ok(false),
+            (false, Some(false)) => Err(
+                "tensor output.weight (lm_head.weight: the config says the embeddings are not tied) is missing"
+                    .into(),
+            ),
+            (false, _) => Ok(true),
+        }
+    }
+
     /// Reject what the kernels cannot run, before any device memory is taken.
     pub fn check_supported(&self) -> Result<(), String> {
         let max_hd = agentrt_kernels::table::MAX_HEAD_DIM;
@@ -180,5 +200,45 @@ impl Spec {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::models::HfConfig;
+
+    /// The spec of a small Llama whose config says `tie_word_embeddings: tied` (or nothing).
+    fn llama_spec(tied: Option<bool>) -> Spec {
+        let mut json = serde_json::json!({
+            "model_type": "llama",
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "intermediate_size": 128,
+            "vocab_size": 100,
+            "max_position_embeddings": 128,
+        });
+        if let Some(tied) = tied {
+            json["tie_word_embeddings"] = tied.into();
+        }
+        let config = HfConfig {
+            path: "config.json".into(),
+            json,
+        };
+        Spec::read(Architecture::Llama, ConfigSource::Hf(&config)).expect("spec")
+    }
+
+    /// The GPU path used to put the embedding in place of a missing head whatever the config
+    /// said; the CPU path refuses an untied model without one, and so must this.
+    #[test]
+    fn a_missing_head_is_refused_when_the_config_says_untied() {
+        let untied = llama_spec(Some(false));
+        let err = untied.head_tied(false).expect_err("must refuse");
+        assert!(err.contains("output.weight"), "{err}");
+        assert_eq!(untied.head_tied(true), Ok(false));
+        assert_eq!(llama_spec(Some(true)).head_tied(false), Ok(true));
+        assert_eq!(llama_spec(None).head_tied(false), Ok(true));
+        assert_eq!(llama_spec(None).head_tied(true), Ok(false));
     }
 }

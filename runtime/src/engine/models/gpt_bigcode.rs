@@ -16,8 +16,8 @@ use crate::engine::kv_cache::KvCache;
 use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
 
 use super::{
-    CacheShape, CausalLm, ConfigSource, Segment, batch_rows, check_heads, check_plausible,
-    last_rows, split_logits,
+    CacheShape, CausalLm, ConfigSource, Segment, batch_rows, check_heads, check_norm_eps,
+    check_plausible, last_rows, split_logits,
 };
 
 /// Shape and constants of a GPT-BigCode model.
@@ -82,7 +82,8 @@ impl GptBigCodeConfig {
                     n_head,
                     n_kv_head: 1,
                     head_dim: dim.checked_div(n_head).unwrap_or(0),
-                    ffn_dim: c.opt_usize(&["n_inner"]).unwrap_or(4 * dim),
+                    // Saturating: `dim` is not yet checked, and an absurd one is refused below.
+                    ffn_dim: c.opt_usize(&["n_inner"]).unwrap_or(dim.saturating_mul(4)),
                     vocab: c.usize(&["vocab_size"])?,
                     n_positions: c.usize(&["n_positions", "max_position_embeddings"])?,
                     norm_eps: c.f32_or("layer_norm_epsilon", 1e-5),
@@ -92,6 +93,7 @@ impl GptBigCodeConfig {
         let c = &config;
         check_plausible(c.n_layer, c.dim, c.ffn_dim, c.vocab, c.n_positions)?;
         check_heads(c.dim, c.n_head, c.n_kv_head, c.head_dim)?;
+        check_norm_eps(c.norm_eps)?;
         if c.n_head * c.head_dim != c.dim {
             return Err(ModelFileError::Shape(format!(
                 "width {} is not a multiple of {} heads",
@@ -337,5 +339,58 @@ impl CausalLm for GptBigCode {
         let mut logits = vec![0f32; picked.len() * c.vocab];
         cpu::matmul(self.store.weight(&self.head), &final_normed, &mut logits);
         split_logits(&last, logits, c.vocab)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::models::HfConfig;
+
+    /// A small GPT-BigCode `config.json` with these width and `layer_norm_epsilon`.
+    fn hf(n_embd: u64, eps: f64) -> HfConfig {
+        HfConfig {
+            path: "config.json".into(),
+            json: serde_json::json!({
+                "model_type": "gpt_bigcode",
+                "n_embd": n_embd,
+                "n_head": 4,
+                "n_layer": 2,
+                "vocab_size": 100,
+                "n_positions": 128,
+                "layer_norm_epsilon": eps,
+            }),
+        }
+    }
+
+    fn read(c: &HfConfig) -> Result<GptBigCodeConfig, ModelFileError> {
+        GptBigCodeConfig::from_source(ConfigSource::Hf(c))
+    }
+
+    #[test]
+    fn a_real_config_loads_with_the_default_feed_forward() {
+        let c = read(&hf(64, 1e-5)).expect("real config");
+        assert_eq!(c.ffn_dim, 256);
+        assert_eq!(c.norm_eps, 1e-5);
+    }
+
+    /// An epsilon outside (0, 1) used to load and produce NaN logits.
+    #[test]
+    fn a_broken_norm_epsilon_is_refused() {
+        for eps in [0.0, -1e-5, 1.0, 1e39] {
+            let res = read(&hf(64, eps));
+            assert!(
+                matches!(res, Err(ModelFileError::Shape(_))),
+                "{eps}: {res:?}"
+            );
+        }
+    }
+
+    /// A width whose default feed-forward (4 × width) overflows is refused as implausible,
+    /// not a panic (with overflow checks) or a wrapped size.
+    #[test]
+    fn a_width_that_overflows_the_default_feed_forward_is_refused() {
+        let res = read(&hf(u64::MAX / 2, 1e-5));
+        assert!(matches!(res, Err(ModelFileError::Gguf(_))), "{res:?}");
     }
 }

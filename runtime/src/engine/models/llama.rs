@@ -16,8 +16,8 @@ use crate::engine::threads;
 use crate::engine::weights::{Matrix, ModelFileError, WeightStore};
 
 use super::{
-    CacheShape, CausalLm, ConfigSource, Segment, batch_rows, check_heads, check_plausible,
-    last_rows, split_logits,
+    CacheShape, CausalLm, ConfigSource, Segment, batch_rows, check_heads, check_norm_eps,
+    check_plausible, check_rope_base, last_rows, split_logits,
 };
 
 /// Shape and constants of a Llama-family model.
@@ -158,6 +158,8 @@ impl LlamaConfig {
         let c = &config;
         check_plausible(c.n_layer, c.dim, c.ffn_dim, c.vocab, c.context_length)?;
         check_heads(c.dim, c.n_head, c.n_kv_head, c.head_dim)?;
+        check_rope_base(c.rope_base)?;
+        check_norm_eps(c.rms_eps)?;
         Ok(config)
     }
 
@@ -450,5 +452,68 @@ impl CausalLm for Llama {
         let mut logits = vec![0f32; picked.len() * c.vocab];
         cpu::matmul(self.store.weight(&self.output), &normed, &mut logits);
         split_logits(&last, logits, c.vocab)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::models::HfConfig;
+
+    /// A small Llama `config.json` with `rope_theta` and `rms_norm_eps` set to these.
+    fn hf(rope_theta: serde_json::Value, eps: serde_json::Value) -> HfConfig {
+        HfConfig {
+            path: "config.json".into(),
+            json: serde_json::json!({
+                "model_type": "llama",
+                "hidden_size": 64,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "num_hidden_layers": 2,
+                "intermediate_size": 128,
+                "vocab_size": 100,
+                "max_position_embeddings": 128,
+                "rope_theta": rope_theta,
+                "rms_norm_eps": eps,
+            }),
+        }
+    }
+
+    fn read(c: &HfConfig) -> Result<LlamaConfig, ModelFileError> {
+        LlamaConfig::from_source(ConfigSource::Hf(c))
+    }
+
+    #[test]
+    fn real_rope_bases_and_epsilons_load() {
+        for (theta, eps) in [
+            (10_000.0_f64, 1e-5_f64),
+            (500_000.0, 1e-5),
+            (1e6, 1e-6),
+            (1e4, 1e-12),
+        ] {
+            let c = read(&hf(theta.into(), eps.into())).expect("real config");
+            assert_eq!(c.rope_base, theta as f32);
+            assert_eq!(c.rms_eps, eps as f32);
+        }
+    }
+
+    /// A zero, negative or (as `f32`) infinite rotary base, or an epsilon outside (0, 1),
+    /// used to load and produce NaN logits.
+    #[test]
+    fn broken_rope_bases_and_epsilons_are_refused() {
+        for theta in [0.0_f64, -10_000.0, 1e39] {
+            let res = read(&hf(theta.into(), 1e-5_f64.into()));
+            assert!(
+                matches!(res, Err(ModelFileError::Shape(_))),
+                "{theta}: {res:?}"
+            );
+        }
+        for eps in [0.0_f64, -1e-6, 1.0, 1e39] {
+            let res = read(&hf(10_000.0_f64.into(), eps.into()));
+            assert!(
+                matches!(res, Err(ModelFileError::Shape(_))),
+                "{eps}: {res:?}"
+            );
+        }
     }
 }
