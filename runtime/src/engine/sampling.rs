@@ -1,7 +1,20 @@
 //! Next-token selection: repeat penalty, temperature, top-k, top-p, seeded randomness.
 
+use std::cmp::Ordering;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// Longest stop sequence a request may name, in bytes. After every token the text is searched
+/// for each stop sequence and each one's prefixes are matched against the text's end (work
+/// quadratic in its length, every step), so an unbounded one is a way to stall the model for
+/// everyone; 1 KiB is far beyond any real stop sequence.
+pub const MAX_STOP_BYTES: usize = 1024;
+
+/// Candidates put in order first when top-k does not bound them: enough for the usual
+/// top-p cut or draw, so the rest of the vocabulary is only partitioned, not sorted; each
+/// further round orders four times as many.
+const FIRST_ORDERED: usize = 64;
 
 /// Sampling settings with every default filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +84,12 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return Err("stop sequences must not be empty".into());
         }
+        if let Some(long) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(format!(
+                "stop sequences must be at most {MAX_STOP_BYTES} bytes, got one of {}",
+                long.len()
+            ));
+        }
         Ok(())
     }
 }
@@ -89,7 +108,7 @@ impl Sampler {
     }
 
     /// Choose the next token given the logits and the tokens so far.
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> Result<u32, UnusableLogits> {
         let choice = self.prepare(history);
         apply_repeat_penalty(logits, &choice.penalized, choice.repeat_penalty);
         self.finish(logits, &choice)
@@ -124,48 +143,156 @@ impl Sampler {
         }
     }
 
-    /// The token `choice` picks from `logits` whose repeat penalty is already applied.
-    pub fn finish(&self, logits: &[f32], choice: &Choice) -> u32 {
+    /// The token `choice` picks from `logits` whose repeat penalty is already applied, or
+    /// why none can be picked (logits that are not numbers: a broken model or pass).
+    pub fn finish(&self, logits: &[f32], choice: &Choice) -> Result<u32, UnusableLogits> {
         if choice.greedy {
-            return argmax(logits);
+            let t = argmax(logits);
+            // `argmax` names an index whatever the logits hold (0 for a NaN first one); a
+            // largest logit that is no finite number chose nothing.
+            return match logits.get(t as usize) {
+                Some(l) if l.is_finite() => Ok(t),
+                Some(l) => Err(UnusableLogits(format!("the largest logit is {l}"))),
+                None => Err(UnusableLogits("there are no logits".into())),
+            };
         }
         let p = &self.params;
-        let mut candidates: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i as u32, l / p.temperature))
-            .collect();
-        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if p.top_k > 0 {
-            candidates.truncate(p.top_k as usize);
-        }
-        let max = candidates[0].1;
-        let mut total = 0f32;
-        for c in candidates.iter_mut() {
-            c.1 = (c.1 - max).exp();
-            total += c.1;
-        }
-        let mut cumulative = 0f32;
-        let mut keep = candidates.len();
-        for (i, c) in candidates.iter_mut().enumerate() {
-            c.1 /= total;
-            cumulative += c.1;
-            if cumulative >= p.top_p {
-                keep = i + 1;
-                break;
-            }
-        }
-        candidates.truncate(keep);
-        let mass: f32 = candidates.iter().map(|c| c.1).sum();
-        let mut r = choice.uniform * mass;
-        for c in &candidates {
-            r -= c.1;
-            if r <= 0.0 {
-                return c.0;
-            }
-        }
-        candidates[candidates.len() - 1].0
+        draw(logits, p.temperature, p.top_k, p.top_p, choice.uniform)
     }
+}
+
+/// Why no token could be chosen from a pass's logits.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no token can be chosen: {0} (the model's forward pass produced no usable numbers)")]
+pub struct UnusableLogits(String);
+
+/// The order candidates are ranked in: larger scaled logit first, then smaller index, as the
+/// device sampler ranks them (`ahead` in kernels/src/cuda/sampling.cu, on the logits before
+/// scaling); a strict total order, so ties never depend on how a sort happened to move them.
+fn ahead(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Put the `want` best of `c` first, in order, where the first `sorted` already are.
+fn order_prefix(c: &mut [(u32, f32)], sorted: usize, want: usize) {
+    let rest = &mut c[sorted..];
+    let take = want.saturating_sub(sorted).min(rest.len());
+    if take < rest.len() {
+        // Only the `take` best are ordered; the rest is just moved behind them.
+        rest.select_nth_unstable_by(take, ahead);
+    }
+    rest[..take].sort_unstable_by(ahead);
+}
+
+/// Temperature, top-k, top-p, then the draw `uniform` in [0, 1), ordering only as much of the
+/// vocabulary as the choice needs. The rules, with candidates ranked by [`ahead`]:
+/// - top-k cuts (0 < k < vocabulary): over the k best, probabilities normalised over them,
+///   the top-p cut where the running sum reaches `top_p`, a draw over what is kept (summed in
+///   rank order; the device sampler's rules and order of operations);
+/// - otherwise the probabilities are normalised over the whole vocabulary, its sum taken in
+///   index order (a sum in rank order would need the whole vocabulary sorted); with
+///   `top_p < 1`, cut and draw as above;
+/// - `top_p` 1 (top-p off, OpenAI's default) with no top-k keeps the whole vocabulary and
+///   draws in f64, `uniform` times the total, taking off each candidate's weight in rank order
+///   (so the draw always lands on a candidate with weight, instead of running off the end of
+///   a rank-order sum the tail rounded away).
+///
+/// A largest logit or a sum that is not a finite number is an error, not a choice.
+fn draw(
+    logits: &[f32],
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    uniform: f32,
+) -> Result<u32, UnusableLogits> {
+    let mut c: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u32, l / temperature))
+        .collect();
+    let n = c.len();
+    if n == 0 {
+        return Err(UnusableLogits("there are no logits".into()));
+    }
+    // A cut at the vocabulary or beyond is no cut (as on the device).
+    let k = usize::try_from(top_k).unwrap_or(usize::MAX);
+    let cut = (k > 0 && k < n).then_some(k);
+    // The candidates a draw may reach: the k best, or the whole vocabulary.
+    let reach = cut.unwrap_or(n);
+    let mut sorted = cut.unwrap_or(FIRST_ORDERED.min(n));
+    order_prefix(&mut c, 0, sorted);
+    let max = c[0].1;
+    if !max.is_finite() {
+        return Err(UnusableLogits(format!("the largest logit is {max}")));
+    }
+    let weight = |v: f32| (v - max).exp();
+
+    if cut.is_none() && top_p >= 1.0 {
+        let total = logits
+            .iter()
+            .fold(0f64, |t, l| t + f64::from(weight(l / temperature)));
+        if !total.is_finite() {
+            return Err(UnusableLogits(format!("the weights sum to {total}")));
+        }
+        let mut r = f64::from(uniform) * total;
+        let mut i = 0;
+        loop {
+            while i < sorted {
+                r -= f64::from(weight(c[i].1));
+                if r <= 0.0 {
+                    return Ok(c[i].0);
+                }
+                i += 1;
+            }
+            if sorted == n {
+                return Ok(c[n - 1].0);
+            }
+            let want = sorted.saturating_mul(4).min(n);
+            order_prefix(&mut c, sorted, want);
+            sorted = want;
+        }
+    }
+
+    let total = match cut {
+        Some(k) => c[..k].iter().fold(0f32, |t, x| t + weight(x.1)),
+        None => logits.iter().fold(0f32, |t, l| t + weight(l / temperature)),
+    };
+    if !total.is_finite() {
+        return Err(UnusableLogits(format!("the weights sum to {total}")));
+    }
+    let prob = |v: f32| weight(v) / total;
+    // The top-p cut: the shortest run of candidates, in rank order, whose running sum reaches
+    // top_p (all of them when none does), ordering more of the vocabulary only while the
+    // sum falls short.
+    let mut cumulative = 0f32;
+    let mut keep = reach;
+    let mut i = 0;
+    'cut: loop {
+        while i < sorted {
+            cumulative += prob(c[i].1);
+            i += 1;
+            if cumulative >= top_p {
+                keep = i;
+                break 'cut;
+            }
+        }
+        if sorted == reach {
+            break;
+        }
+        let want = sorted.saturating_mul(4).min(reach);
+        order_prefix(&mut c, sorted, want);
+        sorted = want;
+    }
+    // The mass of what is kept: the running sum where the cut fell (the same sum, in the same
+    // order, as adding the kept probabilities up again).
+    let mut r = uniform * cumulative;
+    for x in &c[..keep] {
+        r -= prob(x.1);
+        if r <= 0.0 {
+            return Ok(x.0);
+        }
+    }
+    Ok(c[keep - 1].0)
 }
 
 /// One step's sampling decision, ready to be taken on the host or a device.
@@ -297,7 +424,10 @@ mod tests {
             repeat_penalty: 1.0,
             ..Default::default()
         });
-        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.9], &[]), 1);
+        assert_eq!(
+            s.sample(&mut [0.1, 3.0, -1.0, 2.9], &[]).expect("finite"),
+            1
+        );
     }
 
     #[test]
@@ -306,7 +436,10 @@ mod tests {
             repeat_penalty: 1.5,
             ..Default::default()
         });
-        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.9], &[1]), 3);
+        assert_eq!(
+            s.sample(&mut [0.1, 3.0, -1.0, 2.9], &[1]).expect("finite"),
+            3
+        );
     }
 
     #[test]
@@ -321,7 +454,7 @@ mod tests {
         let run = |p: SamplingParams| {
             let mut s = Sampler::new(p);
             (0..20)
-                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .map(|_| s.sample(&mut logits.clone(), &[]).expect("finite"))
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(params.clone()), run(params.clone()));
@@ -353,7 +486,7 @@ mod tests {
         let history = [3u32, 9, 3, 40, 41, 9];
         let (mut a, mut b) = (Sampler::new(params.clone()), Sampler::new(params));
         for _ in 0..30 {
-            let want = a.sample(&mut logits.clone(), &history);
+            let want = a.sample(&mut logits.clone(), &history).expect("finite");
             let choice = b.prepare(&history);
             assert_eq!(
                 choice.penalized,
@@ -362,7 +495,7 @@ mod tests {
             );
             let mut l = logits.clone();
             apply_repeat_penalty(&mut l, &choice.penalized, choice.repeat_penalty);
-            assert_eq!(b.finish(&l, &choice), want);
+            assert_eq!(b.finish(&l, &choice).expect("finite"), want);
         }
     }
 
@@ -393,5 +526,191 @@ mod tests {
             .is_err()
         );
         assert!(SamplingParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn stop_sequences_longer_than_the_cap_are_refused() {
+        let with_stop = |len: usize| SamplingParams {
+            stop: vec!["\n".into(), "x".repeat(len)],
+            ..Default::default()
+        };
+        assert!(with_stop(MAX_STOP_BYTES).validate().is_ok());
+        let refused = with_stop(MAX_STOP_BYTES + 1)
+            .validate()
+            .expect_err("a stop sequence over the cap");
+        assert!(refused.contains("stop"), "{refused}");
+    }
+
+    /// [`draw`]'s rules the plain way: the whole vocabulary sorted first, then each rule in one
+    /// pass over it (`None`: no token can be chosen).
+    fn draw_by_sorting(
+        logits: &[f32],
+        temperature: f32,
+        top_k: u32,
+        top_p: f32,
+        uniform: f32,
+    ) -> Option<u32> {
+        let mut c: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as u32, l / temperature))
+            .collect();
+        c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let max = c.first()?.1;
+        if !max.is_finite() {
+            return None;
+        }
+        let n = c.len();
+        let k = top_k as usize;
+        if k > 0 && k < n {
+            // The rule as it was, with ties going to the smaller index.
+            c.truncate(k);
+            let mut total = 0f32;
+            for x in &c {
+                total += (x.1 - max).exp();
+            }
+            return total
+                .is_finite()
+                .then(|| cut_and_draw(&c, max, total, top_p, uniform));
+        }
+        if top_p >= 1.0 {
+            let mut total = 0f64;
+            for l in logits {
+                total += f64::from((l / temperature - max).exp());
+            }
+            if !total.is_finite() {
+                return None;
+            }
+            let mut r = f64::from(uniform) * total;
+            for x in &c {
+                r -= f64::from((x.1 - max).exp());
+                if r <= 0.0 {
+                    return Some(x.0);
+                }
+            }
+            return Some(c[n - 1].0);
+        }
+        let mut total = 0f32;
+        for l in logits {
+            total += (l / temperature - max).exp();
+        }
+        total
+            .is_finite()
+            .then(|| cut_and_draw(&c, max, total, top_p, uniform))
+    }
+
+    /// Top-p over ranked candidates, then the draw over what is kept (its mass summed again).
+    fn cut_and_draw(c: &[(u32, f32)], max: f32, total: f32, top_p: f32, uniform: f32) -> u32 {
+        let p: Vec<f32> = c.iter().map(|x| (x.1 - max).exp() / total).collect();
+        let mut cumulative = 0f32;
+        let mut keep = p.len();
+        for (i, q) in p.iter().enumerate() {
+            cumulative += q;
+            if cumulative >= top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        let mass: f32 = p[..keep].iter().sum();
+        let mut r = uniform * mass;
+        for (x, q) in c.iter().zip(&p[..keep]) {
+            r -= q;
+            if r <= 0.0 {
+                return x.0;
+            }
+        }
+        c[keep - 1].0
+    }
+
+    #[test]
+    fn the_draw_orders_only_what_it_needs_and_chooses_what_a_full_sort_does() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let sizes = [1usize, 2, 5, 63, 64, 65, 200, 257, 1100, 4500];
+        let largest_below_one = 1.0 - f32::EPSILON / 2.0;
+        for round in 0..400 {
+            let n = sizes[round % sizes.len()];
+            let spread = [0.3f32, 3.0, 12.0][rng.random_range(0..3)];
+            let mut logits: Vec<f32> = (0..n)
+                .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * spread)
+                .collect();
+            match rng.random_range(0..8) {
+                // Many ties.
+                0 | 1 => logits.iter_mut().for_each(|l| *l = l.round()),
+                // Padding rows masked off, as the scheduler masks them.
+                2 => logits[n - n / 8..].fill(f32::NEG_INFINITY),
+                // Numbers no choice can be made from, ranked first, last or in between.
+                3 => logits[rng.random_range(0..n)] = f32::NAN,
+                4 => logits[rng.random_range(0..n)] = -f32::NAN,
+                5 => logits[rng.random_range(0..n)] = f32::INFINITY,
+                _ => {}
+            }
+            let nn = n as u32;
+            let ks = [0, 0, 1, 3, 40, 64, 100, nn.saturating_sub(1), nn, nn + 5];
+            for top_p in [0.05f32, 0.5, 0.9, 0.95, 0.999, 0.999_999, 1.0] {
+                let temperature = [0.2f32, 0.7, 1.0, 1.5, 4.0][rng.random_range(0..5)];
+                let top_k = ks[rng.random_range(0..ks.len())];
+                for uniform in [
+                    rng.random::<f32>(),
+                    [0.0, largest_below_one, rng.random::<f32>()][rng.random_range(0..3)],
+                ] {
+                    assert_eq!(
+                        draw(&logits, temperature, top_k, top_p, uniform).ok(),
+                        draw_by_sorting(&logits, temperature, top_k, top_p, uniform),
+                        "round {round}: {n} logits, t {temperature} k {top_k} p {top_p} u {uniform}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tied_candidates_rank_by_index_as_on_the_device() {
+        let logits = [2.0f32; 10];
+        for uniform in [0.0, 0.2, 0.5, 0.9, 1.0 - f32::EPSILON / 2.0] {
+            let t = draw(&logits, 1.0, 3, 1.0, uniform).expect("finite");
+            assert!(t < 3, "top-3 of ten ties drew {t}");
+        }
+        // Without top-k the draw walks the ties in index order.
+        assert_eq!(draw(&logits, 1.0, 0, 1.0, 0.0).ok(), Some(0));
+        assert_eq!(draw(&logits, 1.0, 0, 1.0, 0.25).ok(), Some(2));
+    }
+
+    #[test]
+    fn logits_that_are_not_numbers_choose_no_token() {
+        let greedy = SamplingParams {
+            repeat_penalty: 1.0,
+            ..Default::default()
+        };
+        let sampled = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            ..greedy.clone()
+        };
+        let cut = SamplingParams {
+            top_k: 40,
+            top_p: 0.9,
+            ..sampled.clone()
+        };
+        let broken: [Vec<f32>; 5] = [
+            vec![f32::NAN; 8],
+            vec![f32::INFINITY; 8],
+            vec![f32::NEG_INFINITY; 8],
+            vec![],
+            vec![1.0, f32::INFINITY, 0.5],
+        ];
+        for params in [&greedy, &sampled, &cut] {
+            for logits in &broken {
+                let mut s = Sampler::new(params.clone());
+                let got = s.sample(&mut logits.clone(), &[]);
+                assert!(got.is_err(), "{params:?} chose {got:?} from {logits:?}");
+            }
+        }
+        // Weighing the whole vocabulary, a NaN anywhere leaves no probabilities to draw by.
+        for nan in [f32::NAN, -f32::NAN] {
+            let mut s = Sampler::new(sampled.clone());
+            let got = s.sample(&mut [1.0, nan, 0.5], &[]);
+            assert!(got.is_err(), "chose {got:?} beside {nan}");
+        }
     }
 }

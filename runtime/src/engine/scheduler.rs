@@ -9,9 +9,10 @@
 //! whose caller went away leaves the batch before the next pass, and its KV cache is freed then.
 //!
 //! A long prompt is read over several passes ([`BatchLimits::prefill_chunk`] prompt tokens a
-//! pass, shared by the sequences still reading theirs, first admitted first, cut at multiples
-//! of the chunk in the prompt's own positions), so the sequences already decoding keep getting
-//! a token every pass instead of waiting out the whole prompt.
+//! pass, shared by the sequences still reading theirs, which take turns at being served first,
+//! cut at multiples of the chunk in the prompt's own positions), so the sequences already
+//! decoding keep getting a token every pass instead of waiting out the whole prompt, and a
+//! short prompt is not held up until a long one admitted before it has been read.
 //!
 //! A newcomer's prompt starts from the longest prefix that a finished sequence left in the
 //! [`PrefixCache`] (a shared system prompt, the earlier turns of a conversation): those
@@ -189,6 +190,7 @@ impl Scheduler {
             max_batch: limits.max_batch.max(1),
             prefill_chunk: limits.prefill_chunk.max(1),
             prefixes: PrefixCache::new(limits.prefix_cache),
+            prefill_turn: 0,
         };
         let thread = std::thread::Builder::new()
             .name(format!("agentrt-batch-{}", worker.model.id))
@@ -272,6 +274,9 @@ struct Worker {
     max_batch: usize,
     prefill_chunk: usize,
     prefixes: PrefixCache,
+    /// Passes that had prompts to read so far: which of the sequences reading theirs is
+    /// served first in the next one (see [`Worker::plan`]).
+    prefill_turn: usize,
 }
 
 impl Worker {
@@ -410,36 +415,49 @@ impl Worker {
     }
 
     /// How many of each sequence's `input` tokens the next pass reads: a decoding sequence its
-    /// one token; sequences reading their prompts share `prefill_chunk` tokens, first admitted
-    /// first, each up to the next multiple of `prefill_chunk` in its own positions (0: it waits
-    /// for the next pass). Chunk edges thus fall where they would for the prompt alone, so
-    /// what shares a pass never changes how a prompt is cut (a GPU model's products differ in
-    /// their last bits between chunk shapes); the first prompt being read always fits.
+    /// one token; sequences reading their prompts share `prefill_chunk` tokens, each up to the
+    /// next multiple of `prefill_chunk` in its own positions (0: it waits for the next pass).
+    /// Chunk edges thus fall where they would for the prompt alone, so what shares a pass never
+    /// changes how a prompt is cut (a GPU model's products differ in their last bits between
+    /// chunk shapes). The budget is handed out starting one further along the readers each
+    /// pass (`prefill_turn`): first admitted first, a long prompt whose chunks take the whole
+    /// budget would keep every later prompt waiting until it was read to the end. The reader
+    /// served first always fits, so while the same prompts are being read each one reads at
+    /// least once every as many passes as there are of them.
     fn plan(&self, running: &[Sequence]) -> Vec<usize> {
         let chunk = self.prefill_chunk;
-        let mut budget = chunk;
-        running
+        let reading: Vec<usize> = (0..running.len())
+            .filter(|&i| running[i].input.len() > 1)
+            .collect();
+        let mut plan: Vec<usize> = running
             .iter()
-            .map(|s| {
-                if s.input.len() <= 1 {
-                    return s.input.len();
-                }
-                let n = s.input.len().min(chunk - s.cache.len() % chunk);
-                if n > budget {
-                    return 0;
-                }
+            .map(|s| if s.input.len() <= 1 { s.input.len() } else { 0 })
+            .collect();
+        if reading.is_empty() {
+            return plan;
+        }
+        let first = self.prefill_turn % reading.len();
+        let mut budget = chunk;
+        for &i in reading[first..].iter().chain(&reading[..first]) {
+            let s = &running[i];
+            let n = s.input.len().min(chunk - s.cache.len() % chunk);
+            if n <= budget {
                 budget -= n;
-                n
-            })
-            .collect()
+                plan[i] = n;
+            }
+        }
+        plan
     }
 
     /// One forward pass: every running sequence's planned tokens. A sequence whose input the
     /// pass finishes takes its next token; one still reading its prompt keeps the rest.
-    fn step(&self, running: &mut [Sequence]) {
+    fn step(&mut self, running: &mut [Sequence]) {
+        let plan = self.plan(running);
+        if running.iter().any(|s| s.input.len() > 1) {
+            self.prefill_turn = self.prefill_turn.wrapping_add(1);
+        }
         let known = self.model.tokenizer.vocab_size();
         let model = &*self.model.model;
-        let plan = self.plan(running);
         let mut taking: Vec<(&mut Sequence, usize)> = running
             .iter_mut()
             .zip(plan)
@@ -462,11 +480,11 @@ impl Worker {
             }
             let choice = s.sampler.prepare(&s.history);
             let next = match model.forward_choose(&s.input, &mut s.cache, &choice, known) {
-                Next::Token(t) => t,
+                Next::Token(t) => Ok(t),
                 Next::Logits(logits) => choose(logits, known, &s.sampler, &choice, true),
                 Next::Penalized(logits) => choose(logits, known, &s.sampler, &choice, false),
             };
-            self.accept(s, next);
+            self.take(s, next);
             return;
         }
         let mut segments: Vec<Segment<'_>> = taking
@@ -485,7 +503,19 @@ impl Worker {
             }
             let choice = s.sampler.prepare(&s.history);
             let next = choose(logits, known, &s.sampler, &choice, true);
-            self.accept(s, next);
+            self.take(s, next);
+        }
+    }
+
+    /// Take the pass's choice for `s`: its next token, or the failure that ends it (logits no
+    /// token can be chosen from fail this sequence, as a failed pass does, not the others).
+    fn take(&self, s: &mut Sequence, next: Result<u32, EngineError>) {
+        match next {
+            Ok(t) => self.accept(s, t),
+            Err(e) => {
+                tracing::error!(model = %self.model.id, error = %e, "no token could be chosen; failing the sequence");
+                s.outcome = Some(Err(e));
+            }
         }
     }
 
@@ -583,21 +613,24 @@ impl Sequence {
 }
 
 /// Choose from host logits: padding rows masked, the repeat penalty applied unless the device
-/// did it already.
+/// did it already. Logits no token can be chosen from (NaN, infinities: a broken pass) are the
+/// engine's failure, not a token.
 fn choose(
     mut logits: Vec<f32>,
     known: usize,
     sampler: &Sampler,
     choice: &sampling::Choice,
     penalize: bool,
-) -> u32 {
+) -> Result<u32, EngineError> {
     if logits.len() > known {
         logits[known..].fill(f32::NEG_INFINITY);
     }
     if penalize {
         sampling::apply_repeat_penalty(&mut logits, &choice.penalized, choice.repeat_penalty);
     }
-    sampler.finish(&logits, choice)
+    sampler
+        .finish(&logits, choice)
+        .map_err(|e| EngineError::Runtime(e.to_string()))
 }
 
 #[cfg(test)]
@@ -739,6 +772,10 @@ mod tests {
         let prompts: Vec<Prompt> = (0..5)
             .map(|i| Prompt::Text(format!("request {i}: {}", "xy ".repeat(i + 1))))
             .collect();
+        // The first pass waits until every request is queued: a tiny model can otherwise
+        // finish one request before the next arrives, and nothing would ever share a pass.
+        let (open, gate) = mpsc::channel();
+        *few.gate.lock().expect("gate") = Some(gate);
         let generations: Vec<_> = prompts
             .iter()
             .map(|p| {
@@ -747,6 +784,7 @@ mod tests {
                     .expect("queued")
             })
             .collect();
+        open.send(()).expect("open the gate");
         let together: Vec<_> = generations
             .into_iter()
             .map(|g| std::thread::spawn(move || g.finish(&mut |_| {})))
@@ -869,6 +907,109 @@ mod tests {
             want[..],
             "cut at multiples of 16 after {reused} reused"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_short_prompt_is_read_while_a_long_one_admitted_first_still_is() {
+        let dir = synthetic_checkpoint("turns");
+        let base = limited(&dir, 8, 16);
+        let (open, gate) = mpsc::channel();
+        let recorder = Arc::new(Probe::new(base.model.clone(), 8));
+        *recorder.gate.lock().expect("gate") = Some(gate);
+        let model = with_model(base, recorder.clone());
+        let params = SamplingParams {
+            max_tokens: 2,
+            ..SamplingParams::default()
+        };
+        let long = Prompt::Text("a long prompt ".repeat(10));
+        let short = Prompt::Text("decode this".into());
+        let long_tokens = model.tokenize_prompt(&long).expect("tokens").len();
+        let short_tokens = model.tokenize_prompt(&short).expect("tokens").len();
+        assert!(long_tokens > 100, "{long_tokens} tokens");
+        // More than one token (a prompt still to read), less than a chunk (told apart from
+        // the long prompt's whole chunks).
+        assert!((2..16).contains(&short_tokens), "{short_tokens} tokens");
+
+        // The long prompt's first pass waits until the short one is queued too.
+        let reading = model
+            .start(&long, &params, &Control::default())
+            .expect("queued");
+        let quick = model
+            .start(&short, &params, &Control::default())
+            .expect("queued");
+        open.send(()).expect("open the gate");
+        let quick = std::thread::spawn(move || quick.finish(&mut |_| {}));
+        reading.finish(&mut |_| {}).expect("long");
+        quick.join().expect("thread").expect("short");
+
+        // Every chunk of the long prompt takes the whole budget of 16: read first admitted
+        // first, the short prompt would wait for all of them.
+        let passes = recorder.passes();
+        assert!(
+            passes.iter().take(2).any(|p| p.contains(&short_tokens)),
+            "the short prompt was not read in the first two passes: {passes:?}"
+        );
+        assert!(
+            passes
+                .iter()
+                .all(|p| p.iter().filter(|n| **n > 1).sum::<usize>() <= 16),
+            "{passes:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A model whose every pass ends in NaN logits (a broken pass).
+    struct Broken {
+        inner: Arc<dyn CausalLm>,
+    }
+
+    impl CausalLm for Broken {
+        fn context_length(&self) -> usize {
+            self.inner.context_length()
+        }
+        fn vocab(&self) -> usize {
+            self.inner.vocab()
+        }
+        fn cache_shape(&self) -> CacheShape {
+            self.inner.cache_shape()
+        }
+        fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+            let mut logits = self.inner.forward(tokens, cache);
+            logits.fill(f32::NAN);
+            logits
+        }
+    }
+
+    #[test]
+    fn logits_that_are_not_numbers_fail_the_generation_with_a_runtime_error() {
+        let dir = synthetic_checkpoint("nan");
+        let base = limited(&dir, 8, 16);
+        let inner = base.model.clone();
+        let broken = with_model(base, Arc::new(Broken { inner }));
+        let greedy = SamplingParams {
+            max_tokens: 4,
+            ..SamplingParams::default()
+        };
+        let sampled = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            ..greedy.clone()
+        };
+        for params in [&greedy, &sampled] {
+            let got = broken.generate(
+                &Prompt::Text("hello".into()),
+                params,
+                &Control::default(),
+                &mut |_| {},
+            );
+            let failed = matches!(
+                &got,
+                Err(EngineError::Runtime(m)) if m.contains("no token can be chosen")
+            );
+            assert!(failed, "{got:?}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

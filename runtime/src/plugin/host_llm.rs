@@ -3,9 +3,13 @@
 //! A plugin sees only the models it was granted; `max-tokens` is capped by its granted
 //! `max-tokens-per-call` and by what is left of its `tokens-per-minute`; every call carries the
 //! plugin call's deadline into the engine, so a generation in flight stops when the plugin's
-//! time is up.
+//! time is up. A call that meets the model's queue full waits for a place (retrying with a
+//! growing pause) until its deadline, rather than failing at once: a plugin cannot see the
+//! queue, and a moment later there is usually room.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::bindings::llm::{
     ChatMessage, Completion, Error, FinishReason, Host, ModelInfo, Role, Sampling, Usage,
@@ -17,6 +21,11 @@ use crate::engine::{self, Control, EngineError, Prompt, SamplingParams, ServedMo
 
 /// Tokens generated when a plugin does not say.
 const DEFAULT_MAX_TOKENS: u32 = 256;
+
+/// The first pause before asking a full queue again, doubled each time up to the last: short
+/// enough that a place freed is taken soon, long enough that waiting plugins do not spin.
+const FIRST_QUEUE_PAUSE: Duration = Duration::from_millis(25);
+const LAST_QUEUE_PAUSE: Duration = Duration::from_millis(250);
 
 impl PluginState {
     fn resolve_model(&self, model: Option<String>) -> Result<Arc<ServedModel>, Error> {
@@ -96,11 +105,21 @@ impl PluginState {
         self.llm_calls += 1;
         self.note_used(&format!("llm:{}", loaded.info.id));
         let on_text = self.on_text.clone();
-        let generated = loaded.generate(&prompt, &params, &control, &mut |piece| {
-            if let Some(sink) = &on_text {
-                sink(piece);
-            }
+        let queued = until_queued(self.deadline, self.cancel.as_deref(), || {
+            loaded.generate(&prompt, &params, &control, &mut |piece| {
+                if let Some(sink) = &on_text {
+                    sink(piece);
+                }
+            })
         });
+        let generated = match queued {
+            Queued::Ran(generated) => generated,
+            Queued::GaveUp(e) => {
+                // It never got a place: nothing was generated, nothing spent.
+                self.tokens.settle(reservation, 0);
+                return Err(to_wit_error(e));
+            }
+        };
         let done = match generated {
             Ok(done) => done,
             Err(e) => {
@@ -136,6 +155,52 @@ impl PluginState {
                 completion_tokens: done.usage.completion_tokens,
             },
         })
+    }
+}
+
+/// What became of a call that may have met a full queue.
+#[derive(Debug)]
+enum Queued<T> {
+    /// It got a place (or was refused for another reason): what the engine answered.
+    Ran(Result<T, EngineError>),
+    /// The queue stayed full until the call's deadline ([`EngineError::Timeout`]) or its
+    /// cancellation ([`EngineError::Cancelled`]): it never ran.
+    GaveUp(EngineError),
+}
+
+/// Run `attempt` until it is not refused for a full queue, pausing between tries (from
+/// [`FIRST_QUEUE_PAUSE`], doubling to [`LAST_QUEUE_PAUSE`], never past `deadline`), or give up
+/// at `deadline` or when `cancel` is set.
+fn until_queued<T>(
+    deadline: Instant,
+    cancel: Option<&AtomicBool>,
+    mut attempt: impl FnMut() -> Result<T, EngineError>,
+) -> Queued<T> {
+    let stop = || {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            Some(EngineError::Cancelled)
+        } else if Instant::now() >= deadline {
+            Some(EngineError::Timeout)
+        } else {
+            None
+        }
+    };
+    let mut pause = FIRST_QUEUE_PAUSE;
+    loop {
+        match attempt() {
+            Err(EngineError::QueueFull { .. }) => {}
+            other => return Queued::Ran(other),
+        }
+        if let Some(why) = stop() {
+            return Queued::GaveUp(why);
+        }
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        // Checked again after the pause: a try past the deadline would only be refused with a
+        // timeout that looks as if the generation had started.
+        if let Some(why) = stop() {
+            return Queued::GaveUp(why);
+        }
+        pause = (pause * 2).min(LAST_QUEUE_PAUSE);
     }
 }
 
@@ -213,5 +278,134 @@ impl Host for PluginState {
             })
             .collect();
         self.run(model, Prompt::Chat(messages), params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sampling::MAX_STOP_BYTES;
+    use crate::plugin::grants::{Granted, TokenMeter};
+    use crate::plugin::manifest::Manifest;
+
+    fn queue_full<T>() -> Result<T, EngineError> {
+        Err(EngineError::QueueFull { waiting: 1 })
+    }
+
+    #[test]
+    fn a_call_that_meets_a_full_queue_waits_for_a_place() {
+        let mut tries = 0;
+        let got = until_queued(Instant::now() + Duration::from_secs(10), None, || {
+            tries += 1;
+            if tries < 3 { queue_full() } else { Ok(tries) }
+        });
+        assert!(matches!(got, Queued::Ran(Ok(3))), "{got:?}");
+
+        // Other refusals are answered at once.
+        let mut tries = 0;
+        let got = until_queued(Instant::now() + Duration::from_secs(10), None, || {
+            tries += 1;
+            Err::<(), _>(EngineError::InvalidInput("no".into()))
+        });
+        assert!(
+            matches!(got, Queued::Ran(Err(EngineError::InvalidInput(_)))),
+            "{got:?}"
+        );
+        assert_eq!(tries, 1);
+    }
+
+    #[test]
+    fn a_queue_full_until_the_deadline_is_a_timeout_and_a_cancel_stops_the_wait() {
+        let started = Instant::now();
+        let got = until_queued(started + Duration::from_millis(120), None, queue_full::<()>);
+        assert!(
+            matches!(got, Queued::GaveUp(EngineError::Timeout)),
+            "{got:?}"
+        );
+        // It kept trying up to the deadline, not giving up at the first refusal.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(120), "{waited:?}");
+        assert!(matches!(to_wit_error(EngineError::Timeout), Error::Timeout));
+
+        let cancel = AtomicBool::new(false);
+        let mut tries = 0;
+        let got = until_queued(
+            Instant::now() + Duration::from_secs(10),
+            Some(&cancel),
+            || {
+                tries += 1;
+                if tries == 2 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                queue_full::<()>()
+            },
+        );
+        assert!(
+            matches!(got, Queued::GaveUp(EngineError::Cancelled)),
+            "{got:?}"
+        );
+        assert_eq!(tries, 2);
+    }
+
+    /// A generator plugin's state with every model granted and no token budget.
+    fn plugin_state() -> PluginState {
+        let manifest = Manifest::parse("name = \"p\"\nversion = \"1\"\nworld = \"generator\"\n")
+            .expect("manifest");
+        let granted = Granted {
+            models: vec!["*".into()],
+            max_tokens_per_call: 256,
+            tokens_per_minute: None,
+            memory_mb: 16,
+            timeout_ms: 1000,
+            fuel: None,
+            env: Vec::new(),
+            folders: Vec::new(),
+            hosts: Vec::new(),
+            run_python: false,
+        };
+        PluginState::new(
+            Arc::new(manifest),
+            Arc::new(granted),
+            Arc::new(TokenMeter::default()),
+            None,
+            None,
+            wasmtime_wasi::WasiCtx::builder().build(),
+            Instant::now() + Duration::from_secs(1),
+        )
+    }
+
+    fn with_stop(stop: Vec<String>) -> Sampling {
+        Sampling {
+            max_tokens: None,
+            temperature: None,
+            top_k: None,
+            top_p: None,
+            repeat_penalty: None,
+            seed: None,
+            stop,
+        }
+    }
+
+    #[test]
+    fn a_stop_sequence_past_the_cap_is_invalid_input_and_spends_nothing() {
+        let state = plugin_state();
+        let at_cap = "x".repeat(MAX_STOP_BYTES);
+        let Ok((params, reservation)) = state.sampling_params(with_stop(vec![at_cap.clone()]))
+        else {
+            panic!("a stop sequence at the cap was refused");
+        };
+        assert_eq!(params.stop, std::slice::from_ref(&at_cap));
+        state.tokens.settle(reservation, 0);
+
+        let got = state.sampling_params(with_stop(vec!["\n".into(), format!("{at_cap}y")]));
+        assert!(
+            matches!(&got, Err(Error::InvalidInput(m)) if m.contains("stop")),
+            "a stop sequence over the cap was not refused as invalid input"
+        );
+        assert_eq!(
+            state.tokens.used(),
+            0,
+            "the refused call's tokens were handed back"
+        );
     }
 }

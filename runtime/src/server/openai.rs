@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::engine::chat_template::TemplateMessage;
+use crate::engine::sampling::MAX_STOP_BYTES;
 use crate::engine::{Completion, Control, FinishReason, Prompt, SamplingParams, ServedModel};
 use crate::error_code::ErrorCode;
 use crate::stats::Stats;
@@ -198,16 +199,36 @@ impl Common {
         if stop.len() > 4 {
             return Err(invalid("at most 4 stop sequences"));
         }
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(invalid(format!(
+                "stop: each stop sequence must be at most {MAX_STOP_BYTES} bytes, got one of {}",
+                long.len()
+            )));
+        }
         // OpenAI's range: a client relying on the 400 for a typo'd 20 gets it here too.
         if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
             return Err(invalid("temperature must be between 0 and 2"));
         }
+        if self.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+            return Err(invalid("top_p must be between 0 and 1"));
+        }
+        // OpenAI takes top_p 0 as "the most likely token only"; the engine's top_p is a share
+        // of the probability that must be above 0, and its greedy choice is temperature 0.
+        let greedy = self.top_p == Some(0.0);
         let defaults = SamplingParams::default();
         let params = SamplingParams {
             max_tokens,
-            temperature: self.temperature.unwrap_or(1.0),
+            temperature: if greedy {
+                0.0
+            } else {
+                self.temperature.unwrap_or(1.0)
+            },
             top_k: 0,
-            top_p: self.top_p.unwrap_or(1.0),
+            top_p: if greedy {
+                1.0
+            } else {
+                self.top_p.unwrap_or(1.0)
+            },
             repeat_penalty: 1.0,
             seed: self
                 .seed
@@ -725,5 +746,50 @@ mod tests {
         assert_eq!(sampling(json!({"seed": -1})).seed, u64::MAX);
         assert!(!named.fit_to_context);
         assert!(!sampling(json!({"max_completion_tokens": 10})).fit_to_context);
+    }
+
+    /// The 400 a request's settings are refused with.
+    fn refused(body: Value) -> ApiError {
+        match serde_json::from_value::<Common>(body)
+            .expect("request")
+            .sampling(512)
+        {
+            Ok(params) => panic!("settings accepted: {params:?}"),
+            Err(OpenAiError(e)) => e,
+        }
+    }
+
+    #[test]
+    fn top_p_zero_is_greedy_and_top_p_outside_zero_to_one_is_refused() {
+        for body in [
+            json!({"top_p": 0}),
+            json!({"top_p": 0.0, "temperature": 0.8}),
+        ] {
+            let greedy = sampling(body);
+            assert_eq!((greedy.temperature, greedy.top_p), (0.0, 1.0));
+            assert!(greedy.validate().is_ok());
+        }
+        let nucleus = sampling(json!({"top_p": 0.5, "temperature": 0.8}));
+        assert_eq!((nucleus.temperature, nucleus.top_p), (0.8, 0.5));
+        for top_p in [-0.1, 1.5] {
+            let e = refused(json!({ "top_p": top_p }));
+            assert_eq!(e.status.as_u16(), 400);
+            assert!(e.message.contains("top_p"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn stop_sequences_past_the_cap_are_refused_naming_the_field() {
+        let at_cap = "x".repeat(MAX_STOP_BYTES);
+        assert_eq!(
+            sampling(json!({"stop": at_cap.clone()})).stop,
+            std::slice::from_ref(&at_cap)
+        );
+        let over = format!("{at_cap}y");
+        for stop in [json!(over.clone()), json!(["\n", over.clone()])] {
+            let e = refused(json!({ "stop": stop }));
+            assert_eq!(e.status.as_u16(), 400);
+            assert!(e.message.starts_with("stop:"), "{}", e.message);
+        }
     }
 }
