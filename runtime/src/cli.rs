@@ -942,7 +942,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 opts.models.clone()
             };
             report.models(&models);
-            report.gpu();
+            // The device matters only for models loaded here, not for remote ones.
+            let local_models = models
+                .iter()
+                .any(|m| !crate::engine::remote::is_remote(&m.to_string_lossy()));
+            report.gpu(opts.device, local_models);
+            report.sandbox(&crate::paths::python_wasm());
             match store_location(&opts) {
                 Ok(location) => report.store(&location),
                 // The config's own problem is a failed check like any other, not the end of
@@ -963,12 +968,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             let value = serde_json::to_value(&report).unwrap_or_default();
             emit(opts.json, &value, || report.print());
-            match report.failures() {
-                0 => Ok(()),
-                n => Err(CliError::new(
-                    ErrorCode::Internal,
-                    format!("{n} of {} checks failed", report.checks.len()),
-                )),
+            // The first failed check's own code (MODEL_001, STORE_001, ...): a failed check is
+            // a problem of this set-up, not an agentrt bug, which INTERNAL would suggest.
+            match report.failure() {
+                None => Ok(()),
+                Some((code, message)) => Err(CliError::new(code, message)),
             }
         }
         Command::Logs {
@@ -983,6 +987,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                         format!("cannot read {}: {e}", file.display()),
                     )
                 })?;
+            // A text log parses as nothing, which must not read as a clean log.
+            if let Some(why) = analysis.unusable() {
+                return Err(CliError::new(
+                    ErrorCode::ValidationFailed,
+                    format!("{}: {why}", file.display()),
+                ));
+            }
             let value = serde_json::to_value(&analysis).unwrap_or_default();
             emit(opts.json, &value, || analysis.print(slow_ms));
             Ok(())

@@ -3,10 +3,15 @@
 //! command exits non-zero when any check fails.
 //!
 //! Resources (CPUs, memory, disk under `$AGENTRT_HOME`), the listen port, the model files and
-//! their recorded SHA-256, the GPU, the run store (integrity, runs a stopped server left
-//! unfinished, whether a server holds it), and every plugin: it must instantiate and pass its
-//! self-test ([`crate::plugin::self_test`]; generators and reviewers only instantiate, as
-//! doctor loads no model).
+//! their recorded SHA-256, the GPU against the device asked for (`--device cuda` without a usable
+//! GPU fails: no local model would load), the Python test sandbox's interpreter, the run store
+//! (integrity, runs a stopped server left unfinished, whether a server holds it), and every
+//! plugin: it must instantiate and pass its self-test ([`crate::plugin::self_test`]; generators
+//! and reviewers only instantiate, as doctor loads no model).
+//!
+//! A failed report ends the command with the error code of its first failed check
+//! ([`Report::failure`]), the code the same problem has elsewhere (`MODEL_001` for a model or a
+//! device, `STORE_001`, `PLUGIN_002`, `VAL_002` for the config or the listen address).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +19,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::engine::Device;
+use crate::error_code::ErrorCode;
 use crate::pipeline::Pipeline;
 use crate::store::{RunStore, Store, StoreLock};
 
@@ -69,6 +76,27 @@ impl Report {
             .iter()
             .filter(|c| c.status == Status::Fail)
             .count()
+    }
+
+    /// What the command ends with when a check failed: the code of the first failed check
+    /// (the one to fix first) and a message naming every failed check; `None` when none failed.
+    pub fn failure(&self) -> Option<(ErrorCode, String)> {
+        let failed: Vec<&Check> = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .collect();
+        let first = failed.first()?;
+        let names: Vec<&str> = failed.iter().map(|c| c.name.as_str()).collect();
+        Some((
+            failure_code(&first.name),
+            format!(
+                "{} of {} checks failed: {}",
+                failed.len(),
+                self.checks.len(),
+                names.join(", ")
+            ),
+        ))
     }
 
     /// CPUs, memory and free disk where agentrt keeps its files.
@@ -207,23 +235,48 @@ impl Report {
         }
     }
 
-    /// Whether a CUDA GPU is usable (the CPU engine is used otherwise).
-    pub fn gpu(&mut self) {
-        #[cfg(feature = "cuda")]
-        match agentrt_kernels::cuda_available() {
-            Ok(devices) => self.add(
-                "gpu",
+    /// Whether the models can run on the device asked for (`--device` / `AGENTRT_DEVICE`).
+    /// `local_models`: whether any model is loaded here (a remote model runs on its server,
+    /// whatever the device says).
+    pub fn gpu(&mut self, device: Device, local_models: bool) {
+        let (status, detail) =
+            gpu_verdict(device, local_models, cfg!(feature = "cuda"), cuda_devices());
+        self.add("gpu", status, detail);
+    }
+
+    /// The interpreter the Python sandbox runs generated tests with (`python.wasm`). Without it
+    /// the server still serves (it logs that generated tests will not run, and the pipeline goes
+    /// on without them), so a missing or unusable file is a warning, not a failure.
+    pub fn sandbox(&mut self, python_wasm: &Path) {
+        let name = "python sandbox";
+        let fix = "generated tests will not run and plugins granted run-python cannot run any; \
+                   scripts/setup.sh fetches it (AGENTRT_PYTHON_WASM names another file)";
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(python_wasm).and_then(|mut f| {
+            use std::io::Read;
+            f.read_exact(&mut magic)?;
+            f.metadata()
+        });
+        match read {
+            Ok(meta) if magic == *b"\0asm" => self.add(
+                name,
                 Status::Ok,
-                format!("CUDA driver found, {devices} device(s); models run there with --device cuda|auto"),
+                format!("{} ({} MiB)", python_wasm.display(), meta.len() >> 20),
             ),
-            Err(why) => self.add("gpu", Status::Warn, format!("{why}; models run on the CPU")),
+            Ok(_) => self.add(
+                name,
+                Status::Warn,
+                format!(
+                    "{} is not a WebAssembly module: {fix}",
+                    python_wasm.display()
+                ),
+            ),
+            Err(e) => self.add(
+                name,
+                Status::Warn,
+                format!("{} unreadable ({e}): {fix}", python_wasm.display()),
+            ),
         }
-        #[cfg(not(feature = "cuda"))]
-        self.add(
-            "gpu",
-            Status::Ok,
-            "built without the cuda feature; models run on the CPU",
-        );
     }
 
     /// The run store (an SQLite file or a `postgres://` URL): reachable, integrity, and runs a
@@ -329,6 +382,74 @@ impl Report {
     }
 }
 
+/// How many CUDA devices answer, or why CUDA cannot be used here (the engine's own reason, so
+/// doctor and a model load agree).
+fn cuda_devices() -> Result<usize, String> {
+    #[cfg(feature = "cuda")]
+    {
+        agentrt_kernels::cuda_available()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(crate::engine::device::cuda_unavailable_reason()
+            .unwrap_or_else(|| "CUDA is not available".into()))
+    }
+}
+
+/// The GPU check's status and detail. `--device cuda` without a usable GPU fails when a model
+/// is to be loaded here (the load would refuse it); `auto` falls back to the CPU, which is only
+/// worth a warning on a build made for a GPU.
+fn gpu_verdict(
+    device: Device,
+    local_models: bool,
+    built_with_cuda: bool,
+    cuda: Result<usize, String>,
+) -> (Status, String) {
+    match (device, cuda) {
+        (Device::Cuda | Device::Auto, Ok(n)) => (
+            Status::Ok,
+            format!(
+                "CUDA driver found, {n} device(s); models run there (--device {})",
+                device.name()
+            ),
+        ),
+        (Device::Cuda, Err(why)) if local_models => (
+            Status::Fail,
+            format!(
+                "--device cuda, but {why}: no model will load (use --device auto or cpu to run on the CPU)"
+            ),
+        ),
+        (Device::Cuda, Err(why)) => (
+            Status::Warn,
+            format!(
+                "--device cuda, but {why}; only remote models are configured, so nothing runs here"
+            ),
+        ),
+        (Device::Cpu, Ok(n)) => (
+            Status::Ok,
+            format!("models run on the CPU (--device cpu); {n} CUDA device(s) left unused"),
+        ),
+        (Device::Cpu, Err(_)) => (Status::Ok, "models run on the CPU (--device cpu)".into()),
+        (Device::Auto, Err(why)) if built_with_cuda => {
+            (Status::Warn, format!("{why}; models run on the CPU"))
+        }
+        (Device::Auto, Err(why)) => (Status::Ok, format!("{why}; models run on the CPU")),
+    }
+}
+
+/// The code of a failed check, by its name: the code the same problem gets where it bites
+/// (a model load, the store, a plugin load, the config). A listen address `serve` cannot use
+/// is the operator's invalid value, as a bad config is.
+fn failure_code(check: &str) -> ErrorCode {
+    match check.split(' ').next().unwrap_or(check) {
+        "model" | "gpu" => ErrorCode::ModelNotAvailable,
+        "store" => ErrorCode::StoreFailed,
+        "plugin" | "plugins" => ErrorCode::PluginLoad,
+        "config" | "port" => ErrorCode::InvalidInput,
+        _ => ErrorCode::Internal,
+    }
+}
+
 /// Whether something accepts connections at `addr`.
 fn answers(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
@@ -389,5 +510,96 @@ mod tests {
     fn an_address_this_host_does_not_have_is_a_failure() {
         let check = port_check("192.0.2.1:8080".parse().expect("address"));
         assert_eq!(check.status, Status::Fail, "{check:?}");
+    }
+
+    fn gpu_check(device: Device, local_models: bool) -> Check {
+        let mut report = Report::default();
+        report.gpu(device, local_models);
+        report.checks.pop().expect("a gpu check")
+    }
+
+    /// `--device cuda` where CUDA cannot be used fails, as loading a model would; this build
+    /// and machine decide which way it goes, and the check agrees with the engine.
+    #[test]
+    fn device_cuda_without_cuda_fails_the_gpu_check() {
+        let check = gpu_check(Device::Cuda, true);
+        match crate::engine::device::cuda_unavailable_reason() {
+            Some(why) => {
+                assert_eq!(check.status, Status::Fail, "{check:?}");
+                assert!(check.detail.contains(&why), "{check:?}");
+            }
+            None => assert_eq!(check.status, Status::Ok, "{check:?}"),
+        }
+        assert_ne!(gpu_check(Device::Cpu, true).status, Status::Fail);
+        assert_ne!(gpu_check(Device::Auto, true).status, Status::Fail);
+        assert_ne!(gpu_check(Device::Cuda, false).status, Status::Fail);
+    }
+
+    #[test]
+    fn the_gpu_verdict_follows_the_device_asked_for() {
+        let none = || Err::<usize, String>("no CUDA driver library".into());
+        let verdict = |device: Device, local: bool, built: bool, cuda: Result<usize, String>| {
+            gpu_verdict(device, local, built, cuda).0
+        };
+        assert_eq!(verdict(Device::Cuda, true, true, none()), Status::Fail);
+        assert_eq!(verdict(Device::Cuda, true, false, none()), Status::Fail);
+        assert_eq!(verdict(Device::Cuda, false, true, none()), Status::Warn);
+        assert_eq!(verdict(Device::Cuda, true, true, Ok(1)), Status::Ok);
+        assert_eq!(verdict(Device::Auto, true, true, none()), Status::Warn);
+        assert_eq!(verdict(Device::Auto, true, false, none()), Status::Ok);
+        assert_eq!(verdict(Device::Cpu, true, true, none()), Status::Ok);
+    }
+
+    #[test]
+    fn a_missing_or_bogus_python_wasm_is_a_warning() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-doctor-sandbox-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let sandbox_check = |path: &Path| {
+            let mut report = Report::default();
+            report.sandbox(path);
+            report.checks.pop().expect("a sandbox check")
+        };
+        let missing = sandbox_check(&dir.join("python.wasm"));
+        assert_eq!(missing.status, Status::Warn, "{missing:?}");
+        assert!(missing.detail.contains("scripts/setup.sh"), "{missing:?}");
+        let bogus = dir.join("bogus.wasm");
+        std::fs::write(&bogus, b"not wasm at all").expect("write");
+        assert_eq!(sandbox_check(&bogus).status, Status::Warn);
+        let module = dir.join("module.wasm");
+        std::fs::write(&module, b"\0asm\x01\0\0\0").expect("write");
+        let found = sandbox_check(&module);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(found.status, Status::Ok, "{found:?}");
+    }
+
+    /// A failed report ends with the code of its first failed check, not `INTERNAL`.
+    #[test]
+    fn a_failed_report_carries_the_first_failed_checks_code() {
+        let mut report = Report::default();
+        report.add("resources.cpus", Status::Ok, "4 available");
+        report.add("gpu", Status::Warn, "no driver");
+        assert!(report.failure().is_none());
+        report.add("port", Status::Fail, "192.0.2.1:8080 cannot be used");
+        report.add("model /m.gguf", Status::Fail, "missing");
+        let (code, message) = report.failure().expect("failed");
+        assert_eq!(code, ErrorCode::InvalidInput);
+        assert!(
+            message.contains("2 of 4 checks failed: port, model /m.gguf"),
+            "{message}"
+        );
+        for (name, code) in [
+            ("model /m.gguf", ErrorCode::ModelNotAvailable),
+            ("gpu", ErrorCode::ModelNotAvailable),
+            ("store", ErrorCode::StoreFailed),
+            ("plugin generator", ErrorCode::PluginLoad),
+            ("plugins", ErrorCode::PluginLoad),
+            ("config", ErrorCode::InvalidInput),
+        ] {
+            assert_eq!(failure_code(name), code, "{name}");
+        }
     }
 }

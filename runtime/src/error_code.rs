@@ -275,6 +275,21 @@ mod tests {
         }
     }
 
+    /// `TEST_001` (generated tests failed) is not an error a request can end with, so it is not
+    /// an [`ErrorCode`]; the pipeline hands it to the error handler and counts it in `/stats`
+    /// (plugin `python-sandbox`) and in the retry metrics, and docs/ERRORS.md explains it.
+    #[test]
+    fn the_failing_tests_code_is_documented_apart() {
+        let doc = include_str!("../../docs/ERRORS.md");
+        let code = crate::pipeline::TESTS_FAILED;
+        assert!(ErrorCode::parse(code).is_none(), "{code} is in ALL");
+        assert!(
+            doc.contains(&format!("`{code}`")),
+            "{code} is not in docs/ERRORS.md"
+        );
+        assert!(doc.contains("`python-sandbox`"), "the sandbox's /stats key");
+    }
+
     #[test]
     fn codes_are_unique_and_round_trip() {
         let mut seen = std::collections::HashSet::new();

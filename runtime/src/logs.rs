@@ -1,7 +1,8 @@
 //! `agentrt logs analyze FILE`: what the replaced system's operators grepped its logs for —
 //! errors and warnings by frequency, slow requests, failures per plugin — from the JSON log
 //! (`AGENTRT_LOG_FORMAT=json`, one object per line). Lines in another format are counted
-//! and skipped.
+//! and skipped; a file with no JSON log line at all (the default text format) is refused
+//! ([`Analysis::unusable`]) rather than summarised as a log without problems.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -146,6 +147,19 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
 }
 
 impl Analysis {
+    /// Why this analysis cannot be trusted: lines were read but none was a JSON log line (most
+    /// likely the default text format), so "no problems" would only mean "nothing parsed".
+    pub fn unusable(&self) -> Option<String> {
+        (self.lines > 0 && self.unparsed == self.lines).then(|| {
+            format!(
+                "none of its {} lines is a JSON log line: agentrt logs text to stderr unless \
+                 started with AGENTRT_LOG_FORMAT=json (e.g. `AGENTRT_LOG_FORMAT=json agentrt \
+                 serve 2>>server.log`), and only that format can be analysed",
+                self.lines
+            )
+        })
+    }
+
     /// The report for a terminal.
     pub fn print(&self, slow_ms: u64) {
         let levels: Vec<String> = self
@@ -221,6 +235,30 @@ mod tests {
 2026-11-26T00:00:00Z  INFO agentrt: a text-format line
 {"timestamp":"t7","level":"ERROR","fields":{"message":"event not stored: disk full"},"target":"agentrt::runs"}
 "#;
+
+    /// A text-format log is refused, not reported as a log without warnings or errors.
+    #[test]
+    fn a_log_without_json_lines_is_unusable() {
+        let text = "2026-11-26T00:00:00Z  WARN agentrt: no API keys configured\n\
+                    2026-11-26T00:00:01Z ERROR agentrt::runs: event not stored\n";
+        let a = analyze(text.as_bytes(), 1000).expect("analyze");
+        assert_eq!((a.lines, a.unparsed), (2, 2));
+        let why = a.unusable().expect("refused");
+        assert!(why.contains("AGENTRT_LOG_FORMAT=json"), "{why}");
+        // One JSON line is enough to analyse; an empty file has nothing wrong to report.
+        assert!(
+            analyze(LOG.as_bytes(), 1000)
+                .expect("analyze")
+                .unusable()
+                .is_none()
+        );
+        assert!(
+            analyze(&b""[..], 1000)
+                .expect("analyze")
+                .unusable()
+                .is_none()
+        );
+    }
 
     #[test]
     fn a_line_that_is_not_utf8_is_one_unparsed_line() {

@@ -301,6 +301,71 @@ fn invalid_requests_get_validation_codes() {
     );
 }
 
+/// A `max_retries` above what the pipeline allows is a 400 naming the field on every route that
+/// takes a task, not a silent cut down to the limit.
+#[test]
+fn max_retries_above_the_limit_is_refused() {
+    let s = default_server();
+    let (_, doc) = s.get("/openapi.json");
+    let most = doc["components"]["schemas"]["Task"]["properties"]["max_retries"]["maximum"]
+        .as_u64()
+        .expect("documented maximum");
+    for path in ["/generate", "/pipeline", "/v1/pipeline/runs"] {
+        let (status, body) = s.post(
+            path,
+            &json!({"task_description": "Write a function that adds two integers",
+                    "max_retries": most + 1}),
+        );
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (400, "VAL_002"),
+            "{path}: {body}"
+        );
+        assert_eq!(
+            body["error"]["details"]["field"], "max_retries",
+            "{path}: {body}"
+        );
+    }
+}
+
+/// `/health` and `/stats` answer the fields their OpenAPI schemas name: every required one,
+/// and none the schema does not list.
+#[test]
+fn health_and_stats_answer_what_their_schemas_say() {
+    let s = default_server();
+    let (_, doc) = s.get("/openapi.json");
+    let schemas = &doc["components"]["schemas"];
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        match v {
+            serde_json::Value::Object(map) => map.keys().cloned().collect(),
+            serde_json::Value::Array(list) => list
+                .iter()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    for (path, schema) in [("/health", "Health"), ("/stats", "Stats")] {
+        let (status, body) = s.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        let fields = names(&body);
+        let listed = names(&schemas[schema]["properties"]);
+        for required in names(&schemas[schema]["required"]) {
+            assert!(
+                fields.contains(&required),
+                "{path} lacks {required}: {body}"
+            );
+        }
+        for field in &fields {
+            assert!(listed.contains(field), "{path}: {field} is not in {schema}");
+        }
+    }
+    let (_, health) = s.get("/health");
+    let status = health["status"].as_str().unwrap_or_default().to_string();
+    let allowed = names(&schemas["Health"]["properties"]["status"]["enum"]);
+    assert!(allowed.contains(&status), "{status} not in {allowed:?}");
+}
+
 #[test]
 fn stats_count_failures_by_code() {
     let s = default_server();

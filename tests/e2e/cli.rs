@@ -174,7 +174,13 @@ fn doctor_passes_a_healthy_set_up_and_fails_a_damaged_model() {
         gpu.first().is_some_and(|s| s == "ok" || s == "warn"),
         "{checks:?}"
     );
-    for name in ["resources.cpus", "port", "model ", "store"] {
+    for name in [
+        "resources.cpus",
+        "port",
+        "model ",
+        "store",
+        "python sandbox",
+    ] {
         assert_eq!(
             status(name).first().map(String::as_str),
             Some("ok"),
@@ -210,7 +216,7 @@ fn doctor_passes_a_healthy_set_up_and_fails_a_damaged_model() {
         format!("{} 15\n", "0".repeat(64)),
     )
     .expect("sidecar");
-    let (ok, stdout, _) = crate::harness::run_cli_env(
+    let (ok, stdout, stderr) = crate::harness::run_cli_env(
         &[
             "doctor",
             "--json",
@@ -223,6 +229,11 @@ fn doctor_passes_a_healthy_set_up_and_fails_a_damaged_model() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!ok, "a damaged model must fail the doctor: {stdout}");
+    // The failed check's own code, not INTERNAL (nothing is wrong with agentrt itself).
+    assert!(
+        stderr.contains("error MODEL_001") && stderr.contains("model "),
+        "{stderr}"
+    );
     let model = doctor_checks(&stdout)
         .into_iter()
         .find(|(n, _, _)| n.starts_with("model "))
@@ -456,6 +467,75 @@ fn doctor_fails_when_serve_could_not_listen() {
         .find(|(n, _, _)| n == "port")
         .expect("port check");
     assert_eq!(port.1, "fail", "{port:?}");
+    assert!(
+        stderr.contains("error VAL_002") && !stderr.contains("INTERNAL"),
+        "{stderr}"
+    );
+}
+
+/// `--device cuda` where CUDA cannot be used fails the GPU check (a model load would refuse
+/// it), and a missing test interpreter is a warning: generated tests are skipped, nothing else
+/// stops.
+#[test]
+fn doctor_checks_the_device_asked_for_and_the_test_sandbox() {
+    let store = crate::harness::fresh_store_path();
+    let port = format!("127.0.0.1:{}", closed_port());
+    let missing = std::env::temp_dir().join(format!(
+        "agentrt-no-python-{}/python.wasm",
+        std::process::id()
+    ));
+    let (ok, stdout, stderr) = crate::harness::run_cli_env(
+        &["doctor", "--json", "--listen", &port, "--device", "cuda"],
+        &[
+            ("AGENTRT_STORE", store.to_str().expect("utf-8")),
+            ("AGENTRT_PYTHON_WASM", missing.to_str().expect("utf-8")),
+        ],
+    );
+    let checks = doctor_checks(&stdout);
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no {name} check: {checks:?}"))
+            .clone()
+    };
+    let (_, status, detail) = find("python sandbox");
+    assert_eq!(status, "warn", "{detail}");
+    assert!(detail.contains("AGENTRT_PYTHON_WASM"), "{detail}");
+    let (_, status, detail) = find("gpu");
+    match agentrt::engine::device::cuda_unavailable_reason() {
+        Some(why) => {
+            assert_eq!(status, "fail", "{detail}");
+            assert!(detail.contains(&why), "{detail}");
+            assert!(!ok, "{stdout}{stderr}");
+            assert!(stderr.contains("error MODEL_001"), "{stderr}");
+        }
+        // A machine where the GPU answers: the same run passes.
+        None => {
+            assert_eq!(status, "ok", "{detail}");
+            assert!(ok, "{stdout}{stderr}");
+        }
+    }
+}
+
+/// A log in the default text format is refused with a validation code and how to get a JSON
+/// log, instead of a summary that says "none" for every problem.
+#[test]
+fn logs_analyze_refuses_a_text_log() {
+    let log = std::env::temp_dir().join(format!("agentrt-text-{}.log", std::process::id()));
+    std::fs::write(
+        &log,
+        "2026-11-26T00:00:00.000000Z  WARN agentrt::cli: no API keys configured\n\
+         2026-11-26T00:00:01.000000Z  INFO agentrt::http: request finished status=500\n",
+    )
+    .expect("write");
+    let (ok, stdout, stderr) = run(&["logs", "analyze", log.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&log);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("error VAL_001") && stderr.contains("AGENTRT_LOG_FORMAT=json"),
+        "{stderr}"
+    );
 }
 
 /// A loopback port nothing listens on: bound, then released.

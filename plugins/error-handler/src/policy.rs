@@ -10,8 +10,8 @@
 //!    prompt longer than the model's context (a retry's prompt is longer still).
 //! 3. With no retries left, abort.
 //! 4. Everything else in **generate** and **test** (transient codes such as `PLUGIN_004`,
-//!    `MODEL_BUSY`, `GEN_*`, `COMM_*`, and failed tests) is retried after an exponential delay,
-//!    with feedback that tells the generator what went wrong.
+//!    `MODEL_BUSY`, `GEN_*`, `COMM_*`, and failed tests, `TEST_001`) is retried after an
+//!    exponential delay, with feedback that tells the generator what went wrong.
 
 use agentrt_plugin_sdk::{PipelineError, Recovery, Stage};
 
@@ -151,7 +151,8 @@ mod tests {
 
     #[test]
     fn failed_tests_are_retried_with_a_request_to_fix_them() {
-        let plan = retry_plan(decide(&error("TEST_FAILED", Stage::Test, 2), 1));
+        // TEST_001: the code the pipeline gives failing generated tests.
+        let plan = retry_plan(decide(&error("TEST_001", Stage::Test, 2), 1));
         assert_eq!(plan.delay_ms, 2 * BASE_DELAY_MS);
         assert!(plan.feedback.expect("feedback").contains("tests pass"));
     }

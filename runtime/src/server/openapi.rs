@@ -3,13 +3,15 @@
 //! Written here beside the routes rather than derived from them (the handlers take loosely
 //! typed JSON and the seed's adapters keep their old shapes). Two tests keep it honest: every
 //! route of [`super::app`] is documented and nothing else is, and the e2e suite requests every
-//! documented operation against a live server. The error codes and each route's auth scope come
-//! from the code itself ([`crate::error_code::ALL`], [`super::auth::required`]).
+//! documented operation against a live server. The error codes, the run states and each route's
+//! auth scope come from the code itself ([`crate::error_code::ALL`], [`RunState`],
+//! [`super::auth::required`]); unit tests hold the `Stats` schema to what `/stats` serialises.
 
 use serde_json::{Value, json};
 
 use super::auth::{Scope, required};
 use crate::error_code::ALL;
+use crate::store::RunState;
 
 /// A JSON schema reference into `components.schemas`.
 fn schema(name: &str) -> Value {
@@ -67,9 +69,53 @@ fn object(properties: Value, required_fields: &[&str]) -> Value {
     json!({"type": "object", "properties": properties, "required": required_fields})
 }
 
+/// Every state a run can be in, in the order a run goes through them. Walked through an
+/// exhaustive match, so a new [`RunState`] does not compile until it is placed here too, and
+/// the document's `Run.state` cannot name a state the store never writes.
+fn run_states() -> Vec<RunState> {
+    let next = |state: RunState| match state {
+        RunState::Queued => Some(RunState::Running),
+        RunState::Running => Some(RunState::Completed),
+        RunState::Completed => Some(RunState::Failed),
+        RunState::Failed => Some(RunState::Cancelled),
+        RunState::Cancelled => None,
+    };
+    std::iter::successors(Some(RunState::Queued), |s| next(*s)).collect()
+}
+
+/// The counters `GET /stats` gives for the totals and for each endpoint and plugin
+/// ([`crate::stats::Counter`]).
+fn stats_counter() -> Value {
+    object(
+        json!({
+            "requests": {"type": "integer"},
+            "failures": {"type": "integer"},
+            "tokens": {"type": "integer"},
+            "total_latency_ms": {"type": "integer"},
+            "max_latency_ms": {"type": "integer"},
+            "avg_latency_ms": {"type": "number"},
+            "errors": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "Failures by error code (a plugin's own codes too; past 64 distinct codes the rest count under OTHER)",
+            },
+        }),
+        &[
+            "requests",
+            "failures",
+            "tokens",
+            "total_latency_ms",
+            "max_latency_ms",
+            "avg_latency_ms",
+            "errors",
+        ],
+    )
+}
+
 /// The document.
 pub fn document() -> Value {
     let codes: Vec<&str> = ALL.iter().map(|c| c.as_str()).collect();
+    let states: Vec<&str> = run_states().into_iter().map(RunState::as_str).collect();
     let any = json!({"type": "object"});
     let run_id =
         json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
@@ -86,10 +132,10 @@ pub fn document() -> Value {
         "/check": {"post": operation("/check", "Run the quality checks only (no model)", Some(json_body(schema("Code"))), ok("Findings of every check", schema("Findings")))},
         "/pipeline": {"post": operation("/pipeline", "The whole pipeline, synchronously: generate, check, test (with retries), review", Some(json_body(schema("Task"))), ok("Every stage's result", any.clone()))},
         "/chat": {"post": operation("/chat", "One message to the model", Some(json_body(schema("ChatRequest"))), ok("The answer", any.clone()))},
-        "/health": {"get": operation("/health", "Models and plugins loaded, uptime, version", None, ok("Health", any.clone()))},
+        "/health": {"get": operation("/health", "Models and plugins loaded, uptime, version; always 200, whatever `status` says (probes use /health/ready)", None, ok("Health", schema("Health")))},
         "/health/live": {"get": operation("/health/live", "Liveness: the process answers", None, ok("Alive", any.clone()))},
-        "/health/ready": {"get": operation("/health/ready", "Readiness: 503 until models and plugins are loaded, and while draining", None, ok("Ready", any.clone()))},
-        "/stats": {"get": operation("/stats", "Requests, failures by code, tokens, latency per endpoint and per plugin", None, ok("Statistics", any.clone()))},
+        "/health/ready": {"get": not_ready(operation("/health/ready", "Readiness: 503 while no model can serve, and while draining", None, ok("Ready", schema("Ready"))))},
+        "/stats": {"get": operation("/stats", "Requests, failures by code, tokens, latency per endpoint and per plugin", None, ok("Statistics", schema("Stats")))},
         "/models": {"get": operation("/models", "The models served", None, ok("Models", any.clone()))},
         "/plugins": {"get": operation("/plugins", "The plugins in use, and the folder's components hot reload refused", None, ok("Plugins", schema("Plugins")))},
         "/metrics": {"get": operation("/metrics", "Prometheus (OpenMetrics) metrics", None, json!({"description": "OpenMetrics text", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}))},
@@ -100,7 +146,7 @@ pub fn document() -> Value {
         "/v1/models/{id}": {"get": operation("/v1/models/{id}", "One model (404 MODEL_001 for an id this server does not serve)", None, ok("OpenAI model object", any.clone()))},
         "/tokenize": {"post": operation("/tokenize", "Token ids of a prompt or of chat messages (vLLM's shape)", Some(json_body(json!({"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"}}}))), ok("count, max_model_len, tokens", any.clone()))},
         "/v1/pipeline/runs": {
-            "post": accepted(operation("/v1/pipeline/runs", "Start a pipeline run; answers at once (202) with its id and a Location (429 QUEUE_001 when the queue is full)", Some(json_body(schema("Task"))), ok("The run, queued", schema("Run")))),
+            "post": accepted(operation("/v1/pipeline/runs", "Start a pipeline run; answers at once (202) with its id and a Location (429 QUEUE_001 when the queue is full, or once the server is shutting down)", Some(json_body(schema("Task"))), ok("The run, queued", schema("Run")))),
             "get": with_parameters(
                 operation("/v1/pipeline/runs", "Runs, newest first", None, ok("Runs", any.clone())),
                 json!([
@@ -115,11 +161,75 @@ pub fn document() -> Value {
         },
         "/v1/pipeline/runs/{id}/events": {
             "get": with_parameters(
-                operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events: tokens, check results, test results, retry, the attempt chosen for review, review, error, done", None, sse("Numbered events; the stream ends after `done`")),
+                operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events, each named by its `type`: stage_started, tokens, stage_finished, checks, tests, retry, chosen (the attempt that goes to review), review, done (the end state, with the error when the run did not complete)", None, sse("Numbered events; the stream ends after `done`")),
                 json!([run_id, {"name": "after", "in": "query", "schema": {"type": "integer"}, "description": "Resume after this event number (or send Last-Event-ID)"}]),
             ),
         },
     });
+    let run = object(
+        json!({
+            "id": {"type": "string"},
+            "object": {"const": "pipeline.run"},
+            "state": {"enum": states},
+            "created_at_ms": {"type": "integer"},
+            "updated_at_ms": {"type": "integer"},
+            "request": schema("Task"),
+            "stages": {"type": "array"},
+            "events": {"type": "integer", "description": "How many events the run has had so far"},
+            "links": {"type": "object", "properties": {"self": {"type": "string"}, "events": {"type": "string"}}},
+            "result": {"description": "Every stage's result, once the run has ended"},
+            "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+        }),
+        &["id", "state"],
+    );
+    let health_model = object(
+        json!({
+            "id": {"type": "string"},
+            "loaded": {"type": "boolean"},
+            "reachable": {"type": "boolean"},
+            "error": {"type": "string", "description": "Why it cannot serve (only when unreachable)"},
+        }),
+        &["id", "loaded", "reachable"],
+    );
+    let health_plugin = object(
+        json!({"name": {"type": "string"}, "world": {"type": "string"}, "loaded": {"type": "boolean"}}),
+        &["name", "world", "loaded"],
+    );
+    let health = object(
+        json!({
+            "status": {"enum": ["healthy", "degraded", "draining"], "description": "degraded: some model cannot serve now; draining: shutting down"},
+            "model_loaded": {"type": "boolean", "description": "At least one model can serve"},
+            "models": {"type": "array", "items": health_model},
+            "plugins": {"type": "array", "items": health_plugin},
+            "uptime_seconds": {"type": "integer"},
+            "version": {"type": "string"},
+        }),
+        &[
+            "status",
+            "model_loaded",
+            "models",
+            "plugins",
+            "uptime_seconds",
+            "version",
+        ],
+    );
+    let ready = object(
+        json!({
+            "status": {"enum": ["ready", "not_ready", "draining"]},
+            "models": {"type": "integer", "description": "Models that can serve now (absent while draining)"},
+            "plugins": {"type": "integer", "description": "Plugins loaded (absent while draining)"},
+        }),
+        &["status"],
+    );
+    let stats = object(
+        json!({
+            "uptime_seconds": {"type": "integer"},
+            "totals": schema("Counter"),
+            "endpoints": {"type": "object", "additionalProperties": schema("Counter"), "description": "By route, for the routes that do work"},
+            "plugins": {"type": "object", "additionalProperties": schema("Counter"), "description": "By plugin name, and python-sandbox for the generated tests' runs (a run with a failing test counts as a failure under TEST_001); kept across restarts"},
+        }),
+        &["uptime_seconds", "totals", "endpoints", "plugins"],
+    );
     let finding = object(
         json!({
             "rule_id": {"type": "string"}, "severity": {"enum": ["info", "warning", "error"]},
@@ -184,11 +294,6 @@ pub fn document() -> Value {
                     "seed": {"type": "integer"}, "stop": {"type": ["string", "array"]}, "n": {"const": 1},
                     "stream": {"type": "boolean"}, "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
                 }), &["prompt"]),
-                "Run": object(json!({
-                    "id": {"type": "string"},
-                    "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
-                    "stages": {"type": "array"}, "result": {}, "error": {},
-                }), &["id", "state"]),
                 "Plugins": object(json!({
                     "plugins": {"type": "array", "items": {"type": "object"}},
                     "refused": {"type": "array", "items": object(json!({
@@ -196,6 +301,13 @@ pub fn document() -> Value {
                         "keeping": {"type": ["string", "null"], "description": "The version still in use"},
                     }), &["file", "code", "message"])},
                 }), &["plugins", "refused"]),
+                // Built above, apart: json! recurses once per entry and per level of nesting,
+                // and this document is deep enough already.
+                "Run": run,
+                "Health": health,
+                "Ready": ready,
+                "Counter": stats_counter(),
+                "Stats": stats,
             },
         },
     })
@@ -204,6 +316,16 @@ pub fn document() -> Value {
 /// `op` with its `parameters`.
 fn with_parameters(mut op: Value, parameters: Value) -> Value {
     op["parameters"] = parameters;
+    op
+}
+
+/// The readiness probe's 503: the same `Ready` body, not the error shape, so a probe (or a
+/// person) reads why from the status.
+fn not_ready(mut op: Value) -> Value {
+    op["responses"]["503"] = json!({
+        "description": "Not ready: no model can serve now, or the server is draining",
+        "content": {"application/json": {"schema": schema("Ready")}},
+    });
     op
 }
 
@@ -266,5 +388,83 @@ mod tests {
             .as_array()
             .expect("codes");
         assert_eq!(codes.len(), ALL.len());
+    }
+
+    /// `Run.state` names exactly the states a run is stored and served in: what [`RunState`]
+    /// serialises to (the document once said `succeeded` where runs say `completed`).
+    #[test]
+    fn run_states_are_the_ones_the_store_writes() {
+        let doc = document();
+        let schema_state = &doc["components"]["schemas"]["Run"]["properties"]["state"];
+        let mut documented: Vec<String> = schema_state["enum"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+        let mut serialised = Vec::new();
+        for state in run_states() {
+            let value = serde_json::to_value(state).expect("a state serialises");
+            let name = value.as_str().expect("as a string").to_string();
+            assert_eq!(name, state.as_str(), "{state:?}");
+            assert_eq!(RunState::parse(&name), state, "{name} reads back");
+            serialised.push(name);
+        }
+        documented.sort();
+        serialised.sort();
+        assert_eq!(documented, serialised);
+        assert!(!documented.iter().any(|s| s == "succeeded"));
+    }
+
+    /// `Stats` and `Counter` name exactly the fields `GET /stats` serialises.
+    #[test]
+    fn the_stats_schema_is_what_stats_serialise() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let keys = |v: &Value| -> Vec<String> {
+            let mut keys: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let snapshot =
+            serde_json::to_value(crate::stats::Stats::default().snapshot()).expect("stats");
+        assert_eq!(keys(&schemas["Stats"]["properties"]), keys(&snapshot));
+        assert_eq!(
+            keys(&schemas["Counter"]["properties"]),
+            keys(&snapshot["totals"])
+        );
+        let paths = &doc["paths"];
+        for (path, name) in [("/stats", "Stats"), ("/health", "Health")] {
+            let answer = &paths[path]["get"]["responses"]["200"]["content"]["application/json"];
+            assert_eq!(
+                answer["schema"]["$ref"],
+                format!("#/components/schemas/{name}"),
+                "{path}"
+            );
+        }
+    }
+
+    /// The events summary names every event type a run emits, and no `error` event (an error
+    /// comes inside `done`).
+    #[test]
+    fn the_events_summary_names_the_event_types() {
+        let doc = document();
+        let summary = doc["paths"]["/v1/pipeline/runs/{id}/events"]["get"]["summary"]
+            .as_str()
+            .expect("summary");
+        for kind in [
+            "stage_started",
+            "tokens",
+            "stage_finished",
+            "checks",
+            "tests",
+            "retry",
+            "chosen",
+            "review",
+            "done",
+        ] {
+            assert!(summary.contains(kind), "{kind}: {summary}");
+        }
+        assert!(!summary.contains(" error,"), "{summary}");
     }
 }

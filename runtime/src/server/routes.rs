@@ -14,7 +14,7 @@ use super::{ApiError, AppState, RequestDeadline};
 use crate::engine::chat_template::TemplateMessage;
 use crate::engine::{Prompt, SamplingParams};
 use crate::error_code::ErrorCode;
-use crate::pipeline::{FindingOut, PipelineRequest};
+use crate::pipeline::{FindingOut, MAX_RETRIES, PipelineRequest};
 use crate::plugin::bindings::CodeArtifact;
 use axum::Extension;
 
@@ -121,6 +121,15 @@ impl GenerateBody {
 
     pub(super) fn into_request(self) -> Result<PipelineRequest, ApiError> {
         non_empty("task_description", &self.task_description)?;
+        // The pipeline never retries more than MAX_RETRIES times: a larger value would be
+        // quietly cut down, and the client would believe it got what it asked.
+        if let Some(asked) = self.max_retries.filter(|n| *n > MAX_RETRIES) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("max_retries {asked} is more than the pipeline allows (0..={MAX_RETRIES})"),
+            )
+            .for_field("max_retries"));
+        }
         Ok(PipelineRequest {
             task_description: self.task_description,
             language: language(self.language)?,
@@ -486,4 +495,35 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiErro
 
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("no route for {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(value: Value) -> GenerateBody {
+        serde_json::from_value(value).expect("a generate body")
+    }
+
+    /// A `max_retries` above what the pipeline does is refused, naming the field, instead of
+    /// being cut down without a word.
+    #[test]
+    fn max_retries_above_the_pipelines_limit_is_refused() {
+        let err = body(json!({"task_description": "add", "max_retries": MAX_RETRIES + 1}))
+            .into_request()
+            .expect_err("refused");
+        assert_eq!(err.code, "VAL_002", "{err:?}");
+        assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(err.details, Some(json!({"field": "max_retries"})));
+        for n in 0..=MAX_RETRIES {
+            let req = body(json!({"task_description": "add", "max_retries": n}))
+                .into_request()
+                .expect("accepted");
+            assert_eq!(req.max_retries, n);
+        }
+        let req = body(json!({"task_description": "add"}))
+            .into_request()
+            .expect("accepted");
+        assert_eq!(req.max_retries, 1, "the default");
+    }
 }
