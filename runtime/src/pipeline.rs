@@ -533,6 +533,11 @@ impl Pipeline {
         self.started(Stage::Review, &reviewer.manifest.name, attempt);
         let (res, stats) = self.host.review(reviewer, &request, &self.call_on(model));
         stages.push(self.record(reviewer, Stage::Review, attempt, stats, res.as_ref().err()));
+        // A review made while the run was being cancelled (a reviewer may answer a cancelled
+        // model call with one of its own) is not shown as the run's review.
+        if let Some(cancelled) = self.cancelled() {
+            return Err(cancelled);
+        }
         let review = res
             .map(ReviewOut::from)
             .map_err(|e| ErrorOut::from_plugin(&e))?;
@@ -550,7 +555,10 @@ impl Pipeline {
         stages: &mut Vec<StageReport>,
     ) -> Option<TestReport> {
         let sandbox = self.sandbox.as_ref()?;
-        if artifact.tests.trim().is_empty() || !artifact.language.eq_ignore_ascii_case("python") {
+        if artifact.tests.trim().is_empty()
+            || !artifact.language.eq_ignore_ascii_case("python")
+            || self.run.cancelled()
+        {
             return None;
         }
         // The stage starts once there is an interpreter to run it: a stage that starts must
@@ -630,7 +638,12 @@ impl Pipeline {
 
     /// The whole pipeline for one task.
     pub fn run(&self, req: &PipelineRequest) -> PipelineOutcome {
-        let outcome = self.run_stages(req);
+        let mut outcome = self.run_stages(req);
+        // A cancellation that landed while a handler or plugin was deciding what to make of a
+        // failure is still the reason the run ended.
+        if let (Some(error), Some(cancelled)) = (outcome.error.as_mut(), self.cancelled()) {
+            *error = cancelled;
+        }
         let label = match &outcome.error {
             None => "completed",
             Some(e) if e.code == ErrorCode::Cancelled.as_str() => "cancelled",

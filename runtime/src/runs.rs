@@ -554,7 +554,10 @@ mod tests {
         let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert!(events[1].data.contains("\"attempt\":2"), "{:?}", events[1]);
-        let _ = std::fs::remove_file(&path);
+        drop((emitter, store));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 
     #[test]
