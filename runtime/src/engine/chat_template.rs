@@ -4,11 +4,13 @@
 //! `.startswith()`…) and `raise_exception`; minijinja-contrib's pycompat layer and a small
 //! `raise_exception` function make those templates render unchanged.
 //!
-//! The template comes with the model file, so it is untrusted code run on every chat request:
-//! rendering is metered (minijinja fuel), the rendered text is capped, and the builtins whose
-//! argument sets an allocation size (`indent`, `tojson`'s indent, `batch`, `slice`, format
-//! widths) are replaced by versions that refuse absurd sizes instead of aborting the process
-//! on a failed allocation.
+//! The template comes with the model file, so it is code run on every chat request: rendering
+//! is metered (minijinja fuel), the rendered text is capped, and the builtins whose argument
+//! sets an allocation size (`indent`, `tojson`'s indent, `batch`, `slice`, format widths) are
+//! replaced by versions that refuse absurd sizes instead of aborting the process on a failed
+//! allocation. That stops templates that are broken by accident; it does not make a hostile
+//! one safe (a string doubled in a loop grows outside the output cap, and filters iterate
+//! outside the fuel meter), so a model file is trusted as the operator who installs it is.
 
 use minijinja::value::{Kwargs, Rest, StringInput, ValueKind};
 use minijinja::{Environment, ErrorKind, State, Value, context};
@@ -21,9 +23,11 @@ use std::io;
 const RENDER_FUEL: u64 = 10_000_000;
 
 /// The most text one render may produce. A prompt is tokenized afterwards and must fit the
-/// context window; a megabyte is far beyond any model's context and bounds the memory a
-/// template can make the server hold through its output.
-const MAX_RENDER_BYTES: usize = 1 << 20;
+/// context window; this is far beyond any model's context and bounds the memory a template
+/// can make the server hold through its output. It is well above the request body limit
+/// (1 MiB), so a conversation too long for the model is refused by the context check
+/// (`MODEL_004`, which clients trim history on), not here.
+const MAX_RENDER_BYTES: usize = 4 << 20;
 
 /// The widest indent `indent` and `tojson` accept. Real templates indent by 2 or 4; the
 /// builtins allocate the indent string before anything else, so `indent(10**14)` would abort.
@@ -408,8 +412,8 @@ mod tests {
 
     #[test]
     fn output_past_the_cap_is_refused() {
-        // 2 MiB of output from a short loop.
-        let src = "{% for i in range(20000) %}{{ 'x' * 105 }}{% endfor %}";
+        // 8 MiB of output from a short loop.
+        let src = "{% for i in range(80000) %}{{ 'x' * 105 }}{% endfor %}";
         let err = render(src).expect_err("must fail");
         assert!(err.to_string().contains("exceeds"), "{err}");
     }

@@ -146,6 +146,15 @@ impl Sampler {
     /// The token `choice` picks from `logits` whose repeat penalty is already applied, or
     /// why none can be picked (logits that are not numbers: a broken model or pass).
     pub fn finish(&self, logits: &[f32], choice: &Choice) -> Result<u32, UnusableLogits> {
+        // One rule wherever the bad number sits and whatever the choice: a NaN or +inf logit
+        // means the pass is broken (-inf is how rows are masked). One scan; a forward pass
+        // costs thousands of times more.
+        if let Some(bad) = logits
+            .iter()
+            .position(|l| l.is_nan() || *l == f32::INFINITY)
+        {
+            return Err(UnusableLogits(format!("logit {bad} is {}", logits[bad])));
+        }
         if choice.greedy {
             let t = argmax(logits);
             // `argmax` names an index whatever the logits hold (0 for a NaN first one); a
@@ -197,7 +206,8 @@ fn order_prefix(c: &mut [(u32, f32)], sorted: usize, want: usize) {
 ///   (so the draw always lands on a candidate with weight, instead of running off the end of
 ///   a rank-order sum the tail rounded away).
 ///
-/// A largest logit or a sum that is not a finite number is an error, not a choice.
+/// A largest logit or a sum that is not a finite number is an error, not a choice; a candidate
+/// with no probability (a masked row) is never chosen, even when rounding leaves the draw short.
 fn draw(
     logits: &[f32],
     temperature: f32,
@@ -238,7 +248,14 @@ fn draw(
         let mut i = 0;
         loop {
             while i < sorted {
-                r -= f64::from(weight(c[i].1));
+                let w = weight(c[i].1);
+                // Ranked, so every candidate from here on weighs nothing (a masked row, say):
+                // the draw ran past the mass by rounding and takes the last one with weight
+                // (there is one: the first weighs 1).
+                if w == 0.0 {
+                    return Ok(c[i - 1].0);
+                }
+                r -= f64::from(w);
                 if r <= 0.0 {
                     return Ok(c[i].0);
                 }
@@ -269,7 +286,14 @@ fn draw(
     let mut i = 0;
     'cut: loop {
         while i < sorted {
-            cumulative += prob(c[i].1);
+            let p = prob(c[i].1);
+            // Nothing from here on has any probability (ranked): never kept, so rounding can
+            // never make the draw land on a token with none.
+            if p == 0.0 {
+                keep = i;
+                break 'cut;
+            }
+            cumulative += p;
             i += 1;
             if cumulative >= top_p {
                 keep = i;
@@ -582,13 +606,19 @@ mod tests {
                 return None;
             }
             let mut r = f64::from(uniform) * total;
+            let mut last = c[0].0;
             for x in &c {
-                r -= f64::from((x.1 - max).exp());
+                let w = f64::from((x.1 - max).exp());
+                if w == 0.0 {
+                    break;
+                }
+                r -= w;
+                last = x.0;
                 if r <= 0.0 {
                     return Some(x.0);
                 }
             }
-            return Some(c[n - 1].0);
+            return Some(last);
         }
         let mut total = 0f32;
         for l in logits {
@@ -605,6 +635,11 @@ mod tests {
         let mut cumulative = 0f32;
         let mut keep = p.len();
         for (i, q) in p.iter().enumerate() {
+            // A token with no probability is never kept.
+            if *q == 0.0 {
+                keep = i;
+                break;
+            }
             cumulative += q;
             if cumulative >= top_p {
                 keep = i + 1;
@@ -699,6 +734,11 @@ mod tests {
             vec![],
             vec![1.0, f32::INFINITY, 0.5],
         ];
+        // A NaN behind the largest logit, or outside a top-k cut, fails as one in front does.
+        let mut behind = vec![0.0f32; 100];
+        behind[0] = 5.0;
+        behind[77] = f32::NAN;
+        let broken: Vec<Vec<f32>> = broken.into_iter().chain([behind]).collect();
         for params in [&greedy, &sampled, &cut] {
             for logits in &broken {
                 let mut s = Sampler::new(params.clone());

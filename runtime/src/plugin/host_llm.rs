@@ -104,40 +104,29 @@ impl PluginState {
         };
         self.llm_calls += 1;
         self.note_used(&format!("llm:{}", loaded.info.id));
-        let on_text = self.on_text.clone();
         let queued = until_queued(self.deadline, self.cancel.as_deref(), || {
-            loaded.generate(&prompt, &params, &control, &mut |piece| {
-                if let Some(sink) = &on_text {
-                    sink(piece);
-                }
-            })
+            loaded.start(&prompt, &params, &control)
         });
-        let generated = match queued {
-            Queued::Ran(generated) => generated,
-            Queued::GaveUp(e) => {
-                // It never got a place: nothing was generated, nothing spent.
+        let generation = match queued {
+            Queued::Ran(Ok(generation)) => generation,
+            // Refused before it was queued (a full queue until the deadline or the cancel, an
+            // invalid or too long prompt, a deadline already past): nothing generated, nothing
+            // spent.
+            Queued::Ran(Err(e)) | Queued::GaveUp(e) => {
                 self.tokens.settle(reservation, 0);
                 return Err(to_wit_error(e));
             }
         };
-        let done = match generated {
-            Ok(done) => done,
-            Err(e) => {
-                // Refused before generating: nothing spent. Stopped part-way (deadline,
-                // cancel, a failure): what it used is unknown, so the reservation stands.
-                let refused = matches!(
-                    e,
-                    EngineError::ContextOverflow { .. }
-                        | EngineError::InvalidInput(_)
-                        | EngineError::NoChatTemplate(_)
-                        | EngineError::ModelNotFound(_)
-                        | EngineError::QueueFull { .. }
-                );
-                if refused {
-                    self.tokens.settle(reservation, 0);
-                }
-                return Err(to_wit_error(e));
+        let on_text = self.on_text.clone();
+        let done = match generation.finish(&mut |piece| {
+            if let Some(sink) = &on_text {
+                sink(piece);
             }
+        }) {
+            Ok(done) => done,
+            // Stopped once queued (deadline, cancel, a failure): what it used is unknown, so
+            // the reservation stands.
+            Err(e) => return Err(to_wit_error(e)),
         };
         let spent = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
         self.tokens_used += spent;

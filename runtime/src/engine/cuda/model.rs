@@ -849,7 +849,9 @@ impl CudaModel {
         let mut out = [0i32];
         s.memcpy_dtoh(&st.sampled, &mut out)?;
         s.synchronize()?;
-        if out[0] >= 0 {
+        // A negative answer is the sampler deferring; one past the candidates is a pass with
+        // no usable logit (all NaN): the host sampler sees the logits and fails the sequence.
+        if (0..n).contains(&out[0]) {
             return Ok(Next::Token(out[0] as u32));
         }
         let logits = self.copy_logits(&st)?;
