@@ -102,7 +102,7 @@ pub enum Command {
     Run {
         task: String,
         /// Retries after failures (generation errors or failing tests), at most 2.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=2))]
         max_retries: u32,
         #[command(flatten)]
         opts: RuntimeOpts,

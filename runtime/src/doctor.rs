@@ -430,6 +430,10 @@ fn gpu_verdict(
             format!("models run on the CPU (--device cpu); {n} CUDA device(s) left unused"),
         ),
         (Device::Cpu, Err(_)) => (Status::Ok, "models run on the CPU (--device cpu)".into()),
+        (Device::Auto, Err(why)) if built_with_cuda && !local_models => (
+            Status::Ok,
+            format!("{why}; only remote models are configured, so no GPU is needed"),
+        ),
         (Device::Auto, Err(why)) if built_with_cuda => {
             (Status::Warn, format!("{why}; models run on the CPU"))
         }
@@ -547,6 +551,8 @@ mod tests {
         assert_eq!(verdict(Device::Cuda, true, true, Ok(1)), Status::Ok);
         assert_eq!(verdict(Device::Auto, true, true, none()), Status::Warn);
         assert_eq!(verdict(Device::Auto, true, false, none()), Status::Ok);
+        // Remote models alone need no GPU, whatever the build.
+        assert_eq!(verdict(Device::Auto, false, true, none()), Status::Ok);
         assert_eq!(verdict(Device::Cpu, true, true, none()), Status::Ok);
     }
 

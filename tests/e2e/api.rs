@@ -548,7 +548,8 @@ fn metrics_expose_generation_latency_tokens_requests_and_findings() {
 
 #[test]
 fn every_request_has_an_id_that_its_plugin_log_lines_carry() {
-    let log = std::env::temp_dir().join(format!("agentrt-log-{}.jsonl", std::process::id()));
+    let log =
+        crate::harness::scratch_root().join(format!("agentrt-log-{}.jsonl", std::process::id()));
     let s =
         super::harness::Server::start_logging(&[], &[("AGENTRT_LOG_FORMAT", "json")], Some(&log));
     let code = "import os\n\ndef run(cmd):\n    os.system(cmd)\n";

@@ -150,7 +150,7 @@ fn each_key_is_rate_limited_on_its_own() {
 
 #[test]
 fn a_malformed_key_file_stops_the_server_with_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("agentrt-keys-{}", std::process::id()));
+    let dir = crate::harness::scratch_root().join(format!("agentrt-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("keys");
     std::fs::write(&file, "root some-key-0123456789abcdef\n").expect("write");

@@ -91,7 +91,8 @@ fn names(plugins: &Value) -> Vec<String> {
 #[test]
 fn the_plugin_guide_works_as_written() {
     let guide = std::fs::read_to_string(repo_root().join("docs/PLUGINS.md")).expect("guide");
-    let workdir = std::env::temp_dir().join(format!("agentrt-guide-{}", std::process::id()));
+    let workdir =
+        crate::harness::scratch_root().join(format!("agentrt-guide-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&workdir);
     std::fs::create_dir_all(&workdir).expect("workdir");
     let mut server: Option<Server> = None;
@@ -206,7 +207,7 @@ fn with_wit_version(wasm: &Path, version: &str, out: &Path) {
 
 #[test]
 fn a_component_built_for_another_wit_line_is_refused() {
-    let dir = std::env::temp_dir().join(format!("agentrt-witver-{}", std::process::id()));
+    let dir = crate::harness::scratch_root().join(format!("agentrt-witver-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     let manifest =
@@ -252,7 +253,8 @@ fn a_component_built_for_another_wit_line_is_refused() {
 /// sandbox, with the model for generators and reviewers).
 #[test]
 fn every_template_builds_loads_and_passes_its_self_test() {
-    let workdir = std::env::temp_dir().join(format!("agentrt-templates-{}", std::process::id()));
+    let workdir =
+        crate::harness::scratch_root().join(format!("agentrt-templates-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&workdir);
     std::fs::create_dir_all(&workdir).expect("workdir");
     let worlds = [

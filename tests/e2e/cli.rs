@@ -6,7 +6,8 @@ use crate::harness::run_cli as run;
 
 #[test]
 fn check_prints_findings_as_json() {
-    let sample = std::env::temp_dir().join(format!("agentrt-cli-{}.py", std::process::id()));
+    let sample =
+        crate::harness::scratch_root().join(format!("agentrt-cli-{}.py", std::process::id()));
     std::fs::write(&sample, "def f(x):\n    return exec(x)\n").expect("write");
     let (ok, stdout, stderr) = run(&["check", sample.to_str().expect("utf-8"), "--json"]);
     let _ = std::fs::remove_file(&sample);
@@ -68,7 +69,7 @@ fn two_models_with_one_id_are_refused() {
 
 #[test]
 fn a_model_folder_with_dots_in_its_name_keeps_them_in_its_id() {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = crate::harness::scratch_root().join(format!(
         "agentrt-ids-{}/Tiny-Coder-0.5B-v1.2",
         std::process::id()
     ));
@@ -123,7 +124,8 @@ fn a_completion_piped_into_a_reader_that_leaves_ends_quietly() {
 fn missing_and_corrupt_models_are_model_errors() {
     let (ok, _, stderr) = run(&["models", "list", "--model", "/nonexistent/model.gguf"]);
     assert!(!ok && stderr.contains("MODEL_001"), "{stderr}");
-    let bad = std::env::temp_dir().join(format!("agentrt-bad-{}.gguf", std::process::id()));
+    let bad =
+        crate::harness::scratch_root().join(format!("agentrt-bad-{}.gguf", std::process::id()));
     // A real header cut short: the magic and version, then nothing.
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\x10").expect("write");
     let (ok, _, stderr) = run(&["models", "list", "--model", bad.to_str().expect("utf-8")]);
@@ -207,7 +209,7 @@ fn doctor_passes_a_healthy_set_up_and_fails_a_damaged_model() {
     );
 
     // A model file whose recorded checksum no longer matches fails, and so does the command.
-    let dir = std::env::temp_dir().join(format!("agentrt-doctor-{}", std::process::id()));
+    let dir = crate::harness::scratch_root().join(format!("agentrt-doctor-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let fake = dir.join("damaged.gguf");
     std::fs::write(&fake, b"GGUF not really").expect("write");
@@ -244,7 +246,8 @@ fn doctor_passes_a_healthy_set_up_and_fails_a_damaged_model() {
 
 #[test]
 fn logs_analyze_summarises_a_servers_json_log() {
-    let log = std::env::temp_dir().join(format!("agentrt-analyze-{}.jsonl", std::process::id()));
+    let log = crate::harness::scratch_root()
+        .join(format!("agentrt-analyze-{}.jsonl", std::process::id()));
     {
         let s = crate::harness::Server::start_logging(
             &[],
@@ -314,7 +317,8 @@ fn an_unreachable_server_is_a_network_error() {
 fn doctor_checks_a_remote_model_and_reports_a_broken_config() {
     let port = closed_port();
     let remote = format!("http://127.0.0.1:{port}/v1");
-    let config = std::env::temp_dir().join(format!("agentrt-doctor-{}.toml", std::process::id()));
+    let config =
+        crate::harness::scratch_root().join(format!("agentrt-doctor-{}.toml", std::process::id()));
     std::fs::write(&config, "[limits]\nmax-memory-mb = 0\n").expect("write config");
     let store = crate::harness::fresh_store_path();
     let (ok, stdout, stderr) = crate::harness::run_cli_env(
@@ -351,7 +355,7 @@ fn doctor_checks_a_remote_model_and_reports_a_broken_config() {
 
 /// A fresh folder for one test's files.
 fn scratch(label: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = crate::harness::scratch_root().join(format!(
         "agentrt-cli-{label}-{}-{}",
         std::process::id(),
         rand::random::<u64>()
@@ -480,7 +484,7 @@ fn doctor_fails_when_serve_could_not_listen() {
 fn doctor_checks_the_device_asked_for_and_the_test_sandbox() {
     let store = crate::harness::fresh_store_path();
     let port = format!("127.0.0.1:{}", closed_port());
-    let missing = std::env::temp_dir().join(format!(
+    let missing = crate::harness::scratch_root().join(format!(
         "agentrt-no-python-{}/python.wasm",
         std::process::id()
     ));
@@ -522,7 +526,8 @@ fn doctor_checks_the_device_asked_for_and_the_test_sandbox() {
 /// log, instead of a summary that says "none" for every problem.
 #[test]
 fn logs_analyze_refuses_a_text_log() {
-    let log = std::env::temp_dir().join(format!("agentrt-text-{}.log", std::process::id()));
+    let log =
+        crate::harness::scratch_root().join(format!("agentrt-text-{}.log", std::process::id()));
     std::fs::write(
         &log,
         "2026-11-26T00:00:00.000000Z  WARN agentrt::cli: no API keys configured\n\
@@ -544,4 +549,12 @@ fn closed_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port()
+}
+
+#[test]
+fn run_refuses_more_retries_than_the_pipeline_makes() {
+    // As the API does (400 VAL_002): a value the pipeline would silently cut is refused.
+    let (ok, _, stderr) = run(&["run", "add two numbers", "--max-retries", "7"]);
+    assert!(!ok, "accepted --max-retries 7");
+    assert!(stderr.contains("max-retries"), "{stderr}");
 }

@@ -45,7 +45,8 @@ fn the_console_runs_a_task_live_and_reopens_it_from_the_history() {
             return;
         }
     };
-    let out = std::env::temp_dir().join(format!("agentrt-console-{}", std::process::id()));
+    let out =
+        crate::harness::scratch_root().join(format!("agentrt-console-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).expect("output folder");
     let server = Server::start(&[]);

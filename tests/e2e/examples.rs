@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::harness::{Server, authoring_target, repo_root, run_cli_env};
 
 fn fresh_dir(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("agentrt-example-{label}-{}", std::process::id()));
+    let dir = crate::harness::scratch_root()
+        .join(format!("agentrt-example-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     dir

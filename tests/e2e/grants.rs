@@ -37,7 +37,8 @@ fn outcome<'a>(attempts: &'a [(String, String)], what: &str) -> &'a str {
 
 /// A folder the operator grants, holding one file.
 fn granted_folder(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("agentrt-{label}-data-{}", std::process::id()));
+    let dir =
+        crate::harness::scratch_root().join(format!("agentrt-{label}-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("visible.txt"), "hello from the granted folder").expect("write");

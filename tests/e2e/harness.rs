@@ -14,6 +14,35 @@ pub fn agentrt_bin() -> &'static str {
     env!("CARGO_BIN_EXE_agentrt")
 }
 
+/// This test process's folder for its files: `agentrt-e2e/PID` in the temp folder. The first
+/// call removes the folders of earlier runs whose process has ended, so checkpoints, stores and
+/// plugin folders (hundreds of MB a run) do not pile up on a machine that keeps its temp folder.
+pub fn scratch_root() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let all = std::env::temp_dir().join("agentrt-e2e");
+        // Whether a process lives is read from /proc; without it, nothing is swept.
+        let entries = std::fs::read_dir(&all)
+            .ok()
+            .filter(|_| Path::new("/proc/self").exists());
+        if let Some(entries) = entries {
+            for entry in entries.flatten() {
+                let ended = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|name| name.parse::<u32>().ok())
+                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                if ended {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = all.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        dir
+    })
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -277,7 +306,7 @@ fn read(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Va
 pub fn fresh_store_path() -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("agentrt-e2e-stores-{}", std::process::id()));
+    let dir = scratch_root().join(format!("agentrt-e2e-stores-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("store folder");
     dir.join(format!("store-{n}.db"))
 }
@@ -329,7 +358,7 @@ pub fn default_server() -> &'static Server {
 /// A fresh folder holding the test plugin `wasm_of` under `name`, with `manifest` beside it
 /// (`None`: the plugin's own `plugin.toml`).
 pub fn plugin_folder(label: &str, wasm_of: &str, name: &str, manifest: Option<&str>) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("agentrt-{label}-{}", std::process::id()));
+    let dir = scratch_root().join(format!("agentrt-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::copy(test_plugin_wasm(wasm_of), dir.join(format!("{name}.wasm"))).expect("copy wasm");
@@ -414,7 +443,7 @@ pub fn test_plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = repo_root();
-        let dir = std::env::temp_dir().join(format!("agentrt-test-plugins-{}", std::process::id()));
+        let dir = scratch_root().join(format!("agentrt-test-plugins-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         for name in [
             "trap-reviewer",

@@ -306,7 +306,8 @@ fn ordinary_requests_succeed_while_every_hostile_plugin_runs() {
 
 #[test]
 fn a_corrupted_component_is_refused_at_load() {
-    let dir = std::env::temp_dir().join(format!("agentrt-corrupt-{}", std::process::id()));
+    let dir =
+        crate::harness::scratch_root().join(format!("agentrt-corrupt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let manifest = "name = \"broken-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n";
     for (bytes, what) in [
@@ -335,7 +336,8 @@ fn a_call_gives_up_on_slots_held_by_a_plugin_asleep_in_a_host_call() {
     // One instance slot. The sleeping check's caller is answered at its deadline, but its
     // thread keeps the slot for the whole two-minute sleep; the next call must be told the
     // slots are busy (QUEUE_001) after its own deadline, not wait for the sleep to end.
-    let config = std::env::temp_dir().join(format!("agentrt-one-slot-{}.toml", std::process::id()));
+    let config = crate::harness::scratch_root()
+        .join(format!("agentrt-one-slot-{}.toml", std::process::id()));
     std::fs::write(&config, "[limits]\ninstance-pool = 1\n").expect("write config");
     let dir = test_plugin_dir().to_str().expect("utf-8 path").to_string();
     let server = Server::start(&[

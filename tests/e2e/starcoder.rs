@@ -17,8 +17,8 @@ use crate::harness::{Server, agentrt_bin, error_code};
 fn checkpoint() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("agentrt-tiny-starcoder-{}", std::process::id()));
+        let dir = crate::harness::scratch_root()
+            .join(format!("agentrt-tiny-starcoder-{}", std::process::id()));
         let out = Command::new(agentrt_bin())
             .args(["synth", "tiny-starcoder"])
             .arg(&dir)

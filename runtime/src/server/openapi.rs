@@ -179,6 +179,7 @@ pub fn document() -> Value {
             "links": {"type": "object", "properties": {"self": {"type": "string"}, "events": {"type": "string"}}},
             "result": {"description": "Every stage's result, once the run has ended"},
             "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+            "cancel_requested": {"type": "boolean", "description": "Only in the answer to a cancellation"},
         }),
         &["id", "state"],
     );
