@@ -141,7 +141,27 @@ pub fn backup(
             format!("no run store at {}", store.display()),
         ));
     }
+    let existed = out.exists();
     fs::create_dir_all(out).map_err(|e| io("cannot create", out, e))?;
+    let written = write_backup(store, config, plugins, out);
+    if written.is_err() {
+        // Nothing half-written stays behind: no folder a restore could mistake for a backup,
+        // and the retry can use the same name.
+        let _ = fs::remove_dir_all(out);
+        if existed {
+            let _ = fs::create_dir_all(out);
+        }
+    }
+    written
+}
+
+/// The backup's files and then its manifest, into the empty folder `out`.
+fn write_backup(
+    store: &Path,
+    config: Option<&Path>,
+    plugins: Option<&Path>,
+    out: &Path,
+) -> Result<Manifest, BackupError> {
     let db = out.join("store.db");
     let runs = Store::backup_online(store, &db).map_err(|e| fail(e.code(), e.to_string()))?;
     let mut files = vec![entry(out, &db)?];
@@ -587,6 +607,25 @@ mod tests {
         let err = restore(&out, &dir.join("other.db"), None, None, false).expect_err("damaged");
         assert!(err.message.contains("does not match"), "{err}");
         assert!(!dir.join("other.db").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_backup_leaves_no_folder_behind_and_can_be_retried() {
+        let dir = temp("failed");
+        let store = dir.join("live.db");
+        filled_store(&store);
+        let out = dir.join("backup");
+        let missing = dir.join("no-plugins-here");
+        let failed = backup(&store, None, Some(&missing), &out);
+        assert!(failed.is_err(), "{failed:?}");
+        assert!(!out.exists(), "a failed backup left {}", out.display());
+        // Into a folder that was there and empty: it stays, empty.
+        fs::create_dir_all(&out).expect("mkdir");
+        assert!(backup(&store, None, Some(&missing), &out).is_err());
+        assert_eq!(fs::read_dir(&out).expect("list").count(), 0);
+        let manifest = backup(&store, None, None, &out).expect("the retry");
+        assert_eq!(manifest.runs, 2);
         let _ = fs::remove_dir_all(&dir);
     }
 

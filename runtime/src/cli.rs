@@ -115,11 +115,18 @@ pub enum Command {
         #[command(flatten)]
         opts: RuntimeOpts,
     },
-    /// Run only the quality checks on a file (no model needed).
+    /// Run only the quality checks on a Python file (no model needed). Findings print as
+    /// `FILE:LINE:COL: severity [rule] message`; `--fail-on` makes them fail the command.
     Check {
+        /// The code to check (`-`: standard input).
         file: PathBuf,
+        /// Its tests, checked with it.
         #[arg(long)]
         tests: Option<PathBuf>,
+        /// Exit non-zero (`REV_003`) when a finding is this severe or more: `error`,
+        /// `warning` or `info`.
+        #[arg(long, value_parser = ["error", "warning", "info"])]
+        fail_on: Option<String>,
         #[command(flatten)]
         opts: RuntimeOpts,
     },
@@ -386,12 +393,17 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
             continue;
         }
         if !path.exists() {
+            // The set-up hint helps only with the default model; a path the user gave is
+            // most likely mistyped.
+            let hint = if opts.models.is_empty() {
+                "run scripts/setup.sh in the agentrt source folder to fetch the default model, \
+                 or name one with --model FILE (AGENTRT_MODEL)"
+            } else {
+                "check the path given with --model (AGENTRT_MODEL)"
+            };
             return Err(CliError::new(
                 ErrorCode::ModelNotAvailable,
-                format!(
-                    "model file {} does not exist (run scripts/setup.sh to fetch the default model)",
-                    path.display()
-                ),
+                format!("model file {} does not exist ({hint})", path.display()),
             ));
         }
         let id = if i == 0 && opts.models.is_empty() {
@@ -612,8 +624,34 @@ fn warm_sandbox(pipeline: &Pipeline) {
     }
 }
 
+/// The server's socket, bound before anything loads. An address another process holds, or one
+/// this user may not bind, is the operator's to change (`VAL_002`), not an internal error.
+fn bind(listen: std::net::SocketAddr) -> Result<std::net::TcpListener, CliError> {
+    std::net::TcpListener::bind(listen).map_err(|e| {
+        let code = match e.kind() {
+            std::io::ErrorKind::AddrInUse
+            | std::io::ErrorKind::PermissionDenied
+            | std::io::ErrorKind::AddrNotAvailable => ErrorCode::InvalidInput,
+            _ => ErrorCode::Internal,
+        };
+        CliError::new(
+            code,
+            format!(
+                "cannot listen on {listen}: {e} (another process may hold it: agentrt doctor \
+                 checks; --listen or AGENTRT_LISTEN picks another address)"
+            ),
+        )
+    })
+}
+
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
-    std::fs::read_to_string(path).map_err(|e| {
+    let read = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(path)
+    };
+    read.map_err(|e| {
         CliError::new(
             ErrorCode::InvalidInput,
             format!("cannot read {}: {e}", path.display()),
@@ -621,20 +659,46 @@ fn read_file(path: &PathBuf) -> Result<String, CliError> {
     })
 }
 
-fn print_findings(findings: &[FindingOut]) {
+/// Findings as compilers and linters print them, `FILE:LINE:COL: …`, so editors and CI jump
+/// to them.
+fn print_findings(file: &std::path::Path, findings: &[FindingOut]) {
     if findings.is_empty() {
         println!("no findings");
     }
+    let name = if file.as_os_str() == "-" {
+        "<stdin>".into()
+    } else {
+        file.display().to_string()
+    };
     for f in findings {
         println!(
-            "{}:{}: {} [{}] {}",
+            "{name}:{}:{}: {} [{}] {}",
             f.line, f.column, f.severity, f.rule_id, f.message
         );
     }
 }
 
+/// How severe a finding's severity is, for `--fail-on` (info 0, warning 1, error 2).
+fn severity_rank(severity: &str) -> u8 {
+    match severity {
+        "error" => 2,
+        "warning" => 1,
+        _ => 0,
+    }
+}
+
+/// Whether this command printed its JSON answer (which then carries any failure itself).
+static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the command printed a JSON answer on stdout: a failure it then reports needs no
+/// second JSON document after it.
+pub fn printed_json() -> bool {
+    PRINTED_JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn emit(json_mode: bool, value: &Value, human: impl FnOnce()) {
     if json_mode {
+        PRINTED_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
         println!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
@@ -733,6 +797,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ));
                 }
             }
+            let listener = bind(listen)?;
             let engine = load_engine(&opts)?;
             let (pipeline, reloader) = load_pipeline_with_reload(&opts, Some(engine.clone()))?;
             if let Some(reloader) = reloader {
@@ -769,7 +834,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             let rt = tokio::runtime::Runtime::new()
                 .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;
-            let served = rt.block_on(crate::server::serve(state, listen));
+            let served = rt.block_on(crate::server::serve(state, listener));
             // A blocked stdin read (AGENTRT_EXIT_WITH_STDIN) or a plugin call past its
             // deadline must not hold the exit: requests and runs are already settled.
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -813,9 +878,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             });
             let value = serde_json::to_value(&outcome).unwrap_or_default();
             if let Some(error) = &outcome.error {
-                if opts.json {
-                    println!("{value}");
-                }
+                emit(opts.json, &value, || {});
                 return Err(CliError {
                     code: ErrorCode::parse(&error.code).map_or("GEN_001", ErrorCode::as_str),
                     message: error.message.clone(),
@@ -837,7 +900,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             });
             Ok(())
         }
-        Command::Check { file, tests, opts } => {
+        Command::Check {
+            file,
+            tests,
+            fail_on,
+            opts,
+        } => {
             let artifact = CodeArtifact {
                 language: "python".into(),
                 code: read_file(&file)?,
@@ -855,7 +923,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 opts.json,
                 &json!({"findings": findings, "checks": checks}),
                 || {
-                    print_findings(&findings);
+                    print_findings(&file, &findings);
                     for c in checks.iter().filter(|c| c.error.is_some()) {
                         println!("check {} failed: {:?}", c.name, c.error);
                     }
@@ -867,7 +935,26 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     code: ErrorCode::parse(&e.code).map_or("PLUGIN_003", ErrorCode::as_str),
                     message: format!("check {} failed: {}", c.name, e.message),
                 }),
-                None => Ok(()),
+                None => match fail_on.as_deref().map(severity_rank) {
+                    Some(bar) => {
+                        let failing = findings
+                            .iter()
+                            .filter(|f| severity_rank(f.severity) >= bar)
+                            .count();
+                        if failing > 0 {
+                            Err(CliError::new(
+                                ErrorCode::AnalysisFailed,
+                                format!(
+                                    "{failing} finding(s) at --fail-on {} or above",
+                                    fail_on.as_deref().unwrap_or_default()
+                                ),
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    None => Ok(()),
+                },
             }
         }
         Command::Review { file, tests, opts } => {
@@ -904,7 +991,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 if let Some(tests) = &tests {
                     print_test_report(tests);
                 }
-                print_findings(&review.findings);
+                print_findings(&file, &review.findings);
             });
             Ok(())
         }

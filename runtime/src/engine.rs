@@ -588,16 +588,19 @@ impl LoadedModel {
         let scheduler = self.scheduler()?;
         let (progress, events) = mpsc::channel();
         let timer = crate::metrics::GenerationTimer::arrive(&self.info.id, prompt_ids.len());
+        let abandoned = Arc::new(AtomicBool::new(false));
         scheduler.submit(scheduler::Request {
             prompt_ids,
             params,
             control: control.clone(),
             timer,
             progress,
+            abandoned: abandoned.clone(),
         })?;
         Ok(Generation {
             events,
             model: None,
+            abandoned: Some(abandoned),
         })
     }
 
@@ -664,23 +667,27 @@ impl LoadedModel {
 }
 
 /// A generation queued or running on its model's scheduler. Dropping it abandons the
-/// generation: the scheduler notices at the next piece of text and frees its place.
+/// generation: the scheduler frees its queue place or batch slot at its next look (a remote
+/// generation stops at its next piece of text).
 #[derive(Debug)]
 pub struct Generation {
     events: mpsc::Receiver<Progress>,
     /// The name the completion reports (the served name of a remote model).
     model: Option<String>,
+    /// Told to the local scheduler when this is dropped (`None` for a remote model).
+    abandoned: Option<Arc<AtomicBool>>,
 }
 
 impl Generation {
     /// Wait for the generation, handing its text to `on_text` as it comes.
-    pub fn finish(self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, EngineError> {
+    pub fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, EngineError> {
+        let model = self.model.take();
         for event in self.events.iter() {
             match event {
                 Progress::Text(piece) => on_text(&piece),
                 Progress::Done(result) => {
                     return result.map(|mut done| {
-                        if let Some(name) = self.model {
+                        if let Some(name) = model {
                             done.model = name;
                         }
                         done
@@ -691,6 +698,14 @@ impl Generation {
         Err(EngineError::Runtime(
             "the model's scheduler stopped before the generation ended".into(),
         ))
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if let Some(abandoned) = &self.abandoned {
+            abandoned.store(true, Ordering::Relaxed);
+        }
     }
 }
 

@@ -1,18 +1,28 @@
 //! The `agentrt` binary: parse the command line, set up logging, run, and turn failures into
 //! a message with its error code and a non-zero exit status.
 
-use clap::Parser;
+use std::io::IsTerminal;
+
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> std::process::ExitCode {
-    let cli = agentrt::cli::Cli::parse();
-    if !matches!(cli.command, agentrt::cli::Command::Serve { .. }) {
+    let matches = agentrt::cli::Cli::command().get_matches();
+    let json_output = flag_anywhere(&matches, "json");
+    let cli = agentrt::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let serving = matches!(cli.command, agentrt::cli::Command::Serve { .. });
+    if !serving {
         die_quietly_on_a_closed_pipe();
     }
+    // The server logs what it does; a one-off command prints its result, and only warnings
+    // besides (AGENTRT_LOG shows more).
+    let default_filter = if serving { "warn,agentrt=info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTRT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,agentrt=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let json_logs = std::env::var("AGENTRT_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour for a person at a terminal, not escape codes in a log file or a journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json_logs {
         builder.json().init();
@@ -23,7 +33,30 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error {}: {}", e.code, e.message);
+            if json_output && !agentrt::cli::printed_json() {
+                // What a script asked for JSON reads: the error body the HTTP API answers.
+                let kind = agentrt::error_code::ErrorCode::parse(e.code).map(|c| c.kind());
+                let body = serde_json::json!({
+                    "error": {"code": e.code, "type": kind, "message": e.message}
+                });
+                println!("{body}");
+            }
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether the boolean flag `id` is set on the command or any of its subcommands (`--json`
+/// is global, so clap records it on the subcommand it was given with).
+fn flag_anywhere(matches: &clap::ArgMatches, id: &str) -> bool {
+    let mut m = matches;
+    loop {
+        if m.try_get_one::<bool>(id).ok().flatten().copied() == Some(true) {
+            return true;
+        }
+        match m.subcommand() {
+            Some((_, sub)) => m = sub,
+            None => return false,
         }
     }
 }

@@ -392,14 +392,27 @@ async fn refuse_declared_oversize(
 }
 
 /// Serve `app` on `addr` until Ctrl-C or SIGTERM.
-pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+/// Serve on `listener`, bound by the caller before the models load: an address in use is
+/// found in a moment, not after minutes of loading.
+pub async fn serve(state: AppState, listener: std::net::TcpListener) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     // Signals are caught from before the server says it listens: one sent right after that
     // line must shut it down gracefully, not end it by the signal's default action.
     let signal = shutdown_signal();
     tracing::info!(address = %listener.local_addr()?, "agentrt listening");
-    // Scripts and tests read this line to learn the port when they asked for port 0.
-    println!("agentrt listening on http://{}", listener.local_addr()?);
+    // Scripts and tests read this line to learn the port when they asked for port 0. Nobody
+    // reading it (`serve | true`) is no reason to fail: the server ignores SIGPIPE.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(
+            out,
+            "agentrt listening on http://{}",
+            listener.local_addr()?
+        );
+        let _ = out.flush();
+    }
     let runs = state.runs.clone();
     let draining = state.draining.clone();
     let drain = state.limits.drain;
@@ -408,6 +421,12 @@ pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Resu
     let finish_within = state.limits.request_timeout;
     let signalled = async move {
         signal.await;
+        // A second Ctrl-C or SIGTERM means now: the operator will not wait for the drain.
+        tokio::spawn(async {
+            interrupted_again().await;
+            tracing::warn!("signalled again: exiting without waiting for requests and runs");
+            std::process::exit(130);
+        });
         // Tell the load balancer first (ready answers 503), keep serving while it notices,
         // then stop accepting and let the requests in flight finish.
         draining.store(true, Ordering::Relaxed);
@@ -509,6 +528,27 @@ async fn stdin_closed() {
         }
     }
     tracing::info!("stdin closed; shutting down");
+}
+
+/// The next SIGTERM or Ctrl-C.
+async fn interrupted_again() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! { _ = term.recv() => {}, _ = interrupt.recv() => {} }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// SIGTERM, Ctrl-C or (when asked for) stdin closing. The signal handlers are registered

@@ -558,3 +558,72 @@ fn run_refuses_more_retries_than_the_pipeline_makes() {
     assert!(!ok, "accepted --max-retries 7");
     assert!(stderr.contains("max-retries"), "{stderr}");
 }
+
+#[test]
+fn check_reads_stdin_names_the_file_and_can_gate_on_severity() {
+    use std::io::Write;
+    let code = "def f(x):\n    return exec(x)\n";
+    let sample = crate::harness::scratch_root().join("gate.py");
+    std::fs::write(&sample, code).expect("write");
+    let path = sample.to_str().expect("utf-8");
+    // Findings point at the file, as a linter's do.
+    let (ok, stdout, stderr) = run(&["check", path]);
+    assert!(ok, "findings alone do not fail the command: {stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with(&format!("{path}:2:"))),
+        "{stdout}"
+    );
+    // --fail-on makes them fail it: dangerous-call is an error.
+    let (ok, _, stderr) = run(&["check", path, "--fail-on", "error"]);
+    assert!(!ok && stderr.contains("error REV_003"), "{stderr}");
+    // The same code from standard input.
+    let mut child = std::process::Command::new(crate::harness::agentrt_bin())
+        .args(["check", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(code.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("<stdin>:2:") && stdout.contains("dangerous-call"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn errors_come_as_json_too_when_json_is_asked_for() {
+    let missing = crate::harness::scratch_root().join("not-there.py");
+    let (ok, stdout, stderr) = run(&["check", missing.to_str().expect("utf-8"), "--json"]);
+    assert!(!ok);
+    assert!(stderr.contains("error VAL_002"), "{stderr}");
+    let body: Value = serde_json::from_str(stdout.trim()).expect("a JSON error on stdout");
+    assert_eq!(body["error"]["code"], "VAL_002", "{body}");
+    assert_eq!(body["error"]["type"], "validation_error", "{body}");
+}
+
+#[test]
+fn serve_refuses_a_busy_address_before_loading_anything() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = held.local_addr().expect("address").to_string();
+    let (ok, _, stderr) = run(&["serve", "--listen", &address]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("error VAL_002") && stderr.contains(&address),
+        "{stderr}"
+    );
+    // Refused at once: no model was loaded first.
+    assert!(!stderr.contains("model loaded"), "{stderr}");
+}

@@ -328,6 +328,7 @@ impl RemoteModel {
         Ok(Generation {
             events,
             model: None,
+            abandoned: None,
         })
     }
 

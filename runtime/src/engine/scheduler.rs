@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 
@@ -122,6 +122,19 @@ pub(crate) struct Request {
     pub control: Control,
     pub timer: GenerationTimer,
     pub progress: mpsc::Sender<Progress>,
+    /// Set when the caller drops its [`crate::engine::Generation`]: nobody waits for the
+    /// answer, so the request gives its place back at the next look, as a cancelled one does.
+    pub abandoned: Arc<AtomicBool>,
+}
+
+impl Request {
+    /// Whether the request should still run: not abandoned, cancelled or past its deadline.
+    fn check(&self) -> Result<(), EngineError> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        self.control.check()
+    }
 }
 
 /// What the scheduler thread needs of its model.
@@ -154,7 +167,7 @@ impl Queue {
     /// End the waiting requests that were cancelled or ran past their deadline while queued,
     /// freeing their places.
     fn drop_abandoned(&mut self) {
-        self.waiting.retain(|r| match r.control.check() {
+        self.waiting.retain(|r| match r.check() {
             Ok(()) => true,
             Err(why) => {
                 let _ = r.progress.send(Progress::Done(Err(why)));
@@ -324,7 +337,7 @@ impl Worker {
             }
             // Leave before the pass: cancelled, past the deadline.
             for s in running.iter_mut() {
-                if let Err(e) = s.request.control.check() {
+                if let Err(e) = s.request.check() {
                     s.outcome = Some(Err(e));
                 }
             }
@@ -384,7 +397,7 @@ impl Worker {
     /// Start a request's sequence: its KV cache is allocated now, for prompt and answer, and
     /// starts with the longest prefix of the prompt the prefix cache holds.
     fn admit(&mut self, mut request: Request) -> Option<Sequence> {
-        if let Err(e) = request.control.check() {
+        if let Err(e) = request.check() {
             let _ = request.progress.send(Progress::Done(Err(e)));
             return None;
         }
@@ -801,6 +814,44 @@ mod tests {
         let stats = limited.batch_stats();
         assert_eq!(stats.largest_batch, 2, "{stats:?}");
         assert_eq!(few.passes().iter().map(Vec::len).max(), Some(2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_dropped_generation_gives_its_queue_place_back() {
+        let dir = synthetic_checkpoint("dropped");
+        let base = limited(&dir, 1, 16).with_batch_limits(BatchLimits {
+            max_batch: 1,
+            queue: 1,
+            prefix_cache: 0,
+            prefill_chunk: 16,
+        });
+        let probe = Arc::new(Probe::new(base.model.clone(), 1));
+        let model = with_model(base, probe.clone());
+        // Made after the model, so a failing assertion drops the gate's sender first and the
+        // scheduler thread the model's drop joins is not left waiting at the gate.
+        let (open, gate) = mpsc::channel();
+        *probe.gate.lock().expect("gate") = Some(gate);
+        let params = SamplingParams {
+            max_tokens: 4,
+            ..SamplingParams::default()
+        };
+        let prompt = Prompt::Text("hello".into());
+        let start = || model.start(&prompt, &params, &Control::default());
+        // The first holds the only batch place (its first pass waits at the gate)...
+        let first = start().expect("runs");
+        while model.batch_stats().waiting > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // ...the second the only queue place.
+        let second = start().expect("queued");
+        assert!(matches!(start(), Err(EngineError::QueueFull { .. })));
+        // Nobody waits for the second any more: its place goes to the next request.
+        drop(second);
+        let third = start().expect("the dropped request's place");
+        open.send(()).expect("open the gate");
+        first.finish(&mut |_| {}).expect("first");
+        third.finish(&mut |_| {}).expect("third");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
