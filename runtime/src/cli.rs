@@ -824,12 +824,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 env_count("AGENTRT_RUN_WORKERS").unwrap_or(crate::runs::DEFAULT_WORKERS),
                 env_count("AGENTRT_RUN_QUEUE").unwrap_or(crate::runs::DEFAULT_CAPACITY),
             ));
+            let limits = crate::server::Limits::from_env();
             let state = crate::server::AppState {
                 engine,
                 pipeline,
                 api_keys: Arc::new(api_keys),
                 runs,
-                limits: crate::server::Limits::from_env(),
+                sync_slots: Arc::new(tokio::sync::Semaphore::new(limits.sync_requests)),
+                limits,
                 draining: Default::default(),
             };
             let rt = tokio::runtime::Runtime::new()

@@ -43,6 +43,12 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The interpreter's own stack needs more than wasmtime's default for Python's recursion limit.
 const MAX_WASM_STACK: usize = 4 << 20;
 
+/// Host resources (open files and directories, streams) one run may hold at once. CPython
+/// needs a handful, and the WASI libc it is built with stops near 128 open files today; the
+/// cap keeps that bound on the host side whatever interpreter runs, since each open file is
+/// a host file descriptor shared with every client's `accept`.
+pub(crate) const MAX_OPEN_RESOURCES: usize = 256;
+
 /// Why the sandbox is not available.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -601,8 +607,13 @@ impl PythonSandbox {
         if let Err(e) = builder.preopened_dir(scratch, "/tmp", wasmtime_wasi::FsPerms::ReadWrite) {
             return RunEnd::Crashed(format!("no scratch folder: {e:#}"));
         }
+        let mut wasi = builder.build_p1();
+        {
+            use wasmtime_wasi::WasiView;
+            wasi.ctx().table.set_max_capacity(MAX_OPEN_RESOURCES);
+        }
         let state = RunState {
-            wasi: builder.build_p1(),
+            wasi,
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
                 .instances(1)

@@ -48,6 +48,10 @@ pub struct Limits {
     /// How long the server keeps answering (ready: 503) after a shutdown signal before it
     /// stops accepting.
     pub drain: Duration,
+    /// Requests on the answer-when-done routes (`/generate`, `/check`, `/review`, `/pipeline`,
+    /// `/chat`) worked on at once; more are refused with 429 `QUEUE_001` at once, as a full run
+    /// queue is, instead of each holding a thread (and a sandbox's memory) while it waits.
+    pub sync_requests: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +61,7 @@ impl Default for Limits {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             header_timeout: Duration::from_secs(30),
             drain: Duration::from_secs(5),
+            sync_requests: 16,
         }
     }
 }
@@ -89,6 +94,11 @@ impl Limits {
             body_timeout: secs("AGENTRT_BODY_TIMEOUT", true).unwrap_or(d.body_timeout),
             header_timeout: secs("AGENTRT_HEADER_TIMEOUT", true).unwrap_or(d.header_timeout),
             drain: secs("AGENTRT_DRAIN_SECONDS", false).unwrap_or(d.drain),
+            sync_requests: std::env::var("AGENTRT_SYNC_REQUESTS")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(d.sync_requests),
         }
     }
 }
@@ -135,6 +145,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Set when the server starts shutting down: `/health/ready` answers 503 from then on.
     pub draining: Arc<AtomicBool>,
+    /// Places for requests on the answer-when-done routes ([`Limits::sync_requests`]).
+    pub sync_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router with every route.

@@ -250,3 +250,61 @@ fn a_streamed_request_whose_client_leaves_while_queued_gives_up_its_place() {
     );
     drop(long);
 }
+
+#[test]
+fn answer_when_done_routes_refuse_past_their_places_instead_of_piling_up() {
+    // One place; a check that sleeps through its 3 s deadline holds it.
+    let manifest = std::fs::read_to_string(
+        super::harness::repo_root().join("tests/plugins/sleep-check/plugin.toml"),
+    )
+    .expect("manifest")
+    .replace("timeout-ms = 1000", "timeout-ms = 3000");
+    let plugins =
+        super::harness::plugin_folder("sync-places", "sleep-check", "sleep-check", Some(&manifest));
+    let s = Server::start_with_env(
+        &["--plugins", plugins.to_str().expect("utf-8")],
+        &[("AGENTRT_SYNC_REQUESTS", "1")],
+    );
+    let refused = std::thread::scope(|scope| {
+        // It may itself meet the place taken by a probe below: it asks again until it has it.
+        let asleep = scope.spawn(|| {
+            loop {
+                let answer = s.post(
+                    "/check",
+                    &json!({"code": "x = 1\n", "checks": ["sleep-check"]}),
+                );
+                if answer.0 != 429 {
+                    return answer;
+                }
+            }
+        });
+        // While it works, another request is refused at once, with a time to come back.
+        let mut refused = None;
+        while !asleep.is_finished() && refused.is_none() {
+            let (status, headers, text) = s.exchange(
+                "POST",
+                "/check",
+                &[],
+                Some(&json!({"code": "y = 2\n", "checks": ["python-quality"]})),
+            );
+            if status == 429 {
+                refused = Some((headers, text));
+            }
+        }
+        let (status, body) = asleep.join().expect("join");
+        assert_eq!(status, 200, "{body}");
+        refused
+    });
+    let (headers, text) = refused.expect("no request was refused while the only place was held");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(error_code(&body), "QUEUE_001", "{body}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("retry-after")),
+        "{headers:?}"
+    );
+    // The place is free again once the work is done.
+    let (status, body) = s.post("/check", &json!({"code": "y = 2\n"}));
+    assert_eq!(status, 200, "{body}");
+}

@@ -90,7 +90,11 @@ impl SnapshotRunner {
         }
         let state = SnapshotState {
             wasi: builder.build(),
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(super::MAX_OPEN_RESOURCES);
+                table
+            },
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .instances(COMPONENT_PARTS)

@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
@@ -402,6 +402,35 @@ async fn run(job: Job) -> Result<Response, OpenAiError> {
     Ok(Json(body).into_response())
 }
 
+/// How long a streamed answer waits for a client that has stopped reading
+/// (`AGENTRT_STREAM_STALL_SECS`, default 60 s) before it cancels the generation and lets go of
+/// its thread: a client that never reads must not hold one for as long as its socket lives.
+fn stream_stall_limit() -> Duration {
+    static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("AGENTRT_STREAM_STALL_SECS")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or(Duration::from_secs(60), Duration::from_secs_f64)
+    })
+}
+
+/// Hand `event` to the response stream from a blocking thread, waiting at most `limit` for
+/// room: false when the client has gone or stopped reading.
+fn send_within(
+    runtime: &tokio::runtime::Handle,
+    tx: &tokio::sync::mpsc::Sender<Event>,
+    event: Event,
+    limit: Duration,
+) -> bool {
+    // The timer is made inside `block_on`, in the runtime's context.
+    matches!(
+        runtime.block_on(async { tokio::time::timeout(limit, tx.send(event)).await }),
+        Ok(Ok(()))
+    )
+}
+
 /// Server-sent events from a generation on a blocking thread; when the client goes away the
 /// next send fails and the generation is cancelled. The generation is queued before the
 /// answer starts, so a full queue is still a plain 429 with `Retry-After`.
@@ -453,9 +482,13 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
             }
         });
     }
+    let stall = stream_stall_limit();
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         // Dropped however this closure ends.
         let _finished = finished;
+        // Once a client has stopped reading, nothing more is offered to it.
+        let stalled = std::cell::Cell::new(false);
         let chunk = |choices: Value, usage: Option<Value>| {
             let mut v = json!({
                 "id": id,
@@ -470,7 +503,11 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
             Event::default().data(v.to_string())
         };
         let send = |event: Event| {
-            if tx.blocking_send(event).is_err() {
+            if stalled.get() {
+                return;
+            }
+            if !send_within(&runtime, &tx, event, stall) {
+                stalled.set(true);
                 cancel.store(true, Ordering::Relaxed);
             }
         };
@@ -723,6 +760,36 @@ pub async fn model(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_nobody_reads_gives_up_after_its_stall_limit() {
+        // As in the server: a runtime whose workers drive the timers while a blocking thread
+        // waits in `block_on`.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let (tx, rx) = tokio::sync::mpsc::channel::<Event>(1);
+        let handle = runtime.handle().clone();
+        let limit = Duration::from_millis(50);
+        // Room for one event; the second waits for a reader that never comes, then gives up.
+        assert!(send_within(&handle, &tx, Event::default().data("1"), limit));
+        assert!(!send_within(
+            &handle,
+            &tx,
+            Event::default().data("2"),
+            limit
+        ));
+        // A reader gone altogether is noticed at once.
+        drop(rx);
+        assert!(!send_within(
+            &handle,
+            &tx,
+            Event::default().data("3"),
+            limit
+        ));
+    }
 
     fn sampling(body: Value) -> SamplingParams {
         let Ok(params) = serde_json::from_value::<Common>(body)

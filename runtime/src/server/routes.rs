@@ -66,14 +66,30 @@ where
     F: FnOnce() -> (Result<Value, ApiError>, u64) + Send + 'static,
 {
     let started = Instant::now();
+    // A place among the requests worked on at once, held until the work ends (not just until
+    // the client is answered: a request cut at its deadline still works until it notices).
+    let Ok(place) = state.sync_slots.clone().try_acquire_owned() else {
+        let busy = ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "{} requests are being worked on (AGENTRT_SYNC_REQUESTS); retry later, or submit \
+                 the task to /v1/pipeline/runs",
+                state.limits.sync_requests
+            ),
+        );
+        return Err(record_rejection(state, endpoint, busy));
+    };
     // The request's span (its id) goes with the work to the blocking thread.
     let span = tracing::Span::current();
-    let (result, tokens) = tokio::task::spawn_blocking(move || span.in_scope(work))
-        .await
-        .unwrap_or_else(|e| {
-            let failed = ApiError::new(ErrorCode::Internal, format!("worker failed: {e}"));
-            (Err(failed), 0)
-        });
+    let (result, tokens) = tokio::task::spawn_blocking(move || {
+        let _place = place;
+        span.in_scope(work)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let failed = ApiError::new(ErrorCode::Internal, format!("worker failed: {e}"));
+        (Err(failed), 0)
+    });
     let ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(value) => {
