@@ -89,6 +89,11 @@ pub enum EngineError {
         code: ErrorCode,
         message: String,
     },
+    #[error(
+        "the request's KV cache needs {need_mib} MiB (its prompt plus max_tokens), more than the \
+         {budget_mib} MiB all requests may hold (AGENTRT_KV_CACHE_MB): ask for fewer tokens"
+    )]
+    KvCacheBudget { need_mib: usize, budget_mib: usize },
     #[error("cannot run model {path} on {device}: {message}")]
     Device {
         path: PathBuf,
@@ -114,7 +119,9 @@ impl EngineError {
             Self::QueueFull { .. } => ErrorCode::QueueFull,
             Self::Timeout => ErrorCode::ModelTimeout,
             Self::Runtime(_) => ErrorCode::GenerationFailed,
-            Self::Device { memory: true, .. } => ErrorCode::ModelMemory,
+            Self::Device { memory: true, .. } | Self::KvCacheBudget { .. } => {
+                ErrorCode::ModelMemory
+            }
             Self::Device { .. } => ErrorCode::ModelNotAvailable,
             Self::Remote { code, .. } => *code,
         }
@@ -583,6 +590,17 @@ impl LoadedModel {
                 max_tokens,
                 context,
             });
+        }
+        let limits = self.batch_limits();
+        if limits.kv_cache > 0 && self.model.max_sequences() == usize::MAX {
+            let need = (prompt_ids.len() + max_tokens).saturating_mul(self.kv_bytes_per_position());
+            // Never admitted otherwise: refused now, not left waiting for room that cannot come.
+            if need > limits.kv_cache {
+                return Err(EngineError::KvCacheBudget {
+                    need_mib: need.div_ceil(1 << 20),
+                    budget_mib: limits.kv_cache >> 20,
+                });
+            }
         }
         control.check()?;
         let scheduler = self.scheduler()?;

@@ -53,6 +53,11 @@ pub struct BatchLimits {
     /// Prompt tokens one pass reads, over all the sequences still reading their prompts
     /// (at least 1); decoding sequences' single tokens come on top.
     pub prefill_chunk: usize,
+    /// Bytes of host KV cache the running sequences may reserve together (each reserves its
+    /// prompt plus `max_tokens`); a request that would pass it waits for others to end, one
+    /// larger than all of it is refused (`MODEL_003`). 0: no limit. Device caches have their
+    /// own fixed slots and are not counted.
+    pub kv_cache: usize,
 }
 
 impl Default for BatchLimits {
@@ -62,6 +67,7 @@ impl Default for BatchLimits {
             queue: 64,
             prefix_cache: 256 << 20,
             prefill_chunk: 256,
+            kv_cache: 0,
         }
     }
 }
@@ -70,7 +76,8 @@ impl BatchLimits {
     /// `AGENTRT_MAX_BATCH` (default 8) and `AGENTRT_GENERATION_QUEUE` (default 64), where
     /// values that are not whole numbers of at least 1 keep the default; and
     /// `AGENTRT_PREFIX_CACHE_MB` (default 256, 0 turns prefix reuse off); and
-    /// `AGENTRT_PREFILL_CHUNK` (default 256).
+    /// `AGENTRT_PREFILL_CHUNK` (default 256); `AGENTRT_KV_CACHE_MB` (default half the memory
+    /// available when the server starts, where the system says; 0: no limit).
     pub fn from_env() -> Self {
         let read = |name: &str, least: usize, default: usize| {
             std::env::var(name)
@@ -86,8 +93,28 @@ impl BatchLimits {
             prefix_cache: read("AGENTRT_PREFIX_CACHE_MB", 0, d.prefix_cache >> 20)
                 .saturating_mul(1 << 20),
             prefill_chunk: read("AGENTRT_PREFILL_CHUNK", 1, d.prefill_chunk),
+            kv_cache: match std::env::var("AGENTRT_KV_CACHE_MB")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                Some(mb) => mb.saturating_mul(1 << 20),
+                None => available_memory().map_or(0, |bytes| bytes / 2),
+            },
         }
     }
+}
+
+/// Memory the system could give this process now (Linux's `MemAvailable`), if it says.
+fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 /// What the scheduler has done so far (for tests, `/stats` and the load benchmark).
@@ -197,9 +224,17 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub fn start(model: StepModel, limits: BatchLimits) -> Result<Self, EngineError> {
         let shared = Arc::new(Shared::default());
+        // Host caches only: a device keeps its caches in slots sized at load.
+        let kv_position_bytes = if model.model.max_sequences() == usize::MAX {
+            model.model.kv_values_per_position() * model.kv_precision.bytes()
+        } else {
+            0
+        };
         let worker = Worker {
             model,
             shared: shared.clone(),
+            kv_budget: limits.kv_cache,
+            kv_position_bytes,
             max_batch: limits.max_batch.max(1),
             prefill_chunk: limits.prefill_chunk.max(1),
             prefixes: PrefixCache::new(limits.prefix_cache),
@@ -284,6 +319,10 @@ struct Sequence {
 struct Worker {
     model: StepModel,
     shared: Arc<Shared>,
+    /// [`BatchLimits::kv_cache`].
+    kv_budget: usize,
+    /// Bytes a host KV cache takes per position (0 for device caches: not counted).
+    kv_position_bytes: usize,
     max_batch: usize,
     prefill_chunk: usize,
     prefixes: PrefixCache,
@@ -320,8 +359,24 @@ impl Worker {
                 }
                 queue.drop_abandoned();
                 let free = self.max_batch.saturating_sub(running.len());
-                let take = free.min(queue.waiting.len());
-                admitted.extend(queue.waiting.drain(..take));
+                // First come first served within the KV budget: the front request waits (and
+                // those behind it) until enough running ones end. One always runs; a request
+                // larger than the whole budget was refused when it was submitted.
+                let mut reserved: usize = running.iter().map(|s| self.kv_need(&s.request)).sum();
+                while admitted.len() < free {
+                    let Some(need) = queue.waiting.front().map(|r| self.kv_need(r)) else {
+                        break;
+                    };
+                    let alone = running.is_empty() && admitted.is_empty();
+                    if self.kv_budget > 0
+                        && reserved.saturating_add(need) > self.kv_budget
+                        && !alone
+                    {
+                        break;
+                    }
+                    reserved = reserved.saturating_add(need);
+                    admitted.extend(queue.waiting.pop_front());
+                }
             }
             // Admitted outside the lock: a newcomer's KV cache and its prefix copy would
             // otherwise hold up every submitter.
@@ -392,6 +447,12 @@ impl Worker {
                 tracing::error!(model = %self.model.id, "finishing a sequence failed; its request ends without an answer");
             }
         }
+    }
+
+    /// Host KV-cache bytes `request` reserves: prompt and answer.
+    fn kv_need(&self, request: &Request) -> usize {
+        (request.prompt_ids.len() + request.params.max_tokens as usize)
+            .saturating_mul(self.kv_position_bytes)
     }
 
     /// Start a request's sequence: its KV cache is allocated now, for prompt and answer, and
@@ -742,6 +803,7 @@ mod tests {
                 queue: 16,
                 prefix_cache: 0,
                 prefill_chunk,
+                kv_cache: 0,
             })
     }
 
@@ -818,6 +880,62 @@ mod tests {
     }
 
     #[test]
+    fn requests_wait_for_room_in_the_kv_budget_and_one_past_all_of_it_is_refused() {
+        let dir = synthetic_checkpoint("kv-budget");
+        let params = SamplingParams {
+            max_tokens: 8,
+            ..SamplingParams::default()
+        };
+        let prompts: Vec<Prompt> = (0..3)
+            .map(|i| Prompt::Text(format!("request {i}")))
+            .collect();
+        let probe_base = limited(&dir, 8, 16);
+        let position = probe_base.kv_bytes_per_position();
+        let most = prompts
+            .iter()
+            .map(|p| probe_base.tokenize_prompt(p).expect("tokens").len())
+            .max()
+            .expect("prompts")
+            + params.max_tokens as usize;
+        // Room for two of the three at once.
+        let base = probe_base.with_batch_limits(BatchLimits {
+            max_batch: 8,
+            queue: 16,
+            prefix_cache: 0,
+            prefill_chunk: 16,
+            kv_cache: 2 * most * position + position,
+        });
+        let probe = Arc::new(Probe::new(base.model.clone(), usize::MAX));
+        let model = with_model(base, probe.clone());
+        let (open, gate) = mpsc::channel();
+        *probe.gate.lock().expect("gate") = Some(gate);
+        let generations: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                model
+                    .start(p, &params, &Control::default())
+                    .expect("queued")
+            })
+            .collect();
+        open.send(()).expect("open the gate");
+        for g in generations {
+            g.finish(&mut |_| {}).expect("every request ends");
+        }
+        assert_eq!(probe.passes().iter().map(Vec::len).max(), Some(2));
+        // One that needs more than the whole budget can never run: refused at once.
+        let long = SamplingParams {
+            max_tokens: (3 * most) as u32,
+            ..params
+        };
+        let refused = model.start(&prompts[0], &long, &Control::default());
+        assert!(
+            matches!(refused, Err(EngineError::KvCacheBudget { .. })),
+            "{refused:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_dropped_generation_gives_its_queue_place_back() {
         let dir = synthetic_checkpoint("dropped");
         let base = limited(&dir, 1, 16).with_batch_limits(BatchLimits {
@@ -825,6 +943,7 @@ mod tests {
             queue: 1,
             prefix_cache: 0,
             prefill_chunk: 16,
+            kv_cache: 0,
         });
         let probe = Arc::new(Probe::new(base.model.clone(), 1));
         let model = with_model(base, probe.clone());
@@ -865,6 +984,7 @@ mod tests {
             queue: 16,
             prefix_cache: 16 << 20,
             prefill_chunk: 16,
+            kv_cache: 0,
         });
         let (open, gate) = mpsc::channel();
         let recorder = Arc::new(Probe::new(base.model.clone(), 8));
