@@ -814,6 +814,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             warm_sandbox(&pipeline);
             let store = open_store(&opts)?;
+            if let Some(keep) = crate::runs::retention_from_env() {
+                crate::runs::spawn_retention(store.clone(), keep).map_err(|e| {
+                    CliError::new(
+                        ErrorCode::Internal,
+                        format!("cannot start pruning old runs: {e}"),
+                    )
+                })?;
+            }
             pipeline
                 .stats
                 .persist_to(store.clone())

@@ -497,6 +497,57 @@ impl Runs {
     }
 }
 
+/// How long finished runs are kept (`AGENTRT_RUN_RETENTION_DAYS`; unset or 0: for ever).
+pub fn retention_from_env() -> Option<Duration> {
+    std::env::var("AGENTRT_RUN_RETENTION_DAYS")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .map(|days| Duration::from_secs_f64((days * 86_400.0).min(1e10)))
+}
+
+/// Delete runs that ended more than `keep` ago, with their events, now and every hour after,
+/// on a thread of its own; a few hundred at a time, so a first prune of a large store does not
+/// hold the store's lock for long.
+pub fn spawn_retention(store: Arc<dyn RunStore>, keep: Duration) -> std::io::Result<()> {
+    const BATCH: usize = 500;
+    const EVERY: Duration = Duration::from_secs(3600);
+    std::thread::Builder::new()
+        .name("agentrt-retention".into())
+        .spawn(move || {
+            loop {
+                let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+                let before = now_ms().saturating_sub(keep_ms);
+                let mut deleted = 0;
+                loop {
+                    match store.prune_finished(before, BATCH) {
+                        Ok(n) => {
+                            deleted += n;
+                            if n < BATCH {
+                                break;
+                            }
+                            // Room for the server's own writes between batches.
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => {
+                            tracing::warn!("pruning old runs failed (tried again later): {e}");
+                            break;
+                        }
+                    }
+                }
+                if deleted > 0 {
+                    tracing::info!(
+                        deleted,
+                        days = keep.as_secs_f64() / 86_400.0,
+                        "deleted runs past their retention"
+                    );
+                }
+                std::thread::sleep(EVERY);
+            }
+        })
+        .map(|_| ())
+}
+
 fn in_flight(state: &str) -> prometheus_client::metrics::gauge::Gauge {
     crate::metrics::global()
         .runs_in_flight
@@ -555,6 +606,45 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert!(events[1].data.contains("\"attempt\":2"), "{:?}", events[1]);
         drop((emitter, store));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[test]
+    fn retention_prunes_ended_runs_in_the_background() {
+        let path = std::env::temp_dir().join(format!(
+            "agentrt-retention-{}-{}.db",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let store = Arc::new(Store::open(&path).expect("store"));
+        store
+            .insert_run("old", &serde_json::json!({}))
+            .expect("insert");
+        store
+            .insert_run("live", &serde_json::json!({}))
+            .expect("insert");
+        let done = StoredEvent {
+            seq: 1,
+            at_ms: now_ms(),
+            kind: "done".into(),
+            data: "{\"type\":\"done\"}".into(),
+        };
+        store
+            .finish_run("old", RunState::Completed, None, None, &done)
+            .expect("finish");
+        std::thread::sleep(Duration::from_millis(20));
+        spawn_retention(store.clone(), Duration::from_millis(10)).expect("spawn");
+        let until = Instant::now() + Duration::from_secs(30);
+        while store.run("old").expect("read").is_some() {
+            assert!(Instant::now() < until, "the ended run was never pruned");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            store.run("live").expect("read").is_some(),
+            "a queued run was pruned"
+        );
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }

@@ -199,6 +199,9 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// or crashed under them) as failed with `RUN_002`, each with a closing `done` event.
     /// Returns how many. Call before accepting new runs.
     fn interrupt_unfinished(&self) -> Result<usize, StoreError>;
+    /// Delete up to `limit` runs that ended before `before_ms`, with their events (retention;
+    /// runs still queued or running are never touched): how many were deleted.
+    fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError>;
     /// The database's own checks where it has them, plus the store's invariants: every
     /// finished run ends with one `done` event, event numbers have no gaps. `Ok(())` or the
     /// problems found.
@@ -602,6 +605,32 @@ impl RunStore for Store {
     /// Mark the runs a previous process left `queued` or `running` (it stopped or crashed
     /// under them) as failed with `RUN_002`, each with a closing `done` event. Returns how
     /// many. Call before accepting new runs.
+    fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS pruned (id TEXT PRIMARY KEY)",
+                [],
+            )?;
+            tx.execute("DELETE FROM pruned", [])?;
+            let n = tx.execute(
+                "INSERT INTO pruned SELECT id FROM runs
+                 WHERE state IN ('completed', 'failed', 'cancelled') AND updated_at_ms < ?1
+                 ORDER BY updated_at_ms LIMIT ?2",
+                rusqlite::params![before_ms, limit],
+            )?;
+            tx.execute(
+                "DELETE FROM run_events WHERE run_id IN (SELECT id FROM pruned)",
+                [],
+            )?;
+            tx.execute("DELETE FROM runs WHERE id IN (SELECT id FROM pruned)", [])?;
+            tx.execute("DELETE FROM pruned", [])?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
     fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
         let error = interrupted_error();
         self.with(|c| {
@@ -974,6 +1003,43 @@ mod conformance {
         );
     }
 
+    pub fn retention_deletes_old_finished_runs_only(h: &Harness) {
+        let store = h.open();
+        for id in ["old-done", "old-failed", "running", "fresh"] {
+            store.insert_run(id, &Value::Null).expect("insert");
+            store
+                .append_event(id, &event(1, "stage_started"))
+                .expect("event");
+        }
+        store.set_running("running").expect("running");
+        for (id, state) in [
+            ("old-done", RunState::Completed),
+            ("old-failed", RunState::Failed),
+        ] {
+            store
+                .finish_run(id, state, None, None, &event(2, "done"))
+                .expect("finish");
+        }
+        let cut = now_ms() + 1;
+        // A run that ends after the cut is kept, however long ago it started.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store
+            .finish_run("fresh", RunState::Completed, None, None, &event(2, "done"))
+            .expect("finish");
+        // One at a time, as asked; then the rest.
+        assert_eq!(store.prune_finished(cut, 1).expect("prune"), 1);
+        assert_eq!(store.prune_finished(cut, 100).expect("prune"), 1);
+        assert_eq!(store.prune_finished(cut, 100).expect("prune"), 0);
+        for gone in ["old-done", "old-failed"] {
+            assert!(store.run(gone).expect("read").is_none(), "{gone} kept");
+            assert!(store.events_after(gone, 0).expect("events").is_empty());
+        }
+        for kept in ["running", "fresh"] {
+            assert!(store.run(kept).expect("read").is_some(), "{kept} pruned");
+        }
+        assert_eq!(store.check_integrity().expect("check"), Ok(()));
+    }
+
     pub fn a_store_from_a_newer_schema_is_refused(h: &Harness) {
         h.open()
             .execute_for_test(h.newer_schema)
@@ -1002,6 +1068,7 @@ mod conformance {
         runs_list_newest_first,
         a_second_server_on_the_same_store_is_refused,
         plugin_statistics_are_kept,
+        retention_deletes_old_finished_runs_only,
         a_store_from_a_newer_schema_is_refused,
     );
 

@@ -425,6 +425,27 @@ impl RunStore for PgStore {
         })
     }
 
+    fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let ids: Vec<String> = tx
+                .query(
+                    "SELECT id FROM runs
+                     WHERE state IN ('completed', 'failed', 'cancelled') AND updated_at_ms < $1
+                     ORDER BY updated_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+                    &[&before_ms, &limit],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            tx.execute("DELETE FROM run_events WHERE run_id = ANY($1)", &[&ids])?;
+            tx.execute("DELETE FROM runs WHERE id = ANY($1)", &[&ids])?;
+            tx.commit()?;
+            Ok(ids.len())
+        })
+    }
+
     fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
         let error = interrupted_error();
         let done =
