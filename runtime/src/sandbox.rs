@@ -199,10 +199,16 @@ fn drive<T: RunData>(
     store.limiter(|s| s.limits());
     store.set_epoch_deadline(1);
     let (scratch, cap) = (scratch.to_path_buf(), limits.scratch_bytes);
-    let mut ticks = 0u32;
+    // Measured at most every SCRATCH_CHECK of the run's time, but at every chance after a long
+    // host call: a test writing hundreds of MB per call gives few chances, and each must
+    // count, or it writes gigabytes past the cap between two looks.
+    let mut checked = Instant::now();
     store.epoch_deadline_callback(move |mut ctx| {
-        ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(10) && folder_bytes(&scratch) > cap {
+        let due = checked.elapsed() >= SCRATCH_CHECK;
+        if due {
+            checked = Instant::now();
+        }
+        if due && folder_bytes(&scratch) > cap {
             *ctx.data_mut().scratch_overflow() = true;
             return Err(wasmtime::Error::msg("scratch folder over its cap"));
         }
@@ -225,14 +231,46 @@ fn drive<T: RunData>(
     }
 }
 
-/// A run's scratch folder on the host, deleted when dropped.
+/// How often a run's scratch folder is measured against its cap.
+const SCRATCH_CHECK: Duration = Duration::from_millis(100);
+
+/// A run's scratch folder on the host, deleted when dropped. Its name carries the process id,
+/// so folders a killed server left behind are found and removed ([`sweep_orphaned_scratch`]).
 struct Scratch(std::path::PathBuf);
+
+const SCRATCH_PREFIX: &str = "agentrt-scratch-";
 
 impl Scratch {
     fn create(nonce: &str) -> std::io::Result<Self> {
-        let path = std::env::temp_dir().join(format!("agentrt-scratch-{nonce}"));
+        let path =
+            std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}-{nonce}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         Ok(Self(path))
+    }
+}
+
+/// Remove the scratch folders of processes that have ended (a server killed mid-run cannot
+/// delete its own). Needs /proc to tell; without it nothing is removed.
+fn sweep_orphaned_scratch() {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -335,6 +373,7 @@ impl PythonSandbox {
         cache: &CompileCache,
         limits: SandboxLimits,
     ) -> Result<Self, SandboxError> {
+        sweep_orphaned_scratch();
         let bytes = std::fs::read(python_wasm).map_err(|source| SandboxError::Missing {
             path: python_wasm.to_path_buf(),
             source,
@@ -746,4 +785,24 @@ fn nonce() -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_folders_of_ended_processes_are_swept_and_live_ones_kept() {
+        let nonce = rand::random::<u64>();
+        // No process has this id (Linux's pid_max is at most 2^22).
+        let orphan = std::env::temp_dir().join(format!("{SCRATCH_PREFIX}4000000000-{nonce}"));
+        let ours = Scratch::create(&format!("{nonce}")).expect("scratch");
+        std::fs::create_dir_all(orphan.join("deep")).expect("orphan");
+        sweep_orphaned_scratch();
+        if Path::new("/proc/self").exists() {
+            assert!(!orphan.exists(), "{} was left", orphan.display());
+        }
+        assert!(ours.0.exists(), "a live process's folder was swept");
+        let _ = std::fs::remove_dir_all(&orphan);
+    }
 }
