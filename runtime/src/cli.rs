@@ -624,10 +624,22 @@ fn warm_sandbox(pipeline: &Pipeline) {
     }
 }
 
-/// The server's socket, bound before anything loads. An address another process holds, or one
-/// this user may not bind, is the operator's to change (`VAL_002`), not an internal error.
-fn bind(listen: std::net::SocketAddr) -> Result<std::net::TcpListener, CliError> {
-    std::net::TcpListener::bind(listen).map_err(|e| {
+/// The server's socket, bound before anything loads (it listens only once the server is
+/// ready, so nothing connects to a server still loading). An address another process holds, or
+/// one this user may not bind, is the operator's to change (`VAL_002`), not an internal error.
+fn bind(listen: std::net::SocketAddr) -> Result<tokio::net::TcpSocket, CliError> {
+    let bound = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .and_then(|socket| {
+        // As std's listener does: a restart may bind while the last one's connections linger.
+        socket.set_reuseaddr(true)?;
+        socket.bind(listen)?;
+        Ok(socket)
+    });
+    bound.map_err(|e| {
         let code = match e.kind() {
             std::io::ErrorKind::AddrInUse
             | std::io::ErrorKind::PermissionDenied

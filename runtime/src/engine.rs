@@ -113,15 +113,17 @@ impl EngineError {
             | Self::UnsupportedArchitecture(_)
             | Self::NoChatTemplate(_) => ErrorCode::ModelNotAvailable,
             Self::NoFillInTheMiddle(_) => ErrorCode::InvalidInput,
-            Self::ContextOverflow { .. } => ErrorCode::ModelContextOverflow,
+            // Too long for what the operator lets a request hold: the client's to shorten (a
+            // 422 clients do not retry, as for the context), not a server fault.
+            Self::ContextOverflow { .. } | Self::KvCacheBudget { .. } => {
+                ErrorCode::ModelContextOverflow
+            }
             Self::InvalidInput(_) => ErrorCode::InvalidInput,
             Self::Cancelled => ErrorCode::Cancelled,
             Self::QueueFull { .. } => ErrorCode::QueueFull,
             Self::Timeout => ErrorCode::ModelTimeout,
             Self::Runtime(_) => ErrorCode::GenerationFailed,
-            Self::Device { memory: true, .. } | Self::KvCacheBudget { .. } => {
-                ErrorCode::ModelMemory
-            }
+            Self::Device { memory: true, .. } => ErrorCode::ModelMemory,
             Self::Device { .. } => ErrorCode::ModelNotAvailable,
             Self::Remote { code, .. } => *code,
         }

@@ -234,41 +234,59 @@ fn drive<T: RunData>(
 /// How often a run's scratch folder is measured against its cap.
 const SCRATCH_CHECK: Duration = Duration::from_millis(100);
 
-/// A run's scratch folder on the host, deleted when dropped. Its name carries the process id,
-/// so folders a killed server left behind are found and removed ([`sweep_orphaned_scratch`]).
+/// A run's scratch folder on the host, deleted when dropped. Its name carries the process id
+/// and its PID namespace, so folders a killed server left behind are found and removed
+/// ([`sweep_orphaned_scratch`]) by a later one that can tell they are dead.
 struct Scratch(std::path::PathBuf);
 
 const SCRATCH_PREFIX: &str = "agentrt-scratch-";
 
 impl Scratch {
     fn create(nonce: &str) -> std::io::Result<Self> {
-        let path =
-            std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}-{nonce}", std::process::id()));
+        let namespace = pid_namespace().unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "{SCRATCH_PREFIX}{namespace}-{}-{nonce}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&path)?;
         Ok(Self(path))
     }
 }
 
-/// Remove the scratch folders of processes that have ended (a server killed mid-run cannot
-/// delete its own). Needs /proc to tell; without it nothing is removed.
+/// The id of this process's PID namespace (Linux): process ids only say who lives within one.
+fn pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    link.to_str()?
+        .strip_prefix("pid:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Remove the scratch folders of ended processes of this PID namespace (a server killed
+/// mid-run cannot delete its own); folders of other namespaces (another container sharing the
+/// temp folder) are left alone, as is everything where the namespace cannot be read.
 fn sweep_orphaned_scratch() {
-    if !Path::new("/proc/self").exists() {
+    let Some(ours) = pid_namespace() else {
         return;
-    }
+    };
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
+        let mut parts = name
             .to_str()
             .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
+            .into_iter()
+            .flat_map(|rest| rest.splitn(3, '-'));
+        let (Some(namespace), Some(pid)) = (parts.next(), parts.next()) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        let (Ok(namespace), Ok(pid)) = (namespace.parse::<u64>(), pid.parse::<u32>()) else {
+            continue;
+        };
+        if namespace == ours && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -794,15 +812,25 @@ mod tests {
     #[test]
     fn scratch_folders_of_ended_processes_are_swept_and_live_ones_kept() {
         let nonce = rand::random::<u64>();
+        let namespace = pid_namespace().unwrap_or(0);
         // No process has this id (Linux's pid_max is at most 2^22).
-        let orphan = std::env::temp_dir().join(format!("{SCRATCH_PREFIX}4000000000-{nonce}"));
+        let orphan =
+            std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{namespace}-4000000000-{nonce}"));
+        // The same dead id in another namespace: another container's, not ours to judge.
+        let elsewhere = std::env::temp_dir().join(format!(
+            "{SCRATCH_PREFIX}{}-4000000000-{nonce}",
+            namespace.wrapping_add(1)
+        ));
         let ours = Scratch::create(&format!("{nonce}")).expect("scratch");
         std::fs::create_dir_all(orphan.join("deep")).expect("orphan");
+        std::fs::create_dir_all(&elsewhere).expect("elsewhere");
         sweep_orphaned_scratch();
-        if Path::new("/proc/self").exists() {
+        if pid_namespace().is_some() {
             assert!(!orphan.exists(), "{} was left", orphan.display());
         }
+        assert!(elsewhere.exists(), "another namespace's folder was swept");
         assert!(ours.0.exists(), "a live process's folder was swept");
         let _ = std::fs::remove_dir_all(&orphan);
+        let _ = std::fs::remove_dir_all(&elsewhere);
     }
 }

@@ -98,6 +98,7 @@ impl Limits {
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .filter(|n| *n > 0)
+                .map(|n| n.min(tokio::sync::Semaphore::MAX_PERMITS))
                 .unwrap_or(d.sync_requests),
         }
     }
@@ -404,11 +405,10 @@ async fn refuse_declared_oversize(
 }
 
 /// Serve `app` on `addr` until Ctrl-C or SIGTERM.
-/// Serve on `listener`, bound by the caller before the models load: an address in use is
-/// found in a moment, not after minutes of loading.
-pub async fn serve(state: AppState, listener: std::net::TcpListener) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
+/// Serve on `socket`, bound by the caller before the models load (an address in use is found
+/// in a moment, not after minutes of loading) and listening from now on.
+pub async fn serve(state: AppState, socket: tokio::net::TcpSocket) -> std::io::Result<()> {
+    let listener = socket.listen(1024)?;
     // Signals are caught from before the server says it listens: one sent right after that
     // line must shut it down gracefully, not end it by the signal's default action.
     let signal = shutdown_signal();
@@ -434,10 +434,11 @@ pub async fn serve(state: AppState, listener: std::net::TcpListener) -> std::io:
     let signalled = async move {
         signal.await;
         // A second Ctrl-C or SIGTERM means now: the operator will not wait for the drain.
-        tokio::spawn(async {
-            interrupted_again().await;
+        let again = interrupted_again();
+        tokio::spawn(async move {
+            let status = again.await;
             tracing::warn!("signalled again: exiting without waiting for requests and runs");
-            std::process::exit(130);
+            std::process::exit(status);
         });
         // Tell the load balancer first (ready answers 503), keep serving while it notices,
         // then stop accepting and let the requests in flight finish.
@@ -542,24 +543,33 @@ async fn stdin_closed() {
     tracing::info!("stdin closed; shutting down");
 }
 
-/// The next SIGTERM or Ctrl-C.
-async fn interrupted_again() {
+/// The next SIGTERM or Ctrl-C, listened for from the call on: the exit status it should end
+/// the process with (128 + the signal, as a shell reports it).
+fn interrupted_again() -> impl std::future::Future<Output = i32> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut interrupt)) => {
-                tokio::select! { _ = term.recv() => {}, _ = interrupt.recv() => {} }
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            match signals {
+                (Ok(mut term), Ok(mut interrupt)) => tokio::select! {
+                    _ = term.recv() => 143,
+                    _ = interrupt.recv() => 130,
+                },
+                _ => std::future::pending::<i32>().await,
             }
-            _ => std::future::pending::<()>().await,
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            130
+        }
     }
 }
 

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS runs (
     error_message TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_creation ON runs (created_at_ms);
+CREATE INDEX IF NOT EXISTS runs_by_update ON runs (updated_at_ms);
 CREATE TABLE IF NOT EXISTS run_events (
     run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
@@ -602,9 +603,6 @@ impl RunStore for Store {
         })
     }
 
-    /// Mark the runs a previous process left `queued` or `running` (it stopped or crashed
-    /// under them) as failed with `RUN_002`, each with a closing `done` event. Returns how
-    /// many. Call before accepting new runs.
     fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with(|c| {
@@ -631,6 +629,9 @@ impl RunStore for Store {
         })
     }
 
+    /// Mark the runs a previous process left `queued` or `running` (it stopped or crashed
+    /// under them) as failed with `RUN_002`, each with a closing `done` event. Returns how
+    /// many. Call before accepting new runs.
     fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
         let error = interrupted_error();
         self.with(|c| {

@@ -268,7 +268,12 @@ fn answer_when_done_routes_refuse_past_their_places_instead_of_piling_up() {
     let refused = std::thread::scope(|scope| {
         // It may itself meet the place taken by a probe below: it asks again until it has it.
         let asleep = scope.spawn(|| {
+            let until = std::time::Instant::now() + Duration::from_secs(120);
             loop {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "the sleeping check never got a place"
+                );
                 let answer = s.post(
                     "/check",
                     &json!({"code": "x = 1\n", "checks": ["sleep-check"]}),

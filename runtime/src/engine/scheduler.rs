@@ -76,8 +76,11 @@ impl BatchLimits {
     /// `AGENTRT_MAX_BATCH` (default 8) and `AGENTRT_GENERATION_QUEUE` (default 64), where
     /// values that are not whole numbers of at least 1 keep the default; and
     /// `AGENTRT_PREFIX_CACHE_MB` (default 256, 0 turns prefix reuse off); and
-    /// `AGENTRT_PREFILL_CHUNK` (default 256); `AGENTRT_KV_CACHE_MB` (default half the memory
-    /// available when the server starts, where the system says; 0: no limit).
+    /// `AGENTRT_PREFILL_CHUNK` (default 256); `AGENTRT_KV_CACHE_MB` (default 0: no limit).
+    /// The budget is off unless set: caches take memory only as positions fill, so a default
+    /// from the machine's memory would refuse long requests that fit, while the memory the
+    /// system reports (page cache of the mapped weights, a container's host) can be too
+    /// generous to prevent anything; the operator knows what the model may have.
     pub fn from_env() -> Self {
         let read = |name: &str, least: usize, default: usize| {
             std::env::var(name)
@@ -93,28 +96,9 @@ impl BatchLimits {
             prefix_cache: read("AGENTRT_PREFIX_CACHE_MB", 0, d.prefix_cache >> 20)
                 .saturating_mul(1 << 20),
             prefill_chunk: read("AGENTRT_PREFILL_CHUNK", 1, d.prefill_chunk),
-            kv_cache: match std::env::var("AGENTRT_KV_CACHE_MB")
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            {
-                Some(mb) => mb.saturating_mul(1 << 20),
-                None => available_memory().map_or(0, |bytes| bytes / 2),
-            },
+            kv_cache: read("AGENTRT_KV_CACHE_MB", 0, 0).saturating_mul(1 << 20),
         }
     }
-}
-
-/// Memory the system could give this process now (Linux's `MemAvailable`), if it says.
-fn available_memory() -> Option<usize> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: usize = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    kib.checked_mul(1024)
 }
 
 /// What the scheduler has done so far (for tests, `/stats` and the load benchmark).
@@ -959,7 +943,12 @@ mod tests {
         let start = || model.start(&prompt, &params, &Control::default());
         // The first holds the only batch place (its first pass waits at the gate)...
         let first = start().expect("runs");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while model.batch_stats().waiting > 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the first was never admitted"
+            );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         // ...the second the only queue place.

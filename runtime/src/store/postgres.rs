@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS runs (
     owner TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_creation ON runs (created_at_ms);
+CREATE INDEX IF NOT EXISTS runs_by_update ON runs (updated_at_ms);
 CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (owner) WHERE state IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS run_events (
     run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
