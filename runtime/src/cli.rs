@@ -928,6 +928,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             fail_on,
             opts,
         } => {
+            if file.as_os_str() == "-" && tests.as_ref().is_some_and(|t| t.as_os_str() == "-") {
+                return Err(CliError::new(
+                    ErrorCode::InvalidInput,
+                    "the code and its tests cannot both come from standard input",
+                ));
+            }
             let artifact = CodeArtifact {
                 language: "python".into(),
                 code: read_file(&file)?,

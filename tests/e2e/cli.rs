@@ -601,6 +601,9 @@ fn check_reads_stdin_names_the_file_and_can_gate_on_severity() {
         stdout.contains("<stdin>:2:") && stdout.contains("dangerous-call"),
         "{stdout}"
     );
+    // Standard input holds one of them, not both.
+    let (ok, _, stderr) = run(&["check", "-", "--tests", "-"]);
+    assert!(!ok && stderr.contains("error VAL_002"), "{stderr}");
 }
 
 #[test]
