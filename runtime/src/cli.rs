@@ -524,7 +524,7 @@ pub fn load_pipeline_with_reload(
 }
 
 /// A positive count from the environment.
-fn env_count(name: &str) -> Option<usize> {
+pub(crate) fn env_count(name: &str) -> Option<usize> {
     std::env::var(name)
         .ok()
         .and_then(|v| v.trim().parse().ok())

@@ -593,16 +593,16 @@ impl LoadedModel {
                 context,
             });
         }
-        let limits = self.batch_limits();
-        if limits.kv_cache > 0 && self.model.max_sequences() == usize::MAX {
-            let need = (prompt_ids.len() + max_tokens).saturating_mul(self.kv_bytes_per_position());
-            // Never admitted otherwise: refused now, not left waiting for room that cannot come.
-            if need > limits.kv_cache {
-                return Err(EngineError::KvCacheBudget {
-                    need_mib: need.div_ceil(1 << 20),
-                    budget_mib: limits.kv_cache >> 20,
-                });
-            }
+        let budget = self.batch_limits.kv_cache;
+        let need = (prompt_ids.len() + max_tokens).saturating_mul(
+            scheduler::host_kv_position_bytes(&*self.model, self.kv_precision),
+        );
+        // Never admitted otherwise: refused now, not left waiting for room that cannot come.
+        if budget > 0 && need > budget {
+            return Err(EngineError::KvCacheBudget {
+                need_mib: need.div_ceil(1 << 20),
+                budget_mib: budget >> 20,
+            });
         }
         control.check()?;
         let scheduler = self.scheduler()?;

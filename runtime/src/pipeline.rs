@@ -583,20 +583,8 @@ impl Pipeline {
         let duration_ms = started.elapsed().as_millis() as u64;
         if self.run.cancelled() {
             // Stopped by the cancellation, not failed: not counted against the code.
-            let stage = StageReport {
-                stage: stage_name(Stage::Test).to_string(),
-                plugin: SANDBOX_NAME.to_string(),
-                attempt,
-                status: "cancelled".to_string(),
-                duration_ms,
-                tokens: 0,
-                models: Vec::new(),
-                error: self.cancelled(),
-            };
-            self.run.emit(PipelineEvent::StageFinished {
-                report: stage.clone(),
-            });
-            stages.push(stage);
+            let error = self.cancelled();
+            self.test_stage(attempt, "cancelled", duration_ms, error, stages);
             return None;
         }
         let failed = !report.all_passed();
@@ -615,25 +603,38 @@ impl Pipeline {
         }
         self.stats
             .record_plugin(SANDBOX_NAME, duration_ms, 0, failed.then_some(TESTS_FAILED));
-        let stage = StageReport {
-            stage: stage_name(Stage::Test).to_string(),
-            plugin: SANDBOX_NAME.to_string(),
-            attempt,
-            status: if failed { "failed" } else { "ok" }.to_string(),
-            duration_ms,
-            tokens: 0,
-            models: Vec::new(),
-            error: None,
-        };
-        self.run.emit(PipelineEvent::StageFinished {
-            report: stage.clone(),
-        });
+        let status = if failed { "failed" } else { "ok" };
+        self.test_stage(attempt, status, duration_ms, None, stages);
         self.run.emit(PipelineEvent::Tests {
             attempt,
             report: report.clone(),
         });
-        stages.push(stage);
         Some(report)
+    }
+
+    /// The sandbox's report of a test stage, announced and kept.
+    fn test_stage(
+        &self,
+        attempt: u32,
+        status: &str,
+        duration_ms: u64,
+        error: Option<ErrorOut>,
+        stages: &mut Vec<StageReport>,
+    ) {
+        let report = StageReport {
+            stage: stage_name(Stage::Test).to_string(),
+            plugin: SANDBOX_NAME.to_string(),
+            attempt,
+            status: status.to_string(),
+            duration_ms,
+            tokens: 0,
+            models: Vec::new(),
+            error,
+        };
+        self.run.emit(PipelineEvent::StageFinished {
+            report: report.clone(),
+        });
+        stages.push(report);
     }
 
     /// The whole pipeline for one task.

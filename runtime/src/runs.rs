@@ -357,38 +357,33 @@ impl Runs {
             .name(format!("run-{}", &id[..8]))
             .spawn(move || span.in_scope(|| this.execute(&run_id, req, live)));
         if let Err(e) = spawned {
-            in_flight("queued").dec();
             let error = ErrorOut::new(ErrorCode::Internal, format!("cannot start the run: {e}"));
-            // Counted as every other end of a run is.
-            crate::metrics::count_pipeline_run("failed");
-            let internal = Some(ErrorCode::Internal.as_str());
-            self.pipeline
-                .stats
-                .record_endpoint(STATS_ENDPOINT, 0, 0, internal);
-            let done = emitter.finish(RunState::Failed, None, Some(&error));
-            self.live().remove(&id);
-            emitter.announce(done);
+            self.end_unrun(&id, &emitter, RunState::Failed, error);
         }
         Ok(record)
     }
 
+    /// End a run that never ran (its thread could not start, or it was cancelled while
+    /// queued): counted as every other end of a run is, stored, and announced once it has
+    /// left the live table.
+    fn end_unrun(&self, id: &str, emitter: &Emitter, state: RunState, error: ErrorOut) {
+        in_flight("queued").dec();
+        crate::metrics::count_pipeline_run(state.as_str());
+        self.pipeline
+            .stats
+            .record_endpoint(STATS_ENDPOINT, 0, 0, Some(error.code.as_str()));
+        let done = emitter.finish(state, None, Some(&error));
+        self.live().remove(id);
+        emitter.announce(done);
+    }
+
     fn execute(&self, id: &str, req: PipelineRequest, live: Arc<LiveRun>) {
         let emitter = Arc::new(Emitter::new(id, self.store.clone(), live.clone()));
-        let cancelled = || ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled");
         if !self.slots.acquire(self.workers, &live.cancel) {
-            in_flight("queued").dec();
             // Cancelled before it started: counted as a run that ended so, as one cancelled
             // while running is.
-            crate::metrics::count_pipeline_run("cancelled");
-            self.pipeline.stats.record_endpoint(
-                STATS_ENDPOINT,
-                0,
-                0,
-                Some(ErrorCode::Cancelled.as_str()),
-            );
-            let done = emitter.finish(RunState::Cancelled, None, Some(&cancelled()));
-            self.live().remove(id);
-            emitter.announce(done);
+            let error = ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled");
+            self.end_unrun(id, &emitter, RunState::Cancelled, error);
             return;
         }
         in_flight("queued").dec();

@@ -94,10 +94,7 @@ impl Limits {
             body_timeout: secs("AGENTRT_BODY_TIMEOUT", true).unwrap_or(d.body_timeout),
             header_timeout: secs("AGENTRT_HEADER_TIMEOUT", true).unwrap_or(d.header_timeout),
             drain: secs("AGENTRT_DRAIN_SECONDS", false).unwrap_or(d.drain),
-            sync_requests: std::env::var("AGENTRT_SYNC_REQUESTS")
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|n| *n > 0)
+            sync_requests: crate::cli::env_count("AGENTRT_SYNC_REQUESTS")
                 .map(|n| n.min(tokio::sync::Semaphore::MAX_PERMITS))
                 .unwrap_or(d.sync_requests),
         }
@@ -434,7 +431,7 @@ pub async fn serve(state: AppState, socket: tokio::net::TcpSocket) -> std::io::R
     let signalled = async move {
         signal.await;
         // A second Ctrl-C or SIGTERM means now: the operator will not wait for the drain.
-        let again = interrupted_again();
+        let again = interrupted();
         tokio::spawn(async move {
             let status = again.await;
             tracing::warn!("signalled again: exiting without waiting for requests and runs");
@@ -543,39 +540,9 @@ async fn stdin_closed() {
     tracing::info!("stdin closed; shutting down");
 }
 
-/// The next SIGTERM or Ctrl-C, listened for from the call on: the exit status it should end
-/// the process with (128 + the signal, as a shell reports it).
-fn interrupted_again() -> impl std::future::Future<Output = i32> {
-    #[cfg(unix)]
-    let signals = {
-        use tokio::signal::unix::{SignalKind, signal};
-        (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        )
-    };
-    async move {
-        #[cfg(unix)]
-        {
-            match signals {
-                (Ok(mut term), Ok(mut interrupt)) => tokio::select! {
-                    _ = term.recv() => 143,
-                    _ = interrupt.recv() => 130,
-                },
-                _ => std::future::pending::<i32>().await,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            130
-        }
-    }
-}
-
-/// SIGTERM, Ctrl-C or (when asked for) stdin closing. The signal handlers are registered
-/// when this is called, not when the future is first polled.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// The next SIGTERM or Ctrl-C, listened for from the call on (not from the first poll): the
+/// exit status it should end the process with (128 + the signal, as a shell reports it).
+fn interrupted() -> impl std::future::Future<Output = i32> {
     #[cfg(unix)]
     let (term, interrupt) = {
         use tokio::signal::unix::{SignalKind, signal};
@@ -587,24 +554,31 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async move {
         #[cfg(unix)]
         {
-            // A handler that could not be registered waits for ever; the other ways still end it.
-            let wait = |registered: std::io::Result<tokio::signal::unix::Signal>| async move {
+            // A handler that could not be registered waits for ever; the other still ends it.
+            let wait = |registered: std::io::Result<tokio::signal::unix::Signal>, status| async move {
                 match registered {
                     Ok(mut s) => {
                         s.recv().await;
+                        status
                     }
-                    Err(_) => std::future::pending::<()>().await,
+                    Err(_) => std::future::pending::<i32>().await,
                 }
             };
-            tokio::select! { _ = wait(term) => {}, _ = wait(interrupt) => {}, _ = stdin_closed() => {} }
+            tokio::select! { s = wait(term, 143) => s, s = wait(interrupt, 130) => s }
         }
         #[cfg(not(unix))]
         {
-            let ctrl_c = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            tokio::select! { _ = ctrl_c => {}, _ = stdin_closed() => {} }
+            let _ = tokio::signal::ctrl_c().await;
+            130
         }
+    }
+}
+
+/// SIGTERM, Ctrl-C or (when asked for) stdin closing, listened for from the call on.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let signal = interrupted();
+    async move {
+        tokio::select! { _ = signal => {}, _ = stdin_closed() => {} }
         tracing::info!("shutting down");
     }
 }

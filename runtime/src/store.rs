@@ -605,27 +605,14 @@ impl RunStore for Store {
 
     fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Their events go with them (ON DELETE CASCADE; foreign keys are on).
         self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS pruned (id TEXT PRIMARY KEY)",
-                [],
-            )?;
-            tx.execute("DELETE FROM pruned", [])?;
-            let n = tx.execute(
-                "INSERT INTO pruned SELECT id FROM runs
+            c.execute(
+                "DELETE FROM runs WHERE id IN (SELECT id FROM runs
                  WHERE state IN ('completed', 'failed', 'cancelled') AND updated_at_ms < ?1
-                 ORDER BY updated_at_ms LIMIT ?2",
+                 ORDER BY updated_at_ms LIMIT ?2)",
                 rusqlite::params![before_ms, limit],
-            )?;
-            tx.execute(
-                "DELETE FROM run_events WHERE run_id IN (SELECT id FROM pruned)",
-                [],
-            )?;
-            tx.execute("DELETE FROM runs WHERE id IN (SELECT id FROM pruned)", [])?;
-            tx.execute("DELETE FROM pruned", [])?;
-            tx.commit()?;
-            Ok(n)
+            )
         })
     }
 

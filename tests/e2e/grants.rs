@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, plugin_folder, repo_root, run_cli};
+use crate::harness::{Server, plugin_folder, run_cli, test_plugin_manifest_with};
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -358,10 +358,7 @@ fn more_concurrent_calls_than_instance_slots_wait_their_turn() {
     // Waiting for a slot counts against a call's deadline: a long one, so that a call that
     // keeps losing the race for a freed slot on a loaded machine still gets one.
     let manifest =
-        std::fs::read_to_string(repo_root().join("tests/plugins/echo-check/plugin.toml"))
-            .expect("manifest")
-            .replace("timeout-ms = 1000", "timeout-ms = 30000");
-    assert!(manifest.contains("timeout-ms = 30000"), "{manifest}");
+        test_plugin_manifest_with("echo-check", "timeout-ms = 1000", "timeout-ms = 30000");
     let plugins = plugin_folder("slots", "echo-check", "echo-check", Some(&manifest));
     let config = plugins.join("agentrt.toml");
     std::fs::write(&config, "[limits]\ninstance-pool = 2\n").expect("config");

@@ -362,18 +362,39 @@ pub fn plugin_folder(label: &str, wasm_of: &str, name: &str, manifest: Option<&s
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::copy(test_plugin_wasm(wasm_of), dir.join(format!("{name}.wasm"))).expect("copy wasm");
-    let manifest = match manifest {
-        Some(text) => text.to_string(),
-        None => std::fs::read_to_string(
-            repo_root()
-                .join("tests/plugins")
-                .join(wasm_of)
-                .join("plugin.toml"),
-        )
-        .expect("read manifest"),
-    };
+    let manifest = manifest.map_or_else(|| test_plugin_manifest(wasm_of), str::to_string);
     std::fs::write(dir.join(format!("{name}.toml")), manifest).expect("write manifest");
     dir
+}
+
+/// Test plugin `name`'s own manifest (`tests/plugins/NAME/plugin.toml`).
+pub fn test_plugin_manifest(name: &str) -> String {
+    std::fs::read_to_string(
+        repo_root()
+            .join("tests/plugins")
+            .join(name)
+            .join("plugin.toml"),
+    )
+    .expect("read manifest")
+}
+
+/// Test plugin `name`'s manifest with `from` (which must be in it) replaced by `to`.
+pub fn test_plugin_manifest_with(name: &str, from: &str, to: &str) -> String {
+    let manifest = test_plugin_manifest(name);
+    assert!(
+        manifest.contains(from),
+        "{name}'s manifest lacks {from:?}: {manifest}"
+    );
+    manifest.replace(from, to)
+}
+
+/// Test plugin `name` added to the plugin folder `dir`: `NAME.wasm` beside its own manifest.
+pub fn add_test_plugin(dir: &Path, name: &str) {
+    let wasm = test_plugin_wasm(name);
+    std::fs::copy(&wasm, dir.join(format!("{name}.wasm")))
+        .unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
+    std::fs::write(dir.join(format!("{name}.toml")), test_plugin_manifest(name))
+        .expect("write manifest");
 }
 
 /// Run the agentrt CLI; returns (success, stdout, stderr).
@@ -442,7 +463,6 @@ pub fn test_plugin_wasm(name: &str) -> PathBuf {
 pub fn test_plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = repo_root();
         let dir = scratch_root().join(format!("agentrt-test-plugins-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         for name in [
@@ -456,14 +476,7 @@ pub fn test_plugin_dir() -> &'static Path {
             "hostcall-trap-check",
             "sleep-check",
         ] {
-            let wasm = test_plugin_wasm(name);
-            std::fs::copy(&wasm, dir.join(format!("{name}.wasm")))
-                .unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
-            std::fs::copy(
-                root.join("tests/plugins").join(name).join("plugin.toml"),
-                dir.join(format!("{name}.toml")),
-            )
-            .expect("copy manifest");
+            add_test_plugin(&dir, name);
         }
         dir
     })

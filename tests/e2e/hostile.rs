@@ -369,16 +369,7 @@ fn a_call_gives_up_on_slots_held_by_a_plugin_asleep_in_a_host_call() {
 #[test]
 fn a_check_the_error_handler_retries_runs_again() {
     let dir = plugin_folder("check-retry", "retry-handler", "retry-handler", None);
-    std::fs::copy(
-        crate::harness::test_plugin_wasm("hostcall-trap-check"),
-        dir.join("hostcall-trap-check.wasm"),
-    )
-    .expect("copy check");
-    std::fs::copy(
-        crate::harness::repo_root().join("tests/plugins/hostcall-trap-check/plugin.toml"),
-        dir.join("hostcall-trap-check.toml"),
-    )
-    .expect("copy manifest");
+    crate::harness::add_test_plugin(&dir, "hostcall-trap-check");
     let server = Server::start(&["--plugins", dir.to_str().expect("utf-8 path")]);
     let (status, body) = server.post(
         "/check",

@@ -254,11 +254,11 @@ fn a_streamed_request_whose_client_leaves_while_queued_gives_up_its_place() {
 #[test]
 fn answer_when_done_routes_refuse_past_their_places_instead_of_piling_up() {
     // One place; a check that sleeps through its 3 s deadline holds it.
-    let manifest = std::fs::read_to_string(
-        super::harness::repo_root().join("tests/plugins/sleep-check/plugin.toml"),
-    )
-    .expect("manifest")
-    .replace("timeout-ms = 1000", "timeout-ms = 3000");
+    let manifest = super::harness::test_plugin_manifest_with(
+        "sleep-check",
+        "timeout-ms = 1000",
+        "timeout-ms = 3000",
+    );
     let plugins =
         super::harness::plugin_folder("sync-places", "sleep-check", "sleep-check", Some(&manifest));
     let s = Server::start_with_env(

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use agentrt::store::RunStore;
 
 use super::harness::{
-    Server, error_code, fresh_store_path, plugin_folder, postgres_schema_url, repo_root,
-    run_cli_env, test_plugin_wasm,
+    Server, add_test_plugin, error_code, fresh_store_path, plugin_folder, postgres_schema_url,
+    run_cli_env, test_plugin_manifest_with,
 };
 
 const TASK: &str = "Write a function add(a, b) that returns the sum of two numbers";
@@ -605,11 +605,11 @@ fn a_backup_taken_under_load_restores_to_an_identical_store() {
 fn a_run_cancelled_during_its_review_ends_cancelled_not_completed() {
     // A reviewer that keeps calling the model until the host stops it, with a token budget it
     // cannot spend before its deadline: the review is under way for as long as the test needs.
-    let manifest =
-        std::fs::read_to_string(repo_root().join("tests/plugins/token-loop-reviewer/plugin.toml"))
-            .expect("manifest")
-            .replace("tokens-per-minute = 200", "tokens-per-minute = 100000000");
-    assert!(manifest.contains("100000000"), "{manifest}");
+    let manifest = test_plugin_manifest_with(
+        "token-loop-reviewer",
+        "tokens-per-minute = 200",
+        "tokens-per-minute = 100000000",
+    );
     let plugins = plugin_folder(
         "review-cancel",
         "token-loop-reviewer",
@@ -661,26 +661,14 @@ fn a_check_that_aborts_a_retry_leaves_the_best_earlier_attempt_to_be_reviewed() 
         None,
     );
     for name in ["marker-check", "abort-check-handler"] {
-        std::fs::copy(test_plugin_wasm(name), plugins.join(format!("{name}.wasm")))
-            .expect("copy wasm");
-        std::fs::copy(
-            repo_root()
-                .join("tests/plugins")
-                .join(name)
-                .join("plugin.toml"),
-            plugins.join(format!("{name}.toml")),
-        )
-        .expect("copy manifest");
+        add_test_plugin(&plugins, name);
     }
     let s = Server::start(&["--plugins", plugins.to_str().expect("utf-8")]);
-    let (status, _, text) = s.exchange(
-        "POST",
+    let (status, run) = s.post(
         "/v1/pipeline/runs",
-        &[],
-        Some(&json!({"task_description": TASK, "max_retries": 1})),
+        &json!({"task_description": TASK, "max_retries": 1}),
     );
-    assert_eq!(status, 202, "{text}");
-    let run: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(status, 202, "{run}");
     let id = run["id"].as_str().expect("id").to_string();
     let all = events(&s, &id, &[]);
     let kinds: Vec<&str> = all.iter().map(|(_, k, _)| k.as_str()).collect();

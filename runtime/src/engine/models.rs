@@ -336,6 +336,18 @@ pub fn check_heads(
     Ok(())
 }
 
+/// A file without `output.weight` uses the embedding as its head, unless its config says the
+/// embeddings are not tied (`tied_head` `Some(false)`): then the head is missing, on every
+/// device.
+pub fn check_missing_head(tied_head: Option<bool>) -> Result<(), ModelFileError> {
+    if tied_head == Some(false) {
+        return Err(ModelFileError::MissingTensor(
+            "output.weight (lm_head.weight: the config says the embeddings are not tied)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Reject a rotary base that is not a positive finite number: 0, a negative base or NaN make
 /// every rotation NaN, and a base past `f32` (infinite) stops all but the first pair rotating.
 pub fn check_rope_base(base: f32) -> Result<(), ModelFileError> {

@@ -126,6 +126,16 @@ pub(crate) enum Progress {
     Done(Result<Completion, EngineError>),
 }
 
+/// Bytes of host KV cache one position of `model` takes against [`BatchLimits::kv_cache`]; 0
+/// for a model that keeps its caches in device slots sized at load (not counted).
+pub(crate) fn host_kv_position_bytes(model: &dyn CausalLm, precision: KvPrecision) -> usize {
+    if model.max_sequences() == usize::MAX {
+        model.kv_values_per_position() * precision.bytes()
+    } else {
+        0
+    }
+}
+
 /// A tokenised request on its way to the scheduler.
 pub(crate) struct Request {
     pub prompt_ids: Vec<u32>,
@@ -208,12 +218,7 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub fn start(model: StepModel, limits: BatchLimits) -> Result<Self, EngineError> {
         let shared = Arc::new(Shared::default());
-        // Host caches only: a device keeps its caches in slots sized at load.
-        let kv_position_bytes = if model.model.max_sequences() == usize::MAX {
-            model.model.kv_values_per_position() * model.kv_precision.bytes()
-        } else {
-            0
-        };
+        let kv_position_bytes = host_kv_position_bytes(&*model.model, model.kv_precision);
         let worker = Worker {
             model,
             shared: shared.clone(),
@@ -728,6 +733,13 @@ mod tests {
             self.passes.lock().expect("passes").push(sizes);
         }
 
+        /// Hold the first pass until the returned sender sends (or is dropped).
+        fn hold_first_pass(&self) -> mpsc::Sender<()> {
+            let (open, gate) = mpsc::channel();
+            *self.gate.lock().expect("gate") = Some(gate);
+            open
+        }
+
         fn passes(&self) -> Vec<Vec<usize>> {
             self.passes.lock().expect("passes").clone()
         }
@@ -833,8 +845,7 @@ mod tests {
             .collect();
         // The first pass waits until every request is queued: a tiny model can otherwise
         // finish one request before the next arrives, and nothing would ever share a pass.
-        let (open, gate) = mpsc::channel();
-        *few.gate.lock().expect("gate") = Some(gate);
+        let open = few.hold_first_pass();
         let generations: Vec<_> = prompts
             .iter()
             .map(|p| {
@@ -891,8 +902,7 @@ mod tests {
         });
         let probe = Arc::new(Probe::new(base.model.clone(), usize::MAX));
         let model = with_model(base, probe.clone());
-        let (open, gate) = mpsc::channel();
-        *probe.gate.lock().expect("gate") = Some(gate);
+        let open = probe.hold_first_pass();
         let generations: Vec<_> = prompts
             .iter()
             .map(|p| {
@@ -933,8 +943,7 @@ mod tests {
         let model = with_model(base, probe.clone());
         // Made after the model, so a failing assertion drops the gate's sender first and the
         // scheduler thread the model's drop joins is not left waiting at the gate.
-        let (open, gate) = mpsc::channel();
-        *probe.gate.lock().expect("gate") = Some(gate);
+        let open = probe.hold_first_pass();
         let params = SamplingParams {
             max_tokens: 4,
             ..SamplingParams::default()
@@ -975,9 +984,8 @@ mod tests {
             prefill_chunk: 16,
             kv_cache: 0,
         });
-        let (open, gate) = mpsc::channel();
         let recorder = Arc::new(Probe::new(base.model.clone(), 8));
-        *recorder.gate.lock().expect("gate") = Some(gate);
+        let open = recorder.hold_first_pass();
         let chunked = with_model(base, recorder.clone());
         let params = |max_tokens| SamplingParams {
             max_tokens,
@@ -1074,9 +1082,8 @@ mod tests {
     fn a_short_prompt_is_read_while_a_long_one_admitted_first_still_is() {
         let dir = synthetic_checkpoint("turns");
         let base = limited(&dir, 8, 16);
-        let (open, gate) = mpsc::channel();
         let recorder = Arc::new(Probe::new(base.model.clone(), 8));
-        *recorder.gate.lock().expect("gate") = Some(gate);
+        let open = recorder.hold_first_pass();
         let model = with_model(base, recorder.clone());
         let params = SamplingParams {
             max_tokens: 2,

@@ -410,9 +410,8 @@ fn stream_stall_limit() -> Duration {
     *LIMIT.get_or_init(|| {
         std::env::var("AGENTRT_STREAM_STALL_SECS")
             .ok()
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map_or(Duration::from_secs(60), Duration::from_secs_f64)
+            .and_then(|v| super::parse_seconds(&v, false))
+            .unwrap_or(Duration::from_secs(60))
     })
 }
 

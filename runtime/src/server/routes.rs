@@ -109,7 +109,7 @@ where
     }
 }
 
-fn record_rejection(state: &AppState, endpoint: &str, e: ApiError) -> ApiError {
+pub(super) fn record_rejection(state: &AppState, endpoint: &str, e: ApiError) -> ApiError {
     state
         .pipeline
         .stats

@@ -79,13 +79,7 @@ pub async fn create(
     // A submission refused here is a failed request of the endpoint, as on /pipeline (an
     // accepted one is counted when its run ends).
     let refuse = |e: ApiError| {
-        state.pipeline.stats.record_endpoint(
-            crate::runs::STATS_ENDPOINT,
-            0,
-            0,
-            Some(e.code.as_str()),
-        );
-        e.into_response()
+        super::routes::record_rejection(&state, crate::runs::STATS_ENDPOINT, e).into_response()
     };
     let body = match body {
         Ok(Json(b)) => b,

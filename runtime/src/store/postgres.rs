@@ -428,23 +428,16 @@ impl RunStore for PgStore {
 
     fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Their events go with them (ON DELETE CASCADE).
         self.with(|c| {
-            let mut tx = c.transaction()?;
-            let ids: Vec<String> = tx
-                .query(
-                    "SELECT id FROM runs
-                     WHERE state IN ('completed', 'failed', 'cancelled') AND updated_at_ms < $1
-                     ORDER BY updated_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
-                    &[&before_ms, &limit],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            tx.execute("DELETE FROM run_events WHERE run_id = ANY($1)", &[&ids])?;
-            tx.execute("DELETE FROM runs WHERE id = ANY($1)", &[&ids])?;
-            tx.commit()?;
-            Ok(ids.len())
+            c.execute(
+                "DELETE FROM runs WHERE id IN (SELECT id FROM runs
+                 WHERE state IN ('completed', 'failed', 'cancelled') AND updated_at_ms < $1
+                 ORDER BY updated_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&before_ms, &limit],
+            )
         })
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn interrupt_unfinished(&self) -> Result<usize, StoreError> {

@@ -160,14 +160,11 @@ impl Spec {
     /// two are untied: then the CPU engine refuses the model (llama.rs) and so does this one,
     /// rather than produce logits from the wrong matrix.
     pub fn head_tied(&self, has_output: bool) -> Result<bool, String> {
-        match (has_output, self.tied_head) {
-            (true, _) => Ok(false),
-            (false, Some(false)) => Err(
-                "tensor output.weight (lm_head.weight: the config says the embeddings are not tied) is missing"
-                    .into(),
-            ),
-            (false, _) => Ok(true),
+        if has_output {
+            return Ok(false);
         }
+        crate::engine::models::check_missing_head(self.tied_head).map_err(|e| e.to_string())?;
+        Ok(true)
     }
 
     /// Reject what the kernels cannot run, before any device memory is taken.

@@ -260,13 +260,10 @@ impl Llama {
         let embedding = store.packed_matrix("token_embd.weight", c.vocab, dim)?;
         let output = match store.optional_packed_matrix("output.weight", c.vocab, dim)? {
             Some(head) => head,
-            None if c.tied_head == Some(false) => {
-                return Err(ModelFileError::MissingTensor(
-                    "output.weight (lm_head.weight: the config says the embeddings are not tied)"
-                        .into(),
-                ));
+            None => {
+                super::check_missing_head(c.tied_head)?;
+                embedding.clone()
             }
-            None => embedding.clone(),
         };
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
