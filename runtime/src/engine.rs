@@ -812,9 +812,19 @@ fn kv_precision_from_env() -> kv_cache::KvPrecision {
         .unwrap_or_default()
 }
 
-/// Byte offset of the first stop sequence in `text`.
-pub(crate) fn earliest_stop(text: &str, stops: &[String]) -> Option<usize> {
-    stops.iter().filter_map(|s| text.find(s.as_str())).min()
+/// Byte offset of the first stop sequence in `text` that ends past `checked`, the length of
+/// text already searched (a growing answer is searched only where new text can complete a stop).
+pub(crate) fn earliest_stop(text: &str, stops: &[String], checked: usize) -> Option<usize> {
+    stops
+        .iter()
+        .filter_map(|stop| {
+            let mut from = checked.saturating_sub(stop.len().saturating_sub(1));
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            text[from..].find(stop.as_str()).map(|at| from + at)
+        })
+        .min()
 }
 
 /// Length of the prefix of `text` that no stop sequence can still claim and that ends on a
@@ -1272,7 +1282,11 @@ mod tests {
         assert_eq!(safe_prefix_len("abc`", &stops), 3);
         assert_eq!(safe_prefix_len("abc``", &stops), 3);
         assert_eq!(safe_prefix_len("abc", &stops), 3);
-        assert_eq!(earliest_stop("x```y", &stops), Some(1));
+        assert_eq!(earliest_stop("x```y", &stops, 0), Some(1));
+        // Only stops that end in the new text are looked for; one that does is found whole.
+        assert_eq!(earliest_stop("x```y", &stops, 4), None);
+        assert_eq!(earliest_stop("x```y", &stops, 3), Some(1));
+        assert_eq!(earliest_stop("é```", &stops, 4), Some(2));
         assert_eq!(safe_prefix_len("ab\u{FFFD}", &[]), 2);
         assert_eq!(safe_prefix_len("ab\u{FFFD}\u{FFFD}\u{FFFD}", &[]), 2);
         // A held-back replacement character and a multi-byte stop prefix together.

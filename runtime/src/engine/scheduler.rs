@@ -34,7 +34,7 @@ use super::kv_cache::{KvCache, KvPrecision};
 use super::models::{CausalLm, Next, Segment};
 use super::prefix_cache::PrefixCache;
 use super::sampling::{self, Sampler, SamplingParams};
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{DecodeState, Tokenizer};
 use super::{
     Completion, Control, EngineError, FinishReason, Usage, earliest_stop, safe_prefix_len,
 };
@@ -298,7 +298,9 @@ struct Sequence {
     /// the last token.
     input: Vec<u32>,
     generated: Vec<u32>,
+    /// The answer's text so far, decoded a piece at a time.
     text: String,
+    decoding: DecodeState,
     /// Bytes of `text` already handed to the caller.
     emitted: usize,
     /// Set when the sequence is over; it leaves the batch after the pass.
@@ -471,6 +473,7 @@ impl Worker {
             cache,
             request,
             generated: Vec::new(),
+            decoding: DecodeState::default(),
             text: String::new(),
             emitted: 0,
             outcome: None,
@@ -586,32 +589,38 @@ impl Worker {
     /// otherwise hand on the text no stop sequence can claim.
     fn accept(&self, s: &mut Sequence, next: u32) {
         let tokenizer = &self.model.tokenizer;
-        if tokenizer.stop_ids.contains(&next) {
+        let end = tokenizer.stop_ids.contains(&next);
+        if end {
             // The end marker answers the prompt (a time to first token when it comes first)
             // but is no token of the answer: the metrics count what `usage` counts.
             s.request.timer.first_text();
-            s.outcome = Some(Ok(FinishReason::EndOfSequence));
-            return;
+        } else {
+            s.request.timer.token();
+            s.generated.push(next);
+            s.history.push(next);
+            s.input = vec![next];
         }
-        s.request.timer.token();
-        s.generated.push(next);
-        s.history.push(next);
-        s.input = vec![next];
-        match tokenizer.decode(&s.generated) {
-            Ok(text) => s.text = text,
+        let last = end || s.generated.len() >= s.request.params.max_tokens as usize;
+        let checked = s.text.len();
+        match tokenizer.decode_next(&s.generated, &mut s.decoding, last) {
+            Ok(piece) => s.text.push_str(&piece),
             Err(e) => {
                 s.outcome = Some(Err(EngineError::Runtime(e.to_string())));
                 return;
             }
         }
         let stops = &s.request.params.stop;
-        if let Some(cut) = earliest_stop(&s.text, stops) {
+        if let Some(cut) = earliest_stop(&s.text, stops, checked) {
             s.text.truncate(cut);
             s.outcome = Some(Ok(FinishReason::StopSequence));
             return;
         }
-        // Hold back a tail that could still grow into a stop sequence, and an incomplete UTF-8
-        // sequence (shown as U+FFFD until it completes).
+        if end {
+            s.outcome = Some(Ok(FinishReason::EndOfSequence));
+            return;
+        }
+        // Hold back a tail that could still grow into a stop sequence (an unfinished character
+        // is not in the text until it completes).
         let safe = safe_prefix_len(&s.text, stops);
         if let Some(piece) = s.text.get(s.emitted..safe).filter(|p| !p.is_empty()) {
             let piece = piece.to_string();
@@ -622,7 +631,7 @@ impl Worker {
                 return;
             }
         }
-        if s.generated.len() >= s.request.params.max_tokens as usize {
+        if last {
             s.outcome = Some(Ok(FinishReason::Length));
         }
     }

@@ -264,7 +264,7 @@ impl SyntheticSpec {
 }
 
 /// A byte-level BPE tokenizer of exactly `vocab` tokens (at least 262).
-fn build_tokenizer(vocab: usize) -> io::Result<Tokenizer> {
+pub(crate) fn build_tokenizer(vocab: usize) -> io::Result<Tokenizer> {
     let alphabet: Vec<String> = {
         let mut chars: Vec<char> = ByteLevel::alphabet().into_iter().collect();
         chars.sort_unstable();
