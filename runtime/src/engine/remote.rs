@@ -8,10 +8,12 @@
 //! streamed request (`/chat/completions` for conversations, `/completions` for text and, with
 //! `suffix`, fill-in-the-middle) read on its own thread and handed on as it comes, exactly like a
 //! local generation: the caller sees the same [`Generation`]. Cancelling or a deadline closes
-//! the connection, which stops the remote generation. Sampling: `max_tokens`, `temperature`,
-//! `top_p`, `seed` and `stop` are sent; `top_k` and the repeat penalty are not part of the
-//! OpenAI API and stay with the remote's defaults. Token counts come from the remote's
-//! `/tokenize` (vLLM's and agentrt's).
+//! the connection, which stops the remote generation; so does a remote that sends nothing for
+//! `AGENTRT_REMOTE_STALL_SECS` (default 60 s; the wait for the answer's first byte counts),
+//! which fails the generation with `MODEL_002` instead of holding it and its thread.
+//! Sampling: `max_tokens`, `temperature`, `top_p`, `seed` and `stop` are sent; `top_k` and the
+//! repeat penalty are not part of the OpenAI API and stay with the remote's defaults. Token
+//! counts come from the remote's `/tokenize` (vLLM's and agentrt's).
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -32,9 +34,36 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PROBE_FRESH: Duration = Duration::from_secs(2);
 /// How long a health probe waits for the server.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a streamed generation may receive nothing before it fails, unless
+/// `AGENTRT_REMOTE_STALL_SECS` says otherwise: the same default as a client that stops reading
+/// (`AGENTRT_STREAM_STALL_SECS`).
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+/// The longest stall limit the environment may set; more is taken as this much (ureq adds the
+/// limit to the clock).
+const LONGEST_STALL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A health probe's answer (why the model cannot serve, if it cannot) and when it came.
 type ProbeAnswer = (Instant, Result<(), String>);
+
+/// The stall limit: `AGENTRT_REMOTE_STALL_SECS` when it holds a positive number of seconds,
+/// else [`STALL_LIMIT`].
+fn stall_limit_from_env() -> Duration {
+    std::env::var("AGENTRT_REMOTE_STALL_SECS")
+        .ok()
+        .and_then(|v| parse_stall(&v))
+        .unwrap_or(STALL_LIMIT)
+}
+
+/// A positive number of seconds (`"2.5"`), read as the server's other `*_SECS` settings are;
+/// at most [`LONGEST_STALL`]. Zero is refused: it would fail every read at once.
+fn parse_stall(text: &str) -> Option<Duration> {
+    let secs = text.trim().parse::<f64>().ok()?;
+    if secs.is_nan() || secs <= 0.0 {
+        return None;
+    }
+    let limit = Duration::try_from_secs_f64(secs).map_or(LONGEST_STALL, |d| d.min(LONGEST_STALL));
+    (!limit.is_zero()).then_some(limit)
+}
 
 /// Whether a model entry names a remote server rather than a file.
 pub fn is_remote(entry: &str) -> bool {
@@ -52,6 +81,9 @@ pub struct RemoteModel {
     agent: ureq::Agent,
     /// The remote's context length when it says (vLLM: `max_model_len`), else 0.
     pub context_length: u32,
+    /// Longest a streamed generation waits for its next byte ([`stall_limit_from_env`]); a
+    /// field so that tests set it without the environment.
+    stall_limit: Duration,
     /// The last health probe's answer and when it came.
     /// (Shared by clones: they ask the same server.)
     last_probe: std::sync::Arc<std::sync::Mutex<Option<ProbeAnswer>>>,
@@ -125,6 +157,7 @@ impl RemoteModel {
             }),
             agent,
             context_length: 0,
+            stall_limit: stall_limit_from_env(),
             last_probe: Default::default(),
             probing: Default::default(),
         };
@@ -269,11 +302,44 @@ impl RemoteModel {
 
     fn transport_error(&self, e: ureq::Error) -> EngineError {
         match e {
+            // Only a stream sets a per-read limit: the remote went silent, not our deadline.
+            ureq::Error::Timeout(ureq::Timeout::PerRead) => self.stalled(),
             ureq::Error::Timeout(_) => EngineError::Timeout,
             other => self.error(
                 None,
                 ErrorCode::ModelNotAvailable,
                 format!("cannot reach it: {other}"),
+            ),
+        }
+    }
+
+    /// A stream that received nothing for the stall limit: a timeout (`MODEL_002`, 504) that
+    /// names the server, as its other failures do, and the setting that bounds it.
+    fn stalled(&self) -> EngineError {
+        self.error(
+            None,
+            ErrorCode::ModelTimeout,
+            format!(
+                "sent nothing for {:?} of a streamed answer (AGENTRT_REMOTE_STALL_SECS)",
+                self.stall_limit
+            ),
+        )
+    }
+
+    /// A failed read of the stream. ureq hands its own errors, timeouts included, wrapped in
+    /// an I/O error of kind `Other`: unwrap them so a timeout is reported as one.
+    fn read_error(&self, e: std::io::Error) -> EngineError {
+        let wrapped = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>());
+        match wrapped {
+            Some(ureq::Error::Timeout(ureq::Timeout::PerRead)) => self.stalled(),
+            Some(ureq::Error::Timeout(_)) => EngineError::Timeout,
+            _ if e.kind() == std::io::ErrorKind::TimedOut => EngineError::Timeout,
+            _ => self.error(
+                None,
+                ErrorCode::GenerationFailed,
+                format!("stream broke off: {e}"),
             ),
         }
     }
@@ -371,7 +437,7 @@ impl RemoteModel {
     }
 
     /// Read the stream, handing text on; stops (closing the connection) when the caller goes
-    /// away, cancels or runs past its deadline.
+    /// away, cancels, runs past its deadline, or the remote sends nothing for the stall limit.
     fn stream(
         &self,
         path: &str,
@@ -380,11 +446,17 @@ impl RemoteModel {
         progress: &mpsc::Sender<Progress>,
         timer: &mut crate::metrics::GenerationTimer,
     ) -> Result<Completion, EngineError> {
-        let mut req = self.post(path);
-        if let Some(deadline) = control.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            req = req.config().timeout_global(Some(left)).build();
-        }
+        let left = control
+            .deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        // ureq restarts the per-read limit at each read of the socket (headers and body), so
+        // it bounds silence, not the length of the answer; the deadline bounds that.
+        let req = self
+            .post(path)
+            .config()
+            .timeout_global(left)
+            .timeout_per_read(Some(self.stall_limit))
+            .build();
         let mut resp = req
             .send(body.to_string())
             .map_err(|e| self.transport_error(e))?;
@@ -402,17 +474,8 @@ impl RemoteModel {
         loop {
             control.check()?;
             line.clear();
-            let read = std::io::BufRead::read_line(&mut reader, &mut line).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::TimedOut {
-                    EngineError::Timeout
-                } else {
-                    self.error(
-                        None,
-                        ErrorCode::GenerationFailed,
-                        format!("stream broke off: {e}"),
-                    )
-                }
-            })?;
+            let read = std::io::BufRead::read_line(&mut reader, &mut line)
+                .map_err(|e| self.read_error(e))?;
             if read == 0 {
                 return Err(self.error(
                     None,
@@ -557,6 +620,7 @@ mod tests {
                 .build()
                 .into(),
             context_length: 0,
+            stall_limit: STALL_LIMIT,
             last_probe: Default::default(),
             probing: Default::default(),
         };
@@ -572,5 +636,92 @@ mod tests {
         listener.set_nonblocking(true).expect("nonblocking");
         let asked = std::iter::from_fn(|| listener.accept().ok()).count();
         assert_eq!(asked, 1, "{answers:?}");
+    }
+
+    /// Read a request's head (through its blank line) from `conn`; its body stays unread.
+    fn read_request_head(conn: &mut std::net::TcpStream) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match std::io::Read::read(conn, &mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_that_goes_silent_fails_with_a_timeout() {
+        // A server that answers a stream's headers and one chunk, then sends nothing more while
+        // it holds the connection open (until the test drops `hold`).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (hold, held) = mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            read_request_head(&mut conn);
+            let chunk = "data: {\"choices\":[{\"text\":\"def\"}]}\n\n";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                 transfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+                chunk.len()
+            );
+            std::io::Write::write_all(&mut conn, answer.as_bytes()).expect("answer");
+            let _ = held.recv();
+        });
+        let remote = RemoteModel {
+            base: format!("http://{address}/v1"),
+            model: "m".into(),
+            token: None,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            context_length: 0,
+            // Long enough for a busy machine to get the first chunk across.
+            stall_limit: Duration::from_secs(1),
+            last_probe: Default::default(),
+            probing: Default::default(),
+        };
+        let generation = remote
+            .start(
+                "remote-stall-test",
+                &Prompt::Text("def f():".into()),
+                &SamplingParams::default(),
+                &Control::default(),
+            )
+            .expect("start");
+        // Only a guard against hanging for ever: without the stall limit nothing ends it.
+        let mut text = String::new();
+        let outcome = loop {
+            match generation.events.recv_timeout(Duration::from_secs(30)) {
+                Ok(Progress::Text(piece)) => text.push_str(&piece),
+                Ok(Progress::Done(result)) => break result,
+                Err(e) => panic!("a silent stream did not end: {e}"),
+            }
+        };
+        drop(hold);
+        server.join().expect("server");
+        assert_eq!(text, "def");
+        assert!(
+            matches!(
+                outcome,
+                Err(EngineError::Remote {
+                    code: ErrorCode::ModelTimeout,
+                    status: None,
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn stall_limits_read_as_positive_seconds() {
+        assert_eq!(parse_stall(" 2.5 "), Some(Duration::from_millis(2500)));
+        assert_eq!(parse_stall("1e30"), Some(LONGEST_STALL));
+        for refused in ["0", "-1", "NaN", "soon", ""] {
+            assert_eq!(parse_stall(refused), None, "{refused:?}");
+        }
     }
 }

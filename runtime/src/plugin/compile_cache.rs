@@ -1,9 +1,20 @@
 //! On-disk cache of compiled components, keyed by the component's content hash and the
 //! wasmtime engine's compatibility hash, so each component is compiled by Cranelift once per
 //! machine and later starts load native code directly.
+//!
+//! Each new plugin build or wasmtime upgrade adds entries that nothing asks for again, so the
+//! folder is pruned whenever an entry is stored (when it grows): entries unused for 30 days
+//! go, then the least recently used until the rest fit in 1 GiB. A hit marks its entry used
+//! through its modification time (access times are often not kept); the entry just stored and
+//! those this process loaded are never removed, nor files not named as entries. Pruning
+//! failures are logged, never returned: they cannot fail a load.
 
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -21,6 +32,31 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
     let bytes = std::io::copy(&mut file, &mut hasher)?;
     Ok((bytes, format!("{:x}", hasher.finalize())))
 }
+
+/// How long an entry may go unused before a store removes it: a component since rebuilt, or
+/// compiled for a wasmtime since upgraded, is never asked for again.
+const MAX_UNUSED: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most the entries may take together; past it, the least recently used go first.
+const MAX_TOTAL_BYTES: u64 = 1 << 30;
+
+/// What the cache keeps (a type, so tests prune with small limits).
+#[derive(Debug, Clone, Copy)]
+struct PruneLimits {
+    max_unused: Duration,
+    max_total_bytes: u64,
+}
+
+impl PruneLimits {
+    const DEFAULT: Self = Self {
+        max_unused: MAX_UNUSED,
+        max_total_bytes: MAX_TOTAL_BYTES,
+    };
+}
+
+/// File names of the entries this process loaded or stored: never pruned by it, however long
+/// ago that was (a long-running server's plugins are in use whatever their files' age). Names,
+/// not paths, so two caches naming the same folder differently agree.
+static IN_USE: Mutex<BTreeSet<OsString>> = Mutex::new(BTreeSet::new());
 
 /// Compiles components, reusing earlier compilations found in `dir`.
 #[derive(Debug, Clone)]
@@ -57,17 +93,18 @@ impl CompileCache {
             // SAFETY: the file was written by `Component::serialize` below into agentrt's own
             // cache folder, and its name binds it to this content and this engine configuration.
             match unsafe { Component::deserialize_file(engine, path) } {
-                Ok(c) => return Ok((c, true)),
+                Ok(c) => {
+                    mark_used(path);
+                    return Ok((c, true));
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
                 }
             }
         }
         let component = Component::new(engine, bytes)?;
-        if let Some(path) = &entry
-            && let Err(e) = write_atomically(path, &component.serialize()?)
-        {
-            tracing::warn!(path = %path.display(), "cannot cache compiled component: {e}");
+        if let Some(path) = &entry {
+            store(path, &component.serialize()?, "component");
         }
         Ok((component, false))
     }
@@ -88,20 +125,167 @@ impl CompileCache {
             // SAFETY: as for components: written by `Module::serialize` below into agentrt's
             // own cache folder, under a name bound to this content and engine configuration.
             match unsafe { wasmtime::Module::deserialize_file(engine, path) } {
-                Ok(m) => return Ok((m, true)),
+                Ok(m) => {
+                    mark_used(path);
+                    return Ok((m, true));
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
                 }
             }
         }
         let module = wasmtime::Module::new(engine, bytes)?;
-        if let Some(path) = &entry
-            && let Err(e) = write_atomically(path, &module.serialize()?)
-        {
-            tracing::warn!(path = %path.display(), "cannot cache compiled module: {e}");
+        if let Some(path) = &entry {
+            store(path, &module.serialize()?, "module");
         }
         Ok((module, false))
     }
+}
+
+/// Write the entry at `path` (`what` was compiled: a component or a module), then prune its
+/// folder: a store is when the folder grows. A failure to cache is logged: the load goes on
+/// with what it compiled.
+fn store(path: &Path, compiled: &[u8], what: &str) {
+    match write_atomically(path, compiled) {
+        Ok(()) => {
+            note_in_use(path);
+            if let Some(dir) = path.parent() {
+                prune(dir, path, PruneLimits::DEFAULT, SystemTime::now());
+            }
+        }
+        Err(e) => tracing::warn!(path = %path.display(), "cannot cache compiled {what}: {e}"),
+    }
+}
+
+/// Record that this process uses the entry at `path`, so its own pruning spares it.
+fn note_in_use(path: &Path) {
+    if let Some(name) = path.file_name() {
+        IN_USE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_os_string());
+    }
+}
+
+fn in_use(name: &OsStr) -> bool {
+    IN_USE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(name)
+}
+
+/// A hit: note the entry in use and make it the most recently used for every process's
+/// pruning, which orders entries by modification time.
+fn mark_used(path: &Path) {
+    note_in_use(path);
+    let touched = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.set_modified(SystemTime::now()));
+    if let Err(e) = touched {
+        // A read-only cache still serves; its entries just age from when they were written.
+        tracing::debug!(path = %path.display(), "cannot mark cache entry used: {e}");
+    }
+}
+
+/// Whether `name` is a cache entry's, `{SHA-256 hex}-{engine key hex}.cwasm` as
+/// [`CompileCache::entry`] names them: nothing else in the folder is ours to remove.
+fn is_entry_name(name: &str) -> bool {
+    let Some((content, engine)) = name
+        .strip_suffix(".cwasm")
+        .and_then(|stem| stem.split_once('-'))
+    else {
+        return false;
+    };
+    is_lower_hex(content, 64) && is_lower_hex(engine, 16)
+}
+
+fn is_lower_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A cache entry found in the folder.
+#[derive(Debug)]
+struct Stored {
+    path: PathBuf,
+    bytes: u64,
+    /// When it was last stored or hit.
+    used: SystemTime,
+}
+
+/// Remove the entries of `dir` that [`victims`] picks, sparing `keep` (the entry just stored)
+/// and those this process uses. Failures are logged and skipped: housekeeping never fails a
+/// load.
+fn prune(dir: &Path, keep: &Path, limits: PruneLimits, now: SystemTime) {
+    let stored = match list_entries(dir) {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "cannot list the compile cache to prune it: {e}");
+            return;
+        }
+    };
+    let spared = |path: &Path| {
+        path.file_name()
+            .is_some_and(|name| Some(name) == keep.file_name() || in_use(name))
+    };
+    for path in victims(stored, limits, now, spared) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::debug!(path = %path.display(), "pruned compile cache entry"),
+            // Another process pruned it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot prune compile cache entry: {e}")
+            }
+        }
+    }
+}
+
+/// The entries in `dir`: plain files named as entries, with their sizes and last use. Links,
+/// other files and entries whose time cannot be read are left out, so never removed.
+fn list_entries(dir: &Path) -> std::io::Result<Vec<Stored>> {
+    let mut stored = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let item = item?;
+        if !item.file_name().to_str().is_some_and(is_entry_name) {
+            continue;
+        }
+        // `DirEntry::metadata` does not follow links: a link is not a file here.
+        let Ok(meta) = item.metadata() else { continue };
+        let Ok(used) = meta.modified() else { continue };
+        if meta.is_file() {
+            stored.push(Stored {
+                path: item.path(),
+                bytes: meta.len(),
+                used,
+            });
+        }
+    }
+    Ok(stored)
+}
+
+/// Which of `stored` to remove, least recently used first: every entry unused for longer than
+/// `limits.max_unused`, and more until the rest fit in `limits.max_total_bytes`. `spared`
+/// entries stay whatever their age, but their bytes still count towards the total.
+fn victims(
+    mut stored: Vec<Stored>,
+    limits: PruneLimits,
+    now: SystemTime,
+    spared: impl Fn(&Path) -> bool,
+) -> Vec<PathBuf> {
+    stored.sort_by_key(|s| s.used);
+    let mut total = stored
+        .iter()
+        .fold(0u64, |sum, s| sum.saturating_add(s.bytes));
+    let mut chosen = Vec::new();
+    for s in stored {
+        // A time ahead of the clock (a clock set back) counts as just used.
+        let unused = now.duration_since(s.used).unwrap_or_default();
+        if (unused > limits.max_unused || total > limits.max_total_bytes) && !spared(&s.path) {
+            total = total.saturating_sub(s.bytes);
+            chosen.push(s.path);
+        }
+    }
+    chosen
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -111,4 +295,129 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest valid core module: the magic number and version.
+    const EMPTY_MODULE: &[u8] = b"\0asm\x01\0\0\0";
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn temp(label: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "agentrt-compile-cache-{label}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        p
+    }
+
+    /// Make the file at `path` last modified `age` ago.
+    fn set_age(path: &Path, age: Duration) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_modified(SystemTime::now() - age)
+            .expect("set the modification time");
+    }
+
+    /// A file named as entry `n` (of another engine than the tests'), `bytes` long, last used
+    /// `age` ago.
+    fn entry_file(dir: &Path, n: u8, bytes: usize, age: Duration) -> PathBuf {
+        let content = format!("{n:02x}").repeat(32);
+        let path = dir.join(format!("{content}-{:016x}.cwasm", 7));
+        std::fs::write(&path, vec![0u8; bytes]).expect("write an entry");
+        set_age(&path, age);
+        path
+    }
+
+    fn age_of(path: &Path) -> Duration {
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .expect("modification time");
+        SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_store_removes_entries_long_unused_and_nothing_else() {
+        let dir = temp("unused");
+        let stale = entry_file(&dir, 0x01, 10, 60 * DAY);
+        let fresh = entry_file(&dir, 0x02, 10, DAY);
+        // Old files that are not entries: not ours to remove.
+        let hex = "a".repeat(64);
+        let foreign = [
+            dir.join("notes.txt"),
+            dir.join("stale.cwasm"),
+            dir.join(format!("{hex}-{:016x}.cwasm.bak", 7)),
+            dir.join(format!("{}-{:016x}.cwasm", "A".repeat(64), 7)),
+            dir.join(format!("{hex}-{:016x}.tmp123", 7)),
+        ];
+        for path in &foreign {
+            std::fs::write(path, b"x").expect("write");
+            set_age(path, 60 * DAY);
+        }
+        let cache = CompileCache::new(Some(dir.clone()));
+        let engine = wasmtime::Engine::default();
+        let hash = sha256_hex(EMPTY_MODULE);
+        let (_, hit) = cache
+            .load_module(&engine, EMPTY_MODULE, &hash)
+            .expect("compile");
+        assert!(!hit);
+        let written = cache.entry(&engine, &hash).expect("a cache folder");
+        assert!(written.exists(), "the entry just stored stays");
+        let name = written.file_name().and_then(OsStr::to_str).expect("name");
+        assert!(is_entry_name(name), "pruning must know {name} as an entry");
+        assert!(!stale.exists(), "an entry unused for 60 days goes");
+        assert!(fresh.exists(), "an entry used yesterday stays");
+        for path in &foreign {
+            assert!(path.exists(), "{} is not an entry", path.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pruning_keeps_the_total_under_the_cap_least_recently_used_first() {
+        let dir = temp("cap");
+        // The entry just stored, made the oldest: only being spared keeps it.
+        let kept = entry_file(&dir, 0x11, 100, 4 * DAY);
+        let oldest = entry_file(&dir, 0x12, 100, 3 * DAY);
+        let older = entry_file(&dir, 0x13, 100, 2 * DAY);
+        let newest = entry_file(&dir, 0x14, 100, DAY);
+        let limits = PruneLimits {
+            max_unused: 30 * DAY,
+            max_total_bytes: 250,
+        };
+        prune(&dir, &kept, limits, SystemTime::now());
+        // 400 bytes: the two least recently used of the others go, leaving 200.
+        assert!(kept.exists());
+        assert!(!oldest.exists());
+        assert!(!older.exists());
+        assert!(newest.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_hit_marks_its_entry_used() {
+        let dir = temp("hit");
+        let cache = CompileCache::new(Some(dir.clone()));
+        let engine = wasmtime::Engine::default();
+        let hash = sha256_hex(EMPTY_MODULE);
+        cache
+            .load_module(&engine, EMPTY_MODULE, &hash)
+            .expect("compile");
+        let entry = cache.entry(&engine, &hash).expect("a cache folder");
+        set_age(&entry, 60 * DAY);
+        let (_, hit) = cache
+            .load_module(&engine, EMPTY_MODULE, &hash)
+            .expect("load");
+        assert!(hit);
+        assert!(age_of(&entry) < DAY, "a hit makes the entry recently used");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
