@@ -114,9 +114,13 @@ fn bounded_indent(
     minijinja::filters::indent(value, Some(width), first, blank, no_kwargs())
 }
 
-/// `tojson`, refusing an indent past [`MAX_INDENT`] (the builtin allocates it up front and
-/// repeats it per nesting level on every line).
-fn bounded_tojson(
+/// `tojson` as transformers defines it for chat templates: Python's `json.dumps` with
+/// `ensure_ascii=False` — separators `", "` and `": "`, insertion order, no HTML escaping (Jinja's
+/// own filter escapes `<`, `>`, `&` and `'`, which changes the tool schemas a prompt shows) —
+/// taking `indent`, `separators`, `sort_keys` and `ensure_ascii` as keywords (a positional
+/// argument is the indent, as in minijinja). Indents past [`MAX_INDENT`] and output past the
+/// render cap are refused.
+fn python_tojson(
     value: &Value,
     indent: Option<Value>,
     kwargs: Kwargs,
@@ -125,17 +129,167 @@ fn bounded_tojson(
         Some(indent) => Some(indent),
         None => kwargs.get::<Option<Value>>("indent")?,
     };
-    kwargs.assert_all_used()?;
-    if let Some(indent) = &indent {
-        // A boolean means "the default indent"; anything else is a width, as in the builtin.
-        if indent.kind() != ValueKind::Bool && indent.kind() != ValueKind::None {
-            let width = usize::try_from(indent.clone())?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or("").to_string()),
+        Some(v) => {
+            // Python repeats a string of `indent` spaces (nothing for 0 or less).
+            let width = i64::try_from(v)?;
+            let width = usize::try_from(width.max(0)).unwrap_or(usize::MAX);
             if width > MAX_INDENT {
                 return Err(too_large("tojson indent"));
             }
+            Some(" ".repeat(width))
         }
+    };
+    if indent.as_ref().is_some_and(|i| i.len() > MAX_INDENT) {
+        return Err(too_large("tojson indent"));
     }
-    minijinja::filters::tojson(value, indent, no_kwargs())
+    let (item, key) = match kwargs.get::<Option<Vec<String>>>("separators")? {
+        Some(pair) => match <[String; 2]>::try_from(pair) {
+            Ok([item, key]) => (item, key),
+            Err(_) => {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson separators must be two strings",
+                ));
+            }
+        },
+        // Python drops the space after commas when lines end there.
+        None if indent.is_some() => (",".into(), ": ".into()),
+        None => (", ".into(), ": ".into()),
+    };
+    let writer = JsonWriter {
+        indent,
+        item,
+        key,
+        sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
+        ensure_ascii: kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
+    };
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    writer.write(value, 0, &mut out)?;
+    Ok(Value::from_safe_string(out))
+}
+
+/// Writes a value as Python's `json.dumps` does with the settings of [`python_tojson`].
+struct JsonWriter {
+    indent: Option<String>,
+    item: String,
+    key: String,
+    sort_keys: bool,
+    ensure_ascii: bool,
+}
+
+impl JsonWriter {
+    fn write(&self, value: &Value, depth: usize, out: &mut String) -> Result<(), minijinja::Error> {
+        if out.len() > MAX_RENDER_BYTES {
+            return Err(too_large("tojson output"));
+        }
+        match value.kind() {
+            ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+            ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+            ValueKind::Number => {
+                let json = serde_json::to_value(value).map_err(|e| {
+                    minijinja::Error::new(ErrorKind::BadSerialization, e.to_string())
+                })?;
+                match json.as_f64() {
+                    // Python writes the special floats by name.
+                    Some(f) if f.is_nan() => out.push_str("NaN"),
+                    Some(f) if f.is_infinite() => {
+                        out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" })
+                    }
+                    _ => out.push_str(&json.to_string()),
+                }
+            }
+            ValueKind::String | ValueKind::Bytes => {
+                self.write_string(value.as_str().unwrap_or_default(), out)
+            }
+            ValueKind::Map => {
+                let mut keys: Vec<Value> = value.try_iter()?.collect();
+                if self.sort_keys {
+                    keys.sort();
+                }
+                let items = keys
+                    .into_iter()
+                    .map(|k| {
+                        let v = value.get_item(&k)?;
+                        Ok((k, v))
+                    })
+                    .collect::<Result<Vec<_>, minijinja::Error>>()?;
+                self.write_container(('{', '}'), items.len(), depth, out, |i, out| {
+                    let (k, v) = &items[i];
+                    match k.as_str() {
+                        Some(text) => self.write_string(text, out),
+                        // Python turns other keys into strings.
+                        None => self.write_string(&k.to_string(), out),
+                    }
+                    out.push_str(&self.key);
+                    self.write(v, depth + 1, out)
+                })?;
+            }
+            _ => {
+                let items: Vec<Value> = value.try_iter()?.collect();
+                self.write_container(('[', ']'), items.len(), depth, out, |i, out| {
+                    self.write(&items[i], depth + 1, out)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `open`, the `len` items `write_item` writes with separators (and, with an indent, one
+    /// per line), `close`; empty containers stay `[]`/`{}` as in Python.
+    fn write_container(
+        &self,
+        (open, close): (char, char),
+        len: usize,
+        depth: usize,
+        out: &mut String,
+        mut write_item: impl FnMut(usize, &mut String) -> Result<(), minijinja::Error>,
+    ) -> Result<(), minijinja::Error> {
+        out.push(open);
+        for i in 0..len {
+            if i > 0 {
+                out.push_str(&self.item);
+            }
+            if let Some(indent) = &self.indent {
+                out.push('\n');
+                out.push_str(&indent.repeat(depth + 1));
+            }
+            write_item(i, out)?;
+        }
+        if let (Some(indent), true) = (&self.indent, len > 0) {
+            out.push('\n');
+            out.push_str(&indent.repeat(depth));
+        }
+        out.push(close);
+        Ok(())
+    }
+
+    fn write_string(&self, text: &str, out: &mut String) {
+        out.push('"');
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 || (self.ensure_ascii && !c.is_ascii()) => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
 }
 
 fn bounded_batch(
@@ -240,12 +394,15 @@ impl ChatTemplate {
         env.set_fuel(Some(RENDER_FUEL));
         // These replace the builtins of the same name (see the module header).
         env.add_filter("indent", bounded_indent);
-        env.add_filter("tojson", bounded_tojson);
+        env.add_filter("tojson", python_tojson);
         env.add_filter("batch", bounded_batch);
         env.add_filter("slice", bounded_slice);
         env.add_filter("format", bounded_format);
-        // HF templates rely on Jinja's default of keeping a trailing newline out and blocks as
-        // written; `trim_blocks`/`lstrip_blocks` stay off exactly as in transformers.
+        // As transformers compiles chat templates: a newline after a block tag and the
+        // whitespace before one on its line are not output (templates are written indented,
+        // one tag per line, expecting that), and `{% break %}`/`{% continue %}` work.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| TemplateError(e.to_string()))?;
         Ok(Self {
@@ -342,6 +499,44 @@ mod tests {
     }
 
     #[test]
+    fn block_tags_on_their_own_lines_leave_no_blank_lines_as_in_transformers() {
+        // TinyLlama-Chat's template: one tag per line, indented. transformers renders it with
+        // `trim_blocks` and `lstrip_blocks`.
+        let src = "{% for message in messages %}\n    {% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n    {% endif %}\n    {% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n    {% endif %}\n{% endfor %}\n";
+        let t = ChatTemplate::new(src, "<s>", "</s>").expect("compile");
+        assert_eq!(
+            t.render(&user("hi")).expect("render"),
+            "<|user|>\nhi</s>\n<|assistant|>\n"
+        );
+        // Loop controls, which transformers enables, compile and run.
+        let src = "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.content }}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").expect("compile");
+        let two = [user("a"), user("b")].concat();
+        assert_eq!(t.render(&two).expect("render"), "a");
+    }
+
+    #[test]
+    fn tojson_writes_what_pythons_json_dumps_writes() {
+        let value = r#"{"b": 1, "a": [1, 2.5, "<x>&'é\n", none, true], "c": {}}"#;
+        let with = |args: &str| render(&format!("{{{{ {value} | tojson{args} }}}}"));
+        // Insertion order, Python's separators, no HTML escaping, non-ASCII as it is.
+        assert_eq!(
+            with("").expect("render"),
+            r#"{"b": 1, "a": [1, 2.5, "<x>&'é\n", null, true], "c": {}}"#
+        );
+        assert_eq!(
+            with("(indent=2)").expect("render"),
+            "{\n  \"b\": 1,\n  \"a\": [\n    1,\n    2.5,\n    \"<x>&'é\\n\",\n    null,\n    true\n  ],\n  \"c\": {}\n}"
+        );
+        assert_eq!(
+            with("(sort_keys=true, ensure_ascii=true, separators=[',', ':'])").expect("render"),
+            r#"{"a":[1,2.5,"<x>&'\u00e9\n",null,true],"b":1,"c":{}}"#
+        );
+        let err = with("(separators=[','])").expect_err("must fail");
+        assert!(err.to_string().contains("two strings"), "{err}");
+    }
+
+    #[test]
     fn a_huge_indent_width_is_refused_not_allocated() {
         // The builtin would allocate 10^14 spaces before looking at its input.
         let err = render("{{ '' | indent(100000000000000) }}").expect_err("must fail");
@@ -369,14 +564,14 @@ mod tests {
         assert!(err.to_string().contains("too large"), "{err}");
         let err = render("{{ messages | tojson(100000000000000) }}").expect_err("must fail");
         assert!(err.to_string().contains("too large"), "{err}");
-        // Small widths and `true` still work.
+        // Small widths and `true` still work (`true` is Python's indent of one).
         assert_eq!(
             render("{{ [1] | tojson(indent=2) }}").expect("render"),
             "[\n  1\n]"
         );
         assert_eq!(
             render("{{ [1] | tojson(true) }}").expect("render"),
-            "[\n  1\n]"
+            "[\n 1\n]"
         );
         assert_eq!(render("{{ [1] | tojson }}").expect("render"), "[1]");
     }
