@@ -170,11 +170,41 @@ fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
     })
 }
 
-/// Special tokens that end a generation whatever the model's EOS: end of text, of a turn.
+/// Pre-tokenizer names of Llama 3's tokenizer family: whole-word vocabulary hits skip the
+/// merges, and a prompt starts with BOS unless the file says otherwise (as llama.cpp reads them).
+fn is_llama3_family(pre: &str) -> bool {
+    matches!(
+        pre,
+        "llama3"
+            | "llama-v3"
+            | "llama-bpe"
+            | "falcon3"
+            | "falcon-h1"
+            | "pixtral"
+            | "midm-2.0"
+            | "lfm2"
+    )
+}
+
+/// Special tokens that end a generation whatever the model's EOS: end of text, of a turn, of
+/// a message, and the padding and file/repository separators of code models' fill-in-the-middle
+/// formats (Qwen2.5-Coder, StarCoder), which start unrelated text when a middle is done (the set
+/// llama.cpp ends generation on).
 fn is_end_marker(token: &str) -> bool {
     matches!(
         token,
-        "<|endoftext|>" | "<|im_end|>" | "<|eot_id|>" | "<|end|>"
+        "<|endoftext|>"
+            | "<|end_of_text|>"
+            | "<|im_end|>"
+            | "<|eot_id|>"
+            | "<|eom_id|>"
+            | "<|end|>"
+            | "<|fim_pad|>"
+            | "<|repo_name|>"
+            | "<|file_sep|>"
+            | "<fim_pad>"
+            | "<reponame>"
+            | "<file_sep>"
     )
 }
 
@@ -234,12 +264,14 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
+        let pre = file.str("tokenizer.ggml.pre").unwrap_or("gpt2");
+        // Llama 3's tokenizer takes a word that is in the vocabulary whole, merges or not.
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
+            .ignore_merges(is_llama3_family(pre))
             .build()
             .map_err(lib_err)?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        let pre = file.str("tokenizer.ggml.pre").unwrap_or("gpt2");
         inner.with_pre_tokenizer(Some(pre_tokenizer_for(pre)?));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
 
@@ -260,19 +292,27 @@ impl Tokenizer {
         };
         let bos_id = id_key("tokenizer.ggml.bos_token_id");
         let eos_id = id_key("tokenizer.ggml.eos_token_id");
-        let mut stop_ids: HashSet<u32> = [eos_id, id_key("tokenizer.ggml.eot_token_id")]
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut stop_ids: HashSet<u32> = [
+            eos_id,
+            id_key("tokenizer.ggml.eot_token_id"),
+            id_key("tokenizer.ggml.eom_token_id"),
+            id_key("tokenizer.ggml.fim_pad_token_id"),
+            id_key("tokenizer.ggml.fim_rep_token_id"),
+            id_key("tokenizer.ggml.fim_sep_token_id"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
             if *ty == TOKEN_TYPE_CONTROL && is_end_marker(t) {
                 stop_ids.insert(i as u32);
             }
         }
-        let add_bos = matches!(
-            file.get("tokenizer.ggml.add_bos_token"),
-            Some(MetaValue::Bool(true))
-        );
+        // Llama 3 files often leave the flag out: their family starts every prompt with BOS.
+        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
+            Some(MetaValue::Bool(flag)) => *flag,
+            _ => is_llama3_family(pre),
+        };
         Ok(Self {
             added_ids: added_ids(&inner),
             literal: literal_copy(&inner),
@@ -718,11 +758,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn fill_in_the_middle_separators_end_a_generation() {
+        let special = |id: u32, content: &str, special: bool| {
+            serde_json::json!({
+                "id": id, "content": content, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": special
+            })
+        };
+        let added = serde_json::json!([
+            special(3, "<|file_sep|>", true),
+            special(4, "<|fim_pad|>", true),
+            special(5, "<file_sep>", true),
+            special(6, "<|repo_name|>", false),
+            special(7, "<|fim_middle|>", true),
+        ]);
+        let vocab = serde_json::json!({
+            "a": 0, "b": 1, "c": 2, "<|file_sep|>": 3, "<|fim_pad|>": 4, "<file_sep>": 5,
+            "<|repo_name|>": 6, "<|fim_middle|>": 7
+        });
+        let t = hf_tokenizer("fim-stops", word_level(vocab, added)).expect("load");
+        for id in [3, 4, 5] {
+            assert!(t.stop_ids.contains(&id), "{id}: {:?}", t.stop_ids);
+        }
+        // Not marked special (plain text to this model), or the marker a middle starts after.
+        for id in [6, 7] {
+            assert!(!t.stop_ids.contains(&id), "{id}: {:?}", t.stop_ids);
+        }
+    }
+
     /// One GGUF metadata value for [`gguf_file`].
     enum Meta<'a> {
         Str(&'a str),
         Strs(&'a [&'a str]),
         U64(u64),
+        Bool(bool),
     }
 
     /// Writes a tensor-less GGUF file with `meta` and opens it.
@@ -755,6 +825,10 @@ mod tests {
                     b.extend_from_slice(&10u32.to_le_bytes());
                     b.extend_from_slice(&v.to_le_bytes());
                 }
+                Meta::Bool(v) => {
+                    b.extend_from_slice(&7u32.to_le_bytes());
+                    b.push(u8::from(*v));
+                }
             }
         }
         let path =
@@ -777,6 +851,32 @@ mod tests {
         );
         let err = Tokenizer::from_gguf(&file).expect_err("must fail");
         assert!(err.to_string().contains("0 tokens"), "{err}");
+    }
+
+    #[test]
+    fn llama3_family_files_take_bos_and_whole_words_unless_they_say_otherwise() {
+        let file = |pre: &str, flag: Option<bool>| {
+            let mut meta = vec![
+                ("tokenizer.ggml.model", Meta::Str("gpt2")),
+                ("tokenizer.ggml.pre", Meta::Str(pre)),
+                ("tokenizer.ggml.tokens", Meta::Strs(&["a", "b", "ab"])),
+                ("tokenizer.ggml.merges", Meta::Strs(&[])),
+                ("tokenizer.ggml.bos_token_id", Meta::U64(0)),
+            ];
+            if let Some(flag) = flag {
+                meta.push(("tokenizer.ggml.add_bos_token", Meta::Bool(flag)));
+            }
+            Tokenizer::from_gguf(&gguf_file(&format!("{pre}-{flag:?}"), &meta)).expect("load")
+        };
+        let llama3 = file("llama-bpe", None);
+        assert!(llama3.add_bos);
+        // "ab" is in the vocabulary though no merge makes it.
+        assert_eq!(llama3.encode("ab").expect("encode"), [2]);
+        assert!(!file("llama-bpe", Some(false)).add_bos);
+        let gpt2 = file("gpt2", None);
+        assert!(!gpt2.add_bos);
+        assert_eq!(gpt2.encode("ab").expect("encode"), [0, 1]);
+        assert!(file("gpt2", Some(true)).add_bos);
     }
 
     #[test]

@@ -127,12 +127,24 @@ impl LlamaConfig {
                 }
                 // Scaled rotary embeddings (Llama 3.1's "llama3", YaRN, linear) change every
                 // frequency; running such a model with plain RoPE would be silently wrong.
-                if let Some(scaling) = c.json.get("rope_scaling").filter(|v| !v.is_null()) {
-                    return Err(ModelFileError::Config {
-                        path: c.path.clone(),
-                        message: format!("rope_scaling {scaling} is not supported"),
-                    });
+                // transformers 5 writes `rope_parameters` (holding `rope_theta`) where earlier
+                // versions wrote `rope_scaling`; either may say "default", which is plain RoPE.
+                for key in ["rope_scaling", "rope_parameters"] {
+                    if let Some(rope) = c.json.get(key).filter(|v| !plain_rope(v)) {
+                        return Err(ModelFileError::Config {
+                            path: c.path.clone(),
+                            message: format!("{key} {rope} is not supported"),
+                        });
+                    }
                 }
+                let rope_base = match c.json.get("rope_theta") {
+                    Some(_) => c.f32_or("rope_theta", 10_000.0),
+                    None => c
+                        .json
+                        .pointer("/rope_parameters/rope_theta")
+                        .and_then(|v| v.as_f64())
+                        .map_or(10_000.0, |theta| theta as f32),
+                };
                 let dim = c.usize(&["hidden_size"])?;
                 let n_head = c.usize(&["num_attention_heads"])?;
                 if n_head == 0 {
@@ -147,7 +159,7 @@ impl LlamaConfig {
                     ffn_dim: c.usize(&["intermediate_size"])?,
                     vocab: c.usize(&["vocab_size"])?,
                     context_length: c.usize(&["max_position_embeddings"])?,
-                    rope_base: c.f32_or("rope_theta", 10_000.0),
+                    rope_base,
                     rope_layout,
                     rms_eps: c.f32_or("rms_norm_eps", 1e-6),
                     qkv_bias,
@@ -170,6 +182,20 @@ impl LlamaConfig {
     pub fn kv_dim(&self) -> usize {
         self.n_kv_head * self.head_dim
     }
+}
+
+/// Whether an HF config's `rope_scaling`/`rope_parameters` value leaves RoPE plain: absent
+/// (null), or of type "default" with no factor other than 1.
+fn plain_rope(rope: &serde_json::Value) -> bool {
+    if rope.is_null() {
+        return true;
+    }
+    let kind = rope
+        .get("rope_type")
+        .or_else(|| rope.get("type"))
+        .and_then(|v| v.as_str());
+    let factor = rope.get("factor").and_then(|v| v.as_f64()).unwrap_or(1.0);
+    kind == Some("default") && factor == 1.0
 }
 
 /// The GGUF name of an HF Llama/Qwen2 tensor.
@@ -492,6 +518,39 @@ mod tests {
             assert_eq!(c.rope_base, theta as f32);
             assert_eq!(c.rms_eps, eps as f32);
         }
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_give_the_base_and_refuse_scaling() {
+        // transformers 5 moves `rope_theta` into `rope_parameters`.
+        let mut c = hf(serde_json::Value::Null, 1e-6_f64.into());
+        let json = c.json.as_object_mut().expect("object");
+        json.remove("rope_theta");
+        json.insert(
+            "rope_parameters".into(),
+            serde_json::json!({ "rope_theta": 1e6, "rope_type": "default" }),
+        );
+        assert_eq!(read(&c).expect("plain rope").rope_base, 1e6);
+        for scaled in [
+            serde_json::json!({ "rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0 }),
+            serde_json::json!({ "rope_theta": 1e6, "rope_type": "yarn", "factor": 4.0 }),
+            serde_json::json!({ "rope_theta": 1e6, "rope_type": "default", "factor": 2.0 }),
+            // Per-layer-type parameters (no type at the top) are not plain either.
+            serde_json::json!({ "full_attention": { "rope_type": "default" } }),
+        ] {
+            c.json["rope_parameters"] = scaled.clone();
+            let res = read(&c);
+            assert!(
+                matches!(&res, Err(ModelFileError::Config { message, .. }) if message.contains("rope_parameters")),
+                "{scaled}: {res:?}"
+            );
+        }
+        // The older key may also say "default".
+        let mut c = hf(10_000.0_f64.into(), 1e-6_f64.into());
+        c.json["rope_scaling"] = serde_json::json!({ "type": "default" });
+        assert_eq!(read(&c).expect("plain rope").rope_base, 10_000.0);
+        c.json["rope_scaling"] = serde_json::json!({ "type": "linear", "factor": 2.0 });
+        assert!(read(&c).is_err());
     }
 
     /// A zero, negative or (as `f32`) infinite rotary base, or an epsilon outside (0, 1),
