@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod gguf;
+pub mod kquant;
 pub mod kv_cache;
 pub mod models;
 pub mod packed;

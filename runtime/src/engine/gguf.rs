@@ -4,7 +4,9 @@
 //! malformed file is a [`GgufError`], never a panic or an out-of-bounds read. Tensor data stays
 //! in the mapping; [`GgufFile::tensor_bytes`] hands out borrowed slices.
 //!
-//! Format reference: ggml's `docs/gguf.md` (version 2 and 3, little-endian).
+//! Format reference: ggml's `docs/gguf.md` (version 2 and 3, little-endian). Tensor types are
+//! the kernels' own ([`super::quant::GgmlType`]) or k-quants, which the weight store converts
+//! at load ([`super::kquant`]); any other type is refused, by name.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,7 +14,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::quant::GgmlType;
+use super::kquant::{SUPPORTED_TYPES, StoredType, TypeNumber};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -39,8 +41,11 @@ pub enum GgufError {
     UnsupportedVersion(u32),
     #[error("GGUF file is truncated or corrupt: {0}")]
     Corrupt(String),
-    #[error("tensor {name} has unsupported type {ty}")]
-    UnsupportedType { name: String, ty: u32 },
+    #[error(
+        "tensor {name} has type {ty}, which is not supported (supported: {sup})",
+        sup = SUPPORTED_TYPES
+    )]
+    UnsupportedType { name: String, ty: TypeNumber },
     #[error("metadata key {0} is missing")]
     MissingKey(String),
     #[error("metadata key {key} has the wrong type (expected {expected})")]
@@ -97,7 +102,8 @@ pub struct TensorInfo {
     pub name: String,
     /// Dimensions, innermost (contiguous) first, as ggml stores them.
     pub dims: Vec<u64>,
-    pub ty: GgmlType,
+    /// The type as the file stores it (a k-quant is converted when a model binds it).
+    pub ty: StoredType,
     /// Absolute byte offset in the file.
     pub offset: usize,
     pub size: usize,
@@ -190,9 +196,9 @@ impl GgufFile {
                 .map(|_| r.u64())
                 .collect::<Result<Vec<_>, _>>()?;
             let raw_ty = r.u32()?;
-            let ty = GgmlType::from_u32(raw_ty).ok_or_else(|| GgufError::UnsupportedType {
+            let ty = StoredType::from_u32(raw_ty).ok_or_else(|| GgufError::UnsupportedType {
                 name: name.clone(),
-                ty: raw_ty,
+                ty: TypeNumber(raw_ty),
             })?;
             let rel_offset = r.u64()?;
             infos.push((name, dims, ty, rel_offset));
@@ -219,7 +225,7 @@ impl GgufFile {
             let block = ty.block_elements() as u64;
             if dims[0] % block != 0 {
                 return Err(GgufError::Corrupt(format!(
-                    "tensor {name}: row length {} is not a multiple of the {block}-element block",
+                    "tensor {name}: row length {} is not whole {ty} blocks of {block}",
                     dims[0]
                 )));
             }
@@ -630,6 +636,143 @@ mod tests {
             matches!(&res, Err(GgufError::Corrupt(m)) if m.contains("cannot fit")),
             "{res:?}"
         );
+    }
+
+    /// A GGUF image holding one tensor `w` of type number `ty`, dimensions `dims` (innermost
+    /// first) and bytes `data`.
+    fn one_tensor(ty: u32, dims: &[u64], data: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&0u64.to_le_bytes()); // kv
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.push(b'w');
+        b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend_from_slice(&d.to_le_bytes());
+        }
+        b.extend_from_slice(&ty.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // offset
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// `bytes` written to a temporary file and opened: a file's exact length (an anonymous
+    /// map is rounded up to a page), and a file's pages, which the weight store may drop and
+    /// read again (an anonymous map's would come back zeroed).
+    fn open_bytes(bytes: &[u8], tag: &str) -> Result<GgufFile, GgufError> {
+        let path = std::env::temp_dir().join(format!("agentrt-gguf-{tag}-{}", std::process::id()));
+        std::fs::write(&path, bytes).expect("write");
+        let res = GgufFile::open(&path);
+        let _ = std::fs::remove_file(&path);
+        res
+    }
+
+    /// A Q6_K tensor (llama-quantize writes `output.weight` so even in Q4_0 files) loads: its
+    /// size is Q6_K's, the weight store reads its rows back as ggml dequantises them, hands
+    /// the kernels (and the GPU loader) its Q8_0 conversion, and packs that.
+    #[test]
+    fn a_q6_k_tensor_loads() {
+        use crate::engine::kquant::{self, KQuantType, QK_K};
+        use crate::engine::quant::{GgmlType, dequantize_row};
+        use crate::engine::weights::WeightStore;
+        let reference = kquant::tests::reference()
+            .into_iter()
+            .find(|r| r.ty == KQuantType::Q6K)
+            .expect("Q6_K blocks");
+        // One block a row: gguf-py's values are the rows' values.
+        let rows = reference.blocks.len();
+        let data: Vec<u8> = reference
+            .blocks
+            .iter()
+            .flat_map(|(b, _)| b.iter().copied())
+            .collect();
+        let bytes = one_tensor(14, &[QK_K as u64, rows as u64], &data);
+        let file = open_bytes(&bytes, "q6k").expect("a Q6_K tensor loads");
+        let info = &file.tensors["w"];
+        assert_eq!(info.ty, StoredType::KQuant(KQuantType::Q6K));
+        assert_eq!(info.size, rows * 210);
+        assert_eq!(file.tensor_bytes(info), &data[..]);
+
+        let store = WeightStore::from_gguf(std::sync::Arc::new(file));
+        let m = store.matrix("w", rows, QK_K).expect("matrix");
+        assert_eq!(m.ty, GgmlType::Q8_0);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let mut row = vec![0f32; QK_K];
+        for (r, (_, want)) in reference.blocks.iter().enumerate() {
+            store.read_row(&m, r, &mut row);
+            assert_eq!(bits(&row), bits(want), "row {r}");
+        }
+        let converted = kquant::convert_rows(KQuantType::Q6K, rows, QK_K, &data);
+        let w = store.file_weight(&m);
+        assert_eq!(
+            (w.ty, w.rows, w.cols, w.packed),
+            (GgmlType::Q8_0, rows, QK_K, false)
+        );
+        assert_eq!(w.data, &converted[..]);
+
+        let p = store.packed_matrix("w", rows, QK_K).expect("packed");
+        assert!(store.weight(&p).packed);
+        let row_bytes = GgmlType::Q8_0.row_bytes(QK_K);
+        for r in 0..rows {
+            store.read_row(&p, r, &mut row);
+            let mut want = vec![0f32; QK_K];
+            dequantize_row(
+                GgmlType::Q8_0,
+                &converted[r * row_bytes..(r + 1) * row_bytes],
+                &mut want,
+            );
+            assert_eq!(bits(&row), bits(&want), "packed row {r}");
+        }
+    }
+
+    /// Every k-quant's tensor takes its type's bytes (a size off by one block would shift
+    /// every later tensor's data), and one a byte short of them is refused.
+    #[test]
+    fn k_quant_tensors_take_their_blocks_bytes() {
+        for (ty, block) in [(10u32, 84usize), (11, 110), (12, 144), (13, 176), (14, 210)] {
+            // Three rows of two blocks.
+            let size = 6 * block;
+            let f = parse_bytes(&one_tensor(ty, &[512, 3], &vec![0; size])).expect("parse");
+            assert_eq!(f.tensors["w"].size, size, "type {ty}");
+            let mut short = one_tensor(ty, &[512, 3], &vec![0; size]);
+            short.pop();
+            let res = open_bytes(&short, &format!("short-{ty}"));
+            assert!(
+                matches!(res, Err(GgufError::Corrupt(_))),
+                "type {ty}: {res:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_k_quant_row_that_is_not_whole_blocks_is_refused() {
+        // 128 weights a row: half a Q4_K block.
+        let res = parse_bytes(&one_tensor(12, &[128, 2], &[0; 288]));
+        assert!(
+            matches!(&res, Err(GgufError::Corrupt(m)) if m.contains("Q4_K") && m.contains("256")),
+            "{res:?}"
+        );
+    }
+
+    /// A type the engine cannot load is named, with the ones it can.
+    #[test]
+    fn an_unsupported_type_is_named_with_the_supported_ones() {
+        let err = parse_bytes(&one_tensor(17, &[256, 1], &[0; 66])).expect_err("IQ2_XS");
+        assert!(
+            matches!(&err, GgufError::UnsupportedType { ty, .. } if ty.0 == 17),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for part in ["tensor w", "IQ2_XS (17)", "Q4_1", "Q4_K", "Q6_K", "BF16"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        let err = parse_bytes(&one_tensor(1234, &[32], &[0; 64])).expect_err("unknown");
+        assert!(err.to_string().contains("unknown type 1234"), "{err}");
     }
 
     #[test]

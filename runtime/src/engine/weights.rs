@@ -5,18 +5,21 @@
 //! the architecture's table. Shapes are outermost first (`[rows, cols]`, as safetensors and
 //! PyTorch write them; GGUF's innermost-first dims are reversed). Every tensor's byte range was
 //! checked against its file when the directory was built, and nothing is copied out of the
-//! mappings except small vectors (norms, biases) widened to f32.
+//! mappings except small vectors (norms, biases) widened to f32 — and GGUF k-quant matrices,
+//! which the kernels do not read: those are converted when bound ([`super::kquant`]; packed for
+//! the CPU, or, for [`WeightStore::file_weight`], converted once and kept with the store).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::cpu::WeightRef;
 use super::gguf::{GgufError, GgufFile};
+use super::kquant::{self, KQuantType, QK_K, StoredType};
 use super::packed;
 use super::quant::{GgmlType, dequantize_row};
 
@@ -45,12 +48,15 @@ pub enum ModelFileError {
 /// One tensor in the directory.
 #[derive(Debug, Clone)]
 pub struct StoredTensor {
+    /// The type the engine reads it as: the file's, or a k-quant's conversion target.
     pub ty: GgmlType,
     /// Outermost dimension first.
     pub shape: Vec<usize>,
     file: usize,
     offset: usize,
     size: usize,
+    /// For a k-quant: its type as stored, and its slot in the store's `converted`.
+    kquant: Option<(KQuantType, usize)>,
 }
 
 impl StoredTensor {
@@ -59,6 +65,14 @@ impl StoredTensor {
         self.shape
             .iter()
             .fold(1u64, |n, d| n.saturating_mul(*d as u64))
+    }
+
+    /// The type as its file stores it, for messages.
+    fn stored_name(&self) -> String {
+        match self.kquant {
+            Some((k, _)) => k.name().to_string(),
+            None => format!("{:?}", self.ty),
+        }
     }
 }
 
@@ -74,6 +88,9 @@ pub struct Matrix {
     size: usize,
     /// The packed copy the CPU kernels read instead of the file's bytes.
     packed: Option<Arc<[u8]>>,
+    /// For a k-quant (the file's bytes are in its format, `ty` is its conversion's): its type
+    /// and its slot in the store's `converted`.
+    kquant: Option<(KQuantType, usize)>,
 }
 
 enum Backing {
@@ -85,6 +102,9 @@ enum Backing {
 pub struct WeightStore {
     backing: Backing,
     tensors: HashMap<String, StoredTensor>,
+    /// One slot per k-quant tensor: its conversion in rows, made the first time
+    /// [`Self::file_weight`] is asked for it (the GPU loader) and kept for the store's life.
+    converted: Vec<OnceLock<Box<[u8]>>>,
 }
 
 impl std::fmt::Debug for WeightStore {
@@ -98,16 +118,25 @@ impl std::fmt::Debug for WeightStore {
 impl WeightStore {
     /// The tensors of a parsed GGUF file (offsets were checked by the parser).
     pub fn from_gguf(file: Arc<GgufFile>) -> Self {
+        let mut converted = Vec::new();
         let tensors = file
             .tensors
             .iter()
             .map(|(name, t)| {
+                let kquant = match t.ty {
+                    StoredType::KQuant(k) => {
+                        converted.push(OnceLock::new());
+                        Some((k, converted.len() - 1))
+                    }
+                    StoredType::Native(_) => None,
+                };
                 let tensor = StoredTensor {
-                    ty: t.ty,
+                    ty: t.ty.loaded_as(),
                     shape: t.dims.iter().rev().map(|d| *d as usize).collect(),
                     file: 0,
                     offset: t.offset,
                     size: t.size,
+                    kquant,
                 };
                 (name.clone(), tensor)
             })
@@ -115,6 +144,7 @@ impl WeightStore {
         Self {
             backing: Backing::Gguf(file),
             tensors,
+            converted,
         }
     }
 
@@ -167,6 +197,7 @@ impl WeightStore {
                         file: file_index,
                         offset,
                         size: data.len(),
+                        kquant: None,
                     },
                 );
             }
@@ -175,6 +206,7 @@ impl WeightStore {
         Ok(Self {
             backing: Backing::Safetensors(maps),
             tensors,
+            converted: Vec::new(),
         })
     }
 
@@ -220,10 +252,14 @@ impl WeightStore {
                 t.shape
             )));
         }
-        if !cols.is_multiple_of(t.ty.block_elements()) {
+        let block = match t.kquant {
+            Some(_) => QK_K,
+            None => t.ty.block_elements(),
+        };
+        if !cols.is_multiple_of(block) {
             return Err(ModelFileError::Shape(format!(
-                "tensor {name}: rows of {cols} do not fill whole {:?} blocks",
-                t.ty
+                "tensor {name}: rows of {cols} do not fill whole {} blocks of {block}",
+                t.stored_name()
             )));
         }
         Ok(Matrix {
@@ -234,11 +270,13 @@ impl WeightStore {
             offset: t.offset,
             size: t.size,
             packed: None,
+            kquant: t.kquant,
         })
     }
 
     /// The matrix `name` as the CPU kernels read it: a block-quantised one packed into an
-    /// owned copy (rows in groups of sixteen, see `packed`), a float one in place.
+    /// owned copy (rows in groups of sixteen, see `packed`), a float one in place. A k-quant
+    /// is converted first (to Q4_1 or Q8_0, see `kquant`), and only the packed copy kept.
     pub fn packed_matrix(
         &self,
         name: &str,
@@ -248,7 +286,18 @@ impl WeightStore {
         let mut m = self.matrix(name, rows, cols)?;
         if packed::packs(m.ty) {
             let data = self.bytes(m.file, m.offset, m.size);
-            m.packed = Some(packed::pack(m.ty, rows, cols, data).into());
+            let packed = match m.kquant {
+                // Converted for packing only, unless the GPU loader already asked for it.
+                Some((k, slot)) => match self.converted[slot].get() {
+                    Some(converted) => packed::pack(m.ty, rows, cols, converted),
+                    None => {
+                        let converted = kquant::convert_rows(k, rows, cols, data);
+                        packed::pack(m.ty, rows, cols, &converted)
+                    }
+                },
+                None => packed::pack(m.ty, rows, cols, data),
+            };
+            m.packed = Some(packed.into());
             // The file's copy is not read again by the CPU kernels: keep it out of memory.
             if let Backing::Gguf(file) = &self.backing {
                 file.release(m.offset, m.size);
@@ -289,11 +338,13 @@ impl WeightStore {
             .get(name)
             .ok_or_else(|| ModelFileError::MissingTensor(name.to_string()))?;
         if t.element_count() != n as u64
+            || t.kquant.is_some()
             || !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
         {
             return Err(ModelFileError::Shape(format!(
-                "tensor {name} should be {n} float values, found {:?} of {:?}",
-                t.shape, t.ty
+                "tensor {name} should be {n} float values, found {:?} of {}",
+                t.shape,
+                t.stored_name()
             )));
         }
         let mut out = vec![0f32; n];
@@ -318,9 +369,11 @@ impl WeightStore {
     pub fn weight<'a>(&'a self, m: &'a Matrix) -> WeightRef<'a> {
         match &m.packed {
             Some(packed) => WeightRef {
+                ty: m.ty,
+                rows: m.rows,
+                cols: m.cols,
                 data: packed,
                 packed: true,
-                ..self.file_weight(m)
             },
             None => self.file_weight(m),
         }
@@ -328,13 +381,20 @@ impl WeightStore {
 
     /// A bound matrix's bytes as the file stores them (rows one after another), whether or
     /// not it has a packed copy: for loaders that convert the weights themselves (the GPU's),
-    /// and what [`Self::weight`] gives where nothing is packed.
+    /// and what [`Self::weight`] gives where nothing is packed. A k-quant's are its rows
+    /// converted to `m.ty` (Q4_1 or Q8_0), made on the first call and kept with the store.
     pub fn file_weight(&self, m: &Matrix) -> WeightRef<'_> {
+        let data = self.bytes(m.file, m.offset, m.size);
+        let data: &[u8] = match m.kquant {
+            Some((k, slot)) => self.converted[slot]
+                .get_or_init(|| kquant::convert_rows(k, m.rows, m.cols, data).into()),
+            None => data,
+        };
         WeightRef {
             ty: m.ty,
             rows: m.rows,
             cols: m.cols,
-            data: self.bytes(m.file, m.offset, m.size),
+            data,
             packed: false,
         }
     }
@@ -345,8 +405,14 @@ impl WeightStore {
             dequantize_row(m.ty, &packed::unpack_row(m.ty, m.cols, data, r), out);
             return;
         }
-        let row_bytes = m.ty.row_bytes(m.cols);
         let data = self.bytes(m.file, m.offset, m.size);
+        if let Some((k, _)) = m.kquant {
+            // Straight from the file's blocks: exact, and nothing to convert.
+            let row_bytes = k.row_bytes(m.cols);
+            kquant::dequantize_row(k, &data[r * row_bytes..(r + 1) * row_bytes], out);
+            return;
+        }
+        let row_bytes = m.ty.row_bytes(m.cols);
         dequantize_row(m.ty, &data[r * row_bytes..(r + 1) * row_bytes], out);
     }
 }
@@ -405,6 +471,7 @@ mod tests {
             file: 0,
             offset: 0,
             size: 0,
+            kquant: None,
         }
     }
 
@@ -419,6 +486,7 @@ mod tests {
         let store = WeightStore {
             backing: Backing::Safetensors(Vec::new()),
             tensors,
+            converted: Vec::new(),
         };
         assert_eq!(store.parameter_count(), u64::MAX);
         assert_eq!(tensor(vec![1 << 62, 4, 0]).element_count(), 0);
