@@ -3,7 +3,9 @@
 //! `app(state)` builds the router, so tests can drive it without a socket. Routes keep the
 //! shapes users of the replaced services relied on: `/generate`, `/review`, `/pipeline`,
 //! `/chat`, `/health`, `/stats`, plus `/check`, `/models` and `/plugins`, and the
-//! OpenAI-compatible `/v1/...` routes.
+//! OpenAI-compatible `/v1/...` routes. As those services did, a body without a `Content-Type`
+//! is read as JSON. Errors on `/tokenize` and on every `/v1/` path but the pipeline runs take
+//! OpenAI's shape, with the headers the error carried.
 
 pub mod auth;
 mod console;
@@ -183,6 +185,7 @@ pub fn app(state: AppState) -> Router {
             enforce_deadlines,
         ))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        .layer(axum::middleware::from_fn(assume_json))
         .layer(axum::middleware::from_fn_with_state(
             state.api_keys.clone(),
             auth::require_key,
@@ -237,7 +240,6 @@ async fn measure(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     use tracing::Instrument;
     let started = std::time::Instant::now();
     let matched = request
@@ -264,8 +266,13 @@ async fn measure(
         {
             stats.record_endpoint(route, took.as_millis() as u64, 0, Some(&error.code));
         }
-        if openai_route {
-            response = openai::OpenAiError(error.clone()).into_response();
+        if openai_route
+            && response
+                .extensions()
+                .get::<openai::OpenAiShaped>()
+                .is_none()
+        {
+            response = in_openai_shape(error.clone(), response);
         }
     }
     let status = response.status().as_u16();
@@ -296,6 +303,59 @@ async fn measure(
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// `original`, an error answered in the native shape, again in OpenAI's. The headers it carried
+/// go with it (`Allow` on a 405, `WWW-Authenticate` on a 401, `Retry-After`), except those the
+/// new body sets or that described the old one.
+fn in_openai_shape(
+    error: ApiError,
+    original: axum::response::Response,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut reshaped = openai::OpenAiError(error).into_response();
+    let own: Vec<axum::http::HeaderName> = reshaped.headers().keys().cloned().collect();
+    for (name, value) in original.headers() {
+        if name != axum::http::header::CONTENT_LENGTH && !own.contains(name) {
+            reshaped.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    reshaped
+}
+
+/// Server-sent events as a response proxies pass on as it comes: nginx buffers a response
+/// unless it says `X-Accel-Buffering: no`, which would hold tokens back until its buffer fills.
+fn unbuffered(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::HeaderName::from_static("x-accel-buffering"),
+        axum::http::HeaderValue::from_static("no"),
+    );
+    response
+}
+
+/// A request body without a `Content-Type` is read as JSON, as FastAPI (the services agentrt
+/// replaces) and vLLM do: `requests.post(url, data=json.dumps(body))` sends none. A type the
+/// client does name is kept, so a body declared as something else is still refused (400
+/// `VAL_001`).
+async fn assume_json(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+    let headers = request.headers();
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    if has_body && !headers.contains_key(CONTENT_TYPE) {
+        request.headers_mut().insert(
+            CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+    }
+    next.run(request).await
 }
 
 /// The request's deadlines: its body must arrive within the body timeout (else `408

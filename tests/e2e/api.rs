@@ -301,6 +301,35 @@ fn invalid_requests_get_validation_codes() {
     );
 }
 
+/// A body without a `Content-Type` is read as JSON, as FastAPI (the services agentrt replaces)
+/// and vLLM do (`requests.post(url, data=json.dumps(body))` sends none); a type the client does
+/// name must still be JSON.
+#[test]
+fn a_body_without_a_content_type_is_read_as_json() {
+    let s = default_server();
+    let host = s.base.trim_start_matches("http://");
+    for (path, body) in [
+        ("/check", json!({"code": "x = 1\n"})),
+        ("/tokenize", json!({"prompt": "hello there"})),
+    ] {
+        let body = body.to_string();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, answer) =
+            s.raw_exchange(request.as_bytes(), std::time::Duration::from_secs(60));
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    let (status, body) = s.post_raw("/check", "text/plain", r#"{"code": "x = 1"}"#);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "VAL_001"),
+        "{body}"
+    );
+}
+
 /// A `max_retries` above what the pipeline allows is a 400 naming the field on every route that
 /// takes a task, not a silent cut down to the limit.
 #[test]

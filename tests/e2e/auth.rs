@@ -1,5 +1,6 @@
-//! API keys and scopes on a live server: 401 without a known key, 403 with a user key on an
-//! admin route, health probes open, both header forms accepted.
+//! API keys and scopes on a live server: 401 without a known key (naming the Bearer scheme),
+//! 403 with a user key on an admin route, health probes open, both header forms accepted, the
+//! scheme in any case, and either header holding the key when both come.
 
 use serde_json::json;
 
@@ -113,6 +114,37 @@ fn keys_and_scopes_guard_the_routes() {
         Some(&chat),
     );
     assert_eq!(status, 200, "an admin key also reaches user routes: {body}");
+
+    // The scheme is case-insensitive (RFC 9110); with both headers, either may hold the key
+    // (a client or proxy may add a stale one).
+    let stale = "user-key-0123456789abcdeX";
+    let presented = [
+        vec![("authorization", format!("bearer {USER}"))],
+        vec![("authorization", format!("BEARER {USER}"))],
+        vec![
+            ("authorization", bearer(stale)),
+            ("x-api-key", USER.to_string()),
+        ],
+        vec![
+            ("authorization", bearer(USER)),
+            ("x-api-key", stale.to_string()),
+        ],
+    ];
+    for headers in &presented {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, body) = server.request("GET", "/models", &headers, None);
+        assert_eq!(status, 200, "{headers:?}: {body}");
+    }
+    // A 401 names the scheme it wants, in agentrt's error shape and in OpenAI's.
+    for path in ["/models", "/v1/models"] {
+        let (status, headers, text) = server.exchange("GET", path, &[], None);
+        assert_eq!(status, 401, "{path}: {text}");
+        let challenge = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+            .map(|(_, v)| v.as_str());
+        assert_eq!(challenge, Some("Bearer"), "{path}: {headers:?}");
+    }
 }
 
 /// Each key has its own budget of requests per minute; over it, 429 AUTH_003 with

@@ -1,10 +1,14 @@
 //! The OpenAI-compatible routes against a live server: shapes of non-streaming answers, the
 //! event stream (same text as the non-streaming answer, finish reason, usage chunk, [DONE]),
-//! OpenAI's error object with agentrt's codes.
+//! OpenAI's error object with agentrt's codes and the field at fault, fields that would change
+//! the answer refused rather than ignored, a prompt past the context as OpenAI words it.
 
 use serde_json::{Value, json};
 
-use crate::harness::default_server;
+use crate::harness::{Server, default_server};
+
+const CHAT: &str = "/v1/chat/completions";
+const COMPLETIONS: &str = "/v1/completions";
 
 /// The `data:` payloads of an event stream, in order.
 fn events(body: &str) -> Vec<String> {
@@ -21,6 +25,13 @@ fn openai_error(body: &Value) -> String {
         "not OpenAI's error object: {body}"
     );
     err["code"].as_str().unwrap_or_default().to_string()
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -79,8 +90,15 @@ fn chat_completion_and_its_stream_say_the_same() {
     let mut streamed = request.clone();
     streamed["stream"] = json!(true);
     streamed["stream_options"] = json!({"include_usage": true});
-    let (status, raw) = server.post_text("/v1/chat/completions", &streamed);
+    let (status, headers, raw) =
+        server.exchange("POST", "/v1/chat/completions", &[], Some(&streamed));
     assert_eq!(status, 200, "{raw}");
+    // nginx would otherwise hold the tokens back until its buffer fills.
+    assert_eq!(
+        header(&headers, "x-accel-buffering"),
+        Some("no"),
+        "{headers:?}"
+    );
     let data = events(&raw);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{raw}");
     let chunks: Vec<Value> = data[..data.len() - 1]
@@ -101,6 +119,10 @@ fn chat_completion_and_its_stream_say_the_same() {
     let usage_chunk = chunks.last().expect("usage chunk");
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(usage_chunk["usage"], *usage);
+    // With include_usage, every chunk before the last carries `"usage": null`.
+    for chunk in &chunks[..chunks.len() - 1] {
+        assert_eq!(chunk.get("usage"), Some(&Value::Null), "{chunk}");
+    }
     let last_choice = &chunks[chunks.len() - 2]["choices"][0];
     assert_eq!(last_choice["finish_reason"], choice["finish_reason"]);
 }
@@ -137,63 +159,308 @@ fn completions_follow_stop_sequences_and_stream() {
 }
 
 #[test]
-fn invalid_requests_get_openai_errors_with_agentrt_codes() {
+fn invalid_requests_get_openai_errors_with_agentrt_codes_and_the_field() {
     let server = default_server();
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let with = |extra: Value| {
+        let mut body = json!({"messages": hi.clone(), "max_tokens": 1});
+        for (k, v) in extra.as_object().expect("fields") {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let tool = json!([{"type": "function",
+                       "function": {"name": "add", "parameters": {"type": "object"}}}]);
+    let call = json!([{"id": "call_1", "type": "function",
+                       "function": {"name": "add", "arguments": "{}"}}]);
     let cases = [
         (
-            "/v1/chat/completions",
+            CHAT,
             json!({"messages": []}),
             400,
             "VAL_002",
+            Some("messages"),
         ),
+        (CHAT, with(json!({"n": 2})), 400, "VAL_002", Some("n")),
         (
-            "/v1/chat/completions",
-            json!({"messages": [{"role": "user", "content": "hi"}], "n": 2}),
-            400,
-            "VAL_002",
-        ),
-        (
-            "/v1/chat/completions",
+            CHAT,
             json!({"messages": [{"role": "wizard", "content": "hi"}]}),
             400,
             "VAL_002",
+            Some("messages[0].role"),
         ),
         (
-            "/v1/chat/completions",
-            json!({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}),
+            CHAT,
+            with(json!({"model": "gpt-9"})),
             404,
             "MODEL_001",
+            None,
         ),
         (
-            "/v1/chat/completions",
-            json!({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}),
+            CHAT,
+            with(json!({"temperature": -1})),
             400,
             "VAL_002",
+            Some("temperature"),
         ),
         (
-            "/v1/completions",
+            COMPLETIONS,
             json!({"prompt": "hi", "temperature": 2.5}),
             400,
             "VAL_002",
+            Some("temperature"),
+        ),
+        (
+            CHAT,
+            with(json!({"max_completion_tokens": 0})),
+            400,
+            "VAL_002",
+            Some("max_completion_tokens"),
+        ),
+        (
+            CHAT,
+            with(json!({"stop": ["a", "b", "c", "d", "e"]})),
+            400,
+            "VAL_002",
+            Some("stop"),
         ),
         // SmolLM2 has no fill-in-the-middle tokens.
         (
-            "/v1/completions",
+            COMPLETIONS,
             json!({"prompt": "def f(", "suffix": "\n    return x\n"}),
             400,
             "VAL_002",
+            Some("suffix"),
         ),
         (
-            "/v1/completions",
+            COMPLETIONS,
             json!({"prompt": ["a", "b"]}),
             400,
             "VAL_002",
+            Some("prompt"),
+        ),
+        // Fields that change what the answer means are refused, not ignored.
+        (
+            CHAT,
+            with(json!({"tools": tool})),
+            400,
+            "VAL_002",
+            Some("tools"),
+        ),
+        (
+            CHAT,
+            with(json!({"tool_choice": "required"})),
+            400,
+            "VAL_002",
+            Some("tool_choice"),
+        ),
+        (
+            CHAT,
+            with(json!({"functions": [{"name": "add"}]})),
+            400,
+            "VAL_002",
+            Some("functions"),
+        ),
+        (
+            CHAT,
+            with(json!({"response_format": {"type": "json_object"}})),
+            400,
+            "VAL_002",
+            Some("response_format"),
+        ),
+        (
+            CHAT,
+            with(json!({"logprobs": true})),
+            400,
+            "VAL_002",
+            Some("logprobs"),
+        ),
+        (
+            CHAT,
+            with(json!({"top_logprobs": 3})),
+            400,
+            "VAL_002",
+            Some("top_logprobs"),
+        ),
+        (
+            CHAT,
+            with(json!({"logit_bias": {"42": -100}})),
+            400,
+            "VAL_002",
+            Some("logit_bias"),
+        ),
+        (
+            CHAT,
+            with(json!({"frequency_penalty": 0.5})),
+            400,
+            "VAL_002",
+            Some("frequency_penalty"),
+        ),
+        (
+            CHAT,
+            with(json!({"presence_penalty": -1})),
+            400,
+            "VAL_002",
+            Some("presence_penalty"),
+        ),
+        (
+            COMPLETIONS,
+            json!({"prompt": "hi", "logprobs": 1}),
+            400,
+            "VAL_002",
+            Some("logprobs"),
+        ),
+        (
+            COMPLETIONS,
+            json!({"prompt": "hi", "echo": true}),
+            400,
+            "VAL_002",
+            Some("echo"),
+        ),
+        (
+            COMPLETIONS,
+            json!({"prompt": "hi", "best_of": 2}),
+            400,
+            "VAL_002",
+            Some("best_of"),
+        ),
+        (
+            CHAT,
+            json!({"messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            ]}]}),
+            400,
+            "VAL_002",
+            Some("messages[0].content[1].type"),
+        ),
+        (
+            CHAT,
+            json!({"messages": [
+                {"role": "user", "content": "Add 2 and 3."},
+                {"role": "assistant", "content": null, "tool_calls": call},
+                {"role": "tool", "tool_call_id": "call_1", "content": "5"},
+            ]}),
+            400,
+            "VAL_002",
+            Some("messages[1].tool_calls"),
+        ),
+        (
+            CHAT,
+            json!({"messages": [
+                {"role": "user", "content": "Add 2 and 3."},
+                {"role": "tool", "tool_call_id": "call_1", "content": "5"},
+            ]}),
+            400,
+            "VAL_002",
+            Some("messages[1].role"),
         ),
     ];
-    for (path, body, want_status, want_code) in cases {
-        let (status, answer) = server.post(path, &body);
+    for (path, body, want_status, want_code, want_param) in cases {
+        let (status, headers, text) = server.exchange("POST", path, &[], Some(&body));
+        let answer: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(status, want_status, "{path} {body}: {answer}");
         assert_eq!(openai_error(&answer), want_code, "{path} {body}: {answer}");
+        assert_eq!(
+            answer["error"]["param"].as_str(),
+            want_param,
+            "{path} {body}: {answer}"
+        );
+        // The official clients would send a client error again, unchanged, without this.
+        assert_eq!(
+            header(&headers, "x-should-retry"),
+            Some("false"),
+            "{path} {body}: {headers:?}"
+        );
+    }
+}
+
+/// What SDKs send by default (empty tool lists, zero penalties, `logprobs: false`, a text
+/// response format, `user`, ...) changes nothing and is accepted.
+#[test]
+fn the_neutral_values_sdks_send_are_accepted() {
+    let server = default_server();
+    let tool = json!([{"type": "function",
+                       "function": {"name": "add", "parameters": {"type": "object"}}}]);
+    let requests = [
+        (
+            CHAT,
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+                   "tools": [], "tool_choice": "auto", "functions": [], "frequency_penalty": 0,
+                   "presence_penalty": 0.0, "user": "u-1", "logprobs": false,
+                   "top_logprobs": 0, "response_format": {"type": "text"}, "logit_bias": {},
+                   "parallel_tool_calls": true, "stream_options": {"include_usage": false}}),
+        ),
+        (
+            CHAT,
+            json!({"messages": [{"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": "Hello.", "tool_calls": []},
+                                {"role": "user", "content": [{"type": "text", "text": "Again"}]}],
+                   "max_tokens": 1, "tools": tool, "tool_choice": "none"}),
+        ),
+        (
+            COMPLETIONS,
+            json!({"prompt": "x", "max_tokens": 1, "echo": false, "best_of": 1,
+                   "logprobs": null, "frequency_penalty": 0, "logit_bias": {}, "user": "u-1"}),
+        ),
+    ];
+    for (path, body) in requests {
+        let (status, answer) = server.post(path, &body);
+        assert_eq!(status, 200, "{path} {body}: {answer}");
+    }
+}
+
+/// A prompt longer than the context is OpenAI's 400 (the SDKs raise BadRequestError only for
+/// a 400), in OpenAI's words with the context length, naming the prompt's field; the code
+/// stays agentrt's.
+#[test]
+fn a_prompt_past_the_context_is_a_400_in_openais_words() {
+    let server = default_server();
+    let (_, models) = server.get("/v1/models");
+    let context = models["data"][0]["max_model_len"]
+        .as_u64()
+        .expect("max_model_len");
+    let long = prompt_longer_than(server, context);
+    let cases = [
+        (
+            CHAT,
+            json!({"messages": [{"role": "user", "content": long}], "max_tokens": 8}),
+            "messages",
+        ),
+        (
+            COMPLETIONS,
+            json!({"prompt": long, "max_tokens": 8}),
+            "prompt",
+        ),
+        // Without max_tokens the answer is cut to the room left, and there is none.
+        (COMPLETIONS, json!({"prompt": long}), "prompt"),
+    ];
+    for (path, body, param) in cases {
+        let (status, answer) = server.post(path, &body);
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert_eq!(openai_error(&answer), "MODEL_004", "{path}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{path}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!(
+                "This model's maximum context length is {context} tokens."
+            )),
+            "{path}: {message}"
+        );
+    }
+}
+
+/// A prompt of more than `tokens` tokens, as /tokenize counts them.
+fn prompt_longer_than(server: &Server, tokens: u64) -> String {
+    let mut words = tokens as usize + 16;
+    loop {
+        let prompt = "hello ".repeat(words);
+        let (status, counted) = server.post("/tokenize", &json!({"prompt": prompt}));
+        assert_eq!(status, 200, "{}", counted["error"]);
+        if counted["count"].as_u64().is_some_and(|n| n > tokens) {
+            return prompt;
+        }
+        words *= 2;
     }
 }
 
@@ -292,11 +559,13 @@ fn a_client_that_disconnects_stops_its_generation() {
 }
 
 /// Errors a layer answers before any handler (a deadline, a wrong method) keep OpenAI's shape
-/// on the OpenAI routes, and a request cut off at its deadline is counted in /stats.
+/// on the OpenAI routes, with the headers they carry (`Allow`), and a request cut off at its
+/// deadline is counted in /stats and tells the official clients not to run it again. Every
+/// `/v1/` path but the pipeline runs is OpenAI's, routes this server lacks included.
 #[test]
 fn errors_from_the_server_layers_take_openai_shape_and_are_counted() {
     let server = crate::harness::Server::start(&[]);
-    let (status, _, text) = server.exchange(
+    let (status, headers, text) = server.exchange(
         "POST",
         "/v1/chat/completions",
         &[("X-Request-Timeout", "0.3")],
@@ -308,6 +577,11 @@ fn errors_from_the_server_layers_take_openai_shape_and_are_counted() {
     assert_eq!(status, 504, "{text}");
     let body: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(openai_error(&body), "COMM_003", "{body}");
+    assert_eq!(
+        header(&headers, "x-should-retry"),
+        Some("false"),
+        "{headers:?}"
+    );
     let (_, stats) = server.get("/stats");
     let chat = &stats["endpoints"]["/v1/chat/completions"];
     assert!(
@@ -316,10 +590,26 @@ fn errors_from_the_server_layers_take_openai_shape_and_are_counted() {
     );
 
     for path in ["/v1/chat/completions", "/tokenize"] {
-        let (status, _, text) = server.exchange("GET", path, &[], None);
+        let (status, headers, text) = server.exchange("GET", path, &[], None);
         assert_eq!(status, 405, "{path}: {text}");
         openai_error(&serde_json::from_str(&text).expect("json"));
+        assert_eq!(
+            header(&headers, "allow"),
+            Some("POST"),
+            "{path}: {headers:?}"
+        );
     }
+    for path in ["/v1/embeddings", "/v1/responses"] {
+        let (status, text) = server.post_text(path, &json!({"input": "hi"}));
+        assert_eq!(status, 404, "{path}: {text}");
+        let body: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(openai_error(&body), "NOT_FOUND", "{path}: {body}");
+    }
+    // The pipeline runs keep agentrt's own shape.
+    let (status, body) = server.get("/v1/pipeline/runs/0123456789abcdef0123456789abcdef");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(crate::harness::error_code(&body), "NOT_FOUND", "{body}");
+    assert!(body["error"].get("param").is_none(), "{body}");
 
     let (status, model) = server.get("/v1/models/smollm2-135m-instruct");
     assert_eq!(

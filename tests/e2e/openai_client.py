@@ -1,6 +1,8 @@
 """The official openai Python client against a live agentrt server.
 
-Run by tests/e2e/openai.rs with the server's base URL; prints "ok" when every check holds.
+Run by tests/e2e/openai.rs with the server's base URL; prints "ok" when every check holds:
+chat, streamed chat with usage, completions, NotFoundError for an unknown model, and
+BadRequestError for a prompt past the context and for tools.
 """
 
 import sys
@@ -55,6 +57,26 @@ def main(base: str) -> None:
         assert e.code == "MODEL_001", e.body
     else:
         raise AssertionError("an unknown model was accepted")
+
+    # A prompt past the context is the BadRequestError clients trim history on.
+    context = getattr(client.models.retrieve(model), "max_model_len")
+    long = [{"role": "user", "content": "hello " * (2 * context)}]
+    try:
+        client.chat.completions.create(model=model, messages=long, max_tokens=8)
+    except openai.BadRequestError as e:
+        assert e.code == "MODEL_004" and e.param == "messages", e.body
+        assert "maximum context length is" in e.message, e.message
+    else:
+        raise AssertionError("a prompt past the context was accepted")
+
+    # Tools are refused, naming the field, rather than ignored.
+    add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+    try:
+        client.chat.completions.create(model=model, messages=messages, tools=[add])
+    except openai.BadRequestError as e:
+        assert e.code == "VAL_002" and e.param == "tools", e.body
+    else:
+        raise AssertionError("tools were accepted")
     print("ok", repr(text))
 
 

@@ -2,9 +2,11 @@
 //!
 //! `user` keys reach inference and the pipeline; `admin` keys also reach the operator's
 //! routes (`/stats`, `/plugins`). Without configured keys the server is open (a local,
-//! single-user setup). A key comes as `Authorization: Bearer KEY` or `X-API-Key: KEY`;
-//! keys are compared by their SHA-256 digests with a constant-time comparison over every
-//! configured key, so neither a key's prefix nor its position leaks through timing.
+//! single-user setup). A key comes as `Authorization: Bearer KEY` (the scheme in any case, as
+//! RFC 9110 has it) or `X-API-Key: KEY`; with both, either may hold the key. A 401 names the
+//! scheme (`WWW-Authenticate: Bearer`). Keys are compared by their SHA-256 digests with a
+//! constant-time comparison over every configured key, so neither a key's prefix nor its
+//! position leaks through timing.
 //! `/health`, `/health/live` and `/health/ready` stay open for load balancers.
 //!
 //! With a rate limit (`AGENTRT_RATE_LIMIT` requests per minute), each key has a token bucket
@@ -170,15 +172,25 @@ pub(crate) fn required(path: &str) -> Option<Scope> {
     }
 }
 
-fn presented(request: &Request) -> Option<&str> {
+/// The keys a request presents: the `Authorization` header's Bearer credential, then
+/// `X-API-Key`. A client (or a proxy in front of it) may send both, one of them stale.
+fn presented(request: &Request) -> impl Iterator<Item = &str> {
     let headers = request.headers();
-    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION)
-        && let Ok(v) = v.to_str()
-        && let Some(key) = v.strip_prefix("Bearer ")
-    {
-        return Some(key.trim());
-    }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_credential);
+    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    bearer.into_iter().chain(api_key)
+}
+
+/// The credential of a `Bearer` authorization; the scheme is case-insensitive (RFC 9110
+/// §11.1), so `bearer KEY` counts too.
+fn bearer_credential(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credential.trim())
 }
 
 /// The middleware: 401 without a known key, 403 when its scope does not cover the route.
@@ -193,12 +205,18 @@ pub async fn require_key(
     let Some(needed) = required(request.uri().path()) else {
         return next.run(request).await;
     };
-    let Some((index, scope)) = presented(&request).and_then(|k| keys.find(k)) else {
-        return ApiError::new(
+    let Some((index, scope)) = presented(&request).find_map(|k| keys.find(k)) else {
+        let mut response = ApiError::new(
             ErrorCode::Unauthenticated,
             "an API key is required (Authorization: Bearer KEY or X-API-Key)",
         )
         .into_uncounted_response();
+        // A 401 names the scheme it wants (RFC 9110 §11.6.1).
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return response;
     };
     if scope < needed {
         return ApiError::new(ErrorCode::Forbidden, "this route needs an admin key")
@@ -249,6 +267,16 @@ mod tests {
             (0..100).all(|_| open.take(0).is_ok()),
             "no limit configured"
         );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for value in ["Bearer k", "bearer k", "BEARER  k ", " Bearer k"] {
+            assert_eq!(bearer_credential(value), Some("k"), "{value:?}");
+        }
+        for value in ["Basic k", "Bearerk", "Bearer", "Token k"] {
+            assert_eq!(bearer_credential(value), None, "{value:?}");
+        }
     }
 
     #[test]

@@ -44,7 +44,8 @@ impl ApiError {
         self
     }
 
-    /// Add the `Retry-After` header when there is one.
+    /// Add the headers that tell a client whether and when to retry: `Retry-After` when there
+    /// is one, and `x-should-retry: false` when retrying cannot help (`retrying_helps`).
     pub fn with_retry_header(&self, mut response: Response) -> Response {
         if let Some(s) = self.retry_after {
             response.headers_mut().insert(
@@ -52,7 +53,25 @@ impl ApiError {
                 axum::http::HeaderValue::from(s),
             );
         }
+        if !self.retrying_helps() {
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_static("x-should-retry"),
+                axum::http::HeaderValue::from_static("false"),
+            );
+        }
         response
+    }
+
+    /// Whether the same request sent again could get another answer. The official OpenAI
+    /// clients retry 408, 409, 429 and every 5xx twice unless told `x-should-retry: false`: a
+    /// request cut at its deadline (504 `COMM_003`) would run its whole generation again, and
+    /// a client error stays one.
+    fn retrying_helps(&self) -> bool {
+        let status = self.status.as_u16();
+        if status == 504 && self.code == ErrorCode::RequestTimeout.as_str() {
+            return false;
+        }
+        !self.status.is_client_error() || matches!(status, 408 | 409 | 429)
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -209,5 +228,21 @@ mod tests {
             field_of("Failed to parse the request body as JSON: expected value"),
             None
         );
+    }
+
+    #[test]
+    fn clients_are_told_not_to_retry_what_cannot_change() {
+        let deadline = ApiError::new(ErrorCode::RequestTimeout, "late");
+        assert!(!deadline.retrying_helps(), "504 COMM_003");
+        let mut body_late = deadline.clone();
+        body_late.status = StatusCode::REQUEST_TIMEOUT;
+        assert!(body_late.retrying_helps(), "408 COMM_003");
+        assert!(!ApiError::new(ErrorCode::InvalidInput, "bad").retrying_helps());
+        assert!(ApiError::new(ErrorCode::QueueFull, "full").retrying_helps());
+        assert!(ApiError::new(ErrorCode::RunFinished, "ended").retrying_helps());
+        assert!(ApiError::new(ErrorCode::Internal, "oops").retrying_helps());
+        let refused = ApiError::new(ErrorCode::InvalidInput, "bad")
+            .with_retry_header(StatusCode::BAD_REQUEST.into_response());
+        assert_eq!(refused.headers()["x-should-retry"], "false");
     }
 }

@@ -6,7 +6,14 @@
 //! releases it (stop sequences held back until they can no longer match), a last chunk with
 //! the finish reason, the usage in its own chunk when `stream_options.include_usage` is set,
 //! and `data: [DONE]`. A client that goes away stops the generation. Errors keep agentrt's
-//! codes inside OpenAI's error object: `{"error": {"message", "type", "param", "code"}}`.
+//! codes inside OpenAI's error object: `{"error": {"message", "type", "param", "code"}}`, with
+//! `param` naming the field at fault where one is known.
+//!
+//! Fields this server cannot honour are refused (400 `VAL_002`) rather than ignored when their
+//! value would change what the answer means: tools and function calls, a `response_format`
+//! other than text, log probabilities, `echo`, `best_of` > 1, `logit_bias`, non-zero
+//! frequency and presence penalties, content parts that are not text, and tool messages. The
+//! neutral values SDKs send by default pass.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -24,7 +32,9 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState};
 use crate::engine::chat_template::TemplateMessage;
 use crate::engine::sampling::MAX_STOP_BYTES;
-use crate::engine::{Completion, Control, FinishReason, Prompt, SamplingParams, ServedModel};
+use crate::engine::{
+    Completion, Control, EngineError, FinishReason, Prompt, SamplingParams, ServedModel,
+};
 use crate::error_code::ErrorCode;
 use crate::stats::Stats;
 
@@ -61,6 +71,9 @@ struct ContentPart {
 struct Message {
     role: String,
     content: Option<Content>,
+    /// An assistant's calls of tools (refused: see [`template_message`]).
+    tool_calls: Option<Value>,
+    function_call: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +95,39 @@ struct Common {
     n: Option<u32>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
+    // Refused unless neutral ([`Common::unsupported`]): each changes what the answer means.
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    functions: Option<Value>,
+    function_call: Option<Value>,
+    response_format: Option<Value>,
+    /// `true` on chat, a count on completions.
+    logprobs: Option<Value>,
+    top_logprobs: Option<u32>,
+    echo: Option<bool>,
+    best_of: Option<u32>,
+    logit_bias: Option<serde_json::Map<String, Value>>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+}
+
+/// Whether a list or map holds something (`[]`, `{}` and `null` are what SDKs send for none).
+fn given(value: &Option<Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(items)) => !items.is_empty(),
+        Some(Value::Object(fields)) => !fields.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// Whether a `tool_choice` / `function_call` demands a call: `"required"` or a named function.
+fn forces_a_call(choice: &Option<Value>) -> bool {
+    match choice {
+        Some(Value::Object(_)) => true,
+        Some(v) => v.as_str() == Some("required"),
+        None => false,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +156,10 @@ pub struct CompletionRequest {
 /// An [`ApiError`] in OpenAI's error object.
 pub struct OpenAiError(pub ApiError);
 
+/// Marks a response already in OpenAI's error shape, which `server::measure` leaves as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenAiShaped;
+
 impl From<ApiError> for OpenAiError {
     fn from(e: ApiError) -> Self {
         Self(e)
@@ -124,21 +174,61 @@ impl IntoResponse for OpenAiError {
         } else {
             "server_error"
         };
+        // The field at fault, where the error names one (`details.field`, as `for_field` sets).
+        let param = e
+            .details
+            .as_ref()
+            .and_then(|d| d.get("field"))
+            .cloned()
+            .unwrap_or(Value::Null);
         let body = json!({"error": {
             "message": e.message,
             "type": kind,
-            "param": Value::Null,
+            "param": param,
             "code": e.code,
         }});
         let mut response = e.with_retry_header((e.status, Json(body)).into_response());
         // For the request log and its analysis (see `server::measure`).
         response.extensions_mut().insert(super::error::SentError(e));
+        response.extensions_mut().insert(OpenAiShaped);
         response
     }
 }
 
-fn invalid(message: impl Into<String>) -> OpenAiError {
-    OpenAiError(ApiError::new(ErrorCode::InvalidInput, message))
+/// 400 `VAL_002` about request field `field`.
+fn invalid(field: &str, message: impl Into<String>) -> OpenAiError {
+    OpenAiError(ApiError::new(ErrorCode::InvalidInput, message).for_field(field))
+}
+
+/// An engine error as this API answers it. A prompt too long for the context is OpenAI's 400
+/// naming the field that holds the prompt, in OpenAI's words: the SDKs raise
+/// `BadRequestError` only for a 400, and clients that trim history look for "maximum context
+/// length" in the message. Its code stays ours (`MODEL_004`).
+fn engine_error(e: &EngineError, kind: Kind) -> ApiError {
+    let err = ApiError::from(e);
+    if let EngineError::NoFillInTheMiddle(_) = e {
+        return err.for_field("suffix");
+    }
+    if e.code() != ErrorCode::ModelContextOverflow {
+        return err;
+    }
+    let mut err = err.for_field(kind.prompt_field());
+    err.status = StatusCode::BAD_REQUEST;
+    if let EngineError::ContextOverflow {
+        prompt,
+        max_tokens,
+        context,
+    } = e
+    {
+        let holder = kind.prompt_field();
+        err.message = format!(
+            "This model's maximum context length is {context} tokens. However, you requested \
+             {} tokens ({prompt} in the {holder}, {max_tokens} in the completion). Please reduce \
+             the length of the {holder} or completion.",
+            prompt + max_tokens
+        );
+    }
+    err
 }
 
 fn parse<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, OpenAiError> {
@@ -180,16 +270,101 @@ fn usage(c: &Completion) -> Value {
 }
 
 impl Common {
+    /// The first field whose value this server cannot honour, with why. Each changes what the
+    /// answer means (a tool call, JSON, log probabilities, other sampling), so ignoring it would
+    /// answer another question than the one asked; the neutral values SDKs send by default
+    /// (`tools: []`, `tool_choice: "none"`, `logprobs: false`, `response_format: {"type":
+    /// "text"}`, penalties of 0, ...) pass. A `logprobs` of 0 on a completion is not neutral:
+    /// it asks for the chosen tokens' log probabilities.
+    fn unsupported(&self) -> Option<(&'static str, &'static str)> {
+        let says_none = |v: &Option<Value>| v.as_ref().and_then(Value::as_str) == Some("none");
+        let penalized = |p: Option<f32>| p.is_some_and(|p| p != 0.0);
+        let not_text = self
+            .response_format
+            .as_ref()
+            .is_some_and(|f| !f.is_null() && f.get("type").and_then(Value::as_str) != Some("text"));
+        let checks = [
+            (
+                given(&self.tools) && !says_none(&self.tool_choice),
+                "tools",
+                "tools: tool calling is not supported (send no tools, or tool_choice \"none\")",
+            ),
+            (
+                forces_a_call(&self.tool_choice),
+                "tool_choice",
+                "tool_choice: tool calling is not supported",
+            ),
+            (
+                given(&self.functions) && !says_none(&self.function_call),
+                "functions",
+                "functions: function calling is not supported (or send function_call \"none\")",
+            ),
+            (
+                forces_a_call(&self.function_call),
+                "function_call",
+                "function_call: function calling is not supported",
+            ),
+            (
+                not_text,
+                "response_format",
+                "response_format: only {\"type\": \"text\"} is supported",
+            ),
+            (
+                !matches!(self.logprobs, None | Some(Value::Null | Value::Bool(false))),
+                "logprobs",
+                "logprobs: log probabilities are not supported",
+            ),
+            (
+                self.top_logprobs.is_some_and(|n| n > 0),
+                "top_logprobs",
+                "top_logprobs: log probabilities are not supported",
+            ),
+            (
+                self.echo == Some(true),
+                "echo",
+                "echo: echoing the prompt is not supported",
+            ),
+            (
+                self.best_of.is_some_and(|n| n > 1),
+                "best_of",
+                "best_of: only best_of = 1 is supported",
+            ),
+            (
+                self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
+                "logit_bias",
+                "logit_bias: biasing tokens is not supported",
+            ),
+            (
+                penalized(self.frequency_penalty),
+                "frequency_penalty",
+                "frequency_penalty: only 0 is supported",
+            ),
+            (
+                penalized(self.presence_penalty),
+                "presence_penalty",
+                "presence_penalty: only 0 is supported",
+            ),
+        ];
+        checks
+            .into_iter()
+            .find_map(|(refused, field, why)| refused.then_some((field, why)))
+    }
+
     /// The engine's sampling settings: OpenAI's defaults (temperature 1, top_p 1, no top-k, no
     /// repeat penalty) where the request is silent.
     fn sampling(&self, default_max_tokens: u32) -> Result<SamplingParams, OpenAiError> {
         if self.n.is_some_and(|n| n != 1) {
-            return Err(invalid("only n = 1 is supported"));
+            return Err(invalid("n", "only n = 1 is supported"));
         }
         let asked = self.max_completion_tokens.or(self.max_tokens);
         let max_tokens = asked.unwrap_or(default_max_tokens);
         if max_tokens == 0 || max_tokens > MAX_TOKENS {
-            return Err(invalid(format!("max_tokens must be 1..={MAX_TOKENS}")));
+            let field = if self.max_completion_tokens.is_some() {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            return Err(invalid(field, format!("{field} must be 1..={MAX_TOKENS}")));
         }
         let stop = match &self.stop {
             None => Vec::new(),
@@ -197,20 +372,26 @@ impl Common {
             Some(Stop::Many(v)) => v.clone(),
         };
         if stop.len() > 4 {
-            return Err(invalid("at most 4 stop sequences"));
+            return Err(invalid("stop", "at most 4 stop sequences"));
         }
         if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
-            return Err(invalid(format!(
-                "stop: each stop sequence must be at most {MAX_STOP_BYTES} bytes, got one of {}",
-                long.len()
-            )));
+            return Err(invalid(
+                "stop",
+                format!(
+                    "stop: each stop sequence must be at most {MAX_STOP_BYTES} bytes, got one of {}",
+                    long.len()
+                ),
+            ));
         }
         // OpenAI's range: a client relying on the 400 for a typo'd 20 gets it here too.
         if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-            return Err(invalid("temperature must be between 0 and 2"));
+            return Err(invalid(
+                "temperature",
+                "temperature must be between 0 and 2",
+            ));
         }
         if self.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
-            return Err(invalid("top_p must be between 0 and 1"));
+            return Err(invalid("top_p", "top_p must be between 0 and 1"));
         }
         // OpenAI takes top_p 0 as "the most likely token only"; the engine's top_p is a share
         // of the probability that must be above 0, and its greedy choice is temperature 0.
@@ -239,7 +420,11 @@ impl Common {
             fit_to_context: asked.is_none(),
             ..defaults
         };
-        params.validate().map_err(invalid)?;
+        // The engine's own checks, behind the ones above; each message starts with its field.
+        params.validate().map_err(|m| {
+            let field = m.split_whitespace().next().unwrap_or_default().to_string();
+            invalid(&field, m)
+        })?;
         Ok(params)
     }
 
@@ -252,14 +437,20 @@ impl Common {
         prompt: Prompt,
         default_max_tokens: u32,
     ) -> Result<Job, OpenAiError> {
+        if let Some((field, why)) = self.unsupported() {
+            return Err(invalid(field, why));
+        }
         let model = self.model(state)?;
         // The client chose a model that cannot chat: its mistake (400, as the official client
         // does not retry), not the server being unavailable.
         if matches!(kind, Kind::Chat) && !model.info.supports_chat {
-            return Err(invalid(format!(
-                "model {} has no chat template: send its prompts to /v1/completions",
-                model.info.id
-            )));
+            return Err(invalid(
+                "model",
+                format!(
+                    "model {} has no chat template: send its prompts to /v1/completions",
+                    model.info.id
+                ),
+            ));
         }
         Ok(Job {
             endpoint,
@@ -298,6 +489,14 @@ enum Kind {
 }
 
 impl Kind {
+    /// The request field that holds the prompt.
+    fn prompt_field(self) -> &'static str {
+        match self {
+            Kind::Chat => "messages",
+            Kind::Text => "prompt",
+        }
+    }
+
     fn object(self, chunk: bool) -> &'static str {
         match (self, chunk) {
             (Kind::Chat, false) => "chat.completion",
@@ -379,7 +578,7 @@ async fn run(job: Job) -> Result<Response, OpenAiError> {
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))
-    .and_then(|r| r.map_err(|e| ApiError::from(&e)));
+    .and_then(|r| r.map_err(|e| engine_error(&e, kind)));
     let ms = started.elapsed().as_millis() as u64;
     let done = match outcome {
         Ok(done) => {
@@ -457,7 +656,7 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
         tokio::task::spawn_blocking(move || model.start(&prompt, &params, &control))
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))
-            .and_then(|r| r.map_err(|e| ApiError::from(&e)))
+            .and_then(|r| r.map_err(|e| engine_error(&e, kind)))
     };
     let generation = match queued {
         Ok(g) => g,
@@ -496,8 +695,10 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
                 "model": model_id,
                 "choices": choices,
             });
-            if let Some(u) = usage {
-                v["usage"] = u;
+            // With include_usage every chunk carries `usage`, null until the last (OpenAI's
+            // reference; typed clients read the field on each chunk).
+            if include_usage {
+                v["usage"] = usage.unwrap_or(Value::Null);
             }
             Event::default().data(v.to_string())
         };
@@ -548,23 +749,35 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(super::unbuffered(
+        Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+    ))
 }
 
-/// The text of a chat message's content.
-fn content_text(content: Option<Content>) -> String {
-    match content {
-        None => String::new(),
-        Some(Content::Text(t)) => t,
-        Some(Content::Parts(parts)) => parts
-            .into_iter()
-            .filter(|p| p.kind == "text")
-            .filter_map(|p| p.text)
-            .collect::<Vec<_>>()
-            .join("\n"),
+/// The text of message `i`'s content. A part that is not text (an image, audio) is refused,
+/// not dropped: the model would answer without what it was asked about.
+fn content_text(i: usize, content: Option<Content>) -> Result<String, OpenAiError> {
+    let parts = match content {
+        None => return Ok(String::new()),
+        Some(Content::Text(t)) => return Ok(t),
+        Some(Content::Parts(parts)) => parts,
+    };
+    if let Some((j, part)) = parts.iter().enumerate().find(|(_, p)| p.kind != "text") {
+        return Err(invalid(
+            &format!("messages[{i}].content[{j}].type"),
+            format!(
+                "messages[{i}].content[{j}]: {:?} parts are not supported (text only)",
+                part.kind
+            ),
+        ));
     }
+    Ok(parts
+        .into_iter()
+        .filter_map(|p| p.text)
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// Count a request refused before it ran.
@@ -600,22 +813,55 @@ fn chat_job(
 /// OpenAI's chat messages as the chat template's (`developer` is a system message).
 fn template_messages(messages: Vec<Message>) -> Result<Vec<TemplateMessage>, OpenAiError> {
     if messages.is_empty() {
-        return Err(invalid("messages must not be empty"));
+        return Err(invalid("messages", "messages must not be empty"));
     }
     messages
         .into_iter()
-        .map(|m| {
-            let role = match m.role.as_str() {
-                "developer" => "system".to_string(),
-                "system" | "user" | "assistant" | "tool" => m.role,
-                other => return Err(invalid(format!("unknown message role {other:?}"))),
-            };
-            Ok(TemplateMessage {
-                role,
-                content: content_text(m.content),
-            })
-        })
+        .enumerate()
+        .map(|(i, m)| template_message(i, m))
         .collect()
+}
+
+/// Message `i` as the template's. The template sees a role and text only, so what it would
+/// lose is refused: an assistant's tool calls (their names, arguments and ids would vanish)
+/// and tool results (answers to calls this server cannot have made).
+fn template_message(i: usize, m: Message) -> Result<TemplateMessage, OpenAiError> {
+    let role_field = format!("messages[{i}].role");
+    let role = match m.role.as_str() {
+        "developer" => "system".to_string(),
+        "system" | "user" | "assistant" => m.role,
+        "tool" | "function" => {
+            return Err(invalid(
+                &role_field,
+                format!(
+                    "messages[{i}]: {:?} messages are not supported (this server does not call \
+                     tools)",
+                    m.role
+                ),
+            ));
+        }
+        other => {
+            return Err(invalid(
+                &role_field,
+                format!("unknown message role {other:?}"),
+            ));
+        }
+    };
+    for (field, value) in [
+        ("tool_calls", &m.tool_calls),
+        ("function_call", &m.function_call),
+    ] {
+        if given(value) {
+            return Err(invalid(
+                &format!("messages[{i}].{field}"),
+                format!("messages[{i}].{field}: tool calls are not supported"),
+            ));
+        }
+    }
+    Ok(TemplateMessage {
+        role,
+        content: content_text(i, m.content)?,
+    })
 }
 
 /// `POST /tokenize` (vLLM's shape): `{"model"?, "prompt"}` or `{"model"?, "messages"}` →
@@ -640,7 +886,12 @@ pub async fn tokenize(
     let input = match (req.prompt, req.messages) {
         (Some(prompt), None) => Ok(prompt),
         (None, Some(messages)) => Err(template_messages(messages)?),
-        _ => return Err(invalid("give either prompt or messages")),
+        _ => {
+            return Err(OpenAiError(ApiError::new(
+                ErrorCode::InvalidInput,
+                "give either prompt or messages",
+            )));
+        }
     };
     let counted = tokio::task::spawn_blocking(move || {
         let (tokens, count) = match input {
@@ -704,7 +955,7 @@ fn completion_job(
     let text = match req.prompt {
         PromptField::One(s) => s,
         PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
-        PromptField::Many(_) => return Err(invalid("prompt must be one string")),
+        PromptField::Many(_) => return Err(invalid("prompt", "prompt must be one string")),
     };
     let prompt = match req.suffix {
         Some(suffix) => Prompt::Fim {
@@ -717,10 +968,12 @@ fn completion_job(
     req.common.job(state, COMPLETIONS, Kind::Text, prompt, 16)
 }
 
-/// Whether `path` is one of the OpenAI-compatible routes, whose errors take OpenAI's shape.
+/// Whether `path` takes OpenAI's error shape: `/tokenize` and every `/v1/` path but the native
+/// pipeline runs under `/v1/pipeline`, routes this server lacks included (`/v1/embeddings`,
+/// `/v1/responses`): an OpenAI client asking for one must be able to read the 404.
 pub fn is_openai_path(path: &str) -> bool {
-    matches!(path, CHAT | "/v1/completions" | "/v1/models" | "/tokenize")
-        || path.starts_with("/v1/models/")
+    let native = path == "/v1/pipeline" || path.starts_with("/v1/pipeline/");
+    path == "/tokenize" || (path.starts_with("/v1/") && !native)
 }
 
 fn model_object(m: &ServedModel) -> Value {
@@ -842,6 +1095,61 @@ mod tests {
             assert_eq!(e.status.as_u16(), 400);
             assert!(e.message.contains("top_p"), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn neutral_values_pass_and_ones_that_change_the_answer_are_refused_by_name() {
+        let refused_field = |body: Value| {
+            serde_json::from_value::<Common>(body)
+                .expect("request")
+                .unsupported()
+                .map(|(field, _)| field)
+        };
+        let neutral = json!({"tools": [], "tool_choice": "auto", "functions": [],
+            "logprobs": false, "top_logprobs": 0, "response_format": {"type": "text"},
+            "logit_bias": {}, "frequency_penalty": 0, "presence_penalty": 0.0, "echo": false,
+            "best_of": 1, "user": "u-1", "parallel_tool_calls": true});
+        assert_eq!(refused_field(neutral), None);
+        let tools_off = json!({"tools": [{"type": "function"}], "tool_choice": "none"});
+        assert_eq!(refused_field(tools_off), None);
+        for (body, field) in [
+            (json!({"tools": [{"type": "function"}]}), "tools"),
+            (json!({"tool_choice": {"type": "function"}}), "tool_choice"),
+            (json!({"function_call": {"name": "add"}}), "function_call"),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                "response_format",
+            ),
+            // On completions, 0 still asks for the chosen tokens' log probabilities.
+            (json!({"logprobs": 0}), "logprobs"),
+            (json!({"logprobs": true}), "logprobs"),
+            (json!({"best_of": 3}), "best_of"),
+            (json!({"frequency_penalty": 0.1}), "frequency_penalty"),
+        ] {
+            assert_eq!(refused_field(body.clone()), Some(field), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_context_overflow_is_openais_400_naming_the_prompt() {
+        let overflow = EngineError::ContextOverflow {
+            prompt: 100,
+            max_tokens: 28,
+            context: 120,
+        };
+        let e = engine_error(&overflow, Kind::Chat);
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "MODEL_004"));
+        assert_eq!(e.details, Some(json!({"field": "messages"})));
+        assert!(
+            e.message.starts_with(
+                "This model's maximum context length is 120 tokens. However, you requested 128 \
+                 tokens (100 in the messages, 28 in the completion)."
+            ),
+            "{}",
+            e.message
+        );
+        let e = engine_error(&overflow, Kind::Text);
+        assert_eq!(e.details, Some(json!({"field": "prompt"})));
     }
 
     #[test]

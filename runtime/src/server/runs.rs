@@ -7,7 +7,8 @@
 //!   has ended, its result.
 //! - `GET /v1/pipeline/runs/{id}/events` its events as server-sent events (`id:` the event
 //!   number, `event:` its type, `data:` its JSON), the stored ones first, then live ones until
-//!   `done`; `Last-Event-ID` (or `?after=N`) resumes after an event.
+//!   `done`; `Last-Event-ID` (or `?after=N`) resumes after an event. A run that has ended with
+//!   nothing left to send answers `204`, which stops a browser's `EventSource` reconnecting.
 //! - `DELETE /v1/pipeline/runs/{id}` cancels a queued or running run (`409 RUN_003` when
 //!   another host sharing the store runs it; `409 RUN_001` once it
 //!   has ended).
@@ -236,16 +237,23 @@ pub async fn events(
                 .into_response();
         }
     };
-    let store = state.runs.store().clone();
     // A run that had ended when it was read has every event it will ever have in `stored`.
+    if ended && stored.is_empty() {
+        // An empty 200 stream makes an EventSource reconnect for ever; by the HTML spec's
+        // server-sent events, a 204 fails its connection for good.
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let store = state.runs.store().clone();
     let live = if ended {
         Following::Nothing
     } else {
         live.map_or(Following::Store, Following::Live)
     };
-    Sse::new(event_stream(id, store, stored, live, after))
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    super::unbuffered(
+        Sse::new(event_stream(id, store, stored, live, after))
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+    )
 }
 
 /// Where a run's events come from once the stored ones are sent.

@@ -51,6 +51,8 @@ async function api(path, options = {}) {
 // Server-sent events over fetch (EventSource cannot send an API key).
 async function streamEvents(path, onEvent, signal) {
   const res = await api(path, { signal, headers: { Accept: "text/event-stream" } });
+  // 204: the run has ended and nothing is left to send.
+  if (res.status === 204 || !res.body) return;
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
