@@ -436,6 +436,70 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// GGUF files written by hand for tests elsewhere in the engine.
+#[cfg(test)]
+pub(crate) mod test_files {
+    use super::GgufFile;
+
+    /// One GGUF metadata value for [`gguf_file`].
+    #[derive(Clone)]
+    pub(crate) enum Meta<'a> {
+        Str(&'a str),
+        Strs(&'a [&'a str]),
+        U64(u64),
+        Bool(bool),
+        F32(f32),
+    }
+
+    /// Writes a tensor-less GGUF file with `meta` and opens it.
+    pub(crate) fn gguf_file(name: &str, meta: &[(&str, Meta<'_>)]) -> GgufFile {
+        fn string(b: &mut Vec<u8>, s: &str) {
+            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+        for (key, value) in meta {
+            string(&mut b, key);
+            match value {
+                Meta::Str(s) => {
+                    b.extend_from_slice(&8u32.to_le_bytes());
+                    string(&mut b, s);
+                }
+                Meta::Strs(list) => {
+                    b.extend_from_slice(&9u32.to_le_bytes());
+                    b.extend_from_slice(&8u32.to_le_bytes());
+                    b.extend_from_slice(&(list.len() as u64).to_le_bytes());
+                    for s in *list {
+                        string(&mut b, s);
+                    }
+                }
+                Meta::U64(v) => {
+                    b.extend_from_slice(&10u32.to_le_bytes());
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
+                Meta::Bool(v) => {
+                    b.extend_from_slice(&7u32.to_le_bytes());
+                    b.push(u8::from(*v));
+                }
+                Meta::F32(v) => {
+                    b.extend_from_slice(&6u32.to_le_bytes());
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        let path =
+            std::env::temp_dir().join(format!("agentrt-tok-{name}-{}.gguf", std::process::id()));
+        std::fs::write(&path, &b).expect("write");
+        let file = GgufFile::open(&path);
+        let _ = std::fs::remove_file(&path);
+        file.expect("parse")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,9 +71,14 @@ impl LlamaConfig {
                 // every rotary frequency: refused rather than run with plain RoPE.
                 let scaling = f.str(&key("rope.scaling.type")).unwrap_or("none");
                 let factor = f.f64(&key("rope.scaling.factor")).unwrap_or(1.0);
-                if scaling != "none" || (factor != 0.0 && factor != 1.0) {
+                // Older conversions wrote linear scaling under its own key.
+                let linear = f.f64(&key("rope.scale_linear")).unwrap_or(1.0);
+                if scaling != "none"
+                    || (factor != 0.0 && factor != 1.0)
+                    || (linear != 0.0 && linear != 1.0)
+                {
                     return Err(ModelFileError::Shape(format!(
-                        "rope scaling {scaling} (factor {factor}) is not supported"
+                        "rope scaling {scaling} (factor {factor}, linear {linear}) is not supported"
                     )));
                 }
                 let dim = f.u64(&key("embedding_length"))? as usize;
@@ -81,11 +86,24 @@ impl LlamaConfig {
                 let n_kv_head = f
                     .u64(&key("attention.head_count_kv"))
                     .unwrap_or(n_head as u64) as usize;
-                if n_head == 0 || !dim.is_multiple_of(n_head) {
+                // Heads are width / heads wide unless the file says (Mistral-Nemo-style models
+                // have 32 heads of 128 in a 5120 width); keys and values must agree.
+                let key_length = f.u64(&key("attention.key_length")).ok();
+                let value_length = f.u64(&key("attention.value_length")).ok();
+                if value_length.is_some_and(|v| Some(v) != key_length) {
                     return Err(ModelFileError::Shape(format!(
-                        "width {dim} is not a multiple of {n_head} heads"
+                        "value heads of {value_length:?} differ from key heads of {key_length:?}"
                     )));
                 }
+                let head_dim = match key_length {
+                    Some(k) => usize::try_from(k).unwrap_or(usize::MAX),
+                    None if n_head != 0 && dim.is_multiple_of(n_head) => dim / n_head,
+                    None => {
+                        return Err(ModelFileError::Shape(format!(
+                            "width {dim} is not a multiple of {n_head} heads"
+                        )));
+                    }
+                };
                 // Without a vocab_size key, the embedding's rows are the vocabulary.
                 let vocab = match f.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
                     Some(v) => v as usize,
@@ -101,7 +119,7 @@ impl LlamaConfig {
                     dim,
                     n_head,
                     n_kv_head,
-                    head_dim: dim / n_head,
+                    head_dim,
                     ffn_dim: f.u64(&key("feed_forward_length"))? as usize,
                     vocab,
                     context_length: f.u64(&key("context_length"))? as usize,
@@ -481,6 +499,7 @@ impl CausalLm for Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::gguf::test_files::{Meta, gguf_file};
     use crate::engine::models::HfConfig;
 
     /// A small Llama `config.json` with `rope_theta` and `rms_norm_eps` set to these.
@@ -551,6 +570,50 @@ mod tests {
         assert_eq!(read(&c).expect("plain rope").rope_base, 10_000.0);
         c.json["rope_scaling"] = serde_json::json!({ "type": "linear", "factor": 2.0 });
         assert!(read(&c).is_err());
+    }
+
+    /// A Llama GGUF's shape keys, width 320 in 4 heads (2 for keys and values), plus `extra`.
+    fn gguf(name: &str, extra: &[(&str, Meta<'_>)]) -> Result<LlamaConfig, ModelFileError> {
+        let mut meta = vec![
+            ("llama.embedding_length", Meta::U64(320)),
+            ("llama.attention.head_count", Meta::U64(4)),
+            ("llama.attention.head_count_kv", Meta::U64(2)),
+            ("llama.block_count", Meta::U64(2)),
+            ("llama.feed_forward_length", Meta::U64(640)),
+            ("llama.context_length", Meta::U64(256)),
+            ("llama.vocab_size", Meta::U64(100)),
+        ];
+        meta.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        let file = gguf_file(&format!("llama-{name}"), &meta);
+        LlamaConfig::from_source(ConfigSource::Gguf(&file, "llama"))
+    }
+
+    #[test]
+    fn a_gguf_head_size_comes_from_its_key_length_when_it_has_one() {
+        let plain = gguf("plain", &[]).expect("load");
+        assert_eq!((plain.head_dim, plain.q_dim()), (80, 320));
+        // Heads wider than width / heads, as Mistral-Nemo's are.
+        let wide = [
+            ("llama.attention.key_length", Meta::U64(128)),
+            ("llama.attention.value_length", Meta::U64(128)),
+        ];
+        let c = gguf("wide", &wide).expect("load");
+        assert_eq!((c.head_dim, c.q_dim(), c.kv_dim()), (128, 512, 256));
+        let differ = [
+            ("llama.attention.key_length", Meta::U64(128)),
+            ("llama.attention.value_length", Meta::U64(64)),
+        ];
+        assert!(matches!(
+            gguf("differ", &differ),
+            Err(ModelFileError::Shape(_))
+        ));
+        // Linear scaling under the older key is refused like the newer keys' scaling.
+        let linear = [("llama.rope.scale_linear", Meta::F32(4.0))];
+        assert!(matches!(
+            gguf("linear", &linear),
+            Err(ModelFileError::Shape(_))
+        ));
+        assert!(gguf("unscaled", &[("llama.rope.scale_linear", Meta::F32(1.0))]).is_ok());
     }
 
     /// A zero, negative or (as `f32`) infinite rotary base, or an epsilon outside (0, 1),
