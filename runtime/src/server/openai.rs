@@ -30,128 +30,19 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::engine::chat_template::TemplateMessage;
-use crate::engine::sampling::MAX_STOP_BYTES;
 use crate::engine::{
     Completion, Control, EngineError, FinishReason, Prompt, SamplingParams, ServedModel,
 };
 use crate::error_code::ErrorCode;
 use crate::stats::Stats;
 
+mod request;
+
+pub use request::{ChatRequest, CompletionRequest};
+use request::{Common, Message, PromptField, template_messages};
+
 const CHAT: &str = "/v1/chat/completions";
 const COMPLETIONS: &str = "/v1/completions";
-
-/// Most tokens one request may ask for.
-const MAX_TOKENS: u32 = 4096;
-
-/// `stop`: one string or a list.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-/// A message's `content`: text, or a list of parts of which the text ones are used.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Message {
-    role: String,
-    content: Option<Content>,
-    /// An assistant's calls of tools (refused: see [`template_message`]).
-    tool_calls: Option<Value>,
-    function_call: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
-}
-
-/// What both endpoints share.
-#[derive(Debug, Deserialize)]
-struct Common {
-    model: Option<String>,
-    max_tokens: Option<u32>,
-    max_completion_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    /// Any integer, as OpenAI's API takes (a negative one is used as its two's-complement bits).
-    seed: Option<i64>,
-    stop: Option<Stop>,
-    n: Option<u32>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-    // Refused unless neutral ([`Common::unsupported`]): each changes what the answer means.
-    tools: Option<Value>,
-    tool_choice: Option<Value>,
-    functions: Option<Value>,
-    function_call: Option<Value>,
-    response_format: Option<Value>,
-    /// `true` on chat, a count on completions.
-    logprobs: Option<Value>,
-    top_logprobs: Option<u32>,
-    echo: Option<bool>,
-    best_of: Option<u32>,
-    logit_bias: Option<serde_json::Map<String, Value>>,
-    frequency_penalty: Option<f32>,
-    presence_penalty: Option<f32>,
-}
-
-/// Whether a list or map holds something (`[]`, `{}` and `null` are what SDKs send for none).
-fn given(value: &Option<Value>) -> bool {
-    match value {
-        None | Some(Value::Null) => false,
-        Some(Value::Array(items)) => !items.is_empty(),
-        Some(Value::Object(fields)) => !fields.is_empty(),
-        Some(_) => true,
-    }
-}
-
-/// Whether a `tool_choice` / `function_call` demands a call: `"required"` or a named function.
-fn forces_a_call(choice: &Option<Value>) -> bool {
-    match choice {
-        Some(Value::Object(_)) => true,
-        Some(v) => v.as_str() == Some("required"),
-        None => false,
-    }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    messages: Vec<Message>,
-    #[serde(flatten)]
-    common: Common,
-}
-
-/// `prompt`: a string, or a list holding one.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum PromptField {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    prompt: PromptField,
-    suffix: Option<String>,
-    #[serde(flatten)]
-    common: Common,
-}
 
 /// An [`ApiError`] in OpenAI's error object.
 pub struct OpenAiError(pub ApiError);
@@ -270,164 +161,6 @@ fn usage(c: &Completion) -> Value {
 }
 
 impl Common {
-    /// The first field whose value this server cannot honour, with why. Each changes what the
-    /// answer means (a tool call, JSON, log probabilities, other sampling), so ignoring it would
-    /// answer another question than the one asked; the neutral values SDKs send by default
-    /// (`tools: []`, `tool_choice: "none"`, `logprobs: false`, `response_format: {"type":
-    /// "text"}`, penalties of 0, ...) pass. A `logprobs` of 0 on a completion is not neutral:
-    /// it asks for the chosen tokens' log probabilities.
-    fn unsupported(&self) -> Option<(&'static str, &'static str)> {
-        let says_none = |v: &Option<Value>| v.as_ref().and_then(Value::as_str) == Some("none");
-        let penalized = |p: Option<f32>| p.is_some_and(|p| p != 0.0);
-        let not_text = self
-            .response_format
-            .as_ref()
-            .is_some_and(|f| !f.is_null() && f.get("type").and_then(Value::as_str) != Some("text"));
-        let checks = [
-            (
-                given(&self.tools) && !says_none(&self.tool_choice),
-                "tools",
-                "tools: tool calling is not supported (send no tools, or tool_choice \"none\")",
-            ),
-            (
-                forces_a_call(&self.tool_choice),
-                "tool_choice",
-                "tool_choice: tool calling is not supported",
-            ),
-            (
-                given(&self.functions) && !says_none(&self.function_call),
-                "functions",
-                "functions: function calling is not supported (or send function_call \"none\")",
-            ),
-            (
-                forces_a_call(&self.function_call),
-                "function_call",
-                "function_call: function calling is not supported",
-            ),
-            (
-                not_text,
-                "response_format",
-                "response_format: only {\"type\": \"text\"} is supported",
-            ),
-            (
-                !matches!(self.logprobs, None | Some(Value::Null | Value::Bool(false))),
-                "logprobs",
-                "logprobs: log probabilities are not supported",
-            ),
-            (
-                self.top_logprobs.is_some_and(|n| n > 0),
-                "top_logprobs",
-                "top_logprobs: log probabilities are not supported",
-            ),
-            (
-                self.echo == Some(true),
-                "echo",
-                "echo: echoing the prompt is not supported",
-            ),
-            (
-                self.best_of.is_some_and(|n| n > 1),
-                "best_of",
-                "best_of: only best_of = 1 is supported",
-            ),
-            (
-                self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
-                "logit_bias",
-                "logit_bias: biasing tokens is not supported",
-            ),
-            (
-                penalized(self.frequency_penalty),
-                "frequency_penalty",
-                "frequency_penalty: only 0 is supported",
-            ),
-            (
-                penalized(self.presence_penalty),
-                "presence_penalty",
-                "presence_penalty: only 0 is supported",
-            ),
-        ];
-        checks
-            .into_iter()
-            .find_map(|(refused, field, why)| refused.then_some((field, why)))
-    }
-
-    /// The engine's sampling settings: OpenAI's defaults (temperature 1, top_p 1, no top-k, no
-    /// repeat penalty) where the request is silent.
-    fn sampling(&self, default_max_tokens: u32) -> Result<SamplingParams, OpenAiError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(invalid("n", "only n = 1 is supported"));
-        }
-        let asked = self.max_completion_tokens.or(self.max_tokens);
-        let max_tokens = asked.unwrap_or(default_max_tokens);
-        if max_tokens == 0 || max_tokens > MAX_TOKENS {
-            let field = if self.max_completion_tokens.is_some() {
-                "max_completion_tokens"
-            } else {
-                "max_tokens"
-            };
-            return Err(invalid(field, format!("{field} must be 1..={MAX_TOKENS}")));
-        }
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s.clone()],
-            Some(Stop::Many(v)) => v.clone(),
-        };
-        if stop.len() > 4 {
-            return Err(invalid("stop", "at most 4 stop sequences"));
-        }
-        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
-            return Err(invalid(
-                "stop",
-                format!(
-                    "stop: each stop sequence must be at most {MAX_STOP_BYTES} bytes, got one of {}",
-                    long.len()
-                ),
-            ));
-        }
-        // OpenAI's range: a client relying on the 400 for a typo'd 20 gets it here too.
-        if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-            return Err(invalid(
-                "temperature",
-                "temperature must be between 0 and 2",
-            ));
-        }
-        if self.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
-            return Err(invalid("top_p", "top_p must be between 0 and 1"));
-        }
-        // OpenAI takes top_p 0 as "the most likely token only"; the engine's top_p is a share
-        // of the probability that must be above 0, and its greedy choice is temperature 0.
-        let greedy = self.top_p == Some(0.0);
-        let defaults = SamplingParams::default();
-        let params = SamplingParams {
-            max_tokens,
-            temperature: if greedy {
-                0.0
-            } else {
-                self.temperature.unwrap_or(1.0)
-            },
-            top_k: 0,
-            top_p: if greedy {
-                1.0
-            } else {
-                self.top_p.unwrap_or(1.0)
-            },
-            repeat_penalty: 1.0,
-            seed: self
-                .seed
-                .map_or_else(crate::engine::sampling::fresh_seed, |s| s as u64),
-            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
-            // Without a max_tokens of its own, a long prompt gets what room the context has
-            // left rather than a refusal (as vLLM does).
-            fit_to_context: asked.is_none(),
-            ..defaults
-        };
-        // The engine's own checks, behind the ones above; each message starts with its field.
-        params.validate().map_err(|m| {
-            let field = m.split_whitespace().next().unwrap_or_default().to_string();
-            invalid(&field, m)
-        })?;
-        Ok(params)
-    }
-
     /// The request as a job for `endpoint`, `default_max_tokens` where it names none.
     fn job(
         &self,
@@ -463,13 +196,6 @@ impl Common {
             include_usage: self.include_usage(),
             control: Control::default(),
         })
-    }
-
-    fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
     }
 
     fn model(&self, state: &AppState) -> Result<Arc<ServedModel>, OpenAiError> {
@@ -756,30 +482,6 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
     ))
 }
 
-/// The text of message `i`'s content. A part that is not text (an image, audio) is refused,
-/// not dropped: the model would answer without what it was asked about.
-fn content_text(i: usize, content: Option<Content>) -> Result<String, OpenAiError> {
-    let parts = match content {
-        None => return Ok(String::new()),
-        Some(Content::Text(t)) => return Ok(t),
-        Some(Content::Parts(parts)) => parts,
-    };
-    if let Some((j, part)) = parts.iter().enumerate().find(|(_, p)| p.kind != "text") {
-        return Err(invalid(
-            &format!("messages[{i}].content[{j}].type"),
-            format!(
-                "messages[{i}].content[{j}]: {:?} parts are not supported (text only)",
-                part.kind
-            ),
-        ));
-    }
-    Ok(parts
-        .into_iter()
-        .filter_map(|p| p.text)
-        .collect::<Vec<_>>()
-        .join("\n"))
-}
-
 /// Count a request refused before it ran.
 fn rejected(state: &AppState, endpoint: &str, e: OpenAiError) -> OpenAiError {
     state
@@ -808,60 +510,6 @@ fn chat_job(
     let messages = template_messages(req.messages)?;
     req.common
         .job(state, CHAT, Kind::Chat, Prompt::Chat(messages), 512)
-}
-
-/// OpenAI's chat messages as the chat template's (`developer` is a system message).
-fn template_messages(messages: Vec<Message>) -> Result<Vec<TemplateMessage>, OpenAiError> {
-    if messages.is_empty() {
-        return Err(invalid("messages", "messages must not be empty"));
-    }
-    messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| template_message(i, m))
-        .collect()
-}
-
-/// Message `i` as the template's. The template sees a role and text only, so what it would
-/// lose is refused: an assistant's tool calls (their names, arguments and ids would vanish)
-/// and tool results (answers to calls this server cannot have made).
-fn template_message(i: usize, m: Message) -> Result<TemplateMessage, OpenAiError> {
-    let role_field = format!("messages[{i}].role");
-    let role = match m.role.as_str() {
-        "developer" => "system".to_string(),
-        "system" | "user" | "assistant" => m.role,
-        "tool" | "function" => {
-            return Err(invalid(
-                &role_field,
-                format!(
-                    "messages[{i}]: {:?} messages are not supported (this server does not call \
-                     tools)",
-                    m.role
-                ),
-            ));
-        }
-        other => {
-            return Err(invalid(
-                &role_field,
-                format!("unknown message role {other:?}"),
-            ));
-        }
-    };
-    for (field, value) in [
-        ("tool_calls", &m.tool_calls),
-        ("function_call", &m.function_call),
-    ] {
-        if given(value) {
-            return Err(invalid(
-                &format!("messages[{i}].{field}"),
-                format!("messages[{i}].{field}: tool calls are not supported"),
-            ));
-        }
-    }
-    Ok(TemplateMessage {
-        role,
-        content: content_text(i, m.content)?,
-    })
 }
 
 /// `POST /tokenize` (vLLM's shape): `{"model"?, "prompt"}` or `{"model"?, "messages"}` →
@@ -1043,93 +691,6 @@ mod tests {
         ));
     }
 
-    fn sampling(body: Value) -> SamplingParams {
-        let Ok(params) = serde_json::from_value::<Common>(body)
-            .expect("request")
-            .sampling(512)
-        else {
-            panic!("settings refused");
-        };
-        params
-    }
-
-    #[test]
-    fn a_request_without_max_tokens_or_seed_fits_the_context_and_draws_its_own_seed() {
-        let silent = sampling(json!({}));
-        assert_eq!(silent.max_tokens, 512);
-        assert!(silent.fit_to_context);
-        assert_ne!(silent.seed, sampling(json!({})).seed);
-
-        let named = sampling(json!({"max_tokens": 10, "seed": 7}));
-        assert_eq!((named.max_tokens, named.seed), (10, 7));
-        assert_eq!(sampling(json!({"seed": -1})).seed, u64::MAX);
-        assert!(!named.fit_to_context);
-        assert!(!sampling(json!({"max_completion_tokens": 10})).fit_to_context);
-    }
-
-    /// The 400 a request's settings are refused with.
-    fn refused(body: Value) -> ApiError {
-        match serde_json::from_value::<Common>(body)
-            .expect("request")
-            .sampling(512)
-        {
-            Ok(params) => panic!("settings accepted: {params:?}"),
-            Err(OpenAiError(e)) => e,
-        }
-    }
-
-    #[test]
-    fn top_p_zero_is_greedy_and_top_p_outside_zero_to_one_is_refused() {
-        for body in [
-            json!({"top_p": 0}),
-            json!({"top_p": 0.0, "temperature": 0.8}),
-        ] {
-            let greedy = sampling(body);
-            assert_eq!((greedy.temperature, greedy.top_p), (0.0, 1.0));
-            assert!(greedy.validate().is_ok());
-        }
-        let nucleus = sampling(json!({"top_p": 0.5, "temperature": 0.8}));
-        assert_eq!((nucleus.temperature, nucleus.top_p), (0.8, 0.5));
-        for top_p in [-0.1, 1.5] {
-            let e = refused(json!({ "top_p": top_p }));
-            assert_eq!(e.status.as_u16(), 400);
-            assert!(e.message.contains("top_p"), "{}", e.message);
-        }
-    }
-
-    #[test]
-    fn neutral_values_pass_and_ones_that_change_the_answer_are_refused_by_name() {
-        let refused_field = |body: Value| {
-            serde_json::from_value::<Common>(body)
-                .expect("request")
-                .unsupported()
-                .map(|(field, _)| field)
-        };
-        let neutral = json!({"tools": [], "tool_choice": "auto", "functions": [],
-            "logprobs": false, "top_logprobs": 0, "response_format": {"type": "text"},
-            "logit_bias": {}, "frequency_penalty": 0, "presence_penalty": 0.0, "echo": false,
-            "best_of": 1, "user": "u-1", "parallel_tool_calls": true});
-        assert_eq!(refused_field(neutral), None);
-        let tools_off = json!({"tools": [{"type": "function"}], "tool_choice": "none"});
-        assert_eq!(refused_field(tools_off), None);
-        for (body, field) in [
-            (json!({"tools": [{"type": "function"}]}), "tools"),
-            (json!({"tool_choice": {"type": "function"}}), "tool_choice"),
-            (json!({"function_call": {"name": "add"}}), "function_call"),
-            (
-                json!({"response_format": {"type": "json_schema"}}),
-                "response_format",
-            ),
-            // On completions, 0 still asks for the chosen tokens' log probabilities.
-            (json!({"logprobs": 0}), "logprobs"),
-            (json!({"logprobs": true}), "logprobs"),
-            (json!({"best_of": 3}), "best_of"),
-            (json!({"frequency_penalty": 0.1}), "frequency_penalty"),
-        ] {
-            assert_eq!(refused_field(body.clone()), Some(field), "{body}");
-        }
-    }
-
     #[test]
     fn a_context_overflow_is_openais_400_naming_the_prompt() {
         let overflow = EngineError::ContextOverflow {
@@ -1150,20 +711,5 @@ mod tests {
         );
         let e = engine_error(&overflow, Kind::Text);
         assert_eq!(e.details, Some(json!({"field": "prompt"})));
-    }
-
-    #[test]
-    fn stop_sequences_past_the_cap_are_refused_naming_the_field() {
-        let at_cap = "x".repeat(MAX_STOP_BYTES);
-        assert_eq!(
-            sampling(json!({"stop": at_cap.clone()})).stop,
-            std::slice::from_ref(&at_cap)
-        );
-        let over = format!("{at_cap}y");
-        for stop in [json!(over.clone()), json!(["\n", over.clone()])] {
-            let e = refused(json!({ "stop": stop }));
-            assert_eq!(e.status.as_u16(), 400);
-            assert!(e.message.starts_with("stop:"), "{}", e.message);
-        }
     }
 }
