@@ -336,12 +336,14 @@ fn unbuffered(mut response: axum::response::Response) -> axum::response::Respons
 /// A request body without a `Content-Type` is read as JSON, as FastAPI (the services agentrt
 /// replaces) and vLLM do: `requests.post(url, data=json.dumps(body))` sends none. A type the
 /// client does name is kept, so a body declared as something else is still refused (400
-/// `VAL_001`).
+/// `VAL_001`). Not for a browser (it sends `Origin`): a page on another site may post an
+/// untyped body without asking first (no CORS preflight), and reading it as JSON would let any
+/// page drive a server that runs without keys.
 async fn assume_json(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, TRANSFER_ENCODING};
     let headers = request.headers();
     let has_body = headers.contains_key(TRANSFER_ENCODING)
         || headers
@@ -349,7 +351,7 @@ async fn assume_json(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .is_some_and(|n| n > 0);
-    if has_body && !headers.contains_key(CONTENT_TYPE) {
+    if has_body && !headers.contains_key(CONTENT_TYPE) && !headers.contains_key(ORIGIN) {
         request.headers_mut().insert(
             CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),

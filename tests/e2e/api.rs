@@ -328,6 +328,16 @@ fn a_body_without_a_content_type_is_read_as_json() {
         (400, "VAL_001"),
         "{body}"
     );
+    // A browser sends `Origin`: a page elsewhere posting an untyped body (no CORS preflight
+    // for it) is not read as JSON, so it cannot drive a server that runs without keys.
+    let body = json!({"code": "x = 1\n"}).to_string();
+    let request = format!(
+        "POST /check HTTP/1.1\r\nHost: {host}\r\nOrigin: https://elsewhere.example\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, answer) = s.raw_exchange(request.as_bytes(), std::time::Duration::from_secs(60));
+    assert_eq!(status, 400, "{answer}");
 }
 
 /// A `max_retries` above what the pipeline allows is a 400 naming the field on every route that

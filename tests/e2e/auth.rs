@@ -135,6 +135,14 @@ fn keys_and_scopes_guard_the_routes() {
         let (status, body) = server.request("GET", "/models", &headers, None);
         assert_eq!(status, 200, "{headers:?}: {body}");
     }
+    // Two valid keys: the wider one counts, whichever header holds it.
+    let (status, body) = server.request(
+        "GET",
+        "/stats",
+        &[("authorization", &bearer(USER)), ("x-api-key", ADMIN)],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
     // A 401 names the scheme it wants, in agentrt's error shape and in OpenAI's.
     for path in ["/models", "/v1/models"] {
         let (status, headers, text) = server.exchange("GET", path, &[], None);

@@ -118,17 +118,18 @@ fn bounded_indent(
 /// `ensure_ascii=False` — separators `", "` and `": "`, insertion order, no HTML escaping (Jinja's
 /// own filter escapes `<`, `>`, `&` and `'`, which changes the tool schemas a prompt shows) —
 /// taking `indent`, `separators`, `sort_keys` and `ensure_ascii` as keywords (a positional
-/// argument is the indent, as in minijinja). Indents past [`MAX_INDENT`] and output past the
-/// render cap are refused.
+/// argument is `ensure_ascii`, as in transformers' signature). Indents past [`MAX_INDENT`] and
+/// output past the render cap are refused.
 fn python_tojson(
     value: &Value,
-    indent: Option<Value>,
+    ensure_ascii: Option<Value>,
     kwargs: Kwargs,
 ) -> Result<Value, minijinja::Error> {
-    let indent = match indent {
-        Some(indent) => Some(indent),
-        None => kwargs.get::<Option<Value>>("indent")?,
+    let ensure_ascii = match ensure_ascii {
+        Some(flag) => flag.is_true(),
+        None => kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
     };
+    let indent = kwargs.get::<Option<Value>>("indent")?;
     let indent = match indent {
         None => None,
         Some(v) if v.is_none() => None,
@@ -165,12 +166,38 @@ fn python_tojson(
         item,
         key,
         sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
-        ensure_ascii: kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
+        ensure_ascii,
     };
     kwargs.assert_all_used()?;
     let mut out = String::new();
     writer.write(value, 0, &mut out)?;
     Ok(Value::from_safe_string(out))
+}
+
+/// A float as Python's `repr` (and so `json.dumps`) writes it: the shortest digits that read
+/// back the same, positionally from 1e-4 up to 1e16 (with ".0" when whole), else in exponent
+/// form with a signed exponent of at least two digits (`1e-05`, `1.5e+16`); the special values
+/// by name.
+fn python_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let scientific = format!("{f:e}");
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if f == 0.0 || (-4..16).contains(&exponent) {
+        let fixed = format!("{f}");
+        return if fixed.contains('.') {
+            fixed
+        } else {
+            fixed + ".0"
+        };
+    }
+    let sign = if exponent < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exponent.unsigned_abs())
 }
 
 /// Writes a value as Python's `json.dumps` does with the settings of [`python_tojson`].
@@ -190,19 +217,9 @@ impl JsonWriter {
         match value.kind() {
             ValueKind::Undefined | ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
-            ValueKind::Number => {
-                let json = serde_json::to_value(value).map_err(|e| {
-                    minijinja::Error::new(ErrorKind::BadSerialization, e.to_string())
-                })?;
-                match json.as_f64() {
-                    // Python writes the special floats by name.
-                    Some(f) if f.is_nan() => out.push_str("NaN"),
-                    Some(f) if f.is_infinite() => {
-                        out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" })
-                    }
-                    _ => out.push_str(&json.to_string()),
-                }
-            }
+            // Integers of any size as they are; floats as Python's `repr` writes them.
+            ValueKind::Number if value.is_integer() => out.push_str(&value.to_string()),
+            ValueKind::Number => out.push_str(&python_float(f64::try_from(value.clone())?)),
             ValueKind::String | ValueKind::Bytes => {
                 self.write_string(value.as_str().unwrap_or_default(), out)
             }
@@ -279,7 +296,7 @@ impl JsonWriter {
                 '\t' => out.push_str("\\t"),
                 '\u{8}' => out.push_str("\\b"),
                 '\u{c}' => out.push_str("\\f"),
-                c if (c as u32) < 0x20 || (self.ensure_ascii && !c.is_ascii()) => {
+                c if (c as u32) < 0x20 || (self.ensure_ascii && (c as u32) > 0x7e) => {
                     let mut units = [0u16; 2];
                     for unit in c.encode_utf16(&mut units) {
                         out.push_str(&format!("\\u{unit:04x}"));
@@ -532,6 +549,19 @@ mod tests {
             with("(sort_keys=true, ensure_ascii=true, separators=[',', ':'])").expect("render"),
             r#"{"a":[1,2.5,"<x>&'\u00e9\n",null,true],"b":1,"c":{}}"#
         );
+        // transformers' first positional argument is `ensure_ascii`.
+        assert_eq!(
+            render("{{ 'é' | tojson(true) }}").expect("render"),
+            r#""\u00e9""#
+        );
+        // Floats and integers as Python writes them.
+        let numbers = "{{ [1.0, -0.0, 0.0001, 0.00001, 1.5e-7, 1e15, 1e16, 123456789012345678.0, \
+                       12345678901234567890, 'nan' | float, 'inf' | float] | tojson }}";
+        assert_eq!(
+            render(numbers).expect("render"),
+            "[1.0, -0.0, 0.0001, 1e-05, 1.5e-07, 1000000000000000.0, 1e+16, \
+             1.2345678901234568e+17, 12345678901234567890, NaN, Infinity]"
+        );
         let err = with("(separators=[','])").expect_err("must fail");
         assert!(err.to_string().contains("two strings"), "{err}");
     }
@@ -562,15 +592,13 @@ mod tests {
     fn a_huge_tojson_indent_is_refused() {
         let err = render("{{ messages | tojson(indent=100000000000000) }}").expect_err("must fail");
         assert!(err.to_string().contains("too large"), "{err}");
-        let err = render("{{ messages | tojson(100000000000000) }}").expect_err("must fail");
-        assert!(err.to_string().contains("too large"), "{err}");
-        // Small widths and `true` still work (`true` is Python's indent of one).
+        // Small widths still work.
         assert_eq!(
             render("{{ [1] | tojson(indent=2) }}").expect("render"),
             "[\n  1\n]"
         );
         assert_eq!(
-            render("{{ [1] | tojson(true) }}").expect("render"),
+            render("{{ [1] | tojson(indent=true) }}").expect("render"),
             "[\n 1\n]"
         );
         assert_eq!(render("{{ [1] | tojson }}").expect("render"), "[1]");

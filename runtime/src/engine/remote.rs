@@ -9,8 +9,10 @@
 //! `suffix`, fill-in-the-middle) read on its own thread and handed on as it comes, exactly like a
 //! local generation: the caller sees the same [`Generation`]. Cancelling or a deadline closes
 //! the connection, which stops the remote generation; so does a remote that sends nothing for
-//! `AGENTRT_REMOTE_STALL_SECS` (default 60 s; the wait for the answer's first byte counts),
-//! which fails the generation with `MODEL_002` instead of holding it and its thread.
+//! `AGENTRT_REMOTE_STALL_SECS` (default 300 s), which fails the generation with `MODEL_002`
+//! instead of holding it and its thread. The limit also covers the wait for the first token,
+//! while the remote reads the prompt (vLLM and llama.cpp's server send nothing meanwhile, and
+//! ureq's limit cannot start later), so it is set well above a long prompt's reading time.
 //! Sampling: `max_tokens`, `temperature`, `top_p`, `seed` and `stop` are sent; `top_k` and the
 //! repeat penalty are not part of the OpenAI API and stay with the remote's defaults. Token
 //! counts come from the remote's `/tokenize` (vLLM's and agentrt's).
@@ -35,9 +37,9 @@ const PROBE_FRESH: Duration = Duration::from_secs(2);
 /// How long a health probe waits for the server.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a streamed generation may receive nothing before it fails, unless
-/// `AGENTRT_REMOTE_STALL_SECS` says otherwise: the same default as a client that stops reading
-/// (`AGENTRT_STREAM_STALL_SECS`).
-const STALL_LIMIT: Duration = Duration::from_secs(60);
+/// `AGENTRT_REMOTE_STALL_SECS` says otherwise: five minutes, as a CPU server reading a prompt
+/// of tens of thousands of tokens before its first byte must not fail.
+const STALL_LIMIT: Duration = Duration::from_secs(300);
 /// The longest stall limit the environment may set; more is taken as this much (ureq adds the
 /// limit to the clock).
 const LONGEST_STALL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -320,7 +322,8 @@ impl RemoteModel {
             None,
             ErrorCode::ModelTimeout,
             format!(
-                "sent nothing for {:?} of a streamed answer (AGENTRT_REMOTE_STALL_SECS)",
+                "sent nothing for {:?} of a streamed answer (a remote reading a very long \
+                 prompt may need AGENTRT_REMOTE_STALL_SECS raised)",
                 self.stall_limit
             ),
         )

@@ -150,7 +150,8 @@ fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
             Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
         }
         // Llama 3's rule, also under other families' names, as llama.cpp maps them.
-        "llama-bpe" | "llama3" | "smaug-bpe" | "falcon3" | "pixtral" | "exaone" => {
+        "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+        | "exaone" | "midm-2.0" | "lfm2" => {
             Sequence::new(vec![split(LLAMA3_SPLIT)?.into(), byte_level(false).into()]).into()
         }
         // Qwen2's rule, also DeepSeek-R1's distillations of Qwen.
@@ -500,7 +501,7 @@ impl Tokenizer {
         state: &mut DecodeState,
         last: bool,
     ) -> Result<String, TokenizerError> {
-        let (before, after) = {
+        let new = {
             let tokenizer = self.lock();
             let before = tokenizer
                 .decode(&ids[state.prefix..state.read], true)
@@ -508,19 +509,16 @@ impl Tokenizer {
             let after = tokenizer
                 .decode(&ids[state.prefix..], true)
                 .map_err(lib_err)?;
-            (before, after)
+            match after.strip_prefix(before.as_str()) {
+                Some(new) => new.to_string(),
+                // The decoder rewrote text already handed on (byte fallback turns every byte of a
+                // run holding a broken character into U+FFFD, the valid ones before it too):
+                // what was sent stays, and the new tokens are decoded on their own.
+                None => tokenizer
+                    .decode(&ids[state.read..], true)
+                    .map_err(lib_err)?,
+            }
         };
-        // Byte-level and SentencePiece decoders only append; one that rewrote earlier text
-        // (a clean-up across the seam) keeps what was already handed on and adds what follows.
-        let mut common = before
-            .bytes()
-            .zip(after.bytes())
-            .take_while(|(a, b)| a == b)
-            .count();
-        while !after.is_char_boundary(common) {
-            common -= 1;
-        }
-        let new = &after[common..];
         // Tokens that add nothing yet (special tokens left out, the first bytes of a
         // character) stay in the window, so the next piece is decoded in their context.
         if new.is_empty() || (!last && new.ends_with('\u{FFFD}')) {
@@ -567,6 +565,18 @@ mod tests {
         assert_eq!(pieces("deepseek-r1-qwen", text), pieces("qwen2", text));
         assert_ne!(pieces("qwen2", text), pieces("gpt2", text));
         assert_eq!(pieces("falcon3", text), pieces("llama-bpe", text));
+        // Every name that takes Llama 3's BOS and whole-word rules splits its way too.
+        for name in [
+            "llama3",
+            "llama-v3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+        ] {
+            assert!(is_llama3_family(name), "{name}");
+            assert_eq!(pieces(name, text), pieces("llama-bpe", text), "{name}");
+        }
         // Unknown names still load, split GPT-2's way (with a warning).
         assert_eq!(pieces("no-such-family", text), pieces("gpt2", text));
     }
@@ -731,7 +741,8 @@ mod tests {
         assert_eq!(streamed_pieces(&t, &[1, 4, 5]), ["", "world", "!"]);
         // Random lists of words, special tokens and whole characters spelt in bytes. (Broken
         // characters are left out: a whole decode turns every byte of a run of byte tokens that
-        // holds one into U+FFFD, valid ones before it too, where the stream has sent those.)
+        // holds one into U+FFFD, valid ones before it too, where the stream has sent those and
+        // keeps them, adding the rest once; see below.)
         let bytes =
             |c: char| -> Vec<u32> { c.to_string().bytes().map(|b| 7 + u32::from(b)).collect() };
         let units: Vec<Vec<u32>> = [vec![1], vec![2], vec![3], vec![4], vec![5], vec![6]]
@@ -752,6 +763,17 @@ mod tests {
             let whole = t.decode(&ids).expect("decode");
             assert_eq!(streamed_pieces(&t, &ids).concat(), whole, "{ids:?}");
         }
+        // A run of byte tokens that breaks after a character was sent: the character stays,
+        // nothing is repeated, and the broken bytes follow as U+FFFD.
+        let e_acute = [7 + 0xC3, 7 + 0xA9];
+        assert_eq!(
+            streamed_pieces(&t, &[&e_acute[..], &[7 + 0xE2]].concat()).concat(),
+            "é\u{FFFD}"
+        );
+        assert_eq!(
+            streamed_pieces(&t, &[&[3][..], &e_acute, &[7 + 0x80, 4]].concat()).concat(),
+            "Helloé\u{FFFD} world"
+        );
         // An unfinished character is shown as the whole decode shows it once the answer ends.
         assert_eq!(
             streamed_pieces(&t, &[3, 7 + 0xE2, 7 + 0x82]).concat(),

@@ -7,12 +7,14 @@
 //! checked against its file when the directory was built, and nothing is copied out of the
 //! mappings except small vectors (norms, biases) widened to f32 — and GGUF k-quant matrices,
 //! which the kernels do not read: those are converted when bound ([`super::kquant`]; packed for
-//! the CPU, or, for [`WeightStore::file_weight`], converted once and kept with the store).
+//! the CPU, or, for [`WeightStore::file_weight`], converted into a copy the caller owns and
+//! drops once it has uploaded it, so no second copy of the model stays in host memory).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -55,8 +57,8 @@ pub struct StoredTensor {
     file: usize,
     offset: usize,
     size: usize,
-    /// For a k-quant: its type as stored, and its slot in the store's `converted`.
-    kquant: Option<(KQuantType, usize)>,
+    /// For a k-quant: its type as stored.
+    kquant: Option<KQuantType>,
 }
 
 impl StoredTensor {
@@ -70,8 +72,30 @@ impl StoredTensor {
     /// The type as its file stores it, for messages.
     fn stored_name(&self) -> String {
         match self.kquant {
-            Some((k, _)) => k.name().to_string(),
+            Some(k) => k.name().to_string(),
             None => format!("{:?}", self.ty),
+        }
+    }
+}
+
+/// A matrix's rows as [`WeightStore::file_weight`] gives them: borrowed from the file, or a
+/// k-quant's conversion owned here.
+pub struct FileWeight<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Cow<'a, [u8]>,
+}
+
+impl FileWeight<'_> {
+    /// The rows as the kernels' view of an unpacked weight.
+    pub fn as_weight(&self) -> WeightRef<'_> {
+        WeightRef {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: &self.data,
+            packed: false,
         }
     }
 }
@@ -88,9 +112,8 @@ pub struct Matrix {
     size: usize,
     /// The packed copy the CPU kernels read instead of the file's bytes.
     packed: Option<Arc<[u8]>>,
-    /// For a k-quant (the file's bytes are in its format, `ty` is its conversion's): its type
-    /// and its slot in the store's `converted`.
-    kquant: Option<(KQuantType, usize)>,
+    /// For a k-quant (the file's bytes are in its format, `ty` is its conversion's): its type.
+    kquant: Option<KQuantType>,
 }
 
 enum Backing {
@@ -102,9 +125,6 @@ enum Backing {
 pub struct WeightStore {
     backing: Backing,
     tensors: HashMap<String, StoredTensor>,
-    /// One slot per k-quant tensor: its conversion in rows, made the first time
-    /// [`Self::file_weight`] is asked for it (the GPU loader) and kept for the store's life.
-    converted: Vec<OnceLock<Box<[u8]>>>,
 }
 
 impl std::fmt::Debug for WeightStore {
@@ -118,16 +138,12 @@ impl std::fmt::Debug for WeightStore {
 impl WeightStore {
     /// The tensors of a parsed GGUF file (offsets were checked by the parser).
     pub fn from_gguf(file: Arc<GgufFile>) -> Self {
-        let mut converted = Vec::new();
         let tensors = file
             .tensors
             .iter()
             .map(|(name, t)| {
                 let kquant = match t.ty {
-                    StoredType::KQuant(k) => {
-                        converted.push(OnceLock::new());
-                        Some((k, converted.len() - 1))
-                    }
+                    StoredType::KQuant(k) => Some(k),
                     StoredType::Native(_) => None,
                 };
                 let tensor = StoredTensor {
@@ -144,7 +160,6 @@ impl WeightStore {
         Self {
             backing: Backing::Gguf(file),
             tensors,
-            converted,
         }
     }
 
@@ -206,7 +221,6 @@ impl WeightStore {
         Ok(Self {
             backing: Backing::Safetensors(maps),
             tensors,
-            converted: Vec::new(),
         })
     }
 
@@ -287,14 +301,10 @@ impl WeightStore {
         if packed::packs(m.ty) {
             let data = self.bytes(m.file, m.offset, m.size);
             let packed = match m.kquant {
-                // Converted for packing only, unless the GPU loader already asked for it.
-                Some((k, slot)) => match self.converted[slot].get() {
-                    Some(converted) => packed::pack(m.ty, rows, cols, converted),
-                    None => {
-                        let converted = kquant::convert_rows(k, rows, cols, data);
-                        packed::pack(m.ty, rows, cols, &converted)
-                    }
-                },
+                // Converted for packing only: the converted rows go once packed.
+                Some(k) => {
+                    packed::pack(m.ty, rows, cols, &kquant::convert_rows(k, rows, cols, data))
+                }
                 None => packed::pack(m.ty, rows, cols, data),
             };
             m.packed = Some(packed.into());
@@ -375,27 +385,37 @@ impl WeightStore {
                 data: packed,
                 packed: true,
             },
-            None => self.file_weight(m),
+            None => {
+                // A k-quant's bytes are not `m.ty`'s until converted, which packing does.
+                assert!(
+                    m.kquant.is_none(),
+                    "a k-quant matrix is read through packed_matrix or file_weight"
+                );
+                WeightRef {
+                    ty: m.ty,
+                    rows: m.rows,
+                    cols: m.cols,
+                    data: self.bytes(m.file, m.offset, m.size),
+                    packed: false,
+                }
+            }
         }
     }
 
-    /// A bound matrix's bytes as the file stores them (rows one after another), whether or
-    /// not it has a packed copy: for loaders that convert the weights themselves (the GPU's),
-    /// and what [`Self::weight`] gives where nothing is packed. A k-quant's are its rows
-    /// converted to `m.ty` (Q4_1 or Q8_0), made on the first call and kept with the store.
-    pub fn file_weight(&self, m: &Matrix) -> WeightRef<'_> {
+    /// A bound matrix's rows one after another, whether or not it has a packed copy: for
+    /// loaders that convert the weights themselves (the GPU's). The file's bytes in place, or a
+    /// k-quant's rows converted to `m.ty` (Q4_1 or Q8_0) into a copy the caller drops once it
+    /// is done with them.
+    pub fn file_weight(&self, m: &Matrix) -> FileWeight<'_> {
         let data = self.bytes(m.file, m.offset, m.size);
-        let data: &[u8] = match m.kquant {
-            Some((k, slot)) => self.converted[slot]
-                .get_or_init(|| kquant::convert_rows(k, m.rows, m.cols, data).into()),
-            None => data,
-        };
-        WeightRef {
+        FileWeight {
             ty: m.ty,
             rows: m.rows,
             cols: m.cols,
-            data,
-            packed: false,
+            data: match m.kquant {
+                Some(k) => Cow::Owned(kquant::convert_rows(k, m.rows, m.cols, data)),
+                None => Cow::Borrowed(data),
+            },
         }
     }
 
@@ -406,7 +426,7 @@ impl WeightStore {
             return;
         }
         let data = self.bytes(m.file, m.offset, m.size);
-        if let Some((k, _)) = m.kquant {
+        if let Some(k) = m.kquant {
             // Straight from the file's blocks: exact, and nothing to convert.
             let row_bytes = k.row_bytes(m.cols);
             kquant::dequantize_row(k, &data[r * row_bytes..(r + 1) * row_bytes], out);
@@ -486,7 +506,6 @@ mod tests {
         let store = WeightStore {
             backing: Backing::Safetensors(Vec::new()),
             tensors,
-            converted: Vec::new(),
         };
         assert_eq!(store.parameter_count(), u64::MAX);
         assert_eq!(tensor(vec![1 << 62, 4, 0]).element_count(), 0);

@@ -205,7 +205,12 @@ pub async fn require_key(
     let Some(needed) = required(request.uri().path()) else {
         return next.run(request).await;
     };
-    let Some((index, scope)) = presented(&request).find_map(|k| keys.find(k)) else {
+    // With two valid keys, the wider one counts: an admin key next to a user key reaches
+    // the admin routes.
+    let Some((index, scope)) = presented(&request)
+        .filter_map(|k| keys.find(k))
+        .max_by_key(|&(_, scope)| scope)
+    else {
         let mut response = ApiError::new(
             ErrorCode::Unauthenticated,
             "an API key is required (Authorization: Bearer KEY or X-API-Key)",

@@ -38,6 +38,12 @@ fn accepted(mut op: Value) -> Value {
 
 /// One operation: its summary, optional request body and 200 answer, plus the error answers
 /// every route can give and the security its path needs.
+/// `op` with one more documented answer.
+fn with_response(status: &str, description: &str, mut op: Value) -> Value {
+    op["responses"][status] = json!({ "description": description });
+    op
+}
+
 fn operation(path: &str, summary: &str, body: Option<Value>, answer: Value) -> Value {
     let mut op = json!({
         "summary": summary,
@@ -161,7 +167,7 @@ pub fn document() -> Value {
         },
         "/v1/pipeline/runs/{id}/events": {
             "get": with_parameters(
-                operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events, each named by its `type`: stage_started, tokens, stage_finished, checks, tests, retry, chosen (the attempt that goes to review), review, done (the end state, with the error when the run did not complete)", None, sse("Numbered events; the stream ends after `done`")),
+                with_response("204", "The run has ended and no event is left after the one asked for (a browser's EventSource stops reconnecting)", operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events, each named by its `type`: stage_started, tokens, stage_finished, checks, tests, retry, chosen (the attempt that goes to review), review, done (the end state, with the error when the run did not complete)", None, sse("Numbered events; the stream ends after `done`"))),
                 json!([run_id, {"name": "after", "in": "query", "schema": {"type": "integer"}, "description": "Resume after this event number (or send Last-Event-ID)"}]),
             ),
         },
@@ -450,6 +456,9 @@ mod tests {
     #[test]
     fn the_events_summary_names_the_event_types() {
         let doc = document();
+        assert!(
+            doc["paths"]["/v1/pipeline/runs/{id}/events"]["get"]["responses"]["204"].is_object()
+        );
         let summary = doc["paths"]["/v1/pipeline/runs/{id}/events"]["get"]["summary"]
             .as_str()
             .expect("summary");

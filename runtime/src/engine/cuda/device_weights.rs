@@ -11,8 +11,7 @@ use super::GpuError;
 use super::launch::addr;
 use super::spec::{NormKind, Spec};
 use super::upload;
-use crate::engine::cpu::WeightRef;
-use crate::engine::weights::WeightStore;
+use crate::engine::weights::{FileWeight, WeightStore};
 
 /// Device allocations kept for a model's life; the addresses handed out point into them.
 #[derive(Default)]
@@ -126,7 +125,8 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<WeightRef<'_>, GpuError> {
+    /// The matrix's rows (a k-quant's converted for this upload only).
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<FileWeight<'_>, GpuError> {
         self.store
             .matrix(name, rows, cols)
             .map(|m| self.store.file_weight(&m))
@@ -135,10 +135,11 @@ impl Loader<'_> {
 
     /// The `.weight` matrices of `parts` (name, rows), stacked, as fp16; their address.
     fn stacked(&mut self, parts: &[(String, usize)], cols: usize) -> Result<u64, GpuError> {
-        let refs = parts
+        let weights = parts
             .iter()
             .map(|(name, rows)| self.matrix(&format!("{name}.weight"), *rows, cols))
             .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<_> = weights.iter().map(FileWeight::as_weight).collect();
         let slice = upload::stacked_matrix(self.stream, self.kernels, &refs)?;
         Ok(self.owned.hold(slice, self.stream))
     }

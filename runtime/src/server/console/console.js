@@ -48,17 +48,17 @@ async function api(path, options = {}) {
   return res;
 }
 
-// Server-sent events over fetch (EventSource cannot send an API key).
+// Server-sent events over fetch (EventSource cannot send an API key). True when the server
+// says nothing is left to send (204: the run has ended).
 async function streamEvents(path, onEvent, signal) {
   const res = await api(path, { signal, headers: { Accept: "text/event-stream" } });
-  // 204: the run has ended and nothing is left to send.
-  if (res.status === 204 || !res.body) return;
+  if (res.status === 204 || !res.body) return true;
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
+    if (done) return false;
     buffer += decoder.decode(value, { stream: true });
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -243,7 +243,8 @@ async function follow(id, task) {
   while (!ended && !signal.aborted) {
     const before = last;
     try {
-      await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events?after=${last}`, onEvent, signal);
+      const over = await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events?after=${last}`, onEvent, signal);
+      if (over) ended = true;
     } catch (e) {
       if (e.name === "AbortError") return;
       if (e.status) {
