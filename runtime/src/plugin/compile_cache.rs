@@ -6,7 +6,8 @@
 //! folder is pruned whenever an entry is stored (when it grows): entries unused for 30 days
 //! go, then the least recently used until the rest fit in 1 GiB. A hit marks its entry used
 //! through its modification time (access times are often not kept); the entry just stored and
-//! those this process loaded are never removed, nor files not named as entries. Pruning
+//! those this process loaded are never removed, nor files not named as entries (a crashed
+//! writer's half-written entry goes once a day old). Pruning
 //! failures are logged, never returned: they cannot fail a load.
 
 use std::collections::BTreeSet;
@@ -200,6 +201,21 @@ fn is_entry_name(name: &str) -> bool {
     is_lower_hex(content, 64) && is_lower_hex(engine, 16)
 }
 
+/// Whether `name` is a half-written entry, `{entry stem}.tmp{pid}` as [`write_atomically`]
+/// names them: one a crashed process left is removed once it is a day old (a live writer
+/// renames its file within seconds).
+fn is_temp_name(name: &str) -> bool {
+    let Some((stem, pid)) = name.rsplit_once(".tmp") else {
+        return false;
+    };
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && is_entry_name(&format!("{stem}.cwasm"))
+}
+
+/// How old a half-written entry must be before pruning takes it for a crashed writer's.
+const ABANDONED_TEMP: Duration = Duration::from_secs(24 * 3600);
+
 fn is_lower_hex(text: &str, len: usize) -> bool {
     text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -228,7 +244,11 @@ fn prune(dir: &Path, keep: &Path, limits: PruneLimits, now: SystemTime) {
         path.file_name()
             .is_some_and(|name| Some(name) == keep.file_name() || in_use(name))
     };
-    for path in victims(stored, limits, now, spared) {
+    let abandoned = abandoned_temps(dir, now);
+    for path in victims(stored, limits, now, spared)
+        .into_iter()
+        .chain(abandoned)
+    {
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::debug!(path = %path.display(), "pruned compile cache entry"),
             // Another process pruned it first.
@@ -238,6 +258,27 @@ fn prune(dir: &Path, keep: &Path, limits: PruneLimits, now: SystemTime) {
             }
         }
     }
+}
+
+/// Half-written entries in `dir` older than [`ABANDONED_TEMP`]; none when it cannot be read.
+fn abandoned_temps(dir: &Path, now: SystemTime) -> Vec<PathBuf> {
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    items
+        .flatten()
+        .filter(|item| item.file_name().to_str().is_some_and(is_temp_name))
+        .filter(|item| {
+            item.metadata().is_ok_and(|meta| {
+                meta.is_file()
+                    && meta.modified().is_ok_and(|modified| {
+                        now.duration_since(modified)
+                            .is_ok_and(|age| age > ABANDONED_TEMP)
+                    })
+            })
+        })
+        .map(|item| item.path())
+        .collect()
 }
 
 /// The entries in `dir`: plain files named as entries, with their sizes and last use. Links,
@@ -356,8 +397,15 @@ mod tests {
             dir.join("stale.cwasm"),
             dir.join(format!("{hex}-{:016x}.cwasm.bak", 7)),
             dir.join(format!("{}-{:016x}.cwasm", "A".repeat(64), 7)),
-            dir.join(format!("{hex}-{:016x}.tmp123", 7)),
+            dir.join(format!("{hex}-{:016x}.tmpx123", 7)),
         ];
+        // A crashed writer's half-written entry goes once a day old; a live writer's stays.
+        let abandoned = dir.join(format!("{hex}-{:016x}.tmp123", 7));
+        let writing = dir.join(format!("{hex}-{:016x}.tmp124", 8));
+        for (path, age) in [(&abandoned, 2 * DAY), (&writing, Duration::ZERO)] {
+            std::fs::write(path, b"x").expect("write");
+            set_age(path, age);
+        }
         for path in &foreign {
             std::fs::write(path, b"x").expect("write");
             set_age(path, 60 * DAY);
@@ -378,6 +426,8 @@ mod tests {
         for path in &foreign {
             assert!(path.exists(), "{} is not an entry", path.display());
         }
+        assert!(!abandoned.exists(), "a day-old half-written entry goes");
+        assert!(writing.exists(), "a half-written entry being written stays");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
