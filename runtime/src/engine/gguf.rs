@@ -449,6 +449,8 @@ pub(crate) mod test_files {
         U64(u64),
         Bool(bool),
         F32(f32),
+        F32s(&'a [f32]),
+        U32s(&'a [u32]),
     }
 
     /// Writes a tensor-less GGUF file with `meta` and opens it.
@@ -488,6 +490,20 @@ pub(crate) mod test_files {
                 Meta::F32(v) => {
                     b.extend_from_slice(&6u32.to_le_bytes());
                     b.extend_from_slice(&v.to_le_bytes());
+                }
+                Meta::F32s(list) => {
+                    b.extend_from_slice(&9u32.to_le_bytes());
+                    b.extend_from_slice(&6u32.to_le_bytes());
+                    b.extend_from_slice(&(list.len() as u64).to_le_bytes());
+                    list.iter()
+                        .for_each(|v| b.extend_from_slice(&v.to_le_bytes()));
+                }
+                Meta::U32s(list) => {
+                    b.extend_from_slice(&9u32.to_le_bytes());
+                    b.extend_from_slice(&4u32.to_le_bytes());
+                    b.extend_from_slice(&(list.len() as u64).to_le_bytes());
+                    list.iter()
+                        .for_each(|v| b.extend_from_slice(&v.to_le_bytes()));
                 }
             }
         }

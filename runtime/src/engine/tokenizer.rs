@@ -4,14 +4,24 @@
 //! GGUF files carry the vocabulary, the BPE merges, the token types and a `tokenizer.ggml.pre`
 //! name for the pre-tokenizer; the regexes behind those names live in llama.cpp's source, not in
 //! the file. We map the names we support to the same split rules HF's `tokenizer.json` uses for
-//! those models, so ids agree with the model's original tokenizer.
+//! those models, so ids agree with the model's original tokenizer. SentencePiece vocabularies
+//! (Llama 2, TinyLlama, Mistral) carry scores instead of merges; the merges follow from them
+//! (see [`sentencepiece_bpe`]).
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{
+    NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence,
+};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -25,6 +35,10 @@ use super::gguf::{GgufError, GgufFile, MetaValue};
 const TOKEN_TYPE_CONTROL: u64 = 3;
 /// GGUF token type of tokens a user added to the vocabulary.
 const TOKEN_TYPE_USER_DEFINED: u64 = 4;
+/// GGUF token type of the unknown token (`<unk>`).
+const TOKEN_TYPE_UNKNOWN: u64 = 2;
+/// GGUF token type of SentencePiece's byte pieces (`<0x0A>`).
+const TOKEN_TYPE_BYTE: u64 = 6;
 /// The largest GGUF vocabulary accepted: sixteen times the largest in use (Gemma's 262144),
 /// and far inside `u32` ids.
 const MAX_GGUF_TOKENS: usize = 1 << 22;
@@ -39,7 +53,9 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 pub enum TokenizerError {
     #[error("tokenizer metadata: {0}")]
     Metadata(#[from] GgufError),
-    #[error("tokenizer model {0:?} is not supported (supported: gpt2 byte-level BPE)")]
+    #[error(
+        "tokenizer model {0:?} is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)"
+    )]
     UnsupportedModel(String),
     #[error("tokenizer: {0}")]
     Library(String),
@@ -57,7 +73,7 @@ pub struct DecodeState {
     read: usize,
 }
 
-/// A byte-level BPE tokenizer with the model's special tokens.
+/// A BPE tokenizer (byte-level, or SentencePiece's) with the model's special tokens.
 ///
 /// One `tokenizers::Tokenizer` behind a mutex rather than two copies (one parsing special
 /// tokens, one not): the tables of a 50k vocabulary are some ten megabytes, which on a small
@@ -220,11 +236,131 @@ fn read_optional_json(path: &Path) -> Result<serde_json::Value, TokenizerError> 
     }
 }
 
+/// The BPE of a GGUF byte-level tokenizer (GPT-2's family): its merges as listed, text split by
+/// the `pre` family's rule first.
+fn byte_level_bpe(
+    file: &GgufFile,
+    tokens: &[String],
+    pre: &str,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let merges = file
+        .array("tokenizer.ggml.merges")?
+        .iter()
+        .map(|v| match v {
+            MetaValue::Str(s) => s
+                .split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| lib_err(format!("malformed merge {s:?}"))),
+            _ => Err(lib_err("tokenizer.ggml.merges holds a non-string")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Llama 3's tokenizer takes a word that is in the vocabulary whole, merges or not.
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab_of(tokens), merges)
+        .ignore_merges(is_llama3_family(pre))
+        .build()
+        .map_err(lib_err)?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre_tokenizer_for(pre)?));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+fn vocab_of(tokens: &[String]) -> tokenizers::models::bpe::Vocab {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect()
+}
+
+/// The tokenizer of a GGUF SentencePiece vocabulary (`tokenizer.ggml.model` "llama": Llama 2,
+/// TinyLlama, CodeLlama, Mistral): pieces with scores, spaces written "▁", characters outside
+/// the vocabulary spelt in `<0xXX>` byte pieces.
+///
+/// SentencePiece's BPE joins, again and again, the neighbouring pair whose joined piece is in
+/// the vocabulary with the highest score. That is a BPE whose merges are every split of every
+/// piece into two pieces of the vocabulary, ranked by the joined piece's score — the rules HF's
+/// own conversion of these tokenizers writes into `tokenizer.json`, so the `tokenizers` crate
+/// runs it; ids are checked against SentencePiece's own in the tests.
+fn sentencepiece_bpe(
+    file: &GgufFile,
+    tokens: &[String],
+    types: &[u64],
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let scores: Vec<f32> = match file.get("tokenizer.ggml.scores") {
+        Some(MetaValue::Array(a)) if a.len() == tokens.len() => a
+            .iter()
+            .map(|v| v.as_f64().map(|f| f as f32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| lib_err("tokenizer.ggml.scores holds a non-number"))?,
+        _ => {
+            return Err(lib_err(
+                "a SentencePiece vocabulary needs tokenizer.ggml.scores, one per token",
+            ));
+        }
+    };
+    let vocab = vocab_of(tokens);
+    // Byte pieces and control tokens are not joined from anything.
+    let joinable = |i: usize| !matches!(types.get(i), Some(&TOKEN_TYPE_CONTROL | &TOKEN_TYPE_BYTE));
+    let mut merges: Vec<(f32, u32, u32, &str, &str)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate().filter(|(i, _)| joinable(*i)) {
+        for (at, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(at);
+            if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) {
+                merges.push((scores[i], l, r, left, right));
+            }
+        }
+    }
+    // Highest score first; one piece's splits by their halves' ids (the sort is stable).
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    let merges = merges
+        .into_iter()
+        .map(|(_, _, _, l, r)| (l.to_string(), r.to_string()))
+        .collect();
+    let unknown = tokens
+        .iter()
+        .zip(types)
+        .find(|(_, ty)| **ty == TOKEN_TYPE_UNKNOWN)
+        .map(|(t, _)| t.clone());
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unknown) = unknown {
+        builder = builder.unk_token(unknown);
+    }
+    let mut inner = tokenizers::Tokenizer::new(builder.build().map_err(lib_err)?);
+    // SentencePiece's dummy prefix: the text starts with a space, as every word after the
+    // first does, and a decode drops it again.
+    let space_prefix = !matches!(
+        file.get("tokenizer.ggml.add_space_prefix"),
+        Some(MetaValue::Bool(false))
+    );
+    let spaces = Replace::new(" ", "▁").map_err(lib_err)?;
+    let normalizer: NormalizerWrapper = if space_prefix {
+        NormalizerSequence::new(vec![Prepend::new("▁".into()).into(), spaces.into()]).into()
+    } else {
+        spaces.into()
+    };
+    inner.with_normalizer(Some(normalizer));
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("▁", " ").map_err(lib_err)?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    inner.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(inner)
+}
+
 impl Tokenizer {
     /// Build the tokenizer described by a GGUF file's `tokenizer.ggml.*` keys.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
         let model = file.str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(TokenizerError::UnsupportedModel(model.to_string()));
         }
         let tokens: Vec<String> = file
@@ -245,36 +381,16 @@ impl Tokenizer {
                 tokens.len()
             )));
         }
-        let merges = file
-            .array("tokenizer.ggml.merges")?
-            .iter()
-            .map(|v| match v {
-                MetaValue::Str(s) => s
-                    .split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| lib_err(format!("malformed merge {s:?}"))),
-                _ => Err(lib_err("tokenizer.ggml.merges holds a non-string")),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let types: Vec<u64> = match file.get("tokenizer.ggml.token_type") {
             Some(MetaValue::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
         let pre = file.str("tokenizer.ggml.pre").unwrap_or("gpt2");
-        // Llama 3's tokenizer takes a word that is in the vocabulary whole, merges or not.
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(is_llama3_family(pre))
-            .build()
-            .map_err(lib_err)?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer_for(pre)?));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let mut inner = if model == "llama" {
+            sentencepiece_bpe(file, &tokens, &types)?
+        } else {
+            byte_level_bpe(file, &tokens, pre)?
+        };
 
         let special: Vec<AddedToken> = tokens
             .iter()
@@ -822,6 +938,56 @@ mod tests {
         );
         let err = Tokenizer::from_gguf(&file).expect_err("must fail");
         assert!(err.to_string().contains("0 tokens"), "{err}");
+    }
+
+    #[test]
+    fn a_gguf_sentencepiece_vocabulary_gives_sentencepieces_own_ids() {
+        // A byte-fallback BPE trained by SentencePiece as Llama 2's was configured, and the ids
+        // SentencePiece gives (tests/fixtures/tokenizer/make_spm_reference.py).
+        let reference: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/tokenizer/spm_reference.json"
+        ))
+        .expect("fixture");
+        let strings = |key: &str| -> Vec<String> {
+            serde_json::from_value(reference[key].clone()).expect(key)
+        };
+        let tokens = strings("tokens");
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let scores: Vec<f32> = serde_json::from_value(reference["scores"].clone()).expect("scores");
+        let types: Vec<u32> =
+            serde_json::from_value(reference["token_type"].clone()).expect("types");
+        let id = |key: &str| reference[key].as_u64().expect(key);
+        let file = gguf_file(
+            "spm",
+            &[
+                ("tokenizer.ggml.model", Meta::Str("llama")),
+                ("tokenizer.ggml.tokens", Meta::Strs(&tokens)),
+                ("tokenizer.ggml.scores", Meta::F32s(&scores)),
+                ("tokenizer.ggml.token_type", Meta::U32s(&types)),
+                ("tokenizer.ggml.bos_token_id", Meta::U64(id("bos_token_id"))),
+                ("tokenizer.ggml.eos_token_id", Meta::U64(id("eos_token_id"))),
+                ("tokenizer.ggml.add_bos_token", Meta::Bool(true)),
+            ],
+        );
+        let t = Tokenizer::from_gguf(&file).expect("load");
+        assert!(t.add_bos);
+        assert_eq!(t.bos_id, Some(id("bos_token_id") as u32));
+        assert!(t.stop_ids.contains(&(id("eos_token_id") as u32)));
+        let cases = reference["cases"].as_array().expect("cases");
+        assert!(cases.len() >= 10);
+        for case in cases {
+            let text = case["text"].as_str().expect("text");
+            let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
+            assert_eq!(t.encode(text).expect("encode"), want, "{text:?}");
+            assert_eq!(
+                t.decode(&want).expect("decode"),
+                case["decoded"].as_str().expect("decoded"),
+                "{text:?}"
+            );
+        }
+        // The control tokens stay single ids, as in a Llama 2 chat prompt.
+        let bos = id("bos_token_id") as u32;
+        assert_eq!(t.encode("<s>").expect("encode"), [bos]);
     }
 
     #[test]
