@@ -385,6 +385,8 @@ impl Spent {
 #[derive(Debug, Clone, Copy)]
 pub struct Reservation {
     id: u64,
+    /// Whether it counts against a budget (tokens under no budget are not kept).
+    metered: bool,
     /// How many tokens the generation may produce.
     pub tokens: u32,
 }
@@ -406,7 +408,14 @@ impl TokenMeter {
     pub fn reserve(&self, budget: Option<u32>, want: u32) -> Option<Reservation> {
         let mut spent = self.lock();
         let tokens = match budget {
-            None => want,
+            // Nothing to count against: keeping an entry per call would grow without end.
+            None => {
+                return Some(Reservation {
+                    id: 0,
+                    metered: false,
+                    tokens: want,
+                });
+            }
             Some(budget) => {
                 let left = u64::from(budget).saturating_sub(spent.used());
                 if left == 0 {
@@ -420,12 +429,19 @@ impl TokenMeter {
         spent
             .entries
             .push_back((id, Instant::now(), u64::from(tokens)));
-        Some(Reservation { id, tokens })
+        Some(Reservation {
+            id,
+            metered: true,
+            tokens,
+        })
     }
 
     /// Replace `reservation` with the tokens the generation really used (its prompt included,
     /// so it may exceed the reservation).
     pub fn settle(&self, reservation: Reservation, used: u64) {
+        if !reservation.metered {
+            return;
+        }
         let mut spent = self.lock();
         // The newest entries are the likeliest: search from the back.
         match spent
@@ -478,9 +494,9 @@ mod tests {
         meter.settle(first, 40);
         assert_eq!(meter.used(), 70);
         assert_eq!(meter.reserve(Some(100), 50).expect("left").tokens, 30);
-        // No budget: anything, still counted.
+        // No budget: anything, and nothing kept to count against.
         assert_eq!(meter.reserve(None, 500).expect("unlimited").tokens, 500);
-        assert_eq!(meter.used(), 600);
+        assert_eq!(meter.used(), 100);
     }
 
     #[test]
@@ -562,10 +578,18 @@ mod tests {
     #[test]
     fn the_meter_sums_recent_tokens() {
         let m = TokenMeter::default();
-        let a = m.reserve(None, 50).expect("unlimited");
-        let b = m.reserve(None, 50).expect("unlimited");
+        let a = m.reserve(Some(1000), 50).expect("budget left");
+        let b = m.reserve(Some(1000), 50).expect("budget left");
         m.settle(a, 5);
         m.settle(b, 7);
         assert_eq!(m.used(), 12);
+        // Without a budget nothing is kept: a plugin's calls do not grow the meter.
+        let unmetered = TokenMeter::default();
+        for _ in 0..1000 {
+            let r = unmetered.reserve(None, 64).expect("no budget, no refusal");
+            assert_eq!(r.tokens, 64);
+            unmetered.settle(r, 100);
+        }
+        assert_eq!(unmetered.lock().entries.len(), 0);
     }
 }
