@@ -330,7 +330,7 @@ async fn run(job: Job) -> Result<Response, OpenAiError> {
 /// How long a streamed answer waits for a client that has stopped reading
 /// (`AGENTRT_STREAM_STALL_SECS`, default 60 s) before it cancels the generation and lets go of
 /// its thread: a client that never reads must not hold one for as long as its socket lives.
-fn stream_stall_limit() -> Duration {
+pub(super) fn stream_stall_limit() -> Duration {
     static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *LIMIT.get_or_init(|| {
         std::env::var("AGENTRT_STREAM_STALL_SECS")

@@ -277,7 +277,7 @@ fn event_stream(
         let mut last = after;
         for e in &stored {
             last = e.seq;
-            if tx.send(sse(e)).await.is_err() || e.kind == "done" {
+            if !deliver(&tx, e).await || e.kind == "done" {
                 return;
             }
         }
@@ -285,7 +285,11 @@ fn event_stream(
             Following::Nothing => return,
             Following::Live(live) => live,
             Following::Store => loop {
-                tokio::time::sleep(STORE_POLL).await;
+                // A client that leaves ends the polling at once, not at the run's end.
+                tokio::select! {
+                    _ = tokio::time::sleep(STORE_POLL) => {}
+                    _ = tx.closed() => return,
+                }
                 let store = store.clone();
                 let run_id = id.clone();
                 // The run's state is read before its events: once it reads as ended, the
@@ -298,7 +302,7 @@ fn event_stream(
                 let Ok(Ok((more, ended))) = more else { return };
                 for e in &more {
                     last = e.seq;
-                    if tx.send(sse(e)).await.is_err() || e.kind == "done" {
+                    if !deliver(&tx, e).await || e.kind == "done" {
                         return;
                     }
                 }
@@ -308,13 +312,19 @@ fn event_stream(
             },
         };
         loop {
-            match live.recv().await {
+            // A client that leaves while the run is quiet (queued, or in a long stage) ends
+            // the stream now, not at the run's next event.
+            let next = tokio::select! {
+                next = live.recv() => next,
+                _ = tx.closed() => return,
+            };
+            match next {
                 Ok(e) => {
                     if e.seq <= last {
                         continue;
                     }
                     last = e.seq;
-                    if tx.send(sse(&e)).await.is_err() || e.kind == "done" {
+                    if !deliver(&tx, &e).await || e.kind == "done" {
                         return;
                     }
                 }
@@ -328,7 +338,7 @@ fn event_stream(
                     let Ok(Ok(missed)) = missed else { return };
                     for e in &missed {
                         last = e.seq;
-                        if tx.send(sse(e)).await.is_err() || e.kind == "done" {
+                        if !deliver(&tx, e).await || e.kind == "done" {
                             return;
                         }
                     }
@@ -339,6 +349,17 @@ fn event_stream(
             }
         }
     })
+}
+
+/// Hand `e` to the client: false when it has gone, or has not read for the stream stall limit
+/// (`AGENTRT_STREAM_STALL_SECS`), so a stalled reader does not hold the stream (and a shutdown)
+/// for the rest of the run.
+async fn deliver(tx: &tokio::sync::mpsc::Sender<Event>, e: &StoredEvent) -> bool {
+    let stall = super::openai::stream_stall_limit();
+    matches!(
+        tokio::time::timeout(stall, tx.send(sse(e))).await,
+        Ok(Ok(()))
+    )
 }
 
 /// A stream fed by an async task through a channel (what `async-stream` does, without the
@@ -354,4 +375,48 @@ where
         rx,
         |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_that_leaves_a_quiet_runs_stream_ends_it_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-events-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store: Arc<dyn crate::store::RunStore> =
+            Arc::new(crate::store::Store::open(&dir.join("runs.db")).expect("store"));
+        let (live, following) = tokio::sync::broadcast::channel(8);
+        rt.block_on(async {
+            let stream = event_stream(
+                "run".into(),
+                store,
+                Vec::new(),
+                Following::Live(following),
+                0,
+            );
+            // The run sends nothing (queued, or in a long stage) and the client goes away.
+            tokio::task::yield_now().await;
+            assert_eq!(live.receiver_count(), 1);
+            drop(stream);
+            // Its task ends without waiting for the run's next event: it lets go of the run.
+            for _ in 0..1000 {
+                if live.receiver_count() == 0 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(live.receiver_count(), 0, "the stream still follows the run");
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
