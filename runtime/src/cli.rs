@@ -856,7 +856,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             let rt = tokio::runtime::Runtime::new()
                 .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;
+            let stats = state.pipeline.stats.clone();
             let served = rt.block_on(crate::server::serve(state, listener));
+            // What the last plugin calls counted goes to the store before the process ends.
+            stats.flush(std::time::Duration::from_secs(5));
             // A blocked stdin read (AGENTRT_EXIT_WITH_STDIN) or a plugin call past its
             // deadline must not hold the exit: requests and runs are already settled.
             rt.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -1,11 +1,12 @@
 //! Request statistics: counts, failures, tokens and latency per endpoint and per plugin, as
 //! served by `GET /stats`. A server's per-plugin counters persist in its run store
-//! ([`Stats::persist_to`]): written with every plugin call, read back at the next start, so they
-//! add up across restarts (endpoint counters and the uptime are this process's).
+//! ([`Stats::persist_to`]): written after every plugin call by a thread of their own (a slow or
+//! hung store must not hold up the calls), read back at the next start, so they add up across
+//! restarts (endpoint counters and the uptime are this process's).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -92,30 +93,46 @@ struct Inner {
     totals: Counter,
     endpoints: BTreeMap<String, Counter>,
     plugins: BTreeMap<String, Counter>,
-    /// How many times each plugin's counter changed, so the store gets the latest of
-    /// concurrent changes and never an older one after it.
-    plugin_versions: BTreeMap<String, u64>,
+}
+
+/// Plugins whose counters changed since the writer last stored them.
+#[derive(Debug, Default)]
+struct Unsaved {
+    state: Mutex<UnsavedState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct UnsavedState {
+    plugins: BTreeSet<String>,
+    /// The writer is storing counters it took from `plugins`.
+    writing: bool,
+}
+
+impl Unsaved {
+    fn lock(&self) -> std::sync::MutexGuard<'_, UnsavedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Thread-safe statistics of one server.
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     /// Where plugin counters are kept across restarts, once the server has opened its store.
     store: OnceLock<Arc<dyn RunStore>>,
-    /// The version of each plugin's counter last written to the store; held while writing,
-    /// which happens outside `inner`'s lock (a slow store must not hold up requests).
-    written: Mutex<BTreeMap<String, u64>>,
+    /// What the writer thread has still to store (see [`Stats::persist_to`]).
+    unsaved: Arc<Unsaved>,
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Self {
             started: Instant::now(),
-            inner: Mutex::new(Inner::default()),
+            inner: Arc::default(),
             store: OnceLock::new(),
-            written: Mutex::new(BTreeMap::new()),
+            unsaved: Arc::default(),
         }
     }
 }
@@ -138,28 +155,33 @@ impl Stats {
     }
 
     pub fn record_plugin(&self, plugin: &str, latency_ms: u64, tokens: u64, error: Option<&str>) {
-        let (counter, version) = {
+        {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let counter = inner.plugins.entry(plugin.to_string()).or_default();
             counter.record(latency_ms, tokens, error);
-            let counter = counter.clone();
-            let version = inner.plugin_versions.entry(plugin.to_string()).or_default();
-            *version += 1;
-            (counter, *version)
-        };
-        let Some(store) = self.store.get() else {
-            return;
-        };
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        // A later change already stored: this older counter must not replace it.
-        if written.get(plugin).is_some_and(|w| *w >= version) {
-            return;
         }
-        match store.save_plugin_stats(plugin, &counter) {
-            Ok(()) => {
-                written.insert(plugin.to_string(), version);
-            }
-            Err(e) => tracing::warn!(plugin, "plugin statistics not stored: {e}"),
+        if self.store.get().is_some() {
+            self.unsaved.lock().plugins.insert(plugin.to_string());
+            self.unsaved.changed.notify_all();
+        }
+    }
+
+    /// Wait, at most `patience`, until every plugin counter changed so far is in the store
+    /// (a server stopping keeps what its last calls counted).
+    pub fn flush(&self, patience: Duration) {
+        let until = Instant::now() + patience;
+        let mut state = self.unsaved.lock();
+        while !state.plugins.is_empty() || state.writing {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                tracing::warn!("plugin statistics not all stored before the deadline");
+                return;
+            };
+            state = self
+                .unsaved
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -168,12 +190,19 @@ impl Stats {
     pub fn persist_to(&self, store: Arc<dyn RunStore>) -> Result<(), crate::store::StoreError> {
         let earlier = store.load_plugin_stats()?;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if self.store.set(store).is_err() {
+        if self.store.set(store.clone()).is_err() {
             return Ok(());
         }
         for (plugin, before) in earlier {
             let now = inner.plugins.entry(plugin).or_default();
             now.merge(&before);
+        }
+        let (counters, unsaved) = (Arc::downgrade(&self.inner), self.unsaved.clone());
+        if let Err(e) = std::thread::Builder::new()
+            .name("agentrt-stats".into())
+            .spawn(move || store_plugin_counters(store, counters, unsaved))
+        {
+            tracing::warn!("plugin statistics will not be stored: {e}");
         }
         Ok(())
     }
@@ -186,6 +215,51 @@ impl Stats {
             endpoints: inner.endpoints.clone(),
             plugins: inner.plugins.clone(),
         }
+    }
+}
+
+/// The writer thread: stores each changed plugin's latest counter, until the statistics are
+/// dropped. A store that is slow or hangs delays only this thread; calls go on counting.
+fn store_plugin_counters(
+    store: Arc<dyn RunStore>,
+    counters: Weak<Mutex<Inner>>,
+    unsaved: Arc<Unsaved>,
+) {
+    loop {
+        let plugins = {
+            let mut state = unsaved.lock();
+            while state.plugins.is_empty() {
+                if counters.strong_count() == 0 {
+                    return;
+                }
+                state = unsaved
+                    .changed
+                    .wait_timeout(state, Duration::from_secs(1))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            state.writing = true;
+            std::mem::take(&mut state.plugins)
+        };
+        let Some(counters) = counters.upgrade() else {
+            return;
+        };
+        for plugin in plugins {
+            let counter = counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .plugins
+                .get(&plugin)
+                .cloned();
+            if let Some(counter) = counter
+                && let Err(e) = store.save_plugin_stats(&plugin, &counter)
+            {
+                tracing::warn!(plugin, "plugin statistics not stored: {e}");
+            }
+        }
+        drop(counters);
+        unsaved.lock().writing = false;
+        unsaved.changed.notify_all();
     }
 }
 
@@ -226,6 +300,7 @@ mod tests {
         first.record_plugin("reviewer", 10, 3, None);
         first.record_plugin("reviewer", 30, 0, Some("PLUGIN_002"));
         first.record_plugin("generator", 7, 9, None);
+        first.flush(Duration::from_secs(60));
         let second = Stats::default();
         second.persist_to(open()).expect("attach");
         second.record_plugin("reviewer", 20, 1, None);
@@ -235,6 +310,34 @@ mod tests {
         assert_eq!((r.total_latency_ms, r.max_latency_ms), (65, 30));
         assert_eq!(r.errors["PLUGIN_002"], 1);
         assert_eq!(snap.plugins["generator"].requests, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_busy_store_holds_up_no_plugin_call_and_loses_no_count() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-stats-busy-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let path = dir.join("runs.db");
+        let open = || -> Arc<dyn RunStore> {
+            Arc::new(crate::store::Store::open(&path).expect("open the store"))
+        };
+        let stats = Stats::default();
+        stats.persist_to(open()).expect("attach");
+        // Another writer holds the database: the call is counted and returns; its count is
+        // stored once the database is free (a write from the call itself failed when busy).
+        let blocker = rusqlite::Connection::open(&path).expect("open");
+        blocker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+        stats.record_plugin("reviewer", 10, 1, None);
+        assert_eq!(stats.snapshot().plugins["reviewer"].requests, 1);
+        blocker.execute_batch("COMMIT").expect("unlock");
+        stats.flush(Duration::from_secs(60));
+        let again = Stats::default();
+        again.persist_to(open()).expect("attach");
+        assert_eq!(again.snapshot().plugins["reviewer"].requests, 1);
+        drop((stats, again));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
