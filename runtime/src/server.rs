@@ -254,7 +254,16 @@ async fn measure(
             .is_some_and(|r| crate::stats::COUNTED_ROUTES.contains(&r));
     let id = request_id(&request);
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), route = %route);
+    let mut abandoned = Abandoned {
+        route: &route,
+        counted: matched.as_deref().filter(|_| counted),
+        stats: &stats,
+        started,
+        span: &span,
+        answered: false,
+    };
     let mut response = next.run(request).instrument(span.clone()).await;
+    abandoned.answered = true;
     let took = started.elapsed();
     let sent = response.extensions().get::<SentError>().cloned();
     if let Some(SentError(error)) = &sent {
@@ -303,6 +312,38 @@ async fn measure(
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// A request whose client hung up before the answer (the server drops its future): counted
+/// as status 499, nginx's "client closed request", in the metrics and, for a counted route, as
+/// a `COMM_004` failure in `/stats`, so abandoned requests show where an SLO looks.
+struct Abandoned<'a> {
+    route: &'a str,
+    /// The route when its handler counts its requests (which it never got to do).
+    counted: Option<&'a str>,
+    stats: &'a crate::stats::Stats,
+    started: std::time::Instant,
+    span: &'a tracing::Span,
+    answered: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let took = self.started.elapsed();
+        crate::metrics::record_request(self.route, 499, took);
+        if let Some(route) = self.counted {
+            let code = crate::error_code::ErrorCode::Cancelled.as_str();
+            self.stats
+                .record_endpoint(route, took.as_millis() as u64, 0, Some(code));
+        }
+        let duration_ms = took.as_millis() as u64;
+        self.span.in_scope(|| {
+            tracing::info!(target: "agentrt::http", status = 499, duration_ms, "client closed the request")
+        });
+    }
 }
 
 /// `original`, an error answered in the native shape, again in OpenAI's. The headers it carried

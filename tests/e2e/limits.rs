@@ -206,6 +206,11 @@ fn a_client_that_disconnects_before_a_plain_answer_stops_its_generation() {
         &s,
         "agentrt_generations_running{model=\"smollm2-135m-instruct\"} 0",
     );
+    // And the request is counted, as one its client closed (nginx's 499).
+    wait_for_metric(
+        &s,
+        "agentrt_http_requests_total{route=\"/v1/completions\",status=\"499\"} 1",
+    );
 }
 
 /// A streamed request whose client hangs up while it waits in the queue leaves the queue
