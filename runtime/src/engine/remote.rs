@@ -67,6 +67,28 @@ fn parse_stall(text: &str) -> Option<Duration> {
     (!limit.is_zero()).then_some(limit)
 }
 
+/// A place among a remote's generations in flight, given back when dropped.
+struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    /// A place, unless `limit` are taken.
+    fn take(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>, limit: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Whether a model entry names a remote server rather than a file.
 pub fn is_remote(entry: &str) -> bool {
     entry.starts_with("http://") || entry.starts_with("https://")
@@ -86,6 +108,12 @@ pub struct RemoteModel {
     /// Longest a streamed generation waits for its next byte ([`stall_limit_from_env`]); a
     /// field so that tests set it without the environment.
     stall_limit: Duration,
+    /// Generations running or waiting at the remote (shared by clones), each on a thread of its
+    /// own; at most `max_in_flight`, as many as a local model holds (`AGENTRT_MAX_BATCH` plus
+    /// `AGENTRT_GENERATION_QUEUE`), and more are refused as a full queue (429 `QUEUE_001`)
+    /// rather than holding threads without bound while the remote queues them.
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: usize,
     /// The last health probe's answer and when it came.
     /// (Shared by clones: they ask the same server.)
     last_probe: std::sync::Arc<std::sync::Mutex<Option<ProbeAnswer>>>,
@@ -160,6 +188,11 @@ impl RemoteModel {
             agent,
             context_length: 0,
             stall_limit: stall_limit_from_env(),
+            in_flight: Default::default(),
+            max_in_flight: {
+                let limits = super::scheduler::BatchLimits::from_env();
+                limits.max_batch + limits.queue
+            },
             last_probe: Default::default(),
             probing: Default::default(),
         };
@@ -377,6 +410,10 @@ impl RemoteModel {
     ) -> Result<Generation, EngineError> {
         params.validate().map_err(EngineError::InvalidInput)?;
         control.check()?;
+        let place =
+            InFlight::take(&self.in_flight, self.max_in_flight).ok_or(EngineError::QueueFull {
+                waiting: self.max_in_flight,
+            })?;
         let (path, body) = self.body(prompt, params);
         let (progress, events) = mpsc::channel();
         let remote = self.clone();
@@ -388,9 +425,10 @@ impl RemoteModel {
             .name("agentrt-remote".into())
             .spawn(move || {
                 let result = remote.stream(path, &body, &control, &progress, &mut timer);
-                // Settle the metrics before the caller hears of the end, as the local
-                // scheduler does: a client that saw the end reads them whole.
+                // Settle the metrics and give the place back before the caller hears of the
+                // end, as the local scheduler does: a client that saw the end finds both done.
                 drop(timer);
+                drop(place);
                 let _ = progress.send(Progress::Done(result));
             })
             .map_err(|e| EngineError::Runtime(format!("cannot start a remote generation: {e}")))?;
@@ -624,6 +662,8 @@ mod tests {
                 .into(),
             context_length: 0,
             stall_limit: STALL_LIMIT,
+            in_flight: Default::default(),
+            max_in_flight: 64,
             last_probe: Default::default(),
             probing: Default::default(),
         };
@@ -683,6 +723,8 @@ mod tests {
             context_length: 0,
             // Long enough for a busy machine to get the first chunk across.
             stall_limit: Duration::from_secs(1),
+            in_flight: Default::default(),
+            max_in_flight: 1,
             last_probe: Default::default(),
             probing: Default::default(),
         };
@@ -694,6 +736,19 @@ mod tests {
                 &Control::default(),
             )
             .expect("start");
+        // Its one place is taken while the first streams: a second is a full queue, not a
+        // thread more waiting on the remote.
+        let second = remote.start(
+            "remote-stall-test",
+            &Prompt::Text("def g():".into()),
+            &SamplingParams::default(),
+            &Control::default(),
+        );
+        assert!(
+            matches!(second, Err(EngineError::QueueFull { .. })),
+            "{:?}",
+            second.err()
+        );
         // Only a guard against hanging for ever: without the stall limit nothing ends it.
         let mut text = String::new();
         let outcome = loop {
@@ -706,6 +761,11 @@ mod tests {
         drop(hold);
         server.join().expect("server");
         assert_eq!(text, "def");
+        assert_eq!(
+            remote.in_flight.load(std::sync::atomic::Ordering::Acquire),
+            0,
+            "the ended generation gave its place back"
+        );
         assert!(
             matches!(
                 outcome,
