@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -75,38 +75,66 @@ impl RunsError {
 struct LiveRun {
     cancel: Arc<AtomicBool>,
     events: broadcast::Sender<NumberedEvent>,
+    /// The state the run is ending in, set (under the live table's lock) before its end is
+    /// stored: a cancel from then on is answered `RUN_001`, not accepted for a run that will
+    /// not see it.
+    ended_as: OnceLock<&'static str>,
 }
 
-/// Counting semaphore for the worker slots (runs block on a plain thread, not the runtime).
+/// Counting semaphore for the worker slots (runs block on a plain thread, not the runtime),
+/// first come first served: a freed slot goes to the run that has waited longest, not to
+/// whichever thread wakes first (a run submitted just now could overtake older ones again and
+/// again).
 #[derive(Default)]
 struct Slots {
-    busy: Mutex<usize>,
+    line: Mutex<SlotLine>,
     freed: Condvar,
 }
 
+#[derive(Default)]
+struct SlotLine {
+    busy: usize,
+    /// Tickets of the runs waiting, oldest first.
+    waiting: std::collections::VecDeque<u64>,
+    next_ticket: u64,
+}
+
 impl Slots {
-    /// Wait for a slot, unless `cancel` is set meanwhile (then `false`).
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotLine> {
+        self.line.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait for a slot in turn, unless `cancel` is set meanwhile (then `false`).
     fn acquire(&self, limit: usize, cancel: &AtomicBool) -> bool {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut line = self.lock();
+        let ticket = line.next_ticket;
+        line.next_ticket += 1;
+        line.waiting.push_back(ticket);
         loop {
             if cancel.load(Ordering::Relaxed) {
+                // Out of the line, which may put the next run first.
+                line.waiting.retain(|t| *t != ticket);
+                self.freed.notify_all();
                 return false;
             }
-            if *busy < limit {
-                *busy += 1;
+            if line.busy < limit && line.waiting.front() == Some(&ticket) {
+                line.waiting.pop_front();
+                line.busy += 1;
+                // Another slot may be free for the next in line.
+                self.freed.notify_all();
                 return true;
             }
-            busy = self
+            line = self
                 .freed
-                .wait_timeout(busy, Duration::from_millis(100))
+                .wait_timeout(line, Duration::from_millis(100))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
     }
 
     fn release(&self) {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        *busy = busy.saturating_sub(1);
+        let mut line = self.lock();
+        line.busy = line.busy.saturating_sub(1);
         self.freed.notify_all();
     }
 }
@@ -327,6 +355,7 @@ impl Runs {
         let live = Arc::new(LiveRun {
             cancel: Arc::new(AtomicBool::new(false)),
             events: broadcast::channel(BROADCAST_DEPTH).0,
+            ended_as: OnceLock::new(),
         });
         {
             let mut runs = self.live();
@@ -408,6 +437,10 @@ impl Runs {
         let ms = started.elapsed().as_millis() as u64;
         // Runs count in /stats like the seed's endpoints: duration, tokens, failures by code.
         let stats = &self.pipeline.stats;
+        let ending = |state: RunState| {
+            let _table = self.live();
+            let _ = live.ended_as.set(state.as_str());
+        };
         let done = match outcome {
             Ok(outcome) => {
                 let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
@@ -416,11 +449,13 @@ impl Runs {
                     Some(e) if e.code == ErrorCode::Cancelled.as_str() => RunState::Cancelled,
                     Some(_) => RunState::Failed,
                 };
+                ending(state);
                 let code = outcome.error.as_ref().map(|e| e.code.as_str());
                 stats.record_endpoint(STATS_ENDPOINT, ms, outcome.tokens, code);
                 emitter.finish(state, Some(&value), outcome.error.as_ref())
             }
             Err(_) => {
+                ending(RunState::Failed);
                 let error = ErrorOut::new(ErrorCode::Internal, "the run's thread panicked");
                 crate::metrics::count_pipeline_run("failed");
                 stats.record_endpoint(STATS_ENDPOINT, ms, 0, Some(ErrorCode::Internal.as_str()));
@@ -452,10 +487,17 @@ impl Runs {
             });
         }
         match self.live().get(id) {
-            Some(live) => {
-                live.cancel.store(true, Ordering::Relaxed);
-                Ok(run)
-            }
+            Some(live) => match live.ended_as.get() {
+                // Its end is being stored: too late to stop it.
+                Some(state) => Err(RunsError::Finished {
+                    id: id.to_string(),
+                    state,
+                }),
+                None => {
+                    live.cancel.store(true, Ordering::Relaxed);
+                    Ok(run)
+                }
+            },
             // Not here: either it ended here since the store was read, or another host (a
             // shared PostgreSQL store) runs it; the store, read again, tells which.
             None => {
@@ -563,6 +605,37 @@ mod tests {
     use crate::store::{RunStore, Store};
 
     #[test]
+    fn a_freed_worker_slot_goes_to_the_run_that_waited_longest() {
+        let slots = Arc::new(Slots::default());
+        let never = AtomicBool::new(false);
+        assert!(slots.acquire(1, &never));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        for name in ["first", "second", "third"] {
+            let (mine, order) = (slots.clone(), order.clone());
+            let queued = slots.lock().waiting.len();
+            waiting.push(std::thread::spawn(move || {
+                assert!(mine.acquire(1, &AtomicBool::new(false)));
+                order.lock().expect("order").push(name);
+                mine.release();
+            }));
+            // Each joins the line before the next arrives.
+            while slots.lock().waiting.len() == queued {
+                std::thread::yield_now();
+            }
+        }
+        slots.release();
+        for run in waiting {
+            run.join().expect("run");
+        }
+        assert_eq!(*order.lock().expect("order"), ["first", "second", "third"]);
+        // A cancelled waiter leaves the line.
+        let cancel = AtomicBool::new(true);
+        assert!(!slots.acquire(0, &cancel));
+        assert!(slots.lock().waiting.is_empty());
+    }
+
+    #[test]
     fn an_event_the_store_refuses_for_a_while_is_stored_later_under_its_number() {
         let path = std::env::temp_dir().join(format!(
             "agentrt-emitter-{}-{}.db",
@@ -576,6 +649,7 @@ mod tests {
         let live = Arc::new(LiveRun {
             cancel: Arc::new(AtomicBool::new(false)),
             events: broadcast::channel(BROADCAST_DEPTH).0,
+            ended_as: OnceLock::new(),
         });
         let emitter = Emitter::new("r", store.clone(), live);
         let started = |attempt| PipelineEvent::StageStarted {
