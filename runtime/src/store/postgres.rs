@@ -17,7 +17,7 @@
 
 use std::sync::Mutex;
 
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, Config, NoTls, Transaction};
 use serde_json::Value;
 
 use super::{
@@ -68,6 +68,24 @@ const LOCK_ATTEMPTS: usize = 30;
 
 const COLUMNS: &str =
     "id, state, created_at_ms, updated_at_ms, request, outcome, error_code, error_message";
+
+/// The connection settings of `url`, with limits where it sets none: a server that does not
+/// answer (a failover, a network cut leaving the connection half open) fails a store call
+/// after seconds instead of holding it, and the lock it is called under, for hours. Connect:
+/// 10 s; data unacknowledged, or keepalive probes unanswered after 30 s idle: 30 s.
+fn connection_config(url: &str) -> Result<Config, postgres::Error> {
+    let mut config: Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(std::time::Duration::from_secs(30));
+    }
+    if config.get_keepalives_idle() == std::time::Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(std::time::Duration::from_secs(30));
+    }
+    Ok(config)
+}
 
 /// A PostgreSQL run store.
 pub struct PgStore {
@@ -171,7 +189,10 @@ impl PgStore {
 
     /// A new session: connected, schema checked, instance lock taken.
     fn open_client(&self) -> Result<Client, StoreError> {
-        let mut client = Client::connect(&self.url, NoTls).map_err(|e| self.fail(e))?;
+        let mut client = connection_config(&self.url)
+            .map_err(|e| self.fail(e))?
+            .connect(NoTls)
+            .map_err(|e| self.fail(e))?;
         let mut tx = client.transaction().map_err(|e| self.fail(e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .map_err(|e| self.fail(e))?;
@@ -533,6 +554,22 @@ impl RunStore for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_get_limits_unless_the_url_sets_its_own() {
+        use std::time::Duration;
+        let c = connection_config("postgres://u@db.example/agentrt").expect("url");
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(10)));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(30));
+        let own = connection_config(
+            "postgres://u@db.example/agentrt?connect_timeout=3&tcp_user_timeout=5&keepalives_idle=60",
+        )
+        .expect("url");
+        assert_eq!(own.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(own.get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(60));
+    }
 
     #[test]
     fn passwords_are_not_shown() {
