@@ -283,17 +283,25 @@ mod tests {
         assert_eq!(snap.totals.requests, 2);
     }
 
-    #[test]
-    fn plugin_counters_add_up_across_restarts_through_the_store() {
+    /// A folder for a store of its own, and the path of that store.
+    fn store_path(label: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(
-            "agentrt-stats-{}-{}",
+            "agentrt-stats-{label}-{}-{}",
             std::process::id(),
             rand::random::<u64>()
         ));
         let path = dir.join("runs.db");
-        let open = || -> Arc<dyn RunStore> {
-            Arc::new(crate::store::Store::open(&path).expect("open the store"))
-        };
+        (dir, path)
+    }
+
+    fn open_store(path: &std::path::Path) -> Arc<dyn RunStore> {
+        Arc::new(crate::store::Store::open(path).expect("open the store"))
+    }
+
+    #[test]
+    fn plugin_counters_add_up_across_restarts_through_the_store() {
+        let (dir, path) = store_path("restarts");
+        let open = || open_store(&path);
         let first = Stats::default();
         first.record_plugin("reviewer", 5, 0, None); // before the store: counted, not kept
         first.persist_to(open()).expect("attach");
@@ -315,15 +323,8 @@ mod tests {
 
     #[test]
     fn a_busy_store_holds_up_no_plugin_call_and_loses_no_count() {
-        let dir = std::env::temp_dir().join(format!(
-            "agentrt-stats-busy-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let path = dir.join("runs.db");
-        let open = || -> Arc<dyn RunStore> {
-            Arc::new(crate::store::Store::open(&path).expect("open the store"))
-        };
+        let (dir, path) = store_path("busy");
+        let open = || open_store(&path);
         let stats = Stats::default();
         stats.persist_to(open()).expect("attach");
         // Another writer holds the database: the call is counted and returns; its count is

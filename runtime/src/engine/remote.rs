@@ -648,12 +648,10 @@ mod tests {
         assert!(is_remote("https://x/v1") && !is_remote("/models/x.gguf"));
     }
 
-    #[test]
-    fn concurrent_health_probes_ask_a_silent_server_once() {
-        // A server that takes connections and never answers: each probe waits out its 2 s.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let remote = RemoteModel {
-            base: format!("http://{}/v1", listener.local_addr().expect("address")),
+    /// A remote model `m` at `base` without probing it first.
+    fn test_remote(base: String, stall_limit: Duration, max_in_flight: usize) -> RemoteModel {
+        RemoteModel {
+            base,
             model: "m".into(),
             token: None,
             agent: ureq::Agent::config_builder()
@@ -661,12 +659,23 @@ mod tests {
                 .build()
                 .into(),
             context_length: 0,
-            stall_limit: STALL_LIMIT,
+            stall_limit,
             in_flight: Default::default(),
-            max_in_flight: 64,
+            max_in_flight,
             last_probe: Default::default(),
             probing: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn concurrent_health_probes_ask_a_silent_server_once() {
+        // A server that takes connections and never answers: each probe waits out its 2 s.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let remote = test_remote(
+            format!("http://{}/v1", listener.local_addr().expect("address")),
+            STALL_LIMIT,
+            64,
+        );
         let answers: Vec<Result<(), String>> = std::thread::scope(|scope| {
             let probes: Vec<_> = (0..8).map(|_| scope.spawn(|| remote.probe())).collect();
             probes
@@ -712,22 +721,8 @@ mod tests {
             std::io::Write::write_all(&mut conn, answer.as_bytes()).expect("answer");
             let _ = held.recv();
         });
-        let remote = RemoteModel {
-            base: format!("http://{address}/v1"),
-            model: "m".into(),
-            token: None,
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into(),
-            context_length: 0,
-            // Long enough for a busy machine to get the first chunk across.
-            stall_limit: Duration::from_secs(1),
-            in_flight: Default::default(),
-            max_in_flight: 1,
-            last_probe: Default::default(),
-            probing: Default::default(),
-        };
+        // A stall limit long enough for a busy machine to get the first chunk across.
+        let remote = test_remote(format!("http://{address}/v1"), Duration::from_secs(1), 1);
         let generation = remote
             .start(
                 "remote-stall-test",
