@@ -396,6 +396,9 @@ impl Runs {
     /// queued): counted as every other end of a run is, stored, and announced once it has
     /// left the live table.
     fn end_unrun(&self, id: &str, emitter: &Emitter, state: RunState, error: ErrorOut) {
+        if let Some(live) = self.live().get(id) {
+            let _ = live.ended_as.set(state.as_str());
+        }
         in_flight("queued").dec();
         crate::metrics::count_pipeline_run(state.as_str());
         self.pipeline
@@ -432,30 +435,32 @@ impl Runs {
         });
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.run(&req)));
+        // Decided: from here a cancel is too late (see `LiveRun::ended_as`).
+        let state = match &outcome {
+            Ok(outcome) => match &outcome.error {
+                None => RunState::Completed,
+                Some(e) if e.code == ErrorCode::Cancelled.as_str() => RunState::Cancelled,
+                Some(_) => RunState::Failed,
+            },
+            Err(_) => RunState::Failed,
+        };
+        {
+            let _table = self.live();
+            let _ = live.ended_as.set(state.as_str());
+        }
         self.slots.release();
         in_flight("running").dec();
         let ms = started.elapsed().as_millis() as u64;
         // Runs count in /stats like the seed's endpoints: duration, tokens, failures by code.
         let stats = &self.pipeline.stats;
-        let ending = |state: RunState| {
-            let _table = self.live();
-            let _ = live.ended_as.set(state.as_str());
-        };
         let done = match outcome {
             Ok(outcome) => {
                 let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
-                let state = match &outcome.error {
-                    None => RunState::Completed,
-                    Some(e) if e.code == ErrorCode::Cancelled.as_str() => RunState::Cancelled,
-                    Some(_) => RunState::Failed,
-                };
-                ending(state);
                 let code = outcome.error.as_ref().map(|e| e.code.as_str());
                 stats.record_endpoint(STATS_ENDPOINT, ms, outcome.tokens, code);
                 emitter.finish(state, Some(&value), outcome.error.as_ref())
             }
             Err(_) => {
-                ending(RunState::Failed);
                 let error = ErrorOut::new(ErrorCode::Internal, "the run's thread panicked");
                 crate::metrics::count_pipeline_run("failed");
                 stats.record_endpoint(STATS_ENDPOINT, ms, 0, Some(ErrorCode::Internal.as_str()));

@@ -333,15 +333,26 @@ impl Drop for Abandoned<'_> {
             return;
         }
         let took = self.started.elapsed();
-        crate::metrics::record_request(self.route, 499, took);
-        if let Some(route) = self.counted {
-            let code = crate::error_code::ErrorCode::Cancelled.as_str();
+        // A handler that panicked is dropped while unwinding: the server's failure, not the
+        // client's hang-up.
+        let (status, code) = if std::thread::panicking() {
+            (500, crate::error_code::ErrorCode::Internal)
+        } else {
+            (499, crate::error_code::ErrorCode::Cancelled)
+        };
+        crate::metrics::record_request(self.route, status, took);
+        // A submitted run counts itself when it ends, even when its client left meanwhile.
+        if let Some(route) = self.counted.filter(|r| *r != crate::runs::STATS_ENDPOINT) {
             self.stats
-                .record_endpoint(route, took.as_millis() as u64, 0, Some(code));
+                .record_endpoint(route, took.as_millis() as u64, 0, Some(code.as_str()));
         }
         let duration_ms = took.as_millis() as u64;
         self.span.in_scope(|| {
-            tracing::info!(target: "agentrt::http", status = 499, duration_ms, "client closed the request")
+            if status == 500 {
+                tracing::error!(target: "agentrt::http", status, duration_ms, "request failed: the handler panicked")
+            } else {
+                tracing::info!(target: "agentrt::http", status, duration_ms, "client closed the request")
+            }
         });
     }
 }

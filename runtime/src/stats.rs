@@ -244,6 +244,7 @@ fn store_plugin_counters(
         let Some(counters) = counters.upgrade() else {
             return;
         };
+        let mut failed = Vec::new();
         for plugin in plugins {
             let counter = counters
                 .lock()
@@ -254,12 +255,25 @@ fn store_plugin_counters(
             if let Some(counter) = counter
                 && let Err(e) = store.save_plugin_stats(&plugin, &counter)
             {
-                tracing::warn!(plugin, "plugin statistics not stored: {e}");
+                tracing::warn!(
+                    plugin,
+                    "plugin statistics not stored (tried again shortly): {e}"
+                );
+                failed.push(plugin);
             }
         }
         drop(counters);
-        unsaved.lock().writing = false;
+        let retry = !failed.is_empty();
+        {
+            let mut state = unsaved.lock();
+            // Still to store: a flush keeps waiting for them (up to its deadline).
+            state.plugins.extend(failed);
+            state.writing = false;
+        }
         unsaved.changed.notify_all();
+        if retry {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 }
 

@@ -505,6 +505,25 @@ fn kill_and_restart(env: &[(&str, &str)]) -> (String, String) {
     let generator_calls = stats["plugins"]["generator"]["requests"]
         .as_u64()
         .expect("generator counted");
+    // Plugin counters are stored by a thread of their own: wait until they are, so the crash
+    // below is what is tested, not that thread's timing.
+    let location = env
+        .iter()
+        .find(|(k, _)| *k == "AGENTRT_STORE")
+        .map(|(_, v)| *v)
+        .expect("a store named");
+    let stored_calls = || {
+        agentrt::store::open_shared(location)
+            .and_then(|store| store.load_plugin_stats())
+            .ok()
+            .and_then(|all| all.into_iter().find(|(name, _)| name == "generator"))
+            .map_or(0, |(_, counter)| counter.requests)
+    };
+    wait_until(
+        "the generator's count to be stored",
+        Duration::from_secs(60),
+        || stored_calls() >= generator_calls,
+    );
     let (_, _, midway) = submit(&s, TASK);
     let midway_id = midway["id"].as_str().expect("id").to_string();
     wait_until("the second run to start", Duration::from_secs(60), || {
