@@ -507,13 +507,18 @@ fn kill_and_restart(env: &[(&str, &str)]) -> (String, String) {
         .expect("generator counted");
     // Plugin counters are stored by a thread of their own: wait until they are, so the crash
     // below is what is tested, not that thread's timing.
-    let location = env
-        .iter()
-        .find(|(k, _)| *k == "AGENTRT_STORE")
-        .map(|(_, v)| *v)
-        .expect("a store named");
+    let named = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let location = named("AGENTRT_STORE").expect("a store named");
+    // A shared PostgreSQL store keeps each host's counters under its instance name.
+    let open = || -> Result<std::sync::Arc<dyn agentrt::store::RunStore>, _> {
+        match named("AGENTRT_INSTANCE") {
+            Some(instance) => agentrt::store::postgres::PgStore::connect(location, instance, false)
+                .map(|s| std::sync::Arc::new(s) as _),
+            None => agentrt::store::open_shared(location),
+        }
+    };
     let stored_calls = || {
-        agentrt::store::open_shared(location)
+        open()
             .and_then(|store| store.load_plugin_stats())
             .ok()
             .and_then(|all| all.into_iter().find(|(name, _)| name == "generator"))
