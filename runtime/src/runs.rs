@@ -81,6 +81,16 @@ struct LiveRun {
     ended_as: OnceLock<&'static str>,
 }
 
+impl LiveRun {
+    fn new() -> Self {
+        Self {
+            cancel: Arc::new(AtomicBool::new(false)),
+            events: broadcast::channel(BROADCAST_DEPTH).0,
+            ended_as: OnceLock::new(),
+        }
+    }
+}
+
 /// Counting semaphore for the worker slots (runs block on a plain thread, not the runtime),
 /// first come first served: a freed slot goes to the run that has waited longest, not to
 /// whichever thread wakes first (a run submitted just now could overtake older ones again and
@@ -352,11 +362,7 @@ impl Runs {
         request: Value,
     ) -> Result<RunRecord, RunsError> {
         let id = new_run_id();
-        let live = Arc::new(LiveRun {
-            cancel: Arc::new(AtomicBool::new(false)),
-            events: broadcast::channel(BROADCAST_DEPTH).0,
-            ended_as: OnceLock::new(),
-        });
+        let live = Arc::new(LiveRun::new());
         {
             let mut runs = self.live();
             // Checked under the same lock the shutdown's sweep takes: a run is either refused
@@ -651,11 +657,7 @@ mod tests {
         store
             .insert_run("r", &serde_json::json!({"task_description": "t"}))
             .expect("insert");
-        let live = Arc::new(LiveRun {
-            cancel: Arc::new(AtomicBool::new(false)),
-            events: broadcast::channel(BROADCAST_DEPTH).0,
-            ended_as: OnceLock::new(),
-        });
+        let live = Arc::new(LiveRun::new());
         let emitter = Emitter::new("r", store.clone(), live);
         let started = |attempt| PipelineEvent::StageStarted {
             stage: "generate".into(),

@@ -70,10 +70,10 @@ impl Default for Limits {
 
 /// Longest time a setting or header may ask for; more is taken as this much (a deadline beyond
 /// it could not be added to the clock without overflowing).
-const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A number of seconds (`"2.5"`): positive, or zero where `zero_ok`; at most [`LONGEST_WAIT`].
-fn parse_seconds(text: &str, zero_ok: bool) -> Option<Duration> {
+pub(crate) fn parse_seconds(text: &str, zero_ok: bool) -> Option<Duration> {
     let s = text.trim().parse::<f64>().ok()?;
     if s.is_nan() || s < 0.0 || (s == 0.0 && !zero_ok) {
         return None;
@@ -256,7 +256,7 @@ async fn measure(
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), route = %route);
     let mut abandoned = Abandoned {
         route: &route,
-        counted: matched.as_deref().filter(|_| counted),
+        counted,
         stats: &stats,
         started,
         span: &span,
@@ -319,8 +319,8 @@ async fn measure(
 /// a `COMM_004` failure in `/stats`, so abandoned requests show where an SLO looks.
 struct Abandoned<'a> {
     route: &'a str,
-    /// The route when its handler counts its requests (which it never got to do).
-    counted: Option<&'a str>,
+    /// Whether the route's handler counts its requests (which it never got to do).
+    counted: bool,
     stats: &'a crate::stats::Stats,
     started: std::time::Instant,
     span: &'a tracing::Span,
@@ -342,9 +342,9 @@ impl Drop for Abandoned<'_> {
         };
         crate::metrics::record_request(self.route, status, took);
         // A submitted run counts itself when it ends, even when its client left meanwhile.
-        if let Some(route) = self.counted.filter(|r| *r != crate::runs::STATS_ENDPOINT) {
+        if self.counted && self.route != crate::runs::STATS_ENDPOINT {
             self.stats
-                .record_endpoint(route, took.as_millis() as u64, 0, Some(code.as_str()));
+                .record_endpoint(self.route, took.as_millis() as u64, 0, Some(code.as_str()));
         }
         let duration_ms = took.as_millis() as u64;
         self.span.in_scope(|| {

@@ -144,9 +144,6 @@ fn python_tojson(
             Some(" ".repeat(width))
         }
     };
-    if indent.as_ref().is_some_and(|i| i.len() > MAX_INDENT) {
-        return Err(too_large("tojson indent"));
-    }
     let (item, key) = match kwargs.get::<Option<Vec<String>>>("separators")? {
         Some(pair) => match <[String; 2]>::try_from(pair) {
             Ok([item, key]) => (item, key),

@@ -398,7 +398,7 @@ pub fn convert_row(ty: KQuantType, row: &[u8], out: &mut [u8]) {
             for (b, o) in blocks {
                 dequantize_block(ty, b, &mut w);
                 for (x, o) in w.chunks_exact(QK).zip(o.chunks_exact_mut(2 + QK)) {
-                    quantize_q8_0(x, o);
+                    super::quant::quantize_q8_0_block(x, o);
                 }
             }
         }
@@ -420,18 +420,6 @@ fn q4_k_to_q4_1(b: &[u8], out: &mut [u8]) {
         for (i, o) in o[4..].iter_mut().enumerate() {
             *o = ((q[i] >> shift) & 0x0F) | (((q[i + 16] >> shift) & 0x0F) << 4);
         }
-    }
-}
-
-/// 32 values as one Q8_0 block (`out`: 34 bytes), rounding as ggml's reference quantiser
-/// (and [`super::quant::quantize_row`]) does.
-fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-    for (o, v) in out[2..].iter_mut().zip(x) {
-        *o = (v * id).round() as i8 as u8;
     }
 }
 

@@ -259,6 +259,17 @@ pub fn dequantize_row(ty: GgmlType, row: &[u8], out: &mut [f32]) {
     }
 }
 
+/// 32 values as one Q8_0 block (`out`: 34 bytes), rounding as ggml's reference quantiser
+/// does: the largest magnitude maps to ±127.
+pub(crate) fn quantize_q8_0_block(x: &[f32], out: &mut [u8]) {
+    let d = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    for (o, v) in out[2..].iter_mut().zip(x) {
+        *o = (v * id).round() as i8 as u8;
+    }
+}
+
 /// Store `w` (length a multiple of 32 for block formats) in format `ty`, rounding as ggml's
 /// reference quantisers do. Used to write test checkpoints and fixtures.
 pub fn quantize_row(ty: GgmlType, w: &[f32]) -> Vec<u8> {
@@ -275,10 +286,9 @@ pub fn quantize_row(ty: GgmlType, w: &[f32]) -> Vec<u8> {
             .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
         GgmlType::Q8_0 => {
             for blk in w.chunks_exact(QK) {
-                let d = blk.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                out.extend(blk.iter().map(|v| (v * id).round() as i8 as u8));
+                let start = out.len();
+                out.resize(start + 2 + QK, 0);
+                quantize_q8_0_block(blk, &mut out[start..]);
             }
         }
         GgmlType::Q4_0 => {

@@ -40,9 +40,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `AGENTRT_REMOTE_STALL_SECS` says otherwise: five minutes, as a CPU server reading a prompt
 /// of tens of thousands of tokens before its first byte must not fail.
 const STALL_LIMIT: Duration = Duration::from_secs(300);
-/// The longest stall limit the environment may set; more is taken as this much (ureq adds the
-/// limit to the clock).
-const LONGEST_STALL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A health probe's answer (why the model cannot serve, if it cannot) and when it came.
 type ProbeAnswer = (Instant, Result<(), String>);
@@ -56,15 +53,11 @@ fn stall_limit_from_env() -> Duration {
         .unwrap_or(STALL_LIMIT)
 }
 
-/// A positive number of seconds (`"2.5"`), read as the server's other `*_SECS` settings are;
-/// at most [`LONGEST_STALL`]. Zero is refused: it would fail every read at once.
+/// A positive number of seconds (`"2.5"`), read as the server's other `*_SECS` settings are
+/// ([`crate::server::parse_seconds`], capped as they are, which ureq needs: it adds the limit
+/// to the clock). Zero, or less than a nanosecond, is refused: it would fail every read at once.
 fn parse_stall(text: &str) -> Option<Duration> {
-    let secs = text.trim().parse::<f64>().ok()?;
-    if secs.is_nan() || secs <= 0.0 {
-        return None;
-    }
-    let limit = Duration::try_from_secs_f64(secs).map_or(LONGEST_STALL, |d| d.min(LONGEST_STALL));
-    (!limit.is_zero()).then_some(limit)
+    crate::server::parse_seconds(text, false).filter(|limit| !limit.is_zero())
 }
 
 /// A place among a remote's generations in flight, given back when dropped.
@@ -777,7 +770,7 @@ mod tests {
     #[test]
     fn stall_limits_read_as_positive_seconds() {
         assert_eq!(parse_stall(" 2.5 "), Some(Duration::from_millis(2500)));
-        assert_eq!(parse_stall("1e30"), Some(LONGEST_STALL));
+        assert_eq!(parse_stall("1e30"), Some(crate::server::LONGEST_WAIT));
         for refused in ["0", "-1", "NaN", "soon", ""] {
             assert_eq!(parse_stall(refused), None, "{refused:?}");
         }

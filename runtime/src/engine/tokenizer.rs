@@ -166,8 +166,7 @@ fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
             Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
         }
         // Llama 3's rule, also under other families' names, as llama.cpp maps them.
-        "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" | "falcon3" | "falcon-h1" | "pixtral"
-        | "exaone" | "midm-2.0" | "lfm2" => {
+        p if is_llama3_family(p) || matches!(p, "smaug-bpe" | "exaone") => {
             Sequence::new(vec![split(LLAMA3_SPLIT)?.into(), byte_level(false).into()]).into()
         }
         // Qwen2's rule, also DeepSeek-R1's distillations of Qwen.
@@ -642,7 +641,7 @@ impl Tokenizer {
         }
         state.prefix = state.read;
         state.read = ids.len();
-        Ok(new.to_string())
+        Ok(new)
     }
 
     /// The stored text of one token (for diagnostics and templates).
