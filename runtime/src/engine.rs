@@ -179,6 +179,31 @@ pub struct Control {
     pub deadline: Option<Instant>,
     /// Give up with [`EngineError::Cancelled`] once this is set.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// With the model's queue full, wait in line for a place (first come, first served, until
+    /// the deadline or the cancel) instead of being refused with [`EngineError::QueueFull`]:
+    /// for callers that cannot ask their client to retry, such as a plugin's model call.
+    pub wait_in_line: bool,
+}
+
+impl Control {
+    /// A queue place for a generation: at once, or in line when [`Control::wait_in_line`].
+    fn take_place(
+        &self,
+        places: &Arc<crate::fifo_semaphore::FifoSemaphore>,
+        limit: usize,
+    ) -> Result<crate::fifo_semaphore::Permit, EngineError> {
+        use crate::fifo_semaphore::GaveUp;
+        let full = EngineError::QueueFull { waiting: limit };
+        if !self.wait_in_line {
+            return places.try_acquire().ok_or(full);
+        }
+        places
+            .acquire(self.deadline, self.cancel.as_deref())
+            .map_err(|why| match why {
+                GaveUp::Deadline => EngineError::Timeout,
+                GaveUp::Cancelled => EngineError::Cancelled,
+            })
+    }
 }
 
 impl Control {
@@ -568,7 +593,7 @@ impl LoadedModel {
 
     /// Check and tokenise a request and queue it on the model's scheduler; the returned
     /// [`Generation`] delivers its text. A full queue is [`EngineError::QueueFull`] here, before
-    /// anything was promised to a client.
+    /// anything was promised to a client (or a wait in line, see [`Control::wait_in_line`]).
     pub fn start(
         &self,
         prompt: &Prompt,
@@ -617,6 +642,7 @@ impl LoadedModel {
             timer,
             progress,
             abandoned: abandoned.clone(),
+            queue_place: None,
         })?;
         Ok(Generation {
             events,

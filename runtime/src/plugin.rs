@@ -38,7 +38,7 @@ use compile_cache::{CompileCache, sha256_hex};
 pub use grants::HostLimits;
 use grants::{Granted, TokenMeter};
 use manifest::{Manifest, World};
-use pool::{CallSlots, instance_pool};
+use pool::{call_slots, instance_pool};
 use state::PluginState;
 
 use crate::config::Config;
@@ -238,7 +238,7 @@ pub struct PluginHost {
     pooling: bool,
     /// Calls in flight, bounded by the instance pool so that a burst waits for a slot instead
     /// of failing to instantiate.
-    slots: Arc<CallSlots>,
+    slots: Arc<crate::fifo_semaphore::FifoSemaphore>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -290,9 +290,7 @@ impl PluginHost {
             models,
             sandbox,
             cache,
-            slots: Arc::new(CallSlots::new(
-                pooling.then_some(config.limits.instance_pool),
-            )),
+            slots: call_slots(pooling.then_some(config.limits.instance_pool)),
             config,
             pooling,
         })
@@ -454,7 +452,7 @@ impl PluginHost {
         // A call waits for an instance slot no longer than it may run: slots held by calls
         // abandoned in a blocking host call must not hold up every later call for good.
         let patience = Duration::from_millis(plugin.granted.timeout_ms);
-        let Some(slot) = self.slots.acquire_within(patience) else {
+        let Ok(slot) = self.slots.acquire(Some(Instant::now() + patience), None) else {
             let error = PluginError::Busy {
                 plugin: plugin.manifest.name.clone(),
                 waited_ms: patience.as_millis() as u64,
@@ -607,8 +605,8 @@ impl PluginHost {
         let patience = Duration::from_millis(plugin.granted.timeout_ms);
         let slot = self
             .slots
-            .acquire_within(patience)
-            .ok_or_else(|| PluginError::Busy {
+            .acquire(Some(Instant::now() + patience), None)
+            .map_err(|_| PluginError::Busy {
                 plugin: name.clone(),
                 waited_ms: patience.as_millis() as u64,
             })?;

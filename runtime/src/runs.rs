@@ -10,13 +10,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::error_code::ErrorCode;
+use crate::fifo_semaphore::FifoSemaphore;
 use crate::pipeline::report::ErrorOut;
 use crate::pipeline::{Pipeline, PipelineEvent, PipelineRequest, RunContext};
 use crate::plugin::CallContext;
@@ -28,9 +29,13 @@ pub const DEFAULT_WORKERS: usize = 2;
 pub const STATS_ENDPOINT: &str = "/v1/pipeline/runs";
 /// Runs queued or running at once when not configured.
 pub const DEFAULT_CAPACITY: usize = 32;
-/// Generated text is flushed as a `tokens` event at this size or age, whichever comes first.
+/// Generated text goes out as a `tokens` event as it comes, except that pieces following
+/// within the age of the last event are gathered, up to the size.
 const TOKENS_FLUSH_BYTES: usize = 256;
 const TOKENS_FLUSH_AGE: Duration = Duration::from_millis(100);
+/// Pauses between attempts at storing a run's end that the store refused, doubling.
+const FIRST_END_RETRY: Duration = Duration::from_millis(500);
+const LAST_END_RETRY: Duration = Duration::from_secs(30);
 /// Live events buffered per watcher before it lags (and catches up from the store).
 const BROADCAST_DEPTH: usize = 1024;
 
@@ -91,64 +96,6 @@ impl LiveRun {
     }
 }
 
-/// Counting semaphore for the worker slots (runs block on a plain thread, not the runtime),
-/// first come first served: a freed slot goes to the run that has waited longest, not to
-/// whichever thread wakes first (a run submitted just now could overtake older ones again and
-/// again).
-#[derive(Default)]
-struct Slots {
-    line: Mutex<SlotLine>,
-    freed: Condvar,
-}
-
-#[derive(Default)]
-struct SlotLine {
-    busy: usize,
-    /// Tickets of the runs waiting, oldest first.
-    waiting: std::collections::VecDeque<u64>,
-    next_ticket: u64,
-}
-
-impl Slots {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SlotLine> {
-        self.line.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Wait for a slot in turn, unless `cancel` is set meanwhile (then `false`).
-    fn acquire(&self, limit: usize, cancel: &AtomicBool) -> bool {
-        let mut line = self.lock();
-        let ticket = line.next_ticket;
-        line.next_ticket += 1;
-        line.waiting.push_back(ticket);
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                // Out of the line, which may put the next run first.
-                line.waiting.retain(|t| *t != ticket);
-                self.freed.notify_all();
-                return false;
-            }
-            if line.busy < limit && line.waiting.front() == Some(&ticket) {
-                line.waiting.pop_front();
-                line.busy += 1;
-                // Another slot may be free for the next in line.
-                self.freed.notify_all();
-                return true;
-            }
-            line = self
-                .freed
-                .wait_timeout(line, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    fn release(&self) {
-        let mut line = self.lock();
-        line.busy = line.busy.saturating_sub(1);
-        self.freed.notify_all();
-    }
-}
-
 /// The runs of one server.
 pub struct Runs {
     store: Arc<dyn RunStore>,
@@ -156,7 +103,9 @@ pub struct Runs {
     workers: usize,
     capacity: usize,
     live: Mutex<HashMap<String, Arc<LiveRun>>>,
-    slots: Slots,
+    /// Worker slots, taken first come first served (runs block on a plain thread, not the
+    /// runtime).
+    slots: Arc<FifoSemaphore>,
     /// Set by [`Runs::shutdown`]: no run is taken after its cancellation sweep.
     closing: AtomicBool,
 }
@@ -185,7 +134,8 @@ struct EmitterState {
     /// Numbered events the store refused so far, oldest first (stored before any later one).
     unstored: Vec<StoredEvent>,
     text: String,
-    text_since: Instant,
+    /// When generated text was last published (`None`: not yet).
+    text_published: Option<Instant>,
 }
 
 impl Emitter {
@@ -198,7 +148,7 @@ impl Emitter {
                 next_seq: 1,
                 unstored: Vec::new(),
                 text: String::new(),
-                text_since: Instant::now(),
+                text_published: None,
             }),
         }
     }
@@ -240,6 +190,7 @@ impl Emitter {
             return;
         }
         let text = std::mem::take(&mut st.text);
+        st.text_published = Some(Instant::now());
         self.publish(st, &PipelineEvent::Tokens { text });
     }
 
@@ -251,11 +202,14 @@ impl Emitter {
 
     fn text(&self, piece: &str) {
         let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if st.text.is_empty() {
-            st.text_since = Instant::now();
-        }
         st.text.push_str(piece);
-        if st.text.len() >= TOKENS_FLUSH_BYTES || st.text_since.elapsed() >= TOKENS_FLUSH_AGE {
+        // Text is held back only while some went out within the flush age: pieces that come
+        // slower than that (a slow model, the first of a generation) go out as they come,
+        // instead of waiting for the next piece to find them old.
+        let recently = st
+            .text_published
+            .is_some_and(|at| at.elapsed() < TOKENS_FLUSH_AGE);
+        if st.text.len() >= TOKENS_FLUSH_BYTES || !recently {
             self.flush_text(&mut st);
         }
     }
@@ -263,17 +217,21 @@ impl Emitter {
     /// The closing `done` event, committed with the run's final state and result; watchers
     /// hear it from [`Emitter::announce`], once the run has left the live table, so that a
     /// client acting on `done` finds the run ended everywhere (its queue place free too).
+    ///
+    /// A store that refuses the end (a database failing over, a full disk) is asked again,
+    /// with growing pauses, for as long as `keep_trying` says: the run stays in the live table
+    /// meanwhile (a cancel answers `RUN_001`), rather than being left `running` in the store
+    /// with its result gone. Given up, the next start marks it interrupted (`RUN_002`).
     #[must_use = "the done event is announced once the run has left the live table"]
     fn finish(
         &self,
         state: RunState,
         outcome: Option<&Value>,
         error: Option<&ErrorOut>,
+        keep_trying: &dyn Fn() -> bool,
     ) -> StoredEvent {
         let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         self.flush_text(&mut st);
-        self.store_unstored(&mut st);
-        let unstored = !st.unstored.is_empty();
         let done = self.number(
             &mut st,
             &PipelineEvent::Done {
@@ -281,20 +239,36 @@ impl Emitter {
                 error: error.cloned(),
             },
         );
-        // Events the store never took leave the run as running in it (stored after them, the
-        // end would leave a gap): the next start marks it interrupted (RUN_002), the honest end
-        // for a run whose record could not be kept whole.
-        let stored = if unstored {
-            Err("earlier events could not be stored".to_string())
-        } else {
-            with_retries(|| {
-                self.store
-                    .finish_run(&self.id, state, outcome, error, &done)
-            })
-            .map_err(|e| e.to_string())
-        };
-        if let Err(e) = stored {
-            tracing::error!(run = %self.id, "final state not stored: {e}");
+        let mut pause = FIRST_END_RETRY;
+        loop {
+            self.store_unstored(&mut st);
+            // Stored after events the store has not taken, the end would leave a gap: those
+            // go first.
+            let stored = if st.unstored.is_empty() {
+                with_retries(|| {
+                    self.store
+                        .finish_run(&self.id, state, outcome, error, &done)
+                })
+                .map_err(|e| e.to_string())
+            } else {
+                Err("earlier events could not be stored".to_string())
+            };
+            let Err(e) = stored else { break };
+            if !keep_trying() {
+                tracing::error!(run = %self.id, "final state not stored: {e}");
+                break;
+            }
+            tracing::warn!(
+                run = %self.id,
+                retry_in_s = pause.as_secs_f64(),
+                "final state not stored yet: {e}"
+            );
+            // In slices, so that a shutdown is not kept waiting for the pause to end.
+            let until = Instant::now() + pause;
+            while keep_trying() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            pause = (pause * 2).min(LAST_END_RETRY);
         }
         done
     }
@@ -336,13 +310,18 @@ impl Runs {
             workers: workers.max(1),
             capacity: capacity.max(1),
             live: Mutex::new(HashMap::new()),
-            slots: Slots::default(),
+            slots: FifoSemaphore::new(workers.max(1)),
             closing: AtomicBool::new(false),
         }
     }
 
     pub fn store(&self) -> &Arc<dyn RunStore> {
         &self.store
+    }
+
+    /// Whether the server still takes runs (not shutting down).
+    fn accepting(&self) -> bool {
+        !self.closing.load(Ordering::SeqCst)
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveRun>>> {
@@ -393,7 +372,7 @@ impl Runs {
             .spawn(move || span.in_scope(|| this.execute(&run_id, req, live)));
         if let Err(e) = spawned {
             let error = ErrorOut::new(ErrorCode::Internal, format!("cannot start the run: {e}"));
-            self.end_unrun(&id, &emitter, RunState::Failed, error);
+            self.end_unrun(&id, &emitter, RunState::Failed, error, false);
         }
         Ok(record)
     }
@@ -401,7 +380,16 @@ impl Runs {
     /// End a run that never ran (its thread could not start, or it was cancelled while
     /// queued): counted as every other end of a run is, stored, and announced once it has
     /// left the live table.
-    fn end_unrun(&self, id: &str, emitter: &Emitter, state: RunState, error: ErrorOut) {
+    /// `persist`: keep trying to store the end while the store refuses it (not on a request's
+    /// own thread, which must answer).
+    fn end_unrun(
+        &self,
+        id: &str,
+        emitter: &Emitter,
+        state: RunState,
+        error: ErrorOut,
+        persist: bool,
+    ) {
         if let Some(live) = self.live().get(id) {
             let _ = live.ended_as.set(state.as_str());
         }
@@ -410,20 +398,20 @@ impl Runs {
         self.pipeline
             .stats
             .record_endpoint(STATS_ENDPOINT, 0, 0, Some(error.code.as_str()));
-        let done = emitter.finish(state, None, Some(&error));
+        let done = emitter.finish(state, None, Some(&error), &|| persist && self.accepting());
         self.live().remove(id);
         emitter.announce(done);
     }
 
     fn execute(&self, id: &str, req: PipelineRequest, live: Arc<LiveRun>) {
         let emitter = Arc::new(Emitter::new(id, self.store.clone(), live.clone()));
-        if !self.slots.acquire(self.workers, &live.cancel) {
+        let Ok(slot) = self.slots.acquire(None, Some(&live.cancel)) else {
             // Cancelled before it started: counted as a run that ended so, as one cancelled
             // while running is.
             let error = ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled");
-            self.end_unrun(id, &emitter, RunState::Cancelled, error);
+            self.end_unrun(id, &emitter, RunState::Cancelled, error, true);
             return;
-        }
+        };
         in_flight("queued").dec();
         in_flight("running").inc();
         if let Err(e) = self.store.set_running(id) {
@@ -454,7 +442,7 @@ impl Runs {
             let _table = self.live();
             let _ = live.ended_as.set(state.as_str());
         }
-        self.slots.release();
+        drop(slot);
         in_flight("running").dec();
         let ms = started.elapsed().as_millis() as u64;
         // Runs count in /stats like the seed's endpoints: duration, tokens, failures by code.
@@ -464,13 +452,15 @@ impl Runs {
                 let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
                 let code = outcome.error.as_ref().map(|e| e.code.as_str());
                 stats.record_endpoint(STATS_ENDPOINT, ms, outcome.tokens, code);
-                emitter.finish(state, Some(&value), outcome.error.as_ref())
+                emitter.finish(state, Some(&value), outcome.error.as_ref(), &|| {
+                    self.accepting()
+                })
             }
             Err(_) => {
                 let error = ErrorOut::new(ErrorCode::Internal, "the run's thread panicked");
                 crate::metrics::count_pipeline_run("failed");
                 stats.record_endpoint(STATS_ENDPOINT, ms, 0, Some(ErrorCode::Internal.as_str()));
-                emitter.finish(RunState::Failed, None, Some(&error))
+                emitter.finish(RunState::Failed, None, Some(&error), &|| self.accepting())
             }
         };
         tracing::info!(run = %id, ms = started.elapsed().as_millis() as u64, "pipeline run ended");
@@ -616,37 +606,6 @@ mod tests {
     use crate::store::{RunStore, Store};
 
     #[test]
-    fn a_freed_worker_slot_goes_to_the_run_that_waited_longest() {
-        let slots = Arc::new(Slots::default());
-        let never = AtomicBool::new(false);
-        assert!(slots.acquire(1, &never));
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut waiting = Vec::new();
-        for name in ["first", "second", "third"] {
-            let (mine, order) = (slots.clone(), order.clone());
-            let queued = slots.lock().waiting.len();
-            waiting.push(std::thread::spawn(move || {
-                assert!(mine.acquire(1, &AtomicBool::new(false)));
-                order.lock().expect("order").push(name);
-                mine.release();
-            }));
-            // Each joins the line before the next arrives.
-            while slots.lock().waiting.len() == queued {
-                std::thread::yield_now();
-            }
-        }
-        slots.release();
-        for run in waiting {
-            run.join().expect("run");
-        }
-        assert_eq!(*order.lock().expect("order"), ["first", "second", "third"]);
-        // A cancelled waiter leaves the line.
-        let cancel = AtomicBool::new(true);
-        assert!(!slots.acquire(0, &cancel));
-        assert!(slots.lock().waiting.is_empty());
-    }
-
-    #[test]
     fn an_event_the_store_refuses_for_a_while_is_stored_later_under_its_number() {
         let path = std::env::temp_dir().join(format!(
             "agentrt-emitter-{}-{}.db",
@@ -674,13 +633,93 @@ mod tests {
             .execute_for_test("ALTER TABLE away RENAME TO run_events")
             .expect("restore");
         emitter.event(started(3));
-        let _ = emitter.finish(RunState::Completed, None, None);
+        let _ = emitter.finish(RunState::Completed, None, None, &|| false);
         assert_eq!(store.check_integrity().expect("check"), Ok(()));
         // Stored under the numbers live watchers saw: 1, 2 (stored late), 3, then done.
         let events = store.events_after("r", 0).expect("events");
         let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert!(events[1].data.contains("\"attempt\":2"), "{:?}", events[1]);
+        drop((emitter, store));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[test]
+    fn an_end_the_store_refuses_for_a_while_is_stored_once_it_is_back() {
+        let path = std::env::temp_dir().join(format!(
+            "agentrt-end-{}-{}.db",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let store = Arc::new(Store::open(&path).expect("store"));
+        store
+            .insert_run("r", &serde_json::json!({"task_description": "t"}))
+            .expect("insert");
+        let emitter = Emitter::new("r", store.clone(), Arc::new(LiveRun::new()));
+        emitter.event(PipelineEvent::Chosen { attempt: 1 });
+        // The events table is away (the end's `done` cannot be stored) for longer than the
+        // quick retries of one write, then back.
+        store
+            .execute_for_test("ALTER TABLE run_events RENAME TO away")
+            .expect("hide");
+        let done = std::thread::scope(|scope| {
+            let finishing = scope.spawn(|| {
+                let result = serde_json::json!({"status": "completed"});
+                emitter.finish(RunState::Completed, Some(&result), None, &|| true)
+            });
+            std::thread::sleep(Duration::from_millis(600));
+            store
+                .execute_for_test("ALTER TABLE away RENAME TO run_events")
+                .expect("restore");
+            finishing.join().expect("finish")
+        });
+        assert_eq!(done.seq, 2);
+        let run = store.run("r").expect("read").expect("run");
+        assert_eq!(run.state, RunState::Completed, "{run:?}");
+        assert!(run.outcome.is_some(), "{run:?}");
+        assert_eq!(store.check_integrity().expect("check"), Ok(()));
+        drop((emitter, store));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[test]
+    fn generated_text_after_a_quiet_spell_goes_out_at_once() {
+        let path = std::env::temp_dir().join(format!(
+            "agentrt-tokens-{}-{}.db",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let store = Arc::new(Store::open(&path).expect("store"));
+        store
+            .insert_run("r", &serde_json::json!({"task_description": "t"}))
+            .expect("insert");
+        let live = Arc::new(LiveRun::new());
+        let mut watcher = live.events.subscribe();
+        let emitter = Emitter::new("r", store.clone(), live);
+        // The first piece of a generation is published as it comes, not held until a later
+        // piece finds it old (a slow model's next token can be seconds away).
+        emitter.text("def");
+        let first = watcher.try_recv().expect("the first piece at once");
+        assert!(first.data.contains("\"text\":\"def\""), "{first:?}");
+        // Pieces that follow within the flush age may be gathered; none is lost.
+        for piece in [" add", "(a, b)", ":"] {
+            emitter.text(piece);
+        }
+        let _ = emitter.finish(RunState::Completed, None, None, &|| false);
+        let events = store.events_after("r", 0).expect("events");
+        let text: String = events
+            .iter()
+            .filter(|e| e.kind == "tokens")
+            .map(|e| {
+                let data: Value = serde_json::from_str(&e.data).expect("json");
+                data["text"].as_str().expect("text").to_string()
+            })
+            .collect();
+        assert_eq!(text, "def add(a, b):");
         drop((emitter, store));
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));

@@ -117,6 +117,8 @@ impl RequestDeadline {
         crate::engine::Control {
             deadline: Some(self.at + DEADLINE_GRACE),
             cancel: Some(self.cancel.clone()),
+            // A full queue is a 429 its client retries after `Retry-After`.
+            wait_in_line: false,
         }
     }
 

@@ -425,6 +425,7 @@ fn running_generation(model: &Arc<LoadedModel>) -> (Collector, Arc<AtomicBool>) 
     let control = Control {
         deadline: None,
         cancel: Some(cancel.clone()),
+        wait_in_line: false,
     };
     let generation = start(model, "a long story", &params(900, 0.0, 0), &control);
     let (first_tx, first_rx) = mpsc::channel();
@@ -521,6 +522,7 @@ fn a_deadline_ends_a_running_generation_between_passes() {
     let control = Control {
         deadline: Some(Instant::now() + Duration::from_millis(300)),
         cancel: None,
+        wait_in_line: false,
     };
     let mut pieces = 0;
     let result = model.generate(
@@ -598,6 +600,7 @@ fn a_request_cancelled_while_it_waits_gives_its_queue_place_back() {
         &Control {
             deadline: None,
             cancel: Some(cancel_waiting.clone()),
+            wait_in_line: false,
         },
     );
     cancel_waiting.store(true, Ordering::Relaxed);

@@ -28,6 +28,7 @@ use super::{
     Completion, Control, EngineError, FinishReason, Generation, Prompt, SamplingParams, Usage,
 };
 use crate::error_code::ErrorCode;
+use crate::fifo_semaphore::FifoSemaphore;
 
 /// How long a connection to the remote may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,28 +61,6 @@ fn parse_stall(text: &str) -> Option<Duration> {
     crate::server::parse_seconds(text, false).filter(|limit| !limit.is_zero())
 }
 
-/// A place among a remote's generations in flight, given back when dropped.
-struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl InFlight {
-    /// A place, unless `limit` are taken.
-    fn take(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>, limit: usize) -> Option<Self> {
-        use std::sync::atomic::Ordering;
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(count.clone()))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
 /// Whether a model entry names a remote server rather than a file.
 pub fn is_remote(entry: &str) -> bool {
     entry.starts_with("http://") || entry.starts_with("https://")
@@ -103,9 +82,10 @@ pub struct RemoteModel {
     stall_limit: Duration,
     /// Generations running or waiting at the remote (shared by clones), each on a thread of its
     /// own; at most `max_in_flight`, as many as a local model holds (`AGENTRT_MAX_BATCH` plus
-    /// `AGENTRT_GENERATION_QUEUE`), and more are refused as a full queue (429 `QUEUE_001`)
-    /// rather than holding threads without bound while the remote queues them.
-    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// `AGENTRT_GENERATION_QUEUE`), and more are refused as a full queue (429 `QUEUE_001`), or
+    /// wait in line as [`Control::wait_in_line`] says, rather than holding threads without
+    /// bound while the remote queues them.
+    in_flight: std::sync::Arc<FifoSemaphore>,
     max_in_flight: usize,
     /// The last health probe's answer and when it came.
     /// (Shared by clones: they ask the same server.)
@@ -170,6 +150,10 @@ impl RemoteModel {
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .build()
             .into();
+        let max_in_flight = {
+            let limits = super::scheduler::BatchLimits::from_env();
+            limits.max_batch + limits.queue
+        };
         let mut remote = Self {
             base: parsed.base,
             model: String::new(),
@@ -181,11 +165,8 @@ impl RemoteModel {
             agent,
             context_length: 0,
             stall_limit: stall_limit_from_env(),
-            in_flight: Default::default(),
-            max_in_flight: {
-                let limits = super::scheduler::BatchLimits::from_env();
-                limits.max_batch + limits.queue
-            },
+            in_flight: FifoSemaphore::new(max_in_flight),
+            max_in_flight,
             last_probe: Default::default(),
             probing: Default::default(),
         };
@@ -403,10 +384,7 @@ impl RemoteModel {
     ) -> Result<Generation, EngineError> {
         params.validate().map_err(EngineError::InvalidInput)?;
         control.check()?;
-        let place =
-            InFlight::take(&self.in_flight, self.max_in_flight).ok_or(EngineError::QueueFull {
-                waiting: self.max_in_flight,
-            })?;
+        let place = control.take_place(&self.in_flight, self.max_in_flight)?;
         let (path, body) = self.body(prompt, params);
         let (progress, events) = mpsc::channel();
         let remote = self.clone();
@@ -653,7 +631,7 @@ mod tests {
                 .into(),
             context_length: 0,
             stall_limit,
-            in_flight: Default::default(),
+            in_flight: FifoSemaphore::new(max_in_flight),
             max_in_flight,
             last_probe: Default::default(),
             probing: Default::default(),
@@ -750,8 +728,8 @@ mod tests {
         server.join().expect("server");
         assert_eq!(text, "def");
         assert_eq!(
-            remote.in_flight.load(std::sync::atomic::Ordering::Acquire),
-            0,
+            remote.in_flight.available(),
+            1,
             "the ended generation gave its place back"
         );
         assert!(

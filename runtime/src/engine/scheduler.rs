@@ -1,7 +1,8 @@
 //! Continuous batching: one scheduler thread per loaded model runs every generation on it.
 //!
 //! Requests wait in a bounded queue ([`BatchLimits::queue`]; beyond it [`EngineError::QueueFull`],
-//! which the server answers 429 with `Retry-After`). Between two forward passes the scheduler
+//! which the server answers 429 with `Retry-After`, or for callers that cannot retry, such as
+//! plugins' model calls, a wait in line for a place, first come first served). Between two forward passes the scheduler
 //! admits waiting requests up to [`BatchLimits::max_batch`] running at once; each pass then
 //! runs every running sequence's next tokens together ([`CausalLm::forward_batch`]): a
 //! newcomer's prompt (or the next chunk of it) beside the others' single decode tokens, so the
@@ -38,6 +39,7 @@ use super::tokenizer::{DecodeState, Tokenizer};
 use super::{
     Completion, Control, EngineError, FinishReason, Usage, earliest_stop, safe_prefix_len,
 };
+use crate::fifo_semaphore::{FifoSemaphore, Permit};
 use crate::metrics::GenerationTimer;
 
 /// How many sequences share a pass and how many may wait.
@@ -146,6 +148,9 @@ pub(crate) struct Request {
     /// Set when the caller drops its [`crate::engine::Generation`]: nobody waits for the
     /// answer, so the request gives its place back at the next look, as a cancelled one does.
     pub abandoned: Arc<AtomicBool>,
+    /// Its place in the queue (taken by [`Scheduler::submit`]), given back when it is admitted
+    /// or leaves the queue otherwise.
+    pub queue_place: Option<Permit>,
 }
 
 impl Request {
@@ -212,6 +217,8 @@ impl Shared {
 pub(crate) struct Scheduler {
     shared: Arc<Shared>,
     limits: BatchLimits,
+    /// The queue's places ([`BatchLimits::queue`]), given out first come, first served.
+    places: Arc<FifoSemaphore>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -235,28 +242,31 @@ impl Scheduler {
             .map_err(|e| EngineError::Runtime(format!("cannot start the scheduler: {e}")))?;
         Ok(Self {
             shared,
+            places: FifoSemaphore::new(limits.queue),
             limits,
             thread: Some(thread),
         })
     }
 
-    /// Queue a request, or refuse it when the queue is full.
-    pub fn submit(&self, request: Request) -> Result<(), EngineError> {
+    /// Queue a request; with the queue full, refuse it or (as its [`Control`] says) wait in
+    /// line for a place.
+    ///
+    /// [`Control`]: super::Control
+    pub fn submit(&self, mut request: Request) -> Result<(), EngineError> {
         if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
             return Err(EngineError::Runtime(
                 "the model's scheduler has stopped; restart the server".into(),
             ));
         }
-        let mut queue = self.shared.lock();
-        if queue.waiting.len() >= self.limits.queue {
+        if self.places.available() == 0 {
             // Waiters already cancelled or past their deadline give their places back first.
-            queue.drop_abandoned();
+            self.shared.lock().drop_abandoned();
         }
-        if queue.waiting.len() >= self.limits.queue {
-            return Err(EngineError::QueueFull {
-                waiting: queue.waiting.len(),
-            });
-        }
+        let place = request
+            .control
+            .take_place(&self.places, self.limits.queue)?;
+        request.queue_place = Some(place);
+        let mut queue = self.shared.lock();
         queue.waiting.push_back(request);
         drop(queue);
         self.shared.wake.notify_one();
@@ -366,7 +376,11 @@ impl Worker {
                         break;
                     }
                     reserved = reserved.saturating_add(need);
-                    admitted.extend(queue.waiting.pop_front());
+                    if let Some(mut request) = queue.waiting.pop_front() {
+                        // Out of the queue: its place goes to the next in line.
+                        request.queue_place = None;
+                        admitted.push(request);
+                    }
                 }
             }
             // Admitted outside the lock: a newcomer's KV cache and its prefix copy would
@@ -978,6 +992,72 @@ mod tests {
         open.send(()).expect("open the gate");
         first.finish(&mut |_| {}).expect("first");
         third.finish(&mut |_| {}).expect("third");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_caller_waiting_in_line_gets_the_next_queue_place_before_any_newcomer() {
+        let dir = synthetic_checkpoint("in-line");
+        let base = limited(&dir, 1, 16).with_batch_limits(BatchLimits {
+            max_batch: 1,
+            queue: 1,
+            prefix_cache: 0,
+            prefill_chunk: 16,
+            kv_cache: 0,
+        });
+        let probe = Arc::new(Probe::new(base.model.clone(), 1));
+        let model = Arc::new(with_model(base, probe.clone()));
+        let open = probe.hold_first_pass();
+        let params = SamplingParams {
+            max_tokens: 4,
+            ..SamplingParams::default()
+        };
+        let prompt = Prompt::Text("hello".into());
+        let in_line = |deadline| Control {
+            deadline: Some(deadline),
+            wait_in_line: true,
+            ..Control::default()
+        };
+        // The first holds the only batch place, the second the only queue place.
+        let first = model
+            .start(&prompt, &params, &Control::default())
+            .expect("runs");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while model.batch_stats().waiting > 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the first was never admitted"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let second = model
+            .start(&prompt, &params, &Control::default())
+            .expect("queued");
+        // One in line whose deadline comes first gives up with a timeout, not a full queue.
+        let soon = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        let late = model.start(&prompt, &params, &in_line(soon));
+        assert!(matches!(late, Err(EngineError::Timeout)), "{late:?}");
+        // One that waits long stands in line...
+        let waiter = {
+            let (model, prompt, params) = (model.clone(), prompt.clone(), params.clone());
+            std::thread::spawn(move || model.start(&prompt, &params, &in_line(until)))
+        };
+        let places = model.scheduler().expect("scheduler").places.clone();
+        while places.waiting() == 0 {
+            assert!(std::time::Instant::now() < until, "the waiter never queued");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // ...and the place the second frees is its, not a newcomer's that will not wait.
+        drop(second);
+        let newcomer = model.start(&prompt, &params, &Control::default());
+        assert!(
+            matches!(newcomer, Err(EngineError::QueueFull { .. })),
+            "{newcomer:?}"
+        );
+        let waited = waiter.join().expect("join").expect("queued in turn");
+        open.send(()).expect("open the gate");
+        first.finish(&mut |_| {}).expect("first");
+        waited.finish(&mut |_| {}).expect("the one that waited");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

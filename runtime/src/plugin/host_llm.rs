@@ -3,13 +3,11 @@
 //! A plugin sees only the models it was granted; `max-tokens` is capped by its granted
 //! `max-tokens-per-call` and by what is left of its `tokens-per-minute`; every call carries the
 //! plugin call's deadline into the engine, so a generation in flight stops when the plugin's
-//! time is up. A call that meets the model's queue full waits for a place (retrying with a
-//! growing pause) until its deadline, rather than failing at once: a plugin cannot see the
-//! queue, and a moment later there is usually room.
+//! time is up. A call that meets the model's queue full waits in line for a place (first come,
+//! first served, [`Control::wait_in_line`]) until its deadline, rather than failing at once: a
+//! plugin cannot see the queue, and a moment later there is usually room.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use super::bindings::llm::{
     ChatMessage, Completion, Error, FinishReason, Host, ModelInfo, Role, Sampling, Usage,
@@ -21,11 +19,6 @@ use crate::engine::{self, Control, EngineError, Prompt, SamplingParams, ServedMo
 
 /// Tokens generated when a plugin does not say.
 const DEFAULT_MAX_TOKENS: u32 = 256;
-
-/// The first pause before asking a full queue again, doubled each time up to the last: short
-/// enough that a place freed is taken soon, long enough that waiting plugins do not spin.
-const FIRST_QUEUE_PAUSE: Duration = Duration::from_millis(25);
-const LAST_QUEUE_PAUSE: Duration = Duration::from_millis(250);
 
 impl PluginState {
     fn resolve_model(&self, model: Option<String>) -> Result<Arc<ServedModel>, Error> {
@@ -101,18 +94,16 @@ impl PluginState {
         let control = Control {
             deadline: Some(self.deadline),
             cancel: self.cancel.clone(),
+            wait_in_line: true,
         };
         self.llm_calls += 1;
         self.note_used(&format!("llm:{}", loaded.info.id));
-        let queued = until_queued(self.deadline, self.cancel.as_deref(), || {
-            loaded.start(&prompt, &params, &control)
-        });
-        let generation = match queued {
-            Queued::Ran(Ok(generation)) => generation,
+        let generation = match loaded.start(&prompt, &params, &control) {
+            Ok(generation) => generation,
             // Refused before it was queued (a full queue until the deadline or the cancel, an
             // invalid or too long prompt, a deadline already past): nothing generated, nothing
             // spent.
-            Queued::Ran(Err(e)) | Queued::GaveUp(e) => {
+            Err(e) => {
                 self.tokens.settle(reservation, 0);
                 return Err(to_wit_error(e));
             }
@@ -144,52 +135,6 @@ impl PluginState {
                 completion_tokens: done.usage.completion_tokens,
             },
         })
-    }
-}
-
-/// What became of a call that may have met a full queue.
-#[derive(Debug)]
-enum Queued<T> {
-    /// It got a place (or was refused for another reason): what the engine answered.
-    Ran(Result<T, EngineError>),
-    /// The queue stayed full until the call's deadline ([`EngineError::Timeout`]) or its
-    /// cancellation ([`EngineError::Cancelled`]): it never ran.
-    GaveUp(EngineError),
-}
-
-/// Run `attempt` until it is not refused for a full queue, pausing between tries (from
-/// [`FIRST_QUEUE_PAUSE`], doubling to [`LAST_QUEUE_PAUSE`], never past `deadline`), or give up
-/// at `deadline` or when `cancel` is set.
-fn until_queued<T>(
-    deadline: Instant,
-    cancel: Option<&AtomicBool>,
-    mut attempt: impl FnMut() -> Result<T, EngineError>,
-) -> Queued<T> {
-    let stop = || {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            Some(EngineError::Cancelled)
-        } else if Instant::now() >= deadline {
-            Some(EngineError::Timeout)
-        } else {
-            None
-        }
-    };
-    let mut pause = FIRST_QUEUE_PAUSE;
-    loop {
-        match attempt() {
-            Err(EngineError::QueueFull { .. }) => {}
-            other => return Queued::Ran(other),
-        }
-        if let Some(why) = stop() {
-            return Queued::GaveUp(why);
-        }
-        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-        // Checked again after the pause: a try past the deadline would only be refused with a
-        // timeout that looks as if the generation had started.
-        if let Some(why) = stop() {
-            return Queued::GaveUp(why);
-        }
-        pause = (pause * 2).min(LAST_QUEUE_PAUSE);
     }
 }
 
@@ -276,65 +221,7 @@ mod tests {
     use crate::engine::sampling::MAX_STOP_BYTES;
     use crate::plugin::grants::{Granted, TokenMeter};
     use crate::plugin::manifest::Manifest;
-
-    fn queue_full<T>() -> Result<T, EngineError> {
-        Err(EngineError::QueueFull { waiting: 1 })
-    }
-
-    #[test]
-    fn a_call_that_meets_a_full_queue_waits_for_a_place() {
-        let mut tries = 0;
-        let got = until_queued(Instant::now() + Duration::from_secs(10), None, || {
-            tries += 1;
-            if tries < 3 { queue_full() } else { Ok(tries) }
-        });
-        assert!(matches!(got, Queued::Ran(Ok(3))), "{got:?}");
-
-        // Other refusals are answered at once.
-        let mut tries = 0;
-        let got = until_queued(Instant::now() + Duration::from_secs(10), None, || {
-            tries += 1;
-            Err::<(), _>(EngineError::InvalidInput("no".into()))
-        });
-        assert!(
-            matches!(got, Queued::Ran(Err(EngineError::InvalidInput(_)))),
-            "{got:?}"
-        );
-        assert_eq!(tries, 1);
-    }
-
-    #[test]
-    fn a_queue_full_until_the_deadline_is_a_timeout_and_a_cancel_stops_the_wait() {
-        let started = Instant::now();
-        let got = until_queued(started + Duration::from_millis(120), None, queue_full::<()>);
-        assert!(
-            matches!(got, Queued::GaveUp(EngineError::Timeout)),
-            "{got:?}"
-        );
-        // It kept trying up to the deadline, not giving up at the first refusal.
-        let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(120), "{waited:?}");
-        assert!(matches!(to_wit_error(EngineError::Timeout), Error::Timeout));
-
-        let cancel = AtomicBool::new(false);
-        let mut tries = 0;
-        let got = until_queued(
-            Instant::now() + Duration::from_secs(10),
-            Some(&cancel),
-            || {
-                tries += 1;
-                if tries == 2 {
-                    cancel.store(true, Ordering::Relaxed);
-                }
-                queue_full::<()>()
-            },
-        );
-        assert!(
-            matches!(got, Queued::GaveUp(EngineError::Cancelled)),
-            "{got:?}"
-        );
-        assert_eq!(tries, 2);
-    }
+    use std::time::{Duration, Instant};
 
     /// A generator plugin's state with every model granted and no token budget.
     fn plugin_state() -> PluginState {

@@ -376,6 +376,8 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
     let control = Control {
         deadline: None,
         cancel: Some(cancel.clone()),
+        // A full queue is a 429 its client retries after `Retry-After`.
+        wait_in_line: false,
     };
     let queued = {
         let model = model.clone();

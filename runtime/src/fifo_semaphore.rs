@@ -1,0 +1,257 @@
+//! A counting semaphore for blocking threads that serves its waiters first come, first served.
+//!
+//! Every bounded place in the host — a run's worker slot, a plugin call's instance slot, a place
+//! in a model's generation queue, a remote model's generation in flight — is one of these. A
+//! freed permit goes to the caller that has waited longest, not to whichever thread wakes
+//! first, and a caller that will not wait ([`FifoSemaphore::try_acquire`]) never takes a permit
+//! while others wait for one: otherwise a steady stream of newcomers could overtake an old
+//! waiter again and again until its deadline.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How often a waiter looks at its cancellation flag, which nothing signals.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+pub struct FifoSemaphore {
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+struct State {
+    free: usize,
+    /// Tickets of the callers waiting, oldest first.
+    waiting: VecDeque<u64>,
+    next_ticket: u64,
+}
+
+/// Why a caller stopped waiting without a permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    Deadline,
+    Cancelled,
+}
+
+/// A taken permit, given back when dropped.
+pub struct Permit(Arc<FifoSemaphore>);
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Permit")
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.lock().free += 1;
+        // Every waiter looks: only the first in line takes it.
+        self.0.freed.notify_all();
+    }
+}
+
+impl FifoSemaphore {
+    /// A semaphore with `permits` permits (`usize::MAX`: as good as unbounded).
+    pub fn new(permits: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                free: permits,
+                waiting: VecDeque::new(),
+                next_ticket: 0,
+            }),
+            freed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Only counters and tickets live here, each changed in one statement.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A permit now, if one is free and nobody waits for one.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let mut state = self.lock();
+        if state.free > 0 && state.waiting.is_empty() {
+            state.free -= 1;
+            return Some(Permit(self.clone()));
+        }
+        None
+    }
+
+    /// A permit in turn: wait in line until one is free for this caller, unless `deadline`
+    /// passes or `cancel` is set first (looked at every [`CANCEL_POLL`]).
+    pub fn acquire(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Permit, GaveUp> {
+        let mut state = self.lock();
+        if state.free > 0 && state.waiting.is_empty() {
+            state.free -= 1;
+            return Ok(Permit(self.clone()));
+        }
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.waiting.push_back(ticket);
+        loop {
+            if state.free > 0 && state.waiting.front() == Some(&ticket) {
+                state.waiting.pop_front();
+                state.free -= 1;
+                // Another permit may be free for the next in line.
+                self.freed.notify_all();
+                return Ok(Permit(self.clone()));
+            }
+            let why = if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                Some(GaveUp::Cancelled)
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                Some(GaveUp::Deadline)
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                // Out of the line, which may put a caller that can have a free permit first.
+                state.waiting.retain(|t| *t != ticket);
+                self.freed.notify_all();
+                return Err(why);
+            }
+            let mut pause = CANCEL_POLL;
+            if let Some(deadline) = deadline {
+                pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            state = self
+                .freed
+                .wait_timeout(state, pause)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// How many callers wait in line.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    /// How many permits are free now.
+    pub fn available(&self) -> usize {
+        self.lock().free
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    fn in_a_while() -> Option<Instant> {
+        Some(Instant::now() + LONG)
+    }
+
+    /// Start a thread that waits for a permit, and return once it stands in line.
+    fn queue_up(
+        sem: &Arc<FifoSemaphore>,
+        name: &'static str,
+        got: &mpsc::Sender<&'static str>,
+    ) -> std::thread::JoinHandle<()> {
+        let (theirs, got) = (sem.clone(), got.clone());
+        let before = sem.waiting();
+        let waiter = std::thread::spawn(move || {
+            let permit = theirs
+                .acquire(in_a_while(), None)
+                .expect("a permit in turn");
+            got.send(name).expect("send");
+            // Held until the test has seen who got it.
+            std::thread::sleep(Duration::from_millis(30));
+            drop(permit);
+        });
+        while sem.waiting() == before {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        waiter
+    }
+
+    #[test]
+    fn a_freed_permit_goes_to_the_caller_that_waited_longest() {
+        let sem = FifoSemaphore::new(1);
+        let held = sem.try_acquire().expect("a free permit");
+        let (tx, rx) = mpsc::channel();
+        let waiters: Vec<_> = ["first", "second", "third"]
+            .into_iter()
+            .map(|name| queue_up(&sem, name, &tx))
+            .collect();
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a waiter got a permit while the only one was taken"
+        );
+        drop(held);
+        // A newcomer that will not wait does not jump the line, even with the permit free.
+        assert!(sem.try_acquire().is_none());
+        for expected in ["first", "second", "third"] {
+            assert_eq!(rx.recv().expect("in turn"), expected);
+        }
+        for w in waiters {
+            w.join().expect("join");
+        }
+        assert_eq!((sem.waiting(), sem.available()), (0, 1));
+        assert!(sem.try_acquire().is_some());
+    }
+
+    #[test]
+    fn a_waiter_gives_up_at_its_deadline_or_cancel_and_leaves_the_line() {
+        let sem = FifoSemaphore::new(1);
+        let held = sem.try_acquire().expect("a free permit");
+        let started = Instant::now();
+        let soon = Some(started + Duration::from_millis(80));
+        assert_eq!(sem.acquire(soon, None).err(), Some(GaveUp::Deadline));
+        assert!(started.elapsed() >= Duration::from_millis(80));
+        assert_eq!(sem.waiting(), 0);
+
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (theirs, flag) = (sem.clone(), cancel.clone());
+        let waiter = std::thread::spawn(move || theirs.acquire(None, Some(&flag)).err());
+        while sem.waiting() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        cancel.store(true, Ordering::Relaxed);
+        assert_eq!(waiter.join().expect("join"), Some(GaveUp::Cancelled));
+        assert_eq!(sem.waiting(), 0);
+        drop(held);
+        assert_eq!(sem.available(), 1);
+    }
+
+    #[test]
+    fn a_waiter_that_gave_up_does_not_hold_up_the_line_behind_it() {
+        let sem = FifoSemaphore::new(1);
+        let held = sem.try_acquire().expect("a free permit");
+        // First in line, with a near deadline; then one that waits long.
+        let (theirs, near) = (sem.clone(), Instant::now() + Duration::from_millis(150));
+        let impatient = std::thread::spawn(move || theirs.acquire(Some(near), None).err());
+        while sem.waiting() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (tx, rx) = mpsc::channel();
+        let patient = queue_up(&sem, "patient", &tx);
+        assert_eq!(impatient.join().expect("join"), Some(GaveUp::Deadline));
+        drop(held);
+        assert_eq!(rx.recv().expect("the patient one"), "patient");
+        patient.join().expect("join");
+    }
+
+    #[test]
+    fn without_waiters_permits_are_taken_until_none_is_free() {
+        let sem = FifoSemaphore::new(2);
+        let a = sem.try_acquire().expect("first");
+        let b = sem.acquire(None, None).expect("second, at once");
+        assert!(sem.try_acquire().is_none());
+        drop(a);
+        let _c = sem.try_acquire().expect("the one given back");
+        drop(b);
+        let unbounded = FifoSemaphore::new(usize::MAX);
+        let many: Vec<_> = (0..100).map(|_| unbounded.try_acquire()).collect();
+        assert!(many.iter().all(Option::is_some));
+    }
+}
