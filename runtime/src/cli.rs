@@ -3,6 +3,8 @@
 //!
 //! Output is for people by default; `--json` prints the same JSON the HTTP API returns.
 
+mod progress;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -872,7 +874,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Generate { task, opts } => {
             let engine = load_engine(&opts)?;
-            let pipeline = load_pipeline(&opts, Some(engine))?;
+            let pipeline = load_pipeline(&opts, Some(engine))?.tracked(progress::on_stderr());
             let req = PipelineRequest {
                 task_description: task,
                 language: "python".into(),
@@ -895,7 +897,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             opts,
         } => {
             let engine = load_engine(&opts)?;
-            let pipeline = load_pipeline(&opts, Some(engine))?;
+            let pipeline = load_pipeline(&opts, Some(engine))?.tracked(progress::on_stderr());
             let outcome = pipeline.run(&PipelineRequest {
                 task_description: task,
                 language: "python".into(),
@@ -921,7 +923,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 if let Some(review) = &outcome.review {
                     println!("verdict: {} (score {:.1}/10)", review.verdict, review.score);
                 }
-                println!("attempts: {}", outcome.attempts);
+                match outcome.chosen_attempt {
+                    // The code above is the best attempt's, not always the last one's.
+                    Some(chosen) if chosen != outcome.attempts => {
+                        println!(
+                            "attempts: {} (the code is attempt {chosen}'s)",
+                            outcome.attempts
+                        )
+                    }
+                    _ => println!("attempts: {}", outcome.attempts),
+                }
             });
             Ok(())
         }

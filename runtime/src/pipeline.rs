@@ -43,6 +43,9 @@ enum CheckFailure {
     Skipped(PluginError),
     /// The run stops with its error.
     Aborted(PluginError),
+    /// It failed while another check was stopping the run, so nobody was asked about it: the
+    /// run stops, but with the other check's error.
+    Unrecovered(PluginError),
     /// The run was cancelled while the check waited to run again.
     Cancelled(ErrorOut),
 }
@@ -210,11 +213,12 @@ impl Pipeline {
             res.as_ref().err(),
         ));
         let (decision, switch_to) = match res {
-            // A check the handler wants run again once too often is skipped: a broken check
-            // must not sink the run by running out of retries.
+            // A check or review the handler wants run again once too often is done without:
+            // a broken check or reviewer must not sink a run whose code is there, by running
+            // out of retries.
             Ok(d) if matches!(d.recovery, Recovery::Retry(_)) && retries_left == 0 => {
                 let why = "no retries left".to_string();
-                let recovery = if error.stage == Stage::Check {
+                let recovery = if matches!(error.stage, Stage::Check | Stage::Review) {
                     Recovery::Fallback(why)
                 } else {
                     Recovery::Abort(why)
@@ -276,6 +280,9 @@ impl Pipeline {
         let generator = &plugins.generator;
         let max_retries = req.max_retries.min(MAX_RETRIES);
         let mut attempt = first_attempt;
+        // What the attempt before this generation got wrong (its failing tests) stays with
+        // every retry of it: a regeneration that fails for its own reasons adds to it.
+        let earlier = feedback.clone();
         loop {
             if let Some(cancelled) = self.cancelled() {
                 return Err(cancelled);
@@ -312,7 +319,7 @@ impl Pipeline {
             match self.recover(&perr, retries_left, generator, model, stages) {
                 Recovery::Retry(plan) => {
                     self.pause(plan.delay_ms);
-                    feedback = plan.feedback;
+                    feedback = combined_feedback(earlier.as_deref(), plan.feedback);
                     attempt += 1;
                 }
                 // Generation has nothing to fall back on: both end the run with the error.
@@ -398,20 +405,25 @@ impl Pipeline {
                         status: "ok".into(),
                         findings: f.len(),
                         error: None,
+                        stopped_run: false,
                     });
                     findings.append(&mut f);
                 }
                 Err(failure) => {
-                    let (status, error) = match failure {
-                        CheckFailure::Skipped(e) => ("skipped", ErrorOut::from_plugin(&e)),
-                        CheckFailure::Aborted(e) => ("aborted", ErrorOut::from_plugin(&e)),
-                        CheckFailure::Cancelled(e) => ("aborted", e),
+                    let (status, error, stopped_run) = match failure {
+                        CheckFailure::Skipped(e) => ("skipped", ErrorOut::from_plugin(&e), false),
+                        CheckFailure::Aborted(e) => ("aborted", ErrorOut::from_plugin(&e), true),
+                        CheckFailure::Unrecovered(e) => {
+                            ("aborted", ErrorOut::from_plugin(&e), false)
+                        }
+                        CheckFailure::Cancelled(e) => ("aborted", e, true),
                     };
                     outcomes.push(CheckOutcome {
                         name: plugin.manifest.name.clone(),
                         status: status.into(),
                         findings: 0,
                         error: Some(error),
+                        stopped_run,
                     });
                 }
             }
@@ -472,7 +484,7 @@ impl Pipeline {
             }
             // Another check has stopped the run: no need to ask about this one.
             if stop.load(Ordering::Relaxed) {
-                return Err(CheckFailure::Aborted(error));
+                return Err(CheckFailure::Unrecovered(error));
             }
             let perr = Self::to_pipeline_error(&error, Stage::Check, attempt);
             match self.recover(&perr, retries_left, plugin, &mut None, stages) {
@@ -672,7 +684,13 @@ impl Pipeline {
             }
             let attempt = report::attempts(&stages).max(1);
             let (findings, checks) = self.check_attempt(&artifact, None, attempt, &mut stages);
-            if let Some(aborted) = checks.iter().find(|c| c.status == "aborted") {
+            // The run's error is the one of the check that stopped it, not of another that
+            // failed meanwhile and was not asked about.
+            let aborted = checks
+                .iter()
+                .find(|c| c.stopped_run)
+                .or_else(|| checks.iter().find(|c| c.status == "aborted"));
+            if let Some(aborted) = aborted {
                 let error = aborted
                     .error
                     .clone()
@@ -854,6 +872,15 @@ fn test_outcomes(report: &TestReport) -> Vec<TestOutcome> {
     outcomes
 }
 
+/// Feedback for a retried generation: what the attempt before it got wrong, then what went wrong
+/// with the retry itself.
+fn combined_feedback(earlier: Option<&str>, retry: Option<String>) -> Option<String> {
+    match (earlier, retry) {
+        (Some(earlier), Some(retry)) if retry != earlier => Some(format!("{earlier}\n\n{retry}")),
+        (earlier, retry) => retry.or_else(|| earlier.map(str::to_string)),
+    }
+}
+
 /// The failures of a test report, as feedback for the generator.
 fn failure_summary(report: &TestReport) -> String {
     let mut lines: Vec<String> = report
@@ -915,6 +942,26 @@ mod tests {
             failure_summary(&partly),
             "1 of 2 tests failed: test_1 (Failed): assert 1 == 2"
         );
+    }
+
+    #[test]
+    fn a_retried_regeneration_keeps_the_failing_tests_in_its_feedback() {
+        let tests = "1 of 2 tests failed: test_sum (Failed): assert -1 == 3";
+        let no_block = "Answer with one ```python code block".to_string();
+        assert_eq!(
+            combined_feedback(Some(tests), Some(no_block.clone())),
+            Some(format!("{tests}\n\n{no_block}"))
+        );
+        assert_eq!(combined_feedback(Some(tests), None).as_deref(), Some(tests));
+        assert_eq!(
+            combined_feedback(None, Some(no_block.clone())),
+            Some(no_block)
+        );
+        assert_eq!(
+            combined_feedback(Some(tests), Some(tests.into())).as_deref(),
+            Some(tests)
+        );
+        assert_eq!(combined_feedback(None, None), None);
     }
 
     #[test]

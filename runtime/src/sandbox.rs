@@ -179,14 +179,15 @@ impl RunData for RunState {
     }
 }
 
-/// Run `run` on `store` under the limits: memory cap, `timeout` (also covering time blocked in
-/// WASI calls: the run is a future under a timeout, and epoch ticks make running guest code
-/// yield so the timeout can fire), and the scratch folder's cap (measured every tenth tick).
+/// Run `run` on `store` under the limits: memory cap, `stop` (also covering time blocked in
+/// WASI calls: the run is a future raced against the timeout and the cancel, and epoch ticks
+/// make running guest code yield so either can win), and the scratch folder's cap (measured
+/// every tenth tick).
 fn drive<T: RunData>(
     mut store: Store<T>,
     scratch: &Path,
     limits: &SandboxLimits,
-    timeout: Duration,
+    stop: RunStop<'_>,
     run: impl AsyncFnOnce(&mut Store<T>) -> wasmtime::Result<()>,
 ) -> RunEnd {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -214,7 +215,15 @@ fn drive<T: RunData>(
         }
         Ok(wasmtime::UpdateDeadline::Yield(1))
     });
-    let outcome = runtime.block_on(async { tokio::time::timeout(timeout, run(&mut store)).await });
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            ran = tokio::time::timeout(stop.timeout, run(&mut store)) => Some(ran),
+            () = cancelled(stop.cancel) => None,
+        }
+    });
+    let Some(outcome) = outcome else {
+        return RunEnd::Cancelled;
+    };
     if *store.data_mut().scratch_overflow() {
         return RunEnd::Crashed(format!(
             "the test wrote more than the {} MiB its scratch folder allows",
@@ -324,7 +333,30 @@ fn folder_bytes(dir: &Path) -> u64 {
 enum RunEnd {
     Exited,
     Timeout,
+    /// Stopped because the request or run was cancelled ([`RunStop::cancel`]).
+    Cancelled,
     Crashed(String),
+}
+
+/// When one interpreter run stops: after `timeout`, or as soon as `cancel` is set (looked at
+/// every [`CANCEL_POLL`], also while a test hangs).
+#[derive(Debug, Clone, Copy)]
+struct RunStop<'a> {
+    timeout: Duration,
+    cancel: Option<&'a std::sync::atomic::AtomicBool>,
+}
+
+/// How often a running test's cancellation flag is looked at.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// Resolves once `flag` is set; never without one.
+async fn cancelled(flag: Option<&std::sync::atomic::AtomicBool>) {
+    let Some(flag) = flag else {
+        return std::future::pending().await;
+    };
+    while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
 }
 
 /// The sandbox, prepared on first use (compiling CPython takes seconds the first time on a
@@ -515,7 +547,11 @@ impl PythonSandbox {
             }
             report.runs += 1;
             let timeout = time_left.min(self.limits.run_timeout);
-            let (events, end) = self.run_once(runner, code, tests, only.as_deref(), timeout);
+            let stop = RunStop {
+                timeout,
+                cancel: until.cancel,
+            };
+            let (events, end) = self.run_once(runner, code, tests, only.as_deref(), stop);
             let mut running: Option<String> = None;
             for event in events {
                 match event {
@@ -543,6 +579,17 @@ impl PythonSandbox {
                     ));
                 }
                 RunEnd::Exited => break,
+                // The test running (if any) and the rest were not finished: reported below as
+                // not run, with the reason.
+                RunEnd::Cancelled => {
+                    let why = "the request or run was cancelled".to_string();
+                    if collected.is_none() {
+                        report.setup_error.get_or_insert(why);
+                    } else {
+                        cut_short = Some(why);
+                    }
+                    break;
+                }
                 RunEnd::Timeout if running.is_some() => report.results.push(culprit(
                     TestStatus::Timeout,
                     format!("ran past the {} ms limit", timeout.as_millis()),
@@ -612,7 +659,7 @@ impl PythonSandbox {
         code: &str,
         tests: &str,
         only: Option<&[String]>,
-        timeout: Duration,
+        stop: RunStop<'_>,
     ) -> (Vec<Event>, RunEnd) {
         let nonce = nonce();
         let payload = serde_json::json!({"code": code, "tests": tests, "only": only}).to_string();
@@ -634,10 +681,10 @@ impl PythonSandbox {
                         &nonce,
                         stdout.clone(),
                         &scratch.0,
-                        timeout,
+                        stop,
                         &self.limits,
                     ),
-                    _ => self.execute_script(&payload, &nonce, stdout.clone(), &scratch.0, timeout),
+                    _ => self.execute_script(&payload, &nonce, stdout.clone(), &scratch.0, stop),
                 })
                 .join()
                 .unwrap_or_else(|_| RunEnd::Crashed("the sandbox thread panicked".into()))
@@ -652,7 +699,7 @@ impl PythonSandbox {
         nonce: &str,
         stdout: MemoryOutputPipe,
         scratch: &Path,
-        timeout: Duration,
+        stop: RunStop<'_>,
     ) -> RunEnd {
         let mut builder = WasiCtxBuilder::new();
         builder
@@ -677,12 +724,12 @@ impl PythonSandbox {
                 .build(),
             scratch_overflow: false,
         };
-        self.execute(state, timeout, scratch)
+        self.execute(state, stop, scratch)
     }
 
-    fn execute(&self, state: RunState, timeout: Duration, scratch: &Path) -> RunEnd {
+    fn execute(&self, state: RunState, stop: RunStop<'_>, scratch: &Path) -> RunEnd {
         let store = Store::new(&self.engine, state);
-        drive(store, scratch, &self.limits, timeout, async |store| {
+        drive(store, scratch, &self.limits, stop, async |store| {
             let instance = self
                 .linker
                 .instantiate_async(&mut *store, &self.module)

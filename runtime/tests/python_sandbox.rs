@@ -334,11 +334,11 @@ fn a_rerun_in_the_full_interpreter_shares_the_reports_time_budget() {
 }
 
 #[test]
-fn a_cancelled_caller_stops_the_runs_between_tests() {
+fn a_cancel_stops_a_hanging_test_and_the_runs_after_it() {
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
         scope.spawn(|| {
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(1500));
             cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         });
         sandbox().run_tests_until(
@@ -352,9 +352,20 @@ fn a_cancelled_caller_stops_the_runs_between_tests() {
     });
     println!("{report:?}");
     assert_eq!(report.runs, 1, "{report:?}");
-    assert_eq!(report.results.len(), 4, "{report:?}");
-    for r in &report.results[1..] {
-        assert_eq!(r.message, "not run: the request or run was cancelled");
+    // The test hanging when the cancel came is stopped too, not left to its run's 3 s timeout
+    // (on a busy machine the cancel may even come before the tests were collected).
+    if report.setup_error.is_some() {
+        assert_eq!(
+            report.setup_error.as_deref(),
+            Some("the request or run was cancelled"),
+            "{report:?}"
+        );
+        assert!(report.results.is_empty(), "{report:?}");
+    } else {
+        assert_eq!(report.results.len(), 4, "{report:?}");
+        for r in &report.results {
+            assert_eq!(r.message, "not run: the request or run was cancelled");
+        }
     }
     // Cancelled before anything ran: no tests were even collected.
     let report = sandbox().run_tests_until(

@@ -559,6 +559,49 @@ fn run_refuses_more_retries_than_the_pipeline_makes() {
     assert!(stderr.contains("max-retries"), "{stderr}");
 }
 
+/// A one-off run says on standard error what it is doing as it goes (stages, test results,
+/// retries, the attempt chosen), and which attempt's code it printed.
+#[test]
+fn run_shows_its_progress_on_stderr_and_names_the_chosen_attempt() {
+    // Attempt 1 passes one of its two tests; attempt 2 carries a marker marker-check fails on,
+    // and the handler aborts on a failed check: attempt 1 is chosen.
+    let plugins = crate::harness::plugin_folder(
+        "cli-progress",
+        "scripted-generator",
+        "scripted-generator",
+        None,
+    );
+    for name in ["marker-check", "abort-check-handler"] {
+        crate::harness::add_test_plugin(&plugins, name);
+    }
+    let dir = plugins.to_str().expect("utf-8");
+    let (ok, stdout, stderr) = run(&[
+        "run",
+        "add two numbers",
+        "--max-retries",
+        "1",
+        "--plugins",
+        dir,
+    ]);
+    assert!(ok, "{stderr}");
+    for line in [
+        "generate: scripted-generator (attempt 1)",
+        "tests of attempt 1: 1 of 2 passed",
+        "retrying test after attempt 1: TEST_001",
+        "generate: scripted-generator (attempt 2)",
+        "chose attempt 1",
+        "review: reviewer (attempt 1)",
+    ] {
+        assert!(stderr.contains(line), "no {line:?} in:\n{stderr}");
+    }
+    assert!(stdout.contains("def add"), "{stdout}");
+    assert!(
+        stdout.contains("attempts: 2 (the code is attempt 1's)"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&plugins);
+}
+
 #[test]
 fn check_reads_stdin_names_the_file_and_can_gate_on_severity() {
     use std::io::Write;

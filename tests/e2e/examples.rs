@@ -263,6 +263,13 @@ fn model_fallback_moves_a_run_off_a_dead_remote_model() {
             && data["model"] == json!(local)),
         "no retry event names the local model: {events:?}"
     );
+    // /generate names the model its code came from, not the default it was moved off.
+    let (status, generated) = front.post(
+        "/generate",
+        &json!({"task_description": "Write a function add(a, b) that returns the sum of two numbers", "max_retries": 1}),
+    );
+    assert_eq!(status, 200, "{generated}");
+    assert_eq!(generated["model"], json!(local), "{generated}");
     let _ = std::fs::remove_dir_all(&plugins);
 }
 

@@ -387,8 +387,43 @@ fn a_check_the_error_handler_retries_runs_again() {
         runs.iter().all(|s| s["error"]["code"] == "PLUGIN_003"),
         "{body}"
     );
-    // Out of retries, the handler lets the pipeline go on without it.
+    // Out of retries, the pipeline goes on without it.
     assert_eq!(body["checks"][0]["status"], "skipped", "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A reviewer that keeps failing, with a handler that keeps asking for a retry, ends the run
+/// without a review once the retries are spent: the code, its tests and their results are
+/// answered, not thrown away with a failed run.
+#[test]
+fn a_review_retried_past_the_budget_completes_the_run_without_a_review() {
+    let dir = plugin_folder("review-retry", "retry-handler", "retry-handler", None);
+    for name in ["scripted-generator", "trap-reviewer"] {
+        crate::harness::add_test_plugin(&dir, name);
+    }
+    let server = Server::start(&["--plugins", dir.to_str().expect("utf-8 path")]);
+    let (status, body) = server.post(
+        "/pipeline",
+        &json!({"task_description": "Write add(a, b)", "max_retries": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["code"].as_str().is_some_and(|c| c.contains("def add")),
+        "{body}"
+    );
+    assert_eq!(body["status"], "completed", "{body}");
+    assert!(body["test_results"]["results"].is_array(), "{body}");
+    assert!(body.get("review").is_none(), "{body}");
+    let reviews = body["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter(|s| s["plugin"] == "trap-reviewer")
+        .count();
+    assert_eq!(
+        reviews, 1,
+        "no retries were left for a second review: {body}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -141,6 +141,10 @@ pub struct CheckOutcome {
     pub findings: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorOut>,
+    /// Whether this check's failure is what stopped the run (an `aborted` check can also be one
+    /// that failed meanwhile and was never asked about).
+    #[serde(skip)]
+    pub stopped_run: bool,
 }
 
 /// The result of a whole run.

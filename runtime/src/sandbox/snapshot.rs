@@ -8,7 +8,6 @@
 //! such a run is repeated in the full interpreter by the caller.
 
 use std::path::Path;
-use std::time::Duration;
 
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -74,7 +73,7 @@ impl SnapshotRunner {
         nonce: &str,
         stdout: MemoryOutputPipe,
         scratch: &Path,
-        timeout: Duration,
+        stop: super::RunStop<'_>,
         limits: &SandboxLimits,
     ) -> RunEnd {
         let mut builder = WasiCtxBuilder::new();
@@ -104,7 +103,7 @@ impl SnapshotRunner {
             scratch_overflow: false,
         };
         let store = Store::new(self.pre.engine(), state);
-        super::drive(store, scratch, limits, timeout, async |store| {
+        super::drive(store, scratch, limits, stop, async |store| {
             let instance = self.pre.instantiate_async(&mut *store).await?;
             let run = instance.get_typed_func::<(&str, &str), ()>(&mut *store, "run")?;
             run.call_async(&mut *store, (request, nonce)).await

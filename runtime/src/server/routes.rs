@@ -163,7 +163,7 @@ pub async fn generate(
         .and_then(GenerateBody::into_request)
         .map_err(|e| record_rejection(&state, "/generate", e))?;
     let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
-    let model = state
+    let default_model = state
         .engine
         .model(None)
         .map(|m| m.info.id.clone())
@@ -172,6 +172,14 @@ pub async fn generate(
         let mut stages = Vec::new();
         let result = pipeline.generate(&req, &mut stages);
         let tokens: u64 = stages.iter().map(|s| s.tokens).sum();
+        // The model the code came from: the last generation's (an error handler may have
+        // moved the run off the default).
+        let model = stages
+            .iter()
+            .rev()
+            .find(|s| s.stage == "generate" && s.error.is_none())
+            .and_then(|s| s.models.last().cloned())
+            .unwrap_or(default_model);
         let answer = match result {
             Ok(artifact) => Ok(json!({
                 "code": artifact.code,
