@@ -82,8 +82,10 @@ fn entry(root: &Path, path: &Path) -> Result<FileEntry, BackupError> {
     })
 }
 
-/// Copy the regular files under `from` into `to` (symbolic links are not followed: a plugin
-/// folder must not smuggle other files into a backup).
+/// Copy the regular files under `from` into `to`. A symbolic link to a regular file is copied
+/// as the file (the server loads plugins through such links, so a backup without them would
+/// restore a server missing plugins); any other link (to a folder, or broken) fails the backup
+/// naming it, rather than being left out without a word or followed into a loop.
 fn copy_tree(from: &Path, to: &Path, budget: &mut u64) -> Result<Vec<PathBuf>, BackupError> {
     fs::create_dir_all(to).map_err(|e| io("cannot create", to, e))?;
     let mut copied = Vec::new();
@@ -93,9 +95,25 @@ fn copy_tree(from: &Path, to: &Path, budget: &mut u64) -> Result<Vec<PathBuf>, B
         .map_err(|e| io("cannot list", from, e))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
-        let kind = e
+        let mut kind = e
             .file_type()
             .map_err(|err| io("cannot stat", &e.path(), err))?;
+        if kind.is_symlink() {
+            kind = fs::metadata(e.path())
+                .ok()
+                .map(|m| m.file_type())
+                .filter(fs::FileType::is_file)
+                .ok_or_else(|| {
+                    fail(
+                        ErrorCode::BackupFailed,
+                        format!(
+                            "{} is a link to a folder or to nothing; replace it with what it \
+                             points to, or remove it",
+                            e.path().display()
+                        ),
+                    )
+                })?;
+        }
         let target = to.join(e.file_name());
         if kind.is_dir() {
             copied.extend(copy_tree(&e.path(), &target, budget)?);
@@ -438,8 +456,23 @@ fn stage(source: &Path, target: &Path, tmp: &Path) -> Result<(), BackupError> {
 fn install(staged: &[(PathBuf, PathBuf)]) -> Result<(), BackupError> {
     for (n, (tmp, target)) in staged.iter().enumerate() {
         let is_store = n + 1 == staged.len();
-        let moved = remove_old_log(target, is_store).and_then(|()| {
-            fs::rename(tmp, target).map_err(|e| io("cannot move into place", target, e))
+        let aside = if is_store {
+            set_old_log_aside(target)
+        } else {
+            Ok(Vec::new())
+        };
+        let moved = aside.and_then(|aside| {
+            match fs::rename(tmp, target) {
+                Ok(()) => {
+                    aside.iter().for_each(|(_, moved)| discard(moved));
+                    Ok(())
+                }
+                Err(e) => {
+                    // The old store keeps its log: its last commits may live only there.
+                    put_back(&aside);
+                    Err(io("cannot move into place", target, e))
+                }
+            }
         });
         if let Err(e) = moved {
             staged[n..].iter().for_each(|(tmp, _)| discard(tmp));
@@ -455,19 +488,37 @@ fn install(staged: &[(PathBuf, PathBuf)]) -> Result<(), BackupError> {
     Ok(())
 }
 
-/// The old store's write-ahead log and index belong to the old file: removed before the new
-/// one takes its name (the store lock keeps servers away in between).
-fn remove_old_log(target: &Path, is_store: bool) -> Result<(), BackupError> {
-    if !is_store {
-        return Ok(());
-    }
+/// The old store's write-ahead log and index belong to the old file: moved aside before the
+/// new one takes its name (the store lock keeps servers away in between), and put back if it
+/// cannot. Returns each (original, aside) pair.
+fn set_old_log_aside(target: &Path) -> Result<Vec<(PathBuf, PathBuf)>, BackupError> {
+    let mut moved = Vec::new();
     for suffix in ["-wal", "-shm"] {
         let old = beside(target, suffix);
-        if old.exists() {
-            fs::remove_file(&old).map_err(|e| io("cannot remove", &old, e))?;
+        if !old.exists() {
+            continue;
+        }
+        let aside = beside(target, &format!("{suffix}.replaced"));
+        if let Err(e) = fs::rename(&old, &aside) {
+            put_back(&moved);
+            return Err(io("cannot move aside", &old, e));
+        }
+        moved.push((old, aside));
+    }
+    Ok(moved)
+}
+
+/// Undo [`set_old_log_aside`].
+fn put_back(moved: &[(PathBuf, PathBuf)]) {
+    for (old, aside) in moved {
+        if let Err(e) = fs::rename(aside, old) {
+            tracing::error!(
+                "cannot put {} back as {}: {e}",
+                aside.display(),
+                old.display()
+            );
         }
     }
-    Ok(())
 }
 
 /// Sync the folders the renames changed (and the plugin folder's own entry, which may be
@@ -626,6 +677,39 @@ mod tests {
         assert_eq!(fs::read_dir(&out).expect("list").count(), 0);
         let manifest = backup(&store, None, None, &out).expect("the retry");
         assert_eq!(manifest.runs, 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_linked_plugin_file_is_backed_up_and_a_linked_folder_is_refused() {
+        let dir = temp("linked-plugins");
+        let store = dir.join("live.db");
+        filled_store(&store);
+        let build = dir.join("build");
+        fs::create_dir_all(&build).expect("build");
+        fs::write(build.join("reviewer.wasm"), b"\0asm").expect("wasm");
+        let plugins = dir.join("plugins");
+        fs::create_dir_all(&plugins).expect("plugins");
+        fs::write(plugins.join("reviewer.toml"), "name = \"reviewer\"\n").expect("manifest");
+        std::os::unix::fs::symlink(build.join("reviewer.wasm"), plugins.join("reviewer.wasm"))
+            .expect("link");
+        let manifest = backup(&store, None, Some(&plugins), &dir.join("backup")).expect("backup");
+        let paths: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["store.db", "plugins/reviewer.toml", "plugins/reviewer.wasm"]
+        );
+        assert_eq!(
+            fs::read(dir.join("backup/plugins/reviewer.wasm")).expect("copied"),
+            b"\0asm"
+        );
+        // A link to a folder is named, not silently left out.
+        std::os::unix::fs::symlink(&build, plugins.join("more")).expect("link");
+        let refused = backup(&store, None, Some(&plugins), &dir.join("backup-2"));
+        assert!(
+            matches!(&refused, Err(e) if e.to_string().contains("more")),
+            "{refused:?}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -808,6 +892,11 @@ mod tests {
         backup(&store, None, None, &out).expect("backup");
         let server = Store::open_exclusive(&store).expect("server");
         let err = restore(&out, &store, None, None, true).expect_err("locked");
+        assert!(err.message.contains("another agentrt server"), "{err}");
+        // Nor through a link to the store: the lock is the real file's.
+        let link = dir.join("link.db");
+        std::os::unix::fs::symlink(&store, &link).expect("link");
+        let err = restore(&out, &link, None, None, true).expect_err("locked through the link");
         assert!(err.message.contains("another agentrt server"), "{err}");
         drop(server);
         restore(&out, &store, None, None, true).expect("free");

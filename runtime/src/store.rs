@@ -150,7 +150,10 @@ impl StoreLock {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         }
-        let mut lock_path = path.as_os_str().to_owned();
+        // Beside the file itself, wherever links lead: a server given the real path and a
+        // restore given a link to it must meet at the same lock.
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut lock_path = real.into_os_string();
         lock_path.push(".lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -189,9 +192,15 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         done: &StoredEvent,
     ) -> Result<(), StoreError>;
     fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
-    /// The newest runs first, at most `limit`, created before `before_ms` when given.
-    fn list_runs(&self, limit: usize, before_ms: Option<i64>)
-    -> Result<Vec<RunRecord>, StoreError>;
+    /// The newest runs first (by creation time, then id, both descending), at most `limit`;
+    /// with `before` = (ms, id), only those after it in that order: created earlier, or at the
+    /// same millisecond with a smaller id (`""` for none), so that paging by the last run of a
+    /// page skips none created in the same millisecond.
+    fn list_runs(
+        &self,
+        limit: usize,
+        before: Option<(i64, &str)>,
+    ) -> Result<Vec<RunRecord>, StoreError>;
     /// How many runs are in each state.
     fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError>;
     /// A run's events with `seq` above `after`, in order.
@@ -398,6 +407,24 @@ impl Store {
             .map_err(|e| fail(&e))?;
         let mut target = Connection::open(dest).map_err(|e| fail(&e))?;
         copy_in_one_step(&source, &mut target).map_err(|e| fail(&e))?;
+        // The online backup copies damaged pages as they are: found now, not at the restore
+        // that needed the backup.
+        let problems: Vec<String> = target
+            .prepare("PRAGMA integrity_check")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| fail(&e))?
+            .into_iter()
+            .filter(|line| line != "ok")
+            .collect();
+        if !problems.is_empty() {
+            return Err(fail(&format!(
+                "the store is damaged, so the copy would be too ({}); run `agentrt doctor`",
+                problems.join("; ")
+            )));
+        }
         let _: String = target
             .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))
             .map_err(|e| fail(&e))?;
@@ -550,21 +577,20 @@ impl RunStore for Store {
         })
     }
 
-    /// The newest runs first, at most `limit`, created before `before_ms` when given.
     fn list_runs(
         &self,
         limit: usize,
-        before_ms: Option<i64>,
+        before: Option<(i64, &str)>,
     ) -> Result<Vec<RunRecord>, StoreError> {
+        let (before_ms, before_id) = before.unwrap_or((i64::MAX, ""));
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {} FROM runs WHERE created_at_ms < ?1 ORDER BY created_at_ms DESC, id LIMIT ?2",
+                "SELECT {} FROM runs WHERE (created_at_ms, id) < (?1, ?2)
+                 ORDER BY created_at_ms DESC, id DESC LIMIT ?3",
                 Store::COLUMNS
             ))?;
-            let rows = stmt.query_map(
-                params![before_ms.unwrap_or(i64::MAX), limit as i64],
-                Store::record,
-            )?;
+            let rows =
+                stmt.query_map(params![before_ms, before_id, limit as i64], Store::record)?;
             rows.collect()
         })
     }
@@ -727,6 +753,8 @@ mod conformance {
     /// Stores of one kind: each `open` is another connection to the same store.
     pub struct Harness {
         open: Opener,
+        /// The PostgreSQL URL (its schema chosen), for tests that play other hosts.
+        postgres_url: Option<String>,
         /// SQL that makes the store look written by a newer agentrt.
         newer_schema: &'static str,
         cleanup: Option<Box<dyn FnOnce()>>,
@@ -762,6 +790,7 @@ mod conformance {
                     Box::new(Store::open(&path)?)
                 })
             }),
+            postgres_url: None,
             newer_schema: "PRAGMA user_version = 99",
             cleanup: Some(Box::new(move || {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -789,6 +818,7 @@ mod conformance {
             .expect("create a schema");
         let scoped = postgres::with_search_path(&url, &schema);
         Some(Harness {
+            postgres_url: Some(scoped.clone()),
             open: Box::new(move |exclusive| {
                 Ok(Box::new(postgres::PgStore::connect(
                     &scoped,
@@ -943,12 +973,38 @@ mod conformance {
         assert_eq!(ids, ["c", "b"]);
         let created_b = store.run("b").expect("read").expect("run").created_at_ms;
         let older: Vec<String> = store
-            .list_runs(10, Some(created_b))
+            .list_runs(10, Some((created_b, "")))
             .expect("list")
             .into_iter()
             .map(|r| r.id)
             .collect();
         assert_eq!(older, ["a"]);
+    }
+
+    pub fn paging_skips_no_run_created_in_the_same_millisecond(h: &Harness) {
+        let store = h.open();
+        for id in ["p1", "p2", "p3", "p4", "p5"] {
+            store.insert_run(id, &Value::Null).expect("insert");
+        }
+        // A burst: every run in one millisecond, as a script submitting many can make them.
+        store
+            .execute_for_test("UPDATE runs SET created_at_ms = 1000")
+            .expect("same millisecond");
+        let mut seen = Vec::new();
+        let mut before: Option<(i64, String)> = None;
+        loop {
+            let page = store
+                .list_runs(2, before.as_ref().map(|(ms, id)| (*ms, id.as_str())))
+                .expect("page");
+            seen.extend(page.iter().map(|r| r.id.clone()));
+            match page.last() {
+                Some(last) if page.len() == 2 => {
+                    before = Some((last.created_at_ms, last.id.clone()))
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(seen, ["p5", "p4", "p3", "p2", "p1"]);
     }
 
     pub fn a_second_server_on_the_same_store_is_refused(h: &Harness) {
@@ -1054,6 +1110,7 @@ mod conformance {
         a_run_goes_from_queued_to_completed_with_its_events,
         unfinished_runs_are_marked_interrupted_on_the_next_open,
         runs_list_newest_first,
+        paging_skips_no_run_created_in_the_same_millisecond,
         a_second_server_on_the_same_store_is_refused,
         plugin_statistics_are_kept,
         retention_deletes_old_finished_runs_only,
@@ -1063,30 +1120,31 @@ mod conformance {
     /// Several hosts share one PostgreSQL database: a host's restart closes its own unfinished
     /// runs and leaves the others' running.
     #[test]
-    fn postgres_hosts_interrupt_only_their_own_runs() {
+    fn postgres_hosts_interrupt_their_own_runs_and_those_of_hosts_gone() {
         let Some(h) = postgres() else { return };
-        // The harness's connections are instance "test-instance"; another host's run is
-        // written beside its own.
+        // The harness's connections are instance "test-instance". Another host, alive (it
+        // holds its instance lock), and one gone (a pod replaced under a new name) each left
+        // a run beside this one's.
+        let url = h.postgres_url.clone().expect("a PostgreSQL harness");
+        let other = postgres::PgStore::connect(&url, "other-host", true).expect("the other host");
         let store = h.open();
         store.insert_run("mine", &Value::Null).expect("insert");
         store.set_running("mine").expect("running");
         store
             .execute_for_test(
                 "INSERT INTO runs (id, state, created_at_ms, updated_at_ms, request, owner)
-                 VALUES ('theirs', 'running', 1, 1, 'null', 'other-host')",
+                 VALUES ('theirs', 'running', 1, 1, 'null', 'other-host'),
+                        ('orphan', 'running', 1, 1, 'null', 'gone-host')",
             )
-            .expect("the other host's run");
+            .expect("the other hosts' runs");
         drop(store);
         let store = h.open();
-        assert_eq!(store.interrupt_unfinished().expect("interrupt"), 1);
-        assert_eq!(
-            store.run("mine").expect("read").expect("run").state,
-            RunState::Failed
-        );
-        assert_eq!(
-            store.run("theirs").expect("read").expect("run").state,
-            RunState::Running
-        );
+        assert_eq!(store.interrupt_unfinished().expect("interrupt"), 2);
+        let state = |id: &str| store.run(id).expect("read").expect("run").state;
+        assert_eq!(state("mine"), RunState::Failed);
+        assert_eq!(state("orphan"), RunState::Failed);
+        assert_eq!(state("theirs"), RunState::Running);
+        drop(other);
     }
 }
 

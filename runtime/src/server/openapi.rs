@@ -154,10 +154,11 @@ pub fn document() -> Value {
         "/v1/pipeline/runs": {
             "post": accepted(operation("/v1/pipeline/runs", "Start a pipeline run; answers at once (202) with its id and a Location (429 QUEUE_001 when the queue is full, or once the server is shutting down)", Some(json_body(schema("Task"))), ok("The run, queued", schema("Run")))),
             "get": with_parameters(
-                operation("/v1/pipeline/runs", "Runs, newest first", None, ok("Runs", any.clone())),
+                operation("/v1/pipeline/runs", "Runs, newest first (by creation, then id); a full page has `next_before` and `next_before_id`, which ask for the next one", None, ok("Runs", any.clone())),
                 json!([
                     {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                    {"name": "before", "in": "query", "schema": {"type": "integer"}, "description": "Only runs created before this time (ms since the epoch): the next page"},
+                    {"name": "before", "in": "query", "schema": {"type": "integer"}, "description": "The next page: runs created before this time (ms since the epoch), or at it with an id before `before_id`"},
+                    {"name": "before_id", "in": "query", "schema": {"type": "string"}, "description": "With `before`: the last run of the previous page (runs created in the same millisecond are not skipped)"},
                 ]),
             ),
         },

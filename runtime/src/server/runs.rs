@@ -114,8 +114,10 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<usize>,
-    /// Only runs created before this time (ms since the epoch): the next page.
+    /// The next page: runs created before this time (ms since the epoch)...
     before: Option<i64>,
+    /// ...or at it, with an id before this one (the last run of the previous page).
+    before_id: Option<String>,
 }
 
 pub async fn list(
@@ -128,12 +130,15 @@ pub async fn list(
     };
     let limit = q.limit.unwrap_or(20).clamp(1, MAX_LIST);
     let store = state.runs.store().clone();
-    let listed = tokio::task::spawn_blocking(move || store.list_runs(limit, q.before)).await;
+    let listed = tokio::task::spawn_blocking(move || {
+        let before_id = q.before_id.as_deref().unwrap_or("");
+        store.list_runs(limit, q.before.map(|ms| (ms, before_id)))
+    })
+    .await;
     match listed {
         Ok(Ok(runs)) => {
-            let next = (runs.len() == limit)
-                .then(|| runs.last().map(|r| r.created_at_ms))
-                .flatten();
+            let last = runs.last().filter(|_| runs.len() == limit);
+            let (next, next_id) = (last.map(|r| r.created_at_ms), last.map(|r| r.id.clone()));
             let data: Vec<Value> = runs
                 .iter()
                 .map(|r| {
@@ -147,7 +152,13 @@ pub async fn list(
                     })
                 })
                 .collect();
-            Json(json!({"object": "list", "data": data, "next_before": next})).into_response()
+            Json(json!({
+                "object": "list",
+                "data": data,
+                "next_before": next,
+                "next_before_id": next_id,
+            }))
+            .into_response()
         }
         Ok(Err(e)) => api_error(e.into()),
         Err(e) => ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")).into_response(),

@@ -394,15 +394,16 @@ impl RunStore for PgStore {
     fn list_runs(
         &self,
         limit: usize,
-        before_ms: Option<i64>,
+        before: Option<(i64, &str)>,
     ) -> Result<Vec<RunRecord>, StoreError> {
+        let (before_ms, before_id) = before.unwrap_or((i64::MAX, ""));
         self.with(|c| {
             c.query(
                 &format!(
-                    "SELECT {COLUMNS} FROM runs WHERE created_at_ms < $1
-                     ORDER BY created_at_ms DESC, id LIMIT $2"
+                    "SELECT {COLUMNS} FROM runs WHERE (created_at_ms, id) < ($1, $2)
+                     ORDER BY created_at_ms DESC, id DESC LIMIT $3"
                 ),
-                &[&before_ms.unwrap_or(i64::MAX), &(limit as i64)],
+                &[&before_ms, &before_id, &(limit as i64)],
             )
             .map(|rows| rows.iter().map(Self::record).collect())
         })
@@ -467,12 +468,37 @@ impl RunStore for PgStore {
             serde_json::json!({"type": "done", "state": "failed", "error": error}).to_string();
         self.with(|c| {
             let mut tx = c.transaction()?;
-            // Only this instance's runs: the other hosts' are still in progress.
+            // This instance's runs, and those of hosts that hold no instance lock: gone (a
+            // container or pod replaced under a new host name never comes back to close its
+            // own). Another live host's runs are still in progress. The lock tried here is
+            // the transaction's, gone at its end, so a host starting meanwhile gets its own.
+            let others: Vec<String> = tx
+                .query(
+                    "SELECT DISTINCT owner FROM runs WHERE state IN ('queued', 'running')
+                     AND owner <> $1",
+                    &[&self.instance],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut owners = vec![self.instance.clone()];
+            for owner in others {
+                let gone: bool = tx
+                    .query_one(
+                        "SELECT pg_try_advisory_xact_lock(hashtext('agentrt instance ' || current_schema() || ' ' || $1))",
+                        &[&owner],
+                    )?
+                    .get(0);
+                if gone {
+                    tracing::warn!(host = %owner, "closing the unfinished runs of a host that is gone");
+                    owners.push(owner);
+                }
+            }
             let ids: Vec<String> = tx
                 .query(
-                    "SELECT id FROM runs WHERE state IN ('queued', 'running') AND owner = $1
+                    "SELECT id FROM runs WHERE state IN ('queued', 'running') AND owner = ANY($1)
                      FOR UPDATE",
-                    &[&self.instance],
+                    &[&owners],
                 )?
                 .iter()
                 .map(|r| r.get(0))
