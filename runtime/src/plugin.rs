@@ -11,6 +11,7 @@
 pub mod bindings;
 pub mod compile_cache;
 pub mod grants;
+mod host_clocks;
 mod host_http;
 mod host_llm;
 mod host_log;
@@ -276,6 +277,8 @@ impl PluginHost {
         spawn_epoch_ticker(&engine, "agentrt-epoch", EPOCH_TICK)?;
         let mut linker_plain = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_plain)?;
+        // A plugin's timers end by its deadline: asleep in a host call, it cannot be stopped.
+        host_clocks::cap_timers(&mut linker_plain)?;
         // Outgoing HTTP for plugins that import it; every request is checked against the
         // plugin's granted hosts (host_http.rs).
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker_plain)?;
@@ -503,7 +506,18 @@ impl PluginHost {
                 };
                 let used = state.used.join(",");
                 let name = worker_plugin.manifest.name.clone();
-                let outcome = outcome.map_err(|e| classify_failure(e, state, name, timeout));
+                let late = state
+                    .slept_past_deadline
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let outcome = if late {
+                    // Woken at its deadline from a longer sleep: late, whatever it returned.
+                    Err(PluginError::Timeout {
+                        plugin: name,
+                        timeout_ms: timeout.as_millis() as u64,
+                    })
+                } else {
+                    outcome.map_err(|e| classify_failure(e, state, name, timeout))
+                };
                 // The instance goes back to the pool before the slot does, so the next call
                 // that takes the slot finds room for its instance.
                 drop(store);
@@ -789,6 +803,7 @@ impl PluginHost {
 /// The WASI context of one call: only the granted environment variables, folders and hosts.
 fn wasi_context(granted: &Granted) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
     let mut builder = wasmtime_wasi::WasiCtx::builder();
+    builder.monotonic_clock(host_clocks::CallClock);
     for name in &granted.env {
         if let Ok(value) = std::env::var(name) {
             builder.env(name, value);

@@ -217,9 +217,10 @@ fn a_component_built_for_another_wit_line_is_refused() {
     let other_line = format!("{}.{}.0", host.major, host.minor + 8);
     let newer_patch = format!("{}.{}.9", host.major, host.minor);
 
-    let far = dir.join("far.wasm");
+    // Named as its manifest names it (echo-check), as every component must be.
+    let far = dir.join("echo-check.wasm");
     with_wit_version(&test_plugin_wasm("echo-check"), &other_line, &far);
-    std::fs::write(dir.join("far.toml"), &manifest).expect("manifest");
+    std::fs::write(dir.join("echo-check.toml"), &manifest).expect("manifest");
     let (ok, out, err) = run_cli(&["plugin", "check", far.to_str().expect("utf-8")]);
     assert!(!ok, "{out}{err}");
     assert!(
@@ -236,9 +237,8 @@ fn a_component_built_for_another_wit_line_is_refused() {
 
     // A later version of the same line loads when it uses nothing this host lacks.
     std::fs::remove_file(&far).expect("rm");
-    let near = dir.join("near.wasm");
+    let near = dir.join("echo-check.wasm");
     with_wit_version(&test_plugin_wasm("echo-check"), &newer_patch, &near);
-    std::fs::write(dir.join("near.toml"), &manifest).expect("manifest");
     let (ok, out, err) = run_cli(&["plugin", "check", near.to_str().expect("utf-8")]);
     assert!(ok, "{out}{err}");
     let (ok, out, err) = run_cli(&["plugin", "inspect", near.to_str().expect("utf-8"), "--json"]);

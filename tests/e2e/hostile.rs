@@ -332,10 +332,11 @@ fn a_corrupted_component_is_refused_at_load() {
 }
 
 #[test]
-fn a_call_gives_up_on_slots_held_by_a_plugin_asleep_in_a_host_call() {
-    // One instance slot. The sleeping check's caller is answered at its deadline, but its
-    // thread keeps the slot for the whole two-minute sleep; the next call must be told the
-    // slots are busy (QUEUE_001) after its own deadline, not wait for the sleep to end.
+fn a_plugin_asleep_in_a_host_call_is_stopped_at_its_deadline_and_frees_its_slot() {
+    // One instance slot. The check asks WASI for a two-minute sleep, a host call the epoch
+    // deadline cannot interrupt; its timer is cut at the call's deadline, so the call ends
+    // then (PLUGIN_004) and gives the slot back, instead of holding it for the whole sleep
+    // (or for ever, for a sleep of u64::MAX nanoseconds) while every later call is refused.
     let config = crate::harness::scratch_root()
         .join(format!("agentrt-one-slot-{}.toml", std::process::id()));
     std::fs::write(&config, "[limits]\ninstance-pool = 1\n").expect("write config");
@@ -353,18 +354,13 @@ fn a_call_gives_up_on_slots_held_by_a_plugin_asleep_in_a_host_call() {
     };
     let asleep = check("sleep-check");
     assert_eq!(asleep["error"]["code"], "PLUGIN_004", "{asleep}");
-    let started = std::time::Instant::now();
     let next = check("echo-check");
-    println!(
-        "a call behind a sleeping plugin's slot was answered after {} ms",
-        started.elapsed().as_millis()
-    );
-    assert_eq!(next["error"]["code"], "QUEUE_001", "{next}");
+    assert_eq!(next["status"], "ok", "{next}");
     let _ = std::fs::remove_file(&config);
 }
 
 /// An error handler that answers `retry` to a failed check gets the check run again (up to two
-/// more times), then decides what becomes of it; before, a check was never run again and a
+/// more times); a retry past them skips the check: before, a check was never run again and a
 /// `retry` for it ended the whole run.
 #[test]
 fn a_check_the_error_handler_retries_runs_again() {

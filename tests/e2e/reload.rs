@@ -201,7 +201,14 @@ fn plugins_are_swapped_under_load_without_failing_a_request() {
 /// files change again.
 #[test]
 fn a_version_refused_only_because_the_slots_were_busy_is_reported_as_busy() {
-    let dir = plugin_folder("reload-busy", "sleep-check", "sleep-check", None);
+    // The sleeping check holds the only slot for its whole 10 s deadline, long past the trial
+    // instantiation's patience (echo-check's 1 s deadline).
+    let asleep = super::harness::test_plugin_manifest_with(
+        "sleep-check",
+        "timeout-ms = 1000",
+        "timeout-ms = 10000",
+    );
+    let dir = plugin_folder("reload-busy", "sleep-check", "sleep-check", Some(&asleep));
     std::fs::copy(test_plugin_wasm("echo-check"), dir.join("echo-check.wasm")).expect("copy");
     let manifest = std::fs::read_to_string(
         super::harness::repo_root().join("tests/plugins/echo-check/plugin.toml"),
@@ -219,24 +226,45 @@ fn a_version_refused_only_because_the_slots_were_busy_is_reported_as_busy() {
         ],
         &[("AGENTRT_PLUGIN_POLL_MS", "100")],
     );
-    // The sleeping check's thread keeps the only slot for two minutes after its caller gives up.
-    let (status, body) = server.post(
-        "/check",
-        &json!({"code": "x = 1\n", "checks": ["sleep-check"]}),
-    );
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["checks"][0]["error"]["code"], "PLUGIN_004", "{body}");
-    install(
-        &dir.join("echo-check.toml"),
-        manifest
-            .replace("version = \"0.1.0\"", "version = \"0.2.0\"")
-            .as_bytes(),
-    );
-    let body = wait_for_plugins(&server, "the new version refused", |b| {
-        b["refused"].as_array().is_some_and(|r| !r.is_empty())
+    std::thread::scope(|scope| {
+        let sleeping = scope.spawn(|| {
+            server.post(
+                "/check",
+                &json!({"code": "x = 1\n", "checks": ["sleep-check"]}),
+            )
+        });
+        // Once its call holds the slot (an echo-check call is then refused as busy)...
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = server.post(
+                "/check",
+                &json!({"code": "x = 1\n", "checks": ["echo-check"]}),
+            );
+            assert_eq!(status, 200, "{body}");
+            if body["checks"][0]["error"]["code"] == "QUEUE_001" {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the sleeping check never took the slot"
+            );
+        }
+        // ...a new version arrives.
+        install(
+            &dir.join("echo-check.toml"),
+            manifest
+                .replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+                .as_bytes(),
+        );
+        let body = wait_for_plugins(&server, "the new version refused", |b| {
+            b["refused"].as_array().is_some_and(|r| !r.is_empty())
+        });
+        assert_eq!(body["refused"][0]["code"], "QUEUE_001", "{body}");
+        assert_eq!(version_of(&body, "echo-check").as_deref(), Some("0.1.0"));
+        let (status, body) = sleeping.join().expect("the sleeping call");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["checks"][0]["error"]["code"], "PLUGIN_004", "{body}");
     });
-    assert_eq!(body["refused"][0]["code"], "QUEUE_001", "{body}");
-    assert_eq!(version_of(&body, "echo-check").as_deref(), Some("0.1.0"));
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&config);
 }

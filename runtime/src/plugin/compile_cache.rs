@@ -71,12 +71,15 @@ impl CompileCache {
         Self { dir }
     }
 
+    /// Where the compiled form of this content for this engine is kept; `None` without a
+    /// cache folder or with one this user cannot trust ([`folder_is_ours`]).
     fn entry(&self, engine: &wasmtime::Engine, content_hash: &str) -> Option<PathBuf> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = h.finish();
         self.dir
             .as_ref()
+            .filter(|d| folder_is_ours(d))
             .map(|d| d.join(format!("{content_hash}-{engine_key:016x}.cwasm")))
     }
 
@@ -89,10 +92,11 @@ impl CompileCache {
     ) -> wasmtime::Result<(Component, bool)> {
         let entry = self.entry(engine, content_hash);
         if let Some(path) = &entry
-            && path.exists()
+            && file_is_ours(path)
         {
             // SAFETY: the file was written by `Component::serialize` below into agentrt's own
-            // cache folder, and its name binds it to this content and this engine configuration.
+            // cache folder (owned by this user, writable by nobody else: checked), and its name
+            // binds it to this content and this engine configuration.
             match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(c) => {
                     mark_used(path);
@@ -121,10 +125,11 @@ impl CompileCache {
     ) -> wasmtime::Result<(wasmtime::Module, bool)> {
         let entry = self.entry(engine, content_hash);
         if let Some(path) = &entry
-            && path.exists()
+            && file_is_ours(path)
         {
             // SAFETY: as for components: written by `Module::serialize` below into agentrt's
-            // own cache folder, under a name bound to this content and engine configuration.
+            // own cache folder (checked as there), under a name bound to this content and
+            // engine configuration.
             match unsafe { wasmtime::Module::deserialize_file(engine, path) } {
                 Ok(m) => {
                     mark_used(path);
@@ -329,12 +334,59 @@ fn victims(
     chosen
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+/// The process's effective user.
+fn this_user() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether the cache folder `dir` is this user's alone, creating it (mode 0700) when missing:
+/// loading an entry runs its native code, so a folder others can write into (a shared
+/// temporary folder, a misconfigured `AGENTRT_HOME`) is not used at all. A folder of this
+/// user's that others may write to is closed to them first.
+fn folder_is_ours(dir: &Path) -> bool {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return false;
+    };
+    if !meta.is_dir() || meta.uid() != this_user() {
+        tracing::warn!(
+            path = %dir.display(),
+            "not using the compile cache: the folder is not this user's own"
+        );
+        return false;
     }
+    if meta.mode() & 0o022 != 0 {
+        return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_ok();
+    }
+    true
+}
+
+/// Whether the entry at `path` is a file this user wrote that nobody else can change.
+fn file_is_ours(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_file() && m.uid() == this_user() && m.mode() & 0o022 == 0)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
+    // A new file of our own (a crashed earlier process with our id may have left one; a link
+    // planted there is removed, not followed).
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 
@@ -428,6 +480,35 @@ mod tests {
         }
         assert!(!abandoned.exists(), "a day-old half-written entry goes");
         assert!(writing.exists(), "a half-written entry being written stays");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_entries_no_one_else_can_write_are_loaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp("trust");
+        // A folder of ours open to others is closed before use.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let cache = CompileCache::new(Some(dir.clone()));
+        let engine = wasmtime::Engine::default();
+        let hash = sha256_hex(EMPTY_MODULE);
+        let (_, hit) = cache
+            .load_module(&engine, EMPTY_MODULE, &hash)
+            .expect("compile");
+        assert!(!hit);
+        let mode = std::fs::metadata(&dir).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let (_, hit) = cache
+            .load_module(&engine, EMPTY_MODULE, &hash)
+            .expect("load");
+        assert!(hit, "its own entry is used");
+        // An entry others could have written is compiled again, not run.
+        let entry = cache.entry(&engine, &hash).expect("entry");
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let (_, hit) = cache
+            .load_module(&engine, EMPTY_MODULE, &hash)
+            .expect("compile");
+        assert!(!hit, "an entry writable by others was loaded");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

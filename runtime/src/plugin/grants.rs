@@ -318,17 +318,58 @@ pub struct AllowedHost {
     pub port: Option<u16>,
 }
 
-/// Resolve granted `host:port` entries now; a name that does not resolve allows nothing.
+/// Whether `ip` is inside this machine or a private network: loopback, private and shared
+/// ranges, link-local (cloud metadata services), unique-local, unspecified, multicast,
+/// broadcast, and IPv4 addresses written as IPv6.
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let shared = a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64;
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || shared
+        }
+        IpAddr::V6(a) => {
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_unique_local()
+                || a.is_unicast_link_local()
+                || a.to_ipv4_mapped()
+                    .is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Whether a granted host names where it leads: an address, or `localhost`. Any other name is
+/// resolved through DNS, which whoever controls the name controls: such a name may only lead
+/// to public addresses ([`is_internal`]), so a grant of `api.vendor.example` cannot be turned
+/// into one of the loopback or the cloud's metadata service by a DNS record.
+pub fn names_its_address(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok() || bare.eq_ignore_ascii_case("localhost")
+}
+
+/// Resolve granted `host:port` entries now; a name that does not resolve allows nothing, and
+/// a name's internal addresses are left out ([`names_its_address`]).
 pub fn resolve_hosts(hosts: &[String]) -> Vec<AllowedHost> {
     use std::net::ToSocketAddrs;
     hosts
         .iter()
         .filter_map(|entry| {
             let (host, port) = parse_host(entry).ok()?;
-            let addresses = (host, 0)
+            let mut addresses: Vec<std::net::IpAddr> = (host, 0)
                 .to_socket_addrs()
                 .map(|addrs| addrs.map(|a| a.ip()).collect())
                 .unwrap_or_default();
+            if !names_its_address(host) {
+                addresses.retain(|ip| !is_internal(*ip));
+            }
             Some(AllowedHost { addresses, port })
         })
         .collect()
@@ -462,6 +503,47 @@ impl TokenMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_granted_name_reaches_only_public_addresses_and_an_address_itself() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            let ip: std::net::IpAddr = internal.parse().expect("address");
+            assert!(is_internal(ip), "{internal}");
+        }
+        for public in [
+            "93.184.216.34",
+            "100.128.0.1",
+            "2606:2800:220:1::1",
+            "::ffff:8.8.8.8",
+        ] {
+            let ip: std::net::IpAddr = public.parse().expect("address");
+            assert!(!is_internal(ip), "{public}");
+        }
+        for operator_named in ["127.0.0.1", "[::1]", "10.0.0.7", "LOCALHOST"] {
+            assert!(names_its_address(operator_named), "{operator_named}");
+        }
+        assert!(!names_its_address("api.vendor.example"));
+        // An address granted as such stays reachable, internal or not.
+        let allowed = resolve_hosts(&["10.0.0.7:443".to_string()]);
+        assert_eq!(
+            allowed[0].addresses,
+            ["10.0.0.7".parse::<std::net::IpAddr>().expect("ip")]
+        );
+    }
 
     fn asks(toml_permissions: &str) -> Permissions {
         let text = format!(

@@ -1,7 +1,9 @@
 //! Host side of `wasi:http/outgoing-handler` for plugins: every request is checked against the
 //! hosts the plugin was granted, by the name and port in its URL, before anything leaves the
-//! machine; a request to any other host is `HTTP-request-denied`. Granted requests are sent by
-//! wasmtime-wasi-http's client with their timeouts cut to what is left of the plugin's deadline.
+//! machine; a request to any other host is `HTTP-request-denied`. A granted name (not an address
+//! or `localhost`) whose addresses are internal is `destination-IP-prohibited`. Granted requests
+//! are sent by wasmtime-wasi-http's client with their timeouts cut to what is left of the
+//! plugin's deadline.
 
 use std::future::Future;
 use std::time::Instant;
@@ -9,7 +11,7 @@ use std::time::Instant;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::grants::entry_covers;
+use super::grants::{entry_covers, is_internal, names_its_address};
 
 /// The per-call gate: the granted `host:port` entries and the call's deadline.
 pub struct HttpGate {
@@ -48,7 +50,17 @@ type SendFuture = Box<
         > + Send,
 >;
 
+/// Most bytes of one write to an outgoing request body. A body's writes wait in host memory
+/// until the request is sent, which a plugin may never do: with the default 1 MiB a plugin could
+/// make the host hold about 2 GiB through its 1024 resources, outside its memory cap; with this,
+/// 16 MiB. Plugins write larger bodies in more calls.
+const BODY_CHUNK_BYTES: usize = 8 << 10;
+
 impl WasiHttpHooks for HttpGate {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: axum::http::Request<WasiBody>,
@@ -60,6 +72,14 @@ impl WasiHttpHooks for HttpGate {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
+        // A granted name must lead to public addresses (see `names_its_address`). Checked
+        // here, before the client resolves the name again to connect: this stops a name whose
+        // records point inside, not one that changes its answer between the two lookups.
+        let name_to_check = request
+            .uri()
+            .host()
+            .filter(|host| !names_its_address(host))
+            .map(str::to_string);
         let options = options.unwrap_or_default();
         let cut = |t: Option<std::time::Duration>| Some(t.map_or(left, |t| t.min(left)));
         let options = RequestOptions {
@@ -68,6 +88,18 @@ impl WasiHttpHooks for HttpGate {
             between_bytes_timeout: cut(options.between_bytes_timeout),
         };
         Box::new(async move {
+            if let Some(name) = name_to_check {
+                let lookup = tokio::net::lookup_host((name.as_str(), 0));
+                let addresses: Vec<std::net::IpAddr> = tokio::time::timeout(left, lookup)
+                    .await
+                    .map_err(|_| Error::DnsTimeout)?
+                    .map_err(|_| Error::DestinationNotFound)?
+                    .map(|a| a.ip())
+                    .collect();
+                if addresses.iter().any(|ip| is_internal(*ip)) {
+                    return Err(Error::DestinationIpProhibited);
+                }
+            }
             let (response, io) =
                 wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             Ok((

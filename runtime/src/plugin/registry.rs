@@ -336,7 +336,21 @@ pub fn read_manifest(wasm: &Path) -> Result<Manifest, String> {
             path.display()
         )
     })?;
-    Manifest::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let manifest = Manifest::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The operator's grants (`[grants.NAME]`) follow the name: a component must not take
+    // another plugin's grants, or its place, by naming itself after it in its own manifest.
+    let stem = wasm.file_stem().map(|s| s.to_string_lossy());
+    if stem.as_deref() != Some(manifest.name.as_str()) {
+        return Err(format!(
+            "{} names the plugin {:?}, but its component is {}; grants and roles follow the \
+             name, so the file must be {}.wasm",
+            path.display(),
+            manifest.name,
+            wasm.display(),
+            manifest.name
+        ));
+    }
+    Ok(manifest)
 }
 
 /// Load one `NAME.wasm` with its `NAME.toml`.
@@ -345,4 +359,33 @@ pub fn load_file(host: &PluginHost, path: &Path) -> Result<Plugin, PluginError> 
     let manifest = read_manifest(path).map_err(|e| load_error(&label, e))?;
     let bytes = std::fs::read(path).map_err(|e| load_error(&label, e.to_string()))?;
     host.load(manifest, &bytes, PluginSource::File(path.to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_cannot_take_another_plugins_name_and_grants() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-registry-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let manifest =
+            "name = \"secret-scanner\"\nversion = \"1.0.0\"\nworld = \"quality-check\"\n";
+        std::fs::write(dir.join("secret-scanner.toml"), manifest).expect("write");
+        std::fs::write(dir.join("zz-lint.toml"), manifest).expect("write");
+        let own = read_manifest(&dir.join("secret-scanner.wasm")).expect("its own name");
+        assert_eq!(own.name, "secret-scanner");
+        let taken = read_manifest(&dir.join("zz-lint.wasm"));
+        assert!(
+            taken
+                .as_ref()
+                .is_err_and(|e| e.contains("the file must be secret-scanner.wasm")),
+            "{taken:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

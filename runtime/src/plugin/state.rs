@@ -107,6 +107,9 @@ pub struct PluginState {
     /// The Python sandbox, for plugins granted `run-python`.
     pub sandbox: Option<Arc<LazySandbox>>,
     pub deadline: Instant,
+    /// Set when a timer of the plugin's was cut at the deadline and fired (see
+    /// `host_clocks`): the call ran past its deadline, whatever it returns.
+    pub slept_past_deadline: Arc<std::sync::atomic::AtomicBool>,
     /// Host capabilities the call used (`llm:MODEL`, `run-python`), for the audit line.
     pub used: Vec<String>,
     /// Tokens (prompt + completion) the plugin consumed in this call.
@@ -163,6 +166,7 @@ impl PluginState {
             models,
             sandbox,
             deadline,
+            slept_past_deadline: Default::default(),
             used: Vec::new(),
             tokens_used: 0,
             llm_calls: 0,

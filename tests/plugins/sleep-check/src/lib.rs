@@ -1,6 +1,6 @@
 //! Test plugin: a quality check that sleeps for two minutes in a single WASI call. Guest code
-//! can be interrupted at the deadline, a host call cannot; the host must still answer its
-//! caller with `PLUGIN_004` shortly after the deadline instead of waiting for the sleep.
+//! can be interrupted at the deadline, a host call cannot: the host cuts the sleep's timer at
+//! the deadline, so the call ends with `PLUGIN_004` then and frees its slot.
 
 use agentrt_plugin_sdk::{CheckInfo, CodeArtifact, Finding, PipelineError, QualityCheck};
 
