@@ -82,10 +82,11 @@ fn entry(root: &Path, path: &Path) -> Result<FileEntry, BackupError> {
     })
 }
 
-/// Copy the regular files under `from` into `to`. A symbolic link to a regular file is copied
-/// as the file (the server loads plugins through such links, so a backup without them would
-/// restore a server missing plugins); any other link (to a folder, or broken) fails the backup
-/// naming it, rather than being left out without a word or followed into a loop.
+/// Copy the regular files under `from` into `to`. A symbolic link to a regular file of the
+/// link's own owner is copied as the file (the server loads plugins through such links, so a
+/// backup without them would restore a server missing plugins); any other link (to a folder,
+/// to nothing, to someone else's file) fails the backup naming it, rather than being left out
+/// without a word, followed into a loop, or used to copy a file its planter could not read.
 fn copy_tree(from: &Path, to: &Path, budget: &mut u64) -> Result<Vec<PathBuf>, BackupError> {
     fs::create_dir_all(to).map_err(|e| io("cannot create", to, e))?;
     let mut copied = Vec::new();
@@ -99,16 +100,21 @@ fn copy_tree(from: &Path, to: &Path, budget: &mut u64) -> Result<Vec<PathBuf>, B
             .file_type()
             .map_err(|err| io("cannot stat", &e.path(), err))?;
         if kind.is_symlink() {
+            use std::os::unix::fs::MetadataExt;
+            let link_owner = fs::symlink_metadata(e.path()).map(|m| m.uid()).ok();
             kind = fs::metadata(e.path())
                 .ok()
+                // A link whoever may write the plugin folder planted to a file of someone
+                // else's (a key of root's, for a backup run as root) is not followed.
+                .filter(|m| m.is_file() && Some(m.uid()) == link_owner)
                 .map(|m| m.file_type())
-                .filter(fs::FileType::is_file)
                 .ok_or_else(|| {
                     fail(
                         ErrorCode::BackupFailed,
                         format!(
-                            "{} is a link to a folder or to nothing; replace it with what it \
-                             points to, or remove it",
+                            "{} is a link to a folder, to nothing, or to a file of another \
+                             owner than the link's; replace it with what it points to, or \
+                             remove it",
                             e.path().display()
                         ),
                     )

@@ -874,7 +874,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Generate { task, opts } => {
             let engine = load_engine(&opts)?;
-            let pipeline = load_pipeline(&opts, Some(engine))?.tracked(progress::on_stderr());
+            let pipeline = progress::shown_unless(opts.json, load_pipeline(&opts, Some(engine))?);
             let req = PipelineRequest {
                 task_description: task,
                 language: "python".into(),
@@ -897,7 +897,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             opts,
         } => {
             let engine = load_engine(&opts)?;
-            let pipeline = load_pipeline(&opts, Some(engine))?.tracked(progress::on_stderr());
+            let pipeline = progress::shown_unless(opts.json, load_pipeline(&opts, Some(engine))?);
             let outcome = pipeline.run(&PipelineRequest {
                 task_description: task,
                 language: "python".into(),

@@ -82,13 +82,18 @@ impl FifoSemaphore {
     }
 
     /// A permit in turn: wait in line until one is free for this caller, unless `deadline`
-    /// passes or `cancel` is set first (looked at every [`CANCEL_POLL`]).
+    /// passes or `cancel` is set first (looked at every [`CANCEL_POLL`]). A caller already
+    /// cancelled gets none, even with one free.
     pub fn acquire(
         self: &Arc<Self>,
         deadline: Option<Instant>,
         cancel: Option<&AtomicBool>,
     ) -> Result<Permit, GaveUp> {
+        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let mut state = self.lock();
+        if cancelled() {
+            return Err(GaveUp::Cancelled);
+        }
         if state.free > 0 && state.waiting.is_empty() {
             state.free -= 1;
             return Ok(Permit(self.clone()));
@@ -97,14 +102,17 @@ impl FifoSemaphore {
         state.next_ticket += 1;
         state.waiting.push_back(ticket);
         loop {
-            if state.free > 0 && state.waiting.front() == Some(&ticket) {
+            // A cancel is looked at before a free permit (a cancelled run must not start), the
+            // deadline after (a permit freed as it comes is still taken).
+            let cancelled = cancelled();
+            if !cancelled && state.free > 0 && state.waiting.front() == Some(&ticket) {
                 state.waiting.pop_front();
                 state.free -= 1;
                 // Another permit may be free for the next in line.
                 self.freed.notify_all();
                 return Ok(Permit(self.clone()));
             }
-            let why = if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            let why = if cancelled {
                 Some(GaveUp::Cancelled)
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 Some(GaveUp::Deadline)
@@ -151,14 +159,15 @@ mod tests {
         Some(Instant::now() + LONG)
     }
 
-    /// Start a thread that waits for a permit, and return once it stands in line.
+    /// Start a thread that waits for a permit, and return once `in_line` callers (it among
+    /// them) stand in line.
     fn queue_up(
         sem: &Arc<FifoSemaphore>,
         name: &'static str,
         got: &mpsc::Sender<&'static str>,
+        in_line: usize,
     ) -> std::thread::JoinHandle<()> {
         let (theirs, got) = (sem.clone(), got.clone());
-        let before = sem.waiting();
         let waiter = std::thread::spawn(move || {
             let permit = theirs
                 .acquire(in_a_while(), None)
@@ -168,10 +177,15 @@ mod tests {
             std::thread::sleep(Duration::from_millis(30));
             drop(permit);
         });
-        while sem.waiting() == before {
+        while sem.waiting() < in_line {
             std::thread::sleep(Duration::from_millis(1));
         }
         waiter
+    }
+
+    /// The next name, or a failure (not a hang) when a waiter never got its permit.
+    fn next(rx: &mpsc::Receiver<&'static str>) -> &'static str {
+        rx.recv_timeout(LONG).expect("a waiter got its permit")
     }
 
     #[test]
@@ -181,7 +195,8 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let waiters: Vec<_> = ["first", "second", "third"]
             .into_iter()
-            .map(|name| queue_up(&sem, name, &tx))
+            .enumerate()
+            .map(|(i, name)| queue_up(&sem, name, &tx, i + 1))
             .collect();
         assert!(
             rx.recv_timeout(Duration::from_millis(100)).is_err(),
@@ -191,7 +206,7 @@ mod tests {
         // A newcomer that will not wait does not jump the line, even with the permit free.
         assert!(sem.try_acquire().is_none());
         for expected in ["first", "second", "third"] {
-            assert_eq!(rx.recv().expect("in turn"), expected);
+            assert_eq!(next(&rx), expected);
         }
         for w in waiters {
             w.join().expect("join");
@@ -221,6 +236,12 @@ mod tests {
         assert_eq!(sem.waiting(), 0);
         drop(held);
         assert_eq!(sem.available(), 1);
+        // Already cancelled: no permit, even a free one.
+        assert_eq!(
+            sem.acquire(None, Some(&cancel)).err(),
+            Some(GaveUp::Cancelled)
+        );
+        assert_eq!(sem.available(), 1);
     }
 
     #[test]
@@ -228,16 +249,16 @@ mod tests {
         let sem = FifoSemaphore::new(1);
         let held = sem.try_acquire().expect("a free permit");
         // First in line, with a near deadline; then one that waits long.
-        let (theirs, near) = (sem.clone(), Instant::now() + Duration::from_millis(150));
+        let (theirs, near) = (sem.clone(), Instant::now() + Duration::from_millis(500));
         let impatient = std::thread::spawn(move || theirs.acquire(Some(near), None).err());
         while sem.waiting() == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         let (tx, rx) = mpsc::channel();
-        let patient = queue_up(&sem, "patient", &tx);
+        let patient = queue_up(&sem, "patient", &tx, 2);
         assert_eq!(impatient.join().expect("join"), Some(GaveUp::Deadline));
         drop(held);
-        assert_eq!(rx.recv().expect("the patient one"), "patient");
+        assert_eq!(next(&rx), "patient");
         patient.join().expect("join");
     }
 

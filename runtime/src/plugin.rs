@@ -724,7 +724,7 @@ impl PluginHost {
         let error = error.clone();
         let offered = models.to_vec();
         let offered_ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
-        self.call(
+        let (decided, stats) = self.call(
             plugin,
             ctx,
             move |pre, store| match pre {
@@ -771,7 +771,12 @@ impl PluginHost {
                 )),
                 _ => Ok(()),
             },
-        )
+        );
+        let decided = decided.map(|d| Decision {
+            recovery: output::clip_recovery(d.recovery),
+            ..d
+        });
+        (decided, stats)
     }
 
     /// The models a stage run by `plugin` could use, in the host's order, marking the one its
@@ -823,7 +828,10 @@ fn wasi_context(granted: &Granted) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
     if granted.hosts.is_empty() {
         builder.allow_tcp(false);
     } else {
-        let allowed = Arc::new(grants::resolve_hosts(&granted.hosts));
+        let allowed = Arc::new(grants::resolve_hosts(
+            &granted.hosts,
+            granted.internal_hosts,
+        ));
         builder
             .allow_tcp(true)
             .socket_addr_check(move |addr, use_| {

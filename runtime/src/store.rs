@@ -1123,8 +1123,9 @@ mod conformance {
     fn postgres_hosts_interrupt_their_own_runs_and_those_of_hosts_gone() {
         let Some(h) = postgres() else { return };
         // The harness's connections are instance "test-instance". Another host, alive (it
-        // holds its instance lock), and one gone (a pod replaced under a new name) each left
-        // a run beside this one's.
+        // holds its instance lock), one gone (a pod replaced under a new name, quiet for long)
+        // and one without its lock but active a moment ago (its session dropped, it is
+        // reconnecting) each left a run beside this one's.
         let url = h.postgres_url.clone().expect("a PostgreSQL harness");
         let other = postgres::PgStore::connect(&url, "other-host", true).expect("the other host");
         let store = h.open();
@@ -1137,6 +1138,13 @@ mod conformance {
                         ('orphan', 'running', 1, 1, 'null', 'gone-host')",
             )
             .expect("the other hosts' runs");
+        store
+            .execute_for_test(&format!(
+                "INSERT INTO runs (id, state, created_at_ms, updated_at_ms, request, owner)
+                 VALUES ('blip', 'running', 1, {}, 'null', 'blipped-host')",
+                now_ms()
+            ))
+            .expect("a reconnecting host's run");
         drop(store);
         let store = h.open();
         assert_eq!(store.interrupt_unfinished().expect("interrupt"), 2);
@@ -1144,6 +1152,7 @@ mod conformance {
         assert_eq!(state("mine"), RunState::Failed);
         assert_eq!(state("orphan"), RunState::Failed);
         assert_eq!(state("theirs"), RunState::Running);
+        assert_eq!(state("blip"), RunState::Running);
         drop(other);
     }
 }

@@ -1,17 +1,28 @@
 //! Progress of a one-off pipeline (`agentrt run`, `agentrt generate`) on standard error: a line
 //! per stage started and ended, per retry and for the attempt chosen, each with the time since
 //! the start. A run on the CPU takes minutes; without these lines the terminal stays silent
-//! until the answer. Standard output keeps only the answer (text or `--json`).
+//! until the answer. Standard output keeps only the answer; with `--json` no progress is
+//! printed.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::pipeline::{PipelineEvent, RunContext};
+use crate::pipeline::{Pipeline, PipelineEvent, RunContext};
 use crate::plugin::CallContext;
 
+/// `pipeline`, printing its progress unless the output is JSON (for a program, which reads
+/// standard output, and may well take standard error with it).
+pub fn shown_unless(json: bool, pipeline: Pipeline) -> Pipeline {
+    if json {
+        pipeline
+    } else {
+        pipeline.tracked(on_stderr())
+    }
+}
+
 /// A run context whose events are printed to standard error as they come.
-pub fn on_stderr() -> RunContext {
+fn on_stderr() -> RunContext {
     let started = Instant::now();
     RunContext {
         events: Some(Arc::new(move |event| {

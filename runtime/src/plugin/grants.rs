@@ -44,6 +44,12 @@ pub struct Grant {
     /// `host:port` or `host:*`.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Whether the granted host *names* may lead to internal addresses (loopback, private
+    /// networks: a compose or cluster service name). Off, a name reaches only public
+    /// addresses, so whoever controls its DNS cannot point it inside ([`is_internal`]).
+    /// Operator-only: a manifest cannot ask for it.
+    #[serde(default)]
+    pub internal_hosts: bool,
     #[serde(default)]
     pub run_python: bool,
 }
@@ -74,6 +80,7 @@ impl Grant {
             env: p.env.clone(),
             folders: Vec::new(),
             hosts: p.hosts.clone(),
+            internal_hosts: false,
             run_python: p.run_python,
         }
     }
@@ -92,6 +99,8 @@ pub struct Granted {
     pub env: Vec<String>,
     pub folders: Vec<FolderGrant>,
     pub hosts: Vec<String>,
+    /// See [`Grant::internal_hosts`].
+    pub internal_hosts: bool,
     pub run_python: bool,
 }
 
@@ -132,7 +141,12 @@ impl Granted {
             ));
         }
         if !self.hosts.is_empty() {
-            parts.push(format!("hosts {}", self.hosts.join(",")));
+            let internal = if self.internal_hosts {
+                " (names may be internal)"
+            } else {
+                ""
+            };
+            parts.push(format!("hosts {}{internal}", self.hosts.join(",")));
         }
         if self.run_python {
             parts.push("run-python".into());
@@ -225,6 +239,7 @@ pub fn resolve(asked: &Permissions, grant: &Grant, limits: &HostLimits) -> Resul
         env: asked.env.clone(),
         folders,
         hosts: asked.hosts.clone(),
+        internal_hosts: grant.internal_hosts && !asked.hosts.is_empty(),
         run_python: asked.run_python,
     })
 }
@@ -318,29 +333,42 @@ pub struct AllowedHost {
     pub port: Option<u16>,
 }
 
-/// Whether `ip` is inside this machine or a private network: loopback, private and shared
-/// ranges, link-local (cloud metadata services), unique-local, unspecified, multicast,
-/// broadcast, and IPv4 addresses written as IPv6.
+/// Whether `ip` is inside this machine or a private network: loopback, private, shared and
+/// benchmarking ranges, "this network" (0.0.0.0/8), link-local (cloud metadata services),
+/// unique-local and the old site-local, multicast, broadcast, and IPv4 addresses written as
+/// IPv6 (mapped, or through the NAT64 prefix 64:ff9b::/96).
 pub fn is_internal(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, Ipv4Addr};
     match ip {
         IpAddr::V4(a) => {
-            let shared = a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64;
+            let [first, second, ..] = a.octets();
+            let shared = first == 100 && (second & 0xc0) == 64;
+            let benchmarking = first == 198 && (second & 0xfe) == 18;
             a.is_loopback()
                 || a.is_private()
                 || a.is_link_local()
-                || a.is_unspecified()
                 || a.is_multicast()
                 || a.is_broadcast()
+                || first == 0
                 || shared
+                || benchmarking
         }
         IpAddr::V6(a) => {
+            let segments = a.segments();
+            let site_local = (segments[0] & 0xffc0) == 0xfec0;
+            let nat64 = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            let embedded = nat64.then(|| {
+                let [.., hi, lo] = segments;
+                Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))
+            });
             a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
                 || a.is_unique_local()
                 || a.is_unicast_link_local()
+                || site_local
                 || a.to_ipv4_mapped()
+                    .or(embedded)
                     .is_some_and(|v4| is_internal(IpAddr::V4(v4)))
         }
     }
@@ -356,8 +384,9 @@ pub fn names_its_address(host: &str) -> bool {
 }
 
 /// Resolve granted `host:port` entries now; a name that does not resolve allows nothing, and
-/// a name's internal addresses are left out ([`names_its_address`]).
-pub fn resolve_hosts(hosts: &[String]) -> Vec<AllowedHost> {
+/// a name's internal addresses are left out ([`names_its_address`]) unless `internal` (the
+/// operator's [`Grant::internal_hosts`]).
+pub fn resolve_hosts(hosts: &[String], internal: bool) -> Vec<AllowedHost> {
     use std::net::ToSocketAddrs;
     hosts
         .iter()
@@ -367,7 +396,7 @@ pub fn resolve_hosts(hosts: &[String]) -> Vec<AllowedHost> {
                 .to_socket_addrs()
                 .map(|addrs| addrs.map(|a| a.ip()).collect())
                 .unwrap_or_default();
-            if !names_its_address(host) {
+            if !internal && !names_its_address(host) {
                 addresses.retain(|ip| !is_internal(*ip));
             }
             Some(AllowedHost { addresses, port })
@@ -514,12 +543,16 @@ mod tests {
             "169.254.169.254",
             "100.64.0.1",
             "0.0.0.0",
+            "0.1.2.3",
+            "198.18.0.1",
             "224.0.0.1",
             "::1",
             "::",
             "fd00::1",
             "fe80::1",
+            "fec0::1",
             "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
         ] {
             let ip: std::net::IpAddr = internal.parse().expect("address");
             assert!(is_internal(ip), "{internal}");
@@ -527,8 +560,10 @@ mod tests {
         for public in [
             "93.184.216.34",
             "100.128.0.1",
+            "198.20.0.1",
             "2606:2800:220:1::1",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
         ] {
             let ip: std::net::IpAddr = public.parse().expect("address");
             assert!(!is_internal(ip), "{public}");
@@ -538,7 +573,7 @@ mod tests {
         }
         assert!(!names_its_address("api.vendor.example"));
         // An address granted as such stays reachable, internal or not.
-        let allowed = resolve_hosts(&["10.0.0.7:443".to_string()]);
+        let allowed = resolve_hosts(&["10.0.0.7:443".to_string()], false);
         assert_eq!(
             allowed[0].addresses,
             ["10.0.0.7".parse::<std::net::IpAddr>().expect("ip")]

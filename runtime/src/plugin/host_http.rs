@@ -13,15 +13,21 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::grants::{entry_covers, is_internal, names_its_address};
 
-/// The per-call gate: the granted `host:port` entries and the call's deadline.
+/// The per-call gate: the granted `host:port` entries, whether their names may lead to
+/// internal addresses, and the call's deadline.
 pub struct HttpGate {
     hosts: Vec<String>,
+    internal: bool,
     deadline: Instant,
 }
 
 impl HttpGate {
-    pub fn new(hosts: Vec<String>, deadline: Instant) -> Self {
-        Self { hosts, deadline }
+    pub fn new(hosts: Vec<String>, internal: bool, deadline: Instant) -> Self {
+        Self {
+            hosts,
+            internal,
+            deadline,
+        }
     }
 }
 
@@ -78,7 +84,7 @@ impl WasiHttpHooks for HttpGate {
         let name_to_check = request
             .uri()
             .host()
-            .filter(|host| !names_its_address(host))
+            .filter(|host| !self.internal && !names_its_address(host))
             .map(str::to_string);
         let options = options.unwrap_or_default();
         let cut = |t: Option<std::time::Duration>| Some(t.map_or(left, |t| t.min(left)));

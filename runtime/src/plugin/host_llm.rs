@@ -237,6 +237,7 @@ mod tests {
             env: Vec::new(),
             folders: Vec::new(),
             hosts: Vec::new(),
+            internal_hosts: false,
             run_python: false,
         };
         PluginState::new(

@@ -4,7 +4,7 @@
 //! limits keep one plugin from inflating responses, logs and statistics far beyond that (every
 //! result is copied into reports and JSON), and reject values that break the WIT's promises.
 
-use super::bindings::{CodeArtifact, Finding, PipelineError, Review};
+use super::bindings::{CodeArtifact, Finding, PipelineError, Recovery, Review};
 
 /// Most findings one check or review may report.
 pub const MAX_FINDINGS: usize = 1000;
@@ -14,6 +14,8 @@ pub const MAX_TEXT_BYTES: usize = 256 * 1024;
 pub const MAX_MESSAGE_BYTES: usize = 4096;
 /// Longest error code kept from a plugin.
 pub const MAX_CODE_BYTES: usize = 64;
+/// Largest feedback an error handler may send the generator back with (it goes into a prompt).
+pub const MAX_FEEDBACK_BYTES: usize = 16 * 1024;
 
 fn too_long(what: &str, len: usize, max: usize) -> Result<(), String> {
     if len > max {
@@ -78,10 +80,31 @@ pub fn clip_error(mut e: PipelineError) -> PipelineError {
     e
 }
 
+/// An error handler's decision with its texts clipped: the feedback goes into the generator's
+/// prompt, the reasons into reports, events and logs.
+pub fn clip_recovery(recovery: Recovery) -> Recovery {
+    match recovery {
+        Recovery::Retry(mut plan) => {
+            if let Some(feedback) = &mut plan.feedback {
+                clip(feedback, MAX_FEEDBACK_BYTES);
+            }
+            Recovery::Retry(plan)
+        }
+        Recovery::Fallback(mut why) => {
+            clip(&mut why, MAX_MESSAGE_BYTES);
+            Recovery::Fallback(why)
+        }
+        Recovery::Abort(mut why) => {
+            clip(&mut why, MAX_MESSAGE_BYTES);
+            Recovery::Abort(why)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::bindings::{Severity, Stage, Verdict};
+    use crate::plugin::bindings::{RetryPlan, Severity, Stage, Verdict};
 
     #[test]
     fn rejects_oversized_and_out_of_range_results() {
@@ -110,6 +133,22 @@ mod tests {
             tests: String::new(),
         };
         assert!(check_artifact(&big).is_err());
+    }
+
+    #[test]
+    fn an_error_handlers_texts_are_clipped() {
+        let Recovery::Retry(plan) = clip_recovery(Recovery::Retry(RetryPlan {
+            delay_ms: 0,
+            feedback: Some("é".repeat(MAX_FEEDBACK_BYTES)),
+        })) else {
+            unreachable!()
+        };
+        let feedback = plan.feedback.expect("feedback");
+        assert!(feedback.len() <= MAX_FEEDBACK_BYTES && feedback.starts_with('é'));
+        let Recovery::Abort(why) = clip_recovery(Recovery::Abort("x".repeat(1 << 20))) else {
+            unreachable!()
+        };
+        assert_eq!(why.len(), MAX_MESSAGE_BYTES);
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl PluginState {
         deadline: Instant,
     ) -> Self {
         let max_memory = (granted.memory_mb as usize) << 20;
-        let http_gate = HttpGate::new(granted.hosts.clone(), deadline);
+        let http_gate = HttpGate::new(granted.hosts.clone(), granted.internal_hosts, deadline);
         // Host resources (streams, pollables, HTTP header maps...) live in host memory, not
         // under the plugin's memory cap: a plugin holds at most this many at once, each header
         // map at most HTTP_FIELDS_BYTES, so what it can make the host hold stays bounded.

@@ -3,8 +3,9 @@
 //!
 //! Same tables and invariants as the SQLite store (see the parent module). What differs:
 //! - each run records its `owner`, the instance that executes it (`AGENTRT_INSTANCE`, default
-//!   the host name), and [`RunStore::interrupt_unfinished`] closes only this instance's
-//!   unfinished runs — the other hosts' runs are still going;
+//!   the host name), and [`RunStore::interrupt_unfinished`] closes this instance's unfinished
+//!   runs and those of hosts that are gone (no session holds their instance lock, and nothing
+//!   of theirs was written for [`GONE_AFTER`]) — a live host's runs are still going;
 //! - a server holds a session advisory lock on its instance name, so a second server with the
 //!   same name on the same database is refused (`STORE_001`) rather than interrupting the
 //!   first one's runs;
@@ -63,6 +64,9 @@ CREATE TABLE IF NOT EXISTS plugin_stats (
 /// Advisory-lock key of schema creation (any constant; "agentrt" in ASCII).
 const SCHEMA_LOCK: i64 = 0x0061_6765_6e74_7274;
 
+/// How long a host without an instance lock must have written nothing before another host
+/// takes it for gone and closes its unfinished runs.
+const GONE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 /// Tries (100 ms apart) at the instance lock before a second server is refused.
 const LOCK_ATTEMPTS: usize = 30;
 
@@ -367,9 +371,11 @@ impl RunStore for PgStore {
     ) -> Result<(), StoreError> {
         self.with(|c| {
             let mut tx = c.transaction()?;
-            tx.execute(
+            // Only a run still open: one another host closed as gone stays closed (its `done`
+            // is stored), rather than being overwritten under a second `done`.
+            let open = tx.execute(
                 "UPDATE runs SET state = $2, updated_at_ms = $3, outcome = $4, error_code = $5,
-                 error_message = $6 WHERE id = $1",
+                 error_message = $6 WHERE id = $1 AND state IN ('queued', 'running')",
                 &[
                     &id,
                     &state.as_str(),
@@ -379,6 +385,10 @@ impl RunStore for PgStore {
                     &error.map(|e| e.message.as_str()),
                 ],
             )?;
+            if open == 0 {
+                tracing::warn!(run = %id, "the run was closed by another host meanwhile; its end is not stored");
+                return tx.commit();
+            }
             Self::insert_event(&mut tx, id, done)?;
             tx.commit()
         })
@@ -482,14 +492,29 @@ impl RunStore for PgStore {
                 .map(|r| r.get(0))
                 .collect();
             let mut owners = vec![self.instance.clone()];
+            let quiet_since = now_ms() - i64::try_from(GONE_AFTER.as_millis()).unwrap_or(i64::MAX);
             for owner in others {
-                let gone: bool = tx
+                let unlocked: bool = tx
                     .query_one(
                         "SELECT pg_try_advisory_xact_lock(hashtext('agentrt instance ' || current_schema() || ' ' || $1))",
                         &[&owner],
                     )?
                     .get(0);
-                if gone {
+                // A free lock alone could be a live host whose session dropped a moment ago
+                // (it takes the lock again at its next write): it must also have been quiet.
+                let quiet: bool = unlocked
+                    && tx
+                        .query_one(
+                            "SELECT GREATEST(
+                               (SELECT COALESCE(MAX(updated_at_ms), 0) FROM runs WHERE owner = $1),
+                               (SELECT COALESCE(MAX(e.at_ms), 0) FROM run_events e
+                                JOIN runs r ON r.id = e.run_id
+                                WHERE r.owner = $1 AND r.state IN ('queued', 'running'))
+                             ) < $2",
+                            &[&owner, &quiet_since],
+                        )?
+                        .get(0);
+                if quiet {
                     tracing::warn!(host = %owner, "closing the unfinished runs of a host that is gone");
                     owners.push(owner);
                 }
