@@ -359,6 +359,71 @@ fn a_plugin_asleep_in_a_host_call_is_stopped_at_its_deadline_and_frees_its_slot(
     let _ = std::fs::remove_file(&config);
 }
 
+#[test]
+fn a_call_gives_up_on_slots_held_by_a_plugin_stuck_in_a_host_call() {
+    // One instance slot. The check waits for a byte from a granted connection that never
+    // sends one, a host call nothing can cut short: its caller is answered at the deadline
+    // (PLUGIN_004) and the call abandoned, but the thread keeps the slot until the read
+    // returns. The next call must be told the slots are busy (QUEUE_001) after its own
+    // deadline, not wait for the read; once the connection closes, the slot is free again.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let address = listener.local_addr().expect("address").to_string();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let (connection, _) = listener.accept().expect("accept");
+        let _ = released.recv();
+        drop(connection);
+    });
+    let manifest = format!(
+        "name = \"sleep-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
+         [permissions]\nmemory-mb = 16\ntimeout-ms = 1000\nenv = [\"SLEEP_TCP\"]\n\
+         hosts = [\"{address}\"]\n"
+    );
+    let dir = plugin_folder("stuck", "sleep-check", "sleep-check", Some(&manifest));
+    crate::harness::add_test_plugin(&dir, "echo-check");
+    let config = dir.join("agentrt.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[limits]\ninstance-pool = 1\n\n[grants.sleep-check]\nenv = [\"SLEEP_TCP\"]\n\
+             hosts = [\"{address}\"]\n"
+        ),
+    )
+    .expect("write config");
+    let server = Server::start_with_env(
+        &[
+            "--plugins",
+            dir.to_str().expect("utf-8 path"),
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+        &[("SLEEP_TCP", address.as_str())],
+    );
+    let check = |plugin: &str| {
+        let (status, body) = server.post("/check", &json!({"code": "x = 1\n", "checks": [plugin]}));
+        assert_eq!(status, 200, "{body}");
+        body["checks"][0].clone()
+    };
+    let stuck = check("sleep-check");
+    assert_eq!(stuck["error"]["code"], "PLUGIN_004", "{stuck}");
+    let next = check("echo-check");
+    assert_eq!(next["error"]["code"], "QUEUE_001", "{next}");
+    release.send(()).expect("release the connection");
+    holder.join().expect("holder");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let next = check("echo-check");
+        if next["status"] == "ok" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the slot never came back: {next}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An error handler that answers `retry` to a failed check gets the check run again (up to two
 /// more times); a retry past them skips the check: before, a check was never run again and a
 /// `retry` for it ended the whole run.

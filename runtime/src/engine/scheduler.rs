@@ -2,8 +2,9 @@
 //!
 //! Requests wait in a bounded queue ([`BatchLimits::queue`]; beyond it [`EngineError::QueueFull`],
 //! which the server answers 429 with `Retry-After`, or for callers that cannot retry, such as
-//! plugins' model calls, a wait in line for a place, first come first served). Between two forward passes the scheduler
-//! admits waiting requests up to [`BatchLimits::max_batch`] running at once; each pass then
+//! plugins' model calls, a wait in line for a place, first come first served). Between two
+//! forward passes the scheduler admits waiting requests up to [`BatchLimits::max_batch`]
+//! running at once; each pass then
 //! runs every running sequence's next tokens together ([`CausalLm::forward_batch`]): a
 //! newcomer's prompt (or the next chunk of it) beside the others' single decode tokens, so the
 //! weights are read once per step for all of them. A sequence that finishes, is cancelled, runs past its deadline or

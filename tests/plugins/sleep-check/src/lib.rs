@@ -1,6 +1,8 @@
 //! Test plugin: a quality check that sleeps for two minutes in a single WASI call. Guest code
 //! can be interrupted at the deadline, a host call cannot: the host cuts the sleep's timer at
-//! the deadline, so the call ends with `PLUGIN_004` then and frees its slot.
+//! the deadline, so the call ends with `PLUGIN_004` then and frees its slot. Granted an address
+//! in `SLEEP_TCP`, it waits for a byte from a connection there instead, which no timer cuts:
+//! the host abandons the call at its deadline, and its slot stays taken until the read returns.
 
 use agentrt_plugin_sdk::{CheckInfo, CodeArtifact, Finding, PipelineError, QualityCheck};
 
@@ -13,6 +15,15 @@ impl QualityCheck for SleepCheck {
     }
 
     fn check(_artifact: &CodeArtifact) -> Result<Vec<Finding>, PipelineError> {
+        // Granted an address in SLEEP_TCP: wait instead for a byte from a connection there, a
+        // host call nothing can cut short (the host can only abandon the call).
+        if let Ok(address) = std::env::var("SLEEP_TCP") {
+            if let Ok(mut connection) = std::net::TcpStream::connect(address.as_str()) {
+                let mut byte = [0u8; 1];
+                let _ = std::io::Read::read(&mut connection, &mut byte);
+            }
+            return Ok(Vec::new());
+        }
         std::thread::sleep(std::time::Duration::from_secs(120));
         Ok(Vec::new())
     }
