@@ -605,17 +605,45 @@ mod tests {
     use super::*;
     use crate::store::{RunStore, Store};
 
+    /// An SQLite store in a file of its own, removed with its log when dropped.
+    struct TempStore {
+        path: std::path::PathBuf,
+        store: Arc<Store>,
+    }
+
+    impl TempStore {
+        fn new(label: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "agentrt-{label}-{}-{}.db",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            let store = Arc::new(Store::open(&path).expect("store"));
+            Self { path, store }
+        }
+
+        /// One holding run `r`, queued, as the emitter tests want.
+        fn with_run(label: &str) -> Self {
+            let temp = Self::new(label);
+            temp.store
+                .insert_run("r", &serde_json::json!({"task_description": "t"}))
+                .expect("insert");
+            temp
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+            }
+        }
+    }
+
     #[test]
     fn an_event_the_store_refuses_for_a_while_is_stored_later_under_its_number() {
-        let path = std::env::temp_dir().join(format!(
-            "agentrt-emitter-{}-{}.db",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let store = Arc::new(Store::open(&path).expect("store"));
-        store
-            .insert_run("r", &serde_json::json!({"task_description": "t"}))
-            .expect("insert");
+        let temp = TempStore::with_run("emitter");
+        let store = temp.store.clone();
         let live = Arc::new(LiveRun::new());
         let emitter = Emitter::new("r", store.clone(), live);
         let started = |attempt| PipelineEvent::StageStarted {
@@ -640,23 +668,12 @@ mod tests {
         let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert!(events[1].data.contains("\"attempt\":2"), "{:?}", events[1]);
-        drop((emitter, store));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
     }
 
     #[test]
     fn an_end_the_store_refuses_for_a_while_is_stored_once_it_is_back() {
-        let path = std::env::temp_dir().join(format!(
-            "agentrt-end-{}-{}.db",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let store = Arc::new(Store::open(&path).expect("store"));
-        store
-            .insert_run("r", &serde_json::json!({"task_description": "t"}))
-            .expect("insert");
+        let temp = TempStore::with_run("end");
+        let store = temp.store.clone();
         let emitter = Emitter::new("r", store.clone(), Arc::new(LiveRun::new()));
         emitter.event(PipelineEvent::Chosen { attempt: 1 });
         // The events table is away (the end's `done` cannot be stored) for longer than the
@@ -680,23 +697,12 @@ mod tests {
         assert_eq!(run.state, RunState::Completed, "{run:?}");
         assert!(run.outcome.is_some(), "{run:?}");
         assert_eq!(store.check_integrity().expect("check"), Ok(()));
-        drop((emitter, store));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
     }
 
     #[test]
     fn generated_text_after_a_quiet_spell_goes_out_at_once() {
-        let path = std::env::temp_dir().join(format!(
-            "agentrt-tokens-{}-{}.db",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let store = Arc::new(Store::open(&path).expect("store"));
-        store
-            .insert_run("r", &serde_json::json!({"task_description": "t"}))
-            .expect("insert");
+        let temp = TempStore::with_run("tokens");
+        let store = temp.store.clone();
         let live = Arc::new(LiveRun::new());
         let mut watcher = live.events.subscribe();
         let emitter = Emitter::new("r", store.clone(), live);
@@ -720,20 +726,12 @@ mod tests {
             })
             .collect();
         assert_eq!(text, "def add(a, b):");
-        drop((emitter, store));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
     }
 
     #[test]
     fn retention_prunes_ended_runs_in_the_background() {
-        let path = std::env::temp_dir().join(format!(
-            "agentrt-retention-{}-{}.db",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let store = Arc::new(Store::open(&path).expect("store"));
+        let temp = TempStore::new("retention");
+        let store: Arc<dyn RunStore> = temp.store.clone();
         store
             .insert_run("old", &serde_json::json!({}))
             .expect("insert");
@@ -760,9 +758,6 @@ mod tests {
             store.run("live").expect("read").is_some(),
             "a queued run was pruned"
         );
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
     }
 
     #[test]

@@ -953,9 +953,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn a_dropped_generation_gives_its_queue_place_back() {
-        let dir = synthetic_checkpoint("dropped");
+    /// A model with room for one running and one waiting generation, whose passes `Probe`
+    /// records (and can hold at the first).
+    fn one_batch_and_one_queue_place(label: &str) -> (std::path::PathBuf, LoadedModel, Arc<Probe>) {
+        let dir = synthetic_checkpoint(label);
         let base = limited(&dir, 1, 16).with_batch_limits(BatchLimits {
             max_batch: 1,
             queue: 1,
@@ -965,25 +966,40 @@ mod tests {
         });
         let probe = Arc::new(Probe::new(base.model.clone(), 1));
         let model = with_model(base, probe.clone());
-        // Made after the model, so a failing assertion drops the gate's sender first and the
-        // scheduler thread the model's drop joins is not left waiting at the gate.
-        let open = probe.hold_first_pass();
+        (dir, model, probe)
+    }
+
+    fn short_request() -> (Prompt, SamplingParams) {
         let params = SamplingParams {
             max_tokens: 4,
             ..SamplingParams::default()
         };
-        let prompt = Prompt::Text("hello".into());
-        let start = || model.start(&prompt, &params, &Control::default());
-        // The first holds the only batch place (its first pass waits at the gate)...
-        let first = start().expect("runs");
+        (Prompt::Text("hello".into()), params)
+    }
+
+    /// Wait until nothing is queued on `model` (what was submitted runs).
+    fn wait_until_admitted(model: &LoadedModel) {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while model.batch_stats().waiting > 0 {
             assert!(
                 std::time::Instant::now() < until,
-                "the first was never admitted"
+                "a request was never admitted"
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn a_dropped_generation_gives_its_queue_place_back() {
+        let (dir, model, probe) = one_batch_and_one_queue_place("dropped");
+        // Made after the model, so a failing assertion drops the gate's sender first and the
+        // scheduler thread the model's drop joins is not left waiting at the gate.
+        let open = probe.hold_first_pass();
+        let (prompt, params) = short_request();
+        let start = || model.start(&prompt, &params, &Control::default());
+        // The first holds the only batch place (its first pass waits at the gate)...
+        let first = start().expect("runs");
+        wait_until_admitted(&model);
         // ...the second the only queue place.
         let second = start().expect("queued");
         assert!(matches!(start(), Err(EngineError::QueueFull { .. })));
@@ -998,22 +1014,10 @@ mod tests {
 
     #[test]
     fn a_caller_waiting_in_line_gets_the_next_queue_place_before_any_newcomer() {
-        let dir = synthetic_checkpoint("in-line");
-        let base = limited(&dir, 1, 16).with_batch_limits(BatchLimits {
-            max_batch: 1,
-            queue: 1,
-            prefix_cache: 0,
-            prefill_chunk: 16,
-            kv_cache: 0,
-        });
-        let probe = Arc::new(Probe::new(base.model.clone(), 1));
-        let model = Arc::new(with_model(base, probe.clone()));
+        let (dir, model, probe) = one_batch_and_one_queue_place("in-line");
+        let model = Arc::new(model);
         let open = probe.hold_first_pass();
-        let params = SamplingParams {
-            max_tokens: 4,
-            ..SamplingParams::default()
-        };
-        let prompt = Prompt::Text("hello".into());
+        let (prompt, params) = short_request();
         let in_line = |deadline| Control {
             deadline: Some(deadline),
             wait_in_line: true,
@@ -1023,14 +1027,8 @@ mod tests {
         let first = model
             .start(&prompt, &params, &Control::default())
             .expect("runs");
+        wait_until_admitted(&model);
         let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while model.batch_stats().waiting > 0 {
-            assert!(
-                std::time::Instant::now() < until,
-                "the first was never admitted"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
         let second = model
             .start(&prompt, &params, &Control::default())
             .expect("queued");
