@@ -16,6 +16,7 @@ mod host_http;
 mod host_llm;
 mod host_log;
 mod host_sandbox;
+mod http_client;
 pub mod manifest;
 pub mod output;
 mod pool;
@@ -409,6 +410,7 @@ impl PluginHost {
     fn new_store(&self, plugin: &Plugin) -> wasmtime::Result<(Store<PluginState>, Duration)> {
         let granted = &plugin.granted;
         let timeout = Duration::from_millis(granted.timeout_ms);
+        let deadline = Instant::now() + timeout;
         let models = if plugin.manifest.world.uses_llm() {
             self.models.clone()
         } else {
@@ -424,8 +426,8 @@ impl PluginHost {
             } else {
                 None
             },
-            wasi_context(granted)?,
-            Instant::now() + timeout,
+            wasi_context(granted, deadline)?,
+            deadline,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -806,7 +808,7 @@ impl PluginHost {
 }
 
 /// The WASI context of one call: only the granted environment variables, folders and hosts.
-fn wasi_context(granted: &Granted) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
+fn wasi_context(granted: &Granted, deadline: Instant) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
     let mut builder = wasmtime_wasi::WasiCtx::builder();
     builder.monotonic_clock(host_clocks::CallClock);
     for name in &granted.env {
@@ -828,15 +830,16 @@ fn wasi_context(granted: &Granted) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
     if granted.hosts.is_empty() {
         builder.allow_tcp(false);
     } else {
-        let allowed = Arc::new(grants::resolve_hosts(
+        let allowed = Arc::new(grants::GrantedHosts::new(
             &granted.hosts,
             granted.internal_hosts,
+            deadline,
         ));
         builder
             .allow_tcp(true)
             .socket_addr_check(move |addr, use_| {
-                let ok = grants::connection_allowed(&allowed, addr, use_);
-                Box::pin(async move { ok })
+                let allowed = allowed.clone();
+                Box::pin(async move { allowed.allow(addr, use_).await })
             });
     }
     Ok(builder.build())

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use wasmtime_wasi::sockets::SocketAddrUse;
 
 use super::manifest::{Access, FolderAccess, Manifest, Permissions, parse_host};
 
@@ -326,13 +327,6 @@ pub fn entry_covers(entry: &str, host: &str, port: Option<u16>) -> bool {
     }
 }
 
-/// A granted host resolved to addresses, with its port (`None`: any).
-#[derive(Debug, Clone)]
-pub struct AllowedHost {
-    pub addresses: Vec<std::net::IpAddr>,
-    pub port: Option<u16>,
-}
-
 /// Whether `ip` is inside this machine or a private network: loopback, private, shared and
 /// benchmarking ranges, "this network" (0.0.0.0/8), link-local (cloud metadata services),
 /// unique-local and the old site-local, multicast, broadcast, and IPv4 addresses written as
@@ -383,42 +377,66 @@ pub fn names_its_address(host: &str) -> bool {
     bare.parse::<std::net::IpAddr>().is_ok() || bare.eq_ignore_ascii_case("localhost")
 }
 
-/// Resolve granted `host:port` entries now; a name that does not resolve allows nothing, and
-/// a name's internal addresses are left out ([`names_its_address`]) unless `internal` (the
-/// operator's [`Grant::internal_hosts`]).
-pub fn resolve_hosts(hosts: &[String], internal: bool) -> Vec<AllowedHost> {
-    use std::net::ToSocketAddrs;
-    hosts
-        .iter()
-        .filter_map(|entry| {
-            let (host, port) = parse_host(entry).ok()?;
-            let mut addresses: Vec<std::net::IpAddr> = (host, 0)
-                .to_socket_addrs()
-                .map(|addrs| addrs.map(|a| a.ip()).collect())
-                .unwrap_or_default();
-            if !internal && !names_its_address(host) {
-                addresses.retain(|ip| !is_internal(*ip));
-            }
-            Some(AllowedHost { addresses, port })
-        })
-        .collect()
+/// The hosts one plugin call may open TCP connections to. A granted name is looked up when the
+/// plugin connects, under the call's deadline, not when the call starts: a call that never
+/// connects waits on no DNS, and a slow resolver cannot hold a call past its deadline.
+#[derive(Debug, Clone)]
+pub struct GrantedHosts {
+    /// The granted `host:port` entries (`None`: any port).
+    entries: Vec<(String, Option<u16>)>,
+    /// Whether granted names may lead to internal addresses ([`Grant::internal_hosts`]).
+    internal: bool,
+    deadline: Instant,
 }
 
-/// Whether a plugin granted `allowed` may use `addr` this way: connect to a granted address,
-/// and the implicit bind to an unspecified local address that a connect performs; nothing else
-/// (no listening, no explicit binds).
-pub fn connection_allowed(
-    allowed: &[AllowedHost],
-    addr: std::net::SocketAddr,
-    use_: wasmtime_wasi::sockets::SocketAddrUse,
-) -> bool {
-    use wasmtime_wasi::sockets::SocketAddrUse;
-    match use_ {
-        SocketAddrUse::TcpConnect => allowed
+impl GrantedHosts {
+    pub fn new(hosts: &[String], internal: bool, deadline: Instant) -> Self {
+        let entries = hosts
             .iter()
-            .any(|h| h.addresses.contains(&addr.ip()) && h.port.is_none_or(|p| p == addr.port())),
-        SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
-        _ => false,
+            .filter_map(|entry| {
+                let (host, port) = parse_host(entry).ok()?;
+                Some((host.to_string(), port))
+            })
+            .collect();
+        Self {
+            entries,
+            internal,
+            deadline,
+        }
+    }
+
+    /// Whether the plugin may use `addr` this way: connect to an address of a granted host on
+    /// a granted port, or the implicit bind to an unspecified local address a connect performs;
+    /// nothing else (no listening, no explicit binds). A name's internal addresses count only
+    /// for `localhost` or with the operator's `internal-hosts` ([`names_its_address`]).
+    pub async fn allow(&self, addr: std::net::SocketAddr, use_: SocketAddrUse) -> bool {
+        match use_ {
+            SocketAddrUse::TcpConnect => {}
+            SocketAddrUse::TcpBind => return addr.ip().is_unspecified() && addr.port() == 0,
+            _ => return false,
+        }
+        for (host, port) in &self.entries {
+            if port.is_some_and(|p| p != addr.port()) {
+                continue;
+            }
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                if ip == addr.ip() {
+                    return true;
+                }
+                continue;
+            }
+            if !self.internal && !names_its_address(host) && is_internal(addr.ip()) {
+                continue;
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let lookup = tokio::net::lookup_host((host.as_str(), addr.port()));
+            if let Ok(Ok(mut found)) = tokio::time::timeout(left, lookup).await
+                && found.any(|a| a.ip() == addr.ip())
+            {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -572,12 +590,45 @@ mod tests {
             assert!(names_its_address(operator_named), "{operator_named}");
         }
         assert!(!names_its_address("api.vendor.example"));
-        // An address granted as such stays reachable, internal or not.
-        let allowed = resolve_hosts(&["10.0.0.7:443".to_string()], false);
-        assert_eq!(
-            allowed[0].addresses,
-            ["10.0.0.7".parse::<std::net::IpAddr>().expect("ip")]
+    }
+
+    #[tokio::test]
+    async fn a_call_connects_only_to_granted_hosts_and_ports() {
+        let in_a_minute = Instant::now() + Duration::from_secs(60);
+        let granted = |hosts: &[&str], internal: bool| {
+            let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+            GrantedHosts::new(&hosts, internal, in_a_minute)
+        };
+        let at = |text: &str| text.parse::<std::net::SocketAddr>().expect("address");
+        let connect = SocketAddrUse::TcpConnect;
+        // An address granted as such stays reachable, internal or not, on its port only.
+        let address = granted(&["10.0.0.7:443"], false);
+        assert!(address.allow(at("10.0.0.7:443"), connect).await);
+        assert!(!address.allow(at("10.0.0.7:80"), connect).await);
+        assert!(!address.allow(at("10.0.0.8:443"), connect).await);
+        // localhost leads where it says; `*` is any port.
+        let local = granted(&["localhost:*"], false);
+        assert!(local.allow(at("127.0.0.1:8080"), connect).await);
+        assert!(!local.allow(at("10.0.0.7:8080"), connect).await);
+        // A name may not lead inside unless the operator said so; without that, it is not even
+        // looked up for an internal address.
+        let name = granted(&["api.vendor.example:443"], false);
+        assert!(!name.allow(at("127.0.0.1:443"), connect).await);
+        assert!(!name.allow(at("169.254.169.254:443"), connect).await);
+        // The bind a connect makes is allowed; listening and explicit binds are not.
+        assert!(address.allow(at("0.0.0.0:0"), SocketAddrUse::TcpBind).await);
+        assert!(
+            !address
+                .allow(at("0.0.0.0:8080"), SocketAddrUse::TcpBind)
+                .await
         );
+        assert!(
+            !address
+                .allow(at("10.0.0.7:443"), SocketAddrUse::TcpListen)
+                .await
+        );
+        // Nothing granted, nothing reachable.
+        assert!(!granted(&[], true).allow(at("127.0.0.1:443"), connect).await);
     }
 
     fn asks(toml_permissions: &str) -> Permissions {

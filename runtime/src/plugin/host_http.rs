@@ -2,16 +2,16 @@
 //! hosts the plugin was granted, by the name and port in its URL, before anything leaves the
 //! machine; a request to any other host is `HTTP-request-denied`. A granted name (not an address
 //! or `localhost`) whose addresses are internal is `destination-IP-prohibited`. Granted requests
-//! are sent by wasmtime-wasi-http's client with their timeouts cut to what is left of the
-//! plugin's deadline.
+//! go to the addresses that were checked ([`http_client`]), with their timeouts cut to what is
+//! left of the plugin's deadline.
 
 use std::future::Future;
 use std::time::Instant;
 
-use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::grants::{entry_covers, is_internal, names_its_address};
+use super::grants::entry_covers;
+use super::http_client::{self, Timeouts, checked_addresses, system_lookup};
 
 /// The per-call gate: the granted `host:port` entries, whether their names may lead to
 /// internal addresses, and the call's deadline.
@@ -38,23 +38,13 @@ pub fn uri_allowed(hosts: &[String], uri: &axum::http::Uri) -> bool {
         return false;
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-        Some("http") => 80,
-        _ => 443,
-    });
+    let port = uri.port_u16().unwrap_or(default_port(uri));
     hosts
         .iter()
         .any(|entry| entry_covers(entry, host, Some(port)))
 }
 
-type SendFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                axum::http::Response<WasiBody>,
-                Box<dyn Future<Output = Result<(), Error>> + Send>,
-            )>,
-        > + Send,
->;
+type SendFuture = Box<dyn Future<Output = wasmtime_wasi_http::Result<http_client::Sent>> + Send>;
 
 /// Most bytes of one write to an outgoing request body. A body's writes wait in host memory
 /// until the request is sent, which a plugin may never do: with the default 1 MiB a plugin could
@@ -78,41 +68,36 @@ impl WasiHttpHooks for HttpGate {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
-        // A granted name must lead to public addresses (see `names_its_address`). Checked
-        // here, before the client resolves the name again to connect: this stops a name whose
-        // records point inside, not one that changes its answer between the two lookups.
-        let name_to_check = request
-            .uri()
-            .host()
-            .filter(|host| !self.internal && !names_its_address(host))
-            .map(str::to_string);
         let options = options.unwrap_or_default();
-        let cut = |t: Option<std::time::Duration>| Some(t.map_or(left, |t| t.min(left)));
-        let options = RequestOptions {
-            connect_timeout: cut(options.connect_timeout),
-            first_byte_timeout: cut(options.first_byte_timeout),
-            between_bytes_timeout: cut(options.between_bytes_timeout),
+        let cut = |t: Option<std::time::Duration>| t.map_or(left, |t| t.min(left));
+        let timeouts = Timeouts {
+            connect: cut(options.connect_timeout),
+            first_byte: cut(options.first_byte_timeout),
+            between_bytes: cut(options.between_bytes_timeout),
         };
+        let internal = self.internal;
         Box::new(async move {
-            if let Some(name) = name_to_check {
-                let lookup = tokio::net::lookup_host((name.as_str(), 0));
-                let addresses: Vec<std::net::IpAddr> = tokio::time::timeout(left, lookup)
-                    .await
-                    .map_err(|_| Error::DnsTimeout)?
-                    .map_err(|_| Error::DestinationNotFound)?
-                    .map(|a| a.ip())
-                    .collect();
-                if addresses.iter().any(|ip| is_internal(*ip)) {
-                    return Err(Error::DestinationIpProhibited);
-                }
-            }
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
-            ))
+            let uri = request.uri();
+            let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?.to_string();
+            let port = uri.port_u16().unwrap_or(default_port(uri));
+            // Resolving counts against the connect timeout, as a connect by name would.
+            let started = Instant::now();
+            let addresses =
+                checked_addresses(&host, port, internal, system_lookup, timeouts.connect).await?;
+            let timeouts = Timeouts {
+                connect: timeouts.connect.saturating_sub(started.elapsed()),
+                ..timeouts
+            };
+            http_client::send(request, &addresses, timeouts).await
         })
+    }
+}
+
+/// The port a URL without one means.
+fn default_port(uri: &axum::http::Uri) -> u16 {
+    match uri.scheme_str() {
+        Some("http") => 80,
+        _ => 443,
     }
 }
 
