@@ -811,8 +811,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ));
                 }
             }
-            let listener = bind(listen)?;
+            let socket = bind(listen)?;
+            let limits = crate::server::Limits::from_env();
+            let rt = tokio::runtime::Runtime::new()
+                .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;
+            let startup =
+                crate::server::startup::Startup::begin(&rt, socket, limits.header_timeout)
+                    .map_err(|e| {
+                        CliError::new(
+                            ErrorCode::Internal,
+                            format!("cannot listen on {listen}: {e}"),
+                        )
+                    })?;
+            startup.stage("loading models");
             let engine = load_engine(&opts)?;
+            startup.stage("loading plugins");
             let (pipeline, reloader) = load_pipeline_with_reload(&opts, Some(engine.clone()))?;
             if let Some(reloader) = reloader {
                 let interval = std::env::var("AGENTRT_PLUGIN_POLL_MS")
@@ -826,7 +839,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     )
                 })?;
             }
+            startup.stage("warming the python sandbox");
             warm_sandbox(&pipeline);
+            startup.stage("opening the run store");
             let store = open_store(&opts)?;
             if let Some(keep) = crate::runs::retention_from_env() {
                 crate::runs::spawn_retention(store.clone(), keep).map_err(|e| {
@@ -846,7 +861,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 env_count("AGENTRT_RUN_WORKERS").unwrap_or(crate::runs::DEFAULT_WORKERS),
                 env_count("AGENTRT_RUN_QUEUE").unwrap_or(crate::runs::DEFAULT_CAPACITY),
             ));
-            let limits = crate::server::Limits::from_env();
             let state = crate::server::AppState {
                 engine,
                 pipeline,
@@ -856,10 +870,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 limits,
                 draining: Default::default(),
             };
-            let rt = tokio::runtime::Runtime::new()
-                .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;
             let stats = state.pipeline.stats.clone();
-            let served = rt.block_on(crate::server::serve(state, listener));
+            let served = rt.block_on(async {
+                let listener = startup.finish().await?;
+                crate::server::serve(state, listener).await
+            });
             // What the last plugin calls counted goes to the store before the process ends.
             stats.flush(std::time::Duration::from_secs(5));
             // A blocked stdin read (AGENTRT_EXIT_WITH_STDIN) or a plugin call past its

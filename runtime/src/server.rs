@@ -14,6 +14,7 @@ mod openai;
 pub mod openapi;
 mod routes;
 mod runs;
+pub mod startup;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -520,24 +521,17 @@ async fn refuse_declared_oversize(
 /// Serve `app` on `addr` until Ctrl-C or SIGTERM.
 /// Serve on `socket`, bound by the caller before the models load (an address in use is found
 /// in a moment, not after minutes of loading) and listening from now on.
-pub async fn serve(state: AppState, socket: tokio::net::TcpSocket) -> std::io::Result<()> {
-    let listener = socket.listen(1024)?;
+pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     // Signals are caught from before the server says it listens: one sent right after that
     // line must shut it down gracefully, not end it by the signal's default action.
     let signal = shutdown_signal();
     tracing::info!(address = %listener.local_addr()?, "agentrt listening");
-    // Scripts and tests read this line to learn the port when they asked for port 0. Nobody
-    // reading it (`serve | true`) is no reason to fail: the server ignores SIGPIPE.
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout();
-        let _ = writeln!(
-            out,
-            "agentrt listening on http://{}",
-            listener.local_addr()?
-        );
-        let _ = out.flush();
-    }
+    // Scripts and tests read this line to learn that the server is ready (and its port when
+    // they asked for port 0).
+    say_on_stdout(&format!(
+        "agentrt listening on http://{}",
+        listener.local_addr()?
+    ));
     let runs = state.runs.clone();
     let draining = state.draining.clone();
     let drain = state.limits.drain;
@@ -574,6 +568,15 @@ pub async fn serve(state: AppState, socket: tokio::net::TcpSocket) -> std::io::R
         finish_within,
     )
     .await
+}
+
+/// Write `line` to stdout at once. Nobody reading it (`serve | true`) is no reason to fail: the
+/// server ignores SIGPIPE.
+fn say_on_stdout(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Accept HTTP/1 connections and serve `app` on each until `shutdown` completes, then stop

@@ -79,6 +79,16 @@ impl Server {
 
     /// Start with its log (stderr) written to `log` when given.
     pub fn start_logging(extra: &[&str], env: &[(&str, &str)], log: Option<&Path>) -> Server {
+        Self::start_until(extra, env, log, "agentrt listening on ")
+    }
+
+    /// Start, and return as soon as the port answers, while models and plugins still load.
+    pub fn start_answering_early(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_until(extra, env, None, "agentrt starting on ")
+    }
+
+    /// Start, and wait for the stdout line beginning with `said` (followed by the address).
+    fn start_until(extra: &[&str], env: &[(&str, &str)], log: Option<&Path>, said: &str) -> Server {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::inherit(),
@@ -102,7 +112,7 @@ impl Server {
         let base = loop {
             match lines.next() {
                 Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("agentrt listening on ") {
+                    if let Some(url) = line.strip_prefix(said) {
                         break url.trim().to_string();
                     }
                 }

@@ -95,6 +95,53 @@ fn a_terminated_server_reports_draining_then_exits_cleanly() {
     assert!(exit.success(), "{exit:?}");
 }
 
+#[test]
+fn a_starting_server_answers_health_probes_and_says_what_it_loads() {
+    // A run store that accepts the connection and never answers holds the start at its last
+    // stage until the connection closes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let store = format!(
+        "postgres://agentrt@{}/agentrt?connect_timeout=60",
+        silent.local_addr().expect("address")
+    );
+    let s = Server::start_answering_early(&[], &[("AGENTRT_STORE", &store)]);
+    let (held, _) = silent.accept().expect("the server connects to its store");
+    let (status, body) = s.get("/health/live");
+    assert_eq!((status, &body["status"]), (200, &json!("alive")), "{body}");
+    // Ready says not yet; /health, for people, is 200 whatever it says, as when running.
+    for (probe, answer) in [("/health/ready", 503), ("/health", 200)] {
+        let (status, body) = s.get(probe);
+        assert_eq!(status, answer, "{probe}: {body}");
+        assert_eq!(body["status"], "starting", "{probe}: {body}");
+        assert_eq!(body["stage"], "opening the run store", "{probe}: {body}");
+    }
+    let (status, headers, text) = s.exchange("POST", "/generate", &[], Some(&json!({})));
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("MODEL_001") && text.contains("starting"),
+        "{text}"
+    );
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("retry-after"), Some("5"));
+    assert_eq!(header("connection"), Some("close"), "no client stays on it");
+    // OpenAI's clients read their own error shape.
+    let (status, body) = s.post("/v1/completions", &json!({"prompt": "x"}));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "MODEL_001", "{body}");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
+    // A start that fails still ends the process with the failure.
+    drop(held);
+    let exit = s
+        .wait_exit(Duration::from_secs(60))
+        .expect("the server exits when its store cannot be opened");
+    assert!(!exit.success(), "{exit:?}");
+}
+
 /// Poll `/metrics` until `line` appears (a gauge reaching a value).
 fn wait_for_metric(s: &Server, line: &str) {
     for _ in 0..200 {

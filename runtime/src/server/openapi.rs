@@ -140,7 +140,7 @@ pub fn document() -> Value {
         "/chat": {"post": operation("/chat", "One message to the model", Some(json_body(schema("ChatRequest"))), ok("The answer", any.clone()))},
         "/health": {"get": operation("/health", "Models and plugins loaded, uptime, version; always 200, whatever `status` says (probes use /health/ready)", None, ok("Health", schema("Health")))},
         "/health/live": {"get": operation("/health/live", "Liveness: the process answers", None, ok("Alive", any.clone()))},
-        "/health/ready": {"get": not_ready(operation("/health/ready", "Readiness: 503 while no model can serve, and while draining", None, ok("Ready", schema("Ready"))))},
+        "/health/ready": {"get": not_ready(operation("/health/ready", "Readiness: 503 while starting, while no model can serve, and while draining", None, ok("Ready", schema("Ready"))))},
         "/stats": {"get": operation("/stats", "Requests, failures by code, tokens, latency per endpoint and per plugin", None, ok("Statistics", schema("Stats")))},
         "/models": {"get": operation("/models", "The models served", None, ok("Models", any.clone()))},
         "/plugins": {"get": operation("/plugins", "The plugins in use, and the folder's components hot reload refused", None, ok("Plugins", schema("Plugins")))},
@@ -205,7 +205,8 @@ pub fn document() -> Value {
     );
     let health = object(
         json!({
-            "status": {"enum": ["healthy", "degraded", "draining"], "description": "degraded: some model cannot serve now; draining: shutting down"},
+            "status": {"enum": ["healthy", "degraded", "draining", "starting"], "description": "degraded: some model cannot serve now; draining: shutting down; starting: still loading (see stage)"},
+            "stage": {"type": "string", "description": "While starting: what is being loaded"},
             "model_loaded": {"type": "boolean", "description": "At least one model can serve"},
             "models": {"type": "array", "items": health_model},
             "plugins": {"type": "array", "items": health_plugin},
@@ -223,9 +224,11 @@ pub fn document() -> Value {
     );
     let ready = object(
         json!({
-            "status": {"enum": ["ready", "not_ready", "draining"]},
-            "models": {"type": "integer", "description": "Models that can serve now (absent while draining)"},
-            "plugins": {"type": "integer", "description": "Plugins loaded (absent while draining)"},
+            "status": {"enum": ["ready", "not_ready", "draining", "starting"]},
+            "models": {"type": "integer", "description": "Models that can serve now (absent while draining or starting)"},
+            "plugins": {"type": "integer", "description": "Plugins loaded (absent while draining or starting)"},
+            "stage": {"type": "string", "description": "While starting: what is being loaded"},
+            "uptime_seconds": {"type": "integer", "description": "While starting: seconds since the start"},
         }),
         &["status"],
     );

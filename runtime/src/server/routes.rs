@@ -413,7 +413,7 @@ pub async fn live() -> Json<Value> {
     Json(json!({"status": "alive"}))
 }
 
-/// Readiness: models and plugins are loaded (the server only listens once they are) and at
+/// Readiness: models and plugins are loaded (a starting server answers 503 `starting`) and at
 /// least one model serves.
 pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;

@@ -1,0 +1,190 @@
+//! The port answers while `agentrt serve` starts. Loading the models, compiling plugins the
+//! first time and warming the Python sandbox can take minutes on a small machine; meanwhile
+//! `/health/live` says the process is alive (a liveness probe must not kill a server that is
+//! still loading), `/health/ready` answers 503 and `/health` (always 200, as when running) says
+//! what is being loaded, and every other route is `503 MODEL_001` with `Retry-After`, instead of
+//! a refused connection.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use super::ApiError;
+use crate::error_code::ErrorCode;
+
+/// Seconds a client is asked to wait before trying again while the server starts.
+const RETRY_AFTER_S: u64 = 5;
+
+/// What the starting server is doing, and since when.
+#[derive(Debug, Clone)]
+struct Progress {
+    stage: Arc<Mutex<&'static str>>,
+    began: Instant,
+}
+
+impl Progress {
+    fn stage(&self) -> &'static str {
+        *self.stage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The answering started by [`Startup::begin`]; [`Startup::finish`] hands the listener on.
+pub struct Startup {
+    progress: Progress,
+    stop: tokio::sync::oneshot::Sender<()>,
+    answering: tokio::task::JoinHandle<tokio::net::TcpListener>,
+}
+
+impl Startup {
+    /// Listen on `socket` and answer as a starting server on `runtime` until
+    /// [`finish`](Self::finish). Prints `agentrt starting on http://ADDRESS` on stdout.
+    pub fn begin(
+        runtime: &tokio::runtime::Runtime,
+        socket: tokio::net::TcpSocket,
+        header_timeout: Duration,
+    ) -> std::io::Result<Self> {
+        let listener = {
+            let _reactor = runtime.enter();
+            socket.listen(1024)?
+        };
+        let address = listener.local_addr()?;
+        let progress = Progress {
+            stage: Arc::new(Mutex::new("starting")),
+            began: Instant::now(),
+        };
+        tracing::info!(%address, "agentrt starting: answering health probes while loading");
+        super::say_on_stdout(&format!("agentrt starting on http://{address}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let answering = runtime.spawn(answer_until(
+            listener,
+            router(progress.clone()),
+            header_timeout,
+            stopped,
+        ));
+        Ok(Self {
+            progress,
+            stop,
+            answering,
+        })
+    }
+
+    /// Say what is being loaded now (logged, and shown by the health routes).
+    pub fn stage(&self, what: &'static str) {
+        tracing::info!(
+            stage = what,
+            seconds = self.progress.began.elapsed().as_secs_f64(),
+            "starting"
+        );
+        *self
+            .progress
+            .stage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = what;
+    }
+
+    /// Stop answering as a starting server and give back the listener; connections made
+    /// meanwhile wait in its backlog for the real server.
+    pub async fn finish(self) -> std::io::Result<tokio::net::TcpListener> {
+        let _ = self.stop.send(());
+        self.answering.await.map_err(std::io::Error::other)
+    }
+}
+
+fn router(progress: Progress) -> axum::Router {
+    axum::Router::new()
+        .route("/health/live", get(super::routes::live))
+        .route("/health/ready", get(not_ready))
+        .route("/health", get(health))
+        .fallback(loading)
+        .with_state(progress)
+}
+
+/// `/health/ready`: 503, with the stage and how long the start has taken.
+async fn not_ready(State(progress): State<Progress>) -> Response {
+    let body = json!({
+        "status": "starting",
+        "stage": progress.stage(),
+        "uptime_seconds": progress.began.elapsed().as_secs(),
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// `/health`: for people and dashboards, 200 whatever its `status` says (as when running).
+async fn health(State(progress): State<Progress>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "starting",
+        "stage": progress.stage(),
+        "uptime_seconds": progress.began.elapsed().as_secs(),
+        "model_loaded": false,
+        "models": [],
+        "plugins": [],
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// Every other route: `503 MODEL_001`, in OpenAI's shape on the OpenAI-compatible paths.
+async fn loading(State(progress): State<Progress>, uri: Uri) -> Response {
+    let error = ApiError::new(
+        ErrorCode::ModelNotAvailable,
+        format!(
+            "the server is starting ({}, {} s so far): try again shortly",
+            progress.stage(),
+            progress.began.elapsed().as_secs()
+        ),
+    )
+    .retry_after(RETRY_AFTER_S);
+    if super::openai::is_openai_path(uri.path()) {
+        super::openai::OpenAiError(error).into_response()
+    } else {
+        error.into_response()
+    }
+}
+
+/// Serve `app` on `listener` until `stop`, then give the listener back. Each answer closes
+/// its connection, so no client stays on the starting server once the real one takes over.
+async fn answer_until(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::net::TcpListener {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = app.layer(axum::middleware::map_response(
+        |mut response: Response| async move {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        },
+    ));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => return listener,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
