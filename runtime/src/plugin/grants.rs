@@ -378,12 +378,18 @@ pub fn names_its_address(host: &str) -> bool {
 }
 
 /// The hosts one plugin call may open TCP connections to. A granted name is looked up when the
-/// plugin connects, under the call's deadline, not when the call starts: a call that never
-/// connects waits on no DNS, and a slow resolver cannot hold a call past its deadline.
-#[derive(Debug, Clone)]
+/// plugin first connects to one of its ports, under the call's deadline, not when the call
+/// starts, and once per call: a call that never connects waits on no DNS, a slow resolver
+/// cannot hold a call past its deadline, and many connects do not mean many lookups.
+#[derive(Debug)]
 pub struct GrantedHosts {
-    /// The granted `host:port` entries (`None`: any port).
-    entries: Vec<(String, Option<u16>)>,
+    /// The granted `host:port` entries (`None`: any port), with a name's addresses once looked
+    /// up (none when the lookup failed or ran out of time).
+    entries: Vec<(
+        String,
+        Option<u16>,
+        tokio::sync::OnceCell<Vec<std::net::IpAddr>>,
+    )>,
     /// Whether granted names may lead to internal addresses ([`Grant::internal_hosts`]).
     internal: bool,
     deadline: Instant,
@@ -395,7 +401,7 @@ impl GrantedHosts {
             .iter()
             .filter_map(|entry| {
                 let (host, port) = parse_host(entry).ok()?;
-                Some((host.to_string(), port))
+                Some((host.to_string(), port, tokio::sync::OnceCell::new()))
             })
             .collect();
         Self {
@@ -415,7 +421,7 @@ impl GrantedHosts {
             SocketAddrUse::TcpBind => return addr.ip().is_unspecified() && addr.port() == 0,
             _ => return false,
         }
-        for (host, port) in &self.entries {
+        for (host, port, looked_up) in &self.entries {
             if port.is_some_and(|p| p != addr.port()) {
                 continue;
             }
@@ -428,11 +434,17 @@ impl GrantedHosts {
             if !self.internal && !names_its_address(host) && is_internal(addr.ip()) {
                 continue;
             }
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            let lookup = tokio::net::lookup_host((host.as_str(), addr.port()));
-            if let Ok(Ok(mut found)) = tokio::time::timeout(left, lookup).await
-                && found.any(|a| a.ip() == addr.ip())
-            {
+            let addresses = looked_up
+                .get_or_init(|| async {
+                    let left = self.deadline.saturating_duration_since(Instant::now());
+                    let lookup = tokio::net::lookup_host((host.as_str(), 0));
+                    match tokio::time::timeout(left, lookup).await {
+                        Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                        _ => Vec::new(),
+                    }
+                })
+                .await;
+            if addresses.contains(&addr.ip()) {
                 return true;
             }
         }

@@ -74,6 +74,7 @@ impl WasiHttpHooks for HttpGate {
             connect: cut(options.connect_timeout),
             first_byte: cut(options.first_byte_timeout),
             between_bytes: cut(options.between_bytes_timeout),
+            deadline: tokio::time::Instant::from_std(self.deadline),
         };
         let internal = self.internal;
         Box::new(async move {

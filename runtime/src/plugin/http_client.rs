@@ -22,7 +22,8 @@ use wasmtime_wasi_http::{Error, WasiBody};
 
 use super::grants::{is_internal, names_its_address};
 
-/// How long each stage of one request may take, already cut to the call's deadline.
+/// How long each stage of one request may take, the plugin's asks, and the call's deadline,
+/// which no stage runs past.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// Resolving, connecting, the TLS handshake and the HTTP handshake, together.
@@ -31,6 +32,14 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// Longest quiet spell while the response body arrives.
     pub between_bytes: Duration,
+    pub deadline: tokio::time::Instant,
+}
+
+impl Timeouts {
+    /// When a stage that may take `limit` from now must end.
+    fn ends(&self, limit: Duration) -> tokio::time::Instant {
+        (tokio::time::Instant::now() + limit).min(self.deadline)
+    }
 }
 
 /// A name lookup: the host and port to the addresses to connect to.
@@ -148,9 +157,10 @@ pub async fn send(
             .await
             .map_err(Error::from)
     };
-    let (mut sender, connection) = tokio::time::timeout(timeouts.connect, handshake)
-        .await
-        .map_err(|_| Error::ConnectionTimeout)??;
+    let (mut sender, connection) =
+        tokio::time::timeout_at(timeouts.ends(timeouts.connect), handshake)
+            .await
+            .map_err(|_| Error::ConnectionTimeout)??;
     // On the wire the request line carries only the path; the name travels in `Host`.
     *request.uri_mut() = uri
         .path_and_query()
@@ -158,12 +168,14 @@ pub async fn send(
         .parse()
         .map_err(|_| Error::HttpRequestUriInvalid)?;
     let mut connection = Box::pin(connection);
-    let mut response = std::pin::pin!(tokio::time::timeout(
-        timeouts.first_byte,
+    let mut response = std::pin::pin!(tokio::time::timeout_at(
+        timeouts.ends(timeouts.first_byte),
         sender.send_request(request)
     ));
-    // The connection must be driven for the response to arrive.
+    // The connection must be driven for the response to arrive. A response already there
+    // wins over the connection's end (a server that answers early and closes).
     let (response, connection_ended) = tokio::select! {
+        biased;
         r = &mut response => (r, false),
         ended = &mut connection => {
             ended?;
@@ -185,24 +197,34 @@ pub async fn send(
         })
     };
     let (head, incoming) = response.into_parts();
-    let body = QuietLimit::new(incoming, timeouts.between_bytes).boxed_unsync();
+    let body = QuietLimit::new(incoming, timeouts.between_bytes, timeouts.deadline).boxed_unsync();
     Ok((axum::http::Response::from_parts(head, body), io))
 }
 
-/// A response body that fails with `ConnectionReadTimeout` after `gap` without a frame.
+/// A response body that fails with `ConnectionReadTimeout` after `gap` without a frame, or
+/// at the call's deadline.
 struct QuietLimit {
     incoming: hyper::body::Incoming,
     gap: Duration,
+    deadline: tokio::time::Instant,
     timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl QuietLimit {
-    fn new(incoming: hyper::body::Incoming, gap: Duration) -> Self {
-        Self {
+    fn new(incoming: hyper::body::Incoming, gap: Duration, deadline: tokio::time::Instant) -> Self {
+        let mut body = Self {
             incoming,
             gap,
-            timer: Box::pin(tokio::time::sleep(gap)),
-        }
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        body.restart_timer();
+        body
+    }
+
+    fn restart_timer(&mut self) {
+        let next = (tokio::time::Instant::now() + self.gap).min(self.deadline);
+        self.timer.as_mut().reset(next);
     }
 }
 
@@ -217,8 +239,7 @@ impl Body for QuietLimit {
         let this = &mut *self;
         match Pin::new(&mut this.incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = tokio::time::Instant::now() + this.gap;
-                this.timer.as_mut().reset(next);
+                this.restart_timer();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) if e.is_timeout() => {
@@ -311,7 +332,8 @@ mod tests {
     }
 
     /// A server on the loopback that answers one request with `answer` (then holds the
-    /// connection open for a while) and hands back the request it read.
+    /// connection open until the client closes it, 30 s at most) and hands back the request
+    /// it read.
     fn one_answer(answer: &'static [u8]) -> (u16, std::thread::JoinHandle<String>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
         let port = listener.local_addr().expect("address").port();
@@ -325,7 +347,9 @@ mod tests {
                 request.extend_from_slice(&buf[..n]);
             }
             conn.write_all(answer).expect("answer");
-            std::thread::sleep(Duration::from_millis(500));
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("read timeout");
+            while conn.read(&mut buf).is_ok_and(|n| n > 0) {}
             String::from_utf8_lossy(&request).into_owned()
         });
         (port, served)
@@ -347,6 +371,7 @@ mod tests {
             connect: A_WHILE,
             first_byte: A_WHILE,
             between_bytes,
+            deadline: tokio::time::Instant::now() + 3 * A_WHILE,
         }
     }
 
@@ -374,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_stops_arriving_ends_in_a_read_timeout() {
-        let (port, served) =
+        let (port, _served) =
             one_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst part");
         let addresses = [SocketAddr::from(([127, 0, 0, 1], port))];
         let request = get(&format!("http://svc.example:{port}/"));
@@ -388,7 +413,28 @@ mod tests {
             "{:?}",
             read.map(|_| ())
         );
-        served.join().expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_body_still_arriving_at_the_call_deadline_ends_there() {
+        // The server holds the connection for 30 s at most and the quiet spell may last a
+        // minute: only the deadline ends this read in a timeout.
+        let (port, _served) =
+            one_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst part");
+        let addresses = [SocketAddr::from(([127, 0, 0, 1], port))];
+        let request = get(&format!("http://svc.example:{port}/"));
+        let limits = Timeouts {
+            deadline: tokio::time::Instant::now() + Duration::from_secs(2),
+            ..timeouts(Duration::from_secs(60))
+        };
+        let (response, io) = send(request, &addresses, limits).await.expect("sent");
+        tokio::spawn(Box::into_pin(io));
+        let read = response.into_body().collect().await;
+        assert!(
+            matches!(read, Err(Error::ConnectionReadTimeout)),
+            "{:?}",
+            read.map(|_| ())
+        );
     }
 
     #[tokio::test]

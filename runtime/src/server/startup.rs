@@ -168,7 +168,11 @@ async fn answer_until(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     loop {
+        // Once told to stop, accept nothing more: what waits in the backlog is the real
+        // server's.
         let stream = tokio::select! {
+            biased;
+            _ = &mut stop => return listener,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -177,7 +181,6 @@ async fn answer_until(
                     continue;
                 }
             },
-            _ = &mut stop => return listener,
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let connection = builder.serve_connection(TokioIo::new(stream), service);
