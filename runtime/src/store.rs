@@ -312,6 +312,14 @@ pub fn now_ms() -> i64 {
 const BACKUP_TRIES: u32 = 100;
 const BACKUP_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// Whether SQLite failed because the file is damaged (not for want of memory, a lock...).
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
 /// Copy every page of `source` into `target` in one backup step, that is in one read
 /// transaction: a consistent snapshot, and in WAL mode the server's writers go on meanwhile.
 /// Not in several steps: SQLite restarts a backup from page 1 when another connection commits
@@ -409,16 +417,22 @@ impl Store {
         copy_in_one_step(&source, &mut target).map_err(|e| fail(&e))?;
         // The online backup copies damaged pages as they are: found now, not at the restore
         // that needed the backup.
-        let problems: Vec<String> = target
+        let mut problems = Vec::new();
+        let checked = target
             .prepare("PRAGMA integrity_check")
             .and_then(|mut stmt| {
-                stmt.query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(|e| fail(&e))?
-            .into_iter()
-            .filter(|line| line != "ok")
-            .collect();
+                for line in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                    problems.push(line?);
+                }
+                Ok(())
+            });
+        problems.retain(|line| line != "ok");
+        match checked {
+            Ok(()) => {}
+            // The check itself stops at some damage (a page that is not one).
+            Err(e) if is_damage(&e) => problems.push(e.to_string()),
+            Err(e) => return Err(fail(&e)),
+        }
         if !problems.is_empty() {
             return Err(fail(&format!(
                 "the store is damaged, so the copy would be too ({}); run `agentrt doctor`",
@@ -754,7 +768,7 @@ mod conformance {
     pub struct Harness {
         open: Opener,
         /// The PostgreSQL URL (its schema chosen), for tests that play other hosts.
-        postgres_url: Option<String>,
+        pub(super) postgres_url: Option<String>,
         /// SQL that makes the store look written by a newer agentrt.
         newer_schema: &'static str,
         cleanup: Option<Box<dyn FnOnce()>>,
@@ -1223,6 +1237,52 @@ mod online_backup {
         assert!(commits > 0, "the writer committed during the backup");
         let copy = Store::open(&dest).expect("open the copy");
         assert_eq!(copy.check_integrity().expect("check"), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The online backup copies pages as they are: a damaged store must fail its backup (the
+    /// copy checked), not yield a backup that fails at the restore that needs it.
+    #[test]
+    fn a_backup_of_a_damaged_store_fails_instead_of_copying_the_damage() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-damaged-backup-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let src = dir.join("live.db");
+        {
+            let store = Store::open(&src).expect("open");
+            for i in 0..50 {
+                store
+                    .insert_run(&format!("r{i}"), &Value::Null)
+                    .expect("insert");
+            }
+        } // Closed: the log is checkpointed into the file.
+        // Zero one index's root page; the tables, and so the file's opening, are unharmed.
+        let (page_size, root): (i64, i64) = {
+            let c = Connection::open(&src).expect("open");
+            let page_size = c
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .expect("page size");
+            let root = c
+                .query_row(
+                    "SELECT rootpage FROM sqlite_schema WHERE name = 'runs_by_creation'",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("the index's root page");
+            (page_size, root)
+        };
+        let mut bytes = std::fs::read(&src).expect("read");
+        let start = usize::try_from((root - 1) * page_size).expect("offset");
+        let end = start + usize::try_from(page_size).expect("size");
+        bytes[start..end].fill(0);
+        std::fs::write(&src, bytes).expect("damage");
+
+        let err = Store::backup_online(&src, &dir.join("copy.db")).expect_err("damaged");
+        assert!(err.message.contains("damaged"), "{err}");
+        assert_eq!(err.code(), ErrorCode::StoreFailed);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -100,6 +100,13 @@ pub struct PgStore {
     /// Whether this store holds the instance lock (a server) or only reads and writes (tools).
     exclusive: bool,
     client: Mutex<Option<Client>>,
+    /// The backend process of the session this store opened last: its pid and start time
+    /// (together they name one session; a pid alone may be reused). After a connection is lost
+    /// on our side only (a half-open drop), that backend may live on, holding the instance
+    /// lock and maybe an open transaction's row locks, until the server's TCP keepalive
+    /// notices (hours by default); the reconnect ends it rather than wait on it, or take its
+    /// lock for another host's.
+    last_backend: Mutex<Option<(i32, String)>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -178,6 +185,7 @@ impl PgStore {
             instance: instance.to_string(),
             exclusive,
             client: Mutex::new(None),
+            last_backend: Mutex::new(None),
         };
         let client = store.open_client()?;
         *store.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
@@ -197,6 +205,18 @@ impl PgStore {
             .map_err(|e| self.fail(e))?
             .connect(NoTls)
             .map_err(|e| self.fail(e))?;
+        let lingering = self
+            .last_backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if self.exclusive
+            && let Some((pid, started)) = lingering
+        {
+            // Before the schema step, which would wait on the row locks of a transaction the
+            // lost session left open.
+            self.end_lingering_session(&mut client, pid, &started);
+        }
         let mut tx = client.transaction().map_err(|e| self.fail(e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .map_err(|e| self.fail(e))?;
@@ -249,7 +269,51 @@ impl PgStore {
                 )));
             }
         }
+        let row = client
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(|e| self.fail(e))?;
+        *self.last_backend.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((row.get(0), row.get(1)));
         Ok(client)
+    }
+
+    /// End this store's earlier session (backend `pid`, started at `started`) if it still holds
+    /// the instance lock, which it can only do with its client gone. Another host's session is
+    /// left alone. Failing to end it (no right to signal it) is logged: the lock retries that
+    /// follow then say the instance is taken.
+    fn end_lingering_session(&self, client: &mut Client, pid: i32, started: &str) {
+        // A lock on one bigint key shows in pg_locks as its two halves, objsubid 1.
+        let ended = client.query_opt(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid AND a.backend_start::text = $3
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid = $2
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND ((l.classid::bigint << 32) | l.objid::bigint)
+                   = hashtext('agentrt instance ' || current_schema() || ' ' || $1)::bigint",
+            &[&self.instance, &pid, &started],
+        );
+        match ended.map(|row| row.map(|r| r.get::<_, bool>(0))) {
+            Ok(Some(true)) => tracing::warn!(
+                store = %self.shown,
+                pid,
+                "ended this server's earlier database session, which outlived its connection and still held the instance lock"
+            ),
+            Ok(Some(false)) => tracing::warn!(
+                store = %self.shown,
+                pid,
+                "could not end this server's earlier database session, which still holds the instance lock"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                store = %self.shown,
+                pid,
+                error = %e,
+                "could not look for this server's earlier database session"
+            ),
+        }
     }
 
     /// Run `f` on the session, reopening it first when it was lost.
@@ -620,6 +684,73 @@ mod tests {
         assert_eq!(own.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert_eq!(own.get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
         assert_eq!(own.get_keepalives_idle(), Duration::from_secs(60));
+    }
+
+    /// Wait until `client` holds this instance's lock (another session may take moments to
+    /// let it go).
+    fn take_instance_lock(client: &mut Client, instance: &str) {
+        for _ in 0..100 {
+            let got: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtext('agentrt instance ' || current_schema() || ' ' || $1))",
+                    &[&instance],
+                )
+                .expect("try the lock")
+                .get(0);
+            if got {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the instance lock was never free");
+    }
+
+    /// The session's pid and start, as the store records its own.
+    fn session(client: &mut Client) -> (i32, String) {
+        let row = client
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .expect("session");
+        (row.get(0), row.get(1))
+    }
+
+    #[test]
+    fn a_reconnect_ends_its_own_lingering_session_but_not_another_hosts() {
+        let Some(harness) = crate::store::conformance::postgres() else {
+            return;
+        };
+        let url = harness.postgres_url.clone().expect("a PostgreSQL harness");
+        let instance = "lingering-test";
+        let store = PgStore::connect(&url, instance, true).expect("connect");
+        // The store's session is lost on its side while its backend lives on holding the lock
+        // (a half-open drop): a second session holding the lock plays that backend.
+        *store.client.lock().expect("client") = None;
+        let mut lingering = Client::connect(&url, NoTls).expect("connect");
+        take_instance_lock(&mut lingering, instance);
+        // Lost in the middle of a transaction: its row locks would hold the schema step.
+        lingering
+            .batch_execute("BEGIN; UPDATE runs SET updated_at_ms = updated_at_ms")
+            .expect("an open transaction");
+        *store.last_backend.lock().expect("pid") = Some(session(&mut lingering));
+        assert!(store.run("none").expect("reconnected").is_none());
+        assert!(
+            lingering.simple_query("SELECT 1").is_err(),
+            "the lingering session was ended"
+        );
+        // A session of another host holding the lock is not this store's to end.
+        *store.client.lock().expect("client") = None;
+        let mut other = Client::connect(&url, NoTls).expect("connect");
+        take_instance_lock(&mut other, instance);
+        let refused = store.run("none").expect_err("the instance is taken");
+        assert!(
+            refused.message.contains("another agentrt server"),
+            "{refused}"
+        );
+        other
+            .simple_query("SELECT 1")
+            .expect("the other host's session lives");
     }
 
     #[test]
