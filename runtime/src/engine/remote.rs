@@ -7,17 +7,19 @@
 //! model). At load the server's `/models` must answer and list the model. A generation is one
 //! streamed request (`/chat/completions` for conversations, `/completions` for text and, with
 //! `suffix`, fill-in-the-middle) read on its own thread and handed on as it comes, exactly like a
-//! local generation: the caller sees the same [`Generation`]. Cancelling or a deadline closes
-//! the connection, which stops the remote generation; so does a remote that sends nothing for
-//! `AGENTRT_REMOTE_STALL_SECS` (default 300 s), which fails the generation with `MODEL_002`
-//! instead of holding it and its thread. The limit also covers the wait for the first token,
+//! local generation: the caller sees the same [`Generation`]. Cancelling, a deadline or the
+//! caller leaving ends the generation at once, its place freed, whatever the remote is doing;
+//! the connection closes when the remote next sends (or at the stall limit), which stops the
+//! remote generation. A remote that sends nothing for `AGENTRT_REMOTE_STALL_SECS` (default
+//! 300 s) fails the generation with `MODEL_002` instead of holding it and its thread. The limit also covers the wait for the first token,
 //! while the remote reads the prompt (vLLM and llama.cpp's server send nothing meanwhile, and
 //! ureq's limit cannot start later), so it is set well above a long prompt's reading time.
 //! Sampling: `max_tokens`, `temperature`, `top_p`, `seed` and `stop` are sent; `top_k` and the
 //! repeat penalty are not part of the OpenAI API and stay with the remote's defaults. Token
 //! counts come from the remote's `/tokenize` (vLLM's and agentrt's).
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -41,6 +43,25 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `AGENTRT_REMOTE_STALL_SECS` says otherwise: five minutes, as a CPU server reading a prompt
 /// of tens of thousands of tokens before its first byte must not fail.
 const STALL_LIMIT: Duration = Duration::from_secs(300);
+
+/// How often a streamed generation waiting on the remote looks whether it should stop.
+const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What stops a remote generation: the caller's cancel and deadline, and the caller dropping
+/// its [`Generation`].
+struct Watch<'a> {
+    control: &'a Control,
+    caller_left: &'a AtomicBool,
+}
+
+impl Watch<'_> {
+    fn check(&self) -> Result<(), EngineError> {
+        if self.caller_left.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        self.control.check()
+    }
+}
 
 /// A health probe's answer (why the model cannot serve, if it cannot) and when it came.
 type ProbeAnswer = (Instant, Result<(), String>);
@@ -389,13 +410,19 @@ impl RemoteModel {
         let (progress, events) = mpsc::channel();
         let remote = self.clone();
         let control = control.clone();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let caller_left = abandoned.clone();
         // Waiting until the remote answers, running while it streams: the same series as a
         // local model's, token counts from the server's usage.
         let mut timer = crate::metrics::GenerationTimer::arrive(served_as, 0);
         std::thread::Builder::new()
             .name("agentrt-remote".into())
             .spawn(move || {
-                let result = remote.stream(path, &body, &control, &progress, &mut timer);
+                let watch = Watch {
+                    control: &control,
+                    caller_left: &caller_left,
+                };
+                let result = remote.stream(path, body, &watch, &progress, &mut timer);
                 // Settle the metrics and give the place back before the caller hears of the
                 // end, as the local scheduler does: a client that saw the end finds both done.
                 drop(timer);
@@ -406,7 +433,7 @@ impl RemoteModel {
         Ok(Generation {
             events,
             model: None,
-            abandoned: None,
+            abandoned: Some(abandoned),
         })
     }
 
@@ -448,52 +475,43 @@ impl RemoteModel {
         (path, body)
     }
 
-    /// Read the stream, handing text on; stops (closing the connection) when the caller goes
-    /// away, cancels, runs past its deadline, or the remote sends nothing for the stall limit.
+    /// Send the request and read the stream, handing text on. It stops when the caller goes
+    /// away, cancels or runs past its deadline, within [`WATCH_INTERVAL`] whatever the remote
+    /// is doing (reading a long prompt sends nothing for minutes), and gives its place back;
+    /// the connection closes as the reader thread next wakes (a line, or the stall limit),
+    /// which stops the remote generation. A remote that sends nothing for the stall limit
+    /// fails it.
     fn stream(
         &self,
         path: &str,
-        body: &Value,
-        control: &Control,
+        body: Value,
+        watch: &Watch<'_>,
         progress: &mpsc::Sender<Progress>,
         timer: &mut crate::metrics::GenerationTimer,
     ) -> Result<Completion, EngineError> {
-        let left = control
-            .deadline
-            .map(|deadline| deadline.saturating_duration_since(Instant::now()));
-        // ureq restarts the per-read limit at each read of the socket (headers and body), so
-        // it bounds silence, not the length of the answer; the deadline bounds that.
-        let req = self
-            .post(path)
-            .config()
-            .timeout_global(left)
-            .timeout_per_read(Some(self.stall_limit))
-            .build();
-        let mut resp = req
-            .send(body.to_string())
-            .map_err(|e| self.transport_error(e))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            let text = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(self.status_error(status, &text));
-        }
-        timer.admitted();
-        let mut reader = std::io::BufReader::new(resp.body_mut().as_reader());
+        let lines = self.read_on_a_thread(path, body, watch.control.deadline)?;
+        let mut admitted = false;
         let mut text = String::new();
         let mut usage = Usage::default();
         let mut finish = FinishReason::EndOfSequence;
-        let mut line = String::new();
         loop {
-            control.check()?;
-            line.clear();
-            let read = std::io::BufRead::read_line(&mut reader, &mut line)
-                .map_err(|e| self.read_error(e))?;
-            if read == 0 {
-                return Err(self.error(
-                    None,
-                    ErrorCode::GenerationFailed,
-                    "stream ended without [DONE]",
-                ));
+            watch.check()?;
+            let line = match lines.recv_timeout(WATCH_INTERVAL) {
+                Ok(Ok(line)) => line,
+                Ok(Err(e)) => return Err(e),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.error(
+                        None,
+                        ErrorCode::GenerationFailed,
+                        "stream ended without [DONE]",
+                    ));
+                }
+            };
+            if !admitted {
+                // The first line is the answer's head having come: the remote took it.
+                timer.admitted();
+                admitted = true;
             }
             let Some(data) = line.trim_end().strip_prefix("data:").map(str::trim) else {
                 continue;
@@ -547,6 +565,68 @@ impl RemoteModel {
             finish_reason: finish,
             usage,
         })
+    }
+
+    /// Send the request on a thread of its own, which hands on each line of a `200` answer
+    /// (or the error that ended it) and ends with the answer, closing the connection, or as
+    /// soon as nobody takes its lines. An empty line first says the head has come.
+    fn read_on_a_thread(
+        &self,
+        path: &str,
+        body: Value,
+        deadline: Option<Instant>,
+    ) -> Result<mpsc::Receiver<Result<String, EngineError>>, EngineError> {
+        let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        // ureq restarts the per-read limit at each read of the socket (headers and body), so
+        // it bounds silence, not the length of the answer; the deadline bounds that.
+        let request = self
+            .post(path)
+            .config()
+            .timeout_global(left)
+            .timeout_per_read(Some(self.stall_limit))
+            .build();
+        let remote = self.clone();
+        // A few lines ahead at most: the reader waits for the generation, not the other way.
+        let (lines, received) = mpsc::sync_channel(16);
+        std::thread::Builder::new()
+            .name("agentrt-remote-read".into())
+            .spawn(move || {
+                let mut resp = match request.send(body.to_string()) {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        let _ = lines.send(Err(remote.transport_error(e)));
+                        return;
+                    }
+                };
+                let status = resp.status().as_u16();
+                if status != 200 {
+                    let text = resp.body_mut().read_to_string().unwrap_or_default();
+                    let _ = lines.send(Err(remote.status_error(status, &text)));
+                    return;
+                }
+                if lines.send(Ok(String::new())).is_err() {
+                    return;
+                }
+                let mut reader = std::io::BufReader::new(resp.body_mut().as_reader());
+                loop {
+                    let mut line = String::new();
+                    match std::io::BufRead::read_line(&mut reader, &mut line) {
+                        // The end: dropping the sender tells the generation.
+                        Ok(0) => return,
+                        Ok(_) => {
+                            if lines.send(Ok(line)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = lines.send(Err(remote.read_error(e)));
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| EngineError::Runtime(format!("cannot start a remote generation: {e}")))?;
+        Ok(received)
     }
 
     /// Tokens of `text` by the remote's tokenizer (its `/tokenize`).
@@ -671,6 +751,83 @@ mod tests {
                 _ => return,
             }
         }
+    }
+
+    /// A remote that takes requests and sends nothing back (as one reading a long prompt),
+    /// holding each connection until the test ends; how many it took.
+    fn silent_remote() -> (String, mpsc::Sender<()>, std::thread::JoinHandle<usize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}/v1", listener.local_addr().expect("address"));
+        let (hold, held) = mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let mut connections = Vec::new();
+            listener.set_nonblocking(true).expect("nonblocking");
+            while held.try_recv() == Err(mpsc::TryRecvError::Empty) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_nonblocking(false).expect("blocking");
+                        read_request_head(&mut conn);
+                        connections.push(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            connections.len()
+        });
+        (base, hold, server)
+    }
+
+    /// Wait (a generous guard, for a loaded machine) until `remote` has its place back.
+    fn place_comes_back(remote: &RemoteModel) -> bool {
+        (0..600).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            remote.in_flight.available() == 1
+        })
+    }
+
+    #[test]
+    fn a_cancel_or_a_caller_leaving_frees_the_place_while_the_remote_is_silent() {
+        let (base, hold, server) = silent_remote();
+        // Far longer than the test's guards: only the cancel can end these generations.
+        let remote = test_remote(base, Duration::from_secs(600), 1);
+        let start = |control: &Control| {
+            remote.start(
+                "remote-cancel-test",
+                &Prompt::Text("def f():".into()),
+                &SamplingParams::default(),
+                control,
+            )
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancellable = Control {
+            cancel: Some(cancel.clone()),
+            ..Control::default()
+        };
+        let generation = start(&cancellable).expect("start");
+        cancel.store(true, Ordering::Relaxed);
+        let outcome = match generation.events.recv_timeout(Duration::from_secs(30)) {
+            Ok(Progress::Done(result)) => result,
+            Ok(Progress::Text(piece)) => panic!("the silent remote sent {piece:?}"),
+            Err(e) => panic!("a cancelled generation did not end: {e}"),
+        };
+        assert!(
+            matches!(outcome, Err(EngineError::Cancelled)),
+            "{outcome:?}"
+        );
+        assert!(
+            place_comes_back(&remote),
+            "the cancelled generation kept its place"
+        );
+
+        // A caller that drops its generation gives the place back too.
+        let generation = start(&Control::default()).expect("a place is free again");
+        drop(generation);
+        assert!(
+            place_comes_back(&remote),
+            "the abandoned generation kept its place"
+        );
+        let _ = hold.send(());
+        assert_eq!(server.join().expect("server"), 2);
     }
 
     #[test]
