@@ -329,8 +329,9 @@ pub fn entry_covers(entry: &str, host: &str, port: Option<u16>) -> bool {
 
 /// Whether `ip` is inside this machine or a private network: loopback, private, shared and
 /// benchmarking ranges, "this network" (0.0.0.0/8), link-local (cloud metadata services),
-/// unique-local and the old site-local, multicast, broadcast, and IPv4 addresses written as
-/// IPv6 (mapped, or through the NAT64 prefix 64:ff9b::/96).
+/// unique-local and the old site-local, multicast, broadcast, the local-use NAT64 prefix
+/// (64:ff9b:1::/48), and internal IPv4 addresses written as IPv6 (mapped, IPv4-compatible,
+/// 6to4, or through the well-known NAT64 prefix 64:ff9b::/96).
 pub fn is_internal(ip: std::net::IpAddr) -> bool {
     use std::net::{IpAddr, Ipv4Addr};
     match ip {
@@ -349,21 +350,27 @@ pub fn is_internal(ip: std::net::IpAddr) -> bool {
         }
         IpAddr::V6(a) => {
             let segments = a.segments();
+            let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
             let site_local = (segments[0] & 0xffc0) == 0xfec0;
-            let nat64 = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-            let embedded = nat64.then(|| {
-                let [.., hi, lo] = segments;
-                Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))
-            });
+            let local_nat64 = segments[..3] == [0x64, 0xff9b, 1];
+            let [.., hi, lo] = segments;
+            let last_32_bits = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] // NAT64
+                || segments[..6] == [0; 6]; // IPv4-compatible (deprecated)
+            let embedded = if last_32_bits {
+                Some(v4(hi, lo))
+            } else if segments[0] == 0x2002 {
+                Some(v4(segments[1], segments[2])) // 6to4
+            } else {
+                a.to_ipv4_mapped()
+            };
             a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
                 || a.is_unique_local()
                 || a.is_unicast_link_local()
                 || site_local
-                || a.to_ipv4_mapped()
-                    .or(embedded)
-                    .is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+                || local_nat64
+                || embedded.is_some_and(|v4| is_internal(IpAddr::V4(v4)))
         }
     }
 }
@@ -583,6 +590,11 @@ mod tests {
             "fec0::1",
             "::ffff:127.0.0.1",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::808:808",
+            "::127.0.0.1",
+            "::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
         ] {
             let ip: std::net::IpAddr = internal.parse().expect("address");
             assert!(is_internal(ip), "{internal}");
@@ -594,6 +606,8 @@ mod tests {
             "2606:2800:220:1::1",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "::8.8.8.8",
+            "2002:808:808::1",
         ] {
             let ip: std::net::IpAddr = public.parse().expect("address");
             assert!(!is_internal(ip), "{public}");
