@@ -397,43 +397,39 @@ mod tests {
         assert!(request.contains("host: svc.example\r\n"), "{request}");
     }
 
-    #[tokio::test]
-    async fn a_body_that_stops_arriving_ends_in_a_read_timeout() {
+    /// Read a body whose server sends 10 of its 100 bytes and then nothing (holding the
+    /// connection for 30 s at most), under `limits`.
+    async fn read_a_stalled_body(limits: Timeouts) -> Result<(), Error> {
         let (port, _served) =
             one_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst part");
         let addresses = [SocketAddr::from(([127, 0, 0, 1], port))];
         let request = get(&format!("http://svc.example:{port}/"));
-        let (response, io) = send(request, &addresses, timeouts(Duration::from_millis(50)))
-            .await
-            .expect("sent");
+        let (response, io) = send(request, &addresses, limits).await.expect("sent");
         tokio::spawn(Box::into_pin(io));
-        let read = response.into_body().collect().await;
+        response.into_body().collect().await.map(drop)
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_ends_in_a_read_timeout() {
+        let read = read_a_stalled_body(timeouts(Duration::from_millis(50))).await;
         assert!(
             matches!(read, Err(Error::ConnectionReadTimeout)),
-            "{:?}",
-            read.map(|_| ())
+            "{read:?}"
         );
     }
 
     #[tokio::test]
     async fn a_body_still_arriving_at_the_call_deadline_ends_there() {
-        // The server holds the connection for 30 s at most and the quiet spell may last a
-        // minute: only the deadline ends this read in a timeout.
-        let (port, _served) =
-            one_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst part");
-        let addresses = [SocketAddr::from(([127, 0, 0, 1], port))];
-        let request = get(&format!("http://svc.example:{port}/"));
+        // The quiet spell may last a minute and the server holds on for 30 s: only the
+        // deadline ends this read in a timeout.
         let limits = Timeouts {
             deadline: tokio::time::Instant::now() + Duration::from_secs(2),
             ..timeouts(Duration::from_secs(60))
         };
-        let (response, io) = send(request, &addresses, limits).await.expect("sent");
-        tokio::spawn(Box::into_pin(io));
-        let read = response.into_body().collect().await;
+        let read = read_a_stalled_body(limits).await;
         assert!(
             matches!(read, Err(Error::ConnectionReadTimeout)),
-            "{:?}",
-            read.map(|_| ())
+            "{read:?}"
         );
     }
 

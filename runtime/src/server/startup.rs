@@ -154,7 +154,7 @@ async fn answer_until(
     header_timeout: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> tokio::net::TcpListener {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::TokioIo;
     let app = app.layer(axum::middleware::map_response(
         |mut response: Response| async move {
             response
@@ -163,24 +163,14 @@ async fn answer_until(
             response
         },
     ));
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+    let builder = super::http1_builder(header_timeout);
     loop {
         // Once told to stop, accept nothing more: what waits in the backlog is the real
         // server's.
         let stream = tokio::select! {
             biased;
             _ = &mut stop => return listener,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            stream = super::accept(&listener) => stream,
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let connection = builder.serve_connection(TokioIo::new(stream), service);
