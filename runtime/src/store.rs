@@ -312,12 +312,30 @@ pub fn now_ms() -> i64 {
 const BACKUP_TRIES: u32 = 100;
 const BACKUP_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
-/// Whether SQLite failed because the file is damaged (not for want of memory, a lock...).
-fn is_damage(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-    )
+/// What SQLite's own consistency check (`PRAGMA integrity_check`) finds wrong with the file:
+/// nothing when it is sound. Damage that stops the check itself (a page that is not one) is
+/// one of the problems, not an error; other failures (memory, a lock) are errors.
+fn sqlite_problems(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let checked = c.prepare("PRAGMA integrity_check").and_then(|mut stmt| {
+        for line in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            problems.push(line?);
+        }
+        Ok(())
+    });
+    problems.retain(|line| line != "ok");
+    let damaged = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    };
+    match checked {
+        Err(e) if damaged(&e) => problems.push(e.to_string()),
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    Ok(problems)
 }
 
 /// Copy every page of `source` into `target` in one backup step, that is in one read
@@ -417,22 +435,7 @@ impl Store {
         copy_in_one_step(&source, &mut target).map_err(|e| fail(&e))?;
         // The online backup copies damaged pages as they are: found now, not at the restore
         // that needed the backup.
-        let mut problems = Vec::new();
-        let checked = target
-            .prepare("PRAGMA integrity_check")
-            .and_then(|mut stmt| {
-                for line in stmt.query_map([], |r| r.get::<_, String>(0))? {
-                    problems.push(line?);
-                }
-                Ok(())
-            });
-        problems.retain(|line| line != "ok");
-        match checked {
-            Ok(()) => {}
-            // The check itself stops at some damage (a page that is not one).
-            Err(e) if is_damage(&e) => problems.push(e.to_string()),
-            Err(e) => return Err(fail(&e)),
-        }
+        let problems = sqlite_problems(&target).map_err(|e| fail(&e))?;
         if !problems.is_empty() {
             return Err(fail(&format!(
                 "the store is damaged, so the copy would be too ({}); run `agentrt doctor`",
@@ -696,14 +699,7 @@ impl RunStore for Store {
     /// with one `done` event, event numbers have no gaps. `Ok(())` or the problems found.
     fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {
         self.with(|c| {
-            let mut problems: Vec<String> = {
-                let mut stmt = c.prepare("PRAGMA integrity_check")?;
-                stmt.query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?
-                    .into_iter()
-                    .filter(|line| line != "ok")
-                    .collect()
-            };
+            let mut problems = sqlite_problems(c)?;
             let mut stmt = c.prepare(INVARIANTS_QUERY)?;
             let rows = stmt.query_map([], |r| {
                 Ok(invariant_problem(

@@ -398,6 +398,18 @@ mod tests {
     const EMPTY_MODULE: &[u8] = b"\0asm\x01\0\0\0";
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
+    /// A cache in `dir` and an engine, after loading the empty module (its hash) through them
+    /// once: whether that load was a hit.
+    fn first_load(dir: &Path) -> (CompileCache, wasmtime::Engine, String, bool) {
+        let cache = CompileCache::new(Some(dir.to_path_buf()));
+        let engine = wasmtime::Engine::default();
+        let hash = sha256_hex(EMPTY_MODULE);
+        let (_, hit) = cache
+            .load_module(&engine, EMPTY_MODULE, &hash)
+            .expect("compile");
+        (cache, engine, hash, hit)
+    }
+
     fn temp(label: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!(
             "agentrt-compile-cache-{label}-{}-{}",
@@ -462,12 +474,7 @@ mod tests {
             std::fs::write(path, b"x").expect("write");
             set_age(path, 60 * DAY);
         }
-        let cache = CompileCache::new(Some(dir.clone()));
-        let engine = wasmtime::Engine::default();
-        let hash = sha256_hex(EMPTY_MODULE);
-        let (_, hit) = cache
-            .load_module(&engine, EMPTY_MODULE, &hash)
-            .expect("compile");
+        let (cache, engine, hash, hit) = first_load(&dir);
         assert!(!hit);
         let written = cache.entry(&engine, &hash).expect("a cache folder");
         assert!(written.exists(), "the entry just stored stays");
@@ -489,12 +496,7 @@ mod tests {
         let dir = temp("trust");
         // A folder of ours open to others is closed before use.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        let cache = CompileCache::new(Some(dir.clone()));
-        let engine = wasmtime::Engine::default();
-        let hash = sha256_hex(EMPTY_MODULE);
-        let (_, hit) = cache
-            .load_module(&engine, EMPTY_MODULE, &hash)
-            .expect("compile");
+        let (cache, engine, hash, hit) = first_load(&dir);
         assert!(!hit);
         let mode = std::fs::metadata(&dir).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
@@ -536,12 +538,7 @@ mod tests {
     #[test]
     fn a_hit_marks_its_entry_used() {
         let dir = temp("hit");
-        let cache = CompileCache::new(Some(dir.clone()));
-        let engine = wasmtime::Engine::default();
-        let hash = sha256_hex(EMPTY_MODULE);
-        cache
-            .load_module(&engine, EMPTY_MODULE, &hash)
-            .expect("compile");
+        let (cache, engine, hash, _) = first_load(&dir);
         let entry = cache.entry(&engine, &hash).expect("a cache folder");
         set_age(&entry, 60 * DAY);
         let (_, hit) = cache

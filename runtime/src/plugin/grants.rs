@@ -384,6 +384,12 @@ pub fn names_its_address(host: &str) -> bool {
     bare.parse::<std::net::IpAddr>().is_ok() || bare.eq_ignore_ascii_case("localhost")
 }
 
+/// Whether a granted `host` may lead to `ip`: an internal address only for a host that names
+/// its address ([`names_its_address`]), or with the operator's `internal-hosts` (`internal`).
+pub fn may_lead_to(host: &str, ip: std::net::IpAddr, internal: bool) -> bool {
+    internal || names_its_address(host) || !is_internal(ip)
+}
+
 /// The hosts one plugin call may open TCP connections to. A granted name is looked up when the
 /// plugin first connects to one of its ports, under the call's deadline, not when the call
 /// starts, and once per call: a call that never connects waits on no DNS, a slow resolver
@@ -438,7 +444,7 @@ impl GrantedHosts {
                 }
                 continue;
             }
-            if !self.internal && !names_its_address(host) && is_internal(addr.ip()) {
+            if !may_lead_to(host, addr.ip(), self.internal) {
                 continue;
             }
             let addresses = looked_up

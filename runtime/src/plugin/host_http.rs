@@ -69,6 +69,8 @@ impl WasiHttpHooks for HttpGate {
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
         let options = options.unwrap_or_default();
+        // Each stage at most what is left: the lookup is bounded by it, and a plugin's huge
+        // timeout must not overflow the clock when added to it.
         let cut = |t: Option<std::time::Duration>| t.map_or(left, |t| t.min(left));
         let timeouts = Timeouts {
             connect: cut(options.connect_timeout),

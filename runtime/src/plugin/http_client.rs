@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use wasmtime_wasi_http::{Error, WasiBody};
 
-use super::grants::{is_internal, names_its_address};
+use super::grants::may_lead_to;
 
 /// How long each stage of one request may take, the plugin's asks, and the call's deadline,
 /// which no stage runs past.
@@ -75,7 +75,10 @@ pub async fn checked_addresses(
     if addresses.is_empty() {
         return Err(Error::DestinationNotFound);
     }
-    if !internal && !names_its_address(bare) && addresses.iter().any(|a| is_internal(a.ip())) {
+    if addresses
+        .iter()
+        .any(|a| !may_lead_to(bare, a.ip(), internal))
+    {
         return Err(Error::DestinationIpProhibited);
     }
     Ok(addresses)
