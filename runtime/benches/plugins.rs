@@ -38,7 +38,7 @@ fn main() {
     let config = Arc::new(Config::default());
     let cache = CompileCache::new(Some(agentrt::paths::component_cache()));
     let host = PluginHost::new(None, None, cache, config).expect("plugin host");
-    let plugins = load_plugins(&host, None).expect("default plugins");
+    let plugins = load_plugins(&host, None).expect("default plugins").set;
     println!(
         "instance allocator: {}",
         if host.pooling() {

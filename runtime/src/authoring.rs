@@ -14,20 +14,51 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::doctor::{Report, Status};
+use crate::error_code::ErrorCode;
 pub use crate::plugin::registry::{load_file, read_manifest};
 use crate::plugin::{PluginHost, grants, self_test};
 
+/// The steps of [`check_file`], in order.
+pub const CHECK_STEPS: [&str; 4] = ["manifest", "permissions", "component", "self-test"];
+
+/// What [`check_file`] found, and the code of the failure a server would meet first.
+pub struct FileCheck {
+    pub report: Report,
+    /// `PLUGIN_002` for a manifest or component that does not load (or a name a server
+    /// refuses), `PLUGIN_006` for permissions not granted, the self-test's own code.
+    pub failure: Option<ErrorCode>,
+}
+
 /// Check a component file step by step; the report fails at the first step that does, and
 /// carries on only while later steps still mean something.
-pub fn check_file(host: &PluginHost, wasm: &Path) -> Report {
+pub fn check_file(host: &PluginHost, wasm: &Path) -> FileCheck {
     let mut report = Report::default();
+    let failure = check_steps(host, wasm, &mut report).err();
+    FileCheck { report, failure }
+}
+
+fn check_steps(host: &PluginHost, wasm: &Path, report: &mut Report) -> Result<(), ErrorCode> {
     let manifest = match read_manifest(wasm) {
         Ok(m) => m,
         Err(e) => {
             report.add("manifest", Status::Fail, e);
-            return report;
+            return Err(ErrorCode::PluginLoad);
         }
     };
+    if let Some(taken_by) = crate::plugin::registry::default_world_of(&manifest.name)
+        .filter(|world| world.role() != manifest.world.role())
+    {
+        report.add(
+            "manifest",
+            Status::Fail,
+            format!(
+                "the name {:?} is the default {taken_by} plugin's: a server refuses a {} plugin \
+                 of that name (grants follow names); rename it in plugin.toml",
+                manifest.name, manifest.world
+            ),
+        );
+        return Err(ErrorCode::PluginLoad);
+    }
     report.add(
         "manifest",
         Status::Ok,
@@ -68,7 +99,7 @@ pub fn check_file(host: &PluginHost, wasm: &Path) -> Report {
                     asked(&manifest.permissions)
                 ),
             );
-            return report;
+            return Err(ErrorCode::PluginAccessDenied);
         }
     }
     let started = Instant::now();
@@ -76,7 +107,7 @@ pub fn check_file(host: &PluginHost, wasm: &Path) -> Report {
         Ok(p) => Arc::new(p),
         Err(e) => {
             report.add("component", Status::Fail, e.to_string());
-            return report;
+            return Err(e.code());
         }
     };
     report.add(
@@ -98,9 +129,12 @@ pub fn check_file(host: &PluginHost, wasm: &Path) -> Report {
             Status::Ok,
             format!("{detail}; {} ms", started.elapsed().as_millis()),
         ),
-        Err(e) => report.add("self-test", Status::Fail, format!("{} {e}", e.code_str())),
+        Err(e) => {
+            report.add("self-test", Status::Fail, format!("{} {e}", e.code_str()));
+            return Err(e.code());
+        }
     }
-    report
+    Ok(())
 }
 
 /// The permissions a manifest asks for, without the fields it leaves out.

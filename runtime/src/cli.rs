@@ -21,7 +21,7 @@ use crate::pipeline::{FindingOut, Pipeline, PipelineRequest};
 use crate::plugin::PluginHost;
 use crate::plugin::bindings::CodeArtifact;
 use crate::plugin::compile_cache::CompileCache;
-use crate::plugin::registry::{LivePlugins, load_plugins_for_reload};
+use crate::plugin::registry::{LivePlugins, load_plugins};
 use crate::plugin::reload::Reloader;
 use crate::stats::Stats;
 
@@ -485,12 +485,37 @@ fn plugin_host(
     Ok((host, sandbox))
 }
 
-/// Build the plugin host and load the plugins (models may be absent for `check`).
+/// Build the plugin host and load the plugins (models may be absent for `check`), for a
+/// one-off command: a folder component that was refused is the error (a command asked to use
+/// a plugin must not quietly run the default instead).
 pub fn load_pipeline(
     opts: &RuntimeOpts,
     engine: Option<Arc<Engine>>,
 ) -> Result<Pipeline, CliError> {
-    load_pipeline_with_reload(opts, engine).map(|(pipeline, _)| pipeline)
+    let (pipeline, _) = load_pipeline_with_reload(opts, engine)?;
+    match refusal_error(&pipeline.plugins.refused()) {
+        None => Ok(pipeline),
+        Some(e) => Err(e),
+    }
+}
+
+/// The error of a folder with refused components: the first one's code, every one's reason.
+fn refusal_error(refused: &[crate::plugin::registry::Refused]) -> Option<CliError> {
+    let first = refused.first()?;
+    let code = ErrorCode::parse(&first.code).unwrap_or(ErrorCode::PluginLoad);
+    let all: Vec<String> = refused
+        .iter()
+        .map(|r| format!("{}: {} {}", r.file.display(), r.code, r.message))
+        .collect();
+    Some(CliError::new(
+        code,
+        format!(
+            "{} plugin(s) of the folder refused: {} (`agentrt plugin list` lists the folder \
+             with every refusal)",
+            refused.len(),
+            all.join("; ")
+        ),
+    ))
 }
 
 /// [`load_pipeline`], with the watcher that hot-reloads the plugin folder when there is one
@@ -502,10 +527,10 @@ pub fn load_pipeline_with_reload(
     let (host, sandbox) = plugin_host(opts, engine)?;
     let host = Arc::new(host);
     let started = Instant::now();
-    let loaded = load_plugins_for_reload(&host, opts.plugins.as_deref())
+    let loaded = load_plugins(&host, opts.plugins.as_deref())
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "plugins loaded");
-    let plugins = LivePlugins::new(loaded.set);
+    let plugins = LivePlugins::with_refused(loaded.set, loaded.refused);
     let reloader = opts.plugins.as_ref().map(|dir| {
         Reloader::new(
             host.clone(),
@@ -827,6 +852,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let engine = load_engine(&opts)?;
             startup.stage("loading plugins");
             let (pipeline, reloader) = load_pipeline_with_reload(&opts, Some(engine.clone()))?;
+            // The server runs without them, as it would after a hot reload refused them.
+            for refused in pipeline.plugins.refused() {
+                refused.log();
+            }
             if let Some(reloader) = reloader {
                 let interval = std::env::var("AGENTRT_PLUGIN_POLL_MS")
                     .ok()
@@ -981,8 +1010,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 &json!({"findings": findings, "checks": checks}),
                 || {
                     print_findings(&file, &findings);
-                    for c in checks.iter().filter(|c| c.error.is_some()) {
-                        println!("check {} failed: {:?}", c.name, c.error);
+                    // The first failed check is the command's error (below); the others here.
+                    let failed = checks
+                        .iter()
+                        .filter_map(|c| c.error.as_ref().map(|e| (c, e)));
+                    for (c, e) in failed.skip(1) {
+                        println!("check {} failed: {} {}", c.name, e.code, e.message);
                     }
                 },
             );
@@ -1235,7 +1268,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let listing = match server {
                 Some(base) => server_plugins(&base)?,
                 None => {
-                    let pipeline = load_pipeline(&opts, None)?;
+                    // As a server would start on the folder: what it uses, and what it refuses
+                    // (listed, and then the command's error, so a script notices).
+                    let (pipeline, _) = load_pipeline_with_reload(&opts, None)?;
                     let list: Vec<Value> = pipeline
                         .plugins
                         .current()
@@ -1243,7 +1278,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                         .iter()
                         .map(|p| p.describe())
                         .collect();
-                    json!({"plugins": list, "refused": []})
+                    let refused = pipeline.plugins.refused();
+                    let listing = json!({"plugins": list, "refused": refused});
+                    emit(opts.json, &listing, || print_plugin_list(&listing));
+                    return refusal_error(&refused).map_or(Ok(()), Err);
                 }
             };
             emit(opts.json, &listing, || print_plugin_list(&listing));
@@ -1314,28 +1352,57 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             // Generators and reviewers need the model for their self-test; without one they are
             // only instantiated, and the report says so.
             let uses_llm = crate::authoring::read_manifest(&file).is_ok_and(|m| m.world.uses_llm());
-            let engine = if uses_llm {
-                load_engine(&opts).ok()
+            let (engine, model_problem) = if uses_llm {
+                match load_engine(&opts) {
+                    Ok(engine) => (Some(engine), None),
+                    Err(e) => (None, Some(e)),
+                }
             } else {
-                None
+                (None, None)
             };
             let (host, _) = plugin_host(&opts, engine)?;
-            let report = crate::authoring::check_file(&host, &file);
+            let crate::authoring::FileCheck {
+                mut report,
+                failure,
+            } = crate::authoring::check_file(&host, &file);
+            if let Some(e) = model_problem {
+                // Without a model the self-test only instantiates the plugin: say why.
+                report.checks.insert(
+                    0,
+                    crate::doctor::Check {
+                        name: "model".into(),
+                        status: crate::doctor::Status::Warn,
+                        detail: format!(
+                            "{} {} (the self-test cannot call the model)",
+                            e.code, e.message
+                        ),
+                    },
+                );
+            }
             emit(
                 opts.json,
                 &serde_json::to_value(&report).unwrap_or_default(),
                 || report.print(),
             );
-            match report.failures() {
-                0 => Ok(()),
-                n => Err(CliError::new(
-                    ErrorCode::PluginLoad,
-                    format!(
-                        "{}: {n} of {} checks failed",
-                        file.display(),
-                        report.checks.len()
-                    ),
-                )),
+            match failure {
+                None => Ok(()),
+                Some(code) => {
+                    let failed: Vec<&str> = report
+                        .checks
+                        .iter()
+                        .filter(|c| c.status == crate::doctor::Status::Fail)
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    Err(CliError::new(
+                        code,
+                        format!(
+                            "{}: failed at {} (the checks are {})",
+                            file.display(),
+                            failed.join(", "),
+                            crate::authoring::CHECK_STEPS.join(", ")
+                        ),
+                    ))
+                }
             }
         }
         Command::Plugin {
@@ -1356,8 +1423,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 for f in &files {
                     println!("  {}", f.display());
                 }
+                let config = if world.uses_llm() {
+                    " --config agentrt.toml"
+                } else {
+                    ""
+                };
                 println!(
-                    "next: cd {} && agentrt plugin build && agentrt plugin check dist/{name}.wasm",
+                    "next: cd {} && agentrt plugin build && agentrt plugin check \
+                     dist/{name}.wasm{config}",
                     project.display()
                 );
             });

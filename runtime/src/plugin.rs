@@ -19,6 +19,7 @@ mod host_sandbox;
 mod http_client;
 pub mod manifest;
 pub mod output;
+mod output_tail;
 mod pool;
 pub mod registry;
 pub mod reload;
@@ -416,7 +417,8 @@ impl PluginHost {
         } else {
             None
         };
-        let state = PluginState::new(
+        let output = output_tail::OutputTail::default();
+        let mut state = PluginState::new(
             plugin.manifest.clone(),
             plugin.granted.clone(),
             plugin.tokens.clone(),
@@ -426,9 +428,10 @@ impl PluginHost {
             } else {
                 None
             },
-            wasi_context(granted, deadline)?,
+            wasi_context(granted, deadline, &output)?,
             deadline,
         );
+        state.output = output;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(HOSTCALL_FUEL);
@@ -808,9 +811,15 @@ impl PluginHost {
 }
 
 /// The WASI context of one call: only the granted environment variables, folders and hosts.
-fn wasi_context(granted: &Granted, deadline: Instant) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
+fn wasi_context(
+    granted: &Granted,
+    deadline: Instant,
+    output: &output_tail::OutputTail,
+) -> wasmtime::Result<wasmtime_wasi::WasiCtx> {
     let mut builder = wasmtime_wasi::WasiCtx::builder();
     builder.monotonic_clock(host_clocks::CallClock);
+    // Kept for the message of a trap (a traceback, a panic message), nowhere else.
+    builder.stdout(output.clone()).stderr(output.clone());
     for name in &granted.env {
         if let Ok(value) = std::env::var(name) {
             builder.env(name, value);
@@ -925,5 +934,10 @@ fn classify_failure(
             message: "the result is larger than the host accepts".into(),
         };
     }
+    // The plugin's own last words: a Python traceback, a Rust panic message.
+    let message = match state.output.text() {
+        Some(said) => format!("{message}; the plugin's output ended with: {said}"),
+        None => message,
+    };
     PluginError::Trap { plugin, message }
 }

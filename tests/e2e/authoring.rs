@@ -228,7 +228,7 @@ fn a_component_built_for_another_wit_line_is_refused() {
             && out.contains(&format!("{}.{}.x", host.major, host.minor)),
         "{out}{err}"
     );
-    // A server refuses it at start, with the same reason.
+    // A server leaves it out at start, with the same reason (`plugin list` shows it so).
     let (ok, _, err) = run_cli(&["plugin", "list", "--plugins", dir.to_str().expect("utf-8")]);
     assert!(
         !ok && err.contains(&format!("agentrt:plugin@{other_line}")),

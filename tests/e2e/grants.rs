@@ -218,18 +218,30 @@ fn a_plugin_asking_for_more_than_it_is_granted_fails_to_load_naming_the_permissi
         );
         println!("refused: {}", stderr.trim());
     }
-    // The server refuses to start on it too, rather than run without the plugin silently.
+    // A server starts without it, as hot reload would refuse it, and says so: a folder a
+    // running server took must not keep it from starting again.
     std::fs::write(&config, "").expect("write config");
-    let (ok, _, stderr) = run_cli(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
+    let server = Server::start(&[
         "--plugins",
         path_str(&plugins),
         "--config",
         path_str(&config),
     ]);
-    assert!(!ok && stderr.contains("PLUGIN_006"), "{stderr}");
+    let (_, body) = server.get("/plugins");
+    assert_eq!(body["refused"][0]["code"], "PLUGIN_006", "{body}");
+    assert!(
+        body["refused"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("env \"SNOOP_VISIBLE\" is not granted")),
+        "{body}"
+    );
+    assert!(
+        !body["plugins"].to_string().contains("snoop-check"),
+        "{body}"
+    );
+    let (_, health) = server.get("/health");
+    assert_eq!(health["plugins_refused"], 1, "{health}");
+    drop(server);
     let _ = std::fs::remove_dir_all(plugins);
     let _ = std::fs::remove_dir_all(data);
 }

@@ -64,6 +64,15 @@ fn trapping_reviewer_is_a_plugin_error() {
         (502, "PLUGIN_003"),
         "{body}"
     );
+    // The plugin's own account of the trap (its panic message, written to stderr) comes with
+    // it, on one line.
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the plugin's output ended with:")
+            && message.contains("trap-reviewer panics on purpose (asked to review 6 bytes")
+            && !message.contains('\n'),
+        "{body}"
+    );
     still_serving();
 }
 

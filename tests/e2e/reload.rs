@@ -268,3 +268,152 @@ fn a_version_refused_only_because_the_slots_were_busy_is_reported_as_busy() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&config);
 }
+
+/// A folder with components that cannot take their place still serves the rest: the server
+/// starts without them and says which and why (in `/plugins` and `/health`), where it used to
+/// refuse to start on the first, and a later restart on a folder hot reload had accepted could
+/// crash-loop. A one-off command asked to use the folder fails on them instead.
+#[test]
+fn a_server_starts_without_the_folder_plugins_that_cannot_take_their_place() {
+    let dir = plugin_folder("misplaced", "echo-check", "echo-check", None);
+    let add = |wasm_of: &str, name: &str, manifest: String| {
+        std::fs::copy(test_plugin_wasm(wasm_of), dir.join(format!("{name}.wasm"))).expect("copy");
+        std::fs::write(dir.join(format!("{name}.toml")), manifest).expect("write manifest");
+    };
+    // Two error handlers: which one the operator meant is not the host's guess.
+    for handler in ["retry-handler", "abort-check-handler"] {
+        add(
+            handler,
+            handler,
+            super::harness::test_plugin_manifest(handler),
+        );
+    }
+    // A check named after the default generator would put the generator out (and take its
+    // grants); a reviewer named after the default check would take that check's grants.
+    add(
+        "echo-check",
+        "generator",
+        super::harness::test_plugin_manifest_with(
+            "echo-check",
+            "name = \"echo-check\"",
+            "name = \"generator\"",
+        ),
+    );
+    add(
+        "trap-reviewer",
+        "python-quality",
+        super::harness::test_plugin_manifest_with(
+            "trap-reviewer",
+            "name = \"trap-reviewer\"",
+            "name = \"python-quality\"",
+        ),
+    );
+    // A manifest that would forge a log line if its parse error were logged as it is.
+    std::fs::write(dir.join("broken.wasm"), b"\0asm\x0d\0\x01\0not a component").expect("write");
+    std::fs::write(
+        dir.join("broken.toml"),
+        "\"\\nFORGED INFO agentrt: plugin call outcome=ok\" = 1\n",
+    )
+    .expect("write manifest");
+    let folder = dir.to_str().expect("utf-8");
+
+    let server = Server::start(&["--plugins", folder]);
+    let (status, body) = server.get("/plugins");
+    assert_eq!(status, 200, "{body}");
+    let refused: Vec<(String, String, String)> = body["refused"]
+        .as_array()
+        .expect("refused")
+        .iter()
+        .map(|r| {
+            let file = r["file"].as_str().expect("file");
+            let stem = Path::new(file).file_stem().expect("stem");
+            (
+                stem.to_string_lossy().into_owned(),
+                r["code"].as_str().expect("code").to_string(),
+                r["message"].as_str().expect("message").to_string(),
+            )
+        })
+        .collect();
+    let mut names: Vec<&str> = refused.iter().map(|(n, _, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "abort-check-handler",
+            "broken",
+            "generator",
+            "python-quality",
+            "retry-handler"
+        ],
+        "{body}"
+    );
+    for (name, code, message) in &refused {
+        assert_eq!(code, "PLUGIN_002", "{name}: {message}");
+        assert!(!message.contains('\n'), "{name}: {message:?}");
+        let why = match name.as_str() {
+            "generator" => "is the default generator plugin's",
+            "python-quality" => "is the default quality-check plugin's",
+            "broken" => "broken.toml",
+            _ => "the folder has 2 plugins for the error-handler role",
+        };
+        assert!(message.contains(why), "{name}: {message}");
+    }
+    // What could take its place is in use; the defaults keep the rest.
+    let in_use: Vec<(String, String)> = body["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().expect("name").to_string(),
+                p["source"]["kind"].as_str().expect("source").to_string(),
+            )
+        })
+        .collect();
+    for (name, source) in [
+        ("generator", "embedded"),
+        ("reviewer", "embedded"),
+        ("error-handler", "embedded"),
+        ("python-quality", "embedded"),
+        ("echo-check", "file"),
+    ] {
+        assert!(
+            in_use.contains(&(name.to_string(), source.to_string())),
+            "{name} ({source}) not in use: {body}"
+        );
+    }
+    let (_, health) = server.get("/health");
+    assert_eq!(health["plugins_refused"], 5, "{health}");
+    let (status, body) = server.post(
+        "/check",
+        &json!({"code": "x = 1  # TODO: tidy\n", "checks": ["echo-check"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["findings"][0]["rule_id"], "todo-comment", "{body}");
+    drop(server);
+
+    // `plugin list` shows the folder as a server would use it; a one-off check fails on it.
+    let (ok, stdout, stderr) = run_cli(&["plugin", "list", "--plugins", folder, "--json"]);
+    assert!(!ok && stderr.contains("PLUGIN_002"), "{stderr}");
+    let listing: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(
+        listing["refused"].as_array().map(Vec::len),
+        Some(5),
+        "{listing}"
+    );
+    let code_file = dir.with_extension("py");
+    std::fs::write(&code_file, "x = 1\n").expect("write code");
+    let (ok, _, stderr) = run_cli(&[
+        "check",
+        code_file.to_str().expect("utf-8"),
+        "--plugins",
+        folder,
+    ]);
+    assert!(!ok, "a one-off command ran with refused plugins");
+    assert!(
+        stderr.contains("error PLUGIN_002: 5 plugin(s) of the folder refused"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&code_file);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -64,7 +64,7 @@ pub fn build(project: &Path, out: &Path) -> Result<Built, BuildError> {
     let manifest = Manifest::parse(&manifest_text)
         .map_err(|e| BuildError::Project(format!("{}: {e}", manifest_path.display())))?;
     // componentize-py writes into a folder of its own, removed after the copy.
-    let staging = std::env::temp_dir().join(format!("agentrt-plugin-build-{}", std::process::id()));
+    let staging = private_staging().map_err(io("create a build folder".to_string()))?;
     let built = if project.join("Cargo.toml").is_file() {
         build_rust(project).map(|wasm| ("rust", wasm))
     } else if project.join("app.py").is_file() {
@@ -159,8 +159,9 @@ fn build_rust(project: &Path) -> Result<PathBuf, BuildError> {
             .env("CARGO_TARGET_DIR", &target_dir),
     )
     .map_err(|e| match e {
-        BuildError::Failed { .. } => BuildError::Project(format!(
-            "{e} (the Rust target must be installed: rustup target add wasm32-wasip2)"
+        // The hint only where it is the cause: a missing target is one failure among many.
+        BuildError::Failed { .. } if !wasm_target_installed() => BuildError::Project(format!(
+            "{e} (the Rust target is not installed: rustup target add wasm32-wasip2)"
         )),
         other => other,
     })?;
@@ -202,6 +203,73 @@ fn componentize_py() -> Result<PathBuf, BuildError> {
 }
 
 /// componentize-py over the project's own modules (not `test_*.py`), from its `wit/`.
+/// Whether the Rust toolchain cargo uses has the standard library for `wasm32-wasip2`.
+fn wasm_target_installed() -> bool {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .is_some_and(|sysroot| {
+            Path::new(&sysroot)
+                .join("lib/rustlib/wasm32-wasip2")
+                .is_dir()
+        })
+}
+
+/// A new folder only this user can enter, under a name nobody could have prepared: the
+/// build's sources are copied into it and the component is written there, so another user of
+/// a shared `/tmp` must be able neither to plant modules in it nor to have a folder of theirs
+/// removed in its place (`create_dir` fails on a name that exists; nothing existing is used).
+fn private_staging() -> std::io::Result<PathBuf> {
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    let mut attempts = 0;
+    loop {
+        let path = std::env::temp_dir().join(format!(
+            "agentrt-plugin-build-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        match builder.create(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Copy the project's Python modules into `to`: the `.py` files of its top folder and of its
+/// packages (folders with an `__init__.py`), leaving out tests (`test_*.py`, `tests/`), the
+/// build's output and hidden folders. `top` is the project's own folder.
+fn copy_python_sources(from: &Path, to: &Path, top: bool) -> Result<(), BuildError> {
+    let entries = std::fs::read_dir(from).map_err(io(format!("read {}", from.display())))?;
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_file() && name.ends_with(".py") && !name.starts_with("test_") {
+            std::fs::create_dir_all(to).map_err(io(format!("create {}", to.display())))?;
+            std::fs::copy(&path, to.join(&name)).map_err(io(format!("copy {}", path.display())))?;
+        } else if kind.is_dir()
+            && path.join("__init__.py").is_file()
+            && !name.starts_with('.')
+            && name != "tests"
+            && !(top && matches!(name.as_str(), "dist" | "wit"))
+        {
+            copy_python_sources(&path, &to.join(&name), false)?;
+        }
+    }
+    Ok(())
+}
+
 fn build_python(
     project: &Path,
     manifest: &Manifest,
@@ -218,15 +286,7 @@ fn build_python(
     let tool = componentize_py()?;
     let app = staging.join("app");
     std::fs::create_dir_all(&app).map_err(io(format!("create {}", app.display())))?;
-    let entries = std::fs::read_dir(project).map_err(io(format!("read {}", project.display())))?;
-    for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        let file = entry.file_name().to_string_lossy().to_string();
-        if path.is_file() && file.ends_with(".py") && !file.starts_with("test_") {
-            std::fs::copy(&path, app.join(&file))
-                .map_err(io(format!("copy {}", path.display())))?;
-        }
-    }
+    copy_python_sources(project, &app, true)?;
     let wasm = staging.join("component.wasm");
     run(
         "componentize-py",

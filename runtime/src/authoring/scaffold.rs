@@ -49,6 +49,11 @@ const SDK_WIT_PATH_IN_REPO: &str = "path: \"../../wit\"";
 const SDK_WIT_PATH_IN_PROJECT: &str = "path: \"wit\"";
 
 const README: &str = include_str!("templates/README.md.tmpl");
+/// The operator's grant a plugin that calls the model needs, as a config of its own project.
+const DEV_CONFIG: &str = "# The grant this plugin needs from a server's operator, for\n\
+# `agentrt plugin check dist/{{name}}.wasm --config agentrt.toml`.\n\
+[grants.{{name}}]\n\
+models = [\"*\"]\n";
 const GITIGNORE: &str = include_str!("templates/rust/gitignore.tmpl");
 const RUST_CARGO: &str = include_str!("templates/rust/Cargo.toml.tmpl");
 const RUST_SDK_CARGO: &str = include_str!("templates/rust/sdk-Cargo.toml.tmpl");
@@ -229,13 +234,20 @@ pub fn create(
             )
         }
     };
-    let grant_note = if world.uses_llm() {
-        format!(
-            "\nIt calls the model, so the server's operator must grant that in the config (`--config`):\n\n\
-             ```toml\n[grants.{name}]\nmodels = [\"*\"]\n```\n"
+    // A plugin that calls the model needs the operator's grant, for `plugin check` as for a
+    // server: the project carries one, so the commands its README gives work as written.
+    let (grant_note, check_args) = if world.uses_llm() {
+        files.push(("agentrt.toml".into(), DEV_CONFIG.to_string()));
+        (
+            format!(
+                "\nIt calls the model, so the server's operator must grant that in the config (`--config`):\n\n\
+                 ```toml\n[grants.{name}]\nmodels = [\"*\"]\n```\n\n\
+                 `agentrt.toml` in this project holds that grant, for `agentrt plugin check`.\n"
+            ),
+            " --config agentrt.toml",
         )
     } else {
-        String::new()
+        (String::new(), "")
     };
     let world_name = world.to_string();
     let values = [
@@ -248,6 +260,7 @@ pub fn create(
         ("test_command", test_command),
         ("files", listing),
         ("grant_note", grant_note.as_str()),
+        ("check_args", check_args),
     ];
     files.push(("README.md".into(), README.to_string()));
     let filled = files

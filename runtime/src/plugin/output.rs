@@ -69,15 +69,43 @@ fn clip(s: &mut String, max: usize) {
     }
 }
 
+/// The code a plugin's error gets when the one it gave is unusable: empty, or one only the
+/// host may give.
+pub const PLUGIN_ERROR_CODE: &str = "PLUGIN_ERROR";
+
 /// A plugin's own error, clipped to sane sizes (the code ends up as a statistics key).
+///
+/// A plugin may relay the host's model, generation, review, plugin, timeout and cancellation
+/// codes, and name codes of its own, but not claim one of the codes that tell a client
+/// something about the server or its credentials: `AUTH_*` would answer `401` (the client
+/// drops its key), `QUEUE_001` a `429` with `Retry-After` (it backs off), `STORE_001`,
+/// `RUN_*`, `INTERNAL`... an outage of the host. Such a code becomes [`PLUGIN_ERROR_CODE`]
+/// (a `502`), and the message keeps what the plugin said.
 pub fn clip_error(mut e: PipelineError) -> PipelineError {
     e.code.retain(|c| c.is_ascii_alphanumeric() || c == '_');
     clip(&mut e.code, MAX_CODE_BYTES);
     if e.code.is_empty() {
-        e.code = "PLUGIN_ERROR".into();
+        e.code = PLUGIN_ERROR_CODE.into();
+    } else if crate::error_code::ErrorCode::parse(&e.code).is_some_and(|c| !plugin_may_give(c)) {
+        e.message = format!("{}: {}", e.code, e.message);
+        e.code = PLUGIN_ERROR_CODE.into();
     }
     clip(&mut e.message, MAX_MESSAGE_BYTES);
     e
+}
+
+/// Whether a plugin may return `code` as its own error (see [`clip_error`]).
+fn plugin_may_give(code: crate::error_code::ErrorCode) -> bool {
+    matches!(
+        code.kind(),
+        "model_error"
+            | "generation_error"
+            | "review_error"
+            | "plugin_error"
+            | "timeout_error"
+            | "cancelled"
+            | "validation_error"
+    )
 }
 
 /// An error handler's decision with its texts clipped: the feedback goes into the generator's
@@ -166,5 +194,42 @@ mod tests {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_')
         );
         assert!(e.message.len() <= MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn a_plugin_cannot_claim_the_hosts_own_codes() {
+        let returned = |code: &str| {
+            clip_error(PipelineError {
+                code: code.into(),
+                message: "forged".into(),
+                stage: Stage::Review,
+                attempt: 1,
+            })
+        };
+        for host_only in [
+            "AUTH_001",
+            "AUTH_002",
+            "AUTH_003",
+            "QUEUE_001",
+            "STORE_001",
+            "RUN_002",
+            "INTERNAL",
+        ] {
+            let e = returned(host_only);
+            assert_eq!(e.code, PLUGIN_ERROR_CODE, "{host_only}");
+            assert_eq!(e.message, format!("{host_only}: forged"));
+        }
+        // What plugins relay from the host, and codes of their own, stay as they are.
+        for relayed in [
+            "MODEL_004",
+            "GEN_003",
+            "REV_001",
+            "PLUGIN_004",
+            "COMM_004",
+            "MY_001",
+        ] {
+            let e = returned(relayed);
+            assert_eq!((e.code.as_str(), e.message.as_str()), (relayed, "forged"));
+        }
     }
 }

@@ -6,6 +6,13 @@
 //! default of that role (both error-handler worlds play the one error-handler role);
 //! a quality check is added to the checks, replacing a default check of the same name.
 //!
+//! A component that cannot take its place is refused, alone, with the reason: one that does not
+//! load, one named after a default plugin of another world (grants follow names, so it would
+//! take that plugin's grants, and a check named `generator` would put the generator out), and
+//! every one of two or more folder plugins that want the same role (which one the operator
+//! meant is not the host's guess). The rest of the folder is used; the server starts and hot
+//! reload swaps as usual, with the refusals in `GET /plugins`.
+//!
 //! [`LivePlugins`] holds the set in use; hot reload ([`super::reload`]) swaps it whole, so a call
 //! keeps the plugin it started with and a pipeline run keeps the set it started with.
 
@@ -55,6 +62,41 @@ pub struct Refused {
     pub keeping: Option<String>,
 }
 
+impl Refused {
+    /// A refusal of `file` for `error`. The message goes into the log as it is, and it can
+    /// quote the component's own manifest (a TOML error shows the line at fault), so control
+    /// characters are blanked: a manifest must not be able to forge log lines.
+    pub fn new(file: PathBuf, error: &PluginError, keeping: Option<String>) -> Self {
+        let message = error
+            .to_string()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        Self {
+            file,
+            code: error.code().as_str().to_string(),
+            message,
+            keeping,
+        }
+    }
+
+    /// Say in the log that the component was refused, and what is used instead.
+    pub fn log(&self) {
+        let instead = match &self.keeping {
+            Some(_) => "plugin refused; its version in use stays",
+            None => "plugin refused; it is not used",
+        };
+        tracing::warn!(
+            target: "agentrt::plugins",
+            file = %self.file.display(),
+            code = %self.code,
+            keeping = self.keeping.as_deref().unwrap_or("none"),
+            reason = %self.message,
+            "{instead}"
+        );
+    }
+}
+
 /// The set in use and the folder's refused components; cheap to clone (shared).
 #[derive(Debug, Clone)]
 pub struct LivePlugins {
@@ -91,6 +133,11 @@ impl LivePlugins {
         Self::new_from(self.current(), self.refused())
     }
 
+    /// `set` in use, with the folder's components refused when it was composed.
+    pub fn with_refused(set: PluginSet, refused: Vec<Refused>) -> Self {
+        Self::new_from(Arc::new(set), refused)
+    }
+
     fn new_from(set: Arc<PluginSet>, refused: Vec<Refused>) -> Self {
         Self {
             inner: Arc::new(RwLock::new((set, refused))),
@@ -110,6 +157,16 @@ fn load_error(plugin: &str, message: impl Into<String>) -> PluginError {
     }
 }
 
+/// The world of the default plugin called `name`, if one is (read from the embedded
+/// manifests, without loading a component).
+pub fn default_world_of(name: &str) -> Option<World> {
+    embedded::PLUGINS
+        .iter()
+        .filter_map(|(manifest_text, _)| Manifest::parse(manifest_text).ok())
+        .find(|m| m.name == name)
+        .map(|m| m.world)
+}
+
 /// The defaults compiled into the binary.
 pub fn load_embedded(host: &PluginHost) -> Result<Vec<Arc<Plugin>>, PluginError> {
     embedded::PLUGINS
@@ -123,13 +180,16 @@ pub fn load_embedded(host: &PluginHost) -> Result<Vec<Arc<Plugin>>, PluginError>
         .collect()
 }
 
-/// The roles and checks from the defaults with the folder's plugins laid over them.
+/// The roles and checks from the defaults with the folder's plugins laid over them, and the
+/// folder plugins refused for the place they want (see the module header).
 pub fn compose(
     embedded: &[Arc<Plugin>],
     folder: impl IntoIterator<Item = Arc<Plugin>>,
-) -> Result<PluginSet, PluginError> {
+) -> Result<(PluginSet, Vec<Refused>), PluginError> {
+    let folder: Vec<Arc<Plugin>> = folder.into_iter().collect();
+    let (usable, refused) = refuse_misplaced(embedded, folder);
     let mut loaded: Vec<Arc<Plugin>> = embedded.to_vec();
-    for plugin in folder {
+    for plugin in usable {
         let replaces = |p: &Arc<Plugin>| match plugin.manifest.world {
             World::QualityCheck => p.manifest.name == plugin.manifest.name,
             world => p.manifest.world.role() == world.role(),
@@ -151,18 +211,74 @@ pub fn compose(
         .into_iter()
         .filter(|p| p.manifest.world == World::QualityCheck)
         .collect();
-    Ok(PluginSet {
+    let set = PluginSet {
         generator,
         reviewer,
         error_handler,
         checks,
-    })
+    };
+    Ok((set, refused))
 }
 
-/// Load the embedded defaults and then the folder's plugins over them; any folder component
-/// that does not load is an error.
-pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<PluginSet, PluginError> {
-    load_plugins_for_reload(host, dir).map(|loaded| loaded.set)
+/// Split the folder's plugins into those that can take their place and refusals of those that
+/// cannot: named after a default of another world, or wanting a role another folder plugin
+/// wants too.
+fn refuse_misplaced(
+    embedded: &[Arc<Plugin>],
+    folder: Vec<Arc<Plugin>>,
+) -> (Vec<Arc<Plugin>>, Vec<Refused>) {
+    let file_of = |p: &Plugin| match &p.source {
+        PluginSource::File(path) => path.clone(),
+        PluginSource::Embedded => PathBuf::from(&p.manifest.name),
+    };
+    let refuse = |p: &Plugin, message: String| {
+        Refused::new(file_of(p), &load_error(&p.manifest.name, message), None)
+    };
+    let mut refused = Vec::new();
+    let mut named_well = Vec::new();
+    for plugin in folder {
+        let (name, world) = (&plugin.manifest.name, plugin.manifest.world);
+        match embedded.iter().find(|d| &d.manifest.name == name) {
+            Some(default) if default.manifest.world.role() != world.role() => {
+                refused.push(refuse(
+                    &plugin,
+                    format!(
+                        "the name {name:?} is the default {} plugin's; grants follow names \
+                         ([grants.{name}]) and a plugin replaces the one of its name, so this \
+                         {world} plugin needs a name of its own",
+                        default.manifest.world
+                    ),
+                ));
+            }
+            _ => named_well.push(plugin),
+        }
+    }
+    let role_of = |p: &Plugin| match p.manifest.world {
+        World::QualityCheck => None,
+        world => Some(world.role()),
+    };
+    let (contested, usable): (Vec<_>, Vec<_>) = named_well.iter().cloned().partition(|p| {
+        let role = role_of(p);
+        role.is_some() && named_well.iter().filter(|q| role_of(q) == role).count() > 1
+    });
+    for plugin in &contested {
+        let role = plugin.manifest.world.role();
+        let rivals: Vec<&str> = contested
+            .iter()
+            .filter(|q| q.manifest.world.role() == role)
+            .map(|q| q.manifest.name.as_str())
+            .collect();
+        refused.push(refuse(
+            plugin,
+            format!(
+                "the folder has {} plugins for the {role} role ({}); one plugin plays a role, \
+                 so none of them is used (the default {role} is) until only one is left",
+                rivals.len(),
+                rivals.join(", ")
+            ),
+        ));
+    }
+    (usable, refused)
 }
 
 /// What [`load_plugins`] loaded, with the parts hot reload starts from.
@@ -171,23 +287,35 @@ pub struct Loaded {
     pub set: PluginSet,
     pub embedded: Vec<Arc<Plugin>>,
     pub folder: FolderPlugins,
+    /// The folder's components that were not loaded or could not take their place.
+    pub refused: Vec<Refused>,
 }
 
-/// [`load_plugins`], keeping the defaults and the folder's state for [`super::reload`].
-pub fn load_plugins_for_reload(
-    host: &PluginHost,
-    dir: Option<&Path>,
-) -> Result<Loaded, PluginError> {
+/// Load the embedded defaults and then the folder's plugins over them. A folder component that
+/// does not load or cannot take its place is refused, as hot reload refuses one; only a folder
+/// that cannot be read is an error.
+pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<Loaded, PluginError> {
     let embedded = load_embedded(host)?;
-    let folder = match dir {
-        Some(dir) => FolderPlugins::load_all(host, dir)?,
-        None => FolderPlugins::default(),
+    let scan = match dir {
+        Some(dir) => {
+            let stamps = folder_stamps(dir).map_err(|e| {
+                load_error(
+                    &dir.display().to_string(),
+                    format!("cannot read plugin folder: {e}"),
+                )
+            })?;
+            scan_folder(host, &stamps, &FolderPlugins::default())
+        }
+        None => FolderScan::default(),
     };
-    let set = compose(&embedded, folder.plugins())?;
+    let (set, misplaced) = compose(&embedded, scan.plugins.plugins())?;
+    let mut refused = scan.refused;
+    refused.extend(misplaced);
     Ok(Loaded {
         set,
         embedded,
-        folder,
+        folder: scan.plugins,
+        refused,
     })
 }
 
@@ -232,23 +360,6 @@ pub struct FolderPlugins {
 }
 
 impl FolderPlugins {
-    /// Every component of `dir`; the first that does not load is the error, with its own code
-    /// (at start a server refuses to run without a plugin it was given).
-    pub fn load_all(host: &PluginHost, dir: &Path) -> Result<Self, PluginError> {
-        let stamps = folder_stamps(dir).map_err(|e| {
-            load_error(
-                &dir.display().to_string(),
-                format!("cannot read plugin folder: {e}"),
-            )
-        })?;
-        let mut plugins = Self::default();
-        for (path, stamp) in stamps {
-            let plugin = Arc::new(load_file(host, &path)?);
-            plugins.by_file.insert(path, (stamp, plugin));
-        }
-        Ok(plugins)
-    }
-
     /// The loaded plugins in file-name order.
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
         self.by_file.values().map(|(_, p)| p.clone()).collect()
@@ -256,7 +367,7 @@ impl FolderPlugins {
 }
 
 /// The result of reading a plugin folder.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct FolderScan {
     pub plugins: FolderPlugins,
     pub refused: Vec<Refused>,
@@ -303,12 +414,7 @@ pub fn scan_folder(
             }
             Err(e) => {
                 let keeping = before.map(|(_, p)| p.manifest.version.clone());
-                refused.push(Refused {
-                    file: path.clone(),
-                    code: e.code().as_str().to_string(),
-                    message: e.to_string(),
-                    keeping,
-                });
+                refused.push(Refused::new(path.clone(), &e, keeping));
                 if let Some((old_stamp, plugin)) = before {
                     // The old version stays, under its old stamp, so that the next change of
                     // the files is tried again.

@@ -72,9 +72,12 @@ impl Reloader {
     }
 
     fn reload(&mut self, seen: BTreeMap<PathBuf, FileStamp>) -> bool {
-        let scan = scan_folder(&self.host, &seen, &self.folder);
+        let mut scan = scan_folder(&self.host, &seen, &self.folder);
         let set = match compose(&self.embedded, scan.plugins.plugins()) {
-            Ok(set) => set,
+            Ok((set, misplaced)) => {
+                scan.refused.extend(misplaced);
+                set
+            }
             Err(e) => {
                 tracing::warn!(target: "agentrt::plugins", error = %e, "plugin folder not reloaded");
                 return false;
@@ -94,14 +97,7 @@ impl Reloader {
             tracing::info!(target: "agentrt::plugins", file = %file.display(), "plugin removed from the folder");
         }
         for refused in &scan.refused {
-            tracing::warn!(
-                target: "agentrt::plugins",
-                file = %refused.file.display(),
-                code = %refused.code,
-                keeping = refused.keeping.as_deref().unwrap_or("none"),
-                reason = %refused.message,
-                "plugin refused; the version in use stays"
-            );
+            refused.log();
         }
         // A component refused only because every instance slot was busy for its trial is
         // tried again at the next poll, not kept refused until its file changes.

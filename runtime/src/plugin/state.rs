@@ -117,6 +117,8 @@ pub struct PluginState {
     pub llm_calls: u32,
     /// Log lines written in this call (bounded by the log host).
     pub log_lines: u32,
+    /// The end of what the plugin wrote to stdout and stderr in this call.
+    pub output: super::output_tail::OutputTail,
     /// Cancels the call's model generations (a cancelled pipeline run).
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Receives generated text as the model produces it.
@@ -171,6 +173,7 @@ impl PluginState {
             tokens_used: 0,
             llm_calls: 0,
             log_lines: 0,
+            output: Default::default(),
             cancel: None,
             on_text: None,
             default_model: None,

@@ -210,6 +210,7 @@ pub fn document() -> Value {
             "model_loaded": {"type": "boolean", "description": "At least one model can serve"},
             "models": {"type": "array", "items": health_model},
             "plugins": {"type": "array", "items": health_plugin},
+            "plugins_refused": {"type": "integer", "description": "Components of the plugin folder not in use (GET /plugins says why)"},
             "uptime_seconds": {"type": "integer"},
             "version": {"type": "string"},
         }),

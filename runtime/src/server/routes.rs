@@ -479,6 +479,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         "model_loaded": reachable > 0,
         "models": models,
         "plugins": plugins,
+        // Components of the plugin folder not in use (`GET /plugins` says why).
+        "plugins_refused": state.pipeline.plugins.refused().len(),
         "uptime_seconds": state.pipeline.stats.snapshot().uptime_seconds,
         "version": env!("CARGO_PKG_VERSION"),
     }))
