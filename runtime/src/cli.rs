@@ -81,8 +81,9 @@ pub enum Command {
     Serve {
         #[command(flatten)]
         opts: RuntimeOpts,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080", env = "AGENTRT_LISTEN")]
+        /// Address to listen on: `IP:PORT`, or `HOST:PORT` with a name this machine resolves
+        /// (`localhost:8080`: its first IPv4 address).
+        #[arg(long, default_value = "127.0.0.1:8080", env = "AGENTRT_LISTEN", value_parser = listen_address)]
         listen: SocketAddr,
         /// File of API keys, one `SCOPE KEY` per line (scope `user` or `admin`); adds to
         /// `AGENTRT_API_KEYS` (`user:KEY,admin:KEY`). Without any key every route is open.
@@ -166,7 +167,7 @@ pub enum Command {
     /// Exits non-zero when a check fails.
     Doctor {
         /// The address `serve` would listen on.
-        #[arg(long, default_value = "127.0.0.1:8080", env = "AGENTRT_LISTEN")]
+        #[arg(long, default_value = "127.0.0.1:8080", env = "AGENTRT_LISTEN", value_parser = listen_address)]
         listen: SocketAddr,
         #[command(flatten)]
         opts: RuntimeOpts,
@@ -408,7 +409,12 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
                 format!("model file {} does not exist ({hint})", path.display()),
             ));
         }
-        let id = if i == 0 && opts.models.is_empty() {
+        // The default model keeps its id when named by path too (adding a second model means
+        // naming the first): clients and grants that name it must not break.
+        let is_default_file = path
+            .file_name()
+            .is_some_and(|n| n == crate::paths::DEFAULT_MODEL_FILE);
+        let id = if (i == 0 && opts.models.is_empty()) || is_default_file {
             crate::paths::DEFAULT_MODEL_ID.to_string()
         } else {
             model_id(path, i)
@@ -548,14 +554,6 @@ pub fn load_pipeline_with_reload(
         run: Default::default(),
     };
     Ok((pipeline, reloader))
-}
-
-/// A positive count from the environment.
-pub(crate) fn env_count(name: &str) -> Option<usize> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|n| *n > 0)
 }
 
 /// Where the run store is, from `AGENTRT_STORE` or the config's `store`.
@@ -747,8 +745,37 @@ fn emit(json_mode: bool, value: &Value, human: impl FnOnce()) {
     }
 }
 
+/// `--listen`: an `IP:PORT`, or a `HOST:PORT` whose name resolves here (a server binds one
+/// address: IPv4 first, as `localhost` is meant on most machines).
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        return Err(format!("{text:?} is not HOST:PORT (e.g. 127.0.0.1:8080)"));
+    }
+    let found: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("cannot resolve {text:?}: {e}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
 /// A running server's `GET /plugins`.
 fn server_plugins(base: &str) -> Result<Value, CliError> {
+    // `--server 127.0.0.1:8080` means the same server as `--server http://127.0.0.1:8080`.
+    let base = if base.contains("://") {
+        base.to_string()
+    } else {
+        format!("http://{base}")
+    };
     let url = format!("{}/plugins", base.trim_end_matches('/'));
     let mut request = ureq::get(&url);
     if let Ok(key) = std::env::var("AGENTRT_API_KEY") {
@@ -813,6 +840,7 @@ fn source_label(source: &crate::plugin::PluginSource) -> String {
 
 /// Run a parsed command.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    crate::settings::check().map_err(|e| CliError::new(ErrorCode::InvalidInput, e))?;
     match cli.command {
         Command::Serve {
             opts,
@@ -857,10 +885,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 refused.log();
             }
             if let Some(reloader) = reloader {
-                let interval = std::env::var("AGENTRT_PLUGIN_POLL_MS")
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .map_or(crate::plugin::reload::DEFAULT_POLL, Duration::from_millis);
+                let interval = crate::settings::count("AGENTRT_PLUGIN_POLL_MS")
+                    .map_or(crate::plugin::reload::DEFAULT_POLL, |ms| {
+                        Duration::from_millis(ms as u64)
+                    });
                 reloader.spawn(interval).map_err(|e| {
                     CliError::new(
                         ErrorCode::Internal,
@@ -887,8 +915,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let runs = Arc::new(crate::runs::Runs::new(
                 store,
                 pipeline.clone(),
-                env_count("AGENTRT_RUN_WORKERS").unwrap_or(crate::runs::DEFAULT_WORKERS),
-                env_count("AGENTRT_RUN_QUEUE").unwrap_or(crate::runs::DEFAULT_CAPACITY),
+                crate::settings::count("AGENTRT_RUN_WORKERS")
+                    .unwrap_or(crate::runs::DEFAULT_WORKERS),
+                crate::settings::count("AGENTRT_RUN_QUEUE")
+                    .unwrap_or(crate::runs::DEFAULT_CAPACITY),
             ));
             let state = crate::server::AppState {
                 engine,
@@ -1508,5 +1538,36 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             runs,
             opts,
         } => crate::bench::run(&opts, prompt_tokens, decode_tokens, runs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_file_is_named_without_gguf_and_a_folder_by_its_whole_name() {
+        let dir = std::env::temp_dir();
+        assert_eq!(
+            model_id(&dir.join("Qwen2.5-Coder-0.5B.Q8_0.gguf"), 1),
+            "qwen2.5-coder-0.5b.q8_0"
+        );
+        assert_eq!(model_id(&dir.join("weights.bin"), 1), "weights.bin");
+        assert_eq!(model_id(Path::new("/"), 3), "model-3");
+    }
+
+    #[test]
+    fn listen_takes_an_address_or_a_name_with_a_port() {
+        let at = |text: &str| listen_address(text);
+        assert_eq!(
+            at("127.0.0.1:8080"),
+            Ok("127.0.0.1:8080".parse().expect("addr"))
+        );
+        assert_eq!(at("[::1]:9000"), Ok("[::1]:9000".parse().expect("addr")));
+        let local = at("localhost:8080").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 8080, "{local}");
+        for bad in ["localhost", "localhost:http", "127.0.0.1:70000", ""] {
+            assert!(at(bad).is_err(), "{bad:?} was taken");
+        }
     }
 }

@@ -833,9 +833,8 @@ fn place_model(
 }
 
 fn kv_precision_from_env() -> kv_cache::KvPrecision {
-    std::env::var("AGENTRT_KV_CACHE")
-        .ok()
-        .and_then(|v| kv_cache::KvPrecision::parse(&v))
+    crate::settings::word("AGENTRT_KV_CACHE")
+        .and_then(kv_cache::KvPrecision::parse)
         .unwrap_or_default()
 }
 

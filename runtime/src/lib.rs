@@ -23,5 +23,6 @@ pub mod plugin;
 pub mod runs;
 pub mod sandbox;
 pub mod server;
+pub mod settings;
 pub mod stats;
 pub mod store;

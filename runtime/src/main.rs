@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
     let default_filter = if serving { "warn,agentrt=info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTRT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let json_logs = std::env::var("AGENTRT_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json_logs = agentrt::settings::word("AGENTRT_LOG_FORMAT") == Some("json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour for a person at a terminal, not escape codes in a log file or a journal.

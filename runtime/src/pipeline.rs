@@ -171,6 +171,33 @@ impl Pipeline {
         report
     }
 
+    /// Report a stage the run's cancellation cut short: `cancelled`, not what the plugin
+    /// answered (its calls counted in its statistics as it ran, not as a failure of it).
+    fn record_cancelled(
+        &self,
+        plugin: &Plugin,
+        stage: Stage,
+        attempt: u32,
+        stats: CallStats,
+    ) -> StageReport {
+        self.stats
+            .record_plugin(&plugin.manifest.name, stats.duration_ms, stats.tokens, None);
+        let report = StageReport {
+            stage: stage_name(stage).to_string(),
+            plugin: plugin.manifest.name.clone(),
+            attempt,
+            status: "cancelled".to_string(),
+            duration_ms: stats.duration_ms,
+            tokens: stats.tokens,
+            models: stats.models,
+            error: self.cancelled(),
+        };
+        self.run.emit(PipelineEvent::StageFinished {
+            report: report.clone(),
+        });
+        report
+    }
+
     fn to_pipeline_error(e: &PluginError, stage: Stage, attempt: u32) -> PipelineError {
         match e {
             PluginError::Returned { error, .. } => PipelineError {
@@ -298,6 +325,13 @@ impl Pipeline {
             let (res, stats) = self
                 .host
                 .generate(generator, &request, &self.call_on(model));
+            // A call during which the run was cancelled is the cancellation, whatever the
+            // plugin made of it (a generator whose model call was cancelled while it wrote the
+            // tests answers with code and no tests): no handler is asked, no retry counted.
+            if let Some(cancelled) = self.cancelled() {
+                stages.push(self.record_cancelled(generator, Stage::Generate, attempt, stats));
+                return Err(cancelled);
+            }
             stages.push(self.record(
                 generator,
                 Stage::Generate,
@@ -309,11 +343,6 @@ impl Pipeline {
                 Ok(artifact) => return Ok(artifact),
                 Err(e) => e,
             };
-            // A call that failed because the run was cancelled is the cancellation, whatever
-            // the plugin made of it: no handler is asked, no retry is counted.
-            if let Some(cancelled) = self.cancelled() {
-                return Err(cancelled);
-            }
             let perr = Self::to_pipeline_error(&err, Stage::Generate, attempt);
             let retries_left = (max_retries + 1).saturating_sub(attempt);
             match self.recover(&perr, retries_left, generator, model, stages) {
@@ -663,6 +692,7 @@ impl Pipeline {
             Some(_) => "failed",
         };
         crate::metrics::count_pipeline_run(label);
+        outcome.status = label;
         outcome
     }
 

@@ -108,6 +108,9 @@ pub struct Runs {
     slots: Arc<FifoSemaphore>,
     /// Set by [`Runs::shutdown`]: no run is taken after its cancellation sweep.
     closing: AtomicBool,
+    /// Set by [`Runs::stop_taking`] when shutting down begins: the runs in flight go on
+    /// (their ends are still stored), new ones are refused.
+    refusing: AtomicBool,
 }
 
 impl std::fmt::Debug for Runs {
@@ -312,6 +315,7 @@ impl Runs {
             live: Mutex::new(HashMap::new()),
             slots: FifoSemaphore::new(workers.max(1)),
             closing: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
         }
     }
 
@@ -346,7 +350,7 @@ impl Runs {
             let mut runs = self.live();
             // Checked under the same lock the shutdown's sweep takes: a run is either refused
             // here or in the map the sweep cancels.
-            if self.closing.load(Ordering::SeqCst) {
+            if self.closing.load(Ordering::SeqCst) || self.refusing.load(Ordering::SeqCst) {
                 return Err(RunsError::ShuttingDown);
             }
             if runs.len() >= self.capacity {
@@ -521,6 +525,12 @@ impl Runs {
         self.live().get(id).map(|l| l.events.subscribe())
     }
 
+    /// Refuse new runs from now on (`429 QUEUE_001`, "try another"): the server is about to
+    /// stop, and a run taken now would only be cancelled when its drain ends.
+    pub fn stop_taking(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+    }
+
     /// Cancel every run in this process and wait (up to `grace`) for them to end, so each is
     /// stored as cancelled rather than found interrupted at the next start.
     pub fn shutdown(&self, grace: Duration) {
@@ -537,10 +547,8 @@ impl Runs {
 
 /// How long finished runs are kept (`AGENTRT_RUN_RETENTION_DAYS`; unset or 0: for ever).
 pub fn retention_from_env() -> Option<Duration> {
-    std::env::var("AGENTRT_RUN_RETENTION_DAYS")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|d| d.is_finite() && *d > 0.0)
+    crate::settings::days("AGENTRT_RUN_RETENTION_DAYS")
+        .filter(|d| *d > 0.0)
         .map(|days| Duration::from_secs_f64((days * 86_400.0).min(1e10)))
 }
 

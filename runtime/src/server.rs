@@ -85,19 +85,14 @@ pub(crate) fn parse_seconds(text: &str, zero_ok: bool) -> Option<Duration> {
 impl Limits {
     /// The defaults, with what the environment sets.
     pub fn from_env() -> Self {
-        // Seconds from `name`: positive for a timeout, zero allowed for the drain.
-        let secs = |name: &str, positive: bool| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| parse_seconds(&v, !positive))
-        };
+        use crate::settings::seconds;
         let d = Self::default();
         Self {
-            request_timeout: secs("AGENTRT_REQUEST_TIMEOUT", true).unwrap_or(d.request_timeout),
-            body_timeout: secs("AGENTRT_BODY_TIMEOUT", true).unwrap_or(d.body_timeout),
-            header_timeout: secs("AGENTRT_HEADER_TIMEOUT", true).unwrap_or(d.header_timeout),
-            drain: secs("AGENTRT_DRAIN_SECONDS", false).unwrap_or(d.drain),
-            sync_requests: crate::cli::env_count("AGENTRT_SYNC_REQUESTS")
+            request_timeout: seconds("AGENTRT_REQUEST_TIMEOUT").unwrap_or(d.request_timeout),
+            body_timeout: seconds("AGENTRT_BODY_TIMEOUT").unwrap_or(d.body_timeout),
+            header_timeout: seconds("AGENTRT_HEADER_TIMEOUT").unwrap_or(d.header_timeout),
+            drain: seconds("AGENTRT_DRAIN_SECONDS").unwrap_or(d.drain),
+            sync_requests: crate::settings::count("AGENTRT_SYNC_REQUESTS")
                 .map(|n| n.min(tokio::sync::Semaphore::MAX_PERMITS))
                 .unwrap_or(d.sync_requests),
         }
@@ -424,11 +419,24 @@ async fn enforce_deadlines(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let asked = request
-        .headers()
-        .get("x-request-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_seconds(v, false));
+    let asked = match request.headers().get("x-request-timeout") {
+        None => None,
+        // A deadline the client asked for and did not get would be worse than an error.
+        Some(value) => match value.to_str().ok().and_then(|v| parse_seconds(v, false)) {
+            Some(asked) => Some(asked),
+            None => {
+                let mut err = ApiError::new(
+                    crate::error_code::ErrorCode::InvalidInput,
+                    format!(
+                        "X-Request-Timeout: expected a positive number of seconds, got {:?}",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ),
+                );
+                err.details = Some(serde_json::json!({"field": "X-Request-Timeout"}));
+                return err.into_uncounted_response();
+            }
+        },
+    };
     let timeout = asked.map_or(limits.request_timeout, |a| a.min(limits.request_timeout));
     let at = Instant::now() + timeout;
     let (mut parts, body) = request.into_parts();
@@ -533,6 +541,7 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::i
         listener.local_addr()?
     ));
     let runs = state.runs.clone();
+    let runs_to_refuse = state.runs.clone();
     let draining = state.draining.clone();
     let drain = state.limits.drain;
     let header_timeout = state.limits.header_timeout;
@@ -550,6 +559,7 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::i
         // Tell the load balancer first (ready answers 503), keep serving while it notices,
         // then stop accepting and let the requests in flight finish.
         draining.store(true, Ordering::Relaxed);
+        runs_to_refuse.stop_taking();
         tracing::info!(seconds = drain.as_secs_f64(), "draining before shutdown");
         tokio::time::sleep(drain).await;
     };
@@ -660,7 +670,7 @@ const RUN_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 /// (or a test harness) holding the other end of a pipe takes the server down with it, even
 /// when it is killed without the chance to stop the server.
 async fn stdin_closed() {
-    if std::env::var_os("AGENTRT_EXIT_WITH_STDIN").is_none_or(|v| v != "1") {
+    if crate::settings::word("AGENTRT_EXIT_WITH_STDIN") != Some("1") {
         return std::future::pending().await;
     }
     use tokio::io::AsyncReadExt;

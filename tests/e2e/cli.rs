@@ -56,6 +56,51 @@ fn models_list_names_the_default_model() {
     );
 }
 
+/// The default model keeps its id when its file is named: adding a second model means naming
+/// the first, and clients that name it must not break.
+#[test]
+fn the_default_model_named_by_path_keeps_its_id() {
+    let model = agentrt::paths::default_model();
+    let (ok, stdout, stderr) = run(&[
+        "models",
+        "list",
+        "--json",
+        "--model",
+        model.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"smollm2-135m-instruct\""), "{stdout}");
+    assert!(!stdout.contains("q4_1"), "{stdout}");
+}
+
+/// Settings the environment gives a value that cannot be used stop every command at once,
+/// each named with what it must be, instead of quietly keeping the default.
+#[test]
+fn unusable_settings_in_the_environment_are_refused_by_name() {
+    let (ok, _, stderr) = crate::harness::run_cli_env(
+        &["plugin", "wit"],
+        &[
+            ("AGENTRT_MAX_BATCH", "0"),
+            ("AGENTRT_REQUEST_TIMEOUT", "10m"),
+            ("AGENTRT_LOG_FORMAT", "yaml"),
+            ("AGENTRT_THREADS", ""),
+        ],
+    );
+    assert!(!ok, "{stderr}");
+    for expected in [
+        "error VAL_002",
+        "AGENTRT_MAX_BATCH=\"0\": expected a whole number of at least 1",
+        "AGENTRT_REQUEST_TIMEOUT=\"10m\"",
+        "AGENTRT_LOG_FORMAT=\"yaml\": expected one of json, text",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    assert!(
+        !stderr.contains("AGENTRT_THREADS"),
+        "empty is unset: {stderr}"
+    );
+}
+
 #[test]
 fn two_models_with_one_id_are_refused() {
     let model = agentrt::paths::default_model();
@@ -86,8 +131,10 @@ fn a_model_folder_with_dots_in_its_name_keeps_them_in_its_id() {
     ]);
     let _ = std::fs::remove_dir_all(dir.parent().expect("parent"));
     assert!(ok, "{stderr}");
-    // A file is named without `.gguf`, a folder by its whole name.
-    assert!(stdout.contains("smollm2-135m-instruct.q4_1"), "{stdout}");
+    // A folder is named by its whole name; the default model's file keeps its own id (other
+    // files are named without `.gguf`: `cli::tests`).
+    assert!(stdout.contains("smollm2-135m-instruct"), "{stdout}");
+    assert!(!stdout.contains("smollm2-135m-instruct.q4_1"), "{stdout}");
     assert!(stdout.contains("tiny-coder-0.5b-v1.2"), "{stdout}");
     // Loading is one log line when stderr is not a terminal: no progress carriage returns.
     assert!(!stderr.contains('\r'), "{stderr:?}");

@@ -30,10 +30,19 @@ fn a_request_past_its_deadline_is_504_and_a_body_that_never_arrives_is_408() {
     assert_eq!(status, 504, "{text}");
     let body: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert_eq!(error_code(&body), "COMM_003", "{body}");
-    // A deadline longer than the clock can hold is the server's own limit, not a crash.
-    for asked in ["1e300", "inf", "-1", "soon"] {
+    // A deadline longer than the clock can hold is the server's own limit, not a crash; one
+    // that is no deadline is the client's mistake, not a deadline quietly not kept.
+    for asked in ["1e300", "inf"] {
         let (status, _, text) = s.exchange("GET", "/health", &[("X-Request-Timeout", asked)], None);
         assert_eq!(status, 200, "X-Request-Timeout: {asked}: {text}");
+    }
+    for asked in ["-1", "soon", "0"] {
+        let (status, _, text) = s.exchange("GET", "/health", &[("X-Request-Timeout", asked)], None);
+        assert_eq!(status, 400, "X-Request-Timeout: {asked}: {text}");
+        assert!(
+            text.contains("VAL_002") && text.contains("X-Request-Timeout"),
+            "{text}"
+        );
     }
     // The generation was stopped, so the model serves the next request at once.
     let (status, body) = s.post("/chat", &json!({"message": "Say hi.", "max_tokens": 4}));

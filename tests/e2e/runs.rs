@@ -305,7 +305,22 @@ fn cancelling_stops_a_running_run_and_a_full_queue_answers_429() {
         assert_eq!(kind, "done");
         assert_eq!(done["state"], "cancelled", "{done}");
         assert_eq!(done["error"]["code"], "COMM_004", "{done}");
-        assert_eq!(get_run(&s, id)["state"], "cancelled");
+        let run = get_run(&s, id);
+        assert_eq!(run["state"], "cancelled");
+        // What the run did before the cancellation says so too: a stage it cut short is
+        // `cancelled`, not the `ok` of a plugin that made do without its model call.
+        if let Some(result) = run.get("result").filter(|r| !r.is_null()) {
+            assert_eq!(result["status"], "cancelled", "{run}");
+            let stages = result["stages"].as_array().expect("stages");
+            let generated = stages.iter().filter(|st| st["stage"] == "generate");
+            for stage in stages.iter().filter(|st| st["status"] == "cancelled") {
+                assert_eq!(stage["error"]["code"], "COMM_004", "{run}");
+            }
+            assert!(
+                generated.count() <= 1,
+                "no retry after the cancellation: {run}"
+            );
+        }
     }
     eprintln!(
         "the running run ended {:?} after its cancellation",
@@ -346,7 +361,7 @@ fn a_terminated_server_cancels_runs_whose_events_are_being_watched() {
         &[],
         &[
             ("AGENTRT_STORE", store_env.as_str()),
-            ("AGENTRT_DRAIN_SECONDS", "1"),
+            ("AGENTRT_DRAIN_SECONDS", "3"),
         ],
     );
     let (status, headers, run) = s.exchange(
@@ -368,6 +383,24 @@ fn a_terminated_server_cancels_runs_whose_events_are_being_watched() {
     };
     std::thread::sleep(Duration::from_millis(300));
     s.terminate();
+    // Draining: a new run is refused at once (it would only be cancelled when the drain ends),
+    // while other routes are still served.
+    wait_until("the drain to begin", Duration::from_secs(10), || {
+        s.get("/health/ready").0 == 503
+    });
+    let (status, headers, refused) = s.exchange(
+        "POST",
+        "/v1/pipeline/runs",
+        &[],
+        Some(&json!({"task_description": TASK})),
+    );
+    assert_eq!(status, 429, "{refused}");
+    assert!(
+        refused.contains("QUEUE_001") && refused.contains("shutting down"),
+        "{refused}"
+    );
+    assert!(header(&headers, "retry-after").is_some(), "{headers:?}");
+    assert_eq!(s.get("/health").0, 200);
     let exit = s
         .wait_exit(Duration::from_secs(40))
         .expect("the server exits while its run's events are watched");

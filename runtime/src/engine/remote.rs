@@ -66,20 +66,11 @@ impl Watch<'_> {
 /// A health probe's answer (why the model cannot serve, if it cannot) and when it came.
 type ProbeAnswer = (Instant, Result<(), String>);
 
-/// The stall limit: `AGENTRT_REMOTE_STALL_SECS` when it holds a positive number of seconds,
-/// else [`STALL_LIMIT`].
+/// The stall limit: `AGENTRT_REMOTE_STALL_SECS` when it holds a positive number of seconds
+/// (capped as the other durations are, which ureq needs: it adds the limit to the clock; zero
+/// would fail every read at once), else [`STALL_LIMIT`].
 fn stall_limit_from_env() -> Duration {
-    std::env::var("AGENTRT_REMOTE_STALL_SECS")
-        .ok()
-        .and_then(|v| parse_stall(&v))
-        .unwrap_or(STALL_LIMIT)
-}
-
-/// A positive number of seconds (`"2.5"`), read as the server's other `*_SECS` settings are
-/// ([`crate::server::parse_seconds`], capped as they are, which ureq needs: it adds the limit
-/// to the clock). Zero, or less than a nanosecond, is refused: it would fail every read at once.
-fn parse_stall(text: &str) -> Option<Duration> {
-    crate::server::parse_seconds(text, false).filter(|limit| !limit.is_zero())
+    crate::settings::seconds("AGENTRT_REMOTE_STALL_SECS").unwrap_or(STALL_LIMIT)
 }
 
 /// Whether a model entry names a remote server rather than a file.
@@ -900,14 +891,5 @@ mod tests {
             ),
             "{outcome:?}"
         );
-    }
-
-    #[test]
-    fn stall_limits_read_as_positive_seconds() {
-        assert_eq!(parse_stall(" 2.5 "), Some(Duration::from_millis(2500)));
-        assert_eq!(parse_stall("1e30"), Some(crate::server::LONGEST_WAIT));
-        for refused in ["0", "-1", "NaN", "soon", ""] {
-            assert_eq!(parse_stall(refused), None, "{refused:?}");
-        }
     }
 }

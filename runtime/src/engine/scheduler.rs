@@ -85,21 +85,15 @@ impl BatchLimits {
     /// system reports (page cache of the mapped weights, a container's host) can be too
     /// generous to prevent anything; the operator knows what the model may have.
     pub fn from_env() -> Self {
-        let read = |name: &str, least: usize, default: usize| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|v| *v >= least)
-                .unwrap_or(default)
-        };
+        let read = |name: &str, default: usize| crate::settings::count(name).unwrap_or(default);
         let d = Self::default();
         Self {
-            max_batch: read("AGENTRT_MAX_BATCH", 1, d.max_batch),
-            queue: read("AGENTRT_GENERATION_QUEUE", 1, d.queue),
-            prefix_cache: read("AGENTRT_PREFIX_CACHE_MB", 0, d.prefix_cache >> 20)
+            max_batch: read("AGENTRT_MAX_BATCH", d.max_batch),
+            queue: read("AGENTRT_GENERATION_QUEUE", d.queue),
+            prefix_cache: read("AGENTRT_PREFIX_CACHE_MB", d.prefix_cache >> 20)
                 .saturating_mul(1 << 20),
-            prefill_chunk: read("AGENTRT_PREFILL_CHUNK", 1, d.prefill_chunk),
-            kv_cache: read("AGENTRT_KV_CACHE_MB", 0, 0).saturating_mul(1 << 20),
+            prefill_chunk: read("AGENTRT_PREFILL_CHUNK", d.prefill_chunk),
+            kv_cache: read("AGENTRT_KV_CACHE_MB", 0).saturating_mul(1 << 20),
         }
     }
 }

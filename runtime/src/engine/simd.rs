@@ -141,7 +141,7 @@ impl GroupKernels {
     pub fn best() -> Self {
         static BEST: std::sync::OnceLock<GroupKernels> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
-            let avx2_only = std::env::var("AGENTRT_SIMD").is_ok_and(|v| v.trim() == "avx2");
+            let avx2_only = crate::settings::word("AGENTRT_SIMD") == Some("avx2");
             if !avx2_only && Self::Avx512Vnni.available() {
                 Self::Avx512Vnni
             } else {

@@ -72,10 +72,7 @@ thread_local! {
 fn team() -> &'static Team {
     static TEAM: OnceLock<Team> = OnceLock::new();
     TEAM.get_or_init(|| {
-        let threads = std::env::var("AGENTRT_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|n| *n > 0)
+        let threads = crate::settings::count("AGENTRT_THREADS")
             .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
         let helpers = threads - 1;
         let shared: &'static Shared = Box::leak(Box::new(Shared {

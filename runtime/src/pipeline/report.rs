@@ -150,7 +150,7 @@ pub struct CheckOutcome {
 /// The result of a whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct PipelineOutcome {
-    /// `completed` or `failed`.
+    /// `completed`, `failed`, or `cancelled` (the run was cancelled: `error` is `COMM_004`).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,

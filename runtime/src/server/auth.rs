@@ -68,26 +68,7 @@ impl ApiKeys {
     /// environment form, `SCOPE:KEY,SCOPE:KEY`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut keys = Vec::new();
-        for (n, entry) in text
-            .split(['\n', ','])
-            .map(str::trim)
-            .enumerate()
-            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-        {
-            let (scope, key) = entry
-                .split_once(|c: char| c == ':' || c.is_whitespace())
-                .ok_or_else(|| format!("entry {}: expected `SCOPE KEY`", n + 1))?;
-            let scope = Scope::parse(scope.trim())
-                .ok_or_else(|| format!("entry {}: scope must be user or admin", n + 1))?;
-            let key = key.trim();
-            if key.len() < 16 {
-                return Err(format!(
-                    "entry {}: keys must be at least 16 characters",
-                    n + 1
-                ));
-            }
-            keys.push((digest(key), scope));
-        }
+        add_keys(&mut keys, text, None)?;
         Ok(Self {
             keys,
             ..Self::default()
@@ -124,16 +105,22 @@ impl ApiKeys {
         }
     }
 
-    /// `AGENTRT_API_KEYS` and the file `AGENTRT_API_KEYS_FILE` (or `file`), together.
+    /// `AGENTRT_API_KEYS` and the file `AGENTRT_API_KEYS_FILE` (or `file`), together. An
+    /// error names where the bad entry is: the variable's entry, or the file and its line.
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
-        let mut text = std::env::var("AGENTRT_API_KEYS").unwrap_or_default();
+        let mut keys = Vec::new();
+        let from_env = std::env::var("AGENTRT_API_KEYS").unwrap_or_default();
+        add_keys(&mut keys, &from_env, None).map_err(|e| format!("AGENTRT_API_KEYS {e}"))?;
         if let Some(path) = file {
             let content = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read API keys from {}: {e}", path.display()))?;
-            text.push('\n');
-            text.push_str(&content);
+            add_keys(&mut keys, &content, Some(path))
+                .map_err(|e| format!("{} {e}", path.display()))?;
         }
-        Self::parse(&text)
+        Ok(Self {
+            keys,
+            ..Self::default()
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -158,6 +145,39 @@ impl ApiKeys {
         }
         found
     }
+}
+
+/// Add the keys of `text` to `keys`: lines (a file's, when `file` is given: errors name the
+/// line) of comma-separated `SCOPE KEY` / `SCOPE:KEY` entries (errors name the entry).
+fn add_keys(
+    keys: &mut Vec<([u8; 32], Scope)>,
+    text: &str,
+    file: Option<&Path>,
+) -> Result<(), String> {
+    let mut entry = 0;
+    for (line_index, line) in text.lines().enumerate() {
+        for item in line.split(',').map(str::trim) {
+            if item.is_empty() || item.starts_with('#') {
+                continue;
+            }
+            entry += 1;
+            let at = match file {
+                Some(_) => format!("line {}", line_index + 1),
+                None => format!("entry {entry}"),
+            };
+            let (scope, key) = item
+                .split_once(|c: char| c == ':' || c.is_whitespace())
+                .ok_or_else(|| format!("{at}: expected `SCOPE KEY`"))?;
+            let scope = Scope::parse(scope.trim())
+                .ok_or_else(|| format!("{at}: scope must be user or admin"))?;
+            let key = key.trim();
+            if key.len() < 16 {
+                return Err(format!("{at}: keys must be at least 16 characters"));
+            }
+            keys.push((digest(key), scope));
+        }
+    }
+    Ok(())
 }
 
 /// The scope a path needs, or `None` for open paths.
@@ -211,11 +231,13 @@ pub async fn require_key(
         .filter_map(|k| keys.find(k))
         .max_by_key(|&(_, scope)| scope)
     else {
-        let mut response = ApiError::new(
-            ErrorCode::Unauthenticated,
-            "an API key is required (Authorization: Bearer KEY or X-API-Key)",
-        )
-        .into_uncounted_response();
+        let message = if presented(&request).next().is_some() {
+            "the API key is not one this server knows"
+        } else {
+            "an API key is required (Authorization: Bearer KEY or X-API-Key)"
+        };
+        let mut response =
+            ApiError::new(ErrorCode::Unauthenticated, message).into_uncounted_response();
         // A 401 names the scheme it wants (RFC 9110 §11.6.1).
         response.headers_mut().insert(
             axum::http::header::WWW_AUTHENTICATE,
@@ -255,6 +277,25 @@ mod tests {
         assert!(ApiKeys::parse("root aaaaaaaaaaaaaaaa").is_err());
         assert!(ApiKeys::parse("user short").is_err());
         assert!(ApiKeys::parse("").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn a_bad_key_is_named_by_its_line_in_a_file_and_its_entry_in_the_variable() {
+        let mut keys = Vec::new();
+        let file = Path::new("/etc/agentrt/keys");
+        let text = "# team keys\n\nuser aaaaaaaaaaaaaaaa\nuser short\n";
+        assert_eq!(
+            add_keys(&mut keys, text, Some(file)),
+            Err("line 4: keys must be at least 16 characters".into())
+        );
+        assert_eq!(
+            add_keys(
+                &mut keys,
+                "user:aaaaaaaaaaaaaaaa, root:bbbbbbbbbbbbbbbb",
+                None
+            ),
+            Err("entry 2: scope must be user or admin".into())
+        );
     }
 
     #[test]

@@ -333,10 +333,7 @@ async fn run(job: Job) -> Result<Response, OpenAiError> {
 pub(super) fn stream_stall_limit() -> Duration {
     static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *LIMIT.get_or_init(|| {
-        std::env::var("AGENTRT_STREAM_STALL_SECS")
-            .ok()
-            .and_then(|v| super::parse_seconds(&v, false))
-            .unwrap_or(Duration::from_secs(60))
+        crate::settings::seconds("AGENTRT_STREAM_STALL_SECS").unwrap_or(Duration::from_secs(60))
     })
 }
 
