@@ -1323,10 +1323,38 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let plugin = if target.ends_with(".wasm") || Path::new(&target).is_file() {
                 let (host, _) = plugin_host(&opts, None)?;
-                Arc::new(
-                    crate::authoring::load_file(&host, Path::new(&target))
-                        .map_err(|e| CliError::new(e.code(), e.to_string()))?,
-                )
+                match crate::authoring::load_file(&host, Path::new(&target)) {
+                    Ok(plugin) => Arc::new(plugin),
+                    // What a plugin asks for is what one inspects before granting it: its
+                    // manifest, with what is missing.
+                    Err(e @ crate::plugin::PluginError::NotGranted { .. }) => {
+                        let manifest = crate::authoring::read_manifest(Path::new(&target))
+                            .map_err(|m| CliError::new(ErrorCode::PluginLoad, m))?;
+                        let value = json!({
+                            "name": manifest.name,
+                            "version": manifest.version,
+                            "world": manifest.world,
+                            "description": manifest.description,
+                            "asks": manifest.permissions,
+                            "granted": null,
+                            "not_granted": e.to_string(),
+                        });
+                        emit(opts.json, &value, || {
+                            println!(
+                                "{} {} ({})",
+                                manifest.name, manifest.version, manifest.world
+                            );
+                            println!("  {}", manifest.description);
+                            println!(
+                                "  asks:     {}",
+                                serde_json::to_string(&manifest.permissions).unwrap_or_default()
+                            );
+                            println!("  granted:  not yet: {e}");
+                        });
+                        return Ok(());
+                    }
+                    Err(e) => return Err(CliError::new(e.code(), e.to_string())),
+                }
             } else {
                 let pipeline = load_pipeline(&opts, None)?;
                 pipeline

@@ -69,7 +69,7 @@ pub enum PluginError {
     #[error("plugin {plugin}: cannot load: {message}")]
     Load { plugin: String, message: String },
     #[error(
-        "plugin {plugin} asks for more than it is granted: {message} (grant it under [grants.{plugin}] in the config)"
+        "plugin {plugin} asks for more than it is granted: {message} (grant it under [grants.{plugin}] in the config; a server reads its config when it starts)"
     )]
     NotGranted { plugin: String, message: String },
     #[error("plugin {plugin} used up its fuel budget of {fuel}")]
@@ -381,6 +381,8 @@ impl PluginHost {
             // Every slot was busy: nothing is known against the component, and hot reload
             // tries a refusal with this code again at its next poll.
             Err(busy @ PluginError::Busy { .. }) => Err(busy),
+            // A budget that does not cover the start code: PLUGIN_007, raise `fuel`.
+            Err(fuel @ PluginError::Fuel { .. }) => Err(fuel),
             Err(PluginError::Trap { message, .. }) => Err(fail(message)),
             Err(other) => Err(fail(other.to_string())),
         }
@@ -644,13 +646,25 @@ impl PluginHost {
             // As after a call: the instance goes back to the pool before the slot does.
             drop(store);
             drop(slot);
+            // (out of fuel, what went wrong): a fuel budget too small for the component's
+            // start code is its fuel budget's failure, as in a call.
             match done {
-                Ok(done) => done.map_err(|e| format!("cannot instantiate: {e:#}")),
-                Err(_) => Err("the host panicked while instantiating the plugin".into()),
+                Ok(done) => done.map_err(|e| {
+                    let out_of_fuel = matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel));
+                    (out_of_fuel, format!("cannot instantiate: {e:#}"))
+                }),
+                Err(_) => Err((
+                    false,
+                    "the host panicked while instantiating the plugin".into(),
+                )),
             }
         });
         match finished {
-            Ok(Some(done)) => done.map_err(trap),
+            Ok(Some(Err((true, _)))) => Err(PluginError::Fuel {
+                plugin: name.clone(),
+                fuel: plugin.granted.fuel.unwrap_or(u64::MAX),
+            }),
+            Ok(Some(done)) => done.map_err(|(_, message)| trap(message)),
             Ok(None) => Err(PluginError::Timeout {
                 plugin: name.clone(),
                 timeout_ms: timeout.as_millis() as u64,

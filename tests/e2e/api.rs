@@ -285,7 +285,13 @@ fn invalid_requests_get_validation_codes() {
     let (status, body) = s.post("/tokenize", &json!({"prompt": "hi", "model": "gpt-9"}));
     assert_eq!(status, 404, "{body}");
     // A query string that does not parse is VAL_002 in the usual shape.
-    for query in ["limit=abc", "foo=1"] {
+    for query in [
+        "limit=abc",
+        "foo=1",
+        "limit=0",
+        "limit=101",
+        "before_id=run-x",
+    ] {
         let (status, body) = s.get(&format!("/v1/pipeline/runs?{query}"));
         assert_eq!(
             (status, error_code(&body).as_str()),

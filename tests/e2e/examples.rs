@@ -181,8 +181,12 @@ fn model_fallback_moves_a_run_off_a_dead_remote_model() {
     // The team's big model is another server (here a second agentrt); the small one is local.
     let back = Server::start(&[]);
     let remote_entry = format!("{}/v1", back.base);
-    let local_model = agentrt::paths::default_model();
     let plugins = fresh_dir("model-fallback");
+    // The remote serves the default model under its id, which the default model's file keeps
+    // here too: the local copy goes by another name, as a team's second model would.
+    let local_model = plugins.with_extension("local-small.gguf");
+    let _ = std::fs::remove_file(&local_model);
+    std::os::unix::fs::symlink(agentrt::paths::default_model(), &local_model).expect("symlink");
     let front = Server::start_with_env(
         &[
             "--model",
@@ -271,6 +275,7 @@ fn model_fallback_moves_a_run_off_a_dead_remote_model() {
     assert_eq!(status, 200, "{generated}");
     assert_eq!(generated["model"], json!(local), "{generated}");
     let _ = std::fs::remove_dir_all(&plugins);
+    let _ = std::fs::remove_file(&local_model);
 }
 
 /// The stage reports of `body` (a run result) for `stage` made by `plugin`.

@@ -218,9 +218,31 @@ fn a_plugin_asking_for_more_than_it_is_granted_fails_to_load_naming_the_permissi
         );
         println!("refused: {}", stderr.trim());
     }
+    // Every shortfall is named at once, and `inspect` shows what the file asks for before it
+    // is granted anything.
+    std::fs::write(&config, "").expect("write config");
+    let wasm = plugins.join("snoop-check.wasm");
+    let (ok, stdout, stderr) = run_cli(&[
+        "plugin",
+        "inspect",
+        path_str(&wasm),
+        "--config",
+        path_str(&config),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let inspected: Value = serde_json::from_str(&stdout).expect("json");
+    let missing = inspected["not_granted"].as_str().unwrap_or_default();
+    for expected in [
+        "env \"SNOOP_VISIBLE\" is not granted",
+        "folder \"/granted\" is not granted",
+        "host \"127.0.0.1:*\" is not granted",
+    ] {
+        assert!(missing.contains(expected), "{expected}: {inspected}");
+    }
+    assert!(inspected["asks"]["hosts"].is_array(), "{inspected}");
     // A server starts without it, as hot reload would refuse it, and says so: a folder a
     // running server took must not keep it from starting again.
-    std::fs::write(&config, "").expect("write config");
     let server = Server::start(&[
         "--plugins",
         path_str(&plugins),

@@ -179,70 +179,104 @@ impl Default for HostLimits {
 
 /// Check `asked` against `grant`: the first permission asked for and not granted is the error.
 pub fn resolve(asked: &Permissions, grant: &Grant, limits: &HostLimits) -> Result<Granted, String> {
+    // Every shortfall is named at once: an operator fixing grants should not meet them one
+    // restart at a time.
+    let mut problems = Vec::new();
     for model in &asked.models {
-        let covered = grant.models.iter().any(|g| g == "*" || g == model);
-        if !covered {
-            return Err(format!("model {model:?} is not granted"));
+        if !grant.models.iter().any(|g| g == "*" || g == model) {
+            problems.push(format!("model {model:?} is not granted"));
         }
     }
-    let max_tokens_per_call = bounded_u32(
-        "max-tokens-per-call",
-        asked.max_tokens_per_call,
-        grant.max_tokens_per_call,
-        DEFAULT_MAX_TOKENS_PER_CALL,
-    )?;
-    let tokens_per_minute = optional_budget(
-        "tokens-per-minute",
-        asked.tokens_per_minute.map(u64::from),
-        grant.tokens_per_minute.map(u64::from),
-    )?
-    .map(|n| n as u32);
-    let memory_mb = bounded_u64(
-        "memory-mb",
-        asked.memory_mb,
-        grant.memory_mb,
-        DEFAULT_MEMORY_MB,
-    )?
-    .min(limits.max_memory_mb);
-    let timeout_ms = bounded_u64(
-        "timeout-ms",
-        asked.timeout_ms,
-        grant.timeout_ms,
-        DEFAULT_TIMEOUT_MS,
-    )?
-    .min(limits.max_timeout_ms);
-    let fuel = optional_budget("fuel", asked.fuel, grant.fuel)?;
+    let max_tokens_per_call = kept(
+        &mut problems,
+        bounded_u32(
+            "max-tokens-per-call",
+            asked.max_tokens_per_call,
+            grant.max_tokens_per_call,
+            DEFAULT_MAX_TOKENS_PER_CALL,
+        ),
+    );
+    let tokens_per_minute = kept(
+        &mut problems,
+        optional_budget(
+            "tokens-per-minute",
+            asked.tokens_per_minute.map(u64::from),
+            grant.tokens_per_minute.map(u64::from),
+        ),
+    );
+    let memory_mb = kept(
+        &mut problems,
+        bounded_u64(
+            "memory-mb",
+            asked.memory_mb,
+            grant.memory_mb,
+            DEFAULT_MEMORY_MB,
+        ),
+    );
+    let timeout_ms = kept(
+        &mut problems,
+        bounded_u64(
+            "timeout-ms",
+            asked.timeout_ms,
+            grant.timeout_ms,
+            DEFAULT_TIMEOUT_MS,
+        ),
+    );
+    let fuel = kept(
+        &mut problems,
+        optional_budget("fuel", asked.fuel, grant.fuel),
+    );
     for name in &asked.env {
         if !grant.env.contains(name) {
-            return Err(format!("env {name:?} is not granted"));
+            problems.push(format!("env {name:?} is not granted"));
         }
     }
-    let folders = asked
+    let folders: Vec<_> = asked
         .folders
         .iter()
-        .map(|want| grant_folder(want, &grant.folders))
-        .collect::<Result<Vec<_>, _>>()?;
+        .filter_map(|want| kept(&mut problems, grant_folder(want, &grant.folders)))
+        .collect();
     for host in &asked.hosts {
         if !host_covered(host, &grant.hosts) {
-            return Err(format!("host {host:?} is not granted"));
+            problems.push(format!("host {host:?} is not granted"));
         }
     }
     if asked.run_python && !grant.run_python {
-        return Err("run-python is not granted".into());
+        problems.push("run-python is not granted".into());
     }
-    Ok(Granted {
-        models: asked.models.clone(),
+    match (
         max_tokens_per_call,
         tokens_per_minute,
         memory_mb,
         timeout_ms,
         fuel,
-        env: asked.env.clone(),
-        folders,
-        hosts: asked.hosts.clone(),
-        internal_hosts: grant.internal_hosts && !asked.hosts.is_empty(),
-        run_python: asked.run_python,
-    })
+    ) {
+        (
+            Some(max_tokens_per_call),
+            Some(tokens_per_minute),
+            Some(memory_mb),
+            Some(timeout_ms),
+            Some(fuel),
+        ) if problems.is_empty() => Ok(Granted {
+            models: asked.models.clone(),
+            max_tokens_per_call,
+            tokens_per_minute: tokens_per_minute.map(|n| n as u32),
+            memory_mb: memory_mb.min(limits.max_memory_mb),
+            timeout_ms: timeout_ms.min(limits.max_timeout_ms),
+            fuel,
+            env: asked.env.clone(),
+            folders,
+            hosts: asked.hosts.clone(),
+            internal_hosts: grant.internal_hosts && !asked.hosts.is_empty(),
+            run_python: asked.run_python,
+        }),
+        _ => Err(problems.join("; ")),
+    }
+}
+
+/// The value of `result`, or `None` with its error added to `problems`.
+fn kept<T>(problems: &mut Vec<String>, result: Result<T, String>) -> Option<T> {
+    result.map_err(|e| problems.push(e)).ok()
 }
 
 /// A limit with a default: the manifest may ask up to the grant (or the default when the grant

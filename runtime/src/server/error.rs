@@ -144,6 +144,11 @@ impl From<JsonRejection> for ApiError {
                     ErrorCode::InvalidInput
                 };
                 let field = field_of(&text);
+                if field.is_none() && text.contains("invalid type: ") {
+                    // The body as a whole has the wrong shape (`[]`, `null`, a string): say
+                    // so in the client's terms, not serde's (`expected struct ChatBody`).
+                    return ApiError::new(ErrorCode::ValidationFailed, wrong_shape(&text));
+                }
                 let err = ApiError::new(code, text);
                 match field {
                     Some(f) => err.for_field(&f),
@@ -188,6 +193,17 @@ fn field_of(text: &str) -> Option<String> {
     (plain && !path.is_empty()).then(|| path.to_string())
 }
 
+/// What a body of the wrong shape was, from serde's `invalid type: sequence, expected struct
+/// X at line 1 column 1`.
+fn wrong_shape(text: &str) -> String {
+    let got = text
+        .split("invalid type: ")
+        .nth(1)
+        .and_then(|rest| rest.split(", expected").next())
+        .unwrap_or("something else");
+    format!("the body must be a JSON object of the route's fields, not {got}")
+}
+
 /// The [`ApiError`] a response was built from.
 #[derive(Debug, Clone)]
 pub struct SentError(pub ApiError);
@@ -227,6 +243,17 @@ mod tests {
         assert_eq!(
             field_of("Failed to parse the request body as JSON: expected value"),
             None
+        );
+    }
+
+    #[test]
+    fn a_body_of_the_wrong_shape_is_said_so_without_rust_type_names() {
+        let text = "Failed to deserialize the JSON body into the target type: invalid type: \
+                    sequence, expected struct ChatBody with 6 elements at line 1 column 1";
+        assert_eq!(field_of(text), None);
+        assert_eq!(
+            wrong_shape(text),
+            "the body must be a JSON object of the route's fields, not sequence"
         );
     }
 

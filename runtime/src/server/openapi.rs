@@ -156,7 +156,7 @@ pub fn document() -> Value {
             "get": with_parameters(
                 operation("/v1/pipeline/runs", "Runs, newest first (by creation, then id); a full page has `next_before` and `next_before_id`, which ask for the next one", None, ok("Runs", any.clone())),
                 json!([
-                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
                     {"name": "before", "in": "query", "schema": {"type": "integer"}, "description": "The next page: runs created before this time (ms since the epoch), or at it with an id before `before_id`"},
                     {"name": "before_id", "in": "query", "schema": {"type": "string"}, "description": "With `before`: the last run of the previous page (runs created in the same millisecond are not skipped)"},
                 ]),

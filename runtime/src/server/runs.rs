@@ -128,7 +128,25 @@ pub async fn list(
         Ok(Query(q)) => q,
         Err(r) => return ApiError::from(r).into_response(),
     };
-    let limit = q.limit.unwrap_or(20).clamp(1, MAX_LIST);
+    // A page size out of range is the client's mistake, not a size quietly changed; so is a
+    // `before_id` without the `before` it narrows.
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("limit: expected 1 to {MAX_LIST}, got {limit}"),
+        )
+        .for_field("limit")
+        .into_response();
+    }
+    if q.before_id.is_some() && q.before.is_none() {
+        return ApiError::new(
+            ErrorCode::InvalidInput,
+            "before_id: only with before (the created_at_ms of the run it names)",
+        )
+        .for_field("before_id")
+        .into_response();
+    }
     let store = state.runs.store().clone();
     let listed = tokio::task::spawn_blocking(move || {
         let before_id = q.before_id.as_deref().unwrap_or("");
