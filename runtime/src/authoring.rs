@@ -45,18 +45,9 @@ fn check_steps(host: &PluginHost, wasm: &Path, report: &mut Report) -> Result<()
             return Err(ErrorCode::PluginLoad);
         }
     };
-    if let Some(taken_by) = crate::plugin::registry::default_world_of(&manifest.name)
-        .filter(|world| world.role() != manifest.world.role())
-    {
-        report.add(
-            "manifest",
-            Status::Fail,
-            format!(
-                "the name {:?} is the default {taken_by} plugin's: a server refuses a {} plugin \
-                 of that name (grants follow names); rename it in plugin.toml",
-                manifest.name, manifest.world
-            ),
-        );
+    if let Some(why) = crate::plugin::registry::name_taken(&manifest.name, manifest.world) {
+        let fix = "a server refuses it: rename it in plugin.toml";
+        report.add("manifest", Status::Fail, format!("{why}; {fix}"));
         return Err(ErrorCode::PluginLoad);
     }
     report.add(

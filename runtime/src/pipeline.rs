@@ -149,21 +149,47 @@ impl Pipeline {
         error: Option<&PluginError>,
     ) -> StageReport {
         let code = error.map(PluginError::code_str);
+        let status = if error.is_some() { "error" } else { "ok" };
+        let shown = error.map(ErrorOut::from_plugin);
+        self.finish_stage(
+            plugin,
+            stage,
+            attempt,
+            stats,
+            code.as_deref(),
+            status,
+            shown,
+        )
+    }
+
+    /// Count a stage's call in the plugin's statistics (a failure under `failure_code`),
+    /// announce its report and return it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_stage(
+        &self,
+        plugin: &Plugin,
+        stage: Stage,
+        attempt: u32,
+        stats: CallStats,
+        failure_code: Option<&str>,
+        status: &str,
+        error: Option<ErrorOut>,
+    ) -> StageReport {
         self.stats.record_plugin(
             &plugin.manifest.name,
             stats.duration_ms,
             stats.tokens,
-            code.as_deref(),
+            failure_code,
         );
         let report = StageReport {
             stage: stage_name(stage).to_string(),
             plugin: plugin.manifest.name.clone(),
             attempt,
-            status: if error.is_some() { "error" } else { "ok" }.to_string(),
+            status: status.to_string(),
             duration_ms: stats.duration_ms,
             tokens: stats.tokens,
             models: stats.models,
-            error: error.map(ErrorOut::from_plugin),
+            error,
         };
         self.run.emit(PipelineEvent::StageFinished {
             report: report.clone(),
@@ -180,22 +206,8 @@ impl Pipeline {
         attempt: u32,
         stats: CallStats,
     ) -> StageReport {
-        self.stats
-            .record_plugin(&plugin.manifest.name, stats.duration_ms, stats.tokens, None);
-        let report = StageReport {
-            stage: stage_name(stage).to_string(),
-            plugin: plugin.manifest.name.clone(),
-            attempt,
-            status: "cancelled".to_string(),
-            duration_ms: stats.duration_ms,
-            tokens: stats.tokens,
-            models: stats.models,
-            error: self.cancelled(),
-        };
-        self.run.emit(PipelineEvent::StageFinished {
-            report: report.clone(),
-        });
-        report
+        let cancelled = self.cancelled();
+        self.finish_stage(plugin, stage, attempt, stats, None, "cancelled", cancelled)
     }
 
     fn to_pipeline_error(e: &PluginError, stage: Stage, attempt: u32) -> PipelineError {

@@ -157,14 +157,21 @@ fn load_error(plugin: &str, message: impl Into<String>) -> PluginError {
     }
 }
 
-/// The world of the default plugin called `name`, if one is (read from the embedded
-/// manifests, without loading a component).
-pub fn default_world_of(name: &str) -> Option<World> {
-    embedded::PLUGINS
+/// Why a plugin of `world` cannot be called `name`, if it cannot: the name is a default
+/// plugin's of another world (read from the embedded manifests, without loading a component).
+/// The one rule for a server's folder and for `agentrt plugin check`.
+pub fn name_taken(name: &str, world: World) -> Option<String> {
+    let taken_by = embedded::PLUGINS
         .iter()
         .filter_map(|(manifest_text, _)| Manifest::parse(manifest_text).ok())
         .find(|m| m.name == name)
         .map(|m| m.world)
+        .filter(|default| default.role() != world.role())?;
+    Some(format!(
+        "the name {name:?} is the default {taken_by} plugin's; grants follow names \
+         ([grants.{name}]) and a plugin replaces the one of its name, so this {world} plugin \
+         needs a name of its own"
+    ))
 }
 
 /// The defaults compiled into the binary.
@@ -187,7 +194,7 @@ pub fn compose(
     folder: impl IntoIterator<Item = Arc<Plugin>>,
 ) -> Result<(PluginSet, Vec<Refused>), PluginError> {
     let folder: Vec<Arc<Plugin>> = folder.into_iter().collect();
-    let (usable, refused) = refuse_misplaced(embedded, folder);
+    let (usable, refused) = refuse_misplaced(folder);
     let mut loaded: Vec<Arc<Plugin>> = embedded.to_vec();
     for plugin in usable {
         let replaces = |p: &Arc<Plugin>| match plugin.manifest.world {
@@ -223,10 +230,7 @@ pub fn compose(
 /// Split the folder's plugins into those that can take their place and refusals of those that
 /// cannot: named after a default of another world, or wanting a role another folder plugin
 /// wants too.
-fn refuse_misplaced(
-    embedded: &[Arc<Plugin>],
-    folder: Vec<Arc<Plugin>>,
-) -> (Vec<Arc<Plugin>>, Vec<Refused>) {
+fn refuse_misplaced(folder: Vec<Arc<Plugin>>) -> (Vec<Arc<Plugin>>, Vec<Refused>) {
     let file_of = |p: &Plugin| match &p.source {
         PluginSource::File(path) => path.clone(),
         PluginSource::Embedded => PathBuf::from(&p.manifest.name),
@@ -237,20 +241,9 @@ fn refuse_misplaced(
     let mut refused = Vec::new();
     let mut named_well = Vec::new();
     for plugin in folder {
-        let (name, world) = (&plugin.manifest.name, plugin.manifest.world);
-        match embedded.iter().find(|d| &d.manifest.name == name) {
-            Some(default) if default.manifest.world.role() != world.role() => {
-                refused.push(refuse(
-                    &plugin,
-                    format!(
-                        "the name {name:?} is the default {} plugin's; grants follow names \
-                         ([grants.{name}]) and a plugin replaces the one of its name, so this \
-                         {world} plugin needs a name of its own",
-                        default.manifest.world
-                    ),
-                ));
-            }
-            _ => named_well.push(plugin),
+        match name_taken(&plugin.manifest.name, plugin.manifest.world) {
+            Some(why) => refused.push(refuse(&plugin, why)),
+            None => named_well.push(plugin),
         }
     }
     let role_of = |p: &Plugin| match p.manifest.world {
