@@ -49,7 +49,13 @@ fn main() {
         let mut runs: Vec<f64> = (0..15)
             .map(|_| {
                 let started = Instant::now();
-                let report = sandbox.run_tests_in(interpreter, CODE, TESTS, Default::default());
+                let report = sandbox.run_tests_in(
+                    interpreter,
+                    CODE,
+                    TESTS,
+                    &Default::default(),
+                    Default::default(),
+                );
                 assert_eq!(report.results.len(), 3);
                 assert_eq!(report.interpreter, interpreter);
                 ms(started.elapsed())

@@ -23,6 +23,7 @@ use crate::plugin::bindings::CodeArtifact;
 use crate::plugin::compile_cache::CompileCache;
 use crate::plugin::registry::{LivePlugins, load_plugins};
 use crate::plugin::reload::Reloader;
+use crate::sandbox::FileNames;
 use crate::stats::Stats;
 
 /// A failure of a command: an error code and a message for the terminal.
@@ -113,6 +114,8 @@ pub enum Command {
     /// Run the quality checks and the reviewer on a file.
     Review {
         file: PathBuf,
+        /// Python tests to run against FILE (test_* functions or top-level asserts); they
+        /// may import FILE by its name (`from sol import f` for sol.py) or as `solution`.
         #[arg(long)]
         tests: Option<PathBuf>,
         #[command(flatten)]
@@ -319,13 +322,19 @@ pub fn load_default_model(opts: &RuntimeOpts) -> Result<Arc<ServedModel>, CliErr
 
 /// How many tests passed, and each failure with its message.
 fn print_test_report(tests: &crate::sandbox::TestReport) {
-    println!(
-        "tests: {} of {} passed",
-        tests.passed(),
-        tests.results.len()
-    );
-    if let Some(setup) = &tests.setup_error {
-        println!("  did not load: {setup}");
+    match &tests.setup_error {
+        // Nothing ran: "0 of 0 passed" would read as if there were no tests.
+        Some(setup) if tests.results.is_empty() => println!("tests: did not load: {setup}"),
+        Some(setup) => println!(
+            "tests: {} of {} passed; stopped: {setup}",
+            tests.passed(),
+            tests.results.len()
+        ),
+        None => println!(
+            "tests: {} of {} passed",
+            tests.passed(),
+            tests.results.len()
+        ),
     }
     for r in tests.failures() {
         println!("  {} ({:?}): {}", r.name, r.status, r.message);
@@ -552,6 +561,7 @@ pub fn load_pipeline_with_reload(
         stats: Arc::new(Stats::default()),
         sandbox: Some(sandbox),
         run: Default::default(),
+        file_names: Default::default(),
     };
     Ok((pipeline, reloader))
 }
@@ -709,9 +719,22 @@ fn print_findings(file: &std::path::Path, findings: &[FindingOut]) {
     };
     for f in findings {
         println!(
-            "{name}:{}:{}: {} [{}] {}",
-            f.line, f.column, f.severity, f.rule_id, f.message
+            "{}: {} [{}] {}",
+            finding_place(&name, f.line, f.column),
+            f.severity,
+            f.rule_id,
+            f.message
         );
+    }
+}
+
+/// Where a finding is, as compilers print it: `FILE:LINE:COL`, `FILE:LINE` without a column,
+/// `FILE` alone for a finding about the whole file (line 0: a failed test, a model remark).
+fn finding_place(file: &str, line: u32, column: u32) -> String {
+    match (line, column) {
+        (0, _) => file.to_string(),
+        (line, 0) => format!("{file}:{line}"),
+        (line, column) => format!("{file}:{line}:{column}"),
     }
 }
 
@@ -1088,7 +1111,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .unwrap_or_default(),
             };
             let engine = load_engine(&opts)?;
-            let pipeline = load_pipeline(&opts, Some(engine))?;
+            let pipeline = Pipeline {
+                file_names: FileNames::of(&file, tests.as_deref()),
+                ..load_pipeline(&opts, Some(engine))?
+            };
             let mut stages = Vec::new();
             let (findings, checks) = pipeline.check(&artifact, None, &mut stages);
             let tests = pipeline.test(&artifact, 1, &mut stages);
@@ -1572,6 +1598,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn findings_without_a_line_or_column_print_without_them() {
+        assert_eq!(finding_place("sol.py", 3, 5), "sol.py:3:5");
+        assert_eq!(finding_place("sol.py", 3, 0), "sol.py:3");
+        assert_eq!(finding_place("sol.py", 0, 0), "sol.py");
+    }
 
     #[test]
     fn a_model_file_is_named_without_gguf_and_a_folder_by_its_whole_name() {

@@ -74,6 +74,8 @@ pub struct Pipeline {
     pub sandbox: Option<Arc<LazySandbox>>,
     /// Events and cancellation of a tracked run (empty otherwise); see [`Pipeline::tracked`].
     pub run: RunContext,
+    /// The names the code and tests run under (a file's own names when the CLI reviews one).
+    pub file_names: crate::sandbox::FileNames,
 }
 
 /// A failed stage, with the reports gathered so far.
@@ -628,6 +630,7 @@ impl Pipeline {
         let report = sandbox.run_tests_until(
             &artifact.code,
             &artifact.tests,
+            &self.file_names,
             crate::sandbox::Until {
                 deadline: None,
                 cancel: self.run.call.cancel.as_deref(),

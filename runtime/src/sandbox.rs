@@ -61,6 +61,42 @@ pub enum SandboxError {
     Wasm(wasmtime::Error),
 }
 
+/// The file names the code and the tests run under: what tracebacks and failure messages show,
+/// and the module the tests may import the code as (`sol` for `sol.py`, as under pytest beside
+/// the file), besides `solution`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileNames {
+    pub code: String,
+    pub tests: String,
+}
+
+impl Default for FileNames {
+    fn default() -> Self {
+        Self {
+            code: "solution.py".into(),
+            tests: "test_solution.py".into(),
+        }
+    }
+}
+
+impl FileNames {
+    /// The names of the files at `code` and `tests`; a path without a usable `.py` name (stdin,
+    /// `-`, another extension) keeps the default for that file.
+    pub fn of(code: &std::path::Path, tests: Option<&std::path::Path>) -> Self {
+        let default = Self::default();
+        let name = |path: Option<&std::path::Path>, fallback: String| {
+            path.and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .filter(|n| n.len() > 3 && n.ends_with(".py") && !n.chars().any(char::is_control))
+                .map_or(fallback, str::to_string)
+        };
+        Self {
+            code: name(Some(code), default.code),
+            tests: name(tests, default.tests),
+        }
+    }
+}
+
 /// When a report's runs must stop early, checked before each interpreter run (one run is
 /// bounded by [`SandboxLimits::run_timeout`] itself).
 #[derive(Debug, Clone, Copy, Default)]
@@ -463,17 +499,23 @@ impl PythonSandbox {
 
     /// Run `tests` against `code`, each test at most once.
     pub fn run_tests(&self, code: &str, tests: &str) -> TestReport {
-        self.run_tests_until(code, tests, Until::default())
+        self.run_tests_until(code, tests, &FileNames::default(), Until::default())
     }
 
     /// As [`Self::run_tests`], ending early at `until` too: a plugin's call into the sandbox
     /// must not outlive the plugin's own deadline, nor a request's tests its deadline.
-    pub fn run_tests_until(&self, code: &str, tests: &str, until: Until<'_>) -> TestReport {
+    pub fn run_tests_until(
+        &self,
+        code: &str,
+        tests: &str,
+        names: &FileNames,
+        until: Until<'_>,
+    ) -> TestReport {
         // One time budget for the report, however many interpreters it takes.
         let budget_end = Instant::now() + self.limits.total_timeout;
         if self.snapshot.is_some() {
             let report =
-                self.run_tests_within(Interpreter::Snapshot, code, tests, until, budget_end);
+                self.run_tests_within(Interpreter::Snapshot, code, tests, names, until, budget_end);
             // Nothing left of the budget for a second interpreter: the snapshot's answer is
             // the report (a rerun could only say that no test was run).
             if !missing_module(&report) || Instant::now() >= budget_end {
@@ -481,7 +523,7 @@ impl PythonSandbox {
             }
             tracing::debug!("a module is not in the runner snapshot; running in python.wasm");
         }
-        self.run_tests_within(Interpreter::Script, code, tests, until, budget_end)
+        self.run_tests_within(Interpreter::Script, code, tests, names, until, budget_end)
     }
 
     /// Run `tests` against `code` in the given interpreter only (the snapshot falls back to the
@@ -491,10 +533,11 @@ impl PythonSandbox {
         runner: Interpreter,
         code: &str,
         tests: &str,
+        names: &FileNames,
         until: Until<'_>,
     ) -> TestReport {
         let budget_end = Instant::now() + self.limits.total_timeout;
-        self.run_tests_within(runner, code, tests, until, budget_end)
+        self.run_tests_within(runner, code, tests, names, until, budget_end)
     }
 
     /// [`Self::run_tests_in`] with the time budget ending at `budget_end`.
@@ -503,6 +546,7 @@ impl PythonSandbox {
         runner: Interpreter,
         code: &str,
         tests: &str,
+        names: &FileNames,
         until: Until<'_>,
         budget_end: Instant,
     ) -> TestReport {
@@ -551,7 +595,7 @@ impl PythonSandbox {
                 timeout,
                 cancel: until.cancel,
             };
-            let (events, end) = self.run_once(runner, code, tests, only.as_deref(), stop);
+            let (events, end) = self.run_once(runner, code, tests, names, only.as_deref(), stop);
             let mut running: Option<String> = None;
             for event in events {
                 match event {
@@ -658,11 +702,19 @@ impl PythonSandbox {
         runner: Interpreter,
         code: &str,
         tests: &str,
+        names: &FileNames,
         only: Option<&[String]>,
         stop: RunStop<'_>,
     ) -> (Vec<Event>, RunEnd) {
         let nonce = nonce();
-        let payload = serde_json::json!({"code": code, "tests": tests, "only": only}).to_string();
+        let payload = serde_json::json!({
+            "code": code,
+            "tests": tests,
+            "only": only,
+            "code_file": names.code,
+            "tests_file": names.tests,
+        })
+        .to_string();
         let stdout = MemoryOutputPipe::new(self.limits.output_bytes);
         let scratch = match Scratch::create(&nonce) {
             Ok(s) => s,
@@ -855,6 +907,21 @@ fn nonce() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_come_from_python_paths_and_default_otherwise() {
+        use std::path::Path;
+        let names = FileNames::of(Path::new("/a/b/sol.py"), Some(Path::new("t/test_sol.py")));
+        assert_eq!(
+            (names.code.as_str(), names.tests.as_str()),
+            ("sol.py", "test_sol.py")
+        );
+        // Standard input, other extensions and a bare ".py" keep the defaults.
+        let names = FileNames::of(Path::new("-"), Some(Path::new("tests.txt")));
+        assert_eq!(names, FileNames::default());
+        let names = FileNames::of(Path::new(".py"), None);
+        assert_eq!(names, FileNames::default());
+    }
 
     #[test]
     fn scratch_folders_of_ended_processes_are_swept_and_live_ones_kept() {

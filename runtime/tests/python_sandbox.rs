@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use agentrt::plugin::compile_cache::CompileCache;
-use agentrt::sandbox::{Interpreter, PythonSandbox, SandboxLimits, TestReport, TestStatus, Until};
+use agentrt::sandbox::{
+    FileNames, Interpreter, PythonSandbox, SandboxLimits, TestReport, TestStatus, Until,
+};
 
 fn sandbox() -> &'static PythonSandbox {
     static SANDBOX: OnceLock<PythonSandbox> = OnceLock::new();
@@ -265,6 +267,7 @@ fn a_callers_deadline_ends_the_run_before_the_sandbox_limit() {
     let report = sandbox.run_tests_until(
         ADD,
         tests,
+        &FileNames::default(),
         Until {
             deadline: Some(deadline),
             cancel: None,
@@ -344,6 +347,7 @@ fn a_cancel_stops_a_hanging_test_and_the_runs_after_it() {
         sandbox().run_tests_until(
             ADD,
             HANGING,
+            &FileNames::default(),
             Until {
                 deadline: None,
                 cancel: Some(&cancel),
@@ -371,6 +375,7 @@ fn a_cancel_stops_a_hanging_test_and_the_runs_after_it() {
     let report = sandbox().run_tests_until(
         ADD,
         HANGING,
+        &FileNames::default(),
         Until {
             deadline: None,
             cancel: Some(&cancel),
@@ -380,5 +385,58 @@ fn a_cancel_stops_a_hanging_test_and_the_runs_after_it() {
     assert_eq!(
         report.setup_error.as_deref(),
         Some("the request or run was cancelled")
+    );
+}
+
+#[test]
+fn tests_import_the_code_by_its_file_name_and_failures_name_the_files() {
+    // `agentrt review sol.py --tests test_sol.py`: the tests import `sol` as pytest beside the
+    // file would let them, and a failure points into the user's own files.
+    let names = FileNames::of(
+        std::path::Path::new("work/sol.py"),
+        Some(std::path::Path::new("work/test_sol.py")),
+    );
+    let tests = "from sol import add\nimport solution\n\n\
+                 def test_ok():\n    assert add(1, 2) == solution.add(2, 1) == 3\n\n\
+                 def test_wrong():\n    assert add(1, 2) == 4\n";
+    for interpreter in [Interpreter::Snapshot, Interpreter::Script] {
+        let report = sandbox().run_tests_in(interpreter, ADD, tests, &names, Until::default());
+        println!("{report:?}");
+        assert_eq!(report.setup_error, None, "{report:?}");
+        assert_eq!(status_of(&report, "test_ok"), TestStatus::Passed);
+        let wrong = report
+            .results
+            .iter()
+            .find(|r| r.name == "test_wrong")
+            .expect("a result for test_wrong");
+        assert!(
+            wrong
+                .message
+                .contains("at test_sol.py:8: assert add(1, 2) == 4"),
+            "{}",
+            wrong.message
+        );
+    }
+    // A file named after a standard module keeps the module: the tests' `import random` must
+    // still find the real one.
+    let names = FileNames::of(std::path::Path::new("random.py"), None);
+    let report = sandbox().run_tests_until(
+        ADD,
+        "import random\n\ndef test_real_random():\n    assert 0 <= random.random() < 1\n",
+        &names,
+        Until::default(),
+    );
+    assert_eq!(
+        status_of(&report, "test_real_random"),
+        TestStatus::Passed,
+        "{report:?}"
+    );
+    // Under the default names, a wrong import fails to load as before, naming the tests' file.
+    let report = sandbox().run_tests(ADD, "from sol import add\n");
+    assert!(
+        report.setup_error.as_deref().is_some_and(
+            |e| e.contains("No module named 'sol'") && e.contains("test_solution.py:1")
+        ),
+        "{report:?}"
     );
 }

@@ -147,7 +147,13 @@ pub fn decide(request: &ReviewRequest, opinion: Option<&Opinion>) -> Review {
     if !outcomes.is_empty() {
         reasons.push(format!("{passed}/{} tests passed", outcomes.len()));
     }
-    reasons.push(format!("{errors} error and {warnings} warning findings"));
+    // The quality checks' own findings: failed tests and model remarks, added above, are
+    // counted in their own reasons.
+    reasons.push(format!(
+        "quality checks: {}, {}",
+        plural(errors, "error"),
+        plural(warnings, "warning")
+    ));
     reasons.push(match opinion {
         Some(Opinion {
             score: Some(score), ..
@@ -162,6 +168,15 @@ pub fn decide(request: &ReviewRequest, opinion: Option<&Opinion>) -> Review {
         score,
         summary,
         findings,
+    }
+}
+
+/// `n` things, in words: "no errors", "1 error", "3 errors".
+fn plural(n: usize, thing: &str) -> String {
+    match n {
+        0 => format!("no {thing}s"),
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
     }
 }
 
@@ -209,6 +224,29 @@ mod tests {
         assert_eq!(review.verdict, Verdict::Approve);
         assert_eq!(review.score, 9.0);
         assert!(review.summary.starts_with("approve: 1/1 tests passed"));
+    }
+
+    #[test]
+    fn the_summary_counts_the_checks_findings_apart_from_failed_tests() {
+        let warning = || Finding::new("missing-docstring", Severity::Warning, "no docstring");
+        let review = decide(
+            &request(vec![warning(), warning()], &[("test_b", false)]),
+            Some(&opinion(None, &[])),
+        );
+        assert_eq!(
+            review.summary,
+            "reject: 0/1 tests passed; quality checks: no errors, 2 warnings; \
+             the model gave no score"
+        );
+        let error = Finding::new("undefined-name", Severity::Error, "x");
+        let review = decide(&request(vec![error, warning()], &[]), None);
+        assert!(
+            review
+                .summary
+                .contains("quality checks: 1 error, 1 warning; no model review"),
+            "{}",
+            review.summary
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ impl Host for PluginState {
         let report = python.run_tests_until(
             &code,
             &tests,
+            &Default::default(),
             crate::sandbox::Until {
                 deadline: Some(self.deadline),
                 cancel: self.cancel.as_deref(),

@@ -2,13 +2,18 @@
 # runner component (runner_app.py, `run(request, nonce)`), or started as a script by python.wasm
 # (WASI preview 1), where it reads the request from stdin and the nonce from argv[1].
 #
-# The request is {"code": ..., "tests": ..., "only": [names] | null}; it runs the solution, then
-# every top-level test_* function of the tests (or only those named), and reports on stdout,
+# The request is {"code": ..., "tests": ..., "only": [names] | null, "code_file": name,
+# "tests_file": name}; it runs the solution, then every top-level test_* function of the tests
+# (or only those named), and reports on stdout,
 # one line per event, each prefixed by the record separator and the nonce the host passed as
 # argv[1], so output the code under test prints cannot pass for a result:
 #   collected {"tests": [...]}, setup {"stage": "code"|"tests", "message": ...},
 #   start {"test": name}, result {"test": name, "outcome": "passed"|"failed"|"error", "message": ...}
 # What the code and tests print goes to an in-memory buffer, not to the host.
+#
+# The file names (default solution.py and test_solution.py) are what tracebacks show; the tests
+# may import the code as `solution` or as its file's own name (`from sol import f` for sol.py),
+# as they would under pytest beside the file.
 import io
 import json
 import linecache
@@ -24,18 +29,24 @@ def agentrt_run(payload, nonce):
     except OSError:
         pass
     real_out = sys.stdout
+    code_file = payload.get("code_file") or "solution.py"
+    tests_file = payload.get("tests_file") or "test_solution.py"
+    module_names = ["solution"]
+    stem = code_file[:-3] if code_file.endswith(".py") else ""
+    if stem.isidentifier() and stem not in module_names and stem not in sys.stdlib_module_names:
+        module_names.append(stem)
 
     def emit(kind, **fields):
         real_out.write("\x1e" + nonce + " " + kind + " " + json.dumps(fields) + "\n")
         real_out.flush()
 
-    for name, source in (("solution.py", payload["code"]), ("test_solution.py", payload["tests"])):
+    for name, source in ((code_file, payload["code"]), (tests_file, payload["tests"])):
         linecache.cache[name] = (len(source), None, source.splitlines(True), name)
 
     def describe(error):
         # The failing line of the tests (or of the solution), as pytest shows it.
         frames = [f for f in traceback.extract_tb(error.__traceback__)
-                  if f.filename in ("test_solution.py", "solution.py")]
+                  if f.filename in (tests_file, code_file)]
         where = ""
         if frames:
             f = frames[-1]
@@ -45,21 +56,22 @@ def agentrt_run(payload, nonce):
         return (head + where)[:2000]
 
     sys.stdout = sys.stderr = io.StringIO()
-    namespace = {"__name__": "solution", "__builtins__": __builtins__}
+    namespace = {"__name__": module_names[-1], "__builtins__": __builtins__}
     try:
-        exec(compile(payload["code"], "solution.py", "exec"), namespace)
+        exec(compile(payload["code"], code_file, "exec"), namespace)
     except BaseException as error:  # noqa: BLE001 - any failure is the code's
         emit("setup", stage="code", message=describe(error))
         return
-    module = types.ModuleType("solution")
+    module = types.ModuleType(module_names[-1])
     module.__dict__.update(namespace)
-    sys.modules["solution"] = module
+    for name in module_names:
+        sys.modules[name] = module
     test_namespace = dict(namespace)
-    test_namespace["__name__"] = "test_solution"
+    test_namespace["__name__"] = tests_file[:-3] if tests_file.endswith(".py") else "test_solution"
     # Tests may also be plain top-level asserts: the module itself is then one test.
     module_test = "<module>"
     try:
-        exec(compile(payload["tests"], "test_solution.py", "exec"), test_namespace)
+        exec(compile(payload["tests"], tests_file, "exec"), test_namespace)
     except AssertionError as error:
         emit("collected", tests=[module_test])
         emit("result", test=module_test, outcome="failed", message=describe(error))
@@ -69,7 +81,7 @@ def agentrt_run(payload, nonce):
         return
     tests = [name for name, value in list(test_namespace.items())
              if name.startswith("test") and callable(value)
-             and getattr(getattr(value, "__code__", None), "co_filename", "") == "test_solution.py"]
+             and getattr(getattr(value, "__code__", None), "co_filename", "") == tests_file]
     if not tests:
         emit("collected", tests=[module_test])
         emit("result", test=module_test, outcome="passed", message="")
