@@ -179,8 +179,6 @@ pub enum Command {
     Logs {
         #[command(subcommand)]
         action: LogsAction,
-        #[command(flatten)]
-        opts: RuntimeOpts,
     },
     /// Back up the run store (copied online: consistent while a server writes to it), the
     /// config file (`--config`) and the plugin folder (`--plugins`) into a new folder, with a
@@ -247,10 +245,14 @@ pub enum LogsAction {
     /// Summarise a JSON log (AGENTRT_LOG_FORMAT=json): warnings and errors by frequency, slow
     /// requests with their ids, plugin calls and failures by code.
     Analyze {
+        /// The log file (`-`: standard input).
         file: PathBuf,
         /// Requests taking this long or longer are listed.
         #[arg(long, default_value_t = 1000)]
         slow_ms: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -622,7 +624,11 @@ fn sqlite_only(location: String) -> Result<std::path::PathBuf, CliError> {
 }
 
 /// Open the run store and close the runs a previous process left unfinished.
-fn open_store(opts: &RuntimeOpts) -> Result<Arc<dyn crate::store::RunStore>, CliError> {
+fn open_store(
+    opts: &RuntimeOpts,
+    stats: &Stats,
+) -> Result<Arc<dyn crate::store::RunStore>, CliError> {
+    use crate::store::RunStore;
     let location = store_location(opts)?;
     let store = crate::store::open_for_server(&location)
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
@@ -635,7 +641,22 @@ fn open_store(opts: &RuntimeOpts) -> Result<Arc<dyn crate::store::RunStore>, Cli
             store = %store.location(),
             "runs left unfinished by the previous server were marked failed (RUN_002)"
         );
+        // Failed runs like any other, in /stats and /metrics: ended by the crash (their time
+        // and tokens are not known).
+        for _ in 0..interrupted {
+            stats.record_endpoint_unmeasured(
+                crate::runs::STATS_ENDPOINT,
+                Some(ErrorCode::RunInterrupted.as_str()),
+            );
+            crate::metrics::count_pipeline_run("failed");
+        }
     }
+    crate::store::watch::spawn_file_check(store.clone()).map_err(|e| {
+        CliError::new(
+            ErrorCode::Internal,
+            format!("cannot start watching the run store: {e}"),
+        )
+    })?;
     Ok(store)
 }
 
@@ -922,7 +943,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             startup.stage("warming the python sandbox");
             warm_sandbox(&pipeline);
             startup.stage("opening the run store");
-            let store = open_store(&opts)?;
+            let store = open_store(&opts, &pipeline.stats)?;
             if let Some(keep) = crate::runs::retention_from_env() {
                 crate::runs::spawn_retention(store.clone(), keep).map_err(|e| {
                     CliError::new(
@@ -1209,17 +1230,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Logs {
-            action: LogsAction::Analyze { file, slow_ms },
-            opts,
+            action:
+                LogsAction::Analyze {
+                    file,
+                    slow_ms,
+                    json,
+                },
         } => {
-            let analysis = std::fs::File::open(&file)
-                .and_then(|f| crate::logs::analyze(std::io::BufReader::new(f), slow_ms))
-                .map_err(|e| {
-                    CliError::new(
-                        ErrorCode::InvalidInput,
-                        format!("cannot read {}: {e}", file.display()),
-                    )
-                })?;
+            let analysis = if file.as_os_str() == "-" {
+                crate::logs::analyze(std::io::stdin().lock(), slow_ms)
+            } else {
+                std::fs::File::open(&file)
+                    .and_then(|f| crate::logs::analyze(std::io::BufReader::new(f), slow_ms))
+            }
+            .map_err(|e| {
+                CliError::new(
+                    ErrorCode::InvalidInput,
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
             // A text log parses as nothing, which must not read as a clean log.
             if let Some(why) = analysis.unusable() {
                 return Err(CliError::new(
@@ -1228,7 +1257,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 ));
             }
             let value = serde_json::to_value(&analysis).unwrap_or_default();
-            emit(opts.json, &value, || analysis.print(slow_ms));
+            emit(json, &value, || analysis.print(slow_ms));
             Ok(())
         }
         Command::Backup { out, opts } => {

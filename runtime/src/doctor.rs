@@ -139,8 +139,8 @@ impl Report {
         }
     }
 
-    /// Whether `agentrt serve` could listen on `addr`. Taken by a server that answers there
-    /// (most likely this agentrt, already serving) is a warning — also when binding was
+    /// Whether `agentrt serve` could listen on `addr`. Taken by an agentrt server that answers
+    /// there (`GET /health`: already serving) is a warning — also when binding was
     /// refused for want of privilege (a port below 1024 answers `EACCES` before it says it is
     /// in use; the server may hold the capability this user lacks); any other reason `serve`
     /// could not bind — an address this host does not have, a privileged port nothing serves,
@@ -149,10 +149,24 @@ impl Report {
         use std::io::ErrorKind::{AddrInUse, PermissionDenied};
         let (status, detail) = match std::net::TcpListener::bind(addr) {
             Ok(_) => (Status::Ok, format!("{addr} is free")),
-            Err(e) if matches!(e.kind(), AddrInUse | PermissionDenied) && answers(addr) => (
-                Status::Warn,
-                format!("{addr} is taken ({e}): a server is already listening there"),
-            ),
+            Err(e) if matches!(e.kind(), AddrInUse | PermissionDenied) && answers(addr) => {
+                if answers_as_agentrt(addr) {
+                    (
+                        Status::Warn,
+                        format!(
+                            "{addr} is taken ({e}): an agentrt server is already listening there"
+                        ),
+                    )
+                } else {
+                    (
+                        Status::Fail,
+                        format!(
+                            "{addr} is taken ({e}) by another program (it does not answer as \
+                             agentrt): agentrt serve could not listen there"
+                        ),
+                    )
+                }
+            }
             Err(e) => (
                 Status::Fail,
                 format!("{addr} cannot be used: {e}; agentrt serve could not listen there"),
@@ -194,44 +208,72 @@ impl Report {
                 }
             };
             if meta.is_dir() {
-                let status = if path.join("config.json").is_file() {
-                    Status::Ok
-                } else {
-                    Status::Fail
-                };
-                self.add(name, status, "Hugging Face folder (config.json)");
+                match hf_folder_problem(path) {
+                    None => self.add(
+                        name,
+                        Status::Ok,
+                        "Hugging Face folder (config.json, tokenizer.json, safetensors weights)",
+                    ),
+                    Some(why) => self.add(name, Status::Fail, why),
+                }
                 continue;
             }
+            // A checksum recorded by scripts/setup.sh says most: damaged or replaced.
             let mut sidecar = path.as_os_str().to_owned();
             sidecar.push(".sha256");
-            let Ok(recorded) = std::fs::read_to_string(&sidecar) else {
-                self.add(
-                    name,
-                    Status::Ok,
-                    format!("{} MiB (no recorded checksum to compare)", meta.len() >> 20),
-                );
-                continue;
+            let checksum = match std::fs::read_to_string(&sidecar) {
+                Err(_) => None,
+                Ok(recorded) => {
+                    let want = recorded
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_lowercase();
+                    match crate::plugin::compile_cache::sha256_file(path).map(|(_, hex)| hex) {
+                        Ok(got) if got == want => Some(got),
+                        Ok(got) => {
+                            self.add(
+                                name,
+                                Status::Fail,
+                                format!(
+                                    "checksum mismatch: SHA-256 {got}, recorded {want} (damaged or replaced; run scripts/setup.sh)"
+                                ),
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            self.add(name, Status::Fail, format!("unreadable: {e}"));
+                            continue;
+                        }
+                    }
+                }
             };
-            let want = recorded
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_lowercase();
-            match crate::plugin::compile_cache::sha256_file(path).map(|(_, hex)| hex) {
-                Ok(got) if got == want => self.add(
-                    name,
-                    Status::Ok,
-                    format!("{} MiB, SHA-256 {got} as recorded", meta.len() >> 20),
-                ),
-                Ok(got) => self.add(
-                    name,
-                    Status::Fail,
-                    format!(
-                        "checksum mismatch: SHA-256 {got}, recorded {want} (damaged or replaced; run scripts/setup.sh)"
+            // Then the header and every tensor's place in the file: a truncated or foreign
+            // file fails here as it would at load, without reading the weights.
+            let architecture = match crate::engine::gguf::GgufFile::open(path) {
+                Ok(gguf) => gguf
+                    .str("general.architecture")
+                    .unwrap_or("unknown architecture")
+                    .to_string(),
+                Err(e) => {
+                    self.add(name, Status::Fail, format!("cannot be loaded: {e}"));
+                    continue;
+                }
+            };
+            let size = meta.len() >> 20;
+            self.add(
+                name,
+                Status::Ok,
+                match checksum {
+                    Some(sum) => {
+                        format!("{size} MiB GGUF ({architecture}), SHA-256 {sum} as recorded")
+                    }
+                    None => format!(
+                        "{size} MiB GGUF ({architecture}), header and tensors in place (no \
+                         recorded checksum to compare)"
                     ),
-                ),
-                Err(e) => self.add(name, Status::Fail, format!("unreadable: {e}")),
-            }
+                },
+            );
         }
     }
 
@@ -292,11 +334,31 @@ impl Report {
         }
         let path = Path::new(location);
         if !path.exists() {
-            self.add(
-                "store",
-                Status::Ok,
-                format!("none yet at {} (created by agentrt serve)", path.display()),
-            );
+            if StoreLock::held(path) {
+                self.add(
+                    "store",
+                    Status::Fail,
+                    format!(
+                        "{}: a running server holds this store but its file is missing \
+                         (deleted while it ran? the server writes it again within seconds: \
+                         check again)",
+                        path.display()
+                    ),
+                );
+                return;
+            }
+            match can_create_in(path) {
+                Ok(()) => self.add(
+                    "store",
+                    Status::Ok,
+                    format!("none yet at {} (created by agentrt serve)", path.display()),
+                ),
+                Err(e) => self.add(
+                    "store",
+                    Status::Fail,
+                    format!("cannot create the store at {}: {e}", path.display()),
+                ),
+            }
             return;
         }
         let in_use = StoreLock::take(path).is_err();
@@ -350,8 +412,13 @@ impl Report {
             (
                 Status::Ok,
                 format!(
-                    "{} : {total} runs ({summary}); integrity ok; {who}",
-                    store.location()
+                    "{}: {}; integrity ok; {who}",
+                    store.location(),
+                    if total == 0 {
+                        "no runs yet".to_string()
+                    } else {
+                        format!("{total} runs ({summary})")
+                    }
                 ),
             )
         };
@@ -441,6 +508,51 @@ fn gpu_verdict(
     }
 }
 
+/// What keeps an HF folder from loading, if anything: its config, tokenizer and weights files
+/// must be there (their contents are checked at load).
+fn hf_folder_problem(dir: &Path) -> Option<String> {
+    let config = dir.join("config.json");
+    match std::fs::read_to_string(&config)
+        .map(|text| serde_json::from_str::<serde_json::Value>(&text))
+    {
+        Err(e) => return Some(format!("no readable config.json: {e}")),
+        Ok(Err(e)) => return Some(format!("config.json is not JSON: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if !dir.join("tokenizer.json").is_file() {
+        return Some("no tokenizer.json".into());
+    }
+    match crate::engine::weights::safetensors_files(dir) {
+        Err(_) => {
+            Some("no weights: neither model.safetensors nor model.safetensors.index.json".into())
+        }
+        Ok(files) => files
+            .iter()
+            .find(|f| !f.is_file())
+            .map(|f| format!("weights file {} is missing", f.display())),
+    }
+}
+
+/// Whether a file can be created where `path` would be: its folder, or the nearest folder
+/// above that exists (`agentrt serve` creates the rest), takes a new file. Tried, not guessed
+/// from permission bits: a read-only mount or a full disk say no only when asked.
+fn can_create_in(path: &Path) -> std::io::Result<()> {
+    let mut folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    while let Some(dir) = folder {
+        if dir.exists() {
+            break;
+        }
+        folder = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    }
+    let dir = folder.unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".agentrt-doctor-{:016x}", rand::random::<u64>()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 /// The code of a failed check, by its name: the code the same problem gets where it bites
 /// (a model load, the store, a plugin load, the config). A listen address `serve` cannot use
 /// is the operator's invalid value, as a bad config is.
@@ -457,6 +569,31 @@ fn failure_code(check: &str) -> ErrorCode {
 /// Whether something accepts connections at `addr`.
 fn answers(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
+}
+
+/// Whether what listens at `addr` answers `GET /health` as agentrt does (a JSON body with
+/// `status` and `uptime_seconds`, while starting too).
+fn answers_as_agentrt(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(1);
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let request =
+        format!("GET /health HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.take(64 << 10).read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    let Some((_, body)) = answer.split_once("\r\n\r\n") else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(body)
+        .is_ok_and(|v| v["status"].is_string() && v["uptime_seconds"].is_u64())
 }
 
 /// (total, available) bytes from /proc/meminfo.
@@ -502,11 +639,132 @@ mod tests {
         report.checks.pop().expect("a port check")
     }
 
-    #[test]
-    fn a_port_a_server_answers_on_is_a_warning() {
+    /// Listen on a free port and answer every connection with `body` as `GET /health` would.
+    fn fake_server(body: &'static str) -> SocketAddr {
+        use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let check = port_check(listener.local_addr().expect("address"));
+        let addr = listener.local_addr().expect("address");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_port_an_agentrt_server_answers_on_is_a_warning_and_another_programs_a_failure() {
+        let agentrt = fake_server(r#"{"status":"healthy","uptime_seconds":3,"version":"0.1.0"}"#);
+        let check = port_check(agentrt);
         assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert!(check.detail.contains("an agentrt server"), "{check:?}");
+        let other = fake_server("<html>hello</html>");
+        let check = port_check(other);
+        assert_eq!(check.status, Status::Fail, "{check:?}");
+        assert!(check.detail.contains("another program"), "{check:?}");
+    }
+
+    fn store_check(path: &Path) -> Check {
+        let mut report = Report::default();
+        report.store(path.to_str().expect("utf-8 path"));
+        report.checks.pop().expect("a store check")
+    }
+
+    #[test]
+    fn a_missing_store_passes_where_it_can_be_created_and_fails_while_a_server_holds_it() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-doctor-store-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // Folders still to create are fine: serve creates them. Nothing is left behind.
+        let nested = dir.join("a/b/agentrt.db");
+        assert_eq!(store_check(&nested).status, Status::Ok);
+        assert_eq!(std::fs::read_dir(&dir).expect("list").count(), 0);
+        // A server's lock without its file: the file was deleted under it.
+        let path = dir.join("agentrt.db");
+        let lock = StoreLock::take(&path).expect("lock");
+        let check = store_check(&path);
+        assert_eq!(check.status, Status::Fail, "{check:?}");
+        assert!(check.detail.contains("file is missing"), "{check:?}");
+        drop(lock);
+        assert_eq!(store_check(&path).status, Status::Ok);
+        // A folder that takes no file (a file where the folder should be).
+        std::fs::write(dir.join("plain"), b"").expect("file");
+        let check = store_check(&dir.join("plain/agentrt.db"));
+        assert_eq!(check.status, Status::Fail, "{check:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A GGUF file of one 32-wide f32 tensor, whole or cut before the tensor's data.
+    fn one_tensor_gguf(whole: bool) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes()); // tensors
+        b.extend(0u64.to_le_bytes()); // metadata keys
+        b.extend(1u64.to_le_bytes());
+        b.extend(b"w");
+        b.extend(1u32.to_le_bytes()); // dimensions
+        b.extend(32u64.to_le_bytes());
+        b.extend(0u32.to_le_bytes()); // f32
+        b.extend(0u64.to_le_bytes()); // offset in the data
+        if whole {
+            b.resize(b.len().div_ceil(32) * 32 + 32 * 4, 0);
+        }
+        b
+    }
+
+    #[test]
+    fn model_files_that_cannot_load_fail_without_a_recorded_checksum() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-doctor-models-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let whole = dir.join("whole.gguf");
+        let cut = dir.join("cut.gguf");
+        let garbage = dir.join("garbage.gguf");
+        let hf = dir.join("hf");
+        std::fs::write(&whole, one_tensor_gguf(true)).expect("write");
+        std::fs::write(&cut, one_tensor_gguf(false)).expect("write");
+        std::fs::write(&garbage, b"garbage\n").expect("write");
+        std::fs::create_dir_all(&hf).expect("hf");
+        std::fs::write(hf.join("config.json"), b"{}").expect("config");
+        let mut report = Report::default();
+        report.models(&[whole, cut, garbage, hf.clone()]);
+        let statuses: Vec<Status> = report.checks.iter().map(|c| c.status).collect();
+        assert_eq!(
+            statuses,
+            [Status::Ok, Status::Fail, Status::Fail, Status::Fail],
+            "{:?}",
+            report.checks
+        );
+        assert!(
+            report.checks[1].detail.contains("lies outside the file"),
+            "{:?}",
+            report.checks[1]
+        );
+        assert!(
+            report.checks[3].detail.contains("tokenizer.json"),
+            "{:?}",
+            report.checks[3]
+        );
+        // With a tokenizer and weights named, the folder passes (their contents load later).
+        std::fs::write(hf.join("tokenizer.json"), b"{}").expect("tokenizer");
+        std::fs::write(hf.join("model.safetensors"), b"").expect("weights");
+        let mut report = Report::default();
+        report.models(&[hf]);
+        assert_eq!(report.checks[0].status, Status::Ok, "{:?}", report.checks);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// 192.0.2.1 is TEST-NET-1, never an address of this host: `serve` could not bind it.

@@ -50,11 +50,17 @@ pub struct Analysis {
     pub by_level: BTreeMap<String, usize>,
     pub requests: usize,
     pub requests_by_status: BTreeMap<u64, usize>,
-    /// Warnings and errors, most frequent first.
+    /// Warnings and errors, most frequent first (the first 20 distinct ones).
     pub problems: Vec<Problem>,
+    /// Distinct warnings and errors past those listed.
+    pub problems_left_out: usize,
     /// Requests at or over the threshold, slowest first.
     pub slow_requests: Vec<SlowRequest>,
     pub plugins: BTreeMap<String, PluginCalls>,
+    /// Pipeline runs that ended, by state (`completed`, `failed`, `cancelled`).
+    pub runs_by_state: BTreeMap<String, usize>,
+    /// Failed runs by error code.
+    pub runs_failed_by_code: BTreeMap<String, usize>,
 }
 
 fn text(v: &Value) -> String {
@@ -90,7 +96,12 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
         let target = text(&v["target"]);
         let at = text(&v["timestamp"]);
         if level == "WARN" || level == "ERROR" {
-            let message = text(&fields["message"]);
+            // The same message with different codes is different problems (a run that failed
+            // on a timeout and one that failed on a plugin error).
+            let message = match fields["code"].as_str().filter(|c| !c.is_empty()) {
+                Some(code) => format!("{} ({code})", text(&fields["message"])),
+                None => text(&fields["message"]),
+            };
             let key = (level.clone(), target.clone(), message.clone());
             let p = problems.entry(key).or_insert_with(|| Problem {
                 level: level.clone(),
@@ -120,6 +131,14 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
                     });
                 }
             }
+            "agentrt::runs" if fields["message"] == "pipeline run ended" => {
+                let state = text(&fields["state"]);
+                if state == "failed" {
+                    let code = text(&fields["code"]);
+                    *a.runs_failed_by_code.entry(code).or_default() += 1;
+                }
+                *a.runs_by_state.entry(state).or_default() += 1;
+            }
             "agentrt::audit" => {
                 let plugin = text(&fields["plugin"]);
                 let outcome = text(&fields["outcome"]);
@@ -139,6 +158,7 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
     a.problems = problems.into_values().collect();
     a.problems
         .sort_by(|x, y| y.count.cmp(&x.count).then(x.message.cmp(&y.message)));
+    a.problems_left_out = a.problems.len().saturating_sub(TOP);
     a.problems.truncate(TOP);
     a.slow_requests
         .sort_by_key(|r| std::cmp::Reverse(r.duration_ms));
@@ -150,7 +170,14 @@ impl Analysis {
     /// Why this analysis cannot be trusted: lines were read but none was a JSON log line (most
     /// likely the default text format), so "no problems" would only mean "nothing parsed".
     pub fn unusable(&self) -> Option<String> {
-        (self.lines > 0 && self.unparsed == self.lines).then(|| {
+        if self.lines == 0 {
+            return Some(
+                "it holds no log line: is it the file the server logs to? (agentrt logs to \
+                 stderr: AGENTRT_LOG_FORMAT=json agentrt serve 2>>server.log)"
+                    .into(),
+            );
+        }
+        (self.unparsed == self.lines).then(|| {
             format!(
                 "none of its {} lines is a JSON log line: agentrt logs text to stderr unless \
                  started with AGENTRT_LOG_FORMAT=json (e.g. `AGENTRT_LOG_FORMAT=json agentrt \
@@ -190,6 +217,9 @@ impl Analysis {
                 p.count, p.level, p.target, p.message, p.last_at
             );
         }
+        if self.problems_left_out > 0 {
+            println!("  … and {} less frequent ones", self.problems_left_out);
+        }
         println!("\nrequests of {slow_ms} ms or more, slowest first:");
         if self.slow_requests.is_empty() {
             println!("  none");
@@ -199,6 +229,25 @@ impl Analysis {
                 "  {:>7} ms {} {} → {} (request {}, {})",
                 r.duration_ms, r.method, r.route, r.status, r.request_id, r.at
             );
+        }
+        println!("\npipeline runs ended:");
+        if self.runs_by_state.is_empty() {
+            println!("  none");
+        }
+        for (state, n) in &self.runs_by_state {
+            let codes: Vec<String> = match state.as_str() {
+                "failed" => self
+                    .runs_failed_by_code
+                    .iter()
+                    .map(|(code, n)| format!("{n}× {code}"))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if codes.is_empty() {
+                println!("  {n} {state}");
+            } else {
+                println!("  {n} {state} ({})", codes.join(", "));
+            }
         }
         println!("\nplugin calls:");
         for (name, c) in &self.plugins {
@@ -245,18 +294,45 @@ mod tests {
         assert_eq!((a.lines, a.unparsed), (2, 2));
         let why = a.unusable().expect("refused");
         assert!(why.contains("AGENTRT_LOG_FORMAT=json"), "{why}");
-        // One JSON line is enough to analyse; an empty file has nothing wrong to report.
+        // One JSON line is enough to analyse; an empty file (the wrong one, most likely) is
+        // not a clean log either.
         assert!(
             analyze(LOG.as_bytes(), 1000)
                 .expect("analyze")
                 .unusable()
                 .is_none()
         );
-        assert!(
-            analyze(&b""[..], 1000)
-                .expect("analyze")
-                .unusable()
-                .is_none()
+        let why = analyze(&b"\n\n"[..], 1000)
+            .expect("analyze")
+            .unusable()
+            .expect("refused");
+        assert!(why.contains("no log line"), "{why}");
+    }
+
+    #[test]
+    fn pipeline_runs_are_counted_by_state_and_failures_by_code() {
+        let log = r#"{"timestamp":"t1","level":"INFO","fields":{"message":"pipeline run ended","run":"a","ms":5,"state":"completed"},"target":"agentrt::runs"}
+{"timestamp":"t2","level":"WARN","fields":{"message":"pipeline run ended","run":"b","ms":5,"state":"failed","code":"PLUGIN_004"},"target":"agentrt::runs"}
+{"timestamp":"t3","level":"WARN","fields":{"message":"pipeline run ended","run":"c","ms":5,"state":"failed","code":"GEN_003"},"target":"agentrt::runs"}
+{"timestamp":"t4","level":"INFO","fields":{"message":"pipeline run ended","run":"d","ms":5,"state":"cancelled","code":"COMM_004"},"target":"agentrt::runs"}
+"#;
+        let a = analyze(log.as_bytes(), 1000).expect("analyze");
+        let states: Vec<(&str, usize)> = a
+            .runs_by_state
+            .iter()
+            .map(|(s, n)| (s.as_str(), *n))
+            .collect();
+        assert_eq!(states, [("cancelled", 1), ("completed", 1), ("failed", 2)]);
+        assert_eq!(a.runs_failed_by_code["PLUGIN_004"], 1);
+        assert_eq!(a.runs_failed_by_code["GEN_003"], 1);
+        // Each failure code is a problem of its own.
+        let problems: Vec<&str> = a.problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            problems,
+            [
+                "pipeline run ended (GEN_003)",
+                "pipeline run ended (PLUGIN_004)"
+            ]
         );
     }
 

@@ -180,8 +180,11 @@ impl Emitter {
     /// watchers saw, without gaps (inserts are idempotent, so a retried write is harmless).
     fn store_unstored(&self, st: &mut EmitterState) {
         while let Some(first) = st.unstored.first() {
-            if let Err(e) = with_retries(|| self.store.append_event(&self.id, first)) {
-                tracing::error!(run = %self.id, seq = first.seq, "event not stored yet: {e}");
+            if let Err(e) = with_retries(self.store.as_ref(), || {
+                self.store.append_event(&self.id, first)
+            }) {
+                // The store logged that it refuses writes; per event is noise.
+                tracing::debug!(run = %self.id, seq = first.seq, "event not stored yet: {e}");
                 return;
             }
             st.unstored.remove(0);
@@ -248,7 +251,7 @@ impl Emitter {
             // Stored after events the store has not taken, the end would leave a gap: those
             // go first.
             let stored = if st.unstored.is_empty() {
-                with_retries(|| {
+                with_retries(self.store.as_ref(), || {
                     self.store
                         .finish_run(&self.id, state, outcome, error, &done)
                 })
@@ -282,16 +285,40 @@ impl Emitter {
     }
 }
 
+/// The line a run's end leaves in the log, with its state and error code: a failed run is a
+/// warning, so that `agentrt logs analyze` counts it among the problems.
+fn log_run_end(id: &str, state: RunState, code: Option<&str>, took: Duration) {
+    let ms = took.as_millis() as u64;
+    let state = state.as_str();
+    match (state, code) {
+        ("failed", code) => {
+            tracing::warn!(run = %id, ms, state, code = code.unwrap_or(""), "pipeline run ended")
+        }
+        (_, Some(code)) => tracing::info!(run = %id, ms, state, code, "pipeline run ended"),
+        (_, None) => tracing::info!(run = %id, ms, state, "pipeline run ended"),
+    }
+}
+
 /// `write`, tried again twice after short pauses: a store busy for a moment (a lock held by a
-/// backup, a brief I/O error) must not cost a run its events or its result.
-fn with_retries<E: std::fmt::Display>(mut write: impl FnMut() -> Result<(), E>) -> Result<(), E> {
-    let mut pauses = [Duration::from_millis(20), Duration::from_millis(200)].into_iter();
+/// backup, a brief I/O error) must not cost a run its events or its result. Once `store` is
+/// known to refuse writes (a full disk) it is tried once: pausing on every event of every run
+/// would slow the runs tenfold for nothing, and what is not stored is stored later in order.
+fn with_retries<E: std::fmt::Display>(
+    store: &dyn RunStore,
+    mut write: impl FnMut() -> Result<(), E>,
+) -> Result<(), E> {
+    let pauses: &[Duration] = if store.write_failure().is_some() {
+        &[]
+    } else {
+        &[Duration::from_millis(20), Duration::from_millis(200)]
+    };
+    let mut pauses = pauses.iter().copied();
     loop {
         match write() {
             Ok(()) => return Ok(()),
             Err(e) => match pauses.next() {
                 Some(pause) => {
-                    tracing::warn!("store write failed, trying again: {e}");
+                    tracing::debug!("store write failed, trying again: {e}");
                     std::thread::sleep(pause);
                 }
                 None => return Err(e),
@@ -451,25 +478,33 @@ impl Runs {
         let ms = started.elapsed().as_millis() as u64;
         // Runs count in /stats like the seed's endpoints: duration, tokens, failures by code.
         let stats = &self.pipeline.stats;
-        let done = match outcome {
+        let (done, code) = match outcome {
             Ok(outcome) => {
                 let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
-                let code = outcome.error.as_ref().map(|e| e.code.as_str());
-                stats.record_endpoint(STATS_ENDPOINT, ms, outcome.tokens, code);
-                emitter.finish(state, Some(&value), outcome.error.as_ref(), &|| {
+                let code = outcome.error.as_ref().map(|e| e.code.clone());
+                stats.record_endpoint(STATS_ENDPOINT, ms, outcome.tokens, code.as_deref());
+                let done = emitter.finish(state, Some(&value), outcome.error.as_ref(), &|| {
                     self.accepting()
-                })
+                });
+                (done, code)
             }
             Err(_) => {
                 let error = ErrorOut::new(ErrorCode::Internal, "the run's thread panicked");
                 crate::metrics::count_pipeline_run("failed");
                 stats.record_endpoint(STATS_ENDPOINT, ms, 0, Some(ErrorCode::Internal.as_str()));
-                emitter.finish(RunState::Failed, None, Some(&error), &|| self.accepting())
+                let done =
+                    emitter.finish(RunState::Failed, None, Some(&error), &|| self.accepting());
+                (done, Some(error.code))
             }
         };
-        tracing::info!(run = %id, ms = started.elapsed().as_millis() as u64, "pipeline run ended");
+        log_run_end(id, state, code.as_deref(), started.elapsed());
         self.live().remove(id);
         emitter.announce(done);
+    }
+
+    /// Whether the run store takes writes, for `/health`.
+    pub fn store_health(&self) -> crate::store::watch::StoreHealth {
+        crate::store::watch::StoreHealth::of(self.store.as_ref())
     }
 
     /// The stored run.
@@ -771,16 +806,31 @@ mod tests {
     #[test]
     fn a_store_write_is_tried_three_times() {
         let mut calls = 0;
-        let flaky = with_retries(|| {
+        let temp = TempStore::new("retries");
+        let store: &dyn RunStore = temp.store.as_ref();
+        let flaky = with_retries(store, || {
             calls += 1;
             if calls < 3 { Err("busy") } else { Ok(()) }
         });
         assert_eq!((flaky, calls), (Ok(()), 3));
         let mut calls = 0;
-        let broken: Result<(), &str> = with_retries(|| {
+        let broken: Result<(), &str> = with_retries(store, || {
             calls += 1;
             Err("broken")
         });
         assert_eq!((broken, calls), (Err("broken"), 3));
+        // A store known to refuse writes (a full disk) is asked once, without pauses.
+        let watched = crate::store::watch::Watched::new(temp.store.clone());
+        watched
+            .insert_run("a", &serde_json::json!({}))
+            .expect("insert");
+        let _ = watched.insert_run("a", &serde_json::json!({}));
+        assert!(watched.write_failure().is_some());
+        let mut calls = 0;
+        let refused: Result<(), &str> = with_retries(&watched, || {
+            calls += 1;
+            Err("disk full")
+        });
+        assert_eq!((refused, calls), (Err("disk full"), 1));
     }
 }

@@ -26,6 +26,13 @@ pub struct Counter {
     pub avg_latency_ms: f64,
     /// Failures by error code.
     pub errors: BTreeMap<String, u64>,
+    /// Requests counted without a latency (runs a crash ended): left out of the average.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unmeasured: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Counter {
@@ -36,14 +43,20 @@ impl Counter {
         self.tokens += other.tokens;
         self.total_latency_ms += other.total_latency_ms;
         self.max_latency_ms = self.max_latency_ms.max(other.max_latency_ms);
-        self.avg_latency_ms = if self.requests == 0 {
-            0.0
-        } else {
-            self.total_latency_ms as f64 / self.requests as f64
-        };
+        self.unmeasured += other.unmeasured;
+        self.update_average();
         for (code, n) in &other.errors {
             *self.errors.entry(code.clone()).or_default() += n;
         }
+    }
+
+    fn update_average(&mut self) {
+        let measured = self.requests.saturating_sub(self.unmeasured);
+        self.avg_latency_ms = if measured == 0 {
+            0.0
+        } else {
+            self.total_latency_ms as f64 / measured as f64
+        };
     }
 
     fn record(&mut self, latency_ms: u64, tokens: u64, error: Option<&str>) {
@@ -51,7 +64,19 @@ impl Counter {
         self.tokens += tokens;
         self.total_latency_ms += latency_ms;
         self.max_latency_ms = self.max_latency_ms.max(latency_ms);
-        self.avg_latency_ms = self.total_latency_ms as f64 / self.requests as f64;
+        self.update_average();
+        self.count_error(error);
+    }
+
+    /// One request whose latency is not known (a run the previous process left unfinished).
+    fn record_unmeasured(&mut self, error: Option<&str>) {
+        self.requests += 1;
+        self.unmeasured += 1;
+        self.update_average();
+        self.count_error(error);
+    }
+
+    fn count_error(&mut self, error: Option<&str>) {
         if let Some(code) = error {
             self.failures += 1;
             // Codes can come from plugins; bound how many distinct keys one counter keeps.
@@ -152,6 +177,18 @@ impl Stats {
             .entry(endpoint.to_string())
             .or_default()
             .record(latency_ms, tokens, error);
+    }
+
+    /// One request of `endpoint` that ended without a latency to count: a pipeline run the
+    /// previous process left unfinished, marked failed at this start.
+    pub fn record_endpoint_unmeasured(&self, endpoint: &str, error: Option<&str>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.totals.record_unmeasured(error);
+        inner
+            .endpoints
+            .entry(endpoint.to_string())
+            .or_default()
+            .record_unmeasured(error);
     }
 
     pub fn record_plugin(&self, plugin: &str, latency_ms: u64, tokens: u64, error: Option<&str>) {
@@ -255,7 +292,8 @@ fn store_plugin_counters(
             if let Some(counter) = counter
                 && let Err(e) = store.save_plugin_stats(&plugin, &counter)
             {
-                tracing::warn!(
+                // The store logs that it refuses writes once; per plugin and second is noise.
+                tracing::debug!(
                     plugin,
                     "plugin statistics not stored (tried again shortly): {e}"
                 );
@@ -295,6 +333,20 @@ mod tests {
         assert_eq!(g.avg_latency_ms, 20.0);
         assert_eq!(g.errors["GEN_003"], 1);
         assert_eq!(snap.totals.requests, 2);
+    }
+
+    #[test]
+    fn runs_a_crash_ended_count_as_failures_without_moving_the_average() {
+        let s = Stats::default();
+        s.record_endpoint("/v1/pipeline/runs", 40, 0, None);
+        s.record_endpoint_unmeasured("/v1/pipeline/runs", Some("RUN_002"));
+        s.record_endpoint_unmeasured("/v1/pipeline/runs", Some("RUN_002"));
+        let snap = s.snapshot();
+        let runs = &snap.endpoints["/v1/pipeline/runs"];
+        assert_eq!((runs.requests, runs.failures), (3, 2));
+        assert_eq!(runs.errors["RUN_002"], 2);
+        assert_eq!(runs.avg_latency_ms, 40.0);
+        assert_eq!(snap.totals.avg_latency_ms, 40.0);
     }
 
     /// A folder for a store of its own, and the path of that store.

@@ -11,6 +11,7 @@
 //! cut without the last transactions).
 
 pub mod postgres;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +57,14 @@ CREATE TABLE IF NOT EXISTS plugin_stats (
     updated_at_ms INTEGER NOT NULL
 );
 ";
+
+/// Writes to the store failing, since when, and the latest reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteFailure {
+    pub since_ms: i64,
+    pub error: String,
+    pub failures: u64,
+}
 
 /// Why the store failed (`STORE_001`).
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +151,21 @@ pub struct StoreLock {
 }
 
 impl StoreLock {
+    /// Whether a server holds the lock of the store at `path` now; looks without creating the
+    /// lock file or its folder.
+    pub fn held(path: &Path) -> bool {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lock_path)
+            .is_ok_and(|lock| match lock.try_lock() {
+                Ok(()) => false,
+                Err(std::fs::TryLockError::WouldBlock) => true,
+                Err(std::fs::TryLockError::Error(_)) => false,
+            })
+    }
+
     pub fn take(path: &Path) -> Result<Self, StoreError> {
         let fail = |message: String| StoreError {
             path: path.display().to_string(),
@@ -220,6 +244,17 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     fn save_plugin_stats(&self, plugin: &str, counter: &Counter) -> Result<(), StoreError>;
     /// This server's kept plugin statistics.
     fn load_plugin_stats(&self) -> Result<Vec<(String, Counter)>, StoreError>;
+    /// Whether the store's file is still the one opened: `Ok(Some(note))` when it was deleted
+    /// and has been re-created from the open database (what the note says), an error when it
+    /// is gone for good or another file took its place. Stores without a file: `Ok(None)`.
+    fn check_file(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+    /// Whether writes (or the file check) are failing now, as a [`watch::Watched`] store
+    /// knows; other stores do not keep track.
+    fn write_failure(&self) -> Option<WriteFailure> {
+        None
+    }
     /// Run raw SQL (tests that damage a store on purpose).
     #[cfg(test)]
     fn execute_for_test(&self, sql: &str) -> Result<(), StoreError>;
@@ -227,9 +262,9 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 
 /// Open the store a server uses, from `AGENTRT_STORE`'s value (or the config's): a
 /// `postgres://` URL, else an SQLite file; exclusive (a second server on the same file, or with
-/// the same instance name on the same database, is refused).
-pub fn open_for_server(location: &str) -> Result<Arc<dyn RunStore>, StoreError> {
-    open_location(location, true)
+/// the same instance name on the same database, is refused), watched (see [`watch`]).
+pub fn open_for_server(location: &str) -> Result<Arc<watch::Watched>, StoreError> {
+    open_location(location, true).map(|store| Arc::new(watch::Watched::new(store)))
 }
 
 /// Open a store for a tool (doctor): not exclusive.
@@ -315,9 +350,9 @@ const BACKUP_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// What SQLite's own consistency check (`PRAGMA integrity_check`) finds wrong with the file:
 /// nothing when it is sound. Damage that stops the check itself (a page that is not one) is
 /// one of the problems, not an error; other failures (memory, a lock) are errors.
-fn sqlite_problems(c: &Connection) -> rusqlite::Result<Vec<String>> {
+fn sqlite_problems(c: &Connection, check: &str) -> rusqlite::Result<Vec<String>> {
     let mut problems = Vec::new();
-    let checked = c.prepare("PRAGMA integrity_check").and_then(|mut stmt| {
+    let checked = c.prepare(&format!("PRAGMA {check}")).and_then(|mut stmt| {
         for line in stmt.query_map([], |r| r.get::<_, String>(0))? {
             problems.push(line?);
         }
@@ -357,11 +392,44 @@ fn copy_in_one_step(source: &Connection, target: &mut Connection) -> Result<(), 
     ))
 }
 
+/// The settings every connection of the store runs with.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    // Another process (a backup, a second reader) may hold the lock for a moment.
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!(
+                "cannot use write-ahead logging (journal mode {mode})"
+            )),
+        ));
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+}
+
+/// A file's device and inode: which file a path names now.
+type FileIdentity = (u64, u64);
+
+#[cfg(unix)]
+fn file_identity(path: &Path) -> Option<FileIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(_path: &Path) -> Option<FileIdentity> {
+    None
+}
+
 /// The SQLite run store; one connection, used under a mutex (every statement is short).
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The file opened (device and inode), to tell it from another put in its place.
+    identity: Mutex<Option<FileIdentity>>,
     /// Held by a server for as long as it runs (see [`Store::open_exclusive`]).
     _lock: Option<StoreLock>,
 }
@@ -377,21 +445,7 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         }
         let conn = Connection::open(path).map_err(|e| fail(&e))?;
-        // Another process (a backup, a second reader) may hold the lock for a moment.
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| fail(&e))?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(|e| fail(&e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(fail(&format!(
-                "cannot use write-ahead logging (journal mode {mode})"
-            )));
-        }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| fail(&e))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(|e| fail(&e))?;
+        configure(&conn).map_err(|e| fail(&e))?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| fail(&e))?;
@@ -406,6 +460,7 @@ impl Store {
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            identity: Mutex::new(file_identity(path)),
             _lock: None,
         })
     }
@@ -416,6 +471,30 @@ impl Store {
         let lock = StoreLock::take(path)?;
         let mut store = Self::open(path)?;
         store._lock = Some(lock);
+        // A damaged file would be served as healthy while every run call failed: refused at
+        // start instead. quick_check reads every page once (a second or so per GB).
+        let problems = store
+            .with(|c| sqlite_problems(c, "quick_check"))
+            .map_err(|e| StoreError {
+                message: format!("cannot check it: {}", e.message),
+                ..e
+            })?;
+        if !problems.is_empty() {
+            return Err(StoreError {
+                path: path.display().to_string(),
+                message: format!(
+                    "the file is damaged ({}); restore a backup (agentrt restore) or move it \
+                     aside to start with an empty store",
+                    problems
+                        .iter()
+                        .flat_map(|p| p.lines())
+                        .filter(|line| !line.starts_with("***"))
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
         Ok(store)
     }
 
@@ -435,7 +514,7 @@ impl Store {
         copy_in_one_step(&source, &mut target).map_err(|e| fail(&e))?;
         // The online backup copies damaged pages as they are: found now, not at the restore
         // that needed the backup.
-        let problems = sqlite_problems(&target).map_err(|e| fail(&e))?;
+        let problems = sqlite_problems(&target, "integrity_check").map_err(|e| fail(&e))?;
         if !problems.is_empty() {
             return Err(fail(&format!(
                 "the store is damaged, so the copy would be too ({}); run `agentrt doctor`",
@@ -699,7 +778,7 @@ impl RunStore for Store {
     /// with one `done` event, event numbers have no gaps. `Ok(())` or the problems found.
     fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {
         self.with(|c| {
-            let mut problems = sqlite_problems(c)?;
+            let mut problems = sqlite_problems(c, "integrity_check")?;
             let mut stmt = c.prepare(INVARIANTS_QUERY)?;
             let rows = stmt.query_map([], |r| {
                 Ok(invariant_problem(
@@ -742,6 +821,64 @@ impl RunStore for Store {
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })
         .map(parse_counters)
+    }
+
+    fn check_file(&self) -> Result<Option<String>, StoreError> {
+        let fail = |message: String| StoreError {
+            path: self.path.display().to_string(),
+            message,
+        };
+        let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(opened) = *identity else {
+            return Ok(None);
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(_) if file_identity(&self.path) == Some(opened) => Ok(None),
+            Ok(_) => Err(fail(
+                "another file took the store's place while this server ran (a restore goes \
+                 through `agentrt restore`, with the server stopped); this server goes on with \
+                 the file it opened, and loses it when it stops unless it is put back"
+                    .into(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The open connection still reads the deleted file: written out again whole,
+                // then used in its place, so that nothing stored is lost.
+                let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+                let mut partial = self.path.clone().into_os_string();
+                partial.push(".recovering");
+                let partial = PathBuf::from(partial);
+                let _ = std::fs::remove_file(&partial);
+                let recreate = || -> Result<Connection, String> {
+                    let target = partial.to_str().ok_or("the path is not UTF-8")?;
+                    conn.execute("VACUUM INTO ?1", [target])
+                        .map_err(|e| e.to_string())?;
+                    std::fs::rename(&partial, &self.path).map_err(|e| e.to_string())?;
+                    let fresh = Connection::open(&self.path).map_err(|e| e.to_string())?;
+                    configure(&fresh).map_err(|e| e.to_string())?;
+                    Ok(fresh)
+                };
+                match recreate() {
+                    Ok(fresh) => {
+                        *conn = fresh;
+                        *identity = file_identity(&self.path);
+                        Ok(Some(
+                            "the store's file was deleted while this server ran; it has been \
+                             written again from the open database, with every run"
+                                .into(),
+                        ))
+                    }
+                    Err(why) => {
+                        let _ = std::fs::remove_file(&partial);
+                        Err(fail(format!(
+                            "the store's file was deleted while this server ran and cannot be \
+                             written again ({why}); runs from now on are lost when the server \
+                             stops"
+                        )))
+                    }
+                }
+            }
+            Err(e) => Err(fail(format!("cannot look at the store's file: {e}"))),
+        }
     }
 
     #[cfg(test)]
@@ -1279,6 +1416,14 @@ mod online_backup {
         let err = Store::backup_online(&src, &dir.join("copy.db")).expect_err("damaged");
         assert!(err.message.contains("damaged"), "{err}");
         assert_eq!(err.code(), ErrorCode::StoreFailed);
+        // Nor does a server start on it, to answer every run call with a 500 while /health
+        // says healthy.
+        let err = Store::open_exclusive(&src).expect_err("damaged");
+        assert!(
+            err.message.contains("the file is damaged") && err.message.contains("agentrt restore"),
+            "{err}"
+        );
+        assert!(!err.message.contains('\n'), "one line: {err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,6 +10,7 @@ fn health_reports_model_and_plugins_loaded() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["model_loaded"], true);
+    assert_eq!(body["store"], json!({"ok": true}), "{body}");
     let worlds: Vec<&str> = body["plugins"]
         .as_array()
         .expect("plugins")

@@ -205,12 +205,26 @@ pub fn document() -> Value {
     );
     let health = object(
         json!({
-            "status": {"enum": ["healthy", "degraded", "draining", "starting"], "description": "degraded: some model cannot serve now; draining: shutting down; starting: still loading (see stage)"},
+            "status": {"enum": ["healthy", "degraded", "draining", "starting"], "description": "degraded: some model cannot serve now, or the run store refuses writes; draining: shutting down; starting: still loading (see stage)"},
             "stage": {"type": "string", "description": "While starting: what is being loaded"},
             "model_loaded": {"type": "boolean", "description": "At least one model can serve"},
             "models": {"type": "array", "items": health_model},
             "plugins": {"type": "array", "items": health_plugin},
             "plugins_refused": {"type": "integer", "description": "Components of the plugin folder not in use (GET /plugins says why)"},
+            "store": object(
+                json!({
+                    "ok": {"type": "boolean", "description": "The run store takes writes"},
+                    "failing": object(
+                        json!({
+                            "since_ms": {"type": "integer"},
+                            "error": {"type": "string"},
+                            "failures": {"type": "integer"},
+                        }),
+                        &["since_ms", "error", "failures"],
+                    ),
+                }),
+                &["ok"],
+            ),
             "uptime_seconds": {"type": "integer"},
             "version": {"type": "string"},
         }),

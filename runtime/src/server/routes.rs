@@ -473,7 +473,10 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         .map(|p| json!({"name": p.manifest.name, "world": p.manifest.world, "loaded": true}))
         .collect();
     let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
-    let healthy = reachable > 0 && reachable == models.len() && !draining;
+    // A store refusing writes loses runs' events and results while chat and generation still
+    // work: degraded, not down (readiness is unchanged).
+    let store = state.runs.store_health();
+    let healthy = reachable > 0 && reachable == models.len() && !draining && store.ok;
     Json(json!({
         "status": if draining { "draining" } else if healthy { "healthy" } else { "degraded" },
         "model_loaded": reachable > 0,
@@ -481,6 +484,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         "plugins": plugins,
         // Components of the plugin folder not in use (`GET /plugins` says why).
         "plugins_refused": state.pipeline.plugins.refused().len(),
+        "store": store,
         "uptime_seconds": state.pipeline.stats.snapshot().uptime_seconds,
         "version": env!("CARGO_PKG_VERSION"),
     }))

@@ -1,0 +1,335 @@
+//! A server's run store, watched ([`Watched`]): the outcome of every write is kept, so `/health`
+//! can say the store is failing (a full disk, a database gone away) instead of "healthy" while
+//! runs lose their events; the change is logged once each way, not once per write; and a file
+//! check ([`spawn_file_check`]) finds a store file deleted or replaced under the server, which
+//! the SQLite store re-creates from its open database rather than keeping every later run only
+//! in an unlinked file that vanishes when the server stops.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{RunRecord, RunState, RunStore, StoreError, StoredEvent, WriteFailure, now_ms};
+use crate::pipeline::report::ErrorOut;
+use crate::stats::Counter;
+
+/// How often the store's file is looked at.
+pub const FILE_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// What the store's health tracker knows.
+#[derive(Debug, Default)]
+struct Health {
+    /// Writes failing since then (cleared by the next write that succeeds).
+    writes: Option<Failing>,
+    /// The file check failing since then (cleared by the next check that passes).
+    file: Option<Failing>,
+}
+
+#[derive(Debug, Clone)]
+struct Failing {
+    since_ms: i64,
+    error: String,
+    /// Failures since `since_ms`.
+    count: u64,
+}
+
+/// A [`RunStore`] whose writes and file are watched; reads pass straight through.
+#[derive(Debug)]
+pub struct Watched {
+    inner: Arc<dyn RunStore>,
+    health: Mutex<Health>,
+}
+
+impl Watched {
+    pub fn new(inner: Arc<dyn RunStore>) -> Self {
+        Self {
+            inner,
+            health: Mutex::new(Health::default()),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Note a write's outcome: the first failure after a success is logged as an error, the
+    /// first success after failures as the recovery; the ones between only count.
+    fn write<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut health = self.health();
+        match (&result, &mut health.writes) {
+            (Ok(_), writes @ Some(_)) => {
+                let failing = writes.take().unwrap_or_else(|| unreachable!());
+                tracing::info!(
+                    store = %self.inner.location(),
+                    failed_writes = failing.count,
+                    failing_s = (now_ms() - failing.since_ms) as f64 / 1000.0,
+                    "the run store takes writes again"
+                );
+            }
+            (Ok(_), None) => {}
+            (Err(e), Some(failing)) => {
+                failing.count += 1;
+                failing.error = e.to_string();
+            }
+            (Err(e), writes @ None) => {
+                tracing::error!(
+                    store = %self.inner.location(),
+                    "the run store refuses writes: {e}; runs go on, and their events are stored \
+                     once it takes writes again (see /health)"
+                );
+                *writes = Some(Failing {
+                    since_ms: now_ms(),
+                    error: e.to_string(),
+                    count: 1,
+                });
+            }
+        }
+        result
+    }
+
+    /// Look at the store's file once (see [`RunStore::check_file`]), logging what changed.
+    pub fn check_file(&self) {
+        let checked = self.inner.check_file();
+        let mut health = self.health();
+        match checked {
+            Ok(note) => {
+                if let Some(note) = note {
+                    tracing::error!(store = %self.inner.location(), "{note}");
+                }
+                if health.file.take().is_some() {
+                    tracing::info!(store = %self.inner.location(), "the run store's file is sound again");
+                }
+            }
+            Err(e) => match &mut health.file {
+                Some(failing) => {
+                    failing.count += 1;
+                    failing.error = e.to_string();
+                }
+                None => {
+                    tracing::error!("{e}");
+                    health.file = Some(Failing {
+                        since_ms: now_ms(),
+                        error: e.to_string(),
+                        count: 1,
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// Check `store`'s file every [`FILE_CHECK_EVERY`] on a thread of its own, for as long as the
+/// process runs.
+pub fn spawn_file_check(store: Arc<Watched>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("agentrt-store-check".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(FILE_CHECK_EVERY);
+                store.check_file();
+            }
+        })
+        .map(|_| ())
+}
+
+impl RunStore for Watched {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError> {
+        self.write(self.inner.insert_run(id, request))
+    }
+    fn set_running(&self, id: &str) -> Result<(), StoreError> {
+        self.write(self.inner.set_running(id))
+    }
+    fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
+        self.write(self.inner.append_event(id, event))
+    }
+    fn finish_run(
+        &self,
+        id: &str,
+        state: RunState,
+        outcome: Option<&Value>,
+        error: Option<&ErrorOut>,
+        done: &StoredEvent,
+    ) -> Result<(), StoreError> {
+        self.write(self.inner.finish_run(id, state, outcome, error, done))
+    }
+    fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.inner.run(id)
+    }
+    fn list_runs(
+        &self,
+        limit: usize,
+        before: Option<(i64, &str)>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.list_runs(limit, before)
+    }
+    fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError> {
+        self.inner.count_by_state()
+    }
+    fn events_after(&self, id: &str, after: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.events_after(id, after)
+    }
+    fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
+        self.write(self.inner.interrupt_unfinished())
+    }
+    fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        self.write(self.inner.prune_finished(before_ms, limit))
+    }
+    fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {
+        self.inner.check_integrity()
+    }
+    fn check_file(&self) -> Result<Option<String>, StoreError> {
+        self.inner.check_file()
+    }
+    fn save_plugin_stats(&self, plugin: &str, counter: &Counter) -> Result<(), StoreError> {
+        self.write(self.inner.save_plugin_stats(plugin, counter))
+    }
+    fn load_plugin_stats(&self) -> Result<Vec<(String, Counter)>, StoreError> {
+        self.inner.load_plugin_stats()
+    }
+    fn write_failure(&self) -> Option<WriteFailure> {
+        let health = self.health();
+        // The file first: writes into a replaced file succeed, and would hide it.
+        health
+            .file
+            .as_ref()
+            .or(health.writes.as_ref())
+            .map(|f| WriteFailure {
+                since_ms: f.since_ms,
+                error: f.error.clone(),
+                failures: f.count,
+            })
+    }
+    #[cfg(test)]
+    fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
+        self.inner.execute_for_test(sql)
+    }
+}
+
+/// The store's part of `/health`.
+#[derive(Debug, Serialize)]
+pub struct StoreHealth {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing: Option<WriteFailure>,
+}
+
+impl StoreHealth {
+    pub fn of(store: &dyn RunStore) -> Self {
+        let failing = store.write_failure();
+        Self {
+            ok: failing.is_none(),
+            failing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder of its own, removed when the test ends.
+    struct Folder(std::path::PathBuf);
+
+    impl Folder {
+        fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Folder {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn watched() -> (Folder, Watched) {
+        let dir = Folder(std::env::temp_dir().join(format!(
+            "agentrt-watch-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        )));
+        std::fs::create_dir_all(dir.path()).expect("temp dir");
+        let store =
+            super::super::Store::open_exclusive(&dir.path().join("agentrt.db")).expect("store");
+        (dir, Watched::new(Arc::new(store)))
+    }
+
+    #[test]
+    fn failing_writes_show_until_one_succeeds() {
+        let (_dir, store) = watched();
+        store
+            .insert_run("a", &serde_json::json!({}))
+            .expect("insert");
+        assert!(store.write_failure().is_none());
+        // A second insert of the same id breaks the primary key: a write the store refuses.
+        for _ in 0..3 {
+            store
+                .insert_run("a", &serde_json::json!({}))
+                .expect_err("duplicate");
+        }
+        let failing = store.write_failure().expect("failing");
+        assert_eq!(failing.failures, 3);
+        assert!(failing.error.contains("UNIQUE"), "{}", failing.error);
+        assert!(!StoreHealth::of(&store).ok);
+        // Reads do not clear it; a write that succeeds does.
+        store.run("a").expect("read");
+        assert!(store.write_failure().is_some());
+        store.set_running("a").expect("running");
+        assert!(store.write_failure().is_none());
+        assert!(StoreHealth::of(&store).ok);
+    }
+
+    #[test]
+    fn a_deleted_store_file_is_recreated_with_every_run_and_writes_go_on_into_it() {
+        let (dir, store) = watched();
+        let path = dir.path().join("agentrt.db");
+        store
+            .insert_run("before", &serde_json::json!({"n": 1}))
+            .expect("insert");
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+        assert!(!path.exists());
+        store.check_file();
+        assert!(path.exists(), "re-created");
+        assert!(store.write_failure().is_none());
+        store
+            .insert_run("after", &serde_json::json!({"n": 2}))
+            .expect("insert after");
+        // What a restarted server (or a backup) reads from the path holds both runs.
+        let reopened = super::super::Store::open(&path).expect("reopen");
+        assert!(reopened.run("before").expect("read").is_some());
+        assert!(reopened.run("after").expect("read").is_some());
+    }
+
+    #[test]
+    fn a_replaced_store_file_is_reported_until_it_is_back() {
+        let (dir, store) = watched();
+        let path = dir.path().join("agentrt.db");
+        let aside = dir.path().join("aside.db");
+        std::fs::rename(&path, &aside).expect("move aside");
+        std::fs::write(&path, b"someone else's file").expect("write");
+        store.check_file();
+        let failing = store.write_failure().expect("reported");
+        assert!(
+            failing.error.contains("took the store's place"),
+            "{}",
+            failing.error
+        );
+        // Writes still succeed (into the file the server has open): the report stays.
+        store
+            .insert_run("x", &serde_json::json!({}))
+            .expect("insert");
+        assert!(store.write_failure().is_some());
+        std::fs::rename(&aside, &path).expect("put back");
+        store.check_file();
+        assert!(store.write_failure().is_none());
+    }
+}
