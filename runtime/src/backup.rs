@@ -321,6 +321,16 @@ pub fn restore(
     plugins: Option<&Path>,
     force: bool,
 ) -> Result<Restored, BackupError> {
+    if StoreLock::held(store) {
+        return Err(fail(
+            ErrorCode::StoreFailed,
+            format!(
+                "run store {}: a running agentrt server uses it; stop that server first (a \
+                 restore replaces the file it has open), then restore and start it again",
+                store.display()
+            ),
+        ));
+    }
     // Held until the new store is in place: no server may open it half-restored.
     let _lock = StoreLock::take(store).map_err(|e| fail(e.code(), e.to_string()))?;
     let manifest = verify(from)?;
@@ -898,12 +908,18 @@ mod tests {
         backup(&store, None, None, &out).expect("backup");
         let server = Store::open_exclusive(&store).expect("server");
         let err = restore(&out, &store, None, None, true).expect_err("locked");
-        assert!(err.message.contains("another agentrt server"), "{err}");
+        assert!(
+            err.message.contains("a running agentrt server uses it"),
+            "{err}"
+        );
         // Nor through a link to the store: the lock is the real file's.
         let link = dir.join("link.db");
         std::os::unix::fs::symlink(&store, &link).expect("link");
         let err = restore(&out, &link, None, None, true).expect_err("locked through the link");
-        assert!(err.message.contains("another agentrt server"), "{err}");
+        assert!(
+            err.message.contains("a running agentrt server uses it"),
+            "{err}"
+        );
         drop(server);
         restore(&out, &store, None, None, true).expect("free");
         let _ = fs::remove_dir_all(&dir);

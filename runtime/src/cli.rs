@@ -143,10 +143,11 @@ pub enum Command {
         /// Code after the gap, for fill-in-the-middle.
         #[arg(long)]
         suffix: Option<String>,
-        #[arg(long, default_value_t = 128)]
+        /// Most tokens to generate (1..=4096, as /v1/completions takes).
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::server::MAX_COMPLETION_TOKENS)))]
         max_tokens: u32,
-        /// Sampling temperature (0: greedy).
-        #[arg(long, default_value_t = 0.0)]
+        /// Sampling temperature, 0..=2 (0: greedy).
+        #[arg(long, default_value_t = 0.0, value_parser = temperature)]
         temperature: f32,
         /// Stop sequences (repeatable).
         #[arg(long)]
@@ -204,7 +205,8 @@ pub enum Command {
     /// Ask the model a question.
     Chat {
         message: String,
-        #[arg(long, default_value_t = 256)]
+        /// Most tokens of the answer (1..=2048, as POST /chat takes).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::server::MAX_CHAT_TOKENS)))]
         max_tokens: u32,
         #[command(flatten)]
         opts: RuntimeOpts,
@@ -343,12 +345,14 @@ fn print_test_report(tests: &crate::sandbox::TestReport) {
     }
 }
 
-/// Generate, printing text as it comes (or the whole completion as JSON at the end).
+/// Generate, printing text as it comes (or, with `json`, the completion at the end as
+/// `as_json` shapes it: the answer of the matching HTTP route).
 fn stream_completion(
     model: &ServedModel,
     prompt: &crate::engine::Prompt,
     params: &crate::engine::SamplingParams,
     json: bool,
+    as_json: fn(&crate::engine::Completion) -> Value,
 ) -> Result<(), CliError> {
     let done = model
         .generate(prompt, params, &Default::default(), &mut |t| {
@@ -359,12 +363,21 @@ fn stream_completion(
             }
         })
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
-    emit(
-        json,
-        &serde_json::to_value(&done).unwrap_or_default(),
-        || println!(),
-    );
+    emit(json, &as_json(&done), || println!());
     Ok(())
+}
+
+/// A sampling temperature from the command line, in the range the HTTP routes take.
+fn temperature(text: &str) -> Result<f32, String> {
+    let t: f32 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=crate::server::MAX_TEMPERATURE).contains(&t) {
+        Ok(t)
+    } else {
+        Err(format!(
+            "must be 0..={} (0: always the likeliest token)",
+            crate::server::MAX_TEMPERATURE
+        ))
+    }
 }
 
 /// The id clients name a model given by path: its file name without `.gguf` (an HF folder's
@@ -768,6 +781,12 @@ fn severity_rank(severity: &str) -> u8 {
     }
 }
 
+/// A failure as the HTTP API's error body has it: `{"code", "type", "message"}`.
+pub fn error_body(e: &CliError) -> Value {
+    let kind = ErrorCode::parse(e.code).map(|c| c.kind());
+    json!({"code": e.code, "type": kind, "message": e.message})
+}
+
 /// Whether this command printed its JSON answer (which then carries any failure itself).
 static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -991,7 +1010,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Generate { task, opts } => {
+            if task.trim().is_empty() {
+                // As POST /generate refuses it, before a model is loaded for nothing.
+                return Err(CliError::new(
+                    ErrorCode::InvalidInput,
+                    "the task description must not be empty",
+                ));
+            }
             let engine = load_engine(&opts)?;
+            let default_model = engine
+                .model(None)
+                .map(|m| m.info.id.clone())
+                .unwrap_or_default();
             let pipeline = progress::shown_unless(opts.json, load_pipeline(&opts, Some(engine))?);
             let req = PipelineRequest {
                 task_description: task,
@@ -1003,7 +1033,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 code: ErrorCode::parse(&e.code).map_or("GEN_001", ErrorCode::as_str),
                 message: e.message,
             })?;
-            let value = json!({"code": artifact.code, "tests": artifact.tests, "language": artifact.language, "stages": stages});
+            let value =
+                crate::pipeline::report::generation_answer(&artifact, &stages, &default_model);
             emit(opts.json, &value, || {
                 println!("# code\n{}\n\n# tests\n{}", artifact.code, artifact.tests);
             });
@@ -1014,6 +1045,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             max_retries,
             opts,
         } => {
+            if task.trim().is_empty() {
+                return Err(CliError::new(
+                    ErrorCode::InvalidInput,
+                    "the task description must not be empty",
+                ));
+            }
             let engine = load_engine(&opts)?;
             let pipeline = progress::shown_unless(opts.json, load_pipeline(&opts, Some(engine))?);
             let outcome = pipeline.run(&PipelineRequest {
@@ -1079,47 +1116,48 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let mut stages = Vec::new();
             let (findings, checks) = pipeline.check(&artifact, None, &mut stages);
             let findings: Vec<FindingOut> = findings.iter().map(FindingOut::from).collect();
-            emit(
-                opts.json,
-                &json!({"findings": findings, "checks": checks}),
-                || {
-                    print_findings(&file, &findings);
-                    // The first failed check is the command's error (below); the others here.
-                    let failed = checks
-                        .iter()
-                        .filter_map(|c| c.error.as_ref().map(|e| (c, e)));
-                    for (c, e) in failed.skip(1) {
-                        println!("check {} failed: {} {}", c.name, e.code, e.message);
-                    }
-                },
-            );
-            // Findings are the normal result; a check that could not run is a failure.
-            match checks.iter().find_map(|c| c.error.as_ref().map(|e| (c, e))) {
+            // Findings are the normal result; a check that could not run is a failure, and so
+            // are findings at --fail-on or above.
+            let result = match checks.iter().find_map(|c| c.error.as_ref().map(|e| (c, e))) {
                 Some((c, e)) => Err(CliError {
                     code: ErrorCode::parse(&e.code).map_or("PLUGIN_003", ErrorCode::as_str),
                     message: format!("check {} failed: {}", c.name, e.message),
                 }),
-                None => match fail_on.as_deref().map(severity_rank) {
-                    Some(bar) => {
-                        let failing = findings
-                            .iter()
-                            .filter(|f| severity_rank(f.severity) >= bar)
-                            .count();
-                        if failing > 0 {
-                            Err(CliError::new(
-                                ErrorCode::AnalysisFailed,
-                                format!(
-                                    "{failing} finding(s) at --fail-on {} or above",
-                                    fail_on.as_deref().unwrap_or_default()
-                                ),
-                            ))
-                        } else {
-                            Ok(())
-                        }
+                None => {
+                    let bar = fail_on.as_deref().map(severity_rank);
+                    let failing = findings
+                        .iter()
+                        .filter(|f| bar.is_some_and(|bar| severity_rank(f.severity) >= bar))
+                        .count();
+                    if failing > 0 {
+                        Err(CliError::new(
+                            ErrorCode::AnalysisFailed,
+                            format!(
+                                "{failing} finding(s) at --fail-on {} or above",
+                                fail_on.as_deref().unwrap_or_default()
+                            ),
+                        ))
+                    } else {
+                        Ok(())
                     }
-                    None => Ok(()),
-                },
+                }
+            };
+            let mut value = json!({"findings": findings, "checks": checks});
+            if let Err(e) = &result {
+                // The one JSON document carries the failure too, as the error body's `error`.
+                value["error"] = error_body(e);
             }
+            emit(opts.json, &value, || {
+                print_findings(&file, &findings);
+                // The first failed check is the command's error; the others here.
+                let failed = checks
+                    .iter()
+                    .filter_map(|c| c.error.as_ref().map(|e| (c, e)));
+                for (c, e) in failed.skip(1) {
+                    println!("check {} failed: {} {}", c.name, e.code, e.message);
+                }
+            });
+            result
         }
         Command::Review { file, tests, opts } => {
             let artifact = CodeArtifact {
@@ -1131,6 +1169,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .transpose()?
                     .unwrap_or_default(),
             };
+            if artifact.code.trim().is_empty() {
+                // As POST /review refuses it: there is nothing to review.
+                return Err(CliError::new(
+                    ErrorCode::InvalidInput,
+                    format!("{} is empty: there is no code to review", file.display()),
+                ));
+            }
             let engine = load_engine(&opts)?;
             let pipeline = Pipeline {
                 file_names: FileNames::of(&file, tests.as_deref()),
@@ -1184,7 +1229,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 },
                 None => crate::engine::Prompt::Text(prompt),
             };
-            stream_completion(&model, &prompt, &params, opts.json)
+            stream_completion(&model, &prompt, &params, opts.json, |done| {
+                serde_json::to_value(done).unwrap_or_default()
+            })
         }
         Command::Doctor { listen, opts } => {
             let mut report = crate::doctor::Report::default();
@@ -1334,6 +1381,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             max_tokens,
             opts,
         } => {
+            if message.trim().is_empty() {
+                // As POST /chat refuses it: an empty question gets no answer worth its time.
+                return Err(CliError::new(
+                    ErrorCode::InvalidInput,
+                    "the message must not be empty",
+                ));
+            }
             let model = load_default_model(&opts)?;
             let params = crate::engine::SamplingParams {
                 max_tokens,
@@ -1344,7 +1398,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     role: "user".into(),
                     content: message,
                 }]);
-            stream_completion(&model, &prompt, &params, opts.json)
+            stream_completion(
+                &model,
+                &prompt,
+                &params,
+                opts.json,
+                crate::server::chat_answer,
+            )
         }
         Command::Plugin {
             action: PluginAction::List { server },

@@ -361,7 +361,8 @@ impl Report {
             }
             return;
         }
-        let in_use = StoreLock::take(path).is_err();
+        // Looked at, not taken: the doctor leaves no lock file beside what it examines.
+        let in_use = StoreLock::held(path);
         match Store::open(path) {
             Ok(store) => self.store_health(&store, Some(in_use)),
             Err(e) => self.add("store", Status::Fail, e.to_string()),

@@ -35,10 +35,7 @@ fn main() -> std::process::ExitCode {
             eprintln!("error {}: {}", e.code, e.message);
             if json_output && !agentrt::cli::printed_json() {
                 // What a script asked for JSON reads: the error body the HTTP API answers.
-                let kind = agentrt::error_code::ErrorCode::parse(e.code).map(|c| c.kind());
-                let body = serde_json::json!({
-                    "error": {"code": e.code, "type": kind, "message": e.message}
-                });
+                let body = serde_json::json!({ "error": agentrt::cli::error_body(&e) });
                 println!("{body}");
             }
             std::process::ExitCode::FAILURE

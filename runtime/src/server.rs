@@ -8,11 +8,15 @@
 //! OpenAI's shape, with the headers the error carried.
 
 pub mod auth;
+mod body;
 mod console;
 pub mod error;
 mod openai;
 pub mod openapi;
 mod routes;
+/// The bounds the HTTP routes put on a request, which the CLI's one-offs keep too.
+pub(crate) use openai::request::MAX_TOKENS as MAX_COMPLETION_TOKENS;
+pub(crate) use routes::{MAX_CHAT_TOKENS, MAX_TEMPERATURE, chat_answer};
 mod runs;
 pub mod startup;
 

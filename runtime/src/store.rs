@@ -154,7 +154,9 @@ impl StoreLock {
     /// Whether a server holds the lock of the store at `path` now; looks without creating the
     /// lock file or its folder.
     pub fn held(path: &Path) -> bool {
-        let mut lock_path = path.as_os_str().to_owned();
+        // Where `take` puts it: beside the file links lead to.
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut lock_path = real.into_os_string();
         lock_path.push(".lock");
         std::fs::OpenOptions::new()
             .write(true)

@@ -666,6 +666,20 @@ fn check_reads_stdin_names_the_file_and_can_gate_on_severity() {
     // --fail-on makes them fail it: dangerous-call is an error.
     let (ok, _, stderr) = run(&["check", path, "--fail-on", "error"]);
     assert!(!ok && stderr.contains("error REV_003"), "{stderr}");
+    // With --json, one document: the findings, and the failure as the error body has it.
+    let (ok, stdout, _) = run(&["check", path, "--fail-on", "error", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert!(!ok);
+    assert_eq!(doc["error"]["code"], "REV_003", "{doc}");
+    assert!(
+        doc["findings"].as_array().is_some_and(|f| !f.is_empty()),
+        "{doc}"
+    );
+    // One-offs refuse what the HTTP routes refuse, before loading anything.
+    let (ok, _, stderr) = run(&["chat", " "]);
+    assert!(!ok && stderr.contains("error VAL_002"), "{stderr}");
+    let (ok, _, stderr) = run(&["complete", "x", "--temperature", "5"]);
+    assert!(!ok && stderr.contains("0..=2"), "{stderr}");
     // The same code from standard input.
     let mut child = std::process::Command::new(crate::harness::agentrt_bin())
         .args(["check", "-"])

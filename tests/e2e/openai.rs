@@ -651,3 +651,55 @@ fn tokenize_counts_a_prompt_or_a_whole_chat() {
         "{body}"
     );
 }
+
+/// A value of the wrong type is refused naming its field (`param`), also for the fields both
+/// routes share; a body that is not an object is refused as such, on the native routes too
+/// (serde would read an array as the fields in order).
+#[test]
+fn a_field_of_the_wrong_type_is_named_and_an_array_is_not_a_body() {
+    let server = default_server();
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (
+            CHAT,
+            json!({"messages": hi, "max_tokens": "3"}),
+            "max_tokens",
+        ),
+        (
+            CHAT,
+            json!({"messages": hi, "temperature": "hot"}),
+            "temperature",
+        ),
+        (CHAT, json!({"messages": hi, "stop": 5}), "stop"),
+        (
+            COMPLETIONS,
+            json!({"prompt": "x", "max_tokens": "2"}),
+            "max_tokens",
+        ),
+        (COMPLETIONS, json!({"prompt": [1, 2, 3]}), "prompt"),
+    ];
+    for (path, body, param) in cases {
+        let (status, answer) = server.post(path, &body);
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert_eq!(openai_error(&answer), "VAL_002", "{path} {body}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{path} {body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(!message.contains("enum"), "{message}");
+    }
+    for path in ["/chat", "/generate", CHAT] {
+        let (status, answer) = server.post(path, &json!(["hi", null, null, 2, null, null]));
+        assert_eq!(status, 400, "{path}: {answer}");
+        let text = answer.to_string();
+        assert!(
+            text.contains("VAL_001") && text.contains("not an array"),
+            "{path}: {answer}"
+        );
+    }
+    // /chat's temperature is OpenAI's range too.
+    let (status, answer) = server.post("/chat", &json!({"message": "hi", "temperature": 5}));
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        answer["error"]["details"]["field"], "temperature",
+        "{answer}"
+    );
+}

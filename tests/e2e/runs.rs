@@ -659,7 +659,10 @@ fn a_backup_taken_under_load_restores_to_an_identical_store() {
         &[("AGENTRT_STORE", store_env.as_str())],
     );
     assert!(!ok);
-    assert!(stderr.contains("another agentrt server"), "{stderr}");
+    assert!(
+        stderr.contains("a running agentrt server uses it; stop that server first"),
+        "{stderr}"
+    );
     for id in &ids {
         s.exchange("DELETE", &format!("/v1/pipeline/runs/{id}"), &[], None);
     }

@@ -9,6 +9,31 @@ use crate::plugin::PluginError;
 use crate::plugin::bindings::{CodeArtifact, Finding, Review, Severity, Verdict};
 use crate::sandbox::TestReport;
 
+/// The answer to a generation (`POST /generate`, `agentrt generate --json`): the code, its
+/// tests, the model the code came from (the last successful generation's: an error handler may
+/// have moved it off `default_model`), the tokens spent and each stage.
+pub fn generation_answer(
+    artifact: &CodeArtifact,
+    stages: &[StageReport],
+    default_model: &str,
+) -> serde_json::Value {
+    let tokens: u64 = stages.iter().map(|s| s.tokens).sum();
+    let model = stages
+        .iter()
+        .rev()
+        .find(|s| s.stage == "generate" && s.error.is_none())
+        .and_then(|s| s.models.last().cloned())
+        .unwrap_or_else(|| default_model.to_string());
+    serde_json::json!({
+        "code": artifact.code,
+        "tests": artifact.tests,
+        "language": artifact.language,
+        "model": model,
+        "usage": {"total_tokens": tokens},
+        "stages": stages,
+    })
+}
+
 /// An error as clients see it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ErrorOut {

@@ -129,8 +129,27 @@ impl From<&crate::engine::EngineError> for ApiError {
 /// A query string that does not parse: `VAL_002` in the usual JSON shape.
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        ApiError::new(ErrorCode::InvalidInput, r.body_text())
+        let text = r.body_text();
+        let detail = text
+            .split_once("query string: ")
+            .map_or(text.as_str(), |(_, d)| d);
+        let err = ApiError::new(ErrorCode::InvalidInput, format!("query string: {detail}"));
+        match query_field(detail) {
+            Some(field) => err.for_field(&field),
+            None => err,
+        }
     }
+}
+
+/// The parameter a query string error is about: `unknown field `foo`, expected ...` or
+/// `limit: invalid digit found in string`.
+fn query_field(detail: &str) -> Option<String> {
+    if let Some(rest) = detail.split("field `").nth(1) {
+        return rest.split('`').next().map(str::to_string);
+    }
+    let (name, _) = detail.split_once(": ")?;
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then(|| name.to_string())
 }
 
 impl From<JsonRejection> for ApiError {
@@ -244,6 +263,19 @@ mod tests {
             field_of("Failed to parse the request body as JSON: expected value"),
             None
         );
+    }
+
+    #[test]
+    fn query_string_errors_name_their_parameter() {
+        assert_eq!(
+            query_field("limit: invalid digit found in string").as_deref(),
+            Some("limit")
+        );
+        assert_eq!(
+            query_field("unknown field `foo`, expected `limit` or `before`").as_deref(),
+            Some("foo")
+        );
+        assert_eq!(query_field("expected a map"), None);
     }
 
     #[test]

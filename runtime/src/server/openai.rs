@@ -36,7 +36,7 @@ use crate::engine::{
 use crate::error_code::ErrorCode;
 use crate::stats::Stats;
 
-mod request;
+pub(crate) mod request;
 
 pub use request::{ChatRequest, CompletionRequest};
 use request::{Common, Message, PromptField, template_messages};
@@ -122,9 +122,10 @@ fn engine_error(e: &EngineError, kind: Kind) -> ApiError {
     err
 }
 
-fn parse<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, OpenAiError> {
-    body.map(|Json(v)| v)
-        .map_err(|e| OpenAiError(ApiError::from(e)))
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<T, OpenAiError> {
+    super::body::parse_body(body).map_err(OpenAiError)
 }
 
 fn unix_now() -> u64 {
@@ -493,7 +494,7 @@ fn rejected(state: &AppState, endpoint: &str, e: OpenAiError) -> OpenAiError {
 pub async fn chat_completions(
     State(state): State<AppState>,
     deadline: Option<axum::Extension<super::RequestDeadline>>,
-    body: Result<Json<ChatRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, OpenAiError> {
     match chat_job(&state, body) {
         Ok(job) => run(job.until(deadline)).await,
@@ -503,9 +504,9 @@ pub async fn chat_completions(
 
 fn chat_job(
     state: &AppState,
-    body: Result<Json<ChatRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Job, OpenAiError> {
-    let req = parse(body)?;
+    let req: ChatRequest = parse(body)?;
     let messages = template_messages(req.messages)?;
     req.common
         .job(state, CHAT, Kind::Chat, Prompt::Chat(messages), 512)
@@ -523,15 +524,26 @@ pub struct TokenizeRequest {
 
 pub async fn tokenize(
     State(state): State<AppState>,
-    body: Result<Json<TokenizeRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, OpenAiError> {
-    let req = parse(body)?;
+    let req: TokenizeRequest = parse(body)?;
     let model = state
         .engine
         .model(req.model.as_deref())
         .map_err(|e| OpenAiError(ApiError::from(&e)))?;
     let input = match (req.prompt, req.messages) {
         (Some(prompt), None) => Ok(prompt),
+        // As /v1/chat/completions answers it: the client's choice of model, not the server
+        // being unavailable.
+        (None, Some(_)) if !model.info.supports_chat => {
+            return Err(invalid(
+                "model",
+                format!(
+                    "model {} has no chat template: tokenize a prompt, not messages",
+                    model.info.id
+                ),
+            ));
+        }
         (None, Some(messages)) => Err(template_messages(messages)?),
         _ => {
             return Err(OpenAiError(ApiError::new(
@@ -586,7 +598,7 @@ pub async fn tokenize(
 pub async fn completions(
     State(state): State<AppState>,
     deadline: Option<axum::Extension<super::RequestDeadline>>,
-    body: Result<Json<CompletionRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, OpenAiError> {
     match completion_job(&state, body) {
         Ok(job) => run(job.until(deadline)).await,
@@ -596,9 +608,9 @@ pub async fn completions(
 
 fn completion_job(
     state: &AppState,
-    body: Result<Json<CompletionRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Job, OpenAiError> {
-    let req = parse(body)?;
+    let req: CompletionRequest = parse(body)?;
     let text = match req.prompt {
         PromptField::One(s) => s,
         PromptField::Many(mut v) if v.len() == 1 => v.remove(0),

@@ -137,7 +137,7 @@ pub fn document() -> Value {
         "/review": {"post": operation("/review", "Review code: quality checks, the tests run in the sandbox, the reviewer's verdict", Some(json_body(schema("Code"))), ok("Verdict, score, summary, findings and test results", schema("ReviewResult")))},
         "/check": {"post": operation("/check", "Run the quality checks only (no model)", Some(json_body(schema("Code"))), ok("Findings of every check", schema("Findings")))},
         "/pipeline": {"post": operation("/pipeline", "The whole pipeline, synchronously: generate, check, test (with retries), review", Some(json_body(schema("Task"))), ok("Every stage's result", any.clone()))},
-        "/chat": {"post": operation("/chat", "One message to the model", Some(json_body(schema("ChatRequest"))), ok("The answer", any.clone()))},
+        "/chat": {"post": operation("/chat", "One message to the model", Some(json_body(schema("ChatRequest"))), ok("The answer", schema("ChatAnswer")))},
         "/health": {"get": operation("/health", "Models and plugins loaded, uptime, version; always 200, whatever `status` says (probes use /health/ready)", None, ok("Health", schema("Health")))},
         "/health/live": {"get": operation("/health/live", "Liveness: the process answers", None, ok("Alive", any.clone()))},
         "/health/ready": {"get": not_ready(operation("/health/ready", "Readiness: 503 while starting, while no model can serve, and while draining", None, ok("Ready", schema("Ready"))))},
@@ -295,7 +295,12 @@ pub fn document() -> Value {
                 }), &["code"]),
                 "Finding": finding,
                 "Findings": object(json!({"findings": {"type": "array", "items": schema("Finding")}}), &["findings"]),
-                "Generation": object(json!({"code": {"type": "string"}, "tests": {"type": "string"}, "language": {"type": "string"}}), &["code", "tests"]),
+                "Generation": object(json!({
+                    "code": {"type": "string"}, "tests": {"type": "string"}, "language": {"type": "string"},
+                    "model": {"type": "string", "description": "The model the code came from"},
+                    "usage": object(json!({"total_tokens": {"type": "integer"}}), &["total_tokens"]),
+                    "stages": {"type": "array", "items": {"type": "object"}},
+                }), &["code", "tests", "language", "model", "usage", "stages"]),
                 "ReviewResult": object(json!({
                     "verdict": {"enum": ["approve", "request_changes", "reject"]},
                     "score": {"type": "number", "minimum": 0, "maximum": 10},
@@ -305,8 +310,18 @@ pub fn document() -> Value {
                 }), &["verdict", "score", "findings"]),
                 "ChatRequest": object(json!({
                     "message": {"type": "string"}, "system": {"type": "string"}, "model": {"type": "string"},
-                    "max_tokens": {"type": "integer"}, "temperature": {"type": "number"}, "seed": {"type": "integer"},
+                    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2048, "default": 256},
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0, "description": "0 (the default): always the likeliest token, so the same message gets the same answer"},
+                    "seed": {"type": "integer"},
                 }), &["message"]),
+                "ChatAnswer": object(json!({
+                    "response": {"type": "string"}, "model": {"type": "string"},
+                    "finish_reason": {"type": "string"},
+                    "usage": object(json!({
+                        "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
+                        "total_tokens": {"type": "integer"},
+                    }), &["prompt_tokens", "completion_tokens", "total_tokens"]),
+                }), &["response", "model", "finish_reason", "usage"]),
                 "ChatCompletionRequest": object(json!({
                     "model": {"type": "string"},
                     "messages": {"type": "array", "items": object(json!({"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}), &["role", "content"])},

@@ -20,13 +20,17 @@ use axum::Extension;
 
 /// Longest task description or chat message accepted, in characters.
 const MAX_TEXT_CHARS: usize = 16_000;
-/// Most tokens `/chat` generates in one answer.
-const MAX_CHAT_TOKENS: u32 = 2048;
+/// Most tokens `/chat` (and `agentrt chat`) generates in one answer.
+pub const MAX_CHAT_TOKENS: u32 = 2048;
+/// Highest sampling temperature taken, as OpenAI's API takes.
+pub const MAX_TEMPERATURE: f32 = 2.0;
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-fn parse<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(v)| v).map_err(ApiError::from)
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<T, ApiError> {
+    super::body::parse_body(body)
 }
 
 fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
@@ -157,9 +161,9 @@ impl GenerateBody {
 pub async fn generate(
     State(state): State<AppState>,
     deadline: Option<Extension<RequestDeadline>>,
-    body: Result<Json<GenerateBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let req = parse(body)
+    let req = parse::<GenerateBody>(body)
         .and_then(GenerateBody::into_request)
         .map_err(|e| record_rejection(&state, "/generate", e))?;
     let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
@@ -172,23 +176,12 @@ pub async fn generate(
         let mut stages = Vec::new();
         let result = pipeline.generate(&req, &mut stages);
         let tokens: u64 = stages.iter().map(|s| s.tokens).sum();
-        // The model the code came from: the last generation's (an error handler may have
-        // moved the run off the default).
-        let model = stages
-            .iter()
-            .rev()
-            .find(|s| s.stage == "generate" && s.error.is_none())
-            .and_then(|s| s.models.last().cloned())
-            .unwrap_or(default_model);
         let answer = match result {
-            Ok(artifact) => Ok(json!({
-                "code": artifact.code,
-                "tests": artifact.tests,
-                "language": artifact.language,
-                "model": model,
-                "usage": {"total_tokens": tokens},
-                "stages": stages,
-            })),
+            Ok(artifact) => Ok(crate::pipeline::report::generation_answer(
+                &artifact,
+                &stages,
+                &default_model,
+            )),
             Err(e) => Err(ApiError::from_stage(&e).with_details(json!({ "stages": stages }))),
         };
         (answer, tokens)
@@ -250,9 +243,9 @@ impl CodeBody {
 pub async fn check(
     State(state): State<AppState>,
     deadline: Option<Extension<RequestDeadline>>,
-    body: Result<Json<CodeBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let (artifact, only) = parse(body)
+    let (artifact, only) = parse::<CodeBody>(body)
         .and_then(|b| Ok((b.artifact(false)?, b.check_names(&state)?)))
         .map_err(|e| record_rejection(&state, "/check", e))?;
     // With the request's deadline: a check the error handler retries stops when it passes.
@@ -272,9 +265,9 @@ pub async fn check(
 pub async fn review(
     State(state): State<AppState>,
     deadline: Option<Extension<RequestDeadline>>,
-    body: Result<Json<CodeBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let (artifact, only) = parse(body)
+    let (artifact, only) = parse::<CodeBody>(body)
         .and_then(|b| Ok((b.artifact(true)?, b.check_names(&state)?)))
         .map_err(|e| record_rejection(&state, "/review", e))?;
     let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
@@ -305,9 +298,9 @@ pub async fn review(
 pub async fn pipeline(
     State(state): State<AppState>,
     deadline: Option<Extension<RequestDeadline>>,
-    body: Result<Json<GenerateBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let req = parse(body)
+    let req = parse::<GenerateBody>(body)
         .and_then(GenerateBody::into_request)
         .map_err(|e| record_rejection(&state, "/pipeline", e))?;
     let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
@@ -338,10 +331,10 @@ pub struct ChatBody {
 pub async fn chat(
     State(state): State<AppState>,
     deadline: Option<Extension<RequestDeadline>>,
-    body: Result<Json<ChatBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
     let control = deadline.map(|d| d.control()).unwrap_or_default();
-    let body = parse(body)
+    let body = parse::<ChatBody>(body)
         .and_then(|b| {
             non_empty("message", &b.message)?;
             if b.max_tokens.is_some_and(|n| n == 0 || n > MAX_CHAT_TOKENS) {
@@ -350,6 +343,17 @@ pub async fn chat(
                     format!("max_tokens must be 1..={MAX_CHAT_TOKENS}"),
                 )
                 .for_field("max_tokens"));
+            }
+            if b.temperature
+                .is_some_and(|t| !(0.0..=MAX_TEMPERATURE).contains(&t))
+            {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "temperature must be 0..={MAX_TEMPERATURE} (0: always the likeliest token)"
+                    ),
+                )
+                .for_field("temperature"));
             }
             Ok(b)
         })
@@ -383,18 +387,27 @@ pub async fn chat(
         match model.generate(&Prompt::Chat(messages), &params, &control, &mut |_| {}) {
             Ok(done) => {
                 let tokens = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
-                let answer = json!({
-                    "response": done.text,
-                    "model": done.model,
-                    "finish_reason": done.finish_reason,
-                    "usage": done.usage,
-                });
-                (Ok(answer), tokens)
+                (Ok(chat_answer(&done)), tokens)
             }
             Err(e) => (Err(ApiError::from(&e)), 0),
         }
     })
     .await
+}
+
+/// The answer to a chat (`POST /chat`, `agentrt chat --json`).
+pub fn chat_answer(done: &crate::engine::Completion) -> Value {
+    let usage = &done.usage;
+    json!({
+        "response": done.text,
+        "model": done.model,
+        "finish_reason": done.finish_reason,
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        },
+    })
 }
 
 fn plugin_list(state: &AppState) -> Vec<Value> {

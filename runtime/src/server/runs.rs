@@ -75,16 +75,16 @@ fn run_json(run: &RunRecord, events: &[StoredEvent]) -> Value {
 
 pub async fn create(
     State(state): State<AppState>,
-    body: Result<Json<GenerateBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     // A submission refused here is a failed request of the endpoint, as on /pipeline (an
     // accepted one is counted when its run ends).
     let refuse = |e: ApiError| {
         super::routes::record_rejection(&state, crate::runs::STATS_ENDPOINT, e).into_response()
     };
-    let body = match body {
-        Ok(Json(b)) => b,
-        Err(e) => return refuse(ApiError::from(e)),
+    let body: GenerateBody = match super::body::parse_body(body) {
+        Ok(b) => b,
+        Err(e) => return refuse(e),
     };
     let request = body.to_json();
     let req = match body.into_request() {
@@ -240,13 +240,29 @@ pub async fn events(
         Ok(Query(q)) => q,
         Err(r) => return ApiError::from(r).into_response(),
     };
-    let after = q.after.or_else(|| {
-        headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
+    // Event numbers start at 1: a resume point is 0 or above, from the query or the header
+    // alike (a header that is not one was not sent by a client of this server's events).
+    let header = headers.get("last-event-id").map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or(("Last-Event-ID", "an event number (0 or above)"))
     });
-    let after = after.unwrap_or(0);
+    let after = match (q.after, header) {
+        (Some(n), _) if n < 0 => Err(("after", "an event number (0 or above)")),
+        (Some(n), _) => Ok(n),
+        (None, Some(parsed)) => parsed,
+        (None, None) => Ok(0),
+    };
+    let after = match after {
+        Ok(n) => n,
+        Err((field, what)) => {
+            return ApiError::new(ErrorCode::InvalidInput, format!("{field} must be {what}"))
+                .for_field(field)
+                .into_response();
+        }
+    };
     // Subscribe before reading the store: an event is then either stored already or on its
     // way to the receiver (or both; numbers tell duplicates apart).
     let live = state.runs.subscribe(&id);

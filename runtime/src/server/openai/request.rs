@@ -9,9 +9,10 @@ use super::{OpenAiError, invalid};
 use crate::engine::SamplingParams;
 use crate::engine::chat_template::TemplateMessage;
 use crate::engine::sampling::MAX_STOP_BYTES;
+use crate::server::MAX_TEMPERATURE;
 
 /// Most tokens one request may ask for.
-pub(super) const MAX_TOKENS: u32 = 4096;
+pub(crate) const MAX_TOKENS: u32 = 4096;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Deserialize)]
@@ -237,7 +238,10 @@ impl Common {
             ));
         }
         // OpenAI's range: a client relying on the 400 for a typo'd 20 gets it here too.
-        if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        if self
+            .temperature
+            .is_some_and(|t| !(0.0..=MAX_TEMPERATURE).contains(&t))
+        {
             return Err(invalid(
                 "temperature",
                 "temperature must be between 0 and 2",
