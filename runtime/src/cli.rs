@@ -115,7 +115,8 @@ pub enum Command {
     Review {
         file: PathBuf,
         /// Python tests to run against FILE (test_* functions or top-level asserts); they
-        /// may import FILE by its name (`from sol import f` for sol.py) or as `solution`.
+        /// may import FILE by its name (`from sol import f` for sol.py; not a name the standard
+        /// library has, such as types.py) or as `solution`.
         #[arg(long)]
         tests: Option<PathBuf>,
         #[command(flatten)]

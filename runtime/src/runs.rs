@@ -307,7 +307,7 @@ fn with_retries<E: std::fmt::Display>(
     store: &dyn RunStore,
     mut write: impl FnMut() -> Result<(), E>,
 ) -> Result<(), E> {
-    let pauses: &[Duration] = if store.write_failure().is_some() {
+    let pauses: &[Duration] = if store.refusing_writes() {
         &[]
     } else {
         &[Duration::from_millis(20), Duration::from_millis(200)]
@@ -430,6 +430,7 @@ impl Runs {
             .stats
             .record_endpoint(STATS_ENDPOINT, 0, 0, Some(error.code.as_str()));
         let done = emitter.finish(state, None, Some(&error), &|| persist && self.accepting());
+        log_run_end(id, state, Some(&error.code), Duration::ZERO);
         self.live().remove(id);
         emitter.announce(done);
     }

@@ -90,10 +90,16 @@ impl FileNames {
                 .filter(|n| n.len() > 3 && n.ends_with(".py") && !n.chars().any(char::is_control))
                 .map_or(fallback, str::to_string)
         };
-        Self {
-            code: name(Some(code), default.code),
-            tests: name(tests, default.tests),
+        let names = Self {
+            code: name(Some(code), default.code.clone()),
+            tests: name(tests, default.tests.clone()),
+        };
+        // One name for both would make the tests' source stand for the code's in tracebacks,
+        // and the code's own test_* functions count as tests.
+        if names.code == names.tests {
+            return default;
         }
+        names
     }
 }
 
@@ -920,6 +926,11 @@ mod tests {
         let names = FileNames::of(Path::new("-"), Some(Path::new("tests.txt")));
         assert_eq!(names, FileNames::default());
         let names = FileNames::of(Path::new(".py"), None);
+        assert_eq!(names, FileNames::default());
+        // One name for both files (or the code named as the default tests are) is the defaults.
+        let names = FileNames::of(Path::new("src/calc.py"), Some(Path::new("tests/calc.py")));
+        assert_eq!(names, FileNames::default());
+        let names = FileNames::of(Path::new("test_solution.py"), None);
         assert_eq!(names, FileNames::default());
     }
 

@@ -158,8 +158,9 @@ impl StoreLock {
         let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let mut lock_path = real.into_os_string();
         lock_path.push(".lock");
+        // Read access is enough to ask for the lock: a server run as another user is seen too.
         std::fs::OpenOptions::new()
-            .write(true)
+            .read(true)
             .open(&lock_path)
             .is_ok_and(|lock| match lock.try_lock() {
                 Ok(()) => false,
@@ -256,6 +257,11 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// knows; other stores do not keep track.
     fn write_failure(&self) -> Option<WriteFailure> {
         None
+    }
+    /// Whether the latest write failed (the file check aside), as a [`watch::Watched`] store
+    /// knows: a write is then tried once, without pauses.
+    fn refusing_writes(&self) -> bool {
+        false
     }
     /// Run raw SQL (tests that damage a store on purpose).
     #[cfg(test)]
@@ -850,16 +856,48 @@ impl RunStore for Store {
                 partial.push(".recovering");
                 let partial = PathBuf::from(partial);
                 let _ = std::fs::remove_file(&partial);
-                let recreate = || -> Result<Connection, String> {
-                    let target = partial.to_str().ok_or("the path is not UTF-8")?;
-                    conn.execute("VACUUM INTO ?1", [target])
-                        .map_err(|e| e.to_string())?;
-                    std::fs::rename(&partial, &self.path).map_err(|e| e.to_string())?;
-                    let fresh = Connection::open(&self.path).map_err(|e| e.to_string())?;
-                    configure(&fresh).map_err(|e| e.to_string())?;
-                    Ok(fresh)
-                };
-                match recreate() {
+                let copied = partial
+                    .to_str()
+                    .ok_or_else(|| "the path is not UTF-8".to_string())
+                    .and_then(|target| {
+                        conn.execute("VACUUM INTO ?1", [target])
+                            .map_err(|e| e.to_string())?;
+                        std::fs::File::open(&partial)
+                            .and_then(|f| f.sync_all())
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(why) = copied {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(fail(format!(
+                        "the store's file was deleted while this server ran and cannot be \
+                         written again ({why}); runs from now on are lost when the server stops"
+                    )));
+                }
+                // The old connection closes before the copy takes the name: its write-ahead
+                // log and index (left beside the path when only the file was deleted) hold
+                // pages of the old file's layout, which SQLite would lay over the copy's.
+                let closed = std::mem::replace(
+                    &mut *conn,
+                    Connection::open_in_memory().map_err(|e| fail(e.to_string()))?,
+                );
+                drop(closed);
+                for suffix in ["-wal", "-shm"] {
+                    let mut stale = self.path.clone().into_os_string();
+                    stale.push(suffix);
+                    let _ = std::fs::remove_file(stale);
+                }
+                let installed = std::fs::rename(&partial, &self.path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
+                        {
+                            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                        }
+                        let fresh = Connection::open(&self.path).map_err(|e| e.to_string())?;
+                        configure(&fresh).map_err(|e| e.to_string())?;
+                        Ok(fresh)
+                    });
+                match installed {
                     Ok(fresh) => {
                         *conn = fresh;
                         *identity = file_identity(&self.path);
@@ -869,14 +907,13 @@ impl RunStore for Store {
                                 .into(),
                         ))
                     }
-                    Err(why) => {
-                        let _ = std::fs::remove_file(&partial);
-                        Err(fail(format!(
-                            "the store's file was deleted while this server ran and cannot be \
-                             written again ({why}); runs from now on are lost when the server \
-                             stops"
-                        )))
-                    }
+                    // The connection left is an empty in-memory one: every call fails (no
+                    // tables), so /health and the log say so rather than writes vanishing.
+                    Err(why) => Err(fail(format!(
+                        "the store's file was deleted while this server ran, and its copy {} \
+                         cannot be opened ({why}); restart the server once it can",
+                        partial.display()
+                    ))),
                 }
             }
             Err(e) => Err(fail(format!("cannot look at the store's file: {e}"))),

@@ -338,13 +338,16 @@ fn a_rerun_in_the_full_interpreter_shares_the_reports_time_budget() {
 
 #[test]
 fn a_cancel_stops_a_hanging_test_and_the_runs_after_it() {
+    // Loaded before the cancel's clock starts: a first load compiles the interpreter, which
+    // on a cold cache takes longer than the wait below.
+    let sandbox = sandbox();
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
         scope.spawn(|| {
             std::thread::sleep(Duration::from_millis(1500));
             cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         });
-        sandbox().run_tests_until(
+        sandbox.run_tests_until(
             ADD,
             HANGING,
             &FileNames::default(),
@@ -372,7 +375,7 @@ fn a_cancel_stops_a_hanging_test_and_the_runs_after_it() {
         }
     }
     // Cancelled before anything ran: no tests were even collected.
-    let report = sandbox().run_tests_until(
+    let report = sandbox.run_tests_until(
         ADD,
         HANGING,
         &FileNames::default(),

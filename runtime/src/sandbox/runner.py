@@ -33,7 +33,9 @@ def agentrt_run(payload, nonce):
     tests_file = payload.get("tests_file") or "test_solution.py"
     module_names = ["solution"]
     stem = code_file[:-3] if code_file.endswith(".py") else ""
-    if stem.isidentifier() and stem not in module_names and stem not in sys.stdlib_module_names:
+    # Never in place of a module already there (the standard library, the runner's own, __main__).
+    if (stem.isidentifier() and not stem.startswith("__") and stem not in module_names
+            and stem not in sys.stdlib_module_names and stem not in sys.modules):
         module_names.append(stem)
 
     def emit(kind, **fields):

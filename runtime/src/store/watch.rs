@@ -191,6 +191,9 @@ impl RunStore for Watched {
     fn load_plugin_stats(&self) -> Result<Vec<(String, Counter)>, StoreError> {
         self.inner.load_plugin_stats()
     }
+    fn refusing_writes(&self) -> bool {
+        self.health().writes.is_some()
+    }
     fn write_failure(&self) -> Option<WriteFailure> {
         let health = self.health();
         // The file first: writes into a replaced file succeed, and would hide it.
@@ -307,6 +310,54 @@ mod tests {
         let reopened = super::super::Store::open(&path).expect("reopen");
         assert!(reopened.run("before").expect("read").is_some());
         assert!(reopened.run("after").expect("read").is_some());
+    }
+
+    #[test]
+    fn a_store_file_deleted_alone_is_recreated_whole_beside_its_stale_log() {
+        // Only the file goes: its write-ahead log and index stay, holding pages of the old
+        // layout, which the copy (compacted: another layout) must not be read through.
+        let (dir, store) = watched();
+        let path = dir.path().join("agentrt.db");
+        let event = |seq: i64| StoredEvent {
+            seq,
+            at_ms: now_ms(),
+            kind: "tokens".into(),
+            data: format!("{{\"text\":\"{}\"}}", "x".repeat(500)),
+        };
+        for run in 0..40 {
+            let id = format!("r{run}");
+            store
+                .insert_run(&id, &serde_json::json!({}))
+                .expect("insert");
+            for seq in 1..=10 {
+                store.append_event(&id, &event(seq)).expect("event");
+            }
+        }
+        // Gaps in the old file, so that the copy's pages are laid out otherwise.
+        store
+            .execute_for_test("DELETE FROM runs WHERE id IN ('r1','r3','r5','r7','r9','r11')")
+            .expect("delete some");
+        std::fs::remove_file(&path).expect("delete the file alone");
+        store.check_file();
+        assert!(
+            store.write_failure().is_none(),
+            "{:?}",
+            store.write_failure()
+        );
+        store
+            .insert_run("after", &serde_json::json!({}))
+            .expect("insert after");
+        drop(store);
+        let reopened = super::super::Store::open_exclusive(&path).expect("sound on reopening");
+        assert_eq!(reopened.check_integrity().expect("check"), Ok(()));
+        let runs: usize = reopened
+            .count_by_state()
+            .expect("count")
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(runs, 35);
+        assert_eq!(reopened.events_after("r2", 0).expect("events").len(), 10);
     }
 
     #[test]
