@@ -368,6 +368,18 @@ fn stream_completion(
     Ok(())
 }
 
+/// `VAL_002` for an empty `text`, as the HTTP routes refuse it, before anything loads for
+/// nothing.
+fn refuse_empty(what: &str, text: &str) -> Result<(), CliError> {
+    if text.trim().is_empty() {
+        return Err(CliError::new(
+            ErrorCode::InvalidInput,
+            format!("{what} must not be empty"),
+        ));
+    }
+    Ok(())
+}
+
 /// A sampling temperature from the command line, in the range the HTTP routes take.
 fn temperature(text: &str) -> Result<f32, String> {
     let t: f32 = text.parse().map_err(|e| format!("{e}"))?;
@@ -1011,13 +1023,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Generate { task, opts } => {
-            if task.trim().is_empty() {
-                // As POST /generate refuses it, before a model is loaded for nothing.
-                return Err(CliError::new(
-                    ErrorCode::InvalidInput,
-                    "the task description must not be empty",
-                ));
-            }
+            refuse_empty("the task description", &task)?;
             let engine = load_engine(&opts)?;
             let default_model = engine
                 .model(None)
@@ -1046,12 +1052,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             max_retries,
             opts,
         } => {
-            if task.trim().is_empty() {
-                return Err(CliError::new(
-                    ErrorCode::InvalidInput,
-                    "the task description must not be empty",
-                ));
-            }
+            refuse_empty("the task description", &task)?;
             let engine = load_engine(&opts)?;
             let pipeline = progress::shown_unless(opts.json, load_pipeline(&opts, Some(engine))?);
             let outcome = pipeline.run(&PipelineRequest {
@@ -1382,13 +1383,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             max_tokens,
             opts,
         } => {
-            if message.trim().is_empty() {
-                // As POST /chat refuses it: an empty question gets no answer worth its time.
-                return Err(CliError::new(
-                    ErrorCode::InvalidInput,
-                    "the message must not be empty",
-                ));
-            }
+            refuse_empty("the message", &message)?;
             let model = load_default_model(&opts)?;
             let params = crate::engine::SamplingParams {
                 max_tokens,

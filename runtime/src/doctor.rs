@@ -219,33 +219,11 @@ impl Report {
                 continue;
             }
             // A checksum recorded by scripts/setup.sh says most: damaged or replaced.
-            let mut sidecar = path.as_os_str().to_owned();
-            sidecar.push(".sha256");
-            let checksum = match std::fs::read_to_string(&sidecar) {
-                Err(_) => None,
-                Ok(recorded) => {
-                    let want = recorded
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_lowercase();
-                    match crate::plugin::compile_cache::sha256_file(path).map(|(_, hex)| hex) {
-                        Ok(got) if got == want => Some(got),
-                        Ok(got) => {
-                            self.add(
-                                name,
-                                Status::Fail,
-                                format!(
-                                    "checksum mismatch: SHA-256 {got}, recorded {want} (damaged or replaced; run scripts/setup.sh)"
-                                ),
-                            );
-                            continue;
-                        }
-                        Err(e) => {
-                            self.add(name, Status::Fail, format!("unreadable: {e}"));
-                            continue;
-                        }
-                    }
+            let checksum = match recorded_checksum(path) {
+                Ok(checksum) => checksum,
+                Err(why) => {
+                    self.add(name, Status::Fail, why);
+                    continue;
                 }
             };
             // Then the header and every tensor's place in the file: a truncated or foreign
@@ -509,6 +487,28 @@ fn gpu_verdict(
     }
 }
 
+/// The SHA-256 recorded beside a model file (`FILE.sha256`, by scripts/setup.sh), checked:
+/// `None` when none was recorded, the sum when the file still has it, why not otherwise.
+fn recorded_checksum(path: &Path) -> Result<Option<String>, String> {
+    let mut sidecar = path.as_os_str().to_owned();
+    sidecar.push(".sha256");
+    let Ok(recorded) = std::fs::read_to_string(&sidecar) else {
+        return Ok(None);
+    };
+    let want = recorded
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_lowercase();
+    match crate::plugin::compile_cache::sha256_file(path).map(|(_, hex)| hex) {
+        Ok(got) if got == want => Ok(Some(got)),
+        Ok(got) => Err(format!(
+            "checksum mismatch: SHA-256 {got}, recorded {want} (damaged or replaced; run scripts/setup.sh)"
+        )),
+        Err(e) => Err(format!("unreadable: {e}")),
+    }
+}
+
 /// What keeps an HF folder from loading, if anything: its config, tokenizer and weights files
 /// must be there (their contents are checked at load).
 fn hf_folder_problem(dir: &Path) -> Option<String> {
@@ -538,20 +538,27 @@ fn hf_folder_problem(dir: &Path) -> Option<String> {
 /// above that exists (`agentrt serve` creates the rest), takes a new file. Tried, not guessed
 /// from permission bits: a read-only mount or a full disk say no only when asked.
 fn can_create_in(path: &Path) -> std::io::Result<()> {
-    let mut folder = path.parent().filter(|p| !p.as_os_str().is_empty());
-    while let Some(dir) = folder {
-        if dir.exists() {
-            break;
-        }
-        folder = dir.parent().filter(|p| !p.as_os_str().is_empty());
-    }
-    let dir = folder.unwrap_or(Path::new("."));
+    let dir = existing_ancestor(path.parent().unwrap_or(Path::new("")));
     let probe = dir.join(format!(".agentrt-doctor-{:016x}", rand::random::<u64>()));
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&probe)?;
     std::fs::remove_file(&probe)
+}
+
+/// `path` if it exists, else the closest folder above it that does (the current folder for a
+/// relative path none of whose folders exist).
+fn existing_ancestor(path: &Path) -> &Path {
+    let mut at = path;
+    while !at.as_os_str().is_empty() && !at.exists() {
+        at = at.parent().unwrap_or(Path::new(""));
+    }
+    if at.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        at
+    }
 }
 
 /// The code of a failed check, by its name: the code the same problem gets where it bites
@@ -610,13 +617,9 @@ fn meminfo() -> Option<(u64, u64)> {
 
 /// Free bytes on the file system holding `path` (or its closest existing parent), from `df`.
 fn disk_free(path: &Path) -> Option<u64> {
-    let mut at = path;
-    while !at.exists() {
-        at = at.parent()?;
-    }
     let out = std::process::Command::new("df")
         .args(["-Pk"])
-        .arg(at)
+        .arg(existing_ancestor(path))
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -678,14 +681,20 @@ mod tests {
         report.checks.pop().expect("a store check")
     }
 
-    #[test]
-    fn a_missing_store_passes_where_it_can_be_created_and_fails_while_a_server_holds_it() {
+    /// A new empty folder under the temporary folder.
+    fn temp_folder(label: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(
-            "agentrt-doctor-store-{}-{}",
+            "agentrt-doctor-{label}-{}-{}",
             std::process::id(),
             rand::random::<u64>()
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn a_missing_store_passes_where_it_can_be_created_and_fails_while_a_server_holds_it() {
+        let dir = temp_folder("store");
         // Folders still to create are fine: serve creates them. Nothing is left behind.
         let nested = dir.join("a/b/agentrt.db");
         assert_eq!(store_check(&nested).status, Status::Ok);
@@ -725,12 +734,7 @@ mod tests {
 
     #[test]
     fn model_files_that_cannot_load_fail_without_a_recorded_checksum() {
-        let dir = std::env::temp_dir().join(format!(
-            "agentrt-doctor-models-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = temp_folder("models");
         let whole = dir.join("whole.gguf");
         let cut = dir.join("cut.gguf");
         let garbage = dir.join("garbage.gguf");

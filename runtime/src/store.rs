@@ -553,6 +553,81 @@ impl Store {
         })
     }
 
+    /// The store's file was deleted under the open connection, which still reads it: written
+    /// out again whole, then used in its place, so that nothing stored is lost.
+    fn write_again(
+        &self,
+        identity: &mut Option<FileIdentity>,
+    ) -> Result<Option<String>, StoreError> {
+        let fail = |message: String| StoreError {
+            path: self.path.display().to_string(),
+            message,
+        };
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut partial = self.path.clone().into_os_string();
+        partial.push(".recovering");
+        let partial = PathBuf::from(partial);
+        let _ = std::fs::remove_file(&partial);
+        let copied = partial
+            .to_str()
+            .ok_or_else(|| "the path is not UTF-8".to_string())
+            .and_then(|target| {
+                conn.execute("VACUUM INTO ?1", [target])
+                    .map_err(|e| e.to_string())?;
+                std::fs::File::open(&partial)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(why) = copied {
+            let _ = std::fs::remove_file(&partial);
+            return Err(fail(format!(
+                "the store's file was deleted while this server ran and cannot be \
+                 written again ({why}); runs from now on are lost when the server stops"
+            )));
+        }
+        // The old connection closes before the copy takes the name: its write-ahead
+        // log and index (left beside the path when only the file was deleted) hold
+        // pages of the old file's layout, which SQLite would lay over the copy's.
+        let closed = std::mem::replace(
+            &mut *conn,
+            Connection::open_in_memory().map_err(|e| fail(e.to_string()))?,
+        );
+        drop(closed);
+        for suffix in ["-wal", "-shm"] {
+            let mut stale = self.path.clone().into_os_string();
+            stale.push(suffix);
+            let _ = std::fs::remove_file(stale);
+        }
+        let installed = std::fs::rename(&partial, &self.path)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                }
+                let fresh = Connection::open(&self.path).map_err(|e| e.to_string())?;
+                configure(&fresh).map_err(|e| e.to_string())?;
+                Ok(fresh)
+            });
+        match installed {
+            Ok(fresh) => {
+                *conn = fresh;
+                *identity = file_identity(&self.path);
+                Ok(Some(
+                    "the store's file was deleted while this server ran; it has been \
+                     written again from the open database, with every run"
+                        .into(),
+                ))
+            }
+            // The connection left is an empty in-memory one: every call fails (no
+            // tables), so /health and the log say so rather than writes vanishing.
+            Err(why) => Err(fail(format!(
+                "the store's file was deleted while this server ran, and its copy {} \
+                 cannot be opened ({why}); restart the server once it can",
+                partial.display()
+            ))),
+        }
+    }
+
     fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         let request: String = row.get(4)?;
         let outcome: Option<String> = row.get(5)?;
@@ -848,74 +923,7 @@ impl RunStore for Store {
                  the file it opened, and loses it when it stops unless it is put back"
                     .into(),
             )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // The open connection still reads the deleted file: written out again whole,
-                // then used in its place, so that nothing stored is lost.
-                let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-                let mut partial = self.path.clone().into_os_string();
-                partial.push(".recovering");
-                let partial = PathBuf::from(partial);
-                let _ = std::fs::remove_file(&partial);
-                let copied = partial
-                    .to_str()
-                    .ok_or_else(|| "the path is not UTF-8".to_string())
-                    .and_then(|target| {
-                        conn.execute("VACUUM INTO ?1", [target])
-                            .map_err(|e| e.to_string())?;
-                        std::fs::File::open(&partial)
-                            .and_then(|f| f.sync_all())
-                            .map_err(|e| e.to_string())
-                    });
-                if let Err(why) = copied {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(fail(format!(
-                        "the store's file was deleted while this server ran and cannot be \
-                         written again ({why}); runs from now on are lost when the server stops"
-                    )));
-                }
-                // The old connection closes before the copy takes the name: its write-ahead
-                // log and index (left beside the path when only the file was deleted) hold
-                // pages of the old file's layout, which SQLite would lay over the copy's.
-                let closed = std::mem::replace(
-                    &mut *conn,
-                    Connection::open_in_memory().map_err(|e| fail(e.to_string()))?,
-                );
-                drop(closed);
-                for suffix in ["-wal", "-shm"] {
-                    let mut stale = self.path.clone().into_os_string();
-                    stale.push(suffix);
-                    let _ = std::fs::remove_file(stale);
-                }
-                let installed = std::fs::rename(&partial, &self.path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
-                        {
-                            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-                        }
-                        let fresh = Connection::open(&self.path).map_err(|e| e.to_string())?;
-                        configure(&fresh).map_err(|e| e.to_string())?;
-                        Ok(fresh)
-                    });
-                match installed {
-                    Ok(fresh) => {
-                        *conn = fresh;
-                        *identity = file_identity(&self.path);
-                        Ok(Some(
-                            "the store's file was deleted while this server ran; it has been \
-                             written again from the open database, with every run"
-                                .into(),
-                        ))
-                    }
-                    // The connection left is an empty in-memory one: every call fails (no
-                    // tables), so /health and the log say so rather than writes vanishing.
-                    Err(why) => Err(fail(format!(
-                        "the store's file was deleted while this server ran, and its copy {} \
-                         cannot be opened ({why}); restart the server once it can",
-                        partial.display()
-                    ))),
-                }
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_again(&mut identity),
             Err(e) => Err(fail(format!("cannot look at the store's file: {e}"))),
         }
     }

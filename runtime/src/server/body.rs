@@ -17,7 +17,7 @@ pub fn parse_body<T: DeserializeOwned>(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<T, ApiError> {
     let Json(value) = body.map_err(ApiError::from)?;
-    let Value::Object(object) = value else {
+    let Some(object) = value.as_object() else {
         return Err(ApiError::new(
             ErrorCode::ValidationFailed,
             format!(
@@ -26,13 +26,9 @@ pub fn parse_body<T: DeserializeOwned>(
             ),
         ));
     };
-    let body = Value::Object(object);
-    let error = match serde_path_to_error::deserialize::<_, T>(&body) {
+    let error = match serde_path_to_error::deserialize::<_, T>(&value) {
         Ok(parsed) => return Ok(parsed),
         Err(error) => error,
-    };
-    let Value::Object(object) = body else {
-        unreachable!("the body was an object")
     };
     let path = error.path().to_string();
     let message = error.into_inner().to_string();
@@ -68,7 +64,7 @@ pub fn parse_body<T: DeserializeOwned>(
         )
     } else {
         let field = match path.as_str() {
-            "." | "" => culprit::<T>(&object, &message).unwrap_or_default(),
+            "." | "" => culprit::<T>(object, &message).unwrap_or_default(),
             path => path.to_string(),
         };
         let why = client_terms(&message);

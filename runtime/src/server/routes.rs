@@ -10,6 +10,7 @@ use axum::http::Uri;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::body::parse_body;
 use super::{ApiError, AppState, RequestDeadline};
 use crate::engine::chat_template::TemplateMessage;
 use crate::engine::{Prompt, SamplingParams};
@@ -26,12 +27,6 @@ pub const MAX_CHAT_TOKENS: u32 = 2048;
 pub const MAX_TEMPERATURE: f32 = 2.0;
 
 type ApiResult = Result<Json<Value>, ApiError>;
-
-fn parse<T: serde::de::DeserializeOwned>(
-    body: Result<Json<Value>, JsonRejection>,
-) -> Result<T, ApiError> {
-    super::body::parse_body(body)
-}
 
 fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
     if value.trim().is_empty() {
@@ -163,7 +158,7 @@ pub async fn generate(
     deadline: Option<Extension<RequestDeadline>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let req = parse::<GenerateBody>(body)
+    let req = parse_body::<GenerateBody>(body)
         .and_then(GenerateBody::into_request)
         .map_err(|e| record_rejection(&state, "/generate", e))?;
     let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
@@ -245,7 +240,7 @@ pub async fn check(
     deadline: Option<Extension<RequestDeadline>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let (artifact, only) = parse::<CodeBody>(body)
+    let (artifact, only) = parse_body::<CodeBody>(body)
         .and_then(|b| Ok((b.artifact(false)?, b.check_names(&state)?)))
         .map_err(|e| record_rejection(&state, "/check", e))?;
     // With the request's deadline: a check the error handler retries stops when it passes.
@@ -267,7 +262,7 @@ pub async fn review(
     deadline: Option<Extension<RequestDeadline>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let (artifact, only) = parse::<CodeBody>(body)
+    let (artifact, only) = parse_body::<CodeBody>(body)
         .and_then(|b| Ok((b.artifact(true)?, b.check_names(&state)?)))
         .map_err(|e| record_rejection(&state, "/review", e))?;
     let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
@@ -300,7 +295,7 @@ pub async fn pipeline(
     deadline: Option<Extension<RequestDeadline>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let req = parse::<GenerateBody>(body)
+    let req = parse_body::<GenerateBody>(body)
         .and_then(GenerateBody::into_request)
         .map_err(|e| record_rejection(&state, "/pipeline", e))?;
     let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
@@ -334,7 +329,7 @@ pub async fn chat(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
     let control = deadline.map(|d| d.control()).unwrap_or_default();
-    let body = parse::<ChatBody>(body)
+    let body = parse_body::<ChatBody>(body)
         .and_then(|b| {
             non_empty("message", &b.message)?;
             if b.max_tokens.is_some_and(|n| n == 0 || n > MAX_CHAT_TOKENS) {

@@ -58,32 +58,25 @@ impl Watched {
     /// first success after failures as the recovery; the ones between only count.
     fn write<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         let mut health = self.health();
-        match (&result, &mut health.writes) {
-            (Ok(_), writes @ Some(_)) => {
-                let failing = writes.take().unwrap_or_else(|| unreachable!());
-                tracing::info!(
-                    store = %self.inner.location(),
-                    failed_writes = failing.count,
-                    failing_s = (now_ms() - failing.since_ms) as f64 / 1000.0,
-                    "the run store takes writes again"
-                );
+        match &result {
+            Ok(_) => {
+                if let Some(failing) = health.writes.take() {
+                    tracing::info!(
+                        store = %self.inner.location(),
+                        failed_writes = failing.count,
+                        failing_s = (now_ms() - failing.since_ms) as f64 / 1000.0,
+                        "the run store takes writes again"
+                    );
+                }
             }
-            (Ok(_), None) => {}
-            (Err(e), Some(failing)) => {
-                failing.count += 1;
-                failing.error = e.to_string();
-            }
-            (Err(e), writes @ None) => {
-                tracing::error!(
-                    store = %self.inner.location(),
-                    "the run store refuses writes: {e}; runs go on, and their events are stored \
-                     once it takes writes again (see /health)"
-                );
-                *writes = Some(Failing {
-                    since_ms: now_ms(),
-                    error: e.to_string(),
-                    count: 1,
-                });
+            Err(e) => {
+                if Failing::note(&mut health.writes, e) {
+                    tracing::error!(
+                        store = %self.inner.location(),
+                        "the run store refuses writes: {e}; runs go on, and their events are \
+                         stored once it takes writes again (see /health)"
+                    );
+                }
             }
         }
         result
@@ -102,20 +95,33 @@ impl Watched {
                     tracing::info!(store = %self.inner.location(), "the run store's file is sound again");
                 }
             }
-            Err(e) => match &mut health.file {
-                Some(failing) => {
-                    failing.count += 1;
-                    failing.error = e.to_string();
-                }
-                None => {
+            Err(e) => {
+                if Failing::note(&mut health.file, &e) {
                     tracing::error!("{e}");
-                    health.file = Some(Failing {
-                        since_ms: now_ms(),
-                        error: e.to_string(),
-                        count: 1,
-                    });
                 }
-            },
+            }
+        }
+    }
+}
+
+impl Failing {
+    /// Count one more failure in `slot`, starting it if it was clear; true when it started
+    /// (what the caller logs: once, not per failure).
+    fn note(slot: &mut Option<Failing>, error: &StoreError) -> bool {
+        match slot {
+            Some(failing) => {
+                failing.count += 1;
+                failing.error = error.to_string();
+                false
+            }
+            None => {
+                *slot = Some(Failing {
+                    since_ms: now_ms(),
+                    error: error.to_string(),
+                    count: 1,
+                });
+                true
+            }
         }
     }
 }
