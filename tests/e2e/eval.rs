@@ -1,0 +1,130 @@
+//! `agentrt eval`: benchmark problems judged by their own tests in the sandbox, with the
+//! agents' code or the problems' canonical solutions, resumable from a results file.
+
+use serde_json::Value;
+
+use crate::harness::{repo_root, run_cli as run, scratch_root};
+
+fn fixture() -> String {
+    repo_root()
+        .join("tests/fixtures/eval/problems.jsonl")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn canonical_solutions_are_judged_by_the_problems_tests() {
+    let (ok, stdout, stderr) = run(&["eval", &fixture(), "--canonical", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(v["setting"]["solutions"], "canonical", "{v}");
+    assert_eq!(v["summary"]["problems"], 3, "{v}");
+    // fixture/1's canonical solution reverses characters, not words; fixture/2's uses the
+    // prompt's import and helper.
+    assert_eq!(v["summary"]["passed"], 2, "{v}");
+    let results = v["results"].as_array().expect("results");
+    let passed: Vec<bool> = results.iter().map(|r| r["passed"] == true).collect();
+    assert_eq!(passed, [true, false, true], "{v}");
+    let failure = results[1]["failure"].as_str().expect("failure");
+    assert!(
+        failure.contains("AssertionError") && failure.contains("world big hello"),
+        "{failure}"
+    );
+}
+
+#[test]
+fn the_agents_are_measured_once_per_problem_and_resumed_from_the_results_file() {
+    let results = scratch_root().join(format!("agentrt-eval-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&results);
+    let path = results.to_str().expect("utf-8");
+    let args = [
+        "eval",
+        &fixture(),
+        "--task",
+        "fixture/0",
+        "--max-retries",
+        "0",
+        "--results",
+        path,
+        "--json",
+    ];
+    let (ok, stdout, stderr) = run(&args);
+    assert!(ok, "{stderr}");
+    let first: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(first["setting"]["solutions"], "pipeline", "{first}");
+    assert_eq!(
+        first["setting"]["model"], "smollm2-135m-instruct",
+        "{first}"
+    );
+    assert_eq!(first["setting"]["max_retries"], 0, "{first}");
+    assert_eq!(first["summary"]["problems"], 1, "{first}");
+    let result = &first["results"][0];
+    assert_eq!(result["task_id"], "fixture/0", "{first}");
+    assert!(result["run_status"].is_string(), "{first}");
+    assert!(
+        result["duration_ms"].as_u64().expect("duration") > 0,
+        "{first}"
+    );
+    // Whether the tiny model got it right is its business; the judgement must match the
+    // failure's presence either way.
+    assert_eq!(
+        result["passed"] == false,
+        result["failure"].is_string(),
+        "{first}"
+    );
+    let written = std::fs::read_to_string(&results).expect("results file");
+    assert_eq!(written.lines().count(), 1, "{written}");
+
+    // Again with the same file: nothing runs again, nothing is appended.
+    let (ok, stdout, stderr) = run(&args);
+    assert!(ok, "{stderr}");
+    let again: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(again["results"], first["results"], "{again}");
+    assert_eq!(
+        std::fs::read_to_string(&results).expect("results file"),
+        written
+    );
+
+    // Other settings are refused rather than mixed in.
+    let mut other = args.to_vec();
+    other[5] = "1";
+    let (ok, stdout, stderr) = run(&other);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("VAL_002") && stderr.contains("another setting"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&results);
+}
+
+#[test]
+fn a_problem_file_with_a_broken_line_is_refused_by_its_line_number() {
+    let file = scratch_root().join(format!("agentrt-eval-bad-{}.jsonl", std::process::id()));
+    let good = std::fs::read_to_string(fixture()).expect("fixture");
+    let first = good.lines().next().expect("a line");
+    std::fs::write(&file, format!("{first}\n{{\"task_id\": \"x\"}}\n")).expect("write");
+    let (ok, _, stderr) = run(&["eval", file.to_str().expect("utf-8"), "--canonical"]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!ok);
+    assert!(
+        stderr.contains("VAL_002") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+}
+
+/// The sandbox runs what real benchmark code needs: every one of HumanEval's 164 reference
+/// solutions passes its tests there (the file scripts/setup.sh fetches is the default).
+#[test]
+fn every_humaneval_reference_solution_passes_in_the_sandbox() {
+    let (ok, stdout, stderr) = run(&["eval", "--canonical", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("json");
+    let failed: Vec<&Value> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["passed"] != true)
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(v["summary"]["problems"], 164, "{}", v["summary"]);
+}
