@@ -73,6 +73,7 @@ pub fn parse_problems(bytes: &[u8], source: &str) -> Result<Vec<Problem>, EvalEr
         String::from_utf8(bytes.to_vec())
             .map_err(|e| invalid(format!("{source}: not UTF-8 text: {e}")))?
     };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
     for (index, line) in text.lines().enumerate() {
@@ -105,10 +106,19 @@ pub fn parse_problems(bytes: &[u8], source: &str) -> Result<Vec<Problem>, EvalEr
     Ok(problems)
 }
 
+/// Python's reserved words, which no function is named.
+const KEYWORDS: &[&str] = &[
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield",
+];
+
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
         && chars.all(|c| c == '_' || c.is_alphanumeric())
+        && !KEYWORDS.contains(&name)
 }
 
 /// The problems to run: those named in `tasks` (every one when empty), in file order, the
@@ -141,7 +151,20 @@ pub fn select(
 /// `code`, whose definition of the entry point replaces that stub. Generated code may so use
 /// the prompt's imports and helpers, as a person completing the prompt would.
 pub fn program(problem: &Problem, code: &str) -> String {
-    format!("{}\n\n{}\n", problem.prompt.trim_end(), code.trim_end())
+    // `from __future__` imports must open the file: the code's go before the prompt.
+    let (future, rest): (Vec<&str>, Vec<&str>) = code
+        .lines()
+        .partition(|line| line.starts_with("from __future__ import"));
+    let mut program = String::new();
+    for line in future {
+        program.push_str(line);
+        program.push('\n');
+    }
+    program.push_str(problem.prompt.trim_end());
+    program.push_str("\n\n");
+    program.push_str(rest.join("\n").trim_end());
+    program.push('\n');
+    program
 }
 
 /// The reference program: the prompt continued by the canonical solution.
@@ -150,14 +173,39 @@ pub fn canonical_program(problem: &Problem) -> Option<String> {
     Some(format!("{}{}\n", problem.prompt, solution.trim_end()))
 }
 
-/// The problem's tests as the sandbox runs them: its `check` called on the entry point from a
-/// `test_*` function of its own.
+/// The problem's tests as the sandbox runs them: one `test_*` function that runs the prompt and
+/// the problem's `test` in a namespace of their own, then calls its `check` on the code's entry
+/// point. The runner gives tests a copy of the code's namespace; in it, code that redefines a
+/// helper of the prompt's (`decode_cyclic`) or a builtin (`abs`) would change what `check`
+/// means, and a helper the test defines whose name starts with `test` would be run as a test.
+/// The entry point is bound to the code's there too: some tests call it by name.
+/// The hidden source is compiled under the tests' file name so failures point at its lines.
 pub fn hidden_tests(problem: &Problem) -> String {
+    let hidden = format!(
+        "{}\n\n\n{}\n",
+        problem.prompt.trim_end(),
+        problem.test.trim_end()
+    );
+    // A JSON string is a valid Python string literal.
+    let literal = |text: &str| serde_json::Value::from(text).to_string();
     format!(
-        "{}\n\n\ndef test_{}():\n    check({})\n",
-        problem.test.trim_end(),
-        problem.entry_point.trim_start_matches('_'),
-        problem.entry_point
+        "import linecache as _linecache\n\
+         import solution as _solution\n\
+         \n\
+         _HIDDEN = {hidden}\n\
+         \n\
+         \n\
+         def test_{name}():\n    \
+             _linecache.cache[\"test_solution.py\"] = (\n        \
+                 len(_HIDDEN), None, _HIDDEN.splitlines(True), \"test_solution.py\")\n    \
+             scope = {{\"__name__\": \"hidden_tests\"}}\n    \
+             exec(compile(_HIDDEN, \"test_solution.py\", \"exec\"), scope)\n    \
+             check, candidate = scope[\"check\"], getattr(_solution, {entry})\n    \
+             scope[{entry}] = candidate\n    \
+             check(candidate)\n",
+        hidden = literal(&hidden),
+        name = problem.entry_point.trim_start_matches('_'),
+        entry = literal(&problem.entry_point),
     )
 }
 
@@ -189,11 +237,19 @@ fn shortened(text: &str) -> String {
     }
 }
 
-/// What produced the solutions: results of one setting are never mixed with another's.
+/// Version of how code is judged ([`program`], [`hidden_tests`]): results judged another way
+/// are not this eval's.
+pub const JUDGE_VERSION: u32 = 2;
+
+/// What produced the solutions and judged them: results of one setting are never mixed with
+/// another's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Setting {
     /// `pipeline` (the agents) or `canonical` (the problems' own solutions).
     pub solutions: String,
+    /// [`JUDGE_VERSION`] when the results were judged.
+    #[serde(default)]
+    pub judge: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,16 +257,27 @@ pub struct Setting {
     /// The generator plugin, `NAME VERSION`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generator: Option<String>,
+    /// A digest of everything else a run's outcome depends on — every plugin's component, every
+    /// model (its file's size too: two files may share an id), the device, the config — so
+    /// that swapping the reviewer or a model file under the same name is another setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl Setting {
     pub fn canonical() -> Self {
         Self {
             solutions: "canonical".into(),
+            judge: JUDGE_VERSION,
             max_retries: None,
             model: None,
             generator: None,
+            fingerprint: None,
         }
+    }
+
+    fn is_canonical(&self) -> bool {
+        self.solutions == "canonical"
     }
 }
 
@@ -226,6 +293,12 @@ impl std::fmt::Display for Setting {
         if let Some(retries) = self.max_retries {
             parts.push(format!("max_retries {retries}"));
         }
+        if let Some(fingerprint) = &self.fingerprint {
+            parts.push(format!("plugins, models and config {fingerprint}"));
+        }
+        if self.judge != JUDGE_VERSION {
+            parts.push(format!("judged by version {} of agentrt eval", self.judge));
+        }
         match parts.is_empty() {
             true => write!(f, "{} solutions", self.solutions),
             false => write!(f, "{}: {}", self.solutions, parts.join(", ")),
@@ -233,10 +306,45 @@ impl std::fmt::Display for Setting {
     }
 }
 
+/// The first 16 hex digits of the SHA-256 of `parts`, each ended by a NUL.
+pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update(part);
+        hasher.update([0]);
+    }
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex[..16].to_owned()
+}
+
+/// What identifies `problem` as solved in `setting`: its text (and its reference solution,
+/// when that is what is judged). A result for a problem whose text has changed since is stale.
+pub fn problem_digest(problem: &Problem, setting: &Setting) -> String {
+    let canonical = match setting.is_canonical() {
+        true => problem.canonical_solution.as_deref().unwrap_or_default(),
+        false => "",
+    };
+    digest([
+        problem.task_id.as_bytes(),
+        problem.prompt.as_bytes(),
+        problem.test.as_bytes(),
+        problem.entry_point.as_bytes(),
+        canonical.as_bytes(),
+    ])
+}
+
 /// How one problem went.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProblemResult {
+    /// First: a line that starts as a result does is one (see [`ResultsFile::open`]).
     pub task_id: String,
+    /// [`problem_digest`] of the problem solved.
+    pub problem_digest: String,
     /// Whether the final code passed the problem's tests.
     pub passed: bool,
     pub setting: Setting,
@@ -258,7 +366,8 @@ pub struct ProblemResult {
     /// or why there was no code to test.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
-    /// The code that was tested.
+    /// The code the run ended with (the canonical solution's body for `--canonical`); what ran
+    /// against the tests is [`program`] of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     pub duration_ms: u64,
@@ -269,6 +378,7 @@ impl ProblemResult {
     pub fn new(problem: &Problem, setting: &Setting, outcome: Result<(), String>) -> Self {
         Self {
             task_id: problem.task_id.clone(),
+            problem_digest: problem_digest(problem, setting),
             passed: outcome.is_ok(),
             setting: setting.clone(),
             run_status: None,
@@ -355,17 +465,24 @@ pub fn solve_canonically(
     }
 }
 
-/// The results file: one [`ProblemResult`] per line, appended as problems end.
+/// The results file: one [`ProblemResult`] per line, appended as problems end. Held with an
+/// exclusive lock while open: two evals appending to one file would run the same problems twice.
 pub struct ResultsFile {
     path: PathBuf,
     file: std::fs::File,
+    /// The results it held when opened.
+    held: Vec<ProblemResult>,
 }
 
+/// How every result line starts (`task_id` is [`ProblemResult`]'s first field): a last line
+/// starting so but cut short is one a crash interrupted.
+const RESULT_START: &[u8] = b"{\"task_id\":";
+
 impl ResultsFile {
-    /// Open `path` (created when missing) with the results already in it. Results of another
-    /// setting are refused: they would be counted as this one's. A last line a crash cut short
-    /// is left out (its problem runs again) and later results start on a line of their own.
-    pub fn open(path: &Path, setting: &Setting) -> Result<(Self, Vec<ProblemResult>), EvalError> {
+    /// Open `path` (created when missing) and read the results already in it. A last line a
+    /// crash cut short (it starts as a result does) is removed: its problem runs again. Any
+    /// other line that is not a result means the file is not one of ours: refused, untouched.
+    pub fn open(path: &Path) -> Result<Self, EvalError> {
         let failed = |what: &str, e: std::io::Error| {
             EvalError::new(
                 ErrorCode::InvalidInput,
@@ -378,70 +495,85 @@ impl ResultsFile {
             .create(true)
             .open(path)
             .map_err(|e| failed("open", e))?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)
+        file.try_lock().map_err(|_| {
+            EvalError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "{} is in use by another agentrt eval: give each eval a file of its own",
+                    path.display()
+                ),
+            )
+        })?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
             .map_err(|e| failed("read", e))?;
-        let mut done = Vec::new();
-        let mut cut = false;
-        let lines: Vec<&str> = text.lines().collect();
-        for (index, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
+        let not_ours = |line: usize, why: String| {
+            EvalError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "{} line {line} is not a result of agentrt eval ({why}): name another \
+                     --results file",
+                    path.display()
+                ),
+            )
+        };
+        let whole = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |end| end + 1);
+        let mut held = Vec::new();
+        for (index, line) in bytes[..whole].split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let result: ProblemResult = match serde_json::from_str(line) {
-                Ok(result) => result,
-                // Only the last line can be one a crash cut short (each result is one write
-                // ending in its newline): it goes, and its problem runs again. Anything else
-                // is a file that is not ours to append to.
-                Err(_) if index + 1 == lines.len() && !text.ends_with('\n') => {
+            let result =
+                serde_json::from_slice(line).map_err(|e| not_ours(index + 1, e.to_string()))?;
+            held.push(result);
+        }
+        let tail = &bytes[whole..];
+        if !tail.is_empty() {
+            let line = bytes[..whole].iter().filter(|&&b| b == b'\n').count() + 1;
+            match serde_json::from_slice::<ProblemResult>(tail) {
+                // A whole result missing its newline (an edited file): the next one needs a
+                // line of its own.
+                Ok(result) => {
+                    held.push(result);
+                    file.write_all(b"\n").map_err(|e| failed("write to", e))?;
+                }
+                Err(_) if tail.starts_with(RESULT_START) => {
                     tracing::warn!(
-                        "{} line {}: cut short, its problem runs again",
-                        path.display(),
-                        index + 1
+                        "{} line {line}: cut short, its problem runs again",
+                        path.display()
                     );
-                    let whole = text.rfind('\n').map_or(0, |end| end + 1);
                     file.set_len(whole as u64)
                         .map_err(|e| failed("write to", e))?;
-                    cut = true;
-                    break;
                 }
-                Err(e) => {
-                    return Err(EvalError::new(
-                        ErrorCode::InvalidInput,
-                        format!(
-                            "{} line {} is not a result of agentrt eval ({e}): name another \
-                             --results file",
-                            path.display(),
-                            index + 1
-                        ),
-                    ));
-                }
-            };
-            if &result.setting != setting {
-                return Err(EvalError::new(
-                    ErrorCode::InvalidInput,
-                    format!(
-                        "{} holds results of another setting ({}) than this eval's ({}): name \
-                         another --results file, or remove it to start over",
-                        path.display(),
-                        result.setting,
-                        setting
-                    ),
-                ));
+                Err(e) => return Err(not_ours(line, e.to_string())),
             }
-            done.push(result);
         }
-        if !cut && !text.is_empty() && !text.ends_with('\n') {
-            // A whole result missing its newline (an edited file): the next one needs a line.
-            file.write_all(b"\n").map_err(|e| failed("write to", e))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            held,
+        })
+    }
+
+    /// The results it held, once they are known to be of `setting`: results of another
+    /// would be counted as this one's.
+    pub fn results_of(&mut self, setting: &Setting) -> Result<Vec<ProblemResult>, EvalError> {
+        if let Some(other) = self.held.iter().find(|r| &r.setting != setting) {
+            return Err(EvalError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "{} holds results of another setting ({}) than this eval's ({}): name \
+                     another --results file, or remove it to start over",
+                    self.path.display(),
+                    other.setting,
+                    setting
+                ),
+            ));
         }
-        Ok((
-            Self {
-                path: path.to_owned(),
-                file,
-            },
-            done,
-        ))
+        Ok(std::mem::take(&mut self.held))
     }
 
     /// Add `result` as one line, on disk before this returns.
@@ -462,29 +594,36 @@ impl ResultsFile {
     }
 }
 
-/// Solve every problem not already in `done` (in order) with `solve`, handing each result to
-/// `record` as it comes; the results of all `problems`, in their order.
+/// Solve every problem of `problems` that `done` holds no result for (in order) with `solve`,
+/// handing each result to `record` as it comes; the results of all `problems`, in their order.
+/// A result in `done` counts when it is of the problem as it is now (the last one for a
+/// problem, should there be several).
 pub fn evaluate(
     problems: &[Problem],
+    setting: &Setting,
     done: Vec<ProblemResult>,
     mut solve: impl FnMut(&Problem) -> ProblemResult,
     mut record: impl FnMut(&ProblemResult, &Progress) -> Result<(), EvalError>,
 ) -> Result<Vec<ProblemResult>, EvalError> {
-    let mut earlier: BTreeMap<String, ProblemResult> =
-        done.into_iter().map(|r| (r.task_id.clone(), r)).collect();
+    let mut earlier: BTreeMap<(String, String), ProblemResult> = done
+        .into_iter()
+        .map(|r| ((r.task_id.clone(), r.problem_digest.clone()), r))
+        .collect();
     let mut results = Vec::with_capacity(problems.len());
     let mut progress = Progress {
         total: problems.len(),
         ..Progress::default()
     };
     for problem in problems {
-        let (result, resumed) = match earlier.remove(&problem.task_id) {
+        let key = (problem.task_id.clone(), problem_digest(problem, setting));
+        let (result, resumed) = match earlier.remove(&key) {
             Some(result) => (result, true),
             None => (solve(problem), false),
         };
         progress.ended += 1;
         progress.passed += usize::from(result.passed);
         progress.resumed = resumed;
+        progress.from_file += usize::from(resumed);
         record(&result, &progress)?;
         results.push(result);
     }
@@ -499,6 +638,8 @@ pub struct Progress {
     pub passed: usize,
     /// Whether the result just recorded came from the results file.
     pub resumed: bool,
+    /// How many of the results so far came from the results file.
+    pub from_file: usize,
 }
 
 /// The line printed when a problem ends.
@@ -542,7 +683,8 @@ pub struct Summary {
     /// Problems the reviewer approved, and how many of those were right.
     pub approved: usize,
     pub approved_and_right: usize,
-    /// Time spent on the problems (resumed ones included), in seconds.
+    /// Time the problems took, in seconds, those of the results file included (taken in an
+    /// earlier eval).
     pub seconds: f64,
 }
 
@@ -608,7 +750,10 @@ pub fn summary_text(summary: &Summary, setting: &Setting) -> String {
             percent(summary.approved_and_right, summary.approved),
         ));
     }
-    text.push_str(&format!("time: {:.0} s\n", summary.seconds));
+    text.push_str(&format!(
+        "time spent on these problems: {:.0} s\n",
+        summary.seconds
+    ));
     text
 }
 
@@ -707,21 +852,22 @@ mod tests {
     #[test]
     fn the_program_is_the_prompt_then_the_code_and_the_tests_call_check() {
         let p = problem("a/0");
-        let program = program(&p, "def total(xs):\n    return sum(xs)\n");
+        let whole = program(&p, "def total(xs):\n    return sum(xs)\n");
         // The prompt's import and stub come first, the code's definition last (it wins).
-        assert!(program.starts_with("from typing import List"));
-        assert!(program.trim_end().ends_with("return sum(xs)"));
+        assert!(whole.starts_with("from typing import List"));
+        assert!(whole.trim_end().ends_with("return sum(xs)"));
         assert_eq!(
             canonical_program(&p).expect("canonical"),
             format!("{}    return sum(xs)\n", p.prompt)
         );
-        let tests = hidden_tests(&p);
-        assert!(tests.contains("def check(candidate)"));
-        assert!(
-            tests
-                .trim_end()
-                .ends_with("def test_total():\n    check(total)")
+        let future = program(
+            &p,
+            "from __future__ import annotations\n\ndef total(xs): ...\n",
         );
+        assert!(future.starts_with("from __future__ import annotations\nfrom typing"));
+        assert_eq!(future.matches("__future__").count(), 1);
+        // What the tests do is tested in the sandbox (tests/python_sandbox.rs).
+        assert!(hidden_tests(&p).contains("def test_total():"));
     }
 
     #[test]
@@ -732,55 +878,82 @@ mod tests {
             max_retries: Some(0),
             model: Some("m".into()),
             generator: Some("generator 0.1.0".into()),
+            fingerprint: Some("f".into()),
+            ..Setting::canonical()
         };
-        let (mut file, done) = ResultsFile::open(&path, &setting).expect("new file");
-        assert!(done.is_empty());
+        let open = |setting: &Setting| ResultsFile::open(&path)?.results_of(setting);
+        let mut file = ResultsFile::open(&path).expect("new file");
+        assert!(file.results_of(&setting).expect("none").is_empty());
+        // One eval per file at a time.
+        let busy = ResultsFile::open(&path).err().expect("locked");
+        assert!(busy.message.contains("in use"), "{}", busy.message);
         file.append(&result("a/0", true, &setting)).expect("append");
         file.append(&result("a/1", false, &setting))
             .expect("append");
         drop(file);
 
-        // A crash in the middle of a line: that problem runs again, the next line is whole.
+        // A crash in the middle of a line (here of a character, "…" being 3 bytes): that
+        // problem runs again, and the next result has a line of its own.
+        let mut interrupted = result("a/2", false, &setting);
+        interrupted.failure = Some("AssertionError: assert f(1) == 2…".into());
+        let mut cut = serde_json::to_vec(&interrupted).expect("json");
+        let ellipsis = cut.windows(3).position(|w| w == "…".as_bytes());
+        cut.truncate(ellipsis.expect("an ellipsis") + 1);
         let mut raw = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .expect("open");
-        raw.write_all(b"{\"task_id\": \"a/2\", \"pas")
-            .expect("write");
+        raw.write_all(&cut).expect("write");
         drop(raw);
-        let (mut file, done) = ResultsFile::open(&path, &setting).expect("resumed");
+        let mut file = ResultsFile::open(&path).expect("resumed");
+        let done = file.results_of(&setting).expect("same setting");
         let ids: Vec<&str> = done.iter().map(|r| r.task_id.as_str()).collect();
         assert_eq!(ids, ["a/0", "a/1"]);
         file.append(&result("a/2", true, &setting)).expect("append");
         drop(file);
-        let (_, done) = ResultsFile::open(&path, &setting).expect("reopened");
-        assert_eq!(done.len(), 3);
+        assert_eq!(open(&setting).expect("reopened").len(), 3);
 
         let other = Setting {
             max_retries: Some(2),
             ..setting.clone()
         };
-        let err = ResultsFile::open(&path, &other)
-            .err()
-            .expect("other setting");
+        let err = open(&other).expect_err("other setting");
         assert_eq!(err.code, ErrorCode::InvalidInput);
         assert!(err.message.contains("max_retries 0"), "{}", err.message);
+        let reviewer_swapped = Setting {
+            fingerprint: Some("g".into()),
+            ..setting.clone()
+        };
+        assert!(open(&reviewer_swapped).is_err());
 
-        std::fs::write(&path, "not json\n{}\n").expect("write");
-        let err = ResultsFile::open(&path, &setting).err().expect("not ours");
-        assert!(err.message.contains("line 1"), "{}", err.message);
+        // A file that is not ours is refused and left as it was, even as one line without
+        // its newline.
+        for text in [
+            "not json\n{}\n",
+            "my notes, no newline",
+            "{\"task_id\": \"x\"}\n",
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = ResultsFile::open(&path).err().expect("not ours");
+            assert!(err.message.contains("line 1"), "{}", err.message);
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+        }
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 
     #[test]
     fn evaluate_solves_only_what_the_file_does_not_hold() {
         let setting = Setting::canonical();
-        let problems: Vec<Problem> = ["a/0", "a/1", "a/2"].map(problem).to_vec();
-        let done = vec![result("a/1", true, &setting)];
+        let problems: Vec<Problem> = ["a/0", "a/1", "a/2", "a/3"].map(problem).to_vec();
+        // a/3 changed since its result was written: stale, solved again.
+        let mut stale = result("a/3", true, &setting);
+        stale.problem_digest = "0123456789abcdef".into();
+        let done = vec![result("a/1", true, &setting), stale];
         let mut solved = Vec::new();
         let mut lines = Vec::new();
         let results = evaluate(
             &problems,
+            &setting,
             done,
             |p| {
                 solved.push(p.task_id.clone());
@@ -792,11 +965,11 @@ mod tests {
             },
         )
         .expect("evaluated");
-        assert_eq!(solved, ["a/0", "a/2"]);
+        assert_eq!(solved, ["a/0", "a/2", "a/3"]);
         let ids: Vec<&str> = results.iter().map(|r| r.task_id.as_str()).collect();
-        assert_eq!(ids, ["a/0", "a/1", "a/2"]);
+        assert_eq!(ids, ["a/0", "a/1", "a/2", "a/3"]);
         assert!(lines[1].contains("from the results file"), "{lines:?}");
-        assert!(lines[2].starts_with("[3/3] a/2"), "{lines:?}");
+        assert!(lines[2].starts_with("[3/4] a/2"), "{lines:?}");
         assert!(
             lines[2].contains("2/3 passed so far: failed: no"),
             "{lines:?}"

@@ -72,13 +72,13 @@ pub fn component_cache() -> PathBuf {
     home().join("components")
 }
 
-/// CPython for WASI, which runs generated tests (fetched by scripts/setup.sh;
-/// `AGENTRT_PYTHON_WASM` overrides it).
 /// HumanEval's problems, fetched by scripts/setup.sh: what `agentrt eval` runs by default.
 pub fn humaneval() -> PathBuf {
     home().join("benchmarks").join("HumanEval.jsonl.gz")
 }
 
+/// CPython for WASI, which runs generated tests (fetched by scripts/setup.sh;
+/// `AGENTRT_PYTHON_WASM` overrides it).
 pub fn python_wasm() -> PathBuf {
     match std::env::var_os("AGENTRT_PYTHON_WASM") {
         Some(p) => PathBuf::from(p),

@@ -443,3 +443,52 @@ fn tests_import_the_code_by_its_file_name_and_failures_name_the_files() {
         "{report:?}"
     );
 }
+
+/// A problem in HumanEval's form: a helper and an import in the prompt, and a `check` that uses
+/// the helper, a helper of its own named `test…`, and the entry point by its name.
+fn eval_problem() -> agentrt::eval::Problem {
+    let line = serde_json::json!({
+        "task_id": "judge/0",
+        "prompt": "from typing import List\n\n\ndef encode(xs: List[int]) -> List[int]:\n    return [x + 1 for x in xs]\n\n\ndef decode(xs: List[int]) -> List[int]:\n    \"\"\"Undo encode.\"\"\"\n",
+        "test": "def testcase(candidate, xs):\n    assert candidate(encode(xs)) == xs\n\n\ndef check(candidate):\n    testcase(candidate, [1, 2])\n    assert abs(-1) == 1\n    assert decode(encode([5])) == [5]\n",
+        "entry_point": "decode",
+        "canonical_solution": "    return [x - 1 for x in xs]\n",
+    });
+    agentrt::eval::parse_problems(line.to_string().as_bytes(), "judge.jsonl")
+        .expect("a problem")
+        .remove(0)
+}
+
+#[test]
+fn eval_judges_code_by_the_problems_tests_in_a_namespace_of_their_own() {
+    use agentrt::eval::{canonical_program, judge, program};
+    let p = eval_problem();
+    let judged = |code: &str| judge(sandbox(), &p, &program(&p, code));
+    assert_eq!(
+        judge(sandbox(), &p, &canonical_program(&p).expect("canonical")),
+        Ok(())
+    );
+    // Whole code as a model writes it, using the prompt's import and helper; with a future
+    // import, which must open the file.
+    let right = "def decode(xs: List[int]) -> List[int]:\n    assert encode([0]) == [1]\n    return [x - 1 for x in xs]\n";
+    assert_eq!(judged(right), Ok(()));
+    assert_eq!(
+        judged(&format!("from __future__ import annotations\n\n{right}")),
+        Ok(())
+    );
+    // Wrong code fails, with the failing line of the problem's tests.
+    let wrong = judged("def decode(xs):\n    return xs\n").expect_err("wrong");
+    assert!(
+        wrong.contains("AssertionError") && wrong.contains("candidate(encode(xs)) == xs"),
+        "{wrong}"
+    );
+    // Code that restates the prompt's helper, or a builtin, does not change what the tests
+    // mean.
+    let fooling = "def encode(xs):\n    return xs\n\n\ndef decode(xs):\n    return xs\n";
+    assert!(judged(fooling).is_err());
+    let shadowing =
+        "def decode(xs):\n    return [x - 1 for x in xs]\n\n\ndef abs(x):\n    return 0\n";
+    assert_eq!(judged(shadowing), Ok(()));
+    // Code that never defines the entry point is judged on the prompt's stub, which fails.
+    assert!(judged("def other(xs):\n    return [x - 1 for x in xs]\n").is_err());
+}

@@ -21,8 +21,8 @@ pub struct EvalArgs {
     /// input. Default: HumanEval's 164, fetched by scripts/setup.sh.
     pub problems: Option<PathBuf>,
     /// Only the first N problems (after --task).
-    #[arg(long)]
-    pub limit: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
     /// Only this problem (repeatable), by task_id.
     #[arg(long = "task")]
     pub tasks: Vec<String>,
@@ -35,7 +35,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub results: Option<PathBuf>,
     /// Test the problems' canonical solutions instead of the agents' code: checks the problem
-    /// file and the sandbox (no model is loaded).
+    /// file and the sandbox (no model is loaded); fails (VAL_001) when one does not pass.
     #[arg(long)]
     pub canonical: bool,
 }
@@ -80,8 +80,19 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
     let problems = eval::select(
         eval::parse_problems(&bytes, &source)?,
         &args.tasks,
-        args.limit,
+        args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     )?;
+    // The results file is opened before the model loads: a wrong path fails at once.
+    let mut file = match &args.results {
+        Some(results) if same_file(results, &path) => {
+            return Err(CliError::new(
+                ErrorCode::InvalidInput,
+                format!("--results {} is the problem file", results.display()),
+            ));
+        }
+        Some(results) => Some(ResultsFile::open(results)?),
+        None => None,
+    };
 
     // Canonical solutions need the sandbox only; the agents need the model and the plugins.
     let (pipeline, setting) = if args.canonical {
@@ -95,9 +106,11 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
         let generator = pipeline.plugins.current().generator.manifest.clone();
         let setting = Setting {
             solutions: "pipeline".into(),
+            judge: eval::JUDGE_VERSION,
             max_retries: Some(args.max_retries),
             model: Some(model.info.id.clone()),
             generator: Some(format!("{} {}", generator.name, generator.version)),
+            fingerprint: Some(fingerprint(&pipeline, &engine, opts)?),
         };
         (Some(pipeline), setting)
     };
@@ -117,26 +130,17 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
         )
     })?;
 
-    let (mut file, done) = match &args.results {
-        Some(path) => {
-            let (file, done) = ResultsFile::open(path, &setting)?;
-            (Some(file), done)
-        }
-        None => (None, Vec::new()),
+    let done = match file.as_mut() {
+        Some(file) => file.results_of(&setting)?,
+        None => Vec::new(),
     };
     if !opts.json {
-        eprintln!(
-            "{} problems from {source} ({setting}){}",
-            problems.len(),
-            if done.is_empty() {
-                String::new()
-            } else {
-                format!(", {} results already in the results file", done.len())
-            }
-        );
+        eprintln!("{} problems from {source} ({setting})", problems.len());
     }
+    let mut from_file = 0;
     let results = eval::evaluate(
         &problems,
+        &setting,
         done,
         |problem| match &pipeline {
             None => eval::solve_canonically(sandbox, problem, &setting),
@@ -146,6 +150,7 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
             if let (Some(file), false) = (file.as_mut(), progress.resumed) {
                 file.append(result)?;
             }
+            from_file = progress.from_file;
             if !opts.json {
                 // A closed or full stderr must not stop the eval.
                 let _ = writeln!(
@@ -158,13 +163,78 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
         },
     )?;
     let summary = eval::summarize(&results);
-    let value = json!({
+    // Reference solutions are a check of the problems and the sandbox: one failing fails it.
+    let failure =
+        (setting.solutions == "canonical" && summary.passed < summary.problems).then(|| {
+            CliError::new(
+                ErrorCode::ValidationFailed,
+                format!(
+                    "{} of {} reference solutions failed their problem's tests",
+                    summary.problems - summary.passed,
+                    summary.problems
+                ),
+            )
+        });
+    let mut value = json!({
         "setting": setting,
         "summary": summary,
         "results": results,
     });
+    if let Some(e) = &failure {
+        // The one JSON document carries the failure too, as the error body's `error`.
+        value["error"] = super::error_body(e);
+    }
     emit(opts.json, &value, || {
         print!("{}", eval::summary_text(&summary, &setting));
+        if from_file > 0 {
+            println!("{from_file} of the results from the results file");
+        }
     });
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+/// Whether `a` and `b` name one existing file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// [`Setting::fingerprint`]: every plugin's component, every model, the device, the config.
+fn fingerprint(
+    pipeline: &crate::pipeline::Pipeline,
+    engine: &crate::engine::Engine,
+    opts: &RuntimeOpts,
+) -> Result<String, CliError> {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for plugin in pipeline.plugins.current().all() {
+        let manifest = &plugin.manifest;
+        parts.push(
+            format!(
+                "plugin {} {} {}",
+                manifest.name, manifest.version, plugin.sha256
+            )
+            .into_bytes(),
+        );
+    }
+    for model in engine.models() {
+        let info = &model.info;
+        parts.push(
+            format!(
+                "model {} {} {} {} {}",
+                info.id, info.format, info.parameters, info.file_bytes, info.device
+            )
+            .into_bytes(),
+        );
+    }
+    if let Some(config) = &opts.config {
+        parts.push(std::fs::read(config).map_err(|e| {
+            CliError::new(
+                ErrorCode::InvalidInput,
+                format!("cannot read {}: {e}", config.display()),
+            )
+        })?);
+    }
+    Ok(eval::digest(parts.iter().map(Vec::as_slice)))
 }
