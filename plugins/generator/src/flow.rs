@@ -8,6 +8,12 @@
 //!   wrong expected value fails one test, not all. Without usable tests the code is returned
 //!   with empty tests rather than lost.
 //!
+//! A task written as code — imports and helpers, then a function's signature and docstring, as
+//! HumanEval states its problems — gets the task's imports and helpers the answer does not
+//! repeat: the answer is code for that file, and its tests run against it alone. (Asking to
+//! "complete this function, keeping its name" instead was measured with `agentrt eval`: more
+//! syntax errors, no fewer renamed functions; docs/BENCHMARKS.md.)
+//!
 //! Base models without a chat template (StarCoder) get the same steps as raw completions: the
 //! task as comments heading a file that ends in `def `, then the assert completion for tests.
 //!
@@ -89,6 +95,8 @@ pub fn generate(
     };
 
     let chat = model.supports_chat();
+    // A task written as code (imports, helpers, a signature and a docstring).
+    let stub = source::stub_in(task);
     let mut split = if chat {
         let first =
             prompts::code_request(task, request.feedback.as_deref(), request.previous.as_ref());
@@ -108,12 +116,16 @@ pub fn generate(
             complete_code(task, request.feedback.as_deref(), resampled, model).map_err(llm_error)?
         };
     }
-    let Some(split) = split else {
+    let Some(mut split) = split else {
         return fail(
             NO_USABLE_CODE,
             "model answer contained no usable code (no Python function), twice".to_owned(),
         );
     };
+    if let Some(stub) = &stub {
+        // The imports and helpers the task gave, which the answer may use without repeating.
+        split.code = source::with_stub_context(stub, &split.code);
+    }
 
     let tests = write_tests(task, &split.code, seed, chat, model);
     // Tests the model put in its first answer are kept too, after the dedicated ones.
@@ -287,6 +299,25 @@ mod tests {
             "def test_add():\n    assert add(1, 2) == 3\n"
         );
         assert_eq!(model.prompts.len(), 2);
+    }
+
+    #[test]
+    fn a_task_written_as_a_stub_is_completed_with_the_tasks_imports_and_helpers() {
+        let task = "from typing import List\n\n\ndef _double(x: int) -> int:\n    return 2 * x\n\n\n\
+                    def doubled(xs: List[int]) -> List[int]:\n    \"\"\"Every x twice.\"\"\"\n";
+        let mut model = Scripted::new(vec![
+            // An echo of the stub is no code: the stricter prompt follows.
+            "```python\ndef doubled(xs: List[int]) -> List[int]:\n    \"\"\"Every x twice.\"\"\"\n```",
+            "```python\ndef doubled(xs: List[int]) -> List[int]:\n    return [_double(x) for x in xs]\n```",
+            "```python\ndef test_doubled():\n    assert doubled([1]) == [2]\n```",
+        ]);
+        let artifact = generate(&request(task), &mut model).expect("artifact");
+        assert!(model.prompts[1].contains("Start with `def`"), "{}", model.prompts[1]);
+        assert_eq!(
+            artifact.code,
+            "from typing import List\n\n\ndef _double(x: int) -> int:\n    return 2 * x\n\n\n\
+             def doubled(xs: List[int]) -> List[int]:\n    return [_double(x) for x in xs]\n"
+        );
     }
 
     #[test]

@@ -507,8 +507,8 @@ pub fn count_tests(tests: &str) -> usize {
         .count()
 }
 
-/// Whether `source` defines at least one top-level function with a body: a stub (`...` or
-/// `pass` only) or the placeholder `function_name` from a prompt template does not count. The
+/// Whether `source` defines at least one top-level function with a body: a stub (`...`,
+/// `pass` or a docstring only) or the placeholder `function_name` from a prompt template does not count. The
 /// body may share the `def` line (`def add(a, b): return a + b`).
 pub fn has_function(source: &str) -> bool {
     statements(source)
@@ -520,10 +520,92 @@ pub fn has_function(source: &str) -> bool {
                     .lines()
                     .map(str::trim)
                     .filter(|line| !line.is_empty() && !line.starts_with('#'));
-                name != "function_name" && body.any(|line| line != "..." && line != "pass")
+                name != "function_name"
+                    && !is_stub(statement)
+                    && body.any(|line| line != "..." && line != "pass")
             }
             _ => false,
         })
+}
+
+/// Whether `function`'s body is only its docstring (with comments, `pass` or `...`): a
+/// signature to complete, not code.
+fn is_stub(function: &Statement) -> bool {
+    let body = function_body(function).unwrap_or_default();
+    let body = body.trim();
+    let after_docstring = ["\"\"\"", "'''"].iter().find_map(|quote| {
+        let inner = body
+            .strip_prefix(['r', 'R'])
+            .unwrap_or(body)
+            .strip_prefix(quote)?;
+        inner.find(quote).map(|end| &inner[end + quote.len()..])
+    });
+    after_docstring.unwrap_or(body).lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "pass" || line == "..."
+    })
+}
+
+/// A task that is Python ending in a function to complete (a signature and a docstring, as
+/// HumanEval states its problems).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stub {
+    /// The function to complete.
+    pub name: String,
+    /// What the task defines before it — imports, helper functions, classes, constants — which
+    /// the completed function may use.
+    pub context: Vec<Statement>,
+}
+
+/// The function `task` asks to complete, if the task is code ending in a stub.
+pub fn stub_in(task: &str) -> Option<Stub> {
+    let mut statements = statements(task);
+    while statements
+        .last()
+        .is_some_and(|s| s.kind == StatementKind::Comment)
+    {
+        statements.pop();
+    }
+    let last = statements.pop()?;
+    match &last.kind {
+        StatementKind::Function(name) if is_stub(&last) => Some(Stub {
+            name: name.clone(),
+            context: statements
+                .into_iter()
+                .filter(|s| {
+                    matches!(
+                        s.kind,
+                        StatementKind::Import
+                            | StatementKind::Function(_)
+                            | StatementKind::Class(_)
+                            | StatementKind::Assignment(_)
+                    )
+                })
+                .collect(),
+        }),
+        _ => None,
+    }
+}
+
+/// `code` completing `stub`, preceded by what the task gave it and it does not define itself:
+/// the imports it may rely on (`List` in a signature), the helpers it may call.
+pub fn with_stub_context(stub: &Stub, code: &str) -> String {
+    let answer = statements(code);
+    let given: Vec<String> = stub
+        .context
+        .iter()
+        .filter(|s| match &s.kind {
+            StatementKind::Import => !answer.iter().any(|a| a.text().trim() == s.text().trim()),
+            kind => !answer.iter().any(|a| &a.kind == kind),
+        })
+        .map(Statement::text)
+        .collect();
+    if given.is_empty() {
+        return code.to_owned();
+    }
+    let mut parts = given;
+    parts.extend(answer.iter().map(Statement::text));
+    join_statements(&parts)
 }
 
 /// What follows the colon that ends the `def` header of `function`: the rest of that line and
@@ -896,6 +978,9 @@ if __name__ == "__main__":
             "def function_name(arguments):\n    return 1\n"
         ));
         assert!(has_function("@cache\ndef f(x):\n    return x\n"));
+        let documented = "def f(x):\n    \"\"\"Twice x.\n\n    >>> f(1)\n    2\n    \"\"\"\n";
+        assert!(!has_function(documented));
+        assert!(has_function(&format!("{documented}    return 2 * x\n")));
     }
 
     #[test]
@@ -907,5 +992,31 @@ if __name__ == "__main__":
         assert!(has_function("def f(\n    a,\n    b,\n): return a\n"));
         assert!(!has_function("def stub(x): ...\n"));
         assert!(!has_function("def stub(x): pass\n"));
+    }
+
+    #[test]
+    fn a_task_ending_in_a_docstring_only_function_is_a_stub_with_its_context() {
+        let task = "import math\nfrom typing import List\n\nLIMIT = 3\n\n\n\
+                    def helper(x):\n    return x\n\n\n\
+                    def target(xs: List[int]) -> int:\n    '''Sum.\n    >>> target([1])\n    1\n    '''\n";
+        let stub = stub_in(task).expect("a stub");
+        assert_eq!(stub.name, "target");
+        assert_eq!(stub.context.len(), 4, "{:?}", stub.context);
+        assert!(stub_in("Write a function that adds two numbers").is_none());
+        assert!(stub_in("def f(x):\n    return x\n").is_none());
+
+        // The answer keeps what it defines itself; the task's other imports and helpers come
+        // first.
+        let code = "import math\n\n\ndef helper(x):\n    return -x\n\n\n\
+                    def target(xs):\n    return sum(map(helper, xs))\n";
+        let whole = with_stub_context(&stub, code);
+        assert_eq!(whole.matches("import math").count(), 1, "{whole}");
+        assert_eq!(whole.matches("def helper").count(), 1, "{whole}");
+        assert!(whole.contains("return -x"), "{whole}");
+        assert!(whole.starts_with("from typing import List\nLIMIT = 3\n"), "{whole}");
+        assert!(whole.trim_end().ends_with("return sum(map(helper, xs))"), "{whole}");
+        let alone = stub_in("def g():\n    \"\"\"G.\"\"\"\n").expect("stub");
+        let code = "def g():\n    return 1\n";
+        assert_eq!(with_stub_context(&alone, code), code);
     }
 }
