@@ -312,7 +312,11 @@ mod tests {
             "```python\ndef test_doubled():\n    assert doubled([1]) == [2]\n```",
         ]);
         let artifact = generate(&request(task), &mut model).expect("artifact");
-        assert!(model.prompts[1].contains("Start with `def`"), "{}", model.prompts[1]);
+        assert!(
+            model.prompts[1].contains("Start with `def`"),
+            "{}",
+            model.prompts[1]
+        );
         assert_eq!(
             artifact.code,
             "from typing import List\n\n\ndef _double(x: int) -> int:\n    return 2 * x\n\n\n\

@@ -1013,8 +1013,14 @@ if __name__ == "__main__":
         assert_eq!(whole.matches("import math").count(), 1, "{whole}");
         assert_eq!(whole.matches("def helper").count(), 1, "{whole}");
         assert!(whole.contains("return -x"), "{whole}");
-        assert!(whole.starts_with("from typing import List\nLIMIT = 3\n"), "{whole}");
-        assert!(whole.trim_end().ends_with("return sum(map(helper, xs))"), "{whole}");
+        assert!(
+            whole.starts_with("from typing import List\nLIMIT = 3\n"),
+            "{whole}"
+        );
+        assert!(
+            whole.trim_end().ends_with("return sum(map(helper, xs))"),
+            "{whole}"
+        );
         let alone = stub_in("def g():\n    \"\"\"G.\"\"\"\n").expect("stub");
         let code = "def g():\n    return 1\n";
         assert_eq!(with_stub_context(&alone, code), code);
