@@ -432,13 +432,22 @@ pub fn solve_with_pipeline(
     }
 }
 
-/// Whether `code` defines `name` at its top level, as a function or by assignment.
+/// Whether `code` defines `name` at its top level, as a function, by assignment, or by an
+/// import under that name (`from math import gcd as greatest_common_divisor`).
 fn defines(code: &str, name: &str) -> bool {
     code.lines().any(|line| {
+        let imported = (line.starts_with("from ") || line.starts_with("import "))
+            && line
+                .split([',', ' ', '(', ')'])
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w[0] == "as" && w[1] == name);
         let line = line.strip_prefix("async ").unwrap_or(line);
-        line.strip_prefix("def ")
-            .and_then(|rest| rest.strip_prefix(name))
-            .is_some_and(|rest| rest.trim_start().starts_with('('))
+        imported
+            || line
+                .strip_prefix("def ")
+                .and_then(|rest| rest.strip_prefix(name))
+                .is_some_and(|rest| rest.trim_start().starts_with('('))
             || line.strip_prefix(name).is_some_and(|rest| {
                 let rest = rest.trim_start();
                 rest.starts_with('=') && !rest.starts_with("==")
@@ -1017,6 +1026,9 @@ mod tests {
         assert!(!defines("def totals(xs):\n    pass\n", "total"));
         assert!(!defines("class A:\n    def total(self): pass\n", "total"));
         assert!(!defines("total == 3\n", "total"));
+        assert!(defines("from math import fsum as total\n", "total"));
+        assert!(defines("from math import (gcd, fsum as total)\n", "total"));
+        assert!(!defines("from math import total_of as t\n", "total"));
     }
 
     #[test]

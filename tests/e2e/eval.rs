@@ -102,6 +102,9 @@ fn the_agents_are_measured_once_per_problem_and_resumed_from_the_results_file() 
     let (ok, _, stderr) = run(&["eval", &fixture(), "--canonical", "--results", &fixture()]);
     assert!(!ok);
     assert!(stderr.contains("is the problem file"), "{stderr}");
+    let (ok, _, stderr) = run(&["eval", &fixture(), "--canonical", "--results", "-"]);
+    assert!(!ok);
+    assert!(stderr.contains("not `-`"), "{stderr}");
     let _ = std::fs::remove_file(&results);
 }
 

@@ -84,6 +84,12 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
     )?;
     // The results file is opened before the model loads: a wrong path fails at once.
     let mut file = match &args.results {
+        Some(results) if results.as_os_str() == "-" => {
+            return Err(CliError::new(
+                ErrorCode::InvalidInput,
+                "--results takes a file to append to and read back, not `-`",
+            ));
+        }
         Some(results) if same_file(results, &path) => {
             return Err(CliError::new(
                 ErrorCode::InvalidInput,
