@@ -523,11 +523,7 @@ fn plugin_host(
         None => Config::default(),
     };
     // One sandbox for the pipeline's test stage and for plugins granted run-python.
-    let sandbox = Arc::new(crate::sandbox::LazySandbox::new(
-        crate::paths::python_wasm(),
-        CompileCache::new(Some(crate::paths::component_cache())),
-        crate::sandbox::SandboxLimits::default(),
-    ));
+    let sandbox = default_sandbox();
     let cache = CompileCache::new(Some(crate::paths::component_cache()));
     let host =
         PluginHost::new(engine, Some(sandbox.clone()), cache, Arc::new(config)).map_err(|e| {
@@ -537,6 +533,15 @@ fn plugin_host(
             )
         })?;
     Ok((host, sandbox))
+}
+
+/// The Python sandbox with the default interpreter, compile cache and limits.
+fn default_sandbox() -> Arc<crate::sandbox::LazySandbox> {
+    Arc::new(crate::sandbox::LazySandbox::new(
+        crate::paths::python_wasm(),
+        CompileCache::new(Some(crate::paths::component_cache())),
+        crate::sandbox::SandboxLimits::default(),
+    ))
 }
 
 /// Build the plugin host and load the plugins (models may be absent for `check`), for a

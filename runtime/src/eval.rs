@@ -231,10 +231,7 @@ fn verdict_of(report: &TestReport) -> Result<(), String> {
 /// `text` on one line, cut to [`MAX_FAILURE_CHARS`].
 fn shortened(text: &str) -> String {
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match line.char_indices().nth(MAX_FAILURE_CHARS) {
-        Some((end, _)) => format!("{}…", &line[..end]),
-        None => line,
-    }
+    shortened_to(&line, MAX_FAILURE_CHARS)
 }
 
 /// Version of how code is judged ([`program`], [`hidden_tests`]): results judged another way
@@ -276,7 +273,7 @@ impl Setting {
         }
     }
 
-    fn is_canonical(&self) -> bool {
+    pub fn is_canonical(&self) -> bool {
         self.solutions == "canonical"
     }
 }
@@ -308,18 +305,12 @@ impl std::fmt::Display for Setting {
 
 /// The first 16 hex digits of the SHA-256 of `parts`, each ended by a NUL.
 pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
+    let mut bytes = Vec::new();
     for part in parts {
-        hasher.update(part);
-        hasher.update([0]);
+        bytes.extend_from_slice(part);
+        bytes.push(0);
     }
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    hex[..16].to_owned()
+    crate::plugin::compile_cache::sha256_hex(&bytes)[..16].to_owned()
 }
 
 /// What identifies `problem` as solved in `setting`: its text (and its reference solution,
@@ -739,7 +730,7 @@ pub fn summary_text(summary: &Summary, setting: &Setting) -> String {
         summary.problems,
         percent(summary.passed, summary.problems)
     );
-    if setting.solutions == "pipeline" {
+    if !setting.is_canonical() {
         if !summary.runs_failed.is_empty() {
             let codes: Vec<String> = summary
                 .runs_failed

@@ -10,8 +10,6 @@ use serde_json::json;
 use super::{CliError, RuntimeOpts, emit, load_engine, load_pipeline};
 use crate::error_code::ErrorCode;
 use crate::eval::{self, EvalError, ResultsFile, Setting};
-use crate::plugin::compile_cache::CompileCache;
-use crate::sandbox::{LazySandbox, SandboxLimits};
 
 /// What `agentrt eval` was asked.
 #[derive(Debug, clap::Args)]
@@ -122,11 +120,7 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
     };
     let sandbox = match pipeline.as_ref().and_then(|p| p.sandbox.clone()) {
         Some(sandbox) => sandbox,
-        None => std::sync::Arc::new(LazySandbox::new(
-            crate::paths::python_wasm(),
-            CompileCache::new(Some(crate::paths::component_cache())),
-            SandboxLimits::default(),
-        )),
+        None => super::default_sandbox(),
     };
     // Without the sandbox every problem would count as failed: that is no measurement.
     let sandbox = sandbox.get().map_err(|why| {
@@ -170,17 +164,16 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
     )?;
     let summary = eval::summarize(&results);
     // Reference solutions are a check of the problems and the sandbox: one failing fails it.
-    let failure =
-        (setting.solutions == "canonical" && summary.passed < summary.problems).then(|| {
-            CliError::new(
-                ErrorCode::ValidationFailed,
-                format!(
-                    "{} of {} reference solutions failed their problem's tests",
-                    summary.problems - summary.passed,
-                    summary.problems
-                ),
-            )
-        });
+    let failure = (setting.is_canonical() && summary.passed < summary.problems).then(|| {
+        CliError::new(
+            ErrorCode::ValidationFailed,
+            format!(
+                "{} of {} reference solutions failed their problem's tests",
+                summary.problems - summary.passed,
+                summary.problems
+            ),
+        )
+    });
     let mut value = json!({
         "setting": setting,
         "summary": summary,
