@@ -40,6 +40,11 @@ struct Failing {
 pub struct Watched {
     inner: Arc<dyn RunStore>,
     health: Mutex<Health>,
+    /// Held across a write and the noting of its outcome, so outcomes are noted in the order
+    /// the writes happened: a failed write cannot note itself after a later one that
+    /// succeeded, leaving `/health` degraded with the store fine. The store behind takes one
+    /// write at a time anyway (one SQLite connection); reads and `/health` never wait on it.
+    write_order: Mutex<()>,
 }
 
 impl Watched {
@@ -47,6 +52,7 @@ impl Watched {
         Self {
             inner,
             health: Mutex::new(Health::default()),
+            write_order: Mutex::new(()),
         }
     }
 
@@ -56,7 +62,9 @@ impl Watched {
 
     /// Note a write's outcome: the first failure after a success is logged as an error, the
     /// first success after failures as the recovery; the ones between only count.
-    fn write<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    fn write<T>(&self, write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let _in_order = self.write_order.lock().unwrap_or_else(|p| p.into_inner());
+        let result = write();
         let mut health = self.health();
         match &result {
             Ok(_) => {
@@ -145,13 +153,13 @@ impl RunStore for Watched {
         self.inner.location()
     }
     fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError> {
-        self.write(self.inner.insert_run(id, request))
+        self.write(|| self.inner.insert_run(id, request))
     }
     fn set_running(&self, id: &str) -> Result<(), StoreError> {
-        self.write(self.inner.set_running(id))
+        self.write(|| self.inner.set_running(id))
     }
     fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
-        self.write(self.inner.append_event(id, event))
+        self.write(|| self.inner.append_event(id, event))
     }
     fn finish_run(
         &self,
@@ -161,7 +169,7 @@ impl RunStore for Watched {
         error: Option<&ErrorOut>,
         done: &StoredEvent,
     ) -> Result<(), StoreError> {
-        self.write(self.inner.finish_run(id, state, outcome, error, done))
+        self.write(|| self.inner.finish_run(id, state, outcome, error, done))
     }
     fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         self.inner.run(id)
@@ -180,10 +188,10 @@ impl RunStore for Watched {
         self.inner.events_after(id, after)
     }
     fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
-        self.write(self.inner.interrupt_unfinished())
+        self.write(|| self.inner.interrupt_unfinished())
     }
     fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
-        self.write(self.inner.prune_finished(before_ms, limit))
+        self.write(|| self.inner.prune_finished(before_ms, limit))
     }
     fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {
         self.inner.check_integrity()
@@ -192,7 +200,7 @@ impl RunStore for Watched {
         self.inner.check_file()
     }
     fn save_plugin_stats(&self, plugin: &str, counter: &Counter) -> Result<(), StoreError> {
-        self.write(self.inner.save_plugin_stats(plugin, counter))
+        self.write(|| self.inner.save_plugin_stats(plugin, counter))
     }
     fn load_plugin_stats(&self) -> Result<Vec<(String, Counter)>, StoreError> {
         self.inner.load_plugin_stats()
@@ -291,6 +299,39 @@ mod tests {
         store.set_running("a").expect("running");
         assert!(store.write_failure().is_none());
         assert!(StoreHealth::of(&store).ok);
+    }
+
+    #[test]
+    fn a_write_that_failed_before_a_later_one_succeeded_leaves_the_store_healthy() {
+        let (_dir, store) = watched();
+        let store = Arc::new(store);
+        let (started, has_started) = std::sync::mpsc::channel();
+        let failing = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.write(|| {
+                    started.send(()).expect("send");
+                    // Long enough that the write below, started now, would otherwise note its
+                    // success first and be overwritten by this failure.
+                    std::thread::sleep(Duration::from_millis(100));
+                    Err::<(), _>(StoreError {
+                        path: "test".into(),
+                        message: "disk full".into(),
+                    })
+                })
+            })
+        };
+        has_started.recv().expect("started");
+        store.write(|| Ok(())).expect("the later write");
+        failing
+            .join()
+            .expect("thread")
+            .expect_err("the earlier write");
+        assert!(
+            store.write_failure().is_none(),
+            "{:?}",
+            store.write_failure()
+        );
     }
 
     #[test]
