@@ -76,6 +76,14 @@ fn keys_and_scopes_guard_the_routes() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = server.request("GET", "/models", &[("authorization", &user)], None);
     assert_eq!(status, 200, "{body}");
+    // A user key sees the model file's name; an admin key sees where it is.
+    let path = |body: &serde_json::Value| body["models"][0]["path"].as_str().map(str::to_owned);
+    let shown = path(&body).expect("a path");
+    assert!(!shown.contains('/') && shown.ends_with(".gguf"), "{body}");
+    let (status, body) = server.request("GET", "/models", &[("x-api-key", ADMIN)], None);
+    assert_eq!(status, 200, "{body}");
+    let full = path(&body).expect("a path");
+    assert!(full.starts_with('/') && full.ends_with(&shown), "{body}");
 
     let (status, body) = server.request("GET", "/stats", &[("authorization", &user)], None);
     assert_eq!(

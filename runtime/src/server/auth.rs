@@ -26,7 +26,8 @@ use sha2::{Digest, Sha256};
 use super::ApiError;
 use crate::error_code::ErrorCode;
 
-/// What a key may reach.
+/// What a key may reach. A request let through with a key carries its scope as an extension;
+/// one without (no keys configured, or an open path) carries none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scope {
     User,
@@ -216,7 +217,7 @@ fn bearer_credential(value: &str) -> Option<&str> {
 /// The middleware: 401 without a known key, 403 when its scope does not cover the route.
 pub async fn require_key(
     State(keys): State<std::sync::Arc<ApiKeys>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if keys.is_empty() {
@@ -257,6 +258,8 @@ pub async fn require_key(
         .retry_after(wait)
         .into_uncounted_response();
     }
+    // Routes that show admins more than users read the scope from here.
+    request.extensions_mut().insert(scope);
     next.run(request).await
 }
 

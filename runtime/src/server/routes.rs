@@ -502,12 +502,24 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
     Json(serde_json::to_value(state.pipeline.stats.snapshot()).unwrap_or_default())
 }
 
-pub async fn models(State(state): State<AppState>) -> Json<Value> {
+/// The models served. A user-scope key sees each model file's name, not where the server
+/// keeps it: the server's folders are an admin's business (as `/stats` and `/plugins` are).
+pub async fn models(
+    State(state): State<AppState>,
+    scope: Option<axum::Extension<super::auth::Scope>>,
+) -> Json<Value> {
+    let admin = scope.is_none_or(|s| s.0 == super::auth::Scope::Admin);
     let models: Vec<_> = state
         .engine
         .models()
         .iter()
-        .map(|m| m.info.clone())
+        .map(|m| {
+            let mut info = m.info.clone();
+            if !admin {
+                info.path = info.path.file_name().map(Into::into).unwrap_or_default();
+            }
+            info
+        })
         .collect();
     Json(json!({ "models": models }))
 }
