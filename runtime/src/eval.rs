@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::{Arc, Mutex};
+
 use crate::error_code::ErrorCode;
+use crate::pipeline::{PipelineEvent, RunContext};
 use crate::sandbox::{PythonSandbox, TestReport};
 
 /// Longest failure message kept per problem, in characters.
@@ -361,7 +364,29 @@ pub struct ProblemResult {
     /// against the tests is [`program`] of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// The attempt whose code that is (the run keeps its best, not always its last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_attempt: Option<u32>,
+    /// Every attempt of a run that took more than one, each judged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_results: Vec<AttemptResult>,
     pub duration_ms: u64,
+}
+
+/// One generation attempt of a run, judged by the problem's tests like the code the run ended
+/// with: whether the run kept the best of its attempts, or had right code and let it go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptResult {
+    pub attempt: u32,
+    /// Whether this attempt's code passed the problem's tests.
+    pub passed: bool,
+    /// Of its own generated tests, how many passed and how many ran (absent: none ran; 0 of
+    /// 0: they did not load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_tests: Option<(usize, usize)>,
+    pub code: String,
+    /// Its generated tests' source.
+    pub tests: String,
 }
 
 impl ProblemResult {
@@ -379,6 +404,8 @@ impl ProblemResult {
             verdict: None,
             failure: outcome.err(),
             code: None,
+            chosen_attempt: None,
+            attempt_results: Vec::new(),
             duration_ms: 0,
         }
     }
@@ -393,24 +420,59 @@ pub fn solve_with_pipeline(
     setting: &Setting,
 ) -> ProblemResult {
     let started = std::time::Instant::now();
-    let outcome = pipeline.run(&crate::pipeline::PipelineRequest {
+    // Every attempt's code and own test results, from the run's events.
+    let seen = Arc::new(Mutex::new(Vec::<AttemptResult>::new()));
+    let sink = seen.clone();
+    let tracked = pipeline.tracked(RunContext {
+        events: Some(Arc::new(move |event| {
+            let mut seen = sink.lock().unwrap_or_else(|p| p.into_inner());
+            match event {
+                PipelineEvent::Generated {
+                    attempt,
+                    code,
+                    tests,
+                    ..
+                } => seen.push(AttemptResult {
+                    attempt,
+                    passed: false,
+                    own_tests: None,
+                    code,
+                    tests,
+                }),
+                PipelineEvent::Tests { attempt, report } => {
+                    if let Some(a) = seen.iter_mut().find(|a| a.attempt == attempt) {
+                        a.own_tests = Some(own_tests(&report));
+                    }
+                }
+                _ => {}
+            }
+        })),
+        call: Default::default(),
+    });
+    let outcome = tracked.run(&crate::pipeline::PipelineRequest {
         task_description: problem.prompt.clone(),
         language: "python".into(),
         max_retries: setting.max_retries.unwrap_or(0),
     });
     let judged = match outcome.code.as_deref().filter(|c| !c.trim().is_empty()) {
-        Some(code) => judge(sandbox, problem, &program(problem, code)).map_err(|why| {
-            // The prompt's stub answered for it: say so rather than only what it answered.
-            match defines(code, &problem.entry_point) {
-                true => why,
-                false => format!("the code defines no {}: {why}", problem.entry_point),
-            }
-        }),
+        Some(code) => judge_code(sandbox, problem, code),
         None => Err(match &outcome.error {
             Some(e) => shortened(&format!("no code: {} {}", e.code, e.message)),
             None => "no code".to_owned(),
         }),
     };
+    let mut attempt_results = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    if attempt_results.len() > 1 {
+        for a in &mut attempt_results {
+            a.passed = match Some(a.attempt) == outcome.chosen_attempt {
+                true => judged.is_ok(),
+                false => judge_code(sandbox, problem, &a.code).is_ok(),
+            };
+        }
+    } else {
+        // One attempt is the code the result already holds.
+        attempt_results.clear();
+    }
     ProblemResult {
         run_status: Some(outcome.status.to_owned()),
         run_error: outcome.error.as_ref().map(|e| e.code.clone()),
@@ -418,8 +480,29 @@ pub fn solve_with_pipeline(
         own_tests_passed: outcome.test_results.as_ref().map(TestReport::all_passed),
         verdict: outcome.review.as_ref().map(|r| r.verdict.to_owned()),
         code: outcome.code.clone(),
+        chosen_attempt: outcome.chosen_attempt,
+        attempt_results,
         duration_ms: started.elapsed().as_millis() as u64,
         ..ProblemResult::new(problem, setting, judged)
+    }
+}
+
+/// Judge generated `code` by the problem's tests, saying so when it does not define the entry
+/// point (the prompt's stub then answered for it).
+fn judge_code(sandbox: &PythonSandbox, problem: &Problem, code: &str) -> Result<(), String> {
+    judge(sandbox, problem, &program(problem, code)).map_err(|why| {
+        match defines(code, &problem.entry_point) {
+            true => why,
+            false => format!("the code defines no {}: {why}", problem.entry_point),
+        }
+    })
+}
+
+/// Passed and run of a test report; a report whose tests did not load is 0 of 0.
+fn own_tests(report: &TestReport) -> (usize, usize) {
+    match report.setup_error {
+        Some(_) => (0, 0),
+        None => (report.passed(), report.results.len()),
     }
 }
 
@@ -683,6 +766,11 @@ pub struct Summary {
     /// Problems the reviewer approved, and how many of those were right.
     pub approved: usize,
     pub approved_and_right: usize,
+    /// Problems whose run took more than one attempt; of those, how many had a right attempt,
+    /// and how many kept a right one (the rest let right code go).
+    pub retried: usize,
+    pub retried_with_a_right_attempt: usize,
+    pub retried_and_right: usize,
     /// Time the problems took, in seconds, those of the results file included (taken in an
     /// earlier eval).
     pub seconds: f64,
@@ -706,6 +794,12 @@ pub fn summarize(results: &[ProblemResult]) -> Summary {
         if r.verdict.as_deref() == Some("approve") {
             summary.approved += 1;
             summary.approved_and_right += usize::from(r.passed);
+        }
+        if !r.attempt_results.is_empty() {
+            summary.retried += 1;
+            summary.retried_with_a_right_attempt +=
+                usize::from(r.attempt_results.iter().any(|a| a.passed));
+            summary.retried_and_right += usize::from(r.passed);
         }
         summary.seconds += r.duration_ms as f64 / 1000.0;
     }
@@ -749,6 +843,12 @@ pub fn summary_text(summary: &Summary, setting: &Setting) -> String {
             summary.approved_and_right,
             percent(summary.approved_and_right, summary.approved),
         ));
+        if summary.retried > 0 {
+            text.push_str(&format!(
+                "retried: {} problems; an attempt was right in {}, the run kept a right one in {}\n",
+                summary.retried, summary.retried_with_a_right_attempt, summary.retried_and_right,
+            ));
+        }
     }
     text.push_str(&format!(
         "time spent on these problems: {:.0} s\n",
@@ -1007,6 +1107,48 @@ mod tests {
         assert!(text.starts_with("pipeline solutions\n"), "{text}");
         assert!(text.contains("runs failed: GEN_003 ×1"), "{text}");
         assert!(text.contains("reviewer approved: 2 problems, 1 of them right (50.0 %)"));
+    }
+
+    #[test]
+    fn the_summary_says_when_a_run_let_a_right_attempt_go() {
+        let setting = Setting {
+            solutions: "pipeline".into(),
+            max_retries: Some(2),
+            ..Setting::canonical()
+        };
+        let attempt = |attempt, passed| AttemptResult {
+            attempt,
+            passed,
+            own_tests: Some((1, 2)),
+            code: String::new(),
+            tests: String::new(),
+        };
+        let mut let_go = result("a/0", false, &setting);
+        let_go.attempt_results = vec![attempt(1, true), attempt(2, false)];
+        let mut kept = result("a/1", true, &setting);
+        kept.attempt_results = vec![attempt(1, false), attempt(2, true)];
+        let mut never = result("a/2", false, &setting);
+        never.attempt_results = vec![attempt(1, false), attempt(2, false), attempt(3, false)];
+        let once = result("a/3", true, &setting);
+        let summary = summarize(&[let_go, kept, never, once]);
+        assert_eq!(
+            (
+                summary.retried,
+                summary.retried_with_a_right_attempt,
+                summary.retried_and_right
+            ),
+            (3, 2, 1)
+        );
+        let text = summary_text(&summary, &setting);
+        assert!(
+            text.contains(
+                "retried: 3 problems; an attempt was right in 2, the run kept a right one in 1"
+            ),
+            "{text}"
+        );
+        // Without retries there is no such line.
+        let text = summary_text(&summarize(&[result("a/3", true, &setting)]), &setting);
+        assert!(!text.contains("retried"), "{text}");
     }
 
     #[test]

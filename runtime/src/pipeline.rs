@@ -728,6 +728,14 @@ impl Pipeline {
                 return PipelineOutcome::failed(cancelled, stages, started);
             }
             let attempt = report::attempts(&stages).max(1);
+            if self.run.events.is_some() {
+                self.run.emit(PipelineEvent::Generated {
+                    attempt,
+                    language: artifact.language.clone(),
+                    code: artifact.code.clone(),
+                    tests: artifact.tests.clone(),
+                });
+            }
             let (findings, checks) = self.check_attempt(&artifact, None, attempt, &mut stages);
             // The run's error is the one of the check that stopped it, not of another that
             // failed meanwhile and was not asked about.

@@ -174,6 +174,7 @@ fn a_run_is_accepted_at_once_streams_its_stages_and_keeps_its_result() {
         "stage_started",
         "tokens",
         "stage_finished",
+        "generated",
         "checks",
         "chosen",
         "review",
@@ -216,6 +217,20 @@ fn a_run_is_accepted_at_once_streams_its_stages_and_keeps_its_result() {
             .as_str()
             .is_some_and(|c| c.contains("def ")),
         "{run}"
+    );
+    // The chosen attempt's code is the one its `generated` event showed, before its checks.
+    let generated = all
+        .iter()
+        .position(|(_, k, d)| k == "generated" && d["attempt"] == chosen_attempt)
+        .expect("the chosen attempt was never shown");
+    assert_eq!(all[generated].2["code"], run["result"]["code"], "{run}");
+    assert!(
+        generated
+            < all
+                .iter()
+                .position(|(_, k, d)| k == "checks" && d["attempt"] == chosen_attempt)
+                .expect("checks"),
+        "{kinds:?}"
     );
     assert_eq!(run["request"]["task_description"], TASK);
     let stages = run["stages"].as_array().expect("stages");

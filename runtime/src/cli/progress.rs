@@ -77,6 +77,7 @@ fn describe(event: &PipelineEvent) -> Option<String> {
         },
         PipelineEvent::Chosen { attempt } => format!("chose attempt {attempt}"),
         PipelineEvent::Tokens { .. }
+        | PipelineEvent::Generated { .. }
         | PipelineEvent::Checks { .. }
         | PipelineEvent::Review { .. }
         | PipelineEvent::Done { .. } => return None,

@@ -25,6 +25,14 @@ pub enum PipelineEvent {
     Tokens { text: String },
     /// A plugin call (or the test run) ended, with its report.
     StageFinished { report: StageReport },
+    /// An attempt's code and tests as the generator delivered them, before the checks and the
+    /// tests look at them (a client can show every attempt, not only the one chosen).
+    Generated {
+        attempt: u32,
+        language: String,
+        code: String,
+        tests: String,
+    },
     /// Every quality check of an attempt has answered; `code` is what they looked at, so a
     /// client can place the findings on its lines.
     Checks {
@@ -64,6 +72,7 @@ impl PipelineEvent {
             Self::StageStarted { .. } => "stage_started",
             Self::Tokens { .. } => "tokens",
             Self::StageFinished { .. } => "stage_finished",
+            Self::Generated { .. } => "generated",
             Self::Checks { .. } => "checks",
             Self::Tests { .. } => "tests",
             Self::Retry { .. } => "retry",
