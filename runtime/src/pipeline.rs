@@ -764,10 +764,7 @@ impl Pipeline {
             if let Some(cancelled) = self.cancelled() {
                 return PipelineOutcome::failed(cancelled, stages, started);
             }
-            if best
-                .as_ref()
-                .is_none_or(|b| test_rank(&tests) >= test_rank(&b.tests))
-            {
+            if best.as_ref().is_none_or(|b| outranks(&tests, &b.tests)) {
                 best = Some(Attempt {
                     number: attempt,
                     artifact: artifact.clone(),
@@ -875,10 +872,20 @@ impl Pipeline {
     }
 }
 
-/// How good an attempt's tests make it, for keeping the best: every test passing first, then
-/// code whose tests ran at all (code that did not even load ranks below code that failed every
-/// test), then the share that passed, then how many (each attempt brings its own tests, so raw
-/// counts of different test sets do not compare). Ties go to the later attempt.
+/// Whether a later attempt's tests make it better than the best earlier one, which it then
+/// replaces: every test passing first, then code whose tests ran at all (code that did not
+/// even load ranks below code that failed every test), then the share that passed, then how
+/// many (each attempt brings its own tests, so raw counts of different test sets do not
+/// compare). Ties go to the earlier attempt: a retry is
+/// written to satisfy the failing tests, and those are often wrong themselves (a small model's
+/// expected values); a retry no better by its own tests is no reason to give up code the model
+/// wrote from the task alone. Measured with `agentrt eval --max-retries 2` on HumanEval: with
+/// ties to the later attempt, runs let right code go for later wrong code (docs/BENCHMARKS.md).
+fn outranks(later: &Option<TestReport>, earlier: &Option<TestReport>) -> bool {
+    test_rank(later) > test_rank(earlier)
+}
+
+/// An attempt's place in the ranking [`outranks`] uses.
 fn test_rank(tests: &Option<TestReport>) -> (bool, bool, u64, usize) {
     match tests {
         Some(t) if !t.results.is_empty() && t.setup_error.is_none() => (
@@ -1032,5 +1039,16 @@ mod tests {
             ..TestReport::default()
         });
         assert!(test_rank(&report(0, 3)) > test_rank(&did_not_load));
+    }
+
+    #[test]
+    fn a_retry_no_better_by_its_own_tests_does_not_replace_the_earlier_attempt() {
+        // Every test failing in both (the model's tests wrong both times): the first stays.
+        assert!(!outranks(&report(0, 2), &report(0, 1)));
+        assert!(!outranks(&report(1, 1), &report(2, 2)));
+        assert!(!outranks(&None, &None));
+        // Strictly better replaces it.
+        assert!(outranks(&report(2, 0), &report(1, 1)));
+        assert!(outranks(&report(0, 1), &None));
     }
 }
