@@ -392,11 +392,17 @@ impl Pipeline {
         stages: &mut Vec<StageReport>,
     ) -> (Vec<Finding>, Vec<CheckOutcome>) {
         let plugins = self.plugins.current();
-        let selected: Vec<&Arc<Plugin>> = plugins
+        // A check that names the languages it understands is not called for code in another;
+        // it is reported `not_applicable`.
+        let (selected, not_applicable): (Vec<&Arc<Plugin>>, Vec<&Arc<Plugin>>) = plugins
             .checks
             .iter()
             .filter(|p| only.is_none_or(|names| names.iter().any(|n| *n == p.manifest.name)))
-            .collect();
+            .partition(|p| {
+                p.check_scope
+                    .as_ref()
+                    .is_none_or(|scope| scope.covers(&artifact.language))
+            });
         // Each check runs, and is recovered when it fails, on a thread of its own; once one
         // has stopped the run, the others' failures are not recovered.
         let stop = AtomicBool::new(false);
@@ -471,6 +477,13 @@ impl Pipeline {
                 }
             }
         }
+        outcomes.extend(not_applicable.iter().map(|p| CheckOutcome {
+            name: p.manifest.name.clone(),
+            status: "not_applicable".into(),
+            findings: 0,
+            error: None,
+            stopped_run: false,
+        }));
         findings.sort_by_key(|f| (f.line, f.column));
         if self.run.events.is_some() {
             self.run.emit(PipelineEvent::Checks {

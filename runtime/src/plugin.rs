@@ -34,8 +34,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Store, Trap};
 
 use bindings::{
-    CodeArtifact, Finding, GenerationRequest, ModelOption, ModelRecovery, PipelineError, Recovery,
-    Review, ReviewRequest,
+    CheckInfo, CodeArtifact, Finding, GenerationRequest, ModelOption, ModelRecovery, PipelineError,
+    Recovery, Review, ReviewRequest,
 };
 use compile_cache::{CompileCache, sha256_hex};
 pub use grants::HostLimits;
@@ -151,7 +151,45 @@ pub struct Plugin {
     pub cache_hit: bool,
     /// The `agentrt:plugin` WIT version the component was built against.
     pub wit_version: semver::Version,
+    /// What a quality check said it covers when it was loaded (`None` for other worlds).
+    pub check_scope: Option<CheckScope>,
     pre: Pre,
+}
+
+/// What a quality check covers, from its `describe`: the languages it understands (lower
+/// case; empty: every language) and the rule ids it may report.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CheckScope {
+    pub languages: Vec<String>,
+    pub rules: Vec<String>,
+}
+
+impl CheckScope {
+    pub(crate) fn of(info: CheckInfo) -> Self {
+        let mut languages: Vec<String> = info
+            .languages
+            .iter()
+            .map(|l| l.trim().to_lowercase())
+            .filter(|l| !l.is_empty())
+            .collect();
+        languages.sort_unstable();
+        languages.dedup();
+        Self {
+            languages,
+            rules: info.rules,
+        }
+    }
+
+    /// Whether code in `language` is for this check; code of no stated language is for all.
+    pub fn covers(&self, language: &str) -> bool {
+        let language = language.trim();
+        self.languages.is_empty()
+            || language.is_empty()
+            || self
+                .languages
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case(language))
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -181,6 +219,7 @@ impl Plugin {
             "compile_ms": self.compile_ms,
             "cached": self.cache_hit,
             "wit": format!("{}@{}", wit_version::PACKAGE, self.wit_version),
+            "check": self.check_scope,
         })
     }
 }
@@ -371,13 +410,22 @@ impl PluginHost {
             compile_ms,
             cache_hit,
             wit_version,
+            check_scope: None,
             pre,
         };
         // One trial instantiation: a component that cannot be instantiated here (its start
         // code traps, or it needs more instances, memories or table slots than the instance
-        // pool provides) is refused now rather than failing every call.
-        match self.instantiate(&plugin) {
-            Ok(()) => Ok(plugin),
+        // pool provides) is refused now rather than failing every call. A quality check also
+        // says there what it covers.
+        match self.trial(&plugin) {
+            Ok(None) => Ok(plugin),
+            Ok(Some(info)) => match output::check_info(&info) {
+                Ok(()) => Ok(Plugin {
+                    check_scope: Some(CheckScope::of(info)),
+                    ..plugin
+                }),
+                Err(why) => Err(fail(format!("its describe() answered {why}"))),
+            },
             // Every slot was busy: nothing is known against the component, and hot reload
             // tries a refusal with this code again at its next poll.
             Err(busy @ PluginError::Busy { .. }) => Err(busy),
@@ -618,6 +666,12 @@ impl PluginHost {
     /// asked: hot reload's has not), under the plugin's deadline, abandoned when it blocks
     /// in a host call past it.
     pub fn instantiate(&self, plugin: &Plugin) -> Result<(), PluginError> {
+        self.trial(plugin).map(drop)
+    }
+
+    /// [`Self::instantiate`], and for a quality check its answer to `describe`, asked in the
+    /// same instance.
+    fn trial(&self, plugin: &Plugin) -> Result<Option<CheckInfo>, PluginError> {
         let name = plugin.manifest.name.clone();
         let trap = |message: String| PluginError::Trap {
             plugin: name.clone(),
@@ -637,11 +691,14 @@ impl PluginHost {
         let pre = plugin.pre.clone();
         let finished = on_plugin_thread(&name, timeout + ABANDON_GRACE, move || {
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &pre {
-                Pre::Generator(p) => p.instantiate(&mut store).map(drop),
-                Pre::Reviewer(p) => p.instantiate(&mut store).map(drop),
-                Pre::QualityCheck(p) => p.instantiate(&mut store).map(drop),
-                Pre::ErrorHandler(p) => p.instantiate(&mut store).map(drop),
-                Pre::ModelErrorHandler(p) => p.instantiate(&mut store).map(drop),
+                Pre::Generator(p) => p.instantiate(&mut store).map(|_| None),
+                Pre::Reviewer(p) => p.instantiate(&mut store).map(|_| None),
+                Pre::QualityCheck(p) => p
+                    .instantiate(&mut store)
+                    .and_then(|check| check.call_describe(&mut store))
+                    .map(Some),
+                Pre::ErrorHandler(p) => p.instantiate(&mut store).map(|_| None),
+                Pre::ModelErrorHandler(p) => p.instantiate(&mut store).map(|_| None),
             }));
             // As after a call: the instance goes back to the pool before the slot does.
             drop(store);

@@ -679,3 +679,27 @@ fn every_documented_operation_exists() {
         }
     }
 }
+
+#[test]
+fn code_no_quality_check_understands_is_refused_by_name() {
+    let (status, body) = default_server().post(
+        "/check",
+        &json!({"code": "let x = 1;\n", "language": "rust"}),
+    );
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "VAL_002"),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("\"rust\"") && message.contains("understand: python"),
+        "{body}"
+    );
+    // Reviews stay Python, whatever the checks understand.
+    let (status, body) = default_server().post(
+        "/review",
+        &json!({"code": "let x = 1;\n", "language": "javascript"}),
+    );
+    assert_eq!(status, 400, "{body}");
+}

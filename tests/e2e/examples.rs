@@ -112,6 +112,48 @@ fn secret_scanner_flags_leaked_keys() {
         &json!({"code": "def add(a, b):\n    return a + b\n", "checks": ["secret-scanner"]}),
     );
     assert!(findings_of(&body, "secret-scanner/").is_empty(), "{body}");
+
+    // The scanner understands every language (its describe() names none), so JavaScript can
+    // be checked here; the Python check is not called for it.
+    let js = "const key = \"AKIAIOSFODNN7EXAMPLE\";\n";
+    let (status, body) = server.post("/check", &json!({"code": js, "language": "JavaScript"}));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        findings_of(&body, "secret-scanner/")
+            .iter()
+            .any(|f| f["rule_id"] == "secret-scanner/aws-access-key" && f["line"] == 1),
+        "{body}"
+    );
+    let status_of = |name: &str| {
+        body["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .map(|c| c["status"].clone())
+    };
+    assert_eq!(
+        status_of("python-quality"),
+        Some(json!("not_applicable")),
+        "{body}"
+    );
+    assert_eq!(status_of("secret-scanner"), Some(json!("ok")), "{body}");
+    // What each check covers is listed with the plugins.
+    let (_, listed) = server.get("/plugins");
+    let scope = |name: &str| {
+        listed["plugins"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == name))
+            .map(|p| p["check"].clone())
+    };
+    assert_eq!(
+        scope("python-quality").map(|c| c["languages"].clone()),
+        Some(json!(["python"])),
+        "{listed}"
+    );
+    assert_eq!(
+        scope("secret-scanner").map(|c| c["languages"].clone()),
+        Some(json!([])),
+        "{listed}"
+    );
     let _ = std::fs::remove_dir_all(&plugins);
 }
 

@@ -161,7 +161,8 @@ pub struct StageReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckOutcome {
     pub name: String,
-    /// `ok`, `skipped` (failed; the pipeline went on without it) or `aborted`.
+    /// `ok`, `skipped` (failed; the pipeline went on without it), `aborted`, or
+    /// `not_applicable` (not called: its `describe` names other languages than the code's).
     pub status: String,
     pub findings: usize,
     #[serde(skip_serializing_if = "Option::is_none")]

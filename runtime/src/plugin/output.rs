@@ -4,7 +4,7 @@
 //! limits keep one plugin from inflating responses, logs and statistics far beyond that (every
 //! result is copied into reports and JSON), and reject values that break the WIT's promises.
 
-use super::bindings::{CodeArtifact, Finding, PipelineError, Recovery, Review};
+use super::bindings::{CheckInfo, CodeArtifact, Finding, PipelineError, Recovery, Review};
 
 /// Most findings one check or review may report.
 pub const MAX_FINDINGS: usize = 1000;
@@ -47,6 +47,32 @@ pub fn check_findings(findings: &[Finding]) -> Result<(), String> {
             f.suggestion.as_ref().map_or(0, String::len),
             MAX_MESSAGE_BYTES,
         )?;
+    }
+    Ok(())
+}
+
+/// Most languages a quality check may name in its `describe`.
+pub const MAX_CHECK_LANGUAGES: usize = 64;
+
+pub fn check_info(info: &CheckInfo) -> Result<(), String> {
+    too_long("its name", info.name.len(), MAX_MESSAGE_BYTES)?;
+    if info.languages.len() > MAX_CHECK_LANGUAGES {
+        return Err(format!(
+            "{} languages, more than the {MAX_CHECK_LANGUAGES} allowed",
+            info.languages.len()
+        ));
+    }
+    if info.rules.len() > MAX_FINDINGS {
+        return Err(format!(
+            "{} rules, more than the {MAX_FINDINGS} allowed",
+            info.rules.len()
+        ));
+    }
+    for language in &info.languages {
+        too_long("a language", language.len(), MAX_CODE_BYTES)?;
+    }
+    for rule in &info.rules {
+        too_long("a rule id", rule.len(), MAX_CODE_BYTES)?;
     }
     Ok(())
 }
@@ -133,6 +159,27 @@ pub fn clip_recovery(recovery: Recovery) -> Recovery {
 mod tests {
     use super::*;
     use crate::plugin::bindings::{RetryPlan, Severity, Stage, Verdict};
+
+    #[test]
+    fn a_check_describes_itself_within_bounds_and_covers_what_it_names() {
+        let info = |languages: Vec<&str>, rules: usize| CheckInfo {
+            name: "c".into(),
+            languages: languages.into_iter().map(String::from).collect(),
+            rules: (0..rules).map(|i| format!("c/{i}")).collect(),
+        };
+        assert!(check_info(&info(vec!["python"], MAX_FINDINGS)).is_ok());
+        assert!(check_info(&info(vec![], MAX_FINDINGS + 1)).is_err());
+        assert!(check_info(&info(vec!["x"; MAX_CHECK_LANGUAGES + 1], 0)).is_err());
+        assert!(check_info(&info(vec![&"y".repeat(MAX_CODE_BYTES + 1)], 0)).is_err());
+
+        let python = crate::plugin::CheckScope::of(info(vec![" Python ", "python"], 1));
+        assert_eq!(python.languages, ["python"]);
+        assert!(python.covers("python") && python.covers("PYTHON"));
+        assert!(!python.covers("javascript"));
+        // Code of no stated language is for every check; a check naming none takes any code.
+        assert!(python.covers(""));
+        assert!(crate::plugin::CheckScope::of(info(vec![], 0)).covers("javascript"));
+    }
 
     #[test]
     fn rejects_oversized_and_out_of_range_results() {

@@ -290,7 +290,7 @@ pub fn document() -> Value {
                 }), &["task_description"]),
                 "Code": object(json!({
                     "code": {"type": "string"}, "tests": {"type": "string"},
-                    "language": {"type": "string", "default": "python"},
+                    "language": {"type": "string", "default": "python", "description": "/check: python or any language a quality check in use understands; /review: python"},
                     "checks": {"type": "array", "items": {"type": "string"}, "description": "Only these quality checks (by name)"},
                 }), &["code"]),
                 "Finding": finding,

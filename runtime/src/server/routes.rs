@@ -1,6 +1,7 @@
 //! Route handlers. Each validates its input, runs the blocking work on a blocking thread and
 //! records the endpoint's statistics.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -44,6 +45,41 @@ fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
         .for_field(field));
     }
     Ok(())
+}
+
+/// The language of code only to be checked: Python, or any other that a quality check in use
+/// understands (a third-party linter brings its language; the pipeline and reviews stay
+/// Python, which is what the generated tests run as).
+fn checked_language(
+    value: Option<String>,
+    checks: &[Arc<crate::plugin::Plugin>],
+) -> Result<String, ApiError> {
+    let lang = value
+        .unwrap_or_else(|| "python".into())
+        .trim()
+        .to_lowercase();
+    let scopes = || checks.iter().filter_map(|p| p.check_scope.as_ref());
+    if lang == "python"
+        || checks
+            .iter()
+            .any(|p| p.check_scope.as_ref().is_none_or(|s| s.covers(&lang)))
+    {
+        return Ok(lang);
+    }
+    let mut known: Vec<&str> = scopes()
+        .flat_map(|s| s.languages.iter().map(String::as_str))
+        .chain(["python"])
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    Err(ApiError::new(
+        ErrorCode::InvalidInput,
+        format!(
+            "no quality check in use understands {lang:?} (they understand: {})",
+            known.join(", ")
+        ),
+    )
+    .for_field("language"))
 }
 
 fn language(value: Option<String>) -> Result<String, ApiError> {
@@ -198,7 +234,11 @@ pub struct CodeBody {
 impl CodeBody {
     /// The artifact to check or review; an empty module is valid Python, so only a review
     /// (which needs something to read) insists on code.
-    fn artifact(&self, require_code: bool) -> Result<CodeArtifact, ApiError> {
+    fn artifact(
+        &self,
+        require_code: bool,
+        language: impl FnOnce(Option<String>) -> Result<String, ApiError>,
+    ) -> Result<CodeArtifact, ApiError> {
         if require_code {
             non_empty("code", &self.code)?;
         } else if self.code.chars().count() > MAX_TEXT_CHARS * 8 {
@@ -241,7 +281,11 @@ pub async fn check(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
     let (artifact, only) = parse_body::<CodeBody>(body)
-        .and_then(|b| Ok((b.artifact(false)?, b.check_names(&state)?)))
+        .and_then(|b| {
+            let checks = state.pipeline.plugins.current().checks.clone();
+            let artifact = b.artifact(false, |l| checked_language(l, &checks))?;
+            Ok((artifact, b.check_names(&state)?))
+        })
         .map_err(|e| record_rejection(&state, "/check", e))?;
     // With the request's deadline: a check the error handler retries stops when it passes.
     let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
@@ -263,7 +307,7 @@ pub async fn review(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
     let (artifact, only) = parse_body::<CodeBody>(body)
-        .and_then(|b| Ok((b.artifact(true)?, b.check_names(&state)?)))
+        .and_then(|b| Ok((b.artifact(true, language)?, b.check_names(&state)?)))
         .map_err(|e| record_rejection(&state, "/review", e))?;
     let pipeline = deadline.map_or_else(|| state.pipeline.clone(), |d| d.pipeline(&state.pipeline));
     blocking(&state, "/review", move || {
