@@ -135,6 +135,10 @@ pub enum Command {
         /// `warning` or `info`.
         #[arg(long, value_parser = ["error", "warning", "info"])]
         fail_on: Option<String>,
+        /// The code's language (default: from the file's extension, Python for `-` and
+        /// unknown ones); any that a quality check in use understands.
+        #[arg(long)]
+        language: Option<String>,
         #[command(flatten)]
         opts: RuntimeOpts,
     },
@@ -802,6 +806,24 @@ fn finding_place(file: &str, line: u32, column: u32) -> String {
 }
 
 /// How severe a finding's severity is, for `--fail-on` (info 0, warning 1, error 2).
+/// The language a source file's extension says it is in, for the common ones.
+fn language_of(file: &Path) -> Option<&'static str> {
+    let extension = file.extension()?.to_str()?.to_ascii_lowercase();
+    Some(match extension.as_str() {
+        "py" | "pyi" => "python",
+        "js" | "mjs" | "cjs" | "jsx" => "javascript",
+        "ts" | "tsx" => "typescript",
+        "rs" => "rust",
+        "go" => "go",
+        "java" => "java",
+        "c" | "h" => "c",
+        "cc" | "cpp" | "cxx" | "hpp" => "cpp",
+        "rb" => "ruby",
+        "sh" | "bash" => "shell",
+        _ => return None,
+    })
+}
+
 fn severity_rank(severity: &str) -> u8 {
     match severity {
         "error" => 2,
@@ -1113,6 +1135,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             file,
             tests,
             fail_on,
+            language,
             opts,
         } => {
             if file.as_os_str() == "-" && tests.as_ref().is_some_and(|t| t.as_os_str() == "-") {
@@ -1121,16 +1144,24 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     "the code and its tests cannot both come from standard input",
                 ));
             }
-            let artifact = CodeArtifact {
-                language: "python".into(),
-                code: read_file(&file)?,
-                tests: tests
-                    .as_ref()
-                    .map(read_file)
-                    .transpose()?
-                    .unwrap_or_default(),
-            };
+            let code = read_file(&file)?;
+            let tests = tests
+                .as_ref()
+                .map(read_file)
+                .transpose()?
+                .unwrap_or_default();
             let pipeline = load_pipeline(&opts, None)?;
+            let language = language.or_else(|| language_of(&file).map(str::to_owned));
+            let language = crate::plugin::language_for_checks(
+                language.as_deref(),
+                &pipeline.plugins.current().checks,
+            )
+            .map_err(|why| CliError::new(ErrorCode::InvalidInput, why))?;
+            let artifact = CodeArtifact {
+                language,
+                code,
+                tests,
+            };
             let mut stages = Vec::new();
             let (findings, checks) = pipeline.check(&artifact, None, &mut stages);
             let findings: Vec<FindingOut> = findings.iter().map(FindingOut::from).collect();

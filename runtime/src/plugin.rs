@@ -119,6 +119,30 @@ impl PluginError {
     }
 }
 
+/// The language of code only to be checked (`/check`, `agentrt check`): Python when none is
+/// given, any language that a quality check among `checks` understands (a third-party linter
+/// brings its language; generation, tests and reviews stay Python, what the sandbox runs), and
+/// otherwise a message naming the languages they do understand.
+pub fn language_for_checks(given: Option<&str>, checks: &[Arc<Plugin>]) -> Result<String, String> {
+    let language = given.unwrap_or("python").trim().to_lowercase();
+    let covered = |p: &Arc<Plugin>| p.check_scope.as_ref().is_none_or(|s| s.covers(&language));
+    if language == "python" || checks.iter().any(covered) {
+        return Ok(language);
+    }
+    let mut known: Vec<&str> = checks
+        .iter()
+        .filter_map(|p| p.check_scope.as_ref())
+        .flat_map(|s| s.languages.iter().map(String::as_str))
+        .chain(["python"])
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    Err(format!(
+        "no quality check in use understands {language:?} (they understand: {})",
+        known.join(", ")
+    ))
+}
+
 /// World-specific pre-instantiation: linking and type-checking done once per component.
 #[derive(Clone)]
 enum Pre {

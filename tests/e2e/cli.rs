@@ -675,6 +675,19 @@ fn check_reads_stdin_names_the_file_and_can_gate_on_severity() {
         doc["findings"].as_array().is_some_and(|f| !f.is_empty()),
         "{doc}"
     );
+    // The file's extension names its language: no check in use understands JavaScript, so
+    // it is refused by name; --language says otherwise.
+    let script = crate::harness::scratch_root().join("gate.js");
+    std::fs::write(&script, code).expect("write");
+    let script = script.to_str().expect("utf-8");
+    let (ok, _, stderr) = run(&["check", script]);
+    assert!(
+        !ok && stderr.contains("error VAL_002") && stderr.contains("\"javascript\""),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = run(&["check", script, "--language", "python"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("dangerous-call"), "{stdout}");
     // One-offs refuse what the HTTP routes refuse, before loading anything.
     let (ok, _, stderr) = run(&["chat", " "]);
     assert!(!ok && stderr.contains("error VAL_002"), "{stderr}");

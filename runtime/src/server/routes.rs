@@ -47,39 +47,13 @@ fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The language of code only to be checked: Python, or any other that a quality check in use
-/// understands (a third-party linter brings its language; the pipeline and reviews stay
-/// Python, which is what the generated tests run as).
+/// The language of code only to be checked (see [`crate::plugin::language_for_checks`]).
 fn checked_language(
     value: Option<String>,
     checks: &[Arc<crate::plugin::Plugin>],
 ) -> Result<String, ApiError> {
-    let lang = value
-        .unwrap_or_else(|| "python".into())
-        .trim()
-        .to_lowercase();
-    let scopes = || checks.iter().filter_map(|p| p.check_scope.as_ref());
-    if lang == "python"
-        || checks
-            .iter()
-            .any(|p| p.check_scope.as_ref().is_none_or(|s| s.covers(&lang)))
-    {
-        return Ok(lang);
-    }
-    let mut known: Vec<&str> = scopes()
-        .flat_map(|s| s.languages.iter().map(String::as_str))
-        .chain(["python"])
-        .collect();
-    known.sort_unstable();
-    known.dedup();
-    Err(ApiError::new(
-        ErrorCode::InvalidInput,
-        format!(
-            "no quality check in use understands {lang:?} (they understand: {})",
-            known.join(", ")
-        ),
-    )
-    .for_field("language"))
+    crate::plugin::language_for_checks(value.as_deref(), checks)
+        .map_err(|why| ApiError::new(ErrorCode::InvalidInput, why).for_field("language"))
 }
 
 fn language(value: Option<String>) -> Result<String, ApiError> {
