@@ -805,7 +805,6 @@ fn finding_place(file: &str, line: u32, column: u32) -> String {
     }
 }
 
-/// How severe a finding's severity is, for `--fail-on` (info 0, warning 1, error 2).
 /// The language a source file's extension says it is in, for the common ones.
 fn language_of(file: &Path) -> Option<&'static str> {
     let extension = file.extension()?.to_str()?.to_ascii_lowercase();
@@ -824,6 +823,7 @@ fn language_of(file: &Path) -> Option<&'static str> {
     })
 }
 
+/// How severe a finding's severity is, for `--fail-on` (info 0, warning 1, error 2).
 fn severity_rank(severity: &str) -> u8 {
     match severity {
         "error" => 2,
@@ -930,6 +930,22 @@ fn print_plugin_list(listing: &Value) {
             text(&p["description"]),
         );
         println!("{:<16} granted: {}", "", text(&p["granted_summary"]));
+        if let Some(check) = p["check"].as_object() {
+            let list = |key: &str| {
+                let items: Vec<String> = check[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect();
+                items.join(", ")
+            };
+            let languages = match list("languages") {
+                all if all.is_empty() => "any".to_string(),
+                some => some,
+            };
+            println!("{:<16} checks: {languages}; rules: {}", "", list("rules"));
+        }
     }
     for r in listing["refused"].as_array().into_iter().flatten() {
         let keeping = r["keeping"]

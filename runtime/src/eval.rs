@@ -766,7 +766,7 @@ pub struct Summary {
     /// Problems the reviewer approved, and how many of those were right.
     pub approved: usize,
     pub approved_and_right: usize,
-    /// Problems whose run took more than one attempt; of those, how many had a right attempt,
+    /// Problems whose run took more than one attempt and kept one; of those, how many had a right attempt,
     /// and how many kept a right one (the rest let right code go).
     pub retried: usize,
     pub retried_with_a_right_attempt: usize,
@@ -795,7 +795,8 @@ pub fn summarize(results: &[ProblemResult]) -> Summary {
             summary.approved += 1;
             summary.approved_and_right += usize::from(r.passed);
         }
-        if !r.attempt_results.is_empty() {
+        // A run that ended without code kept no attempt: nothing was let go by its choice.
+        if !r.attempt_results.is_empty() && r.chosen_attempt.is_some() {
             summary.retried += 1;
             summary.retried_with_a_right_attempt +=
                 usize::from(r.attempt_results.iter().any(|a| a.passed));
@@ -1124,13 +1125,19 @@ mod tests {
             tests: String::new(),
         };
         let mut let_go = result("a/0", false, &setting);
+        let_go.chosen_attempt = Some(2);
         let_go.attempt_results = vec![attempt(1, true), attempt(2, false)];
         let mut kept = result("a/1", true, &setting);
+        kept.chosen_attempt = Some(2);
         kept.attempt_results = vec![attempt(1, false), attempt(2, true)];
         let mut never = result("a/2", false, &setting);
+        never.chosen_attempt = Some(3);
         never.attempt_results = vec![attempt(1, false), attempt(2, false), attempt(3, false)];
         let once = result("a/3", true, &setting);
-        let summary = summarize(&[let_go, kept, never, once]);
+        // A run that ended without code kept no attempt, so let none go by its choice.
+        let mut ended_without_code = result("a/4", false, &setting);
+        ended_without_code.attempt_results = vec![attempt(1, true), attempt(2, false)];
+        let summary = summarize(&[let_go, kept, never, once, ended_without_code]);
         assert_eq!(
             (
                 summary.retried,

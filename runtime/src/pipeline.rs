@@ -885,6 +885,10 @@ impl Pipeline {
     }
 }
 
+/// Version of how a run picks the attempt it keeps ([`outranks`]); `agentrt eval` does not mix
+/// results of one with another's (2: ties to the earlier attempt).
+pub const ATTEMPT_SELECTION_VERSION: u32 = 2;
+
 /// Whether a later attempt's tests make it better than the best earlier one, which it then
 /// replaces: every test passing first, then code whose tests ran at all (code that did not
 /// even load ranks below code that failed every test), then the share that passed, then how

@@ -124,7 +124,11 @@ impl PluginError {
 /// brings its language; generation, tests and reviews stay Python, what the sandbox runs), and
 /// otherwise a message naming the languages they do understand.
 pub fn language_for_checks(given: Option<&str>, checks: &[Arc<Plugin>]) -> Result<String, String> {
-    let language = given.unwrap_or("python").trim().to_lowercase();
+    let language = given
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .unwrap_or("python")
+        .to_lowercase();
     let covered = |p: &Arc<Plugin>| p.check_scope.as_ref().is_none_or(|s| s.covers(&language));
     if language == "python" || checks.iter().any(covered) {
         return Ok(language);
@@ -441,7 +445,7 @@ impl PluginHost {
         // code traps, or it needs more instances, memories or table slots than the instance
         // pool provides) is refused now rather than failing every call. A quality check also
         // says there what it covers.
-        match self.trial(&plugin) {
+        match self.trial(&plugin, true) {
             Ok(None) => Ok(plugin),
             Ok(Some(info)) => match output::check_info(&info) {
                 Ok(()) => Ok(Plugin {
@@ -690,12 +694,12 @@ impl PluginHost {
     /// asked: hot reload's has not), under the plugin's deadline, abandoned when it blocks
     /// in a host call past it.
     pub fn instantiate(&self, plugin: &Plugin) -> Result<(), PluginError> {
-        self.trial(plugin).map(drop)
+        self.trial(plugin, false).map(drop)
     }
 
-    /// [`Self::instantiate`], and for a quality check its answer to `describe`, asked in the
-    /// same instance.
-    fn trial(&self, plugin: &Plugin) -> Result<Option<CheckInfo>, PluginError> {
+    /// [`Self::instantiate`], and with `describe` a quality check's answer to `describe`,
+    /// asked in the same instance (once, at load).
+    fn trial(&self, plugin: &Plugin, describe: bool) -> Result<Option<CheckInfo>, PluginError> {
         let name = plugin.manifest.name.clone();
         let trap = |message: String| PluginError::Trap {
             plugin: name.clone(),
@@ -717,10 +721,11 @@ impl PluginHost {
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &pre {
                 Pre::Generator(p) => p.instantiate(&mut store).map(|_| None),
                 Pre::Reviewer(p) => p.instantiate(&mut store).map(|_| None),
-                Pre::QualityCheck(p) => p
+                Pre::QualityCheck(p) if describe => p
                     .instantiate(&mut store)
                     .and_then(|check| check.call_describe(&mut store))
                     .map(Some),
+                Pre::QualityCheck(p) => p.instantiate(&mut store).map(|_| None),
                 Pre::ErrorHandler(p) => p.instantiate(&mut store).map(|_| None),
                 Pre::ModelErrorHandler(p) => p.instantiate(&mut store).map(|_| None),
             }));

@@ -44,6 +44,15 @@ fn plugins_list_shows_the_four_default_roles_compiled_once() {
     for n in ["generator", "reviewer", "error-handler", "python-quality"] {
         assert!(names.contains(&n), "{names:?}");
     }
+    // A quality check says what it checks; the listing for a person shows it.
+    let (ok, stdout, stderr) = run(&["plugins", "list"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("checks: python; rules: ") && l.contains("dangerous-call")),
+        "{stdout}"
+    );
 }
 
 #[test]

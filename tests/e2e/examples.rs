@@ -136,6 +136,12 @@ fn secret_scanner_flags_leaked_keys() {
         "{body}"
     );
     assert_eq!(status_of("secret-scanner"), Some(json!("ok")), "{body}");
+    // Asking only for checks that do not understand it is refused, not answered with nothing.
+    let (status, body) = server.post(
+        "/check",
+        &json!({"code": js, "language": "javascript", "checks": ["python-quality"]}),
+    );
+    assert_eq!(status, 400, "{body}");
     // What each check covers is listed with the plugins.
     let (_, listed) = server.get("/plugins");
     let scope = |name: &str| {

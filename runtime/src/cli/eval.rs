@@ -200,13 +200,21 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     }
 }
 
-/// [`Setting::fingerprint`]: every plugin's component, every model, the device, the config.
+/// [`Setting::fingerprint`]: the pipeline's attempt selection, every plugin's component, every
+/// model, the device, the config.
 fn fingerprint(
     pipeline: &crate::pipeline::Pipeline,
     engine: &crate::engine::Engine,
     opts: &RuntimeOpts,
 ) -> Result<String, CliError> {
-    let mut parts: Vec<Vec<u8>> = Vec::new();
+    // How the pipeline picks the attempt it keeps is part of what a result measures.
+    let mut parts: Vec<Vec<u8>> = vec![
+        format!(
+            "attempt selection {}",
+            crate::pipeline::ATTEMPT_SELECTION_VERSION
+        )
+        .into_bytes(),
+    ];
     for plugin in pipeline.plugins.current().all() {
         let manifest = &plugin.manifest;
         parts.push(

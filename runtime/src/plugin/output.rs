@@ -179,6 +179,14 @@ mod tests {
         // Code of no stated language is for every check; a check naming none takes any code.
         assert!(python.covers(""));
         assert!(crate::plugin::CheckScope::of(info(vec![], 0)).covers("javascript"));
+        // Code to check is Python unless said otherwise, even said as blanks; another
+        // language needs a check that understands it.
+        let language = |given| crate::plugin::language_for_checks(given, &[]);
+        assert_eq!(language(None).as_deref(), Ok("python"));
+        assert_eq!(language(Some(" ")).as_deref(), Ok("python"));
+        assert_eq!(language(Some("Python")).as_deref(), Ok("python"));
+        let refused = language(Some("rust")).expect_err("no check for rust");
+        assert!(refused.contains("\"rust\"") && refused.contains("understand: python"));
     }
 
     #[test]

@@ -31,6 +31,13 @@ pub fn run(host: &PluginHost, plugin: &Arc<Plugin>) -> Result<String, PluginErro
     };
     match plugin.manifest.world {
         World::QualityCheck => {
+            // The clean function is Python: a check for other languages is never given it.
+            if let Some(scope) = plugin.check_scope.as_ref().filter(|s| !s.covers("python")) {
+                return Ok(format!(
+                    "instantiates (checks {} code; the self-test has Python only)",
+                    scope.languages.join(", ")
+                ));
+            }
             let (res, _) = host.check(plugin, &artifact, &ctx);
             res.map(|f| format!("{} findings on a clean function", f.len()))
         }

@@ -256,9 +256,14 @@ pub async fn check(
 ) -> ApiResult {
     let (artifact, only) = parse_body::<CodeBody>(body)
         .and_then(|b| {
-            let checks = state.pipeline.plugins.current().checks.clone();
+            let only = b.check_names(&state)?;
+            // The language must be one of a check this request runs.
+            let checks: Vec<_> = (state.pipeline.plugins.current().checks.iter())
+                .filter(|p| only.as_ref().is_none_or(|o| o.contains(&p.manifest.name)))
+                .cloned()
+                .collect();
             let artifact = b.artifact(false, |l| checked_language(l, &checks))?;
-            Ok((artifact, b.check_names(&state)?))
+            Ok((artifact, only))
         })
         .map_err(|e| record_rejection(&state, "/check", e))?;
     // With the request's deadline: a check the error handler retries stops when it passes.
@@ -521,7 +526,8 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// The models served. A user-scope key sees each model file's name, not where the server
-/// keeps it: the server's folders are an admin's business (as `/stats` and `/plugins` are).
+/// keeps it, and not a remote model's address: the server's folders and peers are an admin's
+/// business (as `/stats` and `/plugins` are).
 pub async fn models(
     State(state): State<AppState>,
     scope: Option<axum::Extension<super::auth::Scope>>,
@@ -535,6 +541,11 @@ pub async fn models(
             let mut info = m.info.clone();
             if !admin {
                 info.path = info.path.file_name().map(Into::into).unwrap_or_default();
+                // A remote model's device names the server it runs on.
+                if info.device.starts_with("remote") {
+                    info.device = "remote".into();
+                    info.path = Default::default();
+                }
             }
             info
         })
