@@ -893,11 +893,11 @@ pub const ATTEMPT_SELECTION_VERSION: u32 = 2;
 /// replaces: every test passing first, then code whose tests ran at all (code that did not
 /// even load ranks below code that failed every test), then the share that passed, then how
 /// many (each attempt brings its own tests, so raw counts of different test sets do not
-/// compare). Ties go to the earlier attempt: a retry is
-/// written to satisfy the failing tests, and those are often wrong themselves (a small model's
-/// expected values); a retry no better by its own tests is no reason to give up code the model
-/// wrote from the task alone. Measured with `agentrt eval --max-retries 2` on HumanEval: with
-/// ties to the later attempt, runs let right code go for later wrong code (docs/BENCHMARKS.md).
+/// compare). Ties go to the earlier attempt: a retry is written to satisfy the failing tests,
+/// and those are often wrong themselves (a small model's expected values); a retry no better
+/// by its own tests is no reason to give up code the model wrote from the task alone. Measured
+/// with `agentrt eval --max-retries 2` on HumanEval: with ties to the later attempt, runs let
+/// right code go for later wrong code (docs/BENCHMARKS.md).
 fn outranks(later: &Option<TestReport>, earlier: &Option<TestReport>) -> bool {
     test_rank(later) > test_rank(earlier)
 }
