@@ -18,10 +18,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-
-use std::sync::{Arc, Mutex};
 
 use crate::error_code::ErrorCode;
 use crate::pipeline::{PipelineEvent, RunContext};
@@ -766,8 +765,8 @@ pub struct Summary {
     /// Problems the reviewer approved, and how many of those were right.
     pub approved: usize,
     pub approved_and_right: usize,
-    /// Problems whose run took more than one attempt and kept one; of those, how many had a right attempt,
-    /// and how many kept a right one (the rest let right code go).
+    /// Problems whose run took more than one attempt and kept one; of those, how many had a
+    /// right attempt, and how many kept a right one (the rest let right code go).
     pub retried: usize,
     pub retried_with_a_right_attempt: usize,
     pub retried_and_right: usize,

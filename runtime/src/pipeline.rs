@@ -383,6 +383,15 @@ impl Pipeline {
         self.check_attempt(artifact, only, 1, stages)
     }
 
+    /// The quality checks in use, or only those named in `only`.
+    pub fn selected_checks(&self, only: Option<&[String]>) -> Vec<Arc<Plugin>> {
+        let plugins = self.plugins.current();
+        (plugins.checks.iter())
+            .filter(|p| only.is_none_or(|names| names.contains(&p.manifest.name)))
+            .cloned()
+            .collect()
+    }
+
     /// [`Pipeline::check`] of generation attempt `attempt` (how its stages are reported).
     fn check_attempt(
         &self,
@@ -391,14 +400,10 @@ impl Pipeline {
         attempt: u32,
         stages: &mut Vec<StageReport>,
     ) -> (Vec<Finding>, Vec<CheckOutcome>) {
-        let plugins = self.plugins.current();
         // A check that names the languages it understands is not called for code in another;
         // it is reported `not_applicable`.
-        let (selected, not_applicable): (Vec<&Arc<Plugin>>, Vec<&Arc<Plugin>>) = plugins
-            .checks
-            .iter()
-            .filter(|p| only.is_none_or(|names| names.iter().any(|n| *n == p.manifest.name)))
-            .partition(|p| {
+        let (selected, not_applicable): (Vec<Arc<Plugin>>, Vec<Arc<Plugin>>) =
+            self.selected_checks(only).into_iter().partition(|p| {
                 p.check_scope
                     .as_ref()
                     .is_none_or(|scope| scope.covers(&artifact.language))

@@ -26,6 +26,13 @@ fn too_long(what: &str, len: usize, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+fn too_many(what: &str, count: usize, max: usize) -> Result<(), String> {
+    if count > max {
+        return Err(format!("{count} {what}, more than the {max} allowed"));
+    }
+    Ok(())
+}
+
 pub fn check_artifact(a: &CodeArtifact) -> Result<(), String> {
     too_long("code", a.code.len(), MAX_TEXT_BYTES)?;
     too_long("tests", a.tests.len(), MAX_TEXT_BYTES)?;
@@ -33,12 +40,7 @@ pub fn check_artifact(a: &CodeArtifact) -> Result<(), String> {
 }
 
 pub fn check_findings(findings: &[Finding]) -> Result<(), String> {
-    if findings.len() > MAX_FINDINGS {
-        return Err(format!(
-            "{} findings, more than the {MAX_FINDINGS} allowed",
-            findings.len()
-        ));
-    }
+    too_many("findings", findings.len(), MAX_FINDINGS)?;
     for f in findings {
         too_long("a rule id", f.rule_id.len(), MAX_CODE_BYTES)?;
         too_long("a finding message", f.message.len(), MAX_MESSAGE_BYTES)?;
@@ -56,18 +58,8 @@ pub const MAX_CHECK_LANGUAGES: usize = 64;
 
 pub fn check_info(info: &CheckInfo) -> Result<(), String> {
     too_long("its name", info.name.len(), MAX_MESSAGE_BYTES)?;
-    if info.languages.len() > MAX_CHECK_LANGUAGES {
-        return Err(format!(
-            "{} languages, more than the {MAX_CHECK_LANGUAGES} allowed",
-            info.languages.len()
-        ));
-    }
-    if info.rules.len() > MAX_FINDINGS {
-        return Err(format!(
-            "{} rules, more than the {MAX_FINDINGS} allowed",
-            info.rules.len()
-        ));
-    }
+    too_many("languages", info.languages.len(), MAX_CHECK_LANGUAGES)?;
+    too_many("rules", info.rules.len(), MAX_FINDINGS)?;
     for language in &info.languages {
         too_long("a language", language.len(), MAX_CODE_BYTES)?;
     }

@@ -258,10 +258,7 @@ pub async fn check(
         .and_then(|b| {
             let only = b.check_names(&state)?;
             // The language must be one of a check this request runs.
-            let checks: Vec<_> = (state.pipeline.plugins.current().checks.iter())
-                .filter(|p| only.as_ref().is_none_or(|o| o.contains(&p.manifest.name)))
-                .cloned()
-                .collect();
+            let checks = state.pipeline.selected_checks(only.as_deref());
             let artifact = b.artifact(false, |l| checked_language(l, &checks))?;
             Ok((artifact, only))
         })
