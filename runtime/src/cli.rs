@@ -805,24 +805,6 @@ fn finding_place(file: &str, line: u32, column: u32) -> String {
     }
 }
 
-/// The language a source file's extension says it is in, for the common ones.
-fn language_of(file: &Path) -> Option<&'static str> {
-    let extension = file.extension()?.to_str()?.to_ascii_lowercase();
-    Some(match extension.as_str() {
-        "py" | "pyi" => "python",
-        "js" | "mjs" | "cjs" | "jsx" => "javascript",
-        "ts" | "tsx" => "typescript",
-        "rs" => "rust",
-        "go" => "go",
-        "java" => "java",
-        "c" | "h" => "c",
-        "cc" | "cpp" | "cxx" | "hpp" => "cpp",
-        "rb" => "ruby",
-        "sh" | "bash" => "shell",
-        _ => return None,
-    })
-}
-
 /// How severe a finding's severity is, for `--fail-on` (info 0, warning 1, error 2).
 fn severity_rank(severity: &str) -> u8 {
     match severity {
@@ -1167,7 +1149,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .transpose()?
                 .unwrap_or_default();
             let pipeline = load_pipeline(&opts, None)?;
-            let language = language.or_else(|| language_of(&file).map(str::to_owned));
+            let language = language.or_else(|| crate::language::of_file(&file).map(str::to_owned));
             let language = crate::plugin::language_for_checks(
                 language.as_deref(),
                 &pipeline.plugins.current().checks,

@@ -354,7 +354,7 @@ impl Pipeline {
                 res.as_ref().err(),
             ));
             let err = match res {
-                Ok(artifact) => return Ok(artifact),
+                Ok(artifact) => return Ok(Self::labelled(artifact, &req.language)),
                 Err(e) => e,
             };
             let perr = Self::to_pipeline_error(&err, Stage::Generate, attempt);
@@ -371,6 +371,18 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// A generator's answer with its language by its canonical name, so that checks and the
+    /// test stage recognise an alias (`py`); an answer that names none is in the language asked.
+    fn labelled(mut artifact: CodeArtifact, asked: &str) -> CodeArtifact {
+        let language = crate::language::canonical(&artifact.language);
+        artifact.language = if language.is_empty() {
+            crate::language::canonical(asked)
+        } else {
+            language
+        };
+        artifact
     }
 
     /// Run every quality check (or those named in `only`) in parallel.
@@ -629,7 +641,7 @@ impl Pipeline {
     ) -> Option<TestReport> {
         let sandbox = self.sandbox.as_ref()?;
         if artifact.tests.trim().is_empty()
-            || !artifact.language.eq_ignore_ascii_case("python")
+            || crate::language::canonical(&artifact.language) != crate::language::PYTHON
             || self.run.cancelled()
         {
             return None;
@@ -1023,6 +1035,27 @@ mod tests {
         assert_eq!(
             failure_summary(&partly),
             "1 of 2 tests failed: test_1 (Failed): assert 1 == 2"
+        );
+    }
+
+    #[test]
+    fn a_generators_language_label_becomes_the_languages_name() {
+        let artifact = |language: &str| CodeArtifact {
+            language: language.into(),
+            code: String::new(),
+            tests: String::new(),
+        };
+        assert_eq!(
+            Pipeline::labelled(artifact("Py"), "python").language,
+            "python"
+        );
+        assert_eq!(
+            Pipeline::labelled(artifact(" "), "python").language,
+            "python"
+        );
+        assert_eq!(
+            Pipeline::labelled(artifact("js"), "python").language,
+            "javascript"
         );
     }
 

@@ -125,10 +125,9 @@ impl PluginError {
 /// otherwise a message naming the languages they do understand.
 pub fn language_for_checks(given: Option<&str>, checks: &[Arc<Plugin>]) -> Result<String, String> {
     let language = given
-        .map(str::trim)
+        .map(crate::language::canonical)
         .filter(|l| !l.is_empty())
-        .unwrap_or("python")
-        .to_lowercase();
+        .unwrap_or_else(|| crate::language::PYTHON.to_owned());
     let covered = |p: &Arc<Plugin>| p.check_scope.as_ref().is_none_or(|s| s.covers(&language));
     if language == "python" || checks.iter().any(covered) {
         return Ok(language);
@@ -184,8 +183,8 @@ pub struct Plugin {
     pre: Pre,
 }
 
-/// What a quality check covers, from its `describe`: the languages it understands (lower
-/// case; empty: every language) and the rule ids it may report.
+/// What a quality check covers, from its `describe`: the languages it understands (by their
+/// [canonical](crate::language::canonical) names; empty: every language) and the rule ids it may report.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct CheckScope {
     pub languages: Vec<String>,
@@ -197,7 +196,7 @@ impl CheckScope {
         let mut languages: Vec<String> = info
             .languages
             .iter()
-            .map(|l| l.trim().to_lowercase())
+            .map(|l| crate::language::canonical(l))
             .filter(|l| !l.is_empty())
             .collect();
         languages.sort_unstable();
@@ -210,13 +209,8 @@ impl CheckScope {
 
     /// Whether code in `language` is for this check; code of no stated language is for all.
     pub fn covers(&self, language: &str) -> bool {
-        let language = language.trim();
-        self.languages.is_empty()
-            || language.is_empty()
-            || self
-                .languages
-                .iter()
-                .any(|l| l.eq_ignore_ascii_case(language))
+        let language = crate::language::canonical(language);
+        self.languages.is_empty() || language.is_empty() || self.languages.contains(&language)
     }
 }
 

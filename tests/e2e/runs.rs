@@ -781,4 +781,6 @@ fn a_check_that_aborts_a_retry_leaves_the_best_earlier_attempt_to_be_reviewed() 
     assert_eq!(run["result"]["chosen_attempt"], 1, "{run}");
     let code = run["result"]["code"].as_str().expect("code");
     assert!(!code.contains("ABORT-ME"), "{code}");
+    // The generator's alias is reported by the language's name.
+    assert_eq!(run["result"]["language"], "python", "{run}");
 }

@@ -168,6 +168,11 @@ mod tests {
         assert_eq!(python.languages, ["python"]);
         assert!(python.covers("python") && python.covers("PYTHON"));
         assert!(!python.covers("javascript"));
+        // Aliases on either side are the language they stand for.
+        assert!(python.covers("py") && python.covers(" Python3"));
+        let js = crate::plugin::CheckScope::of(info(vec!["JS", "node"], 0));
+        assert_eq!(js.languages, ["javascript"]);
+        assert!(js.covers("javascript") && js.covers("Node.js") && !js.covers("py"));
         // Code of no stated language is for every check; a check naming none takes any code.
         assert!(python.covers(""));
         assert!(crate::plugin::CheckScope::of(info(vec![], 0)).covers("javascript"));
@@ -177,6 +182,7 @@ mod tests {
         assert_eq!(language(None).as_deref(), Ok("python"));
         assert_eq!(language(Some(" ")).as_deref(), Ok("python"));
         assert_eq!(language(Some("Python")).as_deref(), Ok("python"));
+        assert_eq!(language(Some("py")).as_deref(), Ok("python"));
         let refused = language(Some("rust")).expect_err("no check for rust");
         assert!(refused.contains("\"rust\"") && refused.contains("understand: python"));
     }

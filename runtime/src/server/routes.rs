@@ -57,8 +57,11 @@ fn checked_language(
 }
 
 fn language(value: Option<String>) -> Result<String, ApiError> {
-    let lang = value.unwrap_or_else(|| "python".into()).to_lowercase();
-    if lang != "python" {
+    let lang = value.map_or_else(
+        || crate::language::PYTHON.to_owned(),
+        |l| crate::language::canonical(&l),
+    );
+    if lang != crate::language::PYTHON {
         return Err(ApiError::new(
             ErrorCode::InvalidInput,
             format!("language {lang:?} is not supported (supported: python)"),

@@ -8,7 +8,8 @@ pub struct MarkerCheck;
 
 impl QualityCheck for MarkerCheck {
     fn describe() -> CheckInfo {
-        CheckInfo::new("marker-check", Vec::<String>::new(), Vec::<String>::new())
+        // Python only, so that a generator's alias for it (`Py`) must still reach this check.
+        CheckInfo::new("marker-check", vec!["python"], Vec::<String>::new())
     }
 
     fn check(artifact: &CodeArtifact) -> Result<Vec<Finding>, PipelineError> {

@@ -23,7 +23,9 @@ impl Generator for ScriptedGenerator {
         } else {
             format!("{CODE}# {MARKER}\n")
         };
-        Ok(CodeArtifact::new("python", code, TESTS))
+        // Labelled with an alias, as a third-party generator might: the host must still run
+        // its tests and the checks for Python.
+        Ok(CodeArtifact::new("Py", code, TESTS))
     }
 }
 
