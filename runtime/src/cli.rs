@@ -960,9 +960,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             api_keys,
             rate_limit,
         } => {
-            let api_keys = crate::server::auth::ApiKeys::load(api_keys.as_deref())
-                .map_err(|e| CliError::new(ErrorCode::InvalidInput, e))?
-                .with_rate_limit(rate_limit);
+            let api_keys = Arc::new(
+                crate::server::auth::ApiKeys::load(api_keys.as_deref())
+                    .map_err(|e| CliError::new(ErrorCode::InvalidInput, e))?
+                    .with_rate_limit(rate_limit),
+            );
             if api_keys.is_empty() {
                 tracing::warn!(
                     "no API keys configured: every route is open (AGENTRT_API_KEYS, --api-keys FILE)"
@@ -976,6 +978,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ));
                 }
             }
+            crate::server::key_rotation::watch_file(
+                api_keys.clone(),
+                crate::server::key_rotation::POLL,
+            )
+            .map_err(|e| {
+                CliError::new(
+                    ErrorCode::Internal,
+                    format!("cannot watch the API keys file: {e}"),
+                )
+            })?;
             let socket = bind(listen)?;
             let limits = crate::server::Limits::from_env();
             let rt = tokio::runtime::Runtime::new()
@@ -1035,7 +1047,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let state = crate::server::AppState {
                 engine,
                 pipeline,
-                api_keys: Arc::new(api_keys),
+                api_keys,
                 runs,
                 sync_slots: Arc::new(tokio::sync::Semaphore::new(limits.sync_requests)),
                 limits,

@@ -2,6 +2,8 @@
 //! 403 with a user key on an admin route, health probes open, both header forms accepted, the
 //! scheme in any case, and either header holding the key when both come.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::harness::{Server, error_code};
@@ -211,6 +213,69 @@ fn a_malformed_key_file_stops_the_server_with_a_clear_error() {
     ]);
     assert!(!ok, "serve must refuse the key file");
     assert!(err.contains("scope must be user or admin"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Keys rotate without a restart: a changed keys file is read again (a removed key stops
+/// working, a new one starts); a file with a bad line is refused and the keys in use are kept;
+/// SIGHUP reads the file at once and does not end the server.
+#[test]
+fn keys_rotate_without_a_restart() {
+    const OLD: &str = "rotation-key-old-0123456789";
+    const NEW: &str = "rotation-key-new-0123456789";
+    let dir = crate::harness::scratch_root().join(format!("agentrt-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("keys");
+    let log = dir.join("server.log");
+    std::fs::write(&file, format!("user {OLD}\n")).expect("write");
+    let server = Server::start_logging(
+        &["--api-keys", file.to_str().expect("utf-8")],
+        &[],
+        Some(&log),
+    );
+    let status_with = |key: &str| {
+        server
+            .request("GET", "/models", &[("x-api-key", key)], None)
+            .0
+    };
+    assert_eq!(status_with(OLD), 200);
+    assert_eq!(status_with(NEW), 401);
+
+    std::fs::write(&file, format!("# rotated\nuser {NEW}\n")).expect("write");
+    crate::harness::wait_until("the new key to be read", Duration::from_secs(20), || {
+        status_with(NEW) == 200
+    });
+    assert_eq!(status_with(OLD), 401, "a removed key still works");
+
+    let logged = |words: &[&str]| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().any(|l| words.iter().all(|w| l.contains(w)))
+    };
+    std::fs::write(&file, format!("user {OLD}\nuser short\n")).expect("write");
+    server.hang_up();
+    crate::harness::wait_until(
+        "the refused reload in the log",
+        Duration::from_secs(20),
+        || logged(&["SIGHUP", "API keys not reloaded", "line 2"]),
+    );
+    assert_eq!(
+        status_with(NEW),
+        200,
+        "a refused file changed the keys in use"
+    );
+    assert_eq!(status_with(OLD), 401);
+
+    std::fs::write(&file, format!("admin {OLD}\n")).expect("write");
+    server.hang_up();
+    crate::harness::wait_until(
+        "the SIGHUP reload in the log",
+        Duration::from_secs(20),
+        || logged(&["SIGHUP", "API keys reloaded"]),
+    );
+    let (status, _) = server.request("GET", "/stats", &[("x-api-key", OLD)], None);
+    assert_eq!(status, 200, "the reloaded admin key");
+    assert_eq!(status_with(NEW), 401);
+    drop(server);
     std::fs::remove_dir_all(&dir).ok();
 }
 

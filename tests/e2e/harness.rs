@@ -152,6 +152,15 @@ impl Server {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// Send SIGHUP, as an operator does to have the keys file read again.
+    pub fn hang_up(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// Wait up to `timeout` for the server to exit on its own; its exit status.
     pub fn wait_exit(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let until = std::time::Instant::now() + timeout;
@@ -405,6 +414,18 @@ pub fn add_test_plugin(dir: &Path, name: &str) {
         .unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
     std::fs::write(dir.join(format!("{name}.toml")), test_plugin_manifest(name))
         .expect("write manifest");
+}
+
+/// Wait (polling every 100 ms) until `done`; fail naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Run the agentrt CLI; returns (success, stdout, stderr).

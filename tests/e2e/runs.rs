@@ -9,7 +9,7 @@ use agentrt::store::RunStore;
 
 use super::harness::{
     Server, add_test_plugin, error_code, fresh_store_path, plugin_folder, postgres_schema_url,
-    run_cli_env, test_plugin_manifest_with,
+    run_cli_env, test_plugin_manifest_with, wait_until,
 };
 
 const TASK: &str = "Write a function add(a, b) that returns the sum of two numbers";
@@ -128,14 +128,6 @@ fn watch_events_until(base: &str, id: &str, timeout: Duration, seen: impl Fn(&st
                 ) => {}
             Err(e) => panic!("reading the events: {e}"),
         }
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -12,10 +12,13 @@
 //! With a rate limit (`AGENTRT_RATE_LIMIT` requests per minute), each key has a token bucket
 //! of that size refilled continuously; a request that finds it empty is answered 429
 //! (`AUTH_003`) with `Retry-After`.
+//!
+//! Keys rotate without a restart: [`ApiKeys::reload`] reads them again (see
+//! [`super::key_rotation`] for when), and the next request is checked against the new set.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -44,13 +47,26 @@ impl Scope {
     }
 }
 
+/// A key as it is kept: its SHA-256 digest and its scope.
+type Key = ([u8; 32], Scope);
+
 /// The configured keys, as digests, and the per-key request budget.
 #[derive(Debug, Default)]
 pub struct ApiKeys {
-    keys: Vec<([u8; 32], Scope)>,
+    keys: RwLock<Vec<Key>>,
+    /// The keys file, read again on every reload (`None`: the variable's keys only).
+    file: Option<PathBuf>,
     /// Requests per minute per key (`None`: unlimited).
     per_minute: Option<u32>,
-    buckets: Mutex<HashMap<usize, Bucket>>,
+    /// Buckets by key digest: a key kept through a reload keeps what it has spent.
+    buckets: Mutex<HashMap<[u8; 32], Bucket>>,
+}
+
+/// How many keys of each scope a reload put in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub user: usize,
+    pub admin: usize,
 }
 
 /// A token bucket: `tokens` left, as of `at`.
@@ -71,7 +87,7 @@ impl ApiKeys {
         let mut keys = Vec::new();
         add_keys(&mut keys, text, None)?;
         Ok(Self {
-            keys,
+            keys: RwLock::new(keys),
             ..Self::default()
         })
     }
@@ -82,8 +98,9 @@ impl ApiKeys {
         self
     }
 
-    /// Take one request from key `index`'s bucket, or the seconds until one is back.
-    fn take(&self, index: usize) -> Result<(), u64> {
+    /// Take one request from the bucket of the key with digest `key`, or the seconds until one
+    /// is back.
+    fn take(&self, key: &[u8; 32]) -> Result<(), u64> {
         let Some(limit) = self.per_minute else {
             return Ok(());
         };
@@ -91,7 +108,7 @@ impl ApiKeys {
         let per_second = capacity / 60.0;
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = buckets.entry(index).or_insert(Bucket {
+        let bucket = buckets.entry(*key).or_insert(Bucket {
             tokens: capacity,
             at: now,
         });
@@ -109,23 +126,48 @@ impl ApiKeys {
     /// `AGENTRT_API_KEYS` and the file `AGENTRT_API_KEYS_FILE` (or `file`), together. An
     /// error names where the bad entry is: the variable's entry, or the file and its line.
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
-        let mut keys = Vec::new();
-        let from_env = std::env::var("AGENTRT_API_KEYS").unwrap_or_default();
-        add_keys(&mut keys, &from_env, None).map_err(|e| format!("AGENTRT_API_KEYS {e}"))?;
-        if let Some(path) = file {
-            let content = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read API keys from {}: {e}", path.display()))?;
-            add_keys(&mut keys, &content, Some(path))
-                .map_err(|e| format!("{} {e}", path.display()))?;
-        }
         Ok(Self {
-            keys,
+            keys: RwLock::new(read_keys(file)?),
+            file: file.map(Path::to_path_buf),
             ..Self::default()
         })
     }
 
+    /// The keys file this set is read from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Read the keys again, from `AGENTRT_API_KEYS` and the keys file, and put them in use: a
+    /// request from now on is checked against the new set, so a removed key stops working
+    /// and a new one starts. A file that cannot be read or holds a bad entry changes nothing,
+    /// and nor does one that would leave no keys at all: that would open every route of a
+    /// server that had keys, which a half-finished edit should not do.
+    pub fn reload(&self) -> Result<KeyCounts, String> {
+        let fresh = read_keys(self.file.as_deref())?;
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        if fresh.is_empty() && !keys.is_empty() {
+            return Err(format!(
+                "the new set has no keys: keeping the {} in use (a server with keys is not \
+                 opened by a reload; restart it without keys for that)",
+                keys.len()
+            ));
+        }
+        *keys = fresh;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets.retain(|d, _| keys.iter().any(|(k, _)| k == d));
+        let admin = keys.iter().filter(|(_, s)| *s == Scope::Admin).count();
+        Ok(KeyCounts {
+            user: keys.len() - admin,
+            admin,
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// The scope of `key`, comparing against every configured key in constant time.
@@ -134,27 +176,38 @@ impl ApiKeys {
         self.find(key).map(|(_, scope)| scope)
     }
 
-    /// The index and scope of `key` (every key compared, no early exit).
-    fn find(&self, key: &str) -> Option<(usize, Scope)> {
+    /// The digest and scope of `key` (every key compared, no early exit).
+    fn find(&self, key: &str) -> Option<([u8; 32], Scope)> {
         let wanted = digest(key);
         let mut found = None;
-        for (i, (d, scope)) in self.keys.iter().enumerate() {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        for (d, scope) in keys.iter() {
             let diff = d.iter().zip(&wanted).fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if diff == 0 {
-                found = Some((i, *scope));
+                found = Some((*d, *scope));
             }
         }
         found
     }
 }
 
+/// The keys of `AGENTRT_API_KEYS` and of `file`, together. An error names where the bad entry
+/// is: the variable's entry, or the file and its line.
+fn read_keys(file: Option<&Path>) -> Result<Vec<Key>, String> {
+    let mut keys = Vec::new();
+    let from_env = std::env::var("AGENTRT_API_KEYS").unwrap_or_default();
+    add_keys(&mut keys, &from_env, None).map_err(|e| format!("AGENTRT_API_KEYS {e}"))?;
+    if let Some(path) = file {
+        let content = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read API keys from {}: {e}", path.display()))?;
+        add_keys(&mut keys, &content, Some(path)).map_err(|e| format!("{} {e}", path.display()))?;
+    }
+    Ok(keys)
+}
+
 /// Add the keys of `text` to `keys`: lines (a file's, when `file` is given: errors name the
 /// line) of comma-separated `SCOPE KEY` / `SCOPE:KEY` entries (errors name the entry).
-fn add_keys(
-    keys: &mut Vec<([u8; 32], Scope)>,
-    text: &str,
-    file: Option<&Path>,
-) -> Result<(), String> {
+fn add_keys(keys: &mut Vec<Key>, text: &str, file: Option<&Path>) -> Result<(), String> {
     let mut entry = 0;
     for (line_index, line) in text.lines().enumerate() {
         for item in line.split(',').map(str::trim) {
@@ -228,7 +281,7 @@ pub async fn require_key(
     };
     // With two valid keys, the wider one counts: an admin key next to a user key reaches
     // the admin routes.
-    let Some((index, scope)) = presented(&request)
+    let Some((key, scope)) = presented(&request)
         .filter_map(|k| keys.find(k))
         .max_by_key(|&(_, scope)| scope)
     else {
@@ -250,7 +303,7 @@ pub async fn require_key(
         return ApiError::new(ErrorCode::Forbidden, "this route needs an admin key")
             .into_uncounted_response();
     }
-    if let Err(wait) = keys.take(index) {
+    if let Err(wait) = keys.take(&key) {
         return ApiError::new(
             ErrorCode::RateLimited,
             format!("this key is over its limit of requests per minute; retry in {wait} s"),
@@ -306,16 +359,52 @@ mod tests {
         let keys = ApiKeys::parse("user:aaaaaaaaaaaaaaaa,user:bbbbbbbbbbbbbbbb")
             .expect("parse")
             .with_rate_limit(Some(2));
-        assert_eq!(keys.take(0), Ok(()));
-        assert_eq!(keys.take(0), Ok(()));
+        let (a, b) = (digest("aaaaaaaaaaaaaaaa"), digest("bbbbbbbbbbbbbbbb"));
+        assert_eq!(keys.take(&a), Ok(()));
+        assert_eq!(keys.take(&a), Ok(()));
         // 2 per minute: the next one is back in 30 s.
-        assert_eq!(keys.take(0), Err(30));
-        assert_eq!(keys.take(1), Ok(()));
+        assert_eq!(keys.take(&a), Err(30));
+        assert_eq!(keys.take(&b), Ok(()));
         let open = ApiKeys::parse("user:aaaaaaaaaaaaaaaa").expect("parse");
         assert!(
-            (0..100).all(|_| open.take(0).is_ok()),
+            (0..100).all(|_| open.take(&a).is_ok()),
             "no limit configured"
         );
+    }
+
+    #[test]
+    fn a_reload_swaps_the_keys_and_refuses_a_bad_or_empty_file() {
+        let dir = std::env::temp_dir().join(format!("agentrt-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("keys");
+        let write = |text: &str| std::fs::write(&file, text).expect("write");
+        write("user aaaaaaaaaaaaaaaa\nuser bbbbbbbbbbbbbbbb\n");
+        let keys = ApiKeys::load(Some(&file))
+            .expect("load")
+            .with_rate_limit(Some(2));
+        let (a, b) = (digest("aaaaaaaaaaaaaaaa"), digest("bbbbbbbbbbbbbbbb"));
+        assert_eq!(keys.take(&a), Ok(()));
+        assert_eq!(keys.take(&b), Ok(()));
+
+        // a rotated out, c in: a stops working, b keeps what it spent.
+        write("user bbbbbbbbbbbbbbbb\nadmin cccccccccccccccc\n");
+        assert_eq!(keys.reload(), Ok(KeyCounts { user: 1, admin: 1 }));
+        assert_eq!(keys.scope_of("aaaaaaaaaaaaaaaa"), None);
+        assert_eq!(keys.scope_of("cccccccccccccccc"), Some(Scope::Admin));
+        assert_eq!(keys.take(&b), Ok(()));
+        assert_eq!(keys.take(&b), Err(30));
+
+        // A bad line, a missing file or no keys at all change nothing.
+        write("user bbbbbbbbbbbbbbbb\nuser short\n");
+        let bad = keys.reload().expect_err("bad line");
+        assert!(bad.contains("line 2"), "{bad}");
+        write("# every key removed\n");
+        let empty = keys.reload().expect_err("no keys");
+        assert!(empty.contains("keeping the 2"), "{empty}");
+        std::fs::remove_file(&file).expect("remove");
+        assert!(keys.reload().is_err());
+        assert_eq!(keys.scope_of("cccccccccccccccc"), Some(Scope::Admin));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
