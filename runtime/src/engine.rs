@@ -725,26 +725,49 @@ pub struct Generation {
     abandoned: Option<Arc<AtomicBool>>,
 }
 
+/// A generation that ended without an answer: why, and what it had used by then when that
+/// is known (a local model's prompt and the tokens made before the stop; `None` for a remote
+/// model, which does not say).
+#[derive(Debug)]
+pub struct Stopped {
+    pub error: EngineError,
+    pub spent: Option<Usage>,
+}
+
 impl Generation {
     /// Wait for the generation, handing its text to `on_text` as it comes.
-    pub fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, EngineError> {
+    pub fn finish(self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, EngineError> {
+        self.finish_counted(on_text)
+            .map_err(|stopped| stopped.error)
+    }
+
+    /// [`Generation::finish`], and on an error what the generation had used, for those who
+    /// count tokens (a cancelled generation still read its prompt and made some).
+    pub fn finish_counted(mut self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, Stopped> {
         let model = self.model.take();
+        let mut spent = None;
         for event in self.events.iter() {
             match event {
                 Progress::Text(piece) => on_text(&piece),
+                Progress::Spent(usage) => spent = Some(usage),
                 Progress::Done(result) => {
-                    return result.map(|mut done| {
-                        if let Some(name) = model {
-                            done.model = name;
-                        }
-                        done
-                    });
+                    return result
+                        .map(|mut done| {
+                            if let Some(name) = model {
+                                done.model = name;
+                            }
+                            done
+                        })
+                        .map_err(|error| Stopped { error, spent });
                 }
             }
         }
-        Err(EngineError::Runtime(
-            "the model's scheduler stopped before the generation ended".into(),
-        ))
+        Err(Stopped {
+            error: EngineError::Runtime(
+                "the model's scheduler stopped before the generation ended".into(),
+            ),
+            spent,
+        })
     }
 }
 

@@ -295,12 +295,17 @@ fn cancelling_stops_a_running_run_and_a_full_queue_answers_429() {
     // Cancel the queued one, then the running one once it generates.
     let (status, _, text) = s.exchange("DELETE", &format!("/v1/pipeline/runs/{second}"), &[], None);
     assert_eq!(status, 202, "{text}");
+    // Generating: the model has made its first token for it (the only generation on this
+    // server).
     wait_until(
         "the first run to generate",
         Duration::from_secs(120),
         || {
-            let (_, _, text) = s.exchange("GET", &format!("/v1/pipeline/runs/{first}"), &[], None);
-            text.contains("\"running\"")
+            let (_, _, text) = s.exchange("GET", "/metrics", &[], None);
+            text.lines().any(|l| {
+                l.starts_with("agentrt_time_to_first_token_seconds_count")
+                    && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0)
+            })
         },
     );
     let started = Instant::now();
@@ -332,6 +337,16 @@ fn cancelling_stops_a_running_run_and_a_full_queue_answers_429() {
     eprintln!(
         "the running run ended {:?} after its cancellation",
         started.elapsed()
+    );
+    // The generation cut short counts what it had used: its prompt and the tokens made.
+    let run = get_run(&s, &first);
+    let generate = run["result"]["stages"]
+        .as_array()
+        .and_then(|st| st.iter().find(|st| st["stage"] == "generate"))
+        .unwrap_or_else(|| panic!("no generate stage: {run}"));
+    assert!(
+        generate["tokens"].as_u64().is_some_and(|t| t > 0),
+        "{generate}"
     );
     // Both count as cancelled runs, the one that never started included.
     let (_, _, metrics) = s.exchange("GET", "/metrics", &[], None);

@@ -799,6 +799,7 @@ mod tests {
         let outcome = match generation.events.recv_timeout(Duration::from_secs(30)) {
             Ok(Progress::Done(result)) => result,
             Ok(Progress::Text(piece)) => panic!("the silent remote sent {piece:?}"),
+            Ok(Progress::Spent(usage)) => panic!("the silent remote counted {usage:?}"),
             Err(e) => panic!("a cancelled generation did not end: {e}"),
         };
         assert!(
@@ -869,6 +870,7 @@ mod tests {
             match generation.events.recv_timeout(Duration::from_secs(30)) {
                 Ok(Progress::Text(piece)) => text.push_str(&piece),
                 Ok(Progress::Done(result)) => break result,
+                Ok(Progress::Spent(_)) => {}
                 Err(e) => panic!("a silent stream did not end: {e}"),
             }
         };

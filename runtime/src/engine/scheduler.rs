@@ -120,6 +120,9 @@ pub struct BatchStats {
 pub(crate) enum Progress {
     /// Text that no stop sequence can claim any more.
     Text(String),
+    /// What a generation that is about to end with an error had used (sent just before its
+    /// `Done`): its prompt and the tokens made before it stopped.
+    Spent(Usage),
     Done(Result<Completion, EngineError>),
 }
 
@@ -683,8 +686,18 @@ impl Sequence {
                     },
                 })
             }
-            Some(Err(e)) => Err(e),
-            None => Err(EngineError::Runtime("sequence retired unfinished".into())),
+            outcome => {
+                // Cancelled or failed part-way: the prompt was read and `generated` made, and
+                // whoever counts tokens (a plugin's budget, the stats) should know.
+                let _ = progress.send(Progress::Spent(Usage {
+                    prompt_tokens: prompt_ids.len() as u32,
+                    completion_tokens: generated.len() as u32,
+                }));
+                Err(match outcome {
+                    Some(Err(e)) => e,
+                    _ => EngineError::Runtime("sequence retired unfinished".into()),
+                })
+            }
         };
         // Settle the metrics before the caller hears of the end (a client reading /metrics
         // right after its answer sees the generation gone).
@@ -981,6 +994,37 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn a_generation_cancelled_part_way_reports_what_it_used() {
+        let dir = synthetic_checkpoint("cancelled-usage");
+        let model = limited(&dir, 1, 16);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let control = Control {
+            cancel: Some(cancel.clone()),
+            ..Control::default()
+        };
+        let params = SamplingParams {
+            max_tokens: 400,
+            temperature: 0.0,
+            ..SamplingParams::default()
+        };
+        let prompt = Prompt::Text("hello there".into());
+        let generation = model.start(&prompt, &params, &control).expect("start");
+        // Cancelled once its first text has come.
+        let stopped = generation
+            .finish_counted(&mut |_| cancel.store(true, Ordering::Relaxed))
+            .expect_err("cancelled before 400 tokens");
+        assert!(
+            matches!(stopped.error, EngineError::Cancelled),
+            "{stopped:?}"
+        );
+        let spent = stopped.spent.expect("a local model says what it used");
+        let prompt_tokens = model.tokenize_prompt(&prompt).expect("tokens").len() as u32;
+        assert_eq!(spent.prompt_tokens, prompt_tokens);
+        assert!((1..400).contains(&spent.completion_tokens), "{spent:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -109,15 +109,22 @@ impl PluginState {
             }
         };
         let on_text = self.on_text.clone();
-        let done = match generation.finish(&mut |piece| {
+        let done = match generation.finish_counted(&mut |piece| {
             if let Some(sink) = &on_text {
                 sink(piece);
             }
         }) {
             Ok(done) => done,
-            // Stopped once queued (deadline, cancel, a failure): what it used is unknown, so
-            // the reservation stands.
-            Err(e) => return Err(to_wit_error(e)),
+            // Stopped once queued (deadline, cancel, a failure): what it used counts, as the
+            // engine reports it; where it cannot (a remote model), the reservation stands.
+            Err(stopped) => {
+                if let Some(usage) = stopped.spent {
+                    let spent = u64::from(usage.prompt_tokens + usage.completion_tokens);
+                    self.tokens_used += spent;
+                    self.tokens.settle(reservation, spent);
+                }
+                return Err(to_wit_error(stopped.error));
+            }
         };
         let spent = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
         self.tokens_used += spent;

@@ -443,14 +443,21 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
                 None,
             ));
         }
-        let result = generation.finish(&mut |piece| {
+        let result = generation.finish_counted(&mut |piece| {
             send(chunk(json!([kind.choice(true, Some(piece), None)]), None));
         });
         let ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(done) => stats.record_endpoint(endpoint, ms, tokens(done), None),
-            Err(e) => stats.record_endpoint(endpoint, ms, 0, Some(e.code().as_str())),
+            // A client that went away mid-stream still had tokens made for it.
+            Err(stopped) => {
+                let spent = stopped
+                    .spent
+                    .map_or(0, |u| u64::from(u.prompt_tokens + u.completion_tokens));
+                stats.record_endpoint(endpoint, ms, spent, Some(stopped.error.code().as_str()))
+            }
         }
+        let result = result.map_err(|stopped| stopped.error);
         match result {
             Ok(done) => {
                 let reason = finish_reason(done.finish_reason);
