@@ -594,10 +594,12 @@ pub fn load_pipeline_with_reload(
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "plugins loaded");
     let plugins = LivePlugins::with_refused(loaded.set, loaded.refused);
-    let reloader = opts.plugins.as_ref().map(|dir| {
+    // Something to watch: the plugin folder, or the config whose grants the plugins load with.
+    let reloader = (opts.plugins.is_some() || opts.config.is_some()).then(|| {
         Reloader::new(
             host.clone(),
-            dir.clone(),
+            opts.plugins.clone(),
+            opts.config.clone(),
             loaded.embedded,
             loaded.folder,
             plugins.clone(),
@@ -978,16 +980,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ));
                 }
             }
-            crate::server::key_rotation::watch_file(
-                api_keys.clone(),
-                crate::server::key_rotation::POLL,
-            )
-            .map_err(|e| {
-                CliError::new(
-                    ErrorCode::Internal,
-                    format!("cannot watch the API keys file: {e}"),
-                )
-            })?;
+            crate::server::reloading::watch_file(api_keys.clone(), crate::server::reloading::POLL)
+                .map_err(|e| {
+                    CliError::new(
+                        ErrorCode::Internal,
+                        format!("cannot watch the API keys file: {e}"),
+                    )
+                })?;
             let socket = bind(listen)?;
             let limits = crate::server::Limits::from_env();
             let rt = tokio::runtime::Runtime::new()
@@ -1008,18 +1007,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             for refused in pipeline.plugins.refused() {
                 refused.log();
             }
-            if let Some(reloader) = reloader {
-                let interval = crate::settings::count("AGENTRT_PLUGIN_POLL_MS")
-                    .map_or(crate::plugin::reload::DEFAULT_POLL, |ms| {
-                        Duration::from_millis(ms as u64)
-                    });
-                reloader.spawn(interval).map_err(|e| {
-                    CliError::new(
-                        ErrorCode::Internal,
-                        format!("cannot watch the plugin folder: {e}"),
-                    )
-                })?;
-            }
+            let reloader = match reloader {
+                Some(reloader) => {
+                    let interval = crate::settings::count("AGENTRT_PLUGIN_POLL_MS")
+                        .map_or(crate::plugin::reload::DEFAULT_POLL, |ms| {
+                            Duration::from_millis(ms as u64)
+                        });
+                    Some(reloader.spawn(interval).map_err(|e| {
+                        CliError::new(
+                            ErrorCode::Internal,
+                            format!("cannot watch the plugin folder and config: {e}"),
+                        )
+                    })?)
+                }
+                None => None,
+            };
             startup.stage("warming the python sandbox");
             warm_sandbox(&pipeline);
             startup.stage("opening the run store");
@@ -1054,7 +1056,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 draining: Default::default(),
             };
             let stats = state.pipeline.stats.clone();
+            let hangup_keys = state.api_keys.clone();
             let served = rt.block_on(async {
+                // SIGHUP reads the keys and the config again (registered before the server
+                // says it listens, so that one sent after that line never ends it).
+                #[cfg(unix)]
+                crate::server::reloading::reload_on_hangup(hangup_keys, reloader)?;
                 let listener = startup.finish().await?;
                 crate::server::serve(state, listener).await
             });

@@ -298,7 +298,9 @@ pub struct PluginHost {
     models: Option<Arc<Engine>>,
     sandbox: Option<Arc<LazySandbox>>,
     cache: CompileCache,
-    config: Arc<Config>,
+    /// Swapped whole when the operator's config is reloaded (grants only; see
+    /// [`PluginHost::replace_config`]).
+    config: std::sync::RwLock<Arc<Config>>,
     pooling: bool,
     /// Calls in flight, bounded by the instance pool so that a burst waits for a slot instead
     /// of failing to instantiate.
@@ -357,14 +359,39 @@ impl PluginHost {
             sandbox,
             cache,
             slots: call_slots(pooling.then_some(config.limits.instance_pool)),
-            config,
+            config: std::sync::RwLock::new(config),
             pooling,
         })
     }
 
     /// The operator's config: limits and grants.
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Put `config` in use for plugins loaded from now on, and return the one it replaces.
+    /// Only its grants may differ: the instance pool and memory ceilings were built from
+    /// `[limits]`, and the run store was opened from `store`, so a change to either is refused.
+    pub fn replace_config(&self, config: Config) -> Result<Arc<Config>, String> {
+        let mut current = self.config.write().unwrap_or_else(|e| e.into_inner());
+        if config.limits != current.limits {
+            return Err(
+                "[limits] changed, which takes a restart (the plugin host is built with them)"
+                    .into(),
+            );
+        }
+        if config.store != current.store {
+            return Err("store changed, which takes a restart (the run store is open)".into());
+        }
+        Ok(std::mem::replace(&mut *current, Arc::new(config)))
+    }
+
+    /// Put back a config [`PluginHost::replace_config`] replaced.
+    pub fn restore_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     /// Whether `llm` imports reach a model engine.
@@ -389,15 +416,15 @@ impl PluginHost {
             plugin: name.clone(),
             message,
         };
-        let grant = self
-            .config
-            .grant_for(&manifest, matches!(source, PluginSource::Embedded));
-        let granted = grants::resolve(&manifest.permissions, &grant, &self.config.limits).map_err(
-            |message| PluginError::NotGranted {
-                plugin: name.clone(),
-                message,
-            },
-        )?;
+        let config = self.config();
+        let grant = config.grant_for(&manifest, matches!(source, PluginSource::Embedded));
+        let granted =
+            grants::resolve(&manifest.permissions, &grant, &config.limits).map_err(|message| {
+                PluginError::NotGranted {
+                    plugin: name.clone(),
+                    message,
+                }
+            })?;
         if !bytes.starts_with(b"\0asm") {
             return Err(fail("not a WebAssembly file".into()));
         }

@@ -11,9 +11,9 @@ pub mod auth;
 mod body;
 mod console;
 pub mod error;
-pub mod key_rotation;
 mod openai;
 pub mod openapi;
+pub mod reloading;
 mod routes;
 /// The bounds the HTTP routes put on a request, which the CLI's one-offs keep too.
 pub(crate) use openai::request::MAX_TOKENS as MAX_COMPLETION_TOKENS;
@@ -533,14 +533,11 @@ async fn refuse_declared_oversize(
 
 /// Serve on `socket`, bound by the caller before the models load (an address in use is found
 /// in a moment, not after minutes of loading) and listening from now on, until Ctrl-C or
-/// SIGTERM (SIGHUP reads the API keys again).
+/// SIGTERM.
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     // Signals are caught from before the server says it listens: one sent right after that
-    // line must shut it down gracefully (or reload the keys), not end it by the signal's
-    // default action.
+    // line must shut it down gracefully, not end it by the signal's default action.
     let signal = shutdown_signal();
-    #[cfg(unix)]
-    key_rotation::reload_on_hangup(state.api_keys.clone())?;
     tracing::info!(address = %listener.local_addr()?, "agentrt listening");
     // Scripts and tests read this line to learn that the server is ready (and its port when
     // they asked for port 0).

@@ -417,3 +417,94 @@ fn a_server_starts_without_the_folder_plugins_that_cannot_take_their_place() {
     let _ = std::fs::remove_file(&code_file);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A changed config takes effect without a restart: every plugin loads again under its new
+/// grants (one the new grants refuse is dropped, not kept with the grants it had); a config
+/// that changes `[limits]`, or under which a default plugin cannot load, is refused whole and
+/// the plugins in use stay; SIGHUP reads it at once.
+#[test]
+fn a_changed_config_regrants_the_plugins_without_a_restart() {
+    let asks = "name = \"snoop-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
+                [permissions]\nmemory-mb = 16\ntimeout-ms = 5000\nenv = [\"SNOOP_VISIBLE\"]\n";
+    let plugins = plugin_folder("regrant", "snoop-check", "snoop-check", Some(asks));
+    let dir =
+        super::harness::scratch_root().join(format!("agentrt-regrant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("agentrt.toml");
+    let log = dir.join("server.log");
+    let granted = "[grants.snoop-check]\nenv = [\"SNOOP_VISIBLE\"]\n";
+    std::fs::write(&config, granted).expect("config");
+    let server = Server::start_logging(
+        &[
+            "--plugins",
+            plugins.to_str().expect("utf-8"),
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+        &[("SNOOP_VISIBLE", "yes"), ("AGENTRT_PLUGIN_POLL_MS", "100")],
+        Some(&log),
+    );
+    let snoop_env = || {
+        let (status, body) = server.post(
+            "/check",
+            &json!({"code": "x = 1\n", "checks": ["snoop-check"]}),
+        );
+        (status == 200).then(|| {
+            body["findings"]
+                .as_array()
+                .and_then(|f| f.iter().find(|f| f["rule_id"] == "snoop-env"))
+                .map(|f| f["message"].clone())
+                .unwrap_or(Value::Null)
+        })
+    };
+    assert_eq!(snoop_env(), Some(json!("got: SNOOP_VISIBLE")));
+
+    // The grant withdrawn: the plugin asks for what it no longer has, so it goes.
+    std::fs::write(&config, "# nothing granted\n").expect("config");
+    let body = wait_for_plugins(&server, "snoop-check refused", |b| {
+        b["refused"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    assert_eq!(version_of(&body, "snoop-check"), None, "{body}");
+    assert!(
+        body["refused"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("SNOOP_VISIBLE")),
+        "{body}"
+    );
+    assert_eq!(snoop_env(), None, "a refused check still ran");
+
+    // Refused whole: a limit changed, or a default plugin that cannot load under the grants.
+    let logged = |words: &[&str]| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().any(|l| words.iter().all(|w| l.contains(w)))
+    };
+    std::fs::write(&config, format!("{granted}[limits]\nmax-memory-mb = 512\n")).expect("config");
+    super::harness::wait_until("the limits refused", Duration::from_secs(30), || {
+        logged(&["config not reloaded", "takes a restart"])
+    });
+    std::fs::write(
+        &config,
+        format!("{granted}[grants.generator]\nmodels = []\n"),
+    )
+    .expect("config");
+    super::harness::wait_until(
+        "the generator's grant refused",
+        Duration::from_secs(30),
+        || logged(&["config not reloaded", "default plugin cannot load"]),
+    );
+    assert_eq!(snoop_env(), None, "a refused config was applied");
+    let (_, body) = server.get("/plugins");
+    assert!(version_of(&body, "generator").is_some(), "{body}");
+    assert_eq!(version_of(&body, "snoop-check"), None, "{body}");
+
+    // Granted again, by SIGHUP: back in use.
+    std::fs::write(&config, granted).expect("config");
+    server.hang_up();
+    wait_for_plugins(&server, "snoop-check back", |b| {
+        version_of(b, "snoop-check").is_some() && b["refused"] == json!([])
+    });
+    assert_eq!(snoop_env(), Some(json!("got: SNOOP_VISIBLE")));
+    assert!(logged(&["config reloaded"]), "no reload in the log");
+    drop(server);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -157,7 +157,7 @@ impl Granted {
 }
 
 /// Ceilings no grant can exceed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct HostLimits {
     pub max_memory_mb: u64,

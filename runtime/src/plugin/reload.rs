@@ -7,14 +7,26 @@
 //! Only changed files are loaded again; a component that fails to load is refused, its previous
 //! version stays in use, and the reason goes to the log and to `GET /plugins`. The new set
 //! replaces the old one whole: calls already running finish on the plugin they started with.
+//!
+//! The operator's config file is watched the same way (by its contents' digest). Its grants
+//! are bound into each plugin when it loads, so a changed config reloads every plugin, the
+//! embedded ones too, under the new grants; one the new grants refuse is dropped, not kept
+//! with the grants it had. A config that does not parse, that changes `[limits]` or `store`
+//! (the plugin host and the run store are built with them: those take a restart), or under
+//! which an embedded default cannot load, is refused as a whole and the config in use stays.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::registry::{FileStamp, FolderPlugins, LivePlugins, compose, folder_stamps, scan_folder};
+use sha2::{Digest, Sha256};
+
+use super::registry::{
+    FileStamp, FolderPlugins, LivePlugins, compose, folder_stamps, load_embedded, scan_folder,
+};
 use super::{Plugin, PluginHost};
+use crate::config::Config;
 
 /// How often the folder is looked at, unless `AGENTRT_PLUGIN_POLL_MS` says otherwise.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(1000);
@@ -22,7 +34,10 @@ pub const DEFAULT_POLL: Duration = Duration::from_millis(1000);
 /// The watcher's state between polls.
 pub struct Reloader {
     host: Arc<PluginHost>,
-    dir: PathBuf,
+    /// The plugin folder (`None`: the embedded plugins only).
+    dir: Option<PathBuf>,
+    /// The config file, and its contents' digest as applied and as last seen.
+    config: Option<WatchedFile>,
     embedded: Vec<Arc<Plugin>>,
     folder: FolderPlugins,
     live: LivePlugins,
@@ -32,19 +47,56 @@ pub struct Reloader {
     last_seen: BTreeMap<PathBuf, FileStamp>,
 }
 
+/// A file watched by the digest of what it holds (`None`: it cannot be read).
+struct WatchedFile {
+    path: PathBuf,
+    applied: Option<[u8; 32]>,
+    last_seen: Option<[u8; 32]>,
+}
+
+impl WatchedFile {
+    fn new(path: PathBuf) -> Self {
+        let applied = fingerprint(&path);
+        Self {
+            path,
+            applied,
+            last_seen: applied,
+        }
+    }
+
+    /// Whether the file holds something other than what was applied: with `settled`, only
+    /// once it has held it for two looks in a row.
+    fn changed(&mut self, settled: bool) -> bool {
+        let seen = fingerprint(&self.path);
+        let still = seen == self.last_seen;
+        self.last_seen = seen;
+        seen != self.applied && (still || !settled)
+    }
+}
+
+fn fingerprint(file: &Path) -> Option<[u8; 32]> {
+    std::fs::read(file).ok().map(|b| Sha256::digest(b).into())
+}
+
 impl Reloader {
-    /// A watcher for `dir`, whose components `folder` holds as loaded at start.
+    /// A watcher for the plugin folder `dir`, whose components `folder` holds as loaded at
+    /// start, and for the config file `config`.
     pub fn new(
         host: Arc<PluginHost>,
-        dir: PathBuf,
+        dir: Option<PathBuf>,
+        config: Option<PathBuf>,
         embedded: Vec<Arc<Plugin>>,
         folder: FolderPlugins,
         live: LivePlugins,
     ) -> Self {
-        let applied = folder_stamps(&dir).unwrap_or_default();
+        let applied = dir
+            .as_deref()
+            .and_then(|d| folder_stamps(d).ok())
+            .unwrap_or_default();
         Self {
             host,
             dir,
+            config: config.map(WatchedFile::new),
             embedded,
             folder,
             live,
@@ -53,13 +105,19 @@ impl Reloader {
         }
     }
 
-    /// Look at the folder once; reload when it changed and has held still since the last poll.
-    /// Returns whether the set was swapped.
+    /// Look at the config and the folder once; reload when one changed and has held still
+    /// since the last poll. Returns whether the set was swapped.
     pub fn poll(&mut self) -> bool {
-        let seen = match folder_stamps(&self.dir) {
+        if self.config.as_mut().is_some_and(|c| c.changed(true)) {
+            return self.regrant();
+        }
+        let Some(dir) = &self.dir else {
+            return false;
+        };
+        let seen = match folder_stamps(dir) {
             Ok(seen) => seen,
             Err(e) => {
-                tracing::warn!(target: "agentrt::plugins", folder = %self.dir.display(), error = %e, "cannot read the plugin folder; keeping the plugins in use");
+                tracing::warn!(target: "agentrt::plugins", folder = %dir.display(), error = %e, "cannot read the plugin folder; keeping the plugins in use");
                 return false;
             }
         };
@@ -68,11 +126,68 @@ impl Reloader {
         if seen == self.applied || !settled {
             return false;
         }
-        self.reload(seen)
+        self.reload(seen, false)
     }
 
-    fn reload(&mut self, seen: BTreeMap<PathBuf, FileStamp>) -> bool {
-        let mut scan = scan_folder(&self.host, &seen, &self.folder);
+    /// Read the config again at once if it changed (SIGHUP). Returns whether the set was
+    /// swapped.
+    pub fn reload_config_now(&mut self) -> bool {
+        let Some(config) = self.config.as_mut() else {
+            return false;
+        };
+        if config.changed(false) {
+            return self.regrant();
+        }
+        tracing::info!(target: "agentrt::plugins", "SIGHUP: the config has not changed; nothing to reload");
+        false
+    }
+
+    /// Put the changed config in use and load every plugin again under its grants.
+    fn regrant(&mut self) -> bool {
+        let Some(watched) = self.config.as_mut() else {
+            return false;
+        };
+        // Whatever comes of it, this version of the file has been tried: the next change is
+        // the next try (no error in the log every second).
+        watched.applied = watched.last_seen;
+        let path = watched.path.clone();
+        let refuse = |why: String| {
+            tracing::error!(target: "agentrt::plugins", config = %path.display(), error = %why, "config not reloaded; the config in use is kept");
+            false
+        };
+        let config = match Config::load(&path) {
+            Ok(config) => config,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let previous = match self.host.replace_config(config) {
+            Ok(previous) => previous,
+            Err(why) => return refuse(why),
+        };
+        let embedded = match load_embedded(&self.host) {
+            Ok(embedded) => embedded,
+            Err(e) => {
+                self.host.restore_config(previous);
+                return refuse(format!("a default plugin cannot load under it: {e}"));
+            }
+        };
+        self.embedded = embedded;
+        let seen = match &self.dir {
+            Some(dir) => folder_stamps(dir).unwrap_or_else(|_| self.applied.clone()),
+            None => BTreeMap::new(),
+        };
+        let swapped = self.reload(seen, true);
+        if swapped {
+            tracing::info!(target: "agentrt::plugins", config = %path.display(), "config reloaded; every plugin loaded again under its grants");
+        }
+        swapped
+    }
+
+    /// Load the folder as `seen`: only its changed files, or with `all` every one (a refused
+    /// file then keeps no earlier version).
+    fn reload(&mut self, seen: BTreeMap<PathBuf, FileStamp>, all: bool) -> bool {
+        let none = FolderPlugins::default();
+        let previous = if all { &none } else { &self.folder };
+        let mut scan = scan_folder(&self.host, &seen, previous);
         let set = match compose(&self.embedded, scan.plugins.plugins()) {
             Ok((set, misplaced)) => {
                 scan.refused.extend(misplaced);
@@ -113,16 +228,19 @@ impl Reloader {
         true
     }
 
-    /// Poll every `interval` on a thread of its own, for as long as the process runs.
-    pub fn spawn(mut self, interval: Duration) -> std::io::Result<()> {
+    /// Poll every `interval` on a thread of its own, for as long as the process runs; the
+    /// reloader stays reachable (for SIGHUP) through the returned handle.
+    pub fn spawn(self, interval: Duration) -> std::io::Result<Arc<Mutex<Self>>> {
+        let shared = Arc::new(Mutex::new(self));
+        let polled = shared.clone();
         std::thread::Builder::new()
             .name("agentrt-plugin-reload".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(interval);
-                    self.poll();
+                    polled.lock().unwrap_or_else(|e| e.into_inner()).poll();
                 }
-            })
-            .map(|_| ())
+            })?;
+        Ok(shared)
     }
 }

@@ -1,19 +1,22 @@
-//! When the API keys are read again, so that they rotate without a restart: when the keys file
-//! changes, and on SIGHUP.
+//! What the server reads again while it runs, so that keys rotate and grants change without
+//! a restart: the API keys file, when it changes, and on SIGHUP; the config, on SIGHUP here
+//! (its changes are also picked up by the plugin reloader's poll, see
+//! [`crate::plugin::reload`]).
 //!
-//! The file is polled (its contents' digest; a keys file is a few lines), and a change is
+//! The keys file is polled (its contents' digest; a keys file is a few lines), and a change is
 //! applied once the file has looked the same for two polls in a row, so an editor's
-//! half-written file is not read. SIGHUP reads it at once, as daemons conventionally do (and
+//! half-written file is not read. SIGHUP reads both at once, as daemons conventionally do (and
 //! no longer ends the server, which is SIGHUP's default action). Every reload is logged; one
-//! that is refused (see [`ApiKeys::reload`]) leaves the keys in use as they were.
+//! that is refused (see [`ApiKeys::reload`]) leaves what was in use as it was.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use super::auth::ApiKeys;
+use crate::plugin::reload::Reloader;
 
 /// How often the keys file is looked at.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -41,23 +44,32 @@ pub fn watch_file(keys: Arc<ApiKeys>, interval: Duration) -> std::io::Result<()>
     Ok(())
 }
 
-/// Reload `keys` on every SIGHUP, for as long as the runtime runs. The handler is registered
-/// by this call, before it returns.
+/// On every SIGHUP, for as long as the runtime runs, read `keys` again and have `plugins`
+/// read the config again. The handler is registered by this call, before it returns (call it
+/// within the runtime).
 #[cfg(unix)]
-pub fn reload_on_hangup(keys: Arc<ApiKeys>) -> std::io::Result<()> {
+pub fn reload_on_hangup(
+    keys: Arc<ApiKeys>,
+    plugins: Option<Arc<Mutex<Reloader>>>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            if keys.file().is_none() {
-                tracing::info!(
-                    "SIGHUP: no keys file to read again (keys that rotate come from --api-keys FILE)"
-                );
-                continue;
-            }
-            let keys = keys.clone();
-            // File I/O off the async threads.
-            let _ = tokio::task::spawn_blocking(move || reload(&keys, "SIGHUP")).await;
+            let (keys, plugins) = (keys.clone(), plugins.clone());
+            // File I/O and plugin compilation off the async threads.
+            let _ = tokio::task::spawn_blocking(move || {
+                if keys.file().is_some() {
+                    reload(&keys, "SIGHUP");
+                }
+                if let Some(plugins) = plugins {
+                    plugins
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .reload_config_now();
+                }
+            })
+            .await;
         }
     });
     Ok(())
