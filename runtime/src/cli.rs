@@ -991,6 +991,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let limits = crate::server::Limits::from_env();
             let rt = tokio::runtime::Runtime::new()
                 .map_err(|e| CliError::new(ErrorCode::Internal, e.to_string()))?;
+            // SIGHUP reads the keys and the config again; caught from here on, so that one
+            // sent while the models load waits for the server rather than ending it.
+            #[cfg(unix)]
+            let hangups = {
+                let _runtime = rt.enter();
+                crate::server::reloading::catch_hangups().map_err(|e| {
+                    CliError::new(ErrorCode::Internal, format!("cannot catch SIGHUP: {e}"))
+                })?
+            };
             let startup =
                 crate::server::startup::Startup::begin(&rt, socket, limits.header_timeout)
                     .map_err(|e| {
@@ -1056,12 +1065,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 draining: Default::default(),
             };
             let stats = state.pipeline.stats.clone();
+            #[cfg(unix)]
             let hangup_keys = state.api_keys.clone();
             let served = rt.block_on(async {
-                // SIGHUP reads the keys and the config again (registered before the server
-                // says it listens, so that one sent after that line never ends it).
                 #[cfg(unix)]
-                crate::server::reloading::reload_on_hangup(hangup_keys, reloader)?;
+                crate::server::reloading::reload_on_hangup(hangups, hangup_keys, reloader);
                 let listener = startup.finish().await?;
                 crate::server::serve(state, listener).await
             });

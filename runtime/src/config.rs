@@ -40,6 +40,10 @@ pub struct Config {
     /// Grants by plugin name.
     #[serde(default)]
     pub grants: BTreeMap<String, Grant>,
+    /// The SHA-256 of the file this was read from (`None`: not read from a file): which
+    /// version of the file is in use, for the watcher that reloads it.
+    #[serde(skip)]
+    pub file_digest: Option<[u8; 32]>,
 }
 
 /// Why the config could not be used.
@@ -57,14 +61,19 @@ pub enum ConfigError {
 impl Config {
     /// Read and check the config at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use sha2::Digest;
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        let invalid = |message: String| ConfigError::Invalid {
             path: path.display().to_string(),
             message,
-        })
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let mut config = Self::parse(text).map_err(invalid)?;
+        config.file_digest = Some(sha2::Sha256::digest(&bytes).into());
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {

@@ -13,12 +13,12 @@ pub const PYTHON: &str = "python";
 pub fn canonical(name: &str) -> String {
     let lower = name.trim().to_lowercase();
     let known = match lower.as_str() {
-        "py" | "py3" | "python3" | "cpython" => PYTHON,
-        "js" | "node" | "nodejs" | "node.js" | "ecmascript" => "javascript",
-        "ts" => "typescript",
+        "py" | "pyi" | "py3" | "python3" | "cpython" => PYTHON,
+        "js" | "jsx" | "mjs" | "cjs" | "node" | "nodejs" | "node.js" | "ecmascript" => "javascript",
+        "ts" | "tsx" => "typescript",
         "rs" => "rust",
         "golang" => "go",
-        "c++" | "cxx" | "cc" => "cpp",
+        "c++" | "cxx" | "cc" | "hpp" => "cpp",
         "c#" | "cs" => "csharp",
         "rb" => "ruby",
         "sh" | "bash" => "shell",
@@ -71,6 +71,9 @@ mod tests {
         ] {
             let language = of_file(Path::new(file)).expect(file);
             assert_eq!(canonical(language), language, "{file}");
+            // The extension itself, given as a language, is that language too.
+            let extension = file.rsplit('.').next().expect("extension");
+            assert_eq!(canonical(extension), language, "{file}");
         }
         assert_eq!(of_file(Path::new("notes.txt")), None);
         assert_eq!(of_file(Path::new("Makefile")), None);

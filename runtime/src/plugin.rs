@@ -69,7 +69,7 @@ pub enum PluginError {
     #[error("plugin {plugin}: cannot load: {message}")]
     Load { plugin: String, message: String },
     #[error(
-        "plugin {plugin} asks for more than it is granted: {message} (grant it under [grants.{plugin}] in the config; a server reads its config when it starts)"
+        "plugin {plugin} asks for more than it is granted: {message} (grant it under [grants.{plugin}] in the config; a running server applies a changed config by itself)"
     )]
     NotGranted { plugin: String, message: String },
     #[error("plugin {plugin} used up its fuel budget of {fuel}")]

@@ -84,7 +84,13 @@ fn a_generation_in_flight_stops_at_the_plugins_deadline() {
         started.elapsed().as_millis()
     );
     assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
-    assert_eq!(plugin.tokens_used, 0, "a cancelled request is not billed");
+    // What it used before the deadline counts (its prompt and the tokens made), not the 2000
+    // it reserved.
+    assert!(
+        (1..2000).contains(&plugin.tokens_used),
+        "used {}",
+        plugin.tokens_used
+    );
 }
 
 #[test]

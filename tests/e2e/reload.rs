@@ -427,8 +427,8 @@ fn a_changed_config_regrants_the_plugins_without_a_restart() {
     let asks = "name = \"snoop-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
                 [permissions]\nmemory-mb = 16\ntimeout-ms = 5000\nenv = [\"SNOOP_VISIBLE\"]\n";
     let plugins = plugin_folder("regrant", "snoop-check", "snoop-check", Some(asks));
-    let dir =
-        super::harness::scratch_root().join(format!("agentrt-regrant-{}", std::process::id()));
+    let dir = super::harness::scratch_root()
+        .join(format!("agentrt-regrant-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let config = dir.join("agentrt.toml");
     let log = dir.join("server.log");
@@ -497,14 +497,37 @@ fn a_changed_config_regrants_the_plugins_without_a_restart() {
     assert!(version_of(&body, "generator").is_some(), "{body}");
     assert_eq!(version_of(&body, "snoop-check"), None, "{body}");
 
-    // Granted again, by SIGHUP: back in use.
+    // Granted again: back in use.
     std::fs::write(&config, granted).expect("config");
-    server.hang_up();
     wait_for_plugins(&server, "snoop-check back", |b| {
         version_of(b, "snoop-check").is_some() && b["refused"] == json!([])
     });
     assert_eq!(snoop_env(), Some(json!("got: SNOOP_VISIBLE")));
-    assert!(logged(&["config reloaded"]), "no reload in the log");
+    drop(server);
+
+    // SIGHUP applies it at once, on a server that would not look for an hour.
+    let server = Server::start_logging(
+        &[
+            "--plugins",
+            plugins.to_str().expect("utf-8"),
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+        &[
+            ("SNOOP_VISIBLE", "yes"),
+            ("AGENTRT_PLUGIN_POLL_MS", "3600000"),
+        ],
+        Some(&log),
+    );
+    std::fs::write(&config, "# nothing granted\n").expect("config");
+    server.hang_up();
+    wait_for_plugins(&server, "snoop-check refused after SIGHUP", |b| {
+        version_of(b, "snoop-check").is_none()
+    });
+    assert!(
+        logged(&["config reloaded", "SIGHUP"]),
+        "no SIGHUP reload in the log"
+    );
     drop(server);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -159,6 +159,13 @@ impl Request {
         }
         self.control.check()
     }
+
+    /// End a request that never ran with `error`: it used nothing (said, so that a budget
+    /// that reserved tokens for it gets them back).
+    fn end_unstarted(&self, error: EngineError) {
+        let _ = self.progress.send(Progress::Spent(Usage::default()));
+        let _ = self.progress.send(Progress::Done(Err(error)));
+    }
 }
 
 /// What the scheduler thread needs of its model.
@@ -194,7 +201,7 @@ impl Queue {
         self.waiting.retain(|r| match r.check() {
             Ok(()) => true,
             Err(why) => {
-                let _ = r.progress.send(Progress::Done(Err(why)));
+                r.end_unstarted(why);
                 false
             }
         });
@@ -346,9 +353,7 @@ impl Worker {
                 }
                 if queue.shutdown {
                     for request in queue.waiting.drain(..) {
-                        let _ = request
-                            .progress
-                            .send(Progress::Done(Err(EngineError::Cancelled)));
+                        request.end_unstarted(EngineError::Cancelled);
                     }
                     for s in running.iter_mut() {
                         s.outcome = Some(Err(EngineError::Cancelled));
@@ -462,7 +467,7 @@ impl Worker {
     /// starts with the longest prefix of the prompt the prefix cache holds.
     fn admit(&mut self, mut request: Request) -> Option<Sequence> {
         if let Err(e) = request.check() {
-            let _ = request.progress.send(Progress::Done(Err(e)));
+            request.end_unstarted(e);
             return None;
         }
         request.timer.admitted();
@@ -996,11 +1001,62 @@ mod tests {
         }
     }
 
+    /// A real CPU model that sets `cancel` during its pass number `at` (1: the prompt's).
+    struct CancelAt {
+        inner: Arc<dyn CausalLm>,
+        passes: std::sync::atomic::AtomicUsize,
+        at: usize,
+        cancel: Arc<AtomicBool>,
+    }
+
+    impl CausalLm for CancelAt {
+        fn context_length(&self) -> usize {
+            self.inner.context_length()
+        }
+        fn vocab(&self) -> usize {
+            self.inner.vocab()
+        }
+        fn cache_shape(&self) -> CacheShape {
+            self.inner.cache_shape()
+        }
+        fn max_sequences(&self) -> usize {
+            self.inner.max_sequences()
+        }
+        fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+            self.count_pass();
+            self.inner.forward(tokens, cache)
+        }
+        fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
+            self.count_pass();
+            self.inner.forward_batch(segments)
+        }
+    }
+
+    impl CancelAt {
+        fn count_pass(&self) {
+            if self.passes.fetch_add(1, Ordering::Relaxed) + 1 == self.at {
+                self.cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     #[test]
     fn a_generation_cancelled_part_way_reports_what_it_used() {
         let dir = synthetic_checkpoint("cancelled-usage");
-        let model = limited(&dir, 1, 16);
+        let base = limited(&dir, 1, 16);
         let cancel = Arc::new(AtomicBool::new(false));
+        // Cancelled during its fourth pass, whatever the threads' timing: the prompt and a
+        // few tokens are made by then.
+        let inner = base.model.clone();
+        let model = with_model(
+            base,
+            Arc::new(CancelAt {
+                inner,
+                passes: Default::default(),
+                at: 4,
+                cancel: cancel.clone(),
+            }),
+        );
         let control = Control {
             cancel: Some(cancel.clone()),
             ..Control::default()
@@ -1012,9 +1068,8 @@ mod tests {
         };
         let prompt = Prompt::Text("hello there".into());
         let generation = model.start(&prompt, &params, &control).expect("start");
-        // Cancelled once its first text has come.
         let stopped = generation
-            .finish_counted(&mut |_| cancel.store(true, Ordering::Relaxed))
+            .finish_counted(&mut |_| {})
             .expect_err("cancelled before 400 tokens");
         assert!(
             matches!(stopped.error, EngineError::Cancelled),
@@ -1023,7 +1078,23 @@ mod tests {
         let spent = stopped.spent.expect("a local model says what it used");
         let prompt_tokens = model.tokenize_prompt(&prompt).expect("tokens").len() as u32;
         assert_eq!(spent.prompt_tokens, prompt_tokens);
-        assert!((1..400).contains(&spent.completion_tokens), "{spent:?}");
+        assert!((1..=4).contains(&spent.completion_tokens), "{spent:?}");
+
+        // Cancelled while still waiting for its turn: it used nothing, and says so.
+        let waiting = Control {
+            cancel: Some(Arc::new(AtomicBool::new(true))),
+            ..Control::default()
+        };
+        match model.start(&prompt, &params, &waiting) {
+            Ok(generation) => {
+                let stopped = generation
+                    .finish_counted(&mut |_| {})
+                    .expect_err("cancelled");
+                assert_eq!(stopped.spent, Some(Usage::default()), "{stopped:?}");
+            }
+            // Refused before it was queued: nothing to report either.
+            Err(e) => assert!(matches!(e, EngineError::Cancelled), "{e:?}"),
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

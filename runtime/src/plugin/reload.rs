@@ -55,8 +55,9 @@ struct WatchedFile {
 }
 
 impl WatchedFile {
-    fn new(path: PathBuf) -> Self {
-        let applied = fingerprint(&path);
+    /// `path`, whose version `applied` is in use (the digest of what was read, not of what
+    /// the file holds by now: a change made while the server started is still a change).
+    fn new(path: PathBuf, applied: Option<[u8; 32]>) -> Self {
         Self {
             path,
             applied,
@@ -89,6 +90,7 @@ impl Reloader {
         folder: FolderPlugins,
         live: LivePlugins,
     ) -> Self {
+        let config = config.map(|path| WatchedFile::new(path, host.config().file_digest));
         let applied = dir
             .as_deref()
             .and_then(|d| folder_stamps(d).ok())
@@ -96,7 +98,7 @@ impl Reloader {
         Self {
             host,
             dir,
-            config: config.map(WatchedFile::new),
+            config,
             embedded,
             folder,
             live,
@@ -109,7 +111,7 @@ impl Reloader {
     /// since the last poll. Returns whether the set was swapped.
     pub fn poll(&mut self) -> bool {
         if self.config.as_mut().is_some_and(|c| c.changed(true)) {
-            return self.regrant();
+            return self.regrant("the config changed");
         }
         let Some(dir) = &self.dir else {
             return false;
@@ -136,29 +138,32 @@ impl Reloader {
             return false;
         };
         if config.changed(false) {
-            return self.regrant();
+            return self.regrant("SIGHUP");
         }
         tracing::info!(target: "agentrt::plugins", "SIGHUP: the config has not changed; nothing to reload");
         false
     }
 
-    /// Put the changed config in use and load every plugin again under its grants.
-    fn regrant(&mut self) -> bool {
+    /// Put the changed config in use and load every plugin again under its grants; `trigger`
+    /// says why, for the log.
+    fn regrant(&mut self, trigger: &str) -> bool {
         let Some(watched) = self.config.as_mut() else {
             return false;
         };
         // Whatever comes of it, this version of the file has been tried: the next change is
         // the next try (no error in the log every second).
-        watched.applied = watched.last_seen;
+        let untried = std::mem::replace(&mut watched.applied, watched.last_seen);
         let path = watched.path.clone();
         let refuse = |why: String| {
-            tracing::error!(target: "agentrt::plugins", config = %path.display(), error = %why, "config not reloaded; the config in use is kept");
+            tracing::error!(target: "agentrt::plugins", config = %path.display(), why = trigger, error = %why, "config not reloaded; the config in use is kept");
             false
         };
         let config = match Config::load(&path) {
             Ok(config) => config,
             Err(e) => return refuse(e.to_string()),
         };
+        // What was read, which may be newer than what the poll saw.
+        watched.applied = config.file_digest;
         let previous = match self.host.replace_config(config) {
             Ok(previous) => previous,
             Err(why) => return refuse(why),
@@ -167,6 +172,13 @@ impl Reloader {
             Ok(embedded) => embedded,
             Err(e) => {
                 self.host.restore_config(previous);
+                if matches!(e, super::PluginError::Busy { .. }) {
+                    // Every instance slot was taken for the trial call: not the config's
+                    // fault, so the next poll tries it again.
+                    watched.applied = untried;
+                    tracing::warn!(target: "agentrt::plugins", config = %path.display(), error = %e, "config not reloaded yet: the plugins are busy; trying again");
+                    return false;
+                }
                 return refuse(format!("a default plugin cannot load under it: {e}"));
             }
         };
@@ -177,7 +189,7 @@ impl Reloader {
         };
         let swapped = self.reload(seen, true);
         if swapped {
-            tracing::info!(target: "agentrt::plugins", config = %path.display(), "config reloaded; every plugin loaded again under its grants");
+            tracing::info!(target: "agentrt::plugins", config = %path.display(), why = trigger, "config reloaded; every plugin loaded again under its grants");
         }
         swapped
     }

@@ -14,7 +14,7 @@
 //! (`AUTH_003`) with `Retry-After`.
 //!
 //! Keys rotate without a restart: [`ApiKeys::reload`] reads them again (see
-//! [`super::key_rotation`] for when), and the next request is checked against the new set.
+//! [`super::reloading`] for when), and the next request is checked against the new set.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,6 +56,9 @@ pub struct ApiKeys {
     keys: RwLock<Vec<Key>>,
     /// The keys file, read again on every reload (`None`: the variable's keys only).
     file: Option<PathBuf>,
+    /// The digest of the keys file's contents in use; held through a reload, so that two
+    /// reloads at once apply in the order they read the file.
+    applied: Mutex<Option<[u8; 32]>>,
     /// Requests per minute per key (`None`: unlimited).
     per_minute: Option<u32>,
     /// Buckets by key digest: a key kept through a reload keeps what it has spent.
@@ -126,11 +129,18 @@ impl ApiKeys {
     /// `AGENTRT_API_KEYS` and the file `AGENTRT_API_KEYS_FILE` (or `file`), together. An
     /// error names where the bad entry is: the variable's entry, or the file and its line.
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
+        let (keys, digest) = read_keys(file)?;
         Ok(Self {
-            keys: RwLock::new(read_keys(file)?),
+            keys: RwLock::new(keys),
             file: file.map(Path::to_path_buf),
+            applied: Mutex::new(digest),
             ..Self::default()
         })
+    }
+
+    /// The digest of the keys file's contents in use (`None`: no file).
+    pub fn applied_digest(&self) -> Option<[u8; 32]> {
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The keys file this set is read from, if any.
@@ -144,7 +154,8 @@ impl ApiKeys {
     /// and nor does one that would leave no keys at all: that would open every route of a
     /// server that had keys, which a half-finished edit should not do.
     pub fn reload(&self) -> Result<KeyCounts, String> {
-        let fresh = read_keys(self.file.as_deref())?;
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let (fresh, digest) = read_keys(self.file.as_deref())?;
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         if fresh.is_empty() && !keys.is_empty() {
             return Err(format!(
@@ -154,6 +165,7 @@ impl ApiKeys {
             ));
         }
         *keys = fresh;
+        *applied = digest;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         buckets.retain(|d, _| keys.iter().any(|(k, _)| k == d));
         let admin = keys.iter().filter(|(_, s)| *s == Scope::Admin).count();
@@ -191,18 +203,20 @@ impl ApiKeys {
     }
 }
 
-/// The keys of `AGENTRT_API_KEYS` and of `file`, together. An error names where the bad entry
-/// is: the variable's entry, or the file and its line.
-fn read_keys(file: Option<&Path>) -> Result<Vec<Key>, String> {
+/// The keys of `AGENTRT_API_KEYS` and of `file`, together, and the digest of the file's
+/// contents. An error names where the bad entry is: the variable's entry, or the file and its
+/// line.
+fn read_keys(file: Option<&Path>) -> Result<(Vec<Key>, Option<[u8; 32]>), String> {
     let mut keys = Vec::new();
     let from_env = std::env::var("AGENTRT_API_KEYS").unwrap_or_default();
     add_keys(&mut keys, &from_env, None).map_err(|e| format!("AGENTRT_API_KEYS {e}"))?;
-    if let Some(path) = file {
-        let content = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read API keys from {}: {e}", path.display()))?;
-        add_keys(&mut keys, &content, Some(path)).map_err(|e| format!("{} {e}", path.display()))?;
-    }
-    Ok(keys)
+    let Some(path) = file else {
+        return Ok((keys, None));
+    };
+    let content = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read API keys from {}: {e}", path.display()))?;
+    add_keys(&mut keys, &content, Some(path)).map_err(|e| format!("{} {e}", path.display()))?;
+    Ok((keys, Some(digest(&content))))
 }
 
 /// Add the keys of `text` to `keys`: lines (a file's, when `file` is given: errors name the

@@ -26,8 +26,10 @@ pub fn watch_file(keys: Arc<ApiKeys>, interval: Duration) -> std::io::Result<()>
     let Some(file) = keys.file().map(Path::to_path_buf) else {
         return Ok(());
     };
-    let mut applied = fingerprint(&file);
-    let mut last_seen = applied;
+    // From the version read at start, not what the file holds by now: a change made while the
+    // server started is still a change.
+    let mut applied = keys.applied_digest();
+    let mut last_seen = fingerprint(&file);
     std::thread::Builder::new()
         .name("api-keys-watch".into())
         .spawn(move || {
@@ -44,35 +46,48 @@ pub fn watch_file(keys: Arc<ApiKeys>, interval: Duration) -> std::io::Result<()>
     Ok(())
 }
 
-/// On every SIGHUP, for as long as the runtime runs, read `keys` again and have `plugins`
-/// read the config again. The handler is registered by this call, before it returns (call it
-/// within the runtime).
+/// Catch SIGHUP from now on (call it within the runtime, as early as the server starts): one
+/// that comes before [`reload_on_hangup`] takes the stream over is held for it, rather than
+/// ending the process while models load.
+#[cfg(unix)]
+pub fn catch_hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+}
+
+/// On every SIGHUP of `hangups`, for as long as the runtime runs, read `keys` again and have
+/// `plugins` read the config again. The two do not wait for each other, nor for an earlier
+/// SIGHUP's work: a config reload compiles and tries plugins, which takes a while.
 #[cfg(unix)]
 pub fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
     keys: Arc<ApiKeys>,
     plugins: Option<Arc<Mutex<Reloader>>>,
-) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = signal(SignalKind::hangup())?;
+) {
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let (keys, plugins) = (keys.clone(), plugins.clone());
             // File I/O and plugin compilation off the async threads.
-            let _ = tokio::task::spawn_blocking(move || {
-                if keys.file().is_some() {
-                    reload(&keys, "SIGHUP");
-                }
-                if let Some(plugins) = plugins {
-                    plugins
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .reload_config_now();
-                }
-            })
-            .await;
+            if keys.file().is_some() {
+                let keys = keys.clone();
+                tokio::task::spawn_blocking(move || reload(&keys, "SIGHUP"));
+            }
+            if let Some(plugins) = plugins.clone() {
+                tokio::task::spawn_blocking(move || match plugins.try_lock() {
+                    Ok(mut reloader) => {
+                        reloader.reload_config_now();
+                    }
+                    Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                        poisoned.into_inner().reload_config_now();
+                    }
+                    // The poll is reloading now; it looks at the config again in its next
+                    // rounds, so a change is not lost.
+                    Err(std::sync::TryLockError::WouldBlock) => tracing::info!(
+                        "SIGHUP: the plugins are being reloaded; the config is looked at again when that ends"
+                    ),
+                });
+            }
         }
     });
-    Ok(())
 }
 
 /// Read the keys again and log the outcome.
