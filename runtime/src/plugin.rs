@@ -305,6 +305,9 @@ pub struct PluginHost {
     /// Calls in flight, bounded by the instance pool so that a burst waits for a slot instead
     /// of failing to instantiate.
     slots: Arc<crate::fifo_semaphore::FifoSemaphore>,
+    /// Each plugin's tokens-per-minute meter, by name: a plugin loaded again (a new version,
+    /// a changed grant) keeps what it spent in the last minute rather than a fresh budget.
+    meters: std::sync::Mutex<std::collections::HashMap<String, Arc<TokenMeter>>>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -361,7 +364,14 @@ impl PluginHost {
             slots: call_slots(pooling.then_some(config.limits.instance_pool)),
             config: std::sync::RwLock::new(config),
             pooling,
+            meters: Default::default(),
         })
+    }
+
+    /// The tokens-per-minute meter of the plugin named `name`.
+    fn meter_for(&self, name: &str) -> Arc<TokenMeter> {
+        let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+        meters.entry(name.to_owned()).or_default().clone()
     }
 
     /// The operator's config: limits and grants.
@@ -449,10 +459,11 @@ impl PluginHost {
                     ),
                 ))
             })?;
+        let tokens = self.meter_for(&manifest.name);
         let plugin = Plugin {
             manifest: Arc::new(manifest),
             granted: Arc::new(granted),
-            tokens: Arc::new(TokenMeter::default()),
+            tokens,
             source,
             sha256,
             size_bytes: bytes.len(),

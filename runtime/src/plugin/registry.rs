@@ -487,4 +487,27 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn a_plugin_loaded_again_keeps_its_token_meter() {
+        let host = PluginHost::new(
+            None,
+            None,
+            crate::plugin::compile_cache::CompileCache::new(Some(crate::paths::component_cache())),
+            Arc::new(crate::config::Config::default()),
+        )
+        .expect("host");
+        let first = load_embedded(&host).expect("load");
+        let again = load_embedded(&host).expect("load again");
+        assert!(first.len() > 1);
+        for (a, b) in first.iter().zip(&again) {
+            assert_eq!(a.manifest.name, b.manifest.name);
+            assert!(
+                Arc::ptr_eq(&a.tokens, &b.tokens),
+                "{} got a fresh budget",
+                a.manifest.name
+            );
+        }
+        assert!(!Arc::ptr_eq(&first[0].tokens, &first[1].tokens));
+    }
 }
