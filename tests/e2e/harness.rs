@@ -145,20 +145,21 @@ impl Server {
 
     /// Ask the server to shut down (SIGTERM), as a supervisor would.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        self.signal("TERM");
     }
 
-    /// Send SIGHUP, as an operator does to have the keys file read again.
+    /// Send SIGHUP, as an operator does to have the keys file and the config read again.
     pub fn hang_up(&self) {
+        self.signal("HUP");
+    }
+
+    /// Send the signal named `name` (`kill -NAME`).
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -HUP failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Wait up to `timeout` for the server to exit on its own; its exit status.
