@@ -1016,21 +1016,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             for refused in pipeline.plugins.refused() {
                 refused.log();
             }
-            let reloader = match reloader {
-                Some(reloader) => {
-                    let interval = crate::settings::count("AGENTRT_PLUGIN_POLL_MS")
-                        .map_or(crate::plugin::reload::DEFAULT_POLL, |ms| {
-                            Duration::from_millis(ms as u64)
-                        });
-                    Some(reloader.spawn(interval).map_err(|e| {
-                        CliError::new(
-                            ErrorCode::Internal,
-                            format!("cannot watch the plugin folder and config: {e}"),
-                        )
-                    })?)
-                }
-                None => None,
-            };
+            let interval = crate::settings::count("AGENTRT_PLUGIN_POLL_MS")
+                .map_or(crate::plugin::reload::DEFAULT_POLL, |ms| {
+                    Duration::from_millis(ms as u64)
+                });
+            let reloader = reloader
+                .map(|reloader| reloader.spawn(interval))
+                .transpose()
+                .map_err(|e| {
+                    CliError::new(
+                        ErrorCode::Internal,
+                        format!("cannot watch the plugin folder and config: {e}"),
+                    )
+                })?;
             startup.stage("warming the python sandbox");
             warm_sandbox(&pipeline);
             startup.stage("opening the run store");

@@ -147,6 +147,13 @@ pub struct Usage {
     pub completion_tokens: u32,
 }
 
+impl Usage {
+    /// Prompt and completion together: what a token budget or a tally counts.
+    pub fn total(self) -> u64 {
+        u64::from(self.prompt_tokens) + u64::from(self.completion_tokens)
+    }
+}
+
 /// The result of one generation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Completion {

@@ -28,3 +28,4 @@ pub mod server;
 pub mod settings;
 pub mod stats;
 pub mod store;
+pub(crate) mod watched_file;

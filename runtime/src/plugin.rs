@@ -129,14 +129,14 @@ pub fn language_for_checks(given: Option<&str>, checks: &[Arc<Plugin>]) -> Resul
         .filter(|l| !l.is_empty())
         .unwrap_or_else(|| crate::language::PYTHON.to_owned());
     let covered = |p: &Arc<Plugin>| p.check_scope.as_ref().is_none_or(|s| s.covers(&language));
-    if language == "python" || checks.iter().any(covered) {
+    if language == crate::language::PYTHON || checks.iter().any(covered) {
         return Ok(language);
     }
     let mut known: Vec<&str> = checks
         .iter()
         .filter_map(|p| p.check_scope.as_ref())
         .flat_map(|s| s.languages.iter().map(String::as_str))
-        .chain(["python"])
+        .chain([crate::language::PYTHON])
         .collect();
     known.sort_unstable();
     known.dedup();

@@ -744,12 +744,14 @@ mod tests {
 
     /// A real CPU model that holds only `slots` sequences at once (as a GPU model with that
     /// many KV-cache slots does) and records the tokens of every segment of every pass; its
-    /// first pass waits until the test opens `gate`, when there is one.
+    /// first pass waits until the test opens `gate`, when there is one, and the pass numbered
+    /// in `cancel_at` sets its flag.
     struct Probe {
         inner: Arc<dyn CausalLm>,
         slots: usize,
         passes: Mutex<Vec<Vec<usize>>>,
         gate: Mutex<Option<mpsc::Receiver<()>>>,
+        cancel_at: Option<(usize, Arc<AtomicBool>)>,
     }
 
     impl Probe {
@@ -759,6 +761,7 @@ mod tests {
                 slots,
                 passes: Mutex::new(Vec::new()),
                 gate: Mutex::new(None),
+                cancel_at: None,
             }
         }
 
@@ -766,7 +769,13 @@ mod tests {
             if let Some(gate) = self.gate.lock().expect("gate").take() {
                 let _ = gate.recv();
             }
-            self.passes.lock().expect("passes").push(sizes);
+            let mut passes = self.passes.lock().expect("passes");
+            passes.push(sizes);
+            if let Some((at, cancel)) = &self.cancel_at
+                && passes.len() == *at
+            {
+                cancel.store(true, Ordering::Relaxed);
+            }
         }
 
         /// Hold the first pass until the returned sender sends (or is dropped).
@@ -1001,45 +1010,6 @@ mod tests {
         }
     }
 
-    /// A real CPU model that sets `cancel` during its pass number `at` (1: the prompt's).
-    struct CancelAt {
-        inner: Arc<dyn CausalLm>,
-        passes: std::sync::atomic::AtomicUsize,
-        at: usize,
-        cancel: Arc<AtomicBool>,
-    }
-
-    impl CausalLm for CancelAt {
-        fn context_length(&self) -> usize {
-            self.inner.context_length()
-        }
-        fn vocab(&self) -> usize {
-            self.inner.vocab()
-        }
-        fn cache_shape(&self) -> CacheShape {
-            self.inner.cache_shape()
-        }
-        fn max_sequences(&self) -> usize {
-            self.inner.max_sequences()
-        }
-        fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
-            self.count_pass();
-            self.inner.forward(tokens, cache)
-        }
-        fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
-            self.count_pass();
-            self.inner.forward_batch(segments)
-        }
-    }
-
-    impl CancelAt {
-        fn count_pass(&self) {
-            if self.passes.fetch_add(1, Ordering::Relaxed) + 1 == self.at {
-                self.cancel.store(true, Ordering::Relaxed);
-            }
-        }
-    }
-
     #[test]
     fn a_generation_cancelled_part_way_reports_what_it_used() {
         let dir = synthetic_checkpoint("cancelled-usage");
@@ -1047,16 +1017,11 @@ mod tests {
         let cancel = Arc::new(AtomicBool::new(false));
         // Cancelled during its fourth pass, whatever the threads' timing: the prompt and a
         // few tokens are made by then.
-        let inner = base.model.clone();
-        let model = with_model(
-            base,
-            Arc::new(CancelAt {
-                inner,
-                passes: Default::default(),
-                at: 4,
-                cancel: cancel.clone(),
-            }),
-        );
+        let probe = Probe {
+            cancel_at: Some((4, cancel.clone())),
+            ..Probe::new(base.model.clone(), base.model.max_sequences())
+        };
+        let model = with_model(base, Arc::new(probe));
         let control = Control {
             cancel: Some(cancel.clone()),
             ..Control::default()

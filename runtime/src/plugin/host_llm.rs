@@ -119,14 +119,14 @@ impl PluginState {
             // engine reports it; where it cannot (a remote model), the reservation stands.
             Err(stopped) => {
                 if let Some(usage) = stopped.spent {
-                    let spent = u64::from(usage.prompt_tokens + usage.completion_tokens);
+                    let spent = usage.total();
                     self.tokens_used += spent;
                     self.tokens.settle(reservation, spent);
                 }
                 return Err(to_wit_error(stopped.error));
             }
         };
-        let spent = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
+        let spent = done.usage.total();
         self.tokens_used += spent;
         self.tokens.settle(reservation, spent);
         Ok(Completion {

@@ -16,17 +16,16 @@
 //! which an embedded default cannot load, is refused as a whole and the config in use stays.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use sha2::{Digest, Sha256};
 
 use super::registry::{
     FileStamp, FolderPlugins, LivePlugins, compose, folder_stamps, load_embedded, scan_folder,
 };
 use super::{Plugin, PluginHost};
 use crate::config::Config;
+use crate::watched_file::WatchedFile;
 
 /// How often the folder is looked at, unless `AGENTRT_PLUGIN_POLL_MS` says otherwise.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(1000);
@@ -45,38 +44,6 @@ pub struct Reloader {
     applied: BTreeMap<PathBuf, FileStamp>,
     /// The folder at the last poll (a change is applied once it holds still).
     last_seen: BTreeMap<PathBuf, FileStamp>,
-}
-
-/// A file watched by the digest of what it holds (`None`: it cannot be read).
-struct WatchedFile {
-    path: PathBuf,
-    applied: Option<[u8; 32]>,
-    last_seen: Option<[u8; 32]>,
-}
-
-impl WatchedFile {
-    /// `path`, whose version `applied` is in use (the digest of what was read, not of what
-    /// the file holds by now: a change made while the server started is still a change).
-    fn new(path: PathBuf, applied: Option<[u8; 32]>) -> Self {
-        Self {
-            path,
-            applied,
-            last_seen: applied,
-        }
-    }
-
-    /// Whether the file holds something other than what was applied: with `settled`, only
-    /// once it has held it for two looks in a row.
-    fn changed(&mut self, settled: bool) -> bool {
-        let seen = fingerprint(&self.path);
-        let still = seen == self.last_seen;
-        self.last_seen = seen;
-        seen != self.applied && (still || !settled)
-    }
-}
-
-fn fingerprint(file: &Path) -> Option<[u8; 32]> {
-    std::fs::read(file).ok().map(|b| Sha256::digest(b).into())
 }
 
 impl Reloader {
@@ -152,7 +119,7 @@ impl Reloader {
         };
         // Whatever comes of it, this version of the file has been tried: the next change is
         // the next try (no error in the log every second).
-        let untried = std::mem::replace(&mut watched.applied, watched.last_seen);
+        let untried = watched.mark_tried();
         let path = watched.path.clone();
         let refuse = |why: String| {
             tracing::error!(target: "agentrt::plugins", config = %path.display(), why = trigger, error = %why, "config not reloaded; the config in use is kept");

@@ -150,7 +150,7 @@ fn finish_reason(f: FinishReason) -> &'static str {
 }
 
 fn tokens(c: &Completion) -> u64 {
-    u64::from(c.usage.prompt_tokens + c.usage.completion_tokens)
+    c.usage.total()
 }
 
 fn usage(c: &Completion) -> Value {
@@ -451,9 +451,7 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
             Ok(done) => stats.record_endpoint(endpoint, ms, tokens(done), None),
             // A client that went away mid-stream still had tokens made for it.
             Err(stopped) => {
-                let spent = stopped
-                    .spent
-                    .map_or(0, |u| u64::from(u.prompt_tokens + u.completion_tokens));
+                let spent = stopped.spent.map_or(0, crate::engine::Usage::total);
                 stats.record_endpoint(endpoint, ms, spent, Some(stopped.error.code().as_str()))
             }
         }

@@ -3,44 +3,37 @@
 //! (its changes are also picked up by the plugin reloader's poll, see
 //! [`crate::plugin::reload`]).
 //!
-//! The keys file is polled (its contents' digest; a keys file is a few lines), and a change is
-//! applied once the file has looked the same for two polls in a row, so an editor's
-//! half-written file is not read. SIGHUP reads both at once, as daemons conventionally do (and
-//! no longer ends the server, which is SIGHUP's default action). Every reload is logged; one
-//! that is refused (see [`ApiKeys::reload`]) leaves what was in use as it was.
+//! The keys file is polled as a [`WatchedFile`]: a change is applied once the file has looked
+//! the same for two polls in a row, so an editor's half-written file is not read. SIGHUP reads
+//! both at once, as daemons conventionally do (and no longer ends the server, which is
+//! SIGHUP's default action). Every reload is logged; one that is refused (see
+//! [`ApiKeys::reload`]) leaves what was in use as it was.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use super::auth::ApiKeys;
 use crate::plugin::reload::Reloader;
+use crate::watched_file::WatchedFile;
 
 /// How often the keys file is looked at.
 pub const POLL: Duration = Duration::from_secs(1);
 
 /// Watch the keys file of `keys` (if it has one) from a thread of its own.
 pub fn watch_file(keys: Arc<ApiKeys>, interval: Duration) -> std::io::Result<()> {
-    let Some(file) = keys.file().map(Path::to_path_buf) else {
+    let Some(file) = keys.file().map(std::path::Path::to_path_buf) else {
         return Ok(());
     };
-    // From the version read at start, not what the file holds by now: a change made while the
-    // server started is still a change.
-    let mut applied = keys.applied_digest();
-    let mut last_seen = fingerprint(&file);
+    let mut watched = WatchedFile::new(file, keys.applied_digest());
     std::thread::Builder::new()
         .name("api-keys-watch".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(interval);
-                let seen = fingerprint(&file);
-                if seen != applied && seen == last_seen {
-                    applied = seen;
+                if watched.changed(true) {
+                    watched.mark_tried();
                     reload(&keys, "the keys file changed");
                 }
-                last_seen = seen;
             }
         })?;
     Ok(())
@@ -111,9 +104,4 @@ fn reload(keys: &ApiKeys, why: &str) {
             "API keys not reloaded; the keys in use are kept"
         ),
     }
-}
-
-/// What the file holds, by digest (`None`: it cannot be read).
-fn fingerprint(file: &Path) -> Option<[u8; 32]> {
-    std::fs::read(file).ok().map(|b| Sha256::digest(b).into())
 }

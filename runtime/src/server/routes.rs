@@ -404,7 +404,7 @@ pub async fn chat(
         };
         match model.generate(&Prompt::Chat(messages), &params, &control, &mut |_| {}) {
             Ok(done) => {
-                let tokens = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
+                let tokens = done.usage.total();
                 (Ok(chat_answer(&done)), tokens)
             }
             Err(e) => (Err(ApiError::from(&e)), 0),
