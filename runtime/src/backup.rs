@@ -6,6 +6,8 @@
 //! they were given. Restoring stages every file beside its target (synced, the store's copy
 //! checked) before it renames any into place, the store last, each rename atomic; it is
 //! refused while a server holds the store, or when a target exists and `force` is not given.
+//! A file it replaces is kept beside it as `NAME.pre-restore-SECONDS` (the store with its
+//! write-ahead log), so a restore of the wrong backup loses nothing.
 
 use std::fs;
 use std::io::Write;
@@ -124,7 +126,8 @@ fn copy_tree(from: &Path, to: &Path, budget: &mut u64) -> Result<Vec<PathBuf>, B
         if kind.is_dir() {
             copied.extend(copy_tree(&e.path(), &target, budget)?);
         } else if kind.is_file() {
-            let n = fs::copy(e.path(), &target).map_err(|err| io("cannot copy", &e.path(), err))?;
+            let n =
+                copy_synced(&e.path(), &target).map_err(|err| io("cannot copy", &e.path(), err))?;
             *budget = budget.checked_sub(n).ok_or_else(|| {
                 fail(
                     ErrorCode::BackupFailed,
@@ -188,10 +191,13 @@ fn write_backup(
 ) -> Result<Manifest, BackupError> {
     let db = out.join("store.db");
     let runs = Store::backup_online(store, &db).map_err(|e| fail(e.code(), e.to_string()))?;
+    fs::File::open(&db)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("cannot sync", &db, e))?;
     let mut files = vec![entry(out, &db)?];
     if let Some(config) = config {
         let target = out.join("config.toml");
-        fs::copy(config, &target).map_err(|e| io("cannot copy", config, e))?;
+        copy_synced(config, &target).map_err(|e| io("cannot copy", config, e))?;
         files.push(entry(out, &target)?);
     }
     if let Some(plugins) = plugins {
@@ -208,13 +214,44 @@ fn write_backup(
         runs,
         files,
     };
+    // Every file and folder entry is on disk before the manifest that vouches for them, and
+    // the manifest before the backup is reported made: after a power cut a backup is whole
+    // or has no manifest (which `restore` refuses), never a manifest over missing files.
+    let mut folders: Vec<PathBuf> = manifest
+        .files
+        .iter()
+        .filter_map(|f| out.join(&f.path).parent().map(Path::to_path_buf))
+        .collect();
+    folders.sort();
+    folders.dedup();
+    for folder in &folders {
+        sync_folder(folder)?;
+    }
     let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     let path = out.join("manifest.json");
     let mut f = fs::File::create(&path).map_err(|e| io("cannot write", &path, e))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| io("cannot write", &path, e))?;
+    sync_folder(out)?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_folder(parent)?;
+    }
     Ok(manifest)
+}
+
+/// Copy `from` to `to` and sync the copy to disk.
+fn copy_synced(from: &Path, to: &Path) -> std::io::Result<u64> {
+    let n = fs::copy(from, to)?;
+    fs::File::open(to)?.sync_all()?;
+    Ok(n)
+}
+
+/// Sync a folder's entries (the names of the files made in it) to disk.
+fn sync_folder(folder: &Path) -> Result<(), BackupError> {
+    fs::File::open(folder)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("cannot sync", folder, e))
 }
 
 /// Read `from`'s manifest and check every file it lists against its size and SHA-256.
@@ -305,6 +342,8 @@ pub struct Restored {
     pub runs: usize,
     pub config: Option<String>,
     pub plugins: Option<String>,
+    /// Where each file the restore replaced was kept (`NAME.pre-restore-SECONDS`).
+    pub kept: Vec<String>,
 }
 
 /// Verify the backup at `from`, then put its store at `store` (and its config and plugins at
@@ -376,7 +415,10 @@ pub fn restore(
     files.extend(plugin_files);
     files.push((from.join("store.db"), store.to_path_buf()));
     let staged = stage_all(&files)?;
-    install(&staged)?;
+    let kept = install(
+        &staged,
+        &format!(".pre-restore-{}", crate::store::now_ms() / 1000),
+    )?;
     // The folders the renames changed: a linked target's, not the link's.
     sync_folders(&staged, plugins);
 
@@ -385,6 +427,7 @@ pub fn restore(
         runs: manifest.runs,
         config: config.map(|c| c.display().to_string()),
         plugins: plugins.map(|d| d.display().to_string()),
+        kept: kept.iter().map(|p| p.display().to_string()).collect(),
     })
 }
 
@@ -466,26 +509,40 @@ fn stage(source: &Path, target: &Path, tmp: &Path) -> Result<(), BackupError> {
         .map_err(|e| io("cannot sync", tmp, e))
 }
 
-/// Rename every staged file over its target, in order (the store last). Staging proved each
-/// folder writable, so a failure here is the file system's; what was not yet renamed is
-/// removed and the error names how far the restore got.
-fn install(staged: &[(PathBuf, PathBuf)]) -> Result<(), BackupError> {
+/// Rename every staged file over its target, in order (the store last), each existing target
+/// first kept as `target` + `kept_suffix` (a second name for the same file, so nothing is
+/// copied; the store's write-ahead log goes with it). Staging proved each folder writable, so a
+/// failure here is the file system's; what was not yet renamed is removed and the error names
+/// how far the restore got. Returns where the replaced files were kept.
+fn install(staged: &[(PathBuf, PathBuf)], kept_suffix: &str) -> Result<Vec<PathBuf>, BackupError> {
+    let mut kept_all = Vec::new();
     for (n, (tmp, target)) in staged.iter().enumerate() {
         let is_store = n + 1 == staged.len();
-        let aside = if is_store {
-            set_old_log_aside(target)
-        } else {
-            Ok(Vec::new())
-        };
-        let moved = aside.and_then(|aside| {
+        let kept = keep(target, kept_suffix);
+        let aside = kept.and_then(|kept| {
+            let logs = if is_store {
+                set_old_log_aside(target, kept.as_deref())
+            } else {
+                Ok(Vec::new())
+            };
+            logs.inspect_err(|_| forget(kept.as_deref()))
+                .map(|logs| (kept, logs))
+        });
+        let moved = aside.and_then(|(kept, aside)| {
             match fs::rename(tmp, target) {
                 Ok(()) => {
-                    aside.iter().for_each(|(_, moved)| discard(moved));
+                    // The old log stays with the kept store; only its index is dropped.
+                    aside
+                        .iter()
+                        .filter(|(_, moved)| moved.to_string_lossy().ends_with(".replaced"))
+                        .for_each(|(_, moved)| discard(moved));
+                    kept_all.extend(kept);
                     Ok(())
                 }
                 Err(e) => {
                     // The old store keeps its log: its last commits may live only there.
                     put_back(&aside);
+                    forget(kept.as_deref());
                     Err(io("cannot move into place", target, e))
                 }
             }
@@ -501,20 +558,54 @@ fn install(staged: &[(PathBuf, PathBuf)]) -> Result<(), BackupError> {
             ));
         }
     }
-    Ok(())
+    Ok(kept_all)
+}
+
+/// Give an existing `target` a second name, `target` + `suffix`, before the restore renames
+/// a new file over it: the old contents stay there. A hard link where the file system has
+/// them, else a synced copy. `None` when there is no file to keep.
+fn keep(target: &Path, suffix: &str) -> Result<Option<PathBuf>, BackupError> {
+    if !target.is_file() {
+        return Ok(None);
+    }
+    let kept = beside(target, suffix);
+    if fs::hard_link(target, &kept).is_err() {
+        fs::copy(target, &kept)
+            .and_then(|_| fs::File::open(&kept)?.sync_all())
+            .map_err(|e| {
+                let _ = fs::remove_file(&kept);
+                io("cannot keep a copy of", target, e)
+            })?;
+    }
+    Ok(Some(kept))
+}
+
+/// Undo [`keep`] when the file it kept was not replaced after all.
+fn forget(kept: Option<&Path>) {
+    if let Some(kept) = kept {
+        let _ = fs::remove_file(kept);
+    }
 }
 
 /// The old store's write-ahead log and index belong to the old file: moved aside before the
 /// new one takes its name (the store lock keeps servers away in between), and put back if it
-/// cannot. Returns each (original, aside) pair.
-fn set_old_log_aside(target: &Path) -> Result<Vec<(PathBuf, PathBuf)>, BackupError> {
+/// cannot. The log goes beside the kept copy of the store (`kept` + `-wal`: SQLite finds it
+/// there when that copy is opened), the index aside to be dropped. Returns each (original,
+/// aside) pair.
+fn set_old_log_aside(
+    target: &Path,
+    kept: Option<&Path>,
+) -> Result<Vec<(PathBuf, PathBuf)>, BackupError> {
     let mut moved = Vec::new();
     for suffix in ["-wal", "-shm"] {
         let old = beside(target, suffix);
         if !old.exists() {
             continue;
         }
-        let aside = beside(target, &format!("{suffix}.replaced"));
+        let aside = match kept {
+            Some(kept) if suffix == "-wal" => beside(kept, suffix),
+            _ => beside(target, &format!("{suffix}.replaced")),
+        };
         if let Err(e) = fs::rename(&old, &aside) {
             put_back(&moved);
             return Err(io("cannot move aside", &old, e));
@@ -850,6 +941,41 @@ mod tests {
             .filter(|n| n.contains(".restoring"))
             .collect();
         assert!(left.is_empty(), "staged files left behind: {left:?}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A forced restore keeps what it replaces: the old store (runs the backup lacks) and the
+    /// old config, beside them, and says where.
+    #[test]
+    fn a_forced_restore_keeps_the_files_it_replaces() {
+        let (dir, out) = a_backup("kept", true);
+        let live = dir.join("live.db");
+        filled_store(&live);
+        let store = Store::open(&live).expect("open");
+        store
+            .insert_run("after-the-backup", &serde_json::json!({}))
+            .expect("insert");
+        drop(store);
+        let config = dir.join("agentrt.toml");
+        fs::write(&config, "# edited after the backup\n").expect("config");
+
+        let r = restore(&out, &live, Some(&config), None, true).expect("restore");
+        assert_eq!(run_ids(&live), ["a", "b"]);
+        assert_eq!(fs::read_to_string(&config).expect("read"), "[limits]\n");
+        assert_eq!(r.kept.len(), 2, "{:?}", r.kept);
+        let kept_config = PathBuf::from(&r.kept[0]);
+        let kept_store = PathBuf::from(&r.kept[1]);
+        assert!(
+            kept_store
+                .to_string_lossy()
+                .starts_with(&format!("{}.pre-restore-", live.display())),
+            "{kept_store:?}"
+        );
+        assert_eq!(run_ids(&kept_store), ["a", "after-the-backup", "b"]);
+        assert_eq!(
+            fs::read_to_string(&kept_config).expect("read"),
+            "# edited after the backup\n"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -674,7 +674,7 @@ fn sqlite_only(location: String) -> Result<std::path::PathBuf, CliError> {
 /// Open the run store and close the runs a previous process left unfinished.
 fn open_store(
     opts: &RuntimeOpts,
-    stats: &Stats,
+    stats: &Arc<Stats>,
 ) -> Result<Arc<dyn crate::store::RunStore>, CliError> {
     use crate::store::RunStore;
     let location = store_location(opts)?;
@@ -683,26 +683,22 @@ fn open_store(
     let interrupted = store
         .interrupt_unfinished()
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
-    if interrupted > 0 {
-        tracing::warn!(
-            runs = interrupted,
-            store = %store.location(),
-            "runs left unfinished by the previous server were marked failed (RUN_002)"
-        );
-        // Failed runs like any other, in /stats and /metrics: ended by the crash (their time
-        // and tokens are not known).
-        for _ in 0..interrupted {
-            stats.record_endpoint_unmeasured(
-                crate::runs::STATS_ENDPOINT,
-                Some(ErrorCode::RunInterrupted.as_str()),
-            );
-            crate::metrics::count_pipeline_run("failed");
-        }
-    }
+    crate::runs::record_interrupted(
+        interrupted,
+        "the previous server or a host that is gone",
+        &store.location(),
+        stats,
+    );
     crate::store::watch::spawn_file_check(store.clone()).map_err(|e| {
         CliError::new(
             ErrorCode::Internal,
             format!("cannot start watching the run store: {e}"),
+        )
+    })?;
+    crate::runs::spawn_gone_hosts_sweep(store.clone(), stats.clone()).map_err(|e| {
+        CliError::new(
+            ErrorCode::Internal,
+            format!("cannot start watching for hosts gone from the run store: {e}"),
         )
     })?;
     Ok(store)
@@ -1413,6 +1409,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let value = serde_json::to_value(&restored).unwrap_or_default();
             emit(opts.json, &value, || {
                 println!("restored {} runs into {}", restored.runs, restored.store);
+                for kept in &restored.kept {
+                    println!("kept the file it replaced as {kept}");
+                }
             });
             Ok(())
         }

@@ -131,6 +131,19 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
                     });
                 }
             }
+            // Runs a crash left unfinished, closed at the next start: failed runs, one line
+            // for all of them.
+            "agentrt::runs" if fields["message"] == crate::runs::INTERRUPTED_MESSAGE => {
+                let runs = fields["runs"].as_u64().unwrap_or(0) as usize;
+                *a.runs_failed_by_code
+                    .entry(
+                        crate::error_code::ErrorCode::RunInterrupted
+                            .as_str()
+                            .to_string(),
+                    )
+                    .or_default() += runs;
+                *a.runs_by_state.entry("failed".to_string()).or_default() += runs;
+            }
             "agentrt::runs" if fields["message"] == "pipeline run ended" => {
                 let state = text(&fields["state"]);
                 if state == "failed" {
@@ -315,6 +328,7 @@ mod tests {
 {"timestamp":"t2","level":"WARN","fields":{"message":"pipeline run ended","run":"b","ms":5,"state":"failed","code":"PLUGIN_004"},"target":"agentrt::runs"}
 {"timestamp":"t3","level":"WARN","fields":{"message":"pipeline run ended","run":"c","ms":5,"state":"failed","code":"GEN_003"},"target":"agentrt::runs"}
 {"timestamp":"t4","level":"INFO","fields":{"message":"pipeline run ended","run":"d","ms":5,"state":"cancelled","code":"COMM_004"},"target":"agentrt::runs"}
+{"timestamp":"t5","level":"WARN","fields":{"message":"unfinished runs closed as failed (RUN_002)","runs":3,"left_by":"the previous server or a host that is gone","store":"/s.db"},"target":"agentrt::runs"}
 "#;
         let a = analyze(log.as_bytes(), 1000).expect("analyze");
         let states: Vec<(&str, usize)> = a
@@ -322,16 +336,19 @@ mod tests {
             .iter()
             .map(|(s, n)| (s.as_str(), *n))
             .collect();
-        assert_eq!(states, [("cancelled", 1), ("completed", 1), ("failed", 2)]);
+        // The three runs a crash left, closed at the next start, are failed runs too.
+        assert_eq!(states, [("cancelled", 1), ("completed", 1), ("failed", 5)]);
         assert_eq!(a.runs_failed_by_code["PLUGIN_004"], 1);
         assert_eq!(a.runs_failed_by_code["GEN_003"], 1);
+        assert_eq!(a.runs_failed_by_code["RUN_002"], 3);
         // Each failure code is a problem of its own.
         let problems: Vec<&str> = a.problems.iter().map(|p| p.message.as_str()).collect();
         assert_eq!(
             problems,
             [
                 "pipeline run ended (GEN_003)",
-                "pipeline run ended (PLUGIN_004)"
+                "pipeline run ended (PLUGIN_004)",
+                "unfinished runs closed as failed (RUN_002)"
             ]
         );
     }

@@ -446,7 +446,9 @@ impl Runs {
         };
         in_flight("queued").dec();
         in_flight("running").inc();
-        if let Err(e) = self.store.set_running(id) {
+        // Tried again as every other write is: a run shown `queued` while it runs would
+        // mislead whoever watches the list.
+        if let Err(e) = with_retries(self.store.as_ref(), || self.store.set_running(id)) {
             tracing::error!(run = %id, "state not stored: {e}");
         }
         let sink = emitter.clone();
@@ -527,18 +529,23 @@ impl Runs {
                 state: run.state.as_str(),
             });
         }
-        match self.live().get(id) {
-            Some(live) => match live.ended_as.get() {
-                // Its end is being stored: too late to stop it.
-                Some(state) => Err(RunsError::Finished {
-                    id: id.to_string(),
-                    state,
-                }),
-                None => {
-                    live.cancel.store(true, Ordering::Relaxed);
-                    Ok(run)
-                }
-            },
+        // The end is checked and the cancel flag set under the live-runs lock (a run sets
+        // `ended_as` under it), but the lock is let go before the store is read again below:
+        // that read can wait on the store (a busy file, a PostgreSQL failover), and every run
+        // and subscriber waits on this lock.
+        let here = self.live().get(id).map(|live| match live.ended_as.get() {
+            // Its end is being stored: too late to stop it.
+            Some(state) => Err(RunsError::Finished {
+                id: id.to_string(),
+                state,
+            }),
+            None => {
+                live.cancel.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+        });
+        match here {
+            Some(cancelled) => cancelled.map(|()| run),
             // Not here: either it ended here since the store was read, or another host (a
             // shared PostgreSQL store) runs it; the store, read again, tells which.
             None => {
@@ -579,6 +586,52 @@ impl Runs {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The log message of runs closed as interrupted (`RUN_002`); `agentrt logs analyze` counts
+/// its `runs` among the failed runs.
+pub const INTERRUPTED_MESSAGE: &str = "unfinished runs closed as failed (RUN_002)";
+
+/// Count `runs` runs closed as interrupted — left by a previous process of this server
+/// (`whose` = "the previous server") or by a host that is gone — as failed runs like any
+/// other: in the log (one line), `/stats` and `/metrics` (their time and tokens are not
+/// known).
+pub fn record_interrupted(runs: usize, whose: &str, store: &str, stats: &crate::stats::Stats) {
+    if runs == 0 {
+        return;
+    }
+    tracing::warn!(target: "agentrt::runs", runs, left_by = whose, store, "{INTERRUPTED_MESSAGE}");
+    for _ in 0..runs {
+        stats.record_endpoint_unmeasured(STATS_ENDPOINT, Some(ErrorCode::RunInterrupted.as_str()));
+        crate::metrics::count_pipeline_run("failed");
+    }
+}
+
+/// How often a server closes the runs of hosts gone from a shared store (a host replaced
+/// under a new name never closes its own; the store waits until one has been quiet for ten
+/// minutes before it takes it for gone).
+const GONE_HOSTS_EVERY: Duration = Duration::from_secs(300);
+
+/// Close the runs of hosts gone from a shared store every [`GONE_HOSTS_EVERY`], in the
+/// background (nothing to do on a store only this server uses).
+pub fn spawn_gone_hosts_sweep(
+    store: Arc<dyn RunStore>,
+    stats: Arc<crate::stats::Stats>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("agentrt-gone-hosts".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(GONE_HOSTS_EVERY);
+                match store.close_gone_hosts() {
+                    Ok(closed) => {
+                        record_interrupted(closed, "a host that is gone", &store.location(), &stats)
+                    }
+                    Err(e) => tracing::warn!("cannot close the runs of hosts that are gone: {e}"),
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 /// How long finished runs are kept (`AGENTRT_RUN_RETENTION_DAYS`; unset or 0: for ever).

@@ -146,8 +146,11 @@ pub struct StoredEvent {
 /// `agentrt restore` while it replaces the file.
 #[derive(Debug)]
 pub struct StoreLock {
-    /// Locked while open; closing it (drop) releases the lock.
-    _file: std::fs::File,
+    /// Locked while open; closing it (drop) releases the lock. Replaced when the lock file
+    /// is deleted under the server ([`StoreLock::check`]).
+    file: Mutex<std::fs::File>,
+    /// `PATH.lock`, beside the file links lead to.
+    path: PathBuf,
 }
 
 impl StoreLock {
@@ -182,19 +185,67 @@ impl StoreLock {
         let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let mut lock_path = real.into_os_string();
         lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let file = Self::lock_file(&lock_path).map_err(fail)?;
+        Ok(Self {
+            file: Mutex::new(file),
+            path: lock_path,
+        })
+    }
+
+    /// Open (creating) and lock the lock file at `lock_path`.
+    fn lock_file(lock_path: &Path) -> Result<std::fs::File, String> {
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)
-            .map_err(|e| fail(format!("cannot open its lock file: {e}")))?;
+            .open(lock_path)
+            .map_err(|e| format!("cannot open its lock file: {e}"))?;
         match lock.try_lock() {
-            Ok(()) => Ok(Self { _file: lock }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(fail(
+            Ok(()) => Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) => Err(
                 "another agentrt server is using this store (set AGENTRT_STORE to give this one its own)"
                     .into(),
+            ),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock it: {e}")),
+        }
+    }
+
+    /// Whether the lock file is still the one locked. One deleted under the server (`rm
+    /// agentrt.db*`, a cleaner of old files) would let a second server or a restore in while
+    /// this one writes: it is made and locked again, and `Ok(Some(note))` says so. `Err` when
+    /// another process took the new one first.
+    fn check(&self) -> Result<Option<String>, String> {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let held = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+            if held.is_some() && held == file_identity(&self.path) {
+                return Ok(None);
+            }
+        }
+        #[cfg(not(unix))]
+        if self.path.exists() {
+            return Ok(None);
+        }
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        match Self::lock_file(&self.path) {
+            Ok(fresh) => {
+                *file = fresh;
+                Ok(Some(format!(
+                    "the store's lock file {} was deleted while this server ran; it has been \
+                     made and locked again",
+                    self.path.display()
+                )))
+            }
+            Err(why) => Err(format!(
+                "the store's lock file {} was deleted while this server ran and cannot be \
+                 taken again ({why}); stop the other process, and restart this server",
+                self.path.display()
             )),
-            Err(std::fs::TryLockError::Error(e)) => Err(fail(format!("cannot lock it: {e}"))),
         }
     }
 }
@@ -236,6 +287,13 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// or crashed under them) as failed with `RUN_002`, each with a closing `done` event.
     /// Returns how many. Call before accepting new runs.
     fn interrupt_unfinished(&self) -> Result<usize, StoreError>;
+    /// On a store shared by several hosts, close (as [`Self::interrupt_unfinished`] does) the
+    /// unfinished runs of hosts that are gone, never this host's own; a server calls it now
+    /// and then, since a host replaced under a new name never closes its own. A store only
+    /// one server uses has none: `Ok(0)`.
+    fn close_gone_hosts(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
     /// Delete up to `limit` runs that ended before `before_ms`, with their events (retention;
     /// runs still queued or running are never touched): how many were deleted.
     fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError>;
@@ -439,7 +497,7 @@ pub struct Store {
     /// The file opened (device and inode), to tell it from another put in its place.
     identity: Mutex<Option<FileIdentity>>,
     /// Held by a server for as long as it runs (see [`Store::open_exclusive`]).
-    _lock: Option<StoreLock>,
+    lock: Option<StoreLock>,
 }
 
 impl Store {
@@ -469,7 +527,7 @@ impl Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             identity: Mutex::new(file_identity(path)),
-            _lock: None,
+            lock: None,
         })
     }
 
@@ -478,7 +536,7 @@ impl Store {
     pub fn open_exclusive(path: &Path) -> Result<Self, StoreError> {
         let lock = StoreLock::take(path)?;
         let mut store = Self::open(path)?;
-        store._lock = Some(lock);
+        store.lock = Some(lock);
         // A damaged file would be served as healthy while every run call failed: refused at
         // start instead. quick_check reads every page once (a second or so per GB).
         let problems = store
@@ -553,6 +611,29 @@ impl Store {
         })
     }
 
+    /// [`RunStore::check_file`] for the database file itself.
+    fn check_database_file(&self) -> Result<Option<String>, StoreError> {
+        let fail = |message: String| StoreError {
+            path: self.path.display().to_string(),
+            message,
+        };
+        let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(opened) = *identity else {
+            return Ok(None);
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(_) if file_identity(&self.path) == Some(opened) => Ok(None),
+            Ok(_) => Err(fail(
+                "another file took the store's place while this server ran (a restore goes \
+                 through `agentrt restore`, with the server stopped); this server goes on with \
+                 the file it opened, and loses it when it stops unless it is put back"
+                    .into(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_again(&mut identity),
+            Err(e) => Err(fail(format!("cannot look at the store's file: {e}"))),
+        }
+    }
+
     /// The store's file was deleted under the open connection, which still reads it: written
     /// out again whole, then used in its place, so that nothing stored is lost.
     fn write_again(
@@ -572,6 +653,10 @@ impl Store {
             .to_str()
             .ok_or_else(|| "the path is not UTF-8".to_string())
             .and_then(|target| {
+                // The whole folder may have gone (`$AGENTRT_HOME` cleaned up under it).
+                if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                }
                 conn.execute("VACUUM INTO ?1", [target])
                     .map_err(|e| e.to_string())?;
                 std::fs::File::open(&partial)
@@ -911,21 +996,15 @@ impl RunStore for Store {
             path: self.path.display().to_string(),
             message,
         };
-        let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(opened) = *identity else {
-            return Ok(None);
+        let lock_note = match &self.lock {
+            Some(lock) => lock.check().map_err(fail)?,
+            None => None,
         };
-        match std::fs::metadata(&self.path) {
-            Ok(_) if file_identity(&self.path) == Some(opened) => Ok(None),
-            Ok(_) => Err(fail(
-                "another file took the store's place while this server ran (a restore goes \
-                 through `agentrt restore`, with the server stopped); this server goes on with \
-                 the file it opened, and loses it when it stops unless it is put back"
-                    .into(),
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_again(&mut identity),
-            Err(e) => Err(fail(format!("cannot look at the store's file: {e}"))),
-        }
+        let file_note = self.check_database_file()?;
+        Ok(match (lock_note, file_note) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        })
     }
 
     #[cfg(test)]
@@ -1341,8 +1420,12 @@ mod conformance {
             .expect("a reconnecting host's run");
         drop(store);
         let store = h.open();
-        assert_eq!(store.interrupt_unfinished().expect("interrupt"), 2);
         let state = |id: &str| store.run(id).expect("read").expect("run").state;
+        // The sweep a running server repeats closes the gone host's run, never its own.
+        assert_eq!(store.close_gone_hosts().expect("sweep"), 1);
+        assert_eq!(state("orphan"), RunState::Failed);
+        assert_eq!(state("mine"), RunState::Running);
+        assert_eq!(store.interrupt_unfinished().expect("interrupt"), 1);
         assert_eq!(state("mine"), RunState::Failed);
         assert_eq!(state("orphan"), RunState::Failed);
         assert_eq!(state("theirs"), RunState::Running);

@@ -176,6 +176,87 @@ pub fn instance_name() -> String {
 }
 
 impl PgStore {
+    /// Close, as failed (`RUN_002`) with a closing `done` event, the unfinished runs of hosts
+    /// that are gone, and this host's own when `own` (at start: left by its previous process).
+    fn close_unfinished(&self, own: bool) -> Result<usize, StoreError> {
+        let error = interrupted_error();
+        let done =
+            serde_json::json!({"type": "done", "state": "failed", "error": error}).to_string();
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            // This instance's runs, and those of hosts that hold no instance lock: gone (a
+            // container or pod replaced under a new host name never comes back to close its
+            // own). Another live host's runs are still in progress. The lock tried here is
+            // the transaction's, gone at its end, so a host starting meanwhile gets its own.
+            let others: Vec<String> = tx
+                .query(
+                    "SELECT DISTINCT owner FROM runs WHERE state IN ('queued', 'running')
+                     AND owner <> $1",
+                    &[&self.instance],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut owners = if own {
+                vec![self.instance.clone()]
+            } else {
+                Vec::new()
+            };
+            let quiet_since = now_ms() - i64::try_from(GONE_AFTER.as_millis()).unwrap_or(i64::MAX);
+            for owner in others {
+                let unlocked: bool = tx
+                    .query_one(
+                        "SELECT pg_try_advisory_xact_lock(hashtext('agentrt instance ' || current_schema() || ' ' || $1))",
+                        &[&owner],
+                    )?
+                    .get(0);
+                // A free lock alone could be a live host whose session dropped a moment ago
+                // (it takes the lock again at its next write): it must also have been quiet.
+                let quiet: bool = unlocked
+                    && tx
+                        .query_one(
+                            "SELECT GREATEST(
+                               (SELECT COALESCE(MAX(updated_at_ms), 0) FROM runs WHERE owner = $1),
+                               (SELECT COALESCE(MAX(e.at_ms), 0) FROM run_events e
+                                JOIN runs r ON r.id = e.run_id
+                                WHERE r.owner = $1 AND r.state IN ('queued', 'running'))
+                             ) < $2",
+                            &[&owner, &quiet_since],
+                        )?
+                        .get(0);
+                if quiet {
+                    tracing::warn!(host = %owner, "closing the unfinished runs of a host that is gone");
+                    owners.push(owner);
+                }
+            }
+            let ids: Vec<String> = tx
+                .query(
+                    "SELECT id FROM runs WHERE state IN ('queued', 'running') AND owner = ANY($1)
+                     FOR UPDATE",
+                    &[&owners],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let now = now_ms();
+            for id in &ids {
+                tx.execute(
+                    "INSERT INTO run_events (run_id, seq, at_ms, kind, data)
+                     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, 'done', $3 FROM run_events
+                     WHERE run_id = $1",
+                    &[id, &now, &done],
+                )?;
+                tx.execute(
+                    "UPDATE runs SET state = 'failed', updated_at_ms = $2, error_code = $3,
+                     error_message = $4 WHERE id = $1",
+                    &[id, &now, &error.code, &error.message],
+                )?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
+    }
+
     /// Connect, create the schema when missing, and (for a server, `exclusive`) take the
     /// instance lock.
     pub fn connect(url: &str, instance: &str, exclusive: bool) -> Result<Self, StoreError> {
@@ -537,78 +618,11 @@ impl RunStore for PgStore {
     }
 
     fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
-        let error = interrupted_error();
-        let done =
-            serde_json::json!({"type": "done", "state": "failed", "error": error}).to_string();
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            // This instance's runs, and those of hosts that hold no instance lock: gone (a
-            // container or pod replaced under a new host name never comes back to close its
-            // own). Another live host's runs are still in progress. The lock tried here is
-            // the transaction's, gone at its end, so a host starting meanwhile gets its own.
-            let others: Vec<String> = tx
-                .query(
-                    "SELECT DISTINCT owner FROM runs WHERE state IN ('queued', 'running')
-                     AND owner <> $1",
-                    &[&self.instance],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let mut owners = vec![self.instance.clone()];
-            let quiet_since = now_ms() - i64::try_from(GONE_AFTER.as_millis()).unwrap_or(i64::MAX);
-            for owner in others {
-                let unlocked: bool = tx
-                    .query_one(
-                        "SELECT pg_try_advisory_xact_lock(hashtext('agentrt instance ' || current_schema() || ' ' || $1))",
-                        &[&owner],
-                    )?
-                    .get(0);
-                // A free lock alone could be a live host whose session dropped a moment ago
-                // (it takes the lock again at its next write): it must also have been quiet.
-                let quiet: bool = unlocked
-                    && tx
-                        .query_one(
-                            "SELECT GREATEST(
-                               (SELECT COALESCE(MAX(updated_at_ms), 0) FROM runs WHERE owner = $1),
-                               (SELECT COALESCE(MAX(e.at_ms), 0) FROM run_events e
-                                JOIN runs r ON r.id = e.run_id
-                                WHERE r.owner = $1 AND r.state IN ('queued', 'running'))
-                             ) < $2",
-                            &[&owner, &quiet_since],
-                        )?
-                        .get(0);
-                if quiet {
-                    tracing::warn!(host = %owner, "closing the unfinished runs of a host that is gone");
-                    owners.push(owner);
-                }
-            }
-            let ids: Vec<String> = tx
-                .query(
-                    "SELECT id FROM runs WHERE state IN ('queued', 'running') AND owner = ANY($1)
-                     FOR UPDATE",
-                    &[&owners],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let now = now_ms();
-            for id in &ids {
-                tx.execute(
-                    "INSERT INTO run_events (run_id, seq, at_ms, kind, data)
-                     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, 'done', $3 FROM run_events
-                     WHERE run_id = $1",
-                    &[id, &now, &done],
-                )?;
-                tx.execute(
-                    "UPDATE runs SET state = 'failed', updated_at_ms = $2, error_code = $3,
-                     error_message = $4 WHERE id = $1",
-                    &[id, &now, &error.code, &error.message],
-                )?;
-            }
-            tx.commit()?;
-            Ok(ids.len())
-        })
+        self.close_unfinished(true)
+    }
+
+    fn close_gone_hosts(&self) -> Result<usize, StoreError> {
+        self.close_unfinished(false)
     }
 
     fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {

@@ -158,6 +158,11 @@ impl RunStore for Watched {
     fn set_running(&self, id: &str) -> Result<(), StoreError> {
         self.write(|| self.inner.set_running(id))
     }
+    fn close_gone_hosts(&self) -> Result<usize, StoreError> {
+        let mut closed = 0;
+        self.write(|| self.inner.close_gone_hosts().map(|n| closed = n))?;
+        Ok(closed)
+    }
     fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
         self.write(|| self.inner.append_event(id, event))
     }
@@ -357,6 +362,43 @@ mod tests {
         let reopened = super::super::Store::open(&path).expect("reopen");
         assert!(reopened.run("before").expect("read").is_some());
         assert!(reopened.run("after").expect("read").is_some());
+    }
+
+    #[test]
+    fn a_deleted_store_folder_is_made_again_with_the_file_and_its_lock() {
+        let (dir, store) = watched();
+        let path = dir.path().join("agentrt.db");
+        store
+            .insert_run("before", &serde_json::json!({}))
+            .expect("insert");
+        std::fs::remove_dir_all(dir.path()).expect("delete the folder");
+        assert!(!super::super::StoreLock::held(&path));
+        store.check_file();
+        assert!(
+            store.write_failure().is_none(),
+            "{:?}",
+            store.write_failure()
+        );
+        assert!(path.exists(), "re-created");
+        assert!(
+            super::super::StoreLock::held(&path),
+            "a second server or a restore is kept out again"
+        );
+        let reopened = super::super::Store::open(&path).expect("reopen");
+        assert!(reopened.run("before").expect("read").is_some());
+    }
+
+    #[test]
+    fn a_deleted_lock_file_is_made_and_locked_again() {
+        let (dir, store) = watched();
+        let path = dir.path().join("agentrt.db");
+        assert!(super::super::StoreLock::held(&path));
+        std::fs::remove_file(dir.path().join("agentrt.db.lock")).expect("delete the lock");
+        assert!(!super::super::StoreLock::held(&path));
+        store.check_file();
+        assert!(super::super::StoreLock::held(&path));
+        assert!(super::super::StoreLock::take(&path).is_err());
+        assert!(store.write_failure().is_none());
     }
 
     #[test]
