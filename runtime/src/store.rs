@@ -472,6 +472,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
         ));
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The write-ahead log is cut back to this after a checkpoint: a big prune or a long
+    // backup would otherwise leave it at its largest for good.
+    conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
     conn.pragma_update(None, "foreign_keys", "ON")
 }
 
@@ -511,6 +514,16 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         }
         let conn = Connection::open(path).map_err(|e| fail(&e))?;
+        // A new store gives the pages of pruned runs back to the file system (retention runs
+        // `incremental_vacuum`); the mode is only chosen before the file is first written
+        // (switching to write-ahead logging writes it).
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| fail(&e))?;
+        if tables == 0 {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .map_err(|e| fail(&e))?;
+        }
         configure(&conn).map_err(|e| fail(&e))?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -897,12 +910,21 @@ impl RunStore for Store {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // Their events go with them (ON DELETE CASCADE; foreign keys are on).
         self.with(|c| {
-            c.execute(
+            let deleted = c.execute(
                 "DELETE FROM runs WHERE id IN (SELECT id FROM runs
                  WHERE state IN ('completed', 'failed', 'cancelled') AND updated_at_ms < ?1
                  ORDER BY updated_at_ms LIMIT ?2)",
                 rusqlite::params![before_ms, limit],
-            )
+            )?;
+            if deleted > 0 {
+                // Their pages back to the file system (a store made before incremental
+                // auto-vacuum keeps them for reuse: a no-op there).
+                // (It frees a page per step: stepped to the end.)
+                let mut vacuum = c.prepare("PRAGMA incremental_vacuum")?;
+                let mut steps = vacuum.raw_query();
+                while steps.next()?.is_some() {}
+            }
+            Ok(deleted)
         })
     }
 
@@ -1431,6 +1453,54 @@ mod conformance {
         assert_eq!(state("theirs"), RunState::Running);
         assert_eq!(state("blip"), RunState::Running);
         drop(other);
+    }
+}
+
+#[cfg(test)]
+mod space {
+    use super::*;
+
+    /// Pruning old runs shrinks the file: retention is how an operator gets disk back.
+    #[test]
+    fn pruned_runs_give_their_space_back() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-space-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let store = Store::open(&dir.join("agentrt.db")).expect("open");
+        let pages = |store: &Store| -> i64 {
+            store
+                .with(|c| c.pragma_query_value(None, "page_count", |r| r.get(0)))
+                .expect("page count")
+        };
+        let event = |seq: i64, kind: &str| StoredEvent {
+            seq,
+            at_ms: now_ms(),
+            kind: kind.into(),
+            data: format!("{{\"text\":\"{}\"}}", "x".repeat(8000)),
+        };
+        for run in 0..100 {
+            let id = format!("r{run}");
+            store.insert_run(&id, &Value::Null).expect("insert");
+            store.append_event(&id, &event(1, "tokens")).expect("event");
+            store
+                .finish_run(&id, RunState::Completed, None, None, &event(2, "done"))
+                .expect("finish");
+        }
+        let full = pages(&store);
+        assert_eq!(
+            store.prune_finished(now_ms() + 1, 1000).expect("prune"),
+            100
+        );
+        let pruned = pages(&store);
+
+        assert!(
+            pruned * 10 < full,
+            "{full} pages before pruning, {pruned} after"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
