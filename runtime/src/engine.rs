@@ -655,6 +655,8 @@ impl LoadedModel {
             events,
             model: None,
             abandoned: Some(abandoned),
+            remote: false,
+            pending: Vec::new(),
         })
     }
 
@@ -728,8 +730,12 @@ pub struct Generation {
     events: mpsc::Receiver<Progress>,
     /// The name the completion reports (the served name of a remote model).
     model: Option<String>,
-    /// Told to the local scheduler when this is dropped (`None` for a remote model).
+    /// Told to the model's scheduler or remote thread when this is dropped.
     abandoned: Option<Arc<AtomicBool>>,
+    /// A remote model's generation, which reports the remote's acceptance.
+    remote: bool,
+    /// Events read ahead by [`Generation::accepted`], handed on first.
+    pending: Vec<Progress>,
 }
 
 /// A generation that ended without an answer: why, and what it had used by then when that
@@ -742,6 +748,30 @@ pub struct Stopped {
 }
 
 impl Generation {
+    /// Wait until a remote server has accepted the request (its answer's head came), so that
+    /// what it refuses — `429` when busy, `400` for a prompt too long — is the caller's error
+    /// before the caller commits to an answer of its own (a `200` stream). A local model's
+    /// generation returns at once: its refusals come from `start`.
+    pub fn accepted(mut self) -> Result<Self, Stopped> {
+        if !self.remote {
+            return Ok(self);
+        }
+        let mut spent = None;
+        while let Ok(event) = self.events.recv() {
+            match event {
+                Progress::Accepted => return Ok(self),
+                Progress::Done(Err(error)) => return Err(Stopped { error, spent }),
+                Progress::Spent(usage) => {
+                    spent = Some(usage);
+                    self.pending.push(Progress::Spent(usage));
+                }
+                other => self.pending.push(other),
+            }
+        }
+        // The thread ended without a word: `finish` reports it.
+        Ok(self)
+    }
+
     /// Wait for the generation, handing its text to `on_text` as it comes.
     pub fn finish(self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, EngineError> {
         self.finish_counted(on_text)
@@ -753,10 +783,12 @@ impl Generation {
     pub fn finish_counted(mut self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, Stopped> {
         let model = self.model.take();
         let mut spent = None;
-        for event in self.events.iter() {
+        let pending = std::mem::take(&mut self.pending);
+        for event in pending.into_iter().chain(self.events.iter()) {
             match event {
                 Progress::Text(piece) => on_text(&piece),
                 Progress::Spent(usage) => spent = Some(usage),
+                Progress::Accepted => {}
                 Progress::Done(result) => {
                     return result
                         .map(|mut done| {

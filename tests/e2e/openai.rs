@@ -644,6 +644,17 @@ fn tokenize_counts_a_prompt_or_a_whole_chat() {
         chat > plain,
         "the chat's {chat} tokens include the template's: {plain}"
     );
+    // A prompt counts what generation reads (a BOS the model adds included).
+    let (status, done) = server.post(
+        "/v1/completions",
+        &json!({"prompt": "hello there", "max_tokens": 1}),
+    );
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        done["usage"]["prompt_tokens"].as_u64(),
+        Some(plain),
+        "{done}"
+    );
     let (status, body) = server.post("/tokenize", &json!({}));
     assert_eq!(
         (status, openai_error(&body).as_str()),

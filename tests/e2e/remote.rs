@@ -91,6 +91,27 @@ fn a_remote_model_answers_like_the_server_that_runs_it() {
     };
     assert_eq!(count(&remote), count(local));
 
+    // What the remote refuses (here a prompt longer than its context) is this server's
+    // answer's status, streamed or not: not an error event inside a 200 stream.
+    for stream in [false, true] {
+        let (status, _, text) = remote.exchange(
+            "POST",
+            "/v1/completions",
+            &[],
+            Some(
+                &json!({"model": "smollm2-135m-instruct", "prompt": "hello ".repeat(9000),
+                         "max_tokens": 8, "stream": stream}),
+            ),
+        );
+        assert_eq!(status, 400, "stream {stream}: {text}");
+        let body: Value = serde_json::from_str(&text).expect("an error body");
+        assert_eq!(
+            body["error"]["code"], "MODEL_004",
+            "stream {stream}: {text}"
+        );
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{text}");
+    }
+
     // The pipeline's plugins generate through the remote without knowing it.
     let (status, body) = remote.post(
         "/generate",

@@ -425,6 +425,8 @@ impl RemoteModel {
             events,
             model: None,
             abandoned: Some(abandoned),
+            remote: true,
+            pending: Vec::new(),
         })
     }
 
@@ -503,6 +505,7 @@ impl RemoteModel {
                 // The first line is the answer's head having come: the remote took it.
                 timer.admitted();
                 admitted = true;
+                let _ = progress.send(Progress::Accepted);
             }
             let Some(data) = line.trim_end().strip_prefix("data:").map(str::trim) else {
                 continue;
@@ -796,11 +799,14 @@ mod tests {
         };
         let generation = start(&cancellable).expect("start");
         cancel.store(true, Ordering::Relaxed);
-        let outcome = match generation.events.recv_timeout(Duration::from_secs(30)) {
-            Ok(Progress::Done(result)) => result,
-            Ok(Progress::Text(piece)) => panic!("the silent remote sent {piece:?}"),
-            Ok(Progress::Spent(usage)) => panic!("the silent remote counted {usage:?}"),
-            Err(e) => panic!("a cancelled generation did not end: {e}"),
+        let outcome = loop {
+            match generation.events.recv_timeout(Duration::from_secs(30)) {
+                Ok(Progress::Done(result)) => break result,
+                Ok(Progress::Accepted) => {}
+                Ok(Progress::Text(piece)) => panic!("the silent remote sent {piece:?}"),
+                Ok(Progress::Spent(usage)) => panic!("the silent remote counted {usage:?}"),
+                Err(e) => panic!("a cancelled generation did not end: {e}"),
+            }
         };
         assert!(
             matches!(outcome, Err(EngineError::Cancelled)),
@@ -870,7 +876,7 @@ mod tests {
             match generation.events.recv_timeout(Duration::from_secs(30)) {
                 Ok(Progress::Text(piece)) => text.push_str(&piece),
                 Ok(Progress::Done(result)) => break result,
-                Ok(Progress::Spent(_)) => {}
+                Ok(Progress::Spent(_) | Progress::Accepted) => {}
                 Err(e) => panic!("a silent stream did not end: {e}"),
             }
         };

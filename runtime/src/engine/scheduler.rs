@@ -123,6 +123,9 @@ pub(crate) enum Progress {
     /// What a generation that is about to end with an error had used (sent just before its
     /// `Done`): its prompt and the tokens made before it stopped.
     Spent(Usage),
+    /// A remote server accepted the request (its answer's head came with status 200): what
+    /// follows is its stream. Only remote generations send it ([`super::Generation::accepted`]).
+    Accepted,
     Done(Result<Completion, EngineError>),
 }
 

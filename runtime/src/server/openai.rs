@@ -377,12 +377,19 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
         // A full queue is a 429 its client retries after `Retry-After`.
         wait_in_line: false,
     };
+    // A remote model answers its refusals (429 when busy, 400 for a prompt too long) in its
+    // response's head: waited for here, so they are this response's status too, not an
+    // error event inside a 200 stream that clients neither retry nor classify.
     let queued = {
         let model = model.clone();
-        tokio::task::spawn_blocking(move || model.start(&prompt, &params, &control))
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))
-            .and_then(|r| r.map_err(|e| engine_error(&e, kind)))
+        tokio::task::spawn_blocking(move || {
+            model
+                .start(&prompt, &params, &control)
+                .and_then(|g| g.accepted().map_err(|stopped| stopped.error))
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("worker failed: {e}")))
+        .and_then(|r| r.map_err(|e| engine_error(&e, kind)))
     };
     let generation = match queued {
         Ok(g) => g,
@@ -466,9 +473,10 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
             }
             Err(crate::engine::EngineError::Cancelled) => return,
             Err(e) => {
+                let status = engine_error(&e, kind).status;
                 let err = json!({"error": {
                     "message": e.to_string(),
-                    "type": "server_error",
+                    "type": if status.is_client_error() { "invalid_request_error" } else { "server_error" },
                     "param": Value::Null,
                     "code": e.code().as_str(),
                 }});
@@ -525,6 +533,9 @@ pub struct TokenizeRequest {
     model: Option<String>,
     prompt: Option<String>,
     messages: Option<Vec<Message>>,
+    /// vLLM's switch: `false` counts the prompt's text alone, without the BOS the model adds
+    /// (default `true`: what generation reads).
+    add_special_tokens: Option<bool>,
 }
 
 pub async fn tokenize(
@@ -557,12 +568,19 @@ pub async fn tokenize(
             )));
         }
     };
+    let special = req.add_special_tokens.unwrap_or(true);
     let counted = tokio::task::spawn_blocking(move || {
         let (tokens, count) = match input {
             Ok(prompt) => {
-                let tokens = model
-                    .as_local()
-                    .and_then(|m| m.tokenizer.encode(&prompt).ok());
+                // What generation reads: the BOS the model adds included, as `usage` and
+                // the messages form count it (unless the client asks for the text alone).
+                let tokens = model.as_local().and_then(|m| {
+                    if special {
+                        m.tokenize_prompt(&Prompt::Text(prompt.clone())).ok()
+                    } else {
+                        m.tokenizer.encode(&prompt).ok()
+                    }
+                });
                 let count = match &tokens {
                     Some(t) => Ok(t.len() as u32),
                     None => model.count_tokens(&prompt),
