@@ -397,7 +397,15 @@ impl RemoteModel {
         params.validate().map_err(EngineError::InvalidInput)?;
         control.check()?;
         let place = control.take_place(&self.in_flight, self.max_in_flight)?;
-        let (path, body) = self.body(prompt, params);
+        let (path, mut body) = self.body(prompt, params);
+        // No max_tokens asked: cut to the room the remote's context has, as a local model
+        // does (the remote would refuse prompt + default past its context outright).
+        if params.fit_to_context
+            && let Some(room) = self.room_after_prompt(&body)
+            && room < params.max_tokens
+        {
+            body["max_tokens"] = json!(room.max(1));
+        }
         let (progress, events) = mpsc::channel();
         let remote = self.clone();
         let control = control.clone();
@@ -428,6 +436,35 @@ impl RemoteModel {
             remote: true,
             pending: Vec::new(),
         })
+    }
+
+    /// Tokens the remote's context has left after the prompt of `body` (a request built by
+    /// [`Self::body`]), counted by its `/tokenize`; `None` when that cannot be known (no
+    /// context length, a fill-in-the-middle prompt, no `/tokenize`).
+    fn room_after_prompt(&self, body: &Value) -> Option<u32> {
+        if self.context_length == 0 || body.get("suffix").is_some() {
+            return None;
+        }
+        let mut ask = json!({"model": self.model});
+        for field in ["prompt", "messages"] {
+            if let Some(v) = body.get(field) {
+                ask[field] = v.clone();
+            }
+        }
+        let root = self.base.strip_suffix("/v1").unwrap_or(&self.base);
+        let mut resp = self
+            .post_to(&format!("{root}/tokenize"))
+            .config()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .send(ask.to_string())
+            .ok()?;
+        if resp.status().as_u16() != 200 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()?;
+        let count = u32::try_from(v["count"].as_u64()?).ok()?;
+        Some(self.context_length.saturating_sub(count))
     }
 
     /// The request for `prompt`: its path and JSON body.
@@ -745,6 +782,82 @@ mod tests {
                 _ => return,
             }
         }
+    }
+
+    /// A request without max_tokens (`fit_to_context`) asks the remote for what it has room
+    /// for after the prompt, counted by its `/tokenize`; one that names max_tokens is sent as
+    /// it is, without the count.
+    #[test]
+    fn a_request_without_max_tokens_is_cut_to_the_room_the_context_has() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}/v1", listener.local_addr().expect("address"));
+        // Answers /tokenize with 95 tokens and a completion with an empty stream; what each
+        // request asked for, in order.
+        let server = std::thread::spawn(move || {
+            let mut asked: Vec<(String, Value)> = Vec::new();
+            // Until both completions came, however many counts were asked.
+            while asked.iter().filter(|(path, _)| path != "/tokenize").count() < 2 {
+                let (mut conn, _) = listener.accept().expect("accept");
+                let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                let mut length = 0;
+                let mut path = String::new();
+                loop {
+                    line.clear();
+                    std::io::BufRead::read_line(&mut reader, &mut line).expect("head");
+                    if path.is_empty() {
+                        path = line.split(' ').nth(1).unwrap_or_default().to_string();
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().expect("length");
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                std::io::Read::read_exact(&mut reader, &mut body).expect("body");
+                let body: Value = serde_json::from_slice(&body).expect("json");
+                let answer = if path == "/tokenize" {
+                    let json = r#"{"count":95}"#;
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                        json.len()
+                    )
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: [DONE]\n\n".to_string()
+                };
+                std::io::Write::write_all(&mut conn, answer.as_bytes()).expect("answer");
+                asked.push((path, body));
+            }
+            asked
+        });
+        let mut remote = test_remote(base, STALL_LIMIT, 4);
+        remote.context_length = 100;
+        let prompt = Prompt::Text("def add(a, b):".into());
+        let fitted = SamplingParams {
+            max_tokens: 16,
+            fit_to_context: true,
+            ..SamplingParams::default()
+        };
+        let named = SamplingParams {
+            fit_to_context: false,
+            ..fitted.clone()
+        };
+        for params in [&fitted, &named] {
+            remote
+                .start("m", &prompt, params, &Control::default())
+                .expect("start")
+                .finish(&mut |_| {})
+                .expect("finish");
+        }
+        let asked = server.join().expect("server");
+        assert_eq!(asked[0].0, "/tokenize");
+        assert_eq!(asked[0].1["prompt"], "def add(a, b):");
+        assert_eq!(asked[1].0, "/v1/completions");
+        assert_eq!(asked[1].1["max_tokens"], 5, "100 − 95 tokens of room");
+        assert_eq!(asked[2].0, "/v1/completions");
+        assert_eq!(asked[2].1["max_tokens"], 16, "named: sent as asked");
     }
 
     /// A remote that takes requests and sends nothing back (as one reading a long prompt),
