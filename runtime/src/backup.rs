@@ -552,8 +552,17 @@ fn install(staged: &[(PathBuf, PathBuf)], kept_suffix: &str) -> Result<Vec<PathB
             return Err(fail(
                 e.code,
                 format!(
-                    "{e}; {n} of {} files were replaced, the run store was not; fix the cause and restore again with --force",
-                    staged.len()
+                    "{e}; {n} of {} files were replaced (what they replaced is kept as {}), the run store was not; fix the cause and restore again with --force",
+                    staged.len(),
+                    if kept_all.is_empty() {
+                        "nothing: they were new".to_string()
+                    } else {
+                        kept_all
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
                 ),
             ));
         }
@@ -561,23 +570,47 @@ fn install(staged: &[(PathBuf, PathBuf)], kept_suffix: &str) -> Result<Vec<PathB
     Ok(kept_all)
 }
 
-/// Give an existing `target` a second name, `target` + `suffix`, before the restore renames
-/// a new file over it: the old contents stay there. A hard link where the file system has
-/// them, else a synced copy. `None` when there is no file to keep.
+/// Give an existing `target` a second name, `target` + `suffix` (+ `-N` when a restore in the
+/// same second kept one already: an earlier copy is never overwritten), before the restore
+/// renames a new file over it: the old contents stay there. A hard link where the file system
+/// has them, else a synced copy. `None` when there is no file to keep.
 fn keep(target: &Path, suffix: &str) -> Result<Option<PathBuf>, BackupError> {
     if !target.is_file() {
         return Ok(None);
     }
-    let kept = beside(target, suffix);
-    if fs::hard_link(target, &kept).is_err() {
-        fs::copy(target, &kept)
-            .and_then(|_| fs::File::open(&kept)?.sync_all())
-            .map_err(|e| {
+    let cannot = |e| io("cannot keep a copy of", target, e);
+    for n in 0..1000 {
+        let kept = if n == 0 {
+            beside(target, suffix)
+        } else {
+            beside(target, &format!("{suffix}-{n}"))
+        };
+        match fs::hard_link(target, &kept) {
+            Ok(()) => return Ok(Some(kept)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(_) => {}
+        }
+        // No hard links here: a copy, into a name nothing holds.
+        let copied = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&kept)
+            .and_then(|mut out| {
+                std::io::copy(&mut fs::File::open(target)?, &mut out)?;
+                out.sync_all()
+            });
+        match copied {
+            Ok(()) => return Ok(Some(kept)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
                 let _ = fs::remove_file(&kept);
-                io("cannot keep a copy of", target, e)
-            })?;
+                return Err(cannot(e));
+            }
+        }
     }
-    Ok(Some(kept))
+    Err(cannot(std::io::Error::other(
+        "every name for the copy is taken",
+    )))
 }
 
 /// Undo [`keep`] when the file it kept was not replaced after all.
@@ -976,6 +1009,12 @@ mod tests {
             fs::read_to_string(&kept_config).expect("read"),
             "# edited after the backup\n"
         );
+        // A second restore (the same second, likely) keeps the restored files under new
+        // names and leaves the first copies as they were.
+        let again = restore(&out, &live, Some(&config), None, true).expect("again");
+        assert_eq!(again.kept.len(), 2, "{:?}", again.kept);
+        assert!(again.kept.iter().all(|k| !r.kept.contains(k)), "{again:?}");
+        assert_eq!(run_ids(&kept_store), ["a", "after-the-backup", "b"]);
         let _ = fs::remove_dir_all(&dir);
     }
 
