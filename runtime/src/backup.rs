@@ -11,6 +11,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,11 @@ fn copy_tree(from: &Path, to: &Path, budget: &mut u64) -> Result<Vec<PathBuf>, B
         .map_err(|e| io("cannot list", from, e))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
+        // What a forced restore kept of the files it replaced is not the plugin folder's
+        // (each backup would carry it, and each restore keep it again).
+        if e.file_name().to_string_lossy().contains(".pre-restore-") {
+            continue;
+        }
         let mut kind = e
             .file_type()
             .map_err(|err| io("cannot stat", &e.path(), err))?;
@@ -217,10 +223,18 @@ fn write_backup(
     // Every file and folder entry is on disk before the manifest that vouches for them, and
     // the manifest before the backup is reported made: after a power cut a backup is whole
     // or has no manifest (which `restore` refuses), never a manifest over missing files.
+    // Every folder between a file and `out`: a folder holding only folders has entries too.
     let mut folders: Vec<PathBuf> = manifest
         .files
         .iter()
-        .filter_map(|f| out.join(&f.path).parent().map(Path::to_path_buf))
+        .flat_map(|f| {
+            out.join(&f.path)
+                .ancestors()
+                .skip(1)
+                .take_while(|a| a.starts_with(out) && *a != out)
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
         .collect();
     folders.sort();
     folders.dedup();
@@ -590,13 +604,17 @@ fn keep(target: &Path, suffix: &str) -> Result<Option<PathBuf>, BackupError> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(_) => {}
         }
-        // No hard links here: a copy, into a name nothing holds.
+        // No hard links here: a copy, into a name nothing holds, readable by no one else
+        // until it has the original's permissions (a store holds requests, a config may hold
+        // a database password).
         let copied = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&kept)
             .and_then(|mut out| {
                 std::io::copy(&mut fs::File::open(target)?, &mut out)?;
+                out.set_permissions(fs::metadata(target)?.permissions())?;
                 out.sync_all()
             });
         match copied {
@@ -984,11 +1002,18 @@ mod tests {
         let (dir, out) = a_backup("kept", true);
         let live = dir.join("live.db");
         filled_store(&live);
+        // A store whose last run is only in its write-ahead log, as a crashed server leaves
+        // it: the file and its log copied while the connection is open, then put in place.
         let store = Store::open(&live).expect("open");
         store
             .insert_run("after-the-backup", &serde_json::json!({}))
             .expect("insert");
+        let snapshot = dir.join("snapshot.db");
+        fs::copy(&live, &snapshot).expect("copy the file");
+        fs::copy(beside(&live, "-wal"), beside(&snapshot, "-wal")).expect("copy the log");
         drop(store);
+        fs::rename(&snapshot, &live).expect("in place");
+        fs::rename(beside(&snapshot, "-wal"), beside(&live, "-wal")).expect("log in place");
         let config = dir.join("agentrt.toml");
         fs::write(&config, "# edited after the backup\n").expect("config");
 

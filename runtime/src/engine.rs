@@ -1026,13 +1026,22 @@ impl ServedModel {
 
     /// Tokens of `text` (no special tokens added).
     pub fn count_tokens(&self, text: &str) -> Result<u32, EngineError> {
+        self.count_prompt_tokens(text, false)
+    }
+
+    /// Tokens of `text`, with `special` as a prompt of it reads them (the BOS the model adds
+    /// included), else of the text alone.
+    pub fn count_prompt_tokens(&self, text: &str, special: bool) -> Result<u32, EngineError> {
         match &self.backend {
+            Backend::Local(m) if special => m
+                .tokenize_prompt(&Prompt::Text(text.to_string()))
+                .map(|ids| ids.len() as u32),
             Backend::Local(m) => m
                 .tokenizer
                 .encode(text)
                 .map(|ids| ids.len() as u32)
                 .map_err(|e| EngineError::InvalidInput(e.to_string())),
-            Backend::Remote(r) => r.count_tokens(text),
+            Backend::Remote(r) => r.count_tokens(text, special),
         }
     }
 

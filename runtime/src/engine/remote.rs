@@ -396,16 +396,18 @@ impl RemoteModel {
     ) -> Result<Generation, EngineError> {
         params.validate().map_err(EngineError::InvalidInput)?;
         control.check()?;
-        let place = control.take_place(&self.in_flight, self.max_in_flight)?;
         let (path, mut body) = self.body(prompt, params);
         // No max_tokens asked: cut to the room the remote's context has, as a local model
-        // does (the remote would refuse prompt + default past its context outright).
+        // does (the remote would refuse prompt + default past its context outright). Counted
+        // before a place is taken, within the request's deadline.
         if params.fit_to_context
-            && let Some(room) = self.room_after_prompt(&body)
+            && let Some(room) = self.room_after_prompt(&body, control.deadline)
             && room < params.max_tokens
         {
             body["max_tokens"] = json!(room.max(1));
         }
+        control.check()?;
+        let place = control.take_place(&self.in_flight, self.max_in_flight)?;
         let (progress, events) = mpsc::channel();
         let remote = self.clone();
         let control = control.clone();
@@ -441,8 +443,15 @@ impl RemoteModel {
     /// Tokens the remote's context has left after the prompt of `body` (a request built by
     /// [`Self::body`]), counted by its `/tokenize`; `None` when that cannot be known (no
     /// context length, a fill-in-the-middle prompt, no `/tokenize`).
-    fn room_after_prompt(&self, body: &Value) -> Option<u32> {
+    fn room_after_prompt(&self, body: &Value, deadline: Option<Instant>) -> Option<u32> {
         if self.context_length == 0 || body.get("suffix").is_some() {
+            return None;
+        }
+        let limit = deadline.map_or(Duration::from_secs(30), |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(30))
+        });
+        if limit.is_zero() {
             return None;
         }
         let mut ask = json!({"model": self.model});
@@ -455,7 +464,7 @@ impl RemoteModel {
         let mut resp = self
             .post_to(&format!("{root}/tokenize"))
             .config()
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(limit))
             .build()
             .send(ask.to_string())
             .ok()?;
@@ -660,8 +669,9 @@ impl RemoteModel {
         Ok(received)
     }
 
-    /// Tokens of `text` by the remote's tokenizer (its `/tokenize`).
-    pub fn count_tokens(&self, text: &str) -> Result<u32, EngineError> {
+    /// Tokens of `text` by the remote's tokenizer (its `/tokenize`), special tokens (a BOS)
+    /// added when `special`.
+    pub fn count_tokens(&self, text: &str, special: bool) -> Result<u32, EngineError> {
         let root = self.base.strip_suffix("/v1").unwrap_or(&self.base);
         let resp = self
             .post_to(&format!("{root}/tokenize"))
@@ -669,7 +679,7 @@ impl RemoteModel {
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .send(
-                json!({"model": self.model, "prompt": text, "add_special_tokens": false})
+                json!({"model": self.model, "prompt": text, "add_special_tokens": special})
                     .to_string(),
             )
             .map_err(|e| self.transport_error(e))?;

@@ -583,7 +583,7 @@ pub async fn tokenize(
                 });
                 let count = match &tokens {
                     Some(t) => Ok(t.len() as u32),
-                    None => model.count_tokens(&prompt),
+                    None => model.count_prompt_tokens(&prompt, special),
                 };
                 (tokens, count)
             }
