@@ -695,12 +695,15 @@ fn open_store(
             format!("cannot start watching the run store: {e}"),
         )
     })?;
-    crate::runs::spawn_gone_hosts_sweep(store.clone(), stats.clone()).map_err(|e| {
-        CliError::new(
-            ErrorCode::Internal,
-            format!("cannot start watching for hosts gone from the run store: {e}"),
-        )
-    })?;
+    // Only a store several hosts share has hosts that can go.
+    if crate::store::postgres::is_postgres_url(&location) {
+        crate::runs::spawn_gone_hosts_sweep(store.clone(), stats.clone()).map_err(|e| {
+            CliError::new(
+                ErrorCode::Internal,
+                format!("cannot start watching for hosts gone from the run store: {e}"),
+            )
+        })?;
+    }
     Ok(store)
 }
 

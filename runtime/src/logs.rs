@@ -10,6 +10,8 @@ use std::io::BufRead;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::error_code::ErrorCode;
+
 /// Most distinct problems and slow requests listed.
 const TOP: usize = 20;
 
@@ -136,11 +138,7 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
             "agentrt::runs" if fields["message"] == crate::runs::INTERRUPTED_MESSAGE => {
                 let runs = fields["runs"].as_u64().unwrap_or(0) as usize;
                 *a.runs_failed_by_code
-                    .entry(
-                        crate::error_code::ErrorCode::RunInterrupted
-                            .as_str()
-                            .to_string(),
-                    )
+                    .entry(ErrorCode::RunInterrupted.as_str().to_string())
                     .or_default() += runs;
                 *a.runs_by_state.entry("failed".to_string()).or_default() += runs;
             }

@@ -613,7 +613,7 @@ pub fn record_interrupted(runs: usize, whose: &str, store: &str, stats: &crate::
 const GONE_HOSTS_EVERY: Duration = Duration::from_secs(300);
 
 /// Close the runs of hosts gone from a shared store every [`GONE_HOSTS_EVERY`], in the
-/// background (nothing to do on a store only this server uses).
+/// background (for a store several hosts share: on one only this server uses there are none).
 pub fn spawn_gone_hosts_sweep(
     store: Arc<dyn RunStore>,
     stats: Arc<crate::stats::Stats>,

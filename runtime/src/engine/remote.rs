@@ -460,19 +460,7 @@ impl RemoteModel {
                 ask[field] = v.clone();
             }
         }
-        let root = self.base.strip_suffix("/v1").unwrap_or(&self.base);
-        let mut resp = self
-            .post_to(&format!("{root}/tokenize"))
-            .config()
-            .timeout_global(Some(limit))
-            .build()
-            .send(ask.to_string())
-            .ok()?;
-        if resp.status().as_u16() != 200 {
-            return None;
-        }
-        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()?;
-        let count = u32::try_from(v["count"].as_u64()?).ok()?;
+        let count = self.tokenize(&ask, limit).ok()?;
         Some(self.context_length.saturating_sub(count))
     }
 
@@ -672,16 +660,22 @@ impl RemoteModel {
     /// Tokens of `text` by the remote's tokenizer (its `/tokenize`), special tokens (a BOS)
     /// added when `special`.
     pub fn count_tokens(&self, text: &str, special: bool) -> Result<u32, EngineError> {
+        self.tokenize(
+            &json!({"model": self.model, "prompt": text, "add_special_tokens": special}),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// The count the remote's `/tokenize` gives for `ask` (vLLM's request shape), waiting at
+    /// most `limit`.
+    fn tokenize(&self, ask: &Value, limit: Duration) -> Result<u32, EngineError> {
         let root = self.base.strip_suffix("/v1").unwrap_or(&self.base);
         let resp = self
             .post_to(&format!("{root}/tokenize"))
             .config()
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(limit))
             .build()
-            .send(
-                json!({"model": self.model, "prompt": text, "add_special_tokens": special})
-                    .to_string(),
-            )
+            .send(ask.to_string())
             .map_err(|e| self.transport_error(e))?;
         if resp.status().as_u16() == 404 {
             return Err(self.error(
