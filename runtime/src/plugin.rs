@@ -13,6 +13,7 @@ pub mod compile_cache;
 pub mod grants;
 mod host_clocks;
 mod host_http;
+mod host_io;
 mod host_llm;
 mod host_log;
 mod host_sandbox;
@@ -347,6 +348,8 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker_plain)?;
         // A plugin's timers end by its deadline: asleep in a host call, it cannot be stopped.
         host_clocks::cap_timers(&mut linker_plain)?;
+        // So do its other waits (a poll, a blocking read or write), whatever they wait for.
+        host_io::bound_waits(&mut linker_plain)?;
         // Outgoing HTTP for plugins that import it; every request is checked against the
         // plugin's granted hosts (host_http.rs).
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker_plain)?;

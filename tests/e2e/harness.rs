@@ -507,6 +507,7 @@ pub fn test_plugin_dir() -> &'static Path {
             "flood-check",
             "hostcall-trap-check",
             "sleep-check",
+            "body-stall-check",
         ] {
             add_test_plugin(&dir, name);
         }

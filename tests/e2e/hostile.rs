@@ -286,6 +286,7 @@ fn ordinary_requests_succeed_while_every_hostile_plugin_runs() {
         "snoop-check",
         "hostcall-trap-check",
         "sleep-check",
+        "body-stall-check",
     ];
     let handles: Vec<_> = hostile
         .iter()
@@ -302,7 +303,7 @@ fn ordinary_requests_succeed_while_every_hostile_plugin_runs() {
             "recurse-check" => "PLUGIN_003",
             "flood-check" => "PLUGIN_008",
             "hostcall-trap-check" => "PLUGIN_003",
-            "sleep-check" => "PLUGIN_004",
+            "sleep-check" | "body-stall-check" => "PLUGIN_004",
             _ => {
                 assert_eq!(outcome["status"], "ok", "{name}: {outcome}");
                 continue;
@@ -368,13 +369,38 @@ fn a_plugin_asleep_in_a_host_call_is_stopped_at_its_deadline_and_frees_its_slot(
     let _ = std::fs::remove_file(&config);
 }
 
+/// A server with one instance slot serving the plugins in `dir` under `config`, and a `/check`
+/// of one plugin at a time.
+fn one_slot_server(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Server {
+    let config_path = dir.join("agentrt.toml");
+    std::fs::write(
+        &config_path,
+        format!("[limits]\ninstance-pool = 1\n\n{config}"),
+    )
+    .expect("write config");
+    Server::start_with_env(
+        &[
+            "--plugins",
+            dir.to_str().expect("utf-8 path"),
+            "--config",
+            config_path.to_str().expect("utf-8"),
+        ],
+        env,
+    )
+}
+
+fn check_on(server: &Server, plugin: &str) -> serde_json::Value {
+    let (status, body) = server.post("/check", &json!({"code": "x = 1\n", "checks": [plugin]}));
+    assert_eq!(status, 200, "{body}");
+    body["checks"][0].clone()
+}
+
 #[test]
-fn a_call_gives_up_on_slots_held_by_a_plugin_stuck_in_a_host_call() {
+fn a_plugin_waiting_on_a_silent_connection_is_cut_at_its_deadline_and_frees_its_slot() {
     // One instance slot. The check waits for a byte from a granted connection that never
-    // sends one, a host call nothing can cut short: its caller is answered at the deadline
-    // (PLUGIN_004) and the call abandoned, but the thread keeps the slot until the read
-    // returns. The next call must be told the slots are busy (QUEUE_001) after its own
-    // deadline, not wait for the read; once the connection closes, the slot is free again.
+    // sends one, inside a host call (a blocking read or poll) the epoch cannot interrupt. The
+    // wait ends at the deadline (PLUGIN_004) and the slot is free for the next call at once,
+    // while the connection is still open.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let address = listener.local_addr().expect("address").to_string();
     let (release, released) = std::sync::mpsc::channel::<()>();
@@ -388,40 +414,89 @@ fn a_call_gives_up_on_slots_held_by_a_plugin_stuck_in_a_host_call() {
          [permissions]\nmemory-mb = 16\ntimeout-ms = 1000\nenv = [\"SLEEP_TCP\"]\n\
          hosts = [\"{address}\"]\n"
     );
-    let dir = plugin_folder("stuck", "sleep-check", "sleep-check", Some(&manifest));
+    let dir = plugin_folder("silent", "sleep-check", "sleep-check", Some(&manifest));
     crate::harness::add_test_plugin(&dir, "echo-check");
-    let config = dir.join("agentrt.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[limits]\ninstance-pool = 1\n\n[grants.sleep-check]\nenv = [\"SLEEP_TCP\"]\n\
-             hosts = [\"{address}\"]\n"
-        ),
-    )
-    .expect("write config");
-    let server = Server::start_with_env(
-        &[
-            "--plugins",
-            dir.to_str().expect("utf-8 path"),
-            "--config",
-            config.to_str().expect("utf-8"),
-        ],
+    let server = one_slot_server(
+        &dir,
+        &format!("[grants.sleep-check]\nenv = [\"SLEEP_TCP\"]\nhosts = [\"{address}\"]\n"),
         &[("SLEEP_TCP", address.as_str())],
     );
-    let check = |plugin: &str| {
-        let (status, body) = server.post("/check", &json!({"code": "x = 1\n", "checks": [plugin]}));
-        assert_eq!(status, 200, "{body}");
-        body["checks"][0].clone()
-    };
-    let stuck = check("sleep-check");
+    let stuck = check_on(&server, "sleep-check");
     assert_eq!(stuck["error"]["code"], "PLUGIN_004", "{stuck}");
-    let next = check("echo-check");
-    assert_eq!(next["error"]["code"], "QUEUE_001", "{next}");
+    let next = check_on(&server, "echo-check");
+    assert_eq!(next["status"], "ok", "the slot was not freed: {next}");
     release.send(()).expect("release the connection");
     holder.join().expect("holder");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_write_that_waits_for_ever_in_a_host_call_ends_at_the_deadline_and_frees_its_slot() {
+    // One instance slot. The check, granted nothing, fills the body of an HTTP request it
+    // never sends; its next blocking write waits for room that never comes. Before the host
+    // bounded such waits, the call was abandoned at its deadline but kept its slot for good, and
+    // every later call on the server was refused (QUEUE_001).
+    let dir = plugin_folder("stall", "body-stall-check", "body-stall-check", None);
+    crate::harness::add_test_plugin(&dir, "echo-check");
+    let server = one_slot_server(&dir, "", &[]);
+    for _ in 0..2 {
+        let stalled = check_on(&server, "body-stall-check");
+        assert_eq!(stalled["error"]["code"], "PLUGIN_004", "{stalled}");
+        let next = check_on(&server, "echo-check");
+        assert_eq!(next["status"], "ok", "the slot was not freed: {next}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_call_gives_up_on_slots_held_by_a_plugin_stuck_in_the_kernel() {
+    // One instance slot. The check opens a FIFO in its granted folder that no one writes to:
+    // the open waits in the kernel, which nothing in the host can cut short. Its caller is
+    // answered at the deadline (PLUGIN_004) and the call abandoned, but the thread keeps the
+    // slot until the open returns. The next call must be told the slots are busy (QUEUE_001)
+    // after its own deadline, not wait for ever; once a writer comes and goes, the slot is
+    // free again.
+    let data =
+        crate::harness::scratch_root().join(format!("agentrt-fifo-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let fifo = data.join("never-written");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let manifest = "name = \"sleep-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
+         [permissions]\nmemory-mb = 16\ntimeout-ms = 1000\nenv = [\"SLEEP_FILE\"]\n\
+         folders = [{ path = \"/data\", access = \"read-only\" }]\n";
+    let dir = plugin_folder("kernel", "sleep-check", "sleep-check", Some(manifest));
+    crate::harness::add_test_plugin(&dir, "echo-check");
+    let server = one_slot_server(
+        &dir,
+        &format!(
+            "[grants.sleep-check]\nenv = [\"SLEEP_FILE\"]\n\
+             folders = [{{ path = \"/data\", host = {:?}, access = \"read-only\" }}]\n",
+            data.to_str().expect("utf-8 path")
+        ),
+        &[("SLEEP_FILE", "/data/never-written")],
+    );
+    let stuck = check_on(&server, "sleep-check");
+    assert_eq!(stuck["error"]["code"], "PLUGIN_004", "{stuck}");
+    let next = check_on(&server, "echo-check");
+    assert_eq!(next["error"]["code"], "QUEUE_001", "{next}");
+    // A writer that comes and goes ends the plugin's open and read (end of file). Opened
+    // without blocking, so the test fails rather than hangs if no reader is waiting.
+    let writer = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+    };
+    drop(writer.expect("the plugin is not waiting on the FIFO"));
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let next = check("echo-check");
+        let next = check_on(&server, "echo-check");
         if next["status"] == "ok" {
             break;
         }
@@ -431,6 +506,7 @@ fn a_call_gives_up_on_slots_held_by_a_plugin_stuck_in_a_host_call() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
 }
 
 /// An error handler that answers `retry` to a failed check gets the check run again (up to two

@@ -1,8 +1,10 @@
 //! Test plugin: a quality check that sleeps for two minutes in a single WASI call. Guest code
 //! can be interrupted at the deadline, a host call cannot: the host cuts the sleep's timer at
 //! the deadline, so the call ends with `PLUGIN_004` then and frees its slot. Granted an address
-//! in `SLEEP_TCP`, it waits for a byte from a connection there instead, which no timer cuts:
-//! the host abandons the call at its deadline, and its slot stays taken until the read returns.
+//! in `SLEEP_TCP`, it waits for a byte from a connection there instead, a wait the host also cuts
+//! at the deadline. Granted a folder and a file in it in `SLEEP_FILE`, it reads that file, which
+//! for a FIFO no one writes to waits in the operating system, where nothing can cut it: the host
+//! abandons the call at its deadline, and its slot stays taken until the read returns.
 
 use agentrt_plugin_sdk::{CheckInfo, CodeArtifact, Finding, PipelineError, QualityCheck};
 
@@ -15,8 +17,12 @@ impl QualityCheck for SleepCheck {
     }
 
     fn check(_artifact: &CodeArtifact) -> Result<Vec<Finding>, PipelineError> {
-        // Granted an address in SLEEP_TCP: wait instead for a byte from a connection there, a
-        // host call nothing can cut short (the host can only abandon the call).
+        // Granted a file in SLEEP_FILE: read it (a FIFO without a writer waits in the kernel).
+        if let Ok(path) = std::env::var("SLEEP_FILE") {
+            let _ = std::fs::read(path);
+            return Ok(Vec::new());
+        }
+        // Granted an address in SLEEP_TCP: wait instead for a byte from a connection there.
         if let Ok(address) = std::env::var("SLEEP_TCP") {
             if let Ok(mut connection) = std::net::TcpStream::connect(address.as_str()) {
                 let mut byte = [0u8; 1];
