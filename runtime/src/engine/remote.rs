@@ -379,6 +379,9 @@ impl RemoteModel {
             .unwrap_or(match status {
                 429 => ErrorCode::QueueFull,
                 401 | 403 | 404 => ErrorCode::ModelNotAvailable,
+                400..=499 if says_context_is_full(&v["error"], &message) => {
+                    ErrorCode::ModelContextOverflow
+                }
                 400..=499 => ErrorCode::InvalidInput,
                 _ => ErrorCode::GenerationFailed,
             });
@@ -399,12 +402,24 @@ impl RemoteModel {
         let (path, mut body) = self.body(prompt, params);
         // No max_tokens asked: cut to the room the remote's context has, as a local model
         // does (the remote would refuse prompt + default past its context outright). Counted
-        // before a place is taken, within the request's deadline.
+        // before a place is taken, within the request's deadline. A prompt that fills the
+        // context leaves no room for a token: refused here, without a request bound to fail.
+        let mut prompt_tokens = None;
         if params.fit_to_context
-            && let Some(room) = self.room_after_prompt(&body, control.deadline)
-            && room < params.max_tokens
+            && let Some(count) = self.prompt_tokens(&body, control.deadline)
         {
-            body["max_tokens"] = json!(room.max(1));
+            prompt_tokens = Some(count);
+            let room = self.context_length.saturating_sub(count);
+            if room == 0 {
+                return Err(EngineError::ContextOverflow {
+                    prompt: count as usize,
+                    max_tokens: 1,
+                    context: self.context_length as usize,
+                });
+            }
+            if room < params.max_tokens {
+                body["max_tokens"] = json!(room);
+            }
         }
         control.check()?;
         let place = control.take_place(&self.in_flight, self.max_in_flight)?;
@@ -423,7 +438,8 @@ impl RemoteModel {
                     control: &control,
                     caller_left: &caller_left,
                 };
-                let result = remote.stream(path, body, &watch, &progress, &mut timer);
+                let result =
+                    remote.stream(path, body, prompt_tokens, &watch, &progress, &mut timer);
                 // Settle the metrics and give the place back before the caller hears of the
                 // end, as the local scheduler does: a client that saw the end finds both done.
                 drop(timer);
@@ -440,10 +456,10 @@ impl RemoteModel {
         })
     }
 
-    /// Tokens the remote's context has left after the prompt of `body` (a request built by
-    /// [`Self::body`]), counted by its `/tokenize`; `None` when that cannot be known (no
-    /// context length, a fill-in-the-middle prompt, no `/tokenize`).
-    fn room_after_prompt(&self, body: &Value, deadline: Option<Instant>) -> Option<u32> {
+    /// The tokens of the prompt of `body` (a request built by [`Self::body`]), counted by the
+    /// remote's `/tokenize`; `None` when the room they leave cannot be known (no context
+    /// length, a fill-in-the-middle prompt, no `/tokenize`).
+    fn prompt_tokens(&self, body: &Value, deadline: Option<Instant>) -> Option<u32> {
         if self.context_length == 0 || body.get("suffix").is_some() {
             return None;
         }
@@ -460,8 +476,7 @@ impl RemoteModel {
                 ask[field] = v.clone();
             }
         }
-        let count = self.tokenize(&ask, limit).ok()?;
-        Some(self.context_length.saturating_sub(count))
+        self.tokenize(&ask, limit).ok()
     }
 
     /// The request for `prompt`: its path and JSON body.
@@ -507,19 +522,24 @@ impl RemoteModel {
     /// is doing (reading a long prompt sends nothing for minutes), and gives its place back;
     /// the connection closes as the reader thread next wakes (a line, or the stall limit),
     /// which stops the remote generation. A remote that sends nothing for the stall limit
-    /// fails it.
+    /// fails it. A remote that sends no usage is charged what was counted or estimated of the
+    /// prompt (`prompt_tokens` when its `/tokenize` counted it) and a token for each piece of
+    /// text it sent, so that budgets and statistics still count its work.
     fn stream(
         &self,
         path: &str,
         body: Value,
+        prompt_tokens: Option<u32>,
         watch: &Watch<'_>,
         progress: &mpsc::Sender<Progress>,
         timer: &mut crate::metrics::GenerationTimer,
     ) -> Result<Completion, EngineError> {
+        let prompt_tokens = prompt_tokens.unwrap_or_else(|| estimated_prompt_tokens(&body));
         let lines = self.read_on_a_thread(path, body, watch.control.deadline)?;
         let mut admitted = false;
         let mut text = String::new();
-        let mut usage = Usage::default();
+        let mut usage = None;
+        let mut pieces = 0u32;
         let mut finish = FinishReason::EndOfSequence;
         loop {
             watch.check()?;
@@ -558,7 +578,7 @@ impl RemoteModel {
                 return Err(self.status_error(500, data));
             }
             if let Some(u) = chunk["usage"].as_object() {
-                usage = Usage {
+                let counted = Usage {
                     prompt_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0)
                         as u32,
                     completion_tokens: u
@@ -566,7 +586,11 @@ impl RemoteModel {
                         .and_then(Value::as_u64)
                         .unwrap_or(0) as u32,
                 };
-                timer.counted(usage.prompt_tokens.into(), usage.completion_tokens.into());
+                timer.counted(
+                    counted.prompt_tokens.into(),
+                    counted.completion_tokens.into(),
+                );
+                usage = Some(counted);
             }
             let Some(choice) = chunk["choices"].get(0) else {
                 continue;
@@ -577,16 +601,33 @@ impl RemoteModel {
                 .unwrap_or("");
             if !piece.is_empty() {
                 timer.first_text();
+                pieces = pieces.saturating_add(1);
                 text.push_str(piece);
                 if progress.send(Progress::Text(piece.to_string())).is_err() {
                     // The caller is gone; dropping the response closes the connection.
                     return Err(EngineError::Cancelled);
                 }
             }
-            if choice["finish_reason"].as_str() == Some("length") {
-                finish = FinishReason::Length;
+            match choice["finish_reason"].as_str() {
+                Some("length") => finish = FinishReason::Length,
+                // OpenAI's `stop` is both ends; vLLM names the stop sequence that matched.
+                Some("stop") if choice["stop_reason"].is_string() => {
+                    finish = FinishReason::StopSequence;
+                }
+                _ => {}
             }
         }
+        let usage = usage.unwrap_or_else(|| {
+            let estimate = Usage {
+                prompt_tokens,
+                completion_tokens: pieces,
+            };
+            timer.counted(
+                estimate.prompt_tokens.into(),
+                estimate.completion_tokens.into(),
+            );
+            estimate
+        });
         Ok(Completion {
             model: self.model.clone(),
             text,
@@ -699,6 +740,39 @@ impl RemoteModel {
     }
 }
 
+/// Whether a refusal says the prompt and the tokens asked do not fit the model's context, as
+/// servers word it: OpenAI's `context_length_exceeded` code, llama.cpp's
+/// `exceed_context_size_error` type, vLLM's "maximum context length" message. Such a request is
+/// the client's to shorten (`MODEL_004`), not malformed.
+fn says_context_is_full(error: &Value, message: &str) -> bool {
+    let named = |field: &str, names: &[&str]| {
+        error[field]
+            .as_str()
+            .is_some_and(|value| names.contains(&value))
+    };
+    let message = message.to_ascii_lowercase();
+    named("code", &["context_length_exceeded"])
+        || named("type", &["exceed_context_size_error"])
+        || message.contains("maximum context length")
+        || message.contains("context length exceeded")
+        || message.contains("exceeds the available context size")
+}
+
+/// The prompt tokens charged when the remote sends no usage and its prompt was not counted:
+/// about four bytes a token for English and code, and at least one, so that a tokens-per-minute
+/// budget is never spent for nothing.
+fn estimated_prompt_tokens(body: &Value) -> u32 {
+    let bytes = ["prompt", "suffix", "messages"]
+        .iter()
+        .filter_map(|field| body.get(*field))
+        .map(|v| match v {
+            Value::String(text) => text.len(),
+            other => other.to_string().len(),
+        })
+        .sum::<usize>();
+    u32::try_from(bytes.div_ceil(4).max(1)).unwrap_or(u32::MAX)
+}
+
 fn remote_error(url: &str, status: Option<u16>, code: ErrorCode, message: String) -> EngineError {
     EngineError::Remote {
         url: url.to_string(),
@@ -788,6 +862,147 @@ mod tests {
         }
     }
 
+    /// Read a whole request from `conn`: its path and JSON body.
+    fn read_request(conn: &std::net::TcpStream) -> (String, Value) {
+        let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
+        let mut line = String::new();
+        let mut length = 0;
+        let mut path = String::new();
+        loop {
+            line.clear();
+            std::io::BufRead::read_line(&mut reader, &mut line).expect("head");
+            if path.is_empty() {
+                path = line.split(' ').nth(1).unwrap_or_default().to_string();
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        std::io::Read::read_exact(&mut reader, &mut body).expect("body");
+        (path, serde_json::from_slice(&body).expect("json"))
+    }
+
+    /// A whole `200` answer with the JSON `json`.
+    fn json_answer(json: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{json}",
+            json.len()
+        )
+    }
+
+    /// A whole `200` event stream of `chunks` (JSON), then `[DONE]`.
+    fn stream_answer(chunks: &[Value]) -> String {
+        let mut answer = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                          connection: close\r\n\r\n"
+            .to_string();
+        for chunk in chunks {
+            answer.push_str(&format!("data: {chunk}\n\n"));
+        }
+        answer.push_str("data: [DONE]\n\n");
+        answer
+    }
+
+    /// A remote that answers its requests, in order, with `answers` (whole HTTP answers);
+    /// the paths it was asked.
+    fn canned_remote(answers: Vec<String>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}/v1", listener.local_addr().expect("address"));
+        let server = std::thread::spawn(move || {
+            let mut paths = Vec::new();
+            for answer in answers {
+                let (mut conn, _) = listener.accept().expect("accept");
+                paths.push(read_request(&conn).0);
+                std::io::Write::write_all(&mut conn, answer.as_bytes()).expect("answer");
+            }
+            paths
+        });
+        (base, server)
+    }
+
+    fn generate(remote: &RemoteModel, params: &SamplingParams) -> Result<Completion, EngineError> {
+        remote
+            .start(
+                "m",
+                &Prompt::Text("def add(a, b):".into()),
+                params,
+                &Control::default(),
+            )?
+            .finish(&mut |_| {})
+    }
+
+    #[test]
+    fn a_remote_without_usage_is_charged_its_prompt_and_a_token_a_piece() {
+        let text = |t: &str| json!({"choices": [{"text": t, "finish_reason": null}]});
+        let (base, server) = canned_remote(vec![stream_answer(&[
+            text("    return"),
+            text(" a"),
+            text(" + b"),
+        ])]);
+        let remote = test_remote(base, STALL_LIMIT, 1);
+        let done = generate(&remote, &SamplingParams::default()).expect("generate");
+        server.join().expect("server");
+        assert_eq!(done.text, "    return a + b");
+        assert_eq!(done.usage.completion_tokens, 3, "{:?}", done.usage);
+        // "def add(a, b):" is 14 bytes: about 4 tokens.
+        assert_eq!(done.usage.prompt_tokens, 4, "{:?}", done.usage);
+    }
+
+    #[test]
+    fn a_remote_naming_its_stop_sequence_ended_on_it() {
+        let end = |reason: Value| {
+            stream_answer(&[json!({"choices": [{
+                "text": "x", "finish_reason": "stop", "stop_reason": reason
+            }]})])
+        };
+        let (base, server) = canned_remote(vec![end(json!("\n\n")), end(Value::Null)]);
+        let remote = test_remote(base, STALL_LIMIT, 1);
+        let params = SamplingParams {
+            stop: vec!["\n\n".into()],
+            ..SamplingParams::default()
+        };
+        let matched = generate(&remote, &params).expect("generate");
+        assert_eq!(matched.finish_reason, FinishReason::StopSequence);
+        let ended = generate(&remote, &params).expect("generate");
+        assert_eq!(ended.finish_reason, FinishReason::EndOfSequence);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn a_prompt_that_fills_the_remote_context_is_refused_without_asking_for_tokens() {
+        let (base, server) = canned_remote(vec![json_answer(r#"{"count":100}"#)]);
+        let mut remote = test_remote(base, STALL_LIMIT, 1);
+        remote.context_length = 100;
+        let params = SamplingParams {
+            fit_to_context: true,
+            ..SamplingParams::default()
+        };
+        let refused = generate(&remote, &params).expect_err("no room for a token");
+        assert_eq!(refused.code(), ErrorCode::ModelContextOverflow, "{refused}");
+        assert_eq!(server.join().expect("server"), ["/tokenize"]);
+    }
+
+    #[test]
+    fn refusals_for_a_full_context_are_a_context_overflow_whatever_the_server() {
+        let remote = test_remote("http://model.test/v1".into(), STALL_LIMIT, 1);
+        let full = [
+            r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+            r#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error"}}"#,
+            r#"{"object":"error","message":"This model's maximum context length is 2048 tokens. However, you requested 4000 tokens.","type":"BadRequestError","code":400}"#,
+        ];
+        for body in full {
+            let error = remote.status_error(400, body);
+            assert_eq!(error.code(), ErrorCode::ModelContextOverflow, "{body}");
+        }
+        let malformed =
+            remote.status_error(400, r#"{"error":{"message":"temperature must be >= 0"}}"#);
+        assert_eq!(malformed.code(), ErrorCode::InvalidInput);
+    }
+
     /// A request without max_tokens (`fit_to_context`) asks the remote for what it has room
     /// for after the prompt, counted by its `/tokenize`; one that names max_tokens is sent as
     /// it is, without the count.
@@ -802,34 +1017,11 @@ mod tests {
             // Until both completions came, however many counts were asked.
             while asked.iter().filter(|(path, _)| path != "/tokenize").count() < 2 {
                 let (mut conn, _) = listener.accept().expect("accept");
-                let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
-                let mut line = String::new();
-                let mut length = 0;
-                let mut path = String::new();
-                loop {
-                    line.clear();
-                    std::io::BufRead::read_line(&mut reader, &mut line).expect("head");
-                    if path.is_empty() {
-                        path = line.split(' ').nth(1).unwrap_or_default().to_string();
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().expect("length");
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                std::io::Read::read_exact(&mut reader, &mut body).expect("body");
-                let body: Value = serde_json::from_slice(&body).expect("json");
+                let (path, body) = read_request(&conn);
                 let answer = if path == "/tokenize" {
-                    let json = r#"{"count":95}"#;
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
-                        json.len()
-                    )
+                    json_answer(r#"{"count":95}"#)
                 } else {
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: [DONE]\n\n".to_string()
+                    stream_answer(&[])
                 };
                 std::io::Write::write_all(&mut conn, answer.as_bytes()).expect("answer");
                 asked.push((path, body));

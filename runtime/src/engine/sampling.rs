@@ -11,6 +11,11 @@ use rand::{Rng, SeedableRng};
 /// everyone; 1 KiB is far beyond any real stop sequence.
 pub const MAX_STOP_BYTES: usize = 1024;
 
+/// Most stop sequences a request may name. The work after every token grows with their number
+/// as with their length, so plugins (whose `llm` calls reach the engine without the OpenAI
+/// route's limit of 4) cannot name thousands; 16 is more than any real use.
+pub const MAX_STOP_SEQUENCES: usize = 16;
+
 /// Candidates put in order first when top-k does not bound them: enough for the usual
 /// top-p cut or draw, so the rest of the vocabulary is only partitioned, not sorted; each
 /// further round orders four times as many.
@@ -79,6 +84,12 @@ impl SamplingParams {
             return Err(format!(
                 "repeat_penalty must be > 0, got {}",
                 self.repeat_penalty
+            ));
+        }
+        if self.stop.len() > MAX_STOP_SEQUENCES {
+            return Err(format!(
+                "at most {MAX_STOP_SEQUENCES} stop sequences, got {}",
+                self.stop.len()
             ));
         }
         if self.stop.iter().any(String::is_empty) {
@@ -563,6 +574,19 @@ mod tests {
             .validate()
             .expect_err("a stop sequence over the cap");
         assert!(refused.contains("stop"), "{refused}");
+    }
+
+    #[test]
+    fn more_stop_sequences_than_the_cap_are_refused() {
+        let with_stops = |n: usize| SamplingParams {
+            stop: (0..n).map(|i| format!("stop{i}")).collect(),
+            ..Default::default()
+        };
+        assert!(with_stops(MAX_STOP_SEQUENCES).validate().is_ok());
+        let refused = with_stops(MAX_STOP_SEQUENCES + 1)
+            .validate()
+            .expect_err("one stop sequence too many");
+        assert!(refused.contains("stop sequences"), "{refused}");
     }
 
     /// [`draw`]'s rules the plain way: the whole vocabulary sorted first, then each rule in one

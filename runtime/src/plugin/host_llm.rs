@@ -16,6 +16,7 @@ use super::grants::Reservation;
 use super::state::PluginState;
 use crate::engine::chat_template::TemplateMessage;
 use crate::engine::{self, Control, EngineError, Prompt, SamplingParams, ServedModel};
+use crate::error_code::ErrorCode;
 
 /// Tokens generated when a plugin does not say.
 const DEFAULT_MAX_TOKENS: u32 = 256;
@@ -145,16 +146,28 @@ impl PluginState {
     }
 }
 
+/// An engine failure as the `llm` interface says it, chosen by the engine's error code, so
+/// that a plugin passing it on keeps its meaning: a KV-cache budget or a remote's context
+/// limit is still `MODEL_004` (the client's to shorten, not retried), a model that cannot load
+/// `MODEL_001`. What the interface has no case for is `runtime-error`.
 fn to_wit_error(e: EngineError) -> Error {
     match e {
-        EngineError::ContextOverflow { .. } => Error::ContextOverflow(e.to_string()),
         EngineError::InvalidInput(m) => Error::InvalidInput(m),
         EngineError::Cancelled => Error::Cancelled,
+        // The plugin's own deadline; a remote's timeout is the remote's failure, below.
         EngineError::Timeout => Error::Timeout,
-        EngineError::NoChatTemplate(_) | EngineError::ModelNotFound(_) => {
-            Error::ModelNotSupported(e.to_string())
+        other => {
+            let message = other.to_string();
+            match other.code() {
+                ErrorCode::ModelContextOverflow => Error::ContextOverflow(message),
+                ErrorCode::ModelNotAvailable => Error::ModelNotSupported(message),
+                ErrorCode::InvalidInput | ErrorCode::ValidationFailed | ErrorCode::MissingField => {
+                    Error::InvalidInput(message)
+                }
+                ErrorCode::Cancelled => Error::Cancelled,
+                _ => Error::RuntimeError(message),
+            }
         }
-        other => Error::RuntimeError(other.to_string()),
     }
 }
 
@@ -267,6 +280,63 @@ mod tests {
             repeat_penalty: None,
             seed: None,
             stop,
+        }
+    }
+
+    #[test]
+    fn engine_failures_keep_their_meaning_across_the_interface() {
+        let remote = |code| EngineError::Remote {
+            url: "http://model.test".into(),
+            status: Some(400),
+            code,
+            message: "no".into(),
+        };
+        let cases = [
+            (
+                EngineError::KvCacheBudget {
+                    need_mib: 9,
+                    budget_mib: 1,
+                },
+                "context-overflow",
+            ),
+            (remote(ErrorCode::ModelContextOverflow), "context-overflow"),
+            (
+                EngineError::ContextOverflow {
+                    prompt: 9,
+                    max_tokens: 1,
+                    context: 8,
+                },
+                "context-overflow",
+            ),
+            (
+                EngineError::UnsupportedArchitecture("mamba".into()),
+                "model-not-supported",
+            ),
+            (
+                EngineError::ModelNotFound("m".into()),
+                "model-not-supported",
+            ),
+            (EngineError::NoFillInTheMiddle("m".into()), "invalid-input"),
+            (remote(ErrorCode::InvalidInput), "invalid-input"),
+            (EngineError::Timeout, "timeout"),
+            (remote(ErrorCode::ModelTimeout), "runtime-error"),
+            (EngineError::Cancelled, "cancelled"),
+            (EngineError::QueueFull { waiting: 3 }, "runtime-error"),
+            (EngineError::Runtime("boom".into()), "runtime-error"),
+        ];
+        for (engine_error, expected) in cases {
+            let said = engine_error.to_string();
+            let case = match to_wit_error(engine_error) {
+                Error::ContextOverflow(_) => "context-overflow",
+                Error::ModelNotSupported(_) => "model-not-supported",
+                Error::InvalidInput(_) => "invalid-input",
+                Error::Timeout => "timeout",
+                Error::Cancelled => "cancelled",
+                Error::RuntimeError(_) => "runtime-error",
+                Error::AccessDenied(_) => "access-denied",
+                Error::QuotaExceeded(_) => "quota-exceeded",
+            };
+            assert_eq!(case, expected, "{said}");
         }
     }
 
