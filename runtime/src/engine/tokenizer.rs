@@ -424,10 +424,11 @@ impl Tokenizer {
                 stop_ids.insert(i as u32);
             }
         }
-        // Llama 3 files often leave the flag out: their family starts every prompt with BOS.
+        // Files often leave the flag out: SentencePiece (Llama 1 and 2, Mistral) and Llama 3
+        // vocabularies start every prompt with BOS, as llama.cpp assumes for them.
         let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
             Some(MetaValue::Bool(flag)) => *flag,
-            _ => is_llama3_family(pre),
+            _ => model == "llama" || is_llama3_family(pre),
         };
         Ok(Self {
             added_ids: added_ids(&inner),
@@ -1013,6 +1014,30 @@ mod tests {
         assert!(!gpt2.add_bos);
         assert_eq!(gpt2.encode("ab").expect("encode"), [0, 1]);
         assert!(file("gpt2", Some(true)).add_bos);
+    }
+
+    #[test]
+    fn sentencepiece_files_take_bos_unless_they_say_otherwise() {
+        let file = |flag: Option<bool>| {
+            let mut meta = vec![
+                ("tokenizer.ggml.model", Meta::Str("llama")),
+                (
+                    "tokenizer.ggml.tokens",
+                    Meta::Strs(&["<unk>", "<s>", "</s>", "a"]),
+                ),
+                ("tokenizer.ggml.scores", Meta::F32s(&[0.0, 0.0, 0.0, -1.0])),
+                ("tokenizer.ggml.token_type", Meta::U32s(&[2, 3, 3, 1])),
+                ("tokenizer.ggml.bos_token_id", Meta::U64(1)),
+                ("tokenizer.ggml.eos_token_id", Meta::U64(2)),
+            ];
+            if let Some(flag) = flag {
+                meta.push(("tokenizer.ggml.add_bos_token", Meta::Bool(flag)));
+            }
+            Tokenizer::from_gguf(&gguf_file(&format!("spm-bos-{flag:?}"), &meta)).expect("load")
+        };
+        assert!(file(None).add_bos, "a SentencePiece file without the flag");
+        assert!(!file(Some(false)).add_bos);
+        assert!(file(Some(true)).add_bos);
     }
 
     #[test]
