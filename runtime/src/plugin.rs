@@ -1061,12 +1061,16 @@ fn classify_failure(
         Some(trap) => format!("{trap}"),
         None => format!("{e:#}"),
     };
-    // wasmtime stops a result too large to copy out of the guest (its host-call fuel) before
-    // our own output limits see it; to the caller both are an oversized output.
+    // wasmtime stops data too large to copy out of the guest (its host-call fuel) before our
+    // own limits see it: a result, or the arguments of a host call; which, it does not say.
     if message.contains("too much data is being copied") {
         return PluginError::Output {
             plugin,
-            message: "the result is larger than the host accepts".into(),
+            message: format!(
+                "the plugin handed the host more than it accepts at once ({} MiB): a result, \
+                 or the arguments of one host call",
+                HOSTCALL_FUEL >> 20
+            ),
         };
     }
     // The plugin's own last words: a Python traceback, a Rust panic message.

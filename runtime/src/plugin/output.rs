@@ -114,6 +114,13 @@ pub fn clip_error(mut e: PipelineError) -> PipelineError {
 
 /// Whether a plugin may return `code` as its own error (see [`clip_error`]).
 fn plugin_may_give(code: crate::error_code::ErrorCode) -> bool {
+    use crate::error_code::ErrorCode;
+    // The host's own verdicts on plugins: a plugin that is running was found and loaded, and a
+    // 404 or a load failure from it would send the operator looking in the wrong place. (It
+    // may pass on PLUGIN_006 and PLUGIN_007: the `llm` interface's access and quota errors.)
+    if matches!(code, ErrorCode::PluginNotFound | ErrorCode::PluginLoad) {
+        return false;
+    }
     matches!(
         code.kind(),
         "model_error"
@@ -267,6 +274,8 @@ mod tests {
             "STORE_001",
             "RUN_002",
             "INTERNAL",
+            "PLUGIN_001",
+            "PLUGIN_002",
         ] {
             let e = returned(host_only);
             assert_eq!(e.code, PLUGIN_ERROR_CODE, "{host_only}");
@@ -278,6 +287,8 @@ mod tests {
             "GEN_003",
             "REV_001",
             "PLUGIN_004",
+            "PLUGIN_006",
+            "PLUGIN_007",
             "COMM_004",
             "MY_001",
         ] {

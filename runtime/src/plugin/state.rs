@@ -69,12 +69,16 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS
-            && self.charge(
-                desired
-                    .saturating_sub(current)
-                    .saturating_mul(TABLE_ELEMENT_BYTES),
-            ))
+        if desired > MAX_TABLE_ELEMENTS {
+            // Past the element limit is the memory cap too, as the caller will be told.
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(self.charge(
+            desired
+                .saturating_sub(current)
+                .saturating_mul(TABLE_ELEMENT_BYTES),
+        ))
     }
 
     fn instances(&self) -> usize {
@@ -240,6 +244,22 @@ mod tests {
         );
         assert!(limiter.hit);
         assert_eq!(limiter.peak_bytes, 100 * MIB);
+    }
+
+    #[test]
+    fn a_table_past_the_element_limit_is_the_memory_cap() {
+        let mut limiter = MemoryLimiter {
+            max_bytes: 1 << 30,
+            peak_bytes: 0,
+            hit: false,
+        };
+        let grown = limiter.table_growing(0, MAX_TABLE_ELEMENTS + 1, None);
+        assert!(!grown.expect("grow"));
+        assert!(
+            limiter.hit,
+            "the caller would be told of a trap, not the cap"
+        );
+        assert_eq!(limiter.peak_bytes, 0);
     }
 
     #[test]
