@@ -462,20 +462,24 @@ impl Runs {
             },
         });
         let started = Instant::now();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.run(&req)));
-        // Decided: from here a cancel is too late (see `LiveRun::ended_as`).
-        let state = match &outcome {
-            Ok(outcome) => match &outcome.error {
-                None => RunState::Completed,
-                Some(e) if e.code == ErrorCode::Cancelled.as_str() => RunState::Cancelled,
-                Some(_) => RunState::Failed,
-            },
-            Err(_) => RunState::Failed,
-        };
-        {
+        let mut outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.run(&req)));
+        // Decided, under the lock `cancel` answers under: from here a cancel is too late (see
+        // `LiveRun::ended_as`), and one answered before is honoured though it came after the
+        // pipeline last looked (its client was told the run stops).
+        let state = {
             let _table = self.live();
+            let state = match &mut outcome {
+                Ok(outcome) => ended_state(
+                    &mut outcome.error,
+                    &mut outcome.status,
+                    live.cancel.load(Ordering::Relaxed),
+                ),
+                Err(_) => RunState::Failed,
+            };
             let _ = live.ended_as.set(state.as_str());
-        }
+            state
+        };
         drop(slot);
         in_flight("running").dec();
         let ms = started.elapsed().as_millis() as u64;
@@ -683,6 +687,27 @@ pub fn spawn_retention(store: Arc<dyn RunStore>, keep: Duration) -> std::io::Res
         .map(|_| ())
 }
 
+/// How a run whose pipeline ended with `error` (and `status`) ended. A cancel answered before
+/// this decision (`cancel_answered`) ends it cancelled whatever the pipeline made of it, though
+/// it came after the pipeline last looked: its client was told the run stops.
+fn ended_state(
+    error: &mut Option<ErrorOut>,
+    status: &mut &'static str,
+    cancel_answered: bool,
+) -> RunState {
+    let cancelled = |e: &ErrorOut| e.code == ErrorCode::Cancelled.as_str();
+    match error {
+        Some(e) if cancelled(e) => RunState::Cancelled,
+        _ if cancel_answered => {
+            *error = Some(ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled"));
+            *status = "cancelled";
+            RunState::Cancelled
+        }
+        None => RunState::Completed,
+        Some(_) => RunState::Failed,
+    }
+}
+
 fn in_flight(state: &str) -> prometheus_client::metrics::gauge::Gauge {
     crate::metrics::global()
         .runs_in_flight
@@ -733,6 +758,26 @@ mod tests {
         fn drop(&mut self) {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_cancel_answered_before_the_end_is_decided_ends_the_run_cancelled() {
+        let failed = || Some(ErrorOut::new(ErrorCode::GenerationFailed, "no"));
+        for (error, answered, state) in [
+            (None, false, RunState::Completed),
+            (failed(), false, RunState::Failed),
+            // The pipeline finished after its last look at the flag, then the cancel came.
+            (None, true, RunState::Cancelled),
+            (failed(), true, RunState::Cancelled),
+        ] {
+            let (mut error, mut status) = (error, "completed");
+            assert_eq!(ended_state(&mut error, &mut status, answered), state);
+            if answered {
+                let error = error.expect("an error says why");
+                assert_eq!(error.code, ErrorCode::Cancelled.as_str());
+                assert_eq!(status, "cancelled");
             }
         }
     }

@@ -48,20 +48,19 @@ pub struct Reloader {
 
 impl Reloader {
     /// A watcher for the plugin folder `dir`, whose components `folder` holds as loaded at
-    /// start, and for the config file `config`.
+    /// start from the folder as `applied` saw it (its stamps taken before loading, so that a
+    /// change made while a slow start loaded is seen at the first polls), and for the config
+    /// file `config`.
     pub fn new(
         host: Arc<PluginHost>,
         dir: Option<PathBuf>,
+        applied: BTreeMap<PathBuf, FileStamp>,
         config: Option<PathBuf>,
         embedded: Vec<Arc<Plugin>>,
         folder: FolderPlugins,
         live: LivePlugins,
     ) -> Self {
         let config = config.map(|path| WatchedFile::new(path, host.config().file_digest));
-        let applied = dir
-            .as_deref()
-            .and_then(|d| folder_stamps(d).ok())
-            .unwrap_or_default();
         Self {
             host,
             dir,
