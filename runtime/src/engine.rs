@@ -1024,14 +1024,24 @@ impl ServedModel {
         self.start(prompt, params, control)?.finish(on_text)
     }
 
-    /// Tokens of `text` (no special tokens added).
-    pub fn count_tokens(&self, text: &str) -> Result<u32, EngineError> {
-        self.count_prompt_tokens(text, false)
+    /// Tokens of `text` (no special tokens added), counted by `deadline` (a remote model's
+    /// count is a request; a local one's is at once).
+    pub fn count_tokens(&self, text: &str, deadline: Instant) -> Result<u32, EngineError> {
+        self.count_tokens_by(text, false, Some(deadline))
     }
 
     /// Tokens of `text`, with `special` as a prompt of it reads them (the BOS the model adds
     /// included), else of the text alone.
     pub fn count_prompt_tokens(&self, text: &str, special: bool) -> Result<u32, EngineError> {
+        self.count_tokens_by(text, special, None)
+    }
+
+    fn count_tokens_by(
+        &self,
+        text: &str,
+        special: bool,
+        deadline: Option<Instant>,
+    ) -> Result<u32, EngineError> {
         match &self.backend {
             Backend::Local(m) if special => m
                 .tokenize_prompt(&Prompt::Text(text.to_string()))
@@ -1041,7 +1051,7 @@ impl ServedModel {
                 .encode(text)
                 .map(|ids| ids.len() as u32)
                 .map_err(|e| EngineError::InvalidInput(e.to_string())),
-            Backend::Remote(r) => r.count_tokens(text, special),
+            Backend::Remote(r) => r.count_tokens(text, special, deadline),
         }
     }
 

@@ -407,8 +407,16 @@ pub struct LazySandbox {
     path: std::path::PathBuf,
     cache: CompileCache,
     limits: SandboxLimits,
-    cell: std::sync::OnceLock<Result<PythonSandbox, String>>,
+    cell: std::sync::OnceLock<PythonSandbox>,
+    /// The last failure to prepare it, and when: repeated for [`SANDBOX_RETRY`], then tried
+    /// again (an interpreter installed, or a full disk freed, while the server runs).
+    failed: std::sync::Mutex<Option<(Instant, String)>>,
+    retry_after: Duration,
 }
+
+/// How long a failure to prepare the sandbox is reported without trying again: a missing
+/// interpreter costs one look per request at most, not one per test.
+const SANDBOX_RETRY: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for LazySandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -425,18 +433,38 @@ impl LazySandbox {
             cache,
             limits,
             cell: std::sync::OnceLock::new(),
+            failed: std::sync::Mutex::new(None),
+            retry_after: SANDBOX_RETRY,
         }
     }
 
-    /// The sandbox, or why it cannot run (remembered: a missing interpreter is reported once
-    /// per request, not retried per test).
-    pub fn get(&self) -> Result<&PythonSandbox, &str> {
-        self.cell
-            .get_or_init(|| {
-                PythonSandbox::load(&self.path, &self.cache, self.limits).map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(String::as_str)
+    /// The sandbox, or why it cannot run. Prepared once; a failure is remembered for a while
+    /// (see [`SANDBOX_RETRY`]) and then tried again, rather than kept until a restart.
+    pub fn get(&self) -> Result<&PythonSandbox, String> {
+        if let Some(ready) = self.cell.get() {
+            return Ok(ready);
+        }
+        // One caller prepares it; the others wait for its answer.
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ready) = self.cell.get() {
+            return Ok(ready);
+        }
+        if let Some((at, why)) = failed.as_ref()
+            && at.elapsed() < self.retry_after
+        {
+            return Err(why.clone());
+        }
+        match PythonSandbox::load(&self.path, &self.cache, self.limits) {
+            Ok(sandbox) => {
+                *failed = None;
+                Ok(self.cell.get_or_init(|| sandbox))
+            }
+            Err(e) => {
+                let why = e.to_string();
+                *failed = Some((Instant::now(), why.clone()));
+                Err(why)
+            }
+        }
     }
 }
 
@@ -913,6 +941,31 @@ fn nonce() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sandbox_that_cannot_be_prepared_is_tried_again_later() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-lazy-sandbox-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let interpreter = dir.join("python.wasm");
+        let mut lazy = LazySandbox::new(
+            interpreter.clone(),
+            CompileCache::new(None),
+            SandboxLimits::default(),
+        );
+        let missing = lazy.get().map(|_| ()).expect_err("no interpreter yet");
+        // Within the retry interval the failure is repeated, not looked into again.
+        std::fs::write(&interpreter, b"not wasm").expect("write");
+        assert_eq!(lazy.get().map(|_| ()).expect_err("remembered"), missing);
+        // Past it, the interpreter is looked at again: now there, though not usable.
+        lazy.retry_after = Duration::ZERO;
+        let unusable = lazy.get().map(|_| ()).expect_err("not an interpreter");
+        assert_ne!(unusable, missing, "the failure was kept, not tried again");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn file_names_come_from_python_paths_and_default_otherwise() {

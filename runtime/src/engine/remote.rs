@@ -46,6 +46,8 @@ const STALL_LIMIT: Duration = Duration::from_secs(300);
 
 /// How often a streamed generation waiting on the remote looks whether it should stop.
 const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest wait for the remote to count a text's tokens (its `/tokenize`).
+const COUNT_LIMIT: Duration = Duration::from_secs(30);
 
 /// What stops a remote generation: the caller's cancel and deadline, and the caller dropping
 /// its [`Generation`].
@@ -463,9 +465,8 @@ impl RemoteModel {
         if self.context_length == 0 || body.get("suffix").is_some() {
             return None;
         }
-        let limit = deadline.map_or(Duration::from_secs(30), |d| {
-            d.saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(30))
+        let limit = deadline.map_or(COUNT_LIMIT, |d| {
+            d.saturating_duration_since(Instant::now()).min(COUNT_LIMIT)
         });
         if limit.is_zero() {
             return None;
@@ -699,11 +700,22 @@ impl RemoteModel {
     }
 
     /// Tokens of `text` by the remote's tokenizer (its `/tokenize`), special tokens (a BOS)
-    /// added when `special`.
-    pub fn count_tokens(&self, text: &str, special: bool) -> Result<u32, EngineError> {
+    /// added when `special`, waiting until `deadline` (and at most 30 s).
+    pub fn count_tokens(
+        &self,
+        text: &str,
+        special: bool,
+        deadline: Option<Instant>,
+    ) -> Result<u32, EngineError> {
+        let limit = deadline.map_or(COUNT_LIMIT, |d| {
+            d.saturating_duration_since(Instant::now()).min(COUNT_LIMIT)
+        });
+        if limit.is_zero() {
+            return Err(EngineError::Timeout);
+        }
         self.tokenize(
             &json!({"model": self.model, "prompt": text, "add_special_tokens": special}),
-            Duration::from_secs(30),
+            limit,
         )
     }
 

@@ -206,16 +206,19 @@ fn is_entry_name(name: &str) -> bool {
     is_lower_hex(content, 64) && is_lower_hex(engine, 16)
 }
 
-/// Whether `name` is a half-written entry, `{entry stem}.tmp{pid}` as [`write_atomically`]
-/// names them: one a crashed process left is removed once it is a day old (a live writer
-/// renames its file within seconds).
+/// Whether `name` is a half-written entry, `{entry stem}.tmp{pid}-{write}` as
+/// [`write_atomically`] names them (`.tmp{pid}` before): one a crashed process left is removed
+/// once it is a day old (a live writer renames its file within seconds).
 fn is_temp_name(name: &str) -> bool {
-    let Some((stem, pid)) = name.rsplit_once(".tmp") else {
+    let Some((stem, suffix)) = name.rsplit_once(".tmp") else {
         return false;
     };
-    !pid.is_empty()
-        && pid.bytes().all(|b| b.is_ascii_digit())
-        && is_entry_name(&format!("{stem}.cwasm"))
+    let number = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    let numbered = match suffix.split_once('-') {
+        Some((pid, write)) => number(pid) && number(write),
+        None => number(suffix),
+    };
+    numbered && is_entry_name(&format!("{stem}.cwasm"))
 }
 
 /// How old a half-written entry must be before pruning takes it for a crashed writer's.
@@ -376,7 +379,11 @@ fn file_is_ours(path: &Path) -> bool {
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Named for this process and this write: two threads storing the same entry at once must
+    // not write into one file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{write}", std::process::id()));
     // A new file of our own (a crashed earlier process with our id may have left one; a link
     // planted there is removed, not followed).
     let _ = std::fs::remove_file(&tmp);
@@ -462,11 +469,18 @@ mod tests {
             dir.join(format!("{hex}-{:016x}.cwasm.bak", 7)),
             dir.join(format!("{}-{:016x}.cwasm", "A".repeat(64), 7)),
             dir.join(format!("{hex}-{:016x}.tmpx123", 7)),
+            dir.join(format!("{hex}-{:016x}.tmp123-", 7)),
         ];
-        // A crashed writer's half-written entry goes once a day old; a live writer's stays.
-        let abandoned = dir.join(format!("{hex}-{:016x}.tmp123", 7));
-        let writing = dir.join(format!("{hex}-{:016x}.tmp124", 8));
-        for (path, age) in [(&abandoned, 2 * DAY), (&writing, Duration::ZERO)] {
+        // A crashed writer's half-written entry goes once a day old (named as this version
+        // names them, or as the last did); a live writer's stays.
+        let abandoned = dir.join(format!("{hex}-{:016x}.tmp123-4", 7));
+        let abandoned_before = dir.join(format!("{hex}-{:016x}.tmp123", 9));
+        let writing = dir.join(format!("{hex}-{:016x}.tmp124-0", 8));
+        for (path, age) in [
+            (&abandoned, 2 * DAY),
+            (&abandoned_before, 2 * DAY),
+            (&writing, Duration::ZERO),
+        ] {
             std::fs::write(path, b"x").expect("write");
             set_age(path, age);
         }
@@ -486,6 +500,7 @@ mod tests {
             assert!(path.exists(), "{} is not an entry", path.display());
         }
         assert!(!abandoned.exists(), "a day-old half-written entry goes");
+        assert!(!abandoned_before.exists(), "so does one named the old way");
         assert!(writing.exists(), "a half-written entry being written stays");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -196,7 +196,9 @@ impl Host for PluginState {
 
     fn count_tokens(&mut self, model: Option<String>, text: String) -> Result<u32, Error> {
         let loaded = self.resolve_model(model)?;
-        loaded.count_tokens(&text).map_err(to_wit_error)
+        loaded
+            .count_tokens(&text, self.deadline)
+            .map_err(to_wit_error)
     }
 
     fn generate(
