@@ -61,11 +61,26 @@ fi
 BIN="${AGENTRT_GPU_BIN:-}"
 if [[ -z "$BIN" ]]; then
     step "build (--features cuda)"
-    cargo build --release --features cuda -p agentrt --tests --benches || exit 1
     BIN="$(mktemp -d)"
-    for name in cuda_engine gpu; do
-        cp "$(ls -t "$CARGO_TARGET_DIR"/release/deps/"$name"-* | grep -v '\.d$' | head -n 1)" "$BIN/$name"
-    done
+    cargo build --release --features cuda -p agentrt --tests --benches \
+        --message-format=json-render-diagnostics >"$BIN/build.json" || exit 1
+    # The executables this build made, as cargo names them: not the newest file of that name
+    # in deps, which a build without the cuda feature may have left (with no GPU tests in it).
+    python3 -c '
+import json, shutil, sys
+out = sys.argv[1]
+wanted = {"cuda_engine", "gpu"}
+made = {}
+for line in open(out + "/build.json"):
+    message = json.loads(line)
+    if message.get("reason") == "compiler-artifact" and message.get("executable"):
+        if message["target"]["name"] in wanted:
+            made[message["target"]["name"]] = message["executable"]
+if wanted - made.keys():
+    sys.exit("the build made no %s binary" % ", ".join(sorted(wanted - made.keys())))
+for name, path in made.items():
+    shutil.copy(path, "%s/%s" % (out, name))
+' "$BIN" || exit 1
 fi
 
 export AGENTRT_REQUIRE_GPU=1

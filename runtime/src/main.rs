@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> std::process::ExitCode {
+    unset_empty_variables();
     let matches = agentrt::cli::Cli::command().get_matches();
     let json_output = flag_anywhere(&matches, "json");
     let cli = agentrt::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -16,8 +17,7 @@ fn main() -> std::process::ExitCode {
     // The server logs what it does; a one-off command prints its result, and only warnings
     // besides (AGENTRT_LOG shows more).
     let default_filter = if serving { "warn,agentrt=info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTRT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let filter = log_filter(default_filter);
     let json_logs = agentrt::settings::word("AGENTRT_LOG_FORMAT") == Some("json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -41,6 +41,35 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An empty `AGENTRT_*` variable (`AGENTRT_PLUGINS=` in a compose or unit file) counts as
+/// unset, for every reader alike: clap would refuse an empty path for its option, and an empty
+/// `AGENTRT_LOG` would switch logging off.
+fn unset_empty_variables() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(name, value)| {
+            name.to_str().is_some_and(|n| n.starts_with("AGENTRT_"))
+                && value.to_str().is_some_and(|v| v.trim().is_empty())
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        // SAFETY: nothing else runs yet; no thread reads the environment meanwhile.
+        unsafe { std::env::remove_var(name) };
+    }
+}
+
+/// The log filter `AGENTRT_LOG` asks for, or `default` when it is unset; one that does not
+/// parse is said on stderr (logging is not up yet) rather than dropped without a word.
+fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let Ok(asked) = std::env::var("AGENTRT_LOG") else {
+        return tracing_subscriber::EnvFilter::new(default);
+    };
+    tracing_subscriber::EnvFilter::try_new(asked.trim()).unwrap_or_else(|e| {
+        eprintln!("warning: AGENTRT_LOG={asked:?} is not a log filter ({e}); using {default:?}");
+        tracing_subscriber::EnvFilter::new(default)
+    })
 }
 
 /// Whether the boolean flag `id` is set on the command or any of its subcommands (`--json`

@@ -13,7 +13,7 @@ pub const DEFAULT_MODEL_ID: &str = "smollm2-135m-instruct";
 
 /// Root of agentrt's cache.
 pub fn home() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AGENTRT_HOME") {
+    if let Some(dir) = non_empty(std::env::var_os("AGENTRT_HOME")) {
         return PathBuf::from(dir);
     }
     let base = std::env::var_os("HOME")
@@ -24,7 +24,7 @@ pub fn home() -> PathBuf {
 
 /// The default model file (`AGENTRT_MODEL` overrides it).
 pub fn default_model() -> PathBuf {
-    match std::env::var_os("AGENTRT_MODEL") {
+    match non_empty(std::env::var_os("AGENTRT_MODEL")) {
         Some(p) => PathBuf::from(p),
         None => home().join("models").join(DEFAULT_MODEL_FILE),
     }
@@ -80,7 +80,7 @@ pub fn humaneval() -> PathBuf {
 /// CPython for WASI, which runs generated tests (fetched by scripts/setup.sh;
 /// `AGENTRT_PYTHON_WASM` overrides it).
 pub fn python_wasm() -> PathBuf {
-    match std::env::var_os("AGENTRT_PYTHON_WASM") {
+    match non_empty(std::env::var_os("AGENTRT_PYTHON_WASM")) {
         Some(p) => PathBuf::from(p),
         None => home().join("python").join("python.wasm"),
     }

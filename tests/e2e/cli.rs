@@ -111,6 +111,29 @@ fn unusable_settings_in_the_environment_are_refused_by_name() {
 }
 
 #[test]
+fn empty_variables_count_as_unset_and_a_bad_log_filter_is_said() {
+    // As compose and unit files write them: the paths clap reads, the home, the log filter.
+    let (ok, stdout, stderr) = crate::harness::run_cli_env(
+        &["plugin", "list", "--json"],
+        &[
+            ("AGENTRT_PLUGINS", ""),
+            ("AGENTRT_CONFIG", " "),
+            ("AGENTRT_HOME", ""),
+            ("AGENTRT_LOG", ""),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"generator\""), "{stdout}");
+    let (ok, _, stderr) =
+        crate::harness::run_cli_env(&["plugin", "wit"], &[("AGENTRT_LOG", "agentrt=loud")]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("AGENTRT_LOG=\"agentrt=loud\" is not a log filter"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn two_models_with_one_id_are_refused() {
     let model = agentrt::paths::default_model();
     let model = model.to_str().expect("utf-8");
