@@ -134,6 +134,27 @@ fn empty_variables_count_as_unset_and_a_bad_log_filter_is_said() {
 }
 
 #[test]
+fn a_grant_naming_no_plugin_is_warned_of() {
+    let config = crate::harness::scratch_root().join(format!(
+        "agentrt-misspelt-grant-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&config, "[grants.genrator]\nmodels = [\"*\"]\n").expect("write config");
+    let (ok, _, stderr) = crate::harness::run_cli(&[
+        "plugin",
+        "list",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("[grants.genrator] in the config names no plugin"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
+#[test]
 fn two_models_with_one_id_are_refused() {
     let model = agentrt::paths::default_model();
     let model = model.to_str().expect("utf-8");

@@ -304,12 +304,47 @@ pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<Loaded, Plu
     let (set, misplaced) = compose(&embedded, scan.plugins.plugins())?;
     let mut refused = scan.refused;
     refused.extend(misplaced);
+    warn_of_unused_grants(host, &embedded, &scan.plugins.plugins(), &refused);
     Ok(Loaded {
         set,
         embedded,
         folder: scan.plugins,
         refused,
     })
+}
+
+/// Say which `[grants.NAME]` entries of the config in use name no plugin among `embedded`,
+/// `folder` and the `refused` files: most likely a misspelt name, whose plugin then runs
+/// without what the operator meant to grant it.
+pub fn warn_of_unused_grants(
+    host: &PluginHost,
+    embedded: &[Arc<Plugin>],
+    folder: &[Arc<Plugin>],
+    refused: &[Refused],
+) {
+    let config = host.config();
+    let names: Vec<&str> = embedded
+        .iter()
+        .chain(folder)
+        .map(|p| p.manifest.name.as_str())
+        .chain(
+            refused
+                .iter()
+                .filter_map(|r| r.file.file_stem().and_then(|s| s.to_str())),
+        )
+        .collect();
+    for grant in unused_grants(config.grants.keys().map(String::as_str), &names) {
+        tracing::warn!(
+            target: "agentrt::plugins",
+            grant = %grant,
+            "[grants.{grant}] in the config names no plugin (a plugin's name is the one in its manifest); nothing uses it"
+        );
+    }
+}
+
+/// The grant names in `grants` that are not in `plugins`.
+fn unused_grants<'a>(grants: impl Iterator<Item = &'a str>, plugins: &[&str]) -> Vec<&'a str> {
+    grants.filter(|g| !plugins.contains(g)).collect()
 }
 
 /// What identifies one version of a component on disk: the sizes and modification times of
@@ -463,6 +498,14 @@ pub fn load_file(host: &PluginHost, path: &Path) -> Result<Plugin, PluginError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grants_naming_no_plugin_are_found() {
+        let grants = ["house-style", "huose-style", "generator"];
+        let plugins = ["generator", "reviewer", "house-style"];
+        assert_eq!(unused_grants(grants.into_iter(), &plugins), ["huose-style"]);
+        assert!(unused_grants(std::iter::empty(), &plugins).is_empty());
+    }
 
     #[test]
     fn a_component_cannot_take_another_plugins_name_and_grants() {

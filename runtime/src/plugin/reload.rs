@@ -192,6 +192,14 @@ impl Reloader {
         for refused in &scan.refused {
             refused.log();
         }
+        if all || !scan.changed.is_empty() || !scan.removed.is_empty() {
+            super::registry::warn_of_unused_grants(
+                &self.host,
+                &self.embedded,
+                &scan.plugins.plugins(),
+                &scan.refused,
+            );
+        }
         // A component refused only because every instance slot was busy for its trial is
         // tried again at the next poll, not kept refused until its file changes.
         let busy = scan
