@@ -191,7 +191,14 @@ REQUIREMENTS="$WORK_DIR/requirements.txt"
 VENV_STAMP="$VENV/.agentrt-requirements.sha256"
 want_stamp="$(sha256_of "$REQUIREMENTS")"
 
-if [[ ! -x "$VENV/bin/componentize-py" || ! -f "$VENV_STAMP" || "$(cat "$VENV_STAMP")" != "$want_stamp" ]]; then
+# Whether the venv still runs: a Python upgraded or removed under it leaves its files (and the
+# stamp) in place, with an interpreter that is gone.
+venv_runs() {
+    [[ "$("$VENV/bin/componentize-py" --version 2>/dev/null)" == "componentize-py $COMPONENTIZE_PY_VERSION" ]] &&
+        "$VENV/bin/python" -c 'import wasmtime' >/dev/null 2>&1
+}
+
+if [[ ! -f "$VENV_STAMP" || "$(cat "$VENV_STAMP")" != "$want_stamp" ]] || ! venv_runs; then
     if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
         if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
             quietly "apt-get update" apt-get update -qq

@@ -1282,6 +1282,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     print_test_report(tests);
                 }
                 print_findings(&file, &review.findings);
+                // The review went without what a check that could not run would have found.
+                for c in &checks {
+                    if let Some(e) = &c.error {
+                        println!(
+                            "check {} could not run ({} {}): the review went without its findings",
+                            c.name, e.code, e.message
+                        );
+                    }
+                }
             });
             Ok(())
         }
@@ -1345,14 +1354,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     detail: e.to_string(),
                 }),
             }
-            let value = serde_json::to_value(&report).unwrap_or_default();
-            emit(opts.json, &value, || report.print());
             // The first failed check's own code (MODEL_001, STORE_001, ...): a failed check is
             // a problem of this set-up, not an agentrt bug, which INTERNAL would suggest.
-            match report.failure() {
+            let result = match report.failure() {
                 None => Ok(()),
                 Some((code, message)) => Err(CliError::new(code, message)),
+            };
+            let mut value = serde_json::to_value(&report).unwrap_or_default();
+            if let Err(e) = &result {
+                // The one JSON document carries the failure too, as the error body's `error`.
+                value["error"] = error_body(e);
             }
+            emit(opts.json, &value, || report.print());
+            result
         }
         Command::Logs {
             action:
@@ -1499,9 +1513,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                         .map(|p| p.describe())
                         .collect();
                     let refused = pipeline.plugins.refused();
-                    let listing = json!({"plugins": list, "refused": refused});
+                    let mut listing = json!({"plugins": list, "refused": refused});
+                    let result = refusal_error(&refused).map_or(Ok(()), Err);
+                    if let Err(e) = &result {
+                        listing["error"] = error_body(e);
+                    }
                     emit(opts.json, &listing, || print_plugin_list(&listing));
-                    return refusal_error(&refused).map_or(Ok(()), Err);
+                    return result;
                 }
             };
             emit(opts.json, &listing, || print_plugin_list(&listing));
@@ -1627,12 +1645,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     },
                 );
             }
-            emit(
-                opts.json,
-                &serde_json::to_value(&report).unwrap_or_default(),
-                || report.print(),
-            );
-            match failure {
+            let result = match failure {
                 None => Ok(()),
                 Some(code) => {
                     let failed: Vec<&str> = report
@@ -1651,7 +1664,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                         ),
                     ))
                 }
+            };
+            let mut value = serde_json::to_value(&report).unwrap_or_default();
+            if let Err(e) = &result {
+                value["error"] = error_body(e);
             }
+            emit(opts.json, &value, || report.print());
+            result
         }
         Command::Plugin {
             action:

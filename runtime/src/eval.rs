@@ -622,7 +622,8 @@ impl ResultsFile {
                     held.push(result);
                     file.write_all(b"\n").map_err(|e| failed("write to", e))?;
                 }
-                Err(_) if tail.starts_with(RESULT_START) => {
+                // Cut anywhere, even within the few bytes every result starts with.
+                Err(_) if tail.starts_with(RESULT_START) || RESULT_START.starts_with(tail) => {
                     tracing::warn!(
                         "{} line {line}: cut short, its problem runs again",
                         path.display()
@@ -1012,6 +1013,19 @@ mod tests {
         file.append(&result("a/2", true, &setting)).expect("append");
         drop(file);
         assert_eq!(open(&setting).expect("reopened").len(), 3);
+        // Cut within the bytes every result starts with: still ours, still run again.
+        let mut raw = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        raw.write_all(&RESULT_START[..4]).expect("write");
+        drop(raw);
+        assert_eq!(open(&setting).expect("resumed again").len(), 3);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            text.ends_with("}\n"),
+            "the cut line was not removed: {text:?}"
+        );
 
         let other = Setting {
             max_retries: Some(2),

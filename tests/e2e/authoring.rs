@@ -228,6 +228,11 @@ fn a_component_built_for_another_wit_line_is_refused() {
             && out.contains(&format!("{}.{}.x", host.major, host.minor)),
         "{out}{err}"
     );
+    // As JSON, the report carries the failure as the error body's `error`.
+    let (ok, out, err) = run_cli(&["plugin", "check", far.to_str().expect("utf-8"), "--json"]);
+    assert!(!ok, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect("json");
+    assert!(report["error"]["code"].is_string(), "{report}");
     // A server leaves it out at start, with the same reason (`plugin list` shows it so).
     let (ok, _, err) = run_cli(&["plugin", "list", "--plugins", dir.to_str().expect("utf-8")]);
     assert!(

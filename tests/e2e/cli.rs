@@ -575,6 +575,9 @@ fn doctor_fails_when_serve_could_not_listen() {
         stderr.contains("error VAL_002") && !stderr.contains("INTERNAL"),
         "{stderr}"
     );
+    // The one JSON document says the failure too, as the HTTP API's error body does.
+    let report: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["error"]["code"], "VAL_002", "{report}");
 }
 
 /// `--device cuda` where CUDA cannot be used fails the GPU check (a model load would refuse

@@ -401,6 +401,7 @@ fn a_server_starts_without_the_folder_plugins_that_cannot_take_their_place() {
         Some(5),
         "{listing}"
     );
+    assert_eq!(listing["error"]["code"], "PLUGIN_002", "{listing}");
     let code_file = dir.with_extension("py");
     std::fs::write(&code_file, "x = 1\n").expect("write code");
     let (ok, _, stderr) = run_cli(&[

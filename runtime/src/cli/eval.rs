@@ -122,11 +122,15 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
         Some(sandbox) => sandbox,
         None => super::default_sandbox(),
     };
-    // Without the sandbox every problem would count as failed: that is no measurement.
+    // Without the sandbox every problem would count as failed: that is no measurement. A
+    // missing or unusable interpreter is this set-up's to fix, not an agentrt fault.
     let sandbox = sandbox.get().map_err(|why| {
         CliError::new(
-            ErrorCode::Internal,
-            format!("the Python sandbox cannot run the problems' tests: {why}"),
+            ErrorCode::InvalidInput,
+            format!(
+                "the Python sandbox cannot run the problems' tests: {why} (scripts/setup.sh \
+                 fetches its interpreter; AGENTRT_PYTHON_WASM names another)"
+            ),
         )
     })?;
 
@@ -227,10 +231,23 @@ fn fingerprint(
     }
     for model in engine.models() {
         let info = &model.info;
+        // Where its weights are and when they last changed (hashing gigabytes would cost more
+        // than the eval): other weights of the same size under the same name are another
+        // setting. A remote's address and model name are in `device`.
+        let modified = std::fs::metadata(&info.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
         parts.push(
             format!(
-                "model {} {} {} {} {}",
-                info.id, info.format, info.parameters, info.file_bytes, info.device
+                "model {} {} {} {} {} {} {modified}",
+                info.id,
+                info.format,
+                info.parameters,
+                info.file_bytes,
+                info.device,
+                info.path.display()
             )
             .into_bytes(),
         );
