@@ -156,6 +156,9 @@ fn to_wit_error(e: EngineError) -> Error {
         EngineError::Cancelled => Error::Cancelled,
         // The plugin's own deadline; a remote's timeout is the remote's failure, below.
         EngineError::Timeout => Error::Timeout,
+        // A remote that could not be reached or broke off (no answer to read a meaning from)
+        // may be back soon: the engine failed, which an error handler may retry.
+        EngineError::Remote { status: None, .. } => Error::RuntimeError(e.to_string()),
         other => {
             let message = other.to_string();
             match other.code() {
@@ -320,6 +323,15 @@ mod tests {
             ),
             (EngineError::NoFillInTheMiddle("m".into()), "invalid-input"),
             (remote(ErrorCode::InvalidInput), "invalid-input"),
+            (
+                EngineError::Remote {
+                    url: "http://model.test".into(),
+                    status: None,
+                    code: ErrorCode::ModelNotAvailable,
+                    message: "cannot reach it".into(),
+                },
+                "runtime-error",
+            ),
             (EngineError::Timeout, "timeout"),
             (remote(ErrorCode::ModelTimeout), "runtime-error"),
             (EngineError::Cancelled, "cancelled"),
