@@ -558,9 +558,11 @@ impl PluginHost {
     /// Run `f` in a fresh store and turn wasmtime failures into [`PluginError`]s.
     ///
     /// The call runs on a thread of its own. Guest code stops at the deadline (epoch
-    /// interruption); a plugin blocked inside a host call the epoch cannot interrupt (a WASI
-    /// sleep or poll) is abandoned once the deadline and a grace period have passed: the caller
-    /// gets `PLUGIN_004` and the thread finishes, and frees its slot, when the call returns.
+    /// interruption), and so do WASI's waits (timers, polls, blocking stream calls: see
+    /// `host_clocks` and `host_io`). A plugin blocked where the host cannot reach (a filesystem
+    /// call waiting in the kernel, such as opening a FIFO) is abandoned once the deadline and a
+    /// grace period have passed: the caller gets `PLUGIN_004` and the thread finishes, and
+    /// frees its slot, when the call returns.
     fn call<R: Send + 'static>(
         &self,
         plugin: &Arc<Plugin>,

@@ -411,6 +411,8 @@ pub struct LazySandbox {
     /// The last failure to prepare it, and when: repeated for [`SANDBOX_RETRY`], then tried
     /// again (an interpreter installed, or a full disk freed, while the server runs).
     failed: std::sync::Mutex<Option<(Instant, String)>>,
+    /// Held while it is being prepared (seconds, compiling CPython).
+    preparing: std::sync::Mutex<()>,
     retry_after: Duration,
 }
 
@@ -434,6 +436,7 @@ impl LazySandbox {
             limits,
             cell: std::sync::OnceLock::new(),
             failed: std::sync::Mutex::new(None),
+            preparing: std::sync::Mutex::new(()),
             retry_after: SANDBOX_RETRY,
         }
     }
@@ -444,17 +447,33 @@ impl LazySandbox {
         if let Some(ready) = self.cell.get() {
             return Ok(ready);
         }
-        // One caller prepares it; the others wait for its answer.
-        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let last_failure = || {
+            let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            failed.clone()
+        };
+        // One caller prepares it. The others wait for its answer the first time; while it
+        // tries again after a failure, they get that failure rather than wait for the retry.
+        let _preparing = match self.preparing.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if let Some((_, why)) = last_failure() {
+                    return Err(why);
+                }
+                self.preparing.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        };
         if let Some(ready) = self.cell.get() {
             return Ok(ready);
         }
-        if let Some((at, why)) = failed.as_ref()
+        if let Some((at, why)) = last_failure()
             && at.elapsed() < self.retry_after
         {
-            return Err(why.clone());
+            return Err(why);
         }
-        match PythonSandbox::load(&self.path, &self.cache, self.limits) {
+        let prepared = PythonSandbox::load(&self.path, &self.cache, self.limits);
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        match prepared {
             Ok(sandbox) => {
                 *failed = None;
                 Ok(self.cell.get_or_init(|| sandbox))

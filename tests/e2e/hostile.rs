@@ -431,6 +431,40 @@ fn a_plugin_waiting_on_a_silent_connection_is_cut_at_its_deadline_and_frees_its_
 }
 
 #[test]
+fn closing_a_connection_whose_peer_never_reads_ends_at_the_deadline_and_frees_its_slot() {
+    // One instance slot. The check fills a granted connection whose peer never reads, then
+    // closes it: the close waits for the write in flight, which never finishes. The wait ends
+    // at the deadline (PLUGIN_004) and the slot is free for the next call.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let address = listener.local_addr().expect("address").to_string();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let (connection, _) = listener.accept().expect("accept");
+        let _ = released.recv();
+        drop(connection);
+    });
+    let manifest = format!(
+        "name = \"sleep-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
+         [permissions]\nmemory-mb = 16\ntimeout-ms = 1000\nenv = [\"SLEEP_FLOOD\"]\n\
+         hosts = [\"{address}\"]\n"
+    );
+    let dir = plugin_folder("flood-close", "sleep-check", "sleep-check", Some(&manifest));
+    crate::harness::add_test_plugin(&dir, "echo-check");
+    let server = one_slot_server(
+        &dir,
+        &format!("[grants.sleep-check]\nenv = [\"SLEEP_FLOOD\"]\nhosts = [\"{address}\"]\n"),
+        &[("SLEEP_FLOOD", address.as_str())],
+    );
+    let stuck = check_on(&server, "sleep-check");
+    assert_eq!(stuck["error"]["code"], "PLUGIN_004", "{stuck}");
+    let next = check_on(&server, "echo-check");
+    assert_eq!(next["status"], "ok", "the slot was not freed: {next}");
+    release.send(()).expect("release the connection");
+    holder.join().expect("holder");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_write_that_waits_for_ever_in_a_host_call_ends_at_the_deadline_and_frees_its_slot() {
     // One instance slot. The check, granted nothing, fills the body of an HTTP request it
     // never sends; its next blocking write waits for room that never comes. Before the host

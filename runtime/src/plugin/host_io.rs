@@ -7,19 +7,21 @@
 //! call's thread, instance slot and memory would stay taken for good, and enough such calls
 //! would leave no slot to any plugin. Here every such wait ends at the latest just after the
 //! call's deadline: the call then fails as a timeout (`PLUGIN_004`, through
-//! [`PluginState::slept_past_deadline`]) and gives its slot back. Waits that finish in time
-//! behave as WASI says; each one is wasmtime-wasi-io's own implementation, only bounded.
+//! [`PluginState::slept_past_deadline`]) and gives its slot back. Dropping a stream waits too
+//! (a socket's writer finishes its write first, which a peer that never reads never lets it
+//! do), and is bounded the same way. Waits that finish in time behave as WASI says; each one is
+//! wasmtime-wasi-io's own implementation, only bounded.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::StoreContextMut;
-use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamResult};
 use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
 use wasmtime_wasi_io::bindings::wasi::io::streams::{
-    self, Host as _, HostInputStream as _, HostOutputStream as _,
+    self, Host as _, HostInputStream, HostOutputStream,
 };
 
 use super::state::PluginState;
@@ -104,6 +106,24 @@ pub(super) fn bound_waits(linker: &mut Linker<PluginState>) -> wasmtime::Result<
         },
     )?;
     let mut streams = linker.instance(STREAMS)?;
+    streams.resource(
+        "output-stream",
+        ResourceType::host::<DynOutputStream>(),
+        |mut cx: Cx<'_>, rep| {
+            let (table, deadline, late) = parts(&mut cx);
+            let stream = Resource::<DynOutputStream>::new_own(rep);
+            within(deadline, &late, HostOutputStream::drop(table, stream))?
+        },
+    )?;
+    streams.resource(
+        "input-stream",
+        ResourceType::host::<DynInputStream>(),
+        |mut cx: Cx<'_>, rep| {
+            let (table, deadline, late) = parts(&mut cx);
+            let stream = Resource::<DynInputStream>::new_own(rep);
+            within(deadline, &late, HostInputStream::drop(table, stream))?
+        },
+    )?;
     streams.func_wrap(
         "[method]output-stream.blocking-write-and-flush",
         |mut cx: Cx<'_>, (stream, bytes): (Output, Vec<u8>)| {
