@@ -93,7 +93,8 @@ pub enum Command {
         api_keys: Option<PathBuf>,
         /// Requests per minute each API key may make (bursts up to that many); 429 AUTH_003
         /// with Retry-After beyond it.
-        #[arg(long, env = "AGENTRT_RATE_LIMIT")]
+        /// At least 1 (no flag: no limit).
+        #[arg(long, env = "AGENTRT_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
         rate_limit: Option<u32>,
     },
     /// Generate code and tests for a task.
@@ -1067,6 +1068,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 sync_slots: Arc::new(tokio::sync::Semaphore::new(limits.sync_requests)),
                 limits,
                 draining: Default::default(),
+                loopback_only: listen.ip().is_loopback(),
             };
             let stats = state.pipeline.stats.clone();
             #[cfg(unix)]

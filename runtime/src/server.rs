@@ -150,6 +150,9 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Places for requests on the answer-when-done routes ([`Limits::sync_requests`]).
     pub sync_slots: Arc<tokio::sync::Semaphore>,
+    /// Whether the server listens on a loopback address only: without keys it then answers
+    /// only requests that name this machine as such ([`auth::refuse_rebound_names`]).
+    pub loopback_only: bool,
 }
 
 /// The router with every route.
@@ -192,6 +195,10 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.api_keys.clone(),
             auth::require_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.api_keys.clone(), state.loopback_only),
+            auth::refuse_rebound_names,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.pipeline.stats.clone(),

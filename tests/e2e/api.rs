@@ -347,6 +347,31 @@ fn a_body_without_a_content_type_is_read_as_json() {
     assert_eq!(status, 400, "{answer}");
 }
 
+/// A server without keys on a loopback address answers only requests addressed to this machine:
+/// a page whose own name was pointed at 127.0.0.1 (DNS rebinding) is same-origin to the browser,
+/// and its requests name it, so they are refused, JSON body or not.
+#[test]
+fn a_keyless_server_refuses_requests_addressed_to_another_name() {
+    let s = default_server();
+    let port = s.base.rsplit(':').next().expect("port").to_string();
+    let body = json!({"code": "x = 1\n"}).to_string();
+    let ask = |host: &str| {
+        let request = format!(
+            "POST /check HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.raw_exchange(request.as_bytes(), std::time::Duration::from_secs(60))
+    };
+    let (status, answer) = ask(&format!("rebound.example:{port}"));
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["error"]["code"], "AUTH_002", "{answer}");
+    for here in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let (status, answer) = ask(&here);
+        assert_eq!(status, 200, "{here}: {answer}");
+    }
+}
+
 /// A `max_retries` above what the pipeline allows is a 400 naming the field on every route that
 /// takes a task, not a silent cut down to the limit.
 #[test]

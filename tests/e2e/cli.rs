@@ -134,6 +134,13 @@ fn empty_variables_count_as_unset_and_a_bad_log_filter_is_said() {
 }
 
 #[test]
+fn a_rate_limit_of_zero_is_refused_not_taken_for_none() {
+    let (ok, _, stderr) = crate::harness::run_cli_env(&["serve"], &[("AGENTRT_RATE_LIMIT", "0")]);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("invalid value '0'"), "{stderr}");
+}
+
+#[test]
 fn a_grant_naming_no_plugin_is_warned_of() {
     let config = crate::harness::scratch_root().join(format!(
         "agentrt-misspelt-grant-{}.toml",

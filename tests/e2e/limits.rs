@@ -54,7 +54,7 @@ fn a_request_past_its_deadline_is_504_and_a_body_that_never_arrives_is_408() {
     );
 
     // Headers promising 64 bytes of body, 10 sent, then silence.
-    let cut_short = b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+    let cut_short = b"POST /chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
 Content-Length: 64\r\nConnection: close\r\n\r\n{\"message\"";
     let (status, body) = s.raw_exchange(cut_short, Duration::from_secs(30));
     assert_eq!(status, 408, "{body}");
@@ -69,7 +69,7 @@ Content-Length: 64\r\nConnection: close\r\n\r\n{\"message\"";
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("read timeout");
     stream
-        .write_all(b"POST /chat HTTP/1.1\r\nHost: x\r\n")
+        .write_all(b"POST /chat HTTP/1.1\r\nHost: localhost\r\n")
         .expect("send");
     let mut rest = Vec::new();
     let closed = stream.read_to_end(&mut rest);
@@ -237,7 +237,7 @@ fn complete_on_own_connection(s: &Server, body: serde_json::Value) -> std::net::
     let mut conn = std::net::TcpStream::connect(address).expect("connect");
     write!(
         conn,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("send");

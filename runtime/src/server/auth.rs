@@ -330,9 +330,83 @@ pub async fn require_key(
     next.run(request).await
 }
 
+/// A server without keys that listens on a loopback address trusts whatever reaches it, so it
+/// answers only requests that name this machine as such: a `Host` that is an address or
+/// `localhost`. A web page can otherwise drive it by DNS rebinding (its own name pointed at
+/// 127.0.0.1 makes its requests same-origin to the browser); its requests carry that name, and
+/// are refused (403 `AUTH_002`). With keys, or listening on other addresses (the operator
+/// exposed it on purpose), names are not checked.
+pub async fn refuse_rebound_names(
+    State((keys, loopback_only)): State<(std::sync::Arc<ApiKeys>, bool)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !loopback_only || !keys.is_empty() {
+        return next.run(request).await;
+    }
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().host());
+    match host {
+        Some(host) if !names_this_machine(host) => ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "a server without API keys answers only requests addressed to this machine \
+                 (localhost or an address), not to {host:?}: configure API keys \
+                 (AGENTRT_API_KEYS, --api-keys FILE) to serve it by that name"
+            ),
+        )
+        .into_uncounted_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// Whether a `Host` header's value (`name[:port]`, `[v6]:port`) is an IP address or a
+/// `localhost` name: one no page on another site can have resolve here.
+fn names_this_machine(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]:8080` or `name:8080`; a bare IPv6 address has colons of its own.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_name_this_machine() {
+        for here in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:8080",
+            "LOCALHOST",
+            "localhost.:8080",
+            "app.localhost:3000",
+            "[::1]:8080",
+            "::1",
+            "10.0.0.5:80",
+        ] {
+            assert!(names_this_machine(here), "{here}");
+        }
+        for elsewhere in [
+            "evil.example:8080",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8080",
+            "agentrt:8080",
+        ] {
+            assert!(!names_this_machine(elsewhere), "{elsewhere}");
+        }
+    }
 
     #[test]
     fn keys_parse_from_lines_and_the_env_form() {
