@@ -395,12 +395,11 @@ fn check_on(server: &Server, plugin: &str) -> serde_json::Value {
     body["checks"][0].clone()
 }
 
-#[test]
-fn a_plugin_waiting_on_a_silent_connection_is_cut_at_its_deadline_and_frees_its_slot() {
-    // One instance slot. The check waits for a byte from a granted connection that never
-    // sends one, inside a host call (a blocking read or poll) the epoch cannot interrupt. The
-    // wait ends at the deadline (PLUGIN_004) and the slot is free for the next call at once,
-    // while the connection is still open.
+/// With one instance slot, sleep-check granted a connection to a peer that accepts it and then
+/// neither reads nor writes, its address in the variable `mode`: the check's call ends at its
+/// deadline (PLUGIN_004), and the slot is free for the next call at once, while the
+/// connection is still open.
+fn a_silent_peer_costs_the_call_its_deadline_not_its_slot(mode: &str, label: &str) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let address = listener.local_addr().expect("address").to_string();
     let (release, released) = std::sync::mpsc::channel::<()>();
@@ -411,15 +410,15 @@ fn a_plugin_waiting_on_a_silent_connection_is_cut_at_its_deadline_and_frees_its_
     });
     let manifest = format!(
         "name = \"sleep-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
-         [permissions]\nmemory-mb = 16\ntimeout-ms = 1000\nenv = [\"SLEEP_TCP\"]\n\
+         [permissions]\nmemory-mb = 16\ntimeout-ms = 1000\nenv = [\"{mode}\"]\n\
          hosts = [\"{address}\"]\n"
     );
-    let dir = plugin_folder("silent", "sleep-check", "sleep-check", Some(&manifest));
+    let dir = plugin_folder(label, "sleep-check", "sleep-check", Some(&manifest));
     crate::harness::add_test_plugin(&dir, "echo-check");
     let server = one_slot_server(
         &dir,
-        &format!("[grants.sleep-check]\nenv = [\"SLEEP_TCP\"]\nhosts = [\"{address}\"]\n"),
-        &[("SLEEP_TCP", address.as_str())],
+        &format!("[grants.sleep-check]\nenv = [\"{mode}\"]\nhosts = [\"{address}\"]\n"),
+        &[(mode, address.as_str())],
     );
     let stuck = check_on(&server, "sleep-check");
     assert_eq!(stuck["error"]["code"], "PLUGIN_004", "{stuck}");
@@ -431,37 +430,17 @@ fn a_plugin_waiting_on_a_silent_connection_is_cut_at_its_deadline_and_frees_its_
 }
 
 #[test]
+fn a_plugin_waiting_on_a_silent_connection_is_cut_at_its_deadline_and_frees_its_slot() {
+    // The check waits for a byte that never comes, inside a host call (a blocking read or
+    // poll) the epoch cannot interrupt.
+    a_silent_peer_costs_the_call_its_deadline_not_its_slot("SLEEP_TCP", "silent");
+}
+
+#[test]
 fn closing_a_connection_whose_peer_never_reads_ends_at_the_deadline_and_frees_its_slot() {
-    // One instance slot. The check fills a granted connection whose peer never reads, then
-    // closes it: the close waits for the write in flight, which never finishes. The wait ends
-    // at the deadline (PLUGIN_004) and the slot is free for the next call.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
-    let address = listener.local_addr().expect("address").to_string();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let (connection, _) = listener.accept().expect("accept");
-        let _ = released.recv();
-        drop(connection);
-    });
-    let manifest = format!(
-        "name = \"sleep-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
-         [permissions]\nmemory-mb = 16\ntimeout-ms = 1000\nenv = [\"SLEEP_FLOOD\"]\n\
-         hosts = [\"{address}\"]\n"
-    );
-    let dir = plugin_folder("flood-close", "sleep-check", "sleep-check", Some(&manifest));
-    crate::harness::add_test_plugin(&dir, "echo-check");
-    let server = one_slot_server(
-        &dir,
-        &format!("[grants.sleep-check]\nenv = [\"SLEEP_FLOOD\"]\nhosts = [\"{address}\"]\n"),
-        &[("SLEEP_FLOOD", address.as_str())],
-    );
-    let stuck = check_on(&server, "sleep-check");
-    assert_eq!(stuck["error"]["code"], "PLUGIN_004", "{stuck}");
-    let next = check_on(&server, "echo-check");
-    assert_eq!(next["status"], "ok", "the slot was not freed: {next}");
-    release.send(()).expect("release the connection");
-    holder.join().expect("holder");
-    let _ = std::fs::remove_dir_all(&dir);
+    // The check fills the connection and closes it: the close waits for the write in
+    // flight, which never finishes.
+    a_silent_peer_costs_the_call_its_deadline_not_its_slot("SLEEP_FLOOD", "flood-close");
 }
 
 #[test]
