@@ -255,6 +255,19 @@ fn invalid_requests_get_validation_codes() {
         "{body}"
     );
     assert_eq!(body["error"]["details"]["field"], "message", "{body}");
+    // A system prompt and tests are bounded as the message and the code are.
+    let (status, body) = s.post(
+        "/chat",
+        &json!({"message": "hi", "system": "x".repeat(16_001)}),
+    );
+    assert_eq!((status, error_code(&body).as_str()), (400, "VAL_002"));
+    assert_eq!(body["error"]["details"]["field"], "system", "{body}");
+    let (status, body) = s.post(
+        "/check",
+        &json!({"code": "x = 1\n", "tests": "#".repeat(128_001)}),
+    );
+    assert_eq!((status, error_code(&body).as_str()), (400, "VAL_002"));
+    assert_eq!(body["error"]["details"]["field"], "tests", "{body}");
     let (status, body) = s.post(
         "/check",
         &json!({"code": "x = 1", "checks": ["no-such-check"]}),

@@ -47,6 +47,18 @@ fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `value` of `field`, refused when longer than `limit` characters.
+fn at_most(field: &str, value: &str, limit: usize) -> Result<(), ApiError> {
+    if value.chars().count() > limit {
+        return Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("{field} is longer than {limit} characters"),
+        )
+        .for_field(field));
+    }
+    Ok(())
+}
+
 /// The language of code only to be checked (see [`crate::plugin::language_for_checks`]).
 fn checked_language(
     value: Option<String>,
@@ -223,6 +235,8 @@ impl CodeBody {
                 ApiError::new(ErrorCode::InvalidInput, "code is too long").for_field("code")
             );
         }
+        // The tests go to the sandbox as the code does: no longer than code may be.
+        at_most("tests", &self.tests, MAX_TEXT_CHARS * 8)?;
         Ok(CodeArtifact {
             language: language(self.language.clone())?,
             code: self.code.clone(),
@@ -355,6 +369,12 @@ pub async fn chat(
     let body = parse_body::<ChatBody>(body)
         .and_then(|b| {
             non_empty("message", &b.message)?;
+            // The system prompt is a prompt as the message is, and bounded as it is.
+            at_most(
+                "system",
+                b.system.as_deref().unwrap_or_default(),
+                MAX_TEXT_CHARS,
+            )?;
             if b.max_tokens.is_some_and(|n| n == 0 || n > MAX_CHAT_TOKENS) {
                 return Err(ApiError::new(
                     ErrorCode::InvalidInput,
