@@ -465,19 +465,13 @@ impl RemoteModel {
         if self.context_length == 0 || body.get("suffix").is_some() {
             return None;
         }
-        let limit = deadline.map_or(COUNT_LIMIT, |d| {
-            d.saturating_duration_since(Instant::now()).min(COUNT_LIMIT)
-        });
-        if limit.is_zero() {
-            return None;
-        }
         let mut ask = json!({"model": self.model});
         for field in ["prompt", "messages"] {
             if let Some(v) = body.get(field) {
                 ask[field] = v.clone();
             }
         }
-        self.tokenize(&ask, limit).ok()
+        self.tokenize(&ask, deadline).ok()
     }
 
     /// The request for `prompt`: its path and JSON body.
@@ -707,21 +701,21 @@ impl RemoteModel {
         special: bool,
         deadline: Option<Instant>,
     ) -> Result<u32, EngineError> {
+        self.tokenize(
+            &json!({"model": self.model, "prompt": text, "add_special_tokens": special}),
+            deadline,
+        )
+    }
+
+    /// The count the remote's `/tokenize` gives for `ask` (vLLM's request shape), waiting
+    /// until `deadline` and at most [`COUNT_LIMIT`] (a deadline already past is a timeout).
+    fn tokenize(&self, ask: &Value, deadline: Option<Instant>) -> Result<u32, EngineError> {
         let limit = deadline.map_or(COUNT_LIMIT, |d| {
             d.saturating_duration_since(Instant::now()).min(COUNT_LIMIT)
         });
         if limit.is_zero() {
             return Err(EngineError::Timeout);
         }
-        self.tokenize(
-            &json!({"model": self.model, "prompt": text, "add_special_tokens": special}),
-            limit,
-        )
-    }
-
-    /// The count the remote's `/tokenize` gives for `ask` (vLLM's request shape), waiting at
-    /// most `limit`.
-    fn tokenize(&self, ask: &Value, limit: Duration) -> Result<u32, EngineError> {
         let root = self.base.strip_suffix("/v1").unwrap_or(&self.base);
         let resp = self
             .post_to(&format!("{root}/tokenize"))

@@ -37,14 +37,7 @@ fn non_empty(field: &str, value: &str) -> Result<(), ApiError> {
         )
         .for_field(field));
     }
-    if value.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::new(
-            ErrorCode::InvalidInput,
-            format!("{field} is longer than {MAX_TEXT_CHARS} characters"),
-        )
-        .for_field(field));
-    }
-    Ok(())
+    at_most(field, value, MAX_TEXT_CHARS)
 }
 
 /// `value` of `field`, refused when longer than `limit` characters.

@@ -23,21 +23,17 @@ impl QualityCheck for SleepCheck {
         // nothing more is taken, then close it; closing waits for the write in flight, which a
         // peer that never reads never lets finish.
         if let Ok(address) = std::env::var("SLEEP_FLOOD") {
-            let mut connection =
-                std::net::TcpStream::connect(address.as_str()).map_err(|e| PipelineError {
-                    code: "SLEEP_001".into(),
-                    message: format!("cannot connect: {e}"),
-                    stage: Stage::Check,
-                    attempt: 1,
-                })?;
+            let failed = |what: &str, e: std::io::Error| PipelineError {
+                code: "SLEEP_001".into(),
+                message: format!("{what}: {e}"),
+                stage: Stage::Check,
+                attempt: 1,
+            };
+            let mut connection = std::net::TcpStream::connect(address.as_str())
+                .map_err(|e| failed("cannot connect", e))?;
             connection
                 .set_nonblocking(true)
-                .map_err(|e| PipelineError {
-                    code: "SLEEP_001".into(),
-                    message: format!("cannot stop blocking: {e}"),
-                    stage: Stage::Check,
-                    attempt: 1,
-                })?;
+                .map_err(|e| failed("cannot stop blocking", e))?;
             let chunk = vec![b'x'; 64 << 10];
             while std::io::Write::write(&mut connection, &chunk).is_ok_and(|n| n > 0) {}
             drop(connection);
