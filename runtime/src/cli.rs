@@ -591,12 +591,6 @@ pub fn load_pipeline_with_reload(
     let (host, sandbox) = plugin_host(opts, engine)?;
     let host = Arc::new(host);
     let started = Instant::now();
-    // The folder as it is before loading: a change made while it loads is a change to reload.
-    let stamps = opts
-        .plugins
-        .as_deref()
-        .and_then(|dir| crate::plugin::registry::folder_stamps(dir).ok())
-        .unwrap_or_default();
     let loaded = load_plugins(&host, opts.plugins.as_deref())
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "plugins loaded");
@@ -606,7 +600,7 @@ pub fn load_pipeline_with_reload(
         Reloader::new(
             host.clone(),
             opts.plugins.clone(),
-            stamps,
+            loaded.stamps,
             opts.config.clone(),
             loaded.embedded,
             loaded.folder,

@@ -282,6 +282,9 @@ pub struct Loaded {
     pub folder: FolderPlugins,
     /// The folder's components that were not loaded or could not take their place.
     pub refused: Vec<Refused>,
+    /// The folder as it was when loading began (empty without one): what a watcher compares
+    /// with, so that a change made while it loaded is seen.
+    pub stamps: BTreeMap<PathBuf, FileStamp>,
 }
 
 /// Load the embedded defaults and then the folder's plugins over them. A folder component that
@@ -289,17 +292,19 @@ pub struct Loaded {
 /// that cannot be read is an error.
 pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<Loaded, PluginError> {
     let embedded = load_embedded(host)?;
-    let scan = match dir {
-        Some(dir) => {
-            let stamps = folder_stamps(dir).map_err(|e| {
-                load_error(
-                    &dir.display().to_string(),
-                    format!("cannot read plugin folder: {e}"),
-                )
-            })?;
-            scan_folder(host, &stamps, &FolderPlugins::default())
-        }
-        None => FolderScan::default(),
+    let stamps = match dir {
+        Some(dir) => folder_stamps(dir).map_err(|e| {
+            load_error(
+                &dir.display().to_string(),
+                format!("cannot read plugin folder: {e}"),
+            )
+        })?,
+        None => BTreeMap::new(),
+    };
+    let scan = if dir.is_some() {
+        scan_folder(host, &stamps, &FolderPlugins::default())
+    } else {
+        FolderScan::default()
     };
     let (set, misplaced) = compose(&embedded, scan.plugins.plugins())?;
     let mut refused = scan.refused;
@@ -310,6 +315,7 @@ pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<Loaded, Plu
         embedded,
         folder: scan.plugins,
         refused,
+        stamps,
     })
 }
 
