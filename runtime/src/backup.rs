@@ -749,7 +749,7 @@ mod tests {
         let store = Store::open(path).expect("open");
         for (i, id) in ["a", "b"].iter().enumerate() {
             store
-                .insert_run(id, &serde_json::json!({"task_description": id}))
+                .insert_run(id, &serde_json::json!({"task_description": id}), None)
                 .expect("insert");
             let done = StoredEvent {
                 seq: 1,
@@ -792,11 +792,11 @@ mod tests {
         assert_eq!(r.runs, 2);
         let a = Store::open(&store)
             .expect("open")
-            .list_runs(10, None)
+            .list_runs(10, None, None)
             .expect("runs");
         let b = Store::open(&restored_store)
             .expect("open")
-            .list_runs(10, None)
+            .list_runs(10, None, None)
             .expect("runs");
         assert_eq!(
             serde_json::to_value(&a).expect("json"),
@@ -893,7 +893,7 @@ mod tests {
         backup(&damaged, None, None, &out).expect("backup");
         let err = restore(&out, &live, None, None, true).expect_err("fails its check");
         assert_eq!(err.code, ErrorCode::StoreFailed, "{err}");
-        let runs = Store::open(&live).expect("open").list_runs(10, None);
+        let runs = Store::open(&live).expect("open").list_runs(10, None, None);
         assert_eq!(runs.expect("runs").len(), 2, "the live store is untouched");
         assert!(!dir.join("live.db.restoring").exists());
 
@@ -958,7 +958,7 @@ mod tests {
     fn run_ids(store: &Path) -> Vec<String> {
         let mut ids: Vec<String> = Store::open(store)
             .expect("open")
-            .list_runs(10, None)
+            .list_runs(10, None, None)
             .expect("runs")
             .into_iter()
             .map(|r| r.id)
@@ -975,7 +975,7 @@ mod tests {
         let live = dir.join("live.db");
         Store::open(&live)
             .expect("open")
-            .insert_run("mine", &serde_json::json!({}))
+            .insert_run("mine", &serde_json::json!({}), None)
             .expect("insert");
 
         // The config's folder would be a regular file: it cannot be created.
@@ -1006,7 +1006,7 @@ mod tests {
         // it: the file and its log copied while the connection is open, then put in place.
         let store = Store::open(&live).expect("open");
         store
-            .insert_run("after-the-backup", &serde_json::json!({}))
+            .insert_run("after-the-backup", &serde_json::json!({}), None)
             .expect("insert");
         let snapshot = dir.join("snapshot.db");
         fs::copy(&live, &snapshot).expect("copy the file");
@@ -1076,7 +1076,7 @@ mod tests {
         let other_store = Store::open(&other).expect("open");
         for id in ["x", "y", "z"] {
             other_store
-                .insert_run(id, &serde_json::json!({}))
+                .insert_run(id, &serde_json::json!({}), None)
                 .expect("insert");
         }
         fs::copy(beside(&other, "-wal"), beside(&live, ".restoring-wal")).expect("plant");

@@ -364,12 +364,13 @@ impl Runs {
         self.live().len()
     }
 
-    /// Queue `req` (its JSON form `request` is what is stored and shown); returns the run as
-    /// recorded, `queued`. The run starts when a worker is free.
+    /// Queue `req` (its JSON form `request` is what is stored and shown) for `submitted_by`;
+    /// returns the run as recorded, `queued`. The run starts when a worker is free.
     pub fn submit(
         self: &Arc<Self>,
         req: PipelineRequest,
         request: Value,
+        submitted_by: Option<&str>,
     ) -> Result<RunRecord, RunsError> {
         let id = new_run_id();
         let live = Arc::new(LiveRun::new());
@@ -385,7 +386,7 @@ impl Runs {
             }
             runs.insert(id.clone(), live.clone());
         }
-        let record = match self.store.insert_run(&id, &request) {
+        let record = match self.store.insert_run(&id, &request, submitted_by) {
             Ok(r) => r,
             Err(e) => {
                 self.live().remove(&id);
@@ -748,7 +749,7 @@ mod tests {
         fn with_run(label: &str) -> Self {
             let temp = Self::new(label);
             temp.store
-                .insert_run("r", &serde_json::json!({"task_description": "t"}))
+                .insert_run("r", &serde_json::json!({"task_description": "t"}), None)
                 .expect("insert");
             temp
         }
@@ -875,10 +876,10 @@ mod tests {
         let temp = TempStore::new("retention");
         let store: Arc<dyn RunStore> = temp.store.clone();
         store
-            .insert_run("old", &serde_json::json!({}))
+            .insert_run("old", &serde_json::json!({}), None)
             .expect("insert");
         store
-            .insert_run("live", &serde_json::json!({}))
+            .insert_run("live", &serde_json::json!({}), None)
             .expect("insert");
         let done = StoredEvent {
             seq: 1,
@@ -921,9 +922,9 @@ mod tests {
         // A store known to refuse writes (a full disk) is asked once, without pauses.
         let watched = crate::store::watch::Watched::new(temp.store.clone());
         watched
-            .insert_run("a", &serde_json::json!({}))
+            .insert_run("a", &serde_json::json!({}), None)
             .expect("insert");
-        let _ = watched.insert_run("a", &serde_json::json!({}));
+        let _ = watched.insert_run("a", &serde_json::json!({}), None);
         assert!(watched.write_failure().is_some());
         let mut calls = 0;
         let refused: Result<(), &str> = with_retries(&watched, || {

@@ -27,8 +27,9 @@ use crate::pipeline::report::ErrorOut;
 use crate::stats::Counter;
 
 /// The schema version this build writes (SQLite: `PRAGMA user_version`; PostgreSQL: the
-/// `agentrt_schema` table).
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// `agentrt_schema` table). 2 added `runs.submitted_by`; a store of schema 1 gains it when
+/// opened (its runs have none).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
     request TEXT NOT NULL,
     outcome TEXT,
     error_code TEXT,
-    error_message TEXT
+    error_message TEXT,
+    submitted_by TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_creation ON runs (created_at_ms);
 CREATE INDEX IF NOT EXISTS runs_by_update ON runs (updated_at_ms);
@@ -126,6 +128,10 @@ pub struct RunRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub request: Value,
+    /// Who submitted it: the [`crate::server::auth::Caller::submitter`] of its API key, or
+    /// `None` when the server took no keys (and for runs stored before schema 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
     /// The pipeline's result (`PipelineOutcome`) once the run has ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Value>,
@@ -255,8 +261,13 @@ impl StoreLock {
 pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// The file or database (without a password), for messages.
     fn location(&self) -> String;
-    /// Record a new run, `queued`.
-    fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError>;
+    /// Record a new run, `queued`, submitted by `submitted_by` (see [`RunRecord::submitted_by`]).
+    fn insert_run(
+        &self,
+        id: &str,
+        request: &Value,
+        submitted_by: Option<&str>,
+    ) -> Result<RunRecord, StoreError>;
     fn set_running(&self, id: &str) -> Result<(), StoreError>;
     /// Store one event (its number must be new for the run).
     fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError>;
@@ -273,11 +284,13 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// The newest runs first (by creation time, then id, both descending), at most `limit`;
     /// with `before` = (ms, id), only those after it in that order: created earlier, or at the
     /// same millisecond with a smaller id (`""` for none), so that paging by the last run of a
-    /// page skips none created in the same millisecond.
+    /// page skips none created in the same millisecond. With `submitted_by`, only the runs it
+    /// submitted.
     fn list_runs(
         &self,
         limit: usize,
         before: Option<(i64, &str)>,
+        submitted_by: Option<&str>,
     ) -> Result<Vec<RunRecord>, StoreError>;
     /// How many runs are in each state.
     fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError>;
@@ -478,6 +491,34 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")
 }
 
+/// Bring a store written by an older agentrt up to this schema (a new store has it already):
+/// schema 1 lacks `runs.submitted_by`. Then the indexes on columns an upgrade adds.
+/// In one write transaction, so that two processes opening an old store at once (a server
+/// and `agentrt doctor`) do not both add the column.
+fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let upgraded = (|| {
+        let has_submitter: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('runs') WHERE name = 'submitted_by'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_submitter {
+            conn.execute_batch("ALTER TABLE runs ADD COLUMN submitted_by TEXT")?;
+        }
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS runs_by_submitter ON runs (submitted_by, created_at_ms)",
+        )
+    })();
+    match upgraded {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 /// A file's device and inode: which file a path names now.
 type FileIdentity = (u64, u64);
 
@@ -534,6 +575,7 @@ impl Store {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
+        upgrade(&conn).map_err(|e| fail(&e))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| fail(&e))?;
         Ok(Self {
@@ -737,6 +779,7 @@ impl Store {
             created_at_ms: row.get(2)?,
             updated_at_ms: row.get(3)?,
             request: serde_json::from_str(&request).unwrap_or(Value::Null),
+            submitted_by: row.get(8)?,
             outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
             error: code.map(|code| ErrorOut {
                 code,
@@ -745,8 +788,8 @@ impl Store {
         })
     }
 
-    const COLUMNS: &'static str =
-        "id, state, created_at_ms, updated_at_ms, request, outcome, error_code, error_message";
+    const COLUMNS: &'static str = "id, state, created_at_ms, updated_at_ms, request, outcome, \
+         error_code, error_message, submitted_by";
 }
 
 impl RunStore for Store {
@@ -754,14 +797,18 @@ impl RunStore for Store {
         self.path.display().to_string()
     }
 
-    /// Record a new run, `queued`.
-    fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError> {
+    fn insert_run(
+        &self,
+        id: &str,
+        request: &Value,
+        submitted_by: Option<&str>,
+    ) -> Result<RunRecord, StoreError> {
         let now = now_ms();
         self.with(|c| {
             c.execute(
-                "INSERT INTO runs (id, state, created_at_ms, updated_at_ms, request)
-                 VALUES (?1, 'queued', ?2, ?2, ?3)",
-                params![id, now, request.to_string()],
+                "INSERT INTO runs (id, state, created_at_ms, updated_at_ms, request, submitted_by)
+                 VALUES (?1, 'queued', ?2, ?2, ?3, ?4)",
+                params![id, now, request.to_string(), submitted_by],
             )
         })?;
         Ok(RunRecord {
@@ -770,6 +817,7 @@ impl RunStore for Store {
             created_at_ms: now,
             updated_at_ms: now,
             request: request.clone(),
+            submitted_by: submitted_by.map(str::to_string),
             outcome: None,
             error: None,
         })
@@ -858,16 +906,25 @@ impl RunStore for Store {
         &self,
         limit: usize,
         before: Option<(i64, &str)>,
+        submitted_by: Option<&str>,
     ) -> Result<Vec<RunRecord>, StoreError> {
         let (before_ms, before_id) = before.unwrap_or((i64::MAX, ""));
+        // Two statements rather than `?4 IS NULL OR …`, so that each can use its index.
+        let whose = if submitted_by.is_some() {
+            "submitted_by = ?4 AND"
+        } else {
+            "?4 IS NULL AND"
+        };
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {} FROM runs WHERE (created_at_ms, id) < (?1, ?2)
+                "SELECT {} FROM runs WHERE {whose} (created_at_ms, id) < (?1, ?2)
                  ORDER BY created_at_ms DESC, id DESC LIMIT ?3",
                 Store::COLUMNS
             ))?;
-            let rows =
-                stmt.query_map(params![before_ms, before_id, limit as i64], Store::record)?;
+            let rows = stmt.query_map(
+                params![before_ms, before_id, limit as i64, submitted_by],
+                Store::record,
+            )?;
             rows.collect()
         })
     }
@@ -1052,6 +1109,8 @@ mod conformance {
         pub(super) postgres_url: Option<String>,
         /// SQL that makes the store look written by a newer agentrt.
         newer_schema: &'static str,
+        /// SQL that makes the store look written by a build of schema 1.
+        schema_1: &'static str,
         cleanup: Option<Box<dyn FnOnce()>>,
     }
 
@@ -1087,6 +1146,8 @@ mod conformance {
             }),
             postgres_url: None,
             newer_schema: "PRAGMA user_version = 99",
+            schema_1: "DROP INDEX runs_by_submitter; ALTER TABLE runs DROP COLUMN submitted_by;
+                       PRAGMA user_version = 1",
             cleanup: Some(Box::new(move || {
                 let _ = std::fs::remove_dir_all(&dir);
             })),
@@ -1122,6 +1183,8 @@ mod conformance {
                 )?))
             }),
             newer_schema: "UPDATE agentrt_schema SET version = 99",
+            schema_1: "DROP INDEX runs_by_submitter; ALTER TABLE runs DROP COLUMN submitted_by;
+                       DELETE FROM agentrt_schema; INSERT INTO agentrt_schema VALUES (1)",
             cleanup: Some(Box::new(move || {
                 let _ = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
             })),
@@ -1140,7 +1203,7 @@ mod conformance {
     pub fn a_run_goes_from_queued_to_completed_with_its_events(h: &Harness) {
         let store = h.open();
         let request = serde_json::json!({"task_description": "add two numbers"});
-        store.insert_run("r1", &request).expect("insert");
+        store.insert_run("r1", &request, None).expect("insert");
         assert_eq!(
             store.run("r1").expect("read").expect("run").state,
             RunState::Queued
@@ -1187,7 +1250,7 @@ mod conformance {
             .expect("the same event again");
         assert_eq!(store.events_after("r1", 0).expect("events").len(), 3);
         // A failed run keeps its error.
-        store.insert_run("r3", &Value::Null).expect("insert");
+        store.insert_run("r3", &Value::Null, None).expect("insert");
         let error = ErrorOut::new(ErrorCode::GenerationFailed, "the model failed");
         store
             .finish_run(
@@ -1201,7 +1264,7 @@ mod conformance {
         let failed = store.run("r3").expect("read").expect("run");
         assert_eq!(failed.error.expect("error").code, error.code);
         // The check sees a finished run without its last event, and a gap in the numbers.
-        store.insert_run("r2", &Value::Null).expect("insert");
+        store.insert_run("r2", &Value::Null, None).expect("insert");
         store
             .append_event("r2", &event(2, "tokens"))
             .expect("event");
@@ -1221,16 +1284,22 @@ mod conformance {
     pub fn unfinished_runs_are_marked_interrupted_on_the_next_open(h: &Harness) {
         {
             let store = h.open();
-            store.insert_run("done", &Value::Null).expect("insert");
+            store
+                .insert_run("done", &Value::Null, None)
+                .expect("insert");
             store
                 .finish_run("done", RunState::Completed, None, None, &event(1, "done"))
                 .expect("finish");
-            store.insert_run("midway", &Value::Null).expect("insert");
+            store
+                .insert_run("midway", &Value::Null, None)
+                .expect("insert");
             store.set_running("midway").expect("running");
             store
                 .append_event("midway", &event(1, "stage_started"))
                 .expect("event");
-            store.insert_run("waiting", &Value::Null).expect("insert");
+            store
+                .insert_run("waiting", &Value::Null, None)
+                .expect("insert");
         }
         let store = h.open();
         assert_eq!(store.interrupt_unfinished().expect("interrupt"), 2);
@@ -1256,11 +1325,11 @@ mod conformance {
     pub fn runs_list_newest_first(h: &Harness) {
         let store = h.open();
         for id in ["a", "b", "c"] {
-            store.insert_run(id, &Value::Null).expect("insert");
+            store.insert_run(id, &Value::Null, None).expect("insert");
             std::thread::sleep(Duration::from_millis(3));
         }
         let ids: Vec<String> = store
-            .list_runs(2, None)
+            .list_runs(2, None, None)
             .expect("list")
             .into_iter()
             .map(|r| r.id)
@@ -1268,7 +1337,7 @@ mod conformance {
         assert_eq!(ids, ["c", "b"]);
         let created_b = store.run("b").expect("read").expect("run").created_at_ms;
         let older: Vec<String> = store
-            .list_runs(10, Some((created_b, "")))
+            .list_runs(10, Some((created_b, "")), None)
             .expect("list")
             .into_iter()
             .map(|r| r.id)
@@ -1276,10 +1345,67 @@ mod conformance {
         assert_eq!(older, ["a"]);
     }
 
+    pub fn runs_list_by_submitter(h: &Harness) {
+        let store = h.open();
+        for (id, by) in [("k1-a", Some("k1")), ("k2-a", Some("k2")), ("anon", None)] {
+            store.insert_run(id, &Value::Null, by).expect("insert");
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        store
+            .insert_run("k1-b", &Value::Null, Some("k1"))
+            .expect("insert");
+        let ids = |by: Option<&str>, before: Option<(i64, &str)>| -> Vec<String> {
+            store
+                .list_runs(10, before, by)
+                .expect("list")
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        assert_eq!(ids(Some("k1"), None), ["k1-b", "k1-a"]);
+        assert_eq!(ids(Some("k2"), None), ["k2-a"]);
+        assert!(ids(Some("nobody"), None).is_empty());
+        assert_eq!(ids(None, None), ["k1-b", "anon", "k2-a", "k1-a"]);
+        let b = store.run("k1-b").expect("read").expect("run");
+        assert_eq!(b.submitted_by.as_deref(), Some("k1"));
+        assert_eq!(ids(Some("k1"), Some((b.created_at_ms, &b.id))), ["k1-a"]);
+        let anon = store.run("anon").expect("read").expect("run");
+        assert_eq!(anon.submitted_by, None);
+    }
+
+    /// A store written by a build of schema 1 (no `submitted_by`) is upgraded when opened:
+    /// its runs are kept, with no submitter, and new runs record theirs.
+    pub fn a_store_of_schema_1_is_upgraded_when_opened(h: &Harness) {
+        {
+            let store = h.open();
+            store.insert_run("old", &Value::Null, None).expect("insert");
+            store
+                .execute_for_test(h.schema_1)
+                .expect("back to schema 1");
+        }
+        let store = h.open();
+        let old = store.run("old").expect("read").expect("run");
+        assert_eq!((old.id.as_str(), old.submitted_by), ("old", None));
+        store
+            .insert_run("new", &Value::Null, Some("k1"))
+            .expect("insert");
+        let mine: Vec<String> = store
+            .list_runs(10, None, Some("k1"))
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(mine, ["new"]);
+        drop(store);
+        // Opened again: upgraded already, nothing to do.
+        let again = h.open();
+        assert_eq!(again.list_runs(10, None, None).expect("list").len(), 2);
+    }
+
     pub fn paging_skips_no_run_created_in_the_same_millisecond(h: &Harness) {
         let store = h.open();
         for id in ["p1", "p2", "p3", "p4", "p5"] {
-            store.insert_run(id, &Value::Null).expect("insert");
+            store.insert_run(id, &Value::Null, None).expect("insert");
         }
         // A burst: every run in one millisecond, as a script submitting many can make them.
         store
@@ -1289,7 +1415,7 @@ mod conformance {
         let mut before: Option<(i64, String)> = None;
         loop {
             let page = store
-                .list_runs(2, before.as_ref().map(|(ms, id)| (*ms, id.as_str())))
+                .list_runs(2, before.as_ref().map(|(ms, id)| (*ms, id.as_str())), None)
                 .expect("page");
             seen.extend(page.iter().map(|r| r.id.clone()));
             match page.last() {
@@ -1345,7 +1471,7 @@ mod conformance {
     pub fn retention_deletes_old_finished_runs_only(h: &Harness) {
         let store = h.open();
         for id in ["old-done", "old-failed", "running", "fresh"] {
-            store.insert_run(id, &Value::Null).expect("insert");
+            store.insert_run(id, &Value::Null, None).expect("insert");
             store
                 .append_event(id, &event(1, "stage_started"))
                 .expect("event");
@@ -1405,6 +1531,8 @@ mod conformance {
         a_run_goes_from_queued_to_completed_with_its_events,
         unfinished_runs_are_marked_interrupted_on_the_next_open,
         runs_list_newest_first,
+        runs_list_by_submitter,
+        a_store_of_schema_1_is_upgraded_when_opened,
         paging_skips_no_run_created_in_the_same_millisecond,
         a_second_server_on_the_same_store_is_refused,
         plugin_statistics_are_kept,
@@ -1424,7 +1552,9 @@ mod conformance {
         let url = h.postgres_url.clone().expect("a PostgreSQL harness");
         let other = postgres::PgStore::connect(&url, "other-host", true).expect("the other host");
         let store = h.open();
-        store.insert_run("mine", &Value::Null).expect("insert");
+        store
+            .insert_run("mine", &Value::Null, None)
+            .expect("insert");
         store.set_running("mine").expect("running");
         store
             .execute_for_test(
@@ -1482,7 +1612,7 @@ mod space {
         };
         for run in 0..100 {
             let id = format!("r{run}");
-            store.insert_run(&id, &Value::Null).expect("insert");
+            store.insert_run(&id, &Value::Null, None).expect("insert");
             store.append_event(&id, &event(1, "tokens")).expect("event");
             store
                 .finish_run(&id, RunState::Completed, None, None, &event(2, "done"))
@@ -1525,8 +1655,12 @@ mod online_backup {
         // About 8 MiB: some two thousand pages.
         let filler = "x".repeat(64 * 1024);
         for i in 0..128 {
-            live.insert_run(&format!("big-{i}"), &serde_json::json!({ "t": filler }))
-                .expect("insert");
+            live.insert_run(
+                &format!("big-{i}"),
+                &serde_json::json!({ "t": filler }),
+                None,
+            )
+            .expect("insert");
         }
         // Steady commits: no checkpoint (and its fsync) pausing the writer now and then,
         // which would give a stepwise copy the quiet moment it needs to finish by luck.
@@ -1539,7 +1673,7 @@ mod online_backup {
             std::thread::spawn(move || {
                 let mut commits = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    live.insert_run(&format!("w-{commits}"), &Value::Null)
+                    live.insert_run(&format!("w-{commits}"), &Value::Null, None)
                         .expect("commit");
                     commits += 1;
                     let _ = committing.send(());
@@ -1588,7 +1722,7 @@ mod online_backup {
             let store = Store::open(&src).expect("open");
             for i in 0..50 {
                 store
-                    .insert_run(&format!("r{i}"), &Value::Null)
+                    .insert_run(&format!("r{i}"), &Value::Null, None)
                     .expect("insert");
             }
         } // Closed: the log is checkpointed into the file.

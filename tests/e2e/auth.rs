@@ -304,3 +304,69 @@ fn metrics_need_an_admin_key() {
     assert_eq!(status, 200);
     assert!(text.contains("agentrt_http_requests_total"), "{text}");
 }
+
+/// A run belongs to the key that submitted it: another user key cannot list, read, follow or
+/// cancel it (404, as for a run that does not exist); an admin key reaches it.
+#[test]
+fn a_user_key_reaches_the_runs_it_submitted_only() {
+    const OWNER: &str = "runs-owner-key-0123456789";
+    const OTHER: &str = "runs-other-key-0123456789";
+    const ADMIN: &str = "runs-admin-key-0123456789";
+    let keys = format!("user:{OWNER},user:{OTHER},admin:{ADMIN}");
+    let s = Server::start_with_env(&[], &[("AGENTRT_API_KEYS", &keys)]);
+    let bearer = |k: &str| format!("Bearer {k}");
+    let (owner, other, admin) = (bearer(OWNER), bearer(OTHER), bearer(ADMIN));
+
+    let task = json!({"task_description": "Write a function add(a, b)", "max_retries": 0});
+    let (status, run) = s.request(
+        "POST",
+        "/v1/pipeline/runs",
+        &[("authorization", &owner)],
+        Some(&task),
+    );
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_string();
+    let path = format!("/v1/pipeline/runs/{id}");
+    let listed = |key: &str| -> Vec<String> {
+        let (status, list) = s.request("GET", "/v1/pipeline/runs", &[("authorization", key)], None);
+        assert_eq!(status, 200, "{list}");
+        list["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+
+    // Another user's key: the run is nowhere to be seen.
+    assert!(!listed(&other).contains(&id));
+    for (method, route) in [
+        ("GET", path.clone()),
+        ("GET", format!("{path}/events")),
+        ("DELETE", path.clone()),
+    ] {
+        let (status, body) = s.request(method, &route, &[("authorization", &other)], None);
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (404, "NOT_FOUND"),
+            "{method} {route}: {body}"
+        );
+    }
+    // Its own key and an admin's see it.
+    assert!(listed(&owner).contains(&id));
+    assert!(listed(&admin).contains(&id));
+    for key in [&owner, &admin] {
+        let (status, body) = s.request("GET", &path, &[("authorization", key)], None);
+        assert_eq!(
+            (status, body["id"].as_str()),
+            (200, Some(id.as_str())),
+            "{body}"
+        );
+    }
+    // The other key's refused cancel left it alone; its own key may cancel it.
+    let (status, body) = s.request("DELETE", &path, &[("authorization", &owner)], None);
+    assert!(
+        status == 202 || error_code(&body) == "RUN_001",
+        "{status} {body}"
+    );
+}

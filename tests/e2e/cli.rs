@@ -476,7 +476,7 @@ fn run_ids(path: &std::path::Path) -> Vec<String> {
     use agentrt::store::RunStore;
     let mut ids: Vec<String> = agentrt::store::Store::open(path)
         .expect("open store")
-        .list_runs(100, None)
+        .list_runs(100, None, None)
         .expect("runs")
         .into_iter()
         .map(|r| r.id)
@@ -491,7 +491,7 @@ fn store_with_runs(path: &std::path::Path, ids: &[&str]) {
     let store = agentrt::store::Store::open(path).expect("open store");
     for id in ids {
         store
-            .insert_run(id, &serde_json::json!({}))
+            .insert_run(id, &serde_json::json!({}), None)
             .expect("insert");
     }
 }

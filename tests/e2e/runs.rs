@@ -615,7 +615,7 @@ type RunRows = (Value, Vec<(i64, String, String)>);
 fn dump(path: &std::path::Path) -> Vec<RunRows> {
     let store = agentrt::store::Store::open(path).expect("open store");
     store
-        .list_runs(1000, None)
+        .list_runs(1000, None, None)
         .expect("runs")
         .into_iter()
         .map(|r| {

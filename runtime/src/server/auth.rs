@@ -47,6 +47,36 @@ impl Scope {
     }
 }
 
+/// Who a request comes from, as [`require_key`] found it; a request let through without a key
+/// (no keys configured, or an open path) carries none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub scope: Scope,
+    /// The key as the runs it submits record it (32 hex digits): a hash of the key's digest,
+    /// so that the store does not hold the digest keys are checked against.
+    pub submitter: String,
+}
+
+impl Caller {
+    fn of(key_digest: &[u8; 32], scope: Scope) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"agentrt run submitter\0");
+        hasher.update(key_digest);
+        let submitter = hasher.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self { scope, submitter }
+    }
+
+    /// Whether this caller may see (and cancel) a run `submitted_by` someone: an admin sees
+    /// every run, a user the runs of their own key only — not those of other keys, and not
+    /// those submitted before the server took keys.
+    pub fn may_see(&self, submitted_by: Option<&str>) -> bool {
+        self.scope == Scope::Admin || submitted_by == Some(self.submitter.as_str())
+    }
+}
+
 /// A key as it is kept: its SHA-256 digest and its scope.
 type Key = ([u8; 32], Scope);
 
@@ -325,8 +355,8 @@ pub async fn require_key(
         .retry_after(wait)
         .into_uncounted_response();
     }
-    // Routes that show admins more than users read the scope from here.
-    request.extensions_mut().insert(scope);
+    // Routes that show admins more than users, and the runs a key owns, read it from here.
+    request.extensions_mut().insert(Caller::of(&key, scope));
     next.run(request).await
 }
 
@@ -511,5 +541,37 @@ mod tests {
         assert_eq!(required("/stats"), Some(Scope::Admin));
         assert_eq!(required("/v1/chat/completions"), Some(Scope::User));
         assert!(Scope::Admin > Scope::User);
+    }
+
+    #[test]
+    fn a_user_sees_the_runs_of_its_own_key_and_an_admin_every_run() {
+        let keys =
+            ApiKeys::parse("user:aaaaaaaaaaaaaaaa,user:bbbbbbbbbbbbbbbb,admin:cccccccccccccccc")
+                .expect("keys");
+        let caller = |key: &str| {
+            let (digest, scope) = keys.find(key).expect("known");
+            Caller::of(&digest, scope)
+        };
+        let (a, b, admin) = (
+            caller("aaaaaaaaaaaaaaaa"),
+            caller("bbbbbbbbbbbbbbbb"),
+            caller("cccccccccccccccc"),
+        );
+        // The same key is the same submitter every time; the record is not the key's digest.
+        assert_eq!(a, caller("aaaaaaaaaaaaaaaa"));
+        assert_eq!(a.submitter.len(), 32);
+        assert_ne!(a.submitter, b.submitter);
+        let digest_hex: String = digest("aaaaaaaaaaaaaaaa")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!digest_hex.starts_with(&a.submitter));
+        assert!(a.may_see(Some(&a.submitter)));
+        assert!(!a.may_see(Some(&b.submitter)));
+        assert!(
+            !a.may_see(None),
+            "a run submitted without a key is not a user's"
+        );
+        assert!(admin.may_see(Some(&a.submitter)) && admin.may_see(None));
     }
 }

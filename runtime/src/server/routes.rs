@@ -543,9 +543,9 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
 /// business (as `/stats` and `/plugins` are).
 pub async fn models(
     State(state): State<AppState>,
-    scope: Option<axum::Extension<super::auth::Scope>>,
+    caller: Option<axum::Extension<super::auth::Caller>>,
 ) -> Json<Value> {
-    let admin = scope.is_none_or(|s| s.0 == super::auth::Scope::Admin);
+    let admin = caller.is_none_or(|c| c.scope == super::auth::Scope::Admin);
     let models: Vec<_> = state
         .engine
         .models()

@@ -12,6 +12,10 @@
 //! - `DELETE /v1/pipeline/runs/{id}` cancels a queued or running run (`409 RUN_003` when
 //!   another host sharing the store runs it; `409 RUN_001` once it
 //!   has ended).
+//!
+//! With API keys, a run belongs to the key that submitted it: a user key lists, reads, follows
+//! and cancels its own runs only (another key's run is `404`, as if it did not exist); an
+//! admin key reaches every run.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +31,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::auth::Caller;
 use super::routes::GenerateBody;
 use super::{ApiError, AppState};
 use crate::error_code::ErrorCode;
@@ -40,6 +45,25 @@ const MAX_LIST: usize = 100;
 
 fn api_error(e: RunsError) -> Response {
     ApiError::new(e.code(), e.to_string()).into_response()
+}
+
+/// The caller a request carries (`None`: the server takes no keys).
+type MaybeCaller = Option<axum::Extension<Caller>>;
+
+/// Run `id` as `caller` may see it: another key's run is not found, the answer a run that does
+/// not exist gets, so that ids cannot be probed.
+fn visible_run(
+    runs: &crate::runs::Runs,
+    caller: Option<&Caller>,
+    id: &str,
+) -> Result<RunRecord, RunsError> {
+    let run = runs.get(id)?;
+    match caller {
+        Some(c) if !c.may_see(run.submitted_by.as_deref()) => {
+            Err(RunsError::NotFound(id.to_string()))
+        }
+        _ => Ok(run),
+    }
 }
 
 /// A run as the API shows it: the stored record with the stages reported so far.
@@ -75,6 +99,7 @@ fn run_json(run: &RunRecord, events: &[StoredEvent]) -> Value {
 
 pub async fn create(
     State(state): State<AppState>,
+    caller: MaybeCaller,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     // A submission refused here is a failed request of the endpoint, as on /pipeline (an
@@ -92,7 +117,9 @@ pub async fn create(
         Err(e) => return refuse(e),
     };
     let runs = state.runs.clone();
-    let submitted = tokio::task::spawn_blocking(move || runs.submit(req, request)).await;
+    let submitter = caller.map(|c| c.0.submitter);
+    let submitted =
+        tokio::task::spawn_blocking(move || runs.submit(req, request, submitter.as_deref())).await;
     match submitted {
         Ok(Ok(run)) => {
             let location = format!("/v1/pipeline/runs/{}", run.id);
@@ -122,6 +149,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: MaybeCaller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
     let q = match query {
@@ -148,9 +176,13 @@ pub async fn list(
         .into_response();
     }
     let store = state.runs.store().clone();
+    // A user key's list holds its own runs only; an admin's, every run.
+    let only = caller
+        .filter(|c| c.scope == super::auth::Scope::User)
+        .map(|c| c.0.submitter);
     let listed = tokio::task::spawn_blocking(move || {
         let before_id = q.before_id.as_deref().unwrap_or("");
-        store.list_runs(limit, q.before.map(|ms| (ms, before_id)))
+        store.list_runs(limit, q.before.map(|ms| (ms, before_id)), only.as_deref())
     })
     .await;
     match listed {
@@ -183,10 +215,14 @@ pub async fn list(
     }
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: MaybeCaller,
+    Path(id): Path<String>,
+) -> Response {
     let runs = state.runs.clone();
     let found = tokio::task::spawn_blocking(move || {
-        let run = runs.get(&id)?;
+        let run = visible_run(&runs, caller.as_deref(), &id)?;
         let events = runs.store().events_after(&id, 0)?;
         Ok::<_, RunsError>(run_json(&run, &events))
     })
@@ -198,9 +234,17 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Respo
     }
 }
 
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: MaybeCaller,
+    Path(id): Path<String>,
+) -> Response {
     let runs = state.runs.clone();
-    match tokio::task::spawn_blocking(move || runs.cancel(&id)).await {
+    let cancelled = tokio::task::spawn_blocking(move || {
+        visible_run(&runs, caller.as_deref(), &id)?;
+        runs.cancel(&id)
+    });
+    match cancelled.await {
         Ok(Ok(run)) => (
             StatusCode::ACCEPTED,
             Json(json!({
@@ -232,6 +276,7 @@ fn sse(e: &StoredEvent) -> Event {
 
 pub async fn events(
     State(state): State<AppState>,
+    caller: MaybeCaller,
     Path(id): Path<String>,
     query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -269,7 +314,7 @@ pub async fn events(
     let runs = state.runs.clone();
     let run_id = id.clone();
     let stored = tokio::task::spawn_blocking(move || {
-        let run = runs.get(&run_id)?;
+        let run = visible_run(&runs, caller.as_deref(), &run_id)?;
         let events = runs.store().events_after(&run_id, after)?;
         Ok::<_, RunsError>((events, run.state.is_final()))
     })

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
     outcome TEXT,
     error_code TEXT,
     error_message TEXT,
-    owner TEXT NOT NULL
+    owner TEXT NOT NULL,
+    submitted_by TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_creation ON runs (created_at_ms);
 CREATE INDEX IF NOT EXISTS runs_by_update ON runs (updated_at_ms);
@@ -70,8 +71,16 @@ const GONE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 /// Tries (100 ms apart) at the instance lock before a second server is refused.
 const LOCK_ATTEMPTS: usize = 30;
 
-const COLUMNS: &str =
-    "id, state, created_at_ms, updated_at_ms, request, outcome, error_code, error_message";
+const COLUMNS: &str = "id, state, created_at_ms, updated_at_ms, request, outcome, error_code, \
+     error_message, submitted_by";
+
+/// What a store of schema 1 lacks (run under the schema lock, once, by the first host of this
+/// build to open it). The index is created with it: `CREATE INDEX` on a column of schema 1
+/// would fail before the column is there.
+const UPGRADE_FROM_1: &str = "
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS submitted_by TEXT;
+CREATE INDEX IF NOT EXISTS runs_by_submitter ON runs (submitted_by, created_at_ms);
+";
 
 /// The connection settings of `url`, with limits where it sets none: a server that does not
 /// answer (a failover, a network cut leaving the connection half open) fails a store call
@@ -312,8 +321,17 @@ impl PgStore {
                     "written by a newer agentrt (schema {v}, this build reads up to {SCHEMA_VERSION})"
                 )));
             }
+            Some(v) if v < SCHEMA_VERSION => {
+                tx.batch_execute(UPGRADE_FROM_1).map_err(|e| self.fail(e))?;
+                tx.execute(
+                    "INSERT INTO agentrt_schema (version) VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )
+                .map_err(|e| self.fail(e))?;
+            }
             Some(_) => {}
             None => {
+                tx.batch_execute(UPGRADE_FROM_1).map_err(|e| self.fail(e))?;
                 tx.execute(
                     "INSERT INTO agentrt_schema (version) VALUES ($1)",
                     &[&SCHEMA_VERSION],
@@ -422,6 +440,7 @@ impl PgStore {
             created_at_ms: row.get(2),
             updated_at_ms: row.get(3),
             request: serde_json::from_str(&request).unwrap_or(Value::Null),
+            submitted_by: row.get(8),
             outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
             error: code.map(|code| ErrorOut {
                 code,
@@ -450,13 +469,24 @@ impl RunStore for PgStore {
         self.shown.clone()
     }
 
-    fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError> {
+    fn insert_run(
+        &self,
+        id: &str,
+        request: &Value,
+        submitted_by: Option<&str>,
+    ) -> Result<RunRecord, StoreError> {
         let now = now_ms();
         self.with(|c| {
             c.execute(
-                "INSERT INTO runs (id, state, created_at_ms, updated_at_ms, request, owner)
-                 VALUES ($1, 'queued', $2, $2, $3, $4)",
-                &[&id, &now, &request.to_string(), &self.instance],
+                "INSERT INTO runs (id, state, created_at_ms, updated_at_ms, request, owner,
+                 submitted_by) VALUES ($1, 'queued', $2, $2, $3, $4, $5)",
+                &[
+                    &id,
+                    &now,
+                    &request.to_string(),
+                    &self.instance,
+                    &submitted_by,
+                ],
             )
         })?;
         Ok(RunRecord {
@@ -465,6 +495,7 @@ impl RunStore for PgStore {
             created_at_ms: now,
             updated_at_ms: now,
             request: request.clone(),
+            submitted_by: submitted_by.map(str::to_string),
             outcome: None,
             error: None,
         })
@@ -550,15 +581,22 @@ impl RunStore for PgStore {
         &self,
         limit: usize,
         before: Option<(i64, &str)>,
+        submitted_by: Option<&str>,
     ) -> Result<Vec<RunRecord>, StoreError> {
         let (before_ms, before_id) = before.unwrap_or((i64::MAX, ""));
+        // Two statements rather than `$4 IS NULL OR …`, so that each can use its index.
+        let whose = if submitted_by.is_some() {
+            "submitted_by = $4 AND"
+        } else {
+            "$4::TEXT IS NULL AND"
+        };
         self.with(|c| {
             c.query(
                 &format!(
-                    "SELECT {COLUMNS} FROM runs WHERE (created_at_ms, id) < ($1, $2)
+                    "SELECT {COLUMNS} FROM runs WHERE {whose} (created_at_ms, id) < ($1, $2)
                      ORDER BY created_at_ms DESC, id DESC LIMIT $3"
                 ),
-                &[&before_ms, &before_id, &(limit as i64)],
+                &[&before_ms, &before_id, &(limit as i64), &submitted_by],
             )
             .map(|rows| rows.iter().map(Self::record).collect())
         })

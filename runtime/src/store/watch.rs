@@ -152,8 +152,13 @@ impl RunStore for Watched {
     fn location(&self) -> String {
         self.inner.location()
     }
-    fn insert_run(&self, id: &str, request: &Value) -> Result<RunRecord, StoreError> {
-        self.write(|| self.inner.insert_run(id, request))
+    fn insert_run(
+        &self,
+        id: &str,
+        request: &Value,
+        submitted_by: Option<&str>,
+    ) -> Result<RunRecord, StoreError> {
+        self.write(|| self.inner.insert_run(id, request, submitted_by))
     }
     fn set_running(&self, id: &str) -> Result<(), StoreError> {
         self.write(|| self.inner.set_running(id))
@@ -183,8 +188,9 @@ impl RunStore for Watched {
         &self,
         limit: usize,
         before: Option<(i64, &str)>,
+        submitted_by: Option<&str>,
     ) -> Result<Vec<RunRecord>, StoreError> {
-        self.inner.list_runs(limit, before)
+        self.inner.list_runs(limit, before, submitted_by)
     }
     fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError> {
         self.inner.count_by_state()
@@ -285,13 +291,13 @@ mod tests {
     fn failing_writes_show_until_one_succeeds() {
         let (_dir, store) = watched();
         store
-            .insert_run("a", &serde_json::json!({}))
+            .insert_run("a", &serde_json::json!({}), None)
             .expect("insert");
         assert!(store.write_failure().is_none());
         // A second insert of the same id breaks the primary key: a write the store refuses.
         for _ in 0..3 {
             store
-                .insert_run("a", &serde_json::json!({}))
+                .insert_run("a", &serde_json::json!({}), None)
                 .expect_err("duplicate");
         }
         let failing = store.write_failure().expect("failing");
@@ -344,7 +350,7 @@ mod tests {
         let (dir, store) = watched();
         let path = dir.path().join("agentrt.db");
         store
-            .insert_run("before", &serde_json::json!({"n": 1}))
+            .insert_run("before", &serde_json::json!({"n": 1}), None)
             .expect("insert");
         for suffix in ["", "-wal", "-shm"] {
             let mut file = path.clone().into_os_string();
@@ -356,7 +362,7 @@ mod tests {
         assert!(path.exists(), "re-created");
         assert!(store.write_failure().is_none());
         store
-            .insert_run("after", &serde_json::json!({"n": 2}))
+            .insert_run("after", &serde_json::json!({"n": 2}), None)
             .expect("insert after");
         // What a restarted server (or a backup) reads from the path holds both runs.
         let reopened = super::super::Store::open(&path).expect("reopen");
@@ -369,7 +375,7 @@ mod tests {
         let (dir, store) = watched();
         let path = dir.path().join("agentrt.db");
         store
-            .insert_run("before", &serde_json::json!({}))
+            .insert_run("before", &serde_json::json!({}), None)
             .expect("insert");
         std::fs::remove_dir_all(dir.path()).expect("delete the folder");
         assert!(!super::super::StoreLock::held(&path));
@@ -416,7 +422,7 @@ mod tests {
         for run in 0..40 {
             let id = format!("r{run}");
             store
-                .insert_run(&id, &serde_json::json!({}))
+                .insert_run(&id, &serde_json::json!({}), None)
                 .expect("insert");
             for seq in 1..=10 {
                 store.append_event(&id, &event(seq)).expect("event");
@@ -434,7 +440,7 @@ mod tests {
             store.write_failure()
         );
         store
-            .insert_run("after", &serde_json::json!({}))
+            .insert_run("after", &serde_json::json!({}), None)
             .expect("insert after");
         drop(store);
         let reopened = super::super::Store::open_exclusive(&path).expect("sound on reopening");
@@ -465,7 +471,7 @@ mod tests {
         );
         // Writes still succeed (into the file the server has open): the report stays.
         store
-            .insert_run("x", &serde_json::json!({}))
+            .insert_run("x", &serde_json::json!({}), None)
             .expect("insert");
         assert!(store.write_failure().is_some());
         std::fs::rename(&aside, &path).expect("put back");
