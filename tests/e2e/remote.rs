@@ -200,3 +200,124 @@ fn health_reports_a_remote_model_whose_server_went_away() {
     let (status, ready) = front.get("/health/ready");
     assert_eq!(status, 503, "{ready}");
 }
+
+/// An OpenAI-compatible server that lists one model and never answers a generation, as one
+/// reading a long prompt: it holds each generation's connection until the flag is set.
+fn silent_remote(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}/v1", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut writer = conn;
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line);
+                    }
+                    let length = head
+                        .iter()
+                        .find_map(|h| {
+                            let (name, value) = h.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if head[0].starts_with("GET") {
+                        let models =
+                            r#"{"object":"list","data":[{"id":"silent-model","object":"model"}]}"#;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{models}",
+                            models.len()
+                        );
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    return;
+                }
+            });
+        }
+    });
+    base
+}
+
+/// Whether `server` has a generation of `model` waiting or running.
+fn generating(server: &Server, model: &str) -> bool {
+    let (_, _, metrics) = server.exchange("GET", "/metrics", &[], None);
+    metrics.lines().any(|l| {
+        (l.starts_with("agentrt_generations_waiting{")
+            || l.starts_with("agentrt_generations_running{"))
+            && l.contains(&format!("model=\"{model}\""))
+            && !l.ends_with(" 0")
+    })
+}
+
+/// A streamed answer from a remote that has not sent its head yet is given up when the
+/// request's deadline passes or its client hangs up: the generation ends then, not when the
+/// remote's stall limit (five minutes) runs out.
+#[test]
+fn a_stream_waiting_on_a_silent_remote_ends_at_the_deadline_or_when_its_client_leaves() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let base = silent_remote(stop.clone());
+    let front = Server::start(&["--model", &base]);
+    let body = json!({"model": "silent-model", "messages": [{"role": "user", "content": "hi"}],
+                      "max_tokens": 8, "stream": true});
+    let gone = |what: &str| {
+        let ended = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            !generating(&front, "silent-model")
+        });
+        assert!(ended, "the generation goes on after {what}");
+    };
+
+    let (status, _, text) = front.exchange(
+        "POST",
+        "/v1/chat/completions",
+        &[("X-Request-Timeout", "1")],
+        Some(&body),
+    );
+    assert_eq!(status, 504, "{text}");
+    gone("its deadline");
+
+    // A client that sends its request and hangs up before any answer.
+    let address = front.base.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&address).expect("connect");
+    let payload = body.to_string();
+    std::io::Write::write_all(
+        &mut conn,
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{payload}",
+            payload.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let started = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        generating(&front, "silent-model")
+    });
+    assert!(started, "the generation never started");
+    drop(conn);
+    gone("its client left");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}

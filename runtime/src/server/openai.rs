@@ -17,7 +17,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -267,7 +267,8 @@ struct Job {
     params: SamplingParams,
     stream: bool,
     include_usage: bool,
-    /// The request's deadline (non-streaming answers).
+    /// The request's deadline and cancel flag (a stream takes the flag only: its answer
+    /// outlives the deadline, which bounds the wait for its head).
     control: Control,
 }
 
@@ -358,7 +359,6 @@ fn send_within(
 /// answer starts, so a full queue is still a plain 429 with `Retry-After`.
 async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
-    let cancel = Arc::new(AtomicBool::new(false));
     let Job {
         endpoint,
         stats,
@@ -367,8 +367,13 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
         prompt,
         params,
         include_usage,
+        control: request,
         ..
     } = job;
+    // The request's flag: until the answer's head goes out, the server sets it when the
+    // request's deadline passes (it answers 504) or the client hangs up, which ends a wait for
+    // a remote's head too. After that nothing but the watcher below sets it.
+    let cancel = request.cancel.unwrap_or_default();
     let started = Instant::now();
     let model_id = model.info.id.clone();
     let control = Control {
