@@ -355,6 +355,13 @@ impl Runs {
         !self.closing.load(Ordering::SeqCst)
     }
 
+    /// Whether the shutdown has begun (the drain is over, this process's runs are being
+    /// cancelled): streams following another host's run end then, rather than hold the
+    /// server's exit until that run ends.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveRun>>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }

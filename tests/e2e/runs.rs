@@ -545,6 +545,62 @@ fn on_postgres_a_killed_server_keeps_its_runs_and_another_host_serves_them() {
     assert_eq!(opened.check_integrity().expect("integrity check"), Ok(()));
 }
 
+/// A stream following a run that another host executes (read from the shared store) ends when
+/// this server shuts down, without `done`: the server exits at once instead of serving it for
+/// up to its request deadline, and the client resumes on another host.
+#[test]
+fn on_postgres_a_stream_following_another_hosts_run_ends_when_the_server_stops() {
+    let Some(url) = postgres_schema_url() else {
+        return;
+    };
+    // Another host, alive (this test holds its instance lock), in the middle of a run.
+    let busy = agentrt::store::postgres::PgStore::connect(&url, "host-busy", true)
+        .expect("connect as another host");
+    busy.insert_run("elsewhere", &json!({"task_description": TASK}), None)
+        .expect("insert");
+    busy.set_running("elsewhere").expect("running");
+    let started = agentrt::store::StoredEvent {
+        seq: 1,
+        at_ms: 0,
+        kind: "stage_started".into(),
+        data: json!({"type": "stage_started", "stage": "generate"}).to_string(),
+    };
+    busy.append_event("elsewhere", &started).expect("event");
+    let s = Server::start_with_env(
+        &[],
+        &[
+            ("AGENTRT_STORE", url.as_str()),
+            ("AGENTRT_INSTANCE", "host-following"),
+            ("AGENTRT_DRAIN_SECONDS", "1"),
+        ],
+    );
+    let watcher = {
+        let base = s.base.clone();
+        std::thread::spawn(move || read_events_raw(&base, "elsewhere", 0, Duration::from_secs(120)))
+    };
+    // The stream is open and has sent the stored event; the run goes on elsewhere.
+    std::thread::sleep(Duration::from_secs(1));
+    s.terminate();
+    let exit = s
+        .wait_exit(Duration::from_secs(30))
+        .expect("the server exits while it follows another host's run");
+    assert!(exit.success(), "{exit:?}");
+    let (ended, text) = watcher.join().expect("watcher");
+    assert!(ended, "{text}");
+    let events = parse_sse(text.split_once("\r\n\r\n").map_or("", |(_, b)| b));
+    let kinds: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(kinds, ["stage_started"], "{text}");
+    assert_eq!(
+        busy.run("elsewhere")
+            .expect("read")
+            .expect("run")
+            .state
+            .as_str(),
+        "running",
+        "the other host's run is left to it"
+    );
+}
+
 /// Finish one run, kill -9 the server in the middle of a second, restart on the same store:
 /// the first is unchanged, the second failed with RUN_002. Returns both ids.
 fn kill_and_restart(env: &[(&str, &str)]) -> (String, String) {

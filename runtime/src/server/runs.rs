@@ -334,13 +334,15 @@ pub async fn events(
         return StatusCode::NO_CONTENT.into_response();
     }
     let store = state.runs.store().clone();
+    let runs = state.runs.clone();
+    let closing = move || runs.closing();
     let live = if ended {
         Following::Nothing
     } else {
         live.map_or(Following::Store, Following::Live)
     };
     super::unbuffered(
-        Sse::new(event_stream(id, store, stored, live, after))
+        Sse::new(event_stream(id, store, closing, stored, live, after))
             .keep_alive(KeepAlive::default())
             .into_response(),
     )
@@ -352,13 +354,18 @@ enum Following {
     Nothing,
     /// It runs in this process.
     Live(tokio::sync::broadcast::Receiver<crate::runs::NumberedEvent>),
-    /// Unfinished but not running here: another host sharing the store runs it.
+    /// Unfinished but not running here: another host sharing the store runs it. Followed
+    /// until it ends, the client leaves, or this server shuts down: the stream then ends
+    /// without `done`, and a client resuming from its last event (an `EventSource` does)
+    /// follows the run on another host.
     Store,
 }
 
+/// `closing` says whether the server is shutting down.
 fn event_stream(
     id: String,
     store: Arc<dyn crate::store::RunStore>,
+    closing: impl Fn() -> bool + Send + 'static,
     stored: Vec<StoredEvent>,
     following: Following,
     after: i64,
@@ -379,6 +386,9 @@ fn event_stream(
                 tokio::select! {
                     _ = tokio::time::sleep(STORE_POLL) => {}
                     _ = tx.closed() => return,
+                }
+                if closing() {
+                    return;
                 }
                 let store = store.clone();
                 let run_id = id.clone();
@@ -490,6 +500,7 @@ mod tests {
             let stream = event_stream(
                 "run".into(),
                 store,
+                || false,
                 Vec::new(),
                 Following::Live(following),
                 0,
