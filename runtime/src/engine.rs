@@ -106,6 +106,18 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The message for those outside the server (API clients, plugins, the open `/health`):
+    /// a remote model's error without the address of its server, which is the operator's
+    /// business (the log and an admin's `/models` name it). Other errors as they display.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Remote { url, message, .. } => {
+                format!("model server: {}", remote::without_address(message, url))
+            }
+            other => other.to_string(),
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::ModelNotFound(_)

@@ -304,7 +304,7 @@ async fn measure(
             target: "agentrt::http",
             status,
             duration_ms,
-            error = %e.message,
+            error = %e.log_message(),
             "request failed: {}",
             e.code
         ),
@@ -312,7 +312,7 @@ async fn measure(
             target: "agentrt::http",
             status,
             duration_ms,
-            error = %e.message,
+            error = %e.log_message(),
             "request failed: {}",
             e.code
         ),

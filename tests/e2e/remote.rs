@@ -184,6 +184,7 @@ fn health_reports_a_remote_model_whose_server_went_away() {
         "{health}"
     );
     assert_eq!(health["models"][0]["reachable"], true, "{health}");
+    let back_base = back.base.clone();
     back.kill();
     let mut health = serde_json::Value::Null;
     for _ in 0..100 {
@@ -197,6 +198,15 @@ fn health_reports_a_remote_model_whose_server_went_away() {
     assert_eq!(health["model_loaded"], false, "{health}");
     assert_eq!(health["models"][0]["reachable"], false, "{health}");
     assert!(health["models"][0]["error"].is_string(), "{health}");
+    // Neither the open health report nor a client's error names where the remote is.
+    let address = back_base.trim_start_matches("http://");
+    assert!(!health.to_string().contains(address), "{health}");
+    let (status, text) = chat(&front, false);
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("MODEL_001") && !text.contains(address),
+        "{text}"
+    );
     let (status, ready) = front.get("/health/ready");
     assert_eq!(status, 503, "{ready}");
 }

@@ -239,7 +239,8 @@ impl RemoteModel {
         if let Some(answer) = recent(PROBE_FRESH) {
             return answer;
         }
-        let answer = self.ask_serves().map_err(|e| e.to_string());
+        // Health is open to anyone: its answer does not name the server.
+        let answer = self.ask_serves().map_err(|e| e.public_message());
         *self.last_probe.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now(), answer.clone()));
         answer
@@ -779,6 +780,26 @@ fn estimated_prompt_tokens(body: &Value) -> u32 {
     u32::try_from(bytes.div_ceil(4).max(1)).unwrap_or(u32::MAX)
 }
 
+/// `message` with the server's root `url`, and its host and port, written as `[model server]`
+/// (a transport error may name where it failed to connect).
+pub(super) fn without_address(message: &str, url: &str) -> String {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    // The userinfo of `user:token@host` is no one else's business either.
+    let host_port = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let mut out = message.replace(url, "[model server]");
+    for part in [host, host_port] {
+        if !part.is_empty() {
+            out = out.replace(part, "[model server]");
+        }
+    }
+    out
+}
+
 fn remote_error(url: &str, status: Option<u16>, code: ErrorCode, message: String) -> EngineError {
     EngineError::Remote {
         url: url.to_string(),
@@ -791,6 +812,31 @@ fn remote_error(url: &str, status: Option<u16>, code: ErrorCode, message: String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_message_of_a_remote_error_does_not_name_its_server() {
+        let url = "http://bob:secret@10.1.2.3:8000/v1";
+        let e = remote_error(
+            url,
+            None,
+            ErrorCode::ModelNotAvailable,
+            "cannot reach it: io: connect to 10.1.2.3:8000 refused (http://bob:secret@10.1.2.3:8000/v1/models)".into(),
+        );
+        let public = e.public_message();
+        for hidden in ["10.1.2.3", "8000", "bob", "secret"] {
+            assert!(!public.contains(hidden), "{public}");
+        }
+        assert!(
+            public.starts_with("model server: cannot reach it"),
+            "{public}"
+        );
+        // The full error, for the log, keeps them.
+        assert!(e.to_string().contains("10.1.2.3:8000"), "{e}");
+        assert_eq!(
+            without_address("no such model", "https://models.internal/v1"),
+            "no such model"
+        );
+    }
 
     #[test]
     fn entries_name_the_root_the_token_and_the_model() {

@@ -158,9 +158,10 @@ fn to_wit_error(e: EngineError) -> Error {
         EngineError::Timeout => Error::Timeout,
         // A remote that could not be reached or broke off (no answer to read a meaning from)
         // may be back soon: the engine failed, which an error handler may retry.
-        EngineError::Remote { status: None, .. } => Error::RuntimeError(e.to_string()),
+        // Plugins are not told where the model server is.
+        EngineError::Remote { status: None, .. } => Error::RuntimeError(e.public_message()),
         other => {
-            let message = other.to_string();
+            let message = other.public_message();
             match other.code() {
                 ErrorCode::ModelContextOverflow => Error::ContextOverflow(message),
                 ErrorCode::ModelNotAvailable => Error::ModelNotSupported(message),

@@ -18,12 +18,17 @@ pub struct ApiError {
     pub kind: &'static str,
     pub message: String,
     pub details: Option<Value>,
-    /// Seconds for a `Retry-After` header (a full queue, a rate limit).
-    pub retry_after: Option<u64>,
+    /// Seconds for a `Retry-After` header (a full queue, a rate limit); 32 bits (136 years)
+    /// keep the error small.
+    pub retry_after: Option<u32>,
+    /// What the server's log says in place of `message` when the client is told less (a
+    /// remote model's error names its server in the log only).
+    /// Boxed: errors travel in `Result`s, which should stay small.
+    pub logged: Option<Box<String>>,
 }
 
 /// Seconds a client is asked to wait when a queue (generations, pipeline runs) is full.
-pub const QUEUE_RETRY_AFTER_S: u64 = 5;
+pub const QUEUE_RETRY_AFTER_S: u32 = 5;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -35,12 +40,18 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: (code == ErrorCode::QueueFull).then_some(QUEUE_RETRY_AFTER_S),
+            logged: None,
         }
+    }
+
+    /// What the log says of this error: the message, or the fuller [`Self::logged`].
+    pub fn log_message(&self) -> &str {
+        self.logged.as_deref().unwrap_or(&self.message)
     }
 
     /// Ask the client to come back after `seconds`.
     pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
+        self.retry_after = Some(u32::try_from(seconds).unwrap_or(u32::MAX));
         self
     }
 
@@ -110,15 +121,21 @@ impl ApiError {
             details: None,
             // Every 429 says when to come back (a plugin's quota, busy plugin slots).
             retry_after: (e.http_status() == 429).then_some(QUEUE_RETRY_AFTER_S),
+            logged: None,
         }
     }
 }
 
 impl From<&crate::engine::EngineError> for ApiError {
-    /// The engine's code and message; a model the request names but this server does not have
-    /// is the client's mistake (404), not an outage (MODEL_001's usual 503).
+    /// The engine's code and message (a remote model's without its server's address, which
+    /// only the log shows); a model the request names but this server does not have is the
+    /// client's mistake (404), not an outage (MODEL_001's usual 503).
     fn from(e: &crate::engine::EngineError) -> Self {
-        let mut err = ApiError::new(e.code(), e.to_string());
+        let mut err = ApiError::new(e.code(), e.public_message());
+        let full = e.to_string();
+        if full != err.message {
+            err.logged = Some(Box::new(full));
+        }
         if matches!(e, crate::engine::EngineError::ModelNotFound(_)) {
             err.status = StatusCode::NOT_FOUND;
         }
@@ -244,6 +261,25 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_models_error_names_its_server_in_the_log_only() {
+        let e = crate::engine::EngineError::Remote {
+            url: "http://10.9.8.7:8000/v1".into(),
+            status: Some(503),
+            code: ErrorCode::ModelNotAvailable,
+            message: "overloaded".into(),
+        };
+        let api = ApiError::from(&e);
+        assert_eq!(api.message, "model server: overloaded");
+        assert!(api.log_message().contains("http://10.9.8.7:8000/v1"));
+        // Other errors are logged as they are answered.
+        let local = ApiError::from(&crate::engine::EngineError::Timeout);
+        assert_eq!(
+            (local.logged.is_none(), local.log_message()),
+            (true, "generation ran past its deadline")
+        );
+    }
 
     #[test]
     fn json_body_errors_name_their_field() {

@@ -478,9 +478,18 @@ async fn stream(job: Job, id: String, created: u64) -> Result<Response, OpenAiEr
             }
             Err(crate::engine::EngineError::Cancelled) => return,
             Err(e) => {
-                let status = engine_error(&e, kind).status;
+                // The answer's status went out as 200: the log hears of the failure here, in
+                // full; the client in the words an error answer would have had.
+                let api = engine_error(&e, kind);
+                tracing::warn!(
+                    target: "agentrt::http",
+                    error = %e,
+                    "streamed answer failed: {}",
+                    api.code
+                );
+                let status = api.status;
                 let err = json!({"error": {
-                    "message": e.to_string(),
+                    "message": api.message,
                     "type": if status.is_client_error() { "invalid_request_error" } else { "server_error" },
                     "param": Value::Null,
                     "code": e.code().as_str(),

@@ -479,7 +479,7 @@ pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
 }
 
 /// Each model with why it cannot serve now, if it cannot (remote models are asked, on a
-/// blocking thread).
+/// blocking thread; the reason does not name a remote's server: `/health` is open).
 async fn reachable_models(state: &AppState) -> Vec<(String, Option<String>)> {
     let engine = state.engine.clone();
     tokio::task::spawn_blocking(move || {
