@@ -1044,8 +1044,13 @@ impl ServedModel {
 
     /// Tokens of `text`, with `special` as a prompt of it reads them (the BOS the model adds
     /// included), else of the text alone.
-    pub fn count_prompt_tokens(&self, text: &str, special: bool) -> Result<u32, EngineError> {
-        self.count_tokens_by(text, special, None)
+    pub fn count_prompt_tokens(
+        &self,
+        text: &str,
+        special: bool,
+        deadline: Option<Instant>,
+    ) -> Result<u32, EngineError> {
+        self.count_tokens_by(text, special, deadline)
     }
 
     fn count_tokens_by(

@@ -331,3 +331,39 @@ fn a_stream_waiting_on_a_silent_remote_ends_at_the_deadline_or_when_its_client_l
     gone("its client left");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// `/tokenize` on a remote model asks the remote to count: that takes one of the places of
+/// `AGENTRT_SYNC_REQUESTS` (a second request while it is out is `429 QUEUE_001`) and ends at
+/// the request's deadline, which gives the place back.
+#[test]
+fn tokenize_on_a_silent_remote_holds_a_place_until_its_deadline_only() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let base = silent_remote(stop.clone());
+    let front = Server::start_with_env(&["--model", &base], &[("AGENTRT_SYNC_REQUESTS", "1")]);
+    let ask = json!({"prompt": "def add(a, b):"});
+    let count = |front: &Server| {
+        let (status, _, text) = front.exchange(
+            "POST",
+            "/tokenize",
+            &[("X-Request-Timeout", "2")],
+            Some(&ask),
+        );
+        (status, text)
+    };
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| count(&front));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (status, text) = count(&front);
+        assert_eq!(status, 429, "{text}");
+        assert!(text.contains("QUEUE_001"), "{text}");
+        let (status, text) = first.join().expect("first");
+        assert_eq!(status, 504, "{text}");
+    });
+    // The count stopped at the deadline: its place is free for the next request.
+    let freed = (0..40).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        count(&front).0 == 504
+    });
+    assert!(freed, "the place stayed taken after the deadline");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}

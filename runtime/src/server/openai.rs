@@ -554,9 +554,23 @@ pub struct TokenizeRequest {
 
 pub async fn tokenize(
     State(state): State<AppState>,
+    deadline: Option<axum::Extension<super::RequestDeadline>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, OpenAiError> {
     let req: TokenizeRequest = parse(body)?;
+    // Counting is blocking work (a remote model's count is a request to its server, up to
+    // 30 s): it takes a place among the requests worked on at once, as the answer-when-done
+    // routes do, and a remote's count ends at the request's deadline.
+    let Ok(place) = state.sync_slots.clone().try_acquire_owned() else {
+        return Err(OpenAiError(ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "{} requests are being worked on (AGENTRT_SYNC_REQUESTS); retry later",
+                state.limits.sync_requests
+            ),
+        )));
+    };
+    let until = deadline.map(|d| d.at);
     let model = state
         .engine
         .model(req.model.as_deref())
@@ -584,6 +598,7 @@ pub async fn tokenize(
     };
     let special = req.add_special_tokens.unwrap_or(true);
     let counted = tokio::task::spawn_blocking(move || {
+        let _place = place;
         let (tokens, count) = match input {
             Ok(prompt) => {
                 // What generation reads: the BOS the model adds included, as `usage` and
@@ -597,7 +612,7 @@ pub async fn tokenize(
                 });
                 let count = match &tokens {
                     Some(t) => Ok(t.len() as u32),
-                    None => model.count_prompt_tokens(&prompt, special),
+                    None => model.count_prompt_tokens(&prompt, special, until),
                 };
                 (tokens, count)
             }
