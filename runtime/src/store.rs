@@ -80,6 +80,12 @@ impl StoreError {
     pub fn code(&self) -> ErrorCode {
         ErrorCode::StoreFailed
     }
+
+    /// The error for those outside the server (API clients, the open `/health`): without the
+    /// store's file or database address, which the log names.
+    pub fn public_message(&self) -> String {
+        format!("run store: {}", self.message)
+    }
 }
 
 /// Where a run is.
@@ -491,13 +497,18 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")
 }
 
-/// Bring a store written by an older agentrt up to this schema (a new store has it already):
-/// schema 1 lacks `runs.submitted_by`. Then the indexes on columns an upgrade adds.
+/// Bring a store written by an older agentrt (or a new one) up to this schema: schema 1
+/// lacks `runs.submitted_by`; then the indexes on columns an upgrade adds, and the version.
 /// In one write transaction, so that two processes opening an old store at once (a server
-/// and `agentrt doctor`) do not both add the column.
+/// and `agentrt doctor`) do not both add the column, and a version written meanwhile is seen.
 fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let upgraded = (|| {
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version >= SCHEMA_VERSION {
+            // Another process upgraded it first (a newer one is refused at the next open).
+            return Ok(());
+        }
         let has_submitter: bool = conn.query_row(
             "SELECT COUNT(*) > 0 FROM pragma_table_info('runs') WHERE name = 'submitted_by'",
             [],
@@ -508,7 +519,8 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
         }
         conn.execute_batch(
             "CREATE INDEX IF NOT EXISTS runs_by_submitter ON runs (submitted_by, created_at_ms)",
-        )
+        )?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
     match upgraded {
         Ok(()) => conn.execute_batch("COMMIT"),
@@ -575,9 +587,10 @@ impl Store {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
-        upgrade(&conn).map_err(|e| fail(&e))?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(|e| fail(&e))?;
+        // A store of this schema is opened without a write (a doctor beside a busy server).
+        if version < SCHEMA_VERSION {
+            upgrade(&conn).map_err(|e| fail(&e))?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
@@ -1373,8 +1386,10 @@ mod conformance {
         assert_eq!(anon.submitted_by, None);
     }
 
-    /// A store written by a build of schema 1 (no `submitted_by`) is upgraded when opened:
-    /// its runs are kept, with no submitter, and new runs record theirs.
+    /// A store written by a build of schema 1 (no `submitted_by`) is upgraded when a server
+    /// opens it: its runs are kept, with no submitter, and new runs record theirs. On a
+    /// database that hosts share, a tool's open does not upgrade it (hosts of the older build
+    /// may still be running).
     pub fn a_store_of_schema_1_is_upgraded_when_opened(h: &Harness) {
         {
             let store = h.open();
@@ -1383,7 +1398,11 @@ mod conformance {
                 .execute_for_test(h.schema_1)
                 .expect("back to schema 1");
         }
-        let store = h.open();
+        if h.postgres_url.is_some() {
+            let refused = (h.open)(false).expect_err("a tool does not upgrade");
+            assert!(refused.message.contains("older agentrt"), "{refused}");
+        }
+        let store = (h.open)(true).expect("a server upgrades it");
         let old = store.run("old").expect("read").expect("run");
         assert_eq!((old.id.as_str(), old.submitted_by), ("old", None));
         store

@@ -239,10 +239,17 @@ impl RemoteModel {
         if let Some(answer) = recent(PROBE_FRESH) {
             return answer;
         }
-        // Health is open to anyone: its answer does not name the server.
-        let answer = self.ask_serves().map_err(|e| e.public_message());
-        *self.last_probe.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), answer.clone()));
+        // Health is open to anyone: its answer does not name the server. The log does, when
+        // the model stops serving or the reason changes.
+        let asked = self.ask_serves();
+        let answer = asked.as_ref().map_err(|e| e.public_message()).copied();
+        let mut last = self.last_probe.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = &asked
+            && last.as_ref().map(|(_, before)| before) != Some(&answer)
+        {
+            tracing::warn!(model = %self.model, error = %e, "remote model cannot serve");
+        }
+        *last = Some((Instant::now(), answer.clone()));
         answer
     }
 
@@ -780,23 +787,55 @@ fn estimated_prompt_tokens(body: &Value) -> u32 {
     u32::try_from(bytes.div_ceil(4).max(1)).unwrap_or(u32::MAX)
 }
 
-/// `message` with the server's root `url`, and its host and port, written as `[model server]`
-/// (a transport error may name where it failed to connect).
+/// `message` with the server's root `url`, and its address in any form — with credentials,
+/// host and port, the host alone — written as `[model server]`: a transport error may name
+/// where it failed to connect, a TLS error the name the certificate was checked against.
 pub(super) fn without_address(message: &str, url: &str) -> String {
-    let host = url
+    const SERVER: &str = "[model server]";
+    let authority = url
         .split_once("://")
         .map_or(url, |(_, rest)| rest)
         .split(['/', '?', '#'])
         .next()
         .unwrap_or_default();
     // The userinfo of `user:token@host` is no one else's business either.
-    let host_port = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let mut out = message.replace(url, "[model server]");
-    for part in [host, host_port] {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        // An IPv6 literal: `[::1]:8000`.
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port
+            .rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host_port, |(h, _)| h),
+    };
+    let mut out = message.replace(url, SERVER);
+    for part in [authority, host_port] {
         if !part.is_empty() {
-            out = out.replace(part, "[model server]");
+            out = out.replace(part, SERVER);
         }
     }
+    replace_word(&out, host, SERVER)
+}
+
+/// `text` with each occurrence of `word` that is not part of a longer name (no letter, digit,
+/// `-`, `_` or `.` next to it) replaced by `with`: a host called `vllm` leaves `vllm-style`
+/// alone.
+fn replace_word(text: &str, word: &str, with: &str) -> String {
+    if word.is_empty() {
+        return text.to_string();
+    }
+    let part_of_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let (before, after) = (&rest[..at], &rest[at + word.len()..]);
+        let alone = !before.chars().next_back().is_some_and(part_of_name)
+            && !after.chars().next().is_some_and(part_of_name);
+        out.push_str(before);
+        out.push_str(if alone { with } else { word });
+        rest = after;
+    }
+    out.push_str(rest);
     out
 }
 
@@ -835,6 +874,27 @@ mod tests {
         assert_eq!(
             without_address("no such model", "https://models.internal/v1"),
             "no such model"
+        );
+        // A TLS error names the host without its port.
+        let tls = without_address(
+            "cannot reach it: certificate not valid for name \"models.internal\"",
+            "https://models.internal:8443/v1",
+        );
+        assert_eq!(
+            tls,
+            "cannot reach it: certificate not valid for name \"[model server]\""
+        );
+        // A short host name is replaced where it stands alone, not inside other words.
+        assert_eq!(
+            without_address(
+                "vllm at vllm:8000 said: vllm-style error (vllm)",
+                "http://vllm:8000/v1"
+            ),
+            "[model server] at [model server] said: vllm-style error ([model server])"
+        );
+        assert_eq!(
+            without_address("connect [::1]:8000 and ::1", "http://[::1]:8000/v1"),
+            "connect [model server] and [model server]"
         );
     }
 

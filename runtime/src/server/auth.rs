@@ -324,11 +324,14 @@ pub async fn require_key(
         return next.run(request).await;
     };
     // With two valid keys, the wider one counts: an admin key next to a user key reaches
-    // the admin routes.
-    let Some((key, scope)) = presented(&request)
-        .filter_map(|k| keys.find(k))
-        .max_by_key(|&(_, scope)| scope)
-    else {
+    // the admin routes. Of two of one scope, the Bearer key: it owns the runs submitted.
+    let Some((key, scope)) = presented(&request).filter_map(|k| keys.find(k)).fold(
+        None,
+        |best: Option<([u8; 32], Scope)>, next| match best {
+            Some(b) if b.1 >= next.1 => Some(b),
+            _ => Some(next),
+        },
+    ) else {
         let message = if presented(&request).next().is_some() {
             "the API key is not one this server knows"
         } else {

@@ -154,7 +154,7 @@ pub fn document() -> Value {
         "/v1/pipeline/runs": {
             "post": accepted(operation("/v1/pipeline/runs", "Start a pipeline run; answers at once (202) with its id and a Location (429 QUEUE_001 when the queue is full, or once the server is shutting down)", Some(json_body(schema("Task"))), ok("The run, queued", schema("Run")))),
             "get": with_parameters(
-                operation("/v1/pipeline/runs", "Runs, newest first (by creation, then id); a full page has `next_before` and `next_before_id`, which ask for the next one", None, ok("Runs", any.clone())),
+                operation("/v1/pipeline/runs", "Runs, newest first (by creation, then id); with API keys, a user key lists the runs it submitted, an admin key every run; a full page has `next_before` and `next_before_id`, which ask for the next one", None, ok("Runs", any.clone())),
                 json!([
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
                     {"name": "before", "in": "query", "schema": {"type": "integer"}, "description": "The next page: runs created before this time (ms since the epoch), or at it with an id before `before_id`"},
@@ -163,12 +163,12 @@ pub fn document() -> Value {
             ),
         },
         "/v1/pipeline/runs/{id}": {
-            "get": with_parameters(operation("/v1/pipeline/runs/{id}", "A run's state and every stage's result", None, ok("The run", schema("Run"))), json!([run_id.clone()])),
+            "get": with_parameters(operation("/v1/pipeline/runs/{id}", "A run's state and every stage's result (with API keys, another user key's run is 404 NOT_FOUND, as for every route of a run)", None, ok("The run", schema("Run"))), json!([run_id.clone()])),
             "delete": with_parameters(accepted(operation("/v1/pipeline/runs/{id}", "Ask a run to stop (202; it ends at its next stage or token; 409 RUN_001 once it has ended)", None, ok("The run as it stands", schema("Run")))), json!([run_id.clone()])),
         },
         "/v1/pipeline/runs/{id}/events": {
             "get": with_parameters(
-                with_response("204", "The run has ended and no event is left after the one asked for (a browser's EventSource stops reconnecting)", operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events, each named by its `type`: stage_started, tokens, stage_finished, generated (an attempt's code and tests), checks, tests, retry, chosen (the attempt that goes to review), review, done (the end state, with the error when the run did not complete)", None, sse("Numbered events; the stream ends after `done`"))),
+                with_response("204", "The run has ended and no event is left after the one asked for (a browser's EventSource stops reconnecting)", operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events, each named by its `type`: stage_started, tokens, stage_finished, generated (an attempt's code and tests), checks, tests, retry, chosen (the attempt that goes to review), review, done (the end state, with the error when the run did not complete)", None, sse("Numbered events; the stream ends after `done`, or, for a run another host executes, when this server shuts down: resume from the last event (Last-Event-ID or `after`)"))),
                 json!([run_id, {"name": "after", "in": "query", "schema": {"type": "integer"}, "description": "Resume after this event number (or send Last-Event-ID)"}]),
             ),
         },

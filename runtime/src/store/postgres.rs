@@ -321,8 +321,27 @@ impl PgStore {
                     "written by a newer agentrt (schema {v}, this build reads up to {SCHEMA_VERSION})"
                 )));
             }
+            // Only a server upgrades: a tool (`agentrt doctor`) must not change the schema
+            // under hosts of the older build, which would find it refused at their next
+            // connection. Every host of the older build is stopped first (docs/OPERATIONS.md).
+            Some(v) if v < SCHEMA_VERSION && !self.exclusive => {
+                return Err(self.fail(format!(
+                    "written by an older agentrt (schema {v}; this build writes \
+                     {SCHEMA_VERSION}): the first server of this build upgrades it, once every \
+                     host of the older build has stopped"
+                )));
+            }
             Some(v) if v < SCHEMA_VERSION => {
-                tx.batch_execute(UPGRADE_FROM_1).map_err(|e| self.fail(e))?;
+                // The column's lock waits for every transaction on `runs`: a host of the older
+                // build left running would hold it. Refused after a while, not hung.
+                tx.batch_execute("SET LOCAL lock_timeout = '10s'")
+                    .map_err(|e| self.fail(e))?;
+                tx.batch_execute(UPGRADE_FROM_1).map_err(|e| {
+                    self.fail(format!(
+                        "cannot upgrade the schema from {v} to {SCHEMA_VERSION} (are hosts of \
+                         the older build still running?): {e}"
+                    ))
+                })?;
                 tx.execute(
                     "INSERT INTO agentrt_schema (version) VALUES ($1)",
                     &[&SCHEMA_VERSION],
