@@ -84,6 +84,9 @@ struct LiveRun {
     /// stored: a cancel from then on is answered `RUN_001`, not accepted for a run that will
     /// not see it.
     ended_as: OnceLock<&'static str>,
+    /// Numbered events the store refused so far, oldest first (stored before any later one);
+    /// a watcher that fell behind the broadcast reads them here (see [`Runs::events_after`]).
+    unstored: Mutex<Vec<StoredEvent>>,
 }
 
 impl LiveRun {
@@ -92,6 +95,7 @@ impl LiveRun {
             cancel: Arc::new(AtomicBool::new(false)),
             events: broadcast::channel(BROADCAST_DEPTH).0,
             ended_as: OnceLock::new(),
+            unstored: Mutex::new(Vec::new()),
         }
     }
 }
@@ -134,8 +138,6 @@ struct Emitter {
 
 struct EmitterState {
     next_seq: i64,
-    /// Numbered events the store refused so far, oldest first (stored before any later one).
-    unstored: Vec<StoredEvent>,
     text: String,
     /// When generated text was last published (`None`: not yet).
     text_published: Option<Instant>,
@@ -149,7 +151,6 @@ impl Emitter {
             live,
             inner: Mutex::new(EmitterState {
                 next_seq: 1,
-                unstored: Vec::new(),
                 text: String::new(),
                 text_published: None,
             }),
@@ -169,7 +170,7 @@ impl Emitter {
 
     fn publish(&self, st: &mut EmitterState, event: &PipelineEvent) {
         let stored = self.number(st, event);
-        st.unstored.push(stored.clone());
+        self.unstored().push(stored.clone());
         self.store_unstored(st);
         let _ = self.live.events.send(Arc::new(stored));
     }
@@ -178,17 +179,27 @@ impl Emitter {
     /// refuses: the run goes on and live watchers get every event with its number, and the
     /// refused ones are stored before any later one, so the stored events keep the numbers
     /// watchers saw, without gaps (inserts are idempotent, so a retried write is harmless).
-    fn store_unstored(&self, st: &mut EmitterState) {
-        while let Some(first) = st.unstored.first() {
+    ///
+    /// `_st` is the emitter's state, held: one writer at a time. The list's own lock is not
+    /// held while writing, so readers of it wait for no store.
+    fn store_unstored(&self, _st: &mut EmitterState) {
+        loop {
+            let Some(first) = self.unstored().first().cloned() else {
+                return;
+            };
             if let Err(e) = with_retries(self.store.as_ref(), || {
-                self.store.append_event(&self.id, first)
+                self.store.append_event(&self.id, &first)
             }) {
                 // The store logged that it refuses writes; per event is noise.
                 tracing::debug!(run = %self.id, seq = first.seq, "event not stored yet: {e}");
                 return;
             }
-            st.unstored.remove(0);
+            self.unstored().remove(0);
         }
+    }
+
+    fn unstored(&self) -> std::sync::MutexGuard<'_, Vec<StoredEvent>> {
+        self.live.unstored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn flush_text(&self, st: &mut EmitterState) {
@@ -250,7 +261,7 @@ impl Emitter {
             self.store_unstored(&mut st);
             // Stored after events the store has not taken, the end would leave a gap: those
             // go first.
-            let stored = if st.unstored.is_empty() {
+            let stored = if self.unstored().is_empty() {
                 with_retries(self.store.as_ref(), || {
                     self.store
                         .finish_run(&self.id, state, outcome, error, &done)
@@ -283,6 +294,35 @@ impl Emitter {
     fn announce(&self, done: StoredEvent) {
         let _ = self.live.events.send(Arc::new(done));
     }
+}
+
+/// [`Runs::events_after`], for the run `live` when it runs in this process.
+fn read_events(
+    store: &dyn RunStore,
+    live: Option<&LiveRun>,
+    id: &str,
+    after: i64,
+) -> Result<Vec<StoredEvent>, RunsError> {
+    // The events not stored yet are read first: one stored meanwhile is in the store's answer
+    // then, and one published later is still in the live channel.
+    let unstored: Vec<StoredEvent> = live
+        .map(|live| {
+            live.unstored
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|e| e.seq > after)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut events = store.events_after(id, after)?;
+    if !unstored.is_empty() {
+        events.extend(unstored);
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+    }
+    Ok(events)
 }
 
 /// The line a run's end leaves in the log, with its state and error code: a failed run is a
@@ -353,6 +393,15 @@ impl Runs {
     /// Whether the server still takes runs (not shutting down).
     fn accepting(&self) -> bool {
         !self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Run `id`'s events numbered above `after`, in order: those stored, and those of a run in
+    /// this process that the store has refused so far (it stores them later under the same
+    /// numbers). What a watcher that fell behind the live events, or starts watching while the
+    /// store refuses writes, reads.
+    pub fn events_after(&self, id: &str, after: i64) -> Result<Vec<StoredEvent>, RunsError> {
+        let live = self.live().get(id).cloned();
+        read_events(self.store.as_ref(), live.as_deref(), id, after)
     }
 
     /// Whether the shutdown has begun (the drain is over, this process's runs are being
@@ -818,6 +867,40 @@ mod tests {
         let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert!(events[1].data.contains("\"attempt\":2"), "{:?}", events[1]);
+    }
+
+    #[test]
+    fn events_the_store_refuses_are_read_from_the_run_until_they_are_stored() {
+        let temp = TempStore::with_run("unstored");
+        let store = temp.store.clone();
+        let live = Arc::new(LiveRun::new());
+        let emitter = Emitter::new("r", store.clone(), live.clone());
+        let chosen = |attempt| PipelineEvent::Chosen { attempt };
+        let seqs = |live: Option<&LiveRun>, after| -> Vec<i64> {
+            read_events(store.as_ref(), live, "r", after)
+                .expect("read")
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        emitter.event(chosen(1));
+        store
+            .execute_for_test("ALTER TABLE run_events RENAME TO away")
+            .expect("hide");
+        emitter.event(chosen(2));
+        emitter.event(chosen(3));
+        store
+            .execute_for_test("ALTER TABLE away RENAME TO run_events")
+            .expect("restore");
+        // The store has the first only; the run has the two it refused.
+        assert_eq!(seqs(None, 0), [1]);
+        assert_eq!(seqs(Some(&live), 0), [1, 2, 3]);
+        assert_eq!(seqs(Some(&live), 2), [3]);
+        // Stored with the next event, each once, under its number.
+        emitter.event(chosen(4));
+        assert_eq!(seqs(None, 0), [1, 2, 3, 4]);
+        assert_eq!(seqs(Some(&live), 1), [2, 3, 4]);
+        assert!(live.unstored.lock().expect("lock").is_empty());
     }
 
     #[test]

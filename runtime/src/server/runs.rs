@@ -44,7 +44,20 @@ const STORE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 const MAX_LIST: usize = 100;
 
 fn api_error(e: RunsError) -> Response {
-    ApiError::new(e.code(), e.to_string()).into_response()
+    runs_error(&e).into_response()
+}
+
+/// A runs error as clients read it: a store's failure without where the store is (the log
+/// line of the request has it).
+fn runs_error(e: &RunsError) -> ApiError {
+    match e {
+        RunsError::Store(store) => {
+            let mut err = ApiError::new(e.code(), store.public_message());
+            err.logged = Some(Box::new(e.to_string()));
+            err
+        }
+        other => ApiError::new(other.code(), other.to_string()),
+    }
 }
 
 /// The caller a request carries (`None`: the server takes no keys).
@@ -129,7 +142,7 @@ pub async fn create(
             }
             response
         }
-        Ok(Err(e)) => refuse(ApiError::new(e.code(), e.to_string())),
+        Ok(Err(e)) => refuse(runs_error(&e)),
         Err(e) => refuse(ApiError::new(
             ErrorCode::Internal,
             format!("worker failed: {e}"),
@@ -223,7 +236,7 @@ pub async fn get(
     let runs = state.runs.clone();
     let found = tokio::task::spawn_blocking(move || {
         let run = visible_run(&runs, caller.as_deref(), &id)?;
-        let events = runs.store().events_after(&id, 0)?;
+        let events = runs.events_after(&id, 0)?;
         Ok::<_, RunsError>(run_json(&run, &events))
     })
     .await;
@@ -315,7 +328,7 @@ pub async fn events(
     let run_id = id.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let run = visible_run(&runs, caller.as_deref(), &run_id)?;
-        let events = runs.store().events_after(&run_id, after)?;
+        let events = runs.events_after(&run_id, after)?;
         Ok::<_, RunsError>((events, run.state.is_final()))
     })
     .await;
@@ -334,6 +347,10 @@ pub async fn events(
         return StatusCode::NO_CONTENT.into_response();
     }
     let store = state.runs.store().clone();
+    let read_after: ReadAfter = {
+        let (runs, id) = (state.runs.clone(), id.clone());
+        Arc::new(move |after| runs.events_after(&id, after))
+    };
     let runs = state.runs.clone();
     let closing = move || runs.closing();
     let live = if ended {
@@ -342,9 +359,11 @@ pub async fn events(
         live.map_or(Following::Store, Following::Live)
     };
     super::unbuffered(
-        Sse::new(event_stream(id, store, closing, stored, live, after))
-            .keep_alive(KeepAlive::default())
-            .into_response(),
+        Sse::new(event_stream(
+            id, store, read_after, closing, stored, live, after,
+        ))
+        .keep_alive(KeepAlive::default())
+        .into_response(),
     )
 }
 
@@ -361,10 +380,15 @@ enum Following {
     Store,
 }
 
-/// `closing` says whether the server is shutting down.
+/// A run's events above a number, stored or not yet ([`crate::runs::Runs::events_after`]).
+type ReadAfter = Arc<dyn Fn(i64) -> Result<Vec<StoredEvent>, RunsError> + Send + Sync>;
+
+/// `read_after` reads what a watcher behind the live channel missed; `closing` says whether
+/// the server is shutting down.
 fn event_stream(
     id: String,
     store: Arc<dyn crate::store::RunStore>,
+    read_after: ReadAfter,
     closing: impl Fn() -> bool + Send + 'static,
     stored: Vec<StoredEvent>,
     following: Following,
@@ -428,13 +452,11 @@ fn event_stream(
                         return;
                     }
                 }
-                // Fell behind the live channel, or the run ended: the store has it all.
+                // Fell behind the live channel, or the run ended: the store has it all, but
+                // for events it has refused so far, which the run keeps.
                 Err(err) => {
-                    let store = store.clone();
-                    let run_id = id.clone();
-                    let missed =
-                        tokio::task::spawn_blocking(move || store.events_after(&run_id, last))
-                            .await;
+                    let read_after = read_after.clone();
+                    let missed = tokio::task::spawn_blocking(move || read_after(last)).await;
                     let Ok(Ok(missed)) = missed else { return };
                     for e in &missed {
                         last = e.seq;
@@ -499,7 +521,8 @@ mod tests {
         rt.block_on(async {
             let stream = event_stream(
                 "run".into(),
-                store,
+                store.clone(),
+                Arc::new(move |after| Ok(store.events_after("run", after)?)),
                 || false,
                 Vec::new(),
                 Following::Live(following),
@@ -517,6 +540,53 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             assert_eq!(live.receiver_count(), 0, "the stream still follows the run");
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stream_following_another_hosts_run_ends_when_the_server_closes() {
+        use futures_util::StreamExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-following-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store: Arc<dyn crate::store::RunStore> =
+            Arc::new(crate::store::Store::open(&dir.join("runs.db")).expect("store"));
+        // Running on another host: it never ends while this test watches.
+        store
+            .insert_run("elsewhere", &Value::Null, None)
+            .expect("insert");
+        store.set_running("elsewhere").expect("running");
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        rt.block_on(async {
+            let reader = store.clone();
+            let flag = closing.clone();
+            let mut stream = Box::pin(event_stream(
+                "elsewhere".into(),
+                store.clone(),
+                Arc::new(move |after| Ok(reader.events_after("elsewhere", after)?)),
+                move || flag.load(std::sync::atomic::Ordering::Relaxed),
+                Vec::new(),
+                Following::Store,
+                0,
+            ));
+            // Followed while the server runs...
+            let quiet = tokio::time::timeout(STORE_POLL * 3, stream.next()).await;
+            assert!(quiet.is_err(), "the stream ended while the run goes on");
+            // ...and ended, without `done`, within a poll of the shutdown.
+            closing.store(true, std::sync::atomic::Ordering::Relaxed);
+            let ended = tokio::time::timeout(STORE_POLL * 4, stream.next()).await;
+            assert!(
+                matches!(ended, Ok(None)),
+                "the stream goes on after the shutdown"
+            );
         });
         let _ = std::fs::remove_dir_all(&dir);
     }

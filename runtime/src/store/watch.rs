@@ -117,15 +117,17 @@ impl Failing {
     /// (what the caller logs: once, not per failure).
     fn note(slot: &mut Option<Failing>, error: &StoreError) -> bool {
         match slot {
+            // `/health` is open to anyone: it shows the error without the store's location
+            // (the log line of the first failure has it).
             Some(failing) => {
                 failing.count += 1;
-                failing.error = error.to_string();
+                failing.error = error.public_message();
                 false
             }
             None => {
                 *slot = Some(Failing {
                     since_ms: now_ms(),
-                    error: error.to_string(),
+                    error: error.public_message(),
                     count: 1,
                 });
                 true
