@@ -55,6 +55,9 @@ pub enum ErrorCode {
     PluginQuota,
     /// The plugin returned a result too large or out of range.
     PluginOutput,
+    /// The plugin used up its fuel (instructions per call): the same call fails the same way
+    /// again, unlike a token budget, which refills.
+    PluginFuel,
     /// No API key, or one the server does not know.
     Unauthenticated,
     /// The API key's scope does not cover the route.
@@ -110,6 +113,7 @@ impl ErrorCode {
             Self::PluginAccessDenied => "PLUGIN_006",
             Self::PluginQuota => "PLUGIN_007",
             Self::PluginOutput => "PLUGIN_008",
+            Self::PluginFuel => "PLUGIN_009",
             Self::Unauthenticated => "AUTH_001",
             Self::Forbidden => "AUTH_002",
             Self::RateLimited => "AUTH_003",
@@ -146,7 +150,8 @@ impl ErrorCode {
             | Self::PluginMemory
             | Self::PluginAccessDenied
             | Self::PluginQuota
-            | Self::PluginOutput => "plugin_error",
+            | Self::PluginOutput
+            | Self::PluginFuel => "plugin_error",
             Self::Unauthenticated => "authentication_error",
             Self::Forbidden => "permission_error",
             Self::RateLimited | Self::QueueFull => "rate_limit_error",
@@ -181,6 +186,7 @@ impl ErrorCode {
             | Self::PluginMemory
             | Self::PluginLoad
             | Self::PluginOutput
+            | Self::PluginFuel
             | Self::NetworkError => 502,
             Self::ModelMemory
             | Self::GenerationFailed
@@ -224,6 +230,7 @@ pub const ALL: &[ErrorCode] = &[
     ErrorCode::PluginAccessDenied,
     ErrorCode::PluginQuota,
     ErrorCode::PluginOutput,
+    ErrorCode::PluginFuel,
     ErrorCode::Unauthenticated,
     ErrorCode::Forbidden,
     ErrorCode::RateLimited,

@@ -99,7 +99,7 @@ impl PluginError {
         match self {
             Self::Load { .. } => ErrorCode::PluginLoad,
             Self::NotGranted { .. } => ErrorCode::PluginAccessDenied,
-            Self::Fuel { .. } => ErrorCode::PluginQuota,
+            Self::Fuel { .. } => ErrorCode::PluginFuel,
             Self::Trap { .. } => ErrorCode::PluginTrap,
             Self::Timeout { .. } => ErrorCode::PluginTimeout,
             Self::Busy { .. } => ErrorCode::QueueFull,
@@ -492,7 +492,7 @@ impl PluginHost {
             // Every slot was busy: nothing is known against the component, and hot reload
             // tries a refusal with this code again at its next poll.
             Err(busy @ PluginError::Busy { .. }) => Err(busy),
-            // A budget that does not cover the start code: PLUGIN_007, raise `fuel`.
+            // A budget that does not cover the start code: PLUGIN_009, raise `fuel`.
             Err(fuel @ PluginError::Fuel { .. }) => Err(fuel),
             Err(PluginError::Trap { message, .. }) => Err(fail(message)),
             Err(other) => Err(fail(other.to_string())),

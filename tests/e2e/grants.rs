@@ -292,7 +292,7 @@ fn a_fuel_budget_stops_an_endless_loop_before_its_deadline() {
     );
     assert_eq!(status, 200, "{body}");
     let outcome = &body["checks"][0];
-    assert_eq!(outcome["error"]["code"], "PLUGIN_007", "{body}");
+    assert_eq!(outcome["error"]["code"], "PLUGIN_009", "{body}");
     assert!(
         outcome["error"]["message"]
             .as_str()

@@ -28,6 +28,7 @@ const PERMANENT_CODES: &[&str] = &[
     "PLUGIN_003",
     "PLUGIN_006",
     "PLUGIN_007",
+    "PLUGIN_009",
     "COMM_004",
     "MODEL_001",
     "MODEL_004",
@@ -124,6 +125,14 @@ mod tests {
         match recovery {
             Recovery::Retry(plan) => plan,
             other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plugin_out_of_fuel_or_tokens_is_not_retried() {
+        for code in ["PLUGIN_007", "PLUGIN_009"] {
+            let recovery = decide(&error(code, Stage::Generate, 1), 2);
+            assert_eq!(kind(&recovery), "abort", "{code}");
         }
     }
 

@@ -116,9 +116,13 @@ pub fn clip_error(mut e: PipelineError) -> PipelineError {
 fn plugin_may_give(code: crate::error_code::ErrorCode) -> bool {
     use crate::error_code::ErrorCode;
     // The host's own verdicts on plugins: a plugin that is running was found and loaded, and a
-    // 404 or a load failure from it would send the operator looking in the wrong place. (It
-    // may pass on PLUGIN_006 and PLUGIN_007: the `llm` interface's access and quota errors.)
-    if matches!(code, ErrorCode::PluginNotFound | ErrorCode::PluginLoad) {
+    // 404 or a load failure from it would send the operator looking in the wrong place; one
+    // that returns has fuel left. (It may pass on PLUGIN_006 and PLUGIN_007: the `llm`
+    // interface's access and quota errors.)
+    if matches!(
+        code,
+        ErrorCode::PluginNotFound | ErrorCode::PluginLoad | ErrorCode::PluginFuel
+    ) {
         return false;
     }
     matches!(
@@ -276,6 +280,7 @@ mod tests {
             "INTERNAL",
             "PLUGIN_001",
             "PLUGIN_002",
+            "PLUGIN_009",
         ] {
             let e = returned(host_only);
             assert_eq!(e.code, PLUGIN_ERROR_CODE, "{host_only}");
