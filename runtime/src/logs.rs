@@ -116,7 +116,9 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
             p.last_at = at.clone();
         }
         match target.as_str() {
-            "agentrt::http" => {
+            // A request's closing line has its status; other lines of the target (a stream
+            // that failed after its 200) are problems above, not requests of their own.
+            "agentrt::http" if fields["status"].is_u64() => {
                 a.requests += 1;
                 let status = fields["status"].as_u64().unwrap_or(0);
                 *a.requests_by_status.entry(status).or_default() += 1;
@@ -131,6 +133,11 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
                         duration_ms,
                         at,
                     });
+                    // The slowest are kept as the log is read, not every request of a
+                    // low `--slow-ms` over a large log.
+                    if a.slow_requests.len() >= 8 * TOP {
+                        keep_slowest(&mut a.slow_requests);
+                    }
                 }
             }
             // Runs a crash left unfinished, closed at the next start: failed runs, one line
@@ -171,10 +178,14 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
         .sort_by(|x, y| y.count.cmp(&x.count).then(x.message.cmp(&y.message)));
     a.problems_left_out = a.problems.len().saturating_sub(TOP);
     a.problems.truncate(TOP);
-    a.slow_requests
-        .sort_by_key(|r| std::cmp::Reverse(r.duration_ms));
-    a.slow_requests.truncate(TOP);
+    keep_slowest(&mut a.slow_requests);
     Ok(a)
+}
+
+/// The [`TOP`] slowest of `requests`, slowest first (of equal ones, the earliest read).
+fn keep_slowest(requests: &mut Vec<SlowRequest>) {
+    requests.sort_by_key(|r| std::cmp::Reverse(r.duration_ms));
+    requests.truncate(TOP);
 }
 
 impl Analysis {
@@ -360,6 +371,26 @@ mod tests {
         let a = analyze(log.as_slice(), 1000).expect("analyze");
         assert_eq!((a.lines, a.unparsed), (10, 2));
         assert_eq!(a.plugins["generator"].calls, 2);
+    }
+
+    #[test]
+    fn a_failed_stream_is_a_problem_not_a_request_and_only_the_slowest_are_kept() {
+        let mut log = String::from(
+            r#"{"timestamp":"t0","level":"WARN","fields":{"message":"streamed answer failed: MODEL_002","error":"x"},"target":"agentrt::http"}"#,
+        );
+        log.push('\n');
+        for ms in 0..500u64 {
+            log.push_str(&format!(
+                r#"{{"timestamp":"t{ms}","level":"INFO","fields":{{"message":"request finished","status":200,"duration_ms":{ms}}},"target":"agentrt::http"}}"#
+            ));
+            log.push('\n');
+        }
+        let a = analyze(log.as_bytes(), 0).expect("analyze");
+        assert_eq!(a.requests, 500);
+        assert_eq!(a.requests_by_status.get(&0), None);
+        assert_eq!(a.problems[0].message, "streamed answer failed: MODEL_002");
+        let slowest: Vec<u64> = a.slow_requests.iter().map(|r| r.duration_ms).collect();
+        assert_eq!(slowest, (480..500).rev().collect::<Vec<u64>>());
     }
 
     #[test]
