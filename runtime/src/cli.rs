@@ -77,6 +77,26 @@ pub struct RuntimeOpts {
     pub json: bool,
 }
 
+/// Write `text` to stderr for the person watching. A closed or full stderr must not stop the
+/// work: `eval` and `run` keep SIGPIPE ignored while they work, where `eprintln!` would panic.
+pub(crate) fn tell(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(text);
+}
+
+/// A one-off command whose output is piped into `head` ends quietly when the reader goes away,
+/// as Unix tools do, instead of panicking on the failed write (Rust ignores SIGPIPE). The
+/// server keeps ignoring it: a client closing its socket must not stop it; so do `eval` and
+/// `run` until their work is done, then call this before printing their result.
+pub fn die_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: sets the disposition of one signal; the other threads a long command may have
+    // started by now do not change signal dispositions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP server.
@@ -439,12 +459,12 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
             let started = Instant::now();
             let model = ServedModel::remote(&entry, None)
                 .map_err(|e| CliError::new(e.code(), e.to_string()))?;
-            eprintln!(
-                "model {} is served by {} (answered in {} ms)",
+            tell(format_args!(
+                "model {} is served by {} (answered in {} ms)\n",
                 model.info.id,
                 model.info.device,
                 started.elapsed().as_millis()
-            );
+            ));
             models.push(Arc::new(model));
             continue;
         }
@@ -478,20 +498,23 @@ pub fn load_engine(opts: &RuntimeOpts) -> Result<Arc<Engine>, CliError> {
         let mut shown = false;
         let loaded = LoadedModel::load_on(&id, path, opts.device, &mut |p| {
             if watched {
-                eprint!("\rloading {id}: layer {}/{}", p.layers_done, p.layers_total);
+                tell(format_args!(
+                    "\rloading {id}: layer {}/{}",
+                    p.layers_done, p.layers_total
+                ));
                 shown = true;
             }
         });
         if shown {
-            eprint!("\r\x1b[K");
+            tell(format_args!("\r\x1b[K"));
         }
         let model = loaded.map_err(|e| CliError::new(e.code(), e.to_string()))?;
         let ms = started.elapsed().as_millis();
         if watched {
-            eprintln!(
-                "loaded {id} ({} parameters) on {} in {ms} ms",
+            tell(format_args!(
+                "loaded {id} ({} parameters) on {} in {ms} ms\n",
                 model.info.parameters, model.info.device
-            );
+            ));
         } else {
             tracing::info!(model = %id, parameters = model.info.parameters, device = %model.info.device, ms, "model loaded");
         }
@@ -1123,6 +1146,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 language: "python".into(),
                 max_retries,
             });
+            die_quietly_on_a_closed_pipe();
             let value = serde_json::to_value(&outcome).unwrap_or_default();
             if let Some(error) = &outcome.error {
                 emit(opts.json, &value, || {});

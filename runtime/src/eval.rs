@@ -713,6 +713,27 @@ pub fn evaluate(
     Ok(results)
 }
 
+/// Whether `result` failed for a reason outside the answer: the model or its server not
+/// available or past its time, a full queue, the store or the host failing. Such a result says
+/// nothing of the model; a results file does not keep it.
+pub fn is_outage(result: &ProblemResult) -> bool {
+    use crate::error_code::ErrorCode;
+    let Some(code) = result.run_error.as_deref().and_then(ErrorCode::parse) else {
+        return false;
+    };
+    matches!(
+        code,
+        ErrorCode::ModelNotAvailable
+            | ErrorCode::ModelTimeout
+            | ErrorCode::ModelMemory
+            | ErrorCode::NetworkError
+            | ErrorCode::RequestTimeout
+            | ErrorCode::QueueFull
+            | ErrorCode::StoreFailed
+            | ErrorCode::Internal
+    )
+}
+
 /// Where an eval is, for its progress lines.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
@@ -1088,6 +1109,30 @@ mod tests {
             lines[2].contains("2/3 passed so far: failed: no"),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn a_problem_lost_to_an_outage_is_told_from_one_the_model_failed() {
+        let setting = Setting::canonical();
+        let with_error = |code: Option<&str>| {
+            let mut r = result("a/0", false, &setting);
+            r.run_error = code.map(str::to_string);
+            r
+        };
+        for outage in [
+            "MODEL_001",
+            "MODEL_002",
+            "COMM_002",
+            "COMM_003",
+            "QUEUE_001",
+            "STORE_001",
+        ] {
+            assert!(is_outage(&with_error(Some(outage))), "{outage}");
+        }
+        for answer in ["GEN_003", "PLUGIN_004", "MODEL_004", "TEST_001"] {
+            assert!(!is_outage(&with_error(Some(answer))), "{answer}");
+        }
+        assert!(!is_outage(&with_error(None)));
     }
 
     #[test]

@@ -11,8 +11,15 @@ fn main() -> std::process::ExitCode {
     let json_output = flag_anywhere(&matches, "json");
     let cli = agentrt::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let serving = matches!(cli.command, agentrt::cli::Command::Serve { .. });
-    if !serving {
-        die_quietly_on_a_closed_pipe();
+    // Long one-off commands keep SIGPIPE ignored while they work: a closed stderr pipe (the
+    // progress lines' reader gone) must not kill an eval half-way; they restore the default
+    // before printing their result.
+    let long_work = matches!(
+        cli.command,
+        agentrt::cli::Command::Eval { .. } | agentrt::cli::Command::Run { .. }
+    );
+    if !serving && !long_work {
+        agentrt::cli::die_quietly_on_a_closed_pipe();
     }
     // The server logs what it does; a one-off command prints its result, and only warnings
     // besides (AGENTRT_LOG shows more).
@@ -32,14 +39,28 @@ fn main() -> std::process::ExitCode {
     match agentrt::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error {}: {}", e.code, e.message);
+            // The failure's exit status must reach the caller even when nobody reads the
+            // message (`agentrt eval … 2>&1 | head`): a closed pipe neither kills the process
+            // (status 141) nor makes the write panic.
+            ignore_closed_pipes();
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error {}: {}", e.code, e.message);
             if json_output && !agentrt::cli::printed_json() {
                 // What a script asked for JSON reads: the error body the HTTP API answers.
                 let body = serde_json::json!({ "error": agentrt::cli::error_body(&e) });
-                println!("{body}");
+                let _ = writeln!(std::io::stdout(), "{body}");
             }
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes to a closed pipe fail with an error from now on instead of ending the process.
+fn ignore_closed_pipes() {
+    #[cfg(unix)]
+    // SAFETY: sets the disposition of one signal; no thread of this process changes it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 }
 
@@ -84,16 +105,5 @@ fn flag_anywhere(matches: &clap::ArgMatches, id: &str) -> bool {
             Some((_, sub)) => m = sub,
             None => return false,
         }
-    }
-}
-
-/// A one-off command whose output is piped into `head` ends quietly when the reader goes away,
-/// as Unix tools do, instead of panicking on the failed write (Rust ignores SIGPIPE). The
-/// server keeps ignoring it: a client closing its socket must not stop it.
-fn die_quietly_on_a_closed_pipe() {
-    #[cfg(unix)]
-    // SAFETY: restores the default disposition of one signal before any thread is started.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -139,3 +139,30 @@ fn every_humaneval_reference_solution_passes_in_the_sandbox() {
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(v["summary"]["problems"], 164, "{}", v["summary"]);
 }
+
+/// An eval whose progress reader goes away (`agentrt eval … 2>&1 | head`, a closed terminal)
+/// works on: SIGPIPE does not end it half-way, and every result reaches the results file.
+#[test]
+fn an_eval_whose_stderr_is_closed_still_finishes_every_problem() {
+    use std::os::unix::process::ExitStatusExt;
+    let results = scratch_root().join(format!("agentrt-eval-pipe-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&results);
+    let mut child = std::process::Command::new(crate::harness::agentrt_bin())
+        .args(["eval", &fixture(), "--canonical", "--results"])
+        .arg(&results)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run agentrt eval");
+    // The reader of its progress lines is gone before the first one.
+    drop(child.stderr.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.signal(), None, "{:?}", out.status);
+    // One reference solution of the fixture fails its tests: VAL_001's exit status, not 141.
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
+    let kept = std::fs::read_to_string(&results).expect("results file");
+    assert_eq!(kept.lines().count(), 3, "{kept}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("pass@1"), "{stdout}");
+    let _ = std::fs::remove_file(&results);
+}

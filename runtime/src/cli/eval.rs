@@ -139,7 +139,10 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
         None => Vec::new(),
     };
     if !opts.json {
-        eprintln!("{} problems from {source} ({setting})", problems.len());
+        crate::cli::tell(format_args!(
+            "{} problems from {source} ({setting})\n",
+            problems.len()
+        ));
     }
     let mut from_file = 0;
     let results = eval::evaluate(
@@ -151,7 +154,10 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
             Some(pipeline) => eval::solve_with_pipeline(pipeline, sandbox, problem, &setting),
         },
         |result, progress| {
-            if let (Some(file), false) = (file.as_mut(), progress.resumed) {
+            // A problem lost to an outage is not kept: a rerun with the file tries it again.
+            if let (Some(file), false) = (file.as_mut(), progress.resumed)
+                && !eval::is_outage(result)
+            {
                 file.append(result)?;
             }
             from_file = progress.from_file;
@@ -166,6 +172,20 @@ pub fn run(args: EvalArgs, opts: &RuntimeOpts) -> Result<(), CliError> {
             Ok(())
         },
     )?;
+    crate::cli::die_quietly_on_a_closed_pipe();
+    let outages = results.iter().filter(|r| eval::is_outage(r)).count();
+    if outages > 0 && !opts.json {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{outages} problems failed for an outage (the model server, the sandbox or the \
+             store), counted failed here{}",
+            if file.is_some() {
+                "; they are not in the results file, so a rerun with it tries them again"
+            } else {
+                ""
+            }
+        );
+    }
     let summary = eval::summarize(&results);
     // Reference solutions are a check of the problems and the sandbox: one failing fails it.
     let failure = (setting.is_canonical() && summary.passed < summary.problems).then(|| {
