@@ -712,9 +712,11 @@ fn sync_folders(files: &[(PathBuf, PathBuf)], plugins: Option<&Path>) {
 }
 
 /// Open the copy about to become the run store and run its integrity check; closed again
-/// (its write-ahead log folded back) before it is moved into place.
+/// (its write-ahead log folded back) before it is moved into place. Its schema is left as the
+/// backup has it: a backup of an older build's store restores as that build can read it, and
+/// this build's server upgrades it when it starts.
 fn check_restored(path: &Path) -> Result<(), BackupError> {
-    let opened = Store::open(path).map_err(|e| fail(e.code(), e.to_string()))?;
+    let (opened, _) = Store::open_to_examine(path).map_err(|e| fail(e.code(), e.to_string()))?;
     if let Err(problems) = opened
         .check_integrity()
         .map_err(|e| fail(e.code(), e.to_string()))?

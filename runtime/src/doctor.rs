@@ -339,10 +339,32 @@ impl Report {
             }
             return;
         }
-        // Looked at, not taken: the doctor leaves no lock file beside what it examines.
+        // Looked at, not taken: the doctor leaves no lock file beside what it examines, and an
+        // older build's store as it is (upgrading it would keep that build from reading it).
         let in_use = StoreLock::held(path);
-        match Store::open(path) {
-            Ok(store) => self.store_health(&store, Some(in_use)),
+        match Store::open_to_examine(path) {
+            // A file without the tables (made empty by hand): nothing to look at yet.
+            Ok((_, 0)) => self.add(
+                "store",
+                Status::Ok,
+                format!("{} holds no runs yet", path.display()),
+            ),
+            Ok((store, version)) => {
+                self.store_health(&store, Some(in_use));
+                if version < crate::store::SCHEMA_VERSION {
+                    self.add(
+                        "store schema",
+                        Status::Warn,
+                        format!(
+                            "{} has schema {version}, written by an older agentrt: the next \
+                             `agentrt serve` of this build upgrades it to {}, after which older \
+                             builds refuse it (back it up first to keep the way back)",
+                            path.display(),
+                            crate::store::SCHEMA_VERSION
+                        ),
+                    );
+                }
+            }
             Err(e) => self.add("store", Status::Fail, e.to_string()),
         }
     }
@@ -711,6 +733,45 @@ mod tests {
         std::fs::write(dir.join("plain"), b"").expect("file");
         let check = store_check(&dir.join("plain/agentrt.db"));
         assert_eq!(check.status, Status::Fail, "{check:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_of_an_older_schema_is_examined_as_it_is() {
+        let dir = temp_folder("old-schema");
+        let path = dir.join("agentrt.db");
+        {
+            let store = Store::open(&path).expect("store");
+            store
+                .insert_run("old", &serde_json::Value::Null, None)
+                .expect("insert");
+            store
+                .execute_for_test(
+                    "DROP INDEX runs_by_submitter; ALTER TABLE runs DROP COLUMN submitted_by; \
+                     PRAGMA user_version = 1",
+                )
+                .expect("back to schema 1");
+        }
+        let mut report = Report::default();
+        report.store(path.to_str().expect("utf-8"));
+        let statuses: Vec<(&str, Status)> = report
+            .checks
+            .iter()
+            .map(|c| (c.name.as_str(), c.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            [("store", Status::Warn), ("store schema", Status::Warn)],
+            "{:?}",
+            report.checks
+        );
+        // Left as it was: schema 1, no column added.
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 1);
+        assert!(conn.prepare("SELECT submitted_by FROM runs").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

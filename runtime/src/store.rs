@@ -599,6 +599,42 @@ impl Store {
         })
     }
 
+    /// Open the existing store at `path` to look at it (`agentrt doctor`): no schema is created
+    /// or upgraded, so that a tool of a newer build leaves an older build's store as it is
+    /// (its server, or a rollback, still reads it). The store and its schema version; a store
+    /// of a newer schema is refused, as [`Store::open`] refuses it. Its runs are not read
+    /// through it: only [`RunStore::check_integrity`] and [`RunStore::count_by_state`], which
+    /// every schema answers.
+    pub fn open_to_examine(path: &Path) -> Result<(Self, i64), StoreError> {
+        let fail = |e: &dyn std::fmt::Display| StoreError {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| fail(&e))?;
+        configure(&conn).map_err(|e| fail(&e))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| fail(&e))?;
+        if version > SCHEMA_VERSION {
+            return Err(fail(&format!(
+                "written by a newer agentrt (schema {version}, this build reads up to {SCHEMA_VERSION})"
+            )));
+        }
+        Ok((
+            Self {
+                conn: Mutex::new(conn),
+                path: path.to_path_buf(),
+                identity: Mutex::new(file_identity(path)),
+                lock: None,
+            },
+            version,
+        ))
+    }
+
     /// Open the store for a server: also take `PATH.lock`, so that a second server on the same
     /// file is refused instead of marking the first one's runs interrupted.
     pub fn open_exclusive(path: &Path) -> Result<Self, StoreError> {
