@@ -577,14 +577,16 @@ impl ResultsFile {
             .create(true)
             .open(path)
             .map_err(|e| failed("open", e))?;
-        file.try_lock().map_err(|_| {
-            EvalError::new(
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => EvalError::new(
                 ErrorCode::InvalidInput,
                 format!(
                     "{} is in use by another agentrt eval: give each eval a file of its own",
                     path.display()
                 ),
-            )
+            ),
+            // A file system without locks (some network mounts) is not another eval.
+            std::fs::TryLockError::Error(e) => failed("lock", e),
         })?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
