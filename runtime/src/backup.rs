@@ -179,10 +179,20 @@ pub fn backup(
     let written = write_backup(store, config, plugins, out);
     if written.is_err() {
         // Nothing half-written stays behind: no folder a restore could mistake for a backup,
-        // and the retry can use the same name.
-        let _ = fs::remove_dir_all(out);
+        // and the retry can use the same name. A folder that was there (empty) stays, with
+        // its owner and mode, and so does a link to one: only what this backup wrote goes.
         if existed {
-            let _ = fs::create_dir_all(out);
+            if let Ok(entries) = fs::read_dir(out) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let _ = match entry.file_type() {
+                        Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+                        _ => fs::remove_file(&path),
+                    };
+                }
+            }
+        } else {
+            let _ = fs::remove_dir_all(out);
         }
     }
     written
@@ -831,10 +841,32 @@ mod tests {
         let failed = backup(&store, None, Some(&missing), &out);
         assert!(failed.is_err(), "{failed:?}");
         assert!(!out.exists(), "a failed backup left {}", out.display());
-        // Into a folder that was there and empty: it stays, empty.
+        // Into a folder that was there and empty: it stays, empty, with its mode.
         fs::create_dir_all(&out).expect("mkdir");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&out, fs::Permissions::from_mode(0o700)).expect("chmod");
+        }
         assert!(backup(&store, None, Some(&missing), &out).is_err());
         assert_eq!(fs::read_dir(&out).expect("list").count(), 0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&out).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "the folder was made again");
+        }
+        // Through a link to an empty folder: the link stays a link, its folder empty.
+        #[cfg(unix)]
+        {
+            let target = dir.join("real");
+            fs::create_dir_all(&target).expect("mkdir");
+            let link = dir.join("link");
+            std::os::unix::fs::symlink(&target, &link).expect("symlink");
+            assert!(backup(&store, None, Some(&missing), &link).is_err());
+            assert!(fs::symlink_metadata(&link).expect("stat").is_symlink());
+            assert_eq!(fs::read_dir(&target).expect("list").count(), 0);
+        }
         let manifest = backup(&store, None, None, &out).expect("the retry");
         assert_eq!(manifest.runs, 2);
         let _ = fs::remove_dir_all(&dir);
