@@ -395,7 +395,10 @@ pub fn restore(
         ));
     }
     // Held until the new store is in place: no server may open it half-restored.
-    let _lock = StoreLock::take(store).map_err(|e| fail(e.code(), e.to_string()))?;
+    let lock = StoreLock::take(store).map_err(|e| fail(e.code(), e.to_string()))?;
+    // A lock file made just now belongs to whoever runs the restore: given to the store's
+    // owner, whose server takes it next.
+    keep_ownership(lock.path(), store);
     let manifest = verify(from)?;
     let refuse = |what: &str, path: &Path| {
         fail(
@@ -528,9 +531,44 @@ fn stage(source: &Path, target: &Path, tmp: &Path) -> Result<(), BackupError> {
     }
     discard(tmp);
     fs::copy(source, tmp).map_err(|e| io("cannot write", tmp, e))?;
+    keep_ownership(tmp, target);
     fs::File::open(tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("cannot sync", tmp, e))
+}
+
+/// Give `file` the owner, group and mode of the `target` it is to replace or, when there is
+/// none, the owner and group of the folder it goes into: a restore run as root for a service
+/// that runs as its own user must not leave it files it cannot open. What cannot be changed
+/// (not root) is left as it is, with a warning when the owner differs.
+fn keep_ownership(file: &Path, target: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let model = fs::metadata(target).ok().or_else(|| {
+            target
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .and_then(|p| fs::metadata(p).ok())
+        });
+        let (Some(model), Ok(now)) = (model, fs::metadata(file)) else {
+            return;
+        };
+        if target.exists() {
+            let _ = fs::set_permissions(file, model.permissions());
+        }
+        if (now.uid(), now.gid()) != (model.uid(), model.gid())
+            && let Err(e) = std::os::unix::fs::chown(file, Some(model.uid()), Some(model.gid()))
+        {
+            tracing::warn!(
+                file = %target.display(),
+                error = %e,
+                "restored file keeps this user's ownership, not that of what it replaces"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (file, target);
 }
 
 /// Rename every staged file over its target, in order (the store last), each existing target
@@ -1074,6 +1112,39 @@ mod tests {
         assert_eq!(again.kept.len(), 2, "{:?}", again.kept);
         assert!(again.kept.iter().all(|k| !r.kept.contains(k)), "{again:?}");
         assert_eq!(run_ids(&kept_store), ["a", "after-the-backup", "b"]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A restore run as root for a service of its own user leaves the service files it can
+    /// open: each takes the owner and mode of what it replaces (the store's lock file, made by
+    /// the restore, too).
+    #[cfg(unix)]
+    #[test]
+    fn a_restored_file_keeps_the_owner_and_mode_of_what_it_replaces() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: only root can give files to another user");
+            return;
+        }
+        let (dir, out) = a_backup("owner", true);
+        let live = dir.join("live.db");
+        filled_store(&live);
+        let config = dir.join("agentrt.toml");
+        fs::write(&config, "# the service's\n").expect("config");
+        let service = 65534; // nobody
+        for file in [&live, &config] {
+            std::os::unix::fs::chown(file, Some(service), Some(service)).expect("chown");
+            fs::set_permissions(file, fs::Permissions::from_mode(0o640)).expect("chmod");
+        }
+        restore(&out, &live, Some(&config), None, true).expect("restore");
+        let mut lock = live.clone().into_os_string();
+        lock.push(".lock");
+        for file in [live.clone(), config.clone(), PathBuf::from(lock)] {
+            let m = fs::metadata(&file).expect("stat");
+            assert_eq!((m.uid(), m.gid()), (service, service), "{}", file.display());
+            assert_eq!(m.permissions().mode() & 0o777, 0o640, "{}", file.display());
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -205,6 +205,11 @@ impl StoreLock {
         })
     }
 
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Open (creating) and lock the lock file at `lock_path`.
     fn lock_file(lock_path: &Path) -> Result<std::fs::File, String> {
         let lock = std::fs::OpenOptions::new()
