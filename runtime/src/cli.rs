@@ -664,9 +664,35 @@ fn sqlite_store_for_backup(opts: &RuntimeOpts) -> Result<std::path::PathBuf, Cli
 /// the backup holds one), the `store` of the config it installs decides, not that of the file
 /// it is about to replace, which need not exist yet (a fresh host). Otherwise the config at
 /// `--config` decides when there is one. `AGENTRT_STORE` wins over both, as everywhere.
+///
+/// Without `--config`, a backup whose config puts the store elsewhere than where this restore
+/// would is refused: the store would land where the server started with that config does not
+/// look, and the restore would seem to have worked.
 fn restore_store(opts: &RuntimeOpts, from: &Path) -> Result<std::path::PathBuf, CliError> {
     let configured = match &opts.config {
-        None => None,
+        None => {
+            let backed_up = crate::backup::config_store(from)
+                .map_err(|e| CliError::new(e.code, e.message))?
+                .and_then(|c| c.store);
+            if let Some(theirs) = backed_up {
+                let (there, here) = (
+                    crate::paths::store_location(Some(&theirs)),
+                    crate::paths::store_location(None),
+                );
+                if there != here {
+                    return Err(CliError::new(
+                        ErrorCode::BackupFailed,
+                        format!(
+                            "the backup's config keeps the store at {there}, not at {here} \
+                             where this restore would put it: restore with --config FILE (the \
+                             config the server starts with) so that the store goes where it \
+                             says, or set AGENTRT_STORE"
+                        ),
+                    ));
+                }
+            }
+            None
+        }
         Some(target) => {
             match crate::backup::config_store(from).map_err(|e| CliError::new(e.code, e.message))? {
                 Some(restored) => restored.store,

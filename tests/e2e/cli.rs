@@ -522,6 +522,20 @@ fn restore_with_a_config_uses_the_restored_configs_store_on_a_fresh_host() {
     // The fresh host: no config file, not even its folder, and no store anywhere.
     let home = dir.join("home");
     let config = dir.join("etc/agentrt.toml");
+    let fresh_host = [
+        ("AGENTRT_STORE", ""),
+        ("AGENTRT_HOME", home.to_str().expect("utf-8")),
+    ];
+    // Without --config the store would go to the default, where a server started with the
+    // backed-up config does not look: refused, with nothing written.
+    let (ok, _, stderr) =
+        crate::harness::run_cli_env(&["restore", out.to_str().expect("utf-8")], &fresh_host);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("BACKUP_001") && stderr.contains("--config"),
+        "{stderr}"
+    );
+    assert!(!home.join("agentrt.db").exists() && !wanted.exists());
     let (ok, stdout, stderr) = crate::harness::run_cli_env(
         &[
             "restore",
