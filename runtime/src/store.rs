@@ -502,6 +502,20 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")
 }
 
+/// The schema version of the store `conn` opened, refused (the message says why) when a newer
+/// agentrt wrote it.
+fn readable_version(conn: &Connection) -> Result<i64, String> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "written by a newer agentrt (schema {version}, this build reads up to {SCHEMA_VERSION})"
+        ));
+    }
+    Ok(version)
+}
+
 /// Bring a store written by an older agentrt (or a new one) up to this schema: schema 1
 /// lacks `runs.submitted_by`; then the indexes on columns an upgrade adds, and the version.
 /// In one write transaction, so that two processes opening an old store at once (a server
@@ -583,25 +597,23 @@ impl Store {
                 .map_err(|e| fail(&e))?;
         }
         configure(&conn).map_err(|e| fail(&e))?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| fail(&e))?;
-        if version > SCHEMA_VERSION {
-            return Err(fail(&format!(
-                "written by a newer agentrt (schema {version}, this build reads up to {SCHEMA_VERSION})"
-            )));
-        }
+        let version = readable_version(&conn).map_err(|e| fail(&e))?;
         conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
         // A store of this schema is opened without a write (a doctor beside a busy server).
         if version < SCHEMA_VERSION {
             upgrade(&conn).map_err(|e| fail(&e))?;
         }
-        Ok(Self {
+        Ok(Self::over(conn, path))
+    }
+
+    /// The store over the open connection `conn` to `path`, without a lock.
+    fn over(conn: Connection, path: &Path) -> Self {
+        Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             identity: Mutex::new(file_identity(path)),
             lock: None,
-        })
+        }
     }
 
     /// Open the existing store at `path` to look at it (`agentrt doctor`): no schema is created
@@ -621,23 +633,8 @@ impl Store {
         )
         .map_err(|e| fail(&e))?;
         configure(&conn).map_err(|e| fail(&e))?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| fail(&e))?;
-        if version > SCHEMA_VERSION {
-            return Err(fail(&format!(
-                "written by a newer agentrt (schema {version}, this build reads up to {SCHEMA_VERSION})"
-            )));
-        }
-        Ok((
-            Self {
-                conn: Mutex::new(conn),
-                path: path.to_path_buf(),
-                identity: Mutex::new(file_identity(path)),
-                lock: None,
-            },
-            version,
-        ))
+        let version = readable_version(&conn).map_err(|e| fail(&e))?;
+        Ok((Self::over(conn, path), version))
     }
 
     /// Open the store for a server: also take `PATH.lock`, so that a second server on the same
