@@ -671,26 +671,7 @@ fn sqlite_store_for_backup(opts: &RuntimeOpts) -> Result<std::path::PathBuf, Cli
 fn restore_store(opts: &RuntimeOpts, from: &Path) -> Result<std::path::PathBuf, CliError> {
     let configured = match &opts.config {
         None => {
-            let backed_up = crate::backup::config_store(from)
-                .map_err(|e| CliError::new(e.code, e.message))?
-                .and_then(|c| c.store);
-            if let Some(theirs) = backed_up {
-                let (there, here) = (
-                    crate::paths::store_location(Some(&theirs)),
-                    crate::paths::store_location(None),
-                );
-                if there != here {
-                    return Err(CliError::new(
-                        ErrorCode::BackupFailed,
-                        format!(
-                            "the backup's config keeps the store at {there}, not at {here} \
-                             where this restore would put it: restore with --config FILE (the \
-                             config the server starts with) so that the store goes where it \
-                             says, or set AGENTRT_STORE"
-                        ),
-                    ));
-                }
-            }
+            refuse_a_backed_up_store_elsewhere(from)?;
             None
         }
         Some(target) => {
@@ -706,6 +687,32 @@ fn restore_store(opts: &RuntimeOpts, from: &Path) -> Result<std::path::PathBuf, 
         }
     };
     sqlite_only(crate::paths::store_location(configured.as_deref()))
+}
+
+/// A restore without `--config` puts the store at the default location: refused when the
+/// backup's config keeps it elsewhere (see [`restore_store`]).
+fn refuse_a_backed_up_store_elsewhere(from: &Path) -> Result<(), CliError> {
+    let backed_up = crate::backup::config_store(from)
+        .map_err(|e| CliError::new(e.code, e.message))?
+        .and_then(|c| c.store);
+    let Some(theirs) = backed_up else {
+        return Ok(());
+    };
+    let (there, here) = (
+        crate::paths::store_location(Some(&theirs)),
+        crate::paths::store_location(None),
+    );
+    if there == here {
+        return Ok(());
+    }
+    Err(CliError::new(
+        ErrorCode::BackupFailed,
+        format!(
+            "the backup's config keeps the store at {there}, not at {here} where this restore \
+             would put it: restore with --config FILE (the config the server starts with) so \
+             that the store goes where it says, or set AGENTRT_STORE"
+        ),
+    ))
 }
 
 /// `location` as an SQLite file; a PostgreSQL URL is refused (BACKUP_001, naming pg_dump).

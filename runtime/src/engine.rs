@@ -1039,21 +1039,12 @@ impl ServedModel {
     /// Tokens of `text` (no special tokens added), counted by `deadline` (a remote model's
     /// count is a request; a local one's is at once).
     pub fn count_tokens(&self, text: &str, deadline: Instant) -> Result<u32, EngineError> {
-        self.count_tokens_by(text, false, Some(deadline))
+        self.count_prompt_tokens(text, false, Some(deadline))
     }
 
     /// Tokens of `text`, with `special` as a prompt of it reads them (the BOS the model adds
-    /// included), else of the text alone.
+    /// included), else of the text alone; a remote model's count ends at `deadline`.
     pub fn count_prompt_tokens(
-        &self,
-        text: &str,
-        special: bool,
-        deadline: Option<Instant>,
-    ) -> Result<u32, EngineError> {
-        self.count_tokens_by(text, special, deadline)
-    }
-
-    fn count_tokens_by(
         &self,
         text: &str,
         special: bool,

@@ -98,6 +98,10 @@ impl LiveRun {
             unstored: Mutex::new(Vec::new()),
         }
     }
+
+    fn unstored(&self) -> std::sync::MutexGuard<'_, Vec<StoredEvent>> {
+        self.unstored.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The runs of one server.
@@ -170,7 +174,7 @@ impl Emitter {
 
     fn publish(&self, st: &mut EmitterState, event: &PipelineEvent) {
         let stored = self.number(st, event);
-        self.unstored().push(stored.clone());
+        self.live.unstored().push(stored.clone());
         self.store_unstored(st);
         let _ = self.live.events.send(Arc::new(stored));
     }
@@ -184,7 +188,7 @@ impl Emitter {
     /// held while writing, so readers of it wait for no store.
     fn store_unstored(&self, _st: &mut EmitterState) {
         loop {
-            let Some(first) = self.unstored().first().cloned() else {
+            let Some(first) = self.live.unstored().first().cloned() else {
                 return;
             };
             if let Err(e) = with_retries(self.store.as_ref(), || {
@@ -194,12 +198,8 @@ impl Emitter {
                 tracing::debug!(run = %self.id, seq = first.seq, "event not stored yet: {e}");
                 return;
             }
-            self.unstored().remove(0);
+            self.live.unstored().remove(0);
         }
-    }
-
-    fn unstored(&self) -> std::sync::MutexGuard<'_, Vec<StoredEvent>> {
-        self.live.unstored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn flush_text(&self, st: &mut EmitterState) {
@@ -261,7 +261,7 @@ impl Emitter {
             self.store_unstored(&mut st);
             // Stored after events the store has not taken, the end would leave a gap: those
             // go first.
-            let stored = if self.unstored().is_empty() {
+            let stored = if self.live.unstored().is_empty() {
                 with_retries(self.store.as_ref(), || {
                     self.store
                         .finish_run(&self.id, state, outcome, error, &done)
@@ -307,9 +307,7 @@ fn read_events(
     // then, and one published later is still in the live channel.
     let unstored: Vec<StoredEvent> = live
         .map(|live| {
-            live.unstored
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            live.unstored()
                 .iter()
                 .filter(|e| e.seq > after)
                 .cloned()
@@ -388,11 +386,6 @@ impl Runs {
 
     pub fn store(&self) -> &Arc<dyn RunStore> {
         &self.store
-    }
-
-    /// Whether the server still takes runs (not shutting down).
-    fn accepting(&self) -> bool {
-        !self.closing.load(Ordering::SeqCst)
     }
 
     /// Run `id`'s events numbered above `after`, in order: those stored, and those of a run in
@@ -486,7 +479,7 @@ impl Runs {
         self.pipeline
             .stats
             .record_endpoint(STATS_ENDPOINT, 0, 0, Some(error.code.as_str()));
-        let done = emitter.finish(state, None, Some(&error), &|| persist && self.accepting());
+        let done = emitter.finish(state, None, Some(&error), &|| persist && !self.closing());
         log_run_end(id, state, Some(&error.code), Duration::ZERO);
         self.live().remove(id);
         emitter.announce(done);
@@ -548,7 +541,7 @@ impl Runs {
                 let code = outcome.error.as_ref().map(|e| e.code.clone());
                 stats.record_endpoint(STATS_ENDPOINT, ms, outcome.tokens, code.as_deref());
                 let done = emitter.finish(state, Some(&value), outcome.error.as_ref(), &|| {
-                    self.accepting()
+                    !self.closing()
                 });
                 (done, code)
             }
@@ -557,7 +550,7 @@ impl Runs {
                 crate::metrics::count_pipeline_run("failed");
                 stats.record_endpoint(STATS_ENDPOINT, ms, 0, Some(ErrorCode::Internal.as_str()));
                 let done =
-                    emitter.finish(RunState::Failed, None, Some(&error), &|| self.accepting());
+                    emitter.finish(RunState::Failed, None, Some(&error), &|| !self.closing());
                 (done, Some(error.code))
             }
         };

@@ -518,8 +518,8 @@ fn readable_version(conn: &Connection) -> Result<i64, String> {
 
 /// Bring a store written by an older agentrt (or a new one) up to this schema: schema 1
 /// lacks `runs.submitted_by`; then the indexes on columns an upgrade adds, and the version.
-/// In one write transaction, so that two processes opening an old store at once (a server
-/// and `agentrt doctor`) do not both add the column, and a version written meanwhile is seen.
+/// In one write transaction, so that two processes opening an old store at once do not both
+/// add the column, and a version written meanwhile is seen.
 fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let upgraded = (|| {

@@ -301,11 +301,8 @@ pub fn load_plugins(host: &PluginHost, dir: Option<&Path>) -> Result<Loaded, Plu
         })?,
         None => BTreeMap::new(),
     };
-    let scan = if dir.is_some() {
-        scan_folder(host, &stamps, &FolderPlugins::default())
-    } else {
-        FolderScan::default()
-    };
+    // Without a folder the stamps are empty, and so is the scan.
+    let scan = scan_folder(host, &stamps, &FolderPlugins::default());
     let (set, misplaced) = compose(&embedded, scan.plugins.plugins())?;
     let mut refused = scan.refused;
     refused.extend(misplaced);

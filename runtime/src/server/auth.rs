@@ -59,13 +59,9 @@ pub struct Caller {
 
 impl Caller {
     fn of(key_digest: &[u8; 32], scope: Scope) -> Self {
-        let mut hasher = Sha256::new();
-        hasher.update(b"agentrt run submitter\0");
-        hasher.update(key_digest);
-        let submitter = hasher.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let salted = [b"agentrt run submitter\0".as_slice(), key_digest].concat();
+        let mut submitter = crate::plugin::compile_cache::sha256_hex(&salted);
+        submitter.truncate(32);
         Self { scope, submitter }
     }
 
@@ -564,10 +560,7 @@ mod tests {
         assert_eq!(a, caller("aaaaaaaaaaaaaaaa"));
         assert_eq!(a.submitter.len(), 32);
         assert_ne!(a.submitter, b.submitter);
-        let digest_hex: String = digest("aaaaaaaaaaaaaaaa")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest_hex = crate::plugin::compile_cache::sha256_hex(b"aaaaaaaaaaaaaaaa");
         assert!(!digest_hex.starts_with(&a.submitter));
         assert!(a.may_see(Some(&a.submitter)));
         assert!(!a.may_see(Some(&b.submitter)));

@@ -561,15 +561,7 @@ pub async fn tokenize(
     // Counting is blocking work (a remote model's count is a request to its server, up to
     // 30 s): it takes a place among the requests worked on at once, as the answer-when-done
     // routes do, and a remote's count ends at the request's deadline.
-    let Ok(place) = state.sync_slots.clone().try_acquire_owned() else {
-        return Err(OpenAiError(ApiError::new(
-            ErrorCode::QueueFull,
-            format!(
-                "{} requests are being worked on (AGENTRT_SYNC_REQUESTS); retry later",
-                state.limits.sync_requests
-            ),
-        )));
-    };
+    let place = super::routes::sync_place(&state, "").map_err(OpenAiError)?;
     let until = deadline.map(|d| d.at);
     let model = state
         .engine

@@ -85,17 +85,8 @@ where
     let started = Instant::now();
     // A place among the requests worked on at once, held until the work ends (not just until
     // the client is answered: a request cut at its deadline still works until it notices).
-    let Ok(place) = state.sync_slots.clone().try_acquire_owned() else {
-        let busy = ApiError::new(
-            ErrorCode::QueueFull,
-            format!(
-                "{} requests are being worked on (AGENTRT_SYNC_REQUESTS); retry later, or submit \
-                 the task to /v1/pipeline/runs",
-                state.limits.sync_requests
-            ),
-        );
-        return Err(record_rejection(state, endpoint, busy));
-    };
+    let place = sync_place(state, ", or submit the task to /v1/pipeline/runs")
+        .map_err(|busy| record_rejection(state, endpoint, busy))?;
     // The request's span (its id) goes with the work to the blocking thread.
     let span = tracing::Span::current();
     let (result, tokens) = tokio::task::spawn_blocking(move || {
@@ -124,6 +115,23 @@ where
             Err(e)
         }
     }
+}
+
+/// A place among the requests worked on at once (`AGENTRT_SYNC_REQUESTS`), or `QUEUE_001`
+/// saying to retry later (and `elsewhere`, where else the work can go).
+pub(super) fn sync_place(
+    state: &AppState,
+    elsewhere: &str,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.sync_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "{} requests are being worked on (AGENTRT_SYNC_REQUESTS); retry later{elsewhere}",
+                state.limits.sync_requests
+            ),
+        )
+    })
 }
 
 pub(super) fn record_rejection(state: &AppState, endpoint: &str, e: ApiError) -> ApiError {

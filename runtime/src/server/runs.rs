@@ -503,20 +503,33 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_client_that_leaves_a_quiet_runs_stream_ends_it_at_once() {
+    /// A one-thread runtime with timers, a store in a fresh folder, and that folder (for the
+    /// test to remove).
+    fn runtime_and_store(
+        label: &str,
+    ) -> (
+        tokio::runtime::Runtime,
+        Arc<dyn crate::store::RunStore>,
+        std::path::PathBuf,
+    ) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .expect("runtime");
         let dir = std::env::temp_dir().join(format!(
-            "agentrt-events-{}-{}",
+            "agentrt-{label}-{}-{}",
             std::process::id(),
             rand::random::<u64>()
         ));
         std::fs::create_dir_all(&dir).expect("dir");
         let store: Arc<dyn crate::store::RunStore> =
             Arc::new(crate::store::Store::open(&dir.join("runs.db")).expect("store"));
+        (rt, store, dir)
+    }
+
+    #[test]
+    fn a_client_that_leaves_a_quiet_runs_stream_ends_it_at_once() {
+        let (rt, store, dir) = runtime_and_store("events");
         let (live, following) = tokio::sync::broadcast::channel(8);
         rt.block_on(async {
             let stream = event_stream(
@@ -547,18 +560,7 @@ mod tests {
     #[test]
     fn a_stream_following_another_hosts_run_ends_when_the_server_closes() {
         use futures_util::StreamExt;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        let dir = std::env::temp_dir().join(format!(
-            "agentrt-following-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let store: Arc<dyn crate::store::RunStore> =
-            Arc::new(crate::store::Store::open(&dir.join("runs.db")).expect("store"));
+        let (rt, store, dir) = runtime_and_store("following");
         // Running on another host: it never ends while this test watches.
         store
             .insert_run("elsewhere", &Value::Null, None)

@@ -331,26 +331,20 @@ impl PgStore {
                      host of the older build has stopped"
                 )));
             }
-            Some(v) if v < SCHEMA_VERSION => {
+            Some(SCHEMA_VERSION) => {}
+            // An older build's store (a server opening it), or a new one.
+            from => {
                 // The column's lock waits for every transaction on `runs`: a host of the older
                 // build left running would hold it. Refused after a while, not hung.
                 tx.batch_execute("SET LOCAL lock_timeout = '10s'")
                     .map_err(|e| self.fail(e))?;
                 tx.batch_execute(UPGRADE_FROM_1).map_err(|e| {
                     self.fail(format!(
-                        "cannot upgrade the schema from {v} to {SCHEMA_VERSION} (are hosts of \
-                         the older build still running?): {e}"
+                        "cannot bring the schema from {} to {SCHEMA_VERSION} (are hosts of \
+                         the older build still running?): {e}",
+                        from.unwrap_or(0)
                     ))
                 })?;
-                tx.execute(
-                    "INSERT INTO agentrt_schema (version) VALUES ($1)",
-                    &[&SCHEMA_VERSION],
-                )
-                .map_err(|e| self.fail(e))?;
-            }
-            Some(_) => {}
-            None => {
-                tx.batch_execute(UPGRADE_FROM_1).map_err(|e| self.fail(e))?;
                 tx.execute(
                     "INSERT INTO agentrt_schema (version) VALUES ($1)",
                     &[&SCHEMA_VERSION],
