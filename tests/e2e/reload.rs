@@ -419,6 +419,46 @@ fn a_server_starts_without_the_folder_plugins_that_cannot_take_their_place() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A second error handler dropped into a running server's folder puts both out of use (the
+/// default plays the role), and the log says so: the newcomer is refused, not "loaded".
+#[test]
+fn a_plugin_added_for_a_taken_role_is_logged_refused_not_loaded() {
+    let dir = plugin_folder("contested", "retry-handler", "retry-handler", None);
+    let log = dir.with_extension("log");
+    let folder = dir.to_str().expect("utf-8");
+    let server = Server::start_logging(
+        &["--plugins", folder],
+        &[("AGENTRT_PLUGIN_POLL_MS", "100")],
+        Some(&log),
+    );
+    let (_, body) = server.get("/plugins");
+    assert!(version_of(&body, "retry-handler").is_some(), "{body}");
+
+    super::harness::add_test_plugin(&dir, "abort-check-handler");
+    let body = wait_for_plugins(&server, "both handlers refused", |body| {
+        body["refused"].as_array().map(Vec::len) == Some(2)
+    });
+    assert!(version_of(&body, "retry-handler").is_none(), "{body}");
+    assert!(version_of(&body, "error-handler").is_some(), "{body}");
+    drop(server);
+
+    let text = std::fs::read_to_string(&log).expect("log");
+    let newcomer: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("abort-check-handler"))
+        .collect();
+    assert!(
+        newcomer.iter().any(|line| line.contains("plugin refused")),
+        "{text}"
+    );
+    assert!(
+        !newcomer.iter().any(|line| line.contains("plugin loaded")),
+        "a refused plugin was logged as loaded:\n{text}"
+    );
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A changed config takes effect without a restart: every plugin loads again under its new
 /// grants (one the new grants refuse is dropped, not kept with the grants it had); a config
 /// that changes `[limits]`, or under which a default plugin cannot load, is refused whole and

@@ -6,7 +6,7 @@
 //! alone and saying so in its summary.
 
 use agentrt_plugin_sdk::llm::{self, Sampling};
-use agentrt_plugin_sdk::{PipelineError, Review, ReviewRequest, Reviewer, log};
+use agentrt_plugin_sdk::{PipelineError, Review, ReviewRequest, Reviewer, Stage, log};
 
 pub mod answer;
 pub mod decision;
@@ -33,7 +33,7 @@ impl Reviewer for DefaultReviewer {
                 log::warn(format!(
                     "reviewing without the model: {} ({})",
                     error.message(),
-                    error.code()
+                    error.code_in(Stage::Review)
                 ));
                 None
             }

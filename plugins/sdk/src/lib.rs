@@ -38,9 +38,11 @@
 //! # fn main() {}
 //! ```
 //!
-//! Build the crate as a `cdylib` for `wasm32-wasip2`
-//! (`cargo build --release --target wasm32-wasip2`) and put the `.wasm` file next to a
-//! `plugin.toml` manifest in a plugin folder.
+//! `agentrt plugin build [--out DIR]` builds the crate (a `cdylib`) for `wasm32-wasip2` and
+//! writes what a plugin folder takes: `NAME.wasm` beside its manifest `NAME.toml`, both named
+//! by the `name` in the project's `plugin.toml`. (By hand: `cargo build --release --target
+//! wasm32-wasip2`, then copy the `.wasm` — cargo writes `-` in the crate's name as `_` — and
+//! `plugin.toml` under those two names.)
 //!
 //! Everything also compiles for the host target so the pure logic of a plugin can be unit-tested
 //! with a plain `cargo test`; there the [`llm`] calls return an error and [`log`] lines go to

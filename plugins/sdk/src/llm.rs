@@ -109,13 +109,26 @@ impl ChatMessage {
 }
 
 impl Error {
-    /// The pipeline error code for this failure (`MODEL_*`, `PLUGIN_*`, `VAL_*` families).
+    /// The pipeline error code for this failure (`MODEL_*`, `PLUGIN_*`, `VAL_*` families), as a
+    /// generator reports it: an engine failure is `GEN_001` here; [`Error::code_in`] gives the
+    /// code for another stage.
     pub fn code(&self) -> &'static str {
+        self.code_in(Stage::Generate)
+    }
+
+    /// The pipeline error code for this failure in `stage`: an engine failure is the stage's
+    /// own failure code (`GEN_001` generating, `REV_001` reviewing, `REV_003` in a quality
+    /// check); every other failure has one code wherever it happens.
+    pub fn code_in(&self, stage: Stage) -> &'static str {
         match self {
             Error::ModelNotSupported(_) => "MODEL_001",
             Error::Timeout => "PLUGIN_004",
             Error::ContextOverflow(_) => "MODEL_004",
-            Error::RuntimeError(_) => "GEN_001",
+            Error::RuntimeError(_) => match stage {
+                Stage::Review => "REV_001",
+                Stage::Check => "REV_003",
+                Stage::Generate | Stage::Test => "GEN_001",
+            },
             Error::AccessDenied(_) => "PLUGIN_006",
             Error::QuotaExceeded(_) => "PLUGIN_007",
             Error::Cancelled => "COMM_004",
@@ -139,7 +152,7 @@ impl Error {
 
     /// This failure as a [`PipelineError`] of `stage`.
     pub fn into_pipeline_error(self, stage: Stage) -> PipelineError {
-        PipelineError::new(self.code(), self.message(), stage)
+        PipelineError::new(self.code_in(stage), self.message(), stage)
     }
 }
 
@@ -261,5 +274,27 @@ mod tests {
             .expect_err("no host in unit tests");
         let pipeline_error = error.into_pipeline_error(Stage::Generate);
         assert_eq!(pipeline_error.code, "GEN_001");
+    }
+
+    #[test]
+    fn an_engine_failure_takes_the_code_of_the_stage_it_ends() {
+        let failed = || Error::RuntimeError("engine stopped".to_owned());
+        assert_eq!(failed().into_pipeline_error(Stage::Review).code, "REV_001");
+        assert_eq!(failed().into_pipeline_error(Stage::Check).code, "REV_003");
+        assert_eq!(
+            failed().into_pipeline_error(Stage::Generate).code,
+            "GEN_001"
+        );
+        // Failures that are not the stage's own keep their code everywhere.
+        assert_eq!(
+            Error::Timeout.into_pipeline_error(Stage::Review).code,
+            "PLUGIN_004"
+        );
+        assert_eq!(
+            Error::ContextOverflow("long".to_owned())
+                .into_pipeline_error(Stage::Review)
+                .code,
+            "MODEL_004"
+        );
     }
 }

@@ -29,7 +29,8 @@ pub trait Reviewer {
 }
 
 /// Inspects code without a model (world `quality-check`). Third-party checks run here with
-/// nothing granted: no model, no files, no network.
+/// nothing granted — no files, no network, no environment — unless their manifest asks for it
+/// and the operator grants it; a model is never granted to a check.
 pub trait QualityCheck {
     /// The check's name, the languages it understands and the rule ids it may report.
     fn describe() -> CheckInfo;

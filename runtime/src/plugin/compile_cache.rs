@@ -20,6 +20,23 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
+/// Why `bytes` cannot be a component, read from its header before anything is compiled: a
+/// plugin built for the wrong target gets the fix, not a parser's complaint.
+pub fn component_header_problem(bytes: &[u8]) -> Option<&'static str> {
+    if !bytes.starts_with(b"\0asm") {
+        return Some("not a WebAssembly file");
+    }
+    // A core module's header is version 1, layer 0; a component's is layer 1.
+    if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+        return Some(
+            "a core WebAssembly module, not a component: build the plugin for wasm32-wasip2 \
+             (wasm32-wasip1 and wasm32-unknown-unknown make core modules), as `agentrt plugin \
+             build` does",
+        );
+    }
+    None
+}
+
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -403,6 +420,18 @@ mod tests {
 
     /// The smallest valid core module: the magic number and version.
     const EMPTY_MODULE: &[u8] = b"\0asm\x01\0\0\0";
+
+    #[test]
+    fn a_core_module_is_told_apart_from_a_component_by_its_header() {
+        let module = component_header_problem(EMPTY_MODULE).expect("a module is refused");
+        assert!(module.contains("wasm32-wasip2"), "{module}");
+        assert_eq!(
+            component_header_problem(b"PK\x03\x04"),
+            Some("not a WebAssembly file")
+        );
+        // A component's header (version 13, layer 1) goes on to be compiled.
+        assert_eq!(component_header_problem(b"\0asm\x0d\0\x01\0"), None);
+    }
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
     /// A cache in `dir` and an engine, after loading the empty module (its hash) through them

@@ -23,7 +23,7 @@ use std::time::Duration;
 use super::registry::{
     FileStamp, FolderPlugins, LivePlugins, compose, folder_stamps, load_embedded, scan_folder,
 };
-use super::{Plugin, PluginHost};
+use super::{Plugin, PluginHost, PluginSource};
 use crate::config::Config;
 use crate::watched_file::WatchedFile;
 
@@ -176,7 +176,13 @@ impl Reloader {
                 return false;
             }
         };
-        for plugin in &scan.changed {
+        // A component that loaded but cannot take its place (two for one role) is refused, not
+        // in use: the log must not say both.
+        let in_use = scan.changed.iter().filter(|plugin| {
+            !matches!(&plugin.source, PluginSource::File(file)
+                if scan.refused.iter().any(|refused| &refused.file == file))
+        });
+        for plugin in in_use {
             tracing::info!(
                 target: "agentrt::plugins",
                 plugin = %plugin.manifest.name,
