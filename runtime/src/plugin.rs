@@ -438,8 +438,8 @@ impl PluginHost {
                     message,
                 }
             })?;
-        if !bytes.starts_with(b"\0asm") {
-            return Err(fail("not a WebAssembly file".into()));
+        if let Some(problem) = compile_cache::component_header_problem(bytes) {
+            return Err(fail(problem.into()));
         }
         let sha256 = sha256_hex(bytes);
         let started = Instant::now();

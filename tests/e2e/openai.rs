@@ -355,6 +355,50 @@ fn invalid_requests_get_openai_errors_with_agentrt_codes_and_the_field() {
             "VAL_002",
             Some("messages[1].role"),
         ),
+        // A field OpenAI's API does not have is refused as OpenAI refuses it, not ignored.
+        (
+            CHAT,
+            with(json!({"mirostat": 2})),
+            400,
+            "VAL_002",
+            Some("mirostat"),
+        ),
+        (
+            CHAT,
+            with(json!({"modalities": ["text", "audio"], "audio": {"voice": "alloy"}})),
+            400,
+            "VAL_002",
+            Some("audio"),
+        ),
+        // A misnamed content field must not become an empty turn; names would be dropped.
+        (
+            CHAT,
+            json!({"messages": [{"role": "user", "text": "hi"}]}),
+            400,
+            "VAL_002",
+            Some("messages[0].content"),
+        ),
+        (
+            CHAT,
+            json!({"messages": [{"role": "user", "content": "hi", "name": "alice"}]}),
+            400,
+            "VAL_002",
+            Some("messages[0].name"),
+        ),
+        (
+            COMPLETIONS,
+            json!({"prompt": [1, 2, 3]}),
+            400,
+            "VAL_002",
+            Some("prompt"),
+        ),
+        (
+            CHAT,
+            with(json!({"top_k": -5})),
+            400,
+            "VAL_002",
+            Some("top_k"),
+        ),
     ];
     for (path, body, want_status, want_code, want_param) in cases {
         let (status, headers, text) = server.exchange("POST", path, &[], Some(&body));
@@ -373,6 +417,36 @@ fn invalid_requests_get_openai_errors_with_agentrt_codes_and_the_field() {
             "{path} {body}: {headers:?}"
         );
     }
+}
+
+/// vLLM's `top_k` and `repetition_penalty` (the SDKs' `extra_body`) are applied: `top_k: 1`
+/// at temperature 1 answers what greedy decoding answers, whatever the seed.
+#[test]
+fn vllm_sampling_extensions_are_applied() {
+    let server = default_server();
+    let ask = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "Write a short poem about the sea."}],
+                              "max_tokens": 24});
+        for (k, v) in extra.as_object().expect("fields") {
+            body[k] = v.clone();
+        }
+        let (status, answer) = server.post(CHAT, &body);
+        assert_eq!(status, 200, "{body}: {answer}");
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+            .to_string()
+    };
+    let greedy = ask(json!({"temperature": 0}));
+    for seed in [3, 4] {
+        assert_eq!(
+            ask(json!({"temperature": 1, "seed": seed, "top_k": 1})),
+            greedy,
+            "seed {seed}"
+        );
+    }
+    let penalized = ask(json!({"temperature": 0, "repetition_penalty": 1.8}));
+    assert_ne!(penalized, greedy, "the repetition penalty changed nothing");
 }
 
 /// What SDKs send by default (empty tool lists, zero penalties, `logprobs: false`, a text

@@ -172,9 +172,21 @@ impl Common {
         default_max_tokens: u32,
     ) -> Result<Job, OpenAiError> {
         if let Some((field, why)) = self.unsupported() {
-            return Err(invalid(field, why));
+            return Err(invalid(&field, why));
         }
         let model = self.model(state)?;
+        if let Some(field) = self.local_only()
+            && model.as_local().is_none()
+        {
+            return Err(invalid(
+                field,
+                format!(
+                    "{field}: model {} is a remote model, which is sent OpenAI's sampling \
+                     fields only",
+                    model.info.id
+                ),
+            ));
+        }
         // The client chose a model that cannot chat: its mistake (400, as the official client
         // does not retry), not the server being unavailable.
         if matches!(kind, Kind::Chat) && !model.info.supports_chat {
@@ -659,6 +671,17 @@ fn completion_job(
         PromptField::One(s) => s,
         PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
         PromptField::Many(_) => return Err(invalid("prompt", "prompt must be one string")),
+        PromptField::TokenIds(ids) => {
+            let what = if ids.iter().all(Value::is_array) {
+                "lists of token ids"
+            } else {
+                "token ids"
+            };
+            return Err(invalid(
+                "prompt",
+                format!("prompt: {what} are not supported as a prompt (send the text)"),
+            ));
+        }
     };
     let prompt = match req.suffix {
         Some(suffix) => Prompt::Fim {

@@ -41,6 +41,8 @@ pub(super) struct ContentPart {
 pub(super) struct Message {
     pub(super) role: String,
     pub(super) content: Option<Content>,
+    /// A participant's name (refused: see [`template_message`]).
+    pub(super) name: Option<String>,
     /// An assistant's calls of tools (refused: see [`template_message`]).
     pub(super) tool_calls: Option<Value>,
     pub(super) function_call: Option<Value>,
@@ -79,6 +81,35 @@ pub(super) struct Common {
     pub(super) logit_bias: Option<serde_json::Map<String, Value>>,
     pub(super) frequency_penalty: Option<f32>,
     pub(super) presence_penalty: Option<f32>,
+    // vLLM's sampling extensions (sent through the SDKs' `extra_body`): `top_k` and
+    // `repetition_penalty` are honoured by a local model, `min_p` only when 0.
+    pub(super) top_k: Option<i64>,
+    pub(super) repetition_penalty: Option<f32>,
+    pub(super) min_p: Option<f32>,
+    /// Every other field: refused unless [`harmless_extra`] (see [`Common::unsupported`]).
+    #[serde(flatten)]
+    pub(super) other: serde_json::Map<String, Value>,
+}
+
+/// OpenAI's fields that do not change the answer (who asked, what to store, how to bill),
+/// accepted and ignored, as their neutral values are.
+const IGNORED_FIELDS: &[&str] = &[
+    "user",
+    "metadata",
+    "store",
+    "parallel_tool_calls",
+    "service_tier",
+    "prediction",
+    "prompt_cache_key",
+    "safety_identifier",
+];
+
+/// Whether an extra field may be ignored: one of [`IGNORED_FIELDS`], `null`, or text-only
+/// `modalities`.
+fn harmless_extra(field: &str, value: &Value) -> bool {
+    value.is_null()
+        || IGNORED_FIELDS.contains(&field)
+        || (field == "modalities" && *value == serde_json::json!(["text"]))
 }
 
 /// Whether a list or map holds something (`[]`, `{}` and `null` are what SDKs send for none).
@@ -107,12 +138,14 @@ pub struct ChatRequest {
     pub(super) common: Common,
 }
 
-/// `prompt`: a string, or a list holding one.
+/// `prompt`: a string, or a list holding one; token ids (one list or several), which OpenAI
+/// takes too, are read only to be refused by name.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub(super) enum PromptField {
     One(String),
     Many(Vec<String>),
+    TokenIds(Vec<Value>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,7 +163,11 @@ impl Common {
     /// (`tools: []`, `tool_choice: "none"`, `logprobs: false`, `response_format: {"type":
     /// "text"}`, penalties of 0, ...) pass. A `logprobs` of 0 on a completion is not neutral:
     /// it asks for the chosen tokens' log probabilities.
-    pub(super) fn unsupported(&self) -> Option<(&'static str, &'static str)> {
+    ///
+    /// A field OpenAI's API does not have, or one of its fields this server has no use for
+    /// (`audio`, `reasoning_effort`, ...), is refused too, as OpenAI refuses an unrecognized
+    /// argument: a client that sends another server's extensions learns they are not applied.
+    pub(super) fn unsupported(&self) -> Option<(String, String)> {
         let says_none = |v: &Option<Value>| v.as_ref().and_then(Value::as_str) == Some("none");
         let penalized = |p: Option<f32>| p.is_some_and(|p| p != 0.0);
         let not_text = self
@@ -198,10 +235,20 @@ impl Common {
                 "presence_penalty",
                 "presence_penalty: only 0 is supported",
             ),
+            (penalized(self.min_p), "min_p", "min_p: only 0 is supported"),
         ];
-        checks
+        let named = checks
             .into_iter()
-            .find_map(|(refused, field, why)| refused.then_some((field, why)))
+            .find_map(|(refused, field, why)| refused.then(|| (field.into(), why.into())));
+        named.or_else(|| {
+            self.other
+                .iter()
+                .find(|(field, value)| !harmless_extra(field, value))
+                .map(|(field, _)| {
+                    let why = format!("unrecognized request argument supplied: {field}");
+                    (field.clone(), why)
+                })
+        })
     }
 
     /// The engine's sampling settings: OpenAI's defaults (temperature 1, top_p 1, no top-k, no
@@ -250,6 +297,21 @@ impl Common {
         if self.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
             return Err(invalid("top_p", "top_p must be between 0 and 1"));
         }
+        // vLLM's meaning: -1 (or 0) considers every token.
+        let top_k = match self.top_k {
+            None | Some(-1 | 0) => 0,
+            Some(k) => u32::try_from(k)
+                .map_err(|_| invalid("top_k", "top_k must be -1 (off) or a positive number"))?,
+        };
+        if self
+            .repetition_penalty
+            .is_some_and(|p| !(p.is_finite() && p > 0.0))
+        {
+            return Err(invalid(
+                "repetition_penalty",
+                "repetition_penalty must be above 0 (1 is off)",
+            ));
+        }
         // OpenAI takes top_p 0 as "the most likely token only"; the engine's top_p is a share
         // of the probability that must be above 0, and its greedy choice is temperature 0.
         let greedy = self.top_p == Some(0.0);
@@ -261,13 +323,13 @@ impl Common {
             } else {
                 self.temperature.unwrap_or(1.0)
             },
-            top_k: 0,
+            top_k,
             top_p: if greedy {
                 1.0
             } else {
                 self.top_p.unwrap_or(1.0)
             },
-            repeat_penalty: 1.0,
+            repeat_penalty: self.repetition_penalty.unwrap_or(1.0),
             seed: self
                 .seed
                 .map_or_else(crate::engine::sampling::fresh_seed, |s| s as u64),
@@ -285,6 +347,20 @@ impl Common {
         Ok(params)
     }
 
+    /// The sampling fields that only a local model honours: a remote one is sent OpenAI's
+    /// fields only (see `engine::remote`), so a request naming these for it is refused.
+    pub(super) fn local_only(&self) -> Option<&'static str> {
+        let top_k_on = self.top_k.is_some_and(|k| k != 0 && k != -1);
+        let penalized = self.repetition_penalty.is_some_and(|p| p != 1.0);
+        if top_k_on {
+            Some("top_k")
+        } else if penalized {
+            Some("repetition_penalty")
+        } else {
+            None
+        }
+    }
+
     pub(super) fn include_usage(&self) -> bool {
         self.stream_options
             .as_ref()
@@ -294,10 +370,17 @@ impl Common {
 }
 
 /// The text of message `i`'s content. A part that is not text (an image, audio) is refused,
-/// not dropped: the model would answer without what it was asked about.
+/// not dropped: the model would answer without what it was asked about. A message without
+/// content is refused as OpenAI refuses it (only an assistant's tool calls may stand in for
+/// it, and those are refused): a misnamed field must not become an empty turn.
 pub(super) fn content_text(i: usize, content: Option<Content>) -> Result<String, OpenAiError> {
     let parts = match content {
-        None => return Ok(String::new()),
+        None => {
+            return Err(invalid(
+                &format!("messages[{i}].content"),
+                format!("missing required parameter: messages[{i}].content"),
+            ));
+        }
         Some(Content::Text(t)) => return Ok(t),
         Some(Content::Parts(parts)) => parts,
     };
@@ -356,6 +439,17 @@ fn template_message(i: usize, m: Message) -> Result<TemplateMessage, OpenAiError
             ));
         }
     };
+    // The chat template sees a role and text: a participant's name would be dropped, and
+    // with it who said what.
+    if m.name.as_deref().is_some_and(|n| !n.is_empty()) {
+        return Err(invalid(
+            &format!("messages[{i}].name"),
+            format!(
+                "messages[{i}].name: participant names are not supported (put the name in the \
+                 message's content)"
+            ),
+        ));
+    }
     for (field, value) in [
         ("tool_calls", &m.tool_calls),
         ("function_call", &m.function_call),
@@ -441,6 +535,7 @@ mod tests {
                 .unsupported()
                 .map(|(field, _)| field)
         };
+        let refused_field = |body: Value| refused_field(body).map(|f| f.to_string());
         let neutral = json!({"tools": [], "tool_choice": "auto", "functions": [],
             "logprobs": false, "top_logprobs": 0, "response_format": {"type": "text"},
             "logit_bias": {}, "frequency_penalty": 0, "presence_penalty": 0.0, "echo": false,
@@ -462,8 +557,97 @@ mod tests {
             (json!({"best_of": 3}), "best_of"),
             (json!({"frequency_penalty": 0.1}), "frequency_penalty"),
         ] {
-            assert_eq!(refused_field(body.clone()), Some(field), "{body}");
+            assert_eq!(refused_field(body.clone()), Some(field.into()), "{body}");
         }
+    }
+
+    #[test]
+    fn fields_openai_does_not_have_are_refused_unless_they_cannot_change_the_answer() {
+        let refused_field = |body: Value| {
+            serde_json::from_value::<Common>(body)
+                .expect("request")
+                .unsupported()
+                .map(|(field, why)| {
+                    assert!(why.contains(&field), "{why}");
+                    field
+                })
+        };
+        let harmless = json!({"user": "u", "metadata": {"a": "b"}, "store": false,
+            "service_tier": "auto", "modalities": ["text"], "audio": null,
+            "stream_options": {"include_usage": true}, "min_p": 0});
+        assert_eq!(refused_field(harmless), None);
+        for (body, field) in [
+            (json!({"modalities": ["text", "audio"]}), "modalities"),
+            (json!({"audio": {"voice": "alloy"}}), "audio"),
+            (json!({"reasoning_effort": "low"}), "reasoning_effort"),
+            (json!({"mirostat": 2}), "mirostat"),
+            (json!({"min_p": 0.1}), "min_p"),
+        ] {
+            assert_eq!(
+                refused_field(body.clone()).as_deref(),
+                Some(field),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn vllm_top_k_and_repetition_penalty_reach_the_sampler() {
+        let asked = sampling(json!({"top_k": 1, "repetition_penalty": 1.3}));
+        assert_eq!((asked.top_k, asked.repeat_penalty), (1, 1.3));
+        // OpenAI's own defaults where the request is silent; -1 is vLLM's "off".
+        let silent = sampling(json!({"top_k": -1}));
+        assert_eq!((silent.top_k, silent.repeat_penalty), (0, 1.0));
+        for (body, field) in [
+            (json!({"top_k": -2}), "top_k"),
+            (json!({"repetition_penalty": 0}), "repetition_penalty"),
+        ] {
+            let e = refused(body.clone());
+            assert_eq!(e.status.as_u16(), 400, "{body}");
+            assert!(e.message.starts_with(field), "{}", e.message);
+        }
+        let local_only = |body: Value| {
+            serde_json::from_value::<Common>(body)
+                .expect("request")
+                .local_only()
+        };
+        assert_eq!(local_only(json!({"top_k": 5})), Some("top_k"));
+        assert_eq!(
+            local_only(json!({"repetition_penalty": 1.2})),
+            Some("repetition_penalty")
+        );
+        assert_eq!(
+            local_only(json!({"top_k": -1, "repetition_penalty": 1})),
+            None
+        );
+    }
+
+    #[test]
+    fn a_message_without_content_or_with_a_name_is_refused_naming_it() {
+        let refused_param = |messages: Value| {
+            let messages: Vec<Message> = serde_json::from_value(messages).expect("messages");
+            match template_messages(messages) {
+                Ok(m) => panic!("accepted: {m:?}"),
+                Err(OpenAiError(e)) => e
+                    .details
+                    .and_then(|d| d["field"].as_str().map(str::to_string)),
+            }
+        };
+        assert_eq!(
+            refused_param(json!([{"role": "system", "content": "be brief"}, {"role": "user"}])),
+            Some("messages[1].content".into())
+        );
+        assert_eq!(
+            refused_param(json!([{"role": "user", "content": null}])),
+            Some("messages[0].content".into())
+        );
+        assert_eq!(
+            refused_param(json!([{"role": "user", "content": "hi", "name": "alice"}])),
+            Some("messages[0].name".into())
+        );
+        let unnamed = json!([{"role": "user", "content": "hi", "name": ""}]);
+        let messages: Vec<Message> = serde_json::from_value(unnamed).expect("messages");
+        assert!(template_messages(messages).is_ok());
     }
 
     #[test]
