@@ -15,6 +15,10 @@ use crate::error_code::ErrorCode;
 /// Most distinct problems and slow requests listed.
 const TOP: usize = 20;
 
+/// A plugin call's outcomes that mean its request stopped it: cancelled (`COMM_004`) or past
+/// the request's deadline (`COMM_003`).
+const STOPPED_BY_THE_REQUEST: [&str; 2] = ["COMM_004", "COMM_003"];
+
 /// A warning or error message and how often it was logged.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Problem {
@@ -41,6 +45,9 @@ pub struct PluginCalls {
     pub failures: usize,
     /// Failures by outcome code (`PLUGIN_004`, ...).
     pub by_outcome: BTreeMap<String, usize>,
+    /// Calls cut short by their request (cancelled, or its deadline passed): not failures of
+    /// the plugin, as `/stats` counts them too.
+    pub stopped: usize,
     pub max_duration_ms: u64,
 }
 
@@ -165,7 +172,9 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
                 calls.max_duration_ms = calls
                     .max_duration_ms
                     .max(fields["duration_ms"].as_u64().unwrap_or(0));
-                if outcome != "ok" {
+                if STOPPED_BY_THE_REQUEST.contains(&outcome.as_str()) {
+                    calls.stopped += 1;
+                } else if outcome != "ok" {
                     calls.failures += 1;
                     *calls.by_outcome.entry(outcome).or_default() += 1;
                 }
@@ -279,13 +288,18 @@ impl Analysis {
                 .map(|(o, n)| format!("{n}× {o}"))
                 .collect();
             println!(
-                "  {name}: {} calls, {} failed{}; slowest {} ms",
+                "  {name}: {} calls, {} failed{}{}; slowest {} ms",
                 c.calls,
                 c.failures,
                 if outcomes.is_empty() {
                     String::new()
                 } else {
                     format!(" ({})", outcomes.join(", "))
+                },
+                if c.stopped == 0 {
+                    String::new()
+                } else {
+                    format!(", {} stopped by their request", c.stopped)
                 },
                 c.max_duration_ms
             );
@@ -422,5 +436,24 @@ mod tests {
         assert_eq!((quality.calls, quality.failures), (1, 1));
         assert_eq!(quality.by_outcome.get("PLUGIN_004"), Some(&1));
         assert_eq!(a.plugins["generator"].failures, 0);
+    }
+
+    #[test]
+    fn a_call_its_request_stopped_is_not_a_failure_of_the_plugin() {
+        let call = |outcome: &str| {
+            format!(
+                r#"{{"timestamp":"t","level":"INFO","fields":{{"message":"plugin call","plugin":"generator","duration_ms":5,"outcome":"{outcome}"}},"target":"agentrt::audit"}}"#
+            )
+        };
+        let log = ["ok", "COMM_004", "COMM_003", "GEN_003"]
+            .map(call)
+            .join("\n");
+        let a = analyze(log.as_bytes(), 1000).expect("analysis");
+        let generator = &a.plugins["generator"];
+        assert_eq!(
+            (generator.calls, generator.failures, generator.stopped),
+            (4, 1, 2)
+        );
+        assert_eq!(generator.by_outcome.len(), 1, "{generator:?}");
     }
 }

@@ -10,7 +10,10 @@
 //!   a stream's length is its client's business);
 //! - pipeline: runs by outcome, retries by stage and reason, findings by check and severity,
 //!   runs queued and running;
-//! - sandboxes: plugin calls past their deadline, generated tests past theirs.
+//! - sandboxes: plugin calls past their deadline, generated tests past theirs;
+//! - the process: CPU time, memory, threads and file descriptors ([`process`]).
+
+mod process;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -241,8 +244,15 @@ impl Metrics {
 
     /// The OpenMetrics text exposition of everything.
     pub fn render(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        // The process's own families go unprefixed, under the names every exporter uses.
+        let mut process = Registry::default();
+        process.register_collector(Box::new(process::ProcessCollector));
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &process))
+            .and_then(|()| encode_eof(&mut out));
+        if let Err(e) = encoded {
             tracing::error!("metrics not encoded: {e}");
         }
         out
@@ -414,6 +424,25 @@ pub fn record_request(route: &str, status: u16, took: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_exposition_carries_the_process_families_once_and_ends_once() {
+        let text = global().render();
+        for family in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(family)),
+                "{family}missing:\n{text}"
+            );
+        }
+        assert!(!text.contains("agentrt_process_"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
 
     #[test]
     fn retry_reasons_are_agentrts_codes_or_other() {

@@ -384,12 +384,20 @@ pub(crate) fn parse_counters(rows: Vec<(String, String)>) -> Vec<(String, Counte
         .collect()
 }
 
-/// The error of a run closed by [`RunStore::interrupt_unfinished`].
-pub(crate) fn interrupted_error() -> ErrorOut {
-    ErrorOut::new(
-        ErrorCode::RunInterrupted,
-        "the server stopped while this run was in progress",
-    )
+/// The error of a run closed by [`RunStore::interrupt_unfinished`] in `state` (`queued` or
+/// `running`): one still waiting for its turn never started, and can simply be sent again.
+pub(crate) fn interrupted_error(state: &str) -> ErrorOut {
+    let message = if state == RunState::Queued.as_str() {
+        "the server stopped before this run started (it was queued); submit it again"
+    } else {
+        "the server stopped while this run was in progress"
+    };
+    ErrorOut::new(ErrorCode::RunInterrupted, message)
+}
+
+/// The closing `done` event of a run [`interrupted_error`] closed.
+pub(crate) fn interrupted_done(error: &ErrorOut) -> String {
+    serde_json::json!({"type": "done", "state": "failed", "error": error}).to_string()
 }
 
 /// Per run: id, state, events, highest event number, `done` events, kind of the last event —
@@ -1040,26 +1048,25 @@ impl RunStore for Store {
     /// under them) as failed with `RUN_002`, each with a closing `done` event. Returns how
     /// many. Call before accepting new runs.
     fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
-        let error = interrupted_error();
         self.with(|c| {
             let tx = c.transaction()?;
-            let ids: Vec<String> = {
+            let runs: Vec<(String, String)> = {
                 let mut stmt =
-                    tx.prepare("SELECT id FROM runs WHERE state IN ('queued', 'running')")?;
-                stmt.query_map([], |r| r.get(0))?
+                    tx.prepare("SELECT id, state FROM runs WHERE state IN ('queued', 'running')")?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<rusqlite::Result<_>>()?
             };
             let now = now_ms();
-            for id in &ids {
+            for (id, state) in &runs {
+                let error = interrupted_error(state);
                 let next: i64 = tx.query_row(
                     "SELECT COALESCE(MAX(seq), 0) + 1 FROM run_events WHERE run_id = ?1",
                     params![id],
                     |r| r.get(0),
                 )?;
-                let done = serde_json::json!({"type": "done", "state": "failed", "error": error});
                 tx.execute(
                     "INSERT INTO run_events (run_id, seq, at_ms, kind, data) VALUES (?1, ?2, ?3, 'done', ?4)",
-                    params![id, next, now, done.to_string()],
+                    params![id, next, now, interrupted_done(&error)],
                 )?;
                 tx.execute(
                     "UPDATE runs SET state = 'failed', updated_at_ms = ?2, error_code = ?3,
@@ -1068,7 +1075,7 @@ impl RunStore for Store {
                 )?;
             }
             tx.commit()?;
-            Ok(ids.len())
+            Ok(runs.len())
         })
     }
 
@@ -1354,16 +1361,20 @@ mod conformance {
         }
         let store = h.open();
         assert_eq!(store.interrupt_unfinished().expect("interrupt"), 2);
-        for id in ["midway", "waiting"] {
+        // A run still queued never started: its error says to send it again.
+        for (id, says) in [("midway", "in progress"), ("waiting", "submit it again")] {
             let run = store.run(id).expect("read").expect("run");
             assert_eq!(run.state, RunState::Failed, "{id}");
-            assert_eq!(run.error.expect("error").code, "RUN_002");
+            let error = run.error.expect("error");
+            assert_eq!(error.code, "RUN_002");
+            assert!(error.message.contains(says), "{id}: {}", error.message);
             let last = store
                 .events_after(id, 0)
                 .expect("events")
                 .pop()
                 .expect("event");
             assert_eq!(last.kind, "done");
+            assert!(last.data.contains(says), "{id}: {}", last.data);
         }
         assert_eq!(
             store.run("done").expect("read").expect("run").state,

@@ -22,8 +22,8 @@ use postgres::{Client, Config, NoTls, Transaction};
 use serde_json::Value;
 
 use super::{
-    RunRecord, RunState, RunStore, SCHEMA_VERSION, StoreError, StoredEvent, interrupted_error,
-    now_ms,
+    RunRecord, RunState, RunStore, SCHEMA_VERSION, StoreError, StoredEvent, interrupted_done,
+    interrupted_error, now_ms,
 };
 use crate::pipeline::report::ErrorOut;
 use crate::stats::Counter;
@@ -188,9 +188,6 @@ impl PgStore {
     /// Close, as failed (`RUN_002`) with a closing `done` event, the unfinished runs of hosts
     /// that are gone, and this host's own when `own` (at start: left by its previous process).
     fn close_unfinished(&self, own: bool) -> Result<usize, StoreError> {
-        let error = interrupted_error();
-        let done =
-            serde_json::json!({"type": "done", "state": "failed", "error": error}).to_string();
         self.with(|c| {
             let mut tx = c.transaction()?;
             // This instance's runs, and those of hosts that hold no instance lock: gone (a
@@ -238,17 +235,19 @@ impl PgStore {
                     owners.push(owner);
                 }
             }
-            let ids: Vec<String> = tx
+            let runs: Vec<(String, String)> = tx
                 .query(
-                    "SELECT id FROM runs WHERE state IN ('queued', 'running') AND owner = ANY($1)
-                     FOR UPDATE",
+                    "SELECT id, state FROM runs WHERE state IN ('queued', 'running')
+                     AND owner = ANY($1) FOR UPDATE",
                     &[&owners],
                 )?
                 .iter()
-                .map(|r| r.get(0))
+                .map(|r| (r.get(0), r.get(1)))
                 .collect();
             let now = now_ms();
-            for id in &ids {
+            for (id, state) in &runs {
+                let error = interrupted_error(state);
+                let done = interrupted_done(&error);
                 tx.execute(
                     "INSERT INTO run_events (run_id, seq, at_ms, kind, data)
                      SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, 'done', $3 FROM run_events
@@ -262,7 +261,7 @@ impl PgStore {
                 )?;
             }
             tx.commit()?;
-            Ok(ids.len())
+            Ok(runs.len())
         })
     }
 
