@@ -1110,6 +1110,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 crate::settings::count("AGENTRT_RUN_QUEUE")
                     .unwrap_or(crate::runs::DEFAULT_CAPACITY),
             ));
+            // Before the port answers: accepted runs that had not started go first.
+            runs.resume_queued(crate::server::stored_run_request)
+                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
             let state = crate::server::AppState {
                 engine,
                 pipeline,

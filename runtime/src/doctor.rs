@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::engine::Device;
 use crate::error_code::ErrorCode;
 use crate::pipeline::Pipeline;
-use crate::store::{RunStore, Store, StoreLock};
+use crate::store::{RunState, RunStore, Store, StoreLock};
 
 /// Below this much available memory the default model still loads, but little else fits.
 const LOW_MEMORY_BYTES: u64 = 1 << 30;
@@ -397,12 +397,30 @@ impl Report {
             .map(|(s, n)| format!("{n} {}", s.as_str()))
             .collect::<Vec<_>>()
             .join(", ");
+        let in_state = |state: RunState| {
+            counts
+                .iter()
+                .filter(|(s, _)| *s == state)
+                .map(|(_, n)| n)
+                .sum::<usize>()
+        };
         let (status, detail) = if unfinished > 0 && in_use == Some(false) {
+            let (running, queued) = (in_state(RunState::Running), in_state(RunState::Queued));
+            let mut left = Vec::new();
+            if running > 0 {
+                left.push(format!(
+                    "{running} left running by a server that stopped, to be marked failed \
+                     (RUN_002) at the next start"
+                ));
+            }
+            if queued > 0 {
+                left.push(format!(
+                    "{queued} accepted and not started, to run at the next start"
+                ));
+            }
             (
                 Status::Warn,
-                format!(
-                    "{total} runs ({summary}); {unfinished} left unfinished by a server that stopped, to be marked failed (RUN_002) at the next start"
-                ),
+                format!("{total} runs ({summary}); {}", left.join("; ")),
             )
         } else {
             let who = match in_use {
@@ -733,6 +751,34 @@ mod tests {
         std::fs::write(dir.join("plain"), b"").expect("file");
         let check = store_check(&dir.join("plain/agentrt.db"));
         assert_eq!(check.status, Status::Fail, "{check:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn runs_a_stopped_server_left_are_told_apart_by_what_the_next_start_does_with_them() {
+        let dir = temp_folder("unfinished");
+        let path = dir.join("agentrt.db");
+        {
+            let store = Store::open(&path).expect("store");
+            for id in ["running", "queued-1", "queued-2"] {
+                store
+                    .insert_run(id, &serde_json::Value::Null, None)
+                    .expect("insert");
+            }
+            store.set_running("running").expect("running");
+        }
+        let check = store_check(&path);
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert!(
+            check.detail.contains("1 left running") && check.detail.contains("marked failed"),
+            "{check:?}"
+        );
+        assert!(
+            check
+                .detail
+                .contains("2 accepted and not started, to run at the next start"),
+            "{check:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -161,6 +161,15 @@ impl Emitter {
         }
     }
 
+    /// The emitter of a run whose events so far end before `first_seq`.
+    fn numbering_from(self, first_seq: i64) -> Self {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_seq = first_seq;
+        self
+    }
+
     fn number(&self, st: &mut EmitterState, event: &PipelineEvent) -> StoredEvent {
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -443,19 +452,75 @@ impl Runs {
             }
         };
         in_flight("queued").inc();
+        self.start(&id, req, live, 1);
+        Ok(record)
+    }
+
+    /// Start the thread of run `id`, queued and in the live table, whose first event will be
+    /// number `first_seq`.
+    fn start(self: &Arc<Self>, id: &str, req: PipelineRequest, live: Arc<LiveRun>, first_seq: i64) {
         let this = self.clone();
-        let run_id = id.clone();
-        let emitter = Emitter::new(&id, self.store.clone(), live.clone());
+        let run_id = id.to_string();
+        let emitter = Emitter::new(id, self.store.clone(), live.clone()).numbering_from(first_seq);
         // Log lines of the run name it, and the request that submitted it.
         let span = tracing::info_span!("run", run_id = %id);
         let spawned = std::thread::Builder::new()
-            .name(format!("run-{}", &id[..8]))
-            .spawn(move || span.in_scope(|| this.execute(&run_id, req, live)));
+            .name(format!("run-{}", id.get(..8).unwrap_or(id)))
+            .spawn(move || span.in_scope(|| this.execute(&run_id, req, live, first_seq)));
         if let Err(e) = spawned {
             let error = ErrorOut::new(ErrorCode::Internal, format!("cannot start the run: {e}"));
-            self.end_unrun(&id, &emitter, RunState::Failed, error, false);
+            self.end_unrun(id, &emitter, RunState::Failed, error, false);
         }
-        Ok(record)
+    }
+
+    /// Queue again the runs a previous process of this server accepted and stopped before
+    /// they started (still `queued` in the store), oldest first, ahead of any new one: a
+    /// crash or a restart loses no accepted run that had not begun. (Runs it was executing
+    /// are failed with `RUN_002` instead, by [`RunStore::interrupt_unfinished`]: one that
+    /// crashed the server must not crash it again at every start.) `request_of` reads a
+    /// stored request back; a run whose request no longer reads is closed as interrupted.
+    /// Returns how many were queued again. Call once, before the server accepts runs.
+    pub fn resume_queued(
+        self: &Arc<Self>,
+        request_of: impl Fn(&Value) -> Result<PipelineRequest, String>,
+    ) -> Result<usize, RunsError> {
+        let mut resumed = 0;
+        for record in self.store.queued_runs()? {
+            let first_seq = self
+                .store
+                .events_after(&record.id, 0)?
+                .last()
+                .map_or(1, |e| e.seq + 1);
+            let live = Arc::new(LiveRun::new());
+            self.live().insert(record.id.clone(), live.clone());
+            in_flight("queued").inc();
+            match request_of(&record.request) {
+                Ok(req) => {
+                    self.start(&record.id, req, live, first_seq);
+                    resumed += 1;
+                }
+                Err(why) => {
+                    let emitter = Emitter::new(&record.id, self.store.clone(), live)
+                        .numbering_from(first_seq);
+                    let error = ErrorOut::new(
+                        ErrorCode::RunInterrupted,
+                        format!(
+                            "the server stopped before this run started, and its stored request \
+                             cannot be run again ({why}); submit it again"
+                        ),
+                    );
+                    self.end_unrun(&record.id, &emitter, RunState::Failed, error, false);
+                }
+            }
+        }
+        if resumed > 0 {
+            tracing::info!(
+                target: "agentrt::runs",
+                runs = resumed,
+                "runs accepted before the server stopped, not yet started, queued again"
+            );
+        }
+        Ok(resumed)
     }
 
     /// End a run that never ran (its thread could not start, or it was cancelled while
@@ -485,8 +550,9 @@ impl Runs {
         emitter.announce(done);
     }
 
-    fn execute(&self, id: &str, req: PipelineRequest, live: Arc<LiveRun>) {
-        let emitter = Arc::new(Emitter::new(id, self.store.clone(), live.clone()));
+    fn execute(&self, id: &str, req: PipelineRequest, live: Arc<LiveRun>, first_seq: i64) {
+        let emitter =
+            Arc::new(Emitter::new(id, self.store.clone(), live.clone()).numbering_from(first_seq));
         let Ok(slot) = self.slots.acquire(None, Some(&live.cancel)) else {
             // Cancelled before it started: counted as a run that ended so, as one cancelled
             // while running is.

@@ -15,8 +15,10 @@ mod openai;
 pub mod openapi;
 pub mod reloading;
 mod routes;
+
 /// The bounds the HTTP routes put on a request, which the CLI's one-offs keep too.
 pub(crate) use openai::request::MAX_TOKENS as MAX_COMPLETION_TOKENS;
+pub use routes::stored_run_request;
 pub(crate) use routes::{MAX_CHAT_TOKENS, MAX_TEMPERATURE, chat_answer};
 mod runs;
 pub mod startup;

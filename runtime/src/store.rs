@@ -307,10 +307,14 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError>;
     /// A run's events with `seq` above `after`, in order.
     fn events_after(&self, id: &str, after: i64) -> Result<Vec<StoredEvent>, StoreError>;
-    /// Mark the runs a previous process of this server left `queued` or `running` (it stopped
-    /// or crashed under them) as failed with `RUN_002`, each with a closing `done` event.
-    /// Returns how many. Call before accepting new runs.
+    /// Mark the runs a previous process of this server left `running` (it stopped or crashed
+    /// under them) as failed with `RUN_002`, each with a closing `done` event. Returns how
+    /// many. Runs it left `queued` never started: they stay queued, for the server to run
+    /// ([`RunStore::queued_runs`]). Call before accepting new runs.
     fn interrupt_unfinished(&self) -> Result<usize, StoreError>;
+    /// This server's runs still `queued` (a previous process accepted them and stopped before
+    /// they started), oldest first: what a starting server runs before new ones.
+    fn queued_runs(&self) -> Result<Vec<RunRecord>, StoreError>;
     /// On a store shared by several hosts, close (as [`Self::interrupt_unfinished`] does) the
     /// unfinished runs of hosts that are gone, never this host's own; a server calls it now
     /// and then, since a host replaced under a new name never closes its own. A store only
@@ -988,6 +992,17 @@ impl RunStore for Store {
         })
     }
 
+    fn queued_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {} FROM runs WHERE state = 'queued' ORDER BY created_at_ms, id",
+                Store::COLUMNS
+            ))?;
+            let rows = stmt.query_map([], Store::record)?;
+            rows.collect()
+        })
+    }
+
     /// How many runs are in each state.
     fn count_by_state(&self) -> Result<Vec<(RunState, usize)>, StoreError> {
         self.with(|c| {
@@ -1051,8 +1066,7 @@ impl RunStore for Store {
         self.with(|c| {
             let tx = c.transaction()?;
             let runs: Vec<(String, String)> = {
-                let mut stmt =
-                    tx.prepare("SELECT id, state FROM runs WHERE state IN ('queued', 'running')")?;
+                let mut stmt = tx.prepare("SELECT id, state FROM runs WHERE state = 'running'")?;
                 stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<rusqlite::Result<_>>()?
             };
@@ -1360,22 +1374,26 @@ mod conformance {
                 .expect("insert");
         }
         let store = h.open();
-        assert_eq!(store.interrupt_unfinished().expect("interrupt"), 2);
-        // A run still queued never started: its error says to send it again.
-        for (id, says) in [("midway", "in progress"), ("waiting", "submit it again")] {
-            let run = store.run(id).expect("read").expect("run");
-            assert_eq!(run.state, RunState::Failed, "{id}");
-            let error = run.error.expect("error");
-            assert_eq!(error.code, "RUN_002");
-            assert!(error.message.contains(says), "{id}: {}", error.message);
-            let last = store
-                .events_after(id, 0)
-                .expect("events")
-                .pop()
-                .expect("event");
-            assert_eq!(last.kind, "done");
-            assert!(last.data.contains(says), "{id}: {}", last.data);
-        }
+        assert_eq!(store.interrupt_unfinished().expect("interrupt"), 1);
+        let run = store.run("midway").expect("read").expect("run");
+        assert_eq!(run.state, RunState::Failed);
+        let error = run.error.expect("error");
+        assert_eq!(error.code, "RUN_002");
+        assert!(error.message.contains("in progress"), "{}", error.message);
+        let last = store
+            .events_after("midway", 0)
+            .expect("events")
+            .pop()
+            .expect("event");
+        assert_eq!(last.kind, "done");
+        // The run that never started stays queued, for the server to run.
+        let queued: Vec<String> = store
+            .queued_runs()
+            .expect("queued")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(queued, ["waiting"]);
         assert_eq!(
             store.run("done").expect("read").expect("run").state,
             RunState::Completed

@@ -451,6 +451,43 @@ fn a_killed_server_keeps_finished_runs_and_marks_interrupted_ones_failed() {
     assert_eq!(opened.check_integrity().expect("integrity check"), Ok(()));
 }
 
+/// A run left queued whose stored request cannot be read back as a submission (a store
+/// written by another build, a damaged row) is closed at start with `RUN_002` saying so,
+/// while a readable one beside it runs.
+#[test]
+fn a_queued_run_whose_request_cannot_be_run_again_is_closed_at_start() {
+    let store = fresh_store_path();
+    let (unreadable, readable) = ("0".repeat(32), "1".repeat(32));
+    {
+        let opened = agentrt::store::Store::open(&store).expect("open the store");
+        opened
+            .insert_run(
+                &unreadable,
+                &json!({"task": "a shape of another build"}),
+                None,
+            )
+            .expect("insert");
+        let request = json!({"task_description": TASK, "language": "python", "max_retries": 0});
+        opened
+            .insert_run(&readable, &request, None)
+            .expect("insert");
+    }
+    let store_env = store.to_str().expect("utf-8 path");
+    let s = Server::start_with_env(&[], &[("AGENTRT_STORE", store_env)]);
+    let closed = get_run(&s, &unreadable);
+    assert_eq!(closed["state"], "failed", "{closed}");
+    assert_eq!(closed["error"]["code"], "RUN_002", "{closed}");
+    assert!(
+        closed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot be run again")),
+        "{closed}"
+    );
+    let ran = events(&s, &readable, &[]);
+    assert_eq!(ran.last().map(|e| e.1.as_str()), Some("done"));
+    assert_eq!(get_run(&s, &readable)["state"], "completed");
+}
+
 /// The same crash on a PostgreSQL store, then a second host on the same database: it serves
 /// the runs the first one stored, and its start leaves the first host's runs alone.
 #[test]
@@ -601,9 +638,13 @@ fn on_postgres_a_stream_following_another_hosts_run_ends_when_the_server_stops()
     );
 }
 
-/// Finish one run, kill -9 the server in the middle of a second, restart on the same store:
-/// the first is unchanged, the second failed with RUN_002. Returns both ids.
+/// Finish one run, kill -9 the server in the middle of a second with a third queued behind it,
+/// restart on the same store: the first is unchanged, the second failed with RUN_002, the
+/// third (accepted, never started) runs to its end after the restart. Returns the first two
+/// ids.
 fn kill_and_restart(env: &[(&str, &str)]) -> (String, String) {
+    // One worker, so that the third run waits in the queue.
+    let env = &[env, &[("AGENTRT_RUN_WORKERS", "1")]].concat();
     let s = Server::start_with_env(&[], env);
     let (_, _, done) = submit(&s, TASK);
     let done_id = done["id"].as_str().expect("id").to_string();
@@ -645,6 +686,9 @@ fn kill_and_restart(env: &[(&str, &str)]) -> (String, String) {
     wait_until("the second run to start", Duration::from_secs(60), || {
         get_run(&s, &midway_id)["events"].as_u64().unwrap_or(0) >= 2
     });
+    let (_, _, waiting) = submit(&s, TASK);
+    let waiting_id = waiting["id"].as_str().expect("id").to_string();
+    assert_eq!(get_run(&s, &waiting_id)["state"], "queued");
     s.kill();
 
     let s = Server::start_with_env(&[], env);
@@ -661,6 +705,16 @@ fn kill_and_restart(env: &[(&str, &str)]) -> (String, String) {
     assert_eq!(interrupted["error"]["code"], "RUN_002", "{interrupted}");
     let all = events(&s, &midway_id, &[]);
     assert_eq!(all.last().map(|e| e.1.as_str()), Some("done"));
+    // The accepted run that had not started is not lost: it runs now.
+    let resumed = events(&s, &waiting_id, &[]);
+    assert_eq!(
+        resumed.first().map(|e| e.0),
+        Some(1),
+        "its events start at 1: {resumed:?}"
+    );
+    assert_eq!(resumed.last().map(|e| e.1.as_str()), Some("done"));
+    let finished = get_run(&s, &waiting_id);
+    assert_eq!(finished["state"], "completed", "{finished}");
     (done_id, midway_id)
 }
 

@@ -142,6 +142,13 @@ pub(super) fn record_rejection(state: &AppState, endpoint: &str, e: ApiError) ->
     e
 }
 
+/// A pipeline run's stored request ([`GenerateBody::to_json`]) read back as a submission is
+/// read: what a starting server runs for the runs a previous process left queued.
+pub fn stored_run_request(request: &Value) -> Result<PipelineRequest, String> {
+    let body: GenerateBody = serde_json::from_value(request.clone()).map_err(|e| e.to_string())?;
+    body.into_request().map_err(|e| e.message)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {

@@ -186,7 +186,8 @@ pub fn instance_name() -> String {
 
 impl PgStore {
     /// Close, as failed (`RUN_002`) with a closing `done` event, the unfinished runs of hosts
-    /// that are gone, and this host's own when `own` (at start: left by its previous process).
+    /// that are gone, and this host's own running ones when `own` (at start: left by its
+    /// previous process; the queued ones it runs, see [`RunStore::queued_runs`]).
     fn close_unfinished(&self, own: bool) -> Result<usize, StoreError> {
         self.with(|c| {
             let mut tx = c.transaction()?;
@@ -203,11 +204,7 @@ impl PgStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let mut owners = if own {
-                vec![self.instance.clone()]
-            } else {
-                Vec::new()
-            };
+            let mut owners = Vec::new();
             let quiet_since = now_ms() - i64::try_from(GONE_AFTER.as_millis()).unwrap_or(i64::MAX);
             for owner in others {
                 let unlocked: bool = tx
@@ -235,11 +232,13 @@ impl PgStore {
                     owners.push(owner);
                 }
             }
+            // A gone host's queued runs too: nobody else would start them.
+            let own_running = if own { Some(self.instance.as_str()) } else { None };
             let runs: Vec<(String, String)> = tx
                 .query(
-                    "SELECT id, state FROM runs WHERE state IN ('queued', 'running')
-                     AND owner = ANY($1) FOR UPDATE",
-                    &[&owners],
+                    "SELECT id, state FROM runs WHERE (state IN ('queued', 'running')
+                     AND owner = ANY($1)) OR (state = 'running' AND owner = $2) FOR UPDATE",
+                    &[&owners, &own_running],
                 )?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
@@ -609,6 +608,19 @@ impl RunStore for PgStore {
                      ORDER BY created_at_ms DESC, id DESC LIMIT $3"
                 ),
                 &[&before_ms, &before_id, &(limit as i64), &submitted_by],
+            )
+            .map(|rows| rows.iter().map(Self::record).collect())
+        })
+    }
+
+    fn queued_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.with(|c| {
+            c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM runs WHERE state = 'queued' AND owner = $1
+                     ORDER BY created_at_ms, id"
+                ),
+                &[&self.instance],
             )
             .map(|rows| rows.iter().map(Self::record).collect())
         })

@@ -203,6 +203,9 @@ impl RunStore for Watched {
     fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
         self.write(|| self.inner.interrupt_unfinished())
     }
+    fn queued_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.queued_runs()
+    }
     fn prune_finished(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
         self.write(|| self.inner.prune_finished(before_ms, limit))
     }
