@@ -1110,9 +1110,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 crate::settings::count("AGENTRT_RUN_QUEUE")
                     .unwrap_or(crate::runs::DEFAULT_CAPACITY),
             ));
-            // Before the port answers: accepted runs that had not started go first.
-            runs.resume_queued(crate::server::stored_run_request)
-                .map_err(|e| CliError::new(e.code(), e.to_string()))?;
             let state = crate::server::AppState {
                 engine,
                 pipeline,
@@ -1130,6 +1127,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 #[cfg(unix)]
                 crate::server::reloading::reload_on_hangup(hangups, hangup_keys, reloader);
                 let listener = startup.finish().await?;
+                // Once nothing can fail the start any more, and before the first request:
+                // accepted runs that had not started go first. A store that cannot list them
+                // now leaves them queued for the next start rather than keep this one down.
+                // Blocking work (a PostgreSQL store's client runs a runtime of its own).
+                let runs = state.runs.clone();
+                let resumed = tokio::task::spawn_blocking(move || {
+                    runs.resume_queued(crate::server::stored_run_request)
+                })
+                .await;
+                if let Ok(Err(e)) = resumed {
+                    tracing::error!(
+                        target: "agentrt::runs",
+                        "queued runs not resumed (they stay queued for the next start): {e}"
+                    );
+                }
                 crate::server::serve(state, listener).await
             });
             // What the last plugin calls counted goes to the store before the process ends.

@@ -37,6 +37,57 @@ pub enum GaveUp {
 /// A taken permit, given back when dropped.
 pub struct Permit(Arc<FifoSemaphore>);
 
+/// A place in a semaphore's line ([`FifoSemaphore::line_up`]).
+pub struct Place {
+    semaphore: Arc<FifoSemaphore>,
+    held: Held,
+}
+
+enum Held {
+    /// A permit was free when the place was taken.
+    Permit(Permit),
+    Ticket(u64),
+    /// Waited on: nothing left to give back.
+    Spent,
+}
+
+impl Place {
+    /// The permit of this place: at once if it already has one, else when its turn comes,
+    /// unless `deadline` passes or `cancel` is set first. A place already cancelled gets none,
+    /// even with a permit in hand (which goes back).
+    pub fn wait(
+        mut self,
+        deadline: Option<Instant>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Permit, GaveUp> {
+        match std::mem::replace(&mut self.held, Held::Spent) {
+            Held::Permit(permit) => {
+                if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    return Err(GaveUp::Cancelled);
+                }
+                Ok(permit)
+            }
+            Held::Ticket(ticket) => self.semaphore.wait_in_line(ticket, deadline, cancel),
+            Held::Spent => Err(GaveUp::Cancelled),
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        // A permit held goes back by its own drop.
+        if let Held::Ticket(ticket) = self.held {
+            self.semaphore.leave_line(ticket);
+        }
+    }
+}
+
+impl std::fmt::Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Place")
+    }
+}
+
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Permit")
@@ -89,18 +140,42 @@ impl FifoSemaphore {
         deadline: Option<Instant>,
         cancel: Option<&AtomicBool>,
     ) -> Result<Permit, GaveUp> {
-        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
-        let mut state = self.lock();
-        if cancelled() {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(GaveUp::Cancelled);
         }
+        self.line_up().wait(deadline, cancel)
+    }
+
+    /// A place in line taken now, to wait on later ([`Place::wait`]), perhaps on another
+    /// thread: places are served in the order they were taken, whichever thread waits first.
+    /// A place dropped unused leaves the line (or gives its permit back).
+    pub fn line_up(self: &Arc<Self>) -> Place {
+        let mut state = self.lock();
         if state.free > 0 && state.waiting.is_empty() {
             state.free -= 1;
-            return Ok(Permit(self.clone()));
+            return Place {
+                semaphore: self.clone(),
+                held: Held::Permit(Permit(self.clone())),
+            };
         }
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.waiting.push_back(ticket);
+        Place {
+            semaphore: self.clone(),
+            held: Held::Ticket(ticket),
+        }
+    }
+
+    /// Wait with `ticket`, in line, for a permit (see [`FifoSemaphore::acquire`]).
+    fn wait_in_line(
+        self: &Arc<Self>,
+        ticket: u64,
+        deadline: Option<Instant>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Permit, GaveUp> {
+        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+        let mut state = self.lock();
         loop {
             // A cancel is looked at before a free permit (a cancelled run must not start), the
             // deadline after (a permit freed as it comes is still taken).
@@ -135,6 +210,13 @@ impl FifoSemaphore {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// Take `ticket` out of the line (its holder stopped waiting), which may put a caller that
+    /// can have a free permit first.
+    fn leave_line(&self, ticket: u64) {
+        self.lock().waiting.retain(|t| *t != ticket);
+        self.freed.notify_all();
     }
 
     /// How many callers wait in line.
@@ -186,6 +268,44 @@ mod tests {
     /// The next name, or a failure (not a hang) when a waiter never got its permit.
     fn next(rx: &mpsc::Receiver<&'static str>) -> &'static str {
         rx.recv_timeout(LONG).expect("a waiter got its permit")
+    }
+
+    #[test]
+    fn places_are_served_in_the_order_taken_whichever_thread_waits_first() {
+        let sem = FifoSemaphore::new(1);
+        let first = sem.line_up();
+        let (second, third) = (sem.line_up(), sem.line_up());
+        assert_eq!(sem.waiting(), 2);
+        let (tx, rx) = mpsc::channel();
+        // The third place's thread starts waiting before the second's.
+        let waiters: Vec<_> = [("third", third), ("second", second)]
+            .into_iter()
+            .map(|(name, place)| {
+                let tx = tx.clone();
+                let waiter = std::thread::spawn(move || {
+                    let permit = place.wait(in_a_while(), None).expect("a permit in turn");
+                    tx.send(name).expect("send");
+                    std::thread::sleep(Duration::from_millis(30));
+                    drop(permit);
+                });
+                std::thread::sleep(Duration::from_millis(20));
+                waiter
+            })
+            .collect();
+        drop(first.wait(None, None).expect("the free permit"));
+        assert_eq!(next(&rx), "second");
+        assert_eq!(next(&rx), "third");
+        for w in waiters {
+            w.join().expect("join");
+        }
+        // A place given up unused leaves the line.
+        let held = sem.try_acquire().expect("free again");
+        let unused = sem.line_up();
+        assert_eq!(sem.waiting(), 1);
+        drop(unused);
+        assert_eq!(sem.waiting(), 0);
+        drop(held);
+        assert_eq!(sem.available(), 1);
     }
 
     #[test]

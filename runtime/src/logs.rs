@@ -15,8 +15,9 @@ use crate::error_code::ErrorCode;
 /// Most distinct problems and slow requests listed.
 const TOP: usize = 20;
 
-/// A plugin call's outcomes that mean its request stopped it: cancelled (`COMM_004`) or past
-/// the request's deadline (`COMM_003`).
+/// A plugin call's outcomes that mean its request stopped it, in a log written before the
+/// audit line said so itself (`stopped_by_request`): cancelled (`COMM_004`) or past the
+/// request's deadline (`COMM_003`).
 const STOPPED_BY_THE_REQUEST: [&str; 2] = ["COMM_004", "COMM_003"];
 
 /// A warning or error message and how often it was logged.
@@ -172,7 +173,11 @@ pub fn analyze(reader: impl BufRead, slow_ms: u64) -> std::io::Result<Analysis> 
                 calls.max_duration_ms = calls
                     .max_duration_ms
                     .max(fields["duration_ms"].as_u64().unwrap_or(0));
-                if STOPPED_BY_THE_REQUEST.contains(&outcome.as_str()) {
+                let stopped = match fields["stopped_by_request"].as_bool() {
+                    Some(said) => said,
+                    None => STOPPED_BY_THE_REQUEST.contains(&outcome.as_str()),
+                };
+                if stopped {
                     calls.stopped += 1;
                 } else if outcome != "ok" {
                     calls.failures += 1;
@@ -455,5 +460,18 @@ mod tests {
             (4, 1, 2)
         );
         assert_eq!(generator.by_outcome.len(), 1, "{generator:?}");
+        // Where the line says whether its request stopped it, that decides, not the code: a
+        // plugin's own deadline code is its failure, a cancelled call's error is not.
+        let said = |outcome: &str, stopped: bool| {
+            call(outcome).replace(
+                r#""outcome":"#,
+                &format!(r#""stopped_by_request":{stopped},"outcome":"#),
+            )
+        };
+        let log = [said("COMM_003", false), said("PLUGIN_003", true)].join("\n");
+        let a = analyze(log.as_bytes(), 1000).expect("analysis");
+        let generator = &a.plugins["generator"];
+        assert_eq!((generator.failures, generator.stopped), (1, 1));
+        assert_eq!(generator.by_outcome.get("COMM_003"), Some(&1));
     }
 }

@@ -46,7 +46,7 @@ enum CheckFailure {
     /// It failed while another check was stopping the run, so nobody was asked about it: the
     /// run stops, but with the other check's error.
     Unrecovered(PluginError),
-    /// The run was cancelled while the check waited to run again.
+    /// The run was cancelled during the check, or while it waited to run again.
     Cancelled(ErrorOut),
 }
 
@@ -524,6 +524,11 @@ impl Pipeline {
     ) -> (Result<Vec<Finding>, CheckFailure>, Vec<StageReport>) {
         let mut reports = Vec::new();
         let (res, stats) = self.host.check(plugin, artifact, &self.run.call);
+        // A call the run's cancellation stopped is not a failure of the check.
+        if let Some(cancelled) = self.cancelled() {
+            reports.push(self.record_cancelled(plugin, Stage::Check, attempt, stats));
+            return (Err(CheckFailure::Cancelled(cancelled)), reports);
+        }
         reports.push(self.record(plugin, Stage::Check, attempt, stats, res.as_ref().err()));
         let res = match res {
             Ok(findings) => Ok(findings),
@@ -617,12 +622,14 @@ impl Pipeline {
         };
         self.started(Stage::Review, &reviewer.manifest.name, attempt);
         let (res, stats) = self.host.review(reviewer, &request, &self.call_on(model));
-        stages.push(self.record(reviewer, Stage::Review, attempt, stats, res.as_ref().err()));
         // A review made while the run was being cancelled (a reviewer may answer a cancelled
-        // model call with one of its own) is not shown as the run's review.
+        // model call with one of its own) is not shown as the run's review, nor counted as a
+        // failure of the reviewer.
         if let Some(cancelled) = self.cancelled() {
+            stages.push(self.record_cancelled(reviewer, Stage::Review, attempt, stats));
             return Err(cancelled);
         }
+        stages.push(self.record(reviewer, Stage::Review, attempt, stats, res.as_ref().err()));
         let review = res
             .map(ReviewOut::from)
             .map_err(|e| ErrorOut::from_plugin(&e))?;

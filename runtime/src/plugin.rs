@@ -718,6 +718,12 @@ impl PluginHost {
             tokens = stats.tokens,
             used = %used,
             granted = %plugin.granted.summary(),
+            // Its request cancelled it meanwhile (or the client left): whatever the outcome,
+            // not a failure of the plugin (`logs analyze` and `/stats` agree on this).
+            stopped_by_request = ctx
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)),
             outcome = %outcome_label,
             "plugin call"
         );

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::error_code::ErrorCode;
-use crate::fifo_semaphore::FifoSemaphore;
+use crate::fifo_semaphore::{FifoSemaphore, Place};
 use crate::pipeline::report::ErrorOut;
 use crate::pipeline::{Pipeline, PipelineEvent, PipelineRequest, RunContext};
 use crate::plugin::CallContext;
@@ -87,6 +87,9 @@ struct LiveRun {
     /// Numbered events the store refused so far, oldest first (stored before any later one);
     /// a watcher that fell behind the broadcast reads them here (see [`Runs::events_after`]).
     unstored: Mutex<Vec<StoredEvent>>,
+    /// Stopped by the server's shutdown rather than by a client: a run that has not started
+    /// by then stays queued in the store, for the next start ([`Runs::resume_queued`]).
+    parked: AtomicBool,
 }
 
 impl LiveRun {
@@ -96,6 +99,7 @@ impl LiveRun {
             events: broadcast::channel(BROADCAST_DEPTH).0,
             ended_as: OnceLock::new(),
             unstored: Mutex::new(Vec::new()),
+            parked: AtomicBool::new(false),
         }
     }
 
@@ -452,13 +456,23 @@ impl Runs {
             }
         };
         in_flight("queued").inc();
-        self.start(&id, req, live, 1);
+        // Its place among the runs waiting for a worker is taken here, in the order of
+        // submission, not when its thread gets going.
+        let place = self.slots.line_up();
+        self.start(&id, req, live, 1, place);
         Ok(record)
     }
 
     /// Start the thread of run `id`, queued and in the live table, whose first event will be
-    /// number `first_seq`.
-    fn start(self: &Arc<Self>, id: &str, req: PipelineRequest, live: Arc<LiveRun>, first_seq: i64) {
+    /// number `first_seq`, to wait at `place` for a worker.
+    fn start(
+        self: &Arc<Self>,
+        id: &str,
+        req: PipelineRequest,
+        live: Arc<LiveRun>,
+        first_seq: i64,
+        place: Place,
+    ) {
         let this = self.clone();
         let run_id = id.to_string();
         let emitter = Emitter::new(id, self.store.clone(), live.clone()).numbering_from(first_seq);
@@ -466,7 +480,7 @@ impl Runs {
         let span = tracing::info_span!("run", run_id = %id);
         let spawned = std::thread::Builder::new()
             .name(format!("run-{}", id.get(..8).unwrap_or(id)))
-            .spawn(move || span.in_scope(|| this.execute(&run_id, req, live, first_seq)));
+            .spawn(move || span.in_scope(|| this.execute(&run_id, req, live, first_seq, place)));
         if let Err(e) = spawned {
             let error = ErrorOut::new(ErrorCode::Internal, format!("cannot start the run: {e}"));
             self.end_unrun(id, &emitter, RunState::Failed, error, false);
@@ -474,29 +488,39 @@ impl Runs {
     }
 
     /// Queue again the runs a previous process of this server accepted and stopped before
-    /// they started (still `queued` in the store), oldest first, ahead of any new one: a
-    /// crash or a restart loses no accepted run that had not begun. (Runs it was executing
-    /// are failed with `RUN_002` instead, by [`RunStore::interrupt_unfinished`]: one that
-    /// crashed the server must not crash it again at every start.) `request_of` reads a
-    /// stored request back; a run whose request no longer reads is closed as interrupted.
-    /// Returns how many were queued again. Call once, before the server accepts runs.
+    /// they started (still `queued` in the store: a crash, or a shutdown that came first),
+    /// oldest first, ahead of any new one: a restart loses no accepted run that had not
+    /// begun. (Runs it was executing are failed with `RUN_002` instead, by
+    /// [`RunStore::interrupt_unfinished`]: one that crashed the server must not crash it again
+    /// at every start.) They are taken even past `AGENTRT_RUN_QUEUE`: they were accepted
+    /// already. `request_of` reads a stored request back; a run whose request no longer reads
+    /// is closed as interrupted. Everything is read before any run starts, so a store that
+    /// fails meanwhile starts none (a run whose events cannot be read stays queued). Returns
+    /// how many were queued again. Call once, just before the server takes requests.
     pub fn resume_queued(
         self: &Arc<Self>,
         request_of: impl Fn(&Value) -> Result<PipelineRequest, String>,
     ) -> Result<usize, RunsError> {
-        let mut resumed = 0;
+        let mut ready = Vec::new();
         for record in self.store.queued_runs()? {
-            let first_seq = self
-                .store
-                .events_after(&record.id, 0)?
-                .last()
-                .map_or(1, |e| e.seq + 1);
+            match self.store.events_after(&record.id, 0) {
+                Ok(events) => ready.push((record, events.last().map_or(1, |e| e.seq + 1))),
+                Err(e) => tracing::warn!(
+                    target: "agentrt::runs",
+                    run = %record.id,
+                    "queued run left for the next start: its events cannot be read: {e}"
+                ),
+            }
+        }
+        let mut resumed = 0;
+        for (record, first_seq) in ready {
             let live = Arc::new(LiveRun::new());
             self.live().insert(record.id.clone(), live.clone());
             in_flight("queued").inc();
             match request_of(&record.request) {
                 Ok(req) => {
-                    self.start(&record.id, req, live, first_seq);
+                    let place = self.slots.line_up();
+                    self.start(&record.id, req, live, first_seq, place);
                     resumed += 1;
                 }
                 Err(why) => {
@@ -550,10 +574,33 @@ impl Runs {
         emitter.announce(done);
     }
 
-    fn execute(&self, id: &str, req: PipelineRequest, live: Arc<LiveRun>, first_seq: i64) {
+    /// Leave run `id`, which never started, queued in the store for the next start: the
+    /// server is stopping ([`Runs::shutdown`]).
+    fn park(&self, id: &str) {
+        in_flight("queued").dec();
+        self.live().remove(id);
+        tracing::info!(
+            target: "agentrt::runs",
+            run = %id,
+            "run not started before the server stopped; left queued for the next start"
+        );
+    }
+
+    fn execute(
+        &self,
+        id: &str,
+        req: PipelineRequest,
+        live: Arc<LiveRun>,
+        first_seq: i64,
+        place: Place,
+    ) {
         let emitter =
             Arc::new(Emitter::new(id, self.store.clone(), live.clone()).numbering_from(first_seq));
-        let Ok(slot) = self.slots.acquire(None, Some(&live.cancel)) else {
+        let Ok(slot) = place.wait(None, Some(&live.cancel)) else {
+            if live.parked.load(Ordering::SeqCst) {
+                self.park(id);
+                return;
+            }
             // Cancelled before it started: counted as a run that ended so, as one cancelled
             // while running is.
             let error = ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled");
@@ -564,8 +611,19 @@ impl Runs {
         in_flight("running").inc();
         // Tried again as every other write is: a run shown `queued` while it runs would
         // mislead whoever watches the list.
-        if let Err(e) = with_retries(self.store.as_ref(), || self.store.set_running(id)) {
+        let mut still_open = true;
+        let marked = with_retries(self.store.as_ref(), || {
+            self.store.set_running(id).map(|open| still_open = open)
+        });
+        if let Err(e) = marked {
             tracing::error!(run = %id, "state not stored: {e}");
+        } else if !still_open {
+            // Closed meanwhile (a restored store, a host taken for gone): not this run's turn.
+            tracing::warn!(run = %id, "run closed in the store before it started; not run");
+            in_flight("running").dec();
+            drop(slot);
+            self.live().remove(id);
+            return;
         }
         let sink = emitter.clone();
         let text = emitter.clone();
@@ -689,16 +747,22 @@ impl Runs {
     }
 
     /// Refuse new runs from now on (`429 QUEUE_001`, "try another"): the server is about to
-    /// stop, and a run taken now would only be cancelled when its drain ends.
+    /// stop, and a run taken now would wait for its next start.
     pub fn stop_taking(&self) {
         self.refusing.store(true, Ordering::SeqCst);
     }
 
-    /// Cancel every run in this process and wait (up to `grace`) for them to end, so each is
-    /// stored as cancelled rather than found interrupted at the next start.
+    /// Cancel every running run in this process and wait (up to `grace`) for them to end, so
+    /// each is stored as cancelled rather than found interrupted at the next start; runs still
+    /// waiting for a worker leave, queued in the store, for the next start to run.
     pub fn shutdown(&self, grace: Duration) {
         self.closing.store(true, Ordering::SeqCst);
         for live in self.live().values() {
+            // Under the live table's lock, as a client's cancel: one a client asked for stays
+            // a cancel; the rest that have not started stay queued for the next start.
+            if !live.cancel.load(Ordering::Relaxed) {
+                live.parked.store(true, Ordering::SeqCst);
+            }
             live.cancel.store(true, Ordering::Relaxed);
         }
         let until = Instant::now() + grace;

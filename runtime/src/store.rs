@@ -279,7 +279,10 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         request: &Value,
         submitted_by: Option<&str>,
     ) -> Result<RunRecord, StoreError>;
-    fn set_running(&self, id: &str) -> Result<(), StoreError>;
+    /// Mark a queued run `running`: whether it is (again: a repeated call is harmless), or
+    /// `false` when it is no longer queued or running (something closed it meanwhile: it must
+    /// not run).
+    fn set_running(&self, id: &str) -> Result<bool, StoreError>;
     /// Store one event (its number must be new for the run).
     fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError>;
     /// End a run: its state, result, error and its last event, in one transaction.
@@ -886,14 +889,15 @@ impl RunStore for Store {
         })
     }
 
-    fn set_running(&self, id: &str) -> Result<(), StoreError> {
+    fn set_running(&self, id: &str) -> Result<bool, StoreError> {
         self.with(|c| {
             c.execute(
-                "UPDATE runs SET state = 'running', updated_at_ms = ?2 WHERE id = ?1",
+                "UPDATE runs SET state = 'running', updated_at_ms = ?2
+                 WHERE id = ?1 AND state IN ('queued', 'running')",
                 params![id, now_ms()],
             )
         })
-        .map(drop)
+        .map(|updated| updated > 0)
     }
 
     fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {
@@ -1059,9 +1063,9 @@ impl RunStore for Store {
         })
     }
 
-    /// Mark the runs a previous process left `queued` or `running` (it stopped or crashed
-    /// under them) as failed with `RUN_002`, each with a closing `done` event. Returns how
-    /// many. Call before accepting new runs.
+    /// Mark the runs a previous process left `running` (it stopped or crashed under them) as
+    /// failed with `RUN_002`, each with a closing `done` event; the `queued` ones stay, for
+    /// the server to run. Returns how many were closed. Call before accepting new runs.
     fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;

@@ -373,19 +373,19 @@ fn cancelling_stops_a_running_run_and_a_full_queue_answers_429() {
     s.exchange("DELETE", &format!("/v1/pipeline/runs/{id}"), &[], None);
 }
 
-/// A terminated server cancels its runs before it waits on its connections: a client
-/// watching a run's events does not keep the server (and the run) going.
+/// A terminated server cancels its running runs before it waits on its connections: a client
+/// watching a run's events does not keep the server (and the run) going. A run still waiting
+/// for a worker stays queued, and the next start runs it.
 #[test]
 fn a_terminated_server_cancels_runs_whose_events_are_being_watched() {
     let store = fresh_store_path();
     let store_env = store.to_str().expect("utf-8 path").to_string();
-    let s = Server::start_with_env(
-        &[],
-        &[
-            ("AGENTRT_STORE", store_env.as_str()),
-            ("AGENTRT_DRAIN_SECONDS", "3"),
-        ],
-    );
+    let env = [
+        ("AGENTRT_STORE", store_env.as_str()),
+        ("AGENTRT_DRAIN_SECONDS", "3"),
+        ("AGENTRT_RUN_WORKERS", "1"),
+    ];
+    let s = Server::start_with_env(&[], &env);
     let (status, headers, run) = s.exchange(
         "POST",
         "/v1/pipeline/runs",
@@ -398,6 +398,8 @@ fn a_terminated_server_cancels_runs_whose_events_are_being_watched() {
     wait_until("the run to start", Duration::from_secs(60), || {
         get_run(&s, &id)["state"] == "running"
     });
+    let (_, _, waiting) = submit(&s, TASK);
+    let waiting_id = waiting["id"].as_str().expect("id").to_string();
     let watcher = {
         let base = s.base.clone();
         let id = id.clone();
@@ -433,12 +435,20 @@ fn a_terminated_server_cancels_runs_whose_events_are_being_watched() {
     let (_, kind, done) = all.last().expect("events");
     assert_eq!(kind, "done", "{text}");
     assert_eq!(done["state"], "cancelled", "{done}");
-    let stored = agentrt::store::Store::open(&store)
-        .expect("open the store")
-        .run(&id)
+    let opened = agentrt::store::Store::open(&store).expect("open the store");
+    let stored = opened.run(&id).expect("read").expect("the run is stored");
+    assert_eq!(stored.state.as_str(), "cancelled");
+    let parked = opened
+        .run(&waiting_id)
         .expect("read")
         .expect("the run is stored");
-    assert_eq!(stored.state.as_str(), "cancelled");
+    assert_eq!(parked.state.as_str(), "queued", "{parked:?}");
+    drop(opened);
+
+    let s = Server::start_with_env(&[], &env);
+    let resumed = events(&s, &waiting_id, &[]);
+    assert_eq!(resumed.last().map(|e| e.1.as_str()), Some("done"));
+    assert_eq!(get_run(&s, &waiting_id)["state"], "completed");
 }
 
 #[test]

@@ -133,6 +133,22 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// Two tensors sharing bytes are a damaged directory: one of them would be read as the other's
+/// data (garbage weights, NaN logits at the first request) instead of refused at load.
+fn refuse_overlaps(tensors: &HashMap<String, TensorInfo>) -> Result<(), GgufError> {
+    let mut spans: Vec<&TensorInfo> = tensors.values().filter(|t| t.size > 0).collect();
+    spans.sort_by_key(|t| (t.offset, t.offset + t.size));
+    for pair in spans.windows(2) {
+        if pair[1].offset < pair[0].offset + pair[0].size {
+            return Err(GgufError::Corrupt(format!(
+                "tensors {} and {} share bytes of the file",
+                pair[0].name, pair[1].name
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl GgufFile {
     /// Map and parse `path`.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
@@ -232,6 +248,13 @@ impl GgufFile {
             let size = (elements / block)
                 .checked_mul(ty.block_bytes() as u64)
                 .ok_or_else(|| GgufError::Corrupt(format!("tensor {name}: size overflows")))?;
+            // Writers place every tensor on the alignment (llama.cpp refuses a file that does
+            // not); one off it is a damaged offset that would read the neighbouring bytes.
+            if rel_offset % alignment != 0 {
+                return Err(GgufError::Corrupt(format!(
+                    "tensor {name} starts at {rel_offset}, off the file's {alignment}-byte alignment"
+                )));
+            }
             let offset = data_start
                 .checked_add(rel_offset)
                 .filter(|start| {
@@ -253,6 +276,7 @@ impl GgufFile {
                 },
             );
         }
+        refuse_overlaps(&tensors)?;
         Ok(Self {
             mmap,
             version,
@@ -699,6 +723,43 @@ mod tests {
             matches!(&res, Err(GgufError::Corrupt(m)) if m.contains("twice")),
             "{res:?}"
         );
+    }
+
+    /// Two 32-element F32 tensors `a` and `b` at the given offsets in a file with room for
+    /// both.
+    fn two_tensors_at(offset_a: u64, offset_b: u64) -> Result<GgufFile, GgufError> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&0u64.to_le_bytes()); // kv
+        for (name, offset) in [(b'a', offset_a), (b'b', offset_b)] {
+            b.extend_from_slice(&1u64.to_le_bytes());
+            b.push(name);
+            b.extend_from_slice(&1u32.to_le_bytes());
+            b.extend_from_slice(&32u64.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes()); // F32
+            b.extend_from_slice(&offset.to_le_bytes());
+        }
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        b.resize(b.len() + 512, 0);
+        parse_bytes(&b)
+    }
+
+    #[test]
+    fn tensors_off_the_alignment_or_sharing_bytes_are_refused() {
+        assert!(two_tensors_at(0, 128).is_ok());
+        let corrupt = |res: Result<GgufFile, GgufError>, says: &str| {
+            assert!(
+                matches!(&res, Err(GgufError::Corrupt(m)) if m.contains(says)),
+                "{res:?}"
+            );
+        };
+        corrupt(two_tensors_at(0, 130), "alignment");
+        corrupt(two_tensors_at(0, 96), "share bytes");
+        corrupt(two_tensors_at(128, 128), "share bytes");
     }
 
     /// A tensor count the rest of the file cannot hold is refused before anything is reserved

@@ -512,14 +512,15 @@ impl RunStore for PgStore {
         })
     }
 
-    fn set_running(&self, id: &str) -> Result<(), StoreError> {
+    fn set_running(&self, id: &str) -> Result<bool, StoreError> {
         self.with(|c| {
             c.execute(
-                "UPDATE runs SET state = 'running', updated_at_ms = $2 WHERE id = $1",
+                "UPDATE runs SET state = 'running', updated_at_ms = $2
+                 WHERE id = $1 AND state IN ('queued', 'running')",
                 &[&id, &now_ms()],
             )
         })
-        .map(drop)
+        .map(|updated| updated > 0)
     }
 
     fn append_event(&self, id: &str, event: &StoredEvent) -> Result<(), StoreError> {

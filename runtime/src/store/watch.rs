@@ -162,7 +162,7 @@ impl RunStore for Watched {
     ) -> Result<RunRecord, StoreError> {
         self.write(|| self.inner.insert_run(id, request, submitted_by))
     }
-    fn set_running(&self, id: &str) -> Result<(), StoreError> {
+    fn set_running(&self, id: &str) -> Result<bool, StoreError> {
         self.write(|| self.inner.set_running(id))
     }
     // Not a write the health tracks: on a store without other hosts it writes nothing, and
