@@ -192,6 +192,10 @@ pub enum Command {
         /// Weight type: f32, f16 or bf16.
         #[arg(long, default_value = "f16")]
         dtype: String,
+        /// Write into a folder that already holds files (its config.json and weights are
+        /// replaced by random ones).
+        #[arg(long)]
+        force: bool,
     },
     /// Check this machine and set-up: resources, the listen port, model files and their
     /// checksums, the GPU, the run store, and every plugin (instantiates, passes a self-test).
@@ -266,13 +270,13 @@ pub enum Command {
     /// Measure prefill and decode speed of the default model.
     Bench {
         /// Prompt length in tokens.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = at_least_one)]
         prompt_tokens: usize,
         /// Tokens to decode.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = at_least_one)]
         decode_tokens: usize,
         /// Repetitions (the best is reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         runs: usize,
         #[command(flatten)]
         opts: RuntimeOpts,
@@ -349,9 +353,18 @@ pub enum PluginAction {
     },
     /// Print the WIT this agentrt implements (agentrt:plugin), or write it to a file.
     Wit {
+        /// The file to write (its folder is created); without it, standard output.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// A count of 1 or more (`bench`'s lengths and repetitions: 0 would measure nothing).
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{value:?} is not a whole number of 1 or more")),
+    }
 }
 
 /// The default model of the models named in `opts`.
@@ -817,6 +830,8 @@ fn bind(listen: std::net::SocketAddr) -> Result<tokio::net::TcpSocket, CliError>
     })
 }
 
+/// The text of `path` (`-`: standard input), without the byte-order mark some editors put
+/// first (Python reads past it; a parser given it would call line 1 broken).
 fn read_file(path: &PathBuf) -> Result<String, CliError> {
     let read = if path.as_os_str() == "-" {
         let mut text = String::new();
@@ -824,7 +839,11 @@ fn read_file(path: &PathBuf) -> Result<String, CliError> {
     } else {
         std::fs::read_to_string(path)
     };
-    read.map_err(|e| {
+    read.map(|text| match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
+    .map_err(|e| {
         CliError::new(
             ErrorCode::InvalidInput,
             format!("cannot read {}: {e}", path.display()),
@@ -832,10 +851,23 @@ fn read_file(path: &PathBuf) -> Result<String, CliError> {
     })
 }
 
+/// Standard input holds one text: the code and its tests cannot both be read from it.
+fn refuse_both_from_stdin(file: &Path, tests: Option<&Path>) -> Result<(), CliError> {
+    if file.as_os_str() == "-" && tests.is_some_and(|t| t.as_os_str() == "-") {
+        return Err(CliError::new(
+            ErrorCode::InvalidInput,
+            "the code and its tests cannot both come from standard input",
+        ));
+    }
+    Ok(())
+}
+
 /// Findings as compilers and linters print them, `FILE:LINE:COL: …`, so editors and CI jump
 /// to them.
-fn print_findings(file: &std::path::Path, findings: &[FindingOut]) {
-    if findings.is_empty() {
+/// `all_ran`: every check ran (else "no findings" would claim a clean file the failed check
+/// never looked at).
+fn print_findings(file: &std::path::Path, findings: &[FindingOut], all_ran: bool) {
+    if findings.is_empty() && all_ran {
         println!("no findings");
     }
     let name = if file.as_os_str() == "-" {
@@ -1235,12 +1267,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             language,
             opts,
         } => {
-            if file.as_os_str() == "-" && tests.as_ref().is_some_and(|t| t.as_os_str() == "-") {
-                return Err(CliError::new(
-                    ErrorCode::InvalidInput,
-                    "the code and its tests cannot both come from standard input",
-                ));
-            }
+            refuse_both_from_stdin(&file, tests.as_deref())?;
             let code = read_file(&file)?;
             let tests = tests
                 .as_ref()
@@ -1294,7 +1321,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 value["error"] = error_body(e);
             }
             emit(opts.json, &value, || {
-                print_findings(&file, &findings);
+                let all_ran = checks.iter().all(|c| c.error.is_none());
+                print_findings(&file, &findings, all_ran);
                 // The first failed check is the command's error; the others here.
                 let failed = checks
                     .iter()
@@ -1306,6 +1334,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             result
         }
         Command::Review { file, tests, opts } => {
+            refuse_both_from_stdin(&file, tests.as_deref())?;
+            // Reviews (tests, the reviewer's reading) are of Python, as POST /review's are: a
+            // file of another language is refused by name, not reviewed as broken Python.
+            if let Some(other) =
+                crate::language::of_file(&file).filter(|l| *l != crate::language::PYTHON)
+            {
+                return Err(CliError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "{} is {other}: review takes Python code (agentrt check --language \
+                         {other} runs the quality checks that understand it)",
+                        file.display()
+                    ),
+                ));
+            }
             let artifact = CodeArtifact {
                 language: "python".into(),
                 code: read_file(&file)?,
@@ -1349,7 +1392,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 if let Some(tests) = &tests {
                     print_test_report(tests);
                 }
-                print_findings(&file, &review.findings);
+                let all_ran = checks.iter().all(|c| c.error.is_none());
+                print_findings(&file, &review.findings, all_ran);
                 // The review went without what a check that could not run would have found.
                 for c in &checks {
                     if let Some(e) = &c.error {
@@ -1507,7 +1551,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             });
             Ok(())
         }
-        Command::Synth { preset, out, dtype } => {
+        Command::Synth {
+            preset,
+            out,
+            dtype,
+            force,
+        } => {
             use crate::engine::quant::GgmlType;
             use crate::engine::synthetic::SyntheticSpec;
             let ty = match dtype.as_str() {
@@ -1530,11 +1579,28 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ),
                 )
             })?;
+            // Random weights over a real checkpoint would be a loss nobody asked for.
+            let holds_files = out.is_file()
+                || std::fs::read_dir(&out).is_ok_and(|mut entries| entries.next().is_some());
+            if holds_files && !force {
+                return Err(CliError::new(
+                    ErrorCode::InvalidInput,
+                    format!(
+                        "{} is not an empty folder: synth writes random weights into a new or \
+                         empty one (--force to replace what is there)",
+                        out.display()
+                    ),
+                ));
+            }
             spec.write(&out).map_err(|e| {
-                CliError::new(
-                    ErrorCode::Internal,
-                    format!("cannot write {}: {e}", out.display()),
-                )
+                let code = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::AlreadyExists
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::InvalidInput => ErrorCode::InvalidInput,
+                    _ => ErrorCode::Internal,
+                };
+                CliError::new(code, format!("cannot write {}: {e}", out.display()))
             })?;
             eprintln!("wrote {preset} ({dtype}) to {}", out.display());
             Ok(())
@@ -1804,11 +1870,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Some(path) => {
                     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                         std::fs::create_dir_all(parent).map_err(|e| {
-                            CliError::new(ErrorCode::Internal, format!("{}: {e}", parent.display()))
+                            CliError::new(
+                                ErrorCode::InvalidInput,
+                                format!("{}: {e}", parent.display()),
+                            )
                         })?;
                     }
+                    // Where to write is the caller's choice: a folder or a read-only path
+                    // named there is their mistake to fix.
                     std::fs::write(&path, text).map_err(|e| {
-                        CliError::new(ErrorCode::Internal, format!("{}: {e}", path.display()))
+                        CliError::new(ErrorCode::InvalidInput, format!("{}: {e}", path.display()))
                     })
                 }
                 None => {

@@ -726,6 +726,58 @@ fn run_shows_its_progress_on_stderr_and_names_the_chosen_attempt() {
     let _ = std::fs::remove_dir_all(&plugins);
 }
 
+/// What a user's slip must not cost: a model folder overwritten, a file called broken for its
+/// byte-order mark, tests dropped, JavaScript reviewed as broken Python, a benchmark of
+/// nothing, a folder taken for a file.
+#[test]
+fn one_offs_refuse_what_would_lose_or_misjudge_the_users_work() {
+    let root = crate::harness::scratch_root().join(format!("agentrt-slips-{}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("dir");
+    let at = |name: &str| root.join(name).to_str().expect("utf-8").to_string();
+
+    // synth into a folder that holds a model: refused, the files untouched.
+    std::fs::create_dir_all(at("model")).expect("dir");
+    std::fs::write(at("model/model.safetensors"), "precious").expect("write");
+    let (ok, _, stderr) = run(&["synth", "tiny-starcoder", &at("model")]);
+    assert!(
+        !ok && stderr.contains("error VAL_002") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(at("model/model.safetensors")).expect("read"),
+        "precious"
+    );
+
+    // A byte-order mark first (Windows editors) is not a syntax error.
+    std::fs::write(at("bom.py"), "\u{feff}def f():\n    return 1\n").expect("write");
+    let (ok, stdout, stderr) = run(&["check", &at("bom.py"), "--json"]);
+    assert!(ok, "{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).expect("json");
+    assert!(!stdout.contains("syntax-error"), "{doc}");
+
+    // Code and tests cannot both come from standard input; another language is named.
+    let (ok, _, stderr) = run(&["review", "-", "--tests", "-"]);
+    assert!(
+        !ok && stderr.contains("error VAL_002") && stderr.contains("standard input"),
+        "{stderr}"
+    );
+    std::fs::write(at("app.js"), "function f() { return 1; }\n").expect("write");
+    let (ok, _, stderr) = run(&["review", &at("app.js")]);
+    assert!(
+        !ok && stderr.contains("error VAL_002") && stderr.contains("javascript"),
+        "{stderr}"
+    );
+
+    // A benchmark of nothing is refused by the parser (status 2).
+    let (ok, _, stderr) = run(&["bench", "--runs", "0"]);
+    assert!(!ok && stderr.contains("1 or more"), "{stderr}");
+
+    // Writing the WIT over a folder is the caller's mistake, not an internal error.
+    let (ok, _, stderr) = run(&["plugin", "wit", "--out", &at("model")]);
+    assert!(!ok && stderr.contains("error VAL_002"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[test]
 fn check_reads_stdin_names_the_file_and_can_gate_on_severity() {
     use std::io::Write;
