@@ -378,11 +378,18 @@ impl LoadedModel {
         let token_text =
             |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
         // A template that does not parse costs the model its chat, not its use: completions
-        // need none, and chat requests then say the model has no template.
+        // need none, and chat requests then say the model has no template. So does one that
+        // cannot render the simplest conversation, one user message (an unknown function, a
+        // bad filter): every chat would fail, blamed on its client.
         let template = tokenizer.chat_template.as_ref().and_then(|src| {
             let bos = token_text(tokenizer.bos_id);
             let eos = token_text(tokenizer.eos_id);
+            let hello = [TemplateMessage {
+                role: "user".into(),
+                content: "Hello.".into(),
+            }];
             ChatTemplate::new(src, &bos, &eos)
+                .and_then(|t| t.render(&hello).map(|_| t))
                 .map_err(|e| {
                     tracing::warn!(model = %id, "the model's chat template is unusable, chat is off: {e}");
                 })
@@ -1122,14 +1129,19 @@ mod tests {
     /// A one-layer Llama-shaped HF folder (chat template included) in a fresh temporary
     /// folder named after `name`.
     fn tiny_llama(name: &str) -> std::path::PathBuf {
+        tiny(name, models::Architecture::Llama, 2)
+    }
+
+    /// A one-layer HF folder of `arch` with `n_kv_head` key/value heads (of 4).
+    fn tiny(name: &str, arch: models::Architecture, n_kv_head: usize) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("agentrt-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         synthetic::SyntheticSpec {
-            arch: models::Architecture::Llama,
+            arch,
             n_layer: 1,
             dim: 64,
             n_head: 4,
-            n_kv_head: 2,
+            n_kv_head,
             ffn_dim: 128,
             vocab: 320,
             context: 128,
@@ -1196,6 +1208,20 @@ mod tests {
     }
 
     #[test]
+    fn a_chat_template_that_cannot_render_one_user_message_turns_chat_off() {
+        let dir = tiny_llama("failing-template");
+        let config_path = dir.join("tokenizer_config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read"))
+                .expect("json");
+        config["chat_template"] = "{{ undefined_function(messages) }}".into();
+        std::fs::write(&config_path, config.to_string()).expect("write");
+        let model = LoadedModel::load("failing-template", &dir, &mut |_| {}).expect("loads");
+        assert!(!model.info.supports_chat);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_chat_template_saved_beside_the_tokenizer_is_used() {
         // transformers now saves the template as chat_template.jinja, not in the config.
         let dir = tiny_llama("jinja-template");
@@ -1244,6 +1270,23 @@ mod tests {
             let err = LoadedModel::load("m", &dir, &mut |_| {}).expect_err(key);
             assert!(err.to_string().contains(named), "{key}: {err}");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A StarCoder checkpoint whose config says its head is not tied to the embedding, but
+    /// which has no head of its own, is refused, as a Llama one is: it would run with the
+    /// embedding as its head.
+    #[test]
+    fn a_bigcode_config_that_unties_a_missing_head_is_refused() {
+        let dir = tiny("bigcode-untied", models::Architecture::GptBigCode, 1);
+        LoadedModel::load("m", &dir, &mut |_| {}).expect("the tied checkpoint loads");
+        let path = dir.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+        config["tie_word_embeddings"] = serde_json::json!(false);
+        std::fs::write(&path, config.to_string()).expect("write");
+        let err = LoadedModel::load("m", &dir, &mut |_| {}).expect_err("untied, no head");
+        assert!(err.to_string().contains("not tied"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

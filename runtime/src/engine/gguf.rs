@@ -149,10 +149,22 @@ fn refuse_overlaps(tensors: &HashMap<String, TensorInfo>) -> Result<(), GgufErro
     Ok(())
 }
 
+/// Open a model file to map it: a regular file only. Opening a FIFO (or a device) would
+/// block until a writer comes, or map what is not a file: the load must fail, not hang.
+pub(crate) fn open_regular_file(path: &Path) -> std::io::Result<File> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a model is a .gguf file or a folder of safetensors)",
+        ));
+    }
+    File::open(path)
+}
+
 impl GgufFile {
     /// Map and parse `path`.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let file = File::open(path)?;
+        let file = open_regular_file(path)?;
         // SAFETY: the mapping is read-only; a model file changing under a running server is
         // outside what we can defend against, as for every mmap-based loader.
         let mmap = unsafe { Mmap::map(&file)? };
@@ -746,6 +758,27 @@ mod tests {
         }
         b.resize(b.len() + 512, 0);
         parse_bytes(&b)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let path = std::env::temp_dir().join(format!("agentrt-fifo-{}.gguf", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            eprintln!("skipped: mkfifo is not available");
+            return;
+        }
+        let res = GgufFile::open(&path);
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            matches!(&res, Err(e) if e.to_string().contains("not a regular file")),
+            "{res:?}"
+        );
     }
 
     #[test]

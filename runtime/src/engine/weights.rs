@@ -12,7 +12,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -176,7 +175,7 @@ impl WeightStore {
                 path: path.clone(),
                 source,
             };
-            let file = File::open(path).map_err(io_err)?;
+            let file = super::gguf::open_regular_file(path).map_err(io_err)?;
             // SAFETY: read-only mapping; a checkpoint rewritten under a running server is
             // outside what any mmap-based loader can defend against.
             let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;

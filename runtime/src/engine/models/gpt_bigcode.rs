@@ -34,6 +34,9 @@ pub struct GptBigCodeConfig {
     /// Rows of the position embedding: the longest sequence the model can see.
     pub n_positions: usize,
     pub norm_eps: f32,
+    /// `tie_word_embeddings` of an HF config (`None`: not said, as in GGUF files): `false`
+    /// means the head is a tensor of its own, which must then be there.
+    pub tied_head: Option<bool>,
 }
 
 impl GptBigCodeConfig {
@@ -63,6 +66,7 @@ impl GptBigCodeConfig {
                     vocab,
                     n_positions: f.u64(&key("context_length"))? as usize,
                     norm_eps: f.f64(&key("attention.layer_norm_epsilon")).unwrap_or(1e-5) as f32,
+                    tied_head: None,
                 }
             }
             ConfigSource::Hf(c) => {
@@ -87,6 +91,7 @@ impl GptBigCodeConfig {
                     vocab: c.usize(&["vocab_size"])?,
                     n_positions: c.usize(&["n_positions", "max_position_embeddings"])?,
                     norm_eps: c.f32_or("layer_norm_epsilon", 1e-5),
+                    tied_head: c.json.get("tie_word_embeddings").and_then(|v| v.as_bool()),
                 }
             }
         };
@@ -199,9 +204,13 @@ impl GptBigCode {
         };
         let token_embedding = store.packed_matrix("token_embd.weight", c.vocab, dim)?;
         let position_embedding = store.packed_matrix("position_embd.weight", c.n_positions, dim)?;
-        let head = store
-            .optional_packed_matrix("output.weight", c.vocab, dim)?
-            .unwrap_or_else(|| token_embedding.clone());
+        let head = match store.optional_packed_matrix("output.weight", c.vocab, dim)? {
+            Some(head) => head,
+            None => {
+                super::check_missing_head(c.tied_head)?;
+                token_embedding.clone()
+            }
+        };
         let mut blocks = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
