@@ -208,13 +208,22 @@ impl Report {
                 }
             };
             if meta.is_dir() {
-                match hf_folder_problem(path) {
-                    None => self.add(
+                // The files are there, then what loading checks before the weights.
+                let checked = match hf_folder_problem(path) {
+                    None => crate::engine::LoadedModel::check_files(path)
+                        .map_err(|e| format!("cannot be loaded: {e}")),
+                    Some(why) => Err(why),
+                };
+                match checked {
+                    Ok(architecture) => self.add(
                         name,
                         Status::Ok,
-                        "Hugging Face folder (config.json, tokenizer.json, safetensors weights)",
+                        format!(
+                            "Hugging Face folder ({architecture}: config.json, tokenizer.json, \
+                             safetensors weights)"
+                        ),
                     ),
-                    Some(why) => self.add(name, Status::Fail, why),
+                    Err(why) => self.add(name, Status::Fail, why),
                 }
                 continue;
             }
@@ -226,13 +235,11 @@ impl Report {
                     continue;
                 }
             };
-            // Then the header and every tensor's place in the file: a truncated or foreign
-            // file fails here as it would at load, without reading the weights.
-            let architecture = match crate::engine::gguf::GgufFile::open(path) {
-                Ok(gguf) => gguf
-                    .str("general.architecture")
-                    .unwrap_or("unknown architecture")
-                    .to_string(),
+            // Then the header, every tensor's place in the file, the architecture, tokenizer
+            // and configuration: a truncated, foreign or unsupported file fails here as it
+            // would at load, without reading the weights.
+            let architecture = match crate::engine::LoadedModel::check_files(path) {
+                Ok(architecture) => architecture,
                 Err(e) => {
                     self.add(name, Status::Fail, format!("cannot be loaded: {e}"));
                     continue;
@@ -854,11 +861,18 @@ mod tests {
         let mut report = Report::default();
         report.models(&[whole, cut, garbage, hf.clone()]);
         let statuses: Vec<Status> = report.checks.iter().map(|c| c.status).collect();
+        // A whole file that is not a model (one tensor, no tokenizer or configuration) fails
+        // as loading it would.
         assert_eq!(
             statuses,
-            [Status::Ok, Status::Fail, Status::Fail, Status::Fail],
+            [Status::Fail, Status::Fail, Status::Fail, Status::Fail],
             "{:?}",
             report.checks
+        );
+        assert!(
+            report.checks[0].detail.contains("cannot be loaded"),
+            "{:?}",
+            report.checks[0]
         );
         assert!(
             report.checks[1].detail.contains("lies outside the file"),
@@ -870,12 +884,47 @@ mod tests {
             "{:?}",
             report.checks[3]
         );
-        // With a tokenizer and weights named, the folder passes (their contents load later).
+        // Files by the right names are not enough: their contents are checked as loading
+        // checks them, short of reading the weights.
         std::fs::write(hf.join("tokenizer.json"), b"{}").expect("tokenizer");
         std::fs::write(hf.join("model.safetensors"), b"").expect("weights");
         let mut report = Report::default();
-        report.models(&[hf]);
+        report.models(std::slice::from_ref(&hf));
+        assert_eq!(report.checks[0].status, Status::Fail, "{:?}", report.checks);
+        // A real checkpoint passes; the same with an architecture the engine lacks fails.
+        let _ = std::fs::remove_dir_all(&hf);
+        crate::engine::synthetic::SyntheticSpec {
+            arch: crate::engine::models::Architecture::Llama,
+            n_layer: 1,
+            dim: 64,
+            n_head: 4,
+            n_kv_head: 2,
+            ffn_dim: 128,
+            vocab: 320,
+            context: 128,
+            dtype: crate::engine::quant::GgmlType::F32,
+            separate_head: false,
+            seed: 3,
+        }
+        .write(&hf)
+        .expect("checkpoint");
+        let mut report = Report::default();
+        report.models(std::slice::from_ref(&hf));
         assert_eq!(report.checks[0].status, Status::Ok, "{:?}", report.checks);
+        let config = hf.join("config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).expect("read")).expect("json");
+        json["model_type"] = "mamba".into();
+        std::fs::write(&config, json.to_string()).expect("write");
+        let mut report = Report::default();
+        report.models(&[hf]);
+        assert_eq!(report.checks[0].status, Status::Fail, "{:?}", report.checks);
+        assert!(
+            report.checks[0].detail.contains("\"mamba\"")
+                && report.checks[0].detail.contains("in "),
+            "{:?}",
+            report.checks[0]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

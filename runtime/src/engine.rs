@@ -58,7 +58,8 @@ pub enum EngineError {
         path: PathBuf,
         source: TokenizerError,
     },
-    #[error("model architecture {0:?} is not supported (supported: {sup})", sup = Architecture::SUPPORTED)]
+    /// The architecture's name, quoted, and where the model names it.
+    #[error("model architecture {0} is not supported (supported: {sup})", sup = Architecture::SUPPORTED)]
     UnsupportedArchitecture(String),
     #[error("model {0} has no chat template")]
     NoChatTemplate(String),
@@ -290,7 +291,50 @@ pub struct LoadProgress {
     pub layers_total: usize,
 }
 
+/// Architecture `name`, which the model at `path` names, is not one the engine runs (the path
+/// says which model, when a server loads several).
+fn unsupported_in(path: &Path, name: &str) -> EngineError {
+    EngineError::UnsupportedArchitecture(format!("{name:?} (in {})", path.display()))
+}
+
 impl LoadedModel {
+    /// What loading `path` checks before it binds the weights: the file's or the folder's
+    /// structure (every tensor's place, safetensors headers), the architecture, the
+    /// tokenizer and the configuration. `agentrt doctor` asks this rather than load a model a
+    /// server may hold already; its weights are mapped, not read. Returns the architecture's
+    /// name.
+    pub fn check_files(path: &Path) -> Result<String, EngineError> {
+        let load_err = |source: ModelFileError| EngineError::Load {
+            path: path.to_path_buf(),
+            source,
+        };
+        let tokenizer_err = |source| EngineError::Tokenizer {
+            path: path.to_path_buf(),
+            source,
+        };
+        if path.is_dir() {
+            let config = HfConfig::read(path).map_err(load_err)?;
+            let name = config.model_type().map_err(load_err)?;
+            let arch = Architecture::from_name(name).ok_or_else(|| unsupported_in(path, name))?;
+            let files = weights::safetensors_files(path).map_err(load_err)?;
+            WeightStore::from_safetensors(&files, &|n| models::hf_tensor_name(arch, n))
+                .map_err(load_err)?;
+            Tokenizer::from_hf_dir(path).map_err(tokenizer_err)?;
+            models::check_config(arch, ConfigSource::Hf(&config)).map_err(load_err)?;
+            Ok(name.to_string())
+        } else {
+            let file = GgufFile::open(path).map_err(|e| load_err(e.into()))?;
+            let name = file
+                .str("general.architecture")
+                .map_err(|e| load_err(e.into()))?
+                .to_string();
+            let arch = Architecture::from_name(&name).ok_or_else(|| unsupported_in(path, &name))?;
+            Tokenizer::from_gguf(&file).map_err(tokenizer_err)?;
+            models::check_config(arch, ConfigSource::Gguf(&file, &name)).map_err(load_err)?;
+            Ok(name)
+        }
+    }
+
     /// Load a model: a GGUF file, or an HF folder (`config.json`, safetensors weights,
     /// `tokenizer.json`). `id` is the name clients use for it.
     pub fn load(
@@ -325,8 +369,7 @@ impl LoadedModel {
         let (arch, model, tokenizer, store, format, placed) = if path.is_dir() {
             let config = HfConfig::read(path).map_err(load_err)?;
             let name = config.model_type().map_err(load_err)?;
-            let arch = Architecture::from_name(name)
-                .ok_or_else(|| EngineError::UnsupportedArchitecture(name.to_string()))?;
+            let arch = Architecture::from_name(name).ok_or_else(|| unsupported_in(path, name))?;
             let files = weights::safetensors_files(path).map_err(load_err)?;
             let store = WeightStore::from_safetensors(&files, &|n| models::hf_tensor_name(arch, n))
                 .map_err(load_err)?;
@@ -347,8 +390,7 @@ impl LoadedModel {
                 .str("general.architecture")
                 .map_err(|e| load_err(e.into()))?
                 .to_string();
-            let arch = Architecture::from_name(&name)
-                .ok_or_else(|| EngineError::UnsupportedArchitecture(name.clone()))?;
+            let arch = Architecture::from_name(&name).ok_or_else(|| unsupported_in(path, &name))?;
             let tokenizer = Tokenizer::from_gguf(&file).map_err(tokenizer_err)?;
             // The vocabulary and merges now live in the tokenizer; as metadata they are another
             // hundred thousand strings held for the life of the model.

@@ -204,6 +204,16 @@ pub fn load(
     })
 }
 
+/// Read and check the configuration of an `arch` model as [`load`] does (plausible shape, heads
+/// that divide, a usable rotary base, ...), without binding any weights.
+pub fn check_config(arch: Architecture, source: ConfigSource<'_>) -> Result<(), ModelFileError> {
+    match arch {
+        Architecture::Llama => llama::LlamaConfig::from_source(source).map(drop),
+        Architecture::Qwen2 => qwen2::config(source).map(drop),
+        Architecture::GptBigCode => gpt_bigcode::GptBigCodeConfig::from_source(source).map(drop),
+    }
+}
+
 /// The GGUF name of an HF tensor of `arch`, or `None` for tensors the engine does not use.
 pub fn hf_tensor_name(arch: Architecture, name: &str) -> Option<String> {
     match arch {

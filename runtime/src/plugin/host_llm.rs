@@ -315,7 +315,7 @@ mod tests {
                 "context-overflow",
             ),
             (
-                EngineError::UnsupportedArchitecture("mamba".into()),
+                EngineError::UnsupportedArchitecture("\"mamba\"".into()),
                 "model-not-supported",
             ),
             (
