@@ -119,6 +119,7 @@ pub enum Command {
     },
     /// Generate code and tests for a task.
     Generate {
+        /// The task (`-`: standard input).
         task: String,
         #[command(flatten)]
         opts: RuntimeOpts,
@@ -126,6 +127,7 @@ pub enum Command {
     /// The whole pipeline for a task: generate, check, run the tests in the sandbox (retrying
     /// with the failures as feedback), review.
     Run {
+        /// The task (`-`: standard input).
         task: String,
         /// Retries after failures (generation errors or failing tests), at most 2.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=2))]
@@ -144,7 +146,8 @@ pub enum Command {
         #[command(flatten)]
         opts: RuntimeOpts,
     },
-    /// Run only the quality checks on a Python file (no model needed). Findings print as
+    /// Run only the quality checks on a file (Python unless its extension or `--language` says
+    /// otherwise; no model needed). Findings print as
     /// `FILE:LINE:COL: severity [rule] message`; `--fail-on` makes them fail the command.
     Check {
         /// The code to check (`-`: standard input).
@@ -166,6 +169,7 @@ pub enum Command {
     /// Continue a raw prompt with the default model, streaming the text; with `--suffix`, fill
     /// in the middle between the prompt and the suffix (StarCoder-family models).
     Complete {
+        /// The text to continue (`-`: standard input).
         prompt: String,
         /// Code after the gap, for fill-in-the-middle.
         #[arg(long)]
@@ -235,6 +239,7 @@ pub enum Command {
     },
     /// Ask the model a question.
     Chat {
+        /// The question (`-`: standard input).
         message: String,
         /// Most tokens of the answer (1..=2048, as POST /chat takes).
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::server::MAX_CHAT_TOKENS)))]
@@ -851,6 +856,16 @@ fn read_file(path: &PathBuf) -> Result<String, CliError> {
     })
 }
 
+/// `text` as given, or standard input's when it is `-` (a long task, or one written by
+/// another program, is no argument to quote).
+fn text_or_stdin(text: String) -> Result<String, CliError> {
+    if text == "-" {
+        read_file(&PathBuf::from("-"))
+    } else {
+        Ok(text)
+    }
+}
+
 /// Standard input holds one text: the code and its tests cannot both be read from it.
 fn refuse_both_from_stdin(file: &Path, tests: Option<&Path>) -> Result<(), CliError> {
     if file.as_os_str() == "-" && tests.is_some_and(|t| t.as_os_str() == "-") {
@@ -1189,6 +1204,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Generate { task, opts } => {
+            let task = text_or_stdin(task)?;
             refuse_empty("the task description", &task)?;
             let engine = load_engine(&opts)?;
             let default_model = engine
@@ -1218,6 +1234,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             max_retries,
             opts,
         } => {
+            let task = text_or_stdin(task)?;
             refuse_empty("the task description", &task)?;
             let engine = load_engine(&opts)?;
             let pipeline = progress::shown_unless(opts.json, load_pipeline(&opts, Some(engine))?);
@@ -1414,6 +1431,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             stop,
             opts,
         } => {
+            let prompt = text_or_stdin(prompt)?;
             let model = load_default_model(&opts)?;
             let params = crate::engine::SamplingParams {
                 max_tokens,
@@ -1610,6 +1628,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             max_tokens,
             opts,
         } => {
+            let message = text_or_stdin(message)?;
             refuse_empty("the message", &message)?;
             let model = load_default_model(&opts)?;
             let params = crate::engine::SamplingParams {

@@ -775,6 +775,22 @@ fn one_offs_refuse_what_would_lose_or_misjudge_the_users_work() {
     // Writing the WIT over a folder is the caller's mistake, not an internal error.
     let (ok, _, stderr) = run(&["plugin", "wit", "--out", &at("model")]);
     assert!(!ok && stderr.contains("error VAL_002"), "{stderr}");
+
+    // `-` reads the task or message from standard input: here a blank one, refused as such
+    // (a literal "-" would have been sent to the model).
+    std::fs::write(at("blank.txt"), "  \n").expect("write");
+    for command in ["chat", "generate", "run"] {
+        let out = std::process::Command::new(crate::harness::agentrt_bin())
+            .args([command, "-"])
+            .stdin(std::fs::File::open(at("blank.txt")).expect("open"))
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("error VAL_002") && stderr.contains("empty"),
+            "{command}: {stderr}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -11,7 +11,7 @@ pub mod qwen2;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::gguf::{GgufError, GgufFile};
+use super::gguf::GgufFile;
 use super::kv_cache::{KvCache, KvPrecision};
 use super::sampling::Choice;
 use super::weights::{ModelFileError, WeightStore};
@@ -310,9 +310,11 @@ pub fn check_plausible(
         || context == 0
         || context > 1 << 22
     {
-        return Err(ModelFileError::Gguf(GgufError::Corrupt(format!(
-            "implausible model shape: {n_layer} layers, width {dim}, feed-forward {ffn_dim}, vocabulary {vocab}, context {context}"
-        ))));
+        // The configuration's numbers (GGUF metadata or config.json), not the file's structure.
+        return Err(ModelFileError::Shape(format!(
+            "implausible model shape in its configuration: {n_layer} layers, width {dim}, \
+             feed-forward {ffn_dim}, vocabulary {vocab}, context {context}"
+        )));
     }
     Ok(())
 }
