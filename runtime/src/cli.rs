@@ -1354,17 +1354,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             refuse_both_from_stdin(&file, tests.as_deref())?;
             // Reviews (tests, the reviewer's reading) are of Python, as POST /review's are: a
             // file of another language is refused by name, not reviewed as broken Python.
-            if let Some(other) =
-                crate::language::of_file(&file).filter(|l| *l != crate::language::PYTHON)
-            {
-                return Err(CliError::new(
-                    ErrorCode::InvalidInput,
-                    format!(
-                        "{} is {other}: review takes Python code (agentrt check --language \
-                         {other} runs the quality checks that understand it)",
-                        file.display()
-                    ),
-                ));
+            for given in std::iter::once(&file).chain(tests.as_ref()) {
+                if let Some(other) =
+                    crate::language::of_file(given).filter(|l| *l != crate::language::PYTHON)
+                {
+                    return Err(CliError::new(
+                        ErrorCode::InvalidInput,
+                        format!(
+                            "{} is {other}: review takes Python code and tests (agentrt check \
+                             --language {other} runs the quality checks that understand it)",
+                            given.display()
+                        ),
+                    ));
+                }
             }
             let artifact = CodeArtifact {
                 language: "python".into(),

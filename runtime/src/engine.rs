@@ -1218,49 +1218,39 @@ mod tests {
         tokenizer
     }
 
+    /// A template that does not parse, or cannot render one user message (an unknown
+    /// function), costs the model its chat, not its use.
     #[test]
-    fn a_chat_template_that_does_not_parse_turns_chat_off_not_the_model() {
-        let dir = tiny_llama("bad-template");
-        let config_path = dir.join("tokenizer_config.json");
-        let mut config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read"))
-                .expect("json");
-        config["chat_template"] = "{% if %}".into();
-        std::fs::write(&config_path, config.to_string()).expect("write");
+    fn a_chat_template_that_does_not_parse_or_render_turns_chat_off_not_the_model() {
+        for template in ["{% if %}", "{{ undefined_function(messages) }}"] {
+            let dir = tiny_llama("bad-template");
+            let config_path = dir.join("tokenizer_config.json");
+            let mut config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read"))
+                    .expect("json");
+            config["chat_template"] = template.into();
+            std::fs::write(&config_path, config.to_string()).expect("write");
 
-        let model = LoadedModel::load("bad-template", &dir, &mut |_| {}).expect("loads");
-        assert!(!model.info.supports_chat);
-        let params = SamplingParams {
-            max_tokens: 4,
-            ..SamplingParams::default()
-        };
-        let control = Control::default();
-        model
-            .generate(&Prompt::Text("abc".into()), &params, &control, &mut |_| {})
-            .expect("completions still work");
-        let chat = Prompt::Chat(vec![chat_template::TemplateMessage {
-            role: "user".into(),
-            content: "hi".into(),
-        }]);
-        let err = model
-            .generate(&chat, &params, &control, &mut |_| {})
-            .expect_err("no chat");
-        assert!(matches!(err, EngineError::NoChatTemplate(_)), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_chat_template_that_cannot_render_one_user_message_turns_chat_off() {
-        let dir = tiny_llama("failing-template");
-        let config_path = dir.join("tokenizer_config.json");
-        let mut config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&config_path).expect("read"))
-                .expect("json");
-        config["chat_template"] = "{{ undefined_function(messages) }}".into();
-        std::fs::write(&config_path, config.to_string()).expect("write");
-        let model = LoadedModel::load("failing-template", &dir, &mut |_| {}).expect("loads");
-        assert!(!model.info.supports_chat);
-        let _ = std::fs::remove_dir_all(&dir);
+            let model = LoadedModel::load("bad-template", &dir, &mut |_| {}).expect("loads");
+            assert!(!model.info.supports_chat, "{template}");
+            let params = SamplingParams {
+                max_tokens: 4,
+                ..SamplingParams::default()
+            };
+            let control = Control::default();
+            model
+                .generate(&Prompt::Text("abc".into()), &params, &control, &mut |_| {})
+                .expect("completions still work");
+            let chat = Prompt::Chat(vec![chat_template::TemplateMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }]);
+            let err = model
+                .generate(&chat, &params, &control, &mut |_| {})
+                .expect_err("no chat");
+            assert!(matches!(err, EngineError::NoChatTemplate(_)), "{err}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]

@@ -574,16 +574,25 @@ impl Runs {
         emitter.announce(done);
     }
 
-    /// Leave run `id`, which never started, queued in the store for the next start: the
-    /// server is stopping ([`Runs::shutdown`]).
-    fn park(&self, id: &str) {
+    /// Leave run `id`, which never started, queued in the store for the next start, if the
+    /// shutdown parked it ([`Runs::shutdown`]): whether it did. Decided and done under the
+    /// live table's lock, which a client's cancel takes to unpark it: a cancel answered is
+    /// never a run kept.
+    fn park(&self, id: &str, live: &LiveRun) -> bool {
+        {
+            let mut table = self.live();
+            if !live.parked.load(Ordering::SeqCst) {
+                return false;
+            }
+            table.remove(id);
+        }
         in_flight("queued").dec();
-        self.live().remove(id);
         tracing::info!(
             target: "agentrt::runs",
             run = %id,
             "run not started before the server stopped; left queued for the next start"
         );
+        true
     }
 
     fn execute(
@@ -597,8 +606,7 @@ impl Runs {
         let emitter =
             Arc::new(Emitter::new(id, self.store.clone(), live.clone()).numbering_from(first_seq));
         let Ok(slot) = place.wait(None, Some(&live.cancel)) else {
-            if live.parked.load(Ordering::SeqCst) {
-                self.park(id);
+            if self.park(id, &live) {
                 return;
             }
             // Cancelled before it started: counted as a run that ended so, as one cancelled
@@ -607,24 +615,31 @@ impl Runs {
             self.end_unrun(id, &emitter, RunState::Cancelled, error, true);
             return;
         };
-        in_flight("queued").dec();
-        in_flight("running").inc();
-        // Tried again as every other write is: a run shown `queued` while it runs would
-        // mislead whoever watches the list.
+        // Tried again as every other write is. A run does not start until the store shows it
+        // running: one still stored `queued` would run again at the next start.
         let mut still_open = true;
         let marked = with_retries(self.store.as_ref(), || {
             self.store.set_running(id).map(|open| still_open = open)
         });
         if let Err(e) = marked {
-            tracing::error!(run = %id, "state not stored: {e}");
-        } else if !still_open {
+            drop(slot);
+            let error = ErrorOut::new(
+                ErrorCode::StoreFailed,
+                format!("the run could not be marked running in the store: {e}"),
+            );
+            self.end_unrun(id, &emitter, RunState::Failed, error, true);
+            return;
+        }
+        if !still_open {
             // Closed meanwhile (a restored store, a host taken for gone): not this run's turn.
             tracing::warn!(run = %id, "run closed in the store before it started; not run");
-            in_flight("running").dec();
+            in_flight("queued").dec();
             drop(slot);
             self.live().remove(id);
             return;
         }
+        in_flight("queued").dec();
+        in_flight("running").inc();
         let sink = emitter.clone();
         let text = emitter.clone();
         let pipeline = self.pipeline.tracked(RunContext {
@@ -718,6 +733,8 @@ impl Runs {
                 state,
             }),
             None => {
+                // A client's cancel during the shutdown is a cancel, not a run to keep.
+                live.parked.store(false, Ordering::SeqCst);
                 live.cancel.store(true, Ordering::Relaxed);
                 Ok(())
             }
@@ -726,6 +743,8 @@ impl Runs {
             Some(cancelled) => cancelled.map(|()| run),
             // Not here: either it ended here since the store was read, or another host (a
             // shared PostgreSQL store) runs it; the store, read again, tells which.
+            // Parked by the shutdown a moment ago: this server will not act on it now.
+            None if self.closing() => Err(RunsError::ShuttingDown),
             None => {
                 let now = self.get(id)?;
                 if now.state.is_final() {

@@ -767,6 +767,8 @@ fn one_offs_refuse_what_would_lose_or_misjudge_the_users_work() {
         !ok && stderr.contains("error VAL_002") && stderr.contains("javascript"),
         "{stderr}"
     );
+    let (ok, _, stderr) = run(&["review", &at("bom.py"), "--tests", &at("app.js")]);
+    assert!(!ok && stderr.contains("app.js is javascript"), "{stderr}");
 
     // A benchmark of nothing is refused by the parser (status 2).
     let (ok, _, stderr) = run(&["bench", "--runs", "0"]);
