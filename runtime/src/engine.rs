@@ -291,6 +291,22 @@ pub struct LoadProgress {
     pub layers_total: usize,
 }
 
+/// A problem with the model file or folder at `path`, as the error that names it.
+fn load_error(path: &Path) -> impl Fn(ModelFileError) -> EngineError + Copy + '_ {
+    move |source| EngineError::Load {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A problem with the tokenizer of the model at `path`, as the error that names it.
+fn tokenizer_error(path: &Path) -> impl Fn(TokenizerError) -> EngineError + Copy + '_ {
+    move |source| EngineError::Tokenizer {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Architecture `name`, which the model at `path` names, is not one the engine runs (the path
 /// says which model, when a server loads several).
 fn unsupported_in(path: &Path, name: &str) -> EngineError {
@@ -304,14 +320,7 @@ impl LoadedModel {
     /// server may hold already; its weights are mapped, not read. Returns the architecture's
     /// name.
     pub fn check_files(path: &Path) -> Result<String, EngineError> {
-        let load_err = |source: ModelFileError| EngineError::Load {
-            path: path.to_path_buf(),
-            source,
-        };
-        let tokenizer_err = |source| EngineError::Tokenizer {
-            path: path.to_path_buf(),
-            source,
-        };
+        let (load_err, tokenizer_err) = (load_error(path), tokenizer_error(path));
         if path.is_dir() {
             let config = HfConfig::read(path).map_err(load_err)?;
             let name = config.model_type().map_err(load_err)?;
@@ -352,14 +361,7 @@ impl LoadedModel {
         device: Device,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, EngineError> {
-        let load_err = |source: ModelFileError| EngineError::Load {
-            path: path.to_path_buf(),
-            source,
-        };
-        let tokenizer_err = |source| EngineError::Tokenizer {
-            path: path.to_path_buf(),
-            source,
-        };
+        let (load_err, tokenizer_err) = (load_error(path), tokenizer_error(path));
         let mut progress = |done, total| {
             on_progress(LoadProgress {
                 layers_done: done,
@@ -908,10 +910,7 @@ fn place_model(
     path: &Path,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Box<dyn CausalLm>, String), EngineError> {
-    let load_err = |source: ModelFileError| EngineError::Load {
-        path: path.to_path_buf(),
-        source,
-    };
+    let load_err = load_error(path);
     let cpu = |progress: &mut dyn FnMut(usize, usize)| {
         models::load(arch, source, store.clone(), progress)
             .map(|m| (m, "cpu".to_string()))
