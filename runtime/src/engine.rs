@@ -313,24 +313,41 @@ fn unsupported_in(path: &Path, name: &str) -> EngineError {
     EngineError::UnsupportedArchitecture(format!("{name:?} (in {})", path.display()))
 }
 
-impl LoadedModel {
-    /// What loading `path` checks before it binds the weights: the file's or the folder's
-    /// structure (every tensor's place, safetensors headers), the architecture, the
-    /// tokenizer and the configuration. `agentrt doctor` asks this rather than load a model a
-    /// server may hold already; its weights are mapped, not read. Returns the architecture's
-    /// name.
-    pub fn check_files(path: &Path) -> Result<String, EngineError> {
+/// A model's files read up to its weights (mapped, not bound): what loading and
+/// [`LoadedModel::check_files`] share.
+enum OpenedFiles {
+    Hf {
+        config: HfConfig,
+        name: String,
+        arch: Architecture,
+        store: WeightStore,
+    },
+    Gguf {
+        file: GgufFile,
+        name: String,
+        arch: Architecture,
+    },
+}
+
+impl OpenedFiles {
+    /// Open `path` (an HF folder or a GGUF file): its structure, architecture and tokenizer.
+    fn open(path: &Path) -> Result<(Self, Tokenizer), EngineError> {
         let (load_err, tokenizer_err) = (load_error(path), tokenizer_error(path));
         if path.is_dir() {
             let config = HfConfig::read(path).map_err(load_err)?;
-            let name = config.model_type().map_err(load_err)?;
-            let arch = Architecture::from_name(name).ok_or_else(|| unsupported_in(path, name))?;
+            let name = config.model_type().map_err(load_err)?.to_string();
+            let arch = Architecture::from_name(&name).ok_or_else(|| unsupported_in(path, &name))?;
             let files = weights::safetensors_files(path).map_err(load_err)?;
-            WeightStore::from_safetensors(&files, &|n| models::hf_tensor_name(arch, n))
+            let store = WeightStore::from_safetensors(&files, &|n| models::hf_tensor_name(arch, n))
                 .map_err(load_err)?;
-            Tokenizer::from_hf_dir(path).map_err(tokenizer_err)?;
-            models::check_config(arch, ConfigSource::Hf(&config)).map_err(load_err)?;
-            Ok(name.to_string())
+            let tokenizer = Tokenizer::from_hf_dir(path).map_err(tokenizer_err)?;
+            let opened = Self::Hf {
+                config,
+                name,
+                arch,
+                store,
+            };
+            Ok((opened, tokenizer))
         } else {
             let file = GgufFile::open(path).map_err(|e| load_err(e.into()))?;
             let name = file
@@ -338,10 +355,32 @@ impl LoadedModel {
                 .map_err(|e| load_err(e.into()))?
                 .to_string();
             let arch = Architecture::from_name(&name).ok_or_else(|| unsupported_in(path, &name))?;
-            Tokenizer::from_gguf(&file).map_err(tokenizer_err)?;
-            models::check_config(arch, ConfigSource::Gguf(&file, &name)).map_err(load_err)?;
-            Ok(name)
+            let tokenizer = Tokenizer::from_gguf(&file).map_err(tokenizer_err)?;
+            Ok((Self::Gguf { file, name, arch }, tokenizer))
         }
+    }
+}
+
+impl LoadedModel {
+    /// What loading `path` checks before it binds the weights: the file's or the folder's
+    /// structure (every tensor's place, safetensors headers), the architecture, the
+    /// tokenizer and the configuration. `agentrt doctor` asks this rather than load a model a
+    /// server may hold already; its weights are mapped, not read. Returns the architecture's
+    /// name.
+    pub fn check_files(path: &Path) -> Result<String, EngineError> {
+        let (opened, _) = OpenedFiles::open(path)?;
+        let checked = match &opened {
+            OpenedFiles::Hf { config, arch, .. } => {
+                models::check_config(*arch, ConfigSource::Hf(config))
+            }
+            OpenedFiles::Gguf { file, name, arch } => {
+                models::check_config(*arch, ConfigSource::Gguf(file, name))
+            }
+        };
+        checked.map_err(load_error(path))?;
+        Ok(match opened {
+            OpenedFiles::Hf { name, .. } | OpenedFiles::Gguf { name, .. } => name,
+        })
     }
 
     /// Load a model: a GGUF file, or an HF folder (`config.json`, safetensors weights,
@@ -361,54 +400,53 @@ impl LoadedModel {
         device: Device,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, EngineError> {
-        let (load_err, tokenizer_err) = (load_error(path), tokenizer_error(path));
+        let load_err = load_error(path);
         let mut progress = |done, total| {
             on_progress(LoadProgress {
                 layers_done: done,
                 layers_total: total,
             })
         };
-        let (arch, model, tokenizer, store, format, placed) = if path.is_dir() {
-            let config = HfConfig::read(path).map_err(load_err)?;
-            let name = config.model_type().map_err(load_err)?;
-            let arch = Architecture::from_name(name).ok_or_else(|| unsupported_in(path, name))?;
-            let files = weights::safetensors_files(path).map_err(load_err)?;
-            let store = WeightStore::from_safetensors(&files, &|n| models::hf_tensor_name(arch, n))
-                .map_err(load_err)?;
-            let store = Arc::new(store);
-            let tokenizer = Tokenizer::from_hf_dir(path).map_err(tokenizer_err)?;
-            let (model, placed) = place_model(
+        let (opened, tokenizer) = OpenedFiles::open(path)?;
+        let (arch, model, store, format, placed) = match opened {
+            OpenedFiles::Hf {
+                config,
                 arch,
-                ConfigSource::Hf(&config),
-                store.clone(),
-                device,
-                path,
-                &mut progress,
-            )?;
-            (arch, model, tokenizer, store, "safetensors", placed)
-        } else {
-            let mut file = GgufFile::open(path).map_err(|e| load_err(e.into()))?;
-            let name = file
-                .str("general.architecture")
-                .map_err(|e| load_err(e.into()))?
-                .to_string();
-            let arch = Architecture::from_name(&name).ok_or_else(|| unsupported_in(path, &name))?;
-            let tokenizer = Tokenizer::from_gguf(&file).map_err(tokenizer_err)?;
-            // The vocabulary and merges now live in the tokenizer; as metadata they are another
-            // hundred thousand strings held for the life of the model.
-            file.metadata
-                .retain(|key, _| !key.starts_with("tokenizer.ggml."));
-            let file = Arc::new(file);
-            let store = Arc::new(WeightStore::from_gguf(file.clone()));
-            let (model, placed) = place_model(
+                store,
+                ..
+            } => {
+                let store = Arc::new(store);
+                let (model, placed) = place_model(
+                    arch,
+                    ConfigSource::Hf(&config),
+                    store.clone(),
+                    device,
+                    path,
+                    &mut progress,
+                )?;
+                (arch, model, store, "safetensors", placed)
+            }
+            OpenedFiles::Gguf {
+                mut file,
+                name,
                 arch,
-                ConfigSource::Gguf(&file, &name),
-                store.clone(),
-                device,
-                path,
-                &mut progress,
-            )?;
-            (arch, model, tokenizer, store, "gguf", placed)
+            } => {
+                // The vocabulary and merges now live in the tokenizer; as metadata they are
+                // another hundred thousand strings held for the life of the model.
+                file.metadata
+                    .retain(|key, _| !key.starts_with("tokenizer.ggml."));
+                let file = Arc::new(file);
+                let store = Arc::new(WeightStore::from_gguf(file.clone()));
+                let (model, placed) = place_model(
+                    arch,
+                    ConfigSource::Gguf(&file, &name),
+                    store.clone(),
+                    device,
+                    path,
+                    &mut progress,
+                )?;
+                (arch, model, store, "gguf", placed)
+            }
         };
         // HF checkpoints often pad the embedding past the tokenizer (Qwen2: 151936 rows for
         // 151665 tokens); a tokenizer larger than the model's head cannot work.
