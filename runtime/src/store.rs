@@ -586,6 +586,9 @@ pub struct Store {
     path: PathBuf,
     /// The file opened (device and inode), to tell it from another put in its place.
     identity: Mutex<Option<FileIdentity>>,
+    /// Why writes are refused, while another file holds the store's name (see
+    /// [`Store::step_aside`]); `None` while the file opened is in place.
+    displaced: Mutex<Option<String>>,
     /// Held by a server for as long as it runs (see [`Store::open_exclusive`]).
     lock: Option<StoreLock>,
 }
@@ -627,6 +630,7 @@ impl Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             identity: Mutex::new(file_identity(path)),
+            displaced: Mutex::new(None),
             lock: None,
         }
     }
@@ -725,10 +729,17 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut conn).map_err(|e| StoreError {
+        let result = f(&mut self.conn.lock().unwrap_or_else(|e| e.into_inner()));
+        // The connection is released first: the file check takes `displaced` before it.
+        result.map_err(|e| StoreError {
             path: self.path.display().to_string(),
-            message: e.to_string(),
+            // A write refused because the file was replaced says so, not "readonly database".
+            message: match &*self.displaced.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(why) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) => {
+                    why.clone()
+                }
+                _ => e.to_string(),
+            },
         })
     }
 
@@ -743,16 +754,95 @@ impl Store {
             return Ok(None);
         };
         match std::fs::metadata(&self.path) {
-            Ok(_) if file_identity(&self.path) == Some(opened) => Ok(None),
-            Ok(_) => Err(fail(
-                "another file took the store's place while this server ran (a restore goes \
-                 through `agentrt restore`, with the server stopped); this server goes on with \
-                 the file it opened, and loses it when it stops unless it is put back"
-                    .into(),
-            )),
+            Ok(_) if file_identity(&self.path) == Some(opened) => self.step_back(),
+            Ok(_) => {
+                let mut displaced = self.displaced.lock().unwrap_or_else(|p| p.into_inner());
+                let why = displaced.get_or_insert_with(|| self.step_aside());
+                Err(fail(why.clone()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_again(&mut identity),
             Err(e) => Err(fail(format!("cannot look at the store's file: {e}"))),
         }
+    }
+
+    /// Another file took the store's name while this server had it open (a backup copied
+    /// over it by hand). The write-ahead log and its index keep the name, so they now pair
+    /// with the new file: whatever this server writes there, SQLite would lay over the new
+    /// file's pages at the next open, damaging it. So the log is folded into the file this
+    /// server opened (and emptied), that file is copied beside the path (nothing it stored is
+    /// lost), and the connection refuses writes (`query_only`) until the file is back. Returns
+    /// what `/health`, the log and every refused write say.
+    fn step_aside(&self) -> String {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let folded = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|busy| match busy {
+                0 => Ok(()),
+                _ => Err("a reader held it".to_string()),
+            });
+        let copy = {
+            let mut name = self.path.clone().into_os_string();
+            name.push(format!(".displaced-{}", now_ms()));
+            PathBuf::from(name)
+        };
+        let copied = copy
+            .to_str()
+            .ok_or_else(|| "the path is not UTF-8".to_string())
+            .and_then(|target| {
+                conn.execute("VACUUM INTO ?1", [target])
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = conn.pragma_update(None, "query_only", true) {
+            tracing::error!(store = %self.path.display(), "cannot stop writes to the store: {e}");
+        }
+        let kept = match copied {
+            Ok(_) => format!("what it stored is kept in {}", copy.display()),
+            Err(why) => {
+                let _ = std::fs::remove_file(&copy);
+                format!(
+                    "what it stored could not be copied aside ({why}) and is lost when it \
+                     stops, unless the file it opened is put back"
+                )
+            }
+        };
+        let log = match folded {
+            Ok(()) => String::new(),
+            Err(why) => {
+                let mut wal = self.path.clone().into_os_string();
+                wal.push("-wal");
+                format!(
+                    "; its write-ahead log could not be emptied ({why}): move {} aside before \
+                     the next start",
+                    PathBuf::from(wal).display()
+                )
+            }
+        };
+        format!(
+            "another file took the store's place while this server ran (a restore goes through \
+             `agentrt restore`, with the server stopped); so as not to damage that file, this \
+             server no longer writes to the store and {kept}{log}; restart the \
+             server to use the file now in place, or put the one it opened back"
+        )
+    }
+
+    /// The file opened is in place: writes go on if [`Store::step_aside`] stopped them.
+    fn step_back(&self) -> Result<Option<String>, StoreError> {
+        let mut displaced = self.displaced.lock().unwrap_or_else(|p| p.into_inner());
+        if displaced.is_none() {
+            return Ok(None);
+        }
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.pragma_update(None, "query_only", false)
+            .map_err(|e| StoreError {
+                path: self.path.display().to_string(),
+                message: format!("cannot take writes again: {e}"),
+            })?;
+        *displaced = None;
+        // The watcher logs the store sound again.
+        Ok(None)
     }
 
     /// The store's file was deleted under the open connection, which still reads it: written

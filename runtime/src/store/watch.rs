@@ -474,13 +474,74 @@ mod tests {
             "{}",
             failing.error
         );
-        // Writes still succeed (into the file the server has open): the report stays.
-        store
+        // Writes are refused (the log beside the path now pairs with the other file), saying
+        // why; reads go on.
+        let refused = store
             .insert_run("x", &serde_json::json!({}), None)
-            .expect("insert");
-        assert!(store.write_failure().is_some());
+            .expect_err("refused");
+        assert!(refused.message.contains("no longer writes"), "{refused}");
+        assert!(store.run("x").expect("read").is_none());
         std::fs::rename(&aside, &path).expect("put back");
         store.check_file();
+        store
+            .insert_run("x", &serde_json::json!({}), None)
+            .expect("writes go on once the file is back");
         assert!(store.write_failure().is_none());
+    }
+
+    #[test]
+    fn a_store_copied_over_the_open_one_is_left_sound_and_what_the_server_stored_is_kept() {
+        let (dir, store) = watched();
+        let path = dir.path().join("agentrt.db");
+        let event = |seq: i64| StoredEvent {
+            seq,
+            at_ms: now_ms(),
+            kind: "tokens".into(),
+            data: format!("{{\"text\":\"{}\"}}", "x".repeat(300)),
+        };
+        // A backup, as `agentrt backup` writes it: one file, no log.
+        let backup = dir.path().join("backup.db");
+        {
+            let other = super::super::Store::open(&backup).expect("backup store");
+            for run in 0..20 {
+                let id = format!("backed-up-{run}");
+                other
+                    .insert_run(&id, &serde_json::json!({}), None)
+                    .expect("insert");
+                other.append_event(&id, &event(1)).expect("event");
+            }
+        }
+        // The server's own runs live in its write-ahead log when the copy lands.
+        for run in 0..20 {
+            let id = format!("served-{run}");
+            store
+                .insert_run(&id, &serde_json::json!({}), None)
+                .expect("insert");
+            for seq in 1..=5 {
+                store.append_event(&id, &event(seq)).expect("event");
+            }
+        }
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&backup, &copy).expect("copy");
+        std::fs::rename(&copy, &path).expect("copied over the store by hand");
+        store.check_file();
+        assert!(store.write_failure().is_some());
+        let _ = store.append_event("served-0", &event(6));
+        // The server is killed: its connection never closes (no last checkpoint), its log
+        // and index stay beside the path.
+        std::mem::forget(store);
+        // The next start finds the copied store whole, and the server's runs were set aside.
+        let reopened = super::super::Store::open(&path).expect("sound on reopening");
+        assert_eq!(reopened.check_integrity().expect("check"), Ok(()));
+        assert!(reopened.run("backed-up-7").expect("read").is_some());
+        assert!(reopened.run("served-7").expect("read").is_none());
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().contains(".displaced-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let aside = super::super::Store::open(&kept[0]).expect("the copy set aside");
+        assert_eq!(aside.events_after("served-7", 0).expect("events").len(), 5);
     }
 }
