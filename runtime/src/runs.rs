@@ -336,6 +336,51 @@ fn read_events(
     Ok(events)
 }
 
+/// How often a run waiting to start tries the store again while it refuses writes.
+const STORE_WAIT: Duration = Duration::from_secs(1);
+
+/// What [`mark_running`] found.
+#[derive(Debug, PartialEq)]
+enum Marked {
+    /// Stored running: the run starts.
+    Open,
+    /// Closed in the store meanwhile (a restored store, a host taken for gone): not run.
+    Closed,
+    /// Cancelled, or stopped by the shutdown, while waiting for the store.
+    Stopped,
+}
+
+/// Mark run `id` running in `store`, tried as every write is ([`with_retries`]) and then, while
+/// the store refuses writes (a full disk, a database gone away, a store file replaced), again
+/// every [`STORE_WAIT`] until it takes them or `stop` is set: a run accepted waits, queued,
+/// for the store instead of failing on it.
+fn mark_running(store: &dyn RunStore, id: &str, stop: &AtomicBool) -> Marked {
+    let mut waiting = false;
+    loop {
+        let mut open = true;
+        match with_retries(store, || store.set_running(id).map(|o| open = o)) {
+            Ok(()) if open => return Marked::Open,
+            Ok(()) => return Marked::Closed,
+            Err(e) if !waiting => {
+                tracing::warn!(
+                    target: "agentrt::runs",
+                    run = %id,
+                    "run waits to start until the run store takes writes again: {e}"
+                );
+                waiting = true;
+            }
+            Err(_) => {}
+        }
+        let until = Instant::now() + STORE_WAIT;
+        while Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                return Marked::Stopped;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// The line a run's end leaves in the log, with its state and error code: a failed run is a
 /// warning, so that `agentrt logs analyze` counts it among the problems.
 fn log_run_end(id: &str, state: RunState, code: Option<&str>, took: Duration) {
@@ -615,21 +660,21 @@ impl Runs {
             self.end_unrun(id, &emitter, RunState::Cancelled, error, true);
             return;
         };
-        // Tried again as every other write is. A run does not start until the store shows it
-        // running: one still stored `queued` would run again at the next start.
-        let mut still_open = true;
-        let marked = with_retries(self.store.as_ref(), || {
-            self.store.set_running(id).map(|open| still_open = open)
-        });
-        if let Err(e) = marked {
-            drop(slot);
-            let error = ErrorOut::new(
-                ErrorCode::StoreFailed,
-                format!("the run could not be marked running in the store: {e}"),
-            );
-            self.end_unrun(id, &emitter, RunState::Failed, error, true);
-            return;
-        }
+        // A run does not start until the store shows it running: one still stored `queued`
+        // would run again at the next start.
+        let still_open = match mark_running(self.store.as_ref(), id, &live.cancel) {
+            Marked::Open => true,
+            Marked::Closed => false,
+            Marked::Stopped => {
+                drop(slot);
+                if self.park(id, &live) {
+                    return;
+                }
+                let error = ErrorOut::new(ErrorCode::Cancelled, "the run was cancelled");
+                self.end_unrun(id, &emitter, RunState::Cancelled, error, true);
+                return;
+            }
+        };
         if !still_open {
             // Closed meanwhile (a restored store, a host taken for gone): not this run's turn.
             tracing::warn!(run = %id, "run closed in the store before it started; not run");
@@ -959,6 +1004,55 @@ mod tests {
                 let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
             }
         }
+    }
+
+    #[test]
+    fn a_run_waits_to_start_while_the_store_refuses_writes() {
+        let temp = TempStore::with_run("mark");
+        let store = temp.store.clone();
+        let never = AtomicBool::new(false);
+        // The runs table is away for longer than one write's quick retries, then back.
+        store
+            .execute_for_test("ALTER TABLE runs RENAME TO away")
+            .expect("hide");
+        let marked = std::thread::scope(|scope| {
+            let marking = scope.spawn(|| mark_running(store.as_ref(), "r", &never));
+            std::thread::sleep(Duration::from_millis(800));
+            store
+                .execute_for_test("ALTER TABLE away RENAME TO runs")
+                .expect("restore");
+            marking.join().expect("mark")
+        });
+        assert_eq!(marked, Marked::Open);
+        let run = store.run("r").expect("read").expect("run");
+        assert_eq!(run.state, RunState::Running);
+        // A run closed meanwhile is not started.
+        store
+            .execute_for_test("UPDATE runs SET state = 'failed' WHERE id = 'r'")
+            .expect("close");
+        assert_eq!(mark_running(store.as_ref(), "r", &never), Marked::Closed);
+    }
+
+    #[test]
+    fn a_run_waiting_for_the_store_stops_when_cancelled_and_stays_queued() {
+        let temp = TempStore::with_run("mark-stop");
+        let store = temp.store.clone();
+        let stop = AtomicBool::new(false);
+        store
+            .execute_for_test("ALTER TABLE runs RENAME TO away")
+            .expect("hide");
+        let marked = std::thread::scope(|scope| {
+            let marking = scope.spawn(|| mark_running(store.as_ref(), "r", &stop));
+            std::thread::sleep(Duration::from_millis(600));
+            stop.store(true, Ordering::SeqCst);
+            marking.join().expect("mark")
+        });
+        assert_eq!(marked, Marked::Stopped);
+        store
+            .execute_for_test("ALTER TABLE away RENAME TO runs")
+            .expect("restore");
+        let run = store.run("r").expect("read").expect("run");
+        assert_eq!(run.state, RunState::Queued);
     }
 
     #[test]
