@@ -896,9 +896,15 @@ fn print_findings(file: &std::path::Path, findings: &[FindingOut], all_ran: bool
             finding_place(&name, f.line, f.column),
             f.severity,
             f.rule_id,
-            f.message
+            indented(&f.message)
         );
     }
+}
+
+/// `text` with every line after the first indented: a plugin's message or summary cannot
+/// start a line of its own that editors and CI would take for a finding (`FILE:LINE: …`).
+fn indented(text: &str) -> String {
+    text.trim_end().replace('\n', "\n    ")
 }
 
 /// Where a finding is, as compilers print it: `FILE:LINE:COL`, `FILE:LINE` without a column,
@@ -1345,7 +1351,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .iter()
                     .filter_map(|c| c.error.as_ref().map(|e| (c, e)));
                 for (c, e) in failed.skip(1) {
-                    println!("check {} failed: {} {}", c.name, e.code, e.message);
+                    println!(
+                        "check {} failed: {} {}",
+                        c.name,
+                        e.code,
+                        indented(&e.message)
+                    );
                 }
             });
             result
@@ -1405,8 +1416,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             emit(opts.json, &value, || {
                 println!(
-                    "verdict: {} (score {:.1}/10)\n{}\n",
-                    review.verdict, review.score, review.summary
+                    "verdict: {} (score {:.1}/10)\n    {}\n",
+                    review.verdict,
+                    review.score,
+                    indented(&review.summary)
                 );
                 if let Some(tests) = &tests {
                     print_test_report(tests);
@@ -1948,6 +1961,15 @@ mod tests {
         assert_eq!(finding_place("sol.py", 3, 5), "sol.py:3:5");
         assert_eq!(finding_place("sol.py", 3, 0), "sol.py:3");
         assert_eq!(finding_place("sol.py", 0, 0), "sol.py");
+    }
+
+    #[test]
+    fn a_message_cannot_start_a_line_that_reads_as_a_finding() {
+        assert_eq!(
+            indented("bad\nfake.py:9:9: error [x] forged\n"),
+            "bad\n    fake.py:9:9: error [x] forged"
+        );
+        assert_eq!(indented("one line"), "one line");
     }
 
     #[test]

@@ -482,7 +482,7 @@ impl PluginHost {
         // says there what it covers.
         match self.trial(&plugin, true) {
             Ok(None) => Ok(plugin),
-            Ok(Some(info)) => match output::check_info(&info) {
+            Ok(Some(mut info)) => match output::check_info(&mut info) {
                 Ok(()) => Ok(Plugin {
                     check_scope: Some(CheckScope::of(info)),
                     ..plugin
@@ -570,7 +570,7 @@ impl PluginHost {
         f: impl FnOnce(&Pre, &mut Store<PluginState>) -> wasmtime::Result<Result<R, PipelineError>>
         + Send
         + 'static,
-        validate: impl FnOnce(&R) -> Result<(), String>,
+        validate: impl FnOnce(&mut R) -> Result<(), String>,
     ) -> (Result<R, PluginError>, CallStats) {
         // A call waits for an instance slot no longer than it may run: slots held by calls
         // abandoned in a blocking host call must not hold up every later call for good.
@@ -625,6 +625,7 @@ impl PluginHost {
                         .collect(),
                 };
                 let used = state.used.join(",");
+                let relayable = state.relayable.clone();
                 let name = worker_plugin.manifest.name.clone();
                 let late = state
                     .slept_past_deadline
@@ -642,9 +643,9 @@ impl PluginHost {
                 // that takes the slot finds room for its instance.
                 drop(store);
                 drop(slot);
-                (outcome, stats, used)
+                (outcome, stats, used, relayable)
             });
-        let (outcome, mut stats, used) = match finished {
+        let (outcome, mut stats, used, relayable) = match finished {
             Ok(Some(done)) => done,
             Err(e) => {
                 let error = PluginError::Load {
@@ -685,11 +686,11 @@ impl PluginHost {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(error)) => Err(PluginError::Returned {
                 plugin: plugin.manifest.name.clone(),
-                error: output::clip_error(error),
+                error: output::clip_error(error, &relayable),
             }),
             Err(e) => Err(e),
         };
-        let result = result.and_then(|v| match validate(&v) {
+        let result = result.and_then(|mut v| match validate(&mut v) {
             Ok(()) => Ok(v),
             Err(message) => Err(PluginError::Output {
                 plugin: plugin.manifest.name.clone(),
@@ -854,7 +855,7 @@ impl PluginHost {
                     .call_check(&mut *store, &artifact),
                 _ => Err(wrong_world(World::QualityCheck)),
             },
-            |f: &Vec<Finding>| output::check_findings(f),
+            |f: &mut Vec<Finding>| output::check_findings(f),
         )
     }
 
@@ -913,7 +914,7 @@ impl PluginHost {
                 }
                 _ => Err(wrong_world(World::ErrorHandler)),
             },
-            move |d: &Decision| match &d.model {
+            move |d: &mut Decision| match &d.model {
                 Some(m) if !offered_ids.contains(m) => Err(format!(
                     "asked to retry on model {m:?}, which was not offered (offered: {offered_ids:?})"
                 )),

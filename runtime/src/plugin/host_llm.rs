@@ -199,10 +199,12 @@ impl Host for PluginState {
     }
 
     fn count_tokens(&mut self, model: Option<String>, text: String) -> Result<u32, Error> {
-        let loaded = self.resolve_model(model)?;
-        loaded
-            .count_tokens(&text, self.deadline)
-            .map_err(to_wit_error)
+        let counted = self.resolve_model(model).and_then(|loaded| {
+            loaded
+                .count_tokens(&text, self.deadline)
+                .map_err(to_wit_error)
+        });
+        self.noted(counted)
     }
 
     fn generate(
@@ -211,7 +213,8 @@ impl Host for PluginState {
         prompt: String,
         params: Sampling,
     ) -> Result<Completion, Error> {
-        self.run(model, Prompt::Text(prompt), params)
+        let generated = self.run(model, Prompt::Text(prompt), params);
+        self.noted(generated)
     }
 
     fn chat(
@@ -237,7 +240,22 @@ impl Host for PluginState {
                 content: m.content,
             })
             .collect();
-        self.run(model, Prompt::Chat(messages), params)
+        let answered = self.run(model, Prompt::Chat(messages), params);
+        self.noted(answered)
+    }
+}
+
+impl PluginState {
+    /// `result`, with the code of a refusal the plugin may pass on noted for the call (see
+    /// [`crate::plugin::output::RELAYED_ONLY`]).
+    fn noted<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(refusal) = &result
+            && let Some(code) = crate::plugin::output::relayable(refusal)
+            && !self.relayable.contains(&code)
+        {
+            self.relayable.push(code);
+        }
+        result
     }
 }
 

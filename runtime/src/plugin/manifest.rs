@@ -213,8 +213,22 @@ impl Manifest {
                 m.name
             )));
         }
-        if m.version.is_empty() {
-            return Err(ManifestError::Invalid("version must not be empty".into()));
+        // Both go into log lines and terminal listings: a newline or an escape sequence in
+        // them would forge lines there or rewrite the screen.
+        let version_ok = !m.version.is_empty()
+            && m.version.len() <= 64
+            && m.version.chars().all(|c| c.is_ascii_graphic());
+        if !version_ok {
+            return Err(ManifestError::Invalid(format!(
+                "version {:?} must be 1-64 printable ASCII characters without spaces (e.g. 1.2.0)",
+                m.version
+            )));
+        }
+        if m.description.len() > 1024 || m.description.chars().any(char::is_control) {
+            return Err(ManifestError::Invalid(
+                "description must be one line of at most 1024 bytes, without control characters"
+                    .into(),
+            ));
         }
         if !m.world.uses_llm() && !m.permissions.models.is_empty() {
             return Err(ManifestError::Invalid(format!(
@@ -253,6 +267,19 @@ mod tests {
         assert!(Manifest::parse("name=\"a\"\nversion=\"1\"\nworld=\"reviewer\"\nfoo=1").is_err());
         assert!(Manifest::parse("name=\"a b\"\nversion=\"1\"\nworld=\"reviewer\"").is_err());
         assert!(Manifest::parse("name=\"a\"\nversion=\"1\"\nworld=\"painter\"").is_err());
+        // Nothing that could forge a log line or drive a terminal.
+        for version in ["", "1.0 beta", "0.1.0\\u001b[31m", "0.1.0\\nforged"] {
+            let text = format!("name=\"a\"\nversion=\"{version}\"\nworld=\"reviewer\"");
+            assert!(Manifest::parse(&text).is_err(), "{text}");
+        }
+        let text = "name=\"a\"\nversion=\"1\"\nworld=\"reviewer\"\ndescription=\"ok\\nforged\"";
+        assert!(Manifest::parse(text).is_err());
+        assert!(
+            Manifest::parse(
+                "name=\"a\"\nversion=\"1.2.0+b7\"\nworld=\"reviewer\"\ndescription=\"Fine, é\""
+            )
+            .is_ok()
+        );
         let e = Manifest::parse(
             "name=\"a\"\nversion=\"1\"\nworld=\"quality-check\"\n[permissions]\nmodels=[\"*\"]",
         );

@@ -3,6 +3,11 @@
 //! Results are lifted out of the guest's memory, which the memory cap already bounds; these
 //! limits keep one plugin from inflating responses, logs and statistics far beyond that (every
 //! result is copied into reports and JSON), and reject values that break the WIT's promises.
+//! Texts meant for people (rule ids, messages, suggestions, summaries, names) have their
+//! control characters blanked: they reach terminals (`agentrt check` prints findings as
+//! compilers do) and logs, where an escape sequence or a carriage return from a third-party
+//! check would rewrite the screen or hide a finding. Messages, suggestions and summaries keep
+//! their line breaks and tabs; one-line texts lose them too.
 
 use super::bindings::{CheckInfo, CodeArtifact, Finding, PipelineError, Recovery, Review};
 
@@ -33,13 +38,29 @@ fn too_many(what: &str, count: usize, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-pub fn check_artifact(a: &CodeArtifact) -> Result<(), String> {
-    too_long("code", a.code.len(), MAX_TEXT_BYTES)?;
-    too_long("tests", a.tests.len(), MAX_TEXT_BYTES)?;
-    too_long("language", a.language.len(), MAX_CODE_BYTES)
+/// Blank `s`'s control characters (a space each), line breaks and tabs too unless
+/// `keep_lines`.
+fn blank_controls(s: &mut String, keep_lines: bool) {
+    let kept = |c: char| keep_lines && (c == '\n' || c == '\t');
+    if s.chars().any(|c| c.is_control() && !kept(c)) {
+        *s = s
+            .chars()
+            .map(|c| if c.is_control() && !kept(c) { ' ' } else { c })
+            .collect();
+    }
 }
 
-pub fn check_findings(findings: &[Finding]) -> Result<(), String> {
+/// A generator's code and tests are kept as written (source may hold a form feed); only its
+/// language, a one-word name, is blanked.
+pub fn check_artifact(a: &mut CodeArtifact) -> Result<(), String> {
+    too_long("code", a.code.len(), MAX_TEXT_BYTES)?;
+    too_long("tests", a.tests.len(), MAX_TEXT_BYTES)?;
+    too_long("language", a.language.len(), MAX_CODE_BYTES)?;
+    blank_controls(&mut a.language, false);
+    Ok(())
+}
+
+pub fn check_findings(findings: &mut [Finding]) -> Result<(), String> {
     too_many("findings", findings.len(), MAX_FINDINGS)?;
     for f in findings {
         too_long("a rule id", f.rule_id.len(), MAX_CODE_BYTES)?;
@@ -49,6 +70,11 @@ pub fn check_findings(findings: &[Finding]) -> Result<(), String> {
             f.suggestion.as_ref().map_or(0, String::len),
             MAX_MESSAGE_BYTES,
         )?;
+        blank_controls(&mut f.rule_id, false);
+        blank_controls(&mut f.message, true);
+        if let Some(suggestion) = &mut f.suggestion {
+            blank_controls(suggestion, true);
+        }
     }
     Ok(())
 }
@@ -56,7 +82,7 @@ pub fn check_findings(findings: &[Finding]) -> Result<(), String> {
 /// Most languages a quality check may name in its `describe`.
 pub const MAX_CHECK_LANGUAGES: usize = 64;
 
-pub fn check_info(info: &CheckInfo) -> Result<(), String> {
+pub fn check_info(info: &mut CheckInfo) -> Result<(), String> {
     too_long("its name", info.name.len(), MAX_MESSAGE_BYTES)?;
     too_many("languages", info.languages.len(), MAX_CHECK_LANGUAGES)?;
     too_many("rules", info.rules.len(), MAX_FINDINGS)?;
@@ -66,15 +92,20 @@ pub fn check_info(info: &CheckInfo) -> Result<(), String> {
     for rule in &info.rules {
         too_long("a rule id", rule.len(), MAX_CODE_BYTES)?;
     }
+    blank_controls(&mut info.name, false);
+    for text in info.languages.iter_mut().chain(info.rules.iter_mut()) {
+        blank_controls(text, false);
+    }
     Ok(())
 }
 
-pub fn check_review(r: &Review) -> Result<(), String> {
+pub fn check_review(r: &mut Review) -> Result<(), String> {
     if !(0.0..=10.0).contains(&r.score) {
         return Err(format!("score {} is outside 0..=10", r.score));
     }
     too_long("the summary", r.summary.len(), MAX_TEXT_BYTES)?;
-    check_findings(&r.findings)
+    blank_controls(&mut r.summary, true);
+    check_findings(&mut r.findings)
 }
 
 fn clip(s: &mut String, max: usize) {
@@ -91,24 +122,47 @@ fn clip(s: &mut String, max: usize) {
 /// host may give.
 pub const PLUGIN_ERROR_CODE: &str = "PLUGIN_ERROR";
 
+/// The codes of the host's refusals that tell a client about its request: model access denied
+/// (`403`), a token budget spent (`429` with `Retry-After`), the request cancelled (`408`, and
+/// a run counted cancelled). A plugin may pass one on only when the host gave it that refusal
+/// in the same call ([`relayable`]).
+pub const RELAYED_ONLY: [&str; 3] = ["PLUGIN_006", "PLUGIN_007", "COMM_004"];
+
+/// The code of `refusal`, given by the host to a plugin, that the plugin may then return as
+/// its own error (see [`RELAYED_ONLY`]).
+pub fn relayable(refusal: &super::bindings::llm::Error) -> Option<&'static str> {
+    use super::bindings::llm::Error;
+    match refusal {
+        Error::AccessDenied(_) => Some("PLUGIN_006"),
+        Error::QuotaExceeded(_) => Some("PLUGIN_007"),
+        Error::Cancelled => Some("COMM_004"),
+        _ => None,
+    }
+}
+
 /// A plugin's own error, clipped to sane sizes (the code ends up as a statistics key).
 ///
 /// A plugin may relay the host's model, generation, review, plugin, timeout and cancellation
 /// codes, and name codes of its own, but not claim one of the codes that tell a client
 /// something about the server or its credentials: `AUTH_*` would answer `401` (the client
 /// drops its key), `QUEUE_001` a `429` with `Retry-After` (it backs off), `STORE_001`,
-/// `RUN_*`, `INTERNAL`... an outage of the host. Such a code becomes [`PLUGIN_ERROR_CODE`]
+/// `RUN_*`, `INTERNAL`... an outage of the host; nor one of [`RELAYED_ONLY`] unless the host
+/// gave it that refusal in this call (`relayed`). Such a code becomes [`PLUGIN_ERROR_CODE`]
 /// (a `502`), and the message keeps what the plugin said.
-pub fn clip_error(mut e: PipelineError) -> PipelineError {
+pub fn clip_error(mut e: PipelineError, relayed: &[&str]) -> PipelineError {
     e.code.retain(|c| c.is_ascii_alphanumeric() || c == '_');
     clip(&mut e.code, MAX_CODE_BYTES);
+    let unearned = RELAYED_ONLY.contains(&e.code.as_str()) && !relayed.contains(&e.code.as_str());
     if e.code.is_empty() {
         e.code = PLUGIN_ERROR_CODE.into();
-    } else if crate::error_code::ErrorCode::parse(&e.code).is_some_and(|c| !plugin_may_give(c)) {
+    } else if unearned
+        || crate::error_code::ErrorCode::parse(&e.code).is_some_and(|c| !plugin_may_give(c))
+    {
         e.message = format!("{}: {}", e.code, e.message);
         e.code = PLUGIN_ERROR_CODE.into();
     }
     clip(&mut e.message, MAX_MESSAGE_BYTES);
+    blank_controls(&mut e.message, true);
     e
 }
 
@@ -144,15 +198,18 @@ pub fn clip_recovery(recovery: Recovery) -> Recovery {
         Recovery::Retry(mut plan) => {
             if let Some(feedback) = &mut plan.feedback {
                 clip(feedback, MAX_FEEDBACK_BYTES);
+                blank_controls(feedback, true);
             }
             Recovery::Retry(plan)
         }
         Recovery::Fallback(mut why) => {
             clip(&mut why, MAX_MESSAGE_BYTES);
+            blank_controls(&mut why, true);
             Recovery::Fallback(why)
         }
         Recovery::Abort(mut why) => {
             clip(&mut why, MAX_MESSAGE_BYTES);
+            blank_controls(&mut why, true);
             Recovery::Abort(why)
         }
     }
@@ -170,10 +227,17 @@ mod tests {
             languages: languages.into_iter().map(String::from).collect(),
             rules: (0..rules).map(|i| format!("c/{i}")).collect(),
         };
-        assert!(check_info(&info(vec!["python"], MAX_FINDINGS)).is_ok());
-        assert!(check_info(&info(vec![], MAX_FINDINGS + 1)).is_err());
-        assert!(check_info(&info(vec!["x"; MAX_CHECK_LANGUAGES + 1], 0)).is_err());
-        assert!(check_info(&info(vec![&"y".repeat(MAX_CODE_BYTES + 1)], 0)).is_err());
+        assert!(check_info(&mut info(vec!["python"], MAX_FINDINGS)).is_ok());
+        assert!(check_info(&mut info(vec![], MAX_FINDINGS + 1)).is_err());
+        assert!(check_info(&mut info(vec!["x"; MAX_CHECK_LANGUAGES + 1], 0)).is_err());
+        assert!(check_info(&mut info(vec![&"y".repeat(MAX_CODE_BYTES + 1)], 0)).is_err());
+        let mut sly = info(vec!["py\u{1b}[2K"], 0);
+        sly.name = "c\r\nforged".into();
+        check_info(&mut sly).expect("blanked, not refused");
+        assert_eq!(
+            (sly.name.as_str(), sly.languages[0].as_str()),
+            ("c  forged", "py [2K")
+        );
 
         let python = crate::plugin::CheckScope::of(info(vec![" Python ", "python"], 1));
         assert_eq!(python.languages, ["python"]);
@@ -208,23 +272,59 @@ mod tests {
             column: 1,
             suggestion: None,
         };
-        assert!(check_findings(&vec![f.clone(); MAX_FINDINGS]).is_ok());
-        assert!(check_findings(&vec![f.clone(); MAX_FINDINGS + 1]).is_err());
+        assert!(check_findings(&mut vec![f.clone(); MAX_FINDINGS]).is_ok());
+        assert!(check_findings(&mut vec![f.clone(); MAX_FINDINGS + 1]).is_err());
         let review = |score| Review {
             verdict: Verdict::Approve,
             score,
             summary: String::new(),
             findings: vec![],
         };
-        assert!(check_review(&review(10.0)).is_ok());
-        assert!(check_review(&review(f32::NAN)).is_err());
-        assert!(check_review(&review(11.0)).is_err());
-        let big = CodeArtifact {
+        assert!(check_review(&mut review(10.0)).is_ok());
+        assert!(check_review(&mut review(f32::NAN)).is_err());
+        assert!(check_review(&mut review(11.0)).is_err());
+        let mut big = CodeArtifact {
             language: "python".into(),
             code: "x".repeat(MAX_TEXT_BYTES + 1),
             tests: String::new(),
         };
-        assert!(check_artifact(&big).is_err());
+        assert!(check_artifact(&mut big).is_err());
+    }
+
+    #[test]
+    fn texts_for_people_lose_the_control_characters_that_drive_terminals() {
+        let mut findings = vec![Finding {
+            rule_id: "evil\u{1b}[2K\rx\nfake.py:9:9: error".into(),
+            severity: Severity::Info,
+            message: "hidden\u{1b}[1A\u{7}\r\nsecond line\tkept".into(),
+            line: 1,
+            column: 1,
+            suggestion: Some("x = 1\u{1b}]0;TITLE\u{7}\n".into()),
+        }];
+        check_findings(&mut findings).expect("blanked, not refused");
+        let f = &findings[0];
+        assert_eq!(f.rule_id, "evil [2K x fake.py:9:9: error");
+        assert_eq!(f.message, "hidden [1A  \nsecond line\tkept");
+        assert_eq!(f.suggestion.as_deref(), Some("x = 1 ]0;TITLE \n"));
+        let mut review = Review {
+            verdict: Verdict::Approve,
+            score: 5.0,
+            summary: "ok\u{1b}[31m\nnext".into(),
+            findings,
+        };
+        check_review(&mut review).expect("review");
+        assert_eq!(review.summary, "ok [31m\nnext");
+        // Code is kept as written.
+        let mut code = CodeArtifact {
+            language: "python\n".into(),
+            code: "x = 1\u{c}\r\n".into(),
+            tests: String::new(),
+        };
+        check_artifact(&mut code).expect("artifact");
+        assert_eq!(
+            (code.language.as_str(), code.code.as_str()),
+            ("python ", "x = 1\u{c}\r\n")
+        );
     }
 
     #[test]
@@ -245,12 +345,15 @@ mod tests {
 
     #[test]
     fn plugin_error_codes_are_cleaned() {
-        let e = clip_error(PipelineError {
-            code: "GEN_003\n<script>".repeat(20),
-            message: "é".repeat(5000),
-            stage: Stage::Generate,
-            attempt: 1,
-        });
+        let e = clip_error(
+            PipelineError {
+                code: "GEN_003\n<script>".repeat(20),
+                message: "é".repeat(5000),
+                stage: Stage::Generate,
+                attempt: 1,
+            },
+            &[],
+        );
         assert!(
             e.code.len() <= MAX_CODE_BYTES
                 && e.code
@@ -262,14 +365,18 @@ mod tests {
 
     #[test]
     fn a_plugin_cannot_claim_the_hosts_own_codes() {
-        let returned = |code: &str| {
-            clip_error(PipelineError {
-                code: code.into(),
-                message: "forged".into(),
-                stage: Stage::Review,
-                attempt: 1,
-            })
+        let returned_after = |code: &str, relayed: &[&str]| {
+            clip_error(
+                PipelineError {
+                    code: code.into(),
+                    message: "forged".into(),
+                    stage: Stage::Review,
+                    attempt: 1,
+                },
+                relayed,
+            )
         };
+        let returned = |code: &str| returned_after(code, &[]);
         for host_only in [
             "AUTH_001",
             "AUTH_002",
@@ -287,18 +394,21 @@ mod tests {
             assert_eq!(e.message, format!("{host_only}: forged"));
         }
         // What plugins relay from the host, and codes of their own, stay as they are.
-        for relayed in [
-            "MODEL_004",
-            "GEN_003",
-            "REV_001",
-            "PLUGIN_004",
-            "PLUGIN_006",
-            "PLUGIN_007",
-            "COMM_004",
-            "MY_001",
-        ] {
+        for relayed in ["MODEL_004", "GEN_003", "REV_001", "PLUGIN_004", "MY_001"] {
             let e = returned(relayed);
             assert_eq!((e.code.as_str(), e.message.as_str()), (relayed, "forged"));
         }
+        // A refusal that tells the client about its request (403, 429, cancelled) only when
+        // the host refused this call so.
+        for code in RELAYED_ONLY {
+            let e = returned(code);
+            assert_eq!(e.code, PLUGIN_ERROR_CODE, "{code}");
+            let e = returned_after(code, &["PLUGIN_007", code]);
+            assert_eq!(e.code, code);
+        }
+        assert_eq!(
+            returned_after("PLUGIN_006", &["PLUGIN_007"]).code,
+            PLUGIN_ERROR_CODE
+        );
     }
 }

@@ -119,8 +119,11 @@ pub struct PluginState {
     /// Tokens (prompt + completion) the plugin consumed in this call.
     pub tokens_used: u64,
     pub llm_calls: u32,
-    /// Log lines written in this call (bounded by the log host).
-    pub log_lines: u32,
+    /// The codes of the refusals the host gave this call that the plugin may pass on (see
+    /// [`super::output::RELAYED_ONLY`]).
+    pub relayable: Vec<&'static str>,
+    /// What this call has logged (bounded by the log host).
+    pub log_budget: super::host_log::LogBudget,
     /// The end of what the plugin wrote to stdout and stderr in this call.
     pub output: super::output_tail::OutputTail,
     /// Cancels the call's model generations (a cancelled pipeline run).
@@ -176,7 +179,8 @@ impl PluginState {
             used: Vec::new(),
             tokens_used: 0,
             llm_calls: 0,
-            log_lines: 0,
+            relayable: Vec::new(),
+            log_budget: Default::default(),
             output: Default::default(),
             cancel: None,
             on_text: None,
