@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::ErrorCode;
-use crate::store::{RunStore, Store, StoreLock};
+use crate::store::{LockRole, RunStore, Store, StoreLock};
 
 /// Format of `manifest.json`.
 const MANIFEST_VERSION: u32 = 1;
@@ -384,18 +384,25 @@ pub fn restore(
     plugins: Option<&Path>,
     force: bool,
 ) -> Result<Restored, BackupError> {
-    if StoreLock::held(store) {
+    if let Some(holder) = StoreLock::held(store) {
+        let what_then = match holder.role {
+            LockRole::Server => {
+                "stop that server first (a restore replaces the file it has open), then \
+                 restore and start it again"
+            }
+            LockRole::Restore => holder.advice(),
+        };
         return Err(fail(
             ErrorCode::StoreFailed,
             format!(
-                "run store {}: a running agentrt server uses it; stop that server first (a \
-                 restore replaces the file it has open), then restore and start it again",
+                "run store {}: {holder} uses it; {what_then}",
                 store.display()
             ),
         ));
     }
     // Held until the new store is in place: no server may open it half-restored.
-    let lock = StoreLock::take(store).map_err(|e| fail(e.code(), e.to_string()))?;
+    let lock =
+        StoreLock::take(store, LockRole::Restore).map_err(|e| fail(e.code(), e.to_string()))?;
     // A lock file made just now belongs to whoever runs the restore: given to the store's
     // owner, whose server takes it next.
     keep_ownership(lock.path(), store);
@@ -580,6 +587,18 @@ fn install(staged: &[(PathBuf, PathBuf)], kept_suffix: &str) -> Result<Vec<PathB
     let mut kept_all = Vec::new();
     for (n, (tmp, target)) in staged.iter().enumerate() {
         let is_store = n + 1 == staged.len();
+        // The old store whole in its file first: its log is then not moved on its own (a
+        // restore stopped between that and the rename would leave the file without its last
+        // commits). One that cannot be folded (a damaged store) goes aside with the file.
+        if is_store
+            && target.is_file()
+            && let Err(why) = crate::store::fold_log(target)
+        {
+            tracing::warn!(
+                store = %target.display(),
+                "cannot fold the replaced store's write-ahead log into it ({why}); it is kept beside the copy"
+            );
+        }
         let kept = keep(target, kept_suffix);
         let aside = kept.and_then(|kept| {
             let logs = if is_store {
@@ -705,11 +724,15 @@ fn set_old_log_aside(
             Some(kept) if suffix == "-wal" => beside(kept, suffix),
             _ => beside(target, &format!("{suffix}.replaced")),
         };
-        if let Err(e) = fs::rename(&old, &aside) {
-            put_back(&moved);
-            return Err(io("cannot move aside", &old, e));
+        match fs::rename(&old, &aside) {
+            Ok(()) => moved.push((old, aside)),
+            // Gone since it was seen (folded and removed by the last connection to close).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                put_back(&moved);
+                return Err(io("cannot move aside", &old, e));
+            }
         }
-        moved.push((old, aside));
     }
     Ok(moved)
 }
@@ -1101,6 +1124,8 @@ mod tests {
                 .starts_with(&format!("{}.pre-restore-", live.display())),
             "{kept_store:?}"
         );
+        // Whole in its file: the log was folded in before anything moved.
+        assert!(!beside(&kept_store, "-wal").exists());
         assert_eq!(run_ids(&kept_store), ["a", "after-the-backup", "b"]);
         assert_eq!(
             fs::read_to_string(&kept_config).expect("read"),
@@ -1204,7 +1229,8 @@ mod tests {
         let server = Store::open_exclusive(&store).expect("server");
         let err = restore(&out, &store, None, None, true).expect_err("locked");
         assert!(
-            err.message.contains("a running agentrt server uses it"),
+            err.message.contains("another agentrt server (pid")
+                && err.message.contains("stop that server first"),
             "{err}"
         );
         // Nor through a link to the store: the lock is the real file's.
@@ -1212,7 +1238,8 @@ mod tests {
         std::os::unix::fs::symlink(&store, &link).expect("link");
         let err = restore(&out, &link, None, None, true).expect_err("locked through the link");
         assert!(
-            err.message.contains("a running agentrt server uses it"),
+            err.message.contains("another agentrt server (pid")
+                && err.message.contains("stop that server first"),
             "{err}"
         );
         drop(server);

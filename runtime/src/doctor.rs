@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::engine::Device;
 use crate::error_code::ErrorCode;
 use crate::pipeline::Pipeline;
-use crate::store::{RunState, RunStore, Store, StoreLock};
+use crate::store::{LockRole, RunState, RunStore, Store, StoreLock};
 
 /// Below this much available memory the default model still loads, but little else fits.
 const LOW_MEMORY_BYTES: u64 = 1 << 30;
@@ -318,8 +318,22 @@ impl Report {
             return;
         }
         let path = Path::new(location);
+        // A restore moves the file and its log: looked at then, the store could be caught
+        // between the two, and closing the look would fold a log the restore is moving.
+        if let Some(holder) = StoreLock::held(path).filter(|h| h.role == LockRole::Restore) {
+            self.add(
+                "store",
+                Status::Warn,
+                format!(
+                    "{}: {holder} is replacing this store; not looked at (run doctor again \
+                     once it has finished)",
+                    path.display()
+                ),
+            );
+            return;
+        }
         if !path.exists() {
-            if StoreLock::held(path) {
+            if StoreLock::held(path).is_some() {
                 self.add(
                     "store",
                     Status::Fail,
@@ -348,7 +362,7 @@ impl Report {
         }
         // Looked at, not taken: the doctor leaves no lock file beside what it examines, and an
         // older build's store as it is (upgrading it would keep that build from reading it).
-        let in_use = StoreLock::held(path);
+        let in_use = StoreLock::held(path).is_some();
         match Store::open_to_examine(path) {
             // A file without the tables (made empty by hand): nothing to look at yet.
             Ok((_, 0)) => self.add(
@@ -748,12 +762,19 @@ mod tests {
         assert_eq!(std::fs::read_dir(&dir).expect("list").count(), 0);
         // A server's lock without its file: the file was deleted under it.
         let path = dir.join("agentrt.db");
-        let lock = StoreLock::take(&path).expect("lock");
+        let lock = StoreLock::take(&path, crate::store::LockRole::Server).expect("lock");
         let check = store_check(&path);
         assert_eq!(check.status, Status::Fail, "{check:?}");
         assert!(check.detail.contains("file is missing"), "{check:?}");
         drop(lock);
         assert_eq!(store_check(&path).status, Status::Ok);
+        // A restore under way: not looked at (the look could fold a log it is moving).
+        let restoring = StoreLock::take(&path, crate::store::LockRole::Restore).expect("lock");
+        let check = store_check(&path);
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert!(check.detail.contains("agentrt restore"), "{check:?}");
+        assert!(!path.exists(), "nothing opened or created");
+        drop(restoring);
         // A folder that takes no file (a file where the folder should be).
         std::fs::write(dir.join("plain"), b"").expect("file");
         let check = store_check(&dir.join("plain/agentrt.db"));

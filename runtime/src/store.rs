@@ -155,7 +155,8 @@ pub struct StoredEvent {
 }
 
 /// The lock a server holds on its store (`PATH.lock`, an advisory file lock), also taken by
-/// `agentrt restore` while it replaces the file.
+/// `agentrt restore` while it replaces the file. The lock file says who holds it
+/// ([`LockHolder`]), so that whoever finds it held is told what to wait for.
 #[derive(Debug)]
 pub struct StoreLock {
     /// Locked while open; closing it (drop) releases the lock. Replaced when the lock file
@@ -163,28 +164,96 @@ pub struct StoreLock {
     file: Mutex<std::fs::File>,
     /// `PATH.lock`, beside the file links lead to.
     path: PathBuf,
+    role: LockRole,
+}
+
+/// What a process holds a store's lock for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockRole {
+    /// `agentrt serve`, for as long as it runs.
+    Server,
+    /// `agentrt restore`, while it replaces the store.
+    Restore,
+}
+
+impl LockRole {
+    fn word(self) -> &'static str {
+        match self {
+            LockRole::Server => "serve",
+            LockRole::Restore => "restore",
+        }
+    }
+}
+
+/// Who holds a store's lock, as its lock file says (a file an older build locked says
+/// nothing: a server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub role: LockRole,
+    pub pid: Option<u32>,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.role {
+            LockRole::Server => f.write_str("another agentrt server")?,
+            LockRole::Restore => f.write_str("an `agentrt restore` under way")?,
+        }
+        match self.pid {
+            Some(pid) => write!(f, " (pid {pid})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl LockHolder {
+    /// What the lock file's text says.
+    fn parse(text: &str) -> Self {
+        let mut words = text.split_whitespace();
+        let role = match words.next() {
+            Some("restore") => LockRole::Restore,
+            _ => LockRole::Server,
+        };
+        let pid = words.next().and_then(|p| p.parse().ok());
+        Self { role, pid }
+    }
+
+    /// What whoever found the lock held should do.
+    pub fn advice(&self) -> &'static str {
+        match self.role {
+            LockRole::Server => "set AGENTRT_STORE to give this one its own, or stop that server",
+            LockRole::Restore => "wait for it to finish, then try again",
+        }
+    }
 }
 
 impl StoreLock {
-    /// Whether a server holds the lock of the store at `path` now; looks without creating the
+    /// Who holds the lock of the store at `path` now, if anyone; looks without creating the
     /// lock file or its folder.
-    pub fn held(path: &Path) -> bool {
+    pub fn held(path: &Path) -> Option<LockHolder> {
+        use std::io::Read;
         // Where `take` puts it: beside the file links lead to.
         let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let mut lock_path = real.into_os_string();
         lock_path.push(".lock");
         // Read access is enough to ask for the lock: a server run as another user is seen too.
-        std::fs::OpenOptions::new()
+        let mut lock = std::fs::OpenOptions::new()
             .read(true)
             .open(&lock_path)
-            .is_ok_and(|lock| match lock.try_lock() {
-                Ok(()) => false,
-                Err(std::fs::TryLockError::WouldBlock) => true,
-                Err(std::fs::TryLockError::Error(_)) => false,
-            })
+            .ok()?;
+        match lock.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = lock.by_ref().take(256).read_to_string(&mut text);
+                Some(LockHolder::parse(&text))
+            }
+            Ok(()) | Err(std::fs::TryLockError::Error(_)) => None,
+        }
     }
 
-    pub fn take(path: &Path) -> Result<Self, StoreError> {
+    /// Take the lock of the store at `path` for `role`: refused, naming who holds it, when
+    /// another process does.
+    pub fn take(path: &Path, role: LockRole) -> Result<Self, StoreError> {
         let fail = |message: String| StoreError {
             path: path.display().to_string(),
             message,
@@ -198,10 +267,11 @@ impl StoreLock {
         let mut lock_path = real.into_os_string();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);
-        let file = Self::lock_file(&lock_path).map_err(fail)?;
+        let file = Self::lock_file(&lock_path, role).map_err(fail)?;
         Ok(Self {
             file: Mutex::new(file),
             path: lock_path,
+            role,
         })
     }
 
@@ -210,20 +280,35 @@ impl StoreLock {
         &self.path
     }
 
-    /// Open (creating) and lock the lock file at `lock_path`.
-    fn lock_file(lock_path: &Path) -> Result<std::fs::File, String> {
-        let lock = std::fs::OpenOptions::new()
+    /// Open (creating) and lock the lock file at `lock_path`, and write who holds it.
+    fn lock_file(lock_path: &Path, role: LockRole) -> Result<std::fs::File, String> {
+        use std::io::{Read, Write};
+        // Truncated only once locked: the holder's words stay until then.
+        let mut lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(lock_path)
             .map_err(|e| format!("cannot open its lock file: {e}"))?;
         match lock.try_lock() {
-            Ok(()) => Ok(lock),
-            Err(std::fs::TryLockError::WouldBlock) => Err(
-                "another agentrt server is using this store (set AGENTRT_STORE to give this one its own)"
-                    .into(),
-            ),
+            Ok(()) => {
+                // What it says is advice for others, never needed for the lock itself.
+                let said = format!("{} {}\n", role.word(), std::process::id());
+                let _ = lock
+                    .set_len(0)
+                    .and_then(|()| lock.write_all(said.as_bytes()));
+                Ok(lock)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = (&lock).take(256).read_to_string(&mut text);
+                let holder = LockHolder::parse(&text);
+                Err(format!(
+                    "{holder} is using this store ({})",
+                    holder.advice()
+                ))
+            }
             Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock it: {e}")),
         }
     }
@@ -249,7 +334,7 @@ impl StoreLock {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         }
-        match Self::lock_file(&self.path) {
+        match Self::lock_file(&self.path, self.role) {
             Ok(fresh) => {
                 *file = fresh;
                 Ok(Some(format!(
@@ -565,6 +650,33 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// Fold the write-ahead log beside the SQLite store at `path` into the file, which then holds
+/// every commit alone (the log is removed as the connection closes). For a restore, which holds
+/// the store's lock: until the new file takes its name, the old one stays whole by itself,
+/// whatever interrupts the restore. A store without a log is left as it is.
+pub fn fold_log(path: &Path) -> Result<(), String> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if !Path::new(&wal).exists() {
+        return Ok(());
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    conn.close().map_err(|(_, e)| e.to_string())?;
+    match busy {
+        0 => Ok(()),
+        _ => Err("another process reads it".into()),
+    }
+}
+
 /// A file's device and inode: which file a path names now.
 type FileIdentity = (u64, u64);
 
@@ -659,7 +771,7 @@ impl Store {
     /// Open the store for a server: also take `PATH.lock`, so that a second server on the same
     /// file is refused instead of marking the first one's runs interrupted.
     pub fn open_exclusive(path: &Path) -> Result<Self, StoreError> {
-        let lock = StoreLock::take(path)?;
+        let lock = StoreLock::take(path, LockRole::Server)?;
         let mut store = Self::open(path)?;
         store.lock = Some(lock);
         // A damaged file would be served as healthy while every run call failed: refused at
@@ -1606,6 +1718,35 @@ mod conformance {
             }
         }
         assert_eq!(seen, ["p5", "p4", "p3", "p2", "p1"]);
+    }
+
+    #[test]
+    fn a_restore_holding_the_store_is_named_to_whoever_finds_it_held() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-lock-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let path = dir.join("agentrt.db");
+        assert_eq!(StoreLock::held(&path), None);
+        let restoring = StoreLock::take(&path, LockRole::Restore).expect("restore's lock");
+        let holder = StoreLock::held(&path).expect("held");
+        assert_eq!(holder.role, LockRole::Restore);
+        assert_eq!(holder.pid, Some(std::process::id()));
+        let refused = Store::open_exclusive(&path).expect_err("a server waits for the restore");
+        assert!(
+            refused.message.contains("agentrt restore")
+                && refused.message.contains("wait for it to finish"),
+            "{refused}"
+        );
+        drop(restoring);
+        let server = Store::open_exclusive(&path).expect("free again");
+        assert_eq!(
+            StoreLock::held(&path).map(|h| h.role),
+            Some(LockRole::Server)
+        );
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     pub fn a_second_server_on_the_same_store_is_refused(h: &Harness) {

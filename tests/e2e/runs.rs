@@ -802,7 +802,8 @@ fn a_backup_taken_under_load_restores_to_an_identical_store() {
     );
     assert!(!ok);
     assert!(
-        stderr.contains("a running agentrt server uses it; stop that server first"),
+        stderr.contains("another agentrt server (pid")
+            && stderr.contains("uses it; stop that server first"),
         "{stderr}"
     );
     for id in &ids {

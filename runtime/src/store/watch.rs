@@ -383,7 +383,7 @@ mod tests {
             .insert_run("before", &serde_json::json!({}), None)
             .expect("insert");
         std::fs::remove_dir_all(dir.path()).expect("delete the folder");
-        assert!(!super::super::StoreLock::held(&path));
+        assert!(super::super::StoreLock::held(&path).is_none());
         store.check_file();
         assert!(
             store.write_failure().is_none(),
@@ -392,7 +392,7 @@ mod tests {
         );
         assert!(path.exists(), "re-created");
         assert!(
-            super::super::StoreLock::held(&path),
+            super::super::StoreLock::held(&path).is_some(),
             "a second server or a restore is kept out again"
         );
         let reopened = super::super::Store::open(&path).expect("reopen");
@@ -403,12 +403,12 @@ mod tests {
     fn a_deleted_lock_file_is_made_and_locked_again() {
         let (dir, store) = watched();
         let path = dir.path().join("agentrt.db");
-        assert!(super::super::StoreLock::held(&path));
+        assert!(super::super::StoreLock::held(&path).is_some());
         std::fs::remove_file(dir.path().join("agentrt.db.lock")).expect("delete the lock");
-        assert!(!super::super::StoreLock::held(&path));
+        assert!(super::super::StoreLock::held(&path).is_none());
         store.check_file();
-        assert!(super::super::StoreLock::held(&path));
-        assert!(super::super::StoreLock::take(&path).is_err());
+        assert!(super::super::StoreLock::held(&path).is_some());
+        assert!(super::super::StoreLock::take(&path, super::super::LockRole::Server).is_err());
         assert!(store.write_failure().is_none());
     }
 
