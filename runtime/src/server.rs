@@ -454,8 +454,17 @@ async fn enforce_deadlines(
     let timeout = asked.map_or(limits.request_timeout, |a| a.min(limits.request_timeout));
     let at = Instant::now() + timeout;
     let (mut parts, body) = request.into_parts();
+    // Room for the body among those being read, taken before any of it is: a client holding
+    // hundreds of connections with half-sent bodies must not hold their bytes here.
+    // One deadline for the wait and the read.
+    let read_within = limits.body_timeout.min(timeout);
+    let body_due = tokio::time::Instant::now() + read_within;
+    let room = match body_room(&BODIES_IN_FLIGHT, &parts.headers, body_due).await {
+        Ok(room) => room,
+        Err(refused) => return refused.into_uncounted_response(),
+    };
     let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
-    let bytes = match tokio::time::timeout(limits.body_timeout.min(timeout), read).await {
+    let bytes = match tokio::time::timeout_at(body_due, read).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e)
@@ -475,13 +484,14 @@ async fn enforce_deadlines(
                 crate::error_code::ErrorCode::RequestTimeout,
                 format!(
                     "the request body did not arrive within {:.1} s",
-                    limits.body_timeout.min(timeout).as_secs_f64()
+                    read_within.as_secs_f64()
                 ),
             );
             err.status = axum::http::StatusCode::REQUEST_TIMEOUT;
             return err.into_uncounted_response();
         }
     };
+    drop(room);
     let cancel = Arc::new(AtomicBool::new(false));
     parts.extensions.insert(RequestDeadline {
         at,
@@ -505,6 +515,49 @@ async fn enforce_deadlines(
             )
             .into_uncounted_response()
         }
+    }
+}
+
+/// Request bodies being read at once may hold at most this much memory (in KiB: the unit of
+/// [`BODIES_IN_FLIGHT`]'s permits): 64 bodies of the largest size, many more small ones.
+const BODIES_IN_FLIGHT_KIB: usize = 64 << 10;
+
+/// The room request bodies being read take (one permit a KiB). Every request takes its
+/// declared length's worth (a chunked one, the largest a body may be) before its body is
+/// read, and gives it back once the body is in; one that finds no room within its body
+/// deadline is refused with `QUEUE_001`.
+static BODIES_IN_FLIGHT: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(BODIES_IN_FLIGHT_KIB);
+
+/// Room for the body `headers` announce among the bodies being read (`room`, one permit a
+/// KiB: [`BODIES_IN_FLIGHT`]), waited for until `due`; `None` for a request without a body.
+async fn body_room<'a>(
+    room: &'a tokio::sync::Semaphore,
+    headers: &axum::http::HeaderMap,
+    due: tokio::time::Instant,
+) -> Result<Option<tokio::sync::SemaphorePermit<'a>>, ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = match declared {
+        Some(0) => return Ok(None),
+        Some(n) => n.min(MAX_BODY_BYTES as u64) as usize,
+        None if headers.contains_key(axum::http::header::TRANSFER_ENCODING) => MAX_BODY_BYTES,
+        None => return Ok(None),
+    };
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    match tokio::time::timeout_at(due, room.acquire_many(kib)).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        // Never closed; and a wait past the deadline is the server's crowd, not the client's
+        // fault: try again shortly.
+        Ok(Err(_)) | Err(_) => Err(ApiError::new(
+            crate::error_code::ErrorCode::QueueFull,
+            format!(
+                "the server is reading {} MiB of other requests' bodies; try again shortly",
+                BODIES_IN_FLIGHT_KIB >> 10
+            ),
+        )),
     }
 }
 
@@ -761,5 +814,60 @@ mod tests {
         }
         // What a deadline is computed from never overflows the clock.
         let _ = Instant::now() + LONGEST_WAIT;
+    }
+
+    #[test]
+    fn a_body_waits_for_room_among_those_being_read_and_is_refused_past_its_deadline() {
+        use axum::http::{HeaderMap, HeaderValue, header};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let headers = |pairs: &[(header::HeaderName, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(name.clone(), HeaderValue::from_static(value));
+            }
+            map
+        };
+        rt.block_on(async {
+            // Room for two bodies of 1 MiB.
+            let room = tokio::sync::Semaphore::new(2048);
+            let soon = || tokio::time::Instant::now() + Duration::from_millis(200);
+            let mib = headers(&[(header::CONTENT_LENGTH, "1048576")]);
+            let first = body_room(&room, &mib, soon()).await.expect("room");
+            assert_eq!(room.available_permits(), 1024);
+            // A chunked body may grow to the limit: it takes the largest room.
+            let chunked = headers(&[(header::TRANSFER_ENCODING, "chunked")]);
+            let second = body_room(&room, &chunked, soon()).await.expect("room");
+            assert_eq!(room.available_permits(), 0);
+            // Requests without a body never wait.
+            assert!(
+                body_room(&room, &headers(&[]), soon())
+                    .await
+                    .expect("none")
+                    .is_none()
+            );
+            let empty = headers(&[(header::CONTENT_LENGTH, "0")]);
+            assert!(
+                body_room(&room, &empty, soon())
+                    .await
+                    .expect("none")
+                    .is_none()
+            );
+            // Full: a small body waits, then is refused as a busy server's.
+            let small = headers(&[(header::CONTENT_LENGTH, "40")]);
+            let refused = body_room(&room, &small, soon()).await.expect_err("no room");
+            assert_eq!(
+                refused.code,
+                crate::error_code::ErrorCode::QueueFull.as_str()
+            );
+            // Room given back is taken by the next one.
+            drop(first);
+            let third = body_room(&room, &small, soon()).await.expect("room again");
+            assert_eq!(room.available_permits(), 1023);
+            drop((second, third));
+            assert_eq!(room.available_permits(), 2048);
+        });
     }
 }
