@@ -492,8 +492,13 @@ impl PluginHost {
             // Every slot was busy: nothing is known against the component, and hot reload
             // tries a refusal with this code again at its next poll.
             Err(busy @ PluginError::Busy { .. }) => Err(busy),
-            // A budget that does not cover the start code: PLUGIN_009, raise `fuel`.
-            Err(fuel @ PluginError::Fuel { .. }) => Err(fuel),
+            // A limit that does not cover the start code: PLUGIN_009, raise `fuel`;
+            // PLUGIN_004, `timeout-ms`; PLUGIN_005, `memory-mb`.
+            Err(
+                limit @ (PluginError::Fuel { .. }
+                | PluginError::Timeout { .. }
+                | PluginError::Memory { .. }),
+            ) => Err(limit),
             Err(PluginError::Trap { message, .. }) => Err(fail(message)),
             Err(other) => Err(fail(other.to_string())),
         }
@@ -761,6 +766,7 @@ impl PluginHost {
             .new_store(plugin)
             .map_err(|e| trap(format!("cannot instantiate: {e:#}")))?;
         let pre = plugin.pre.clone();
+        let worker_name = name.clone();
         let finished = on_plugin_thread(&name, timeout + ABANDON_GRACE, move || {
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &pre {
                 Pre::Generator(p) => p.instantiate(&mut store).map(|_| None),
@@ -773,28 +779,31 @@ impl PluginHost {
                 Pre::ErrorHandler(p) => p.instantiate(&mut store).map(|_| None),
                 Pre::ModelErrorHandler(p) => p.instantiate(&mut store).map(|_| None),
             }));
+            // Told apart as a call's failures are: a deadline, a memory cap or a fuel budget
+            // too small for the start code (or `describe`) is that limit's failure, with its
+            // own code and fix, not a load failure.
+            let done = match done {
+                Ok(done) => done.map_err(|e| {
+                    match classify_failure(e, store.data(), worker_name.clone(), timeout) {
+                        PluginError::Trap { plugin, message } => PluginError::Trap {
+                            plugin,
+                            message: format!("cannot instantiate: {message}"),
+                        },
+                        limit => limit,
+                    }
+                }),
+                Err(_) => Err(PluginError::Trap {
+                    plugin: worker_name,
+                    message: "the host panicked while instantiating the plugin".into(),
+                }),
+            };
             // As after a call: the instance goes back to the pool before the slot does.
             drop(store);
             drop(slot);
-            // (out of fuel, what went wrong): a fuel budget too small for the component's
-            // start code is its fuel budget's failure, as in a call.
-            match done {
-                Ok(done) => done.map_err(|e| {
-                    let out_of_fuel = matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel));
-                    (out_of_fuel, format!("cannot instantiate: {e:#}"))
-                }),
-                Err(_) => Err((
-                    false,
-                    "the host panicked while instantiating the plugin".into(),
-                )),
-            }
+            done
         });
         match finished {
-            Ok(Some(Err((true, _)))) => Err(PluginError::Fuel {
-                plugin: name.clone(),
-                fuel: plugin.granted.fuel.unwrap_or(u64::MAX),
-            }),
-            Ok(Some(done)) => done.map_err(|(_, message)| trap(message)),
+            Ok(Some(done)) => done,
             Ok(None) => Err(PluginError::Timeout {
                 plugin: name.clone(),
                 timeout_ms: timeout.as_millis() as u64,

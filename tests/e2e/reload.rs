@@ -459,6 +459,54 @@ fn a_plugin_added_for_a_taken_role_is_logged_refused_not_loaded() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A component whose load runs to its deadline (a `describe` that never returns) is refused
+/// with the deadline's code, and not tried again while its files stay as they are: another
+/// file's arrival reloads the folder without waiting on it a second time.
+#[test]
+fn a_plugin_that_never_describes_itself_is_refused_once_not_at_every_reload() {
+    let dir = plugin_folder(
+        "slow-describe",
+        "slow-describe-check",
+        "slow-describe-check",
+        None,
+    );
+    let log = dir.with_extension("log");
+    let folder = dir.to_str().expect("utf-8");
+    let server = Server::start_logging(
+        &["--plugins", folder],
+        &[("AGENTRT_PLUGIN_POLL_MS", "100")],
+        Some(&log),
+    );
+    let (_, body) = server.get("/plugins");
+    let refused = &body["refused"][0];
+    assert_eq!(refused["code"], "PLUGIN_004", "{body}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("500 ms")),
+        "{body}"
+    );
+
+    super::harness::add_test_plugin(&dir, "echo-check");
+    let body = wait_for_plugins(&server, "the new check loaded", |body| {
+        version_of(body, "echo-check").is_some()
+    });
+    assert_eq!(
+        body["refused"][0]["code"], "PLUGIN_004",
+        "still listed: {body}"
+    );
+    drop(server);
+
+    let text = std::fs::read_to_string(&log).expect("log");
+    let tries = text
+        .lines()
+        .filter(|line| line.contains("slow-describe-check") && line.contains("plugin refused"))
+        .count();
+    assert_eq!(tries, 1, "tried again at the reload:\n{text}");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A changed config takes effect without a restart: every plugin loads again under its new
 /// grants (one the new grants refuse is dropped, not kept with the grants it had); a config
 /// that changes `[limits]`, or under which a default plugin cannot load, is refused whole and

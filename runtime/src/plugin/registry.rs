@@ -384,10 +384,14 @@ pub fn folder_stamps(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, FileStamp>
     Ok(out)
 }
 
-/// The folder's loaded components, by file, with the stamp of the version loaded.
+/// The folder's loaded components, by file, with the stamp of the version loaded; and the
+/// files refused, with the stamp of the version refused.
 #[derive(Debug, Clone, Default)]
 pub struct FolderPlugins {
     by_file: BTreeMap<PathBuf, (FileStamp, Arc<Plugin>)>,
+    /// Not tried again until their files change: a component whose trial runs to its deadline
+    /// would otherwise hold up every reload of the folder (any file's change) that long again.
+    refused: BTreeMap<PathBuf, (FileStamp, Refused)>,
 }
 
 impl FolderPlugins {
@@ -401,7 +405,10 @@ impl FolderPlugins {
 #[derive(Debug, Default)]
 pub struct FolderScan {
     pub plugins: FolderPlugins,
+    /// Refused in this scan.
     pub refused: Vec<Refused>,
+    /// Refused before, and not tried again: their files did not change.
+    pub still_refused: Vec<Refused>,
     /// Files loaded anew (added or changed) in this scan.
     pub changed: Vec<Arc<Plugin>>,
     /// Files that disappeared since `previous`.
@@ -424,6 +431,7 @@ pub fn scan_folder(
         .collect();
     let mut plugins = FolderPlugins::default();
     let mut refused = Vec::new();
+    let mut still_refused = Vec::new();
     let mut changed = Vec::new();
     for (path, stamp) in stamps {
         let before = previous.by_file.get(path);
@@ -433,6 +441,20 @@ pub fn scan_folder(
             plugins
                 .by_file
                 .insert(path.clone(), (stamp.clone(), plugin.clone()));
+            continue;
+        }
+        if let Some((refused_stamp, refusal)) = previous.refused.get(path)
+            && refused_stamp == stamp
+        {
+            if let Some((old_stamp, plugin)) = before {
+                plugins
+                    .by_file
+                    .insert(path.clone(), (old_stamp.clone(), plugin.clone()));
+            }
+            plugins
+                .refused
+                .insert(path.clone(), (stamp.clone(), refusal.clone()));
+            still_refused.push(refusal.clone());
             continue;
         }
         match load_file(host, path) {
@@ -445,7 +467,15 @@ pub fn scan_folder(
             }
             Err(e) => {
                 let keeping = before.map(|(_, p)| p.manifest.version.clone());
-                refused.push(Refused::new(path.clone(), &e, keeping));
+                let refusal = Refused::new(path.clone(), &e, keeping);
+                // Refused only because every instance slot was busy for its trial: tried
+                // again at the next poll.
+                if !matches!(e, PluginError::Busy { .. }) {
+                    plugins
+                        .refused
+                        .insert(path.clone(), (stamp.clone(), refusal.clone()));
+                }
+                refused.push(refusal);
                 if let Some((old_stamp, plugin)) = before {
                     // The old version stays, under its old stamp, so that the next change of
                     // the files is tried again.
@@ -459,6 +489,7 @@ pub fn scan_folder(
     FolderScan {
         plugins,
         refused,
+        still_refused,
         changed,
         removed,
     }

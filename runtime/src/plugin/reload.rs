@@ -195,24 +195,27 @@ impl Reloader {
         for file in &scan.removed {
             tracing::info!(target: "agentrt::plugins", file = %file.display(), "plugin removed from the folder");
         }
+        // Refusals of files that did not change were logged when they were made.
         for refused in &scan.refused {
             refused.log();
         }
+        let busy = scan
+            .refused
+            .iter()
+            .any(|r| r.code == crate::error_code::ErrorCode::QueueFull.as_str());
+        let mut refused = scan.refused;
+        refused.extend(scan.still_refused);
         if all || !scan.changed.is_empty() || !scan.removed.is_empty() {
             super::registry::warn_of_unused_grants(
                 &self.host,
                 &self.embedded,
                 &scan.plugins.plugins(),
-                &scan.refused,
+                &refused,
             );
         }
         // A component refused only because every instance slot was busy for its trial is
         // tried again at the next poll, not kept refused until its file changes.
-        let busy = scan
-            .refused
-            .iter()
-            .any(|r| r.code == crate::error_code::ErrorCode::QueueFull.as_str());
-        self.live.replace(set, scan.refused);
+        self.live.replace(set, refused);
         self.folder = scan.plugins;
         if !busy {
             self.applied = seen;
