@@ -554,9 +554,11 @@ impl PluginHost {
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(HOSTCALL_FUEL);
         store.set_fuel(granted.fuel.unwrap_or(u64::MAX))?;
-        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        // The deadline is kept by the wall clock; the epoch only says when to look (every
+        // tick). Counted in ticks alone it would stretch with the ticker's sleeps on a busy
+        // machine: a 20 s deadline ran 21.7 s with both cores saturated.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| Ok(at_epoch(Instant::now(), deadline)));
         Ok((store, timeout))
     }
 
@@ -1031,6 +1033,16 @@ fn on_plugin_thread<T: Send + 'static>(
     Ok(done_rx.recv_timeout(wait).ok())
 }
 
+/// What a plugin's epoch check does at `now`: stop it past its `deadline`, else look again at
+/// the next tick.
+fn at_epoch(now: Instant, deadline: Instant) -> wasmtime::UpdateDeadline {
+    if now >= deadline {
+        wasmtime::UpdateDeadline::Interrupt
+    } else {
+        wasmtime::UpdateDeadline::Continue(1)
+    }
+}
+
 pub(crate) fn spawn_epoch_ticker(
     engine: &wasmtime::Engine,
     name: &str,
@@ -1097,4 +1109,31 @@ fn classify_failure(
         None => message,
     };
     PluginError::Trap { plugin, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_is_stopped_by_the_clock_however_many_ticks_passed() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(20);
+        // Before the deadline: look again at the next tick, whether the ticker ran late or not.
+        assert!(matches!(
+            at_epoch(start, deadline),
+            wasmtime::UpdateDeadline::Continue(1)
+        ));
+        assert!(matches!(
+            at_epoch(deadline - Duration::from_millis(1), deadline),
+            wasmtime::UpdateDeadline::Continue(1)
+        ));
+        // At or past it: stopped, on the first tick that looks.
+        for now in [deadline, deadline + Duration::from_millis(1700)] {
+            assert!(matches!(
+                at_epoch(now, deadline),
+                wasmtime::UpdateDeadline::Interrupt
+            ));
+        }
+    }
 }
