@@ -206,7 +206,23 @@ fn write_backup(
     out: &Path,
 ) -> Result<Manifest, BackupError> {
     let db = out.join("store.db");
-    let runs = Store::backup_online(store, &db).map_err(|e| fail(e.code(), e.to_string()))?;
+    let runs = Store::backup_online(store, &db).map_err(|e| {
+        // Reading the store takes no space: a full disk (SQLite's own words for it, which
+        // some file systems give as an I/O error) is the backup folder's.
+        let writing = ["database or disk is full", "disk I/O error"];
+        if let Some(why) = writing.iter().find(|w| e.message.contains(*w)) {
+            fail(
+                ErrorCode::BackupFailed,
+                format!(
+                    "cannot write {} ({why}): is the backup folder's disk full? The store is \
+                     untouched",
+                    db.display()
+                ),
+            )
+        } else {
+            fail(e.code(), e.to_string())
+        }
+    })?;
     fs::File::open(&db)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("cannot sync", &db, e))?;

@@ -28,6 +28,8 @@ use crate::store::{LockRole, RunState, RunStore, Store, StoreLock};
 const LOW_MEMORY_BYTES: u64 = 1 << 30;
 /// Below this much free disk, the compile cache and the run store may not fit.
 const LOW_DISK_BYTES: u64 = 2 << 30;
+/// Below this free where the store lives, `serve` cannot write it.
+const STORE_FULL_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -332,6 +334,7 @@ impl Report {
             );
             return;
         }
+        self.store_disk(path);
         if !path.exists() {
             if StoreLock::held(path).is_some() {
                 self.add(
@@ -363,6 +366,18 @@ impl Report {
         // Looked at, not taken: the doctor leaves no lock file beside what it examines, and an
         // older build's store as it is (upgrading it would keep that build from reading it).
         let in_use = StoreLock::held(path).is_some();
+        if let Err(e) = writable(path) {
+            self.add(
+                "store",
+                Status::Fail,
+                format!(
+                    "{}: serve cannot write it ({e}); make it and its folder writable by the \
+                     server's user, or set AGENTRT_STORE to a store elsewhere",
+                    path.display()
+                ),
+            );
+            return;
+        }
         match Store::open_to_examine(path) {
             // A file without the tables (made empty by hand): nothing to look at yet.
             Ok((_, 0)) => self.add(
@@ -388,6 +403,35 @@ impl Report {
             }
             Err(e) => self.add("store", Status::Fail, e.to_string()),
         }
+    }
+
+    /// Free space where the SQLite store at `path` lives (which may not be `$AGENTRT_HOME`'s
+    /// disk): on a full one `serve` cannot start, nor store runs.
+    fn store_disk(&mut self, path: &Path) {
+        let dir = existing_ancestor(path.parent().unwrap_or(Path::new("")));
+        // Without `df` the resources check already says free space is unknown.
+        if let Some(free) = disk_free(dir) {
+            self.store_disk_with(dir, free);
+        }
+    }
+
+    /// [`Report::store_disk`] for `free` bytes under `dir`.
+    fn store_disk_with(&mut self, dir: &Path, free: u64) {
+        let (status, advice) = if free < STORE_FULL_BYTES {
+            (
+                Status::Fail,
+                ": serve cannot write the store there; free space on that disk",
+            )
+        } else if free < LOW_DISK_BYTES {
+            (Status::Warn, "")
+        } else {
+            (Status::Ok, "")
+        };
+        self.add(
+            "store disk",
+            status,
+            format!("{} MiB free under {}{advice}", free >> 20, dir.display()),
+        );
     }
 
     /// Integrity and run counts of an open store. `in_use`: whether a server holds this file
@@ -599,13 +643,47 @@ fn hf_folder_problem(dir: &Path) -> Option<String> {
 /// above that exists (`agentrt serve` creates the rest), takes a new file. Tried, not guessed
 /// from permission bits: a read-only mount or a full disk say no only when asked.
 fn can_create_in(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
     let dir = existing_ancestor(path.parent().unwrap_or(Path::new("")));
     let probe = dir.join(format!(".agentrt-doctor-{:016x}", rand::random::<u64>()));
-    std::fs::OpenOptions::new()
+    // A page written and synced, not only a name made: an empty file is created on a full
+    // disk too.
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&probe)?;
-    std::fs::remove_file(&probe)
+        .open(&probe)
+        .and_then(|mut file| {
+            file.write_all(&[0; 4096])?;
+            file.sync_all()
+        });
+    let removed = std::fs::remove_file(&probe);
+    written.and(removed)
+}
+
+/// Whether this user may write the existing store at `path` and create files beside it (its
+/// write-ahead log): a read-only mount or another user's file is found here, not at `serve`.
+#[cfg(not(unix))]
+fn writable(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn writable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = existing_ancestor(path.parent().unwrap_or(Path::new("")));
+    for target in [path, dir] {
+        let name = std::ffi::CString::new(target.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
+        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+        if unsafe { libc::access(name.as_ptr(), libc::W_OK) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", target.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `path` if it exists, else the closest folder above it that does (the current folder for a
@@ -754,6 +832,32 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_where_the_store_lives_fails_with_the_stores_code() {
+        let dir = temp_folder("disk");
+        let mut report = Report::default();
+        report.store_disk_with(&dir, 300 << 10);
+        report.store_disk_with(&dir, 1 << 30);
+        report.store_disk_with(&dir, 50 << 30);
+        let statuses: Vec<_> = report.checks.iter().map(|c| c.status).collect();
+        assert_eq!(statuses, [Status::Fail, Status::Warn, Status::Ok]);
+        let full = &report.checks[0];
+        assert!(
+            full.detail.contains("free space on that disk")
+                && full.detail.contains(&dir.display().to_string()),
+            "{full:?}"
+        );
+        assert_eq!(failure_code(&full.name), ErrorCode::StoreFailed);
+        // A store this user can write passes the writability probe; the probe of a folder
+        // writes a page, and leaves nothing behind.
+        let path = dir.join("agentrt.db");
+        std::fs::write(&path, b"").expect("file");
+        writable(&path).expect("writable");
+        can_create_in(&dir.join("new/agentrt.db")).expect("can create");
+        assert_eq!(std::fs::read_dir(&dir).expect("list").count(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_missing_store_passes_where_it_can_be_created_and_fails_while_a_server_holds_it() {
         let dir = temp_folder("store");
         // Folders still to create are fine: serve creates them. Nothing is left behind.
@@ -831,6 +935,7 @@ mod tests {
         let statuses: Vec<(&str, Status)> = report
             .checks
             .iter()
+            .filter(|c| c.name != "store disk")
             .map(|c| (c.name.as_str(), c.status))
             .collect();
         assert_eq!(

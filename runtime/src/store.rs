@@ -677,6 +677,10 @@ pub fn fold_log(path: &Path) -> Result<(), String> {
     }
 }
 
+/// What to do about a damaged store file.
+const DAMAGED_ADVICE: &str =
+    "restore a backup (agentrt restore) or move it aside to start with an empty store";
+
 /// A file's device and inode: which file a path names now.
 type FileIdentity = (u64, u64);
 
@@ -772,7 +776,21 @@ impl Store {
     /// file is refused instead of marking the first one's runs interrupted.
     pub fn open_exclusive(path: &Path) -> Result<Self, StoreError> {
         let lock = StoreLock::take(path, LockRole::Server)?;
-        let mut store = Self::open(path)?;
+        // A file SQLite cannot even open as a database (damaged in its first pages, or not one
+        // at all) gets the same advice as one the check below finds damaged.
+        let mut store = Self::open(path).map_err(|e| {
+            let damaged = ["malformed", "not a database"]
+                .iter()
+                .any(|sign| e.message.contains(sign));
+            if damaged {
+                StoreError {
+                    message: format!("{}; {DAMAGED_ADVICE}", e.message),
+                    ..e
+                }
+            } else {
+                e
+            }
+        })?;
         store.lock = Some(lock);
         // A damaged file would be served as healthy while every run call failed: refused at
         // start instead. quick_check reads every page once (a second or so per GB).
@@ -786,8 +804,7 @@ impl Store {
             return Err(StoreError {
                 path: path.display().to_string(),
                 message: format!(
-                    "the file is damaged ({}); restore a backup (agentrt restore) or move it \
-                     aside to start with an empty store",
+                    "the file is damaged ({}); {DAMAGED_ADVICE}",
                     problems
                         .iter()
                         .flat_map(|p| p.lines())
@@ -1304,6 +1321,11 @@ impl RunStore for Store {
     fn check_integrity(&self) -> Result<Result<(), Vec<String>>, StoreError> {
         self.with(|c| {
             let mut problems = sqlite_problems(c, "integrity_check")?;
+            // A damaged file may fail the query over the runs too: what SQLite found is the
+            // answer then, not the query's bare "malformed".
+            if !problems.is_empty() {
+                return Ok(Err(problems));
+            }
             let mut stmt = c.prepare(INVARIANTS_QUERY)?;
             let rows = stmt.query_map([], |r| {
                 Ok(invariant_problem(
@@ -2079,6 +2101,23 @@ mod online_backup {
             "{err}"
         );
         assert!(!err.message.contains('\n'), "one line: {err}");
+        // What a tool examining it reports says what SQLite found, not only "malformed".
+        let (examined, _) = Store::open_to_examine(&src).expect("examined");
+        let problems = examined
+            .check_integrity()
+            .expect("checked")
+            .expect_err("damage found");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("runs_by_creation") || p.contains("Page")),
+            "{problems:?}"
+        );
+        drop(examined);
+        // A file that is no database at all gets the same advice.
+        std::fs::write(&src, vec![0x5a; 8192]).expect("garbage");
+        let err = Store::open_exclusive(&src).expect_err("not a database");
+        assert!(err.message.contains("agentrt restore"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
