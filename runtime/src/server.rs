@@ -454,32 +454,32 @@ async fn enforce_deadlines(
     let timeout = asked.map_or(limits.request_timeout, |a| a.min(limits.request_timeout));
     let at = Instant::now() + timeout;
     let (mut parts, body) = request.into_parts();
-    // Room for the body among those being read, taken before any of it is: a client holding
-    // hundreds of connections with half-sent bodies must not hold their bytes here.
-    // One deadline for the wait and the read.
+    // One deadline for the body, however it arrives.
     let read_within = limits.body_timeout.min(timeout);
     let body_due = tokio::time::Instant::now() + read_within;
-    let room = match body_room(&BODIES_IN_FLIGHT, &parts.headers, body_due).await {
-        Ok(room) => room,
-        Err(refused) => return refused.into_uncounted_response(),
-    };
-    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
-    let bytes = match tokio::time::timeout_at(body_due, read).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                ApiError::body_too_large().into_uncounted_response()
-            } else {
-                ApiError::new(
-                    crate::error_code::ErrorCode::InvalidInput,
-                    format!("the request body could not be read: {e}"),
-                )
-                .into_uncounted_response()
-            };
+    let declared = declared_length(&parts.headers);
+    let bytes = match read_body(body, declared, &BODIES_IN_FLIGHT, body_due).await {
+        Ok(bytes) => bytes,
+        Err(BodyRead::TooLarge) => return ApiError::body_too_large().into_uncounted_response(),
+        Err(BodyRead::Failed(why)) => {
+            return ApiError::new(
+                crate::error_code::ErrorCode::InvalidInput,
+                format!("the request body could not be read: {why}"),
+            )
+            .into_uncounted_response();
         }
-        Err(_) => {
+        Err(BodyRead::NoRoom) => {
+            return ApiError::new(
+                crate::error_code::ErrorCode::QueueFull,
+                format!(
+                    "the server is receiving more request bodies than it holds at once ({} \
+                     MiB together); try again shortly",
+                    BODIES_IN_FLIGHT_KIB >> 10
+                ),
+            )
+            .into_uncounted_response();
+        }
+        Err(BodyRead::Late) => {
             let mut err = ApiError::new(
                 crate::error_code::ErrorCode::RequestTimeout,
                 format!(
@@ -491,7 +491,6 @@ async fn enforce_deadlines(
             return err.into_uncounted_response();
         }
     };
-    drop(room);
     let cancel = Arc::new(AtomicBool::new(false));
     parts.extensions.insert(RequestDeadline {
         at,
@@ -518,46 +517,100 @@ async fn enforce_deadlines(
     }
 }
 
-/// Request bodies being read at once may hold at most this much memory (in KiB: the unit of
-/// [`BODIES_IN_FLIGHT`]'s permits): 64 bodies of the largest size, many more small ones.
+/// Request bodies over [`SMALL_BODY_BYTES`] being received at once hold at most this much
+/// memory (in KiB: the unit of [`BODIES_IN_FLIGHT`]'s permits).
 const BODIES_IN_FLIGHT_KIB: usize = 64 << 10;
 
-/// The room request bodies being read take (one permit a KiB). Every request takes its
-/// declared length's worth (a chunked one, the largest a body may be) before its body is
-/// read, and gives it back once the body is in; one that finds no room within its body
-/// deadline is refused with `QUEUE_001`.
+/// Bodies declared this small are read without taking room: every API call but large code
+/// reviews, which no client crowd of large bodies may then hold back.
+const SMALL_BODY_BYTES: usize = 64 << 10;
+
+/// The room larger request bodies being received take, one permit a KiB: each takes its
+/// declared length's worth (a chunked one, the largest a body may be) before it is read and
+/// gives it back once it is in. Taken whole, so that every body holding room can finish (room
+/// taken piecemeal would let a crowd of half-read bodies hold all of it, none able to go on);
+/// a body waiting for room holds none.
 static BODIES_IN_FLIGHT: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(BODIES_IN_FLIGHT_KIB);
 
-/// Room for the body `headers` announce among the bodies being read (`room`, one permit a
-/// KiB: [`BODIES_IN_FLIGHT`]), waited for until `due`; `None` for a request without a body.
-async fn body_room<'a>(
-    room: &'a tokio::sync::Semaphore,
-    headers: &axum::http::HeaderMap,
+/// Why a request body was not read.
+#[derive(Debug, PartialEq)]
+enum BodyRead {
+    /// Over [`MAX_BODY_BYTES`].
+    TooLarge,
+    /// The connection failed (a malformed chunk, a reset).
+    Failed(String),
+    /// Not all of it arrived by its deadline.
+    Late,
+    /// No room among the bodies being received by its deadline.
+    NoRoom,
+}
+
+/// The length of the body `headers` announce: `None` when it comes in chunks of a length not
+/// known beforehand; a request with neither a length nor chunks has none (a GET).
+fn declared_length(headers: &axum::http::HeaderMap) -> Option<usize> {
+    match headers.get(axum::http::header::CONTENT_LENGTH) {
+        Some(length) => length.to_str().ok().and_then(|v| v.parse().ok()),
+        None if headers.contains_key(axum::http::header::TRANSFER_ENCODING) => None,
+        None => Some(0),
+    }
+}
+
+/// `kib` permits of `room`, looked for every few milliseconds until `due`. Not a place in
+/// the semaphore's line: the waiter at its head would hold back every body behind it, even
+/// one that fits.
+async fn take_room(
+    room: &tokio::sync::Semaphore,
+    kib: u32,
     due: tokio::time::Instant,
-) -> Result<Option<tokio::sync::SemaphorePermit<'a>>, ApiError> {
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let bytes = match declared {
-        Some(0) => return Ok(None),
-        Some(n) => n.min(MAX_BODY_BYTES as u64) as usize,
-        None if headers.contains_key(axum::http::header::TRANSFER_ENCODING) => MAX_BODY_BYTES,
-        None => return Ok(None),
+) -> Result<tokio::sync::SemaphorePermit<'_>, BodyRead> {
+    loop {
+        match room.try_acquire_many(kib) {
+            Ok(permit) => return Ok(permit),
+            Err(tokio::sync::TryAcquireError::NoPermits) if tokio::time::Instant::now() < due => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => return Err(BodyRead::NoRoom),
+        }
+    }
+}
+
+/// Read `body` (`declared` bytes long, when its length was declared: hyper holds it to that)
+/// by `due`; one over [`SMALL_BODY_BYTES`], or of undeclared length, first takes its room in
+/// `room` (one permit a KiB), given back when it returns.
+async fn read_body(
+    mut body: axum::body::Body,
+    declared: Option<usize>,
+    room: &tokio::sync::Semaphore,
+    due: tokio::time::Instant,
+) -> Result<bytes::Bytes, BodyRead> {
+    use http_body_util::BodyExt;
+    let _room = match declared {
+        Some(bytes) if bytes <= SMALL_BODY_BYTES => None,
+        declared => {
+            let bytes = declared.unwrap_or(MAX_BODY_BYTES).min(MAX_BODY_BYTES);
+            let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+            Some(take_room(room, kib, due).await?)
+        }
     };
-    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-    match tokio::time::timeout_at(due, room.acquire_many(kib)).await {
-        Ok(Ok(permit)) => Ok(Some(permit)),
-        // Never closed; and a wait past the deadline is the server's crowd, not the client's
-        // fault: try again shortly.
-        Ok(Err(_)) | Err(_) => Err(ApiError::new(
-            crate::error_code::ErrorCode::QueueFull,
-            format!(
-                "the server is reading {} MiB of other requests' bodies; try again shortly",
-                BODIES_IN_FLIGHT_KIB >> 10
-            ),
-        )),
+    // Sized once: growing by doubling would hold up to twice what was declared (pages of a
+    // large allocation not yet written take no memory).
+    let mut read = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(MAX_BODY_BYTES));
+    loop {
+        let frame = match tokio::time::timeout_at(due, body.frame()).await {
+            Err(_) => return Err(BodyRead::Late),
+            Ok(None) => return Ok(read.freeze()),
+            Ok(Some(Err(e))) => return Err(BodyRead::Failed(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers carry nothing a handler reads.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if read.len() + data.len() > MAX_BODY_BYTES {
+            return Err(BodyRead::TooLarge);
+        }
+        read.extend_from_slice(&data);
     }
 }
 
@@ -817,57 +870,72 @@ mod tests {
     }
 
     #[test]
-    fn a_body_waits_for_room_among_those_being_read_and_is_refused_past_its_deadline() {
-        use axum::http::{HeaderMap, HeaderValue, header};
+    fn a_large_body_takes_its_room_before_it_is_read_and_a_small_one_never_waits() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .expect("runtime");
-        let headers = |pairs: &[(header::HeaderName, &'static str)]| {
-            let mut map = HeaderMap::new();
-            for (name, value) in pairs {
-                map.insert(name.clone(), HeaderValue::from_static(value));
-            }
-            map
+        let chunks = |sizes: &[usize]| {
+            let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = sizes
+                .iter()
+                .map(|n| Ok(bytes::Bytes::from(vec![b'x'; *n])))
+                .collect();
+            axum::body::Body::from_stream(futures_util::stream::iter(pieces))
         };
+        // A GET has no body to wait for room for; chunks have no length known beforehand.
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(declared_length(&headers), Some(0));
+        headers.insert(
+            axum::http::header::TRANSFER_ENCODING,
+            "chunked".parse().expect("value"),
+        );
+        assert_eq!(declared_length(&headers), None);
+        headers.insert(
+            axum::http::header::CONTENT_LENGTH,
+            "1234".parse().expect("value"),
+        );
+        assert_eq!(declared_length(&headers), Some(1234));
+        let big = SMALL_BODY_BYTES + 1000;
+        let kib = big.div_ceil(1024);
         rt.block_on(async {
-            // Room for two bodies of 1 MiB.
-            let room = tokio::sync::Semaphore::new(2048);
             let soon = || tokio::time::Instant::now() + Duration::from_millis(200);
-            let mib = headers(&[(header::CONTENT_LENGTH, "1048576")]);
-            let first = body_room(&room, &mib, soon()).await.expect("room");
-            assert_eq!(room.available_permits(), 1024);
-            // A chunked body may grow to the limit: it takes the largest room.
-            let chunked = headers(&[(header::TRANSFER_ENCODING, "chunked")]);
-            let second = body_room(&room, &chunked, soon()).await.expect("room");
-            assert_eq!(room.available_permits(), 0);
-            // Requests without a body never wait.
-            assert!(
-                body_room(&room, &headers(&[]), soon())
-                    .await
-                    .expect("none")
-                    .is_none()
+            // Room for one large body.
+            let room = tokio::sync::Semaphore::new(kib);
+            let body = read_body(chunks(&[big - 10, 10]), Some(big), &room, soon()).await;
+            assert_eq!(body.expect("read").len(), big);
+            assert_eq!(room.available_permits(), kib, "given back");
+            // While another holds it: a large body waits, then is refused; chunked ones count
+            // as the largest; small ones are read at once.
+            let holding = room.acquire_many(1).await.expect("held");
+            let refused = read_body(chunks(&[big]), Some(big), &room, soon()).await;
+            assert_eq!(refused, Err(BodyRead::NoRoom));
+            let chunked = read_body(chunks(&[40]), None, &room, soon()).await;
+            assert_eq!(chunked, Err(BodyRead::NoRoom));
+            let small = read_body(chunks(&[40]), Some(40), &room, soon()).await;
+            assert_eq!(small.expect("read").len(), 40);
+            // One waiting for room does not hold back one that fits, which ends well before
+            // the waiter's deadline.
+            let larger = SMALL_BODY_BYTES + 10_000; // 74 KiB
+            let fits = SMALL_BODY_BYTES + 1; // 65 KiB
+            let wide = tokio::sync::Semaphore::new(80);
+            let most = wide.acquire_many(10).await.expect("held");
+            let later = tokio::time::Instant::now() + Duration::from_millis(400);
+            let sooner = tokio::time::Instant::now() + Duration::from_millis(100);
+            let (waiting, fitting) = tokio::join!(
+                read_body(chunks(&[larger]), Some(larger), &wide, later),
+                async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    read_body(chunks(&[fits]), Some(fits), &wide, sooner).await
+                }
             );
-            let empty = headers(&[(header::CONTENT_LENGTH, "0")]);
-            assert!(
-                body_room(&room, &empty, soon())
-                    .await
-                    .expect("none")
-                    .is_none()
-            );
-            // Full: a small body waits, then is refused as a busy server's.
-            let small = headers(&[(header::CONTENT_LENGTH, "40")]);
-            let refused = body_room(&room, &small, soon()).await.expect_err("no room");
-            assert_eq!(
-                refused.code,
-                crate::error_code::ErrorCode::QueueFull.as_str()
-            );
-            // Room given back is taken by the next one.
-            drop(first);
-            let third = body_room(&room, &small, soon()).await.expect("room again");
-            assert_eq!(room.available_permits(), 1023);
-            drop((second, third));
-            assert_eq!(room.available_permits(), 2048);
+            assert_eq!(fitting.expect("not held back").len(), fits);
+            assert_eq!(waiting, Err(BodyRead::NoRoom));
+            drop((holding, most));
+            // Over the largest body: refused.
+            let all = tokio::sync::Semaphore::new(2048);
+            let over = read_body(chunks(&[MAX_BODY_BYTES, 1]), None, &all, soon()).await;
+            assert_eq!(over, Err(BodyRead::TooLarge));
+            assert_eq!(all.available_permits(), 2048);
         });
     }
 }
