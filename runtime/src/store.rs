@@ -889,7 +889,16 @@ impl Store {
                 let why = displaced.get_or_insert_with(|| self.step_aside());
                 Err(fail(why.clone()))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_again(&mut identity),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Whatever took the store's place is gone too: written out again, the store
+                // takes writes again.
+                let mut displaced = self.displaced.lock().unwrap_or_else(|p| p.into_inner());
+                let written = self.write_again(&mut identity);
+                if written.is_ok() {
+                    *displaced = None;
+                }
+                written
+            }
             Err(e) => Err(fail(format!("cannot look at the store's file: {e}"))),
         }
     }
@@ -997,8 +1006,19 @@ impl Store {
                 if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                 }
-                conn.execute("VACUUM INTO ?1", [target])
-                    .map_err(|e| e.to_string())?;
+                // A connection stepped aside refuses writes; this one goes to a new file.
+                let stepped_aside: bool = conn
+                    .pragma_query_value(None, "query_only", |r| r.get(0))
+                    .unwrap_or(false);
+                if stepped_aside {
+                    conn.pragma_update(None, "query_only", false)
+                        .map_err(|e| e.to_string())?;
+                }
+                let copied = conn.execute("VACUUM INTO ?1", [target]);
+                if stepped_aside {
+                    let _ = conn.pragma_update(None, "query_only", true);
+                }
+                copied.map_err(|e| e.to_string())?;
                 std::fs::File::open(&partial)
                     .and_then(|f| f.sync_all())
                     .map_err(|e| e.to_string())

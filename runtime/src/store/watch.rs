@@ -544,4 +544,33 @@ mod tests {
         let aside = super::super::Store::open(&kept[0]).expect("the copy set aside");
         assert_eq!(aside.events_after("served-7", 0).expect("events").len(), 5);
     }
+
+    #[test]
+    fn a_store_stepped_aside_whose_replacement_is_removed_is_written_out_again() {
+        let (dir, store) = watched();
+        let path = dir.path().join("agentrt.db");
+        store
+            .insert_run("before", &serde_json::json!({}), None)
+            .expect("insert");
+        std::fs::rename(&path, dir.path().join("aside.db")).expect("move aside");
+        std::fs::write(&path, b"someone else's file").expect("write");
+        store.check_file();
+        assert!(store.write_failure().is_some());
+        // The operator takes the other file away again.
+        std::fs::remove_file(&path).expect("remove it");
+        store.check_file();
+        assert!(path.exists(), "written again");
+        store
+            .insert_run("after", &serde_json::json!({}), None)
+            .expect("writes go on");
+        assert!(
+            store.write_failure().is_none(),
+            "{:?}",
+            store.write_failure()
+        );
+        drop(store);
+        let reopened = super::super::Store::open(&path).expect("reopen");
+        assert!(reopened.run("before").expect("read").is_some());
+        assert!(reopened.run("after").expect("read").is_some());
+    }
 }
