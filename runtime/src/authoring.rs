@@ -25,7 +25,8 @@ pub const CHECK_STEPS: [&str; 4] = ["manifest", "permissions", "component", "sel
 pub struct FileCheck {
     pub report: Report,
     /// `PLUGIN_002` for a manifest or component that does not load (or a name a server
-    /// refuses), `PLUGIN_006` for permissions not granted, the self-test's own code.
+    /// refuses), the limit's code for start code that runs past one (`PLUGIN_004`, `005`,
+    /// `009`), `PLUGIN_006` for permissions not granted, the self-test's own code.
     pub failure: Option<ErrorCode>,
 }
 

@@ -207,10 +207,17 @@ fn write_backup(
 ) -> Result<Manifest, BackupError> {
     let db = out.join("store.db");
     let runs = Store::backup_online(store, &db).map_err(|e| {
-        // Reading the store takes no space: a full disk (SQLite's own words for it, which
-        // some file systems give as an I/O error) is the backup folder's.
-        let writing = ["database or disk is full", "disk I/O error"];
-        if let Some(why) = writing.iter().find(|w| e.message.contains(*w)) {
+        // Reading the store takes no space: a full disk is the backup folder's. Some file
+        // systems say so as an I/O error, which may also be the store's disk failing: the
+        // backup's then only when its folder takes no more bytes.
+        let full = e.message.contains("database or disk is full")
+            || (e.message.contains("disk I/O error") && !takes_bytes(out));
+        let why = if e.message.contains("database or disk is full") {
+            "database or disk is full"
+        } else {
+            "disk I/O error"
+        };
+        if full {
             fail(
                 ErrorCode::BackupFailed,
                 format!(
@@ -558,6 +565,18 @@ fn stage(source: &Path, target: &Path, tmp: &Path) -> Result<(), BackupError> {
     fs::File::open(tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("cannot sync", tmp, e))
+}
+
+/// Whether a page can be written (and synced) in folder `dir`: not on a full disk.
+fn takes_bytes(dir: &Path) -> bool {
+    use std::io::Write;
+    let probe = dir.join(format!(".agentrt-probe-{:016x}", rand::random::<u64>()));
+    let written = fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0; 64 << 10])?;
+        f.sync_all()
+    });
+    let _ = fs::remove_file(&probe);
+    written.is_ok()
 }
 
 /// Give `file` the owner, group and mode of the `target` it is to replace or, when there is

@@ -366,17 +366,17 @@ impl Report {
         // Looked at, not taken: the doctor leaves no lock file beside what it examines, and an
         // older build's store as it is (upgrading it would keep that build from reading it).
         let in_use = StoreLock::held(path).is_some();
+        // A warning, not a failure: doctor may run as another user than the server (one that
+        // may read the store, not write it), and the integrity check below still runs.
         if let Err(e) = writable(path) {
             self.add(
-                "store",
-                Status::Fail,
+                "store access",
+                Status::Warn,
                 format!(
-                    "{}: serve cannot write it ({e}); make it and its folder writable by the \
-                     server's user, or set AGENTRT_STORE to a store elsewhere",
-                    path.display()
+                    "this user cannot write the store ({e}); serve must run as a user who can \
+                     write it and its folder, on a file system mounted writable"
                 ),
             );
-            return;
         }
         match Store::open_to_examine(path) {
             // A file without the tables (made empty by hand): nothing to look at yet.
@@ -670,6 +670,8 @@ fn writable(_path: &Path) -> std::io::Result<()> {
 #[cfg(unix)]
 fn writable(path: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
+    // Where links lead, as SQLite writes there (and its log beside the real file).
+    let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let dir = existing_ancestor(path.parent().unwrap_or(Path::new("")));
     for target in [path, dir] {
         let name = std::ffi::CString::new(target.as_os_str().as_bytes())

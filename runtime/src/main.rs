@@ -44,7 +44,10 @@ fn main() -> std::process::ExitCode {
             // (status 141) nor makes the write panic.
             ignore_closed_pipes();
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "error {}: {}", e.code, e.message);
+            // A message's later lines indented: one quoting a plugin cannot print a line of
+            // its own that reads as a diagnostic.
+            let message = e.message.trim_end().replace('\n', "\n    ");
+            let _ = writeln!(std::io::stderr(), "error {}: {message}", e.code);
             if json_output && !agentrt::cli::printed_json() {
                 // What a script asked for JSON reads: the error body the HTTP API answers.
                 let body = serde_json::json!({ "error": agentrt::cli::error_body(&e) });
