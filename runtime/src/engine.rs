@@ -43,6 +43,9 @@ use weights::{ModelFileError, WeightStore};
 
 use crate::error_code::ErrorCode;
 
+/// Why a request with nothing to continue from is refused (an API names the field).
+pub const EMPTY_PROMPT: &str = "the prompt is empty";
+
 /// Why the engine could not serve a request.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -711,7 +714,7 @@ impl LoadedModel {
         params.validate().map_err(EngineError::InvalidInput)?;
         let prompt_ids = self.tokenize_prompt(prompt)?;
         if prompt_ids.is_empty() {
-            return Err(EngineError::InvalidInput("the prompt is empty".into()));
+            return Err(EngineError::InvalidInput(EMPTY_PROMPT.into()));
         }
         let context = self.model.context_length();
         let mut params = params.clone();

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{default_server, error_code};
+use crate::harness::{Server, default_server, error_code};
 
 #[test]
 fn health_reports_model_and_plugins_loaded() {
@@ -740,4 +740,27 @@ fn code_no_quality_check_understands_is_refused_by_name() {
         &json!({"code": "let x = 1;\n", "language": "javascript"}),
     );
     assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn a_path_that_is_not_utf8_is_answered_in_the_error_shape_of_its_api() {
+    let s = Server::start(&[]);
+    for (method, path) in [
+        ("GET", "/v1/pipeline/runs/%ff"),
+        ("GET", "/v1/pipeline/runs/%ff/events"),
+        ("DELETE", "/v1/pipeline/runs/%ff"),
+        ("GET", "/console/%ff"),
+    ] {
+        let (status, _, text) = s.exchange(method, path, &[], None);
+        assert_eq!(status, 400, "{method} {path}: {text}");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(body["error"]["code"], "VAL_002", "{method} {path}: {body}");
+        assert_eq!(body["error"]["type"], "validation_error", "{body}");
+    }
+    // The OpenAI routes answer in OpenAI's shape.
+    let (status, _, text) = s.exchange("GET", "/v1/models/%ff", &[], None);
+    assert_eq!(status, 400, "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert_eq!(body["error"]["code"], "VAL_002", "{body}");
 }

@@ -194,7 +194,14 @@ fn invalid_requests_get_openai_errors_with_agentrt_codes_and_the_field() {
             with(json!({"model": "gpt-9"})),
             404,
             "MODEL_001",
-            None,
+            Some("model"),
+        ),
+        (
+            COMPLETIONS,
+            json!({"prompt": "", "max_tokens": 3}),
+            400,
+            "VAL_002",
+            Some("prompt"),
         ),
         (
             CHAT,

@@ -3,7 +3,6 @@
 //! and the statistics — all through the public API, with the API key the user types in (kept
 //! in the browser's local storage). The page itself is public; the data behind it is not.
 
-use axum::extract::Path;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
@@ -35,7 +34,11 @@ pub async fn index() -> Response {
 }
 
 /// `GET /console/{file}`.
-pub async fn asset(Path(file): Path<String>) -> Response {
+pub async fn asset(file: Result<super::error::PathSegment, super::error::ApiError>) -> Response {
+    let file = match file {
+        Ok(super::error::PathSegment(file)) => file,
+        Err(refused) => return refused.into_response(),
+    };
     match file.as_str() {
         "console.js" => with_headers("text/javascript; charset=utf-8", SCRIPT),
         "console.css" => with_headers("text/css; charset=utf-8", STYLE),
@@ -77,9 +80,13 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        let response = rt.block_on(asset(Path("secret.txt".into())));
+        let response = rt.block_on(asset(Ok(super::super::error::PathSegment(
+            "secret.txt".into(),
+        ))));
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        let response = rt.block_on(asset(Path("console.js".into())));
+        let response = rt.block_on(asset(Ok(super::super::error::PathSegment(
+            "console.js".into(),
+        ))));
         assert_eq!(response.status(), StatusCode::OK);
     }
 }

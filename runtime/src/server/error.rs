@@ -158,6 +158,37 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// A path segment (a run's id, a model's, a console file's name) as a handler takes it: one
+/// that is not UTF-8 once percent-decoded (`/v1/pipeline/runs/%ff`) is `400 VAL_002` in the
+/// usual JSON shape, not axum's plain-text answer.
+#[derive(Debug)]
+pub struct PathSegment(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathSegment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(segment)) => Ok(Self(segment)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let mut err = ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!("the path: {}", rejection.body_text()),
+                );
+                // A route that matched without its parameter is this server's mistake.
+                if status.is_server_error() {
+                    err = ApiError::new(ErrorCode::Internal, rejection.body_text());
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
 /// The parameter a query string error is about: `unknown field `foo`, expected ...` or
 /// `limit: invalid digit found in string`.
 fn query_field(detail: &str) -> Option<String> {

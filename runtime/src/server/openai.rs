@@ -97,8 +97,12 @@ fn invalid(field: &str, message: impl Into<String>) -> OpenAiError {
 /// length" in the message. Its code stays ours (`MODEL_004`).
 fn engine_error(e: &EngineError, kind: Kind) -> ApiError {
     let err = ApiError::from(e);
-    if let EngineError::NoFillInTheMiddle(_) = e {
-        return err.for_field("suffix");
+    match e {
+        EngineError::NoFillInTheMiddle(_) => return err.for_field("suffix"),
+        EngineError::InvalidInput(why) if why == crate::engine::EMPTY_PROMPT => {
+            return err.for_field(kind.prompt_field());
+        }
+        _ => {}
     }
     if e.code() != ErrorCode::ModelContextOverflow {
         return err;
@@ -120,6 +124,16 @@ fn engine_error(e: &EngineError, kind: Kind) -> ApiError {
         );
     }
     err
+}
+
+/// A model that cannot serve, as this API answers it: naming the `model` field when the
+/// client named one (the default model failing is not the request's field).
+fn named_model_error(e: &EngineError, named: Option<&str>) -> ApiError {
+    let err = ApiError::from(e);
+    match named {
+        Some(_) => err.for_field("model"),
+        None => err,
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -215,7 +229,7 @@ impl Common {
         let model = state
             .engine
             .model(self.model.as_deref())
-            .map_err(|e| OpenAiError(ApiError::from(&e)))?;
+            .map_err(|e| OpenAiError(named_model_error(&e, self.model.as_deref())))?;
         Ok(model)
     }
 }
@@ -578,7 +592,7 @@ pub async fn tokenize(
     let model = state
         .engine
         .model(req.model.as_deref())
-        .map_err(|e| OpenAiError(ApiError::from(&e)))?;
+        .map_err(|e| OpenAiError(named_model_error(&e, req.model.as_deref())))?;
     let input = match (req.prompt, req.messages) {
         (Some(prompt), None) => Ok(prompt),
         // As /v1/chat/completions answers it: the client's choice of model, not the server
@@ -720,8 +734,9 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
 /// `GET /v1/models/{id}`: one model, as `client.models.retrieve(id)` asks.
 pub async fn model(
     State(state): State<AppState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    id: Result<super::error::PathSegment, ApiError>,
 ) -> Result<Json<Value>, OpenAiError> {
+    let super::error::PathSegment(id) = id?;
     state
         .engine
         .models()

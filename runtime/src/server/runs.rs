@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::Caller;
+use super::error::PathSegment;
 use super::routes::GenerateBody;
 use super::{ApiError, AppState};
 use crate::error_code::ErrorCode;
@@ -231,7 +232,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     caller: MaybeCaller,
-    Path(id): Path<String>,
+    PathSegment(id): PathSegment,
 ) -> Response {
     let runs = state.runs.clone();
     let found = tokio::task::spawn_blocking(move || {
@@ -250,7 +251,7 @@ pub async fn get(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: MaybeCaller,
-    Path(id): Path<String>,
+    PathSegment(id): PathSegment,
 ) -> Response {
     let runs = state.runs.clone();
     let cancelled = tokio::task::spawn_blocking(move || {
@@ -290,7 +291,7 @@ fn sse(e: &StoredEvent) -> Event {
 pub async fn events(
     State(state): State<AppState>,
     caller: MaybeCaller,
-    Path(id): Path<String>,
+    PathSegment(id): PathSegment,
     query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
