@@ -525,6 +525,10 @@ pub fn read_manifest(wasm: &Path) -> Result<Manifest, String> {
 pub fn load_file(host: &PluginHost, path: &Path) -> Result<Plugin, PluginError> {
     let label = path.display().to_string();
     let manifest = read_manifest(path).map_err(|e| load_error(&label, e))?;
+    // Before its grants are looked at: granting what it asks would only lead to this refusal.
+    if let Some(why) = name_taken(&manifest.name, manifest.world) {
+        return Err(load_error(&label, why));
+    }
     let bytes = std::fs::read(path).map_err(|e| load_error(&label, e.to_string()))?;
     host.load(manifest, &bytes, PluginSource::File(path.to_path_buf()))
 }
@@ -561,6 +565,36 @@ mod tests {
                 .as_ref()
                 .is_err_and(|e| e.contains("the file must be secret-scanner.wasm")),
             "{taken:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_component_named_after_a_default_plugin_of_another_world_is_refused_before_its_grants() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-registry-name-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        // A reviewer asking for every model, with no grant of its own: the name is what is
+        // wrong, and what the refusal says.
+        let manifest = "name = \"generator\"\nversion = \"1.0.0\"\nworld = \"reviewer\"\n\
+                        [permissions]\nmodels = [\"*\"]\n";
+        std::fs::write(dir.join("generator.toml"), manifest).expect("write");
+        std::fs::write(dir.join("generator.wasm"), b"not yet looked at").expect("write");
+        let host = PluginHost::new(
+            None,
+            None,
+            crate::plugin::compile_cache::CompileCache::new(None),
+            Arc::new(crate::config::Config::default()),
+        )
+        .expect("host");
+        let refused = load_file(&host, &dir.join("generator.wasm")).expect_err("refused");
+        assert_eq!(refused.code(), crate::error_code::ErrorCode::PluginLoad);
+        assert!(
+            refused.to_string().contains("needs a name of its own"),
+            "{refused}"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
