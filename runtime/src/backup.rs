@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::ErrorCode;
+use crate::paths::beside;
 use crate::store::{LockRole, RunStore, Store, StoreLock};
 
 /// Format of `manifest.json`.
@@ -210,14 +211,14 @@ fn write_backup(
         // Reading the store takes no space: a full disk is the backup folder's. Some file
         // systems say so as an I/O error, which may also be the store's disk failing: the
         // backup's then only when its folder takes no more bytes.
-        let full = e.message.contains("database or disk is full")
-            || (e.message.contains("disk I/O error") && !takes_bytes(out));
-        let why = if e.message.contains("database or disk is full") {
-            "database or disk is full"
-        } else {
-            "disk I/O error"
+        let why = ["database or disk is full", "disk I/O error"]
+            .into_iter()
+            .find(|why| e.message.contains(why));
+        let full = match why {
+            Some("disk I/O error") => crate::paths::write_probe(out).is_err(),
+            found => found.is_some(),
         };
-        if full {
+        if let Some(why) = why.filter(|_| full) {
             fail(
                 ErrorCode::BackupFailed,
                 format!(
@@ -488,13 +489,6 @@ pub fn restore(
     })
 }
 
-/// `path` with `suffix` appended to its file name.
-fn beside(path: &Path, suffix: &str) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
-}
-
 /// Where a file is staged before it is renamed over `target`: in the same folder, so the
 /// rename is atomic and staging it proves the folder writable.
 fn staging(target: &Path) -> PathBuf {
@@ -565,18 +559,6 @@ fn stage(source: &Path, target: &Path, tmp: &Path) -> Result<(), BackupError> {
     fs::File::open(tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("cannot sync", tmp, e))
-}
-
-/// Whether a page can be written (and synced) in folder `dir`: not on a full disk.
-fn takes_bytes(dir: &Path) -> bool {
-    use std::io::Write;
-    let probe = dir.join(format!(".agentrt-probe-{:016x}", rand::random::<u64>()));
-    let written = fs::File::create(&probe).and_then(|mut f| {
-        f.write_all(&[0; 64 << 10])?;
-        f.sync_all()
-    });
-    let _ = fs::remove_file(&probe);
-    written.is_ok()
 }
 
 /// Give `file` the owner, group and mode of the `target` it is to replace or, when there is

@@ -903,7 +903,7 @@ fn print_findings(file: &std::path::Path, findings: &[FindingOut], all_ran: bool
 
 /// `text` with every line after the first indented: a plugin's message or summary cannot
 /// start a line of its own that editors and CI would take for a finding (`FILE:LINE: …`).
-fn indented(text: &str) -> String {
+pub fn indented(text: &str) -> String {
     text.trim_end().replace('\n', "\n    ")
 }
 

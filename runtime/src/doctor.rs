@@ -322,7 +322,9 @@ impl Report {
         let path = Path::new(location);
         // A restore moves the file and its log: looked at then, the store could be caught
         // between the two, and closing the look would fold a log the restore is moving.
-        if let Some(holder) = StoreLock::held(path).filter(|h| h.role == LockRole::Restore) {
+        // Looked at, not taken: the doctor leaves no lock file beside what it examines.
+        let holder = StoreLock::held(path);
+        if let Some(holder) = holder.as_ref().filter(|h| h.role == LockRole::Restore) {
             self.add(
                 "store",
                 Status::Warn,
@@ -336,7 +338,7 @@ impl Report {
         }
         self.store_disk(path);
         if !path.exists() {
-            if StoreLock::held(path).is_some() {
+            if holder.is_some() {
                 self.add(
                     "store",
                     Status::Fail,
@@ -363,9 +365,9 @@ impl Report {
             }
             return;
         }
-        // Looked at, not taken: the doctor leaves no lock file beside what it examines, and an
-        // older build's store as it is (upgrading it would keep that build from reading it).
-        let in_use = StoreLock::held(path).is_some();
+        // The doctor leaves an older build's store as it is (upgrading it would keep that
+        // build from reading it).
+        let in_use = holder.is_some();
         // A warning, not a failure: doctor may run as another user than the server (one that
         // may read the store, not write it), and the integrity check below still runs.
         if let Err(e) = writable(path) {
@@ -643,21 +645,7 @@ fn hf_folder_problem(dir: &Path) -> Option<String> {
 /// above that exists (`agentrt serve` creates the rest), takes a new file. Tried, not guessed
 /// from permission bits: a read-only mount or a full disk say no only when asked.
 fn can_create_in(path: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = existing_ancestor(path.parent().unwrap_or(Path::new("")));
-    let probe = dir.join(format!(".agentrt-doctor-{:016x}", rand::random::<u64>()));
-    // A page written and synced, not only a name made: an empty file is created on a full
-    // disk too.
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .and_then(|mut file| {
-            file.write_all(&[0; 4096])?;
-            file.sync_all()
-        });
-    let removed = std::fs::remove_file(&probe);
-    written.and(removed)
+    crate::paths::write_probe(existing_ancestor(path.parent().unwrap_or(Path::new(""))))
 }
 
 /// Whether this user may write the existing store at `path` and create files beside it (its

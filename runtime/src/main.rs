@@ -46,7 +46,7 @@ fn main() -> std::process::ExitCode {
             use std::io::Write;
             // A message's later lines indented: one quoting a plugin cannot print a line of
             // its own that reads as a diagnostic.
-            let message = e.message.trim_end().replace('\n', "\n    ");
+            let message = agentrt::cli::indented(&e.message);
             let _ = writeln!(std::io::stderr(), "error {}: {message}", e.code);
             if json_output && !agentrt::cli::printed_json() {
                 // What a script asked for JSON reads: the error body the HTTP API answers.

@@ -4,7 +4,33 @@
 //! fills; nothing there is committed to the repository.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Write (and sync) a page of zeros into a new file in folder `dir`, then remove it: whether
+/// the folder takes bytes, which making an empty file does not show (it succeeds on a full
+/// disk too).
+pub fn write_probe(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let probe = dir.join(format!(".agentrt-probe-{:016x}", rand::random::<u64>()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut file| {
+            file.write_all(&[0; 4096])?;
+            file.sync_all()
+        });
+    // Removed even when the write failed half-way; the write's failure is the answer.
+    let removed = std::fs::remove_file(&probe);
+    written.and(removed)
+}
+
+/// `path` with `suffix` appended to its file name (`agentrt.db` → `agentrt.db-wal`).
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
 
 /// File name of the default model inside the models folder.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -635,12 +635,7 @@ async fn refuse_declared_oversize(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let declared = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared_length(request.headers()).is_some_and(|n| n > MAX_BODY_BYTES) {
         return ApiError::body_too_large().into_uncounted_response();
     }
     next.run(request).await

@@ -207,6 +207,14 @@ impl std::fmt::Display for LockHolder {
 }
 
 impl LockHolder {
+    /// What the open lock file `lock` says.
+    fn read(lock: &std::fs::File) -> Self {
+        use std::io::Read;
+        let mut text = String::new();
+        let _ = lock.take(256).read_to_string(&mut text);
+        Self::parse(&text)
+    }
+
     /// What the lock file's text says.
     fn parse(text: &str) -> Self {
         let mut words = text.split_whitespace();
@@ -231,24 +239,22 @@ impl StoreLock {
     /// Who holds the lock of the store at `path` now, if anyone; looks without creating the
     /// lock file or its folder.
     pub fn held(path: &Path) -> Option<LockHolder> {
-        use std::io::Read;
-        // Where `take` puts it: beside the file links lead to.
-        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let mut lock_path = real.into_os_string();
-        lock_path.push(".lock");
         // Read access is enough to ask for the lock: a server run as another user is seen too.
-        let mut lock = std::fs::OpenOptions::new()
+        let lock = std::fs::OpenOptions::new()
             .read(true)
-            .open(&lock_path)
+            .open(Self::lock_path(path))
             .ok()?;
         match lock.try_lock() {
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = lock.by_ref().take(256).read_to_string(&mut text);
-                Some(LockHolder::parse(&text))
-            }
+            Err(std::fs::TryLockError::WouldBlock) => Some(LockHolder::read(&lock)),
             Ok(()) | Err(std::fs::TryLockError::Error(_)) => None,
         }
+    }
+
+    /// `PATH.lock` beside the file itself, wherever links lead: a server given the real path
+    /// and a restore given a link to it must meet at the same lock.
+    fn lock_path(path: &Path) -> PathBuf {
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        crate::paths::beside(&real, ".lock")
     }
 
     /// Take the lock of the store at `path` for `role`: refused, naming who holds it, when
@@ -261,12 +267,7 @@ impl StoreLock {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         }
-        // Beside the file itself, wherever links lead: a server given the real path and a
-        // restore given a link to it must meet at the same lock.
-        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let mut lock_path = real.into_os_string();
-        lock_path.push(".lock");
-        let lock_path = PathBuf::from(lock_path);
+        let lock_path = Self::lock_path(path);
         let file = Self::lock_file(&lock_path, role).map_err(fail)?;
         Ok(Self {
             file: Mutex::new(file),
@@ -282,7 +283,7 @@ impl StoreLock {
 
     /// Open (creating) and lock the lock file at `lock_path`, and write who holds it.
     fn lock_file(lock_path: &Path, role: LockRole) -> Result<std::fs::File, String> {
-        use std::io::{Read, Write};
+        use std::io::Write;
         // Truncated only once locked: the holder's words stay until then.
         let mut lock = std::fs::OpenOptions::new()
             .create(true)
@@ -301,9 +302,7 @@ impl StoreLock {
                 Ok(lock)
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = (&lock).take(256).read_to_string(&mut text);
-                let holder = LockHolder::parse(&text);
+                let holder = LockHolder::read(&lock);
                 Err(format!(
                     "{holder} is using this store ({})",
                     holder.advice()
@@ -655,9 +654,7 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
 /// the store's lock: until the new file takes its name, the old one stays whole by itself,
 /// whatever interrupts the restore. A store without a log is left as it is.
 pub fn fold_log(path: &Path) -> Result<(), String> {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    if !Path::new(&wal).exists() {
+    if !crate::paths::beside(path, "-wal").exists() {
         return Ok(());
     }
     let conn = Connection::open_with_flags(
@@ -667,14 +664,38 @@ pub fn fold_log(path: &Path) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
+    let folded = fold_and_empty_log(&conn);
+    conn.close().map_err(|(_, e)| e.to_string())?;
+    folded
+}
+
+/// Move every page of `conn`'s write-ahead log into its database file and empty the log.
+fn fold_and_empty_log(conn: &Connection) -> Result<(), String> {
     let busy: i64 = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
-    conn.close().map_err(|(_, e)| e.to_string())?;
     match busy {
         0 => Ok(()),
         _ => Err("another process reads it".into()),
     }
+}
+
+/// Write the database `conn` reads, whole, into the new file `target` (`VACUUM INTO`); also
+/// from a connection that refuses writes (`query_only`), as a copy is not a write to the store.
+fn copy_into(conn: &Connection, target: &Path) -> Result<(), String> {
+    let target = target.to_str().ok_or("the path is not UTF-8")?;
+    let refusing: bool = conn
+        .pragma_query_value(None, "query_only", |r| r.get(0))
+        .unwrap_or(false);
+    if refusing {
+        conn.pragma_update(None, "query_only", false)
+            .map_err(|e| e.to_string())?;
+    }
+    let copied = conn.execute("VACUUM INTO ?1", [target]);
+    if refusing {
+        let _ = conn.pragma_update(None, "query_only", true);
+    }
+    copied.map(drop).map_err(|e| e.to_string())
 }
 
 /// What to do about a damaged store file.
@@ -912,32 +933,14 @@ impl Store {
     /// what `/health`, the log and every refused write say.
     fn step_aside(&self) -> String {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let folded = conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(|e| e.to_string())
-            .and_then(|busy| match busy {
-                0 => Ok(()),
-                _ => Err("a reader held it".to_string()),
-            });
-        let copy = {
-            let mut name = self.path.clone().into_os_string();
-            name.push(format!(".displaced-{}", now_ms()));
-            PathBuf::from(name)
-        };
-        let copied = copy
-            .to_str()
-            .ok_or_else(|| "the path is not UTF-8".to_string())
-            .and_then(|target| {
-                conn.execute("VACUUM INTO ?1", [target])
-                    .map_err(|e| e.to_string())
-            });
+        let folded = fold_and_empty_log(&conn);
+        let copy = crate::paths::beside(&self.path, &format!(".displaced-{}", now_ms()));
+        let copied = copy_into(&conn, &copy);
         if let Err(e) = conn.pragma_update(None, "query_only", true) {
             tracing::error!(store = %self.path.display(), "cannot stop writes to the store: {e}");
         }
         let kept = match copied {
-            Ok(_) => format!("what it stored is kept in {}", copy.display()),
+            Ok(()) => format!("what it stored is kept in {}", copy.display()),
             Err(why) => {
                 let _ = std::fs::remove_file(&copy);
                 format!(
@@ -948,15 +951,11 @@ impl Store {
         };
         let log = match folded {
             Ok(()) => String::new(),
-            Err(why) => {
-                let mut wal = self.path.clone().into_os_string();
-                wal.push("-wal");
-                format!(
-                    "; its write-ahead log could not be emptied ({why}): move {} aside before \
-                     the next start",
-                    PathBuf::from(wal).display()
-                )
-            }
+            Err(why) => format!(
+                "; its write-ahead log could not be emptied ({why}): move {} aside before the \
+                 next start",
+                crate::paths::beside(&self.path, "-wal").display()
+            ),
         };
         format!(
             "another file took the store's place while this server ran (a restore goes through \
@@ -994,35 +993,18 @@ impl Store {
             message,
         };
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut partial = self.path.clone().into_os_string();
-        partial.push(".recovering");
-        let partial = PathBuf::from(partial);
+        let partial = crate::paths::beside(&self.path, ".recovering");
         let _ = std::fs::remove_file(&partial);
-        let copied = partial
-            .to_str()
-            .ok_or_else(|| "the path is not UTF-8".to_string())
-            .and_then(|target| {
-                // The whole folder may have gone (`$AGENTRT_HOME` cleaned up under it).
-                if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-                }
-                // A connection stepped aside refuses writes; this one goes to a new file.
-                let stepped_aside: bool = conn
-                    .pragma_query_value(None, "query_only", |r| r.get(0))
-                    .unwrap_or(false);
-                if stepped_aside {
-                    conn.pragma_update(None, "query_only", false)
-                        .map_err(|e| e.to_string())?;
-                }
-                let copied = conn.execute("VACUUM INTO ?1", [target]);
-                if stepped_aside {
-                    let _ = conn.pragma_update(None, "query_only", true);
-                }
-                copied.map_err(|e| e.to_string())?;
-                std::fs::File::open(&partial)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| e.to_string())
-            });
+        let copied = (|| {
+            // The whole folder may have gone (`$AGENTRT_HOME` cleaned up under it).
+            if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            copy_into(&conn, &partial)?;
+            std::fs::File::open(&partial)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| e.to_string())
+        })();
         if let Err(why) = copied {
             let _ = std::fs::remove_file(&partial);
             return Err(fail(format!(
@@ -1039,9 +1021,7 @@ impl Store {
         );
         drop(closed);
         for suffix in ["-wal", "-shm"] {
-            let mut stale = self.path.clone().into_os_string();
-            stale.push(suffix);
-            let _ = std::fs::remove_file(stale);
+            let _ = std::fs::remove_file(crate::paths::beside(&self.path, suffix));
         }
         let installed = std::fs::rename(&partial, &self.path)
             .map_err(|e| e.to_string())

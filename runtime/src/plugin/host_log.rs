@@ -54,10 +54,9 @@ impl LogBudget {
 /// `s` clipped, with control characters (newlines included) blanked so a plugin cannot forge
 /// log lines of its own.
 fn printable(s: &str, max: usize) -> String {
-    clip(s, max)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    let mut s = clip(s, max).to_string();
+    super::output::blank_controls(&mut s, false);
+    s
 }
 
 fn clip(s: &str, max: usize) -> &str {

@@ -39,8 +39,8 @@ fn too_many(what: &str, count: usize, max: usize) -> Result<(), String> {
 }
 
 /// Blank `s`'s control characters (a space each), line breaks and tabs too unless
-/// `keep_lines`.
-fn blank_controls(s: &mut String, keep_lines: bool) {
+/// `keep_lines`: what a plugin hands over for terminals and logs.
+pub(super) fn blank_controls(s: &mut String, keep_lines: bool) {
     let kept = |c: char| keep_lines && (c == '\n' || c == '\t');
     if s.chars().any(|c| c.is_control() && !kept(c)) {
         *s = s

@@ -67,11 +67,8 @@ impl Refused {
     /// quote the component's own manifest (a TOML error shows the line at fault), so control
     /// characters are blanked: a manifest must not be able to forge log lines.
     pub fn new(file: PathBuf, error: &PluginError, keeping: Option<String>) -> Self {
-        let message = error
-            .to_string()
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        let mut message = error.to_string();
+        super::output::blank_controls(&mut message, false);
         Self {
             file,
             code: error.code().as_str().to_string(),

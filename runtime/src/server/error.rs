@@ -173,18 +173,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathSegment {
     ) -> Result<Self, ApiError> {
         match axum::extract::Path::<String>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(segment)) => Ok(Self(segment)),
-            Err(rejection) => {
-                let status = rejection.status();
-                let mut err = ApiError::new(
-                    ErrorCode::InvalidInput,
-                    format!("the path: {}", rejection.body_text()),
-                );
-                // A route that matched without its parameter is this server's mistake.
-                if status.is_server_error() {
-                    err = ApiError::new(ErrorCode::Internal, rejection.body_text());
-                }
-                Err(err)
+            // A route that matched without its parameter is this server's mistake.
+            Err(rejection) if rejection.status().is_server_error() => {
+                Err(ApiError::new(ErrorCode::Internal, rejection.body_text()))
             }
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("the path: {}", rejection.body_text()),
+            )),
         }
     }
 }

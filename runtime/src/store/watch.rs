@@ -280,6 +280,16 @@ mod tests {
         }
     }
 
+    /// A `tokens` event numbered `seq` carrying `len` bytes of text.
+    fn tokens_event(seq: i64, len: usize) -> StoredEvent {
+        StoredEvent {
+            seq,
+            at_ms: now_ms(),
+            kind: "tokens".into(),
+            data: format!("{{\"text\":\"{}\"}}", "x".repeat(len)),
+        }
+    }
+
     fn watched() -> (Folder, Watched) {
         let dir = Folder(std::env::temp_dir().join(format!(
             "agentrt-watch-{}-{}",
@@ -418,12 +428,7 @@ mod tests {
         // layout, which the copy (compacted: another layout) must not be read through.
         let (dir, store) = watched();
         let path = dir.path().join("agentrt.db");
-        let event = |seq: i64| StoredEvent {
-            seq,
-            at_ms: now_ms(),
-            kind: "tokens".into(),
-            data: format!("{{\"text\":\"{}\"}}", "x".repeat(500)),
-        };
+        let event = |seq| tokens_event(seq, 500);
         for run in 0..40 {
             let id = format!("r{run}");
             store
@@ -493,12 +498,7 @@ mod tests {
     fn a_store_copied_over_the_open_one_is_left_sound_and_what_the_server_stored_is_kept() {
         let (dir, store) = watched();
         let path = dir.path().join("agentrt.db");
-        let event = |seq: i64| StoredEvent {
-            seq,
-            at_ms: now_ms(),
-            kind: "tokens".into(),
-            data: format!("{{\"text\":\"{}\"}}", "x".repeat(300)),
-        };
+        let event = |seq| tokens_event(seq, 300);
         // A backup, as `agentrt backup` writes it: one file, no log.
         let backup = dir.path().join("backup.db");
         {
