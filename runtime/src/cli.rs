@@ -564,7 +564,10 @@ fn plugin_host(
 ) -> Result<(PluginHost, Arc<crate::sandbox::LazySandbox>), CliError> {
     let config = match &opts.config {
         Some(path) => {
-            Config::load(path).map_err(|e| CliError::new(ErrorCode::InvalidInput, e.to_string()))?
+            let config = Config::load(path)
+                .map_err(|e| CliError::new(ErrorCode::InvalidInput, e.to_string()))?;
+            tracing::info!(config = %path.display(), grants = config.grants.len(), "config read");
+            config
         }
         None => Config::default(),
     };
@@ -694,7 +697,11 @@ fn restore_store(opts: &RuntimeOpts, from: &Path) -> Result<std::path::PathBuf, 
         }
         Some(target) => {
             match crate::backup::config_store(from).map_err(|e| CliError::new(e.code, e.message))? {
-                Some(restored) => restored.store,
+                // Relative to the folder the restored config goes into, as the server will
+                // read it.
+                Some(restored) => restored.store.map(|store| {
+                    crate::config::resolve_store(&store, target.parent().unwrap_or(Path::new("")))
+                }),
                 None if target.exists() => {
                     Config::load(target)
                         .map_err(|e| CliError::new(ErrorCode::InvalidInput, e.to_string()))?
@@ -716,10 +723,16 @@ fn refuse_a_backed_up_store_elsewhere(from: &Path) -> Result<(), CliError> {
     let Some(theirs) = backed_up else {
         return Ok(());
     };
-    let (there, here) = (
-        crate::paths::store_location(Some(&theirs)),
-        crate::paths::store_location(None),
-    );
+    let here = crate::paths::store_location(None);
+    // A relative path is taken from the folder of the config that says it, which this
+    // restore does not install: where it leads is unknown, so it is elsewhere.
+    let relative = !crate::store::postgres::is_postgres_url(&theirs)
+        && Path::new(&theirs).is_relative()
+        && std::env::var_os("AGENTRT_STORE").is_none_or(|v| v.is_empty());
+    let there = match relative {
+        true => format!("{theirs} (beside the config file)"),
+        false => crate::paths::store_location(Some(&theirs)),
+    };
     if there == here {
         return Ok(());
     }
@@ -756,6 +769,8 @@ fn open_store(
     let location = store_location(opts)?;
     let store = crate::store::open_for_server(&location)
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+    // Which store won (AGENTRT_STORE, the config's, the default) is in the log from the start.
+    tracing::info!(store = %crate::store::postgres::redact(&location), "run store open");
     let interrupted = store
         .interrupt_unfinished()
         .map_err(|e| CliError::new(e.code(), e.to_string()))?;

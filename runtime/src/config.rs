@@ -70,14 +70,44 @@ impl Config {
             path: path.display().to_string(),
             message,
         };
-        let text = std::str::from_utf8(&bytes).map_err(|e| invalid(e.to_string()))?;
-        let mut config = Self::parse(text).map_err(invalid)?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            let (line, column) = line_and_column(&bytes, e.valid_up_to());
+            invalid(format!("line {line}, column {column}: not UTF-8 text"))
+        })?;
+        let mut config = Self::parse_in(text, path.parent()).map_err(invalid)?;
         config.file_digest = Some(sha2::Sha256::digest(&bytes).into());
         Ok(config)
     }
 
+    /// Read and check a config's `text`, its relative paths taken from the working folder.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        Self::parse_in(text, None)
+    }
+
+    /// [`Config::parse`] for the text of a config file in the folder `base`: its relative
+    /// paths (an SQLite `store`, grant folders' `host`) are taken from there, so that they
+    /// mean the same wherever the server is started from (a unit's working folder is `/`).
+    fn parse_in(text: &str, base: Option<&Path>) -> Result<Self, String> {
+        let mut config: Config = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        if let Some(store) = &mut config.store {
+            if store.trim().is_empty() {
+                return Err(
+                    "store is empty: leave it out for the default store, or name an SQLite file \
+                     or a postgres:// URL"
+                        .into(),
+                );
+            }
+            if let Some(base) = base {
+                *store = resolve_store(store, base);
+            }
+        }
+        if let Some(base) = base {
+            for grant in config.grants.values_mut() {
+                for folder in &mut grant.folders {
+                    folder.host = base.join(&folder.host);
+                }
+            }
+        }
         let l = &config.limits;
         // What the plugin host can be built with: a wasm32 memory is at most 4 GiB (and the
         // pooling allocator reserves that much address space per memory slot), the largest
@@ -95,7 +125,14 @@ impl Config {
             }
         }
         for (name, grant) in &config.grants {
-            for folder in &grant.folders {
+            for (i, folder) in grant.folders.iter().enumerate() {
+                // A plugin asking for the path gets the first; the second would never be used.
+                if grant.folders[..i].iter().any(|f| f.path == folder.path) {
+                    return Err(format!(
+                        "grants.{name}: folder {} is granted twice",
+                        folder.path
+                    ));
+                }
                 if !folder.host.is_dir() {
                     return Err(format!(
                         "grants.{name}: folder {} is not a directory on this host",
@@ -120,6 +157,41 @@ impl Config {
             None => Grant::default(),
         }
     }
+}
+
+/// A config's `store` as said in a config file in the folder `base`: a relative SQLite path
+/// is taken from there; a `postgres://` URL and an absolute path are as written.
+pub fn resolve_store(store: &str, base: &Path) -> String {
+    if crate::store::postgres::is_postgres_url(store) || Path::new(store).is_absolute() {
+        return store.to_string();
+    }
+    base.join(store).display().to_string()
+}
+
+/// A TOML error as one line, "line L, column C: what was wrong". The offending line is not
+/// quoted, as the toml crate's own message does: it may hold a password (a misspelt `store`
+/// key's URL), and a log entry stays one line.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_and_column(text.as_bytes(), span.start);
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
+    }
+}
+
+/// The 1-based line and column (in characters) of the byte `offset` of `bytes`.
+fn line_and_column(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    (line, column)
 }
 
 #[cfg(test)]
@@ -175,6 +247,78 @@ mod tests {
         .expect_err("missing folder");
         assert!(e.contains("not a directory"), "{e}");
         assert!(Config::parse("[grants.a]\nhosts = [\"no-port\"]").is_err());
+        for never_matches in ["*:*", "*.example.com:443", "https://x.example:443"] {
+            let text = format!("[grants.a]\nhosts = [{never_matches:?}]");
+            let e = Config::parse(&text).expect_err(never_matches);
+            assert!(e.contains("no scheme, path or wildcard"), "{e}");
+        }
+        for fine in ["x.example:*", "127.0.0.1:80", "[::1]:8080", "my_host-1:443"] {
+            Config::parse(&format!("[grants.a]\nhosts = [{fine:?}]")).expect(fine);
+        }
+        let dir = std::env::temp_dir().display().to_string();
+        let e = Config::parse(&format!(
+            "[grants.a]\nfolders = [{{ path = \"/d\", host = {dir:?} }}, {{ path = \"/d\", host = {dir:?} }}]"
+        ))
+        .expect_err("twice");
+        assert!(e.contains("folder /d is granted twice"), "{e}");
+    }
+
+    /// A parse error says where, on one line, without quoting the line: a misspelt `store`
+    /// key's URL holds a password, and the error goes to terminals and logs.
+    #[test]
+    fn a_parse_error_names_its_line_and_quotes_nothing() {
+        for text in [
+            "# ops\nstor = \"postgres://u:s3cretpw@db/agentrt\"\n",
+            "# ops\nstore = \"postgres://u:s3cretpw@db/agentrt\n",
+        ] {
+            let err = Config::parse(text).expect_err(text);
+            assert!(err.starts_with("line 2, column "), "{err}");
+            assert!(!err.contains("s3cretpw") && !err.contains('\n'), "{err}");
+        }
+        let err = Config::parse("[grants.a]\nenvs = [\"X\"]\n").expect_err("misspelt");
+        assert!(
+            err.starts_with("line 2, column 1: unknown field `envs`"),
+            "{err}"
+        );
+    }
+
+    /// Paths in a config file are taken from the file's folder, not from wherever the server
+    /// or a tool happens to be started (`doctor`, `backup` and `serve` from three folders
+    /// must find the same store).
+    #[test]
+    fn relative_paths_are_taken_from_the_config_files_folder() {
+        let dir = std::env::temp_dir().join(format!("agentrt-config-rel-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("rules")).expect("folders");
+        let file = dir.join("agentrt.toml");
+        std::fs::write(
+            &file,
+            "store = \"runs.db\"\n[grants.a]\nfolders = [{ path = \"/rules\", host = \"rules\" }]\n",
+        )
+        .expect("write");
+        let config = Config::load(&file).expect("load");
+        assert_eq!(
+            config.store,
+            Some(dir.join("runs.db").display().to_string())
+        );
+        assert_eq!(config.grants["a"].folders[0].host, dir.join("rules"));
+        for kept in ["postgres://u:p@db/agentrt", "/srv/agentrt/runs.db"] {
+            std::fs::write(&file, format!("store = {kept:?}\n")).expect("write");
+            assert_eq!(
+                Config::load(&file).expect("load").store.as_deref(),
+                Some(kept)
+            );
+        }
+        std::fs::write(&file, "store = \"\"\n").expect("write");
+        let err = Config::load(&file).expect_err("an empty store");
+        assert!(err.to_string().contains("store is empty"), "{err}");
+        std::fs::write(&file, b"[limits]\nmax-memory-mb = 64 # \xff\n").expect("write");
+        let err = Config::load(&file).expect_err("not UTF-8");
+        assert!(
+            err.to_string()
+                .ends_with("line 2, column 22: not UTF-8 text"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

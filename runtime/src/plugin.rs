@@ -396,8 +396,18 @@ impl PluginHost {
                     .into(),
             );
         }
-        if config.store != current.store {
-            return Err("store changed, which takes a restart (the run store is open)".into());
+        // Where the store is, not what the file says: with AGENTRT_STORE set, the config's
+        // `store` is not used, and an edit to it must not hold back the grants beside it.
+        let (was, now) = (
+            crate::paths::store_location(current.store.as_deref()),
+            crate::paths::store_location(config.store.as_deref()),
+        );
+        if was != now {
+            return Err(format!(
+                "store changed from {} to {}, which takes a restart (the run store is open)",
+                crate::store::postgres::redact(&was),
+                crate::store::postgres::redact(&now)
+            ));
         }
         Ok(std::mem::replace(&mut *current, Arc::new(config)))
     }

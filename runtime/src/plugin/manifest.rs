@@ -162,13 +162,24 @@ impl Permissions {
     }
 }
 
-/// Split `host:port` (port may be `*` in grants); the host part is a name or an IP address.
+/// Split `host:port` (port may be `*` in grants); the host part is a name or an IP address,
+/// matched as written: a wildcard (`*:443`) or a URL (`https://x:443`) would be accepted and
+/// never match anything, so each is refused.
 pub fn parse_host(entry: &str) -> Result<(&str, Option<u16>), String> {
     let bad = || format!("host {entry:?} must be host:port");
     let (host, port) = entry.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(bad());
+    }
+    let name_like = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !name_like && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!(
+            "host {entry:?} must be host:port with a host name or an IP address (no scheme, \
+             path or wildcard: list each host)"
+        ));
     }
     let port = match port {
         "*" => None,
