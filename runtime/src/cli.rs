@@ -208,6 +208,10 @@ pub enum Command {
         /// The address `serve` would listen on.
         #[arg(long, default_value = "127.0.0.1:8080", env = "AGENTRT_LISTEN", value_parser = listen_address)]
         listen: SocketAddr,
+        /// The API keys file `serve` would read (checked with `AGENTRT_API_KEYS` as serve
+        /// checks them).
+        #[arg(long, env = "AGENTRT_API_KEYS_FILE")]
+        api_keys: Option<PathBuf>,
         #[command(flatten)]
         opts: RuntimeOpts,
     },
@@ -1023,7 +1027,7 @@ fn server_plugins(base: &str) -> Result<Value, CliError> {
 }
 
 /// The plugins of a listing (`{"plugins": [...], "refused": [...]}`), one block each, then the
-/// refused components with their reasons.
+/// refused components with their reasons, then a refused edit of a server's config file.
 fn print_plugin_list(listing: &Value) {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     for p in listing["plugins"].as_array().into_iter().flatten() {
@@ -1068,6 +1072,14 @@ fn print_plugin_list(listing: &Value) {
             text(&r["message"])
         );
     }
+    // A server's listing says whether the config file holds an edit it refused.
+    if let Some(refused) = listing["config"]["refused"].as_object() {
+        println!(
+            "config {}: the edit was refused, the version before it is in use: {}",
+            text(&listing["config"]["file"]),
+            indented(refused.get("error").map(text).unwrap_or_default().as_str())
+        );
+    }
 }
 
 fn source_label(source: &crate::plugin::PluginSource) -> String {
@@ -1080,6 +1092,9 @@ fn source_label(source: &crate::plugin::PluginSource) -> String {
 /// Run a parsed command.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     crate::settings::check().map_err(|e| CliError::new(ErrorCode::InvalidInput, e))?;
+    for (name, close) in crate::settings::misspelt() {
+        tracing::warn!("{name} is set, but agentrt reads no such variable: did you mean {close}?");
+    }
     match cli.command {
         Command::Serve {
             opts,
@@ -1480,10 +1495,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 serde_json::to_value(done).unwrap_or_default()
             })
         }
-        Command::Doctor { listen, opts } => {
+        Command::Doctor {
+            listen,
+            api_keys,
+            opts,
+        } => {
             let mut report = crate::doctor::Report::default();
             report.resources(&crate::paths::home());
             report.port(listen);
+            report.api_keys(api_keys.as_deref());
             let models = if opts.models.is_empty() {
                 vec![crate::paths::default_model()]
             } else {
@@ -1496,15 +1516,29 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .any(|m| !crate::engine::remote::is_remote(&m.to_string_lossy()));
             report.gpu(opts.device, local_models);
             report.sandbox(&crate::paths::python_wasm());
-            match store_location(&opts) {
-                Ok(location) => report.store(&location),
+            if let Some(path) = &opts.config {
                 // The config's own problem is a failed check like any other, not the end of
                 // the report: the plugin check below names it too.
-                Err(e) => report.checks.push(crate::doctor::Check {
-                    name: "config".into(),
-                    status: crate::doctor::Status::Fail,
-                    detail: e.message.clone(),
-                }),
+                match Config::load(path) {
+                    Ok(config) => report.add(
+                        "config",
+                        crate::doctor::Status::Ok,
+                        format!(
+                            "{}: {} plugin grants; relative paths from {}",
+                            path.display(),
+                            config.grants.len(),
+                            match path.parent() {
+                                Some(p) if !p.as_os_str().is_empty() => p.display().to_string(),
+                                _ => ".".into(),
+                            }
+                        ),
+                    ),
+                    Err(e) => report.add("config", crate::doctor::Status::Fail, e.to_string()),
+                }
+            }
+            // A config that cannot be read has its failed check above.
+            if let Ok(location) = store_location(&opts) {
+                report.store(&location);
             }
             match load_pipeline(&opts, None) {
                 Ok(pipeline) => report.plugins(&pipeline),

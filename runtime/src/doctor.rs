@@ -512,7 +512,43 @@ impl Report {
     }
 
     /// Every plugin instantiates and passes its self-test ([`crate::plugin::self_test`]).
+    /// The API keys `serve` would read (`AGENTRT_API_KEYS`, and the file): the same checks.
+    pub fn api_keys(&mut self, file: Option<&Path>) {
+        let name = "api keys";
+        let from = match file {
+            Some(file) => format!(" (AGENTRT_API_KEYS and {})", file.display()),
+            None => " (AGENTRT_API_KEYS)".to_string(),
+        };
+        match crate::server::auth::ApiKeys::load(file) {
+            Ok(keys) if keys.is_empty() => self.add(
+                name,
+                Status::Ok,
+                "none: every route is open (serve --api-keys FILE or AGENTRT_API_KEYS to require keys)",
+            ),
+            Ok(keys) => {
+                let counts = keys.counts();
+                self.add(
+                    name,
+                    Status::Ok,
+                    format!("{} user, {} admin{from}", counts.user, counts.admin),
+                )
+            }
+            Err(e) => self.add(name, Status::Fail, format!("{e}; serve refuses to start")),
+        }
+    }
+
     pub fn plugins(&mut self, pipeline: &Pipeline) {
+        let config = pipeline.host.config();
+        let set = pipeline.plugins.current();
+        let refused = pipeline.plugins.refused();
+        for grant in crate::plugin::registry::unused_grants(&config, &set.all(), &refused) {
+            self.add(
+                format!("config grants.{grant}"),
+                Status::Warn,
+                "names no plugin (a plugin's name is the one in its manifest): nothing uses \
+                 this grant, and the plugin it was meant for runs without it",
+            );
+        }
         for plugin in pipeline.plugins.current().all() {
             let name = format!("plugin {}", plugin.manifest.name);
             let world = plugin.manifest.world;
@@ -698,7 +734,7 @@ fn failure_code(check: &str) -> ErrorCode {
         "model" | "gpu" => ErrorCode::ModelNotAvailable,
         "store" => ErrorCode::StoreFailed,
         "plugin" | "plugins" => ErrorCode::PluginLoad,
-        "config" | "port" => ErrorCode::InvalidInput,
+        "config" | "port" | "api" => ErrorCode::InvalidInput,
         _ => ErrorCode::Internal,
     }
 }
@@ -1115,6 +1151,35 @@ mod tests {
         let found = sandbox_check(&module);
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(found.status, Status::Ok, "{found:?}");
+    }
+
+    /// The keys file is checked as `serve` reads it: a key `serve` would refuse fails the
+    /// doctor (with the config's code), instead of the server failing at its start.
+    #[test]
+    fn api_keys_are_checked_as_serve_reads_them() {
+        let file = std::env::temp_dir().join(format!("agentrt-doctor-keys-{}", std::process::id()));
+        std::fs::write(&file, "user aaaaaaaaaaaaaaaa\nuser short\n").expect("write");
+        let mut report = Report::default();
+        report.api_keys(Some(&file));
+        let check = &report.checks[0];
+        assert_eq!(check.status, Status::Fail, "{check:?}");
+        assert!(
+            check
+                .detail
+                .contains("line 2: keys must be at least 16 characters"),
+            "{check:?}"
+        );
+        assert_eq!(report.failure().map(|f| f.0), Some(ErrorCode::InvalidInput));
+        std::fs::write(
+            &file,
+            "user aaaaaaaaaaaaaaaa # alice\nadmin bbbbbbbbbbbbbbbb\n",
+        )
+        .expect("write");
+        let mut report = Report::default();
+        report.api_keys(Some(&file));
+        assert_eq!(report.checks[0].status, Status::Ok, "{:?}", report.checks);
+        assert!(report.checks[0].detail.starts_with("1 user, 1 admin"));
+        let _ = std::fs::remove_file(&file);
     }
 
     /// A failed report ends with the code of its first failed check, not `INTERNAL`.

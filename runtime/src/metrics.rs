@@ -123,6 +123,8 @@ pub struct Metrics {
     pub batch_size: Histograms<ModelLabels>,
     pub prompt_tokens_reused: Family<ModelLabels, Counter>,
     pub prefix_cache_bytes: Family<ModelLabels, Gauge>,
+    /// 1 while the config file holds a version the server refused (it runs on the one before).
+    pub config_refused: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -152,6 +154,7 @@ impl Metrics {
             batch_size: Family::new_with_constructor(batch_histogram),
             prompt_tokens_reused: Family::default(),
             prefix_cache_bytes: Family::default(),
+            config_refused: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -238,6 +241,11 @@ impl Metrics {
             "prefix_cache_bytes",
             "Bytes of finished sequences' keys and values kept for reuse by later prompts",
             m.prefix_cache_bytes.clone(),
+        );
+        registry.register(
+            "config_refused",
+            "1 while the config file holds an edit the server refused (the version before it stays in use; GET /plugins says why)",
+            m.config_refused.clone(),
         );
         Self { registry, ..m }
     }

@@ -47,6 +47,82 @@ const SETTINGS: &[(&str, Form)] = &[
     ("AGENTRT_SIMD", Form::OneOf(&["avx2"])),
 ];
 
+/// The `AGENTRT_*` variables read where they are used (paths, addresses, keys, the GPU's), which
+/// with [`SETTINGS`] are every one agentrt reads; a test holds this list to the source.
+const READ_ELSEWHERE: &[&str] = &[
+    "AGENTRT_API_KEY",
+    "AGENTRT_API_KEYS",
+    "AGENTRT_API_KEYS_FILE",
+    "AGENTRT_CONFIG",
+    "AGENTRT_CUDA_CONTEXT",
+    "AGENTRT_CUDA_CUBLAS",
+    "AGENTRT_CUDA_DEFINES",
+    "AGENTRT_CUDA_DEVICE",
+    "AGENTRT_CUDA_FUSED",
+    "AGENTRT_CUDA_FUSED_BLOCKS",
+    "AGENTRT_CUDA_MEMORY_MIB",
+    "AGENTRT_CUDA_PDL",
+    "AGENTRT_DEVICE",
+    "AGENTRT_HOME",
+    "AGENTRT_INSTANCE",
+    "AGENTRT_LISTEN",
+    "AGENTRT_LOG",
+    "AGENTRT_MODEL",
+    "AGENTRT_PLUGINS",
+    "AGENTRT_PYTHON_WASM",
+    "AGENTRT_RATE_LIMIT",
+    "AGENTRT_REMOTE_API_KEY",
+    "AGENTRT_REQUIRE_POSTGRES",
+    "AGENTRT_REQUIRE_SIMD",
+    "AGENTRT_STORE",
+    "AGENTRT_TEST_POSTGRES_URL",
+];
+
+/// The variables set in the environment that agentrt does not read but that are one slip
+/// from one it does (`AGENTRT_MAXBATCH`), each with the one it is close to: such a setting is
+/// otherwise ignored without a word. Names far from every known one are left alone: the
+/// project's scripts and benchmarks have variables of their own.
+pub fn misspelt() -> Vec<(String, &'static str)> {
+    misspelt_among(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()))
+}
+
+fn misspelt_among(names: impl Iterator<Item = String>) -> Vec<(String, &'static str)> {
+    let known = || {
+        SETTINGS
+            .iter()
+            .map(|(n, _)| *n)
+            .chain(READ_ELSEWHERE.iter().copied())
+    };
+    names
+        .filter(|name| name.starts_with("AGENTRT_") && !known().any(|k| k == name))
+        .filter_map(|name| {
+            let close = known().find(|k| {
+                let squashed = |s: &str| s.replace('_', "").to_ascii_uppercase();
+                squashed(k) == squashed(&name) || edit_distance(k, &name) <= 2
+            })?;
+            Some((name, close))
+        })
+        .collect()
+}
+
+/// The Levenshtein distance between `a` and `b` (bytes: the names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 fn form_of(name: &str) -> Form {
     SETTINGS
         .iter()
@@ -205,6 +281,74 @@ mod tests {
             ("AGENTRT_RUN_RETENTION_DAYS", "0"),
         ]));
         assert_eq!(good, Ok(()));
+    }
+
+    #[test]
+    fn a_variable_one_slip_from_a_known_one_is_named_with_it() {
+        let set = [
+            "AGENTRT_MAXBATCH",
+            "AGENTRT_MAX_BATCH",
+            "AGENTRT_REQUST_TIMEOUT",
+            "agentrt_store",
+            "AGENTRT_BENCH_MODELS",
+            "AGENTRT_GPU_STEPS",
+            "AGENTRT_REQUIRE_GPU",
+            "AGENTRT_TEST_THREADS",
+            "PATH",
+        ];
+        assert_eq!(
+            misspelt_among(set.iter().map(|s| s.to_string())),
+            [
+                ("AGENTRT_MAXBATCH".to_string(), "AGENTRT_MAX_BATCH"),
+                (
+                    "AGENTRT_REQUST_TIMEOUT".to_string(),
+                    "AGENTRT_REQUEST_TIMEOUT"
+                ),
+            ]
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    /// Every `AGENTRT_*` name in the runtime's source is one the warning above knows: a
+    /// variable added without it would be called a slip of another.
+    #[test]
+    fn every_variable_the_source_reads_is_known() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("src"), root.join("../kernels/src")];
+        let mut unknown = std::collections::BTreeSet::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(
+                    std::fs::read_dir(&path)
+                        .expect("dir")
+                        .map(|e| e.expect("entry").path()),
+                );
+                continue;
+            }
+            // This file's names are the lists themselves, and its tests' slips.
+            if path.ends_with("settings.rs") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for (at, _) in text.match_indices("AGENTRT_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                let known = SETTINGS.iter().any(|(n, _)| *n == name)
+                    || READ_ELSEWHERE.contains(&name.as_str());
+                // `AGENTRT_*` and `AGENTRT_CUDA_*` in prose name families, not variables.
+                if !known && !name.ends_with('_') {
+                    unknown.insert(name);
+                }
+            }
+        }
+        assert!(
+            unknown.is_empty(),
+            "add to READ_ELSEWHERE or SETTINGS: {unknown:?}"
+        );
     }
 
     #[test]

@@ -585,12 +585,25 @@ fn a_changed_config_regrants_the_plugins_without_a_restart() {
     let (_, body) = server.get("/plugins");
     assert!(version_of(&body, "generator").is_some(), "{body}");
     assert_eq!(version_of(&body, "snoop-check"), None, "{body}");
+    // The refusal is in the API too, not only in the log.
+    let in_use = body["config"]["sha256"].clone();
+    assert!(in_use.is_string(), "{body}");
+    assert!(
+        body["config"]["refused"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("default plugin cannot load")),
+        "{body}"
+    );
+    assert_ne!(body["config"]["refused"]["sha256"], in_use, "{body}");
+    assert_eq!(server.get("/health").1["config_refused"], json!(true));
 
     // Granted again: back in use.
     std::fs::write(&config, granted).expect("config");
-    wait_for_plugins(&server, "snoop-check back", |b| {
+    let body = wait_for_plugins(&server, "snoop-check back", |b| {
         version_of(b, "snoop-check").is_some() && b["refused"] == json!([])
     });
+    assert_eq!(body["config"]["refused"], Value::Null, "{body}");
+    assert_eq!(server.get("/health").1["config_refused"], json!(false));
     assert_eq!(snoop_env(), Some(json!("got: SNOOP_VISIBLE")));
     drop(server);
 
@@ -617,6 +630,27 @@ fn a_changed_config_regrants_the_plugins_without_a_restart() {
         logged(&["config reloaded", "SIGHUP"]),
         "no SIGHUP reload in the log"
     );
+
+    // A config refused for what the host lacks (a folder, named relative to the config's
+    // own folder) is tried again by SIGHUP once it is there, though the file is unchanged.
+    std::fs::write(
+        &config,
+        format!("{granted}folders = [{{ path = \"/later\", host = \"later\" }}]\n"),
+    )
+    .expect("config");
+    server.hang_up();
+    let body = wait_for_plugins(&server, "the missing folder refused", |b| {
+        !b["config"]["refused"].is_null()
+    });
+    let error = body["config"]["refused"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("is not a directory"), "{body}");
+    std::fs::create_dir_all(dir.join("later")).expect("folder");
+    server.hang_up();
+    wait_for_plugins(&server, "the config applied at the second SIGHUP", |b| {
+        b["config"]["refused"].is_null() && version_of(b, "snoop-check").is_some()
+    });
     drop(server);
     std::fs::remove_dir_all(&dir).ok();
 }

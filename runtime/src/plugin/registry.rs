@@ -23,6 +23,7 @@ use std::time::SystemTime;
 
 use super::manifest::{Manifest, World};
 use super::{Plugin, PluginError, PluginHost, PluginSource};
+use crate::config::Config;
 
 /// Default plugins compiled into the binary: `(manifest TOML, component bytes)`.
 mod embedded {
@@ -94,17 +95,36 @@ impl Refused {
     }
 }
 
+/// The operator's config file as the server holds it: the version in use and, while the file
+/// holds an edit that was refused, why (`GET /plugins`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConfigStatus {
+    /// The file (`None`: the server runs without one).
+    pub file: Option<String>,
+    /// The SHA-256 of the version in use.
+    pub sha256: Option<String>,
+    /// The edit the server refused, and why; cleared once a version is applied.
+    pub refused: Option<ConfigRefusal>,
+}
+
+/// A version of the config file the server would not put in use.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigRefusal {
+    /// The SHA-256 of what the file held when it was tried (`None`: it could not be read).
+    pub sha256: Option<String>,
+    pub error: String,
+}
+
 /// The set in use and the folder's refused components; cheap to clone (shared).
 #[derive(Debug, Clone)]
 pub struct LivePlugins {
     inner: Arc<RwLock<(Arc<PluginSet>, Vec<Refused>)>>,
+    config: Arc<RwLock<ConfigStatus>>,
 }
 
 impl LivePlugins {
     pub fn new(set: PluginSet) -> Self {
-        Self {
-            inner: Arc::new(RwLock::new((Arc::new(set), Vec::new()))),
-        }
+        Self::new_from(Arc::new(set), Vec::new())
     }
 
     /// The set in use now.
@@ -138,7 +158,23 @@ impl LivePlugins {
     fn new_from(set: Arc<PluginSet>, refused: Vec<Refused>) -> Self {
         Self {
             inner: Arc::new(RwLock::new((set, refused))),
+            config: Default::default(),
         }
+    }
+
+    /// The config file in use, and an edit of it that was refused.
+    pub fn config_status(&self) -> ConfigStatus {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_config_status(&self, status: ConfigStatus) {
+        crate::metrics::global()
+            .config_refused
+            .set(i64::from(status.refused.is_some()));
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
     /// Put `set` in use for every call that starts from now on.
@@ -323,17 +359,8 @@ pub fn warn_of_unused_grants(
     refused: &[Refused],
 ) {
     let config = host.config();
-    let names: Vec<&str> = embedded
-        .iter()
-        .chain(folder)
-        .map(|p| p.manifest.name.as_str())
-        .chain(
-            refused
-                .iter()
-                .filter_map(|r| r.file.file_stem().and_then(|s| s.to_str())),
-        )
-        .collect();
-    for grant in unused_grants(config.grants.keys().map(String::as_str), &names) {
+    let plugins: Vec<Arc<Plugin>> = embedded.iter().chain(folder).cloned().collect();
+    for grant in unused_grants(&config, &plugins, refused) {
         tracing::warn!(
             target: "agentrt::plugins",
             grant = %grant,
@@ -342,8 +369,27 @@ pub fn warn_of_unused_grants(
     }
 }
 
+/// The `[grants.NAME]` entries of `config` that name none of `plugins` nor a file of the
+/// folder that was `refused` (whose manifest may not have been read).
+pub fn unused_grants<'a>(
+    config: &'a Config,
+    plugins: &[Arc<Plugin>],
+    refused: &[Refused],
+) -> Vec<&'a str> {
+    let names: Vec<&str> = plugins
+        .iter()
+        .map(|p| p.manifest.name.as_str())
+        .chain(
+            refused
+                .iter()
+                .filter_map(|r| r.file.file_stem().and_then(|s| s.to_str())),
+        )
+        .collect();
+    naming_none(config.grants.keys().map(String::as_str), &names)
+}
+
 /// The grant names in `grants` that are not in `plugins`.
-fn unused_grants<'a>(grants: impl Iterator<Item = &'a str>, plugins: &[&str]) -> Vec<&'a str> {
+fn naming_none<'a>(grants: impl Iterator<Item = &'a str>, plugins: &[&str]) -> Vec<&'a str> {
     grants.filter(|g| !plugins.contains(g)).collect()
 }
 
@@ -538,8 +584,8 @@ mod tests {
     fn grants_naming_no_plugin_are_found() {
         let grants = ["house-style", "huose-style", "generator"];
         let plugins = ["generator", "reviewer", "house-style"];
-        assert_eq!(unused_grants(grants.into_iter(), &plugins), ["huose-style"]);
-        assert!(unused_grants(std::iter::empty(), &plugins).is_empty());
+        assert_eq!(naming_none(grants.into_iter(), &plugins), ["huose-style"]);
+        assert!(naming_none(std::iter::empty(), &plugins).is_empty());
     }
 
     #[test]

@@ -20,12 +20,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::compile_cache::hex;
 use super::registry::{
-    FileStamp, FolderPlugins, LivePlugins, compose, folder_stamps, load_embedded, scan_folder,
+    ConfigRefusal, ConfigStatus, FileStamp, FolderPlugins, LivePlugins, compose, folder_stamps,
+    load_embedded, scan_folder,
 };
 use super::{Plugin, PluginHost, PluginSource};
 use crate::config::Config;
 use crate::watched_file::WatchedFile;
+
+/// Why a config file's version was not put in use.
+enum NotInUse {
+    /// Every instance slot was busy for a default plugin's trial: tried again at the next poll.
+    Busy(super::PluginError),
+    /// The version itself is refused: tried again when the file changes, or on SIGHUP.
+    Refused(String),
+}
 
 /// How often the folder is looked at, unless `AGENTRT_PLUGIN_POLL_MS` says otherwise.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(1000);
@@ -44,6 +54,8 @@ pub struct Reloader {
     applied: BTreeMap<PathBuf, FileStamp>,
     /// The folder at the last poll (a change is applied once it holds still).
     last_seen: BTreeMap<PathBuf, FileStamp>,
+    /// Why the folder could not be read at the last poll (said once, until it changes).
+    folder_unreadable: Option<String>,
 }
 
 impl Reloader {
@@ -61,6 +73,11 @@ impl Reloader {
         live: LivePlugins,
     ) -> Self {
         let config = config.map(|path| WatchedFile::new(path, host.config().file_digest));
+        live.set_config_status(ConfigStatus {
+            file: config.as_ref().map(|c| c.path.display().to_string()),
+            sha256: host.config().file_digest.map(|d| hex(&d)),
+            refused: None,
+        });
         Self {
             host,
             dir,
@@ -70,6 +87,7 @@ impl Reloader {
             live,
             last_seen: applied.clone(),
             applied,
+            folder_unreadable: None,
         }
     }
 
@@ -83,9 +101,19 @@ impl Reloader {
             return false;
         };
         let seen = match folder_stamps(dir) {
-            Ok(seen) => seen,
+            Ok(seen) => {
+                if self.folder_unreadable.take().is_some() {
+                    tracing::info!(target: "agentrt::plugins", folder = %dir.display(), "the plugin folder can be read again");
+                }
+                seen
+            }
             Err(e) => {
-                tracing::warn!(target: "agentrt::plugins", folder = %dir.display(), error = %e, "cannot read the plugin folder; keeping the plugins in use");
+                // Said once, not at every poll for as long as the folder is away.
+                let error = e.to_string();
+                if self.folder_unreadable.as_ref() != Some(&error) {
+                    tracing::warn!(target: "agentrt::plugins", folder = %dir.display(), error = %error, "cannot read the plugin folder; keeping the plugins in use");
+                    self.folder_unreadable = Some(error);
+                }
                 return false;
             }
         };
@@ -97,13 +125,15 @@ impl Reloader {
         self.reload(seen, false)
     }
 
-    /// Read the config again at once if it changed (SIGHUP). Returns whether the set was
-    /// swapped.
+    /// Read the config again at once if it changed, or if the version it holds was refused
+    /// (what it needed, a folder say, may be there by now) (SIGHUP). Returns whether the set
+    /// was swapped.
     pub fn reload_config_now(&mut self) -> bool {
         let Some(config) = self.config.as_mut() else {
             return false;
         };
-        if config.changed(false) {
+        let changed = config.changed(false);
+        if changed || self.live.config_status().refused.is_some() {
             return self.regrant("SIGHUP");
         }
         tracing::info!(target: "agentrt::plugins", "SIGHUP: the config has not changed; nothing to reload");
@@ -120,35 +150,40 @@ impl Reloader {
         // the next try (no error in the log every second).
         let untried = watched.mark_tried();
         let path = watched.path.clone();
-        let refuse = |why: String| {
-            tracing::error!(target: "agentrt::plugins", config = %path.display(), why = trigger, error = %why, "config not reloaded; the config in use is kept");
-            false
-        };
-        let config = match Config::load(&path) {
-            Ok(config) => config,
-            Err(e) => return refuse(e.to_string()),
+        let (read, outcome) = self.put_config_in_use(&path);
+        let Some(watched) = self.config.as_mut() else {
+            return false;
         };
         // What was read, which may be newer than what the poll saw.
-        watched.applied = config.file_digest;
-        let previous = match self.host.replace_config(config) {
-            Ok(previous) => previous,
-            Err(why) => return refuse(why),
-        };
-        let embedded = match load_embedded(&self.host) {
-            Ok(embedded) => embedded,
-            Err(e) => {
-                self.host.restore_config(previous);
-                if matches!(e, super::PluginError::Busy { .. }) {
-                    // Every instance slot was taken for the trial call: not the config's
-                    // fault, so the next poll tries it again.
-                    watched.applied = untried;
-                    tracing::warn!(target: "agentrt::plugins", config = %path.display(), error = %e, "config not reloaded yet: the plugins are busy; trying again");
-                    return false;
-                }
-                return refuse(format!("a default plugin cannot load under it: {e}"));
+        if read.is_some() {
+            watched.applied = read;
+        }
+        match outcome {
+            Ok(()) => {
+                self.live.set_config_status(ConfigStatus {
+                    file: Some(path.display().to_string()),
+                    sha256: read.map(|d| hex(&d)),
+                    refused: None,
+                });
             }
-        };
-        self.embedded = embedded;
+            Err(NotInUse::Busy(e)) => {
+                // Every instance slot was taken for the trial call: not the config's fault,
+                // so the next poll tries it again.
+                watched.applied = untried;
+                tracing::warn!(target: "agentrt::plugins", config = %path.display(), error = %e, "config not reloaded yet: the plugins are busy; trying again");
+                return false;
+            }
+            Err(NotInUse::Refused(why)) => {
+                tracing::error!(target: "agentrt::plugins", config = %path.display(), why = trigger, error = %why, "config not reloaded; the config in use is kept");
+                let mut status = self.live.config_status();
+                status.refused = Some(ConfigRefusal {
+                    sha256: watched.applied.map(|d| hex(&d)),
+                    error: why,
+                });
+                self.live.set_config_status(status);
+                return false;
+            }
+        }
         let seen = match &self.dir {
             Some(dir) => folder_stamps(dir).unwrap_or_else(|_| self.applied.clone()),
             None => BTreeMap::new(),
@@ -158,6 +193,38 @@ impl Reloader {
             tracing::info!(target: "agentrt::plugins", config = %path.display(), why = trigger, "config reloaded; every plugin loaded again under its grants");
         }
         swapped
+    }
+
+    /// Read the config at `path` and put it in use with the default plugins loaded again
+    /// under it (the folder's are the caller's); the config in use stays when that fails.
+    /// Returns the digest of what was read, if it was.
+    fn put_config_in_use(
+        &mut self,
+        path: &std::path::Path,
+    ) -> (Option<[u8; 32]>, Result<(), NotInUse>) {
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => return (None, Err(NotInUse::Refused(e.to_string()))),
+        };
+        let read = config.file_digest;
+        let previous = match self.host.replace_config(config) {
+            Ok(previous) => previous,
+            Err(why) => return (read, Err(NotInUse::Refused(why))),
+        };
+        match load_embedded(&self.host) {
+            Ok(embedded) => {
+                self.embedded = embedded;
+                (read, Ok(()))
+            }
+            Err(e) => {
+                self.host.restore_config(previous);
+                let why = match e {
+                    super::PluginError::Busy { .. } => NotInUse::Busy(e),
+                    e => NotInUse::Refused(format!("a default plugin cannot load under it: {e}")),
+                };
+                (read, Err(why))
+            }
+        }
     }
 
     /// Load the folder as `seen`: only its changed files, or with `all` every one (a refused

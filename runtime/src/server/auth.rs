@@ -45,6 +45,13 @@ impl Scope {
             _ => None,
         }
     }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 /// Who a request comes from, as [`require_key`] found it; a request let through without a key
@@ -194,11 +201,12 @@ impl ApiKeys {
         *applied = digest;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         buckets.retain(|d, _| keys.iter().any(|(k, _)| k == d));
-        let admin = keys.iter().filter(|(_, s)| *s == Scope::Admin).count();
-        Ok(KeyCounts {
-            user: keys.len() - admin,
-            admin,
-        })
+        Ok(counts_of(&keys))
+    }
+
+    /// How many keys of each scope are in use.
+    pub fn counts(&self) -> KeyCounts {
+        counts_of(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -229,6 +237,14 @@ impl ApiKeys {
     }
 }
 
+fn counts_of(keys: &[Key]) -> KeyCounts {
+    let admin = keys.iter().filter(|(_, s)| *s == Scope::Admin).count();
+    KeyCounts {
+        user: keys.len() - admin,
+        admin,
+    }
+}
+
 /// The keys of `AGENTRT_API_KEYS` and of `file`, together, and the digest of the file's
 /// contents. An error names where the bad entry is: the variable's entry, or the file and its
 /// line.
@@ -246,12 +262,16 @@ fn read_keys(file: Option<&Path>) -> Result<(Vec<Key>, Option<[u8; 32]>), String
 }
 
 /// Add the keys of `text` to `keys`: lines (a file's, when `file` is given: errors name the
-/// line) of comma-separated `SCOPE KEY` / `SCOPE:KEY` entries (errors name the entry).
+/// line) of comma-separated `SCOPE KEY` / `SCOPE:KEY` entries (errors name the entry). A `#`
+/// at the start of a word starts a comment to the end of the line. A key listed again with
+/// the same scope counts once; with another scope it is refused (which one was meant?).
 fn add_keys(keys: &mut Vec<Key>, text: &str, file: Option<&Path>) -> Result<(), String> {
     let mut entry = 0;
+    // An editor's byte-order mark is not part of the first scope.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (line_index, line) in text.lines().enumerate() {
-        for item in line.split(',').map(str::trim) {
-            if item.is_empty() || item.starts_with('#') {
+        for item in without_comment(line).split(',').map(str::trim) {
+            if item.is_empty() {
                 continue;
             }
             entry += 1;
@@ -262,16 +282,44 @@ fn add_keys(keys: &mut Vec<Key>, text: &str, file: Option<&Path>) -> Result<(), 
             let (scope, key) = item
                 .split_once(|c: char| c == ':' || c.is_whitespace())
                 .ok_or_else(|| format!("{at}: expected `SCOPE KEY`"))?;
-            let scope = Scope::parse(scope.trim())
-                .ok_or_else(|| format!("{at}: scope must be user or admin"))?;
+            let scope = Scope::parse(scope.trim()).ok_or_else(|| {
+                format!("{at}: scope must be user or admin, not {:?}", scope.trim())
+            })?;
             let key = key.trim();
+            if key.contains(char::is_whitespace) {
+                return Err(format!(
+                    "{at}: text after the key (a key has no spaces; a comment starts with #)"
+                ));
+            }
             if key.len() < 16 {
                 return Err(format!("{at}: keys must be at least 16 characters"));
             }
-            keys.push((digest(key), scope));
+            let key = digest(key);
+            match keys.iter().find(|(listed, _)| *listed == key) {
+                None => keys.push((key, scope)),
+                Some((_, listed)) if *listed == scope => {}
+                Some((_, listed)) => {
+                    return Err(format!(
+                        "{at}: this key is listed already as {}; a key has one scope",
+                        listed.as_str()
+                    ));
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// `line` up to a `#` that starts a word (a `#` inside a key is part of it).
+fn without_comment(line: &str) -> &str {
+    let mut previous = ' ';
+    for (at, c) in line.char_indices() {
+        if c == '#' && previous.is_whitespace() {
+            return &line[..at];
+        }
+        previous = c;
+    }
+    line
 }
 
 /// The scope a path needs, or `None` for open paths.
@@ -467,7 +515,39 @@ mod tests {
                 "user:aaaaaaaaaaaaaaaa, root:bbbbbbbbbbbbbbbb",
                 None
             ),
-            Err("entry 2: scope must be user or admin".into())
+            Err("entry 2: scope must be user or admin, not \"root\"".into())
+        );
+    }
+
+    /// A note after a key is a comment, not part of the key (which would leave the key the
+    /// operator meant unusable, and a comma in the note read as an entry); a byte-order mark
+    /// is not part of the first scope; one key with two scopes is refused.
+    #[test]
+    fn comments_after_keys_byte_order_marks_and_duplicates() {
+        let keys = ApiKeys::parse(
+            "\u{feff}user  aaaaaaaaaaaaaaaa  # alice, rotated 2026-11\nadmin b#bbbbbbbbbbbbbbb #ops\n",
+        )
+        .expect("parse");
+        assert_eq!(keys.scope_of("aaaaaaaaaaaaaaaa"), Some(Scope::User));
+        assert_eq!(keys.scope_of("b#bbbbbbbbbbbbbbb"), Some(Scope::Admin));
+        let mut listed = Vec::new();
+        assert_eq!(
+            add_keys(&mut listed, "user aaaaaaaaaaaaaaaa alice", None),
+            Err(
+                "entry 1: text after the key (a key has no spaces; a comment starts with #)".into()
+            )
+        );
+        let mut listed = Vec::new();
+        add_keys(
+            &mut listed,
+            "user aaaaaaaaaaaaaaaa\nuser aaaaaaaaaaaaaaaa\n",
+            None,
+        )
+        .expect("the same key and scope twice");
+        assert_eq!(listed.len(), 1, "counted once");
+        assert_eq!(
+            add_keys(&mut listed, "admin aaaaaaaaaaaaaaaa", Some(Path::new("k"))),
+            Err("line 1: this key is listed already as user; a key has one scope".into())
         );
     }
 

@@ -211,6 +211,7 @@ pub fn document() -> Value {
             "models": {"type": "array", "items": health_model},
             "plugins": {"type": "array", "items": health_plugin},
             "plugins_refused": {"type": "integer", "description": "Components of the plugin folder not in use (GET /plugins says why)"},
+            "config_refused": {"type": "boolean", "description": "The config file holds an edit the server refused; the version before it is in use (GET /plugins says why)"},
             "store": object(
                 json!({
                     "ok": {"type": "boolean", "description": "The run store takes writes"},
@@ -341,7 +342,12 @@ pub fn document() -> Value {
                         "file": {"type": "string"}, "code": schema("ErrorCode"), "message": {"type": "string"},
                         "keeping": {"type": ["string", "null"], "description": "The version still in use"},
                     }), &["file", "code", "message"])},
-                }), &["plugins", "refused"]),
+                    "config": object(json!({
+                        "file": {"type": ["string", "null"], "description": "The config file (null: none)"},
+                        "sha256": {"type": ["string", "null"], "description": "The version in use"},
+                        "refused": {"type": ["object", "null"], "description": "An edit not applied (cleared when a version is): its sha256 and the error"},
+                    }), &["file", "sha256", "refused"]),
+                }), &["plugins", "refused", "config"]),
                 // Built above, apart: json! recurses once per entry and per level of nesting,
                 // and this document is deep enough already.
                 "Run": run,

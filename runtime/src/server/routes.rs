@@ -543,6 +543,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         "plugins": plugins,
         // Components of the plugin folder not in use (`GET /plugins` says why).
         "plugins_refused": state.pipeline.plugins.refused().len(),
+        // The config file holds an edit that was not applied (`GET /plugins` says why).
+        "config_refused": state.pipeline.plugins.config_status().refused.is_some(),
         "store": store,
         "uptime_seconds": state.pipeline.stats.snapshot().uptime_seconds,
         "version": env!("CARGO_PKG_VERSION"),
@@ -581,12 +583,14 @@ pub async fn models(
     Json(json!({ "models": models }))
 }
 
-/// The plugins in use, and the folder's components that hot reload refused (with the reason
-/// and the version kept instead).
+/// The plugins in use, the folder's components that hot reload refused (with the reason and
+/// the version kept instead), and the config file in use (with an edit of it that was
+/// refused, and why).
 pub async fn plugins(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "plugins": plugin_list(&state),
         "refused": state.pipeline.plugins.refused(),
+        "config": state.pipeline.plugins.config_status(),
     }))
 }
 
