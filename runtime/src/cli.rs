@@ -1185,6 +1185,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .stats
                 .persist_to(store.clone())
                 .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+            let store_to_close = store.clone();
             let runs = Arc::new(crate::runs::Runs::new(
                 store,
                 pipeline.clone(),
@@ -1232,6 +1233,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             // A blocked stdin read (AGENTRT_EXIT_WITH_STDIN) or a plugin call past its
             // deadline must not hold the exit: requests and runs are already settled.
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            store_to_close.close();
             served.map_err(|e| {
                 CliError::new(
                     ErrorCode::Internal,

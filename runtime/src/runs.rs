@@ -339,6 +339,15 @@ fn read_events(
 /// How often a run waiting to start tries the store again while it refuses writes.
 const STORE_WAIT: Duration = Duration::from_secs(1);
 
+/// The message of a run the server's shutdown cancelled while it ran.
+const SHUTDOWN_CANCEL: &str =
+    "the run was cancelled: the server shut down while it ran (submit it again)";
+
+/// How long a cancel waits for the run's end to be stored before it answers (see
+/// [`Runs::stored_end`]); a run that takes longer to stop is answered `202` in the state it
+/// is in, and stops as soon as it can.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
 /// What [`mark_running`] found.
 #[derive(Debug, PartialEq)]
 enum Marked {
@@ -711,6 +720,14 @@ impl Runs {
                 ),
                 Err(_) => RunState::Failed,
             };
+            // Stopped by the shutdown, not by a client: the run's end says so (it is not
+            // resumed at the next start, as one still queued is).
+            if let (RunState::Cancelled, Ok(outcome)) = (state, &mut outcome)
+                && live.parked.load(Ordering::SeqCst)
+                && let Some(error) = &mut outcome.error
+            {
+                error.message = SHUTDOWN_CANCEL.into();
+            }
             let _ = live.ended_as.set(state.as_str());
             state
         };
@@ -785,7 +802,7 @@ impl Runs {
             }
         });
         match here {
-            Some(cancelled) => cancelled.map(|()| run),
+            Some(cancelled) => cancelled.map(|()| self.stored_end(id, CANCEL_WAIT).unwrap_or(run)),
             // Not here: either it ended here since the store was read, or another host (a
             // shared PostgreSQL store) runs it; the store, read again, tells which.
             // Parked by the shutdown a moment ago: this server will not act on it now.
@@ -802,6 +819,22 @@ impl Runs {
                 }
             }
         }
+    }
+
+    /// Run `id` as stored once it has left the live table with its end stored, waiting up to
+    /// `wait`; `None` when it is still live then (or cannot be read). A cancel is answered
+    /// after this: a run it stopped (a queued one within 50 ms, a running one at its next
+    /// token or stage) is stored cancelled before the client hears so, and a crash of the
+    /// server right after cannot run it again.
+    fn stored_end(&self, id: &str, wait: Duration) -> Option<RunRecord> {
+        let until = Instant::now() + wait;
+        while self.live().contains_key(id) {
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.get(id).ok().filter(|run| run.state.is_final())
     }
 
     /// Live events of a run still in this process, from now on (`None` once it has ended).

@@ -82,9 +82,23 @@ impl StoreError {
     }
 
     /// The error for those outside the server (API clients, the open `/health`): without the
-    /// store's file or database address, which the log names.
+    /// store's folder or database address, which the log names. A message naming files
+    /// beside the store (its lock file, a displaced copy) keeps their names, not where they
+    /// are.
     pub fn public_message(&self) -> String {
-        format!("run store: {}", self.message)
+        let message = if postgres::is_postgres_url(&self.path) {
+            self.message.replace(&self.path, "the database")
+        } else {
+            match std::path::Path::new(&self.path).parent() {
+                Some(folder) if !folder.as_os_str().is_empty() => {
+                    let folder = folder.display().to_string();
+                    let folder = folder.trim_end_matches('/');
+                    self.message.replace(&format!("{folder}/"), "")
+                }
+                _ => self.message.clone(),
+            }
+        };
+        format!("run store: {message}")
     }
 }
 
@@ -436,6 +450,10 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     fn refusing_writes(&self) -> bool {
         false
     }
+    /// Leave the store tidy at a clean shutdown, after the last write: an SQLite store folds
+    /// its write-ahead log into its file, so that the file alone holds every run (a copy made
+    /// by hand, not by `agentrt backup`, then misses nothing). Failures are only logged.
+    fn close(&self) {}
     /// Run raw SQL (tests that damage a store on purpose).
     #[cfg(test)]
     fn execute_for_test(&self, sql: &str) -> Result<(), StoreError>;
@@ -1080,6 +1098,27 @@ impl Store {
 impl RunStore for Store {
     fn location(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn close(&self) {
+        // A store stepped aside for a replacing file is left as it is (its copy is kept).
+        if self
+            .displaced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        match fold_and_empty_log(&conn) {
+            Ok(()) => {
+                tracing::debug!(store = %self.path.display(), "write-ahead log folded into the store file")
+            }
+            Err(e) => {
+                tracing::warn!(store = %self.path.display(), "write-ahead log left beside the store file at shutdown: {e}")
+            }
+        }
     }
 
     fn insert_run(
@@ -2119,5 +2158,65 @@ mod online_backup {
         let err = Store::open_exclusive(&src).expect_err("not a database");
         assert!(err.message.contains("agentrt restore"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod public {
+    use super::*;
+
+    /// After a clean shutdown the store file alone holds every run: its log is folded in and
+    /// emptied, so a copy of `agentrt.db` made by hand is whole.
+    #[test]
+    fn closing_folds_the_log_into_the_file() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-close-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let path = dir.join("agentrt.db");
+        let store = Store::open(&path).expect("open");
+        store.insert_run("r1", &Value::Null, None).expect("insert");
+        let wal = crate::paths::beside(&path, "-wal");
+        assert!(
+            std::fs::metadata(&wal).expect("log").len() > 0,
+            "written to the log"
+        );
+        store.close();
+        assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+        let copy = dir.join("copy.db");
+        std::fs::copy(&path, &copy).expect("copy the file alone");
+        drop(store);
+        let copied = Store::open(&copy).expect("open the copy");
+        assert!(
+            copied.run("r1").expect("read").is_some(),
+            "the copy misses a run"
+        );
+        drop(copied);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What clients see of a store failure names no folder nor database address, only the
+    /// names of the files an operator would look for.
+    #[test]
+    fn a_public_message_names_no_folder_or_address() {
+        let e = StoreError {
+            path: "/srv/agentrt/agentrt.db".into(),
+            message: "another file took the store's place; what it stored is kept in \
+                      /srv/agentrt/agentrt.db.displaced-17; the lock file \
+                      /srv/agentrt/agentrt.db.lock was deleted"
+                .into(),
+        };
+        let public = e.public_message();
+        assert!(!public.contains("/srv/agentrt"), "{public}");
+        assert!(public.contains("agentrt.db.displaced-17") && public.contains("agentrt.db.lock"));
+        let e = StoreError {
+            path: "postgres://u:***@db.internal/agentrt".into(),
+            message: "cannot reach postgres://u:***@db.internal/agentrt: refused".into(),
+        };
+        assert_eq!(
+            e.public_message(),
+            "run store: cannot reach the database: refused"
+        );
     }
 }

@@ -292,9 +292,13 @@ fn cancelling_stops_a_running_run_and_a_full_queue_answers_429() {
 
     let first = first["id"].as_str().expect("id").to_string();
     let second = second["id"].as_str().expect("id").to_string();
-    // Cancel the queued one, then the running one once it generates.
+    // Cancel the queued one, then the running one once it generates. A queued run's cancel
+    // is answered once its end is stored: a crash of the server right after must not run it.
     let (status, _, text) = s.exchange("DELETE", &format!("/v1/pipeline/runs/{second}"), &[], None);
     assert_eq!(status, 202, "{text}");
+    let answer: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(answer["state"], "cancelled", "{answer}");
+    assert_eq!(answer["cancel_requested"], true, "{answer}");
     // Generating: the model has made its first token for it (the only generation on this
     // server).
     wait_until(
@@ -435,6 +439,21 @@ fn a_terminated_server_cancels_runs_whose_events_are_being_watched() {
     let (_, kind, done) = all.last().expect("events");
     assert_eq!(kind, "done", "{text}");
     assert_eq!(done["state"], "cancelled", "{done}");
+    // Told apart from a client's cancel: the shutdown stopped it.
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the server shut down")),
+        "{done}"
+    );
+    // A clean stop leaves every run in the store file itself, its log folded in.
+    let log = agentrt::paths::beside(&store, "-wal");
+    assert_eq!(
+        std::fs::metadata(&log).map_or(0, |m| m.len()),
+        0,
+        "{}",
+        log.display()
+    );
     let opened = agentrt::store::Store::open(&store).expect("open the store");
     let stored = opened.run(&id).expect("read").expect("the run is stored");
     assert_eq!(stored.state.as_str(), "cancelled");

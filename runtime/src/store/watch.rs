@@ -154,6 +154,9 @@ impl RunStore for Watched {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn close(&self) {
+        self.inner.close()
+    }
     fn insert_run(
         &self,
         id: &str,
