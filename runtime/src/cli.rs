@@ -1171,6 +1171,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 })?;
             startup.stage("warming the python sandbox");
             warm_sandbox(&pipeline);
+            // Compiling the plugins and the interpreter (on a cold cache) is done.
+            crate::heap::give_back_freed();
             startup.stage("opening the run store");
             let store = open_store(&opts, &pipeline.stats)?;
             if let Some(keep) = crate::runs::retention_from_env() {

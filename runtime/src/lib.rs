@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error_code;
 pub mod eval;
 pub mod fifo_semaphore;
+pub mod heap;
 pub mod language;
 pub mod logs;
 pub mod metrics;

@@ -182,6 +182,8 @@ pub struct Plugin {
     /// What a quality check said it covers when it was loaded (`None` for other worlds).
     pub check_scope: Option<CheckScope>,
     pre: Pre,
+    /// Keeps its compiled entry from this process's cache pruning while this version lives.
+    _cache_hold: compile_cache::CacheHold,
 }
 
 /// What a quality check covers, from its `describe`: the languages it understands (by their
@@ -453,7 +455,7 @@ impl PluginHost {
         }
         let sha256 = sha256_hex(bytes);
         let started = Instant::now();
-        let (component, cache_hit) = self
+        let (component, cache_hit, cache_hold) = self
             .cache
             .load(&self.engine, bytes, &sha256)
             .map_err(|e| fail(format!("not a valid component: {e:#}")))?;
@@ -485,6 +487,7 @@ impl PluginHost {
             wit_version,
             check_scope: None,
             pre,
+            _cache_hold: cache_hold,
         };
         // One trial instantiation: a component that cannot be instantiated here (its start
         // code traps, or it needs more instances, memories or table slots than the instance

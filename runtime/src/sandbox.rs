@@ -495,6 +495,8 @@ pub struct PythonSandbox {
     /// The pre-initialised runner, tried first; `None` if it failed to load (logged).
     snapshot: Option<snapshot::SnapshotRunner>,
     limits: SandboxLimits,
+    /// Keeps the interpreter's compiled entry from this process's cache pruning.
+    _cache_hold: crate::plugin::compile_cache::CacheHold,
 }
 
 impl std::fmt::Debug for PythonSandbox {
@@ -526,7 +528,7 @@ impl PythonSandbox {
         let engine = Engine::new(&config).map_err(SandboxError::Wasm)?;
         crate::plugin::spawn_epoch_ticker(&engine, "agentrt-sandbox-epoch", EPOCH_TICK)
             .map_err(|e| SandboxError::Wasm(e.into()))?;
-        let (module, _) = cache
+        let (module, _, cache_hold) = cache
             .load_module(&engine, &bytes, &sha256_hex(&bytes))
             .map_err(SandboxError::Wasm)?;
         let mut linker = Linker::new(&engine);
@@ -547,6 +549,7 @@ impl PythonSandbox {
             linker,
             snapshot,
             limits,
+            _cache_hold: cache_hold,
         })
     }
 

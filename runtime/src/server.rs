@@ -318,12 +318,32 @@ async fn measure(
             "request failed: {}",
             e.code
         ),
+        // Probes and scrapes answered well come every few seconds for the server's whole
+        // life: at info they would be most of the log (AGENTRT_LOG=agentrt::http=debug shows
+        // them).
+        _ if is_probe(&route) => {
+            tracing::debug!(target: "agentrt::http", status, duration_ms, "request finished")
+        }
         _ => tracing::info!(target: "agentrt::http", status, duration_ms, "request finished"),
     });
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    // No answer is to be read as anything but its declared type (an error echoing a path
+    // into JSON must not be sniffed as HTML), the console's files included.
+    response.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
     response
+}
+
+/// Whether `route` is a health probe's or a metrics scrape's.
+fn is_probe(route: &str) -> bool {
+    matches!(
+        route,
+        "/health" | "/health/live" | "/health/ready" | "/metrics"
+    )
 }
 
 /// A request whose client hung up before the answer (the server drops its future): counted

@@ -6,11 +6,11 @@
 //! folder is pruned whenever an entry is stored (when it grows): entries unused for 30 days
 //! go, then the least recently used until the rest fit in 1 GiB. A hit marks its entry used
 //! through its modification time (access times are often not kept); the entry just stored and
-//! those this process loaded are never removed, nor files not named as entries (a crashed
+//! those this process holds loaded (until the plugin version is replaced) are never removed, nor files not named as entries (a crashed
 //! writer's half-written entry goes once a day old). Pruning
 //! failures are logged, never returned: they cannot fail a load.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -75,10 +75,49 @@ impl PruneLimits {
     };
 }
 
-/// File names of the entries this process loaded or stored: never pruned by it, however long
-/// ago that was (a long-running server's plugins are in use whatever their files' age). Names,
-/// not paths, so two caches naming the same folder differently agree.
-static IN_USE: Mutex<BTreeSet<OsString>> = Mutex::new(BTreeSet::new());
+/// File names of the entries this process holds loaded, with how many loads hold each: never
+/// pruned by it while held, however long ago they were stored (a long-running server's
+/// plugins are in use whatever their files' age), and prunable again once the last
+/// [`CacheHold`] goes (a plugin version replaced by hot reload). Names, not paths, so two
+/// caches naming the same folder differently agree.
+static IN_USE: Mutex<BTreeMap<OsString, usize>> = Mutex::new(BTreeMap::new());
+
+/// A loaded entry held in use: this process does not prune it while the hold lives. Kept by
+/// whatever keeps the compiled code (a plugin version, the sandbox).
+#[derive(Debug)]
+pub struct CacheHold {
+    name: Option<OsString>,
+}
+
+impl CacheHold {
+    /// A hold on the entry at `path` (`None`: nothing cached, nothing held).
+    fn of(path: Option<&Path>) -> Self {
+        let name = path.and_then(Path::file_name).map(OsStr::to_os_string);
+        if let Some(name) = &name {
+            *IN_USE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(name.clone())
+                .or_default() += 1;
+        }
+        Self { name }
+    }
+}
+
+impl Drop for CacheHold {
+    fn drop(&mut self) {
+        let Some(name) = &self.name else {
+            return;
+        };
+        let mut held = IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(name) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(name);
+            }
+        }
+    }
+}
 
 /// Compiles components, reusing earlier compilations found in `dir`.
 #[derive(Debug, Clone)]
@@ -104,13 +143,14 @@ impl CompileCache {
             .map(|d| d.join(format!("{content_hash}-{engine_key:016x}.cwasm")))
     }
 
-    /// The compiled form of `bytes`, from the cache when possible. Returns whether it was a hit.
+    /// The compiled form of `bytes`, from the cache when possible. Returns whether it was a
+    /// hit, and the hold that keeps its entry from this process's pruning.
     pub fn load(
         &self,
         engine: &wasmtime::Engine,
         bytes: &[u8],
         content_hash: &str,
-    ) -> wasmtime::Result<(Component, bool)> {
+    ) -> wasmtime::Result<(Component, bool, CacheHold)> {
         let entry = self.entry(engine, content_hash);
         if let Some(path) = &entry
             && file_is_ours(path)
@@ -120,8 +160,9 @@ impl CompileCache {
             // binds it to this content and this engine configuration.
             match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(c) => {
+                    let hold = CacheHold::of(Some(path));
                     mark_used(path);
-                    return Ok((c, true));
+                    return Ok((c, true, hold));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
@@ -129,10 +170,11 @@ impl CompileCache {
             }
         }
         let component = Component::new(engine, bytes)?;
-        if let Some(path) = &entry {
-            store(path, &component.serialize()?, "component");
-        }
-        Ok((component, false))
+        let hold = match &entry {
+            Some(path) => store(path, &component.serialize()?, "component"),
+            None => CacheHold::of(None),
+        };
+        Ok((component, false, hold))
     }
 }
 
@@ -143,7 +185,7 @@ impl CompileCache {
         engine: &wasmtime::Engine,
         bytes: &[u8],
         content_hash: &str,
-    ) -> wasmtime::Result<(wasmtime::Module, bool)> {
+    ) -> wasmtime::Result<(wasmtime::Module, bool, CacheHold)> {
         let entry = self.entry(engine, content_hash);
         if let Some(path) = &entry
             && file_is_ours(path)
@@ -153,8 +195,9 @@ impl CompileCache {
             // engine configuration.
             match unsafe { wasmtime::Module::deserialize_file(engine, path) } {
                 Ok(m) => {
+                    let hold = CacheHold::of(Some(path));
                     mark_used(path);
-                    return Ok((m, true));
+                    return Ok((m, true, hold));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
@@ -162,35 +205,30 @@ impl CompileCache {
             }
         }
         let module = wasmtime::Module::new(engine, bytes)?;
-        if let Some(path) = &entry {
-            store(path, &module.serialize()?, "module");
-        }
-        Ok((module, false))
+        let hold = match &entry {
+            Some(path) => store(path, &module.serialize()?, "module"),
+            None => CacheHold::of(None),
+        };
+        Ok((module, false, hold))
     }
 }
 
 /// Write the entry at `path` (`what` was compiled: a component or a module), then prune its
 /// folder: a store is when the folder grows. A failure to cache is logged: the load goes on
-/// with what it compiled.
-fn store(path: &Path, compiled: &[u8], what: &str) {
+/// with what it compiled (and holds nothing).
+fn store(path: &Path, compiled: &[u8], what: &str) -> CacheHold {
     match write_atomically(path, compiled) {
         Ok(()) => {
-            note_in_use(path);
+            let hold = CacheHold::of(Some(path));
             if let Some(dir) = path.parent() {
                 prune(dir, path, PruneLimits::DEFAULT, SystemTime::now());
             }
+            hold
         }
-        Err(e) => tracing::warn!(path = %path.display(), "cannot cache compiled {what}: {e}"),
-    }
-}
-
-/// Record that this process uses the entry at `path`, so its own pruning spares it.
-fn note_in_use(path: &Path) {
-    if let Some(name) = path.file_name() {
-        IN_USE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_os_string());
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "cannot cache compiled {what}: {e}");
+            CacheHold::of(None)
+        }
     }
 }
 
@@ -198,13 +236,12 @@ fn in_use(name: &OsStr) -> bool {
     IN_USE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .contains(name)
+        .contains_key(name)
 }
 
-/// A hit: note the entry in use and make it the most recently used for every process's
-/// pruning, which orders entries by modification time.
+/// A hit: make the entry the most recently used for every process's pruning, which orders
+/// entries by modification time.
 fn mark_used(path: &Path) {
-    note_in_use(path);
     let touched = std::fs::File::options()
         .write(true)
         .open(path)
@@ -444,7 +481,7 @@ mod tests {
         let cache = CompileCache::new(Some(dir.to_path_buf()));
         let engine = wasmtime::Engine::default();
         let hash = sha256_hex(EMPTY_MODULE);
-        let (_, hit) = cache
+        let (_, hit, _) = cache
             .load_module(&engine, EMPTY_MODULE, &hash)
             .expect("compile");
         (cache, engine, hash, hit)
@@ -548,14 +585,14 @@ mod tests {
         assert!(!hit);
         let mode = std::fs::metadata(&dir).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        let (_, hit) = cache
+        let (_, hit, _) = cache
             .load_module(&engine, EMPTY_MODULE, &hash)
             .expect("load");
         assert!(hit, "its own entry is used");
         // An entry others could have written is compiled again, not run.
         let entry = cache.entry(&engine, &hash).expect("entry");
         std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-        let (_, hit) = cache
+        let (_, hit, _) = cache
             .load_module(&engine, EMPTY_MODULE, &hash)
             .expect("compile");
         assert!(!hit, "an entry writable by others was loaded");
@@ -583,13 +620,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A plugin version replaced by hot reload lets go of its entry: a server running for
+    /// weeks while plugins are rebuilt does not keep every version past the cache's cap.
+    #[test]
+    fn a_held_entry_is_spared_until_its_last_hold_goes() {
+        let dir = temp("held");
+        let held = entry_file(&dir, 0x21, 100, 60 * DAY);
+        let kept = entry_file(&dir, 0x22, 10, Duration::ZERO);
+        let (first, second) = (CacheHold::of(Some(&held)), CacheHold::of(Some(&held)));
+        prune(&dir, &kept, PruneLimits::DEFAULT, SystemTime::now());
+        assert!(held.exists(), "held: spared though long unused");
+        drop(first);
+        prune(&dir, &kept, PruneLimits::DEFAULT, SystemTime::now());
+        assert!(held.exists(), "still held by the second load");
+        drop(second);
+        prune(&dir, &kept, PruneLimits::DEFAULT, SystemTime::now());
+        assert!(!held.exists(), "let go: pruned as any unused entry");
+        assert!(kept.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_hit_marks_its_entry_used() {
         let dir = temp("hit");
         let (cache, engine, hash, _) = first_load(&dir);
         let entry = cache.entry(&engine, &hash).expect("a cache folder");
         set_age(&entry, 60 * DAY);
-        let (_, hit) = cache
+        let (_, hit, _) = cache
             .load_module(&engine, EMPTY_MODULE, &hash)
             .expect("load");
         assert!(hit);

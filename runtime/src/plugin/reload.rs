@@ -284,6 +284,8 @@ impl Reloader {
         // tried again at the next poll, not kept refused until its file changes.
         self.live.replace(set, refused);
         self.folder = scan.plugins;
+        // What compiling the changed components took is free again.
+        crate::heap::give_back_freed();
         if !busy {
             self.applied = seen;
         }

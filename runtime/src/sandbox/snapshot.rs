@@ -9,13 +9,13 @@
 
 use std::path::Path;
 
-use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime::component::{InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::{RunData, RunEnd, SandboxLimits};
-use crate::plugin::compile_cache::{CompileCache, sha256_hex};
+use crate::plugin::compile_cache::{CacheHold, CompileCache, sha256_hex};
 
 /// The runner component built by `build.rs`.
 static RUNNER_COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/python-runner.wasm"));
@@ -52,17 +52,20 @@ impl RunData for SnapshotState {
 /// The compiled snapshot, linked and ready to instantiate.
 pub(super) struct SnapshotRunner {
     pre: InstancePre<SnapshotState>,
+    /// Keeps its compiled entry from this process's cache pruning.
+    _cache_hold: CacheHold,
 }
 
 impl SnapshotRunner {
     /// Compile the embedded component (or load its compilation from `cache`) and link it.
     pub(super) fn load(engine: &Engine, cache: &CompileCache) -> wasmtime::Result<Self> {
-        let (component, _): (Component, bool) =
+        let (component, _, hold) =
             cache.load(engine, RUNNER_COMPONENT, &sha256_hex(RUNNER_COMPONENT))?;
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Ok(Self {
             pre: linker.instantiate_pre(&component)?,
+            _cache_hold: hold,
         })
     }
 
