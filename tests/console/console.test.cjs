@@ -66,11 +66,12 @@ function expect(condition, message) {
     const testRows = await page.getByTestId("test-row").count();
     await shot("2-done");
 
-    // The run is in the history; opening it replays the same result.
+    // The run is in the history; opening it (from the keyboard) replays the same result.
     await page.getByTestId("history-tab").click();
     const row = page.locator(`[data-testid=history-row][data-run="${runId}"]`);
     await row.waitFor();
-    await row.click();
+    await row.getByTestId("history-open").focus();
+    await page.keyboard.press("Enter");
     await page.getByTestId("run-id").filter({ hasText: runId }).waitFor();
     await page.getByTestId("run-state").filter({ hasText: "completed" }).waitFor();
     await page.getByTestId("verdict").filter({ hasText: verdict }).waitFor();
@@ -96,6 +97,25 @@ function expect(condition, message) {
     expect((await page.getByTestId("finding").count()) === findings.length, "the resumed run shows other findings");
     await page.unroute(/\/events/);
 
+    // A server restarting (503 with Retry-After) is waited for, not taken for the end: the
+    // view follows the run again and reaches its real end.
+    const refusedFirst = [];
+    await page.route(/\/events/, async (route) => {
+      refusedFirst.push(route.request().url());
+      if (refusedFirst.length > 1) return route.continue();
+      return route.fulfill({
+        status: 503,
+        headers: { "content-type": "application/json", "retry-after": "1" },
+        body: JSON.stringify({ error: { code: "MODEL_001", message: "the server is starting" } }),
+      });
+    });
+    await page.getByTestId("history-tab").click();
+    await row.click();
+    await page.getByTestId("run-state").filter({ hasText: "completed" }).waitFor();
+    expect(refusedFirst.length === 2, `the stream was not asked for again: ${refusedFirst.join(", ")}`);
+    expect(await page.getByTestId("error").isHidden(), "the passing refusal is still shown");
+    await page.unroute(/\/events/);
+
     // Plugins with their permissions, and the statistics as charts.
     await page.getByTestId("plugins-tab").click();
     await page.locator("[data-testid=plugin-card][data-plugin=python-quality]").waitFor();
@@ -115,6 +135,19 @@ function expect(condition, message) {
     const totals = await page.getByTestId("stats-totals").textContent();
     expect(/\d+ requests/.test(totals), `totals: ${totals}`);
     await shot("5-stats");
+
+    // A double click submits one run, not two; Cancel stops it.
+    const submits = [];
+    page.on("request", (r) => {
+      if (r.method() === "POST" && r.url().endsWith("/v1/pipeline/runs")) submits.push(r.url());
+    });
+    await page.getByTestId("run-tab").click();
+    await page.getByTestId("task-input").fill("Write a function double(x) that returns 2 * x");
+    await page.getByTestId("submit").dblclick();
+    await page.getByTestId("run-id").filter({ hasNotText: runId }).waitFor();
+    await page.getByTestId("cancel").click();
+    await page.getByTestId("run-state").filter({ hasText: "cancelled" }).waitFor({ timeout: RUN_TIMEOUT_MS });
+    expect(submits.length === 1, `${submits.length} runs submitted by one double click`);
 
     expect(pageErrors.length === 0, `errors in the page: ${pageErrors.join("; ")}`);
     console.log(JSON.stringify({ ok: true, run: runId, verdict, findings: findings.length, tests: testRows, cards }));

@@ -138,6 +138,12 @@ fn a_starting_server_answers_health_probes_and_says_what_it_loads() {
     };
     assert_eq!(header("retry-after"), Some("5"));
     assert_eq!(header("connection"), Some("close"), "no client stays on it");
+    // The console's page loads, to say the server is starting, instead of a JSON error.
+    for page in ["/", "/console/console.js"] {
+        let (status, _, text) = s.exchange("GET", page, &[], None);
+        assert_eq!(status, 200, "{page}: {text}");
+        assert!(!text.contains("MODEL_001"), "{page}: {text}");
+    }
     // OpenAI's clients read their own error shape.
     let (status, body) = s.post("/v1/completions", &json!({"prompt": "x"}));
     assert_eq!(status, 503, "{body}");

@@ -101,6 +101,9 @@ fn router(progress: Progress) -> axum::Router {
         .route("/health/live", get(super::routes::live))
         .route("/health/ready", get(not_ready))
         .route("/health", get(health))
+        // The console loads while the server starts, and says so (its health line).
+        .route("/", get(super::console::index))
+        .route("/console/{file}", get(super::console::asset))
         .fallback(loading)
         .with_state(progress)
 }

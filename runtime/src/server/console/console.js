@@ -43,6 +43,8 @@ async function api(path, options = {}) {
     } catch (_) { /* not JSON */ }
     const error = new Error(message);
     error.status = res.status;
+    // Seconds to wait before asking again, where the server says (429, 503).
+    error.retryAfter = Number(res.headers.get("retry-after")) || 0;
     throw error;
   }
   return res;
@@ -84,7 +86,11 @@ for (const button of document.querySelectorAll("nav button")) {
   button.addEventListener("click", () => showTab(button.dataset.tab));
 }
 function showTab(name) {
-  for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.tab === name);
+  for (const b of document.querySelectorAll("nav button")) {
+    b.classList.toggle("active", b.dataset.tab === name);
+    if (b.dataset.tab === name) b.setAttribute("aria-current", "page");
+    else b.removeAttribute("aria-current");
+  }
   for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== `tab-${name}`;
   showError("");
   if (loaders[name]) loaders[name]().catch((e) => showError(e.message));
@@ -165,9 +171,12 @@ const handlers = {
       tokenTarget = el("span", { "data-testid": "token-text" });
       $("tokens").append(tokenTarget);
     }
-    tokenTarget.append(e.text);
+    // Kept at the newest text only while the reader is there: one who scrolled up to read
+    // is left where they are.
     const out = $("tokens");
-    out.scrollTop = out.scrollHeight;
+    const atEnd = out.scrollHeight - out.scrollTop - out.clientHeight < 24;
+    tokenTarget.append(e.text);
+    if (atEnd) out.scrollTop = out.scrollHeight;
   },
   stage_finished(e) {
     const r = e.report;
@@ -229,47 +238,84 @@ async function follow(id, task) {
   tokenTarget = null;
   $("cancel").hidden = false;
   // A stream that ends before the run's `done` (a proxy's timeout, a dropped connection, a
-  // server restart) is resumed after the last event seen; the server answers refusals
-  // (unknown run, a key) with an HTTP error, shown at once.
+  // server restart) is resumed after the last event seen, waiting as the server asks while it
+  // starts (503) or while the key is over its rate (429); a refusal (unknown run, a key) is
+  // shown at once, and so is a stream that brought nothing for FOLLOW_GIVE_UP_MS.
   const signal = following.signal;
   let last = 0;
   let ended = false;
   let fruitless = 0;
+  let quietSince = Date.now();
+  let retrying = false;
   const onEvent = (type, data, seq) => {
     if (seq) last = seq;
     if (type === "done") ended = true;
     if (handlers[type]) handlers[type](data);
   };
+  const lost = (message) => {
+    showError(message);
+    badge($("run-state"), "unknown");
+    $("cancel").hidden = true;
+  };
   while (!ended && !signal.aborted) {
     const before = last;
+    let wait = 0;
     try {
       const over = await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events?after=${last}`, onEvent, signal);
       if (over) ended = true;
     } catch (e) {
       if (e.name === "AbortError") return;
-      if (e.status) {
-        showError(e.message);
+      if (e.status && !RETRIED_STATUSES.includes(e.status)) {
+        lost(e.message);
         return;
       }
+      if (e.status) {
+        wait = 1000 * (e.retryAfter || 5);
+        showError(`${e.message} (following the run again in ${Math.round(wait / 1000)} s)`);
+        retrying = true;
+      }
     }
-    if (ended || signal.aborted) return;
-    fruitless = last > before ? 0 : fruitless + 1;
-    if (fruitless > 5) {
-      showError("lost the run's event stream; open the run again from the history");
+    if (ended || signal.aborted) {
+      if (retrying) showError("");
       return;
     }
-    await new Promise((resolve) => setTimeout(resolve, 500 * fruitless));
+    if (last > before) {
+      fruitless = 0;
+      quietSince = Date.now();
+      if (retrying) showError("");
+      retrying = false;
+    } else {
+      fruitless += 1;
+    }
+    if (Date.now() - quietSince > FOLLOW_GIVE_UP_MS) {
+      lost("lost the run's event stream; open the run again from the history");
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, wait || Math.min(5000, 500 * fruitless)));
   }
 }
 
+// Answers after which a run's stream is asked for again: a key over its rate, a proxy's
+// failure, a server starting or restarting.
+const RETRIED_STATUSES = [429, 502, 503, 504];
+// How long a run's stream may bring nothing, across reconnections, before the view gives up
+// (a restart on a small machine takes a minute or two).
+const FOLLOW_GIVE_UP_MS = 3 * 60 * 1000;
+
 $("task-form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  // One run per click: a double click must not submit the task twice.
+  const submit = $("submit");
+  if (submit.disabled) return;
+  submit.disabled = true;
   showError("");
   const body = {
     task_description: $("task").value,
     language: $("language").value,
-    max_retries: Number($("retries").value),
   };
+  // An empty field leaves the server's default, not 0.
+  const retries = $("retries").value.trim();
+  if (retries !== "") body.max_retries = Number(retries);
   try {
     const res = await api("/v1/pipeline/runs", {
       method: "POST",
@@ -280,6 +326,8 @@ $("task-form").addEventListener("submit", async (event) => {
     follow(run.id, body.task_description);
   } catch (e) {
     showError(e.message);
+  } finally {
+    submit.disabled = false;
   }
 });
 
@@ -294,14 +342,24 @@ $("cancel").addEventListener("click", async () => {
 
 // --- History -------------------------------------------------------------------------------
 
-async function loadHistory() {
-  const list = await (await api("/v1/pipeline/runs?limit=50")).json();
+// Where the next page of the history starts (the list's `next_before`), if there is one.
+let historyNext = null;
+
+async function loadHistory(more = false) {
+  let path = "/v1/pipeline/runs?limit=50";
+  if (more && historyNext) {
+    path += `&before=${historyNext.before}&before_id=${encodeURIComponent(historyNext.id)}`;
+  }
+  const list = await (await api(path)).json();
   const rows = $("history-rows");
-  rows.textContent = "";
+  if (!more) rows.textContent = "";
   for (const run of list.data) {
     const state = el("span", { class: `badge ${run.state}` }, run.state);
+    const task = run.task_description || "";
+    // The id is a button: a row opens from the keyboard too.
+    const open = el("button", { type: "button", class: "link", "data-testid": "history-open" }, el("code", {}, run.id));
     const row = el("tr", { "data-testid": "history-row", "data-run": run.id },
-      el("td", {}, el("code", {}, run.id)), el("td", {}, run.task_description || ""),
+      el("td", {}, open), el("td", { class: "task", title: task }, task),
       el("td", {}, state), el("td", {}, new Date(run.created_at_ms).toLocaleString()));
     // Opening a past run replays its stored events through the same view.
     row.addEventListener("click", () => {
@@ -310,7 +368,11 @@ async function loadHistory() {
     });
     rows.append(row);
   }
+  historyNext = list.next_before != null ? { before: list.next_before, id: list.next_before_id } : null;
+  $("history-more").hidden = !historyNext;
 }
+
+$("history-more").addEventListener("click", () => loadHistory(true).catch((e) => showError(e.message)));
 
 // --- Plugins -------------------------------------------------------------------------------
 
@@ -393,6 +455,16 @@ async function loadStats() {
 
 // --- Health --------------------------------------------------------------------------------
 
-api("/health").then((r) => r.json()).then((h) => {
-  $("health").textContent = `${h.status} · ${h.models.map((m) => m.id).join(", ")} · v${h.version}`;
-}).catch((e) => showError(e.message));
+// Asked again every HEALTH_EVERY_MS: a server restarting, starting or degraded says so here.
+const HEALTH_EVERY_MS = 10 * 1000;
+function refreshHealth() {
+  fetch("/health").then((r) => r.json()).then((h) => {
+    const stage = h.stage ? ` (${h.stage})` : "";
+    const models = (h.models || []).map((m) => m.id).join(", ");
+    $("health").textContent = `${h.status}${stage} · ${models} · v${h.version}`;
+  }).catch(() => {
+    $("health").textContent = "not answering";
+  });
+}
+refreshHealth();
+setInterval(refreshHealth, HEALTH_EVERY_MS);
