@@ -703,9 +703,21 @@ fn restore_store(opts: &RuntimeOpts, from: &Path) -> Result<std::path::PathBuf, 
             match crate::backup::config_store(from).map_err(|e| CliError::new(e.code, e.message))? {
                 // Relative to the folder the restored config goes into, as the server will
                 // read it.
-                Some(restored) => restored.store.map(|store| {
-                    crate::config::resolve_store(&store, target.parent().unwrap_or(Path::new("")))
-                }),
+                Some(restored) => match restored.store {
+                    Some(store) if store.trim().is_empty() => {
+                        return Err(CliError::new(
+                            ErrorCode::BackupFailed,
+                            "the backup's config has an empty store = \"\": fix it in the backup \
+                             (and its manifest) or restore without --config",
+                        ));
+                    }
+                    store => store.map(|store| {
+                        crate::config::resolve_store(
+                            &store,
+                            target.parent().unwrap_or(Path::new("")),
+                        )
+                    }),
+                },
                 None if target.exists() => {
                     Config::load(target)
                         .map_err(|e| CliError::new(ErrorCode::InvalidInput, e.to_string()))?

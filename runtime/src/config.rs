@@ -98,12 +98,22 @@ impl Config {
                 );
             }
             if let Some(base) = base {
-                *store = resolve_store(store, base);
+                let resolved = resolve_store(store, base);
+                warn_if_left_behind(store, &resolved);
+                *store = resolved;
             }
         }
-        if let Some(base) = base {
-            for grant in config.grants.values_mut() {
-                for folder in &mut grant.folders {
+        for (name, grant) in &mut config.grants {
+            for folder in &mut grant.folders {
+                // Joined to the config's folder, an empty host (a template's unset variable)
+                // would grant that folder.
+                if folder.host.as_os_str().to_string_lossy().trim().is_empty() {
+                    return Err(format!(
+                        "grants.{name}: folder {} has an empty host",
+                        folder.path
+                    ));
+                }
+                if let Some(base) = base {
                     folder.host = base.join(&folder.host);
                 }
             }
@@ -166,6 +176,20 @@ pub fn resolve_store(store: &str, base: &Path) -> String {
         return store.to_string();
     }
     base.join(store).display().to_string()
+}
+
+/// Say so when a relative `store` now names a file beside the config that is not there,
+/// while the same path from the working folder (where earlier versions looked) is: an
+/// upgrade would otherwise open a new, empty store without a word.
+fn warn_if_left_behind(written: &str, resolved: &str) {
+    let (old, new) = (Path::new(written), Path::new(resolved));
+    if old != new && old.is_relative() && old.exists() && !new.exists() {
+        tracing::warn!(
+            "the config's store {written:?} is taken from the config file's folder ({resolved}), \
+             where there is none yet; the store at {written} in the working folder is not used: \
+             move it there, or write its absolute path in the config"
+        );
+    }
 }
 
 /// A TOML error as one line, "line L, column C: what was wrong". The offending line is not
@@ -308,6 +332,16 @@ mod tests {
                 Some(kept)
             );
         }
+        std::fs::write(
+            &file,
+            "[grants.a]\nfolders = [{ path = \"/data\", host = \"\", access = \"read-write\" }]\n",
+        )
+        .expect("write");
+        let err = Config::load(&file).expect_err("an empty host: not the config's folder");
+        assert!(
+            err.to_string().contains("folder /data has an empty host"),
+            "{err}"
+        );
         std::fs::write(&file, "store = \"\"\n").expect("write");
         let err = Config::load(&file).expect_err("an empty store");
         assert!(err.to_string().contains("store is empty"), "{err}");

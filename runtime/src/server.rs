@@ -321,7 +321,7 @@ async fn measure(
         // Probes and scrapes answered well come every few seconds for the server's whole
         // life: at info they would be most of the log (AGENTRT_LOG=agentrt::http=debug shows
         // them).
-        _ if is_probe(&route) => {
+        _ if is_probe(&route) && status < 400 => {
             tracing::debug!(target: "agentrt::http", status, duration_ms, "request finished")
         }
         _ => tracing::info!(target: "agentrt::http", status, duration_ms, "request finished"),

@@ -90,7 +90,8 @@ impl StoreError {
             self.message.replace(&self.path, "the database")
         } else {
             match std::path::Path::new(&self.path).parent() {
-                Some(folder) if !folder.as_os_str().is_empty() => {
+                // A store at the root has no folder to leave out.
+                Some(folder) if !folder.as_os_str().is_empty() && folder != Path::new("/") => {
                     let folder = folder.display().to_string();
                     let folder = folder.trim_end_matches('/');
                     self.message.replace(&format!("{folder}/"), "")

@@ -262,15 +262,19 @@ fn read_keys(file: Option<&Path>) -> Result<(Vec<Key>, Option<[u8; 32]>), String
 }
 
 /// Add the keys of `text` to `keys`: lines (a file's, when `file` is given: errors name the
-/// line) of comma-separated `SCOPE KEY` / `SCOPE:KEY` entries (errors name the entry). A `#`
-/// at the start of a word starts a comment to the end of the line. A key listed again with
-/// the same scope counts once; with another scope it is refused (which one was meant?).
+/// line) of comma-separated `SCOPE KEY` / `SCOPE:KEY` entries (errors name the entry). An
+/// entry starting with `#`, or a word starting with `#` after an entry's key, begins a comment
+/// to the end of the line (a key itself may start with `#`). A key listed again with the same
+/// scope counts once; with another scope it is refused (which one was meant?).
 fn add_keys(keys: &mut Vec<Key>, text: &str, file: Option<&Path>) -> Result<(), String> {
     let mut entry = 0;
     // An editor's byte-order mark is not part of the first scope.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (line_index, line) in text.lines().enumerate() {
-        for item in without_comment(line).split(',').map(str::trim) {
+        for item in line.split(',').map(str::trim) {
+            if item.starts_with('#') {
+                break;
+            }
             if item.is_empty() {
                 continue;
             }
@@ -279,18 +283,23 @@ fn add_keys(keys: &mut Vec<Key>, text: &str, file: Option<&Path>) -> Result<(), 
                 Some(_) => format!("line {}", line_index + 1),
                 None => format!("entry {entry}"),
             };
-            let (scope, key) = item
+            let (scope, rest) = item
                 .split_once(|c: char| c == ':' || c.is_whitespace())
                 .ok_or_else(|| format!("{at}: expected `SCOPE KEY`"))?;
             let scope = Scope::parse(scope.trim()).ok_or_else(|| {
                 format!("{at}: scope must be user or admin, not {:?}", scope.trim())
             })?;
-            let key = key.trim();
-            if key.contains(char::is_whitespace) {
-                return Err(format!(
-                    "{at}: text after the key (a key has no spaces; a comment starts with #)"
-                ));
-            }
+            let mut words = rest.split_whitespace();
+            let key = words.next().unwrap_or_default();
+            let commented = match words.next() {
+                None => false,
+                Some(word) if word.starts_with('#') => true,
+                Some(_) => {
+                    return Err(format!(
+                        "{at}: text after the key (a key has no spaces; a comment starts with #)"
+                    ));
+                }
+            };
             if key.len() < 16 {
                 return Err(format!("{at}: keys must be at least 16 characters"));
             }
@@ -305,21 +314,13 @@ fn add_keys(keys: &mut Vec<Key>, text: &str, file: Option<&Path>) -> Result<(), 
                     ));
                 }
             }
+            // The comment runs to the end of the line, commas and all.
+            if commented {
+                break;
+            }
         }
     }
     Ok(())
-}
-
-/// `line` up to a `#` that starts a word (a `#` inside a key is part of it).
-fn without_comment(line: &str) -> &str {
-    let mut previous = ' ';
-    for (at, c) in line.char_indices() {
-        if c == '#' && previous.is_whitespace() {
-            return &line[..at];
-        }
-        previous = c;
-    }
-    line
 }
 
 /// The scope a path needs, or `None` for open paths.
@@ -530,6 +531,12 @@ mod tests {
         .expect("parse");
         assert_eq!(keys.scope_of("aaaaaaaaaaaaaaaa"), Some(Scope::User));
         assert_eq!(keys.scope_of("b#bbbbbbbbbbbbbbb"), Some(Scope::Admin));
+        // A key may start with #; a # entry, or a # word after a key, is a comment.
+        let keys =
+            ApiKeys::parse("admin #Zx9aaaaaaaaaaaaaaaa\nuser cccccccccccccccc,#note, more\n")
+                .expect("parse");
+        assert_eq!(keys.scope_of("#Zx9aaaaaaaaaaaaaaaa"), Some(Scope::Admin));
+        assert_eq!(keys.scope_of("cccccccccccccccc"), Some(Scope::User));
         let mut listed = Vec::new();
         assert_eq!(
             add_keys(&mut listed, "user aaaaaaaaaaaaaaaa alice", None),

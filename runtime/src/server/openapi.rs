@@ -164,7 +164,7 @@ pub fn document() -> Value {
         },
         "/v1/pipeline/runs/{id}": {
             "get": with_parameters(operation("/v1/pipeline/runs/{id}", "A run's state and every stage's result (with API keys, another user key's run is 404 NOT_FOUND, as for every route of a run)", None, ok("The run", schema("Run"))), json!([run_id.clone()])),
-            "delete": with_parameters(accepted(operation("/v1/pipeline/runs/{id}", "Ask a run to stop (202; it ends at its next stage or token; 409 RUN_001 once it has ended)", None, ok("The run as it stands", schema("Run")))), json!([run_id.clone()])),
+            "delete": with_parameters(accepted(operation("/v1/pipeline/runs/{id}", "Ask a run to stop (202; it ends at its next stage or token, and the answer waits up to 2 s for its end to be stored, when its `state` is `cancelled`; 409 RUN_001 once it has ended)", None, ok("The run as it stands", schema("Run")))), json!([run_id.clone()])),
         },
         "/v1/pipeline/runs/{id}/events": {
             "get": with_parameters(

@@ -160,9 +160,13 @@ async fn answer_until(
     use hyper_util::rt::TokioIo;
     let app = app.layer(axum::middleware::map_response(
         |mut response: Response| async move {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            let headers = response.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            // As every answer of the running server.
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
             response
         },
     ));

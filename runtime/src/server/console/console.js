@@ -51,10 +51,11 @@ async function api(path, options = {}) {
 }
 
 // Server-sent events over fetch (EventSource cannot send an API key). True when the server
-// says nothing is left to send (204: the run has ended).
-async function streamEvents(path, onEvent, signal) {
+// says nothing is left to send (204: the run has ended); `onOpen` is told when a stream opens.
+async function streamEvents(path, onEvent, signal, onOpen = () => {}) {
   const res = await api(path, { signal, headers: { Accept: "text/event-stream" } });
   if (res.status === 204 || !res.body) return true;
+  onOpen();
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -252,6 +253,13 @@ async function follow(id, task) {
     if (type === "done") ended = true;
     if (handlers[type]) handlers[type](data);
   };
+  // A stream answered: the server is back (a queued run may send nothing for long while it
+  // waits, which is not a lost stream).
+  const onOpen = () => {
+    quietSince = Date.now();
+    if (retrying && !signal.aborted) showError("");
+    retrying = false;
+  };
   const lost = (message) => {
     showError(message);
     badge($("run-state"), "unknown");
@@ -261,7 +269,7 @@ async function follow(id, task) {
     const before = last;
     let wait = 0;
     try {
-      const over = await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events?after=${last}`, onEvent, signal);
+      const over = await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events?after=${last}`, onEvent, signal, onOpen);
       if (over) ended = true;
     } catch (e) {
       if (e.name === "AbortError") return;
@@ -275,15 +283,15 @@ async function follow(id, task) {
         retrying = true;
       }
     }
-    if (ended || signal.aborted) {
+    // An aborted view leaves the error box to the view that replaced it.
+    if (signal.aborted) return;
+    if (ended) {
       if (retrying) showError("");
       return;
     }
     if (last > before) {
       fruitless = 0;
       quietSince = Date.now();
-      if (retrying) showError("");
-      retrying = false;
     } else {
       fruitless += 1;
     }
@@ -304,10 +312,12 @@ const FOLLOW_GIVE_UP_MS = 3 * 60 * 1000;
 
 $("task-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  // One run per click: a double click must not submit the task twice.
+  // One run per click: a double click must not submit the task twice, however fast the
+  // server answers (the button stays off for SUBMIT_PAUSE_MS after a run is accepted).
   const submit = $("submit");
   if (submit.disabled) return;
   submit.disabled = true;
+  let pause = 0;
   showError("");
   const body = {
     task_description: $("task").value,
@@ -323,13 +333,15 @@ $("task-form").addEventListener("submit", async (event) => {
       body: JSON.stringify(body),
     });
     const run = await res.json();
+    pause = SUBMIT_PAUSE_MS;
     follow(run.id, body.task_description);
   } catch (e) {
     showError(e.message);
   } finally {
-    submit.disabled = false;
+    setTimeout(() => { submit.disabled = false; }, pause);
   }
 });
+const SUBMIT_PAUSE_MS = 1000;
 
 $("cancel").addEventListener("click", async () => {
   const id = $("run-id").textContent;
@@ -372,7 +384,13 @@ async function loadHistory(more = false) {
   $("history-more").hidden = !historyNext;
 }
 
-$("history-more").addEventListener("click", () => loadHistory(true).catch((e) => showError(e.message)));
+$("history-more").addEventListener("click", () => {
+  // One page at a time: a second click while one loads would add the same runs again.
+  const more = $("history-more");
+  if (more.disabled) return;
+  more.disabled = true;
+  loadHistory(true).catch((e) => showError(e.message)).finally(() => { more.disabled = false; });
+});
 
 // --- Plugins -------------------------------------------------------------------------------
 
