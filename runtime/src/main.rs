@@ -7,7 +7,9 @@ use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> std::process::ExitCode {
     unset_empty_variables();
-    let matches = agentrt::cli::Cli::command().get_matches();
+    let matches = agentrt::cli::Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| refuse_command_line(e));
     let json_output = flag_anywhere(&matches, "json");
     let cli = agentrt::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let serving = matches!(cli.command, agentrt::cli::Command::Serve { .. });
@@ -56,6 +58,31 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refuses: its message and usage on stderr and exit status 2, as clap
+/// does, and for a script that asked for `--json` the API's error body (`VAL_002`) on stdout
+/// too, as every other failure gives it. Help and version are printed as asked.
+fn refuse_command_line(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let shown = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !shown && std::env::args_os().any(|arg| arg == "--json") {
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        let message = first.strip_prefix("error: ").unwrap_or(first).trim();
+        let refused = agentrt::cli::CliError {
+            code: agentrt::error_code::ErrorCode::InvalidInput.as_str(),
+            message: format!("{message} (agentrt --help lists the commands and options)"),
+        };
+        let body = serde_json::json!({ "error": agentrt::cli::error_body(&refused) });
+        println!("{body}");
+    }
+    e.exit()
 }
 
 /// Writes to a closed pipe fail with an error from now on instead of ending the process.

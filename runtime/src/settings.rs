@@ -15,13 +15,16 @@ use std::time::Duration;
 enum Form {
     /// A number of seconds (`2.5`): positive, or also zero where `zero` is allowed.
     Seconds { zero: bool },
-    /// A whole number of at least `least`.
-    Count { least: usize },
+    /// A whole number from `least` to `most`.
+    Count { least: usize, most: usize },
     /// A number of days, 0 or more (0: for ever).
     Days,
     /// One of these words (any case).
     OneOf(&'static [&'static str]),
 }
+
+/// No upper bound for a [`Form::Count`].
+const ANY: usize = usize::MAX;
 
 const SETTINGS: &[(&str, Form)] = &[
     ("AGENTRT_REQUEST_TIMEOUT", Form::Seconds { zero: false }),
@@ -30,16 +33,77 @@ const SETTINGS: &[(&str, Form)] = &[
     ("AGENTRT_STREAM_STALL_SECS", Form::Seconds { zero: false }),
     ("AGENTRT_REMOTE_STALL_SECS", Form::Seconds { zero: false }),
     ("AGENTRT_DRAIN_SECONDS", Form::Seconds { zero: true }),
-    ("AGENTRT_MAX_BATCH", Form::Count { least: 1 }),
-    ("AGENTRT_GENERATION_QUEUE", Form::Count { least: 1 }),
-    ("AGENTRT_PREFILL_CHUNK", Form::Count { least: 1 }),
-    ("AGENTRT_PREFIX_CACHE_MB", Form::Count { least: 0 }),
-    ("AGENTRT_KV_CACHE_MB", Form::Count { least: 0 }),
-    ("AGENTRT_SYNC_REQUESTS", Form::Count { least: 1 }),
-    ("AGENTRT_RUN_WORKERS", Form::Count { least: 1 }),
-    ("AGENTRT_RUN_QUEUE", Form::Count { least: 1 }),
-    ("AGENTRT_THREADS", Form::Count { least: 1 }),
-    ("AGENTRT_PLUGIN_POLL_MS", Form::Count { least: 1 }),
+    (
+        "AGENTRT_MAX_BATCH",
+        Form::Count {
+            least: 1,
+            most: ANY,
+        },
+    ),
+    (
+        "AGENTRT_GENERATION_QUEUE",
+        Form::Count {
+            least: 1,
+            most: ANY,
+        },
+    ),
+    (
+        "AGENTRT_PREFILL_CHUNK",
+        Form::Count {
+            least: 1,
+            most: ANY,
+        },
+    ),
+    (
+        "AGENTRT_PREFIX_CACHE_MB",
+        Form::Count {
+            least: 0,
+            most: ANY,
+        },
+    ),
+    (
+        "AGENTRT_KV_CACHE_MB",
+        Form::Count {
+            least: 0,
+            most: ANY,
+        },
+    ),
+    (
+        "AGENTRT_SYNC_REQUESTS",
+        Form::Count {
+            least: 1,
+            most: ANY,
+        },
+    ),
+    (
+        "AGENTRT_RUN_WORKERS",
+        Form::Count {
+            least: 1,
+            most: 1024,
+        },
+    ),
+    (
+        "AGENTRT_RUN_QUEUE",
+        Form::Count {
+            least: 1,
+            most: ANY,
+        },
+    ),
+    // Threads and workers past these are a typo, not a machine: each is a thread spawned at start.
+    (
+        "AGENTRT_THREADS",
+        Form::Count {
+            least: 1,
+            most: 1024,
+        },
+    ),
+    (
+        "AGENTRT_PLUGIN_POLL_MS",
+        Form::Count {
+            least: 1,
+            most: ANY,
+        },
+    ),
     ("AGENTRT_RUN_RETENTION_DAYS", Form::Days),
     ("AGENTRT_KV_CACHE", Form::OneOf(&["f16", "f32"])),
     ("AGENTRT_LOG_FORMAT", Form::OneOf(&["json", "text"])),
@@ -157,12 +221,15 @@ fn parse(form: Form, text: &str) -> Result<Value, String> {
                 let least = if zero { "0 or more" } else { "more than 0" };
                 format!("a number of seconds, {least} (e.g. 30 or 2.5)")
             }),
-        Form::Count { least } => text
+        Form::Count { least, most } => text
             .parse::<usize>()
             .ok()
-            .filter(|n| *n >= least)
+            .filter(|n| (least..=most).contains(n))
             .map(Value::Count)
-            .ok_or_else(|| format!("a whole number of at least {least}")),
+            .ok_or_else(|| match most {
+                ANY => format!("a whole number of at least {least}"),
+                _ => format!("a whole number from {least} to {most}"),
+            }),
         Form::Days => text
             .parse::<f64>()
             .ok()
@@ -367,8 +434,36 @@ mod tests {
             parse(Form::Seconds { zero: true }, "0"),
             Ok(Value::Seconds(Duration::ZERO))
         );
-        assert_eq!(parse(Form::Count { least: 0 }, "0"), Ok(Value::Count(0)));
-        assert!(parse(Form::Count { least: 1 }, "1.5").is_err());
+        assert_eq!(
+            parse(
+                Form::Count {
+                    least: 0,
+                    most: ANY
+                },
+                "0"
+            ),
+            Ok(Value::Count(0))
+        );
+        assert!(
+            parse(
+                Form::Count {
+                    least: 1,
+                    most: 1024
+                },
+                "1025"
+            )
+            .is_err()
+        );
+        assert!(
+            parse(
+                Form::Count {
+                    least: 1,
+                    most: ANY
+                },
+                "1.5"
+            )
+            .is_err()
+        );
         assert_eq!(
             parse(Form::OneOf(&["json", "text"]), "Text"),
             Ok(Value::Word("text"))

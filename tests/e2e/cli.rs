@@ -578,6 +578,26 @@ fn an_empty_agentrt_store_means_the_default_store() {
     assert_eq!(manifest["runs"], 1, "{manifest}");
 }
 
+/// A command line clap refuses still answers a script that asked for JSON, in the API's
+/// error shape; help is still help.
+#[test]
+fn a_refused_command_line_answers_in_json_when_asked() {
+    let (ok, stdout, stderr) =
+        crate::harness::run_cli(&["doctor", "--json", "--listen", "nonsense"]);
+    assert!(!ok, "{stdout}{stderr}");
+    let body: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON document");
+    assert_eq!(body["error"]["code"], "VAL_002", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--listen")),
+        "{body}"
+    );
+    assert!(stderr.contains("--listen"), "{stderr}");
+    let (ok, stdout, _) = crate::harness::run_cli(&["doctor", "--help", "--json"]);
+    assert!(ok && stdout.contains("Usage"), "{stdout}");
+}
+
 /// An address `serve` could not bind (TEST-NET-1 is never local) fails the doctor.
 #[test]
 fn doctor_fails_when_serve_could_not_listen() {

@@ -86,14 +86,26 @@ fn team() -> &'static Team {
             panicked: AtomicBool::new(false),
             sleeping: (0..helpers).map(|_| AtomicBool::new(false)).collect(),
         }));
-        let workers = (0..helpers)
-            .filter_map(|i| {
-                thread::Builder::new()
-                    .name(format!("agentrt-engine-{}", i + 1))
-                    .spawn(move || worker(shared, i))
-                    .ok()
-            })
-            .collect();
+        // Workers stay numbered 0..k (each wakes through its own `sleeping` flag): the first
+        // one that cannot start ends the team there, and the shares of the missing ones are
+        // taken by the others.
+        let mut workers = Vec::with_capacity(helpers);
+        for i in 0..helpers {
+            let spawned = thread::Builder::new()
+                .name(format!("agentrt-engine-{}", i + 1))
+                .spawn(move || worker(shared, i));
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => {
+                    tracing::warn!(
+                        "engine thread {} of {threads} could not start ({e}); computing with {}",
+                        i + 2,
+                        i + 1
+                    );
+                    break;
+                }
+            }
+        }
         Team {
             shared,
             workers,
