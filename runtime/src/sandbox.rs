@@ -268,7 +268,8 @@ fn drive<T: RunData>(
     };
     if *store.data_mut().scratch_overflow() {
         return RunEnd::Crashed(format!(
-            "the test wrote more than the {} MiB its scratch folder allows",
+            "the test wrote more than the {} MiB its scratch folder allows (or deeper than \
+             the host can measure)",
             limits.scratch_bytes >> 20
         ));
     }
@@ -300,6 +301,12 @@ impl Scratch {
             std::process::id()
         ));
         std::fs::create_dir_all(&path)?;
+        // In the shared temp folder: the run's files are no other user's to read.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+        }
         Ok(Self(path))
     }
 }
@@ -350,25 +357,56 @@ impl Drop for Scratch {
 }
 
 /// Bytes under `dir` (entries counted as 4 KiB each too, so a flood of empty files counts),
-/// not following links.
+/// not following links, and of files removed from it that this process still holds open (a
+/// test writing on through an unlinked file). A part that cannot be measured counts as
+/// `u64::MAX`, over any cap: a path past the host's length limit, which a test can make by
+/// nesting long names, would otherwise hide whatever is under it.
 fn folder_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
+    let mut total: u64 = 0;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            // Removed meanwhile (the test's own cleanup).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return u64::MAX,
         };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
+        for entry in entries {
+            let Ok(entry) = entry else {
+                return u64::MAX;
             };
-            total += meta.len() + 4096;
+            let meta = match entry.path().symlink_metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => return u64::MAX,
+            };
+            total = total.saturating_add(meta.len() + 4096);
             if meta.is_dir() {
                 pending.push(entry.path());
             }
         }
     }
-    total
+    total.saturating_add(unlinked_bytes(dir))
+}
+
+/// Bytes of the files under `dir` that were removed while this process holds them open
+/// (Linux: `/proc/self/fd` names them `PATH (deleted)`); 0 where that cannot be read.
+fn unlinked_bytes(dir: &Path) -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let prefix = dir.as_os_str().to_string_lossy().into_owned() + "/";
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                let target = target.to_string_lossy();
+                target.starts_with(&prefix) && target.ends_with(" (deleted)")
+            })
+        })
+        // Through the descriptor's link: the file itself, though no name leads to it.
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|meta| meta.len())
+        .sum()
 }
 
 /// How one interpreter run ended.
@@ -678,7 +716,9 @@ impl PythonSandbox {
                         "the test ended the interpreter (exit)".into(),
                     ));
                 }
-                RunEnd::Exited => break,
+                // Every test should have its result now; any without one is run again below
+                // (and reported if it never gets one): a result is never taken as a pass.
+                RunEnd::Exited => {}
                 // The test running (if any) and the rest were not finished: reported below as
                 // not run, with the reason.
                 RunEnd::Cancelled => {
@@ -730,14 +770,24 @@ impl PythonSandbox {
             }
             only = Some(remaining);
         }
-        if let (Some(why), Some(all)) = (&cut_short, &collected) {
-            // Tests never reached are reported, not silently dropped.
+        if let Some(all) = &collected {
+            // Tests never reached, or whose result never came back, are reported, not
+            // silently dropped.
             for name in all {
                 if !report.results.iter().any(|r| &r.name == name) {
+                    let (status, message) = match &cut_short {
+                        Some(why) => (TestStatus::Timeout, format!("not run: {why}")),
+                        None => (
+                            TestStatus::Error,
+                            "its result never came back from the interpreter (output the \
+                             test or the code wrote over it?)"
+                                .to_string(),
+                        ),
+                    };
                     report.results.push(TestResult {
                         name: name.clone(),
-                        status: TestStatus::Timeout,
-                        message: format!("not run: {why}"),
+                        status,
+                        message,
                     });
                 }
             }
@@ -892,13 +942,14 @@ enum Event {
     Result(TestResult),
 }
 
-/// The runner's events in `stdout`; lines without the nonce are ignored.
+/// The runner's events in `stdout`; lines without the nonce are ignored. An event may follow
+/// text on its line: code or a test that printed without a newline must not hide it.
 fn parse_events(stdout: &[u8], nonce: &str) -> Vec<Event> {
     let text = String::from_utf8_lossy(stdout);
     let prefix = format!("\u{1e}{nonce} ");
     let mut events = Vec::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else {
+        let Some(rest) = line.find(&prefix).map(|at| &line[at + prefix.len()..]) else {
             continue;
         };
         let Some((kind, json)) = rest.split_once(' ') else {

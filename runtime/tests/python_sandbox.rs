@@ -227,6 +227,40 @@ fn tests_get_a_scratch_folder_of_their_own_capped_in_size() {
     println!("scratch folders left in the temp dir: {leftovers}");
 }
 
+/// What a test writes past the scratch cap is caught however it hides: through a file it
+/// removed but holds open, or under a path longer than the host can name.
+#[test]
+fn the_scratch_cap_counts_unlinked_files_and_paths_too_deep_to_name() {
+    let tests = "import os\n\n\
+                 def test_unlinked():\n    f = open('hidden.bin', 'wb')\n    os.unlink('hidden.bin')\n    for _ in range(64):\n        f.write(b'x' * (1 << 20))\n\n\
+                 def test_too_deep():\n    deep = '/'.join(['d' * 250] * 16)\n    os.makedirs(deep)\n    with open(deep + '/big.bin', 'wb') as f:\n        for _ in range(64):\n            f.write(b'x' * (1 << 20))\n";
+    let report = sandbox().run_tests(ADD, tests);
+    println!("{report:?}");
+    for name in ["test_unlinked", "test_too_deep"] {
+        let result = report
+            .results
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no result for {name}: {report:?}"));
+        assert_eq!(result.status, TestStatus::Error, "{result:?}");
+        assert!(result.message.contains("scratch folder"), "{result:?}");
+    }
+}
+
+/// A test (or the code) that writes to the real stdout without a newline cannot glue its text
+/// to the runner's result line and so drop a failing test from the report.
+#[test]
+fn output_without_a_newline_does_not_hide_a_result() {
+    let tests = "import sys\n\n\
+                 def test_wrong():\n    print('checking add', end='', file=sys.__stdout__)\n    assert add(1, 2) == 4\n\n\
+                 def test_ok():\n    assert add(0, 0) == 0\n";
+    let report = sandbox().run_tests(ADD, tests);
+    println!("{report:?}");
+    assert_eq!(status_of(&report, "test_wrong"), TestStatus::Failed);
+    assert_eq!(status_of(&report, "test_ok"), TestStatus::Passed);
+    assert!(!report.all_passed());
+}
+
 #[test]
 fn the_snapshot_runs_common_code_and_the_full_interpreter_covers_the_rest() {
     // Modules generated code commonly imports are in the pre-initialised snapshot.
