@@ -179,8 +179,13 @@ pub fn runnable_stub(prompt: &str) -> String {
         let code = line.trim_start();
         !code.is_empty() && !code.starts_with('#')
     });
+    // `def f(x):  # type: (int) -> int` is a header too.
+    let ends_a_header = |line: &str| {
+        let code = line.find(" #").map_or(line, |at| &line[..at]);
+        code.trim_end().ends_with(':')
+    };
     match last_code {
-        Some(header) if header.trim_end().ends_with(':') => {
+        Some(header) if ends_a_header(header) => {
             let indent = &header[..header.len() - header.trim_start().len()];
             format!("{prompt}\n{indent}    ...")
         }
@@ -188,8 +193,9 @@ pub fn runnable_stub(prompt: &str) -> String {
     }
 }
 
-/// The start of a failure that is the problem's own (its prompt or test does not run, or
-/// defines no `check`), not the code's.
+/// The start of a failure that is the problem's own (its test does not compile, or defines
+/// no `check`), not the code's. Only those two are told apart: anything else the hidden
+/// source raises may come of the state the code left (its memory, its recursion limit).
 pub const PROBLEM_BROKEN: &str = "the problem's own test does not run";
 
 /// The reference program: the prompt continued by the canonical solution.
@@ -225,13 +231,13 @@ pub fn hidden_tests(problem: &Problem) -> String {
                  len(_HIDDEN), None, _HIDDEN.splitlines(True), \"test_solution.py\")\n    \
              scope = {{\"__name__\": \"hidden_tests\"}}\n    \
              try:\n        \
-                 exec(compile(_HIDDEN, \"test_solution.py\", \"exec\"), scope)\n        \
-                 check = scope[\"check\"]\n    \
-             except Exception as broken:\n        \
-                 raise AssertionError(\n            \
-                     {broken_marker} + \": \" + type(broken).__name__ + \": \" + str(broken)\n        \
-                 ) from None\n    \
-             candidate = getattr(_solution, {entry})\n    \
+                 hidden = compile(_HIDDEN, \"test_solution.py\", \"exec\")\n    \
+             except SyntaxError as broken:\n        \
+                 raise AssertionError({broken_marker} + \": SyntaxError: \" + str(broken)) from None\n    \
+             exec(hidden, scope)\n    \
+             if \"check\" not in scope:\n        \
+                 raise AssertionError({broken_marker} + \": it defines no check\")\n    \
+             check, candidate = scope[\"check\"], getattr(_solution, {entry})\n    \
              scope[{entry}] = candidate\n    \
              check(candidate)\n",
         hidden = literal(&hidden),
@@ -268,7 +274,11 @@ fn shortened(text: &str) -> String {
 
 /// Version of how code is judged ([`program`], [`hidden_tests`]): results judged another way
 /// are not this eval's.
-pub const JUDGE_VERSION: u32 = 3;
+///
+/// Still 2 with bodiless stubs given `...` and broken tests named: those change only verdicts
+/// that could not be right before (such a problem failed whatever the code), so results
+/// judged before stay this eval's rather than forcing every results file to run again.
+pub const JUDGE_VERSION: u32 = 2;
 
 /// What produced the solutions and judged them: results of one setting are never mixed with
 /// another's.
@@ -1193,6 +1203,10 @@ mod tests {
         let documented = "def f():\n    \"\"\"Say:\n    \"\"\"";
         assert_eq!(runnable_stub(documented), documented);
         assert_eq!(runnable_stub("import os\n"), "import os");
+        assert_eq!(
+            runnable_stub("def f(x):  # type: (int) -> int\n"),
+            "def f(x):  # type: (int) -> int\n    ..."
+        );
     }
 
     #[test]

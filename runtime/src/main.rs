@@ -65,16 +65,20 @@ fn main() -> std::process::ExitCode {
 /// too, as every other failure gives it. Help and version are printed as asked.
 fn refuse_command_line(e: clap::Error) -> ! {
     use clap::error::ErrorKind;
-    let shown = matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    );
-    if !shown && std::env::args_os().any(|arg| arg == "--json") {
+    let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    // `--json` as an option, not as a value after `--` (a task's text).
+    let asked_json = std::env::args_os()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json");
+    if !shown && asked_json {
         let rendered = e.render().to_string();
         let first = rendered.lines().next().unwrap_or_default();
-        let message = first.strip_prefix("error: ").unwrap_or(first).trim();
+        let message = match e.kind() {
+            // What clap prints here is the help, not a message.
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => "a command is needed",
+            _ => first.strip_prefix("error: ").unwrap_or(first).trim(),
+        };
         let refused = agentrt::cli::CliError {
             code: agentrt::error_code::ErrorCode::InvalidInput.as_str(),
             message: format!("{message} (agentrt --help lists the commands and options)"),

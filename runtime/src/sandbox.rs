@@ -251,7 +251,7 @@ fn drive<T: RunData>(
         if due {
             checked = Instant::now();
         }
-        if due && folder_bytes(&scratch) > cap {
+        if due && folder_bytes(&scratch).saturating_add(unlinked_bytes(&scratch)) > cap {
             *ctx.data_mut().scratch_overflow() = true;
             return Err(wasmtime::Error::msg("scratch folder over its cap"));
         }
@@ -300,13 +300,12 @@ impl Scratch {
             "{SCRATCH_PREFIX}{namespace}-{}-{nonce}",
             std::process::id()
         ));
-        std::fs::create_dir_all(&path)?;
-        // In the shared temp folder: the run's files are no other user's to read.
+        // In the shared temp folder: the run's files are no other user's to read, and a
+        // folder already there (made by someone else) is not taken.
+        let mut builder = std::fs::DirBuilder::new();
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
-        }
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&path)?;
         Ok(Self(path))
     }
 }
@@ -357,56 +356,78 @@ impl Drop for Scratch {
 }
 
 /// Bytes under `dir` (entries counted as 4 KiB each too, so a flood of empty files counts),
-/// not following links, and of files removed from it that this process still holds open (a
-/// test writing on through an unlinked file). A part that cannot be measured counts as
-/// `u64::MAX`, over any cap: a path past the host's length limit, which a test can make by
-/// nesting long names, would otherwise hide whatever is under it.
+/// not following links. A part the test made too deep to measure (a path past the host's
+/// length limit, reached by nesting long names) counts as `u64::MAX`, over any cap; a part
+/// the host fails to read for its own reasons (out of descriptors) is left for the next look,
+/// not blamed on the test.
 fn folder_bytes(dir: &Path) -> u64 {
     let mut total: u64 = 0;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         let entries = match std::fs::read_dir(&d) {
             Ok(entries) => entries,
-            // Removed meanwhile (the test's own cleanup).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(_) => return u64::MAX,
+            Err(e) if made_by_the_test(&e) => return u64::MAX,
+            // Removed meanwhile (the test's own cleanup), or not readable now.
+            Err(_) => continue,
         };
         for entry in entries {
-            let Ok(entry) = entry else {
-                return u64::MAX;
-            };
-            let meta = match entry.path().symlink_metadata() {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(_) => return u64::MAX,
+            let measured = entry.and_then(|entry| {
+                let path = entry.path();
+                path.symlink_metadata().map(|meta| (path, meta))
+            });
+            let (path, meta) = match measured {
+                Ok(measured) => measured,
+                Err(e) if made_by_the_test(&e) => return u64::MAX,
+                Err(_) => continue,
             };
             total = total.saturating_add(meta.len() + 4096);
             if meta.is_dir() {
-                pending.push(entry.path());
+                pending.push(path);
             }
         }
     }
-    total.saturating_add(unlinked_bytes(dir))
+    total
 }
 
-/// Bytes of the files under `dir` that were removed while this process holds them open
-/// (Linux: `/proc/self/fd` names them `PATH (deleted)`); 0 where that cannot be read.
+/// Whether reading the scratch folder failed in a way the test can cause: a path too long
+/// for the host, or too many links in it.
+fn made_by_the_test(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::ENAMETOOLONG | libc::ELOOP))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
+/// Bytes of the files under `dir` that were removed while this process holds them open (a
+/// test writing on through an unlinked file; Linux names them `PATH (deleted)` in
+/// `/proc/self/fd`). One whose old name is too long for the host to say is counted as
+/// `u64::MAX`, as [`folder_bytes`] counts a folder too deep; 0 where `/proc` cannot be read.
 fn unlinked_bytes(dir: &Path) -> u64 {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
         return 0;
     };
     let prefix = dir.as_os_str().to_string_lossy().into_owned() + "/";
-    fds.flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|target| {
-                let target = target.to_string_lossy();
-                target.starts_with(&prefix) && target.ends_with(" (deleted)")
-            })
-        })
-        // Through the descriptor's link: the file itself, though no name leads to it.
-        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        .map(|meta| meta.len())
-        .sum()
+    let mut total: u64 = 0;
+    for fd in fds.flatten() {
+        let target = match std::fs::read_link(fd.path()) {
+            Ok(target) => target,
+            Err(e) if made_by_the_test(&e) => return u64::MAX,
+            // Closed meanwhile.
+            Err(_) => continue,
+        };
+        let target = target.to_string_lossy();
+        if target.starts_with(&prefix) && target.ends_with(" (deleted)") {
+            // Through the descriptor's link: the file itself, though no name leads to it.
+            let bytes = std::fs::metadata(fd.path()).map_or(0, |meta| meta.len());
+            total = total.saturating_add(bytes);
+        }
+    }
+    total
 }
 
 /// How one interpreter run ended.
@@ -1058,6 +1079,50 @@ mod tests {
         assert_eq!(names, FileNames::default());
         let names = FileNames::of(Path::new("test_solution.py"), None);
         assert_eq!(names, FileNames::default());
+    }
+
+    /// A folder nested past the host's path limit is over any cap (what is under it cannot be
+    /// measured); a file removed but held open still counts.
+    #[test]
+    fn scratch_measures_count_what_a_test_hides() {
+        let dir = std::env::temp_dir().join(format!("agentrt-measure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut held = std::fs::File::create(dir.join("hidden.bin")).expect("create");
+        std::io::Write::write_all(&mut held, &vec![b'x'; 1 << 20]).expect("write");
+        std::fs::remove_file(dir.join("hidden.bin")).expect("unlink");
+        assert_eq!(folder_bytes(&dir), 0, "no name is left");
+        assert!(
+            unlinked_bytes(&dir) >= 1 << 20,
+            "the open file still counts"
+        );
+        drop(held);
+        assert_eq!(unlinked_bytes(&dir), 0);
+        // Nested one name at a time, as a test's relative calls do, past PATH_MAX.
+        let name = std::ffi::CString::new("d".repeat(250)).expect("name");
+        let top = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: plain descriptor calls on C strings that outlive them; every descriptor
+        // opened is closed.
+        unsafe {
+            let mut fd = libc::open(top.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            assert!(fd >= 0, "open the folder");
+            for _ in 0..20 {
+                assert_eq!(libc::mkdirat(fd, name.as_ptr(), 0o700), 0, "mkdirat");
+                let next = libc::openat(fd, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                libc::close(fd);
+                assert!(next >= 0, "openat");
+                fd = next;
+            }
+            libc::close(fd);
+        }
+        assert_eq!(
+            folder_bytes(&dir),
+            u64::MAX,
+            "too deep to measure: over the cap"
+        );
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&dir)
+            .status();
     }
 
     #[test]

@@ -240,23 +240,27 @@ async function follow(id, task) {
   $("cancel").hidden = false;
   // A stream that ends before the run's `done` (a proxy's timeout, a dropped connection, a
   // server restart) is resumed after the last event seen, waiting as the server asks while it
-  // starts (503) or while the key is over its rate (429); a refusal (unknown run, a key) is
-  // shown at once, and so is a stream that brought nothing for FOLLOW_GIVE_UP_MS.
+  // starts (503) or while the key is over its rate (429). A refusal (unknown run, a key) is
+  // shown at once; so is a server that has not answered for FOLLOW_GIVE_UP_MS, and streams
+  // that keep ending with nothing (FOLLOW_EMPTY_STREAMS in a row: a proxy cutting them).
   const signal = following.signal;
   let last = 0;
   let ended = false;
   let fruitless = 0;
-  let quietSince = Date.now();
+  let failingSince = null;
+  let emptyStreams = 0;
   let retrying = false;
+  let opened = false;
   const onEvent = (type, data, seq) => {
     if (seq) last = seq;
     if (type === "done") ended = true;
     if (handlers[type]) handlers[type](data);
   };
-  // A stream answered: the server is back (a queued run may send nothing for long while it
-  // waits, which is not a lost stream).
+  // A stream answered: the server is back. A queued run may then send nothing for long while
+  // it waits, which is not a lost stream.
   const onOpen = () => {
-    quietSince = Date.now();
+    opened = true;
+    failingSince = null;
     if (retrying && !signal.aborted) showError("");
     retrying = false;
   };
@@ -268,6 +272,7 @@ async function follow(id, task) {
   while (!ended && !signal.aborted) {
     const before = last;
     let wait = 0;
+    opened = false;
     try {
       const over = await streamEvents(`/v1/pipeline/runs/${encodeURIComponent(id)}/events?after=${last}`, onEvent, signal, onOpen);
       if (over) ended = true;
@@ -291,11 +296,14 @@ async function follow(id, task) {
     }
     if (last > before) {
       fruitless = 0;
-      quietSince = Date.now();
+      emptyStreams = 0;
     } else {
       fruitless += 1;
+      if (opened) emptyStreams += 1;
     }
-    if (Date.now() - quietSince > FOLLOW_GIVE_UP_MS) {
+    if (!opened && failingSince === null) failingSince = Date.now();
+    const silent = failingSince !== null && Date.now() - failingSince > FOLLOW_GIVE_UP_MS;
+    if (silent || emptyStreams > FOLLOW_EMPTY_STREAMS) {
       lost("lost the run's event stream; open the run again from the history");
       return;
     }
@@ -306,9 +314,12 @@ async function follow(id, task) {
 // Answers after which a run's stream is asked for again: a key over its rate, a proxy's
 // failure, a server starting or restarting.
 const RETRIED_STATUSES = [429, 502, 503, 504];
-// How long a run's stream may bring nothing, across reconnections, before the view gives up
-// (a restart on a small machine takes a minute or two).
+// How long the server may not answer a run's stream, across reconnections, before the view
+// gives up (a restart on a small machine takes a minute or two).
 const FOLLOW_GIVE_UP_MS = 3 * 60 * 1000;
+// Streams in a row that open and end with no event before the view gives up (about 2.5
+// minutes at the longest pause between them).
+const FOLLOW_EMPTY_STREAMS = 30;
 
 $("task-form").addEventListener("submit", async (event) => {
   event.preventDefault();
