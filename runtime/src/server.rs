@@ -482,8 +482,9 @@ async fn enforce_deadlines(
         Ok(bytes) => bytes,
         Err(BodyRead::TooLarge) => return ApiError::body_too_large().into_uncounted_response(),
         Err(BodyRead::Failed(why)) => {
+            // The body as a whole, not a field of it: VAL_001, as a body that is not JSON.
             return ApiError::new(
-                crate::error_code::ErrorCode::InvalidInput,
+                crate::error_code::ErrorCode::ValidationFailed,
                 format!("the request body could not be read: {why}"),
             )
             .into_uncounted_response();

@@ -242,6 +242,16 @@ fn a_run_is_accepted_at_once_streams_its_stages_and_keeps_its_result() {
         None,
     );
     assert_eq!(parse_sse(&text).len(), 1);
+    // An EventSource opened with `?after=0` reconnects with the same URL and its
+    // Last-Event-ID: the later wins, or it would replay the run for ever.
+    let last = all.len().to_string();
+    let (status, _, text) = s.exchange(
+        "GET",
+        &format!("/v1/pipeline/runs/{id}/events?after=0"),
+        &[("Last-Event-ID", last.as_str())],
+        None,
+    );
+    assert_eq!(status, 204, "{text}");
     // Resuming after the last event (an EventSource reconnecting after `done`) ends at once,
     // with 204: by the HTML spec that stops an EventSource reconnecting, an empty 200 would not.
     for after in [all.len(), all.len() + 100] {

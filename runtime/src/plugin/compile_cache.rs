@@ -170,10 +170,18 @@ impl CompileCache {
             }
         }
         let component = Component::new(engine, bytes)?;
-        let hold = match &entry {
-            Some(path) => store(path, &component.serialize()?, "component"),
-            None => CacheHold::of(None),
+        let Some(path) = &entry else {
+            return Ok((component, false, CacheHold::of(None)));
         };
+        let hold = store(path, &component.serialize()?, "component");
+        if hold.name.is_none() {
+            return Ok((component, false, hold));
+        }
+        // Loaded back from the entry just stored, as a hit loads it: its code and data are then
+        // pages of that file, not memory of the process's own for as long as it is used.
+        // SAFETY: as for a hit: the file was just written by `serialize` above into the
+        // checked cache folder, under a name bound to this content and engine configuration.
+        let component = unsafe { Component::deserialize_file(engine, path) }.unwrap_or(component);
         Ok((component, false, hold))
     }
 }
@@ -205,10 +213,17 @@ impl CompileCache {
             }
         }
         let module = wasmtime::Module::new(engine, bytes)?;
-        let hold = match &entry {
-            Some(path) => store(path, &module.serialize()?, "module"),
-            None => CacheHold::of(None),
+        let Some(path) = &entry else {
+            return Ok((module, false, CacheHold::of(None)));
         };
+        let hold = store(path, &module.serialize()?, "module");
+        if hold.name.is_none() {
+            return Ok((module, false, hold));
+        }
+        // Loaded back from the entry just stored, as for components (see `load`).
+        // SAFETY: as for a hit: just written by `serialize` above into the checked cache
+        // folder, under a name bound to this content and engine configuration.
+        let module = unsafe { wasmtime::Module::deserialize_file(engine, path) }.unwrap_or(module);
         Ok((module, false, hold))
     }
 }

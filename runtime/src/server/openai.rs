@@ -569,6 +569,7 @@ fn chat_job(
 /// `{"count", "max_model_len"}`, and the `tokens` for a model this process runs (for messages:
 /// the whole chat prompt the model would see). What a remote agentrt entry counts tokens with.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenizeRequest {
     model: Option<String>,
     prompt: Option<String>,

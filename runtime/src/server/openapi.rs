@@ -280,8 +280,9 @@ pub fn document() -> Value {
             },
             "schemas": {
                 "ErrorCode": {"enum": codes},
+                // A plugin's error passes with the plugin's own code (502, plugin_error).
                 "Error": object(json!({"error": object(json!({
-                    "code": schema("ErrorCode"), "type": {"type": "string"},
+                    "code": {"anyOf": [schema("ErrorCode"), {"type": "string"}]}, "type": {"type": "string"},
                     "message": {"type": "string"}, "details": {},
                 }), &["code", "type", "message"])}), &["error"]),
                 "Task": object(json!({

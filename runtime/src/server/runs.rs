@@ -310,6 +310,10 @@ pub async fn events(
     });
     let after = match (q.after, header) {
         (Some(n), _) if n < 0 => Err(("after", "an event number (0 or above)")),
+        // A reconnecting EventSource sends Last-Event-ID beside the URL it was opened with
+        // (`?after=0`): the later of the two is where it stopped, or every reconnection would
+        // replay the run from the start and never get its 204.
+        (Some(n), Some(Ok(seen))) => Ok(n.max(seen)),
         (Some(n), _) => Ok(n),
         (None, Some(parsed)) => parsed,
         (None, None) => Ok(0),
