@@ -739,19 +739,22 @@ fn refuse_a_backed_up_store_elsewhere(from: &Path) -> Result<(), CliError> {
     let Some(theirs) = backed_up else {
         return Ok(());
     };
-    let here = crate::paths::store_location(None);
-    // A relative path is taken from the folder of the config that says it, which this
-    // restore does not install: where it leads is unknown, so it is elsewhere.
-    let relative = !crate::store::postgres::is_postgres_url(&theirs)
-        && Path::new(&theirs).is_relative()
-        && std::env::var_os("AGENTRT_STORE").is_none_or(|v| v.is_empty());
-    let there = match relative {
-        true => format!("{theirs} (beside the config file)"),
-        false => crate::paths::store_location(Some(&theirs)),
-    };
+    let (there, here) = (
+        crate::paths::store_location(Some(&theirs)),
+        crate::paths::store_location(None),
+    );
+    // AGENTRT_STORE, when set, decides for both.
     if there == here {
         return Ok(());
     }
+    // A relative path is taken from the folder of the config that says it, which this
+    // restore does not install: where it leads is unknown, so it is elsewhere.
+    let there =
+        if Path::new(&theirs).is_relative() && !crate::store::postgres::is_postgres_url(&theirs) {
+            format!("{theirs} (beside the config file)")
+        } else {
+            there
+        };
     Err(CliError::new(
         ErrorCode::BackupFailed,
         format!(
@@ -1532,29 +1535,30 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .any(|m| !crate::engine::remote::is_remote(&m.to_string_lossy()));
             report.gpu(opts.device, local_models);
             report.sandbox(&crate::paths::python_wasm());
-            if let Some(path) = &opts.config {
-                // The config's own problem is a failed check like any other, not the end of
-                // the report: the plugin check below names it too.
-                match Config::load(path) {
-                    Ok(config) => report.add(
-                        "config",
-                        crate::doctor::Status::Ok,
-                        format!(
-                            "{}: {} plugin grants; relative paths from {}",
-                            path.display(),
-                            config.grants.len(),
-                            match path.parent() {
-                                Some(p) if !p.as_os_str().is_empty() => p.display().to_string(),
-                                _ => ".".into(),
-                            }
-                        ),
+            // The config's own problem is a failed check like any other, not the end of the
+            // report: the plugin check below names it too.
+            let config = opts.config.as_deref().map(Config::load).transpose();
+            match (&opts.config, &config) {
+                (Some(path), Ok(Some(config))) => report.add(
+                    "config",
+                    crate::doctor::Status::Ok,
+                    format!(
+                        "{}: {} plugin grants; relative paths from {}",
+                        path.display(),
+                        config.grants.len(),
+                        match path.parent() {
+                            Some(p) if !p.as_os_str().is_empty() => p.display().to_string(),
+                            _ => ".".into(),
+                        }
                     ),
-                    Err(e) => report.add("config", crate::doctor::Status::Fail, e.to_string()),
-                }
+                ),
+                (_, Err(e)) => report.add("config", crate::doctor::Status::Fail, e.to_string()),
+                _ => {}
             }
             // A config that cannot be read has its failed check above.
-            if let Ok(location) = store_location(&opts) {
-                report.store(&location);
+            if let Ok(config) = &config {
+                let store = config.as_ref().and_then(|c| c.store.as_deref());
+                report.store(&crate::paths::store_location(store));
             }
             match load_pipeline(&opts, None) {
                 Ok(pipeline) => report.plugins(&pipeline),

@@ -22,6 +22,18 @@ fn install(path: &Path, bytes: &[u8]) {
 }
 
 /// Wait (bounded) until `/plugins` satisfies `done`.
+/// A server on the plugin folder `dir` that looks at it every 100 ms, logging to a file
+/// beside it (returned).
+fn watching_server(dir: &std::path::Path) -> (Server, std::path::PathBuf) {
+    let log = dir.with_extension("log");
+    let server = Server::start_logging(
+        &["--plugins", dir.to_str().expect("utf-8")],
+        &[("AGENTRT_PLUGIN_POLL_MS", "100")],
+        Some(&log),
+    );
+    (server, log)
+}
+
 fn wait_for_plugins(server: &Server, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -424,13 +436,7 @@ fn a_server_starts_without_the_folder_plugins_that_cannot_take_their_place() {
 #[test]
 fn a_plugin_added_for_a_taken_role_is_logged_refused_not_loaded() {
     let dir = plugin_folder("contested", "retry-handler", "retry-handler", None);
-    let log = dir.with_extension("log");
-    let folder = dir.to_str().expect("utf-8");
-    let server = Server::start_logging(
-        &["--plugins", folder],
-        &[("AGENTRT_PLUGIN_POLL_MS", "100")],
-        Some(&log),
-    );
+    let (server, log) = watching_server(&dir);
     let (_, body) = server.get("/plugins");
     assert!(version_of(&body, "retry-handler").is_some(), "{body}");
 
@@ -470,13 +476,7 @@ fn a_plugin_that_never_describes_itself_is_refused_once_not_at_every_reload() {
         "slow-describe-check",
         None,
     );
-    let log = dir.with_extension("log");
-    let folder = dir.to_str().expect("utf-8");
-    let server = Server::start_logging(
-        &["--plugins", folder],
-        &[("AGENTRT_PLUGIN_POLL_MS", "100")],
-        Some(&log),
-    );
+    let (server, log) = watching_server(&dir);
     let (_, body) = server.get("/plugins");
     let refused = &body["refused"][0];
     assert_eq!(refused["code"], "PLUGIN_004", "{body}");

@@ -151,42 +151,19 @@ impl CompileCache {
         bytes: &[u8],
         content_hash: &str,
     ) -> wasmtime::Result<(Component, bool, CacheHold)> {
-        let entry = self.entry(engine, content_hash);
-        if let Some(path) = &entry
-            && file_is_ours(path)
-        {
-            // SAFETY: the file was written by `Component::serialize` below into agentrt's own
-            // cache folder (owned by this user, writable by nobody else: checked), and its name
-            // binds it to this content and this engine configuration.
-            match unsafe { Component::deserialize_file(engine, path) } {
-                Ok(c) => {
-                    let hold = CacheHold::of(Some(path));
-                    mark_used(path);
-                    return Ok((c, true, hold));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
-                }
-            }
-        }
-        let component = Component::new(engine, bytes)?;
-        let Some(path) = &entry else {
-            return Ok((component, false, CacheHold::of(None)));
-        };
-        let hold = store(path, &component.serialize()?, "component");
-        if hold.name.is_none() {
-            return Ok((component, false, hold));
-        }
-        // Loaded back from the entry just stored, as a hit loads it: its code and data are then
-        // pages of that file, not memory of the process's own for as long as it is used.
-        // SAFETY: as for a hit: the file was just written by `serialize` above into the
-        // checked cache folder, under a name bound to this content and engine configuration.
-        let component = unsafe { Component::deserialize_file(engine, path) }.unwrap_or(component);
-        Ok((component, false, hold))
+        self.load_compiled(
+            engine,
+            content_hash,
+            "component",
+            || Component::new(engine, bytes),
+            Component::serialize,
+            // SAFETY: the file was written by `Component::serialize` into agentrt's own cache
+            // folder (owned by this user, writable by nobody else: checked), and its name binds
+            // it to this content and this engine configuration.
+            |path| unsafe { Component::deserialize_file(engine, path) },
+        )
     }
-}
 
-impl CompileCache {
     /// [`CompileCache::load`] for a core module (the sandboxed interpreter).
     pub fn load_module(
         &self,
@@ -194,37 +171,57 @@ impl CompileCache {
         bytes: &[u8],
         content_hash: &str,
     ) -> wasmtime::Result<(wasmtime::Module, bool, CacheHold)> {
+        self.load_compiled(
+            engine,
+            content_hash,
+            "module",
+            || wasmtime::Module::new(engine, bytes),
+            wasmtime::Module::serialize,
+            // SAFETY: as for components: written by `Module::serialize` into agentrt's own
+            // cache folder (checked as there), under a name bound to this content and engine
+            // configuration.
+            |path| unsafe { wasmtime::Module::deserialize_file(engine, path) },
+        )
+    }
+
+    /// What [`CompileCache::load`] and [`CompileCache::load_module`] share: the entry for
+    /// `content_hash` when it is ours and loads (a hit), else `compile`d, stored, and loaded
+    /// back from the entry just stored, as a hit loads it: its code and data are then pages of
+    /// that file, not memory of the process's own for as long as it is used.
+    fn load_compiled<T>(
+        &self,
+        engine: &wasmtime::Engine,
+        content_hash: &str,
+        what: &str,
+        compile: impl FnOnce() -> wasmtime::Result<T>,
+        serialize: impl FnOnce(&T) -> wasmtime::Result<Vec<u8>>,
+        deserialize_file: impl Fn(&Path) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<(T, bool, CacheHold)> {
         let entry = self.entry(engine, content_hash);
         if let Some(path) = &entry
             && file_is_ours(path)
         {
-            // SAFETY: as for components: written by `Module::serialize` below into agentrt's
-            // own cache folder (checked as there), under a name bound to this content and
-            // engine configuration.
-            match unsafe { wasmtime::Module::deserialize_file(engine, path) } {
-                Ok(m) => {
+            match deserialize_file(path) {
+                Ok(compiled) => {
                     let hold = CacheHold::of(Some(path));
                     mark_used(path);
-                    return Ok((m, true, hold));
+                    return Ok((compiled, true, hold));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
                 }
             }
         }
-        let module = wasmtime::Module::new(engine, bytes)?;
+        let compiled = compile()?;
         let Some(path) = &entry else {
-            return Ok((module, false, CacheHold::of(None)));
+            return Ok((compiled, false, CacheHold::of(None)));
         };
-        let hold = store(path, &module.serialize()?, "module");
+        let hold = store(path, &serialize(&compiled)?, what);
         if hold.name.is_none() {
-            return Ok((module, false, hold));
+            return Ok((compiled, false, hold));
         }
-        // Loaded back from the entry just stored, as for components (see `load`).
-        // SAFETY: as for a hit: just written by `serialize` above into the checked cache
-        // folder, under a name bound to this content and engine configuration.
-        let module = unsafe { wasmtime::Module::deserialize_file(engine, path) }.unwrap_or(module);
-        Ok((module, false, hold))
+        let compiled = deserialize_file(path).unwrap_or(compiled);
+        Ok((compiled, false, hold))
     }
 }
 
