@@ -1155,8 +1155,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     CliError::new(ErrorCode::Internal, format!("cannot catch SIGHUP: {e}"))
                 })?
             };
+            let access = crate::server::startup::Access {
+                api_keys: api_keys.clone(),
+                loopback_only: listen.ip().is_loopback(),
+            };
             let startup =
-                crate::server::startup::Startup::begin(&rt, socket, limits.header_timeout)
+                crate::server::startup::Startup::begin(&rt, socket, limits.header_timeout, access)
                     .map_err(|e| {
                         CliError::new(
                             ErrorCode::Internal,

@@ -663,23 +663,40 @@ fn every_request_has_an_id_that_its_plugin_log_lines_carry() {
         made.len() == 16 && made.bytes().all(|b| b.is_ascii_hexdigit()),
         "{made}"
     );
+    // A request after the probe, whose line is logged once the probe's would have been.
+    let (status, _, _) = s.exchange("GET", "/plugins", &[("X-Request-Id", "req-e2e-43")], None);
+    assert_eq!(status, 200);
 
     // The plugin call's audit line, written on the plugin's own thread, names the request.
-    let mut lines = Vec::new();
-    for _ in 0..50 {
-        lines = std::fs::read_to_string(&log)
+    let read_log = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v.to_string().contains("req-e2e-42"))
-            .collect();
-        if lines.iter().any(|v| v["target"] == "agentrt::http") {
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let finished = |lines: &[serde_json::Value], id: &str| {
+        lines
+            .iter()
+            .any(|v| v["target"] == "agentrt::http" && v["span"]["request_id"] == id)
+    };
+    let mut all = Vec::new();
+    for _ in 0..50 {
+        all = read_log();
+        if finished(&all, "req-e2e-42") && finished(&all, "req-e2e-43") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     drop(s);
     let _ = std::fs::remove_file(&log);
+    // Probes answered well come every few seconds for the server's life: not at info.
+    assert!(finished(&all, "req-e2e-43"), "{all:?}");
+    assert!(!finished(&all, &made), "the probe was logged: {all:?}");
+    let lines: Vec<_> = all
+        .into_iter()
+        .filter(|v| v.to_string().contains("req-e2e-42"))
+        .collect();
     let audit = lines
         .iter()
         .find(|v| v["target"] == "agentrt::audit" && v["fields"]["plugin"] == "python-quality")

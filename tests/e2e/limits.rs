@@ -113,7 +113,15 @@ fn a_starting_server_answers_health_probes_and_says_what_it_loads() {
         "postgres://agentrt@{}/agentrt?connect_timeout=60",
         silent.local_addr().expect("address")
     );
-    let s = Server::start_answering_early(&[], &[("AGENTRT_STORE", &store)]);
+    let key = "user-key-0123456789abcdef";
+    let s = Server::start_answering_early(
+        &[],
+        &[
+            ("AGENTRT_STORE", &store),
+            ("AGENTRT_API_KEYS", &format!("user:{key}")),
+        ],
+    );
+    let bearer = format!("Bearer {key}");
     let (held, _) = silent.accept().expect("the server connects to its store");
     let (status, body) = s.get("/health/live");
     assert_eq!((status, &body["status"]), (200, &json!("alive")), "{body}");
@@ -124,7 +132,12 @@ fn a_starting_server_answers_health_probes_and_says_what_it_loads() {
         assert_eq!(body["status"], "starting", "{probe}: {body}");
         assert_eq!(body["stage"], "opening the run store", "{probe}: {body}");
     }
-    let (status, headers, text) = s.exchange("POST", "/generate", &[], Some(&json!({})));
+    let (status, headers, text) = s.exchange(
+        "POST",
+        "/generate",
+        &[("X-Request-Id", "client-7"), ("Authorization", &bearer)],
+        Some(&json!({})),
+    );
     assert_eq!(status, 503, "{text}");
     assert!(
         text.contains("MODEL_001") && text.contains("starting"),
@@ -138,17 +151,48 @@ fn a_starting_server_answers_health_probes_and_says_what_it_loads() {
     };
     assert_eq!(header("retry-after"), Some("5"));
     assert_eq!(header("connection"), Some("close"), "no client stays on it");
+    // As the running server's answers: the client's id echoed, and never sniffed.
+    assert_eq!(header("x-request-id"), Some("client-7"));
+    assert_eq!(header("x-content-type-options"), Some("nosniff"));
     // The console's page loads, to say the server is starting, instead of a JSON error.
     for page in ["/", "/console/console.js"] {
-        let (status, _, text) = s.exchange("GET", page, &[], None);
+        let (status, headers, text) = s.exchange("GET", page, &[], None);
         assert_eq!(status, 200, "{page}: {text}");
         assert!(!text.contains("MODEL_001"), "{page}: {text}");
+        let id = headers.iter().find(|(k, _)| k == "x-request-id");
+        assert!(id.is_some_and(|(_, v)| v.len() == 16), "{page}: a new id");
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k == "x-content-type-options" && v == "nosniff"),
+            "{page}"
+        );
     }
     // OpenAI's clients read their own error shape.
-    let (status, body) = s.post("/v1/completions", &json!({"prompt": "x"}));
+    let completion = json!({"prompt": "x"});
+    let auth = [("Authorization", bearer.as_str())];
+    let (status, body) = s.request("POST", "/v1/completions", &auth, Some(&completion));
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "MODEL_001", "{body}");
     assert_eq!(body["error"]["type"], "server_error", "{body}");
+    // Keys hold as once running: without one a client learns that, not how far the start is.
+    let (status, headers, text) = s.exchange("POST", "/generate", &[], Some(&json!({})));
+    assert_eq!(status, 401, "{text}");
+    assert!(
+        text.contains("AUTH_001") && !text.contains("starting"),
+        "{text}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "www-authenticate" && v == "Bearer")
+    );
+    let (status, body) = s.request("POST", "/v1/completions", &[], Some(&completion));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        body["error"]["code"], "AUTH_001",
+        "in OpenAI's shape: {body}"
+    );
     // A start that fails still ends the process with the failure.
     drop(held);
     let exit = s

@@ -596,6 +596,17 @@ fn a_changed_config_regrants_the_plugins_without_a_restart() {
     );
     assert_ne!(body["config"]["refused"]["sha256"], in_use, "{body}");
     assert_eq!(server.get("/health").1["config_refused"], json!(true));
+    let config_refused = |server: &Server| {
+        let (_, _, metrics) = server.exchange("GET", "/metrics", &[], None);
+        metrics
+            .lines()
+            .find(|l| l.starts_with("agentrt_config_refused "))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        config_refused(&server).as_deref(),
+        Some("agentrt_config_refused 1")
+    );
 
     // Granted again: back in use.
     std::fs::write(&config, granted).expect("config");
@@ -604,6 +615,10 @@ fn a_changed_config_regrants_the_plugins_without_a_restart() {
     });
     assert_eq!(body["config"]["refused"], Value::Null, "{body}");
     assert_eq!(server.get("/health").1["config_refused"], json!(false));
+    assert_eq!(
+        config_refused(&server).as_deref(),
+        Some("agentrt_config_refused 0")
+    );
     assert_eq!(snoop_env(), Some(json!("got: SNOOP_VISIBLE")));
     drop(server);
 

@@ -3,7 +3,8 @@
 //! `/health/live` says the process is alive (a liveness probe must not kill a server that is
 //! still loading), `/health/ready` answers 503 and `/health` (always 200, as when running) says
 //! what is being loaded, and every other route is `503 MODEL_001` with `Retry-After`, instead of
-//! a refused connection.
+//! a refused connection. API keys and the loopback name check apply as they will once running:
+//! a client without a key learns that (401), not how far the start has come.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +49,7 @@ impl Startup {
         runtime: &tokio::runtime::Runtime,
         socket: tokio::net::TcpSocket,
         header_timeout: Duration,
+        access: Access,
     ) -> std::io::Result<Self> {
         let listener = {
             let _reactor = runtime.enter();
@@ -63,7 +65,7 @@ impl Startup {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let answering = runtime.spawn(answer_until(
             listener,
-            router(progress.clone()),
+            router(progress.clone(), access),
             header_timeout,
             stopped,
         ));
@@ -96,7 +98,14 @@ impl Startup {
     }
 }
 
-fn router(progress: Progress) -> axum::Router {
+/// Who may ask: the server's API keys, and whether it listens on loopback only (see
+/// [`super::auth::refuse_rebound_names`]).
+pub struct Access {
+    pub api_keys: Arc<super::auth::ApiKeys>,
+    pub loopback_only: bool,
+}
+
+fn router(progress: Progress, access: Access) -> axum::Router {
     axum::Router::new()
         .route("/health/live", get(super::routes::live))
         .route("/health/ready", get(not_ready))
@@ -105,6 +114,14 @@ fn router(progress: Progress) -> axum::Router {
         .route("/", get(super::console::index))
         .route("/console/{file}", get(super::console::asset))
         .fallback(loading)
+        .layer(axum::middleware::from_fn_with_state(
+            access.api_keys.clone(),
+            super::auth::require_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            (access.api_keys, access.loopback_only),
+            super::auth::refuse_rebound_names,
+        ))
         .with_state(progress)
 }
 
@@ -149,6 +166,35 @@ async fn loading(State(progress): State<Progress>, uri: Uri) -> Response {
     }
 }
 
+/// Every answer closes its connection (see [`answer_until`]) and, as every answer of the
+/// running server, carries the request's id (the client's `X-Request-Id` or a new one, so a
+/// client that logs ids can name a refused call too) and `nosniff`.
+async fn stamp(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = super::request_id(&request);
+    let openai_path = super::openai::is_openai_path(request.uri().path());
+    let mut response = next.run(request).await;
+    // A key refused on an OpenAI-compatible path is answered in OpenAI's shape there too.
+    if openai_path
+        && response
+            .extensions()
+            .get::<super::openai::OpenAiShaped>()
+            .is_none()
+        && let Some(super::error::SentError(error)) = response.extensions().get().cloned()
+    {
+        response = super::in_openai_shape(error, response);
+    }
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", value);
+    }
+    response
+}
+
 /// Serve `app` on `listener` until `stop`, then give the listener back. Each answer closes
 /// its connection, so no client stays on the starting server once the real one takes over.
 async fn answer_until(
@@ -158,18 +204,7 @@ async fn answer_until(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> tokio::net::TcpListener {
     use hyper_util::rt::TokioIo;
-    let app = app.layer(axum::middleware::map_response(
-        |mut response: Response| async move {
-            let headers = response.headers_mut();
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            // As every answer of the running server.
-            headers.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            response
-        },
-    ));
+    let app = app.layer(axum::middleware::from_fn(stamp));
     let builder = super::http1_builder(header_timeout);
     loop {
         // Once told to stop, accept nothing more: what waits in the backlog is the real
