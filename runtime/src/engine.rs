@@ -1139,6 +1139,10 @@ impl ServedModel {
         special: bool,
         deadline: Option<Instant>,
     ) -> Result<u32, EngineError> {
+        // A local count cannot be stopped once begun: none begins past the deadline.
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(EngineError::Timeout);
+        }
         match &self.backend {
             Backend::Local(m) if special => m
                 .tokenize_prompt(&Prompt::Text(text.to_string()))

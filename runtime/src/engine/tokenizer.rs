@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Mutex;
 
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::decoders::byte_fallback::ByteFallback;
@@ -75,11 +74,13 @@ pub struct DecodeState {
 
 /// A BPE tokenizer (byte-level, or SentencePiece's) with the model's special tokens.
 ///
-/// One `tokenizers::Tokenizer` behind a mutex rather than two copies (one parsing special
-/// tokens, one not): the tables of a 50k vocabulary are some ten megabytes, which on a small
-/// model is a tenth of its weights, and tokenising is microseconds next to generating.
+/// Two immutable `tokenizers::Tokenizer`s, one parsing special tokens and one not, each used
+/// without a lock. One copy behind a mutex (toggling how it reads special tokens) saved a few
+/// megabytes, but made every client's streamed decode wait behind any encode: a plugin that
+/// counted the tokens of megabytes of text stalled all generation for the length of its call.
 pub struct Tokenizer {
-    inner: Mutex<tokenizers::Tokenizer>,
+    /// Special-token text (`<|im_start|>`) becomes its token; also what decodes.
+    inner: tokenizers::Tokenizer,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     /// Tokens that end a generation: EOS, end-of-turn and end-of-text markers.
@@ -93,9 +94,10 @@ pub struct Tokenizer {
     /// Ids of the added tokens, special (`<|im_start|>`) or not (Qwen's `<|fim_middle|>`):
     /// text a user wrote must become none of them.
     added_ids: HashSet<u32>,
-    /// A copy whose added tokens are all special, for encoding user text when some are not:
-    /// the tokenizers crate leaves non-special added tokens live even in literal encoding.
-    literal: Option<Mutex<tokenizers::Tokenizer>>,
+    /// A copy that encodes text a user wrote: special-token text stays ordinary text, and its
+    /// added tokens are all special, since the tokenizers crate leaves non-special added tokens
+    /// live even in literal encoding.
+    literal: tokenizers::Tokenizer,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -128,9 +130,10 @@ fn added_ids(tokenizer: &tokenizers::Tokenizer) -> HashSet<u32> {
     tokenizer.get_added_tokens_decoder().into_keys().collect()
 }
 
-/// `tokenizer` with its non-special added tokens made special, so that literal encoding keeps
-/// them text; `None` when every added token is special already.
-fn literal_copy(tokenizer: &tokenizers::Tokenizer) -> Option<Mutex<tokenizers::Tokenizer>> {
+/// A copy of `tokenizer` that encodes every added token's text as ordinary text: its
+/// non-special added tokens are made special, and special tokens are not parsed.
+fn literal_copy(tokenizer: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
+    let mut copy = tokenizer.clone();
     let plain: Vec<tokenizers::AddedToken> = tokenizer
         .get_added_tokens_decoder()
         .into_values()
@@ -140,13 +143,12 @@ fn literal_copy(tokenizer: &tokenizers::Tokenizer) -> Option<Mutex<tokenizers::T
             t
         })
         .collect();
-    if plain.is_empty() {
-        return None;
+    if !plain.is_empty() {
+        // Same contents, so the same ids; only their flag changes.
+        copy.add_special_tokens(&plain);
     }
-    let mut copy = tokenizer.clone();
-    // Same contents, so the same ids; only their flag changes.
-    copy.add_special_tokens(&plain);
-    Some(Mutex::new(copy))
+    copy.set_encode_special_tokens(true);
+    copy
 }
 
 /// The pre-tokenizer HF uses for the model family named by `tokenizer.ggml.pre`.
@@ -433,7 +435,7 @@ impl Tokenizer {
         Ok(Self {
             added_ids: added_ids(&inner),
             literal: literal_copy(&inner),
-            inner: Mutex::new(inner),
+            inner,
             bos_id,
             eos_id,
             stop_ids,
@@ -526,7 +528,7 @@ impl Tokenizer {
         Ok(Self {
             added_ids: added_ids(&inner),
             literal: literal_copy(&inner),
-            inner: Mutex::new(inner),
+            inner,
             bos_id,
             eos_id,
             stop_ids,
@@ -536,16 +538,9 @@ impl Tokenizer {
         })
     }
 
-    /// The tokenizer; no state survives a panic elsewhere that could matter here.
-    fn lock(&self) -> std::sync::MutexGuard<'_, tokenizers::Tokenizer> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// The id of a token given its exact text (special tokens such as `<fim_prefix>`).
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.lock().token_to_id(text)
+        self.inner.token_to_id(text)
     }
 
     /// Token ids of `text`; special-token text such as `<|im_start|>` becomes its single id.
@@ -569,9 +564,7 @@ impl Tokenizer {
         text: &str,
         literal: &[std::ops::Range<usize>],
     ) -> Result<Option<Vec<u32>>, TokenizerError> {
-        let mut tokenizer = self.lock();
-        tokenizer.set_encode_special_tokens(false);
-        let encoding = tokenizer.encode(text, false).map_err(lib_err)?;
+        let encoding = self.inner.encode(text, false).map_err(lib_err)?;
         let smuggled =
             encoding
                 .get_ids()
@@ -585,21 +578,17 @@ impl Tokenizer {
     }
 
     fn encode_with(&self, text: &str, literal: bool) -> Result<Vec<u32>, TokenizerError> {
-        let mut tokenizer = match (&self.literal, literal) {
-            (Some(copy), true) => copy
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            _ => self.lock(),
+        let tokenizer = match literal {
+            true => &self.literal,
+            false => &self.inner,
         };
-        tokenizer.set_encode_special_tokens(literal);
-        let result = tokenizer.encode(text, false);
-        tokenizer.set_encode_special_tokens(false);
-        Ok(result.map_err(lib_err)?.get_ids().to_vec())
+        let encoding = tokenizer.encode(text, false).map_err(lib_err)?;
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// Text of `ids`, leaving out special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.lock().decode(ids, true).map_err(lib_err)
+        self.inner.decode(ids, true).map_err(lib_err)
     }
 
     /// The text `ids[state.read..]` add to a streamed decode of `ids`, the tokens generated so
@@ -618,7 +607,7 @@ impl Tokenizer {
         last: bool,
     ) -> Result<String, TokenizerError> {
         let new = {
-            let tokenizer = self.lock();
+            let tokenizer = &self.inner;
             let before = tokenizer
                 .decode(&ids[state.prefix..state.read], true)
                 .map_err(lib_err)?;
@@ -647,7 +636,7 @@ impl Tokenizer {
 
     /// The stored text of one token (for diagnostics and templates).
     pub fn token_text(&self, id: u32) -> Option<String> {
-        self.lock().id_to_token(id)
+        self.inner.id_to_token(id)
     }
 
     pub fn vocab_size(&self) -> usize {

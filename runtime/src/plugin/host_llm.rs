@@ -200,6 +200,9 @@ impl Host for PluginState {
 
     fn count_tokens(&mut self, model: Option<String>, text: String) -> Result<u32, Error> {
         let counted = self.resolve_model(model).and_then(|loaded| {
+            // The audit line names every model a call used, counting included: tokenising
+            // megabytes is work done for the plugin too.
+            self.note_used(&format!("llm:{}", loaded.info.id));
             loaded
                 .count_tokens(&text, self.deadline)
                 .map_err(to_wit_error)
