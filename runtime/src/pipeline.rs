@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::error_code::ErrorCode;
 use crate::plugin::bindings::{
-    CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, ReviewRequest, Stage,
-    TestOutcome,
+    CodeArtifact, Finding, GenerationRequest, PipelineError, Recovery, Review, ReviewRequest,
+    Severity, Stage, TestOutcome, Verdict,
 };
 use crate::plugin::registry::LivePlugins;
 use crate::plugin::{CallContext, CallStats, Plugin, PluginError, PluginHost};
@@ -278,6 +278,27 @@ impl Pipeline {
                 "the error handler moved the run to another model"
             );
             *model = switched.clone();
+        }
+        if let Recovery::Fallback(why) | Recovery::Abort(why) = &decision {
+            let kind = match decision {
+                Recovery::Fallback(_) => "fallback",
+                _ => "abort",
+            };
+            tracing::info!(
+                stage = stage_name(error.stage),
+                attempt = error.attempt,
+                code = %error.code,
+                decision = kind,
+                reason = %why,
+                "the error handler decided not to retry"
+            );
+            self.run.emit(PipelineEvent::Recovery {
+                stage: stage_name(error.stage).to_string(),
+                attempt: error.attempt,
+                decision: kind.to_string(),
+                code: error.code.clone(),
+                reason: why.clone(),
+            });
         }
         if matches!(decision, Recovery::Retry(_)) {
             crate::metrics::global()
@@ -631,7 +652,7 @@ impl Pipeline {
         }
         stages.push(self.record(reviewer, Stage::Review, attempt, stats, res.as_ref().err()));
         let review = res
-            .map(ReviewOut::from)
+            .map(|review| ReviewOut::from(held_to_the_contract(review, findings)))
             .map_err(|e| ErrorOut::from_plugin(&e))?;
         self.run.emit(PipelineEvent::Review {
             review: review.clone(),
@@ -830,7 +851,10 @@ impl Pipeline {
                 break;
             };
             self.pause(plan.delay_ms);
-            let feedback = plan.feedback.unwrap_or(failure.message);
+            // The handler's guidance comes with the failures, not in their place (as when a
+            // regeneration is retried).
+            let feedback =
+                combined_feedback(Some(&failure.message), plan.feedback).unwrap_or(failure.message);
             match self.generate_attempt(
                 req,
                 attempt + 1,
@@ -907,6 +931,36 @@ impl Pipeline {
             number, &artifact, findings, checks, tests, review, stages, started,
         )
     }
+}
+
+/// A review as the WIT's one rule on verdicts has it, which the host holds every reviewer to:
+/// code with an error finding is not approved. A reviewer (a third party's, say) that leaves out
+/// the checks' error findings has them put back in its findings; one that approves code with an
+/// error finding (the checks' or its own) requests changes instead, and its summary says why.
+fn held_to_the_contract(mut review: Review, checks_found: &[Finding]) -> Review {
+    let is_error = |f: &Finding| matches!(f.severity, Severity::Error);
+    let same = |a: &Finding, b: &Finding| {
+        (&a.rule_id, a.line, a.column, &a.message) == (&b.rule_id, b.line, b.column, &b.message)
+    };
+    let left_out: Vec<Finding> = checks_found
+        .iter()
+        .filter(|f| is_error(f) && !review.findings.iter().any(|r| same(r, f)))
+        .cloned()
+        .collect();
+    review.findings.extend(left_out);
+    let errors = review.findings.iter().filter(|f| is_error(f)).count();
+    if matches!(review.verdict, Verdict::Approve) && errors > 0 {
+        review.verdict = Verdict::RequestChanges;
+        let note = format!(
+            "[agentrt: the reviewer approved code with {errors} error finding(s); code with an \
+             error finding is not approved]"
+        );
+        review.summary = match review.summary.trim().is_empty() {
+            true => note,
+            false => format!("{} {note}", review.summary),
+        };
+    }
+    review
 }
 
 /// Version of how a run picks the attempt it keeps ([`outranks`]); `agentrt eval` does not mix
@@ -1010,6 +1064,57 @@ fn failure_summary(report: &TestReport) -> String {
 mod tests {
     use super::*;
     use crate::sandbox::{TestResult, TestStatus};
+
+    fn finding(rule: &str, severity: Severity) -> Finding {
+        Finding {
+            rule_id: rule.into(),
+            severity,
+            message: format!("{rule} here"),
+            line: 3,
+            column: 1,
+            suggestion: None,
+        }
+    }
+
+    fn review(verdict: Verdict, findings: Vec<Finding>) -> Review {
+        Review {
+            verdict,
+            score: 9.0,
+            summary: "looks fine".into(),
+            findings,
+        }
+    }
+
+    #[test]
+    fn no_reviewer_approves_code_with_an_error_finding() {
+        let checks = [
+            finding("dangerous-call", Severity::Error),
+            finding("print-call", Severity::Warning),
+        ];
+        // The checks' error finding left out and the code approved: put back, not approved.
+        let held = held_to_the_contract(review(Verdict::Approve, vec![]), &checks);
+        assert!(matches!(held.verdict, Verdict::RequestChanges));
+        let rules: Vec<&str> = held.findings.iter().map(|f| f.rule_id.as_str()).collect();
+        assert_eq!(rules, ["dangerous-call"]);
+        assert!(
+            held.summary
+                .starts_with("looks fine [agentrt: the reviewer approved code with 1"),
+            "{}",
+            held.summary
+        );
+        // Its own error finding counts too; a finding it kept is not added twice.
+        let own = vec![finding("x", Severity::Error), checks[0].clone()];
+        let held = held_to_the_contract(review(Verdict::Approve, own), &checks);
+        assert!(matches!(held.verdict, Verdict::RequestChanges));
+        assert_eq!(held.findings.len(), 2);
+        // Warnings alone may be approved; a rejection stays one.
+        let held = held_to_the_contract(review(Verdict::Approve, vec![]), &checks[1..]);
+        assert!(matches!(held.verdict, Verdict::Approve));
+        assert_eq!(held.summary, "looks fine");
+        let held = held_to_the_contract(review(Verdict::Reject, vec![]), &checks);
+        assert!(matches!(held.verdict, Verdict::Reject));
+        assert_eq!(held.summary, "looks fine");
+    }
 
     fn report(passed: usize, failed: usize) -> Option<TestReport> {
         let result = |i, status| TestResult {

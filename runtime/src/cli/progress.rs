@@ -75,6 +75,16 @@ fn describe(event: &PipelineEvent) -> Option<String> {
             Some(model) => format!("retrying {stage} after attempt {attempt} on {model}: {reason}"),
             None => format!("retrying {stage} after attempt {attempt}: {reason}"),
         },
+        PipelineEvent::Recovery {
+            stage,
+            attempt,
+            decision,
+            code,
+            reason,
+        } => match decision.as_str() {
+            "fallback" => format!("going on without {stage} (attempt {attempt}, {code}): {reason}"),
+            _ => format!("stopping at {stage} (attempt {attempt}, {code}): {reason}"),
+        },
         PipelineEvent::Chosen { attempt } => format!("chose attempt {attempt}"),
         PipelineEvent::Tokens { .. }
         | PipelineEvent::Generated { .. }
@@ -133,6 +143,21 @@ mod tests {
         assert_eq!(
             describe(&retry).as_deref(),
             Some("retrying test after attempt 1: TESTS_FAILED: 1 of 2 tests failed")
+        );
+        let gave_up = |decision: &str| PipelineEvent::Recovery {
+            stage: "check".into(),
+            attempt: 1,
+            decision: decision.into(),
+            code: "PLUGIN_003".into(),
+            reason: "the check is broken".into(),
+        };
+        assert_eq!(
+            describe(&gave_up("fallback")).as_deref(),
+            Some("going on without check (attempt 1, PLUGIN_003): the check is broken")
+        );
+        assert_eq!(
+            describe(&gave_up("abort")).as_deref(),
+            Some("stopping at check (attempt 1, PLUGIN_003): the check is broken")
         );
         assert_eq!(
             describe(&PipelineEvent::Chosen { attempt: 1 }).as_deref(),

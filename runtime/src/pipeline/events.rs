@@ -52,6 +52,17 @@ pub enum PipelineEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         model: Option<String>,
     },
+    /// The error handler (or the host, when no retries were left) decided not to retry a
+    /// failed stage: `fallback` goes on without it (a check or the review), `abort` ends the
+    /// run (or, for a check on a retry, the retries); `reason` is the handler's explanation.
+    Recovery {
+        stage: String,
+        attempt: u32,
+        decision: String,
+        /// The failure's code.
+        code: String,
+        reason: String,
+    },
     /// The attempt whose code, checks and tests go on to review and into the result: the best
     /// one, which is not always the last (sent before the review).
     Chosen { attempt: u32 },
@@ -76,6 +87,7 @@ impl PipelineEvent {
             Self::Checks { .. } => "checks",
             Self::Tests { .. } => "tests",
             Self::Retry { .. } => "retry",
+            Self::Recovery { .. } => "recovery",
             Self::Chosen { .. } => "chosen",
             Self::Review { .. } => "review",
             Self::Done { .. } => "done",

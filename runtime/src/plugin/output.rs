@@ -122,11 +122,21 @@ fn clip(s: &mut String, max: usize) {
 /// host may give.
 pub const PLUGIN_ERROR_CODE: &str = "PLUGIN_ERROR";
 
-/// The codes of the host's refusals that tell a client about its request: model access denied
-/// (`403`), a token budget spent (`429` with `Retry-After`), the request cancelled (`408`, and
-/// a run counted cancelled). A plugin may pass one on only when the host gave it that refusal
-/// in the same call ([`relayable`]).
-pub const RELAYED_ONLY: [&str; 3] = ["PLUGIN_006", "PLUGIN_007", "COMM_004"];
+/// The codes of the host's refusals of a model call, which tell a client about its request or
+/// the server: model access denied (`403`), a token budget spent (`429` with `Retry-After`),
+/// the request cancelled (`408`, and a run counted cancelled), no such model or it is down
+/// (`503`: a client or a load balancer takes the server for unavailable), the prompt too long
+/// for the context, the plugin's deadline passed during the call (`504`; the SDK's code for
+/// it). A plugin may pass one on only when the host gave it that refusal in the same call
+/// ([`relayable`]).
+pub const RELAYED_ONLY: [&str; 6] = [
+    "PLUGIN_006",
+    "PLUGIN_007",
+    "COMM_004",
+    "MODEL_001",
+    "MODEL_004",
+    "PLUGIN_004",
+];
 
 /// The code of `refusal`, given by the host to a plugin, that the plugin may then return as
 /// its own error (see [`RELAYED_ONLY`]).
@@ -136,7 +146,10 @@ pub fn relayable(refusal: &super::bindings::llm::Error) -> Option<&'static str> 
         Error::AccessDenied(_) => Some("PLUGIN_006"),
         Error::QuotaExceeded(_) => Some("PLUGIN_007"),
         Error::Cancelled => Some("COMM_004"),
-        _ => None,
+        Error::ModelNotSupported(_) => Some("MODEL_001"),
+        Error::ContextOverflow(_) => Some("MODEL_004"),
+        Error::Timeout => Some("PLUGIN_004"),
+        Error::InvalidInput(_) | Error::RuntimeError(_) => None,
     }
 }
 
@@ -169,13 +182,23 @@ pub fn clip_error(mut e: PipelineError, relayed: &[&str]) -> PipelineError {
 /// Whether a plugin may return `code` as its own error (see [`clip_error`]).
 fn plugin_may_give(code: crate::error_code::ErrorCode) -> bool {
     use crate::error_code::ErrorCode;
-    // The host's own verdicts on plugins: a plugin that is running was found and loaded, and a
-    // 404 or a load failure from it would send the operator looking in the wrong place; one
-    // that returns has fuel left. (It may pass on PLUGIN_006 and PLUGIN_007: the `llm`
-    // interface's access and quota errors.)
+    // The host's own verdicts, on plugins and on requests: a plugin that is running was found
+    // and loaded, did not trap, is within its memory cap and has fuel left, and what it
+    // returns is judged by the host; the model's timeouts and allocation failures and the
+    // request's deadline are the host's to see. Any of these from a plugin would send the
+    // operator looking in the wrong place (and COMM_003 and MODEL_002 answer 504). It may pass
+    // on the `llm` interface's refusals it was given ([`RELAYED_ONLY`]).
     if matches!(
         code,
-        ErrorCode::PluginNotFound | ErrorCode::PluginLoad | ErrorCode::PluginFuel
+        ErrorCode::PluginNotFound
+            | ErrorCode::PluginLoad
+            | ErrorCode::PluginTrap
+            | ErrorCode::PluginMemory
+            | ErrorCode::PluginOutput
+            | ErrorCode::PluginFuel
+            | ErrorCode::ModelTimeout
+            | ErrorCode::ModelMemory
+            | ErrorCode::RequestTimeout
     ) {
         return false;
     }
@@ -387,19 +410,26 @@ mod tests {
             "INTERNAL",
             "PLUGIN_001",
             "PLUGIN_002",
+            "PLUGIN_003",
+            "PLUGIN_005",
+            "PLUGIN_008",
             "PLUGIN_009",
+            "MODEL_002",
+            "MODEL_003",
+            "COMM_003",
         ] {
             let e = returned(host_only);
             assert_eq!(e.code, PLUGIN_ERROR_CODE, "{host_only}");
             assert_eq!(e.message, format!("{host_only}: forged"));
         }
-        // What plugins relay from the host, and codes of their own, stay as they are.
-        for relayed in ["MODEL_004", "GEN_003", "REV_001", "PLUGIN_004", "MY_001"] {
+        // The stages' codes, a client's input judged invalid, and codes of their own stay as
+        // they are.
+        for relayed in ["GEN_003", "REV_001", "REV_003", "VAL_002", "MY_001"] {
             let e = returned(relayed);
             assert_eq!((e.code.as_str(), e.message.as_str()), (relayed, "forged"));
         }
-        // A refusal that tells the client about its request (403, 429, cancelled) only when
-        // the host refused this call so.
+        // A refusal of a model call (403, 429, cancelled, no model, too long, out of time) only
+        // when the host refused this call so.
         for code in RELAYED_ONLY {
             let e = returned(code);
             assert_eq!(e.code, PLUGIN_ERROR_CODE, "{code}");

@@ -168,7 +168,7 @@ pub fn document() -> Value {
         },
         "/v1/pipeline/runs/{id}/events": {
             "get": with_parameters(
-                with_response("204", "The run has ended and no event is left after the one asked for (a browser's EventSource stops reconnecting)", operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events, each named by its `type`: stage_started, tokens, stage_finished, generated (an attempt's code and tests), checks, tests, retry, chosen (the attempt that goes to review), review, done (the end state, with the error when the run did not complete)", None, sse("Numbered events; the stream ends after `done`, or, for a run another host executes, when this server shuts down: resume from the last event (Last-Event-ID or `after`)"))),
+                with_response("204", "The run has ended and no event is left after the one asked for (a browser's EventSource stops reconnecting)", operation("/v1/pipeline/runs/{id}/events", "The run's events as server-sent events, each named by its `type`: stage_started, tokens, stage_finished, generated (an attempt's code and tests), checks, tests, retry, recovery (the error handler gave up on a stage: fallback or abort, with its reason), chosen (the attempt that goes to review), review, done (the end state, with the error when the run did not complete)", None, sse("Numbered events; the stream ends after `done`, or, for a run another host executes, when this server shuts down: resume from the last event (Last-Event-ID or `after`)"))),
                 json!([run_id, {"name": "after", "in": "query", "schema": {"type": "integer"}, "description": "Resume after this event number (or send Last-Event-ID)"}]),
             ),
         },
@@ -511,6 +511,7 @@ mod tests {
             "checks",
             "tests",
             "retry",
+            "recovery",
             "chosen",
             "review",
             "done",

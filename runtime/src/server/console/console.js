@@ -209,6 +209,10 @@ const handlers = {
     const on = e.model ? ` on model ${e.model}` : "";
     $("timeline").append(el("li", { class: "retry" }, `retry ${e.stage}${on} (attempt ${e.attempt}): ${e.reason}`));
   },
+  recovery(e) {
+    const what = e.decision === "fallback" ? `went on without ${e.stage}` : `stopped at ${e.stage}`;
+    $("timeline").append(el("li", { class: "retry" }, `${what} (attempt ${e.attempt}, ${e.code}): ${e.reason}`));
+  },
   // The review is of the best attempt, not always the last: show its code, checks and tests.
   chosen(e) {
     const chosen = attempts.get(e.attempt);
