@@ -72,7 +72,7 @@ pub struct RuntimeOpts {
     /// when this binary was built with the `cuda` feature and one answers).
     #[arg(long, env = "AGENTRT_DEVICE", global = true, default_value = "auto")]
     pub device: crate::engine::Device,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (every command but `serve`, `synth` and `plugin wit`).
     #[arg(long, global = true)]
     pub json: bool,
 }

@@ -338,6 +338,15 @@ async fn measure(
     response
 }
 
+/// A deadline as a person reads it: `10 ms` (not `0.0 s`), `2.5 s`, `600 s`.
+fn seconds_text(duration: std::time::Duration) -> String {
+    match duration.as_secs_f64() {
+        s if s >= 10.0 => format!("{s:.0} s"),
+        s if s >= 1.0 => format!("{s:.1} s"),
+        _ => format!("{} ms", duration.as_millis()),
+    }
+}
+
 /// Whether `route` is a health probe's or a metrics scrape's.
 fn is_probe(route: &str) -> bool {
     matches!(
@@ -529,8 +538,8 @@ async fn enforce_deadlines(
             ApiError::new(
                 crate::error_code::ErrorCode::RequestTimeout,
                 format!(
-                    "the request did not finish within its deadline of {:.1} s",
-                    timeout.as_secs_f64()
+                    "the request did not finish within its deadline of {}",
+                    seconds_text(timeout)
                 ),
             )
             .into_uncounted_response()
@@ -866,6 +875,13 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_reads_in_a_unit_that_shows_it() {
+        assert_eq!(seconds_text(Duration::from_millis(10)), "10 ms");
+        assert_eq!(seconds_text(Duration::from_millis(2500)), "2.5 s");
+        assert_eq!(seconds_text(Duration::from_secs(600)), "600 s");
+    }
 
     #[test]
     fn seconds_parse_to_durations_the_clock_can_hold() {

@@ -38,6 +38,7 @@ use crate::stats::Stats;
 
 pub(crate) mod request;
 
+pub(crate) use request::IGNORED_FIELDS;
 pub use request::{ChatRequest, CompletionRequest};
 use request::{Common, Message, PromptField, template_messages};
 

@@ -71,6 +71,38 @@ fn operation(path: &str, summary: &str, body: Option<Value>, answer: Value) -> V
     op
 }
 
+/// An OpenAI request body: its own fields (`own`) and the sampling fields both endpoints take.
+/// Fields OpenAI has that would change the answer (`tools`, `logprobs`, penalties...) are
+/// taken at their neutral values only and are not listed; those that do not (`user`,
+/// `metadata`...) are listed as ignored.
+fn openai_request(own: Value, required_fields: &[&str]) -> Value {
+    let mut properties = json!({
+        "model": {"type": "string"},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1, "description": "max_tokens by its newer name"},
+        "temperature": {"type": "number", "minimum": 0},
+        "top_p": {"type": "number"},
+        "top_k": {"type": "integer", "description": "vLLM's extension; a local model honours it"},
+        "repetition_penalty": {"type": "number", "description": "vLLM's extension; a local model honours it"},
+        "seed": {"type": "integer"},
+        "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "n": {"const": 1},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    });
+    let fields = properties.as_object_mut().expect("an object");
+    for ignored in super::openai::IGNORED_FIELDS {
+        fields.insert(
+            (*ignored).to_string(),
+            json!({"description": "accepted and ignored"}),
+        );
+    }
+    if let Value::Object(own) = own {
+        fields.extend(own);
+    }
+    object(properties, required_fields)
+}
+
 fn object(properties: Value, required_fields: &[&str]) -> Value {
     json!({"type": "object", "properties": properties, "required": required_fields})
 }
@@ -150,7 +182,7 @@ pub fn document() -> Value {
         "/v1/completions": {"post": operation("/v1/completions", "OpenAI-compatible completion; `suffix` fills in the middle on models that support it", Some(json_body(schema("CompletionRequest"))), ok("OpenAI text_completion (or a stream)", any.clone()))},
         "/v1/models": {"get": operation("/v1/models", "OpenAI-compatible model list (with max_model_len)", None, ok("OpenAI list of models", any.clone()))},
         "/v1/models/{id}": {"get": operation("/v1/models/{id}", "One model (404 MODEL_001 for an id this server does not serve)", None, ok("OpenAI model object", any.clone()))},
-        "/tokenize": {"post": operation("/tokenize", "Token ids of a prompt or of chat messages (vLLM's shape)", Some(json_body(json!({"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"}}}))), ok("count, max_model_len, tokens", any.clone()))},
+        "/tokenize": {"post": operation("/tokenize", "Token ids of a prompt or of chat messages (vLLM's shape)", Some(json_body(json!({"type": "object", "additionalProperties": false, "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"}, "add_special_tokens": {"type": "boolean", "default": true, "description": "false: the prompt's text alone, without the BOS the model adds"}}}))), ok("count, max_model_len, tokens", any.clone()))},
         "/v1/pipeline/runs": {
             "post": accepted(operation("/v1/pipeline/runs", "Start a pipeline run; answers at once (202) with its id and a Location (429 QUEUE_001 when the queue is full, or once the server is shutting down)", Some(json_body(schema("Task"))), ok("The run, queued", schema("Run")))),
             "get": with_parameters(
@@ -324,18 +356,18 @@ pub fn document() -> Value {
                         "total_tokens": {"type": "integer"},
                     }), &["prompt_tokens", "completion_tokens", "total_tokens"]),
                 }), &["response", "model", "finish_reason", "usage"]),
-                "ChatCompletionRequest": object(json!({
-                    "model": {"type": "string"},
-                    "messages": {"type": "array", "items": object(json!({"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}), &["role", "content"])},
-                    "max_tokens": {"type": "integer"}, "temperature": {"type": "number"}, "top_p": {"type": "number"},
-                    "seed": {"type": "integer"}, "stop": {"type": ["string", "array"]}, "n": {"const": 1},
-                    "stream": {"type": "boolean"}, "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+                "ChatCompletionRequest": openai_request(json!({
+                    "messages": {"type": "array", "items": object(json!({
+                        "role": {"enum": ["system", "user", "assistant"]},
+                        "content": {"oneOf": [
+                            {"type": "string"},
+                            {"type": "array", "description": "Parts; only `text` ones", "items": object(json!({"type": {"const": "text"}, "text": {"type": "string"}}), &["type", "text"])},
+                        ]},
+                    }), &["role", "content"])},
                 }), &["messages"]),
-                "CompletionRequest": object(json!({
-                    "model": {"type": "string"}, "prompt": {"type": "string"}, "suffix": {"type": "string"},
-                    "max_tokens": {"type": "integer"}, "temperature": {"type": "number"}, "top_p": {"type": "number"},
-                    "seed": {"type": "integer"}, "stop": {"type": ["string", "array"]}, "n": {"const": 1},
-                    "stream": {"type": "boolean"}, "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+                "CompletionRequest": openai_request(json!({
+                    "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 1}]},
+                    "suffix": {"type": "string"},
                 }), &["prompt"]),
                 "Plugins": object(json!({
                     "plugins": {"type": "array", "items": {"type": "object"}},

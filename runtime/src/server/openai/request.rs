@@ -93,7 +93,7 @@ pub(super) struct Common {
 
 /// OpenAI's fields that do not change the answer (who asked, what to store, how to bill),
 /// accepted and ignored, as their neutral values are.
-const IGNORED_FIELDS: &[&str] = &[
+pub(crate) const IGNORED_FIELDS: &[&str] = &[
     "user",
     "metadata",
     "store",
