@@ -1369,7 +1369,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             // are findings at --fail-on or above.
             let result = match checks.iter().find_map(|c| c.error.as_ref().map(|e| (c, e))) {
                 Some((c, e)) => Err(CliError {
-                    code: ErrorCode::parse(&e.code).map_or("PLUGIN_003", ErrorCode::as_str),
+                    code: ErrorCode::parse(&e.code).map_or("REV_003", ErrorCode::as_str),
                     message: format!("check {} failed: {}", c.name, e.message),
                 }),
                 None => {

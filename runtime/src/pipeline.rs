@@ -851,10 +851,10 @@ impl Pipeline {
                 break;
             };
             self.pause(plan.delay_ms);
-            // The handler's guidance comes with the failures, not in their place (as when a
-            // regeneration is retried).
-            let feedback =
-                combined_feedback(Some(&failure.message), plan.feedback).unwrap_or(failure.message);
+            // The handler was given the failures (the error's message), and its feedback is
+            // what the generator gets: the default one quotes them, cut to what a small model
+            // keeps in view.
+            let feedback = plan.feedback.unwrap_or(failure.message);
             match self.generate_attempt(
                 req,
                 attempt + 1,
@@ -937,14 +937,18 @@ impl Pipeline {
 /// code with an error finding is not approved. A reviewer (a third party's, say) that leaves out
 /// the checks' error findings has them put back in its findings; one that approves code with an
 /// error finding (the checks' or its own) requests changes instead, and its summary says why.
+/// The score stays the reviewer's: how good the code is otherwise.
 fn held_to_the_contract(mut review: Review, checks_found: &[Finding]) -> Review {
     let is_error = |f: &Finding| matches!(f.severity, Severity::Error);
     let same = |a: &Finding, b: &Finding| {
         (&a.rule_id, a.line, a.column, &a.message) == (&b.rule_id, b.line, b.column, &b.message)
     };
+    // Within what a review may hold, as the reviewer's own findings are.
+    let room = crate::plugin::output::MAX_FINDINGS.saturating_sub(review.findings.len());
     let left_out: Vec<Finding> = checks_found
         .iter()
         .filter(|f| is_error(f) && !review.findings.iter().any(|r| same(r, f)))
+        .take(room)
         .cloned()
         .collect();
     review.findings.extend(left_out);
@@ -955,10 +959,12 @@ fn held_to_the_contract(mut review: Review, checks_found: &[Finding]) -> Review 
             "[agentrt: the reviewer approved code with {errors} error finding(s); code with an \
              error finding is not approved]"
         );
+        // The note first, so that a summary cut to its cap still says it.
         review.summary = match review.summary.trim().is_empty() {
             true => note,
-            false => format!("{} {note}", review.summary),
+            false => format!("{note} {}", review.summary),
         };
+        crate::plugin::output::clip(&mut review.summary, crate::plugin::output::MAX_TEXT_BYTES);
     }
     review
 }
@@ -1098,7 +1104,8 @@ mod tests {
         assert_eq!(rules, ["dangerous-call"]);
         assert!(
             held.summary
-                .starts_with("looks fine [agentrt: the reviewer approved code with 1"),
+                .starts_with("[agentrt: the reviewer approved code with 1")
+                && held.summary.ends_with("] looks fine"),
             "{}",
             held.summary
         );

@@ -734,7 +734,7 @@ fn run_shows_its_progress_on_stderr_and_names_the_chosen_attempt() {
         "retrying test after attempt 1: TEST_001",
         "generate: scripted-generator (attempt 2)",
         // The handler's decision, with its own explanation.
-        "stopping at check (attempt 2, ",
+        "error handler: abort after check of attempt 2 failed (",
         "a failed check stops it",
         "chose attempt 1",
         "review: reviewer (attempt 1)",

@@ -6,8 +6,9 @@
 //! 2. **Failed tests** (`TEST_001`) are the code's fault, not the model's: retried on the same
 //!    model with the failures as feedback while retries are left.
 //! 3. A **model failure** in generate or review — the engine failed or could not be reached
-//!    (`GEN_001`, `MODEL_001`), it timed out or ran out of memory (`MODEL_002`, `MODEL_003`,
-//!    `PLUGIN_004`), the prompt did not fit (`MODEL_004`) — moves the stage to another model:
+//!    (the SDK's `GEN_001` in generate, `REV_001` in review; `MODEL_001`), the call ran past the
+//!    plugin's deadline (`PLUGIN_004`), the prompt did not fit (`MODEL_004`) — moves the stage to
+//!    another model:
 //!    the next one in the operator's order after the one that failed; for a prompt that did not
 //!    fit, the next one with a longer context. Only forward, so a run never bounces between two
 //!    broken models. The retry starts at once (the other model is up) and without feedback (it
@@ -21,14 +22,7 @@ use agentrt_plugin_sdk::{ModelOption, ModelRecovery, PipelineError, Recovery, St
 const SAME_MODEL_DELAY_MS: u32 = 250;
 
 /// Codes that say the model, not the plugin or the task, failed.
-const MODEL_FAILURES: &[&str] = &[
-    "GEN_001",
-    "MODEL_001",
-    "MODEL_002",
-    "MODEL_003",
-    "MODEL_004",
-    "PLUGIN_004",
-];
+const MODEL_FAILURES: &[&str] = &["GEN_001", "REV_001", "MODEL_001", "MODEL_004", "PLUGIN_004"];
 
 /// The prompt did not fit the model's context.
 const CONTEXT_OVERFLOW: &str = "MODEL_004";
@@ -140,7 +134,8 @@ mod tests {
             matches!(&decision, ModelRecovery::RetryOn(r) if r.model == "local-small" && r.plan.delay_ms == 0),
             "{decision:?}"
         );
-        let decision = decide(&failed("MODEL_003", Stage::Review), 1, &team());
+        // A reviewer's model call that failed, as the SDK reports it in a review.
+        let decision = decide(&failed("REV_001", Stage::Review), 1, &team());
         assert!(matches!(&decision, ModelRecovery::RetryOn(r) if r.model == "local-small"));
     }
 

@@ -81,10 +81,9 @@ fn describe(event: &PipelineEvent) -> Option<String> {
             decision,
             code,
             reason,
-        } => match decision.as_str() {
-            "fallback" => format!("going on without {stage} (attempt {attempt}, {code}): {reason}"),
-            _ => format!("stopping at {stage} (attempt {attempt}, {code}): {reason}"),
-        },
+        } => format!(
+            "error handler: {decision} after {stage} of attempt {attempt} failed ({code}): {reason}"
+        ),
         PipelineEvent::Chosen { attempt } => format!("chose attempt {attempt}"),
         PipelineEvent::Tokens { .. }
         | PipelineEvent::Generated { .. }
@@ -153,11 +152,10 @@ mod tests {
         };
         assert_eq!(
             describe(&gave_up("fallback")).as_deref(),
-            Some("going on without check (attempt 1, PLUGIN_003): the check is broken")
-        );
-        assert_eq!(
-            describe(&gave_up("abort")).as_deref(),
-            Some("stopping at check (attempt 1, PLUGIN_003): the check is broken")
+            Some(
+                "error handler: fallback after check of attempt 1 failed (PLUGIN_003): the check \
+                 is broken"
+            )
         );
         assert_eq!(
             describe(&PipelineEvent::Chosen { attempt: 1 }).as_deref(),

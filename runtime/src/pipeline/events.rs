@@ -52,9 +52,10 @@ pub enum PipelineEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         model: Option<String>,
     },
-    /// The error handler (or the host, when no retries were left) decided not to retry a
-    /// failed stage: `fallback` goes on without it (a check or the review), `abort` ends the
-    /// run (or, for a check on a retry, the retries); `reason` is the handler's explanation.
+    /// The error handler answered `fallback` or `abort` to a failed stage (or the host did for
+    /// it: a `retry` with none left, a handler that failed), with its explanation. What that
+    /// does depends on the stage (docs/WIT.md): after failed tests either one ends the retries
+    /// and the best attempt goes on; after a failed generation either one ends the run.
     Recovery {
         stage: String,
         attempt: u32,

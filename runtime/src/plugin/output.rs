@@ -108,7 +108,7 @@ pub fn check_review(r: &mut Review) -> Result<(), String> {
     check_findings(&mut r.findings)
 }
 
-fn clip(s: &mut String, max: usize) {
+pub(crate) fn clip(s: &mut String, max: usize) {
     if s.len() > max {
         let mut end = max;
         while !s.is_char_boundary(end) {

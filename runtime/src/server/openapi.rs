@@ -358,12 +358,12 @@ pub fn document() -> Value {
                 }), &["response", "model", "finish_reason", "usage"]),
                 "ChatCompletionRequest": openai_request(json!({
                     "messages": {"type": "array", "items": object(json!({
-                        "role": {"enum": ["system", "user", "assistant"]},
+                        "role": {"enum": ["system", "developer", "user", "assistant"]},
                         "content": {"oneOf": [
                             {"type": "string"},
                             {"type": "array", "description": "Parts; only `text` ones", "items": object(json!({"type": {"const": "text"}, "text": {"type": "string"}}), &["type", "text"])},
                         ]},
-                    }), &["role", "content"])},
+                    }), &["role"])},
                 }), &["messages"]),
                 "CompletionRequest": openai_request(json!({
                     "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 1}]},

@@ -210,8 +210,7 @@ const handlers = {
     $("timeline").append(el("li", { class: "retry" }, `retry ${e.stage}${on} (attempt ${e.attempt}): ${e.reason}`));
   },
   recovery(e) {
-    const what = e.decision === "fallback" ? `went on without ${e.stage}` : `stopped at ${e.stage}`;
-    $("timeline").append(el("li", { class: "retry" }, `${what} (attempt ${e.attempt}, ${e.code}): ${e.reason}`));
+    $("timeline").append(el("li", { class: "retry" }, `error handler: ${e.decision} after ${e.stage} of attempt ${e.attempt} failed (${e.code}): ${e.reason}`));
   },
   // The review is of the best attempt, not always the last: show its code, checks and tests.
   chosen(e) {
