@@ -126,6 +126,12 @@ impl Config {
             ("max-memory-mb", l.max_memory_mb, 16, 4096),
             ("max-timeout-ms", l.max_timeout_ms, 1, 3_600_000),
             ("instance-pool", u64::from(l.instance_pool), 0, 1024),
+            (
+                "plugin-memory-mb",
+                l.plugin_memory_mb.unwrap_or(16),
+                16,
+                1 << 20,
+            ),
         ];
         for (name, value, least, most) in checks {
             if !(least..=most).contains(&value) {
@@ -195,7 +201,7 @@ fn warn_if_left_behind(written: &str, resolved: &str) {
 /// A TOML error as one line, "line L, column C: what was wrong". The offending line is not
 /// quoted, as the toml crate's own message does: it may hold a password (a misspelt `store`
 /// key's URL), and a log entry stays one line.
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let what = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
@@ -238,11 +244,25 @@ mod tests {
                 "[limits]\ninstance-pool = 5000\n",
                 "limits.instance-pool = 5000",
             ),
+            (
+                "[limits]\nplugin-memory-mb = 8\n",
+                "limits.plugin-memory-mb = 8",
+            ),
         ] {
             let err = Config::parse(text).expect_err(text);
             assert!(err.starts_with(named), "{text}: {err}");
         }
         Config::parse("[limits]\nmax-memory-mb = 4096\ninstance-pool = 0\n").expect("bounds");
+        let limits = Config::parse("[limits]\nplugin-memory-mb = 64\n")
+            .expect("bounds")
+            .limits;
+        assert_eq!(limits.plugin_memory_total_mb(), 64);
+        // Unset: half of this machine's memory.
+        let (total, _) = crate::doctor::meminfo().expect("/proc/meminfo");
+        assert_eq!(
+            HostLimits::default().plugin_memory_total_mb(),
+            (total / 2) >> 20
+        );
     }
 
     #[test]

@@ -770,7 +770,7 @@ fn answers_as_agentrt(addr: SocketAddr) -> bool {
 }
 
 /// (total, available) bytes from /proc/meminfo.
-fn meminfo() -> Option<(u64, u64)> {
+pub(crate) fn meminfo() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = text.lines().find(|l| l.starts_with(name))?;

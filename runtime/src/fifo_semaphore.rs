@@ -5,7 +5,9 @@
 //! freed permit goes to the caller that has waited longest, not to whichever thread wakes
 //! first, and a caller that will not wait ([`FifoSemaphore::try_acquire`]) never takes a permit
 //! while others wait for one: otherwise a steady stream of newcomers could overtake an old
-//! waiter again and again until its deadline.
+//! waiter again and again until its deadline. A caller may take several permits at once
+//! ([`FifoSemaphore::acquire_many`], a plugin call's megabytes of memory): it still waits its
+//! turn, and those behind it wait until it has them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +24,8 @@ pub struct FifoSemaphore {
 
 struct State {
     free: usize,
-    /// Tickets of the callers waiting, oldest first.
-    waiting: VecDeque<u64>,
+    /// Tickets of the callers waiting, oldest first, with how many permits each wants.
+    waiting: VecDeque<(u64, usize)>,
     next_ticket: u64,
 }
 
@@ -34,8 +36,8 @@ pub enum GaveUp {
     Cancelled,
 }
 
-/// A taken permit, given back when dropped.
-pub struct Permit(Arc<FifoSemaphore>);
+/// Taken permits (one, or a caller's several), given back when dropped.
+pub struct Permit(Arc<FifoSemaphore>, usize);
 
 /// A place in a semaphore's line ([`FifoSemaphore::line_up`]).
 pub struct Place {
@@ -46,7 +48,8 @@ pub struct Place {
 enum Held {
     /// A permit was free when the place was taken.
     Permit(Permit),
-    Ticket(u64),
+    /// In line for this many permits.
+    Ticket(u64, usize),
     /// Waited on: nothing left to give back.
     Spent,
 }
@@ -67,7 +70,9 @@ impl Place {
                 }
                 Ok(permit)
             }
-            Held::Ticket(ticket) => self.semaphore.wait_in_line(ticket, deadline, cancel),
+            Held::Ticket(ticket, count) => {
+                self.semaphore.wait_in_line(ticket, count, deadline, cancel)
+            }
             Held::Spent => Err(GaveUp::Cancelled),
         }
     }
@@ -76,7 +81,7 @@ impl Place {
 impl Drop for Place {
     fn drop(&mut self) {
         // A permit held goes back by its own drop.
-        if let Held::Ticket(ticket) = self.held {
+        if let Held::Ticket(ticket, _) = self.held {
             self.semaphore.leave_line(ticket);
         }
     }
@@ -96,7 +101,7 @@ impl std::fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.lock().free += 1;
+        self.0.lock().free += self.1;
         // Every waiter looks: only the first in line takes it.
         self.0.freed.notify_all();
     }
@@ -127,7 +132,7 @@ impl FifoSemaphore {
         let mut state = self.lock();
         if state.free > 0 && state.waiting.is_empty() {
             state.free -= 1;
-            return Some(Permit(self.clone()));
+            return Some(Permit(self.clone(), 1));
         }
         None
     }
@@ -140,30 +145,46 @@ impl FifoSemaphore {
         deadline: Option<Instant>,
         cancel: Option<&AtomicBool>,
     ) -> Result<Permit, GaveUp> {
+        self.acquire_many(1, deadline, cancel)
+    }
+
+    /// `count` permits together, in turn (see [`FifoSemaphore::acquire`]). More than the
+    /// semaphore was made with is never free: ask for at most that.
+    pub fn acquire_many(
+        self: &Arc<Self>,
+        count: usize,
+        deadline: Option<Instant>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Permit, GaveUp> {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(GaveUp::Cancelled);
         }
-        self.line_up().wait(deadline, cancel)
+        self.line_up_for(count).wait(deadline, cancel)
     }
 
     /// A place in line taken now, to wait on later ([`Place::wait`]), perhaps on another
     /// thread: places are served in the order they were taken, whichever thread waits first.
     /// A place dropped unused leaves the line (or gives its permit back).
     pub fn line_up(self: &Arc<Self>) -> Place {
+        self.line_up_for(1)
+    }
+
+    /// A place in line for `count` permits together.
+    fn line_up_for(self: &Arc<Self>, count: usize) -> Place {
         let mut state = self.lock();
-        if state.free > 0 && state.waiting.is_empty() {
-            state.free -= 1;
+        if state.free >= count && state.waiting.is_empty() {
+            state.free -= count;
             return Place {
                 semaphore: self.clone(),
-                held: Held::Permit(Permit(self.clone())),
+                held: Held::Permit(Permit(self.clone(), count)),
             };
         }
         let ticket = state.next_ticket;
         state.next_ticket += 1;
-        state.waiting.push_back(ticket);
+        state.waiting.push_back((ticket, count));
         Place {
             semaphore: self.clone(),
-            held: Held::Ticket(ticket),
+            held: Held::Ticket(ticket, count),
         }
     }
 
@@ -171,6 +192,7 @@ impl FifoSemaphore {
     fn wait_in_line(
         self: &Arc<Self>,
         ticket: u64,
+        count: usize,
         deadline: Option<Instant>,
         cancel: Option<&AtomicBool>,
     ) -> Result<Permit, GaveUp> {
@@ -180,12 +202,15 @@ impl FifoSemaphore {
             // A cancel is looked at before a free permit (a cancelled run must not start), the
             // deadline after (a permit freed as it comes is still taken).
             let cancelled = cancelled();
-            if !cancelled && state.free > 0 && state.waiting.front() == Some(&ticket) {
+            if !cancelled
+                && state.free >= count
+                && state.waiting.front().is_some_and(|(t, _)| *t == ticket)
+            {
                 state.waiting.pop_front();
-                state.free -= 1;
+                state.free -= count;
                 // Another permit may be free for the next in line.
                 self.freed.notify_all();
-                return Ok(Permit(self.clone()));
+                return Ok(Permit(self.clone(), count));
             }
             let why = if cancelled {
                 Some(GaveUp::Cancelled)
@@ -196,7 +221,7 @@ impl FifoSemaphore {
             };
             if let Some(why) = why {
                 // Out of the line, which may put a caller that can have a free permit first.
-                state.waiting.retain(|t| *t != ticket);
+                state.waiting.retain(|(t, _)| *t != ticket);
                 self.freed.notify_all();
                 return Err(why);
             }
@@ -215,7 +240,7 @@ impl FifoSemaphore {
     /// Take `ticket` out of the line (its holder stopped waiting), which may put a caller that
     /// can have a free permit first.
     fn leave_line(&self, ticket: u64) {
-        self.lock().waiting.retain(|t| *t != ticket);
+        self.lock().waiting.retain(|(t, _)| *t != ticket);
         self.freed.notify_all();
     }
 
@@ -380,6 +405,50 @@ mod tests {
         drop(held);
         assert_eq!(next(&rx), "patient");
         patient.join().expect("join");
+    }
+
+    #[test]
+    fn several_permits_are_taken_together_in_turn() {
+        let sem = FifoSemaphore::new(10);
+        let six = sem
+            .acquire_many(6, None, None)
+            .expect("six of ten, at once");
+        assert_eq!(sem.available(), 4);
+        // Five do not fit: that caller waits, and a newcomer wanting one waits behind it.
+        let (tx, rx) = mpsc::channel();
+        let (theirs, five_tx) = (sem.clone(), tx.clone());
+        let five = std::thread::spawn(move || {
+            let permit = theirs
+                .acquire_many(5, in_a_while(), None)
+                .expect("five in turn");
+            five_tx.send("five").expect("send");
+            std::thread::sleep(Duration::from_millis(30));
+            drop(permit);
+        });
+        while sem.waiting() < 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let one = queue_up(&sem, "one", &tx, 2);
+        assert!(sem.try_acquire().is_none(), "a newcomer jumped the line");
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        // Both fit once the six are back (in either order of their messages).
+        drop(six);
+        let mut got = [next(&rx), next(&rx)];
+        got.sort_unstable();
+        assert_eq!(got, ["five", "one"]);
+        five.join().expect("join");
+        one.join().expect("join");
+        assert_eq!((sem.waiting(), sem.available()), (0, 10));
+        // Giving up leaves the line with all it asked for.
+        let held = sem.acquire_many(10, None, None).expect("all ten");
+        let soon = Some(Instant::now() + Duration::from_millis(50));
+        assert_eq!(
+            sem.acquire_many(3, soon, None).err(),
+            Some(GaveUp::Deadline)
+        );
+        assert_eq!(sem.waiting(), 0);
+        drop(held);
+        assert_eq!(sem.available(), 10);
     }
 
     #[test]

@@ -64,6 +64,12 @@ const ABANDON_GRACE: Duration = Duration::from_millis(1500);
 /// Most bytes a plugin may pass to the host in one import call (strings and lists).
 const HOSTCALL_FUEL: usize = 4 << 20;
 
+/// What a running call holds ([`PluginHost::admit`]), given back when dropped.
+struct Admitted {
+    _slot: crate::fifo_semaphore::Permit,
+    _memory: crate::fifo_semaphore::Permit,
+}
+
 /// Why a plugin could not be loaded or a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -79,10 +85,12 @@ pub enum PluginError {
     Trap { plugin: String, message: String },
     #[error("plugin {plugin} ran past its {timeout_ms} ms deadline")]
     Timeout { plugin: String, timeout_ms: u64 },
-    #[error(
-        "plugin {plugin}: every plugin instance slot stayed busy for {waited_ms} ms (calls still running, or stuck in host calls past their deadlines); retry, or raise [limits] instance-pool"
-    )]
-    Busy { plugin: String, waited_ms: u64 },
+    #[error("plugin {plugin}: {}", busy_text(*.waited_ms, .on))]
+    Busy {
+        plugin: String,
+        waited_ms: u64,
+        on: WaitedFor,
+    },
     #[error("plugin {plugin} hit its memory cap of {limit_mb} MiB")]
     Memory { plugin: String, limit_mb: u64 },
     #[error("plugin {plugin} returned an error: {} {}", .error.code, .error.message)]
@@ -92,6 +100,29 @@ pub enum PluginError {
     },
     #[error("plugin {plugin} returned an unusable result: {message}")]
     Output { plugin: String, message: String },
+}
+
+/// What a call waited for in vain ([`PluginError::Busy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitedFor {
+    /// An instance slot (`[limits] instance-pool`).
+    Slot,
+    /// Room for its memory cap among the calls running (`[limits] plugin-memory-mb`).
+    Memory { cap_mb: u64, total_mb: u64 },
+}
+
+fn busy_text(waited_ms: u64, on: &WaitedFor) -> String {
+    match on {
+        WaitedFor::Slot => format!(
+            "every plugin instance slot stayed busy for {waited_ms} ms (calls still running, or \
+             stuck in host calls past their deadlines); retry, or raise [limits] instance-pool"
+        ),
+        WaitedFor::Memory { cap_mb, total_mb } => format!(
+            "its memory cap of {cap_mb} MiB did not fit for {waited_ms} ms in the {total_mb} MiB \
+             the plugin calls running at once may hold (each holds its cap); retry, or raise \
+             [limits] plugin-memory-mb"
+        ),
+    }
 }
 
 impl PluginError {
@@ -308,6 +339,11 @@ pub struct PluginHost {
     /// Calls in flight, bounded by the instance pool so that a burst waits for a slot instead
     /// of failing to instantiate.
     slots: Arc<crate::fifo_semaphore::FifoSemaphore>,
+    /// The MiB of memory the calls in flight may hold together, one permit a MiB: a call takes
+    /// its whole cap before it starts. Each call's cap is enforced on its own; without this,
+    /// 64 calls of an untrusted check allocating its 256 MiB would take 16 GiB of the host.
+    memory: Arc<crate::fifo_semaphore::FifoSemaphore>,
+    memory_total_mb: u64,
     /// Each plugin's tokens-per-minute meter, by name: a plugin loaded again (a new version,
     /// a changed grant) keeps what it spent in the last minute rather than a fresh budget.
     meters: std::sync::Mutex<std::collections::HashMap<String, Arc<TokenMeter>>>,
@@ -367,6 +403,10 @@ impl PluginHost {
             sandbox,
             cache,
             slots: call_slots(pooling.then_some(config.limits.instance_pool)),
+            memory: crate::fifo_semaphore::FifoSemaphore::new(
+                config.limits.plugin_memory_total_mb() as usize,
+            ),
+            memory_total_mb: config.limits.plugin_memory_total_mb(),
             config: std::sync::RwLock::new(config),
             pooling,
             meters: Default::default(),
@@ -575,6 +615,37 @@ impl PluginHost {
         Ok((store, timeout))
     }
 
+    /// An instance slot and room for the call's memory cap, held until the call ends. A call
+    /// waits for them no longer than it may run: slots held by calls abandoned in a blocking
+    /// host call must not hold up every later call for good.
+    fn admit(&self, plugin: &Plugin) -> Result<Admitted, PluginError> {
+        let patience = Duration::from_millis(plugin.granted.timeout_ms);
+        let until = Some(Instant::now() + patience);
+        let busy = |on| PluginError::Busy {
+            plugin: plugin.manifest.name.clone(),
+            waited_ms: patience.as_millis() as u64,
+            on,
+        };
+        let slot = self
+            .slots
+            .acquire(until, None)
+            .map_err(|_| busy(WaitedFor::Slot))?;
+        let cap_mb = plugin.granted.memory_mb.min(self.memory_total_mb);
+        let memory = self
+            .memory
+            .acquire_many(cap_mb as usize, until, None)
+            .map_err(|_| {
+                busy(WaitedFor::Memory {
+                    cap_mb,
+                    total_mb: self.memory_total_mb,
+                })
+            })?;
+        Ok(Admitted {
+            _slot: slot,
+            _memory: memory,
+        })
+    }
+
     /// Run `f` in a fresh store and turn wasmtime failures into [`PluginError`]s.
     ///
     /// The call runs on a thread of its own. Guest code stops at the deadline (epoch
@@ -592,15 +663,9 @@ impl PluginHost {
         + 'static,
         validate: impl FnOnce(&mut R) -> Result<(), String>,
     ) -> (Result<R, PluginError>, CallStats) {
-        // A call waits for an instance slot no longer than it may run: slots held by calls
-        // abandoned in a blocking host call must not hold up every later call for good.
-        let patience = Duration::from_millis(plugin.granted.timeout_ms);
-        let Ok(slot) = self.slots.acquire(Some(Instant::now() + patience), None) else {
-            let error = PluginError::Busy {
-                plugin: plugin.manifest.name.clone(),
-                waited_ms: patience.as_millis() as u64,
-            };
-            return (Err(error), CallStats::default());
+        let slot = match self.admit(plugin) {
+            Ok(slot) => slot,
+            Err(error) => return (Err(error), CallStats::default()),
         };
         let started = Instant::now();
         let (mut store, timeout) = match self.new_store(plugin) {
@@ -769,14 +834,7 @@ impl PluginHost {
             plugin: name.clone(),
             message,
         };
-        let patience = Duration::from_millis(plugin.granted.timeout_ms);
-        let slot = self
-            .slots
-            .acquire(Some(Instant::now() + patience), None)
-            .map_err(|_| PluginError::Busy {
-                plugin: name.clone(),
-                waited_ms: patience.as_millis() as u64,
-            })?;
+        let slot = self.admit(plugin)?;
         let (mut store, timeout) = self
             .new_store(plugin)
             .map_err(|e| trap(format!("cannot instantiate: {e:#}")))?;

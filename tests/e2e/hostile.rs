@@ -372,12 +372,18 @@ fn a_plugin_asleep_in_a_host_call_is_stopped_at_its_deadline_and_frees_its_slot(
 /// A server with one instance slot serving the plugins in `dir` under `config`, and a `/check`
 /// of one plugin at a time.
 fn one_slot_server(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Server {
+    limited_server(dir, "instance-pool = 1", config, env)
+}
+
+/// A server serving the plugins in `dir` under `config` with `limits` (lines of `[limits]`).
+fn limited_server(
+    dir: &std::path::Path,
+    limits: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Server {
     let config_path = dir.join("agentrt.toml");
-    std::fs::write(
-        &config_path,
-        format!("[limits]\ninstance-pool = 1\n\n{config}"),
-    )
-    .expect("write config");
+    std::fs::write(&config_path, format!("[limits]\n{limits}\n\n{config}")).expect("write config");
     Server::start_with_env(
         &[
             "--plugins",
@@ -463,14 +469,34 @@ fn a_write_that_waits_for_ever_in_a_host_call_ends_at_the_deadline_and_frees_its
 
 #[test]
 fn a_call_gives_up_on_slots_held_by_a_plugin_stuck_in_the_kernel() {
-    // One instance slot. The check opens a FIFO in its granted folder that no one writes to:
-    // the open waits in the kernel, which nothing in the host can cut short. Its caller is
-    // answered at the deadline (PLUGIN_004) and the call abandoned, but the thread keeps the
-    // slot until the open returns. The next call must be told the slots are busy (QUEUE_001)
-    // after its own deadline, not wait for ever; once a writer comes and goes, the slot is
-    // free again.
-    let data =
-        crate::harness::scratch_root().join(format!("agentrt-fifo-data-{}", std::process::id()));
+    // One instance slot.
+    a_call_gives_up_on_what_a_plugin_stuck_in_the_kernel_holds(
+        "instance-pool = 1",
+        "instance slot stayed busy",
+    );
+}
+
+#[test]
+fn a_call_gives_up_on_memory_held_by_a_plugin_stuck_in_the_kernel() {
+    // Slots enough, but the calls in flight may hold 16 MiB together: the stuck call's cap.
+    a_call_gives_up_on_what_a_plugin_stuck_in_the_kernel_holds(
+        "instance-pool = 8\nplugin-memory-mb = 16",
+        "its memory cap of 16 MiB did not fit",
+    );
+}
+
+/// The check opens a FIFO in its granted folder that no one writes to: the open waits in the
+/// kernel, which nothing in the host can cut short. Its caller is answered at the deadline
+/// (PLUGIN_004) and the call abandoned, but the thread keeps what it holds (its slot, its
+/// memory) until the open returns. The next call must be told so (QUEUE_001, saying `held`)
+/// after its own deadline, not wait for ever; once a writer comes and goes, it runs again.
+fn a_call_gives_up_on_what_a_plugin_stuck_in_the_kernel_holds(limits: &str, held: &str) {
+    // Each test of its own folder: they run at once.
+    let data = crate::harness::scratch_root().join(format!(
+        "agentrt-fifo-data-{}-{}",
+        std::process::id(),
+        limits.len()
+    ));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).expect("mkdir");
     let fifo = data.join("never-written");
@@ -482,10 +508,16 @@ fn a_call_gives_up_on_slots_held_by_a_plugin_stuck_in_the_kernel() {
     let manifest = "name = \"sleep-check\"\nversion = \"0.1.0\"\nworld = \"quality-check\"\n\
          [permissions]\nmemory-mb = 16\ntimeout-ms = 1000\nenv = [\"SLEEP_FILE\"]\n\
          folders = [{ path = \"/data\", access = \"read-only\" }]\n";
-    let dir = plugin_folder("kernel", "sleep-check", "sleep-check", Some(manifest));
+    let dir = plugin_folder(
+        &format!("kernel-{}", limits.len()),
+        "sleep-check",
+        "sleep-check",
+        Some(manifest),
+    );
     crate::harness::add_test_plugin(&dir, "echo-check");
-    let server = one_slot_server(
+    let server = limited_server(
         &dir,
+        limits,
         &format!(
             "[grants.sleep-check]\nenv = [\"SLEEP_FILE\"]\n\
              folders = [{{ path = \"/data\", host = {:?}, access = \"read-only\" }}]\n",
@@ -497,6 +529,12 @@ fn a_call_gives_up_on_slots_held_by_a_plugin_stuck_in_the_kernel() {
     assert_eq!(stuck["error"]["code"], "PLUGIN_004", "{stuck}");
     let next = check_on(&server, "echo-check");
     assert_eq!(next["error"]["code"], "QUEUE_001", "{next}");
+    assert!(
+        next["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(held)),
+        "{next}"
+    );
     // A writer that comes and goes ends the plugin's open and read (end of file). Opened
     // without blocking, so the test fails rather than hangs if no reader is waiting.
     let writer = {

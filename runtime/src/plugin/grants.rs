@@ -165,6 +165,19 @@ pub struct HostLimits {
     /// Plugin calls that can run at once from preallocated instance slots (the pooling
     /// allocator); 0 allocates every instance on demand instead.
     pub instance_pool: u32,
+    /// MiB the memory caps of the plugin calls running at once may add up to (unset: half of
+    /// this machine's memory): a call waits until its cap fits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin_memory_mb: Option<u64>,
+}
+
+impl HostLimits {
+    /// [`HostLimits::plugin_memory_mb`], or half of this machine's memory (4 GiB when it cannot
+    /// be read). A call whose cap is larger takes all of it, alone.
+    pub fn plugin_memory_total_mb(&self) -> u64 {
+        let half = crate::doctor::meminfo().map_or(4096, |(total, _)| (total / 2) >> 20);
+        self.plugin_memory_mb.unwrap_or(half).max(16)
+    }
 }
 
 impl Default for HostLimits {
@@ -173,6 +186,7 @@ impl Default for HostLimits {
             max_memory_mb: 1024,
             max_timeout_ms: 300_000,
             instance_pool: 64,
+            plugin_memory_mb: None,
         }
     }
 }

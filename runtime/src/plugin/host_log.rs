@@ -94,11 +94,13 @@ impl Host for PluginState {
             Admitted::Dropped => return,
         }
         match level {
-            Level::Trace => tracing::trace!(plugin, %fields, "{message}"),
-            Level::Debug => tracing::debug!(plugin, %fields, "{message}"),
-            Level::Info => tracing::info!(plugin, %fields, "{message}"),
-            Level::Warn => tracing::warn!(plugin, %fields, "{message}"),
-            Level::Error => tracing::error!(plugin, %fields, "{message}"),
+            // Quoted (`?`): in a text log, `fields="request_id=x outcome=ok"` cannot pass for
+            // the host's own `request_id` and `outcome`.
+            Level::Trace => tracing::trace!(plugin, ?fields, "{message}"),
+            Level::Debug => tracing::debug!(plugin, ?fields, "{message}"),
+            Level::Info => tracing::info!(plugin, ?fields, "{message}"),
+            Level::Warn => tracing::warn!(plugin, ?fields, "{message}"),
+            Level::Error => tracing::error!(plugin, ?fields, "{message}"),
         }
     }
 }

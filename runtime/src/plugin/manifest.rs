@@ -204,15 +204,18 @@ pub struct Manifest {
 /// Why a manifest was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    /// Where and why, without quoting the text: a manifest that is a link to another file
+    /// must not show that file's lines in a refusal.
     #[error("invalid manifest: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(String),
     #[error("invalid manifest: {0}")]
     Invalid(String),
 }
 
 impl Manifest {
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let m: Manifest = toml::from_str(text)?;
+        let m: Manifest = toml::from_str(text)
+            .map_err(|e| ManifestError::Parse(crate::config::toml_error(text, &e)))?;
         let name_ok = !m.name.is_empty()
             && m.name.len() <= 64
             && m.name

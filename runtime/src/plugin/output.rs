@@ -39,13 +39,19 @@ fn too_many(what: &str, count: usize, max: usize) -> Result<(), String> {
 }
 
 /// Blank `s`'s control characters (a space each), line breaks and tabs too unless
-/// `keep_lines`: what a plugin hands over for terminals and logs.
+/// `keep_lines`: what a plugin hands over for terminals and logs. Unicode's line and paragraph
+/// separators count as line breaks (some viewers break lines there), and its bidirectional
+/// overrides and isolates as controls (they reorder how the rest of a line reads).
 pub(super) fn blank_controls(s: &mut String, keep_lines: bool) {
-    let kept = |c: char| keep_lines && (c == '\n' || c == '\t');
-    if s.chars().any(|c| c.is_control() && !kept(c)) {
+    let blanked = |c: char| {
+        let kept = keep_lines && (c == '\n' || c == '\t');
+        let unsafe_format = matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        (c.is_control() || unsafe_format) && !kept
+    };
+    if s.chars().any(blanked) {
         *s = s
             .chars()
-            .map(|c| if c.is_control() && !kept(c) { ' ' } else { c })
+            .map(|c| if blanked(c) { ' ' } else { c })
             .collect();
     }
 }
@@ -337,6 +343,10 @@ mod tests {
         };
         check_review(&mut review).expect("review");
         assert_eq!(review.summary, "ok [31m\nnext");
+        // Unicode's line separators and reordering marks go too; other non-ASCII text stays.
+        let mut text = "a\u{2028}b\u{2029}c\u{202E}d\u{2067}e é ✓".to_string();
+        blank_controls(&mut text, true);
+        assert_eq!(text, "a b c d e é ✓");
         // Code is kept as written.
         let mut code = CodeArtifact {
             language: "python\n".into(),

@@ -538,15 +538,55 @@ pub fn scan_folder(
     }
 }
 
+/// Most bytes of a manifest (a real one is some hundreds).
+const MAX_MANIFEST_BYTES: u64 = 64 << 10;
+/// Most bytes of a component (a CPython-based one is some 40 MB).
+const MAX_COMPONENT_BYTES: u64 = 512 << 20;
+
+/// The bytes of the plugin file at `path`, a regular file (or a link to one) of at most `most`
+/// bytes. Opened without blocking and looked at before anything is read: a FIFO there would
+/// stall every later scan of the folder, and a device such as `/dev/zero` would fill memory.
+fn read_plugin_file(path: &Path, most: u64) -> Result<Vec<u8>, std::io::Error> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a FIFO, a device or a folder)",
+        ));
+    }
+    if meta.len() > most {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, more than a plugin file may hold ({most})",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file that grows while read stops at the cap too.
+    file.take(most + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > most {
+        return Err(std::io::Error::other(format!(
+            "more than a plugin file may hold ({most} bytes)"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// The manifest of a component file: `NAME.toml` beside `NAME.wasm`, parsed.
 pub fn read_manifest(wasm: &Path) -> Result<Manifest, String> {
     let path = wasm.with_extension("toml");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "no manifest at {} ({e}); a component's manifest is NAME.toml beside NAME.wasm",
-            path.display()
-        )
-    })?;
+    let text = read_plugin_file(&path, MAX_MANIFEST_BYTES)
+        .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
+        .map_err(|e| {
+            format!(
+                "cannot read the manifest {} ({e}); a component's manifest is NAME.toml beside NAME.wasm",
+                path.display()
+            )
+        })?;
     let manifest = Manifest::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     // The operator's grants (`[grants.NAME]`) follow the name: a component must not take
     // another plugin's grants, or its place, by naming itself after it in its own manifest.
@@ -572,7 +612,8 @@ pub fn load_file(host: &PluginHost, path: &Path) -> Result<Plugin, PluginError> 
     if let Some(why) = name_taken(&manifest.name, manifest.world) {
         return Err(load_error(&label, why));
     }
-    let bytes = std::fs::read(path).map_err(|e| load_error(&label, e.to_string()))?;
+    let bytes = read_plugin_file(path, MAX_COMPONENT_BYTES)
+        .map_err(|e| load_error(&label, format!("cannot read it: {e}")))?;
     host.load(manifest, &bytes, PluginSource::File(path.to_path_buf()))
 }
 
@@ -608,6 +649,69 @@ mod tests {
                 .as_ref()
                 .is_err_and(|e| e.contains("the file must be secret-scanner.wasm")),
             "{taken:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_regular_files_are_read_as_plugins_and_a_refusal_quotes_none_of_them() {
+        let dir = std::env::temp_dir().join(format!(
+            "agentrt-registry-files-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        // A FIFO no one writes to: refused at once (before, the scan waited for a writer).
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.join("fifo.toml"))
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let fifo = read_manifest(&dir.join("fifo.wasm"));
+        assert!(
+            fifo.as_ref()
+                .is_err_and(|e| e.contains("not a regular file")),
+            "{fifo:?}"
+        );
+        // A link to a device: refused before a byte is read (before, /dev/zero filled memory).
+        std::os::unix::fs::symlink("/dev/zero", dir.join("zero.toml")).expect("link");
+        let zero = read_manifest(&dir.join("zero.wasm"));
+        assert!(
+            zero.as_ref()
+                .is_err_and(|e| e.contains("not a regular file")),
+            "{zero:?}"
+        );
+        assert!(read_plugin_file(Path::new("/dev/zero"), MAX_COMPONENT_BYTES).is_err());
+        // Too large: refused by its size.
+        let big = dir.join("big.toml");
+        std::fs::File::create(&big)
+            .and_then(|f| f.set_len(MAX_MANIFEST_BYTES + 1))
+            .expect("sparse file");
+        let too_big = read_manifest(&dir.join("big.wasm"));
+        assert!(
+            too_big
+                .as_ref()
+                .is_err_and(|e| e.contains("more than a plugin file")),
+            "{too_big:?}"
+        );
+        // A link to a file of the host that is not TOML: where it fails, not what it says.
+        let secret = dir.join("creds.txt");
+        std::fs::write(&secret, "user = \"me\"\npassword = hunter2-SECRET\n").expect("write");
+        std::os::unix::fs::symlink(&secret, dir.join("leak.toml")).expect("link");
+        let leak = read_manifest(&dir.join("leak.wasm")).expect_err("not a manifest");
+        assert!(leak.contains("line 2"), "{leak}");
+        assert!(!leak.contains("SECRET"), "{leak}");
+        // A link to a regular file is followed, as an operator's deployment may use them.
+        let real = dir.join("elsewhere.toml");
+        std::fs::write(
+            &real,
+            "name = \"linked\"\nversion = \"1.0.0\"\nworld = \"quality-check\"\n",
+        )
+        .expect("write");
+        std::os::unix::fs::symlink(&real, dir.join("linked.toml")).expect("link");
+        assert_eq!(
+            read_manifest(&dir.join("linked.wasm")).expect("read").name,
+            "linked"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
