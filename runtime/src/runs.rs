@@ -49,6 +49,12 @@ pub enum RunsError {
         "{queued} pipeline runs are queued or running, the most this server takes; try again shortly"
     )]
     QueueFull { queued: usize },
+    #[error(
+        "this API key has {held} pipeline runs queued or running, its share of this server's \
+         queue (AGENTRT_RUN_QUEUE over the number of keys, or AGENTRT_RUN_QUEUE_PER_KEY); try \
+         again when one has ended"
+    )]
+    KeyQueueFull { held: usize },
     #[error("no pipeline run {0}")]
     NotFound(String),
     #[error("pipeline run {id} has already ended ({state})")]
@@ -67,7 +73,9 @@ impl RunsError {
     pub fn code(&self) -> ErrorCode {
         match self {
             // Like a full queue: no place here now, another server (or this one restarted) takes it.
-            Self::QueueFull { .. } | Self::ShuttingDown => ErrorCode::QueueFull,
+            Self::QueueFull { .. } | Self::KeyQueueFull { .. } | Self::ShuttingDown => {
+                ErrorCode::QueueFull
+            }
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Finished { .. } => ErrorCode::RunFinished,
             Self::Elsewhere(..) => ErrorCode::RunElsewhere,
@@ -90,16 +98,19 @@ struct LiveRun {
     /// Stopped by the server's shutdown rather than by a client: a run that has not started
     /// by then stays queued in the store, for the next start ([`Runs::resume_queued`]).
     parked: AtomicBool,
+    /// Whose it is (see [`Runs::submit`]'s share).
+    submitted_by: Option<String>,
 }
 
 impl LiveRun {
-    fn new() -> Self {
+    fn of(submitted_by: Option<&str>) -> Self {
         Self {
             cancel: Arc::new(AtomicBool::new(false)),
             events: broadcast::channel(BROADCAST_DEPTH).0,
             ended_as: OnceLock::new(),
             unstored: Mutex::new(Vec::new()),
             parked: AtomicBool::new(false),
+            submitted_by: submitted_by.map(str::to_owned),
         }
     }
 
@@ -480,16 +491,24 @@ impl Runs {
         self.live().len()
     }
 
-    /// Queue `req` (its JSON form `request` is what is stored and shown) for `submitted_by`;
-    /// returns the run as recorded, `queued`. The run starts when a worker is free.
+    /// Runs that may be queued or running at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Queue `req` (its JSON form `request` is what is stored and shown) for `submitted_by`,
+    /// who may have at most `share` runs queued or running (so that one key's backlog cannot
+    /// fill the queue for everyone); returns the run as recorded, `queued`. The run starts when
+    /// a worker is free.
     pub fn submit(
         self: &Arc<Self>,
         req: PipelineRequest,
         request: Value,
         submitted_by: Option<&str>,
+        share: usize,
     ) -> Result<RunRecord, RunsError> {
         let id = new_run_id();
-        let live = Arc::new(LiveRun::new());
+        let live = Arc::new(LiveRun::of(submitted_by));
         {
             let mut runs = self.live();
             // Checked under the same lock the shutdown's sweep takes: a run is either refused
@@ -499,6 +518,15 @@ impl Runs {
             }
             if runs.len() >= self.capacity {
                 return Err(RunsError::QueueFull { queued: runs.len() });
+            }
+            if let Some(who) = submitted_by {
+                let held = runs
+                    .values()
+                    .filter(|r| r.submitted_by.as_deref() == Some(who))
+                    .count();
+                if held >= share {
+                    return Err(RunsError::KeyQueueFull { held });
+                }
             }
             runs.insert(id.clone(), live.clone());
         }
@@ -568,7 +596,7 @@ impl Runs {
         }
         let mut resumed = 0;
         for (record, first_seq) in ready {
-            let live = Arc::new(LiveRun::new());
+            let live = Arc::new(LiveRun::of(record.submitted_by.as_deref()));
             self.live().insert(record.id.clone(), live.clone());
             in_flight("queued").inc();
             match request_of(&record.request) {
@@ -1112,7 +1140,7 @@ mod tests {
     fn an_event_the_store_refuses_for_a_while_is_stored_later_under_its_number() {
         let temp = TempStore::with_run("emitter");
         let store = temp.store.clone();
-        let live = Arc::new(LiveRun::new());
+        let live = Arc::new(LiveRun::of(None));
         let emitter = Emitter::new("r", store.clone(), live);
         let started = |attempt| PipelineEvent::StageStarted {
             stage: "generate".into(),
@@ -1142,7 +1170,7 @@ mod tests {
     fn events_the_store_refuses_are_read_from_the_run_until_they_are_stored() {
         let temp = TempStore::with_run("unstored");
         let store = temp.store.clone();
-        let live = Arc::new(LiveRun::new());
+        let live = Arc::new(LiveRun::of(None));
         let emitter = Emitter::new("r", store.clone(), live.clone());
         let chosen = |attempt| PipelineEvent::Chosen { attempt };
         let seqs = |live: Option<&LiveRun>, after| -> Vec<i64> {
@@ -1176,7 +1204,7 @@ mod tests {
     fn an_end_the_store_refuses_for_a_while_is_stored_once_it_is_back() {
         let temp = TempStore::with_run("end");
         let store = temp.store.clone();
-        let emitter = Emitter::new("r", store.clone(), Arc::new(LiveRun::new()));
+        let emitter = Emitter::new("r", store.clone(), Arc::new(LiveRun::of(None)));
         emitter.event(PipelineEvent::Chosen { attempt: 1 });
         // The events table is away (the end's `done` cannot be stored) for longer than the
         // quick retries of one write, then back.
@@ -1205,7 +1233,7 @@ mod tests {
     fn generated_text_after_a_quiet_spell_goes_out_at_once() {
         let temp = TempStore::with_run("tokens");
         let store = temp.store.clone();
-        let live = Arc::new(LiveRun::new());
+        let live = Arc::new(LiveRun::of(None));
         let mut watcher = live.events.subscribe();
         let emitter = Emitter::new("r", store.clone(), live);
         // The first piece of a generation is published as it comes, not held until a later

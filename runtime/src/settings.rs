@@ -89,6 +89,13 @@ const SETTINGS: &[(&str, Form)] = &[
             most: ANY,
         },
     ),
+    (
+        "AGENTRT_RUN_QUEUE_PER_KEY",
+        Form::Count {
+            least: 1,
+            most: ANY,
+        },
+    ),
     // Threads and workers past these are a typo, not a machine: each is a thread spawned at start.
     (
         "AGENTRT_THREADS",

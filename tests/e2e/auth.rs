@@ -372,3 +372,75 @@ fn a_user_key_reaches_the_runs_it_submitted_only() {
         "{status} {body}"
     );
 }
+
+/// One key's backlog cannot fill the run queue for everyone: each key may have its share of
+/// the queue (`AGENTRT_RUN_QUEUE` over the keys) queued or running, and an admin sees whose
+/// runs are whose.
+#[test]
+fn one_key_cannot_fill_the_run_queue() {
+    const ALICE: &str = "share-alice-key-0123456789";
+    const BOB: &str = "share-bob-key-0123456789";
+    const ADMIN: &str = "share-admin-key-0123456789";
+    let keys = format!("user:{ALICE},user:{BOB},admin:{ADMIN}");
+    // Three keys, three places: one each.
+    let s = Server::start_with_env(
+        &[],
+        &[
+            ("AGENTRT_API_KEYS", &keys),
+            ("AGENTRT_RUN_QUEUE", "3"),
+            ("AGENTRT_RUN_WORKERS", "1"),
+        ],
+    );
+    let bearer = |k: &str| format!("Bearer {k}");
+    let (alice, bob, admin) = (bearer(ALICE), bearer(BOB), bearer(ADMIN));
+    let task = json!({"task_description": "Write a function add(a, b)", "max_retries": 0});
+    let submit = |key: &str| {
+        s.request(
+            "POST",
+            "/v1/pipeline/runs",
+            &[("authorization", key)],
+            Some(&task),
+        )
+    };
+    let (status, first) = submit(&alice);
+    assert_eq!(status, 202, "{first}");
+    let (status, refused) = submit(&alice);
+    assert_eq!(
+        (status, error_code(&refused).as_str()),
+        (429, "QUEUE_001"),
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("this API key has 1 pipeline runs")),
+        "{refused}"
+    );
+    // Room was left for the others.
+    let (status, theirs) = submit(&bob);
+    assert_eq!(status, 202, "{theirs}");
+    // Whose is whose, as an admin lists them; each owner sees its own id on its runs.
+    let (_, list) = s.request(
+        "GET",
+        "/v1/pipeline/runs",
+        &[("authorization", &admin)],
+        None,
+    );
+    let submitter = |id: &serde_json::Value| {
+        list["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .find(|r| r["id"] == *id)
+            .map(|r| r["submitted_by"].clone())
+            .expect("listed")
+    };
+    let (alices, bobs) = (submitter(&first["id"]), submitter(&theirs["id"]));
+    assert!(alices.is_string() && bobs.is_string(), "{list}");
+    assert_ne!(alices, bobs);
+    assert_eq!(first["submitted_by"], alices, "{first}");
+    for (run, key) in [(&first, &alice), (&theirs, &bob)] {
+        let path = format!("/v1/pipeline/runs/{}", run["id"].as_str().expect("id"));
+        let _ = s.request("DELETE", &path, &[("authorization", key)], None);
+    }
+}

@@ -62,6 +62,8 @@ pub struct Caller {
     /// The key as the runs it submits record it (32 hex digits): a hash of the key's digest,
     /// so that the store does not hold the digest keys are checked against.
     pub submitter: String,
+    /// The key's digest, to tell later whether the key is still in use ([`ApiKeys::admits`]).
+    key: [u8; 32],
 }
 
 impl Caller {
@@ -69,7 +71,11 @@ impl Caller {
         let salted = [b"agentrt run submitter\0".as_slice(), key_digest].concat();
         let mut submitter = crate::plugin::compile_cache::sha256_hex(&salted);
         submitter.truncate(32);
-        Self { scope, submitter }
+        Self {
+            scope,
+            submitter,
+            key: *key_digest,
+        }
     }
 
     /// Whether this caller may see (and cancel) a run `submitted_by` someone: an admin sees
@@ -220,6 +226,14 @@ impl ApiKeys {
     #[cfg(test)]
     fn scope_of(&self, key: &str) -> Option<Scope> {
         self.find(key).map(|(_, scope)| scope)
+    }
+
+    /// Whether `caller`'s key is still in use with the scope it had: a stream opened with a key
+    /// removed (or narrowed) since ends.
+    pub fn admits(&self, caller: &Caller) -> bool {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .any(|(d, scope)| *d == caller.key && *scope == caller.scope)
     }
 
     /// The digest and scope of `key` (every key compared, no early exit).
@@ -589,11 +603,19 @@ mod tests {
         let (a, b) = (digest("aaaaaaaaaaaaaaaa"), digest("bbbbbbbbbbbbbbbb"));
         assert_eq!(keys.take(&a), Ok(()));
         assert_eq!(keys.take(&b), Ok(()));
+        let (caller_a, caller_b) = (Caller::of(&a, Scope::User), Caller::of(&b, Scope::User));
+        assert!(keys.admits(&caller_a) && keys.admits(&caller_b));
 
-        // a rotated out, c in: a stops working, b keeps what it spent.
+        // a rotated out, c in: a stops working (its open streams too), b keeps what it spent.
         write("user bbbbbbbbbbbbbbbb\nadmin cccccccccccccccc\n");
         assert_eq!(keys.reload(), Ok(KeyCounts { user: 1, admin: 1 }));
         assert_eq!(keys.scope_of("aaaaaaaaaaaaaaaa"), None);
+        assert!(!keys.admits(&caller_a));
+        assert!(keys.admits(&caller_b));
+        // A key whose scope changed is another caller than the one that opened a stream.
+        let c = digest("cccccccccccccccc");
+        assert!(!keys.admits(&Caller::of(&c, Scope::User)));
+        assert!(keys.admits(&Caller::of(&c, Scope::Admin)));
         assert_eq!(keys.scope_of("cccccccccccccccc"), Some(Scope::Admin));
         assert_eq!(keys.take(&b), Ok(()));
         assert_eq!(keys.take(&b), Err(30));

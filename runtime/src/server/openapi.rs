@@ -219,6 +219,7 @@ pub fn document() -> Value {
             "result": {"description": "Every stage's result, once the run has ended"},
             "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
             "cancel_requested": {"type": "boolean", "description": "Only in the answer to a cancellation"},
+            "submitted_by": {"type": "string", "description": "With API keys: an opaque id of the key that submitted it (a hash, never the key)"},
         }),
         &["id", "state"],
     );

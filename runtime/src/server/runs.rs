@@ -102,6 +102,11 @@ fn run_json(run: &RunRecord, events: &[StoredEvent]) -> Value {
             "events": format!("/v1/pipeline/runs/{}/events", run.id),
         },
     });
+    // An opaque id per API key (a hash, never the key): an admin, who sees every key's runs,
+    // can tell whose backlog fills the queue.
+    if let Some(submitter) = &run.submitted_by {
+        v["submitted_by"] = json!(submitter);
+    }
     if let Some(outcome) = &run.outcome {
         v["result"] = outcome.clone();
     }
@@ -109,6 +114,15 @@ fn run_json(run: &RunRecord, events: &[StoredEvent]) -> Value {
         v["error"] = json!(error);
     }
     v
+}
+
+/// How many runs one API key may have queued or running: `AGENTRT_RUN_QUEUE_PER_KEY`, else
+/// an equal share of the queue among the keys configured (all of it with one key).
+fn run_share(state: &AppState) -> usize {
+    crate::settings::count("AGENTRT_RUN_QUEUE_PER_KEY").unwrap_or_else(|| {
+        let keys = state.api_keys.counts();
+        (state.runs.capacity() / (keys.user + keys.admin).max(1)).max(1)
+    })
 }
 
 pub async fn create(
@@ -132,8 +146,10 @@ pub async fn create(
     };
     let runs = state.runs.clone();
     let submitter = caller.map(|c| c.0.submitter);
+    let share = run_share(&state);
     let submitted =
-        tokio::task::spawn_blocking(move || runs.submit(req, request, submitter.as_deref())).await;
+        tokio::task::spawn_blocking(move || runs.submit(req, request, submitter.as_deref(), share))
+            .await;
     match submitted {
         Ok(Ok(run)) => {
             let location = format!("/v1/pipeline/runs/{}", run.id);
@@ -206,14 +222,18 @@ pub async fn list(
             let data: Vec<Value> = runs
                 .iter()
                 .map(|r| {
-                    json!({
+                    let mut item = json!({
                         "id": r.id,
                         "state": r.state,
                         "created_at_ms": r.created_at_ms,
                         "updated_at_ms": r.updated_at_ms,
                         "task_description": r.request.get("task_description"),
                         "error": r.error,
-                    })
+                    });
+                    if let Some(submitter) = &r.submitted_by {
+                        item["submitted_by"] = json!(submitter);
+                    }
+                    item
                 })
                 .collect();
             Json(json!({
@@ -329,6 +349,7 @@ pub async fn events(
     // Subscribe before reading the store: an event is then either stored already or on its
     // way to the receiver (or both; numbers tell duplicates apart).
     let live = state.runs.subscribe(&id);
+    let watcher = caller.as_ref().map(|c| c.0.clone());
     let runs = state.runs.clone();
     let run_id = id.clone();
     let stored = tokio::task::spawn_blocking(move || {
@@ -357,7 +378,17 @@ pub async fn events(
         Arc::new(move |after| runs.events_after(&id, after))
     };
     let runs = state.runs.clone();
-    let closing = move || runs.closing();
+    let keys = state.api_keys.clone();
+    let stop = move || {
+        // A removed key must not go on receiving its runs' code.
+        if watcher.as_ref().is_some_and(|caller| !keys.admits(caller)) {
+            Stop::KeyRevoked
+        } else if runs.closing() {
+            Stop::ServerClosing
+        } else {
+            Stop::No
+        }
+    };
     let live = if ended {
         Following::Nothing
     } else {
@@ -365,7 +396,7 @@ pub async fn events(
     };
     super::unbuffered(
         Sse::new(event_stream(
-            id, store, read_after, closing, stored, live, after,
+            id, store, read_after, stop, stored, live, after,
         ))
         .keep_alive(KeepAlive::default())
         .into_response(),
@@ -388,13 +419,23 @@ enum Following {
 /// A run's events above a number, stored or not yet ([`crate::runs::Runs::events_after`]).
 type ReadAfter = Arc<dyn Fn(i64) -> Result<Vec<StoredEvent>, RunsError> + Send + Sync>;
 
-/// `read_after` reads what a watcher behind the live channel missed; `closing` says whether
-/// the server is shutting down.
+/// `read_after` reads what a watcher behind the live channel missed; `stop` says whether to
+/// stop following early.
+/// Why a run's event stream stops following the run before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    No,
+    /// The server is shutting down (a run of another host is followed no longer).
+    ServerClosing,
+    /// The key the stream was opened with was removed, or its scope changed.
+    KeyRevoked,
+}
+
 fn event_stream(
     id: String,
     store: Arc<dyn crate::store::RunStore>,
     read_after: ReadAfter,
-    closing: impl Fn() -> bool + Send + 'static,
+    stop: impl Fn() -> Stop + Send + 'static,
     stored: Vec<StoredEvent>,
     following: Following,
     after: i64,
@@ -416,7 +457,7 @@ fn event_stream(
                     _ = tokio::time::sleep(STORE_POLL) => {}
                     _ = tx.closed() => return,
                 }
-                if closing() {
+                if stop() != Stop::No {
                     return;
                 }
                 let store = store.clone();
@@ -451,6 +492,11 @@ fn event_stream(
                 Ok(e) => {
                     if e.seq <= last {
                         continue;
+                    }
+                    // A shutdown ends a run followed live with its `done`: only a key taken out
+                    // of use stops it short.
+                    if stop() == Stop::KeyRevoked {
+                        return;
                     }
                     last = e.seq;
                     if !deliver(&tx, &e).await || e.kind == "done" {
@@ -533,6 +579,50 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_whose_key_is_taken_out_of_use_ends_before_the_next_event() {
+        use futures_util::StreamExt;
+        let (rt, store, dir) = runtime_and_store("revoked");
+        let (live, following) = tokio::sync::broadcast::channel(8);
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let event = |seq: i64| {
+            Arc::new(StoredEvent {
+                seq,
+                at_ms: 0,
+                kind: "tokens".into(),
+                data: "{\"text\":\"def\"}".into(),
+            })
+        };
+        rt.block_on(async {
+            let flag = revoked.clone();
+            let mut stream = Box::pin(event_stream(
+                "run".into(),
+                store.clone(),
+                Arc::new(move |after| Ok(store.events_after("run", after)?)),
+                move || match flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    true => Stop::KeyRevoked,
+                    false => Stop::No,
+                },
+                Vec::new(),
+                Following::Live(following),
+                0,
+            ));
+            live.send(event(1)).expect("send");
+            let first =
+                tokio::time::timeout(std::time::Duration::from_secs(10), stream.next()).await;
+            assert!(matches!(first, Ok(Some(_))), "the first event is delivered");
+            revoked.store(true, std::sync::atomic::Ordering::Relaxed);
+            live.send(event(2)).expect("send");
+            let next =
+                tokio::time::timeout(std::time::Duration::from_secs(10), stream.next()).await;
+            assert!(
+                matches!(next, Ok(None)),
+                "the stream went on after its key was removed"
+            );
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_client_that_leaves_a_quiet_runs_stream_ends_it_at_once() {
         let (rt, store, dir) = runtime_and_store("events");
         let (live, following) = tokio::sync::broadcast::channel(8);
@@ -541,7 +631,7 @@ mod tests {
                 "run".into(),
                 store.clone(),
                 Arc::new(move |after| Ok(store.events_after("run", after)?)),
-                || false,
+                || Stop::No,
                 Vec::new(),
                 Following::Live(following),
                 0,
@@ -579,7 +669,10 @@ mod tests {
                 "elsewhere".into(),
                 store.clone(),
                 Arc::new(move |after| Ok(reader.events_after("elsewhere", after)?)),
-                move || flag.load(std::sync::atomic::Ordering::Relaxed),
+                move || match flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    true => Stop::ServerClosing,
+                    false => Stop::No,
+                },
                 Vec::new(),
                 Following::Store,
                 0,
