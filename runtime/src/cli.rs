@@ -177,9 +177,13 @@ pub enum Command {
         /// Most tokens to generate (1..=4096, as /v1/completions takes).
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::server::MAX_COMPLETION_TOKENS)))]
         max_tokens: u32,
-        /// Sampling temperature, 0..=2 (0: greedy).
+        /// Sampling temperature, 0..=2 (0: greedy). As /v1/completions samples: no repetition
+        /// penalty, top-k or top-p.
         #[arg(long, default_value_t = 0.0, value_parser = temperature)]
         temperature: f32,
+        /// Seed of the sampling above temperature 0 (default: a new one every run).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Stop sequences (repeatable).
         #[arg(long)]
         stop: Vec<String>,
@@ -1496,14 +1500,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             suffix,
             max_tokens,
             temperature,
+            seed,
             stop,
             opts,
         } => {
             let prompt = text_or_stdin(prompt)?;
             let model = load_default_model(&opts)?;
+            // What /v1/completions does with the same request (its neutral sampling), so the
+            // one-off and the API answer alike.
             let params = crate::engine::SamplingParams {
                 max_tokens,
                 temperature,
+                top_k: 0,
+                top_p: 1.0,
+                repeat_penalty: 1.0,
+                seed: seed.unwrap_or_else(crate::engine::sampling::fresh_seed),
                 stop,
                 ..Default::default()
             };

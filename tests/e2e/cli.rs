@@ -917,3 +917,27 @@ fn serve_refuses_a_busy_address_before_loading_anything() {
     // Refused at once: no model was loaded first.
     assert!(!stderr.contains("model loaded"), "{stderr}");
 }
+
+/// `agentrt complete` samples as `/v1/completions` does (no repetition penalty, top-k or
+/// top-p unless asked): at temperature 0 both give the same text, and above 0 a `--seed`
+/// repeats its answer.
+#[test]
+fn complete_answers_as_the_completions_route_does() {
+    let s = crate::harness::default_server();
+    let prompt = "def fibonacci(n):";
+    let (status, body) = s.post(
+        "/v1/completions",
+        &serde_json::json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let complete = |extra: &[&str]| -> Value {
+        let mut args = vec!["complete", prompt, "--max-tokens", "24", "--json"];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = run(&args);
+        assert!(ok, "{stderr}");
+        serde_json::from_str(&stdout).expect("json")
+    };
+    assert_eq!(complete(&[])["text"], body["choices"][0]["text"], "{body}");
+    let sampled = ["--temperature", "1", "--seed", "7"];
+    assert_eq!(complete(&sampled)["text"], complete(&sampled)["text"]);
+}

@@ -346,7 +346,7 @@ pub fn document() -> Value {
                 "ChatRequest": object(json!({
                     "message": {"type": "string"}, "system": {"type": "string"}, "model": {"type": "string"},
                     "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2048, "default": 256},
-                    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0, "description": "0 (the default): always the likeliest token, so the same message gets the same answer"},
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 0, "description": "0 (the default): always the likeliest token, so the same message gets the same answer (after a repetition penalty of 1.1 over the last 64 tokens, as the replaced service sampled; above 0 also top-k 40 and top-p 0.95)"},
                     "seed": {"type": "integer"},
                 }), &["message"]),
                 "ChatAnswer": object(json!({
