@@ -257,12 +257,10 @@ mod tests {
             .expect("bounds")
             .limits;
         assert_eq!(limits.plugin_memory_total_mb(), 64);
-        // Unset: half of this machine's memory.
+        // Unset: at most half of this machine's memory (less in a container with a limit).
         let (total, _) = crate::doctor::meminfo().expect("/proc/meminfo");
-        assert_eq!(
-            HostLimits::default().plugin_memory_total_mb(),
-            (total / 2) >> 20
-        );
+        let default = HostLimits::default().plugin_memory_total_mb();
+        assert!((16..=(total / 2) >> 20).contains(&default), "{default}");
     }
 
     #[test]

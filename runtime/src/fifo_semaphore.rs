@@ -78,6 +78,16 @@ impl Place {
     }
 }
 
+impl Place {
+    /// The ticket this place waits with (`None`: it had a permit at once, or has waited).
+    pub fn ticket(&self) -> Option<u64> {
+        match self.held {
+            Held::Ticket(ticket, _) => Some(ticket),
+            Held::Permit(_) | Held::Spent => None,
+        }
+    }
+}
+
 impl Drop for Place {
     fn drop(&mut self) {
         // A permit held goes back by its own drop.
@@ -244,6 +254,11 @@ impl FifoSemaphore {
         self.freed.notify_all();
     }
 
+    /// How many callers wait ahead of `ticket` (0: it is next), while it waits.
+    pub fn ahead_of(&self, ticket: u64) -> Option<usize> {
+        self.lock().waiting.iter().position(|(t, _)| *t == ticket)
+    }
+
     /// How many callers wait in line.
     pub fn waiting(&self) -> usize {
         self.lock().waiting.len()
@@ -301,6 +316,9 @@ mod tests {
         let first = sem.line_up();
         let (second, third) = (sem.line_up(), sem.line_up());
         assert_eq!(sem.waiting(), 2);
+        assert_eq!(first.ticket(), None, "it had the permit at once");
+        let ahead = |place: &Place| place.ticket().and_then(|t| sem.ahead_of(t));
+        assert_eq!((ahead(&second), ahead(&third)), (Some(0), Some(1)));
         let (tx, rx) = mpsc::channel();
         // The third place's thread starts waiting before the second's.
         let waiters: Vec<_> = [("third", third), ("second", second)]

@@ -943,16 +943,17 @@ fn held_to_the_contract(mut review: Review, checks_found: &[Finding]) -> Review 
     let same = |a: &Finding, b: &Finding| {
         (&a.rule_id, a.line, a.column, &a.message) == (&b.rule_id, b.line, b.column, &b.message)
     };
-    // Within what a review may hold, as the reviewer's own findings are.
-    let room = crate::plugin::output::MAX_FINDINGS.saturating_sub(review.findings.len());
     let left_out: Vec<Finding> = checks_found
         .iter()
         .filter(|f| is_error(f) && !review.findings.iter().any(|r| same(r, f)))
-        .take(room)
         .cloned()
         .collect();
-    review.findings.extend(left_out);
-    let errors = review.findings.iter().filter(|f| is_error(f)).count();
+    // Counted before the cap: a review padded to the most findings it may hold still cannot
+    // approve code that failed its checks.
+    let errors = review.findings.iter().filter(|f| is_error(f)).count() + left_out.len();
+    // Put back within what a review may hold, as the reviewer's own findings are.
+    let room = crate::plugin::output::MAX_FINDINGS.saturating_sub(review.findings.len());
+    review.findings.extend(left_out.into_iter().take(room));
     if matches!(review.verdict, Verdict::Approve) && errors > 0 {
         review.verdict = Verdict::RequestChanges;
         let note = format!(
@@ -1114,6 +1115,12 @@ mod tests {
         let held = held_to_the_contract(review(Verdict::Approve, own), &checks);
         assert!(matches!(held.verdict, Verdict::RequestChanges));
         assert_eq!(held.findings.len(), 2);
+        // A review already holding the most findings it may: no room to put them back, still
+        // not approved.
+        let padded = vec![finding("info", Severity::Info); crate::plugin::output::MAX_FINDINGS];
+        let held = held_to_the_contract(review(Verdict::Approve, padded), &checks);
+        assert!(matches!(held.verdict, Verdict::RequestChanges));
+        assert_eq!(held.findings.len(), crate::plugin::output::MAX_FINDINGS);
         // Warnings alone may be approved; a rejection stays one.
         let held = held_to_the_contract(review(Verdict::Approve, vec![]), &checks[1..]);
         assert!(matches!(held.verdict, Verdict::Approve));

@@ -100,6 +100,8 @@ struct LiveRun {
     parked: AtomicBool,
     /// Whose it is (see [`Runs::submit`]'s share).
     submitted_by: Option<String>,
+    /// Its place among the runs waiting for a worker, while it waits.
+    ticket: OnceLock<u64>,
 }
 
 impl LiveRun {
@@ -111,6 +113,7 @@ impl LiveRun {
             unstored: Mutex::new(Vec::new()),
             parked: AtomicBool::new(false),
             submitted_by: submitted_by.map(str::to_owned),
+            ticket: OnceLock::new(),
         }
     }
 
@@ -496,6 +499,18 @@ impl Runs {
         self.capacity
     }
 
+    /// Runs that execute at once.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Where run `id` stands among the runs of this process waiting for a worker: 1 when it is
+    /// next. `None` once it has a worker, or when it is not this process's.
+    pub fn queue_position(&self, id: &str) -> Option<usize> {
+        let ticket = *self.live().get(id)?.ticket.get()?;
+        self.slots.ahead_of(ticket).map(|ahead| ahead + 1)
+    }
+
     /// Queue `req` (its JSON form `request` is what is stored and shown) for `submitted_by`,
     /// who may have at most `share` runs queued or running (so that one key's backlog cannot
     /// fill the queue for everyone); returns the run as recorded, `queued`. The run starts when
@@ -519,7 +534,11 @@ impl Runs {
             if runs.len() >= self.capacity {
                 return Err(RunsError::QueueFull { queued: runs.len() });
             }
-            if let Some(who) = submitted_by {
+            // Only once the queue is half full: a key alone on an idle server may use it, and
+            // past half, every other key still finds room.
+            if let Some(who) = submitted_by
+                && runs.len() >= self.capacity.div_ceil(2)
+            {
                 let held = runs
                     .values()
                     .filter(|r| r.submitted_by.as_deref() == Some(who))
@@ -541,6 +560,9 @@ impl Runs {
         // Its place among the runs waiting for a worker is taken here, in the order of
         // submission, not when its thread gets going.
         let place = self.slots.line_up();
+        if let Some(ticket) = place.ticket() {
+            let _ = live.ticket.set(ticket);
+        }
         self.start(&id, req, live, 1, place);
         Ok(record)
     }
@@ -602,6 +624,9 @@ impl Runs {
             match request_of(&record.request) {
                 Ok(req) => {
                     let place = self.slots.line_up();
+                    if let Some(ticket) = place.ticket() {
+                        let _ = live.ticket.set(ticket);
+                    }
                     self.start(&record.id, req, live, first_seq, place);
                     resumed += 1;
                 }

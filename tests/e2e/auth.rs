@@ -373,21 +373,21 @@ fn a_user_key_reaches_the_runs_it_submitted_only() {
     );
 }
 
-/// One key's backlog cannot fill the run queue for everyone: each key may have its share of
-/// the queue (`AGENTRT_RUN_QUEUE` over the keys) queued or running, and an admin sees whose
-/// runs are whose.
+/// One key's backlog cannot fill the run queue for everyone: once the queue is half full, each
+/// key may have its share of it (`AGENTRT_RUN_QUEUE` over the keys, at least the workers)
+/// queued or running, and an admin sees whose runs are whose.
 #[test]
 fn one_key_cannot_fill_the_run_queue() {
     const ALICE: &str = "share-alice-key-0123456789";
     const BOB: &str = "share-bob-key-0123456789";
     const ADMIN: &str = "share-admin-key-0123456789";
     let keys = format!("user:{ALICE},user:{BOB},admin:{ADMIN}");
-    // Three keys, three places: one each.
+    // Three keys, four places: half of them free for all, then one each.
     let s = Server::start_with_env(
         &[],
         &[
             ("AGENTRT_API_KEYS", &keys),
-            ("AGENTRT_RUN_QUEUE", "3"),
+            ("AGENTRT_RUN_QUEUE", "4"),
             ("AGENTRT_RUN_WORKERS", "1"),
         ],
     );
@@ -404,6 +404,8 @@ fn one_key_cannot_fill_the_run_queue() {
     };
     let (status, first) = submit(&alice);
     assert_eq!(status, 202, "{first}");
+    let (status, second) = submit(&alice);
+    assert_eq!(status, 202, "the queue was not half full: {second}");
     let (status, refused) = submit(&alice);
     assert_eq!(
         (status, error_code(&refused).as_str()),
@@ -413,12 +415,17 @@ fn one_key_cannot_fill_the_run_queue() {
     assert!(
         refused["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("this API key has 1 pipeline runs")),
+            .is_some_and(|m| m.contains("this API key has 2 pipeline runs")),
         "{refused}"
     );
-    // Room was left for the others.
+    // Room was left for the others: Bob's run waits behind Alice's second.
     let (status, theirs) = submit(&bob);
     assert_eq!(status, 202, "{theirs}");
+    assert_eq!(theirs["queue_position"], 2, "{theirs}");
+    assert!(
+        first.get("queue_position").is_none(),
+        "it had a worker: {first}"
+    );
     // Whose is whose, as an admin lists them; each owner sees its own id on its runs.
     let (_, list) = s.request(
         "GET",
@@ -439,7 +446,7 @@ fn one_key_cannot_fill_the_run_queue() {
     assert!(alices.is_string() && bobs.is_string(), "{list}");
     assert_ne!(alices, bobs);
     assert_eq!(first["submitted_by"], alices, "{first}");
-    for (run, key) in [(&first, &alice), (&theirs, &bob)] {
+    for (run, key) in [(&second, &alice), (&first, &alice), (&theirs, &bob)] {
         let path = format!("/v1/pipeline/runs/{}", run["id"].as_str().expect("id"));
         let _ = s.request("DELETE", &path, &[("authorization", key)], None);
     }

@@ -172,12 +172,31 @@ pub struct HostLimits {
 }
 
 impl HostLimits {
-    /// [`HostLimits::plugin_memory_mb`], or half of this machine's memory (4 GiB when it cannot
-    /// be read). A call whose cap is larger takes all of it, alone.
+    /// [`HostLimits::plugin_memory_mb`], or half of the memory this process may use: the
+    /// machine's, or its container's limit when lower (4 GiB when neither can be read). A call
+    /// whose cap is larger takes all of it, alone.
     pub fn plugin_memory_total_mb(&self) -> u64 {
-        let half = crate::doctor::meminfo().map_or(4096, |(total, _)| (total / 2) >> 20);
+        let machine = crate::doctor::meminfo().map(|(total, _)| total);
+        let usable = match (machine, container_memory_limit()) {
+            (Some(m), Some(c)) => Some(m.min(c)),
+            (m, c) => m.or(c),
+        };
+        let half = usable.map_or(4096, |bytes| (bytes / 2) >> 20);
         self.plugin_memory_mb.unwrap_or(half).max(16)
     }
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, or v1's), if one is set.
+fn container_memory_limit() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    // "max" (v2) or a number near u64::MAX (v1) means no limit.
+    .and_then(|text| text.trim().parse::<u64>().ok())
+    .filter(|&bytes| bytes < 1 << 60)
 }
 
 impl Default for HostLimits {

@@ -70,6 +70,12 @@ fn clip(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Whether the process logs JSON (`AGENTRT_LOG_FORMAT=json`, read once as `main` does).
+fn json_logs() -> bool {
+    static JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *JSON.get_or_init(|| crate::settings::word("AGENTRT_LOG_FORMAT") == Some("json"))
+}
+
 impl Host for PluginState {
     fn write(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         let plugin = self.manifest.name.as_str();
@@ -94,12 +100,18 @@ impl Host for PluginState {
             Admitted::Dropped => return,
         }
         match level {
-            // Quoted (`?`): in a text log, `fields="request_id=x outcome=ok"` cannot pass for
-            // the host's own `request_id` and `outcome`.
+            // Quoted in a text log, so that `fields="request_id=x outcome=ok"` cannot pass for
+            // the host's own `request_id` and `outcome`; a JSON log's strings are quoted
+            // already, and a second quoting would only escape them twice.
+            Level::Trace if json_logs() => tracing::trace!(plugin, %fields, "{message}"),
             Level::Trace => tracing::trace!(plugin, ?fields, "{message}"),
+            Level::Debug if json_logs() => tracing::debug!(plugin, %fields, "{message}"),
             Level::Debug => tracing::debug!(plugin, ?fields, "{message}"),
+            Level::Info if json_logs() => tracing::info!(plugin, %fields, "{message}"),
             Level::Info => tracing::info!(plugin, ?fields, "{message}"),
+            Level::Warn if json_logs() => tracing::warn!(plugin, %fields, "{message}"),
             Level::Warn => tracing::warn!(plugin, ?fields, "{message}"),
+            Level::Error if json_logs() => tracing::error!(plugin, %fields, "{message}"),
             Level::Error => tracing::error!(plugin, ?fields, "{message}"),
         }
     }

@@ -511,8 +511,8 @@ pub fn scan_folder(
             Err(e) => {
                 let keeping = before.map(|(_, p)| p.manifest.version.clone());
                 let refusal = Refused::new(path.clone(), &e, keeping);
-                // Refused only because every instance slot was busy for its trial: tried
-                // again at the next poll.
+                // Refused only because every instance slot (or the plugin memory) was busy for
+                // its trial: tried again at the next poll.
                 if !matches!(e, PluginError::Busy { .. }) {
                     plugins
                         .refused

@@ -220,6 +220,7 @@ pub fn document() -> Value {
             "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
             "cancel_requested": {"type": "boolean", "description": "Only in the answer to a cancellation"},
             "submitted_by": {"type": "string", "description": "With API keys: an opaque id of the key that submitted it (a hash, never the key)"},
+            "queue_position": {"type": "integer", "minimum": 1, "description": "While it waits for a worker on this server: 1 when it is next"},
         }),
         &["id", "state"],
     );

@@ -116,12 +116,13 @@ fn run_json(run: &RunRecord, events: &[StoredEvent]) -> Value {
     v
 }
 
-/// How many runs one API key may have queued or running: `AGENTRT_RUN_QUEUE_PER_KEY`, else
-/// an equal share of the queue among the keys configured (all of it with one key).
+/// How many runs one API key may have queued or running once the queue is half full:
+/// `AGENTRT_RUN_QUEUE_PER_KEY`, else an equal share of the queue among the keys configured
+/// (all of it with one key), never fewer than the workers.
 fn run_share(state: &AppState) -> usize {
     crate::settings::count("AGENTRT_RUN_QUEUE_PER_KEY").unwrap_or_else(|| {
         let keys = state.api_keys.counts();
-        (state.runs.capacity() / (keys.user + keys.admin).max(1)).max(1)
+        (state.runs.capacity() / (keys.user + keys.admin).max(1)).max(state.runs.workers())
     })
 }
 
@@ -153,7 +154,11 @@ pub async fn create(
     match submitted {
         Ok(Ok(run)) => {
             let location = format!("/v1/pipeline/runs/{}", run.id);
-            let mut response = (StatusCode::ACCEPTED, Json(run_json(&run, &[]))).into_response();
+            let mut v = run_json(&run, &[]);
+            if let Some(position) = state.runs.queue_position(&run.id) {
+                v["queue_position"] = json!(position);
+            }
+            let mut response = (StatusCode::ACCEPTED, Json(v)).into_response();
             if let Ok(value) = header::HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, value);
             }
@@ -258,7 +263,11 @@ pub async fn get(
     let found = tokio::task::spawn_blocking(move || {
         let run = visible_run(&runs, caller.as_deref(), &id)?;
         let events = runs.events_after(&id, 0)?;
-        Ok::<_, RunsError>(run_json(&run, &events))
+        let mut v = run_json(&run, &events);
+        if let Some(position) = runs.queue_position(&id) {
+            v["queue_position"] = json!(position);
+        }
+        Ok::<_, RunsError>(v)
     })
     .await;
     match found {
@@ -443,6 +452,9 @@ fn event_stream(
     async_stream(move |tx| async move {
         let mut last = after;
         for e in &stored {
+            if stop() == Stop::KeyRevoked {
+                return;
+            }
             last = e.seq;
             if !deliver(&tx, e).await || e.kind == "done" {
                 return;
@@ -471,6 +483,9 @@ fn event_stream(
                 .await;
                 let Ok(Ok((more, ended))) = more else { return };
                 for e in &more {
+                    if stop() == Stop::KeyRevoked {
+                        return;
+                    }
                     last = e.seq;
                     if !deliver(&tx, e).await || e.kind == "done" {
                         return;
@@ -510,6 +525,9 @@ fn event_stream(
                     let missed = tokio::task::spawn_blocking(move || read_after(last)).await;
                     let Ok(Ok(missed)) = missed else { return };
                     for e in &missed {
+                        if stop() == Stop::KeyRevoked {
+                            return;
+                        }
                         last = e.seq;
                         if !deliver(&tx, e).await || e.kind == "done" {
                             return;
