@@ -375,6 +375,7 @@ impl PluginHost {
             .parallel_compilation(true);
         wasm_config.max_wasm_stack(MAX_WASM_STACK);
         let pooling = config.limits.instance_pool > 0;
+        let memory_total_mb = config.limits.plugin_memory_total_mb();
         if pooling {
             wasm_config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
                 instance_pool(&config.limits),
@@ -403,10 +404,8 @@ impl PluginHost {
             sandbox,
             cache,
             slots: call_slots(pooling.then_some(config.limits.instance_pool)),
-            memory: crate::fifo_semaphore::FifoSemaphore::new(
-                config.limits.plugin_memory_total_mb() as usize,
-            ),
-            memory_total_mb: config.limits.plugin_memory_total_mb(),
+            memory: crate::fifo_semaphore::FifoSemaphore::new(memory_total_mb as usize),
+            memory_total_mb,
             config: std::sync::RwLock::new(config),
             pooling,
             meters: Default::default(),

@@ -504,6 +504,16 @@ impl Runs {
         self.workers
     }
 
+    /// A place for `live` among the runs waiting for a worker, its ticket noted for
+    /// [`Runs::queue_position`].
+    fn line_up(&self, live: &LiveRun) -> Place {
+        let place = self.slots.line_up();
+        if let Some(ticket) = place.ticket() {
+            let _ = live.ticket.set(ticket);
+        }
+        place
+    }
+
     /// Where run `id` stands among the runs of this process waiting for a worker: 1 when it is
     /// next. `None` once it has a worker, or when it is not this process's.
     pub fn queue_position(&self, id: &str) -> Option<usize> {
@@ -559,10 +569,7 @@ impl Runs {
         in_flight("queued").inc();
         // Its place among the runs waiting for a worker is taken here, in the order of
         // submission, not when its thread gets going.
-        let place = self.slots.line_up();
-        if let Some(ticket) = place.ticket() {
-            let _ = live.ticket.set(ticket);
-        }
+        let place = self.line_up(&live);
         self.start(&id, req, live, 1, place);
         Ok(record)
     }
@@ -623,10 +630,7 @@ impl Runs {
             in_flight("queued").inc();
             match request_of(&record.request) {
                 Ok(req) => {
-                    let place = self.slots.line_up();
-                    if let Some(ticket) = place.ticket() {
-                        let _ = live.ticket.set(ticket);
-                    }
+                    let place = self.line_up(&live);
                     self.start(&record.id, req, live, first_seq, place);
                     resumed += 1;
                 }

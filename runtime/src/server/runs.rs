@@ -80,6 +80,15 @@ fn visible_run(
     }
 }
 
+/// `v`, the run `id` as [`run_json`] shows it, with its place in line while it waits for a
+/// worker of this server.
+fn with_queue_position(mut v: Value, runs: &crate::runs::Runs, id: &str) -> Value {
+    if let Some(position) = runs.queue_position(id) {
+        v["queue_position"] = json!(position);
+    }
+    v
+}
+
 /// A run as the API shows it: the stored record with the stages reported so far.
 fn run_json(run: &RunRecord, events: &[StoredEvent]) -> Value {
     let stages: Vec<Value> = events
@@ -154,10 +163,7 @@ pub async fn create(
     match submitted {
         Ok(Ok(run)) => {
             let location = format!("/v1/pipeline/runs/{}", run.id);
-            let mut v = run_json(&run, &[]);
-            if let Some(position) = state.runs.queue_position(&run.id) {
-                v["queue_position"] = json!(position);
-            }
+            let v = with_queue_position(run_json(&run, &[]), &state.runs, &run.id);
             let mut response = (StatusCode::ACCEPTED, Json(v)).into_response();
             if let Ok(value) = header::HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, value);
@@ -263,11 +269,7 @@ pub async fn get(
     let found = tokio::task::spawn_blocking(move || {
         let run = visible_run(&runs, caller.as_deref(), &id)?;
         let events = runs.events_after(&id, 0)?;
-        let mut v = run_json(&run, &events);
-        if let Some(position) = runs.queue_position(&id) {
-            v["queue_position"] = json!(position);
-        }
-        Ok::<_, RunsError>(v)
+        Ok::<_, RunsError>(with_queue_position(run_json(&run, &events), &runs, &id))
     })
     .await;
     match found {
