@@ -25,6 +25,31 @@ pub fn write_probe(dir: &Path) -> std::io::Result<()> {
     written.and(removed)
 }
 
+/// Open `path` for reading if it is a regular file (a link to one is followed). A FIFO would
+/// block the open until a writer comes and a device (`/dev/zero`) reads for ever: both are
+/// refused before they are opened, and checked again on what was opened (opened without
+/// blocking), in case the path was replaced in between.
+pub fn open_regular_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a folder)",
+        )
+    };
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    match file.metadata()?.is_file() {
+        true => Ok(file),
+        false => Err(not_regular()),
+    }
+}
+
 /// `path` with `suffix` appended to its file name (`agentrt.db` → `agentrt.db-wal`).
 pub fn beside(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.as_os_str().to_owned();

@@ -149,16 +149,16 @@ fn refuse_overlaps(tensors: &HashMap<String, TensorInfo>) -> Result<(), GgufErro
     Ok(())
 }
 
-/// Open a model file to map it: a regular file only. Opening a FIFO (or a device) would
-/// block until a writer comes, or map what is not a file: the load must fail, not hang.
+/// Open a model file to map it: a regular file only ([`crate::paths::open_regular_file`]),
+/// so that the load fails rather than hangs on a FIFO or maps what is not a file.
 pub(crate) fn open_regular_file(path: &Path) -> std::io::Result<File> {
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
+    crate::paths::open_regular_file(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => std::io::Error::new(
+            e.kind(),
             "not a regular file (a model is a .gguf file or a folder of safetensors)",
-        ));
-    }
-    File::open(path)
+        ),
+        _ => e,
+    })
 }
 
 impl GgufFile {

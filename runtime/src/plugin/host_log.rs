@@ -76,6 +76,20 @@ fn json_logs() -> bool {
     *JSON.get_or_init(|| crate::settings::word("AGENTRT_LOG_FORMAT") == Some("json"))
 }
 
+/// A plugin's log fields as one value: quoted in a text log, so that
+/// `fields="request_id=x outcome=ok"` cannot pass for the host's own `request_id` and
+/// `outcome`; as it is in a JSON log, whose strings are quoted already.
+struct Fields(String);
+
+impl std::fmt::Display for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match json_logs() {
+            true => f.write_str(&self.0),
+            false => write!(f, "{:?}", self.0),
+        }
+    }
+}
+
 impl Host for PluginState {
     fn write(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         let plugin = self.manifest.name.as_str();
@@ -85,8 +99,8 @@ impl Host for PluginState {
             .take(MAX_FIELDS)
             .map(|(k, v)| format!("{}={}", printable(k, 64), printable(v, 256)))
             .collect();
-        let fields = fields.join(" ");
-        match self.log_budget.admit(message.len() + fields.len()) {
+        let fields = Fields(fields.join(" "));
+        match self.log_budget.admit(message.len() + fields.0.len()) {
             Admitted::Yes => {}
             Admitted::FirstDropped => {
                 tracing::warn!(
@@ -100,19 +114,11 @@ impl Host for PluginState {
             Admitted::Dropped => return,
         }
         match level {
-            // Quoted in a text log, so that `fields="request_id=x outcome=ok"` cannot pass for
-            // the host's own `request_id` and `outcome`; a JSON log's strings are quoted
-            // already, and a second quoting would only escape them twice.
-            Level::Trace if json_logs() => tracing::trace!(plugin, %fields, "{message}"),
-            Level::Trace => tracing::trace!(plugin, ?fields, "{message}"),
-            Level::Debug if json_logs() => tracing::debug!(plugin, %fields, "{message}"),
-            Level::Debug => tracing::debug!(plugin, ?fields, "{message}"),
-            Level::Info if json_logs() => tracing::info!(plugin, %fields, "{message}"),
-            Level::Info => tracing::info!(plugin, ?fields, "{message}"),
-            Level::Warn if json_logs() => tracing::warn!(plugin, %fields, "{message}"),
-            Level::Warn => tracing::warn!(plugin, ?fields, "{message}"),
-            Level::Error if json_logs() => tracing::error!(plugin, %fields, "{message}"),
-            Level::Error => tracing::error!(plugin, ?fields, "{message}"),
+            Level::Trace => tracing::trace!(plugin, fields = %fields, "{message}"),
+            Level::Debug => tracing::debug!(plugin, fields = %fields, "{message}"),
+            Level::Info => tracing::info!(plugin, fields = %fields, "{message}"),
+            Level::Warn => tracing::warn!(plugin, fields = %fields, "{message}"),
+            Level::Error => tracing::error!(plugin, fields = %fields, "{message}"),
         }
     }
 }

@@ -544,21 +544,12 @@ const MAX_MANIFEST_BYTES: u64 = 64 << 10;
 const MAX_COMPONENT_BYTES: u64 = 512 << 20;
 
 /// The bytes of the plugin file at `path`, a regular file (or a link to one) of at most `most`
-/// bytes. Opened without blocking and looked at before anything is read: a FIFO there would
-/// stall every later scan of the folder, and a device such as `/dev/zero` would fill memory.
+/// bytes: a FIFO there would stall every later scan of the folder, and a device such as
+/// `/dev/zero` would fill memory.
 fn read_plugin_file(path: &Path, most: u64) -> Result<Vec<u8>, std::io::Error> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+    let file = crate::paths::open_regular_file(path)?;
     let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other(
-            "not a regular file (a FIFO, a device or a folder)",
-        ));
-    }
     if meta.len() > most {
         return Err(std::io::Error::other(format!(
             "{} bytes, more than a plugin file may hold ({most})",
